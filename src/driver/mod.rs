@@ -1,0 +1,1 @@
+//! Driver traits (Hypervisor, Storage, Net) and their fakes. OWNER: engine helper.

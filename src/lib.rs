@@ -1,0 +1,19 @@
+//! deorch: a decentralized de-orchestrator for QEMU/KVM virtual machines.
+//!
+//! See `docs/ARCHITECTURE.md` for the code map. Layers, each using only the
+//! ones before it: [`model`] → [`manifest`] → [`store`] → [`source`] →
+//! [`reconcile`] (through [`driver`] traits) → [`api`] / [`node`] → [`cli`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod driver;
+pub mod manifest;
+pub mod model;
+pub mod node;
+pub mod reconcile;
+pub mod schema;
+pub mod source;
+pub mod store;

@@ -1,0 +1,122 @@
+//! `AccessPolicy`: which Bitcoin addresses may do what, where; optional
+//! level-2 (LDAP / Active Directory) password check.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Duration, TagSelector};
+
+/// Desired access policy (cluster-scoped; signed by the owner or an admin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicySpec {
+    /// Rules; a request is allowed when any rule allows it.
+    pub rules: Vec<AccessRule>,
+}
+
+/// One rule: these subjects get this role or these verbs, in this scope.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    /// Bitcoin addresses the rule applies to.
+    pub subjects: Vec<String>,
+    /// A predefined role: `admin`, `operator` or `viewer`. Exactly one of
+    /// `role` and `verbs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Explicit verbs (`get`, `list`, `apply`, `delete`, `console`,
+    /// `replicate`, `relocate`, `*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verbs: Vec<Verb>,
+    /// Kinds the verbs apply to; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Namespaces; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Only objects placed on satellites matching these tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TagSelector>,
+    /// Require a level-2 password check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level2: Option<Level2>,
+}
+
+/// Predefined roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including access policies.
+    Admin,
+    /// Everything but access policies.
+    Operator,
+    /// Read only.
+    Viewer,
+}
+
+/// Verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// Read one object.
+    Get,
+    /// List objects.
+    List,
+    /// Create or change objects.
+    Apply,
+    /// Delete objects.
+    Delete,
+    /// Open a VM console.
+    Console,
+    /// Create, revert and clone replicas.
+    Replicate,
+    /// Relocate VMs.
+    Relocate,
+    /// All verbs.
+    #[serde(rename = "*")]
+    All,
+}
+
+/// Level-2: a password check against directory servers tried in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Level2 {
+    /// Directory servers, tried in order until one accepts.
+    pub servers: Vec<DirectoryServer>,
+    /// Directory user name per subject address; absent subjects use the
+    /// address itself.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub usernames: std::collections::BTreeMap<String, String>,
+}
+
+/// One LDAP / Active Directory server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectoryServer {
+    /// `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]`.
+    pub uri: String,
+    /// Bind DN template with `{user}`, e.g. `uid={user},ou=people,dc=example,dc=org`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_dn: Option<String>,
+    /// Active Directory user principal name template, e.g. `{user}@EXAMPLE.ORG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    /// Upgrade `ldap://` with StartTLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_tls: bool,
+    /// Give up on this server after this long (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Status of a policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicyStatus {
+    /// The `metadata.generation` the reconciler last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (type, status, reason, message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

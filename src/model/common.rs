@@ -1,0 +1,488 @@
+//! Value types shared by several kinds: quantities, CPU counts, durations,
+//! tags and tag selectors, references and status conditions.
+//!
+//! Each type parses its textual form once, here, so that validation, the
+//! reconcilers and the radar agree on what `2Gi` or `90s` means.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Error from parsing a value type; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+// ---------------------------------------------------------------------------
+// Quantity (bytes)
+
+/// An amount of bytes written like Kubernetes quantities: `512Mi`, `2Gi`,
+/// `10G`, `1.5Ti` or a plain integer number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quantity(pub u64);
+
+const QUANTITY_SUFFIXES: &[(&str, u64)] = &[
+    ("Ki", 1 << 10),
+    ("Mi", 1 << 20),
+    ("Gi", 1 << 30),
+    ("Ti", 1 << 40),
+    ("Pi", 1 << 50),
+    ("Ei", 1 << 60),
+    ("k", 1_000),
+    ("M", 1_000_000),
+    ("G", 1_000_000_000),
+    ("T", 1_000_000_000_000),
+    ("P", 1_000_000_000_000_000),
+    ("E", 1_000_000_000_000_000_000),
+];
+
+/// The regular expression the JSON schema uses for quantities.
+pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+
+impl Quantity {
+    /// Bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Quantity {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || {
+            ParseError(format!(
+                "invalid quantity {s:?}: expected a number with an optional suffix \
+                 Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024) or k, M, G, T, P, E (powers of 1000), e.g. \"512Mi\" or \"2Gi\""
+            ))
+        };
+        let (num, mult) = QUANTITY_SUFFIXES
+            .iter()
+            .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+            .unwrap_or((s, 1));
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(bad());
+        }
+        let (int, frac) = match num.split_once('.') {
+            Some((i, f)) if !i.is_empty() && !f.is_empty() && !f.contains('.') => (i, f),
+            Some(_) => return Err(bad()),
+            None => (num, ""),
+        };
+        let int: u64 = int.parse().map_err(|_| bad())?;
+        let mut total = int.checked_mul(mult).ok_or_else(|| {
+            ParseError(format!(
+                "quantity {s:?} is too large (more than 2^64 bytes)"
+            ))
+        })?;
+        if !frac.is_empty() {
+            // fractional part: frac / 10^len * mult, must come out whole
+            let digits = frac.len() as u32;
+            let den = 10u128.checked_pow(digits).ok_or_else(bad)?;
+            let f: u128 = frac.parse().map_err(|_| bad())?;
+            let part = f * mult as u128;
+            if part % den != 0 {
+                return Err(ParseError(format!(
+                    "quantity {s:?} is not a whole number of bytes"
+                )));
+            }
+            total = total
+                .checked_add((part / den) as u64)
+                .ok_or_else(|| ParseError(format!("quantity {s:?} is too large")))?;
+        }
+        Ok(Quantity(total))
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (suf, m) in QUANTITY_SUFFIXES[..6].iter().rev() {
+            if b >= *m && b % m == 0 {
+                return write!(f, "{}{}", b / m, suf);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for Quantity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Quantity(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> Cow<'static, str> {
+        "Quantity".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An amount of bytes: an integer, or a number with a suffix Ki/Mi/Gi/Ti/Pi/Ei (powers of 1024) or k/M/G/T/P/E (powers of 1000), e.g. \"512Mi\".",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": QUANTITY_PATTERN}
+            ]
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// CPU amounts
+
+/// An amount of CPU in millicores: `2` (two CPUs), `"1.5"` or `"500m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cpu(pub u64);
+
+/// The regular expression the JSON schema uses for CPU amounts.
+pub const CPU_PATTERN: &str = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$";
+
+impl Cpu {
+    /// Millicores.
+    pub fn millis(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Cpu {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || {
+            ParseError(format!(
+                "invalid CPU amount {s:?}: expected a whole or decimal number of CPUs (\"2\", \"1.5\") or millicores (\"500m\")"
+            ))
+        };
+        if let Some(m) = s.strip_suffix('m') {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            return m.parse().map(Cpu).map_err(|_| bad());
+        }
+        let (i, f) = s.split_once('.').unwrap_or((s, ""));
+        if i.is_empty()
+            || !i.bytes().all(|b| b.is_ascii_digit())
+            || !f.bytes().all(|b| b.is_ascii_digit())
+            || f.len() > 3
+            || (s.contains('.') && f.is_empty())
+        {
+            return Err(bad());
+        }
+        let i: u64 = i.parse().map_err(|_| bad())?;
+        let f: u64 = if f.is_empty() {
+            0
+        } else {
+            format!("{f:0<3}").parse().map_err(|_| bad())?
+        };
+        i.checked_mul(1000)
+            .and_then(|v| v.checked_add(f))
+            .map(Cpu)
+            .ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 1000 == 0 {
+            write!(f, "{}", self.0 / 1000)
+        } else {
+            write!(f, "{}m", self.0)
+        }
+    }
+}
+
+impl Serialize for Cpu {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 {
+            s.serialize_u64(self.0 / 1000)
+        } else {
+            s.serialize_str(&self.to_string())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => n
+                .checked_mul(1000)
+                .map(Cpu)
+                .ok_or_else(|| serde::de::Error::custom("CPU amount too large")),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for Cpu {
+    fn schema_name() -> Cow<'static, str> {
+        "Cpu".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An amount of CPU: a whole number of CPUs (2), a decimal string (\"1.5\") or millicores (\"500m\").",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": CPU_PATTERN}
+            ]
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Durations
+
+/// A duration such as `90s`, `5m`, `1h30m`, `2d` or `250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+/// The regular expression the JSON schema uses for durations.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d))+$";
+
+impl FromStr for Duration {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || {
+            ParseError(format!(
+                "invalid duration {s:?}: expected numbers with units ms, s, m, h or d, e.g. \"90s\", \"1h30m\""
+            ))
+        };
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let mut total_ms: u64 = 0;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 {
+                return Err(bad());
+            }
+            let value: u64 = rest[..n].parse().map_err(|_| bad())?;
+            rest = &rest[n..];
+            let (unit_ms, len) = if rest.starts_with("ms") {
+                (1, 2)
+            } else if rest.starts_with('s') {
+                (1_000, 1)
+            } else if rest.starts_with('m') {
+                (60_000, 1)
+            } else if rest.starts_with('h') {
+                (3_600_000, 1)
+            } else if rest.starts_with('d') {
+                (86_400_000, 1)
+            } else {
+                return Err(bad());
+            };
+            rest = &rest[len..];
+            total_ms = value
+                .checked_mul(unit_ms)
+                .and_then(|v| total_ms.checked_add(v))
+                .ok_or_else(bad)?;
+        }
+        Ok(Duration(std::time::Duration::from_millis(total_ms)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis() as u64;
+        if ms == 0 {
+            return write!(f, "0s");
+        }
+        let mut rest = ms;
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
+            if rest >= size {
+                write!(f, "{}{}", rest / size, unit)?;
+                rest %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: numbers with units ms, s, m, h, d, e.g. \"90s\" or \"1h30m\".",
+            "type": "string",
+            "pattern": DURATION_PATTERN
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tags and placement selectors
+
+/// Performance class of a satellite, and the class a VM asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Performance {
+    /// Fast CPUs and storage.
+    High,
+    /// Everything else.
+    Low,
+}
+
+/// The three tag families a satellite (or an array on it) carries.
+///
+/// Keys and values follow Kubernetes label syntax, e.g.
+/// `microcosm: {rack: a3, cpu: epyc-9654}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tags {
+    /// Physical location and hardware: row, rack, CPU type, network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub microcosm: BTreeMap<String, String>,
+    /// Region: city, country, compass area (ne, sw, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub macrocosm: BTreeMap<String, String>,
+    /// Organisation: team, provider, owner address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub intercosm: BTreeMap<String, String>,
+}
+
+/// A selector over the three tag families. Each family takes a Kubernetes
+/// label selector (`matchLabels`, `matchExpressions`); all given families
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagSelector {
+    /// Selector over microcosm tags (row, rack, CPU type, network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microcosm: Option<LabelSelector>,
+    /// Selector over macrocosm tags (region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macrocosm: Option<LabelSelector>,
+    /// Selector over intercosm tags (team, provider, owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercosm: Option<LabelSelector>,
+}
+
+/// Where a VM runs, or where a relocation sends it.
+///
+/// At most one of `node` and `address` may be given; either bypasses the
+/// radar's election. Without them, the radar elects a satellite among those
+/// matching `selector` and `performance`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Run on the satellite of this name (manual placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Run on the satellite with this IP address (manual placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Tag selector the elected satellite must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<TagSelector>,
+    /// Performance class the elected satellite must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance: Option<Performance>,
+    /// Start only after a majority of matching satellites acknowledged the
+    /// claim (strict mode); default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+/// A reference to another object by name (and namespace, defaulting to the
+/// referring object's own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectRef {
+    /// Name of the object.
+    pub name: String,
+    /// Namespace of the object; defaults to the referrer's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A status condition (Kubernetes `metav1.Condition`): `type`, `status`
+/// (`True`/`False`/`Unknown`), `reason`, `message`, `observedGeneration`,
+/// `lastTransitionTime`.
+pub type Condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse() {
+        assert_eq!("2Gi".parse::<Quantity>().unwrap().0, 2 << 30);
+        assert_eq!("512Mi".parse::<Quantity>().unwrap().0, 512 << 20);
+        assert_eq!("1.5Gi".parse::<Quantity>().unwrap().0, 3 << 29);
+        assert_eq!("10G".parse::<Quantity>().unwrap().0, 10_000_000_000);
+        assert_eq!("123".parse::<Quantity>().unwrap().0, 123);
+        for bad in ["", "2GB", "Gi", "-1", "1.", ".5", "1..5Gi", "2 Gi", "1.5"] {
+            assert!(bad.parse::<Quantity>().is_err(), "{bad:?} accepted");
+        }
+        assert!("99999999999Ei".parse::<Quantity>().is_err());
+        assert_eq!(Quantity(2 << 30).to_string(), "2Gi");
+        assert_eq!(Quantity(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn cpus_parse() {
+        assert_eq!("2".parse::<Cpu>().unwrap().0, 2000);
+        assert_eq!("1.5".parse::<Cpu>().unwrap().0, 1500);
+        assert_eq!("500m".parse::<Cpu>().unwrap().0, 500);
+        for bad in ["", "m", "1.", "1.2345", "two", "-1", "1.5m"] {
+            assert!(bad.parse::<Cpu>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(Cpu(1500).to_string(), "1500m");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        let d: Duration = "1h30m".parse().unwrap();
+        assert_eq!(d.0.as_secs(), 5400);
+        assert_eq!(d.to_string(), "1h30m");
+        assert_eq!("250ms".parse::<Duration>().unwrap().0.as_millis(), 250);
+        for bad in ["", "10", "h", "1x", "1h 2m"] {
+            assert!(bad.parse::<Duration>().is_err(), "{bad:?} accepted");
+        }
+    }
+}

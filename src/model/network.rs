@@ -1,0 +1,212 @@
+//! `Network`: a layer-2 segment on each satellite (a bridge), its IPv4
+//! addressing, the DHCP options the node's own DHCP server hands out,
+//! DHCPCAST relaying and isolation (interstellars).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Duration};
+
+/// Desired network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Host bridge name (at most 15 characters); derived from the network's
+    /// name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// MTU of the bridge and taps (68-65535); default 1500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// IPv4 addressing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Config>,
+    /// DHCP served by each node to its own VMs on this network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpOptions>,
+    /// Relay DHCP of this network's VMs to central servers instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcpcast: Option<Dhcpcast>,
+    /// Layer-2 isolation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+}
+
+/// IPv4 addressing of a network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ipv4Config {
+    /// Subnet in CIDR form, e.g. `10.20.0.0/24`.
+    pub subnet: String,
+    /// Default gateway (must lie inside the subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Addresses VMs get when they have no fixed address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<AddressRange>,
+    /// True if the subnet is public (routable) address space; checked
+    /// against the address (private ranges must say false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
+}
+
+/// An inclusive address range.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddressRange {
+    /// First address.
+    pub start: String,
+    /// Last address.
+    pub end: String,
+}
+
+/// DHCP options. Set per network and overridable per VM NIC; a field left
+/// out inherits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DhcpOptions {
+    /// Serve DHCP at all (default true when `ipv4` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Lease time (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_time: Option<Duration>,
+    /// Host name (option 12); default the VM's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// Broadcast address (option 28); default derived from the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
+    /// Interface MTU (option 26); default the network's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// NTP servers (option 42).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp_servers: Vec<String>,
+    /// DNS servers (option 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<String>,
+    /// Domain name (option 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
+    /// Domain search list (option 119).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain_search: Vec<String>,
+    /// Log servers (option 7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_servers: Vec<String>,
+    /// NetBIOS over TCP/IP (options 44, 45, 46).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netbios: Option<Netbios>,
+    /// SMTP servers (option 69).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smtp_servers: Vec<String>,
+    /// POP3 servers (option 70).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pop3_servers: Vec<String>,
+    /// IP forwarding on the client (option 19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_forwarding: Option<bool>,
+    /// TCP keepalive interval (option 38).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive_interval: Option<Duration>,
+    /// Classless static routes (option 121, RFC 3442). When present the
+    /// client ignores the router option, so deorch adds the default route
+    /// through the gateway to this list itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classless_static_routes: Vec<StaticRoute>,
+}
+
+/// NetBIOS settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Netbios {
+    /// NetBIOS name servers / WINS (option 44).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name_servers: Vec<String>,
+    /// NetBIOS datagram distribution servers (option 45).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datagram_servers: Vec<String>,
+    /// Node type (option 46): `B`, `P`, `M` or `H`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_type: Option<NetbiosNodeType>,
+}
+
+/// NetBIOS node type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NetbiosNodeType {
+    /// Broadcast (1).
+    B,
+    /// Peer-to-peer (2).
+    P,
+    /// Mixed (4).
+    M,
+    /// Hybrid (8).
+    H,
+}
+
+/// A classless static route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticRoute {
+    /// Destination in CIDR form.
+    pub destination: String,
+    /// Next hop.
+    pub gateway: String,
+}
+
+/// DHCPCAST: relay a VM's DHCP to designated central servers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dhcpcast {
+    /// Central DHCP servers (IPv4 addresses), tried in order.
+    pub servers: Vec<String>,
+    /// Relay agent address (giaddr); defaults to the node's address on
+    /// the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_address: Option<String>,
+}
+
+/// Layer-2 isolation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Isolation {
+    /// `None` (plain bridge), `Interstellar` (VMs see only their
+    /// interstellar peers) or `ArplessInterstellar` (no ARP at all; the node
+    /// answers with static neighbour entries).
+    #[serde(default)]
+    pub mode: IsolationMode,
+    /// Name of the interstellar (isolation group); default the network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interstellar: Option<String>,
+}
+
+/// Isolation mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum IsolationMode {
+    /// No isolation.
+    #[default]
+    None,
+    /// Layer-2 isolation group.
+    Interstellar,
+    /// Isolation group without ARP.
+    ArplessInterstellar,
+}
+
+/// What a node reports about a network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkStatus {
+    /// The `metadata.generation` the reconciler last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (type, status, reason, message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Host bridge in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Active leases on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases: Option<u32>,
+}

@@ -1,0 +1,96 @@
+//! `Spacesuit`: a VM template. Made from an image file or from a VM (also a
+//! running one); VMs are created from spacesuits as copy-on-write clones.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Cpu, ObjectRef, Quantity};
+use super::vm::{Boot, Firmware, Machine};
+
+/// Desired spacesuit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpacesuitSpec {
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Where the spacesuit's disks come from: exactly one of `image` or
+    /// `virtualMachine`. A spacesuit without a source carries only boot
+    /// settings (e.g. a direct kernel boot with an in-memory root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SpacesuitSource>,
+    /// Boot settings VMs inherit (kernel, initrd, command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+    /// Firmware VMs inherit: `bios` (default) or `uefi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    /// Machine type VMs inherit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Default CPUs for VMs made from this spacesuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Default memory for VMs made from this spacesuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// The origin of a spacesuit's disk(s).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpacesuitSource {
+    /// A disk image file on the node, converted with `qemu-img`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSource>,
+    /// An existing VM (running or not) whose disks are snapshotted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<ObjectRef>,
+}
+
+/// An image file source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSource {
+    /// Absolute path of the image on the node.
+    pub path: String,
+    /// Format of the file; detected by `qemu-img info` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+    /// Expected SHA-256 of the file (hex); the import fails on mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Disk image formats `qemu-img` converts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// Raw disk image.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// VMware disk.
+    Vmdk,
+}
+
+/// What a node reports about a spacesuit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpacesuitStatus {
+    /// The `metadata.generation` the reconciler last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (type, status, reason, message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `Pending`, `Ready` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Storage volumes holding the spacesuit's disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Bytes used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+}

@@ -1,0 +1,373 @@
+//! `VirtualMachine`: a QEMU/KVM guest, its disks, NICs, console, placement
+//! and replica policy.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Cpu, Duration, ObjectRef, Placement, Quantity};
+use super::network::DhcpOptions;
+
+/// Desired virtual machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineSpec {
+    /// The spacesuit whose boot settings and defaults this VM inherits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacesuit: Option<String>,
+    /// Desired power state: `Running` (default), `Stopped` or `Paused`.
+    #[serde(default)]
+    pub power_state: PowerState,
+    /// What to do when QEMU exits on its own: `Always` (default),
+    /// `OnFailure` or `Never`.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Number of virtual CPUs (whole CPUs); defaults to the spacesuit's or 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// QEMU CPU model (e.g. `qemu64`, `host`, `max`, `EPYC`); defaults to
+    /// `host` under KVM and `qemu64` under TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    /// Guest memory; defaults to the spacesuit's or 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Machine type; defaults to the spacesuit's or `q35`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Firmware: `bios` (default) or `uefi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    /// Direct kernel boot; overrides the spacesuit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+    /// Disks, in boot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    /// Graphical console (VNC/SPICE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<Console>,
+    /// Where the VM runs; absent means the radar elects a satellite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// The tenant array on the satellite this VM's resources count against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<String>,
+    /// Automatic replicas: take one every `interval`, keep the newest `keep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_policy: Option<ReplicaPolicy>,
+    /// FASTR: asynchronous replication of the disks to other satellites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastr: Option<Fastr>,
+    /// How long a graceful stop (ACPI power button) may take before the VM
+    /// is forced off; default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<Duration>,
+}
+
+/// Desired power state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PowerState {
+    /// The VM should run.
+    #[default]
+    Running,
+    /// The VM should be shut down (its disks stay).
+    Stopped,
+    /// The VM's CPUs should be paused.
+    Paused,
+}
+
+/// Restart policy when QEMU exits without being asked to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestartPolicy {
+    /// Restart whenever it exits.
+    #[default]
+    Always,
+    /// Restart when it exits with an error or is killed.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// i440FX PC.
+    Pc,
+    /// Q35 with PCIe.
+    Q35,
+    /// Minimal virtio-mmio machine; fastest boot, direct kernel boot only.
+    Microvm,
+}
+
+/// Firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS.
+    Bios,
+    /// OVMF.
+    Uefi,
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Boot {
+    /// Path of the kernel image on the node.
+    pub kernel: String,
+    /// Path of the initrd on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// One virtual disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    /// Name of the disk, unique in the VM (DNS-1123 label).
+    pub name: String,
+    /// Where the disk's content comes from; exactly one of its fields.
+    #[serde(default)]
+    pub source: DiskSource,
+    /// Size; a clone is grown to this size if larger than its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Bus: `virtio` (default), `scsi`, `sata` or `ide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Attach read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// A disk's origin. Exactly one field is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskSource {
+    /// Clone the named spacesuit's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacesuit: Option<String>,
+    /// Clone a disk of another VM (running or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<VmDiskRef>,
+    /// Clone a disk of a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<VmDiskRef>,
+    /// An empty disk of `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blank: Option<Blank>,
+}
+
+/// An empty disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Blank {}
+
+/// A disk of another VM or replica.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmDiskRef {
+    /// Name of the VM or replica.
+    pub name: String,
+    /// Namespace; defaults to this VM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Disk name in that VM; defaults to its first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// Disk bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// virtio-blk.
+    Virtio,
+    /// virtio-scsi.
+    Scsi,
+    /// AHCI.
+    Sata,
+    /// IDE.
+    Ide,
+}
+
+/// One network interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nic {
+    /// Interface name, unique in the VM (DNS-1123 label).
+    pub name: String,
+    /// The `Network` this NIC joins.
+    pub network: String,
+    /// MAC address; derived from the VM's identity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Fixed IPv4 address; otherwise derived deterministically from the
+    /// VM's identity inside the network's range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// Device model: `virtio` (default), `e1000`, `rtl8139`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<NicModel>,
+    /// DHCP options overriding the network's for this VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpOptions>,
+    /// Relay this VM's DHCP to these central servers (DHCPCAST) instead of
+    /// answering locally; overrides the network's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcpcast: Option<super::network::Dhcpcast>,
+}
+
+/// NIC device model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    /// virtio-net.
+    Virtio,
+    /// Intel e1000.
+    E1000,
+    /// Realtek 8139.
+    Rtl8139,
+}
+
+/// Graphical console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Console {
+    /// Serve VNC (default true).
+    #[serde(default = "yes")]
+    pub vnc: bool,
+    /// Serve SPICE where the QEMU build has it (default false).
+    #[serde(default)]
+    pub spice: bool,
+    /// Serve a websocket for the HTML5 client noVNC (default true).
+    #[serde(default = "yes")]
+    pub websocket: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            vnc: true,
+            spice: false,
+            websocket: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Automatic replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaPolicy {
+    /// Take a replica this often.
+    pub interval: Duration,
+    /// Keep this many automatic replicas (oldest deleted first).
+    pub keep: u32,
+}
+
+/// FASTR: fast asynchronous triggered replication to other satellites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fastr {
+    /// Number of other satellites holding a copy.
+    pub copies: u32,
+    /// Replicate at least this often (and on every replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Where the copies may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// What the node running a VM reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineStatus {
+    /// The `metadata.generation` the reconciler last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (type, status, reason, message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `Pending`, `Provisioning`, `Starting`, `Running`, `Paused`,
+    /// `Stopping`, `Stopped`, `Failed`, `Deleting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The satellite running the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// QEMU's process ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When the VM last started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// `kvm` or `tcg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// Console endpoints: host, VNC, websocket and SPICE ports, noVNC URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleStatus>,
+    /// Disks and their volumes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disks: BTreeMap<String, String>,
+    /// NICs: MAC and IPv4 address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nics: BTreeMap<String, NicStatus>,
+    /// Spec changes that take effect at the next restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
+    /// Restarts by the restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+}
+
+/// Console endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsoleStatus {
+    /// Address the console listens on.
+    pub host: String,
+    /// VNC (RFB) TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_port: Option<u16>,
+    /// Websocket port for noVNC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_port: Option<u16>,
+    /// SPICE port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spice_port: Option<u16>,
+    /// URL of the HTML5 console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One NIC as realised.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NicStatus {
+    /// MAC address.
+    pub mac: String,
+    /// IPv4 address handed out by DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// Host tap device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+}
+
+/// A reference to a VM (used by replicas and relocations).
+pub type VmRef = ObjectRef;

@@ -1,0 +1,1 @@
+//! The desired-state store. OWNER: store helper.
