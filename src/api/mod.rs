@@ -1,1 +1,128 @@
-//! api. OWNER: lead.
+//! The node's local API: newline-delimited JSON over a Unix socket that only
+//! root (or the node's own user) may open. The CLI's `apply`, `delete`,
+//! `get` and `describe` talk to a running node through it.
+//!
+//! One request per line, one response per line. Handlers parse, check and
+//! call the store (the single owner of desired state); they do no other work.
+//! `apply` is all-or-nothing: if any document of the request is invalid,
+//! nothing is applied and every diagnostic is returned.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Diagnostic;
+use crate::model::ObjectKey;
+use crate::store::{Applied, Event, Record};
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// Validate and apply multi-document YAML.
+    Apply {
+        /// Name shown in diagnostics (the file the CLI read, or `<stdin>`).
+        filename: String,
+        /// The YAML text.
+        yaml: String,
+    },
+    /// Delete one object.
+    Delete {
+        /// Kind (as typed by the user: kind, plural or alias).
+        kind: String,
+        /// Namespace (default namespace when absent).
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
+    /// List objects.
+    Get {
+        /// Kind filter.
+        kind: Option<String>,
+        /// Namespace filter; `None` means all namespaces.
+        namespace: Option<String>,
+        /// Name filter.
+        name: Option<String>,
+    },
+    /// One object with its events.
+    Describe {
+        /// Kind.
+        kind: String,
+        /// Namespace.
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
+    /// Node information.
+    Info,
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum Response {
+    /// Objects applied (one entry per document, in order).
+    Applied {
+        /// Outcomes.
+        objects: Vec<Applied>,
+    },
+    /// The request's YAML was invalid; nothing was applied.
+    Invalid {
+        /// Every problem.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// An object was deleted.
+    Deleted {
+        /// Key.
+        key: ObjectKey,
+        /// Tombstone generation.
+        generation: i64,
+    },
+    /// Records.
+    Objects {
+        /// Live records.
+        records: Vec<Record>,
+    },
+    /// One record and its events.
+    Described {
+        /// The record.
+        record: Box<Record>,
+        /// Events about it, oldest first.
+        events: Vec<Event>,
+    },
+    /// Node information.
+    Info(NodeInfo),
+    /// The request failed.
+    Error {
+        /// `NotFound`, `BadRequest`, `Internal`.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What `Info` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Node (satellite) name.
+    pub name: String,
+    /// deorch version.
+    pub version: String,
+    /// Live objects in the store.
+    pub objects: usize,
+    /// Hypervisor driver in use.
+    pub hypervisor: String,
+    /// Storage driver in use.
+    pub storage: String,
+    /// Manifest directory watched.
+    pub manifests: String,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+    /// Recent warning events of the node (e.g. rejected manifest files).
+    pub warnings: Vec<Event>,
+}
+
+/// Largest request line accepted (bytes).
+pub const MAX_REQUEST: usize = 16 << 20;

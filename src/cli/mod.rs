@@ -1,1 +1,420 @@
-//! cli. OWNER: lead.
+//! The command line: `deorch node run` and the client verbs (`validate`,
+//! `apply`, `delete`, `get`, `describe`, `version`, `completions`).
+//! Commands parse their arguments and call the library; the only state they
+//! touch is through the local API of a running node.
+
+mod output;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::api::client;
+use crate::api::{Request, Response};
+use crate::manifest;
+use crate::node::{self, config::DEFAULT_SOCKET, NodeArgs, NodeConfig};
+
+/// deorch: a decentralized de-orchestrator for QEMU/KVM virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "deorch", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "DEORCH_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,deorch=debug`).
+    #[arg(long, global = true, default_value = "info", env = "DEORCH_LOG")]
+    pub log: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table.
+    Table,
+    /// YAML documents.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// Local API client flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The node's local API socket.
+    #[arg(long, env = "DEORCH_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run this machine's node (satellite) daemon.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Check manifests (files or directories, multi-document YAML).
+    Validate {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Create or update objects on a running node.
+    Apply {
+        /// Manifest file, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        file: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete objects on a running node: `delete KIND NAME` or `delete -f FILE`.
+    Delete {
+        /// Kind (e.g. `vm`, `virtualmachine`, `spacesuits`).
+        kind: Option<String>,
+        /// Names.
+        names: Vec<String>,
+        /// Delete the objects a manifest file declares.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "names"])]
+        file: Option<String>,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List objects.
+    Get {
+        /// Kind (e.g. `vm`, `satellites`); all kinds when absent.
+        kind: Option<String>,
+        /// Name.
+        name: Option<String>,
+        /// Namespace (default: all namespaces).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one object in detail, with its events.
+    Describe {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the version.
+    Version,
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write (or check) the JSON schemas of every kind.
+    #[command(hide = true)]
+    Schemas {
+        /// Directory.
+        #[arg(default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+/// `deorch node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run the node daemon in the foreground.
+    Run(NodeArgs),
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Node {
+            command: NodeCommand::Run(args),
+        } => {
+            let config = NodeConfig::resolve(&args)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { paths } => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let summary = manifest::run_validate(&paths, &mut out);
+            out.flush().ok();
+            eprintln!(
+                "{} file{}, {} document{}, {} error{}",
+                summary.files,
+                plural(summary.files),
+                summary.documents,
+                plural(summary.documents),
+                summary.errors,
+                plural(summary.errors)
+            );
+            Ok(if summary.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Apply { file, client } => {
+            let (filename, yaml) = read_input(&file)?;
+            let response = client::call(
+                &client.socket,
+                &Request::Apply { filename, yaml },
+                CALL_TIMEOUT,
+            )?;
+            match response {
+                Response::Applied { objects } => {
+                    for a in objects {
+                        let what = if a.changed { "configured" } else { "unchanged" };
+                        println!("{} {what} (generation {})", a.key, a.generation);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Invalid { diagnostics } => {
+                    for d in &diagnostics {
+                        println!("{d}");
+                    }
+                    eprintln!(
+                        "rejected: {} error{}, nothing applied",
+                        diagnostics.len(),
+                        plural(diagnostics.len())
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Delete {
+            kind,
+            names,
+            file,
+            namespace,
+            client,
+        } => {
+            let targets: Vec<(String, Option<String>, String)> = match (file, kind) {
+                (Some(file), _) => {
+                    let (filename, yaml) = read_input(&file)?;
+                    let parsed = manifest::parse_str(std::path::Path::new(&filename), &yaml);
+                    if !parsed.diagnostics.is_empty() {
+                        for d in &parsed.diagnostics {
+                            println!("{d}");
+                        }
+                        bail!("{filename} is invalid; nothing deleted");
+                    }
+                    parsed
+                        .documents
+                        .iter()
+                        .map(|d| {
+                            let key = crate::model::ObjectKey::of(&d.object);
+                            (
+                                key.kind.as_str().to_string(),
+                                Some(key.namespace).filter(|n| !n.is_empty()),
+                                key.name,
+                            )
+                        })
+                        .collect()
+                }
+                (None, Some(kind)) if !names.is_empty() => names
+                    .into_iter()
+                    .map(|n| (kind.clone(), namespace.clone(), n))
+                    .collect(),
+                _ => bail!(
+                    "say what to delete: `deorch delete KIND NAME...` or `deorch delete -f FILE`"
+                ),
+            };
+            let mut failed = false;
+            for (kind, namespace, name) in targets {
+                match client::call(
+                    &client.socket,
+                    &Request::Delete {
+                        kind,
+                        namespace,
+                        name,
+                    },
+                    CALL_TIMEOUT,
+                )? {
+                    Response::Deleted { key, generation } => {
+                        println!("{key} deleted (generation {generation})")
+                    }
+                    Response::Error { message, .. } => {
+                        eprintln!("error: {message}");
+                        failed = true;
+                    }
+                    other => return unexpected(other),
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+            client,
+        } => {
+            let response = client::call(
+                &client.socket,
+                &Request::Get {
+                    kind: kind.clone(),
+                    namespace,
+                    name,
+                },
+                CALL_TIMEOUT,
+            )?;
+            match response {
+                Response::Objects { records } => {
+                    let stdout = std::io::stdout();
+                    let mut out = stdout.lock();
+                    output::records(&mut out, &records, output, kind.is_none())?;
+                    if output == OutputFormat::Table {
+                        // Rejected manifests are shown where users look.
+                        if let Ok(Response::Info(info)) =
+                            client::call(&client.socket, &Request::Info, CALL_TIMEOUT)
+                        {
+                            output::warnings(&mut out, &info.warnings)?;
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Error { message, .. } => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Describe {
+            kind,
+            name,
+            namespace,
+            client,
+        } => match client::call(
+            &client.socket,
+            &Request::Describe {
+                kind,
+                namespace,
+                name,
+            },
+            CALL_TIMEOUT,
+        )? {
+            Response::Described { record, events } => {
+                let stdout = std::io::stdout();
+                output::describe(&mut stdout.lock(), &record, &events)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { message, .. } => {
+                eprintln!("error: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => unexpected(other),
+        },
+        Command::Version => {
+            println!("deorch {}", env!("CARGO_PKG_VERSION"));
+            println!("apiVersion {}", crate::model::API_VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "deorch", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, text) in crate::schema::render_all() {
+                std::fs::write(dir.join(&file), text)?;
+            }
+            println!("schemas written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn unexpected(r: Response) -> anyhow::Result<ExitCode> {
+    match r {
+        Response::Error { code, message } => bail!("{code}: {message}"),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// Read a file or standard input (`-`); returns (name for messages, text).
+fn read_input(file: &str) -> anyhow::Result<(String, String)> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        Ok(("<stdin>".into(), s))
+    } else {
+        let s = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Ok((file.to_string(), s))
+    }
+}

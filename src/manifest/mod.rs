@@ -60,3 +60,33 @@ pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
     let _ = (file, text);
     ParsedFile::default()
 }
+
+/// Whether `path` names a manifest file (stub until the validation work lands).
+pub fn is_manifest_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Parse and validate one file (stub until the validation work lands).
+pub fn parse_file(path: &Path) -> ParsedFile {
+    parse_str(path, &std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// Summary of a `validate` run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValidateSummary {
+    /// Files read.
+    pub files: usize,
+    /// Documents read.
+    pub documents: usize,
+    /// Problems found.
+    pub errors: usize,
+}
+
+/// Validate files and directories (stub until the validation work lands).
+pub fn run_validate(paths: &[PathBuf], out: &mut dyn std::io::Write) -> ValidateSummary {
+    let _ = (paths, out);
+    ValidateSummary::default()
+}

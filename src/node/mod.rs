@@ -1,1 +1,128 @@
-//! node. OWNER: lead.
+//! `deorch node run`: wires one node together. The store is opened, the
+//! node's own `Satellite` object is registered, then three tasks run until
+//! SIGINT/SIGTERM: the manifest directory source, the local API and the
+//! reconcile engine.
+//!
+//! Architecture invariant: this is the only place that chooses driver
+//! implementations; everything below receives them as trait objects.
+
+pub mod config;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::{NodeArgs, NodeConfig};
+
+use crate::api;
+use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
+use crate::reconcile::{Drivers, Engine, EngineConfig};
+use crate::source::dir::{DirConfig, DirSource};
+use crate::source::Source;
+use crate::store::{SourceId, Store};
+
+/// File name of the store inside the state directory.
+pub const STORE_FILE: &str = "store.redb";
+
+/// Run a node until a termination signal.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    run_until(config, stop_rx).await
+}
+
+/// Run a node until `shutdown` turns true.
+pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let store_path = config.state_dir.join(STORE_FILE);
+    let store = Arc::new(
+        Store::open(&store_path)
+            .with_context(|| format!("opening the store {}", store_path.display()))?,
+    );
+    register_satellite(&store, &config)?;
+
+    let listener = api::server::bind(&config.socket)
+        .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
+    let facts = api::server::ServerFacts {
+        name: config.name.clone(),
+        hypervisor: "fake".into(),
+        storage: "fake".into(),
+        manifests: config.manifests.display().to_string(),
+    };
+    warn!("the hypervisor and storage drivers are in-memory fakes: VMs are simulated, nothing boots yet");
+
+    let engine = Engine::new(
+        store.clone(),
+        Drivers::fake(),
+        EngineConfig {
+            node_name: config.name.clone(),
+            node_addresses: config.addresses.clone(),
+            ..EngineConfig::default()
+        },
+    );
+    let dir = Box::new(DirSource::new(DirConfig {
+        root: config.manifests.clone(),
+        rescan_every: config.rescan_interval,
+        settle: config.settle,
+    }));
+    info!(
+        node = %config.name,
+        manifests = %config.manifests.display(),
+        socket = %config.socket.display(),
+        source = %dir.name(),
+        "node starting"
+    );
+    let tasks = vec![
+        tokio::spawn(dir.run(store.clone(), shutdown.clone())),
+        tokio::spawn(api::server::serve(
+            listener,
+            config.socket.clone(),
+            store.clone(),
+            facts,
+            shutdown.clone(),
+        )),
+        tokio::spawn(engine.run(shutdown.clone())),
+    ];
+    info!(node = %config.name, "node ready");
+    for t in tasks {
+        let _ = t.await;
+    }
+    info!(node = %config.name, "node stopped");
+    Ok(())
+}
+
+/// Make sure a `Satellite` object names this node (a declared one, e.g.
+/// with tags, wins: only a missing one is created).
+fn register_satellite(store: &Store, config: &NodeConfig) -> anyhow::Result<()> {
+    let key = ObjectKey::new(Kind::Satellite, None, &config.name);
+    if store.get(&key).is_some_and(|r| !r.deleted) {
+        return Ok(());
+    }
+    let spec = SatelliteSpec {
+        addresses: config.addresses.clone(),
+        ..Default::default()
+    };
+    store
+        .apply(
+            &AnyObject::Satellite(Manifest::new(&config.name, spec)),
+            &SourceId("node".into()),
+        )
+        .context("registering this node's Satellite object")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("termination signal received; stopping");
+}

@@ -1,0 +1,277 @@
+//! The Unix socket server.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{NodeInfo, Request, Response, MAX_REQUEST};
+use crate::manifest;
+use crate::model::{Kind, ObjectKey};
+use crate::store::{SourceId, Store};
+
+/// Static facts the server reports in `Info`.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// Node name.
+    pub name: String,
+    /// Hypervisor driver name.
+    pub hypervisor: String,
+    /// Storage driver name.
+    pub storage: String,
+    /// Manifest directory.
+    pub manifests: String,
+}
+
+/// Bind the socket: its directory is created `0700`, a stale socket file
+/// is replaced, the socket itself is `0600`.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if path.exists() {
+        // A live node answers; refuse to steal its socket.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running node", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve until `shutdown` turns true; removes the socket file on exit.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    store: Arc<Store>,
+    facts: ServerFacts,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                };
+                // Only root or the node's own user.
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                if !(uid == Some(0) || (uid.is_some() && uid == own_uid)) {
+                    warn!(?uid, "refused local API connection from another user");
+                    continue;
+                }
+                let store = store.clone();
+                let facts = facts.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_conn(stream, store, facts, started).await {
+                        debug!(error = %e, "local API connection ended");
+                    }
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    info!(socket = %path.display(), "local API stopped");
+}
+
+async fn handle_conn(
+    stream: UnixStream,
+    store: Arc<Store>,
+    facts: ServerFacts,
+    started: Instant,
+) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.len() > MAX_REQUEST {
+            Response::Error {
+                code: "BadRequest".into(),
+                message: format!("request larger than {MAX_REQUEST} bytes"),
+            }
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => {
+                    let store = store.clone();
+                    let facts = facts.clone();
+                    // Store writes fsync: keep them off the async threads.
+                    tokio::task::spawn_blocking(move || handle(req, &store, &facts, started))
+                        .await
+                        .unwrap_or_else(|e| Response::Error {
+                            code: "Internal".into(),
+                            message: format!("handler failed: {e}"),
+                        })
+                }
+                Err(e) => Response::Error {
+                    code: "BadRequest".into(),
+                    message: format!("malformed request: {e}"),
+                },
+            }
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses serialize");
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if line.len() > MAX_REQUEST {
+            return Ok(());
+        }
+    }
+}
+
+fn not_found(what: impl std::fmt::Display) -> Response {
+    Response::Error {
+        code: "NotFound".into(),
+        message: format!("{what} not found"),
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, Response> {
+    Kind::from_cli(kind).ok_or_else(|| {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        Response::Error {
+            code: "BadRequest".into(),
+            message: format!("unknown kind {kind:?}, expected one of: {}", all.join(", ")),
+        }
+    })
+}
+
+/// Answer one request (blocking: may write the store).
+pub fn handle(req: Request, store: &Store, facts: &ServerFacts, started: Instant) -> Response {
+    let result = match req {
+        Request::Apply { filename, yaml } => apply(store, &filename, &yaml),
+        Request::Delete {
+            kind,
+            namespace,
+            name,
+        } => parse_kind(&kind).and_then(|kind| {
+            let key = ObjectKey::new(kind, namespace.as_deref(), &name);
+            match store.delete(&key, &SourceId("api".into())) {
+                Ok(Some(generation)) => {
+                    info!(object = %key, generation, "deleted via local API");
+                    Ok(Response::Deleted { key, generation })
+                }
+                Ok(None) => Err(not_found(&key)),
+                Err(e) => Err(internal(e)),
+            }
+        }),
+        Request::Get {
+            kind,
+            namespace,
+            name,
+        } => {
+            let kind = match kind.as_deref().map(parse_kind).transpose() {
+                Ok(k) => k,
+                Err(r) => return r,
+            };
+            let records: Vec<_> = store
+                .list(kind)
+                .into_iter()
+                .filter(|r| {
+                    namespace
+                        .as_ref()
+                        .is_none_or(|ns| r.key.namespace == *ns || r.key.namespace.is_empty())
+                })
+                .filter(|r| name.as_ref().is_none_or(|n| r.key.name == *n))
+                .collect();
+            if let (Some(name), true) = (&name, records.is_empty()) {
+                Err(not_found(name))
+            } else {
+                Ok(Response::Objects { records })
+            }
+        }
+        Request::Describe {
+            kind,
+            namespace,
+            name,
+        } => parse_kind(&kind).and_then(|kind| {
+            let key = ObjectKey::new(kind, namespace.as_deref(), &name);
+            match store.get(&key) {
+                Some(record) if !record.deleted => Ok(Response::Described {
+                    events: store.events(Some(&key)),
+                    record: Box::new(record),
+                }),
+                _ => Err(not_found(&key)),
+            }
+        }),
+        Request::Info => Ok(Response::Info(NodeInfo {
+            name: facts.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            objects: store.list(None).len(),
+            hypervisor: facts.hypervisor.clone(),
+            storage: facts.storage.clone(),
+            manifests: facts.manifests.clone(),
+            uptime_secs: started.elapsed().as_secs(),
+            warnings: recent_warnings(store),
+        })),
+    };
+    result.unwrap_or_else(|r| r)
+}
+
+/// The 20 newest warnings, oldest first.
+fn recent_warnings(store: &Store) -> Vec<crate::store::Event> {
+    let mut w: Vec<_> = store
+        .events(None)
+        .into_iter()
+        .filter(|e| e.level == "Warning")
+        .collect();
+    let skip = w.len().saturating_sub(20);
+    w.drain(..skip);
+    w
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    Response::Error {
+        code: "Internal".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Validate every document first; apply only if all are valid.
+fn apply(store: &Store, filename: &str, yaml: &str) -> Result<Response, Response> {
+    let parsed = manifest::parse_str(Path::new(filename), yaml);
+    if !parsed.diagnostics.is_empty() {
+        return Ok(Response::Invalid {
+            diagnostics: parsed.diagnostics,
+        });
+    }
+    if parsed.documents.is_empty() {
+        return Err(Response::Error {
+            code: "BadRequest".into(),
+            message: format!("{filename}: no documents"),
+        });
+    }
+    let source = SourceId("api".into());
+    let mut objects = Vec::with_capacity(parsed.documents.len());
+    for doc in &parsed.documents {
+        let applied = store.apply(&doc.object, &source).map_err(internal)?;
+        if applied.changed {
+            info!(object = %applied.key, generation = applied.generation, "applied via local API");
+        }
+        objects.push(applied);
+    }
+    Ok(Response::Applied { objects })
+}

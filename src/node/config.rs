@@ -1,0 +1,308 @@
+//! Node configuration, resolved in two phases (as ripgrep does): flags,
+//! environment variables (`DEORCH_*`) and an optional YAML config file are
+//! read into [`NodeArgs`]/[`FileConfig`] (everything optional), then
+//! [`NodeConfig::resolve`] turns them into one immutable [`NodeConfig`] that
+//! the rest of the node uses. Precedence: flag > environment > file > default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Duration as ManifestDuration;
+
+/// `deorch node run` flags (each also readable from the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// YAML config file (keys as the long flags, e.g. `stateDir`).
+    #[arg(long, env = "DEORCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node (satellite) name; default: the host name.
+    #[arg(long, env = "DEORCH_NAME")]
+    pub name: Option<String>,
+    /// Manifest directory to watch; default /etc/deorch/manifests.
+    #[arg(long, env = "DEORCH_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    /// State directory (store, VM runtime files); default /var/lib/deorch.
+    #[arg(long, env = "DEORCH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Local API socket; default /run/deorch/deorch.sock.
+    #[arg(long, env = "DEORCH_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// This node's IP addresses (repeat or comma-separate).
+    #[arg(long = "address", env = "DEORCH_ADDRESSES", value_delimiter = ',')]
+    pub addresses: Vec<String>,
+    /// Hypervisor driver: `fake` (VMs simulated in memory).
+    #[arg(long, env = "DEORCH_HYPERVISOR")]
+    pub hypervisor: Option<String>,
+    /// Storage driver: `fake` (volumes simulated in memory).
+    #[arg(long, env = "DEORCH_STORAGE")]
+    pub storage: Option<String>,
+    /// Full rescan period of the manifest directory, e.g. `10s`.
+    #[arg(long, env = "DEORCH_RESCAN_INTERVAL")]
+    pub rescan_interval: Option<ManifestDuration>,
+    /// Age a modified but unclosed manifest must reach before a rescan reads it.
+    #[arg(long, env = "DEORCH_SETTLE")]
+    pub settle: Option<ManifestDuration>,
+}
+
+/// The config file: the same settings, all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node name.
+    pub name: Option<String>,
+    /// Manifest directory.
+    pub manifests: Option<PathBuf>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Socket path.
+    pub socket: Option<PathBuf>,
+    /// Addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Hypervisor driver.
+    pub hypervisor: Option<String>,
+    /// Storage driver.
+    pub storage: Option<String>,
+    /// Rescan period.
+    pub rescan_interval: Option<ManifestDuration>,
+    /// Settle time.
+    pub settle: Option<ManifestDuration>,
+}
+
+/// Which hypervisor driver runs VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypervisorKind {
+    /// In-memory simulation (until the QEMU driver lands).
+    Fake,
+}
+
+/// Which storage driver holds volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// In-memory simulation (until the dir/zfs drivers land).
+    Fake,
+}
+
+/// The resolved, immutable node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Manifest directory.
+    pub manifests: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Local API socket.
+    pub socket: PathBuf,
+    /// Node addresses.
+    pub addresses: Vec<String>,
+    /// Hypervisor driver.
+    pub hypervisor: HypervisorKind,
+    /// Storage driver.
+    pub storage: StorageKind,
+    /// Manifest directory rescan period.
+    pub rescan_interval: Duration,
+    /// Settle time for unclosed files.
+    pub settle: Duration,
+}
+
+/// A configuration error, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// Path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A setting has a bad value.
+    #[error("setting {setting}: {message}")]
+    Invalid {
+        /// Setting name.
+        setting: &'static str,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// The default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/deorch/deorch.sock";
+
+impl NodeConfig {
+    /// Merge flags/env over the config file over defaults.
+    pub fn resolve(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
+        if !is_dns_label(&name) {
+            return Err(ConfigError::Invalid {
+                setting: "name",
+                message: format!("{name:?} is not a DNS-1123 label (lower-case letters, digits, '-', at most 63)"),
+            });
+        }
+        let addresses = if args.addresses.is_empty() {
+            file.addresses
+        } else {
+            args.addresses.clone()
+        };
+        for a in &addresses {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    setting: "address",
+                    message: format!("{a:?} is not an IP address"),
+                });
+            }
+        }
+        let hypervisor = match args.hypervisor.clone().or(file.hypervisor).as_deref() {
+            None | Some("fake") => HypervisorKind::Fake,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: "hypervisor",
+                    message: format!("unknown driver {other:?}; this build has: fake (the qemu and libvirt drivers are not built yet)"),
+                })
+            }
+        };
+        let storage = match args.storage.clone().or(file.storage).as_deref() {
+            None | Some("fake") => StorageKind::Fake,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: "storage",
+                    message: format!("unknown driver {other:?}; this build has: fake (the dir and zfs drivers are not built yet)"),
+                })
+            }
+        };
+        Ok(NodeConfig {
+            name,
+            manifests: args
+                .manifests
+                .clone()
+                .or(file.manifests)
+                .unwrap_or_else(|| "/etc/deorch/manifests".into()),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/deorch".into()),
+            socket: args
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            addresses,
+            hypervisor,
+            storage,
+            rescan_interval: args
+                .rescan_interval
+                .or(file.rescan_interval)
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+            settle: args
+                .settle
+                .or(file.settle)
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let err = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let label: String = host
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let label = label.trim_matches('-').to_string();
+    if label.is_empty() {
+        "satellite".into()
+    } else {
+        label
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(
+            &file,
+            "name: from-file\nstateDir: /tmp/x\nrescanInterval: 3s\n",
+        )
+        .unwrap();
+        let args = NodeArgs {
+            config: Some(file.clone()),
+            name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let cfg = NodeConfig::resolve(&args).unwrap();
+        assert_eq!(cfg.name, "from-flag");
+        assert_eq!(cfg.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.rescan_interval, Duration::from_secs(3));
+        assert_eq!(cfg.socket, PathBuf::from(DEFAULT_SOCKET));
+        std::fs::write(&file, "nmae: typo\n").unwrap();
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("nmae"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let args = NodeArgs {
+            name: Some("Bad_Name".into()),
+            ..Default::default()
+        };
+        assert!(NodeConfig::resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("setting name"));
+        let args = NodeArgs {
+            addresses: vec!["10.0.0.300".into()],
+            ..Default::default()
+        };
+        assert!(NodeConfig::resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("setting address"));
+    }
+}
