@@ -137,12 +137,44 @@ pub enum Command {
         /// Shell.
         shell: clap_complete::Shell,
     },
+    /// Run a benchmark (figures for docs/PERFORMANCE.md).
+    Bench {
+        /// Which.
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
     /// Write (or check) the JSON schemas of every kind.
     #[command(hide = true)]
     Schemas {
         /// Directory.
         #[arg(default_value = "schemas")]
         dir: PathBuf,
+    },
+}
+
+/// `deorch bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Manifest file written -> reconcile started.
+    Drop {
+        /// Number of files dropped.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Store RSS, apply rate and reopen time with many objects.
+    Store {
+        /// Number of objects.
+        #[arg(long, default_value_t = 10_000)]
+        objects: usize,
+    },
+    /// Validation throughput, beside check-jsonschema.
+    Validate {
+        /// Number of documents.
+        #[arg(long, default_value_t = 10_000)]
+        documents: usize,
+        /// The schemas directory (for check-jsonschema).
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
     },
 }
 
@@ -377,6 +409,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "deorch", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which } => {
+            match which {
+                BenchCommand::Drop { count } => crate::bench::drop_latency(count)?,
+                BenchCommand::Store { objects } => crate::bench::store_footprint(objects)?,
+                BenchCommand::Validate { documents, schemas } => {
+                    crate::bench::validate_throughput(documents, &schemas)?
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schemas { dir } => {

@@ -20,3 +20,14 @@ impl Engine {
     }
     pub async fn run(self, _: tokio::sync::watch::Receiver<bool>) {}
 }
+#[derive(Clone, Debug)]
+pub struct ReconcileStarted {
+    pub key: crate::model::ObjectKey,
+    pub generation: i64,
+    pub at: std::time::Instant,
+}
+impl Engine {
+    pub fn started(&self) -> tokio::sync::broadcast::Receiver<ReconcileStarted> {
+        tokio::sync::broadcast::channel(1).1
+    }
+}

@@ -1,0 +1,51 @@
+# Shared by scripts/*.sh: install what is missing, find the build cache.
+# shellcheck shell=bash
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# The build cache lives outside the clone, so fresh clones reuse it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deorch/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=""
+# apt_install PKG...: install the Debian packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+need_rust() {
+  if ! command -v cargo >/dev/null; then
+    say "cargo not found: installing Debian's Rust toolchain"
+    apt_install cargo rustc
+  fi
+  apt_install gcc pkg-config ca-certificates
+}
+
+# Python tools (check-jsonschema) go into a private venv, never the system.
+PY_VENV="${DEORCH_VENV:-$HOME/.cache/deorch/venv}"
+need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
+  if [ ! -x "$PY_VENV/bin/$1" ]; then
+    command -v python3 >/dev/null || apt_install python3
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      apt_install python3-venv
+    fi
+    [ -x "$PY_VENV/bin/pip" ] || python3 -m venv "$PY_VENV"
+    say "installing $2 into $PY_VENV"
+    "$PY_VENV/bin/pip" install -q "$2"
+  fi
+  export PATH="$PY_VENV/bin:$PATH"
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, then
+# formatting, lints, and every test (schema staleness and real-tool tests
+# included). Usage: scripts/test.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+need_rust
+need_python_tool check-jsonschema check-jsonschema
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "cargo-nextest not found: installing it from crates.io"
+  cargo install --locked cargo-nextest >/dev/null
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+say "tests"
+cargo nextest run --locked --no-fail-fast "$@"

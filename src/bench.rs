@@ -1,0 +1,328 @@
+//! `deorch bench`: the benchmarks whose figures are in `docs/PERFORMANCE.md`.
+//! Each prints what it measured and the peer it was compared with in the
+//! same run. They are commands, not timed tests: run them on a quiet
+//! machine (`deorch bench all`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use notify::Watcher;
+use tokio::sync::watch;
+
+use crate::model::{
+    vm::{Disk, DiskSource, Nic},
+    AnyObject, Kind, Manifest, ObjectKey, Quantity, VirtualMachineSpec,
+};
+use crate::reconcile::{Drivers, Engine, EngineConfig};
+use crate::source::dir::{DirConfig, DirSource};
+use crate::source::Source;
+use crate::store::{SourceId, Store};
+
+/// Percentiles of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// Nearest-rank percentiles of `samples` (durations).
+pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
+    samples.sort();
+    let at = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1].as_secs_f64() * 1e3
+    };
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("deorch-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn vm_doc(name: &str, memory_mi: u64) -> String {
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\n  labels:\n    app: bench\nspec:\n  cpu: 2\n  memory: {memory_mi}Mi\n  disks:\n    - name: root\n      source:\n        spacesuit: tiny\n  nics:\n    - name: eth0\n      network: default\n"
+    )
+}
+
+/// File written → reconcile started, over `count` drops, in one process
+/// (directory source + store + engine with fake drivers), beside the raw
+/// inotify latency of the same kind of write (the floor).
+pub fn drop_latency(count: usize) -> anyhow::Result<()> {
+    let dir = scratch("drop")?;
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Arc::new(Store::open(&dir.join("store.redb"))?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = Engine::new(
+        store.clone(),
+        Drivers::fake(),
+        EngineConfig {
+            node_name: "bench".into(),
+            ..EngineConfig::default()
+        },
+    );
+    let mut started = engine.started();
+    let source = Box::new(DirSource::new(DirConfig {
+        root: manifests.clone(),
+        rescan_every: Duration::from_secs(3600),
+        settle: Duration::from_secs(5),
+    }));
+    rt.spawn(engine.run(stop_rx.clone()));
+    rt.spawn(source.run(store.clone(), stop_rx));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = format!("drop-{i}");
+        let key = ObjectKey::new(Kind::VirtualMachine, None, &name);
+        let path = manifests.join(format!("{name}.yaml"));
+        let doc = vm_doc(&name, 128);
+        let t0 = Instant::now();
+        std::fs::write(&path, doc)?;
+        let deadline = t0 + Duration::from_secs(10);
+        let at = rt.block_on(async {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, started.recv()).await {
+                    Ok(Ok(ev)) if ev.key == key => return Ok(ev.at),
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                    Ok(Err(e)) => bail!("engine stopped: {e}"),
+                    Err(_) => bail!("no reconcile of {key} within 10 s"),
+                }
+            }
+        })?;
+        samples.push(at.saturating_duration_since(t0));
+    }
+    let _ = stop_tx.send(true);
+    let ours = percentiles(&mut samples);
+
+    // The floor: a bare inotify watcher seeing the same kind of write.
+    let raw_dir = dir.join("raw");
+    std::fs::create_dir_all(&raw_dir)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if matches!(
+                ev.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                ))
+            ) {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    })?;
+    watcher.watch(&raw_dir, notify::RecursiveMode::NonRecursive)?;
+    let mut raw = Vec::with_capacity(count);
+    for i in 0..count {
+        let t0 = Instant::now();
+        std::fs::write(raw_dir.join(format!("f{i}.yaml")), vm_doc("x", 128))?;
+        let at = rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("raw inotify event")?;
+        raw.push(at.saturating_duration_since(t0));
+    }
+    let floor = percentiles(&mut raw);
+    drop(watcher);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("file written -> reconcile started, {count} drops:");
+    println!("| what | p50 ms | p99 ms | max ms |\n|---|---|---|---|");
+    println!(
+        "| deorch (notify + parse + validate + store fsync + engine) | {:.2} | {:.2} | {:.2} |",
+        ours.p50, ours.p99, ours.max
+    );
+    println!(
+        "| bare inotify close-write event (floor) | {:.2} | {:.2} | {:.2} |",
+        floor.p50, floor.p99, floor.max
+    );
+    println!("| kubelet static pods (file check period, documented) | 20000 | 20000 | 20000 |");
+    Ok(())
+}
+
+/// Current resident set size of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn bench_vm(i: usize) -> AnyObject {
+    let spec = VirtualMachineSpec {
+        cpu: Some(crate::model::Cpu(2000)),
+        memory: Some(Quantity((256 + (i as u64 % 512)) << 20)),
+        disks: vec![Disk {
+            name: "root".into(),
+            source: DiskSource {
+                spacesuit: Some("tiny".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        nics: vec![Nic {
+            name: "eth0".into(),
+            network: "default".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut m = Manifest::new(&format!("vm-{i:05}"), spec);
+    m.metadata.labels = Some([("app".to_string(), format!("app-{}", i % 50))].into());
+    AnyObject::VirtualMachine(m)
+}
+
+/// Apply `objects` VMs to a fresh store (each durable), then report the
+/// process RSS, the apply rate and the reopen time.
+pub fn store_footprint(objects: usize) -> anyhow::Result<()> {
+    let dir = scratch("store")?;
+    let before = rss_bytes();
+    let path = dir.join("store.redb");
+    let t0 = Instant::now();
+    {
+        let store = Store::open(&path)?;
+        let source = SourceId("bench".into());
+        for i in 0..objects {
+            store.apply(&bench_vm(i), &source)?;
+        }
+        let apply_secs = t0.elapsed().as_secs_f64();
+        let after = rss_bytes();
+        println!("store with {objects} VirtualMachine objects:");
+        println!("| what | value |\n|---|---|");
+        println!(
+            "| durable applies per second (one fsync'd transaction each) | {:.0} |",
+            objects as f64 / apply_secs
+        );
+        println!(
+            "| process RSS before opening the store | {:.1} MB |",
+            before as f64 / 1e6
+        );
+        println!(
+            "| process RSS with {objects} objects | {:.1} MB |",
+            after as f64 / 1e6
+        );
+    }
+    let t1 = Instant::now();
+    let store = Store::open(&path)?;
+    let n = store.list(None).len();
+    println!(
+        "| reopen and load the index ({n} objects) | {:.0} ms |",
+        t1.elapsed().as_secs_f64() * 1e3
+    );
+    println!(
+        "| store file size | {:.1} MB |",
+        std::fs::metadata(&path)?.len() as f64 / 1e6
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `deorch validate` throughput on `documents` documents (100 per file),
+/// beside `check-jsonschema` on the same documents (one per file, as it
+/// takes them) when it is installed.
+pub fn validate_throughput(documents: usize, schemas: &Path) -> anyhow::Result<()> {
+    let dir = scratch("validate")?;
+    let multi = dir.join("multi");
+    let single = dir.join("single");
+    std::fs::create_dir_all(&multi)?;
+    std::fs::create_dir_all(&single)?;
+    let per_file = 100;
+    let mut written = 0;
+    let mut singles = Vec::new();
+    while written < documents {
+        let n = per_file.min(documents - written);
+        let docs: Vec<String> = (written..written + n)
+            .map(|i| vm_doc(&format!("vm-{i}"), 128 + i as u64 % 512))
+            .collect();
+        std::fs::write(
+            multi.join(format!("f{written:06}.yaml")),
+            docs.join("---\n"),
+        )?;
+        for (j, d) in docs.iter().enumerate() {
+            let p = single.join(format!("d{:06}.yaml", written + j));
+            std::fs::write(&p, d)?;
+            singles.push(p);
+        }
+        written += n;
+    }
+    let mut sink = std::io::sink();
+    let t0 = Instant::now();
+    let summary = crate::manifest::run_validate(&[multi.clone()], &mut sink);
+    let ours = t0.elapsed().as_secs_f64();
+    if summary.errors != 0 || summary.documents != documents {
+        bail!("benchmark corpus did not validate cleanly: {summary:?}");
+    }
+    let t1 = Instant::now();
+    let summary1 = crate::manifest::run_validate(&[single.clone()], &mut sink);
+    let ours_single = t1.elapsed().as_secs_f64();
+    println!("validation of {documents} VirtualMachine documents:");
+    println!("| tool | layout | seconds | documents/s |\n|---|---|---|---|");
+    println!(
+        "| deorch validate (library, 1 thread) | {} files x {per_file} docs | {ours:.2} | {:.0} |",
+        documents.div_ceil(per_file),
+        documents as f64 / ours
+    );
+    println!(
+        "| deorch validate (library, 1 thread) | {} files x 1 doc | {ours_single:.2} | {:.0} |",
+        summary1.files,
+        documents as f64 / ours_single
+    );
+    let schema = schemas.join("virtualmachine.json");
+    match Command::new("check-jsonschema").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let t2 = Instant::now();
+            let status = Command::new("check-jsonschema")
+                .arg("--schemafile")
+                .arg(&schema)
+                .args(&singles)
+                .output()?;
+            let peer = t2.elapsed().as_secs_f64();
+            if !status.status.success() {
+                bail!(
+                    "check-jsonschema rejected the corpus: {}",
+                    String::from_utf8_lossy(&status.stdout)
+                );
+            }
+            let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            println!(
+                "| {version} | {documents} files x 1 doc | {peer:.2} | {:.0} |",
+                documents as f64 / peer
+            );
+        }
+        _ => {
+            println!("| check-jsonschema | not installed (pip install check-jsonschema) | - | - |")
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Shared fixtures for tests that run real `deorch` node processes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deorch::api::client;
+use deorch::api::{Request, Response};
+use deorch::store::Record;
+
+/// A node process with its own state dir, manifest dir and socket.
+pub struct Node {
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A fresh temporary directory (removed by `Node::drop` for nodes).
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!(
+        "deorch-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_u64() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish() as u128
+}
+
+impl Node {
+    /// Prepare (not start) a node.
+    pub fn new(tag: &str) -> Node {
+        let dir = temp_dir(tag);
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        Node {
+            state: dir.join("state"),
+            socket: dir.join("run/deorch.sock"),
+            log: dir.join("node.log"),
+            manifests,
+            dir,
+            child: None,
+        }
+    }
+
+    /// Start the process and wait until its API answers.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_deorch"))
+            .args(["node", "run", "--name", "test-node"])
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args([
+                "--rescan-interval",
+                "1s",
+                "--settle",
+                "2s",
+                "--log",
+                "info,deorch=debug",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn deorch node");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Response::Info(_)) = self.call(&Request::Info) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited early ({status}); log:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not come up; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub fn call(&self, req: &Request) -> Result<Response, client::ClientError> {
+        client::call(&self.socket, req, Duration::from_secs(30))
+    }
+
+    /// All live records.
+    pub fn records(&self) -> Vec<Record> {
+        match self
+            .call(&Request::Get {
+                kind: None,
+                namespace: None,
+                name: None,
+            })
+            .unwrap()
+        {
+            Response::Objects { records } => records,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The record of kind/name in the default namespace, if live.
+    pub fn record(&self, kind: &str, name: &str) -> Option<Record> {
+        match self.call(&Request::Get {
+            kind: Some(kind.into()),
+            namespace: None,
+            name: Some(name.into()),
+        }) {
+            Ok(Response::Objects { mut records }) => records.pop(),
+            _ => None,
+        }
+    }
+
+    /// Poll until `f` holds (bounded).
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut(&Node) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Run the CLI against this node.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        cli_in(Some(&self.socket), args, stdin)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Run the `deorch` binary; returns (exit code, stdout, stderr).
+pub fn cli_in(socket: Option<&Path>, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deorch"));
+    cmd.args(args);
+    if let Some(s) = socket {
+        cmd.env("DEORCH_SOCKET", s);
+    }
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn deorch");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A minimal valid VirtualMachine manifest.
+pub fn vm_yaml(name: &str, memory: &str) -> String {
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  cpu: 1\n  memory: {memory}\n"
+    )
+}
