@@ -49,3 +49,31 @@ need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
   fi
   export PATH="$PY_VENV/bin:$PATH"
 }
+
+# QEMU 10 comes from bookworm-backports: the image already carries
+# backports' qemu-utils, so the suite must be in the sources for
+# qemu-system-x86 to resolve (see docs/ and shared recipes).
+need_qemu() {
+  if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
+    return 0
+  fi
+  local src=/etc/apt/sources.list.d/deorch-backports.sources
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    local uris keyring
+    uris=$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+    keyring=$(awk '/^Signed-By:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+    say "adding bookworm-backports to the apt sources ($src)"
+    as_root tee "$src" >/dev/null <<SRC
+Types: deb
+URIs: ${uris:-http://deb.debian.org/debian}
+Suites: bookworm-backports
+Components: main
+Signed-By: ${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
+SRC
+    apt_updated=""
+  fi
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  say "installing QEMU from bookworm-backports"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+}
