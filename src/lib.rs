@@ -14,6 +14,7 @@ pub mod driver;
 pub mod manifest;
 pub mod model;
 pub mod node;
+pub mod qemu;
 pub mod reconcile;
 pub mod schema;
 pub mod source;
