@@ -9,6 +9,7 @@ source scripts/lib.sh
 need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
+apt_install busybox-static cpio iproute2
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: installing it from crates.io"
   cargo install --locked cargo-nextest >/dev/null

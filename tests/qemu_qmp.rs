@@ -75,3 +75,45 @@ async fn qmp_session_commands_errors_and_close() {
     assert!(status.success(), "qemu exited with {status}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The tiny guest, built by guest/build.sh into a per-user cache.
+fn tiny_guest() -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/deorch/guest");
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
+        .arg(&out)
+        .status()
+        .expect("run guest/build.sh");
+    assert!(status.success(), "guest/build.sh failed");
+    (out.join("vmlinuz"), out.join("initrd.img"))
+}
+
+#[tokio::test]
+async fn accel_probe_chooses_by_a_real_boot() {
+    use deorch::qemu::probe::{boot_once, probe, Accel, ProbeGuest};
+    if !qemu_available() {
+        return;
+    }
+    let (kernel, initrd) = tiny_guest();
+    let guest = ProbeGuest {
+        qemu: "qemu-system-x86_64".into(),
+        kernel,
+        initrd,
+        timeout: Duration::from_secs(8),
+    };
+    // TCG always works: the probe guest must reach its marker.
+    let t = boot_once(&guest, Accel::Tcg)
+        .await
+        .expect("TCG boot of the tiny guest");
+    eprintln!("TCG probe boot: {} ms", t.as_millis());
+    let r = probe(&guest, "test".into()).await;
+    eprintln!("probe: {r:?}");
+    match r.accel {
+        // KVM is only ever chosen with evidence of a boot.
+        Accel::Kvm => assert!(r.reason.starts_with("KVM guest ready in"), "{r:?}"),
+        Accel::Tcg => assert!(r.reason.contains("/dev/kvm"), "{r:?}"),
+    }
+    // On this kind of machine /dev/kvm exists but cannot boot a guest.
+    if std::path::Path::new("/dev/kvm").exists() && boot_once(&guest, Accel::Kvm).await.is_err() {
+        assert_eq!(r.accel, Accel::Tcg);
+    }
+}

@@ -1,4 +1,6 @@
-//! QEMU plumbing shared by the hypervisor driver: the QMP client.
-//! (The driver itself implements `driver::Hypervisor` on top of it.)
+//! QEMU plumbing shared by the hypervisor driver: the QMP client and the
+//! accelerator probe. (The driver itself implements `driver::Hypervisor` on
+//! top of them.)
 
+pub mod probe;
 pub mod qmp;
