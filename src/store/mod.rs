@@ -6,10 +6,25 @@
 //! Status (observed state) is kept beside the desired object and never
 //! changes its generation.
 //!
-//! OWNER: store helper. The signatures below are the contract.
+//! Layout: one redb file with two tables, `records` (key → the versioned
+//! record without status) and `status` (key → status JSON), so that status
+//! updates never rewrite the desired object. Every mutation is one redb write
+//! transaction committed with immediate durability (fsync) before the call
+//! returns; an in-memory index answers reads without touching the disk. A
+//! `store.lock` file held with an exclusive lock keeps a second process out.
 
-use std::path::Path;
-use std::time::SystemTime;
+mod canonical;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+pub use canonical::{canonical_json, content_hash};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -103,70 +118,446 @@ pub struct Change {
     pub status_only: bool,
 }
 
+/// Records: `Kind/namespace/name` → [`StoredRecord`] JSON.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Status: `Kind/namespace/name` → status JSON.
+const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("status");
+/// Format version of stored records.
+const FORMAT: u32 = 1;
+/// Events kept in memory.
+const EVENT_RING: usize = 1000;
+
+/// The on-disk form of a record (status lives in its own table).
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    format: u32,
+    key: ObjectKey,
+    generation: i64,
+    source: SourceId,
+    hash: String,
+    object: Value,
+    deleted: bool,
+    updated_ms: u64,
+}
+
 /// The store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
-    _private: (),
+    path: PathBuf,
+    db: Database,
+    /// Serialises mutations (read-decide-write must be atomic).
+    writer: Mutex<()>,
+    index: RwLock<BTreeMap<ObjectKey, Record>>,
+    events: Mutex<VecDeque<Event>>,
+    changes: broadcast::Sender<Change>,
+    _lock: File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn db_key(key: &ObjectKey) -> String {
+    format!("{}/{}/{}", key.kind.as_str(), key.namespace, key.name)
 }
 
 impl Store {
     /// Open (or create) the store at `path` (a file), loading its index.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let _ = path;
-        unimplemented!("store helper")
+        let io = |e: &dyn std::fmt::Display| StoreError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io(&format!(
+                    "in use by another process (lock {} is held): is another node running on this state directory?",
+                    lock_path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&e)),
+        }
+        let db = Database::create(path).map_err(|e| io(&e))?;
+        // Make sure both tables exist, so that readers never fail on them.
+        {
+            let tx = db.begin_write().map_err(|e| io(&e))?;
+            tx.open_table(RECORDS).map_err(|e| io(&e))?;
+            tx.open_table(STATUS).map_err(|e| io(&e))?;
+            tx.commit().map_err(|e| io(&e))?;
+        }
+        let mut index = BTreeMap::new();
+        {
+            let tx = db.begin_read().map_err(|e| io(&e))?;
+            let records = tx.open_table(RECORDS).map_err(|e| io(&e))?;
+            let status = tx.open_table(STATUS).map_err(|e| io(&e))?;
+            for entry in records.iter().map_err(|e| io(&e))? {
+                let (k, v) = entry.map_err(|e| io(&e))?;
+                let raw_key = k.value().to_string();
+                let stored: StoredRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        key: raw_key.clone(),
+                        message: e.to_string(),
+                    })?;
+                if stored.format != FORMAT {
+                    return Err(StoreError::Corrupt {
+                        key: raw_key,
+                        message: format!(
+                            "record format {} (this deorch reads {FORMAT})",
+                            stored.format
+                        ),
+                    });
+                }
+                let st = match status.get(raw_key.as_str()).map_err(|e| io(&e))? {
+                    Some(s) => Some(serde_json::from_slice(s.value()).map_err(|e| {
+                        StoreError::Corrupt {
+                            key: raw_key.clone(),
+                            message: format!("status: {e}"),
+                        }
+                    })?),
+                    None => None,
+                };
+                index.insert(
+                    stored.key.clone(),
+                    Record {
+                        key: stored.key,
+                        generation: stored.generation,
+                        source: stored.source,
+                        hash: stored.hash,
+                        object: stored.object,
+                        status: st,
+                        deleted: stored.deleted,
+                        updated_ms: stored.updated_ms,
+                    },
+                );
+            }
+        }
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Store {
+            path: path.to_path_buf(),
+            db,
+            writer: Mutex::new(()),
+            index: RwLock::new(index),
+            events: Mutex::new(VecDeque::new()),
+            changes,
+            _lock: lock,
+        })
     }
+
+    fn io_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Write one record durably (and optionally remove its status).
+    fn persist(&self, record: &Record, drop_status: bool) -> Result<(), StoreError> {
+        let stored = StoredRecord {
+            format: FORMAT,
+            key: record.key.clone(),
+            generation: record.generation,
+            source: record.source.clone(),
+            hash: record.hash.clone(),
+            object: record.object.clone(),
+            deleted: record.deleted,
+            updated_ms: record.updated_ms,
+        };
+        let bytes = serde_json::to_vec(&stored).expect("records serialize");
+        let k = db_key(&record.key);
+        let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
+        {
+            let mut t = tx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
+            t.insert(k.as_str(), bytes.as_slice())
+                .map_err(|e| self.io_err(e))?;
+            if drop_status {
+                let mut s = tx.open_table(STATUS).map_err(|e| self.io_err(e))?;
+                s.remove(k.as_str()).map_err(|e| self.io_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.io_err(e))
+    }
+
+    fn notify(&self, change: Change) {
+        // No receivers is fine.
+        let _ = self.changes.send(change);
+    }
+
     /// Accept `obj` from `source`: bump the generation if its hash differs
     /// from the stored one (or it was deleted/absent), persist durably, then
-    /// notify subscribers. Idempotent for identical content.
+    /// notify subscribers. Idempotent for identical content; identical
+    /// content from another source only records the new source.
     pub fn apply(&self, obj: &AnyObject, source: &SourceId) -> Result<Applied, StoreError> {
-        let _ = (obj, source);
-        unimplemented!("store helper")
+        let key = ObjectKey::of(obj);
+        let mut object = obj.to_value();
+        let hash = content_hash(&object);
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(cur) = current.as_ref().filter(|c| !c.deleted && c.hash == hash) {
+            if cur.source != *source {
+                let mut moved = cur.clone();
+                moved.source = source.clone();
+                self.persist(&moved, false)?;
+                self.index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone(), moved);
+            }
+            return Ok(Applied {
+                key,
+                generation: cur.generation,
+                changed: false,
+            });
+        }
+        let generation = current.as_ref().map_or(0, |c| c.generation) + 1;
+        strip_server_fields(&mut object, generation);
+        let record = Record {
+            key: key.clone(),
+            generation,
+            source: source.clone(),
+            hash,
+            object,
+            // Status survives spec changes, not deletion.
+            status: current
+                .as_ref()
+                .filter(|c| !c.deleted)
+                .and_then(|c| c.status.clone()),
+            deleted: false,
+            updated_ms: now_ms(),
+        };
+        self.persist(&record, false)?;
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), record);
+        self.notify(Change {
+            key: key.clone(),
+            generation,
+            status_only: false,
+        });
+        Ok(Applied {
+            key,
+            generation,
+            changed: true,
+        })
     }
+
     /// Tombstone `key` (generation + 1), durably. `Ok(None)` if absent or
     /// already deleted.
     pub fn delete(&self, key: &ObjectKey, source: &SourceId) -> Result<Option<i64>, StoreError> {
-        let _ = (key, source);
-        unimplemented!("store helper")
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cur) = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|c| !c.deleted)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let generation = cur.generation + 1;
+        let mut object = cur.object.clone();
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("generation".into(), Value::from(generation));
+        }
+        let record = Record {
+            generation,
+            source: source.clone(),
+            object,
+            status: None,
+            deleted: true,
+            updated_ms: now_ms(),
+            ..cur
+        };
+        self.persist(&record, true)?;
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), record);
+        self.notify(Change {
+            key: key.clone(),
+            generation,
+            status_only: false,
+        });
+        Ok(Some(generation))
     }
+
     /// The record of `key`, tombstones included.
     pub fn get(&self, key: &ObjectKey) -> Option<Record> {
-        let _ = key;
-        unimplemented!("store helper")
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
+
     /// Live (non-deleted) records, optionally of one kind, sorted by key.
     pub fn list(&self, kind: Option<Kind>) -> Vec<Record> {
-        let _ = kind;
-        unimplemented!("store helper")
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .values()
+            .filter(|r| !r.deleted && kind.is_none_or(|k| r.key.kind == k))
+            .cloned()
+            .collect()
     }
+
+    /// Live and tombstoned keys with their generations (for resync).
+    pub fn generations(&self) -> Vec<(ObjectKey, i64, bool)> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .values()
+            .map(|r| (r.key.clone(), r.generation, r.deleted))
+            .collect()
+    }
+
     /// Live records whose current version came from `source`.
     pub fn list_by_source(&self, source: &SourceId) -> Vec<Record> {
-        let _ = source;
-        unimplemented!("store helper")
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .values()
+            .filter(|r| !r.deleted && r.source == *source)
+            .cloned()
+            .collect()
     }
+
     /// Record the status of `key` (durably; does not change the generation).
     /// Ignored for tombstoned or absent keys.
     pub fn set_status(&self, key: &ObjectKey, status: Value) -> Result<(), StoreError> {
-        let _ = (key, status);
-        unimplemented!("store helper")
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            match index.get(key) {
+                Some(r) if !r.deleted => {
+                    if r.status.as_ref() == Some(&status) {
+                        return Ok(());
+                    }
+                    r.generation
+                }
+                _ => return Ok(()),
+            }
+        };
+        let bytes = serde_json::to_vec(&status).expect("status serializes");
+        let k = db_key(key);
+        let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
+        {
+            let mut t = tx.open_table(STATUS).map_err(|e| self.io_err(e))?;
+            t.insert(k.as_str(), bytes.as_slice())
+                .map_err(|e| self.io_err(e))?;
+        }
+        tx.commit().map_err(|e| self.io_err(e))?;
+        if let Some(r) = self
+            .index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+        {
+            r.status = Some(status);
+        }
+        self.notify(Change {
+            key: key.clone(),
+            generation,
+            status_only: true,
+        });
+        Ok(())
     }
+
     /// Drop tombstones older than `horizon`.
     pub fn gc_tombstones(&self, horizon: SystemTime) -> Result<usize, StoreError> {
-        let _ = horizon;
-        unimplemented!("store helper")
+        let horizon_ms = horizon
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<ObjectKey> = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.deleted && r.updated_ms < horizon_ms)
+            .map(|r| r.key.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
+        {
+            let mut t = tx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
+            for k in &old {
+                t.remove(db_key(k).as_str()).map_err(|e| self.io_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.io_err(e))?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for k in &old {
+            index.remove(k);
+        }
+        Ok(old.len())
     }
+
     /// Add an event (kept in a bounded in-memory ring, newest last).
     pub fn record_event(&self, event: Event) {
-        let _ = event;
-        unimplemented!("store helper")
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() >= EVENT_RING {
+            events.pop_front();
+        }
+        events.push_back(event);
     }
-    /// Events about `key`, or about sources whose current objects include
-    /// `key`, or all events when `key` is `None`; oldest first.
+
+    /// Events about `key`, or about the source `key`'s current version came
+    /// from, or all events when `key` is `None`; oldest first.
     pub fn events(&self, key: Option<&ObjectKey>) -> Vec<Event> {
-        let _ = key;
-        unimplemented!("store helper")
+        let source = key.and_then(|k| self.get(k)).map(|r| r.source);
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events
+            .iter()
+            .filter(|e| match key {
+                None => true,
+                Some(k) => {
+                    e.object.as_ref() == Some(k) || (e.source.is_some() && e.source == source)
+                }
+            })
+            .cloned()
+            .collect()
     }
+
     /// Subscribe to changes (a `tokio::sync::broadcast` channel; a lagging
-    /// receiver should rescan with [`Store::list`]).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
-        unimplemented!("store helper")
+    /// receiver should rescan with [`Store::list`]). Notifications are sent
+    /// after the change is durable.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 }
+
+/// Set `metadata.generation`; drop what the store, not the author, owns.
+fn strip_server_fields(object: &mut Value, generation: i64) {
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in ["resourceVersion", "uid", "managedFields", "selfLink"] {
+                meta.remove(f);
+            }
+            meta.insert("generation".into(), Value::from(generation));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::model::{Manifest, Quantity, VirtualMachineSpec};
+
+struct Tmp(PathBuf);
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tmp() -> Tmp {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "deorch-store-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    Tmp(d)
+}
+
+fn vm(name: &str, mem_mi: u64) -> AnyObject {
+    AnyObject::VirtualMachine(Manifest::new(
+        name,
+        VirtualMachineSpec {
+            memory: Some(Quantity(mem_mi << 20)),
+            ..Default::default()
+        },
+    ))
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new(Kind::VirtualMachine, None, name)
+}
+
+fn src(s: &str) -> SourceId {
+    SourceId(s.into())
+}
+
+#[test]
+fn generations_are_monotonic_across_delete_and_recreate() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    let a = s.apply(&vm("a", 64), &src("api")).unwrap();
+    assert_eq!((a.generation, a.changed), (1, true));
+    let same = s.apply(&vm("a", 64), &src("api")).unwrap();
+    assert_eq!((same.generation, same.changed), (1, false));
+    assert_eq!(s.apply(&vm("a", 128), &src("api")).unwrap().generation, 2);
+    assert_eq!(s.delete(&key("a"), &src("api")).unwrap(), Some(3));
+    assert_eq!(s.delete(&key("a"), &src("api")).unwrap(), None);
+    assert!(s.get(&key("a")).unwrap().deleted);
+    assert!(s.list(None).is_empty());
+    let again = s.apply(&vm("a", 64), &src("api")).unwrap();
+    assert_eq!((again.generation, again.changed), (4, true));
+    let r = s.get(&key("a")).unwrap();
+    assert_eq!(r.object["metadata"]["generation"], 4);
+}
+
+#[test]
+fn hash_ignores_key_order_and_status_and_covers_labels() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    let AnyObject::VirtualMachine(mut m) = vm("a", 64) else {
+        unreachable!()
+    };
+    s.apply(&AnyObject::VirtualMachine(m.clone()), &src("api"))
+        .unwrap();
+    m.status = Some(Default::default());
+    assert!(
+        !s.apply(&AnyObject::VirtualMachine(m.clone()), &src("api"))
+            .unwrap()
+            .changed
+    );
+    m.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+    assert!(
+        s.apply(&AnyObject::VirtualMachine(m), &src("api"))
+            .unwrap()
+            .changed
+    );
+    let a = serde_json::json!({"spec": {"a": 1, "b": [1, {"d": 2, "c": 3}]}});
+    let b = serde_json::json!({"spec": {"b": [1, {"c": 3, "d": 2}], "a": 1}});
+    assert_eq!(content_hash(&a), content_hash(&b));
+}
+
+#[test]
+fn sources_move_without_a_new_generation() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    s.apply(&vm("a", 64), &src("file:/m/a.yaml")).unwrap();
+    let moved = s.apply(&vm("a", 64), &src("file:/m/b.yaml")).unwrap();
+    assert_eq!((moved.generation, moved.changed), (1, false));
+    assert!(s.list_by_source(&src("file:/m/a.yaml")).is_empty());
+    assert_eq!(s.list_by_source(&src("file:/m/b.yaml")).len(), 1);
+}
+
+#[test]
+fn status_is_durable_and_does_not_bump_generation() {
+    let t = tmp();
+    let path = t.0.join("s.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        let mut rx = s.subscribe();
+        s.apply(&vm("a", 64), &src("api")).unwrap();
+        let c = rx.try_recv().unwrap();
+        assert_eq!((c.generation, c.status_only), (1, false));
+        s.set_status(&key("a"), serde_json::json!({"phase": "Running"}))
+            .unwrap();
+        let c = rx.try_recv().unwrap();
+        assert!(c.status_only);
+        // Same status again: nothing written, nothing sent.
+        s.set_status(&key("a"), serde_json::json!({"phase": "Running"}))
+            .unwrap();
+        assert!(rx.try_recv().is_err());
+        // Status survives a spec change.
+        s.apply(&vm("a", 128), &src("api")).unwrap();
+        assert_eq!(
+            s.get(&key("a")).unwrap().status.unwrap()["phase"],
+            "Running"
+        );
+        // Absent keys are ignored.
+        s.set_status(&key("zz"), serde_json::json!({})).unwrap();
+        assert!(s.get(&key("zz")).is_none());
+    }
+    let s = Store::open(&path).unwrap();
+    let r = s.get(&key("a")).unwrap();
+    assert_eq!(r.generation, 2);
+    assert_eq!(r.status.unwrap()["phase"], "Running");
+    s.delete(&key("a"), &src("api")).unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    let r = s.get(&key("a")).unwrap();
+    assert!(r.deleted && r.status.is_none());
+}
+
+#[test]
+fn second_process_is_refused_and_gc_drops_old_tombstones() {
+    let t = tmp();
+    let path = t.0.join("s.redb");
+    let s = Store::open(&path).unwrap();
+    let err = Store::open(&path)
+        .err()
+        .expect("second open must fail")
+        .to_string();
+    assert!(err.contains("in use"), "{err}");
+    s.apply(&vm("a", 64), &src("api")).unwrap();
+    s.delete(&key("a"), &src("api")).unwrap();
+    assert_eq!(
+        s.gc_tombstones(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.gc_tombstones(SystemTime::now() + Duration::from_secs(1))
+            .unwrap(),
+        1
+    );
+    assert!(s.get(&key("a")).is_none());
+    drop(s);
+    assert!(Store::open(&path).unwrap().get(&key("a")).is_none());
+}
+
+#[test]
+fn events_ring_is_bounded_and_filtered() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    s.apply(&vm("a", 64), &src("file:/m/a.yaml")).unwrap();
+    for i in 0..(EVENT_RING + 10) {
+        s.record_event(Event {
+            time_ms: i as u64,
+            level: "Normal".into(),
+            object: None,
+            source: None,
+            reason: "Filler".into(),
+            message: String::new(),
+        });
+    }
+    assert_eq!(s.events(None).len(), EVENT_RING);
+    assert_eq!(s.events(None)[0].time_ms, 10);
+    s.record_event(Event {
+        time_ms: 1,
+        level: "Warning".into(),
+        object: None,
+        source: Some(src("file:/m/a.yaml")),
+        reason: "InvalidManifest".into(),
+        message: "bad".into(),
+    });
+    let about_a = s.events(Some(&key("a")));
+    assert_eq!(about_a.len(), 1);
+    assert_eq!(about_a[0].reason, "InvalidManifest");
+    assert!(s.events(Some(&key("b"))).is_empty());
+}
+
+#[test]
+fn corrupt_records_are_named() {
+    let t = tmp();
+    let path = t.0.join("s.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(RECORDS)
+            .unwrap()
+            .insert("VirtualMachine/default/x", b"{not json".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let err = Store::open(&path).err().unwrap().to_string();
+    assert!(err.contains("VirtualMachine/default/x"), "{err}");
+}
