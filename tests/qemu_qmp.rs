@@ -117,3 +117,92 @@ async fn accel_probe_chooses_by_a_real_boot() {
         assert_eq!(r.accel, Accel::Tcg);
     }
 }
+
+#[tokio::test]
+async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
+    use deorch::model::vm::{Machine, NicModel};
+    use deorch::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm, Vnc};
+    use deorch::qemu::probe::Accel;
+    if !qemu_available() {
+        return;
+    }
+    let (kernel, initrd) = tiny_guest();
+    let rd = std::env::temp_dir().join(format!("deorch-cmdline-{}", std::process::id()));
+    std::fs::create_dir_all(&rd).unwrap();
+    let vm = QemuVm {
+        name: "test-tiny".into(),
+        accel: Accel::Tcg,
+        machine: Machine::Microvm,
+        cpu_model: "qemu64".into(),
+        cpus: 1,
+        memory_mib: 128,
+        kernel: Some(kernel),
+        initrd: Some(initrd),
+        cmdline: Some("console=ttyS0 quiet".into()),
+        disks: vec![],
+        nics: vec![QemuNic {
+            id: "eth0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            model: NicModel::Virtio,
+            backend: NicBackend::UserRestricted,
+        }],
+        vnc: Some(Vnc {
+            listen: "127.0.0.1".parse().unwrap(),
+            port: 5990 + (std::process::id() % 9) as u16,
+            websocket: None,
+        }),
+        runtime_dir: rd.clone(),
+    };
+    eprintln!("qemu {}", cmdline::args(&vm).join(" "));
+    let out = Command::new("qemu-system-x86_64")
+        .args(cmdline::args(&vm))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(cmdline::pidfile(&rd))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Watchdog: a rare boot prints nothing; fail clearly instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let serial = cmdline::serial_log(&rd);
+    loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if text.contains("DEORCH-GUEST-READY") {
+            assert!(
+                text.contains("deorch-guest: lease ip="),
+                "no DHCP lease in:\n{text}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("guest not ready in 30 s; serial:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut qmp = Qmp::connect(&cmdline::qmp_socket(&rd), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        qmp.execute("query-status", None).await.unwrap()["status"],
+        "running"
+    );
+    let vnc = qmp.execute("query-vnc", None).await.unwrap();
+    assert_eq!(vnc["enabled"], true, "{vnc}");
+    qmp.execute("quit", None).await.unwrap();
+    let gone = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/exe")).exists(),
+        "QEMU {pid} still running"
+    );
+    std::fs::remove_dir_all(&rd).ok();
+}

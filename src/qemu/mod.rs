@@ -2,5 +2,6 @@
 //! accelerator probe. (The driver itself implements `driver::Hypervisor` on
 //! top of them.)
 
+pub mod cmdline;
 pub mod probe;
 pub mod qmp;

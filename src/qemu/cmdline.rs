@@ -1,0 +1,301 @@
+//! The one place that builds QEMU command lines.
+//!
+//! Choices that cut boot time (measured in docs/PERFORMANCE.md): direct
+//! kernel boot, `-nodefaults` (no default VGA, floppy, CD-ROM, NIC),
+//! `-no-user-config`, no option ROMs on NICs (`romfile=` / microvm's
+//! iPXE never loads on microvm), and the `microvm` machine type where the guest
+//! needs no PCI. QEMU daemonizes with a pidfile, so a VM outlives any deorch
+//! process, and a restarted node re-adopts it through the pidfile and the
+//! QMP socket in the VM's runtime directory.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use super::probe::Accel;
+use crate::model::vm::{DiskBus, Machine, NicModel};
+
+/// Everything QEMU needs to run one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuVm {
+    /// Guest name (shown by QEMU and `ps`).
+    pub name: String,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Machine type.
+    pub machine: Machine,
+    /// CPU model.
+    pub cpu_model: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Direct kernel boot.
+    pub kernel: Option<PathBuf>,
+    /// Initrd for direct kernel boot.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Disks in boot order.
+    pub disks: Vec<QemuDisk>,
+    /// NICs.
+    pub nics: Vec<QemuNic>,
+    /// VNC console.
+    pub vnc: Option<Vnc>,
+    /// Directory for the pidfile, QMP socket and serial log.
+    pub runtime_dir: PathBuf,
+}
+
+/// A disk image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuDisk {
+    /// Device id (the disk's name).
+    pub id: String,
+    /// Image path.
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// Bus.
+    pub bus: DiskBus,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// A NIC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuNic {
+    /// Device id (the NIC's name).
+    pub id: String,
+    /// MAC address.
+    pub mac: String,
+    /// Device model.
+    pub model: NicModel,
+    /// Backend.
+    pub backend: NicBackend,
+}
+
+/// Where a NIC's packets go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NicBackend {
+    /// A host tap device (already created and attached to its bridge).
+    Tap {
+        /// Interface name.
+        ifname: String,
+    },
+    /// QEMU's user-mode network, restricted to the guest and QEMU itself
+    /// (needs no root; used by tests and the single-node quick start).
+    UserRestricted,
+}
+
+/// VNC console endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vnc {
+    /// Address to listen on.
+    pub listen: IpAddr,
+    /// RFB TCP port (≥ 5900).
+    pub port: u16,
+    /// Websocket port for noVNC.
+    pub websocket: Option<u16>,
+}
+
+/// Files in a VM's runtime directory.
+pub fn pidfile(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("qemu.pid")
+}
+/// The QMP socket of a VM.
+pub fn qmp_socket(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("qmp.sock")
+}
+/// The serial console log of a VM.
+pub fn serial_log(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("serial.log")
+}
+
+fn microvm(vm: &QemuVm) -> bool {
+    vm.machine == Machine::Microvm
+}
+
+/// The arguments of `qemu-system-x86_64` for `vm`.
+pub fn args(vm: &QemuVm) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("guest={},debug-threads=on", vm.name)]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-daemonize",
+    ]);
+    push(&["-accel", vm.accel.as_str()]);
+    let machine = match vm.machine {
+        Machine::Pc => "pc".to_string(),
+        Machine::Q35 => "q35".to_string(),
+        // Not x-option-roms=off: direct kernel boot is itself an option ROM.
+        Machine::Microvm => "microvm".to_string(),
+    };
+    push(&["-machine", &machine]);
+    push(&["-cpu", &vm.cpu_model]);
+    push(&["-smp", &vm.cpus.to_string()]);
+    push(&["-m", &format!("{}M", vm.memory_mib)]);
+    let rd = &vm.runtime_dir;
+    push(&["-pidfile", &pidfile(rd).display().to_string()]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp_socket(rd).display()),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=serial0,path={}", serial_log(rd).display()),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    if let Some(k) = &vm.kernel {
+        push(&["-kernel", &k.display().to_string()]);
+        if let Some(i) = &vm.initrd {
+            push(&["-initrd", &i.display().to_string()]);
+        }
+        push(&["-append", vm.cmdline.as_deref().unwrap_or("console=ttyS0")]);
+    }
+    let bus_suffix = if microvm(vm) { "device" } else { "pci" };
+    for d in &vm.disks {
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver={},node-name={},file.driver=file,file.filename={},cache.direct=off,discard=unmap{ro}",
+                d.format,
+                d.id,
+                d.path.display()
+            ),
+        ]);
+        let dev = match (d.bus, microvm(vm)) {
+            (DiskBus::Virtio, _) => {
+                format!("virtio-blk-{bus_suffix},drive={},id=disk-{}", d.id, d.id)
+            }
+            (DiskBus::Scsi, _) => format!("scsi-hd,drive={},id=disk-{}", d.id, d.id),
+            (DiskBus::Sata, _) => format!("ide-hd,drive={},id=disk-{}", d.id, d.id),
+            (DiskBus::Ide, _) => format!("ide-hd,drive={},id=disk-{}", d.id, d.id),
+        };
+        push(&["-device", &dev]);
+    }
+    for n in &vm.nics {
+        let backend = match &n.backend {
+            NicBackend::Tap { ifname } => format!(
+                "tap,id=net-{},ifname={ifname},script=no,downscript=no,vhost=off",
+                n.id
+            ),
+            NicBackend::UserRestricted => format!("user,id=net-{},restrict=on", n.id),
+        };
+        push(&["-netdev", &backend]);
+        let model = match (n.model, microvm(vm)) {
+            (_, true) => "virtio-net-device",
+            (NicModel::Virtio, false) => "virtio-net-pci",
+            (NicModel::E1000, false) => "e1000",
+            (NicModel::Rtl8139, false) => "rtl8139",
+        };
+        // No option ROM (iPXE): deorch boots kernels directly or from disk.
+        let rom = if microvm(vm) { "" } else { ",romfile=" };
+        push(&[
+            "-device",
+            &format!(
+                "{model},netdev=net-{},mac={},id=nic-{}{rom}",
+                n.id, n.mac, n.id
+            ),
+        ]);
+    }
+    if let Some(v) = &vm.vnc {
+        let display = v.port.saturating_sub(5900);
+        let host = match v.listen {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        let ws = v
+            .websocket
+            .map(|p| format!(",websocket={p}"))
+            .unwrap_or_default();
+        push(&["-vnc", &format!("{host}:{display}{ws}")]);
+        if !microvm(vm) {
+            push(&["-device", "VGA"]);
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> QemuVm {
+        QemuVm {
+            name: "default/tiny".into(),
+            accel: Accel::Tcg,
+            machine: Machine::Microvm,
+            cpu_model: "qemu64".into(),
+            cpus: 1,
+            memory_mib: 128,
+            kernel: Some("/g/vmlinuz".into()),
+            initrd: Some("/g/initrd.img".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+            disks: vec![],
+            nics: vec![QemuNic {
+                id: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                model: NicModel::Virtio,
+                backend: NicBackend::UserRestricted,
+            }],
+            vnc: Some(Vnc {
+                listen: "127.0.0.1".parse().unwrap(),
+                port: 5907,
+                websocket: Some(5707),
+            }),
+            runtime_dir: "/run/deorch/vms/x".into(),
+        }
+    }
+
+    fn joined(vm: &QemuVm) -> String {
+        args(vm).join(" ")
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_and_no_roms() {
+        let s = joined(&tiny());
+        assert!(s.contains("-machine microvm "), "{s}");
+        assert!(
+            s.contains("virtio-net-device,netdev=net-eth0,mac=52:54:00:12:34:56"),
+            "{s}"
+        );
+        assert!(!s.contains("romfile"), "{s}");
+        assert!(s.contains("-vnc 127.0.0.1:7,websocket=5707"), "{s}");
+        assert!(s.contains("-nodefaults") && s.contains("-daemonize"), "{s}");
+        assert!(s.contains("-pidfile /run/deorch/vms/x/qemu.pid"), "{s}");
+    }
+
+    #[test]
+    fn pc_nics_have_no_option_rom_and_taps_no_scripts() {
+        let mut vm = tiny();
+        vm.machine = Machine::Pc;
+        vm.nics[0].backend = NicBackend::Tap {
+            ifname: "dtap0".into(),
+        };
+        vm.disks.push(QemuDisk {
+            id: "root".into(),
+            path: "/v/root.qcow2".into(),
+            format: "qcow2".into(),
+            bus: DiskBus::Virtio,
+            read_only: false,
+        });
+        let s = joined(&vm);
+        assert!(
+            s.contains("virtio-net-pci,netdev=net-eth0,mac=52:54:00:12:34:56,id=nic-eth0,romfile="),
+            "{s}"
+        );
+        assert!(
+            s.contains("tap,id=net-eth0,ifname=dtap0,script=no,downscript=no"),
+            "{s}"
+        );
+        assert!(
+            s.contains("driver=qcow2,node-name=root,file.driver=file,file.filename=/v/root.qcow2"),
+            "{s}"
+        );
+        assert!(s.contains("virtio-blk-pci,drive=root"), "{s}");
+    }
+}
