@@ -3,11 +3,27 @@
 //! field path and what was expected. All problems of a file are reported,
 //! not only the first.
 //!
-//! OWNER: validation helper. Contract used by the rest of the crate:
+//! The pipeline, per document: (1) a spanned YAML tree ([`yaml`]: every
+//! node knows its line and column; duplicate keys and syntax errors are
+//! caught here); (2) `apiVersion` and `kind`; (3) the kind's JSON schema
+//! ([`schema_check`], the same schema editors and external validators use);
+//! (4) typed deserialization; (5) semantic checks a schema cannot express
+//! ([`semantic`]). Problems carry a field path; the tree turns paths into
+//! positions. All problems of a file are reported, sorted by position.
+//!
+//! Architecture invariant: this is the only manifest parser; the CLI, the
+//! manifest directory and the local API all call it.
+
+pub mod schema_check;
+pub mod semantic;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
-use crate::model::AnyObject;
+use serde_json::Value;
+
+use crate::model::{AnyObject, Kind, API_VERSION, DEFAULT_NAMESPACE};
+use yaml::{Node, NodeValue, Seg};
 
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,23 +71,339 @@ pub struct ParsedFile {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Parse and validate `text`, reporting positions against `file`.
-pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
-    let _ = (file, text);
-    ParsedFile::default()
+/// A problem at a path inside one document, before it has a position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Where.
+    pub path: Vec<Seg>,
+    /// What.
+    pub message: String,
+    /// Point at the key (unknown fields) rather than the value.
+    pub at_key: bool,
 }
 
-/// Whether `path` names a manifest file (stub until the validation work lands).
+impl Problem {
+    /// A problem with the value at `path`.
+    pub fn at_value(path: Vec<Seg>, message: String) -> Problem {
+        Problem {
+            path,
+            message,
+            at_key: false,
+        }
+    }
+    /// A problem with the key at the end of `path`.
+    pub fn at_key(path: Vec<Seg>, message: String) -> Problem {
+        Problem {
+            path,
+            message,
+            at_key: true,
+        }
+    }
+}
+
+/// Largest manifest file accepted.
+pub const MAX_FILE: usize = 8 << 20;
+
+/// Parse and validate `text`, reporting positions against `file`.
+pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    let diag = |line: usize, col: usize, path: String, message: String| Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        col,
+        path,
+        message,
+    };
+    if text.len() > MAX_FILE {
+        out.diagnostics.push(diag(
+            1,
+            1,
+            String::new(),
+            format!("file is larger than {} MiB; refused", MAX_FILE >> 20),
+        ));
+        return out;
+    }
+    let (docs, errors) = yaml::parse(text);
+    for e in errors {
+        out.diagnostics
+            .push(diag(e.pos.line, e.pos.col, String::new(), e.message));
+    }
+    for (index, doc) in docs.iter().enumerate() {
+        if matches!(doc.root.value, NodeValue::Scalar(Value::Null)) {
+            continue; // an empty document, e.g. a trailing `---`
+        }
+        let (object, problems) = check_document(&doc.root);
+        for p in problems {
+            let (key_pos, value_pos) = yaml::locate(&doc.root, &p.path);
+            let pos = if p.at_key {
+                key_pos.unwrap_or(value_pos)
+            } else {
+                value_pos
+            };
+            out.diagnostics.push(diag(
+                pos.line,
+                pos.col,
+                yaml::render_path(&p.path),
+                p.message,
+            ));
+        }
+        if let Some(object) = object {
+            out.documents.push(ParsedDocument {
+                index,
+                line: doc.pos.line,
+                object,
+            });
+        }
+    }
+    out.diagnostics
+        .sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+    if !out.diagnostics.is_empty() {
+        // A file is applied whole or not at all.
+        out.documents.clear();
+    }
+    out
+}
+
+/// Validate one document; the object when it has no problem.
+fn check_document(root: &Node) -> (Option<AnyObject>, Vec<Problem>) {
+    let value = yaml::to_json(root);
+    let Some(map) = value.as_object() else {
+        return (
+            None,
+            vec![Problem::at_value(
+                vec![],
+                format!(
+                    "expected a mapping with apiVersion, kind, metadata and spec, found {}",
+                    schema_check::describe(&value)
+                ),
+            )],
+        );
+    };
+    let mut problems = Vec::new();
+    match map.get("apiVersion") {
+        None => problems.push(Problem::at_value(
+            vec![],
+            format!("missing required field \"apiVersion\" (expected {API_VERSION:?})"),
+        )),
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(other) => problems.push(Problem::at_value(
+            vec![Seg::Key("apiVersion".into())],
+            format!(
+                "unknown apiVersion {}, expected {API_VERSION:?}",
+                match other {
+                    Value::String(s) => format!("{s:?}"),
+                    v => schema_check::describe(v),
+                }
+            ),
+        )),
+    }
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    let kind = match map.get("kind") {
+        None => {
+            problems.push(Problem::at_value(
+                vec![],
+                format!(
+                    "missing required field \"kind\" (one of: {})",
+                    kinds.join(", ")
+                ),
+            ));
+            None
+        }
+        Some(Value::String(k)) => match Kind::from_kind(k) {
+            Some(kind) => Some(kind),
+            None => {
+                let hint = schema_check::did_you_mean(k, kinds.iter().copied())
+                    .map(|m| format!(" (did you mean {m:?}?)"))
+                    .unwrap_or_default();
+                problems.push(Problem::at_value(
+                    vec![Seg::Key("kind".into())],
+                    format!(
+                        "unknown kind {k:?}, expected one of: {}{hint}",
+                        kinds.join(", ")
+                    ),
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            problems.push(Problem::at_value(
+                vec![Seg::Key("kind".into())],
+                format!(
+                    "expected a kind name, found {}",
+                    schema_check::describe(other)
+                ),
+            ));
+            None
+        }
+    };
+    let Some(kind) = kind else {
+        return (None, problems);
+    };
+    if !problems.is_empty() {
+        // The schema would only repeat the apiVersion error; still check
+        // the rest so every problem of the document is reported.
+        let mut fixed = value.clone();
+        fixed["apiVersion"] = Value::String(API_VERSION.into());
+        problems.extend(schema_check::check(kind, &fixed));
+        return (None, problems);
+    }
+    problems.extend(schema_check::check(kind, &value));
+    if !problems.is_empty() {
+        // Report the semantic problems of what is left too, so one run
+        // shows everything: drop the fields the schema refused and check
+        // the rest if it still reads as an object.
+        let mut pruned = value;
+        for p in &problems {
+            prune(&mut pruned, &p.path);
+        }
+        if let Ok(partial) = AnyObject::from_value(pruned) {
+            problems.extend(semantic::check(&partial));
+        }
+        return (None, problems);
+    }
+    let mut object = match AnyObject::from_value(value) {
+        Ok(o) => o,
+        Err(e) => {
+            return (
+                None,
+                vec![Problem::at_value(
+                    vec![],
+                    format!("cannot read the object: {e}"),
+                )],
+            )
+        }
+    };
+    problems.extend(semantic::check(&object));
+    if !problems.is_empty() {
+        return (None, problems);
+    }
+    if kind.namespaced() {
+        let meta = object.metadata_mut();
+        if meta.namespace.is_none() {
+            meta.namespace = Some(DEFAULT_NAMESPACE.into());
+        }
+    }
+    (Some(object), problems)
+}
+
+/// Remove the mapping key nearest to the end of `path` (the whole list
+/// when the path ends inside one).
+fn prune(v: &mut Value, path: &[Seg]) {
+    let Some(last_key) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
+        return;
+    };
+    let mut node = v;
+    for seg in &path[..last_key] {
+        node = match (node, seg) {
+            (Value::Object(m), Seg::Key(k)) => match m.get_mut(k) {
+                Some(n) => n,
+                None => return,
+            },
+            (Value::Array(a), Seg::Index(i)) => match a.get_mut(*i) {
+                Some(n) => n,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    if let (Value::Object(m), Seg::Key(k)) = (node, &path[last_key]) {
+        m.remove(k);
+    }
+}
+
+/// Read and validate one file (I/O errors become a diagnostic at 1:1).
+pub fn parse_file(path: &Path) -> ParsedFile {
+    let bytes = match std::fs::metadata(path).and_then(|m| {
+        if m.len() as usize > MAX_FILE {
+            Err(std::io::Error::other(format!(
+                "file is larger than {} MiB; refused",
+                MAX_FILE >> 20
+            )))
+        } else {
+            std::fs::read(path)
+        }
+    }) {
+        Ok(b) => b,
+        Err(e) => return io_problem(path, e.to_string()),
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => parse_str(path, &text),
+        Err(e) => io_problem(
+            path,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ),
+    }
+}
+
+fn io_problem(path: &Path, message: String) -> ParsedFile {
+    ParsedFile {
+        documents: vec![],
+        diagnostics: vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            path: String::new(),
+            message,
+        }],
+    }
+}
+
+/// Whether `path` names a manifest: `*.yaml`/`*.yml`, not a hidden file
+/// and not an editor's temp, swap or backup file.
 pub fn is_manifest_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.')
+        || name.starts_with('#')
+        || name.ends_with('~')
+        || name.contains(".dpkg-")
+    {
+        return false;
+    }
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     )
 }
 
-/// Parse and validate one file (stub until the validation work lands).
-pub fn parse_file(path: &Path) -> ParsedFile {
-    parse_str(path, &std::fs::read_to_string(path).unwrap_or_default())
+/// Files under `paths` (directories recursively, sorted); missing paths
+/// are diagnostics.
+pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for p in paths {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => walk(p, &mut files),
+            Ok(_) => files.push(p.clone()),
+            Err(e) => problems.push(Diagnostic {
+                file: p.clone(),
+                line: 1,
+                col: 1,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (files, problems)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out);
+        } else if is_manifest_file(&p) {
+            out.push(p);
+        }
+    }
 }
 
 /// Summary of a `validate` run.
@@ -79,14 +411,47 @@ pub fn parse_file(path: &Path) -> ParsedFile {
 pub struct ValidateSummary {
     /// Files read.
     pub files: usize,
-    /// Documents read.
+    /// Documents read (valid or not).
     pub documents: usize,
     /// Problems found.
     pub errors: usize,
 }
 
-/// Validate files and directories (stub until the validation work lands).
+/// Validate files and directories, printing one line per problem to `out`.
 pub fn run_validate(paths: &[PathBuf], out: &mut dyn std::io::Write) -> ValidateSummary {
-    let _ = (paths, out);
-    ValidateSummary::default()
+    let (files, missing) = collect_files(paths);
+    let mut summary = ValidateSummary {
+        files: files.len(),
+        documents: 0,
+        errors: missing.len(),
+    };
+    for d in &missing {
+        let _ = writeln!(out, "{d}");
+    }
+    for f in &files {
+        let parsed = parse_file(f);
+        summary.documents += if parsed.diagnostics.is_empty() {
+            parsed.documents.len()
+        } else {
+            count_documents(f)
+        };
+        summary.errors += parsed.diagnostics.len();
+        for d in &parsed.diagnostics {
+            let _ = writeln!(out, "{d}");
+        }
+    }
+    summary
+}
+
+/// Documents in a file that failed, for the summary line.
+fn count_documents(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            yaml::parse(&t)
+                .0
+                .iter()
+                .filter(|d| !matches!(d.root.value, NodeValue::Scalar(Value::Null)))
+                .count()
+        })
+        .unwrap_or(0)
 }
