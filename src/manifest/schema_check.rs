@@ -284,6 +284,36 @@ fn explain(root: &Value, doc: &Value, err: &ValidationError<'_>, out: &mut Vec<P
                 }
                 return;
             }
+            // An enum written as one constant per variant.
+            let consts: Vec<String> = context
+                .iter()
+                .flat_map(|b| b.iter())
+                .filter_map(|e| match e.kind() {
+                    ValidationErrorKind::Constant { expected_value } => Some(
+                        expected_value
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| expected_value.to_string()),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            if !consts.is_empty() && consts.len() == context.len() {
+                let hint = instance
+                    .as_str()
+                    .and_then(|s| did_you_mean(s, consts.iter().map(String::as_str)))
+                    .map(|m| format!(" (did you mean {m:?}?)"))
+                    .unwrap_or_default();
+                out.push(Problem::at_value(
+                    path,
+                    format!(
+                        "expected one of: {}, found {}{hint}",
+                        consts.join(", "),
+                        describe(instance)
+                    ),
+                ));
+                return;
+            }
             // A quantity, CPU amount or duration written wrong.
             for branch in context {
                 for e in branch {
@@ -303,7 +333,17 @@ fn explain(root: &Value, doc: &Value, err: &ValidationError<'_>, out: &mut Vec<P
                     _ => None,
                 })
                 .collect();
-            let msg = if wanted.is_empty() {
+            let described = schema_at(root, root, &path)
+                .and_then(|n| n.get("description"))
+                .and_then(Value::as_str)
+                .filter(|_| context.len() > 1);
+            let msg = if let Some(desc) = described {
+                format!(
+                    "{} is not valid here; expected {}",
+                    describe(instance),
+                    lower_first(desc)
+                )
+            } else if wanted.is_empty() {
                 format!("{} is not valid here", describe(instance))
             } else {
                 format!(
@@ -335,6 +375,19 @@ fn explain(root: &Value, doc: &Value, err: &ValidationError<'_>, out: &mut Vec<P
             format!("needs at least {limit} item(s)"),
         )),
         _ => out.push(Problem::at_value(path, err.to_string())),
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f
+            .to_lowercase()
+            .chain(c)
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_string(),
+        None => String::new(),
     }
 }
 

@@ -187,20 +187,37 @@ fn classify(
         *full = true;
         return;
     }
-    let complete = match ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => true,
-        // Data written but not closed yet: the writer may be half-way.
-        // The close, or a later rescan once it settled, will take it.
-        _ => false,
-    };
-    for path in ev.paths {
-        if path.is_dir() || (complete && !path.exists() && path.extension().is_none()) {
-            // A directory appeared, moved or vanished: look at everything.
-            *full = true;
-        } else if complete {
-            batch.insert(path, Why::Complete);
+    match ev.kind {
+        // The writer closed the file: it is complete.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            for path in ev.paths {
+                batch.insert(path, Why::Complete);
+            }
         }
+        // Renamed or removed: complete too. A directory renamed or removed
+        // (or a path that no longer exists and may have been one) changes
+        // many files at once: look at everything.
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+            for path in ev.paths {
+                if path.is_dir() || (!path.exists() && path.extension().is_none()) {
+                    *full = true;
+                } else {
+                    batch.insert(path, Why::Complete);
+                }
+            }
+        }
+        // A new directory may already hold files written before the watch
+        // on it existed.
+        EventKind::Create(_) => {
+            if ev.paths.iter().any(|p| p.is_dir()) {
+                *full = true;
+            }
+        }
+        // Data written but not closed (the writer may be half-way), reads,
+        // opens, metadata: nothing to do now. The close, or a later rescan
+        // once the file settled, takes it. (Our own scans open the
+        // directory: reacting to that would loop.)
+        _ => {}
     }
 }
 

@@ -184,6 +184,13 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("node log ({}):\n{}", self.log.display(), self.log_text());
+            let _ = std::fs::copy(
+                &self.log,
+                std::env::temp_dir().join("deorch-last-failed-node.log"),
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,303 @@
+//! `deorch validate`: every broken manifest gives precise `FILE:LINE:COL`
+//! errors; valid ones none; hostile input never panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use deorch::manifest::{parse_file, parse_str, Diagnostic};
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(p)
+}
+
+/// (line, col, field path, a fragment of the message) per expected error.
+type Want = (usize, usize, &'static str, &'static str);
+
+fn check(file: &str, want: &[Want]) {
+    let got = parse_file(&data(&format!("broken/{file}"))).diagnostics;
+    let show = |d: &[Diagnostic]| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{file}: expected {} errors, got:\n{}",
+        want.len(),
+        show(&got)
+    );
+    for (d, (line, col, path, msg)) in got.iter().zip(want) {
+        assert_eq!(
+            (d.line, d.col, d.path.as_str()),
+            (*line, *col, *path),
+            "{file}: {d}"
+        );
+        assert!(
+            d.message.contains(msg),
+            "{file}: {d}\n  should contain: {msg}"
+        );
+    }
+}
+
+#[test]
+fn each_broken_manifest_gives_precise_errors() {
+    check(
+        "typo-field.yaml",
+        &[(
+            6,
+            3,
+            "spec.cpus",
+            "unknown field \"cpus\", expected one of: array, boot, console, cpu,",
+        )],
+    );
+    check(
+        "typo-field.yaml",
+        &[(6, 3, "spec.cpus", "(did you mean \"cpu\"?)")],
+    );
+    check(
+        "bad-quantity.yaml",
+        &[(
+            7,
+            11,
+            "spec.memory",
+            "invalid quantity \"2GB\": expected a number with an optional suffix Ki, Mi, Gi",
+        )],
+    );
+    check(
+        "bad-cpu.yaml",
+        &[(
+            6,
+            8,
+            "spec.cpu",
+            "the number 1.5 is not valid here; expected an amount of CPU",
+        )],
+    );
+    check(
+        "duplicate-key.yaml",
+        &[(8, 3, "", "duplicate key \"memory\" (first at line 6)")],
+    );
+    check(
+        "tab-indent.yaml",
+        &[(4, 2, "", "tabs are not allowed for indentation")],
+    );
+    check(
+        "bad-name.yaml",
+        &[(
+            4,
+            9,
+            "metadata.name",
+            "\"Web_Server\" is not a DNS-1123 label",
+        )],
+    );
+    check(
+        "unknown-kind.yaml",
+        &[(
+            2,
+            7,
+            "kind",
+            "unknown kind \"VirtualMachin\", expected one of: Satellite,",
+        )],
+    );
+    check(
+        "unknown-kind.yaml",
+        &[(2, 7, "kind", "(did you mean \"VirtualMachine\"?)")],
+    );
+    check(
+        "bad-apiversion.yaml",
+        &[(
+            1,
+            13,
+            "apiVersion",
+            "unknown apiVersion \"deorch.dev/v1\", expected \"deorch.dev/v1alpha1\"",
+        )],
+    );
+    check(
+        "cross-field.yaml",
+        &[(9, 9, "spec.disks[0].source", "exactly one of spacesuit, virtualMachine, replica, blank must be set, found 2 (spacesuit, virtualMachine)")],
+    );
+    check(
+        "bad-addresses.yaml",
+        &[
+            (
+                7,
+                13,
+                "spec.ipv4.subnet",
+                "\"10.20.0.0/33\" is not an IPv4 CIDR",
+            ),
+            (
+                9,
+                18,
+                "spec.dhcp.dnsServers[0]",
+                "\"10.20.0.256\" is not an IPv4 address",
+            ),
+            (
+                19,
+                12,
+                "spec.nics[0].mac",
+                "\"52:54:00:12:34\" is not a MAC address",
+            ),
+        ],
+    );
+    check(
+        "many-errors.yaml",
+        &[
+            (7, 8, "spec.cpu", "whole number from 1 to 1024, found 0"),
+            (8, 11, "spec.memory", "invalid quantity \"lots\""),
+            (9, 15, "spec.powerState", "expected one of: Running, Stopped, Paused, found the string \"Runing\" (did you mean \"Running\"?)"),
+            (11, 5, "spec.placement", "give node or address, not both"),
+            (15, 11, "spec.replicaPolicy.keep", "must keep at least 1 replica"),
+        ],
+    );
+}
+
+#[test]
+fn every_broken_file_is_covered_and_rejected_whole() {
+    for entry in std::fs::read_dir(data("broken")).unwrap() {
+        let path = entry.unwrap().path();
+        let parsed = parse_file(&path);
+        assert!(
+            !parsed.diagnostics.is_empty(),
+            "{} has no error",
+            path.display()
+        );
+        assert!(
+            parsed.documents.is_empty(),
+            "{}: a file with errors must yield no objects",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn valid_files_and_examples_have_no_errors() {
+    for dir in ["tests/data/valid", "examples", "manifests"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let (files, missing) = deorch::manifest::collect_files(&[dir.clone()]);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert!(!files.is_empty(), "no manifests in {}", dir.display());
+        for f in files {
+            let parsed = parse_file(&f);
+            let errs: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+            assert!(errs.is_empty(), "{}:\n{}", f.display(), errs.join("\n"));
+            assert!(
+                !parsed.documents.is_empty(),
+                "{} has no documents",
+                f.display()
+            );
+        }
+    }
+    let two = parse_file(&data("valid/two-documents.yaml"));
+    assert_eq!(
+        two.documents.len(),
+        2,
+        "the trailing empty document is ignored"
+    );
+    assert_eq!(two.documents[1].line, 15, "a document starts at its `---`");
+    assert_eq!(
+        two.documents[1].object.metadata().namespace.as_deref(),
+        Some("shop")
+    );
+    assert_eq!(
+        two.documents[0].object.metadata().namespace.as_deref(),
+        Some("default")
+    );
+}
+
+#[test]
+fn the_cli_exits_1_on_errors_and_0_when_clean() {
+    let bin = env!("CARGO_BIN_EXE_deorch");
+    let out = Command::new(bin)
+        .arg("validate")
+        .arg(data("broken"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 17, "{stdout}");
+    assert!(
+        lines.iter().all(|l| l.contains("tests/data/broken/")
+            && l.split(':')
+                .nth(1)
+                .is_some_and(|n| n.parse::<usize>().is_ok())),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("11 files, 11 documents, 17 errors"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let out = Command::new(bin)
+        .arg("validate")
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = Command::new(bin)
+        .args(["validate", "/nonexistent/x.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/nonexistent/x.yaml:1:1: cannot read"));
+}
+
+/// xorshift, so a failing case can be replayed from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn garbage_and_truncated_input_never_panics() {
+    let mut corpus: Vec<String> = Vec::new();
+    for dir in ["tests/data/valid", "tests/data/broken", "examples"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for f in deorch::manifest::collect_files(&[dir]).0 {
+            corpus.push(std::fs::read_to_string(f).unwrap());
+        }
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let file = Path::new("fuzz.yaml");
+    for text in &corpus {
+        // Every truncation on a char boundary.
+        for cut in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+            let _ = parse_str(file, &text[..cut]);
+        }
+        // Random byte flips and splices.
+        for _ in 0..200 {
+            let mut bytes = text.as_bytes().to_vec();
+            for _ in 0..1 + rng.next() % 4 {
+                let i = (rng.next() as usize) % bytes.len().max(1);
+                let b = b" \t\n:-[]{}&*!|>'\"#%@`,?0aZ~"[(rng.next() % 26) as usize];
+                if bytes.is_empty() {
+                    bytes.push(b);
+                } else {
+                    bytes[i] = b;
+                }
+            }
+            let _ = parse_str(file, &String::from_utf8_lossy(&bytes));
+        }
+    }
+    for _ in 0..2000 {
+        let len = (rng.next() % 200) as usize;
+        let s: String = (0..len)
+            .map(|_| char::from(b" \t\n:-[]{}&*!|>'\"#%@`,?0aZ~k"[(rng.next() % 27) as usize]))
+            .collect();
+        let _ = parse_str(file, &s);
+    }
+}
