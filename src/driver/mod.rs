@@ -1,1 +1,207 @@
-//! Driver traits (Hypervisor, Storage, Net) and their fakes. OWNER: engine helper.
+//! Driver traits: one per external system the node changes (`Hypervisor`,
+//! `Storage`, `Net`), each with an in-memory fake ([`fake`]) that injects
+//! failures. Real drivers (QEMU/libvirt, ZFS/qcow2, bridges and taps) come
+//! with the storage, VM and network work; the node chooses implementations
+//! at construction, never by `cfg(test)` inside logic.
+//!
+//! Architecture invariant: drivers never read the store; they get fully
+//! resolved configurations and report what they observe.
+
+pub mod fake;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::vm::{Boot, Machine};
+
+/// A boxed future (traits with async methods stay object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A driver failure. `Transient` ones are retried with backoff; the others
+/// need a change of desired state (or of the world) first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// May succeed if retried (busy, timeout, temporarily unavailable).
+    #[error("{op} {target}: {message} (will retry)")]
+    Transient {
+        /// Operation.
+        op: String,
+        /// What it was applied to.
+        target: String,
+        /// What happened.
+        message: String,
+    },
+    /// Will fail again until something changes (no space, bad config).
+    #[error("{op} {target}: {message}")]
+    Permanent {
+        /// Operation.
+        op: String,
+        /// What it was applied to.
+        target: String,
+        /// What happened.
+        message: String,
+    },
+    /// The thing does not exist.
+    #[error("{op} {target}: not found")]
+    NotFound {
+        /// Operation.
+        op: String,
+        /// What was looked for.
+        target: String,
+    },
+}
+
+impl DriverError {
+    /// The operation that failed (e.g. `start`), for status reasons.
+    pub fn op(&self) -> &str {
+        match self {
+            DriverError::Transient { op, .. }
+            | DriverError::Permanent { op, .. }
+            | DriverError::NotFound { op, .. } => op,
+        }
+    }
+}
+
+/// A fully resolved VM, as a hypervisor needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// Stable id: `namespace/name`.
+    pub id: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Machine type.
+    pub machine: Machine,
+    /// CPU model; `None` lets the driver choose for its accelerator.
+    pub cpu_model: Option<String>,
+    /// Direct kernel boot.
+    pub boot: Option<Boot>,
+    /// Disks: (disk name, volume name), in boot order.
+    pub disks: Vec<(String, String)>,
+    /// NICs.
+    pub nics: Vec<NicConfig>,
+}
+
+/// A resolved NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicConfig {
+    /// NIC name in the VM.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Host tap device.
+    pub tap: String,
+    /// Bridge the tap is on.
+    pub bridge: String,
+}
+
+/// Why a VM is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// deorch stopped it.
+    Requested,
+    /// The guest powered itself off.
+    GuestShutdown,
+    /// QEMU died (crash or killed).
+    Crashed,
+}
+
+/// What a hypervisor reports about a VM.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmState {
+    /// Not known to the hypervisor.
+    Absent,
+    /// Running with this process and since this time (ms since epoch).
+    Running {
+        /// Process ID.
+        pid: u32,
+        /// Start time.
+        started_ms: u64,
+        /// The configuration it was started with.
+        config: Box<VmConfig>,
+    },
+    /// CPUs paused.
+    Paused {
+        /// Process ID.
+        pid: u32,
+        /// Start time.
+        started_ms: u64,
+        /// The configuration it was started with.
+        config: Box<VmConfig>,
+    },
+    /// Not running.
+    Stopped(StopReason),
+}
+
+/// Runs VMs.
+pub trait Hypervisor: Send + Sync {
+    /// Driver name (`fake`, `qemu`, `libvirt`).
+    fn name(&self) -> &'static str;
+    /// Start `config` (replacing a stopped VM of the same id).
+    fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Stop gracefully (ACPI power button), forcing after `timeout`.
+    fn stop<'a>(&'a self, id: &'a str, timeout: Duration)
+        -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Pause the CPUs.
+    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Resume the CPUs.
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Observe one VM.
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>>;
+    /// Forget a stopped VM entirely (after deletion).
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+}
+
+/// Holds volumes (disk images) and datasets.
+pub trait Storage: Send + Sync {
+    /// Driver name (`fake`, `dir`, `zfs`).
+    fn name(&self) -> &'static str;
+    /// Create an empty volume of `size` bytes.
+    fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Import an image file as a volume.
+    fn import<'a>(
+        &'a self,
+        volume: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Copy-on-write clone of `source` (grown to `size` if larger).
+    fn clone_volume<'a>(
+        &'a self,
+        volume: &'a str,
+        source: &'a str,
+        size: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Destroy a volume (dependents stay intact).
+    fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Whether a volume exists.
+    fn exists<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<bool, DriverError>>;
+    /// (total, free) bytes.
+    fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>>;
+}
+
+/// Host networking: bridges and taps.
+pub trait Net: Send + Sync {
+    /// Driver name.
+    fn name(&self) -> &'static str;
+    /// Create or update a bridge.
+    fn ensure_bridge<'a>(
+        &'a self,
+        bridge: &'a str,
+        mtu: u16,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Create or update a tap on a bridge.
+    fn ensure_tap<'a>(
+        &'a self,
+        tap: &'a str,
+        bridge: &'a str,
+        mtu: u16,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Remove a tap deorch created (others are never touched).
+    fn remove_tap<'a>(&'a self, tap: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Remove a bridge deorch created.
+    fn remove_bridge<'a>(&'a self, bridge: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+}

@@ -1,0 +1,374 @@
+//! Reconcilers of the kinds other than VirtualMachine. Each writes status
+//! with conditions and `observedGeneration`; kinds whose behaviour later
+//! issues implement say so in their status instead of pretending.
+
+use serde::Serialize;
+
+use super::names;
+use super::status::{rfc3339, set_condition};
+use super::{Ctx, Outcome, ReconcileError};
+use crate::model::network::NetworkStatus;
+use crate::model::satellite::{Resources, SatelliteStatus};
+use crate::model::spacesuit::SpacesuitStatus;
+use crate::model::storage_kinds::{DatasetStatus, DeletionPolicy, ReplicaStatus};
+use crate::model::{
+    Condition, DatasetSpec, Kind, Manifest, NetworkSpec, Quantity, ReplicaSpec, SpacesuitSpec,
+    Spec, VirtualMachineSpec,
+};
+use crate::store::Record;
+
+fn typed<S: Spec>(record: &Record) -> Result<Manifest<S>, ReconcileError> {
+    serde_json::from_value(record.object.clone())
+        .map_err(|e| ReconcileError::permanent("Unreadable", e.to_string()))
+}
+
+fn previous<T: serde::de::DeserializeOwned + Default>(record: &Record) -> T {
+    record
+        .status
+        .clone()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default()
+}
+
+/// Network: the bridge exists.
+pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let net: Manifest<NetworkSpec> = typed(record)?;
+    let bridge = net
+        .spec
+        .bridge
+        .clone()
+        .unwrap_or_else(|| names::bridge(&record.key.namespace, &record.key.name));
+    if record.deleted {
+        ctx.drivers.net.remove_bridge(&bridge).await?;
+        return Ok(Outcome::Done);
+    }
+    let mut st: NetworkStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    if let Err(e) = ctx
+        .drivers
+        .net
+        .ensure_bridge(&bridge, net.spec.mtu.unwrap_or(1500))
+        .await
+    {
+        let e = ReconcileError::from(e);
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            &e.reason,
+            &e.message,
+            record.generation,
+        );
+        ctx.write_status(&record.key, &st)?;
+        return Err(e);
+    }
+    st.bridge = Some(bridge.clone());
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        true,
+        "BridgeReady",
+        &format!("bridge {bridge} is up"),
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}
+
+/// Spacesuit: its base volume exists (boot-only spacesuits have none).
+pub async fn spacesuit(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let suit: Manifest<SpacesuitSpec> = typed(record)?;
+    let ns = &record.key.namespace;
+    let volume = names::spacesuit_volume(ns, &record.key.name);
+    let storage = &ctx.drivers.storage;
+    if record.deleted {
+        if storage.exists(&volume).await? {
+            storage.destroy(&volume).await?;
+        }
+        return Ok(Outcome::Done);
+    }
+    let mut st: SpacesuitStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    let source = suit.spec.source.as_ref();
+    let result = if source.is_none() {
+        st.volumes.clear();
+        Ok("boot-only spacesuit: no disk".to_string())
+    } else if storage.exists(&volume).await? {
+        Ok(format!("volume {volume}"))
+    } else if let Some(img) = source.and_then(|s| s.image.as_ref()) {
+        storage
+            .import(&volume, &img.path)
+            .await
+            .map(|_| format!("imported {}", img.path))
+    } else if let Some(vm) = source.and_then(|s| s.virtual_machine.as_ref()) {
+        let vns = vm.namespace.as_deref().unwrap_or(ns);
+        let disk = ctx
+            .typed::<VirtualMachineSpec>(Kind::VirtualMachine, vns, &vm.name)
+            .and_then(|v| v.spec.disks.first().map(|d| d.name.clone()));
+        match disk {
+            Some(d) => storage
+                .clone_volume(&volume, &names::vm_volume(vns, &vm.name, &d), None)
+                .await
+                .map(|_| format!("snapshot of {vns}/{}", vm.name)),
+            None => {
+                let msg = format!("VM {vns}/{} does not exist or has no disk", vm.name);
+                set_condition(
+                    &mut st.conditions,
+                    "Ready",
+                    false,
+                    "SourceNotFound",
+                    &msg,
+                    record.generation,
+                );
+                st.phase = Some("Pending".into());
+                ctx.write_status(&record.key, &st)?;
+                return Ok(Outcome::RequeueAfter(ctx.config.blocked_retry));
+            }
+        }
+    } else {
+        Ok(String::new())
+    };
+    match result {
+        Ok(msg) => {
+            if source.is_some() {
+                st.volumes = vec![volume];
+            }
+            st.phase = Some("Ready".into());
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                true,
+                "Ready",
+                &msg,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            Ok(Outcome::Done)
+        }
+        Err(e) => {
+            let e = ReconcileError::from(e);
+            st.phase = Some("Pending".into());
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                false,
+                &e.reason,
+                &e.message,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            Err(e)
+        }
+    }
+}
+
+/// Dataset: its volume exists; deleted only with `deletionPolicy: Destroy`.
+pub async fn dataset(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let ds: Manifest<DatasetSpec> = typed(record)?;
+    let volume = names::dataset_volume(ds.spec.pool.as_deref().unwrap_or("default"), &ds.spec.path);
+    let storage = &ctx.drivers.storage;
+    if record.deleted {
+        if ds.spec.deletion_policy == DeletionPolicy::Destroy && storage.exists(&volume).await? {
+            storage.destroy(&volume).await?;
+        }
+        return Ok(Outcome::Done);
+    }
+    let mut st: DatasetStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    if !storage.exists(&volume).await? {
+        if let Err(e) = storage
+            .create(&volume, ds.spec.quota.map(|q| q.0).unwrap_or(0))
+            .await
+        {
+            let e = ReconcileError::from(e);
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                false,
+                &e.reason,
+                &e.message,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            return Err(e);
+        }
+    }
+    st.available = ds.spec.quota;
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        true,
+        "Ready",
+        &format!("volume {volume}"),
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}
+
+/// Replica: every disk of the VM captured as a volume.
+pub async fn replica(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let rep: Manifest<ReplicaSpec> = typed(record)?;
+    let ns = &record.key.namespace;
+    let vm_ns = rep.spec.virtual_machine.namespace.as_deref().unwrap_or(ns);
+    let vm = ctx.typed::<VirtualMachineSpec>(
+        Kind::VirtualMachine,
+        vm_ns,
+        &rep.spec.virtual_machine.name,
+    );
+    let storage = &ctx.drivers.storage;
+    let disks: Vec<String> = vm
+        .as_ref()
+        .map(|v| v.spec.disks.iter().map(|d| d.name.clone()).collect())
+        .unwrap_or_default();
+    if record.deleted {
+        // Volumes are named by disk; destroy every one this replica made.
+        let prev: ReplicaStatus = previous(record);
+        for volume in prev.volumes.values() {
+            if storage.exists(volume).await? {
+                storage.destroy(volume).await?;
+            }
+        }
+        return Ok(Outcome::Done);
+    }
+    let mut st: ReplicaStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    if vm.is_none() {
+        let msg = format!(
+            "VM {vm_ns}/{} does not exist",
+            rep.spec.virtual_machine.name
+        );
+        st.phase = Some("Pending".into());
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "VirtualMachineNotFound",
+            &msg,
+            record.generation,
+        );
+        ctx.write_status(&record.key, &st)?;
+        return Ok(Outcome::RequeueAfter(ctx.config.blocked_retry));
+    }
+    for d in &disks {
+        let volume = names::replica_volume(ns, &record.key.name, d);
+        if !storage.exists(&volume).await? {
+            if let Err(e) = storage
+                .clone_volume(
+                    &volume,
+                    &names::vm_volume(vm_ns, &rep.spec.virtual_machine.name, d),
+                    None,
+                )
+                .await
+            {
+                let e = ReconcileError::from(e);
+                st.phase = Some("Pending".into());
+                set_condition(
+                    &mut st.conditions,
+                    "Ready",
+                    false,
+                    &e.reason,
+                    &e.message,
+                    record.generation,
+                );
+                ctx.write_status(&record.key, &st)?;
+                return Err(e);
+            }
+        }
+        st.volumes.insert(d.clone(), volume);
+    }
+    st.phase = Some("Ready".into());
+    st.node = Some(ctx.config.node_name.clone());
+    if st.created_at.is_none() {
+        st.created_at = Some(rfc3339(record.updated_ms));
+    }
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        true,
+        "Captured",
+        &format!("{} disk(s)", st.volumes.len()),
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}
+
+/// Satellite: this node reports its capacity.
+pub async fn satellite(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    if record.deleted || record.key.name != ctx.config.node_name {
+        return Ok(Outcome::Done);
+    }
+    let mut st: SatelliteStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    let (total, free) = ctx.drivers.storage.capacity().await?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory = meminfo_total();
+    st.capacity = Some(Resources {
+        cpu: Some(crate::model::Cpu(cpus * 1000)),
+        memory: memory.map(Quantity),
+        storage: Some(Quantity(total)),
+        network: None,
+    });
+    st.free = Some(Resources {
+        storage: Some(Quantity(free)),
+        ..Default::default()
+    });
+    st.version = Some(env!("CARGO_PKG_VERSION").into());
+    st.accel = None;
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        true,
+        "NodeRunning",
+        &format!(
+            "hypervisor {}, storage {}",
+            ctx.drivers.hypervisor.name(),
+            ctx.drivers.storage.name()
+        ),
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}
+
+fn meminfo_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Kinds whose behaviour is not built yet: say so in their status.
+pub async fn not_yet(ctx: &Ctx, record: &Record, what: &str) -> Result<Outcome, ReconcileError> {
+    if record.deleted {
+        return Ok(Outcome::Done);
+    }
+    #[derive(Serialize, Default, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Generic {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed_generation: Option<i64>,
+        #[serde(default)]
+        conditions: Vec<Condition>,
+    }
+    let mut st: Generic = previous(record);
+    st.observed_generation = Some(record.generation);
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        false,
+        "NotImplemented",
+        what,
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,73 @@
+//! Deterministic names of host objects derived from object identities, so
+//! that any node computes the same names without a database.
+
+use sha2::{Digest, Sha256};
+
+fn digest(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// Volume of a VM's disk.
+pub fn vm_volume(namespace: &str, vm: &str, disk: &str) -> String {
+    format!("vm-{namespace}-{vm}-{disk}")
+}
+
+/// Volume of a spacesuit.
+pub fn spacesuit_volume(namespace: &str, suit: &str) -> String {
+    format!("suit-{namespace}-{suit}")
+}
+
+/// Volume of a replica of one disk.
+pub fn replica_volume(namespace: &str, replica: &str, disk: &str) -> String {
+    format!("rep-{namespace}-{replica}-{disk}")
+}
+
+/// Volume of a dataset.
+pub fn dataset_volume(pool: &str, path: &str) -> String {
+    format!("ds-{pool}-{}", path.replace('/', "-"))
+}
+
+/// A MAC for a NIC: QEMU's locally administered prefix 52:54:00 and three
+/// bytes of the NIC's identity.
+pub fn mac(namespace: &str, vm: &str, nic: &str) -> String {
+    let d = digest(&["mac", namespace, vm, nic]);
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2])
+}
+
+/// A tap name (≤ 15 characters, the kernel's limit).
+pub fn tap(namespace: &str, vm: &str, nic: &str) -> String {
+    let d = digest(&["tap", namespace, vm, nic]);
+    format!("dt{}", hex::encode(&d[..6]))
+}
+
+/// The bridge of a network when its spec names none.
+pub fn bridge(namespace: &str, network: &str) -> String {
+    let d = digest(&["bridge", namespace, network]);
+    format!("db{}", hex::encode(&d[..6]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_fit_the_kernel() {
+        assert_eq!(
+            mac("default", "tiny", "eth0"),
+            mac("default", "tiny", "eth0")
+        );
+        assert_ne!(
+            mac("default", "tiny", "eth0"),
+            mac("default", "tiny", "eth1")
+        );
+        assert!(tap("a-very-long-namespace", "a-very-long-vm-name", "eth0").len() <= 15);
+        assert!(bridge("ns", "net").len() <= 15);
+        let first = u8::from_str_radix(&mac("x", "y", "z")[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "locally administered unicast");
+    }
+}

@@ -1,0 +1,48 @@
+//! Status conditions, Kubernetes style.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::model::Condition;
+
+/// Set condition `type_` (keeping its transition time when its status did
+/// not change).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+) {
+    let status = if ok { "True" } else { "False" };
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = now();
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = Some(generation);
+        return;
+    }
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: Some(generation),
+        last_transition_time: now(),
+    });
+}
+
+/// Now as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// An RFC 3339 time from milliseconds since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,321 @@
+//! The engine with the real store (in a temp dir) and the fake drivers:
+//! injected failures, backoff, recovery, status conditions and
+//! observedGeneration, restart policy, deletion, isolation of failures.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deorch::driver::fake::{FakeHypervisor, FakeNet, FakeStorage};
+use deorch::driver::StopReason;
+use deorch::manifest::parse_str;
+use deorch::model::{Kind, ObjectKey};
+use deorch::reconcile::{Drivers, Engine, EngineConfig};
+use deorch::store::{SourceId, Store};
+use serde_json::Value;
+use tokio::sync::watch;
+
+struct World {
+    store: Arc<Store>,
+    hv: Arc<FakeHypervisor>,
+    storage: Arc<FakeStorage>,
+    net: Arc<FakeNet>,
+    engine: Option<Engine>,
+    stop: watch::Sender<bool>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn world(tag: &str) -> World {
+    let dir = std::env::temp_dir().join(format!("deorch-engine-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
+    let hv = Arc::new(FakeHypervisor::default());
+    let storage = Arc::new(FakeStorage::default());
+    let net = Arc::new(FakeNet::default());
+    let drivers = Drivers {
+        hypervisor: hv.clone(),
+        storage: storage.clone(),
+        net: net.clone(),
+    };
+    let engine = Engine::new(
+        store.clone(),
+        drivers,
+        EngineConfig {
+            node_name: "sat-1".into(),
+            backoff_base: Duration::from_millis(40),
+            backoff_max: Duration::from_secs(2),
+            vm_poll: Duration::from_millis(50),
+            blocked_retry: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    );
+    let (stop, _) = watch::channel(false);
+    World {
+        store,
+        hv,
+        storage,
+        net,
+        engine: Some(engine),
+        stop,
+        _dir: TempDir(dir),
+    }
+}
+
+impl World {
+    fn run(&mut self) {
+        let engine = self.engine.take().unwrap();
+        tokio::spawn(engine.run(self.stop.subscribe()));
+    }
+    fn apply(&self, yaml: &str) -> i64 {
+        let parsed = parse_str(std::path::Path::new("test.yaml"), yaml);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        let mut g = 0;
+        for d in parsed.documents {
+            g = self
+                .store
+                .apply(&d.object, &SourceId("test".into()))
+                .unwrap()
+                .generation;
+        }
+        g
+    }
+    fn status(&self, kind: Kind, name: &str) -> Value {
+        self.store
+            .get(&ObjectKey::new(kind, None, name))
+            .and_then(|r| r.status)
+            .unwrap_or(Value::Null)
+    }
+    async fn wait(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn condition<'a>(status: &'a Value, t: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+}
+
+const BASE: &str = r#"
+apiVersion: deorch.dev/v1alpha1
+kind: Network
+metadata: {name: default}
+spec:
+  mtu: 1400
+  ipv4: {subnet: 10.42.0.0/24, gateway: 10.42.0.1}
+---
+apiVersion: deorch.dev/v1alpha1
+kind: Spacesuit
+metadata: {name: base}
+spec:
+  source: {image: {path: /images/base.qcow2}}
+  cpu: 2
+  memory: 256Mi
+"#;
+
+fn vm(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}}}\nspec:\n  spacesuit: base\n  disks:\n    - name: root\n      source: {{spacesuit: base}}\n  nics:\n    - {{name: eth0, network: default}}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_is_provisioned_started_and_reported() {
+    let mut w = world("run");
+    w.apply(BASE);
+    let g = w.apply(&vm("web", ""));
+    w.run();
+    w.wait("web running", |w| {
+        w.status(Kind::VirtualMachine, "web")["phase"] == "Running"
+    })
+    .await;
+    let st = w.status(Kind::VirtualMachine, "web");
+    assert_eq!(st["observedGeneration"], g);
+    assert_eq!(condition(&st, "Ready").unwrap()["status"], "True");
+    assert_eq!(condition(&st, "Ready").unwrap()["observedGeneration"], g);
+    assert_eq!(condition(&st, "Provisioned").unwrap()["status"], "True");
+    assert_eq!(st["node"], "sat-1");
+    assert!(
+        st["pid"].as_u64().is_some() && st["startedAt"].as_str().is_some(),
+        "{st}"
+    );
+    assert_eq!(st["disks"]["root"], "vm-default-web-root");
+    let mac = st["nics"]["eth0"]["mac"].as_str().unwrap();
+    assert!(mac.starts_with("52:54:00:"), "{mac}");
+    assert!(w.hv.running().contains("default/web"));
+    assert!(
+        w.storage.volumes().contains("suit-default-base")
+            && w.storage.volumes().contains("vm-default-web-root")
+    );
+    assert_eq!(w.net.taps().len(), 1);
+    assert!(w.net.bridges().len() == 1);
+    // Spacesuit and network report too.
+    w.wait("spacesuit ready", |w| {
+        w.status(Kind::Spacesuit, "base")["phase"] == "Ready"
+    })
+    .await;
+    assert_eq!(
+        condition(&w.status(Kind::Network, "default"), "Ready").unwrap()["status"],
+        "True"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_failures_back_off_then_recover() {
+    let mut w = world("backoff");
+    w.apply(BASE);
+    w.hv.faults().fail_next("start", 3);
+    let mut started = w.engine.as_ref().unwrap().started();
+    w.apply(&vm("flaky", ""));
+    w.run();
+    // The failure shows in status while it lasts.
+    w.wait("StartFailed in status", |w| {
+        condition(&w.status(Kind::VirtualMachine, "flaky"), "Ready")
+            .is_some_and(|c| c["reason"] == "StartFailed" && c["status"] == "False")
+    })
+    .await;
+    w.wait("recovery", |w| {
+        w.status(Kind::VirtualMachine, "flaky")["phase"] == "Running"
+    })
+    .await;
+    assert_eq!(
+        w.hv.faults().count("start"),
+        4,
+        "three failures, then success"
+    );
+    let st = w.status(Kind::VirtualMachine, "flaky");
+    assert_eq!(condition(&st, "Ready").unwrap()["status"], "True");
+    // Attempts came farther and farther apart (backoff 40, 80, 160 ms).
+    let key = ObjectKey::new(Kind::VirtualMachine, None, "flaky");
+    let mut times = Vec::new();
+    while let Ok(ev) = started.try_recv() {
+        if ev.key == key {
+            times.push(ev.at);
+        }
+    }
+    assert!(times.len() >= 4, "{} attempts seen", times.len());
+    let gaps: Vec<Duration> = times.windows(2).take(3).map(|p| p[1] - p[0]).collect();
+    assert!(gaps[0] >= Duration::from_millis(35), "{gaps:?}");
+    assert!(
+        gaps[1] >= gaps[0] + Duration::from_millis(25)
+            && gaps[2] >= gaps[1] + Duration::from_millis(50),
+        "backoff must grow: {gaps:?}"
+    );
+    // The failures were recorded as events.
+    let events = w.store.events(Some(&key));
+    assert!(
+        events.iter().filter(|e| e.reason == "StartFailed").count() >= 3,
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_changes_power_state_and_restart_policy() {
+    let mut w = world("lifecycle");
+    w.apply(BASE);
+    w.apply(&vm("app", ""));
+    w.run();
+    w.wait("running", |w| {
+        w.status(Kind::VirtualMachine, "app")["phase"] == "Running"
+    })
+    .await;
+    // A change that needs a restart: flagged, generation observed.
+    let g = w.apply(&vm("app", "  cpu: 4\n"));
+    w.wait("observedGeneration follows", |w| {
+        w.status(Kind::VirtualMachine, "app")["observedGeneration"] == g
+    })
+    .await;
+    let st = w.status(Kind::VirtualMachine, "app");
+    assert_eq!(st["pendingRestart"], serde_json::json!(["cpu"]));
+    assert_eq!(condition(&st, "Ready").unwrap()["reason"], "RestartPending");
+    // Crash with restartPolicy Always (default): restarted with the new spec.
+    w.hv.stop_behind_our_back("default/app", StopReason::Crashed);
+    w.wait("restart", |w| {
+        w.status(Kind::VirtualMachine, "app")["restarts"] == 1
+    })
+    .await;
+    w.wait("running again", |w| {
+        w.status(Kind::VirtualMachine, "app")["phase"] == "Running"
+    })
+    .await;
+    assert!(
+        w.status(Kind::VirtualMachine, "app")["pendingRestart"].is_null(),
+        "the restart applied the change"
+    );
+    // Stop by spec.
+    let g = w.apply(&vm("app", "  cpu: 4\n  powerState: Stopped\n"));
+    w.wait("stopped", |w| {
+        let st = w.status(Kind::VirtualMachine, "app");
+        st["phase"] == "Stopped" && st["observedGeneration"] == g
+    })
+    .await;
+    assert!(!w.hv.running().contains("default/app"));
+    // restartPolicy Never: a crash leaves it down with a reason.
+    w.apply(&vm("once", "  restartPolicy: Never\n"));
+    w.wait("once running", |w| {
+        w.status(Kind::VirtualMachine, "once")["phase"] == "Running"
+    })
+    .await;
+    w.hv.stop_behind_our_back("default/once", StopReason::Crashed);
+    w.wait("once failed", |w| {
+        w.status(Kind::VirtualMachine, "once")["phase"] == "Failed"
+    })
+    .await;
+    let st = w.status(Kind::VirtualMachine, "once");
+    assert_eq!(condition(&st, "Ready").unwrap()["reason"], "Crashed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !w.hv.running().contains("default/once"),
+        "Never means never"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_cleans_up_and_failures_stay_isolated() {
+    let mut w = world("delete");
+    w.apply(BASE);
+    w.apply(&vm("keep", ""));
+    // This one references a spacesuit that does not exist.
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: orphan}\nspec:\n  spacesuit: missing\n");
+    w.apply(&vm("gone", ""));
+    w.run();
+    w.wait("keep and gone running", |w| {
+        w.status(Kind::VirtualMachine, "keep")["phase"] == "Running"
+            && w.status(Kind::VirtualMachine, "gone")["phase"] == "Running"
+    })
+    .await;
+    let st = w.status(Kind::VirtualMachine, "orphan");
+    assert_eq!(st["phase"], "Pending");
+    assert_eq!(
+        condition(&st, "Ready").unwrap()["reason"],
+        "SpacesuitNotFound"
+    );
+    let gone = ObjectKey::new(Kind::VirtualMachine, None, "gone");
+    w.store.delete(&gone, &SourceId("test".into())).unwrap();
+    w.wait("cleanup", |w| {
+        !w.storage.volumes().contains("vm-default-gone-root")
+    })
+    .await;
+    w.wait("vm removed", |w| !w.hv.running().contains("default/gone"))
+        .await;
+    assert_eq!(w.net.taps().len(), 1, "only keep's tap is left");
+    assert!(w.hv.running().contains("default/keep"));
+    // The orphan starts once its spacesuit appears.
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {name: missing}\nspec: {cpu: 1}\n");
+    w.wait("orphan running", |w| {
+        w.status(Kind::VirtualMachine, "orphan")["phase"] == "Running"
+    })
+    .await;
+    let _ = w.stop.send(true);
+}
