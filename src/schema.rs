@@ -134,3 +134,235 @@ fn pretty(v: &Value) -> String {
     s.push('\n');
     s
 }
+
+/// Markdown tables of every field of every kind, generated from the
+/// schemas (their descriptions are the model's doc comments), for
+/// `docs/MANIFESTS.md`.
+pub fn render_reference() -> String {
+    let mut out = String::new();
+    for kind in Kind::ALL {
+        let schema = kind.schema().to_value();
+        let scope = if kind.namespaced() {
+            "namespaced"
+        } else {
+            "cluster-scoped"
+        };
+        out.push_str(&format!("### {kind}\n\n`apiVersion: {API_VERSION}`, `kind: {kind}`, {scope}; schema [`schemas/{}.json`](../schemas/{}.json); example [`examples/{}.yaml`](../examples/{}.yaml).\n\n", kind.as_str().to_ascii_lowercase(), kind.as_str().to_ascii_lowercase(), kind.as_str().to_ascii_lowercase(), kind.as_str().to_ascii_lowercase()));
+        out.push_str("| field | type | required | description |\n|---|---|---|---|\n");
+        let mut rows = Vec::new();
+        for (name, ty, desc) in [
+            (
+                "metadata.name",
+                "string (DNS-1123 label)",
+                "Name, unique per kind (and namespace).",
+            ),
+            (
+                "metadata.namespace",
+                "string (DNS-1123 label)",
+                "Namespace (namespaced kinds only); default `default`.",
+            ),
+            ("metadata.labels", "map of string", "Labels."),
+            (
+                "metadata.annotations",
+                "map of string",
+                "Annotations (signatures travel here).",
+            ),
+            (
+                "metadata.generation",
+                "integer",
+                "Set by the store: bumped by every accepted change.",
+            ),
+        ] {
+            if name == "metadata.namespace" && !kind.namespaced() {
+                continue;
+            }
+            rows.push((
+                name.to_string(),
+                ty.to_string(),
+                if name == "metadata.name" { "yes" } else { "" }.to_string(),
+                desc.to_string(),
+            ));
+        }
+        let props = &schema["properties"];
+        walk(&schema, &props["spec"], "spec", true, &mut rows, 0);
+        walk(&schema, &props["status"], "status", false, &mut rows, 0);
+        for (path, ty, req, desc) in rows {
+            out.push_str(&format!(
+                "| `{path}` | {ty} | {req} | {} |\n",
+                desc.replace('\n', " ").replace('|', "\\|")
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn def_name(node: &Value) -> Option<&str> {
+    node.get("$ref")?.as_str()?.strip_prefix("#/definitions/")
+}
+
+/// Follow `$ref`s and the non-null branch of `anyOf`.
+fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..16 {
+        if let Some(name) = def_name(node) {
+            if matches!(name, "Quantity" | "Cpu" | "Duration") || name.starts_with("io.k8s.") {
+                return node;
+            }
+            node = &root["definitions"][name];
+            continue;
+        }
+        if let Some(b) = node
+            .get("allOf")
+            .and_then(Value::as_array)
+            .filter(|b| b.len() == 1)
+        {
+            node = &b[0];
+            continue;
+        }
+        if let Some(b) = node.get("anyOf").and_then(Value::as_array) {
+            let non_null: Vec<&Value> = b
+                .iter()
+                .filter(|x| x.get("type") != Some(&json!("null")))
+                .collect();
+            if non_null.len() == 1 {
+                node = non_null[0];
+                continue;
+            }
+        }
+        return node;
+    }
+    node
+}
+
+fn type_of(root: &Value, node: &Value) -> String {
+    let node = resolve(root, node);
+    if let Some(name) = def_name(node) {
+        return match name {
+            "Quantity" => "quantity (`512Mi`, `2Gi`, `10G`)".into(),
+            "Cpu" => "CPU amount (`2`, `\"1.5\"`, `\"500m\"`)".into(),
+            "Duration" => "duration (`90s`, `1h30m`)".into(),
+            n if n.ends_with("LabelSelector") => {
+                "label selector (`matchLabels`, `matchExpressions`)".into()
+            }
+            n if n.ends_with("Condition") => "condition".into(),
+            n => n.rsplit('.').next().unwrap_or(n).to_string(),
+        };
+    }
+    let consts: Vec<String> = node
+        .get("oneOf")
+        .or_else(|| node.get("anyOf"))
+        .and_then(Value::as_array)
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| {
+                    x.get("const")
+                        .or_else(|| x.get("enum").and_then(|e| e.get(0)))
+                })
+                .map(|c| format!("`{}`", c.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !consts.is_empty() {
+        return format!("one of {}", consts.join(", "));
+    }
+    if let Some(e) = node.get("enum").and_then(Value::as_array) {
+        return format!(
+            "one of {}",
+            e.iter()
+                .map(|c| format!("`{}`", c.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let t = match node.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("")
+            .to_string(),
+        _ => String::new(),
+    };
+    match t.as_str() {
+        "array" => format!("list of {}", type_of(root, &node["items"])),
+        "object"
+            if node
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            format!("map of {}", type_of(root, &node["additionalProperties"]))
+        }
+        "object" => "mapping".into(),
+        "integer" => {
+            let min = node
+                .get("minimum")
+                .map(|m| format!(" ≥ {m}"))
+                .unwrap_or_default();
+            format!("integer{min}")
+        }
+        "" => "any".into(),
+        other => other.into(),
+    }
+}
+
+fn walk(
+    root: &Value,
+    node: &Value,
+    path: &str,
+    user: bool,
+    rows: &mut Vec<(String, String, String, String)>,
+    depth: usize,
+) {
+    let node = resolve(root, node);
+    if depth > 8 || def_name(node).is_some() {
+        return;
+    }
+    let node = if node.get("type").and_then(Value::as_str) == Some("array")
+        || node
+            .get("type")
+            .is_some_and(|t| t.as_array().is_some_and(|a| a.contains(&json!("array"))))
+    {
+        let items = resolve(root, &node["items"]);
+        if items.get("properties").is_some() {
+            return walk(root, items, &format!("{path}[]"), user, rows, depth + 1);
+        }
+        return;
+    } else {
+        node
+    };
+    let Some(props) = node.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let required: Vec<&str> = node
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, child) in props {
+        let p = format!("{path}.{name}");
+        let desc = child
+            .get("description")
+            .or_else(|| resolve(root, child).get("description"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let default = child
+            .get("default")
+            .map(|d| format!(" Default: `{d}`."))
+            .unwrap_or_default();
+        let req = if required.contains(&name.as_str()) {
+            "yes"
+        } else {
+            ""
+        };
+        let req = if user { req } else { "" };
+        rows.push((
+            p.clone(),
+            type_of(root, child),
+            req.into(),
+            format!("{desc}{default}"),
+        ));
+        walk(root, child, &p, user, rows, depth + 1);
+    }
+}

@@ -112,6 +112,14 @@ fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> Option<&'a Value> {
             node = root.get("definitions")?.get(name)?;
             continue;
         }
+        if let Some(b) = node
+            .get("allOf")
+            .and_then(Value::as_array)
+            .filter(|b| b.len() == 1)
+        {
+            node = &b[0];
+            continue;
+        }
         if let Some(branches) = node.get("anyOf").and_then(Value::as_array) {
             let non_null: Vec<&Value> = branches
                 .iter()
