@@ -277,13 +277,13 @@ pub fn validate_throughput(documents: usize, schemas: &Path) -> anyhow::Result<(
     }
     let mut sink = std::io::sink();
     let t0 = Instant::now();
-    let summary = crate::manifest::run_validate(&[multi.clone()], &mut sink);
+    let summary = crate::manifest::run_validate(std::slice::from_ref(&multi), &mut sink);
     let ours = t0.elapsed().as_secs_f64();
     if summary.errors != 0 || summary.documents != documents {
         bail!("benchmark corpus did not validate cleanly: {summary:?}");
     }
     let t1 = Instant::now();
-    let summary1 = crate::manifest::run_validate(&[single.clone()], &mut sink);
+    let summary1 = crate::manifest::run_validate(std::slice::from_ref(&single), &mut sink);
     let ours_single = t1.elapsed().as_secs_f64();
     println!("validation of {documents} VirtualMachine documents:");
     println!("| tool | layout | seconds | documents/s |\n|---|---|---|---|");

@@ -176,7 +176,7 @@ fn every_broken_file_is_covered_and_rejected_whole() {
 fn valid_files_and_examples_have_no_errors() {
     for dir in ["tests/data/valid", "examples", "manifests"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-        let (files, missing) = deorch::manifest::collect_files(&[dir.clone()]);
+        let (files, missing) = deorch::manifest::collect_files(std::slice::from_ref(&dir));
         assert!(missing.is_empty(), "{missing:?}");
         assert!(!files.is_empty(), "no manifests in {}", dir.display());
         for f in files {

@@ -92,7 +92,7 @@ pub enum Response {
         events: Vec<Event>,
     },
     /// Node information.
-    Info(NodeInfo),
+    Info(Box<NodeInfo>),
     /// The request failed.
     Error {
         /// `NotFound`, `BadRequest`, `Internal`.

@@ -217,7 +217,7 @@ pub fn handle(req: Request, store: &Store, facts: &ServerFacts, started: Instant
                 _ => Err(not_found(&key)),
             }
         }),
-        Request::Info => Ok(Response::Info(NodeInfo {
+        Request::Info => Ok(Response::Info(Box::new(NodeInfo {
             name: facts.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             objects: store.list(None).len(),
@@ -226,7 +226,7 @@ pub fn handle(req: Request, store: &Store, facts: &ServerFacts, started: Instant
             manifests: facts.manifests.clone(),
             uptime_secs: started.elapsed().as_secs(),
             warnings: recent_warnings(store),
-        })),
+        }))),
     };
     result.unwrap_or_else(|r| r)
 }

@@ -155,8 +155,7 @@ pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
             });
         }
     }
-    out.diagnostics
-        .sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+    out.diagnostics.sort_by_key(|a| (a.line, a.col));
     if !out.diagnostics.is_empty() {
         // A file is applied whole or not at all.
         out.documents.clear();

@@ -43,7 +43,7 @@ pub fn check(kind: Kind, doc: &Value) -> Vec<Problem> {
     let c = compiled(kind);
     let mut out = Vec::new();
     for err in c.validator.iter_errors(doc) {
-        explain(&c.schema, doc, &err, &mut out);
+        explain(&c.schema, &err, &mut out);
     }
     if out.is_empty() {
         // The schema says "string matching a pattern"; the parsers know
@@ -191,7 +191,7 @@ pub fn dns_message(s: &str) -> String {
     )
 }
 
-fn explain(root: &Value, doc: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
+fn explain(root: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
     let path = segs(err);
     let instance = err.instance();
     match err.kind() {
@@ -288,7 +288,7 @@ fn explain(root: &Value, doc: &Value, err: &ValidationError<'_>, out: &mut Vec<P
                 .collect();
             if fitting.len() == 1 && !fitting[0].is_empty() {
                 for e in fitting[0] {
-                    explain(root, doc, e, out);
+                    explain(root, e, out);
                 }
                 return;
             }

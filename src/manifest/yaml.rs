@@ -135,10 +135,9 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<YamlError>) {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = if style == ScalarStyle::Plain
-                    && tag.as_ref().is_none_or(|t| {
-                        !(t.handle == "tag:yaml.org,2002:" && t.suffix == "str")
-                            && t.suffix != "str"
-                    }) {
+                    // `!!str` forces a string.
+                    && tag.as_ref().is_none_or(|t| t.suffix != "str")
+                {
                     type_plain(&text)
                 } else {
                     Value::String(text.into_owned())

@@ -84,7 +84,7 @@ impl FromStr for Quantity {
             let den = 10u128.checked_pow(digits).ok_or_else(bad)?;
             let f: u128 = frac.parse().map_err(|_| bad())?;
             let part = f * mult as u128;
-            if part % den != 0 {
+            if !part.is_multiple_of(den) {
                 return Err(ParseError(format!(
                     "quantity {s:?} is not a whole number of bytes"
                 )));
@@ -101,7 +101,7 @@ impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (suf, m) in QUANTITY_SUFFIXES[..6].iter().rev() {
-            if b >= *m && b % m == 0 {
+            if b >= *m && b.is_multiple_of(*m) {
                 return write!(f, "{}{}", b / m, suf);
             }
         }
@@ -200,7 +200,7 @@ impl FromStr for Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -210,7 +210,7 @@ impl fmt::Display for Cpu {
 
 impl Serialize for Cpu {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             s.serialize_u64(self.0 / 1000)
         } else {
             s.serialize_str(&self.to_string())

@@ -208,10 +208,8 @@ fn classify(
         }
         // A new directory may already hold files written before the watch
         // on it existed.
-        EventKind::Create(_) => {
-            if ev.paths.iter().any(|p| p.is_dir()) {
-                *full = true;
-            }
+        EventKind::Create(_) if ev.paths.iter().any(|p| p.is_dir()) => {
+            *full = true;
         }
         // Data written but not closed (the writer may be half-way), reads,
         // opens, metadata: nothing to do now. The close, or a later rescan
