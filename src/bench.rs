@@ -243,6 +243,56 @@ pub fn store_footprint(objects: usize) -> anyhow::Result<()> {
         std::fs::metadata(&path)?.len() as f64 / 1e6
     );
     drop(store);
+    // The figure that matters: a node daemon holding these objects.
+    let socket = dir.join("node.sock");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).context("creating the manifest directory")?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut node = Command::new(&exe)
+        .args(["--log", "warn", "node", "run", "--name", "bench"])
+        .arg("--state-dir")
+        .arg(&dir)
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answered = false;
+    while Instant::now() < deadline {
+        if let Ok(crate::api::Response::Info(info)) =
+            crate::api::client::call(&socket, &crate::api::Request::Info, Duration::from_secs(5))
+        {
+            if info.objects >= objects {
+                answered = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the engine's first pass over every object finish.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", node.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let _ = node.kill();
+    let _ = node.wait();
+    if !answered {
+        bail!("the node did not come up with {objects} objects");
+    }
+    println!(
+        "| RSS of a node daemon serving these {objects} objects (after its first reconcile pass) | {:.1} MB |",
+        rss_kb as f64 / 1024.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

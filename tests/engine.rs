@@ -159,16 +159,17 @@ async fn a_vm_is_provisioned_started_and_reported() {
             && w.storage.volumes().contains("vm-default-web-root")
     );
     assert_eq!(w.net.taps().len(), 1);
-    assert!(w.net.bridges().len() == 1);
-    // Spacesuit and network report too.
+    // Spacesuit and network report too (they reconcile independently).
     w.wait("spacesuit ready", |w| {
         w.status(Kind::Spacesuit, "base")["phase"] == "Ready"
     })
     .await;
-    assert_eq!(
-        condition(&w.status(Kind::Network, "default"), "Ready").unwrap()["status"],
-        "True"
-    );
+    w.wait("network ready", |w| {
+        condition(&w.status(Kind::Network, "default"), "Ready")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert_eq!(w.net.bridges().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

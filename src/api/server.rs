@@ -220,7 +220,7 @@ pub fn handle(req: Request, store: &Store, facts: &ServerFacts, started: Instant
         Request::Info => Ok(Response::Info(Box::new(NodeInfo {
             name: facts.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
-            objects: store.list(None).len(),
+            objects: store.len(),
             hypervisor: facts.hypervisor.clone(),
             storage: facts.storage.clone(),
             manifests: facts.manifests.clone(),

@@ -146,11 +146,57 @@ pub struct Store {
     db: Database,
     /// Serialises mutations (read-decide-write must be atomic).
     writer: Mutex<()>,
-    index: RwLock<BTreeMap<ObjectKey, Record>>,
+    /// Every record, its JSON kept as text: a parsed `Value` tree costs
+    /// several times its text, and 10,000 objects must fit a small node.
+    index: RwLock<BTreeMap<ObjectKey, Entry>>,
     events: Mutex<VecDeque<Event>>,
     changes: broadcast::Sender<Change>,
     _lock: File,
 }
+
+/// A record as the index keeps it.
+#[derive(Debug, Clone)]
+struct Entry {
+    generation: i64,
+    source: SourceId,
+    hash: String,
+    object: Box<str>,
+    status: Option<Box<str>>,
+    deleted: bool,
+    updated_ms: u64,
+}
+
+impl Entry {
+    fn of(r: &Record) -> Entry {
+        Entry {
+            generation: r.generation,
+            source: r.source.clone(),
+            hash: r.hash.clone(),
+            object: r.object.to_string().into_boxed_str(),
+            status: r.status.as_ref().map(|s| s.to_string().into_boxed_str()),
+            deleted: r.deleted,
+            updated_ms: r.updated_ms,
+        }
+    }
+    fn record(&self, key: &ObjectKey) -> Record {
+        Record {
+            key: key.clone(),
+            generation: self.generation,
+            source: self.source.clone(),
+            hash: self.hash.clone(),
+            object: serde_json::from_str(&self.object).expect("the index holds JSON it wrote"),
+            status: self
+                .status
+                .as_deref()
+                .map(|s| serde_json::from_str(s).expect("the index holds JSON it wrote")),
+            deleted: self.deleted,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+/// redb's page cache; the index answers reads, so a small one suffices.
+const CACHE_BYTES: usize = 8 << 20;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -190,7 +236,10 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&e)),
         }
-        let db = Database::create(path).map_err(|e| io(&e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| io(&e))?;
         // Make sure both tables exist, so that readers never fail on them.
         {
             let tx = db.begin_write().map_err(|e| io(&e))?;
@@ -229,19 +278,17 @@ impl Store {
                     })?),
                     None => None,
                 };
-                index.insert(
-                    stored.key.clone(),
-                    Record {
-                        key: stored.key,
-                        generation: stored.generation,
-                        source: stored.source,
-                        hash: stored.hash,
-                        object: stored.object,
-                        status: st,
-                        deleted: stored.deleted,
-                        updated_ms: stored.updated_ms,
-                    },
-                );
+                let record = Record {
+                    key: stored.key.clone(),
+                    generation: stored.generation,
+                    source: stored.source,
+                    hash: stored.hash,
+                    object: stored.object,
+                    status: st,
+                    deleted: stored.deleted,
+                    updated_ms: stored.updated_ms,
+                };
+                index.insert(stored.key, Entry::of(&record));
             }
         }
         let (changes, _) = broadcast::channel(4096);
@@ -295,6 +342,14 @@ impl Store {
         let _ = self.changes.send(change);
     }
 
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectKey, Entry>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ObjectKey, Entry>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Accept `obj` from `source`: bump the generation if its hash differs
     /// from the stored one (or it was deleted/absent), persist durably, then
     /// notify subscribers. Idempotent for identical content; identical
@@ -304,21 +359,13 @@ impl Store {
         let mut object = obj.to_value();
         let hash = content_hash(&object);
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let current = self.read_index().get(&key).cloned();
         if let Some(cur) = current.as_ref().filter(|c| !c.deleted && c.hash == hash) {
             if cur.source != *source {
-                let mut moved = cur.clone();
+                let mut moved = cur.record(&key);
                 moved.source = source.clone();
                 self.persist(&moved, false)?;
-                self.index
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone(), moved);
+                self.write_index().insert(key.clone(), Entry::of(&moved));
             }
             return Ok(Applied {
                 key,
@@ -338,15 +385,13 @@ impl Store {
             status: current
                 .as_ref()
                 .filter(|c| !c.deleted)
-                .and_then(|c| c.status.clone()),
+                .and_then(|c| c.status.as_deref())
+                .and_then(|s| serde_json::from_str(s).ok()),
             deleted: false,
             updated_ms: now_ms(),
         };
         self.persist(&record, false)?;
-        self.index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), record);
+        self.write_index().insert(key.clone(), Entry::of(&record));
         self.notify(Change {
             key: key.clone(),
             generation,
@@ -364,12 +409,10 @@ impl Store {
     pub fn delete(&self, key: &ObjectKey, source: &SourceId) -> Result<Option<i64>, StoreError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(cur) = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_index()
             .get(key)
             .filter(|c| !c.deleted)
-            .cloned()
+            .map(|c| c.record(key))
         else {
             return Ok(None);
         };
@@ -388,10 +431,7 @@ impl Store {
             ..cur
         };
         self.persist(&record, true)?;
-        self.index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), record);
+        self.write_index().insert(key.clone(), Entry::of(&record));
         self.notify(Change {
             key: key.clone(),
             generation,
@@ -402,74 +442,69 @@ impl Store {
 
     /// The record of `key`, tombstones included.
     pub fn get(&self, key: &ObjectKey) -> Option<Record> {
-        self.index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        self.read_index().get(key).map(|e| e.record(key))
     }
 
     /// Live (non-deleted) records, optionally of one kind, sorted by key.
     pub fn list(&self, kind: Option<Kind>) -> Vec<Record> {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        index
-            .values()
-            .filter(|r| !r.deleted && kind.is_none_or(|k| r.key.kind == k))
-            .cloned()
+        self.read_index()
+            .iter()
+            .filter(|(k, e)| !e.deleted && kind.is_none_or(|kind| k.kind == kind))
+            .map(|(k, e)| e.record(k))
             .collect()
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.read_index().values().filter(|e| !e.deleted).count()
+    }
+
+    /// Whether the store holds no live object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Live and tombstoned keys with their generations (for resync).
     pub fn generations(&self) -> Vec<(ObjectKey, i64, bool)> {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        index
-            .values()
-            .map(|r| (r.key.clone(), r.generation, r.deleted))
+        self.read_index()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.generation, e.deleted))
             .collect()
     }
 
     /// Live records whose current version came from `source`.
     pub fn list_by_source(&self, source: &SourceId) -> Vec<Record> {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        index
-            .values()
-            .filter(|r| !r.deleted && r.source == *source)
-            .cloned()
+        self.read_index()
+            .iter()
+            .filter(|(_, e)| !e.deleted && e.source == *source)
+            .map(|(k, e)| e.record(k))
             .collect()
     }
 
     /// Record the status of `key` (durably; does not change the generation).
-    /// Ignored for tombstoned or absent keys.
+    /// Ignored for tombstoned or absent keys, and when unchanged.
     pub fn set_status(&self, key: &ObjectKey, status: Value) -> Result<(), StoreError> {
+        let text = status.to_string();
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = {
-            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            match index.get(key) {
-                Some(r) if !r.deleted => {
-                    if r.status.as_ref() == Some(&status) {
-                        return Ok(());
-                    }
-                    r.generation
+        let generation = match self.read_index().get(key) {
+            Some(e) if !e.deleted => {
+                if e.status.as_deref() == Some(text.as_str()) {
+                    return Ok(());
                 }
-                _ => return Ok(()),
+                e.generation
             }
+            _ => return Ok(()),
         };
-        let bytes = serde_json::to_vec(&status).expect("status serializes");
         let k = db_key(key);
         let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
         {
             let mut t = tx.open_table(STATUS).map_err(|e| self.io_err(e))?;
-            t.insert(k.as_str(), bytes.as_slice())
+            t.insert(k.as_str(), text.as_bytes())
                 .map_err(|e| self.io_err(e))?;
         }
         tx.commit().map_err(|e| self.io_err(e))?;
-        if let Some(r) = self
-            .index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(key)
-        {
-            r.status = Some(status);
+        if let Some(e) = self.write_index().get_mut(key) {
+            e.status = Some(text.into_boxed_str());
         }
         self.notify(Change {
             key: key.clone(),
@@ -487,12 +522,10 @@ impl Store {
             .unwrap_or(0);
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old: Vec<ObjectKey> = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|r| r.deleted && r.updated_ms < horizon_ms)
-            .map(|r| r.key.clone())
+            .read_index()
+            .iter()
+            .filter(|(_, e)| e.deleted && e.updated_ms < horizon_ms)
+            .map(|(k, _)| k.clone())
             .collect();
         if old.is_empty() {
             return Ok(0);
@@ -505,7 +538,7 @@ impl Store {
             }
         }
         tx.commit().map_err(|e| self.io_err(e))?;
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.write_index();
         for k in &old {
             index.remove(k);
         }
@@ -524,7 +557,7 @@ impl Store {
     /// Events about `key`, or about the source `key`'s current version came
     /// from, or all events when `key` is `None`; oldest first.
     pub fn events(&self, key: Option<&ObjectKey>) -> Vec<Event> {
-        let source = key.and_then(|k| self.get(k)).map(|r| r.source);
+        let source = key.and_then(|k| self.read_index().get(k).map(|e| e.source.clone()));
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         events
             .iter()
