@@ -150,6 +150,13 @@ impl PrivateKey {
         self
     }
 
+    /// The same key with its public key serialized compressed or not
+    /// (uncompressed keys only have P2PKH addresses).
+    pub fn with_compression(mut self, compressed: bool) -> PrivateKey {
+        self.compressed = compressed;
+        self
+    }
+
     /// The network the key was made or imported for.
     pub fn network(&self) -> Network {
         self.network
