@@ -67,6 +67,26 @@ fn status_and_key_order_do_not_matter_content_does() {
 }
 
 #[test]
+fn raw_and_model_normalised_forms_sign_alike() {
+    // What a user writes (explicit empty list) and what the store keeps
+    // after the model round trip (list dropped) carry the same signature.
+    let raw = json!({
+        "apiVersion": "deorch.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": "ops", "generation": 2},
+        "spec": {"rules": [{"subjects": ["1BgGZ9tcN4rm9KBzDn7KprQz87SZ26SAMH"], "role": "viewer", "kinds": []}]},
+    });
+    let k = key();
+    let signed_raw = sign_manifest(&raw, CLUSTER, &k, AddressType::P2pkh).unwrap();
+    let stored = AnyObject::from_value(signed_raw.clone())
+        .unwrap()
+        .to_value();
+    assert_ne!(stored, signed_raw, "the model round trip changes the JSON");
+    verify_manifest(&stored, CLUSTER).unwrap();
+    verify_manifest(&signed_raw, CLUSTER).unwrap();
+}
+
+#[test]
 fn replay_into_another_cluster_or_generation_is_refused() {
     let k = key();
     let signed = sign_manifest(&vm(3), CLUSTER, &k, AddressType::P2wpkh).unwrap();

@@ -5,7 +5,8 @@
 //!                 "type": "deorch.dev/signed-manifest/v1"})
 //! ```
 //!
-//! where `OBJ` is the object without `status` and without the
+//! where `OBJ` is the object as the object model serialises it (when its
+//! kind parses; otherwise as given), without `status` and without the
 //! `deorch.dev/signer` / `deorch.dev/signature` annotations (an
 //! `annotations` map left empty by that removal is dropped too), and
 //! `G = metadata.generation` (required). That string is signed as a BIP-137
@@ -13,6 +14,8 @@
 
 use serde_json::{Map, Value};
 use thiserror::Error;
+
+use crate::model::AnyObject;
 
 use super::address::AddressType;
 use super::key::PrivateKey;
@@ -112,7 +115,13 @@ fn annotation<'a>(obj: &'a Value, name: &'static str) -> Option<&'a str> {
 /// The exact bytes signed for `obj` in `cluster` (see the module doc).
 pub fn signing_payload(obj: &Value, cluster: &str) -> Result<String, ManifestError> {
     let g = generation(obj)?;
-    let mut stripped = obj.clone();
+    // Through the object model when the kind is known, so that the raw
+    // YAML a user signed and the object a node stores (defaults applied,
+    // empty lists dropped) give the same payload.
+    let mut stripped = match AnyObject::from_value(obj.clone()) {
+        Ok(o) => o.to_value(),
+        Err(_) => obj.clone(),
+    };
     let top = stripped.as_object_mut().ok_or(ManifestError::NotAnObject)?;
     top.remove("status");
     if let Some(meta) = top.get_mut("metadata").and_then(Value::as_object_mut) {
