@@ -234,3 +234,50 @@ fn measure_verify_throughput() {
     let per_sec = deorch::identity::bench_verify(5_000);
     println!("BIP-137 P2WPKH verifications per second on one core: {per_sec:.0}");
 }
+
+// BIP-322 test vectors (bitcoin/bips bip-0322.mediawiki, also in
+// luke-jr's Bitcoin Core branch src/test/util_tests.cpp): private key
+// L3VFeEujGtevx9w18HD1fhRbCH67Az2dpCymeRE1SoPK6XQtaN2k.
+const BIP322_ADDR: &str = "bc1q9vza2e8x573nczrlzms0wvx3gsqjx7vavgkx0l";
+
+#[test]
+fn bip322_simple_vectors_and_round_trip() {
+    use deorch::identity::bip322::sign_simple;
+    let key = PrivateKey::parse("L3VFeEujGtevx9w18HD1fhRbCH67Az2dpCymeRE1SoPK6XQtaN2k").unwrap();
+    assert_eq!(
+        key.address(AddressType::P2wpkh).unwrap().to_string(),
+        BIP322_ADDR
+    );
+    let empty = "AkcwRAIgM2gBAQqvZX15ZiysmKmQpDrG83avLIT492QBzLnQIxYCIBaTpOaD20qRlEylyxFSeEA2ba9YOixpX8z46TSDtS40ASECx/EgAxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=";
+    let hello = "AkcwRAIgZRfIY3p7/DoVTty6YZbWS71bc5Vct9p9Fia83eRmw2QCICK/ENGfwLtptFluMGs2KsqoNSk89pO7F29zJLUx9a/sASECx/EgAxlkQpQ9hYjgGu6EBCPMVPwVIVJqO4XCsMvViHI=";
+    verify(BIP322_ADDR, empty, b"").unwrap();
+    // The spec's second encoding of the same message (another nonce).
+    verify(
+        BIP322_ADDR,
+        "AkgwRQIhAPkJ1Q4oYS0htvyuSFHLxRQpFAY56b70UvE7Dxazen0ZAiAtZfFz1S6T6I23MWI2lK/pcNTWncuyL8UL+oMdydVgzAEhAsfxIAMZZEKUPYWI4BruhAQjzFT8FSFSajuFwrDL1Yhy",
+        b"",
+    )
+    .unwrap();
+    verify(BIP322_ADDR, hello, b"Hello World").unwrap();
+    assert!(verify(BIP322_ADDR, hello, b"").is_err());
+    assert!(verify(BIP322_ADDR, empty, b"Hello World").is_err());
+    for m in [&b""[..], b"Hello World", "é".repeat(200).as_bytes()] {
+        let ours = sign_simple(&key, m).unwrap();
+        verify(BIP322_ADDR, &ours, m).unwrap();
+        let other = PrivateKey::generate(Network::Mainnet)
+            .address(AddressType::P2wpkh)
+            .unwrap()
+            .to_string();
+        assert!(matches!(
+            verify(&other, &ours, m),
+            Err(VerifyError::AddressMismatch(_))
+        ));
+    }
+}
+
+proptest! {
+    #[test]
+    fn hostile_bip322_witnesses_never_panic(bytes in proptest::collection::vec(any::<u8>(), 66..200)) {
+        prop_assert!(verify(BIP322_ADDR, &BASE64.encode(&bytes), b"m").is_err());
+    }
+}

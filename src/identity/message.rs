@@ -64,6 +64,9 @@ pub enum VerifyError {
     /// `r`/`s` out of range, or no public key recovers from them.
     #[error("no public key can be recovered from this signature")]
     RecoveryFailed,
+    /// A BIP-322 simple signature is malformed or does not verify.
+    #[error("BIP-322: {0}")]
+    Bip322(&'static str),
     /// A key was recovered, but it does not control the address.
     #[error("signature was not made by {0} (wrong message, key or address)")]
     AddressMismatch(String),
@@ -136,7 +139,8 @@ pub fn sign(key: &PrivateKey, message: &[u8], kind: AddressType) -> Result<Strin
 }
 
 /// Check that `signature_b64` is `address`'s BIP-137 signature of
-/// `message`. Never panics, whatever the input.
+/// `message` (or, for a P2WPKH address and a signature longer than 65
+/// bytes, its BIP-322 simple signature). Never panics, whatever the input.
 pub fn verify(address: &str, signature_b64: &str, message: &[u8]) -> Result<(), VerifyError> {
     let addr = Address::parse(address).map_err(|e| match e {
         AddressError::Unsupported { .. } => VerifyError::UnsupportedAddressType(e),
@@ -155,6 +159,10 @@ pub fn verify_parsed(
         .decode(signature_b64.trim())
         .map_err(|_| VerifyError::BadBase64)?;
     if bytes.len() != 65 {
+        // Not BIP-137: a BIP-322 simple witness, for P2WPKH addresses.
+        if addr.kind == AddressType::P2wpkh && bytes.len() > 65 {
+            return super::bip322::verify_simple(addr, signature_b64, message);
+        }
         return Err(VerifyError::BadLength(bytes.len()));
     }
     let header = bytes[0];

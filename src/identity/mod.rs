@@ -6,6 +6,8 @@
 //!   mainnet, testnet and regtest.
 //! - [`message`]: BIP-137 "Bitcoin Signed Message" signatures, the format of
 //!   Bitcoin Core, Electrum, Trezor, bitcoinjs-message and python-bitcoinlib.
+//! - [`bip322`]: BIP-322 "simple" signatures for P2WPKH (accepted by
+//!   [`message::verify`] too).
 //! - [`signed`]: signed manifests (canonical form documented in
 //!   `docs/SIGNING.md`).
 //! - [`access`]: `AccessPolicy` evaluation and the policy trust chain from the
@@ -17,6 +19,7 @@
 
 pub mod access;
 pub mod address;
+pub mod bip322;
 pub mod key;
 pub mod message;
 pub mod signed;
