@@ -10,6 +10,8 @@
 //!   [`message::verify`] too).
 //! - [`signed`]: signed manifests (canonical form documented in
 //!   `docs/SIGNING.md`).
+//! - [`session`]: login challenges, a bounded single-use nonce store and
+//!   node-signed session tokens (no HTTP yet).
 //! - [`access`]: `AccessPolicy` evaluation and the policy trust chain from the
 //!   cluster owner's address.
 //!
@@ -22,6 +24,7 @@ pub mod address;
 pub mod bip322;
 pub mod key;
 pub mod message;
+pub mod session;
 pub mod signed;
 
 pub use access::{authorize, trusted_policies, Decision, RuleMiss, TrustReport};
