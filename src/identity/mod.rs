@@ -12,6 +12,8 @@
 //!   `docs/SIGNING.md`).
 //! - [`session`]: login challenges, a bounded single-use nonce store and
 //!   node-signed session tokens (no HTTP yet).
+//! - [`level2`]: password check against an ordered list of LDAP / AD
+//!   servers, with failover, escaping and rate limiting.
 //! - [`access`]: `AccessPolicy` evaluation and the policy trust chain from the
 //!   cluster owner's address.
 //!
@@ -23,6 +25,7 @@ pub mod access;
 pub mod address;
 pub mod bip322;
 pub mod key;
+pub mod level2;
 pub mod message;
 pub mod session;
 pub mod signed;
