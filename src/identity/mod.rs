@@ -14,6 +14,8 @@
 //!   node-signed session tokens (no HTTP yet).
 //! - [`level2`]: password check against an ordered list of LDAP / AD
 //!   servers, with failover, escaping and rate limiting.
+//! - [`request`]: per-request signatures (body hash, timestamp, nonce)
+//!   and a bounded replay guard.
 //! - [`access`]: `AccessPolicy` evaluation and the policy trust chain from the
 //!   cluster owner's address.
 //!
@@ -27,6 +29,7 @@ pub mod bip322;
 pub mod key;
 pub mod level2;
 pub mod message;
+pub mod request;
 pub mod session;
 pub mod signed;
 
