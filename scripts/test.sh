@@ -9,7 +9,10 @@ source scripts/lib.sh
 need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
-apt_install busybox-static cpio iproute2
+apt_install busybox-static cpio iproute2 slapd ldap-utils
+command -v npm >/dev/null || apt_install nodejs npm
+# Real Bitcoin libraries for the interop tests (python-bitcoinlib, bitcoinjs-message).
+sh tests/interop/setup.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: installing it from crates.io"
   cargo install --locked cargo-nextest >/dev/null

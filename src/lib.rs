@@ -11,6 +11,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod driver;
+pub mod identity;
 pub mod manifest;
 pub mod model;
 pub mod node;

@@ -1,0 +1,271 @@
+//! `AccessPolicy` evaluation and the policy trust chain.
+//!
+//! [`authorize`] is the one evaluation function: a request (subject
+//! address, verb, kind, namespace) is allowed when some rule of some policy
+//! allows it; otherwise the denial lists, for every rule naming the
+//! subject, why it did not apply. Rules only allow: there are no deny rules.
+//!
+//! Roles: `admin` = every verb on every kind; `operator` = every verb on
+//! every kind except `AccessPolicy`; `viewer` = `get` and `list` only (not
+//! `console`: a console is write access to the guest). A rule's `kinds`
+//! and `namespaces` filters narrow roles and verbs alike; empty = all. A
+//! rule with `namespaces` never matches cluster-scoped kinds. Rules with
+//! `tags` are not evaluated yet and never match (fail closed). A rule
+//! with both or neither of `role` and `verbs` is invalid and never matches.
+//!
+//! [`trusted_policies`] decides which signed policies count: those signed
+//! by the cluster owner, then those signed by an address the *owner's*
+//! policies allow to `apply` `AccessPolicy` (i.e. an admin). Trust is one
+//! level deep: an admin-signed policy cannot make further admins whose
+//! policies count, so there are no chains and no cycles.
+
+use serde::Serialize;
+
+use crate::model::access::{AccessRule, Role, Verb};
+use crate::model::{AccessPolicySpec, Kind, Manifest};
+
+use super::address::Address;
+use super::signed::verify_manifest;
+
+/// The outcome of [`authorize`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Decision {
+    /// Allowed by this rule.
+    Allow {
+        /// Policy name.
+        policy: String,
+        /// Index of the rule in `spec.rules`.
+        rule: usize,
+        /// The rule requires a level-2 (directory password) check.
+        level2: bool,
+    },
+    /// Denied.
+    Deny {
+        /// One sentence for the user.
+        reason: String,
+        /// Every rule naming the subject, with why it did not allow.
+        misses: Vec<RuleMiss>,
+    },
+}
+
+impl Decision {
+    /// Whether the request is allowed (possibly subject to level 2).
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+}
+
+/// A rule that names the subject but did not allow the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleMiss {
+    /// Policy name.
+    pub policy: String,
+    /// Index of the rule in `spec.rules`.
+    pub rule: usize,
+    /// Why it did not apply.
+    pub why: String,
+}
+
+/// Two address strings name the same address (bech32 is case-insensitive);
+/// unparsable strings compare exactly.
+fn same_address(a: &str, b: &str) -> bool {
+    match (Address::parse(a), Address::parse(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn verb_name(v: Verb) -> &'static str {
+    match v {
+        Verb::Get => "get",
+        Verb::List => "list",
+        Verb::Apply => "apply",
+        Verb::Delete => "delete",
+        Verb::Console => "console",
+        Verb::Replicate => "replicate",
+        Verb::Relocate => "relocate",
+        Verb::All => "*",
+    }
+}
+
+/// Why `rule` does not allow (verb, kind, namespace), or `None` if it does.
+fn rule_miss(rule: &AccessRule, verb: Verb, kind: Kind, namespace: &str) -> Option<String> {
+    if rule.tags.is_some() {
+        return Some("rule is scoped by tags, which are not evaluated yet (fail closed)".into());
+    }
+    match (&rule.role, rule.verbs.is_empty()) {
+        (Some(_), false) | (None, true) => {
+            return Some("invalid rule: it must set exactly one of role and verbs".into())
+        }
+        (Some(Role::Admin), true) => {}
+        (Some(Role::Operator), true) => {
+            if kind == Kind::AccessPolicy {
+                return Some("role operator does not cover AccessPolicy objects".into());
+            }
+        }
+        (Some(Role::Viewer), true) => {
+            if !matches!(verb, Verb::Get | Verb::List) {
+                return Some(format!(
+                    "role viewer allows get and list, not {}",
+                    verb_name(verb)
+                ));
+            }
+        }
+        (None, false) => {
+            if !rule.verbs.iter().any(|v| *v == Verb::All || *v == verb) {
+                let list: Vec<_> = rule.verbs.iter().map(|v| verb_name(*v)).collect();
+                return Some(format!(
+                    "verb {} is not in [{}]",
+                    verb_name(verb),
+                    list.join(", ")
+                ));
+            }
+        }
+    }
+    if !rule.kinds.is_empty()
+        && !rule.kinds.iter().any(|k| {
+            k == "*"
+                || k.eq_ignore_ascii_case(kind.as_str())
+                || k.eq_ignore_ascii_case(kind.plural())
+        })
+    {
+        return Some(format!(
+            "kind {} is not in [{}]",
+            kind,
+            rule.kinds.join(", ")
+        ));
+    }
+    if !rule.namespaces.is_empty() {
+        if !kind.namespaced() {
+            return Some(format!(
+                "rule is limited to namespaces [{}]; {} is cluster-scoped",
+                rule.namespaces.join(", "),
+                kind
+            ));
+        }
+        if !rule.namespaces.iter().any(|n| n == "*" || n == namespace) {
+            return Some(format!(
+                "namespace {namespace:?} is not in [{}]",
+                rule.namespaces.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+/// Decide whether `subject` may `verb` objects of `kind` in `namespace`
+/// (`""` for cluster-scoped kinds). Pure. A rule without a level-2
+/// requirement wins over one with; the first allowing rule (policies in
+/// the given order, rules in order) is reported.
+pub fn authorize(
+    policies: &[Manifest<AccessPolicySpec>],
+    subject: &str,
+    verb: Verb,
+    kind: Kind,
+    namespace: &str,
+) -> Decision {
+    let mut misses = Vec::new();
+    let mut level2_allow = None;
+    for p in policies {
+        let policy = p.metadata.name.clone().unwrap_or_default();
+        for (i, rule) in p.spec.rules.iter().enumerate() {
+            if !rule.subjects.iter().any(|s| same_address(s, subject)) {
+                continue;
+            }
+            match rule_miss(rule, verb, kind, namespace) {
+                None if rule.level2.is_none() => {
+                    return Decision::Allow {
+                        policy,
+                        rule: i,
+                        level2: false,
+                    }
+                }
+                None => {
+                    level2_allow.get_or_insert(Decision::Allow {
+                        policy: policy.clone(),
+                        rule: i,
+                        level2: true,
+                    });
+                }
+                Some(why) => misses.push(RuleMiss {
+                    policy: policy.clone(),
+                    rule: i,
+                    why,
+                }),
+            }
+        }
+    }
+    if let Some(allow) = level2_allow {
+        return allow;
+    }
+    let what = format!("{} {} in {:?}", verb_name(verb), kind, namespace);
+    let reason = match misses.as_slice() {
+        [] => format!("{subject} is not a subject of any access policy rule (request: {what})"),
+        [m] => format!(
+            "denied {what} to {subject}: policy {} rule {}: {}",
+            m.policy, m.rule, m.why
+        ),
+        ms => format!(
+            "denied {what} to {subject}: none of {} rules naming it applies ({})",
+            ms.len(),
+            ms.iter()
+                .map(|m| format!("policy {} rule {}: {}", m.policy, m.rule, m.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    Decision::Deny { reason, misses }
+}
+
+/// The result of [`trusted_policies`].
+#[derive(Debug, Clone, Default)]
+pub struct TrustReport {
+    /// Policies that count, owner-signed first.
+    pub trusted: Vec<Manifest<AccessPolicySpec>>,
+    /// (policy name, why it does not count).
+    pub rejected: Vec<(String, String)>,
+}
+
+/// Filter signed policies down to those that count in `cluster` whose
+/// owner (trust anchor) is `owner`; see the module doc for the rule.
+pub fn trusted_policies(
+    policies: &[Manifest<AccessPolicySpec>],
+    cluster: &str,
+    owner: &str,
+) -> TrustReport {
+    let mut report = TrustReport::default();
+    let mut by_others = Vec::new();
+    for p in policies {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let value = match serde_json::to_value(p) {
+            Ok(v) => v,
+            Err(e) => {
+                report
+                    .rejected
+                    .push((name, format!("cannot serialize: {e}")));
+                continue;
+            }
+        };
+        match verify_manifest(&value, cluster) {
+            Ok(signer) if same_address(&signer, owner) => report.trusted.push(p.clone()),
+            Ok(signer) => by_others.push((p, signer)),
+            Err(e) => report.rejected.push((name, e.to_string())),
+        }
+    }
+    let owner_policies = report.trusted.clone();
+    for (p, signer) in by_others {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        match authorize(&owner_policies, &signer, Verb::Apply, Kind::AccessPolicy, "") {
+            Decision::Allow { level2: false, .. } => report.trusted.push(p.clone()),
+            Decision::Allow { level2: true, .. } => report.rejected.push((
+                name,
+                format!("signer {signer} is an admin only with a level-2 check, which a signature cannot give"),
+            )),
+            Decision::Deny { reason, .. } => report.rejected.push((
+                name,
+                format!("signer {signer} is neither the owner nor an admin of the owner's policies: {reason}"),
+            )),
+        }
+    }
+    report
+}
