@@ -3,6 +3,7 @@
 //! Commands parse their arguments and call the library; the only state they
 //! touch is through the local API of a running node.
 
+mod identity;
 mod output;
 
 use std::io::{Read, Write};
@@ -136,6 +137,51 @@ pub enum Command {
     Completions {
         /// Shell.
         shell: clap_complete::Shell,
+    },
+    /// Keys: `key new --out FILE`, `key address --key FILE`.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: identity::KeyCommand,
+    },
+    /// Sign a message (Bitcoin signed message, BIP-137); prints base64.
+    Sign {
+        /// The key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The message.
+        #[arg(long)]
+        message: String,
+        /// Address type of the signature: p2wpkh, p2sh-p2wpkh or p2pkh.
+        #[arg(long = "type", default_value = "p2wpkh")]
+        kind: crate::identity::AddressType,
+    },
+    /// Verify a Bitcoin signed message: exit 0 if valid, 1 if not.
+    Verify {
+        /// The signer's address.
+        #[arg(long)]
+        address: String,
+        /// The base64 signature.
+        #[arg(long)]
+        signature: String,
+        /// The message.
+        #[arg(long)]
+        message: String,
+    },
+    /// Sign the documents of a manifest file for a cluster.
+    SignManifest {
+        /// The manifest file.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The cluster ID (its owner's address).
+        #[arg(long, env = "DEORCH_CLUSTER")]
+        cluster: String,
+        /// Address type of the signer: p2wpkh, p2sh-p2wpkh or p2pkh.
+        #[arg(long = "type", default_value = "p2wpkh")]
+        kind: crate::identity::AddressType,
     },
     /// Run a benchmark (figures for docs/PERFORMANCE.md).
     Bench {
@@ -411,6 +457,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "deorch", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Key { command } => identity::key(command),
+        Command::Sign { key, message, kind } => identity::sign(&key, &message, kind),
+        Command::Verify {
+            address,
+            signature,
+            message,
+        } => identity::verify(&address, &signature, &message),
+        Command::SignManifest {
+            file,
+            key,
+            cluster,
+            kind,
+        } => identity::sign_manifest(&file, &key, &cluster, kind),
         Command::Bench { which } => {
             match which {
                 BenchCommand::Drop { count } => crate::bench::drop_latency(count)?,
