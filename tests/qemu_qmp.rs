@@ -27,6 +27,7 @@ async fn qmp_session_commands_errors_and_close() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("deorch-qmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a stale socket from an earlier run
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("qmp.sock");
     let mut child = Command::new("qemu-system-x86_64")
@@ -45,14 +46,18 @@ async fn qmp_session_commands_errors_and_close() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn qemu");
+    // The socket file appears at bind(), a moment before QEMU accepts.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "QMP socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut qmp = Qmp::connect(&sock, Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let mut qmp = loop {
+        match Qmp::connect(&sock, Duration::from_secs(5)).await {
+            Ok(q) => break q,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
     assert!(qmp.version.0 >= 6, "QEMU version {:?}", qmp.version);
     let status = qmp.execute("query-status", None).await.unwrap();
     assert_eq!(status["status"], "prelaunch", "{status}");
@@ -139,6 +144,7 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
     }
     let (kernel, initrd) = tiny_guest();
     let rd = std::env::temp_dir().join(format!("deorch-cmdline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&rd);
     std::fs::create_dir_all(&rd).unwrap();
     let vm = QemuVm {
         name: "test-tiny".into(),

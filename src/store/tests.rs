@@ -17,6 +17,7 @@ fn tmp() -> Tmp {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
+    let _ = std::fs::remove_dir_all(&d); // left over by an earlier run with this pid
     std::fs::create_dir_all(&d).unwrap();
     Tmp(d)
 }
