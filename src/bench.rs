@@ -249,7 +249,16 @@ pub fn store_footprint(objects: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&manifests).context("creating the manifest directory")?;
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut node = Command::new(&exe)
-        .args(["--log", "warn", "node", "run", "--name", "bench"])
+        .args([
+            "--log",
+            "warn",
+            "node",
+            "run",
+            "--name",
+            "bench",
+            "--hypervisor",
+            "fake",
+        ])
         .arg("--state-dir")
         .arg(&dir)
         .arg("--manifests")

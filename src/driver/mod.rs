@@ -8,6 +8,7 @@
 //! resolved configurations and report what they observe.
 
 pub mod fake;
+pub mod qemu;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -141,6 +142,10 @@ pub enum VmState {
 pub trait Hypervisor: Send + Sync {
     /// Driver name (`fake`, `qemu`, `libvirt`).
     fn name(&self) -> &'static str;
+    /// The accelerator in use (`kvm`, `tcg`), when there is one.
+    fn accel(&self) -> Option<String> {
+        None
+    }
     /// Start `config` (replacing a stopped VM of the same id).
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Stop gracefully (ACPI power button), forcing after `timeout`.

@@ -32,12 +32,16 @@ pub struct NodeArgs {
     /// This node's IP addresses (repeat or comma-separate).
     #[arg(long = "address", env = "DEORCH_ADDRESSES", value_delimiter = ',')]
     pub addresses: Vec<String>,
-    /// Hypervisor driver: `fake` (VMs simulated in memory).
+    /// Hypervisor driver: `qemu` (default) or `fake` (VMs simulated in memory).
     #[arg(long, env = "DEORCH_HYPERVISOR")]
     pub hypervisor: Option<String>,
     /// Storage driver: `fake` (volumes simulated in memory).
     #[arg(long, env = "DEORCH_STORAGE")]
     pub storage: Option<String>,
+    /// Directory of the tiny guest used for the accelerator probe boot
+    /// (built by guest/build.sh); default /var/lib/deorch/guest.
+    #[arg(long, env = "DEORCH_PROBE_GUEST")]
+    pub probe_guest: Option<PathBuf>,
     /// Full rescan period of the manifest directory, e.g. `10s`.
     #[arg(long, env = "DEORCH_RESCAN_INTERVAL")]
     pub rescan_interval: Option<ManifestDuration>,
@@ -65,6 +69,8 @@ pub struct FileConfig {
     pub hypervisor: Option<String>,
     /// Storage driver.
     pub storage: Option<String>,
+    /// Probe guest directory.
+    pub probe_guest: Option<PathBuf>,
     /// Rescan period.
     pub rescan_interval: Option<ManifestDuration>,
     /// Settle time.
@@ -74,7 +80,9 @@ pub struct FileConfig {
 /// Which hypervisor driver runs VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HypervisorKind {
-    /// In-memory simulation (until the QEMU driver lands).
+    /// One daemonized QEMU process per VM.
+    Qemu,
+    /// In-memory simulation.
     Fake,
 }
 
@@ -102,6 +110,8 @@ pub struct NodeConfig {
     pub hypervisor: HypervisorKind,
     /// Storage driver.
     pub storage: StorageKind,
+    /// Probe guest directory.
+    pub probe_guest: PathBuf,
     /// Manifest directory rescan period.
     pub rescan_interval: Duration,
     /// Settle time for unclosed files.
@@ -160,11 +170,12 @@ impl NodeConfig {
             }
         }
         let hypervisor = match args.hypervisor.clone().or(file.hypervisor).as_deref() {
-            None | Some("fake") => HypervisorKind::Fake,
+            None | Some("qemu") => HypervisorKind::Qemu,
+            Some("fake") => HypervisorKind::Fake,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     setting: "hypervisor",
-                    message: format!("unknown driver {other:?}; this build has: fake (the qemu and libvirt drivers are not built yet)"),
+                    message: format!("unknown driver {other:?}; this build has: qemu, fake (libvirt is not built yet)"),
                 })
             }
         };
@@ -197,6 +208,11 @@ impl NodeConfig {
             addresses,
             hypervisor,
             storage,
+            probe_guest: args
+                .probe_guest
+                .clone()
+                .or(file.probe_guest)
+                .unwrap_or_else(|| "/var/lib/deorch/guest".into()),
             rescan_interval: args
                 .rescan_interval
                 .or(file.rescan_interval)

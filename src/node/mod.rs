@@ -5,19 +5,23 @@
 //!
 //! Architecture invariant: this is the only place that chooses driver
 //! implementations; everything below receives them as trait objects.
+//! The accelerator is chosen here, once, by a probe boot (cached).
 
 pub mod config;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use config::{NodeArgs, NodeConfig};
+pub use config::{HypervisorKind, NodeArgs, NodeConfig};
 
 use crate::api;
+use crate::driver::qemu::QemuHypervisor;
 use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
+use crate::qemu::probe::{self, Accel, ProbeGuest};
 use crate::reconcile::{Drivers, Engine, EngineConfig};
 use crate::source::dir::{DirConfig, DirSource};
 use crate::source::Source;
@@ -49,17 +53,17 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
 
     let listener = api::server::bind(&config.socket)
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
+    let drivers = drivers(&config).await;
     let facts = api::server::ServerFacts {
         name: config.name.clone(),
-        hypervisor: "fake".into(),
-        storage: "fake".into(),
+        hypervisor: drivers.hypervisor.name().into(),
+        storage: drivers.storage.name().into(),
         manifests: config.manifests.display().to_string(),
     };
-    warn!("the hypervisor and storage drivers are in-memory fakes: VMs are simulated, nothing boots yet");
 
     let engine = Engine::new(
         store.clone(),
-        Drivers::fake(),
+        drivers,
         EngineConfig {
             node_name: config.name.clone(),
             node_addresses: config.addresses.clone(),
@@ -95,6 +99,43 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     }
     info!(node = %config.name, "node stopped");
     Ok(())
+}
+
+/// Choose the drivers. The storage and network drivers are still in-memory
+/// fakes; the hypervisor is QEMU unless configured otherwise.
+async fn drivers(config: &NodeConfig) -> Drivers {
+    let mut d = Drivers::fake();
+    warn!("storage and host networking are in-memory fakes for now: VMs get no disks, and NICs use QEMU's user-mode network");
+    match config.hypervisor {
+        HypervisorKind::Fake => warn!("hypervisor: fake (VMs are simulated, nothing boots)"),
+        HypervisorKind::Qemu => {
+            let guest = ProbeGuest {
+                qemu: "qemu-system-x86_64".into(),
+                kernel: config.probe_guest.join("vmlinuz"),
+                initrd: config.probe_guest.join("initrd.img"),
+                timeout: Duration::from_secs(8),
+            };
+            let probe = if guest.kernel.exists() {
+                probe::probe_cached(&guest, &config.state_dir).await
+            } else {
+                probe::ProbeResult {
+                    accel: Accel::Tcg,
+                    reason: format!(
+                        "no probe guest in {} (guest/build.sh makes one): TCG",
+                        config.probe_guest.display()
+                    ),
+                    key: String::new(),
+                }
+            };
+            info!(accel = probe.accel.as_str(), reason = %probe.reason, "accelerator chosen");
+            d.hypervisor = Arc::new(QemuHypervisor::new(
+                "qemu-system-x86_64",
+                config.state_dir.join("vms"),
+                probe.accel,
+            ));
+        }
+    }
+    d
 }
 
 /// Make sure a `Satellite` object names this node (a declared one, e.g.

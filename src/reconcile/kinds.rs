@@ -317,7 +317,7 @@ pub async fn satellite(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         ..Default::default()
     });
     st.version = Some(env!("CARGO_PKG_VERSION").into());
-    st.accel = None;
+    st.accel = ctx.drivers.hypervisor.accel();
     set_condition(
         &mut st.conditions,
         "Ready",

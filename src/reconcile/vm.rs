@@ -577,6 +577,7 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         })
         .collect();
     status.console = None::<ConsoleStatus>;
+    status.accel = hv.accel();
     let provisioned = plan
         .blocked
         .as_ref()

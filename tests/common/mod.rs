@@ -17,6 +17,8 @@ pub struct Node {
     pub socket: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra `node run` flags (default: the fake hypervisor).
+    pub extra_args: Vec<String>,
 }
 
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
@@ -53,6 +55,7 @@ impl Node {
             manifests,
             dir,
             child: None,
+            extra_args: vec!["--hypervisor".into(), "fake".into()],
         }
     }
 
@@ -65,6 +68,7 @@ impl Node {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_deorch"))
             .args(["node", "run", "--name", "test-node"])
+            .args(&self.extra_args)
             .arg("--manifests")
             .arg(&self.manifests)
             .arg("--state-dir")

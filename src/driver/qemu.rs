@@ -1,0 +1,356 @@
+//! The QEMU hypervisor driver: one daemonized `qemu-system-x86_64` per VM,
+//! managed through its runtime directory (`<state>/vms/<namespace>/<name>/`:
+//! pidfile, QMP socket, serial log, the configuration it was started with).
+//! Because QEMU daemonizes and everything needed to find it again lives in
+//! that directory, restarting or upgrading the node never stops a VM: the
+//! next `state` call re-adopts it.
+//!
+//! QEMU runs with `-no-shutdown`, so a guest that powers itself off leaves
+//! QEMU alive in the `shutdown` state (reported as a guest shutdown), while a
+//! QEMU process that disappears without deorch asking is a crash.
+//!
+//! Not yet (issue 5/4/8): disks (needs a real storage driver), host taps
+//! (NICs use QEMU's user-mode network, restricted to the guest), consoles.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::{BoxFuture, DriverError, Hypervisor, StopReason, VmConfig, VmState};
+use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm};
+use crate::qemu::probe::Accel;
+use crate::qemu::qmp::Qmp;
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_MARKER: &str = "stop-requested";
+const CONFIG_FILE: &str = "config.json";
+
+/// Runs VMs as QEMU processes.
+pub struct QemuHypervisor {
+    qemu: PathBuf,
+    vms_dir: PathBuf,
+    accel: Accel,
+}
+
+impl QemuHypervisor {
+    /// VMs' runtime directories go under `vms_dir`.
+    pub fn new(
+        qemu: impl Into<PathBuf>,
+        vms_dir: impl Into<PathBuf>,
+        accel: Accel,
+    ) -> QemuHypervisor {
+        QemuHypervisor {
+            qemu: qemu.into(),
+            vms_dir: vms_dir.into(),
+            accel,
+        }
+    }
+
+    /// The runtime directory of VM `id` (`namespace/name`).
+    pub fn runtime_dir(&self, id: &str) -> PathBuf {
+        self.vms_dir.join(id)
+    }
+
+    fn err(op: &str, id: &str, message: impl Into<String>) -> DriverError {
+        DriverError::Transient {
+            op: op.into(),
+            target: id.into(),
+            message: message.into(),
+        }
+    }
+
+    fn permanent(op: &str, id: &str, message: impl Into<String>) -> DriverError {
+        DriverError::Permanent {
+            op: op.into(),
+            target: id.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The PID in the pidfile, if that process is a live QEMU.
+    fn live_pid(dir: &Path) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(cmdline::pidfile(dir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // A zombie (state Z) is dead for our purposes.
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        (state != "Z" && exe.to_string_lossy().contains("qemu")).then_some(pid)
+    }
+
+    async fn qmp(&self, op: &str, id: &str) -> Result<Qmp, DriverError> {
+        let sock = cmdline::qmp_socket(&self.runtime_dir(id));
+        Qmp::connect(&sock, QMP_TIMEOUT)
+            .await
+            .map_err(|e| Self::err(op, id, e.to_string()))
+    }
+
+    fn to_qemu(&self, c: &VmConfig) -> Result<QemuVm, DriverError> {
+        if !c.disks.is_empty() {
+            return Err(Self::permanent("start", &c.id, "disks need a real storage driver, which this node does not have yet (the dir and zfs drivers arrive with the storage work)"));
+        }
+        Ok(QemuVm {
+            name: c.id.replace('/', "."),
+            accel: self.accel,
+            machine: c.machine,
+            cpu_model: c.cpu_model.clone().unwrap_or_else(|| match self.accel {
+                Accel::Kvm => "host".into(),
+                Accel::Tcg => "qemu64".into(),
+            }),
+            cpus: c.cpus.max(1),
+            memory_mib: (c.memory >> 20).max(16),
+            kernel: c.boot.as_ref().map(|b| PathBuf::from(&b.kernel)),
+            initrd: c
+                .boot
+                .as_ref()
+                .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
+            cmdline: c.boot.as_ref().and_then(|b| b.cmdline.clone()),
+            disks: vec![],
+            nics: c
+                .nics
+                .iter()
+                .map(|n| QemuNic {
+                    id: n.name.clone(),
+                    mac: n.mac.clone(),
+                    model: crate::model::vm::NicModel::Virtio,
+                    backend: NicBackend::UserRestricted,
+                })
+                .collect(),
+            vnc: None,
+            runtime_dir: self.runtime_dir(&c.id),
+        })
+    }
+
+    async fn wait_gone(dir: &Path, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if Self::live_pid(dir).is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    fn kill(pid: u32) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
+impl Hypervisor for QemuHypervisor {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn accel(&self) -> Option<String> {
+        Some(self.accel.as_str().into())
+    }
+
+    fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let id = &config.id;
+            let dir = self.runtime_dir(id);
+            if let Some(pid) = Self::live_pid(&dir) {
+                // A guest that shut itself down leaves QEMU waiting: replace it.
+                match self
+                    .qmp("start", id)
+                    .await?
+                    .execute("query-status", None)
+                    .await
+                {
+                    Ok(s) if s["status"] == "shutdown" => {
+                        Self::kill(pid);
+                        Self::wait_gone(&dir, Duration::from_secs(5)).await;
+                    }
+                    _ => {
+                        return Err(Self::permanent(
+                            "start",
+                            id,
+                            format!("already running (pid {pid})"),
+                        ))
+                    }
+                }
+            }
+            let vm = self.to_qemu(config)?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
+            for f in [
+                cmdline::pidfile(&dir),
+                cmdline::qmp_socket(&dir),
+                dir.join(STOP_MARKER),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+            let serial = cmdline::serial_log(&dir);
+            if serial.exists() {
+                let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
+            }
+            let tmp = dir.join("config.json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(config).expect("configs serialize"))
+                .and_then(|_| std::fs::rename(&tmp, dir.join(CONFIG_FILE)))
+                .map_err(|e| Self::permanent("start", id, e.to_string()))?;
+            let mut args = cmdline::args(&vm);
+            args.push("-no-shutdown".into());
+            let out = tokio::process::Command::new(&self.qemu)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| {
+                    Self::permanent(
+                        "start",
+                        id,
+                        format!("cannot run {}: {e}", self.qemu.display()),
+                    )
+                })?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                return Err(Self::permanent(
+                    "start",
+                    id,
+                    format!(
+                        "QEMU refused to start: {}",
+                        stderr.lines().last().unwrap_or("").trim()
+                    ),
+                ));
+            }
+            // QEMU daemonizes once initialised; QMP answers right after.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Qmp::connect(&cmdline::qmp_socket(&dir), QMP_TIMEOUT).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(Self::err("start", id, e.to_string()))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let dir = self.runtime_dir(id);
+            let Some(pid) = Self::live_pid(&dir) else {
+                return Ok(());
+            };
+            let _ = std::fs::write(dir.join(STOP_MARKER), b"");
+            // ACPI power button first; the guest decides how to shut down.
+            if let Ok(mut q) = self.qmp("stop", id).await {
+                let _ = q.execute("system_powerdown", None).await;
+                let deadline = Instant::now() + timeout;
+                while Instant::now() < deadline {
+                    match q.execute("query-status", None).await {
+                        Ok(s) if s["status"] == "shutdown" => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => break,
+                    }
+                }
+                let _ = q.execute("quit", None).await;
+            }
+            if !Self::wait_gone(&dir, Duration::from_secs(5)).await {
+                Self::kill(pid);
+                Self::wait_gone(&dir, Duration::from_secs(5)).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.qmp("pause", id)
+                .await?
+                .execute("stop", None)
+                .await
+                .map(|_| ())
+                .map_err(|e| Self::err("pause", id, e.to_string()))
+        })
+    }
+
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.qmp("resume", id)
+                .await?
+                .execute("cont", None)
+                .await
+                .map(|_| ())
+                .map_err(|e| Self::err("resume", id, e.to_string()))
+        })
+    }
+
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>> {
+        Box::pin(async move {
+            let dir = self.runtime_dir(id);
+            if !dir.join(CONFIG_FILE).exists() {
+                return Ok(VmState::Absent);
+            }
+            let Some(pid) = Self::live_pid(&dir) else {
+                let reason = if dir.join(STOP_MARKER).exists() {
+                    StopReason::Requested
+                } else {
+                    StopReason::Crashed
+                };
+                return Ok(VmState::Stopped(reason));
+            };
+            let config: VmConfig = std::fs::read(dir.join(CONFIG_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| Self::err("state", id, "unreadable config.json"))?;
+            let started_ms = std::fs::metadata(cmdline::pidfile(&dir))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let status = self
+                .qmp("state", id)
+                .await?
+                .execute("query-status", Some(json!({})))
+                .await
+                .map_err(|e| Self::err("state", id, e.to_string()))?;
+            Ok(match status["status"].as_str().unwrap_or("") {
+                "paused" => VmState::Paused {
+                    pid,
+                    started_ms,
+                    config: Box::new(config),
+                },
+                "shutdown" => VmState::Stopped(if dir.join(STOP_MARKER).exists() {
+                    StopReason::Requested
+                } else {
+                    StopReason::GuestShutdown
+                }),
+                _ => VmState::Running {
+                    pid,
+                    started_ms,
+                    config: Box::new(config),
+                },
+            })
+        })
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let dir = self.runtime_dir(id);
+            if let Some(pid) = Self::live_pid(&dir) {
+                Self::kill(pid);
+                Self::wait_gone(&dir, Duration::from_secs(5)).await;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Self::err("remove", id, e.to_string())),
+            }
+        })
+    }
+}
