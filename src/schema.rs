@@ -201,15 +201,20 @@ fn def_name(node: &Value) -> Option<&str> {
     node.get("$ref")?.as_str()?.strip_prefix("#/definitions/")
 }
 
-/// Follow `$ref`s and the non-null branch of `anyOf`.
-fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
-    for _ in 0..16 {
+/// Follow `$ref`s into `definitions` (except those `stop` names, which the
+/// caller wants to see), single-branch `allOf`s (schemars' way of putting a
+/// default beside a `$ref`) and the non-null branch of an `anyOf` (an
+/// `Option`).
+pub fn resolve<'a>(root: &'a Value, mut node: &'a Value, stop: &dyn Fn(&str) -> bool) -> &'a Value {
+    for _ in 0..32 {
         if let Some(name) = def_name(node) {
-            if matches!(name, "Quantity" | "Cpu" | "Duration") || name.starts_with("io.k8s.") {
-                return node;
+            match root.get("definitions").and_then(|d| d.get(name)) {
+                Some(def) if !stop(name) => {
+                    node = def;
+                    continue;
+                }
+                _ => return node,
             }
-            node = &root["definitions"][name];
-            continue;
         }
         if let Some(b) = node
             .get("allOf")
@@ -234,8 +239,13 @@ fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
     node
 }
 
+/// Value types and Kubernetes types the reference names instead of expanding.
+fn named(name: &str) -> bool {
+    matches!(name, "Quantity" | "Cpu" | "Duration") || name.starts_with("io.k8s.")
+}
+
 fn type_of(root: &Value, node: &Value) -> String {
-    let node = resolve(root, node);
+    let node = resolve(root, node, &named);
     if let Some(name) = def_name(node) {
         return match name {
             "Quantity" => "quantity (`512Mi`, `2Gi`, `10G`)".into(),
@@ -314,7 +324,7 @@ fn walk(
     rows: &mut Vec<(String, String, String, String)>,
     depth: usize,
 ) {
-    let node = resolve(root, node);
+    let node = resolve(root, node, &named);
     if depth > 8 || def_name(node).is_some() {
         return;
     }
@@ -323,7 +333,7 @@ fn walk(
             .get("type")
             .is_some_and(|t| t.as_array().is_some_and(|a| a.contains(&json!("array"))))
     {
-        let items = resolve(root, &node["items"]);
+        let items = resolve(root, &node["items"], &named);
         if items.get("properties").is_some() {
             return walk(root, items, &format!("{path}[]"), user, rows, depth + 1);
         }
@@ -343,7 +353,7 @@ fn walk(
         let p = format!("{path}.{name}");
         let desc = child
             .get("description")
-            .or_else(|| resolve(root, child).get("description"))
+            .or_else(|| resolve(root, child, &named).get("description"))
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();

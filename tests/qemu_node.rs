@@ -4,36 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Node;
-
-fn qemu_available() -> bool {
-    let ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "qemu-system-x86_64 is missing and CI=true"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-    }
-    ok
-}
-
-fn guest() -> PathBuf {
-    let out = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/deorch/guest");
-    let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "guest/build.sh failed");
-    out
-}
+use common::{qemu_available, tiny_guest, Node};
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -95,7 +69,7 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     if !qemu_available() {
         return;
     }
-    let g = guest();
+    let g = tiny_guest().0.parent().unwrap().to_path_buf();
     let mut node = Node::new("qemu");
     node.extra_args = vec![
         "--hypervisor".into(),

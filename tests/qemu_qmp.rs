@@ -1,25 +1,12 @@
 //! The QMP client against a real QEMU process.
 
+mod common;
+
+use common::{qemu_available, tiny_guest};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deorch::qemu::qmp::{Qmp, QmpError};
-
-/// QEMU must be installed in CI; elsewhere the test says loudly it skipped.
-fn qemu_available() -> bool {
-    let ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "qemu-system-x86_64 is missing and CI=true: install it (scripts/test.sh does)"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-    }
-    ok
-}
 
 #[tokio::test]
 async fn qmp_session_commands_errors_and_close() {
@@ -79,17 +66,6 @@ async fn qmp_session_commands_errors_and_close() {
     let status = child.wait().unwrap();
     assert!(status.success(), "qemu exited with {status}");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// The tiny guest, built by guest/build.sh into a per-user cache.
-fn tiny_guest() -> (std::path::PathBuf, std::path::PathBuf) {
-    let out = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/deorch/guest");
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
-        .arg(&out)
-        .status()
-        .expect("run guest/build.sh");
-    assert!(status.success(), "guest/build.sh failed");
-    (out.join("vmlinuz"), out.join("initrd.img"))
 }
 
 #[tokio::test]

@@ -58,44 +58,7 @@ pub enum ManifestError {
     Sign(#[from] SignError),
 }
 
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace,
-/// strings escaped as serde_json does (`"`, `\`, control characters; no
-/// escaping of non-ASCII), numbers as serde_json prints them.
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
+pub use crate::model::canonical::canonical_json;
 
 fn generation(obj: &Value) -> Result<i64, ManifestError> {
     let meta = obj

@@ -105,34 +105,8 @@ fn schema_at<'a>(root: &'a Value, mut node: &'a Value, path: &[Seg]) -> Option<&
     resolve(root, node)
 }
 
-fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> Option<&'a Value> {
-    for _ in 0..32 {
-        if let Some(r) = node.get("$ref").and_then(Value::as_str) {
-            let name = r.strip_prefix("#/definitions/")?;
-            node = root.get("definitions")?.get(name)?;
-            continue;
-        }
-        if let Some(b) = node
-            .get("allOf")
-            .and_then(Value::as_array)
-            .filter(|b| b.len() == 1)
-        {
-            node = &b[0];
-            continue;
-        }
-        if let Some(branches) = node.get("anyOf").and_then(Value::as_array) {
-            let non_null: Vec<&Value> = branches
-                .iter()
-                .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
-                .collect();
-            if non_null.len() == 1 {
-                node = non_null[0];
-                continue;
-            }
-        }
-        return Some(node);
-    }
-    None
+fn resolve<'a>(root: &'a Value, node: &'a Value) -> Option<&'a Value> {
+    Some(crate::schema::resolve(root, node, &|_| false))
 }
 
 fn field_list(schema: Option<&Value>) -> Vec<String> {

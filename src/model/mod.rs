@@ -6,6 +6,7 @@
 //! knows nothing of the store, the reconcilers or the drivers.
 
 pub mod access;
+pub mod canonical;
 pub mod common;
 pub mod network;
 pub mod relocation;

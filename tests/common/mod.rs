@@ -237,3 +237,31 @@ pub fn vm_yaml(name: &str, memory: &str) -> String {
         "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  cpu: 1\n  memory: {memory}\n"
     )
 }
+
+/// QEMU must be installed in CI; elsewhere a test says loudly it skipped.
+pub fn qemu_available() -> bool {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "qemu-system-x86_64 is missing and CI=true: install it (scripts/test.sh does)"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+    }
+    ok
+}
+
+/// The tiny guest, built by guest/build.sh into a per-user cache:
+/// (kernel, initrd).
+pub fn tiny_guest() -> (PathBuf, PathBuf) {
+    let out = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/deorch/guest");
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
+        .arg(&out)
+        .status()
+        .expect("run guest/build.sh");
+    assert!(status.success(), "guest/build.sh failed");
+    (out.join("vmlinuz"), out.join("initrd.img"))
+}
