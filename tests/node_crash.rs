@@ -9,22 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{vm_yaml, Node};
+use common::{vm_yaml, Node, Rng};
 use deorch::api::{Request, Response};
-
-/// Tiny deterministic RNG (xorshift) so a failing seed can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[test]
 fn kill_minus_nine_during_1000_applies_loses_nothing_acknowledged() {

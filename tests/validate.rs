@@ -1,6 +1,9 @@
 //! `deorch validate`: every broken manifest gives precise `FILE:LINE:COL`
 //! errors; valid ones none; hostile input never panics.
 
+mod common;
+
+use common::Rng;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -249,17 +252,6 @@ fn the_cli_exits_1_on_errors_and_0_when_clean() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("/nonexistent/x.yaml:1:1: cannot read"));
-}
-
-/// xorshift, so a failing case can be replayed from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -150,7 +150,7 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
-        if !is_dns_label(&name) {
+        if !crate::manifest::semantic::is_dns_label(&name) {
             return Err(ConfigError::Invalid {
                 setting: "name",
                 message: format!("{name:?} is not a DNS-1123 label (lower-case letters, digits, '-', at most 63)"),
@@ -261,15 +261,6 @@ fn default_name() -> String {
     } else {
         label
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

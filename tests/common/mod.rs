@@ -265,3 +265,20 @@ pub fn tiny_guest() -> (PathBuf, PathBuf) {
     assert!(status.success(), "guest/build.sh failed");
     (out.join("vmlinuz"), out.join("initrd.img"))
 }
+
+/// Tiny deterministic RNG (xorshift) so a failing seed can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
