@@ -18,6 +18,32 @@ fn alive(pid: u64) -> bool {
     })
 }
 
+/// The console ports in status, after checking QEMU really serves them.
+fn console(node: &Node) -> (u64, u64) {
+    use std::io::Read;
+    let st = vm_status(node);
+    let c = &st["console"];
+    let (vnc, ws) = (
+        c["vncPort"].as_u64().expect("vncPort"),
+        c["websocketPort"].as_u64().expect("websocketPort"),
+    );
+    assert!((5900..6900).contains(&vnc) && ws == vnc + 1000, "{c}");
+    assert_eq!(c["host"], "127.0.0.1");
+    assert!(
+        c["url"].as_str().unwrap().contains(&format!("port={ws}")),
+        "{c}"
+    );
+    let mut rfb =
+        std::net::TcpStream::connect(("127.0.0.1", vnc as u16)).expect("VNC port answers");
+    rfb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = [0u8; 12];
+    rfb.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..4], b"RFB ", "an RFB greeting on the VNC port");
+    std::net::TcpStream::connect(("127.0.0.1", ws as u16))
+        .expect("the noVNC websocket port answers");
+    (vnc, ws)
+}
+
 fn vm_yaml(power: &str) -> String {
     format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: tiny\nspec:\n  spacesuit: tiny\n  powerState: {power}\n  stopTimeout: 20s\n  nics:\n    - name: eth0\n      network: default\n"
@@ -100,6 +126,7 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     assert!(serial.contains("deorch-guest: lease ip="), "{serial}");
     let st = vm_status(&node);
     let restarts_before = st["restarts"].as_u64().unwrap_or(0);
+    let ports = console(&node);
     let pid = st["pid"].as_u64().expect("pid in status");
     assert!(alive(pid));
     let accel = st["accel"].as_str().unwrap().to_string();
@@ -131,6 +158,11 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
         restarts_before,
         "re-adoption is not a restart"
     );
+    assert_eq!(
+        console(&node),
+        ports,
+        "console ports survive a node restart"
+    );
 
     // QEMU killed: restarted by restartPolicy Always.
     Command::new("kill")
@@ -144,6 +176,7 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
             && s["pid"] != pid
     });
     wait_ready(&node);
+    assert_eq!(console(&node), ports, "console ports survive a VM restart");
     let pid2 = node.record("vm", "tiny").unwrap().status.unwrap()["pid"]
         .as_u64()
         .unwrap();

@@ -146,6 +146,11 @@ pub trait Hypervisor: Send + Sync {
     fn accel(&self) -> Option<String> {
         None
     }
+    /// Console endpoints of a VM, when it has them.
+    fn console(&self, id: &str) -> Option<crate::model::vm::ConsoleStatus> {
+        let _ = id;
+        None
+    }
     /// Start `config` (replacing a stopped VM of the same id).
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Stop gracefully (ACPI power button), forcing after `timeout`.

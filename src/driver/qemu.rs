@@ -9,33 +9,49 @@
 //! QEMU alive in the `shutdown` state (reported as a guest shutdown), while a
 //! QEMU process that disappears without deorch asking is a crash.
 //!
+//! Consoles: VNC with a noVNC websocket on the node's address, on ports
+//! derived from the VM's identity ([`crate::qemu::console`]) and remembered
+//! in the runtime directory (`console.json`) while the VM exists.
+//!
 //! Not yet (issue 5/4/8): disks (needs a real storage driver), host taps
-//! (NICs use QEMU's user-mode network, restricted to the guest), consoles.
+//! (NICs use QEMU's user-mode network, restricted to the guest), SPICE,
+//! console access tied to identity.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::json;
 
 use super::{BoxFuture, DriverError, Hypervisor, StopReason, VmConfig, VmState};
-use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm};
+use crate::model::vm::ConsoleStatus;
+use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm, Vnc};
+use crate::qemu::console::{self, PortRange};
 use crate::qemu::probe::Accel;
 use crate::qemu::qmp::Qmp;
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_MARKER: &str = "stop-requested";
 const CONFIG_FILE: &str = "config.json";
+const CONSOLE_FILE: &str = "console.json";
 
 /// Runs VMs as QEMU processes.
 pub struct QemuHypervisor {
     qemu: PathBuf,
     vms_dir: PathBuf,
     accel: Accel,
+    console_listen: IpAddr,
+    ports: PortRange,
+    /// Serialises console port assignment between concurrent starts.
+    assigning: Mutex<()>,
 }
 
 impl QemuHypervisor {
-    /// VMs' runtime directories go under `vms_dir`.
+    /// VMs' runtime directories go under `vms_dir`; consoles listen on
+    /// 127.0.0.1 until [`QemuHypervisor::with_console`] says otherwise.
     pub fn new(
         qemu: impl Into<PathBuf>,
         vms_dir: impl Into<PathBuf>,
@@ -45,7 +61,59 @@ impl QemuHypervisor {
             qemu: qemu.into(),
             vms_dir: vms_dir.into(),
             accel,
+            console_listen: IpAddr::from([127, 0, 0, 1]),
+            ports: PortRange::default(),
+            assigning: Mutex::new(()),
         }
+    }
+
+    /// Consoles listen on `listen`, with ports from `ports`.
+    pub fn with_console(mut self, listen: IpAddr, ports: PortRange) -> QemuHypervisor {
+        self.console_listen = listen;
+        self.ports = ports;
+        self
+    }
+
+    fn read_console(dir: &Path) -> Option<u16> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(CONSOLE_FILE)).ok()?).ok()?;
+        v["vnc"].as_u64().and_then(|p| u16::try_from(p).ok())
+    }
+
+    /// The VNC port of VM `id`: the one it holds, or a new one derived from
+    /// its identity, avoiding every port another VM of this node holds.
+    fn console_port(&self, id: &str, dir: &Path) -> Result<u16, DriverError> {
+        let _guard = self.assigning.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = BTreeSet::new();
+        for ns in std::fs::read_dir(&self.vms_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if vm.path() != dir {
+                    taken.extend(Self::read_console(&vm.path()));
+                }
+            }
+        }
+        let port = match Self::read_console(dir) {
+            Some(p) if !taken.contains(&p) => p,
+            _ => console::assign(id, self.ports, &taken).ok_or_else(|| {
+                Self::permanent(
+                    "start",
+                    id,
+                    format!("all {} console ports are taken", self.ports.size),
+                )
+            })?,
+        };
+        let tmp = dir.join("console.json.tmp");
+        std::fs::write(
+            &tmp,
+            json!({"vnc": port, "websocket": self.ports.websocket(port)}).to_string(),
+        )
+        .and_then(|_| std::fs::rename(&tmp, dir.join(CONSOLE_FILE)))
+        .map_err(|e| Self::permanent("start", id, e.to_string()))?;
+        Ok(port)
     }
 
     /// The runtime directory of VM `id` (`namespace/name`).
@@ -153,6 +221,19 @@ impl Hypervisor for QemuHypervisor {
         Some(self.accel.as_str().into())
     }
 
+    fn console(&self, id: &str) -> Option<ConsoleStatus> {
+        let vnc = Self::read_console(&self.runtime_dir(id))?;
+        let ws = self.ports.websocket(vnc);
+        let host = self.console_listen.to_string();
+        Some(ConsoleStatus {
+            url: Some(format!("vnc.html?host={host}&port={ws}&path=")),
+            host,
+            vnc_port: Some(vnc),
+            websocket_port: Some(ws),
+            spice_port: None,
+        })
+    }
+
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let id = &config.id;
@@ -178,9 +259,15 @@ impl Hypervisor for QemuHypervisor {
                     }
                 }
             }
-            let vm = self.to_qemu(config)?;
+            let mut vm = self.to_qemu(config)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
+            let port = self.console_port(id, &dir)?;
+            vm.vnc = Some(Vnc {
+                listen: self.console_listen,
+                port,
+                websocket: Some(self.ports.websocket(port)),
+            });
             for f in [
                 cmdline::pidfile(&dir),
                 cmdline::qmp_socket(&dir),

@@ -3,5 +3,6 @@
 //! top of them.)
 
 pub mod cmdline;
+pub mod console;
 pub mod probe;
 pub mod qmp;

@@ -24,8 +24,7 @@ use super::status::{rfc3339, set_condition};
 use super::{Ctx, Outcome, ReconcileError};
 use crate::driver::{NicConfig, StopReason, VmConfig, VmState};
 use crate::model::vm::{
-    ConsoleStatus, Machine, NicStatus, PowerState, RestartPolicy, VirtualMachineSpec,
-    VirtualMachineStatus,
+    Machine, NicStatus, PowerState, RestartPolicy, VirtualMachineSpec, VirtualMachineStatus,
 };
 use crate::model::{Kind, Manifest, NetworkSpec, ObjectKey, SpacesuitSpec};
 use crate::store::Record;
@@ -576,7 +575,7 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
             )
         })
         .collect();
-    status.console = None::<ConsoleStatus>;
+    status.console = hv.console(&id);
     status.accel = hv.accel();
     let provisioned = plan
         .blocked
