@@ -28,9 +28,17 @@ apt_install() {
 }
 
 need_rust() {
+  # deorch needs Rust >= 1.89 (rust-version in Cargo.toml). Debian 12's own
+  # rustc is 1.63, too old, so it is not installed from apt: use rustup.
   if ! command -v cargo >/dev/null; then
-    say "cargo not found: installing Debian's Rust toolchain"
-    apt_install cargo rustc
+    echo "cargo not found: install Rust >= 1.89 with rustup (https://rustup.rs)" >&2
+    exit 1
+  fi
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -n1)" != "1.89.0" ]; then
+    echo "rustc $v is older than 1.89: update it with rustup" >&2
+    exit 1
   fi
   apt_install gcc pkg-config ca-certificates
 }
