@@ -207,12 +207,17 @@ async fn injected_failures_back_off_then_recover() {
     }
     assert!(times.len() >= 4, "{} attempts seen", times.len());
     let gaps: Vec<Duration> = times.windows(2).take(3).map(|p| p[1] - p[0]).collect();
-    assert!(gaps[0] >= Duration::from_millis(35), "{gaps:?}");
-    assert!(
-        gaps[1] >= gaps[0] + Duration::from_millis(25)
-            && gaps[2] >= gaps[1] + Duration::from_millis(50),
-        "backoff must grow: {gaps:?}"
-    );
+    // Each retry waited at least its backoff: 40, 80, 160 ms (load can
+    // only make gaps longer; the exact schedule is pinned under paused time
+    // in reconcile::queue's tests).
+    for (i, gap) in gaps.iter().enumerate() {
+        let floor = Duration::from_millis(40 << i);
+        assert!(
+            *gap >= floor,
+            "retry {} came after {gap:?}, before its backoff {floor:?}: {gaps:?}",
+            i + 1
+        );
+    }
     // The failures were recorded as events.
     let events = w.store.events(Some(&key));
     assert!(
