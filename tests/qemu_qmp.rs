@@ -8,6 +8,18 @@ use std::time::{Duration, Instant};
 
 use deorch::qemu::qmp::{Qmp, QmpError};
 
+/// Kills a QEMU by pid when the test ends, however it ends.
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 #[tokio::test]
 async fn qmp_session_commands_errors_and_close() {
     if !qemu_available() {
@@ -33,6 +45,7 @@ async fn qmp_session_commands_errors_and_close() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn qemu");
+    let _guard = KillOnDrop(child.id());
     // The socket file appears at bind(), a moment before QEMU accepts.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut qmp = loop {
@@ -148,6 +161,7 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
     };
     // Watchdog per boot; a rare boot prints nothing, so one retry.
     let mut pid = 0;
+    let mut guards = Vec::new();
     for attempt in 1..=2 {
         let _ = std::fs::remove_file(cmdline::serial_log(&rd));
         let out = Command::new("qemu-system-x86_64")
@@ -164,6 +178,7 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
             .trim()
             .parse()
             .unwrap();
+        guards.push(KillOnDrop(pid as u32));
         let deadline = Instant::now() + Duration::from_secs(30);
         let serial = cmdline::serial_log(&rd);
         let ready = loop {

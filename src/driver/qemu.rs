@@ -96,15 +96,27 @@ impl QemuHypervisor {
                 }
             }
         }
+        // Ports another process holds are skipped like other VMs' ports.
+        let free = |p: u16| {
+            std::net::TcpListener::bind((self.console_listen, p)).is_ok()
+                && std::net::TcpListener::bind((self.console_listen, self.ports.websocket(p)))
+                    .is_ok()
+        };
         let port = match Self::read_console(dir) {
-            Some(p) if !taken.contains(&p) => p,
-            _ => console::assign(id, self.ports, &taken).ok_or_else(|| {
-                Self::permanent(
-                    "start",
-                    id,
-                    format!("all {} console ports are taken", self.ports.size),
-                )
-            })?,
+            Some(p) if !taken.contains(&p) && free(p) => p,
+            _ => loop {
+                let p = console::assign(id, self.ports, &taken).ok_or_else(|| {
+                    Self::permanent(
+                        "start",
+                        id,
+                        format!("all {} console ports are taken", self.ports.size),
+                    )
+                })?;
+                if free(p) {
+                    break p;
+                }
+                taken.insert(p);
+            },
         };
         let tmp = dir.join("console.json.tmp");
         std::fs::write(

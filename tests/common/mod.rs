@@ -188,6 +188,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // QEMU daemonizes: VMs outlive the node by design, so kill this
+        // node's VMs here or a failed test leaves them holding ports.
+        for ns in std::fs::read_dir(self.state.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
+                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                }
+            }
+        }
         if std::thread::panicking() {
             eprintln!("node log ({}):\n{}", self.log.display(), self.log_text());
             let _ = std::fs::copy(
