@@ -116,7 +116,8 @@ pub fn render_all() -> Vec<(String, String)> {
         "$schema".into(),
         json!("http://json-schema.org/draft-07/schema#"),
     );
-    all.insert("$id".into(), json!("https://deorch.dev/schemas/all.json"));
+    // No `$id`: the `$ref`s above must resolve next to this file, not
+    // against a URL (check-jsonschema would try to download them).
     all.insert("title".into(), json!("Any deorch object"));
     all.insert("type".into(), json!("object"));
     all.insert("required".into(), json!(["apiVersion", "kind"]));

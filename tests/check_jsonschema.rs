@@ -64,6 +64,20 @@ fn examples_and_default_manifests_pass_check_jsonschema() {
     for f in &files {
         let (ok, out) = check(&tool, f);
         assert!(ok, "{} fails check-jsonschema:\n{out}", f.display());
+        // all.json dispatches on kind; its $refs must resolve locally.
+        let all = root.join("schemas/all.json");
+        let out = Command::new(&tool)
+            .arg("--schemafile")
+            .arg(&all)
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} fails all.json:\n{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
         kinds.insert(kind_of(&std::fs::read_to_string(f).unwrap()));
     }
     assert_eq!(
