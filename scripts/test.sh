@@ -9,7 +9,7 @@ source scripts/lib.sh
 need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
-apt_install busybox-static cpio iproute2 slapd ldap-utils
+apt_install busybox-static cpio iproute2 slapd ldap-utils zfs-fuse
 command -v npm >/dev/null || apt_install nodejs npm
 # Real Bitcoin libraries for the interop tests (python-bitcoinlib, bitcoinjs-message).
 sh tests/interop/setup.sh
@@ -22,5 +22,13 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+# Userspace ZFS for the storage tests: one daemon for the whole run (the
+# tests make their pool), stopped afterwards if this script started it.
+if [ ! -S /var/run/zfs/zfs_socket ]; then
+  say "starting zfs-fuse"
+  zfs-fuse --no-kstat-mount --pidfile /run/zfs-fuse.pid
+  trap 'kill "$(cat /run/zfs-fuse.pid)" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do [ -S /var/run/zfs/zfs_socket ] && break; sleep 0.1; done
+fi
 say "tests"
 cargo nextest run --locked --no-fail-fast "$@"

@@ -6,10 +6,11 @@
 //! recorded (`faults().calls()`) so tests can assert what was done.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{BoxFuture, DriverError, Hypervisor, Net, StopReason, Storage, VmConfig, VmState};
+use super::cow::{CowBackend, CowStorage, MemBackend};
+use super::{BoxFuture, DriverError, Hypervisor, Net, StopReason, VmConfig, VmState};
 
 /// Planned failures and the call log, shared by the three fakes.
 #[derive(Debug, Default)]
@@ -41,7 +42,7 @@ impl Faults {
             .count()
     }
     /// Record a call and fail it if planned.
-    fn check(&self, op: &str, target: &str) -> Result<(), DriverError> {
+    pub fn check(&self, op: &str, target: &str) -> Result<(), DriverError> {
         self.calls.lock().unwrap().push(format!("{op} {target}"));
         let mut plan = self.plan.lock().unwrap();
         if let Some((left, permanent)) = plan.get_mut(op) {
@@ -232,107 +233,29 @@ impl Hypervisor for FakeHypervisor {
     }
 }
 
-/// Volumes in memory, with their origins.
-#[derive(Debug)]
-pub struct FakeStorage {
-    volumes: Mutex<BTreeMap<String, (u64, Option<String>)>>,
-    total: u64,
-    faults: Faults,
-}
+/// Volumes in memory: the copy-on-write algorithm of the real ZFS driver
+/// over [`MemBackend`], which keeps ZFS's rules.
+pub type FakeStorage = CowStorage<MemBackend>;
 
 impl Default for FakeStorage {
     fn default() -> Self {
-        FakeStorage {
-            volumes: Mutex::default(),
-            total: 1 << 40,
-            faults: Faults::default(),
-        }
+        CowStorage::new(MemBackend::new(1 << 40, Arc::default()))
     }
 }
 
 impl FakeStorage {
     /// Failure plan and call log.
-    pub fn faults(&self) -> &Faults {
-        &self.faults
+    pub fn faults(&self) -> Arc<Faults> {
+        self.with_sync(|b| b.faults())
     }
-    /// Names of all volumes.
+    /// Names of all live volumes.
     pub fn volumes(&self) -> BTreeSet<String> {
-        self.volumes.lock().unwrap().keys().cloned().collect()
-    }
-    fn add(
-        &self,
-        op: &str,
-        volume: &str,
-        size: u64,
-        origin: Option<String>,
-    ) -> Result<(), DriverError> {
-        self.faults.check(op, volume)?;
-        let mut v = self.volumes.lock().unwrap();
-        if v.contains_key(volume) {
-            return Err(DriverError::Permanent {
-                op: op.into(),
-                target: volume.into(),
-                message: "exists".into(),
-            });
-        }
-        v.insert(volume.into(), (size, origin));
-        Ok(())
-    }
-}
-
-impl Storage for FakeStorage {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move { self.add("create", volume, size, None) })
-    }
-    fn import<'a>(
-        &'a self,
-        volume: &'a str,
-        path: &'a str,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move { self.add("import", volume, 1 << 30, Some(format!("file:{path}"))) })
-    }
-    fn clone_volume<'a>(
-        &'a self,
-        volume: &'a str,
-        source: &'a str,
-        size: Option<u64>,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move {
-            let src = self.volumes.lock().unwrap().get(source).map(|v| v.0);
-            match src {
-                Some(s) => self.add(
-                    "clone",
-                    volume,
-                    size.unwrap_or(0).max(s),
-                    Some(source.into()),
-                ),
-                None => {
-                    self.faults.check("clone", volume)?;
-                    Err(DriverError::NotFound {
-                        op: "clone".into(),
-                        target: source.into(),
-                    })
-                }
-            }
-        })
-    }
-    fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move {
-            self.faults.check("destroy", volume)?;
-            self.volumes.lock().unwrap().remove(volume);
-            Ok(())
-        })
-    }
-    fn exists<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
-        Box::pin(async move { Ok(self.volumes.lock().unwrap().contains_key(volume)) })
-    }
-    fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>> {
-        Box::pin(async move {
-            let used: u64 = self.volumes.lock().unwrap().values().map(|v| v.0).sum();
-            Ok((self.total, self.total.saturating_sub(used)))
+        self.with_sync(|b| {
+            b.list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
+                .collect()
         })
     }
 }

@@ -7,8 +7,12 @@
 //! Architecture invariant: drivers never read the store; they get fully
 //! resolved configurations and report what they observe.
 
+pub mod cmd;
+pub mod cow;
+pub mod dir;
 pub mod fake;
 pub mod qemu;
+pub mod zfs;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +49,19 @@ pub enum DriverError {
         /// What happened.
         message: String,
     },
+    /// A permanent failure with a precise status reason (`PoolFull`,
+    /// `PoolMissing`, `NameCollision`, `VolumeMissing`, ...).
+    #[error("{op} {target}: {message}")]
+    Condition {
+        /// Operation.
+        op: String,
+        /// What it was applied to.
+        target: String,
+        /// Status condition reason.
+        reason: &'static str,
+        /// What happened.
+        message: String,
+    },
     /// The thing does not exist.
     #[error("{op} {target}: not found")]
     NotFound {
@@ -61,6 +78,7 @@ impl DriverError {
         match self {
             DriverError::Transient { op, .. }
             | DriverError::Permanent { op, .. }
+            | DriverError::Condition { op, .. }
             | DriverError::NotFound { op, .. } => op,
         }
     }
@@ -166,17 +184,78 @@ pub trait Hypervisor: Send + Sync {
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
 }
 
+/// One copy-on-write clone to make: `volume` from `source`'s content now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneRequest {
+    /// New volume.
+    pub volume: String,
+    /// Volume whose current content it starts from.
+    pub source: String,
+    /// Grow the clone to this many bytes if larger than the source.
+    pub size: Option<u64>,
+}
+
+/// Where a volume's image is, for the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Image file.
+    pub path: std::path::PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
+    /// Virtual size in bytes.
+    pub size: u64,
+}
+
+/// A declared dataset (a ZFS filesystem, or a directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatasetConfig {
+    /// Pool; the driver's own pool when `None`.
+    pub pool: Option<String>,
+    /// Path below the pool.
+    pub path: String,
+    /// Native properties (`compression`, `quota`, `recordsize`) and user
+    /// properties (`module:name`), as strings.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// What a driver observes of a dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatasetState {
+    /// Bytes used.
+    pub used: u64,
+    /// Bytes available.
+    pub available: u64,
+    /// Where it is mounted.
+    pub mountpoint: Option<String>,
+    /// Properties this driver cannot apply (e.g. quota on `dir`).
+    pub unsupported: Vec<String>,
+}
+
 /// Holds volumes (disk images) and datasets.
+///
+/// Volumes are copy-on-write: clones share blocks with their source. The
+/// contract every driver keeps (tested by `tests/storage_contract.rs` on
+/// every driver): destroying a volume never changes what any other volume
+/// reads, and once every volume is destroyed no space is left over;
+/// destruction that has to wait for dependents is recorded on the storage
+/// itself, so [`Storage::gc`] after a crash finishes it.
 pub trait Storage: Send + Sync {
     /// Driver name (`fake`, `dir`, `zfs`).
     fn name(&self) -> &'static str;
     /// Create an empty volume of `size` bytes.
     fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// Import an image file as a volume.
+    /// Import an image file as a volume (`format`: raw, qcow2, vmdk;
+    /// detected when `None`).
     fn import<'a>(
         &'a self,
         volume: &'a str,
         path: &'a str,
+        format: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Copy-on-write clones of several sources taken at one instant.
+    fn clone_volumes<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
     ) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Copy-on-write clone of `source` (grown to `size` if larger).
     fn clone_volume<'a>(
@@ -184,13 +263,60 @@ pub trait Storage: Send + Sync {
         volume: &'a str,
         source: &'a str,
         size: Option<u64>,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// Destroy a volume (dependents stay intact).
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.clone_volumes(&[CloneRequest {
+                volume: volume.into(),
+                source: source.into(),
+                size,
+            }])
+            .await
+        })
+    }
+    /// Destroy a volume; its dependents stay intact (transparent removal).
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Rename a volume (dependents follow).
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Whether a volume exists.
     fn exists<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<bool, DriverError>>;
+    /// Where a volume's image is.
+    fn volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<VolumeInfo, DriverError>>;
+    /// Names of all live volumes.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>>;
+    /// Finish interrupted or deferred removals; returns how many objects
+    /// (volumes, snapshots, layers) it destroyed.
+    fn gc(&self) -> BoxFuture<'_, Result<usize, DriverError>>;
     /// (total, free) bytes.
     fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>>;
+    /// Create a dataset or bring its properties to `config`. A dataset of
+    /// that name that deorch did not create is never touched.
+    fn ensure_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<DatasetState, DriverError>>;
+    /// Destroy a dataset deorch created, with its content.
+    fn destroy_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Make `volume` a writable copy of `source`'s current content (revert a
+    /// VM's disk to a replica). Crash-safe: re-running finishes it.
+    fn revert<'a>(
+        &'a self,
+        volume: &'a str,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let tmp = format!("{volume}.revert");
+            if !self.exists(&tmp).await? {
+                self.clone_volume(&tmp, source, None).await?;
+            }
+            if self.exists(volume).await? {
+                self.destroy(volume).await?;
+            }
+            self.rename(&tmp, volume).await
+        })
+    }
 }
 
 /// Host networking: bridges and taps.

@@ -74,6 +74,17 @@ pub enum ImageFormat {
     Vmdk,
 }
 
+impl ImageFormat {
+    /// The `qemu-img` format name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+        }
+    }
+}
+
 /// What a node reports about a spacesuit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -35,9 +35,15 @@ pub struct NodeArgs {
     /// Hypervisor driver: `qemu` (default) or `fake` (VMs simulated in memory).
     #[arg(long, env = "DEORCH_HYPERVISOR")]
     pub hypervisor: Option<String>,
-    /// Storage driver: `fake` (volumes simulated in memory).
+    /// Storage driver: `dir` (default: qcow2 files below the storage
+    /// root), `zfs` (datasets below the storage root, e.g. `pool0/deorch`)
+    /// or `fake` (volumes simulated in memory).
     #[arg(long, env = "DEORCH_STORAGE")]
     pub storage: Option<String>,
+    /// Storage root: a directory for `dir` (default STATE_DIR/storage), a
+    /// dataset for `zfs` (required).
+    #[arg(long, env = "DEORCH_STORAGE_ROOT")]
+    pub storage_root: Option<String>,
     /// Directory of the tiny guest used for the accelerator probe boot
     /// (built by guest/build.sh); default /var/lib/deorch/guest.
     #[arg(long, env = "DEORCH_PROBE_GUEST")]
@@ -69,6 +75,8 @@ pub struct FileConfig {
     pub hypervisor: Option<String>,
     /// Storage driver.
     pub storage: Option<String>,
+    /// Storage root.
+    pub storage_root: Option<String>,
     /// Probe guest directory.
     pub probe_guest: Option<PathBuf>,
     /// Rescan period.
@@ -87,10 +95,14 @@ pub enum HypervisorKind {
 }
 
 /// Which storage driver holds volumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageKind {
-    /// In-memory simulation (until the dir/zfs drivers land).
+    /// In-memory simulation.
     Fake,
+    /// qcow2 files in this directory.
+    Dir(PathBuf),
+    /// ZFS datasets below this dataset.
+    Zfs(String),
 }
 
 /// The resolved, immutable node configuration.
@@ -179,12 +191,34 @@ impl NodeConfig {
                 })
             }
         };
+        let state_dir: PathBuf = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| "/var/lib/deorch".into());
+        let storage_root = args.storage_root.clone().or(file.storage_root);
         let storage = match args.storage.clone().or(file.storage).as_deref() {
-            None | Some("fake") => StorageKind::Fake,
+            Some("fake") => StorageKind::Fake,
+            None | Some("dir") => StorageKind::Dir(
+                storage_root
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| state_dir.join("storage")),
+            ),
+            Some("zfs") => match storage_root {
+                Some(root) if !root.starts_with('/') && !root.is_empty() => StorageKind::Zfs(root),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        setting: "storageRoot",
+                        message: format!(
+                            "the zfs driver needs a dataset such as pool0/deorch, got {other:?}"
+                        ),
+                    })
+                }
+            },
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     setting: "storage",
-                    message: format!("unknown driver {other:?}; this build has: fake (the dir and zfs drivers are not built yet)"),
+                    message: format!("unknown driver {other:?}; this build has: dir, zfs, fake"),
                 })
             }
         };
@@ -195,11 +229,7 @@ impl NodeConfig {
                 .clone()
                 .or(file.manifests)
                 .unwrap_or_else(|| "/etc/deorch/manifests".into()),
-            state_dir: args
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| "/var/lib/deorch".into()),
+            state_dir,
             socket: args
                 .socket
                 .clone()

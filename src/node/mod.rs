@@ -19,13 +19,18 @@ use tracing::{info, warn};
 pub use config::{HypervisorKind, NodeArgs, NodeConfig};
 
 use crate::api;
+use crate::driver::cow::CowStorage;
+use crate::driver::dir::DirStorage;
 use crate::driver::qemu::QemuHypervisor;
+use crate::driver::zfs::ZfsBackend;
+use crate::driver::Storage;
 use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
 use crate::qemu::probe::{self, Accel, ProbeGuest};
 use crate::reconcile::{Drivers, Engine, EngineConfig};
 use crate::source::dir::{DirConfig, DirSource};
 use crate::source::Source;
 use crate::store::{SourceId, Store};
+use config::StorageKind;
 
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -53,7 +58,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
 
     let listener = api::server::bind(&config.socket)
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
-    let drivers = drivers(&config).await;
+    let drivers = drivers(&config).await?;
     let facts = api::server::ServerFacts {
         name: config.name.clone(),
         hypervisor: drivers.hypervisor.name().into(),
@@ -101,11 +106,28 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     Ok(())
 }
 
-/// Choose the drivers. The storage and network drivers are still in-memory
-/// fakes; the hypervisor is QEMU unless configured otherwise.
-async fn drivers(config: &NodeConfig) -> Drivers {
+/// Choose the drivers. Host networking is still an in-memory fake; the
+/// hypervisor is QEMU and the storage `dir` unless configured otherwise.
+async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
     let mut d = Drivers::fake();
-    warn!("storage and host networking are in-memory fakes for now: VMs get no disks, and NICs use QEMU's user-mode network");
+    warn!("host networking is an in-memory fake for now: NICs use QEMU's user-mode network");
+    match &config.storage {
+        StorageKind::Fake => warn!("storage: fake (volumes are simulated)"),
+        StorageKind::Dir(root) => {
+            let s = DirStorage::open(root)
+                .map_err(|e| anyhow::anyhow!("storage root {}: {e}", root.display()))?;
+            info!(root = %root.display(), "storage: dir (qcow2)");
+            d.storage = Arc::new(s);
+        }
+        StorageKind::Zfs(root) => {
+            let root = root.clone();
+            let s = tokio::task::spawn_blocking(move || ZfsBackend::open(&root)).await??;
+            let s = Arc::new(CowStorage::new(s));
+            let n = s.gc().await?;
+            info!(finished = n, "storage: zfs");
+            d.storage = s;
+        }
+    }
     match config.hypervisor {
         HypervisorKind::Fake => warn!("hypervisor: fake (VMs are simulated, nothing boots)"),
         HypervisorKind::Qemu => {
@@ -135,7 +157,7 @@ async fn drivers(config: &NodeConfig) -> Drivers {
             ));
         }
     }
-    d
+    Ok(d)
 }
 
 /// Make sure a `Satellite` object names this node (a declared one, e.g.

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::names;
 use super::status::{rfc3339, set_condition};
 use super::{Ctx, Outcome, ReconcileError};
+use crate::driver::{CloneRequest, DatasetConfig, DriverError};
 use crate::model::network::NetworkStatus;
 use crate::model::satellite::{Resources, SatelliteStatus};
 use crate::model::spacesuit::SpacesuitStatus;
@@ -96,10 +97,13 @@ pub async fn spacesuit(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
     } else if storage.exists(&volume).await? {
         Ok(format!("volume {volume}"))
     } else if let Some(img) = source.and_then(|s| s.image.as_ref()) {
-        storage
-            .import(&volume, &img.path)
-            .await
-            .map(|_| format!("imported {}", img.path))
+        match verify_image(img).await {
+            Ok(()) => storage
+                .import(&volume, &img.path, img.format.map(|f| f.as_str()))
+                .await
+                .map(|_| format!("imported {}", img.path)),
+            Err(e) => Err(e),
+        }
     } else if let Some(vm) = source.and_then(|s| s.virtual_machine.as_ref()) {
         let vns = vm.namespace.as_deref().unwrap_or(ns);
         let disk = ctx
@@ -162,24 +166,67 @@ pub async fn spacesuit(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
     }
 }
 
-/// Dataset: its volume exists; deleted only with `deletionPolicy: Destroy`.
+/// The driver's view of a declared dataset.
+fn dataset_config(spec: &DatasetSpec) -> DatasetConfig {
+    let mut properties = spec.user_properties.clone();
+    if let Some(c) = &spec.compression {
+        properties.insert("compression".into(), c.clone());
+    }
+    if let Some(q) = spec.quota {
+        properties.insert("quota".into(), q.0.to_string());
+    }
+    if let Some(r) = spec.recordsize {
+        properties.insert("recordsize".into(), r.0.to_string());
+    }
+    DatasetConfig {
+        pool: spec.pool.clone(),
+        path: spec.path.clone(),
+        properties,
+    }
+}
+
+/// Dataset: exists with its properties; its data is destroyed only when
+/// the object is deleted with `deletionPolicy: Destroy`.
 pub async fn dataset(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let ds: Manifest<DatasetSpec> = typed(record)?;
-    let volume = names::dataset_volume(ds.spec.pool.as_deref().unwrap_or("default"), &ds.spec.path);
+    let config = dataset_config(&ds.spec);
     let storage = &ctx.drivers.storage;
     if record.deleted {
-        if ds.spec.deletion_policy == DeletionPolicy::Destroy && storage.exists(&volume).await? {
-            storage.destroy(&volume).await?;
+        if ds.spec.deletion_policy == DeletionPolicy::Destroy {
+            storage.destroy_dataset(&config).await?;
         }
         return Ok(Outcome::Done);
     }
     let mut st: DatasetStatus = previous(record);
     st.observed_generation = Some(record.generation);
-    if !storage.exists(&volume).await? {
-        if let Err(e) = storage
-            .create(&volume, ds.spec.quota.map(|q| q.0).unwrap_or(0))
-            .await
-        {
+    match storage.ensure_dataset(&config).await {
+        Ok(state) => {
+            st.used = Some(Quantity(state.used));
+            st.available = Some(Quantity(state.available));
+            let (reason, msg) = if state.unsupported.is_empty() {
+                ("Ready", format!("{} storage", storage.name()))
+            } else {
+                (
+                    "PropertiesIgnored",
+                    format!(
+                        "{} storage cannot apply: {}",
+                        storage.name(),
+                        state.unsupported.join(", ")
+                    ),
+                )
+            };
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                true,
+                reason,
+                &msg,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            Ok(Outcome::Done)
+        }
+        Err(e) => {
             let e = ReconcileError::from(e);
             set_condition(
                 &mut st.conditions,
@@ -190,20 +237,44 @@ pub async fn dataset(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
                 record.generation,
             );
             ctx.write_status(&record.key, &st)?;
-            return Err(e);
+            Err(e)
         }
     }
-    st.available = ds.spec.quota;
-    set_condition(
-        &mut st.conditions,
-        "Ready",
-        true,
-        "Ready",
-        &format!("volume {volume}"),
-        record.generation,
-    );
-    ctx.write_status(&record.key, &st)?;
-    Ok(Outcome::Done)
+}
+
+/// Check an image's size and checksum before importing it.
+async fn verify_image(img: &crate::model::spacesuit::ImageSource) -> Result<(), DriverError> {
+    let Some(want) = img.sha256.clone() else {
+        return Ok(());
+    };
+    let path = img.path.clone();
+    let got = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut f = std::fs::File::open(&path)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| DriverError::Transient {
+        op: "import".into(),
+        target: img.path.clone(),
+        message: e.to_string(),
+    })?
+    .map_err(|e| DriverError::Permanent {
+        op: "import".into(),
+        target: img.path.clone(),
+        message: e.to_string(),
+    })?;
+    if !got.eq_ignore_ascii_case(&want) {
+        return Err(DriverError::Condition {
+            op: "import".into(),
+            target: img.path.clone(),
+            reason: "ChecksumMismatch",
+            message: format!("sha256 is {got}, the spacesuit expects {want}"),
+        });
+    }
+    Ok(())
 }
 
 /// Replica: every disk of the VM captured as a volume.
@@ -250,32 +321,49 @@ pub async fn replica(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         ctx.write_status(&record.key, &st)?;
         return Ok(Outcome::RequeueAfter(ctx.config.blocked_retry));
     }
-    for d in &disks {
-        let volume = names::replica_volume(ns, &record.key.name, d);
-        if !storage.exists(&volume).await? {
-            if let Err(e) = storage
-                .clone_volume(
-                    &volume,
-                    &names::vm_volume(vm_ns, &rep.spec.virtual_machine.name, d),
-                    None,
-                )
-                .await
-            {
-                let e = ReconcileError::from(e);
-                st.phase = Some("Pending".into());
-                set_condition(
-                    &mut st.conditions,
-                    "Ready",
-                    false,
-                    &e.reason,
-                    &e.message,
-                    record.generation,
-                );
-                ctx.write_status(&record.key, &st)?;
-                return Err(e);
+    // All disks at one instant: a partial capture (crash midway) is
+    // thrown away and taken again as a whole.
+    let requests: Vec<CloneRequest> = disks
+        .iter()
+        .map(|d| CloneRequest {
+            volume: names::replica_volume(ns, &record.key.name, d),
+            source: names::vm_volume(vm_ns, &rep.spec.virtual_machine.name, d),
+            size: None,
+        })
+        .collect();
+    let mut present = 0;
+    for r in &requests {
+        if storage.exists(&r.volume).await? {
+            present += 1;
+        }
+    }
+    if present != requests.len() {
+        let mut result = Ok(());
+        for r in &requests {
+            if result.is_ok() && storage.exists(&r.volume).await? {
+                result = storage.destroy(&r.volume).await;
             }
         }
-        st.volumes.insert(d.clone(), volume);
+        if result.is_ok() {
+            result = storage.clone_volumes(&requests).await;
+        }
+        if let Err(e) = result {
+            let e = ReconcileError::from(e);
+            st.phase = Some("Pending".into());
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                false,
+                &e.reason,
+                &e.message,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            return Err(e);
+        }
+    }
+    for (d, r) in disks.iter().zip(&requests) {
+        st.volumes.insert(d.clone(), r.volume.clone());
     }
     st.phase = Some("Ready".into());
     st.node = Some(ctx.config.node_name.clone());

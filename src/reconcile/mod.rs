@@ -131,9 +131,15 @@ impl From<DriverError> for ReconcileError {
             })
             .collect();
         reason.push_str("Failed");
+        if let DriverError::Condition { reason: r, .. } = &e {
+            reason = r.to_string();
+        }
         ReconcileError {
             reason,
-            transient: !matches!(e, DriverError::Permanent { .. }),
+            transient: !matches!(
+                e,
+                DriverError::Permanent { .. } | DriverError::Condition { .. }
+            ),
             message: e.to_string(),
         }
     }

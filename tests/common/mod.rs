@@ -55,7 +55,12 @@ impl Node {
             manifests,
             dir,
             child: None,
-            extra_args: vec!["--hypervisor".into(), "fake".into()],
+            extra_args: vec![
+                "--hypervisor".into(),
+                "fake".into(),
+                "--storage".into(),
+                "fake".into(),
+            ],
         }
     }
 
@@ -294,4 +299,102 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// The shared zfs-fuse pool of the test suite (`deorchtest`, a sparse file
+/// in /var/tmp). scripts/test.sh starts the daemon and creates the pool;
+/// when run by hand this does the same. Returns a fresh dataset below the
+/// pool for one test (destroy it with [`zfs_cleanup`]), or `None` when ZFS
+/// is not installed outside CI (under `CI=true` that fails instead).
+pub fn zfs_root(tag: &str) -> Option<String> {
+    const POOL: &str = "deorchtest";
+    if Command::new("zfs").arg("-?").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "zfs (zfs-fuse) is missing and CI=true: install it (scripts/test.sh does)"
+        );
+        eprintln!("SKIPPED: zfs not installed");
+        return None;
+    }
+    // One test binary at a time sets the daemon and pool up.
+    let lock = std::fs::File::create("/var/tmp/deorchtest.lock").expect("lock file");
+    lock.lock().expect("lock");
+    if !Path::new("/var/run/zfs/zfs_socket").exists() {
+        let st = Command::new("zfs-fuse")
+            .args(["--no-kstat-mount", "--pidfile", "/run/zfs-fuse.pid"])
+            .status()
+            .expect("start zfs-fuse");
+        assert!(st.success(), "zfs-fuse failed to start");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new("/var/run/zfs/zfs_socket").exists() {
+            assert!(Instant::now() < deadline, "zfs-fuse socket never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let have = Command::new("zpool")
+        .args(["list", "-H", "-o", "name", POOL])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let img = "/var/tmp/deorchtest-pool.img";
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(img)
+            .expect("pool file");
+        f.set_len(4 << 30).expect("size pool file");
+        let out = Command::new("zpool")
+            .args(["create", "-f", "-m", "/srv/deorchtest", POOL, img])
+            .output()
+            .expect("zpool create");
+        assert!(
+            out.status.success(),
+            "zpool create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let root = format!(
+        "{POOL}/{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                & 0xffffff)
+    );
+    Some(root)
+}
+
+/// Destroy a test's dataset tree (retrying while zfs-fuse says busy).
+pub fn zfs_cleanup(root: &str) {
+    // zfs-fuse cannot unmount from inside `destroy`; unmount first.
+    for name in zfs_tree(root).iter().rev().filter(|n| !n.contains('@')) {
+        let _ = Command::new("zfs").args(["umount", name]).output();
+    }
+    for _ in 0..20 {
+        let out = Command::new("zfs")
+            .args(["destroy", "-r", "-R", root])
+            .output()
+            .expect("zfs destroy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || err.contains("does not exist") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("could not destroy {root}");
+}
+
+/// Everything below a dataset (`zfs list -r -t all`), one name per line.
+pub fn zfs_tree(root: &str) -> Vec<String> {
+    let out = Command::new("zfs")
+        .args(["list", "-H", "-r", "-t", "all", "-o", "name", root])
+        .output()
+        .expect("zfs list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

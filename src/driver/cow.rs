@@ -1,0 +1,659 @@
+//! Copy-on-write volumes over a ZFS-like backend (datasets, snapshots,
+//! clones, `promote`), with transparent interdependent volume removal.
+//!
+//! The same algorithm runs over real ZFS ([`super::zfs`]) and over the
+//! in-memory backend of the fake ([`MemBackend`]), which keeps ZFS's rules
+//! (a dataset or snapshot with dependent clones cannot be destroyed) so
+//! that the logic and its crash behaviour are tested without a pool.
+//!
+//! Layout below the driver's root: live volumes are `vol/<name>`; a
+//! destroyed volume is first *renamed* to `trash/<name>.<nonce>` (one
+//! atomic, durable step that frees the name at once), then [`gc`] finishes
+//! it: a trashed dataset without clones is destroyed; one whose snapshots
+//! have live clones hands them over with `zfs promote` of the clone of its
+//! newest cloned snapshot, after which it has none and is destroyed. A
+//! snapshot nobody is cloned from is destroyed. Every step leaves a state
+//! from which `gc` (run after each removal and at node start) finishes, so
+//! a crash at any point loses nothing and leaks nothing. Dependencies come
+//! from the `origin` property only (zfs-fuse has no `clones` property).
+//! See docs/ALGORITHMS.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::fake::Faults;
+use super::{
+    BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, Storage, VolumeInfo,
+};
+
+/// A dataset as the backend lists it (names relative to the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ds {
+    /// `vol/<name>` or `trash/<name>.<nonce>`.
+    pub name: String,
+    /// `dataset@snapshot` it was cloned from.
+    pub origin: Option<String>,
+    /// Its snapshots: (short name, creation order).
+    pub snapshots: Vec<(String, u64)>,
+}
+
+/// The primitive operations of a ZFS-like store. Names are relative to the
+/// driver's root; snapshots are `dataset@name`.
+pub trait CowBackend: Send + 'static {
+    /// Driver name.
+    fn kind(&self) -> &'static str;
+    /// Every dataset below `vol/` and `trash/`.
+    fn list(&mut self) -> Result<Vec<Ds>, DriverError>;
+    /// A dataset holding an empty image of `size` bytes.
+    fn create(&mut self, ds: &str, size: u64) -> Result<(), DriverError>;
+    /// A dataset holding a converted copy of an image file.
+    fn import(&mut self, ds: &str, path: &str, format: Option<&str>) -> Result<(), DriverError>;
+    /// Snapshots taken atomically together.
+    fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError>;
+    /// A writable clone of a snapshot, its image grown to `size`.
+    fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError>;
+    /// `zfs promote`.
+    fn promote(&mut self, ds: &str) -> Result<(), DriverError>;
+    /// Rename a dataset.
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError>;
+    /// Destroy a dataset (with its snapshots) or a snapshot; fails while
+    /// clones depend on it.
+    fn destroy(&mut self, name: &str) -> Result<(), DriverError>;
+    /// Whether a dataset exists.
+    fn exists(&mut self, ds: &str) -> Result<bool, DriverError>;
+    /// The image of a dataset.
+    fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError>;
+    /// (total, free) bytes.
+    fn capacity(&mut self) -> Result<(u64, u64), DriverError>;
+    /// See [`Storage::ensure_dataset`].
+    fn ensure_dataset(&mut self, config: &DatasetConfig) -> Result<DatasetState, DriverError>;
+    /// See [`Storage::destroy_dataset`].
+    fn destroy_dataset(&mut self, config: &DatasetConfig) -> Result<(), DriverError>;
+}
+
+/// Volume names: what every backend can hold as a file or dataset name.
+pub fn check_volume_name(op: &str, volume: &str) -> Result<(), DriverError> {
+    let ok = !volume.is_empty()
+        && volume.len() <= 200
+        && !volume.starts_with('.')
+        && volume
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::Permanent {
+            op: op.into(),
+            target: volume.into(),
+            message: "volume names use letters, digits, '-', '_' and '.' only".into(),
+        })
+    }
+}
+
+fn nonce() -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{n:x}")
+}
+
+fn vol(name: &str) -> String {
+    format!("vol/{name}")
+}
+
+/// Finish every pending removal. Returns the number of objects destroyed.
+pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
+    let mut destroyed = 0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let all = b.list()?;
+        if rounds > 4 * (all.len() + 4) {
+            return Err(DriverError::Permanent {
+                op: "gc".into(),
+                target: "trash".into(),
+                message: "removal made no progress".into(),
+            });
+        }
+        let clones_of = |d: &str| -> Vec<&Ds> {
+            all.iter()
+                .filter(|x| {
+                    x.origin
+                        .as_deref()
+                        .and_then(|o| o.split_once('@'))
+                        .is_some_and(|(ds, _)| ds == d)
+                })
+                .collect()
+        };
+        let mut step = None;
+        for d in all.iter().filter(|d| d.name.starts_with("trash/")) {
+            let clones = clones_of(&d.name);
+            if clones.is_empty() {
+                step = Some(Step::Destroy(d.name.clone()));
+                break;
+            }
+            // Trashed clones go first (they are leaves or will become so);
+            // a live clone takes the snapshots over.
+            let txg = |c: &Ds| {
+                let snap = c
+                    .origin
+                    .as_deref()
+                    .and_then(|o| o.split_once('@'))
+                    .map(|x| x.1);
+                d.snapshots
+                    .iter()
+                    .find(|(n, _)| Some(n.as_str()) == snap)
+                    .map(|s| s.1)
+                    .unwrap_or(0)
+            };
+            if let Some(c) = clones
+                .iter()
+                .filter(|c| !c.name.starts_with("trash/"))
+                .max_by_key(|c| txg(c))
+            {
+                step = Some(Step::Promote(c.name.clone()));
+                break;
+            }
+        }
+        match step {
+            Some(Step::Destroy(name)) => {
+                b.destroy(&name)?;
+                destroyed += 1;
+                continue;
+            }
+            Some(Step::Promote(name)) => {
+                b.promote(&name)?;
+                continue;
+            }
+            None => {}
+        }
+        // Snapshots nobody is cloned from are spent.
+        let origins: BTreeSet<&str> = all.iter().filter_map(|d| d.origin.as_deref()).collect();
+        let mut any = false;
+        for d in &all {
+            for (s, _) in &d.snapshots {
+                let full = format!("{}@{s}", d.name);
+                if !origins.contains(full.as_str()) {
+                    b.destroy(&full)?;
+                    destroyed += 1;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return Ok(destroyed);
+        }
+    }
+}
+
+enum Step {
+    Destroy(String),
+    Promote(String),
+}
+
+/// Volumes on a [`CowBackend`]. Operations are serialised (one lock) and
+/// run on the blocking pool.
+pub struct CowStorage<B: CowBackend> {
+    backend: Arc<Mutex<B>>,
+}
+
+impl<B: CowBackend> CowStorage<B> {
+    /// Wrap a backend.
+    pub fn new(backend: B) -> Self {
+        CowStorage {
+            backend: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    /// Run `f` with the backend on the blocking pool.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut B) -> Result<T, DriverError> + Send + 'static,
+    ) -> Result<T, DriverError> {
+        blocking(&self.backend, f).await
+    }
+
+    /// The same, synchronously (tests and benchmarks).
+    pub fn with_sync<T>(&self, f: impl FnOnce(&mut B) -> T) -> T {
+        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut b)
+    }
+}
+
+/// Run `f` on the state behind `lock`, on the blocking pool: storage tools
+/// are synchronous commands, and one lock serialises a node's changes.
+pub async fn blocking<S: Send + 'static, T: Send + 'static>(
+    lock: &Arc<Mutex<S>>,
+    f: impl FnOnce(&mut S) -> Result<T, DriverError> + Send + 'static,
+) -> Result<T, DriverError> {
+    let lock = lock.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    })
+    .await
+    .map_err(|e| DriverError::Transient {
+        op: "storage".into(),
+        target: String::new(),
+        message: e.to_string(),
+    })?
+}
+
+/// A volume name that is already taken.
+pub fn collision(op: &str, volume: &str) -> DriverError {
+    DriverError::Condition {
+        op: op.into(),
+        target: volume.into(),
+        reason: "NameCollision",
+        message: format!("volume {volume} already exists"),
+    }
+}
+
+impl<B: CowBackend> Storage for CowStorage<B> {
+    fn name(&self) -> &'static str {
+        self.with_sync(|b| b.kind())
+    }
+    fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |b| {
+            check_volume_name("create", &volume)?;
+            if b.exists(&vol(&volume))? {
+                return Err(collision("create", &volume));
+            }
+            b.create(&vol(&volume), size)
+        }))
+    }
+    fn import<'a>(
+        &'a self,
+        volume: &'a str,
+        path: &'a str,
+        format: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (volume, path, format) = (
+            volume.to_string(),
+            path.to_string(),
+            format.map(str::to_string),
+        );
+        Box::pin(self.with(move |b| {
+            check_volume_name("import", &volume)?;
+            if b.exists(&vol(&volume))? {
+                return Err(collision("import", &volume));
+            }
+            b.import(&vol(&volume), &path, format.as_deref())
+        }))
+    }
+    fn clone_volumes<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let requests = requests.to_vec();
+        Box::pin(self.with(move |b| {
+            for r in &requests {
+                check_volume_name("clone", &r.volume)?;
+                if b.exists(&vol(&r.volume))? {
+                    return Err(collision("clone", &r.volume));
+                }
+                if !b.exists(&vol(&r.source))? {
+                    return Err(DriverError::NotFound {
+                        op: "clone".into(),
+                        target: r.source.clone(),
+                    });
+                }
+            }
+            let snap = format!("s{}", nonce());
+            let sources: BTreeSet<&str> = requests.iter().map(|r| r.source.as_str()).collect();
+            let snaps: Vec<String> = sources
+                .iter()
+                .map(|s| format!("{}@{snap}", vol(s)))
+                .collect();
+            b.snapshot(&snaps)?;
+            for r in &requests {
+                b.clone(
+                    &format!("{}@{snap}", vol(&r.source)),
+                    &vol(&r.volume),
+                    r.size,
+                )?;
+            }
+            Ok(())
+        }))
+    }
+    fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |b| {
+            check_volume_name("destroy", &volume)?;
+            if b.exists(&vol(&volume))? {
+                b.rename(&vol(&volume), &format!("trash/{volume}.{}", nonce()))?;
+            }
+            gc(b).map(|_| ())
+        }))
+    }
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(self.with(move |b| {
+            check_volume_name("rename", &to)?;
+            if b.exists(&vol(&to))? {
+                return Err(collision("rename", &to));
+            }
+            b.rename(&vol(&from), &vol(&to))
+        }))
+    }
+    fn exists<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |b| {
+            check_volume_name("exists", &volume)?;
+            b.exists(&vol(&volume))
+        }))
+    }
+    fn volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<VolumeInfo, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |b| b.info(&vol(&volume))))
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(self.with(|b| {
+            Ok(b.list()?
+                .into_iter()
+                .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
+                .collect())
+        }))
+    }
+    fn gc(&self) -> BoxFuture<'_, Result<usize, DriverError>> {
+        Box::pin(self.with(|b| gc(b)))
+    }
+    fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>> {
+        Box::pin(self.with(|b| b.capacity()))
+    }
+    fn ensure_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<DatasetState, DriverError>> {
+        let config = config.clone();
+        Box::pin(self.with(move |b| b.ensure_dataset(&config)))
+    }
+    fn destroy_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let config = config.clone();
+        Box::pin(self.with(move |b| b.destroy_dataset(&config)))
+    }
+}
+
+/// One in-memory dataset: its content is one number (a marker) so tests
+/// can check that no volume ever reads something it should not.
+#[derive(Debug, Clone, Default)]
+struct MemDs {
+    origin: Option<String>,
+    size: u64,
+    marker: u64,
+    /// (name, txg, marker at snapshot time).
+    snaps: Vec<(String, u64, u64)>,
+}
+
+/// ZFS's rules in memory, with planned failures ([`Faults`]).
+#[derive(Debug, Default)]
+pub struct MemBackend {
+    ds: BTreeMap<String, MemDs>,
+    datasets: BTreeMap<String, BTreeMap<String, String>>,
+    txg: u64,
+    total: u64,
+    faults: Arc<Faults>,
+}
+
+impl MemBackend {
+    /// An empty store of `total` bytes whose failures `faults` plans.
+    pub fn new(total: u64, faults: Arc<Faults>) -> Self {
+        MemBackend {
+            total,
+            faults,
+            ..Default::default()
+        }
+    }
+    /// Set a volume's content marker (`vol/<name>`).
+    pub fn write_marker(&mut self, ds: &str, marker: u64) -> Result<(), DriverError> {
+        self.get_mut("write", ds)?.marker = marker;
+        Ok(())
+    }
+    /// A volume's content marker.
+    pub fn read_marker(&mut self, ds: &str) -> Result<u64, DriverError> {
+        Ok(self.get_mut("read", ds)?.marker)
+    }
+    /// Its failure plan.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
+    }
+    /// Number of snapshots held (tests: nothing leaks).
+    pub fn snapshot_count(&self) -> usize {
+        self.ds.values().map(|d| d.snaps.len()).sum()
+    }
+    fn get_mut(&mut self, op: &str, ds: &str) -> Result<&mut MemDs, DriverError> {
+        self.ds.get_mut(ds).ok_or_else(|| DriverError::NotFound {
+            op: op.into(),
+            target: ds.into(),
+        })
+    }
+    fn snap(&self, full: &str) -> Option<(u64, u64)> {
+        let (d, s) = full.split_once('@')?;
+        self.ds
+            .get(d)?
+            .snaps
+            .iter()
+            .find(|x| x.0 == s)
+            .map(|x| (x.1, x.2))
+    }
+    fn refuse(op: &str, target: &str, message: &str) -> DriverError {
+        DriverError::Permanent {
+            op: op.into(),
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl CowBackend for MemBackend {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
+        Ok(self
+            .ds
+            .iter()
+            .map(|(n, d)| Ds {
+                name: n.clone(),
+                origin: d.origin.clone(),
+                snapshots: d.snaps.iter().map(|s| (s.0.clone(), s.1)).collect(),
+            })
+            .collect())
+    }
+    fn create(&mut self, ds: &str, size: u64) -> Result<(), DriverError> {
+        self.faults.check("create", ds)?;
+        if self.ds.contains_key(ds) {
+            return Err(Self::refuse("create", ds, "dataset already exists"));
+        }
+        let used: u64 = self.ds.values().map(|d| d.size).sum();
+        if used + size > self.total {
+            return Err(DriverError::Condition {
+                op: "create".into(),
+                target: ds.into(),
+                reason: "PoolFull",
+                message: "out of space".into(),
+            });
+        }
+        self.ds.insert(
+            ds.into(),
+            MemDs {
+                size,
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+    fn import(&mut self, ds: &str, path: &str, _format: Option<&str>) -> Result<(), DriverError> {
+        self.faults.check("import", ds)?;
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(1 << 30);
+        self.create(ds, size)
+    }
+    fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError> {
+        self.faults.check("snapshot", &snaps.join(" "))?;
+        for s in snaps {
+            let (d, n) = s.split_once('@').unwrap_or((s, ""));
+            let d = self.ds.get(d).ok_or_else(|| DriverError::NotFound {
+                op: "snapshot".into(),
+                target: s.clone(),
+            })?;
+            if d.snaps.iter().any(|x| x.0 == n) {
+                return Err(Self::refuse("snapshot", s, "dataset already exists"));
+            }
+        }
+        self.txg += 1;
+        for s in snaps {
+            let (d, n) = s.split_once('@').unwrap_or((s, ""));
+            let d = self.ds.get_mut(d).expect("checked");
+            d.snaps.push((n.into(), self.txg, d.marker));
+        }
+        Ok(())
+    }
+    fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError> {
+        self.faults.check("clone", ds)?;
+        let (_, marker) = self.snap(snap).ok_or_else(|| DriverError::NotFound {
+            op: "clone".into(),
+            target: snap.into(),
+        })?;
+        if self.ds.contains_key(ds) {
+            return Err(Self::refuse("clone", ds, "dataset already exists"));
+        }
+        let src = snap.split_once('@').map(|x| x.0).unwrap_or(snap);
+        let base = self.ds.get(src).map(|d| d.size).unwrap_or(0);
+        self.ds.insert(
+            ds.into(),
+            MemDs {
+                origin: Some(snap.into()),
+                size: size.unwrap_or(0).max(base),
+                marker,
+                snaps: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+    fn promote(&mut self, ds: &str) -> Result<(), DriverError> {
+        self.faults.check("promote", ds)?;
+        let origin = self
+            .get_mut("promote", ds)?
+            .origin
+            .clone()
+            .ok_or_else(|| Self::refuse("promote", ds, "not a cloned filesystem"))?;
+        let (parent, snap) = origin.split_once('@').expect("origin has @");
+        let (txg, _) = self
+            .snap(&origin)
+            .ok_or_else(|| Self::refuse("promote", ds, "origin is gone"))?;
+        let p = self.ds.get_mut(parent).expect("origin exists");
+        let (moved, kept): (Vec<_>, Vec<_>) = p.snaps.drain(..).partition(|s| s.1 <= txg);
+        p.snaps = kept;
+        let parent_origin = p.origin.clone();
+        p.origin = Some(format!("{ds}@{snap}"));
+        let moved_names: BTreeSet<String> = moved.iter().map(|s| s.0.clone()).collect();
+        let c = self.ds.get_mut(ds).expect("exists");
+        c.origin = parent_origin;
+        c.snaps.extend(moved);
+        c.snaps.sort_by_key(|s| s.1);
+        for (name, d) in self.ds.iter_mut() {
+            if name == ds {
+                continue;
+            }
+            if let Some(o) = &d.origin {
+                if let Some((od, os)) = o.split_once('@') {
+                    if od == parent && moved_names.contains(os) && name != parent {
+                        d.origin = Some(format!("{ds}@{os}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError> {
+        self.faults.check("rename", from)?;
+        if self.ds.contains_key(to) {
+            return Err(Self::refuse("rename", to, "dataset already exists"));
+        }
+        let d = self.ds.remove(from).ok_or_else(|| DriverError::NotFound {
+            op: "rename".into(),
+            target: from.into(),
+        })?;
+        self.ds.insert(to.into(), d);
+        let prefix = format!("{from}@");
+        for d in self.ds.values_mut() {
+            if let Some(o) = &d.origin {
+                if let Some(rest) = o.strip_prefix(&prefix) {
+                    d.origin = Some(format!("{to}@{rest}"));
+                }
+            }
+        }
+        Ok(())
+    }
+    fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
+        self.faults.check("destroy", name)?;
+        if let Some((d, s)) = name.split_once('@') {
+            if self.ds.values().any(|x| x.origin.as_deref() == Some(name)) {
+                return Err(Self::refuse(
+                    "destroy",
+                    name,
+                    "snapshot has dependent clones",
+                ));
+            }
+            let d = self.get_mut("destroy", d)?;
+            d.snaps.retain(|x| x.0 != s);
+            return Ok(());
+        }
+        let prefix = format!("{name}@");
+        if self
+            .ds
+            .values()
+            .any(|x| x.origin.as_deref().is_some_and(|o| o.starts_with(&prefix)))
+        {
+            return Err(Self::refuse(
+                "destroy",
+                name,
+                "filesystem has dependent clones",
+            ));
+        }
+        self.ds.remove(name).ok_or_else(|| DriverError::NotFound {
+            op: "destroy".into(),
+            target: name.into(),
+        })?;
+        Ok(())
+    }
+    fn exists(&mut self, ds: &str) -> Result<bool, DriverError> {
+        Ok(self.ds.contains_key(ds))
+    }
+    fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError> {
+        let size = self.get_mut("volume", ds)?.size;
+        Ok(VolumeInfo {
+            path: std::path::PathBuf::from(format!("/fake/{ds}")),
+            format: "raw",
+            size,
+        })
+    }
+    fn capacity(&mut self) -> Result<(u64, u64), DriverError> {
+        let used: u64 = self.ds.values().map(|d| d.size).sum();
+        Ok((self.total, self.total.saturating_sub(used)))
+    }
+    fn ensure_dataset(&mut self, config: &DatasetConfig) -> Result<DatasetState, DriverError> {
+        self.faults.check("ensure_dataset", &config.path)?;
+        self.datasets
+            .insert(config.path.clone(), config.properties.clone());
+        let (total, free) = self.capacity()?;
+        let _ = total;
+        Ok(DatasetState {
+            used: 0,
+            available: free,
+            mountpoint: None,
+            unsupported: Vec::new(),
+        })
+    }
+    fn destroy_dataset(&mut self, config: &DatasetConfig) -> Result<(), DriverError> {
+        self.faults.check("destroy_dataset", &config.path)?;
+        self.datasets.remove(&config.path);
+        Ok(())
+    }
+}

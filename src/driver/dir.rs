@@ -1,0 +1,451 @@
+//! Directory storage: qcow2 images with backing chains (`qemu-img`), the
+//! embedded default when no ZFS pool is configured.
+//!
+//! Layout below the root: `volumes/<name>.qcow2` are the live, writable
+//! volumes; `layers/<id>.qcow2` are frozen, read-only layers that volumes
+//! (and other layers) are backed by; `tmp/` holds files being made. A
+//! clone freezes the source: its file is hard-linked as a new layer, a new
+//! empty overlay on that layer atomically replaces the source's name, and
+//! the clone is another overlay on the same layer. Every step is atomic
+//! (`link`, `rename`), so a crash leaves either the old or the new state
+//! plus, at worst, an unreferenced layer link or a `tmp/` file.
+//!
+//! Removal is transparent by construction: destroying a volume unlinks its
+//! own overlay only; a layer lives as long as some volume's backing chain
+//! reaches it, and [`Storage::gc`] deletes the unreachable ones (and
+//! `tmp/`). Dependencies come from the qcow2 headers themselves, so there is
+//! nothing else to keep consistent.
+//!
+//! A running VM's disk must be snapshotted by QEMU itself
+//! (`blockdev-snapshot-sync`), not through these files: the VM driver does
+//! that once it attaches disks.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::cmd;
+use super::cow::{blocking, check_volume_name, collision};
+use super::{
+    BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, Storage, VolumeInfo,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Directory storage of one node.
+pub struct DirStorage {
+    inner: Arc<Mutex<Dir>>,
+}
+
+/// The directory itself.
+#[derive(Debug)]
+pub struct Dir {
+    root: PathBuf,
+    seq: u64,
+}
+
+/// What a qcow2 header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Header {
+    /// Virtual size.
+    pub size: u64,
+    /// Backing file, if any.
+    pub backing: Option<PathBuf>,
+}
+
+/// Read a qcow2 header (magic, size, backing file name).
+pub fn qcow2_header(path: &Path) -> std::io::Result<Qcow2Header> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = [0u8; 32];
+    f.read_exact(&mut h)?;
+    if h[..4] != [b'Q', b'F', b'I', 0xfb] {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not a qcow2 image", path.display()),
+        ));
+    }
+    let off = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(h[16..20].try_into().expect("4 bytes")) as usize;
+    let size = u64::from_be_bytes(h[24..32].try_into().expect("8 bytes"));
+    let backing = if off == 0 || len == 0 || len > 4096 {
+        None
+    } else {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(off))?;
+        let mut name = vec![0u8; len];
+        f.read_exact(&mut name)?;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(&name)))
+    };
+    Ok(Qcow2Header { size, backing })
+}
+
+fn io(op: &str, target: &str, e: std::io::Error) -> DriverError {
+    let message = e.to_string();
+    match e.raw_os_error() {
+        Some(28) | Some(122) => DriverError::Condition {
+            op: op.into(),
+            target: target.into(),
+            reason: "PoolFull",
+            message,
+        },
+        Some(2) => DriverError::NotFound {
+            op: op.into(),
+            target: target.into(),
+        },
+        _ => DriverError::Permanent {
+            op: op.into(),
+            target: target.into(),
+            message,
+        },
+    }
+}
+
+impl Dir {
+    fn volume_path(&self, v: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{v}.qcow2"))
+    }
+
+    fn tmp(&mut self, what: &str) -> PathBuf {
+        self.seq += 1;
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{n:x}.{}", self.seq))
+    }
+
+    fn qemu_img(op: &str, target: &str, args: &[&str]) -> Result<(), DriverError> {
+        cmd::run("qemu-img", args, TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| e.into_driver(op, target))
+    }
+
+    fn install(&self, op: &str, tmp: &Path, v: &str) -> Result<(), DriverError> {
+        std::fs::rename(tmp, self.volume_path(v)).map_err(|e| io(op, v, e))?;
+        sync_dir(&self.root.join("volumes"));
+        Ok(())
+    }
+
+    fn overlay(
+        &mut self,
+        op: &str,
+        backing: &Path,
+        size: Option<u64>,
+    ) -> Result<PathBuf, DriverError> {
+        let tmp = self.tmp("overlay");
+        let b = backing.to_string_lossy().to_string();
+        let t = tmp.to_string_lossy().to_string();
+        let size_s = size.map(|s| s.to_string());
+        let mut args = vec!["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &b, &t];
+        if let Some(s) = &size_s {
+            args.push(s);
+        }
+        Self::qemu_img(op, &t, &args)?;
+        Ok(tmp)
+    }
+
+    fn clone_volumes(&mut self, reqs: &[CloneRequest]) -> Result<(), DriverError> {
+        for r in reqs {
+            check_volume_name("clone", &r.volume)?;
+            check_volume_name("clone", &r.source)?;
+            if self.volume_path(&r.volume).exists() {
+                return Err(collision("clone", &r.volume));
+            }
+            if !self.volume_path(&r.source).exists() {
+                return Err(DriverError::NotFound {
+                    op: "clone".into(),
+                    target: r.source.clone(),
+                });
+            }
+        }
+        let sources: BTreeSet<&str> = reqs.iter().map(|r| r.source.as_str()).collect();
+        let mut layers = std::collections::BTreeMap::new();
+        for s in sources {
+            // Freeze: the source's file becomes a layer (same inode), and a
+            // fresh overlay on it takes the source's name.
+            let layer = {
+                let t = self.tmp(s);
+                self.root.join("layers").join(format!(
+                    "{}.qcow2",
+                    t.file_name().unwrap_or_default().to_string_lossy()
+                ))
+            };
+            std::fs::hard_link(self.volume_path(s), &layer).map_err(|e| io("clone", s, e))?;
+            let over = self.overlay("clone", &layer, None)?;
+            self.install("clone", &over, s)?;
+            layers.insert(s.to_string(), layer);
+        }
+        for r in reqs {
+            let layer = &layers[&r.source];
+            let base = qcow2_header(layer).map(|h| h.size).unwrap_or(0);
+            let over = self.overlay("clone", layer, r.size.filter(|s| *s > base))?;
+            self.install("clone", &over, &r.volume)?;
+        }
+        Ok(())
+    }
+
+    fn gc(&mut self) -> Result<usize, DriverError> {
+        let mut live: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut todo: Vec<PathBuf> = list_files(&self.root.join("volumes"));
+        while let Some(f) = todo.pop() {
+            if let Ok(h) = qcow2_header(&f) {
+                if let Some(b) = h.backing {
+                    let b = if b.is_absolute() {
+                        b
+                    } else {
+                        f.parent().unwrap_or(Path::new("/")).join(b)
+                    };
+                    if live.insert(b.clone()) {
+                        todo.push(b);
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        for layer in list_files(&self.root.join("layers")) {
+            if !live.contains(&layer) {
+                std::fs::remove_file(&layer).map_err(|e| io("gc", &layer.to_string_lossy(), e))?;
+                n += 1;
+            }
+        }
+        for t in list_files(&self.root.join("tmp")) {
+            let _ = std::fs::remove_file(t);
+        }
+        Ok(n)
+    }
+
+    fn dataset_path(&self, config: &DatasetConfig) -> Result<PathBuf, DriverError> {
+        let p = Path::new(&config.path);
+        if p.is_absolute()
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(DriverError::Permanent {
+                op: "dataset".into(),
+                target: config.path.clone(),
+                message: "a dataset path is relative and has no '.' or '..'".into(),
+            });
+        }
+        Ok(self.root.join("datasets").join(p))
+    }
+}
+
+fn list_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+}
+
+fn du(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                todo.extend(list_files(&p));
+            }
+        }
+    }
+    total
+}
+
+impl DirStorage {
+    /// Use (and create) `root`; finishes interrupted work first.
+    pub fn open(root: &Path) -> Result<DirStorage, DriverError> {
+        for sub in ["volumes", "layers", "tmp", "datasets"] {
+            std::fs::create_dir_all(root.join(sub))
+                .map_err(|e| io("open", &root.to_string_lossy(), e))?;
+        }
+        let root =
+            std::fs::canonicalize(root).map_err(|e| io("open", &root.to_string_lossy(), e))?;
+        let mut dir = Dir { root, seq: 0 };
+        dir.gc()?;
+        Ok(DirStorage {
+            inner: Arc::new(Mutex::new(dir)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Dir) -> Result<T, DriverError> + Send + 'static,
+    ) -> Result<T, DriverError> {
+        blocking(&self.inner, f).await
+    }
+}
+
+impl Storage for DirStorage {
+    fn name(&self) -> &'static str {
+        "dir"
+    }
+    fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |d| {
+            check_volume_name("create", &volume)?;
+            if d.volume_path(&volume).exists() {
+                return Err(collision("create", &volume));
+            }
+            let tmp = d.tmp(&volume);
+            let t = tmp.to_string_lossy().to_string();
+            Dir::qemu_img(
+                "create",
+                &volume,
+                &["create", "-q", "-f", "qcow2", &t, &size.to_string()],
+            )?;
+            d.install("create", &tmp, &volume)
+        }))
+    }
+    fn import<'a>(
+        &'a self,
+        volume: &'a str,
+        path: &'a str,
+        format: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (volume, path, format) = (
+            volume.to_string(),
+            path.to_string(),
+            format.map(str::to_string),
+        );
+        Box::pin(self.with(move |d| {
+            check_volume_name("import", &volume)?;
+            if d.volume_path(&volume).exists() {
+                return Err(collision("import", &volume));
+            }
+            let tmp = d.tmp(&volume);
+            let t = tmp.to_string_lossy().to_string();
+            let mut args = vec!["convert", "-q", "-O", "qcow2"];
+            if let Some(f) = &format {
+                args.extend(["-f", f.as_str()]);
+            }
+            args.extend([path.as_str(), t.as_str()]);
+            Dir::qemu_img("import", &path, &args)?;
+            d.install("import", &tmp, &volume)
+        }))
+    }
+    fn clone_volumes<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let requests = requests.to_vec();
+        Box::pin(self.with(move |d| d.clone_volumes(&requests)))
+    }
+    fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |d| {
+            check_volume_name("destroy", &volume)?;
+            match std::fs::remove_file(d.volume_path(&volume)) {
+                Ok(()) => sync_dir(&d.root.join("volumes")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("destroy", &volume, e)),
+            }
+            d.gc().map(|_| ())
+        }))
+    }
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(self.with(move |d| {
+            check_volume_name("rename", &from)?;
+            check_volume_name("rename", &to)?;
+            if d.volume_path(&to).exists() {
+                return Err(collision("rename", &to));
+            }
+            std::fs::rename(d.volume_path(&from), d.volume_path(&to))
+                .map_err(|e| io("rename", &from, e))?;
+            sync_dir(&d.root.join("volumes"));
+            Ok(())
+        }))
+    }
+    fn exists<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |d| {
+            check_volume_name("exists", &volume)?;
+            Ok(d.volume_path(&volume).exists())
+        }))
+    }
+    fn volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<VolumeInfo, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |d| {
+            check_volume_name("volume", &volume)?;
+            let path = d.volume_path(&volume);
+            let h = qcow2_header(&path).map_err(|e| io("volume", &volume, e))?;
+            Ok(VolumeInfo {
+                path,
+                format: "qcow2",
+                size: h.size,
+            })
+        }))
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(self.with(|d| {
+            let mut v: Vec<String> = list_files(&d.root.join("volumes"))
+                .iter()
+                .filter_map(|p| {
+                    p.file_name()?
+                        .to_str()?
+                        .strip_suffix(".qcow2")
+                        .map(str::to_string)
+                })
+                .collect();
+            v.sort();
+            Ok(v)
+        }))
+    }
+    fn gc(&self) -> BoxFuture<'_, Result<usize, DriverError>> {
+        Box::pin(self.with(|d| d.gc()))
+    }
+    fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>> {
+        Box::pin(
+            self.with(|d| {
+                statvfs(&d.root).map_err(|e| io("capacity", &d.root.to_string_lossy(), e))
+            }),
+        )
+    }
+    fn ensure_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<DatasetState, DriverError>> {
+        let config = config.clone();
+        Box::pin(self.with(move |d| {
+            let path = d.dataset_path(&config)?;
+            std::fs::create_dir_all(&path).map_err(|e| io("dataset", &config.path, e))?;
+            let (_, free) = statvfs(&path).map_err(|e| io("dataset", &config.path, e))?;
+            Ok(DatasetState {
+                used: du(&path),
+                available: free,
+                mountpoint: Some(path.to_string_lossy().to_string()),
+                unsupported: config.properties.keys().cloned().collect(),
+            })
+        }))
+    }
+    fn destroy_dataset<'a>(
+        &'a self,
+        config: &'a DatasetConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let config = config.clone();
+        Box::pin(self.with(move |d| {
+            let path = d.dataset_path(&config)?;
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io("dataset", &config.path, e)),
+            }
+        }))
+    }
+}

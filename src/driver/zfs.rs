@@ -1,0 +1,449 @@
+//! ZFS storage: a [`CowBackend`] over the `zfs`/`zpool` commands (`-H`
+//! output, argument vectors, no shell). Each volume is a filesystem
+//! dataset holding one raw image `disk.img`: zfs-fuse has no zvols, and the
+//! same layout works on kernel OpenZFS. Tested against zfs-fuse.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::cmd::{self, CmdError};
+use super::cow::{CowBackend, CowStorage, Ds};
+use super::{DatasetConfig, DatasetState, DriverError, VolumeInfo};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const IMAGE: &str = "disk.img";
+/// User property marking what deorch created.
+pub const MANAGED: &str = "deorch:managed";
+
+/// ZFS storage of one node.
+pub type ZfsStorage = CowStorage<ZfsBackend>;
+
+/// The `zfs` commands below `<pool>/<root>`.
+#[derive(Debug)]
+pub struct ZfsBackend {
+    pool: String,
+    root: String,
+    program: String,
+}
+
+fn zfs_err(e: CmdError, op: &str, target: &str) -> DriverError {
+    e.into_driver(op, target)
+}
+
+impl ZfsBackend {
+    /// Use `root` (e.g. `pool0/deorch`), creating `root/vol` and
+    /// `root/trash`. Fails with `PoolMissing` when the pool is not there.
+    pub fn open(root: &str) -> Result<ZfsBackend, DriverError> {
+        Self::open_with(root, "zfs")
+    }
+
+    /// The same with another `zfs` program (e.g. a wrapper entering a mount
+    /// namespace).
+    pub fn open_with(root: &str, program: &str) -> Result<ZfsBackend, DriverError> {
+        let pool = root.split('/').next().unwrap_or(root).to_string();
+        let b = ZfsBackend {
+            pool: pool.clone(),
+            root: root.trim_end_matches('/').to_string(),
+            program: program.to_string(),
+        };
+        if let Err(e) = b.zfs(&["list", "-H", "-o", "name", &pool]) {
+            return Err(DriverError::Condition {
+                op: "open".into(),
+                target: pool.clone(),
+                reason: "PoolMissing",
+                message: format!("pool {pool} is not available: {}", e.message()),
+            });
+        }
+        for sub in ["vol", "trash"] {
+            let ds = format!("{}/{sub}", b.root);
+            if b.zfs(&["list", "-H", "-o", "name", &ds]).is_err() {
+                b.zfs(&["create", "-p", &ds])
+                    .map_err(|e| zfs_err(e, "open", &ds))?;
+            }
+        }
+        Ok(b)
+    }
+
+    fn zfs(&self, args: &[&str]) -> Result<String, CmdError> {
+        cmd::run(&self.program, args, TIMEOUT).map(|o| o.stdout)
+    }
+
+    /// `zfs` with retries while the dataset is busy (zfs-fuse answers
+    /// "dataset is busy" for a moment after use).
+    fn zfs_retry(&self, op: &str, target: &str, args: &[&str]) -> Result<String, DriverError> {
+        let mut pause = Duration::from_millis(20);
+        for attempt in 0.. {
+            match self.zfs(args) {
+                Ok(out) => return Ok(out),
+                Err(e) => {
+                    let err = zfs_err(e, op, target);
+                    if !matches!(err, DriverError::Transient { .. }) || attempt >= 6 {
+                        return Err(err);
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// Unmount before renaming or destroying: zfs-fuse cannot unmount
+    /// from inside those commands ("dataset is busy"), but can on its own.
+    fn unmount(&self, full: &str) {
+        if let Err(CmdError::Failed(m)) = self.zfs(&["umount", full]) {
+            if !m.contains("not currently mounted") {
+                tracing::debug!(dataset = full, error = %m, "zfs umount");
+            }
+        }
+    }
+
+    fn full(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.root)
+    }
+
+    fn rel<'a>(&self, full: &'a str) -> Option<&'a str> {
+        full.strip_prefix(self.root.as_str())?.strip_prefix('/')
+    }
+
+    fn mountpoint(&self, full: &str, op: &str) -> Result<PathBuf, DriverError> {
+        let out = self
+            .zfs(&["get", "-H", "-o", "value", "mountpoint", full])
+            .map_err(|e| zfs_err(e, op, full))?;
+        let mp = out.trim();
+        if !mp.starts_with('/') {
+            return Err(DriverError::Permanent {
+                op: op.into(),
+                target: full.into(),
+                message: format!("dataset is not mounted (mountpoint {mp:?})"),
+            });
+        }
+        Ok(PathBuf::from(mp))
+    }
+
+    fn image(&self, rel: &str, op: &str) -> Result<PathBuf, DriverError> {
+        Ok(self.mountpoint(&self.full(rel), op)?.join(IMAGE))
+    }
+
+    fn io(op: &str, target: &str, e: std::io::Error) -> DriverError {
+        let message = e.to_string();
+        if e.raw_os_error() == Some(28) {
+            DriverError::Condition {
+                op: op.into(),
+                target: target.into(),
+                reason: "PoolFull",
+                message,
+            }
+        } else {
+            DriverError::Permanent {
+                op: op.into(),
+                target: target.into(),
+                message,
+            }
+        }
+    }
+
+    fn grow(&self, rel: &str, size: u64, op: &str) -> Result<(), DriverError> {
+        let img = self.image(rel, op)?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&img)
+            .map_err(|e| Self::io(op, rel, e))?;
+        let len = f.metadata().map_err(|e| Self::io(op, rel, e))?.len();
+        if size > len {
+            f.set_len(size).map_err(|e| Self::io(op, rel, e))?;
+        }
+        Ok(())
+    }
+
+    fn prop(&self, full: &str, prop: &str) -> Result<String, CmdError> {
+        Ok(self
+            .zfs(&["get", "-H", "-p", "-o", "value", prop, full])?
+            .trim()
+            .to_string())
+    }
+}
+
+impl CowBackend for ZfsBackend {
+    fn kind(&self) -> &'static str {
+        "zfs"
+    }
+
+    fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
+        let fs = self
+            .zfs(&[
+                "list",
+                "-H",
+                "-r",
+                "-t",
+                "filesystem",
+                "-o",
+                "name,origin",
+                &self.root,
+            ])
+            .map_err(|e| zfs_err(e, "list", &self.root))?;
+        let mut out: BTreeMap<String, Ds> = BTreeMap::new();
+        for line in fs.lines() {
+            let mut f = line.split('\t');
+            let (Some(name), Some(origin)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some(rel) = self.rel(name) else { continue };
+            if !(rel.starts_with("vol/") || rel.starts_with("trash/")) {
+                continue;
+            }
+            let origin = if origin == "-" {
+                None
+            } else {
+                Some(self.rel(origin).unwrap_or(origin).to_string())
+            };
+            out.insert(
+                rel.to_string(),
+                Ds {
+                    name: rel.to_string(),
+                    origin,
+                    snapshots: Vec::new(),
+                },
+            );
+        }
+        let snaps = self
+            .zfs(&[
+                "list",
+                "-H",
+                "-r",
+                "-t",
+                "snapshot",
+                "-o",
+                "name,createtxg",
+                &self.root,
+            ])
+            .map_err(|e| zfs_err(e, "list", &self.root))?;
+        for line in snaps.lines() {
+            let mut f = line.split('\t');
+            let (Some(name), Some(txg)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some((ds, snap)) = name.split_once('@') else {
+                continue;
+            };
+            if let Some(d) = self.rel(ds).and_then(|r| out.get_mut(r)) {
+                d.snapshots
+                    .push((snap.to_string(), txg.trim().parse().unwrap_or(0)));
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    fn create(&mut self, ds: &str, size: u64) -> Result<(), DriverError> {
+        let full = self.full(ds);
+        self.zfs(&["create", &full])
+            .map_err(|e| zfs_err(e, "create", ds))?;
+        if let Err(e) = self.grow(ds, size, "create") {
+            self.unmount(&full);
+            let _ = self.zfs_retry("create", ds, &["destroy", &full]);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn import(&mut self, ds: &str, path: &str, format: Option<&str>) -> Result<(), DriverError> {
+        let full = self.full(ds);
+        self.zfs(&["create", &full])
+            .map_err(|e| zfs_err(e, "import", ds))?;
+        let result = self.image(ds, "import").and_then(|img| {
+            let img = img.to_string_lossy().to_string();
+            let mut args = vec!["convert", "-O", "raw"];
+            if let Some(f) = format {
+                args.extend(["-f", f]);
+            }
+            args.extend([path, img.as_str()]);
+            cmd::run("qemu-img", &args, TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| e.into_driver("import", path))
+        });
+        if result.is_err() {
+            self.unmount(&full);
+            let _ = self.zfs_retry("import", ds, &["destroy", &full]);
+        }
+        result
+    }
+
+    fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError> {
+        let full: Vec<String> = snaps.iter().map(|s| self.full(s)).collect();
+        let mut args = vec!["snapshot"];
+        args.extend(full.iter().map(String::as_str));
+        if self.zfs(&args).is_ok() {
+            return Ok(());
+        }
+        // Older zfs (zfs-fuse) takes one snapshot per command: still one
+        // instant per disk, but not across disks.
+        for s in &full {
+            if self.zfs(&["list", "-H", "-o", "name", s]).is_ok() {
+                continue;
+            }
+            self.zfs(&["snapshot", s])
+                .map_err(|e| zfs_err(e, "snapshot", s))?;
+        }
+        Ok(())
+    }
+
+    fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError> {
+        self.zfs(&["clone", &self.full(snap), &self.full(ds)])
+            .map_err(|e| zfs_err(e, "clone", ds))?;
+        if let Some(size) = size {
+            self.grow(ds, size, "clone")?;
+        }
+        Ok(())
+    }
+
+    fn promote(&mut self, ds: &str) -> Result<(), DriverError> {
+        self.zfs_retry("promote", ds, &["promote", &self.full(ds)])
+            .map(|_| ())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError> {
+        let (f, t) = (self.full(from), self.full(to));
+        // `zfs rename` also unmounts and remounts the clones of the
+        // dataset's snapshots, which zfs-fuse cannot do from inside it.
+        let prefix = format!("{from}@");
+        let clones: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|d| d.origin.as_deref().is_some_and(|o| o.starts_with(&prefix)))
+            .map(|d| self.full(&d.name))
+            .collect();
+        for c in &clones {
+            self.unmount(c);
+        }
+        self.unmount(&f);
+        let result = self.zfs_retry("rename", from, &["rename", &f, &t]);
+        for c in clones.iter().filter(|c| c.contains("/vol/")) {
+            let _ = self.zfs(&["mount", c]);
+        }
+        // A live volume is mounted again (its image must be reachable);
+        // trash stays unmounted. On failure, the original is remounted.
+        let mounted = if result.is_ok() { &t } else { &f };
+        if result.is_err() || to.starts_with("vol/") {
+            let _ = self.zfs(&["mount", mounted]);
+        }
+        result.map(|_| ())
+    }
+
+    fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
+        let full = self.full(name);
+        let args: Vec<&str> = if name.contains('@') {
+            vec!["destroy", &full]
+        } else {
+            self.unmount(&full);
+            vec!["destroy", "-r", &full]
+        };
+        self.zfs_retry("destroy", name, &args).map(|_| ())
+    }
+
+    fn exists(&mut self, ds: &str) -> Result<bool, DriverError> {
+        match self.zfs(&["list", "-H", "-o", "name", &self.full(ds)]) {
+            Ok(_) => Ok(true),
+            Err(CmdError::Failed(m)) if m.contains("does not exist") => Ok(false),
+            Err(e) => Err(zfs_err(e, "exists", ds)),
+        }
+    }
+
+    fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError> {
+        let path = self.image(ds, "volume")?;
+        let size = std::fs::metadata(&path)
+            .map_err(|e| DriverError::Condition {
+                op: "volume".into(),
+                target: ds.into(),
+                reason: "VolumeMissing",
+                message: format!("{}: {e}", path.display()),
+            })?
+            .len();
+        Ok(VolumeInfo {
+            path,
+            format: "raw",
+            size,
+        })
+    }
+
+    fn capacity(&mut self) -> Result<(u64, u64), DriverError> {
+        let used = self.prop(&self.pool, "used");
+        let avail = self.prop(&self.pool, "available");
+        match (used, avail) {
+            (Ok(u), Ok(a)) => {
+                let (u, a): (u64, u64) = (u.parse().unwrap_or(0), a.parse().unwrap_or(0));
+                Ok((u + a, a))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(zfs_err(e, "capacity", &self.pool)),
+        }
+    }
+
+    fn ensure_dataset(&mut self, config: &DatasetConfig) -> Result<DatasetState, DriverError> {
+        let pool = config.pool.as_deref().unwrap_or(&self.pool);
+        let full = format!("{pool}/{}", config.path);
+        let exists = self.zfs(&["list", "-H", "-o", "name", &full]).is_ok();
+        if exists {
+            let managed = self.prop(&full, MANAGED).unwrap_or_default();
+            if managed != "yes" {
+                return Err(DriverError::Condition {
+                    op: "dataset".into(),
+                    target: full.clone(),
+                    reason: "NameCollision",
+                    message: format!(
+                        "{full} exists and was not created by deorch; it is left untouched"
+                    ),
+                });
+            }
+            for (k, v) in &config.properties {
+                let current = self.prop(&full, k).unwrap_or_default();
+                if &current != v {
+                    let kv = format!("{k}={v}");
+                    self.zfs(&["set", &kv, &full])
+                        .map_err(|e| zfs_err(e, "set", &kv))?;
+                }
+            }
+        } else {
+            let mut args: Vec<String> = vec!["create".into(), "-p".into()];
+            args.extend(["-o".into(), format!("{MANAGED}=yes")]);
+            for (k, v) in &config.properties {
+                args.extend(["-o".into(), format!("{k}={v}")]);
+            }
+            args.push(full.clone());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.zfs(&args).map_err(|e| zfs_err(e, "dataset", &full))?;
+        }
+        let num = |p: &str| {
+            self.prop(&full, p)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(DatasetState {
+            used: num("used"),
+            available: num("available"),
+            mountpoint: self.prop(&full, "mountpoint").ok(),
+            unsupported: Vec::new(),
+        })
+    }
+
+    fn destroy_dataset(&mut self, config: &DatasetConfig) -> Result<(), DriverError> {
+        let pool = config.pool.as_deref().unwrap_or(&self.pool);
+        let full = format!("{pool}/{}", config.path);
+        if self.zfs(&["list", "-H", "-o", "name", &full]).is_err() {
+            return Ok(());
+        }
+        if self.prop(&full, MANAGED).unwrap_or_default() != "yes" {
+            return Err(DriverError::Condition {
+                op: "dataset".into(),
+                target: full.clone(),
+                reason: "NameCollision",
+                message: format!("{full} was not created by deorch; not destroyed"),
+            });
+        }
+        self.unmount(&full);
+        self.zfs_retry("destroy", &full, &["destroy", "-r", &full])
+            .map(|_| ())
+    }
+}

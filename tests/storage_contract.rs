@@ -1,0 +1,437 @@
+//! One contract for every storage driver: the fake (ZFS rules in memory),
+//! `dir` (qcow2 chains, real `qemu-img`) and `zfs` (real zfs-fuse). Each
+//! test body runs against each driver; content is checked through the
+//! driver's real images (`qemu-io`), not through the driver's own word.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use deorch::driver::cow::CowStorage;
+use deorch::driver::dir::DirStorage;
+use deorch::driver::fake::FakeStorage;
+use deorch::driver::zfs::{ZfsBackend, ZfsStorage};
+use deorch::driver::{CloneRequest, DatasetConfig, DriverError, Storage};
+
+const MB: u64 = 1 << 20;
+
+/// A driver under test plus ways to look at its content and leftovers.
+enum Harness {
+    Fake(Arc<FakeStorage>),
+    Dir(Arc<DirStorage>, PathBuf),
+    Zfs(Arc<ZfsStorage>, String),
+}
+
+impl Harness {
+    fn storage(&self) -> Arc<dyn Storage> {
+        match self {
+            Harness::Fake(s) => s.clone(),
+            Harness::Dir(s, _) => s.clone(),
+            Harness::Zfs(s, _) => s.clone(),
+        }
+    }
+
+    /// Write `marker` (1..=255) over the first sector of a volume.
+    async fn write(&self, volume: &str, marker: u8) {
+        match self {
+            Harness::Fake(s) => {
+                let v = format!("vol/{volume}");
+                s.with_sync(|b| b.write_marker(&v, marker as u64)).unwrap()
+            }
+            _ => {
+                let info = self.storage().volume(volume).await.unwrap();
+                let out = Command::new("qemu-io")
+                    .args(["-f", info.format, "-c"])
+                    .arg(format!("write -P {marker} 0 512"))
+                    .arg(&info.path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// The first byte of a volume, read through its image.
+    async fn read(&self, volume: &str) -> u8 {
+        match self {
+            Harness::Fake(s) => {
+                let v = format!("vol/{volume}");
+                s.with_sync(|b| b.read_marker(&v)).unwrap() as u8
+            }
+            _ => {
+                let info = self.storage().volume(volume).await.unwrap();
+                let out = Command::new("qemu-io")
+                    .args(["-r", "-f", info.format, "-c", "read -v 0 1"])
+                    .arg(&info.path)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "qemu-io read {volume}: {text}");
+                let hex = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("qemu-io printed {text}"));
+                u8::from_str_radix(hex, 16).unwrap()
+            }
+        }
+    }
+
+    /// Objects that are neither live volumes nor the driver's skeleton:
+    /// snapshots, layers, trash, temporary files. Zero once all is gone.
+    fn leftovers(&self) -> Vec<String> {
+        match self {
+            Harness::Fake(s) => s.with_sync(|b| {
+                let mut v: Vec<String> = deorch::driver::cow::CowBackend::list(b)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|d| d.name.starts_with("trash/"))
+                    .map(|d| d.name)
+                    .collect();
+                v.extend((0..b.snapshot_count()).map(|i| format!("snapshot {i}")));
+                v
+            }),
+            Harness::Dir(_, root) => ["layers", "tmp"]
+                .iter()
+                .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+                .map(|e| e.unwrap().path().display().to_string())
+                .collect(),
+            Harness::Zfs(_, root) => common::zfs_tree(root)
+                .into_iter()
+                .filter(|n| n.contains('@') || n.starts_with(&format!("{root}/trash/")))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        match self {
+            Harness::Dir(_, root) => {
+                let _ = std::fs::remove_dir_all(root);
+            }
+            Harness::Zfs(_, root) => common::zfs_cleanup(root),
+            Harness::Fake(_) => {}
+        }
+    }
+}
+
+fn fake() -> Option<Harness> {
+    Some(Harness::Fake(Arc::new(FakeStorage::default())))
+}
+
+fn dir() -> Option<Harness> {
+    let root = common::temp_dir("dirstore");
+    Some(Harness::Dir(
+        Arc::new(DirStorage::open(&root).unwrap()),
+        root,
+    ))
+}
+
+fn zfs() -> Option<Harness> {
+    let root = common::zfs_root("contract")?;
+    let backend = ZfsBackend::open(&root).unwrap();
+    Some(Harness::Zfs(Arc::new(CowStorage::new(backend)), root))
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod on_fake { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { if let Some(h) = super::fake() { super::$name(h).await } } )* }
+        mod on_dir { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { if let Some(h) = super::dir() { super::$name(h).await } } )* }
+        mod on_zfs { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { if let Some(h) = super::zfs() { super::$name(h).await } } )* }
+    };
+}
+
+contract!(
+    create_list_destroy,
+    clones_are_independent_and_survive_their_source,
+    chains_survive_removal_in_any_order,
+    replicas_of_several_disks_and_revert,
+    collisions_and_missing_sources_are_precise,
+    import_converts_images,
+    capacity_is_reported,
+    datasets_are_created_and_kept,
+    interrupted_removal_is_finished_by_gc,
+);
+
+async fn create_list_destroy(h: Harness) {
+    let s = h.storage();
+    s.create("a", 8 * MB).await.unwrap();
+    assert!(s.exists("a").await.unwrap());
+    assert!(!s.exists("b").await.unwrap());
+    assert_eq!(s.list().await.unwrap(), vec!["a".to_string()]);
+    assert!(s.volume("a").await.unwrap().size >= 8 * MB);
+    h.write("a", 7).await;
+    assert_eq!(h.read("a").await, 7);
+    s.destroy("a").await.unwrap();
+    assert!(!s.exists("a").await.unwrap());
+    // Destroying what is not there is not an error (idempotent deletes).
+    s.destroy("a").await.unwrap();
+    assert!(s.list().await.unwrap().is_empty());
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn clones_are_independent_and_survive_their_source(h: Harness) {
+    let s = h.storage();
+    s.create("suit", 8 * MB).await.unwrap();
+    h.write("suit", 1).await;
+    s.clone_volume("vm", "suit", Some(16 * MB)).await.unwrap();
+    assert!(s.volume("vm").await.unwrap().size >= 16 * MB, "grown");
+    assert_eq!(h.read("vm").await, 1);
+    h.write("suit", 2).await;
+    h.write("vm", 3).await;
+    assert_eq!(h.read("suit").await, 2);
+    assert_eq!(h.read("vm").await, 3);
+    // The template goes; its clone keeps reading its own data.
+    s.destroy("suit").await.unwrap();
+    assert_eq!(h.read("vm").await, 3);
+    assert_eq!(s.list().await.unwrap(), vec!["vm".to_string()]);
+    s.destroy("vm").await.unwrap();
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn chains_survive_removal_in_any_order(h: Harness) {
+    let s = h.storage();
+    // suit -> a -> b, a -> c; remove the middle first, then the root.
+    s.create("suit", 4 * MB).await.unwrap();
+    h.write("suit", 10).await;
+    s.clone_volume("a", "suit", None).await.unwrap();
+    h.write("a", 11).await;
+    s.clone_volume("b", "a", None).await.unwrap();
+    h.write("a", 12).await;
+    s.clone_volume("c", "a", None).await.unwrap();
+    h.write("b", 13).await;
+    s.destroy("a").await.unwrap();
+    assert_eq!(h.read("b").await, 13);
+    assert_eq!(h.read("c").await, 12);
+    s.destroy("suit").await.unwrap();
+    assert_eq!(h.read("b").await, 13);
+    assert_eq!(h.read("c").await, 12);
+    s.destroy("c").await.unwrap();
+    assert_eq!(h.read("b").await, 13);
+    s.destroy("b").await.unwrap();
+    assert!(s.list().await.unwrap().is_empty());
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn replicas_of_several_disks_and_revert(h: Harness) {
+    let s = h.storage();
+    s.create("vm-root", 4 * MB).await.unwrap();
+    s.create("vm-data", 4 * MB).await.unwrap();
+    h.write("vm-root", 1).await;
+    h.write("vm-data", 2).await;
+    s.clone_volumes(&[
+        CloneRequest {
+            volume: "rep-root".into(),
+            source: "vm-root".into(),
+            size: None,
+        },
+        CloneRequest {
+            volume: "rep-data".into(),
+            source: "vm-data".into(),
+            size: None,
+        },
+    ])
+    .await
+    .unwrap();
+    h.write("vm-root", 5).await;
+    h.write("vm-data", 6).await;
+    // The replica is writable and its own.
+    h.write("rep-data", 3).await;
+    s.revert("vm-root", "rep-root").await.unwrap();
+    s.revert("vm-data", "rep-data").await.unwrap();
+    assert_eq!(h.read("vm-root").await, 1);
+    assert_eq!(h.read("vm-data").await, 3);
+    // Reverting leaves the replica intact, and the VM diverges again.
+    h.write("vm-root", 9).await;
+    assert_eq!(h.read("rep-root").await, 1);
+    // A replica cloned into a new VM.
+    s.clone_volume("vm2-root", "rep-root", None).await.unwrap();
+    assert_eq!(h.read("vm2-root").await, 1);
+    for v in ["rep-root", "vm-root", "rep-data", "vm-data", "vm2-root"] {
+        s.destroy(v).await.unwrap();
+    }
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn collisions_and_missing_sources_are_precise(h: Harness) {
+    let s = h.storage();
+    s.create("x", MB).await.unwrap();
+    let e = s.create("x", MB).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DriverError::Condition {
+                reason: "NameCollision",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = s.clone_volume("y", "nope", None).await.unwrap_err();
+    assert!(matches!(e, DriverError::NotFound { .. }), "{e:?}");
+    let e = s.create("../escape", MB).await.unwrap_err();
+    assert!(e.to_string().contains("volume names"), "{e}");
+    assert!(!s.exists("y").await.unwrap());
+    s.destroy("x").await.unwrap();
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn import_converts_images(h: Harness) {
+    let s = h.storage();
+    let dir = common::temp_dir("import");
+    let src = dir.join("src.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("2M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 42 0 512"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    s.import("img", src.to_str().unwrap(), Some("qcow2"))
+        .await
+        .unwrap();
+    if !matches!(h, Harness::Fake(_)) {
+        assert_eq!(h.read("img").await, 42);
+        assert_eq!(s.volume("img").await.unwrap().size, 2 * MB);
+    }
+    let e = s
+        .import("bad", dir.join("missing.img").to_str().unwrap(), None)
+        .await;
+    if !matches!(h, Harness::Fake(_)) {
+        assert!(e.is_err());
+        assert!(
+            !s.exists("bad").await.unwrap(),
+            "a failed import leaves nothing"
+        );
+    }
+    let _ = s.destroy("bad").await;
+    s.destroy("img").await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
+
+async fn capacity_is_reported(h: Harness) {
+    let (total, free) = h.storage().capacity().await.unwrap();
+    assert!(total > 0 && free > 0 && free <= total, "{total} {free}");
+}
+
+async fn datasets_are_created_and_kept(h: Harness) {
+    let s = h.storage();
+    let mut props = std::collections::BTreeMap::new();
+    props.insert("compression".to_string(), "gzip-1".to_string());
+    props.insert("deorch:tenant".to_string(), "acme".to_string());
+    let path = match &h {
+        Harness::Zfs(_, root) => format!("{}/data", root.split_once('/').unwrap().1),
+        _ => "tenants/acme".to_string(),
+    };
+    let config = DatasetConfig {
+        pool: None,
+        path: path.clone(),
+        properties: props,
+    };
+    let st = s.ensure_dataset(&config).await.unwrap();
+    assert!(st.available > 0);
+    // Idempotent, and a property change is applied.
+    let mut changed = config.clone();
+    changed
+        .properties
+        .insert("compression".into(), "off".into());
+    s.ensure_dataset(&changed).await.unwrap();
+    if let Harness::Zfs(_, root) = &h {
+        let full = format!("{root}/data");
+        let get = |p: &str| {
+            let o = Command::new("zfs")
+                .args(["get", "-H", "-o", "value", p, &full])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(get("compression"), "off");
+        assert_eq!(get("deorch:tenant"), "acme");
+        // A dataset deorch did not make is never touched.
+        let foreign = format!("{root}/foreign");
+        assert!(Command::new("zfs")
+            .args(["create", &foreign])
+            .status()
+            .unwrap()
+            .success());
+        let e = s
+            .ensure_dataset(&DatasetConfig {
+                pool: None,
+                path: format!("{}/foreign", root.split_once('/').unwrap().1),
+                properties: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DriverError::Condition {
+                    reason: "NameCollision",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    if let Harness::Dir(_, _) = &h {
+        assert_eq!(st.unsupported.len(), 2, "dir says what it cannot apply");
+    }
+    s.destroy_dataset(&config).await.unwrap();
+}
+
+async fn interrupted_removal_is_finished_by_gc(h: Harness) {
+    let s = h.storage();
+    s.create("base", MB).await.unwrap();
+    h.write("base", 4).await;
+    s.clone_volume("child", "base", None).await.unwrap();
+    // Simulate a crash after the durable first step of a removal.
+    match &h {
+        Harness::Fake(f) => f
+            .with_sync(|b| deorch::driver::cow::CowBackend::rename(b, "vol/base", "trash/base.1"))
+            .unwrap(),
+        Harness::Zfs(_, root) => {
+            let base = format!("{root}/vol/base");
+            let _ = Command::new("zfs").args(["umount", &base]).status();
+            let _ = Command::new("zfs")
+                .args(["umount", &format!("{root}/vol/child")])
+                .status();
+            assert!(Command::new("zfs")
+                .args(["rename", &base, &format!("{root}/trash/base.1")])
+                .status()
+                .unwrap()
+                .success());
+            let _ = Command::new("zfs")
+                .args(["mount", &format!("{root}/vol/child")])
+                .status();
+        }
+        Harness::Dir(_, root) => {
+            std::fs::remove_file(root.join("volumes/base.qcow2")).unwrap();
+            std::fs::write(root.join("tmp/half-written"), b"x").unwrap();
+        }
+    }
+    assert!(!h.leftovers().is_empty());
+    // "Restart": a new driver over the same storage finishes the work.
+    let s2: Arc<dyn Storage> = match &h {
+        Harness::Fake(_) => s.clone(),
+        Harness::Zfs(_, root) => Arc::new(CowStorage::new(ZfsBackend::open(root).unwrap())),
+        Harness::Dir(_, root) => Arc::new(DirStorage::open(root).unwrap()),
+    };
+    s2.gc().await.unwrap();
+    assert_eq!(h.read("child").await, 4);
+    assert!(!s2.exists("base").await.unwrap());
+    s2.destroy("child").await.unwrap();
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+}
