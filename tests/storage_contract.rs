@@ -435,3 +435,178 @@ async fn interrupted_removal_is_finished_by_gc(h: Harness) {
     s2.destroy("child").await.unwrap();
     assert_eq!(h.leftovers(), Vec::<String>::new());
 }
+
+/// Random create / clone / replica / write / revert / destroy sequences
+/// checked against a model after every step: every live volume reads the
+/// content the model says (no dependent is ever broken), the driver lists
+/// exactly the model's volumes, and once everything is destroyed nothing is
+/// left over. With `faults`, a random primitive step fails (the fake's
+/// stand-in for a crash at that step); the run then "restarts" (gc) and
+/// finishes the interrupted operation as the reconcilers do, and the same
+/// invariants must hold. Replay a failure with its printed seed.
+async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) -> usize {
+    use std::collections::BTreeMap;
+    let s = h.storage();
+    let mut rng = common::Rng(seed.max(1));
+    let mut model: BTreeMap<String, u8> = BTreeMap::new();
+    let mut next = 0;
+    for step in 0..steps {
+        let names: Vec<String> = model.keys().cloned().collect();
+        let pick = |rng: &mut common::Rng| names[rng.below(names.len() as u64) as usize].clone();
+        let marker = (rng.below(250) + 1) as u8;
+        if faults {
+            if let Harness::Fake(f) = h {
+                // One planned failure per operation: the "restart" after it
+                // runs without faults.
+                f.faults().clear();
+                if rng.below(3) == 0 {
+                    let ops = [
+                        "create", "snapshot", "clone", "promote", "rename", "destroy",
+                    ];
+                    f.faults()
+                        .fail_next(ops[rng.below(ops.len() as u64) as usize], 1);
+                }
+            }
+        }
+        let op = if names.is_empty() { 0 } else { rng.below(6) };
+        let ctx = format!("seed {seed} step {step} op {op}");
+        match op {
+            0 => {
+                next += 1;
+                let v = format!("v{next}");
+                match s.create(&v, MB).await {
+                    Ok(()) => {
+                        h.write(&v, marker).await;
+                        model.insert(v, marker);
+                    }
+                    Err(_) => {
+                        restart(h).await;
+                        s.destroy(&v).await.unwrap();
+                    }
+                }
+            }
+            1 | 2 => {
+                let n = if op == 2 && names.len() >= 2 { 2 } else { 1 };
+                let mut reqs = Vec::new();
+                let mut sources = std::collections::BTreeSet::new();
+                while sources.len() < n {
+                    sources.insert(pick(&mut rng));
+                }
+                for src in sources {
+                    next += 1;
+                    reqs.push(CloneRequest {
+                        volume: format!("v{next}"),
+                        source: src,
+                        size: None,
+                    });
+                }
+                match s.clone_volumes(&reqs).await {
+                    Ok(()) => {
+                        for r in &reqs {
+                            model.insert(r.volume.clone(), model[&r.source]);
+                        }
+                    }
+                    Err(_) => {
+                        // Interrupted: finish removals, drop the partial capture.
+                        restart(h).await;
+                        for r in &reqs {
+                            s.destroy(&r.volume).await.unwrap();
+                        }
+                    }
+                }
+            }
+            3 => {
+                let v = pick(&mut rng);
+                h.write(&v, marker).await;
+                model.insert(v, marker);
+            }
+            4 if names.len() >= 2 => {
+                let a = pick(&mut rng);
+                let b = pick(&mut rng);
+                if a != b {
+                    if s.revert(&a, &b).await.is_err() {
+                        restart(h).await;
+                        s.revert(&a, &b)
+                            .await
+                            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    }
+                    model.insert(a, model[&b]);
+                }
+            }
+            _ => {
+                let v = pick(&mut rng);
+                if s.destroy(&v).await.is_err() {
+                    restart(h).await;
+                    s.destroy(&v).await.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                }
+                model.remove(&v);
+            }
+        }
+        let mut listed = s.list().await.unwrap();
+        listed.sort();
+        let want: Vec<String> = model.keys().cloned().collect();
+        assert_eq!(listed, want, "{ctx}: volumes");
+        for (v, m) in &model {
+            assert_eq!(h.read(v).await, *m, "{ctx}: content of {v}");
+        }
+    }
+    restart(h).await;
+    for v in model.keys() {
+        s.destroy(v).await.unwrap();
+    }
+    assert_eq!(
+        h.leftovers(),
+        Vec::<String>::new(),
+        "seed {seed}: leftovers"
+    );
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// After an interrupted operation: no more faults, and gc as at node start.
+async fn restart(h: &Harness) {
+    INTERRUPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Harness::Fake(f) = h {
+        f.faults().clear();
+    }
+    h.storage().gc().await.unwrap();
+}
+
+fn seeds(n: u64) -> Vec<u64> {
+    match std::env::var("DEORCH_SEED") {
+        Ok(s) => vec![s.parse().expect("DEORCH_SEED is a number")],
+        Err(_) => (1..=n).map(|i| i * 0x9E37_79B9).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_on_fake_with_faults() {
+    let mut interrupted = 0;
+    for seed in seeds(300) {
+        let h = fake().unwrap();
+        interrupted = random_sequences(&h, seed, 40, true).await;
+    }
+    // The final restart of each run counts too; most must be real faults.
+    eprintln!("{interrupted} restarts");
+    assert!(
+        interrupted > 600,
+        "faults were injected and hit: {interrupted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_on_dir() {
+    for seed in seeds(3) {
+        let h = dir().unwrap();
+        random_sequences(&h, seed, 25, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_on_zfs() {
+    for seed in seeds(2) {
+        let Some(h) = zfs() else { return };
+        random_sequences(&h, seed, 20, false).await;
+    }
+}

@@ -28,6 +28,10 @@ impl Faults {
     pub fn fail_next_permanently(&self, op: &str, n: usize) {
         self.plan.lock().unwrap().insert(op.into(), (n, true));
     }
+    /// Forget every planned failure.
+    pub fn clear(&self) {
+        self.plan.lock().unwrap().clear();
+    }
     /// Every call so far, as `op target`.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
