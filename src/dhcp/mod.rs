@@ -199,7 +199,11 @@ impl Table {
         let mut warnings = Vec::new();
         let mut nics: Vec<Nic> = Vec::new();
         for vm in vms {
-            let ns = vm.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            let ns = vm
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(DEFAULT_NAMESPACE);
             let name = vm.metadata.name.as_deref().unwrap_or_default();
             if ns != net_ns {
                 continue;
@@ -211,7 +215,9 @@ impl Table {
                     .clone()
                     .unwrap_or_else(|| names::mac(ns, name, &nic.name));
                 let Some(mac) = parse_mac(&mac_text) else {
-                    warnings.push(format!("{identity}: MAC {mac_text:?} is not valid; left out"));
+                    warnings.push(format!(
+                        "{identity}: MAC {mac_text:?} is not valid; left out"
+                    ));
                     continue;
                 };
                 let fixed = match &nic.ipv4 {
@@ -540,7 +546,12 @@ impl Counters {
             send_errors: self.send_errors.load(Ordering::Relaxed),
             dropped: DropReason::ALL
                 .iter()
-                .map(|r| (r.as_str().to_string(), self.drops[*r as usize].load(Ordering::Relaxed)))
+                .map(|r| {
+                    (
+                        r.as_str().to_string(),
+                        self.drops[*r as usize].load(Ordering::Relaxed),
+                    )
+                })
                 .filter(|(_, n)| *n > 0)
                 .collect(),
         }

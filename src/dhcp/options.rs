@@ -371,14 +371,8 @@ mod tests {
 
     #[test]
     fn domain_search_is_rfc1035_encoded_and_round_trips() {
-        let o = LeaseOptions::resolve(
-            "10.20.0.0/24".parse().unwrap(),
-            None,
-            None,
-            &base(),
-            "vm",
-        )
-        .unwrap();
+        let o = LeaseOptions::resolve("10.20.0.0/24".parse().unwrap(), None, None, &base(), "vm")
+            .unwrap();
         let buf = encoded(&o);
         let bytes = raw(&buf, 119);
         // RFC 3397 section 3's example: the second name points back at

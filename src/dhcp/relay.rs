@@ -29,9 +29,10 @@ pub fn up(msg: &Message, client: &Client, up: &Upstream) -> Outcome {
     let mut m = msg.clone();
     m.set_giaddr(up.giaddr).set_hops(msg.hops() + 1);
     let mut info = RelayAgentInformation::default();
-    info.insert(RelayInfo::AgentCircuitId(client.identity.as_bytes().to_vec()));
-    m.opts_mut()
-        .insert(DhcpOption::RelayAgentInformation(info));
+    info.insert(RelayInfo::AgentCircuitId(
+        client.identity.as_bytes().to_vec(),
+    ));
+    m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
     match m.to_vec() {
         Ok(packet) => Outcome::RelayUp {
             giaddr: up.giaddr,
@@ -147,8 +148,7 @@ mod tests {
             .set_yiaddr([10, 99, 5, 10]);
         let mut info = RelayAgentInformation::default();
         info.insert(RelayInfo::AgentCircuitId(circuit.to_vec()));
-        m.opts_mut()
-            .insert(DhcpOption::RelayAgentInformation(info));
+        m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
         m.to_vec().unwrap()
     }
 

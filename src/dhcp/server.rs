@@ -332,11 +332,7 @@ fn answer(
         Some(p) => p,
         None => return drop(DropReason::ReplyTooLarge),
     };
-    let yiaddr = if inform {
-        Ipv4Addr::UNSPECIFIED
-    } else {
-        addr
-    };
+    let yiaddr = if inform { Ipv4Addr::UNSPECIFIED } else { addr };
     Outcome::Reply {
         event,
         packet,
@@ -520,7 +516,13 @@ pub(crate) mod tests {
         let nak = |m: &Message| {
             let o = run(m);
             assert_eq!(reply(&o).opts().msg_type(), Some(MessageType::Nak), "{m:?}");
-            assert!(matches!(o, Outcome::Reply { to: Delivery::Broadcast, .. }));
+            assert!(matches!(
+                o,
+                Outcome::Reply {
+                    to: Delivery::Broadcast,
+                    ..
+                }
+            ));
         };
         // Wrong address.
         let mut m = request(MessageType::Request, &MAC);
@@ -642,16 +644,54 @@ pub(crate) mod tests {
     fn replies_shrink_to_the_clients_limit() {
         let mut t = table();
         let c = t.clients.get_mut(&MAC).unwrap();
-        c.options.domain_search = (0..40).map(|i| format!("d{i}-a-rather-long-label.x{i}.org")).collect();
+        c.options.domain_search = (0..40)
+            .map(|i| format!("d{i}-a-rather-long-label.x{i}.org"))
+            .collect();
         let mut m = request(MessageType::Discover, &MAC);
-        m.opts_mut()
-            .insert(DhcpOption::ParameterRequestList(vec![OptionCode::SubnetMask]));
+        m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+            OptionCode::SubnetMask,
+        ]));
         let o = handle(&config(), &t, &m.to_vec().unwrap(), FROM);
         let Outcome::Reply { packet, .. } = &o else {
             panic!("{o:?}")
         };
         assert!(packet.len() <= MIN_MAX_MESSAGE);
         assert!(reply(&o).opts().get(OptionCode::DomainSearch).is_none());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Random bytes never panic the handler (the CI-run part of the
+        /// fuzz target in fuzz/).
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = handle(&config(), &table(), &bytes, FROM);
+        }
+
+        /// Valid packets with bytes flipped, cut or appended never panic,
+        /// and anything answered is a reply to the known MAC.
+        #[test]
+        fn mutated_packets_never_panic(
+            kind in 1u8..=8,
+            flips in proptest::collection::vec((0usize..400, any::<u8>()), 0..12),
+            cut in 0usize..400,
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut m = request(MessageType::from(kind), &MAC);
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ADDR));
+            m.opts_mut().insert(DhcpOption::Hostname("h".into()));
+            let mut b = m.to_vec().unwrap();
+            for (i, v) in flips {
+                if let Some(x) = b.get_mut(i) { *x = v; }
+            }
+            if cut < b.len() && cut % 3 == 0 { b.truncate(cut); }
+            b.extend_from_slice(&tail);
+            if let Outcome::Reply { packet, .. } = handle(&config(), &table(), &b, FROM) {
+                let r = Message::decode(&mut Decoder::new(&packet)).unwrap();
+                prop_assert_eq!(&r.chaddr()[..6], &MAC[..]);
+            }
+        }
     }
 
     #[test]
@@ -667,6 +707,9 @@ pub(crate) mod tests {
             &request(MessageType::Discover, &MAC).to_vec().unwrap(),
             FROM,
         );
-        assert!(matches!(o, Outcome::RelayUp { giaddr: SERVER, .. }), "{o:?}");
+        assert!(
+            matches!(o, Outcome::RelayUp { giaddr: SERVER, .. }),
+            "{o:?}"
+        );
     }
 }

@@ -35,8 +35,9 @@ pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, Dhc
         .map_err(err("creating the socket"))?;
     s.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
     s.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
-    s.bind_device(Some(iface.as_bytes()))
-        .map_err(err("SO_BINDTODEVICE (needs CAP_NET_RAW and an existing interface)"))?;
+    s.bind_device(Some(iface.as_bytes())).map_err(err(
+        "SO_BINDTODEVICE (needs CAP_NET_RAW and an existing interface)",
+    ))?;
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
         .map_err(err("binding the port"))?;
     s.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
