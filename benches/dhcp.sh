@@ -127,7 +127,7 @@ wait_port
 read -r K_ACKS K_RATE < <(measure kea $RATES_KEA)
 stop_server
 
-echo "dnsmasq ($(dnsmasq --version | head -1))" >&2
+echo "dnsmasq ($(dnsmasq --version | awk 'NR == 1'))" >&2
 ip netns exec "$S" taskset -c 0 dnsmasq --no-daemon --conf-file=/dev/null --port=0 --user=root \
   --bind-interfaces --interface=vsrv --except-interface=lo \
   --dhcp-range=10.99.1.0,10.99.254.254,255.255.0.0,12h --dhcp-lease-max=100000 \
@@ -141,9 +141,9 @@ stop_server
 TABLE=$(cat <<MD
 | server | completed DORA exchanges/s (< 2.5 % unanswered) | at offered rate |
 |---|---|---|
-| deorch $("$DEORCH_BIN" version | head -1 | cut -d' ' -f2) (stateless, no lease file) | **$D_ACKS** | $D_RATE |
+X (stateless, no lease file) | **$D_ACKS** | $D_RATE |
 | Kea $(kea-dhcp4 -v) (memfile, persist) | $K_ACKS | $K_RATE |
-| dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}') (lease file) | $M_ACKS | $M_RATE |
+| dnsmasq $(dnsmasq --version | awk 'NR == 1 { print $3 }') (lease file) | $M_ACKS | $M_RATE |
 MD
 )
 echo "$TABLE"

@@ -422,8 +422,10 @@ mod tests {
 
     #[test]
     fn lease_timers() {
-        let mut d = DhcpOptions::default();
-        d.lease_time = Some("12h".parse().unwrap());
+        let d = DhcpOptions {
+            lease_time: Some("12h".parse().unwrap()),
+            ..Default::default()
+        };
         let o = LeaseOptions::resolve("10.0.0.0/8".parse().unwrap(), None, None, &d, "v").unwrap();
         assert_eq!(
             (o.lease_secs, o.renewal_secs(), o.rebinding_secs()),
