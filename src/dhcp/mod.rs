@@ -630,3 +630,109 @@ impl DhcpServer {
         socket::serve(self, shutdown).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::network::{AddressRange, Ipv4Config};
+    use crate::model::vm::Nic;
+
+    fn network(range: (&str, &str)) -> Manifest<NetworkSpec> {
+        Manifest::new(
+            "lan",
+            NetworkSpec {
+                ipv4: Some(Ipv4Config {
+                    subnet: "10.0.0.0/24".into(),
+                    gateway: Some("10.0.0.1".into()),
+                    range: Some(AddressRange {
+                        start: range.0.into(),
+                        end: range.1.into(),
+                    }),
+                    public: false,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn vm(name: &str, ipv4: Option<&str>) -> Manifest<VirtualMachineSpec> {
+        Manifest::new(
+            name,
+            VirtualMachineSpec {
+                nics: vec![Nic {
+                    name: "eth0".into(),
+                    network: "lan".into(),
+                    ipv4: ipv4.map(str::to_string),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn addresses(t: &Table) -> BTreeMap<String, Option<Ipv4Addr>> {
+        t.clients
+            .values()
+            .map(|c| (c.identity.clone(), c.address))
+            .collect()
+    }
+
+    #[test]
+    fn table_is_independent_of_vm_order_and_reuses_derived_macs() {
+        let server: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let net = network(("10.0.0.1", "10.0.0.40"));
+        let mut vms: Vec<_> = (0..30).map(|i| vm(&format!("vm{i}"), None)).collect();
+        vms.push(vm("fixed", Some("10.0.0.20")));
+        let a = Table::build(&net, &vms, server, |_| true).unwrap();
+        vms.reverse();
+        vms.rotate_left(7);
+        let b = Table::build(&net, &vms, server, |_| true).unwrap();
+        assert_eq!(addresses(&a), addresses(&b));
+        let got: Vec<Ipv4Addr> = addresses(&a).values().flatten().copied().collect();
+        let unique: BTreeSet<_> = got.iter().collect();
+        assert_eq!(unique.len(), 31, "collisions resolved");
+        for reserved in ["10.0.0.1", "10.0.0.2"] {
+            assert!(!unique.contains(&reserved.parse::<Ipv4Addr>().unwrap()));
+        }
+        assert_eq!(
+            addresses(&a)["default/fixed/eth0"],
+            Some("10.0.0.20".parse().unwrap())
+        );
+        let mac = parse_mac(&names::mac("default", "vm3", "eth0")).unwrap();
+        assert_eq!(a.clients[&mac].identity, "default/vm3/eth0");
+    }
+
+    #[test]
+    fn local_filter_answers_some_but_allocates_over_all() {
+        let server: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let net = network(("10.0.0.10", "10.0.0.200"));
+        let vms: Vec<_> = (0..20).map(|i| vm(&format!("vm{i}"), None)).collect();
+        let all = Table::build(&net, &vms, server, |_| true).unwrap();
+        let some = Table::build(&net, &vms, server, |v| {
+            v.metadata.name.as_deref() == Some("vm3")
+        })
+        .unwrap();
+        assert_eq!(some.clients.len(), 1);
+        for (mac, c) in &some.clients {
+            assert_eq!(all.clients[mac], *c);
+        }
+    }
+
+    #[test]
+    fn duplicates_are_left_out_with_a_warning() {
+        let server: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let net = network(("10.0.0.10", "10.0.0.20"));
+        let mut twin = vm("b", None);
+        twin.spec.nics[0].mac = Some(names::mac("default", "a", "eth0"));
+        let vms = vec![
+            vm("a", None),
+            twin,
+            vm("c", Some("10.0.0.5")),
+            vm("d", Some("10.0.0.5")),
+        ];
+        let t = Table::build(&net, &vms, server, |_| true).unwrap();
+        let ids: BTreeSet<_> = t.clients.values().map(|c| c.identity.as_str()).collect();
+        assert_eq!(ids, ["default/c/eth0"].into());
+        assert_eq!(t.warnings.len(), 2, "{:?}", t.warnings);
+    }
+}
