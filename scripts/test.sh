@@ -10,6 +10,9 @@ need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
 apt_install busybox-static cpio iproute2 slapd ldap-utils zfs-fuse
+# DHCP: dnsmasq is the DHCPCAST central server in tests; Kea and perfdhcp
+# (kea-admin) are the benchmark peers.
+apt_install dnsmasq-base kea-dhcp4-server kea-admin
 command -v npm >/dev/null || apt_install nodejs npm
 # Real Bitcoin libraries for the interop tests (python-bitcoinlib, bitcoinjs-message).
 sh tests/interop/setup.sh

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod dhcp;
 pub mod driver;
 pub mod identity;
 pub mod manifest;

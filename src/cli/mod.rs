@@ -3,6 +3,7 @@
 //! Commands parse their arguments and call the library; the only state they
 //! touch is through the local API of a running node.
 
+mod dhcp;
 mod identity;
 mod output;
 
@@ -188,6 +189,13 @@ pub enum Command {
         /// Which.
         #[command(subcommand)]
         which: BenchCommand,
+    },
+    /// The node's DHCP server outside a node (tests, benchmarks).
+    #[command(hide = true)]
+    Dhcp {
+        /// What to do.
+        #[command(subcommand)]
+        command: dhcp::DhcpCommand,
     },
     /// Write (or check) the JSON schemas of every kind.
     #[command(hide = true)]
@@ -480,6 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dhcp { command } => dhcp::run(command),
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (file, text) in crate::schema::render_all() {

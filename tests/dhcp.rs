@@ -1,0 +1,679 @@
+//! The DHCP server against real clients and servers, in network
+//! namespaces joined by veth pairs: busybox udhcpc checks every option,
+//! dnsmasq is the central server of a DHCPCAST relay, and a corpus of
+//! malformed packets is thrown at the running server before a real client
+//! still gets its lease. Needs root (namespaces); a missing tool skips on
+//! a laptop and fails when `CI=true`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use deorch::dhcp::{CountersSnapshot, DropReason, Table};
+use deorch::manifest;
+use deorch::model::AnyObject;
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
+use dhcproto::Encodable;
+
+/// True when every tool is there; otherwise skip (or fail in CI).
+fn have(tools: &[&str]) -> bool {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() && is_root {
+        return true;
+    }
+    let what = if is_root {
+        format!("missing {missing:?}")
+    } else {
+        "not root (network namespaces need it)".to_string()
+    };
+    assert!(
+        std::env::var("CI").is_err(),
+        "{what} and CI=true: scripts/test.sh installs busybox-static, dnsmasq-base, kea"
+    );
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces with a unique prefix, deleted (with their veths) on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix = format!(
+            "dq{:x}{}",
+            std::process::id() & 0xffff,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        Lab {
+            dir: common::temp_dir(&prefix),
+            prefix,
+            namespaces: Vec::new(),
+        }
+    }
+    fn name(&self, s: &str) -> String {
+        format!("{}{s}", self.prefix)
+    }
+    fn netns(&mut self, s: &str) -> String {
+        let n = self.name(s);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &n])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &n]);
+        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        self.namespaces.push(n.clone());
+        n
+    }
+    /// A veth pair between two namespaces: (name in a, name in b).
+    fn link(
+        &self,
+        tag: &str,
+        a: &str,
+        addr_a: &str,
+        b: &str,
+        addr_b: Option<&str>,
+    ) -> (String, String) {
+        let (ia, ib) = (self.name(&format!("{tag}a")), self.name(&format!("{tag}b")));
+        sh(&[
+            "ip", "link", "add", &ia, "type", "veth", "peer", "name", &ib,
+        ]);
+        sh(&["ip", "link", "set", &ia, "netns", a]);
+        sh(&["ip", "link", "set", &ib, "netns", b]);
+        sh(&["ip", "-n", a, "addr", "add", addr_a, "dev", &ia]);
+        if let Some(addr) = addr_b {
+            sh(&["ip", "-n", b, "addr", "add", addr, "dev", &ib]);
+        }
+        sh(&["ip", "-n", a, "link", "set", &ia, "up"]);
+        sh(&["ip", "-n", b, "link", "set", &ib, "up"]);
+        (ia, ib)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for n in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A process in a namespace, killed on drop.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+    out: PathBuf,
+}
+
+impl Proc {
+    fn start(ns: &str, args: &[&str], dir: &Path, tag: &str) -> Proc {
+        let log = dir.join(format!("{tag}.log"));
+        let out = dir.join(format!("{tag}.out"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child: Some(child),
+            log,
+            out,
+        }
+    }
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("exited ({st}) before {needle:?}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in 15 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// SIGTERM, wait (bounded), return stdout.
+    fn stop(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `deorch dhcp serve` in `ns`.
+fn serve(lab: &Lab, ns: &str, iface: &str, server_id: &str, manifests: &Path) -> Proc {
+    let mut p = Proc::start(
+        ns,
+        &[
+            env!("CARGO_BIN_EXE_deorch"),
+            "dhcp",
+            "serve",
+            "--interface",
+            iface,
+            "--server-id",
+            server_id,
+            "-f",
+            manifests.to_str().unwrap(),
+            "--log",
+            "warn",
+        ],
+        &lab.dir,
+        "deorch",
+    );
+    p.wait_log("dhcp: serving");
+    p
+}
+
+fn counters(json: &str) -> CountersSnapshot {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| {
+        panic!("counters are not JSON ({e}): {json}");
+    });
+    CountersSnapshot {
+        offers: v["offers"].as_u64().unwrap(),
+        acks: v["acks"].as_u64().unwrap(),
+        naks: v["naks"].as_u64().unwrap(),
+        inform_acks: v["inform_acks"].as_u64().unwrap(),
+        releases: v["releases"].as_u64().unwrap(),
+        declines: v["declines"].as_u64().unwrap(),
+        relayed_up: v["relayed_up"].as_u64().unwrap(),
+        relayed_down: v["relayed_down"].as_u64().unwrap(),
+        send_errors: v["send_errors"].as_u64().unwrap(),
+        dropped: v["dropped"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+            .collect(),
+    }
+}
+
+/// Run udhcpc once in `ns` on `iface`; the environment its script saw
+/// when the lease was bound.
+fn udhcpc(lab: &Lab, ns: &str, iface: &str) -> BTreeMap<String, String> {
+    let script = lab.dir.join("udhcpc.sh");
+    let dump = lab.dir.join("bound.env");
+    let _ = std::fs::remove_file(&dump);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let out = Command::new("timeout")
+        .args([
+            "20", "ip", "netns", "exec", ns, "busybox", "udhcpc", "-f", "-q", "-n",
+        ])
+        .args([
+            "-i",
+            iface,
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "udhcpc got no lease: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const NETWORK: &str = "\
+apiVersion: deorch.dev/v1alpha1
+kind: Network
+metadata:
+  name: lan
+spec:
+  mtu: 1400
+  ipv4:
+    subnet: 10.99.0.0/16
+    gateway: 10.99.0.1
+    range: {start: 10.99.1.0, end: 10.99.1.255}
+  dhcp:
+    leaseTime: 12h
+    broadcast: 10.99.255.255
+    dnsServers: [10.99.0.2, 10.99.0.3]
+    ntpServers: [10.99.0.4]
+    domainName: shop.example.org
+    domainSearch: [shop.example.org, example.org]
+    logServers: [10.99.0.5]
+    netbios:
+      nameServers: [10.99.0.6]
+      datagramServers: [10.99.0.7]
+      nodeType: H
+    smtpServers: [10.99.0.8]
+    pop3Servers: [10.99.0.9]
+    ipForwarding: true
+    tcpKeepaliveInterval: 2h
+    classlessStaticRoutes:
+      - {destination: 192.168.50.0/24, gateway: 10.99.0.254}
+      - {destination: 172.16.0.0/12, gateway: 10.99.0.253}
+";
+
+fn vm(name: &str, nic_extra: &str) -> String {
+    format!(
+        "---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  nics:\n    - name: eth0\n      network: lan\n{nic_extra}"
+    )
+}
+
+/// The address the library allocates to default/NAME/eth0 for these
+/// manifests (the test checks the server hands out exactly that).
+fn expected_address(file: &Path, name: &str) -> Ipv4Addr {
+    let parsed = manifest::parse_file(file);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let mut net = None;
+    let mut vms = Vec::new();
+    for d in parsed.documents {
+        match d.object {
+            AnyObject::Network(n) => net = Some(n),
+            AnyObject::VirtualMachine(v) => vms.push(v),
+            _ => {}
+        }
+    }
+    let table = Table::build(&net.unwrap(), &vms, "10.99.0.1".parse().unwrap(), |_| true).unwrap();
+    let id = format!("default/{name}/eth0");
+    table
+        .clients
+        .values()
+        .find(|c| c.identity == id)
+        .and_then(|c| c.address)
+        .unwrap()
+}
+
+fn hex_ips(ips: &[&str]) -> String {
+    ips.iter()
+        .flat_map(|s| s.parse::<Ipv4Addr>().unwrap().octets())
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn udhcpc_gets_every_option_exactly_as_the_manifest_says() {
+    if !have(&["ip", "busybox"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let cli = lab.netns("c");
+    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, None);
+    // Two VMs; "web" overrides DNS and its host name on its NIC, and gets
+    // its MAC derived from its identity (as the hypervisor driver does).
+    let mac = deorch::reconcile::names::mac("default", "web", "eth0");
+    sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", &mac]);
+    let manifests = lab.dir.join("lan.yaml");
+    let text = format!(
+        "{NETWORK}{}{}",
+        vm("db", ""),
+        vm(
+            "web",
+            "      dhcp:\n        dnsServers: [10.99.0.53]\n        hostName: www\n"
+        )
+    );
+    std::fs::write(&manifests, text).unwrap();
+    let want_ip = expected_address(&manifests, "web");
+    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+
+    let env = udhcpc(&lab, &cli, &vcli);
+    let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("<absent>");
+    let want = [
+        ("ip", want_ip.to_string()),
+        ("subnet", "255.255.0.0".into()),
+        ("mask", "16".into()),
+        ("router", "10.99.0.1".into()),
+        ("broadcast", "10.99.255.255".into()),
+        ("mtu", "1400".into()),
+        ("hostname", "www".into()),
+        ("dns", "10.99.0.53".into()),
+        ("domain", "shop.example.org".into()),
+        ("search", "shop.example.org example.org".into()),
+        ("ntpsrv", "10.99.0.4".into()),
+        ("wins", "10.99.0.6".into()),
+        ("lease", "43200".into()),
+        ("serverid", "10.99.0.1".into()),
+        (
+            "staticroutes",
+            "192.168.50.0/24 10.99.0.254 172.16.0.0/12 10.99.0.253 0.0.0.0/0 10.99.0.1".into(),
+        ),
+        // Options udhcpc has no name for come as optNN=hex.
+        ("opt7", hex_ips(&["10.99.0.5"])),
+        ("opt45", hex_ips(&["10.99.0.7"])),
+        ("opt46", "08".into()), // H-node
+        ("opt69", hex_ips(&["10.99.0.8"])),
+        ("opt70", hex_ips(&["10.99.0.9"])),
+        ("opt19", "01".into()),
+        ("opt38", format!("{:08x}", 2 * 3600)),
+        ("opt58", format!("{:08x}", 43200 / 2)),
+        ("opt59", format!("{:08x}", 43200 * 7 / 8)),
+    ];
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| get(k) != v)
+        .map(|(k, v)| format!("{k}: want {v:?}, got {:?}", get(k)))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}\nall: {env:#?}");
+
+    let c = counters(&server.stop());
+    assert_eq!((c.offers, c.acks, c.naks), (1, 1, 0), "{c:?}");
+}
+
+#[test]
+fn dhcpcast_relays_to_dnsmasq_and_back() {
+    if !have(&["ip", "busybox", "dnsmasq"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let cli = lab.netns("c");
+    let cen = lab.netns("e");
+    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, None);
+    let (_vup, vcen) = lab.link("u", &srv, "10.98.0.1/24", &cen, Some("10.98.0.2/24"));
+    sh(&[
+        "ip",
+        "-n",
+        &cen,
+        "route",
+        "add",
+        "10.99.0.0/16",
+        "via",
+        "10.98.0.1",
+    ]);
+    let leases = lab.dir.join("dnsmasq.leases");
+    let mut central = Proc::start(
+        &cen,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--bind-interfaces",
+            &format!("--interface={vcen}"),
+            "--except-interface=lo",
+            "--dhcp-range=10.99.5.10,10.99.5.20,255.255.0.0,1h",
+            &format!("--dhcp-leasefile={}", leases.display()),
+            "--dhcp-authoritative",
+            "--no-ping",
+            "--log-dhcp",
+            "--log-facility=-",
+        ],
+        &lab.dir,
+        "dnsmasq",
+    );
+    central.wait_log("DHCP, IP range");
+
+    let mac = "02:00:00:00:0c:01";
+    sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", mac]);
+    let manifests = lab.dir.join("corp.yaml");
+    let text = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  ipv4:\n    subnet: 10.99.0.0/16\n    gateway: 10.99.0.1\n  dhcpcast:\n    servers: [10.98.0.2]\n{}",
+        vm("web", &format!("      mac: \"{mac}\"\n"))
+    );
+    std::fs::write(&manifests, text).unwrap();
+    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+
+    let env = udhcpc(&lab, &cli, &vcli);
+    let ip: Ipv4Addr = env["ip"].parse().unwrap();
+    assert!(
+        (Ipv4Addr::new(10, 99, 5, 10)..=Ipv4Addr::new(10, 99, 5, 20)).contains(&ip),
+        "not dnsmasq's lease: {env:?}"
+    );
+    assert_eq!(env["serverid"], "10.98.0.2", "{env:?}");
+    let c = counters(&server.stop());
+    assert!(c.relayed_up >= 2 && c.relayed_down >= 2, "{c:?}");
+    assert_eq!((c.offers, c.acks), (0, 0), "answered locally: {c:?}");
+    let log = std::fs::read_to_string(&central.log).unwrap();
+    central.stop();
+    assert!(
+        std::fs::read_to_string(&leases).unwrap().contains(mac),
+        "dnsmasq has no lease for {mac}:\n{log}"
+    );
+}
+
+/// A valid DISCOVER from `mac`, encoded.
+fn discover(mac: &[u8]) -> Message {
+    let mut m = Message::new_with_id(
+        0x5eed,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        mac,
+    );
+    m.set_flags(Flags::default().set_broadcast());
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    m
+}
+
+/// Malformed packets, each with the drop reason it must be counted under.
+fn corpus(mac: &[u8; 6]) -> Vec<(Vec<u8>, DropReason)> {
+    let good = discover(mac).to_vec().unwrap();
+    let body = &good[..good.len() - 1]; // without End
+    let with = |extra: &[u8]| [body, extra].concat();
+    let mut out = vec![
+        (good[..10].to_vec(), DropReason::Truncated),
+        (good[..239].to_vec(), DropReason::Truncated),
+        (vec![1u8; 1800], DropReason::Oversized),
+        (
+            {
+                let mut b = good.clone();
+                b[0] = 3;
+                b
+            },
+            DropReason::WrongOp,
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[238] = 0;
+                b
+            },
+            DropReason::BadMagic,
+        ),
+        (body.to_vec(), DropReason::MissingEnd),
+        (with(&[12, 250, b'x']), DropReason::OptionOverrun),
+        (with(&[12]), DropReason::OptionOverrun),
+        (with(&[52, 1, 3, 255]), DropReason::OptionOverload),
+        (with(&[54, 2, 1, 2, 255]), DropReason::BadOptionLength),
+        (with(&[81, 4, 0, 0, 0, 0xc0, 255]), DropReason::Malformed),
+        (
+            with(&[51, 4, 0xff, 0xff, 0xff, 0xff, 255]),
+            DropReason::HugeLease,
+        ),
+        (
+            discover(&[2, 0, 0, 0, 0xee, 0xee]).to_vec().unwrap(),
+            DropReason::UnknownClient,
+        ),
+        (
+            with(&[61, 7, 1, 2, 0, 0, 0, 0xee, 0xee, 255]),
+            DropReason::ClientIdMismatch,
+        ),
+        (
+            {
+                let mut m = discover(mac);
+                m.set_htype(HType::from(32u8));
+                m.to_vec().unwrap()
+            },
+            DropReason::BadHardwareAddress,
+        ),
+        (
+            {
+                let mut m = discover(mac);
+                m.set_giaddr([10, 99, 0, 2]);
+                m.to_vec().unwrap()
+            },
+            DropReason::UntrustedRelay,
+        ),
+        (
+            {
+                let mut m = discover(mac);
+                m.set_opcode(Opcode::BootReply);
+                m.to_vec().unwrap()
+            },
+            DropReason::RelayReplyRejected,
+        ),
+        (
+            {
+                let mut m = discover(mac);
+                m.opts_mut()
+                    .insert(DhcpOption::MessageType(MessageType::Ack));
+                m.to_vec().unwrap()
+            },
+            DropReason::UnsupportedMessageType,
+        ),
+    ];
+    // Random garbage (seeded: a failure replays).
+    let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..200 {
+        let len = rng.below(600) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if rng.below(2) == 0 && b.len() >= 240 {
+            b[0] = 1;
+            b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        }
+        out.push((b, DropReason::Malformed)); // reason varies: only counted
+    }
+    out
+}
+
+#[test]
+fn malformed_corpus_is_dropped_and_counted_then_a_client_still_gets_a_lease() {
+    if !have(&["ip", "busybox", "python3"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let cli = lab.netns("c");
+    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, Some("10.99.0.2/16"));
+    let mac = [2u8, 0, 0, 0, 0x0f, 0x01];
+    let mac_text = "02:00:00:00:0f:01";
+    sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", mac_text]);
+    let manifests = lab.dir.join("lan.yaml");
+    let text = format!(
+        "{NETWORK}{}",
+        vm("web", &format!("      mac: \"{mac_text}\"\n"))
+    );
+    std::fs::write(&manifests, text).unwrap();
+    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+
+    let packets = corpus(&mac);
+    let dir = lab.dir.join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, (p, _)) in packets.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i:04}")), p).unwrap();
+    }
+    // One sender for all, from the client side, to the server's port,
+    // paced so the receive queue never overflows.
+    let sender = format!(
+        "import os, socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+         s.bind(('10.99.0.2', 68))\n\
+         d = {dir:?}\n\
+         for f in sorted(os.listdir(d)):\n\
+         \x20   s.sendto(open(os.path.join(d, f), 'rb').read(), ('10.99.0.1', 67))\n\
+         \x20   time.sleep(0.001)\n",
+        dir = dir.to_str().unwrap()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &cli, "python3", "-c", &sender])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Let the server drain its queue before the real client asks.
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&["ip", "-n", &cli, "addr", "flush", "dev", &vcli]);
+    let env = udhcpc(&lab, &cli, &vcli);
+    assert_eq!(env["ip"], expected_address(&manifests, "web").to_string());
+
+    let c = counters(&server.stop());
+    assert_eq!(
+        c.dropped_total(),
+        packets.len() as u64,
+        "every corpus packet dropped once: {c:#?}"
+    );
+    for (_, reason) in packets.iter().take(18) {
+        assert!(
+            c.dropped(*reason) >= 1,
+            "nothing counted as {reason}: {c:#?}"
+        );
+    }
+    assert_eq!((c.offers, c.acks, c.send_errors), (1, 1, 0), "{c:?}");
+}
