@@ -385,3 +385,122 @@ pub fn validate_throughput(documents: usize, schemas: &Path) -> anyhow::Result<(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Replica latency: all disks of a VM (two volumes) captured through the
+/// storage driver, `count` times, while a writer rewrites one disk at full
+/// speed; beside the bare `zfs snapshot` command on the same pool in the
+/// same run. `zfs_root` is a dataset (e.g. `deorchtest/bench`); the `dir`
+/// driver is measured without the writer (a running disk there is
+/// snapshotted by QEMU, not through files).
+pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<()> {
+    use crate::driver::{CloneRequest, Storage};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let run = |name: &str,
+               storage: Arc<dyn Storage>,
+               load: bool,
+               peer: Option<String>|
+     -> anyhow::Result<()> {
+        rt.block_on(async {
+            storage.create("bench-root", 256 << 20).await?;
+            storage.create("bench-data", 256 << 20).await?;
+            let img = storage.volume("bench-data").await?.path;
+            let stop = Arc::new(AtomicBool::new(false));
+            let written = Arc::new(AtomicU64::new(0));
+            let writer = load.then(|| {
+                let (stop, written) = (stop.clone(), written.clone());
+                std::thread::spawn(move || {
+                    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+                    let block = vec![0x5au8; 1 << 20];
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..16 {
+                            let _ = f.write_all(&block);
+                        }
+                        let _ = f.sync_data();
+                        let _ = std::io::Seek::rewind(&mut f);
+                        written.fetch_add(16, Ordering::Relaxed);
+                    }
+                })
+            });
+            let started = Instant::now();
+            let mut samples = Vec::with_capacity(count);
+            for i in 0..count {
+                let reqs = ["root", "data"].map(|d| CloneRequest {
+                    volume: format!("bench-rep{i}-{d}"),
+                    source: format!("bench-{d}"),
+                    size: None,
+                });
+                let t = Instant::now();
+                storage.clone_volumes(&reqs).await?;
+                samples.push(t.elapsed());
+            }
+            let secs = started.elapsed().as_secs_f64();
+            // The peer under the same load: the bare `zfs snapshot` of the
+            // disk being written (gc sweeps these snapshots afterwards).
+            if let Some(ds) = &peer {
+                let mut bare = Vec::with_capacity(count);
+                for i in 0..count {
+                    let snap = format!("{ds}@peer{i}");
+                    let t = Instant::now();
+                    crate::driver::cmd::run("zfs", &["snapshot", &snap], Duration::from_secs(60))
+                        .map_err(|e| anyhow::anyhow!("zfs snapshot: {}", e.message()))?;
+                    bare.push(t.elapsed());
+                }
+                let p = percentiles(&mut bare);
+                println!(
+                    "zfs snapshot (bare command, 1 disk, same load): p50 {:.1} ms, p99 {:.1} ms over {count}",
+                    p.p50, p.p99
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+            let p = percentiles(&mut samples);
+            let t = Instant::now();
+            for v in storage.list().await? {
+                storage.destroy(&v).await?;
+            }
+            println!(
+                "{name}: replica of 2 disks p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {count}{}; destroying all {} volumes took {:.0} ms",
+                p.p50,
+                p.p99,
+                p.max,
+                if load {
+                    format!(
+                        " while writing {:.0} MiB/s into one disk",
+                        written.load(Ordering::Relaxed) as f64 / secs
+                    )
+                } else {
+                    String::new()
+                },
+                2 * count + 2,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            anyhow::Ok(())
+        })
+    };
+    let dir = scratch("replica")?;
+    run(
+        "dir (qcow2)",
+        Arc::new(crate::driver::dir::DirStorage::open(&dir)?),
+        false,
+        None,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(root) = zfs_root {
+        let backend = crate::driver::zfs::ZfsBackend::open(root)?;
+        run(
+            "zfs",
+            Arc::new(crate::driver::cow::CowStorage::new(backend)),
+            true,
+            Some(format!("{root}/vol/bench-data")),
+        )?;
+    }
+    Ok(())
+}

@@ -230,6 +230,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
     },
+    /// Replica latency under write load (dir, and zfs when given a root).
+    Replica {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// A ZFS dataset to measure the zfs driver in (e.g. deorchtest/bench).
+        #[arg(long)]
+        zfs_root: Option<String>,
+    },
 }
 
 /// `deorch node ...`.
@@ -484,6 +493,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Store { objects } => crate::bench::store_footprint(objects)?,
                 BenchCommand::Validate { documents, schemas } => {
                     crate::bench::validate_throughput(documents, &schemas)?
+                }
+                BenchCommand::Replica { count, zfs_root } => {
+                    crate::bench::replica_latency(count, zfs_root.as_deref())?
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -290,17 +290,12 @@ impl<B: CowBackend> Storage for CowStorage<B> {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         let requests = requests.to_vec();
         Box::pin(self.with(move |b| {
+            // No existence checks up front: the backend refuses a taken
+            // name (NameCollision) or a missing source (NotFound) itself,
+            // and every command saved is latency saved under load.
             for r in &requests {
                 check_volume_name("clone", &r.volume)?;
-                if b.exists(&vol(&r.volume))? {
-                    return Err(collision("clone", &r.volume));
-                }
-                if !b.exists(&vol(&r.source))? {
-                    return Err(DriverError::NotFound {
-                        op: "clone".into(),
-                        target: r.source.clone(),
-                    });
-                }
+                check_volume_name("clone", &r.source)?;
             }
             let snap = format!("s{}", nonce());
             let sources: BTreeSet<&str> = requests.iter().map(|r| r.source.as_str()).collect();
@@ -499,8 +494,8 @@ impl CowBackend for MemBackend {
         for s in snaps {
             let (d, n) = s.split_once('@').unwrap_or((s, ""));
             let d = self.ds.get(d).ok_or_else(|| DriverError::NotFound {
-                op: "snapshot".into(),
-                target: s.clone(),
+                op: "clone".into(),
+                target: d.strip_prefix("vol/").unwrap_or(d).into(),
             })?;
             if d.snaps.iter().any(|x| x.0 == n) {
                 return Err(Self::refuse("snapshot", s, "dataset already exists"));
@@ -521,7 +516,7 @@ impl CowBackend for MemBackend {
             target: snap.into(),
         })?;
         if self.ds.contains_key(ds) {
-            return Err(Self::refuse("clone", ds, "dataset already exists"));
+            return Err(collision("clone", ds.strip_prefix("vol/").unwrap_or(ds)));
         }
         let src = snap.split_once('@').map(|x| x.0).unwrap_or(snap);
         let base = self.ds.get(src).map(|d| d.size).unwrap_or(0);

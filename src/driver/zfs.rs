@@ -25,6 +25,8 @@ pub struct ZfsBackend {
     pool: String,
     root: String,
     program: String,
+    /// Whether `zfs snapshot a@s b@s` works (not on zfs-fuse).
+    multi_snapshot: bool,
 }
 
 fn zfs_err(e: CmdError, op: &str, target: &str) -> DriverError {
@@ -46,6 +48,7 @@ impl ZfsBackend {
             pool: pool.clone(),
             root: root.trim_end_matches('/').to_string(),
             program: program.to_string(),
+            multi_snapshot: true,
         };
         if let Err(e) = b.zfs(&["list", "-H", "-o", "name", &pool]) {
             return Err(DriverError::Condition {
@@ -273,26 +276,37 @@ impl CowBackend for ZfsBackend {
 
     fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError> {
         let full: Vec<String> = snaps.iter().map(|s| self.full(s)).collect();
-        let mut args = vec!["snapshot"];
-        args.extend(full.iter().map(String::as_str));
-        if self.zfs(&args).is_ok() {
-            return Ok(());
+        let root = format!("{}/vol/", self.root);
+        let err = move |e: CmdError, s: &str| {
+            let target = s.split_once('@').map(|x| x.0).unwrap_or(s);
+            zfs_err(
+                e,
+                "clone",
+                target.strip_prefix(root.as_str()).unwrap_or(target),
+            )
+        };
+        if full.len() > 1 && self.multi_snapshot {
+            let mut args = vec!["snapshot"];
+            args.extend(full.iter().map(String::as_str));
+            match self.zfs(&args) {
+                Ok(_) => return Ok(()),
+                Err(CmdError::Failed(m)) if m.contains("too many arguments") => {
+                    self.multi_snapshot = false;
+                }
+                Err(e) => return Err(err(e, &full[0])),
+            }
         }
         // Older zfs (zfs-fuse) takes one snapshot per command: still one
         // instant per disk, but not across disks.
         for s in &full {
-            if self.zfs(&["list", "-H", "-o", "name", s]).is_ok() {
-                continue;
-            }
-            self.zfs(&["snapshot", s])
-                .map_err(|e| zfs_err(e, "snapshot", s))?;
+            self.zfs(&["snapshot", s]).map_err(|e| err(e, s))?;
         }
         Ok(())
     }
 
     fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError> {
         self.zfs(&["clone", &self.full(snap), &self.full(ds)])
-            .map_err(|e| zfs_err(e, "clone", ds))?;
+            .map_err(|e| zfs_err(e, "clone", ds.strip_prefix("vol/").unwrap_or(ds)))?;
         if let Some(size) = size {
             self.grow(ds, size, "clone")?;
         }
