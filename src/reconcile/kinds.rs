@@ -31,6 +31,13 @@ fn previous<T: serde::de::DeserializeOwned + Default>(record: &Record) -> T {
         .unwrap_or_default()
 }
 
+/// `Ready` false with the failure's reason and message.
+fn not_ready(conditions: &mut Vec<Condition>, e: &ReconcileError, generation: i64) {
+    set_condition(
+        conditions, "Ready", false, &e.reason, &e.message, generation,
+    );
+}
+
 /// Network: the bridge exists.
 pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let net: Manifest<NetworkSpec> = typed(record)?;
@@ -52,14 +59,7 @@ pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         .await
     {
         let e = ReconcileError::from(e);
-        set_condition(
-            &mut st.conditions,
-            "Ready",
-            false,
-            &e.reason,
-            &e.message,
-            record.generation,
-        );
+        not_ready(&mut st.conditions, &e, record.generation);
         ctx.write_status(&record.key, &st)?;
         return Err(e);
     }
@@ -152,14 +152,7 @@ pub async fn spacesuit(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         Err(e) => {
             let e = ReconcileError::from(e);
             st.phase = Some("Pending".into());
-            set_condition(
-                &mut st.conditions,
-                "Ready",
-                false,
-                &e.reason,
-                &e.message,
-                record.generation,
-            );
+            not_ready(&mut st.conditions, &e, record.generation);
             ctx.write_status(&record.key, &st)?;
             Err(e)
         }
@@ -228,14 +221,7 @@ pub async fn dataset(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         }
         Err(e) => {
             let e = ReconcileError::from(e);
-            set_condition(
-                &mut st.conditions,
-                "Ready",
-                false,
-                &e.reason,
-                &e.message,
-                record.generation,
-            );
+            not_ready(&mut st.conditions, &e, record.generation);
             ctx.write_status(&record.key, &st)?;
             Err(e)
         }
@@ -350,14 +336,7 @@ pub async fn replica(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         if let Err(e) = result {
             let e = ReconcileError::from(e);
             st.phase = Some("Pending".into());
-            set_condition(
-                &mut st.conditions,
-                "Ready",
-                false,
-                &e.reason,
-                &e.message,
-                record.generation,
-            );
+            not_ready(&mut st.conditions, &e, record.generation);
             ctx.write_status(&record.key, &st)?;
             return Err(e);
         }
