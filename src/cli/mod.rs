@@ -6,6 +6,7 @@
 mod dhcp;
 mod identity;
 mod output;
+mod replica;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -183,6 +184,12 @@ pub enum Command {
         /// Address type of the signer: p2wpkh, p2sh-p2wpkh or p2pkh.
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
+    },
+    /// Replicas: `create VM`, `list`, `revert R`, `clone R --to VM`, `delete R`.
+    Replica {
+        /// What to do.
+        #[command(subcommand)]
+        command: replica::ReplicaCommand,
     },
     /// Run a benchmark (figures for docs/PERFORMANCE.md).
     Bench {
@@ -501,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dhcp { command } => dhcp::run(command),
+        Command::Replica { command } => replica::run(command),
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (file, text) in crate::schema::render_all() {

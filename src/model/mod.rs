@@ -40,6 +40,11 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "deorch.dev/v1alpha1";
 /// Namespace of namespaced objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Annotation on a VirtualMachine: revert its disks to this Replica (same
+/// namespace). Carried out once per object generation: the VM is stopped,
+/// every disk becomes a copy of the replica's, and it starts again if its
+/// power state says so. `deorch replica revert` sets it.
+pub const REVERT_ANNOTATION: &str = "deorch.dev/revert-to";
 
 /// A kind's spec type, with what the model knows about the kind.
 pub trait Spec:

@@ -330,6 +330,10 @@ pub struct VirtualMachineStatus {
     /// Spec changes that take effect at the next restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
+    /// The last revert carried out: `REPLICA@GENERATION` (see the
+    /// `deorch.dev/revert-to` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revert: Option<String>,
     /// Restarts by the restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,

@@ -279,9 +279,17 @@ pub async fn replica(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         .map(|v| v.spec.disks.iter().map(|d| d.name.clone()).collect())
         .unwrap_or_default();
     if record.deleted {
-        // Volumes are named by disk; destroy every one this replica made.
+        // Every volume this replica made: those its status recorded and
+        // those its VM's disks name (the status may be gone with the object).
         let prev: ReplicaStatus = previous(record);
-        for volume in prev.volumes.values() {
+        let mut volumes: std::collections::BTreeSet<String> =
+            prev.volumes.values().cloned().collect();
+        volumes.extend(
+            disks
+                .iter()
+                .map(|d| names::replica_volume(ns, &record.key.name, d)),
+        );
+        for volume in &volumes {
             if storage.exists(volume).await? {
                 storage.destroy(volume).await?;
             }

@@ -23,6 +23,7 @@ use super::names;
 use super::status::{rfc3339, set_condition};
 use super::{Ctx, Outcome, ReconcileError};
 use crate::driver::{NicConfig, StopReason, VmConfig, VmState};
+use crate::model::storage_kinds::ReplicaStatus;
 use crate::model::vm::{
     Machine, NicStatus, PowerState, RestartPolicy, VirtualMachineSpec, VirtualMachineStatus,
 };
@@ -398,6 +399,91 @@ pub fn resolve(
     })
 }
 
+/// Carry out a `deorch.dev/revert-to` annotation once per generation: stop
+/// the VM, make each disk a copy of the replica's (the storage's crash-safe
+/// `revert`), record it, and let the normal plan start the VM again.
+async fn revert(
+    ctx: &Ctx,
+    record: &Record,
+    vm: &Manifest<VirtualMachineSpec>,
+    desired: &Desired,
+    status: &mut VirtualMachineStatus,
+) -> Result<Option<Outcome>, ReconcileError> {
+    let Some(replica) = vm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::REVERT_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    let token = format!("{replica}@{}", record.generation);
+    if status.last_revert.as_deref() == Some(token.as_str()) {
+        return Ok(None);
+    }
+    let key = &record.key;
+    let rep = ctx.store.get(&ObjectKey::new(
+        Kind::Replica,
+        Some(&key.namespace),
+        replica,
+    ));
+    let volumes: Option<BTreeMap<String, String>> = rep
+        .filter(|r| !r.deleted)
+        .and_then(|r| r.status)
+        .and_then(|s| serde_json::from_value::<ReplicaStatus>(s).ok())
+        .filter(|s| s.phase.as_deref() == Some("Ready"))
+        .map(|s| s.volumes);
+    let Some(volumes) = volumes else {
+        let msg = format!("replica {replica} does not exist here or is not ready");
+        set_condition(
+            &mut status.conditions,
+            "Reverted",
+            false,
+            "ReplicaNotReady",
+            &msg,
+            record.generation,
+        );
+        ctx.write_status(key, status)?;
+        return Ok(Some(Outcome::RequeueAfter(ctx.config.blocked_retry)));
+    };
+    let id = &desired.config.id;
+    let hv = &ctx.drivers.hypervisor;
+    if matches!(
+        hv.state(id).await?,
+        VmState::Running { .. } | VmState::Paused { .. }
+    ) {
+        hv.stop(id, desired.stop_timeout).await?;
+    }
+    for (disk, volume) in &desired.config.disks {
+        let Some(source) = volumes.get(disk) else {
+            let msg = format!("replica {replica} has no disk {disk}");
+            set_condition(
+                &mut status.conditions,
+                "Reverted",
+                false,
+                "DiskNotInReplica",
+                &msg,
+                record.generation,
+            );
+            ctx.write_status(key, status)?;
+            return Ok(Some(Outcome::Done));
+        };
+        ctx.drivers.storage.revert(volume, source).await?;
+    }
+    status.last_revert = Some(token);
+    let msg = format!("disks reverted to replica {replica}");
+    set_condition(
+        &mut status.conditions,
+        "Reverted",
+        true,
+        "Reverted",
+        &msg,
+        record.generation,
+    );
+    ctx.write_status(key, status)?;
+    Ok(None)
+}
+
 /// Whether this node runs `spec` (the radar decides the others later).
 pub fn is_mine(ctx: &Ctx, spec: &VirtualMachineSpec) -> bool {
     match &spec.placement {
@@ -456,6 +542,9 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
             return Ok(Outcome::RequeueAfter(ctx.config.blocked_retry));
         }
     };
+    if let Some(outcome) = revert(ctx, record, &vm, &desired, &mut status).await? {
+        return Ok(outcome);
+    }
     let state = hv.state(&id).await.map_err(ReconcileError::from)?;
     let mut missing_volumes = Vec::new();
     let mut missing_sources = Vec::new();

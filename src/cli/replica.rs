@@ -1,0 +1,342 @@
+//! `deorch replica create|list|revert|clone|delete`: verbs over Replica
+//! objects and the VM they capture, through the node's local API. Each one
+//! is an ordinary apply/delete of desired state (so it is recorded,
+//! survives restarts and shows in `get`), followed by waiting for the node
+//! to report the result.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::{unexpected, ClientArgs, CALL_TIMEOUT};
+use crate::api::client;
+use crate::api::{Request, Response};
+use crate::store::Record;
+
+/// `deorch replica ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Capture all disks of a VM now (a writable copy-on-write replica).
+    Create {
+        /// The VM.
+        vm: String,
+        /// Replica name; default `VM-YYYYMMDD-HHMMSS`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List replicas (of one VM when given).
+    List {
+        /// Only the replicas of this VM.
+        vm: Option<String>,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revert the replica's VM to it: the VM stops, its disks become
+    /// copies of the replica's, and it starts again if it was meant to run.
+    Revert {
+        /// The replica.
+        replica: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a new VM from a replica (the source VM's spec, the replica's disks).
+    Clone {
+        /// The replica.
+        replica: String,
+        /// Name of the new VM.
+        #[arg(long)]
+        to: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a replica (VMs cloned from it keep working).
+    Delete {
+        /// The replica.
+        replica: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn get(
+    client: &ClientArgs,
+    kind: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<Record>> {
+    match client::call(
+        &client.socket,
+        &Request::Get {
+            kind: Some(kind.into()),
+            namespace: Some(ns.into()),
+            name: name.map(str::to_string),
+        },
+        CALL_TIMEOUT,
+    )? {
+        Response::Objects { records } => Ok(records),
+        Response::Error { message, .. } => bail!("{message}"),
+        other => unexpected(other).map(|_| Vec::new()),
+    }
+}
+
+fn get_one(client: &ClientArgs, kind: &str, ns: &str, name: &str) -> anyhow::Result<Record> {
+    get(client, kind, ns, Some(name))?
+        .into_iter()
+        .find(|r| !r.deleted)
+        .with_context(|| format!("{kind} {ns}/{name} not found"))
+}
+
+/// Apply one object; returns its generation.
+fn apply(client: &ClientArgs, object: &Value) -> anyhow::Result<i64> {
+    let yaml = serde_saphyr::to_string(object).context("rendering the object")?;
+    match client::call(
+        &client.socket,
+        &Request::Apply {
+            filename: "<replica command>".into(),
+            yaml,
+        },
+        CALL_TIMEOUT,
+    )? {
+        Response::Applied { objects } => objects
+            .first()
+            .map(|a| a.generation)
+            .context("nothing applied"),
+        Response::Invalid { diagnostics } => {
+            bail!(
+                "rejected: {}",
+                diagnostics
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+        other => unexpected(other).map(|_| 0),
+    }
+}
+
+/// An object as it was applied, ready to be applied again.
+fn desired(record: &Record) -> Value {
+    let mut o = record.object.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in ["generation", "resourceVersion", "uid", "creationTimestamp"] {
+            meta.remove(k);
+        }
+    }
+    o
+}
+
+/// Poll `kind ns/name` until `done(status)` says yes, or fail with the
+/// object's last `Ready`/`Reverted` condition.
+fn wait(
+    client: &ClientArgs,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let r = get_one(client, kind, ns, name)?;
+        let status = r.status.clone().unwrap_or(Value::Null);
+        if done(&status) {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let why = status
+                .get("conditions")
+                .and_then(Value::as_array)
+                .map(|cs| {
+                    cs.iter()
+                        .filter(|c| c["status"] == "False")
+                        .map(|c| {
+                            format!(
+                                "{}: {}",
+                                c["reason"].as_str().unwrap_or(""),
+                                c["message"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            bail!("{kind} {ns}/{name} not done after {WAIT:?}: {why}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn default_name(vm: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ts = crate::reconcile::status::rfc3339(secs * 1000);
+    // 2026-11-28T22:40:01Z -> 20261128-224001
+    let digits: String = ts.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{vm}-{}-{}",
+        &digits[..8.min(digits.len())],
+        &digits[8.min(digits.len())..]
+    )
+}
+
+/// Run a `replica` verb.
+pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ReplicaCommand::Create {
+            vm,
+            name,
+            namespace,
+            client,
+        } => {
+            get_one(&client, "VirtualMachine", &namespace, &vm)?;
+            let name = name.unwrap_or_else(|| default_name(&vm));
+            let started = Instant::now();
+            apply(
+                &client,
+                &json!({
+                    "apiVersion": crate::model::API_VERSION,
+                    "kind": "Replica",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"virtualMachine": {"name": vm}},
+                }),
+            )?;
+            let st = wait(&client, "Replica", &namespace, &name, |s| {
+                s["phase"] == "Ready"
+            })?;
+            println!(
+                "replica {namespace}/{name} of {vm}: {} disk(s) captured on {} in {:.0} ms",
+                st["volumes"].as_object().map(|v| v.len()).unwrap_or(0),
+                st["node"].as_str().unwrap_or("?"),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplicaCommand::List {
+            vm,
+            namespace,
+            client,
+        } => {
+            println!(
+                "{:<32} {:<20} {:<8} {:<12} CREATED",
+                "NAME", "VM", "PHASE", "NODE"
+            );
+            for r in get(&client, "Replica", &namespace, None)?
+                .iter()
+                .filter(|r| !r.deleted)
+            {
+                let of = r.object["spec"]["virtualMachine"]["name"]
+                    .as_str()
+                    .unwrap_or("");
+                if vm.as_deref().is_some_and(|v| v != of) {
+                    continue;
+                }
+                let st = r.status.clone().unwrap_or(Value::Null);
+                println!(
+                    "{:<32} {:<20} {:<8} {:<12} {}",
+                    r.key.name,
+                    of,
+                    st["phase"].as_str().unwrap_or("-"),
+                    st["node"].as_str().unwrap_or("-"),
+                    st["createdAt"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplicaCommand::Revert {
+            replica,
+            namespace,
+            client,
+        } => {
+            let rep = get_one(&client, "Replica", &namespace, &replica)?;
+            let vm = rep.object["spec"]["virtualMachine"]["name"]
+                .as_str()
+                .context("replica names no VM")?
+                .to_string();
+            let mut object = desired(&get_one(&client, "VirtualMachine", &namespace, &vm)?);
+            object["metadata"]["annotations"][crate::model::REVERT_ANNOTATION] = json!(replica);
+            let generation = apply(&client, &object)?;
+            let token = format!("{replica}@{generation}");
+            wait(&client, "VirtualMachine", &namespace, &vm, |s| {
+                s["lastRevert"].as_str() == Some(token.as_str())
+            })?;
+            println!("{namespace}/{vm} reverted to replica {replica}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplicaCommand::Clone {
+            replica,
+            to,
+            namespace,
+            client,
+        } => {
+            let rep = get_one(&client, "Replica", &namespace, &replica)?;
+            let vm = rep.object["spec"]["virtualMachine"]["name"]
+                .as_str()
+                .context("replica names no VM")?
+                .to_string();
+            let mut object = desired(&get_one(&client, "VirtualMachine", &namespace, &vm)?);
+            object["metadata"] = json!({"name": to, "namespace": namespace});
+            if let Some(disks) = object["spec"]["disks"].as_array_mut() {
+                for d in disks {
+                    let disk = d["name"].clone();
+                    d["source"] = json!({"replica": {"name": replica, "disk": disk}});
+                }
+            }
+            apply(&client, &object)?;
+            println!("virtualmachine {namespace}/{to} created from replica {replica}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplicaCommand::Delete {
+            replica,
+            namespace,
+            client,
+        } => match client::call(
+            &client.socket,
+            &Request::Delete {
+                kind: "Replica".into(),
+                namespace: Some(namespace),
+                name: replica,
+            },
+            CALL_TIMEOUT,
+        )? {
+            Response::Deleted { key, generation } => {
+                println!("{key} deleted (generation {generation})");
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+    }
+}
