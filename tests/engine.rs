@@ -325,3 +325,117 @@ async fn deletion_cleans_up_and_failures_stay_isolated() {
     .await;
     let _ = w.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_policy_takes_replicas_and_keeps_the_newest() {
+    let mut w = world("policy");
+    w.apply(BASE);
+    // Manifests ask for at least 1m between replicas; the engine itself
+    // takes any interval, so the test stores the object directly.
+    let parsed = parse_str(
+        std::path::Path::new("db.yaml"),
+        &vm("db", "  replicaPolicy: {interval: 1m, keep: 2}\n"),
+    );
+    let mut object = parsed.documents[0].object.to_value();
+    object["spec"]["replicaPolicy"]["interval"] = "300ms".into();
+    w.store
+        .apply(
+            &deorch::model::AnyObject::from_value(object).unwrap(),
+            &SourceId("test".into()),
+        )
+        .unwrap();
+    w.run();
+    let autos = |w: &World| -> Vec<String> {
+        w.store
+            .list(Some(Kind::Replica))
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .map(|r| r.key.name)
+            .collect()
+    };
+    // Several intervals pass: never more than `keep`, and old ones go.
+    w.wait("three replicas taken", |w| {
+        w.store
+            .list(Some(Kind::Replica))
+            .iter()
+            .filter(|r| r.key.name.starts_with("db-auto-"))
+            .count()
+            >= 3
+    })
+    .await;
+    // (A new replica is stored a moment before the oldest is deleted.)
+    assert!(autos(&w).len() <= 3, "{:?}", autos(&w));
+    w.wait("kept replicas ready with volumes", |w| {
+        let live = autos(w);
+        live.len() == 2
+            && live.iter().all(|n| {
+                w.status(Kind::Replica, n)["phase"] == "Ready"
+                    && w.storage
+                        .volumes()
+                        .contains(&format!("rep-default-{n}-root"))
+            })
+    })
+    .await;
+    // Deleted automatic replicas left no volumes behind.
+    w.wait("old replica volumes destroyed", |w| {
+        let live = autos(w);
+        w.storage
+            .volumes()
+            .iter()
+            .filter(|v| v.starts_with("rep-"))
+            .all(|v| live.iter().any(|n| v == &format!("rep-default-{n}-root")))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_annotation_reverts_each_disk_once_per_generation() {
+    let mut w = world("revert");
+    w.apply(BASE);
+    w.apply(&vm("app", ""));
+    w.run();
+    w.wait("app running", |w| {
+        w.status(Kind::VirtualMachine, "app")["phase"] == "Running"
+    })
+    .await;
+    let marker = |w: &World, v: &str| {
+        let v = format!("vol/{v}");
+        w.storage.with_sync(|b| b.read_marker(&v)).unwrap()
+    };
+    let set = |w: &World, v: &str, m: u64| {
+        let v = format!("vol/{v}");
+        w.storage.with_sync(|b| b.write_marker(&v, m)).unwrap()
+    };
+    set(&w, "vm-default-app-root", 7);
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Replica\nmetadata: {name: snap}\nspec: {virtualMachine: {name: app}}\n");
+    w.wait("replica ready", |w| {
+        w.status(Kind::Replica, "snap")["phase"] == "Ready"
+    })
+    .await;
+    set(&w, "vm-default-app-root", 8);
+    let g = w.apply(&vm("app", "").replace(
+        "metadata: {name: app}",
+        "metadata: {name: app, annotations: {deorch.dev/revert-to: snap}}",
+    ));
+    w.wait("reverted", |w| {
+        w.status(Kind::VirtualMachine, "app")["lastRevert"] == format!("snap@{g}").as_str()
+    })
+    .await;
+    assert_eq!(marker(&w, "vm-default-app-root"), 7);
+    assert_eq!(marker(&w, "rep-default-snap-root"), 7);
+    let st = w.status(Kind::VirtualMachine, "app");
+    assert_eq!(condition(&st, "Reverted").unwrap()["status"], "True");
+    // Once per generation: later writes are not reverted again.
+    set(&w, "vm-default-app-root", 9);
+    w.wait("running again", |w| {
+        w.status(Kind::VirtualMachine, "app")["phase"] == "Running"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(marker(&w, "vm-default-app-root"), 9);
+    assert_eq!(
+        w.hv.faults().count("stop"),
+        1,
+        "stopped once for the revert"
+    );
+}
