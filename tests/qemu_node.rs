@@ -46,7 +46,7 @@ fn console(node: &Node) -> (u64, u64) {
 
 fn vm_yaml(power: &str) -> String {
     format!(
-        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: tiny\nspec:\n  spacesuit: tiny\n  powerState: {power}\n  stopTimeout: 5s\n  nics:\n    - name: eth0\n      network: default\n"
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: tiny\nspec:\n  spacesuit: tiny\n  powerState: {power}\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 4Mi\n      source: {{spacesuit: data}}\n  nics:\n    - name: eth0\n      network: default\n"
     )
 }
 
@@ -113,6 +113,32 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
         ),
     )
     .unwrap();
+    // A data spacesuit from an image file with a known first sector: the
+    // VM's disk is a copy-on-write clone of it, attached by QEMU, and the
+    // guest prints what it reads there.
+    let img = node.dir.join("data.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("2M")
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 0 512"])
+        .arg(&img)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    std::fs::write(
+        node.manifests.join("data.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: data}}\nspec:\n  source: {{image: {{path: {}, format: qcow2}}}}\n",
+            img.display()
+        ),
+    )
+    .unwrap();
     let vm = node.manifests.join("vm.yaml");
     std::fs::write(&vm, vm_yaml("Running")).unwrap();
     node.start();
@@ -124,6 +150,11 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     });
     let serial = wait_ready(&node);
     assert!(serial.contains("deorch-guest: lease ip="), "{serial}");
+    // 4 MiB (grown from the 2 MiB spacesuit) = 8192 sectors.
+    assert!(
+        serial.contains("deorch-guest: disk vda sectors=8192 head=abababababababab"),
+        "the guest reads the spacesuit's data on its disk: {serial}"
+    );
     let st = vm_status(&node);
     let restarts_before = st["restarts"].as_u64().unwrap_or(0);
     let ports = console(&node);

@@ -101,8 +101,27 @@ pub struct VmConfig {
     pub boot: Option<Boot>,
     /// Disks: (disk name, volume name), in boot order.
     pub disks: Vec<(String, String)>,
+    /// Where those volumes' images are (filled from the storage driver
+    /// just before a start; not part of what a running VM is compared on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_images: Vec<DiskImage>,
     /// NICs.
     pub nics: Vec<NicConfig>,
+}
+
+/// A disk image as the hypervisor attaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskImage {
+    /// Disk name in the VM.
+    pub name: String,
+    /// Image file.
+    pub path: std::path::PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// Bus.
+    pub bus: crate::model::vm::DiskBus,
+    /// Attach read-only.
+    pub read_only: bool,
 }
 
 /// A resolved NIC.

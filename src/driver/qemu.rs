@@ -13,9 +13,13 @@
 //! derived from the VM's identity ([`crate::qemu::console`]) and remembered
 //! in the runtime directory (`console.json`) while the VM exists.
 //!
-//! Not yet (issue 5/4/8): disks (needs a real storage driver), host taps
-//! (NICs use QEMU's user-mode network, restricted to the guest), SPICE,
-//! console access tied to identity.
+//! Disks: the images the storage driver resolved (`VmConfig::disk_images`,
+//! raw or qcow2), attached with `-blockdev` on the spec's bus.
+//!
+//! Not yet (issue 5/4/8): live snapshots through QMP
+//! (`blockdev-snapshot-sync`; until then replicas of a running VM's disk
+//! are safe on `zfs` only), host taps (NICs use QEMU's user-mode network,
+//! restricted to the guest), SPICE, console access tied to identity.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -171,8 +175,12 @@ impl QemuHypervisor {
     }
 
     fn to_qemu(&self, c: &VmConfig) -> Result<QemuVm, DriverError> {
-        if !c.disks.is_empty() {
-            return Err(Self::permanent("start", &c.id, "disks need a real storage driver, which this node does not have yet (the dir and zfs drivers arrive with the storage work)"));
+        if c.disk_images.len() != c.disks.len() {
+            return Err(Self::permanent(
+                "start",
+                &c.id,
+                "the disks' image paths were not resolved by the storage driver",
+            ));
         }
         Ok(QemuVm {
             name: c.id.replace('/', "."),
@@ -190,7 +198,17 @@ impl QemuHypervisor {
                 .as_ref()
                 .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
             cmdline: c.boot.as_ref().and_then(|b| b.cmdline.clone()),
-            disks: vec![],
+            disks: c
+                .disk_images
+                .iter()
+                .map(|d| crate::qemu::cmdline::QemuDisk {
+                    id: d.name.clone(),
+                    path: d.path.clone(),
+                    format: d.format.clone(),
+                    bus: d.bus,
+                    read_only: d.read_only,
+                })
+                .collect(),
             nics: c
                 .nics
                 .iter()

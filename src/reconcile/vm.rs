@@ -386,6 +386,7 @@ pub fn resolve(
             cpu_model: spec.cpu_model.clone(),
             boot,
             disks,
+            disk_images: Vec::new(),
             nics,
         },
         volumes,
@@ -482,6 +483,31 @@ async fn revert(
     );
     ctx.write_status(key, status)?;
     Ok(None)
+}
+
+/// `config` with each disk's image (path, format) from the storage
+/// driver and its bus and mode from the spec, as the hypervisor needs it.
+async fn with_images(
+    ctx: &Ctx,
+    config: &VmConfig,
+    spec: &VirtualMachineSpec,
+) -> Result<VmConfig, crate::driver::DriverError> {
+    let mut config = config.clone();
+    config.disk_images.clear();
+    for (disk, volume) in &config.disks {
+        let info = ctx.drivers.storage.volume(volume).await?;
+        let d = spec.disks.iter().find(|d| &d.name == disk);
+        config.disk_images.push(crate::driver::DiskImage {
+            name: disk.clone(),
+            path: info.path,
+            format: info.format.to_string(),
+            bus: d
+                .and_then(|d| d.bus)
+                .unwrap_or(crate::model::vm::DiskBus::Virtio),
+            read_only: d.is_some_and(|d| d.read_only),
+        });
+    }
+    Ok(config)
 }
 
 /// Label on the replicas a VM's `replicaPolicy` takes.
@@ -647,7 +673,10 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
             Action::EnsureTap { tap, bridge, mtu } => {
                 ctx.drivers.net.ensure_tap(tap, bridge, *mtu).await
             }
-            Action::Start => hv.start(&desired.config).await,
+            Action::Start => match with_images(ctx, &desired.config, &vm.spec).await {
+                Ok(config) => hv.start(&config).await,
+                Err(e) => Err(e),
+            },
             Action::Stop => hv.stop(&id, desired.stop_timeout).await,
             Action::Pause => hv.pause(&id).await,
             Action::Resume => hv.resume(&id).await,
@@ -844,6 +873,7 @@ mod tests {
                 cpu_model: None,
                 boot: None,
                 disks: vec![("root".into(), "vm-default-a-root".into())],
+                disk_images: Vec::new(),
                 nics: vec![],
             },
             volumes: vec![DesiredVolume {
