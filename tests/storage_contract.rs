@@ -610,3 +610,68 @@ async fn random_sequences_on_zfs() {
         random_sequences(&h, seed, 20, false).await;
     }
 }
+
+/// A disk a running QEMU has open: zfs snapshots it (crash-consistent, as
+/// a power cut would leave it); dir refuses with `VolumeInUse` rather than
+/// freeze a file QEMU keeps writing, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_disks_are_captured_on_zfs_and_refused_on_dir() {
+    if !common::qemu_available() {
+        return;
+    }
+    for h in [dir(), zfs()].into_iter().flatten() {
+        let s = h.storage();
+        s.create("live", 4 * MB).await.unwrap();
+        h.write("live", 5).await;
+        let info = s.volume("live").await.unwrap();
+        let pidfile = common::temp_dir("qemu-lock").join("pid");
+        let st = Command::new("qemu-system-x86_64")
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-machine",
+                "none",
+                "-daemonize",
+                "-pidfile",
+            ])
+            .arg(&pidfile)
+            .arg("-blockdev")
+            .arg(format!(
+                "driver={},node-name=d0,file.driver=file,file.filename={}",
+                info.format,
+                info.path.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let result = s.clone_volume("copy", "live", None).await;
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        match &h {
+            Harness::Dir(..) => {
+                let e = result.unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        DriverError::Condition {
+                            reason: "VolumeInUse",
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert!(!s.exists("copy").await.unwrap());
+                assert_eq!(h.leftovers(), Vec::<String>::new(), "nothing frozen");
+            }
+            _ => {
+                result.unwrap();
+                assert_eq!(h.read("copy").await, 5);
+                s.destroy("copy").await.unwrap();
+            }
+        }
+        s.destroy("live").await.unwrap();
+        assert_eq!(h.leftovers(), Vec::<String>::new());
+    }
+}

@@ -164,6 +164,9 @@ impl Dir {
             }
         }
         let sources: BTreeSet<&str> = reqs.iter().map(|r| r.source.as_str()).collect();
+        for s in &sources {
+            self.check_not_in_use(s)?;
+        }
         let mut layers = std::collections::BTreeMap::new();
         for s in sources {
             // Freeze: the source's file becomes a layer (same inode), and a
@@ -187,6 +190,24 @@ impl Dir {
             self.install("clone", &over, &r.volume)?;
         }
         Ok(())
+    }
+
+    /// A running QEMU holds its images' locks; freezing such a file here
+    /// would let QEMU keep writing into the frozen layer. Such a disk is
+    /// snapshotted through QEMU itself (not built yet), so refuse.
+    fn check_not_in_use(&self, v: &str) -> Result<(), DriverError> {
+        let path = self.volume_path(v).to_string_lossy().to_string();
+        match cmd::run("qemu-img", &["info", "--output=json", &path], TIMEOUT) {
+            Err(cmd::CmdError::Failed(m)) if m.contains("lock") => Err(DriverError::Condition {
+                op: "clone".into(),
+                target: v.into(),
+                reason: "VolumeInUse",
+                message: format!(
+                    "{v} is in use by a running VM: on dir storage a running disk is snapshotted through QEMU, which deorch does not do yet; stop the VM or use zfs storage"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn gc(&mut self) -> Result<usize, DriverError> {

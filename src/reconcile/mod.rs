@@ -136,10 +136,12 @@ impl From<DriverError> for ReconcileError {
         }
         ReconcileError {
             reason,
-            transient: !matches!(
-                e,
-                DriverError::Permanent { .. } | DriverError::Condition { .. }
-            ),
+            // A disk in use frees up when its VM stops: retry with backoff.
+            transient: match &e {
+                DriverError::Permanent { .. } => false,
+                DriverError::Condition { reason, .. } => *reason == "VolumeInUse",
+                _ => true,
+            },
             message: e.to_string(),
         }
     }
