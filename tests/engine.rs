@@ -178,8 +178,14 @@ async fn injected_failures_back_off_then_recover() {
     w.apply(BASE);
     w.hv.faults().fail_next("start", 3);
     let mut started = w.engine.as_ref().unwrap().started();
-    w.apply(&vm("flaky", ""));
     w.run();
+    // The spacesuit first, so that the VM's attempts are paced by backoff
+    // alone (not by a wait for its source volume).
+    w.wait("spacesuit ready", |w| {
+        w.status(Kind::Spacesuit, "base")["phase"] == "Ready"
+    })
+    .await;
+    w.apply(&vm("flaky", ""));
     // The failure shows in status while it lasts.
     w.wait("StartFailed in status", |w| {
         condition(&w.status(Kind::VirtualMachine, "flaky"), "Ready")
