@@ -445,3 +445,36 @@ async fn revert_annotation_reverts_each_disk_once_per_generation() {
         "stopped once for the revert"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_deleted_behind_our_back_is_reported_not_recreated() {
+    let mut w = world("lost");
+    w.apply(BASE);
+    w.apply(&vm("gone", ""));
+    w.run();
+    w.wait("running", |w| {
+        w.status(Kind::VirtualMachine, "gone")["phase"] == "Running"
+    })
+    .await;
+    // Someone removes the disk, then the VM crashes.
+    w.storage
+        .with_sync(|b| {
+            deorch::driver::cow::CowBackend::rename(b, "vol/vm-default-gone-root", "trash/x.1")
+        })
+        .unwrap();
+    w.hv.stop_behind_our_back("default/gone", StopReason::Crashed);
+    w.wait("VolumeMissing", |w| {
+        condition(&w.status(Kind::VirtualMachine, "gone"), "Ready")
+            .is_some_and(|c| c["reason"] == "VolumeMissing")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !w.storage.volumes().contains("vm-default-gone-root"),
+        "not recreated"
+    );
+    assert!(
+        !w.hv.running().contains("default/gone"),
+        "not started without its disk"
+    );
+}

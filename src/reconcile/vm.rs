@@ -82,6 +82,9 @@ pub struct Observed {
     pub missing_volumes: Vec<String>,
     /// Clone sources that do not exist.
     pub missing_sources: Vec<String>,
+    /// Missing volumes this VM had before (deleted behind deorch's back):
+    /// never silently recreated empty or from the template.
+    pub lost_volumes: Vec<String>,
 }
 
 /// One step.
@@ -171,6 +174,16 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         }
     };
     let needs_start = matches!(o.state, VmState::Absent | VmState::Stopped(_));
+    if needs_start && !o.lost_volumes.is_empty() {
+        p.blocked = Some((
+            "VolumeMissing".into(),
+            format!(
+                "volume(s) {} existed and are gone (removed outside deorch?); they are not recreated: restore them, or delete the VM",
+                o.lost_volumes.join(", ")
+            ),
+        ));
+        return p;
+    }
     if needs_start && d.power != PowerState::Stopped && !o.missing_sources.is_empty() {
         p.blocked = Some((
             "SourceMissing".into(),
@@ -510,6 +523,14 @@ async fn with_images(
     Ok(config)
 }
 
+/// Whether the last status said every volume was in place.
+fn was_provisioned(status: &VirtualMachineStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Provisioned" && c.status == "True")
+}
+
 /// Label on the replicas a VM's `replicaPolicy` takes.
 pub const POLICY_LABEL: &str = "deorch.dev/replica-policy-of";
 
@@ -650,6 +671,12 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
     }
     let observed = Observed {
         state,
+        // Volumes of a VM that was fully provisioned before.
+        lost_volumes: missing_volumes
+            .iter()
+            .filter(|v| was_provisioned(&previous) && previous.disks.values().any(|p| p == *v))
+            .cloned()
+            .collect(),
         missing_volumes,
         missing_sources,
     };
@@ -899,6 +926,7 @@ mod tests {
                 vec![]
             },
             missing_sources: vec![],
+            lost_volumes: vec![],
         }
     }
 
@@ -937,6 +965,21 @@ mod tests {
         let p = plan(&d, &o);
         assert!(p.actions.is_empty());
         assert_eq!(p.blocked.unwrap().0, "SourceMissing");
+    }
+
+    #[test]
+    fn a_volume_lost_behind_our_back_is_not_recreated() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let mut o = observed(VmState::Stopped(StopReason::Crashed), true);
+        o.lost_volumes.push("vm-default-a-root".into());
+        let p = plan(&d, &o);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert_eq!(p.blocked.unwrap().0, "VolumeMissing");
+        // A running VM keeps running (QEMU still holds the file).
+        let cfg = d.config.clone();
+        let mut o = observed(running(&cfg), true);
+        o.lost_volumes.push("vm-default-a-root".into());
+        assert_eq!(plan(&d, &o).phase, "Running");
     }
 
     #[test]
