@@ -675,3 +675,51 @@ async fn running_disks_are_captured_on_zfs_and_refused_on_dir() {
         assert_eq!(h.leftovers(), Vec::<String>::new());
     }
 }
+
+/// A missing pool and a full one become precise conditions (real zfs-fuse),
+/// and a failed import leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_missing_and_pool_full_are_precise_on_zfs() {
+    let e = ZfsBackend::open("deorch-no-such-pool/x").unwrap_err();
+    if matches!(&e, DriverError::Condition { message, .. } if message.contains("cannot run")) {
+        assert!(std::env::var("CI").is_err(), "zfs missing under CI: {e}");
+        return;
+    }
+    assert!(
+        matches!(e, DriverError::Condition { reason: "PoolMissing", .. }),
+        "{e:?}"
+    );
+    let Some(h) = zfs() else { return };
+    let Harness::Zfs(s, root) = &h else { unreachable!() };
+    assert!(Command::new("zfs")
+        .args(["set", "quota=1M", root])
+        .status()
+        .unwrap()
+        .success());
+    let dir = common::temp_dir("full");
+    let src = dir.join("big.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("8M")
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 7 0 6M"])
+        .arg(&src)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let e = s
+        .import("big", src.to_str().unwrap(), Some("qcow2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, DriverError::Condition { reason: "PoolFull", .. }),
+        "{e:?}"
+    );
+    assert!(!s.exists("big").await.unwrap(), "nothing half-imported is left");
+    let _ = std::fs::remove_dir_all(dir);
+}
