@@ -160,6 +160,38 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     let ports = console(&node);
     let pid = st["pid"].as_u64().expect("pid in status");
     assert!(alive(pid));
+
+    // A replica of the running VM (qcow2 storage): QEMU is switched to a
+    // new overlay over QMP, the old image is frozen and cloned.
+    let (code, out, err) = node.cli(&["replica", "create", "tiny", "--name", "live1"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(alive(pid), "the VM kept running");
+    let vols = node.state.join("storage/volumes");
+    let rep = vols.join("rep-default-live1-data.qcow2");
+    let read = |img: &std::path::Path| {
+        let o = Command::new("qemu-io")
+            .args(["-r", "-U", "-f", "qcow2", "-c", "read -v 0 1"])
+            .arg(img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(read(&rep), "ab", "the replica holds the disk's data");
+    // QEMU now holds the new overlay (its write lock is on it).
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(vols.join("vm-default-tiny-data.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&info.stderr).contains("lock"),
+        "QEMU writes the new overlay: {}",
+        String::from_utf8_lossy(&info.stderr)
+    );
     let accel = st["accel"].as_str().unwrap().to_string();
     assert!(accel == "tcg" || accel == "kvm", "{st}");
     let sat = node

@@ -686,11 +686,19 @@ async fn pool_missing_and_pool_full_are_precise_on_zfs() {
         return;
     }
     assert!(
-        matches!(e, DriverError::Condition { reason: "PoolMissing", .. }),
+        matches!(
+            e,
+            DriverError::Condition {
+                reason: "PoolMissing",
+                ..
+            }
+        ),
         "{e:?}"
     );
     let Some(h) = zfs() else { return };
-    let Harness::Zfs(s, root) = &h else { unreachable!() };
+    let Harness::Zfs(s, root) = &h else {
+        unreachable!()
+    };
     assert!(Command::new("zfs")
         .args(["set", "quota=1M", root])
         .status()
@@ -717,9 +725,18 @@ async fn pool_missing_and_pool_full_are_precise_on_zfs() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, DriverError::Condition { reason: "PoolFull", .. }),
+        matches!(
+            e,
+            DriverError::Condition {
+                reason: "PoolFull",
+                ..
+            }
+        ),
         "{e:?}"
     );
-    assert!(!s.exists("big").await.unwrap(), "nothing half-imported is left");
+    assert!(
+        !s.exists("big").await.unwrap(),
+        "nothing half-imported is left"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -16,9 +16,11 @@
 //! `tmp/`). Dependencies come from the qcow2 headers themselves, so there is
 //! nothing else to keep consistent.
 //!
-//! A running VM's disk must be snapshotted by QEMU itself
-//! (`blockdev-snapshot-sync`), not through these files: the VM driver does
-//! that once it attaches disks.
+//! A running VM's disk is snapshotted with QEMU's help
+//! ([`Storage::clone_volumes_live`]): after the freeze above, QEMU is told
+//! over QMP (`blockdev-add` + `blockdev-snapshot`) to write to the new
+//! overlay. A disk some QEMU holds that the caller did not declare live is
+//! refused (`VolumeInUse`) rather than frozen under the writer.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -30,7 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::cmd;
 use super::cow::{blocking, check_volume_name, collision};
 use super::{
-    BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, Storage, VolumeInfo,
+    BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, LiveDisks, Storage,
+    VolumeInfo,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -141,15 +144,23 @@ impl Dir {
         let b = backing.to_string_lossy().to_string();
         let t = tmp.to_string_lossy().to_string();
         let size_s = size.map(|s| s.to_string());
-        let mut args = vec!["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &b, &t];
+        let mut args = vec!["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &b];
         if let Some(s) = &size_s {
-            args.push(s);
+            // With the size given, the backing file is not opened (a
+            // running QEMU may hold its lock).
+            args.extend(["-u", &t, s]);
+        } else {
+            args.push(&t);
         }
         Self::qemu_img(op, &t, &args)?;
         Ok(tmp)
     }
 
-    fn clone_volumes(&mut self, reqs: &[CloneRequest]) -> Result<(), DriverError> {
+    fn clone_volumes(
+        &mut self,
+        reqs: &[CloneRequest],
+        live: Option<(&LiveDisks, &tokio::runtime::Handle)>,
+    ) -> Result<(), DriverError> {
         for r in reqs {
             check_volume_name("clone", &r.volume)?;
             check_volume_name("clone", &r.source)?;
@@ -164,13 +175,20 @@ impl Dir {
             }
         }
         let sources: BTreeSet<&str> = reqs.iter().map(|r| r.source.as_str()).collect();
+        let is_live = |s: &str| live.is_some_and(|(l, _)| l.volumes.contains_key(s));
         for s in &sources {
-            self.check_not_in_use(s)?;
+            if !is_live(s) {
+                self.check_not_in_use(s)?;
+            }
         }
         let mut layers = std::collections::BTreeMap::new();
         for s in sources {
             // Freeze: the source's file becomes a layer (same inode), and a
-            // fresh overlay on it takes the source's name.
+            // fresh overlay on it takes the source's name. A running VM is
+            // then switched to that overlay by its hypervisor; until the
+            // switch it still writes the layer, which the overlay reads
+            // through, so a crash in between loses nothing (the layer is
+            // only cloned after the switch).
             let layer = {
                 let t = self.tmp(s);
                 self.root.join("layers").join(format!(
@@ -179,14 +197,18 @@ impl Dir {
                 ))
             };
             std::fs::hard_link(self.volume_path(s), &layer).map_err(|e| io("clone", s, e))?;
-            let over = self.overlay("clone", &layer, None)?;
+            let size = qcow2_header(&layer).map(|h| h.size).ok();
+            let over = self.overlay("clone", &layer, size)?;
             self.install("clone", &over, s)?;
+            if let Some((l, handle)) = live.filter(|_| is_live(s)) {
+                handle.block_on(l.switch(s, &self.volume_path(s)))?;
+            }
             layers.insert(s.to_string(), layer);
         }
         for r in reqs {
             let layer = &layers[&r.source];
             let base = qcow2_header(layer).map(|h| h.size).unwrap_or(0);
-            let over = self.overlay("clone", layer, r.size.filter(|s| *s > base))?;
+            let over = self.overlay("clone", layer, Some(r.size.unwrap_or(0).max(base)))?;
             self.install("clone", &over, &r.volume)?;
         }
         Ok(())
@@ -365,7 +387,17 @@ impl Storage for DirStorage {
         requests: &'a [CloneRequest],
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         let requests = requests.to_vec();
-        Box::pin(self.with(move |d| d.clone_volumes(&requests)))
+        Box::pin(self.with(move |d| d.clone_volumes(&requests, None)))
+    }
+    fn clone_volumes_live<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+        live: &'a LiveDisks,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let requests = requests.to_vec();
+        let live = live.clone();
+        let handle = tokio::runtime::Handle::current();
+        Box::pin(self.with(move |d| d.clone_volumes(&requests, Some((&live, &handle)))))
     }
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         let volume = volume.to_string();

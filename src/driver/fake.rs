@@ -235,6 +235,15 @@ impl Hypervisor for FakeHypervisor {
             Ok(())
         })
     }
+    /// A simulated VM holds no image open: switching is recording the call.
+    fn live_snapshot<'a>(
+        &'a self,
+        id: &'a str,
+        disk: &'a str,
+        _overlay: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.faults.check("live_snapshot", &format!("{id}/{disk}")) })
+    }
 }
 
 /// Volumes in memory: the copy-on-write algorithm of the real ZFS driver

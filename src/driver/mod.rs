@@ -201,6 +201,52 @@ pub trait Hypervisor: Send + Sync {
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>>;
     /// Forget a stopped VM entirely (after deletion).
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Switch a running VM's disk to `overlay` (a qcow2 image whose backing
+    /// file is the disk's current image): from then on QEMU writes only to
+    /// the overlay and the old image is frozen.
+    fn live_snapshot<'a>(
+        &'a self,
+        id: &'a str,
+        disk: &'a str,
+        overlay: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = overlay;
+        Box::pin(async move {
+            Err(DriverError::Permanent {
+                op: "live_snapshot".into(),
+                target: format!("{id}/{disk}"),
+                message: format!(
+                    "the {} hypervisor cannot snapshot a running disk",
+                    self.name()
+                ),
+            })
+        })
+    }
+}
+
+/// Snapshots of running disks: for each source volume a running VM uses,
+/// how to make that VM switch to a new overlay. Storage that snapshots
+/// underneath a running VM safely (ZFS) ignores it.
+#[derive(Default, Clone)]
+pub struct LiveDisks {
+    /// Source volume -> (VM id, disk name).
+    pub volumes: std::collections::BTreeMap<String, (String, String)>,
+    /// The hypervisor running them.
+    pub hypervisor: Option<std::sync::Arc<dyn Hypervisor>>,
+}
+
+impl LiveDisks {
+    /// Switch `volume`'s VM to `overlay`.
+    pub async fn switch(&self, volume: &str, overlay: &std::path::Path) -> Result<(), DriverError> {
+        match (self.volumes.get(volume), &self.hypervisor) {
+            (Some((id, disk)), Some(hv)) => hv.live_snapshot(id, disk, overlay).await,
+            _ => Err(DriverError::Permanent {
+                op: "live_snapshot".into(),
+                target: volume.into(),
+                message: "no running VM known for this volume".into(),
+            }),
+        }
+    }
 }
 
 /// One copy-on-write clone to make: `volume` from `source`'s content now.
@@ -291,6 +337,17 @@ pub trait Storage: Send + Sync {
             }])
             .await
         })
+    }
+    /// [`Storage::clone_volumes`] where some sources are disks of running
+    /// VMs (`live`): those are snapshotted through their hypervisor where
+    /// the storage needs it (qcow2 files), directly where it does not (ZFS).
+    fn clone_volumes_live<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+        live: &'a LiveDisks,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = live;
+        self.clone_volumes(requests)
     }
     /// Destroy a volume; its dependents stay intact (transparent removal).
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;

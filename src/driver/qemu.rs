@@ -470,4 +470,61 @@ impl Hypervisor for QemuHypervisor {
             }
         })
     }
+
+    fn live_snapshot<'a>(
+        &'a self,
+        id: &'a str,
+        disk: &'a str,
+        overlay: &'a Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let fail =
+                |e: String| Self::permanent("live_snapshot", id, format!("disk {disk}: {e}"));
+            let mut qmp = self.qmp("live_snapshot", id).await?;
+            // The disk's current top node (earlier snapshots moved it).
+            let blocks = qmp
+                .execute("query-block", None)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let device = format!("disk-{disk}");
+            let top = blocks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| {
+                    b["qdev"]
+                        .as_str()
+                        .is_some_and(|q| q == device || q.contains(&format!("/{device}/")))
+                })
+                .and_then(|b| b["inserted"]["node-name"].as_str())
+                .unwrap_or(disk)
+                .to_string();
+            let node = format!(
+                "{disk}-{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+                    & 0xffff_ffff
+            );
+            qmp.execute(
+                "blockdev-add",
+                Some(serde_json::json!({
+                    "driver": "qcow2",
+                    "node-name": node,
+                    "file": {"driver": "file", "filename": overlay},
+                    "backing": null,
+                })),
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+            qmp.execute(
+                "blockdev-snapshot",
+                Some(serde_json::json!({"node": top, "overlay": node})),
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+            Ok(())
+        })
+    }
 }

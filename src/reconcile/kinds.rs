@@ -106,14 +106,26 @@ pub async fn spacesuit(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         }
     } else if let Some(vm) = source.and_then(|s| s.virtual_machine.as_ref()) {
         let vns = vm.namespace.as_deref().unwrap_or(ns);
-        let disk = ctx
-            .typed::<VirtualMachineSpec>(Kind::VirtualMachine, vns, &vm.name)
+        let source_vm = ctx.typed::<VirtualMachineSpec>(Kind::VirtualMachine, vns, &vm.name);
+        let disk = source_vm
+            .as_ref()
             .and_then(|v| v.spec.disks.first().map(|d| d.name.clone()));
         match disk {
-            Some(d) => storage
-                .clone_volume(&volume, &names::vm_volume(vns, &vm.name, &d), None)
-                .await
-                .map(|_| format!("snapshot of {vns}/{}", vm.name)),
+            Some(d) => {
+                // Also while the VM runs (through its hypervisor on qcow2).
+                let live =
+                    super::vm::live_disks(ctx, vns, &vm.name, source_vm.as_ref().map(|v| &v.spec))
+                        .await;
+                let request = [CloneRequest {
+                    volume: volume.clone(),
+                    source: names::vm_volume(vns, &vm.name, &d),
+                    size: None,
+                }];
+                storage
+                    .clone_volumes_live(&request, &live)
+                    .await
+                    .map(|_| format!("snapshot of {vns}/{}", vm.name))
+            }
             None => {
                 let msg = format!("VM {vns}/{} does not exist or has no disk", vm.name);
                 set_condition(
@@ -339,7 +351,14 @@ pub async fn replica(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
             }
         }
         if result.is_ok() {
-            result = storage.clone_volumes(&requests).await;
+            let live = super::vm::live_disks(
+                ctx,
+                vm_ns,
+                &rep.spec.virtual_machine.name,
+                vm.as_ref().map(|v| &v.spec),
+            )
+            .await;
+            result = storage.clone_volumes_live(&requests, &live).await;
         }
         if let Err(e) = result {
             let e = ReconcileError::from(e);

@@ -531,6 +531,32 @@ fn was_provisioned(status: &VirtualMachineStatus) -> bool {
         .any(|c| c.type_ == "Provisioned" && c.status == "True")
 }
 
+/// The disks of VM `ns/name` if it is running here, for snapshots that
+/// storage takes through the hypervisor (see `Storage::clone_volumes_live`).
+pub async fn live_disks(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    spec: Option<&VirtualMachineSpec>,
+) -> crate::driver::LiveDisks {
+    let mut live = crate::driver::LiveDisks::default();
+    let id = format!("{ns}/{name}");
+    let running = matches!(
+        ctx.drivers.hypervisor.state(&id).await,
+        Ok(VmState::Running { .. } | VmState::Paused { .. })
+    );
+    if let (true, Some(spec)) = (running, spec) {
+        for d in &spec.disks {
+            live.volumes.insert(
+                names::vm_volume(ns, name, &d.name),
+                (id.clone(), d.name.clone()),
+            );
+        }
+        live.hypervisor = Some(ctx.drivers.hypervisor.clone());
+    }
+    live
+}
+
 /// Label on the replicas a VM's `replicaPolicy` takes.
 pub const POLICY_LABEL: &str = "deorch.dev/replica-policy-of";
 
