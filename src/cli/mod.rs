@@ -292,7 +292,7 @@ pub enum BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Run the node daemon in the foreground.
-    Run(NodeArgs),
+    Run(Box<NodeArgs>),
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
