@@ -443,6 +443,40 @@ mod tests {
     }
 
     #[test]
+    fn http_is_off_by_default_and_follows_precedence() {
+        assert!(NodeConfig::resolve(&NodeArgs::default())
+            .unwrap()
+            .http
+            .is_none());
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(
+            &file,
+            "httpListen: 127.0.0.1:8080\nclusterOwner: bc1qyjjkmdpu7metqt5r36jf872a34syws33s82q2j\nstateDir: /tmp/s\nloginTtl: 5s\n",
+        )
+        .unwrap();
+        let mut args = NodeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let http = NodeConfig::resolve(&args).unwrap().http.unwrap();
+        assert_eq!(http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(http.node_key, PathBuf::from("/tmp/s/node.key"));
+        assert_eq!(http.login_ttl, Duration::from_secs(5));
+        assert_eq!(http.session_ttl, Duration::from_secs(12 * 3600));
+        args.http_listen = Some("127.0.0.1:9090".parse().unwrap());
+        args.cluster_owner = Some("not-an-address".into());
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("setting clusterOwner"), "{e}");
+        std::fs::write(&file, "httpListen: 127.0.0.1:8080\n").unwrap();
+        args.cluster_owner = None;
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("--cluster-owner"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let args = NodeArgs {
             name: Some("Bad_Name".into()),
