@@ -504,3 +504,78 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// Login round trip over loopback HTTP: `GET /v1/auth/challenge`, sign
+/// with a P2WPKH key, `POST /v1/auth/login`, `GET /v1/auth/whoami` with
+/// the cookie; `count` times, one TCP connection per request, against an
+/// in-process HTTP API (real store, node key, axum server). Beside it, the
+/// floor: a bare `GET /v1/cluster` over the same client.
+pub fn login_latency(count: usize) -> anyhow::Result<()> {
+    use crate::http::client::{request, NodeUrl};
+    use crate::identity::{AddressType, Network, PrivateKey};
+    let dir = scratch("login")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Arc::new(Store::open(&dir.join("store.redb"))?);
+    let owner = PrivateKey::generate(Network::Mainnet);
+    let owner_addr = owner.address(AddressType::P2wpkh)?.to_string();
+    let api = crate::http::HttpApi::new(
+        store,
+        crate::http::HttpSettings {
+            cluster_owner: owner_addr,
+            node_key: PrivateKey::generate(Network::Mainnet),
+            trusted_nodes: Vec::new(),
+            login_ttl: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(3600),
+        },
+    )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let node = NodeUrl::parse(&format!("http://{}", listener.local_addr()?))?;
+    rt.spawn(crate::http::serve(listener, api, stop_rx));
+    let user = PrivateKey::generate(Network::Mainnet);
+    let warmup = (count / 10).clamp(1, 50);
+    let mut samples = Vec::with_capacity(count);
+    let mut floor = Vec::with_capacity(count);
+    for i in 0..count + warmup {
+        let t0 = Instant::now();
+        let r = request(
+            &node,
+            "GET",
+            "/v1/cluster",
+            None,
+            None,
+            b"",
+            Duration::from_secs(10),
+        )?;
+        let t1 = Instant::now();
+        if r.status != 200 {
+            bail!("GET /v1/cluster: {}", r.status);
+        }
+        let (addr, token) = crate::cli::http::login_once(&node, &user, AddressType::P2wpkh)?;
+        let who = crate::cli::http::whoami_once(&node, &token)?;
+        let t2 = Instant::now();
+        if who != addr {
+            bail!("whoami said {who}, expected {addr}");
+        }
+        if i >= warmup {
+            floor.push(t1 - t0);
+            samples.push(t2 - t1);
+        }
+    }
+    let _ = stop_tx.send(true);
+    let ours = percentiles(&mut samples);
+    let bare = percentiles(&mut floor);
+    println!(
+        "login round trip (challenge -> sign -> login -> whoami, 3 HTTP requests, loopback), n={count}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        ours.p50, ours.p99, ours.max
+    );
+    println!(
+        "floor: one bare GET /v1/cluster on the same client, n={count}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        bare.p50, bare.p99, bare.max
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

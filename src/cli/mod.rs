@@ -4,6 +4,7 @@
 //! touch is through the local API of a running node.
 
 mod dhcp;
+pub(crate) mod http;
 mod identity;
 mod output;
 mod replica;
@@ -191,6 +192,46 @@ pub enum Command {
         #[command(subcommand)]
         command: replica::ReplicaCommand,
     },
+    /// Log in to a node's HTTP API with a key: prints the address and
+    /// keeps the session cookie (0600) under $XDG_RUNTIME_DIR/deorch or
+    /// ~/.cache/deorch.
+    Login {
+        /// The node, `http://HOST:PORT`.
+        #[arg(long, env = "DEORCH_NODE")]
+        node: String,
+        /// The key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Address type to log in as: p2wpkh, p2sh-p2wpkh or p2pkh.
+        #[arg(long = "type", default_value = "p2wpkh")]
+        kind: crate::identity::AddressType,
+    },
+    /// Print the address of the session kept by `deorch login`, as the node
+    /// sees it.
+    Whoami {
+        /// The node, `http://HOST:PORT`.
+        #[arg(long, env = "DEORCH_NODE")]
+        node: String,
+    },
+    /// Push manifests to a node's HTTP API, signing unsigned documents with
+    /// the key (generation 1 when absent, or the node's next one).
+    Push {
+        /// The node, `http://HOST:PORT`.
+        #[arg(long, env = "DEORCH_NODE")]
+        node: String,
+        /// The key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest file.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The cluster ID; default: asked from the node.
+        #[arg(long, env = "DEORCH_CLUSTER")]
+        cluster: Option<String>,
+        /// Address type of the signer: p2wpkh, p2sh-p2wpkh or p2pkh.
+        #[arg(long = "type", default_value = "p2wpkh")]
+        kind: crate::identity::AddressType,
+    },
     /// Run a benchmark (figures for docs/PERFORMANCE.md).
     Bench {
         /// Which.
@@ -246,13 +287,19 @@ pub enum BenchCommand {
         #[arg(long)]
         zfs_root: Option<String>,
     },
+    /// Login round trip over loopback HTTP (challenge, sign, login, whoami).
+    Login {
+        /// Number of round trips.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 /// `deorch node ...`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Run the node daemon in the foreground.
-    Run(NodeArgs),
+    Run(Box<NodeArgs>),
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -504,9 +551,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Replica { count, zfs_root } => {
                     crate::bench::replica_latency(count, zfs_root.as_deref())?
                 }
+                BenchCommand::Login { count } => crate::bench::login_latency(count)?,
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Login { node, key, kind } => http::login(&node, &key, kind),
+        Command::Whoami { node } => http::whoami(&node),
+        Command::Push {
+            node,
+            key,
+            file,
+            cluster,
+            kind,
+        } => http::push(&node, &key, &file, cluster, kind),
         Command::Dhcp { command } => dhcp::run(command),
         Command::Replica { command } => replica::run(command),
         Command::Schemas { dir } => {

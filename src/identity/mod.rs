@@ -11,7 +11,7 @@
 //! - [`signed`]: signed manifests (canonical form documented in
 //!   `docs/SIGNING.md`).
 //! - [`session`]: login challenges, a bounded single-use nonce store and
-//!   node-signed session tokens (no HTTP yet).
+//!   node-signed session tokens (served by [`crate::http`]).
 //! - [`level2`]: password check against an ordered list of LDAP / AD
 //!   servers, with failover, escaping and rate limiting.
 //! - [`request`]: per-request signatures (body hash, timestamp, nonce)

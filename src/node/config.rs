@@ -4,6 +4,7 @@
 //! [`NodeConfig::resolve`] turns them into one immutable [`NodeConfig`] that
 //! the rest of the node uses. Precedence: flag > environment > file > default.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,6 +55,34 @@ pub struct NodeArgs {
     /// Age a modified but unclosed manifest must reach before a rescan reads it.
     #[arg(long, env = "DEORCH_SETTLE")]
     pub settle: Option<ManifestDuration>,
+    /// Serve the HTTP API (login, signed push) on this address, e.g.
+    /// `0.0.0.0:8443` (port 0: any free port, written to
+    /// STATE_DIR/http-address). Off by default.
+    #[arg(long, env = "DEORCH_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// This node's key (WIF, 0600); created when absent. Default
+    /// STATE_DIR/node.key. Its P2WPKH address is the node's identity.
+    #[arg(long, env = "DEORCH_NODE_KEY")]
+    pub node_key: Option<PathBuf>,
+    /// The cluster owner's Bitcoin address, which is also the cluster id.
+    /// Required with `--http-listen`.
+    #[arg(long, env = "DEORCH_CLUSTER_OWNER")]
+    pub cluster_owner: Option<String>,
+    /// Addresses of the other nodes of the cluster whose session cookies
+    /// this node accepts (repeat or comma-separate); this node's own
+    /// address is always trusted.
+    #[arg(
+        long = "trusted-node",
+        env = "DEORCH_TRUSTED_NODES",
+        value_delimiter = ','
+    )]
+    pub trusted_nodes: Vec<String>,
+    /// Lifetime of a login challenge, e.g. `60s` (the default).
+    #[arg(long, env = "DEORCH_LOGIN_TTL")]
+    pub login_ttl: Option<ManifestDuration>,
+    /// Lifetime of a session cookie, e.g. `12h` (the default).
+    #[arg(long, env = "DEORCH_SESSION_TTL")]
+    pub session_ttl: Option<ManifestDuration>,
 }
 
 /// The config file: the same settings, all optional.
@@ -83,6 +112,19 @@ pub struct FileConfig {
     pub rescan_interval: Option<ManifestDuration>,
     /// Settle time.
     pub settle: Option<ManifestDuration>,
+    /// HTTP API listen address.
+    pub http_listen: Option<SocketAddr>,
+    /// Node key file.
+    pub node_key: Option<PathBuf>,
+    /// Cluster owner's address (cluster id).
+    pub cluster_owner: Option<String>,
+    /// Other nodes whose session cookies are accepted.
+    #[serde(default)]
+    pub trusted_nodes: Vec<String>,
+    /// Login challenge lifetime.
+    pub login_ttl: Option<ManifestDuration>,
+    /// Session cookie lifetime.
+    pub session_ttl: Option<ManifestDuration>,
 }
 
 /// Which hypervisor driver runs VMs.
@@ -128,6 +170,25 @@ pub struct NodeConfig {
     pub rescan_interval: Duration,
     /// Settle time for unclosed files.
     pub settle: Duration,
+    /// The HTTP API, when enabled.
+    pub http: Option<HttpConfig>,
+}
+
+/// Settings of the HTTP API (`--http-listen` and friends).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Node key file (created 0600 when absent).
+    pub node_key: PathBuf,
+    /// Cluster owner's address = cluster id.
+    pub cluster_owner: String,
+    /// Other nodes whose session cookies are accepted.
+    pub trusted_nodes: Vec<String>,
+    /// Login challenge lifetime.
+    pub login_ttl: Duration,
+    /// Session cookie lifetime.
+    pub session_ttl: Duration,
 }
 
 /// A configuration error, naming the setting.
@@ -161,6 +222,7 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let http = resolve_http(args, &file)?;
         let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
         if !crate::manifest::semantic::is_dns_label(&name) {
             return Err(ConfigError::Invalid {
@@ -194,7 +256,7 @@ impl NodeConfig {
         let state_dir: PathBuf = args
             .state_dir
             .clone()
-            .or(file.state_dir)
+            .or(file.state_dir.clone())
             .unwrap_or_else(|| "/var/lib/deorch".into());
         let storage_root = args.storage_root.clone().or(file.storage_root);
         let storage = match args.storage.clone().or(file.storage).as_deref() {
@@ -223,6 +285,7 @@ impl NodeConfig {
             }
         };
         Ok(NodeConfig {
+            http,
             name,
             manifests: args
                 .manifests
@@ -255,6 +318,62 @@ impl NodeConfig {
                 .unwrap_or(Duration::from_secs(5)),
         })
     }
+}
+
+/// The HTTP settings: off unless a listen address is given; then the
+/// cluster owner is required and every address must parse.
+fn resolve_http(args: &NodeArgs, file: &FileConfig) -> Result<Option<HttpConfig>, ConfigError> {
+    let state_dir: PathBuf = args
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| "/var/lib/deorch".into());
+    let Some(listen) = args.http_listen.or(file.http_listen) else {
+        return Ok(None);
+    };
+    let owner = args
+        .cluster_owner
+        .clone()
+        .or(file.cluster_owner.clone())
+        .ok_or(ConfigError::Invalid {
+            setting: "clusterOwner",
+            message: "the HTTP API needs the cluster owner's address (--cluster-owner)".into(),
+        })?;
+    let trusted_nodes = if args.trusted_nodes.is_empty() {
+        file.trusted_nodes.clone()
+    } else {
+        args.trusted_nodes.clone()
+    };
+    for (setting, a) in std::iter::once(("clusterOwner", &owner))
+        .chain(trusted_nodes.iter().map(|a| ("trustedNodes", a)))
+    {
+        if let Err(e) = crate::identity::Address::parse(a) {
+            return Err(ConfigError::Invalid {
+                setting,
+                message: format!("{a:?} is not a Bitcoin address: {e}"),
+            });
+        }
+    }
+    Ok(Some(HttpConfig {
+        listen,
+        node_key: args
+            .node_key
+            .clone()
+            .or(file.node_key.clone())
+            .unwrap_or_else(|| state_dir.join("node.key")),
+        cluster_owner: owner,
+        trusted_nodes,
+        login_ttl: args
+            .login_ttl
+            .or(file.login_ttl)
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(60)),
+        session_ttl: args
+            .session_ttl
+            .or(file.session_ttl)
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(12 * 3600)),
+    }))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -320,6 +439,40 @@ mod tests {
         std::fs::write(&file, "nmae: typo\n").unwrap();
         let e = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("nmae"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_follows_precedence() {
+        assert!(NodeConfig::resolve(&NodeArgs::default())
+            .unwrap()
+            .http
+            .is_none());
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(
+            &file,
+            "httpListen: 127.0.0.1:8080\nclusterOwner: bc1qyjjkmdpu7metqt5r36jf872a34syws33s82q2j\nstateDir: /tmp/s\nloginTtl: 5s\n",
+        )
+        .unwrap();
+        let mut args = NodeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let http = NodeConfig::resolve(&args).unwrap().http.unwrap();
+        assert_eq!(http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(http.node_key, PathBuf::from("/tmp/s/node.key"));
+        assert_eq!(http.login_ttl, Duration::from_secs(5));
+        assert_eq!(http.session_ttl, Duration::from_secs(12 * 3600));
+        args.http_listen = Some("127.0.0.1:9090".parse().unwrap());
+        args.cluster_owner = Some("not-an-address".into());
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("setting clusterOwner"), "{e}");
+        std::fs::write(&file, "httpListen: 127.0.0.1:8080\n").unwrap();
+        args.cluster_owner = None;
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("--cluster-owner"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use config::{HypervisorKind, NodeArgs, NodeConfig};
+pub use config::{HttpConfig, HypervisorKind, NodeArgs, NodeConfig};
 
 use crate::api;
 use crate::driver::cow::CowStorage;
@@ -87,7 +87,16 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         source = %dir.name(),
         "node starting"
     );
-    let tasks = vec![
+    let mut tasks = Vec::new();
+    if let Some(http) = &config.http {
+        let (listener, api) = start_http(http, &store, &config).await?;
+        tasks.push(tokio::spawn(crate::http::serve(
+            listener,
+            api,
+            shutdown.clone(),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(dir.run(store.clone(), shutdown.clone())),
         tokio::spawn(api::server::serve(
             listener,
@@ -97,13 +106,51 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             shutdown.clone(),
         )),
         tokio::spawn(engine.run(shutdown.clone())),
-    ];
+    ]);
     info!(node = %config.name, "node ready");
     for t in tasks {
         let _ = t.await;
     }
     info!(node = %config.name, "node stopped");
     Ok(())
+}
+
+/// File in the state directory holding the HTTP API's bound address
+/// (useful with port 0).
+pub const HTTP_ADDRESS_FILE: &str = "http-address";
+
+/// Load (or create) the node key, bind the HTTP listener and build the API.
+async fn start_http(
+    http: &HttpConfig,
+    store: &Arc<Store>,
+    config: &NodeConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, Arc<crate::http::HttpApi>)> {
+    let network = crate::identity::Address::parse(&http.cluster_owner)
+        .map_err(|e| anyhow::anyhow!("cluster owner {}: {e}", http.cluster_owner))?
+        .network;
+    let node_key = crate::http::load_or_create_node_key(&http.node_key, network)
+        .with_context(|| format!("node key {}", http.node_key.display()))?;
+    let api = crate::http::HttpApi::new(
+        store.clone(),
+        crate::http::HttpSettings {
+            cluster_owner: http.cluster_owner.clone(),
+            node_key,
+            trusted_nodes: http.trusted_nodes.clone(),
+            login_ttl: http.login_ttl,
+            session_ttl: http.session_ttl,
+        },
+    )?;
+    let listener = tokio::net::TcpListener::bind(http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", http.listen))?;
+    let bound = listener.local_addr()?;
+    std::fs::write(
+        config.state_dir.join(HTTP_ADDRESS_FILE),
+        format!("{bound}\n"),
+    )
+    .context("writing the HTTP address file")?;
+    info!(addr = %bound, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
+    Ok((listener, api))
 }
 
 /// Choose the drivers. Host networking is still an in-memory fake; the

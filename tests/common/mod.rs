@@ -184,6 +184,13 @@ impl Node {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// `http://ADDR` of the node's HTTP API (started with `--http-listen`).
+    pub fn http_url(&self) -> String {
+        let text = std::fs::read_to_string(self.state.join("http-address"))
+            .expect("the node wrote no http-address (started without --http-listen?)");
+        format!("http://{}", text.trim())
+    }
+
     /// Run the CLI against this node.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         cli_in(Some(&self.socket), args, stdin)

@@ -1,0 +1,580 @@
+//! The node's HTTP API (issue 6): wallet login with node-signed session
+//! cookies, and the signed push of manifests. Off unless the node runs with
+//! `--http-listen`. See `docs/SIGNING.md` ("HTTP API") for the wire format.
+//!
+//! - `GET  /v1/cluster`: `{cluster, node}` (what a client signs for).
+//! - `GET  /v1/auth/challenge`: a fresh single-use challenge
+//!   ([`crate::identity::session::Challenge`]) to sign with a wallet.
+//! - `POST /v1/auth/login` `{address, signature, challenge}`: checks the
+//!   signature against the challenge, consumes the nonce and sets the
+//!   `deorch_session` cookie (a [`Session`] token signed by this node).
+//! - `GET  /v1/auth/whoami`: the address of a valid session cookie, issued by
+//!   this node or by any node address the cluster trusts.
+//! - `POST /v1/manifests`: multi-document YAML of signed manifests; every
+//!   document is verified (signature, cluster, generation) and authorised by
+//!   the store's `AccessPolicy` objects (the owner is always admin), then all
+//!   are applied with source `push`, or none.
+//!
+//! Every refusal is a JSON `{"error", "code", ...}` and one `warn!` line
+//! with the peer and the reason; signatures, challenges' nonces and cookies
+//! are never logged.
+//!
+//! Architecture invariant: like the local API, handlers only parse, check
+//! and call the store.
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::identity::access::{authorize, trusted_policies, Decision};
+use crate::identity::session::{Challenge, LoginError, NonceStore, Session};
+use crate::identity::signed::{ManifestError, SIGNATURE_ANNOTATION};
+use crate::identity::{verify_manifest, Address, AddressType, KeyError, PrivateKey};
+use crate::manifest;
+use crate::model::access::Verb;
+use crate::model::{AccessPolicySpec, Kind, Manifest, ObjectKey};
+use crate::store::{SourceId, Store};
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "deorch_session";
+/// Source id of objects written by the push API.
+pub const PUSH_SOURCE: &str = "push";
+/// Largest request body accepted (bytes).
+pub const MAX_BODY: usize = 4 << 20;
+/// Outstanding login challenges kept per node (oldest dropped first).
+pub const NONCE_CAPACITY: usize = 100_000;
+
+/// What the HTTP API needs besides the store.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Cluster owner's address = cluster id.
+    pub cluster_owner: String,
+    /// This node's key; its P2WPKH address signs session cookies.
+    pub node_key: PrivateKey,
+    /// Other nodes whose cookies are accepted.
+    pub trusted_nodes: Vec<String>,
+    /// Login challenge lifetime.
+    pub login_ttl: Duration,
+    /// Session cookie lifetime.
+    pub session_ttl: Duration,
+}
+
+/// The HTTP API's state (one per node).
+pub struct HttpApi {
+    store: Arc<Store>,
+    cluster: String,
+    node_key: PrivateKey,
+    node_address: String,
+    trusted_nodes: Vec<Address>,
+    nonces: Mutex<NonceStore>,
+    login_ttl: u64,
+    session_ttl: u64,
+    push_lock: Mutex<()>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn same_address(a: &str, b: &str) -> bool {
+    match (Address::parse(a), Address::parse(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// A JSON refusal `{"error": message, "code": code}`.
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": message.into(), "code": code })),
+    )
+        .into_response()
+}
+
+impl std::fmt::Debug for HttpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApi")
+            .field("cluster", &self.cluster)
+            .field("node", &self.node_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refused push: status and JSON body.
+type Refusal = (StatusCode, Value);
+
+impl HttpApi {
+    /// The API of a node whose key and cluster are in `settings`.
+    pub fn new(store: Arc<Store>, settings: HttpSettings) -> Result<Arc<HttpApi>, KeyError> {
+        let node_address = settings.node_key.address(AddressType::P2wpkh)?.to_string();
+        let cluster = settings.cluster_owner.clone();
+        Ok(Arc::new(HttpApi {
+            store,
+            nonces: Mutex::new(NonceStore::new(
+                &cluster,
+                &node_address,
+                settings.login_ttl.as_secs(),
+                NONCE_CAPACITY,
+            )),
+            cluster,
+            node_key: settings.node_key,
+            node_address,
+            trusted_nodes: settings
+                .trusted_nodes
+                .iter()
+                .filter_map(|a| Address::parse(a).ok())
+                .collect(),
+            login_ttl: settings.login_ttl.as_secs(),
+            session_ttl: settings.session_ttl.as_secs(),
+            push_lock: Mutex::new(()),
+        }))
+    }
+
+    /// This node's address (P2WPKH of its key).
+    pub fn node_address(&self) -> &str {
+        &self.node_address
+    }
+
+    /// Whether `address` is a node whose session cookies are accepted:
+    /// this node, or one of the configured trusted nodes.
+    pub fn is_trusted_node(&self, address: &str) -> bool {
+        address == self.node_address
+            || Address::parse(address).is_ok_and(|a| self.trusted_nodes.contains(&a))
+    }
+
+    /// Check a session token (cookie value) now.
+    pub fn check_session(&self, token: &str) -> Result<Session, LoginError> {
+        Session::from_token(token, &self.cluster, now_secs(), |a| {
+            self.is_trusted_node(a)
+        })
+    }
+
+    /// The routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/cluster", get(cluster_info))
+            .route("/v1/auth/challenge", get(challenge))
+            .route("/v1/auth/login", post(login))
+            .route("/v1/auth/whoami", get(whoami))
+            .route("/v1/manifests", post(push))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self)
+    }
+
+    /// Verify, authorise and apply a push (blocking: verifies signatures
+    /// and writes the store). All documents or none.
+    fn push(&self, peer: SocketAddr, body: &[u8]) -> Result<Value, Refusal> {
+        let bad = |code: &str, msg: String| {
+            warn!(%peer, code, reason = %msg, "push refused");
+            (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": msg, "code": code }),
+            )
+        };
+        let text = std::str::from_utf8(body)
+            .map_err(|_| bad("BadRequest", "body is not UTF-8 YAML".into()))?;
+        let parsed = manifest::parse_str(Path::new("<push>"), text);
+        if !parsed.diagnostics.is_empty() {
+            warn!(%peer, problems = parsed.diagnostics.len(), "push refused: invalid manifests");
+            return Err((
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": format!("{} problem(s) in the manifests; nothing applied", parsed.diagnostics.len()),
+                    "code": "Invalid",
+                    "diagnostics": parsed.diagnostics,
+                }),
+            ));
+        }
+        if parsed.documents.is_empty() {
+            return Err(bad("BadRequest", "no documents; nothing applied".into()));
+        }
+        // One push at a time: generation checks and writes are one step.
+        let _one = lock(&self.push_lock);
+        let stored: Vec<Manifest<AccessPolicySpec>> = self
+            .store
+            .list(Some(Kind::AccessPolicy))
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .filter_map(|r| serde_json::from_value(r.object).ok())
+            .collect();
+        let trust = trusted_policies(&stored, &self.cluster, &self.cluster);
+        let mut refused = Vec::new();
+        let mut forbidden = false;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, doc) in parsed.documents.iter().enumerate() {
+            let key = ObjectKey::of(&doc.object);
+            let value = doc.object.to_value();
+            let mut deny = |status: StatusCode, code: &str, reason: String, extra: Value| {
+                forbidden |= status == StatusCode::FORBIDDEN;
+                warn!(%peer, document = i + 1, object = %key, code, reason = %reason, "push refused");
+                refused.push(json!({
+                    "document": i + 1,
+                    "object": key.to_string(),
+                    "code": code,
+                    "reason": reason,
+                    "detail": extra,
+                }));
+            };
+            if !seen.insert(key.clone()) {
+                deny(
+                    StatusCode::BAD_REQUEST,
+                    "Duplicate",
+                    "the same object appears twice in one push".into(),
+                    Value::Null,
+                );
+                continue;
+            }
+            let signer = match verify_manifest(&value, &self.cluster) {
+                Ok(s) => s,
+                Err(e) => {
+                    let code = match e {
+                        ManifestError::Unsigned(_) => "Unsigned",
+                        ManifestError::NoGeneration => "NoGeneration",
+                        _ => "BadSignature",
+                    };
+                    deny(StatusCode::FORBIDDEN, code, e.to_string(), Value::Null);
+                    continue;
+                }
+            };
+            if !same_address(&signer, &self.cluster) {
+                match authorize(
+                    &trust.trusted,
+                    &signer,
+                    Verb::Apply,
+                    key.kind,
+                    &key.namespace,
+                ) {
+                    Decision::Allow { level2: false, .. } => {}
+                    Decision::Allow { policy, rule, .. } => {
+                        deny(
+                            StatusCode::FORBIDDEN,
+                            "Level2Required",
+                            format!("policy {policy} rule {rule} allows {signer} only with a level-2 password check, which a signed push cannot give"),
+                            Value::Null,
+                        );
+                        continue;
+                    }
+                    Decision::Deny { reason, misses } => {
+                        deny(
+                            StatusCode::FORBIDDEN,
+                            "Denied",
+                            reason,
+                            json!({ "misses": misses }),
+                        );
+                        continue;
+                    }
+                }
+            }
+            // Generation: exactly the store's next one, so the stored object
+            // (whose generation the store assigns) keeps a valid signature;
+            // re-pushing the very document the store holds is a no-op.
+            let generation = value
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let current = self.store.get(&key);
+            let same_doc = current.as_ref().is_some_and(|r| {
+                !r.deleted
+                    && r.generation == generation
+                    && r.object
+                        .pointer("/metadata/annotations")
+                        .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+                        == value
+                            .pointer("/metadata/annotations")
+                            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+            });
+            let next = current.as_ref().map_or(1, |r| r.generation + 1);
+            if !same_doc && generation != next {
+                let (code, why) = if generation < next {
+                    (
+                        "Stale",
+                        "not newer than the stored one (replay or rollback refused)",
+                    )
+                } else {
+                    (
+                        "GenerationGap",
+                        "skips generations (the stored object must keep a valid signature)",
+                    )
+                };
+                deny(
+                    StatusCode::CONFLICT,
+                    code,
+                    format!("generation {generation} {why}: sign generation {next}"),
+                    json!({ "expected": next }),
+                );
+            }
+        }
+        if !refused.is_empty() {
+            let status = if forbidden {
+                StatusCode::FORBIDDEN
+            } else if refused.iter().any(|r| r["code"] == "Duplicate") {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
+            return Err((
+                status,
+                json!({
+                    "error": format!("{} of {} document(s) refused; nothing applied", refused.len(), parsed.documents.len()),
+                    "code": if forbidden { "Forbidden" } else { "Refused" },
+                    "refused": refused,
+                }),
+            ));
+        }
+        let source = SourceId(PUSH_SOURCE.into());
+        let mut applied = Vec::new();
+        for doc in &parsed.documents {
+            let a = self.store.apply(&doc.object, &source).map_err(|e| {
+                warn!(%peer, error = %e, "push: store write failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({ "error": format!("store: {e}"), "code": "Internal" }),
+                )
+            })?;
+            if a.changed {
+                info!(%peer, object = %a.key, generation = a.generation, "applied via push");
+            }
+            applied.push(json!({
+                "object": a.key.to_string(),
+                "generation": a.generation,
+                "changed": a.changed,
+            }));
+        }
+        Ok(json!({ "applied": applied }))
+    }
+}
+
+/// Serve `api` on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, api: Arc<HttpApi>, mut shutdown: watch::Receiver<bool>) {
+    let addr = listener.local_addr().ok();
+    let app = api
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(error = %e, "HTTP API failed");
+    }
+    info!(?addr, "HTTP API stopped");
+}
+
+async fn cluster_info(State(api): State<Arc<HttpApi>>) -> Response {
+    Json(json!({ "cluster": api.cluster, "node": api.node_address })).into_response()
+}
+
+async fn challenge(State(api): State<Arc<HttpApi>>) -> Response {
+    let c = lock(&api.nonces).issue(now_secs());
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "challenge": c.text(),
+            "cluster": c.cluster,
+            "node": c.node,
+            "issued": c.issued,
+            "expires": c.issued.saturating_add(api.login_ttl),
+            "nonce": hex::encode(c.nonce),
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/auth/login` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    address: String,
+    signature: String,
+    challenge: String,
+}
+
+async fn login(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let req: LoginBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(%peer, error = %e, "login refused: malformed body");
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("expected JSON {{\"address\", \"signature\", \"challenge\"}}: {e}"),
+            );
+        }
+    };
+    let now = now_secs();
+    let result = lock(&api.nonces).login(&req.challenge, &req.address, &req.signature, now);
+    let c = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let (code, message) = match &e {
+                LoginError::NonceRejected => match Challenge::parse(&req.challenge) {
+                    Ok(c) if c.issued.saturating_add(api.login_ttl) <= now => (
+                        "ChallengeExpired",
+                        format!(
+                            "challenge expired (issued {}, lifetime {} s): request a new one",
+                            c.issued, api.login_ttl
+                        ),
+                    ),
+                    _ => (
+                        "ChallengeRejected",
+                        "challenge already used or unknown here: request a new one".to_string(),
+                    ),
+                },
+                LoginError::MalformedChallenge => ("BadChallenge", e.to_string()),
+                LoginError::WrongIssuer(_) => ("WrongIssuer", e.to_string()),
+                LoginError::Signature(_) => ("BadSignature", e.to_string()),
+                _ => ("Refused", e.to_string()),
+            };
+            warn!(%peer, address = ?req.address, code, reason = %message, "login refused");
+            return refuse(StatusCode::UNAUTHORIZED, code, message);
+        }
+    };
+    let session = Session {
+        address: req.address,
+        cluster: api.cluster.clone(),
+        expires: now.saturating_add(api.session_ttl),
+        fingerprint: hex::encode(c.nonce),
+        node: api.node_address.clone(),
+    };
+    let token = match session.to_token(&api.node_key) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "could not sign a session token");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "could not sign the session",
+            );
+        }
+    };
+    info!(%peer, address = ?session.address, expires = session.expires, "login");
+    let cookie = format!(
+        "{COOKIE_NAME}={token}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+        api.session_ttl
+    );
+    (
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        Json(json!({
+            "address": session.address,
+            "node": session.node,
+            "expires": session.expires,
+        })),
+    )
+        .into_response()
+}
+
+/// The value of the session cookie in `headers`, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == COOKIE_NAME)
+        .map(|(_, v)| v)
+}
+
+async fn whoami(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = session_cookie(&headers) else {
+        warn!(%peer, "session refused: no cookie");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "NoSession",
+            "no session cookie: log in first (deorch login)",
+        );
+    };
+    match api.check_session(token) {
+        Ok(s) => Json(json!({
+            "address": s.address,
+            "cluster": s.cluster,
+            "node": s.node,
+            "expires": s.expires,
+        }))
+        .into_response(),
+        Err(e) => {
+            let code = match e {
+                LoginError::Expired => "SessionExpired",
+                LoginError::UnknownNode(_) => "UntrustedNode",
+                LoginError::WrongCluster(_) => "WrongCluster",
+                _ => "BadSession",
+            };
+            warn!(%peer, code, reason = %e, "session refused");
+            refuse(StatusCode::UNAUTHORIZED, code, e.to_string())
+        }
+    }
+}
+
+async fn push(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    match tokio::task::spawn_blocking(move || api.push(peer, &body)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err((status, v))) => (status, Json(v)).into_response(),
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("push handler failed: {e}"),
+        ),
+    }
+}
+
+/// Load the node key at `path`, creating it (0600, on `network`) when the
+/// file does not exist; the key is used on `network` either way.
+pub fn load_or_create_node_key(
+    path: &Path,
+    network: crate::identity::Network,
+) -> Result<PrivateKey, KeyError> {
+    if !path.exists() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        match PrivateKey::generate(network).save(path) {
+            Ok(()) => info!(key = %path.display(), "generated the node key"),
+            Err(KeyError::Exists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(PrivateKey::load(path)?.with_network(network))
+}
