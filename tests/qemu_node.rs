@@ -168,19 +168,11 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     assert!(alive(pid), "the VM kept running");
     let vols = node.state.join("storage/volumes");
     let rep = vols.join("rep-default-live1-data.qcow2");
-    let read = |img: &std::path::Path| {
-        let o = Command::new("qemu-io")
-            .args(["-r", "-U", "-f", "qcow2", "-c", "read -v 0 1"])
-            .arg(img)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("")
-            .to_string()
-    };
-    assert_eq!(read(&rep), "ab", "the replica holds the disk's data");
+    assert_eq!(
+        common::qemu_io_read(&rep, "qcow2"),
+        0xab,
+        "the replica holds the disk's data"
+    );
     // QEMU now holds the new overlay (its write lock is on it).
     let info = Command::new("qemu-img")
         .arg("info")

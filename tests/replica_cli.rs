@@ -10,28 +10,11 @@ use std::process::Command;
 use common::Node;
 
 fn write(img: &Path, marker: u8) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P {marker} 0 512"))
-        .arg(img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::qemu_io_write(img, "qcow2", marker)
 }
 
 fn read(img: &Path) -> u8 {
-    let out = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", "-c", "read -v 0 1"])
-        .arg(img)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    u8::from_str_radix(text.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    common::qemu_io_read(img, "qcow2")
 }
 
 fn ok(node: &Node, args: &[&str]) -> String {

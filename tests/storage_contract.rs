@@ -42,17 +42,7 @@ impl Harness {
             }
             _ => {
                 let info = self.storage().volume(volume).await.unwrap();
-                let out = Command::new("qemu-io")
-                    .args(["-f", info.format, "-c"])
-                    .arg(format!("write -P {marker} 0 512"))
-                    .arg(&info.path)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                common::qemu_io_write(&info.path, info.format, marker)
             }
         }
     }
@@ -66,18 +56,7 @@ impl Harness {
             }
             _ => {
                 let info = self.storage().volume(volume).await.unwrap();
-                let out = Command::new("qemu-io")
-                    .args(["-r", "-f", info.format, "-c", "read -v 0 1"])
-                    .arg(&info.path)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(out.status.success(), "qemu-io read {volume}: {text}");
-                let hex = text
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or_else(|| panic!("qemu-io printed {text}"));
-                u8::from_str_radix(hex, 16).unwrap()
+                common::qemu_io_read(&info.path, info.format)
             }
         }
     }

@@ -156,6 +156,17 @@ fn desired(record: &Record) -> Value {
     o
 }
 
+/// The VM a replica captured: its name and its object as applied.
+fn replica_vm(client: &ClientArgs, ns: &str, replica: &str) -> anyhow::Result<(String, Value)> {
+    let rep = get_one(client, "Replica", ns, replica)?;
+    let vm = rep.object["spec"]["virtualMachine"]["name"]
+        .as_str()
+        .context("replica names no VM")?
+        .to_string();
+    let object = desired(&get_one(client, "VirtualMachine", ns, &vm)?);
+    Ok((vm, object))
+}
+
 /// Poll `kind ns/name` until `done(status)` says yes, or fail with the
 /// object's last `Ready`/`Reverted` condition.
 fn wait(
@@ -281,12 +292,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
             namespace,
             client,
         } => {
-            let rep = get_one(&client, "Replica", &namespace, &replica)?;
-            let vm = rep.object["spec"]["virtualMachine"]["name"]
-                .as_str()
-                .context("replica names no VM")?
-                .to_string();
-            let mut object = desired(&get_one(&client, "VirtualMachine", &namespace, &vm)?);
+            let (vm, mut object) = replica_vm(&client, &namespace, &replica)?;
             object["metadata"]["annotations"][crate::model::REVERT_ANNOTATION] = json!(replica);
             let generation = apply(&client, &object)?;
             let token = format!("{replica}@{generation}");
@@ -302,12 +308,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
             namespace,
             client,
         } => {
-            let rep = get_one(&client, "Replica", &namespace, &replica)?;
-            let vm = rep.object["spec"]["virtualMachine"]["name"]
-                .as_str()
-                .context("replica names no VM")?
-                .to_string();
-            let mut object = desired(&get_one(&client, "VirtualMachine", &namespace, &vm)?);
+            let (vm, mut object) = replica_vm(&client, &namespace, &replica)?;
             object["metadata"] = json!({"name": to, "namespace": namespace});
             if let Some(disks) = object["spec"]["disks"].as_array_mut() {
                 for d in disks {
@@ -316,7 +317,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             apply(&client, &object)?;
-            println!("virtualmachine {namespace}/{to} created from replica {replica}");
+            println!("virtualmachine {namespace}/{to} created from replica {replica} of {vm}");
             Ok(ExitCode::SUCCESS)
         }
         ReplicaCommand::Delete {

@@ -405,3 +405,39 @@ pub fn zfs_tree(root: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Write `marker` over the first sector of an image with `qemu-io`.
+pub fn qemu_io_write(img: &Path, format: &str, marker: u8) {
+    let out = Command::new("qemu-io")
+        .args(["-f", format, "-c"])
+        .arg(format!("write -P {marker} 0 512"))
+        .arg(img)
+        .output()
+        .expect("qemu-io");
+    assert!(
+        out.status.success(),
+        "qemu-io write {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first byte of an image, read with `qemu-io`.
+pub fn qemu_io_read(img: &Path, format: &str) -> u8 {
+    let out = Command::new("qemu-io")
+        .args(["-r", "-f", format, "-c", "read -v 0 1"])
+        .arg(img)
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qemu-io read {}: {text}",
+        img.display()
+    );
+    let hex = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("qemu-io printed {text}"));
+    u8::from_str_radix(hex, 16).unwrap()
+}
