@@ -197,12 +197,14 @@ enum Step {
 /// run on the blocking pool.
 pub struct CowStorage<B: CowBackend> {
     backend: Arc<Mutex<B>>,
+    kind: &'static str,
 }
 
 impl<B: CowBackend> CowStorage<B> {
     /// Wrap a backend.
     pub fn new(backend: B) -> Self {
         CowStorage {
+            kind: backend.kind(),
             backend: Arc::new(Mutex::new(backend)),
         }
     }
@@ -253,7 +255,8 @@ pub fn collision(op: &str, volume: &str) -> DriverError {
 
 impl<B: CowBackend> Storage for CowStorage<B> {
     fn name(&self) -> &'static str {
-        self.with_sync(|b| b.kind())
+        // Not through the lock: a long zfs command holds it.
+        self.kind
     }
     fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
         let volume = volume.to_string();
@@ -637,8 +640,7 @@ impl CowBackend for MemBackend {
         self.faults.check("ensure_dataset", &config.path)?;
         self.datasets
             .insert(config.path.clone(), config.properties.clone());
-        let (total, free) = self.capacity()?;
-        let _ = total;
+        let (_, free) = self.capacity()?;
         Ok(DatasetState {
             used: 0,
             available: free,

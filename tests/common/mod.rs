@@ -361,16 +361,11 @@ pub fn zfs_root(tag: &str) -> Option<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let root = format!(
-        "{POOL}/{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-            ^ (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-                & 0xffffff)
-    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let root = format!("{POOL}/{tag}-{}-{nanos}", std::process::id());
     Some(root)
 }
 
