@@ -112,6 +112,11 @@ enum Why {
     Rescan,
 }
 
+/// Quiet gap that ends the wait for a rename's second half.
+const RENAME_GRACE: Duration = Duration::from_millis(30);
+/// Longest wait for it.
+const RENAME_GRACE_MAX: Duration = Duration::from_millis(250);
+
 async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
     if let Err(e) = std::fs::create_dir_all(&config.root) {
         warn!(dir = %config.root.display(), error = %e, "cannot create manifest directory");
@@ -154,9 +159,21 @@ async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver
                 let mut full = false;
                 classify(ev, &mut batch, &mut full);
                 // Take everything already queued: a rename's two halves
-                // arrive together and must be applied as one batch.
+                // must be applied as one batch.
                 while let Ok(ev) = rx.try_recv() {
                     classify(ev, &mut batch, &mut full);
+                }
+                // A file that is gone may be the first half of a rename
+                // whose second half the watcher has not delivered yet:
+                // wait for a short quiet gap (bounded) before deleting, so
+                // a rename never deletes and re-creates its objects. Drops
+                // and edits (files that exist) are not delayed.
+                let grace_end = Instant::now() + RENAME_GRACE_MAX;
+                while batch.keys().any(|p| !p.exists()) && Instant::now() < grace_end {
+                    match tokio::time::timeout(RENAME_GRACE, rx.recv()).await {
+                        Ok(Some(ev)) => classify(ev, &mut batch, &mut full),
+                        _ => break,
+                    }
                 }
                 if full {
                     tree.rescan(false);
