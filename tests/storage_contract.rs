@@ -423,7 +423,7 @@ async fn interrupted_removal_is_finished_by_gc(h: Harness) {
 /// stand-in for a crash at that step); the run then "restarts" (gc) and
 /// finishes the interrupted operation as the reconcilers do, and the same
 /// invariants must hold. Replay a failure with its printed seed.
-async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) -> usize {
+async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) {
     use std::collections::BTreeMap;
     let s = h.storage();
     let mut rng = common::Rng(seed.max(1));
@@ -538,9 +538,9 @@ async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) ->
         Vec::<String>::new(),
         "seed {seed}: leftovers"
     );
-    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Restarts after injected failures, over all runs of the fake.
 static INTERRUPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// After an interrupted operation: no more faults, and gc as at node start.
@@ -561,11 +561,11 @@ fn seeds(n: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sequences_on_fake_with_faults() {
-    let mut interrupted = 0;
     for seed in seeds(300) {
         let h = fake().unwrap();
-        interrupted = random_sequences(&h, seed, 40, true).await;
+        random_sequences(&h, seed, 40, true).await;
     }
+    let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
     // The final restart of each run counts too; most must be real faults.
     eprintln!("{interrupted} restarts");
     assert!(

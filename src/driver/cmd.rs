@@ -78,6 +78,30 @@ impl CmdError {
     }
 }
 
+/// A file-system error on a volume or dataset, classified like the tools'
+/// errors: no space or quota is `PoolFull`, a missing file `NotFound`.
+pub fn io_error(op: &str, target: &str, e: std::io::Error) -> DriverError {
+    let message = e.to_string();
+    match e.raw_os_error() {
+        // ENOSPC, EDQUOT
+        Some(28) | Some(122) => DriverError::Condition {
+            op: op.into(),
+            target: target.into(),
+            reason: "PoolFull",
+            message,
+        },
+        Some(2) => DriverError::NotFound {
+            op: op.into(),
+            target: target.into(),
+        },
+        _ => DriverError::Permanent {
+            op: op.into(),
+            target: target.into(),
+            message,
+        },
+    }
+}
+
 /// Run `program args...` with a deadline.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, CmdError> {
     let mut child = Command::new(program)

@@ -91,7 +91,8 @@ pub fn check_volume_name(op: &str, volume: &str) -> Result<(), DriverError> {
     }
 }
 
-fn nonce() -> String {
+/// A name part unique on this node: the time in nanoseconds, in hex.
+pub fn nonce() -> String {
     let n = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -561,7 +562,7 @@ impl CowBackend for MemBackend {
             }
             if let Some(o) = &d.origin {
                 if let Some((od, os)) = o.split_once('@') {
-                    if od == parent && moved_names.contains(os) && name != parent {
+                    if od == parent && moved_names.contains(os) {
                         d.origin = Some(format!("{ds}@{os}"));
                     }
                 }

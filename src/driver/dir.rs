@@ -27,10 +27,11 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::cmd;
-use super::cow::{blocking, check_volume_name, collision};
+use super::cmd::io_error as io;
+use super::cow::{blocking, check_volume_name, collision, nonce};
 use super::{
     BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, LiveDisks, Storage,
     VolumeInfo,
@@ -85,27 +86,6 @@ pub fn qcow2_header(path: &Path) -> std::io::Result<Qcow2Header> {
     Ok(Qcow2Header { size, backing })
 }
 
-fn io(op: &str, target: &str, e: std::io::Error) -> DriverError {
-    let message = e.to_string();
-    match e.raw_os_error() {
-        Some(28) | Some(122) => DriverError::Condition {
-            op: op.into(),
-            target: target.into(),
-            reason: "PoolFull",
-            message,
-        },
-        Some(2) => DriverError::NotFound {
-            op: op.into(),
-            target: target.into(),
-        },
-        _ => DriverError::Permanent {
-            op: op.into(),
-            target: target.into(),
-            message,
-        },
-    }
-}
-
 impl Dir {
     fn volume_path(&self, v: &str) -> PathBuf {
         self.root.join("volumes").join(format!("{v}.qcow2"))
@@ -113,13 +93,9 @@ impl Dir {
 
     fn tmp(&mut self, what: &str) -> PathBuf {
         self.seq += 1;
-        let n = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
         self.root
             .join("tmp")
-            .join(format!("{what}.{n:x}.{}", self.seq))
+            .join(format!("{what}.{}.{}", nonce(), self.seq))
     }
 
     fn qemu_img(op: &str, target: &str, args: &[&str]) -> Result<(), DriverError> {

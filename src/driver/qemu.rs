@@ -499,14 +499,7 @@ impl Hypervisor for QemuHypervisor {
                 .and_then(|b| b["inserted"]["node-name"].as_str())
                 .unwrap_or(disk)
                 .to_string();
-            let node = format!(
-                "{disk}-{:x}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0)
-                    & 0xffff_ffff
-            );
+            let node = format!("{disk}-{}", crate::driver::cow::nonce());
             qmp.execute(
                 "blockdev-add",
                 Some(serde_json::json!({

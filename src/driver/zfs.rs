@@ -129,24 +129,6 @@ impl ZfsBackend {
         Ok(self.mountpoint(&self.full(rel), op)?.join(IMAGE))
     }
 
-    fn io(op: &str, target: &str, e: std::io::Error) -> DriverError {
-        let message = e.to_string();
-        if e.raw_os_error() == Some(28) {
-            DriverError::Condition {
-                op: op.into(),
-                target: target.into(),
-                reason: "PoolFull",
-                message,
-            }
-        } else {
-            DriverError::Permanent {
-                op: op.into(),
-                target: target.into(),
-                message,
-            }
-        }
-    }
-
     fn grow(&self, rel: &str, size: u64, op: &str) -> Result<(), DriverError> {
         let img = self.image(rel, op)?;
         let f = std::fs::OpenOptions::new()
@@ -154,10 +136,10 @@ impl ZfsBackend {
             .create(true)
             .truncate(false)
             .open(&img)
-            .map_err(|e| Self::io(op, rel, e))?;
-        let len = f.metadata().map_err(|e| Self::io(op, rel, e))?.len();
+            .map_err(|e| cmd::io_error(op, rel, e))?;
+        let len = f.metadata().map_err(|e| cmd::io_error(op, rel, e))?.len();
         if size > len {
-            f.set_len(size).map_err(|e| Self::io(op, rel, e))?;
+            f.set_len(size).map_err(|e| cmd::io_error(op, rel, e))?;
         }
         Ok(())
     }
