@@ -27,11 +27,10 @@ say "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 # Userspace ZFS for the storage tests: one daemon for the whole run (the
 # tests make their pool), stopped afterwards if this script started it.
-if [ ! -S /var/run/zfs/zfs_socket ]; then
+if ! zpool list >/dev/null 2>&1; then
   say "starting zfs-fuse"
-  zfs-fuse --no-kstat-mount --pidfile /run/zfs-fuse.pid
-  trap 'kill "$(cat /run/zfs-fuse.pid)" 2>/dev/null || true' EXIT
-  for _ in $(seq 100); do [ -S /var/run/zfs/zfs_socket ] && break; sleep 0.1; done
+  scripts/zfs-fuse.sh up
+  trap 'scripts/zfs-fuse.sh down' EXIT
 fi
 say "tests"
 cargo nextest run --locked --no-fail-fast "$@"

@@ -326,18 +326,12 @@ pub fn zfs_root(tag: &str) -> Option<String> {
     // One test binary at a time sets the daemon and pool up.
     let lock = std::fs::File::create("/var/tmp/deorchtest.lock").expect("lock file");
     lock.lock().expect("lock");
-    if !Path::new("/var/run/zfs/zfs_socket").exists() {
-        let st = Command::new("zfs-fuse")
-            .args(["--no-kstat-mount", "--pidfile", "/run/zfs-fuse.pid"])
-            .status()
-            .expect("start zfs-fuse");
-        assert!(st.success(), "zfs-fuse failed to start");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !Path::new("/var/run/zfs/zfs_socket").exists() {
-            assert!(Instant::now() < deadline, "zfs-fuse socket never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    // scripts/zfs-fuse.sh also clears what a daemon that died left behind.
+    let st = Command::new("scripts/zfs-fuse.sh")
+        .arg("up")
+        .status()
+        .expect("run scripts/zfs-fuse.sh");
+    assert!(st.success(), "scripts/zfs-fuse.sh up failed");
     let have = Command::new("zpool")
         .args(["list", "-H", "-o", "name", POOL])
         .output()
