@@ -505,6 +505,126 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Bytes allocated on disk under `dir` (what `du` counts).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Space a ZFS dataset tree uses, once the pool has written it out.
+fn zfs_used(dataset: &str) -> anyhow::Result<u64> {
+    // zfs-fuse updates `used` when a transaction group commits (<= 5 s).
+    let _ = crate::driver::cmd::run("sync", &[], Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(6));
+    let out = crate::driver::cmd::run(
+        "zfs",
+        &["get", "-Hp", "-o", "value", "used", dataset],
+        Duration::from_secs(60),
+    )
+    .map_err(|e| anyhow::anyhow!("zfs get used: {}", e.message()))?;
+    Ok(out.stdout.trim().parse()?)
+}
+
+/// VM disk from a spacesuit: `count` clones of a spacesuit holding
+/// `data_mib` MiB of written data; the time of each clone and the extra
+/// space all of them use, beside a full copy of the same image with
+/// `qemu-img convert` (what a non-linked clone costs).
+pub fn clone_cost(count: usize, data_mib: u64, zfs_root: Option<&str>) -> anyhow::Result<()> {
+    use crate::driver::Storage;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let run = |name: &str,
+               storage: Arc<dyn Storage>,
+               used: &dyn Fn() -> anyhow::Result<u64>|
+     -> anyhow::Result<()> {
+        rt.block_on(async {
+            storage.create("suit", 1 << 30).await?;
+            let info = storage.volume("suit").await?;
+            let w = Command::new("qemu-io")
+                .args(["-f", info.format, "-c"])
+                .arg(format!("write -P 0x5a 0 {data_mib}M"))
+                .arg(&info.path)
+                .output()?;
+            if !w.status.success() {
+                bail!("qemu-io write: {}", String::from_utf8_lossy(&w.stderr));
+            }
+            // The first clone freezes the spacesuit (dir: its layer); count
+            // from there, as a node does once the spacesuit is in use.
+            storage.clone_volume("vm0-root", "suit", None).await?;
+            let before = used()?;
+            let mut samples = Vec::with_capacity(count);
+            for i in 1..=count {
+                let t = Instant::now();
+                storage
+                    .clone_volume(&format!("vm{i}-root"), "suit", None)
+                    .await?;
+                samples.push(t.elapsed());
+            }
+            let extra = used()?.saturating_sub(before);
+            let copy = std::env::temp_dir().join(format!("deorch-bench-copy-{}", std::process::id()));
+            let t = Instant::now();
+            let c = Command::new("qemu-img")
+                .args(["convert", "-O", "qcow2", "-f", info.format])
+                .arg(&info.path)
+                .arg(&copy)
+                .output()?;
+            let copy_time = t.elapsed();
+            let copy_size = std::fs::metadata(&copy).map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            });
+            let _ = std::fs::remove_file(&copy);
+            if !c.status.success() {
+                bail!("qemu-img convert: {}", String::from_utf8_lossy(&c.stderr));
+            }
+            let p = percentiles(&mut samples);
+            println!(
+                "{name}: VM disk from a spacesuit with {data_mib} MiB written: p50 {:.1} ms, p99 {:.1} ms over {count}; extra space {:.1} KiB per clone; full copy (qemu-img convert) {:.0} ms and {:.1} MiB",
+                p.p50,
+                p.p99,
+                extra as f64 / count as f64 / 1024.0,
+                copy_time.as_secs_f64() * 1e3,
+                copy_size.unwrap_or(0) as f64 / (1 << 20) as f64,
+            );
+            for v in storage.list().await? {
+                storage.destroy(&v).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let dir = scratch("clone")?;
+    let d = dir.clone();
+    run(
+        "dir (qcow2)",
+        Arc::new(crate::driver::dir::DirStorage::open(&dir)?),
+        &move || Ok(allocated(&d)),
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(root) = zfs_root {
+        let backend = crate::driver::zfs::ZfsBackend::open(root)?;
+        let r = root.to_string();
+        run(
+            "zfs",
+            Arc::new(crate::driver::cow::CowStorage::new(backend)),
+            &move || zfs_used(&r),
+        )?;
+    }
+    Ok(())
+}
+
 /// Login round trip over loopback HTTP: `GET /v1/auth/challenge`, sign
 /// with a P2WPKH key, `POST /v1/auth/login`, `GET /v1/auth/whoami` with
 /// the cookie; `count` times, one TCP connection per request, against an

@@ -321,7 +321,9 @@ async fn deletion_cleans_up_and_failures_stay_isolated() {
     .await;
     w.wait("vm removed", |w| !w.hv.running().contains("default/gone"))
         .await;
-    assert_eq!(w.net.taps().len(), 1, "only keep's tap is left");
+    // The tap goes after the VM: wait for it rather than race it.
+    w.wait("only keep's tap is left", |w| w.net.taps().len() == 1)
+        .await;
     assert!(w.hv.running().contains("default/keep"));
     // The orphan starts once its spacesuit appears.
     w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {name: missing}\nspec: {cpu: 1}\n");

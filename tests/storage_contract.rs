@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -55,7 +56,11 @@ impl Harness {
                 s.with_sync(|b| b.read_marker(&v)).unwrap() as u8
             }
             _ => {
-                let info = self.storage().volume(volume).await.unwrap();
+                let info = self
+                    .storage()
+                    .volume(volume)
+                    .await
+                    .unwrap_or_else(|e| panic!("read {volume}: {e}"));
                 common::qemu_io_read(&info.path, info.format)
             }
         }
@@ -84,6 +89,28 @@ impl Harness {
                 .into_iter()
                 .filter(|n| n.contains('@') || n.starts_with(&format!("{root}/trash/")))
                 .collect(),
+        }
+    }
+}
+
+impl Harness {
+    /// A new driver over the same storage, as after a restart of the node.
+    fn reopen(&mut self) {
+        match self {
+            Harness::Fake(_) => {}
+            Harness::Dir(s, root) => *s = Arc::new(DirStorage::open(root).unwrap()),
+            Harness::Zfs(s, root) => {
+                *s = Arc::new(CowStorage::new(ZfsBackend::open(root).unwrap()))
+            }
+        }
+    }
+
+    /// Where the driver keeps its volumes (a directory or a dataset).
+    fn root(&self) -> String {
+        match self {
+            Harness::Fake(_) => String::new(),
+            Harness::Dir(_, root) => root.display().to_string(),
+            Harness::Zfs(_, root) => root.clone(),
         }
     }
 }
@@ -415,6 +442,171 @@ async fn interrupted_removal_is_finished_by_gc(h: Harness) {
     assert_eq!(h.leftovers(), Vec::<String>::new());
 }
 
+/// One step of a random sequence. It is planned before it runs, so a
+/// process killed while running it can say what was in flight.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum Op {
+    Create { v: String, marker: u8 },
+    Clone { reqs: Vec<(String, String)> },
+    Write { v: String, marker: u8 },
+    Revert { a: String, b: String },
+    Destroy { v: String },
+}
+
+type Model = std::collections::BTreeMap<String, u8>;
+
+/// The next step for `model`, from `rng`; `next` numbers new volumes.
+fn plan(rng: &mut common::Rng, model: &Model, next: &mut u64) -> Op {
+    let names: Vec<String> = model.keys().cloned().collect();
+    let pick = |rng: &mut common::Rng| names[rng.below(names.len() as u64) as usize].clone();
+    let marker = (rng.below(250) + 1) as u8;
+    let op = if names.is_empty() { 0 } else { rng.below(6) };
+    match op {
+        1 | 2 => {
+            let n = if op == 2 && names.len() >= 2 { 2 } else { 1 };
+            let mut sources = std::collections::BTreeSet::new();
+            while sources.len() < n {
+                sources.insert(pick(rng));
+            }
+            let reqs = sources
+                .into_iter()
+                .map(|src| {
+                    *next += 1;
+                    (format!("v{next}"), src)
+                })
+                .collect();
+            Op::Clone { reqs }
+        }
+        3 => Op::Write {
+            v: pick(rng),
+            marker,
+        },
+        4 if names.len() >= 2 => {
+            let (a, b) = (pick(rng), pick(rng));
+            if a == b {
+                Op::Write { v: a, marker }
+            } else {
+                Op::Revert { a, b }
+            }
+        }
+        0 | 4 => {
+            *next += 1;
+            Op::Create {
+                v: format!("v{next}"),
+                marker,
+            }
+        }
+        _ => Op::Destroy { v: pick(rng) },
+    }
+}
+
+fn clone_requests(reqs: &[(String, String)]) -> Vec<CloneRequest> {
+    reqs.iter()
+        .map(|(volume, source)| CloneRequest {
+            volume: volume.clone(),
+            source: source.clone(),
+            size: None,
+        })
+        .collect()
+}
+
+/// Run `op` against the driver.
+async fn apply(h: &Harness, op: &Op) -> Result<(), DriverError> {
+    let s = h.storage();
+    match op {
+        Op::Create { v, marker } => {
+            s.create(v, MB).await?;
+            h.write(v, *marker).await;
+            Ok(())
+        }
+        Op::Clone { reqs } => s.clone_volumes(&clone_requests(reqs)).await,
+        Op::Write { v, marker } => {
+            h.write(v, *marker).await;
+            Ok(())
+        }
+        Op::Revert { a, b } => s.revert(a, b).await,
+        Op::Destroy { v } => s.destroy(v).await,
+    }
+}
+
+/// The model after `op` succeeded.
+fn commit(model: &mut Model, op: &Op) {
+    match op {
+        Op::Create { v, marker } | Op::Write { v, marker } => {
+            model.insert(v.clone(), *marker);
+        }
+        Op::Clone { reqs } => {
+            for (v, src) in reqs {
+                model.insert(v.clone(), model[src]);
+            }
+        }
+        Op::Revert { a, b } => {
+            model.insert(a.clone(), model[b]);
+        }
+        Op::Destroy { v } => {
+            model.remove(v);
+        }
+    }
+}
+
+/// After `op` was interrupted (a failed step, or the process killed while
+/// it ran): gc as at node start, then what the reconcilers do: a creation
+/// is rolled back (the object is created again from scratch), a revert or
+/// a removal is finished. A write cut short left either content.
+async fn recover(h: &Harness, model: &mut Model, op: &Op, ctx: &str) {
+    restart(h).await;
+    let s = h.storage();
+    match op {
+        Op::Create { v, .. } => s
+            .destroy(v)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: roll back {v}: {e}")),
+        Op::Clone { reqs } => {
+            for (v, _) in reqs {
+                s.destroy(v)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: roll back {v}: {e}"));
+            }
+        }
+        Op::Write { v, marker } => {
+            let got = h.read(v).await;
+            assert!(
+                got == model[v] || got == *marker,
+                "{ctx}: {v} reads {got}, neither {} nor {marker}",
+                model[v]
+            );
+            model.insert(v.clone(), got);
+        }
+        Op::Revert { .. } | Op::Destroy { .. } => {
+            apply(h, op)
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: finish {op:?}: {e}"));
+            commit(model, op);
+        }
+    }
+}
+
+/// The driver lists exactly the model's volumes, and each reads the
+/// content the model says: no dependent was ever broken.
+async fn check(h: &Harness, model: &Model, ctx: &str) {
+    let mut listed = h.storage().list().await.unwrap();
+    listed.sort();
+    let want: Vec<String> = model.keys().cloned().collect();
+    assert_eq!(listed, want, "{ctx}: volumes");
+    for (v, m) in model {
+        assert_eq!(h.read(v).await, *m, "{ctx}: content of {v}");
+    }
+}
+
+/// Everything destroyed: nothing at all is left over.
+async fn destroy_all(h: &Harness, model: &Model, ctx: &str) {
+    restart(h).await;
+    for v in model.keys() {
+        h.storage().destroy(v).await.unwrap();
+    }
+    assert_eq!(h.leftovers(), Vec::<String>::new(), "{ctx}: leftovers");
+}
+
 /// Random create / clone / replica / write / revert / destroy sequences
 /// checked against a model after every step: every live volume reads the
 /// content the model says (no dependent is ever broken), the driver lists
@@ -424,15 +616,10 @@ async fn interrupted_removal_is_finished_by_gc(h: Harness) {
 /// finishes the interrupted operation as the reconcilers do, and the same
 /// invariants must hold. Replay a failure with its printed seed.
 async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) {
-    use std::collections::BTreeMap;
-    let s = h.storage();
     let mut rng = common::Rng(seed.max(1));
-    let mut model: BTreeMap<String, u8> = BTreeMap::new();
+    let mut model = Model::new();
     let mut next = 0;
     for step in 0..steps {
-        let names: Vec<String> = model.keys().cloned().collect();
-        let pick = |rng: &mut common::Rng| names[rng.below(names.len() as u64) as usize].clone();
-        let marker = (rng.below(250) + 1) as u8;
         if faults {
             if let Harness::Fake(f) = h {
                 // One planned failure per operation: the "restart" after it
@@ -447,97 +634,166 @@ async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) {
                 }
             }
         }
-        let op = if names.is_empty() { 0 } else { rng.below(6) };
-        let ctx = format!("seed {seed} step {step} op {op}");
-        match op {
-            0 => {
-                next += 1;
-                let v = format!("v{next}");
-                match s.create(&v, MB).await {
-                    Ok(()) => {
-                        h.write(&v, marker).await;
-                        model.insert(v, marker);
-                    }
-                    Err(_) => {
-                        restart(h).await;
-                        s.destroy(&v).await.unwrap();
-                    }
-                }
-            }
-            1 | 2 => {
-                let n = if op == 2 && names.len() >= 2 { 2 } else { 1 };
-                let mut reqs = Vec::new();
-                let mut sources = std::collections::BTreeSet::new();
-                while sources.len() < n {
-                    sources.insert(pick(&mut rng));
-                }
-                for src in sources {
-                    next += 1;
-                    reqs.push(CloneRequest {
-                        volume: format!("v{next}"),
-                        source: src,
-                        size: None,
-                    });
-                }
-                match s.clone_volumes(&reqs).await {
-                    Ok(()) => {
-                        for r in &reqs {
-                            model.insert(r.volume.clone(), model[&r.source]);
-                        }
-                    }
-                    Err(_) => {
-                        // Interrupted: finish removals, drop the partial capture.
-                        restart(h).await;
-                        for r in &reqs {
-                            s.destroy(&r.volume).await.unwrap();
-                        }
-                    }
-                }
-            }
-            3 => {
-                let v = pick(&mut rng);
-                h.write(&v, marker).await;
-                model.insert(v, marker);
-            }
-            4 if names.len() >= 2 => {
-                let a = pick(&mut rng);
-                let b = pick(&mut rng);
-                if a != b {
-                    if s.revert(&a, &b).await.is_err() {
-                        restart(h).await;
-                        s.revert(&a, &b)
-                            .await
-                            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                    }
-                    model.insert(a, model[&b]);
-                }
-            }
-            _ => {
-                let v = pick(&mut rng);
-                if s.destroy(&v).await.is_err() {
-                    restart(h).await;
-                    s.destroy(&v).await.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                }
-                model.remove(&v);
-            }
+        let op = plan(&mut rng, &model, &mut next);
+        let ctx = format!("seed {seed} step {step} {op:?}");
+        match apply(h, &op).await {
+            Ok(()) => commit(&mut model, &op),
+            Err(_) => recover(h, &mut model, &op, &ctx).await,
         }
-        let mut listed = s.list().await.unwrap();
-        listed.sort();
-        let want: Vec<String> = model.keys().cloned().collect();
-        assert_eq!(listed, want, "{ctx}: volumes");
-        for (v, m) in &model {
-            assert_eq!(h.read(v).await, *m, "{ctx}: content of {v}");
+        check(h, &model, &ctx).await;
+    }
+    destroy_all(h, &model, &format!("seed {seed}")).await;
+}
+
+/// What a killed worker left: the model before the step in flight, and
+/// that step (none between steps).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    model: Model,
+    op: Option<Op>,
+    step: usize,
+}
+
+/// The process `killed_at_random_steps` kills: a random sequence on the
+/// driver named by `DEORCH_KILL_DRIVER` over `DEORCH_KILL_ROOT`, which
+/// journals the model and the step in flight before each step (a temporary
+/// file renamed over the journal, so the journal is always whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the worker of killed_at_random_steps_*, run by them with its environment"]
+async fn kill_worker() {
+    let (Ok(driver), Ok(root), Ok(journal), Ok(seed)) = (
+        std::env::var("DEORCH_KILL_DRIVER"),
+        std::env::var("DEORCH_KILL_ROOT"),
+        std::env::var("DEORCH_KILL_JOURNAL"),
+        std::env::var("DEORCH_KILL_SEED"),
+    ) else {
+        panic!("kill_worker runs only inside killed_at_random_steps_*");
+    };
+    let h = match driver.as_str() {
+        "dir" => Harness::Dir(
+            Arc::new(DirStorage::open(root.as_ref()).unwrap()),
+            root.into(),
+        ),
+        _ => Harness::Zfs(
+            Arc::new(CowStorage::new(ZfsBackend::open(&root).unwrap())),
+            root,
+        ),
+    };
+    let journal = PathBuf::from(journal);
+    let save = |j: &Journal| {
+        let tmp = journal.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(j).unwrap()).unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(&tmp, &journal).unwrap();
+    };
+    let mut rng = common::Rng(seed.parse().unwrap());
+    let mut j = Journal::default();
+    let mut next = 0;
+    for step in 0..400 {
+        let op = plan(&mut rng, &j.model, &mut next);
+        j.op = Some(op.clone());
+        j.step = step;
+        save(&j);
+        apply(&h, &op)
+            .await
+            .unwrap_or_else(|e| panic!("step {step} {op:?}: {e}"));
+        commit(&mut j.model, &op);
+        j.op = None;
+        save(&j);
+    }
+    // The parent owns the storage: no cleanup here.
+    std::mem::forget(h);
+}
+
+/// A real process runs a random sequence and is killed with SIGKILL (its
+/// whole process group: `zfs`, `qemu-img`, `qemu-io` children included) at
+/// a random moment, `rounds` times. After each kill a new driver over the
+/// same storage recovers (gc, then the reconcilers' rule for the step in
+/// flight) and must end exactly at the model: every volume listed and
+/// readable with its content, and nothing left over once all is deleted.
+async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, rounds: u64) {
+    // More rounds (and other kill moments) on demand: DEORCH_KILL_ROUNDS=N.
+    let rounds = std::env::var("DEORCH_KILL_ROUNDS")
+        .map(|n| n.parse().expect("DEORCH_KILL_ROUNDS is a number"))
+        .unwrap_or(rounds);
+    let mut rng = common::Rng(0x5EED_0000 + rounds + std::process::id() as u64);
+    let mut kills = 0;
+    for round in 0..rounds {
+        let Some(mut h) = fresh() else { return };
+        let journal = common::temp_dir(&format!("kill-{tag}")).join("journal.json");
+        let seed = rng.next() | 1;
+        let log = journal.with_file_name("worker.log");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["kill_worker", "--exact", "--ignored", "--nocapture"])
+            .env("DEORCH_KILL_DRIVER", tag)
+            .env("DEORCH_KILL_ROOT", h.root())
+            .env("DEORCH_KILL_JOURNAL", &journal)
+            .env("DEORCH_KILL_SEED", seed.to_string())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(300 + rng.below(3000));
+        let mut exited = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(st) = child.try_wait().unwrap() {
+                exited = Some(st);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        if let Some(st) = exited {
+            // It finished (or failed) before the kill: it must have succeeded.
+            assert!(
+                st.success(),
+                "{tag} round {round} seed {seed}: the worker failed: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        } else {
+            kills += 1;
+        }
+        // The whole group, whether or not the worker itself is still there.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+        let _ = child.wait();
+        let j: Journal = std::fs::read(&journal)
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or_default();
+        let ctx = format!(
+            "{tag} round {round} seed {seed} killed at step {} in {:?}",
+            j.step, j.op
+        );
+        eprintln!("{ctx}: recovering");
+        h.reopen();
+        let mut model = j.model;
+        if let Some(op) = &j.op {
+            recover(&h, &mut model, op, &ctx).await;
+        } else {
+            restart(&h).await;
+        }
+        check(&h, &model, &ctx).await;
+        destroy_all(&h, &model, &ctx).await;
+        let _ = std::fs::remove_dir_all(journal.parent().unwrap());
     }
-    restart(h).await;
-    for v in model.keys() {
-        s.destroy(v).await.unwrap();
-    }
-    assert_eq!(
-        h.leftovers(),
-        Vec::<String>::new(),
-        "seed {seed}: leftovers"
+    assert!(
+        kills * 2 >= rounds,
+        "most rounds were killed mid-way: {kills} of {rounds}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_steps_on_dir() {
+    killed_at_random_steps(dir, "dir", 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_steps_on_zfs() {
+    killed_at_random_steps(zfs, "zfs", 8).await;
 }
 
 /// Restarts after injected failures, over all runs of the fake.

@@ -287,6 +287,19 @@ pub enum BenchCommand {
         #[arg(long)]
         zfs_root: Option<String>,
     },
+    /// VM disk from a spacesuit: clone time and extra space, beside a full
+    /// copy of the same image (dir, and zfs when given a root).
+    Clone {
+        /// Number of VM disks cloned.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// MiB of data written into the spacesuit before cloning.
+        #[arg(long, default_value_t = 256)]
+        data_mib: u64,
+        /// A ZFS dataset to measure the zfs driver in (e.g. deorchtest/bench).
+        #[arg(long)]
+        zfs_root: Option<String>,
+    },
     /// Login round trip over loopback HTTP (challenge, sign, login, whoami).
     Login {
         /// Number of round trips.
@@ -551,6 +564,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Replica { count, zfs_root } => {
                     crate::bench::replica_latency(count, zfs_root.as_deref())?
                 }
+                BenchCommand::Clone {
+                    count,
+                    data_mib,
+                    zfs_root,
+                } => crate::bench::clone_cost(count, data_mib, zfs_root.as_deref())?,
                 BenchCommand::Login { count } => crate::bench::login_latency(count)?,
             }
             Ok(ExitCode::SUCCESS)

@@ -53,6 +53,14 @@ pub trait CowBackend: Send + 'static {
     fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError>;
     /// A writable clone of a snapshot, its image grown to `size`.
     fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError>;
+    /// Several clones `(snapshot, dataset, size)`, in any order; a backend
+    /// may run them at once. Stops at (and returns) the first failure.
+    fn clone_all(&mut self, clones: &[(String, String, Option<u64>)]) -> Result<(), DriverError> {
+        for (snap, ds, size) in clones {
+            self.clone(snap, ds, *size)?;
+        }
+        Ok(())
+    }
     /// `zfs promote`.
     fn promote(&mut self, ds: &str) -> Result<(), DriverError>;
     /// Rename a dataset.
@@ -308,14 +316,11 @@ impl<B: CowBackend> Storage for CowStorage<B> {
                 .map(|s| format!("{}@{snap}", vol(s)))
                 .collect();
             b.snapshot(&snaps)?;
-            for r in &requests {
-                b.clone(
-                    &format!("{}@{snap}", vol(&r.source)),
-                    &vol(&r.volume),
-                    r.size,
-                )?;
-            }
-            Ok(())
+            let clones: Vec<_> = requests
+                .iter()
+                .map(|r| (format!("{}@{snap}", vol(&r.source)), vol(&r.volume), r.size))
+                .collect();
+            b.clone_all(&clones)
         }))
     }
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
