@@ -975,3 +975,63 @@ async fn pool_missing_and_pool_full_are_precise_on_zfs() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `dir` driver writes its qcow2 files itself: QEMU's own tools must
+/// find them clean (`qemu-img check`), read their size, backing file and
+/// format as written, and read and write through the chain.
+#[test]
+fn native_qcow2_files_are_what_qemu_expects() {
+    use deorch::driver::qcow2;
+    if !common::qemu_available() {
+        return;
+    }
+    let dir = common::temp_dir("qcow2");
+    let base = dir.join("base.qcow2");
+    let top = dir.join("top.qcow2");
+    qcow2::create(&base, 3 * MB, None).unwrap();
+    qcow2::create(&top, 9 << 40, Some(&base)).unwrap();
+    for img in [&base, &top] {
+        let out = Command::new("qemu-img")
+            .args(["check", "--output=json"])
+            .arg(img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qemu-img check {}: {}{}",
+            img.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&top)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 9u64 << 40);
+    assert_eq!(info["cluster-size"], 65536);
+    assert_eq!(info["backing-filename"], base.display().to_string());
+    assert_eq!(info["backing-filename-format"], "qcow2");
+    assert_eq!(info["format-specific"]["data"]["refcount-bits"], 16);
+    assert_eq!(info["format-specific"]["data"]["corrupt"], false);
+    // Data written below shows through; data written on top stays there.
+    common::qemu_io_write(&base, "qcow2", 7);
+    assert_eq!(common::qemu_io_read(&top, "qcow2"), 7);
+    common::qemu_io_write(&top, "qcow2", 9);
+    assert_eq!(common::qemu_io_read(&top, "qcow2"), 9);
+    assert_eq!(common::qemu_io_read(&base, "qcow2"), 7);
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,4 +1,5 @@
-//! Directory storage: qcow2 images with backing chains (`qemu-img`), the
+//! Directory storage: qcow2 images with backing chains (written by
+//! [`super::qcow2`]; `qemu-img` converts imports), the
 //! embedded default when no ZFS pool is configured.
 //!
 //! Layout below the root: `volumes/<name>.qcow2` are the live, writable
@@ -23,8 +24,6 @@
 //! refused (`VolumeInUse`) rather than frozen under the writer.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +31,7 @@ use std::time::Duration;
 use super::cmd;
 use super::cmd::io_error as io;
 use super::cow::{blocking, check_volume_name, collision, nonce};
+use super::qcow2;
 use super::{
     BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, LiveDisks, Storage,
     VolumeInfo,
@@ -49,41 +49,6 @@ pub struct DirStorage {
 pub struct Dir {
     root: PathBuf,
     seq: u64,
-}
-
-/// What a qcow2 header says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Qcow2Header {
-    /// Virtual size.
-    pub size: u64,
-    /// Backing file, if any.
-    pub backing: Option<PathBuf>,
-}
-
-/// Read a qcow2 header (magic, size, backing file name).
-pub fn qcow2_header(path: &Path) -> std::io::Result<Qcow2Header> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = [0u8; 32];
-    f.read_exact(&mut h)?;
-    if h[..4] != [b'Q', b'F', b'I', 0xfb] {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: not a qcow2 image", path.display()),
-        ));
-    }
-    let off = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
-    let len = u32::from_be_bytes(h[16..20].try_into().expect("4 bytes")) as usize;
-    let size = u64::from_be_bytes(h[24..32].try_into().expect("8 bytes"));
-    let backing = if off == 0 || len == 0 || len > 4096 {
-        None
-    } else {
-        use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(off))?;
-        let mut name = vec![0u8; len];
-        f.read_exact(&mut name)?;
-        Some(PathBuf::from(std::ffi::OsStr::from_bytes(&name)))
-    };
-    Ok(Qcow2Header { size, backing })
 }
 
 impl Dir {
@@ -110,6 +75,8 @@ impl Dir {
         Ok(())
     }
 
+    /// A new empty overlay on `backing` in `tmp/`, of `size` bytes (the
+    /// backing file's size when not given).
     fn overlay(
         &mut self,
         op: &str,
@@ -117,18 +84,12 @@ impl Dir {
         size: Option<u64>,
     ) -> Result<PathBuf, DriverError> {
         let tmp = self.tmp("overlay");
-        let b = backing.to_string_lossy().to_string();
-        let t = tmp.to_string_lossy().to_string();
-        let size_s = size.map(|s| s.to_string());
-        let mut args = vec!["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &b];
-        if let Some(s) = &size_s {
-            // With the size given, the backing file is not opened (a
-            // running QEMU may hold its lock).
-            args.extend(["-u", &t, s]);
-        } else {
-            args.push(&t);
-        }
-        Self::qemu_img(op, &t, &args)?;
+        let target = tmp.display().to_string();
+        let size = match size {
+            Some(s) => s,
+            None => qcow2::header(backing).map_err(|e| io(op, &target, e))?.size,
+        };
+        qcow2::create(&tmp, size, Some(backing)).map_err(|e| io(op, &target, e))?;
         Ok(tmp)
     }
 
@@ -173,7 +134,7 @@ impl Dir {
                 ))
             };
             std::fs::hard_link(self.volume_path(s), &layer).map_err(|e| io("clone", s, e))?;
-            let size = qcow2_header(&layer).map(|h| h.size).ok();
+            let size = qcow2::header(&layer).map(|h| h.size).ok();
             let over = self.overlay("clone", &layer, size)?;
             self.install("clone", &over, s)?;
             if let Some((l, handle)) = live.filter(|_| is_live(s)) {
@@ -183,7 +144,7 @@ impl Dir {
         }
         for r in reqs {
             let layer = &layers[&r.source];
-            let base = qcow2_header(layer).map(|h| h.size).unwrap_or(0);
+            let base = qcow2::header(layer).map(|h| h.size).unwrap_or(0);
             let over = self.overlay("clone", layer, Some(r.size.unwrap_or(0).max(base)))?;
             self.install("clone", &over, &r.volume)?;
         }
@@ -212,7 +173,7 @@ impl Dir {
         let mut live: BTreeSet<PathBuf> = BTreeSet::new();
         let mut todo: Vec<PathBuf> = list_files(&self.root.join("volumes"));
         while let Some(f) = todo.pop() {
-            if let Ok(h) = qcow2_header(&f) {
+            if let Ok(h) = qcow2::header(&f) {
                 if let Some(b) = h.backing {
                     let b = if b.is_absolute() {
                         b
@@ -322,12 +283,7 @@ impl Storage for DirStorage {
                 return Err(collision("create", &volume));
             }
             let tmp = d.tmp(&volume);
-            let t = tmp.to_string_lossy().to_string();
-            Dir::qemu_img(
-                "create",
-                &volume,
-                &["create", "-q", "-f", "qcow2", &t, &size.to_string()],
-            )?;
+            qcow2::create(&tmp, size, None).map_err(|e| io("create", &volume, e))?;
             d.install("create", &tmp, &volume)
         }))
     }
@@ -413,7 +369,7 @@ impl Storage for DirStorage {
         Box::pin(self.with(move |d| {
             check_volume_name("volume", &volume)?;
             let path = d.volume_path(&volume);
-            let h = qcow2_header(&path).map_err(|e| io("volume", &volume, e))?;
+            let h = qcow2::header(&path).map_err(|e| io("volume", &volume, e))?;
             Ok(VolumeInfo {
                 path,
                 format: "qcow2",
