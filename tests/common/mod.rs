@@ -369,18 +369,20 @@ pub fn zfs_cleanup(root: &str) {
     for name in zfs_tree(root).iter().rev().filter(|n| !n.contains('@')) {
         let _ = Command::new("zfs").args(["umount", name]).output();
     }
-    for _ in 0..20 {
+    // zfs-fuse says "busy" for seconds on a loaded machine.
+    let mut err = String::new();
+    for _ in 0..50 {
         let out = Command::new("zfs")
             .args(["destroy", "-r", "-R", root])
             .output()
             .expect("zfs destroy");
-        let err = String::from_utf8_lossy(&out.stderr);
+        err = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.success() || err.contains("does not exist") {
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("could not destroy {root}");
+    panic!("could not destroy {root}: {err}");
 }
 
 /// Everything below a dataset (`zfs list -r -t all`), one name per line.
