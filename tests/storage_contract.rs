@@ -761,6 +761,21 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
             .args(["-KILL", "--", &format!("-{pid}")])
             .status();
         let _ = child.wait();
+        // Its children are not ours to reap: wait until the whole group is
+        // gone (a dying qemu-io still holds its image lock).
+        let gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Command::new("kill")
+            .args(["-0", "--", &format!("-{pid}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                std::time::Instant::now() < gone,
+                "process group {pid} outlived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let j: Journal = std::fs::read(&journal)
             .map(|b| serde_json::from_slice(&b).unwrap())
             .unwrap_or_default();

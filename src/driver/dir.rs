@@ -120,6 +120,19 @@ impl Dir {
         }
         let mut layers = std::collections::BTreeMap::new();
         for s in sources {
+            // A source with nothing written since its last freeze (a
+            // spacesuit cloned into many VMs) is an empty overlay on a
+            // layer already: clone that layer, and its chain does not grow.
+            if !is_live(s) {
+                if let Some(layer) = self.unchanged_layer(s) {
+                    // The overlay may be larger than its layer (grown).
+                    let size = qcow2::header(&self.volume_path(s))
+                        .map(|h| h.size)
+                        .unwrap_or(0);
+                    layers.insert(s.to_string(), (layer, size));
+                    continue;
+                }
+            }
             // Freeze: the source's file becomes a layer (same inode), and a
             // fresh overlay on it takes the source's name. A running VM is
             // then switched to that overlay by its hypervisor; until the
@@ -140,32 +153,42 @@ impl Dir {
             if let Some((l, handle)) = live.filter(|_| is_live(s)) {
                 handle.block_on(l.switch(s, &self.volume_path(s)))?;
             }
-            layers.insert(s.to_string(), layer);
+            layers.insert(s.to_string(), (layer, size.unwrap_or(0)));
         }
         for r in reqs {
-            let layer = &layers[&r.source];
-            let base = qcow2::header(layer).map(|h| h.size).unwrap_or(0);
-            let over = self.overlay("clone", layer, Some(r.size.unwrap_or(0).max(base)))?;
+            let (layer, base) = &layers[&r.source];
+            let over = self.overlay("clone", layer, Some(r.size.unwrap_or(0).max(*base)))?;
             self.install("clone", &over, &r.volume)?;
         }
         Ok(())
     }
 
+    /// The layer a volume is an empty overlay on, if it is one.
+    fn unchanged_layer(&self, v: &str) -> Option<PathBuf> {
+        let path = self.volume_path(v);
+        let backing = qcow2::header(&path).ok()?.backing?;
+        let layers = self.root.join("layers");
+        (backing.parent() == Some(layers.as_path()) && qcow2::is_empty(&path).ok()?)
+            .then_some(backing)
+    }
+
     /// A running QEMU holds its images' locks; freezing such a file here
-    /// would let QEMU keep writing into the frozen layer. Such a disk is
-    /// snapshotted through QEMU itself (not built yet), so refuse.
+    /// would let QEMU keep writing into the frozen layer. A VM's disk is
+    /// captured through its hypervisor (`clone_volumes_live`); a disk held
+    /// by a process nobody declared is refused.
     fn check_not_in_use(&self, v: &str) -> Result<(), DriverError> {
-        let path = self.volume_path(v).to_string_lossy().to_string();
-        match cmd::run("qemu-img", &["info", "--output=json", &path], TIMEOUT) {
-            Err(cmd::CmdError::Failed(m)) if m.contains("lock") => Err(DriverError::Condition {
+        let path = self.volume_path(v);
+        match qcow2::locked(&path) {
+            Ok(true) => Err(DriverError::Condition {
                 op: "clone".into(),
                 target: v.into(),
                 reason: "VolumeInUse",
                 message: format!(
-                    "{v} is in use by a running VM: on dir storage a running disk is snapshotted through QEMU, which deorch does not do yet; stop the VM or use zfs storage"
+                    "{v} is open in some process (QEMU's image lock), which deorch was not told runs it: a running VM's disk is captured through its VM (live replica); otherwise stop that process"
                 ),
             }),
-            _ => Ok(()),
+            Ok(false) => Ok(()),
+            Err(e) => Err(io("clone", v, e)),
         }
     }
 

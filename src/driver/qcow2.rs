@@ -11,7 +11,7 @@
 //! refcount block, clusters 3.. the L1 table (all zero: nothing allocated,
 //! every read falls through to the backing file or reads zeros).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -68,10 +68,24 @@ pub fn header(path: &Path) -> std::io::Result<Header> {
     Ok(Header { size, backing })
 }
 
-/// The bytes of an empty qcow2 image of `size` bytes, backed by the qcow2
-/// file `backing` when given. Only the first four-plus clusters carry
-/// data; the rest of the file is zeros (written sparse by [`create`]).
-pub fn image(size: u64, backing: Option<&Path>) -> std::io::Result<(Vec<u8>, u64)> {
+/// An empty qcow2 image: the bytes written at offsets 0 (header), one
+/// cluster (refcount table) and two clusters (refcount block); the rest of
+/// the file, up to its length, is zeros and stays sparse.
+#[derive(Debug)]
+pub struct Image {
+    /// Header, extensions and backing file name.
+    pub header: Vec<u8>,
+    /// The refcount table's one entry.
+    pub refcount_table: [u8; 8],
+    /// The refcount block's used entries.
+    pub refcount_block: Vec<u8>,
+    /// File length.
+    pub len: u64,
+}
+
+/// An empty qcow2 image of `size` bytes, backed by the qcow2 file
+/// `backing` when given.
+pub fn image(size: u64, backing: Option<&Path>) -> std::io::Result<Image> {
     let l1_size = size.div_ceil(L1_SPAN).max(1);
     let l1_clusters = (l1_size * 8).div_ceil(CLUSTER);
     let clusters = 3 + l1_clusters;
@@ -89,7 +103,6 @@ pub fn image(size: u64, backing: Option<&Path>) -> std::io::Result<(Vec<u8>, u64
         ));
     }
     // Header, then extensions (each padded to 8 bytes), then the name.
-    let mut h = Vec::with_capacity(3 * CLUSTER as usize);
     let mut ext = Vec::new();
     if backing.is_some() {
         let fmt = b"qcow2";
@@ -104,6 +117,7 @@ pub fn image(size: u64, backing: Option<&Path>) -> std::io::Result<(Vec<u8>, u64
     } else {
         (HEADER_LEN + ext.len()) as u64
     };
+    let mut h = Vec::with_capacity(HEADER_LEN + ext.len() + name.len());
     h.extend(MAGIC);
     h.extend(3u32.to_be_bytes()); // version
     h.extend(name_offset.to_be_bytes());
@@ -125,27 +139,77 @@ pub fn image(size: u64, backing: Option<&Path>) -> std::io::Result<(Vec<u8>, u64
     debug_assert_eq!(h.len(), HEADER_LEN);
     h.extend(ext);
     h.extend(name);
-    // Refcount table (cluster 1): its one block is cluster 2.
-    h.resize(CLUSTER as usize, 0);
-    h.extend((2 * CLUSTER).to_be_bytes());
-    // Refcount block (cluster 2): every cluster of the file is used once.
-    h.resize(2 * CLUSTER as usize, 0);
-    for _ in 0..clusters {
-        h.extend(1u16.to_be_bytes());
-    }
-    Ok((h, clusters * CLUSTER))
+    Ok(Image {
+        header: h,
+        // Its one refcount block is cluster 2...
+        refcount_table: (2 * CLUSTER).to_be_bytes(),
+        // ... where every cluster of the file is used once.
+        refcount_block: (0..clusters).flat_map(|_| 1u16.to_be_bytes()).collect(),
+        len: clusters * CLUSTER,
+    })
 }
 
 /// Write an empty qcow2 image at `path` (which must not exist), durably.
+/// Only the written blocks take space (~12 KiB).
 pub fn create(path: &Path, size: u64, backing: Option<&Path>) -> std::io::Result<()> {
-    let (bytes, len) = image(size, backing)?;
-    let mut f = std::fs::OpenOptions::new()
+    use std::os::unix::fs::FileExt;
+    let img = image(size, backing)?;
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)?;
-    f.write_all(&bytes)?;
-    f.set_len(len)?;
+    f.set_len(img.len)?;
+    f.write_all_at(&img.header, 0)?;
+    f.write_all_at(&img.refcount_table, CLUSTER)?;
+    f.write_all_at(&img.refcount_block, 2 * CLUSTER)?;
     f.sync_all()
+}
+
+/// Whether some process has the image open with QEMU's image locking
+/// (QEMU, qemu-img, qemu-io). QEMU holds shared byte-range locks (one byte
+/// per permission, from offset 100) for as long as the image is open; an
+/// exclusive lock over the whole file therefore fails exactly then. The
+/// lock is dropped at once (one `fcntl` each way, where `qemu-img info`
+/// costs a process); a QEMU opening the image in those microseconds would
+/// fail its own lock and be retried by its reconciler.
+pub fn locked(path: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    match fcntl_lock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            fcntl_lock(&f, FlockOperation::NonBlockingUnlock)?;
+            Ok(false)
+        }
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when the image has no data of its own (its L1 table is all zero):
+/// every read falls through to its backing file.
+pub fn is_empty(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut h = [0u8; 64];
+    f.read_exact_at(&mut h, 0)?;
+    if h[..4] != MAGIC {
+        return Err(invalid(path, "not a qcow2 image"));
+    }
+    // Internal snapshots keep data of their own (deorch makes none).
+    if u32::from_be_bytes(h[60..64].try_into().expect("4 bytes")) != 0 {
+        return Ok(false);
+    }
+    let l1_size = u32::from_be_bytes(h[36..40].try_into().expect("4 bytes")) as usize;
+    let l1_offset = u64::from_be_bytes(h[40..48].try_into().expect("8 bytes"));
+    if l1_size > 1 << 24 {
+        return Err(invalid(path, "L1 table too large"));
+    }
+    let mut l1 = vec![0u8; l1_size * 8];
+    f.read_exact_at(&mut l1, l1_offset)?;
+    Ok(l1.iter().all(|b| *b == 0))
 }
 
 #[cfg(test)]
@@ -176,8 +240,10 @@ mod tests {
         assert!(image(u64::MAX, None).is_err());
         assert!(image(1, Some(Path::new(&"x".repeat(2000)))).is_err());
         // 4 TiB needs one L1 cluster, 4 TiB + 1 byte two.
-        assert_eq!(image(4 << 40, None).unwrap().1, 4 * CLUSTER);
-        assert_eq!(image((4 << 40) + 1, None).unwrap().1, 5 * CLUSTER);
+        assert_eq!(image(4 << 40, None).unwrap().len, 4 * CLUSTER);
+        assert_eq!(image((4 << 40) + 1, None).unwrap().len, 5 * CLUSTER);
+        assert!(is_empty(&top).unwrap());
+        assert!(!locked(&top).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

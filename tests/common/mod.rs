@@ -423,8 +423,9 @@ pub fn qemu_io_read(img: &Path, format: &str) -> u8 {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "qemu-io read {}: {text}",
-        img.display()
+        "qemu-io read {}: {text}{}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
     let hex = text
         .split_whitespace()
