@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod cow;
 pub mod dir;
 pub mod fake;
+pub mod libvirt;
 pub mod qcow2;
 pub mod qemu;
 pub mod zfs;
