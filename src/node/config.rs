@@ -33,9 +33,13 @@ pub struct NodeArgs {
     /// This node's IP addresses (repeat or comma-separate).
     #[arg(long = "address", env = "DEORCH_ADDRESSES", value_delimiter = ',')]
     pub addresses: Vec<String>,
-    /// Hypervisor driver: `qemu` (default) or `fake` (VMs simulated in memory).
+    /// Hypervisor driver: `qemu` (default), `libvirt` (domains on a running
+    /// libvirtd) or `fake` (VMs simulated in memory).
     #[arg(long, env = "DEORCH_HYPERVISOR")]
     pub hypervisor: Option<String>,
+    /// libvirt URI of the `libvirt` driver; default qemu:///system.
+    #[arg(long, env = "DEORCH_LIBVIRT_URI")]
+    pub libvirt_uri: Option<String>,
     /// Storage driver: `dir` (default: qcow2 files below the storage
     /// root), `zfs` (datasets below the storage root, e.g. `pool0/deorch`)
     /// or `fake` (volumes simulated in memory).
@@ -102,6 +106,8 @@ pub struct FileConfig {
     pub addresses: Vec<String>,
     /// Hypervisor driver.
     pub hypervisor: Option<String>,
+    /// libvirt URI.
+    pub libvirt_uri: Option<String>,
     /// Storage driver.
     pub storage: Option<String>,
     /// Storage root.
@@ -128,10 +134,12 @@ pub struct FileConfig {
 }
 
 /// Which hypervisor driver runs VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorKind {
     /// One daemonized QEMU process per VM.
     Qemu,
+    /// One libvirt domain per VM, on libvirtd at this URI.
+    Libvirt(String),
     /// In-memory simulation.
     Fake,
 }
@@ -246,10 +254,18 @@ impl NodeConfig {
         let hypervisor = match args.hypervisor.clone().or(file.hypervisor).as_deref() {
             None | Some("qemu") => HypervisorKind::Qemu,
             Some("fake") => HypervisorKind::Fake,
+            Some("libvirt") => HypervisorKind::Libvirt(
+                args.libvirt_uri
+                    .clone()
+                    .or(file.libvirt_uri)
+                    .unwrap_or_else(|| crate::driver::libvirt::DEFAULT_URI.into()),
+            ),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     setting: "hypervisor",
-                    message: format!("unknown driver {other:?}; this build has: qemu, fake (libvirt is not built yet)"),
+                    message: format!(
+                        "unknown driver {other:?}; this build has: qemu, libvirt, fake"
+                    ),
                 })
             }
         };
