@@ -83,6 +83,9 @@ impl LibvirtHypervisor {
     /// Domains on libvirt at `uri`; runtime directories under `vms_dir`;
     /// consoles on 127.0.0.1 until [`LibvirtHypervisor::with_console`].
     pub fn new(uri: impl Into<String>, vms_dir: impl Into<PathBuf>, accel: Accel) -> Self {
+        // libvirt's default handler prints every error (e.g. each lookup of
+        // a VM not defined yet) to stderr; the driver reports errors itself.
+        virt::error::clear_error_callback();
         LibvirtHypervisor {
             inner: Arc::new(Inner {
                 uri: uri.into(),
