@@ -511,4 +511,39 @@ mod tests {
             .to_string()
             .contains("setting address"));
     }
+
+    #[test]
+    fn libvirt_uri_defaults_to_the_system_daemon_and_follows_precedence() {
+        let libvirt = |args: NodeArgs| NodeConfig::resolve(&args).unwrap().hypervisor;
+        assert_eq!(libvirt(NodeArgs::default()), HypervisorKind::Qemu);
+        let args = NodeArgs {
+            hypervisor: Some("libvirt".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            libvirt(args.clone()),
+            HypervisorKind::Libvirt("qemu:///system".into())
+        );
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-virt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(&file, "libvirtUri: qemu+ssh://h/system\n").unwrap();
+        let from_file = NodeArgs {
+            config: Some(file),
+            ..args.clone()
+        };
+        assert_eq!(
+            libvirt(from_file.clone()),
+            HypervisorKind::Libvirt("qemu+ssh://h/system".into())
+        );
+        let from_flag = NodeArgs {
+            libvirt_uri: Some("qemu:///session".into()),
+            ..from_file
+        };
+        assert_eq!(
+            libvirt(from_flag),
+            HypervisorKind::Libvirt("qemu:///session".into())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
