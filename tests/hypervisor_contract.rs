@@ -31,10 +31,12 @@ use deorch::qemu::console::{self, PortRange};
 use deorch::qemu::probe::{Accel, READY_MARKER};
 
 const LIBVIRT_URI: &str = "qemu:///system";
-/// Console ports of these tests, away from the node's default range.
+/// Console ports of these tests: away from the node's default range and
+/// below Linux's ephemeral ports (32768-60999), where any outgoing
+/// connection on the machine could hold the VM's home port and move it.
 const PORTS: PortRange = PortRange {
-    vnc_base: 45900,
-    ws_base: 46900,
+    vnc_base: 20900,
+    ws_base: 21900,
     size: 500,
 };
 /// How long one boot may take to print the ready marker (TCG on a busy
