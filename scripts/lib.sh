@@ -40,7 +40,8 @@ need_rust() {
     echo "rustc $v is older than 1.89: update it with rustup" >&2
     exit 1
   fi
-  apt_install gcc pkg-config ca-certificates
+  # The libvirt driver links libvirt (the `virt` crate finds it with pkg-config).
+  apt_install gcc pkg-config ca-certificates libvirt-dev
 }
 
 # Python tools (check-jsonschema) go into a private venv, never the system.

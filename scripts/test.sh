@@ -10,6 +10,8 @@ need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
 apt_install busybox-static cpio iproute2 slapd ldap-utils zfs-fuse
+# libvirtd for the libvirt driver's tests (the tests start the daemon).
+apt_install libvirt-daemon-system libvirt-clients
 # DHCP: dnsmasq is the DHCPCAST central server in tests; Kea and perfdhcp
 # (kea-admin) are the benchmark peers.
 apt_install dnsmasq-base kea-dhcp4-server kea-admin

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod cow;
 pub mod dir;
 pub mod fake;
+pub mod libvirt;
 pub mod qcow2;
 pub mod qemu;
 pub mod zfs;
@@ -108,6 +109,10 @@ pub struct VmConfig {
     pub disk_images: Vec<DiskImage>,
     /// NICs.
     pub nics: Vec<NicConfig>,
+    /// Serve SPICE too, where the hypervisor's QEMU build has it
+    /// (`spec.console.spice`; only the libvirt driver serves it so far).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spice: bool,
 }
 
 /// A disk image as the hypervisor attaches it.

@@ -175,53 +175,8 @@ impl QemuHypervisor {
     }
 
     fn to_qemu(&self, c: &VmConfig) -> Result<QemuVm, DriverError> {
-        if c.disk_images.len() != c.disks.len() {
-            return Err(Self::permanent(
-                "start",
-                &c.id,
-                "the disks' image paths were not resolved by the storage driver",
-            ));
-        }
-        Ok(QemuVm {
-            name: c.id.replace('/', "."),
-            accel: self.accel,
-            machine: c.machine,
-            cpu_model: c.cpu_model.clone().unwrap_or_else(|| match self.accel {
-                Accel::Kvm => "host".into(),
-                Accel::Tcg => "qemu64".into(),
-            }),
-            cpus: c.cpus.max(1),
-            memory_mib: (c.memory >> 20).max(16),
-            kernel: c.boot.as_ref().map(|b| PathBuf::from(&b.kernel)),
-            initrd: c
-                .boot
-                .as_ref()
-                .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
-            cmdline: c.boot.as_ref().and_then(|b| b.cmdline.clone()),
-            disks: c
-                .disk_images
-                .iter()
-                .map(|d| crate::qemu::cmdline::QemuDisk {
-                    id: d.name.clone(),
-                    path: d.path.clone(),
-                    format: d.format.clone(),
-                    bus: d.bus,
-                    read_only: d.read_only,
-                })
-                .collect(),
-            nics: c
-                .nics
-                .iter()
-                .map(|n| QemuNic {
-                    id: n.name.clone(),
-                    mac: n.mac.clone(),
-                    model: crate::model::vm::NicModel::Virtio,
-                    backend: NicBackend::UserRestricted,
-                })
-                .collect(),
-            vnc: None,
-            runtime_dir: self.runtime_dir(&c.id),
-        })
+        qemu_vm(c, self.accel, self.runtime_dir(&c.id))
+            .map_err(|m| Self::permanent("start", &c.id, m))
     }
 
     async fn wait_gone(dir: &Path, timeout: Duration) -> bool {
@@ -520,4 +475,54 @@ impl Hypervisor for QemuHypervisor {
             Ok(())
         })
     }
+}
+
+/// The QEMU model of `c` (the one translation from `VmConfig`, shared by
+/// the qemu and libvirt drivers): CPU model by accelerator, memory floor,
+/// disks from the storage driver's images, user-mode NICs. The console is
+/// left to the caller.
+pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuVm, String> {
+    if c.disk_images.len() != c.disks.len() {
+        return Err("the disks' image paths were not resolved by the storage driver".into());
+    }
+    Ok(QemuVm {
+        name: c.id.replace('/', "."),
+        accel,
+        machine: c.machine,
+        cpu_model: c.cpu_model.clone().unwrap_or_else(|| match accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "qemu64".into(),
+        }),
+        cpus: c.cpus.max(1),
+        memory_mib: (c.memory >> 20).max(16),
+        kernel: c.boot.as_ref().map(|b| PathBuf::from(&b.kernel)),
+        initrd: c
+            .boot
+            .as_ref()
+            .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
+        cmdline: c.boot.as_ref().and_then(|b| b.cmdline.clone()),
+        disks: c
+            .disk_images
+            .iter()
+            .map(|d| crate::qemu::cmdline::QemuDisk {
+                id: d.name.clone(),
+                path: d.path.clone(),
+                format: d.format.clone(),
+                bus: d.bus,
+                read_only: d.read_only,
+            })
+            .collect(),
+        nics: c
+            .nics
+            .iter()
+            .map(|n| QemuNic {
+                id: n.name.clone(),
+                mac: n.mac.clone(),
+                model: crate::model::vm::NicModel::Virtio,
+                backend: NicBackend::UserRestricted,
+            })
+            .collect(),
+        vnc: None,
+        runtime_dir,
+    })
 }

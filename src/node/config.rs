@@ -33,9 +33,13 @@ pub struct NodeArgs {
     /// This node's IP addresses (repeat or comma-separate).
     #[arg(long = "address", env = "DEORCH_ADDRESSES", value_delimiter = ',')]
     pub addresses: Vec<String>,
-    /// Hypervisor driver: `qemu` (default) or `fake` (VMs simulated in memory).
+    /// Hypervisor driver: `qemu` (default), `libvirt` (domains on a running
+    /// libvirtd) or `fake` (VMs simulated in memory).
     #[arg(long, env = "DEORCH_HYPERVISOR")]
     pub hypervisor: Option<String>,
+    /// libvirt URI of the `libvirt` driver; default qemu:///system.
+    #[arg(long, env = "DEORCH_LIBVIRT_URI")]
+    pub libvirt_uri: Option<String>,
     /// Storage driver: `dir` (default: qcow2 files below the storage
     /// root), `zfs` (datasets below the storage root, e.g. `pool0/deorch`)
     /// or `fake` (volumes simulated in memory).
@@ -102,6 +106,8 @@ pub struct FileConfig {
     pub addresses: Vec<String>,
     /// Hypervisor driver.
     pub hypervisor: Option<String>,
+    /// libvirt URI.
+    pub libvirt_uri: Option<String>,
     /// Storage driver.
     pub storage: Option<String>,
     /// Storage root.
@@ -128,10 +134,12 @@ pub struct FileConfig {
 }
 
 /// Which hypervisor driver runs VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorKind {
     /// One daemonized QEMU process per VM.
     Qemu,
+    /// One libvirt domain per VM, on libvirtd at this URI.
+    Libvirt(String),
     /// In-memory simulation.
     Fake,
 }
@@ -246,10 +254,18 @@ impl NodeConfig {
         let hypervisor = match args.hypervisor.clone().or(file.hypervisor).as_deref() {
             None | Some("qemu") => HypervisorKind::Qemu,
             Some("fake") => HypervisorKind::Fake,
+            Some("libvirt") => HypervisorKind::Libvirt(
+                args.libvirt_uri
+                    .clone()
+                    .or(file.libvirt_uri)
+                    .unwrap_or_else(|| crate::driver::libvirt::DEFAULT_URI.into()),
+            ),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     setting: "hypervisor",
-                    message: format!("unknown driver {other:?}; this build has: qemu, fake (libvirt is not built yet)"),
+                    message: format!(
+                        "unknown driver {other:?}; this build has: qemu, libvirt, fake"
+                    ),
                 })
             }
         };
@@ -494,5 +510,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("setting address"));
+    }
+
+    #[test]
+    fn libvirt_uri_defaults_to_the_system_daemon_and_follows_precedence() {
+        let libvirt = |args: NodeArgs| NodeConfig::resolve(&args).unwrap().hypervisor;
+        assert_eq!(libvirt(NodeArgs::default()), HypervisorKind::Qemu);
+        let args = NodeArgs {
+            hypervisor: Some("libvirt".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            libvirt(args.clone()),
+            HypervisorKind::Libvirt("qemu:///system".into())
+        );
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-virt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(&file, "libvirtUri: qemu+ssh://h/system\n").unwrap();
+        let from_file = NodeArgs {
+            config: Some(file),
+            ..args.clone()
+        };
+        assert_eq!(
+            libvirt(from_file.clone()),
+            HypervisorKind::Libvirt("qemu+ssh://h/system".into())
+        );
+        let from_flag = NodeArgs {
+            libvirt_uri: Some("qemu:///session".into()),
+            ..from_file
+        };
+        assert_eq!(
+            libvirt(from_flag),
+            HypervisorKind::Libvirt("qemu:///session".into())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,6 +21,7 @@ pub use config::{HttpConfig, HypervisorKind, NodeArgs, NodeConfig};
 use crate::api;
 use crate::driver::cow::CowStorage;
 use crate::driver::dir::DirStorage;
+use crate::driver::libvirt::LibvirtHypervisor;
 use crate::driver::qemu::QemuHypervisor;
 use crate::driver::zfs::ZfsBackend;
 use crate::driver::Storage;
@@ -175,9 +176,9 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
             d.storage = s;
         }
     }
-    match config.hypervisor {
+    match &config.hypervisor {
         HypervisorKind::Fake => warn!("hypervisor: fake (VMs are simulated, nothing boots)"),
-        HypervisorKind::Qemu => {
+        HypervisorKind::Qemu | HypervisorKind::Libvirt(_) => {
             let guest = ProbeGuest {
                 qemu: "qemu-system-x86_64".into(),
                 kernel: config.probe_guest.join("vmlinuz"),
@@ -197,11 +198,21 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
                 }
             };
             info!(accel = probe.accel.as_str(), reason = %probe.reason, "accelerator chosen");
-            d.hypervisor = Arc::new(QemuHypervisor::new(
-                "qemu-system-x86_64",
-                config.state_dir.join("vms"),
-                probe.accel,
-            ));
+            d.hypervisor = match &config.hypervisor {
+                HypervisorKind::Libvirt(uri) => {
+                    info!(%uri, "hypervisor: libvirt");
+                    Arc::new(LibvirtHypervisor::new(
+                        uri.clone(),
+                        config.state_dir.join("vms"),
+                        probe.accel,
+                    ))
+                }
+                _ => Arc::new(QemuHypervisor::new(
+                    "qemu-system-x86_64",
+                    config.state_dir.join("vms"),
+                    probe.accel,
+                )),
+            };
         }
     }
     Ok(d)

@@ -401,6 +401,7 @@ pub fn resolve(
             disks,
             disk_images: Vec::new(),
             nics,
+            spice: spec.console.as_ref().is_some_and(|c| c.spice),
         },
         volumes,
         taps,
@@ -928,6 +929,7 @@ mod tests {
                 disks: vec![("root".into(), "vm-default-a-root".into())],
                 disk_images: Vec::new(),
                 nics: vec![],
+                spice: false,
             },
             volumes: vec![DesiredVolume {
                 volume: "vm-default-a-root".into(),

@@ -1,0 +1,506 @@
+//! One hypervisor contract, run against every `Hypervisor`: the in-memory
+//! fake, the qemu driver and the libvirt driver. The real drivers boot the
+//! tiny guest (with a copy-on-write data disk and a user-mode NIC) and the
+//! contract checks what the guest prints on its serial console: DHCP lease,
+//! disk content, ready marker; then state Running, the deterministic console
+//! port serving RFB, pause/resume (the guest's counter stops and goes on),
+//! a graceful ACPI stop, a restart on the same console port, a forced stop
+//! and removal. The fake has no serial console or graphics, so those checks
+//! are skipped for it only.
+//!
+//! libvirtd is started by this harness (no systemd here): `virtlogd -d;
+//! libvirtd -d` under a file lock when `virsh version` fails, and left
+//! running for the next test run, because its first capability probe takes
+//! about a minute. Under `CI=true` a missing component fails the test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deorch::driver::fake::FakeHypervisor;
+use deorch::driver::libvirt::LibvirtHypervisor;
+use deorch::driver::qemu::QemuHypervisor;
+use deorch::driver::{
+    DiskImage, DriverError, Hypervisor, NicConfig, StopReason, VmConfig, VmState,
+};
+use deorch::model::vm::{Boot, DiskBus, Machine};
+use deorch::qemu::console::{self, PortRange};
+use deorch::qemu::probe::{Accel, READY_MARKER};
+
+const LIBVIRT_URI: &str = "qemu:///system";
+/// Console ports of these tests: away from the node's default range and
+/// below Linux's ephemeral ports (32768-60999), where any outgoing
+/// connection on the machine could hold the VM's home port and move it.
+const PORTS: PortRange = PortRange {
+    vnc_base: 20900,
+    ws_base: 21900,
+    size: 500,
+};
+/// How long one boot may take to print the ready marker (TCG on a busy
+/// 2-core machine: 5-12 s on `pc`).
+const BOOT_WATCHDOG: Duration = Duration::from_secs(30);
+/// Boots tried before the contract gives up.
+const BOOT_ATTEMPTS: u32 = 3;
+/// How long one driver call may take (libvirt's first define probes QEMU).
+const CALL_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// A driver under test, with what the contract needs to look at it.
+struct Subject {
+    hv: Arc<dyn Hypervisor>,
+    /// Where VMs' runtime directories (and serial logs) are; `None`:
+    /// nothing boots (the fake).
+    vms: Option<PathBuf>,
+    /// Whether VMs get graphical consoles.
+    consoles: bool,
+    /// Scratch directory (runtime dirs, the data disk).
+    dir: PathBuf,
+    /// Tears down what the driver left running, however the test ends.
+    cleanup: Box<dyn Fn()>,
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        (self.cleanup)();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A component is missing: fail under CI, skip loudly elsewhere.
+fn missing(what: &str) -> bool {
+    assert!(
+        !ci(),
+        "{what} is missing and CI=true: install it (scripts/test.sh does)"
+    );
+    eprintln!("SKIPPED: {what} not installed");
+    true
+}
+
+fn runs(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Make sure libvirtd answers at [`LIBVIRT_URI`], starting `virtlogd` and
+/// `libvirtd` (daemonized, so they are not our children) when it does not.
+/// `false` when libvirt is not installed (outside CI).
+fn libvirtd_up() -> bool {
+    let answers = || runs("virsh", &["-c", LIBVIRT_URI, "version"]);
+    if !runs("virsh", &["--version"]) || !runs("libvirtd", &["--version"]) {
+        return !missing("libvirt (libvirt-daemon-system, libvirt-clients)");
+    }
+    kvm_device_like_udev();
+    if answers() {
+        return true;
+    }
+    // One test process at a time starts the daemons.
+    let lock = std::fs::File::create("/var/tmp/deorch-libvirtd.lock").expect("lock file");
+    lock.lock().expect("lock");
+    if answers() {
+        return true;
+    }
+    eprintln!("starting virtlogd and libvirtd (left running for later tests)");
+    let t = Instant::now();
+    // Each forks and exits at once: status() reaps the parent.
+    assert!(runs("virtlogd", &["-d"]) || runs("pgrep", &["-x", "virtlogd"]));
+    assert!(runs("libvirtd", &["-d"]), "libvirtd -d failed");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !answers() {
+        assert!(
+            Instant::now() < deadline,
+            "libvirtd did not answer at {LIBVIRT_URI} in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("libvirtd answers after {} ms", t.elapsed().as_millis());
+    true
+}
+
+/// Without udev (as here), `/dev/kvm` stays root-only (0600). libvirt
+/// checks it as its QEMU user, finds KVM "gone" since its last probe, and
+/// throws its QEMU capability cache away on every lookup: each define then
+/// re-probes QEMU for ~50 s. udev on a normal Debian host makes it
+/// root:kvm 0660 (libvirt-qemu is in group kvm); do the same.
+fn kvm_device_like_udev() {
+    use std::os::unix::fs::PermissionsExt;
+    let kvm = Path::new("/dev/kvm");
+    let Ok(meta) = std::fs::metadata(kvm) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o060 == 0 && runs("getent", &["group", "kvm"]) {
+        eprintln!("/dev/kvm is root-only: making it root:kvm 0660 as udev would");
+        assert!(runs("chgrp", &["kvm", "/dev/kvm"]), "chgrp kvm /dev/kvm");
+        std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660))
+            .expect("chmod 0660 /dev/kvm");
+    }
+}
+
+fn fake() -> Option<Subject> {
+    Some(Subject {
+        hv: Arc::new(FakeHypervisor::default()),
+        vms: None,
+        consoles: false,
+        dir: common::temp_dir("contract-fake"),
+        cleanup: Box::new(|| {}),
+    })
+}
+
+fn qemu() -> Option<Subject> {
+    if !common::qemu_available() {
+        return None;
+    }
+    let dir = common::temp_dir("contract-qemu");
+    let vms = dir.join("vms");
+    let hv = QemuHypervisor::new("qemu-system-x86_64", &vms, Accel::Tcg)
+        .with_console("127.0.0.1".parse().unwrap(), PORTS);
+    Some(Subject {
+        hv: Arc::new(hv),
+        vms: Some(vms.clone()),
+        consoles: true,
+        dir,
+        // QEMU daemonizes: kill what a failed test left behind.
+        cleanup: Box::new(move || {
+            for ns in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+                for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                    if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
+                        let _ = runs("kill", &["-9", pid.trim()]);
+                    }
+                }
+            }
+        }),
+    })
+}
+
+fn libvirt() -> Option<Subject> {
+    if !common::qemu_available() || !libvirtd_up() {
+        return None;
+    }
+    let dir = common::temp_dir("contract-libvirt");
+    let vms = dir.join("vms");
+    let hv = LibvirtHypervisor::new(LIBVIRT_URI, &vms, Accel::Tcg)
+        .with_console("127.0.0.1".parse().unwrap(), PORTS);
+    let id = vm_id("libvirt");
+    Some(Subject {
+        hv: Arc::new(hv),
+        vms: Some(vms.clone()),
+        consoles: true,
+        dir,
+        cleanup: Box::new(move || {
+            let name = LibvirtHypervisor::domain_name(&id);
+            let _ = runs("virsh", &["-c", LIBVIRT_URI, "destroy", &name]);
+            let _ = runs("virsh", &["-c", LIBVIRT_URI, "undefine", &name]);
+        }),
+    })
+}
+
+/// One VM id per driver and test process, so runs never share a domain.
+fn vm_id(driver: &str) -> String {
+    format!("contract/{driver}-{}", std::process::id())
+}
+
+/// The tiny guest with a 4 MiB qcow2 data disk whose first sector is 0xab,
+/// on the `pc` machine, not the tiny spacesuit's `microvm`: microvm has no
+/// HPET or ACPI PM timer, so when the host is busy the guest kernel's PIT
+/// calibration of the TSC fails ("tsc: Unable to calibrate against PIT",
+/// "No reference (HPET/PMTIMER) available", "Marking TSC unstable") and
+/// the kernel hangs with no working clock: 7 of 7 microvm boots hung at
+/// load 4-6 on this 2-core machine, 0 of 4 `pc` boots (which calibrate
+/// against the HPET instead).
+fn tiny_config(s: &Subject, id: &str) -> VmConfig {
+    let (kernel, initrd) = if s.vms.is_some() {
+        common::tiny_guest()
+    } else {
+        (
+            "/nonexistent/vmlinuz".into(),
+            "/nonexistent/initrd.img".into(),
+        )
+    };
+    let disk = s.dir.join("data.qcow2");
+    if s.vms.is_some() {
+        assert!(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("4M")
+            .status()
+            .unwrap()
+            .success());
+        common::qemu_io_write(&disk, "qcow2", 0xab);
+    }
+    VmConfig {
+        id: id.into(),
+        cpus: 1,
+        memory: 128 << 20,
+        machine: Machine::Pc,
+        cpu_model: None,
+        boot: Some(Boot {
+            kernel: kernel.display().to_string(),
+            initrd: Some(initrd.display().to_string()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+        }),
+        disks: vec![("data".into(), "vol-data".into())],
+        disk_images: vec![DiskImage {
+            name: "data".into(),
+            path: disk,
+            format: "qcow2".into(),
+            bus: DiskBus::Virtio,
+            read_only: false,
+        }],
+        nics: vec![NicConfig {
+            name: "eth0".into(),
+            mac: "52:54:00:de:0c:01".into(),
+            tap: "dtap-contract".into(),
+            bridge: "dbr-contract".into(),
+        }],
+        spice: false,
+    }
+}
+
+async fn call<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than {CALL_TIMEOUT:?}"))
+}
+
+async fn state(s: &Subject, id: &str) -> VmState {
+    call("state", s.hv.state(id)).await.expect("state")
+}
+
+fn serial_text(s: &Subject, id: &str) -> String {
+    s.vms
+        .as_ref()
+        .and_then(|vms| std::fs::read_to_string(vms.join(id).join("serial.log")).ok())
+        .unwrap_or_default()
+}
+
+/// Start `cfg` and wait for the guest's ready marker, under a watchdog:
+/// a boot that prints nothing in time is forced off and started once more.
+/// Returns the serial text of the boot that worked.
+async fn boot(s: &Subject, cfg: &VmConfig) -> String {
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let t = Instant::now();
+        call("start", s.hv.start(cfg)).await.expect("start");
+        eprintln!(
+            "[{}] start returned in {} ms",
+            s.hv.name(),
+            t.elapsed().as_millis()
+        );
+        if s.vms.is_none() {
+            return String::new();
+        }
+        let deadline = Instant::now() + BOOT_WATCHDOG;
+        loop {
+            let text = serial_text(s, &cfg.id);
+            if text.contains(READY_MARKER) {
+                eprintln!(
+                    "[{}] guest ready {} ms after start (attempt {attempt})",
+                    s.hv.name(),
+                    t.elapsed().as_millis()
+                );
+                return text;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "[{}] attempt {attempt}: no ready marker in {BOOT_WATCHDOG:?}; serial:\n{text}",
+                    s.hv.name()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        call("stop", s.hv.stop(&cfg.id, Duration::ZERO))
+            .await
+            .expect("forced stop after a silent boot");
+    }
+    panic!(
+        "[{}] the tiny guest did not boot in {BOOT_ATTEMPTS} attempts",
+        s.hv.name()
+    );
+}
+
+fn assert_running(st: &VmState, cfg: &VmConfig, driver: &str) {
+    match st {
+        VmState::Running { config, .. } => {
+            assert_eq!(
+                **config, *cfg,
+                "[{driver}] runs the configuration it was given"
+            )
+        }
+        other => panic!("[{driver}] expected Running, got {other:?}"),
+    }
+}
+
+/// The console is where the algorithm says (an otherwise empty node: the
+/// home port) and VNC answers there with an RFB greeting.
+fn check_console(s: &Subject, id: &str) -> Option<u16> {
+    use std::io::Read;
+    let c = s.hv.console(id);
+    if !s.consoles {
+        assert_eq!(c, None, "[{}] no console expected", s.hv.name());
+        return None;
+    }
+    let c = c.unwrap_or_else(|| panic!("[{}] no console for a running VM", s.hv.name()));
+    let expected = console::assign(id, PORTS, &Default::default()).unwrap();
+    assert_eq!(c.vnc_port, Some(expected), "[{}] {c:?}", s.hv.name());
+    assert_eq!(c.websocket_port, Some(PORTS.websocket(expected)), "{c:?}");
+    assert_eq!(c.host, "127.0.0.1");
+    let mut rfb = std::net::TcpStream::connect(("127.0.0.1", expected)).expect("VNC answers");
+    rfb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = [0u8; 12];
+    rfb.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..4], b"RFB ", "an RFB greeting on the VNC port");
+    Some(expected)
+}
+
+/// The guest's tick counter: it advances every 100 ms while the CPUs run.
+async fn ticks_advance(s: &Subject, id: &str, within: Duration) -> bool {
+    let before = serial_text(s, id).len();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if serial_text(s, id).len() > before {
+            return true;
+        }
+    }
+    false
+}
+
+async fn contract(s: Subject, id: String) {
+    let name = s.hv.name();
+    let real = s.vms.is_some();
+    let total = Instant::now();
+    let cfg = tiny_config(&s, &id);
+
+    // Unknown VMs: absent, and nothing to pause.
+    assert_eq!(state(&s, &id).await, VmState::Absent, "[{name}]");
+    assert!(
+        call("pause", s.hv.pause(&id)).await.is_err(),
+        "[{name}] pausing an absent VM fails"
+    );
+
+    // Boot: the guest's lease, disk and ready marker; state Running.
+    let serial = boot(&s, &cfg).await;
+    if real {
+        assert!(
+            serial.contains("deorch-guest: lease ip="),
+            "[{name}] DHCP lease: {serial}"
+        );
+        assert!(
+            serial.contains("deorch-guest: disk vda sectors=8192 head=abababababababab"),
+            "[{name}] the guest reads its disk: {serial}"
+        );
+    }
+    let st = state(&s, &id).await;
+    assert_running(&st, &cfg, name);
+    let port = check_console(&s, &id);
+
+    // Starting a running VM is refused and changes nothing.
+    let again = call("start", s.hv.start(&cfg)).await;
+    assert!(
+        matches!(again, Err(DriverError::Permanent { .. })),
+        "[{name}] start while running: {again:?}"
+    );
+    assert_running(&state(&s, &id).await, &cfg, name);
+
+    // Pause: CPUs stop (the counter stands still); resume: it goes on.
+    call("pause", s.hv.pause(&id)).await.expect("pause");
+    assert!(
+        matches!(state(&s, &id).await, VmState::Paused { .. }),
+        "[{name}] paused"
+    );
+    if real {
+        tokio::time::sleep(Duration::from_millis(300)).await; // in-flight output
+        assert!(
+            !ticks_advance(&s, &id, Duration::from_secs(1)).await,
+            "[{name}] the guest still ticks while paused"
+        );
+    }
+    call("resume", s.hv.resume(&id)).await.expect("resume");
+    assert_running(&state(&s, &id).await, &cfg, name);
+    if real {
+        assert!(
+            ticks_advance(&s, &id, Duration::from_secs(10)).await,
+            "[{name}] the guest does not tick after resume"
+        );
+    }
+
+    // Graceful stop: the ACPI power button, well within the timeout.
+    let t = Instant::now();
+    call("stop", s.hv.stop(&id, Duration::from_secs(30)))
+        .await
+        .expect("stop");
+    let took = t.elapsed();
+    eprintln!("[{name}] graceful stop took {} ms", took.as_millis());
+    assert_eq!(
+        state(&s, &id).await,
+        VmState::Stopped(StopReason::Requested),
+        "[{name}]"
+    );
+    if real {
+        assert!(
+            serial_text(&s, &id).contains("deorch-guest: power button"),
+            "[{name}] the guest saw the power button: {}",
+            serial_text(&s, &id)
+        );
+        assert!(took < Duration::from_secs(30), "[{name}] stop was forced");
+    }
+    // Stopping a stopped VM is a no-op.
+    call("stop", s.hv.stop(&id, Duration::from_secs(1)))
+        .await
+        .expect("second stop");
+
+    // Restart: boots again, on the same console port.
+    boot(&s, &cfg).await;
+    assert_running(&state(&s, &id).await, &cfg, name);
+    assert_eq!(check_console(&s, &id), port, "[{name}] same port");
+
+    // Forced stop, then removal: the hypervisor forgets the VM.
+    call("stop", s.hv.stop(&id, Duration::ZERO))
+        .await
+        .expect("forced stop");
+    assert_eq!(
+        state(&s, &id).await,
+        VmState::Stopped(StopReason::Requested),
+        "[{name}]"
+    );
+    call("remove", s.hv.remove(&id)).await.expect("remove");
+    assert_eq!(state(&s, &id).await, VmState::Absent, "[{name}]");
+    assert_eq!(s.hv.console(&id), None, "[{name}] console forgotten");
+    call("remove", s.hv.remove(&id))
+        .await
+        .expect("removing twice is fine");
+    if real {
+        let runtime = s.dir.join("vms").join(&id);
+        assert!(!Path::new(&runtime).exists(), "[{name}] runtime dir left");
+    }
+    eprintln!(
+        "[{name}] contract passed in {} ms",
+        total.elapsed().as_millis()
+    );
+}
+
+macro_rules! contract_tests {
+    ($($test:ident => $subject:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(subject) = $subject() else { return };
+            contract(subject, vm_id(stringify!($subject))).await;
+        }
+    )*};
+}
+
+contract_tests! {
+    fake_keeps_the_hypervisor_contract => fake,
+    qemu_keeps_the_hypervisor_contract => qemu,
+    libvirt_keeps_the_hypervisor_contract => libvirt,
+}
