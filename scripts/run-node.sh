@@ -28,7 +28,10 @@ trap 'kill $node 2>/dev/null; wait $node' INT TERM
 for _ in $(seq 1 600); do
   if grep -qs DEORCH-GUEST-READY "$serial"; then
     say "VM tiny is up: $(grep -m1 'deorch-guest: lease' "$serial" || echo 'no DHCP lease line')"
-    say "serial console log: $serial (console ports arrive with the VM work)"
+    console=$("$bin" get vm tiny -o json --socket "$socket" 2>/dev/null |
+      grep -Eo '"(host|vncPort|websocketPort|url)": ?"?[^,"}]*' | tr -d '"' | tr '\n' ' ' || true)
+    say "console: ${console:-not reported yet (deorch describe vm tiny)}"
+    say "serial console log: $serial"
     say "try: $bin get --socket $socket    or    $bin describe vm tiny --socket $socket"
     break
   fi

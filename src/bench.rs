@@ -699,3 +699,264 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Poll `f` every 2 ms until it is true or `limit` passes; the time it took.
+fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+fn serial_ready(dir: &Path) -> bool {
+    std::fs::read(crate::qemu::cmdline::serial_log(dir))
+        .is_ok_and(|b| b.windows(18).any(|w| w == b"DEORCH-GUEST-READY"))
+}
+
+fn qmp_answers(rt: &tokio::runtime::Runtime, dir: &Path) -> bool {
+    let sock = crate::qemu::cmdline::qmp_socket(dir);
+    sock.exists()
+        && rt.block_on(async {
+            match crate::qemu::qmp::Qmp::connect(&sock, Duration::from_millis(500)).await {
+                Ok(mut q) => q.execute("query-status", None).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn write_manifest(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// VM boot through a real node beside `virsh start` of the same guest:
+/// `count` times each (after one warm-up), manifest file dropped → QEMU
+/// running with QMP answering, and → the guest's ready marker on its
+/// serial console; `virsh start` → the same marker, with the domain
+/// defined from the same VM model beforehand (libvirtd must run). Then the
+/// daemon's RSS per running VM, `parallel` VMs at once.
+pub fn vm_boot(
+    count: usize,
+    parallel: usize,
+    kernel: &Path,
+    initrd: &Path,
+    machine: &str,
+    libvirt_uri: Option<&str>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dir = scratch("vm")?;
+    let manifests = dir.join("manifests");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&manifests)?;
+    let suit = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: tiny\nspec:\n  boot:\n    kernel: {}\n    initrd: {}\n    cmdline: console=ttyS0 quiet\n  machine: {machine}\n  cpu: 1\n  memory: 128Mi\n",
+        kernel.display(),
+        initrd.display()
+    );
+    write_manifest(&manifests, "spacesuit.yaml", &suit)?;
+    write_manifest(
+        &manifests,
+        "network.yaml",
+        include_str!("../manifests/network.yaml"),
+    )?;
+    let vm = |name: &str| {
+        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  spacesuit: tiny\n  nics:\n    - name: eth0\n      network: default\n")
+    };
+    let mut node = Command::new(std::env::current_exe()?)
+        .args(["node", "run", "--hypervisor", "qemu", "--storage", "dir"])
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(dir.join("deorch.sock"))
+        .stdout(std::fs::File::create(dir.join("node.log"))?)
+        .stderr(std::fs::File::create(dir.join("node.err"))?)
+        .spawn()?;
+    let vms = state.join("vms").join("default");
+    let result = (|| -> anyhow::Result<()> {
+        let mut to_qmp = Vec::new();
+        let mut to_ready = Vec::new();
+        let mut hung = 0;
+        for i in 0..=count {
+            let name = format!("b{i}");
+            let rdir = vms.join(&name);
+            let t = Instant::now();
+            write_manifest(&manifests, &format!("{name}.yaml"), &vm(&name))?;
+            let qmp = time_until(Duration::from_secs(120), || qmp_answers(&rt, &rdir));
+            let ready =
+                time_until(Duration::from_secs(60), || serial_ready(&rdir)).map(|_| t.elapsed());
+            match (qmp, ready) {
+                (Some(q), Some(r)) if i > 0 => {
+                    to_qmp.push(q);
+                    to_ready.push(r);
+                }
+                (Some(_), Some(_)) => {}
+                (None, _) => bail!("{name}: QEMU never answered QMP (see {})", dir.display()),
+                (Some(_), None) => hung += 1,
+            }
+            std::fs::remove_file(manifests.join(format!("{name}.yaml")))?;
+            if time_until(Duration::from_secs(60), || !rdir.exists()).is_none() {
+                bail!("{name}: not removed within 60 s");
+            }
+        }
+        let q = percentiles(&mut to_qmp);
+        let r = percentiles(&mut to_ready);
+        println!(
+            "deorch ({machine}): manifest drop -> QMP answering p50 {:.0} ms, p99 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {hung} boots silent for 60 s",
+            q.p50, q.p99, r.p50, r.p99, to_ready.len()
+        );
+        // Daemon RSS per running VM.
+        let idle = rss_of(node.id());
+        for i in 0..parallel {
+            write_manifest(&manifests, &format!("p{i}.yaml"), &vm(&format!("p{i}")))?;
+        }
+        for i in 0..parallel {
+            let rdir = vms.join(format!("p{i}"));
+            if time_until(Duration::from_secs(120), || qmp_answers(&rt, &rdir)).is_none() {
+                bail!("p{i}: QEMU never answered QMP");
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let busy = rss_of(node.id());
+        println!(
+            "deorch daemon RSS: {:.1} MB idle, {:.1} MB with {parallel} VMs running: {:.2} MB per VM",
+            idle as f64 / 1e6,
+            busy as f64 / 1e6,
+            busy.saturating_sub(idle) as f64 / 1e6 / parallel as f64
+        );
+        for i in 0..parallel {
+            std::fs::remove_file(manifests.join(format!("p{i}.yaml")))?;
+        }
+        for i in 0..parallel {
+            let rdir = vms.join(format!("p{i}"));
+            let _ = time_until(Duration::from_secs(60), || !rdir.exists());
+        }
+        Ok(())
+    })();
+    let _ = Command::new("kill").arg(node.id().to_string()).status();
+    let _ = node.wait();
+    result?;
+    if let Some(uri) = libvirt_uri {
+        virsh_boot(count, kernel, initrd, machine, uri, &dir)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `virsh start` → ready marker, the domain defined beforehand from the
+/// same VM model the libvirt driver uses.
+fn virsh_boot(
+    count: usize,
+    kernel: &Path,
+    initrd: &Path,
+    machine: &str,
+    uri: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::driver::libvirt::{domain_xml, DomainParams};
+    let virsh = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("virsh")
+            .arg("-c")
+            .arg(uri)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "virsh {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let mut to_ready = Vec::new();
+    let mut start_returns = Vec::new();
+    let mut hung = 0;
+    for i in 0..=count {
+        let name = format!("deorch-bench-virsh-{i}");
+        let rdir = dir.join("virsh").join(&name);
+        std::fs::create_dir_all(&rdir)?;
+        let config = crate::driver::VmConfig {
+            id: format!("bench/{name}"),
+            cpus: 1,
+            memory: 128 << 20,
+            machine: serde_json::from_value(serde_json::Value::String(machine.into()))?,
+            cpu_model: None,
+            boot: Some(crate::model::vm::Boot {
+                kernel: kernel.display().to_string(),
+                initrd: Some(initrd.display().to_string()),
+                cmdline: Some("console=ttyS0 quiet".into()),
+            }),
+            disks: vec![],
+            disk_images: vec![],
+            nics: vec![crate::driver::NicConfig {
+                name: "eth0".into(),
+                mac: "52:54:00:de:0c:01".into(),
+                tap: String::new(),
+                bridge: String::new(),
+            }],
+            spice: false,
+        };
+        let vm =
+            crate::driver::qemu::qemu_vm(&config, crate::qemu::probe::Accel::Tcg, rdir.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let xml = domain_xml(
+            &vm,
+            &DomainParams {
+                name: name.clone(),
+                uuid: None,
+                id: config.id.clone(),
+                spice_port: None,
+            },
+        );
+        let file = rdir.join("domain.xml");
+        std::fs::write(&file, xml)?;
+        let _ = virsh(&["destroy", &name]);
+        let _ = virsh(&["undefine", &name]);
+        virsh(&["define", &file.display().to_string()])?;
+        let t = Instant::now();
+        virsh(&["start", &name])?;
+        let started = t.elapsed();
+        let ready =
+            time_until(Duration::from_secs(60), || serial_ready(&rdir)).map(|_| t.elapsed());
+        let _ = virsh(&["destroy", &name]);
+        let _ = virsh(&["undefine", &name]);
+        match ready {
+            Some(r) if i > 0 => {
+                to_ready.push(r);
+                start_returns.push(started);
+            }
+            Some(_) => {}
+            None => hung += 1,
+        }
+    }
+    let r = percentiles(&mut to_ready);
+    let s = percentiles(&mut start_returns);
+    println!(
+        "virsh start ({machine}): command returns p50 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {hung} boots silent for 60 s",
+        s.p50, r.p50, r.p99, to_ready.len()
+    );
+    Ok(())
+}

@@ -300,6 +300,28 @@ pub enum BenchCommand {
         #[arg(long)]
         zfs_root: Option<String>,
     },
+    /// VM boot through a real node (drop -> QMP, drop -> guest ready)
+    /// beside `virsh start` of the same guest, and daemon RSS per VM.
+    Vm {
+        /// Boots measured per side (after one warm-up).
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// VMs run at once for the RSS figure.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// Guest kernel (guest/build.sh makes it).
+        #[arg(long, default_value = "/var/lib/deorch/guest/vmlinuz")]
+        kernel: PathBuf,
+        /// Guest initramfs.
+        #[arg(long, default_value = "/var/lib/deorch/guest/initrd.img")]
+        initrd: PathBuf,
+        /// Machine type (`microvm`, `pc`, `q35`).
+        #[arg(long, default_value = "microvm")]
+        machine: String,
+        /// Also measure `virsh start` against this libvirt URI.
+        #[arg(long)]
+        libvirt_uri: Option<String>,
+    },
     /// Login round trip over loopback HTTP (challenge, sign, login, whoami).
     Login {
         /// Number of round trips.
@@ -569,6 +591,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     data_mib,
                     zfs_root,
                 } => crate::bench::clone_cost(count, data_mib, zfs_root.as_deref())?,
+                BenchCommand::Vm {
+                    count,
+                    parallel,
+                    kernel,
+                    initrd,
+                    machine,
+                    libvirt_uri,
+                } => crate::bench::vm_boot(
+                    count,
+                    parallel,
+                    &kernel,
+                    &initrd,
+                    &machine,
+                    libvirt_uri.as_deref(),
+                )?,
                 BenchCommand::Login { count } => crate::bench::login_latency(count)?,
             }
             Ok(ExitCode::SUCCESS)

@@ -108,7 +108,18 @@ impl Qmp {
             events: VecDeque::new(),
             version: (0, 0, 0),
         };
-        let greeting = qmp.read_message("greeting").await?;
+        // The greeting comes first; an event seen before it (measured once:
+        // a VNC_DISCONNECTED under load) is kept, not taken for a bad peer.
+        let greeting = loop {
+            let msg = qmp.read_message("greeting").await?;
+            match msg.get("event").and_then(Value::as_str) {
+                Some(name) => {
+                    let name = name.to_string();
+                    qmp.push_event(&name, &msg)
+                }
+                None => break msg,
+            }
+        };
         let v = &greeting["QMP"]["version"]["qemu"];
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Protocol {
