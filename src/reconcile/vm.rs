@@ -558,6 +558,39 @@ pub async fn live_disks(
     live
 }
 
+/// Clone `source` into `volume`. When the disk comes from another VM that
+/// runs here, through its hypervisor (`Storage::clone_volumes_live`), so a
+/// VM can be made from a running VM on qcow2 storage too.
+async fn clone_disk(
+    ctx: &Ctx,
+    key: &ObjectKey,
+    spec: &VirtualMachineSpec,
+    volume: &str,
+    source: &str,
+    size: Option<u64>,
+) -> Result<(), crate::driver::DriverError> {
+    let from_vm = spec
+        .disks
+        .iter()
+        .find(|d| names::vm_volume(&key.namespace, &key.name, &d.name) == volume)
+        .and_then(|d| d.source.virtual_machine.as_ref());
+    let Some(r) = from_vm else {
+        return ctx.drivers.storage.clone_volume(volume, source, size).await;
+    };
+    let rns = r.namespace.as_deref().unwrap_or(&key.namespace);
+    let source_vm = ctx.typed::<VirtualMachineSpec>(Kind::VirtualMachine, rns, &r.name);
+    let live = live_disks(ctx, rns, &r.name, source_vm.as_ref().map(|v| &v.spec)).await;
+    let request = [crate::driver::CloneRequest {
+        volume: volume.to_string(),
+        source: source.to_string(),
+        size,
+    }];
+    ctx.drivers
+        .storage
+        .clone_volumes_live(&request, &live)
+        .await
+}
+
 /// Label on the replicas a VM's `replicaPolicy` takes.
 pub const POLICY_LABEL: &str = "deorch.dev/replica-policy-of";
 
@@ -718,12 +751,7 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
                 volume,
                 source,
                 size,
-            } => {
-                ctx.drivers
-                    .storage
-                    .clone_volume(volume, source, *size)
-                    .await
-            }
+            } => clone_disk(ctx, key, &vm.spec, volume, source, *size).await,
             Action::EnsureTap { tap, bridge, mtu } => {
                 ctx.drivers.net.ensure_tap(tap, bridge, *mtu).await
             }
