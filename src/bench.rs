@@ -858,10 +858,89 @@ pub fn vm_boot(
     let _ = Command::new("kill").arg(node.id().to_string()).status();
     let _ = node.wait();
     result?;
+    qemu_floor(count, kernel, initrd, machine, &dir)?;
     if let Some(uri) = libvirt_uri {
         virsh_boot(count, kernel, initrd, machine, uri, &dir)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The bench guest as the drivers see it (one vCPU, 128 MiB, a NIC).
+fn bench_config(
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    machine: &str,
+) -> anyhow::Result<crate::driver::VmConfig> {
+    Ok(crate::driver::VmConfig {
+        id: format!("bench/{name}"),
+        cpus: 1,
+        memory: 128 << 20,
+        machine: serde_json::from_value(serde_json::Value::String(machine.into()))?,
+        cpu_model: None,
+        boot: Some(crate::model::vm::Boot {
+            kernel: kernel.display().to_string(),
+            initrd: Some(initrd.display().to_string()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+        }),
+        disks: vec![],
+        disk_images: vec![],
+        nics: vec![crate::driver::NicConfig {
+            name: "eth0".into(),
+            mac: "52:54:00:de:0c:01".into(),
+            tap: String::new(),
+            bridge: String::new(),
+        }],
+        spice: false,
+    })
+}
+
+/// The floor: QEMU started with the command line deorch builds for the
+/// same guest (`src/qemu/cmdline.rs`), daemonized, until QMP answers.
+fn qemu_floor(
+    count: usize,
+    kernel: &Path,
+    initrd: &Path,
+    machine: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut samples = Vec::new();
+    for i in 0..=count {
+        let rdir = dir.join("floor").join(format!("f{i}"));
+        std::fs::create_dir_all(&rdir)?;
+        let config = bench_config(&format!("f{i}"), kernel, initrd, machine)?;
+        let vm =
+            crate::driver::qemu::qemu_vm(&config, crate::qemu::probe::Accel::Tcg, rdir.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let t = Instant::now();
+        let st = Command::new("qemu-system-x86_64")
+            .args(crate::qemu::cmdline::args(&vm))
+            .status()?;
+        if !st.success() {
+            bail!("qemu-system-x86_64 failed to start");
+        }
+        let answered =
+            time_until(Duration::from_secs(30), || qmp_answers(&rt, &rdir)).map(|_| t.elapsed());
+        if let Ok(pid) = std::fs::read_to_string(crate::qemu::cmdline::pidfile(&rdir)) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        match answered {
+            Some(d) if i > 0 => samples.push(d),
+            Some(_) => {}
+            None => bail!("f{i}: QEMU never answered QMP"),
+        }
+    }
+    let p = percentiles(&mut samples);
+    println!(
+        "floor ({machine}): QEMU with deorch's command line -> QMP answering p50 {:.0} ms, p99 {:.0} ms over {}",
+        p.p50,
+        p.p99,
+        samples.len()
+    );
     Ok(())
 }
 
@@ -898,27 +977,7 @@ fn virsh_boot(
         let name = format!("deorch-bench-virsh-{i}");
         let rdir = dir.join("virsh").join(&name);
         std::fs::create_dir_all(&rdir)?;
-        let config = crate::driver::VmConfig {
-            id: format!("bench/{name}"),
-            cpus: 1,
-            memory: 128 << 20,
-            machine: serde_json::from_value(serde_json::Value::String(machine.into()))?,
-            cpu_model: None,
-            boot: Some(crate::model::vm::Boot {
-                kernel: kernel.display().to_string(),
-                initrd: Some(initrd.display().to_string()),
-                cmdline: Some("console=ttyS0 quiet".into()),
-            }),
-            disks: vec![],
-            disk_images: vec![],
-            nics: vec![crate::driver::NicConfig {
-                name: "eth0".into(),
-                mac: "52:54:00:de:0c:01".into(),
-                tap: String::new(),
-                bridge: String::new(),
-            }],
-            spice: false,
-        };
+        let config = bench_config(&name, kernel, initrd, machine)?;
         let vm =
             crate::driver::qemu::qemu_vm(&config, crate::qemu::probe::Accel::Tcg, rdir.clone())
                 .map_err(|e| anyhow::anyhow!(e))?;
