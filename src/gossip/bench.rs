@@ -1,0 +1,1 @@
+//! `deorch bench gossip`.
