@@ -109,6 +109,7 @@ pub struct Membership {
     seq: u64,
     queue: Vec<(MemberUpdate, u32)>,
     events: Vec<MemberEvent>,
+    suspects: std::collections::HashSet<NodeId>,
 }
 
 impl Membership {
@@ -129,6 +130,7 @@ impl Membership {
             seq: 0,
             queue: Vec::new(),
             events: Vec::new(),
+            suspects: std::collections::HashSet::new(),
         }
     }
 
@@ -241,6 +243,11 @@ impl Membership {
         m.incarnation = inc;
         m.addr = addr;
         if was != state {
+            if state == MemberState::Suspect {
+                self.suspects.insert(id.clone());
+            } else {
+                self.suspects.remove(id);
+            }
             m.state = state;
             m.since = now;
             self.events.push(match state {
@@ -275,6 +282,9 @@ impl Membership {
                 },
             );
             self.order.push(u.id.clone());
+            if u.state == MemberState::Suspect {
+                self.suspects.insert(u.id.clone());
+            }
             self.events.push(match u.state {
                 MemberState::Suspect => MemberEvent::Suspect(u.id.clone()),
                 _ => MemberEvent::Up(u.id.clone(), u.addr),
@@ -410,19 +420,6 @@ impl Membership {
         }
     }
 
-    fn random_alive(&self, rng: &mut Rng, k: usize, except: &NodeId) -> Vec<NodeAddr> {
-        let mut alive: Vec<NodeAddr> = self
-            .members
-            .iter()
-            .filter(|(id, m)| m.state == MemberState::Alive && *id != except)
-            .map(|(_, m)| m.addr)
-            .collect();
-        alive.sort();
-        rng.shuffle(&mut alive);
-        alive.truncate(k);
-        alive
-    }
-
     /// Advance timers: finish or escalate the current probe, start the
     /// next, expire suspicions, reconnect to a dead member, forget old
     /// dead ones.
@@ -432,7 +429,7 @@ impl Membership {
                 p.indirect = true;
                 let (target, seq) = (p.target.clone(), p.seq);
                 if let Some(addr) = self.members.get(&target).map(|m| m.addr) {
-                    for via in self.random_alive(rng, self.cfg.indirect_probes, &target) {
+                    for via in self.sample_alive(rng, self.cfg.indirect_probes, Some(&target)) {
                         let updates = self.piggyback();
                         out.push((
                             via,
@@ -483,25 +480,20 @@ impl Membership {
                 ));
             }
         }
-        let expired: Vec<(NodeId, MemberUpdate)> = self
-            .members
+        let mut expired: Vec<MemberUpdate> = self
+            .suspects
             .iter()
-            .filter(|(_, m)| {
-                m.state == MemberState::Suspect && now >= m.since + self.cfg.suspicion_timeout_ms
-            })
-            .map(|(id, m)| {
-                (
-                    id.clone(),
-                    MemberUpdate {
-                        id: id.clone(),
-                        addr: m.addr,
-                        incarnation: m.incarnation,
-                        state: MemberState::Dead,
-                    },
-                )
+            .filter_map(|id| self.members.get(id).map(|m| (id, m)))
+            .filter(|(_, m)| now >= m.since + self.cfg.suspicion_timeout_ms)
+            .map(|(id, m)| MemberUpdate {
+                id: id.clone(),
+                addr: m.addr,
+                incarnation: m.incarnation,
+                state: MemberState::Dead,
             })
             .collect();
-        for (_, u) in expired {
+        expired.sort_by(|a, b| a.id.cmp(&b.id));
+        for u in expired {
             self.apply(&u, now);
         }
         if now >= self.next_reconnect {
@@ -524,11 +516,36 @@ impl Membership {
                     },
                 ));
             }
+            let gc = self.cfg.dead_gc_ms;
+            self.members
+                .retain(|_, m| !(m.state == MemberState::Dead && now >= m.since + gc));
         }
-        let gc = self.cfg.dead_gc_ms;
-        self.members
-            .retain(|_, m| !(m.state == MemberState::Dead && now >= m.since + gc));
         self.relays.retain(|_, r| r.2 > now);
+    }
+
+    /// Up to `k` distinct random members I hold alive (never `except`),
+    /// by rejection sampling over the member list: O(k), not O(n).
+    pub fn sample_alive(&self, rng: &mut Rng, k: usize, except: Option<&NodeId>) -> Vec<NodeAddr> {
+        let mut out = Vec::with_capacity(k);
+        let n = self.order.len();
+        if n == 0 {
+            return out;
+        }
+        for _ in 0..(8 * k + 16) {
+            if out.len() == k {
+                break;
+            }
+            let id = &self.order[rng.below(n)];
+            if Some(id) == except {
+                continue;
+            }
+            if let Some(m) = self.members.get(id) {
+                if m.state == MemberState::Alive && !out.contains(&m.addr) {
+                    out.push(m.addr);
+                }
+            }
+        }
+        out
     }
 
     fn next_target(&mut self, rng: &mut Rng) -> Option<NodeId> {

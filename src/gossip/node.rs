@@ -340,20 +340,7 @@ impl GossipNode {
 
     fn random_peers(&mut self, k: usize) -> Vec<NodeAddr> {
         match &self.peers {
-            Peers::Swim(m) => {
-                let mut alive: Vec<NodeAddr> = m
-                    .iter()
-                    .filter(|(_, m)| m.state == MemberState::Alive)
-                    .map(|(_, m)| m.addr)
-                    .collect();
-                alive.sort();
-                let mut out = Vec::with_capacity(k);
-                for _ in 0..k.min(alive.len()) {
-                    let i = self.rng.below(alive.len());
-                    out.push(alive.swap_remove(i));
-                }
-                out
-            }
+            Peers::Swim(m) => m.sample_alive(&mut self.rng, k, None),
             Peers::Static(p) => {
                 let p = p.clone();
                 let mut out = Vec::with_capacity(k);
@@ -699,7 +686,7 @@ impl GossipNode {
         let mut msgs = Vec::new();
         if let Peers::Swim(m) = &mut self.peers {
             m.tick(now, &mut self.rng, &mut msgs);
-            if m.alive_count() == 0 && !self.seeds.is_empty() && now >= self.next_join {
+            if !self.seeds.is_empty() && now >= self.next_join && m.alive_count() == 0 {
                 self.next_join = now + self.cfg.swim.probe_interval_ms;
                 for s in self.seeds.clone() {
                     msgs.push((s, Body::Join));

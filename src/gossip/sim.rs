@@ -453,6 +453,13 @@ impl Cluster {
         }
     }
 
+    /// Put a raw datagram on the wire as if `from` sent it to `to`
+    /// (forgeries, malformed input).
+    pub fn inject(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        let (f, t) = (self.addr(from), self.addr(to));
+        self.net.borrow_mut().send(f, t, bytes);
+    }
+
     /// Nodes not killed.
     pub fn alive(&self) -> usize {
         self.killed.iter().filter(|k| !**k).count()
