@@ -54,7 +54,7 @@ impl Default for SwimConfig {
             reconnect_interval_ms: 2_000,
             dead_gc_ms: 3_600_000,
             retransmit_mult: 4,
-            max_piggyback: 8,
+            max_piggyback: 32,
         }
     }
 }
@@ -110,6 +110,8 @@ pub struct Membership {
     queue: Vec<(MemberUpdate, u32)>,
     events: Vec<MemberEvent>,
     suspects: std::collections::HashSet<NodeId>,
+    /// No suspicion expires before this (skips the scan until then).
+    next_expiry: Millis,
 }
 
 impl Membership {
@@ -131,6 +133,7 @@ impl Membership {
             queue: Vec::new(),
             events: Vec::new(),
             suspects: std::collections::HashSet::new(),
+            next_expiry: Millis::MAX,
         }
     }
 
@@ -172,7 +175,10 @@ impl Membership {
                 since: now,
             },
         );
-        self.order.push(id);
+        // Not added to the probe order: the next round's shuffle takes it.
+        // (Appending in a common order would have every node probe the
+        // same member at the same time, and some only once a round.)
+        self.next = self.order.len();
     }
 
     /// Events since the last call.
@@ -194,8 +200,11 @@ impl Membership {
     /// Updates to piggyback on one outgoing message.
     pub fn piggyback(&mut self) -> Vec<MemberUpdate> {
         // Fresh updates first: they have the most transmissions left.
-        self.queue.sort_by(|a, b| b.1.cmp(&a.1));
         let n = self.queue.len().min(self.cfg.max_piggyback);
+        if n > 0 && n < self.queue.len() {
+            self.queue
+                .select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
+        }
         let out = self.queue[..n].iter().map(|(u, _)| u.clone()).collect();
         for q in &mut self.queue[..n] {
             q.1 -= 1;
@@ -245,6 +254,7 @@ impl Membership {
         if was != state {
             if state == MemberState::Suspect {
                 self.suspects.insert(id.clone());
+                self.next_expiry = self.next_expiry.min(now + self.cfg.suspicion_timeout_ms);
             } else {
                 self.suspects.remove(id);
             }
@@ -284,6 +294,7 @@ impl Membership {
             self.order.push(u.id.clone());
             if u.state == MemberState::Suspect {
                 self.suspects.insert(u.id.clone());
+                self.next_expiry = self.next_expiry.min(now + self.cfg.suspicion_timeout_ms);
             }
             self.events.push(match u.state {
                 MemberState::Suspect => MemberEvent::Suspect(u.id.clone()),
@@ -480,18 +491,29 @@ impl Membership {
                 ));
             }
         }
-        let mut expired: Vec<MemberUpdate> = self
-            .suspects
-            .iter()
-            .filter_map(|id| self.members.get(id).map(|m| (id, m)))
-            .filter(|(_, m)| now >= m.since + self.cfg.suspicion_timeout_ms)
-            .map(|(id, m)| MemberUpdate {
-                id: id.clone(),
-                addr: m.addr,
-                incarnation: m.incarnation,
-                state: MemberState::Dead,
-            })
-            .collect();
+        let mut expired: Vec<MemberUpdate> = Vec::new();
+        if now >= self.next_expiry {
+            self.next_expiry = self
+                .suspects
+                .iter()
+                .filter_map(|id| self.members.get(id))
+                .map(|m| m.since + self.cfg.suspicion_timeout_ms)
+                .filter(|t| *t > now)
+                .min()
+                .unwrap_or(Millis::MAX);
+            expired = self
+                .suspects
+                .iter()
+                .filter_map(|id| self.members.get(id).map(|m| (id, m)))
+                .filter(|(_, m)| now >= m.since + self.cfg.suspicion_timeout_ms)
+                .map(|(id, m)| MemberUpdate {
+                    id: id.clone(),
+                    addr: m.addr,
+                    incarnation: m.incarnation,
+                    state: MemberState::Dead,
+                })
+                .collect();
+        }
         expired.sort_by(|a, b| a.id.cmp(&b.id));
         for u in expired {
             self.apply(&u, now);

@@ -142,13 +142,14 @@ struct VmTrack {
     seen: Millis,
     claimed_at: Option<Millis>,
     started: bool,
-    rank_cache: Option<(Millis, usize)>,
+    /// (base time of the election, my rank, when computed).
+    rank_cache: Option<(Millis, usize, Millis)>,
 }
 
 /// Where a node's peers come from.
 enum Peers {
     /// SWIM membership.
-    Swim(Membership),
+    Swim(Box<Membership>),
     /// A fixed list, all taken as alive (simulating 10,000 nodes in one
     /// process, where 10,000 member tables would not fit; the bench says
     /// when it uses this).
@@ -170,6 +171,7 @@ pub struct GossipNode {
     budget: usize,
     next_ae: Millis,
     next_join: Millis,
+    next_collect: Millis,
     status_seq: u64,
     stats: Stats,
 }
@@ -193,7 +195,7 @@ impl GossipNode {
             cfg,
             me,
             addr,
-            peers: Peers::Swim(membership),
+            peers: Peers::Swim(Box::new(membership)),
             store: EntryStore::new(),
             verifier,
             rng: Rng::new(seed),
@@ -202,6 +204,7 @@ impl GossipNode {
             seeds: Vec::new(),
             next_ae: 0,
             next_join: 0,
+            next_collect: 0,
             status_seq: 0,
             stats: Stats::default(),
         }
@@ -553,22 +556,27 @@ impl GossipNode {
         if now < base {
             return;
         }
+        // My turn comes at base + r × backoff. Between rank computations
+        // (O(n) each) only the cached turn is checked; the rank is
+        // recomputed when the turn comes, since views move.
         let track = &self.vms[&vm];
-        let cached = track
-            .rank_cache
-            .filter(|(at, _)| now < at + self.cfg.claim_backoff_ms);
-        let rank = match cached {
-            Some((_, r)) => Some((r, None)),
-            None => {
-                let req = track.req.clone();
-                let r = self.my_rank(&req);
-                let t = self.vms.get_mut(&vm).expect("present");
-                t.rank_cache = Some((now, r.map(|x| x.0).unwrap_or(usize::MAX)));
-                r.map(|(r, s)| (r, Some(s)))
+        let backoff = self.cfg.claim_backoff_ms;
+        if let Some((b, r, at)) = track.rank_cache {
+            let wait = if r == usize::MAX {
+                now < at + 5 * backoff
+            } else {
+                now < base + r as u64 * backoff
+            };
+            if b == base && wait {
+                return;
             }
-        };
-        let Some((r, _)) = rank else { return };
-        if r == usize::MAX || now < base + r as u64 * self.cfg.claim_backoff_ms {
+        }
+        let req = track.req.clone();
+        let r = self.my_rank(&req).map(|x| x.0).unwrap_or(usize::MAX);
+        if let Some(t) = self.vms.get_mut(&vm) {
+            t.rank_cache = Some((base, r, now));
+        }
+        if r == usize::MAX || now < base + r as u64 * backoff {
             return;
         }
         let req = self.vms[&vm].req.clone();
@@ -714,7 +722,10 @@ impl GossipNode {
                 self.send(to, Body::Digest(d));
             }
         }
-        self.collect(now);
+        if now >= self.next_collect {
+            self.next_collect = now + 10_000;
+            self.collect(now);
+        }
         self.place(now);
         self.flush_member_events();
     }

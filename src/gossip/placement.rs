@@ -177,7 +177,7 @@ pub fn rank<'a>(
             (score(vm_hash, nh, &req.need, &n.free), nh, &n.id)
         })
         .collect();
-    v.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    v.sort_by_key(|x| std::cmp::Reverse((x.0, x.1)));
     v.into_iter().map(|(s, _, id)| (id.clone(), s)).collect()
 }
 

@@ -5,8 +5,6 @@
 //! every node and every build (digests, rendezvous scores), so both live
 //! here instead of depending on a crate whose stream may change.
 
-use sha2::{Digest, Sha256};
-
 /// SplitMix64: tiny, fast, and good enough for peer selection and tests.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -49,16 +47,25 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The first 8 bytes of SHA-256 over the parts, each length-prefixed: a
-/// stable hash of structured data that is the same on every node.
+/// FNV-1a over the parts, each length-prefixed, then [`mix64`]: a fast
+/// hash of structured data that is the same on every node and every
+/// build. Not cryptographic: it picks digest buckets, breaks ties and
+/// seeds rendezvous scores; authenticity is the [`super::Verifier`]'s job.
 pub fn hash64(parts: &[&[u8]]) -> u64 {
-    let mut h = Sha256::new();
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    };
     for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
+        for b in (p.len() as u64).to_le_bytes() {
+            eat(b);
+        }
+        for &b in *p {
+            eat(b);
+        }
     }
-    let d = h.finalize();
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+    mix64(h)
 }
 
 #[cfg(test)]
