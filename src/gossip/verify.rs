@@ -77,3 +77,61 @@ impl Verifier for SignedManifests {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::wire::DocKey;
+    use crate::identity::{sign_manifest, AddressType, Network, PrivateKey};
+
+    fn signed(key: &PrivateKey, generation: u64, deleted: bool) -> Document {
+        let mut obj = serde_json::json!({
+            "apiVersion": crate::model::API_VERSION,
+            "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "default", "generation": generation},
+            "spec": {}
+        });
+        if deleted {
+            obj["metadata"]["annotations"] = serde_json::json!({DELETED_ANNOTATION: "true"});
+        }
+        let obj = sign_manifest(&obj, "c1", key, AddressType::P2wpkh).unwrap();
+        Document {
+            key: DocKey::new("VirtualMachine", "default", "web"),
+            generation,
+            deleted,
+            written_ms: 0,
+            body: serde_json::to_vec(&obj).unwrap(),
+        }
+    }
+
+    #[test]
+    fn signed_manifests_accepts_genuine_and_refuses_tampered_documents() {
+        let key = PrivateKey::generate(Network::Regtest);
+        let v = SignedManifests {
+            cluster: "c1".into(),
+        };
+        let good = signed(&key, 3, false);
+        assert_eq!(v.verify_document(&good), Ok(()));
+        assert_eq!(v.verify_document(&signed(&key, 4, true)), Ok(()));
+        // Another cluster's signature.
+        let other = SignedManifests {
+            cluster: "c2".into(),
+        };
+        assert!(other.verify_document(&good).is_err());
+        // A live document turned into its own tombstone.
+        let mut flipped = good.clone();
+        flipped.deleted = true;
+        assert!(v.verify_document(&flipped).is_err());
+        // A generation raised outside the signature.
+        let mut raised = good.clone();
+        raised.generation = 9;
+        assert!(v.verify_document(&raised).is_err());
+        // A body edited after signing.
+        let mut edited = good;
+        let s = String::from_utf8(edited.body)
+            .unwrap()
+            .replace("\"spec\":{}", "\"spec\":{\"cpu\":64}");
+        edited.body = s.into_bytes();
+        assert!(v.verify_document(&edited).is_err());
+    }
+}
