@@ -88,6 +88,33 @@ fn a_document_reaches_a_thousand_nodes_with_loss() {
     assert!(t <= 5_000, "{t} ms");
 }
 
+#[test]
+fn a_restarted_node_rejoins_through_one_member_and_is_recognised() {
+    let mut c = cfg(50, 5, 0.05);
+    c.statuses = false;
+    let mut cl = Cluster::new(&c);
+    cl.run_for(2_000);
+    cl.kill(7);
+    let id = cl.nodes[7].id().clone();
+    cl.run_for(15_000);
+    assert!((0..50)
+        .filter(|i| *i != 7)
+        .all(|i| cl.nodes[i].member_state(&id) == Some(MemberState::Dead)));
+    // Same identity, same address, new process: knows only node 3.
+    cl.restart(7, 1, 3, &c);
+    let t0 = cl.now;
+    while (0..50).any(|i| i != 7 && cl.nodes[i].member_state(&id) != Some(MemberState::Alive))
+        || cl.nodes[7].alive_members().len() < 49
+    {
+        assert!(cl.now < t0 + 20_000, "n7 not recognised within 20 s");
+        cl.run_for(200);
+    }
+    eprintln!(
+        "restarted n7 recognised by all and knows all in {} ms (virtual)",
+        cl.now - t0
+    );
+}
+
 /// Fails for every document whose body starts with `forged`.
 struct RejectForged;
 impl Verifier for RejectForged {

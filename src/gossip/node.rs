@@ -142,6 +142,8 @@ struct VmTrack {
     seen: Millis,
     claimed_at: Option<Millis>,
     started: bool,
+    /// The claimant my pending claim displaces (re-election).
+    displaced: Option<NodeId>,
     /// (base time of the election, my rank, when computed).
     rank_cache: Option<(Millis, usize, Millis)>,
 }
@@ -447,6 +449,7 @@ impl GossipNode {
                             claimed_at: None,
                             started: false,
                             rank_cache: None,
+                            displaced: None,
                         });
                 }
                 // Deleted, or placed by hand: not the radar's any more.
@@ -517,7 +520,18 @@ impl GossipNode {
                     let since = *track.claimed_at.get_or_insert(now);
                     if !track.started && now >= since + self.cfg.claim_settle_ms {
                         track.started = true;
+                        track.displaced = None;
                         self.event(Event::Start { vm, epoch: c.epoch });
+                    } else if !track.started {
+                        // While settling, tell the claimant this claim
+                        // displaces, directly: if it was declared dead
+                        // wrongly (it is alive but was unreachable), it
+                        // hears of the new claim and stops before this
+                        // node starts, whatever gossip's luck.
+                        let displaced = track.displaced.clone();
+                        if let Some(addr) = displaced.and_then(|d| self.addr_of(&d)) {
+                            self.send(addr, Body::Gossip(vec![Entry::Claim(c)]));
+                        }
                     }
                 }
                 Some(c) => {
@@ -539,7 +553,11 @@ impl GossipNode {
                     };
                     if let Some(d) = dead_since {
                         let base = d.max(claim_received) + self.cfg.reelect_timeout_ms;
-                        self.maybe_claim(vm, base, c.epoch + 1, now);
+                        if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
+                            if let Some(t) = self.vms.get_mut(&vm) {
+                                t.displaced = Some(c.node.clone());
+                            }
+                        }
                     }
                 }
                 None => {
@@ -552,9 +570,9 @@ impl GossipNode {
 
     /// Claim `vm` at `epoch` if I am ranked `r` and `now ≥ base + r ×
     /// claim_backoff_ms`.
-    fn maybe_claim(&mut self, vm: DocKey, base: Millis, epoch: u64, now: Millis) {
+    fn maybe_claim(&mut self, vm: DocKey, base: Millis, epoch: u64, now: Millis) -> bool {
         if now < base {
-            return;
+            return false;
         }
         // My turn comes at base + r × backoff. Between rank computations
         // (O(n) each) only the cached turn is checked; the rank is
@@ -568,7 +586,7 @@ impl GossipNode {
                 now < base + r as u64 * backoff
             };
             if b == base && wait {
-                return;
+                return false;
             }
         }
         let req = track.req.clone();
@@ -577,11 +595,11 @@ impl GossipNode {
             t.rank_cache = Some((base, r, now));
         }
         if r == usize::MAX || now < base + r as u64 * backoff {
-            return;
+            return false;
         }
         let req = self.vms[&vm].req.clone();
         let Some((_, score)) = self.my_rank(&req) else {
-            return;
+            return false;
         };
         let claim = Claim {
             vm: vm.clone(),
@@ -594,6 +612,15 @@ impl GossipNode {
             if let Some(t) = self.vms.get_mut(&vm) {
                 t.claimed_at = Some(now);
             }
+            return true;
+        }
+        false
+    }
+
+    fn addr_of(&self, id: &NodeId) -> Option<NodeAddr> {
+        match &self.peers {
+            Peers::Swim(m) => m.get(id).map(|m| m.addr),
+            Peers::Static(p) => p.iter().find(|x| x.0 == *id).map(|x| x.1),
         }
     }
 

@@ -453,6 +453,27 @@ impl Cluster {
         }
     }
 
+    /// Restart killed node `i` as a new process would: empty state, the
+    /// given incarnation (higher than its last run's), joining through
+    /// node `seed` only.
+    pub fn restart(&mut self, i: usize, incarnation: u64, seed: usize, c: &ClusterConfig) {
+        let id = self.nodes[i].id().clone();
+        let mut node = GossipNode::new(
+            c.gossip.clone(),
+            id,
+            sim_addr(i),
+            incarnation,
+            c.verifier.clone(),
+            mix64(c.seed ^ incarnation ^ i as u64),
+        );
+        node.join(sim_addr(seed));
+        self.nodes[i] = node;
+        self.killed[i] = false;
+        self.net.borrow_mut().down[i] = false;
+        self.net.borrow_mut().inbox[i].clear();
+        self.ticks.push(Reverse((self.now + 1, i)));
+    }
+
     /// Put a raw datagram on the wire as if `from` sent it to `to`
     /// (forgeries, malformed input).
     pub fn inject(&mut self, from: usize, to: usize, bytes: &[u8]) {
