@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod dhcp;
 pub mod driver;
+pub mod gossip;
 pub mod http;
 pub mod identity;
 pub mod manifest;

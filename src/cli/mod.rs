@@ -257,6 +257,16 @@ pub enum Command {
 /// `deorch bench ...`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Gossip: document convergence vs cluster size (simulated), bytes per
+    /// node, placement decision time.
+    Gossip {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+        sizes: Vec<usize>,
+        /// Seeds per size and loss rate.
+        #[arg(long, default_value_t = 3)]
+        runs: u64,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -607,6 +617,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     libvirt_uri.as_deref(),
                 )?,
                 BenchCommand::Login { count } => crate::bench::login_latency(count)?,
+                BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
             }
             Ok(ExitCode::SUCCESS)
         }

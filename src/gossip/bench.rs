@@ -1,0 +1,210 @@
+//! `deorch bench gossip`: convergence time of a new document against the
+//! cluster size, with and without loss, bytes per node per second, and
+//! the wall-clock time of one placement decision over 10,000 nodes.
+//!
+//! Convergence runs on the simulated network (virtual time, 200 ms
+//! rounds, 1-20 ms one-way delay). Up to 1,000 nodes it runs the whole
+//! node (SWIM membership included); the "static peers" rows replace SWIM
+//! by a fixed peer list so that 10,000 nodes fit in one process (10,000
+//! member tables of 10,000 entries would not), with the same push and
+//! anti-entropy code.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::placement::{self, VmRequest};
+use super::rng::Rng;
+use super::sim::{Cluster, ClusterConfig, NetConfig, SIM_EPOCH};
+use super::verify::AcceptAll;
+use super::wire::{DocKey, Document, NodeId, NodeStatus, Resources, TagSet};
+use super::GossipConfig;
+use crate::model::{Performance, TagSelector};
+
+struct Run {
+    converge_ms: Option<u64>,
+    bytes_per_node_s: f64,
+    idle_bytes_per_node_s: f64,
+}
+
+fn one(n: usize, loss: f64, swim: bool, seed: u64) -> Run {
+    let cfg = ClusterConfig {
+        nodes: n,
+        seed,
+        gossip: GossipConfig::default(),
+        net: NetConfig {
+            loss,
+            ..NetConfig::default()
+        },
+        preload: swim,
+        static_peers: !swim,
+        statuses: false,
+        verifier: Arc::new(AcceptAll),
+    };
+    let mut cl = Cluster::new(&cfg);
+    cl.run_for(2_000);
+    // Idle traffic (probes, digests) over 5 s.
+    let b0 = cl.net.borrow().bytes_sent;
+    cl.run_for(5_000);
+    let idle = (cl.net.borrow().bytes_sent - b0) as f64 / n as f64 / 5.0;
+    let doc = Document {
+        key: DocKey::new("VirtualMachine", "default", "bench"),
+        generation: 1,
+        deleted: false,
+        written_ms: SIM_EPOCH,
+        body: vec![b'x'; 1024],
+    };
+    let b1 = cl.net.borrow().bytes_sent;
+    let t0 = cl.now;
+    cl.publish(0, doc).expect("accepted");
+    let mut converge_ms = None;
+    while cl.now < t0 + 60_000 {
+        cl.run_for(10);
+        if cl.have_count == n {
+            converge_ms = Some(cl.now - t0);
+            break;
+        }
+    }
+    let span = (cl.now - t0).max(1) as f64 / 1000.0;
+    let bytes = (cl.net.borrow().bytes_sent - b1) as f64 / n as f64 / span;
+    Run {
+        converge_ms,
+        bytes_per_node_s: bytes,
+        idle_bytes_per_node_s: idle,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Run the benchmark and print Markdown tables.
+pub fn run(sizes: &[usize], runs: u64) -> anyhow::Result<()> {
+    println!("## Convergence of a new 1 KiB document (virtual time, 200 ms rounds, fan-out 3)\n");
+    println!("median of {runs} seeds; bytes per node per second while it spreads, and idle\n");
+    println!("| nodes | membership | loss | converged (ms) | max (ms) | kbit/s per node spreading | kbit/s per node idle |");
+    println!("|---|---|---|---|---|---|---|");
+    for &n in sizes {
+        for swim in [true, false] {
+            if swim && n > 1_000 {
+                continue;
+            }
+            for loss in [0.0, 0.10] {
+                let wall = Instant::now();
+                let rs: Vec<Run> = (0..runs).map(|s| one(n, loss, swim, 1 + s)).collect();
+                let failed = rs.iter().filter(|r| r.converge_ms.is_none()).count();
+                let times: Vec<f64> = rs
+                    .iter()
+                    .filter_map(|r| r.converge_ms)
+                    .map(|t| t as f64)
+                    .collect();
+                let (med, max) = if times.is_empty() {
+                    (f64::NAN, f64::NAN)
+                } else {
+                    (
+                        median(times.clone()),
+                        times.iter().cloned().fold(0.0, f64::max),
+                    )
+                };
+                println!(
+                    "| {n} | {} | {:.0} % | {med:.0}{} | {max:.0} | {:.1} | {:.1} |",
+                    if swim { "SWIM" } else { "static peers" },
+                    loss * 100.0,
+                    if failed > 0 {
+                        format!(" ({failed} runs did not converge in 60 s)")
+                    } else {
+                        String::new()
+                    },
+                    median(
+                        rs.iter()
+                            .map(|r| r.bytes_per_node_s * 8.0 / 1000.0)
+                            .collect()
+                    ),
+                    median(
+                        rs.iter()
+                            .map(|r| r.idle_bytes_per_node_s * 8.0 / 1000.0)
+                            .collect()
+                    ),
+                );
+                eprintln!(
+                    "  ({n} nodes, loss {loss}, swim {swim}: {:?} wall)",
+                    wall.elapsed()
+                );
+            }
+        }
+    }
+    placement_time(10_000);
+    Ok(())
+}
+
+/// Wall-clock time of `placement::best` over `n` node statuses.
+fn placement_time(n: usize) {
+    let mut rng = Rng::new(42);
+    let nodes: Vec<NodeStatus> = (0..n)
+        .map(|i| {
+            let mut tags = TagSet::default();
+            tags.microcosm.insert("rack".into(), format!("r{}", i % 40));
+            tags.macrocosm
+                .insert("region".into(), ["eu", "us", "ap"][i % 3].into());
+            tags.intercosm.insert("team".into(), format!("t{}", i % 7));
+            let total = Resources {
+                cpu_millis: 64_000,
+                memory: (32 + rng.below(480) as u64) << 30,
+                storage: 8 << 40,
+            };
+            NodeStatus {
+                id: NodeId(format!("bc1qnode{i:05}")),
+                incarnation: 0,
+                seq: 1,
+                tags,
+                performance: if i % 2 == 0 {
+                    Performance::High
+                } else {
+                    Performance::Low
+                },
+                total,
+                free: total,
+                load_milli: 0,
+                vms: Vec::new(),
+                unschedulable: false,
+            }
+        })
+        .collect();
+    let sel: TagSelector = serde_json::from_value(serde_json::json!({
+        "macrocosm": {"matchLabels": {"region": "eu"}},
+        "microcosm": {"matchExpressions": [{"key": "rack", "operator": "NotIn", "values": ["r1", "r2"]}]}
+    }))
+    .expect("selector");
+    for (label, selector, perf) in [
+        ("no filter", None, None),
+        (
+            "selector + performance: high",
+            Some(sel),
+            Some(Performance::High),
+        ),
+    ] {
+        let mut times = Vec::new();
+        for v in 0..2_000 {
+            let req = VmRequest {
+                vm: DocKey::new("VirtualMachine", "default", &format!("vm{v}")),
+                selector: selector.clone(),
+                performance: perf,
+                need: Resources {
+                    cpu_millis: 2_000,
+                    memory: 4 << 30,
+                    storage: 0,
+                },
+            };
+            let t = Instant::now();
+            let best = placement::best(&req, &nodes);
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            assert!(best.is_some());
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "\nplacement decision over {n} nodes, {label}: p50 {:.0} µs, p99 {:.0} µs (2,000 VMs)",
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
+    }
+}

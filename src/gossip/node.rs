@@ -1,0 +1,779 @@
+//! [`GossipNode`]: one node's gossip as a sans-IO state machine.
+//!
+//! Inputs: [`GossipNode::handle_tick`] (time passes) and
+//! [`GossipNode::handle_datagram`] (bytes from a peer), plus the local
+//! calls [`GossipNode::publish`] and [`GossipNode::set_status`]. Outputs,
+//! drained with [`GossipNode::poll`]: datagrams to send and [`Event`]s for
+//! the node (documents to apply, VMs to start or stop, members up/down).
+//! No sockets, no clock, no threads: the same code runs over UDP
+//! ([`super::transport::run_udp`]) and in the simulation
+//! ([`super::sim`]).
+//!
+//! Each tick: SWIM timers; push of hot entries to `fanout` random peers
+//! (bounded by `max_bytes_per_tick`); every `anti_entropy_interval_ms` a
+//! digest to one random peer; tombstone collection; the placement step.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use super::membership::{MemberEvent, Membership, SwimConfig};
+use super::placement::{self, VmRequest};
+use super::rng::Rng;
+use super::store::{EntryStore, Merge};
+use super::verify::Verifier;
+use super::wire::{
+    decode, encode, Body, Claim, DocKey, Document, Entry, EntryKey, Envelope, MemberState, Millis,
+    NodeAddr, NodeId, NodeStatus,
+};
+
+/// Settings of one gossip node. Defaults: 200 ms rounds, fan-out 3.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// Failure detector.
+    pub swim: SwimConfig,
+    /// Interval the caller should call `handle_tick` at.
+    pub tick_ms: u64,
+    /// Peers each hot entry is pushed to per tick.
+    pub fanout: usize,
+    /// Each new entry is pushed `mult × ceil(log10(n + 1))` times.
+    pub retransmit_mult: u32,
+    /// One digest exchange with a random peer this often.
+    pub anti_entropy_interval_ms: u64,
+    /// Bytes this node may send per tick for entries (push, anti-entropy
+    /// answers); probes are small and not limited.
+    pub max_bytes_per_tick: usize,
+    /// Tombstones (and claims of deleted VMs) are forgotten this long
+    /// after they were written.
+    pub tombstone_horizon_ms: u64,
+    /// A claimant starts its VM only after holding the best claim this
+    /// long (time for competing claims to arrive).
+    pub claim_settle_ms: u64,
+    /// The node ranked `r` (0 = best) in its own view claims after
+    /// `r × claim_backoff_ms` without a claim.
+    pub claim_backoff_ms: u64,
+    /// A VM whose claimant is dead is re-elected this long after the
+    /// death (or the claim's arrival, whichever is later).
+    pub reelect_timeout_ms: u64,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            swim: SwimConfig::default(),
+            tick_ms: 200,
+            fanout: 3,
+            retransmit_mult: 4,
+            anti_entropy_interval_ms: 1_000,
+            max_bytes_per_tick: 16 * 1024,
+            tombstone_horizon_ms: 24 * 3_600_000,
+            claim_settle_ms: 3_000,
+            claim_backoff_ms: 1_000,
+            reelect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// What the node should act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A member is alive (new, or back).
+    MemberUp(NodeId, NodeAddr),
+    /// A member is suspected.
+    MemberSuspect(NodeId),
+    /// A member is declared dead.
+    MemberDown(NodeId),
+    /// A newer version of a document arrived (apply it to the store).
+    Document(Document),
+    /// A document failed verification and was dropped.
+    Rejected {
+        /// The document.
+        key: DocKey,
+        /// Who sent it.
+        from: NodeId,
+        /// The verifier's reason.
+        reason: String,
+    },
+    /// A node's status changed.
+    Status(NodeId),
+    /// This node won the election: start the VM.
+    Start {
+        /// The VM.
+        vm: DocKey,
+        /// The claim's epoch.
+        epoch: u64,
+    },
+    /// Another node holds the winning claim of a VM this node runs (a
+    /// healed partition): stop this copy and keep its disks as a replica.
+    StopKeepDisk {
+        /// The VM.
+        vm: DocKey,
+        /// The winner.
+        winner: NodeId,
+        /// The winning epoch.
+        epoch: u64,
+    },
+}
+
+/// Something to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this datagram.
+    Send(NodeAddr, Vec<u8>),
+    /// Act on this.
+    Event(Event),
+}
+
+/// Counters (bench, metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Datagrams sent.
+    pub messages_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams that did not decode.
+    pub malformed: u64,
+    /// Entries refused by the verifier.
+    pub rejected: u64,
+}
+
+#[derive(Debug)]
+struct VmTrack {
+    req: VmRequest,
+    seen: Millis,
+    claimed_at: Option<Millis>,
+    started: bool,
+    /// The claimant my pending claim displaces (re-election).
+    displaced: Option<NodeId>,
+    /// (base time of the election, my rank, when computed).
+    rank_cache: Option<(Millis, usize, Millis)>,
+}
+
+/// Where a node's peers come from.
+enum Peers {
+    /// SWIM membership.
+    Swim(Box<Membership>),
+    /// A fixed list, all taken as alive (simulating 10,000 nodes in one
+    /// process, where 10,000 member tables would not fit; the bench says
+    /// when it uses this).
+    Static(Arc<Vec<(NodeId, NodeAddr)>>),
+}
+
+/// One node's gossip state machine.
+pub struct GossipNode {
+    cfg: GossipConfig,
+    me: NodeId,
+    addr: NodeAddr,
+    peers: Peers,
+    store: EntryStore,
+    verifier: Arc<dyn Verifier>,
+    rng: Rng,
+    out: VecDeque<Output>,
+    vms: BTreeMap<DocKey, VmTrack>,
+    seeds: Vec<NodeAddr>,
+    budget: usize,
+    next_ae: Millis,
+    next_join: Millis,
+    next_collect: Millis,
+    status_seq: u64,
+    stats: Stats,
+}
+
+impl GossipNode {
+    /// A node that knows nobody yet. `incarnation` must exceed the one of
+    /// any earlier run of this node (e.g. Unix seconds at start), so that
+    /// its new status and liveness win over old ones; `seed` fixes its
+    /// random choices.
+    pub fn new(
+        cfg: GossipConfig,
+        me: NodeId,
+        addr: NodeAddr,
+        incarnation: u64,
+        verifier: Arc<dyn Verifier>,
+        seed: u64,
+    ) -> Self {
+        let membership = Membership::new(cfg.swim.clone(), me.clone(), addr, incarnation);
+        GossipNode {
+            budget: cfg.max_bytes_per_tick,
+            cfg,
+            me,
+            addr,
+            peers: Peers::Swim(Box::new(membership)),
+            store: EntryStore::new(),
+            verifier,
+            rng: Rng::new(seed),
+            out: VecDeque::new(),
+            vms: BTreeMap::new(),
+            seeds: Vec::new(),
+            next_ae: 0,
+            next_join: 0,
+            next_collect: 0,
+            status_seq: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Join through any one member: asks `seed` for its member list (and
+    /// asks again every probe interval until someone answers).
+    pub fn join(&mut self, seed: NodeAddr) {
+        self.seeds.push(seed);
+        self.next_join = 0;
+    }
+
+    /// Know `id` as alive from the start without gossiping it (a member
+    /// list saved from an earlier run, or a simulation's set-up).
+    pub fn add_member(&mut self, id: NodeId, addr: NodeAddr, now: Millis) {
+        if let Peers::Swim(m) = &mut self.peers {
+            m.insert_alive(id, addr, now);
+        }
+    }
+
+    /// Replace SWIM by a fixed peer list (see [`Peers`]); used by the
+    /// 10,000-node benchmark only.
+    pub fn use_static_peers(&mut self, peers: Arc<Vec<(NodeId, NodeAddr)>>) {
+        self.peers = Peers::Static(peers);
+    }
+
+    /// This node's ID.
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// This node's address.
+    pub fn addr(&self) -> NodeAddr {
+        self.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The next output, if any.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The stored document of `key`.
+    pub fn document(&self, key: &DocKey) -> Option<&Document> {
+        match self
+            .store
+            .get(&EntryKey::Doc(key.clone()))
+            .map(|s| &s.entry)
+        {
+            Some(Entry::Doc(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The winning claim of `vm` in this node's view.
+    pub fn claim(&self, vm: &DocKey) -> Option<&Claim> {
+        match self
+            .store
+            .get(&EntryKey::Claim(vm.clone()))
+            .map(|s| &s.entry)
+        {
+            Some(Entry::Claim(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The status of `id` in this node's view.
+    pub fn status(&self, id: &NodeId) -> Option<&NodeStatus> {
+        match self
+            .store
+            .get(&EntryKey::Status(id.clone()))
+            .map(|s| &s.entry)
+        {
+            Some(Entry::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// SWIM state of `id` (`None`: unknown, or static peers).
+    pub fn member_state(&self, id: &NodeId) -> Option<MemberState> {
+        match &self.peers {
+            Peers::Swim(m) => m.get(id).map(|m| m.state),
+            Peers::Static(_) => None,
+        }
+    }
+
+    /// Members this node holds alive (itself excluded).
+    pub fn alive_members(&self) -> Vec<NodeId> {
+        match &self.peers {
+            Peers::Swim(m) => {
+                let mut v: Vec<NodeId> = m
+                    .iter()
+                    .filter(|(_, m)| m.state == MemberState::Alive)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                v.sort();
+                v
+            }
+            Peers::Static(p) => p
+                .iter()
+                .map(|x| x.0.clone())
+                .filter(|i| *i != self.me)
+                .collect(),
+        }
+    }
+
+    /// VMs this node has started and not stopped.
+    pub fn running(&self) -> Vec<DocKey> {
+        self.vms
+            .iter()
+            .filter(|(_, t)| t.started)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Number of stored entries.
+    pub fn entry_count(&self) -> usize {
+        self.store.len()
+    }
+
+    fn peer_count(&self) -> usize {
+        match &self.peers {
+            Peers::Swim(m) => m.alive_count(),
+            Peers::Static(p) => p.len().saturating_sub(1),
+        }
+    }
+
+    fn transmits(&self) -> u32 {
+        let n = self.peer_count() as f64 + 1.0;
+        self.cfg.retransmit_mult * (n.log10().ceil().max(1.0) as u32)
+    }
+
+    fn random_peers(&mut self, k: usize) -> Vec<NodeAddr> {
+        match &self.peers {
+            Peers::Swim(m) => m.sample_alive(&mut self.rng, k, None),
+            Peers::Static(p) => {
+                let p = p.clone();
+                let mut out = Vec::with_capacity(k);
+                let mut tries = 0;
+                while out.len() < k.min(p.len().saturating_sub(1)) && tries < 4 * k + 8 {
+                    tries += 1;
+                    let (id, a) = &p[self.rng.below(p.len())];
+                    if *id != self.me && !out.contains(a) {
+                        out.push(*a);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeAddr, body: Body) {
+        let incarnation = match &self.peers {
+            Peers::Swim(m) => m.incarnation(),
+            Peers::Static(_) => 0,
+        };
+        let bytes = encode(&Envelope {
+            from: self.me.clone(),
+            addr: self.addr,
+            incarnation,
+            body,
+        });
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.budget = self.budget.saturating_sub(bytes.len());
+        self.out.push_back(Output::Send(to, bytes));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn flush_member_events(&mut self) {
+        let Peers::Swim(m) = &mut self.peers else {
+            return;
+        };
+        for e in m.take_events() {
+            self.out.push_back(Output::Event(match e {
+                MemberEvent::Up(id, a) => Event::MemberUp(id, a),
+                MemberEvent::Suspect(id) => Event::MemberSuspect(id),
+                MemberEvent::Down(id) => Event::MemberDown(id),
+            }));
+        }
+    }
+
+    /// Publish a local document (from this node's store: a manifest
+    /// applied here). It is verified like any other.
+    pub fn publish(&mut self, now: Millis, doc: Document) -> Result<bool, String> {
+        self.verifier.verify_document(&doc)?;
+        Ok(self.accept(Entry::Doc(doc), now) == Merge::Newer)
+    }
+
+    /// Store another node's status without pushing it (start-up from a
+    /// saved view, or a simulation that starts converged).
+    pub fn preload_status(&mut self, now: Millis, status: NodeStatus) {
+        self.store.offer(Entry::Status(status), now, 0);
+    }
+
+    /// Publish this node's status (ID, incarnation and seq are set here).
+    pub fn set_status(&mut self, now: Millis, mut status: NodeStatus) {
+        self.status_seq += 1;
+        status.id = self.me.clone();
+        status.incarnation = match &self.peers {
+            Peers::Swim(m) => m.incarnation(),
+            Peers::Static(_) => 0,
+        };
+        status.seq = self.status_seq;
+        self.accept(Entry::Status(status), now);
+    }
+
+    fn accept(&mut self, entry: Entry, now: Millis) -> Merge {
+        if let Entry::Doc(d) = &entry {
+            if d.deleted && now >= d.written_ms.saturating_add(self.cfg.tombstone_horizon_ms) {
+                return Merge::Stale;
+            }
+        }
+        let vm = match &entry {
+            Entry::Doc(d) if d.key.kind == "VirtualMachine" => Some(d.key.clone()),
+            _ => None,
+        };
+        let t = self.transmits();
+        let merged = self.store.offer(entry, now, t);
+        if let (Merge::Newer, Some(key)) = (merged, vm) {
+            let req = self
+                .document(&key)
+                .filter(|d| !d.deleted)
+                .and_then(|d| VmRequest::from_json(key.clone(), &d.body));
+            match req {
+                Some(req) => {
+                    self.vms
+                        .entry(key)
+                        .and_modify(|t| t.req = req.clone())
+                        .or_insert(VmTrack {
+                            req,
+                            seen: now,
+                            claimed_at: None,
+                            started: false,
+                            rank_cache: None,
+                            displaced: None,
+                        });
+                }
+                // Deleted, or placed by hand: not the radar's any more.
+                None => {
+                    self.vms.remove(&key);
+                }
+            }
+        }
+        merged
+    }
+
+    /// Candidates in this node's view: itself and the members it holds
+    /// alive, by their latest status.
+    fn view(&self) -> Vec<&NodeStatus> {
+        self.store
+            .iter()
+            .filter_map(|(_, s)| match &s.entry {
+                Entry::Status(st) if self.is_candidate(&st.id) => Some(st),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn is_candidate(&self, id: &NodeId) -> bool {
+        if *id == self.me {
+            return true;
+        }
+        match &self.peers {
+            Peers::Swim(m) => m.get(id).is_some_and(|m| m.state == MemberState::Alive),
+            Peers::Static(_) => true,
+        }
+    }
+
+    /// My position in my own ranking of `req` (0 = best), or `None` when I
+    /// am not eligible. O(n): counts the candidates that beat me.
+    fn my_rank(&self, req: &VmRequest) -> Option<(usize, u64)> {
+        let view = self.view();
+        let mine = view.iter().find(|s| s.id == self.me)?;
+        if !placement::eligible(req, mine) {
+            return None;
+        }
+        let vh = req.vm.hash64();
+        let key = |s: &NodeStatus| {
+            let nh = s.id.hash64();
+            (placement::score(vh, nh, &req.need, &s.free), nh)
+        };
+        let me_key = key(mine);
+        let ahead = view
+            .iter()
+            .filter(|s| placement::eligible(req, s) && key(s) > me_key)
+            .count();
+        Some((ahead, me_key.0))
+    }
+
+    /// The placement step (docs/ALGORITHMS.md, "Gossip and placement").
+    fn place(&mut self, now: Millis) {
+        let keys: Vec<DocKey> = self.vms.keys().cloned().collect();
+        for vm in keys {
+            let claim = self.claim(&vm).cloned();
+            let claim_received = self
+                .store
+                .get(&EntryKey::Claim(vm.clone()))
+                .map(|s| s.received)
+                .unwrap_or(0);
+            let track = self.vms.get_mut(&vm).expect("key from the map");
+            match claim {
+                Some(c) if c.node == self.me => {
+                    let since = *track.claimed_at.get_or_insert(now);
+                    if !track.started && now >= since + self.cfg.claim_settle_ms {
+                        track.started = true;
+                        track.displaced = None;
+                        self.event(Event::Start { vm, epoch: c.epoch });
+                    } else if !track.started {
+                        // While settling, tell the claimant this claim
+                        // displaces, directly: if it was declared dead
+                        // wrongly (it is alive but was unreachable), it
+                        // hears of the new claim and stops before this
+                        // node starts, whatever gossip's luck.
+                        let displaced = track.displaced.clone();
+                        if let Some(addr) = displaced.and_then(|d| self.addr_of(&d)) {
+                            self.send(addr, Body::Gossip(vec![Entry::Claim(c)]));
+                        }
+                    }
+                }
+                Some(c) => {
+                    track.claimed_at = None;
+                    if track.started {
+                        track.started = false;
+                        self.event(Event::StopKeepDisk {
+                            vm: vm.clone(),
+                            winner: c.node.clone(),
+                            epoch: c.epoch,
+                        });
+                    }
+                    let dead_since = match &self.peers {
+                        Peers::Swim(m) => match m.get(&c.node) {
+                            Some(mm) if mm.state == MemberState::Dead => Some(mm.since),
+                            _ => None,
+                        },
+                        Peers::Static(_) => None,
+                    };
+                    if let Some(d) = dead_since {
+                        let base = d.max(claim_received) + self.cfg.reelect_timeout_ms;
+                        if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
+                            if let Some(t) = self.vms.get_mut(&vm) {
+                                t.displaced = Some(c.node.clone());
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let base = track.seen;
+                    self.maybe_claim(vm, base, 1, now);
+                }
+            }
+        }
+    }
+
+    /// Claim `vm` at `epoch` if I am ranked `r` and `now ≥ base + r ×
+    /// claim_backoff_ms`.
+    fn maybe_claim(&mut self, vm: DocKey, base: Millis, epoch: u64, now: Millis) -> bool {
+        if now < base {
+            return false;
+        }
+        // My turn comes at base + r × backoff. Between rank computations
+        // (O(n) each) only the cached turn is checked; the rank is
+        // recomputed when the turn comes, since views move.
+        let track = &self.vms[&vm];
+        let backoff = self.cfg.claim_backoff_ms;
+        if let Some((b, r, at)) = track.rank_cache {
+            let wait = if r == usize::MAX {
+                now < at + 5 * backoff
+            } else {
+                now < base + r as u64 * backoff
+            };
+            if b == base && wait {
+                return false;
+            }
+        }
+        let req = track.req.clone();
+        let r = self.my_rank(&req).map(|x| x.0).unwrap_or(usize::MAX);
+        if let Some(t) = self.vms.get_mut(&vm) {
+            t.rank_cache = Some((base, r, now));
+        }
+        if r == usize::MAX || now < base + r as u64 * backoff {
+            return false;
+        }
+        let req = self.vms[&vm].req.clone();
+        let Some((_, score)) = self.my_rank(&req) else {
+            return false;
+        };
+        let claim = Claim {
+            vm: vm.clone(),
+            node: self.me.clone(),
+            epoch,
+            score,
+            claimed_ms: now,
+        };
+        if self.accept(Entry::Claim(claim), now) == Merge::Newer {
+            if let Some(t) = self.vms.get_mut(&vm) {
+                t.claimed_at = Some(now);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn addr_of(&self, id: &NodeId) -> Option<NodeAddr> {
+        match &self.peers {
+            Peers::Swim(m) => m.get(id).map(|m| m.addr),
+            Peers::Static(p) => p.iter().find(|x| x.0 == *id).map(|x| x.1),
+        }
+    }
+
+    /// Receive one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Millis, from: NodeAddr, bytes: &[u8]) {
+        let env = match decode(bytes) {
+            Ok(e) => e,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let mut replies = Vec::new();
+        if let Peers::Swim(m) = &mut self.peers {
+            if let Some(notice) = m.direct(&env.from, env.addr, env.incarnation, now) {
+                replies.push((env.addr, Body::Members(vec![notice])));
+            }
+            m.handle(from, &env.body, now, &mut replies);
+        }
+        match env.body {
+            Body::Gossip(entries) => {
+                for e in entries {
+                    self.receive(e, &env.from, now);
+                }
+            }
+            Body::Digest(d) => {
+                let (buckets, versions) = self.store.versions_differing(&d, 512);
+                if !buckets.is_empty() {
+                    replies.push((from, Body::DigestReply { buckets, versions }));
+                }
+            }
+            Body::DigestReply { buckets, versions } => {
+                let (push, mut pull) = self.store.compare(&buckets, &versions);
+                self.send_entries(from, &push);
+                pull.truncate(256);
+                if !pull.is_empty() {
+                    replies.push((from, Body::Pull(pull)));
+                }
+            }
+            Body::Pull(keys) => self.send_entries(from, &keys),
+            _ => {}
+        }
+        for (to, body) in replies {
+            self.send(to, body);
+        }
+        self.flush_member_events();
+    }
+
+    fn send_entries(&mut self, to: NodeAddr, keys: &[EntryKey]) {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for k in keys {
+            let Some(s) = self.store.get(k) else { continue };
+            if size + s.len > self.budget {
+                break;
+            }
+            size += s.len;
+            batch.push(s.entry.clone());
+        }
+        if !batch.is_empty() {
+            self.send(to, Body::Gossip(batch));
+        }
+    }
+
+    fn receive(&mut self, entry: Entry, from: &NodeId, now: Millis) {
+        let verdict = match &entry {
+            Entry::Doc(d) => self.verifier.verify_document(d),
+            Entry::Claim(c) => self.verifier.verify_claim(c),
+            Entry::Status(s) => self.verifier.verify_status(s),
+        };
+        if let Err(reason) = verdict {
+            self.stats.rejected += 1;
+            if let Entry::Doc(d) = &entry {
+                let key = d.key.clone();
+                self.event(Event::Rejected {
+                    key,
+                    from: from.clone(),
+                    reason,
+                });
+            }
+            return;
+        }
+        let event = match &entry {
+            Entry::Doc(d) => Some(Event::Document(d.clone())),
+            Entry::Status(s) => Some(Event::Status(s.id.clone())),
+            Entry::Claim(_) => None,
+        };
+        if self.accept(entry, now) == Merge::Newer {
+            if let Some(e) = event {
+                self.event(e);
+            }
+        }
+    }
+
+    /// Time passes: run timers, push, anti-entropy, collection, placement.
+    pub fn handle_tick(&mut self, now: Millis) {
+        self.budget = self.cfg.max_bytes_per_tick;
+        let mut msgs = Vec::new();
+        if let Peers::Swim(m) = &mut self.peers {
+            m.tick(now, &mut self.rng, &mut msgs);
+            if !self.seeds.is_empty() && now >= self.next_join && m.alive_count() == 0 {
+                self.next_join = now + self.cfg.swim.probe_interval_ms;
+                for s in self.seeds.clone() {
+                    msgs.push((s, Body::Join));
+                }
+            }
+        }
+        for (to, body) in msgs {
+            self.send(to, body);
+        }
+        if self.store.has_hot() {
+            let targets = self.random_peers(self.cfg.fanout);
+            let per = self.budget / targets.len().max(1);
+            for to in targets {
+                let entries = self.store.take_hot(per);
+                if entries.is_empty() {
+                    break;
+                }
+                self.send(to, Body::Gossip(entries));
+            }
+        }
+        if now >= self.next_ae {
+            self.next_ae = now + self.cfg.anti_entropy_interval_ms;
+            if let Some(to) = self.random_peers(1).pop() {
+                let d = self.store.digest();
+                self.send(to, Body::Digest(d));
+            }
+        }
+        if now >= self.next_collect {
+            self.next_collect = now + 10_000;
+            self.collect(now);
+        }
+        self.place(now);
+        self.flush_member_events();
+    }
+
+    fn collect(&mut self, now: Millis) {
+        let horizon = self.cfg.tombstone_horizon_ms;
+        let gone: Vec<EntryKey> = self
+            .store
+            .iter()
+            .filter_map(|(k, s)| match &s.entry {
+                Entry::Doc(d) if d.deleted && now >= d.written_ms.saturating_add(horizon) => {
+                    Some(k.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for k in gone {
+            self.store.remove(&k);
+            if let EntryKey::Doc(d) = k {
+                self.store.remove(&EntryKey::Claim(d));
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Placement election: which node runs a VM, decided by every node alone
+//! with the same pure function over its own view.
+//!
+//! Filters: not cordoned, `performance` equal when asked, free capacity
+//! for the VM, and the VM's [`TagSelector`] over the three tag families.
+//! Score: weighted rendezvous hashing, `w / -ln(u)` with `u` a uniform hash
+//! of (VM, node) and `w` the number of copies of the VM that still fit in
+//! the node's free capacity, so every node computes the same order from the
+//! same view, and emptier nodes win more often. See docs/ALGORITHMS.md for
+//! the claim protocol built on it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::rng::mix64;
+use super::wire::{DocKey, NodeId, NodeStatus, Resources, TagSet};
+use crate::model::{Performance, TagSelector, VirtualMachineSpec};
+
+/// What a VM needs from the node that runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRequest {
+    /// The VM.
+    pub vm: DocKey,
+    /// Tags the node must match.
+    pub selector: Option<TagSelector>,
+    /// Class the node must have.
+    pub performance: Option<Performance>,
+    /// Resources the VM uses.
+    pub need: Resources,
+}
+
+impl VmRequest {
+    /// The request of a VM that the radar places, or `None` for manual
+    /// placement (`placement.node` or `placement.address`), which bypasses
+    /// the election.
+    pub fn from_spec(vm: DocKey, spec: &VirtualMachineSpec) -> Option<VmRequest> {
+        let p = spec.placement.clone().unwrap_or_default();
+        if p.node.is_some() || p.address.is_some() {
+            return None;
+        }
+        let storage = spec
+            .disks
+            .iter()
+            .filter_map(|d| d.size.map(|q| q.bytes()))
+            .sum();
+        Some(VmRequest {
+            vm,
+            selector: p.selector,
+            performance: p.performance,
+            need: Resources {
+                cpu_millis: spec.cpu.map(|c| c.millis()).unwrap_or(1000),
+                memory: spec.memory.map(|m| m.bytes()).unwrap_or(512 << 20),
+                storage,
+            },
+        })
+    }
+
+    /// The request of a VirtualMachine manifest given as JSON bytes.
+    pub fn from_json(vm: DocKey, body: &[u8]) -> Option<VmRequest> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let spec: VirtualMachineSpec = serde_json::from_value(v.get("spec")?.clone()).ok()?;
+        Self::from_spec(vm, &spec)
+    }
+}
+
+/// Whether `labels` satisfy a Kubernetes label selector (`matchLabels`
+/// and `matchExpressions` with `In`, `NotIn`, `Exists`, `DoesNotExist`).
+/// An unknown operator matches nothing.
+pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(ml) = &sel.match_labels {
+        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            return false;
+        }
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let have = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or(&[]);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|h| values.contains(h)),
+            "NotIn" => !have.is_some_and(|h| values.contains(h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `tags` satisfy every family given in `sel`.
+pub fn tags_match(sel: &TagSelector, tags: &TagSet) -> bool {
+    let fam = |s: &Option<LabelSelector>, l: &BTreeMap<String, String>| {
+        s.as_ref().is_none_or(|s| label_selector_matches(s, l))
+    };
+    fam(&sel.microcosm, &tags.microcosm)
+        && fam(&sel.macrocosm, &tags.macrocosm)
+        && fam(&sel.intercosm, &tags.intercosm)
+}
+
+/// Whether `node` may run `req` at all.
+pub fn eligible(req: &VmRequest, node: &NodeStatus) -> bool {
+    !node.unschedulable
+        && req.performance.is_none_or(|p| p == node.performance)
+        && node.free.fits(&req.need)
+        && req
+            .selector
+            .as_ref()
+            .is_none_or(|s| tags_match(s, &node.tags))
+}
+
+/// How many copies of `need` fit in `free` (at least 1 when eligible).
+fn weight(need: &Resources, free: &Resources) -> f64 {
+    let ratio = |f: u64, n: u64| {
+        if n == 0 {
+            f64::INFINITY
+        } else {
+            f as f64 / n as f64
+        }
+    };
+    let w = ratio(free.cpu_millis, need.cpu_millis)
+        .min(ratio(free.memory, need.memory))
+        .min(ratio(free.storage, need.storage));
+    if w.is_finite() {
+        w.max(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// The rendezvous score of a node for a VM, as sortable bits (greater
+/// wins). `vm_hash` and `node_hash` are [`DocKey::hash64`] and
+/// [`NodeId::hash64`].
+pub fn score(vm_hash: u64, node_hash: u64, need: &Resources, free: &Resources) -> u64 {
+    let h = mix64(vm_hash ^ mix64(node_hash));
+    // u in (0, 1): never 0, never 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let s = weight(need, free) / -u.ln();
+    // Positive finite f64s order like their bit patterns.
+    s.to_bits()
+}
+
+/// The best eligible candidate and its score, in one pass (O(n)).
+/// Ties (equal scores) go to the greater node hash.
+pub fn best<'a>(
+    req: &VmRequest,
+    candidates: impl IntoIterator<Item = &'a NodeStatus>,
+) -> Option<(NodeId, u64)> {
+    let vm_hash = req.vm.hash64();
+    let mut best: Option<(&NodeStatus, (u64, u64))> = None;
+    for n in candidates {
+        if !eligible(req, n) {
+            continue;
+        }
+        let nh = n.id.hash64();
+        let key = (score(vm_hash, nh, &req.need, &n.free), nh);
+        if best.as_ref().is_none_or(|b| key > b.1) {
+            best = Some((n, key));
+        }
+    }
+    best.map(|(n, k)| (n.id.clone(), k.0))
+}
+
+/// Every eligible candidate, best first, with its score.
+pub fn rank<'a>(
+    req: &VmRequest,
+    candidates: impl IntoIterator<Item = &'a NodeStatus>,
+) -> Vec<(NodeId, u64)> {
+    let vm_hash = req.vm.hash64();
+    let mut v: Vec<(u64, u64, &NodeId)> = candidates
+        .into_iter()
+        .filter(|n| eligible(req, n))
+        .map(|n| {
+            let nh = n.id.hash64();
+            (score(vm_hash, nh, &req.need, &n.free), nh, &n.id)
+        })
+        .collect();
+    v.sort_by_key(|x| std::cmp::Reverse((x.0, x.1)));
+    v.into_iter().map(|(s, _, id)| (id.clone(), s)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::wire::NodeStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    pub(crate) fn status(id: &str, rack: &str, perf: Performance, free_gib: u64) -> NodeStatus {
+        let mut tags = TagSet::default();
+        tags.microcosm.insert("rack".into(), rack.into());
+        tags.macrocosm.insert("region".into(), "eu".into());
+        let r = Resources {
+            cpu_millis: 64_000,
+            memory: free_gib << 30,
+            storage: 1 << 40,
+        };
+        NodeStatus {
+            id: NodeId(id.into()),
+            incarnation: 0,
+            seq: 1,
+            tags,
+            performance: perf,
+            total: r,
+            free: r,
+            load_milli: 0,
+            vms: vec![],
+            unschedulable: false,
+        }
+    }
+
+    fn req(sel: Option<TagSelector>, perf: Option<Performance>) -> VmRequest {
+        VmRequest {
+            vm: DocKey::new("VirtualMachine", "default", "web"),
+            selector: sel,
+            performance: perf,
+            need: Resources {
+                cpu_millis: 1000,
+                memory: 1 << 30,
+                storage: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn filters_select_by_tags_performance_and_capacity() {
+        let nodes = vec![
+            status("a", "r1", Performance::High, 64),
+            status("b", "r2", Performance::High, 64),
+            status("c", "r1", Performance::Low, 64),
+            status("d", "r1", Performance::High, 0),
+        ];
+        let sel = TagSelector {
+            microcosm: Some(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "rack".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["r1".into()]),
+                }]),
+                match_labels: None,
+            }),
+            ..Default::default()
+        };
+        let r = rank(&req(Some(sel), Some(Performance::High)), &nodes);
+        assert_eq!(
+            r.iter().map(|x| x.0 .0.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(rank(&req(None, None), &nodes).len(), 3);
+    }
+
+    #[test]
+    fn best_is_the_head_of_rank_whatever_the_order() {
+        let mut nodes: Vec<NodeStatus> = (0..200)
+            .map(|i| status(&format!("n{i}"), "r1", Performance::High, 2 + i % 50))
+            .collect();
+        let r = req(None, None);
+        let b = best(&r, &nodes).unwrap();
+        assert_eq!(rank(&r, &nodes)[0], b);
+        nodes.reverse();
+        assert_eq!(best(&r, &nodes).unwrap(), b);
+    }
+
+    #[test]
+    fn more_free_capacity_wins_proportionally_more_often() {
+        // Two nodes, one with 4× the room: over many VMs it should win ~80%.
+        let nodes = [
+            status("small", "r", Performance::High, 4),
+            status("large", "r", Performance::High, 16),
+        ];
+        let mut large = 0;
+        for i in 0..4000 {
+            let mut r = req(None, None);
+            r.vm = DocKey::new("VirtualMachine", "default", &format!("vm{i}"));
+            if best(&r, &nodes).unwrap().0 .0 == "large" {
+                large += 1;
+            }
+        }
+        assert!((3000..3400).contains(&large), "{large}");
+    }
+
+    #[test]
+    fn manual_placement_bypasses_the_election() {
+        let spec: VirtualMachineSpec = serde_json::from_value(serde_json::json!({
+            "placement": {"node": "sat-1"}
+        }))
+        .unwrap();
+        assert!(VmRequest::from_spec(DocKey::new("VirtualMachine", "d", "x"), &spec).is_none());
+        let spec: VirtualMachineSpec = serde_json::from_value(serde_json::json!({
+            "memory": "2Gi", "placement": {"performance": "high"}
+        }))
+        .unwrap();
+        let r = VmRequest::from_spec(DocKey::new("VirtualMachine", "d", "x"), &spec).unwrap();
+        assert_eq!(r.need.memory, 2 << 30);
+        assert_eq!(r.performance, Some(Performance::High));
+    }
+}
