@@ -49,6 +49,14 @@ pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
     }
 }
 
+/// The benches' runtime: two workers, like the node on this machine.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("deorch-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -69,10 +77,7 @@ pub fn drop_latency(count: usize) -> anyhow::Result<()> {
     let dir = scratch("drop")?;
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let store = Arc::new(Store::open(&dir.join("store.redb"))?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::new(
@@ -397,10 +402,7 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let run = |name: &str,
                storage: Arc<dyn Storage>,
                load: bool,
@@ -542,10 +544,7 @@ fn zfs_used(dataset: &str) -> anyhow::Result<u64> {
 /// `qemu-img convert` (what a non-linked clone costs).
 pub fn clone_cost(count: usize, data_mib: u64, zfs_root: Option<&str>) -> anyhow::Result<()> {
     use crate::driver::Storage;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let run = |name: &str,
                storage: Arc<dyn Storage>,
                used: &dyn Fn() -> anyhow::Result<u64>|
@@ -634,10 +633,7 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
     use crate::http::client::{request, NodeUrl};
     use crate::identity::{AddressType, Network, PrivateKey};
     let dir = scratch("login")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let store = Arc::new(Store::open(&dir.join("store.redb"))?);
     let owner = PrivateKey::generate(Network::Mainnet);
     let owner_addr = owner.address(AddressType::P2wpkh)?.to_string();

@@ -304,19 +304,11 @@ fn classify(op: &str, id: &str, e: &VirtError) -> DriverError {
 }
 
 fn transient(op: &str, id: &str, message: impl Into<String>) -> DriverError {
-    DriverError::Transient {
-        op: op.into(),
-        target: id.into(),
-        message: message.into(),
-    }
+    DriverError::transient(op, id, message)
 }
 
 fn permanent(op: &str, id: &str, message: impl Into<String>) -> DriverError {
-    DriverError::Permanent {
-        op: op.into(),
-        target: id.into(),
-        message: message.into(),
-    }
+    DriverError::permanent(op, id, message)
 }
 
 fn io_permanent(op: &str, id: &str, path: &Path, e: std::io::Error) -> DriverError {

@@ -75,6 +75,24 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// A failure worth retrying with backoff.
+    pub fn transient(op: &str, target: &str, message: impl Into<String>) -> DriverError {
+        DriverError::Transient {
+            op: op.into(),
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure that retrying does not fix.
+    pub fn permanent(op: &str, target: &str, message: impl Into<String>) -> DriverError {
+        DriverError::Permanent {
+            op: op.into(),
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+
     /// The operation that failed (e.g. `start`), for status reasons.
     pub fn op(&self) -> &str {
         match self {

@@ -138,19 +138,11 @@ impl QemuHypervisor {
     }
 
     fn err(op: &str, id: &str, message: impl Into<String>) -> DriverError {
-        DriverError::Transient {
-            op: op.into(),
-            target: id.into(),
-            message: message.into(),
-        }
+        DriverError::transient(op, id, message)
     }
 
     fn permanent(op: &str, id: &str, message: impl Into<String>) -> DriverError {
-        DriverError::Permanent {
-            op: op.into(),
-            target: id.into(),
-            message: message.into(),
-        }
+        DriverError::permanent(op, id, message)
     }
 
     /// The PID in the pidfile, if that process is a live QEMU.
