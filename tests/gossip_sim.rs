@@ -486,7 +486,7 @@ async fn five_udp_nodes_converge_and_detect_a_kill() {
 /// Replay one scenario: `N=200 SEED=4 cargo nextest run --test gossip_sim
 /// --run-ignored only -- replay_scenario`.
 #[test]
-#[ignore]
+#[ignore = "replays one scenario on demand, with N and SEED"]
 fn replay_scenario() {
     let n: usize = env_usize("N", 200);
     let seed: u64 = env_usize("SEED", 0) as u64;
