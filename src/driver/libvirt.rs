@@ -624,14 +624,12 @@ impl Hypervisor for LibvirtHypervisor {
     fn console(&self, id: &str) -> Option<ConsoleStatus> {
         let (vnc, spice) = read_console(&self.runtime_dir(id))?;
         let ws = self.inner.ports.websocket(vnc);
-        let host = self.inner.console_listen.to_string();
-        Some(ConsoleStatus {
-            url: Some(format!("vnc.html?host={host}&port={ws}&path=")),
-            host,
-            vnc_port: Some(vnc),
-            websocket_port: Some(ws),
-            spice_port: spice,
-        })
+        Some(ConsoleStatus::served(
+            self.inner.console_listen.to_string(),
+            vnc,
+            ws,
+            spice,
+        ))
     }
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {

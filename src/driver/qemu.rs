@@ -201,14 +201,12 @@ impl Hypervisor for QemuHypervisor {
     fn console(&self, id: &str) -> Option<ConsoleStatus> {
         let vnc = Self::read_console(&self.runtime_dir(id))?;
         let ws = self.ports.websocket(vnc);
-        let host = self.console_listen.to_string();
-        Some(ConsoleStatus {
-            url: Some(format!("vnc.html?host={host}&port={ws}&path=")),
-            host,
-            vnc_port: Some(vnc),
-            websocket_port: Some(ws),
-            spice_port: None,
-        })
+        Some(ConsoleStatus::served(
+            self.console_listen.to_string(),
+            vnc,
+            ws,
+            None,
+        ))
     }
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {

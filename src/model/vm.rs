@@ -359,6 +359,20 @@ pub struct ConsoleStatus {
     pub url: Option<String>,
 }
 
+impl ConsoleStatus {
+    /// A console served on `host`: VNC, its noVNC websocket and maybe SPICE.
+    /// QEMU serves the websocket on path `/` only, so noVNC gets `path=`.
+    pub fn served(host: String, vnc: u16, websocket: u16, spice: Option<u16>) -> ConsoleStatus {
+        ConsoleStatus {
+            url: Some(format!("vnc.html?host={host}&port={websocket}&path=")),
+            host,
+            vnc_port: Some(vnc),
+            websocket_port: Some(websocket),
+            spice_port: spice,
+        }
+    }
+}
+
 /// One NIC as realised.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
