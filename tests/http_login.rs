@@ -298,6 +298,53 @@ fn login_replay_expiry_forgery_and_cookies() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// One client asking for challenges in a loop is refused (429, with
+/// Retry-After) before it can crowd out others' outstanding challenges,
+/// and the refusal is logged.
+#[test]
+fn login_challenges_are_rate_limited() {
+    let tmp = common::temp_dir("http-rate");
+    let (_, owner, _) = key(&tmp, "owner.key");
+    let node = node_with_http("http-rate", &owner, &[]);
+    let url = NodeUrl::parse(&node.http_url()).unwrap();
+    let (max, window) = deorch::http::CHALLENGE_LIMIT;
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    let refused = loop {
+        let r = request(&url, "GET", "/v1/auth/challenge", None, None, b"", T).unwrap();
+        if r.status != 200 {
+            break r;
+        }
+        ok += 1;
+        // Fixed windows: a loop that straddles a boundary gets two.
+        assert!(
+            ok <= 2 * max,
+            "{ok} challenges granted, limit {max}/{window}s"
+        );
+    };
+    assert!(started.elapsed() < Duration::from_secs(2 * window));
+    assert!(ok >= 1, "the first challenge is granted");
+    assert_eq!(
+        (refused.status, code(&refused)),
+        (429, "RateLimited".into())
+    );
+    let retry: u64 = refused
+        .headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .expect("Retry-After")
+        .1
+        .parse()
+        .unwrap();
+    assert!((1..=window).contains(&retry), "Retry-After {retry}");
+    node.wait_for("the refusal logged", |n| {
+        n.log_text()
+            .contains("login challenge refused: rate limited")
+    });
+    drop(node);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 fn net_yaml(name: &str, mtu: u32) -> String {
     format!("apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: {name}\nspec:\n  mtu: {mtu}\n")
 }

@@ -42,6 +42,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::identity::access::{authorize, trusted_policies, Decision};
+use crate::identity::level2::{Level2Error, RateLimiter};
 use crate::identity::session::{Challenge, LoginError, NonceStore, Session};
 use crate::identity::signed::{ManifestError, SIGNATURE_ANNOTATION};
 use crate::identity::{verify_manifest, Address, AddressType, KeyError, PrivateKey};
@@ -72,7 +73,16 @@ pub struct HttpSettings {
     pub login_ttl: Duration,
     /// Session cookie lifetime.
     pub session_ttl: Duration,
+    /// At most this many login challenges per client IP per window
+    /// (`(count, seconds)`); `None` only for benchmarks.
+    pub challenge_limit: Option<(u32, u64)>,
 }
+
+/// The node's challenge limit per client IP: 60 per 10 s. Outstanding
+/// challenges are bounded by [`NONCE_CAPACITY`] and evicted oldest first,
+/// so without a limit one client could flood out everyone's challenges;
+/// with it, one address holds at most 6/s x the challenge lifetime.
+pub const CHALLENGE_LIMIT: (u32, u64) = (60, 10);
 
 /// The HTTP API's state (one per node).
 pub struct HttpApi {
@@ -82,6 +92,7 @@ pub struct HttpApi {
     node_address: String,
     trusted_nodes: Vec<Address>,
     nonces: Mutex<NonceStore>,
+    challenge_limiter: Option<Mutex<RateLimiter>>,
     login_ttl: u64,
     session_ttl: u64,
     push_lock: Mutex<()>,
@@ -139,6 +150,9 @@ impl HttpApi {
                 settings.login_ttl.as_secs(),
                 NONCE_CAPACITY,
             )),
+            challenge_limiter: settings
+                .challenge_limit
+                .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
             cluster,
             node_key: settings.node_key,
             node_address,
@@ -389,7 +403,30 @@ async fn cluster_info(State(api): State<Arc<HttpApi>>) -> Response {
     Json(json!({ "cluster": api.cluster, "node": api.node_address })).into_response()
 }
 
-async fn challenge(State(api): State<Arc<HttpApi>>) -> Response {
+async fn challenge(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(limiter) = &api.challenge_limiter {
+        if let Err(Level2Error::RateLimited { retry_after_secs }) =
+            lock(limiter).check(&peer.ip().to_string(), now_secs())
+        {
+            warn!(%peer, retry_after_secs, "login challenge refused: rate limited");
+            let mut r = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RateLimited",
+                format!(
+                    "too many login challenges from {}: retry in {retry_after_secs} s",
+                    peer.ip()
+                ),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry_after_secs),
+            );
+            return r;
+        }
+    }
     let c = lock(&api.nonces).issue(now_secs());
     (
         [(header::CACHE_CONTROL, "no-store")],

@@ -139,6 +139,7 @@ async fn start_http(
             trusted_nodes: http.trusted_nodes.clone(),
             login_ttl: http.login_ttl,
             session_ttl: http.session_ttl,
+            challenge_limit: Some(crate::http::CHALLENGE_LIMIT),
         },
     )?;
     let listener = tokio::net::TcpListener::bind(http.listen)
