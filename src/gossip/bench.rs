@@ -152,22 +152,18 @@ fn placement_time(n: usize) {
                 memory: (32 + rng.below(480) as u64) << 30,
                 storage: 8 << 40,
             };
-            NodeStatus {
-                id: NodeId(format!("bc1qnode{i:05}")),
-                incarnation: 0,
-                seq: 1,
+            let performance = if i % 2 == 0 {
+                Performance::High
+            } else {
+                Performance::Low
+            };
+            NodeStatus::idle(
+                NodeId(format!("bc1qnode{i:05}")),
+                1,
                 tags,
-                performance: if i % 2 == 0 {
-                    Performance::High
-                } else {
-                    Performance::Low
-                },
+                performance,
                 total,
-                free: total,
-                load_milli: 0,
-                vms: Vec::new(),
-                unschedulable: false,
-            }
+            )
         })
         .collect();
     let sel: TagSelector = serde_json::from_value(serde_json::json!({

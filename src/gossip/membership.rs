@@ -331,7 +331,8 @@ impl Membership {
             return None;
         }
         match self.members.get(id) {
-            None => {
+            // Unknown, or known at an older incarnation: alive as it says.
+            m if m.is_none_or(|m| incarnation > m.incarnation) => {
                 self.apply(
                     &MemberUpdate {
                         id: id.clone(),
@@ -343,18 +344,7 @@ impl Membership {
                 );
                 None
             }
-            Some(m) if incarnation > m.incarnation => {
-                self.apply(
-                    &MemberUpdate {
-                        id: id.clone(),
-                        addr,
-                        incarnation,
-                        state: MemberState::Alive,
-                    },
-                    now,
-                );
-                None
-            }
+            None => None,
             Some(m) if m.state != MemberState::Alive => Some(MemberUpdate {
                 id: id.clone(),
                 addr: m.addr,

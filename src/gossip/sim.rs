@@ -503,20 +503,10 @@ fn random_status(id: NodeId, i: usize, rng: &mut Rng) -> NodeStatus {
         memory: (32 + rng.below(224) as u64) << 30,
         storage: 4 << 40,
     };
-    NodeStatus {
-        id,
-        incarnation: 0,
-        seq: 0,
-        tags,
-        performance: if rng.chance(0.5) {
-            Performance::High
-        } else {
-            Performance::Low
-        },
-        total,
-        free: total,
-        load_milli: 0,
-        vms: Vec::new(),
-        unschedulable: false,
-    }
+    let performance = if rng.chance(0.5) {
+        Performance::High
+    } else {
+        Performance::Low
+    };
+    NodeStatus::idle(id, 0, tags, performance, total)
 }

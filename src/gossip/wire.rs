@@ -214,6 +214,30 @@ pub struct NodeStatus {
     pub unschedulable: bool,
 }
 
+impl NodeStatus {
+    /// A node with nothing running yet: all of `total` free, no load.
+    pub fn idle(
+        id: NodeId,
+        seq: u64,
+        tags: TagSet,
+        performance: Performance,
+        total: Resources,
+    ) -> NodeStatus {
+        NodeStatus {
+            id,
+            incarnation: 0,
+            seq,
+            tags,
+            performance,
+            total,
+            free: total,
+            load_milli: 0,
+            vms: Vec::new(),
+            unschedulable: false,
+        }
+    }
+}
+
 /// The replicated entries and their keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Entry {
