@@ -107,8 +107,20 @@ impl QemuHypervisor {
                     .is_ok()
         };
         let port = match Self::read_console(dir) {
-            Some(p) if !taken.contains(&p) && free(p) => p,
-            _ => loop {
+            // The port this VM already holds: it keeps it, waiting briefly
+            // for a socket of its previous QEMU that the kernel still holds.
+            Some(p)
+                if !taken.contains(&p)
+                    && (0..40).any(|i| {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        free(p)
+                    }) =>
+            {
+                p
+            }
+            held => loop {
                 let p = console::assign(id, self.ports, &taken).ok_or_else(|| {
                     Self::permanent(
                         "start",
@@ -117,6 +129,14 @@ impl QemuHypervisor {
                     )
                 })?;
                 if free(p) {
+                    if let Some(old) = held {
+                        tracing::warn!(
+                            vm = id,
+                            old,
+                            new = p,
+                            "console port held by another process; the VM moves"
+                        );
+                    }
                     break p;
                 }
                 taken.insert(p);
@@ -171,15 +191,30 @@ impl QemuHypervisor {
             .map_err(|m| Self::permanent("start", &c.id, m))
     }
 
-    async fn wait_gone(dir: &Path, timeout: Duration) -> bool {
+    /// Waits until process `pid` has fully exited: gone from `/proc` or a
+    /// zombie. Not "no longer looks like QEMU": a dying process loses its
+    /// `/proc/PID/exe` (exit_mm) before it closes its sockets (exit_files),
+    /// and a restart in that window found its own console port still held.
+    async fn wait_gone(pid: u32, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if Self::live_pid(dir).is_none() {
+        loop {
+            let exited = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                Ok(stat) => {
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next())
+                        == Some("Z")
+                }
+            };
+            if exited {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        false
     }
 
     fn kill(pid: u32) {
@@ -223,7 +258,7 @@ impl Hypervisor for QemuHypervisor {
                 {
                     Ok(s) if s["status"] == "shutdown" => {
                         Self::kill(pid);
-                        Self::wait_gone(&dir, Duration::from_secs(5)).await;
+                        Self::wait_gone(pid, Duration::from_secs(5)).await;
                     }
                     _ => {
                         return Err(Self::permanent(
@@ -321,9 +356,9 @@ impl Hypervisor for QemuHypervisor {
                 }
                 let _ = q.execute("quit", None).await;
             }
-            if !Self::wait_gone(&dir, Duration::from_secs(5)).await {
+            if !Self::wait_gone(pid, Duration::from_secs(5)).await {
                 Self::kill(pid);
-                Self::wait_gone(&dir, Duration::from_secs(5)).await;
+                Self::wait_gone(pid, Duration::from_secs(5)).await;
             }
             Ok(())
         })
@@ -406,7 +441,7 @@ impl Hypervisor for QemuHypervisor {
             let dir = self.runtime_dir(id);
             if let Some(pid) = Self::live_pid(&dir) {
                 Self::kill(pid);
-                Self::wait_gone(&dir, Duration::from_secs(5)).await;
+                Self::wait_gone(pid, Duration::from_secs(5)).await;
             }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
