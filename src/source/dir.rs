@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -157,21 +157,30 @@ async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver
                 let Some(ev) = ev else { break };
                 let mut batch = BTreeMap::new();
                 let mut full = false;
-                classify(ev, &mut batch, &mut full);
+                let mut paired = BTreeSet::new();
+                classify(ev, &mut batch, &mut full, &mut paired);
                 // Take everything already queued: a rename's two halves
                 // must be applied as one batch.
                 while let Ok(ev) = rx.try_recv() {
-                    classify(ev, &mut batch, &mut full);
+                    classify(ev, &mut batch, &mut full, &mut paired);
                 }
                 // A file that is gone may be the first half of a rename
                 // whose second half the watcher has not delivered yet:
                 // wait for a short quiet gap (bounded) before deleting, so
                 // a rename never deletes and re-creates its objects. Drops
-                // and edits (files that exist) are not delayed.
+                // and edits (files that exist) are not delayed, nor are
+                // renames whose both halves arrived, nor files that never
+                // gave objects (the `.x.tmp` of an atomic drop): their
+                // deletion changes nothing.
                 let grace_end = Instant::now() + RENAME_GRACE_MAX;
-                while batch.keys().any(|p| !p.exists()) && Instant::now() < grace_end {
+                let unpaired = |batch: &BTreeMap<PathBuf, Why>, paired: &BTreeSet<PathBuf>| {
+                    batch.keys().any(|p| {
+                        !p.exists() && !paired.contains(p) && tree.files.contains_key(p)
+                    })
+                };
+                while unpaired(&batch, &paired) && Instant::now() < grace_end {
                     match tokio::time::timeout(RENAME_GRACE, rx.recv()).await {
-                        Ok(Some(ev)) => classify(ev, &mut batch, &mut full),
+                        Ok(Some(ev)) => classify(ev, &mut batch, &mut full, &mut paired),
                         _ => break,
                     }
                 }
@@ -191,6 +200,7 @@ fn classify(
     ev: notify::Result<notify::Event>,
     batch: &mut BTreeMap<PathBuf, Why>,
     full: &mut bool,
+    paired: &mut BTreeSet<PathBuf>,
 ) {
     let ev = match ev {
         Ok(ev) => ev,
@@ -215,6 +225,14 @@ fn classify(
         // (or a path that no longer exists and may have been one) changes
         // many files at once: look at everything.
         EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+            // Both halves of a rename in one event: its source needs no
+            // wait for a second half.
+            if matches!(
+                ev.kind,
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+            ) {
+                paired.extend(ev.paths.first().cloned());
+            }
             for path in ev.paths {
                 if path.is_dir() || (!path.exists() && path.extension().is_none()) {
                     *full = true;
