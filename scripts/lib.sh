@@ -63,7 +63,9 @@ need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
 # backports' qemu-utils, so the suite must be in the sources for
 # qemu-system-x86 to resolve (see docs/ and shared recipes).
 need_qemu() {
-  if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
+  # SPICE is a loadable module in Debian's QEMU: its package is separate.
+  if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null \
+    && ls /usr/lib/*/qemu/ui-spice-core.so >/dev/null 2>&1; then
     return 0
   fi
   local src=/etc/apt/sources.list.d/deorch-backports.sources
@@ -84,5 +86,5 @@ SRC
   if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
   say "installing QEMU from bookworm-backports"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+    -t bookworm-backports qemu-system-x86 qemu-utils qemu-system-modules-spice >/dev/null
 }

@@ -157,6 +157,7 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
             port: 5990 + (std::process::id() % 9) as u16,
             websocket: None,
         }),
+        spice: None,
         runtime_dir: rd.clone(),
     };
     // Watchdog per boot; a rare boot prints nothing, so one retry.

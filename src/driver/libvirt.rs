@@ -231,7 +231,7 @@ impl Inner {
         let free = |p: u16| {
             bindable(p)
                 && bindable(ports.websocket(p))
-                && (!spice || spice_port(ports, p).is_some_and(bindable))
+                && (!spice || ports.spice(p).is_some_and(bindable))
         };
         let port = match mine {
             Some(p)
@@ -255,7 +255,7 @@ impl Inner {
                 taken.insert(p);
             },
         };
-        let spice_port = if spice { spice_port(ports, port) } else { None };
+        let spice_port = if spice { ports.spice(port) } else { None };
         vm.vnc = Some(Vnc {
             listen,
             port,
@@ -313,15 +313,6 @@ fn permanent(op: &str, id: &str, message: impl Into<String>) -> DriverError {
 
 fn io_permanent(op: &str, id: &str, path: &Path, e: std::io::Error) -> DriverError {
     permanent(op, id, format!("{}: {e}", path.display()))
-}
-
-/// The SPICE port paired with a VNC port: the same offset in a third range
-/// that starts as far after the websocket range as that one starts after
-/// the VNC range (default 7900-8899).
-pub fn spice_port(ports: PortRange, vnc: u16) -> Option<u16> {
-    ports
-        .websocket(vnc)
-        .checked_add(ports.ws_base.checked_sub(ports.vnc_base)?)
 }
 
 fn domain_type(accel: Accel) -> &'static str {
@@ -886,6 +877,7 @@ mod tests {
                 port: 5907,
                 websocket: Some(6907),
             }),
+            spice: None,
             runtime_dir: "/s/vms/default/tiny".into(),
         }
     }
@@ -1001,7 +993,7 @@ mod tests {
         );
         let caps = "<video supported='yes'><enum name='modelType'><value>vga</value></enum></video>\n<graphics supported='yes'>\n<enum name='type'>\n<value>sdl</value>\n<value>vnc</value>\n<value>spice</value>\n</enum>\n</graphics>";
         assert_eq!(graphics_types(caps), ["sdl", "vnc", "spice"]);
-        assert_eq!(spice_port(PortRange::default(), 5907), Some(7907));
+        assert_eq!(PortRange::default().spice(5907), Some(7907));
         assert_eq!(target_dev("vd", 0), "vda");
         assert_eq!(target_dev("vd", 25), "vdz");
         assert_eq!(target_dev("vd", 26), "vdaa");

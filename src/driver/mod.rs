@@ -128,7 +128,7 @@ pub struct VmConfig {
     /// NICs.
     pub nics: Vec<NicConfig>,
     /// Serve SPICE too, where the hypervisor's QEMU build has it
-    /// (`spec.console.spice`; only the libvirt driver serves it so far).
+    /// (`spec.console.spice`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spice: bool,
 }

@@ -32,7 +32,7 @@ use serde_json::json;
 
 use super::{BoxFuture, DriverError, Hypervisor, StopReason, VmConfig, VmState};
 use crate::model::vm::ConsoleStatus;
-use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm, Vnc};
+use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm, Spice, Vnc};
 use crate::qemu::console::{self, PortRange};
 use crate::qemu::probe::Accel;
 use crate::qemu::qmp::Qmp;
@@ -51,6 +51,8 @@ pub struct QemuHypervisor {
     ports: PortRange,
     /// Serialises console port assignment between concurrent starts.
     assigning: Mutex<()>,
+    /// Whether this QEMU build serves SPICE (asked once, on first need).
+    spice: std::sync::OnceLock<bool>,
 }
 
 impl QemuHypervisor {
@@ -68,6 +70,7 @@ impl QemuHypervisor {
             console_listen: IpAddr::from([127, 0, 0, 1]),
             ports: PortRange::default(),
             assigning: Mutex::new(()),
+            spice: std::sync::OnceLock::new(),
         }
     }
 
@@ -79,14 +82,47 @@ impl QemuHypervisor {
     }
 
     fn read_console(dir: &Path) -> Option<u16> {
+        Self::read_ports(dir).map(|(vnc, _)| vnc)
+    }
+
+    /// The VNC port and, when served, the SPICE port a VM holds.
+    fn read_ports(dir: &Path) -> Option<(u16, Option<u16>)> {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(CONSOLE_FILE)).ok()?).ok()?;
-        v["vnc"].as_u64().and_then(|p| u16::try_from(p).ok())
+        let port = |k: &str| v[k].as_u64().and_then(|p| u16::try_from(p).ok());
+        Some((port("vnc")?, port("spice")))
+    }
+
+    /// Whether this QEMU build has SPICE: Debian ships it as a loadable
+    /// module in its own package, so the binary alone does not say. A QEMU
+    /// without it exits at once on `-spice` ("no option group 'spice'").
+    fn spice_supported(&self) -> bool {
+        *self.spice.get_or_init(|| {
+            let ok = std::process::Command::new(&self.qemu)
+                .args(["-machine", "none", "-display", "none", "-nodefaults", "-S"])
+                .args(["-spice", "port=0,disable-ticketing=on", "-qmp", "stdio"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    if let Some(mut i) = c.stdin.take() {
+                        let _ = i.write_all(
+                            b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n",
+                        );
+                    }
+                    c.wait()
+                })
+                .is_ok_and(|st| st.success());
+            tracing::info!(qemu = %self.qemu.display(), spice = ok, "SPICE support probed");
+            ok
+        })
     }
 
     /// The VNC port of VM `id`: the one it holds, or a new one derived from
     /// its identity, avoiding every port another VM of this node holds.
-    fn console_port(&self, id: &str, dir: &Path) -> Result<u16, DriverError> {
+    fn console_port(&self, id: &str, dir: &Path, spice: bool) -> Result<u16, DriverError> {
         let _guard = self.assigning.lock().unwrap_or_else(|p| p.into_inner());
         let mut taken = BTreeSet::new();
         for ns in std::fs::read_dir(&self.vms_dir)
@@ -105,6 +141,10 @@ impl QemuHypervisor {
             std::net::TcpListener::bind((self.console_listen, p)).is_ok()
                 && std::net::TcpListener::bind((self.console_listen, self.ports.websocket(p)))
                     .is_ok()
+                && (!spice
+                    || self.ports.spice(p).is_some_and(|sp| {
+                        std::net::TcpListener::bind((self.console_listen, sp)).is_ok()
+                    }))
         };
         let port = match Self::read_console(dir) {
             // The port this VM already holds: it keeps it, waiting briefly
@@ -145,7 +185,12 @@ impl QemuHypervisor {
         let tmp = dir.join("console.json.tmp");
         std::fs::write(
             &tmp,
-            json!({"vnc": port, "websocket": self.ports.websocket(port)}).to_string(),
+            json!({
+                "vnc": port,
+                "websocket": self.ports.websocket(port),
+                "spice": if spice { self.ports.spice(port) } else { None },
+            })
+            .to_string(),
         )
         .and_then(|_| std::fs::rename(&tmp, dir.join(CONSOLE_FILE)))
         .map_err(|e| Self::permanent("start", id, e.to_string()))?;
@@ -234,13 +279,13 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn console(&self, id: &str) -> Option<ConsoleStatus> {
-        let vnc = Self::read_console(&self.runtime_dir(id))?;
+        let (vnc, spice) = Self::read_ports(&self.runtime_dir(id))?;
         let ws = self.ports.websocket(vnc);
         Some(ConsoleStatus::served(
             self.console_listen.to_string(),
             vnc,
             ws,
-            None,
+            spice,
         ))
     }
 
@@ -272,12 +317,27 @@ impl Hypervisor for QemuHypervisor {
             let mut vm = self.to_qemu(config)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
-            let port = self.console_port(id, &dir)?;
+            let spice = config.spice
+                && {
+                    let ok = self.spice_supported();
+                    if !ok {
+                        tracing::warn!(vm = %id, "SPICE asked for, but this QEMU build has none (package qemu-system-modules-spice): VNC only");
+                    }
+                    ok
+                };
+            let port = self.console_port(id, &dir, spice)?;
             vm.vnc = Some(Vnc {
                 listen: self.console_listen,
                 port,
                 websocket: Some(self.ports.websocket(port)),
             });
+            vm.spice = spice
+                .then(|| self.ports.spice(port))
+                .flatten()
+                .map(|port| Spice {
+                    listen: self.console_listen,
+                    port,
+                });
             for f in [
                 cmdline::pidfile(&dir),
                 cmdline::qmp_socket(&dir),
@@ -548,6 +608,7 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
             })
             .collect(),
         vnc: None,
+        spice: None,
         runtime_dir,
     })
 }

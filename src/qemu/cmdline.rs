@@ -41,6 +41,8 @@ pub struct QemuVm {
     pub nics: Vec<QemuNic>,
     /// VNC console.
     pub vnc: Option<Vnc>,
+    /// SPICE console.
+    pub spice: Option<Spice>,
     /// Directory for the pidfile, QMP socket and serial log.
     pub runtime_dir: PathBuf,
 }
@@ -95,6 +97,15 @@ pub struct Vnc {
     pub port: u16,
     /// Websocket port for noVNC.
     pub websocket: Option<u16>,
+}
+
+/// A SPICE server (QEMU's `ui-spice-core` module must be installed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spice {
+    /// Address to listen on.
+    pub listen: IpAddr,
+    /// TCP port.
+    pub port: u16,
 }
 
 /// Files in a VM's runtime directory.
@@ -213,9 +224,18 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
             .map(|p| format!(",websocket={p}"))
             .unwrap_or_default();
         push(&["-vnc", &format!("{host}:{display}{ws}")]);
-        if !microvm(vm) {
-            push(&["-device", "VGA"]);
-        }
+    }
+    if let Some(s) = &vm.spice {
+        // No ticket: like VNC, the console listens where the node's
+        // console address says (loopback by default) and access to it is
+        // the node's business, not a password in a command line.
+        push(&[
+            "-spice",
+            &format!("port={},addr={},disable-ticketing=on", s.port, s.listen),
+        ]);
+    }
+    if (vm.vnc.is_some() || vm.spice.is_some()) && !microvm(vm) {
+        push(&["-device", "VGA"]);
     }
     a
 }
@@ -247,6 +267,7 @@ mod tests {
                 port: 5907,
                 websocket: Some(5707),
             }),
+            spice: None,
             runtime_dir: "/run/deorch/vms/x".into(),
         }
     }
@@ -267,6 +288,27 @@ mod tests {
         assert!(s.contains("-vnc 127.0.0.1:7,websocket=5707"), "{s}");
         assert!(s.contains("-nodefaults") && s.contains("-daemonize"), "{s}");
         assert!(s.contains("-pidfile /run/deorch/vms/x/qemu.pid"), "{s}");
+    }
+
+    #[test]
+    fn spice_listens_beside_vnc_without_a_ticket_and_one_vga() {
+        let mut vm = tiny();
+        vm.machine = Machine::Pc;
+        vm.spice = Some(Spice {
+            listen: "127.0.0.1".parse().unwrap(),
+            port: 7907,
+        });
+        let s = joined(&vm);
+        assert!(
+            s.contains("-spice port=7907,addr=127.0.0.1,disable-ticketing=on"),
+            "{s}"
+        );
+        assert_eq!(s.matches("-device VGA").count(), 1, "{s}");
+        vm.vnc = None;
+        assert!(
+            joined(&vm).contains("-device VGA"),
+            "SPICE alone still has a display"
+        );
     }
 
     #[test]

@@ -39,6 +39,14 @@ impl PortRange {
     pub fn websocket(&self, vnc: u16) -> u16 {
         self.ws_base + (vnc - self.vnc_base)
     }
+
+    /// The SPICE port paired with a VNC port: the same offset in a third
+    /// range that starts as far after the websocket range as that one
+    /// starts after the VNC range (default 7900-8899).
+    pub fn spice(&self, vnc: u16) -> Option<u16> {
+        self.websocket(vnc)
+            .checked_add(self.ws_base.checked_sub(self.vnc_base)?)
+    }
 }
 
 /// The home slot of a VM.
@@ -111,5 +119,6 @@ mod tests {
             }
         );
         assert_eq!(range.websocket(5907), 6907);
+        assert_eq!(range.spice(5907), Some(7907));
     }
 }
