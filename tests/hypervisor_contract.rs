@@ -471,6 +471,49 @@ async fn contract(s: Subject, id: String) {
     );
     assert_running(&state(&s, &id).await, &cfg, name);
 
+    // A live snapshot: the running VM switches its disk to an overlay
+    // (what replicas and clones of running VMs are made of); QEMU has the
+    // overlay open afterwards and the guest goes on.
+    if real {
+        let base = cfg.disk_images[0].path.clone();
+        let overlay = s.dir.join("data-overlay.qcow2");
+        assert!(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&overlay)
+            .status()
+            .unwrap()
+            .success());
+        call("live_snapshot", s.hv.live_snapshot(&id, "data", &overlay))
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] live snapshot: {e}"));
+        let VmState::Running { pid, .. } = state(&s, &id).await else {
+            panic!("[{name}] not running after a live snapshot");
+        };
+        let open: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .collect();
+        assert!(
+            open.contains(&overlay),
+            "[{name}] QEMU does not have the overlay open: {open:?}"
+        );
+        assert!(
+            ticks_advance(&s, &id, Duration::from_secs(10)).await,
+            "[{name}] the guest stopped ticking after the live snapshot"
+        );
+        let missing = call(
+            "live_snapshot",
+            s.hv.live_snapshot(&id, "nope", &s.dir.join("nope.qcow2")),
+        )
+        .await;
+        assert!(
+            missing.is_err(),
+            "[{name}] a snapshot of no disk: {missing:?}"
+        );
+    }
+
     // Pause: CPUs stop (the counter stands still); resume: it goes on.
     call("pause", s.hv.pause(&id)).await.expect("pause");
     assert!(

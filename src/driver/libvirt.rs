@@ -841,12 +841,96 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }))
     }
+
+    /// An external disk-only snapshot onto the overlay the storage driver
+    /// made (its backing file is the disk's current image): libvirt's
+    /// `virDomainSnapshotCreateXML` with `DISK_ONLY | REUSE_EXT | ATOMIC`,
+    /// and `NO_METADATA` because deorch's storage, not libvirt, keeps track
+    /// of replicas. The other disks are left alone.
+    fn live_snapshot<'a>(
+        &'a self,
+        id: &'a str,
+        disk: &'a str,
+        overlay: &'a Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let disk = disk.to_string();
+        let overlay = overlay.to_path_buf();
+        Box::pin(self.run("live_snapshot", id, move |_, conn, id| {
+            let dom =
+                Inner::lookup(conn, "live_snapshot", id)?.ok_or_else(|| DriverError::NotFound {
+                    op: "live_snapshot".into(),
+                    target: id.into(),
+                })?;
+            let live = dom
+                .xml_desc(0)
+                .map_err(|e| classify("live_snapshot", id, &e))?;
+            let xml = snapshot_xml(&live, &disk, &overlay)
+                .map_err(|m| permanent("live_snapshot", id, format!("disk {disk}: {m}")))?;
+            let flags = virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+                | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+            dom.create_snapshot_xml(&xml, flags)
+                .map_err(|e| classify("live_snapshot", id, &e))?;
+            Ok(())
+        }))
+    }
+}
+
+/// The `<domainsnapshot>` that moves disk `disk` (deorch's alias
+/// `ua-disk-NAME`) of a domain whose live XML is `domain_xml` onto
+/// `overlay`, and no other disk.
+fn snapshot_xml(domain_xml: &str, disk: &str, overlay: &Path) -> Result<String, String> {
+    let alias = format!("<alias name='ua-disk-{}'/>", esc(disk));
+    let mut found = false;
+    let mut disks = String::new();
+    for block in domain_xml.split("<disk ").skip(1) {
+        let block = block.split("</disk>").next().unwrap_or("");
+        let Some(dev) = block
+            .split("<target dev='")
+            .nth(1)
+            .and_then(|t| t.split('\'').next())
+        else {
+            continue;
+        };
+        if block.contains(&alias) {
+            found = true;
+            let _ = write!(
+                disks,
+                "<disk name='{dev}' snapshot='external' type='file'><driver type='qcow2'/><source file='{}'/></disk>",
+                path(overlay)
+            );
+        } else {
+            let _ = write!(disks, "<disk name='{dev}' snapshot='no'/>");
+        }
+    }
+    if !found {
+        return Err("no such disk in the running domain".into());
+    }
+    Ok(format!(
+        "<domainsnapshot><disks>{disks}</disks></domainsnapshot>"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::qemu::cmdline::{QemuDisk, QemuNic};
+
+    #[test]
+    fn snapshot_xml_moves_only_the_named_disk() {
+        let live = "<domain><devices>\n<disk type='file' device='disk'>\n<source file='/s/root.qcow2'/>\n<target dev='vda' bus='virtio'/>\n<alias name='ua-disk-root'/>\n</disk>\n<disk type='file' device='disk'>\n<target dev='vdb' bus='virtio'/>\n<alias name='ua-disk-data'/>\n</disk>\n</devices></domain>";
+        let x = snapshot_xml(live, "data", Path::new("/s/o'v.qcow2")).unwrap();
+        assert_eq!(
+            x,
+            "<domainsnapshot><disks><disk name='vda' snapshot='no'/><disk name='vdb' snapshot='external' type='file'><driver type='qcow2'/><source file='/s/o&apos;v.qcow2'/></disk></disks></domainsnapshot>"
+        );
+        assert!(snapshot_xml(live, "swap", Path::new("/x")).is_err());
+        assert!(
+            snapshot_xml(live, "roo", Path::new("/x")).is_err(),
+            "no prefix match"
+        );
+    }
 
     fn tiny() -> QemuVm {
         QemuVm {
