@@ -41,13 +41,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::identity::access::{authorize, trusted_policies, Decision};
+use crate::identity::access::{check_signed_apply, trusted_policies};
 use crate::identity::level2::{Level2Error, RateLimiter};
 use crate::identity::session::{Challenge, LoginError, NonceStore, Session};
-use crate::identity::signed::{ManifestError, SIGNATURE_ANNOTATION};
-use crate::identity::{verify_manifest, Address, AddressType, KeyError, PrivateKey};
+use crate::identity::signed::SIGNATURE_ANNOTATION;
+use crate::identity::{Address, AddressType, KeyError, PrivateKey};
 use crate::manifest;
-use crate::model::access::Verb;
 use crate::model::{AccessPolicySpec, Kind, Manifest, ObjectKey};
 use crate::store::{SourceId, Store};
 
@@ -107,13 +106,6 @@ fn now_secs() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn same_address(a: &str, b: &str) -> bool {
-    match (Address::parse(a), Address::parse(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 /// A JSON refusal `{"error": message, "code": code}`.
@@ -261,46 +253,20 @@ impl HttpApi {
                 );
                 continue;
             }
-            let signer = match verify_manifest(&value, &self.cluster) {
-                Ok(s) => s,
-                Err(e) => {
-                    let code = match e {
-                        ManifestError::Unsigned(_) => "Unsigned",
-                        ManifestError::NoGeneration => "NoGeneration",
-                        _ => "BadSignature",
-                    };
-                    deny(StatusCode::FORBIDDEN, code, e.to_string(), Value::Null);
-                    continue;
-                }
-            };
-            if !same_address(&signer, &self.cluster) {
-                match authorize(
-                    &trust.trusted,
-                    &signer,
-                    Verb::Apply,
-                    key.kind,
-                    &key.namespace,
-                ) {
-                    Decision::Allow { level2: false, .. } => {}
-                    Decision::Allow { policy, rule, .. } => {
-                        deny(
-                            StatusCode::FORBIDDEN,
-                            "Level2Required",
-                            format!("policy {policy} rule {rule} allows {signer} only with a level-2 password check, which a signed push cannot give"),
-                            Value::Null,
-                        );
-                        continue;
-                    }
-                    Decision::Deny { reason, misses } => {
-                        deny(
-                            StatusCode::FORBIDDEN,
-                            "Denied",
-                            reason,
-                            json!({ "misses": misses }),
-                        );
-                        continue;
-                    }
-                }
+            if let Err(r) = check_signed_apply(
+                &value,
+                key.kind,
+                &key.namespace,
+                &self.cluster,
+                &trust.trusted,
+            ) {
+                let detail = if r.code == "Denied" {
+                    json!({ "misses": r.misses })
+                } else {
+                    Value::Null
+                };
+                deny(StatusCode::FORBIDDEN, r.code, r.reason, detail);
+                continue;
             }
             // Generation: exactly the store's next one, so the stored object
             // (whose generation the store assigns) keeps a valid signature;

@@ -217,6 +217,62 @@ pub fn authorize(
     Decision::Deny { reason, misses }
 }
 
+/// Why a signed document may not be applied ([`check_signed_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Short code: `Unsigned`, `NoGeneration`, `BadSignature`,
+    /// `Level2Required` or `Denied`.
+    pub code: &'static str,
+    /// One sentence for the user.
+    pub reason: String,
+    /// For `Denied`: every rule naming the signer and why it did not allow.
+    pub misses: Vec<RuleMiss>,
+}
+
+/// The one check every signed source makes before accepting a document
+/// (the push API, a git repository): the signature is valid for `cluster`
+/// and its signer may `apply` this kind in this namespace: the cluster
+/// owner always may, anyone else by the `trusted` policies, and not by a
+/// rule that needs a level-2 password check (a signature cannot give one).
+/// Returns the signer.
+pub fn check_signed_apply(
+    doc: &serde_json::Value,
+    kind: Kind,
+    namespace: &str,
+    cluster: &str,
+    trusted: &[Manifest<AccessPolicySpec>],
+) -> Result<String, Refused> {
+    use super::signed::ManifestError;
+    let refused = |code, reason| Refused {
+        code,
+        reason,
+        misses: Vec::new(),
+    };
+    let signer = verify_manifest(doc, cluster).map_err(|e| {
+        let code = match e {
+            ManifestError::Unsigned(_) => "Unsigned",
+            ManifestError::NoGeneration => "NoGeneration",
+            _ => "BadSignature",
+        };
+        refused(code, e.to_string())
+    })?;
+    if same_address(&signer, cluster) {
+        return Ok(signer);
+    }
+    match authorize(trusted, &signer, Verb::Apply, kind, namespace) {
+        Decision::Allow { level2: false, .. } => Ok(signer),
+        Decision::Allow { policy, rule, .. } => Err(refused(
+            "Level2Required",
+            format!("policy {policy} rule {rule} allows {signer} only with a level-2 password check, which a signature cannot give"),
+        )),
+        Decision::Deny { reason, misses } => Err(Refused {
+            code: "Denied",
+            reason,
+            misses,
+        }),
+    }
+}
+
 /// The result of [`trusted_policies`].
 #[derive(Debug, Clone, Default)]
 pub struct TrustReport {
