@@ -355,6 +355,31 @@ impl Store {
     /// notify subscribers. Idempotent for identical content; identical
     /// content from another source only records the new source.
     pub fn apply(&self, obj: &AnyObject, source: &SourceId) -> Result<Applied, StoreError> {
+        self.apply_at(obj, source, None)
+            .map(|r| r.expect("no generation asked, none refused"))
+    }
+
+    /// Accept a signed `obj` at the generation its author signed, so the
+    /// stored copy keeps a valid signature (the git source): identical
+    /// content is a no-op, as in [`Store::apply`]; otherwise `generation`
+    /// must be above the stored one, tombstones included (no rollback, no
+    /// resurrection of a later deletion), else `Ok(Err(stored generation))`
+    /// and nothing changes.
+    pub fn apply_signed(
+        &self,
+        obj: &AnyObject,
+        source: &SourceId,
+        generation: i64,
+    ) -> Result<Result<Applied, i64>, StoreError> {
+        self.apply_at(obj, source, Some(generation))
+    }
+
+    fn apply_at(
+        &self,
+        obj: &AnyObject,
+        source: &SourceId,
+        at: Option<i64>,
+    ) -> Result<Result<Applied, i64>, StoreError> {
         let key = ObjectKey::of(obj);
         let mut object = obj.to_value();
         let hash = content_hash(&object);
@@ -367,13 +392,18 @@ impl Store {
                 self.persist(&moved, false)?;
                 self.write_index().insert(key.clone(), Entry::of(&moved));
             }
-            return Ok(Applied {
+            return Ok(Ok(Applied {
                 key,
                 generation: cur.generation,
                 changed: false,
-            });
+            }));
         }
-        let generation = current.as_ref().map_or(0, |c| c.generation) + 1;
+        let stored = current.as_ref().map_or(0, |c| c.generation);
+        let generation = match at {
+            None => stored + 1,
+            Some(g) if g > stored => g,
+            Some(_) => return Ok(Err(stored)),
+        };
         strip_server_fields(&mut object, generation);
         let record = Record {
             key: key.clone(),
@@ -397,11 +427,11 @@ impl Store {
             generation,
             status_only: false,
         });
-        Ok(Applied {
+        Ok(Ok(Applied {
             key,
             generation,
             changed: true,
-        })
+        }))
     }
 
     /// Tombstone `key` (generation + 1), durably. `Ok(None)` if absent or
