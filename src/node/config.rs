@@ -87,6 +87,24 @@ pub struct NodeArgs {
     /// Lifetime of a session cookie, e.g. `12h` (the default).
     #[arg(long, env = "DEORCH_SESSION_TTL")]
     pub session_ttl: Option<ManifestDuration>,
+    /// Follow this git repository (URL or path) as a source of desired
+    /// state; its documents must be signed for the cluster
+    /// (`--cluster-owner`) unless `--git-unsigned`.
+    #[arg(long, env = "DEORCH_GIT_REPO")]
+    pub git_repo: Option<String>,
+    /// Branch to follow; default `main`.
+    #[arg(long, env = "DEORCH_GIT_BRANCH")]
+    pub git_branch: Option<String>,
+    /// Directory of the repository holding manifests; default all of it.
+    #[arg(long, env = "DEORCH_GIT_PATH")]
+    pub git_path: Option<String>,
+    /// Poll period of the repository, e.g. `15s` (the default).
+    #[arg(long, env = "DEORCH_GIT_POLL")]
+    pub git_poll: Option<ManifestDuration>,
+    /// Accept unsigned documents from the repository (trust it like the
+    /// local manifest directory). Off by default.
+    #[arg(long, env = "DEORCH_GIT_UNSIGNED")]
+    pub git_unsigned: bool,
 }
 
 /// The config file: the same settings, all optional.
@@ -131,6 +149,17 @@ pub struct FileConfig {
     pub login_ttl: Option<ManifestDuration>,
     /// Session cookie lifetime.
     pub session_ttl: Option<ManifestDuration>,
+    /// Git repository to follow.
+    pub git_repo: Option<String>,
+    /// Its branch.
+    pub git_branch: Option<String>,
+    /// Its manifest directory.
+    pub git_path: Option<String>,
+    /// Its poll period.
+    pub git_poll: Option<ManifestDuration>,
+    /// Accept its documents unsigned.
+    #[serde(default)]
+    pub git_unsigned: bool,
 }
 
 /// Which hypervisor driver runs VMs.
@@ -180,6 +209,8 @@ pub struct NodeConfig {
     pub settle: Duration,
     /// The HTTP API, when enabled.
     pub http: Option<HttpConfig>,
+    /// The git source, when enabled.
+    pub git: Option<crate::source::git::GitConfig>,
 }
 
 /// Settings of the HTTP API (`--http-listen` and friends).
@@ -231,6 +262,7 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let http = resolve_http(args, &file)?;
+        let git = resolve_git(args, &file)?;
         let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
         if !crate::manifest::semantic::is_dns_label(&name) {
             return Err(ConfigError::Invalid {
@@ -302,6 +334,7 @@ impl NodeConfig {
         };
         Ok(NodeConfig {
             http,
+            git,
             name,
             manifests: args
                 .manifests
@@ -389,6 +422,82 @@ fn resolve_http(args: &NodeArgs, file: &FileConfig) -> Result<Option<HttpConfig>
             .or(file.session_ttl)
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(12 * 3600)),
+    }))
+}
+
+/// The git source: off unless a repository is given; then signatures are
+/// checked for the cluster owner's address unless explicitly turned off.
+fn resolve_git(
+    args: &NodeArgs,
+    file: &FileConfig,
+) -> Result<Option<crate::source::git::GitConfig>, ConfigError> {
+    use crate::source::git::{GitConfig, GitVerify};
+    let Some(repo) = args.git_repo.clone().or(file.git_repo.clone()) else {
+        return Ok(None);
+    };
+    let state_dir: PathBuf = args
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| "/var/lib/deorch".into());
+    let verify = if args.git_unsigned || file.git_unsigned {
+        GitVerify::Unsigned
+    } else {
+        let owner = args
+            .cluster_owner
+            .clone()
+            .or(file.cluster_owner.clone())
+            .ok_or(ConfigError::Invalid {
+                setting: "clusterOwner",
+                message: "the git source verifies signatures for the cluster owner's address (--cluster-owner), or needs --git-unsigned".into(),
+            })?;
+        if let Err(e) = crate::identity::Address::parse(&owner) {
+            return Err(ConfigError::Invalid {
+                setting: "clusterOwner",
+                message: format!("{owner:?} is not a Bitcoin address: {e}"),
+            });
+        }
+        GitVerify::Signed { cluster: owner }
+    };
+    let branch = args
+        .git_branch
+        .clone()
+        .or(file.git_branch.clone())
+        .unwrap_or_else(|| "main".into());
+    // A ref name git accepts and that cannot be read as an option.
+    if branch.is_empty()
+        || branch.starts_with('-')
+        || branch.contains("..")
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            setting: "gitBranch",
+            message: format!("{branch:?} is not a branch name"),
+        });
+    }
+    if repo.starts_with('-') {
+        return Err(ConfigError::Invalid {
+            setting: "gitRepo",
+            message: format!("{repo:?} is not a repository URL or path"),
+        });
+    }
+    Ok(Some(GitConfig {
+        repo,
+        branch,
+        path: args
+            .git_path
+            .clone()
+            .or(file.git_path.clone())
+            .unwrap_or_default(),
+        poll: args
+            .git_poll
+            .or(file.git_poll)
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(15)),
+        mirrors: state_dir.join("git"),
+        verify,
     }))
 }
 

@@ -108,6 +108,11 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         )),
         tokio::spawn(engine.run(shutdown.clone())),
     ]);
+    if let Some(git) = &config.git {
+        let source = Box::new(crate::source::git::GitSource::new(git.clone()));
+        info!(source = %source.name(), "following a git repository");
+        tasks.push(tokio::spawn(source.run(store.clone(), shutdown.clone())));
+    }
     info!(node = %config.name, "node ready");
     for t in tasks {
         let _ = t.await;

@@ -13,6 +13,7 @@
 //! `apply`/`delete`; they never call reconcilers or drivers.
 
 pub mod dir;
+pub mod git;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -64,21 +64,42 @@ fn signed_generations_only_move_forward_and_are_kept() {
     let t = tmp();
     let s = Store::open(&t.0.join("s.redb")).unwrap();
     // A node that missed generations 1-4 takes 5 as signed.
-    let a = s.apply_signed(&vm("a", 64), &src("git"), 5).unwrap().unwrap();
+    let a = s
+        .apply_signed(&vm("a", 64), &src("git"), 5)
+        .unwrap()
+        .unwrap();
     assert_eq!((a.generation, a.changed), (5, true));
-    assert_eq!(s.get(&key("a")).unwrap().object["metadata"]["generation"], 5);
+    assert_eq!(
+        s.get(&key("a")).unwrap().object["metadata"]["generation"],
+        5
+    );
     // The same content again: a no-op whatever generation it claims.
-    let same = s.apply_signed(&vm("a", 64), &src("git"), 5).unwrap().unwrap();
+    let same = s
+        .apply_signed(&vm("a", 64), &src("git"), 5)
+        .unwrap()
+        .unwrap();
     assert!(!same.changed);
     // New content at an old or equal generation: refused, nothing changes.
-    assert_eq!(s.apply_signed(&vm("a", 128), &src("git"), 5).unwrap(), Err(5));
-    assert_eq!(s.apply_signed(&vm("a", 128), &src("git"), 3).unwrap(), Err(5));
+    assert_eq!(
+        s.apply_signed(&vm("a", 128), &src("git"), 5).unwrap(),
+        Err(5)
+    );
+    assert_eq!(
+        s.apply_signed(&vm("a", 128), &src("git"), 3).unwrap(),
+        Err(5)
+    );
     assert_eq!(s.get(&key("a")).unwrap().generation, 5);
     // A deletion (generation 6) is not undone by a replay of generation 5.
     assert_eq!(s.delete(&key("a"), &src("git")).unwrap(), Some(6));
-    assert_eq!(s.apply_signed(&vm("a", 32), &src("git"), 6).unwrap(), Err(6));
+    assert_eq!(
+        s.apply_signed(&vm("a", 32), &src("git"), 6).unwrap(),
+        Err(6)
+    );
     assert!(s.get(&key("a")).unwrap().deleted);
-    let back = s.apply_signed(&vm("a", 32), &src("git"), 7).unwrap().unwrap();
+    let back = s
+        .apply_signed(&vm("a", 32), &src("git"), 7)
+        .unwrap()
+        .unwrap();
     assert_eq!((back.generation, back.changed), (7, true));
 }
 
