@@ -624,9 +624,9 @@ pub fn clone_cost(count: usize, data_mib: u64, zfs_root: Option<&str>) -> anyhow
     Ok(())
 }
 
-/// Login round trip over loopback HTTP: `GET /v1/auth/challenge`, sign
+/// Login round trip over loopback HTTPS: `GET /v1/auth/challenge`, sign
 /// with a P2WPKH key, `POST /v1/auth/login`, `GET /v1/auth/whoami` with
-/// the cookie; `count` times, one TCP connection per request, against an
+/// the cookie; `count` times, one TLS connection per request, against an
 /// in-process HTTP API (real store, node key, axum server). Beside it, the
 /// floor: a bare `GET /v1/cluster` over the same client.
 pub fn login_latency(count: usize) -> anyhow::Result<()> {
@@ -650,9 +650,19 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
         },
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let node = NodeUrl::parse(&format!("http://{}", listener.local_addr()?))?;
-    rt.spawn(crate::http::serve(listener, api, stop_rx));
+    // Over TLS, the default: a self-signed certificate, pinned.
+    let tls = crate::http::tls::self_signed(&dir.join("tls"), &[]).map_err(anyhow::Error::msg)?;
+    let (listener, bound) = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let bound = l.local_addr()?;
+        anyhow::Ok((crate::http::tls::TlsListener::new(l, tls.config)?, bound))
+    })?;
+    let node = NodeUrl::parse(&format!("https://{bound}#sha256={}", tls.fingerprint))?;
+    rt.spawn(crate::http::serve(
+        crate::http::HttpListener::Tls(listener),
+        api,
+        stop_rx,
+    ));
     let user = PrivateKey::generate(Network::Mainnet);
     let warmup = (count / 10).clamp(1, 50);
     let mut samples = Vec::with_capacity(count);

@@ -544,3 +544,72 @@ fn push_raw(url: &NodeUrl, docs: &[Value]) -> Reply {
     )
     .unwrap()
 }
+
+/// HTTPS is the default: the node's self-signed certificate is kept across
+/// restarts (same pin), its key is 0600, a wrong pin and plain HTTP are
+/// refused, a client that never finishes its handshake blocks nobody, and
+/// `--http-plain` serves plain HTTP on request.
+#[test]
+fn https_by_default_pinned_kept_and_not_blocked_by_silent_clients() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = common::temp_dir("http-tls");
+    let (_, owner, _) = key(&tmp, "owner.key");
+    let mut node = node_with_http("http-tls", &owner, &[]);
+    let base = node.http_url();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let url = NodeUrl::parse(&base).unwrap();
+    let ok = request(&url, "GET", "/v1/cluster", None, None, b"", T).unwrap();
+    assert_eq!(ok.status, 200);
+    let key_mode = std::fs::metadata(node.state.join("tls/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    // A silent client holds a TCP connection open without a handshake:
+    // others are still served.
+    let silent = std::net::TcpStream::connect(&url.authority).unwrap();
+    let t = std::time::Instant::now();
+    let ok = request(&url, "GET", "/v1/cluster", None, None, b"", T).unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(silent);
+
+    // Another pin: refused before anything is sent.
+    let mut wrong = url.clone();
+    wrong.pin = Some([7; 32]);
+    let e = request(&wrong, "GET", "/v1/cluster", None, None, b"", T).unwrap_err();
+    assert!(e.to_string().contains("not the pinned one"), "{e}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = url.clone();
+    plain.pin = None;
+    assert!(request(&plain, "GET", "/v1/cluster", None, None, b"", T).is_err());
+
+    // Restart: the same certificate, so the same pin.
+    node.stop();
+    node.start();
+    assert_eq!(
+        node.http_url().split_once('#').unwrap().1,
+        base.split_once('#').unwrap().1,
+        "the pin changed across a restart"
+    );
+    drop(node);
+
+    let plain_node = node_with_http("http-plain", &owner, &["--http-plain"]);
+    let base = plain_node.http_url();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let r = request(
+        &NodeUrl::parse(&base).unwrap(),
+        "GET",
+        "/v1/cluster",
+        None,
+        None,
+        b"",
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(plain_node.log_text().contains("without TLS"));
+    drop(plain_node);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -196,7 +196,8 @@ pub enum Command {
     /// keeps the session cookie (0600) under $XDG_RUNTIME_DIR/deorch or
     /// ~/.cache/deorch.
     Login {
-        /// The node, `http://HOST:PORT`.
+        /// The node: `https://HOST:PORT#sha256=PIN` as it wrote it to
+        /// STATE_DIR/http-url (or `http://HOST:PORT` with `--http-plain`).
         #[arg(long, env = "DEORCH_NODE")]
         node: String,
         /// The key file.
@@ -209,14 +210,16 @@ pub enum Command {
     /// Print the address of the session kept by `deorch login`, as the node
     /// sees it.
     Whoami {
-        /// The node, `http://HOST:PORT`.
+        /// The node: `https://HOST:PORT#sha256=PIN` as it wrote it to
+        /// STATE_DIR/http-url (or `http://HOST:PORT` with `--http-plain`).
         #[arg(long, env = "DEORCH_NODE")]
         node: String,
     },
     /// Push manifests to a node's HTTP API, signing unsigned documents with
     /// the key (generation 1 when absent, or the node's next one).
     Push {
-        /// The node, `http://HOST:PORT`.
+        /// The node: `https://HOST:PORT#sha256=PIN` as it wrote it to
+        /// STATE_DIR/http-url (or `http://HOST:PORT` with `--http-plain`).
         #[arg(long, env = "DEORCH_NODE")]
         node: String,
         /// The key file.

@@ -1,8 +1,9 @@
 //! A minimal blocking HTTP/1.1 client for `deorch login`, `push`,
-//! `whoami` and the login benchmark: plain `http://` only (loopback or a
-//! trusted network; put a TLS proxy in front of a node for anything else),
-//! one request per connection, `Content-Length` or chunked bodies.
-//! Deliberately small: no redirects, no cookies jar, no TLS.
+//! `whoami` and the login benchmark: `https://HOST:PORT#sha256=HEX` (TLS
+//! with the node's certificate pinned by its SHA-256 fingerprint, as the
+//! node writes it to `STATE_DIR/http-url`; see `super::tls`) or plain
+//! `http://HOST:PORT`; one request per connection, `Content-Length` or
+//! chunked bodies. Deliberately small: no redirects, no cookie jar.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,8 +17,8 @@ pub const MAX_RESPONSE: usize = 16 << 20;
 /// Why a request failed before an HTTP status was received.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The node URL is not `http://HOST:PORT[/]`.
-    #[error("node URL {0:?}: expected http://HOST:PORT (https is not built into this client)")]
+    /// The node URL is not `https://HOST:PORT#sha256=HEX` or `http://HOST:PORT`.
+    #[error("node URL {0:?}: expected https://HOST:PORT#sha256=FINGERPRINT (as the node writes it to STATE_DIR/http-url) or http://HOST:PORT")]
     BadUrl(String),
     /// Connecting, writing or reading failed.
     #[error("{url}: {source}")]
@@ -42,13 +43,27 @@ pub enum ClientError {
 pub struct NodeUrl {
     /// `host:port`.
     pub authority: String,
+    /// For HTTPS: the SHA-256 of the certificate the node must present.
+    pub pin: Option<[u8; 32]>,
 }
 
 impl NodeUrl {
-    /// Parse `http://HOST:PORT` (a trailing `/` is allowed).
+    /// Parse `https://HOST:PORT#sha256=HEX` or `http://HOST:PORT` (a
+    /// trailing `/` is allowed). HTTPS without a pin is refused: nodes'
+    /// certificates are self-signed by default, and the pin is what makes
+    /// them trustworthy.
     pub fn parse(url: &str) -> Result<NodeUrl, ClientError> {
         let bad = || ClientError::BadUrl(url.to_string());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (rest, pin) = if let Some(rest) = url.strip_prefix("https://") {
+            let (rest, pin) = rest.split_once("#sha256=").ok_or_else(bad)?;
+            let pin: [u8; 32] = hex::decode(pin)
+                .ok()
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(bad)?;
+            (rest, Some(pin))
+        } else {
+            (url.strip_prefix("http://").ok_or_else(bad)?, None)
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty()
             || authority.contains('/')
@@ -59,12 +74,105 @@ impl NodeUrl {
         }
         Ok(NodeUrl {
             authority: authority.to_string(),
+            pin,
         })
     }
 
-    /// `http://host:port`.
+    /// `https://host:port` or `http://host:port`.
     pub fn base(&self) -> String {
-        format!("http://{}", self.authority)
+        match self.pin {
+            Some(_) => format!("https://{}", self.authority),
+            None => format!("http://{}", self.authority),
+        }
+    }
+}
+
+/// A TLS stream or a plain one.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Connect to `node`: TCP, then TLS with the pinned certificate.
+fn connect(node: &NodeUrl, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(&node.authority)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(pin) = node.pin else {
+        return Ok(Box::new(tcp));
+    };
+    let config = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
+            pin,
+            algorithms: super::tls::provider().signature_verification_algorithms,
+        }))
+        .with_no_client_auth();
+    let host = node
+        .authority
+        .rsplit_once(':')
+        .map_or(node.authority.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(std::io::Error::other)?;
+    Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
+}
+
+/// Trusts exactly the certificate whose SHA-256 is `pin` (whatever names
+/// or issuer it has: nodes' certificates are self-signed), and still checks
+/// that the server holds its key (the handshake signature).
+#[derive(Debug)]
+struct Pinned {
+    pin: [u8; 32],
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::{Digest, Sha256};
+        if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the node's certificate (sha256 {}) is not the pinned one ({})",
+                hex::encode(Sha256::digest(end_entity.as_ref())),
+                hex::encode(self.pin)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -109,10 +217,7 @@ pub fn request(
         url: url.clone(),
         source,
     };
-    let mut stream = TcpStream::connect(&node.authority).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let _ = stream.set_nodelay(true);
+    let mut stream = connect(node, timeout).map_err(io)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
         node.authority,
@@ -129,10 +234,14 @@ pub fn request(
     out.extend_from_slice(body);
     stream.write_all(&out).map_err(io)?;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)
-        .map_err(io)?;
+    match stream.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closed without close_notify: fine if what came
+        // is a whole response (its length says so).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && parse_response(&raw).is_ok() => {
+        }
+        Err(e) => return Err(io(e)),
+    }
     parse_response(&raw).map_err(|why| ClientError::Malformed { url, why })
 }
 
@@ -210,8 +319,17 @@ mod tests {
             NodeUrl::parse("http://127.0.0.1:8080/").unwrap().authority,
             "127.0.0.1:8080"
         );
+        let pinned =
+            NodeUrl::parse(&format!("https://[::1]:8443#sha256={}", "ab".repeat(32))).unwrap();
+        assert_eq!(
+            (pinned.authority.as_str(), pinned.pin),
+            ("[::1]:8443", Some([0xab; 32]))
+        );
+        assert_eq!(pinned.base(), "https://[::1]:8443");
         for bad in [
             "https://a:1",
+            "https://a:1#sha256=abcd",
+            "https://a:1#md5=00",
             "http://a",
             "http://a:1/x",
             "ftp://a:1",

@@ -23,6 +23,7 @@
 //! and call the store.
 
 pub mod client;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +39,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+use self::tls::PeerAddr;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -347,19 +350,33 @@ impl HttpApi {
     }
 }
 
+/// Where the HTTP API listens: plain TCP (`--http-plain`) or TLS.
+pub enum HttpListener {
+    /// Plain HTTP.
+    Plain(TcpListener),
+    /// HTTPS.
+    Tls(tls::TlsListener),
+}
+
 /// Serve `api` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, api: Arc<HttpApi>, mut shutdown: watch::Receiver<bool>) {
-    let addr = listener.local_addr().ok();
+pub async fn serve(listener: HttpListener, api: Arc<HttpApi>, mut shutdown: watch::Receiver<bool>) {
     let app = api
         .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
+        .into_make_service_with_connect_info::<PeerAddr>();
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let (addr, served) = match listener {
+        HttpListener::Plain(l) => (
+            l.local_addr().ok(),
+            axum::serve(l, app).with_graceful_shutdown(stop).await,
+        ),
+        HttpListener::Tls(l) => (
+            axum::serve::Listener::local_addr(&l).ok(),
+            axum::serve(l, app).with_graceful_shutdown(stop).await,
+        ),
+    };
+    if let Err(e) = served {
         warn!(error = %e, "HTTP API failed");
     }
     info!(?addr, "HTTP API stopped");
@@ -371,7 +388,7 @@ async fn cluster_info(State(api): State<Arc<HttpApi>>) -> Response {
 
 async fn challenge(
     State(api): State<Arc<HttpApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
 ) -> Response {
     if let Some(limiter) = &api.challenge_limiter {
         if let Err(Level2Error::RateLimited { retry_after_secs }) =
@@ -419,7 +436,7 @@ struct LoginBody {
 
 async fn login(
     State(api): State<Arc<HttpApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     body: Bytes,
 ) -> Response {
     let req: LoginBody = match serde_json::from_slice(&body) {
@@ -512,7 +529,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 
 async fn whoami(
     State(api): State<Arc<HttpApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
 ) -> Response {
     let Some(token) = session_cookie(&headers) else {
@@ -546,7 +563,7 @@ async fn whoami(
 
 async fn push(
     State(api): State<Arc<HttpApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     body: Bytes,
 ) -> Response {
     match tokio::task::spawn_blocking(move || api.push(peer, &body)).await {

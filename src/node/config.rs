@@ -61,7 +61,8 @@ pub struct NodeArgs {
     pub settle: Option<ManifestDuration>,
     /// Serve the HTTP API (login, signed push) on this address, e.g.
     /// `0.0.0.0:8443` (port 0: any free port, written to
-    /// STATE_DIR/http-address). Off by default.
+    /// STATE_DIR/http-address; the URL clients take, with the TLS pin, to
+    /// STATE_DIR/http-url). Off by default.
     #[arg(long, env = "DEORCH_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// This node's key (WIF, 0600); created when absent. Default
@@ -87,6 +88,16 @@ pub struct NodeArgs {
     /// Lifetime of a session cookie, e.g. `12h` (the default).
     #[arg(long, env = "DEORCH_SESSION_TTL")]
     pub session_ttl: Option<ManifestDuration>,
+    /// TLS certificate chain (PEM) of the HTTP API; default: a self-signed
+    /// one kept in STATE_DIR/tls/.
+    #[arg(long, env = "DEORCH_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "DEORCH_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Serve the HTTP API without TLS (behind a TLS proxy, or on loopback).
+    #[arg(long, env = "DEORCH_HTTP_PLAIN")]
+    pub http_plain: bool,
     /// Follow this git repository (URL or path) as a source of desired
     /// state; its documents must be signed for the cluster
     /// (`--cluster-owner`) unless `--git-unsigned`.
@@ -149,6 +160,13 @@ pub struct FileConfig {
     pub login_ttl: Option<ManifestDuration>,
     /// Session cookie lifetime.
     pub session_ttl: Option<ManifestDuration>,
+    /// HTTP API TLS certificate.
+    pub http_tls_cert: Option<PathBuf>,
+    /// Its key.
+    pub http_tls_key: Option<PathBuf>,
+    /// Plain HTTP.
+    #[serde(default)]
+    pub http_plain: bool,
     /// Git repository to follow.
     pub git_repo: Option<String>,
     /// Its branch.
@@ -228,6 +246,24 @@ pub struct HttpConfig {
     pub login_ttl: Duration,
     /// Session cookie lifetime.
     pub session_ttl: Duration,
+    /// How the API is served.
+    pub tls: HttpTls,
+}
+
+/// How the HTTP API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpTls {
+    /// HTTPS with the node's self-signed certificate in this directory.
+    SelfSigned(PathBuf),
+    /// HTTPS with the operator's certificate chain and key (PEM).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Plain HTTP.
+    Plain,
 }
 
 /// A configuration error, naming the setting.
@@ -422,6 +458,27 @@ fn resolve_http(args: &NodeArgs, file: &FileConfig) -> Result<Option<HttpConfig>
             .or(file.session_ttl)
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(12 * 3600)),
+        tls: match (
+            args.http_plain || file.http_plain,
+            args.http_tls_cert.clone().or(file.http_tls_cert.clone()),
+            args.http_tls_key.clone().or(file.http_tls_key.clone()),
+        ) {
+            (true, None, None) => HttpTls::Plain,
+            (true, _, _) => {
+                return Err(ConfigError::Invalid {
+                    setting: "httpPlain",
+                    message: "--http-plain and a TLS certificate exclude each other".into(),
+                })
+            }
+            (false, Some(cert), Some(key)) => HttpTls::Files { cert, key },
+            (false, None, None) => HttpTls::SelfSigned(state_dir.join("tls")),
+            (false, _, _) => return Err(ConfigError::Invalid {
+                setting: "httpTlsCert",
+                message:
+                    "give both the TLS certificate and its key (--http-tls-cert, --http-tls-key)"
+                        .into(),
+            }),
+        },
     }))
 }
 

@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use config::{HttpConfig, HypervisorKind, NodeArgs, NodeConfig};
+pub use config::{HttpConfig, HttpTls, HypervisorKind, NodeArgs, NodeConfig};
 
 use crate::api;
 use crate::driver::cow::CowStorage;
@@ -124,13 +124,16 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
 /// File in the state directory holding the HTTP API's bound address
 /// (useful with port 0).
 pub const HTTP_ADDRESS_FILE: &str = "http-address";
+/// File in the state directory holding the HTTP API's URL as clients
+/// take it: `https://ADDR#sha256=FINGERPRINT` (or `http://ADDR`).
+pub const HTTP_URL_FILE: &str = "http-url";
 
 /// Load (or create) the node key, bind the HTTP listener and build the API.
 async fn start_http(
     http: &HttpConfig,
     store: &Arc<Store>,
     config: &NodeConfig,
-) -> anyhow::Result<(tokio::net::TcpListener, Arc<crate::http::HttpApi>)> {
+) -> anyhow::Result<(crate::http::HttpListener, Arc<crate::http::HttpApi>)> {
     let network = crate::identity::Address::parse(&http.cluster_owner)
         .map_err(|e| anyhow::anyhow!("cluster owner {}: {e}", http.cluster_owner))?
         .network;
@@ -151,12 +154,44 @@ async fn start_http(
         .await
         .with_context(|| format!("binding the HTTP API on {}", http.listen))?;
     let bound = listener.local_addr()?;
-    std::fs::write(
-        config.state_dir.join(HTTP_ADDRESS_FILE),
-        format!("{bound}\n"),
-    )
-    .context("writing the HTTP address file")?;
-    info!(addr = %bound, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
+    let tls = match &http.tls {
+        HttpTls::Plain => {
+            warn!("HTTP API without TLS (--http-plain): put it on loopback or behind a TLS proxy");
+            None
+        }
+        HttpTls::Files { cert, key } => Some(crate::http::tls::load(cert, key)),
+        HttpTls::SelfSigned(dir) => {
+            let mut names = config.addresses.clone();
+            names.push(config.name.clone());
+            if !bound.ip().is_unspecified() {
+                names.push(bound.ip().to_string());
+            }
+            Some(crate::http::tls::self_signed(dir, &names))
+        }
+    }
+    .transpose()
+    .map_err(|e| anyhow::anyhow!("HTTP API TLS: {e}"))?;
+    let (listener, url) = match tls {
+        None => (
+            crate::http::HttpListener::Plain(listener),
+            format!("http://{bound}"),
+        ),
+        Some(t) => (
+            crate::http::HttpListener::Tls(crate::http::tls::TlsListener::new(listener, t.config)?),
+            format!("https://{bound}#sha256={}", t.fingerprint),
+        ),
+    };
+    for (file, text) in [
+        (HTTP_ADDRESS_FILE, bound.to_string()),
+        (HTTP_URL_FILE, url.clone()),
+    ] {
+        let path = config.state_dir.join(file);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{text}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    info!(%url, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
     Ok((listener, api))
 }
 

@@ -184,11 +184,13 @@ impl Node {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
-    /// `http://ADDR` of the node's HTTP API (started with `--http-listen`).
+    /// The URL of the node's HTTP API (started with `--http-listen`) as it
+    /// wrote it: `https://ADDR#sha256=PIN` by default.
     pub fn http_url(&self) -> String {
-        let text = std::fs::read_to_string(self.state.join("http-address"))
-            .expect("the node wrote no http-address (started without --http-listen?)");
-        format!("http://{}", text.trim())
+        std::fs::read_to_string(self.state.join("http-url"))
+            .expect("the node wrote no http-url (started without --http-listen?)")
+            .trim()
+            .to_string()
     }
 
     /// Run the CLI against this node.
