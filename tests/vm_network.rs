@@ -4,8 +4,9 @@
 //! (TCG, machine `pc`) attaches the tiny guest's NIC to the tap, and the
 //! guest's own busybox udhcpc gets its lease from the node's DHCP server
 //! with exactly the manifest's options. Then a changed Network manifest
-//! changes what the next boot is served, an interface deorch did not make
-//! is left alone, and deletions remove the tap and the bridge.
+//! changes what the next boot is served, a node killed and restarted
+//! serves the same again, an interface deorch did not make is left alone,
+//! and deletions remove the tap and the bridge.
 //!
 //! Needs root (namespaces, taps); a missing tool skips on a laptop and
 //! fails when `CI=true`.
@@ -388,6 +389,27 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
         lease2,
         expected_lease(want_ip, "10.77.0.54", "changed.test")
     );
+
+    // A node killed and started again re-adopts bridge, tap and VM and
+    // serves again: the next boot gets the same lease from the new process.
+    let starts = |n: &Node| {
+        std::fs::read_to_string(&n.log)
+            .unwrap_or_default()
+            .matches("DHCP server started")
+            .count()
+    };
+    let before = starts(&node);
+    node.kill();
+    node.start();
+    node.wait_for("the Network served again", |n| starts(n) > before);
+    let pid = vm_status(&node)["pid"].as_u64().unwrap();
+    assert_eq!(
+        ns.link(&tap).unwrap()["master"].as_str(),
+        Some(bridge.as_str())
+    );
+    kill_qemu_and_wait_for_new_boot(&node, pid);
+    let (lease3, _) = wait_lease(&node);
+    assert_eq!(lease3, lease2, "the restarted node serves the same lease");
 
     // Deleting the VM removes its tap; deleting the Network its bridge,
     // its server and its record.
