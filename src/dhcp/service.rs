@@ -172,33 +172,7 @@ impl DhcpService {
         server_id: Ipv4Addr,
         table: &Table,
     ) -> std::io::Result<()> {
-        let mut reservations: Vec<Reservation> = table
-            .clients
-            .iter()
-            .map(|(mac, c)| Reservation {
-                identity: c.identity.clone(),
-                mac: format_mac(mac),
-                address: if c.upstream.is_some() {
-                    None
-                } else {
-                    c.address
-                },
-                relayed_to: c
-                    .upstream
-                    .as_ref()
-                    .map(|u| u.servers.clone())
-                    .unwrap_or_default(),
-            })
-            .collect();
-        reservations.sort_by(|a, b| a.identity.cmp(&b.identity));
-        let text = serde_json::to_string_pretty(&StateFile {
-            network,
-            interface: iface,
-            server_id,
-            reservations,
-        })
-        .expect("reservations serialize")
-            + "\n";
+        let text = render(network, iface, server_id, table);
         let path = self.state_file(network);
         if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
             return Ok(());
@@ -213,6 +187,37 @@ impl DhcpService {
     }
 }
 
+/// The state file's text: every NIC served, in identity order.
+fn render(network: &str, iface: &str, server_id: Ipv4Addr, table: &Table) -> String {
+    let mut reservations: Vec<Reservation> = table
+        .clients
+        .iter()
+        .map(|(mac, c)| Reservation {
+            identity: c.identity.clone(),
+            mac: format_mac(mac),
+            address: if c.upstream.is_some() {
+                None
+            } else {
+                c.address
+            },
+            relayed_to: c
+                .upstream
+                .as_ref()
+                .map(|u| u.servers.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    reservations.sort_by(|a, b| a.identity.cmp(&b.identity));
+    serde_json::to_string_pretty(&StateFile {
+        network,
+        interface: iface,
+        server_id,
+        reservations,
+    })
+    .expect("reservations serialize")
+        + "\n"
+}
+
 async fn stop(r: Running) {
     let _ = r.stop.send(true);
     let mut task = r.task;
@@ -221,5 +226,60 @@ async fn stop(r: Running) {
         .is_err()
     {
         task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::{Client, LeaseOptions, Upstream};
+
+    fn client(identity: &str, address: Option<&str>, relay: bool) -> Client {
+        Client {
+            identity: identity.into(),
+            address: address.map(|a| a.parse().unwrap()),
+            options: LeaseOptions::resolve(
+                "10.0.0.0/24".parse().unwrap(),
+                None,
+                None,
+                &Default::default(),
+                "vm",
+            )
+            .unwrap(),
+            upstream: relay.then(|| Upstream {
+                servers: vec!["10.9.9.9".parse().unwrap()],
+                giaddr: "10.0.0.2".parse().unwrap(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_record_lists_every_nic_in_identity_order() {
+        let mut table = Table::default();
+        table
+            .clients
+            .insert([2; 6], client("default/b/eth0", Some("10.0.0.7"), false));
+        table
+            .clients
+            .insert([1; 6], client("default/c/eth0", None, true));
+        table
+            .clients
+            .insert([3; 6], client("default/a/eth0", Some("10.0.0.9"), false));
+        let text = render("default/lan", "db1", "10.0.0.2".parse().unwrap(), &table);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["interface"], "db1");
+        assert_eq!(v["serverId"], "10.0.0.2");
+        let r = v["reservations"].as_array().unwrap();
+        let ids: Vec<&str> = r.iter().map(|x| x["identity"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["default/a/eth0", "default/b/eth0", "default/c/eth0"]);
+        assert_eq!(r[0]["mac"], "03:03:03:03:03:03");
+        assert_eq!(r[0]["address"], "10.0.0.9");
+        assert!(r[2].get("address").is_none());
+        assert_eq!(r[2]["relayedTo"][0], "10.9.9.9");
+        assert_eq!(
+            text,
+            render("default/lan", "db1", "10.0.0.2".parse().unwrap(), &table),
+            "same table, same bytes (unchanged files are not rewritten)"
+        );
     }
 }
