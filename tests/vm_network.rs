@@ -292,9 +292,11 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
     // Bridge and tap: made by deorch, marked, MTU applied, tap on the bridge.
     let bridge = deorch::reconcile::names::bridge("default", "lan");
     let tap = deorch::reconcile::names::tap("default", "tiny", "eth0");
+    let t_api = Instant::now();
     node.wait_for("the Network's bridge", |n| {
         net_status(n, "lan")["conditions"][0]["status"] == "True"
     });
+    let t_bridge = t_api.elapsed();
     let br = ns.link(&bridge).expect("bridge exists");
     assert_eq!(br["ifalias"], "deorch:bridge", "{br}");
     assert_eq!(br["linkinfo"]["info_kind"], "bridge");
@@ -307,6 +309,11 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
         "the node's address: {addrs}"
     );
     node.wait_for("phase Running", |n| vm_status(n)["phase"] == "Running");
+    eprintln!(
+        "after the API answered: bridge + address + DHCP server ready in {} ms, VM Running (tap + QEMU) in {} ms",
+        t_bridge.as_millis(),
+        t_api.elapsed().as_millis()
+    );
     let t = ns.link(&tap).expect("tap exists");
     assert_eq!(t["ifalias"], "deorch:tap", "{t}");
     assert_eq!(t["linkinfo"]["info_data"]["type"], "tap");
