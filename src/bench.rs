@@ -899,6 +899,7 @@ fn bench_config(
             mac: "52:54:00:de:0c:01".into(),
             tap: String::new(),
             bridge: String::new(),
+            host_tap: false,
         }],
         spice: false,
     })

@@ -42,6 +42,7 @@ fn world(tag: &str) -> World {
         hypervisor: hv.clone(),
         storage: storage.clone(),
         net: net.clone(),
+        dhcp: None,
     };
     let engine = Engine::new(
         store.clone(),

@@ -261,6 +261,7 @@ fn tiny_config(s: &Subject, id: &str) -> VmConfig {
             mac: "52:54:00:de:0c:01".into(),
             tap: "dtap-contract".into(),
             bridge: "dbr-contract".into(),
+            host_tap: false,
         }],
         // SPICE beside VNC where the driver serves consoles (Debian's QEMU
         // has it as a module: scripts/lib.sh installs it).

@@ -15,7 +15,7 @@
 //! VM's identity and of the set of VMs on the network (`alloc.rs`), so a
 //! restarted node, or another node, answers the same.
 //!
-//! API for the node (not wired yet): [`DhcpServer::new`] binds the
+//! API for the node ([`service::DhcpService`] drives it): [`DhcpServer::new`] binds the
 //! interface, [`DhcpServer::update`] swaps the table of known VMs,
 //! [`DhcpServer::run`] serves until the shutdown signal, and
 //! [`DhcpServer::counters`] reports answers and drops by reason.
@@ -24,6 +24,7 @@ pub mod alloc;
 pub mod options;
 pub mod relay;
 pub mod server;
+pub mod service;
 pub mod socket;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

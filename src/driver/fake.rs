@@ -278,6 +278,7 @@ impl FakeStorage {
 pub struct FakeNet {
     bridges: Mutex<BTreeMap<String, u16>>,
     taps: Mutex<BTreeMap<String, (String, u16)>>,
+    addresses: Mutex<BTreeMap<String, ipnet::Ipv4Net>>,
     faults: Faults,
 }
 
@@ -293,6 +294,10 @@ impl FakeNet {
     /// Bridge names.
     pub fn bridges(&self) -> BTreeSet<String> {
         self.bridges.lock().unwrap().keys().cloned().collect()
+    }
+    /// Bridge addresses.
+    pub fn addresses(&self) -> BTreeMap<String, ipnet::Ipv4Net> {
+        self.addresses.lock().unwrap().clone()
     }
 }
 
@@ -337,6 +342,22 @@ impl Net for FakeNet {
         Box::pin(async move {
             self.faults.check("remove_bridge", bridge)?;
             self.bridges.lock().unwrap().remove(bridge);
+            self.addresses.lock().unwrap().remove(bridge);
+            Ok(())
+        })
+    }
+    fn set_bridge_address<'a>(
+        &'a self,
+        bridge: &'a str,
+        address: Option<ipnet::Ipv4Net>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.faults.check("set_bridge_address", bridge)?;
+            let mut a = self.addresses.lock().unwrap();
+            match address {
+                Some(x) => a.insert(bridge.into(), x),
+                None => a.remove(bridge),
+            };
             Ok(())
         })
     }

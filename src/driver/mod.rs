@@ -12,6 +12,7 @@ pub mod cow;
 pub mod dir;
 pub mod fake;
 pub mod libvirt;
+pub mod linuxnet;
 pub mod qcow2;
 pub mod qemu;
 pub mod zfs;
@@ -93,6 +94,14 @@ impl DriverError {
         }
     }
 
+    /// The thing `op` needed does not exist.
+    pub fn not_found(op: &str, target: &str) -> DriverError {
+        DriverError::NotFound {
+            op: op.into(),
+            target: target.into(),
+        }
+    }
+
     /// The operation that failed (e.g. `start`), for status reasons.
     pub fn op(&self) -> &str {
         match self {
@@ -159,6 +168,11 @@ pub struct NicConfig {
     pub tap: String,
     /// Bridge the tap is on.
     pub bridge: String,
+    /// The tap is a real host interface (the `linux` network driver):
+    /// the hypervisor attaches the NIC to it; otherwise the NIC uses
+    /// QEMU's restricted user-mode network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_tap: bool,
 }
 
 /// Why a VM is not running.
@@ -440,4 +454,21 @@ pub trait Net: Send + Sync {
     fn remove_tap<'a>(&'a self, tap: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Remove a bridge deorch created.
     fn remove_bridge<'a>(&'a self, bridge: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Give a bridge deorch created exactly this IPv4 address (the node's
+    /// address on the network, from which its DHCP server answers), or
+    /// none; other IPv4 addresses on it are removed.
+    fn set_bridge_address<'a>(
+        &'a self,
+        bridge: &'a str,
+        address: Option<ipnet::Ipv4Net>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (bridge, address);
+        Box::pin(async { Ok(()) })
+    }
+    /// True when bridges and taps are real host interfaces: VMs' NICs are
+    /// then attached to their taps and the node serves DHCP on bridges.
+    /// False for in-memory drivers (NICs use QEMU's user-mode network).
+    fn host_interfaces(&self) -> bool {
+        false
+    }
 }

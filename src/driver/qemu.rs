@@ -564,8 +564,9 @@ impl Hypervisor for QemuHypervisor {
 
 /// The QEMU model of `c` (the one translation from `VmConfig`, shared by
 /// the qemu and libvirt drivers): CPU model by accelerator, memory floor,
-/// disks from the storage driver's images, user-mode NICs. The console is
-/// left to the caller.
+/// disks from the storage driver's images, NICs on their host taps
+/// (the `linux` network driver) or else on QEMU's restricted user-mode
+/// network. The console is left to the caller.
 pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuVm, String> {
     if c.disk_images.len() != c.disks.len() {
         return Err("the disks' image paths were not resolved by the storage driver".into());
@@ -604,7 +605,13 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
                 id: n.name.clone(),
                 mac: n.mac.clone(),
                 model: crate::model::vm::NicModel::Virtio,
-                backend: NicBackend::UserRestricted,
+                backend: if n.host_tap {
+                    NicBackend::Tap {
+                        ifname: n.tap.clone(),
+                    }
+                } else {
+                    NicBackend::UserRestricted
+                },
             })
             .collect(),
         vnc: None,

@@ -40,6 +40,12 @@ pub struct NodeArgs {
     /// libvirt URI of the `libvirt` driver; default qemu:///system.
     #[arg(long, env = "DEORCH_LIBVIRT_URI")]
     pub libvirt_uri: Option<String>,
+    /// Host network driver: `fake` (default: bridges and taps in memory,
+    /// NICs on QEMU's user-mode network) or `linux` (real bridges and
+    /// taps, made with `ip`; the node serves DHCP on its bridges; needs
+    /// CAP_NET_ADMIN).
+    #[arg(long, env = "DEORCH_NET")]
+    pub net: Option<String>,
     /// Storage driver: `dir` (default: qcow2 files below the storage
     /// root), `zfs` (datasets below the storage root, e.g. `pool0/deorch`)
     /// or `fake` (volumes simulated in memory).
@@ -137,6 +143,8 @@ pub struct FileConfig {
     pub hypervisor: Option<String>,
     /// libvirt URI.
     pub libvirt_uri: Option<String>,
+    /// Host network driver.
+    pub net: Option<String>,
     /// Storage driver.
     pub storage: Option<String>,
     /// Storage root.
@@ -191,6 +199,16 @@ pub enum HypervisorKind {
     Fake,
 }
 
+/// Which driver makes bridges and taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetKind {
+    /// In memory (NICs use QEMU's user-mode network).
+    #[default]
+    Fake,
+    /// Linux bridges and taps, and the node's DHCP server on them.
+    Linux,
+}
+
 /// Which storage driver holds volumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageKind {
@@ -217,6 +235,8 @@ pub struct NodeConfig {
     pub addresses: Vec<String>,
     /// Hypervisor driver.
     pub hypervisor: HypervisorKind,
+    /// Host network driver.
+    pub net: NetKind,
     /// Storage driver.
     pub storage: StorageKind,
     /// Probe guest directory.
@@ -337,6 +357,16 @@ impl NodeConfig {
                 })
             }
         };
+        let net = match args.net.clone().or(file.net).as_deref() {
+            None | Some("fake") => NetKind::Fake,
+            Some("linux") => NetKind::Linux,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: "net",
+                    message: format!("unknown driver {other:?}; this build has: linux, fake"),
+                })
+            }
+        };
         let state_dir: PathBuf = args
             .state_dir
             .clone()
@@ -385,6 +415,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| DEFAULT_SOCKET.into()),
             addresses,
             hypervisor,
+            net,
             storage,
             probe_guest: args
                 .probe_guest
@@ -656,6 +687,27 @@ mod tests {
         let e = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("--cluster-owner"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn net_driver_defaults_to_fake() {
+        assert_eq!(
+            NodeConfig::resolve(&NodeArgs::default()).unwrap().net,
+            NetKind::Fake
+        );
+        let args = NodeArgs {
+            net: Some("linux".into()),
+            ..Default::default()
+        };
+        assert_eq!(NodeConfig::resolve(&args).unwrap().net, NetKind::Linux);
+        let args = NodeArgs {
+            net: Some("ovs".into()),
+            ..Default::default()
+        };
+        assert!(NodeConfig::resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("setting net"));
     }
 
     #[test]

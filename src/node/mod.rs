@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use config::{HttpConfig, HttpTls, HypervisorKind, NodeArgs, NodeConfig};
+pub use config::{HttpConfig, HttpTls, HypervisorKind, NetKind, NodeArgs, NodeConfig};
 
 use crate::api;
 use crate::driver::cow::CowStorage;
@@ -195,11 +195,11 @@ async fn start_http(
     Ok((listener, api))
 }
 
-/// Choose the drivers. Host networking is still an in-memory fake; the
-/// hypervisor is QEMU and the storage `dir` unless configured otherwise.
+/// Choose the drivers: the hypervisor is QEMU, the storage `dir` and the
+/// host network the in-memory fake unless configured otherwise.
 async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
     let mut d = Drivers::fake();
-    warn!("host networking is an in-memory fake for now: NICs use QEMU's user-mode network");
+    net_driver(config, &mut d)?;
     match &config.storage {
         StorageKind::Fake => warn!("storage: fake (volumes are simulated)"),
         StorageKind::Dir(root) => {
@@ -257,6 +257,27 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
         }
     }
     Ok(d)
+}
+
+/// The host network: the in-memory fake (NICs on QEMU's user-mode
+/// network) or Linux bridges and taps with the node's DHCP servers.
+fn net_driver(config: &NodeConfig, d: &mut Drivers) -> anyhow::Result<()> {
+    match config.net {
+        NetKind::Fake => {
+            warn!("host networking: fake (in memory): NICs use QEMU's user-mode network");
+        }
+        NetKind::Linux => {
+            let net = crate::driver::linuxnet::LinuxNet::default();
+            net.check()
+                .context("the linux network driver needs iproute2's `ip`")?;
+            info!("host networking: linux bridges and taps, DHCP served on bridges");
+            d.net = Arc::new(net);
+            d.dhcp = Some(Arc::new(crate::dhcp::service::DhcpService::new(
+                config.state_dir.join("dhcp"),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Make sure a `Satellite` object names this node (a declared one, e.g.

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::names;
 use super::status::{rfc3339, set_condition};
+use super::vm::is_mine;
 use super::{Ctx, Outcome, ReconcileError};
 use crate::driver::{CloneRequest, DatasetConfig, DriverError};
 use crate::model::network::NetworkStatus;
@@ -38,7 +39,10 @@ fn not_ready(conditions: &mut Vec<Condition>, e: &ReconcileError, generation: i6
     );
 }
 
-/// Network: the bridge exists.
+/// Network: the bridge exists; with real host interfaces it also has the
+/// node's address on the network and the node's DHCP server answers this
+/// node's VMs on it, with the manifest's options (docs/ARCHITECTURE.md,
+/// "Network data path").
 pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let net: Manifest<NetworkSpec> = typed(record)?;
     let bridge = net
@@ -46,34 +50,130 @@ pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
         .bridge
         .clone()
         .unwrap_or_else(|| names::bridge(&record.key.namespace, &record.key.name));
+    let net_id = format!("{}/{}", record.key.namespace, record.key.name);
     if record.deleted {
+        if let Some(dhcp) = &ctx.drivers.dhcp {
+            dhcp.stop(&net_id).await;
+        }
         ctx.drivers.net.remove_bridge(&bridge).await?;
         return Ok(Outcome::Done);
     }
     let mut st: NetworkStatus = previous(record);
     st.observed_generation = Some(record.generation);
-    if let Err(e) = ctx
-        .drivers
-        .net
-        .ensure_bridge(&bridge, net.spec.mtu.unwrap_or(1500))
-        .await
-    {
-        let e = ReconcileError::from(e);
-        not_ready(&mut st.conditions, &e, record.generation);
-        ctx.write_status(&record.key, &st)?;
-        return Err(e);
+    let result: Result<String, ReconcileError> = async {
+        ctx.drivers
+            .net
+            .ensure_bridge(&bridge, net.spec.mtu.unwrap_or(1500))
+            .await?;
+        if !ctx.drivers.net.host_interfaces() {
+            return Ok(format!("bridge {bridge} is up"));
+        }
+        let address = match &net.spec.ipv4 {
+            Some(v4) => Some(
+                server_address(v4, &ctx.config.node_addresses)
+                    .map_err(|m| ReconcileError::permanent("NoServerAddress", m))?,
+            ),
+            None => None,
+        };
+        ctx.drivers.net.set_bridge_address(&bridge, address).await?;
+        let Some(dhcp) = &ctx.drivers.dhcp else {
+            return Ok(format!("bridge {bridge} is up"));
+        };
+        let enabled = net.spec.dhcp.as_ref().and_then(|d| d.enabled) != Some(false);
+        let Some(address) = address.filter(|_| enabled) else {
+            dhcp.stop(&net_id).await;
+            st.leases = None;
+            return Ok(format!("bridge {bridge} is up; no DHCP served"));
+        };
+        let vms: Vec<Manifest<VirtualMachineSpec>> = ctx
+            .store
+            .list(Some(Kind::VirtualMachine))
+            .into_iter()
+            .filter_map(|r| serde_json::from_value(r.object).ok())
+            .collect();
+        let table =
+            crate::dhcp::Table::build(&net, &vms, address.addr(), |vm| is_mine(ctx, &vm.spec))
+                .map_err(|e| ReconcileError::permanent("DhcpConfigInvalid", e.to_string()))?;
+        let served = dhcp
+            .serve(
+                &net_id,
+                &bridge,
+                crate::dhcp::ServerConfig::new(address.addr()),
+                table,
+            )
+            .await
+            .map_err(|e| ReconcileError {
+                reason: "DhcpFailed".into(),
+                message: e.to_string(),
+                transient: true,
+            })?;
+        st.leases = Some(served.leases as u32);
+        let mut msg = format!(
+            "bridge {bridge} is up at {address}; DHCP answers {} NIC(s)",
+            served.leases
+        );
+        if served.relayed > 0 {
+            msg.push_str(&format!(", relays {}", served.relayed));
+        }
+        for w in &served.warnings {
+            msg.push_str("; ");
+            msg.push_str(w);
+        }
+        Ok(msg)
     }
-    st.bridge = Some(bridge.clone());
-    set_condition(
-        &mut st.conditions,
-        "Ready",
-        true,
-        "BridgeReady",
-        &format!("bridge {bridge} is up"),
-        record.generation,
-    );
-    ctx.write_status(&record.key, &st)?;
-    Ok(Outcome::Done)
+    .await;
+    match result {
+        Ok(msg) => {
+            st.bridge = Some(bridge.clone());
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                true,
+                "BridgeReady",
+                &msg,
+                record.generation,
+            );
+            ctx.write_status(&record.key, &st)?;
+            Ok(Outcome::Done)
+        }
+        Err(e) => {
+            not_ready(&mut st.conditions, &e, record.generation);
+            ctx.write_status(&record.key, &st)?;
+            Err(e)
+        }
+    }
+}
+
+/// The node's address on a network (the DHCP server identifier, put on
+/// the bridge): the first of the node's own addresses inside the subnet,
+/// else the network's gateway (the node is then its VMs' gateway on its
+/// bridge), else the subnet's last usable address.
+pub fn server_address(
+    v4: &crate::model::network::Ipv4Config,
+    node_addresses: &[String],
+) -> Result<ipnet::Ipv4Net, String> {
+    let subnet: ipnet::Ipv4Net = v4
+        .subnet
+        .parse()
+        .map_err(|_| format!("ipv4.subnet {:?} is not an IPv4 CIDR", v4.subnet))?;
+    let subnet = subnet.trunc();
+    let own = node_addresses
+        .iter()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| subnet.contains(a));
+    let gateway = v4
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse::<std::net::Ipv4Addr>().ok());
+    let last = u32::from(subnet.broadcast())
+        .checked_sub(1)
+        .map(std::net::Ipv4Addr::from)
+        .filter(|a| subnet.prefix_len() < 31 && subnet.contains(a));
+    let addr = own
+        .or(gateway)
+        .or(last)
+        .ok_or_else(|| format!("subnet {subnet} has no address for the node"))?;
+    ipnet::Ipv4Net::new(addr, subnet.prefix_len()).map_err(|e| e.to_string())
 }
 
 /// Spacesuit: its base volume exists (boot-only spacesuits have none).
@@ -465,4 +565,34 @@ pub async fn not_yet(ctx: &Ctx, record: &Record, what: &str) -> Result<Outcome, 
     );
     ctx.write_status(&record.key, &st)?;
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::network::Ipv4Config;
+
+    #[test]
+    fn the_node_address_is_its_own_then_the_gateway_then_the_last() {
+        let mut v4 = Ipv4Config {
+            subnet: "10.9.0.0/24".into(),
+            gateway: Some("10.9.0.1".into()),
+            ..Default::default()
+        };
+        let own = vec!["192.168.1.5".to_string(), "10.9.0.7".to_string()];
+        assert_eq!(
+            server_address(&v4, &own).unwrap().to_string(),
+            "10.9.0.7/24"
+        );
+        assert_eq!(server_address(&v4, &[]).unwrap().to_string(), "10.9.0.1/24");
+        v4.gateway = None;
+        assert_eq!(
+            server_address(&v4, &[]).unwrap().to_string(),
+            "10.9.0.254/24"
+        );
+        v4.subnet = "10.9.0.4/31".into();
+        assert!(server_address(&v4, &[]).is_err());
+        v4.subnet = "nonsense".into();
+        assert!(server_address(&v4, &[]).is_err());
+    }
 }

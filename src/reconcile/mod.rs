@@ -37,6 +37,9 @@ pub struct Drivers {
     pub storage: Arc<dyn Storage>,
     /// Bridges and taps.
     pub net: Arc<dyn Net>,
+    /// The node's DHCP servers, one per served bridge (only with a `Net`
+    /// driver whose bridges are real interfaces).
+    pub dhcp: Option<Arc<crate::dhcp::service::DhcpService>>,
 }
 
 impl Drivers {
@@ -46,6 +49,7 @@ impl Drivers {
             hypervisor: Arc::new(FakeHypervisor::default()),
             storage: Arc::new(FakeStorage::default()),
             net: Arc::new(FakeNet::default()),
+            dhcp: None,
         }
     }
 }
@@ -247,7 +251,17 @@ impl Engine {
                 _ = resync.tick() => self.enqueue_all(),
                 change = changes.recv() => match change {
                     Ok(c) if c.status_only => {}
-                    Ok(c) => self.queue.add(c.key),
+                    Ok(c) => {
+                        // A Network's DHCP table is made of its VMs.
+                        if c.key.kind == Kind::VirtualMachine {
+                            for n in self.ctx.store.list(Some(Kind::Network)) {
+                                if n.key.namespace == c.key.namespace {
+                                    self.queue.add(n.key);
+                                }
+                            }
+                        }
+                        self.queue.add(c.key)
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         debug!(missed = n, "change notifications lagged; resyncing");
                         self.enqueue_all();

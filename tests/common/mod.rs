@@ -19,6 +19,8 @@ pub struct Node {
     pub log: PathBuf,
     /// Extra `node run` flags (default: the fake hypervisor).
     pub extra_args: Vec<String>,
+    /// A command the node runs under, e.g. `ip netns exec NS`.
+    pub wrap: Vec<String>,
 }
 
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
@@ -61,6 +63,7 @@ impl Node {
                 "--storage".into(),
                 "fake".into(),
             ],
+            wrap: Vec::new(),
         }
     }
 
@@ -71,7 +74,15 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_deorch"))
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_deorch"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_deorch")),
+        };
+        let child = cmd
             .args(["node", "run", "--name", "test-node"])
             .args(&self.extra_args)
             .arg("--manifests")
