@@ -13,6 +13,7 @@
 //! attempts are rate-limited per address by [`RateLimiter`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings};
@@ -77,11 +78,39 @@ pub fn bind_name(server: &DirectoryServer, user: &str) -> Result<String, Level2E
     }
 }
 
+/// A TLS client configuration trusting only the CA certificates in the PEM
+/// file `path` (a server's `caFile`). Read on every attempt: a renewed CA
+/// file is picked up without a restart, and it is a few hundred bytes.
+async fn tls_config(path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("caFile {path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("caFile {path}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("caFile {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("caFile {path}: no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 async fn try_server(server: &DirectoryServer, name: &str, password: &str) -> Result<(), String> {
     let timeout = server.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT);
-    let settings = LdapConnSettings::new()
+    let mut settings = LdapConnSettings::new()
         .set_conn_timeout(timeout)
         .set_starttls(server.start_tls);
+    if let Some(file) = &server.ca_file {
+        settings = settings.set_config(tls_config(file).await?);
+    }
     let attempt = async {
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &server.uri)
             .await
