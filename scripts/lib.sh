@@ -65,8 +65,9 @@ need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
 # samba-ad-provision (the AD schema samba-tool provisions from) and
 # samba-dsdb-modules, both only recommended; openssl makes the DC's test
 # certificate. The test never uses /etc/samba or /var/lib/samba, nor the
-# smbd/nmbd services the package installs (the CI image's policy-rc.d
-# keeps them from starting).
+# smbd/nmbd services the package installs (this image's policy-rc.d keeps
+# them from starting; elsewhere they would run outside the test's
+# namespace, unused).
 need_samba() {
   apt_install samba samba-ad-provision samba-dsdb-modules openssl iproute2
 }

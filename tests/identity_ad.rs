@@ -16,7 +16,7 @@
 //!
 //! Needs root (namespaces) and samba, samba-ad-provision, openssl and
 //! iproute2: skips loudly without them, fails when `CI=true`
-//! (scripts/test.sh installs them). Provision + start take 13-20 s here;
+//! (scripts/test.sh installs them). Provision + start take 11-20 s here;
 //! `--no-capture` prints them and the login times.
 
 use std::fs::File;
