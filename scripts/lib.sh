@@ -59,6 +59,19 @@ need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
   export PATH="$PY_VENV/bin:$PATH"
 }
 
+# Samba as an Active Directory DC for the level-2 test (tests/identity_ad.rs
+# provisions its own domain in a temporary directory and runs it in a
+# network namespace). Debian splits the DC: samba (the `samba` binary),
+# samba-ad-provision (the AD schema samba-tool provisions from) and
+# samba-dsdb-modules, both only recommended; openssl makes the DC's test
+# certificate. The test never uses /etc/samba or /var/lib/samba, nor the
+# smbd/nmbd services the package installs (this image's policy-rc.d keeps
+# them from starting; elsewhere they would run outside the test's
+# namespace, unused).
+need_samba() {
+  apt_install samba samba-ad-provision samba-dsdb-modules openssl iproute2
+}
+
 # QEMU 10 comes from bookworm-backports: the image already carries
 # backports' qemu-utils, so the suite must be in the sources for
 # qemu-system-x86 to resolve (see docs/ and shared recipes).

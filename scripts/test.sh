@@ -10,6 +10,7 @@ need_rust
 need_python_tool check-jsonschema check-jsonschema
 need_qemu
 apt_install busybox-static cpio iproute2 slapd ldap-utils zfs-fuse
+need_samba
 # libvirtd for the libvirt driver's tests (the tests start the daemon).
 apt_install libvirt-daemon-system libvirt-clients
 # DHCP: dnsmasq is the DHCPCAST central server in tests; Kea and perfdhcp

@@ -104,6 +104,11 @@ pub struct DirectoryServer {
     /// Upgrade `ldap://` with StartTLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub start_tls: bool,
+    /// PEM file of the CA certificate(s) that signed this server's TLS
+    /// certificate (`ldaps://` or StartTLS), trusted instead of the
+    /// system's CA store, e.g. a domain's own CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Give up on this server after this long (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
