@@ -229,7 +229,10 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
     nodes.push(ClusterNode::start("n1", &[]));
     let seed = nodes[0].gossip_addr();
     for i in 2..=N {
-        nodes.push(ClusterNode::start(&format!("n{i}"), &[seed.clone()]));
+        nodes.push(ClusterNode::start(
+            &format!("n{i}"),
+            std::slice::from_ref(&seed),
+        ));
     }
     eprintln!("5 nodes up in {:?}", t_start.elapsed());
 
