@@ -219,6 +219,9 @@ impl Cluster {
                         task.publish_status();
                     }
                     task.node.handle_tick(unix_ms());
+                    task.drain();
+                    // Claims settle and starts happen on ticks.
+                    task.refresh_placement();
                 }
                 r = task.transport.readable() => {
                     if let Err(e) = r {
@@ -309,13 +312,7 @@ impl Task {
     fn document_of(&self, rec: &Record) -> Option<Document> {
         let dk = doc_key(&rec.key);
         let mut body = rec.object.clone();
-        let known = self.node.document(&dk);
-        if let Some(k) = known {
-            if k.deleted == rec.deleted && (rec.deleted || same_content(&k.body, &body)) {
-                return None;
-            }
-        }
-        let generation = (rec.generation.max(0) as u64).max(known.map_or(0, |k| k.generation + 1));
+        let generation = publish_generation(rec, self.node.document(&dk))?;
         if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.insert("generation".into(), generation.into());
             if rec.deleted {
@@ -366,6 +363,13 @@ impl Task {
             }
             return;
         }
+        // The same content from another node (e.g. the same file dropped on
+        // both): keep the local record and its source as they are.
+        if let Some(cur) = self.store.get(&key).filter(|r| !r.deleted) {
+            if same_content(&doc.body, &cur.object) {
+                return;
+            }
+        }
         let obj = serde_json::from_slice::<serde_json::Value>(&doc.body)
             .map_err(|e| e.to_string())
             .and_then(|v| AnyObject::from_value(v).map_err(|e| e.to_string()));
@@ -393,7 +397,7 @@ impl Task {
         });
     }
 
-    /// Send what the node produced, act on its events, refresh the election.
+    /// Send what the node produced and act on its events.
     fn drain(&mut self) {
         while let Some(o) = self.node.poll() {
             match o {
@@ -421,7 +425,6 @@ impl Task {
                 },
             }
         }
-        self.refresh_placement();
     }
 
     fn refresh_placement(&mut self) {
@@ -516,6 +519,18 @@ impl Task {
     }
 }
 
+/// The generation to publish a local record at, given the version gossip
+/// holds for its key: `None` when that version already has this content;
+/// else the store's generation, raised above the held one.
+fn publish_generation(rec: &Record, known: Option<&Document>) -> Option<u64> {
+    if let Some(k) = known {
+        if k.deleted == rec.deleted && (rec.deleted || same_content(&k.body, &rec.object)) {
+            return None;
+        }
+    }
+    Some((rec.generation.max(0) as u64).max(known.map_or(0, |k| k.generation + 1)))
+}
+
 /// Whether two manifests carry the same content, `metadata.generation`
 /// aside (gossip's generation and the store's may differ).
 fn same_content(body: &[u8], object: &serde_json::Value) -> bool {
@@ -548,4 +563,73 @@ fn load_milli() -> u32 {
         .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
         .map(|l| (l * 1000.0) as u32)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: i64, deleted: bool, cpu: u32) -> Record {
+        Record {
+            key: ObjectKey::new(Kind::VirtualMachine, None, "web"),
+            generation,
+            source: SourceId("api".into()),
+            hash: String::new(),
+            object: serde_json::json!({
+                "kind": "VirtualMachine",
+                "metadata": {"name": "web", "namespace": "default", "generation": generation},
+                "spec": {"cpu": cpu},
+            }),
+            status: None,
+            deleted,
+            updated_ms: 0,
+        }
+    }
+
+    fn doc(generation: u64, deleted: bool, cpu: u32) -> Document {
+        Document {
+            key: DocKey::new("VirtualMachine", "default", "web"),
+            generation,
+            deleted,
+            written_ms: 0,
+            body: serde_json::to_vec(&record(generation as i64, deleted, cpu).object).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_local_change_is_published_above_what_gossip_holds_and_echoes_are_not() {
+        // Nothing known: the store's generation.
+        assert_eq!(publish_generation(&record(3, false, 1), None), Some(3));
+        // The same content at another generation (learned from a peer,
+        // counted differently here): nothing to publish.
+        assert_eq!(
+            publish_generation(&record(1, false, 1), Some(&doc(7, false, 1))),
+            None
+        );
+        // A local edit of a document a peer wrote at generation 7: 8.
+        assert_eq!(
+            publish_generation(&record(2, false, 2), Some(&doc(7, false, 1))),
+            Some(8)
+        );
+        // The store ahead of gossip: the store's.
+        assert_eq!(
+            publish_generation(&record(9, false, 2), Some(&doc(7, false, 1))),
+            Some(9)
+        );
+        // A local deletion of a live document: a tombstone above it; an
+        // already known tombstone is not republished.
+        assert_eq!(
+            publish_generation(&record(2, true, 1), Some(&doc(7, false, 1))),
+            Some(8)
+        );
+        assert_eq!(
+            publish_generation(&record(2, true, 1), Some(&doc(8, true, 1))),
+            None
+        );
+        // Re-creating a deleted document beats its tombstone.
+        assert_eq!(
+            publish_generation(&record(3, false, 1), Some(&doc(8, true, 1))),
+            Some(9)
+        );
+    }
 }
