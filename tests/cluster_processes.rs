@@ -287,6 +287,46 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
         t.elapsed()
     );
 
+    // Changes through the local API travel too: created on n4, edited on
+    // n5 (an object n5 learned from gossip: the edit must win), deleted on
+    // n2.
+    let t = Instant::now();
+    let memory_everywhere = |m: &str| {
+        nodes.iter().all(|n| {
+            n.record("vm", "viaapi")
+                .is_some_and(|r| r.object["spec"]["memory"] == m)
+        })
+    };
+    let apply = |n: &ClusterNode, memory: &str| {
+        let yaml = vm_yaml("viaapi", "  placement:\n    node: nowhere\n").replace("64Mi", memory);
+        let (code, out, err) = common::cli_in(Some(&n.socket), &["apply", "-f", "-"], Some(&yaml));
+        assert_eq!(code, 0, "apply on {}: {out}{err}", n.name);
+    };
+    apply(&nodes[3], "96Mi");
+    wait("viaapi (96Mi) everywhere", Duration::from_secs(30), || {
+        memory_everywhere("96Mi")
+    });
+    let created = t.elapsed();
+    apply(&nodes[4], "128Mi");
+    wait("n5's edit everywhere", Duration::from_secs(30), || {
+        memory_everywhere("128Mi")
+    });
+    let edited = t.elapsed();
+    let (code, out, err) =
+        common::cli_in(Some(&nodes[1].socket), &["delete", "vm", "viaapi"], None);
+    assert_eq!(code, 0, "delete on n2: {out}{err}");
+    for n in &nodes {
+        wait(
+            &format!("viaapi gone from {}", n.name),
+            Duration::from_secs(30),
+            || n.record("vm", "viaapi").is_none(),
+        );
+    }
+    eprintln!(
+        "(a) local API: created on n4 everywhere after {created:?}, edited on n5 everywhere after {edited:?}, deleted on n2 everywhere after {:?} (cumulative)",
+        t.elapsed()
+    );
+
     // (b) An automatically placed VM runs on exactly one node.
     let t = Instant::now();
     nodes[1].drop_manifest("web.yaml", &vm_yaml("web", ""));
