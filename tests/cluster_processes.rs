@@ -3,7 +3,9 @@
 //! a dropped manifest and its deletion reach every store; an automatically
 //! placed VM runs on exactly one node; SIGKILL of that node is detected and
 //! the VM re-elected; a SIGSTOPped node blocks nothing and catches up on
-//! SIGCONT. Times are measured and printed; bounds are generous.
+//! SIGCONT; a SIGSTOPped runner's VM moves, and on SIGCONT the runner
+//! stops its stale copy. Times are measured and printed; bounds are
+//! generous.
 
 mod common;
 
@@ -501,5 +503,61 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
         .map(|n| n.name.as_str())
         .collect();
     assert_eq!(runners, vec![sname.as_str()]);
+
+    // (e) SIGSTOP the node running web: the others take it for dead and
+    // re-elect (a partition in effect: its frozen copy still "runs");
+    // SIGCONT: it hears the newer claim and stops its copy, disks kept.
+    let frozen = survivor;
+    nodes[frozen].signal("-STOP");
+    let t = Instant::now();
+    wait(
+        "another node runs web while its runner is stopped",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .enumerate()
+                .any(|(i, n)| i != frozen && n.child.is_some() && n.runs("web"))
+        },
+    );
+    let moved = t.elapsed();
+    let second = (0..N)
+        .find(|&i| i != frozen && nodes[i].child.is_some() && nodes[i].runs("web"))
+        .unwrap();
+    eprintln!(
+        "(e) {} SIGSTOPped while running web; web running on {} after {moved:?}",
+        nodes[frozen].name, nodes[second].name
+    );
+    nodes[frozen].signal("-CONT");
+    let t = Instant::now();
+    let second_name = nodes[second].name.clone();
+    wait(
+        "the resumed node stops its copy",
+        Duration::from_secs(30),
+        || {
+            nodes[frozen]
+                .vm_phase("web")
+                .is_some_and(|(p, n)| p == "Elsewhere" && n == second_name)
+        },
+    );
+    eprintln!(
+        "(e) {} resumed: stopped its copy of web {:?} after SIGCONT",
+        nodes[frozen].name,
+        t.elapsed()
+    );
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(2) {
+        let runners: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.runs("web"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(
+            runners,
+            vec![second_name.as_str()],
+            "web must run exactly once after the heal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eprintln!("whole scenario: {:?}", t_start.elapsed());
 }

@@ -342,6 +342,9 @@ impl Task {
         }
         if deleted {
             self.vms.remove(dk);
+            if let Some(key) = object_key(dk) {
+                self.placement.set(key, None);
+            }
         } else {
             self.vms.insert(dk.clone());
         }

@@ -679,6 +679,25 @@ pub fn is_mine(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec) -> bool {
     }
 }
 
+/// Whether the election has no answer yet for a VM that runs here (e.g.
+/// the node restarted and its claim is still on its way back from the
+/// peers): keep it as it is rather than stop it on uncertainty; only a
+/// winning claim of another node stops it.
+async fn running_while_pending(ctx: &Ctx, record: &Record) -> Result<bool, ReconcileError> {
+    let pending = ctx
+        .placement
+        .as_ref()
+        .is_some_and(|p| p.elected(&record.key) == super::Elected::Pending);
+    if !pending {
+        return Ok(false);
+    }
+    let id = format!("{}/{}", record.key.namespace, record.key.name);
+    Ok(matches!(
+        ctx.drivers.hypervisor.state(&id).await?,
+        VmState::Running { .. } | VmState::Paused { .. }
+    ))
+}
+
 /// An automatically placed VM another node runs (or not elected yet): stop
 /// a copy running here (a healed partition's loser, or a node that lost
 /// its claim) without touching its disks, and say where it runs.
@@ -693,7 +712,11 @@ async fn not_here(
     let key = &record.key;
     let id = format!("{}/{}", key.namespace, key.name);
     let hv = &ctx.drivers.hypervisor;
-    if let VmState::Running { .. } | VmState::Paused { .. } = hv.state(&id).await? {
+    let elected = placement.elected(key);
+    let elsewhere = matches!(elected, super::Elected::Elsewhere { .. });
+    if let (true, VmState::Running { .. } | VmState::Paused { .. }) =
+        (elsewhere, hv.state(&id).await?)
+    {
         let timeout = spec
             .stop_timeout
             .map(|d| d.0)
@@ -707,7 +730,7 @@ async fn not_here(
         .and_then(|s| serde_json::from_value(s).ok())
         .unwrap_or_default();
     status.observed_generation = Some(record.generation);
-    let (reason, message) = match placement.elected(key) {
+    let (reason, message) = match elected {
         super::Elected::Elsewhere { node, epoch } => {
             status.phase = Some("Elsewhere".into());
             let m = format!("runs on {node} (election epoch {epoch})");
@@ -747,7 +770,9 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         if record.deleted || !is_auto(&vm.spec) {
             return Ok(Outcome::Done);
         }
-        return not_here(ctx, record, &vm.spec).await;
+        if !running_while_pending(ctx, record).await? {
+            return not_here(ctx, record, &vm.spec).await;
+        }
     }
     let key = &record.key;
     let id = format!("{}/{}", key.namespace, key.name);
