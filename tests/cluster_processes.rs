@@ -91,10 +91,11 @@ impl ClusterNode {
     }
 
     fn gossip_addr(&self) -> String {
-        std::fs::read_to_string(self.state.join("gossip-address"))
-            .expect("gossip-address written before the API answers")
-            .trim()
-            .to_string()
+        let file = self.state.join("gossip-address");
+        wait("the gossip-address file", Duration::from_secs(10), || {
+            file.exists()
+        });
+        std::fs::read_to_string(&file).unwrap().trim().to_string()
     }
 
     fn call(&self, req: &Request) -> Result<Response, client::ClientError> {
