@@ -122,6 +122,45 @@ pub struct NodeArgs {
     /// local manifest directory). Off by default.
     #[arg(long, env = "DEORCH_GIT_UNSIGNED")]
     pub git_unsigned: bool,
+    /// Gossip settings (off unless `--gossip-listen` is given).
+    #[command(flatten)]
+    pub gossip: GossipArgs,
+}
+
+/// `deorch node run` gossip flags (see [`GossipSettings`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GossipArgs {
+    /// Take part in a cluster: gossip over UDP on this address, e.g.
+    /// `127.0.0.1:7946` (port 0: any free port, written to
+    /// STATE_DIR/gossip-address). Off by default.
+    #[arg(long, env = "DEORCH_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// Gossip address of a member to join through (repeat or comma-separate).
+    #[arg(long = "seed", env = "DEORCH_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<SocketAddr>,
+    /// Cluster ID signed documents must be bound to; default the cluster
+    /// owner's address (`--cluster-owner`), else `deorch`.
+    #[arg(long, env = "DEORCH_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Which gossiped documents are accepted: `signed` (signed manifests of
+    /// the cluster only; the default) or `unsigned` (everything a peer
+    /// sends: a trusted lab or loopback only; logged as a warning).
+    #[arg(long, env = "DEORCH_GOSSIP_VERIFY")]
+    pub gossip_verify: Option<String>,
+    /// SWIM probe period, e.g. `1s` (the default).
+    #[arg(long, env = "DEORCH_GOSSIP_PROBE_INTERVAL")]
+    pub gossip_probe_interval: Option<ManifestDuration>,
+    /// A suspected member not refuting within this is dead; default `4s`.
+    #[arg(long, env = "DEORCH_GOSSIP_SUSPECT_TIMEOUT")]
+    pub gossip_suspect_timeout: Option<ManifestDuration>,
+    /// A claimant starts a VM after holding the best claim this long;
+    /// default `3s`.
+    #[arg(long, env = "DEORCH_GOSSIP_CLAIM_SETTLE")]
+    pub gossip_claim_settle: Option<ManifestDuration>,
+    /// A VM whose claimant died is re-elected this long after the death;
+    /// default `5s`.
+    #[arg(long, env = "DEORCH_GOSSIP_REELECT_TIMEOUT")]
+    pub gossip_reelect_timeout: Option<ManifestDuration>,
 }
 
 /// The config file: the same settings, all optional.
@@ -186,6 +225,23 @@ pub struct FileConfig {
     /// Accept its documents unsigned.
     #[serde(default)]
     pub git_unsigned: bool,
+    /// Gossip listen address.
+    pub gossip_listen: Option<SocketAddr>,
+    /// Gossip seeds.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// Cluster name.
+    pub cluster: Option<String>,
+    /// `signed` or `unsigned`.
+    pub gossip_verify: Option<String>,
+    /// SWIM probe period.
+    pub gossip_probe_interval: Option<ManifestDuration>,
+    /// Suspicion timeout.
+    pub gossip_suspect_timeout: Option<ManifestDuration>,
+    /// Claim settle time.
+    pub gossip_claim_settle: Option<ManifestDuration>,
+    /// Re-election timeout.
+    pub gossip_reelect_timeout: Option<ManifestDuration>,
 }
 
 /// Which hypervisor driver runs VMs.
@@ -249,6 +305,38 @@ pub struct NodeConfig {
     pub http: Option<HttpConfig>,
     /// The git source, when enabled.
     pub git: Option<crate::source::git::GitConfig>,
+    /// Gossip (cluster membership, document sync, placement), when enabled.
+    pub gossip: Option<GossipSettings>,
+}
+
+/// How gossiped documents are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipVerify {
+    /// Only signed manifests bound to the cluster name.
+    Signed,
+    /// Everything (trusted networks only; chosen explicitly, logged).
+    Unsigned,
+}
+
+/// Settings of the gossip task (`--gossip-listen` and friends).
+#[derive(Debug, Clone)]
+pub struct GossipSettings {
+    /// UDP listen address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Members to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Cluster name.
+    pub cluster: String,
+    /// Document verification.
+    pub verify: GossipVerify,
+    /// SWIM probe period.
+    pub probe_interval: Duration,
+    /// Suspicion timeout.
+    pub suspect_timeout: Duration,
+    /// Claim settle time.
+    pub claim_settle: Duration,
+    /// Re-election timeout.
+    pub reelect_timeout: Duration,
 }
 
 /// Settings of the HTTP API (`--http-listen` and friends).
@@ -319,6 +407,7 @@ impl NodeConfig {
         };
         let http = resolve_http(args, &file)?;
         let git = resolve_git(args, &file)?;
+        let gossip = resolve_gossip(args, &file)?;
         let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
         if !crate::manifest::semantic::is_dns_label(&name) {
             return Err(ConfigError::Invalid {
@@ -401,6 +490,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             http,
             git,
+            gossip,
             name,
             manifests: args
                 .manifests
@@ -589,6 +679,75 @@ fn resolve_git(
     }))
 }
 
+/// The gossip settings: off unless a listen address is given.
+fn resolve_gossip(
+    node_args: &NodeArgs,
+    file: &FileConfig,
+) -> Result<Option<GossipSettings>, ConfigError> {
+    let args = &node_args.gossip;
+    let Some(listen) = args.gossip_listen.or(file.gossip_listen) else {
+        return Ok(None);
+    };
+    let seeds = if args.seeds.is_empty() {
+        file.seeds.clone()
+    } else {
+        args.seeds.clone()
+    };
+    let verify = match args
+        .gossip_verify
+        .clone()
+        .or(file.gossip_verify.clone())
+        .as_deref()
+    {
+        None | Some("signed") => GossipVerify::Signed,
+        Some("unsigned") => GossipVerify::Unsigned,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                setting: "gossipVerify",
+                message: format!("{other:?}: expected signed or unsigned"),
+            })
+        }
+    };
+    let dur = |a: Option<ManifestDuration>, f: Option<ManifestDuration>, d: u64| {
+        a.or(f).map(|d| d.0).unwrap_or(Duration::from_millis(d))
+    };
+    let probe_interval = dur(
+        args.gossip_probe_interval,
+        file.gossip_probe_interval,
+        1_000,
+    );
+    if probe_interval < Duration::from_millis(20) {
+        return Err(ConfigError::Invalid {
+            setting: "gossipProbeInterval",
+            message: "at least 20ms".into(),
+        });
+    }
+    Ok(Some(GossipSettings {
+        listen,
+        seeds,
+        cluster: args
+            .cluster
+            .clone()
+            .or(file.cluster.clone())
+            .or(node_args.cluster_owner.clone())
+            .or(file.cluster_owner.clone())
+            .unwrap_or_else(|| "deorch".into()),
+        verify,
+        probe_interval,
+        suspect_timeout: dur(
+            args.gossip_suspect_timeout,
+            file.gossip_suspect_timeout,
+            4_000,
+        ),
+        claim_settle: dur(args.gossip_claim_settle, file.gossip_claim_settle, 3_000),
+        reelect_timeout: dur(
+            args.gossip_reelect_timeout,
+            file.gossip_reelect_timeout,
+            5_000,
+        ),
+    }))
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let err = |message: String| ConfigError::File {
         path: path.display().to_string(),
@@ -708,6 +867,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("setting net"));
+    }
+
+    #[test]
+    fn gossip_is_off_by_default_and_signed_unless_told() {
+        assert!(NodeConfig::resolve(&NodeArgs::default())
+            .unwrap()
+            .gossip
+            .is_none());
+        let mut args = NodeArgs::default();
+        args.gossip.gossip_listen = Some("127.0.0.1:0".parse().unwrap());
+        let g = NodeConfig::resolve(&args).unwrap().gossip.unwrap();
+        assert_eq!(g.verify, GossipVerify::Signed);
+        assert_eq!(g.cluster, "deorch");
+        assert_eq!(g.probe_interval, Duration::from_secs(1));
+        args.gossip.gossip_verify = Some("unsigned".into());
+        args.gossip.gossip_suspect_timeout = Some("700ms".parse().unwrap());
+        let g = NodeConfig::resolve(&args).unwrap().gossip.unwrap();
+        assert_eq!(g.verify, GossipVerify::Unsigned);
+        assert_eq!(g.suspect_timeout, Duration::from_millis(700));
+        args.gossip.gossip_verify = Some("trust-me".into());
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("setting gossipVerify"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! implementations; everything below receives them as trait objects.
 //! The accelerator is chosen here, once, by a probe boot (cached).
 
+pub mod cluster;
 pub mod config;
 
 use std::sync::Arc;
@@ -67,7 +68,13 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         manifests: config.manifests.display().to_string(),
     };
 
-    let engine = Engine::new(
+    let cluster = match &config.gossip {
+        Some(g) => {
+            Some(cluster::Cluster::bind(g, &config.name, store.clone(), &config.state_dir).await?)
+        }
+        None => None,
+    };
+    let engine = Engine::with_placement(
         store.clone(),
         drivers,
         EngineConfig {
@@ -75,6 +82,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             node_addresses: config.addresses.clone(),
             ..EngineConfig::default()
         },
+        cluster
+            .as_ref()
+            .map(|c| c.placement() as Arc<dyn crate::reconcile::Placement>),
     );
     let dir = Box::new(DirSource::new(DirConfig {
         root: config.manifests.clone(),
@@ -96,6 +106,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             api,
             shutdown.clone(),
         )));
+    }
+    if let Some(c) = cluster {
+        tasks.push(tokio::spawn(c.run(shutdown.clone())));
     }
     tasks.extend([
         tokio::spawn(dir.run(store.clone(), shutdown.clone())),

@@ -91,9 +91,15 @@ pub async fn network(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileErr
             .into_iter()
             .filter_map(|r| serde_json::from_value(r.object).ok())
             .collect();
-        let table =
-            crate::dhcp::Table::build(&net, &vms, address.addr(), |vm| is_mine(ctx, &vm.spec))
-                .map_err(|e| ReconcileError::permanent("DhcpConfigInvalid", e.to_string()))?;
+        let table = crate::dhcp::Table::build(&net, &vms, address.addr(), |vm| {
+            let key = crate::model::ObjectKey::new(
+                Kind::VirtualMachine,
+                vm.metadata.namespace.as_deref(),
+                vm.metadata.name.as_deref().unwrap_or_default(),
+            );
+            is_mine(ctx, &key, &vm.spec)
+        })
+        .map_err(|e| ReconcileError::permanent("DhcpConfigInvalid", e.to_string()))?;
         let served = dhcp
             .serve(
                 &net_id,

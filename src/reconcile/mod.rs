@@ -172,6 +172,32 @@ pub struct ReconcileStarted {
     pub at: Instant,
 }
 
+/// The outcome of the cluster's placement election for one VM, in this
+/// node's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elected {
+    /// This node won and its claim has settled: run the VM here.
+    Here,
+    /// Another node holds the winning claim.
+    Elsewhere {
+        /// The winner (its gossip node ID, the node name).
+        node: String,
+        /// The claim's election epoch.
+        epoch: u64,
+    },
+    /// No settled claim yet (election in progress).
+    Pending,
+}
+
+/// The placement election (the gossip layer), as the engine sees it:
+/// consulted for VMs without `placement.node`/`placement.address`.
+pub trait Placement: Send + Sync {
+    /// Who runs the automatically placed VM `vm`.
+    fn elected(&self, vm: &ObjectKey) -> Elected;
+    /// VMs whose election outcome changed (the engine looks at them again).
+    fn subscribe(&self) -> broadcast::Receiver<ObjectKey>;
+}
+
 /// What reconcilers get.
 pub struct Ctx {
     /// Desired state.
@@ -180,6 +206,9 @@ pub struct Ctx {
     pub drivers: Drivers,
     /// Settings.
     pub config: EngineConfig,
+    /// The cluster's election, when the node gossips; `None`: a standalone
+    /// node runs every automatically placed VM itself.
+    pub placement: Option<Arc<dyn Placement>>,
 }
 
 impl Ctx {
@@ -214,6 +243,17 @@ pub struct Engine {
 impl Engine {
     /// An engine over `store` using `drivers`.
     pub fn new(store: Arc<Store>, drivers: Drivers, config: EngineConfig) -> Engine {
+        Self::with_placement(store, drivers, config, None)
+    }
+
+    /// An engine whose automatically placed VMs run where `placement`
+    /// elects them.
+    pub fn with_placement(
+        store: Arc<Store>,
+        drivers: Drivers,
+        config: EngineConfig,
+        placement: Option<Arc<dyn Placement>>,
+    ) -> Engine {
         let queue = Arc::new(WorkQueue::new(config.backoff_base, config.backoff_max));
         let (started, _) = broadcast::channel(4096);
         Engine {
@@ -221,6 +261,7 @@ impl Engine {
                 store,
                 drivers,
                 config,
+                placement,
             }),
             queue,
             started,
@@ -235,6 +276,7 @@ impl Engine {
     /// Run until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.ctx.store.subscribe();
+        let mut elections = self.ctx.placement.as_ref().map(|p| p.subscribe());
         // Restart resumes where it stopped: look at everything once.
         self.enqueue_all();
         let mut workers = Vec::new();
@@ -268,6 +310,10 @@ impl Engine {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
+                key = next_election(&mut elections) => match key {
+                    Some(k) => self.queue.add(k),
+                    None => self.enqueue_all(),
+                },
             }
         }
         self.queue.shutdown();
@@ -279,6 +325,22 @@ impl Engine {
     fn enqueue_all(&self) {
         for (key, _, _) in self.ctx.store.generations() {
             self.queue.add(key);
+        }
+    }
+}
+
+/// The next VM whose election changed; `None` after a lag (look at
+/// everything). Never resolves without a placement.
+async fn next_election(rx: &mut Option<broadcast::Receiver<ObjectKey>>) -> Option<ObjectKey> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Ok(k) => Some(k),
+        Err(broadcast::error::RecvError::Lagged(_)) => None,
+        Err(broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            std::future::pending().await
         }
     }
 }

@@ -656,24 +656,124 @@ fn replica_policy(
     Ok(())
 }
 
-/// Whether this node runs `spec` (the radar decides the others later).
-pub fn is_mine(ctx: &Ctx, spec: &VirtualMachineSpec) -> bool {
+/// Whether `spec` is placed automatically (no node name, no address).
+pub fn is_auto(spec: &VirtualMachineSpec) -> bool {
+    spec.placement
+        .as_ref()
+        .is_none_or(|p| p.node.is_none() && p.address.is_none())
+}
+
+/// Whether this node runs `spec`: manual placement by node name or
+/// address; automatic placement where the cluster's election says (every
+/// VM on a node without gossip).
+pub fn is_mine(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec) -> bool {
     match &spec.placement {
-        None => true,
-        Some(p) => match (&p.node, &p.address) {
+        Some(p) if p.node.is_some() || p.address.is_some() => match (&p.node, &p.address) {
             (Some(n), _) => *n == ctx.config.node_name,
             (None, Some(a)) => ctx.config.node_addresses.iter().any(|x| x == a),
-            (None, None) => true,
+            (None, None) => unreachable!("guarded"),
+        },
+        _ => match &ctx.placement {
+            None => true,
+            Some(p) => p.elected(key) == super::Elected::Here,
         },
     }
+}
+
+/// Whether the election has no answer yet for a VM that runs here (e.g.
+/// the node restarted and its claim is still on its way back from the
+/// peers): keep it as it is rather than stop it on uncertainty; only a
+/// winning claim of another node stops it.
+async fn running_while_pending(ctx: &Ctx, record: &Record) -> Result<bool, ReconcileError> {
+    let pending = ctx
+        .placement
+        .as_ref()
+        .is_some_and(|p| p.elected(&record.key) == super::Elected::Pending);
+    if !pending {
+        return Ok(false);
+    }
+    let id = format!("{}/{}", record.key.namespace, record.key.name);
+    Ok(matches!(
+        ctx.drivers.hypervisor.state(&id).await?,
+        VmState::Running { .. } | VmState::Paused { .. }
+    ))
+}
+
+/// An automatically placed VM another node runs (or not elected yet): stop
+/// a copy running here (a healed partition's loser, or a node that lost
+/// its claim) without touching its disks, and say where it runs.
+async fn not_here(
+    ctx: &Ctx,
+    record: &Record,
+    spec: &VirtualMachineSpec,
+) -> Result<Outcome, ReconcileError> {
+    let Some(placement) = &ctx.placement else {
+        return Ok(Outcome::Done);
+    };
+    let key = &record.key;
+    let id = format!("{}/{}", key.namespace, key.name);
+    let hv = &ctx.drivers.hypervisor;
+    let elected = placement.elected(key);
+    let elsewhere = matches!(elected, super::Elected::Elsewhere { .. });
+    if let (true, VmState::Running { .. } | VmState::Paused { .. }) =
+        (elsewhere, hv.state(&id).await?)
+    {
+        let timeout = spec
+            .stop_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30));
+        tracing::info!(vm = %id, "the election placed this VM elsewhere: stopping it here, disks kept");
+        hv.stop(&id, timeout).await?;
+    }
+    let mut status: VirtualMachineStatus = record
+        .status
+        .clone()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
+    status.observed_generation = Some(record.generation);
+    let (reason, message) = match elected {
+        super::Elected::Elsewhere { node, epoch } => {
+            status.phase = Some("Elsewhere".into());
+            let m = format!("runs on {node} (election epoch {epoch})");
+            status.node = Some(node);
+            ("PlacedElsewhere", m)
+        }
+        _ => {
+            status.phase = Some("Pending".into());
+            status.node = None;
+            (
+                "ElectionPending",
+                "waiting for the cluster's placement election".to_string(),
+            )
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        false,
+        reason,
+        &message,
+        record.generation,
+    );
+    ctx.write_status(key, &status)?;
+    Ok(Outcome::Done)
 }
 
 /// Reconcile one VM record.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let vm: Manifest<VirtualMachineSpec> = serde_json::from_value(record.object.clone())
         .map_err(|e| ReconcileError::permanent("Unreadable", e.to_string()))?;
-    if !is_mine(ctx, &vm.spec) {
-        return Ok(Outcome::Done);
+    // A deleted automatically placed VM is cleaned up wherever it may have
+    // run (the election forgets deleted VMs; deleting what is absent is a
+    // no-op).
+    let auto_deleted = record.deleted && is_auto(&vm.spec);
+    if !auto_deleted && !is_mine(ctx, &record.key, &vm.spec) {
+        if record.deleted || !is_auto(&vm.spec) {
+            return Ok(Outcome::Done);
+        }
+        if !running_while_pending(ctx, record).await? {
+            return not_here(ctx, record, &vm.spec).await;
+        }
     }
     let key = &record.key;
     let id = format!("{}/{}", key.namespace, key.name);

@@ -1,0 +1,638 @@
+//! The node's gossip task: [`GossipNode`] over [`UdpTransport`], tied to
+//! the node's store and engine.
+//!
+//! ```text
+//! store change (source file:/api/push/...) ──► Document ──► GossipNode ──► peers
+//! peers ──► GossipNode ──► Event::Document ──► Store::apply/delete (source "gossip")
+//! own Satellite (tags, capacity) + VMs run here ──► NodeStatus ──► peers
+//! claims/starts in GossipNode ──► ClusterPlacement ──► engine (vm::is_mine)
+//! ```
+//!
+//! Changes written with the [`GOSSIP_SOURCE`] source are never published
+//! again (no echo loop); local deletions travel as tombstones. A document's
+//! gossip generation is the store's generation, raised above the version
+//! gossip already holds when the local store counted differently (objects
+//! learned from peers get local generations), so a local edit always wins
+//! over what it edits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use super::config::{GossipSettings, GossipVerify};
+use crate::gossip::membership::SwimConfig;
+use crate::gossip::transport::{unix_ms, Transport, UdpTransport};
+use crate::gossip::{
+    AcceptAll, DocKey, Document, Event, GossipConfig, GossipNode, NodeId, NodeStatus, Output,
+    Resources, SignedManifests, TagSet, Verifier,
+};
+use crate::model::{AnyObject, Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
+use crate::reconcile::{Elected, Placement};
+use crate::store::{Record, SourceId, Store};
+
+/// Source of every change this task writes into the store.
+pub const GOSSIP_SOURCE: &str = "gossip";
+
+/// Sources whose records stay on this node: the gossip task's own writes,
+/// and the Satellite object the node registers for itself.
+fn is_local_only(source: &SourceId) -> bool {
+    source.0 == GOSSIP_SOURCE || source.0 == "node"
+}
+
+/// File in the state directory holding the bound gossip address.
+pub const GOSSIP_ADDRESS_FILE: &str = "gossip-address";
+
+/// The election as the engine reads it, kept current by the gossip task.
+pub struct ClusterPlacement {
+    elected: Mutex<BTreeMap<ObjectKey, Elected>>,
+    changes: broadcast::Sender<ObjectKey>,
+}
+
+impl ClusterPlacement {
+    fn new() -> Self {
+        ClusterPlacement {
+            elected: Mutex::new(BTreeMap::new()),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+
+    fn set(&self, key: ObjectKey, e: Option<Elected>) {
+        let mut m = self.elected.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match e {
+            Some(e) => m.insert(key.clone(), e.clone()).as_ref() != Some(&e),
+            None => m.remove(&key).is_some(),
+        };
+        drop(m);
+        if changed {
+            let _ = self.changes.send(key);
+        }
+    }
+}
+
+impl Placement for ClusterPlacement {
+    fn elected(&self, vm: &ObjectKey) -> Elected {
+        self.elected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm)
+            .cloned()
+            .unwrap_or(Elected::Pending)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
+        self.changes.subscribe()
+    }
+}
+
+fn doc_key(k: &ObjectKey) -> DocKey {
+    DocKey::new(k.kind.as_str(), &k.namespace, &k.name)
+}
+
+fn object_key(k: &DocKey) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        kind: Kind::from_kind(&k.kind)?,
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+    })
+}
+
+/// A bound, not yet running, gossip task.
+pub struct Cluster {
+    settings: GossipSettings,
+    name: String,
+    store: Arc<Store>,
+    transport: UdpTransport,
+    placement: Arc<ClusterPlacement>,
+}
+
+impl Cluster {
+    /// Bind the UDP socket (and record its address in the state directory).
+    pub async fn bind(
+        settings: &GossipSettings,
+        name: &str,
+        store: Arc<Store>,
+        state_dir: &std::path::Path,
+    ) -> anyhow::Result<Cluster> {
+        let transport = UdpTransport::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding gossip on {}", settings.listen))?;
+        std::fs::write(
+            state_dir.join(GOSSIP_ADDRESS_FILE),
+            format!("{}\n", transport.local_addr()),
+        )
+        .context("writing the gossip address file")?;
+        match settings.verify {
+            GossipVerify::Signed => info!(
+                cluster = %settings.cluster,
+                "gossip: only manifests signed for this cluster are accepted and published"
+            ),
+            GossipVerify::Unsigned => warn!(
+                cluster = %settings.cluster,
+                "gossip: --gossip-verify unsigned: every document a peer sends is applied; use only on a trusted network"
+            ),
+        }
+        info!(addr = %transport.local_addr(), seeds = ?settings.seeds, "gossip listening");
+        Ok(Cluster {
+            settings: settings.clone(),
+            name: name.to_string(),
+            store,
+            transport,
+            placement: Arc::new(ClusterPlacement::new()),
+        })
+    }
+
+    /// The election, for the engine.
+    pub fn placement(&self) -> Arc<ClusterPlacement> {
+        self.placement.clone()
+    }
+
+    fn gossip_config(&self) -> GossipConfig {
+        let s = &self.settings;
+        let probe = s.probe_interval.as_millis() as u64;
+        let tick = (probe / 2).clamp(10, 200);
+        GossipConfig {
+            swim: SwimConfig {
+                probe_interval_ms: probe,
+                ack_timeout_ms: (probe * 2 / 5).max(5),
+                suspicion_timeout_ms: s.suspect_timeout.as_millis() as u64,
+                reconnect_interval_ms: (probe * 2).max(20),
+                ..SwimConfig::default()
+            },
+            tick_ms: tick,
+            anti_entropy_interval_ms: (probe).clamp(tick, 1_000),
+            claim_settle_ms: s.claim_settle.as_millis() as u64,
+            claim_backoff_ms: (s.claim_settle.as_millis() as u64 / 3).max(tick),
+            reelect_timeout_ms: s.reelect_timeout.as_millis() as u64,
+            ..GossipConfig::default()
+        }
+    }
+
+    /// Run until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cfg = self.gossip_config();
+        let tick_ms = cfg.tick_ms;
+        let verifier: Arc<dyn Verifier> = match self.settings.verify {
+            GossipVerify::Signed => Arc::new(SignedManifests {
+                cluster: self.settings.cluster.clone(),
+            }),
+            GossipVerify::Unsigned => Arc::new(AcceptAll),
+        };
+        let now = unix_ms();
+        // A restarted node must come back with a higher incarnation.
+        let incarnation = now / 1000;
+        let seed = crate::gossip::rng::hash64(&[self.name.as_bytes(), &now.to_le_bytes()]);
+        let me = NodeId(self.name.clone());
+        let node = GossipNode::new(
+            cfg,
+            me,
+            self.transport.local_addr(),
+            incarnation,
+            verifier,
+            seed,
+        );
+        let mut task = Task {
+            node,
+            store: self.store.clone(),
+            placement: self.placement.clone(),
+            name: self.name.clone(),
+            transport: self.transport,
+            vms: BTreeSet::new(),
+            running: BTreeSet::new(),
+            status_dirty: true,
+        };
+        for s in &self.settings.seeds {
+            task.node.join(*s);
+        }
+        let mut changes = self.store.subscribe();
+        task.publish_all();
+        let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = interval.tick() => {
+                    if task.status_dirty {
+                        task.publish_status();
+                    }
+                    task.node.handle_tick(unix_ms());
+                    task.drain();
+                    // Claims settle and starts happen on ticks.
+                    task.refresh_placement();
+                }
+                r = task.transport.readable() => {
+                    if let Err(e) = r {
+                        warn!(error = %e, "gossip socket failed; gossip stops");
+                        break;
+                    }
+                    loop {
+                        match task.transport.try_recv() {
+                            Ok(Some((from, bytes))) => task.node.handle_datagram(unix_ms(), from, &bytes),
+                            Ok(None) => break,
+                            Err(e) => {
+                                debug!(error = %e, "gossip receive failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                c = changes.recv() => match c {
+                    Ok(c) if c.status_only => {
+                        if c.key.kind == Kind::Satellite && c.key.name == task.name {
+                            task.status_dirty = true;
+                        }
+                    }
+                    Ok(c) => task.local_change(&c.key),
+                    Err(broadcast::error::RecvError::Lagged(_)) => task.publish_all(),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+            task.drain();
+        }
+        info!("gossip stopped");
+    }
+}
+
+struct Task {
+    node: GossipNode,
+    store: Arc<Store>,
+    placement: Arc<ClusterPlacement>,
+    name: String,
+    transport: UdpTransport,
+    /// VirtualMachine documents gossip knows (live).
+    vms: BTreeSet<DocKey>,
+    /// VMs this node's election says it runs (for its status).
+    running: BTreeSet<DocKey>,
+    status_dirty: bool,
+}
+
+impl Task {
+    /// Publish every record written by a local source (start, or after
+    /// missed notifications); unchanged ones are no-ops.
+    fn publish_all(&mut self) {
+        for (key, _, _) in self.store.generations() {
+            self.local_change(&key);
+        }
+        self.status_dirty = true;
+    }
+
+    /// A store change: publish it unless it came from gossip.
+    fn local_change(&mut self, key: &ObjectKey) {
+        let Some(rec) = self.store.get(key) else {
+            return;
+        };
+        if key.kind == Kind::Satellite && key.name == self.name {
+            self.status_dirty = true;
+        }
+        if is_local_only(&rec.source) {
+            return;
+        }
+        let Some(doc) = self.document_of(&rec) else {
+            return;
+        };
+        let dk = doc.key.clone();
+        let deleted = doc.deleted;
+        match self.node.publish(unix_ms(), doc) {
+            Ok(true) => {
+                debug!(doc = %dk, "published");
+                self.track(&dk, deleted);
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                warn!(doc = %dk, %reason, "not published: refused by the gossip verifier")
+            }
+        }
+    }
+
+    /// The gossip document of a local record, or `None` when gossip
+    /// already holds this very content.
+    fn document_of(&self, rec: &Record) -> Option<Document> {
+        let dk = doc_key(&rec.key);
+        let mut body = rec.object.clone();
+        let generation = publish_generation(rec, self.node.document(&dk))?;
+        if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.insert("generation".into(), generation.into());
+            if rec.deleted {
+                let ann = meta
+                    .entry("annotations")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(a) = ann.as_object_mut() {
+                    a.insert(
+                        crate::gossip::verify::DELETED_ANNOTATION.into(),
+                        "true".into(),
+                    );
+                }
+            }
+        }
+        Some(Document {
+            key: dk,
+            generation,
+            deleted: rec.deleted,
+            written_ms: rec.updated_ms,
+            body: serde_json::to_vec(&body).expect("JSON serializes"),
+        })
+    }
+
+    fn track(&mut self, dk: &DocKey, deleted: bool) {
+        if dk.kind != Kind::VirtualMachine.as_str() {
+            return;
+        }
+        if deleted {
+            self.vms.remove(dk);
+            if let Some(key) = object_key(dk) {
+                self.placement.set(key, None);
+            }
+        } else {
+            self.vms.insert(dk.clone());
+        }
+    }
+
+    /// A document from a peer: into the store, marked as gossip's.
+    fn apply_remote(&mut self, doc: Document) {
+        self.track(&doc.key, doc.deleted);
+        let Some(key) = object_key(&doc.key) else {
+            warn!(doc = %doc.key, "gossiped document of an unknown kind");
+            return;
+        };
+        let source = SourceId(GOSSIP_SOURCE.into());
+        if doc.deleted {
+            match self.store.delete(&key, &source) {
+                Ok(Some(g)) => info!(object = %key, generation = g, "deleted by gossip"),
+                Ok(None) => {}
+                Err(e) => warn!(object = %key, error = %e, "gossiped deletion not stored"),
+            }
+            return;
+        }
+        // The same content from another node (e.g. the same file dropped on
+        // both): keep the local record and its source as they are.
+        if let Some(cur) = self.store.get(&key).filter(|r| !r.deleted) {
+            if same_content(&doc.body, &cur.object) {
+                return;
+            }
+        }
+        let obj = serde_json::from_slice::<serde_json::Value>(&doc.body)
+            .map_err(|e| e.to_string())
+            .and_then(|v| AnyObject::from_value(v).map_err(|e| e.to_string()));
+        match obj {
+            Ok(obj) => match self.store.apply(&obj, &source) {
+                Ok(a) if a.changed => {
+                    info!(object = %key, generation = a.generation, "applied from gossip")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(object = %key, error = %e, "gossiped document not stored"),
+            },
+            Err(e) => warn!(object = %key, error = %e, "gossiped document unreadable"),
+        }
+    }
+
+    fn member_event(&self, what: &str, level: &str, id: &NodeId) {
+        info!(member = %id, "{what}");
+        self.store.record_event(crate::store::Event {
+            time_ms: unix_ms(),
+            level: level.into(),
+            object: Some(ObjectKey::new(Kind::Satellite, None, &self.name)),
+            source: Some(SourceId(GOSSIP_SOURCE.into())),
+            reason: what.into(),
+            message: format!("{what}: {id}"),
+        });
+    }
+
+    /// Send what the node produced and act on its events.
+    fn drain(&mut self) {
+        while let Some(o) = self.node.poll() {
+            match o {
+                Output::Send(to, bytes) => {
+                    if let Err(e) = self.transport.send_to(to, &bytes) {
+                        debug!(%to, error = %e, "gossip send failed");
+                    }
+                }
+                Output::Event(e) => match e {
+                    Event::Document(d) => self.apply_remote(d),
+                    Event::MemberUp(id, addr) => {
+                        info!(%addr, "member address");
+                        self.member_event("MemberUp", "Normal", &id)
+                    }
+                    Event::MemberSuspect(id) => self.member_event("MemberSuspect", "Warning", &id),
+                    Event::MemberDown(id) => self.member_event("MemberDown", "Warning", &id),
+                    Event::Rejected { key, from, reason } => {
+                        warn!(doc = %key, %from, %reason, "gossiped document rejected")
+                    }
+                    Event::Start { vm, epoch } => info!(%vm, epoch, "elected: this node runs it"),
+                    Event::StopKeepDisk { vm, winner, epoch } => {
+                        info!(%vm, %winner, epoch, "lost the election: stopping, disks kept")
+                    }
+                    Event::Status(_) => {}
+                },
+            }
+        }
+    }
+
+    fn refresh_placement(&mut self) {
+        let running: BTreeSet<DocKey> = self.node.running().into_iter().collect();
+        for dk in &self.vms {
+            let Some(key) = object_key(dk) else { continue };
+            let e = if running.contains(dk) {
+                Elected::Here
+            } else {
+                match self.node.claim(dk) {
+                    Some(c) if c.node.0 != self.name => Elected::Elsewhere {
+                        node: c.node.0.clone(),
+                        epoch: c.epoch,
+                    },
+                    _ => Elected::Pending,
+                }
+            };
+            self.placement.set(key, Some(e));
+        }
+        if running != self.running {
+            self.running = running;
+            self.status_dirty = true;
+        }
+    }
+
+    /// This node's status from its Satellite object: tags, performance,
+    /// capacity (declared, else detected), minus what its VMs use.
+    fn publish_status(&mut self) {
+        self.status_dirty = false;
+        let key = ObjectKey::new(Kind::Satellite, None, &self.name);
+        let rec = self.store.get(&key).filter(|r| !r.deleted);
+        let spec: SatelliteSpec = rec
+            .as_ref()
+            .and_then(|r| serde_json::from_value(r.object["spec"].clone()).ok())
+            .unwrap_or_default();
+        let status: SatelliteStatus = rec
+            .as_ref()
+            .and_then(|r| r.status.clone())
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default();
+        let res = |r: &crate::model::satellite::Resources| Resources {
+            cpu_millis: r.cpu.map(|c| c.millis()).unwrap_or(0),
+            memory: r.memory.map(|m| m.bytes()).unwrap_or(0),
+            storage: r.storage.map(|s| s.bytes()).unwrap_or(0),
+        };
+        let detected = status
+            .capacity
+            .as_ref()
+            .map(res)
+            .unwrap_or_else(|| Resources {
+                cpu_millis: std::thread::available_parallelism()
+                    .map(|n| n.get() as u64 * 1000)
+                    .unwrap_or(1000),
+                memory: meminfo_total(),
+                storage: 0,
+            });
+        let declared = spec.capacity.as_ref().map(res).unwrap_or_default();
+        let pick = |d: u64, x: u64| if d > 0 { d } else { x };
+        let total = Resources {
+            cpu_millis: pick(declared.cpu_millis, detected.cpu_millis),
+            memory: pick(declared.memory, detected.memory),
+            storage: pick(declared.storage, detected.storage),
+        };
+        let mut free = total;
+        let mut vms = Vec::new();
+        for dk in &self.running {
+            vms.push(dk.clone());
+            if let Some(req) = self
+                .node
+                .document(dk)
+                .and_then(|d| crate::gossip::placement::VmRequest::from_json(dk.clone(), &d.body))
+            {
+                free.cpu_millis = free.cpu_millis.saturating_sub(req.need.cpu_millis);
+                free.memory = free.memory.saturating_sub(req.need.memory);
+                free.storage = free.storage.saturating_sub(req.need.storage);
+            }
+        }
+        let st = NodeStatus {
+            id: NodeId(self.name.clone()),
+            incarnation: 0,
+            seq: 0,
+            tags: TagSet::from(&spec.tags),
+            performance: spec.performance.unwrap_or(crate::model::Performance::Low),
+            total,
+            free,
+            load_milli: load_milli(),
+            vms,
+            unschedulable: spec.unschedulable,
+        };
+        debug!(?st, "publishing node status");
+        self.node.set_status(unix_ms(), st);
+    }
+}
+
+/// The generation to publish a local record at, given the version gossip
+/// holds for its key: `None` when that version already has this content;
+/// else the store's generation, raised above the held one.
+fn publish_generation(rec: &Record, known: Option<&Document>) -> Option<u64> {
+    if let Some(k) = known {
+        if k.deleted == rec.deleted && (rec.deleted || same_content(&k.body, &rec.object)) {
+            return None;
+        }
+    }
+    Some((rec.generation.max(0) as u64).max(known.map_or(0, |k| k.generation + 1)))
+}
+
+/// Whether two manifests carry the same content, `metadata.generation`
+/// aside (gossip's generation and the store's may differ).
+fn same_content(body: &[u8], object: &serde_json::Value) -> bool {
+    let Ok(mut a) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let mut b = object.clone();
+    for v in [&mut a, &mut b] {
+        if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            m.remove("generation");
+        }
+    }
+    a == b
+}
+
+fn meminfo_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            let l = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn load_milli() -> u32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|l| (l * 1000.0) as u32)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: i64, deleted: bool, cpu: u32) -> Record {
+        Record {
+            key: ObjectKey::new(Kind::VirtualMachine, None, "web"),
+            generation,
+            source: SourceId("api".into()),
+            hash: String::new(),
+            object: serde_json::json!({
+                "kind": "VirtualMachine",
+                "metadata": {"name": "web", "namespace": "default", "generation": generation},
+                "spec": {"cpu": cpu},
+            }),
+            status: None,
+            deleted,
+            updated_ms: 0,
+        }
+    }
+
+    fn doc(generation: u64, deleted: bool, cpu: u32) -> Document {
+        Document {
+            key: DocKey::new("VirtualMachine", "default", "web"),
+            generation,
+            deleted,
+            written_ms: 0,
+            body: serde_json::to_vec(&record(generation as i64, deleted, cpu).object).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_local_change_is_published_above_what_gossip_holds_and_echoes_are_not() {
+        // Nothing known: the store's generation.
+        assert_eq!(publish_generation(&record(3, false, 1), None), Some(3));
+        // The same content at another generation (learned from a peer,
+        // counted differently here): nothing to publish.
+        assert_eq!(
+            publish_generation(&record(1, false, 1), Some(&doc(7, false, 1))),
+            None
+        );
+        // A local edit of a document a peer wrote at generation 7: 8.
+        assert_eq!(
+            publish_generation(&record(2, false, 2), Some(&doc(7, false, 1))),
+            Some(8)
+        );
+        // The store ahead of gossip: the store's.
+        assert_eq!(
+            publish_generation(&record(9, false, 2), Some(&doc(7, false, 1))),
+            Some(9)
+        );
+        // A local deletion of a live document: a tombstone above it; an
+        // already known tombstone is not republished.
+        assert_eq!(
+            publish_generation(&record(2, true, 1), Some(&doc(7, false, 1))),
+            Some(8)
+        );
+        assert_eq!(
+            publish_generation(&record(2, true, 1), Some(&doc(8, true, 1))),
+            None
+        );
+        // Re-creating a deleted document beats its tombstone.
+        assert_eq!(
+            publish_generation(&record(3, false, 1), Some(&doc(8, true, 1))),
+            Some(9)
+        );
+    }
+}

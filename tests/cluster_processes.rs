@@ -1,0 +1,564 @@
+//! Five real `deorch node run` processes gossiping on loopback (fake
+//! hypervisor and storage, unsigned documents, short SWIM timings):
+//! a dropped manifest and its deletion reach every store; an automatically
+//! placed VM runs on exactly one node; SIGKILL of that node is detected and
+//! the VM re-elected; a SIGSTOPped node blocks nothing and catches up on
+//! SIGCONT; a SIGSTOPped runner's VM moves, and on SIGCONT the runner
+//! stops its stale copy. Times are measured and printed; bounds are
+//! generous.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deorch::api::{client, Request, Response};
+use deorch::store::Record;
+
+const N: usize = 5;
+/// SWIM probe period and suspicion timeout given to every node.
+const PROBE: &str = "200ms";
+const SUSPECT: &str = "1s";
+
+struct ClusterNode {
+    name: String,
+    dir: PathBuf,
+    manifests: PathBuf,
+    state: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+impl ClusterNode {
+    fn start(name: &str, seeds: &[String]) -> ClusterNode {
+        let dir = common::temp_dir(&format!("cluster-{name}"));
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let mut n = ClusterNode {
+            name: name.into(),
+            state: dir.join("state"),
+            socket: dir.join("run/deorch.sock"),
+            log: dir.join("node.log"),
+            manifests,
+            dir,
+            child: None,
+            stopped: false,
+        };
+        let log = std::fs::File::create(&n.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deorch"));
+        cmd.args(["node", "run", "--name", name])
+            .args(["--hypervisor", "fake", "--storage", "fake"])
+            .arg("--manifests")
+            .arg(&n.manifests)
+            .arg("--state-dir")
+            .arg(&n.state)
+            .arg("--socket")
+            .arg(&n.socket)
+            .args(["--rescan-interval", "1s", "--settle", "2s"])
+            .args(["--gossip-listen", "127.0.0.1:0", "--cluster", "test"])
+            .args(["--gossip-verify", "unsigned"])
+            .args(["--gossip-probe-interval", PROBE])
+            .args(["--gossip-suspect-timeout", SUSPECT])
+            .args(["--gossip-claim-settle", "1s"])
+            .args(["--gossip-reelect-timeout", "1s"])
+            .args(["--log", "info,deorch=debug"]);
+        for s in seeds {
+            cmd.args(["--seed", s]);
+        }
+        n.child = Some(
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn deorch node"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(n.call(&Request::Info), Ok(Response::Info(_))) {
+            if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{name} exited early ({st}):\n{}", n.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not come up:\n{}",
+                n.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+
+    fn gossip_addr(&self) -> String {
+        let file = self.state.join("gossip-address");
+        wait("the gossip-address file", Duration::from_secs(10), || {
+            file.exists()
+        });
+        std::fs::read_to_string(&file).unwrap().trim().to_string()
+    }
+
+    fn call(&self, req: &Request) -> Result<Response, client::ClientError> {
+        client::call(&self.socket, req, Duration::from_secs(5))
+    }
+
+    fn record(&self, kind: &str, name: &str) -> Option<Record> {
+        match self.call(&Request::Get {
+            kind: Some(kind.into()),
+            namespace: None,
+            name: Some(name.into()),
+        }) {
+            Ok(Response::Objects { mut records }) => records.pop(),
+            _ => None,
+        }
+    }
+
+    /// `(phase, node)` of a VM's status on this node.
+    fn vm_phase(&self, name: &str) -> Option<(String, String)> {
+        let st = self.record("vm", name)?.status?;
+        Some((
+            st["phase"].as_str().unwrap_or("").to_string(),
+            st["node"].as_str().unwrap_or("").to_string(),
+        ))
+    }
+
+    /// Whether this node runs the VM (its own status says Running here).
+    fn runs(&self, vm: &str) -> bool {
+        self.vm_phase(vm)
+            .is_some_and(|(p, n)| p == "Running" && n == self.name)
+    }
+
+    /// Members this node has declared dead (events on its Satellite).
+    fn declared_dead(&self, member: &str) -> bool {
+        match self.call(&Request::Describe {
+            kind: "satellite".into(),
+            namespace: None,
+            name: self.name.clone(),
+        }) {
+            Ok(Response::Described { events, .. }) => events
+                .iter()
+                .any(|e| e.reason == "MemberDown" && e.message.ends_with(&format!(": {member}"))),
+            _ => false,
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+        self.stopped = sig == "-STOP";
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.stopped {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn drop_manifest(&self, file: &str, text: &str) {
+        write_atomically(&self.manifests.join(file), text);
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log tail:\n{}", self.name, self.log_tail());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `node`'s last event about `member` says it is up.
+fn member_up_after_down(node: &ClusterNode, member: &str) -> bool {
+    match node.call(&Request::Describe {
+        kind: "satellite".into(),
+        namespace: None,
+        name: node.name.clone(),
+    }) {
+        Ok(Response::Described { events, .. }) => events
+            .iter()
+            .rev()
+            .find(|e| e.message.ends_with(&format!(": {member}")))
+            .is_some_and(|e| e.reason == "MemberUp"),
+        _ => false,
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Poll `f` every 20 ms until it holds; the time it took, or a panic
+/// naming `what` after `limit`.
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+fn vm_yaml(name: &str, placement: &str) -> String {
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  cpu: 1\n  memory: 64Mi\n{placement}"
+    )
+}
+
+#[test]
+fn five_processes_sync_place_once_and_survive_kill_and_stop() {
+    let t_start = Instant::now();
+    let mut nodes: Vec<ClusterNode> = Vec::new();
+    nodes.push(ClusterNode::start("n1", &[]));
+    let seed = nodes[0].gossip_addr();
+    for i in 2..=N {
+        nodes.push(ClusterNode::start(
+            &format!("n{i}"),
+            std::slice::from_ref(&seed),
+        ));
+    }
+    eprintln!("5 nodes up in {:?}", t_start.elapsed());
+
+    // (a) A manifest dropped on n1 reaches every store; the CLI sees it.
+    let t = Instant::now();
+    nodes[0].drop_manifest(
+        "pinned.yaml",
+        &vm_yaml("pinned", "  placement:\n    node: n3\n"),
+    );
+    for n in &nodes {
+        wait(
+            &format!("pinned VM in {}'s store", n.name),
+            Duration::from_secs(30),
+            || n.record("vm", "pinned").is_some(),
+        );
+    }
+    let spread = t.elapsed();
+    eprintln!("(a) manifest dropped on n1 in all 5 stores after {spread:?}");
+    for n in &nodes {
+        let (code, out, err) = common::cli_in(
+            Some(&n.socket),
+            &["get", "vm", "pinned", "-o", "json"],
+            None,
+        );
+        assert_eq!(code, 0, "{}: {err}", n.name);
+        assert!(out.contains("\"pinned\""), "{}: {out}", n.name);
+        let src = n.record("vm", "pinned").unwrap().source.0;
+        let want = if n.name == "n1" { "file:" } else { "gossip" };
+        assert!(src.starts_with(want), "{}: source {src}", n.name);
+    }
+    // Manual placement bypasses the election: n3 runs it, nobody else.
+    wait("n3 runs the pinned VM", Duration::from_secs(30), || {
+        nodes[2].runs("pinned")
+    });
+    for n in &nodes {
+        if n.name != "n3" {
+            assert!(!n.runs("pinned"), "{} runs a VM pinned to n3", n.name);
+        }
+    }
+    // A local deletion travels as a tombstone.
+    let t = Instant::now();
+    std::fs::remove_file(nodes[0].manifests.join("pinned.yaml")).unwrap();
+    for n in &nodes {
+        wait(
+            &format!("pinned VM gone from {}", n.name),
+            Duration::from_secs(30),
+            || n.record("vm", "pinned").is_none(),
+        );
+    }
+    eprintln!(
+        "(a) deletion on n1 reached all 5 stores after {:?}",
+        t.elapsed()
+    );
+
+    // Changes through the local API travel too: created on n4, edited on
+    // n5 (an object n5 learned from gossip: the edit must win), deleted on
+    // n2.
+    let t = Instant::now();
+    let memory_everywhere = |m: &str| {
+        nodes.iter().all(|n| {
+            n.record("vm", "viaapi")
+                .is_some_and(|r| r.object["spec"]["memory"] == m)
+        })
+    };
+    let apply = |n: &ClusterNode, memory: &str| {
+        let yaml = vm_yaml("viaapi", "  placement:\n    node: nowhere\n").replace("64Mi", memory);
+        let (code, out, err) = common::cli_in(Some(&n.socket), &["apply", "-f", "-"], Some(&yaml));
+        assert_eq!(code, 0, "apply on {}: {out}{err}", n.name);
+    };
+    apply(&nodes[3], "96Mi");
+    wait("viaapi (96Mi) everywhere", Duration::from_secs(30), || {
+        memory_everywhere("96Mi")
+    });
+    let created = t.elapsed();
+    apply(&nodes[4], "128Mi");
+    wait("n5's edit everywhere", Duration::from_secs(30), || {
+        memory_everywhere("128Mi")
+    });
+    let edited = t.elapsed();
+    let (code, out, err) =
+        common::cli_in(Some(&nodes[1].socket), &["delete", "vm", "viaapi"], None);
+    assert_eq!(code, 0, "delete on n2: {out}{err}");
+    for n in &nodes {
+        wait(
+            &format!("viaapi gone from {}", n.name),
+            Duration::from_secs(30),
+            || n.record("vm", "viaapi").is_none(),
+        );
+    }
+    eprintln!(
+        "(a) local API: created on n4 everywhere after {created:?}, edited on n5 everywhere after {edited:?}, deleted on n2 everywhere after {:?} (cumulative)",
+        t.elapsed()
+    );
+
+    // (b) An automatically placed VM runs on exactly one node.
+    let t = Instant::now();
+    nodes[1].drop_manifest("web.yaml", &vm_yaml("web", ""));
+    wait("some node runs web", Duration::from_secs(30), || {
+        nodes.iter().any(|n| n.runs("web"))
+    });
+    let placed = t.elapsed();
+    // Everyone agrees on the winner.
+    let winner = nodes.iter().position(|n| n.runs("web")).unwrap();
+    let wname = nodes[winner].name.clone();
+    wait(
+        "every node names the same winner",
+        Duration::from_secs(30),
+        || {
+            nodes.iter().all(|n| {
+                n.vm_phase("web")
+                    .is_some_and(|(p, node)| node == wname && (p == "Running") == (n.name == wname))
+            })
+        },
+    );
+    eprintln!("(b) web (auto placement) running on {wname} after {placed:?}; all agree");
+    // And it stays that way.
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(2) {
+        let runners: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.runs("web"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(runners, vec![wname.as_str()], "web must run exactly once");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // (c) SIGKILL the winner: the others declare it dead, one re-runs web.
+    let t = Instant::now();
+    nodes[winner].kill();
+    let mut dead_times = Vec::new();
+    for n in nodes.iter().filter(|n| n.name != wname) {
+        let d = wait(
+            &format!("{} declares {wname} dead", n.name),
+            Duration::from_secs(20),
+            || n.declared_dead(&wname),
+        );
+        dead_times.push((n.name.clone(), t.elapsed().max(d)));
+    }
+    eprintln!(
+        "(c) {wname} SIGKILLed; declared dead by the 4 others after {dead_times:?} (probe {PROBE}, suspicion {SUSPECT})"
+    );
+    wait("a survivor runs web", Duration::from_secs(30), || {
+        nodes.iter().any(|n| n.name != wname && n.runs("web"))
+    });
+    let reelected = t.elapsed();
+    let survivor = nodes
+        .iter()
+        .position(|n| n.name != wname && n.runs("web"))
+        .unwrap();
+    let sname = nodes[survivor].name.clone();
+    eprintln!("(c) web re-elected and running on {sname} {reelected:?} after the kill");
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(2) {
+        let runners: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.runs("web"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(
+            runners,
+            vec![sname.as_str()],
+            "web must run exactly once after re-election"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // (d) SIGSTOP one node: a manifest dropped on another still reaches the
+    // three others; SIGCONT and it catches up.
+    let alive: Vec<usize> = (0..N).filter(|&i| nodes[i].child.is_some()).collect();
+    let paused = *alive.iter().find(|&&i| i != survivor).unwrap();
+    let dropper = *alive
+        .iter()
+        .find(|&&i| i != survivor && i != paused)
+        .unwrap();
+    nodes[paused].signal("-STOP");
+    let t = Instant::now();
+    nodes[dropper].drop_manifest(
+        "late.yaml",
+        &vm_yaml("late", "  placement:\n    node: nowhere\n"),
+    );
+    for &i in alive.iter().filter(|&&i| i != paused) {
+        wait(
+            &format!(
+                "late VM in {}'s store while {} is stopped",
+                nodes[i].name, nodes[paused].name
+            ),
+            Duration::from_secs(30),
+            || nodes[i].record("vm", "late").is_some(),
+        );
+    }
+    let with_stopped = t.elapsed();
+    eprintln!(
+        "(d) {} SIGSTOPped; manifest dropped on {} reached the other 3 after {with_stopped:?}",
+        nodes[paused].name, nodes[dropper].name
+    );
+    // Once the others hold it dead, nobody pushes to it any more: what is
+    // dropped now reaches it only by rejoining and anti-entropy (the
+    // earlier push may wait in its socket buffer).
+    let paused_name = nodes[paused].name.clone();
+    let d = wait(
+        "the stopped node declared dead",
+        Duration::from_secs(20),
+        || {
+            alive
+                .iter()
+                .filter(|&&i| i != paused)
+                .all(|&i| nodes[i].declared_dead(&paused_name))
+        },
+    );
+    eprintln!(
+        "(d) {paused_name} declared dead by the other 3 within {:?} of the drop",
+        with_stopped + d
+    );
+    let t = Instant::now();
+    nodes[dropper].drop_manifest(
+        "later.yaml",
+        &vm_yaml("later", "  placement:\n    node: nowhere\n"),
+    );
+    for &i in alive.iter().filter(|&&i| i != paused) {
+        wait(
+            &format!("later VM in {}'s store", nodes[i].name),
+            Duration::from_secs(30),
+            || nodes[i].record("vm", "later").is_some(),
+        );
+    }
+    eprintln!(
+        "(d) second manifest reached the other 3 after {:?} ({paused_name} dead)",
+        t.elapsed()
+    );
+    assert!(nodes[survivor].runs("web"), "the paused node disturbed web");
+    // Hold it stopped a little longer: no change reaches it meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[paused].signal("-CONT");
+    let t = Instant::now();
+    let p = &nodes[paused];
+    wait(
+        &format!("{} catches up after SIGCONT", p.name),
+        Duration::from_secs(30),
+        || p.record("vm", "late").is_some() && p.record("vm", "later").is_some(),
+    );
+    eprintln!(
+        "(d) {} caught up (both manifests) {:?} after SIGCONT",
+        p.name,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    wait(
+        "the others see it alive again",
+        Duration::from_secs(30),
+        || {
+            alive
+                .iter()
+                .filter(|&&i| i != paused)
+                .all(|&i| member_up_after_down(&nodes[i], &paused_name))
+        },
+    );
+    eprintln!(
+        "(d) {paused_name} alive again for the other 3 after {:?}",
+        t.elapsed()
+    );
+    // Still exactly one web.
+    let runners: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.child.is_some() && n.runs("web"))
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(runners, vec![sname.as_str()]);
+
+    // (e) SIGSTOP the node running web: the others take it for dead and
+    // re-elect (a partition in effect: its frozen copy still "runs");
+    // SIGCONT: it hears the newer claim and stops its copy, disks kept.
+    let frozen = survivor;
+    nodes[frozen].signal("-STOP");
+    let t = Instant::now();
+    wait(
+        "another node runs web while its runner is stopped",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .enumerate()
+                .any(|(i, n)| i != frozen && n.child.is_some() && n.runs("web"))
+        },
+    );
+    let moved = t.elapsed();
+    let second = (0..N)
+        .find(|&i| i != frozen && nodes[i].child.is_some() && nodes[i].runs("web"))
+        .unwrap();
+    eprintln!(
+        "(e) {} SIGSTOPped while running web; web running on {} after {moved:?}",
+        nodes[frozen].name, nodes[second].name
+    );
+    nodes[frozen].signal("-CONT");
+    let t = Instant::now();
+    let second_name = nodes[second].name.clone();
+    wait(
+        "the resumed node stops its copy",
+        Duration::from_secs(30),
+        || {
+            nodes[frozen]
+                .vm_phase("web")
+                .is_some_and(|(p, n)| p == "Elsewhere" && n == second_name)
+        },
+    );
+    eprintln!(
+        "(e) {} resumed: stopped its copy of web {:?} after SIGCONT",
+        nodes[frozen].name,
+        t.elapsed()
+    );
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(2) {
+        let runners: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.runs("web"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(
+            runners,
+            vec![second_name.as_str()],
+            "web must run exactly once after the heal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("whole scenario: {:?}", t_start.elapsed());
+}
