@@ -19,6 +19,8 @@
 //! (scripts/test.sh installs them). Provision + start take 11-20 s here;
 //! `--no-capture` prints them and the login times.
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -40,38 +42,14 @@ const ADMIN_PASSWORD: &str = "Adm1n-battery-Staple";
 /// True when the tools are there and we are root; otherwise skip loudly,
 /// or fail under `CI=true`.
 fn samba_available() -> bool {
-    let is_root = rustix::process::geteuid().is_root();
-    let missing: Vec<&str> = ["samba", "samba-tool", "openssl", "ip"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .chain(
-            (!Path::new("/usr/share/samba/setup/ad-schema").is_dir())
-                .then_some("samba-ad-provision"),
-        )
-        .collect();
-    if missing.is_empty() && is_root {
-        return true;
-    }
-    let msg = if is_root {
-        format!("missing {missing:?} (apt-get install samba samba-ad-provision samba-dsdb-modules openssl iproute2)")
-    } else {
-        "not root (network namespaces need it)".to_string()
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: failing; scripts/test.sh installs samba)");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!! SKIPPING Samba AD level-2 test: {msg} !!!!!!\n"
-    );
-    false
+    common::root_with_tools(
+        &["samba", "samba-tool", "openssl", "ip"],
+        &[(
+            "samba-ad-provision",
+            Path::new("/usr/share/samba/setup/ad-schema").is_dir(),
+        )],
+        "scripts/test.sh installs samba samba-ad-provision samba-dsdb-modules openssl iproute2",
+    )
 }
 
 /// Run `cmd`; panic with its output unless it succeeds.

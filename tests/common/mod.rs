@@ -446,3 +446,37 @@ pub fn qemu_io_read(img: &Path, format: &str) -> u8 {
         .unwrap_or_else(|| panic!("qemu-io printed {text}"));
     u8::from_str_radix(hex, 16).unwrap()
 }
+
+/// Whether we are root and every tool in `tools` is on `PATH`, with the
+/// conditions in `also` (name of what is missing, whether it is there).
+/// Otherwise the test skips loudly (false), or fails under `CI=true`,
+/// where `install` says what installs them.
+pub fn root_with_tools(tools: &[&str], also: &[(&str, bool)], install: &str) -> bool {
+    let is_root = rustix::process::geteuid().is_root();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .chain(also.iter().filter(|(_, ok)| !ok).map(|(what, _)| *what))
+        .collect();
+    if missing.is_empty() && is_root {
+        return true;
+    }
+    let what = if is_root {
+        format!("missing {missing:?}")
+    } else {
+        "not root (network namespaces and taps need it)".to_string()
+    };
+    assert!(
+        std::env::var("CI").is_err(),
+        "{what} and CI=true: {install}"
+    );
+    eprintln!("\n!!!!!! SKIPPED: {what} ({install}) !!!!!!\n");
+    false
+}
