@@ -325,3 +325,83 @@ fn without_an_owner_the_node_refuses_to_follow_unverified() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Signed gossip between two real nodes: what the git source accepted on
+/// one node reaches the other with its signed generation (so its stored
+/// copy still verifies there); an unsigned file dropped on the first node
+/// stays there (it cannot be published in signed mode).
+#[test]
+fn signed_documents_from_git_travel_by_signed_gossip_and_unsigned_ones_do_not() {
+    let tmp = common::temp_dir("git-gossip");
+    let repo = Repo::new(&tmp.join("repo"));
+    let (owner_key, owner) = key();
+    let c1 = repo.commit(
+        "lan at generation 3",
+        &[(
+            "lan.yaml",
+            Some(signed(&doc(&net("lan", 1400), 3), &owner, &owner_key)),
+        )],
+    );
+    let gossip = |extra: &[&str]| -> Vec<String> {
+        [
+            "--cluster-owner",
+            &owner,
+            "--gossip-listen",
+            "127.0.0.1:0",
+            "--gossip-probe-interval",
+            "200ms",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut a = Node::new("git-gossip-a");
+    a.name = "node-a".into();
+    a.extra_args.extend(gossip(&[
+        "--git-repo",
+        repo.dir.to_str().unwrap(),
+        "--git-poll",
+        "200ms",
+    ]));
+    a.start();
+    assert_eq!(tried(&a, &c1)["applied"], true);
+    let seed = {
+        let file = a.state.join("gossip-address");
+        a.wait_for("a's gossip address", |_| file.exists());
+        std::fs::read_to_string(&file).unwrap().trim().to_string()
+    };
+    // An unsigned local file on a: applied there, never published.
+    std::fs::write(a.manifests.join("local.yaml"), net("local", 1500)).unwrap();
+    a.wait_for("the local file on a", |n| mtu(n, "local").is_some());
+
+    let mut b = Node::new("git-gossip-b");
+    b.name = "node-b".into();
+    b.extra_args.extend(gossip(&["--seed", &seed]));
+    b.start();
+    b.wait_for("lan through gossip", |n| mtu(n, "lan") == Some(1400));
+    let lan = b.record("network", "lan").unwrap();
+    assert_eq!(lan.generation, 3, "stored at the signed generation");
+    assert_eq!(lan.source.0, "gossip");
+    let value = lan.object.clone();
+    deorch::identity::verify_manifest(&value, &owner)
+        .expect("b's stored copy still carries a valid signature");
+
+    // A signed edit travels too; the unsigned file still has not.
+    let c2 = repo.commit(
+        "lan at generation 4",
+        &[(
+            "lan.yaml",
+            Some(signed(&doc(&net("lan", 9000), 4), &owner, &owner_key)),
+        )],
+    );
+    assert_eq!(tried(&a, &c2)["applied"], true);
+    b.wait_for("the edit through gossip", |n| mtu(n, "lan") == Some(9000));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        b.record("network", "local").is_none(),
+        "an unsigned document crossed signed gossip"
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&tmp);
+}

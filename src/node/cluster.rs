@@ -203,6 +203,7 @@ impl Cluster {
             vms: BTreeSet::new(),
             running: BTreeSet::new(),
             status_dirty: true,
+            signed: self.settings.verify == GossipVerify::Signed,
         };
         for s in &self.settings.seeds {
             task.node.join(*s);
@@ -267,6 +268,10 @@ struct Task {
     /// VMs this node's election says it runs (for its status).
     running: BTreeSet<DocKey>,
     status_dirty: bool,
+    /// Signed mode: peers' documents are stored at the generation their
+    /// author signed (`Store::apply_signed`), so the stored copy still
+    /// verifies and an older one never replaces a newer one.
+    signed: bool,
 }
 
 impl Task {
@@ -376,14 +381,24 @@ impl Task {
         let obj = serde_json::from_slice::<serde_json::Value>(&doc.body)
             .map_err(|e| e.to_string())
             .and_then(|v| AnyObject::from_value(v).map_err(|e| e.to_string()));
-        match obj {
-            Ok(obj) => match self.store.apply(&obj, &source) {
-                Ok(a) if a.changed => {
-                    info!(object = %key, generation = a.generation, "applied from gossip")
-                }
-                Ok(_) => {}
-                Err(e) => warn!(object = %key, error = %e, "gossiped document not stored"),
-            },
+        let applied = obj.map(|obj| {
+            if self.signed {
+                self.store
+                    .apply_signed(&obj, &source, doc.generation.min(i64::MAX as u64) as i64)
+            } else {
+                self.store.apply(&obj, &source).map(Ok)
+            }
+        });
+        match applied {
+            Ok(Ok(Ok(a))) if a.changed => {
+                info!(object = %key, generation = a.generation, "applied from gossip")
+            }
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(stored))) => info!(
+                object = %key, generation = doc.generation, stored,
+                "gossiped document not newer than the stored one; kept the stored"
+            ),
+            Ok(Err(e)) => warn!(object = %key, error = %e, "gossiped document not stored"),
             Err(e) => warn!(object = %key, error = %e, "gossiped document unreadable"),
         }
     }

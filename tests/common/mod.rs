@@ -21,6 +21,8 @@ pub struct Node {
     pub extra_args: Vec<String>,
     /// A command the node runs under, e.g. `ip netns exec NS`.
     pub wrap: Vec<String>,
+    /// Node name (`--name`; gossip tells nodes apart by it).
+    pub name: String,
 }
 
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
@@ -57,6 +59,7 @@ impl Node {
             manifests,
             dir,
             child: None,
+            name: "test-node".into(),
             extra_args: vec![
                 "--hypervisor".into(),
                 "fake".into(),
@@ -83,7 +86,7 @@ impl Node {
             None => Command::new(env!("CARGO_BIN_EXE_deorch")),
         };
         let child = cmd
-            .args(["node", "run", "--name", "test-node"])
+            .args(["node", "run", "--name", &self.name])
             .args(&self.extra_args)
             .arg("--manifests")
             .arg(&self.manifests)
