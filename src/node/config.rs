@@ -407,6 +407,7 @@ impl NodeConfig {
         };
         let http = resolve_http(args, &file)?;
         let git = resolve_git(args, &file)?;
+        let state_dir = state_dir(args, &file);
         let gossip = resolve_gossip(args, &file)?;
         let name = args.name.clone().or(file.name).unwrap_or_else(default_name);
         if !crate::manifest::semantic::is_dns_label(&name) {
@@ -456,11 +457,6 @@ impl NodeConfig {
                 })
             }
         };
-        let state_dir: PathBuf = args
-            .state_dir
-            .clone()
-            .or(file.state_dir.clone())
-            .unwrap_or_else(|| "/var/lib/deorch".into());
         let storage_root = args.storage_root.clone().or(file.storage_root);
         let storage = match args.storage.clone().or(file.storage).as_deref() {
             Some("fake") => StorageKind::Fake,
@@ -529,11 +525,7 @@ impl NodeConfig {
 /// The HTTP settings: off unless a listen address is given; then the
 /// cluster owner is required and every address must parse.
 fn resolve_http(args: &NodeArgs, file: &FileConfig) -> Result<Option<HttpConfig>, ConfigError> {
-    let state_dir: PathBuf = args
-        .state_dir
-        .clone()
-        .or(file.state_dir.clone())
-        .unwrap_or_else(|| "/var/lib/deorch".into());
+    let state_dir = state_dir(args, file);
     let Some(listen) = args.http_listen.or(file.http_listen) else {
         return Ok(None);
     };
@@ -613,11 +605,7 @@ fn resolve_git(
     let Some(repo) = args.git_repo.clone().or(file.git_repo.clone()) else {
         return Ok(None);
     };
-    let state_dir: PathBuf = args
-        .state_dir
-        .clone()
-        .or(file.state_dir.clone())
-        .unwrap_or_else(|| "/var/lib/deorch".into());
+    let state_dir = state_dir(args, file);
     let verify = if args.git_unsigned || file.git_unsigned {
         GitVerify::Unsigned
     } else {
@@ -746,6 +734,14 @@ fn resolve_gossip(
             5_000,
         ),
     }))
+}
+
+/// The state directory: flag, environment, file, or /var/lib/deorch.
+fn state_dir(args: &NodeArgs, file: &FileConfig) -> PathBuf {
+    args.state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| "/var/lib/deorch".into())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
