@@ -170,7 +170,12 @@ pub fn drop_latency(count: usize) -> anyhow::Result<()> {
 
 /// Current resident set size of this process, bytes.
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    vm_rss("/proc/self/status")
+}
+
+/// `VmRSS` of a `/proc/.../status` file, bytes (0 when unreadable).
+fn vm_rss(status: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -178,8 +183,7 @@ pub fn rss_bytes() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn bench_vm(i: usize) -> AnyObject {
@@ -737,16 +741,7 @@ fn qmp_answers(rt: &tokio::runtime::Runtime, dir: &Path) -> bool {
 }
 
 fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    vm_rss(&format!("/proc/{pid}/status"))
 }
 
 fn write_manifest(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {

@@ -14,9 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use deorch::dhcp::{CountersSnapshot, DropReason, Table};
-use deorch::manifest;
-use deorch::model::AnyObject;
+use deorch::dhcp::{CountersSnapshot, DropReason};
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
 use dhcproto::Encodable;
 
@@ -304,30 +302,6 @@ fn vm(name: &str, nic_extra: &str) -> String {
     )
 }
 
-/// The address the library allocates to default/NAME/eth0 for these
-/// manifests (the test checks the server hands out exactly that).
-fn expected_address(file: &Path, name: &str) -> Ipv4Addr {
-    let parsed = manifest::parse_file(file);
-    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    let mut net = None;
-    let mut vms = Vec::new();
-    for d in parsed.documents {
-        match d.object {
-            AnyObject::Network(n) => net = Some(n),
-            AnyObject::VirtualMachine(v) => vms.push(v),
-            _ => {}
-        }
-    }
-    let table = Table::build(&net.unwrap(), &vms, "10.99.0.1".parse().unwrap(), |_| true).unwrap();
-    let id = format!("default/{name}/eth0");
-    table
-        .clients
-        .values()
-        .find(|c| c.identity == id)
-        .and_then(|c| c.address)
-        .unwrap()
-}
-
 fn hex_ips(ips: &[&str]) -> String {
     ips.iter()
         .flat_map(|s| s.parse::<Ipv4Addr>().unwrap().octets())
@@ -358,7 +332,11 @@ fn udhcpc_gets_every_option_exactly_as_the_manifest_says() {
         )
     );
     std::fs::write(&manifests, text).unwrap();
-    let want_ip = expected_address(&manifests, "web");
+    let want_ip = common::expected_address(
+        std::slice::from_ref(&manifests),
+        "10.99.0.1",
+        "default/web/eth0",
+    );
     let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
 
     let env = udhcpc(&lab, &cli, &vcli);
@@ -636,7 +614,15 @@ fn malformed_corpus_is_dropped_and_counted_then_a_client_still_gets_a_lease() {
     std::thread::sleep(Duration::from_millis(300));
     sh(&["ip", "-n", &cli, "addr", "flush", "dev", &vcli]);
     let env = udhcpc(&lab, &cli, &vcli);
-    assert_eq!(env["ip"], expected_address(&manifests, "web").to_string());
+    assert_eq!(
+        env["ip"],
+        common::expected_address(
+            std::slice::from_ref(&manifests),
+            "10.99.0.1",
+            "default/web/eth0"
+        )
+        .to_string()
+    );
 
     let c = counters(&server.stop());
     assert_eq!(

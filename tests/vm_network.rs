@@ -14,14 +14,10 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{tiny_guest, Node};
-use deorch::dhcp::Table;
-use deorch::manifest;
-use deorch::model::AnyObject;
 
 fn have(tools: &[&str]) -> bool {
     common::root_with_tools(
@@ -115,31 +111,6 @@ spec:
       network: lan
       dhcp: {hostName: tiny-guest}
 ";
-
-/// The address the library computes for default/tiny/eth0 from these
-/// manifests (the server must hand out exactly that).
-fn expected_address(dir: &Path) -> Ipv4Addr {
-    let mut net = None;
-    let mut vms = Vec::new();
-    for f in ["network.yaml", "vm.yaml"] {
-        let parsed = manifest::parse_file(&dir.join(f));
-        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-        for d in parsed.documents {
-            match d.object {
-                AnyObject::Network(n) => net = Some(n),
-                AnyObject::VirtualMachine(v) => vms.push(v),
-                _ => {}
-            }
-        }
-    }
-    let table = Table::build(&net.unwrap(), &vms, "10.77.0.1".parse().unwrap(), |_| true).unwrap();
-    table
-        .clients
-        .values()
-        .find(|c| c.identity == "default/tiny/eth0")
-        .and_then(|c| c.address)
-        .expect("an address for tiny")
-}
 
 /// The lease line the guest prints (guest/udhcpc.script's order), for
 /// the network as `network_yaml(dns, domain)` declares it.
@@ -261,7 +232,11 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
     )
     .unwrap();
     std::fs::write(m.join("vm.yaml"), VM).unwrap();
-    let want_ip = expected_address(m);
+    let want_ip = common::expected_address(
+        &[m.join("network.yaml"), m.join("vm.yaml")],
+        "10.77.0.1",
+        "default/tiny/eth0",
+    );
     let t_start = Instant::now();
     node.start();
 

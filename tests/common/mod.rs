@@ -483,3 +483,31 @@ pub fn root_with_tools(tools: &[&str], also: &[(&str, bool)], install: &str) -> 
     eprintln!("\n!!!!!! SKIPPED: {what} ({install}) !!!!!!\n");
     false
 }
+
+/// The address deorch's DHCP allocation gives NIC `identity`
+/// (`namespace/vm/nic`) on the Network declared in `files`, served from
+/// `server`: what a test expects the server to hand out.
+pub fn expected_address(files: &[PathBuf], server: &str, identity: &str) -> std::net::Ipv4Addr {
+    use deorch::model::AnyObject;
+    let mut net = None;
+    let mut vms = Vec::new();
+    for f in files {
+        let parsed = deorch::manifest::parse_file(f);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        for d in parsed.documents {
+            match d.object {
+                AnyObject::Network(n) => net = Some(n),
+                AnyObject::VirtualMachine(v) => vms.push(v),
+                _ => {}
+            }
+        }
+    }
+    let net = net.expect("a Network in the manifests");
+    deorch::dhcp::Table::build(&net, &vms, server.parse().unwrap(), |_| true)
+        .unwrap()
+        .clients
+        .values()
+        .find(|c| c.identity == identity)
+        .and_then(|c| c.address)
+        .unwrap_or_else(|| panic!("no address for {identity}"))
+}
