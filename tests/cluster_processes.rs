@@ -9,85 +9,65 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deorch::api::{client, Request, Response};
-use deorch::store::Record;
+use common::Node;
+use deorch::api::{Request, Response};
 
 const N: usize = 5;
 /// SWIM probe period and suspicion timeout given to every node.
 const PROBE: &str = "200ms";
 const SUSPECT: &str = "1s";
 
+/// A gossiping node: the shared test node with gossip flags, and whether
+/// it is SIGSTOPped.
 struct ClusterNode {
-    name: String,
-    dir: PathBuf,
-    manifests: PathBuf,
-    state: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+    node: Node,
     stopped: bool,
+}
+
+impl std::ops::Deref for ClusterNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl ClusterNode {
     fn start(name: &str, seeds: &[String]) -> ClusterNode {
-        let dir = common::temp_dir(&format!("cluster-{name}"));
-        let manifests = dir.join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let mut n = ClusterNode {
-            name: name.into(),
-            state: dir.join("state"),
-            socket: dir.join("run/deorch.sock"),
-            log: dir.join("node.log"),
-            manifests,
-            dir,
-            child: None,
-            stopped: false,
-        };
-        let log = std::fs::File::create(&n.log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deorch"));
-        cmd.args(["node", "run", "--name", name])
-            .args(["--hypervisor", "fake", "--storage", "fake"])
-            .arg("--manifests")
-            .arg(&n.manifests)
-            .arg("--state-dir")
-            .arg(&n.state)
-            .arg("--socket")
-            .arg(&n.socket)
-            .args(["--rescan-interval", "1s", "--settle", "2s"])
-            .args(["--gossip-listen", "127.0.0.1:0", "--cluster", "test"])
-            .args(["--gossip-verify", "unsigned"])
-            .args(["--gossip-probe-interval", PROBE])
-            .args(["--gossip-suspect-timeout", SUSPECT])
-            .args(["--gossip-claim-settle", "1s"])
-            .args(["--gossip-reelect-timeout", "1s"])
-            .args(["--log", "info,deorch=debug"]);
-        for s in seeds {
-            cmd.args(["--seed", s]);
-        }
-        n.child = Some(
-            cmd.stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn deorch node"),
+        let mut node = Node::new(&format!("cluster-{name}"));
+        node.name = name.into();
+        // A stopped peer must not hold up the test's calls for long.
+        node.call_timeout = Duration::from_secs(5);
+        node.extra_args.extend(
+            [
+                "--gossip-listen",
+                "127.0.0.1:0",
+                "--cluster",
+                "test",
+                "--gossip-verify",
+                "unsigned",
+                "--gossip-probe-interval",
+                PROBE,
+                "--gossip-suspect-timeout",
+                SUSPECT,
+                "--gossip-claim-settle",
+                "1s",
+                "--gossip-reelect-timeout",
+                "1s",
+            ]
+            .map(String::from),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(n.call(&Request::Info), Ok(Response::Info(_))) {
-            if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{name} exited early ({st}):\n{}", n.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not come up:\n{}",
-                n.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for s in seeds {
+            node.extra_args.extend(["--seed".into(), s.clone()]);
         }
-        n
+        node.start();
+        ClusterNode {
+            node,
+            stopped: false,
+        }
     }
 
     fn gossip_addr(&self) -> String {
@@ -96,21 +76,6 @@ impl ClusterNode {
             file.exists()
         });
         std::fs::read_to_string(&file).unwrap().trim().to_string()
-    }
-
-    fn call(&self, req: &Request) -> Result<Response, client::ClientError> {
-        client::call(&self.socket, req, Duration::from_secs(5))
-    }
-
-    fn record(&self, kind: &str, name: &str) -> Option<Record> {
-        match self.call(&Request::Get {
-            kind: Some(kind.into()),
-            namespace: None,
-            name: Some(name.into()),
-        }) {
-            Ok(Response::Objects { mut records }) => records.pop(),
-            _ => None,
-        }
     }
 
     /// `(phase, node)` of a VM's status on this node.
@@ -153,36 +118,14 @@ impl ClusterNode {
         self.stopped = sig == "-STOP";
     }
 
+    /// SIGKILL (also works on a stopped process) and reap.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if self.stopped {
-                let _ = Command::new("kill")
-                    .args(["-CONT", &c.id().to_string()])
-                    .status();
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.node.kill();
+        self.stopped = false;
     }
 
     fn drop_manifest(&self, file: &str, text: &str) {
         write_atomically(&self.manifests.join(file), text);
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("---- {} log tail:\n{}", self.name, self.log_tail());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Node {
     pub wrap: Vec<String>,
     /// Node name (`--name`; gossip tells nodes apart by it).
     pub name: String,
+    /// How long one local API call may take.
+    pub call_timeout: Duration,
 }
 
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
@@ -60,6 +62,7 @@ impl Node {
             dir,
             child: None,
             name: "test-node".into(),
+            call_timeout: Duration::from_secs(30),
             extra_args: vec![
                 "--hypervisor".into(),
                 "fake".into(),
@@ -149,7 +152,7 @@ impl Node {
     }
 
     pub fn call(&self, req: &Request) -> Result<Response, client::ClientError> {
-        client::call(&self.socket, req, Duration::from_secs(30))
+        client::call(&self.socket, req, self.call_timeout)
     }
 
     /// All live records.
