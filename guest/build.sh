@@ -39,6 +39,10 @@ kernel="kroot/boot/vmlinuz-$kver"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc/udhcpc,proc,sys,dev,run,tmp,lib/modules/"$kver"/kernel}
 cp "$file_busybox" "$root/bin/busybox"
+# The applet links, made here rather than by `busybox --install` at boot.
+for applet in $("$file_busybox" --list); do
+  [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
 install -m 0755 "$here/init" "$root/init"
 install -m 0755 "$here/udhcpc.script" "$root/etc/udhcpc/default.script"
 # The cloud kernel builds virtio as modules; take them (and what they need).

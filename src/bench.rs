@@ -755,15 +755,16 @@ fn write_manifest(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 /// `count` times each (after one warm-up), manifest file dropped → QEMU
 /// running with QMP answering, and → the guest's ready marker on its
 /// serial console; `virsh start` → the same marker, with the domain
-/// defined from the same VM model beforehand (libvirtd must run). Then the
-/// daemon's RSS per running VM, `parallel` VMs at once.
+/// defined from the same VM model beforehand (libvirtd must run), on
+/// `virsh.1` as the machine type. Then the daemon's RSS per running VM,
+/// `parallel` VMs at once, and the ratio of the two ready times.
 pub fn vm_boot(
     count: usize,
     parallel: usize,
     kernel: &Path,
     initrd: &Path,
     machine: &str,
-    libvirt_uri: Option<&str>,
+    virsh: Option<(&str, &str)>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -773,9 +774,10 @@ pub fn vm_boot(
     let state = dir.join("state");
     std::fs::create_dir_all(&manifests)?;
     let suit = format!(
-        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: tiny\nspec:\n  boot:\n    kernel: {}\n    initrd: {}\n    cmdline: console=ttyS0 quiet\n  machine: {machine}\n  cpu: 1\n  memory: 128Mi\n",
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: tiny\nspec:\n  boot:\n    kernel: {}\n    initrd: {}\n    cmdline: {}\n  machine: {machine}\n  cpu: 1\n  memory: 128Mi\n",
         kernel.display(),
-        initrd.display()
+        initrd.display(),
+        crate::qemu::probe::TINY_CMDLINE,
     );
     write_manifest(&manifests, "spacesuit.yaml", &suit)?;
     write_manifest(
@@ -798,7 +800,7 @@ pub fn vm_boot(
         .stderr(std::fs::File::create(dir.join("node.err"))?)
         .spawn()?;
     let vms = state.join("vms").join("default");
-    let result = (|| -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<f64> {
         let mut to_qmp = Vec::new();
         let mut to_ready = Vec::new();
         let mut hung = 0;
@@ -856,14 +858,18 @@ pub fn vm_boot(
             let rdir = vms.join(format!("p{i}"));
             let _ = time_until(Duration::from_secs(60), || !rdir.exists());
         }
-        Ok(())
+        Ok(r.p50)
     })();
     let _ = Command::new("kill").arg(node.id().to_string()).status();
     let _ = node.wait();
-    result?;
+    let deorch_ready = result?;
     qemu_floor(count, kernel, initrd, machine, &dir)?;
-    if let Some(uri) = libvirt_uri {
-        virsh_boot(count, kernel, initrd, machine, uri, &dir)?;
+    if let Some((uri, virsh_machine)) = virsh {
+        let virsh_ready = virsh_boot(count, kernel, initrd, virsh_machine, uri, &dir)?;
+        println!(
+            "ratio: deorch ({machine}) drop -> ready p50 / virsh start ({virsh_machine}) -> ready p50 = {:.2}",
+            deorch_ready / virsh_ready
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -885,7 +891,7 @@ fn bench_config(
         boot: Some(crate::model::vm::Boot {
             kernel: kernel.display().to_string(),
             initrd: Some(initrd.display().to_string()),
-            cmdline: Some("console=ttyS0 quiet".into()),
+            cmdline: Some(crate::qemu::probe::TINY_CMDLINE.into()),
         }),
         disks: vec![],
         disk_images: vec![],
@@ -957,7 +963,7 @@ fn virsh_boot(
     machine: &str,
     uri: &str,
     dir: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     use crate::driver::libvirt::{domain_xml, DomainParams};
     let virsh = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new("virsh")
@@ -1021,5 +1027,5 @@ fn virsh_boot(
         "virsh start ({machine}): command returns p50 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {hung} boots silent for 60 s",
         s.p50, r.p50, r.p99, to_ready.len()
     );
-    Ok(())
+    Ok(r.p50)
 }

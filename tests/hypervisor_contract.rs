@@ -246,7 +246,7 @@ fn tiny_config(s: &Subject, id: &str) -> VmConfig {
         boot: Some(Boot {
             kernel: kernel.display().to_string(),
             initrd: Some(initrd.display().to_string()),
-            cmdline: Some("console=ttyS0 quiet".into()),
+            cmdline: Some(deorch::qemu::probe::TINY_CMDLINE.into()),
         }),
         disks: vec![("data".into(), "vol-data".into())],
         disk_images: vec![DiskImage {

@@ -117,9 +117,10 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     std::fs::write(
         node.manifests.join("tiny.yaml"),
         format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: console=ttyS0 quiet}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n",
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c}\"}}\n  machine: microvm\n  cpu: 1\n  memory: 128Mi\n",
             k = g.join("vmlinuz").display(),
-            i = g.join("initrd.img").display()
+            i = g.join("initrd.img").display(),
+            c = deorch::qemu::probe::TINY_CMDLINE,
         ),
     )
     .unwrap();
@@ -196,11 +197,11 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     );
     // A VM made from the running VM: its disk is a live clone of tiny's
     // (QEMU switched to a new overlay again), and it boots and reads
-    // tiny's data while tiny keeps running. Both on `pc`: a microvm guest
-    // under TCG often cannot calibrate its clock (no HPET/PM timer) and
-    // hangs silently (manifests/spacesuit-tiny.yaml).
+    // tiny's data while tiny keeps running. Both on microvm, whose guests
+    // under TCG boot only because deorch hands the kernel the host's TSC
+    // rate (src/qemu/tsc.rs).
     let twin = node.manifests.join("twin.yaml");
-    std::fs::write(&twin, "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: twin\nspec:\n  spacesuit: tiny\n  machine: pc\n  disks:\n    - name: data\n      source: {virtualMachine: {name: tiny, disk: data}}\n  nics:\n    - name: eth0\n      network: default\n").unwrap();
+    std::fs::write(&twin, "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: twin\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {virtualMachine: {name: tiny, disk: data}}\n  nics:\n    - name: eth0\n      network: default\n").unwrap();
     let twin_serial = wait_ready_of(&node, "twin");
     assert!(
         twin_serial.contains("deorch-guest: disk vda sectors=8192 head=abababababababab"),

@@ -144,7 +144,11 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
         memory_mib: 128,
         kernel: Some(kernel),
         initrd: Some(initrd),
-        cmdline: Some("console=ttyS0 quiet".into()),
+        cmdline: Some(deorch::qemu::tsc::guest_cmdline(
+            Some(deorch::qemu::probe::TINY_CMDLINE),
+            Accel::Tcg,
+            deorch::qemu::tsc::host_khz(),
+        )),
         disks: vec![],
         nics: vec![QemuNic {
             id: "eth0".into(),

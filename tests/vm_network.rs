@@ -225,9 +225,10 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
     std::fs::write(
         m.join("suit.yaml"),
         format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: console=ttyS0 quiet}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n",
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c}\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n",
             k = g.join("vmlinuz").display(),
-            i = g.join("initrd.img").display()
+            i = g.join("initrd.img").display(),
+            c = deorch::qemu::probe::TINY_CMDLINE,
         ),
     )
     .unwrap();

@@ -334,6 +334,9 @@ pub enum BenchCommand {
         /// Also measure `virsh start` against this libvirt URI.
         #[arg(long)]
         libvirt_uri: Option<String>,
+        /// The machine type of the `virsh start` side (default: --machine).
+        #[arg(long)]
+        virsh_machine: Option<String>,
     },
     /// Login round trip over loopback HTTP (challenge, sign, login, whoami).
     Login {
@@ -611,13 +614,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     initrd,
                     machine,
                     libvirt_uri,
+                    virsh_machine,
                 } => crate::bench::vm_boot(
                     count,
                     parallel,
                     &kernel,
                     &initrd,
                     &machine,
-                    libvirt_uri.as_deref(),
+                    libvirt_uri
+                        .as_deref()
+                        .map(|u| (u, virsh_machine.as_deref().unwrap_or(&machine))),
                 )?,
                 BenchCommand::Login { count } => crate::bench::login_latency(count)?,
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,

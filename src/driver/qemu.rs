@@ -586,7 +586,13 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
             .boot
             .as_ref()
             .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
-        cmdline: c.boot.as_ref().and_then(|b| b.cmdline.clone()),
+        cmdline: c.boot.as_ref().map(|b| {
+            crate::qemu::tsc::guest_cmdline(
+                b.cmdline.as_deref(),
+                accel,
+                crate::qemu::tsc::host_khz(),
+            )
+        }),
         disks: c
             .disk_images
             .iter()

@@ -6,3 +6,4 @@ pub mod cmdline;
 pub mod console;
 pub mod probe;
 pub mod qmp;
+pub mod tsc;
