@@ -756,8 +756,11 @@ fn write_manifest(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 /// running with QMP answering, and → the guest's ready marker on its
 /// serial console; `virsh start` → the same marker, with the domain
 /// defined from the same VM model beforehand (libvirtd must run), on
-/// `virsh.1` as the machine type. Then the daemon's RSS per running VM,
-/// `parallel` VMs at once, and the ratio of the two ready times.
+/// `virsh.1` as the machine type. The two sides alternate boot by boot, so
+/// a drift in the host's speed (this is a shared VM: TCG boots of the same
+/// guest vary by ~30% from one minute to the next) falls on both alike.
+/// Then the daemon's RSS per running VM, `parallel` VMs at once, the floor
+/// (bare QEMU until QMP answers), and the ratio of the two ready times.
 pub fn vm_boot(
     count: usize,
     parallel: usize,
@@ -800,10 +803,12 @@ pub fn vm_boot(
         .stderr(std::fs::File::create(dir.join("node.err"))?)
         .spawn()?;
     let vms = state.join("vms").join("default");
-    let result = (|| -> anyhow::Result<f64> {
+    let virsh_side = virsh.map(|(uri, m)| VirshSide::new(uri, m, kernel, initrd, &dir));
+    let result = (|| -> anyhow::Result<(f64, Option<f64>)> {
         let mut to_qmp = Vec::new();
         let mut to_ready = Vec::new();
         let mut hung = 0;
+        let mut v = VirshSamples::default();
         for i in 0..=count {
             let name = format!("b{i}");
             let rdir = vms.join(&name);
@@ -825,6 +830,9 @@ pub fn vm_boot(
             if time_until(Duration::from_secs(60), || !rdir.exists()).is_none() {
                 bail!("{name}: not removed within 60 s");
             }
+            if let Some(side) = &virsh_side {
+                side.boot(i, i > 0, &mut v)?;
+            }
         }
         let q = percentiles(&mut to_qmp);
         let r = percentiles(&mut to_ready);
@@ -832,6 +840,7 @@ pub fn vm_boot(
             "deorch ({machine}): manifest drop -> QMP answering p50 {:.0} ms, p99 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {hung} boots silent for 60 s",
             q.p50, q.p99, r.p50, r.p99, to_ready.len()
         );
+        let virsh_ready = virsh_side.as_ref().map(|side| v.report(&side.machine));
         // Daemon RSS per running VM.
         let idle = rss_of(node.id());
         for i in 0..parallel {
@@ -851,6 +860,11 @@ pub fn vm_boot(
             busy as f64 / 1e6,
             busy.saturating_sub(idle) as f64 / 1e6 / parallel as f64
         );
+        console_latency(
+            &(0..parallel)
+                .map(|i| vms.join(format!("p{i}")))
+                .collect::<Vec<_>>(),
+        )?;
         for i in 0..parallel {
             std::fs::remove_file(manifests.join(format!("p{i}.yaml")))?;
         }
@@ -858,20 +872,106 @@ pub fn vm_boot(
             let rdir = vms.join(format!("p{i}"));
             let _ = time_until(Duration::from_secs(60), || !rdir.exists());
         }
-        Ok(r.p50)
+        Ok((r.p50, virsh_ready))
     })();
     let _ = Command::new("kill").arg(node.id().to_string()).status();
     let _ = node.wait();
-    let deorch_ready = result?;
+    let (deorch_ready, virsh_ready) = result?;
     qemu_floor(count, kernel, initrd, machine, &dir)?;
-    if let Some((uri, virsh_machine)) = virsh {
-        let virsh_ready = virsh_boot(count, kernel, initrd, virsh_machine, uri, &dir)?;
+    if let (Some(side), Some(virsh_ready)) = (&virsh_side, virsh_ready) {
         println!(
-            "ratio: deorch ({machine}) drop -> ready p50 / virsh start ({virsh_machine}) -> ready p50 = {:.2}",
+            "ratio: deorch ({machine}) drop -> ready p50 / virsh start ({}) -> ready p50 = {:.2}",
+            side.machine,
             deorch_ready / virsh_ready
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Console connection latency on the running VMs in `dirs` (their
+/// `console.json`, on the node's default console address, loopback): 50
+/// times per VM each, TCP connect until QEMU's VNC server sends its RFB
+/// version, and until its websocket port (noVNC's) answers the HTTP
+/// upgrade with `101`; beside the floor, a TCP connect to a listener of
+/// this process and its first byte. deorch is not in the path: the client
+/// speaks to QEMU.
+fn console_latency(dirs: &[PathBuf]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let host = std::net::Ipv4Addr::LOCALHOST;
+    let read_until = |s: &mut TcpStream, end: &[u8]| -> anyhow::Result<Vec<u8>> {
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.windows(end.len()).any(|w| w == end) {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("console closed after {} bytes", got.len());
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(got)
+    };
+    let (mut vnc, mut ws, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let listener = TcpListener::bind((host, 0))?;
+    let floor_port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || {
+        for mut c in listener.incoming().take(50 * 2).flatten() {
+            let _ = c.write_all(b"x");
+        }
+    });
+    for dir in dirs {
+        let ports: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("console.json"))?)?;
+        let port = |k: &str| {
+            ports[k]
+                .as_u64()
+                .map(|p| p as u16)
+                .ok_or_else(|| anyhow::anyhow!("{}: no {k} port", dir.display()))
+        };
+        let (vnc_port, ws_port) = (port("vnc")?, port("websocket")?);
+        for _ in 0..50 {
+            let t = Instant::now();
+            let mut s = TcpStream::connect((host, vnc_port))?;
+            let banner = read_until(&mut s, b"\n")?;
+            vnc.push(t.elapsed());
+            if !banner.starts_with(b"RFB ") {
+                bail!("port {vnc_port} is not VNC: {banner:?}");
+            }
+            let t = Instant::now();
+            let mut s = TcpStream::connect((host, ws_port))?;
+            s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}:{ws_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n").as_bytes())?;
+            let head = read_until(&mut s, b"\r\n\r\n")?;
+            ws.push(t.elapsed());
+            if !head.starts_with(b"HTTP/1.1 101") {
+                bail!(
+                    "port {ws_port}: no websocket upgrade: {}",
+                    String::from_utf8_lossy(&head)
+                );
+            }
+        }
+    }
+    for _ in 0..50 * 2 {
+        let t = Instant::now();
+        let mut s = TcpStream::connect((host, floor_port))?;
+        read_until(&mut s, b"x")?;
+        floor.push(t.elapsed());
+    }
+    let _ = server.join();
+    for (what, samples) in [
+        ("VNC connect -> RFB version", &mut vnc),
+        ("websocket connect -> 101 upgrade", &mut ws),
+        ("floor: TCP connect -> first byte", &mut floor),
+    ] {
+        let p = percentiles(samples);
+        println!(
+            "console: {what} p50 {:.3} ms, p99 {:.3} ms over {}",
+            p.p50,
+            p.p99,
+            samples.len()
+        );
+    }
     Ok(())
 }
 
@@ -954,21 +1054,53 @@ fn qemu_floor(
     Ok(())
 }
 
-/// `virsh start` → ready marker, the domain defined beforehand from the
-/// same VM model the libvirt driver uses.
-fn virsh_boot(
-    count: usize,
-    kernel: &Path,
-    initrd: &Path,
-    machine: &str,
-    uri: &str,
-    dir: &Path,
-) -> anyhow::Result<f64> {
-    use crate::driver::libvirt::{domain_xml, DomainParams};
-    let virsh = |args: &[&str]| -> anyhow::Result<()> {
+/// The `virsh start` side of [`vm_boot`]: the same guest as a libvirt
+/// domain, defined beforehand from the same VM model the libvirt driver
+/// uses, started with `virsh start` until the ready marker.
+struct VirshSide {
+    uri: String,
+    machine: String,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    dir: PathBuf,
+}
+
+/// What the `virsh start` side measured.
+#[derive(Default)]
+struct VirshSamples {
+    to_ready: Vec<Duration>,
+    start_returns: Vec<Duration>,
+    hung: usize,
+}
+
+impl VirshSamples {
+    /// Print the figures; the ready p50 in ms.
+    fn report(&mut self, machine: &str) -> f64 {
+        let r = percentiles(&mut self.to_ready);
+        let s = percentiles(&mut self.start_returns);
+        println!(
+            "virsh start ({machine}): command returns p50 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {} boots silent for 60 s",
+            s.p50, r.p50, r.p99, self.to_ready.len(), self.hung
+        );
+        r.p50
+    }
+}
+
+impl VirshSide {
+    fn new(uri: &str, machine: &str, kernel: &Path, initrd: &Path, dir: &Path) -> Self {
+        Self {
+            uri: uri.into(),
+            machine: machine.into(),
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            dir: dir.join("virsh"),
+        }
+    }
+
+    fn virsh(&self, args: &[&str]) -> anyhow::Result<()> {
         let out = Command::new("virsh")
             .arg("-c")
-            .arg(uri)
+            .arg(&self.uri)
             .args(args)
             .output()?;
         if !out.status.success() {
@@ -979,15 +1111,15 @@ fn virsh_boot(
             );
         }
         Ok(())
-    };
-    let mut to_ready = Vec::new();
-    let mut start_returns = Vec::new();
-    let mut hung = 0;
-    for i in 0..=count {
+    }
+
+    /// Boot number `i` once; its times go into `into` if `keep`.
+    fn boot(&self, i: usize, keep: bool, into: &mut VirshSamples) -> anyhow::Result<()> {
+        use crate::driver::libvirt::{domain_xml, DomainParams};
         let name = format!("deorch-bench-virsh-{i}");
-        let rdir = dir.join("virsh").join(&name);
+        let rdir = self.dir.join(&name);
         std::fs::create_dir_all(&rdir)?;
-        let config = bench_config(&name, kernel, initrd, machine)?;
+        let config = bench_config(&name, &self.kernel, &self.initrd, &self.machine)?;
         let vm =
             crate::driver::qemu::qemu_vm(&config, crate::qemu::probe::Accel::Tcg, rdir.clone())
                 .map_err(|e| anyhow::anyhow!(e))?;
@@ -1002,30 +1134,24 @@ fn virsh_boot(
         );
         let file = rdir.join("domain.xml");
         std::fs::write(&file, xml)?;
-        let _ = virsh(&["destroy", &name]);
-        let _ = virsh(&["undefine", &name]);
-        virsh(&["define", &file.display().to_string()])?;
+        let _ = self.virsh(&["destroy", &name]);
+        let _ = self.virsh(&["undefine", &name]);
+        self.virsh(&["define", &file.display().to_string()])?;
         let t = Instant::now();
-        virsh(&["start", &name])?;
+        self.virsh(&["start", &name])?;
         let started = t.elapsed();
         let ready =
             time_until(Duration::from_secs(60), || serial_ready(&rdir)).map(|_| t.elapsed());
-        let _ = virsh(&["destroy", &name]);
-        let _ = virsh(&["undefine", &name]);
+        let _ = self.virsh(&["destroy", &name]);
+        let _ = self.virsh(&["undefine", &name]);
         match ready {
-            Some(r) if i > 0 => {
-                to_ready.push(r);
-                start_returns.push(started);
+            Some(r) if keep => {
+                into.to_ready.push(r);
+                into.start_returns.push(started);
             }
             Some(_) => {}
-            None => hung += 1,
+            None => into.hung += 1,
         }
+        Ok(())
     }
-    let r = percentiles(&mut to_ready);
-    let s = percentiles(&mut start_returns);
-    println!(
-        "virsh start ({machine}): command returns p50 {:.0} ms; -> guest ready p50 {:.0} ms, p99 {:.0} ms over {}; {hung} boots silent for 60 s",
-        s.p50, r.p50, r.p99, to_ready.len()
-    );
-    Ok(r.p50)
 }
