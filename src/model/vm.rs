@@ -124,7 +124,10 @@ pub struct Boot {
     /// Path of the initrd on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
-    /// Kernel command line.
+    /// Kernel command line. Under TCG deorch appends `tsc_early_khz=<host TSC
+    /// kHz> tsc=reliable` (the guest's TSC is the host's; see
+    /// `src/qemu/tsc.rs`) unless the line already sets `tsc=` or
+    /// `tsc_early_khz=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
 }

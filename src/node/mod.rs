@@ -252,6 +252,18 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
                 }
             };
             info!(accel = probe.accel.as_str(), reason = %probe.reason, "accelerator chosen");
+            if probe.accel == Accel::Tcg {
+                // Measure the host's TSC rate now (~60 ms, once per
+                // process), not when the first VM starts.
+                let khz = tokio::task::spawn_blocking(crate::qemu::tsc::host_khz)
+                    .await
+                    .ok()
+                    .flatten();
+                info!(
+                    tsc_khz = khz.unwrap_or(0),
+                    "TCG guests get the host's TSC rate (0: not invariant, none given)"
+                );
+            }
             d.hypervisor = match &config.hypervisor {
                 HypervisorKind::Libvirt(uri) => {
                     info!(%uri, "hypervisor: libvirt");
