@@ -587,11 +587,13 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
             .as_ref()
             .and_then(|b| b.initrd.as_ref().map(PathBuf::from)),
         cmdline: c.boot.as_ref().map(|b| {
-            crate::qemu::tsc::guest_cmdline(
-                b.cmdline.as_deref(),
-                accel,
-                crate::qemu::tsc::host_khz(),
-            )
+            // Only TCG guests need the host's TSC rate; a KVM host never
+            // measures it.
+            let tsc = match accel {
+                Accel::Tcg => crate::qemu::tsc::host_khz(),
+                Accel::Kvm => None,
+            };
+            crate::qemu::tsc::guest_cmdline(b.cmdline.as_deref(), accel, tsc)
         }),
         disks: c
             .disk_images

@@ -253,16 +253,15 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
             };
             info!(accel = probe.accel.as_str(), reason = %probe.reason, "accelerator chosen");
             if probe.accel == Accel::Tcg {
-                // Measure the host's TSC rate now (~60 ms, once per
-                // process), not when the first VM starts.
-                let khz = tokio::task::spawn_blocking(crate::qemu::tsc::host_khz)
-                    .await
-                    .ok()
-                    .flatten();
-                info!(
-                    tsc_khz = khz.unwrap_or(0),
-                    "TCG guests get the host's TSC rate (0: not invariant, none given)"
-                );
+                // Measure the host's TSC rate (~60 ms, once per process)
+                // beside the start-up rather than in the first VM's start.
+                tokio::task::spawn_blocking(|| {
+                    let khz = crate::qemu::tsc::host_khz();
+                    info!(
+                        tsc_khz = khz.unwrap_or(0),
+                        "TCG guests get the host's TSC rate (0: not invariant, none given)"
+                    );
+                });
             }
             d.hypervisor = match &config.hypervisor {
                 HypervisorKind::Libvirt(uri) => {
