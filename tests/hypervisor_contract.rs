@@ -4,8 +4,9 @@
 //! contract checks what the guest prints on its serial console: DHCP lease,
 //! disk content, ready marker; then state Running, the deterministic console
 //! port serving RFB, pause/resume (the guest's counter stops and goes on),
-//! a graceful ACPI stop, a restart on the same console port, a forced stop
-//! and removal. The fake has no serial console or graphics, so those checks
+//! a graceful ACPI stop, a restart on the same console port, re-adoption by
+//! a new driver instance (a restarted daemon), QEMU's `kill -9` reported as
+//! a crash and booted again on the same port, a forced stop and removal. The fake has no serial console or graphics, so those checks
 //! are skipped for it only.
 //!
 //! libvirtd is started by this harness (no systemd here): `virtlogd -d;
@@ -59,6 +60,9 @@ struct Subject {
     dir: PathBuf,
     /// Tears down what the driver left running, however the test ends.
     cleanup: Box<dyn Fn()>,
+    /// A new instance of the driver over the same state, as a restarted
+    /// daemon makes; `None` for the fake (its VMs live in its memory).
+    reopen: Option<Box<dyn Fn() -> Arc<dyn Hypervisor>>>,
 }
 
 impl Drop for Subject {
@@ -153,6 +157,7 @@ fn fake() -> Option<Subject> {
         consoles: false,
         dir: common::temp_dir("contract-fake"),
         cleanup: Box::new(|| {}),
+        reopen: None,
     })
 }
 
@@ -162,10 +167,18 @@ fn qemu() -> Option<Subject> {
     }
     let dir = common::temp_dir("contract-qemu");
     let vms = dir.join("vms");
-    let hv = QemuHypervisor::new("qemu-system-x86_64", &vms, Accel::Tcg)
-        .with_console("127.0.0.1".parse().unwrap(), PORTS);
+    let open = {
+        let vms = vms.clone();
+        move || -> Arc<dyn Hypervisor> {
+            Arc::new(
+                QemuHypervisor::new("qemu-system-x86_64", &vms, Accel::Tcg)
+                    .with_console("127.0.0.1".parse().unwrap(), PORTS),
+            )
+        }
+    };
     Some(Subject {
-        hv: Arc::new(hv),
+        hv: open(),
+        reopen: Some(Box::new(open)),
         vms: Some(vms.clone()),
         consoles: true,
         dir,
@@ -188,11 +201,19 @@ fn libvirt() -> Option<Subject> {
     }
     let dir = common::temp_dir("contract-libvirt");
     let vms = dir.join("vms");
-    let hv = LibvirtHypervisor::new(LIBVIRT_URI, &vms, Accel::Tcg)
-        .with_console("127.0.0.1".parse().unwrap(), PORTS);
+    let open = {
+        let vms = vms.clone();
+        move || -> Arc<dyn Hypervisor> {
+            Arc::new(
+                LibvirtHypervisor::new(LIBVIRT_URI, &vms, Accel::Tcg)
+                    .with_console("127.0.0.1".parse().unwrap(), PORTS),
+            )
+        }
+    };
     let id = vm_id("libvirt");
     Some(Subject {
-        hv: Arc::new(hv),
+        hv: open(),
+        reopen: Some(Box::new(open)),
         vms: Some(vms.clone()),
         consoles: true,
         dir,
@@ -566,6 +587,62 @@ async fn contract(s: Subject, id: String) {
     boot(&s, &cfg).await;
     assert_running(&state(&s, &id).await, &cfg, name);
     assert_eq!(check_console(&s, &id), port, "[{name}] same port");
+
+    if let Some(reopen) = &s.reopen {
+        // The daemon restarted: a new instance of the driver finds the
+        // running VM (same process, configuration and console port) and
+        // controls it.
+        let before = state(&s, &id).await;
+        let VmState::Running { pid, .. } = before else {
+            panic!("[{name}] expected Running, got {before:?}")
+        };
+        let hv2 = reopen();
+        let after = call("state", hv2.state(&id)).await.expect("state");
+        assert_running(&after, &cfg, name);
+        assert!(
+            matches!(after, VmState::Running { pid: p, .. } if p == pid),
+            "[{name}] re-adopted the same QEMU: {after:?}, before pid {pid}"
+        );
+        assert_eq!(
+            hv2.console(&id).and_then(|c| c.vnc_port),
+            port,
+            "[{name}] the new instance reports the same console port"
+        );
+        call("pause", hv2.pause(&id))
+            .await
+            .expect("pause through the new instance");
+        call("resume", hv2.resume(&id))
+            .await
+            .expect("resume through the new instance");
+        assert!(
+            ticks_advance(&s, &id, Duration::from_secs(10)).await,
+            "[{name}] the guest runs on after pause/resume by the new instance"
+        );
+
+        // QEMU killed with SIGKILL: reported as a crash (what restartPolicy
+        // acts on), and the VM starts again on its console port.
+        assert!(runs("kill", &["-9", &pid.to_string()]), "[{name}] kill -9");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let crashed = loop {
+            let st = state(&s, &id).await;
+            if !matches!(st, VmState::Running { .. }) || Instant::now() > deadline {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            crashed,
+            VmState::Stopped(StopReason::Crashed),
+            "[{name}] after kill -9"
+        );
+        boot(&s, &cfg).await;
+        assert_running(&state(&s, &id).await, &cfg, name);
+        assert_eq!(
+            check_console(&s, &id),
+            port,
+            "[{name}] same port after the crash"
+        );
+    }
 
     // Forced stop, then removal: the hypervisor forgets the VM.
     call("stop", s.hv.stop(&id, Duration::ZERO))
