@@ -18,7 +18,13 @@ fn alive(pid: u64) -> bool {
     })
 }
 
-/// The console ports in status, after checking QEMU really serves them.
+/// The node's console address and VNC range (`--console-address`,
+/// `--console-ports`): not the defaults, so the test sees they are used.
+const CONSOLE_HOST: &str = "127.0.0.2";
+const CONSOLE_PORTS: (u64, u64) = (22000, 22099);
+
+/// The console ports in status, after checking QEMU really serves them
+/// where the node's settings say.
 fn console(node: &Node) -> (u64, u64) {
     use std::io::Read;
     let st = vm_status(node);
@@ -27,19 +33,23 @@ fn console(node: &Node) -> (u64, u64) {
         c["vncPort"].as_u64().expect("vncPort"),
         c["websocketPort"].as_u64().expect("websocketPort"),
     );
-    assert!((5900..6900).contains(&vnc) && ws == vnc + 1000, "{c}");
-    assert_eq!(c["host"], "127.0.0.1");
+    let (first, last) = CONSOLE_PORTS;
+    assert!(
+        (first..=last).contains(&vnc) && ws == vnc + (last - first + 1),
+        "{c}"
+    );
+    assert_eq!(c["host"], CONSOLE_HOST);
     assert!(
         c["url"].as_str().unwrap().contains(&format!("port={ws}")),
         "{c}"
     );
     let mut rfb =
-        std::net::TcpStream::connect(("127.0.0.1", vnc as u16)).expect("VNC port answers");
+        std::net::TcpStream::connect((CONSOLE_HOST, vnc as u16)).expect("VNC port answers");
     rfb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = [0u8; 12];
     rfb.read_exact(&mut hello).unwrap();
     assert_eq!(&hello[..4], b"RFB ", "an RFB greeting on the VNC port");
-    std::net::TcpStream::connect(("127.0.0.1", ws as u16))
+    std::net::TcpStream::connect((CONSOLE_HOST, ws as u16))
         .expect("the noVNC websocket port answers");
     (vnc, ws)
 }
@@ -112,6 +122,10 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
         "qemu".into(),
         "--probe-guest".into(),
         g.display().to_string(),
+        "--console-address".into(),
+        CONSOLE_HOST.into(),
+        "--console-ports".into(),
+        format!("{}-{}", CONSOLE_PORTS.0, CONSOLE_PORTS.1),
     ];
     std::fs::write(node.manifests.join("network.yaml"), "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {name: default}\nspec:\n  ipv4: {subnet: 10.42.0.0/24, gateway: 10.42.0.1}\n").unwrap();
     std::fs::write(

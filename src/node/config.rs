@@ -59,6 +59,17 @@ pub struct NodeArgs {
     /// (built by guest/build.sh); default /var/lib/deorch/guest.
     #[arg(long, env = "DEORCH_PROBE_GUEST")]
     pub probe_guest: Option<PathBuf>,
+    /// Address VM consoles (VNC, its websocket, SPICE) listen on; default:
+    /// the node's first `--address`, else 127.0.0.1. The consoles have no
+    /// authentication of their own yet: anyone who reaches this address
+    /// and a VM's port sees its screen.
+    #[arg(long, env = "DEORCH_CONSOLE_ADDRESS")]
+    pub console_address: Option<std::net::IpAddr>,
+    /// VNC port range of VM consoles, `FIRST-LAST` (default 5900-6899,
+    /// FIRST ≥ 5900); the websocket (noVNC) range follows right after it
+    /// and the SPICE range after that, each as long.
+    #[arg(long, env = "DEORCH_CONSOLE_PORTS")]
+    pub console_ports: Option<String>,
     /// Full rescan period of the manifest directory, e.g. `10s`.
     #[arg(long, env = "DEORCH_RESCAN_INTERVAL")]
     pub rescan_interval: Option<ManifestDuration>,
@@ -190,6 +201,10 @@ pub struct FileConfig {
     pub storage_root: Option<String>,
     /// Probe guest directory.
     pub probe_guest: Option<PathBuf>,
+    /// Console listen address.
+    pub console_address: Option<std::net::IpAddr>,
+    /// Console VNC port range, `FIRST-LAST`.
+    pub console_ports: Option<String>,
     /// Rescan period.
     pub rescan_interval: Option<ManifestDuration>,
     /// Settle time.
@@ -297,6 +312,8 @@ pub struct NodeConfig {
     pub storage: StorageKind,
     /// Probe guest directory.
     pub probe_guest: PathBuf,
+    /// Where VM consoles listen, and their port ranges.
+    pub console: ConsoleSettings,
     /// Manifest directory rescan period.
     pub rescan_interval: Duration,
     /// Settle time for unclosed files.
@@ -307,6 +324,52 @@ pub struct NodeConfig {
     pub git: Option<crate::source::git::GitConfig>,
     /// Gossip (cluster membership, document sync, placement), when enabled.
     pub gossip: Option<GossipSettings>,
+}
+
+/// VM consoles: listen address and port ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// Listen address.
+    pub listen: std::net::IpAddr,
+    /// VNC, websocket and SPICE ranges.
+    pub ports: crate::qemu::console::PortRange,
+}
+
+/// `FIRST-LAST` as console port ranges: VNC `FIRST..=LAST`, then the
+/// websocket range and the SPICE range, each as long, right after it.
+fn console_ports(text: &str) -> Result<crate::qemu::console::PortRange, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid {
+        setting: "consolePorts",
+        message: format!("{text:?}: {why}"),
+    };
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| bad("expected FIRST-LAST, e.g. 5900-6899".into()))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| bad(format!("{s:?} is not a port number")))
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first < 5900 {
+        return Err(bad(
+            "the first port must be ≥ 5900 (QEMU takes a VNC display number)".into(),
+        ));
+    }
+    if last < first {
+        return Err(bad("the last port is below the first".into()));
+    }
+    let size = last - first + 1;
+    if first + 3 * size > 65536 {
+        return Err(bad(format!(
+            "the VNC, websocket and SPICE ranges ({size} ports each, from {first}) must end by 65535"
+        )));
+    }
+    Ok(crate::qemu::console::PortRange {
+        vnc_base: first as u16,
+        ws_base: (first + size) as u16,
+        size: size as u16,
+    })
 }
 
 /// How gossiped documents are checked.
@@ -483,6 +546,17 @@ impl NodeConfig {
                 })
             }
         };
+        let console = ConsoleSettings {
+            listen: args
+                .console_address
+                .or(file.console_address)
+                .or_else(|| addresses.first().and_then(|a| a.parse().ok()))
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            ports: match args.console_ports.clone().or(file.console_ports) {
+                Some(text) => console_ports(&text)?,
+                None => Default::default(),
+            },
+        };
         Ok(NodeConfig {
             http,
             git,
@@ -508,6 +582,7 @@ impl NodeConfig {
                 .clone()
                 .or(file.probe_guest)
                 .unwrap_or_else(|| "/var/lib/deorch/guest".into()),
+            console,
             rescan_interval: args
                 .rescan_interval
                 .or(file.rescan_interval)
@@ -842,6 +917,43 @@ mod tests {
         let e = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("--cluster-owner"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn console_address_and_port_ranges() {
+        use crate::qemu::console::PortRange;
+        let c = NodeConfig::resolve(&NodeArgs::default()).unwrap().console;
+        assert_eq!(c.listen.to_string(), "127.0.0.1");
+        assert_eq!(c.ports, PortRange::default());
+        assert_eq!(
+            console_ports("5900-6899").unwrap(),
+            PortRange::default(),
+            "the default, spelled out"
+        );
+        let r = console_ports("20000-20099").unwrap();
+        assert_eq!((r.vnc_base, r.ws_base, r.size), (20000, 20100, 100));
+        assert_eq!(r.spice(20000), Some(20200));
+        for (bad, why) in [
+            ("5900", "FIRST-LAST"),
+            ("5000-5100", "≥ 5900"),
+            ("6000-5999", "below the first"),
+            ("60000-63000", "must end by 65535"),
+            ("x-6000", "not a port number"),
+        ] {
+            let e = console_ports(bad).unwrap_err().to_string();
+            assert!(e.contains("consolePorts") && e.contains(why), "{bad}: {e}");
+        }
+        let mut args = NodeArgs {
+            addresses: vec!["10.9.9.9".into(), "10.8.8.8".into()],
+            ..Default::default()
+        };
+        let c = NodeConfig::resolve(&args).unwrap().console;
+        assert_eq!(c.listen.to_string(), "10.9.9.9", "the node's first address");
+        args.console_address = Some("10.1.2.3".parse().unwrap());
+        args.console_ports = Some("30000-30009".into());
+        let c = NodeConfig::resolve(&args).unwrap().console;
+        assert_eq!(c.listen.to_string(), "10.1.2.3");
+        assert_eq!(c.ports.ws_base, 30010);
     }
 
     #[test]

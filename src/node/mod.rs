@@ -263,20 +263,38 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
                     );
                 });
             }
+            let c = config.console;
+            info!(
+                listen = %c.listen,
+                vnc = %format!("{}-{}", c.ports.vnc_base, c.ports.vnc_base as u32 + c.ports.size as u32 - 1),
+                "VM consoles"
+            );
+            if !c.listen.is_loopback() {
+                warn!(
+                    listen = %c.listen,
+                    "VM consoles have no authentication yet: anyone who reaches this address sees and drives their screens"
+                );
+            }
             d.hypervisor = match &config.hypervisor {
                 HypervisorKind::Libvirt(uri) => {
                     info!(%uri, "hypervisor: libvirt");
-                    Arc::new(LibvirtHypervisor::new(
-                        uri.clone(),
+                    Arc::new(
+                        LibvirtHypervisor::new(
+                            uri.clone(),
+                            config.state_dir.join("vms"),
+                            probe.accel,
+                        )
+                        .with_console(c.listen, c.ports),
+                    )
+                }
+                _ => Arc::new(
+                    QemuHypervisor::new(
+                        "qemu-system-x86_64",
                         config.state_dir.join("vms"),
                         probe.accel,
-                    ))
-                }
-                _ => Arc::new(QemuHypervisor::new(
-                    "qemu-system-x86_64",
-                    config.state_dir.join("vms"),
-                    probe.accel,
-                )),
+                    )
+                    .with_console(c.listen, c.ports),
+                ),
             };
         }
     }
