@@ -627,3 +627,45 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
         runtime_dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel line both drivers get from `qemu_vm`: the host's TSC
+    /// words under TCG (when the host's TSC is invariant), the spacesuit's
+    /// line untouched under KVM.
+    #[test]
+    fn tcg_guests_get_the_host_tsc_through_qemu_vm() {
+        let config = VmConfig {
+            id: "default/t".into(),
+            cpus: 1,
+            memory: 128 << 20,
+            machine: crate::model::vm::Machine::Microvm,
+            cpu_model: None,
+            boot: Some(crate::model::vm::Boot {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: Some("console=ttyS0 quiet".into()),
+            }),
+            disks: vec![],
+            disk_images: vec![],
+            nics: vec![],
+            spice: false,
+        };
+        let line = |accel| {
+            qemu_vm(&config, accel, "/tmp/x".into())
+                .unwrap()
+                .cmdline
+                .unwrap()
+        };
+        assert_eq!(line(Accel::Kvm), "console=ttyS0 quiet");
+        match crate::qemu::tsc::host_khz() {
+            Some(khz) => assert_eq!(
+                line(Accel::Tcg),
+                format!("console=ttyS0 quiet tsc_early_khz={khz} tsc=reliable")
+            ),
+            None => assert_eq!(line(Accel::Tcg), "console=ttyS0 quiet"),
+        }
+    }
+}
