@@ -162,6 +162,17 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     t0.elapsed()
 }
 
+/// Wait until VM `name` is in (`present`) or gone from every node's store.
+fn wait_in_all_stores(nodes: &[ClusterNode], name: &str, present: bool) {
+    for n in nodes {
+        wait(
+            &format!("{name} present={present} in {}'s store", n.name),
+            Duration::from_secs(30),
+            || n.record("vm", name).is_some() == present,
+        );
+    }
+}
+
 fn vm_yaml(name: &str, placement: &str) -> String {
     format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  cpu: 1\n  memory: 64Mi\n{placement}"
@@ -188,13 +199,7 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
         "pinned.yaml",
         &vm_yaml("pinned", "  placement:\n    node: n3\n"),
     );
-    for n in &nodes {
-        wait(
-            &format!("pinned VM in {}'s store", n.name),
-            Duration::from_secs(30),
-            || n.record("vm", "pinned").is_some(),
-        );
-    }
+    wait_in_all_stores(&nodes, "pinned", true);
     let spread = t.elapsed();
     eprintln!("(a) manifest dropped on n1 in all 5 stores after {spread:?}");
     for n in &nodes {
@@ -221,13 +226,7 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
     // A local deletion travels as a tombstone.
     let t = Instant::now();
     std::fs::remove_file(nodes[0].manifests.join("pinned.yaml")).unwrap();
-    for n in &nodes {
-        wait(
-            &format!("pinned VM gone from {}", n.name),
-            Duration::from_secs(30),
-            || n.record("vm", "pinned").is_none(),
-        );
-    }
+    wait_in_all_stores(&nodes, "pinned", false);
     eprintln!(
         "(a) deletion on n1 reached all 5 stores after {:?}",
         t.elapsed()
@@ -261,13 +260,7 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
     let (code, out, err) =
         common::cli_in(Some(&nodes[1].socket), &["delete", "vm", "viaapi"], None);
     assert_eq!(code, 0, "delete on n2: {out}{err}");
-    for n in &nodes {
-        wait(
-            &format!("viaapi gone from {}", n.name),
-            Duration::from_secs(30),
-            || n.record("vm", "viaapi").is_none(),
-        );
-    }
+    wait_in_all_stores(&nodes, "viaapi", false);
     eprintln!(
         "(a) local API: created on n4 everywhere after {created:?}, edited on n5 everywhere after {edited:?}, deleted on n2 everywhere after {:?} (cumulative)",
         t.elapsed()

@@ -411,7 +411,10 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
         let _ = writeln!(
             w,
             "    <cmdline>{}</cmdline>",
-            esc(vm.cmdline.as_deref().unwrap_or("console=ttyS0"))
+            esc(vm
+                .cmdline
+                .as_deref()
+                .unwrap_or(cmdline::DEFAULT_KERNEL_CMDLINE))
         );
     }
     let _ = writeln!(w, "  </os>");

@@ -121,6 +121,10 @@ pub fn serial_log(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("serial.log")
 }
 
+/// The kernel command line of a directly booted VM whose spacesuit gives
+/// none: the serial console, which deorch reads.
+pub const DEFAULT_KERNEL_CMDLINE: &str = "console=ttyS0";
+
 fn microvm(vm: &QemuVm) -> bool {
     vm.machine == Machine::Microvm
 }
@@ -164,7 +168,10 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
         if let Some(i) = &vm.initrd {
             push(&["-initrd", &i.display().to_string()]);
         }
-        push(&["-append", vm.cmdline.as_deref().unwrap_or("console=ttyS0")]);
+        push(&[
+            "-append",
+            vm.cmdline.as_deref().unwrap_or(DEFAULT_KERNEL_CMDLINE),
+        ]);
     }
     let bus_suffix = if microvm(vm) { "device" } else { "pci" };
     for d in &vm.disks {

@@ -85,11 +85,13 @@ fn measure() -> Option<u64> {
 }
 
 /// The kernel command line deorch hands QEMU for a directly booted guest:
-/// the spacesuit's `cmdline` (or `console=ttyS0`), plus, under TCG with a
+/// the spacesuit's `cmdline` (or the default, `console=ttyS0`), plus, under TCG with a
 /// known host TSC, `tsc_early_khz=` and `tsc=reliable` unless the
 /// spacesuit's line already sets either.
 pub fn guest_cmdline(cmdline: Option<&str>, accel: Accel, tsc_khz: Option<u64>) -> String {
-    let base = cmdline.unwrap_or("console=ttyS0").trim();
+    let base = cmdline
+        .unwrap_or(super::cmdline::DEFAULT_KERNEL_CMDLINE)
+        .trim();
     let says_tsc = base
         .split_whitespace()
         .any(|w| w.starts_with("tsc=") || w.starts_with("tsc_early_khz="));
