@@ -1,5 +1,5 @@
 //! Level 2: a password check of a user against an ordered list of LDAP /
-//! Active Directory servers (issue 6 item 6).
+//! Active Directory servers.
 //!
 //! Servers are tried in order until one accepts the bind. Anything else
 //! on one server — connection refused, timeout, server gone mid-session,

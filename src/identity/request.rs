@@ -1,5 +1,5 @@
-//! Per-request signatures for the REST API (issue 6 item 7: "the request
-//! signed over body hash + timestamp + nonce"), without HTTP.
+//! Per-request signatures for the REST API (a request signed over its body
+//! hash, a timestamp and a nonce), without HTTP.
 //!
 //! The signed text (BIP-137 or BIP-322) is
 //!

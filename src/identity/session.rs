@@ -1,4 +1,4 @@
-//! Login building blocks (issue 6 item 5), without HTTP: challenges a
+//! Login building blocks, without HTTP: challenges a
 //! wallet signs, a bounded single-use nonce store, and session tokens
 //! signed by the issuing node's key that any node of the cluster can check
 //! without shared state.
