@@ -264,11 +264,28 @@ fn login_replay_expiry_forgery_and_cookies() {
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .expect("run node");
+                // Ask for the challenge only once node has loaded its
+                // libraries (it says `ready`): loading alone can take
+                // longer than the lifetime on a loaded machine.
+                let mut stdout = std::io::BufReader::new(signer.stdout.take().unwrap());
+                let mut ready = String::new();
+                {
+                    use std::io::BufRead as _;
+                    stdout
+                        .read_line(&mut ready)
+                        .expect("read the signer's ready line");
+                }
+                assert_eq!(ready.trim(), "ready", "bitcoinjs.js did not start");
                 let c = challenge(&url);
                 {
                     use std::io::Write as _;
                     let mut stdin = signer.stdin.take().unwrap();
                     writeln!(stdin, "{}", hex::encode(&c)).unwrap();
+                }
+                let mut sig = String::new();
+                {
+                    use std::io::Read as _;
+                    stdout.read_to_string(&mut sig).expect("read the signature");
                 }
                 let out = signer.wait_with_output().expect("run node");
                 assert!(
@@ -276,7 +293,6 @@ fn login_replay_expiry_forgery_and_cookies() {
                     "{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                let sig = String::from_utf8(out.stdout).unwrap();
                 let r = post_login(&url, &addr, sig.trim(), &c);
                 assert_eq!(r.status, 200, "bitcoinjs {ty}: {:?}", r.json());
                 assert_eq!(whoami(&url, &token_of(&r)).json()["address"], addr.as_str());

@@ -3,8 +3,9 @@
 //
 // usage:
 //   node bitcoinjs.js sign NETWORK TYPE WIF MESSAGE_HEX    -> base64 signature
-//     (MESSAGE_HEX `-`: read it from the first line of stdin, so a caller
-//     can start node, which is slow, before it has the message)
+//     (MESSAGE_HEX `-`: print `ready` once the libraries are loaded, then
+//     read the message from the first line of stdin, so a caller can start
+//     node, which is slow, and wait for it before it asks for the message)
 //   node bitcoinjs.js verify ADDRESS SIG MESSAGE_HEX [electrum] -> ok (exit 0) / bad (exit 1)
 //   node bitcoinjs.js address NETWORK TYPE WIF              -> address
 // TYPE is p2pkh, p2sh-p2wpkh or p2wpkh; NETWORK mainnet, testnet or regtest.
@@ -37,6 +38,7 @@ function main(argv) {
   const [cmd, ...args] = argv;
   if (cmd === 'sign') {
     const [net, type, wif, arg] = args;
+    if (arg === '-') console.log('ready');
     const hex = arg === '-' ? require('fs').readFileSync(0, 'utf8').split('\n')[0].trim() : arg;
     const pair = ECPair.fromWIF(wif, networks[net]);
     const opts = segwitType[type] ? { segwitType: segwitType[type] } : undefined;
