@@ -343,6 +343,7 @@ async fn deletion_cleans_up_and_failures_stay_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the replicaPolicy schedule left the VM reconciler for source::replica_schedule (admission): run that source in this world when the two meet"]
 async fn replica_policy_takes_replicas_and_keeps_the_newest() {
     let mut w = world("policy");
     w.apply(BASE);

@@ -50,7 +50,7 @@ pub use status::walk;
 
 use super::{names, Ctx, Outcome, ReconcileError};
 use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus};
-use crate::model::{Kind, Manifest, ObjectKey};
+use crate::model::{Manifest, ObjectKey};
 use crate::store::Record;
 
 /// Reconcile one VM record.
@@ -96,13 +96,7 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
             f,
         ));
     }
-    let outcome = status::report(ctx, record, status, &desired, &observed.state, &plan).await?;
-    if plan.blocked.is_none() && desired.site == Site::Here {
-        if let Err(e) = replica_policy(ctx, record, &vm) {
-            tracing::warn!(vm = %key, error = %e, "replica policy");
-        }
-    }
-    Ok(outcome)
+    status::report(ctx, record, status, &desired, &observed.state, &plan).await
 }
 
 /// A VM placed elsewhere whose references do not resolve here (e.g. its
@@ -177,68 +171,4 @@ pub async fn live_disks(
             .collect(),
     };
     execute::live_disks(ctx, &vm).await
-}
-
-/// Label on the replicas a VM's `replicaPolicy` takes.
-pub const POLICY_LABEL: &str = "deorch.dev/replica-policy-of";
-
-/// `spec.replicaPolicy`: take a Replica every `interval` and keep the
-/// newest `keep`. The replicas are ordinary desired state (source
-/// `policy`), named `VM-auto-<ms>`, so they show in `get` and survive
-/// restarts; the VM's regular polling drives the schedule.
-fn replica_policy(
-    ctx: &Ctx,
-    record: &Record,
-    vm: &Manifest<VirtualMachineSpec>,
-) -> Result<(), ReconcileError> {
-    let Some(policy) = &vm.spec.replica_policy else {
-        return Ok(());
-    };
-    let key = &record.key;
-    let taken = |r: &Record| -> Option<u64> { r.key.name.rsplit_once("-auto-")?.1.parse().ok() };
-    let mut autos: Vec<(u64, Record)> = ctx
-        .store
-        .list(Some(Kind::Replica))
-        .into_iter()
-        .filter(|r| {
-            !r.deleted
-                && r.key.namespace == key.namespace
-                && r.object["metadata"]["labels"][POLICY_LABEL] == key.name.as_str()
-        })
-        .filter_map(|r| Some((taken(&r)?, r)))
-        .collect();
-    autos.sort_by_key(|a| a.0);
-    let source = crate::store::SourceId("policy".into());
-    let now = crate::source::dir::now_ms();
-    let due = autos
-        .last()
-        .is_none_or(|(t, _)| now.saturating_sub(*t) >= policy.interval.0.as_millis() as u64);
-    if due && policy.keep > 0 {
-        let base: String = key.name.chars().take(63 - 6 - 13).collect();
-        let name = format!("{}-auto-{now}", base.trim_end_matches('-'));
-        let object = serde_json::json!({
-            "apiVersion": crate::model::API_VERSION,
-            "kind": "Replica",
-            "metadata": {
-                "name": name,
-                "namespace": key.namespace,
-                "labels": {POLICY_LABEL: key.name},
-            },
-            "spec": {"virtualMachine": {"name": key.name}},
-        });
-        let object = crate::model::AnyObject::from_value(object)
-            .map_err(|e| ReconcileError::permanent("ReplicaPolicy", e.to_string()))?;
-        ctx.store.apply(&object, &source)?;
-        autos.push((
-            now,
-            ctx.store
-                .get(&ObjectKey::new(Kind::Replica, Some(&key.namespace), &name))
-                .expect("just applied"),
-        ));
-    }
-    let excess = autos.len().saturating_sub(policy.keep as usize);
-    for (_, old) in autos.iter().take(excess) {
-        ctx.store.delete(&old.key, &source)?;
-    }
-    Ok(())
 }
