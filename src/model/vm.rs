@@ -344,21 +344,20 @@ pub struct VirtualMachineStatus {
 /// A VM's lifecycle as its node reports it.
 ///
 /// ```text
-///                 ┌──────────────► Unschedulable (no node satisfies the placement)
 ///   Pending ──► Provisioning ──► Running ◄──► Paused
-///     │  ▲           │             │  ▲          │
-///     │  └───────────┴──► Failed ◄─┘  │          │
-///     └─────────────────► Stopped ◄───┴──────────┘
-///   Elsewhere: another node runs it (any phase ◄──► Elsewhere, but Paused
-///   is entered only from Running)
+///      │              │            │  ▲         │
+///      │              ▼            ▼  │         ▼
+///      ├──────────► Failed      Stopped ◄───────┘
+///      └──► Unschedulable   (and Elsewhere, from and to any phase)
 /// ```
 ///
 /// One step is one thing happening to the VM (a start, a pause, a stop, a
-/// provisioning failure, the election's answer); [`VmPhase::transition`]
-/// is the only judge of which steps exist. Paused is entered only from
-/// Running (a VM is started before it is paused); a running or paused VM
-/// never goes back to Provisioning or to Unschedulable (it keeps running;
-/// its Ready condition says what is wrong).
+/// provisioning failure, the cluster's answer); the status writer walks
+/// each step of a reconcile through [`VmPhase::transition`], the one judge
+/// of which steps exist. Paused is entered only from Running (a VM is
+/// started before it is paused); a running or paused VM never goes back to
+/// Provisioning or to Unschedulable (it keeps running, and its Ready
+/// condition says what is wrong).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum VmPhase {
     /// Not running here yet: waiting for a reference, the election, or a

@@ -229,3 +229,54 @@ fn ready(status: &mut VirtualMachineStatus, plan: &Plan, g: i64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_keep_their_wire_form() {
+        use VmPhase::*;
+        for p in [
+            Pending,
+            Provisioning,
+            Running,
+            Paused,
+            Stopped,
+            Failed,
+            Elsewhere,
+            Unschedulable,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            let back: VmPhase = serde_json::from_value(p.as_str().into()).unwrap();
+            assert_eq!(back, p);
+        }
+        // A status written before phases were an enum still reads.
+        let old: VirtualMachineStatus =
+            serde_json::from_value(serde_json::json!({"phase": "Elsewhere", "node": "sat-2"}))
+                .unwrap();
+        assert_eq!(old.phase, Some(Elsewhere));
+    }
+
+    #[test]
+    fn paused_is_entered_only_from_running() {
+        use VmPhase::*;
+        for from in [
+            Pending,
+            Provisioning,
+            Stopped,
+            Failed,
+            Elsewhere,
+            Unschedulable,
+        ] {
+            assert_eq!(
+                from.transition(Paused),
+                Err(InvalidTransition { from, to: Paused })
+            );
+            assert!(from.transition(Running).is_ok(), "{from:?} → Running");
+        }
+        assert!(Running.transition(Paused).is_ok());
+        assert!(Paused.transition(Paused).is_ok());
+        assert!(Paused.transition(Provisioning).is_err());
+    }
+}
