@@ -4,8 +4,9 @@
 //! placed VM runs on exactly one node; SIGKILL of that node is detected and
 //! the VM re-elected; a SIGSTOPped node blocks nothing and catches up on
 //! SIGCONT; a SIGSTOPped runner's VM moves, and on SIGCONT the runner
-//! stops its stale copy. Times are measured and printed; bounds are
-//! generous.
+//! stops its stale copy. Two more: a re-pinned VM with a local disk is
+//! never started twice, and a VM no node satisfies is Unschedulable.
+//! Times are measured and printed; bounds are generous.
 
 mod common;
 
@@ -497,4 +498,80 @@ fn five_processes_sync_place_once_and_survive_kill_and_stop() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("whole scenario: {:?}", t_start.elapsed());
+}
+
+/// VM `name`'s Ready condition on `node`: (reason, message).
+fn ready(node: &ClusterNode, name: &str) -> Option<(String, String)> {
+    let st = node.record("vm", name)?.status?;
+    let c = st["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+    ))
+}
+
+/// Two real processes: editing `placement.node` of a running VM with a
+/// local disk from r1 to r2 never leaves two copies (r1 keeps it and says
+/// a relocation is needed, r2 does not start it while r1 reports it
+/// running); a VM no node satisfies says Unschedulable on both instead of
+/// waiting for the election forever.
+#[test]
+fn a_repinned_vm_runs_once_and_an_unsatisfiable_one_is_unschedulable() {
+    let r1 = ClusterNode::start("r1", &[]);
+    let seed = r1.gossip_addr();
+    let r2 = ClusterNode::start("r2", &[seed]);
+    let pinned = |node: &str| {
+        vm_yaml(
+            "db",
+            &format!(
+                "  disks:\n    - {{name: data, size: 1Mi, source: {{blank: {{}}}}}}\n  placement:\n    node: {node}\n"
+            ),
+        )
+    };
+    r1.drop_manifest("db.yaml", &pinned("r1"));
+    wait("r1 runs db", Duration::from_secs(30), || r1.runs("db"));
+    // r1's gossiped status (which lists db) reaches r2 well within this.
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    r1.drop_manifest("db.yaml", &pinned("r2"));
+    for n in [&r1, &r2] {
+        wait(
+            &format!("{} says RelocationRequired", n.name),
+            Duration::from_secs(30),
+            || ready(n, "db").is_some_and(|(r, _)| r == "RelocationRequired"),
+        );
+    }
+    eprintln!("re-pin refused on both nodes after {:?}", t.elapsed());
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(3) {
+        assert!(r1.runs("db"), "r1 keeps its copy");
+        assert!(!r2.runs("db"), "r2 must not start a second copy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        r2.vm_phase("db"),
+        Some(("Pending".to_string(), "r1".to_string()))
+    );
+
+    // No node is `performance: high`: Unschedulable, and why.
+    r2.drop_manifest(
+        "picky.yaml",
+        &vm_yaml("picky", "  placement:\n    performance: high\n"),
+    );
+    for n in [&r1, &r2] {
+        wait(
+            &format!("{} says picky is Unschedulable", n.name),
+            Duration::from_secs(30),
+            || {
+                n.vm_phase("picky")
+                    .is_some_and(|(p, _)| p == "Unschedulable")
+            },
+        );
+        let (reason, why) = ready(n, "picky").unwrap();
+        assert_eq!(reason, "Unschedulable", "{}", n.name);
+        assert!(why.contains("the VM asks for high"), "{}: {why}", n.name);
+    }
 }

@@ -317,6 +317,14 @@ impl GossipNode {
         }
     }
 
+    /// Why no node in this node's view may run the automatically placed
+    /// `vm` (its election can never settle), or `None` when one may, or
+    /// `vm` is not the election's.
+    pub fn unplaceable(&self, vm: &DocKey) -> Option<String> {
+        let track = self.vms.get(vm)?;
+        placement::why_unplaceable(&track.req, self.view())
+    }
+
     /// VMs this node has started and not stopped.
     pub fn running(&self) -> Vec<DocKey> {
         self.vms

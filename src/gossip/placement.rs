@@ -100,15 +100,99 @@ pub fn tags_match(sel: &TagSelector, tags: &TagSet) -> bool {
         && fam(&sel.intercosm, &tags.intercosm)
 }
 
+/// A filter a node fails for a VM: why it may not run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmet {
+    /// The node is cordoned.
+    Cordoned,
+    /// The node's performance class is not the one asked for.
+    Performance {
+        /// Asked for.
+        want: Performance,
+        /// The node's.
+        have: Performance,
+    },
+    /// The VM does not fit in the node's free capacity.
+    Capacity,
+    /// The node's tags do not match the VM's selector.
+    Tags,
+}
+
+impl std::fmt::Display for Unmet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmet::Cordoned => write!(f, "cordoned"),
+            Unmet::Performance { want, have } => {
+                let class = |p: &Performance| format!("{p:?}").to_lowercase();
+                write!(
+                    f,
+                    "performance {}, the VM asks for {}",
+                    class(have),
+                    class(want)
+                )
+            }
+            Unmet::Capacity => write!(f, "not enough free capacity"),
+            Unmet::Tags => write!(f, "tags do not match the VM's selector"),
+        }
+    }
+}
+
+/// Every filter `node` fails for `req` (empty: it may run it).
+pub fn unmet(req: &VmRequest, node: &NodeStatus) -> Vec<Unmet> {
+    let mut out = Vec::new();
+    if node.unschedulable {
+        out.push(Unmet::Cordoned);
+    }
+    if let Some(want) = req.performance.filter(|p| *p != node.performance) {
+        out.push(Unmet::Performance {
+            want,
+            have: node.performance,
+        });
+    }
+    if !node.free.fits(&req.need) {
+        out.push(Unmet::Capacity);
+    }
+    if req
+        .selector
+        .as_ref()
+        .is_some_and(|s| !tags_match(s, &node.tags))
+    {
+        out.push(Unmet::Tags);
+    }
+    out
+}
+
 /// Whether `node` may run `req` at all.
 pub fn eligible(req: &VmRequest, node: &NodeStatus) -> bool {
-    !node.unschedulable
-        && req.performance.is_none_or(|p| p == node.performance)
-        && node.free.fits(&req.need)
-        && req
-            .selector
-            .as_ref()
-            .is_none_or(|s| tags_match(s, &node.tags))
+    unmet(req, node).is_empty()
+}
+
+/// Why no node of `candidates` may run `req`, or `None` when one may (or
+/// there is no candidate to judge).
+pub fn why_unplaceable<'a>(
+    req: &VmRequest,
+    candidates: impl IntoIterator<Item = &'a NodeStatus>,
+) -> Option<String> {
+    let mut reasons = Vec::new();
+    for n in candidates {
+        let u = unmet(req, n);
+        if u.is_empty() {
+            return None;
+        }
+        let u: Vec<String> = u.iter().map(|x| x.to_string()).collect();
+        reasons.push(format!("{}: {}", n.id, u.join(", ")));
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let n = reasons.len();
+    reasons.sort();
+    reasons.truncate(5);
+    Some(format!(
+        "none of the {n} node(s) satisfies the VM's placement ({}{})",
+        reasons.join("; "),
+        if n > 5 { "; …" } else { "" }
+    ))
 }
 
 /// How many copies of `need` fit in `free` (at least 1 when eligible).
@@ -242,12 +326,22 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = rank(&req(Some(sel), Some(Performance::High)), &nodes);
+        let r = rank(&req(Some(sel.clone()), Some(Performance::High)), &nodes);
         assert_eq!(
             r.iter().map(|x| x.0 .0.as_str()).collect::<Vec<_>>(),
             vec!["a"]
         );
         assert_eq!(rank(&req(None, None), &nodes).len(), 3);
+        // Each filter a node fails is named.
+        let why = why_unplaceable(&req(Some(sel), Some(Performance::High)), &nodes[1..])
+            .expect("b, c and d all fail");
+        assert!(why.contains("b: tags do not match"), "{why}");
+        assert!(
+            why.contains("c: performance low, the VM asks for high"),
+            "{why}"
+        );
+        assert!(why.contains("d: not enough free capacity"), "{why}");
+        assert_eq!(why_unplaceable(&req(None, None), &nodes), None);
     }
 
     #[test]

@@ -305,10 +305,9 @@ pub struct VirtualMachineStatus {
     /// Conditions (type, status, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// `Pending`, `Provisioning`, `Starting`, `Running`, `Paused`,
-    /// `Stopping`, `Stopped`, `Failed`, `Deleting`.
+    /// Where the VM is in its lifecycle on this node (see [`VmPhase`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<VmPhase>,
     /// The satellite running the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -340,6 +339,162 @@ pub struct VirtualMachineStatus {
     /// Restarts by the restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+}
+
+/// A VM's lifecycle as its node reports it.
+///
+/// ```text
+///   Pending ──► Provisioning ──► Running ◄──► Paused
+///      │              │            │  ▲         │
+///      │              ▼            ▼  │         ▼
+///      ├──────────► Failed      Stopped ◄───────┘
+///      └──► Unschedulable   (and Elsewhere, from and to any phase)
+/// ```
+///
+/// One step is one thing happening to the VM (a start, a pause, a stop, a
+/// provisioning failure, the cluster's answer); the status writer walks
+/// each step of a reconcile through [`VmPhase::transition`], the one judge
+/// of which steps exist. Paused is entered only from Running (a VM is
+/// started before it is paused); a running or paused VM never goes back to
+/// Provisioning or to Unschedulable (it keeps running, and its Ready
+/// condition says what is wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VmPhase {
+    /// Not running here yet: waiting for a reference, the election, or a
+    /// copy on another node to stop.
+    Pending,
+    /// Volumes or taps are being made (the last attempt failed).
+    Provisioning,
+    /// QEMU runs the guest.
+    Running,
+    /// QEMU holds the guest with its CPUs stopped.
+    Paused,
+    /// Not running, as desired (or the guest powered off).
+    Stopped,
+    /// QEMU exited on its own and the restart policy keeps it down.
+    Failed,
+    /// Another node runs it.
+    Elsewhere,
+    /// No node satisfies its placement constraints.
+    Unschedulable,
+}
+
+/// A step [`VmPhase::transition`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a VM cannot go from {from:?} to {to:?} in one step")]
+pub struct InvalidTransition {
+    /// Where it was.
+    pub from: VmPhase,
+    /// Where it was asked to go.
+    pub to: VmPhase,
+}
+
+impl VmPhase {
+    /// The phase's wire form (`status.phase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPhase::Pending => "Pending",
+            VmPhase::Provisioning => "Provisioning",
+            VmPhase::Running => "Running",
+            VmPhase::Paused => "Paused",
+            VmPhase::Stopped => "Stopped",
+            VmPhase::Failed => "Failed",
+            VmPhase::Elsewhere => "Elsewhere",
+            VmPhase::Unschedulable => "Unschedulable",
+        }
+    }
+
+    /// Whether a VM may go from `self` to `to` in one step.
+    pub fn transition(self, to: VmPhase) -> Result<(), InvalidTransition> {
+        use VmPhase::*;
+        let ok = match (self, to) {
+            (a, b) if a == b => true,
+            (Running | Paused, Provisioning | Unschedulable) => false,
+            (_, Paused) => self == Running,
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
+    }
+}
+
+/// Why a VM's condition is what it is: the `reason` of its conditions
+/// (failures of a driver operation keep the operation's own reason, e.g.
+/// `StartFailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmReason {
+    /// The VM's spacesuit does not exist.
+    SpacesuitNotFound,
+    /// The VM a disk is cloned from does not exist or has no disk.
+    SourceNotFound,
+    /// A NIC's network does not exist.
+    NetworkNotFound,
+    /// Volumes it had are gone (removed outside deorch).
+    VolumeMissing,
+    /// A clone source volume does not exist (yet).
+    SourceMissing,
+    /// Every volume and tap is in place.
+    VolumesReady,
+    /// QEMU exited unexpectedly and the restart policy keeps it down.
+    Crashed,
+    /// The guest powered off and the restart policy keeps it down.
+    GuestShutdown,
+    /// Spec changes wait for the next restart.
+    RestartPending,
+    /// The election placed it on another node.
+    PlacedElsewhere,
+    /// The election has no answer yet.
+    ElectionPending,
+    /// No node satisfies its placement constraints.
+    Unschedulable,
+    /// Its placement names another node while it runs with local disks
+    /// here: only a relocation could move it.
+    RelocationRequired,
+    /// Another node still runs it: this node waits for that copy to stop.
+    RunningElsewhere,
+    /// The replica to revert to is missing or not ready.
+    ReplicaNotReady,
+    /// The replica to revert to lacks one of the VM's disks.
+    DiskNotInReplica,
+    /// The disks were reverted to a replica.
+    Reverted,
+    /// As desired: running.
+    Running,
+    /// As desired: paused.
+    Paused,
+    /// As desired: stopped.
+    Stopped,
+}
+
+impl VmReason {
+    /// The CamelCase wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmReason::SpacesuitNotFound => "SpacesuitNotFound",
+            VmReason::SourceNotFound => "SourceNotFound",
+            VmReason::NetworkNotFound => "NetworkNotFound",
+            VmReason::VolumeMissing => "VolumeMissing",
+            VmReason::SourceMissing => "SourceMissing",
+            VmReason::VolumesReady => "VolumesReady",
+            VmReason::Crashed => "Crashed",
+            VmReason::GuestShutdown => "GuestShutdown",
+            VmReason::RestartPending => "RestartPending",
+            VmReason::PlacedElsewhere => "PlacedElsewhere",
+            VmReason::ElectionPending => "ElectionPending",
+            VmReason::Unschedulable => "Unschedulable",
+            VmReason::RelocationRequired => "RelocationRequired",
+            VmReason::RunningElsewhere => "RunningElsewhere",
+            VmReason::ReplicaNotReady => "ReplicaNotReady",
+            VmReason::DiskNotInReplica => "DiskNotInReplica",
+            VmReason::Reverted => "Reverted",
+            VmReason::Running => "Running",
+            VmReason::Paused => "Paused",
+            VmReason::Stopped => "Stopped",
+        }
+    }
 }
 
 /// Console endpoints.

@@ -49,6 +49,8 @@ pub const GOSSIP_ADDRESS_FILE: &str = "gossip-address";
 /// The election as the engine reads it, kept current by the gossip task.
 pub struct ClusterPlacement {
     elected: Mutex<BTreeMap<ObjectKey, Elected>>,
+    /// VMs other live nodes report running, and those nodes.
+    running_on: Mutex<BTreeMap<ObjectKey, Vec<String>>>,
     changes: broadcast::Sender<ObjectKey>,
 }
 
@@ -56,6 +58,7 @@ impl ClusterPlacement {
     fn new() -> Self {
         ClusterPlacement {
             elected: Mutex::new(BTreeMap::new()),
+            running_on: Mutex::new(BTreeMap::new()),
             changes: broadcast::channel(1024).0,
         }
     }
@@ -71,6 +74,23 @@ impl ClusterPlacement {
             let _ = self.changes.send(key);
         }
     }
+
+    /// Replace the map of VMs other nodes run; VMs whose entry changed
+    /// are looked at again.
+    fn set_running(&self, now: BTreeMap<ObjectKey, Vec<String>>) {
+        let mut m = self.running_on.lock().unwrap_or_else(|p| p.into_inner());
+        let changed: BTreeSet<ObjectKey> = m
+            .keys()
+            .chain(now.keys())
+            .filter(|k| m.get(*k) != now.get(*k))
+            .cloned()
+            .collect();
+        *m = now;
+        drop(m);
+        for k in changed {
+            let _ = self.changes.send(k);
+        }
+    }
 }
 
 impl Placement for ClusterPlacement {
@@ -81,6 +101,15 @@ impl Placement for ClusterPlacement {
             .get(vm)
             .cloned()
             .unwrap_or(Elected::Pending)
+    }
+
+    fn running_on(&self, vm: &ObjectKey) -> Vec<String> {
+        self.running_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
@@ -242,7 +271,10 @@ impl Cluster {
                 }
                 c = changes.recv() => match c {
                     Ok(c) if c.status_only => {
-                        if c.key.kind == Kind::Satellite && c.key.name == task.name {
+                        // A VM's status says whether it runs here.
+                        if (c.key.kind == Kind::Satellite && c.key.name == task.name)
+                            || c.key.kind == Kind::VirtualMachine
+                        {
                             task.status_dirty = true;
                         }
                     }
@@ -457,11 +489,23 @@ impl Task {
                         node: c.node.0.clone(),
                         epoch: c.epoch,
                     },
-                    _ => Elected::Pending,
+                    _ => match self.node.unplaceable(dk) {
+                        Some(why) => Elected::Unschedulable { why },
+                        None => Elected::Pending,
+                    },
                 }
             };
             self.placement.set(key, Some(e));
         }
+        let mut elsewhere: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+        for id in self.node.alive_members() {
+            for dk in self.node.status(&id).map(|s| &s.vms[..]).unwrap_or(&[]) {
+                if let Some(key) = object_key(dk) {
+                    elsewhere.entry(key).or_default().push(id.0.clone());
+                }
+            }
+        }
+        self.placement.set_running(elsewhere);
         if running != self.running {
             self.running = running;
             self.status_dirty = true;
@@ -507,7 +551,7 @@ impl Task {
             storage: pick(declared.storage, detected.storage),
         };
         let mut free = total;
-        let mut vms = Vec::new();
+        let mut vms = self.running_here_by_status();
         for dk in &self.running {
             vms.push(dk.clone());
             if let Some(req) = self
@@ -534,6 +578,27 @@ impl Task {
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);
+    }
+}
+
+impl Task {
+    /// VMs outside this node's election (placed by hand, or kept while the
+    /// election is pending) whose status, written by this node's engine,
+    /// says they run here: peers must know, so that a re-pinned VM is not
+    /// started on its new node while it still runs here.
+    fn running_here_by_status(&self) -> Vec<DocKey> {
+        self.store
+            .list(Some(Kind::VirtualMachine))
+            .into_iter()
+            .filter(|r| !self.running.contains(&doc_key(&r.key)))
+            .filter(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s["node"] == self.name.as_str()
+                        && (s["phase"] == "Running" || s["phase"] == "Paused")
+                })
+            })
+            .map(|r| doc_key(&r.key))
+            .collect()
     }
 }
 

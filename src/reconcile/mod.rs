@@ -187,13 +187,27 @@ pub enum Elected {
     },
     /// No settled claim yet (election in progress).
     Pending,
+    /// No node in this node's view satisfies the VM's placement
+    /// constraints, so no claim will ever settle.
+    Unschedulable {
+        /// Which constraints the nodes fail.
+        why: String,
+    },
 }
 
 /// The placement election (the gossip layer), as the engine sees it:
-/// consulted for VMs without `placement.node`/`placement.address`.
+/// read once at the start of a VM's reconcile (`vm::Cluster::read`),
+/// before anything is resolved, planned or executed.
 pub trait Placement: Send + Sync {
     /// Who runs the automatically placed VM `vm`.
     fn elected(&self, vm: &ObjectKey) -> Elected;
+    /// The other live nodes whose gossiped status says they run `vm`
+    /// (placed by hand or by the election): a node starts a VM only when
+    /// no other node reports running it.
+    fn running_on(&self, vm: &ObjectKey) -> Vec<String> {
+        let _ = vm;
+        Vec::new()
+    }
     /// VMs whose election outcome changed (the engine looks at them again).
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey>;
 }

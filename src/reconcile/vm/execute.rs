@@ -1,0 +1,122 @@
+//! Execute: run a plan's actions through the driver traits, in order,
+//! stopping at the first failure. Dumb on purpose: every decision was made
+//! by [`super::plan`], every input resolved by [`super::resolve`].
+
+use super::super::{Ctx, ReconcileError};
+use super::plan::{Action, Attach};
+use super::resolve::SourceVm;
+use crate::driver::{CloneRequest, DiskImage, DriverError, LiveDisks, VmConfig, VmState};
+
+/// An action that failed, and why.
+#[derive(Debug)]
+pub struct Failed {
+    /// Its index in the plan (the actions before it ran).
+    pub index: usize,
+    /// The action.
+    pub action: Action,
+    /// The driver's error.
+    pub error: ReconcileError,
+}
+
+/// Run `actions` on the VM `id`; the actions before the failing one ran.
+pub async fn run(ctx: &Ctx, id: &str, actions: &[Action]) -> Result<(), Failed> {
+    for (index, action) in actions.iter().enumerate() {
+        if let Err(e) = one(ctx, id, action).await {
+            return Err(Failed {
+                index,
+                action: action.clone(),
+                error: ReconcileError::from(e),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
+    let hv = &ctx.drivers.hypervisor;
+    let storage = &ctx.drivers.storage;
+    match action {
+        Action::CreateVolume { volume, size } => storage.create(volume, *size).await,
+        Action::CloneVolume {
+            volume,
+            source,
+            size,
+            from_vm,
+        } => clone(ctx, volume, source, *size, from_vm.as_ref()).await,
+        Action::EnsureTap { tap, bridge, mtu } => {
+            ctx.drivers.net.ensure_tap(tap, bridge, *mtu).await
+        }
+        Action::Start { config, disks } => hv.start(&with_images(ctx, config, disks).await?).await,
+        Action::Stop { timeout } => hv.stop(id, *timeout).await,
+        Action::Pause => hv.pause(id).await,
+        Action::Resume => hv.resume(id).await,
+        Action::Remove => hv.remove(id).await,
+        Action::DestroyVolume { volume } => storage.destroy(volume).await,
+        Action::RemoveTap { tap } => ctx.drivers.net.remove_tap(tap).await,
+    }
+}
+
+/// `config` with each disk's image (path and format, from the storage
+/// driver), bus and mode, as the hypervisor attaches it.
+async fn with_images(
+    ctx: &Ctx,
+    config: &VmConfig,
+    disks: &[Attach],
+) -> Result<VmConfig, DriverError> {
+    let mut config = config.clone();
+    config.disk_images.clear();
+    for d in disks {
+        let info = ctx.drivers.storage.volume(&d.volume).await?;
+        config.disk_images.push(DiskImage {
+            name: d.name.clone(),
+            path: info.path,
+            format: info.format.to_string(),
+            bus: d.bus,
+            read_only: d.read_only,
+        });
+    }
+    Ok(config)
+}
+
+/// The disks of `vm` if it runs here, for snapshots that storage takes
+/// through the hypervisor (see `Storage::clone_volumes_live`).
+pub async fn live_disks(ctx: &Ctx, vm: &SourceVm) -> LiveDisks {
+    let mut live = LiveDisks::default();
+    let running = matches!(
+        ctx.drivers.hypervisor.state(&vm.id).await,
+        Ok(VmState::Running { .. } | VmState::Paused { .. })
+    );
+    if running {
+        for (volume, disk) in &vm.disks {
+            live.volumes
+                .insert(volume.clone(), (vm.id.clone(), disk.clone()));
+        }
+        live.hypervisor = Some(ctx.drivers.hypervisor.clone());
+    }
+    live
+}
+
+/// Clone `source` into `volume`. When the disk comes from another VM that
+/// runs here, through its hypervisor (`Storage::clone_volumes_live`), so a
+/// VM can be made from a running VM on qcow2 storage too.
+async fn clone(
+    ctx: &Ctx,
+    volume: &str,
+    source: &str,
+    size: Option<u64>,
+    from_vm: Option<&SourceVm>,
+) -> Result<(), DriverError> {
+    let Some(vm) = from_vm else {
+        return ctx.drivers.storage.clone_volume(volume, source, size).await;
+    };
+    let live = live_disks(ctx, vm).await;
+    let request = [CloneRequest {
+        volume: volume.to_string(),
+        source: source.to_string(),
+        size,
+    }];
+    ctx.drivers
+        .storage
+        .clone_volumes_live(&request, &live)
+        .await
+}

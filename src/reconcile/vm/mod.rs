@@ -1,0 +1,174 @@
+//! The VirtualMachine reconciler: resolve → observe → plan → execute →
+//! status, one file each.
+//!
+//! ```text
+//!  spec + store + cluster decision ──resolve──► Desired ─┐
+//!  hypervisor, storage, gossip ─────observe──► Observed ─┴─plan──► Plan ──execute──► drivers
+//!                                                                    └────status───► status
+//! ```
+//!
+//! What [`plan`] decides, on the node that runs the VM:
+//!
+//! ```text
+//!            spec.powerState        observed (hypervisor)          action
+//!   Running  ──────────────  Absent / Stopped(Requested)  ──►  provision, Start
+//!                            Stopped(Crashed)             ──►  Start unless restartPolicy Never
+//!                            Stopped(GuestShutdown)       ──►  Start if restartPolicy Always
+//!                            Paused                       ──►  Resume
+//!                            Running (other config)       ──►  flag status.pendingRestart
+//!   Paused   ──────────────  Running                      ──►  Pause
+//!                            Absent / Stopped             ──►  provision, Start, Pause
+//!   Stopped  ──────────────  Running / Paused             ──►  Stop (ACPI, then forced)
+//!   (deleted) ─────────────  anything                     ──►  Stop, remove, destroy volumes, remove taps
+//! ```
+//!
+//! and where it runs: elected elsewhere → a copy here stops, disks kept;
+//! election pending → a copy here keeps running, none starts; no node
+//! satisfies the placement → `Unschedulable`; another node still reports
+//! running it → it does not start here (never two copies); its
+//! `placement.node` moved while it runs here with local disks → it keeps
+//! running here with reason `RelocationRequired` (there is no relocation
+//! yet).
+//!
+//! The cluster's decision ([`resolve::decide`]) is read once, before
+//! anything is resolved: plan and execute never call back into the
+//! placement or the store.
+
+mod execute;
+mod plan;
+mod resolve;
+mod revert;
+mod status;
+
+pub use execute::Failed;
+pub use plan::{diff, plan, start, Action, Attach, Next, Observed, Plan};
+pub use resolve::{
+    decide, disk_names, for_deletion, is_auto, is_mine, resolve, vm_disk_names, Decision, Desired,
+    DesiredDisk, Site, SourceVm, Tap, VolumeSource, SPACESUIT_DISK,
+};
+pub use status::walk;
+
+use super::{names, Ctx, Outcome, ReconcileError};
+use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus};
+use crate::model::{Manifest, ObjectKey};
+use crate::store::Record;
+
+/// Reconcile one VM record.
+pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let vm: Manifest<VirtualMachineSpec> = serde_json::from_value(record.object.clone())
+        .map_err(|e| ReconcileError::permanent("Unreadable", e.to_string()))?;
+    let key = &record.key;
+    let previous = status::previous(record);
+    let decision = decide(ctx, key, &vm.spec);
+    let desired = if record.deleted {
+        for_deletion(ctx, key, &vm.spec, &previous)
+    } else {
+        match resolve(ctx, key, &vm.spec, decision.site.clone()) {
+            Ok(d) => d,
+            // What runs elsewhere needs nothing resolved here: say where.
+            Err(_)
+                if matches!(
+                    decision.site,
+                    Site::Elsewhere { .. } | Site::PinnedElsewhere { .. }
+                ) =>
+            {
+                resolve_elsewhere(ctx, key, &vm.spec, decision.site.clone())
+            }
+            Err(e) => return status::unresolved(ctx, record, previous, &e),
+        }
+    };
+    let mut status = previous.clone();
+    if !record.deleted && desired.site == Site::Here {
+        if let Some(outcome) = revert::revert(ctx, record, &vm, &desired, &mut status).await? {
+            return Ok(outcome);
+        }
+    }
+    let observed = observe(ctx, &desired, &status, decision.running_elsewhere).await?;
+    let plan = plan(&desired, &observed);
+    if let Err(f) = execute::run(ctx, &desired.config.id, &plan.actions).await {
+        let done = &plan.actions[..f.index];
+        return Err(status::failed(
+            ctx,
+            record,
+            status,
+            &observed.state,
+            done,
+            f,
+        ));
+    }
+    status::report(ctx, record, status, &desired, &observed.state, &plan).await
+}
+
+/// A VM placed elsewhere whose references do not resolve here (e.g. its
+/// network is not on this node): enough to stop a copy here and say where
+/// it runs.
+fn resolve_elsewhere(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec, site: Site) -> Desired {
+    let mut d = for_deletion(ctx, key, spec, &VirtualMachineStatus::default());
+    d.deleted = false;
+    d.site = site;
+    d.power = spec.power_state;
+    d
+}
+
+/// What the node sees: the hypervisor's state, which volumes exist, and
+/// the other nodes that report running the VM.
+async fn observe(
+    ctx: &Ctx,
+    desired: &Desired,
+    previous: &VirtualMachineStatus,
+    running_elsewhere: Vec<String>,
+) -> Result<Observed, ReconcileError> {
+    let storage = &ctx.drivers.storage;
+    let state = ctx.drivers.hypervisor.state(&desired.config.id).await?;
+    let mut missing_volumes = Vec::new();
+    let mut missing_sources = Vec::new();
+    for d in &desired.disks {
+        if !storage.exists(&d.volume).await? {
+            missing_volumes.push(d.volume.clone());
+            if let VolumeSource::Clone { source, .. } = &d.source {
+                if !desired.deleted && !storage.exists(source).await? {
+                    missing_sources.push(source.clone());
+                }
+            }
+        }
+    }
+    // Volumes of a VM that was fully provisioned before.
+    let provisioned = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Provisioned" && c.status == "True");
+    let lost_volumes = missing_volumes
+        .iter()
+        .filter(|v| provisioned && previous.disks.values().any(|p| p == *v))
+        .cloned()
+        .collect();
+    Ok(Observed {
+        state,
+        missing_volumes,
+        missing_sources,
+        lost_volumes,
+        running_elsewhere,
+        reported_here: previous.node.as_deref() == Some(ctx.config.node_name.as_str()),
+    })
+}
+
+/// The disks of VM `ns/name` if it is running here, for snapshots that
+/// storage takes through the hypervisor (see `Storage::clone_volumes_live`).
+pub async fn live_disks(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    spec: Option<&VirtualMachineSpec>,
+) -> crate::driver::LiveDisks {
+    let Some(spec) = spec else {
+        return crate::driver::LiveDisks::default();
+    };
+    let vm = SourceVm {
+        id: format!("{ns}/{name}"),
+        disks: vm_disk_names(ctx, ns, spec)
+            .into_iter()
+            .map(|d| (names::vm_volume(ns, name, &d), d))
+            .collect(),
+    };
+    execute::live_disks(ctx, &vm).await
+}

@@ -1,0 +1,957 @@
+//! Plan: a pure function of ([`Desired`], [`Observed`]) to the actions
+//! that make the node match, and what the status should say. No I/O, no
+//! clock; each action carries all that [`super::execute`] needs.
+
+use std::time::Duration;
+
+use super::resolve::{Desired, Site, SourceVm, VolumeSource};
+use crate::driver::{StopReason, VmConfig, VmState};
+use crate::model::vm::{DiskBus, PowerState, RestartPolicy, VmPhase, VmReason};
+
+/// What the node sees before planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Hypervisor state.
+    pub state: VmState,
+    /// Desired volumes that do not exist yet (for a deleted VM: those
+    /// already gone).
+    pub missing_volumes: Vec<String>,
+    /// Clone sources that do not exist.
+    pub missing_sources: Vec<String>,
+    /// Missing volumes this VM had before (deleted behind deorch's back):
+    /// never silently recreated empty or from the template.
+    pub lost_volumes: Vec<String>,
+    /// Other live nodes that report running this VM.
+    pub running_elsewhere: Vec<String>,
+    /// This node's last status for the VM named it as the VM's node.
+    pub reported_here: bool,
+}
+
+/// A disk as the hypervisor attaches it; its image (path, format) comes
+/// from the storage driver at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attach {
+    /// Disk name in the VM.
+    pub name: String,
+    /// Its volume.
+    pub volume: String,
+    /// Bus.
+    pub bus: DiskBus,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create an empty volume.
+    CreateVolume {
+        /// Name.
+        volume: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// Clone a volume.
+    CloneVolume {
+        /// Name.
+        volume: String,
+        /// Source volume.
+        source: String,
+        /// Grow to.
+        size: Option<u64>,
+        /// The VM whose disk `source` is (cloned live if it runs here).
+        from_vm: Option<SourceVm>,
+    },
+    /// Create or update a tap.
+    EnsureTap {
+        /// Tap.
+        tap: String,
+        /// Bridge.
+        bridge: String,
+        /// MTU.
+        mtu: u16,
+    },
+    /// Start QEMU with this configuration and these disks.
+    Start {
+        /// The configuration.
+        config: Box<VmConfig>,
+        /// Its disks.
+        disks: Vec<Attach>,
+    },
+    /// Stop gracefully, forced after `timeout`.
+    Stop {
+        /// Graceful stop timeout.
+        timeout: Duration,
+    },
+    /// Pause CPUs.
+    Pause,
+    /// Resume CPUs.
+    Resume,
+    /// Forget the stopped VM in the hypervisor.
+    Remove,
+    /// Destroy a volume of a deleted VM.
+    DestroyVolume {
+        /// Name.
+        volume: String,
+    },
+    /// Remove a tap of a deleted VM.
+    RemoveTap {
+        /// Tap.
+        tap: String,
+    },
+}
+
+impl Action {
+    /// Whether the action makes the VM's volumes or taps.
+    pub fn provisions(&self) -> bool {
+        matches!(
+            self,
+            Action::CreateVolume { .. } | Action::CloneVolume { .. } | Action::EnsureTap { .. }
+        )
+    }
+}
+
+/// When to look at the VM again after a successful reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// At the VM poll period (QEMU may exit at any time).
+    Poll,
+    /// At the blocked-retry period (waiting for something to appear).
+    Retry,
+    /// When it or the election changes.
+    Done,
+}
+
+/// The plan: actions, and what the status should say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Steps in order.
+    pub actions: Vec<Action>,
+    /// Phase once done.
+    pub phase: VmPhase,
+    /// The node the status names as running the VM.
+    pub node: Option<String>,
+    /// Why the VM is not as desired, if so.
+    pub blocked: Option<(VmReason, String)>,
+    /// Spec fields that differ from the running configuration.
+    pub pending_restart: Vec<String>,
+    /// True when the start is a restart by the restart policy.
+    pub is_restart: bool,
+    /// Whether to write status at all (not for a VM pinned to another
+    /// node that never was here, nor a deleted one).
+    pub report: bool,
+    /// When to look again.
+    pub next: Next,
+}
+
+impl Plan {
+    fn new(phase: VmPhase, node: Option<String>) -> Plan {
+        Plan {
+            actions: vec![],
+            phase,
+            node,
+            blocked: None,
+            pending_restart: vec![],
+            is_restart: false,
+            report: true,
+            next: Next::Poll,
+        }
+    }
+
+    fn blocked(mut self, reason: VmReason, message: String, next: Next) -> Plan {
+        self.blocked = Some((reason, message));
+        self.next = next;
+        self
+    }
+}
+
+/// Whether QEMU holds the VM (running or paused).
+pub fn holds(state: &VmState) -> bool {
+    matches!(state, VmState::Running { .. } | VmState::Paused { .. })
+}
+
+/// Decide what to do. Pure: no I/O, no clock.
+pub fn plan(d: &Desired, o: &Observed) -> Plan {
+    if d.deleted {
+        return deletion(d, o);
+    }
+    let here = holds(&o.state);
+    let stopping = d.power == PowerState::Stopped;
+    match &d.site {
+        Site::Here => {}
+        // Keep a VM that runs here rather than stop it on uncertainty (the
+        // node restarted and its claim is on its way back from the peers).
+        Site::Pending if here => {}
+        Site::Pending => {
+            let message = "waiting for the cluster's placement election".to_string();
+            return Plan::new(VmPhase::Pending, None).blocked(
+                VmReason::ElectionPending,
+                message,
+                Next::Done,
+            );
+        }
+        Site::Unschedulable { .. } if here && stopping => {}
+        Site::Unschedulable { why } if here => {
+            let message = format!("{why}; it keeps running here until it is stopped");
+            return keep_running(d, o, VmReason::Unschedulable, message);
+        }
+        Site::Unschedulable { why } => {
+            return Plan::new(VmPhase::Unschedulable, None).blocked(
+                VmReason::Unschedulable,
+                why.clone(),
+                Next::Retry,
+            );
+        }
+        Site::Elsewhere { node, epoch } => {
+            let message = format!("runs on {node} (election epoch {epoch})");
+            return handed_over(d, o, node, message);
+        }
+        Site::PinnedElsewhere { node } => return pinned_elsewhere(d, o, node),
+    }
+    match o.running_elsewhere.first() {
+        Some(other) if !here && !stopping => wait_for(d, other),
+        _ => on_node(d, o),
+    }
+}
+
+/// Stop a copy running here (disks kept) and say where the VM runs.
+fn handed_over(d: &Desired, o: &Observed, node: &str, message: String) -> Plan {
+    let mut p = Plan::new(VmPhase::Elsewhere, Some(node.to_string())).blocked(
+        VmReason::PlacedElsewhere,
+        message,
+        Next::Done,
+    );
+    if holds(&o.state) {
+        p.actions.push(Action::Stop {
+            timeout: d.stop_timeout,
+        });
+    }
+    p
+}
+
+/// A VM whose placement names another node. Without relocation, a running
+/// VM with local disks cannot move: it keeps running here and says so
+/// (and the other node waits for it, see [`wait_for`]); one without disks
+/// is stopped here, so the other node starts it.
+fn pinned_elsewhere(d: &Desired, o: &Observed, node: &str) -> Plan {
+    let here = holds(&o.state);
+    if here && !d.disks.is_empty() && d.power != PowerState::Stopped {
+        let message = format!(
+            "placement names {node}, but moving a running VM with local disks needs a relocation, which does not exist yet: it keeps running here (stop it first, or set its placement back)"
+        );
+        return keep_running(d, o, VmReason::RelocationRequired, message);
+    }
+    let mut p = handed_over(d, o, node, format!("placed on {node}"));
+    p.report = here || o.reported_here;
+    p
+}
+
+/// Another node still runs the VM: never start a second copy.
+fn wait_for(d: &Desired, other: &str) -> Plan {
+    let p = Plan::new(VmPhase::Pending, Some(other.to_string()));
+    if d.disks.is_empty() {
+        let message = format!("{other} still runs it: waiting for that copy to stop");
+        p.blocked(VmReason::RunningElsewhere, message, Next::Retry)
+    } else {
+        let message = format!(
+            "{other} runs it with its own local disks; moving a running VM needs a relocation, which does not exist yet: it starts here only once that copy stops"
+        );
+        p.blocked(VmReason::RelocationRequired, message, Next::Retry)
+    }
+}
+
+/// Leave a running (or paused) VM as it is, saying why it is not as
+/// desired.
+fn keep_running(d: &Desired, o: &Observed, reason: VmReason, message: String) -> Plan {
+    let (phase, config) = match &o.state {
+        VmState::Paused { config, .. } => (VmPhase::Paused, Some(config)),
+        VmState::Running { config, .. } => (VmPhase::Running, Some(config)),
+        _ => (VmPhase::Pending, None),
+    };
+    let mut p = Plan::new(phase, Some(d.me.clone())).blocked(reason, message, Next::Poll);
+    p.pending_restart = config.map(|c| diff(c, &d.config)).unwrap_or_default();
+    p
+}
+
+/// Everything a deleted VM left here goes: the VM, its volumes, its taps.
+fn deletion(d: &Desired, o: &Observed) -> Plan {
+    let mut p = Plan::new(VmPhase::Stopped, None);
+    p.report = false;
+    p.next = Next::Done;
+    match o.state {
+        VmState::Running { .. } | VmState::Paused { .. } => {
+            p.actions.push(Action::Stop {
+                timeout: d.stop_timeout,
+            });
+            p.actions.push(Action::Remove);
+        }
+        VmState::Stopped(_) => p.actions.push(Action::Remove),
+        VmState::Absent => {}
+    }
+    for disk in &d.disks {
+        if !o.missing_volumes.contains(&disk.volume) {
+            p.actions.push(Action::DestroyVolume {
+                volume: disk.volume.clone(),
+            });
+        }
+    }
+    for t in &d.taps {
+        p.actions.push(Action::RemoveTap { tap: t.tap.clone() });
+    }
+    p
+}
+
+/// The actions that make the missing volumes and every tap.
+fn provision(d: &Desired, o: &Observed) -> Vec<Action> {
+    let mut out = Vec::new();
+    for disk in d
+        .disks
+        .iter()
+        .filter(|v| o.missing_volumes.contains(&v.volume))
+    {
+        let volume = disk.volume.clone();
+        out.push(match &disk.source {
+            VolumeSource::Blank { size } => Action::CreateVolume {
+                volume,
+                size: *size,
+            },
+            VolumeSource::Clone {
+                source,
+                size,
+                from_vm,
+            } => Action::CloneVolume {
+                volume,
+                source: source.clone(),
+                size: *size,
+                from_vm: from_vm.clone(),
+            },
+        });
+    }
+    for t in &d.taps {
+        out.push(Action::EnsureTap {
+            tap: t.tap.clone(),
+            bridge: t.bridge.clone(),
+            mtu: t.mtu,
+        });
+    }
+    out
+}
+
+/// Start with the desired configuration and disks.
+pub fn start(d: &Desired) -> Action {
+    Action::Start {
+        config: Box::new(d.config.clone()),
+        disks: d
+            .disks
+            .iter()
+            .map(|x| Attach {
+                name: x.name.clone(),
+                volume: x.volume.clone(),
+                bus: x.bus,
+                read_only: x.read_only,
+            })
+            .collect(),
+    }
+}
+
+/// Why a VM that would start cannot: volumes it had are gone, or the
+/// volumes to clone from do not exist.
+fn cannot_start(d: &Desired, o: &Observed) -> Option<(VmReason, String)> {
+    if holds(&o.state) {
+        return None;
+    }
+    if !o.lost_volumes.is_empty() {
+        return Some((
+            VmReason::VolumeMissing,
+            format!(
+                "volume(s) {} existed and are gone (removed outside deorch?); they are not recreated: restore them, or delete the VM",
+                o.lost_volumes.join(", ")
+            ),
+        ));
+    }
+    if d.power != PowerState::Stopped && !o.missing_sources.is_empty() {
+        return Some((
+            VmReason::SourceMissing,
+            format!(
+                "source volume(s) {} do not exist",
+                o.missing_sources.join(", ")
+            ),
+        ));
+    }
+    None
+}
+
+/// The VM runs here: power state and restart policy decide.
+fn on_node(d: &Desired, o: &Observed) -> Plan {
+    let me = Some(d.me.clone());
+    if let Some((reason, message)) = cannot_start(d, o) {
+        return Plan::new(VmPhase::Pending, me).blocked(reason, message, Next::Retry);
+    }
+    let mut p = Plan::new(VmPhase::Pending, me);
+    match (d.power, &o.state) {
+        (PowerState::Running, VmState::Running { config, .. }) => {
+            p.phase = VmPhase::Running;
+            p.pending_restart = diff(config, &d.config);
+        }
+        (PowerState::Running, VmState::Paused { config, .. }) => {
+            p.actions.push(Action::Resume);
+            p.phase = VmPhase::Running;
+            p.pending_restart = diff(config, &d.config);
+        }
+        (PowerState::Paused, VmState::Running { config, .. }) => {
+            p.actions.push(Action::Pause);
+            p.phase = VmPhase::Paused;
+            p.pending_restart = diff(config, &d.config);
+        }
+        (PowerState::Paused, VmState::Paused { config, .. }) => {
+            p.phase = VmPhase::Paused;
+            p.pending_restart = diff(config, &d.config);
+        }
+        (PowerState::Stopped, VmState::Running { .. } | VmState::Paused { .. }) => {
+            p.actions.push(Action::Stop {
+                timeout: d.stop_timeout,
+            });
+            p.phase = VmPhase::Stopped;
+        }
+        (PowerState::Stopped, _) => {
+            p.actions = provision(d, o);
+            p.phase = VmPhase::Stopped;
+        }
+        (_, VmState::Stopped(StopReason::Crashed)) if d.restart == RestartPolicy::Never => {
+            let message = "QEMU exited unexpectedly and restartPolicy is Never".to_string();
+            p.phase = VmPhase::Failed;
+            p = p.blocked(VmReason::Crashed, message, Next::Poll);
+        }
+        (_, VmState::Stopped(StopReason::GuestShutdown)) if d.restart != RestartPolicy::Always => {
+            let message = format!("the guest powered off and restartPolicy is {:?}", d.restart);
+            p.phase = VmPhase::Stopped;
+            p = p.blocked(VmReason::GuestShutdown, message, Next::Poll);
+        }
+        (power, state) => {
+            p.actions = provision(d, o);
+            p.actions.push(start(d));
+            p.is_restart = matches!(
+                state,
+                VmState::Stopped(StopReason::Crashed | StopReason::GuestShutdown)
+            );
+            p.phase = VmPhase::Running;
+            if power == PowerState::Paused {
+                p.actions.push(Action::Pause);
+                p.phase = VmPhase::Paused;
+            }
+        }
+    }
+    p
+}
+
+/// Spec fields of `desired` that differ from the running `config`.
+pub fn diff(running: &VmConfig, desired: &VmConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, same: bool| {
+        if !same {
+            out.push(name.to_string());
+        }
+    };
+    check("cpu", running.cpus == desired.cpus);
+    check("memory", running.memory == desired.memory);
+    check("machine", running.machine == desired.machine);
+    check("cpuModel", running.cpu_model == desired.cpu_model);
+    check("boot", running.boot == desired.boot);
+    check("disks", running.disks == desired.disks);
+    check("nics", running.nics == desired.nics);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::resolve::DesiredDisk;
+    use super::super::status::walk;
+    use super::*;
+    use crate::model::vm::Machine;
+
+    fn desired(power: PowerState, restart: RestartPolicy) -> Desired {
+        Desired {
+            me: "sat-1".into(),
+            site: Site::Here,
+            deleted: false,
+            config: VmConfig {
+                id: "default/a".into(),
+                cpus: 1,
+                memory: 1 << 29,
+                machine: Machine::Q35,
+                cpu_model: None,
+                boot: None,
+                disks: vec![("root".into(), "vm-default-a-root".into())],
+                disk_images: Vec::new(),
+                nics: vec![],
+                spice: false,
+            },
+            disks: vec![DesiredDisk {
+                name: "root".into(),
+                volume: "vm-default-a-root".into(),
+                source: VolumeSource::Clone {
+                    source: "suit-default-tiny".into(),
+                    size: None,
+                    from_vm: None,
+                },
+                bus: DiskBus::Virtio,
+                read_only: false,
+            }],
+            taps: vec![],
+            power,
+            restart,
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn observed(state: VmState, missing: bool) -> Observed {
+        Observed {
+            state,
+            missing_volumes: if missing {
+                vec!["vm-default-a-root".into()]
+            } else {
+                vec![]
+            },
+            missing_sources: vec![],
+            lost_volumes: vec![],
+            running_elsewhere: vec![],
+            reported_here: false,
+        }
+    }
+
+    fn running(cfg: &VmConfig) -> VmState {
+        VmState::Running {
+            pid: 1,
+            started_ms: 0,
+            config: Box::new(cfg.clone()),
+        }
+    }
+
+    fn paused(cfg: &VmConfig) -> VmState {
+        VmState::Paused {
+            pid: 1,
+            started_ms: 0,
+            config: Box::new(cfg.clone()),
+        }
+    }
+
+    fn clone_root() -> Action {
+        Action::CloneVolume {
+            volume: "vm-default-a-root".into(),
+            source: "suit-default-tiny".into(),
+            size: None,
+            from_vm: None,
+        }
+    }
+
+    fn stop() -> Action {
+        Action::Stop {
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_new_vm_is_provisioned_then_started() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let p = plan(&d, &observed(VmState::Absent, true));
+        assert_eq!(p.actions, vec![clone_root(), start(&d)]);
+        assert_eq!(p.phase, VmPhase::Running);
+        assert!(!p.is_restart);
+        // The start carries the configuration and each disk's bus and mode.
+        let Action::Start { config, disks } = &p.actions[1] else {
+            unreachable!()
+        };
+        assert_eq!(**config, d.config);
+        assert_eq!(
+            disks,
+            &vec![Attach {
+                name: "root".into(),
+                volume: "vm-default-a-root".into(),
+                bus: DiskBus::Virtio,
+                read_only: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn missing_sources_block_the_start() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let mut o = observed(VmState::Absent, true);
+        o.missing_sources.push("suit-default-tiny".into());
+        let p = plan(&d, &o);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.blocked.unwrap().0, VmReason::SourceMissing);
+    }
+
+    #[test]
+    fn a_volume_lost_behind_our_back_is_not_recreated() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let mut o = observed(VmState::Stopped(StopReason::Crashed), true);
+        o.lost_volumes.push("vm-default-a-root".into());
+        let p = plan(&d, &o);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert_eq!(p.blocked.unwrap().0, VmReason::VolumeMissing);
+        // A running VM keeps running (QEMU still holds the file).
+        let cfg = d.config.clone();
+        let mut o = observed(running(&cfg), true);
+        o.lost_volumes.push("vm-default-a-root".into());
+        assert_eq!(plan(&d, &o).phase, VmPhase::Running);
+    }
+
+    #[test]
+    fn restart_policy_decides_after_a_crash_or_guest_shutdown() {
+        for (policy, reason, restarts) in [
+            (RestartPolicy::Always, StopReason::Crashed, true),
+            (RestartPolicy::OnFailure, StopReason::Crashed, true),
+            (RestartPolicy::Never, StopReason::Crashed, false),
+            (RestartPolicy::Always, StopReason::GuestShutdown, true),
+            (RestartPolicy::OnFailure, StopReason::GuestShutdown, false),
+            (RestartPolicy::Never, StopReason::GuestShutdown, false),
+            (RestartPolicy::Never, StopReason::Requested, true),
+        ] {
+            let d = desired(PowerState::Running, policy);
+            let p = plan(&d, &observed(VmState::Stopped(reason), false));
+            assert_eq!(
+                p.actions.contains(&start(&d)),
+                restarts,
+                "{policy:?} after {reason:?}"
+            );
+            assert_eq!(
+                p.is_restart,
+                restarts && reason != StopReason::Requested,
+                "{policy:?} after {reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn power_state_transitions() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let run = running(&d.config);
+        let paused = paused(&d.config);
+        let cases = [
+            (PowerState::Running, run.clone(), vec![]),
+            (PowerState::Running, paused.clone(), vec![Action::Resume]),
+            (PowerState::Paused, run.clone(), vec![Action::Pause]),
+            (
+                PowerState::Paused,
+                VmState::Absent,
+                vec![start(&d), Action::Pause],
+            ),
+            (PowerState::Stopped, run.clone(), vec![stop()]),
+            (PowerState::Stopped, paused, vec![stop()]),
+            (
+                PowerState::Stopped,
+                VmState::Stopped(StopReason::Requested),
+                vec![],
+            ),
+        ];
+        for (power, state, want) in cases {
+            let mut d = d.clone();
+            d.power = power;
+            assert_eq!(
+                plan(&d, &observed(state.clone(), false)).actions,
+                want,
+                "{power:?} with {state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_changes_while_running_wait_for_a_restart() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let mut old = d.config.clone();
+        old.cpus = 2;
+        old.memory = 1 << 28;
+        let p = plan(&d, &observed(running(&old), false));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.pending_restart, vec!["cpu", "memory"]);
+    }
+
+    /// One row of the table: the situation, and what the plan must say.
+    struct Row {
+        name: &'static str,
+        site: Site,
+        power: PowerState,
+        deleted: bool,
+        state: VmState,
+        missing: bool,
+        elsewhere: Vec<&'static str>,
+        reported_here: bool,
+        actions: Vec<Action>,
+        phase: VmPhase,
+        node: Option<&'static str>,
+        reason: Option<VmReason>,
+        report: bool,
+        next: Next,
+    }
+
+    fn row(name: &'static str, site: Site, state: VmState) -> Row {
+        Row {
+            name,
+            site,
+            power: PowerState::Running,
+            deleted: false,
+            state,
+            missing: false,
+            elsewhere: vec![],
+            reported_here: false,
+            actions: vec![],
+            phase: VmPhase::Running,
+            node: Some("sat-1"),
+            reason: None,
+            report: true,
+            next: Next::Poll,
+        }
+    }
+
+    fn table(d: &Desired) -> Vec<Row> {
+        let run = running(&d.config);
+        let mut drift = d.config.clone();
+        drift.cpus = 4;
+        let pinned = Site::PinnedElsewhere {
+            node: "sat-2".into(),
+        };
+        let elected = Site::Elsewhere {
+            node: "sat-2".into(),
+            epoch: 3,
+        };
+        let unsched = Site::Unschedulable {
+            why: "no node is high".into(),
+        };
+        let ours = Site::Here;
+        vec![
+            Row {
+                missing: true,
+                actions: vec![clone_root(), start(d)],
+                ..row("absent: create and start", ours.clone(), VmState::Absent)
+            },
+            row("running, same config: nothing", ours.clone(), run.clone()),
+            Row {
+                reason: None,
+                ..row(
+                    "config drift: wait for a restart",
+                    ours.clone(),
+                    running(&drift),
+                )
+            },
+            Row {
+                power: PowerState::Stopped,
+                actions: vec![stop()],
+                phase: VmPhase::Stopped,
+                ..row("stopped desired: stop", ours.clone(), run.clone())
+            },
+            Row {
+                power: PowerState::Stopped,
+                missing: true,
+                actions: vec![clone_root()],
+                phase: VmPhase::Stopped,
+                ..row(
+                    "stopped desired, absent: provision only",
+                    ours.clone(),
+                    VmState::Absent,
+                )
+            },
+            Row {
+                actions: vec![stop()],
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                next: Next::Done,
+                ..row(
+                    "elected elsewhere: stop, keep disks",
+                    elected.clone(),
+                    run.clone(),
+                )
+            },
+            Row {
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                next: Next::Done,
+                ..row(
+                    "elected elsewhere, absent: say where",
+                    elected,
+                    VmState::Absent,
+                )
+            },
+            row("pending while running: keep", Site::Pending, run.clone()),
+            Row {
+                phase: VmPhase::Pending,
+                node: None,
+                reason: Some(VmReason::ElectionPending),
+                next: Next::Done,
+                ..row("pending, absent: wait", Site::Pending, VmState::Absent)
+            },
+            Row {
+                phase: VmPhase::Unschedulable,
+                node: None,
+                reason: Some(VmReason::Unschedulable),
+                next: Next::Retry,
+                ..row(
+                    "unschedulable: not started",
+                    unsched.clone(),
+                    VmState::Absent,
+                )
+            },
+            Row {
+                reason: Some(VmReason::Unschedulable),
+                ..row(
+                    "unschedulable while running: keep, say why",
+                    unsched.clone(),
+                    run.clone(),
+                )
+            },
+            Row {
+                power: PowerState::Stopped,
+                actions: vec![stop()],
+                phase: VmPhase::Stopped,
+                ..row("unschedulable, stop asked: stop", unsched, run.clone())
+            },
+            Row {
+                reason: Some(VmReason::RelocationRequired),
+                ..row(
+                    "re-pinned while running with disks: refuse, keep",
+                    pinned.clone(),
+                    run.clone(),
+                )
+            },
+            Row {
+                power: PowerState::Stopped,
+                actions: vec![stop()],
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                next: Next::Done,
+                ..row(
+                    "re-pinned and stopped: stop here",
+                    pinned.clone(),
+                    run.clone(),
+                )
+            },
+            Row {
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                report: false,
+                next: Next::Done,
+                ..row(
+                    "pinned elsewhere, never here: silent",
+                    pinned.clone(),
+                    VmState::Absent,
+                )
+            },
+            Row {
+                reported_here: true,
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                next: Next::Done,
+                ..row(
+                    "pinned elsewhere, was here: say where",
+                    pinned,
+                    VmState::Absent,
+                )
+            },
+            Row {
+                elsewhere: vec!["sat-0"],
+                missing: true,
+                phase: VmPhase::Pending,
+                node: Some("sat-0"),
+                reason: Some(VmReason::RelocationRequired),
+                next: Next::Retry,
+                ..row(
+                    "pinned here, runs on sat-0: never a second copy",
+                    ours.clone(),
+                    VmState::Absent,
+                )
+            },
+            Row {
+                elsewhere: vec!["sat-0"],
+                ..row("runs here and elsewhere: keep", ours.clone(), run.clone())
+            },
+            Row {
+                deleted: true,
+                actions: vec![
+                    stop(),
+                    Action::Remove,
+                    Action::DestroyVolume {
+                        volume: "vm-default-a-root".into(),
+                    },
+                ],
+                phase: VmPhase::Stopped,
+                node: None,
+                report: false,
+                next: Next::Done,
+                ..row("deleted: stop, remove, destroy", ours.clone(), run)
+            },
+            Row {
+                deleted: true,
+                missing: true,
+                phase: VmPhase::Stopped,
+                node: None,
+                report: false,
+                next: Next::Done,
+                ..row("deleted, nothing here: nothing", ours, VmState::Absent)
+            },
+        ]
+    }
+
+    #[test]
+    fn the_plan_table() {
+        let base = desired(PowerState::Running, RestartPolicy::Always);
+        for r in table(&base) {
+            let mut d = base.clone();
+            d.site = r.site.clone();
+            d.power = r.power;
+            d.deleted = r.deleted;
+            let mut o = observed(r.state.clone(), r.missing);
+            o.running_elsewhere = r.elsewhere.iter().map(|s| s.to_string()).collect();
+            o.reported_here = r.reported_here;
+            let p = plan(&d, &o);
+            let n = r.name;
+            assert_eq!(p.actions, r.actions, "{n}: actions");
+            assert_eq!(p.phase, r.phase, "{n}: phase");
+            assert_eq!(p.node.as_deref(), r.node, "{n}: node");
+            assert_eq!(p.blocked.as_ref().map(|b| b.0), r.reason, "{n}: reason");
+            assert_eq!(p.report, r.report, "{n}: report");
+            assert_eq!(p.next, r.next, "{n}: next");
+            // Every plan's phase is reachable through its own actions.
+            walk(&o.state, &p.actions, p.phase).unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_diskless_vm_hands_over_instead_of_waiting_for_relocation() {
+        let mut d = desired(PowerState::Running, RestartPolicy::Always);
+        d.disks.clear();
+        d.config.disks.clear();
+        // The old node stops its copy...
+        d.site = Site::PinnedElsewhere {
+            node: "sat-2".into(),
+        };
+        let p = plan(&d, &observed(running(&d.config), false));
+        assert_eq!(p.actions, vec![stop()]);
+        assert_eq!(p.phase, VmPhase::Elsewhere);
+        // ...and the new one waits for that, then starts it.
+        d.site = Site::Here;
+        let mut o = observed(VmState::Absent, false);
+        o.running_elsewhere = vec!["sat-1".into()];
+        let p = plan(&d, &o);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.blocked.unwrap().0, VmReason::RunningElsewhere);
+        o.running_elsewhere.clear();
+        assert_eq!(plan(&d, &o).actions, vec![start(&d)]);
+    }
+
+    #[test]
+    fn the_transition_check_rejects_a_pause_before_a_start() {
+        let d = desired(PowerState::Paused, RestartPolicy::Always);
+        let stopped = VmState::Stopped(StopReason::Requested);
+        assert!(walk(&stopped, &[start(&d), Action::Pause], VmPhase::Paused).is_ok());
+        assert!(walk(&stopped, &[Action::Pause], VmPhase::Paused).is_err());
+        assert!(walk(&stopped, &[], VmPhase::Paused).is_err());
+        assert!(walk(&running(&d.config), &[], VmPhase::Provisioning).is_err());
+        assert!(walk(&running(&d.config), &[], VmPhase::Unschedulable).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! The `deorch.dev/revert-to` annotation: once per generation, stop the
+//! VM, make each disk a copy of the replica's (the storage's crash-safe
+//! `revert`), record it, and let the normal plan start the VM again.
+
+use std::collections::BTreeMap;
+
+use super::super::status::set_condition;
+use super::super::{Ctx, Outcome, ReconcileError};
+use super::resolve::Desired;
+use crate::driver::VmState;
+use crate::model::storage_kinds::ReplicaStatus;
+use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus, VmReason};
+use crate::model::{Kind, Manifest, ObjectKey};
+use crate::store::Record;
+
+/// Carry out the annotation if this generation asks for a revert not yet
+/// done. `Some(outcome)`: the reconcile ends here (waiting for the
+/// replica, or the replica lacks a disk).
+pub async fn revert(
+    ctx: &Ctx,
+    record: &Record,
+    vm: &Manifest<VirtualMachineSpec>,
+    desired: &Desired,
+    status: &mut VirtualMachineStatus,
+) -> Result<Option<Outcome>, ReconcileError> {
+    let Some(replica) = vm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::REVERT_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    let token = format!("{replica}@{}", record.generation);
+    if status.last_revert.as_deref() == Some(token.as_str()) {
+        return Ok(None);
+    }
+    let g = record.generation;
+    let mut say = |ok: bool, reason: VmReason, message: &str| {
+        set_condition(
+            &mut status.conditions,
+            "Reverted",
+            ok,
+            reason.as_str(),
+            message,
+            g,
+        );
+    };
+    let Some(volumes) = replica_volumes(ctx, &record.key.namespace, replica) else {
+        let msg = format!("replica {replica} does not exist here or is not ready");
+        say(false, VmReason::ReplicaNotReady, &msg);
+        ctx.write_status(&record.key, status)?;
+        return Ok(Some(Outcome::RequeueAfter(ctx.config.blocked_retry)));
+    };
+    if let Some((disk, _)) = desired
+        .config
+        .disks
+        .iter()
+        .find(|(d, _)| !volumes.contains_key(d))
+    {
+        let msg = format!("replica {replica} has no disk {disk}");
+        say(false, VmReason::DiskNotInReplica, &msg);
+        ctx.write_status(&record.key, status)?;
+        return Ok(Some(Outcome::Done));
+    }
+    let id = &desired.config.id;
+    let hv = &ctx.drivers.hypervisor;
+    if matches!(
+        hv.state(id).await?,
+        VmState::Running { .. } | VmState::Paused { .. }
+    ) {
+        hv.stop(id, desired.stop_timeout).await?;
+    }
+    for (disk, volume) in &desired.config.disks {
+        ctx.drivers.storage.revert(volume, &volumes[disk]).await?;
+    }
+    status.last_revert = Some(token);
+    say(
+        true,
+        VmReason::Reverted,
+        &format!("disks reverted to replica {replica}"),
+    );
+    ctx.write_status(&record.key, status)?;
+    Ok(None)
+}
+
+/// Disk → volume of a ready replica.
+fn replica_volumes(ctx: &Ctx, ns: &str, replica: &str) -> Option<BTreeMap<String, String>> {
+    ctx.store
+        .get(&ObjectKey::new(Kind::Replica, Some(ns), replica))
+        .filter(|r| !r.deleted)
+        .and_then(|r| r.status)
+        .and_then(|s| serde_json::from_value::<ReplicaStatus>(s).ok())
+        .filter(|s| s.phase.as_deref() == Some("Ready"))
+        .map(|s| s.volumes)
+}
