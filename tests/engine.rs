@@ -32,6 +32,10 @@ impl Drop for TempDir {
 }
 
 fn world(tag: &str) -> World {
+    world_with(tag, |_| {})
+}
+
+fn world_with(tag: &str, configure: impl FnOnce(&mut EngineConfig)) -> World {
     let dir = std::env::temp_dir().join(format!("deorch-engine-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
@@ -44,18 +48,16 @@ fn world(tag: &str) -> World {
         net: net.clone(),
         dhcp: None,
     };
-    let engine = Engine::new(
-        store.clone(),
-        drivers,
-        EngineConfig {
-            node_name: "sat-1".into(),
-            backoff_base: Duration::from_millis(40),
-            backoff_max: Duration::from_secs(2),
-            vm_poll: Duration::from_millis(50),
-            blocked_retry: Duration::from_millis(100),
-            ..EngineConfig::default()
-        },
-    );
+    let mut config = EngineConfig {
+        node_name: "sat-1".into(),
+        backoff_base: Duration::from_millis(40),
+        backoff_max: Duration::from_secs(2),
+        vm_poll: Duration::from_millis(50),
+        blocked_retry: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    configure(&mut config);
+    let engine = Engine::new(store.clone(), drivers, config);
     let (stop, _) = watch::channel(false);
     World {
         store,
@@ -480,4 +482,94 @@ async fn a_disk_deleted_behind_our_back_is_reported_not_recreated() {
         !w.hv.running().contains("default/gone"),
         "not started without its disk"
     );
+}
+
+fn dataset(name: &str, compression: &str) -> String {
+    format!("apiVersion: deorch.dev/v1alpha1\nkind: Dataset\nmetadata: {{name: {name}}}\nspec: {{pool: tank, path: {name}, compression: {compression}}}\n")
+}
+
+fn calls_on(w: &World, op_target: &str) -> usize {
+    let calls = w.storage.faults().calls();
+    calls.iter().filter(|c| *c == op_target).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_parked_until_the_object_changes() {
+    let mut w = world_with("parked", |c| c.resync_every = Duration::from_millis(50));
+    w.storage
+        .faults()
+        .fail_next_permanently("ensure_dataset", 1);
+    w.apply(&dataset("broken", "lz4"));
+    w.run();
+    w.wait("the failure in status", |w| {
+        condition(&w.status(Kind::Dataset, "broken"), "Ready")
+            .is_some_and(|c| c["reason"] == "EnsureDatasetFailed" && c["status"] == "False")
+    })
+    .await;
+    // A healthy object shows that resyncs run meanwhile.
+    w.apply(&dataset("healthy", "lz4"));
+    w.wait("resyncs of the healthy one", |w| {
+        calls_on(w, "ensure_dataset healthy") >= 4
+    })
+    .await;
+    assert_eq!(
+        calls_on(&w, "ensure_dataset broken"),
+        1,
+        "neither backoff nor resync retried the permanent failure"
+    );
+    let key = ObjectKey::new(Kind::Dataset, None, "broken");
+    let events = w.store.events(Some(&key));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("not retried until the object changes")),
+        "{events:?}"
+    );
+    // A change brings it back.
+    w.apply(&dataset("broken", "zstd"));
+    w.wait("ready after the change", |w| {
+        condition(&w.status(Kind::Dataset, "broken"), "Ready")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(calls_on(&w, "ensure_dataset broken") >= 2);
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spacesuit_whose_image_fails_its_checksum_fails_and_one_from_a_missing_vm_waits() {
+    let mut w = world("suit-phases");
+    let image = w._dir.0.join("disk.img");
+    std::fs::create_dir_all(&w._dir.0).unwrap();
+    std::fs::write(&image, b"not the expected bytes").unwrap();
+    let zeros = "0".repeat(64);
+    w.apply(&format!("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tampered}}\nspec:\n  source: {{image: {{path: {}, sha256: '{zeros}'}}}}\n", image.display()));
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {name: copy}\nspec:\n  source: {virtualMachine: {name: later}}\n");
+    w.run();
+    w.wait("checksum mismatch: Failed", |w| {
+        w.status(Kind::Spacesuit, "tampered")["phase"] == "Failed"
+    })
+    .await;
+    let st = w.status(Kind::Spacesuit, "tampered");
+    assert_eq!(
+        condition(&st, "Ready").unwrap()["reason"],
+        "ChecksumMismatch",
+        "{st}"
+    );
+    assert!(!w.storage.volumes().contains("suit-default-tampered"));
+    w.wait("missing VM: Pending", |w| {
+        let st = w.status(Kind::Spacesuit, "copy");
+        st["phase"] == "Pending"
+            && condition(&st, "Ready").is_some_and(|c| c["reason"] == "SourceNotFound")
+    })
+    .await;
+    // The VM appears: the spacesuit is made from its disk.
+    w.apply(BASE);
+    w.apply(&vm("later", ""));
+    w.wait("copy ready", |w| {
+        w.status(Kind::Spacesuit, "copy")["phase"] == "Ready"
+    })
+    .await;
+    assert!(w.storage.volumes().contains("suit-default-copy"));
+    let _ = w.stop.send(true);
 }

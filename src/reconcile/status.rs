@@ -2,7 +2,20 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::ReconcileError;
 use crate::model::Condition;
+
+/// `Ready` true with `reason` and `message`.
+pub fn ready(conditions: &mut Vec<Condition>, reason: &str, message: &str, generation: i64) {
+    set_condition(conditions, "Ready", true, reason, message, generation);
+}
+
+/// `Ready` false with the failure's reason and message.
+pub fn not_ready(conditions: &mut Vec<Condition>, e: &ReconcileError, generation: i64) {
+    set_condition(
+        conditions, "Ready", false, &e.reason, &e.message, generation,
+    );
+}
 
 /// Set condition `type_` (keeping its transition time when its status did
 /// not change).

@@ -273,11 +273,7 @@ pub fn diff(running: &VmConfig, desired: &VmConfig) -> Vec<String> {
 }
 
 fn blocked(reason: &str, message: String) -> ReconcileError {
-    ReconcileError {
-        reason: reason.into(),
-        message,
-        transient: true,
-    }
+    ReconcileError::transient(reason, message)
 }
 
 /// Resolve the VM against the store (spacesuit, networks, source VMs).
@@ -447,7 +443,7 @@ async fn revert(
         .filter(|r| !r.deleted)
         .and_then(|r| r.status)
         .and_then(|s| serde_json::from_value::<ReplicaStatus>(s).ok())
-        .filter(|s| s.phase.as_deref() == Some("Ready"))
+        .filter(|s| s.phase == Some(crate::model::phase::ReadyPhase::Ready))
         .map(|s| s.volumes);
     let Some(volumes) = volumes else {
         let msg = format!("replica {replica} does not exist here or is not ready");
