@@ -1,11 +1,18 @@
-//! Reconciliation: the engine ([`engine`]: a per-object work queue
-//! ([`queue`]) fed by store changes and a periodic resync, a pool of
-//! workers) and one reconciler per kind ([`vm`], [`kinds`]), with the types
-//! they share. Each reconciler observes, plans (a pure
-//! function) and executes through the driver traits, then writes status
-//! with conditions and `observedGeneration`. Errors become a `Ready=False`
-//! condition with the failing operation as reason, a Warning event, and a
-//! retry with exponential backoff; one object's failure never blocks another.
+//! Reconciliation: the engine ([`engine`]: workers fed by a per-object
+//! work queue ([`queue`]) from store changes, elections and a periodic
+//! resync) and one reconciler per kind ([`vm`], [`network`], [`spacesuit`],
+//! [`dataset`], [`replica`], [`satellite`]; [`report`] for the kinds that
+//! only report), with the types they share.
+//!
+//! Every reconciler runs the same steps: `resolve` builds the complete
+//! desired configuration from the spec and the store; `observe` asks the
+//! drivers; `plan` is a pure function of the two returning a [`Plan`] whose
+//! actions carry everything they need; `execute` only calls drivers; the
+//! status step writes conditions, phase and `observedGeneration`. A failure
+//! becomes a `Ready=False` condition with the failing operation as reason
+//! and a Warning event; its [`ErrorClass`] decides whether the engine
+//! retries it with backoff or parks it until the object changes. One
+//! object's failure never blocks another.
 //!
 //! Architecture invariant: reconcilers read desired state from the store
 //! and write only status; only drivers touch the host.

@@ -5,7 +5,7 @@
 //!
 //! [`resolve`] reads the spec, the node's addresses and the VMs (the DHCP
 //! table is made of them); [`observe`] asks the drivers what this node can
-//! do; [`plan`] decides; [`execute`] calls the drivers; [`status`] reports.
+//! do; [`plan`] decides; [`execute`] calls the drivers; `status` reports.
 
 use ipnet::Ipv4Net;
 

@@ -5,7 +5,7 @@
 //! [`resolve`] reads the spec, the VM and the previous status; [`observe`]
 //! asks the storage which volumes exist and, only when a capture is due,
 //! which of the VM's disks are running; [`plan`] decides; [`execute`] calls
-//! the storage; [`status`] reports.
+//! the storage; `status` reports.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -5,7 +5,7 @@
 //! [`resolve`] reads the spec and the source VM; [`observe`] asks the
 //! storage whether the volume exists and, only when it must be made, hashes
 //! the image or finds the source VM's running disks; [`plan`] decides;
-//! [`execute`] calls the storage; [`status`] reports.
+//! [`execute`] calls the storage; `status` reports.
 
 use super::status::{not_ready, ready, set_condition};
 use super::vm::live_disks;
