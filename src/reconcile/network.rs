@@ -32,8 +32,9 @@ pub struct Desired {
     /// The node's address on the network: `None` without `ipv4`, `Err`
     /// when none of the node's addresses, the gateway or the subnet fits.
     pub address: Option<Result<Ipv4Net, String>>,
-    /// The DHCP table when the network has an address for the node and
-    /// DHCP enabled; `Err` when the VMs' NICs make no valid table.
+    /// The DHCP table when the node serves DHCP and the network has an
+    /// address for it and DHCP enabled; `Err` when the VMs' NICs make no
+    /// valid table.
     pub dhcp: Option<Result<Table, String>>,
 }
 
@@ -111,8 +112,10 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
         .as_ref()
         .map(|v4| server_address(v4, &ctx.config.node_addresses));
     let enabled = net.spec.dhcp.as_ref().and_then(|d| d.enabled) != Some(false);
+    // The table is made of every VM: built only where a DHCP server runs.
+    let serves = ctx.drivers.dhcp.is_some() && enabled && !record.deleted;
     let dhcp = match &address {
-        Some(Ok(a)) if enabled && !record.deleted => Some(table(ctx, &net, a)),
+        Some(Ok(a)) if serves => Some(table(ctx, &net, a)),
         _ => None,
     };
     Ok(Desired {
