@@ -573,3 +573,33 @@ async fn a_spacesuit_whose_image_fails_its_checksum_fails_and_one_from_a_missing
     assert!(w.storage.volumes().contains("suit-default-copy"));
     let _ = w.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_kinds_say_what_they_do() {
+    let mut w = world("report");
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: team}\nspec:\n  rules:\n    - subjects: [bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4]\n      role: admin\n");
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {name: move}\nspec:\n  virtualMachine: {name: web}\n");
+    w.run();
+    w.wait("both reported", |w| {
+        condition(&w.status(Kind::AccessPolicy, "team"), "Ready").is_some()
+            && condition(&w.status(Kind::Relocation, "move"), "Ready").is_some()
+    })
+    .await;
+    let policy = w.status(Kind::AccessPolicy, "team");
+    let c = condition(&policy, "Ready").unwrap();
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&"True".into(), &"InForce".into())
+    );
+    assert!(
+        c["message"].as_str().unwrap().contains("signed sources"),
+        "{c}"
+    );
+    let relocation = w.status(Kind::Relocation, "move");
+    let c = condition(&relocation, "Ready").unwrap();
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&"False".into(), &"NotImplemented".into())
+    );
+    let _ = w.stop.send(true);
+}
