@@ -107,6 +107,18 @@ pub enum Plan<A> {
     Fail(ReconcileError),
 }
 
+impl<A> Plan<A> {
+    /// The actions to carry out (none while waiting), or the failure the
+    /// reconcile ends in.
+    pub fn actions(&self) -> Result<&[A], ReconcileError> {
+        match self {
+            Plan::Act(actions) => Ok(actions),
+            Plan::Wait { .. } => Ok(&[]),
+            Plan::Fail(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// The disks of running VMs that a clone reads (the hypervisor snapshots
 /// them), compared by their volumes so that plans compare by value.
 #[derive(Clone, Default)]
@@ -228,6 +240,12 @@ fn capitalized(word: &str) -> String {
         .unwrap_or_default()
 }
 
+impl From<crate::model::phase::InvalidTransition> for ReconcileError {
+    fn from(e: crate::model::phase::InvalidTransition) -> Self {
+        ReconcileError::permanent("InvalidTransition", e.to_string())
+    }
+}
+
 impl From<StoreError> for ReconcileError {
     fn from(e: StoreError) -> Self {
         ReconcileError::transient("StoreFailed", e.to_string())
@@ -292,5 +310,57 @@ impl Ctx {
     ) -> Result<(), ReconcileError> {
         let v = serde_json::to_value(status).expect("status serializes");
         self.store.set_status(key, v).map_err(ReconcileError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_errors_are_classified_in_one_place() {
+        use ErrorClass::{Permanent, Transient};
+        let condition = |reason| DriverError::Condition {
+            op: "create".into(),
+            target: "vm-a-root".into(),
+            reason,
+            message: "no".into(),
+        };
+        let cases = [
+            (
+                DriverError::transient("live_snapshot", "a", "busy"),
+                "LiveSnapshotFailed",
+                Transient,
+            ),
+            (
+                DriverError::permanent("start", "a", "bad"),
+                "StartFailed",
+                Permanent,
+            ),
+            (
+                DriverError::not_found("clone", "base"),
+                "CloneFailed",
+                Transient,
+            ),
+            (condition("VolumeInUse"), "VolumeInUse", Transient),
+            (condition("PoolFull"), "PoolFull", Permanent),
+        ];
+        for (e, reason, class) in cases {
+            let r = ReconcileError::from(e.clone());
+            assert_eq!((r.reason.as_str(), r.class), (reason, class), "{e}");
+            assert_eq!(r.message, e.to_string());
+        }
+    }
+
+    #[test]
+    fn plans_hand_out_their_actions_or_their_failure() {
+        assert_eq!(Plan::Act(vec![1, 2]).actions(), Ok(&[1, 2][..]));
+        let wait: Plan<u8> = Plan::Wait {
+            reason: "SourceNotFound",
+            message: "later".into(),
+        };
+        assert_eq!(wait.actions(), Ok(&[][..]));
+        let e = ReconcileError::permanent("Bad", "no".into());
+        assert_eq!(Plan::<u8>::Fail(e.clone()).actions(), Err(e));
     }
 }

@@ -91,10 +91,9 @@ pub enum Action {
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let desired = resolve(ctx, record)?;
     let plan = plan(&desired, &observe(ctx));
-    let result = match &plan {
-        Plan::Act(actions) => execute(ctx, actions).await,
-        Plan::Wait { reason, message } => Err(ReconcileError::transient(reason, message.clone())),
-        Plan::Fail(e) => Err(e.clone()),
+    let result = match plan.actions() {
+        Ok(actions) => execute(ctx, actions).await,
+        Err(e) => Err(e),
     };
     if desired.deleted {
         return result.map(|_| Outcome::Done);

@@ -9,11 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::status::{not_ready, ready, rfc3339, set_condition};
+use super::status::{made_once, ready, rfc3339};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
 use crate::driver::CloneRequest;
-use crate::model::phase::{advance, ReadyPhase};
+use crate::model::phase::ReadyPhase;
 use crate::model::storage_kinds::ReplicaStatus;
 use crate::model::{Kind, Manifest, ReplicaSpec, VirtualMachineSpec};
 use crate::store::Record;
@@ -70,17 +70,17 @@ pub enum Action {
 /// Reconcile one Replica.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let desired = resolve(ctx, record)?;
-    let observed = observe(ctx, &desired).await;
-    let plan = observed.map(|o| plan(&desired, &o));
-    let result = match &plan {
-        Ok(Plan::Act(actions)) => execute(ctx, actions).await,
-        Ok(Plan::Wait { .. }) => Ok(()),
-        Ok(Plan::Fail(e)) | Err(e) => Err(e.clone()),
+    let plan = match observe(ctx, &desired).await {
+        Ok(observed) => plan(&desired, &observed),
+        Err(e) => Plan::Fail(e),
+    };
+    let result = match plan.actions() {
+        Ok(actions) => execute(ctx, actions).await,
+        Err(e) => Err(e),
     };
     if desired.deleted {
         return result.map(|_| Outcome::Done);
     }
-    let plan = plan.unwrap_or(Plan::Act(Vec::new()));
     status(ctx, record, &desired, &plan, result)
 }
 
@@ -186,47 +186,27 @@ fn status(
     let mut st: ReplicaStatus = previous(record);
     st.observed_generation = Some(record.generation);
     let generation = record.generation;
-    let (phase, outcome) = match (result, plan) {
-        (Err(e), _) => {
-            not_ready(&mut st.conditions, &e, generation);
-            let phase = if e.is_transient() {
-                ReadyPhase::Pending
-            } else {
-                ReadyPhase::Failed
-            };
-            (phase, Err(e))
+    let retry = ctx.config.blocked_retry;
+    let (phase, outcome) = made_once(
+        &mut st.conditions,
+        generation,
+        st.phase,
+        plan,
+        result,
+        retry,
+    )?;
+    if phase == ReadyPhase::Ready {
+        for (disk, r) in &d.disks {
+            st.volumes.insert(disk.clone(), r.volume.clone());
         }
-        (Ok(()), Plan::Wait { reason, message }) => {
-            set_condition(
-                &mut st.conditions,
-                "Ready",
-                false,
-                reason,
-                message,
-                generation,
-            );
-            (
-                ReadyPhase::Pending,
-                Ok(Outcome::RequeueAfter(ctx.config.blocked_retry)),
-            )
+        st.node = Some(ctx.config.node_name.clone());
+        if st.created_at.is_none() {
+            st.created_at = Some(rfc3339(record.updated_ms));
         }
-        (Ok(()), _) => {
-            for (disk, r) in &d.disks {
-                st.volumes.insert(disk.clone(), r.volume.clone());
-            }
-            st.node = Some(ctx.config.node_name.clone());
-            if st.created_at.is_none() {
-                st.created_at = Some(rfc3339(record.updated_ms));
-            }
-            let msg = format!("{} disk(s)", st.volumes.len());
-            ready(&mut st.conditions, "Captured", &msg, generation);
-            (ReadyPhase::Ready, Ok(Outcome::Done))
-        }
-    };
-    st.phase = Some(
-        advance(st.phase, phase)
-            .map_err(|e| ReconcileError::permanent("InvalidTransition", e.to_string()))?,
-    );
+        let msg = format!("{} disk(s)", st.volumes.len());
+        ready(&mut st.conditions, "Captured", &msg, generation);
+    }
+    st.phase = Some(phase);
     ctx.write_status(&record.key, &st)?;
     outcome
 }

@@ -7,11 +7,11 @@
 //! the image or finds the source VM's running disks; [`plan`] decides;
 //! [`execute`] calls the storage; `status` reports.
 
-use super::status::{not_ready, ready, set_condition};
+use super::status::{made_once, ready};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
 use crate::driver::{CloneRequest, DriverError};
-use crate::model::phase::{advance, ReadyPhase};
+use crate::model::phase::ReadyPhase;
 use crate::model::spacesuit::SpacesuitStatus;
 use crate::model::{Kind, Manifest, SpacesuitSpec, VirtualMachineSpec};
 use crate::store::Record;
@@ -96,17 +96,17 @@ pub enum Action {
 /// Reconcile one Spacesuit.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let desired = resolve(ctx, record)?;
-    let observed = observe(ctx, &desired).await;
-    let plan = observed.map(|o| plan(&desired, &o));
-    let result = match &plan {
-        Ok(Plan::Act(actions)) => execute(ctx, actions).await,
-        Ok(Plan::Wait { .. }) => Ok(()),
-        Ok(Plan::Fail(e)) | Err(e) => Err(e.clone()),
+    let plan = match observe(ctx, &desired).await {
+        Ok(observed) => plan(&desired, &observed),
+        Err(e) => Plan::Fail(e),
+    };
+    let result = match plan.actions() {
+        Ok(actions) => execute(ctx, actions).await,
+        Err(e) => Err(e),
     };
     if desired.deleted {
         return result.map(|_| Outcome::Done);
     }
-    let plan = plan.unwrap_or(Plan::Act(Vec::new()));
     status(ctx, record, &desired, &plan, result)
 }
 
@@ -257,44 +257,23 @@ fn status(
     let mut st: SpacesuitStatus = previous(record);
     st.observed_generation = Some(record.generation);
     let generation = record.generation;
-    let (phase, outcome) = match (result, plan) {
-        (Err(e), _) => {
-            not_ready(&mut st.conditions, &e, generation);
-            let phase = if e.is_transient() {
-                ReadyPhase::Pending
-            } else {
-                ReadyPhase::Failed
-            };
-            (phase, Err(e))
-        }
-        (Ok(()), Plan::Wait { reason, message }) => {
-            set_condition(
-                &mut st.conditions,
-                "Ready",
-                false,
-                reason,
-                message,
-                generation,
-            );
-            (
-                ReadyPhase::Pending,
-                Ok(Outcome::RequeueAfter(ctx.config.blocked_retry)),
-            )
-        }
-        (Ok(()), _) => {
-            if d.source == Source::BootOnly {
-                st.volumes.clear();
-            } else {
-                st.volumes = vec![d.volume.clone()];
-            }
-            ready(&mut st.conditions, "Ready", &made(d, plan), generation);
-            (ReadyPhase::Ready, Ok(Outcome::Done))
-        }
-    };
-    st.phase = Some(
-        advance(st.phase, phase)
-            .map_err(|e| ReconcileError::permanent("InvalidTransition", e.to_string()))?,
-    );
+    let retry = ctx.config.blocked_retry;
+    let (phase, outcome) = made_once(
+        &mut st.conditions,
+        generation,
+        st.phase,
+        plan,
+        result,
+        retry,
+    )?;
+    if phase == ReadyPhase::Ready {
+        st.volumes = match d.source {
+            Source::BootOnly => Vec::new(),
+            _ => vec![d.volume.clone()],
+        };
+        ready(&mut st.conditions, "Ready", &made(d, plan), generation);
+    }
+    st.phase = Some(phase);
     ctx.write_status(&record.key, &st)?;
     outcome
 }
