@@ -320,7 +320,7 @@ fn udhcpc_gets_every_option_exactly_as_the_manifest_says() {
     let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, None);
     // Two VMs; "web" overrides DNS and its host name on its NIC, and gets
     // its MAC derived from its identity (as the hypervisor driver does).
-    let mac = deorch::reconcile::names::mac("default", "web", "eth0");
+    let mac = deorch::model::names::mac("default", "web", "eth0");
     sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", &mac]);
     let manifests = lab.dir.join("lan.yaml");
     let text = format!(

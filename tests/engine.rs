@@ -35,9 +35,22 @@ fn world(tag: &str) -> World {
     world_on(tag, "sat-1", None)
 }
 
+fn world_with(tag: &str, configure: impl FnOnce(&mut EngineConfig)) -> World {
+    world_full(tag, "sat-1", None, configure)
+}
+
 /// A world whose engine is node `node`, with the cluster's election
 /// `placement` (none: a standalone node).
 fn world_on(tag: &str, node: &str, placement: Option<Arc<dyn Placement>>) -> World {
+    world_full(tag, node, placement, |_| {})
+}
+
+fn world_full(
+    tag: &str,
+    node: &str,
+    placement: Option<Arc<dyn Placement>>,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> World {
     let dir = std::env::temp_dir().join(format!("deorch-engine-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
@@ -50,19 +63,16 @@ fn world_on(tag: &str, node: &str, placement: Option<Arc<dyn Placement>>) -> Wor
         net: net.clone(),
         dhcp: None,
     };
-    let engine = Engine::with_placement(
-        store.clone(),
-        drivers,
-        EngineConfig {
-            node_name: node.into(),
-            backoff_base: Duration::from_millis(40),
-            backoff_max: Duration::from_secs(2),
-            vm_poll: Duration::from_millis(50),
-            blocked_retry: Duration::from_millis(100),
-            ..EngineConfig::default()
-        },
-        placement,
-    );
+    let mut config = EngineConfig {
+        node_name: node.into(),
+        backoff_base: Duration::from_millis(40),
+        backoff_max: Duration::from_secs(2),
+        vm_poll: Duration::from_millis(50),
+        blocked_retry: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    configure(&mut config);
+    let engine = Engine::with_placement(store.clone(), drivers, config, placement);
     let (stop, _) = watch::channel(false);
     World {
         store,
@@ -665,4 +675,124 @@ async fn a_repinned_vm_with_local_disks_is_not_started_twice() {
     })
     .await;
     assert_eq!(b.status(Kind::VirtualMachine, "db")["node"], "sat-2");
+}
+
+fn dataset(name: &str, compression: &str) -> String {
+    format!("apiVersion: deorch.dev/v1alpha1\nkind: Dataset\nmetadata: {{name: {name}}}\nspec: {{pool: tank, path: {name}, compression: {compression}}}\n")
+}
+
+fn calls_on(w: &World, op_target: &str) -> usize {
+    let calls = w.storage.faults().calls();
+    calls.iter().filter(|c| *c == op_target).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_parked_until_the_object_changes() {
+    let mut w = world_with("parked", |c| c.resync_every = Duration::from_millis(50));
+    w.storage
+        .faults()
+        .fail_next_permanently("ensure_dataset", 1);
+    w.apply(&dataset("broken", "lz4"));
+    w.run();
+    w.wait("the failure in status", |w| {
+        condition(&w.status(Kind::Dataset, "broken"), "Ready")
+            .is_some_and(|c| c["reason"] == "EnsureDatasetFailed" && c["status"] == "False")
+    })
+    .await;
+    // A healthy object shows that resyncs run meanwhile.
+    w.apply(&dataset("healthy", "lz4"));
+    w.wait("resyncs of the healthy one", |w| {
+        calls_on(w, "ensure_dataset healthy") >= 4
+    })
+    .await;
+    assert_eq!(
+        calls_on(&w, "ensure_dataset broken"),
+        1,
+        "neither backoff nor resync retried the permanent failure"
+    );
+    let key = ObjectKey::new(Kind::Dataset, None, "broken");
+    let events = w.store.events(Some(&key));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("not retried until the object changes")),
+        "{events:?}"
+    );
+    // A change brings it back.
+    w.apply(&dataset("broken", "zstd"));
+    w.wait("ready after the change", |w| {
+        condition(&w.status(Kind::Dataset, "broken"), "Ready")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(calls_on(&w, "ensure_dataset broken") >= 2);
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spacesuit_whose_image_fails_its_checksum_fails_and_one_from_a_missing_vm_waits() {
+    let mut w = world("suit-phases");
+    let image = w._dir.0.join("disk.img");
+    std::fs::create_dir_all(&w._dir.0).unwrap();
+    std::fs::write(&image, b"not the expected bytes").unwrap();
+    let zeros = "0".repeat(64);
+    w.apply(&format!("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tampered}}\nspec:\n  source: {{image: {{path: {}, sha256: '{zeros}'}}}}\n", image.display()));
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {name: copy}\nspec:\n  source: {virtualMachine: {name: later}}\n");
+    w.run();
+    w.wait("checksum mismatch: Failed", |w| {
+        w.status(Kind::Spacesuit, "tampered")["phase"] == "Failed"
+    })
+    .await;
+    let st = w.status(Kind::Spacesuit, "tampered");
+    assert_eq!(
+        condition(&st, "Ready").unwrap()["reason"],
+        "ChecksumMismatch",
+        "{st}"
+    );
+    assert!(!w.storage.volumes().contains("suit-default-tampered"));
+    w.wait("missing VM: Pending", |w| {
+        let st = w.status(Kind::Spacesuit, "copy");
+        st["phase"] == "Pending"
+            && condition(&st, "Ready").is_some_and(|c| c["reason"] == "SourceNotFound")
+    })
+    .await;
+    // The VM appears: the spacesuit is made from its disk.
+    w.apply(BASE);
+    w.apply(&vm("later", ""));
+    w.wait("copy ready", |w| {
+        w.status(Kind::Spacesuit, "copy")["phase"] == "Ready"
+    })
+    .await;
+    assert!(w.storage.volumes().contains("suit-default-copy"));
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_kinds_say_what_they_do() {
+    let mut w = world("report");
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: team}\nspec:\n  rules:\n    - subjects: [bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4]\n      role: admin\n");
+    w.apply("apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {name: move}\nspec:\n  virtualMachine: {name: web}\n");
+    w.run();
+    w.wait("both reported", |w| {
+        condition(&w.status(Kind::AccessPolicy, "team"), "Ready").is_some()
+            && condition(&w.status(Kind::Relocation, "move"), "Ready").is_some()
+    })
+    .await;
+    let policy = w.status(Kind::AccessPolicy, "team");
+    let c = condition(&policy, "Ready").unwrap();
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&"True".into(), &"InForce".into())
+    );
+    assert!(
+        c["message"].as_str().unwrap().contains("signed sources"),
+        "{c}"
+    );
+    let relocation = w.status(Kind::Relocation, "move");
+    let c = condition(&relocation, "Ready").unwrap();
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&"False".into(), &"NotImplemented".into())
+    );
+    let _ = w.stop.send(true);
 }

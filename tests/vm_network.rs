@@ -242,8 +242,8 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
     node.start();
 
     // Bridge and tap: made by deorch, marked, MTU applied, tap on the bridge.
-    let bridge = deorch::reconcile::names::bridge("default", "lan");
-    let tap = deorch::reconcile::names::tap("default", "tiny", "eth0");
+    let bridge = deorch::model::names::bridge("default", "lan");
+    let tap = deorch::model::names::tap("default", "tiny", "eth0");
     let t_api = Instant::now();
     node.wait_for("the Network's bridge", |n| {
         net_status(n, "lan")["conditions"][0]["status"] == "True"
@@ -324,7 +324,7 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
     assert_eq!(r["address"], want_ip.to_string());
     assert_eq!(
         r["mac"],
-        deorch::reconcile::names::mac("default", "tiny", "eth0")
+        deorch::model::names::mac("default", "tiny", "eth0")
     );
     assert_eq!(rec["interface"], bridge.as_str());
 

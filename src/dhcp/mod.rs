@@ -37,9 +37,9 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::model::names;
 use crate::model::network::{DhcpOptions, NetworkSpec};
 use crate::model::{Manifest, VirtualMachineSpec, DEFAULT_NAMESPACE};
-use crate::reconcile::names;
 
 pub use options::LeaseOptions;
 pub use server::{handle, Delivery, Outcome};

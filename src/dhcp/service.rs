@@ -1,6 +1,6 @@
 //! The node's DHCP servers: one [`DhcpServer`] per served network, bound
 //! to that network's bridge, started, updated and stopped by the Network
-//! reconciler (`reconcile::kinds::network`).
+//! reconciler (`reconcile::network`).
 //!
 //! A changed table (a VM added, removed or changed, or new options in the
 //! Network manifest) is swapped into the running server; a changed bridge

@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::cow::{CowBackend, CowStorage, MemBackend};
-use super::{BoxFuture, DriverError, Hypervisor, Net, StopReason, VmConfig, VmState};
+use super::cow::{collision, CowBackend, CowStorage, Ds};
+use super::{
+    BoxFuture, DatasetConfig, DatasetState, DriverError, Drivers, Hypervisor, Net, StopReason,
+    VmConfig, VmState, VolumeInfo,
+};
 
 /// Planned failures and the call log, shared by the three fakes.
 #[derive(Debug, Default)]
@@ -246,6 +249,19 @@ impl Hypervisor for FakeHypervisor {
     }
 }
 
+impl Drivers {
+    /// In-memory fakes of all three, no DHCP: for tests, benchmarks and a
+    /// node told to simulate (`--hypervisor fake` and friends).
+    pub fn fake() -> Drivers {
+        Drivers {
+            hypervisor: Arc::new(FakeHypervisor::default()),
+            storage: Arc::new(FakeStorage::default()),
+            net: Arc::new(FakeNet::default()),
+            dhcp: None,
+        }
+    }
+}
+
 /// Volumes in memory: the copy-on-write algorithm of the real ZFS driver
 /// over [`MemBackend`], which keeps ZFS's rules.
 pub type FakeStorage = CowStorage<MemBackend>;
@@ -360,5 +376,282 @@ impl Net for FakeNet {
             };
             Ok(())
         })
+    }
+}
+
+/// One in-memory dataset: its content is one number (a marker) so tests
+/// can check that no volume ever reads something it should not.
+#[derive(Debug, Clone, Default)]
+struct MemDs {
+    origin: Option<String>,
+    size: u64,
+    marker: u64,
+    /// (name, txg, marker at snapshot time).
+    snaps: Vec<(String, u64, u64)>,
+}
+
+/// ZFS's rules in memory, with planned failures ([`Faults`]).
+#[derive(Debug, Default)]
+pub struct MemBackend {
+    ds: BTreeMap<String, MemDs>,
+    datasets: BTreeMap<String, BTreeMap<String, String>>,
+    txg: u64,
+    total: u64,
+    faults: Arc<Faults>,
+}
+
+impl MemBackend {
+    /// An empty store of `total` bytes whose failures `faults` plans.
+    pub fn new(total: u64, faults: Arc<Faults>) -> Self {
+        MemBackend {
+            total,
+            faults,
+            ..Default::default()
+        }
+    }
+    /// Set a volume's content marker (`vol/<name>`).
+    pub fn write_marker(&mut self, ds: &str, marker: u64) -> Result<(), DriverError> {
+        self.get_mut("write", ds)?.marker = marker;
+        Ok(())
+    }
+    /// A volume's content marker.
+    pub fn read_marker(&mut self, ds: &str) -> Result<u64, DriverError> {
+        Ok(self.get_mut("read", ds)?.marker)
+    }
+    /// Its failure plan.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
+    }
+    /// Number of snapshots held (tests: nothing leaks).
+    pub fn snapshot_count(&self) -> usize {
+        self.ds.values().map(|d| d.snaps.len()).sum()
+    }
+    fn get_mut(&mut self, op: &str, ds: &str) -> Result<&mut MemDs, DriverError> {
+        self.ds.get_mut(ds).ok_or_else(|| DriverError::NotFound {
+            op: op.into(),
+            target: ds.into(),
+        })
+    }
+    fn snap(&self, full: &str) -> Option<(u64, u64)> {
+        let (d, s) = full.split_once('@')?;
+        self.ds
+            .get(d)?
+            .snaps
+            .iter()
+            .find(|x| x.0 == s)
+            .map(|x| (x.1, x.2))
+    }
+    fn refuse(op: &str, target: &str, message: &str) -> DriverError {
+        DriverError::Permanent {
+            op: op.into(),
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl CowBackend for MemBackend {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
+        Ok(self
+            .ds
+            .iter()
+            .map(|(n, d)| Ds {
+                name: n.clone(),
+                origin: d.origin.clone(),
+                snapshots: d.snaps.iter().map(|s| (s.0.clone(), s.1)).collect(),
+            })
+            .collect())
+    }
+    fn create(&mut self, ds: &str, size: u64) -> Result<(), DriverError> {
+        self.faults.check("create", ds)?;
+        if self.ds.contains_key(ds) {
+            return Err(Self::refuse("create", ds, "dataset already exists"));
+        }
+        let used: u64 = self.ds.values().map(|d| d.size).sum();
+        if used + size > self.total {
+            return Err(DriverError::Condition {
+                op: "create".into(),
+                target: ds.into(),
+                reason: "PoolFull",
+                message: "out of space".into(),
+            });
+        }
+        self.ds.insert(
+            ds.into(),
+            MemDs {
+                size,
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+    fn import(&mut self, ds: &str, path: &str, _format: Option<&str>) -> Result<(), DriverError> {
+        self.faults.check("import", ds)?;
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(1 << 30);
+        self.create(ds, size)
+    }
+    fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError> {
+        self.faults.check("snapshot", &snaps.join(" "))?;
+        for s in snaps {
+            let (d, n) = s.split_once('@').unwrap_or((s, ""));
+            let d = self.ds.get(d).ok_or_else(|| DriverError::NotFound {
+                op: "clone".into(),
+                target: d.strip_prefix("vol/").unwrap_or(d).into(),
+            })?;
+            if d.snaps.iter().any(|x| x.0 == n) {
+                return Err(Self::refuse("snapshot", s, "dataset already exists"));
+            }
+        }
+        self.txg += 1;
+        for s in snaps {
+            let (d, n) = s.split_once('@').unwrap_or((s, ""));
+            let d = self.ds.get_mut(d).expect("checked");
+            d.snaps.push((n.into(), self.txg, d.marker));
+        }
+        Ok(())
+    }
+    fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError> {
+        self.faults.check("clone", ds)?;
+        let (_, marker) = self.snap(snap).ok_or_else(|| DriverError::NotFound {
+            op: "clone".into(),
+            target: snap.into(),
+        })?;
+        if self.ds.contains_key(ds) {
+            return Err(collision("clone", ds.strip_prefix("vol/").unwrap_or(ds)));
+        }
+        let src = snap.split_once('@').map(|x| x.0).unwrap_or(snap);
+        let base = self.ds.get(src).map(|d| d.size).unwrap_or(0);
+        self.ds.insert(
+            ds.into(),
+            MemDs {
+                origin: Some(snap.into()),
+                size: size.unwrap_or(0).max(base),
+                marker,
+                snaps: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+    fn promote(&mut self, ds: &str) -> Result<(), DriverError> {
+        self.faults.check("promote", ds)?;
+        let origin = self
+            .get_mut("promote", ds)?
+            .origin
+            .clone()
+            .ok_or_else(|| Self::refuse("promote", ds, "not a cloned filesystem"))?;
+        let (parent, snap) = origin.split_once('@').expect("origin has @");
+        let (txg, _) = self
+            .snap(&origin)
+            .ok_or_else(|| Self::refuse("promote", ds, "origin is gone"))?;
+        let p = self.ds.get_mut(parent).expect("origin exists");
+        let (moved, kept): (Vec<_>, Vec<_>) = p.snaps.drain(..).partition(|s| s.1 <= txg);
+        p.snaps = kept;
+        let parent_origin = p.origin.clone();
+        p.origin = Some(format!("{ds}@{snap}"));
+        let moved_names: BTreeSet<String> = moved.iter().map(|s| s.0.clone()).collect();
+        let c = self.ds.get_mut(ds).expect("exists");
+        c.origin = parent_origin;
+        c.snaps.extend(moved);
+        c.snaps.sort_by_key(|s| s.1);
+        for (name, d) in self.ds.iter_mut() {
+            if name == ds {
+                continue;
+            }
+            if let Some(o) = &d.origin {
+                if let Some((od, os)) = o.split_once('@') {
+                    if od == parent && moved_names.contains(os) {
+                        d.origin = Some(format!("{ds}@{os}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError> {
+        self.faults.check("rename", from)?;
+        if self.ds.contains_key(to) {
+            return Err(Self::refuse("rename", to, "dataset already exists"));
+        }
+        let d = self.ds.remove(from).ok_or_else(|| DriverError::NotFound {
+            op: "rename".into(),
+            target: from.into(),
+        })?;
+        self.ds.insert(to.into(), d);
+        let prefix = format!("{from}@");
+        for d in self.ds.values_mut() {
+            if let Some(o) = &d.origin {
+                if let Some(rest) = o.strip_prefix(&prefix) {
+                    d.origin = Some(format!("{to}@{rest}"));
+                }
+            }
+        }
+        Ok(())
+    }
+    fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
+        self.faults.check("destroy", name)?;
+        if let Some((d, s)) = name.split_once('@') {
+            if self.ds.values().any(|x| x.origin.as_deref() == Some(name)) {
+                return Err(Self::refuse(
+                    "destroy",
+                    name,
+                    "snapshot has dependent clones",
+                ));
+            }
+            let d = self.get_mut("destroy", d)?;
+            d.snaps.retain(|x| x.0 != s);
+            return Ok(());
+        }
+        let prefix = format!("{name}@");
+        if self
+            .ds
+            .values()
+            .any(|x| x.origin.as_deref().is_some_and(|o| o.starts_with(&prefix)))
+        {
+            return Err(Self::refuse(
+                "destroy",
+                name,
+                "filesystem has dependent clones",
+            ));
+        }
+        self.ds.remove(name).ok_or_else(|| DriverError::NotFound {
+            op: "destroy".into(),
+            target: name.into(),
+        })?;
+        Ok(())
+    }
+    fn exists(&mut self, ds: &str) -> Result<bool, DriverError> {
+        Ok(self.ds.contains_key(ds))
+    }
+    fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError> {
+        let size = self.get_mut("volume", ds)?.size;
+        Ok(VolumeInfo {
+            path: std::path::PathBuf::from(format!("/fake/{ds}")),
+            format: "raw",
+            size,
+        })
+    }
+    fn capacity(&mut self) -> Result<(u64, u64), DriverError> {
+        let used: u64 = self.ds.values().map(|d| d.size).sum();
+        Ok((self.total, self.total.saturating_sub(used)))
+    }
+    fn ensure_dataset(&mut self, config: &DatasetConfig) -> Result<DatasetState, DriverError> {
+        self.faults.check("ensure_dataset", &config.path)?;
+        self.datasets
+            .insert(config.path.clone(), config.properties.clone());
+        let (_, free) = self.capacity()?;
+        Ok(DatasetState {
+            used: 0,
+            available: free,
+            mountpoint: None,
+            unsupported: Vec::new(),
+        })
+    }
+    fn destroy_dataset(&mut self, config: &DatasetConfig) -> Result<(), DriverError> {
+        self.faults.check("destroy_dataset", &config.path)?;
+        self.datasets.remove(&config.path);
+        Ok(())
     }
 }

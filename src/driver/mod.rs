@@ -25,6 +25,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::vm::{Boot, Machine};
 
+/// The drivers a node uses, chosen once at start (real ones, or the
+/// in-memory fakes of [`fake`] when the node is told to simulate).
+#[derive(Clone)]
+pub struct Drivers {
+    /// Runs VMs.
+    pub hypervisor: std::sync::Arc<dyn Hypervisor>,
+    /// Holds volumes.
+    pub storage: std::sync::Arc<dyn Storage>,
+    /// Bridges and taps.
+    pub net: std::sync::Arc<dyn Net>,
+    /// The node's DHCP servers, one per served bridge (only with a `Net`
+    /// driver whose bridges are real interfaces).
+    pub dhcp: Option<std::sync::Arc<crate::dhcp::service::DhcpService>>,
+}
+
 /// A boxed future (traits with async methods stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

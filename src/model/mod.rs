@@ -8,7 +8,9 @@
 pub mod access;
 pub mod canonical;
 pub mod common;
+pub mod names;
 pub mod network;
+pub mod phase;
 pub mod relocation;
 pub mod satellite;
 pub mod spacesuit;

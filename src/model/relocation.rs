@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, ObjectRef, Placement};
+use super::phase::RelocationPhase;
 
 /// Desired relocation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -41,9 +42,9 @@ pub struct RelocationStatus {
     /// Conditions (type, status, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// `Pending`, `Electing`, `Copying`, `Switching`, `Succeeded`, `Failed`.
+    /// How far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<RelocationPhase>,
     /// Sending satellite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,

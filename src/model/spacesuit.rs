@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, Cpu, ObjectRef, Quantity};
+use super::phase::ReadyPhase;
 use super::vm::{Boot, Firmware, Machine};
 
 /// Desired spacesuit.
@@ -95,9 +96,9 @@ pub struct SpacesuitStatus {
     /// Conditions (type, status, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// `Pending`, `Ready` or `Failed`.
+    /// Whether its disk is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<ReadyPhase>,
     /// Storage volumes holding the spacesuit's disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,

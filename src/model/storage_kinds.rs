@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, ObjectRef, Quantity};
+use super::phase::ReadyPhase;
 
 /// A writable copy-on-write snapshot of all of a VM's disks at one instant.
 /// It stays on the satellite where it was taken when the VM relocates.
@@ -29,9 +30,9 @@ pub struct ReplicaStatus {
     /// Conditions (type, status, reason, message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// `Pending`, `Ready`, `Failed`.
+    /// Whether every disk is captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<ReadyPhase>,
     /// Satellite holding the replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

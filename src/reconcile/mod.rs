@@ -1,58 +1,49 @@
-//! The reconcile engine: a per-object work queue ([`queue`]) fed by store
-//! changes and a periodic resync, a pool of workers, and one reconciler per
-//! kind ([`vm`], [`kinds`]). Each reconciler observes, plans (a pure
-//! function) and executes through the driver traits, then writes status
-//! with conditions and `observedGeneration`. Errors become a `Ready=False`
-//! condition with the failing operation as reason, a Warning event, and a
-//! retry with exponential backoff; one object's failure never blocks another.
+//! Reconciliation: the engine ([`engine`]: workers fed by a per-object
+//! work queue ([`queue`]) from store changes, elections and a periodic
+//! resync) and one reconciler per kind ([`vm`], [`network`], [`spacesuit`],
+//! [`dataset`], [`replica`], [`satellite`]; [`report`] for the kinds that
+//! only report), with the types they share.
+//!
+//! Every reconciler runs the same steps: `resolve` builds the complete
+//! desired configuration from the spec and the store; `observe` asks the
+//! drivers; `plan` is a pure function of the two returning a [`Plan`] whose
+//! actions carry everything they need; `execute` only calls drivers; the
+//! status step writes conditions, phase and `observedGeneration`. A failure
+//! becomes a `Ready=False` condition with the failing operation as reason
+//! and a Warning event; its [`ErrorClass`] decides whether the engine
+//! retries it with backoff or parks it until the object changes. One
+//! object's failure never blocks another.
 //!
 //! Architecture invariant: reconcilers read desired state from the store
 //! and write only status; only drivers touch the host.
 
-pub mod kinds;
-pub mod names;
+pub mod dataset;
+pub mod engine;
+pub mod network;
 pub mod queue;
+pub mod replica;
+pub mod report;
+pub mod satellite;
+pub mod spacesuit;
 pub mod status;
 pub mod vm;
 
+pub use crate::driver::Drivers;
+/// Names live in the model (DHCP derives MACs from them too); re-exported
+/// for the VM reconciler's `super::names` paths.
+pub use crate::model::names;
+pub use engine::{Engine, ReconcileStarted};
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
-use tracing::{debug, info_span, warn, Instrument};
+use tokio::sync::broadcast;
 
-use crate::driver::fake::{FakeHypervisor, FakeNet, FakeStorage};
-use crate::driver::{DriverError, Hypervisor, Net, Storage};
+use crate::driver::{DriverError, LiveDisks};
 use crate::model::{Kind, Manifest, ObjectKey, Spec};
-use crate::store::{Event, Record, Store, StoreError};
-use queue::WorkQueue;
-
-/// The drivers a node uses.
-#[derive(Clone)]
-pub struct Drivers {
-    /// Runs VMs.
-    pub hypervisor: Arc<dyn Hypervisor>,
-    /// Holds volumes.
-    pub storage: Arc<dyn Storage>,
-    /// Bridges and taps.
-    pub net: Arc<dyn Net>,
-    /// The node's DHCP servers, one per served bridge (only with a `Net`
-    /// driver whose bridges are real interfaces).
-    pub dhcp: Option<Arc<crate::dhcp::service::DhcpService>>,
-}
-
-impl Drivers {
-    /// In-memory fakes of all three.
-    pub fn fake() -> Drivers {
-        Drivers {
-            hypervisor: Arc::new(FakeHypervisor::default()),
-            storage: Arc::new(FakeStorage::default()),
-            net: Arc::new(FakeNet::default()),
-            dhcp: None,
-        }
-    }
-}
+use crate::store::{Record, Store, StoreError};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -99,6 +90,93 @@ pub enum Outcome {
     RequeueAfter(Duration),
 }
 
+/// What a kind's planner decided from desired and observed state alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan<A> {
+    /// Carry out these actions in order (none: already as desired).
+    Act(Vec<A>),
+    /// Wait for another object to appear; look again after
+    /// [`EngineConfig::blocked_retry`].
+    Wait {
+        /// Status reason, e.g. `SourceNotFound`.
+        reason: &'static str,
+        /// What is missing.
+        message: String,
+    },
+    /// The desired state cannot be reached as declared.
+    Fail(ReconcileError),
+}
+
+impl<A> Plan<A> {
+    /// The actions to carry out (none while waiting), or the failure the
+    /// reconcile ends in.
+    pub fn actions(&self) -> Result<&[A], ReconcileError> {
+        match self {
+            Plan::Act(actions) => Ok(actions),
+            Plan::Wait { .. } => Ok(&[]),
+            Plan::Fail(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// The disks of running VMs that a clone reads (the hypervisor snapshots
+/// them), compared by their volumes so that plans compare by value.
+#[derive(Clone, Default)]
+pub struct Live(pub LiveDisks);
+
+impl PartialEq for Live {
+    fn eq(&self, other: &Live) -> bool {
+        self.0.volumes == other.0.volumes
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Live").field(&self.0.volumes).finish()
+    }
+}
+
+/// The object `record` holds, typed as its kind.
+pub fn decode<S: Spec>(record: &Record) -> Result<Manifest<S>, ReconcileError> {
+    serde_json::from_value(record.object.clone())
+        .map_err(|e| ReconcileError::permanent("Unreadable", e.to_string()))
+}
+
+/// The status `record` carries (empty when it has none or an older shape).
+pub fn previous<T: DeserializeOwned + Default>(record: &Record) -> T {
+    record
+        .status
+        .clone()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default()
+}
+
+/// Whether retrying can help: the one classification the engine acts on
+/// (see [`engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// May succeed later without any change (busy, timeout, a referenced
+    /// object not there yet): retried with exponential backoff.
+    Transient,
+    /// Fails again until the object changes (bad spec, checksum mismatch,
+    /// pool full): not retried until then; the status says why.
+    Permanent,
+}
+
+impl ErrorClass {
+    /// A driver failure's class. `NotFound` is transient (what is missing
+    /// may be on its way); a disk in use frees up when its VM stops.
+    pub fn of(e: &DriverError) -> ErrorClass {
+        match e {
+            DriverError::Transient { .. } | DriverError::NotFound { .. } => ErrorClass::Transient,
+            DriverError::Condition { reason, .. } if *reason == "VolumeInUse" => {
+                ErrorClass::Transient
+            }
+            DriverError::Permanent { .. } | DriverError::Condition { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
 /// A failed reconcile: the reason and message go into the status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {message}")]
@@ -107,8 +185,8 @@ pub struct ReconcileError {
     pub reason: String,
     /// Human message.
     pub message: String,
-    /// Worth retrying with backoff.
-    pub transient: bool,
+    /// Retried with backoff, or not until the object changes.
+    pub class: ErrorClass,
 }
 
 impl ReconcileError {
@@ -117,59 +195,61 @@ impl ReconcileError {
         ReconcileError {
             reason: reason.into(),
             message,
-            transient: false,
+            class: ErrorClass::Permanent,
         }
+    }
+
+    /// An error worth retrying with backoff.
+    pub fn transient(reason: &str, message: String) -> ReconcileError {
+        ReconcileError {
+            reason: reason.into(),
+            message,
+            class: ErrorClass::Transient,
+        }
+    }
+
+    /// Whether the engine retries it with backoff.
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
     }
 }
 
 impl From<DriverError> for ReconcileError {
     fn from(e: DriverError) -> Self {
-        let op = e.op().to_string();
-        let mut reason: String = op
-            .split('_')
-            .map(|w| {
-                let mut c = w.chars();
-                c.next()
-                    .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                    .unwrap_or_default()
-            })
-            .collect();
-        reason.push_str("Failed");
-        if let DriverError::Condition { reason: r, .. } = &e {
-            reason = r.to_string();
-        }
+        let reason = match &e {
+            DriverError::Condition { reason, .. } => reason.to_string(),
+            _ => {
+                let mut r: String = e.op().split('_').map(capitalized).collect();
+                r.push_str("Failed");
+                r
+            }
+        };
         ReconcileError {
             reason,
-            // A disk in use frees up when its VM stops: retry with backoff.
-            transient: match &e {
-                DriverError::Permanent { .. } => false,
-                DriverError::Condition { reason, .. } => *reason == "VolumeInUse",
-                _ => true,
-            },
+            class: ErrorClass::of(&e),
             message: e.to_string(),
         }
+    }
+}
+
+/// `word` with its first letter upper-cased (`clone` → `Clone`).
+fn capitalized(word: &str) -> String {
+    let mut c = word.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+impl From<crate::model::phase::InvalidTransition> for ReconcileError {
+    fn from(e: crate::model::phase::InvalidTransition) -> Self {
+        ReconcileError::permanent("InvalidTransition", e.to_string())
     }
 }
 
 impl From<StoreError> for ReconcileError {
     fn from(e: StoreError) -> Self {
-        ReconcileError {
-            reason: "StoreFailed".into(),
-            message: e.to_string(),
-            transient: true,
-        }
+        ReconcileError::transient("StoreFailed", e.to_string())
     }
-}
-
-/// A reconcile began (for the drop → reconcile benchmark and tests).
-#[derive(Debug, Clone)]
-pub struct ReconcileStarted {
-    /// Object.
-    pub key: ObjectKey,
-    /// Its generation.
-    pub generation: i64,
-    /// When.
-    pub at: Instant,
 }
 
 /// The outcome of the cluster's placement election for one VM, in this
@@ -247,189 +327,54 @@ impl Ctx {
     }
 }
 
-/// The engine.
-pub struct Engine {
-    ctx: Arc<Ctx>,
-    queue: Arc<WorkQueue>,
-    started: broadcast::Sender<ReconcileStarted>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Engine {
-    /// An engine over `store` using `drivers`.
-    pub fn new(store: Arc<Store>, drivers: Drivers, config: EngineConfig) -> Engine {
-        Self::with_placement(store, drivers, config, None)
-    }
-
-    /// An engine whose automatically placed VMs run where `placement`
-    /// elects them.
-    pub fn with_placement(
-        store: Arc<Store>,
-        drivers: Drivers,
-        config: EngineConfig,
-        placement: Option<Arc<dyn Placement>>,
-    ) -> Engine {
-        let queue = Arc::new(WorkQueue::new(config.backoff_base, config.backoff_max));
-        let (started, _) = broadcast::channel(4096);
-        Engine {
-            ctx: Arc::new(Ctx {
-                store,
-                drivers,
-                config,
-                placement,
-            }),
-            queue,
-            started,
-        }
-    }
-
-    /// Every reconcile start.
-    pub fn started(&self) -> broadcast::Receiver<ReconcileStarted> {
-        self.started.subscribe()
-    }
-
-    /// Run until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut changes = self.ctx.store.subscribe();
-        let mut elections = self.ctx.placement.as_ref().map(|p| p.subscribe());
-        // Restart resumes where it stopped: look at everything once.
-        self.enqueue_all();
-        let mut workers = Vec::new();
-        for _ in 0..self.ctx.config.workers.max(1) {
-            let (ctx, queue, started) =
-                (self.ctx.clone(), self.queue.clone(), self.started.clone());
-            workers.push(tokio::spawn(worker(ctx, queue, started)));
-        }
-        let mut resync = tokio::time::interval(self.ctx.config.resync_every);
-        resync.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = resync.tick() => self.enqueue_all(),
-                change = changes.recv() => match change {
-                    Ok(c) if c.status_only => {}
-                    Ok(c) => {
-                        // A Network's DHCP table is made of its VMs.
-                        if c.key.kind == Kind::VirtualMachine {
-                            for n in self.ctx.store.list(Some(Kind::Network)) {
-                                if n.key.namespace == c.key.namespace {
-                                    self.queue.add(n.key);
-                                }
-                            }
-                        }
-                        self.queue.add(c.key)
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(missed = n, "change notifications lagged; resyncing");
-                        self.enqueue_all();
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                key = next_election(&mut elections) => match key {
-                    Some(k) => self.queue.add(k),
-                    None => self.enqueue_all(),
-                },
-            }
-        }
-        self.queue.shutdown();
-        for w in workers {
-            let _ = w.await;
-        }
-    }
-
-    fn enqueue_all(&self) {
-        for (key, _, _) in self.ctx.store.generations() {
-            self.queue.add(key);
-        }
-    }
-}
-
-/// The next VM whose election changed; `None` after a lag (look at
-/// everything). Never resolves without a placement.
-async fn next_election(rx: &mut Option<broadcast::Receiver<ObjectKey>>) -> Option<ObjectKey> {
-    let Some(r) = rx else {
-        return std::future::pending().await;
-    };
-    match r.recv().await {
-        Ok(k) => Some(k),
-        Err(broadcast::error::RecvError::Lagged(_)) => None,
-        Err(broadcast::error::RecvError::Closed) => {
-            *rx = None;
-            std::future::pending().await
-        }
-    }
-}
-
-async fn worker(
-    ctx: Arc<Ctx>,
-    queue: Arc<WorkQueue>,
-    started: broadcast::Sender<ReconcileStarted>,
-) {
-    while let Some(key) = queue.next().await {
-        let Some(record) = ctx.store.get(&key) else {
-            queue.done(&key);
-            continue;
+    #[test]
+    fn driver_errors_are_classified_in_one_place() {
+        use ErrorClass::{Permanent, Transient};
+        let condition = |reason| DriverError::Condition {
+            op: "create".into(),
+            target: "vm-a-root".into(),
+            reason,
+            message: "no".into(),
         };
-        let _ = started.send(ReconcileStarted {
-            key: key.clone(),
-            generation: record.generation,
-            at: Instant::now(),
-        });
-        let span = info_span!("reconcile", object = %key, generation = record.generation);
-        let result = reconcile_one(&ctx, &record).instrument(span).await;
-        match result {
-            Ok(outcome) => {
-                queue.forget(&key);
-                if let Outcome::RequeueAfter(d) = outcome {
-                    if !record.deleted {
-                        queue.add_after(key.clone(), d);
-                    }
-                }
-            }
-            Err(e) => {
-                let delay = if e.transient {
-                    Some(queue.retry(key.clone()))
-                } else {
-                    None
-                };
-                warn!(object = %key, reason = %e.reason, retry_in = ?delay, "{}", e.message);
-                ctx.store.record_event(Event {
-                    time_ms: crate::source::dir::now_ms(),
-                    level: "Warning".into(),
-                    object: Some(key.clone()),
-                    source: None,
-                    reason: e.reason.clone(),
-                    message: match delay {
-                        Some(d) => format!("{} (retry in {d:?})", e.message),
-                        None => e.message.clone(),
-                    },
-                });
-            }
+        let cases = [
+            (
+                DriverError::transient("live_snapshot", "a", "busy"),
+                "LiveSnapshotFailed",
+                Transient,
+            ),
+            (
+                DriverError::permanent("start", "a", "bad"),
+                "StartFailed",
+                Permanent,
+            ),
+            (
+                DriverError::not_found("clone", "base"),
+                "CloneFailed",
+                Transient,
+            ),
+            (condition("VolumeInUse"), "VolumeInUse", Transient),
+            (condition("PoolFull"), "PoolFull", Permanent),
+        ];
+        for (e, reason, class) in cases {
+            let r = ReconcileError::from(e.clone());
+            assert_eq!((r.reason.as_str(), r.class), (reason, class), "{e}");
+            assert_eq!(r.message, e.to_string());
         }
-        queue.done(&key);
     }
-}
 
-async fn reconcile_one(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    match record.key.kind {
-        Kind::VirtualMachine => vm::reconcile(ctx, record).await,
-        Kind::Network => kinds::network(ctx, record).await,
-        Kind::Spacesuit => kinds::spacesuit(ctx, record).await,
-        Kind::Dataset => kinds::dataset(ctx, record).await,
-        Kind::Replica => kinds::replica(ctx, record).await,
-        Kind::Satellite => kinds::satellite(ctx, record).await,
-        Kind::Relocation => {
-            kinds::not_yet(
-                ctx,
-                record,
-                "relocation is not implemented yet (it arrives with the radar and the VM drivers)",
-            )
-            .await
-        }
-        Kind::AccessPolicy => kinds::not_yet(
-            ctx,
-            record,
-            "access policies are stored but not enforced yet (they arrive with the identity work)",
-        )
-        .await,
+    #[test]
+    fn plans_hand_out_their_actions_or_their_failure() {
+        assert_eq!(Plan::Act(vec![1, 2]).actions(), Ok(&[1, 2][..]));
+        let wait: Plan<u8> = Plan::Wait {
+            reason: "SourceNotFound",
+            message: "later".into(),
+        };
+        assert_eq!(wait.actions(), Ok(&[][..]));
+        let e = ReconcileError::permanent("Bad", "no".into());
+        assert_eq!(Plan::<u8>::Fail(e.clone()).actions(), Err(e));
     }
 }

@@ -4,7 +4,10 @@
 //!   concurrently with itself;
 //! - **exponential backoff** per key after failures (`base · 2^n`, capped),
 //!   reset by a success;
-//! - **requeue-after** for periodic checks.
+//! - **requeue-after** for periodic checks;
+//! - **parking** after a permanent failure: the key is not retried, nor
+//!   revisited by the periodic resync, until it is added again (the object
+//!   or something it depends on changed).
 //!
 //! Time comes from `tokio::time`, so tests run it under a paused clock.
 
@@ -26,6 +29,7 @@ struct State {
     delayed: BTreeMap<(Instant, u64), ObjectKey>,
     deadline_of: HashMap<ObjectKey, (Instant, u64)>,
     failures: HashMap<ObjectKey, u32>,
+    parked: BTreeSet<ObjectKey>,
     seq: u64,
     shut: bool,
 }
@@ -53,9 +57,11 @@ impl WorkQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `key` now (a pending delayed run is brought forward).
+    /// Queue `key` now (a pending delayed run is brought forward; a parked
+    /// key is unparked: it changed).
     pub fn add(&self, key: ObjectKey) {
         let mut s = self.lock();
+        s.parked.remove(&key);
         if let Some(d) = s.deadline_of.remove(&key) {
             s.delayed.remove(&d);
         }
@@ -93,11 +99,20 @@ impl WorkQueue {
         self.wake.notify_one();
     }
 
-    /// Queue `key` after its backoff delay, and lengthen the next one.
-    /// Returns the delay used.
+    /// Queue `key` now unless it is parked: the periodic resync, which
+    /// must not retry what failed permanently.
+    pub fn resync(&self, key: ObjectKey) {
+        if !self.is_parked(&key) {
+            self.add(key);
+        }
+    }
+
+    /// Queue `key` after its backoff delay, and lengthen the next one
+    /// (a transient failure). Returns the delay used.
     pub fn retry(&self, key: ObjectKey) -> Duration {
         let n = {
             let mut s = self.lock();
+            s.parked.remove(&key);
             let n = s.failures.entry(key.clone()).or_insert(0);
             *n += 1;
             *n
@@ -117,7 +132,26 @@ impl WorkQueue {
 
     /// Forget `key`'s failures (after a success).
     pub fn forget(&self, key: &ObjectKey) {
-        self.lock().failures.remove(key);
+        let mut s = self.lock();
+        s.failures.remove(key);
+        s.parked.remove(key);
+    }
+
+    /// Stop retrying `key` (a permanent failure): its backoff is reset, a
+    /// pending delayed run dropped, and [`WorkQueue::resync`] skips it
+    /// until [`WorkQueue::add`] brings it back.
+    pub fn park(&self, key: &ObjectKey) {
+        let mut s = self.lock();
+        s.failures.remove(key);
+        if let Some(d) = s.deadline_of.remove(key) {
+            s.delayed.remove(&d);
+        }
+        s.parked.insert(key.clone());
+    }
+
+    /// Whether `key` is parked after a permanent failure.
+    pub fn is_parked(&self, key: &ObjectKey) -> bool {
+        self.lock().parked.contains(key)
     }
 
     /// Failures of `key` since its last success.
@@ -215,6 +249,30 @@ mod tests {
         q.forget(&k("a"));
         assert_eq!(q.retry(k("b")).as_millis(), 100);
         assert_eq!(q.failures(&k("a")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_key_waits_for_a_change_not_for_the_resync() {
+        let q = WorkQueue::new(Duration::from_millis(100), Duration::from_secs(10));
+        q.retry(k("a"));
+        q.retry(k("a"));
+        q.park(&k("a"));
+        assert_eq!(q.failures(&k("a")), 0, "parking resets the backoff");
+        q.resync(k("a"));
+        q.resync(k("b"));
+        assert_eq!(q.next().await, Some(k("b")));
+        q.done(&k("b"));
+        let none = tokio::time::timeout(Duration::from_secs(60), q.next()).await;
+        assert!(
+            none.is_err(),
+            "the pending retry was dropped and resync skipped it"
+        );
+        q.add(k("a"));
+        assert!(!q.is_parked(&k("a")), "a change unparks");
+        assert_eq!(q.next().await, Some(k("a")));
+        q.done(&k("a"));
+        q.resync(k("a"));
+        assert_eq!(q.next().await, Some(k("a")), "resync sees it again");
     }
 
     #[tokio::test(start_paused = true)]

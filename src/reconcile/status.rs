@@ -2,7 +2,56 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use std::time::Duration;
+
+use super::{Outcome, Plan, ReconcileError};
+use crate::model::phase::{advance, ReadyPhase};
 use crate::model::Condition;
+
+/// How a reconcile of a kind made once and then kept (Spacesuit, Replica)
+/// ends: `Failed` after a permanent error, `Pending` after a transient one
+/// or while the plan waits (looked at again after `retry`), else `Ready`.
+/// Sets the `Ready` condition, except on success, whose reason and message
+/// the caller gives. The phase moves from `current` only through
+/// [`advance`].
+pub fn made_once<A>(
+    conditions: &mut Vec<Condition>,
+    generation: i64,
+    current: Option<ReadyPhase>,
+    plan: &Plan<A>,
+    result: Result<(), ReconcileError>,
+    retry: Duration,
+) -> Result<(ReadyPhase, Result<Outcome, ReconcileError>), ReconcileError> {
+    let (phase, outcome) = match (result, plan) {
+        (Err(e), _) => {
+            not_ready(conditions, &e, generation);
+            let phase = if e.is_transient() {
+                ReadyPhase::Pending
+            } else {
+                ReadyPhase::Failed
+            };
+            (phase, Err(e))
+        }
+        (Ok(()), Plan::Wait { reason, message }) => {
+            set_condition(conditions, "Ready", false, reason, message, generation);
+            (ReadyPhase::Pending, Ok(Outcome::RequeueAfter(retry)))
+        }
+        (Ok(()), _) => (ReadyPhase::Ready, Ok(Outcome::Done)),
+    };
+    Ok((advance(current, phase)?, outcome))
+}
+
+/// `Ready` true with `reason` and `message`.
+pub fn ready(conditions: &mut Vec<Condition>, reason: &str, message: &str, generation: i64) {
+    set_condition(conditions, "Ready", true, reason, message, generation);
+}
+
+/// `Ready` false with the failure's reason and message.
+pub fn not_ready(conditions: &mut Vec<Condition>, e: &ReconcileError, generation: i64) {
+    set_condition(
+        conditions, "Ready", false, &e.reason, &e.message, generation,
+    );
+}
 
 /// Set condition `type_` (keeping its transition time when its status did
 /// not change).

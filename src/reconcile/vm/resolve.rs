@@ -222,11 +222,7 @@ pub struct Desired {
 }
 
 fn blocked(reason: crate::model::vm::VmReason, message: String) -> ReconcileError {
-    ReconcileError {
-        reason: reason.as_str().into(),
-        message,
-        transient: true,
-    }
+    ReconcileError::transient(reason.as_str(), message)
 }
 
 /// Resolve the live VM `key` against the store, where `site` says it runs.

@@ -91,6 +91,6 @@ fn replica_volumes(ctx: &Ctx, ns: &str, replica: &str) -> Option<BTreeMap<String
         .filter(|r| !r.deleted)
         .and_then(|r| r.status)
         .and_then(|s| serde_json::from_value::<ReplicaStatus>(s).ok())
-        .filter(|s| s.phase.as_deref() == Some("Ready"))
+        .filter(|s| s.phase == Some(crate::model::phase::ReadyPhase::Ready))
         .map(|s| s.volumes)
 }

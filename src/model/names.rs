@@ -1,5 +1,6 @@
 //! Deterministic names of host objects derived from object identities, so
-//! that any node computes the same names without a database.
+//! that any node computes the same names without a database. Pure: the
+//! reconcilers and the DHCP tables both derive them from the model.
 
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,221 @@
+//! The engine: a per-object work queue ([`super::queue`]) fed by store
+//! changes, placement elections and a periodic resync; a pool of workers;
+//! and the dispatch of each object to its kind's reconciler.
+//!
+//! A failed reconcile becomes a Warning event. What happens next depends on
+//! its [`ErrorClass`], decided here only: a transient failure is retried
+//! with exponential backoff; a permanent one parks the object, which is
+//! not retried (nor revisited by the periodic resync) until it or an object
+//! it depends on changes. One object's failure never blocks another.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::queue::WorkQueue;
+use super::{
+    dataset, network, replica, report, satellite, spacesuit, vm, Ctx, Drivers, EngineConfig,
+    ErrorClass, Outcome, Placement, ReconcileError,
+};
+use crate::model::{Kind, ObjectKey};
+use crate::store::{Event, Record, Store};
+
+/// A reconcile began (for the drop → reconcile benchmark and tests).
+#[derive(Debug, Clone)]
+pub struct ReconcileStarted {
+    /// Object.
+    pub key: ObjectKey,
+    /// Its generation.
+    pub generation: i64,
+    /// When.
+    pub at: Instant,
+}
+
+/// The engine.
+pub struct Engine {
+    ctx: Arc<Ctx>,
+    queue: Arc<WorkQueue>,
+    started: broadcast::Sender<ReconcileStarted>,
+}
+
+impl Engine {
+    /// An engine over `store` using `drivers`.
+    pub fn new(store: Arc<Store>, drivers: Drivers, config: EngineConfig) -> Engine {
+        Self::with_placement(store, drivers, config, None)
+    }
+
+    /// An engine whose automatically placed VMs run where `placement`
+    /// elects them.
+    pub fn with_placement(
+        store: Arc<Store>,
+        drivers: Drivers,
+        config: EngineConfig,
+        placement: Option<Arc<dyn Placement>>,
+    ) -> Engine {
+        let queue = Arc::new(WorkQueue::new(config.backoff_base, config.backoff_max));
+        let (started, _) = broadcast::channel(4096);
+        Engine {
+            ctx: Arc::new(Ctx {
+                store,
+                drivers,
+                config,
+                placement,
+            }),
+            queue,
+            started,
+        }
+    }
+
+    /// Every reconcile start.
+    pub fn started(&self) -> broadcast::Receiver<ReconcileStarted> {
+        self.started.subscribe()
+    }
+
+    /// Run until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.ctx.store.subscribe();
+        let mut elections = self.ctx.placement.as_ref().map(|p| p.subscribe());
+        // Restart resumes where it stopped: look at everything once.
+        self.enqueue_all();
+        let mut workers = Vec::new();
+        for _ in 0..self.ctx.config.workers.max(1) {
+            let (ctx, queue, started) =
+                (self.ctx.clone(), self.queue.clone(), self.started.clone());
+            workers.push(tokio::spawn(worker(ctx, queue, started)));
+        }
+        let mut resync = tokio::time::interval(self.ctx.config.resync_every);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = resync.tick() => self.resync_all(),
+                change = changes.recv() => match change {
+                    Ok(c) if c.status_only => {}
+                    Ok(c) => {
+                        // A Network's DHCP table is made of its VMs.
+                        if c.key.kind == Kind::VirtualMachine {
+                            for n in self.ctx.store.list(Some(Kind::Network)) {
+                                if n.key.namespace == c.key.namespace {
+                                    self.queue.add(n.key);
+                                }
+                            }
+                        }
+                        self.queue.add(c.key)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(missed = n, "change notifications lagged; resyncing");
+                        self.enqueue_all();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                key = next_election(&mut elections) => match key {
+                    Some(k) => self.queue.add(k),
+                    None => self.enqueue_all(),
+                },
+            }
+        }
+        self.queue.shutdown();
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+
+    /// Everything, parked objects included (start-up, missed changes).
+    fn enqueue_all(&self) {
+        for (key, _, _) in self.ctx.store.generations() {
+            self.queue.add(key);
+        }
+    }
+
+    /// Everything not parked after a permanent failure (the periodic look).
+    fn resync_all(&self) {
+        for (key, _, _) in self.ctx.store.generations() {
+            self.queue.resync(key);
+        }
+    }
+}
+
+/// The next VM whose election changed; `None` after a lag (look at
+/// everything). Never resolves without a placement.
+async fn next_election(rx: &mut Option<broadcast::Receiver<ObjectKey>>) -> Option<ObjectKey> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Ok(k) => Some(k),
+        Err(broadcast::error::RecvError::Lagged(_)) => None,
+        Err(broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            std::future::pending().await
+        }
+    }
+}
+
+async fn worker(
+    ctx: Arc<Ctx>,
+    queue: Arc<WorkQueue>,
+    started: broadcast::Sender<ReconcileStarted>,
+) {
+    while let Some(key) = queue.next().await {
+        let Some(record) = ctx.store.get(&key) else {
+            queue.done(&key);
+            continue;
+        };
+        let _ = started.send(ReconcileStarted {
+            key: key.clone(),
+            generation: record.generation,
+            at: Instant::now(),
+        });
+        let span = info_span!("reconcile", object = %key, generation = record.generation);
+        let result = reconcile_one(&ctx, &record).instrument(span).await;
+        settle(&ctx, &queue, &record, result);
+        queue.done(&key);
+    }
+}
+
+/// Schedule what follows a reconcile of `record`: a requeue it asked for,
+/// a backoff retry, or parking.
+fn settle(ctx: &Ctx, queue: &WorkQueue, record: &Record, result: Result<Outcome, ReconcileError>) {
+    let key = &record.key;
+    let e = match result {
+        Ok(outcome) => {
+            queue.forget(key);
+            if let (Outcome::RequeueAfter(d), false) = (outcome, record.deleted) {
+                queue.add_after(key.clone(), d);
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    let next = match e.class {
+        ErrorClass::Transient => format!("retry in {:?}", queue.retry(key.clone())),
+        ErrorClass::Permanent => {
+            queue.park(key);
+            "not retried until the object changes".to_string()
+        }
+    };
+    warn!(object = %key, reason = %e.reason, next = %next, "{}", e.message);
+    ctx.store.record_event(Event {
+        time_ms: crate::source::dir::now_ms(),
+        level: "Warning".into(),
+        object: Some(key.clone()),
+        source: None,
+        reason: e.reason.clone(),
+        message: format!("{} ({next})", e.message),
+    });
+}
+
+async fn reconcile_one(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    match record.key.kind {
+        Kind::VirtualMachine => vm::reconcile(ctx, record).await,
+        Kind::Network => network::reconcile(ctx, record).await,
+        Kind::Spacesuit => spacesuit::reconcile(ctx, record).await,
+        Kind::Dataset => dataset::reconcile(ctx, record).await,
+        Kind::Replica => replica::reconcile(ctx, record).await,
+        Kind::Satellite => satellite::reconcile(ctx, record).await,
+        Kind::Relocation => report::relocation(ctx, record),
+        Kind::AccessPolicy => report::access_policy(ctx, record),
+    }
+}

@@ -1,0 +1,59 @@
+//! Kinds whose reconcile only reports: Relocation (not carried out yet,
+//! and its status says so rather than pretending) and AccessPolicy (the
+//! sources that admit signed objects enforce it; there is nothing to do on
+//! the host). Both write a `Ready` condition and `observedGeneration`.
+
+use serde::{Deserialize, Serialize};
+
+use super::status::set_condition;
+use super::{previous, Ctx, Outcome, ReconcileError};
+use crate::model::Condition;
+use crate::store::Record;
+
+/// Relocation: not implemented; its status says so.
+pub fn relocation(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let what = "relocation is not implemented yet (it arrives with the radar and the VM drivers)";
+    write(ctx, record, false, "NotImplemented", what)
+}
+
+/// AccessPolicy: what it does, once stored.
+pub fn access_policy(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let what = "in force for signed sources: objects pushed to the API or read from git are \
+                authorised by it when it is signed by the cluster owner or an admin the \
+                owner's policies name";
+    write(ctx, record, true, "InForce", what)
+}
+
+/// The status both kinds share (the first fields of their own statuses).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Generic {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    observed_generation: Option<i64>,
+    #[serde(default)]
+    conditions: Vec<Condition>,
+}
+
+fn write(
+    ctx: &Ctx,
+    record: &Record,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) -> Result<Outcome, ReconcileError> {
+    if record.deleted {
+        return Ok(Outcome::Done);
+    }
+    let mut st: Generic = previous(record);
+    st.observed_generation = Some(record.generation);
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ok,
+        reason,
+        message,
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}

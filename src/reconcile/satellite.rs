@@ -1,0 +1,148 @@
+//! Satellite: the node whose name it bears reports its capacity, software
+//! and accelerator in the status. Nothing is changed on the host, so there
+//! are no actions: [`observe`] measures and the pure [`report`] turns the
+//! measurement into the status (the plan of this kind).
+
+use super::status::ready;
+use super::{previous, Ctx, Outcome, ReconcileError};
+use crate::model::satellite::{Resources, SatelliteStatus};
+use crate::model::{Cpu, Quantity};
+use crate::store::Record;
+
+/// What the node measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Storage bytes in all.
+    pub storage_total: u64,
+    /// Storage bytes free.
+    pub storage_free: u64,
+    /// CPUs the process may use.
+    pub cpus: u64,
+    /// Memory in bytes (`/proc/meminfo`), when readable.
+    pub memory: Option<u64>,
+    /// The hypervisor's accelerator (`kvm`, `tcg`).
+    pub accel: Option<String>,
+    /// Driver names, for the condition.
+    pub hypervisor: &'static str,
+    /// Storage driver name.
+    pub storage: &'static str,
+}
+
+/// Reconcile one Satellite: only this node's, and only while it exists.
+pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    if !is_mine(record.deleted, &record.key.name, &ctx.config.node_name) {
+        return Ok(Outcome::Done);
+    }
+    let observed = observe(ctx).await?;
+    let st = report(previous(record), record.generation, &observed);
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
+}
+
+/// Whether this node (`node_name`) reports the Satellite `name`.
+pub fn is_mine(deleted: bool, name: &str, node_name: &str) -> bool {
+    !deleted && name == node_name
+}
+
+/// Measure the node.
+pub async fn observe(ctx: &Ctx) -> Result<Observed, ReconcileError> {
+    let (storage_total, storage_free) = ctx.drivers.storage.capacity().await?;
+    Ok(Observed {
+        storage_total,
+        storage_free,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1),
+        memory: meminfo_total(),
+        accel: ctx.drivers.hypervisor.accel(),
+        hypervisor: ctx.drivers.hypervisor.name(),
+        storage: ctx.drivers.storage.name(),
+    })
+}
+
+/// The status reporting `o` (the previous one's conditions kept).
+pub fn report(mut st: SatelliteStatus, generation: i64, o: &Observed) -> SatelliteStatus {
+    st.observed_generation = Some(generation);
+    st.capacity = Some(Resources {
+        cpu: Some(Cpu(o.cpus * 1000)),
+        memory: o.memory.map(Quantity),
+        storage: Some(Quantity(o.storage_total)),
+        network: None,
+    });
+    st.free = Some(Resources {
+        storage: Some(Quantity(o.storage_free)),
+        ..Default::default()
+    });
+    st.version = Some(env!("CARGO_PKG_VERSION").into());
+    st.accel = o.accel.clone();
+    let msg = format!("hypervisor {}, storage {}", o.hypervisor, o.storage);
+    ready(&mut st.conditions, "NodeRunning", &msg, generation);
+    st
+}
+
+fn meminfo_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_table() {
+        let o = Observed {
+            storage_total: 100 << 30,
+            storage_free: 40 << 30,
+            cpus: 4,
+            memory: Some(8 << 30),
+            accel: Some("tcg".into()),
+            hypervisor: "qemu",
+            storage: "zfs",
+        };
+        let no_memory = Observed {
+            memory: None,
+            ..o.clone()
+        };
+        let cases = [
+            ("measured", &o, Some(Quantity(8 << 30))),
+            ("memory unreadable", &no_memory, None),
+        ];
+        for (name, o, memory) in cases {
+            let st = report(SatelliteStatus::default(), 7, o);
+            let cap = st.capacity.clone().unwrap();
+            assert_eq!(cap.cpu, Some(Cpu(4000)), "{name}");
+            assert_eq!(cap.memory, memory, "{name}");
+            assert_eq!(cap.storage, Some(Quantity(100 << 30)), "{name}");
+            assert_eq!(st.free.unwrap().storage, Some(Quantity(40 << 30)), "{name}");
+            assert_eq!(st.accel.as_deref(), Some("tcg"), "{name}");
+            assert_eq!(st.observed_generation, Some(7), "{name}");
+            let c = &st.conditions[0];
+            assert_eq!(
+                (c.type_.as_str(), c.status.as_str()),
+                ("Ready", "True"),
+                "{name}"
+            );
+            assert_eq!(c.message, "hypervisor qemu, storage zfs", "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_named_live_node_reports() {
+        let cases = [
+            ("this node", false, "sat-1", true),
+            ("another node", false, "sat-2", false),
+            ("this node, deleted", true, "sat-1", false),
+        ];
+        for (case, deleted, name, want) in cases {
+            assert_eq!(is_mine(deleted, name, "sat-1"), want, "{case}");
+        }
+    }
+}

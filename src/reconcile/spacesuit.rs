@@ -1,0 +1,456 @@
+//! Spacesuit: its base volume exists (boot-only spacesuits have none),
+//! imported from an image file (checked against its SHA-256 first) or
+//! snapshotted from a VM's first disk, also while that VM runs.
+//!
+//! [`resolve`] reads the spec and the source VM; [`observe`] asks the
+//! storage whether the volume exists and, only when it must be made, hashes
+//! the image or finds the source VM's running disks; [`plan`] decides;
+//! [`execute`] calls the storage; `status` reports.
+
+use super::status::{made_once, ready};
+use super::vm::live_disks;
+use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
+use crate::driver::{CloneRequest, DriverError};
+use crate::model::phase::ReadyPhase;
+use crate::model::spacesuit::SpacesuitStatus;
+use crate::model::{Kind, Manifest, SpacesuitSpec, VirtualMachineSpec};
+use crate::store::Record;
+
+/// Where the volume comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Nothing: the spacesuit carries boot settings only.
+    BootOnly,
+    /// An image file.
+    Image {
+        /// Its path on the node.
+        path: String,
+        /// `raw`, `qcow2`, ...; detected when absent.
+        format: Option<&'static str>,
+        /// Expected SHA-256 (hex).
+        sha256: Option<String>,
+    },
+    /// The first disk of a VM.
+    Vm {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Its spec, when it exists.
+        spec: Option<Box<VirtualMachineSpec>>,
+        /// The volume of its first disk; `None` when it does not exist or
+        /// has no disk.
+        volume: Option<String>,
+    },
+}
+
+/// The spacesuit as this node should have it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The object was deleted: remove its volume.
+    pub deleted: bool,
+    /// Its volume.
+    pub volume: String,
+    /// Where the volume comes from.
+    pub source: Source,
+}
+
+/// What the node has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// The volume exists.
+    pub exists: bool,
+    /// The image's SHA-256 (hashed only when it is about to be imported
+    /// and the spec names one).
+    pub image_sha256: Option<String>,
+    /// The source VM's disks, when it runs here.
+    pub live: Live,
+}
+
+/// One step, with everything it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Import an image file into the volume.
+    Import {
+        /// Volume.
+        volume: String,
+        /// Image path.
+        path: String,
+        /// Image format.
+        format: Option<&'static str>,
+    },
+    /// Snapshot a VM's disk into the volume.
+    Clone {
+        /// The clone.
+        request: CloneRequest,
+        /// The VM's disks if it runs.
+        live: Live,
+    },
+    /// Remove the volume.
+    Destroy {
+        /// Volume.
+        volume: String,
+    },
+}
+
+/// Reconcile one Spacesuit.
+pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
+    let desired = resolve(ctx, record)?;
+    let plan = match observe(ctx, &desired).await {
+        Ok(observed) => plan(&desired, &observed),
+        Err(e) => Plan::Fail(e),
+    };
+    let result = match plan.actions() {
+        Ok(actions) => execute(ctx, actions).await,
+        Err(e) => Err(e),
+    };
+    if desired.deleted {
+        return result.map(|_| Outcome::Done);
+    }
+    status(ctx, record, &desired, &plan, result)
+}
+
+/// The spacesuit as desired.
+pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
+    let suit: Manifest<SpacesuitSpec> = decode(record)?;
+    let ns = &record.key.namespace;
+    let source = suit.spec.source.as_ref();
+    let source = if let Some(img) = source.and_then(|s| s.image.as_ref()) {
+        Source::Image {
+            path: img.path.clone(),
+            format: img.format.map(|f| f.as_str()),
+            sha256: img.sha256.clone(),
+        }
+    } else if let Some(vm) = source.and_then(|s| s.virtual_machine.as_ref()) {
+        let namespace = vm.namespace.clone().unwrap_or_else(|| ns.clone());
+        let spec = ctx
+            .typed::<VirtualMachineSpec>(Kind::VirtualMachine, &namespace, &vm.name)
+            .map(|m| Box::new(m.spec));
+        // The VM's first disk as it has it: its own, else its spacesuit's.
+        let volume = spec
+            .as_ref()
+            .and_then(|s| {
+                super::vm::vm_disk_names(ctx, &namespace, s)
+                    .into_iter()
+                    .next()
+            })
+            .map(|d| names::vm_volume(&namespace, &vm.name, &d));
+        Source::Vm {
+            namespace,
+            name: vm.name.clone(),
+            spec,
+            volume,
+        }
+    } else {
+        Source::BootOnly
+    };
+    Ok(Desired {
+        deleted: record.deleted,
+        volume: names::spacesuit_volume(ns, &record.key.name),
+        source,
+    })
+}
+
+/// What the node has, looking only at what the plan may need.
+pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError> {
+    let mut o = Observed {
+        exists: ctx.drivers.storage.exists(&d.volume).await?,
+        ..Default::default()
+    };
+    if d.deleted || o.exists {
+        return Ok(o);
+    }
+    match &d.source {
+        Source::Image {
+            path,
+            sha256: Some(_),
+            ..
+        } => o.image_sha256 = Some(sha256_of(path).await?),
+        Source::Vm {
+            namespace,
+            name,
+            spec,
+            volume: Some(_),
+        } => o.live = Live(live_disks(ctx, namespace, name, spec.as_deref()).await),
+        _ => {}
+    }
+    Ok(o)
+}
+
+/// The steps from `o` to `d`.
+pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
+    let volume = d.volume.clone();
+    if d.deleted || d.source == Source::BootOnly || o.exists {
+        let gone = d.deleted && o.exists;
+        return Plan::Act(
+            gone.then_some(Action::Destroy { volume })
+                .into_iter()
+                .collect(),
+        );
+    }
+    match &d.source {
+        Source::Image {
+            path,
+            format,
+            sha256,
+        } => match (sha256, &o.image_sha256) {
+            (Some(want), Some(got)) if !got.eq_ignore_ascii_case(want) => {
+                Plan::Fail(ReconcileError::from(DriverError::Condition {
+                    op: "import".into(),
+                    target: path.clone(),
+                    reason: "ChecksumMismatch",
+                    message: format!("sha256 is {got}, the spacesuit expects {want}"),
+                }))
+            }
+            _ => Plan::Act(vec![Action::Import {
+                volume,
+                path: path.clone(),
+                format: *format,
+            }]),
+        },
+        Source::Vm {
+            volume: Some(source),
+            ..
+        } => Plan::Act(vec![Action::Clone {
+            request: CloneRequest {
+                volume,
+                source: source.clone(),
+                size: None,
+            },
+            live: o.live.clone(),
+        }]),
+        Source::Vm {
+            namespace, name, ..
+        } => Plan::Wait {
+            reason: "SourceNotFound",
+            message: format!("VM {namespace}/{name} does not exist or has no disk"),
+        },
+        Source::BootOnly => Plan::Act(Vec::new()),
+    }
+}
+
+/// Carry out `actions`.
+pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<(), ReconcileError> {
+    let storage = &ctx.drivers.storage;
+    for a in actions {
+        match a {
+            Action::Import {
+                volume,
+                path,
+                format,
+            } => storage.import(volume, path, *format).await?,
+            Action::Clone { request, live } => {
+                // Also while the VM runs (through its hypervisor on qcow2).
+                storage
+                    .clone_volumes_live(std::slice::from_ref(request), &live.0)
+                    .await?
+            }
+            Action::Destroy { volume } => storage.destroy(volume).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Write the outcome into the status.
+fn status(
+    ctx: &Ctx,
+    record: &Record,
+    d: &Desired,
+    plan: &Plan<Action>,
+    result: Result<(), ReconcileError>,
+) -> Result<Outcome, ReconcileError> {
+    let mut st: SpacesuitStatus = previous(record);
+    st.observed_generation = Some(record.generation);
+    let generation = record.generation;
+    let retry = ctx.config.blocked_retry;
+    let (phase, outcome) = made_once(
+        &mut st.conditions,
+        generation,
+        st.phase,
+        plan,
+        result,
+        retry,
+    )?;
+    if phase == ReadyPhase::Ready {
+        st.volumes = match d.source {
+            Source::BootOnly => Vec::new(),
+            _ => vec![d.volume.clone()],
+        };
+        ready(&mut st.conditions, "Ready", &made(d, plan), generation);
+    }
+    st.phase = Some(phase);
+    ctx.write_status(&record.key, &st)?;
+    outcome
+}
+
+/// What the volume is, for the `Ready` condition.
+fn made(d: &Desired, plan: &Plan<Action>) -> String {
+    match (&d.source, plan) {
+        (Source::BootOnly, _) => "boot-only spacesuit: no disk".into(),
+        (_, Plan::Act(a)) if a.is_empty() => format!("volume {}", d.volume),
+        (Source::Image { path, .. }, _) => format!("imported {path}"),
+        (
+            Source::Vm {
+                namespace, name, ..
+            },
+            _,
+        ) => format!("snapshot of {namespace}/{name}"),
+    }
+}
+
+/// An image file's SHA-256 (hex).
+async fn sha256_of(path: &str) -> Result<String, ReconcileError> {
+    let p = path.to_string();
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut f = std::fs::File::open(&p)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| DriverError::transient("import", path, e.to_string()))?
+    .map_err(|e| ReconcileError::from(DriverError::permanent("import", path, e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(sha256: Option<&str>) -> Desired {
+        Desired {
+            deleted: false,
+            volume: "suit-default-base".into(),
+            source: Source::Image {
+                path: "/images/base.qcow2".into(),
+                format: Some("qcow2"),
+                sha256: sha256.map(str::to_string),
+            },
+        }
+    }
+
+    fn from_vm(volume: Option<&str>) -> Desired {
+        Desired {
+            deleted: false,
+            volume: "suit-default-gold".into(),
+            source: Source::Vm {
+                namespace: "default".into(),
+                name: "web".into(),
+                spec: None,
+                volume: volume.map(str::to_string),
+            },
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        let absent = Observed::default();
+        let present = Observed {
+            exists: true,
+            ..Default::default()
+        };
+        let hashed = |h: &str| Observed {
+            image_sha256: Some(h.into()),
+            ..Default::default()
+        };
+        let import = Plan::Act(vec![Action::Import {
+            volume: "suit-default-base".into(),
+            path: "/images/base.qcow2".into(),
+            format: Some("qcow2"),
+        }]);
+        let boot_only = Desired {
+            source: Source::BootOnly,
+            ..image(None)
+        };
+        let deleted = Desired {
+            deleted: true,
+            ..image(None)
+        };
+        let cases: Vec<(&str, Desired, Observed, Plan<Action>)> = vec![
+            (
+                "boot only: nothing",
+                boot_only,
+                absent.clone(),
+                Plan::Act(vec![]),
+            ),
+            (
+                "image, absent: import",
+                image(None),
+                absent.clone(),
+                import.clone(),
+            ),
+            (
+                "image, present: nothing",
+                image(None),
+                present.clone(),
+                Plan::Act(vec![]),
+            ),
+            (
+                "checksum matches (any case)",
+                image(Some("ABC")),
+                hashed("abc"),
+                import,
+            ),
+            (
+                "VM disk: clone",
+                from_vm(Some("vm-default-web-root")),
+                absent.clone(),
+                Plan::Act(vec![Action::Clone {
+                    request: CloneRequest {
+                        volume: "suit-default-gold".into(),
+                        source: "vm-default-web-root".into(),
+                        size: None,
+                    },
+                    live: Live::default(),
+                }]),
+            ),
+            (
+                "VM missing: wait",
+                from_vm(None),
+                absent.clone(),
+                Plan::Wait {
+                    reason: "SourceNotFound",
+                    message: "VM default/web does not exist or has no disk".into(),
+                },
+            ),
+            (
+                "VM missing, volume made: nothing",
+                from_vm(None),
+                present.clone(),
+                Plan::Act(vec![]),
+            ),
+            (
+                "deleted: destroy",
+                deleted.clone(),
+                present,
+                Plan::Act(vec![Action::Destroy {
+                    volume: "suit-default-base".into(),
+                }]),
+            ),
+            ("deleted, already gone", deleted, absent, Plan::Act(vec![])),
+        ];
+        for (name, d, o, want) in cases {
+            assert_eq!(plan(&d, &o), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_checksum_mismatch_fails_permanently_with_its_reason() {
+        let Plan::Fail(e) = plan(
+            &image(Some("abc")),
+            &Observed {
+                image_sha256: Some("def".into()),
+                ..Default::default()
+            },
+        ) else {
+            panic!("a mismatch must fail");
+        };
+        assert_eq!(e.reason, "ChecksumMismatch");
+        assert!(!e.is_transient());
+        assert!(
+            e.message
+                .contains("sha256 is def, the spacesuit expects abc"),
+            "{e}"
+        );
+    }
+}
