@@ -118,8 +118,8 @@ impl Rig {
                 let parsed = deorch::manifest::parse_str(Path::new("t.yaml"), &net_yaml(n, mtu));
                 let mut v = parsed.documents[0].object.to_value();
                 v["metadata"]["generation"] = json!(generation);
-                let s = sign_manifest(&v, &self.owner, &self.owner_key, AddressType::P2wpkh)
-                    .unwrap();
+                let s =
+                    sign_manifest(&v, &self.owner, &self.owner_key, AddressType::P2wpkh).unwrap();
                 serde_saphyr::to_string(&s).unwrap()
             })
             .collect();
@@ -211,7 +211,10 @@ fn a_push_held_between_its_checks_and_its_commit_lands_whole_and_a_refused_one_n
         let rig = rig.clone();
         std::thread::spawn(move || rig.push(&abc, 9000, 2))
     };
-    let held = g.reached.recv_timeout(T).expect("the push reached the fail point");
+    let held = g
+        .reached
+        .recv_timeout(T)
+        .expect("the push reached the fail point");
     assert_eq!(held, abc.map(key).to_vec());
     let local_done = Arc::new(AtomicBool::new(false));
     let local = {
@@ -246,7 +249,10 @@ fn a_push_held_between_its_checks_and_its_commit_lands_whole_and_a_refused_one_n
         assert_eq!(find(&snap, n).source.0, "push");
     }
     let b = find(&snap, "b");
-    assert_eq!((b.generation, mtu(b), b.source.0.as_str()), (3, 7777, "api"));
+    assert_eq!(
+        (b.generation, mtu(b), b.source.0.as_str()),
+        (3, 7777, "api")
+    );
 
     // 2. The local apply is held at the fail point while a push of a, b, c
     // at generation 3 starts: once it commits, b is at 4, so the push is
@@ -256,7 +262,9 @@ fn a_push_held_between_its_checks_and_its_commit_lands_whole_and_a_refused_one_n
         let rig = rig.clone();
         std::thread::spawn(move || rig.local_apply("b", 6666))
     };
-    g.reached.recv_timeout(T).expect("the local apply reached the fail point");
+    g.reached
+        .recv_timeout(T)
+        .expect("the local apply reached the fail point");
     let pusher = {
         let rig = rig.clone();
         std::thread::spawn(move || rig.push(&abc, 1280, 3))
@@ -300,9 +308,10 @@ fn a_thousand_random_races_never_leave_half_a_push() {
     let hold_us = Arc::new(AtomicU64::new(0));
     {
         let hold = hold_us.clone();
-        rig.store().set_fail_point(Some(Arc::new(move |_: &[ObjectKey]| {
-            std::thread::sleep(Duration::from_micros(hold.load(Ordering::SeqCst)));
-        })));
+        rig.store()
+            .set_fail_point(Some(Arc::new(move |_: &[ObjectKey]| {
+                std::thread::sleep(Duration::from_micros(hold.load(Ordering::SeqCst)));
+            })));
     }
     let runs: u64 = std::env::var("DEORCH_RACE_RUNS")
         .ok()

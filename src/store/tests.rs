@@ -265,7 +265,11 @@ fn a_batch_commits_whole_or_not_at_all_and_a_preview_never() {
         .transact(|tx| {
             tx.apply(&vm("a", 128), &src("push"), None).unwrap();
             tx.apply(&vm("b", 64), &src("push"), None).unwrap();
-            assert_eq!(tx.get(&key("b")).unwrap().generation, 1, "reads see the batch");
+            assert_eq!(
+                tx.get(&key("b")).unwrap().generation,
+                1,
+                "reads see the batch"
+            );
             Err("no")
         })
         .unwrap();
@@ -292,7 +296,10 @@ fn a_batch_commits_whole_or_not_at_all_and_a_preview_never() {
     let a = s.get(&key("a")).unwrap();
     assert!(a.deleted && a.generation == 3, "{a:?}");
     assert_eq!(s.get(&key("b")).unwrap().generation, 4);
-    let mut keys = vec![changes.try_recv().unwrap().key, changes.try_recv().unwrap().key];
+    let mut keys = vec![
+        changes.try_recv().unwrap().key,
+        changes.try_recv().unwrap().key,
+    ];
     keys.sort();
     assert_eq!(keys, vec![key("a"), key("b")]);
 }
