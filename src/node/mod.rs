@@ -114,7 +114,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     if let Some(c) = cluster {
         tasks.push(tokio::spawn(c.run(shutdown.clone())));
     }
-    let schedule = Box::new(crate::source::replica_schedule::ReplicaSchedule::default());
+    let schedule = Box::new(crate::source::replica_schedule::ReplicaSchedule::new(
+        &config.name,
+    ));
     tasks.extend([
         tokio::spawn(dir.run(admission.clone(), shutdown.clone())),
         tokio::spawn(schedule.run(admission.clone(), shutdown.clone())),

@@ -10,6 +10,10 @@
 //! longer does (the oldest beyond `keep`). The reconcilers then take and
 //! destroy them like any Replica.
 //!
+//! Only VMs this node runs are scheduled (their status names this node
+//! and they are not blocked `Pending`), as when the VM reconciler took
+//! them: a VM another node runs is that node's to replicate.
+//!
 //! Replicas are named `VM-auto-<unix ms>` (the name is cut so that it
 //! stays a DNS label) and labelled [`POLICY_LABEL`]`: VM`, so they show in
 //! `get` and survive restarts: the time of the newest is read back from
@@ -40,12 +44,17 @@ pub struct ReplicaSchedule {
     /// Longest sleep between two looks at the VMs (a VM change wakes the
     /// schedule at once; a replica falling due wakes it on time).
     pub tick: Duration,
+    /// This node's name: only VMs whose status says they run here are
+    /// scheduled. `None`: every VM (a node without an engine, tests).
+    pub node: Option<String>,
 }
 
-impl Default for ReplicaSchedule {
-    fn default() -> Self {
+impl ReplicaSchedule {
+    /// The schedule of the VMs node `node` runs.
+    pub fn new(node: &str) -> ReplicaSchedule {
         ReplicaSchedule {
             tick: Duration::from_secs(1),
+            node: Some(node.to_string()),
         }
     }
 }
@@ -70,7 +79,8 @@ impl Source for ReplicaSchedule {
             loop {
                 let next = {
                     let admission = admission.clone();
-                    tokio::task::spawn_blocking(move || declare_due(&admission, now_ms()))
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || me.declare_due(&admission, now_ms()))
                         .await
                         .unwrap_or(None)
                 };
@@ -93,55 +103,66 @@ impl Source for ReplicaSchedule {
     }
 }
 
-/// Declare what every VM's policy wants at `now` (unix ms). Returns when
-/// the next replica falls due, if any policy exists.
-pub fn declare_due(admission: &Admission, now: u64) -> Option<u64> {
-    let store = admission.store();
-    let mut next: Option<u64> = None;
-    for record in store.list(Some(Kind::VirtualMachine)) {
-        let Ok(spec) = serde_json::from_value::<VirtualMachineSpec>(record.object["spec"].clone())
-        else {
-            continue;
-        };
-        let Some(policy) = spec.replica_policy else {
-            continue;
-        };
-        let interval = policy.interval.0.as_millis() as u64;
-        let vm = &record.key;
-        let mut autos = scheduled(store, vm);
-        let due = autos
-            .last()
-            .is_none_or(|(t, _)| now.saturating_sub(*t) >= interval);
-        let source = source_of(vm);
-        let mut batch = Batch::new(source.clone(), Trust::Local);
-        if due && policy.keep > 0 {
-            autos.push((now, new_replica(vm, now)));
-        }
-        let excess = autos.len().saturating_sub(policy.keep as usize);
-        for (_, object) in autos.into_iter().skip(excess) {
-            batch.docs.push(Doc {
-                object,
-                at: source.0.clone(),
-            });
-        }
-        let newest = batch
-            .docs
-            .iter()
-            .filter_map(|d| taken_at(&ObjectKey::of(&d.object).name))
-            .max();
-        if let Some(t) = newest {
-            let due_at = t + interval;
-            next = Some(next.map_or(due_at, |n| n.min(due_at)));
-        }
-        match admission.admit(batch.declarative(BTreeSet::new())) {
-            Ok(out) if !out.committed => {
-                warn!(vm = %vm, problems = ?out.problems(), "replica schedule refused")
+impl ReplicaSchedule {
+    /// Declare what every VM's policy wants at `now` (unix ms). Returns when
+    /// the next replica falls due, if any policy exists.
+    pub fn declare_due(&self, admission: &Admission, now: u64) -> Option<u64> {
+        let store = admission.store();
+        let mut next: Option<u64> = None;
+        for record in store.list(Some(Kind::VirtualMachine)) {
+            if let Some(me) = &self.node {
+                let status = record.status.as_ref();
+                let here = status.and_then(|s| s["node"].as_str()) == Some(me.as_str());
+                let blocked = status.and_then(|s| s["phase"].as_str()) == Some("Pending");
+                if !here || blocked {
+                    continue;
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!(vm = %vm, error = %e, "replica schedule: store write failed"),
+            let Ok(spec) =
+                serde_json::from_value::<VirtualMachineSpec>(record.object["spec"].clone())
+            else {
+                continue;
+            };
+            let Some(policy) = spec.replica_policy else {
+                continue;
+            };
+            let interval = policy.interval.0.as_millis() as u64;
+            let vm = &record.key;
+            let mut autos = scheduled(store, vm);
+            let due = autos
+                .last()
+                .is_none_or(|(t, _)| now.saturating_sub(*t) >= interval);
+            let source = source_of(vm);
+            let mut batch = Batch::new(source.clone(), Trust::Local);
+            if due && policy.keep > 0 {
+                autos.push((now, new_replica(vm, now)));
+            }
+            let excess = autos.len().saturating_sub(policy.keep as usize);
+            for (_, object) in autos.into_iter().skip(excess) {
+                batch.docs.push(Doc {
+                    object,
+                    at: source.0.clone(),
+                });
+            }
+            let newest = batch
+                .docs
+                .iter()
+                .filter_map(|d| taken_at(&ObjectKey::of(&d.object).name))
+                .max();
+            if let Some(t) = newest {
+                let due_at = t + interval;
+                next = Some(next.map_or(due_at, |n| n.min(due_at)));
+            }
+            match admission.admit(batch.declarative(BTreeSet::new())) {
+                Ok(out) if !out.committed => {
+                    warn!(vm = %vm, problems = ?out.problems(), "replica schedule refused")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(vm = %vm, error = %e, "replica schedule: store write failed"),
+            }
         }
+        next
     }
-    next
 }
 
 /// When a scheduled replica was taken, from its name.
@@ -226,7 +247,11 @@ mod tests {
             .apply(&vm("web", None), &SourceId("api".into()))
             .unwrap();
         let t0 = 1_000_000_000_000u64;
-        assert_eq!(declare_due(&admission, t0), Some(t0 + 60_000));
+        let sched = ReplicaSchedule {
+            tick: Duration::from_secs(1),
+            node: None,
+        };
+        assert_eq!(sched.declare_due(&admission, t0), Some(t0 + 60_000));
         assert_eq!(replicas(&store), vec![format!("db-auto-{t0}")]);
         let r = store
             .get(&ObjectKey::new(
@@ -242,12 +267,15 @@ mod tests {
             source_of(&ObjectKey::new(Kind::VirtualMachine, None, "db"))
         );
         // Not due yet: nothing new, nothing rewritten.
-        assert_eq!(declare_due(&admission, t0 + 30_000), Some(t0 + 60_000));
+        assert_eq!(
+            sched.declare_due(&admission, t0 + 30_000),
+            Some(t0 + 60_000)
+        );
         assert_eq!(replicas(&store).len(), 1);
         assert_eq!(store.get(&r.key).unwrap().generation, 1);
         // Due twice more: keep 2, the oldest goes, in the same batch.
-        declare_due(&admission, t0 + 60_000);
-        declare_due(&admission, t0 + 120_000);
+        sched.declare_due(&admission, t0 + 60_000);
+        sched.declare_due(&admission, t0 + 120_000);
         assert_eq!(
             replicas(&store),
             vec![
@@ -268,10 +296,36 @@ mod tests {
         store
             .apply(&vm(&long, Some(("1m", 1))), &SourceId("api".into()))
             .unwrap();
-        declare_due(&admission, t0 + 130_000);
+        sched.declare_due(&admission, t0 + 130_000);
         assert!(replicas(&store)
             .iter()
             .any(|n| n.len() <= 63 && n.ends_with(&format!("-auto-{}", t0 + 130_000))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_vms_this_node_runs_and_not_blocked_are_scheduled() {
+        let dir = std::env::temp_dir().join(format!("deorch-sched-mine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&dir.join("s.redb")).unwrap());
+        let admission = Admission::new(store.clone(), AdmissionConfig::default());
+        let sched = ReplicaSchedule::new("n1");
+        for name in ["here", "there", "blocked", "new"] {
+            store
+                .apply(&vm(name, Some(("1m", 1))), &SourceId("api".into()))
+                .unwrap();
+        }
+        let key = |n: &str| ObjectKey::new(Kind::VirtualMachine, None, n);
+        let st = |node: &str, phase: &str| serde_json::json!({"node": node, "phase": phase});
+        store.set_status(&key("here"), st("n1", "Running")).unwrap();
+        store
+            .set_status(&key("there"), st("n2", "Running"))
+            .unwrap();
+        store
+            .set_status(&key("blocked"), st("n1", "Pending"))
+            .unwrap();
+        sched.declare_due(&admission, 1_000);
+        assert_eq!(replicas(&store), vec!["here-auto-1000".to_string()]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
