@@ -217,7 +217,8 @@ pub fn authorize(
     Decision::Deny { reason, misses }
 }
 
-/// Why a signed document may not be applied ([`check_signed_apply`]).
+/// Why a signed document may not be applied ([`verify_signed`],
+/// [`authorize_signer`]; `crate::admission` runs both for every source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// Short code: `Unsigned`, `NoGeneration`, `BadSignature`,
@@ -227,23 +228,6 @@ pub struct Refused {
     pub reason: String,
     /// For `Denied`: every rule naming the signer and why it did not allow.
     pub misses: Vec<RuleMiss>,
-}
-
-/// The one check every signed source makes before accepting a document:
-/// the signature is valid for `cluster` and its signer may `apply` this
-/// kind in this namespace ([`authorize_signer`]). Returns the signer.
-/// (`crate::admission` runs the two steps separately, the signature
-/// outside the store's lock and the authorisation inside it.)
-pub fn check_signed_apply(
-    doc: &serde_json::Value,
-    kind: Kind,
-    namespace: &str,
-    cluster: &str,
-    trusted: &[Manifest<AccessPolicySpec>],
-) -> Result<String, Refused> {
-    let signer = verify_signed(doc, cluster)?;
-    authorize_signer(&signer, Verb::Apply, kind, namespace, cluster, trusted)?;
-    Ok(signer)
 }
 
 /// Verify a signed document for `cluster`: its signer, or why not
