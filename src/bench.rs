@@ -95,7 +95,8 @@ pub fn drop_latency(count: usize) -> anyhow::Result<()> {
         settle: Duration::from_secs(5),
     }));
     rt.spawn(engine.run(stop_rx.clone()));
-    rt.spawn(source.run(store.clone(), stop_rx));
+    let admission = crate::admission::Admission::new(store.clone(), Default::default());
+    rt.spawn(source.run(admission, stop_rx));
     std::thread::sleep(Duration::from_millis(300));
 
     let mut samples = Vec::with_capacity(count);
@@ -641,8 +642,15 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&dir.join("store.redb"))?);
     let owner = PrivateKey::generate(Network::Mainnet);
     let owner_addr = owner.address(AddressType::P2wpkh)?.to_string();
-    let api = crate::http::HttpApi::new(
+    let admission = crate::admission::Admission::new(
         store,
+        crate::admission::AdmissionConfig {
+            cluster: Some(owner_addr.clone()),
+            owner: Some(owner_addr.clone()),
+        },
+    );
+    let api = crate::http::HttpApi::new(
+        admission,
         crate::http::HttpSettings {
             cluster_owner: owner_addr,
             node_key: PrivateKey::generate(Network::Mainnet),

@@ -353,7 +353,6 @@ async fn deletion_cleans_up_and_failures_stay_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the replicaPolicy schedule left the VM reconciler for source::replica_schedule (admission): run that source in this world when the two meet"]
 async fn replica_policy_takes_replicas_and_keeps_the_newest() {
     let mut w = world("policy");
     w.apply(BASE);
@@ -372,6 +371,21 @@ async fn replica_policy_takes_replicas_and_keeps_the_newest() {
         )
         .unwrap();
     w.run();
+    // The schedule is a source: it declares the Replica objects through
+    // admission, and the engine makes and removes their volumes.
+    let schedule = deorch::source::replica_schedule::ReplicaSchedule {
+        tick: Duration::from_millis(100),
+        node: None,
+    };
+    let admission = deorch::admission::Admission::new(
+        w.store.clone(),
+        deorch::admission::AdmissionConfig::default(),
+    );
+    tokio::spawn(deorch::source::Source::run(
+        Box::new(schedule),
+        admission,
+        w.stop.subscribe(),
+    ));
     let autos = |w: &World| -> Vec<String> {
         w.store
             .list(Some(Kind::Replica))
@@ -381,11 +395,13 @@ async fn replica_policy_takes_replicas_and_keeps_the_newest() {
             .collect()
     };
     // Several intervals pass: never more than `keep`, and old ones go.
+    // (Taken ones include those deleted since: admission replaces the
+    // oldest in the transaction that adds the newest.)
     w.wait("three replicas taken", |w| {
         w.store
-            .list(Some(Kind::Replica))
+            .generations()
             .iter()
-            .filter(|r| r.key.name.starts_with("db-auto-"))
+            .filter(|(k, _, _)| k.kind == Kind::Replica && k.name.starts_with("db-auto-"))
             .count()
             >= 3
     })

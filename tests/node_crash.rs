@@ -50,6 +50,7 @@ fn kill_minus_nine_during_1000_applies_loses_nothing_acknowledged() {
             match node.call(&Request::Apply {
                 filename: "crash.yaml".into(),
                 yaml: vm_yaml(&name, &memory),
+                dry_run: false,
             }) {
                 Ok(Response::Applied { objects }) => {
                     applies += 1;

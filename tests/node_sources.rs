@@ -208,3 +208,86 @@ fn cli_apply_get_describe_delete() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown kind"), "{err}");
 }
+
+/// `sed -i` writes a temp file (`sedXXXXXX`) beside the target and renames
+/// it over the target: the rename completes the file, so the edit is taken
+/// at once, not at a later rescan once the file is older than `--settle`
+/// (2 s here; it used to take until the next rescan after that).
+#[test]
+fn a_file_edited_in_place_with_sed_is_picked_up_at_once() {
+    let mut node = Node::new("sed");
+    node.start();
+    let a = node.manifests.join("a.yaml");
+    std::fs::write(&a, vm_yaml("web", "256Mi")).unwrap();
+    node.wait_for("the dropped file", |n| n.record("vm", "web").is_some());
+    for (from, to) in [("256Mi", "512Mi"), ("512Mi", "1Gi")] {
+        let started = std::time::Instant::now();
+        let st = std::process::Command::new("sed")
+            .args(["-i", &format!("s/{from}/{to}/")])
+            .arg(&a)
+            .status()
+            .expect("sed is installed");
+        assert!(st.success());
+        node.wait_for("the sed edit", |n| {
+            memory_of(n, "web").as_deref() == Some(to)
+        });
+        let took = started.elapsed();
+        eprintln!("sed -i {from} -> {to}: applied after {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "sed -i took {took:?}: waited for a rescan and the settle time"
+        );
+    }
+    assert_eq!(node.record("vm", "web").unwrap().generation, 3);
+}
+
+/// `deorch apply --dry-run` answers admission's verdict per document and
+/// changes nothing.
+#[test]
+fn apply_dry_run_answers_the_verdicts_and_changes_nothing() {
+    let mut node = Node::new("dry-run");
+    node.start();
+    let two = format!("{}---\n{}", vm_yaml("one", "64Mi"), vm_yaml("two", "64Mi"));
+    let (code, out, err) = node.cli(&["apply", "--dry-run", "-f", "-"], Some(&two));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("VirtualMachine/default/one would be configured (generation 1)"),
+        "{out}"
+    );
+    assert!(err.contains("nothing changed"), "{err}");
+    assert!(
+        node.record("vm", "one").is_none(),
+        "a dry run changed the store"
+    );
+    let (code, _, _) = node.cli(&["apply", "-f", "-"], Some(&two));
+    assert_eq!(code, 0);
+    // An edit and an unchanged document.
+    let edit = format!("{}---\n{}", vm_yaml("one", "128Mi"), vm_yaml("two", "64Mi"));
+    let (code, out, _) = node.cli(&["apply", "--dry-run", "-f", "-"], Some(&edit));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("one would be configured (generation 2)"),
+        "{out}"
+    );
+    assert!(out.contains("two unchanged (generation 1)"), "{out}");
+    assert_eq!(memory_of(&node, "one").as_deref(), Some("64Mi"));
+    // A document claiming a signature this node cannot check is refused,
+    // in a dry run as for real, and names why.
+    let signed = vm_yaml("three", "64Mi").replace(
+        "  name: three\n",
+        "  name: three\n  generation: 1\n  annotations:\n    deorch.dev/signer: bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4\n    deorch.dev/signature: AAAA\n",
+    );
+    let (code, out, _) = node.cli(&["apply", "--dry-run", "-f", "-"], Some(&signed));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("VirtualMachine/default/three: Denied"),
+        "{out}"
+    );
+    let (code, out, _) = node.cli(&["apply", "-f", "-"], Some(&signed));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Denied") && out.contains("--cluster-owner"),
+        "{out}"
+    );
+    assert!(node.record("vm", "three").is_none());
+}

@@ -2,16 +2,20 @@
 //! root (or the node's own user) may open. The CLI's `apply`, `delete`,
 //! `get` and `describe` talk to a running node through it.
 //!
-//! One request per line, one response per line. Handlers parse, check and
-//! call the store (the single owner of desired state); they do no other work.
-//! `apply` is all-or-nothing: if any document of the request is invalid,
-//! nothing is applied and every diagnostic is returned.
+//! One request per line, one response per line. Handlers parse and hand
+//! documents to admission (source `api`, [`crate::admission::Trust::Local`]:
+//! the socket is the node's own), which alone writes the store; reads go
+//! to the store. `apply` is all-or-nothing: if any document of the
+//! request is invalid or refused, nothing is applied and every reason is
+//! returned. `apply` with `dryRun` answers the verdicts and changes
+//! nothing.
 
 pub mod client;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Admitted;
 use crate::manifest::Diagnostic;
 use crate::model::ObjectKey;
 use crate::store::{Applied, Event, Record};
@@ -26,6 +30,9 @@ pub enum Request {
         filename: String,
         /// The YAML text.
         yaml: String,
+        /// Only answer what admission would decide; change nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
     },
     /// Delete one object.
     Delete {
@@ -56,6 +63,16 @@ pub enum Request {
     },
     /// Node information.
     Info,
+    /// Events about one object (refused ones too: they have no record),
+    /// or all events; oldest first.
+    Events {
+        /// Kind; all events when absent.
+        kind: Option<String>,
+        /// Namespace.
+        namespace: Option<String>,
+        /// Name.
+        name: Option<String>,
+    },
 }
 
 /// A response.
@@ -71,6 +88,22 @@ pub enum Response {
     Invalid {
         /// Every problem.
         diagnostics: Vec<Diagnostic>,
+    },
+    /// Admission refused a document, so nothing was applied; one verdict
+    /// per document (the acceptable ones `Withheld`).
+    Refused {
+        /// Verdicts, in document order.
+        verdicts: Vec<Admitted>,
+    },
+    /// What admission would decide (a dry run); nothing changed.
+    Verdicts {
+        /// Verdicts, in document order (`Applied`: would be applied).
+        verdicts: Vec<Admitted>,
+    },
+    /// Events.
+    Events {
+        /// Oldest first.
+        events: Vec<Event>,
     },
     /// An object was deleted.
     Deleted {

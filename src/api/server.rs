@@ -12,9 +12,12 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{NodeInfo, Request, Response, MAX_REQUEST};
-use crate::manifest;
+use crate::admission::{Admission, Batch, Deletion, Trust, Verdict};
 use crate::model::{Kind, ObjectKey};
-use crate::store::{SourceId, Store};
+use crate::store::{Applied, SourceId, Store};
+
+/// Source id of what the local API writes.
+pub const API_SOURCE: &str = "api";
 
 /// Static facts the server reports in `Info`.
 #[derive(Debug, Clone)]
@@ -57,7 +60,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
-    store: Arc<Store>,
+    admission: Arc<Admission>,
     facts: ServerFacts,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -77,10 +80,10 @@ pub async fn serve(
                     warn!(?uid, "refused local API connection from another user");
                     continue;
                 }
-                let store = store.clone();
+                let admission = admission.clone();
                 let facts = facts.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, store, facts, started).await {
+                    if let Err(e) = handle_conn(stream, admission, facts, started).await {
                         debug!(error = %e, "local API connection ended");
                     }
                 });
@@ -93,7 +96,7 @@ pub async fn serve(
 
 async fn handle_conn(
     stream: UnixStream,
-    store: Arc<Store>,
+    admission: Arc<Admission>,
     facts: ServerFacts,
     started: Instant,
 ) -> io::Result<()> {
@@ -117,10 +120,10 @@ async fn handle_conn(
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => {
-                    let store = store.clone();
+                    let admission = admission.clone();
                     let facts = facts.clone();
                     // Store writes fsync: keep them off the async threads.
-                    tokio::task::spawn_blocking(move || handle(req, &store, &facts, started))
+                    tokio::task::spawn_blocking(move || handle(req, &admission, &facts, started))
                         .await
                         .unwrap_or_else(|e| Response::Error {
                             code: "Internal".into(),
@@ -160,24 +163,65 @@ fn parse_kind(kind: &str) -> Result<Kind, Response> {
 }
 
 /// Answer one request (blocking: may write the store).
-pub fn handle(req: Request, store: &Store, facts: &ServerFacts, started: Instant) -> Response {
+pub fn handle(
+    req: Request,
+    admission: &Admission,
+    facts: &ServerFacts,
+    started: Instant,
+) -> Response {
+    let store = admission.store();
     let result = match req {
-        Request::Apply { filename, yaml } => apply(store, &filename, &yaml),
+        Request::Apply {
+            filename,
+            yaml,
+            dry_run,
+        } => apply(admission, &filename, &yaml, dry_run),
         Request::Delete {
             kind,
             namespace,
             name,
         } => parse_kind(&kind).and_then(|kind| {
             let key = ObjectKey::new(kind, namespace.as_deref(), &name);
-            match store.delete(&key, &SourceId("api".into())) {
-                Ok(Some(generation)) => {
+            let mut batch = Batch::new(SourceId(API_SOURCE.into()), Trust::Local);
+            batch.deletions.push(Deletion {
+                key: key.clone(),
+                at: "local API".into(),
+                tombstone: None,
+            });
+            let outcome = admission.admit(batch).map_err(internal)?;
+            match outcome.verdicts.first().map(|a| &a.verdict) {
+                Some(Verdict::Deleted { generation }) => {
                     info!(object = %key, generation, "deleted via local API");
-                    Ok(Response::Deleted { key, generation })
+                    Ok(Response::Deleted {
+                        key,
+                        generation: *generation,
+                    })
                 }
-                Ok(None) => Err(not_found(&key)),
-                Err(e) => Err(internal(e)),
+                Some(Verdict::Absent) => Err(not_found(&key)),
+                _ => Ok(Response::Refused {
+                    verdicts: outcome.verdicts,
+                }),
             }
         }),
+        Request::Events {
+            kind,
+            namespace,
+            name,
+        } => match (kind, name) {
+            (Some(kind), Some(name)) => parse_kind(&kind).map(|kind| {
+                let key = ObjectKey::new(kind, namespace.as_deref(), &name);
+                Response::Events {
+                    events: store.events(Some(&key)),
+                }
+            }),
+            (None, None) => Ok(Response::Events {
+                events: store.events(None),
+            }),
+            _ => Err(Response::Error {
+                code: "BadRequest".into(),
+                message: "events: give both kind and name, or neither".into(),
+            }),
+        },
         Request::Get {
             kind,
             namespace,
@@ -250,28 +294,53 @@ fn internal(e: impl std::fmt::Display) -> Response {
     }
 }
 
-/// Validate every document first; apply only if all are valid.
-fn apply(store: &Store, filename: &str, yaml: &str) -> Result<Response, Response> {
-    let parsed = manifest::parse_str(Path::new(filename), yaml);
-    if !parsed.diagnostics.is_empty() {
+/// Parse and admit every document as one batch: all are applied, or none.
+fn apply(
+    admission: &Admission,
+    filename: &str,
+    yaml: &str,
+    dry_run: bool,
+) -> Result<Response, Response> {
+    let mut batch = Batch::new(SourceId(API_SOURCE.into()), Trust::Local);
+    batch.parse(filename, yaml);
+    if !batch.diagnostics.is_empty() {
         return Ok(Response::Invalid {
-            diagnostics: parsed.diagnostics,
+            diagnostics: batch.diagnostics,
         });
     }
-    if parsed.documents.is_empty() {
+    if batch.docs.is_empty() {
         return Err(Response::Error {
             code: "BadRequest".into(),
             message: format!("{filename}: no documents"),
         });
     }
-    let source = SourceId("api".into());
-    let mut objects = Vec::with_capacity(parsed.documents.len());
-    for doc in &parsed.documents {
-        let applied = store.apply(&doc.object, &source).map_err(internal)?;
-        if applied.changed {
-            info!(object = %applied.key, generation = applied.generation, "applied via local API");
-        }
-        objects.push(applied);
+    if dry_run {
+        let outcome = admission.dry_run(batch).map_err(internal)?;
+        return Ok(Response::Verdicts {
+            verdicts: outcome.verdicts,
+        });
     }
+    let outcome = admission.admit(batch).map_err(internal)?;
+    if !outcome.committed {
+        return Ok(Response::Refused {
+            verdicts: outcome.verdicts,
+        });
+    }
+    let objects = outcome
+        .verdicts
+        .into_iter()
+        .map(|a| {
+            let (generation, changed) = match a.verdict {
+                Verdict::Applied { generation } => (generation, true),
+                Verdict::Unchanged { generation } => (generation, false),
+                _ => (0, false),
+            };
+            Applied {
+                key: a.key,
+                generation,
+                changed,
+            }
+        })
+        .collect();
     Ok(Response::Applied { objects })
 }

@@ -85,6 +85,10 @@ pub enum Command {
         /// Manifest file, or `-` for standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         file: String,
+        /// Show what admission would decide for each document (signature,
+        /// authorisation, generation) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -413,11 +417,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Apply { file, client } => {
+        Command::Apply {
+            file,
+            dry_run,
+            client,
+        } => {
             let (filename, yaml) = read_input(&file)?;
             let response = client::call(
                 &client.socket,
-                &Request::Apply { filename, yaml },
+                &Request::Apply {
+                    filename,
+                    yaml,
+                    dry_run,
+                },
                 CALL_TIMEOUT,
             )?;
             match response {
@@ -427,6 +439,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("{} {what} (generation {})", a.key, a.generation);
                     }
                     Ok(ExitCode::SUCCESS)
+                }
+                Response::Verdicts { verdicts } => {
+                    let mut refused = 0;
+                    for a in &verdicts {
+                        match &a.verdict {
+                            crate::admission::Verdict::Applied { generation } => {
+                                println!("{} would be configured (generation {generation})", a.key)
+                            }
+                            crate::admission::Verdict::Unchanged { generation } => {
+                                println!("{} unchanged (generation {generation})", a.key)
+                            }
+                            v => {
+                                refused += 1;
+                                println!("{}: {}: {v}", a.at, a.key);
+                            }
+                        }
+                    }
+                    eprintln!(
+                        "dry run: {} document{}, {refused} refused; nothing changed",
+                        verdicts.len(),
+                        plural(verdicts.len())
+                    );
+                    Ok(if refused == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Response::Refused { verdicts } => {
+                    for a in verdicts.iter().filter(|a| a.verdict.is_refusal()) {
+                        println!("{}: {}: {}", a.at, a.key, a.verdict);
+                    }
+                    eprintln!(
+                        "refused: {} of {} document{}, nothing applied",
+                        verdicts.iter().filter(|a| a.verdict.is_refusal()).count(),
+                        verdicts.len(),
+                        plural(verdicts.len())
+                    );
+                    Ok(ExitCode::FAILURE)
                 }
                 Response::Invalid { diagnostics } => {
                     for d in &diagnostics {

@@ -121,6 +121,7 @@ fn apply(client: &ClientArgs, object: &Value) -> anyhow::Result<i64> {
         &Request::Apply {
             filename: "<replica command>".into(),
             yaml,
+            dry_run: false,
         },
         CALL_TIMEOUT,
     )? {

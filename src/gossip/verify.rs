@@ -38,8 +38,10 @@ impl Verifier for AcceptAll {
 /// Documents are signed manifests (canonical JSON with the signer and
 /// signature annotations, `docs/SIGNING.md`) for one cluster, whose
 /// `metadata.generation` is the document's generation. Uses
-/// [`crate::identity::verify_manifest`]; authorisation by AccessPolicy is
-/// the store's next step, as for pushed manifests.
+/// [`crate::identity::verify_manifest`]. This only filters what is stored
+/// and relayed: a node's gossip task hands every document to admission
+/// (`crate::admission`), which also authorises the signer by AccessPolicy,
+/// as for every other source.
 #[derive(Debug, Clone)]
 pub struct SignedManifests {
     /// The cluster ID signatures are bound to.
@@ -48,34 +50,41 @@ pub struct SignedManifests {
 
 impl Verifier for SignedManifests {
     fn verify_document(&self, doc: &Document) -> Result<(), String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(&doc.body).map_err(|e| format!("not JSON: {e}"))?;
-        let meta = v.get("metadata").ok_or("no metadata")?;
-        let field = |f: &str| meta.get(f).and_then(|x| x.as_str()).unwrap_or("");
-        if v.get("kind").and_then(|k| k.as_str()) != Some(doc.key.kind.as_str())
-            || field("name") != doc.key.name
-            || field("namespace") != doc.key.namespace
-        {
-            return Err("body does not match the document key".into());
-        }
-        if meta.get("generation").and_then(|g| g.as_u64()) != Some(doc.generation) {
-            return Err("body generation differs from the document's".into());
-        }
-        // The tombstone flag travels outside the body, so the body must say
-        // the same, or anyone could turn a signed live document into its
-        // own tombstone.
-        let says_deleted = meta
-            .get("annotations")
-            .and_then(|a| a.get(DELETED_ANNOTATION))
-            .and_then(|x| x.as_str())
-            == Some("true");
-        if says_deleted != doc.deleted {
-            return Err(format!("tombstone flag differs from {DELETED_ANNOTATION}"));
-        }
+        let v = document_body(doc)?;
         crate::identity::verify_manifest(&v, &self.cluster)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// A document's body, checked against the document's own fields: the
+/// kind, namespace and name of its key, its generation, and the tombstone
+/// flag (which travels outside the body, so the body must say the same,
+/// or anyone could turn a signed live document into its own tombstone).
+/// What a signature over the body then proves holds for the document.
+pub fn document_body(doc: &Document) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&doc.body).map_err(|e| format!("not JSON: {e}"))?;
+    let meta = v.get("metadata").ok_or("no metadata")?;
+    let field = |f: &str| meta.get(f).and_then(|x| x.as_str()).unwrap_or("");
+    if v.get("kind").and_then(|k| k.as_str()) != Some(doc.key.kind.as_str())
+        || field("name") != doc.key.name
+        || field("namespace") != doc.key.namespace
+    {
+        return Err("body does not match the document key".into());
+    }
+    if meta.get("generation").and_then(|g| g.as_u64()) != Some(doc.generation) {
+        return Err("body generation differs from the document's".into());
+    }
+    let says_deleted = meta
+        .get("annotations")
+        .and_then(|a| a.get(DELETED_ANNOTATION))
+        .and_then(|x| x.as_str())
+        == Some("true");
+    if says_deleted != doc.deleted {
+        return Err(format!("tombstone flag differs from {DELETED_ANNOTATION}"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

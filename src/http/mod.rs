@@ -10,17 +10,18 @@
 //!   `deorch_session` cookie (a [`Session`] token signed by this node).
 //! - `GET  /v1/auth/whoami`: the address of a valid session cookie, issued by
 //!   this node or by any node address the cluster trusts.
-//! - `POST /v1/manifests`: multi-document YAML of signed manifests; every
-//!   document is verified (signature, cluster, generation) and authorised by
-//!   the store's `AccessPolicy` objects (the owner is always admin), then all
-//!   are applied with source `push`, or none.
+//! - `POST /v1/manifests`: multi-document YAML of signed manifests, handed
+//!   to admission as one batch ([`crate::admission`], source `push`, only
+//!   signed documents): verified, authorised by the trusted `AccessPolicy`
+//!   objects (the owner is always admin), at a generation above the stored
+//!   one, then all applied in one store transaction, or none.
 //!
 //! Every refusal is a JSON `{"error", "code", ...}` and one `warn!` line
 //! with the peer and the reason; signatures, challenges' nonces and cookies
 //! are never logged.
 //!
-//! Architecture invariant: like the local API, handlers only parse, check
-//! and call the store.
+//! Architecture invariant: like the local API, handlers only parse and
+//! hand documents to admission.
 
 pub mod client;
 pub mod tls;
@@ -44,14 +45,11 @@ use self::tls::PeerAddr;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::identity::access::{check_signed_apply, trusted_policies};
+use crate::admission::{Admission, Batch, Trust, Verdict};
 use crate::identity::level2::{Level2Error, RateLimiter};
 use crate::identity::session::{Challenge, LoginError, NonceStore, Session};
-use crate::identity::signed::SIGNATURE_ANNOTATION;
 use crate::identity::{Address, AddressType, KeyError, PrivateKey};
-use crate::manifest;
-use crate::model::{AccessPolicySpec, Kind, Manifest, ObjectKey};
-use crate::store::{SourceId, Store};
+use crate::store::SourceId;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "deorch_session";
@@ -88,7 +86,7 @@ pub const CHALLENGE_LIMIT: (u32, u64) = (60, 10);
 
 /// The HTTP API's state (one per node).
 pub struct HttpApi {
-    store: Arc<Store>,
+    admission: Arc<Admission>,
     cluster: String,
     node_key: PrivateKey,
     node_address: String,
@@ -97,7 +95,6 @@ pub struct HttpApi {
     challenge_limiter: Option<Mutex<RateLimiter>>,
     login_ttl: u64,
     session_ttl: u64,
-    push_lock: Mutex<()>,
 }
 
 fn now_secs() -> u64 {
@@ -134,11 +131,14 @@ type Refusal = (StatusCode, Value);
 
 impl HttpApi {
     /// The API of a node whose key and cluster are in `settings`.
-    pub fn new(store: Arc<Store>, settings: HttpSettings) -> Result<Arc<HttpApi>, KeyError> {
+    pub fn new(
+        admission: Arc<Admission>,
+        settings: HttpSettings,
+    ) -> Result<Arc<HttpApi>, KeyError> {
         let node_address = settings.node_key.address(AddressType::P2wpkh)?.to_string();
         let cluster = settings.cluster_owner.clone();
         Ok(Arc::new(HttpApi {
-            store,
+            admission,
             nonces: Mutex::new(NonceStore::new(
                 &cluster,
                 &node_address,
@@ -158,7 +158,6 @@ impl HttpApi {
                 .collect(),
             login_ttl: settings.login_ttl.as_secs(),
             session_ttl: settings.session_ttl.as_secs(),
-            push_lock: Mutex::new(()),
         }))
     }
 
@@ -193,8 +192,8 @@ impl HttpApi {
             .with_state(self)
     }
 
-    /// Verify, authorise and apply a push (blocking: verifies signatures
-    /// and writes the store). All documents or none.
+    /// Admit a push (blocking: verifies signatures and writes the store).
+    /// All documents or none.
     fn push(&self, peer: SocketAddr, body: &[u8]) -> Result<Value, Refusal> {
         let bad = |code: &str, msg: String| {
             warn!(%peer, code, reason = %msg, "push refused");
@@ -205,115 +204,60 @@ impl HttpApi {
         };
         let text = std::str::from_utf8(body)
             .map_err(|_| bad("BadRequest", "body is not UTF-8 YAML".into()))?;
-        let parsed = manifest::parse_str(Path::new("<push>"), text);
-        if !parsed.diagnostics.is_empty() {
-            warn!(%peer, problems = parsed.diagnostics.len(), "push refused: invalid manifests");
+        let mut batch = Batch::new(SourceId(PUSH_SOURCE.into()), Trust::Signed);
+        batch.parse("<push>", text);
+        if !batch.diagnostics.is_empty() {
+            warn!(%peer, problems = batch.diagnostics.len(), "push refused: invalid manifests");
             return Err((
                 StatusCode::BAD_REQUEST,
                 json!({
-                    "error": format!("{} problem(s) in the manifests; nothing applied", parsed.diagnostics.len()),
+                    "error": format!("{} problem(s) in the manifests; nothing applied", batch.diagnostics.len()),
                     "code": "Invalid",
-                    "diagnostics": parsed.diagnostics,
+                    "diagnostics": batch.diagnostics,
                 }),
             ));
         }
-        if parsed.documents.is_empty() {
+        if batch.docs.is_empty() {
             return Err(bad("BadRequest", "no documents; nothing applied".into()));
         }
-        // One push at a time: generation checks and writes are one step.
-        let _one = lock(&self.push_lock);
-        let stored: Vec<Manifest<AccessPolicySpec>> = self
-            .store
-            .list(Some(Kind::AccessPolicy))
-            .into_iter()
-            .filter(|r| !r.deleted)
-            .filter_map(|r| serde_json::from_value(r.object).ok())
-            .collect();
-        let trust = trusted_policies(&stored, &self.cluster, &self.cluster);
-        let mut refused = Vec::new();
-        let mut forbidden = false;
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, doc) in parsed.documents.iter().enumerate() {
-            let key = ObjectKey::of(&doc.object);
-            let value = doc.object.to_value();
-            let mut deny = |status: StatusCode, code: &str, reason: String, extra: Value| {
-                forbidden |= status == StatusCode::FORBIDDEN;
-                warn!(%peer, document = i + 1, object = %key, code, reason = %reason, "push refused");
+        let total = batch.docs.len();
+        let outcome = self.admission.admit(batch).map_err(|e| {
+            warn!(%peer, error = %e, "push: store write failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": format!("store: {e}"), "code": "Internal" }),
+            )
+        })?;
+        if !outcome.committed {
+            let mut forbidden = false;
+            let mut duplicate = false;
+            let mut refused = Vec::new();
+            for (i, a) in outcome.verdicts.iter().enumerate() {
+                if !a.verdict.is_refusal() {
+                    continue;
+                }
+                let detail = match &a.verdict {
+                    Verdict::Denied { misses, .. } => json!({ "misses": misses }),
+                    Verdict::Stale { stored, .. } => json!({ "expected": stored + 1 }),
+                    _ => Value::Null,
+                };
+                match a.verdict {
+                    Verdict::Stale { .. } => {}
+                    Verdict::Duplicate { .. } => duplicate = true,
+                    _ => forbidden = true,
+                }
+                warn!(%peer, document = i + 1, object = %a.key, code = a.verdict.code(), reason = %a.verdict.reason(), "push refused");
                 refused.push(json!({
                     "document": i + 1,
-                    "object": key.to_string(),
-                    "code": code,
-                    "reason": reason,
-                    "detail": extra,
+                    "object": a.key.to_string(),
+                    "code": a.verdict.code(),
+                    "reason": a.verdict.reason(),
+                    "detail": detail,
                 }));
-            };
-            if !seen.insert(key.clone()) {
-                deny(
-                    StatusCode::BAD_REQUEST,
-                    "Duplicate",
-                    "the same object appears twice in one push".into(),
-                    Value::Null,
-                );
-                continue;
             }
-            if let Err(r) = check_signed_apply(
-                &value,
-                key.kind,
-                &key.namespace,
-                &self.cluster,
-                &trust.trusted,
-            ) {
-                let detail = if r.code == "Denied" {
-                    json!({ "misses": r.misses })
-                } else {
-                    Value::Null
-                };
-                deny(StatusCode::FORBIDDEN, r.code, r.reason, detail);
-                continue;
-            }
-            // Generation: exactly the store's next one, so the stored object
-            // (whose generation the store assigns) keeps a valid signature;
-            // re-pushing the very document the store holds is a no-op.
-            let generation = value
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let current = self.store.get(&key);
-            let same_doc = current.as_ref().is_some_and(|r| {
-                !r.deleted
-                    && r.generation == generation
-                    && r.object
-                        .pointer("/metadata/annotations")
-                        .and_then(|a| a.get(SIGNATURE_ANNOTATION))
-                        == value
-                            .pointer("/metadata/annotations")
-                            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
-            });
-            let next = current.as_ref().map_or(1, |r| r.generation + 1);
-            if !same_doc && generation != next {
-                let (code, why) = if generation < next {
-                    (
-                        "Stale",
-                        "not newer than the stored one (replay or rollback refused)",
-                    )
-                } else {
-                    (
-                        "GenerationGap",
-                        "skips generations (the stored object must keep a valid signature)",
-                    )
-                };
-                deny(
-                    StatusCode::CONFLICT,
-                    code,
-                    format!("generation {generation} {why}: sign generation {next}"),
-                    json!({ "expected": next }),
-                );
-            }
-        }
-        if !refused.is_empty() {
             let status = if forbidden {
                 StatusCode::FORBIDDEN
-            } else if refused.iter().any(|r| r["code"] == "Duplicate") {
+            } else if duplicate {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::CONFLICT
@@ -321,31 +265,31 @@ impl HttpApi {
             return Err((
                 status,
                 json!({
-                    "error": format!("{} of {} document(s) refused; nothing applied", refused.len(), parsed.documents.len()),
+                    "error": format!("{} of {total} document(s) refused; nothing applied", refused.len()),
                     "code": if forbidden { "Forbidden" } else { "Refused" },
                     "refused": refused,
                 }),
             ));
         }
-        let source = SourceId(PUSH_SOURCE.into());
-        let mut applied = Vec::new();
-        for doc in &parsed.documents {
-            let a = self.store.apply(&doc.object, &source).map_err(|e| {
-                warn!(%peer, error = %e, "push: store write failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({ "error": format!("store: {e}"), "code": "Internal" }),
-                )
-            })?;
-            if a.changed {
-                info!(%peer, object = %a.key, generation = a.generation, "applied via push");
-            }
-            applied.push(json!({
-                "object": a.key.to_string(),
-                "generation": a.generation,
-                "changed": a.changed,
-            }));
-        }
+        let applied: Vec<Value> = outcome
+            .verdicts
+            .iter()
+            .map(|a| {
+                let (generation, changed) = match a.verdict {
+                    Verdict::Applied { generation } => (generation, true),
+                    Verdict::Unchanged { generation } => (generation, false),
+                    _ => (0, false),
+                };
+                if changed {
+                    info!(%peer, object = %a.key, generation, "applied via push");
+                }
+                json!({
+                    "object": a.key.to_string(),
+                    "generation": generation,
+                    "changed": changed,
+                })
+            })
+            .collect();
         Ok(json!({ "applied": applied }))
     }
 }

@@ -19,7 +19,7 @@
 //! level deep: an admin-signed policy cannot make further admins whose
 //! policies count, so there are no chains and no cycles.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::access::{AccessRule, Role, Verb};
 use crate::model::{AccessPolicySpec, Kind, Manifest};
@@ -56,7 +56,7 @@ impl Decision {
 }
 
 /// A rule that names the subject but did not allow the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMiss {
     /// Policy name.
     pub policy: String,
@@ -217,7 +217,8 @@ pub fn authorize(
     Decision::Deny { reason, misses }
 }
 
-/// Why a signed document may not be applied ([`check_signed_apply`]).
+/// Why a signed document may not be applied ([`verify_signed`],
+/// [`authorize_signer`]; `crate::admission` runs both for every source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// Short code: `Unsigned`, `NoGeneration`, `BadSignature`,
@@ -229,42 +230,46 @@ pub struct Refused {
     pub misses: Vec<RuleMiss>,
 }
 
-/// The one check every signed source makes before accepting a document
-/// (the push API, a git repository): the signature is valid for `cluster`
-/// and its signer may `apply` this kind in this namespace: the cluster
-/// owner always may, anyone else by the `trusted` policies, and not by a
-/// rule that needs a level-2 password check (a signature cannot give one).
-/// Returns the signer.
-pub fn check_signed_apply(
-    doc: &serde_json::Value,
-    kind: Kind,
-    namespace: &str,
-    cluster: &str,
-    trusted: &[Manifest<AccessPolicySpec>],
-) -> Result<String, Refused> {
+/// Verify a signed document for `cluster`: its signer, or why not
+/// (`Unsigned`, `NoGeneration`, `BadSignature`).
+pub fn verify_signed(doc: &serde_json::Value, cluster: &str) -> Result<String, Refused> {
     use super::signed::ManifestError;
-    let refused = |code, reason| Refused {
-        code,
-        reason,
-        misses: Vec::new(),
-    };
-    let signer = verify_manifest(doc, cluster).map_err(|e| {
+    verify_manifest(doc, cluster).map_err(|e| {
         let code = match e {
             ManifestError::Unsigned(_) => "Unsigned",
             ManifestError::NoGeneration => "NoGeneration",
             _ => "BadSignature",
         };
-        refused(code, e.to_string())
-    })?;
-    if same_address(&signer, cluster) {
-        return Ok(signer);
+        Refused {
+            code,
+            reason: e.to_string(),
+            misses: Vec::new(),
+        }
+    })
+}
+
+/// Whether a verified `signer` may `verb` this kind in this namespace: the
+/// cluster `owner` always may, anyone else by the `trusted` policies, and
+/// not by a rule that needs a level-2 password check (a signature cannot
+/// give one): `Level2Required` or `Denied` otherwise.
+pub fn authorize_signer(
+    signer: &str,
+    verb: Verb,
+    kind: Kind,
+    namespace: &str,
+    owner: &str,
+    trusted: &[Manifest<AccessPolicySpec>],
+) -> Result<(), Refused> {
+    if same_address(signer, owner) {
+        return Ok(());
     }
-    match authorize(trusted, &signer, Verb::Apply, kind, namespace) {
-        Decision::Allow { level2: false, .. } => Ok(signer),
-        Decision::Allow { policy, rule, .. } => Err(refused(
-            "Level2Required",
-            format!("policy {policy} rule {rule} allows {signer} only with a level-2 password check, which a signature cannot give"),
-        )),
+    match authorize(trusted, signer, verb, kind, namespace) {
+        Decision::Allow { level2: false, .. } => Ok(()),
+        Decision::Allow { policy, rule, .. } => Err(Refused {
+            code: "Level2Required",
+            reason: format!("policy {policy} rule {rule} allows {signer} only with a level-2 password check, which a signature cannot give"),
+            misses: Vec::new(),
+        }),
         Decision::Deny { reason, misses } => Err(Refused {
             code: "Denied",
             reason,

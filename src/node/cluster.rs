@@ -3,13 +3,25 @@
 //!
 //! ```text
 //! store change (source file:/api/push/...) ──► Document ──► GossipNode ──► peers
-//! peers ──► GossipNode ──► Event::Document ──► Store::apply/delete (source "gossip")
+//! peers ──► GossipNode (relay filter) ──► Event::Document ──► admission (source "gossip") ──► store
 //! own Satellite (tags, capacity) + VMs run here ──► NodeStatus ──► peers
 //! claims/starts in GossipNode ──► ClusterPlacement ──► engine (vm::is_mine)
 //! ```
 //!
 //! Changes written with the [`GOSSIP_SOURCE`] source are never published
-//! again (no echo loop); local deletions travel as tombstones. A document's
+//! again (no echo loop); local deletions travel as tombstones.
+//!
+//! A peer's document goes through admission like any other source's
+//! ([`crate::admission`]): in signed mode ([`Trust::Signed`]) it must be
+//! signed for the cluster *and* its signer authorised by AccessPolicy
+//! (`apply`; `delete` for a tombstone, whose body is the signed tombstone
+//! manifest), at a generation above the stored one. The gossip layer's
+//! verifier ([`RelayFilter`]) checks the signature before a document is
+//! stored and relayed, so forged documents die at the first honest node;
+//! its refusals are admission verdicts too (logged, recorded as events).
+//! A document refused for want of authorisation is offered to admission
+//! again when an AccessPolicy changes (the policy naming its signer may
+//! arrive after it). A document's
 //! gossip generation is the store's generation, raised above the version
 //! gossip already holds when the local store counted differently (objects
 //! learned from peers get local generations), so a local edit always wins
@@ -24,13 +36,15 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{GossipSettings, GossipVerify};
+use crate::admission::{Admission, Batch, Deletion, Signature, Trust, Verdict};
 use crate::gossip::membership::SwimConfig;
 use crate::gossip::transport::{unix_ms, Transport, UdpTransport};
+use crate::gossip::verify::document_body;
 use crate::gossip::{
     AcceptAll, DocKey, Document, Event, GossipConfig, GossipNode, NodeId, NodeStatus, Output,
-    Resources, SignedManifests, TagSet, Verifier,
+    Resources, TagSet, Verifier,
 };
-use crate::model::{AnyObject, Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
+use crate::model::{Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
 use crate::reconcile::{Elected, Placement};
 use crate::store::{Record, SourceId, Store};
 
@@ -133,6 +147,7 @@ fn object_key(k: &DocKey) -> Option<ObjectKey> {
 pub struct Cluster {
     settings: GossipSettings,
     name: String,
+    admission: Arc<Admission>,
     store: Arc<Store>,
     transport: UdpTransport,
     placement: Arc<ClusterPlacement>,
@@ -143,9 +158,10 @@ impl Cluster {
     pub async fn bind(
         settings: &GossipSettings,
         name: &str,
-        store: Arc<Store>,
+        admission: Arc<Admission>,
         state_dir: &std::path::Path,
     ) -> anyhow::Result<Cluster> {
+        let store = admission.store().clone();
         let transport = UdpTransport::bind(settings.listen)
             .await
             .with_context(|| format!("binding gossip on {}", settings.listen))?;
@@ -156,8 +172,8 @@ impl Cluster {
         .context("writing the gossip address file")?;
         match settings.verify {
             GossipVerify::Signed => info!(
-                cluster = %settings.cluster,
-                "gossip: only manifests signed for this cluster are accepted and published"
+                cluster = ?admission.cluster(),
+                "gossip: only manifests signed for this cluster by an authorised signer are accepted; only signed ones are published"
             ),
             GossipVerify::Unsigned => warn!(
                 cluster = %settings.cluster,
@@ -168,6 +184,7 @@ impl Cluster {
         Ok(Cluster {
             settings: settings.clone(),
             name: name.to_string(),
+            admission,
             store,
             transport,
             placement: Arc::new(ClusterPlacement::new()),
@@ -204,10 +221,12 @@ impl Cluster {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let cfg = self.gossip_config();
         let tick_ms = cfg.tick_ms;
+        let filter = Arc::new(RelayFilter {
+            admission: self.admission.clone(),
+            refused: Mutex::new(Vec::new()),
+        });
         let verifier: Arc<dyn Verifier> = match self.settings.verify {
-            GossipVerify::Signed => Arc::new(SignedManifests {
-                cluster: self.settings.cluster.clone(),
-            }),
+            GossipVerify::Signed => filter.clone(),
             GossipVerify::Unsigned => Arc::new(AcceptAll),
         };
         let now = unix_ms();
@@ -225,6 +244,10 @@ impl Cluster {
         );
         let mut task = Task {
             node,
+            admission: self.admission.clone(),
+            filter,
+            reported: BTreeMap::new(),
+            denied: BTreeSet::new(),
             store: self.store.clone(),
             placement: self.placement.clone(),
             name: self.name.clone(),
@@ -232,7 +255,10 @@ impl Cluster {
             vms: BTreeSet::new(),
             running: BTreeSet::new(),
             status_dirty: true,
-            signed: self.settings.verify == GossipVerify::Signed,
+            trust: match self.settings.verify {
+                GossipVerify::Signed => Trust::Signed,
+                GossipVerify::Unsigned => Trust::UnsignedByChoice,
+            },
         };
         for s in &self.settings.seeds {
             task.node.join(*s);
@@ -260,7 +286,10 @@ impl Cluster {
                     }
                     loop {
                         match task.transport.try_recv() {
-                            Ok(Some((from, bytes))) => task.node.handle_datagram(unix_ms(), from, &bytes),
+                            Ok(Some((from, bytes))) => {
+                                task.node.handle_datagram(unix_ms(), from, &bytes);
+                                task.report_filtered(&from.to_string());
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 debug!(error = %e, "gossip receive failed");
@@ -278,7 +307,12 @@ impl Cluster {
                             task.status_dirty = true;
                         }
                     }
-                    Ok(c) => task.local_change(&c.key),
+                    Ok(c) => {
+                        task.local_change(&c.key);
+                        if c.key.kind == Kind::AccessPolicy {
+                            task.retry_denied();
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => task.publish_all(),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -289,8 +323,47 @@ impl Cluster {
     }
 }
 
+/// The gossip layer's verifier in signed mode: a document's body must
+/// match its key and carry a signature admission accepts
+/// ([`Admission::check_signature`]), or it is neither stored nor relayed.
+/// Refusals are kept for the task to report as admission verdicts.
+struct RelayFilter {
+    admission: Arc<Admission>,
+    refused: Mutex<Vec<(DocKey, u64, Verdict)>>,
+}
+
+impl Verifier for RelayFilter {
+    fn verify_document(&self, doc: &Document) -> Result<(), String> {
+        let verdict = match document_body(doc) {
+            Err(reason) => Verdict::Invalid { reason },
+            Ok(v) => match self.admission.check_signature(&v) {
+                Signature::Valid(_) => return Ok(()),
+                Signature::Refused(v) => v,
+                Signature::None => Verdict::Unsigned {
+                    reason: "unsigned: signed gossip takes only documents signed for the cluster"
+                        .into(),
+                },
+            },
+        };
+        let reason = verdict.to_string();
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((doc.key.clone(), doc.generation, verdict));
+        Err(reason)
+    }
+}
+
 struct Task {
     node: GossipNode,
+    admission: Arc<Admission>,
+    filter: Arc<RelayFilter>,
+    /// Last verdict reported per document refused by the relay filter, so
+    /// a peer re-sending it does not flood the log.
+    reported: BTreeMap<DocKey, (u64, &'static str)>,
+    /// Documents refused as `Denied`/`Level2Required`: offered again when
+    /// an AccessPolicy changes.
+    denied: BTreeSet<DocKey>,
     store: Arc<Store>,
     placement: Arc<ClusterPlacement>,
     name: String,
@@ -300,10 +373,8 @@ struct Task {
     /// VMs this node's election says it runs (for its status).
     running: BTreeSet<DocKey>,
     status_dirty: bool,
-    /// Signed mode: peers' documents are stored at the generation their
-    /// author signed (`Store::apply_signed`), so the stored copy still
-    /// verifies and an older one never replaces a newer one.
-    signed: bool,
+    /// What admission requires of peers' documents.
+    trust: Trust,
 }
 
 impl Task {
@@ -332,7 +403,15 @@ impl Task {
         };
         let dk = doc.key.clone();
         let deleted = doc.deleted;
-        match self.node.publish(unix_ms(), doc) {
+        let published = self.node.publish(unix_ms(), doc);
+        // The filter's refusals of our own documents are not verdicts on
+        // a peer's.
+        self.filter
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        match published {
             Ok(true) => {
                 debug!(doc = %dk, "published");
                 self.track(&dk, deleted);
@@ -387,51 +466,112 @@ impl Task {
         }
     }
 
-    /// A document from a peer: into the store, marked as gossip's.
+    /// Report what the relay filter refused from peers (once per
+    /// document version and verdict).
+    fn report_filtered(&mut self, from: &str) {
+        let refused = std::mem::take(
+            &mut *self
+                .filter
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (dk, generation, verdict) in refused {
+            if self.reported.get(&dk) == Some(&(generation, verdict.code())) {
+                continue;
+            }
+            self.reported
+                .insert(dk.clone(), (generation, verdict.code()));
+            if let Some(key) = object_key(&dk) {
+                self.admission.report(
+                    &SourceId(GOSSIP_SOURCE.into()),
+                    &format!("gossip from {from}, generation {generation}"),
+                    &key,
+                    &verdict,
+                );
+            }
+        }
+    }
+
+    /// Offer the documents refused for want of authorisation again (an
+    /// AccessPolicy changed).
+    fn retry_denied(&mut self) {
+        for dk in std::mem::take(&mut self.denied) {
+            if let Some(doc) = self.node.document(&dk).cloned() {
+                self.apply_remote(doc);
+            }
+        }
+    }
+
+    /// A document from a peer: through admission, marked as gossip's.
     fn apply_remote(&mut self, doc: Document) {
-        self.track(&doc.key, doc.deleted);
         let Some(key) = object_key(&doc.key) else {
             warn!(doc = %doc.key, "gossiped document of an unknown kind");
             return;
         };
         let source = SourceId(GOSSIP_SOURCE.into());
+        let at = format!("gossip:{key}@{}", doc.generation);
+        let mut batch = Batch::new(source.clone(), self.trust);
         if doc.deleted {
-            match self.store.delete(&key, &source) {
-                Ok(Some(g)) => info!(object = %key, generation = g, "deleted by gossip"),
-                Ok(None) => {}
-                Err(e) => warn!(object = %key, error = %e, "gossiped deletion not stored"),
+            // A signed tombstone is the signed manifest of the deletion;
+            // in unsigned mode the deletion is taken as it is.
+            let tombstone = if self.trust == Trust::Signed {
+                let mut parsed = Batch::new(source.clone(), self.trust);
+                parsed.parse(&at, &String::from_utf8_lossy(&doc.body));
+                match (parsed.diagnostics.first(), parsed.docs.pop()) {
+                    (None, Some(d)) => Some(d.object),
+                    (d, _) => {
+                        let reason = d.map_or("empty".into(), |d| d.to_string());
+                        self.admission
+                            .report(&source, &at, &key, &Verdict::Invalid { reason });
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            batch.deletions.push(Deletion {
+                key: key.clone(),
+                at,
+                tombstone,
+            });
+        } else {
+            // The same content from another node (e.g. the same file
+            // dropped on both): keep the local record and its source.
+            if let Some(cur) = self.store.get(&key).filter(|r| !r.deleted) {
+                if same_content(&doc.body, &cur.object) {
+                    self.track(&doc.key, false);
+                    return;
+                }
             }
-            return;
-        }
-        // The same content from another node (e.g. the same file dropped on
-        // both): keep the local record and its source as they are.
-        if let Some(cur) = self.store.get(&key).filter(|r| !r.deleted) {
-            if same_content(&doc.body, &cur.object) {
+            batch.parse(&at, &String::from_utf8_lossy(&doc.body));
+            if let Some(d) = batch.diagnostics.first() {
+                let verdict = Verdict::Invalid {
+                    reason: d.to_string(),
+                };
+                self.admission.report(&source, &at, &key, &verdict);
                 return;
             }
         }
-        let obj = serde_json::from_slice::<serde_json::Value>(&doc.body)
-            .map_err(|e| e.to_string())
-            .and_then(|v| AnyObject::from_value(v).map_err(|e| e.to_string()));
-        let applied = obj.map(|obj| {
-            if self.signed {
-                self.store
-                    .apply_signed(&obj, &source, doc.generation.min(i64::MAX as u64) as i64)
-            } else {
-                self.store.apply(&obj, &source).map(Ok)
+        match self.admission.admit(batch) {
+            Ok(outcome) => {
+                let verdict = outcome.verdicts.first().map(|a| &a.verdict);
+                match verdict {
+                    Some(Verdict::Applied { .. } | Verdict::Unchanged { .. }) => {
+                        self.denied.remove(&doc.key);
+                        self.track(&doc.key, false);
+                    }
+                    Some(Verdict::Deleted { .. } | Verdict::Absent) => {
+                        self.denied.remove(&doc.key);
+                        self.track(&doc.key, true);
+                    }
+                    Some(Verdict::Denied { .. } | Verdict::Level2Required { .. }) => {
+                        self.denied.insert(doc.key.clone());
+                    }
+                    _ => {}
+                }
             }
-        });
-        match applied {
-            Ok(Ok(Ok(a))) if a.changed => {
-                info!(object = %key, generation = a.generation, "applied from gossip")
-            }
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(stored))) => info!(
-                object = %key, generation = doc.generation, stored,
-                "gossiped document not newer than the stored one; kept the stored"
-            ),
-            Ok(Err(e)) => warn!(object = %key, error = %e, "gossiped document not stored"),
-            Err(e) => warn!(object = %key, error = %e, "gossiped document unreadable"),
+            Err(e) => warn!(object = %key, error = %e, "gossiped document not stored"),
         }
     }
 

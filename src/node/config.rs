@@ -324,6 +324,9 @@ pub struct NodeConfig {
     pub git: Option<crate::source::git::GitConfig>,
     /// Gossip (cluster membership, document sync, placement), when enabled.
     pub gossip: Option<GossipSettings>,
+    /// The cluster owner's address (`--cluster-owner`): the trust anchor
+    /// of every signed document, whatever its source.
+    pub cluster_owner: Option<String>,
 }
 
 /// VM consoles: listen address and port ranges.
@@ -558,6 +561,7 @@ impl NodeConfig {
             },
         };
         Ok(NodeConfig {
+            cluster_owner: args.cluster_owner.clone().or(file.cluster_owner.clone()),
             http,
             git,
             gossip,

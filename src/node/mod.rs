@@ -1,7 +1,9 @@
-//! `deorch node run`: wires one node together. The store is opened, the
-//! node's own `Satellite` object is registered, then three tasks run until
-//! SIGINT/SIGTERM: the manifest directory source, the local API and the
-//! reconcile engine.
+//! `deorch node run`: wires one node together. The store is opened with
+//! admission in front of it (the one gate every source writes through),
+//! the node's own `Satellite` object is registered, then the tasks run
+//! until SIGINT/SIGTERM: the sources (manifest directory, replica
+//! schedule, and when configured git, HTTP push, gossip), the local API
+//! and the reconcile engine.
 //!
 //! Architecture invariant: this is the only place that chooses driver
 //! implementations; everything below receives them as trait objects.
@@ -19,6 +21,7 @@ use tracing::{info, warn};
 
 pub use config::{HttpConfig, HttpTls, HypervisorKind, NetKind, NodeArgs, NodeConfig};
 
+use crate::admission::{Admission, AdmissionConfig, Batch, Doc, Trust};
 use crate::api;
 use crate::driver::cow::CowStorage;
 use crate::driver::dir::DirStorage;
@@ -56,7 +59,8 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         Store::open(&store_path)
             .with_context(|| format!("opening the store {}", store_path.display()))?,
     );
-    register_satellite(&store, &config)?;
+    let admission = Admission::new(store.clone(), admission_config(&config));
+    register_satellite(&admission, &config)?;
 
     let listener = api::server::bind(&config.socket)
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
@@ -69,9 +73,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     };
 
     let cluster = match &config.gossip {
-        Some(g) => {
-            Some(cluster::Cluster::bind(g, &config.name, store.clone(), &config.state_dir).await?)
-        }
+        Some(g) => Some(
+            cluster::Cluster::bind(g, &config.name, admission.clone(), &config.state_dir).await?,
+        ),
         None => None,
     };
     let engine = Engine::with_placement(
@@ -100,7 +104,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     );
     let mut tasks = Vec::new();
     if let Some(http) = &config.http {
-        let (listener, api) = start_http(http, &store, &config).await?;
+        let (listener, api) = start_http(http, &admission, &config).await?;
         tasks.push(tokio::spawn(crate::http::serve(
             listener,
             api,
@@ -110,12 +114,16 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     if let Some(c) = cluster {
         tasks.push(tokio::spawn(c.run(shutdown.clone())));
     }
+    let schedule = Box::new(crate::source::replica_schedule::ReplicaSchedule::new(
+        &config.name,
+    ));
     tasks.extend([
-        tokio::spawn(dir.run(store.clone(), shutdown.clone())),
+        tokio::spawn(dir.run(admission.clone(), shutdown.clone())),
+        tokio::spawn(schedule.run(admission.clone(), shutdown.clone())),
         tokio::spawn(api::server::serve(
             listener,
             config.socket.clone(),
-            store.clone(),
+            admission.clone(),
             facts,
             shutdown.clone(),
         )),
@@ -124,7 +132,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     if let Some(git) = &config.git {
         let source = Box::new(crate::source::git::GitSource::new(git.clone()));
         info!(source = %source.name(), "following a git repository");
-        tasks.push(tokio::spawn(source.run(store.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(
+            source.run(admission.clone(), shutdown.clone()),
+        ));
     }
     info!(node = %config.name, "node ready");
     for t in tasks {
@@ -144,7 +154,7 @@ pub const HTTP_URL_FILE: &str = "http-url";
 /// Load (or create) the node key, bind the HTTP listener and build the API.
 async fn start_http(
     http: &HttpConfig,
-    store: &Arc<Store>,
+    admission: &Arc<Admission>,
     config: &NodeConfig,
 ) -> anyhow::Result<(crate::http::HttpListener, Arc<crate::http::HttpApi>)> {
     let network = crate::identity::Address::parse(&http.cluster_owner)
@@ -153,7 +163,7 @@ async fn start_http(
     let node_key = crate::http::load_or_create_node_key(&http.node_key, network)
         .with_context(|| format!("node key {}", http.node_key.display()))?;
     let api = crate::http::HttpApi::new(
-        store.clone(),
+        admission.clone(),
         crate::http::HttpSettings {
             cluster_owner: http.cluster_owner.clone(),
             node_key,
@@ -206,6 +216,31 @@ async fn start_http(
     }
     info!(%url, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
     Ok((listener, api))
+}
+
+/// The cluster signatures are bound to and its owner, the same for every
+/// source: `--cluster-owner` (the owner's address is the cluster id), else
+/// gossip's `--cluster` (then its owner only if it is an address).
+fn admission_config(config: &NodeConfig) -> AdmissionConfig {
+    let owner = config.cluster_owner.clone().or_else(|| {
+        config
+            .gossip
+            .as_ref()
+            .map(|g| g.cluster.clone())
+            .filter(|c| crate::identity::Address::parse(c).is_ok())
+    });
+    let cluster = owner
+        .clone()
+        .or_else(|| config.gossip.as_ref().map(|g| g.cluster.clone()));
+    if let (Some(g), None) = (&config.gossip, &owner) {
+        if g.verify == config::GossipVerify::Signed {
+            warn!(
+                cluster = %g.cluster,
+                "signed gossip without --cluster-owner: no signer can be authorised, so every signed document will be refused"
+            );
+        }
+    }
+    AdmissionConfig { cluster, owner }
 }
 
 /// Choose the drivers: the hypervisor is QEMU, the storage `dir` and the
@@ -324,21 +359,29 @@ fn net_driver(config: &NodeConfig, d: &mut Drivers) -> anyhow::Result<()> {
 
 /// Make sure a `Satellite` object names this node (a declared one, e.g.
 /// with tags, wins: only a missing one is created).
-fn register_satellite(store: &Store, config: &NodeConfig) -> anyhow::Result<()> {
+fn register_satellite(admission: &Admission, config: &NodeConfig) -> anyhow::Result<()> {
     let key = ObjectKey::new(Kind::Satellite, None, &config.name);
-    if store.get(&key).is_some_and(|r| !r.deleted) {
+    if admission.store().get(&key).is_some_and(|r| !r.deleted) {
         return Ok(());
     }
     let spec = SatelliteSpec {
         addresses: config.addresses.clone(),
         ..Default::default()
     };
-    store
-        .apply(
-            &AnyObject::Satellite(Manifest::new(&config.name, spec)),
-            &SourceId("node".into()),
-        )
+    let mut batch = Batch::new(SourceId("node".into()), Trust::Local);
+    batch.docs.push(Doc {
+        object: AnyObject::Satellite(Manifest::new(&config.name, spec)),
+        at: "node start".into(),
+    });
+    let out = admission
+        .admit(batch)
         .context("registering this node's Satellite object")?;
+    if !out.committed {
+        anyhow::bail!(
+            "registering this node's Satellite object: {}",
+            out.problems().join("; ")
+        );
+    }
     Ok(())
 }
 

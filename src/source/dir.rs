@@ -12,12 +12,20 @@
 //!   mtime is older than `settle` (default 5 s), so a writer still writing is
 //!   not read half-way.
 //!
+//! A file replaced by a rename (`sed -i`, editors, atomic writers: a temp
+//! file renamed over the target) is complete at the rename, so it is read
+//! at once too, even when the vanished temp name also asks for a rescan.
+//!
 //! Editor temp, swap and backup files are ignored
-//! ([`crate::manifest::is_manifest_file`]). A file with any error is
-//! rejected whole: its diagnostics are logged and recorded as a Warning
-//! event on its source, and the objects it declared before stay as they were.
-//! Changes that arrive together are applied as one batch, applies before
-//! deletions, so renaming a file never deletes and re-creates its objects.
+//! ([`crate::manifest::is_manifest_file`]). Each file is one admission
+//! batch ([`Trust::Local`]: unsigned documents are accepted, signed ones
+//! are verified and authorised like everywhere else). A file with any
+//! error or refusal is rejected whole: its diagnostics are logged and
+//! recorded as a Warning event on its source (admission records its
+//! refusals on the objects), and the objects it declared before stay as
+//! they were. Changes that arrive together are applied file by file,
+//! applies before deletions, so renaming a file never deletes and
+//! re-creates its objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -32,10 +40,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::{apply_set, Source};
-use crate::manifest::{self, ParsedFile};
-use crate::model::{AnyObject, ObjectKey};
-use crate::store::{Event, SourceId, Store};
+use super::Source;
+use crate::admission::{Admission, Batch, Trust};
+use crate::manifest;
+use crate::model::ObjectKey;
+use crate::store::{Event, SourceId};
 
 /// Settings of a directory source.
 #[derive(Debug, Clone)]
@@ -78,10 +87,10 @@ impl Source for DirSource {
 
     fn run(
         self: Box<Self>,
-        store: Arc<Store>,
+        admission: Arc<Admission>,
         shutdown: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(run(self.config, store, shutdown))
+        Box::pin(run(self.config, admission, shutdown))
     }
 }
 
@@ -99,7 +108,7 @@ struct FileState {
 struct Tree {
     config: DirConfig,
     root: PathBuf,
-    store: Arc<Store>,
+    admission: Arc<Admission>,
     files: BTreeMap<PathBuf, FileState>,
 }
 
@@ -117,7 +126,7 @@ const RENAME_GRACE: Duration = Duration::from_millis(30);
 /// Longest wait for it.
 const RENAME_GRACE_MAX: Duration = Duration::from_millis(250);
 
-async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
     if let Err(e) = std::fs::create_dir_all(&config.root) {
         warn!(dir = %config.root.display(), error = %e, "cannot create manifest directory");
     }
@@ -137,11 +146,11 @@ async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver
     let mut tree = Tree {
         config: config.clone(),
         root,
-        store,
+        admission,
         files: BTreeMap::new(),
     };
     tree.adopt_previous_sources();
-    tree.rescan(true);
+    tree.rescan(true, BTreeMap::new());
     info!(dir = %tree.root.display(), files = tree.files.len(), "manifest directory loaded");
 
     let mut next_rescan = Instant::now() + config.rescan_every;
@@ -150,7 +159,7 @@ async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep_until(deadline) => {
-                tree.rescan(false);
+                tree.rescan(false, BTreeMap::new());
                 next_rescan = Instant::now() + config.rescan_every;
             }
             ev = rx.recv() => {
@@ -185,7 +194,9 @@ async fn run(config: DirConfig, store: Arc<Store>, mut shutdown: watch::Receiver
                     }
                 }
                 if full {
-                    tree.rescan(false);
+                    // What the events said is complete stays complete
+                    // (a file renamed over its target by `sed -i`).
+                    tree.rescan(false, batch);
                     next_rescan = Instant::now() + config.rescan_every;
                 } else if !batch.is_empty() {
                     tree.process(batch);
@@ -265,7 +276,7 @@ impl Tree {
     /// while the node was down has its objects deleted by the first rescan.
     fn adopt_previous_sources(&mut self) {
         let prefix = format!("file:{}/", self.root.display());
-        for record in self.store.list(None) {
+        for record in self.admission.store().list(None) {
             if let Some(path) = record.source.0.strip_prefix("file:") {
                 if record.source.0.starts_with(&prefix) {
                     self.files
@@ -280,10 +291,12 @@ impl Tree {
 
     /// Compare the whole tree with what we know; `initial` takes every file
     /// regardless of its age (nothing can be half-written by us at start).
-    fn rescan(&mut self, initial: bool) {
+    /// Paths in `known` keep their classification (events said they are
+    /// complete).
+    fn rescan(&mut self, initial: bool, known: BTreeMap<PathBuf, Why>) {
         let mut found = BTreeSet::new();
         walk(&self.root, &mut found);
-        let mut batch: BTreeMap<PathBuf, Why> = BTreeMap::new();
+        let mut batch: BTreeMap<PathBuf, Why> = known;
         let why = if initial { Why::Complete } else { Why::Rescan };
         for path in &found {
             let meta = std::fs::metadata(path).ok();
@@ -293,7 +306,7 @@ impl Tree {
                 _ => false,
             };
             if !same {
-                batch.insert(path.clone(), why);
+                batch.entry(path.clone()).or_insert(why);
             }
         }
         for path in self.files.keys() {
@@ -309,7 +322,7 @@ impl Tree {
     /// Apply one batch of changed paths: read and validate each, apply the
     /// valid ones, then delete what vanished.
     fn process(&mut self, batch: BTreeMap<PathBuf, Why>) {
-        let mut applies: Vec<(PathBuf, FileState, Vec<AnyObject>)> = Vec::new();
+        let mut applies: Vec<(PathBuf, FileState, Batch)> = Vec::new();
         let mut removals: Vec<PathBuf> = Vec::new();
         for (path, why) in batch {
             if !manifest::is_manifest_file(&path) {
@@ -351,38 +364,46 @@ impl Tree {
                 }
                 continue;
             }
-            let parsed = match String::from_utf8(text) {
-                Ok(s) => manifest::parse_str(&path, &s),
-                Err(_) => ParsedFile {
-                    documents: vec![],
-                    diagnostics: vec![manifest::Diagnostic {
-                        file: path.clone(),
-                        line: 1,
-                        col: 1,
-                        path: String::new(),
-                        message: "file is not UTF-8 text".into(),
-                    }],
-                },
-            };
+            let source = self.source_of(&path);
+            let mut batch = Batch::new(source, Trust::Local);
+            match String::from_utf8(text) {
+                Ok(s) => batch.parse(&path.display().to_string(), &s),
+                Err(_) => batch.diagnostics.push(manifest::Diagnostic {
+                    file: path.clone(),
+                    line: 1,
+                    col: 1,
+                    path: String::new(),
+                    message: "file is not UTF-8 text".into(),
+                }),
+            }
             let mut state = FileState {
                 len: meta.len(),
                 mtime: meta.modified().ok(),
                 hash,
                 keys: known.map(|k| k.keys.clone()).unwrap_or_default(),
             };
-            if !parsed.diagnostics.is_empty() {
-                self.reject(&path, &parsed);
+            if !batch.diagnostics.is_empty() {
+                let lines: Vec<String> = batch.diagnostics.iter().map(|d| d.to_string()).collect();
+                self.reject(&path, &lines, true);
                 // Remember the bad content so the rescan does not re-report
                 // it, but keep the keys of the last valid version.
                 self.files.insert(path, state);
                 continue;
             }
-            let objects: Vec<AnyObject> = parsed.documents.into_iter().map(|d| d.object).collect();
-            state.keys = objects.iter().map(ObjectKey::of).collect();
-            applies.push((path, state, objects));
+            state.keys = batch
+                .docs
+                .iter()
+                .map(|d| ObjectKey::of(&d.object))
+                .collect();
+            applies.push((path, state, batch));
         }
 
-        // Everything declared after this batch, by file.
+        // Everything declared after this batch, by file (as if every file
+        // were accepted: a refused file's keys are restored below).
+        let previous: BTreeMap<PathBuf, BTreeSet<ObjectKey>> = applies
+            .iter()
+            .filter_map(|(p, _, _)| Some((p.clone(), self.files.get(p)?.keys.clone())))
+            .collect();
         for (path, state, _) in &applies {
             self.files.insert(path.clone(), state.clone());
         }
@@ -400,17 +421,26 @@ impl Tree {
                     .flat_map(|(_, s)| s.keys.iter().cloned())
                     .collect()
             };
-        for (path, _, objects) in &applies {
-            let keep = declared_by_others(path, &self.files);
-            let source = self.source_of(path);
-            match apply_set(&self.store, &source, objects, &keep) {
-                Ok(out) => {
-                    for (key, generation) in &out.changed {
+        for (path, _, batch) in applies {
+            let keep = declared_by_others(&path, &self.files);
+            match self.admission.admit(batch.declarative(keep)) {
+                Ok(out) if out.committed => {
+                    for (key, generation) in out.changed() {
                         info!(file = %path.display(), object = %key, generation, "applied");
                     }
                     for (key, generation) in &out.deleted {
                         info!(file = %path.display(), object = %key, generation, "deleted (no longer in file)");
                     }
+                }
+                Ok(out) => {
+                    // Rejected whole: remember the content (the rescan
+                    // does not report it again) with the keys of the last
+                    // accepted version.
+                    let keys = previous.get(&path).cloned().unwrap_or_default();
+                    if let Some(s) = self.files.get_mut(&path) {
+                        s.keys = keys;
+                    }
+                    self.reject(&path, &out.problems(), false);
                 }
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "store refused the file's objects")
@@ -419,8 +449,8 @@ impl Tree {
         }
         for (path, _) in removed_states {
             let keep = declared_by_others(&path, &self.files);
-            let source = self.source_of(&path);
-            match apply_set(&self.store, &source, &[], &keep) {
+            let batch = Batch::new(self.source_of(&path), Trust::Local).declarative(keep);
+            match self.admission.admit(batch) {
                 Ok(out) => {
                     for (key, generation) in &out.deleted {
                         info!(file = %path.display(), object = %key, generation, "deleted (file removed)");
@@ -432,20 +462,24 @@ impl Tree {
     }
 
     /// Log and record a rejected file; its previous objects stay in force.
-    fn reject(&self, path: &Path, parsed: &ParsedFile) {
-        let lines: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+    fn reject(&self, path: &Path, lines: &[String], invalid: bool) {
         warn!(
             file = %path.display(),
             errors = lines.len(),
             "manifest rejected; the previous valid version stays in force:\n{}",
             lines.join("\n")
         );
-        self.store.record_event(Event {
+        self.admission.store().record_event(Event {
             time_ms: now_ms(),
             level: "Warning".into(),
             object: None,
             source: Some(self.source_of(path)),
-            reason: "InvalidManifest".into(),
+            reason: if invalid {
+                "InvalidManifest"
+            } else {
+                "ManifestRefused"
+            }
+            .into(),
             message: format!(
                 "{} rejected ({} error{}); previous version kept:\n{}",
                 path.display(),

@@ -7,17 +7,19 @@
 //! file. The commit is then taken **all or nothing**, like a push:
 //!
 //! - any invalid document (`FILE:LINE:COL` naming the commit), the same
-//!   object twice, or, in signed mode, any document whose signature does
-//!   not verify for this cluster, whose signer may not apply it (the
-//!   owner, or the AccessPolicies this commit and the store trust: see
-//!   [`check_signed_apply`]), or whose generation does not move forward
-//!   (a rollback or replay: a force-push of an older commit) refuses the
-//!   commit: nothing changes, every reason is logged and recorded as a
-//!   `GitRefused` event, and the next commit is tried when it comes;
-//! - otherwise the commit's objects become this source's declarative set:
-//!   new and changed objects are applied (signed ones at the generation
-//!   their author signed, so the stored copy keeps a valid signature) and
-//!   objects a previous commit declared and this one does not are deleted.
+//!   object twice, or any document admission refuses (in signed mode an
+//!   unsigned one; in every mode one whose signature does not verify for
+//!   this cluster, whose signer may not apply it, or whose generation does
+//!   not move forward: a rollback or replay, e.g. a force-push of an older
+//!   commit) refuses the commit: nothing changes, every reason is logged
+//!   and recorded as a `GitRefused` event, and the next commit is tried
+//!   when it comes;
+//! - otherwise the commit is this source's declarative set, admitted as
+//!   one batch ([`crate::admission`]): new and changed objects are applied
+//!   (signed ones at the generation their author signed, so the stored
+//!   copy keeps a valid signature) and objects a previous commit declared
+//!   and this one does not are deleted, in one store transaction, so a
+//!   write by another source at the same moment cannot leave half of it.
 //!
 //! Unsigned mode (`--git-unsigned`) is an explicit, logged choice for a
 //! repository the operator trusts as much as the local manifest directory.
@@ -29,24 +31,21 @@
 //! The outcome of the last commit tried is kept in `STATUS_FILE` in the
 //! mirror directory (written atomically) for operators and tests.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::dir::now_ms;
 use super::Source;
-use crate::identity::access::{check_signed_apply, trusted_policies};
-use crate::manifest;
-use crate::model::{AccessPolicySpec, AnyObject, Kind, Manifest, ObjectKey};
-use crate::store::{content_hash, Event, SourceId, Store};
+use crate::admission::{Admission, Batch, Trust};
+use crate::store::{Event, SourceId};
 
 /// File in the mirror directory with the outcome of the last commit tried.
 pub const STATUS_FILE: &str = "deorch-status.json";
@@ -64,8 +63,19 @@ pub enum GitVerify {
         /// Cluster id = owner address.
         cluster: String,
     },
-    /// Trusted like the local manifest directory.
+    /// Unsigned documents accepted, like the local manifest directory
+    /// (signed ones are still verified and authorised).
     Unsigned,
+}
+
+impl GitVerify {
+    /// The admission trust of this mode.
+    pub fn trust(&self) -> Trust {
+        match self {
+            GitVerify::Signed { .. } => Trust::Signed,
+            GitVerify::Unsigned => Trust::UnsignedByChoice,
+        }
+    }
 }
 
 /// Where and how to follow a repository.
@@ -117,20 +127,20 @@ impl Source for GitSource {
 
     fn run(
         self: Box<Self>,
-        store: Arc<Store>,
+        admission: Arc<Admission>,
         shutdown: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(run(self.config, store, shutdown))
+        Box::pin(run(self.config, admission, shutdown))
     }
 }
 
-async fn run(config: GitConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+async fn run(config: GitConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
     if config.verify == GitVerify::Unsigned {
         warn!(repo = %config.repo, "git source in unsigned mode: every document of the branch is applied unverified");
     }
     let mut last: Option<String> = None;
     loop {
-        match sync_once(&config, &store, &mut last).await {
+        match sync_once(&config, &admission, &mut last).await {
             Ok(Synced::Unchanged) => {}
             Ok(Synced::Applied {
                 commit,
@@ -181,7 +191,7 @@ pub enum Synced {
 /// nothing). `Err` only when git itself fails (the store is untouched).
 pub async fn sync_once(
     config: &GitConfig,
-    store: &Store,
+    admission: &Admission,
     last: &mut Option<String>,
 ) -> Result<Synced, String> {
     let mirror = config.mirror();
@@ -214,53 +224,44 @@ pub async fn sync_once(
     if last.as_deref() == Some(commit.as_str()) {
         return Ok(Synced::Unchanged);
     }
-    let outcome = take_commit(config, store, &mirror, &commit).await?;
+    let outcome = take_commit(config, admission, &mirror, &commit).await?;
     *last = Some(commit.clone());
     write_status(&mirror, &commit, &outcome);
     Ok(outcome)
 }
 
-/// Read, check and (if everything passes) apply one commit.
+/// Read one commit and hand it to admission as one declarative batch.
 async fn take_commit(
     config: &GitConfig,
-    store: &Store,
+    admission: &Admission,
     mirror: &Path,
     commit: &str,
 ) -> Result<Synced, String> {
     let source = config.source_id();
     let short = &commit[..commit.len().min(12)];
     let mut problems = Vec::new();
-    let mut docs: Vec<(String, usize, AnyObject)> = Vec::new();
+    let mut batch = Batch::new(source.clone(), config.verify.trust());
     for (path, oid) in manifest_blobs(mirror, commit, &config.path).await? {
         let bytes = git(mirror, &["cat-file", "blob", &oid]).await?;
         let name = format!("{}@{short}:{path}", config.repo);
-        let Ok(text) = String::from_utf8(bytes) else {
-            problems.push(format!("{name}: not UTF-8 text"));
-            continue;
-        };
-        let parsed = manifest::parse_str(Path::new(&name), &text);
-        problems.extend(parsed.diagnostics.iter().map(|d| d.to_string()));
-        docs.extend(
-            parsed
-                .documents
-                .into_iter()
-                .map(|d| (name.clone(), d.line, d.object)),
-        );
-    }
-    let mut seen = BTreeMap::new();
-    for (name, line, obj) in &docs {
-        if let Some((first, first_line)) = seen.insert(ObjectKey::of(obj), (name.clone(), *line)) {
-            problems.push(format!(
-                "{name}:{line}: {} is declared twice (first at {first}:{first_line})",
-                ObjectKey::of(obj)
-            ));
+        match String::from_utf8(bytes) {
+            Ok(text) => batch.parse(&name, &text),
+            Err(_) => problems.push(format!("{name}: not UTF-8 text")),
         }
     }
-    if let GitVerify::Signed { cluster } = &config.verify {
-        problems.extend(check_signed(store, &source, cluster, &docs));
-    }
+    let outcome = if problems.is_empty() {
+        admission
+            .admit(batch.declarative(Default::default()))
+            .map_err(|e| format!("store: {e}"))?
+    } else {
+        // Not even parsed whole: run the rest of the checks for the report.
+        admission
+            .dry_run(batch)
+            .map_err(|e| format!("store: {e}"))?
+    };
+    problems.extend(outcome.problems());
     if !problems.is_empty() {
-        store.record_event(Event {
+        admission.store().record_event(Event {
             time_ms: now_ms(),
             level: "Warning".into(),
             object: None,
@@ -277,115 +278,16 @@ async fn take_commit(
             problems,
         });
     }
-    apply(config, store, &source, commit, &docs)
-}
-
-/// Signature, authorisation and generation of every document (signed mode).
-fn check_signed(
-    store: &Store,
-    source: &SourceId,
-    cluster: &str,
-    docs: &[(String, usize, AnyObject)],
-) -> Vec<String> {
-    // Policies that count: the commit's own (it replaces what this source
-    // declared before) and those other sources gave the store; each still
-    // needs the owner's or an owner-named admin's signature.
-    let mut policies: Vec<Manifest<AccessPolicySpec>> = docs
-        .iter()
-        .filter_map(|(_, _, o)| match o {
-            AnyObject::AccessPolicy(p) => Some(p.clone()),
-            _ => None,
-        })
-        .collect();
-    policies.extend(
-        store
-            .list(Some(Kind::AccessPolicy))
-            .into_iter()
-            .filter(|r| !r.deleted && r.source != *source)
-            .filter_map(|r| serde_json::from_value(r.object).ok()),
-    );
-    let trust = trusted_policies(&policies, cluster, cluster);
-    let mut problems = Vec::new();
-    for (name, line, obj) in docs {
-        let key = ObjectKey::of(obj);
-        let value = obj.to_value();
-        if let Err(r) =
-            check_signed_apply(&value, key.kind, &key.namespace, cluster, &trust.trusted)
-        {
-            problems.push(format!("{name}:{line}: {key}: {}: {}", r.code, r.reason));
-            continue;
-        }
-        let generation = signed_generation(&value);
-        if let Some(stored) = store.get(&key) {
-            let same = !stored.deleted && stored.hash == content_hash(&value);
-            if !same && generation <= stored.generation {
-                problems.push(format!(
-                    "{name}:{line}: {key}: Stale: signed generation {generation} is not above the stored {} (a rollback or replay); sign generation {} or higher",
-                    stored.generation,
-                    stored.generation + 1
-                ));
-            }
-        }
+    for (key, generation) in outcome.changed() {
+        info!(object = %key, generation, %commit, "applied from git");
     }
-    problems
-}
-
-fn signed_generation(value: &Value) -> i64 {
-    value
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-}
-
-/// Make the commit's objects this source's set.
-fn apply(
-    config: &GitConfig,
-    store: &Store,
-    source: &SourceId,
-    commit: &str,
-    docs: &[(String, usize, AnyObject)],
-) -> Result<Synced, String> {
-    let mut changed = 0;
-    let mut declared = BTreeSet::new();
-    for (name, line, obj) in docs {
-        let key = ObjectKey::of(obj);
-        declared.insert(key.clone());
-        let applied = match &config.verify {
-            GitVerify::Unsigned => store.apply(obj, source).map(Ok),
-            GitVerify::Signed { .. } => {
-                store.apply_signed(obj, source, signed_generation(&obj.to_value()))
-            }
-        }
-        .map_err(|e| format!("store: {e}"))?;
-        match applied {
-            Ok(a) if a.changed => {
-                changed += 1;
-                info!(object = %key, generation = a.generation, %commit, "applied from git");
-            }
-            Ok(_) => {}
-            // Another source raised it between the check and now.
-            Err(stored) => {
-                warn!(object = %key, stored, "{name}:{line}: overtaken by a newer generation; skipped")
-            }
-        }
-    }
-    let mut deleted = 0;
-    for record in store.list_by_source(source) {
-        if declared.contains(&record.key) {
-            continue;
-        }
-        if let Some(g) = store
-            .delete(&record.key, source)
-            .map_err(|e| format!("store: {e}"))?
-        {
-            deleted += 1;
-            info!(object = %record.key, generation = g, %commit, "deleted: no longer in the git branch");
-        }
+    for (key, generation) in &outcome.deleted {
+        info!(object = %key, generation, %commit, "deleted: no longer in the git branch");
     }
     Ok(Synced::Applied {
         commit: commit.to_string(),
-        changed,
-        deleted,
+        changed: outcome.changed().count(),
+        deleted: outcome.deleted.len(),
     })
 }
 

@@ -12,13 +12,22 @@
 //! transaction committed with immediate durability (fsync) before the call
 //! returns; an in-memory index answers reads without touching the disk. A
 //! `store.lock` file held with an exclusive lock keeps a second process out.
+//!
+//! Batches: [`Store::transact`] runs a closure under the writer lock with a
+//! [`Txn`] that reads the store (and what the closure staged so far) and
+//! stages applies and deletions; when the closure returns `Ok`, everything
+//! staged is committed in one redb transaction, else nothing is. Since the
+//! checks (generations, and whatever the closure decides from what it
+//! read) and the commit happen under one lock, no other writer can slip in
+//! between them: a batch of several objects is applied whole or not at
+//! all. `apply`, `apply_signed` and `delete` are batches of one.
 
 mod canonical;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -151,8 +160,16 @@ pub struct Store {
     index: RwLock<BTreeMap<ObjectKey, Entry>>,
     events: Mutex<VecDeque<Event>>,
     changes: broadcast::Sender<Change>,
+    /// Test hook run between a batch's checks and its commit.
+    fail_point: Mutex<Option<FailPoint>>,
     _lock: File,
 }
+
+/// A hook [`Store::transact`] calls with the batch's keys after the batch's
+/// checks passed and before its commit, with the writer lock held. Inert
+/// unless a test sets one ([`Store::set_fail_point`]): it lets a test hold a
+/// batch exactly where a racing writer would do harm.
+pub type FailPoint = Arc<dyn Fn(&[ObjectKey]) + Send + Sync>;
 
 /// A record as the index keeps it.
 #[derive(Debug, Clone)]
@@ -299,6 +316,7 @@ impl Store {
             index: RwLock::new(index),
             events: Mutex::new(VecDeque::new()),
             changes,
+            fail_point: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -308,33 +326,6 @@ impl Store {
             path: self.path.display().to_string(),
             message: e.to_string(),
         }
-    }
-
-    /// Write one record durably (and optionally remove its status).
-    fn persist(&self, record: &Record, drop_status: bool) -> Result<(), StoreError> {
-        let stored = StoredRecord {
-            format: FORMAT,
-            key: record.key.clone(),
-            generation: record.generation,
-            source: record.source.clone(),
-            hash: record.hash.clone(),
-            object: record.object.clone(),
-            deleted: record.deleted,
-            updated_ms: record.updated_ms,
-        };
-        let bytes = serde_json::to_vec(&stored).expect("records serialize");
-        let k = db_key(&record.key);
-        let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
-        {
-            let mut t = tx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
-            t.insert(k.as_str(), bytes.as_slice())
-                .map_err(|e| self.io_err(e))?;
-            if drop_status {
-                let mut s = tx.open_table(STATUS).map_err(|e| self.io_err(e))?;
-                s.remove(k.as_str()).map_err(|e| self.io_err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.io_err(e))
     }
 
     fn notify(&self, change: Change) {
@@ -355,119 +346,129 @@ impl Store {
     /// notify subscribers. Idempotent for identical content; identical
     /// content from another source only records the new source.
     pub fn apply(&self, obj: &AnyObject, source: &SourceId) -> Result<Applied, StoreError> {
-        self.apply_at(obj, source, None)
+        self.transact(|tx| tx.apply(obj, source, None))
             .map(|r| r.expect("no generation asked, none refused"))
     }
 
     /// Accept a signed `obj` at the generation its author signed, so the
-    /// stored copy keeps a valid signature (the git source): identical
-    /// content is a no-op, as in [`Store::apply`]; otherwise `generation`
-    /// must be above the stored one, tombstones included (no rollback, no
-    /// resurrection of a later deletion), else `Ok(Err(stored generation))`
-    /// and nothing changes.
+    /// stored copy keeps a valid signature: identical content is a no-op,
+    /// as in [`Store::apply`]; otherwise `generation` must be above the
+    /// stored one, tombstones included (no rollback, no resurrection of a
+    /// later deletion), else `Ok(Err(stored generation))` and nothing
+    /// changes.
     pub fn apply_signed(
         &self,
         obj: &AnyObject,
         source: &SourceId,
         generation: i64,
     ) -> Result<Result<Applied, i64>, StoreError> {
-        self.apply_at(obj, source, Some(generation))
-    }
-
-    fn apply_at(
-        &self,
-        obj: &AnyObject,
-        source: &SourceId,
-        at: Option<i64>,
-    ) -> Result<Result<Applied, i64>, StoreError> {
-        let key = ObjectKey::of(obj);
-        let mut object = obj.to_value();
-        let hash = content_hash(&object);
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.read_index().get(&key).cloned();
-        if let Some(cur) = current.as_ref().filter(|c| !c.deleted && c.hash == hash) {
-            if cur.source != *source {
-                let mut moved = cur.record(&key);
-                moved.source = source.clone();
-                self.persist(&moved, false)?;
-                self.write_index().insert(key.clone(), Entry::of(&moved));
-            }
-            return Ok(Ok(Applied {
-                key,
-                generation: cur.generation,
-                changed: false,
-            }));
-        }
-        let stored = current.as_ref().map_or(0, |c| c.generation);
-        let generation = match at {
-            None => stored + 1,
-            Some(g) if g > stored => g,
-            Some(_) => return Ok(Err(stored)),
-        };
-        strip_server_fields(&mut object, generation);
-        let record = Record {
-            key: key.clone(),
-            generation,
-            source: source.clone(),
-            hash,
-            object,
-            // Status survives spec changes, not deletion.
-            status: current
-                .as_ref()
-                .filter(|c| !c.deleted)
-                .and_then(|c| c.status.as_deref())
-                .and_then(|s| serde_json::from_str(s).ok()),
-            deleted: false,
-            updated_ms: now_ms(),
-        };
-        self.persist(&record, false)?;
-        self.write_index().insert(key.clone(), Entry::of(&record));
-        self.notify(Change {
-            key: key.clone(),
-            generation,
-            status_only: false,
-        });
-        Ok(Ok(Applied {
-            key,
-            generation,
-            changed: true,
-        }))
+        self.transact(|tx| tx.apply(obj, source, Some(generation)))
     }
 
     /// Tombstone `key` (generation + 1), durably. `Ok(None)` if absent or
     /// already deleted.
     pub fn delete(&self, key: &ObjectKey, source: &SourceId) -> Result<Option<i64>, StoreError> {
+        self.transact(|tx| tx.delete(key, source, None))
+            .map(|r| r.expect("no generation asked, none refused"))
+    }
+
+    /// Run `batch` under the writer lock and commit what it staged in one
+    /// durable transaction if it returns `Ok`; nothing is written when it
+    /// returns `Err`. Subscribers are notified after the commit.
+    pub fn transact<T, E>(
+        &self,
+        batch: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        self.run_batch(batch, true)
+    }
+
+    /// Run `batch` like [`Store::transact`] and throw away what it staged:
+    /// what a batch would do, with nothing changed.
+    pub fn preview<T, E>(
+        &self,
+        batch: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        self.run_batch(batch, false)
+    }
+
+    /// Set (or clear) the hook run between a batch's checks and its commit.
+    pub fn set_fail_point(&self, hook: Option<FailPoint>) {
+        *self.fail_point.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    fn run_batch<T, E>(
+        &self,
+        batch: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+        commit: bool,
+    ) -> Result<Result<T, E>, StoreError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(cur) = self
-            .read_index()
-            .get(key)
-            .filter(|c| !c.deleted)
-            .map(|c| c.record(key))
-        else {
-            return Ok(None);
+        let mut tx = Txn {
+            store: self,
+            staged: BTreeMap::new(),
+            order: Vec::new(),
         };
-        let generation = cur.generation + 1;
-        let mut object = cur.object.clone();
-        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("generation".into(), Value::from(generation));
+        let out = match batch(&mut tx) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !commit || tx.order.is_empty() {
+            return Ok(Ok(out));
         }
-        let record = Record {
-            generation,
-            source: source.clone(),
-            object,
-            status: None,
-            deleted: true,
-            updated_ms: now_ms(),
-            ..cur
-        };
-        self.persist(&record, true)?;
-        self.write_index().insert(key.clone(), Entry::of(&record));
-        self.notify(Change {
-            key: key.clone(),
-            generation,
-            status_only: false,
-        });
-        Ok(Some(generation))
+        let hook = self
+            .fail_point
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(&tx.order);
+        }
+        let Txn { staged, order, .. } = tx;
+        let wtx = self.db.begin_write().map_err(|e| self.io_err(e))?;
+        {
+            let mut t = wtx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
+            let mut st = wtx.open_table(STATUS).map_err(|e| self.io_err(e))?;
+            for key in &order {
+                let record = &staged[key];
+                let stored = StoredRecord {
+                    format: FORMAT,
+                    key: record.key.clone(),
+                    generation: record.generation,
+                    source: record.source.clone(),
+                    hash: record.hash.clone(),
+                    object: record.object.clone(),
+                    deleted: record.deleted,
+                    updated_ms: record.updated_ms,
+                };
+                let bytes = serde_json::to_vec(&stored).expect("records serialize");
+                let k = db_key(key);
+                t.insert(k.as_str(), bytes.as_slice())
+                    .map_err(|e| self.io_err(e))?;
+                if record.deleted {
+                    st.remove(k.as_str()).map_err(|e| self.io_err(e))?;
+                }
+            }
+        }
+        wtx.commit().map_err(|e| self.io_err(e))?;
+        let mut changed = Vec::new();
+        {
+            let mut index = self.write_index();
+            for key in &order {
+                let record = &staged[key];
+                let before = index.get(key).map(|e| e.generation);
+                index.insert(key.clone(), Entry::of(record));
+                if before != Some(record.generation) {
+                    changed.push((key.clone(), record.generation));
+                }
+            }
+        }
+        for (key, generation) in changed {
+            self.notify(Change {
+                key,
+                generation,
+                status_only: false,
+            });
+        }
+        Ok(Ok(out))
     }
 
     /// The record of `key`, tombstones included.
@@ -575,11 +576,20 @@ impl Store {
         Ok(old.len())
     }
 
-    /// Add an event (kept in a bounded in-memory ring, newest last).
+    /// Add an event (kept in a bounded in-memory ring, newest last). When
+    /// the ring is full the oldest `Normal` event goes first, so a burst of
+    /// applies does not push out the warnings an operator must see.
     pub fn record_event(&self, event: Event) {
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() >= EVENT_RING {
-            events.pop_front();
+            match events.iter().position(|e| e.level != "Warning") {
+                Some(i) => {
+                    events.remove(i);
+                }
+                None => {
+                    events.pop_front();
+                }
+            }
         }
         events.push_back(event);
     }
@@ -606,6 +616,160 @@ impl Store {
     /// after the change is durable.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+}
+
+/// A batch in progress ([`Store::transact`]): reads see the store plus what
+/// this batch staged; writes are staged and committed together.
+pub struct Txn<'s> {
+    store: &'s Store,
+    staged: BTreeMap<ObjectKey, Record>,
+    /// Staged keys in the order first written.
+    order: Vec<ObjectKey>,
+}
+
+impl Txn<'_> {
+    /// The record of `key` as the batch sees it, tombstones included.
+    pub fn get(&self, key: &ObjectKey) -> Option<Record> {
+        match self.staged.get(key) {
+            Some(r) => Some(r.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    /// Live records as the batch sees them, optionally of one kind.
+    pub fn list(&self, kind: Option<Kind>) -> Vec<Record> {
+        let mut out: BTreeMap<ObjectKey, Record> = self
+            .store
+            .list(kind)
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect();
+        for (k, r) in &self.staged {
+            if kind.is_some_and(|kind| k.kind != kind) {
+                continue;
+            }
+            if r.deleted {
+                out.remove(k);
+            } else {
+                out.insert(k.clone(), r.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Live records whose current version (as the batch sees it) came
+    /// from `source`.
+    pub fn list_by_source(&self, source: &SourceId) -> Vec<Record> {
+        let mut out: BTreeMap<ObjectKey, Record> = self
+            .store
+            .list_by_source(source)
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect();
+        for (k, r) in &self.staged {
+            if r.deleted || r.source != *source {
+                out.remove(k);
+            } else {
+                out.insert(k.clone(), r.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+
+    fn stage(&mut self, record: Record) {
+        if !self.staged.contains_key(&record.key) {
+            self.order.push(record.key.clone());
+        }
+        self.staged.insert(record.key.clone(), record);
+    }
+
+    /// Stage `obj` from `source`. `at: None`: the next generation when the
+    /// content changed. `at: Some(g)`: generation `g` (a signed document
+    /// keeps the generation its author signed), which must be above the
+    /// stored one, tombstones included, else `Err(stored generation)`.
+    /// Identical content is a no-op either way (only a new source is
+    /// recorded).
+    pub fn apply(
+        &mut self,
+        obj: &AnyObject,
+        source: &SourceId,
+        at: Option<i64>,
+    ) -> Result<Applied, i64> {
+        let key = ObjectKey::of(obj);
+        let mut object = obj.to_value();
+        let hash = content_hash(&object);
+        let current = self.get(&key);
+        if let Some(cur) = current.as_ref().filter(|c| !c.deleted && c.hash == hash) {
+            let generation = cur.generation;
+            if cur.source != *source {
+                let mut moved = cur.clone();
+                moved.source = source.clone();
+                self.stage(moved);
+            }
+            return Ok(Applied {
+                key,
+                generation,
+                changed: false,
+            });
+        }
+        let stored = current.as_ref().map_or(0, |c| c.generation);
+        let generation = match at {
+            None => stored + 1,
+            Some(g) if g > stored => g,
+            Some(_) => return Err(stored),
+        };
+        strip_server_fields(&mut object, generation);
+        self.stage(Record {
+            key: key.clone(),
+            generation,
+            source: source.clone(),
+            hash,
+            object,
+            // Status survives spec changes, not deletion.
+            status: current.filter(|c| !c.deleted).and_then(|c| c.status),
+            deleted: false,
+            updated_ms: now_ms(),
+        });
+        Ok(Applied {
+            key,
+            generation,
+            changed: true,
+        })
+    }
+
+    /// Stage the deletion of `key` by `source`: a tombstone at the next
+    /// generation (`at: None`) or at `at`, which must be above the stored
+    /// generation (a signed deletion), else `Err(stored generation)`.
+    /// `Ok(None)` when `key` is absent or already deleted.
+    pub fn delete(
+        &mut self,
+        key: &ObjectKey,
+        source: &SourceId,
+        at: Option<i64>,
+    ) -> Result<Option<i64>, i64> {
+        let Some(cur) = self.get(key).filter(|c| !c.deleted) else {
+            return Ok(None);
+        };
+        let generation = match at {
+            None => cur.generation + 1,
+            Some(g) if g > cur.generation => g,
+            Some(_) => return Err(cur.generation),
+        };
+        let mut object = cur.object.clone();
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("generation".into(), Value::from(generation));
+        }
+        self.stage(Record {
+            generation,
+            source: source.clone(),
+            object,
+            status: None,
+            deleted: true,
+            updated_ms: now_ms(),
+            ..cur
+        });
+        Ok(Some(generation))
     }
 }
 

@@ -253,3 +253,53 @@ fn corrupt_records_are_named() {
     let err = Store::open(&path).err().unwrap().to_string();
     assert!(err.contains("VirtualMachine/default/x"), "{err}");
 }
+
+#[test]
+fn a_batch_commits_whole_or_not_at_all_and_a_preview_never() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    s.apply(&vm("a", 64), &src("api")).unwrap();
+    let mut changes = s.subscribe();
+    // Refused after staging two writes: nothing is written or notified.
+    let refused: Result<(), &str> = s
+        .transact(|tx| {
+            tx.apply(&vm("a", 128), &src("push"), None).unwrap();
+            tx.apply(&vm("b", 64), &src("push"), None).unwrap();
+            assert_eq!(
+                tx.get(&key("b")).unwrap().generation,
+                1,
+                "reads see the batch"
+            );
+            Err("no")
+        })
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(s.get(&key("a")).unwrap().generation, 1);
+    assert!(s.get(&key("b")).is_none());
+    assert!(changes.try_recv().is_err());
+    // A preview decides the same way and writes nothing.
+    let previewed = s
+        .preview(|tx| tx.apply(&vm("b", 64), &src("push"), Some(4)))
+        .unwrap();
+    assert_eq!(previewed.unwrap().generation, 4);
+    assert!(s.get(&key("b")).is_none());
+    // Accepted: both, durably, then both notified.
+    s.transact(|tx| {
+        tx.apply(&vm("a", 128), &src("push"), None)?;
+        tx.delete(&key("a"), &src("push"), None)?;
+        tx.apply(&vm("b", 64), &src("push"), Some(4))
+    })
+    .unwrap()
+    .unwrap();
+    drop(s);
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    let a = s.get(&key("a")).unwrap();
+    assert!(a.deleted && a.generation == 3, "{a:?}");
+    assert_eq!(s.get(&key("b")).unwrap().generation, 4);
+    let mut keys = vec![
+        changes.try_recv().unwrap().key,
+        changes.try_recv().unwrap().key,
+    ];
+    keys.sort();
+    assert_eq!(keys, vec![key("a"), key("b")]);
+}

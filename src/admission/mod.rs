@@ -1,0 +1,779 @@
+//! Admission: the one gate between every source of desired state and the
+//! store.
+//!
+//! ```text
+//! manifest dir ─┐
+//! local API ────┤                  ┌ outside the store's lock ┐ ┌──────── one store transaction ────────┐
+//! HTTP push ────┼─► Batch ─► parse ─► verify signature ─────────► authorise ─► generation ─► commit all
+//! git commit ───┤   (source,         (cluster, canonical form)   (owner,       (signed: above   or nothing
+//! gossip ───────┤    trust)                                       trusted       the stored one)
+//! replica sched ┘                                                 policies)
+//! ```
+//!
+//! Every source hands its documents to [`Admission::admit`] as a
+//! [`Batch`]; nothing else writes desired state. The rule is the same for
+//! every source:
+//!
+//! - A document that **carries a signature** is verified for the cluster
+//!   and its signer authorised by AccessPolicy ([`authorize_signer`]: the
+//!   owner always, anyone else by the trusted policies, never by a rule
+//!   that needs a level-2 password check), whatever the source: a tampered
+//!   or stranger-signed file is refused even from the manifest directory.
+//!   It is stored at the generation its author signed, which must be above
+//!   the stored one (identical content is `Unchanged`), so the stored copy
+//!   keeps verifying and can be gossiped, and a replay or rollback is
+//!   `Stale`.
+//! - An **unsigned** document is accepted only from a source whose
+//!   [`Trust`] allows it: node-local sources reached only by root (the
+//!   manifest directory, the local API over its 0600 socket, the node's
+//!   own replica schedule), and the modes an operator chose explicitly
+//!   (`--git-unsigned`, `--gossip-verify unsigned`). It gets the next
+//!   generation.
+//! - **Deletions** named by a signed path (gossip tombstones) carry a
+//!   signed tombstone manifest: verified, the `delete` verb authorised, at
+//!   a generation above the stored one. A declarative source (a file, a
+//!   git commit) deletes only objects it declared itself and no longer
+//!   declares; absence carries no signature (docs/SIGNING.md).
+//! - **Trusted policies** ([`trusted_policies`]) are computed in one
+//!   place, under the store's lock: the stored AccessPolicies with the
+//!   batch's own overlaid (a commit's policies count for that commit).
+//!
+//! A batch is all or nothing: if any document is refused, nothing of the
+//! batch is written and the others get [`Verdict::Withheld`]. The checks
+//! that read the store and the commit run in one store transaction
+//! ([`Store::transact`]), so another source writing at the same time can
+//! never make half of a batch land. Every verdict is logged (refusals as
+//! warnings, with source and object, never a signature) and recorded as a
+//! store event whose reason is the verdict's code.
+//!
+//! Architecture invariant: sources never call the store's write methods;
+//! they build batches, and this module alone decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::identity::access::{
+    authorize_signer, trusted_policies, verify_signed, Refused, RuleMiss,
+};
+use crate::identity::signed::{SIGNATURE_ANNOTATION, SIGNER_ANNOTATION};
+use crate::manifest::{self, Diagnostic};
+use crate::model::access::Verb;
+use crate::model::{AccessPolicySpec, AnyObject, Kind, Manifest, ObjectKey};
+use crate::store::{Event, SourceId, Store, StoreError, Txn};
+
+/// Whether a source's unsigned documents are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trust {
+    /// Node-local and reached only by root (manifest directory, local
+    /// API, the node's own schedules): unsigned documents are accepted.
+    Local,
+    /// Unsigned documents accepted because the operator chose so
+    /// (`--git-unsigned`, `--gossip-verify unsigned`; logged at start).
+    UnsignedByChoice,
+    /// Every document and every named deletion must be signed (push,
+    /// signed git, signed gossip).
+    Signed,
+}
+
+/// The outcome for one document or named deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code")]
+pub enum Verdict {
+    /// Written at this generation.
+    Applied {
+        /// Generation now stored.
+        generation: i64,
+    },
+    /// Identical to what the store holds; nothing written.
+    Unchanged {
+        /// Generation stored.
+        generation: i64,
+    },
+    /// Tombstoned at this generation.
+    Deleted {
+        /// Tombstone generation.
+        generation: i64,
+    },
+    /// A deletion of an object the store does not hold (live).
+    Absent,
+    /// The signed generation is not above the stored one (replay,
+    /// rollback, or two versions signed with one number).
+    Stale {
+        /// The document's (signed) generation.
+        generation: i64,
+        /// The stored generation.
+        stored: i64,
+    },
+    /// The signer may not do this (no rule allows it).
+    Denied {
+        /// Signer address.
+        signer: String,
+        /// Why, naming the rules that did not allow it.
+        reason: String,
+        /// Every rule naming the signer and why it did not allow.
+        misses: Vec<RuleMiss>,
+    },
+    /// Only a rule with a level-2 (directory password) check allows it,
+    /// which a signature cannot give.
+    Level2Required {
+        /// Signer address.
+        signer: String,
+        /// Which rule.
+        reason: String,
+    },
+    /// The signature does not verify for this cluster (tampered, another
+    /// cluster, malformed).
+    BadSignature {
+        /// Why.
+        reason: String,
+    },
+    /// No signature, from a source that takes only signed documents.
+    Unsigned {
+        /// Why.
+        reason: String,
+    },
+    /// Signed without `metadata.generation`.
+    NoGeneration {
+        /// Why.
+        reason: String,
+    },
+    /// Not a valid manifest (known only for documents whose key is known
+    /// without parsing them, e.g. gossip's).
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// The same object twice in one batch.
+    Duplicate {
+        /// Where it appeared first.
+        first: String,
+    },
+    /// Acceptable, but another document of the batch was refused, so
+    /// nothing of the batch was written.
+    Withheld,
+}
+
+impl Verdict {
+    /// The verdict's name, e.g. `Denied`: the HTTP `code`, the event reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Verdict::Applied { .. } => "Applied",
+            Verdict::Unchanged { .. } => "Unchanged",
+            Verdict::Deleted { .. } => "Deleted",
+            Verdict::Absent => "Absent",
+            Verdict::Stale { .. } => "Stale",
+            Verdict::Denied { .. } => "Denied",
+            Verdict::Level2Required { .. } => "Level2Required",
+            Verdict::BadSignature { .. } => "BadSignature",
+            Verdict::Unsigned { .. } => "Unsigned",
+            Verdict::NoGeneration { .. } => "NoGeneration",
+            Verdict::Invalid { .. } => "Invalid",
+            Verdict::Duplicate { .. } => "Duplicate",
+            Verdict::Withheld => "Withheld",
+        }
+    }
+
+    /// Whether this document was refused (and so its batch).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            Verdict::Applied { .. }
+                | Verdict::Unchanged { .. }
+                | Verdict::Deleted { .. }
+                | Verdict::Absent
+                | Verdict::Withheld
+        )
+    }
+
+    /// One sentence for the user.
+    pub fn reason(&self) -> String {
+        match self {
+            Verdict::Applied { generation } => format!("applied at generation {generation}"),
+            Verdict::Unchanged { generation } => {
+                format!("identical to the stored generation {generation}")
+            }
+            Verdict::Deleted { generation } => format!("deleted at generation {generation}"),
+            Verdict::Absent => "not in the store".into(),
+            Verdict::Stale { generation, stored } => format!(
+                "signed generation {generation} is not above the stored {stored} (a rollback or replay); sign generation {} or higher",
+                stored + 1
+            ),
+            Verdict::Denied { reason, .. }
+            | Verdict::Level2Required { reason, .. }
+            | Verdict::BadSignature { reason }
+            | Verdict::Unsigned { reason }
+            | Verdict::NoGeneration { reason }
+            | Verdict::Invalid { reason } => reason.clone(),
+            Verdict::Duplicate { first } => {
+                format!("the same object appears twice in one batch (first at {first})")
+            }
+            Verdict::Withheld => {
+                "acceptable, but another document of the batch was refused; nothing applied".into()
+            }
+        }
+    }
+
+    fn from_refused(r: Refused, signer: Option<&str>) -> Verdict {
+        let signer = signer.unwrap_or_default().to_string();
+        match r.code {
+            "Unsigned" => Verdict::Unsigned { reason: r.reason },
+            "NoGeneration" => Verdict::NoGeneration { reason: r.reason },
+            "Level2Required" => Verdict::Level2Required {
+                signer,
+                reason: r.reason,
+            },
+            "Denied" => Verdict::Denied {
+                signer,
+                reason: r.reason,
+                misses: r.misses,
+            },
+            _ => Verdict::BadSignature { reason: r.reason },
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.reason())
+    }
+}
+
+/// One document of a batch.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// The object as parsed.
+    pub object: AnyObject,
+    /// Where it came from, for messages (`FILE:LINE`).
+    pub at: String,
+}
+
+/// A deletion named by a source.
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    /// What to delete.
+    pub key: ObjectKey,
+    /// Where the request came from, for messages.
+    pub at: String,
+    /// The signed tombstone manifest (gossip's), if any: then the signer
+    /// must be allowed `delete`, and its generation is the tombstone's.
+    pub tombstone: Option<AnyObject>,
+}
+
+/// What a source hands to admission: all of it is written, or none.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Who writes (recorded on every object).
+    pub source: SourceId,
+    /// Whether unsigned documents are accepted.
+    pub trust: Trust,
+    /// Objects to apply.
+    pub docs: Vec<Doc>,
+    /// Deletions named explicitly.
+    pub deletions: Vec<Deletion>,
+    /// `Some(keep)`: the batch is this source's whole declared set:
+    /// objects the source wrote before and `docs` no longer declare are
+    /// deleted, except those in `keep` (declared by a sibling source now,
+    /// e.g. a file renamed in the same moment).
+    pub declared_set: Option<BTreeSet<ObjectKey>>,
+    /// Parse problems: any refuses the batch.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Batch {
+    /// An empty batch from `source`.
+    pub fn new(source: SourceId, trust: Trust) -> Batch {
+        Batch {
+            source,
+            trust,
+            docs: Vec::new(),
+            deletions: Vec::new(),
+            declared_set: None,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// Parse `text` (multi-document YAML, or JSON) named `name` with the
+    /// one manifest parser and add its documents and problems.
+    pub fn parse(&mut self, name: &str, text: &str) {
+        let parsed = manifest::parse_str(Path::new(name), text);
+        self.diagnostics.extend(parsed.diagnostics);
+        self.docs.extend(parsed.documents.into_iter().map(|d| Doc {
+            object: d.object,
+            at: format!("{name}:{}", d.line),
+        }));
+    }
+
+    /// Make this batch the source's whole declared set (see
+    /// [`Batch::declared_set`]).
+    pub fn declarative(mut self, keep: BTreeSet<ObjectKey>) -> Batch {
+        self.declared_set = Some(keep);
+        self
+    }
+}
+
+/// The verdict on one document or named deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The object.
+    pub key: ObjectKey,
+    /// Where it came from (`FILE:LINE`).
+    pub at: String,
+    /// What admission decided.
+    pub verdict: Verdict,
+}
+
+/// What [`Admission::admit`] decided for a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The batch was written (possibly with nothing changed).
+    pub committed: bool,
+    /// One per document, then one per named deletion, in order.
+    pub verdicts: Vec<Admitted>,
+    /// Objects a declarative batch deleted (its source no longer declares
+    /// them), with their tombstone generation.
+    pub deleted: Vec<(ObjectKey, i64)>,
+    /// Parse problems (the batch was refused).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Outcome {
+    /// The refused documents.
+    pub fn refusals(&self) -> impl Iterator<Item = &Admitted> {
+        self.verdicts.iter().filter(|a| a.verdict.is_refusal())
+    }
+
+    /// Objects written with a new generation.
+    pub fn changed(&self) -> impl Iterator<Item = (&ObjectKey, i64)> {
+        self.verdicts.iter().filter_map(|a| match a.verdict {
+            Verdict::Applied { generation } => Some((&a.key, generation)),
+            _ => None,
+        })
+    }
+
+    /// Every problem, one line each: `AT: KIND/NS/NAME: CODE: why`, and
+    /// the parser's `FILE:LINE:COL` diagnostics.
+    pub fn problems(&self) -> Vec<String> {
+        self.diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .chain(
+                self.refusals()
+                    .map(|a| format!("{}: {}: {}", a.at, a.key, a.verdict)),
+            )
+            .collect()
+    }
+}
+
+/// What admission needs to know about the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionConfig {
+    /// The cluster id signatures are bound to (`--cluster-owner`, else
+    /// gossip's `--cluster`). `None`: no signed document can be accepted.
+    pub cluster: Option<String>,
+    /// The trust anchor: the cluster owner's address (always allowed
+    /// everything; its policies and those of the admins it names count).
+    pub owner: Option<String>,
+}
+
+/// Whether a document carries a signature, and whose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// Neither signature annotation.
+    None,
+    /// Verified for the cluster: the signer.
+    Valid(String),
+    /// Carries a signature that does not verify (or cannot be checked).
+    Refused(Verdict),
+}
+
+/// The gate (one per node).
+pub struct Admission {
+    store: Arc<Store>,
+    config: AdmissionConfig,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The gate in front of `store`.
+    pub fn new(store: Arc<Store>, config: AdmissionConfig) -> Arc<Admission> {
+        Arc::new(Admission { store, config })
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The cluster id signatures are bound to, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.config.cluster.as_deref()
+    }
+
+    /// Check a document's signature (pure; no store access): none, the
+    /// verified signer, or why it is refused.
+    pub fn check_signature(&self, value: &Value) -> Signature {
+        let ann = value.pointer("/metadata/annotations");
+        let has = |a: &str| ann.and_then(|m| m.get(a)).is_some();
+        if !has(SIGNER_ANNOTATION) && !has(SIGNATURE_ANNOTATION) {
+            return Signature::None;
+        }
+        if !(has(SIGNER_ANNOTATION) && has(SIGNATURE_ANNOTATION)) {
+            return Signature::Refused(Verdict::BadSignature {
+                reason: format!(
+                    "half a signature: {SIGNER_ANNOTATION} and {SIGNATURE_ANNOTATION} go together"
+                ),
+            });
+        }
+        let Some(cluster) = self.config.cluster.as_deref() else {
+            return Signature::Refused(Verdict::Denied {
+                signer: ann
+                    .and_then(|m| m.get(SIGNER_ANNOTATION))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                reason: "this node has no cluster (--cluster-owner): no signature can be checked or authorised; remove the signature annotations to apply it as a local document".into(),
+                misses: Vec::new(),
+            });
+        };
+        match verify_signed(value, cluster) {
+            Ok(signer) => Signature::Valid(signer),
+            Err(r) => {
+                let mut v = Verdict::from_refused(r, None);
+                if let Verdict::BadSignature { reason } = &mut v {
+                    reason.push_str(
+                        " (edited after signing? sign it again, or remove the signature annotations)",
+                    );
+                }
+                Signature::Refused(v)
+            }
+        }
+    }
+
+    /// Decide and, when every document passes, write the batch.
+    pub fn admit(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        self.run(batch, true)
+    }
+
+    /// Decide without writing anything: the verdicts the batch would get
+    /// now (`Applied` meaning "would be applied").
+    pub fn dry_run(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        self.run(batch, false)
+    }
+
+    fn run(&self, batch: Batch, commit: bool) -> Result<Outcome, StoreError> {
+        let source = batch.source.clone();
+        if !batch.diagnostics.is_empty() {
+            let outcome = Outcome {
+                committed: false,
+                verdicts: Vec::new(),
+                deleted: Vec::new(),
+                diagnostics: batch.diagnostics.clone(),
+            };
+            if commit {
+                warn!(
+                    source = %source.0,
+                    problems = outcome.diagnostics.len(),
+                    "batch refused: invalid manifests"
+                );
+            }
+            return Ok(outcome);
+        }
+        // Signatures first, outside the store's lock: they are pure.
+        let signatures: Vec<Signature> = batch
+            .docs
+            .iter()
+            .map(|d| self.check_signature(&d.object.to_value()))
+            .collect();
+        let tombstones: Vec<Signature> = batch
+            .deletions
+            .iter()
+            .map(|d| match &d.tombstone {
+                Some(t) => self.check_signature(&t.to_value()),
+                None => Signature::None,
+            })
+            .collect();
+        let decide = |tx: &mut Txn<'_>| self.decide(tx, &batch, &signatures, &tombstones);
+        let decided = if commit {
+            self.store.transact(decide)?
+        } else {
+            self.store.preview(decide)?
+        };
+        let outcome = match decided {
+            Ok(o) => o,
+            Err(o) => o,
+        };
+        if commit {
+            self.report_outcome(&source, &outcome);
+        }
+        Ok(outcome)
+    }
+
+    /// The decision, under the store's lock; `Err` refuses (nothing of the
+    /// batch is committed).
+    fn decide(
+        &self,
+        tx: &mut Txn<'_>,
+        batch: &Batch,
+        signatures: &[Signature],
+        tombstones: &[Signature],
+    ) -> Result<Outcome, Outcome> {
+        let source = &batch.source;
+        let trust = self.trusted(tx, batch, signatures, tombstones);
+        let mut verdicts = Vec::with_capacity(batch.docs.len() + batch.deletions.len());
+        let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
+        for (doc, sig) in batch.docs.iter().zip(signatures) {
+            let key = ObjectKey::of(&doc.object);
+            let verdict = if let Some(first) = seen.get(&key) {
+                Verdict::Duplicate {
+                    first: first.clone(),
+                }
+            } else {
+                seen.insert(key.clone(), doc.at.clone());
+                match self.authorised(sig, batch.trust, Verb::Apply, &key, &trust) {
+                    Err(v) => v,
+                    Ok(signed) => {
+                        let at = signed.then(|| signed_generation(&doc.object));
+                        match tx.apply(&doc.object, source, at) {
+                            Ok(a) if a.changed => Verdict::Applied {
+                                generation: a.generation,
+                            },
+                            Ok(a) => Verdict::Unchanged {
+                                generation: a.generation,
+                            },
+                            Err(stored) => Verdict::Stale {
+                                generation: at.unwrap_or_default(),
+                                stored,
+                            },
+                        }
+                    }
+                }
+            };
+            verdicts.push(Admitted {
+                key,
+                at: doc.at.clone(),
+                verdict,
+            });
+        }
+        for (del, sig) in batch.deletions.iter().zip(tombstones) {
+            let verdict = match self.authorised(sig, batch.trust, Verb::Delete, &del.key, &trust) {
+                Err(v) => v,
+                Ok(signed) => {
+                    let at = del
+                        .tombstone
+                        .as_ref()
+                        .filter(|_| signed)
+                        .map(signed_generation);
+                    match tx.delete(&del.key, source, at) {
+                        Ok(Some(generation)) => Verdict::Deleted { generation },
+                        Ok(None) => Verdict::Absent,
+                        Err(stored) => Verdict::Stale {
+                            generation: at.unwrap_or_default(),
+                            stored,
+                        },
+                    }
+                }
+            };
+            verdicts.push(Admitted {
+                key: del.key.clone(),
+                at: del.at.clone(),
+                verdict,
+            });
+        }
+        let mut deleted = Vec::new();
+        if let Some(keep) = &batch.declared_set {
+            for record in tx.list_by_source(source) {
+                if seen.contains_key(&record.key) || keep.contains(&record.key) {
+                    continue;
+                }
+                if let Ok(Some(generation)) = tx.delete(&record.key, source, None) {
+                    deleted.push((record.key, generation));
+                }
+            }
+        }
+        let refused = verdicts.iter().any(|a| a.verdict.is_refusal());
+        if refused {
+            for a in &mut verdicts {
+                if !a.verdict.is_refusal() {
+                    a.verdict = Verdict::Withheld;
+                }
+            }
+            return Err(Outcome {
+                committed: false,
+                verdicts,
+                deleted: Vec::new(),
+                diagnostics: Vec::new(),
+            });
+        }
+        Ok(Outcome {
+            committed: true,
+            verdicts,
+            deleted,
+            diagnostics: Vec::new(),
+        })
+    }
+
+    /// Whether a document (or deletion) with signature `sig` may `verb`
+    /// `key` from a source of `trust`: `Ok(true)` signed and authorised,
+    /// `Ok(false)` unsigned and accepted, `Err` the refusal.
+    fn authorised(
+        &self,
+        sig: &Signature,
+        trust: Trust,
+        verb: Verb,
+        key: &ObjectKey,
+        policies: &Trusted,
+    ) -> Result<bool, Verdict> {
+        match sig {
+            Signature::Refused(v) => Err(v.clone()),
+            Signature::None => match trust {
+                Trust::Local | Trust::UnsignedByChoice => Ok(false),
+                Trust::Signed => Err(Verdict::Unsigned {
+                    reason: format!(
+                        "unsigned: this source takes only documents signed for the cluster ({SIGNER_ANNOTATION} and {SIGNATURE_ANNOTATION} are missing; deorch sign-manifest)"
+                    ),
+                }),
+            },
+            Signature::Valid(signer) => {
+                let Some(owner) = self.config.owner.as_deref() else {
+                    return Err(Verdict::Denied {
+                        signer: signer.clone(),
+                        reason: "this node has no cluster owner (--cluster-owner): no signer can be authorised".into(),
+                        misses: Vec::new(),
+                    });
+                };
+                let policies = match policies {
+                    Trusted::Computed(p) => p.as_slice(),
+                    Trusted::NotNeeded => &[],
+                };
+                authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies)
+                    .map(|()| true)
+                    .map_err(|r| Verdict::from_refused(r, Some(signer)))
+            }
+        }
+    }
+
+    /// The AccessPolicies that count for this batch: the stored ones with
+    /// the batch's own overlaid (what the batch deletes no longer counts),
+    /// filtered by [`trusted_policies`]. Computed only when a document is
+    /// signed by someone other than the owner.
+    fn trusted(
+        &self,
+        tx: &Txn<'_>,
+        batch: &Batch,
+        signatures: &[Signature],
+        tombstones: &[Signature],
+    ) -> Trusted {
+        let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
+            return Trusted::NotNeeded;
+        };
+        let needed = signatures
+            .iter()
+            .chain(tombstones)
+            .any(|s| matches!(s, Signature::Valid(signer) if signer != owner));
+        if !needed {
+            return Trusted::NotNeeded;
+        }
+        let mut policies: BTreeMap<ObjectKey, Manifest<AccessPolicySpec>> = tx
+            .list(Some(Kind::AccessPolicy))
+            .into_iter()
+            .filter_map(|r| Some((r.key.clone(), serde_json::from_value(r.object).ok()?)))
+            .collect();
+        if batch.declared_set.is_some() {
+            for r in tx.list_by_source(&batch.source) {
+                if r.key.kind == Kind::AccessPolicy {
+                    policies.remove(&r.key);
+                }
+            }
+        }
+        for d in &batch.deletions {
+            policies.remove(&d.key);
+        }
+        for d in &batch.docs {
+            if let AnyObject::AccessPolicy(p) = &d.object {
+                policies.insert(ObjectKey::of(&d.object), p.clone());
+            }
+        }
+        let policies: Vec<_> = policies.into_values().collect();
+        Trusted::Computed(trusted_policies(&policies, cluster, owner).trusted)
+    }
+
+    /// Log every verdict and record it as a store event.
+    fn report_outcome(&self, source: &SourceId, outcome: &Outcome) {
+        for a in &outcome.verdicts {
+            self.report(source, &a.at, &a.key, &a.verdict);
+        }
+        for (key, generation) in &outcome.deleted {
+            self.report(
+                source,
+                &source.0,
+                key,
+                &Verdict::Deleted {
+                    generation: *generation,
+                },
+            );
+        }
+    }
+
+    /// Log one verdict and record it as an event on its object (also for
+    /// verdicts reached before a batch, e.g. gossip's relay filter).
+    /// Refusals are warnings; `Unchanged` and `Withheld` are not recorded.
+    pub fn report(&self, source: &SourceId, at: &str, key: &ObjectKey, verdict: &Verdict) {
+        let level = match verdict {
+            Verdict::Unchanged { .. } | Verdict::Withheld | Verdict::Absent => return,
+            Verdict::Applied { generation } | Verdict::Deleted { generation } => {
+                info!(source = %source.0, object = %key, generation, "{}", verdict.code());
+                "Normal"
+            }
+            v => {
+                warn!(
+                    source = %source.0, object = %key, %at, code = v.code(), reason = %v.reason(),
+                    "refused by admission"
+                );
+                "Warning"
+            }
+        };
+        self.store.record_event(Event {
+            time_ms: now_ms(),
+            level: level.into(),
+            object: Some(key.clone()),
+            source: Some(source.clone()),
+            reason: verdict.code().into(),
+            message: format!("{at}: {key}: {verdict} (source {})", source.0),
+        });
+    }
+}
+
+enum Trusted {
+    NotNeeded,
+    Computed(Vec<Manifest<AccessPolicySpec>>),
+}
+
+/// The generation a signed object carries (its signature binds it).
+fn signed_generation(obj: &AnyObject) -> i64 {
+    obj.to_value()
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
