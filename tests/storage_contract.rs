@@ -13,7 +13,7 @@ use std::sync::Arc;
 use deorch::driver::cow::CowStorage;
 use deorch::driver::dir::DirStorage;
 use deorch::driver::fake::FakeStorage;
-use deorch::driver::zfs::{ZfsBackend, ZfsStorage};
+use deorch::driver::zfs::{self, ZfsBackend, ZfsStorage};
 use deorch::driver::{CloneRequest, DatasetConfig, DriverError, Storage};
 
 const MB: u64 = 1 << 20;
@@ -99,8 +99,11 @@ impl Harness {
         match self {
             Harness::Fake(_) => {}
             Harness::Dir(s, root) => *s = Arc::new(DirStorage::open(root).unwrap()),
+            // The node's own recovery at start: open, then finish removals.
             Harness::Zfs(s, root) => {
-                *s = Arc::new(CowStorage::new(ZfsBackend::open(root).unwrap()))
+                let (storage, _) = zfs::open_recovered(root)
+                    .unwrap_or_else(|e| panic!("reopen {root}: {e}{}", common::zfs_daemon_note()));
+                *s = Arc::new(storage)
             }
         }
     }
@@ -115,13 +118,25 @@ impl Harness {
     }
 }
 
+/// Never panics: a panic here while a failed test unwinds would abort the
+/// whole test binary and hide the first failure. What cannot be cleaned is
+/// reported and left.
 impl Drop for Harness {
     fn drop(&mut self) {
         match self {
             Harness::Dir(_, root) => {
-                let _ = std::fs::remove_dir_all(root);
+                if let Err(e) = std::fs::remove_dir_all(&*root) {
+                    eprintln!("cleanup: cannot remove {}: {e}", root.display());
+                }
             }
-            Harness::Zfs(_, root) => common::zfs_cleanup(root),
+            Harness::Zfs(_, root) => {
+                if std::thread::panicking() {
+                    eprintln!("{}", common::zfs_daemon_note());
+                }
+                if let Err(e) = common::zfs_cleanup(root) {
+                    eprintln!("cleanup: {e}");
+                }
+            }
             Harness::Fake(_) => {}
         }
     }
