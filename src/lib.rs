@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod dhcp;
 pub mod driver;
 pub mod gossip;
@@ -23,5 +24,7 @@ pub mod node;
 pub mod qemu;
 pub mod reconcile;
 pub mod schema;
+pub mod slot;
 pub mod source;
+pub mod state_file;
 pub mod store;

@@ -24,7 +24,6 @@ use crate::driver::dir::DirStorage;
 use crate::driver::libvirt::LibvirtHypervisor;
 use crate::driver::qemu::QemuHypervisor;
 use crate::driver::zfs;
-use crate::driver::Storage;
 use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
 use crate::qemu::probe::{self, Accel, ProbeGuest};
 use crate::reconcile::{Drivers, Engine, EngineConfig};
