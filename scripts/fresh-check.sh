@@ -12,9 +12,13 @@
 #
 # From the host the root gets what a fresh machine has without any package:
 # the kernel's /dev (KVM, TUN, FUSE, loop), /proc, /sys, a tmpfs /run, the
-# host's /etc/resolv.conf and /etc/hosts, and the Rust toolchain from
-# rustup (README: a fresh machine of this kind has one; ~/.rustup is
-# mounted read-only, the rustup proxies copied into the root's ~/.cargo/bin).
+# Rust toolchain from rustup (README: a fresh machine of this kind has one;
+# ~/.rustup is mounted read-only, the rustup proxies copied into the root's
+# ~/.cargo/bin), and the site's network settings: /etc/resolv.conf,
+# /etc/hosts, the local CA certificates of /usr/local/share/ca-certificates
+# (a TLS-intercepting egress proxy's, say; the ca-certificates package the
+# scripts install adds them to the system bundle) and the environment
+# variables that name a CA bundle or a proxy.
 # The root has no init system, so a policy-rc.d keeps package scripts from
 # starting services; the tests start the daemons they need themselves.
 # Everything runs in a private mount namespace: the root's FUSE mounts
@@ -100,7 +104,14 @@ if [ "${1:-}" = "--inside" ]; then
     say "running DEORCH_FRESH_COMMAND instead of the check: $DEORCH_FRESH_COMMAND"
     check="cd /root/deorch; $DEORCH_FRESH_COMMAND"
   fi
-  chroot "$ROOT" /usr/bin/env -i \
+  # The site's CA-bundle and proxy variables, when the host has them.
+  site_env=()
+  for v in SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE GIT_SSL_CAINFO PIP_CERT \
+    REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS http_proxy https_proxy no_proxy \
+    HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    [ -n "${!v:-}" ] && site_env+=("$v=${!v}")
+  done
+  chroot "$ROOT" /usr/bin/env -i "${site_env[@]}" \
     HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/bash -c "$check"
@@ -161,6 +172,10 @@ mkdir -p "$ROOT"
 tar -C "$ROOT" -xpf "$CACHE"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp /etc/hosts "$ROOT/etc/hosts"
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
+fi
 printf '#!/bin/sh\n# No init system in this root: services are not started.\nexit 101\n' \
   >"$ROOT/usr/sbin/policy-rc.d"
 chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
