@@ -89,6 +89,19 @@ if [ "${1:-}" = "--inside" ]; then
   mkdir -p "$ROOT/root/.rustup"
   mount --bind "$HOME/.rustup" "$ROOT/root/.rustup"
   mount -o remount,bind,ro "$ROOT/root/.rustup"
+  # This namespace began as a copy of the host's mounts. A copy of a FUSE
+  # mount keeps that filesystem mounted for its daemon (the host's zfs-fuse
+  # then answers "dataset is busy" to the host's own tests), and a copy of
+  # a /run/netns bind keeps that namespace alive: drop every copy the root
+  # does not need (all but /, the mounts holding $ROOT, and /dev, /proc,
+  # /sys, which this script still reads).
+  awk '{ print $2 }' /proc/self/mounts | sort -r | while read -r m; do
+    case "$m" in
+      / | /dev | /dev/* | /proc | /proc/* | /sys | /sys/* | "$ROOT" | "$ROOT"/*) continue ;;
+    esac
+    case "$ROOT/" in "$m"/*) continue ;; esac
+    umount -l "$m" 2>/dev/null || true
+  done
   # shellcheck disable=SC2016 # expanded inside the root
   check='
     set -e
