@@ -43,9 +43,20 @@ pub struct ZfsBackend {
 /// mounted again) and every removal a crash interrupted finished (`gc`).
 /// Returns it with the number of objects `gc` destroyed. The node and the
 /// crash tests both recover through here.
+///
+/// A transient `gc` failure (a dataset still busy after a crash) does not
+/// keep the node from starting: what is left is already out of the live
+/// names (in `trash/`), and the `gc` after the next removal finishes it.
 pub fn open_recovered(root: &str) -> Result<(ZfsStorage, usize), DriverError> {
     let mut backend = ZfsBackend::open(root)?;
-    let finished = super::cow::gc(&mut backend)?;
+    let finished = match super::cow::gc(&mut backend) {
+        Ok(n) => n,
+        Err(e @ DriverError::Transient { .. }) => {
+            tracing::warn!(error = %e, "storage: interrupted removals left for the next gc");
+            0
+        }
+        Err(e) => return Err(e),
+    };
     Ok((CowStorage::new(backend), finished))
 }
 
@@ -137,23 +148,35 @@ impl ZfsBackend {
         unmount: &[&str],
     ) -> Result<String, DriverError> {
         let mut backoff = Backoff::new(BUSY_PATIENCE);
+        let started = std::time::Instant::now();
+        let mut tries = 0;
         loop {
             for ds in unmount {
                 self.unmount(ds);
             }
+            tries += 1;
             let err = match self.zfs(args) {
                 Ok(out) => return Ok(out),
                 Err(e) => zfs_err(e, op, target),
             };
-            if !matches!(err, DriverError::Transient { .. }) {
+            let DriverError::Transient { message, .. } = &err else {
                 return Err(err);
-            }
+            };
             match backoff.next() {
                 Some(pause) => {
-                    tracing::debug!(op, target, pause_ms = pause.as_millis() as u64, error = %err, "zfs busy, trying again");
+                    tracing::debug!(op, target, pause_ms = pause.as_millis() as u64, error = %message, "zfs busy, trying again");
                     std::thread::sleep(pause);
                 }
-                None => return Err(err),
+                None => {
+                    return Err(DriverError::transient(
+                        op,
+                        target,
+                        format!(
+                            "{message} (still after {tries} tries in {:.1} s)",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ))
+                }
             }
         }
     }
