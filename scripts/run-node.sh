@@ -42,14 +42,16 @@ trap 'kill $node 2>/dev/null; wait $node' INT TERM
 
 # Up means: this boot's serial log holds the guest's ready line and is still
 # growing (the guest prints a counter every 100 ms after it). A log left by
-# an earlier boot of a VM that is gone holds the line too, but stays still.
+# an earlier boot of a VM that is gone holds the line too, but stays still
+# (or is rotated away to serial.log.1 when the VM boots again: same file,
+# same inode, is required).
 guest_up() {
   grep -qs DEORCH-GUEST-READY "$serial" || return 1
   local before after
-  before=$(stat -c %s "$serial")
+  before=$(stat -c %i:%s "$serial" 2>/dev/null) || return 1
   sleep 1
-  after=$(stat -c %s "$serial" 2>/dev/null || echo 0)
-  [ "$after" -gt "$before" ]
+  after=$(stat -c %i:%s "$serial" 2>/dev/null) || return 1
+  [ "${after%%:*}" = "${before%%:*}" ] && [ "${after#*:}" -gt "${before#*:}" ]
 }
 
 deadline=$((SECONDS + ${READY_TIMEOUT:-180}))
