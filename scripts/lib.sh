@@ -13,6 +13,11 @@ as_root() {
 
 apt_updated=""
 # apt_install PKG...: install the Debian packages that are not installed yet.
+# Recommends are never installed (--no-install-recommends), so every package
+# a command or test needs is named here even when another one recommends it
+# (check with `apt-cache depends --recommends PKG`): gcc only recommends
+# libc6-dev, samba only recommends samba-vfs-modules, git only
+# ca-certificates. scripts/fresh-check.sh proves the lists on a bare root.
 apt_install() {
   local missing=()
   for p in "$@"; do
@@ -40,8 +45,10 @@ need_rust() {
     echo "rustc $v is older than 1.89: update it with rustup" >&2
     exit 1
   fi
-  # The libvirt driver links libvirt (the `virt` crate finds it with pkg-config).
-  apt_install gcc pkg-config ca-certificates libvirt-dev
+  # The linker is gcc, with the C library's start files (libc6-dev, only a
+  # recommend of gcc). The libvirt driver links libvirt (the `virt` crate
+  # finds it with pkg-config). ca-certificates for crates.io.
+  apt_install gcc libc6-dev pkg-config ca-certificates libvirt-dev
 }
 
 # Python tools (check-jsonschema) go into a private venv, never the system.
@@ -62,14 +69,15 @@ need_python_tool() { # need_python_tool COMMAND PYPI-PACKAGE
 # Samba as an Active Directory DC for the level-2 test (tests/identity_ad.rs
 # provisions its own domain in a temporary directory and runs it in a
 # network namespace). Debian splits the DC: samba (the `samba` binary),
-# samba-ad-provision (the AD schema samba-tool provisions from) and
-# samba-dsdb-modules, both only recommended; openssl makes the DC's test
-# certificate. The test never uses /etc/samba or /var/lib/samba, nor the
+# samba-ad-provision (the AD schema samba-tool provisions from),
+# samba-dsdb-modules and samba-vfs-modules (acl_xattr.so, which
+# `samba-tool domain provision` loads for the sysvol share), all three only
+# recommended; openssl makes the DC's test certificate. The test never uses /etc/samba or /var/lib/samba, nor the
 # smbd/nmbd services the package installs (this image's policy-rc.d keeps
 # them from starting; elsewhere they would run outside the test's
 # namespace, unused).
 need_samba() {
-  apt_install samba samba-ad-provision samba-dsdb-modules openssl iproute2
+  apt_install samba samba-ad-provision samba-dsdb-modules samba-vfs-modules openssl iproute2
 }
 
 # QEMU 10 comes from bookworm-backports: the image already carries

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use deorch::driver::cow::CowStorage;
 use deorch::driver::dir::DirStorage;
 use deorch::driver::fake::FakeStorage;
-use deorch::driver::zfs::{ZfsBackend, ZfsStorage};
+use deorch::driver::zfs::{self, ZfsBackend, ZfsStorage};
 use deorch::driver::{CloneRequest, DatasetConfig, DriverError, Storage};
 
 const MB: u64 = 1 << 20;
@@ -99,8 +99,11 @@ impl Harness {
         match self {
             Harness::Fake(_) => {}
             Harness::Dir(s, root) => *s = Arc::new(DirStorage::open(root).unwrap()),
+            // The node's own recovery at start: open, then finish removals.
             Harness::Zfs(s, root) => {
-                *s = Arc::new(CowStorage::new(ZfsBackend::open(root).unwrap()))
+                let (storage, _) = zfs::open_recovered(root)
+                    .unwrap_or_else(|e| panic!("reopen {root}: {e}{}", common::zfs_daemon_note()));
+                *s = Arc::new(storage)
             }
         }
     }
@@ -115,13 +118,25 @@ impl Harness {
     }
 }
 
+/// Never panics: a panic here while a failed test unwinds would abort the
+/// whole test binary and hide the first failure. What cannot be cleaned is
+/// reported and left.
 impl Drop for Harness {
     fn drop(&mut self) {
         match self {
             Harness::Dir(_, root) => {
-                let _ = std::fs::remove_dir_all(root);
+                if let Err(e) = std::fs::remove_dir_all(&*root) {
+                    eprintln!("cleanup: cannot remove {}: {e}", root.display());
+                }
             }
-            Harness::Zfs(_, root) => common::zfs_cleanup(root),
+            Harness::Zfs(_, root) => {
+                if std::thread::panicking() {
+                    eprintln!("{}", common::zfs_daemon_note());
+                }
+                if let Err(e) = common::zfs_cleanup(root) {
+                    eprintln!("cleanup: {e}");
+                }
+            }
             Harness::Fake(_) => {}
         }
     }
@@ -549,6 +564,35 @@ fn commit(model: &mut Model, op: &Op) {
     }
 }
 
+/// `step` as a reconciler runs it: a transient error (zfs-fuse's "dataset
+/// is busy" outlasting the driver's own patience on a loaded machine) is
+/// tried again after the reconcile queue's backoff (200 ms doubling), for
+/// up to [`RECONCILE_PATIENCE`]; any other error, or a transient one past
+/// it, fails the test with `what` and the error.
+async fn as_reconciler<F, Fut>(ctx: &str, what: &str, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DriverError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match step().await {
+            Ok(()) => return,
+            Err(e @ DriverError::Transient { .. }) if started.elapsed() < RECONCILE_PATIENCE => {
+                eprintln!("{ctx}: {what}: {e}; retrying in {pause:?} as the reconciler would");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => panic!("{ctx}: {what}: {e}{}", common::zfs_daemon_note()),
+        }
+    }
+}
+
+/// How long [`as_reconciler`] retries transient errors: far above any busy
+/// spell seen (over 10 s at load 11), far below a test's timeout.
+const RECONCILE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// After `op` was interrupted (a failed step, or the process killed while
 /// it ran): gc as at node start, then what the reconcilers do: a creation
 /// is rolled back (the object is created again from scratch), a revert or
@@ -557,15 +601,12 @@ async fn recover(h: &Harness, model: &mut Model, op: &Op, ctx: &str) {
     restart(h).await;
     let s = h.storage();
     match op {
-        Op::Create { v, .. } => s
-            .destroy(v)
-            .await
-            .unwrap_or_else(|e| panic!("{ctx}: roll back {v}: {e}")),
+        Op::Create { v, .. } => {
+            as_reconciler(ctx, &format!("roll back {v}"), || s.destroy(v)).await
+        }
         Op::Clone { reqs } => {
             for (v, _) in reqs {
-                s.destroy(v)
-                    .await
-                    .unwrap_or_else(|e| panic!("{ctx}: roll back {v}: {e}"));
+                as_reconciler(ctx, &format!("roll back {v}"), || s.destroy(v)).await;
             }
         }
         Op::Write { v, marker } => {
@@ -578,9 +619,7 @@ async fn recover(h: &Harness, model: &mut Model, op: &Op, ctx: &str) {
             model.insert(v.clone(), got);
         }
         Op::Revert { .. } | Op::Destroy { .. } => {
-            apply(h, op)
-                .await
-                .unwrap_or_else(|e| panic!("{ctx}: finish {op:?}: {e}"));
+            as_reconciler(ctx, &format!("finish {op:?}"), || apply(h, op)).await;
             commit(model, op);
         }
     }
@@ -601,8 +640,9 @@ async fn check(h: &Harness, model: &Model, ctx: &str) {
 /// Everything destroyed: nothing at all is left over.
 async fn destroy_all(h: &Harness, model: &Model, ctx: &str) {
     restart(h).await;
+    let s = h.storage();
     for v in model.keys() {
-        h.storage().destroy(v).await.unwrap();
+        as_reconciler(ctx, &format!("destroy {v}"), || s.destroy(v)).await;
     }
     assert_eq!(h.leftovers(), Vec::<String>::new(), "{ctx}: leftovers");
 }
@@ -820,7 +860,8 @@ async fn restart(h: &Harness) {
     if let Harness::Fake(f) = h {
         f.faults().clear();
     }
-    h.storage().gc().await.unwrap();
+    let s = h.storage();
+    as_reconciler("restart", "gc", || async { s.gc().await.map(|_| ()) }).await;
 }
 
 fn seeds(n: u64) -> Vec<u64> {

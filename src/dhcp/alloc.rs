@@ -7,22 +7,19 @@
 //! home slot or, when taken, at the next free slot (linear probing,
 //! wrapping); fixed addresses and the gateway/server are never handed out.
 //! The result is a function of the *set* of identities only, never of the
-//! order in which VMs appear or ask.
+//! order in which VMs appear or ask. The hash and the probing are
+//! [`crate::slot`]'s, shared with console ports.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
-use sha2::{Digest, Sha256};
+use crate::slot;
 
-/// The 64-bit hash that orders identities and picks their home slot.
+/// The 64-bit hash that orders identities and picks their home slot: the
+/// identity hashed in the `dhcp` domain, so a NIC's slot is independent of
+/// its VM's console slot.
 pub fn identity_hash(identity: &str) -> u64 {
-    let mut h = Sha256::new();
-    h.update(b"dhcp\0");
-    h.update(identity.as_bytes());
-    let d = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(first)
+    slot::hash(b"dhcp\0", identity)
 }
 
 /// Allocate an address in `start..=end` to each identity, never one in
@@ -58,17 +55,16 @@ pub fn allocate(
             out.insert(id.clone(), None);
             continue;
         }
-        let mut slot = h % n;
-        loop {
-            let addr = Ipv4Addr::from(lo + slot as u32);
-            if !taken.contains(&slot) && !reserved.contains(&addr) {
-                taken.insert(slot);
-                free -= 1;
-                out.insert(id.clone(), Some(addr));
-                break;
-            }
-            slot = (slot + 1) % n;
+        let addr = |s: u64| Ipv4Addr::from(lo + s as u32);
+        // `free` > 0, so probing finds a slot.
+        let got = slot::probe(slot::home(h, n), n, |s| {
+            !taken.contains(&s) && !reserved.contains(&addr(s))
+        });
+        if let Some(s) = got {
+            taken.insert(s);
+            free -= 1;
         }
+        out.insert(id.clone(), got.map(addr));
     }
     out
 }

@@ -12,7 +12,6 @@
 //! node serves the same ones.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
+
+use crate::state_file;
 
 use super::{format_mac, CountersSnapshot, DhcpError, DhcpServer, ServerConfig, Table};
 
@@ -178,12 +179,7 @@ impl DhcpService {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        state_file::write(&path, text.as_bytes())
     }
 }
 

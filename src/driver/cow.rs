@@ -20,7 +20,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
     BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, Storage, VolumeInfo,
@@ -100,11 +99,7 @@ pub fn check_volume_name(op: &str, volume: &str) -> Result<(), DriverError> {
 
 /// A name part unique on this node: the time in nanoseconds, in hex.
 pub fn nonce() -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{n:x}")
+    format!("{:x}", crate::clock::now_nanos())
 }
 
 fn vol(name: &str) -> String {

@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use virt::connect::Connect;
@@ -580,8 +580,7 @@ fn read_console(dir: &Path) -> Option<(u16, Option<u16>)> {
 }
 
 fn write_atomic(dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{file}.tmp"));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, dir.join(file)))
+    crate::state_file::write(&dir.join(file), bytes)
 }
 
 /// QEMU's PID and start time, from libvirt's pidfile (readable on the
@@ -594,9 +593,7 @@ fn qemu_pid(name: &str) -> (u32, u64) {
         .unwrap_or(0);
     let started = std::fs::metadata(&file)
         .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
+        .map(crate::clock::unix_ms)
         .unwrap_or(0);
     (pid, started)
 }

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -36,6 +36,7 @@ use crate::qemu::cmdline::{self, NicBackend, QemuNic, QemuVm, Spice, Vnc};
 use crate::qemu::console::{self, PortRange};
 use crate::qemu::probe::Accel;
 use crate::qemu::qmp::Qmp;
+use crate::{clock, state_file};
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_MARKER: &str = "stop-requested";
@@ -182,18 +183,13 @@ impl QemuHypervisor {
                 taken.insert(p);
             },
         };
-        let tmp = dir.join("console.json.tmp");
-        std::fs::write(
-            &tmp,
-            json!({
-                "vnc": port,
-                "websocket": self.ports.websocket(port),
-                "spice": if spice { self.ports.spice(port) } else { None },
-            })
-            .to_string(),
-        )
-        .and_then(|_| std::fs::rename(&tmp, dir.join(CONSOLE_FILE)))
-        .map_err(|e| Self::permanent("start", id, e.to_string()))?;
+        let console = json!({
+            "vnc": port,
+            "websocket": self.ports.websocket(port),
+            "spice": if spice { self.ports.spice(port) } else { None },
+        });
+        state_file::write(&dir.join(CONSOLE_FILE), console.to_string().as_bytes())
+            .map_err(|e| Self::permanent("start", id, e.to_string()))?;
         Ok(port)
     }
 
@@ -349,9 +345,9 @@ impl Hypervisor for QemuHypervisor {
             if serial.exists() {
                 let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
             }
-            let tmp = dir.join("config.json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(config).expect("configs serialize"))
-                .and_then(|_| std::fs::rename(&tmp, dir.join(CONFIG_FILE)))
+            // Re-adoption after a node restart reads it back: durable.
+            let bytes = serde_json::to_vec(config).expect("configs serialize");
+            state_file::write(&dir.join(CONFIG_FILE), &bytes)
                 .map_err(|e| Self::permanent("start", id, e.to_string()))?;
             let mut args = cmdline::args(&vm);
             args.push("-no-shutdown".into());
@@ -466,9 +462,7 @@ impl Hypervisor for QemuHypervisor {
                 .ok_or_else(|| Self::err("state", id, "unreadable config.json"))?;
             let started_ms = std::fs::metadata(cmdline::pidfile(&dir))
                 .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64)
+                .map(clock::unix_ms)
                 .unwrap_or(0);
             let status = self
                 .qmp("state", id)

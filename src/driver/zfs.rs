@@ -13,8 +13,16 @@ use super::{DatasetConfig, DatasetState, DriverError, VolumeInfo};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const IMAGE: &str = "disk.img";
-/// How long a "dataset is busy" answer is retried before it is returned.
-const BUSY_PATIENCE: Duration = Duration::from_secs(8);
+/// How long a "dataset is busy" answer is retried before it is returned:
+/// zfs-fuse keeps a dataset busy until it has processed the release of
+/// every file a process had open there, which lags well behind the
+/// process's death on a loaded machine (over 1.3 s beside a compile, and
+/// seconds after a SIGKILL of a process holding an image).
+const BUSY_PATIENCE: Duration = Duration::from_secs(10);
+/// The first pause between two tries; each next one doubles, up to
+/// [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// User property marking what deorch created.
 pub const MANAGED: &str = "deorch:managed";
 
@@ -29,6 +37,27 @@ pub struct ZfsBackend {
     program: String,
     /// Whether `zfs snapshot a@s b@s` works (not on zfs-fuse).
     multi_snapshot: bool,
+}
+
+/// The storage a node starts with over `root`: opened (live volumes
+/// mounted again) and every removal a crash interrupted finished (`gc`).
+/// Returns it with the number of objects `gc` destroyed. The node and the
+/// crash tests both recover through here.
+///
+/// A transient `gc` failure (a dataset still busy after a crash) does not
+/// keep the node from starting: what is left is already out of the live
+/// names (in `trash/`), and the `gc` after the next removal finishes it.
+pub fn open_recovered(root: &str) -> Result<(ZfsStorage, usize), DriverError> {
+    let mut backend = ZfsBackend::open(root)?;
+    let finished = match super::cow::gc(&mut backend) {
+        Ok(n) => n,
+        Err(e @ DriverError::Transient { .. }) => {
+            tracing::warn!(error = %e, "storage: interrupted removals left for the next gc");
+            0
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((CowStorage::new(backend), finished))
 }
 
 fn zfs_err(e: CmdError, op: &str, target: &str) -> DriverError {
@@ -99,26 +128,54 @@ impl ZfsBackend {
         cmd::run(&self.program, args, TIMEOUT).map(|o| o.stdout)
     }
 
-    /// `zfs` with retries while the dataset is busy (zfs-fuse answers
-    /// "dataset is busy" for a moment after use).
+    /// `zfs args...`, tried again while the dataset is busy (see
+    /// [`BUSY_PATIENCE`]); any other error is returned at once, and so is
+    /// the last busy one once the patience is spent, as a transient error
+    /// for the reconciler's own backoff.
     fn zfs_retry(&self, op: &str, target: &str, args: &[&str]) -> Result<String, DriverError> {
-        // Busy lasts longer on a loaded machine (measured: over 1.3 s beside
-        // a compile): keep trying for a while before handing the
-        // transient error to the reconciler's backoff.
-        let deadline = std::time::Instant::now() + BUSY_PATIENCE;
-        let mut pause = Duration::from_millis(20);
+        self.zfs_retry_after(op, target, args, &[])
+    }
+
+    /// [`Self::zfs_retry`], unmounting `unmount` before every try: rename
+    /// and destroy need their datasets unmounted, and zfs-fuse cannot
+    /// unmount from inside them, so an unmount refused because a file was
+    /// still open (busy) must be retried with the command, not only once.
+    fn zfs_retry_after(
+        &self,
+        op: &str,
+        target: &str,
+        args: &[&str],
+        unmount: &[&str],
+    ) -> Result<String, DriverError> {
+        let mut backoff = Backoff::new(BUSY_PATIENCE);
+        let started = std::time::Instant::now();
+        let mut tries = 0;
         loop {
-            match self.zfs(args) {
+            for ds in unmount {
+                self.unmount(ds);
+            }
+            tries += 1;
+            let err = match self.zfs(args) {
                 Ok(out) => return Ok(out),
-                Err(e) => {
-                    let err = zfs_err(e, op, target);
-                    if !matches!(err, DriverError::Transient { .. })
-                        || std::time::Instant::now() + pause > deadline
-                    {
-                        return Err(err);
-                    }
+                Err(e) => zfs_err(e, op, target),
+            };
+            let DriverError::Transient { message, .. } = &err else {
+                return Err(err);
+            };
+            match backoff.next() {
+                Some(pause) => {
+                    tracing::debug!(op, target, pause_ms = pause.as_millis() as u64, error = %message, "zfs busy, trying again");
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                None => {
+                    return Err(DriverError::transient(
+                        op,
+                        target,
+                        format!(
+                            "{message} (still after {tries} tries in {:.1} s)",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ))
                 }
             }
         }
@@ -181,6 +238,31 @@ impl ZfsBackend {
             .zfs(&["get", "-H", "-p", "-o", "value", prop, full])?
             .trim()
             .to_string())
+    }
+}
+
+/// Pauses between tries of a busy command: exponential from
+/// [`BUSY_PAUSE_FIRST`], capped at [`BUSY_PAUSE_MAX`], and none once the
+/// next pause would end past the patience.
+#[derive(Debug)]
+struct Backoff {
+    pause: Duration,
+    left: Duration,
+}
+
+impl Backoff {
+    fn new(patience: Duration) -> Backoff {
+        Backoff {
+            pause: BUSY_PAUSE_FIRST,
+            left: patience,
+        }
+    }
+
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.pause;
+        self.left = self.left.checked_sub(pause)?;
+        self.pause = (pause * 2).min(BUSY_PAUSE_MAX);
+        Some(pause)
     }
 }
 
@@ -259,8 +341,7 @@ impl CowBackend for ZfsBackend {
         self.zfs(&["create", &full])
             .map_err(|e| zfs_err(e, "create", ds))?;
         if let Err(e) = self.grow(ds, size, "create") {
-            self.unmount(&full);
-            let _ = self.zfs_retry("create", ds, &["destroy", &full]);
+            let _ = self.zfs_retry_after("create", ds, &["destroy", &full], &[&full]);
             return Err(e);
         }
         Ok(())
@@ -282,8 +363,7 @@ impl CowBackend for ZfsBackend {
                 .map_err(|e| e.into_driver("import", path))
         });
         if result.is_err() {
-            self.unmount(&full);
-            let _ = self.zfs_retry("import", ds, &["destroy", &full]);
+            let _ = self.zfs_retry_after("import", ds, &["destroy", &full], &[&full]);
         }
         result
     }
@@ -386,11 +466,9 @@ impl CowBackend for ZfsBackend {
             .filter(|d| d.origin.as_deref().is_some_and(|o| o.starts_with(&prefix)))
             .map(|d| self.full(&d.name))
             .collect();
-        for c in &clones {
-            self.unmount(c);
-        }
-        self.unmount(&f);
-        let result = self.zfs_retry("rename", from, &["rename", &f, &t]);
+        let mut unmount: Vec<&str> = clones.iter().map(String::as_str).collect();
+        unmount.push(&f);
+        let result = self.zfs_retry_after("rename", from, &["rename", &f, &t], &unmount);
         for c in clones.iter().filter(|c| c.contains("/vol/")) {
             let _ = self.zfs(&["mount", c]);
         }
@@ -405,13 +483,12 @@ impl CowBackend for ZfsBackend {
 
     fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
         let full = self.full(name);
-        let args: Vec<&str> = if name.contains('@') {
-            vec!["destroy", &full]
+        if name.contains('@') {
+            self.zfs_retry("destroy", name, &["destroy", &full])
         } else {
-            self.unmount(&full);
-            vec!["destroy", "-r", &full]
-        };
-        self.zfs_retry("destroy", name, &args).map(|_| ())
+            self.zfs_retry_after("destroy", name, &["destroy", "-r", &full], &[&full])
+        }
+        .map(|_| ())
     }
 
     fn exists(&mut self, ds: &str) -> Result<bool, DriverError> {
@@ -513,8 +590,27 @@ impl CowBackend for ZfsBackend {
                 message: format!("{full} was not created by deorch; not destroyed"),
             });
         }
-        self.unmount(&full);
-        self.zfs_retry("destroy", &full, &["destroy", "-r", &full])
+        self.zfs_retry_after("destroy", &full, &["destroy", "-r", &full], &[&full])
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_backoff_doubles_to_its_cap_and_stops_within_the_patience() {
+        let mut b = Backoff::new(BUSY_PATIENCE);
+        let pauses: Vec<Duration> = std::iter::from_fn(|| b.next()).collect();
+        assert_eq!(pauses[0], BUSY_PAUSE_FIRST);
+        assert_eq!(pauses[1], BUSY_PAUSE_FIRST * 2);
+        assert!(pauses.iter().all(|p| *p <= BUSY_PAUSE_MAX));
+        assert!(pauses.contains(&BUSY_PAUSE_MAX), "{pauses:?}");
+        let total: Duration = pauses.iter().sum();
+        assert!(total <= BUSY_PATIENCE, "{total:?}");
+        // Within one capped pause of the patience: it is not given up early.
+        assert!(total + BUSY_PAUSE_MAX > BUSY_PATIENCE, "{total:?}");
+        assert_eq!(Backoff::new(Duration::from_millis(10)).next(), None);
     }
 }

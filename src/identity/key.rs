@@ -10,8 +10,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k256::ecdsa::{SigningKey, VerifyingKey};
@@ -19,6 +18,7 @@ use rand_core::OsRng;
 use thiserror::Error;
 
 use super::address::{Address, AddressType, Network};
+use crate::state_file;
 
 /// Why a key could not be made, read, written or used.
 #[derive(Debug, Error)]
@@ -193,41 +193,23 @@ impl PrivateKey {
         if path.exists() {
             return Err(KeyError::Exists(path.to_path_buf()));
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+        if path.file_name().is_none() {
+            return Err(KeyError::Malformed(path.display().to_string()));
+        }
+        // Not replacing: the file appears only if `path` is still free
+        // (a hard link), so a key that appeared meanwhile is never clobbered.
+        let once = state_file::Options {
+            replace: false,
+            ..state_file::Options::private()
         };
-        let name = path
-            .file_name()
-            .ok_or_else(|| KeyError::Malformed(path.display().to_string()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io(&tmp))?;
-            f.write_all(format!("{}\n", self.to_wif()).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(io(&tmp))?;
-            // A hard link fails if `path` appeared meanwhile: no clobbering.
-            fs::hard_link(&tmp, path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyError::Exists(path.to_path_buf())
-                } else {
-                    io(path)(e)
-                }
-            })?;
-            fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&dir))
-        })();
-        let _ = fs::remove_file(&tmp);
-        result
+        let line = format!("{}\n", self.to_wif());
+        state_file::write_with(path, line.as_bytes(), once).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.to_path_buf())
+            } else {
+                io(path)(e)
+            }
+        })
     }
 
     /// Read a key file written by [`PrivateKey::save`] (or any file holding

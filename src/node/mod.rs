@@ -23,12 +23,10 @@ pub use config::{HttpConfig, HttpTls, HypervisorKind, NetKind, NodeArgs, NodeCon
 
 use crate::admission::{Admission, AdmissionConfig, Batch, Doc, Trust};
 use crate::api;
-use crate::driver::cow::CowStorage;
 use crate::driver::dir::DirStorage;
 use crate::driver::libvirt::LibvirtHypervisor;
 use crate::driver::qemu::QemuHypervisor;
-use crate::driver::zfs::ZfsBackend;
-use crate::driver::Storage;
+use crate::driver::zfs;
 use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
 use crate::qemu::probe::{self, Accel, ProbeGuest};
 use crate::reconcile::{Drivers, Engine, EngineConfig};
@@ -258,11 +256,9 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
         }
         StorageKind::Zfs(root) => {
             let root = root.clone();
-            let s = tokio::task::spawn_blocking(move || ZfsBackend::open(&root)).await??;
-            let s = Arc::new(CowStorage::new(s));
-            let n = s.gc().await?;
+            let (s, n) = tokio::task::spawn_blocking(move || zfs::open_recovered(&root)).await??;
             info!(finished = n, "storage: zfs");
-            d.storage = s;
+            d.storage = Arc::new(s);
         }
     }
     match &config.hypervisor {

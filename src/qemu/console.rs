@@ -7,11 +7,12 @@
 //! exists on the node, so it never changes: not when the node restarts, not
 //! when other VMs come and go (a VM never moves to a slot that became free).
 //! The websocket port for noVNC sits at the same offset in a second range.
-//! See docs/ALGORITHMS.md.
+//! The hash and the probing are [`crate::slot`]'s, shared with DHCP
+//! addresses. See docs/ALGORITHMS.md.
 
 use std::collections::BTreeSet;
 
-use sha2::{Digest, Sha256};
+use crate::slot;
 
 /// A range of VNC ports and its parallel websocket range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,20 +50,19 @@ impl PortRange {
     }
 }
 
-/// The home slot of a VM.
+/// The home slot of a VM: its identity hashed with no domain prefix.
 pub fn home(id: &str, range: PortRange) -> u16 {
-    let d = Sha256::digest(id.as_bytes());
-    let h = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
-    (h % u64::from(range.size)) as u16
+    slot::home(slot::hash(b"", id), u64::from(range.size)) as u16
 }
 
 /// The VNC port for `id`, given the ports other VMs on this node hold;
 /// `None` when the range is full.
 pub fn assign(id: &str, range: PortRange, taken: &BTreeSet<u16>) -> Option<u16> {
-    let start = home(id, range);
-    (0..range.size)
-        .map(|i| range.vnc_base + (start + i) % range.size)
-        .find(|p| !taken.contains(p))
+    let port = |s: u64| range.vnc_base + s as u16;
+    slot::probe(u64::from(home(id, range)), u64::from(range.size), |s| {
+        !taken.contains(&port(s))
+    })
+    .map(port)
 }
 
 #[cfg(test)]

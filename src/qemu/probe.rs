@@ -144,9 +144,9 @@ pub async fn probe_cached(guest: &ProbeGuest, state_dir: &Path) -> ProbeResult {
         }
     }
     let result = probe(guest, key).await;
-    let tmp = cache.with_extension("json.tmp");
-    if std::fs::write(&tmp, serde_json::to_vec_pretty(&result).unwrap_or_default()).is_ok() {
-        let _ = std::fs::rename(&tmp, &cache);
+    let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    if let Err(e) = crate::state_file::write(&cache, &bytes) {
+        tracing::debug!(cache = %cache.display(), error = %e, "probe result not cached");
     }
     result
 }

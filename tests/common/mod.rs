@@ -382,26 +382,65 @@ pub fn zfs_root(tag: &str) -> Option<String> {
     Some(root)
 }
 
-/// Destroy a test's dataset tree (retrying while zfs-fuse says busy).
-pub fn zfs_cleanup(root: &str) {
-    // zfs-fuse cannot unmount from inside `destroy`; unmount first.
-    for name in zfs_tree(root).iter().rev().filter(|n| !n.contains('@')) {
-        let _ = Command::new("zfs").args(["umount", name]).output();
-    }
+/// Destroy a test's dataset tree, retrying while zfs-fuse says busy. An
+/// error says what was left; callers in `Drop` report it, never panic.
+pub fn zfs_cleanup(root: &str) -> Result<(), String> {
+    // zfs-fuse cannot unmount from inside `destroy`; unmount first, and
+    // again before every try (an unmount can be refused while busy too).
+    let unmount = || {
+        for name in zfs_tree(root).iter().rev().filter(|n| !n.contains('@')) {
+            let _ = Command::new("zfs").args(["umount", name]).output();
+        }
+    };
     // zfs-fuse says "busy" for seconds on a loaded machine.
     let mut err = String::new();
     for _ in 0..50 {
-        let out = Command::new("zfs")
+        unmount();
+        let out = match Command::new("zfs")
             .args(["destroy", "-r", "-R", root])
             .output()
-            .expect("zfs destroy");
+        {
+            Ok(out) => out,
+            Err(e) => return Err(format!("cannot run zfs to destroy {root}: {e}")),
+        };
         err = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.success() || err.contains("does not exist") {
-            return;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("could not destroy {root}: {err}");
+    Err(format!(
+        "could not destroy {root}: {}{}",
+        err.trim(),
+        zfs_daemon_note()
+    ))
+}
+
+/// Whether the zfs-fuse daemon still answers, said so that a reader of a
+/// failed test sees at once when the daemon, not the driver, went away
+/// (zfs-fuse has exited in the middle of a run before). Empty when it
+/// answers.
+pub fn zfs_daemon_note() -> String {
+    let answers = Command::new("zpool")
+        .arg("list")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if answers {
+        return String::new();
+    }
+    let pid = std::fs::read_to_string("/run/zfs-fuse.pid").unwrap_or_default();
+    let pid = pid.trim();
+    let state = if pid.is_empty() {
+        "no pidfile /run/zfs-fuse.pid".to_string()
+    } else if Path::new(&format!("/proc/{pid}")).exists() {
+        format!("pid {pid} alive but not answering")
+    } else {
+        format!("pid {pid} has exited")
+    };
+    format!(
+        "\n!!! the zfs-fuse daemon does not answer ({state}): failures above may be its doing; \
+         restart it with scripts/zfs-fuse.sh up !!!"
+    )
 }
 
 /// Everything below a dataset (`zfs list -r -t all`), one name per line.
