@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::identity::access::{
     authorize_signer, trusted_policies, verify_signed, Refused, RuleMiss,
 };
@@ -765,13 +766,6 @@ fn signed_generation(obj: &AnyObject) -> i64 {
     obj.to_value()
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
-        .unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 

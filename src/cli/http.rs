@@ -1,7 +1,6 @@
 //! Client commands of the HTTP API: `deorch login`, `whoami`, `push`.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -40,18 +39,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::state_file::write_with(path, text.as_bytes(), crate::state_file::Options::private())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {

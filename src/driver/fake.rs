@@ -5,9 +5,10 @@
 //! makes the next three `start` calls fail transiently. Every call is
 //! recorded (`faults().calls()`) so tests can assert what was done.
 
+use crate::clock::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::cow::{collision, CowBackend, CowStorage, Ds};
 use super::{
@@ -73,13 +74,6 @@ impl Faults {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A hypervisor that runs nothing.

@@ -3,7 +3,7 @@
 //! daemon's entry point).
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -88,10 +88,7 @@ pub enum Command {
 
 /// Unix time in ms.
 pub fn unix_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    crate::clock::now_ms() as Millis
 }
 
 /// Drive `node` over `transport` until `commands` closes: ticks every

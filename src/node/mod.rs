@@ -207,9 +207,7 @@ async fn start_http(
         (HTTP_URL_FILE, url.clone()),
     ] {
         let path = config.state_dir.join(file);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{text}\n"))
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        crate::state_file::write(&path, format!("{text}\n").as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     info!(%url, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");

@@ -198,7 +198,7 @@ fn settle(ctx: &Ctx, queue: &WorkQueue, record: &Record, result: Result<Outcome,
     };
     warn!(object = %key, reason = %e.reason, next = %next, "{}", e.message);
     ctx.store.record_event(Event {
-        time_ms: crate::source::dir::now_ms(),
+        time_ms: crate::clock::now_ms(),
         level: "Warning".into(),
         object: Some(key.clone()),
         source: None,

@@ -32,7 +32,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::Source;
 use crate::admission::{Admission, Batch, Trust};
+use crate::clock::now_ms;
 use crate::manifest;
 use crate::model::ObjectKey;
 use crate::store::{Event, SourceId};
@@ -507,12 +508,4 @@ fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
             _ => {}
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -42,9 +42,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::dir::now_ms;
 use super::Source;
 use crate::admission::{Admission, Batch, Trust};
+use crate::clock::now_ms;
 use crate::store::{Event, SourceId};
 
 /// File in the mirror directory with the outcome of the last commit tried.
@@ -361,9 +361,7 @@ fn write_status(mirror: &Path, commit: &str, outcome: &Synced) {
             json!({"commit": commit, "applied": false, "problems": problems})
         }
     };
-    let tmp = mirror.join(format!("{STATUS_FILE}.tmp"));
-    let done = std::fs::write(&tmp, v.to_string())
-        .and_then(|_| std::fs::rename(&tmp, mirror.join(STATUS_FILE)));
+    let done = crate::state_file::write(&mirror.join(STATUS_FILE), v.to_string().as_bytes());
     if let Err(e) = done {
         warn!(file = %mirror.join(STATUS_FILE).display(), error = %e, "cannot write the git status");
     }

@@ -29,9 +29,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use super::dir::now_ms;
 use super::Source;
 use crate::admission::{Admission, Batch, Doc, Trust};
+use crate::clock::now_ms;
 use crate::model::{AnyObject, Kind, ObjectKey, VirtualMachineSpec};
 use crate::store::{Record, SourceId, Store};
 

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
@@ -38,6 +38,7 @@ pub use canonical::{canonical_json, content_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clock::now_ms;
 use crate::model::{AnyObject, Kind, ObjectKey};
 
 /// Where a version of an object came from, e.g. `file:vm.yaml`, `api`,
@@ -214,13 +215,6 @@ impl Entry {
 
 /// redb's page cache; the index answers reads, so a small one suffices.
 const CACHE_BYTES: usize = 8 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn db_key(key: &ObjectKey) -> String {
     format!("{}/{}/{}", key.kind.as_str(), key.namespace, key.name)
@@ -547,10 +541,7 @@ impl Store {
 
     /// Drop tombstones older than `horizon`.
     pub fn gc_tombstones(&self, horizon: SystemTime) -> Result<usize, StoreError> {
-        let horizon_ms = horizon
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let horizon_ms = crate::clock::unix_ms(horizon);
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old: Vec<ObjectKey> = self
             .read_index()
