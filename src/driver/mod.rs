@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::vm::{Boot, Machine};
+use crate::model::vm::{Boot, Machine, NicModel};
 
 /// A boxed future (traits with async methods stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -168,6 +168,10 @@ pub struct NicConfig {
     pub tap: String,
     /// Bridge the tap is on.
     pub bridge: String,
+    /// Device model the guest sees (`spec.nics[].model`). Configs saved
+    /// before the model existed read as virtio, which is what they ran.
+    #[serde(default)]
+    pub model: NicModel,
     /// The tap is a real host interface (the `linux` network driver):
     /// the hypervisor attaches the NIC to it; otherwise the NIC uses
     /// QEMU's restricted user-mode network.

@@ -105,6 +105,17 @@ pub enum Machine {
     Microvm,
 }
 
+impl Machine {
+    /// The name the manifest (and QEMU's `-machine`) uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
 /// Firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -230,16 +241,35 @@ pub struct Nic {
     pub dhcpcast: Option<super::network::Dhcpcast>,
 }
 
-/// NIC device model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// NIC device model. Guests without virtio drivers (older Windows,
+/// installers) need an emulated Intel or Realtek card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NicModel {
     /// virtio-net.
+    #[default]
     Virtio,
     /// Intel e1000.
     E1000,
     /// Realtek 8139.
     Rtl8139,
+}
+
+impl NicModel {
+    /// Whether a VM on `machine` can have this card: `microvm` has no PCI
+    /// bus, only virtio-mmio, so only virtio-net fits there.
+    pub fn fits(self, machine: Machine) -> bool {
+        machine != Machine::Microvm || self == NicModel::Virtio
+    }
+
+    /// The name the manifest uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicModel::Virtio => "virtio",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        }
+    }
 }
 
 /// Graphical console.

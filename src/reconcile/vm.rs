@@ -388,6 +388,7 @@ pub fn resolve(
                 .unwrap_or_else(|| names::mac(ns, &key.name, &n.name)),
             tap,
             bridge,
+            model: n.model.unwrap_or_default(),
             host_tap: ctx.drivers.net.host_interfaces(),
         });
     }
