@@ -301,7 +301,12 @@ fn check_document(root: &Node) -> (Option<AnyObject>, Vec<Problem>) {
                     .unwrap_or_default()
             }
         };
-        problems.retain(|p| !semantic.iter().any(|s| s.path == p.path));
+        // A field dropped as unreadable keeps the schema's problem; what
+        // deorch then says about its absence ("a blank disk needs a
+        // size") is only an echo.
+        let mut semantic = semantic;
+        semantic.retain(|s| !problems.iter().any(|p| p.unreadable && p.path == s.path));
+        problems.retain(|p| p.unreadable || !semantic.iter().any(|s| s.path == p.path));
         problems.extend(semantic);
         return (None, problems);
     }

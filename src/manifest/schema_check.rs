@@ -542,7 +542,11 @@ fn value_types(
                 _ => None,
             };
             if let Some(e) = err {
-                out.push(Problem::at_value(path.clone(), e));
+                out.push(Problem {
+                    unreadable: true,
+                    only: Some(super::semantic::OnlyDeorch::ParsedValue),
+                    ..Problem::at_value(path.clone(), e)
+                });
                 return;
             }
         }

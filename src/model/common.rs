@@ -375,7 +375,7 @@ impl JsonSchema for Duration {
 //
 // Each pattern accepts exactly what the matching check in
 // `manifest::semantic` accepts, so the schema and deorch agree; the
-// differential test in tests/schema_differential.rs holds them to it.
+// differential test in tests/check_jsonschema.rs holds them to it.
 
 /// DNS-1123 label: what object names (and names that refer to objects,
 /// disks, NICs) must look like; at most 63 characters.
