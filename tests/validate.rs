@@ -386,3 +386,47 @@ fn the_no_effect_condition_names_the_same_fields() {
     let clean = parse_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/replica.yaml"));
     assert_eq!(no_effect_condition(&clean.documents[0].object), None);
 }
+
+/// A few rules the schemas gained, as deorch reports them: an emulated NIC
+/// on microvm, a reference that is not a name, a duplicate disk name
+/// (a check only deorch makes, so its id ends the message), and `2.0`
+/// read as the integer 2, as JSON Schema reads it.
+#[test]
+fn nic_models_references_duplicates_and_whole_floats() {
+    let doc = |spec: &str| {
+        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
+    };
+    let errors = |spec: &str| -> Vec<String> {
+        parse_str(Path::new("t.yaml"), &doc(spec))
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
+            .collect()
+    };
+    assert_eq!(
+        errors("  machine: microvm\n  nics:\n    - {name: eth0, network: lan, model: e1000}\n"),
+        ["8:41: spec.nics[0].model: the microvm machine has no PCI bus, only virtio-mmio: NICs there are virtio, found e1000"]
+    );
+    assert!(
+        errors("  machine: q35\n  nics:\n    - {name: eth0, network: lan, model: e1000}\n")
+            .is_empty()
+    );
+    assert_eq!(
+        errors("  disks:\n    - name: d\n      source:\n        virtualMachine: {name: Web_1}\n"),
+        ["9:32: spec.disks[0].source.virtualMachine.name: \"Web_1\" is not a DNS-1123 label: expected at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit (e.g. \"web-1\")"]
+    );
+    assert_eq!(
+        errors("  disks:\n    - {name: d, source: {blank: {}}, size: 1Gi}\n    - {name: d, source: {blank: {}}, size: 1Gi}\n"),
+        ["8:14: spec.disks[1].name: disk name \"d\" is used twice [names-unique]"]
+    );
+    let two = parse_str(
+        Path::new("t.yaml"),
+        &doc("  cpu: 2.0\n  memory: 134217728.0\n"),
+    );
+    assert!(two.diagnostics.is_empty(), "{:?}", two.diagnostics);
+    let deorch::model::AnyObject::VirtualMachine(vm) = &two.documents[0].object else {
+        panic!("a VM")
+    };
+    assert_eq!(vm.spec.cpu, Some(deorch::model::Cpu(2000)));
+    assert_eq!(vm.spec.memory, Some(deorch::model::Quantity(128 << 20)));
+}
