@@ -1008,6 +1008,7 @@ fn bench_config(
             mac: "52:54:00:de:0c:01".into(),
             tap: String::new(),
             bridge: String::new(),
+            model: crate::model::vm::NicModel::Virtio,
             host_tap: false,
         }],
         spice: false,

@@ -12,8 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::{Kind, Spec, API_VERSION};
 
-/// DNS-1123 label: what object names must look like.
-pub const DNS1123_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+pub use crate::model::common::DNS1123_LABEL_PATTERN;
 
 /// The schema of a whole object whose spec is `S`.
 pub fn object_schema<S: Spec>() -> Schema {
@@ -79,13 +78,21 @@ fn tighten_metadata(metadata: &mut Value) {
     }
 }
 
-/// Every object schema with `properties` and no `additionalProperties`
+/// Every object type with `properties` and no `additionalProperties`
 /// (the Kubernetes types) becomes closed, so that a typo'd field is an
-/// error everywhere, as in deorch's own types.
+/// error everywhere, as in deorch's own types. Rules over fields (an
+/// `if`, a `oneOf` branch) have no `type` and stay open: they constrain
+/// the fields they name and leave the others alone.
 fn close_objects(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            let is_type = map.get("type").is_some_and(|t| {
+                t == "object" || t.as_array().is_some_and(|a| a.contains(&json!("object")))
+            });
+            if is_type
+                && map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+            {
                 map.insert("additionalProperties".into(), Value::Bool(false));
             }
             for (_, child) in map.iter_mut() {
@@ -220,7 +227,7 @@ pub fn resolve<'a>(root: &'a Value, mut node: &'a Value, stop: &dyn Fn(&str) -> 
         if let Some(b) = node
             .get("allOf")
             .and_then(Value::as_array)
-            .filter(|b| b.len() == 1)
+            .filter(|b| b.len() == 1 && b[0].get("$ref").is_some())
         {
             node = &b[0];
             continue;
@@ -242,7 +249,17 @@ pub fn resolve<'a>(root: &'a Value, mut node: &'a Value, stop: &dyn Fn(&str) -> 
 
 /// Value types and Kubernetes types the reference names instead of expanding.
 fn named(name: &str) -> bool {
-    matches!(name, "Quantity" | "Cpu" | "Duration") || name.starts_with("io.k8s.")
+    matches!(
+        name,
+        "Quantity"
+            | "Cpu"
+            | "Duration"
+            | "Vcpus"
+            | "WholeCpus"
+            | "GuestMemory"
+            | "PositiveDuration"
+            | "RecordSize"
+    ) || name.starts_with("io.k8s.")
 }
 
 fn type_of(root: &Value, node: &Value) -> String {
@@ -252,6 +269,11 @@ fn type_of(root: &Value, node: &Value) -> String {
             "Quantity" => "quantity (`512Mi`, `2Gi`, `10G`)".into(),
             "Cpu" => "CPU amount (`2`, `\"1.5\"`, `\"500m\"`)".into(),
             "Duration" => "duration (`90s`, `1h30m`)".into(),
+            "Vcpus" => "whole CPUs, 1-1024 (`2`, `\"2000m\"`)".into(),
+            "WholeCpus" => "whole CPUs, ≥ 1 (`2`, `\"2000m\"`)".into(),
+            "GuestMemory" => "quantity ≥ 1Mi (`512Mi`, `2Gi`)".into(),
+            "PositiveDuration" => "duration > 0 (`90s`, `1h30m`)".into(),
+            "RecordSize" => "quantity, a power of two 512-1Mi (`128Ki`)".into(),
             n if n.ends_with("LabelSelector") => {
                 "label selector (`matchLabels`, `matchExpressions`)".into()
             }
@@ -305,13 +327,11 @@ fn type_of(root: &Value, node: &Value) -> String {
             format!("map of {}", type_of(root, &node["additionalProperties"]))
         }
         "object" => "mapping".into(),
-        "integer" => {
-            let min = node
-                .get("minimum")
-                .map(|m| format!(" ≥ {m}"))
-                .unwrap_or_default();
-            format!("integer{min}")
-        }
+        "integer" => match (node.get("minimum"), node.get("maximum")) {
+            (Some(min), Some(max)) if min != 0 => format!("integer {min}-{max}"),
+            (Some(min), _) => format!("integer ≥ {min}"),
+            _ => "integer".into(),
+        },
         "" => "any".into(),
         other => other.into(),
     }

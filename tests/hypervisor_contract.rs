@@ -27,7 +27,7 @@ use deorch::driver::qemu::QemuHypervisor;
 use deorch::driver::{
     DiskImage, DriverError, Hypervisor, NicConfig, StopReason, VmConfig, VmState,
 };
-use deorch::model::vm::{Boot, DiskBus, Machine};
+use deorch::model::vm::{Boot, DiskBus, Machine, NicModel};
 use deorch::qemu::console::{self, PortRange};
 use deorch::qemu::probe::{Accel, READY_MARKER};
 
@@ -282,6 +282,9 @@ fn tiny_config(s: &Subject, id: &str) -> VmConfig {
             mac: "52:54:00:de:0c:01".into(),
             tap: "dtap-contract".into(),
             bridge: "dbr-contract".into(),
+            // The tiny guest has only the virtio drivers (the other models
+            // are checked in tests/qemu_qmp.rs).
+            model: NicModel::Virtio,
             host_tap: false,
         }],
         // SPICE beside VNC where the driver serves consoles (Debian's QEMU

@@ -228,3 +228,107 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
     );
     std::fs::remove_dir_all(&rd).ok();
 }
+
+/// `spec.nics[].model` reaches the guest's hardware: the qemu driver,
+/// given a VmConfig whose NICs are an e1000, an rtl8139 and a virtio-net,
+/// starts a QEMU whose PCI bus (QMP `query-pci`) has exactly those cards
+/// (vendor:device 8086:100e, 10ec:8139, 1af4:1000) under the NICs' ids.
+/// Before the model was carried through, every NIC came up virtio.
+#[tokio::test]
+async fn the_qemu_driver_gives_each_nic_its_model() {
+    use deorch::driver::qemu::QemuHypervisor;
+    use deorch::driver::{Hypervisor, NicConfig, VmConfig, VmState};
+    use deorch::model::vm::{Machine, NicModel};
+    use deorch::qemu::cmdline;
+    use deorch::qemu::console::PortRange;
+    use deorch::qemu::probe::Accel;
+    if !qemu_available() {
+        return;
+    }
+    let vms = std::env::temp_dir().join(format!("deorch-nicmodel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&vms);
+    std::fs::create_dir_all(&vms).unwrap();
+    let hv = QemuHypervisor::new("qemu-system-x86_64", &vms, Accel::Tcg).with_console(
+        "127.0.0.1".parse().unwrap(),
+        // Away from the contract's and the node's ranges.
+        PortRange {
+            vnc_base: 23400,
+            ws_base: 23900,
+            size: 400,
+        },
+    );
+    let nic = |name: &str, last: u8, model| NicConfig {
+        name: name.into(),
+        mac: format!("52:54:00:de:0d:{last:02x}"),
+        tap: String::new(),
+        bridge: String::new(),
+        model,
+        host_tap: false,
+    };
+    // No kernel and no disk: the firmware finds nothing to boot and waits,
+    // which is enough for the devices to be there.
+    let cfg = VmConfig {
+        id: "default/nic-models".into(),
+        cpus: 1,
+        memory: 64 << 20,
+        machine: Machine::Q35,
+        cpu_model: None,
+        boot: None,
+        disks: vec![],
+        disk_images: vec![],
+        nics: vec![
+            nic("eth0", 1, NicModel::E1000),
+            nic("eth1", 2, NicModel::Rtl8139),
+            nic("eth2", 3, NicModel::Virtio),
+        ],
+        spice: false,
+    };
+    hv.start(&cfg).await.expect("start");
+    let id = cfg.id.clone();
+    let pid = match hv.state(&id).await.expect("state") {
+        VmState::Running { pid, config, .. } => {
+            assert_eq!(*config, cfg, "the saved config carries the models");
+            pid
+        }
+        other => panic!("expected Running, got {other:?}"),
+    };
+    let _guard = KillOnDrop(pid);
+    let mut qmp = Qmp::connect(
+        &cmdline::qmp_socket(&hv.runtime_dir(&id)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let pci = qmp.execute("query-pci", None).await.unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for bus in pci.as_array().unwrap() {
+        for dev in bus["devices"].as_array().unwrap() {
+            if let Some(qdev) = dev["qdev_id"].as_str().filter(|q| q.starts_with("nic-")) {
+                found.insert(
+                    qdev.to_string(),
+                    (
+                        dev["id"]["vendor"].as_u64().unwrap(),
+                        dev["id"]["device"].as_u64().unwrap(),
+                    ),
+                );
+            }
+        }
+    }
+    let want: std::collections::BTreeMap<String, (u64, u64)> = [
+        ("nic-eth0".to_string(), (0x8086, 0x100e)),
+        ("nic-eth1".to_string(), (0x10ec, 0x8139)),
+        ("nic-eth2".to_string(), (0x1af4, 0x1000)),
+    ]
+    .into();
+    assert_eq!(found, want, "query-pci: {pci}");
+    // Another model is another configuration: the reconciler flags it
+    // for a restart like any other NIC change.
+    let mut changed = cfg.clone();
+    changed.nics[0].model = NicModel::Rtl8139;
+    assert_eq!(deorch::reconcile::vm::diff(&cfg, &changed), ["nics"]);
+    assert!(deorch::reconcile::vm::diff(&cfg, &cfg).is_empty());
+    drop(qmp);
+    hv.stop(&id, Duration::ZERO).await.expect("forced stop");
+    hv.remove(&id).await.expect("remove");
+    std::fs::remove_dir_all(&vms).ok();
+}

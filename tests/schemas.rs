@@ -36,6 +36,28 @@ fn schemas_are_fresh() {
     assert!(stale.is_empty(), "stale schemas: {stale:?}; run `DEORCH_BLESS=1 cargo test --test schemas` and commit schemas/");
 }
 
+/// The list of checks only deorch makes is the code's.
+#[test]
+fn the_only_deorch_checks_are_fresh() {
+    const BEGIN: &str = "<!-- BEGIN GENERATED CHECKS -->\n";
+    const END: &str = "<!-- END GENERATED CHECKS -->";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/MANIFESTS.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let start = doc.find(BEGIN).expect("BEGIN marker") + BEGIN.len();
+    let end = doc.find(END).expect("END marker");
+    let want = deorch::manifest::semantic::render_only_deorch();
+    if doc[start..end] != want {
+        if bless() {
+            std::fs::write(&path, format!("{}{}{}", &doc[..start], want, &doc[end..])).unwrap();
+        } else {
+            panic!("docs/MANIFESTS.md's list of checks only deorch makes is stale; run `DEORCH_BLESS=1 cargo test --test schemas` and commit it");
+        }
+    }
+    for c in deorch::manifest::semantic::OnlyDeorch::ALL {
+        assert!(want.contains(&format!("| `{}` |", c.id())), "{c:?}");
+    }
+}
+
 #[test]
 fn the_field_reference_is_fresh() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/MANIFESTS.md");

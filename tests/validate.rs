@@ -293,3 +293,140 @@ fn garbage_and_truncated_input_never_panics() {
         let _ = parse_str(file, &s);
     }
 }
+
+/// Fields that validate but have no effect yet: `deorch validate` warns at
+/// each one's key with its path, and they are not errors (the documents
+/// are accepted, the exit code is 0). One entry per listed field, so a
+/// feature that lands must take its entry out here and in
+/// `manifest::inert`.
+#[test]
+fn fields_with_no_effect_yet_are_warned_about_not_refused() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/inert/all.yaml");
+    let (parsed, warnings) = deorch::manifest::parse_file_with_warnings(&file);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    assert_eq!(parsed.documents.len(), 6, "every document is accepted");
+    let got: Vec<(usize, usize, &str)> = warnings
+        .iter()
+        .map(|w| (w.line, w.col, w.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (7, 3, "spec.firmware"),
+            (9, 5, "spec.console.vnc"),
+            (10, 5, "spec.console.websocket"),
+            (12, 5, "spec.placement.strict"),
+            (13, 3, "spec.array"),
+            (14, 3, "spec.fastr"),
+            (22, 3, "spec.firmware"),
+            (29, 3, "spec.isolation"),
+            (37, 3, "spec.satelliteId"),
+            (38, 3, "spec.gossip"),
+            (40, 5, "spec.capacity.network"),
+            (41, 3, "spec.arrays"),
+            (53, 7, "spec.rules[0].tags"),
+            (60, 9, "spec.rules[0].level2.usernames"),
+            (64, 1, "kind"),
+        ]
+    );
+    for w in &warnings {
+        assert!(w.message.contains("has no effect yet"), "{w}");
+    }
+    assert!(warnings[5].message.contains("FASTR"), "{}", warnings[5]);
+    assert!(
+        warnings[12].message.contains("fails closed"),
+        "{}",
+        warnings[12]
+    );
+
+    // The values a node carries out anyway are not warned about.
+    let quiet = "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: q\nspec:\n  firmware: bios\n  console: {vnc: true}\n  placement: {strict: false}\n---\napiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: n\nspec:\n  isolation: {mode: None}\n";
+    let (parsed, warnings) =
+        deorch::manifest::parse_str_with_warnings(Path::new("quiet.yaml"), quiet);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // The CLI prints them as warnings and still exits 0.
+    let out = Command::new(env!("CARGO_BIN_EXE_deorch"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("inert/all.yaml:14:3: warning: spec.fastr: has no effect yet: FASTR"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 15, "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 errors, 15 warnings"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The node's status condition comes from the same list: `True` with
+/// every inert field named, absent when there is none.
+#[test]
+fn the_no_effect_condition_names_the_same_fields() {
+    use deorch::manifest::inert::{no_effect_condition, no_effect_yet};
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/inert/all.yaml");
+    let parsed = parse_file(&file);
+    let vm = &parsed.documents[0].object;
+    let (reason, message) = no_effect_condition(vm).expect("the VM has inert fields");
+    assert_eq!(reason, "FieldsIgnored");
+    for f in no_effect_yet(vm) {
+        assert!(message.contains(&f.path_string()), "{message}");
+    }
+    assert!(
+        message.starts_with("spec.firmware: has no effect yet"),
+        "{message}"
+    );
+    let clean = parse_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/replica.yaml"));
+    assert_eq!(no_effect_condition(&clean.documents[0].object), None);
+}
+
+/// A few rules the schemas gained, as deorch reports them: an emulated NIC
+/// on microvm, a reference that is not a name, a duplicate disk name
+/// (a check only deorch makes, so its id ends the message), and `2.0`
+/// read as the integer 2, as JSON Schema reads it.
+#[test]
+fn nic_models_references_duplicates_and_whole_floats() {
+    let doc = |spec: &str| {
+        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
+    };
+    let errors = |spec: &str| -> Vec<String> {
+        parse_str(Path::new("t.yaml"), &doc(spec))
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
+            .collect()
+    };
+    assert_eq!(
+        errors("  machine: microvm\n  nics:\n    - {name: eth0, network: lan, model: e1000}\n"),
+        ["8:41: spec.nics[0].model: the microvm machine has no PCI bus, only virtio-mmio: NICs there are virtio, found e1000"]
+    );
+    assert!(
+        errors("  machine: q35\n  nics:\n    - {name: eth0, network: lan, model: e1000}\n")
+            .is_empty()
+    );
+    assert_eq!(
+        errors("  disks:\n    - name: d\n      source:\n        virtualMachine: {name: Web_1}\n"),
+        ["9:32: spec.disks[0].source.virtualMachine.name: \"Web_1\" is not a DNS-1123 label: expected at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit (e.g. \"web-1\")"]
+    );
+    assert_eq!(
+        errors("  disks:\n    - {name: d, source: {blank: {}}, size: 1Gi}\n    - {name: d, source: {blank: {}}, size: 1Gi}\n"),
+        ["8:14: spec.disks[1].name: disk name \"d\" is used twice [names-unique]"]
+    );
+    let two = parse_str(
+        Path::new("t.yaml"),
+        &doc("  cpu: 2.0\n  memory: 134217728.0\n"),
+    );
+    assert!(two.diagnostics.is_empty(), "{:?}", two.diagnostics);
+    let deorch::model::AnyObject::VirtualMachine(vm) = &two.documents[0].object else {
+        panic!("a VM")
+    };
+    assert_eq!(vm.spec.cpu, Some(deorch::model::Cpu(2000)));
+    assert_eq!(vm.spec.memory, Some(deorch::model::Quantity(128 << 20)));
+}

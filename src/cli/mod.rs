@@ -403,13 +403,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = manifest::run_validate(&paths, &mut out);
             out.flush().ok();
             eprintln!(
-                "{} file{}, {} document{}, {} error{}",
+                "{} file{}, {} document{}, {} error{}{}",
                 summary.files,
                 plural(summary.files),
                 summary.documents,
                 plural(summary.documents),
                 summary.errors,
-                plural(summary.errors)
+                plural(summary.errors),
+                match summary.warnings {
+                    0 => String::new(),
+                    n => format!(", {n} warning{} (fields with no effect yet)", plural(n)),
+                }
             );
             Ok(if summary.errors == 0 {
                 ExitCode::SUCCESS

@@ -48,7 +48,7 @@ use virt::enumutil::Enum;
 use virt::error::{Error as VirtError, ErrorNumber};
 
 use super::{BoxFuture, DriverError, Hypervisor, StopReason, VmConfig, VmState};
-use crate::model::vm::{ConsoleStatus, DiskBus, Machine, NicModel};
+use crate::model::vm::{ConsoleStatus, DiskBus, Machine};
 use crate::qemu::cmdline::{self, NicBackend, QemuVm, Vnc};
 use crate::qemu::console::{self, PortRange};
 use crate::qemu::probe::Accel;
@@ -472,11 +472,10 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
             }
         }
         let _ = writeln!(w, "      <mac address='{}'/>", esc(&n.mac));
-        let model = match (n.model, micro) {
-            (_, true) | (NicModel::Virtio, false) => "virtio",
-            (NicModel::E1000, false) => "e1000",
-            (NicModel::Rtl8139, false) => "rtl8139",
-        };
+        // libvirt's model names; on microvm it puts virtio on virtio-mmio
+        // (the address element below) and, like QEMU, has no PCI for the
+        // others (qemu_vm refuses them first).
+        let model = n.model.as_str();
         let _ = writeln!(w, "      <model type='{model}'/>");
         let _ = writeln!(w, "      <alias name='ua-nic-{}'/>", esc(&n.id));
         if micro {
@@ -915,6 +914,7 @@ fn snapshot_xml(domain_xml: &str, disk: &str, overlay: &Path) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::vm::NicModel;
     use crate::qemu::cmdline::{QemuDisk, QemuNic};
 
     #[test]
@@ -1040,6 +1040,25 @@ mod tests {
             assert!(x.contains(want), "{want} missing from:\n{x}");
         }
         assert!(!x.contains("virtio-mmio"), "{x}");
+    }
+
+    #[test]
+    fn each_nic_model_is_the_domain_interface_model() {
+        let mut vm = tiny();
+        vm.machine = Machine::Q35;
+        for (model, want) in [
+            (NicModel::E1000, "e1000"),
+            (NicModel::Rtl8139, "rtl8139"),
+            (NicModel::Virtio, "virtio"),
+        ] {
+            vm.nics[0].model = model;
+            let x = domain_xml(&vm, &params());
+            assert!(
+                x.contains(&format!("<model type='{want}'/>")),
+                "{model:?}:\n{x}"
+            );
+            assert_eq!(x.matches("<interface ").count(), 1, "{x}");
+        }
     }
 
     #[test]

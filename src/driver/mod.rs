@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::vm::{Boot, Machine};
+use crate::model::vm::{Boot, Machine, NicModel};
 
 /// The drivers a node uses, chosen once at start (real ones, or the
 /// in-memory fakes of [`fake`] when the node is told to simulate).
@@ -183,6 +183,10 @@ pub struct NicConfig {
     pub tap: String,
     /// Bridge the tap is on.
     pub bridge: String,
+    /// Device model the guest sees (`spec.nics[].model`). Configs saved
+    /// before the model existed read as virtio, which is what they ran.
+    #[serde(default)]
+    pub model: NicModel,
     /// The tap is a real host interface (the `linux` network driver):
     /// the hypervisor attaches the NIC to it; otherwise the NIC uses
     /// QEMU's restricted user-mode network.

@@ -14,6 +14,7 @@
 //! Architecture invariant: this is the only manifest parser; the CLI, the
 //! manifest directory and the local API all call it.
 
+pub mod inert;
 pub mod schema_check;
 pub mod semantic;
 pub mod yaml;
@@ -80,6 +81,12 @@ pub struct Problem {
     pub message: String,
     /// Point at the key (unknown fields) rather than the value.
     pub at_key: bool,
+    /// The value cannot be read as its Rust type (wrong type, unknown
+    /// enum value, unparsable quantity): drop it before reading the rest.
+    pub unreadable: bool,
+    /// The check, when it is one the JSON schema cannot make
+    /// ([`semantic::OnlyDeorch`]); its id ends the message.
+    pub only: Option<semantic::OnlyDeorch>,
 }
 
 impl Problem {
@@ -89,6 +96,8 @@ impl Problem {
             path,
             message,
             at_key: false,
+            unreadable: false,
+            only: None,
         }
     }
     /// A problem with the key at the end of `path`.
@@ -97,6 +106,16 @@ impl Problem {
             path,
             message,
             at_key: true,
+            unreadable: true,
+            only: None,
+        }
+    }
+    /// The message as shown: with `[ID]` when only deorch makes the check,
+    /// so that a user whose editor showed no error knows why.
+    pub fn shown(&self) -> String {
+        match self.only {
+            Some(o) => format!("{} [{}]", self.message, o.id()),
+            None => self.message.clone(),
         }
     }
 }
@@ -106,7 +125,14 @@ pub const MAX_FILE: usize = 8 << 20;
 
 /// Parse and validate `text`, reporting positions against `file`.
 pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
+    parse_str_with_warnings(file, text).0
+}
+
+/// [`parse_str`], plus a warning for every field of a valid document that
+/// has no effect yet ([`inert::no_effect_yet`]), at the field's key.
+pub fn parse_str_with_warnings(file: &Path, text: &str) -> (ParsedFile, Vec<Diagnostic>) {
     let mut out = ParsedFile::default();
+    let mut warnings = Vec::new();
     let diag = |line: usize, col: usize, path: String, message: String| Diagnostic {
         file: file.to_path_buf(),
         line,
@@ -121,7 +147,7 @@ pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
             String::new(),
             format!("file is larger than {} MiB; refused", MAX_FILE >> 20),
         ));
-        return out;
+        return (out, warnings);
     }
     let (docs, errors) = yaml::parse(text);
     for e in errors {
@@ -144,10 +170,15 @@ pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
                 pos.line,
                 pos.col,
                 yaml::render_path(&p.path),
-                p.message,
+                p.shown(),
             ));
         }
         if let Some(object) = object {
+            for w in inert::no_effect_yet(&object) {
+                let (key_pos, value_pos) = yaml::locate(&doc.root, &w.path);
+                let pos = key_pos.unwrap_or(value_pos);
+                warnings.push(diag(pos.line, pos.col, w.path_string(), w.message));
+            }
             out.documents.push(ParsedDocument {
                 index,
                 line: doc.pos.line,
@@ -160,7 +191,7 @@ pub fn parse_str(file: &Path, text: &str) -> ParsedFile {
         // A file is applied whole or not at all.
         out.documents.clear();
     }
-    out
+    (out, warnings)
 }
 
 /// Validate one document; the object when it has no problem.
@@ -248,16 +279,35 @@ fn check_document(root: &Node) -> (Option<AnyObject>, Vec<Problem>) {
     }
     problems.extend(schema_check::check(kind, &value));
     if !problems.is_empty() {
-        // Report the semantic problems of what is left too, so one run
-        // shows everything: drop the fields the schema refused and check
-        // the rest if it still reads as an object.
-        let mut pruned = value;
-        for p in &problems {
-            prune(&mut pruned, &p.path);
+        // Report the semantic problems too, so one run shows everything.
+        // When the object still reads (the schema refused only ranges and
+        // patterns) check it whole: where deorch's own check finds the same
+        // field wrong, its message ("virtual CPUs must be a whole number
+        // from 1 to 1024") replaces the schema's ("must be at least 1").
+        // Otherwise drop the fields the schema refused and check the rest.
+        let mut readable = value.clone();
+        for p in problems.iter().filter(|p| p.unreadable) {
+            prune(&mut readable, &p.path);
         }
-        if let Ok(partial) = AnyObject::from_value(pruned) {
-            problems.extend(semantic::check(&partial));
-        }
+        let semantic = match AnyObject::from_value(readable) {
+            Ok(rest) => semantic::check(&rest),
+            Err(_) => {
+                let mut pruned = value;
+                for p in &problems {
+                    prune(&mut pruned, &p.path);
+                }
+                AnyObject::from_value(pruned)
+                    .map(|partial| semantic::check(&partial))
+                    .unwrap_or_default()
+            }
+        };
+        // A field dropped as unreadable keeps the schema's problem; what
+        // deorch then says about its absence ("a blank disk needs a
+        // size") is only an echo.
+        let mut semantic = semantic;
+        semantic.retain(|s| !problems.iter().any(|p| p.unreadable && p.path == s.path));
+        problems.retain(|p| p.unreadable || !semantic.iter().any(|s| s.path == p.path));
+        problems.extend(semantic);
         return (None, problems);
     }
     let mut object = match AnyObject::from_value(value) {
@@ -265,10 +315,10 @@ fn check_document(root: &Node) -> (Option<AnyObject>, Vec<Problem>) {
         Err(e) => {
             return (
                 None,
-                vec![Problem::at_value(
-                    vec![],
-                    format!("cannot read the object: {e}"),
-                )],
+                vec![Problem {
+                    only: Some(semantic::OnlyDeorch::TypedRead),
+                    ..Problem::at_value(vec![], format!("cannot read the object: {e}"))
+                }],
             )
         }
     };
@@ -285,14 +335,29 @@ fn check_document(root: &Node) -> (Option<AnyObject>, Vec<Problem>) {
     (Some(object), problems)
 }
 
-/// Remove the mapping key nearest to the end of `path` (the whole list
-/// when the path ends inside one).
+/// Remove the mapping key nearest to the end of the part of `path` that
+/// exists (the whole list when the path ends inside one; the mapping
+/// holding a missing required field).
 fn prune(v: &mut Value, path: &[Seg]) {
-    let Some(last_key) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
+    let mut node = &*v;
+    let mut end = None;
+    for (i, seg) in path.iter().enumerate() {
+        let next = match (node, seg) {
+            (Value::Object(m), Seg::Key(k)) => m.get(k),
+            (Value::Array(a), Seg::Index(i)) => a.get(*i),
+            _ => None,
+        };
+        let Some(n) = next else { break };
+        node = n;
+        if matches!(seg, Seg::Key(_)) {
+            end = Some(i);
+        }
+    }
+    let Some(last) = end else {
         return;
     };
     let mut node = v;
-    for seg in &path[..last_key] {
+    for seg in &path[..last] {
         node = match (node, seg) {
             (Value::Object(m), Seg::Key(k)) => match m.get_mut(k) {
                 Some(n) => n,
@@ -305,13 +370,18 @@ fn prune(v: &mut Value, path: &[Seg]) {
             _ => return,
         };
     }
-    if let (Value::Object(m), Seg::Key(k)) = (node, &path[last_key]) {
+    if let (Value::Object(m), Seg::Key(k)) = (node, &path[last]) {
         m.remove(k);
     }
 }
 
 /// Read and validate one file (I/O errors become a diagnostic at 1:1).
 pub fn parse_file(path: &Path) -> ParsedFile {
+    parse_file_with_warnings(path).0
+}
+
+/// [`parse_file`] with [`parse_str_with_warnings`]'s warnings.
+pub fn parse_file_with_warnings(path: &Path) -> (ParsedFile, Vec<Diagnostic>) {
     let bytes = match std::fs::metadata(path).and_then(|m| {
         if m.len() as usize > MAX_FILE {
             Err(std::io::Error::other(format!(
@@ -323,16 +393,19 @@ pub fn parse_file(path: &Path) -> ParsedFile {
         }
     }) {
         Ok(b) => b,
-        Err(e) => return io_problem(path, e.to_string()),
+        Err(e) => return (io_problem(path, e.to_string()), vec![]),
     };
     match String::from_utf8(bytes) {
-        Ok(text) => parse_str(path, &text),
-        Err(e) => io_problem(
-            path,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
+        Ok(text) => parse_str_with_warnings(path, &text),
+        Err(e) => (
+            io_problem(
+                path,
+                format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             ),
+            vec![],
         ),
     }
 }
@@ -414,30 +487,57 @@ pub struct ValidateSummary {
     pub documents: usize,
     /// Problems found.
     pub errors: usize,
+    /// Fields that validate but have no effect yet (not errors).
+    pub warnings: usize,
 }
 
-/// Validate files and directories, printing one line per problem to `out`.
+impl Diagnostic {
+    /// The line `deorch validate` prints for a warning:
+    /// `FILE:LINE:COL: warning: PATH: MESSAGE`.
+    pub fn warning_line(&self) -> String {
+        format!(
+            "{}:{}:{}: warning: {}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.path,
+            self.message
+        )
+    }
+}
+
+/// Validate files and directories, printing one line per problem (and
+/// per warning) to `out`.
 pub fn run_validate(paths: &[PathBuf], out: &mut dyn std::io::Write) -> ValidateSummary {
     let (files, missing) = collect_files(paths);
     let mut summary = ValidateSummary {
         files: files.len(),
         documents: 0,
         errors: missing.len(),
+        warnings: 0,
     };
     for d in &missing {
         let _ = writeln!(out, "{d}");
     }
     for f in &files {
-        let parsed = parse_file(f);
+        let (parsed, warnings) = parse_file_with_warnings(f);
         summary.documents += if parsed.diagnostics.is_empty() {
             parsed.documents.len()
         } else {
             count_documents(f)
         };
         summary.errors += parsed.diagnostics.len();
-        for d in &parsed.diagnostics {
-            let _ = writeln!(out, "{d}");
+        let mut lines: Vec<(usize, usize, String)> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.col, d.to_string()))
+            .collect();
+        lines.extend(warnings.iter().map(|w| (w.line, w.col, w.warning_line())));
+        lines.sort_by_key(|(line, col, _)| (*line, *col));
+        for (_, _, l) in lines {
+            let _ = writeln!(out, "{l}");
         }
+        summary.warnings += warnings.len();
     }
     summary
 }

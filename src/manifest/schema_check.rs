@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::yaml::Seg;
 use super::Problem;
 use crate::model::common::{
-    Cpu, Duration, Quantity, CPU_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN,
+    Cpu, Duration, GuestMemory, Quantity, RecordSize, Vcpus, WholeCpus, CPU_PATTERN,
+    DURATION_PATTERN, QUANTITY_PATTERN,
 };
 use crate::model::Kind;
 use crate::schema::DNS1123_LABEL_PATTERN;
@@ -165,8 +166,130 @@ pub fn dns_message(s: &str) -> String {
     )
 }
 
+/// The named value-type definition (`Quantity`, `Vcpus`, ...) of the
+/// field at `path`, if it has one.
+fn value_def_at<'a>(root: &'a Value, path: &[Seg]) -> Option<&'a str> {
+    let (last, parent) = path.split_last()?;
+    let parent = schema_at(root, root, parent)?;
+    let mut node = match last {
+        Seg::Key(k) => parent
+            .get("properties")
+            .and_then(|p| p.get(k))
+            .or_else(|| parent.get("additionalProperties").filter(|a| a.is_object()))?,
+        Seg::Index(_) => parent.get("items")?,
+    };
+    for _ in 0..4 {
+        if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            return r.strip_prefix("#/definitions/");
+        }
+        let branches = node
+            .get("anyOf")
+            .or_else(|| node.get("allOf"))
+            .and_then(Value::as_array)?;
+        node = branches
+            .iter()
+            .find(|b| b.get("type").and_then(Value::as_str) != Some("null"))?;
+    }
+    None
+}
+
+/// A whole number from a JSON number (`2` or `2.0`), as the value types
+/// read one.
+fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    })
+}
+
+/// The message for a value of a value type (`def`) the schema refused,
+/// from the type's own parser and range check, and whether the value is
+/// unreadable (its parser fails). `None`: not a value type, or a JSON
+/// type no value type takes (the generic message says so).
+fn value_message(def: &str, v: &Value) -> Option<(String, bool)> {
+    let parsed = |v: &Value| -> Option<Result<u64, String>> {
+        let cpu = matches!(def, "Cpu" | "Vcpus" | "WholeCpus");
+        if let Some(s) = v.as_str() {
+            return Some(match def {
+                "Cpu" | "Vcpus" | "WholeCpus" => s.parse::<Cpu>().map(|c| c.0).map_err(|e| e.0),
+                "Quantity" | "GuestMemory" | "RecordSize" => {
+                    s.parse::<Quantity>().map(|q| q.0).map_err(|e| e.0)
+                }
+                "Duration" | "PositiveDuration" => s
+                    .parse::<Duration>()
+                    .map(|d| d.0.as_millis() as u64)
+                    .map_err(|e| e.0),
+                _ => return None,
+            });
+        }
+        let n = whole_number(v)?;
+        Some(if cpu {
+            n.checked_mul(1000)
+                .ok_or_else(|| format!("CPU amount {n} is too large"))
+        } else {
+            Ok(n)
+        })
+    };
+    let value = match parsed(v)? {
+        Ok(n) => n,
+        Err(e) => return Some((e, true)),
+    };
+    let problem = match def {
+        "Vcpus" => Vcpus::problem(Cpu(value)),
+        "WholeCpus" => WholeCpus::problem(Cpu(value)),
+        "GuestMemory" => GuestMemory::problem(Quantity(value)),
+        "RecordSize" => RecordSize::problem(Quantity(value)),
+        "PositiveDuration" => {
+            (value == 0).then(|| format!("must be longer than zero, found {}", describe(v)))
+        }
+        _ => None,
+    };
+    problem.map(|p| (p, false))
+}
+
 fn explain(root: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
     let path = segs(err);
+    let instance = err.instance();
+    if let Some((message, unreadable)) =
+        value_def_at(root, &path).and_then(|def| value_message(def, instance))
+    {
+        out.push(Problem {
+            unreadable,
+            ..Problem::at_value(path, message)
+        });
+        return;
+    }
+    let start = out.len();
+    // Rules over present fields (an `if`/`then`, a `not`) leave the value
+    // readable; a wrong type, enum value or missing field does not.
+    let conditional = err
+        .schema_path()
+        .as_str()
+        .split('/')
+        .any(|s| s == "then" || s == "not");
+    let unreadable = !conditional
+        && match err.kind() {
+            ValidationErrorKind::Type { kind } => !matches!(
+                kind,
+                TypeKind::Single(t) if t.as_str() == "null"
+            ),
+            ValidationErrorKind::Enum { .. }
+            | ValidationErrorKind::Constant { .. }
+            | ValidationErrorKind::AdditionalProperties { .. }
+            | ValidationErrorKind::Required { .. } => true,
+            ValidationErrorKind::Minimum { .. } => instance.as_f64().is_some_and(|f| f < 0.0),
+            _ => false,
+        };
+    explain_kind(root, err, path, out);
+    if unreadable {
+        for p in &mut out[start..] {
+            p.unreadable = true;
+        }
+    }
+}
+
+fn explain_kind(root: &Value, err: &ValidationError<'_>, path: Vec<Seg>, out: &mut Vec<Problem>) {
     let instance = err.instance();
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -189,7 +312,11 @@ fn explain(root: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
             }
         }
         ValidationErrorKind::Required { property } => {
+            // The path names the missing field; its position is the
+            // mapping's (the nearest existing ancestor).
             let name = property.as_str().unwrap_or_default();
+            let mut path = path;
+            path.push(Seg::Key(name.into()));
             out.push(Problem::at_value(
                 path,
                 format!("missing required field {name:?}"),
@@ -266,75 +393,15 @@ fn explain(root: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
                 }
                 return;
             }
-            // An enum written as one constant per variant.
-            let consts: Vec<String> = context
-                .iter()
-                .flat_map(|b| b.iter())
-                .filter_map(|e| match e.kind() {
-                    ValidationErrorKind::Constant { expected_value } => Some(
-                        expected_value
-                            .as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| expected_value.to_string()),
-                    ),
-                    _ => None,
-                })
-                .collect();
-            if !consts.is_empty() && consts.len() == context.len() {
-                let hint = instance
-                    .as_str()
-                    .and_then(|s| did_you_mean(s, consts.iter().map(String::as_str)))
-                    .map(|m| format!(" (did you mean {m:?}?)"))
-                    .unwrap_or_default();
-                out.push(Problem::at_value(
-                    path,
-                    format!(
-                        "expected one of: {}, found {}{hint}",
-                        consts.join(", "),
-                        describe(instance)
-                    ),
-                ));
-                return;
-            }
-            // A quantity, CPU amount or duration written wrong.
-            for branch in context {
-                for e in branch {
-                    if let ValidationErrorKind::Pattern { pattern } = e.kind() {
-                        out.push(Problem::at_value(path, pattern_message(pattern, instance)));
-                        return;
-                    }
+            // No branch takes this JSON type at all: the value is unreadable.
+            let no_branch_fits = fitting.is_empty();
+            let start = out.len();
+            explain_branches(root, err, context, path, out);
+            if no_branch_fits {
+                for p in &mut out[start..] {
+                    p.unreadable = true;
                 }
             }
-            let wanted: Vec<String> = context
-                .iter()
-                .flat_map(|b| b.iter())
-                .filter_map(|e| match e.kind() {
-                    ValidationErrorKind::Type {
-                        kind: TypeKind::Single(t),
-                    } if t.as_str() != "null" => Some(type_name(t.as_str()).to_string()),
-                    _ => None,
-                })
-                .collect();
-            let described = schema_at(root, root, &path)
-                .and_then(|n| n.get("description"))
-                .and_then(Value::as_str)
-                .filter(|_| context.len() > 1);
-            let msg = if let Some(desc) = described {
-                format!(
-                    "{} is not valid here; expected {}",
-                    describe(instance),
-                    lower_first(desc)
-                )
-            } else if wanted.is_empty() {
-                format!("{} is not valid here", describe(instance))
-            } else {
-                format!(
-                    "expected {}, found {}",
-                    wanted.join(" or "),
-                    describe(instance)
-                )
-            };
-            out.push(Problem::at_value(path, msg));
         }
         ValidationErrorKind::Minimum { limit } => out.push(Problem::at_value(
             path,
@@ -358,6 +425,89 @@ fn explain(root: &Value, err: &ValidationError<'_>, out: &mut Vec<Problem>) {
         )),
         _ => out.push(Problem::at_value(path, err.to_string())),
     }
+}
+
+/// The message for a value no branch of an `anyOf`/`oneOf` took.
+fn explain_branches(
+    root: &Value,
+    err: &ValidationError<'_>,
+    context: &[Vec<ValidationError<'static>>],
+    path: Vec<Seg>,
+    out: &mut Vec<Problem>,
+) {
+    let instance = err.instance();
+    // An enum written as one constant per variant.
+    let consts: Vec<String> = context
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter_map(|e| match e.kind() {
+            ValidationErrorKind::Constant { expected_value } => Some(
+                expected_value
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| expected_value.to_string()),
+            ),
+            _ => None,
+        })
+        .collect();
+    if !consts.is_empty() && consts.len() == context.len() {
+        let hint = instance
+            .as_str()
+            .and_then(|s| did_you_mean(s, consts.iter().map(String::as_str)))
+            .map(|m| format!(" (did you mean {m:?}?)"))
+            .unwrap_or_default();
+        out.push(Problem {
+            unreadable: true,
+            ..Problem::at_value(
+                path,
+                format!(
+                    "expected one of: {}, found {}{hint}",
+                    consts.join(", "),
+                    describe(instance)
+                ),
+            )
+        });
+        return;
+    }
+    // A quantity, CPU amount or duration written wrong.
+    for branch in context {
+        for e in branch {
+            if let ValidationErrorKind::Pattern { pattern } = e.kind() {
+                out.push(Problem::at_value(path, pattern_message(pattern, instance)));
+                return;
+            }
+        }
+    }
+    let wanted: Vec<String> = context
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter_map(|e| match e.kind() {
+            ValidationErrorKind::Type {
+                kind: TypeKind::Single(t),
+            } if t.as_str() != "null" => Some(type_name(t.as_str()).to_string()),
+            _ => None,
+        })
+        .collect();
+    let described = schema_at(root, root, &path)
+        .and_then(|n| n.get("description"))
+        .and_then(Value::as_str)
+        .filter(|_| context.len() > 1);
+    let msg = if let Some(desc) = described {
+        format!(
+            "{} is not valid here; expected {}",
+            describe(instance),
+            lower_first(desc)
+        )
+    } else if wanted.is_empty() {
+        format!("{} is not valid here", describe(instance))
+    } else {
+        format!(
+            "expected {}, found {}",
+            wanted.join(" or "),
+            describe(instance)
+        )
+    };
+    out.push(Problem::at_value(path, msg));
 }
 
 fn lower_first(s: &str) -> String {
@@ -392,7 +542,11 @@ fn value_types(
                 _ => None,
             };
             if let Some(e) = err {
-                out.push(Problem::at_value(path.clone(), e));
+                out.push(Problem {
+                    unreadable: true,
+                    only: Some(super::semantic::OnlyDeorch::ParsedValue),
+                    ..Problem::at_value(path.clone(), e)
+                });
                 return;
             }
         }

@@ -1,5 +1,8 @@
-//! Checks a schema cannot express: names, addresses, cross-field rules.
-//! Each check names the field it is about.
+//! deorch's own checks of a typed object: everything the JSON schema says
+//! again (so that objects that never pass through the schema, and the
+//! messages, agree) and the few checks no schema can make, each with a
+//! stable identifier ([`OnlyDeorch`]) that ends its message and is listed
+//! in docs/MANIFESTS.md. Each check names the field it is about.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,6 +13,8 @@ use super::schema_check::dns_message;
 use super::yaml::Seg;
 use super::Problem;
 use crate::model::access::AccessPolicySpec;
+use crate::model::common::ObjectRef;
+use crate::model::common::{GuestMemory, PositiveDuration, RecordSize, Vcpus, WholeCpus};
 use crate::model::network::{DhcpOptions, Dhcpcast, NetworkSpec};
 use crate::model::relocation::RelocationSpec;
 use crate::model::satellite::SatelliteSpec;
@@ -17,6 +22,61 @@ use crate::model::spacesuit::SpacesuitSpec;
 use crate::model::storage_kinds::DatasetSpec;
 use crate::model::vm::{Disk, Nic, VirtualMachineSpec};
 use crate::model::{AnyObject, Placement};
+
+macro_rules! only_deorch {
+    ($($variant:ident = $id:literal: $what:literal;)*) => {
+        /// A check only deorch makes: the JSON schema language cannot say
+        /// it, so an editor using the schema shows no error where deorch
+        /// refuses. The identifier ends the message (`[disk-names-unique]`)
+        /// and names the check in docs/MANIFESTS.md.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum OnlyDeorch {
+            $(#[doc = $what] $variant,)*
+        }
+
+        impl OnlyDeorch {
+            /// Every such check.
+            pub const ALL: &'static [OnlyDeorch] = &[$(OnlyDeorch::$variant),*];
+            /// The stable identifier.
+            pub fn id(self) -> &'static str {
+                match self { $(OnlyDeorch::$variant => $id),* }
+            }
+            /// What is checked and why the schema cannot.
+            pub fn what(self) -> &'static str {
+                match self { $(OnlyDeorch::$variant => $what),* }
+            }
+        }
+    };
+}
+
+only_deorch! {
+    NamesUnique = "names-unique": "Disk names and NIC names are unique within a VM, array names within a satellite. `uniqueItems` compares whole items, not one field of them.";
+    MemoryMinimum = "memory-minimum": "Memory is at least 1Mi. The schema refuses integers below it and zero written as a string; a quantity string just below 1Mi (`\"1023Ki\"`, `\"1000000\"`) is compared only once parsed.";
+    RecordSize = "recordsize": "A dataset's `recordsize` is a power of two from 512 to 1Mi. The schema lists the integers; a quantity string (`\"128Ki\"`) is checked only once parsed.";
+    DurationMinimum = "duration-minimum": "`replicaPolicy.interval` and `dhcp.leaseTime` are at least 1m. The schema refuses zero; comparing a sum of parts (`\"59s999ms\"`) with a minute is beyond a pattern.";
+    ParsedValue = "parsed-value": "A quantity, CPU amount or duration the pattern admits but that does not fit: more than 2^64 bytes or milliseconds, or a fraction of a byte (`\"1.0000001Ki\"`).";
+    Ipv6Address = "ipv6-address": "An IPv6 address (satellite addresses, `placement.address`) is well formed. The schema checks IPv4 addresses exactly and only the characters of an IPv6 one.";
+    SocketAddress = "socket-address": "A satellite's `gossip` endpoint is an IP address and a port from 0 to 65535. The schema checks the shape `HOST:PORT`.";
+    SubnetHostBits = "subnet-host-bits": "A subnet or route destination has no host bits set (`10.0.0.1/24` is refused with a suggestion). The schema checks the CIDR form.";
+    AddressInSubnet = "address-in-subnet": "A network's gateway, range and DHCP broadcast address lie inside its subnet: a comparison between two fields' values.";
+    RangeOrder = "range-order": "A network's address range starts before it ends: a comparison between two fields' values.";
+    PublicMatchesSubnet = "public-matches-subnet": "`ipv4.public` says true exactly when the subnet is public address space.";
+    TypedRead = "typed-read": "The object reads as its Rust type. The schema is generated from the same types, so this is a safety net; seeing it is a bug in the schema.";
+}
+
+/// The table of [`OnlyDeorch`] checks for docs/MANIFESTS.md.
+pub fn render_only_deorch() -> String {
+    let mut out =
+        String::from("| identifier | what deorch checks beyond the schema |\n|---|---|\n");
+    for c in OnlyDeorch::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} |\n",
+            c.id(),
+            c.what().replace('|', "\\|")
+        ));
+    }
+    out
+}
 
 /// Collects problems under a current path.
 struct Checker {
@@ -40,6 +100,26 @@ impl Checker {
         p.push(Seg::Key(field.into()));
         self.out.push(Problem::at_value(p, msg.into()));
     }
+    /// A problem only deorch can find, at `field` (or here).
+    fn only(&mut self, check: OnlyDeorch, field: Option<&str>, msg: impl Into<String>) {
+        let mut p = self.path.clone();
+        if let Some(f) = field {
+            p.push(Seg::Key(f.into()));
+        }
+        self.out.push(Problem {
+            only: Some(check),
+            ..Problem::at_value(p, msg.into())
+        });
+    }
+    /// A reference to another object: its name and namespace are names.
+    fn object_ref(&mut self, field: &str, r: &ObjectRef) {
+        self.at(field, |c| {
+            c.dns("name", &r.name);
+            if let Some(ns) = &r.namespace {
+                c.dns("namespace", ns);
+            }
+        });
+    }
     fn dns(&mut self, field: &str, s: &str) {
         if !is_dns_label(s) {
             self.field_err(field, dns_message(s));
@@ -49,9 +129,14 @@ impl Checker {
         match s.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                self.err(format!(
+                let msg = format!(
                     "{s:?} is not an IP address: expected e.g. \"10.0.0.5\" or \"fd00::5\""
-                ));
+                );
+                if s.contains(':') {
+                    self.only(OnlyDeorch::Ipv6Address, None, msg);
+                } else {
+                    self.err(msg);
+                }
                 None
             }
         }
@@ -144,7 +229,7 @@ pub fn check(obj: &AnyObject) -> Vec<Problem> {
         AnyObject::Satellite(o) => satellite(c, &o.spec),
         AnyObject::Spacesuit(o) => spacesuit(c, &o.spec),
         AnyObject::VirtualMachine(o) => vm(c, &o.spec),
-        AnyObject::Replica(_) => {}
+        AnyObject::Replica(o) => c.object_ref("virtualMachine", &o.spec.virtual_machine),
         AnyObject::Relocation(o) => relocation(c, &o.spec),
         AnyObject::Dataset(o) => dataset(c, &o.spec),
         AnyObject::Network(o) => network(c, &o.spec),
@@ -160,13 +245,13 @@ fn satellite(c: &mut Checker, s: &SatelliteSpec) {
         }
     });
     if let Some(g) = &s.gossip {
-        c.at("gossip", |c| {
-            if g.parse::<std::net::SocketAddr>().is_err() {
-                c.err(format!(
-                    "{g:?} is not HOST:PORT with an IP host, e.g. \"10.0.0.5:7946\""
-                ));
-            }
-        });
+        if g.parse::<std::net::SocketAddr>().is_err() {
+            c.only(
+                OnlyDeorch::SocketAddress,
+                Some("gossip"),
+                format!("{g:?} is not HOST:PORT with an IP host, e.g. \"10.0.0.5:7946\""),
+            );
+        }
     }
     let mut names = BTreeSet::new();
     c.at("arrays", |c| {
@@ -174,7 +259,11 @@ fn satellite(c: &mut Checker, s: &SatelliteSpec) {
             c.at(i, |c| {
                 c.dns("name", &a.name);
                 if !names.insert(a.name.clone()) {
-                    c.field_err("name", format!("array name {:?} is used twice", a.name));
+                    c.only(
+                        OnlyDeorch::NamesUnique,
+                        Some("name"),
+                        format!("array name {:?} is used twice", a.name),
+                    );
                 }
                 if a.tenant.is_empty() {
                     c.field_err(
@@ -196,6 +285,9 @@ fn spacesuit(c: &mut Checker, s: &SpacesuitSpec) {
                     "exactly one of image, virtualMachine must be set, found {n}"
                 ));
             }
+            if let Some(vm) = &src.virtual_machine {
+                c.object_ref("virtualMachine", vm);
+            }
             if let Some(img) = &src.image {
                 c.at("image", |c| {
                     if !img.path.starts_with('/') {
@@ -213,29 +305,23 @@ fn spacesuit(c: &mut Checker, s: &SpacesuitSpec) {
             }
         });
     }
-    if let Some(cpu) = s.cpu {
-        if cpu.0 % 1000 != 0 || cpu.0 == 0 {
-            c.field_err(
-                "cpu",
-                format!("a spacesuit's CPUs must be a whole number ≥ 1, found {cpu}"),
-            );
-        }
+    if let Some(p) = s.cpu.and_then(WholeCpus::problem) {
+        c.field_err("cpu", p);
+    }
+    if let Some(p) = s.memory.and_then(GuestMemory::problem) {
+        c.only(OnlyDeorch::MemoryMinimum, Some("memory"), p);
     }
 }
 
 fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
-    if let Some(cpu) = s.cpu {
-        if cpu.0 % 1000 != 0 || cpu.0 == 0 || cpu.0 > 1_024_000 {
-            c.field_err(
-                "cpu",
-                format!("virtual CPUs must be a whole number from 1 to 1024, found {cpu}"),
-            );
-        }
+    if let Some(name) = &s.spacesuit {
+        c.dns("spacesuit", name);
     }
-    if let Some(m) = s.memory {
-        if m.0 < (1 << 20) {
-            c.field_err("memory", format!("at least 1Mi of memory is needed, found {m} bytes (did you forget a unit like Mi?)"));
-        }
+    if let Some(p) = s.cpu.and_then(Vcpus::problem) {
+        c.field_err("cpu", p);
+    }
+    if let Some(p) = s.memory.and_then(GuestMemory::problem) {
+        c.only(OnlyDeorch::MemoryMinimum, Some("memory"), p);
     }
     let mut names = BTreeSet::new();
     c.at("disks", |c| {
@@ -246,7 +332,21 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
     let mut nic_names = BTreeSet::new();
     c.at("nics", |c| {
         for (i, n) in s.nics.iter().enumerate() {
-            c.at(i, |c| nic(c, n, &mut nic_names));
+            c.at(i, |c| {
+                nic(c, n, &mut nic_names);
+                if let (Some(machine), Some(model)) = (s.machine, n.model) {
+                    if !model.fits(machine) {
+                        c.field_err(
+                            "model",
+                            format!(
+                                "the {} machine has no PCI bus, only virtio-mmio: NICs there are virtio, found {}",
+                                machine.as_str(),
+                                model.as_str()
+                            ),
+                        );
+                    }
+                }
+            });
         }
     });
     if let Some(p) = &s.placement {
@@ -257,14 +357,10 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
             if r.keep == 0 {
                 c.field_err("keep", "must keep at least 1 replica");
             }
-            if r.interval.0.as_secs() < 60 {
-                c.field_err(
-                    "interval",
-                    format!(
-                        "at least 1m between automatic replicas, found {}",
-                        r.interval
-                    ),
-                );
+            if let Some(p) =
+                PositiveDuration::under_a_minute(r.interval, "between automatic replicas")
+            {
+                c.only(OnlyDeorch::DurationMinimum, Some("interval"), p);
             }
         });
     }
@@ -286,7 +382,11 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
 fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
     c.dns("name", &d.name);
     if !names.insert(d.name.clone()) {
-        c.field_err("name", format!("disk name {:?} is used twice", d.name));
+        c.only(
+            OnlyDeorch::NamesUnique,
+            Some("name"),
+            format!("disk name {:?} is used twice", d.name),
+        );
     }
     c.at("source", |c| {
         let src = &d.source;
@@ -307,6 +407,22 @@ fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
         if let Some(s) = &src.spacesuit {
             c.dns("spacesuit", s);
         }
+        for (field, r) in [
+            ("virtualMachine", &src.virtual_machine),
+            ("replica", &src.replica),
+        ] {
+            if let Some(r) = r {
+                c.at(field, |c| {
+                    c.dns("name", &r.name);
+                    if let Some(ns) = &r.namespace {
+                        c.dns("namespace", ns);
+                    }
+                    if let Some(d) = &r.disk {
+                        c.dns("disk", d);
+                    }
+                });
+            }
+        }
     });
     if d.source.blank.is_some() && d.size.is_none() {
         c.field_err("size", "a blank disk needs a size, e.g. \"10Gi\"");
@@ -316,7 +432,11 @@ fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
 fn nic(c: &mut Checker, n: &Nic, names: &mut BTreeSet<String>) {
     c.dns("name", &n.name);
     if !names.insert(n.name.clone()) {
-        c.field_err("name", format!("NIC name {:?} is used twice", n.name));
+        c.only(
+            OnlyDeorch::NamesUnique,
+            Some("name"),
+            format!("NIC name {:?} is used twice", n.name),
+        );
     }
     c.dns("network", &n.network);
     if let Some(mac) = &n.mac {
@@ -353,7 +473,7 @@ fn placement(c: &mut Checker, p: &Placement) {
 }
 
 fn relocation(c: &mut Checker, s: &RelocationSpec) {
-    c.at("virtualMachine", |c| c.dns("name", &s.virtual_machine.name));
+    c.object_ref("virtualMachine", &s.virtual_machine);
     if let Some(t) = &s.target {
         c.at("target", |c| placement(c, t));
     }
@@ -382,14 +502,8 @@ fn dataset(c: &mut Checker, s: &DatasetSpec) {
             );
         }
     }
-    if let Some(rs) = s.recordsize {
-        let b = rs.0;
-        if !(512..=(1 << 20)).contains(&b) || !b.is_power_of_two() {
-            c.field_err(
-                "recordsize",
-                format!("{rs}: expected a power of two from 512 to 1Mi"),
-            );
-        }
+    if let Some(p) = s.recordsize.and_then(RecordSize::problem) {
+        c.only(OnlyDeorch::RecordSize, Some("recordsize"), p);
     }
     c.at("userProperties", |c| {
         for k in s.user_properties.keys() {
@@ -404,10 +518,11 @@ fn dataset(c: &mut Checker, s: &DatasetSpec) {
 
 fn network(c: &mut Checker, s: &NetworkSpec) {
     if let Some(b) = &s.bridge {
-        if b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace) {
+        let printable = |ch: char| ch.is_ascii_graphic() && ch != '/';
+        if b.is_empty() || b.len() > 15 || !b.chars().all(printable) {
             c.field_err(
                 "bridge",
-                format!("{b:?}: an interface name of 1-15 characters without '/' or spaces"),
+                format!("{b:?}: an interface name of 1-15 printable ASCII characters without '/' or spaces"),
             );
         }
     }
@@ -420,8 +535,9 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
     if let Some(v4) = &s.ipv4 {
         c.at("ipv4", |c| {
             match v4.subnet.parse::<Ipv4Net>() {
-                Ok(net) if net.trunc() != net => c.field_err(
-                    "subnet",
+                Ok(net) if net.trunc() != net => c.only(
+                    OnlyDeorch::SubnetHostBits,
+                    Some("subnet"),
                     format!(
                         "{:?} has host bits set: did you mean \"{}\"?",
                         v4.subnet,
@@ -441,7 +557,11 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
                 let ip = c.at(field, |c| c.ipv4(s))?;
                 if let Some(net) = subnet {
                     if !net.contains(&ip) {
-                        c.field_err(field, format!("{ip} is outside the subnet {net}"));
+                        c.only(
+                            OnlyDeorch::AddressInSubnet,
+                            Some(field),
+                            format!("{ip} is outside the subnet {net}"),
+                        );
                     }
                 }
                 Some(ip)
@@ -455,7 +575,11 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
                     let b = inside(c, "end", &r.end);
                     if let (Some(a), Some(b)) = (a, b) {
                         if a > b {
-                            c.err(format!("start {a} is after end {b}"));
+                            c.only(
+                                OnlyDeorch::RangeOrder,
+                                None,
+                                format!("start {a} is after end {b}"),
+                            );
                         }
                     }
                 });
@@ -463,13 +587,15 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
             if let Some(net) = subnet {
                 let private = is_private(net);
                 if v4.public && private {
-                    c.field_err(
-                        "public",
+                    c.only(
+                        OnlyDeorch::PublicMatchesSubnet,
+                        Some("public"),
                         format!("{net} is private address space: set public: false"),
                     );
                 } else if !v4.public && !private {
-                    c.field_err(
-                        "public",
+                    c.only(
+                        OnlyDeorch::PublicMatchesSubnet,
+                        Some("public"),
                         format!("{net} is public address space: set public: true"),
                     );
                 }
@@ -481,7 +607,11 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
         if let (Some(b), Some(net)) = (&d.broadcast, subnet) {
             if b.parse::<Ipv4Addr>().is_ok_and(|ip| !net.contains(&ip)) {
                 c.at("dhcp", |c| {
-                    c.field_err("broadcast", format!("{b} is outside the subnet {net}"))
+                    c.only(
+                        OnlyDeorch::AddressInSubnet,
+                        Some("broadcast"),
+                        format!("{b} is outside the subnet {net}"),
+                    )
                 });
             }
         }
@@ -524,10 +654,11 @@ fn dhcp(c: &mut Checker, d: &DhcpOptions) {
             c.ipv4_list("datagramServers", &nb.datagram_servers);
         });
     }
-    if let Some(lt) = d.lease_time {
-        if lt.0.as_secs() < 60 {
-            c.field_err("leaseTime", format!("at least 1m, found {lt}"));
-        }
+    if let Some(p) = d
+        .lease_time
+        .and_then(|lt| PositiveDuration::under_a_minute(lt, "of lease"))
+    {
+        c.only(OnlyDeorch::DurationMinimum, Some("leaseTime"), p);
     }
     let domain_ok = |s: &str| {
         !s.is_empty()
@@ -554,8 +685,9 @@ fn dhcp(c: &mut Checker, d: &DhcpOptions) {
         for (i, r) in d.classless_static_routes.iter().enumerate() {
             c.at(i, |c| {
                 match r.destination.parse::<Ipv4Net>() {
-                    Ok(n) if n.trunc() != n => c.field_err(
-                        "destination",
+                    Ok(n) if n.trunc() != n => c.only(
+                        OnlyDeorch::SubnetHostBits,
+                        Some("destination"),
                         format!(
                             "{:?} has host bits set: did you mean \"{}\"?",
                             r.destination,

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Duration, TagSelector};
+use super::common::{exactly_one, Condition, Duration, TagSelector};
 
 /// Desired access policy (cluster-scoped; signed by the owner or an admin).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -17,8 +17,10 @@ pub struct AccessPolicySpec {
 /// One rule: these subjects get this role or these verbs, in this scope.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = rule_rules)]
 pub struct AccessRule {
     /// Bitcoin addresses the rule applies to.
+    #[schemars(length(min = 1), inner(regex(pattern = "^[A-Za-z0-9]{26,90}$")))]
     pub subjects: Vec<String>,
     /// A predefined role: `admin`, `operator` or `viewer`. Exactly one of
     /// `role` and `verbs`.
@@ -40,6 +42,25 @@ pub struct AccessRule {
     /// Require a level-2 password check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level2: Option<Level2>,
+}
+
+/// Exactly one of `role` and (non-empty) `verbs`; `kinds` are kind names.
+fn rule_rules(schema: &mut schemars::Schema) {
+    let kinds: Vec<&str> = super::Kind::ALL.iter().map(|k| k.as_str()).collect();
+    if let Some(items) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("kinds"))
+        .and_then(|k| k.get_mut("items"))
+    {
+        items["enum"] = serde_json::json!(kinds);
+    }
+    super::common::add_rule(
+        schema,
+        serde_json::json!({"oneOf": [
+            super::common::given("role"),
+            {"required": ["verbs"], "properties": {"verbs": {"minItems": 1}}}
+        ]}),
+    );
 }
 
 /// Predefined roles.
@@ -82,6 +103,7 @@ pub enum Verb {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Level2 {
     /// Directory servers, tried in order until one accepts.
+    #[schemars(length(min = 1))]
     pub servers: Vec<DirectoryServer>,
     /// Directory user name per subject address; absent subjects use the
     /// address itself.
@@ -92,14 +114,18 @@ pub struct Level2 {
 /// One LDAP / Active Directory server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = server_rules)]
 pub struct DirectoryServer {
     /// `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]`.
+    #[schemars(regex(pattern = "^ldaps?://"))]
     pub uri: String,
     /// Bind DN template with `{user}`, e.g. `uid={user},ou=people,dc=example,dc=org`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"\{user\}"))]
     pub bind_dn: Option<String>,
     /// Active Directory user principal name template, e.g. `{user}@EXAMPLE.ORG`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"\{user\}"))]
     pub user_principal_name: Option<String>,
     /// Upgrade `ldap://` with StartTLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -112,6 +138,18 @@ pub struct DirectoryServer {
     /// Give up on this server after this long (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+}
+
+/// One of `bindDn` and `userPrincipalName`; no StartTLS on `ldaps://`.
+fn server_rules(schema: &mut schemars::Schema) {
+    exactly_one(schema, &["bindDn", "userPrincipalName"]);
+    super::common::add_rule(
+        schema,
+        serde_json::json!({
+            "if": {"required": ["uri"], "properties": {"uri": {"pattern": "^ldaps://"}}},
+            "then": {"properties": {"startTls": {"const": false}}}
+        }),
+    );
 }
 
 /// Status of a policy.

@@ -18,6 +18,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[error("{0}")]
 pub struct ParseError(pub String);
 
+/// What a quantity or CPU amount may be written as. A JSON schema calls
+/// `2.0` an integer, so deorch reads it as one too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Int(u64),
+    Float(f64),
+    Str(String),
+}
+
+/// `f` as a whole number, when it is one and fits.
+fn whole(f: f64) -> Option<u64> {
+    // 2^64 as f64 is exact; anything at or above it does not fit.
+    (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+}
+
 // ---------------------------------------------------------------------------
 // Quantity (bytes)
 
@@ -117,14 +133,13 @@ impl Serialize for Quantity {
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(Quantity(n)),
+            Raw::Float(f) => whole(f).map(Quantity).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid quantity {f}: expected a whole number of bytes"
+                ))
+            }),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -138,7 +153,7 @@ impl JsonSchema for Quantity {
         json_schema!({
             "description": "An amount of bytes: an integer, or a number with a suffix Ki/Mi/Gi/Ti/Pi/Ei (powers of 1024) or k/M/G/T/P/E (powers of 1000), e.g. \"512Mi\".",
             "anyOf": [
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": u64::MAX},
                 {"type": "string", "pattern": QUANTITY_PATTERN}
             ]
         })
@@ -220,17 +235,18 @@ impl Serialize for Cpu {
 
 impl<'de> Deserialize<'de> for Cpu {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => n
-                .checked_mul(1000)
+        let whole_cpus = |n: u64| {
+            n.checked_mul(1000)
                 .map(Cpu)
-                .ok_or_else(|| serde::de::Error::custom("CPU amount too large")),
+                .ok_or_else(|| serde::de::Error::custom("CPU amount too large"))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => whole_cpus(n),
+            Raw::Float(f) => whole(f).map(whole_cpus).unwrap_or_else(|| {
+                Err(serde::de::Error::custom(format!(
+                    "invalid CPU amount {f}: write a fraction as a string (\"1.5\") or in millicores (\"1500m\")"
+                )))
+            }),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -244,7 +260,7 @@ impl JsonSchema for Cpu {
         json_schema!({
             "description": "An amount of CPU: a whole number of CPUs (2), a decimal string (\"1.5\") or millicores (\"500m\").",
             "anyOf": [
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": MAX_WHOLE_CPUS},
                 {"type": "string", "pattern": CPU_PATTERN}
             ]
         })
@@ -355,6 +371,254 @@ impl JsonSchema for Duration {
 }
 
 // ---------------------------------------------------------------------------
+// Patterns and rules shared by the schemas
+//
+// Each pattern accepts exactly what the matching check in
+// `manifest::semantic` accepts, so the schema and deorch agree; the
+// differential test in tests/check_jsonschema.rs holds them to it.
+
+/// DNS-1123 label: what object names (and names that refer to objects,
+/// disks, NICs) must look like; at most 63 characters.
+pub const DNS1123_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// One IPv4 octet as Rust's parser reads it: 0-255, no leading zero.
+const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+
+/// An IPv4 address, e.g. `10.0.0.5`.
+pub fn ipv4_pattern() -> String {
+    format!("^{OCTET}(\\.{OCTET}){{3}}$")
+}
+
+/// An IPv4 network in CIDR form, e.g. `10.20.0.0/24` (host bits are
+/// checked by deorch only).
+pub fn cidr_pattern() -> String {
+    format!("^{OCTET}(\\.{OCTET}){{3}}/(3[0-2]|[12]?[0-9])$")
+}
+
+/// An IPv4 address exactly, or something IPv6-shaped (hex digits, ':'
+/// and '.', at least one ':') whose exact form deorch checks.
+pub fn ip_pattern() -> String {
+    format!("^({OCTET}(\\.{OCTET}){{3}}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
+}
+
+/// A unicast MAC address: six hex pairs, the first even.
+pub const MAC_PATTERN: &str = "^[0-9A-Fa-f][02468AaCcEe](:[0-9A-Fa-f]{2}){5}$";
+
+/// A domain name: labels of letters, digits and '-', at most 63 each.
+pub const DOMAIN_PATTERN: &str = "^[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})*$";
+
+/// Schema of "the field `name` is given": present and not null (deorch
+/// reads `field: null` as absent).
+pub fn given(name: &str) -> serde_json::Value {
+    serde_json::json!({"required": [name], "properties": {name: {"not": {"type": "null"}}}})
+}
+
+/// Add a rule (an `if`/`then`, a `oneOf`, a `not`) to a schema, beside
+/// any it already has.
+pub fn add_rule(schema: &mut Schema, rule: serde_json::Value) {
+    let rules = schema
+        .ensure_object()
+        .entry("allOf")
+        .or_insert_with(|| serde_json::Value::Array(vec![]));
+    if let serde_json::Value::Array(a) = rules {
+        a.push(rule);
+    }
+}
+
+/// Exactly one of `fields` is given.
+pub fn exactly_one(schema: &mut Schema, fields: &[&str]) {
+    let branches: Vec<serde_json::Value> = fields.iter().map(|f| given(f)).collect();
+    add_rule(schema, serde_json::json!({"oneOf": branches}));
+}
+
+/// Not both of `a` and `b` are given.
+pub fn not_both(schema: &mut Schema, a: &str, b: &str) {
+    add_rule(
+        schema,
+        serde_json::json!({"not": {"allOf": [given(a), given(b)]}}),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bounded amounts
+//
+// A field that allows only part of a value type's range says so with
+// `#[schemars(with = "Option<Vcpus>")]`: its schema is then a named
+// definition stating the range as `minimum`/`maximum` and a pattern, and
+// `deorch validate` checks the parsed value with the same type's
+// `problem`, so an editor and deorch refuse the same values with the same
+// message. What a pattern cannot state exactly (a quantity string just
+// below a minimum) is left to `problem` and listed in docs/MANIFESTS.md.
+
+/// A whole number from 1 to 1024 with optional leading zeros, for the
+/// patterns below.
+const ONE_TO_1024: &str = "(10[01][0-9]|102[0-4]|[1-9][0-9]{0,2})";
+
+/// The largest whole number of CPUs a [`Cpu`] holds.
+pub const MAX_WHOLE_CPUS: u64 = u64::MAX / 1000;
+
+/// Virtual CPUs of a VM: a whole number from 1 to [`Vcpus::MAX`]
+/// (`2`, `"2"`, `"2.0"`, `"2000m"`).
+pub struct Vcpus;
+
+impl Vcpus {
+    /// The most vCPUs a VM may ask for.
+    pub const MAX: u64 = 1024;
+
+    /// Why `cpu` is not a valid vCPU count, if it is not.
+    pub fn problem(cpu: Cpu) -> Option<String> {
+        (!cpu.0.is_multiple_of(1000) || cpu.0 == 0 || cpu.0 > Self::MAX * 1000).then(|| {
+            format!(
+                "virtual CPUs must be a whole number from 1 to {}, found {cpu}",
+                Self::MAX
+            )
+        })
+    }
+
+    /// The pattern of the string form.
+    pub fn pattern() -> String {
+        format!("^0*({ONE_TO_1024}(\\.0{{1,3}})?|{ONE_TO_1024}000m)$")
+    }
+}
+
+impl JsonSchema for Vcpus {
+    fn schema_name() -> Cow<'static, str> {
+        "Vcpus".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An amount of CPU for a VM: a whole number of CPUs from 1 to 1024 (2, \"2\" or \"2000m\").",
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": Vcpus::MAX},
+                {"type": "string", "pattern": Vcpus::pattern()}
+            ]
+        })
+    }
+}
+
+/// A whole number of CPUs, at least 1 (a spacesuit's default for its VMs).
+pub struct WholeCpus;
+
+impl WholeCpus {
+    /// Why `cpu` is not a whole number of CPUs ≥ 1, if it is not.
+    pub fn problem(cpu: Cpu) -> Option<String> {
+        (!cpu.0.is_multiple_of(1000) || cpu.0 == 0)
+            .then(|| format!("a spacesuit's CPUs must be a whole number ≥ 1, found {cpu}"))
+    }
+
+    /// The pattern of the string form.
+    pub const PATTERN: &'static str = r"^0*[1-9][0-9]*((\.0{1,3})?|000m)$";
+}
+
+impl JsonSchema for WholeCpus {
+    fn schema_name() -> Cow<'static, str> {
+        "WholeCpus".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An amount of CPU: a whole number of CPUs, at least 1 (2, \"2\" or \"2000m\").",
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_WHOLE_CPUS},
+                {"type": "string", "pattern": WholeCpus::PATTERN}
+            ]
+        })
+    }
+}
+
+/// Guest memory: at least [`GuestMemory::MIN`] bytes.
+pub struct GuestMemory;
+
+impl GuestMemory {
+    /// The least memory a VM may have (1Mi).
+    pub const MIN: u64 = 1 << 20;
+
+    /// Why `m` is too little memory, if it is.
+    pub fn problem(m: Quantity) -> Option<String> {
+        (m.0 < Self::MIN).then(|| {
+            format!(
+                "at least 1Mi of memory is needed, found {m} bytes (did you forget a unit like Mi?)"
+            )
+        })
+    }
+
+    /// The string form: a quantity that is not zero. Whether a string is
+    /// at least 1Mi is known only once parsed.
+    pub const PATTERN: &'static str = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+}
+
+impl JsonSchema for GuestMemory {
+    fn schema_name() -> Cow<'static, str> {
+        "GuestMemory".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Memory of a VM, at least 1Mi: an integer number of bytes, or a number with a suffix Ki/Mi/Gi/Ti/Pi/Ei (powers of 1024) or k/M/G/T/P/E (powers of 1000), e.g. \"512Mi\".",
+            "anyOf": [
+                {"type": "integer", "minimum": GuestMemory::MIN, "maximum": u64::MAX},
+                {"type": "string", "pattern": GuestMemory::PATTERN}
+            ]
+        })
+    }
+}
+
+/// A duration that is not zero; where a field needs more (at least a
+/// minute), the field's own check says so.
+pub struct PositiveDuration;
+
+impl PositiveDuration {
+    /// At least one part with a digit other than 0.
+    pub const PATTERN: &'static str =
+        r"^([0-9]+(ms|s|m|h|d))*[0-9]*[1-9][0-9]*(ms|s|m|h|d)([0-9]+(ms|s|m|h|d))*$";
+
+    /// Why `d` is shorter than a minute, if it is (`what` names the field's
+    /// meaning, e.g. "between automatic replicas").
+    pub fn under_a_minute(d: Duration, what: &str) -> Option<String> {
+        (d.0.as_secs() < 60).then(|| format!("at least 1m {what}, found {d}"))
+    }
+}
+
+impl JsonSchema for PositiveDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "PositiveDuration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration longer than zero: numbers with units ms, s, m, h, d, e.g. \"90s\" or \"1h30m\".",
+            "type": "string",
+            "pattern": PositiveDuration::PATTERN
+        })
+    }
+}
+
+/// A ZFS record size: a power of two from 512 to 1Mi.
+pub struct RecordSize;
+
+impl RecordSize {
+    /// Why `q` is not a record size, if it is not.
+    pub fn problem(q: Quantity) -> Option<String> {
+        let b = q.0;
+        (!(512..=(1 << 20)).contains(&b) || !b.is_power_of_two())
+            .then(|| format!("{q}: expected a power of two from 512 to 1Mi"))
+    }
+}
+
+impl JsonSchema for RecordSize {
+    fn schema_name() -> Cow<'static, str> {
+        "RecordSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let sizes: Vec<u64> = (9..=20).map(|p| 1u64 << p).collect();
+        json_schema!({
+            "description": "A power of two from 512 to 1Mi: an integer, or a quantity such as \"128Ki\".",
+            "anyOf": [
+                {"type": "integer", "enum": sizes},
+                {"type": "string", "pattern": QUANTITY_PATTERN}
+            ]
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Tags and placement selectors
 
 /// Performance class of a satellite, and the class a VM asks for.
@@ -409,12 +673,15 @@ pub struct TagSelector {
 /// matching `selector` and `performance`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = placement_rules)]
 pub struct Placement {
     /// Run on the satellite of this name (manual placement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub node: Option<String>,
     /// Run on the satellite with this IP address (manual placement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ip_pattern()))]
     pub address: Option<String>,
     /// Tag selector the elected satellite must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,15 +695,28 @@ pub struct Placement {
     pub strict: bool,
 }
 
+/// `node` or `address`, not both; and a manual placement has no selector
+/// or performance class (they would be ignored).
+fn placement_rules(schema: &mut Schema) {
+    not_both(schema, "node", "address");
+    for manual in ["node", "address"] {
+        for elected in ["selector", "performance"] {
+            not_both(schema, manual, elected);
+        }
+    }
+}
+
 /// A reference to another object by name (and namespace, defaulting to the
 /// referring object's own).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectRef {
     /// Name of the object.
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub name: String,
     /// Namespace of the object; defaults to the referrer's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub namespace: Option<String>,
 }
 

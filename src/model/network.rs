@@ -5,7 +5,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Duration};
+use super::common::{
+    cidr_pattern, ipv4_pattern, Condition, Duration, PositiveDuration, DNS1123_LABEL_PATTERN,
+    DOMAIN_PATTERN,
+};
 
 /// Desired network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -14,9 +17,11 @@ pub struct NetworkSpec {
     /// Host bridge name (at most 15 characters); derived from the network's
     /// name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = BRIDGE_PATTERN))]
     pub bridge: Option<String>,
     /// MTU of the bridge and taps (68-65535); default 1500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 68))]
     pub mtu: Option<u16>,
     /// IPv4 addressing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,14 +37,20 @@ pub struct NetworkSpec {
     pub isolation: Option<Isolation>,
 }
 
+/// An interface name: 1-15 printable ASCII characters other than space
+/// and '/'.
+pub const BRIDGE_PATTERN: &str = "^[!-.0-~]{1,15}$";
+
 /// IPv4 addressing of a network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ipv4Config {
     /// Subnet in CIDR form, e.g. `10.20.0.0/24`.
+    #[schemars(regex(pattern = cidr_pattern()))]
     pub subnet: String,
     /// Default gateway (must lie inside the subnet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub gateway: Option<String>,
     /// Addresses VMs get when they have no fixed address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,8 +66,10 @@ pub struct Ipv4Config {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddressRange {
     /// First address.
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub start: String,
     /// Last address.
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub end: String,
 }
 
@@ -68,41 +81,51 @@ pub struct DhcpOptions {
     /// Serve DHCP at all (default true when `ipv4` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Lease time (default 1h).
+    /// Lease time (default 1h; at least 1m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<PositiveDuration>")]
     pub lease_time: Option<Duration>,
     /// Host name (option 12); default the VM's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_name: Option<String>,
     /// Broadcast address (option 28); default derived from the subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub broadcast: Option<String>,
     /// Interface MTU (option 26); default the network's MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 68))]
     pub mtu: Option<u16>,
     /// NTP servers (option 42).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub ntp_servers: Vec<String>,
     /// DNS servers (option 6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub dns_servers: Vec<String>,
     /// Domain name (option 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DOMAIN_PATTERN), length(max = 253))]
     pub domain_name: Option<String>,
     /// Domain search list (option 119).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = DOMAIN_PATTERN), length(max = 253)))]
     pub domain_search: Vec<String>,
     /// Log servers (option 7).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub log_servers: Vec<String>,
     /// NetBIOS over TCP/IP (options 44, 45, 46).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netbios: Option<Netbios>,
     /// SMTP servers (option 69).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub smtp_servers: Vec<String>,
     /// POP3 servers (option 70).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub pop3_servers: Vec<String>,
     /// IP forwarding on the client (option 19).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,9 +146,11 @@ pub struct DhcpOptions {
 pub struct Netbios {
     /// NetBIOS name servers / WINS (option 44).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub name_servers: Vec<String>,
     /// NetBIOS datagram distribution servers (option 45).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ipv4_pattern())))]
     pub datagram_servers: Vec<String>,
     /// Node type (option 46): `B`, `P`, `M` or `H`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,8 +175,10 @@ pub enum NetbiosNodeType {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StaticRoute {
     /// Destination in CIDR form.
+    #[schemars(regex(pattern = cidr_pattern()))]
     pub destination: String,
     /// Next hop.
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub gateway: String,
 }
 
@@ -160,10 +187,12 @@ pub struct StaticRoute {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Dhcpcast {
     /// Central DHCP servers (IPv4 addresses), tried in order.
+    #[schemars(length(min = 1), inner(regex(pattern = ipv4_pattern())))]
     pub servers: Vec<String>,
     /// Relay agent address (giaddr); defaults to the node's address on
     /// the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub relay_address: Option<String>,
 }
 
@@ -178,6 +207,7 @@ pub struct Isolation {
     pub mode: IsolationMode,
     /// Name of the interstellar (isolation group); default the network's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub interstellar: Option<String>,
 }
 

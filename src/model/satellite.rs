@@ -3,7 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Cpu, Performance, Quantity, Tags};
+use super::common::{
+    ip_pattern, Condition, Cpu, Performance, Quantity, Tags, DNS1123_LABEL_PATTERN,
+};
 
 /// Desired shape of a satellite (a physical node).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -12,12 +14,15 @@ pub struct SatelliteSpec {
     /// IP addresses of the node (management and VM-facing). The first is
     /// the one manual placement by address and consoles use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = ip_pattern())))]
     pub addresses: Vec<String>,
     /// The node's identity: the Bitcoin address of its own key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub satellite_id: Option<String>,
-    /// Gossip endpoint, `HOST:PORT`.
+    /// Gossip endpoint, `HOST:PORT` with an IP host (`[...]` around an
+    /// IPv6 one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GOSSIP_PATTERN))]
     pub gossip: Option<String>,
     /// Microcosm, macrocosm and intercosm tags.
     #[serde(default)]
@@ -35,6 +40,10 @@ pub struct SatelliteSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unschedulable: bool,
 }
+
+/// The shape of `HOST:PORT`; whether the host and port are valid deorch
+/// checks by parsing.
+pub const GOSSIP_PATTERN: &str = r"^([0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]+$";
 
 /// CPU, memory, storage and network amounts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -60,8 +69,10 @@ pub struct Resources {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Array {
     /// Name of the array, unique on this satellite (DNS-1123 label).
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub name: String,
     /// The tenant: the Bitcoin address (or namespace) that owns this share.
+    #[schemars(length(min = 1))]
     pub tenant: String,
     /// Resources reserved for the tenant.
     #[serde(default)]

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Cpu, ObjectRef, Quantity};
+use super::common::{exactly_one, Condition, Cpu, GuestMemory, ObjectRef, Quantity, WholeCpus};
 use super::phase::ReadyPhase;
 use super::vm::{Boot, Firmware, Machine};
 
@@ -31,15 +31,18 @@ pub struct SpacesuitSpec {
     pub machine: Option<Machine>,
     /// Default CPUs for VMs made from this spacesuit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<WholeCpus>")]
     pub cpu: Option<Cpu>,
     /// Default memory for VMs made from this spacesuit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<GuestMemory>")]
     pub memory: Option<Quantity>,
 }
 
 /// The origin of a spacesuit's disk(s).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = source_rules)]
 pub struct SpacesuitSource {
     /// A disk image file on the node, converted with `qemu-img`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,17 +52,23 @@ pub struct SpacesuitSource {
     pub virtual_machine: Option<ObjectRef>,
 }
 
+fn source_rules(schema: &mut schemars::Schema) {
+    exactly_one(schema, &["image", "virtualMachine"]);
+}
+
 /// An image file source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageSource {
     /// Absolute path of the image on the node.
+    #[schemars(regex(pattern = "^/"))]
     pub path: String,
     /// Format of the file; detected by `qemu-img info` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
     /// Expected SHA-256 of the file (hex); the import fails on mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9A-Fa-f]{64}$"))]
     pub sha256: Option<String>,
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, ObjectRef, Quantity};
+use super::common::{Condition, ObjectRef, Quantity, RecordSize};
 use super::phase::ReadyPhase;
 
 /// A writable copy-on-write snapshot of all of a VM's disks at one instant.
@@ -52,25 +52,34 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     /// Path below the pool, e.g. `tenants/acme/data`.
+    #[schemars(regex(pattern = DATASET_PATH_PATTERN))]
     pub path: String,
     /// Compression: `off`, `on`, `lz4`, `gzip`, `gzip-1`..`gzip-9`, `zle`,
     /// `lzjb`, `zstd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(off|on|lz4|gzip|gzip-[1-9]|zle|lzjb|zstd)$"))]
     pub compression: Option<String>,
     /// Quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<Quantity>,
     /// Record size: a power of two from 512 to 1Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<RecordSize>")]
     pub recordsize: Option<Quantity>,
     /// User properties (`module:property` names, as ZFS requires).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": ":"}))]
     pub user_properties: BTreeMap<String, String>,
     /// What deleting the object does: `Retain` (default) keeps the data,
     /// `Destroy` destroys it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
+
+/// A relative path below a pool: parts separated by '/', none empty,
+/// `.` or `..`.
+pub const DATASET_PATH_PATTERN: &str =
+    r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))*$";
 
 /// Deletion policy of a dataset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

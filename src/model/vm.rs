@@ -6,15 +6,22 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Cpu, Duration, ObjectRef, Placement, Quantity};
+use schemars::Schema;
+
+use super::common::{
+    add_rule, exactly_one, given, ipv4_pattern, Condition, Cpu, Duration, GuestMemory, ObjectRef,
+    Placement, PositiveDuration, Quantity, Vcpus, DNS1123_LABEL_PATTERN, MAC_PATTERN,
+};
 use super::network::DhcpOptions;
 
 /// Desired virtual machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = vm_rules)]
 pub struct VirtualMachineSpec {
     /// The spacesuit whose boot settings and defaults this VM inherits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub spacesuit: Option<String>,
     /// Desired power state: `Running` (default), `Stopped` or `Paused`.
     #[serde(default)]
@@ -25,6 +32,7 @@ pub struct VirtualMachineSpec {
     pub restart_policy: RestartPolicy,
     /// Number of virtual CPUs (whole CPUs); defaults to the spacesuit's or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vcpus>")]
     pub cpu: Option<Cpu>,
     /// QEMU CPU model (e.g. `qemu64`, `host`, `max`, `EPYC`); defaults to
     /// `host` under KVM and `qemu64` under TCG.
@@ -32,6 +40,7 @@ pub struct VirtualMachineSpec {
     pub cpu_model: Option<String>,
     /// Guest memory; defaults to the spacesuit's or 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<GuestMemory>")]
     pub memory: Option<Quantity>,
     /// Machine type; defaults to the spacesuit's or `q35`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +65,7 @@ pub struct VirtualMachineSpec {
     pub placement: Option<Placement>,
     /// The tenant array on the satellite this VM's resources count against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub array: Option<String>,
     /// Automatic replicas: take one every `interval`, keep the newest `keep`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +77,35 @@ pub struct VirtualMachineSpec {
     /// is forced off; default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<Duration>,
+}
+
+/// Rules across fields: on `microvm` (no PCI bus) every NIC is virtio.
+fn vm_rules(schema: &mut Schema) {
+    add_rule(
+        schema,
+        serde_json::json!({
+            "if": {"required": ["machine"], "properties": {"machine": {"const": "microvm"}}},
+            "then": {"properties": {"nics": {"items": {"properties": {"model": {"enum": ["virtio", null]}}}}}}
+        }),
+    );
+}
+
+/// A disk has a source; a blank one needs a size.
+fn disk_rules(schema: &mut Schema) {
+    if let Some(serde_json::Value::Array(required)) = schema.get_mut("required") {
+        required.push("source".into());
+    }
+    add_rule(
+        schema,
+        serde_json::json!({
+            "if": {"required": ["source"], "properties": {"source": given("blank")}},
+            "then": given("size")
+        }),
+    );
+}
+
+fn disk_source_rules(schema: &mut Schema) {
+    exactly_one(schema, &["spacesuit", "virtualMachine", "replica", "blank"]);
 }
 
 /// Desired power state.
@@ -105,6 +144,17 @@ pub enum Machine {
     Microvm,
 }
 
+impl Machine {
+    /// The name the manifest (and QEMU's `-machine`) uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
 /// Firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -135,8 +185,10 @@ pub struct Boot {
 /// One virtual disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = disk_rules)]
 pub struct Disk {
     /// Name of the disk, unique in the VM (DNS-1123 label).
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub name: String,
     /// Where the disk's content comes from; exactly one of its fields.
     #[serde(default)]
@@ -155,9 +207,11 @@ pub struct Disk {
 /// A disk's origin. Exactly one field is set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = disk_source_rules)]
 pub struct DiskSource {
     /// Clone the named spacesuit's disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub spacesuit: Option<String>,
     /// Clone a disk of another VM (running or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,12 +234,15 @@ pub struct Blank {}
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmDiskRef {
     /// Name of the VM or replica.
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub name: String,
     /// Namespace; defaults to this VM's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub namespace: Option<String>,
     /// Disk name in that VM; defaults to its first disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub disk: Option<String>,
 }
 
@@ -208,17 +265,22 @@ pub enum DiskBus {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Nic {
     /// Interface name, unique in the VM (DNS-1123 label).
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub name: String,
     /// The `Network` this NIC joins.
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub network: String,
     /// MAC address; derived from the VM's identity when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = MAC_PATTERN))]
     pub mac: Option<String>,
     /// Fixed IPv4 address; otherwise derived deterministically from the
     /// VM's identity inside the network's range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ipv4_pattern()))]
     pub ipv4: Option<String>,
-    /// Device model: `virtio` (default), `e1000`, `rtl8139`.
+    /// Device model: `virtio` (default), `e1000`, `rtl8139`. The `microvm`
+    /// machine takes only `virtio`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<NicModel>,
     /// DHCP options overriding the network's for this VM.
@@ -230,16 +292,35 @@ pub struct Nic {
     pub dhcpcast: Option<super::network::Dhcpcast>,
 }
 
-/// NIC device model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// NIC device model. Guests without virtio drivers (older Windows,
+/// installers) need an emulated Intel or Realtek card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NicModel {
     /// virtio-net.
+    #[default]
     Virtio,
     /// Intel e1000.
     E1000,
     /// Realtek 8139.
     Rtl8139,
+}
+
+impl NicModel {
+    /// Whether a VM on `machine` can have this card: `microvm` has no PCI
+    /// bus, only virtio-mmio, so only virtio-net fits there.
+    pub fn fits(self, machine: Machine) -> bool {
+        machine != Machine::Microvm || self == NicModel::Virtio
+    }
+
+    /// The name the manifest uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicModel::Virtio => "virtio",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        }
+    }
 }
 
 /// Graphical console.
@@ -275,9 +356,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaPolicy {
-    /// Take a replica this often.
+    /// Take a replica this often (at least 1m).
+    #[schemars(with = "PositiveDuration")]
     pub interval: Duration,
     /// Keep this many automatic replicas (oldest deleted first).
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub keep: u32,
 }
 
@@ -286,6 +369,7 @@ pub struct ReplicaPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fastr {
     /// Number of other satellites holding a copy.
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub copies: u32,
     /// Replicate at least this often (and on every replica).
     #[serde(default, skip_serializing_if = "Option::is_none")]

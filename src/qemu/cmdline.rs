@@ -129,6 +129,19 @@ fn microvm(vm: &QemuVm) -> bool {
     vm.machine == Machine::Microvm
 }
 
+/// QEMU's device for a NIC model on a machine: virtio-net sits on
+/// virtio-mmio on `microvm` and on PCI elsewhere; the emulated cards exist
+/// only on PCI, so on `microvm` QEMU refuses them rather than deorch
+/// quietly swapping in another card ([`NicModel::fits`] refuses it first).
+pub fn nic_device(model: NicModel, machine: Machine) -> &'static str {
+    match (model, machine) {
+        (NicModel::Virtio, Machine::Microvm) => "virtio-net-device",
+        (NicModel::Virtio, Machine::Pc | Machine::Q35) => "virtio-net-pci",
+        (NicModel::E1000, _) => "e1000",
+        (NicModel::Rtl8139, _) => "rtl8139",
+    }
+}
+
 /// The arguments of `qemu-system-x86_64` for `vm`.
 pub fn args(vm: &QemuVm) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -142,13 +155,9 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
         "-daemonize",
     ]);
     push(&["-accel", vm.accel.as_str()]);
-    let machine = match vm.machine {
-        Machine::Pc => "pc".to_string(),
-        Machine::Q35 => "q35".to_string(),
-        // Not x-option-roms=off: direct kernel boot is itself an option ROM.
-        Machine::Microvm => "microvm".to_string(),
-    };
-    push(&["-machine", &machine]);
+    // Not microvm's x-option-roms=off: direct kernel boot is itself an
+    // option ROM.
+    push(&["-machine", vm.machine.as_str()]);
     push(&["-cpu", &vm.cpu_model]);
     push(&["-smp", &vm.cpus.to_string()]);
     push(&["-m", &format!("{}M", vm.memory_mib)]);
@@ -204,12 +213,7 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
             NicBackend::UserRestricted => format!("user,id=net-{},restrict=on", n.id),
         };
         push(&["-netdev", &backend]);
-        let model = match (n.model, microvm(vm)) {
-            (_, true) => "virtio-net-device",
-            (NicModel::Virtio, false) => "virtio-net-pci",
-            (NicModel::E1000, false) => "e1000",
-            (NicModel::Rtl8139, false) => "rtl8139",
-        };
+        let model = nic_device(n.model, vm.machine);
         // No option ROM (iPXE): deorch boots kernels directly or from disk.
         let rom = if microvm(vm) { "" } else { ",romfile=" };
         push(&[
@@ -316,6 +320,28 @@ mod tests {
             joined(&vm).contains("-device VGA"),
             "SPICE alone still has a display"
         );
+    }
+
+    #[test]
+    fn each_nic_model_gets_its_qemu_device() {
+        let mut vm = tiny();
+        for (machine, model, device) in [
+            (Machine::Q35, NicModel::E1000, "e1000"),
+            (Machine::Pc, NicModel::Rtl8139, "rtl8139"),
+            (Machine::Q35, NicModel::Virtio, "virtio-net-pci"),
+            (Machine::Microvm, NicModel::Virtio, "virtio-net-device"),
+        ] {
+            vm.machine = machine;
+            vm.nics[0].model = model;
+            let s = joined(&vm);
+            assert!(
+                s.contains(&format!(
+                    "-device {device},netdev=net-eth0,mac=52:54:00:12:34:56"
+                )),
+                "{model:?} on {machine:?}: {s}"
+            );
+            assert_eq!(s.matches(",netdev=").count(), 1, "{s}");
+        }
     }
 
     #[test]

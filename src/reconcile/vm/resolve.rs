@@ -511,6 +511,7 @@ fn nics(
             tap,
             bridge,
             host_tap: ctx.drivers.net.host_interfaces(),
+            model: n.model.unwrap_or_default(),
         });
     }
     Ok((nics, taps))
