@@ -34,6 +34,7 @@
 # Usage (as root): scripts/fresh-check.sh
 #   DEORCH_FRESH_ROOT   where the root is made (default /var/tmp/deorch-fresh/root)
 #   DEORCH_FRESH_CACHE  the minbase tarball (default ~/.cache/deorch/fresh-minbase.tar)
+#   DEORCH_FRESH_MIN_GB the free space it insists on first (default 20)
 #   DEORCH_FRESH_COMMAND  run this inside instead (to look around in the
 #                       root, e.g. 'bash -i'); the run is then no check
 set -euo pipefail
@@ -172,6 +173,17 @@ if [ -n "${DEORCH_FRESH_NO_CACHE:-}" ] || [ ! -s "$CACHE" ]; then
   mkdir -p "$(dirname "$CACHE")"
   mmdebstrap --quiet --variant=minbase --format=tar bookworm "$CACHE.tmp" "$sources"
   mv "$CACHE.tmp" "$CACHE"
+fi
+
+# A from-scratch build (release for run-node.sh, debug and clippy for the
+# tests, cargo-nextest) and the suite's pools and images take ~15 GB: say so
+# up front rather than fail an hour in on "No space left on device".
+need_gb="${DEORCH_FRESH_MIN_GB:-20}"
+mkdir -p "$(dirname "$ROOT")"
+avail_gb=$(df --output=avail -B1G "$(dirname "$ROOT")" | tail -n1 | tr -d ' ')
+if [ "$avail_gb" -lt "$need_gb" ]; then
+  echo "fresh-check: only ${avail_gb} GB free below $(dirname "$ROOT"); it needs ${need_gb} GB (DEORCH_FRESH_MIN_GB)" >&2
+  exit 1
 fi
 
 # A new root: nothing may still run or be mounted in the old one.
