@@ -39,6 +39,13 @@ fn compiled(kind: Kind) -> &'static Compiled {
     &cache[&kind]
 }
 
+/// Compile every kind's schema now rather than on the first document: a
+/// node calls this before it answers, so its first apply is not the one
+/// that pays for compiling the schemas' patterns.
+pub fn warm_up() {
+    let _ = compiled(Kind::VirtualMachine);
+}
+
 /// Every schema problem of `doc` (a `kind` object).
 pub fn check(kind: Kind, doc: &Value) -> Vec<Problem> {
     let c = compiled(kind);

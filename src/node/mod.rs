@@ -60,6 +60,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     let admission = Admission::new(store.clone(), admission_config(&config));
     register_satellite(&admission, &config)?;
 
+    // Before the socket exists: the first request must not pay for it.
+    tokio::task::spawn_blocking(crate::manifest::schema_check::warm_up)
+        .await
+        .context("compiling the manifest schemas")?;
     let listener = api::server::bind(&config.socket)
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
     let drivers = drivers(&config).await?;
