@@ -812,3 +812,34 @@ async fn report_only_kinds_say_what_they_do() {
     );
     let _ = w.stop.send(true);
 }
+
+/// A field that validates but has no effect yet is named in the status of
+/// the object that sets it (every kind, through one status writer), and
+/// the condition goes once the field is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_with_no_effect_yet_are_a_condition_until_removed() {
+    let mut w = world("inert");
+    w.apply(BASE);
+    w.apply(&vm("web", "  fastr: {copies: 2}\n"));
+    w.run();
+    w.wait("the NoEffectYet condition names fastr", |w| {
+        condition(&w.status(Kind::VirtualMachine, "web"), "NoEffectYet").is_some_and(|c| {
+            c["status"] == "True" && c["message"].as_str().unwrap_or("").contains("spec.fastr")
+        })
+    })
+    .await;
+    assert_eq!(
+        w.status(Kind::VirtualMachine, "web")["phase"],
+        "Running",
+        "the field is ignored, the VM still runs"
+    );
+    // The Network without inert fields has no such condition.
+    assert!(condition(&w.status(Kind::Network, "default"), "NoEffectYet").is_none());
+    w.apply(&vm("web", ""));
+    w.wait("the condition gone with the field", |w| {
+        let st = w.status(Kind::VirtualMachine, "web");
+        st["observedGeneration"] == 2 && condition(&st, "NoEffectYet").is_none()
+    })
+    .await;
+    let _ = w.stop.send(true);
+}

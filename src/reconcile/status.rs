@@ -53,6 +53,58 @@ pub fn not_ready(conditions: &mut Vec<Condition>, e: &ReconcileError, generation
     );
 }
 
+/// Every kind's status says which fields of its object have no effect
+/// yet ([`crate::manifest::inert`], what `deorch validate` warns about):
+/// the `NoEffectYet` condition, set here for every kind (from
+/// [`super::Ctx::write_status`]) and removed once the object has none.
+/// An unchanged condition keeps its transition time, so an unchanged
+/// status is not rewritten.
+pub fn mark_no_effect_yet(status: &mut serde_json::Value, record: &crate::store::Record) {
+    use crate::manifest::inert::{no_effect_condition, NO_EFFECT_YET};
+    let Some(map) = status.as_object_mut() else {
+        return;
+    };
+    let Ok(object) = crate::model::AnyObject::from_value(record.object.clone()) else {
+        return;
+    };
+    let mut conditions: Vec<Condition> = map
+        .get("conditions")
+        .cloned()
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default();
+    match no_effect_condition(&object) {
+        Some((reason, message)) => {
+            if !conditions.iter().any(|c| c.type_ == NO_EFFECT_YET) {
+                // The reconciler built its status afresh: carry over the
+                // stored condition (and its transition time).
+                let stored = record
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.get("conditions").cloned())
+                    .and_then(|c| serde_json::from_value::<Vec<Condition>>(c).ok())
+                    .and_then(|cs| cs.into_iter().find(|c| c.type_ == NO_EFFECT_YET));
+                conditions.extend(stored);
+            }
+            set_condition(
+                &mut conditions,
+                NO_EFFECT_YET,
+                true,
+                reason,
+                &message,
+                record.generation,
+            );
+        }
+        None if conditions.iter().any(|c| c.type_ == NO_EFFECT_YET) => {
+            conditions.retain(|c| c.type_ != NO_EFFECT_YET)
+        }
+        None => return,
+    }
+    map.insert(
+        "conditions".into(),
+        serde_json::to_value(conditions).expect("conditions serialize"),
+    );
+}
+
 /// Set condition `type_` (keeping its transition time when its status did
 /// not change).
 pub fn set_condition(
