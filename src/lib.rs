@@ -1,8 +1,20 @@
 //! deorch: a decentralized de-orchestrator for QEMU/KVM virtual machines.
 //!
 //! See `docs/ARCHITECTURE.md` for the code map. Layers, each using only the
-//! ones before it: [`model`] → [`manifest`] → [`store`] → [`source`] →
-//! [`reconcile`] (through [`driver`] traits) → [`api`] / [`node`] → [`cli`].
+//! ones before it:
+//!
+//! - foundations: [`clock`], [`state_file`], [`slot`];
+//! - [`model`] (kinds, names, phases) → [`schema`] → [`manifest`] (the one
+//!   parser, inert-field warnings);
+//! - [`identity`] (addresses, signatures, AccessPolicy) → [`store`] →
+//!   [`admission`] (the one gate to the store) → [`source`] (directory,
+//!   git, replica schedule);
+//! - [`gossip`] (the radar, sans-IO: membership, document sync, the
+//!   placement rule);
+//! - [`driver`] (traits, real drivers, fakes) with [`qemu`] and [`dhcp`]
+//!   → [`reconcile`] (engine; resolve → plan → execute per kind);
+//! - [`api`], [`http`] → [`node`] (wires everything, and alone chooses
+//!   driver implementations) → [`cli`], [`bench`].
 
 // No unsafe code, except one audited `rdtsc` in `qemu::tsc` (allowed there
 // by name; `deny` so that one `allow` is possible and nothing else is).
