@@ -29,10 +29,13 @@
 //!   connection is opened on first use (libvirtd's first capability probe
 //!   can take a minute) and reopened after libvirtd restarts.
 //!
-//! Not yet: live snapshots of a running disk (the trait's default refuses
-//! them), host taps beyond passing a tap's name, and the user-mode NIC is
-//! not restricted (libvirt has no `restrict=on`), so a guest can reach out
-//! through the host.
+//! Live snapshots of a running disk are external disk-only snapshots
+//! onto the overlay the storage driver made (`live_snapshot`); with `--net
+//! linux` a NIC is an `ethernet` interface on deorch's tap.
+//!
+//! Not yet: the user-mode NIC (without `--net linux`) is not restricted
+//! (libvirt has no `restrict=on`), so a guest can reach out through the
+//! host.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

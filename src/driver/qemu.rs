@@ -16,10 +16,13 @@
 //! Disks: the images the storage driver resolved (`VmConfig::disk_images`,
 //! raw or qcow2), attached with `-blockdev` on the spec's bus.
 //!
-//! Not yet (issue 5/4/8): live snapshots through QMP
-//! (`blockdev-snapshot-sync`; until then replicas of a running VM's disk
-//! are safe on `zfs` only), host taps (NICs use QEMU's user-mode network,
-//! restricted to the guest), SPICE, console access tied to identity.
+//! Live snapshots of a running disk go through QMP (`blockdev-add` of
+//! the overlay the storage driver made, then `blockdev-snapshot`); NICs
+//! are host taps with `--net linux`, else QEMU's restricted user-mode
+//! network; SPICE is added where the spec asks and the module loads.
+//!
+//! Not yet: console access tied to identity (consoles listen on the
+//! node's console address without authentication).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
