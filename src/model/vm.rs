@@ -13,6 +13,7 @@ use super::common::{
     Placement, PositiveDuration, Quantity, Vcpus, DNS1123_LABEL_PATTERN, MAC_PATTERN,
 };
 use super::network::DhcpOptions;
+use super::phase::{advance, InvalidTransition, Phase};
 
 /// Desired virtual machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -463,16 +464,6 @@ pub enum VmPhase {
     Unschedulable,
 }
 
-/// A step [`VmPhase::transition`] refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a VM cannot go from {from:?} to {to:?} in one step")]
-pub struct InvalidTransition {
-    /// Where it was.
-    pub from: VmPhase,
-    /// Where it was asked to go.
-    pub to: VmPhase,
-}
-
 impl VmPhase {
     /// The phase's wire form (`status.phase`).
     pub fn as_str(self) -> &'static str {
@@ -488,19 +479,21 @@ impl VmPhase {
         }
     }
 
-    /// Whether a VM may go from `self` to `to` in one step.
+    /// Whether a VM may go from `self` to `to` in one step (the one check,
+    /// [`crate::model::phase::advance`], over [`Phase::can_become`]).
     pub fn transition(self, to: VmPhase) -> Result<(), InvalidTransition> {
+        advance(Some(self), to).map(|_| ())
+    }
+}
+
+impl Phase for VmPhase {
+    const KIND: &'static str = "VirtualMachine";
+    fn can_become(self, next: VmPhase) -> bool {
         use VmPhase::*;
-        let ok = match (self, to) {
-            (a, b) if a == b => true,
+        match (self, next) {
             (Running | Paused, Provisioning | Unschedulable) => false,
             (_, Paused) => self == Running,
             _ => true,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(InvalidTransition { from: self, to })
         }
     }
 }

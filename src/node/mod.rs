@@ -24,9 +24,11 @@ pub use config::{HttpConfig, HttpTls, HypervisorKind, NetKind, NodeArgs, NodeCon
 use crate::admission::{Admission, AdmissionConfig, Batch, Doc, Trust};
 use crate::api;
 use crate::driver::dir::DirStorage;
+use crate::driver::fake::{FakeHypervisor, FakeNet, FakeStorage};
 use crate::driver::libvirt::LibvirtHypervisor;
 use crate::driver::qemu::QemuHypervisor;
 use crate::driver::zfs;
+use crate::driver::{Hypervisor, Net, Storage};
 use crate::model::{AnyObject, Kind, Manifest, ObjectKey, SatelliteSpec};
 use crate::qemu::probe::{self, Accel, ProbeGuest};
 use crate::reconcile::{Drivers, Engine, EngineConfig};
@@ -245,26 +247,45 @@ fn admission_config(config: &NodeConfig) -> AdmissionConfig {
 
 /// Choose the drivers: the hypervisor is QEMU, the storage `dir` and the
 /// host network the in-memory fake unless configured otherwise.
+/// The drivers the configuration names, each built only in its own arm
+/// (a fake only when the flags ask for one).
 async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
-    let mut d = Drivers::fake();
-    net_driver(config, &mut d)?;
-    match &config.storage {
-        StorageKind::Fake => warn!("storage: fake (volumes are simulated)"),
+    let (net, dhcp) = net_driver(config)?;
+    Ok(Drivers {
+        hypervisor: hypervisor_driver(config).await,
+        storage: storage_driver(config).await?,
+        net,
+        dhcp,
+    })
+}
+
+async fn storage_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Storage>> {
+    Ok(match &config.storage {
+        StorageKind::Fake => {
+            warn!("storage: fake (volumes are simulated)");
+            Arc::new(FakeStorage::default())
+        }
         StorageKind::Dir(root) => {
             let s = DirStorage::open(root)
                 .map_err(|e| anyhow::anyhow!("storage root {}: {e}", root.display()))?;
             info!(root = %root.display(), "storage: dir (qcow2)");
-            d.storage = Arc::new(s);
+            Arc::new(s)
         }
         StorageKind::Zfs(root) => {
             let root = root.clone();
             let (s, n) = tokio::task::spawn_blocking(move || zfs::open_recovered(&root)).await??;
             info!(finished = n, "storage: zfs");
-            d.storage = Arc::new(s);
+            Arc::new(s)
         }
-    }
+    })
+}
+
+async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
     match &config.hypervisor {
-        HypervisorKind::Fake => warn!("hypervisor: fake (VMs are simulated, nothing boots)"),
+        HypervisorKind::Fake => {
+            warn!("hypervisor: fake (VMs are simulated, nothing boots)");
+            Arc::new(FakeHypervisor::default())
+        }
         HypervisorKind::Qemu | HypervisorKind::Libvirt(_) => {
             let guest = ProbeGuest {
                 qemu: "qemu-system-x86_64".into(),
@@ -308,7 +329,7 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
                     "VM consoles have no authentication yet: anyone who reaches this address sees and drives their screens"
                 );
             }
-            d.hypervisor = match &config.hypervisor {
+            match &config.hypervisor {
                 HypervisorKind::Libvirt(uri) => {
                     info!(%uri, "hypervisor: libvirt");
                     Arc::new(
@@ -328,31 +349,33 @@ async fn drivers(config: &NodeConfig) -> anyhow::Result<Drivers> {
                     )
                     .with_console(c.listen, c.ports),
                 ),
-            };
+            }
         }
     }
-    Ok(d)
 }
 
 /// The host network: the in-memory fake (NICs on QEMU's user-mode
 /// network) or Linux bridges and taps with the node's DHCP servers.
-fn net_driver(config: &NodeConfig, d: &mut Drivers) -> anyhow::Result<()> {
-    match config.net {
+/// The network driver, and the node's DHCP servers when its bridges are
+/// real interfaces.
+#[allow(clippy::type_complexity)]
+fn net_driver(
+    config: &NodeConfig,
+) -> anyhow::Result<(Arc<dyn Net>, Option<Arc<crate::dhcp::service::DhcpService>>)> {
+    Ok(match config.net {
         NetKind::Fake => {
             warn!("host networking: fake (in memory): NICs use QEMU's user-mode network");
+            (Arc::new(FakeNet::default()), None)
         }
         NetKind::Linux => {
             let net = crate::driver::linuxnet::LinuxNet::default();
             net.check()
                 .context("the linux network driver needs iproute2's `ip`")?;
             info!("host networking: linux bridges and taps, DHCP served on bridges");
-            d.net = Arc::new(net);
-            d.dhcp = Some(Arc::new(crate::dhcp::service::DhcpService::new(
-                config.state_dir.join("dhcp"),
-            )));
+            let dhcp = crate::dhcp::service::DhcpService::new(config.state_dir.join("dhcp"));
+            (Arc::new(net), Some(Arc::new(dhcp)))
         }
-    }
-    Ok(())
+    })
 }
 
 /// Make sure a `Satellite` object names this node (a declared one, e.g.

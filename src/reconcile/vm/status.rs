@@ -11,7 +11,8 @@ use super::execute::Failed;
 use super::plan::{holds, Action, Next, Plan};
 use super::resolve::Desired;
 use crate::driver::VmState;
-use crate::model::vm::{InvalidTransition, NicStatus, VmPhase, VmReason};
+use crate::model::phase::InvalidTransition;
+use crate::model::vm::{NicStatus, VmPhase, VmReason};
 use crate::model::VirtualMachineStatus;
 use crate::store::Record;
 
@@ -271,7 +272,11 @@ mod tests {
         ] {
             assert_eq!(
                 from.transition(Paused),
-                Err(InvalidTransition { from, to: Paused })
+                Err(InvalidTransition {
+                    kind: "VirtualMachine",
+                    from: format!("{from:?}"),
+                    to: "Paused".into()
+                })
             );
             assert!(from.transition(Running).is_ok(), "{from:?} → Running");
         }
