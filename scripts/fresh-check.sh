@@ -82,6 +82,10 @@ if [ "${1:-}" = "--inside" ]; then
   }
   trap release EXIT
   trap 'exit 130' INT TERM
+  # The root must be a mount point of its own, as / is on a machine:
+  # `ip netns exec`, libvirt's QEMU and samba's namespace set-up make /
+  # a slave mount, which fails with EINVAL on a plain directory.
+  mount --bind "$ROOT" "$ROOT"
   mount --rbind /dev "$ROOT/dev"
   mount -t proc proc "$ROOT/proc"
   mount --rbind /sys "$ROOT/sys"
