@@ -509,20 +509,7 @@ fn every_source_gives_a_document_the_same_verdict() {
     // (honest; gets the documents it accepts through its local API) and
     // from a rogue peer (the documents an honest node never publishes).
     {
-        let gossip = |extra: &[&str]| -> Vec<String> {
-            [
-                "--cluster-owner",
-                &owner,
-                "--gossip-listen",
-                "127.0.0.1:0",
-                "--gossip-probe-interval",
-                "200ms",
-            ]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect()
-        };
+        let gossip = |extra: &[&str]| common::gossip_args(&owner, extra);
         let a = node_with(
             "adm-gossip-a",
             "node-a",

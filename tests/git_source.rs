@@ -342,20 +342,7 @@ fn signed_documents_from_git_travel_by_signed_gossip_and_unsigned_ones_do_not() 
             Some(signed(&doc(&net("lan", 1400), 3), &owner, &owner_key)),
         )],
     );
-    let gossip = |extra: &[&str]| -> Vec<String> {
-        [
-            "--cluster-owner",
-            &owner,
-            "--gossip-listen",
-            "127.0.0.1:0",
-            "--gossip-probe-interval",
-            "200ms",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let gossip = |extra: &[&str]| common::gossip_args(&owner, extra);
     let mut a = Node::new("git-gossip-a");
     a.name = "node-a".into();
     a.extra_args.extend(gossip(&[

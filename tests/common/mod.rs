@@ -553,3 +553,20 @@ pub fn expected_address(files: &[PathBuf], server: &str, identity: &str) -> std:
         .and_then(|c| c.address)
         .unwrap_or_else(|| panic!("no address for {identity}"))
 }
+
+/// `node run` flags of a gossiping node of the cluster `owner` owns: any
+/// loopback port, a short probe period, then `extra`.
+pub fn gossip_args(owner: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "--cluster-owner",
+        owner,
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--gossip-probe-interval",
+        "200ms",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
