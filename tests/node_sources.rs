@@ -255,6 +255,11 @@ fn apply_dry_run_answers_the_verdicts_and_changes_nothing() {
         "{out}"
     );
     assert!(err.contains("nothing changed"), "{err}");
+    // Each verdict is followed by what this node's reconciler would do.
+    assert!(
+        out.contains("  would start the VM: 1 vCPU(s), 64Mi memory"),
+        "{out}"
+    );
     assert!(
         node.record("vm", "one").is_none(),
         "a dry run changed the store"
@@ -270,7 +275,36 @@ fn apply_dry_run_answers_the_verdicts_and_changes_nothing() {
         "{out}"
     );
     assert!(out.contains("two unchanged (generation 1)"), "{out}");
+    assert!(
+        out.contains("PendingRestart: memory differ(s) from the running VM"),
+        "{out}"
+    );
+    assert!(out.contains("  nothing to do on this node"), "{out}");
     assert_eq!(memory_of(&node, "one").as_deref(), Some("64Mi"));
+    // Planned against the store as the batch would leave it: a VM of a
+    // spacesuit declared in the same batch resolves it (and waits for its
+    // volume, which the spacesuit's plan imports first).
+    let image = node.dir.join("base.raw");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let suit = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: base\nspec:\n  source:\n    image:\n      path: {}\n---\n{}  spacesuit: base\n",
+        image.display(),
+        vm_yaml("four", "64Mi")
+    );
+    let (code, out, _) = node.cli(&["apply", "--dry-run", "-f", "-"], Some(&suit));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "  would import {} into volume suit-default-base",
+            image.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("then: SourceMissing: source volume(s) suit-default-base do not exist"),
+        "{out}"
+    );
+    assert!(node.record("spacesuit", "base").is_none());
     // A document claiming a signature this node cannot check is refused,
     // in a dry run as for real, and names why.
     let signed = vm_yaml("three", "64Mi").replace(
@@ -290,4 +324,21 @@ fn apply_dry_run_answers_the_verdicts_and_changes_nothing() {
         "{out}"
     );
     assert!(node.record("vm", "three").is_none());
+    // The refusal is an event of the object, though it has no record.
+    let (code, out, err) = node.cli(&["events", "vm", "three"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Denied") && out.contains("VirtualMachine/default/three  (from api)"),
+        "{out}"
+    );
+    let (code, all, _) = node.cli(&["events", "-o", "json"], None);
+    assert_eq!(code, 0);
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert!(
+        all.as_array().is_some_and(|a| a.len() > 1),
+        "every event of the node: {all}"
+    );
+    let (code, _, err) = node.cli(&["events", "vm"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("give both kind and name"), "{err}");
 }

@@ -65,7 +65,7 @@ use crate::identity::signed::{SIGNATURE_ANNOTATION, SIGNER_ANNOTATION};
 use crate::manifest::{self, Diagnostic};
 use crate::model::access::Verb;
 use crate::model::{AccessPolicySpec, AnyObject, Kind, Manifest, ObjectKey};
-use crate::store::{Event, SourceId, Store, StoreError, Txn};
+use crate::store::{Event, Record, SourceId, Store, StoreError, Txn};
 
 /// Whether a source's unsigned documents are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,16 +464,30 @@ impl Admission {
 
     /// Decide and, when every document passes, write the batch.
     pub fn admit(&self, batch: Batch) -> Result<Outcome, StoreError> {
-        self.run(batch, true)
+        self.run(batch, true, &mut Vec::new())
     }
 
     /// Decide without writing anything: the verdicts the batch would get
     /// now (`Applied` meaning "would be applied").
     pub fn dry_run(&self, batch: Batch) -> Result<Outcome, StoreError> {
-        self.run(batch, false)
+        self.preview(batch).map(|(outcome, _)| outcome)
     }
 
-    fn run(&self, batch: Batch, commit: bool) -> Result<Outcome, StoreError> {
+    /// A dry run that also hands out the records the batch would write
+    /// (what the reconcilers would then see; `apply --dry-run` plans
+    /// against them).
+    pub fn preview(&self, batch: Batch) -> Result<(Outcome, Vec<Record>), StoreError> {
+        let mut staged = Vec::new();
+        let outcome = self.run(batch, false, &mut staged)?;
+        Ok((outcome, staged))
+    }
+
+    fn run(
+        &self,
+        batch: Batch,
+        commit: bool,
+        staged: &mut Vec<Record>,
+    ) -> Result<Outcome, StoreError> {
         let source = batch.source.clone();
         if !batch.diagnostics.is_empty() {
             let outcome = Outcome {
@@ -505,7 +519,13 @@ impl Admission {
                 None => Signature::None,
             })
             .collect();
-        let decide = |tx: &mut Txn<'_>| self.decide(tx, &batch, &signatures, &tombstones);
+        let decide = |tx: &mut Txn<'_>| {
+            let decided = self.decide(tx, &batch, &signatures, &tombstones);
+            if !commit {
+                *staged = tx.staged();
+            }
+            decided
+        };
         let decided = if commit {
             self.store.transact(decide)?
         } else {

@@ -7,8 +7,9 @@
 //! the socket is the node's own), which alone writes the store; reads go
 //! to the store. `apply` is all-or-nothing: if any document of the
 //! request is invalid or refused, nothing is applied and every reason is
-//! returned. `apply` with `dryRun` answers the verdicts and changes
-//! nothing.
+//! returned. `apply` with `dryRun` answers the verdicts and, for each
+//! document, what this node's reconciler would do (planned against the
+//! store as the batch would leave it); it changes nothing.
 
 pub mod client;
 pub mod server;
@@ -99,6 +100,10 @@ pub enum Response {
     Verdicts {
         /// Verdicts, in document order (`Applied`: would be applied).
         verdicts: Vec<Admitted>,
+        /// What this node would then do for each (same order; empty when
+        /// the batch would be refused as a whole).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        plans: Vec<crate::reconcile::kind::Preview>,
     },
     /// Events.
     Events {

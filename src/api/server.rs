@@ -14,6 +14,8 @@ use tracing::{debug, info, warn};
 use super::{NodeInfo, Request, Response, MAX_REQUEST};
 use crate::admission::{Admission, Batch, Deletion, Trust, Verdict};
 use crate::model::{Kind, ObjectKey};
+use crate::reconcile::kind::Preview;
+use crate::reconcile::Ctx;
 use crate::store::{Applied, SourceId, Store};
 
 /// Source id of what the local API writes.
@@ -62,6 +64,7 @@ pub async fn serve(
     path: PathBuf,
     admission: Arc<Admission>,
     facts: ServerFacts,
+    planner: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
@@ -82,8 +85,9 @@ pub async fn serve(
                 }
                 let admission = admission.clone();
                 let facts = facts.clone();
+                let planner = planner.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, admission, facts, started).await {
+                    if let Err(e) = handle_conn(stream, admission, facts, planner, started).await {
                         debug!(error = %e, "local API connection ended");
                     }
                 });
@@ -98,6 +102,7 @@ async fn handle_conn(
     stream: UnixStream,
     admission: Arc<Admission>,
     facts: ServerFacts,
+    planner: Arc<Ctx>,
     started: Instant,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -119,6 +124,11 @@ async fn handle_conn(
             }
         } else {
             match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Apply {
+                    filename,
+                    yaml,
+                    dry_run: true,
+                }) => dry_run(admission.clone(), &planner, filename, yaml).await,
                 Ok(req) => {
                     let admission = admission.clone();
                     let facts = facts.clone();
@@ -294,6 +304,53 @@ fn internal(e: impl std::fmt::Display) -> Response {
     }
 }
 
+/// `apply --dry-run`: admission's verdicts, and for each document it would
+/// apply, what this node's reconciler would then do, planned against the
+/// store as the batch would leave it. Nothing is written, nothing executed.
+async fn dry_run(
+    admission: Arc<Admission>,
+    planner: &Ctx,
+    filename: String,
+    yaml: String,
+) -> Response {
+    let decided = tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::new(SourceId(API_SOURCE.into()), Trust::Local);
+        batch.parse(&filename, &yaml);
+        if !batch.diagnostics.is_empty() {
+            return Err(Response::Invalid {
+                diagnostics: batch.diagnostics,
+            });
+        }
+        if batch.docs.is_empty() {
+            return Err(Response::Error {
+                code: "BadRequest".into(),
+                message: format!("{filename}: no documents"),
+            });
+        }
+        admission.preview(batch).map_err(internal)
+    })
+    .await;
+    let (outcome, staged) = match decided {
+        Ok(Ok(v)) => v,
+        Ok(Err(response)) => return response,
+        Err(e) => return internal(format!("handler failed: {e}")),
+    };
+    let mut plans = Vec::new();
+    if outcome.refusals().next().is_none() {
+        let ctx = planner.with_pending(staged);
+        for a in &outcome.verdicts {
+            plans.push(match ctx.get(&a.key) {
+                Some(record) => crate::reconcile::preview(&ctx, &record).await,
+                None => Preview::default(),
+            });
+        }
+    }
+    Response::Verdicts {
+        verdicts: outcome.verdicts,
+        plans,
+    }
+}
+
 /// Parse and admit every document as one batch: all are applied, or none.
 fn apply(
     admission: &Admission,
@@ -318,6 +375,7 @@ fn apply(
         let outcome = admission.dry_run(batch).map_err(internal)?;
         return Ok(Response::Verdicts {
             verdicts: outcome.verdicts,
+            plans: Vec::new(),
         });
     }
     let outcome = admission.admit(batch).map_err(internal)?;

@@ -138,6 +138,23 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Events, oldest first: of one object (refused documents too, which
+    /// have no record), or of the whole node.
+    Events {
+        /// Kind (with a name); all events when absent.
+        kind: Option<String>,
+        /// Name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the version.
     Version,
     /// Print shell completions.
@@ -444,9 +461,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Response::Verdicts { verdicts } => {
+                Response::Verdicts { verdicts, plans } => {
                     let mut refused = 0;
-                    for a in &verdicts {
+                    for (i, a) in verdicts.iter().enumerate() {
                         match &a.verdict {
                             crate::admission::Verdict::Applied { generation } => {
                                 println!("{} would be configured (generation {generation})", a.key)
@@ -458,6 +475,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 refused += 1;
                                 println!("{}: {}: {v}", a.at, a.key);
                             }
+                        }
+                        if let Some(p) = plans.get(i) {
+                            print_plan(p);
                         }
                     }
                     eprintln!(
@@ -625,6 +645,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             other => unexpected(other),
         },
+        Command::Events {
+            kind,
+            name,
+            namespace,
+            output,
+            client,
+        } => match client::call(
+            &client.socket,
+            &Request::Events {
+                kind,
+                namespace,
+                name,
+            },
+            CALL_TIMEOUT,
+        )? {
+            Response::Events { events } => {
+                let stdout = std::io::stdout();
+                output::events(&mut stdout.lock(), &events, output)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { message, .. } => {
+                eprintln!("error: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => unexpected(other),
+        },
         Command::Version => {
             println!("deorch {}", env!("CARGO_PKG_VERSION"));
             println!("apiVersion {}", crate::model::API_VERSION);
@@ -704,6 +750,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("schemas written to {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// What this node would do for one object of a dry run, indented under
+/// its verdict.
+fn print_plan(p: &crate::reconcile::kind::Preview) {
+    for action in &p.actions {
+        println!("  would {action}");
+    }
+    if let Some(note) = &p.note {
+        println!("  then: {note}");
+    }
+    if let Some(error) = &p.error {
+        println!("  would fail: {error}");
+    }
+    if p.actions.is_empty() && p.note.is_none() && p.error.is_none() {
+        println!("  nothing to do on this node");
     }
 }
 

@@ -180,21 +180,48 @@ pub fn describe(out: &mut dyn Write, r: &Record, events: &[Event]) -> io::Result
         writeln!(out, "  {line}")?;
     }
     writeln!(out, "Events:")?;
+    event_lines(out, events, "  ")
+}
+
+/// `deorch events`: oldest first, each with its object and source.
+pub fn events(out: &mut dyn Write, events: &[Event], format: OutputFormat) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(events).unwrap_or_default()
+        ),
+        OutputFormat::Yaml => {
+            let text =
+                serde_saphyr::to_string(&events).map_err(|e| io::Error::other(e.to_string()))?;
+            write!(out, "{text}")
+        }
+        OutputFormat::Table => event_lines(out, events, ""),
+    }
+}
+
+/// One line per event (level, reason, age, object, source), its message
+/// indented below.
+fn event_lines(out: &mut dyn Write, events: &[Event], indent: &str) -> io::Result<()> {
     if events.is_empty() {
-        writeln!(out, "  <none>")?;
+        writeln!(out, "{indent}<none>")?;
     }
     for e in events {
         let obj = e.object.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let from = e
+            .source
+            .as_ref()
+            .map(|s| format!("  (from {})", s.0))
+            .unwrap_or_default();
         writeln!(
             out,
-            "  {:<8} {:<18} {:>5} ago  {}",
+            "{indent}{:<8} {:<18} {:>5} ago  {obj}{from}",
             e.level,
             e.reason,
             age(e.time_ms),
-            obj
         )?;
         for line in e.message.lines() {
-            writeln!(out, "      {line}")?;
+            writeln!(out, "{indent}    {line}")?;
         }
     }
     Ok(())

@@ -129,6 +129,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             config.socket.clone(),
             admission.clone(),
             facts,
+            engine.ctx(),
             shutdown.clone(),
         )),
         tokio::spawn(engine.run(shutdown.clone())),

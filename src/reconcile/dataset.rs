@@ -6,9 +6,10 @@
 //! the desired state alone, and the status is made of what the one action
 //! reports.
 
+use super::kind::{run, Reconciler};
 use super::status::{not_ready, ready};
-use super::{decode, previous, Ctx, Outcome, ReconcileError};
-use crate::driver::{DatasetConfig, DatasetState};
+use super::{decode, previous, Ctx, Outcome, Plan, ReconcileError};
+use crate::driver::{BoxFuture, DatasetConfig, DatasetState};
 use crate::model::storage_kinds::{DatasetStatus, DeletionPolicy};
 use crate::model::{DatasetSpec, Manifest, Quantity};
 use crate::store::Record;
@@ -33,14 +34,66 @@ pub enum Action {
     Destroy(DatasetConfig),
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Ensure(c) => {
+                write!(f, "ensure dataset {}", c.path)?;
+                let props: Vec<String> = c
+                    .properties
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if !props.is_empty() {
+                    write!(f, " with {}", props.join(", "))?;
+                }
+                Ok(())
+            }
+            Action::Destroy(c) => write!(f, "destroy dataset {} and its data", c.path),
+        }
+    }
+}
+
+/// The Dataset reconciler.
+pub struct Datasets;
+
+impl Reconciler for Datasets {
+    type Desired = Desired;
+    type Observed = ();
+    type Action = Action;
+    type Executed = Option<DatasetState>;
+    fn resolve(_: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
+        resolve(record)
+    }
+    fn deleted(d: &Desired) -> bool {
+        d.deleted
+    }
+    fn observe<'a>(_: &'a Ctx, _: &'a Desired) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn plan(d: &Desired, _: &()) -> Plan<Action> {
+        Plan::Act(plan(d))
+    }
+    fn execute<'a>(
+        ctx: &'a Ctx,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<Option<DatasetState>, ReconcileError>> {
+        Box::pin(execute(ctx, actions))
+    }
+    fn status(
+        ctx: &Ctx,
+        record: &Record,
+        _: &Desired,
+        _: &Plan<Action>,
+        result: Result<Option<DatasetState>, ReconcileError>,
+    ) -> Result<Outcome, ReconcileError> {
+        status(ctx, record, result)
+    }
+}
+
 /// Reconcile one Dataset.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    let desired = resolve(record)?;
-    let result = execute(ctx, &plan(&desired)).await;
-    if desired.deleted {
-        return result.map(|_| Outcome::Done);
-    }
-    status(ctx, record, result)
+    run::<Datasets>(ctx, record).await
 }
 
 /// The dataset as desired.

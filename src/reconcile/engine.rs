@@ -62,10 +62,16 @@ impl Engine {
                 drivers,
                 config,
                 placement,
+                pending: Default::default(),
             }),
             queue,
             started,
         }
+    }
+
+    /// The reconcilers' context (the local API plans dry runs with it).
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
     }
 
     /// Every reconcile start.

@@ -19,6 +19,7 @@
 
 pub mod dataset;
 pub mod engine;
+pub mod kind;
 pub mod network;
 pub mod queue;
 pub mod replica;
@@ -34,6 +35,7 @@ pub use crate::driver::Drivers;
 pub use crate::model::names;
 pub use engine::{Engine, ReconcileStarted};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +135,27 @@ impl PartialEq for Live {
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Live").field(&self.0.volumes).finish()
+    }
+}
+
+/// What reconciling `record` would do on this node now, with nothing
+/// executed and no status written: each kind's resolve, observe and plan,
+/// reading desired state through `ctx` (see [`Ctx::with_pending`]).
+pub async fn preview(ctx: &Ctx, record: &Record) -> kind::Preview {
+    use kind::Preview;
+    let status_only = |what: &str| Preview {
+        note: Some(what.to_string()),
+        ..Preview::default()
+    };
+    match record.key.kind {
+        Kind::VirtualMachine => vm::preview(ctx, record).await,
+        Kind::Network => kind::preview::<network::Networks>(ctx, record).await,
+        Kind::Spacesuit => kind::preview::<spacesuit::Spacesuits>(ctx, record).await,
+        Kind::Dataset => kind::preview::<dataset::Datasets>(ctx, record).await,
+        Kind::Replica => kind::preview::<replica::Replicas>(ctx, record).await,
+        Kind::Satellite => status_only("status only: the node reports its capacity into it"),
+        Kind::Relocation => status_only("NotImplemented: relocation is not carried out yet"),
+        Kind::AccessPolicy => status_only("status only: admission enforces it"),
     }
 }
 
@@ -303,14 +326,54 @@ pub struct Ctx {
     /// The cluster's election, when the node gossips; `None`: a standalone
     /// node runs every automatically placed VM itself.
     pub placement: Option<Arc<dyn Placement>>,
+    /// Records a dry run would write, read in place of the store's (empty
+    /// in the engine: reconcilers read the store). Every read of desired
+    /// state goes through [`Ctx::get`] and [`Ctx::list`], so a preview
+    /// plans against the store as the batch would leave it.
+    pub pending: BTreeMap<ObjectKey, Record>,
 }
 
 impl Ctx {
+    /// The same node's context, seeing `pending` on top of its store: what
+    /// [`preview`] plans against.
+    pub fn with_pending(&self, pending: Vec<Record>) -> Ctx {
+        Ctx {
+            store: self.store.clone(),
+            drivers: self.drivers.clone(),
+            config: self.config.clone(),
+            placement: self.placement.clone(),
+            pending: pending.into_iter().map(|r| (r.key.clone(), r)).collect(),
+        }
+    }
+
+    /// The record of `key` (tombstones included).
+    pub fn get(&self, key: &ObjectKey) -> Option<Record> {
+        match self.pending.get(key) {
+            Some(r) => Some(r.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    /// Live records, optionally of one kind, sorted by key.
+    pub fn list(&self, kind: Option<Kind>) -> Vec<Record> {
+        let mut records = self.store.list(kind);
+        if self.pending.is_empty() {
+            return records;
+        }
+        records.retain(|r| !self.pending.contains_key(&r.key));
+        records.extend(
+            self.pending
+                .values()
+                .filter(|r| !r.deleted && kind.is_none_or(|k| r.key.kind == k))
+                .cloned(),
+        );
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        records
+    }
+
     /// A live object of kind `kind`, typed.
     pub fn typed<S: Spec>(&self, kind: Kind, namespace: &str, name: &str) -> Option<Manifest<S>> {
-        let r = self
-            .store
-            .get(&ObjectKey::new(kind, Some(namespace), name))?;
+        let r = self.get(&ObjectKey::new(kind, Some(namespace), name))?;
         if r.deleted {
             return None;
         }

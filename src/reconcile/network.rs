@@ -9,11 +9,13 @@
 
 use ipnet::Ipv4Net;
 
+use super::kind::{run, Reconciler};
 use super::status::{not_ready, ready};
 use super::vm::is_mine;
 use super::{decode, names, previous, Ctx, Outcome, Plan, ReconcileError};
 use crate::dhcp::service::Served;
 use crate::dhcp::{ServerConfig, Table};
+use crate::driver::BoxFuture;
 use crate::model::network::{Ipv4Config, NetworkStatus};
 use crate::model::{Kind, Manifest, NetworkSpec, ObjectKey, VirtualMachineSpec};
 use crate::store::Record;
@@ -87,18 +89,77 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::EnsureBridge { bridge, mtu } => write!(f, "ensure bridge {bridge} (MTU {mtu})"),
+            Action::SetAddress {
+                bridge,
+                address: Some(a),
+            } => write!(f, "set address {a} on bridge {bridge}"),
+            Action::SetAddress {
+                bridge,
+                address: None,
+            } => write!(f, "remove the node's address from bridge {bridge}"),
+            Action::Serve {
+                bridge,
+                address,
+                table,
+                ..
+            } => write!(
+                f,
+                "serve DHCP on bridge {bridge} from {address} to {} NIC(s)",
+                table.clients.len()
+            ),
+            Action::StopDhcp { id } => write!(f, "stop serving DHCP for network {id}"),
+            Action::RemoveBridge { bridge } => write!(f, "remove bridge {bridge}"),
+        }
+    }
+}
+
+/// The Network reconciler.
+pub struct Networks;
+
+impl Reconciler for Networks {
+    type Desired = Desired;
+    type Observed = Observed;
+    type Action = Action;
+    type Executed = Option<Served>;
+    fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
+        resolve(ctx, record)
+    }
+    fn deleted(d: &Desired) -> bool {
+        d.deleted
+    }
+    fn observe<'a>(
+        ctx: &'a Ctx,
+        _: &'a Desired,
+    ) -> BoxFuture<'a, Result<Observed, ReconcileError>> {
+        Box::pin(std::future::ready(Ok(observe(ctx))))
+    }
+    fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
+        plan(d, o)
+    }
+    fn execute<'a>(
+        ctx: &'a Ctx,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<Option<Served>, ReconcileError>> {
+        Box::pin(execute(ctx, actions))
+    }
+    fn status(
+        ctx: &Ctx,
+        record: &Record,
+        d: &Desired,
+        plan: &Plan<Action>,
+        result: Result<Option<Served>, ReconcileError>,
+    ) -> Result<Outcome, ReconcileError> {
+        status(ctx, record, d, plan, result)
+    }
+}
+
 /// Reconcile one Network.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    let desired = resolve(ctx, record)?;
-    let plan = plan(&desired, &observe(ctx));
-    let result = match plan.actions() {
-        Ok(actions) => execute(ctx, actions).await,
-        Err(e) => Err(e),
-    };
-    if desired.deleted {
-        return result.map(|_| Outcome::Done);
-    }
-    status(ctx, record, &desired, &plan, result)
+    run::<Networks>(ctx, record).await
 }
 
 /// The network as desired on this node.
@@ -134,7 +195,6 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
 /// The DHCP table of `net`: every VM's NICs on it, this node's answered.
 fn table(ctx: &Ctx, net: &Manifest<NetworkSpec>, address: &Ipv4Net) -> Result<Table, String> {
     let vms: Vec<Manifest<VirtualMachineSpec>> = ctx
-        .store
         .list(Some(Kind::VirtualMachine))
         .into_iter()
         .filter_map(|r| serde_json::from_value(r.object).ok())

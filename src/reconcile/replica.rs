@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::kind::{run, Reconciler};
 use super::status::{made_once, ready, rfc3339};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
-use crate::driver::CloneRequest;
+use crate::driver::{BoxFuture, CloneRequest};
 use crate::model::phase::ReadyPhase;
 use crate::model::storage_kinds::ReplicaStatus;
 use crate::model::{Kind, Manifest, ReplicaSpec, VirtualMachineSpec};
@@ -67,21 +68,76 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Destroy(volume) => write!(f, "destroy volume {volume}"),
+            Action::Capture { requests, live } => {
+                let disks: Vec<String> = requests
+                    .iter()
+                    .map(|r| format!("{} -> {}", r.source, r.volume))
+                    .collect();
+                write!(
+                    f,
+                    "capture {} disk(s) at one instant: {}",
+                    requests.len(),
+                    disks.join(", ")
+                )?;
+                if requests
+                    .iter()
+                    .any(|r| live.0.volumes.contains_key(&r.source))
+                {
+                    write!(f, " (live, through the running VM)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The Replica reconciler.
+pub struct Replicas;
+
+impl Reconciler for Replicas {
+    type Desired = Desired;
+    type Observed = Observed;
+    type Action = Action;
+    type Executed = ();
+    fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
+        resolve(ctx, record)
+    }
+    fn deleted(d: &Desired) -> bool {
+        d.deleted
+    }
+    fn observe<'a>(
+        ctx: &'a Ctx,
+        d: &'a Desired,
+    ) -> BoxFuture<'a, Result<Observed, ReconcileError>> {
+        Box::pin(observe(ctx, d))
+    }
+    fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
+        plan(d, o)
+    }
+    fn execute<'a>(
+        ctx: &'a Ctx,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(execute(ctx, actions))
+    }
+    fn status(
+        ctx: &Ctx,
+        record: &Record,
+        d: &Desired,
+        plan: &Plan<Action>,
+        result: Result<(), ReconcileError>,
+    ) -> Result<Outcome, ReconcileError> {
+        status(ctx, record, d, plan, result)
+    }
+}
+
 /// Reconcile one Replica.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    let desired = resolve(ctx, record)?;
-    let plan = match observe(ctx, &desired).await {
-        Ok(observed) => plan(&desired, &observed),
-        Err(e) => Plan::Fail(e),
-    };
-    let result = match plan.actions() {
-        Ok(actions) => execute(ctx, actions).await,
-        Err(e) => Err(e),
-    };
-    if desired.deleted {
-        return result.map(|_| Outcome::Done);
-    }
-    status(ctx, record, &desired, &plan, result)
+    run::<Replicas>(ctx, record).await
 }
 
 /// The replica as desired.

@@ -7,10 +7,11 @@
 //! the image or finds the source VM's running disks; [`plan`] decides;
 //! [`execute`] calls the storage; `status` reports.
 
+use super::kind::{run, Reconciler};
 use super::status::{made_once, ready};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
-use crate::driver::{CloneRequest, DriverError};
+use crate::driver::{BoxFuture, CloneRequest, DriverError};
 use crate::model::phase::ReadyPhase;
 use crate::model::spacesuit::SpacesuitStatus;
 use crate::model::{Kind, Manifest, SpacesuitSpec, VirtualMachineSpec};
@@ -93,21 +94,69 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Import { volume, path, .. } => write!(f, "import {path} into volume {volume}"),
+            Action::Clone { request, live } => {
+                write!(
+                    f,
+                    "snapshot volume {} into volume {}",
+                    request.source, request.volume
+                )?;
+                if live.0.volumes.contains_key(&request.source) {
+                    write!(f, " (live, through the running VM)")?;
+                }
+                Ok(())
+            }
+            Action::Destroy { volume } => write!(f, "destroy volume {volume}"),
+        }
+    }
+}
+
+/// The Spacesuit reconciler.
+pub struct Spacesuits;
+
+impl Reconciler for Spacesuits {
+    type Desired = Desired;
+    type Observed = Observed;
+    type Action = Action;
+    type Executed = ();
+    fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
+        resolve(ctx, record)
+    }
+    fn deleted(d: &Desired) -> bool {
+        d.deleted
+    }
+    fn observe<'a>(
+        ctx: &'a Ctx,
+        d: &'a Desired,
+    ) -> BoxFuture<'a, Result<Observed, ReconcileError>> {
+        Box::pin(observe(ctx, d))
+    }
+    fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
+        plan(d, o)
+    }
+    fn execute<'a>(
+        ctx: &'a Ctx,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(execute(ctx, actions))
+    }
+    fn status(
+        ctx: &Ctx,
+        record: &Record,
+        d: &Desired,
+        plan: &Plan<Action>,
+        result: Result<(), ReconcileError>,
+    ) -> Result<Outcome, ReconcileError> {
+        status(ctx, record, d, plan, result)
+    }
+}
+
 /// Reconcile one Spacesuit.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    let desired = resolve(ctx, record)?;
-    let plan = match observe(ctx, &desired).await {
-        Ok(observed) => plan(&desired, &observed),
-        Err(e) => Plan::Fail(e),
-    };
-    let result = match plan.actions() {
-        Ok(actions) => execute(ctx, actions).await,
-        Err(e) => Err(e),
-    };
-    if desired.deleted {
-        return result.map(|_| Outcome::Done);
-    }
-    status(ctx, record, &desired, &plan, result)
+    run::<Spacesuits>(ctx, record).await
 }
 
 /// The spacesuit as desired.

@@ -668,6 +668,12 @@ impl Txn<'_> {
         out.into_values().collect()
     }
 
+    /// What the batch has staged so far, in the order first written
+    /// (a dry run's view of the records it would write).
+    pub fn staged(&self) -> Vec<Record> {
+        self.order.iter().map(|k| self.staged[k].clone()).collect()
+    }
+
     fn stage(&mut self, record: Record) {
         if !self.staged.contains_key(&record.key) {
             self.order.push(record.key.clone());

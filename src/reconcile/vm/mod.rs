@@ -48,6 +48,7 @@ pub use resolve::{
 };
 pub use status::walk;
 
+use super::kind::Preview;
 use super::{names, Ctx, Outcome, ReconcileError};
 use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus};
 use crate::model::{Manifest, ObjectKey};
@@ -57,25 +58,11 @@ use crate::store::Record;
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let vm: Manifest<VirtualMachineSpec> = serde_json::from_value(record.object.clone())
         .map_err(|e| ReconcileError::permanent("Unreadable", e.to_string()))?;
-    let key = &record.key;
     let previous = status::previous(record);
-    let decision = decide(ctx, key, &vm.spec);
-    let desired = if record.deleted {
-        for_deletion(ctx, key, &vm.spec, &previous)
-    } else {
-        match resolve(ctx, key, &vm.spec, decision.site.clone()) {
-            Ok(d) => d,
-            // What runs elsewhere needs nothing resolved here: say where.
-            Err(_)
-                if matches!(
-                    decision.site,
-                    Site::Elsewhere { .. } | Site::PinnedElsewhere { .. }
-                ) =>
-            {
-                resolve_elsewhere(ctx, key, &vm.spec, decision.site.clone())
-            }
-            Err(e) => return status::unresolved(ctx, record, previous, &e),
-        }
+    let decision = decide(ctx, &record.key, &vm.spec);
+    let desired = match desired(ctx, record, &vm.spec, &previous, &decision) {
+        Ok(d) => d,
+        Err(e) => return status::unresolved(ctx, record, previous, &e),
     };
     let mut status = previous.clone();
     if !record.deleted && desired.site == Site::Here {
@@ -97,6 +84,81 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         ));
     }
     status::report(ctx, record, status, &desired, &observed.state, &plan).await
+}
+
+/// What reconciling the VM would do now: the same decision, resolve,
+/// observe and plan as [`reconcile`], with nothing executed and no status
+/// written (`deorch apply --dry-run`).
+pub async fn preview(ctx: &Ctx, record: &Record) -> Preview {
+    let vm: Manifest<VirtualMachineSpec> = match super::decode(record) {
+        Ok(vm) => vm,
+        Err(e) => return Preview::failed(&e),
+    };
+    let previous = status::previous(record);
+    let decision = decide(ctx, &record.key, &vm.spec);
+    let desired = match desired(ctx, record, &vm.spec, &previous, &decision) {
+        Ok(d) => d,
+        Err(e) => return Preview::failed(&e),
+    };
+    let observed = match observe(ctx, &desired, &previous, decision.running_elsewhere).await {
+        Ok(o) => o,
+        Err(e) => return Preview::failed(&e),
+    };
+    let plan = plan(&desired, &observed);
+    let mut actions: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
+    if !record.deleted && desired.site == Site::Here {
+        if let Some(replica) = revert::pending(record, &vm, &previous) {
+            actions.insert(
+                0,
+                format!("stop the VM and revert its disks to replica {replica}"),
+            );
+        }
+    }
+    let restart = (!plan.pending_restart.is_empty()).then(|| {
+        format!(
+            "PendingRestart: {} differ(s) from the running VM and take(s) effect at its next restart",
+            plan.pending_restart.join(", ")
+        )
+    });
+    let blocked = plan
+        .blocked
+        .map(|(reason, message)| format!("{}: {message}", reason.as_str()));
+    Preview {
+        actions,
+        note: match (blocked, restart) {
+            (Some(b), Some(r)) => Some(format!("{b}; {r}")),
+            (b, r) => b.or(r),
+        },
+        error: None,
+    }
+}
+
+/// The desired VM: resolved for where the election put it, or for its
+/// deletion.
+fn desired(
+    ctx: &Ctx,
+    record: &Record,
+    spec: &VirtualMachineSpec,
+    previous: &VirtualMachineStatus,
+    decision: &Decision,
+) -> Result<Desired, ReconcileError> {
+    let key = &record.key;
+    if record.deleted {
+        return Ok(for_deletion(ctx, key, spec, previous));
+    }
+    match resolve(ctx, key, spec, decision.site.clone()) {
+        Ok(d) => Ok(d),
+        // What runs elsewhere needs nothing resolved here: say where.
+        Err(_)
+            if matches!(
+                decision.site,
+                Site::Elsewhere { .. } | Site::PinnedElsewhere { .. }
+            ) =>
+        {
+            Ok(resolve_elsewhere(ctx, key, spec, decision.site.clone()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A VM placed elsewhere whose references do not resolve here (e.g. its

@@ -111,6 +111,82 @@ impl Action {
     }
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::model::Quantity;
+        let lower = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
+        match self {
+            Action::CreateVolume { volume, size } => {
+                write!(f, "create volume {volume} ({})", Quantity(*size))
+            }
+            Action::CloneVolume {
+                volume,
+                source,
+                size,
+                from_vm,
+            } => {
+                write!(f, "clone volume {source} into volume {volume}")?;
+                if let Some(size) = size {
+                    write!(f, ", grown to {}", Quantity(*size))?;
+                }
+                if let Some(vm) = from_vm {
+                    write!(f, " (a disk of VM {}, live if it runs here)", vm.id)?;
+                }
+                Ok(())
+            }
+            Action::EnsureTap { tap, bridge, mtu } => {
+                write!(f, "ensure tap {tap} on bridge {bridge} (MTU {mtu})")
+            }
+            Action::Start { config, disks } => {
+                write!(
+                    f,
+                    "start the VM: {} vCPU(s), {} memory, machine {}",
+                    config.cpus,
+                    Quantity(config.memory),
+                    lower(&config.machine)
+                )?;
+                if let Some(cpu) = &config.cpu_model {
+                    write!(f, ", CPU {cpu}")?;
+                }
+                for d in disks {
+                    write!(
+                        f,
+                        "; disk {} = volume {} on {}",
+                        d.name,
+                        d.volume,
+                        lower(&d.bus)
+                    )?;
+                    if d.read_only {
+                        write!(f, " read-only")?;
+                    }
+                }
+                for n in &config.nics {
+                    write!(
+                        f,
+                        "; NIC {} {} ({}) on bridge {}",
+                        n.name,
+                        n.mac,
+                        lower(&n.model),
+                        n.bridge
+                    )?;
+                }
+                if config.boot.is_some() {
+                    write!(f, "; direct kernel boot")?;
+                }
+                Ok(())
+            }
+            Action::Stop { timeout } => {
+                write!(f, "stop the VM (forced after {} s)", timeout.as_secs())
+            }
+            Action::Pause => write!(f, "pause the VM's CPUs"),
+            Action::Resume => write!(f, "resume the VM's CPUs"),
+            Action::Remove => write!(f, "remove the stopped VM from the hypervisor"),
+            Action::DestroyVolume { volume } => write!(f, "destroy volume {volume}"),
+            Action::RemoveTap { tap } => write!(f, "remove tap {tap}"),
+        }
+    }
+}
+
 /// When to look at the VM again after a successful reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -533,6 +609,21 @@ mod tests {
             started_ms: 0,
             config: Box::new(cfg.clone()),
         }
+    }
+
+    #[test]
+    fn a_dry_run_reads_each_step_in_words() {
+        let d = desired(PowerState::Running, RestartPolicy::Always);
+        let plan = plan(&d, &observed(VmState::Absent, true));
+        let lines: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "clone volume suit-default-tiny into volume vm-default-a-root".to_string(),
+                "start the VM: 1 vCPU(s), 512Mi memory, machine q35; disk root = volume vm-default-a-root on virtio".to_string(),
+            ]
+        );
+        assert_eq!(stop().to_string(), "stop the VM (forced after 30 s)");
     }
 
     fn clone_root() -> Action {

@@ -23,18 +23,10 @@ pub async fn revert(
     desired: &Desired,
     status: &mut VirtualMachineStatus,
 ) -> Result<Option<Outcome>, ReconcileError> {
-    let Some(replica) = vm
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::model::REVERT_ANNOTATION))
-    else {
+    let Some(replica) = pending(record, vm, status) else {
         return Ok(None);
     };
     let token = format!("{replica}@{}", record.generation);
-    if status.last_revert.as_deref() == Some(token.as_str()) {
-        return Ok(None);
-    }
     let g = record.generation;
     let mut say = |ok: bool, reason: VmReason, message: &str| {
         set_condition(
@@ -84,10 +76,25 @@ pub async fn revert(
     Ok(None)
 }
 
+/// The replica this generation's annotation asks to revert to, when that
+/// revert is not done yet.
+pub fn pending<'v>(
+    record: &Record,
+    vm: &'v Manifest<VirtualMachineSpec>,
+    status: &VirtualMachineStatus,
+) -> Option<&'v String> {
+    let replica = vm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::REVERT_ANNOTATION))?;
+    let token = format!("{replica}@{}", record.generation);
+    (status.last_revert.as_deref() != Some(token.as_str())).then_some(replica)
+}
+
 /// Disk → volume of a ready replica.
 fn replica_volumes(ctx: &Ctx, ns: &str, replica: &str) -> Option<BTreeMap<String, String>> {
-    ctx.store
-        .get(&ObjectKey::new(Kind::Replica, Some(ns), replica))
+    ctx.get(&ObjectKey::new(Kind::Replica, Some(ns), replica))
         .filter(|r| !r.deleted)
         .and_then(|r| r.status)
         .and_then(|s| serde_json::from_value::<ReplicaStatus>(s).ok())
