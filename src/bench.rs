@@ -92,7 +92,7 @@ pub fn drop_latency(count: usize) -> anyhow::Result<()> {
     let source = Box::new(DirSource::new(DirConfig {
         root: manifests.clone(),
         rescan_every: Duration::from_secs(3600),
-        settle: Duration::from_secs(5),
+        ..DirConfig::new(manifests.clone())
     }));
     rt.spawn(engine.run(stop_rx.clone()));
     let admission = crate::admission::Admission::new(store.clone(), Default::default());

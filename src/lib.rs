@@ -16,8 +16,9 @@
 //! - [`api`], [`http`] → [`node`] (wires everything, and alone chooses
 //!   driver implementations) → [`cli`], [`bench`].
 
-// No unsafe code, except one audited `rdtsc` in `qemu::tsc` (allowed there
-// by name; `deny` so that one `allow` is possible and nothing else is).
+// No unsafe code, except one audited `rdtsc` in `qemu::tsc` and the
+// `fcntl(F_SETLEASE)` of `source::dir::writer_has_it_open` (allowed there
+// by name; `deny` so that those `allow`s are possible and nothing else is).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

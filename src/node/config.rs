@@ -76,6 +76,18 @@ pub struct NodeArgs {
     /// Age a modified but unclosed manifest must reach before a rescan reads it.
     #[arg(long, env = "DEORCH_SETTLE")]
     pub settle: Option<ManifestDuration>,
+    /// How long an object must stay undeclared by every manifest file
+    /// (its file rewritten without it, removed, renamed away) before it is
+    /// deleted, e.g. `10s`: a save in two steps, a git checkout or a
+    /// remount that brings it back within that time changes nothing.
+    #[arg(long, env = "DEORCH_REMOVAL_GRACE")]
+    pub removal_grace: Option<ManifestDuration>,
+    /// Start even when the manifest directory is missing and the store
+    /// holds objects its files declared (they are then deleted). Without
+    /// it a missing or unreadable directory is an error: the node keeps
+    /// what it has, says why, and retries.
+    #[arg(long, env = "DEORCH_ALLOW_EMPTY_MANIFESTS")]
+    pub allow_empty_manifests: bool,
     /// Serve the HTTP API (login, signed push) on this address, e.g.
     /// `0.0.0.0:8443` (port 0: any free port, written to
     /// STATE_DIR/http-address; the URL clients take, with the TLS pin, to
@@ -209,6 +221,8 @@ pub struct FileConfig {
     pub rescan_interval: Option<ManifestDuration>,
     /// Settle time.
     pub settle: Option<ManifestDuration>,
+    /// Removal grace.
+    pub removal_grace: Option<ManifestDuration>,
     /// HTTP API listen address.
     pub http_listen: Option<SocketAddr>,
     /// Node key file.
@@ -318,6 +332,10 @@ pub struct NodeConfig {
     pub rescan_interval: Duration,
     /// Settle time for unclosed files.
     pub settle: Duration,
+    /// How long an object stays undeclared before it is deleted.
+    pub removal_grace: Duration,
+    /// A missing manifest directory is taken as empty.
+    pub allow_empty_manifests: bool,
     /// The HTTP API, when enabled.
     pub http: Option<HttpConfig>,
     /// The git source, when enabled.
@@ -597,6 +615,12 @@ impl NodeConfig {
                 .or(file.settle)
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(5)),
+            removal_grace: args
+                .removal_grace
+                .or(file.removal_grace)
+                .map(|d| d.0)
+                .unwrap_or(crate::source::dir::REMOVAL_GRACE),
+            allow_empty_manifests: args.allow_empty_manifests,
         })
     }
 }

@@ -98,6 +98,8 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         root: config.manifests.clone(),
         rescan_every: config.rescan_interval,
         settle: config.settle,
+        removal_grace: config.removal_grace,
+        allow_missing: config.allow_empty_manifests,
     }));
     info!(
         node = %config.name,

@@ -16,6 +16,24 @@
 //! file renamed over the target) is complete at the rename, so it is read
 //! at once too, even when the vanished temp name also asks for a rescan.
 //!
+//! A file is read whole or not at all: it is not read while any process
+//! has it open for writing (a read lease, `F_SETLEASE`, is refused then:
+//! `cat > f` truncates and writes before it closes), nor when its size or
+//! mtime changed while it was read; its size is checked before reading.
+//! Such a file is taken at its writer's close or a later rescan.
+//!
+//! An object that no file declares any more (its file rewritten without
+//! it, removed or renamed away) is deleted only once it stayed undeclared
+//! for the removal grace (`--removal-grace`, default 10 s): a save in two
+//! steps (`cat a > f; cat b >> f`), a git checkout or a remount that brings
+//! it back within that time changes nothing, not even its generation.
+//!
+//! A missing or unreadable directory is an error, not an empty set: the
+//! node keeps every object its files declared, records a Warning event
+//! (`ManifestDirectoryMissing`) and retries at each rescan; only
+//! `--allow-empty-manifests` (or a store that holds nothing from it yet)
+//! lets it start from a new, empty directory.
+//!
 //! Editor temp, swap and backup files are ignored
 //! ([`crate::manifest::is_manifest_file`]). Each file is one admission
 //! batch ([`Trust::Local`]: unsigned documents are accepted, signed ones
@@ -29,6 +47,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,7 +76,21 @@ pub struct DirConfig {
     pub rescan_every: Duration,
     /// Age a modified-but-not-closed file must reach before a rescan reads it.
     pub settle: Duration,
+    /// How long an object must stay undeclared before it is deleted.
+    pub removal_grace: Duration,
+    /// Take a missing directory as empty (deleting what its files declared).
+    pub allow_missing: bool,
 }
+
+/// Default removal grace: longer than an editor's save, a two-step shell
+/// rewrite or a git checkout (milliseconds to a second), and than a quick
+/// remount; short enough that a deliberate removal shows within seconds.
+/// A VM deleted after it still keeps its volumes for the volume retention.
+pub const REMOVAL_GRACE: Duration = Duration::from_secs(10);
+
+/// A file held open for writing this long without a change is read anyway
+/// (a process that keeps it open and idle must not freeze it forever).
+const WRITER_PATIENCE: Duration = Duration::from_secs(60);
 
 impl DirConfig {
     /// Defaults for `root`.
@@ -65,6 +99,8 @@ impl DirConfig {
             root: root.into(),
             rescan_every: Duration::from_secs(10),
             settle: Duration::from_secs(5),
+            removal_grace: REMOVAL_GRACE,
+            allow_missing: false,
         }
     }
 }
@@ -111,6 +147,11 @@ struct Tree {
     root: PathBuf,
     admission: Arc<Admission>,
     files: BTreeMap<PathBuf, FileState>,
+    /// Objects no file declares any more, by the file that last declared
+    /// them and since when: deleted once older than the removal grace.
+    vanished: BTreeMap<ObjectKey, (PathBuf, Instant)>,
+    /// Why the directory cannot be read, while it cannot (reported once).
+    missing: Option<String>,
 }
 
 /// How a batch entry should be treated.
@@ -127,41 +168,84 @@ const RENAME_GRACE: Duration = Duration::from_millis(30);
 /// Longest wait for it.
 const RENAME_GRACE_MAX: Duration = Duration::from_millis(250);
 
-async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
-    if let Err(e) = std::fs::create_dir_all(&config.root) {
-        warn!(dir = %config.root.display(), error = %e, "cannot create manifest directory");
-    }
-    let root = std::fs::canonicalize(&config.root).unwrap_or_else(|_| config.root.clone());
-    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
-    let watcher = notify::recommended_watcher(move |ev| {
-        let _ = tx.send(ev);
-    })
-    .and_then(|mut w| w.watch(&root, RecursiveMode::Recursive).map(|_| w));
-    let _watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(dir = %root.display(), error = %e, "cannot watch manifest directory; relying on periodic rescans");
-            None
+/// The directory's watch, made again when the directory is replaced
+/// (renamed away and back, remounted): inotify follows an inode.
+struct Watch {
+    tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// (device, inode) of the directory watched.
+    watched: Option<(u64, u64)>,
+}
+
+impl Watch {
+    /// Watch `root` unless the same directory is watched already.
+    fn ensure(&mut self, root: &Path) {
+        let id = std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
+        if id.is_none() || id == self.watched {
+            return;
         }
-    };
+        let tx = self.tx.clone();
+        let watcher = notify::recommended_watcher(move |ev| {
+            let _ = tx.send(ev);
+        })
+        .and_then(|mut w| w.watch(root, RecursiveMode::Recursive).map(|_| w));
+        match watcher {
+            Ok(w) => {
+                self.watcher = Some(w);
+                self.watched = id;
+            }
+            Err(e) => {
+                warn!(dir = %root.display(), error = %e, "cannot watch manifest directory; relying on periodic rescans");
+                self.watcher = None;
+                self.watched = None;
+            }
+        }
+    }
+}
+
+async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
+    survive_lease_breaks();
+    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
     let mut tree = Tree {
         config: config.clone(),
-        root,
+        root: canonical(&config.root),
         admission,
         files: BTreeMap::new(),
+        vanished: BTreeMap::new(),
+        missing: None,
     };
     tree.adopt_previous_sources();
+    // A new directory is made only when nothing in the store came from
+    // it (or when told): a missing one must not read as "no objects".
+    if !config.root.exists() && (tree.files.is_empty() || config.allow_missing) {
+        if let Err(e) = std::fs::create_dir_all(&config.root) {
+            warn!(dir = %config.root.display(), error = %e, "cannot create manifest directory");
+        }
+    }
+    tree.root = canonical(&config.root);
+    let mut watch = Watch {
+        tx,
+        watcher: None,
+        watched: None,
+    };
+    watch.ensure(&tree.root);
     tree.rescan(true, BTreeMap::new());
     info!(dir = %tree.root.display(), files = tree.files.len(), "manifest directory loaded");
 
     let mut next_rescan = Instant::now() + config.rescan_every;
     loop {
-        let deadline = tokio::time::Instant::from_std(next_rescan);
+        // Wake for the rescan, or earlier for the first removal due.
+        let wake = tree.next_expiry().map_or(next_rescan, |t| t.min(next_rescan));
+        let deadline = tokio::time::Instant::from_std(wake);
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep_until(deadline) => {
-                tree.rescan(false, BTreeMap::new());
-                next_rescan = Instant::now() + config.rescan_every;
+                if Instant::now() >= next_rescan {
+                    watch.ensure(&tree.root);
+                    tree.rescan(false, BTreeMap::new());
+                    next_rescan = Instant::now() + config.rescan_every;
+                }
+                tree.expire();
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -197,6 +281,7 @@ async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::
                 if full {
                     // What the events said is complete stays complete
                     // (a file renamed over its target by `sed -i`).
+                    watch.ensure(&tree.root);
                     tree.rescan(false, batch);
                     next_rescan = Instant::now() + config.rescan_every;
                 } else if !batch.is_empty() {
@@ -204,6 +289,115 @@ async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::
                 }
             }
         }
+    }
+}
+
+/// `path` made canonical; a missing one by its parent (the sources of its
+/// files were recorded canonical).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .map(|p| p.join(name))
+        .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A file read whole, or why not now.
+enum Read {
+    /// Complete: every byte, and the metadata they were read under.
+    Whole(Vec<u8>, std::fs::Metadata),
+    /// A writer has it open, or it changed while read: not now.
+    InProgress(&'static str),
+    /// Larger than [`manifest::MAX_FILE`]: refused without being read.
+    TooLarge(u64),
+    /// Gone or unreadable (retried later).
+    Unreadable(std::io::Error),
+}
+
+/// Read `path` only when it is complete: no process has it open for
+/// writing (a read lease is granted only then) and its size and mtime did
+/// not change while it was read. Never reads more than the size limit.
+fn read_whole(path: &Path, patience: Duration) -> Read {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Read::Unreadable(e),
+    };
+    let before = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Read::Unreadable(e),
+    };
+    if before.len() > manifest::MAX_FILE as u64 {
+        return Read::TooLarge(before.len());
+    }
+    let idle = before
+        .modified()
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= patience);
+    if writer_has_it_open(&file) == Some(true) && !idle {
+        return Read::InProgress("a process has it open for writing");
+    }
+    let mut bytes = Vec::with_capacity(before.len() as usize);
+    if let Err(e) = (&file)
+        .take(manifest::MAX_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+    {
+        return Read::Unreadable(e);
+    }
+    if bytes.len() > manifest::MAX_FILE {
+        return Read::TooLarge(bytes.len() as u64);
+    }
+    let after = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Read::Unreadable(e),
+    };
+    if after.len() != before.len()
+        || after.modified().ok() != before.modified().ok()
+        || bytes.len() as u64 != after.len()
+    {
+        return Read::InProgress("it changed while it was read");
+    }
+    Read::Whole(bytes, after)
+}
+
+/// Whether any process has `file` open for writing: a read lease is
+/// refused (EAGAIN) exactly then. `None` where leases are not available
+/// (another owner without CAP_LEASE, a filesystem without leases): the
+/// size and mtime check and the settle time are all there is then.
+#[allow(unsafe_code)]
+fn writer_has_it_open(file: &std::fs::File) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows; F_SETLEASE takes
+    // an int argument and touches no memory.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if r == 0 {
+        // SAFETY: as above; releases the lease just taken.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(true),
+        _ => None,
+    }
+}
+
+/// A writer opening a file while we hold its lease makes the kernel send
+/// SIGIO, whose default action ends the process: give it a handler (tokio
+/// keeps one registered for the process's life; the lease is released
+/// right after it is taken and nothing in the node uses SIGIO).
+fn survive_lease_breaks() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Err(e) = signal(SignalKind::io()) {
+        warn!(error = %e, "cannot handle SIGIO; manifests are checked for writers without leases");
     }
 }
 
@@ -290,11 +484,52 @@ impl Tree {
         }
     }
 
+    /// Whether the directory can be read; when it cannot, say so once
+    /// (a Warning event and a log line) and when it can again.
+    fn readable(&mut self) -> bool {
+        let problem = match std::fs::read_dir(&self.root) {
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "{} does not exist (unmounted, renamed or mistyped?); every object its files \
+                 declared is kept until it is back (or start the node with \
+                 --allow-empty-manifests to begin from an empty directory)",
+                self.root.display()
+            )),
+            Err(e) => Some(format!(
+                "{} cannot be read: {e}; every object its files declared is kept until it can",
+                self.root.display()
+            )),
+        };
+        match (&problem, &self.missing) {
+            (Some(p), None) => {
+                warn!(dir = %self.root.display(), "manifest directory unreadable: {p}");
+                self.admission.store().record_event(Event {
+                    time_ms: now_ms(),
+                    level: "Warning".into(),
+                    object: None,
+                    source: Some(SourceId(format!("dir:{}", self.root.display()))),
+                    reason: "ManifestDirectoryMissing".into(),
+                    message: p.clone(),
+                });
+            }
+            (None, Some(_)) => {
+                info!(dir = %self.root.display(), "manifest directory readable again");
+            }
+            _ => {}
+        }
+        let ok = problem.is_none();
+        self.missing = problem;
+        ok
+    }
+
     /// Compare the whole tree with what we know; `initial` takes every file
     /// regardless of its age (nothing can be half-written by us at start).
     /// Paths in `known` keep their classification (events said they are
-    /// complete).
+    /// complete). Nothing happens while the directory cannot be read.
     fn rescan(&mut self, initial: bool, known: BTreeMap<PathBuf, Why>) {
+        if !self.readable() && !self.config.allow_missing {
+            return;
+        }
         let mut found = BTreeSet::new();
         walk(&self.root, &mut found);
         let mut batch: BTreeMap<PathBuf, Why> = known;
@@ -320,8 +555,85 @@ impl Tree {
         }
     }
 
+    /// When the first undeclared object is due for deletion.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.vanished
+            .values()
+            .map(|(_, since)| *since + self.config.removal_grace)
+            .min()
+    }
+
+    /// Delete the objects undeclared for longer than the removal grace:
+    /// each file that last declared one is admitted again as the whole of
+    /// what it declares now (a declarative batch: admission deletes, in
+    /// one transaction, what came from it and is declared nowhere).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let grace = self.config.removal_grace;
+        let due: BTreeSet<PathBuf> = self
+            .vanished
+            .values()
+            .filter(|(_, since)| *since + grace <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if self.missing.is_some() && !self.config.allow_missing {
+            // The directory is away: nothing it declared is deleted.
+            return;
+        }
+        self.vanished.retain(|_, (_, since)| *since + grace > now);
+        for path in due {
+            if self.files.contains_key(&path) {
+                // Re-read it: its current documents, and the keep set
+                // without what expired.
+                if let Some(k) = self.files.get_mut(&path) {
+                    k.hash = [0; 32];
+                }
+                self.process(BTreeMap::from([(path, Why::Complete)]));
+            } else {
+                let keep = self.keep(&path);
+                let batch = Batch::new(self.source_of(&path), Trust::Local).declarative(keep);
+                match self.admission.admit(batch) {
+                    Ok(out) => {
+                        for (key, generation) in &out.deleted {
+                            info!(file = %path.display(), object = %key, generation, "deleted (undeclared for the removal grace)");
+                        }
+                    }
+                    Err(e) => warn!(file = %path.display(), error = %e, "store refused the deletion"),
+                }
+            }
+        }
+    }
+
+    /// What a declarative batch of `me` must not delete: what other files
+    /// declare, and what is undeclared but still within its grace.
+    fn keep(&self, me: &Path) -> BTreeSet<ObjectKey> {
+        self.files
+            .iter()
+            .filter(|(p, _)| p.as_path() != me)
+            .flat_map(|(_, s)| s.keys.iter().cloned())
+            .chain(self.vanished.keys().cloned())
+            .collect()
+    }
+
+    /// Note what `path` stopped declaring (`before` minus `now`), and
+    /// forget the vanishing of anything declared again.
+    fn note_vanished(&mut self, path: &Path, before: &BTreeSet<ObjectKey>, now: &BTreeSet<ObjectKey>) {
+        let at = Instant::now();
+        for key in before.difference(now) {
+            self.vanished
+                .entry(key.clone())
+                .or_insert_with(|| (path.to_path_buf(), at));
+        }
+        for key in now {
+            self.vanished.remove(key);
+        }
+    }
+
     /// Apply one batch of changed paths: read and validate each, apply the
-    /// valid ones, then delete what vanished.
+    /// valid ones, then note what vanished (deleted after the grace).
     fn process(&mut self, batch: BTreeMap<PathBuf, Why>) {
         let mut applies: Vec<(PathBuf, FileState, Batch)> = Vec::new();
         let mut removals: Vec<PathBuf> = Vec::new();
@@ -348,9 +660,32 @@ impl Tree {
                     continue;
                 }
             }
-            let text = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
+            let (text, meta) = match read_whole(&path, WRITER_PATIENCE) {
+                Read::Whole(bytes, meta) => (bytes, meta),
+                Read::InProgress(why) => {
+                    debug!(file = %path.display(), "not read now: {why}; taken at its close or a later rescan");
+                    continue;
+                }
+                Read::TooLarge(len) => {
+                    let line = format!(
+                        "{}:1:1: file is {len} bytes, larger than {} MiB; refused without reading it",
+                        path.display(),
+                        manifest::MAX_FILE >> 20
+                    );
+                    let known = self.files.get(&path);
+                    let state = FileState {
+                        len: meta.len(),
+                        mtime: meta.modified().ok(),
+                        hash: [0xff; 32],
+                        keys: known.map(|k| k.keys.clone()).unwrap_or_default(),
+                    };
+                    if known.is_none_or(|k| k.len != state.len || k.mtime != state.mtime) {
+                        self.reject(&path, &[line], true);
+                    }
+                    self.files.insert(path, state);
+                    continue;
+                }
+                Read::Unreadable(e) => {
                     debug!(file = %path.display(), error = %e, "unreadable; will retry");
                     continue;
                 }
@@ -414,16 +749,21 @@ impl Tree {
                 removed_states.push((path.clone(), s));
             }
         }
-        let declared_by_others =
-            |me: &Path, files: &BTreeMap<PathBuf, FileState>| -> BTreeSet<ObjectKey> {
-                files
-                    .iter()
-                    .filter(|(p, _)| p.as_path() != me)
-                    .flat_map(|(_, s)| s.keys.iter().cloned())
-                    .collect()
-            };
+        // What stopped being declared waits out the grace (files are
+        // applied before vanishings are noted, so a key moved to another
+        // file is declared again at once).
+        for (path, state, _) in &applies {
+            let before = previous.get(path).cloned().unwrap_or_default();
+            self.note_vanished(path, &before, &state.keys);
+        }
+        for (path, state) in &removed_states {
+            self.note_vanished(path, &state.keys, &BTreeSet::new());
+        }
+        let declared: BTreeSet<ObjectKey> =
+            self.files.values().flat_map(|s| s.keys.iter().cloned()).collect();
+        self.vanished.retain(|k, _| !declared.contains(k));
         for (path, _, batch) in applies {
-            let keep = declared_by_others(&path, &self.files);
+            let keep = self.keep(&path);
             match self.admission.admit(batch.declarative(keep)) {
                 Ok(out) if out.committed => {
                     for (key, generation) in out.changed() {
@@ -438,6 +778,9 @@ impl Tree {
                     // does not report it again) with the keys of the last
                     // accepted version.
                     let keys = previous.get(&path).cloned().unwrap_or_default();
+                    for key in &keys {
+                        self.vanished.remove(key);
+                    }
                     if let Some(s) = self.files.get_mut(&path) {
                         s.keys = keys;
                     }
@@ -449,7 +792,7 @@ impl Tree {
             }
         }
         for (path, _) in removed_states {
-            let keep = declared_by_others(&path, &self.files);
+            let keep = self.keep(&path);
             let batch = Batch::new(self.source_of(&path), Trust::Local).declarative(keep);
             match self.admission.admit(batch) {
                 Ok(out) => {

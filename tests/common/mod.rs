@@ -105,6 +105,14 @@ impl Node {
                 "--log",
                 "info,deorch=debug",
             ])
+            // Deletions by file removal show within a second in tests; a
+            // test of the grace itself sets its own.
+            .args(
+                (!self.extra_args.iter().any(|a| a == "--removal-grace"))
+                    .then_some(["--removal-grace", "1s"])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
