@@ -515,14 +515,27 @@ async fn contract(s: Subject, id: String) {
         let VmState::Running { pid, .. } = state(&s, &id).await else {
             panic!("[{name}] not running after a live snapshot");
         };
-        let open: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        // Compared as files (device, inode), not as path text: a QEMU in
+        // another mount namespace or root (libvirt's) shows other paths.
+        use std::os::unix::fs::MetadataExt;
+        let file_id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let want = file_id(std::fs::metadata(&overlay).unwrap());
+        let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|fd| fd.path())
+            .collect();
+        let has = fds
+            .iter()
+            .any(|fd| std::fs::metadata(fd).is_ok_and(|m| file_id(m) == want));
+        let open: Vec<PathBuf> = fds
+            .iter()
+            .filter_map(|fd| std::fs::read_link(fd).ok())
             .collect();
         assert!(
-            open.contains(&overlay),
-            "[{name}] QEMU does not have the overlay open: {open:?}"
+            has,
+            "[{name}] QEMU does not have the overlay {} open: {open:?}",
+            overlay.display()
         );
         assert!(
             ticks_advance(&s, &id, Duration::from_secs(10)).await,
