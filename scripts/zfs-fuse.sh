@@ -15,22 +15,39 @@ stale_mounts() {
   awk '$3 == "fuse.zfs" { print $2 }' /proc/self/mounts | sort -r
 }
 
+# stop_daemon PID: SIGTERM, 5 s, then SIGKILL (a hung zfs-fuse ignores
+# SIGTERM and would keep its socket and mounts).
+stop_daemon() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  echo "zfs-fuse $1 ignores SIGTERM: SIGKILL" >&2
+  kill -9 "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+}
+
 case "${1:-}" in
   up)
     answers && exit 0
-    if [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null; then sleep 0.5; fi
+    # A hung daemon (it happens to zfs-fuse) ignores SIGTERM: escalate.
+    if [ -f "$PIDFILE" ]; then stop_daemon "$(cat "$PIDFILE")"; fi
     for m in $(stale_mounts); do umount -l "$m" 2>/dev/null || true; done
     rm -f "$SOCKET" "$PIDFILE"
-    zfs-fuse --no-kstat-mount --pidfile "$PIDFILE"
-    for _ in $(seq 100); do answers && exit 0; sleep 0.1; done
+    # Its exit status is not the daemon's health: whether it answers is.
+    zfs-fuse --no-kstat-mount --pidfile "$PIDFILE" || true
+    for _ in $(seq 100); do
+      if answers; then
+        # A restarted daemon imports the pools but mounts nothing.
+        zfs mount -a 2>/dev/null || true
+        exit 0
+      fi
+      sleep 0.1
+    done
     echo "zfs-fuse started but does not answer after 10 s" >&2
     exit 1
     ;;
   down)
     [ -f "$PIDFILE" ] || exit 0
-    pid=$(cat "$PIDFILE")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    stop_daemon "$(cat "$PIDFILE")"
     for m in $(stale_mounts); do umount -l "$m" 2>/dev/null || true; done
     rm -f "$SOCKET" "$PIDFILE"
     ;;

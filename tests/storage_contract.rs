@@ -806,6 +806,9 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        if tag == "zfs" {
+            zfs_fuse_answers_or_restart(&h.root());
+        }
         let j: Journal = std::fs::read(&journal)
             .map(|b| serde_json::from_slice(&b).unwrap())
             .unwrap_or_default();
@@ -829,6 +832,43 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
         kills * 2 >= rounds,
         "most rounds were killed mid-way: {kills} of {rounds}"
     );
+}
+
+/// zfs-fuse (not kernel ZFS, which mounts in the kernel) sometimes never
+/// answers the first access to a dataset whose `zfs create` was SIGKILLed
+/// while it mounted it: every later stat of it hangs in the kernel's FUSE
+/// wait (seen in 2 of 5 runs here). That is the daemon's bug, not a state
+/// deorch left: when a dataset under `root` does not answer within 10 s,
+/// zfs-fuse is restarted (what a reboot after the crash would do; zfs
+/// tests take turns, `.config/nextest.toml`) and recovery goes on.
+fn zfs_fuse_answers_or_restart(root: &str) {
+    let out = Command::new("zfs")
+        .args(["list", "-H", "-r", "-o", "mountpoint", root])
+        .output()
+        .expect("zfs list");
+    let hung = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|m| m.starts_with('/'))
+        .find(|m| {
+            !Command::new("timeout")
+                .args(["-s", "KILL", "10", "ls", "-la", m])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| !matches!(s.code(), Some(124) | Some(137)))
+        })
+        .map(str::to_string);
+    if let Some(m) = hung {
+        eprintln!("zfs-fuse does not answer for {m} after the kill: restarting zfs-fuse");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/zfs-fuse.sh");
+        for verb in ["down", "up"] {
+            let ok = Command::new("bash")
+                .args([script, verb])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "scripts/zfs-fuse.sh {verb} failed");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
