@@ -3,7 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the code map. Layers, each using only the
 //! ones before it:
 //!
-//! - foundations: [`clock`], [`state_file`], [`slot`];
+//! - foundations: [`clock`], [`state_file`], [`slot`], [`accept`];
 //! - [`model`] (kinds, names, phases) → [`schema`] → [`manifest`] (the one
 //!   parser, inert-field warnings);
 //! - [`identity`] (addresses, signatures, AccessPolicy) → [`store`] →
@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod admission;
 pub mod api;
 pub mod bench;

@@ -561,11 +561,14 @@ async fn a_vm_without_disks_gets_a_clone_of_its_spacesuits_disk() {
     );
     assert!(!w.storage.volumes().contains("vm-default-own-root"));
     assert!(w.status(Kind::VirtualMachine, "diskless")["disks"].is_null());
-    // Deleting the VM destroys the default disk too.
+    // Deleting the VM keeps the default disk too, for the retention.
     let plain = ObjectKey::new(Kind::VirtualMachine, None, "plain");
     w.store.delete(&plain, &SourceId("test".into())).unwrap();
-    w.wait("default disk destroyed", |w| {
-        !w.storage.volumes().contains("vm-default-plain-root")
+    w.wait("default disk retained", |w| {
+        let v = w.storage.volumes();
+        !v.contains("vm-default-plain-root")
+            && v.iter()
+                .any(|n| n.starts_with("retained.") && n.ends_with(".vm-default-plain-root"))
     })
     .await;
 }

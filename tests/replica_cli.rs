@@ -80,14 +80,28 @@ fn create_list_revert_clone_delete_on_real_qcow2_storage() {
     node.wait_for("web2's disk", |_| web2.exists());
     assert_eq!(read(&web2), 1);
 
-    // Deleting the replica breaks nothing that came from it.
+    // Deleting the replica breaks nothing that came from it; its volume
+    // is kept (retained) until purged.
     ok(&node, &["replica", "delete", "r1"]);
-    node.wait_for("replica volume gone", |_| !rep.exists());
+    node.wait_for("replica volume set aside", |_| !rep.exists());
     assert_eq!(read(&web), 1);
     assert_eq!(read(&web2), 1);
+    let out = ok(&node, &["volume", "list"]);
+    let retained_rep = retained_name(&out, "rep-default-r1-root");
+    assert_eq!(read(&vols.join(format!("{retained_rep}.qcow2"))), 1);
 
-    // Once every VM is gone, nothing is left: no volume, no layer.
+    // The VMs' volumes are kept too; purged, nothing is left: no volume,
+    // no layer.
     ok(&node, &["delete", "vm", "web", "web2"]);
+    node.wait_for("VM volumes set aside", |_| !web.exists() && !web2.exists());
+    let out = ok(&node, &["volume", "list"]);
+    for own in [
+        "rep-default-r1-root",
+        "vm-default-web-root",
+        "vm-default-web2-root",
+    ] {
+        ok(&node, &["volume", "purge", &retained_name(&out, own)]);
+    }
     node.wait_for("volumes gone", |_| {
         std::fs::read_dir(&vols).unwrap().count() == 0
             && std::fs::read_dir(node.state.join("storage/layers"))
@@ -95,4 +109,15 @@ fn create_list_revert_clone_delete_on_real_qcow2_storage() {
                 .count()
                 == 0
     });
+}
+
+/// The retained name `deorch volume list` shows for volume `own`.
+fn retained_name(list: &str, own: &str) -> String {
+    list.lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            let name = cols.next()?;
+            (cols.next()? == own).then(|| name.to_string())
+        })
+        .unwrap_or_else(|| panic!("no retained copy of {own} in:\n{list}"))
 }

@@ -430,3 +430,44 @@ fn nic_models_references_duplicates_and_whole_floats() {
     assert_eq!(vm.spec.cpu, Some(deorch::model::Cpu(2000)));
     assert_eq!(vm.spec.memory, Some(deorch::model::Quantity(128 << 20)));
 }
+
+/// One memory limit (1Mi to 64Ti) whatever the spelling, and every
+/// out-of-range number named at its line and column, not at 1:1.
+#[test]
+fn memory_has_one_limit_and_out_of_range_numbers_are_placed() {
+    let doc = |spec: &str| {
+        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
+    };
+    let errors = |spec: &str| -> Vec<String> {
+        parse_str(Path::new("t.yaml"), &doc(spec))
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
+            .collect()
+    };
+    for ok in ["64Ti", "70368744177664", "1Mi", "\"1048576\""] {
+        assert!(errors(&format!("  memory: {ok}\n")).is_empty(), "{ok}");
+    }
+    for bad in [
+        "65Ti",
+        "70368744177665",
+        "18446744073709551615",
+        "18446744073709551616",
+        "16Ei",
+        "1e30",
+        "\"99999999999999999999999\"",
+    ] {
+        let e = errors(&format!("  memory: {bad}\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(e[0].starts_with("6:11: spec.memory: "), "{bad}: {e:?}");
+        assert!(
+            !e[0].contains("untagged") && !e[0].contains("typed-read"),
+            "{bad}: {e:?}"
+        );
+    }
+    for bad in ["1e9", "18446744073709551616", "-3"] {
+        let e = errors(&format!("  cpu: {bad}\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(e[0].starts_with("6:8: spec.cpu: "), "{bad}: {e:?}");
+    }
+}

@@ -67,6 +67,36 @@ use crate::model::access::Verb;
 use crate::model::{AccessPolicySpec, AnyObject, Kind, Manifest, ObjectKey};
 use crate::store::{Event, Record, SourceId, Store, StoreError, Txn};
 
+/// Ownership of file-declared objects, the one rule: an object whose
+/// stored version came from a manifest file of this node (`file:` source)
+/// is changed or deleted only by a manifest file. The local API, a push,
+/// a git source and the schedules are refused ([`Verdict::OwnedByFile`]),
+/// naming the file; an identical copy is not a change and passes.
+/// Gossip is not refused (a peer cannot know what this node's files
+/// declare, and refusing would leave the cluster divided): a peer's change
+/// or deletion is taken, and the file source re-asserts the file at its
+/// next rescan, under a higher generation that wins everywhere
+/// (`source::dir`, docs/ALGORITHMS.md).
+fn owned_by_file(
+    tx: &Txn<'_>,
+    key: &ObjectKey,
+    source: &SourceId,
+    object: Option<&Value>,
+) -> Option<String> {
+    let may = source.0.starts_with("file:")
+        || source.0 == crate::node::cluster::GOSSIP_SOURCE
+        || source.0 == "node";
+    if may {
+        return None;
+    }
+    let stored = tx.get(key).filter(|r| !r.deleted)?;
+    let file = stored.source.0.strip_prefix("file:")?;
+    if object.is_some_and(|o| crate::store::content_hash(o) == stored.hash) {
+        return None;
+    }
+    Some(file.to_string())
+}
+
 /// Whether a source's unsigned documents are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Trust {
@@ -149,6 +179,13 @@ pub enum Verdict {
         /// Why.
         reason: String,
     },
+    /// A manifest file of this node declares the object: only that file
+    /// changes or deletes it (a change from elsewhere would be undone at
+    /// the file's next rescan).
+    OwnedByFile {
+        /// The file.
+        file: String,
+    },
     /// The same object twice in one batch.
     Duplicate {
         /// Where it appeared first.
@@ -174,6 +211,7 @@ impl Verdict {
             Verdict::Unsigned { .. } => "Unsigned",
             Verdict::NoGeneration { .. } => "NoGeneration",
             Verdict::Invalid { .. } => "Invalid",
+            Verdict::OwnedByFile { .. } => "OwnedByFile",
             Verdict::Duplicate { .. } => "Duplicate",
             Verdict::Withheld => "Withheld",
         }
@@ -210,6 +248,9 @@ impl Verdict {
             | Verdict::Unsigned { reason }
             | Verdict::NoGeneration { reason }
             | Verdict::Invalid { reason } => reason.clone(),
+            Verdict::OwnedByFile { file } => format!(
+                "declared by the manifest file {file}: change or delete it there (the file would undo a change made here at its next rescan)"
+            ),
             Verdict::Duplicate { first } => {
                 format!("the same object appears twice in one batch (first at {first})")
             }
@@ -263,6 +304,9 @@ pub struct Deletion {
     /// The signed tombstone manifest (gossip's), if any: then the signer
     /// must be allowed `delete`, and its generation is the tombstone's.
     pub tombstone: Option<AnyObject>,
+    /// Destroy the object's volumes at once instead of retaining them
+    /// (`deorch delete --purge`).
+    pub purge: bool,
 }
 
 /// What a source hands to admission: all of it is written, or none.
@@ -281,6 +325,9 @@ pub struct Batch {
     /// deleted, except those in `keep` (declared by a sibling source now,
     /// e.g. a file renamed in the same moment).
     pub declared_set: Option<BTreeSet<ObjectKey>>,
+    /// What the declared set drops is purged: its volumes are destroyed
+    /// at once, not retained (a replica schedule's rotation is its policy).
+    pub purge_dropped: bool,
     /// Parse problems: any refuses the batch.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -294,6 +341,7 @@ impl Batch {
             docs: Vec::new(),
             deletions: Vec::new(),
             declared_set: None,
+            purge_dropped: false,
             diagnostics: Vec::new(),
         }
     }
@@ -562,23 +610,26 @@ impl Admission {
                 }
             } else {
                 seen.insert(key.clone(), doc.at.clone());
-                match self.authorised(sig, batch.trust, Verb::Apply, &key, &trust) {
-                    Err(v) => v,
-                    Ok(signed) => {
-                        let at = signed.then(|| signed_generation(&doc.object));
-                        match tx.apply(&doc.object, source, at) {
-                            Ok(a) if a.changed => Verdict::Applied {
-                                generation: a.generation,
-                            },
-                            Ok(a) => Verdict::Unchanged {
-                                generation: a.generation,
-                            },
-                            Err(stored) => Verdict::Stale {
-                                generation: at.unwrap_or_default(),
-                                stored,
-                            },
+                match owned_by_file(tx, &key, source, Some(&doc.object.to_value())) {
+                    Some(file) => Verdict::OwnedByFile { file },
+                    None => match self.authorised(sig, batch.trust, Verb::Apply, &key, &trust) {
+                        Err(v) => v,
+                        Ok(signed) => {
+                            let at = signed.then(|| signed_generation(&doc.object));
+                            match tx.apply(&doc.object, source, at) {
+                                Ok(a) if a.changed => Verdict::Applied {
+                                    generation: a.generation,
+                                },
+                                Ok(a) => Verdict::Unchanged {
+                                    generation: a.generation,
+                                },
+                                Err(stored) => Verdict::Stale {
+                                    generation: at.unwrap_or_default(),
+                                    stored,
+                                },
+                            }
                         }
-                    }
+                    },
                 }
             };
             verdicts.push(Admitted {
@@ -588,7 +639,11 @@ impl Admission {
             });
         }
         for (del, sig) in batch.deletions.iter().zip(tombstones) {
-            let verdict = match self.authorised(sig, batch.trust, Verb::Delete, &del.key, &trust) {
+            let owner = owned_by_file(tx, &del.key, source, None);
+            let verdict = match owner.map(|file| Verdict::OwnedByFile { file }).map_or_else(
+                || self.authorised(sig, batch.trust, Verb::Delete, &del.key, &trust),
+                Err,
+            ) {
                 Err(v) => v,
                 Ok(signed) => {
                     let at = del
@@ -597,7 +652,12 @@ impl Admission {
                         .filter(|_| signed)
                         .map(signed_generation);
                     match tx.delete(&del.key, source, at) {
-                        Ok(Some(generation)) => Verdict::Deleted { generation },
+                        Ok(Some(generation)) => {
+                            if del.purge {
+                                tx.purge(&del.key);
+                            }
+                            Verdict::Deleted { generation }
+                        }
                         Ok(None) => Verdict::Absent,
                         Err(stored) => Verdict::Stale {
                             generation: at.unwrap_or_default(),
@@ -619,6 +679,9 @@ impl Admission {
                     continue;
                 }
                 if let Ok(Some(generation)) = tx.delete(&record.key, source, None) {
+                    if batch.purge_dropped {
+                        tx.purge(&record.key);
+                    }
                     deleted.push((record.key, generation));
                 }
             }

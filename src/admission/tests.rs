@@ -234,6 +234,7 @@ fn signed_deletions_are_authorised_for_the_delete_verb() {
             key: ObjectKey::new(Kind::Network, None, "lan"),
             at: "gossip".into(),
             tombstone: t,
+            purge: false,
         });
         b
     };

@@ -43,6 +43,9 @@ pub enum Request {
         namespace: Option<String>,
         /// Name.
         name: String,
+        /// Destroy its volumes at once instead of retaining them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        purge: bool,
     },
     /// List objects.
     Get {
@@ -64,6 +67,27 @@ pub enum Request {
     },
     /// Node information.
     Info,
+    /// This node's volumes, the retained ones with their deadline.
+    Volumes,
+    /// Take a retained volume back under its own name (a VM with the same
+    /// identity then uses it; it is no longer destroyed at the deadline).
+    RestoreVolume {
+        /// Its retained name (`retained.<until>.<volume>`).
+        name: String,
+    },
+    /// Destroy a retained volume now.
+    PurgeVolume {
+        /// Its retained name.
+        name: String,
+    },
+    /// Recover a `NodeLost` VM: this node claims it and starts it from
+    /// what it has here (`deorch recover`).
+    Recover {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+    },
     /// Events about one object (refused ones too: they have no record),
     /// or all events; oldest first.
     Events {
@@ -131,6 +155,16 @@ pub enum Response {
     },
     /// Node information.
     Info(Box<NodeInfo>),
+    /// Volumes, by name.
+    Volumes {
+        /// Every volume of the node's storage.
+        volumes: Vec<VolumeEntry>,
+    },
+    /// A volume was restored or purged.
+    VolumeDone {
+        /// What was done, in words.
+        message: String,
+    },
     /// The request failed.
     Error {
         /// `NotFound`, `BadRequest`, `Internal`.
@@ -138,6 +172,18 @@ pub enum Response {
         /// What went wrong.
         message: String,
     },
+}
+
+/// One volume of `Volumes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeEntry {
+    /// Its name in the storage.
+    pub name: String,
+    /// For a retained volume: its own name, and when it is destroyed
+    /// (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained: Option<(String, u64)>,
 }
 
 /// What `Info` answers.

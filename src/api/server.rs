@@ -58,6 +58,11 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A connection that sends no complete request for this long is closed:
+/// idle clients must not hold descriptors forever. Long enough for any
+/// CLI (which sends its request at once) and for a script between calls.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serve until `shutdown` turns true; removes the socket file on exit.
 pub async fn serve(
     listener: UnixListener,
@@ -69,13 +74,20 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let mut errors = crate::accept::AcceptErrors::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             conn = listener.accept() => {
                 let (stream, _) = match conn {
-                    Ok(c) => c,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                    Ok(c) => {
+                        errors.ok();
+                        c
+                    }
+                    Err(e) => {
+                        errors.failed("local API", &e).await;
+                        continue;
+                    }
                 };
                 // Only root or the node's own user.
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
@@ -110,10 +122,15 @@ async fn handle_conn(
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+            Ok(n) => n?,
+            Err(_) => {
+                debug!("local API connection idle for {IDLE_TIMEOUT:?}: closed");
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -129,6 +146,42 @@ async fn handle_conn(
                     yaml,
                     dry_run: true,
                 }) => dry_run(admission.clone(), &planner, filename, yaml).await,
+                Ok(
+                    req @ (Request::Volumes
+                    | Request::RestoreVolume { .. }
+                    | Request::PurgeVolume { .. }),
+                ) => volumes(&planner, req).await,
+                Ok(Request::Recover { namespace, name }) => {
+                    let key = crate::model::ObjectKey::new(
+                        crate::model::Kind::VirtualMachine,
+                        namespace.as_deref(),
+                        &name,
+                    );
+                    match planner.placement.clone() {
+                        None => Response::Error {
+                            code: "BadRequest".into(),
+                            message:
+                                "this node does not gossip: there is no cluster to recover a VM in"
+                                    .into(),
+                        },
+                        Some(p) => {
+                            let k = key.clone();
+                            match tokio::task::spawn_blocking(move || p.recover(&k)).await {
+                                Ok(Ok(epoch)) => Response::VolumeDone {
+                                    message: format!("{key} claimed by this node at election epoch {epoch}: it starts here from what this node has (a retained copy of its volumes, else fresh disks); the lost node's copy, if it returns, is stopped with its disks kept"),
+                                },
+                                Ok(Err(e)) => Response::Error {
+                                    code: "Conflict".into(),
+                                    message: e,
+                                },
+                                Err(e) => Response::Error {
+                                    code: "Internal".into(),
+                                    message: e.to_string(),
+                                },
+                            }
+                        }
+                    }
+                }
                 Ok(req) => {
                     let admission = admission.clone();
                     let facts = facts.clone();
@@ -190,6 +243,7 @@ pub fn handle(
             kind,
             namespace,
             name,
+            purge,
         } => parse_kind(&kind).and_then(|kind| {
             let key = ObjectKey::new(kind, namespace.as_deref(), &name);
             let mut batch = Batch::new(SourceId(API_SOURCE.into()), Trust::Local);
@@ -197,6 +251,7 @@ pub fn handle(
                 key: key.clone(),
                 at: "local API".into(),
                 tombstone: None,
+                purge,
             });
             let outcome = admission.admit(batch).map_err(internal)?;
             match outcome.verdicts.first().map(|a| &a.verdict) {
@@ -270,6 +325,14 @@ pub fn handle(
                 }),
                 _ => Err(not_found(&key)),
             }
+        }),
+        Request::Volumes
+        | Request::RestoreVolume { .. }
+        | Request::PurgeVolume { .. }
+        | Request::Recover { .. } => Err(Response::Error {
+            code: "BadRequest".into(),
+            message: "volume requests need the node's storage (the socket server answers them)"
+                .into(),
         }),
         Request::Info => Ok(Response::Info(Box::new(NodeInfo {
             name: facts.name.clone(),
@@ -349,6 +412,70 @@ async fn dry_run(
         verdicts: outcome.verdicts,
         plans,
     }
+}
+
+/// `deorch volume list|restore|purge`: the node's volumes, through its
+/// storage driver. Only retained volumes can be restored or purged; the
+/// others belong to their objects' reconcilers.
+async fn volumes(planner: &Ctx, req: Request) -> Response {
+    use crate::model::names::parse_retained;
+    let storage = &planner.drivers.storage;
+    let retained = |name: &str| -> Result<String, Response> {
+        parse_retained(name)
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| Response::Error {
+                code: "BadRequest".into(),
+                message: format!(
+                    "{name} is not a retained volume (retained.<until>.<volume>; see deorch volume list)"
+                ),
+            })
+    };
+    let result = match req {
+        Request::Volumes => storage.list().await.map(|names| Response::Volumes {
+            volumes: names
+                .into_iter()
+                .map(|name| super::VolumeEntry {
+                    retained: parse_retained(&name).map(|(until, v)| (v.to_string(), until)),
+                    name,
+                })
+                .collect(),
+        }),
+        Request::RestoreVolume { name } => {
+            let volume = match retained(&name) {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            match storage.exists(&volume).await {
+                Ok(true) => {
+                    return Response::Error {
+                        code: "Conflict".into(),
+                        message: format!("volume {volume} exists; purge or rename it first"),
+                    }
+                }
+                Err(e) => return internal(e),
+                Ok(false) => {}
+            }
+            storage.rename(&name, &volume).await.map(|()| {
+                info!(retained = %name, volume = %volume, "retained volume restored via local API");
+                Response::VolumeDone {
+                    message: format!("{name} restored as {volume}"),
+                }
+            })
+        }
+        Request::PurgeVolume { name } => {
+            if let Err(r) = retained(&name) {
+                return r;
+            }
+            storage.destroy(&name).await.map(|()| {
+                info!(retained = %name, "retained volume purged via local API");
+                Response::VolumeDone {
+                    message: format!("{name} destroyed"),
+                }
+            })
+        }
+        _ => unreachable!("only volume requests come here"),
+    };
+    result.unwrap_or_else(internal)
 }
 
 /// Parse and admit every document as one batch: all are applied, or none.

@@ -105,6 +105,11 @@ pub enum Command {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Destroy the volumes of deleted VMs and replicas at once; without
+        /// it they are kept for the node's `--volume-retention` (`deorch
+        /// volume list`).
+        #[arg(long)]
+        purge: bool,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -206,6 +211,26 @@ pub enum Command {
         /// Address type of the signer: p2wpkh, p2sh-p2wpkh or p2pkh.
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
+    },
+    /// Start a `NodeLost` VM on this node although its node (and its
+    /// disks) are down: from a retained copy of its volumes here, else on
+    /// fresh disks. The lost node's copy is kept when it returns.
+    Recover {
+        /// The VM.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The node's volumes: list them, restore or purge a retained one
+    /// (what a deleted VM or replica left for the volume retention).
+    Volume {
+        /// What to do.
+        #[command(subcommand)]
+        command: VolumeCommand,
     },
     /// Replicas: `create VM`, `list`, `revert R`, `clone R --to VM`, `delete R`.
     Replica {
@@ -372,6 +397,14 @@ pub enum BenchCommand {
 pub enum NodeCommand {
     /// Run the node daemon in the foreground.
     Run(Box<NodeArgs>),
+    /// Rebuild a damaged or lost store (the node stopped) from what is
+    /// still readable in it and from its last verified snapshot; the old
+    /// file is kept as `store.redb.damaged-<ms>`.
+    RecoverStore {
+        /// State directory of the node.
+        #[arg(long, env = "DEORCH_STATE_DIR", default_value = "/var/lib/deorch")]
+        state_dir: PathBuf,
+    },
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -414,6 +447,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(node::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Node {
+            command: NodeCommand::RecoverStore { state_dir },
+        } => recover_store(&state_dir),
         Command::Validate { paths } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -522,6 +558,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             names,
             file,
             namespace,
+            purge,
             client,
         } => {
             let targets: Vec<(String, Option<String>, String)> = match (file, kind) {
@@ -563,6 +600,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         kind,
                         namespace,
                         name,
+                        purge,
                     },
                     CALL_TIMEOUT,
                 )? {
@@ -571,6 +609,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Response::Error { message, .. } => {
                         eprintln!("error: {message}");
+                        failed = true;
+                    }
+                    Response::Refused { verdicts } => {
+                        for a in verdicts.iter().filter(|a| a.verdict.is_refusal()) {
+                            eprintln!("error: {}: {}", a.key, a.verdict.reason());
+                        }
                         failed = true;
                     }
                     other => return unexpected(other),
@@ -742,6 +786,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => http::push(&node, &key, &file, cluster, kind),
         Command::Dhcp { command } => dhcp::run(command),
         Command::Replica { command } => replica::run(command),
+        Command::Volume { command } => volume(command),
+        Command::Recover {
+            name,
+            namespace,
+            client,
+        } => match client::call(
+            &client.socket,
+            &Request::Recover { namespace, name },
+            CALL_TIMEOUT,
+        )? {
+            Response::VolumeDone { message } => {
+                println!("{message}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { message, .. } => {
+                eprintln!("error: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => unexpected(other),
+        },
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (file, text) in crate::schema::render_all() {
@@ -751,6 +815,104 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `deorch volume`.
+#[derive(Debug, clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Every volume of the node; retained ones with their own name and
+    /// deadline.
+    List {
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take a retained volume back under its own name.
+    Restore {
+        /// Its retained name (`retained.<until>.<volume>`).
+        name: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Destroy a retained volume now.
+    Purge {
+        /// Its retained name.
+        name: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn volume(command: VolumeCommand) -> anyhow::Result<ExitCode> {
+    let (client, request) = match command {
+        VolumeCommand::List { client } => (client, Request::Volumes),
+        VolumeCommand::Restore { name, client } => (client, Request::RestoreVolume { name }),
+        VolumeCommand::Purge { name, client } => (client, Request::PurgeVolume { name }),
+    };
+    match client::call(&client.socket, &request, CALL_TIMEOUT)? {
+        Response::Volumes { volumes } => {
+            println!("{:<60} {:<40} DESTROYED IN", "NAME", "RETAINED FROM");
+            let now = crate::clock::now_ms();
+            for v in volumes {
+                match v.retained {
+                    Some((own, until)) => println!(
+                        "{:<60} {:<40} {}",
+                        v.name,
+                        own,
+                        output::duration_text(until.saturating_sub(now) / 1000)
+                    ),
+                    None => println!("{:<60} {:<40} -", v.name, "-"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::VolumeDone { message } => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message, .. } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+        other => unexpected(other),
+    }
+}
+
+fn recover_store(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let r = crate::store::recover::recover(state_dir, node::STORE_FILE)?;
+    if r.sound {
+        println!(
+            "the store is sound ({} records) and the snapshot holds nothing newer: nothing changed",
+            r.from_store
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(p) = &r.store_problem {
+        println!("store: {p}");
+    }
+    if let Some(p) = &r.snapshot_problem {
+        println!("snapshot not used: {p}");
+    }
+    println!(
+        "recovered {} records: {} from the store, {} from the snapshot",
+        r.from_store + r.from_snapshot,
+        r.from_store,
+        r.from_snapshot
+    );
+    for (key, why) in &r.lost {
+        println!("lost here: {key} ({why})");
+    }
+    if !r.lost.is_empty() {
+        println!(
+            "objects lost here come back from their source: a manifest file at the next rescan, a signed document from a peer through gossip's sync, else apply them again"
+        );
+    }
+    if let Some(a) = &r.set_aside {
+        println!("the old store file is kept as {a}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What this node would do for one object of a dry run, indented under

@@ -137,7 +137,11 @@ fn age(updated_ms: u64) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let s = now.saturating_sub(updated_ms) / 1000;
+    duration_text(now.saturating_sub(updated_ms) / 1000)
+}
+
+/// `s` seconds, short: `42s`, `5m`, `3h`, `2d`.
+pub fn duration_text(s: u64) -> String {
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

@@ -77,6 +77,9 @@ pub enum ReplicaCommand {
         /// Namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Destroy its volumes at once instead of retaining them.
+        #[arg(long)]
+        purge: bool,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -324,6 +327,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
         ReplicaCommand::Delete {
             replica,
             namespace,
+            purge,
             client,
         } => match client::call(
             &client.socket,
@@ -331,12 +335,23 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
                 kind: "Replica".into(),
                 namespace: Some(namespace),
                 name: replica,
+                purge,
             },
             CALL_TIMEOUT,
         )? {
             Response::Deleted { key, generation } => {
                 println!("{key} deleted (generation {generation})");
                 Ok(ExitCode::SUCCESS)
+            }
+            Response::Refused { verdicts } => {
+                for a in verdicts.iter().filter(|a| a.verdict.is_refusal()) {
+                    eprintln!("error: {}: {}", a.key, a.verdict.reason());
+                }
+                Ok(ExitCode::FAILURE)
+            }
+            Response::Error { message, .. } => {
+                eprintln!("error: {message}");
+                Ok(ExitCode::FAILURE)
             }
             other => unexpected(other),
         },

@@ -190,6 +190,7 @@ fn placement_time(n: usize) {
                     memory: 4 << 30,
                     storage: 0,
                 },
+                holds_data: false,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

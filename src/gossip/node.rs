@@ -265,6 +265,65 @@ impl GossipNode {
         }
     }
 
+    /// The node `vm`'s data waits on: its winning claim's node is dead,
+    /// and the VM holds data, so no other node claims it.
+    pub fn node_lost(&self, vm: &DocKey) -> Option<&Claim> {
+        let track = self.vms.get(vm)?;
+        let c = self.claim(vm)?;
+        (track.req.holds_data
+            && c.node != self.me
+            && self.member_state(&c.node) == Some(MemberState::Dead))
+        .then_some(c)
+    }
+
+    /// An operator's recovery of a `NodeLost` VM (`deorch recover`): this
+    /// node claims it above the dead node's claim and starts it after the
+    /// usual settle time, from what this node has (a retained copy of its
+    /// volumes, else fresh disks). The lost node's copy, if it returns, is
+    /// stopped with its disks kept (the newer claim wins).
+    pub fn recover(&mut self, vm: &DocKey, now: Millis) -> Result<u64, String> {
+        let Some(track) = self.vms.get(vm) else {
+            return Err(format!(
+                "{vm} is not placed by the radar here (unknown, deleted, or placed by hand)"
+            ));
+        };
+        let req = track.req.clone();
+        let epoch = match self.claim(vm) {
+            Some(c) if c.node == self.me => {
+                return Err(format!("{vm} is already claimed by this node"))
+            }
+            Some(c) if self.member_state(&c.node) != Some(MemberState::Dead) => {
+                return Err(format!(
+                    "{vm} is claimed by {}, which is not dead in this node's view: nothing to recover",
+                    c.node
+                ))
+            }
+            Some(c) => c.epoch + 1,
+            None => 1,
+        };
+        let Some((_, score)) = self.my_rank(&req) else {
+            return Err(format!(
+                "this node cannot run {vm}: it does not satisfy its placement"
+            ));
+        };
+        let claim = Claim {
+            vm: vm.clone(),
+            node: self.me.clone(),
+            epoch,
+            score,
+            claimed_ms: now,
+        };
+        if self.accept(Entry::Claim(claim), now) != Merge::Newer {
+            return Err(format!(
+                "{vm}: the claim was not taken (a newer one exists)"
+            ));
+        }
+        if let Some(t) = self.vms.get_mut(vm) {
+            t.claimed_at = Some(now);
+        }
+        Ok(epoch)
+    }
+
     /// The winning claim of `vm` in this node's view.
     pub fn claim(&self, vm: &DocKey) -> Option<&Claim> {
         match self
@@ -523,6 +582,7 @@ impl GossipNode {
                 .map(|s| s.received)
                 .unwrap_or(0);
             let track = self.vms.get_mut(&vm).expect("key from the map");
+            let holds_data = track.req.holds_data;
             match claim {
                 Some(c) if c.node == self.me => {
                     let since = *track.claimed_at.get_or_insert(now);
@@ -559,7 +619,10 @@ impl GossipNode {
                         },
                         Peers::Static(_) => None,
                     };
-                    if let Some(d) = dead_since {
+                    // A VM whose data is on the dead node is not started
+                    // elsewhere on a blank disk: it is NodeLost until the
+                    // node returns or an operator recovers it.
+                    if let Some(d) = dead_since.filter(|_| !holds_data) {
                         let base = d.max(claim_received) + self.cfg.reelect_timeout_ms;
                         if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
                             if let Some(t) = self.vms.get_mut(&vm) {

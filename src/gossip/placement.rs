@@ -28,6 +28,10 @@ pub struct VmRequest {
     pub performance: Option<Performance>,
     /// Resources the VM uses.
     pub need: Resources,
+    /// Its disks hold data only its node has (a writable disk, not
+    /// `stateless`): when that node dies, nobody starts it elsewhere on
+    /// its own (`NodeLost`, until `deorch recover`).
+    pub holds_data: bool,
 }
 
 impl VmRequest {
@@ -53,6 +57,7 @@ impl VmRequest {
                 memory: spec.memory.map(|m| m.bytes()).unwrap_or(512 << 20),
                 storage,
             },
+            holds_data: spec.holds_data(),
         })
     }
 
@@ -304,6 +309,7 @@ mod tests {
                 memory: 1 << 30,
                 storage: 0,
             },
+            holds_data: false,
         }
     }
 

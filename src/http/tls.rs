@@ -145,14 +145,17 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(tls);
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
+            let mut errors = crate::accept::AcceptErrors::default();
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = tx.closed() => return,
                     r = tcp.accept() => match r {
-                        Ok(c) => c,
+                        Ok(c) => {
+                            errors.ok();
+                            c
+                        }
                         Err(e) => {
-                            debug!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            errors.failed("HTTPS API", &e).await;
                             continue;
                         }
                     },

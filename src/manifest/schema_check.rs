@@ -543,7 +543,7 @@ fn value_types(
         let name = r.trim_start_matches("#/definitions/");
         if let Some(s) = v.as_str() {
             let err = match name {
-                "Quantity" => s.parse::<Quantity>().err().map(|e| e.0),
+                "Quantity" | "GuestMemory" => s.parse::<Quantity>().err().map(|e| e.0),
                 "Cpu" => s.parse::<Cpu>().err().map(|e| e.0),
                 "Duration" => s.parse::<Duration>().err().map(|e| e.0),
                 _ => None,

@@ -51,7 +51,7 @@ macro_rules! only_deorch {
 
 only_deorch! {
     NamesUnique = "names-unique": "Disk names and NIC names are unique within a VM, array names within a satellite. `uniqueItems` compares whole items, not one field of them.";
-    MemoryMinimum = "memory-minimum": "Memory is at least 1Mi. The schema refuses integers below it and zero written as a string; a quantity string just below 1Mi (`\"1023Ki\"`, `\"1000000\"`) is compared only once parsed.";
+    MemoryRange = "memory-range": "Memory is at least 1Mi and at most 64Ti, however it is written. The schema refuses integers outside and zero written as a string; a quantity string (`\"1023Ki\"`, `\"65Ti\"`, `\"16Ei\"`) is compared only once parsed.";
     RecordSize = "recordsize": "A dataset's `recordsize` is a power of two from 512 to 1Mi. The schema lists the integers; a quantity string (`\"128Ki\"`) is checked only once parsed.";
     DurationMinimum = "duration-minimum": "`replicaPolicy.interval` and `dhcp.leaseTime` are at least 1m. The schema refuses zero; comparing a sum of parts (`\"59s999ms\"`) with a minute is beyond a pattern.";
     ParsedValue = "parsed-value": "A quantity, CPU amount or duration the pattern admits but that does not fit: more than 2^64 bytes or milliseconds, or a fraction of a byte (`\"1.0000001Ki\"`).";
@@ -309,7 +309,7 @@ fn spacesuit(c: &mut Checker, s: &SpacesuitSpec) {
         c.field_err("cpu", p);
     }
     if let Some(p) = s.memory.and_then(GuestMemory::problem) {
-        c.only(OnlyDeorch::MemoryMinimum, Some("memory"), p);
+        c.only(OnlyDeorch::MemoryRange, Some("memory"), p);
     }
 }
 
@@ -321,7 +321,7 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
         c.field_err("cpu", p);
     }
     if let Some(p) = s.memory.and_then(GuestMemory::problem) {
-        c.only(OnlyDeorch::MemoryMinimum, Some("memory"), p);
+        c.only(OnlyDeorch::MemoryRange, Some("memory"), p);
     }
     let mut names = BTreeSet::new();
     c.at("disks", |c| {

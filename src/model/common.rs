@@ -525,19 +525,26 @@ impl JsonSchema for WholeCpus {
     }
 }
 
-/// Guest memory: at least [`GuestMemory::MIN`] bytes.
+/// Guest memory: from [`GuestMemory::MIN`] to [`GuestMemory::MAX`] bytes.
 pub struct GuestMemory;
 
 impl GuestMemory {
     /// The least memory a VM may have (1Mi).
     pub const MIN: u64 = 1 << 20;
+    /// The most memory a VM may have (64Ti): the guest physical address
+    /// space of x86-64 with 4-level paging (46 bits), beyond which QEMU
+    /// refuses to start on common CPUs. One limit, however it is written.
+    pub const MAX: u64 = 1 << 46;
 
-    /// Why `m` is too little memory, if it is.
+    /// Why `m` is too little or too much memory, if it is.
     pub fn problem(m: Quantity) -> Option<String> {
-        (m.0 < Self::MIN).then(|| {
-            format!(
+        if m.0 < Self::MIN {
+            return Some(format!(
                 "at least 1Mi of memory is needed, found {m} bytes (did you forget a unit like Mi?)"
-            )
+            ));
+        }
+        (m.0 > Self::MAX).then(|| {
+            format!("at most 64Ti of memory is possible (46-bit guest physical addresses), found {m} bytes")
         })
     }
 
@@ -552,9 +559,9 @@ impl JsonSchema for GuestMemory {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "Memory of a VM, at least 1Mi: an integer number of bytes, or a number with a suffix Ki/Mi/Gi/Ti/Pi/Ei (powers of 1024) or k/M/G/T/P/E (powers of 1000), e.g. \"512Mi\".",
+            "description": "Memory of a VM, from 1Mi to 64Ti: an integer number of bytes, or a number with a suffix Ki/Mi/Gi/Ti/Pi/Ei (powers of 1024) or k/M/G/T/P/E (powers of 1000), e.g. \"512Mi\".",
             "anyOf": [
-                {"type": "integer", "minimum": GuestMemory::MIN, "maximum": u64::MAX},
+                {"type": "integer", "minimum": GuestMemory::MIN, "maximum": GuestMemory::MAX},
                 {"type": "string", "pattern": GuestMemory::PATTERN}
             ]
         })

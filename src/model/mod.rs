@@ -47,6 +47,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// every disk becomes a copy of the replica's, and it starts again if its
 /// power state says so. `deorch replica revert` sets it.
 pub const REVERT_ANNOTATION: &str = "deorch.dev/revert-to";
+/// On a tombstone: the deletion asked for `--purge`, so the object's
+/// volumes are destroyed at once instead of retained.
+pub const PURGE_ANNOTATION: &str = "deorch.dev/purge";
 
 /// A kind's spec type, with what the model knows about the kind.
 pub trait Spec:

@@ -28,6 +28,26 @@ pub fn replica_volume(namespace: &str, replica: &str, disk: &str) -> String {
     format!("rep-{namespace}-{replica}-{disk}")
 }
 
+/// The name a deleted object's volume is kept under until `until_ms`
+/// (ms since the epoch): `retained.<until_ms>.<volume>`. The name is the
+/// whole record of the retention (no database): listing the storage finds
+/// every retained volume, its original name and when it may go.
+pub fn retained_volume(volume: &str, until_ms: u64) -> String {
+    format!("{RETAINED_PREFIX}{until_ms}.{volume}")
+}
+
+/// `(until_ms, original volume)` of a retained volume's name.
+pub fn parse_retained(name: &str) -> Option<(u64, &str)> {
+    let rest = name.strip_prefix(RETAINED_PREFIX)?;
+    let (until, volume) = rest.split_once('.')?;
+    if volume.is_empty() || until.is_empty() || !until.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((until.parse().ok()?, volume))
+}
+
+const RETAINED_PREFIX: &str = "retained.";
+
 /// Volume of a dataset.
 pub fn dataset_volume(pool: &str, path: &str) -> String {
     format!("ds-{pool}-{}", path.replace('/', "-"))
@@ -55,6 +75,25 @@ pub fn bridge(namespace: &str, network: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retained_name_carries_its_volume_and_its_deadline() {
+        let name = retained_volume("vm-my.ns-web-data", 1_700_000_000_123);
+        assert_eq!(name, "retained.1700000000123.vm-my.ns-web-data");
+        assert_eq!(
+            parse_retained(&name),
+            Some((1_700_000_000_123, "vm-my.ns-web-data"))
+        );
+        for not in [
+            "vm-default-web-data",
+            "retained.",
+            "retained.12",
+            "retained.x1.v",
+            "retained.1.",
+        ] {
+            assert_eq!(parse_retained(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn names_are_stable_and_fit_the_kernel() {

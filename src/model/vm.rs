@@ -78,6 +78,22 @@ pub struct VirtualMachineSpec {
     /// is forced off; default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<Duration>,
+    /// The VM keeps nothing worth keeping on its disks (a cache, a build
+    /// runner): when the node that runs it dies, another node may start it
+    /// on fresh disks at once. Default `false`: a VM with a writable disk
+    /// is taken to hold data and is never started elsewhere on a blank
+    /// disk; it shows `NodeLost` until its node returns or an operator
+    /// runs `deorch recover`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateless: bool,
+}
+
+impl VirtualMachineSpec {
+    /// Whether the VM's disks hold data that only its node has: a
+    /// writable disk, and not `stateless`.
+    pub fn holds_data(&self) -> bool {
+        !self.stateless && self.disks.iter().any(|d| !d.read_only)
+    }
 }
 
 /// Rules across fields: on `microvm` (no PCI bus) every NIC is virtio.
@@ -433,7 +449,8 @@ pub struct VirtualMachineStatus {
 ///      │              │            │  ▲         │
 ///      │              ▼            ▼  │         ▼
 ///      ├──────────► Failed      Stopped ◄───────┘
-///      └──► Unschedulable   (and Elsewhere, from and to any phase)
+///      ├──► Unschedulable   (and Elsewhere, from and to any phase)
+///      └──► NodeLost        (its node is down with its disks)
 /// ```
 ///
 /// One step is one thing happening to the VM (a start, a pause, a stop, a
@@ -462,6 +479,10 @@ pub enum VmPhase {
     Elsewhere,
     /// No node satisfies its placement constraints.
     Unschedulable,
+    /// The node that ran it (and holds its disks) is down; it is not
+    /// started elsewhere on a blank disk. It runs again when that node
+    /// returns, or where an operator recovers it (`deorch recover`).
+    NodeLost,
 }
 
 impl VmPhase {
@@ -476,6 +497,7 @@ impl VmPhase {
             VmPhase::Failed => "Failed",
             VmPhase::Elsewhere => "Elsewhere",
             VmPhase::Unschedulable => "Unschedulable",
+            VmPhase::NodeLost => "NodeLost",
         }
     }
 
@@ -491,7 +513,7 @@ impl Phase for VmPhase {
     fn can_become(self, next: VmPhase) -> bool {
         use VmPhase::*;
         match (self, next) {
-            (Running | Paused, Provisioning | Unschedulable) => false,
+            (Running | Paused, Provisioning | Unschedulable | NodeLost) => false,
             (_, Paused) => self == Running,
             _ => true,
         }
@@ -527,6 +549,8 @@ pub enum VmReason {
     ElectionPending,
     /// No node satisfies its placement constraints.
     Unschedulable,
+    /// Its node is down with its data.
+    NodeLost,
     /// Its placement names another node while it runs with local disks
     /// here: only a relocation could move it.
     RelocationRequired,
@@ -562,6 +586,7 @@ impl VmReason {
             VmReason::PlacedElsewhere => "PlacedElsewhere",
             VmReason::ElectionPending => "ElectionPending",
             VmReason::Unschedulable => "Unschedulable",
+            VmReason::NodeLost => "NodeLost",
             VmReason::RelocationRequired => "RelocationRequired",
             VmReason::RunningElsewhere => "RunningElsewhere",
             VmReason::ReplicaNotReady => "ReplicaNotReady",

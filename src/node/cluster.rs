@@ -62,6 +62,9 @@ pub const GOSSIP_ADDRESS_FILE: &str = "gossip-address";
 
 /// The election as the engine reads it, kept current by the gossip task.
 pub struct ClusterPlacement {
+    /// Operator recoveries for the gossip task (`deorch recover`).
+    recoveries: tokio::sync::mpsc::UnboundedSender<Recovery>,
+    recoveries_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Recovery>>>,
     elected: Mutex<BTreeMap<ObjectKey, Elected>>,
     /// VMs other live nodes report running, and those nodes.
     running_on: Mutex<BTreeMap<ObjectKey, Vec<String>>>,
@@ -70,7 +73,10 @@ pub struct ClusterPlacement {
 
 impl ClusterPlacement {
     fn new() -> Self {
+        let (recoveries, rx) = tokio::sync::mpsc::unbounded_channel();
         ClusterPlacement {
+            recoveries,
+            recoveries_rx: Mutex::new(Some(rx)),
             elected: Mutex::new(BTreeMap::new()),
             running_on: Mutex::new(BTreeMap::new()),
             changes: broadcast::channel(1024).0,
@@ -107,7 +113,19 @@ impl ClusterPlacement {
     }
 }
 
+/// One `deorch recover`, with where its answer goes.
+type Recovery = (ObjectKey, tokio::sync::oneshot::Sender<Result<u64, String>>);
+
 impl Placement for ClusterPlacement {
+    fn recover(&self, vm: &ObjectKey) -> Result<u64, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.recoveries
+            .send((vm.clone(), tx))
+            .map_err(|_| "gossip is not running".to_string())?;
+        rx.blocking_recv()
+            .map_err(|_| "gossip stopped before it answered".to_string())?
+    }
+
     fn elected(&self, vm: &ObjectKey) -> Elected {
         self.elected
             .lock()
@@ -264,12 +282,28 @@ impl Cluster {
             task.node.join(*s);
         }
         let mut changes = self.store.subscribe();
+        let mut recoveries = self
+            .placement
+            .recoveries_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("one gossip task per placement");
         task.publish_all();
         let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                Some((vm, reply)) = recoveries.recv() => {
+                    let answer = task.node.recover(&doc_key(&vm), unix_ms());
+                    match &answer {
+                        Ok(epoch) => warn!(%vm, epoch, "recovered by an operator: this node claims it and starts it from what it has here"),
+                        Err(e) => info!(%vm, error = %e, "recovery refused"),
+                    }
+                    let _ = reply.send(answer);
+                    task.drain();
+                }
                 _ = interval.tick() => {
                     if task.status_dirty {
                         task.publish_status();
@@ -534,6 +568,7 @@ impl Task {
                 key: key.clone(),
                 at,
                 tombstone,
+                purge: false,
             });
         } else {
             // The same content from another node (e.g. the same file
@@ -625,6 +660,10 @@ impl Task {
                 Elected::Here
             } else {
                 match self.node.claim(dk) {
+                    Some(c) if self.node.node_lost(dk).is_some() => Elected::NodeLost {
+                        node: c.node.0.clone(),
+                        epoch: c.epoch,
+                    },
                     Some(c) if c.node.0 != self.name => Elected::Elsewhere {
                         node: c.node.0.clone(),
                         epoch: c.epoch,

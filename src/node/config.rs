@@ -88,6 +88,18 @@ pub struct NodeArgs {
     /// what it has, says why, and retries.
     #[arg(long, env = "DEORCH_ALLOW_EMPTY_MANIFESTS")]
     pub allow_empty_manifests: bool,
+    /// Start with an empty store when the store file is empty, damaged,
+    /// or missing while a snapshot of it exists (the damaged file is kept
+    /// aside as `store.redb.damaged-<ms>`). Without it the node refuses to
+    /// start and names `deorch node recover-store`.
+    #[arg(long, env = "DEORCH_INIT_STORE")]
+    pub init_store: bool,
+    /// How long the volumes of a deleted VM or replica are kept (renamed
+    /// `retained.<until>.<volume>`, listed by `deorch volume list`, taken
+    /// back if the VM returns) before they are destroyed, e.g. `24h`
+    /// (default); `0s` destroys at once, as `deorch delete --purge` does.
+    #[arg(long, env = "DEORCH_VOLUME_RETENTION")]
+    pub volume_retention: Option<ManifestDuration>,
     /// Serve the HTTP API (login, signed push) on this address, e.g.
     /// `0.0.0.0:8443` (port 0: any free port, written to
     /// STATE_DIR/http-address; the URL clients take, with the TLS pin, to
@@ -223,6 +235,8 @@ pub struct FileConfig {
     pub settle: Option<ManifestDuration>,
     /// Removal grace.
     pub removal_grace: Option<ManifestDuration>,
+    /// Volume retention.
+    pub volume_retention: Option<ManifestDuration>,
     /// HTTP API listen address.
     pub http_listen: Option<SocketAddr>,
     /// Node key file.
@@ -336,6 +350,10 @@ pub struct NodeConfig {
     pub removal_grace: Duration,
     /// A missing manifest directory is taken as empty.
     pub allow_empty_manifests: bool,
+    /// An empty, damaged or lost store is replaced by an empty one.
+    pub init_store: bool,
+    /// How long a deleted VM's or replica's volumes are kept.
+    pub volume_retention: Duration,
     /// The HTTP API, when enabled.
     pub http: Option<HttpConfig>,
     /// The git source, when enabled.
@@ -621,6 +639,12 @@ impl NodeConfig {
                 .map(|d| d.0)
                 .unwrap_or(crate::source::dir::REMOVAL_GRACE),
             allow_empty_manifests: args.allow_empty_manifests,
+            init_store: args.init_store,
+            volume_retention: args
+                .volume_retention
+                .or(file.volume_retention)
+                .map(|d| d.0)
+                .unwrap_or(crate::reconcile::retention::DEFAULT),
         })
     }
 }

@@ -40,6 +40,70 @@ use config::StorageKind;
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "store.redb";
 
+/// Open the store, refusing an empty, damaged or lost one unless
+/// `--init-store` says to start empty (the old file kept aside).
+fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
+    let path = config.state_dir.join(STORE_FILE);
+    let snap = config.state_dir.join(crate::store::snapshot::FILE);
+    if !path.exists() && snap.exists() && !config.init_store {
+        anyhow::bail!(
+            "the store {} is missing, but the snapshot {} holds this node's desired state: rebuild the store with `deorch node recover-store --state-dir {}`, or start with --init-store to begin empty",
+            path.display(),
+            snap.display(),
+            config.state_dir.display()
+        );
+    }
+    match Store::open(&path) {
+        Ok(s) => Ok(s),
+        Err(e @ crate::store::StoreError::Damaged { .. }) if config.init_store => {
+            let aside = config
+                .state_dir
+                .join(format!("{STORE_FILE}.damaged-{}", crate::clock::now_ms()));
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("setting {} aside", path.display()))?;
+            tracing::warn!(error = %e, kept = %aside.display(), "--init-store: the damaged store is set aside, starting empty");
+            Store::open(&path).with_context(|| format!("creating the store {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("opening the store {}", path.display())),
+    }
+}
+
+/// Keep `STATE_DIR/store.snapshot` at most [`crate::store::snapshot::INTERVAL`]
+/// behind the store: at start, whenever desired state changed, and at a
+/// graceful stop.
+async fn keep_snapshot(
+    store: Arc<Store>,
+    state_dir: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let path = state_dir.join(crate::store::snapshot::FILE);
+    let mut written: Option<u64> = None;
+    let mut tick = tokio::time::interval(crate::store::snapshot::INTERVAL);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        let version = store.version();
+        if written != Some(version) {
+            let (s, p) = (store.clone(), path.clone());
+            match tokio::task::spawn_blocking(move || crate::store::snapshot::write(&s, &p)).await {
+                Ok(Ok(n)) => {
+                    tracing::debug!(records = n, "store snapshot written");
+                    written = Some(version);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the store snapshot")
+                }
+                Err(e) => tracing::warn!(error = %e, "store snapshot task failed"),
+            }
+        }
+        if stopping || *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
 /// Run a node until a termination signal.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -54,11 +118,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let store_path = config.state_dir.join(STORE_FILE);
-    let store = Arc::new(
-        Store::open(&store_path)
-            .with_context(|| format!("opening the store {}", store_path.display()))?,
-    );
+    let store = Arc::new(open_store(&config)?);
     let admission = Admission::new(store.clone(), admission_config(&config));
     register_satellite(&admission, &config)?;
 
@@ -88,6 +148,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         EngineConfig {
             node_name: config.name.clone(),
             node_addresses: config.addresses.clone(),
+            volume_retention: config.volume_retention,
             ..EngineConfig::default()
         },
         cluster
@@ -124,6 +185,11 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         &config.name,
     ));
     tasks.extend([
+        tokio::spawn(keep_snapshot(
+            store.clone(),
+            config.state_dir.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(dir.run(admission.clone(), shutdown.clone())),
         tokio::spawn(schedule.run(admission.clone(), shutdown.clone())),
         tokio::spawn(api::server::serve(

@@ -96,7 +96,12 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = resync.tick() => self.resync_all(),
+                _ = resync.tick() => {
+                    self.resync_all();
+                    // Retained volumes whose time is up go (off the loop).
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(async move { super::retention::sweep(&ctx).await });
+                }
                 change = changes.recv() => match change {
                     Ok(c) if c.status_only => {}
                     Ok(c) => {

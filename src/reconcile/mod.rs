@@ -24,6 +24,7 @@ pub mod network;
 pub mod queue;
 pub mod replica;
 pub mod report;
+pub mod retention;
 pub mod satellite;
 pub mod spacesuit;
 pub mod status;
@@ -66,6 +67,10 @@ pub struct EngineConfig {
     pub blocked_retry: Duration,
     /// Concurrent reconciles.
     pub workers: usize,
+    /// How long the volumes of a deleted VM or replica are kept (under a
+    /// `retained.<until>.<volume>` name) before they are destroyed; zero:
+    /// destroyed at once. See [`retention`].
+    pub volume_retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +84,7 @@ impl Default for EngineConfig {
             vm_poll: Duration::from_secs(2),
             blocked_retry: Duration::from_secs(5),
             workers: 4,
+            volume_retention: retention::DEFAULT,
         }
     }
 }
@@ -296,6 +302,14 @@ pub enum Elected {
         /// Which constraints the nodes fail.
         why: String,
     },
+    /// The winning claim is a dead node's, and the VM holds data there:
+    /// nobody starts it elsewhere on its own.
+    NodeLost {
+        /// The dead node.
+        node: String,
+        /// Its claim's epoch.
+        epoch: u64,
+    },
 }
 
 /// The placement election (the gossip layer), as the engine sees it:
@@ -313,6 +327,13 @@ pub trait Placement: Send + Sync {
     }
     /// VMs whose election outcome changed (the engine looks at them again).
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey>;
+    /// An operator's recovery of a `NodeLost` VM: this node claims it
+    /// above the dead node's claim (blocking; not from async code). The
+    /// new claim's epoch, or why not.
+    fn recover(&self, vm: &ObjectKey) -> Result<u64, String> {
+        let _ = vm;
+        Err("this node does not gossip: there is no cluster to recover a VM in".into())
+    }
 }
 
 /// What reconcilers get.

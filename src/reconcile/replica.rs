@@ -34,6 +34,9 @@ pub struct Desired {
     pub disks: BTreeMap<String, CloneRequest>,
     /// Volumes the previous status recorded (the VM may have lost disks).
     pub recorded: BTreeSet<String>,
+    /// For a deletion: keep the volumes under retained names until then
+    /// (ms since the epoch); `None`: destroy them.
+    pub retain_until_ms: Option<u64>,
 }
 
 impl Desired {
@@ -59,6 +62,13 @@ pub struct Observed {
 pub enum Action {
     /// Remove a volume (a partial capture, or the replica is deleted).
     Destroy(String),
+    /// Keep a volume of a deleted replica under its retained name.
+    Retain {
+        /// Name.
+        volume: String,
+        /// `retained.<until>.<volume>`.
+        retained: String,
+    },
     /// Capture every disk at one instant.
     Capture {
         /// One clone per disk.
@@ -72,6 +82,9 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Destroy(volume) => write!(f, "destroy volume {volume}"),
+            Action::Retain { volume, retained } => {
+                write!(f, "keep volume {volume} as {retained} (retention)")
+            }
             Action::Capture { requests, live } => {
                 let disks: Vec<String> = requests
                     .iter()
@@ -173,6 +186,10 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
         vm,
         disks,
         recorded,
+        retain_until_ms: record
+            .deleted
+            .then(|| super::retention::until(ctx, super::retention::purges(record)))
+            .flatten(),
     })
 }
 
@@ -195,7 +212,17 @@ pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError>
 pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
     if d.deleted {
         let existing = d.volumes().into_iter().filter(|v| o.existing.contains(v));
-        return Plan::Act(existing.map(Action::Destroy).collect());
+        return Plan::Act(
+            existing
+                .map(|volume| match d.retain_until_ms {
+                    Some(until) => Action::Retain {
+                        retained: crate::model::names::retained_volume(&volume, until),
+                        volume,
+                    },
+                    None => Action::Destroy(volume),
+                })
+                .collect(),
+        );
     }
     if d.vm.is_none() {
         return Plan::Wait {
@@ -224,6 +251,7 @@ pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<(), ReconcileError
     for a in actions {
         match a {
             Action::Destroy(volume) => storage.destroy(volume).await?,
+            Action::Retain { volume, retained } => storage.rename(volume, retained).await?,
             Action::Capture { requests, live } => {
                 storage.clone_volumes_live(requests, &live.0).await?
             }
@@ -288,6 +316,7 @@ mod tests {
             vm: Some(VirtualMachineSpec::default()),
             disks: disks.iter().map(|d| (d.to_string(), request(d))).collect(),
             recorded: BTreeSet::new(),
+            retain_until_ms: None,
         }
     }
 
@@ -351,6 +380,24 @@ mod tests {
                 deleted.clone(),
                 having(&["root", "old"]),
                 Plan::Act(vec![destroy("old"), destroy("root")]),
+            ),
+            (
+                "deleted with retention: every volume kept",
+                Desired {
+                    retain_until_ms: Some(7),
+                    ..deleted.clone()
+                },
+                having(&["root", "old"]),
+                Plan::Act(vec![
+                    Action::Retain {
+                        volume: "rep-default-snap-old".into(),
+                        retained: "retained.7.rep-default-snap-old".into(),
+                    },
+                    Action::Retain {
+                        volume: "rep-default-snap-root".into(),
+                        retained: "retained.7.rep-default-snap-root".into(),
+                    },
+                ]),
             ),
             (
                 "deleted, nothing left",

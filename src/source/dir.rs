@@ -205,6 +205,7 @@ impl Watch {
 
 async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
     survive_lease_breaks();
+    map_big_allocations();
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
     let mut tree = Tree {
         config: config.clone(),
@@ -235,7 +236,9 @@ async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::
     let mut next_rescan = Instant::now() + config.rescan_every;
     loop {
         // Wake for the rescan, or earlier for the first removal due.
-        let wake = tree.next_expiry().map_or(next_rescan, |t| t.min(next_rescan));
+        let wake = tree
+            .next_expiry()
+            .map_or(next_rescan, |t| t.min(next_rescan));
         let deadline = tokio::time::Instant::from_std(wake);
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -366,6 +369,36 @@ fn read_whole(path: &Path, patience: Duration) -> Read {
         return Read::InProgress("it changed while it was read");
     }
     Read::Whole(bytes, after)
+}
+
+/// After reading this much in one batch, freed memory is handed back.
+const TRIM_AFTER: usize = 1 << 20;
+
+/// Hand the memory freed after a large file back to the system. Parsing
+/// a multi-megabyte manifest (a broken one, with 80,000 errors, is the
+/// worst) uses ~30× its size for a moment; glibc keeps what was freed in
+/// its per-thread arenas, so without this the node stays at its largest
+/// file's peak forever.
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes no pointer from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Big allocations (a whole manifest file's text, its parsed documents)
+/// are mapped on their own and unmapped when freed: glibc otherwise raises
+/// its mmap threshold after the first such free and serves the next big
+/// file from the heap, where [`give_back_freed_memory`] cannot return it
+/// whole. Called once when the source starts.
+#[allow(unsafe_code)]
+fn map_big_allocations() {
+    // SAFETY: mallopt sets an allocator parameter; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
 }
 
 /// Whether any process has `file` open for writing: a read lease is
@@ -550,9 +583,42 @@ impl Tree {
                 batch.insert(path.clone(), Why::Complete);
             }
         }
+        for path in self.overruled(&found) {
+            if let Some(k) = self.files.get_mut(&path) {
+                k.hash = [0; 32];
+            }
+            batch.insert(path, Why::Complete);
+        }
         if !batch.is_empty() {
             self.process(batch);
         }
+    }
+
+    /// Files (still present) of which an object was changed or deleted by
+    /// something other than a manifest file: a peer through gossip (the
+    /// only source admission lets touch a file's object). The file owns
+    /// what it declares, so it is admitted again and its version returns,
+    /// under a new generation that wins cluster-wide. Two files declaring
+    /// one object are left to each other (no ping-pong).
+    fn overruled(&self, found: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+        let store = self.admission.store();
+        self.files
+            .iter()
+            .filter(|(path, _)| found.contains(*path))
+            .filter(|(path, state)| {
+                state.keys.iter().any(|key| {
+                    let overruled = match store.provenance(key) {
+                        None => true,
+                        Some((source, deleted)) => deleted || !source.0.starts_with("file:"),
+                    };
+                    if overruled {
+                        info!(file = %path.display(), object = %key, "changed or deleted elsewhere: the file declares it, so it is applied again");
+                    }
+                    overruled
+                })
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     /// When the first undeclared object is due for deletion.
@@ -601,7 +667,9 @@ impl Tree {
                             info!(file = %path.display(), object = %key, generation, "deleted (undeclared for the removal grace)");
                         }
                     }
-                    Err(e) => warn!(file = %path.display(), error = %e, "store refused the deletion"),
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "store refused the deletion")
+                    }
                 }
             }
         }
@@ -620,7 +688,12 @@ impl Tree {
 
     /// Note what `path` stopped declaring (`before` minus `now`), and
     /// forget the vanishing of anything declared again.
-    fn note_vanished(&mut self, path: &Path, before: &BTreeSet<ObjectKey>, now: &BTreeSet<ObjectKey>) {
+    fn note_vanished(
+        &mut self,
+        path: &Path,
+        before: &BTreeSet<ObjectKey>,
+        now: &BTreeSet<ObjectKey>,
+    ) {
         let at = Instant::now();
         for key in before.difference(now) {
             self.vanished
@@ -635,6 +708,14 @@ impl Tree {
     /// Apply one batch of changed paths: read and validate each, apply the
     /// valid ones, then note what vanished (deleted after the grace).
     fn process(&mut self, batch: BTreeMap<PathBuf, Why>) {
+        let mut read_bytes = 0usize;
+        self.process_batch(batch, &mut read_bytes);
+        if read_bytes >= TRIM_AFTER {
+            give_back_freed_memory();
+        }
+    }
+
+    fn process_batch(&mut self, batch: BTreeMap<PathBuf, Why>, read_bytes: &mut usize) {
         let mut applies: Vec<(PathBuf, FileState, Batch)> = Vec::new();
         let mut removals: Vec<PathBuf> = Vec::new();
         for (path, why) in batch {
@@ -661,7 +742,10 @@ impl Tree {
                 }
             }
             let (text, meta) = match read_whole(&path, WRITER_PATIENCE) {
-                Read::Whole(bytes, meta) => (bytes, meta),
+                Read::Whole(bytes, meta) => {
+                    *read_bytes += bytes.len();
+                    (bytes, meta)
+                }
                 Read::InProgress(why) => {
                     debug!(file = %path.display(), "not read now: {why}; taken at its close or a later rescan");
                     continue;
@@ -759,8 +843,11 @@ impl Tree {
         for (path, state) in &removed_states {
             self.note_vanished(path, &state.keys, &BTreeSet::new());
         }
-        let declared: BTreeSet<ObjectKey> =
-            self.files.values().flat_map(|s| s.keys.iter().cloned()).collect();
+        let declared: BTreeSet<ObjectKey> = self
+            .files
+            .values()
+            .flat_map(|s| s.keys.iter().cloned())
+            .collect();
         self.vanished.retain(|k, _| !declared.contains(k));
         for (path, _, batch) in applies {
             let keep = self.keep(&path);
@@ -807,11 +894,21 @@ impl Tree {
 
     /// Log and record a rejected file; its previous objects stay in force.
     fn reject(&self, path: &Path, lines: &[String], invalid: bool) {
+        // A broken file may hold 80,000 errors: the log and the event get
+        // the first few and a count (`deorch validate FILE` lists all).
+        const SHOWN: usize = 10;
+        let mut shown = lines[..lines.len().min(SHOWN)].join("\n");
+        if lines.len() > SHOWN {
+            shown.push_str(&format!(
+                "\n… and {} more (deorch validate {} lists them all)",
+                lines.len() - SHOWN,
+                path.display()
+            ));
+        }
         warn!(
             file = %path.display(),
             errors = lines.len(),
-            "manifest rejected; the previous valid version stays in force:\n{}",
-            lines.join("\n")
+            "manifest rejected; the previous valid version stays in force:\n{shown}"
         );
         self.admission.store().record_event(Event {
             time_ms: now_ms(),
@@ -825,11 +922,10 @@ impl Tree {
             }
             .into(),
             message: format!(
-                "{} rejected ({} error{}); previous version kept:\n{}",
+                "{} rejected ({} error{}); previous version kept:\n{shown}",
                 path.display(),
                 lines.len(),
                 if lines.len() == 1 { "" } else { "s" },
-                lines.join("\n")
             ),
         });
     }

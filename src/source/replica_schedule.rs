@@ -153,7 +153,11 @@ impl ReplicaSchedule {
                 let due_at = t + interval;
                 next = Some(next.map_or(due_at, |n| n.min(due_at)));
             }
-            match admission.admit(batch.declarative(BTreeSet::new())) {
+            // Replicas rotated out by `keep` go at once: retaining them
+            // would keep more than the policy says.
+            let mut batch = batch.declarative(BTreeSet::new());
+            batch.purge_dropped = true;
+            match admission.admit(batch) {
                 Ok(out) if !out.committed => {
                     warn!(vm = %vm, problems = ?out.problems(), "replica schedule refused")
                 }

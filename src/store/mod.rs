@@ -23,6 +23,10 @@
 //! all. `apply`, `apply_signed` and `delete` are batches of one.
 
 mod canonical;
+mod load;
+pub mod recover;
+mod seal;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -30,10 +34,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use tokio::sync::broadcast;
+use tracing::warn;
 
 pub use canonical::{canonical_json, content_hash};
+use load::{load, quietly, Loaded};
+pub use load::{salvage, Salvaged};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -107,6 +114,17 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// The store file is damaged: records fail their checks, or the
+    /// database cannot be read at all. Nothing was changed.
+    #[error("store {path} is damaged: {summary}; nothing was changed. Recover with `deorch node recover-store` (the node stopped), or start empty with --init-store (the damaged file is kept aside)")]
+    Damaged {
+        /// Database path.
+        path: String,
+        /// What is wrong, short.
+        summary: String,
+        /// Each damaged record's raw key and what is wrong with it.
+        records: Vec<(String, String)>,
+    },
     /// A stored record could not be decoded (corruption or version skew).
     #[error("store record {key}: {message}")]
     Corrupt {
@@ -136,6 +154,24 @@ const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("status");
 const FORMAT: u32 = 1;
 /// Events kept in memory.
 const EVENT_RING: usize = 1000;
+/// Longest event message kept (bytes): the ring holds at most
+/// `EVENT_RING × EVENT_MESSAGE_MAX`, whatever a broken file says.
+pub const EVENT_MESSAGE_MAX: usize = 4096;
+
+/// Cut `text` to at most `max` bytes (at a character boundary), saying how
+/// much was left out.
+pub fn cap_text(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({cut} more bytes not kept)"));
+}
 
 /// The on-disk form of a record (status lives in its own table).
 #[derive(Serialize, Deserialize)]
@@ -161,6 +197,9 @@ pub struct Store {
     index: RwLock<BTreeMap<ObjectKey, Entry>>,
     events: Mutex<VecDeque<Event>>,
     changes: broadcast::Sender<Change>,
+    /// Bumped by every committed change of desired state (not status): a
+    /// snapshot is due when it moved.
+    version: std::sync::atomic::AtomicU64,
     /// Test hook run between a batch's checks and its commit.
     fail_point: Mutex<Option<FailPoint>>,
     _lock: File,
@@ -216,6 +255,30 @@ impl Entry {
 /// redb's page cache; the index answers reads, so a small one suffices.
 const CACHE_BYTES: usize = 8 << 20;
 
+/// Hold the store's lock file (`STORE.lock`) exclusively: a second
+/// process on the same store is refused.
+pub(crate) fn lock(path: &Path) -> Result<File, StoreError> {
+    let io = |e: &dyn std::fmt::Display| StoreError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let lock_path = path.with_extension("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io(&e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io(&format!(
+            "in use by another process (lock {} is held): is a node running on this state directory?",
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&e)),
+    }
+}
+
 fn db_key(key: &ObjectKey) -> String {
     format!("{}/{}/{}", key.kind.as_str(), key.namespace, key.name)
 }
@@ -230,78 +293,61 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
         }
-        let lock_path = path.with_extension("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io(&e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io(&format!(
-                    "in use by another process (lock {} is held): is another node running on this state directory?",
-                    lock_path.display()
-                )))
+        let lock = lock(path)?;
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                summary: "the file is empty (0 bytes): every object it held is gone from it".into(),
+                records: Vec::new(),
+            });
+        }
+        let damaged = |summary: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            summary,
+            records: Vec::new(),
+        };
+        let opened = quietly(|| -> Result<(Database, Loaded), StoreError> {
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+                .map_err(|e| damaged(format!("the database cannot be opened: {e}")))?;
+            // Make sure both tables exist, so that readers never fail on them.
+            {
+                let tx = db.begin_write().map_err(|e| io(&e))?;
+                tx.open_table(RECORDS).map_err(|e| io(&e))?;
+                tx.open_table(STATUS).map_err(|e| io(&e))?;
+                tx.commit().map_err(|e| io(&e))?;
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(&e)),
+            let loaded = load(&db).map_err(|e| damaged(format!("reading it failed: {e}")))?;
+            Ok((db, loaded))
+        });
+        let (db, loaded) = match opened {
+            Ok(r) => r?,
+            Err(panic) => return Err(damaged(format!("the database is inconsistent ({panic})"))),
+        };
+        if !loaded.damaged.is_empty() {
+            let n = loaded.damaged.len();
+            let first: Vec<_> = loaded
+                .damaged
+                .iter()
+                .take(5)
+                .map(|(k, why)| format!("{k} ({why})"))
+                .collect();
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                summary: format!(
+                    "{n} record{} fail their checks: {}{}",
+                    if n == 1 { "" } else { "s" },
+                    first.join("; "),
+                    if n > 5 { "; …" } else { "" }
+                ),
+                records: loaded.damaged,
+            });
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| io(&e))?;
-        // Make sure both tables exist, so that readers never fail on them.
-        {
-            let tx = db.begin_write().map_err(|e| io(&e))?;
-            tx.open_table(RECORDS).map_err(|e| io(&e))?;
-            tx.open_table(STATUS).map_err(|e| io(&e))?;
-            tx.commit().map_err(|e| io(&e))?;
+        for (key, why) in &loaded.status_dropped {
+            warn!(key = %key, problem = %why, "stored status is damaged: dropped (it is observed again)");
         }
-        let mut index = BTreeMap::new();
-        {
-            let tx = db.begin_read().map_err(|e| io(&e))?;
-            let records = tx.open_table(RECORDS).map_err(|e| io(&e))?;
-            let status = tx.open_table(STATUS).map_err(|e| io(&e))?;
-            for entry in records.iter().map_err(|e| io(&e))? {
-                let (k, v) = entry.map_err(|e| io(&e))?;
-                let raw_key = k.value().to_string();
-                let stored: StoredRecord =
-                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                        key: raw_key.clone(),
-                        message: e.to_string(),
-                    })?;
-                if stored.format != FORMAT {
-                    return Err(StoreError::Corrupt {
-                        key: raw_key,
-                        message: format!(
-                            "record format {} (this deorch reads {FORMAT})",
-                            stored.format
-                        ),
-                    });
-                }
-                let st = match status.get(raw_key.as_str()).map_err(|e| io(&e))? {
-                    Some(s) => Some(serde_json::from_slice(s.value()).map_err(|e| {
-                        StoreError::Corrupt {
-                            key: raw_key.clone(),
-                            message: format!("status: {e}"),
-                        }
-                    })?),
-                    None => None,
-                };
-                let record = Record {
-                    key: stored.key.clone(),
-                    generation: stored.generation,
-                    source: stored.source,
-                    hash: stored.hash,
-                    object: stored.object,
-                    status: st,
-                    deleted: stored.deleted,
-                    updated_ms: stored.updated_ms,
-                };
-                index.insert(stored.key, Entry::of(&record));
-            }
-        }
+        let index = loaded.index;
         let (changes, _) = broadcast::channel(4096);
         Ok(Store {
             path: path.to_path_buf(),
@@ -310,6 +356,7 @@ impl Store {
             index: RwLock::new(index),
             events: Mutex::new(VecDeque::new()),
             changes,
+            version: std::sync::atomic::AtomicU64::new(0),
             fail_point: Mutex::new(None),
             _lock: lock,
         })
@@ -433,7 +480,7 @@ impl Store {
                     deleted: record.deleted,
                     updated_ms: record.updated_ms,
                 };
-                let bytes = serde_json::to_vec(&stored).expect("records serialize");
+                let bytes = seal::seal(&serde_json::to_vec(&stored).expect("records serialize"));
                 let k = db_key(key);
                 t.insert(k.as_str(), bytes.as_slice())
                     .map_err(|e| self.io_err(e))?;
@@ -443,6 +490,8 @@ impl Store {
             }
         }
         wtx.commit().map_err(|e| self.io_err(e))?;
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut changed = Vec::new();
         {
             let mut index = self.write_index();
@@ -465,9 +514,73 @@ impl Store {
         Ok(Ok(out))
     }
 
+    /// How many batches of desired state this store has committed since it
+    /// was opened.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every record, tombstones included, without status (what a snapshot
+    /// keeps).
+    pub fn all_records(&self) -> Vec<Record> {
+        self.read_index()
+            .iter()
+            .map(|(k, e)| Record {
+                status: None,
+                ..e.record(k)
+            })
+            .collect()
+    }
+
+    /// Write `records` as they are (generation, source, hash and time
+    /// kept), replacing what is stored under their keys: recovery only
+    /// (`deorch node recover-store`), into a store no node runs on.
+    pub fn restore(&self, records: &[Record]) -> Result<(), StoreError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let wtx = self.db.begin_write().map_err(|e| self.io_err(e))?;
+        {
+            let mut t = wtx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
+            for record in records {
+                let stored = StoredRecord {
+                    format: FORMAT,
+                    key: record.key.clone(),
+                    generation: record.generation,
+                    source: record.source.clone(),
+                    hash: record.hash.clone(),
+                    object: record.object.clone(),
+                    deleted: record.deleted,
+                    updated_ms: record.updated_ms,
+                };
+                let bytes = seal::seal(&serde_json::to_vec(&stored).expect("records serialize"));
+                t.insert(db_key(&record.key).as_str(), bytes.as_slice())
+                    .map_err(|e| self.io_err(e))?;
+            }
+        }
+        wtx.commit().map_err(|e| self.io_err(e))?;
+        let mut index = self.write_index();
+        for record in records {
+            index.insert(
+                record.key.clone(),
+                Entry::of(&Record {
+                    status: None,
+                    ..record.clone()
+                }),
+            );
+        }
+        Ok(())
+    }
+
     /// The record of `key`, tombstones included.
     pub fn get(&self, key: &ObjectKey) -> Option<Record> {
         self.read_index().get(key).map(|e| e.record(key))
+    }
+
+    /// Where the stored version of `key` came from and whether it is a
+    /// tombstone, without decoding the object.
+    pub fn provenance(&self, key: &ObjectKey) -> Option<(SourceId, bool)> {
+        self.read_index()
+            .get(key)
+            .map(|e| (e.source.clone(), e.deleted))
     }
 
     /// Live (non-deleted) records, optionally of one kind, sorted by key.
@@ -524,7 +637,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(|e| self.io_err(e))?;
         {
             let mut t = tx.open_table(STATUS).map_err(|e| self.io_err(e))?;
-            t.insert(k.as_str(), text.as_bytes())
+            t.insert(k.as_str(), seal::seal(text.as_bytes()).as_slice())
                 .map_err(|e| self.io_err(e))?;
         }
         tx.commit().map_err(|e| self.io_err(e))?;
@@ -560,6 +673,8 @@ impl Store {
             }
         }
         tx.commit().map_err(|e| self.io_err(e))?;
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut index = self.write_index();
         for k in &old {
             index.remove(k);
@@ -570,7 +685,8 @@ impl Store {
     /// Add an event (kept in a bounded in-memory ring, newest last). When
     /// the ring is full the oldest `Normal` event goes first, so a burst of
     /// applies does not push out the warnings an operator must see.
-    pub fn record_event(&self, event: Event) {
+    pub fn record_event(&self, mut event: Event) {
+        cap_text(&mut event.message, EVENT_MESSAGE_MAX);
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() >= EVENT_RING {
             match events.iter().position(|e| e.level != "Warning") {
@@ -767,6 +883,29 @@ impl Txn<'_> {
             ..cur
         });
         Ok(Some(generation))
+    }
+}
+
+impl Txn<'_> {
+    /// Mark the tombstone staged for `key` as a purge
+    /// ([`crate::model::PURGE_ANNOTATION`]): the object's volumes are
+    /// destroyed at once instead of retained.
+    pub fn purge(&mut self, key: &ObjectKey) {
+        let Some(record) = self.staged.get_mut(key).filter(|r| r.deleted) else {
+            return;
+        };
+        if let Some(meta) = record
+            .object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(crate::model::PURGE_ANNOTATION.into(), Value::from("true"));
+            }
+        }
     }
 }
 

@@ -52,6 +52,8 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
         Action::Resume => hv.resume(id).await,
         Action::Remove => hv.remove(id).await,
         Action::DestroyVolume { volume } => storage.destroy(volume).await,
+        Action::RetainVolume { volume, retained } => storage.rename(volume, retained).await,
+        Action::RestoreVolume { retained, volume } => storage.rename(retained, volume).await,
         Action::RemoveTap { tap } => ctx.drivers.net.remove_tap(tap).await,
     }
 }

@@ -48,6 +48,8 @@ pub use resolve::{
 };
 pub use status::walk;
 
+use std::collections::BTreeMap;
+
 use super::kind::Preview;
 use super::{names, Ctx, Outcome, ReconcileError};
 use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus};
@@ -144,7 +146,8 @@ fn desired(
 ) -> Result<Desired, ReconcileError> {
     let key = &record.key;
     if record.deleted {
-        return Ok(for_deletion(ctx, key, spec, previous));
+        let purge = super::retention::purges(record);
+        return Ok(for_deletion(ctx, key, spec, previous, purge));
     }
     match resolve(ctx, key, spec, decision.site.clone()) {
         Ok(d) => Ok(d),
@@ -165,7 +168,7 @@ fn desired(
 /// network is not on this node): enough to stop a copy here and say where
 /// it runs.
 fn resolve_elsewhere(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec, site: Site) -> Desired {
-    let mut d = for_deletion(ctx, key, spec, &VirtualMachineStatus::default());
+    let mut d = for_deletion(ctx, key, spec, &VirtualMachineStatus::default(), false);
     d.deleted = false;
     d.site = site;
     d.power = spec.power_state;
@@ -183,14 +186,30 @@ async fn observe(
     let storage = &ctx.drivers.storage;
     let state = ctx.drivers.hypervisor.state(&desired.config.id).await?;
     let mut missing_volumes = Vec::new();
-    let mut missing_sources = Vec::new();
     for d in &desired.disks {
         if !storage.exists(&d.volume).await? {
             missing_volumes.push(d.volume.clone());
-            if let VolumeSource::Clone { source, .. } = &d.source {
-                if !desired.deleted && !storage.exists(source).await? {
-                    missing_sources.push(source.clone());
-                }
+        }
+    }
+    // A missing volume kept from an earlier deletion of this VM is taken
+    // back, not made anew.
+    let mut retained = BTreeMap::new();
+    if !desired.deleted && !missing_volumes.is_empty() {
+        let all = super::retention::retained(ctx).await?;
+        for v in &missing_volumes {
+            if let Some((_, name)) = all.get(v).and_then(|copies| copies.first()) {
+                retained.insert(v.clone(), name.clone());
+            }
+        }
+    }
+    let mut missing_sources = Vec::new();
+    for d in &desired.disks {
+        if !missing_volumes.contains(&d.volume) || retained.contains_key(&d.volume) {
+            continue;
+        }
+        if let VolumeSource::Clone { source, .. } = &d.source {
+            if !desired.deleted && !storage.exists(source).await? {
+                missing_sources.push(source.clone());
             }
         }
     }
@@ -202,11 +221,13 @@ async fn observe(
     let lost_volumes = missing_volumes
         .iter()
         .filter(|v| provisioned && previous.disks.values().any(|p| p == *v))
+        .filter(|v| !retained.contains_key(*v))
         .cloned()
         .collect();
     Ok(Observed {
         state,
         missing_volumes,
+        retained,
         missing_sources,
         lost_volumes,
         running_elsewhere,

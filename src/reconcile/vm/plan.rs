@@ -16,6 +16,9 @@ pub struct Observed {
     /// Desired volumes that do not exist yet (for a deleted VM: those
     /// already gone).
     pub missing_volumes: Vec<String>,
+    /// Missing volumes kept from an earlier deletion of this VM: volume →
+    /// its retained name (the newest).
+    pub retained: std::collections::BTreeMap<String, String>,
     /// Clone sources that do not exist.
     pub missing_sources: Vec<String>,
     /// Missing volumes this VM had before (deleted behind deorch's back):
@@ -94,6 +97,20 @@ pub enum Action {
         /// Name.
         volume: String,
     },
+    /// Keep a volume of a deleted VM under its retained name.
+    RetainVolume {
+        /// Name.
+        volume: String,
+        /// `retained.<until>.<volume>`.
+        retained: String,
+    },
+    /// Take back a volume kept from an earlier deletion.
+    RestoreVolume {
+        /// Its retained name.
+        retained: String,
+        /// Its own name.
+        volume: String,
+    },
     /// Remove a tap of a deleted VM.
     RemoveTap {
         /// Tap.
@@ -106,7 +123,10 @@ impl Action {
     pub fn provisions(&self) -> bool {
         matches!(
             self,
-            Action::CreateVolume { .. } | Action::CloneVolume { .. } | Action::EnsureTap { .. }
+            Action::CreateVolume { .. }
+                | Action::CloneVolume { .. }
+                | Action::RestoreVolume { .. }
+                | Action::EnsureTap { .. }
         )
     }
 }
@@ -182,6 +202,12 @@ impl std::fmt::Display for Action {
             Action::Resume => write!(f, "resume the VM's CPUs"),
             Action::Remove => write!(f, "remove the stopped VM from the hypervisor"),
             Action::DestroyVolume { volume } => write!(f, "destroy volume {volume}"),
+            Action::RetainVolume { volume, retained } => {
+                write!(f, "keep volume {volume} as {retained} (retention)")
+            }
+            Action::RestoreVolume { retained, volume } => {
+                write!(f, "take back volume {volume} kept as {retained}")
+            }
             Action::RemoveTap { tap } => write!(f, "remove tap {tap}"),
         }
     }
@@ -282,6 +308,23 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
             let message = format!("runs on {node} (election epoch {epoch})");
             return handed_over(d, o, node, message);
         }
+        // A copy here is not the lost node's: it keeps running.
+        Site::NodeLost { node, .. } if here => {
+            let message =
+                format!("{node}, which held the election, is down; this copy keeps running");
+            return keep_running(d, o, VmReason::NodeLost, message);
+        }
+        Site::NodeLost { node, epoch } => {
+            let message = format!(
+                "{node} ran it (election epoch {epoch}) and holds its disks, and is down: it is not started elsewhere on a blank disk. It runs again when {node} returns; `deorch recover {}` on another node starts it there without that data",
+                d.config.id.rsplit('/').next().unwrap_or_default()
+            );
+            return Plan::new(VmPhase::NodeLost, None).blocked(
+                VmReason::NodeLost,
+                message,
+                Next::Retry,
+            );
+        }
         Site::PinnedElsewhere { node } => return pinned_elsewhere(d, o, node),
     }
     match o.running_elsewhere.first() {
@@ -365,11 +408,17 @@ fn deletion(d: &Desired, o: &Observed) -> Plan {
         VmState::Absent => {}
     }
     for disk in &d.disks {
-        if !o.missing_volumes.contains(&disk.volume) {
-            p.actions.push(Action::DestroyVolume {
-                volume: disk.volume.clone(),
-            });
+        if o.missing_volumes.contains(&disk.volume) {
+            continue;
         }
+        let volume = disk.volume.clone();
+        p.actions.push(match d.retain_until_ms {
+            Some(until) => Action::RetainVolume {
+                retained: crate::model::names::retained_volume(&volume, until),
+                volume,
+            },
+            None => Action::DestroyVolume { volume },
+        });
     }
     for t in &d.taps {
         p.actions.push(Action::RemoveTap { tap: t.tap.clone() });
@@ -386,6 +435,13 @@ fn provision(d: &Desired, o: &Observed) -> Vec<Action> {
         .filter(|v| o.missing_volumes.contains(&v.volume))
     {
         let volume = disk.volume.clone();
+        if let Some(retained) = o.retained.get(&volume) {
+            out.push(Action::RestoreVolume {
+                retained: retained.clone(),
+                volume,
+            });
+            continue;
+        }
         out.push(match &disk.source {
             VolumeSource::Blank { size } => Action::CreateVolume {
                 volume,
@@ -577,6 +633,7 @@ mod tests {
             power,
             restart,
             stop_timeout: Duration::from_secs(30),
+            retain_until_ms: None,
         }
     }
 
@@ -588,6 +645,7 @@ mod tests {
             } else {
                 vec![]
             },
+            retained: Default::default(),
             missing_sources: vec![],
             lost_volumes: vec![],
             running_elsewhere: vec![],
@@ -624,6 +682,52 @@ mod tests {
             ]
         );
         assert_eq!(stop().to_string(), "stop the VM (forced after 30 s)");
+    }
+
+    #[test]
+    fn a_deletion_keeps_the_volumes_and_a_return_takes_them_back() {
+        let mut gone = desired(PowerState::Running, RestartPolicy::Always);
+        gone.deleted = true;
+        gone.retain_until_ms = Some(1000);
+        let p = plan(&gone, &observed(running(&gone.config), false));
+        let kept = "retained.1000.vm-default-a-root".to_string();
+        assert_eq!(
+            p.actions,
+            vec![
+                stop(),
+                Action::Remove,
+                Action::RetainVolume {
+                    volume: "vm-default-a-root".into(),
+                    retained: kept.clone(),
+                },
+            ]
+        );
+        // A purge (or no retention) destroys.
+        gone.retain_until_ms = None;
+        let p = plan(&gone, &observed(VmState::Absent, false));
+        assert_eq!(
+            p.actions,
+            vec![Action::DestroyVolume {
+                volume: "vm-default-a-root".into()
+            }]
+        );
+        // The VM declared again: its kept volume comes back, not a clone.
+        let back = desired(PowerState::Running, RestartPolicy::Always);
+        let mut o = observed(VmState::Absent, true);
+        o.retained.insert("vm-default-a-root".into(), kept.clone());
+        let p = plan(&back, &o);
+        assert_eq!(
+            p.actions[0],
+            Action::RestoreVolume {
+                retained: kept,
+                volume: "vm-default-a-root".into(),
+            }
+        );
+        assert!(
+            matches!(p.actions[1], Action::Start { .. }),
+            "{:?}",
+            p.actions
+        );
     }
 
     fn clone_root() -> Action {

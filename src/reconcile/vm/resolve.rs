@@ -44,6 +44,13 @@ pub enum Site {
         /// Which constraints fail, and where.
         why: String,
     },
+    /// Its node is down with its disks (a VM that holds data).
+    NodeLost {
+        /// The dead node.
+        node: String,
+        /// Its claim's epoch.
+        epoch: u64,
+    },
     /// `placement.node` or `placement.address` names another node.
     PinnedElsewhere {
         /// That node (or address).
@@ -83,6 +90,7 @@ pub fn decide(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec) -> Decision
                 Elected::Elsewhere { node, epoch } => Site::Elsewhere { node, epoch },
                 Elected::Pending => Site::Pending,
                 Elected::Unschedulable { why } => Site::Unschedulable { why },
+                Elected::NodeLost { node, epoch } => Site::NodeLost { node, epoch },
             },
         },
     };
@@ -219,6 +227,10 @@ pub struct Desired {
     pub restart: RestartPolicy,
     /// Graceful stop timeout.
     pub stop_timeout: Duration,
+    /// For a deletion: keep the volumes under retained names until this
+    /// time (ms since the epoch); `None`: destroy them (a purge, or no
+    /// retention).
+    pub retain_until_ms: Option<u64>,
 }
 
 fn blocked(reason: crate::model::vm::VmReason, message: String) -> ReconcileError {
@@ -273,6 +285,7 @@ pub fn resolve(
         power: spec.power_state,
         restart: spec.restart_policy,
         stop_timeout: stop_timeout(spec),
+        retain_until_ms: None,
     })
 }
 
@@ -284,6 +297,7 @@ pub fn for_deletion(
     key: &ObjectKey,
     spec: &VirtualMachineSpec,
     previous: &VirtualMachineStatus,
+    purge: bool,
 ) -> Desired {
     let ns = key.namespace.as_str();
     let suit = spacesuit(ctx, ns, spec).ok().flatten();
@@ -336,6 +350,7 @@ pub fn for_deletion(
         power: PowerState::Stopped,
         restart: spec.restart_policy,
         stop_timeout: stop_timeout(spec),
+        retain_until_ms: super::super::retention::until(ctx, purge),
     }
 }
 
