@@ -3,7 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the code map. Layers, each using only the
 //! ones before it:
 //!
-//! - foundations: [`clock`], [`state_file`], [`slot`], [`accept`];
+//! - foundations: [`clock`], [`state_file`], [`slot`], [`accept`], [`memory`];
 //! - [`model`] (kinds, names, phases) → [`schema`] → [`manifest`] (the one
 //!   parser, inert-field warnings);
 //! - [`identity`] (addresses, signatures, AccessPolicy) → [`store`] →
@@ -34,6 +34,7 @@ pub mod gossip;
 pub mod http;
 pub mod identity;
 pub mod manifest;
+pub mod memory;
 pub mod model;
 pub mod node;
 pub mod qemu;

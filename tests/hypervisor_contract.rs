@@ -700,3 +700,34 @@ contract_tests! {
     qemu_keeps_the_hypervisor_contract => qemu,
     libvirt_keeps_the_hypervisor_contract => libvirt,
 }
+
+/// A `cpuModel` this QEMU build does not know is refused before QEMU is
+/// started, naming the model and the build's list (probed with
+/// `-cpu help`); a model it knows is not refused on that account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_cpu_model_is_refused_with_the_builds_list() {
+    let Some(s) = qemu() else {
+        assert!(!ci(), "qemu is missing and CI=true");
+        return;
+    };
+    let id = vm_id("qemu-cpu");
+    let mut cfg = tiny_config(&s, &id);
+    cfg.cpu_model = Some("Bogus-9000".into());
+    let err =
+        s.hv.start(&cfg)
+            .await
+            .expect_err("an unknown CPU model starts");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"Bogus-9000\" is not a CPU model of this QEMU build"),
+        "{text}"
+    );
+    assert_eq!(state(&s, &id).await, VmState::Absent, "nothing was started");
+    cfg.cpu_model = Some("broadwell".into());
+    let err =
+        s.hv.start(&cfg)
+            .await
+            .expect_err("names are case-sensitive");
+    assert!(err.to_string().contains("close: Broadwell"), "{err}");
+    (s.cleanup)();
+}

@@ -73,6 +73,23 @@ fn create_list_revert_clone_delete_on_real_qcow2_storage() {
             .and_then(|r| r.status)
             .is_some_and(|s| s["phase"] == "Running" && s["lastRevert"].as_str().is_some())
     });
+    // The present was kept first: reverting to it undoes the revert.
+    let kept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("the present is kept as replica default/"))
+        .unwrap_or_else(|| panic!("no kept replica in: {out}"))
+        .to_string();
+    assert_eq!(
+        read(&vols.join(format!("rep-default-{kept}-root.qcow2"))),
+        2
+    );
+    let out = ok(&node, &["replica", "revert", &kept, "--discard-present"]);
+    assert!(!out.contains("kept as replica"), "{out}");
+    assert_eq!(read(&web), 2, "back to the present");
+    let out = ok(&node, &["replica", "revert", "r1", "--discard-present"]);
+    assert!(out.contains("reverted"), "{out}");
+    assert_eq!(read(&web), 1);
+    ok(&node, &["replica", "delete", &kept, "--purge"]);
 
     // A new VM from the replica.
     ok(&node, &["replica", "clone", "r1", "--to", "web2"]);

@@ -387,22 +387,27 @@ fn the_no_effect_condition_names_the_same_fields() {
     assert_eq!(no_effect_condition(&clean.documents[0].object), None);
 }
 
+/// A VirtualMachine document with `spec` (indented YAML lines).
+fn vm_doc(spec: &str) -> String {
+    format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
+}
+
+/// What deorch reports for a VM with `spec`: `LINE:COL: PATH: MESSAGE`.
+fn vm_errors(spec: &str) -> Vec<String> {
+    parse_str(Path::new("t.yaml"), &vm_doc(spec))
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
+        .collect()
+}
+
 /// A few rules the schemas gained, as deorch reports them: an emulated NIC
 /// on microvm, a reference that is not a name, a duplicate disk name
 /// (a check only deorch makes, so its id ends the message), and `2.0`
 /// read as the integer 2, as JSON Schema reads it.
 #[test]
 fn nic_models_references_duplicates_and_whole_floats() {
-    let doc = |spec: &str| {
-        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
-    };
-    let errors = |spec: &str| -> Vec<String> {
-        parse_str(Path::new("t.yaml"), &doc(spec))
-            .diagnostics
-            .iter()
-            .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
-            .collect()
-    };
+    let errors = vm_errors;
     assert_eq!(
         errors("  machine: microvm\n  nics:\n    - {name: eth0, network: lan, model: e1000}\n"),
         ["8:41: spec.nics[0].model: the microvm machine has no PCI bus, only virtio-mmio: NICs there are virtio, found e1000"]
@@ -421,7 +426,7 @@ fn nic_models_references_duplicates_and_whole_floats() {
     );
     let two = parse_str(
         Path::new("t.yaml"),
-        &doc("  cpu: 2.0\n  memory: 134217728.0\n"),
+        &vm_doc("  cpu: 2.0\n  memory: 134217728.0\n"),
     );
     assert!(two.diagnostics.is_empty(), "{:?}", two.diagnostics);
     let deorch::model::AnyObject::VirtualMachine(vm) = &two.documents[0].object else {
@@ -435,16 +440,7 @@ fn nic_models_references_duplicates_and_whole_floats() {
 /// out-of-range number named at its line and column, not at 1:1.
 #[test]
 fn memory_has_one_limit_and_out_of_range_numbers_are_placed() {
-    let doc = |spec: &str| {
-        format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")
-    };
-    let errors = |spec: &str| -> Vec<String> {
-        parse_str(Path::new("t.yaml"), &doc(spec))
-            .diagnostics
-            .iter()
-            .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
-            .collect()
-    };
+    let errors = vm_errors;
     for ok in ["64Ti", "70368744177664", "1Mi", "\"1048576\""] {
         assert!(errors(&format!("  memory: {ok}\n")).is_empty(), "{ok}");
     }

@@ -475,6 +475,7 @@ async fn volumes(planner: &Ctx, req: Request) -> Response {
         }
         _ => unreachable!("only volume requests come here"),
     };
+    planner.retained.invalidate();
     result.unwrap_or_else(internal)
 }
 

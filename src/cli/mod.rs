@@ -791,21 +791,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             namespace,
             client,
-        } => match client::call(
+        } => volume_answer(client::call(
             &client.socket,
             &Request::Recover { namespace, name },
             CALL_TIMEOUT,
-        )? {
-            Response::VolumeDone { message } => {
-                println!("{message}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Response::Error { message, .. } => {
-                eprintln!("error: {message}");
-                Ok(ExitCode::FAILURE)
-            }
-            other => unexpected(other),
-        },
+        )?),
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (file, text) in crate::schema::render_all() {
@@ -868,6 +858,13 @@ fn volume(command: VolumeCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        other => volume_answer(other),
+    }
+}
+
+/// The answer of a volume or recovery request: its message, or its error.
+fn volume_answer(response: Response) -> anyhow::Result<ExitCode> {
+    match response {
         Response::VolumeDone { message } => {
             println!("{message}");
             Ok(ExitCode::SUCCESS)

@@ -46,9 +46,14 @@ pub enum ReplicaCommand {
     },
     /// Revert the replica's VM to it: the VM stops, its disks become
     /// copies of the replica's, and it starts again if it was meant to run.
+    /// The present is kept first: a replica `VM-before-revert-TIME` of the
+    /// disks as they are, so a revert can itself be reverted.
     Revert {
         /// The replica.
         replica: String,
+        /// Do not keep the present as a replica first.
+        #[arg(long)]
+        discard_present: bool,
         /// Namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -293,10 +298,27 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
         }
         ReplicaCommand::Revert {
             replica,
+            discard_present,
             namespace,
             client,
         } => {
             let (vm, mut object) = replica_vm(&client, &namespace, &replica)?;
+            if !discard_present {
+                let kept = format!("{vm}-before-revert-{}", &default_name(&vm)[vm.len() + 1..]);
+                apply(
+                    &client,
+                    &json!({
+                        "apiVersion": crate::model::API_VERSION,
+                        "kind": "Replica",
+                        "metadata": {"name": kept, "namespace": namespace},
+                        "spec": {"virtualMachine": {"name": vm}},
+                    }),
+                )?;
+                wait(&client, "Replica", &namespace, &kept, |s| {
+                    s["phase"] == "Ready"
+                })?;
+                println!("the present is kept as replica {namespace}/{kept}");
+            }
             object["metadata"]["annotations"][crate::model::REVERT_ANNOTATION] = json!(replica);
             let generation = apply(&client, &object)?;
             let token = format!("{replica}@{generation}");

@@ -57,6 +57,8 @@ pub struct QemuHypervisor {
     assigning: Mutex<()>,
     /// Whether this QEMU build serves SPICE (asked once, on first need).
     spice: std::sync::OnceLock<bool>,
+    /// CPU models this QEMU build knows (`-cpu help`), probed once.
+    cpu_models: std::sync::OnceLock<Vec<String>>,
 }
 
 impl QemuHypervisor {
@@ -75,6 +77,7 @@ impl QemuHypervisor {
             ports: PortRange::default(),
             assigning: Mutex::new(()),
             spice: std::sync::OnceLock::new(),
+            cpu_models: std::sync::OnceLock::new(),
         }
     }
 
@@ -231,8 +234,56 @@ impl QemuHypervisor {
     }
 
     fn to_qemu(&self, c: &VmConfig) -> Result<QemuVm, DriverError> {
+        if let Some(model) = &c.cpu_model {
+            let known = self.cpu_models();
+            if !known.is_empty() && !known.iter().any(|k| k == model) {
+                let lower = model.to_lowercase();
+                let close: Vec<&str> = known
+                    .iter()
+                    .filter(|k| {
+                        let k = k.to_lowercase();
+                        k.contains(&lower) || lower.contains(&k) && k.len() > 2
+                    })
+                    .take(8)
+                    .map(String::as_str)
+                    .collect();
+                return Err(Self::permanent(
+                    "start",
+                    &c.id,
+                    format!(
+                        "cpuModel {model:?} is not a CPU model of this QEMU build ({} -cpu help lists {} models){}",
+                        self.qemu.display(),
+                        known.len(),
+                        if close.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; close: {}", close.join(", "))
+                        }
+                    ),
+                ));
+            }
+        }
         qemu_vm(c, self.accel, self.runtime_dir(&c.id))
             .map_err(|m| Self::permanent("start", &c.id, m))
+    }
+
+    /// The CPU models of this QEMU build, from `-cpu help` (lines `x86
+    /// NAME  description`), `host` and `max` included; empty when the
+    /// probe fails (then nothing is refused on its account).
+    fn cpu_models(&self) -> &[String] {
+        self.cpu_models.get_or_init(|| {
+            let out = std::process::Command::new(&self.qemu)
+                .args(["-cpu", "help"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            let models = match out {
+                Ok(o) if o.status.success() => parse_cpu_help(&String::from_utf8_lossy(&o.stdout)),
+                _ => Vec::new(),
+            };
+            tracing::info!(qemu = %self.qemu.display(), models = models.len(), "CPU models probed");
+            models
+        })
     }
 
     /// Waits until process `pid` has fully exited: gone from `/proc` or a
@@ -633,9 +684,41 @@ pub fn qemu_vm(c: &VmConfig, accel: Accel, runtime_dir: PathBuf) -> Result<QemuV
     })
 }
 
+/// CPU model names from `qemu-system-x86_64 -cpu help`: the indented
+/// first word of each line under `Available CPUs:` (QEMU 7+), or the
+/// second word of each `x86 NAME ...` line (older builds).
+fn parse_cpu_help(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_list = false;
+    for l in text.lines() {
+        if l.starts_with("Available CPUs") {
+            in_list = true;
+            continue;
+        }
+        if l.trim().is_empty() || !l.starts_with(char::is_whitespace) {
+            in_list = false;
+        }
+        let mut w = l.split_whitespace();
+        match w.next() {
+            Some("x86") => out.extend(w.next().map(str::to_string)),
+            Some(name) if in_list => out.push(name.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_help_of_old_and_new_qemu_builds_is_read() {
+        let new = "Available CPUs:\n  486                   (alias configured by machine type)\n  host                  processor with all supported host features \n  max                   Enables all features\n\nRecognized CPUID flags:\n  3dnow 3dnowext\n";
+        assert_eq!(parse_cpu_help(new), ["486", "host", "max"]);
+        let old = "x86 qemu64  QEMU Virtual CPU version 2.5+\nx86 host  KVM processor with all supported host features\n\nRecognized CPUID flags:\n  fpu vme\n";
+        assert_eq!(parse_cpu_help(old), ["qemu64", "host"]);
+    }
     use crate::driver::NicConfig;
     use crate::model::vm::{Machine, NicModel};
 

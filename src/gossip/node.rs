@@ -306,20 +306,10 @@ impl GossipNode {
                 "this node cannot run {vm}: it does not satisfy its placement"
             ));
         };
-        let claim = Claim {
-            vm: vm.clone(),
-            node: self.me.clone(),
-            epoch,
-            score,
-            claimed_ms: now,
-        };
-        if self.accept(Entry::Claim(claim), now) != Merge::Newer {
+        if !self.claim_now(vm, epoch, score, now) {
             return Err(format!(
                 "{vm}: the claim was not taken (a newer one exists)"
             ));
-        }
-        if let Some(t) = self.vms.get_mut(vm) {
-            t.claimed_at = Some(now);
         }
         Ok(epoch)
     }
@@ -672,6 +662,12 @@ impl GossipNode {
         let Some((_, score)) = self.my_rank(&req) else {
             return false;
         };
+        self.claim_now(&vm, epoch, score, now)
+    }
+
+    /// Claim `vm` for this node at `epoch`; whether the claim won here
+    /// (then its settle time starts now).
+    fn claim_now(&mut self, vm: &DocKey, epoch: u64, score: u64, now: Millis) -> bool {
         let claim = Claim {
             vm: vm.clone(),
             node: self.me.clone(),
@@ -679,13 +675,13 @@ impl GossipNode {
             score,
             claimed_ms: now,
         };
-        if self.accept(Entry::Claim(claim), now) == Merge::Newer {
-            if let Some(t) = self.vms.get_mut(&vm) {
-                t.claimed_at = Some(now);
-            }
-            return true;
+        if self.accept(Entry::Claim(claim), now) != Merge::Newer {
+            return false;
         }
-        false
+        if let Some(t) = self.vms.get_mut(vm) {
+            t.claimed_at = Some(now);
+        }
+        true
     }
 
     fn addr_of(&self, id: &NodeId) -> Option<NodeAddr> {

@@ -91,6 +91,9 @@ async fn keep_snapshot(
                 Ok(Ok(n)) => {
                     tracing::debug!(records = n, "store snapshot written");
                     written = Some(version);
+                    // Desired state changed: whatever the change and the
+                    // snapshot used for a moment goes back.
+                    crate::memory::give_back_freed();
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write the store snapshot")

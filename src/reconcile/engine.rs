@@ -63,6 +63,7 @@ impl Engine {
                 config,
                 placement,
                 pending: Default::default(),
+                retained: Default::default(),
             }),
             queue,
             started,

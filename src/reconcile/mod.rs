@@ -352,6 +352,9 @@ pub struct Ctx {
     /// state goes through [`Ctx::get`] and [`Ctx::list`], so a preview
     /// plans against the store as the batch would leave it.
     pub pending: BTreeMap<ObjectKey, Record>,
+    /// This node's retained volumes as last listed (shared by every
+    /// reconcile of the engine; see [`retention::retained_cached`]).
+    pub retained: Arc<retention::Cache>,
 }
 
 impl Ctx {
@@ -364,6 +367,7 @@ impl Ctx {
             config: self.config.clone(),
             placement: self.placement.clone(),
             pending: pending.into_iter().map(|r| (r.key.clone(), r)).collect(),
+            retained: self.retained.clone(),
         }
     }
 

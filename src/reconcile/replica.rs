@@ -251,7 +251,11 @@ pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<(), ReconcileError
     for a in actions {
         match a {
             Action::Destroy(volume) => storage.destroy(volume).await?,
-            Action::Retain { volume, retained } => storage.rename(volume, retained).await?,
+            Action::Retain { volume, retained } => {
+                let r = storage.rename(volume, retained).await;
+                ctx.retained.invalidate();
+                r?
+            }
             Action::Capture { requests, live } => {
                 storage.clone_volumes_live(requests, &live.0).await?
             }

@@ -60,6 +60,45 @@ pub async fn retained(ctx: &Ctx) -> Result<BTreeMap<String, Vec<(u64, String)>>,
     Ok(out)
 }
 
+/// Retained volumes by original name, newest first.
+pub type Retained = BTreeMap<String, Vec<(u64, String)>>;
+
+/// The retained volumes as last listed, and when. Listing every volume of
+/// the node for each new VM's first reconcile would make creating many
+/// VMs quadratic; within [`CACHE_FOR`] one listing serves them all, and
+/// every retain, restore or purge this node makes drops it.
+#[derive(Default)]
+pub struct Cache(std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Retained>)>>);
+
+/// How long a listing of retained volumes is reused.
+pub const CACHE_FOR: Duration = Duration::from_secs(5);
+
+impl Cache {
+    /// Forget the listing: this node just retained, restored or purged.
+    pub fn invalidate(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// [`retained`], from the cache when it is fresh.
+pub async fn retained_cached(ctx: &Ctx) -> Result<std::sync::Arc<Retained>, ReconcileError> {
+    if let Some((at, map)) = ctx
+        .retained
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        if at.elapsed() < CACHE_FOR {
+            return Ok(map.clone());
+        }
+    }
+    let map = std::sync::Arc::new(retained(ctx).await?);
+    *ctx.retained.0.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((std::time::Instant::now(), map.clone()));
+    Ok(map)
+}
+
 /// Destroy the retained volumes whose time is up; how many went.
 pub async fn sweep(ctx: &Ctx) -> usize {
     let now = crate::clock::now_ms();
@@ -76,6 +115,7 @@ pub async fn sweep(ctx: &Ctx) -> usize {
             match ctx.drivers.storage.destroy(&name).await {
                 Ok(()) => {
                     gone += 1;
+                    ctx.retained.invalidate();
                     info!(volume = %volume, retained = %name, until, "retention over: volume destroyed");
                 }
                 Err(e) => warn!(retained = %name, error = %e, "cannot destroy a retained volume"),

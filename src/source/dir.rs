@@ -205,7 +205,6 @@ impl Watch {
 
 async fn run(config: DirConfig, admission: Arc<Admission>, mut shutdown: watch::Receiver<bool>) {
     survive_lease_breaks();
-    map_big_allocations();
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
     let mut tree = Tree {
         config: config.clone(),
@@ -373,33 +372,6 @@ fn read_whole(path: &Path, patience: Duration) -> Read {
 
 /// After reading this much in one batch, freed memory is handed back.
 const TRIM_AFTER: usize = 1 << 20;
-
-/// Hand the memory freed after a large file back to the system. Parsing
-/// a multi-megabyte manifest (a broken one, with 80,000 errors, is the
-/// worst) uses ~30× its size for a moment; glibc keeps what was freed in
-/// its per-thread arenas, so without this the node stays at its largest
-/// file's peak forever.
-#[allow(unsafe_code)]
-fn give_back_freed_memory() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it
-    // takes no pointer from us.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Big allocations (a whole manifest file's text, its parsed documents)
-/// are mapped on their own and unmapped when freed: glibc otherwise raises
-/// its mmap threshold after the first such free and serves the next big
-/// file from the heap, where [`give_back_freed_memory`] cannot return it
-/// whole. Called once when the source starts.
-#[allow(unsafe_code)]
-fn map_big_allocations() {
-    // SAFETY: mallopt sets an allocator parameter; no memory is touched.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
 
 /// Whether any process has `file` open for writing: a read lease is
 /// refused (EAGAIN) exactly then. `None` where leases are not available
@@ -711,7 +683,7 @@ impl Tree {
         let mut read_bytes = 0usize;
         self.process_batch(batch, &mut read_bytes);
         if read_bytes >= TRIM_AFTER {
-            give_back_freed_memory();
+            crate::memory::give_back_freed();
         }
     }
 

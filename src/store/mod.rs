@@ -186,6 +186,23 @@ struct StoredRecord {
     updated_ms: u64,
 }
 
+impl StoredRecord {
+    /// `record`'s on-disk JSON (status excluded).
+    fn json(record: &Record) -> Vec<u8> {
+        let stored = StoredRecord {
+            format: FORMAT,
+            key: record.key.clone(),
+            generation: record.generation,
+            source: record.source.clone(),
+            hash: record.hash.clone(),
+            object: record.object.clone(),
+            deleted: record.deleted,
+            updated_ms: record.updated_ms,
+        };
+        serde_json::to_vec(&stored).expect("records serialize")
+    }
+}
+
 /// The store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
     path: PathBuf,
@@ -470,17 +487,7 @@ impl Store {
             let mut st = wtx.open_table(STATUS).map_err(|e| self.io_err(e))?;
             for key in &order {
                 let record = &staged[key];
-                let stored = StoredRecord {
-                    format: FORMAT,
-                    key: record.key.clone(),
-                    generation: record.generation,
-                    source: record.source.clone(),
-                    hash: record.hash.clone(),
-                    object: record.object.clone(),
-                    deleted: record.deleted,
-                    updated_ms: record.updated_ms,
-                };
-                let bytes = seal::seal(&serde_json::to_vec(&stored).expect("records serialize"));
+                let bytes = seal::seal(&StoredRecord::json(record));
                 let k = db_key(key);
                 t.insert(k.as_str(), bytes.as_slice())
                     .map_err(|e| self.io_err(e))?;
@@ -541,17 +548,7 @@ impl Store {
         {
             let mut t = wtx.open_table(RECORDS).map_err(|e| self.io_err(e))?;
             for record in records {
-                let stored = StoredRecord {
-                    format: FORMAT,
-                    key: record.key.clone(),
-                    generation: record.generation,
-                    source: record.source.clone(),
-                    hash: record.hash.clone(),
-                    object: record.object.clone(),
-                    deleted: record.deleted,
-                    updated_ms: record.updated_ms,
-                };
-                let bytes = seal::seal(&serde_json::to_vec(&stored).expect("records serialize"));
+                let bytes = seal::seal(&StoredRecord::json(record));
                 t.insert(db_key(&record.key).as_str(), bytes.as_slice())
                     .map_err(|e| self.io_err(e))?;
             }

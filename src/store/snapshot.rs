@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{db_key, load::decode, Record, Store, StoredRecord, FORMAT};
+use super::{db_key, load::decode, Record, Store, StoredRecord};
 
 /// File name beside the store.
 pub const FILE: &str = "store.snapshot";
@@ -47,17 +47,7 @@ pub fn write(store: &Store, path: &Path) -> std::io::Result<usize> {
     let records = store.all_records();
     let mut body = Vec::new();
     for r in &records {
-        let stored = StoredRecord {
-            format: FORMAT,
-            key: r.key.clone(),
-            generation: r.generation,
-            source: r.source.clone(),
-            hash: r.hash.clone(),
-            object: r.object.clone(),
-            deleted: r.deleted,
-            updated_ms: r.updated_ms,
-        };
-        serde_json::to_writer(&mut body, &stored).expect("records serialize");
+        body.extend_from_slice(&StoredRecord::json(r));
         body.push(b'\n');
     }
     let header = Header {

@@ -52,8 +52,18 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
         Action::Resume => hv.resume(id).await,
         Action::Remove => hv.remove(id).await,
         Action::DestroyVolume { volume } => storage.destroy(volume).await,
-        Action::RetainVolume { volume, retained } => storage.rename(volume, retained).await,
-        Action::RestoreVolume { retained, volume } => storage.rename(retained, volume).await,
+        // The cached listing goes after the rename, so no reconcile can
+        // refill it with the state before.
+        Action::RetainVolume { volume, retained } => {
+            let r = storage.rename(volume, retained).await;
+            ctx.retained.invalidate();
+            r
+        }
+        Action::RestoreVolume { retained, volume } => {
+            let r = storage.rename(retained, volume).await;
+            ctx.retained.invalidate();
+            r
+        }
         Action::RemoveTap { tap } => ctx.drivers.net.remove_tap(tap).await,
     }
 }

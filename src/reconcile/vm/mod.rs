@@ -195,7 +195,7 @@ async fn observe(
     // back, not made anew.
     let mut retained = BTreeMap::new();
     if !desired.deleted && !missing_volumes.is_empty() {
-        let all = super::retention::retained(ctx).await?;
+        let all = super::retention::retained_cached(ctx).await?;
         for v in &missing_volumes {
             if let Some((_, name)) = all.get(v).and_then(|copies| copies.first()) {
                 retained.insert(v.clone(), name.clone());
