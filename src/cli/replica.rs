@@ -233,6 +233,27 @@ fn default_name(vm: &str) -> String {
     )
 }
 
+/// Declare replica `name` of `vm` and wait until it is Ready; its status.
+fn take_replica(
+    client: &ClientArgs,
+    namespace: &str,
+    vm: &str,
+    name: &str,
+) -> anyhow::Result<Value> {
+    apply(
+        client,
+        &json!({
+            "apiVersion": crate::model::API_VERSION,
+            "kind": "Replica",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"virtualMachine": {"name": vm}},
+        }),
+    )?;
+    wait(client, "Replica", namespace, name, |s| {
+        s["phase"] == "Ready"
+    })
+}
+
 /// Run a `replica` verb.
 pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -245,18 +266,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
             get_one(&client, "VirtualMachine", &namespace, &vm)?;
             let name = name.unwrap_or_else(|| default_name(&vm));
             let started = Instant::now();
-            apply(
-                &client,
-                &json!({
-                    "apiVersion": crate::model::API_VERSION,
-                    "kind": "Replica",
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": {"virtualMachine": {"name": vm}},
-                }),
-            )?;
-            let st = wait(&client, "Replica", &namespace, &name, |s| {
-                s["phase"] == "Ready"
-            })?;
+            let st = take_replica(&client, &namespace, &vm, &name)?;
             println!(
                 "replica {namespace}/{name} of {vm}: {} disk(s) captured on {} in {:.0} ms",
                 st["volumes"].as_object().map(|v| v.len()).unwrap_or(0),
@@ -305,18 +315,7 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
             let (vm, mut object) = replica_vm(&client, &namespace, &replica)?;
             if !discard_present {
                 let kept = format!("{vm}-before-revert-{}", &default_name(&vm)[vm.len() + 1..]);
-                apply(
-                    &client,
-                    &json!({
-                        "apiVersion": crate::model::API_VERSION,
-                        "kind": "Replica",
-                        "metadata": {"name": kept, "namespace": namespace},
-                        "spec": {"virtualMachine": {"name": vm}},
-                    }),
-                )?;
-                wait(&client, "Replica", &namespace, &kept, |s| {
-                    s["phase"] == "Ready"
-                })?;
+                take_replica(&client, &namespace, &vm, &kept)?;
                 println!("the present is kept as replica {namespace}/{kept}");
             }
             object["metadata"]["annotations"][crate::model::REVERT_ANNOTATION] = json!(replica);
