@@ -9,6 +9,7 @@ use deorch::driver::fake::{FakeHypervisor, FakeNet, FakeStorage};
 use deorch::driver::StopReason;
 use deorch::manifest::parse_str;
 use deorch::model::{Kind, ObjectKey};
+use deorch::reconcile::engine::ReconcileStarted;
 use deorch::reconcile::{Drivers, Elected, Engine, EngineConfig, Placement};
 use deorch::store::{SourceId, Store};
 use serde_json::Value;
@@ -845,4 +846,56 @@ async fn fields_with_no_effect_yet_are_a_condition_until_removed() {
     })
     .await;
     let _ = w.stop.send(true);
+}
+
+/// A VM's change makes the engine look again at the Networks it was and
+/// is on, not at every Network of its namespace (10,000 Networks beside
+/// 1,000 VMs were Networks × VMs reconciles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_change_looks_again_only_at_its_own_networks() {
+    let mut w = world("netindex");
+    w.apply(BASE);
+    let mut nets = String::new();
+    for i in 0..40 {
+        nets.push_str(&format!(
+            "---\napiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {{name: n{i}}}\nspec:\n  ipv4: {{subnet: 10.{i}.0.0/24, gateway: 10.{i}.0.1}}\n"
+        ));
+    }
+    w.apply(&nets);
+    w.apply(&vm("web", ""));
+    let mut started = w.engine.as_ref().unwrap().started();
+    w.run();
+    w.wait("web running", |w| {
+        w.status(Kind::VirtualMachine, "web")["phase"] == "Running"
+    })
+    .await;
+    // Let the first pass over the networks end (the VM itself is polled
+    // all along).
+    let networks_started = |rx: &mut tokio::sync::broadcast::Receiver<ReconcileStarted>| {
+        let mut n = 0;
+        while let Ok(s) = rx.try_recv() {
+            n += usize::from(s.key.kind == Kind::Network);
+        }
+        n
+    };
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if networks_started(&mut started) == 0 {
+            break;
+        }
+    }
+    // web moves from `default` to n7: those two networks look again.
+    w.apply(&vm("web", "").replace("network: default", "network: n7"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut networks = std::collections::BTreeSet::new();
+    while let Ok(s) = started.try_recv() {
+        if s.key.kind == Kind::Network {
+            networks.insert(s.key.name.clone());
+        }
+    }
+    assert_eq!(
+        networks,
+        ["default".to_string(), "n7".to_string()].into(),
+        "networks reconciled after the VM's change"
+    );
 }

@@ -63,6 +63,46 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// CLI (which sends its request at once) and for a script between calls.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// [`serve`] on a thread of its own, with a one-thread runtime: the local
+/// API answers however busy the node's workers are (a 40,000-object file
+/// kept both of them reconciling, and the API waited behind them for
+/// seconds). The returned task ends when the server does.
+pub fn serve_on_own_thread(
+    listener: UnixListener,
+    path: PathBuf,
+    admission: Arc<Admission>,
+    facts: ServerFacts,
+    planner: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    let listener = listener.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("local-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "local API: starting its runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match UnixListener::from_std(listener) {
+                    Ok(l) => serve(l, path, admission, facts, planner, shutdown).await,
+                    Err(e) => tracing::error!(error = %e, "local API: taking its socket"),
+                }
+            });
+            let _ = done_tx.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// Serve until `shutdown` turns true; removes the socket file on exit.
 pub async fn serve(
     listener: UnixListener,

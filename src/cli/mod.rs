@@ -384,6 +384,22 @@ pub enum BenchCommand {
         #[arg(long)]
         virsh_machine: Option<String>,
     },
+    /// Many Networks beside VMs in one namespace: CPU seconds and RSS of
+    /// a node until idle.
+    Networks {
+        /// Number of Networks.
+        #[arg(long, default_value_t = 10_000)]
+        networks: usize,
+        /// Number of VMs.
+        #[arg(long, default_value_t = 1_000)]
+        vms: usize,
+    },
+    /// The local API's latency while a large file loads.
+    Load {
+        /// Objects in the file.
+        #[arg(long, default_value_t = 40_000)]
+        objects: usize,
+    },
     /// Login round trip over loopback HTTP (challenge, sign, login, whoami).
     Login {
         /// Number of round trips.
@@ -770,6 +786,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .as_deref()
                         .map(|u| (u, virsh_machine.as_deref().unwrap_or(&machine))),
                 )?,
+                BenchCommand::Networks { networks, vms } => {
+                    crate::bench_node::networks(networks, vms)?
+                }
+                BenchCommand::Load { objects } => crate::bench_node::load(objects)?,
                 BenchCommand::Login { count } => crate::bench::login_latency(count)?,
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
             }

@@ -195,14 +195,15 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         )),
         tokio::spawn(dir.run(admission.clone(), shutdown.clone())),
         tokio::spawn(schedule.run(admission.clone(), shutdown.clone())),
-        tokio::spawn(api::server::serve(
+        api::server::serve_on_own_thread(
             listener,
             config.socket.clone(),
             admission.clone(),
             facts,
             engine.ctx(),
             shutdown.clone(),
-        )),
+        )
+        .context("starting the local API's thread")?,
         tokio::spawn(engine.run(shutdown.clone())),
     ]);
     if let Some(git) = &config.git {

@@ -8,6 +8,7 @@
 //! not retried (nor revisited by the periodic resync) until it or an object
 //! it depends on changes. One object's failure never blocks another.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,7 +39,12 @@ pub struct Engine {
     ctx: Arc<Ctx>,
     queue: Arc<WorkQueue>,
     started: broadcast::Sender<ReconcileStarted>,
+    /// Reconciles done (when to give freed memory back).
+    done: Arc<AtomicU64>,
 }
+
+/// Reconciles after which a quiet engine hands freed memory back.
+const TRIM_AFTER_RECONCILES: u64 = 200;
 
 impl Engine {
     /// An engine over `store` using `drivers`.
@@ -64,9 +70,11 @@ impl Engine {
                 placement,
                 pending: Default::default(),
                 retained: Default::default(),
+                vms_by_network: Default::default(),
             }),
             queue,
             started,
+            done: Default::default(),
         }
     }
 
@@ -85,18 +93,34 @@ impl Engine {
         let mut changes = self.ctx.store.subscribe();
         let mut elections = self.ctx.placement.as_ref().map(|p| p.subscribe());
         // Restart resumes where it stopped: look at everything once.
-        self.enqueue_all();
+        self.enqueue_all().await;
         let mut workers = Vec::new();
         for _ in 0..self.ctx.config.workers.max(1) {
-            let (ctx, queue, started) =
-                (self.ctx.clone(), self.queue.clone(), self.started.clone());
-            workers.push(tokio::spawn(worker(ctx, queue, started)));
+            let (ctx, queue, started, done) = (
+                self.ctx.clone(),
+                self.queue.clone(),
+                self.started.clone(),
+                self.done.clone(),
+            );
+            workers.push(tokio::spawn(worker(ctx, queue, started, done)));
         }
         let mut resync = tokio::time::interval(self.ctx.config.resync_every);
         resync.tick().await;
+        // A burst of reconciles (a large file, a restart) frees what it
+        // built once it is over: give it back (see crate::memory).
+        let mut quiet = tokio::time::interval(std::time::Duration::from_secs(2));
+        let (mut seen, mut trimmed) = (0, 0);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = quiet.tick() => {
+                    let n = self.done.load(Ordering::Relaxed);
+                    if n == seen && n - trimmed >= TRIM_AFTER_RECONCILES {
+                        trimmed = n;
+                        tokio::task::spawn_blocking(crate::memory::give_back_freed);
+                    }
+                    seen = n;
+                }
                 _ = resync.tick() => {
                     self.resync_all();
                     // Retained volumes whose time is up go (off the loop).
@@ -106,25 +130,31 @@ impl Engine {
                 change = changes.recv() => match change {
                     Ok(c) if c.status_only => {}
                     Ok(c) => {
-                        // A Network's DHCP table is made of its VMs.
+                        // A Network's DHCP table is made of its VMs: the
+                        // networks the VM was and is on look again.
                         if c.key.kind == Kind::VirtualMachine {
-                            for n in self.ctx.store.list(Some(Kind::Network)) {
-                                if n.key.namespace == c.key.namespace {
-                                    self.queue.add(n.key);
-                                }
+                            let record = self.ctx.store.get(&c.key);
+                            for n in self.ctx.vms_by_network.update(&c.key, record.as_ref()) {
+                                self.queue.add(n);
                             }
                         }
                         self.queue.add(c.key)
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         debug!(missed = n, "change notifications lagged; resyncing");
-                        self.enqueue_all();
+                        self.enqueue_all().await;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 key = next_election(&mut elections) => match key {
-                    Some(k) => self.queue.add(k),
-                    None => self.enqueue_all(),
+                    Some(k) => {
+                        // Whether this node answers the VM's DHCP changes too.
+                        for n in self.ctx.vms_by_network.networks_of_vm(&k) {
+                            self.queue.add(n);
+                        }
+                        self.queue.add(k)
+                    }
+                    None => self.enqueue_all().await,
                 },
             }
         }
@@ -135,7 +165,10 @@ impl Engine {
     }
 
     /// Everything, parked objects included (start-up, missed changes).
-    fn enqueue_all(&self) {
+    async fn enqueue_all(&self) {
+        // Off the runtime's threads: it decodes every VM.
+        let ctx = self.ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || ctx.vms_by_network.rebuild(&ctx.store)).await;
         for (key, _, _) in self.ctx.store.generations() {
             self.queue.add(key);
         }
@@ -169,8 +202,10 @@ async fn worker(
     ctx: Arc<Ctx>,
     queue: Arc<WorkQueue>,
     started: broadcast::Sender<ReconcileStarted>,
+    done: Arc<AtomicU64>,
 ) {
     while let Some(key) = queue.next().await {
+        done.fetch_add(1, Ordering::Relaxed);
         let Some(record) = ctx.store.get(&key) else {
             queue.done(&key);
             continue;

@@ -20,6 +20,7 @@
 pub mod dataset;
 pub mod engine;
 pub mod kind;
+pub mod netindex;
 pub mod network;
 pub mod queue;
 pub mod replica;
@@ -355,6 +356,8 @@ pub struct Ctx {
     /// This node's retained volumes as last listed (shared by every
     /// reconcile of the engine; see [`retention::retained_cached`]).
     pub retained: Arc<retention::Cache>,
+    /// VMs by Network, kept by the engine (see [`netindex`]).
+    pub vms_by_network: Arc<netindex::VmsByNetwork>,
 }
 
 impl Ctx {
@@ -368,6 +371,7 @@ impl Ctx {
             placement: self.placement.clone(),
             pending: pending.into_iter().map(|r| (r.key.clone(), r)).collect(),
             retained: self.retained.clone(),
+            vms_by_network: self.vms_by_network.clone(),
         }
     }
 

@@ -193,9 +193,27 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
 }
 
 /// The DHCP table of `net`: every VM's NICs on it, this node's answered.
+/// The engine's index names the VMs on the network; a dry run (records
+/// pending on top of the store) looks at every VM.
 fn table(ctx: &Ctx, net: &Manifest<NetworkSpec>, address: &Ipv4Net) -> Result<Table, String> {
-    let vms: Vec<Manifest<VirtualMachineSpec>> = ctx
-        .list(Some(Kind::VirtualMachine))
+    let key = ObjectKey::new(
+        Kind::Network,
+        net.metadata.namespace.as_deref(),
+        net.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let indexed = match ctx.pending.is_empty() {
+        true => ctx.vms_by_network.vms_on(&key),
+        false => None,
+    };
+    let records: Vec<_> = match indexed {
+        Some(keys) => keys
+            .iter()
+            .filter_map(|k| ctx.get(k))
+            .filter(|r| !r.deleted)
+            .collect(),
+        None => ctx.list(Some(Kind::VirtualMachine)),
+    };
+    let vms: Vec<Manifest<VirtualMachineSpec>> = records
         .into_iter()
         .filter_map(|r| serde_json::from_value(r.object).ok())
         .collect();
