@@ -31,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod dhcp;
 pub mod driver;
+pub mod fence;
 pub mod gossip;
 pub mod http;
 pub mod identity;

@@ -421,6 +421,20 @@ pub enum NodeCommand {
         #[arg(long, env = "DEORCH_STATE_DIR", default_value = "/var/lib/deorch")]
         state_dir: PathBuf,
     },
+    /// The node's fence (started by the daemon; see src/fence.rs): pause
+    /// this node's VMs when the daemon stops renewing its lease.
+    #[command(hide = true)]
+    Fence {
+        /// State directory of the node.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// `qemu` or `libvirt:URI`.
+        #[arg(long)]
+        hypervisor: String,
+        /// Lease timeout.
+        #[arg(long)]
+        timeout: crate::model::Duration,
+    },
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -466,6 +480,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::RecoverStore { state_dir },
         } => recover_store(&state_dir),
+        Command::Node {
+            command:
+                NodeCommand::Fence {
+                    state_dir,
+                    hypervisor,
+                    timeout,
+                },
+        } => {
+            crate::fence::main(&state_dir, &hypervisor, timeout.0)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { paths } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

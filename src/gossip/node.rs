@@ -613,7 +613,10 @@ impl GossipNode {
                     // elsewhere on a blank disk: it is NodeLost until the
                     // node returns or an operator recovers it.
                     if let Some(d) = dead_since.filter(|_| !holds_data) {
-                        let base = d.max(claim_received) + self.cfg.reelect_timeout_ms;
+                        // A node that stopped gracefully said when it is
+                        // back (its VMs run on meanwhile): wait for that.
+                        let away = self.status(&c.node).map_or(0, |s| s.away_until_ms);
+                        let base = d.max(claim_received).max(away) + self.cfg.reelect_timeout_ms;
                         if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
                             if let Some(t) = self.vms.get_mut(&vm) {
                                 t.displaced = Some(c.node.clone());

@@ -296,6 +296,7 @@ mod tests {
             load_milli: 0,
             vms: vec![],
             unschedulable: false,
+            away_until_ms: 0,
         }
     }
 

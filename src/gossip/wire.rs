@@ -212,6 +212,10 @@ pub struct NodeStatus {
     pub vms: Vec<DocKey>,
     /// Cordoned: no new placements.
     pub unschedulable: bool,
+    /// Unix ms until which the node is away by choice (a graceful stop for
+    /// an upgrade; its VMs run on): peers do not re-elect its VMs before.
+    /// 0: not away.
+    pub away_until_ms: u64,
 }
 
 impl NodeStatus {
@@ -234,6 +238,7 @@ impl NodeStatus {
             load_milli: 0,
             vms: Vec::new(),
             unschedulable: false,
+            away_until_ms: 0,
         }
     }
 }

@@ -273,6 +273,7 @@ impl Cluster {
             vms: BTreeSet::new(),
             running: BTreeSet::new(),
             status_dirty: true,
+            away_until_ms: 0,
             trust: match self.settings.verify {
                 GossipVerify::Signed => Trust::Signed,
                 GossipVerify::Unsigned => Trust::UnsignedByChoice,
@@ -294,7 +295,10 @@ impl Cluster {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    task.announce_away(self.settings.fence_hold, tick_ms).await;
+                    break;
+                }
                 Some((vm, reply)) = recoveries.recv() => {
                     let answer = task.node.recover(&doc_key(&vm), unix_ms());
                     match &answer {
@@ -407,6 +411,8 @@ struct Task {
     /// VMs this node's election says it runs (for its status).
     running: BTreeSet<DocKey>,
     status_dirty: bool,
+    /// Unix ms until which this node is away by choice (0: not away).
+    away_until_ms: u64,
     /// What admission requires of peers' documents.
     trust: Trust,
 }
@@ -691,6 +697,23 @@ impl Task {
         }
     }
 
+    /// A graceful stop: tell the peers this node is back within `hold`
+    /// (its VMs run on, and its fence waits as long), so they do not
+    /// re-elect its VMs before; a few ticks spread it.
+    async fn announce_away(&mut self, hold: Duration, tick_ms: u64) {
+        if hold.is_zero() {
+            return;
+        }
+        self.away_until_ms = unix_ms() + hold.as_millis() as u64;
+        self.publish_status();
+        for _ in 0..5 {
+            self.node.handle_tick(unix_ms());
+            self.drain();
+            tokio::time::sleep(Duration::from_millis(tick_ms)).await;
+        }
+        info!(?hold, "graceful stop announced to the peers: they wait this long before re-electing this node's VMs");
+    }
+
     /// This node's status from its Satellite object: tags, performance,
     /// capacity (declared, else detected), minus what its VMs use.
     fn publish_status(&mut self) {
@@ -754,6 +777,7 @@ impl Task {
             load_milli: load_milli(),
             vms,
             unschedulable: spec.unschedulable,
+            away_until_ms: self.away_until_ms,
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);

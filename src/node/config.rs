@@ -196,6 +196,17 @@ pub struct GossipArgs {
     /// default `5s`.
     #[arg(long, env = "DEORCH_GOSSIP_REELECT_TIMEOUT")]
     pub gossip_reelect_timeout: Option<ManifestDuration>,
+    /// Self-fencing (gossip with the qemu or libvirt driver): a process
+    /// beside the daemon pauses this node's VMs when the daemon has not
+    /// renewed its lease for this long; default `5s`, `0s` turns it off.
+    /// Must be at most suspect + re-elect + claim settle − 1s, so that no
+    /// peer starts a copy before the fence has acted.
+    #[arg(long, env = "DEORCH_FENCE_TIMEOUT")]
+    pub fence_timeout: Option<ManifestDuration>,
+    /// A graceful stop (an upgrade) announces it is back within this;
+    /// the fence and the peers wait that long before acting; default `10m`.
+    #[arg(long, env = "DEORCH_FENCE_HOLD")]
+    pub fence_hold: Option<ManifestDuration>,
 }
 
 /// The config file: the same settings, all optional.
@@ -285,6 +296,10 @@ pub struct FileConfig {
     pub gossip_claim_settle: Option<ManifestDuration>,
     /// Re-election timeout.
     pub gossip_reelect_timeout: Option<ManifestDuration>,
+    /// Fence timeout.
+    pub fence_timeout: Option<ManifestDuration>,
+    /// Fence hold on a graceful stop.
+    pub fence_hold: Option<ManifestDuration>,
 }
 
 /// Which hypervisor driver runs VMs.
@@ -439,6 +454,10 @@ pub struct GossipSettings {
     pub claim_settle: Duration,
     /// Re-election timeout.
     pub reelect_timeout: Duration,
+    /// Self-fencing lease timeout (zero: no fence).
+    pub fence_timeout: Duration,
+    /// What a graceful stop announces (fence and peers wait this long).
+    pub fence_hold: Duration,
 }
 
 /// Settings of the HTTP API (`--http-listen` and friends).
@@ -837,6 +856,37 @@ fn resolve_gossip(
             message: "at least 20ms".into(),
         });
     }
+    let suspect_timeout = dur(
+        args.gossip_suspect_timeout,
+        file.gossip_suspect_timeout,
+        4_000,
+    );
+    let claim_settle = dur(args.gossip_claim_settle, file.gossip_claim_settle, 3_000);
+    let reelect_timeout = dur(
+        args.gossip_reelect_timeout,
+        file.gossip_reelect_timeout,
+        5_000,
+    );
+    let peers_wait = suspect_timeout + reelect_timeout + claim_settle;
+    // Default: 5s, or less when the gossip timings are shorter (tests).
+    let fence_timeout = args.fence_timeout.or(file.fence_timeout).map_or_else(
+        || {
+            peers_wait
+                .saturating_sub(crate::fence::FENCE_MARGIN)
+                .min(Duration::from_secs(5))
+        },
+        |d| d.0,
+    );
+    if !fence_timeout.is_zero() && fence_timeout + crate::fence::FENCE_MARGIN > peers_wait {
+        return Err(ConfigError::Invalid {
+            setting: "fenceTimeout",
+            message: format!(
+                "{fence_timeout:?}: peers may start a copy of a VM {peers_wait:?} after its node stops answering (gossip suspect + re-elect + claim settle); the fence must act at least {:?} before that: at most {:?}",
+                crate::fence::FENCE_MARGIN,
+                peers_wait.saturating_sub(crate::fence::FENCE_MARGIN)
+            ),
+        });
+    }
     Ok(Some(GossipSettings {
         listen,
         seeds,
@@ -849,17 +899,11 @@ fn resolve_gossip(
             .unwrap_or_else(|| "deorch".into()),
         verify,
         probe_interval,
-        suspect_timeout: dur(
-            args.gossip_suspect_timeout,
-            file.gossip_suspect_timeout,
-            4_000,
-        ),
-        claim_settle: dur(args.gossip_claim_settle, file.gossip_claim_settle, 3_000),
-        reelect_timeout: dur(
-            args.gossip_reelect_timeout,
-            file.gossip_reelect_timeout,
-            5_000,
-        ),
+        suspect_timeout,
+        claim_settle,
+        reelect_timeout,
+        fence_timeout,
+        fence_hold: dur(args.fence_hold, file.fence_hold, 600_000),
     }))
 }
 
@@ -1049,6 +1093,36 @@ mod tests {
         args.gossip.gossip_verify = Some("trust-me".into());
         let e = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("setting gossipVerify"), "{e}");
+    }
+
+    #[test]
+    fn the_fence_acts_before_any_peer_may_start_a_copy() {
+        let mut args = NodeArgs::default();
+        args.gossip.gossip_listen = Some("127.0.0.1:0".parse().unwrap());
+        let g = NodeConfig::resolve(&args).unwrap().gossip.unwrap();
+        assert_eq!(g.fence_timeout, Duration::from_secs(5));
+        assert_eq!(g.fence_hold, Duration::from_secs(600));
+        // Short gossip timings shorten the default fence.
+        for (flag, v) in [("suspect", "1s"), ("settle", "1s"), ("reelect", "1s")] {
+            let d = Some(v.parse().unwrap());
+            match flag {
+                "suspect" => args.gossip.gossip_suspect_timeout = d,
+                "settle" => args.gossip.gossip_claim_settle = d,
+                _ => args.gossip.gossip_reelect_timeout = d,
+            }
+        }
+        let g = NodeConfig::resolve(&args).unwrap().gossip.unwrap();
+        assert_eq!(g.fence_timeout, Duration::from_secs(2));
+        // One that would act after a peer may start a copy is refused.
+        args.gossip.fence_timeout = Some("2500ms".parse().unwrap());
+        let e = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(
+            e.contains("fenceTimeout") && e.contains("at most 2s"),
+            "{e}"
+        );
+        args.gossip.fence_timeout = Some("0s".parse().unwrap());
+        let g = NodeConfig::resolve(&args).unwrap().gossip.unwrap();
+        assert!(g.fence_timeout.is_zero(), "0s turns the fence off");
     }
 
     #[test]

@@ -107,6 +107,57 @@ async fn keep_snapshot(
     }
 }
 
+/// The fence's settings, when this node has one: gossip (peers may start
+/// copies of its VMs) with a real hypervisor and a fence timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct FenceSettings {
+    /// Lease timeout.
+    pub timeout: Duration,
+    /// Hold written at a graceful stop.
+    pub hold: Duration,
+}
+
+fn fence_of(config: &NodeConfig) -> Option<FenceSettings> {
+    let g = config.gossip.as_ref()?;
+    let real = matches!(
+        config.hypervisor,
+        HypervisorKind::Qemu | HypervisorKind::Libvirt(_)
+    );
+    (real && !g.fence_timeout.is_zero()).then_some(FenceSettings {
+        timeout: g.fence_timeout,
+        hold: g.fence_hold,
+    })
+}
+
+/// Renew the fence's lease every quarter of its timeout; at a graceful
+/// stop, write the hold so the fence waits for the daemon's return.
+async fn renew_lease(
+    state_dir: std::path::PathBuf,
+    fence: FenceSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut counter = crate::clock::now_ms();
+    let mut tick = tokio::time::interval((fence.timeout / 4).max(Duration::from_millis(50)));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        counter += 1;
+        let hold = if stopping { fence.hold } else { Duration::ZERO };
+        let dir = state_dir.clone();
+        let written =
+            tokio::task::spawn_blocking(move || crate::fence::renew(&dir, counter, hold)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(?written, "cannot renew the fence lease");
+        }
+        if stopping || *shutdown.borrow() {
+            info!(?hold, "graceful stop: the fence holds off this long");
+            return;
+        }
+    }
+}
+
 /// Run a node until a termination signal.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -178,6 +229,21 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         tasks.push(tokio::spawn(crate::http::serve(
             listener,
             api,
+            shutdown.clone(),
+        )));
+    }
+    if let Some(fence) = fence_of(&config) {
+        let hypervisor = match &config.hypervisor {
+            HypervisorKind::Libvirt(uri) => format!("libvirt:{uri}"),
+            _ => "qemu".to_string(),
+        };
+        crate::fence::renew(&config.state_dir, crate::clock::now_ms(), Duration::ZERO)
+            .context("writing the fence lease")?;
+        let pid = crate::fence::ensure(&config.state_dir, fence.timeout, &hypervisor)?;
+        info!(pid, timeout = ?fence.timeout, hold = ?fence.hold, "fence running beside the daemon");
+        tasks.push(tokio::spawn(renew_lease(
+            config.state_dir.clone(),
+            fence,
             shutdown.clone(),
         )));
     }

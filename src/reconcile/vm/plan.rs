@@ -283,6 +283,17 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         Site::Here => {}
         // Keep a VM that runs here rather than stop it on uncertainty (the
         // node restarted and its claim is on its way back from the peers).
+        // ... but a paused one (its node's fence paused it while the
+        // daemon was away) is resumed only once the claim is back: a peer
+        // may have started it meanwhile.
+        Site::Pending
+            if matches!(o.state, VmState::Paused { .. }) && d.power == PowerState::Running =>
+        {
+            let message =
+                "paused here; resumed once the cluster's election says it is still this node's"
+                    .to_string();
+            return keep_running(d, o, VmReason::ElectionPending, message);
+        }
         Site::Pending if here => {}
         Site::Pending => {
             let message = "waiting for the cluster's placement election".to_string();
@@ -971,6 +982,23 @@ mod tests {
                 )
             },
             row("pending while running: keep", Site::Pending, run.clone()),
+            Row {
+                phase: VmPhase::Paused,
+                reason: Some(VmReason::ElectionPending),
+                ..row(
+                    "pending while paused (fenced): not resumed until the claim is back",
+                    Site::Pending,
+                    paused(&d.config),
+                )
+            },
+            Row {
+                actions: vec![Action::Resume],
+                ..row(
+                    "elected here while paused: resume",
+                    ours.clone(),
+                    paused(&d.config),
+                )
+            },
             Row {
                 phase: VmPhase::Pending,
                 node: None,
