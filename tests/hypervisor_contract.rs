@@ -16,8 +16,10 @@
 
 mod common;
 
+use common::libvirt::{ci, libvirtd_up, runs, LIBVIRT_URI};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,6 @@ use deorch::model::vm::{Boot, DiskBus, Machine, NicModel};
 use deorch::qemu::console::{self, PortRange};
 use deorch::qemu::probe::{Accel, READY_MARKER};
 
-const LIBVIRT_URI: &str = "qemu:///system";
 /// Console ports of these tests: away from the node's default range and
 /// below Linux's ephemeral ports (32768-60999), where any outgoing
 /// connection on the machine could hold the VM's home port and move it.
@@ -69,84 +70,6 @@ impl Drop for Subject {
     fn drop(&mut self) {
         (self.cleanup)();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A component is missing: fail under CI, skip loudly elsewhere.
-fn missing(what: &str) -> bool {
-    assert!(
-        !ci(),
-        "{what} is missing and CI=true: install it (scripts/test.sh does)"
-    );
-    eprintln!("SKIPPED: {what} not installed");
-    true
-}
-
-fn runs(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Make sure libvirtd answers at [`LIBVIRT_URI`], starting `virtlogd` and
-/// `libvirtd` (daemonized, so they are not our children) when it does not.
-/// `false` when libvirt is not installed (outside CI).
-fn libvirtd_up() -> bool {
-    let answers = || runs("virsh", &["-c", LIBVIRT_URI, "version"]);
-    if !runs("virsh", &["--version"]) || !runs("libvirtd", &["--version"]) {
-        return !missing("libvirt (libvirt-daemon-system, libvirt-clients)");
-    }
-    kvm_device_like_udev();
-    if answers() {
-        return true;
-    }
-    // One test process at a time starts the daemons.
-    let lock = std::fs::File::create("/var/tmp/deorch-libvirtd.lock").expect("lock file");
-    lock.lock().expect("lock");
-    if answers() {
-        return true;
-    }
-    eprintln!("starting virtlogd and libvirtd (left running for later tests)");
-    let t = Instant::now();
-    // Each forks and exits at once: status() reaps the parent.
-    assert!(runs("virtlogd", &["-d"]) || runs("pgrep", &["-x", "virtlogd"]));
-    assert!(runs("libvirtd", &["-d"]), "libvirtd -d failed");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !answers() {
-        assert!(
-            Instant::now() < deadline,
-            "libvirtd did not answer at {LIBVIRT_URI} in 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    eprintln!("libvirtd answers after {} ms", t.elapsed().as_millis());
-    true
-}
-
-/// Without udev (as here), `/dev/kvm` stays root-only (0600). libvirt
-/// checks it as its QEMU user, finds KVM "gone" since its last probe, and
-/// throws its QEMU capability cache away on every lookup: each define then
-/// re-probes QEMU for ~50 s. udev on a normal Debian host makes it
-/// root:kvm 0660 (libvirt-qemu is in group kvm); do the same.
-fn kvm_device_like_udev() {
-    use std::os::unix::fs::PermissionsExt;
-    let kvm = Path::new("/dev/kvm");
-    let Ok(meta) = std::fs::metadata(kvm) else {
-        return;
-    };
-    if meta.permissions().mode() & 0o060 == 0 && runs("getent", &["group", "kvm"]) {
-        eprintln!("/dev/kvm is root-only: making it root:kvm 0660 as udev would");
-        assert!(runs("chgrp", &["kvm", "/dev/kvm"]), "chgrp kvm /dev/kvm");
-        std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660))
-            .expect("chmod 0660 /dev/kvm");
     }
 }
 

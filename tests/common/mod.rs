@@ -1,6 +1,8 @@
 //! Shared fixtures for tests that run real `deorch` node processes.
 #![allow(dead_code)]
 
+pub mod libvirt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
