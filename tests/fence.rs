@@ -270,3 +270,267 @@ fn fenced(driver: Driver) {
     assert_eq!(qemu_pid(&node), pid);
     node.stop();
 }
+
+/// Heartbeats read: (when read, boot id, counter).
+type Beats = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String, u64)>>>;
+
+/// The heartbeats of VM `vm` on `nodes`, as the guest prints them on its
+/// serial console (each node's `vms/default/VM/serial.log`), timestamped
+/// when read; a thread reads every 20 ms until `stop`.
+fn collector(
+    nodes: Vec<PathBuf>,
+    vm: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Beats {
+    let beats: Beats = Default::default();
+    let b = beats.clone();
+    std::thread::spawn(move || {
+        let mut offsets = vec![0usize; nodes.len()];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (i, state) in nodes.iter().enumerate() {
+                let log = state.join(format!("vms/default/{vm}/serial.log"));
+                let text = std::fs::read(&log).unwrap_or_default();
+                if text.len() < offsets[i] {
+                    offsets[i] = 0; // a new boot's log
+                }
+                let new = &text[offsets[i]..];
+                // Whole lines only.
+                let Some(end) = new.iter().rposition(|c| *c == b'\n') else {
+                    continue;
+                };
+                let at = Instant::now();
+                for line in String::from_utf8_lossy(&new[..=end]).lines() {
+                    let mut it = line
+                        .split("deorch-guest: beat ")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_whitespace();
+                    if let (Some(boot), Some(n)) =
+                        (it.next(), it.next().and_then(|n| n.parse().ok()))
+                    {
+                        b.lock().unwrap().push((at, boot.to_string(), n));
+                    }
+                }
+                offsets[i] += end + 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    beats
+}
+
+fn boots(beats: &Beats) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, b, _) in beats.lock().unwrap().iter() {
+        if !out.contains(b) {
+            out.push(b.clone());
+        }
+    }
+    out
+}
+
+fn gossip_node(tag: &str, name: &str, seed: Option<&str>, guest: &Path) -> Node {
+    let mut node = Node::new(tag);
+    node.name = name.into();
+    node.call_timeout = Duration::from_secs(10);
+    node.extra_args = [
+        "--hypervisor",
+        "qemu",
+        "--storage",
+        "dir",
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--cluster",
+        "test",
+        "--gossip-verify",
+        "unsigned",
+        "--gossip-probe-interval",
+        "200ms",
+        "--gossip-suspect-timeout",
+        "1s",
+        "--gossip-claim-settle",
+        "1s",
+        "--gossip-reelect-timeout",
+        "1s",
+        "--fence-timeout",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--probe-guest".into(), guest.display().to_string()])
+    .collect();
+    if let Some(s) = seed {
+        node.extra_args.extend(["--seed".into(), s.into()]);
+    }
+    node.start();
+    node
+}
+
+fn runs_on(node: &Node, vm: &str) -> bool {
+    node.record("vm", vm)
+        .and_then(|r| r.status)
+        .is_some_and(|s| s["phase"] == "Running" && s["node"] == node.name.as_str())
+}
+
+/// Two nodes, the qemu driver, the guest's own heartbeat: kill -9 the
+/// daemon of the node running a VM that may start anywhere (no disk) and
+/// of one that holds data. At no moment do two copies of the movable VM
+/// beat (the fence paused the first before the peer started the second,
+/// and the returning daemon does not resume it); the VM with data never
+/// starts elsewhere and its disk counter never goes back.
+#[test]
+fn two_nodes_never_run_two_copies_and_no_disk_counter_goes_back() {
+    if !qemu_available() {
+        return;
+    }
+    let g = tiny_guest().0.parent().unwrap().to_path_buf();
+    let mut a = gossip_node("fence-2a", "fa", None, &g);
+    let file = a.state.join("gossip-address");
+    a.wait_for("the gossip address", |_| file.exists());
+    let seed = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let mut b = gossip_node("fence-2b", "fb", Some(&seed), &g);
+    let mut cleanup = vec![];
+    for n in [&a, &b] {
+        cleanup.push(n.state.join("fence/pid"));
+        for vm in ["free", "data"] {
+            cleanup.push(deorch::qemu::cmdline::pidfile(
+                &n.state.join(format!("vms/default/{vm}")),
+            ));
+        }
+    }
+    let _cleanup = Cleanup(cleanup, None);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let states = vec![a.state.clone(), b.state.clone()];
+    let free_beats = collector(states.clone(), "free", stop.clone());
+    let data_beats = collector(states, "data", stop.clone());
+    let suit = |name: &str| {
+        format!(
+            "---\napiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: {name}}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat\"}}\n  machine: microvm\n  cpu: 1\n  memory: 128Mi\n",
+            k = g.join("vmlinuz").display(),
+            i = g.join("initrd.img").display(),
+            c = deorch::qemu::probe::TINY_CMDLINE,
+        )
+    };
+    let nic = "  nics:\n    - {name: eth0, network: default}\n";
+    std::fs::write(
+        a.manifests.join("all.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {{name: default}}\nspec:\n  ipv4: {{subnet: 10.42.0.0/24, gateway: 10.42.0.1}}\n{}{}---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: free}}\nspec:\n  spacesuit: hb-free\n{nic}---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: data}}\nspec:\n  spacesuit: hb-data\n  disks:\n    - name: counter\n      size: 4Mi\n      source: {{blank: {{}}}}\n{nic}",
+            suit("hb-free"),
+            suit("hb-data"),
+        ),
+    )
+    .unwrap();
+    let until = |what: &str, limit: Duration, mut f: Box<dyn FnMut() -> bool + '_>| {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < limit, "timed out after {limit:?}: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let t0 = Instant::now();
+    while free_beats.lock().unwrap().is_empty() || data_beats.lock().unwrap().is_empty() {
+        if t0.elapsed() > Duration::from_secs(120) {
+            for n in [&a, &b] {
+                for vm in ["free", "data"] {
+                    let log = n.state.join(format!("vms/default/{vm}/serial.log"));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let text: Vec<&str> = text.lines().filter(|l| !l.contains("tick")).collect();
+                    eprintln!("SERIAL {} {vm}: {}", n.name, text.join(" | "));
+                }
+            }
+            panic!("no heartbeats from both VMs in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nodes = [&mut a, &mut b];
+    let x = if runs_on(nodes[0], "free") { 0 } else { 1 };
+    assert!(runs_on(nodes[x], "free"), "free runs on neither node");
+    let data_on_x = runs_on(nodes[x], "data");
+    let first_free = boots(&free_beats);
+    assert_eq!(first_free.len(), 1);
+
+    // kill -9 the daemon of the node running `free`.
+    let [a, b] = nodes;
+    let (victim, survivor) = if x == 0 { (a, b) } else { (b, a) };
+    let killed = Instant::now();
+    victim.kill();
+    until(
+        "free beating from a second boot on the survivor",
+        Duration::from_secs(60),
+        Box::new(|| boots(&free_beats).len() == 2),
+    );
+    eprintln!(
+        "free: second copy beating {:?} after the kill (data on the killed node: {data_on_x})",
+        killed.elapsed()
+    );
+    assert!(runs_on(survivor, "free"));
+    // The returning daemon finds its copy paused and the claim lost: it
+    // stops it and never resumes it.
+    victim.start();
+    until(
+        "the victim stops its old copy of free",
+        Duration::from_secs(60),
+        Box::new(|| {
+            !std::path::Path::new(&format!(
+                "/proc/{}",
+                std::fs::read_to_string(deorch::qemu::cmdline::pidfile(
+                    &victim.state.join("vms/default/free")
+                ))
+                .unwrap_or_default()
+                .trim()
+            ))
+            .exists()
+                || std::fs::read_to_string(deorch::qemu::cmdline::pidfile(
+                    &victim.state.join("vms/default/free"),
+                ))
+                .is_err()
+        }),
+    );
+    until(
+        "data beating again",
+        Duration::from_secs(60),
+        Box::new(|| {
+            data_beats
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|(t, _, _)| t.elapsed() < Duration::from_millis(500))
+        }),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // No overlap: every beat of the first copy came before the second's first.
+    let free = free_beats.lock().unwrap().clone();
+    let second = boots(&free_beats)[1].clone();
+    let first_of_second = free.iter().find(|(_, b, _)| *b == second).unwrap().0;
+    let last_of_first = free
+        .iter()
+        .filter(|(_, b, _)| *b == first_free[0])
+        .map(|(t, _, _)| *t)
+        .max()
+        .unwrap();
+    eprintln!(
+        "free: first copy's last beat {:?} before the second's first",
+        first_of_second.duration_since(last_of_first)
+    );
+    assert!(
+        last_of_first < first_of_second,
+        "two copies of free beat at once"
+    );
+    // The VM with data: one boot, the counter only goes up.
+    let data = data_beats.lock().unwrap().clone();
+    assert_eq!(boots(&data_beats).len(), 1, "data booted twice: {data:?}");
+    for w in data.windows(2) {
+        assert!(w[1].2 > w[0].2, "data's disk counter went back: {w:?}");
+    }
+    eprintln!(
+        "data: {} beats, counter {}..{}, one boot",
+        data.len(),
+        data[0].2,
+        data[data.len() - 1].2
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    victim.stop();
+    survivor.stop();
+}
