@@ -755,6 +755,17 @@ fn a_vm_with_data_is_node_lost_not_restarted_blank() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(data.exists(), "the lost node's data is kept");
+    // ... and listed as a diverged copy.
+    let (code, out, err) = nodes[w].cli(&["volume", "list"], None);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("vm-default-db-data"))
+        .unwrap_or_else(|| panic!("db's volume listed on {wname}:\n{out}"));
+    assert!(
+        line.contains(&format!("diverged copy: default/db runs on {sname}")),
+        "{out}"
+    );
 }
 
 /// A node stopped gracefully (an upgrade) announces when it is back

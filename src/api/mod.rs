@@ -184,6 +184,11 @@ pub struct VolumeEntry {
     /// (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained: Option<(String, u64)>,
+    /// For a disk of a VM that now runs on another node (this node's copy
+    /// was stopped with its disks kept: a diverged copy): the VM
+    /// (`namespace/name`) and the node it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<(String, String)>,
 }
 
 /// What `Info` answers.

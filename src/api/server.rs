@@ -457,6 +457,36 @@ async fn dry_run(
 /// `deorch volume list|restore|purge`: the node's volumes, through its
 /// storage driver. Only retained volumes can be restored or purged; the
 /// others belong to their objects' reconcilers.
+/// The volumes a diverged copy holds: the disks of each VM this node's
+/// engine reports as running on another node (`Elsewhere`: its copy here
+/// was stopped with its disks kept when another node's newer claim won),
+/// by volume name → (VM, node it runs on).
+fn diverged_copies(ctx: &Ctx) -> std::collections::BTreeMap<String, (String, String)> {
+    use crate::model::{Kind, Manifest, VirtualMachineSpec};
+    let mut out = std::collections::BTreeMap::new();
+    for r in ctx.store.list(Some(Kind::VirtualMachine)) {
+        let Some(status) = &r.status else { continue };
+        let node = status["node"].as_str().unwrap_or_default();
+        if status["phase"] != "Elsewhere" || node.is_empty() || node == ctx.config.node_name {
+            continue;
+        }
+        let Ok(vm) = serde_json::from_value::<Manifest<VirtualMachineSpec>>(r.object) else {
+            continue;
+        };
+        for disk in &vm.spec.disks {
+            let volume = crate::model::names::vm_volume(&r.key.namespace, &r.key.name, &disk.name);
+            out.insert(
+                volume,
+                (
+                    format!("{}/{}", r.key.namespace, r.key.name),
+                    node.to_string(),
+                ),
+            );
+        }
+    }
+    out
+}
+
 async fn volumes(planner: &Ctx, req: Request) -> Response {
     use crate::model::names::parse_retained;
     let storage = &planner.drivers.storage;
@@ -471,15 +501,19 @@ async fn volumes(planner: &Ctx, req: Request) -> Response {
             })
     };
     let result = match req {
-        Request::Volumes => storage.list().await.map(|names| Response::Volumes {
-            volumes: names
-                .into_iter()
-                .map(|name| super::VolumeEntry {
-                    retained: parse_retained(&name).map(|(until, v)| (v.to_string(), until)),
-                    name,
-                })
-                .collect(),
-        }),
+        Request::Volumes => {
+            let diverged = diverged_copies(planner);
+            storage.list().await.map(|names| Response::Volumes {
+                volumes: names
+                    .into_iter()
+                    .map(|name| super::VolumeEntry {
+                        retained: parse_retained(&name).map(|(until, v)| (v.to_string(), until)),
+                        diverged: diverged.get(&name).cloned(),
+                        name,
+                    })
+                    .collect(),
+            })
+        }
         Request::RestoreVolume { name } => {
             let volume = match retained(&name) {
                 Ok(v) => v,

@@ -888,17 +888,26 @@ fn volume(command: VolumeCommand) -> anyhow::Result<ExitCode> {
     };
     match client::call(&client.socket, &request, CALL_TIMEOUT)? {
         Response::Volumes { volumes } => {
-            println!("{:<60} {:<40} DESTROYED IN", "NAME", "RETAINED FROM");
+            println!(
+                "{:<60} {:<40} {:<14} NOTE",
+                "NAME", "RETAINED FROM", "DESTROYED IN"
+            );
             let now = crate::clock::now_ms();
             for v in volumes {
+                let note = match &v.diverged {
+                    Some((vm, node)) => {
+                        format!("diverged copy: {vm} runs on {node}; this node's disks were kept")
+                    }
+                    None => String::new(),
+                };
                 match v.retained {
                     Some((own, until)) => println!(
-                        "{:<60} {:<40} {}",
+                        "{:<60} {:<40} {:<14} {note}",
                         v.name,
                         own,
                         output::duration_text(until.saturating_sub(now) / 1000)
                     ),
-                    None => println!("{:<60} {:<40} -", v.name, "-"),
+                    None => println!("{:<60} {:<40} {:<14} {note}", v.name, "-", "-"),
                 }
             }
             Ok(ExitCode::SUCCESS)
