@@ -467,6 +467,16 @@ async fn revert_annotation_reverts_each_disk_once_per_generation() {
     .await;
     assert_eq!(marker(&w, "vm-default-app-root"), 7);
     assert_eq!(marker(&w, "rep-default-snap-root"), 7);
+    // The present it replaced is kept (retained, listed, restorable).
+    let kept: Vec<String> = w
+        .storage
+        .volumes()
+        .into_iter()
+        .filter(|v| v.ends_with(&format!("vm-default-app-root.before-revert-g{g}")))
+        .collect();
+    assert_eq!(kept.len(), 1, "{:?}", w.storage.volumes());
+    assert!(kept[0].starts_with("retained."), "{kept:?}");
+    assert_eq!(marker(&w, &kept[0]), 8, "the present's data");
     let st = w.status(Kind::VirtualMachine, "app");
     assert_eq!(condition(&st, "Reverted").unwrap()["status"], "True");
     // Once per generation: later writes are not reverted again.

@@ -119,6 +119,20 @@ fn create_list_revert_clone_delete_on_real_qcow2_storage() {
     ] {
         ok(&node, &["volume", "purge", &retained_name(&out, own)]);
     }
+    // The revert kept what it replaced too (besides the CLI's replica).
+    // (one per revert of the test).
+    let before: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|own| own.starts_with("vm-default-web-root.before-revert-g"))
+        .collect();
+    assert!(
+        !before.is_empty(),
+        "no copy of the present kept by the revert:\n{out}"
+    );
+    for own in before {
+        ok(&node, &["volume", "purge", &retained_name(&out, own)]);
+    }
     node.wait_for("volumes gone", |_| {
         std::fs::read_dir(&vols).unwrap().count() == 0
             && std::fs::read_dir(node.state.join("storage/layers"))

@@ -63,14 +63,34 @@ pub async fn revert(
     ) {
         hv.stop(id, desired.stop_timeout).await?;
     }
+    // The present is kept first, as retained volumes (listed by `deorch
+    // volume list`, taken back by `deorch volume restore`, gone after
+    // --volume-retention): a revert never destroys what it replaces. Named
+    // by generation, so a revert interrupted and re-run keeps one copy.
+    let storage = &ctx.drivers.storage;
+    if !ctx.config.volume_retention.is_zero() {
+        let until = crate::clock::now_ms() + ctx.config.volume_retention.as_millis() as u64;
+        let existing = storage.list().await?;
+        for (_, volume) in &desired.config.disks {
+            let kept = format!("{volume}.before-revert-g{g}");
+            let already = existing
+                .iter()
+                .any(|n| crate::model::names::parse_retained(n).is_some_and(|(_, v)| v == kept));
+            if !already && storage.exists(volume).await? {
+                let name = crate::model::names::retained_volume(&kept, until);
+                storage.clone_volume(&name, volume, None).await?;
+            }
+        }
+        ctx.retained.invalidate();
+    }
     for (disk, volume) in &desired.config.disks {
-        ctx.drivers.storage.revert(volume, &volumes[disk]).await?;
+        storage.revert(volume, &volumes[disk]).await?;
     }
     status.last_revert = Some(token);
     say(
         true,
         VmReason::Reverted,
-        &format!("disks reverted to replica {replica}"),
+        &format!("disks reverted to replica {replica}; what they held is kept as retained volumes *.before-revert-g{g} (deorch volume list)"),
     );
     ctx.write_status(&record.key, status)?;
     Ok(None)
