@@ -18,7 +18,8 @@ use common::Node;
 use deorch::api::{Request, Response};
 
 const N: usize = 5;
-/// SWIM probe period and suspicion timeout given to every node.
+/// SWIM probe period and suspicion timeout given to every node (those of
+/// `common::fast_gossip_flags`).
 const PROBE: &str = "200ms";
 const SUSPECT: &str = "1s";
 
@@ -56,25 +57,7 @@ impl ClusterNode {
         node.name = name.into();
         // A stopped peer must not hold up the test's calls for long.
         node.call_timeout = Duration::from_secs(5);
-        node.extra_args.extend(
-            [
-                "--gossip-listen",
-                "127.0.0.1:0",
-                "--cluster",
-                "test",
-                "--gossip-verify",
-                "unsigned",
-                "--gossip-probe-interval",
-                PROBE,
-                "--gossip-suspect-timeout",
-                SUSPECT,
-                "--gossip-claim-settle",
-                "1s",
-                "--gossip-reelect-timeout",
-                "1s",
-            ]
-            .map(String::from),
-        );
+        node.extra_args.extend(common::fast_gossip_flags());
         for s in seeds {
             node.extra_args.extend(["--seed".into(), s.clone()]);
         }

@@ -136,28 +136,9 @@ fn fenced(driver: Driver) {
         }
     }
     node.extra_args = hypervisor;
-    node.extra_args.extend(
-        [
-            "--storage",
-            "dir",
-            "--gossip-listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "test",
-            "--gossip-verify",
-            "unsigned",
-            "--gossip-probe-interval",
-            "200ms",
-            "--gossip-suspect-timeout",
-            "1s",
-            "--gossip-claim-settle",
-            "1s",
-            "--gossip-reelect-timeout",
-            "1s",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
+    node.extra_args
+        .extend(["--storage".to_string(), "dir".to_string()]);
+    node.extra_args.extend(common::fast_gossip_flags());
     node.extra_args.extend([
         "--probe-guest".into(),
         g.display().to_string(),
@@ -192,7 +173,8 @@ fn fenced(driver: Driver) {
         domain,
     };
     node.start();
-    node.wait_for("the VM running", |n| {
+    // The first define of a fresh libvirtd probes QEMU (~1 min), then TCG boots.
+    node.wait_within("the VM running", Duration::from_secs(240), |n| {
         n.record("vm", &name)
             .and_then(|r| r.status)
             .is_some_and(|s| s["phase"] == "Running")
@@ -333,32 +315,16 @@ fn gossip_node(tag: &str, name: &str, seed: Option<&str>, guest: &Path) -> Node 
     let mut node = Node::new(tag);
     node.name = name.into();
     node.call_timeout = Duration::from_secs(10);
-    node.extra_args = [
-        "--hypervisor",
-        "qemu",
-        "--storage",
-        "dir",
-        "--gossip-listen",
-        "127.0.0.1:0",
-        "--cluster",
-        "test",
-        "--gossip-verify",
-        "unsigned",
-        "--gossip-probe-interval",
-        "200ms",
-        "--gossip-suspect-timeout",
-        "1s",
-        "--gossip-claim-settle",
-        "1s",
-        "--gossip-reelect-timeout",
-        "1s",
-        "--fence-timeout",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["--probe-guest".into(), guest.display().to_string()])
-    .collect();
+    node.extra_args = ["--hypervisor", "qemu", "--storage", "dir"]
+        .map(String::from)
+        .to_vec();
+    node.extra_args.extend(common::fast_gossip_flags());
+    node.extra_args.extend([
+        "--fence-timeout".into(),
+        "1s".into(),
+        "--probe-guest".into(),
+        guest.display().to_string(),
+    ]);
     if let Some(s) = seed {
         node.extra_args.extend(["--seed".into(), s.into()]);
     }

@@ -193,8 +193,14 @@ impl Node {
     }
 
     /// Poll until `f` holds (bounded).
-    pub fn wait_for(&self, what: &str, mut f: impl FnMut(&Node) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+    pub fn wait_for(&self, what: &str, f: impl FnMut(&Node) -> bool) {
+        self.wait_within(what, Duration::from_secs(15), f)
+    }
+
+    /// [`Node::wait_for`] with another bound (e.g. libvirt's first define
+    /// on a fresh machine probes QEMU for about a minute).
+    pub fn wait_within(&self, what: &str, limit: Duration, mut f: impl FnMut(&Node) -> bool) {
+        let deadline = Instant::now() + limit;
         while !f(self) {
             assert!(
                 Instant::now() < deadline,
@@ -566,6 +572,29 @@ pub fn expected_address(files: &[PathBuf], server: &str, identity: &str) -> std:
 
 /// `node run` flags of a gossiping node of the cluster `owner` owns: any
 /// loopback port, a short probe period, then `extra`.
+/// Gossip on loopback with the tests' short timings (probe 200 ms,
+/// suspicion, claim settle and re-election 1 s), unsigned documents.
+pub fn fast_gossip_flags() -> Vec<String> {
+    [
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--cluster",
+        "test",
+        "--gossip-verify",
+        "unsigned",
+        "--gossip-probe-interval",
+        "200ms",
+        "--gossip-suspect-timeout",
+        "1s",
+        "--gossip-claim-settle",
+        "1s",
+        "--gossip-reelect-timeout",
+        "1s",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn gossip_args(owner: &str, extra: &[&str]) -> Vec<String> {
     [
         "--cluster-owner",
