@@ -76,6 +76,54 @@ pub fn write_with(path: &Path, bytes: &[u8], options: Options) -> io::Result<()>
     result
 }
 
+/// Remove the temporary files that writers which died mid-write left
+/// under `dir`, `depth` directory levels deep (0: `dir` only). A temporary
+/// name carries its writer's pid; one whose process is gone is an orphan
+/// that no rename will ever take, and only takes space. A live process's
+/// file (this one's included) is never touched; a reused pid only keeps
+/// an orphan a while longer. `.git` directories are not entered. Returns the paths
+/// removed, for the log.
+pub fn sweep_orphans(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    sweep_into(dir, depth, &mut removed);
+    removed
+}
+
+fn sweep_into(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if depth > 0 && name != ".git" {
+                sweep_into(&entry.path(), depth - 1, removed);
+            }
+            continue;
+        }
+        let Some(pid) = name.to_str().and_then(temp_writer) else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+}
+
+/// The writer's pid, if `name` is a temporary name from [`temp_path`]
+/// (`.NAME.tmp<pid>.<n>`).
+fn temp_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp")?;
+    let (pid, n) = tail.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -155,6 +203,37 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&f).unwrap(), b"secret");
         assert_eq!(names(&d), ["key.wif"]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn orphans_of_dead_writers_are_swept_and_live_ones_kept() {
+        let d = dir("sweep");
+        let vm = d.join("vms/default/web");
+        fs::create_dir_all(&vm).unwrap();
+        write(&vm.join("config.json"), b"{}").unwrap();
+        // A pid that cannot be running (above any pid_max).
+        let dead = 4_194_304 + 17;
+        let orphan = vm.join(format!(".config.json.tmp{dead}.3"));
+        let root_orphan = d.join(format!(".store.snapshot.tmp{dead}.0"));
+        // A live writer: the parent of this test process.
+        let live = d.join(format!(
+            ".leases.json.tmp{}.9",
+            std::os::unix::process::parent_id()
+        ));
+        let unrelated = d.join(".hidden.tmpfile");
+        for f in [&orphan, &root_orphan, &live, &unrelated] {
+            fs::write(f, b"half").unwrap();
+        }
+        let too_deep = sweep_orphans(&d, 1);
+        assert_eq!(too_deep, [root_orphan]);
+        assert!(orphan.exists());
+        let removed = sweep_orphans(&d, 3);
+        assert_eq!(removed, [orphan]);
+        assert!(live.exists() && unrelated.exists());
+        assert_eq!(names(&vm), ["config.json"]);
+        assert_eq!(temp_writer(".a.b.tmp12.0"), Some(12));
+        assert_eq!(temp_writer("a.tmp12.0"), None);
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -172,6 +172,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    // Deep enough for vms/NAMESPACE/NAME and git/MIRROR.
+    for orphan in crate::state_file::sweep_orphans(&config.state_dir, 3) {
+        info!(file = %orphan.display(), "removed a temporary file its dead writer left");
+    }
     let store = Arc::new(open_store(&config)?);
     let admission = Admission::new(store.clone(), admission_config(&config));
     register_satellite(&admission, &config)?;
