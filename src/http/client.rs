@@ -88,11 +88,12 @@ impl NodeUrl {
 }
 
 /// A TLS stream or a plain one.
-trait Stream: Read + Write {}
+pub trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
-/// Connect to `node`: TCP, then TLS with the pinned certificate.
-fn connect(node: &NodeUrl, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
+/// Connect to `node`: TCP, then TLS with the pinned certificate (the
+/// handshake happens at the first read, write or flush).
+pub fn connect(node: &NodeUrl, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
     let tcp = TcpStream::connect(&node.authority)?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;

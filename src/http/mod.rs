@@ -24,6 +24,7 @@
 //! hand documents to admission.
 
 pub mod client;
+pub mod conn;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -47,7 +48,7 @@ use tracing::{info, warn};
 
 use crate::admission::{Admission, Batch, Trust, Verdict};
 use crate::identity::level2::{Level2Error, RateLimiter};
-use crate::identity::session::{Challenge, LoginError, NonceStore, Session};
+use crate::identity::session::{bounded, Challenge, LoginError, NonceStore, Session};
 use crate::identity::{Address, AddressType, KeyError, PrivateKey};
 use crate::store::SourceId;
 
@@ -93,6 +94,7 @@ pub struct HttpApi {
     trusted_nodes: Vec<Address>,
     nonces: Mutex<NonceStore>,
     challenge_limiter: Option<Mutex<RateLimiter>>,
+    login_limiter: Option<Mutex<RateLimiter>>,
     login_ttl: u64,
     session_ttl: u64,
 }
@@ -146,6 +148,12 @@ impl HttpApi {
                 NONCE_CAPACITY,
             )),
             challenge_limiter: settings
+                .challenge_limit
+                .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
+            // Attempts need a challenge each, so the same bound holds them;
+            // its own counter keeps a flood of bad logins from spending
+            // the challenges of the same client, and the other way round.
+            login_limiter: settings
                 .challenge_limit
                 .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
             cluster,
@@ -302,28 +310,14 @@ pub enum HttpListener {
     Tls(tls::TlsListener),
 }
 
-/// Serve `api` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: HttpListener, api: Arc<HttpApi>, mut shutdown: watch::Receiver<bool>) {
-    let app = api
-        .router()
-        .into_make_service_with_connect_info::<PeerAddr>();
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
+/// Serve `api` on `listener` until `shutdown` turns true (connection
+/// limits and timeouts: [`conn`]).
+pub async fn serve(listener: HttpListener, api: Arc<HttpApi>, shutdown: watch::Receiver<bool>) {
+    let (tcp, tls) = match listener {
+        HttpListener::Plain(l) => (l, None),
+        HttpListener::Tls(t) => (t.tcp, Some(t.acceptor)),
     };
-    let (addr, served) = match listener {
-        HttpListener::Plain(l) => (
-            l.local_addr().ok(),
-            axum::serve(l, app).with_graceful_shutdown(stop).await,
-        ),
-        HttpListener::Tls(l) => (
-            axum::serve::Listener::local_addr(&l).ok(),
-            axum::serve(l, app).with_graceful_shutdown(stop).await,
-        ),
-    };
-    if let Err(e) = served {
-        warn!(error = %e, "HTTP API failed");
-    }
-    info!(?addr, "HTTP API stopped");
+    conn::serve(tcp, tls, api.router(), shutdown).await;
 }
 
 async fn cluster_info(State(api): State<Arc<HttpApi>>) -> Response {
@@ -339,19 +333,13 @@ async fn challenge(
             lock(limiter).check(&peer.ip().to_string(), now_secs())
         {
             warn!(%peer, retry_after_secs, "login challenge refused: rate limited");
-            let mut r = refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RateLimited",
+            return rate_limited(
                 format!(
                     "too many login challenges from {}: retry in {retry_after_secs} s",
                     peer.ip()
                 ),
+                retry_after_secs,
             );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from(retry_after_secs),
-            );
-            return r;
         }
     }
     let c = lock(&api.nonces).issue(now_secs());
@@ -367,6 +355,16 @@ async fn challenge(
         })),
     )
         .into_response()
+}
+
+/// A 429 with `Retry-After`.
+fn rate_limited(message: String, retry_after_secs: u64) -> Response {
+    let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(retry_after_secs),
+    );
+    r
 }
 
 /// `POST /v1/auth/login` body.
@@ -386,6 +384,7 @@ async fn login(
     let req: LoginBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            let e = bounded(&e.to_string());
             warn!(%peer, error = %e, "login refused: malformed body");
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -395,9 +394,23 @@ async fn login(
         }
     };
     let now = now_secs();
+    if let Some(limiter) = &api.login_limiter {
+        if let Err(Level2Error::RateLimited { retry_after_secs }) =
+            lock(limiter).check(&peer.ip().to_string(), now)
+        {
+            warn!(%peer, retry_after_secs, "login refused: rate limited");
+            return rate_limited(
+                format!(
+                    "too many login attempts from {}: retry in {retry_after_secs} s",
+                    peer.ip()
+                ),
+                retry_after_secs,
+            );
+        }
+    }
     let result = lock(&api.nonces).login(&req.challenge, &req.address, &req.signature, now);
-    let c = match result {
-        Ok(c) => c,
+    let (c, address) = match result {
+        Ok(r) => r,
         Err(e) => {
             let (code, message) = match &e {
                 LoginError::NonceRejected => match Challenge::parse(&req.challenge) {
@@ -416,14 +429,18 @@ async fn login(
                 LoginError::MalformedChallenge => ("BadChallenge", e.to_string()),
                 LoginError::WrongIssuer(_) => ("WrongIssuer", e.to_string()),
                 LoginError::Signature(_) => ("BadSignature", e.to_string()),
+                LoginError::AlteredChallenge => ("AlteredChallenge", e.to_string()),
+                LoginError::WrongNetwork { .. } => ("WrongNetwork", e.to_string()),
                 _ => ("Refused", e.to_string()),
             };
-            warn!(%peer, address = ?req.address, code, reason = %message, "login refused");
+            // Bounded: what a client sends is not what the log may hold.
+            let message = bounded(&message);
+            warn!(%peer, address = %bounded(&req.address), code, reason = %message, "login refused");
             return refuse(StatusCode::UNAUTHORIZED, code, message);
         }
     };
     let session = Session {
-        address: req.address,
+        address,
         cluster: api.cluster.clone(),
         expires: now.saturating_add(api.session_ttl),
         fingerprint: hex::encode(c.nonce),

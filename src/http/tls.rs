@@ -12,7 +12,7 @@
 //! localhost).
 //!
 //! Handshakes run in their own tasks (10 s limit), so a slow or silent
-//! client never holds up the accept loop.
+//! client never holds up the accept loop (see [`super::conn`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,20 +20,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
 
 /// Longest TLS handshake a client gets.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Self-signed certificate file in the TLS directory.
 pub const CERT_FILE: &str = "cert.pem";
 /// Its key.
@@ -119,76 +114,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// A TCP listener whose connections come out of a finished TLS handshake.
+/// A TCP listener whose connections start with a TLS handshake (done by
+/// [`super::conn`], each in its own task under [`HANDSHAKE_TIMEOUT`]).
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+    pub(super) tcp: TcpListener,
+    pub(super) acceptor: TlsAcceptor,
 }
 
 impl TlsListener {
-    /// Accept on `tcp` and hand over connections once their handshake with
-    /// `tls` is done. The accepting task ends when the listener is dropped.
+    /// TLS with `tls` on `tcp`.
     pub fn new(tcp: TcpListener, tls: Arc<ServerConfig>) -> io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(tls);
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut errors = crate::accept::AcceptErrors::default();
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = tx.closed() => return,
-                    r = tcp.accept() => match r {
-                        Ok(c) => {
-                            errors.ok();
-                            c
-                        }
-                        Err(e) => {
-                            errors.failed("HTTPS API", &e).await;
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accepting task only ends when we are dropped.
-            None => std::future::pending().await,
-        }
+        Ok(TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(tls),
+        })
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
+    /// Where it listens.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
     }
 }

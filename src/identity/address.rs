@@ -60,6 +60,15 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Whether addresses of `self` and `other` name coins of one chain.
+    /// Base58 cannot tell testnet from regtest (one version byte), so the
+    /// two test networks are one here; mainnet is alone.
+    pub fn same_chain(self, other: Network) -> bool {
+        (self == Network::Mainnet) == (other == Network::Mainnet)
+    }
+}
+
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -26,7 +26,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::address::AddressType;
+use super::address::{Address, AddressType};
 use super::key::PrivateKey;
 use super::message::{sign, verify, SignError, VerifyError};
 use super::signed::canonical_json;
@@ -61,6 +61,18 @@ pub enum LoginError {
     /// The node could not sign.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The challenge text differs from the one issued with its nonce (an
+    /// edited `issued:` line, say).
+    #[error("the signed text is not the challenge this node issued")]
+    AlteredChallenge,
+    /// The address is not a Bitcoin address of the cluster's network.
+    #[error("{address} is not a {network} address, the cluster's network")]
+    WrongNetwork {
+        /// As sent (bounded).
+        address: String,
+        /// The cluster's.
+        network: super::address::Network,
+    },
 }
 
 /// A login challenge.
@@ -131,7 +143,8 @@ pub struct NonceStore {
     node: String,
     ttl: u64,
     capacity: usize,
-    live: HashMap<[u8; 16], u64>,
+    /// Nonce → (issued, expiry).
+    live: HashMap<[u8; 16], (u64, u64)>,
     order: VecDeque<[u8; 16]>,
 }
 
@@ -164,7 +177,7 @@ impl NonceStore {
         OsRng.fill_bytes(&mut nonce);
         // Drop expired ones, then the oldest while full.
         while let Some(old) = self.order.front().copied() {
-            let expired = self.live.get(&old).is_none_or(|&exp| exp <= now);
+            let expired = self.live.get(&old).is_none_or(|&(_, exp)| exp <= now);
             if expired || self.live.len() >= self.capacity {
                 self.order.pop_front();
                 self.live.remove(&old);
@@ -172,7 +185,7 @@ impl NonceStore {
                 break;
             }
         }
-        self.live.insert(nonce, now.saturating_add(self.ttl));
+        self.live.insert(nonce, (now, now.saturating_add(self.ttl)));
         self.order.push_back(nonce);
         Challenge {
             cluster: self.cluster.clone(),
@@ -184,28 +197,60 @@ impl NonceStore {
 
     /// Check `address`'s `signature` of `challenge_text` and consume the
     /// nonce (even when the signature is refused, so one nonce gets one
-    /// attempt).
+    /// attempt). The text must be exactly the one issued with the nonce,
+    /// and the address one of the cluster's network (when the cluster id
+    /// is an address). Returns the challenge and the address in its
+    /// canonical spelling (bech32 lowercase), which is what a session
+    /// names.
     pub fn login(
         &mut self,
         challenge_text: &str,
         address: &str,
         signature: &str,
         now: u64,
-    ) -> Result<Challenge, LoginError> {
+    ) -> Result<(Challenge, String), LoginError> {
         let c = Challenge::parse(challenge_text)?;
         if c.cluster != self.cluster || c.node != self.node {
             return Err(LoginError::WrongIssuer(format!(
                 "{} / {}",
-                c.cluster, c.node
+                bounded(&c.cluster),
+                bounded(&c.node)
             )));
         }
-        match self.live.remove(&c.nonce) {
-            Some(expiry) if expiry > now => {}
+        let issued = match self.live.remove(&c.nonce) {
+            Some((issued, expiry)) if expiry > now => issued,
             _ => return Err(LoginError::NonceRejected),
-        }
+        };
         self.order.retain(|n| *n != c.nonce);
-        verify(address, signature, challenge_text.as_bytes())?;
-        Ok(c)
+        let original = Challenge {
+            issued,
+            ..c.clone()
+        };
+        if original.text() != challenge_text {
+            return Err(LoginError::AlteredChallenge);
+        }
+        let parsed = Address::parse(address)
+            .map_err(|e| LoginError::Signature(super::message::VerifyError::BadAddress(e)))?;
+        if let Ok(cluster) = Address::parse(&self.cluster) {
+            if !parsed.network.same_chain(cluster.network) {
+                return Err(LoginError::WrongNetwork {
+                    address: bounded(address),
+                    network: cluster.network,
+                });
+            }
+        }
+        super::message::verify_parsed(&parsed, signature, challenge_text.as_bytes())?;
+        Ok((original, parsed.to_string()))
+    }
+}
+
+/// `s`, cut to 100 characters for messages and logs (an "address" may be
+/// megabytes).
+pub fn bounded(s: &str) -> String {
+    const MAX: usize = 100;
+    match s.char_indices().nth(MAX) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
     }
 }
 
@@ -288,7 +333,8 @@ mod tests {
         let text = c.text();
         assert_eq!(Challenge::parse(&text).unwrap(), c);
         let sig = sign(&user, text.as_bytes(), AddressType::P2pkh).unwrap();
-        store.login(&text, &addr, &sig, 1010).unwrap();
+        let (_, canonical) = store.login(&text, &addr, &sig, 1010).unwrap();
+        assert_eq!(canonical, addr);
         assert!(matches!(
             store.login(&text, &addr, &sig, 1011),
             Err(LoginError::NonceRejected)
@@ -321,6 +367,45 @@ mod tests {
             store.login(&c4, &addr, &sig4, 4001),
             Err(LoginError::WrongIssuer(_))
         ));
+    }
+
+    #[test]
+    fn the_whole_text_is_checked_the_network_too_and_addresses_are_canonical() {
+        let owner = PrivateKey::generate(Network::Mainnet);
+        let cluster = owner.address(AddressType::P2wpkh).unwrap().to_string();
+        let (_, node_addr) = node();
+        let mut store = NonceStore::new(&cluster, &node_addr, 60, 100);
+        let user = PrivateKey::generate(Network::Mainnet);
+        let addr = user.address(AddressType::P2wpkh).unwrap().to_string();
+
+        // An edited `issued:` line, signed as edited: refused.
+        let c = store.issue(1000);
+        let edited = Challenge { issued: 5000, ..c }.text();
+        let sig = sign(&user, edited.as_bytes(), AddressType::P2wpkh).unwrap();
+        assert!(matches!(
+            store.login(&edited, &addr, &sig, 1001),
+            Err(LoginError::AlteredChallenge)
+        ));
+
+        // Uppercase bech32 is the same address, named in lowercase.
+        let text = store.issue(1000).text();
+        let sig = sign(&user, text.as_bytes(), AddressType::P2wpkh).unwrap();
+        let (_, canonical) = store
+            .login(&text, &addr.to_uppercase(), &sig, 1001)
+            .unwrap();
+        assert_eq!(canonical, addr);
+
+        // The same key's testnet address on a mainnet cluster: refused.
+        let test_user = user.clone().with_network(Network::Testnet);
+        let taddr = test_user.address(AddressType::P2wpkh).unwrap().to_string();
+        assert!(taddr.starts_with("tb1"), "{taddr}");
+        let text = store.issue(1000).text();
+        let sig = sign(&test_user, text.as_bytes(), AddressType::P2wpkh).unwrap();
+        assert!(matches!(
+            store.login(&text, &taddr, &sig, 1001),
+            Err(LoginError::WrongNetwork { .. })
+        ));
+        assert!(bounded(&"x".repeat(4 << 20)).len() < 200);
     }
 
     #[test]
