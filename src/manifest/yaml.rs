@@ -68,6 +68,49 @@ pub struct YamlError {
 /// Limits against hostile input.
 const MAX_NODES: usize = 1_000_000;
 const MAX_DEPTH: usize = 256;
+/// Nodes aliases may add to one parse: a copy costs ~100 bytes a node
+/// (then as much again as JSON), so ~10 MB; real manifests alias a few
+/// small maps. (Measured: eight bombs at once raise a node's peak RSS by
+/// ~22 MB, `tests/http_hardening.rs`.)
+pub const MAX_ALIAS_NODES: usize = 50_000;
+/// Nodes aliases may add to all parses running at once (eight hostile
+/// requests in parallel once took a node from 52 MB to 877 MB).
+pub const MAX_ALIAS_NODES_IN_FLIGHT: usize = 150_000;
+
+static ALIAS_NODES_IN_FLIGHT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// What one parse took of the shared alias budget; given back at its end.
+#[derive(Default)]
+struct AliasBudget {
+    taken: usize,
+}
+
+impl AliasBudget {
+    fn take(&mut self, n: usize) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self.taken + n > MAX_ALIAS_NODES {
+            return Err(format!(
+                "aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?); refused"
+            ));
+        }
+        let before = ALIAS_NODES_IN_FLIGHT.fetch_add(n, Ordering::SeqCst);
+        self.taken += n;
+        if before + n > MAX_ALIAS_NODES_IN_FLIGHT {
+            return Err(format!(
+                "aliases of the documents this node is parsing at once expand to more than \
+                 {MAX_ALIAS_NODES_IN_FLIGHT} nodes; refused, retry later"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AliasBudget {
+    fn drop(&mut self) {
+        ALIAS_NODES_IN_FLIGHT.fetch_sub(self.taken, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 fn pos_of(m: saphyr_parser::Marker) -> Pos {
     Pos {
@@ -96,6 +139,7 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<YamlError>) {
     let mut doc_pos = Pos { line: 1, col: 1 };
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
+    let mut alias_budget = AliasBudget::default();
 
     for item in Parser::new_from_str(text) {
         let (event, span) = match item {
@@ -153,13 +197,10 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<YamlError>) {
             }
             Event::Alias(id) => match anchors.get(&id) {
                 Some(n) => {
-                    let size = count(n);
+                    let size = count(n, MAX_ALIAS_NODES + 1);
                     nodes += size;
-                    if nodes > MAX_NODES {
-                        errors.push(YamlError {
-                            pos,
-                            message: format!("aliases expand to more than {MAX_NODES} nodes (an alias bomb?); refused"),
-                        });
+                    if let Err(message) = alias_budget.take(size) {
+                        errors.push(YamlError { pos, message });
                         return (docs, errors);
                     }
                     let mut n = n.clone();
@@ -287,12 +328,30 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<YamlError>) {
     (docs, errors)
 }
 
-fn count(n: &Node) -> usize {
-    1 + match &n.value {
-        NodeValue::Scalar(_) => 0,
-        NodeValue::Seq(items) => items.iter().map(count).sum(),
-        NodeValue::Map(entries) => entries.iter().map(|e| 1 + count(&e.value)).sum(),
+/// Nodes in `n`, counted up to about `limit` (a count past it is only
+/// known to be past it).
+fn count(n: &Node, limit: usize) -> usize {
+    let mut total = 1;
+    match &n.value {
+        NodeValue::Scalar(_) => {}
+        NodeValue::Seq(items) => {
+            for i in items {
+                total += count(i, limit);
+                if total > limit {
+                    break;
+                }
+            }
+        }
+        NodeValue::Map(entries) => {
+            for e in entries {
+                total += 1 + count(&e.value, limit);
+                if total > limit {
+                    break;
+                }
+            }
+        }
     }
+    total
 }
 
 /// Make the parser's message say what a person should fix.
@@ -489,6 +548,20 @@ mod tests {
         }
         let (_, errs) = parse(&y);
         assert!(errs.iter().any(|e| e.message.contains("alias")), "{errs:?}");
+        // Refused long before a million nodes.
+        let mut small = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..4 {
+            small.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
+        }
+        let (docs, errs) = parse(&small);
+        assert!(errs.is_empty(), "10^4 nodes are fine: {errs:?}");
+        assert_eq!(docs.len(), 1);
+        small.push_str("a4: &a4 [*a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3]\n");
+        let (_, errs) = parse(&small);
+        assert!(
+            errs.iter().any(|e| e.message.contains("100000 nodes")),
+            "{errs:?}"
+        );
     }
 
     #[test]
