@@ -43,7 +43,19 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a stale socket is ours to replace: a file, a directory or a
+        // link at the path is somebody's, and stays.
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket: refusing to replace it (choose another --socket)",
+                    path.display()
+                ),
+            ));
+        }
         // A live node answers; refuse to steal its socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
@@ -146,7 +158,12 @@ pub async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    // Ours only while it is still a socket.
+    if std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = std::fs::remove_file(&path);
+    }
     info!(socket = %path.display(), "local API stopped");
 }
 

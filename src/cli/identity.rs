@@ -52,15 +52,52 @@ fn load(path: &Path) -> anyhow::Result<PrivateKey> {
     PrivateKey::load(path).with_context(|| format!("reading key {}", path.display()))
 }
 
+/// The message of `sign`/`verify`: given inline, or read from a file
+/// (`-`: standard input) exactly as it is.
+fn message_bytes(inline: Option<String>, file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    match (inline, file) {
+        (Some(m), _) => Ok(m.into_bytes()),
+        (None, Some(p)) if p == Path::new("-") => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                .context("reading the message from standard input")?;
+            Ok(v)
+        }
+        (None, Some(p)) => {
+            std::fs::read(p).with_context(|| format!("reading the message {}", p.display()))
+        }
+        (None, None) => bail!("give --message or --message-file"),
+    }
+}
+
 /// `deorch sign`: print a BIP-137 signature (base64).
-pub fn sign(key: &Path, message: &str, kind: AddressType) -> anyhow::Result<ExitCode> {
-    println!("{}", identity::sign(&load(key)?, message.as_bytes(), kind)?);
+pub fn sign(
+    key: &Path,
+    message: Option<String>,
+    message_file: Option<&Path>,
+    kind: AddressType,
+) -> anyhow::Result<ExitCode> {
+    let message = message_bytes(message, message_file)?;
+    println!("{}", identity::sign(&load(key)?, &message, kind)?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// `deorch verify`: exit 0 when valid, 1 when not (saying why on stderr).
-pub fn verify(address: &str, signature: &str, message: &str) -> anyhow::Result<ExitCode> {
-    match identity::verify(address, signature, message.as_bytes()) {
+/// `deorch verify`: exit 0 when valid, 1 when not (saying why on stderr),
+/// 2 when the message cannot be read (as for bad arguments).
+pub fn verify(
+    address: &str,
+    signature: &str,
+    message: Option<String>,
+    message_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let message = match message_bytes(message, message_file) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("deorch verify: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match identity::verify(address, signature, &message) {
         Ok(()) => {
             println!("valid signature by {address}");
             Ok(ExitCode::SUCCESS)
@@ -82,8 +119,9 @@ pub fn sign_manifest(
 ) -> anyhow::Result<ExitCode> {
     let parsed = manifest::parse_file(file);
     if !parsed.diagnostics.is_empty() {
+        // Diagnostics on stderr: stdout is the signed manifest only.
         for d in &parsed.diagnostics {
-            println!("{d}");
+            eprintln!("{d}");
         }
         bail!("{} is invalid; nothing signed", file.display());
     }

@@ -179,13 +179,21 @@ pub enum Command {
         #[arg(long)]
         key: PathBuf,
         /// The message.
+        #[arg(
+            long,
+            required_unless_present = "message_file",
+            conflicts_with = "message_file"
+        )]
+        message: Option<String>,
+        /// Read the message from this file (`-`: standard input), byte for byte.
         #[arg(long)]
-        message: String,
+        message_file: Option<PathBuf>,
         /// Address type of the signature: p2wpkh, p2sh-p2wpkh or p2pkh.
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
     },
-    /// Verify a Bitcoin signed message: exit 0 if valid, 1 if not.
+    /// Verify a Bitcoin signed message: exit 0 if valid, 1 if not, 2 if
+    /// it could not be checked (bad arguments, unreadable message file).
     Verify {
         /// The signer's address.
         #[arg(long)]
@@ -194,8 +202,15 @@ pub enum Command {
         #[arg(long)]
         signature: String,
         /// The message.
+        #[arg(
+            long,
+            required_unless_present = "message_file",
+            conflicts_with = "message_file"
+        )]
+        message: Option<String>,
+        /// Read the message from this file (`-`: standard input), byte for byte.
         #[arg(long)]
-        message: String,
+        message_file: Option<PathBuf>,
     },
     /// Sign the documents of a manifest file for a cluster.
     SignManifest {
@@ -766,12 +781,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Key { command } => identity::key(command),
-        Command::Sign { key, message, kind } => identity::sign(&key, &message, kind),
+        Command::Sign {
+            key,
+            message,
+            message_file,
+            kind,
+        } => identity::sign(&key, message, message_file.as_deref(), kind),
         Command::Verify {
             address,
             signature,
             message,
-        } => identity::verify(&address, &signature, &message),
+            message_file,
+        } => identity::verify(&address, &signature, message, message_file.as_deref()),
         Command::SignManifest {
             file,
             key,

@@ -172,6 +172,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    {
+        // Keys, the store and VM configurations: the node's user's only.
+        // libvirt runs QEMU as its own user (libvirt-qemu), which must
+        // reach the disks below: it may pass through (0711), not list;
+        // what is secret in here is 0600 itself.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = match config.hypervisor {
+            config::HypervisorKind::Libvirt(_) => 0o711,
+            _ => 0o700,
+        };
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} private ({mode:o})", config.state_dir.display()))?;
+    }
     // Deep enough for vms/NAMESPACE/NAME and git/MIRROR.
     for orphan in crate::state_file::sweep_orphans(&config.state_dir, 3) {
         info!(file = %orphan.display(), "removed a temporary file its dead writer left");

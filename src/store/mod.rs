@@ -342,6 +342,13 @@ impl Store {
             Ok(r) => r?,
             Err(panic) => return Err(damaged(format!("the database is inconsistent ({panic})"))),
         };
+        // Desired state is the owner's business: readable by the node's
+        // user only, whatever the umask made of it (an older store too).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&e))?;
+        }
         if !loaded.damaged.is_empty() {
             let n = loaded.damaged.len();
             let first: Vec<_> = loaded

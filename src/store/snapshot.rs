@@ -59,7 +59,8 @@ pub fn write(store: &Store, path: &Path) -> std::io::Result<usize> {
     let mut out = serde_json::to_vec(&header).expect("header serializes");
     out.push(b'\n');
     out.extend_from_slice(&body);
-    crate::state_file::write(path, &out)?;
+    // Owner only, as the store itself.
+    crate::state_file::write_with(path, &out, crate::state_file::Options::private())?;
     Ok(records.len())
 }
 
