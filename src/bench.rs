@@ -650,9 +650,9 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
         },
     );
     let api = crate::http::HttpApi::new(
-        admission,
+        admission.clone(),
         crate::http::HttpSettings {
-            cluster_owner: owner_addr,
+            cluster_owner: owner_addr.clone(),
             node_key: PrivateKey::generate(Network::Mainnet),
             trusted_nodes: Vec::new(),
             login_ttl: Duration::from_secs(60),
@@ -675,7 +675,30 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
         api,
         stop_rx,
     ));
+    // A user as real ones are: named by an owner-signed AccessPolicy,
+    // which the login looks up.
     let user = PrivateKey::generate(Network::Mainnet);
+    let user_addr = user.address(AddressType::P2wpkh)?.to_string();
+    let policy = crate::manifest::parse_str(
+        Path::new("bench-policy.yaml"),
+        &format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: viewer\n"
+        ),
+    );
+    let signed = crate::identity::sign_manifest(
+        &policy.documents[0].object.to_value(),
+        &owner_addr,
+        &owner,
+        AddressType::P2wpkh,
+    )?;
+    let mut batch = crate::admission::Batch::new(
+        crate::store::SourceId("bench".into()),
+        crate::admission::Trust::Signed,
+    );
+    batch.parse("<bench>", &serde_saphyr::to_string(&signed)?);
+    if !admission.admit(batch)?.committed {
+        bail!("the bench's AccessPolicy was refused");
+    }
     let warmup = (count / 10).clamp(1, 50);
     let mut samples = Vec::with_capacity(count);
     let mut floor = Vec::with_capacity(count);

@@ -74,6 +74,29 @@ fn post_login(url: &NodeUrl, body: &[u8]) -> Reply {
     .unwrap()
 }
 
+/// Push an owner-signed policy naming `subject` a viewer.
+fn allow(url: &NodeUrl, owner: &PrivateKey, cluster: &str, subject: &str) {
+    let yaml = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{subject}\"]\n      role: viewer\n"
+    );
+    let parsed = deorch::manifest::parse_str(Path::new("p.yaml"), &yaml);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let v = parsed.documents[0].object.to_value();
+    let signed = deorch::identity::sign_manifest(&v, cluster, owner, AddressType::P2wpkh).unwrap();
+    let body = serde_saphyr::to_string(&signed).unwrap();
+    let r = request(
+        url,
+        "POST",
+        "/v1/manifests",
+        Some("application/yaml"),
+        None,
+        body.as_bytes(),
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// Silent clients that finish their TLS handshake and then send nothing
 /// are closed by the node within its header timeout; one client cannot
 /// hold more than its share of connections; descriptors come back.
@@ -142,8 +165,8 @@ fn silent_connections_are_capped_and_closed() {
 /// is compared with the one issued; login attempts are rate limited.
 #[test]
 fn login_inputs_are_bounded_compared_and_rate_limited() {
-    let (_, owner) = owner();
-    let node = node_with_http("http-login-hard", &owner);
+    let (owner_key, owner_addr) = owner();
+    let node = node_with_http("http-login-hard", &owner_addr);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
     let user = PrivateKey::generate(Network::Mainnet);
     let addr = user.address(AddressType::P2wpkh).unwrap().to_string();
@@ -193,6 +216,14 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let body = json!({"address": taddr, "signature": sig, "challenge": c}).to_string();
     let r = post_login(&url, body.as_bytes());
     assert_eq!((r.status, code(&r)), (401, "WrongNetwork".into()));
+
+    // A good signature by an address no policy names: no session.
+    let c = challenge();
+    let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
+    let body = json!({"address": addr, "signature": sig, "challenge": c}).to_string();
+    let r = post_login(&url, body.as_bytes());
+    assert_eq!((r.status, code(&r)), (403, "NotAuthorised".into()));
+    allow(&url, &owner_key, &owner_addr, &addr);
 
     // Uppercase bech32: the session names the address in lowercase.
     let c = challenge();

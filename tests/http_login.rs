@@ -102,10 +102,38 @@ fn code(r: &Reply) -> String {
     r.json()["code"].as_str().unwrap_or_default().to_string()
 }
 
+/// Push (signed by the owner's key) a policy whose one rule names
+/// `subjects` as viewers: an address no policy names gets no session.
+fn allow_login(run: &Path, base: &str, owner_key: &str, subjects: &[&str]) {
+    let list: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
+    let policy = run.with_file_name("viewers.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\nspec:\n  rules:\n    - subjects: [{}]\n      role: viewer\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let (rc, _, err) = deorch(
+        run,
+        &[
+            "push",
+            "--node",
+            base,
+            "--key",
+            owner_key,
+            "-f",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rc, 0, "{err}");
+}
+
 #[test]
 fn login_replay_expiry_forgery_and_cookies() {
     let tmp = common::temp_dir("http-login");
-    let (_, owner, _) = key(&tmp, "owner.key");
+    let (_, owner, owner_key) = key(&tmp, "owner.key");
     let (user, user_addr, user_key) = key(&tmp, "user.key");
     // Another node of the cluster: its cookies are accepted because its
     // address is configured as trusted; a stranger's are not.
@@ -114,6 +142,21 @@ fn login_replay_expiry_forgery_and_cookies() {
     let base = node.http_url();
     let url = NodeUrl::parse(&base).unwrap();
     let run = tmp.join("run");
+
+    // 0. An address no access policy names gets no session, however well
+    // it signs; once the owner names it, it does.
+    let c = challenge(&url);
+    let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
+    let r = post_login(&url, &user_addr, &sig, &c);
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "NotAuthorised".into()),
+        "{:?}",
+        r.json()
+    );
+    assert!(r.header("set-cookie").is_none());
+    let user_p2pkh = user.address(AddressType::P2pkh).unwrap().to_string();
+    allow_login(&run, &base, &owner_key, &[&user_addr, &user_p2pkh]);
 
     // The node key was created 0600.
     let nk = node.state.join("node.key");

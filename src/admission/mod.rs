@@ -470,6 +470,35 @@ impl Admission {
         self.config.cluster.as_deref()
     }
 
+    /// Whether `address` may hold a session here: the cluster owner, or a
+    /// subject of a rule of an AccessPolicy that counts (the trusted ones,
+    /// as for signed documents). What the session may do is decided per
+    /// action; an address nobody named gets no session at all.
+    pub fn may_log_in(&self, address: &str) -> Result<(), String> {
+        let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
+            return Err(
+                "this node has no cluster owner (--cluster-owner): nobody can be authorised".into(),
+            );
+        };
+        if crate::identity::access::same_address(address, owner) {
+            return Ok(());
+        }
+        let policies: Vec<Manifest<AccessPolicySpec>> = self
+            .store
+            .list(Some(Kind::AccessPolicy))
+            .into_iter()
+            .filter_map(|r| serde_json::from_value(r.object).ok())
+            .collect();
+        let trusted = trusted_policies(&policies, cluster, owner).trusted;
+        if crate::identity::access::names_subject(&trusted, address) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{address} is not named by any access policy of this cluster: ask the cluster owner for a rule"
+            ))
+        }
+    }
+
     /// Check a document's signature (pure; no store access): none, the
     /// verified signer, or why it is refused.
     pub fn check_signature(&self, value: &Value) -> Signature {

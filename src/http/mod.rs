@@ -439,6 +439,14 @@ async fn login(
             return refuse(StatusCode::UNAUTHORIZED, code, message);
         }
     };
+    let gate = {
+        let (api, address) = (api.clone(), address.clone());
+        tokio::task::spawn_blocking(move || api.admission.may_log_in(&address)).await
+    };
+    if let Err(reason) = gate.unwrap_or_else(|e| Err(format!("the policy check failed: {e}"))) {
+        warn!(%peer, address = %bounded(&address), reason = %reason, "login refused: not authorised");
+        return refuse(StatusCode::FORBIDDEN, "NotAuthorised", reason);
+    }
     let session = Session {
         address,
         cluster: api.cluster.clone(),

@@ -66,9 +66,18 @@ pub struct RuleMiss {
     pub why: String,
 }
 
+/// Whether a rule of `policies` names `subject`.
+pub fn names_subject(policies: &[Manifest<AccessPolicySpec>], subject: &str) -> bool {
+    policies
+        .iter()
+        .flat_map(|p| &p.spec.rules)
+        .flat_map(|r| &r.subjects)
+        .any(|s| same_address(s, subject))
+}
+
 /// Two address strings name the same address (bech32 is case-insensitive);
 /// unparsable strings compare exactly.
-fn same_address(a: &str, b: &str) -> bool {
+pub fn same_address(a: &str, b: &str) -> bool {
     match (Address::parse(a), Address::parse(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
