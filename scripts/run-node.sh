@@ -62,7 +62,7 @@ while [ $SECONDS -lt $deadline ]; do
     say "VM tiny is up: $(grep -m1 'deorch-guest: lease' "$serial" || echo 'no DHCP lease line')"
     console=$("$bin" get vm tiny -o json --socket "$socket" 2>/dev/null |
       grep -Eo '"(host|vncPort|websocketPort|url)": ?"?[^,"}]*' | tr -d '"' | tr '\n' ' ' || true)
-    say "console: ${console:-not reported yet (deorch describe vm tiny)}"
+    say "console: ${console:-not reported yet (deorch describe vm tiny)} (locked: $bin console tiny --socket $socket prints a one-time password)"
     say "serial console log: $serial"
     say "try: $bin get --socket $socket    or    $bin describe vm tiny --socket $socket"
     break

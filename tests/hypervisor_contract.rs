@@ -329,6 +329,51 @@ fn check_console(s: &Subject, id: &str) -> Option<u16> {
     Some(expected)
 }
 
+/// The console starts locked: a VNC client without the password is
+/// refused; with a console ticket's password it gets through to the
+/// framebuffer; a wrong one is refused; after the ticket's lifetime the
+/// same password is refused.
+async fn check_console_ticket(s: &Subject, id: &str, port: u16) {
+    use common::vnc::{vnc_login, VncLogin};
+    let name = s.hv.name();
+    let login = |pw: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            vnc_login("127.0.0.1", port, pw.as_deref()).expect("VNC answers")
+        })
+    };
+    let locked = login(None).await.unwrap();
+    assert!(
+        matches!(locked, VncLogin::Refused(_)),
+        "[{name}] a console starts locked: {locked:?}"
+    );
+    let password = deorch::driver::console_password();
+    call(
+        "console ticket",
+        s.hv.console_ticket(id, &password, Duration::from_secs(3)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{name}] console ticket: {e}"));
+    let issued = Instant::now();
+    match login(Some(password.clone())).await.unwrap() {
+        VncLogin::Connected { width, height, .. } => {
+            assert!(width > 0 && height > 0, "[{name}] {width}x{height}")
+        }
+        other => panic!("[{name}] the ticket's password was refused: {other:?}"),
+    }
+    let wrong = login(Some("Wrong123".into())).await.unwrap();
+    assert!(
+        matches!(wrong, VncLogin::Refused(_)),
+        "[{name}] a wrong password: {wrong:?}"
+    );
+    // libvirt counts whole seconds: 3 s after the ticket, at most 4.
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(issued.elapsed())).await;
+    let expired = login(Some(password)).await.unwrap();
+    assert!(
+        matches!(expired, VncLogin::Refused(_)),
+        "[{name}] an expired ticket: {expired:?}"
+    );
+}
+
 /// A SPICE server answers a client's link message (main channel) with its
 /// own link header: magic "REDQ", protocol 2.x, and an error code of 0
 /// (`SPICE_LINK_ERR_OK`) in the reply.
@@ -410,6 +455,9 @@ async fn contract(s: Subject, id: String) {
     let st = state(&s, &id).await;
     assert_running(&st, &cfg, name);
     let port = check_console(&s, &id);
+    if let Some(port) = port {
+        check_console_ticket(&s, &id, port).await;
+    }
 
     // Starting a running VM is refused and changes nothing.
     let again = call("start", s.hv.start(&cfg)).await;

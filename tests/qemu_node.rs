@@ -8,6 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{qemu_available, tiny_guest, Node};
+use deorch::http::client::{request, NodeUrl, Reply};
+use deorch::identity::{AddressType, Network, PrivateKey};
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -52,6 +54,118 @@ fn console(node: &Node) -> (u64, u64) {
     std::net::TcpStream::connect((CONSOLE_HOST, ws as u16))
         .expect("the noVNC websocket port answers");
     (vnc, ws)
+}
+
+static OWNER: std::sync::LazyLock<(PrivateKey, String)> = std::sync::LazyLock::new(|| {
+    let k = PrivateKey::generate(Network::Mainnet);
+    let a = k.address(AddressType::P2wpkh).unwrap().to_string();
+    (k, a)
+});
+
+fn user() -> (PrivateKey, String) {
+    let k = PrivateKey::generate(Network::Mainnet);
+    let a = k.address(AddressType::P2wpkh).unwrap().to_string();
+    (k, a)
+}
+
+fn post(url: &NodeUrl, path: &str, cookie: Option<&str>, body: &[u8]) -> Reply {
+    request(
+        url,
+        "POST",
+        path,
+        Some("application/yaml"),
+        cookie,
+        body,
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+/// Consoles through the HTTP API: the console starts locked; a session
+/// whose policy allows `console` gets a one-time password that a VNC
+/// client logs in with; a viewer, an operator of another namespace and a
+/// request without a session get nothing.
+fn console_tickets(node: &Node, vnc: u16) {
+    use common::vnc::{vnc_login, VncLogin};
+    let url = NodeUrl::parse(&node.http_url()).unwrap();
+    let (viewer, viewer_addr) = user();
+    let (elsewhere, elsewhere_addr) = user();
+    let yaml = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: people\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{viewer_addr}\"]\n      role: viewer\n    - subjects: [\"{elsewhere_addr}\"]\n      role: operator\n      namespaces: [other]\n"
+    );
+    let parsed = deorch::manifest::parse_str(std::path::Path::new("p.yaml"), &yaml);
+    let signed = deorch::identity::sign_manifest(
+        &parsed.documents[0].object.to_value(),
+        &OWNER.1,
+        &OWNER.0,
+        AddressType::P2wpkh,
+    )
+    .unwrap();
+    let r = post(
+        &url,
+        "/v1/manifests",
+        None,
+        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let locked = vnc_login(CONSOLE_HOST, vnc, None).unwrap();
+    assert!(
+        matches!(locked, VncLogin::Refused(_)),
+        "starts locked: {locked:?}"
+    );
+    let path = "/v1/vms/default/tiny/console";
+    let r = post(&url, path, None, b"");
+    assert_eq!(r.status, 401, "no session");
+    for (key, want) in [(&viewer, "Denied"), (&elsewhere, "Denied")] {
+        let (_, token) = deorch::cli::http::login_once(&url, key, AddressType::P2wpkh).unwrap();
+        let r = post(&url, path, Some(&format!("deorch_session={token}")), b"");
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], want);
+    }
+    let (_, token) = deorch::cli::http::login_once(&url, &OWNER.0, AddressType::P2wpkh).unwrap();
+    let cookie = format!("deorch_session={token}");
+    let r = post(&url, "/v1/vms/default/nosuch/console", Some(&cookie), b"");
+    assert_eq!(r.status, 404);
+    let t = std::time::Instant::now();
+    let r = post(&url, path, Some(&cookie), b"");
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ticket = r.json();
+    assert_eq!(ticket["vncPort"].as_u64(), Some(u64::from(vnc)));
+    assert_eq!(ticket["host"], CONSOLE_HOST);
+    let password = ticket["password"].as_str().unwrap().to_string();
+    assert!(ticket["url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("&password={password}")));
+    match vnc_login(CONSOLE_HOST, vnc, Some(&password)).unwrap() {
+        VncLogin::Connected { .. } => {}
+        other => panic!("the ticket's password was refused: {other:?}"),
+    }
+    eprintln!("console ticket over HTTPS in {took:?}");
+    // The node's own user asks the local API (`deorch console`): a new
+    // password, and the one before it no longer works.
+    let (rc, out, err) = node.cli(&["console", "tiny", "--json"], None);
+    assert_eq!(rc, 0, "{err}");
+    let local: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let local_pw = local["password"].as_str().unwrap();
+    assert_ne!(local_pw, password);
+    assert!(matches!(
+        vnc_login(CONSOLE_HOST, vnc, Some(&password)).unwrap(),
+        VncLogin::Refused(_)
+    ));
+    assert!(matches!(
+        vnc_login(CONSOLE_HOST, vnc, Some(local_pw)).unwrap(),
+        VncLogin::Connected { .. }
+    ));
+    let (rc, _, err) = node.cli(&["console", "nosuch"], None);
+    assert_eq!(rc, 1);
+    assert!(err.contains("no VirtualMachine default/nosuch"), "{err}");
+    // The password never reaches the log.
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("console ticket issued"));
+    assert!(!log.contains(&password), "the console password was logged");
 }
 
 fn vm_yaml(power: &str) -> String {
@@ -126,6 +240,10 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
         CONSOLE_HOST.into(),
         "--console-ports".into(),
         format!("{}-{}", CONSOLE_PORTS.0, CONSOLE_PORTS.1),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
+        "--cluster-owner".into(),
+        OWNER.1.clone(),
     ];
     std::fs::write(node.manifests.join("network.yaml"), "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {name: default}\nspec:\n  ipv4: {subnet: 10.42.0.0/24, gateway: 10.42.0.1}\n").unwrap();
     std::fs::write(
@@ -183,6 +301,7 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
     let st = vm_status(&node);
     let restarts_before = st["restarts"].as_u64().unwrap_or(0);
     let ports = console(&node);
+    console_tickets(&node, ports.0 as u16);
     let pid = st["pid"].as_u64().expect("pid in status");
     assert!(alive(pid));
 

@@ -470,32 +470,75 @@ impl Admission {
         self.config.cluster.as_deref()
     }
 
-    /// Whether `address` may hold a session here: the cluster owner, or a
-    /// subject of a rule of an AccessPolicy that counts (the trusted ones,
-    /// as for signed documents). What the session may do is decided per
-    /// action; an address nobody named gets no session at all.
-    pub fn may_log_in(&self, address: &str) -> Result<(), String> {
+    /// The owner and the AccessPolicies that count now (the trusted ones,
+    /// as for signed documents).
+    fn trusted_now(&self) -> Result<(&str, Vec<Manifest<AccessPolicySpec>>), String> {
         let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
             return Err(
                 "this node has no cluster owner (--cluster-owner): nobody can be authorised".into(),
             );
         };
-        if crate::identity::access::same_address(address, owner) {
-            return Ok(());
-        }
         let policies: Vec<Manifest<AccessPolicySpec>> = self
             .store
             .list(Some(Kind::AccessPolicy))
             .into_iter()
             .filter_map(|r| serde_json::from_value(r.object).ok())
             .collect();
-        let trusted = trusted_policies(&policies, cluster, owner).trusted;
-        if crate::identity::access::names_subject(&trusted, address) {
+        Ok((owner, trusted_policies(&policies, cluster, owner).trusted))
+    }
+
+    /// Whether `address` may hold a session here: the cluster owner, or a
+    /// subject of a rule of an AccessPolicy that counts. What the session
+    /// may do is decided per action ([`Admission::authorise_session`]); an
+    /// address nobody named gets no session at all.
+    pub fn may_log_in(&self, address: &str) -> Result<(), String> {
+        let (owner, trusted) = self.trusted_now()?;
+        if crate::identity::access::same_address(address, owner)
+            || crate::identity::access::names_subject(&trusted, address)
+        {
             Ok(())
         } else {
             Err(format!(
                 "{address} is not named by any access policy of this cluster: ask the cluster owner for a rule"
             ))
+        }
+    }
+
+    /// Whether a session of `address` (which passed a level-2 check when
+    /// `level2`) may `verb` objects of `kind` in `namespace`: the owner
+    /// always may, anyone else by the trusted policies, and a rule that
+    /// needs level 2 only for a session that passed it.
+    pub fn authorise_session(
+        &self,
+        address: &str,
+        level2: bool,
+        verb: Verb,
+        kind: Kind,
+        namespace: &str,
+    ) -> Result<(), Refused> {
+        let (owner, trusted) = self.trusted_now().map_err(|reason| Refused {
+            code: "Denied",
+            reason,
+            misses: Vec::new(),
+        })?;
+        if crate::identity::access::same_address(address, owner) {
+            return Ok(());
+        }
+        match crate::identity::access::authorize(&trusted, address, verb, kind, namespace) {
+            crate::identity::access::Decision::Allow { level2: false, .. } => Ok(()),
+            crate::identity::access::Decision::Allow { .. } if level2 => Ok(()),
+            crate::identity::access::Decision::Allow { policy, rule, .. } => Err(Refused {
+                code: "Level2Required",
+                reason: format!(
+                    "policy {policy} rule {rule} allows {address} only after a level-2 password check at login"
+                ),
+                misses: Vec::new(),
+            }),
+            crate::identity::access::Decision::Deny { reason, misses } => Err(Refused {
+                code: "Denied",
+                reason,
+                misses,
+            }),
         }
     }
 

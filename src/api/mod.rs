@@ -88,6 +88,14 @@ pub enum Request {
         /// The VM.
         name: String,
     },
+    /// A console ticket for a VM running on this node: a one-time
+    /// password that unlocks its consoles for a minute (`deorch console`).
+    Console {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+    },
     /// Events about one object (refused ones too: they have no record),
     /// or all events; oldest first.
     Events {
@@ -159,6 +167,12 @@ pub enum Response {
     Volumes {
         /// Every volume of the node's storage.
         volumes: Vec<VolumeEntry>,
+    },
+    /// A console ticket: `{vm, host, vncPort, websocketPort, spicePort,
+    /// password, expires, url}` (as the HTTP API's).
+    ConsoleTicket {
+        /// The ticket.
+        ticket: serde_json::Value,
     },
     /// A volume was restored or purged.
     VolumeDone {

@@ -208,6 +208,26 @@ async fn handle_conn(
                     | Request::RestoreVolume { .. }
                     | Request::PurgeVolume { .. }),
                 ) => volumes(&planner, req).await,
+                Ok(Request::Console { namespace, name }) => {
+                    let ns = namespace.unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.into());
+                    match crate::http::issue_console_ticket(
+                        planner.drivers.hypervisor.as_ref(),
+                        &planner.store,
+                        &ns,
+                        &name,
+                    )
+                    .await
+                    {
+                        Ok(ticket) => {
+                            info!(vm = %ticket["vm"], expires = %ticket["expires"], "console ticket issued (local API)");
+                            Response::ConsoleTicket { ticket }
+                        }
+                        Err((code, message)) => Response::Error {
+                            code: code.into(),
+                            message,
+                        },
+                    }
+                }
                 Ok(Request::Recover { namespace, name }) => {
                     let key = crate::model::ObjectKey::new(
                         crate::model::Kind::VirtualMachine,
@@ -386,7 +406,8 @@ pub fn handle(
         Request::Volumes
         | Request::RestoreVolume { .. }
         | Request::PurgeVolume { .. }
-        | Request::Recover { .. } => Err(Response::Error {
+        | Request::Recover { .. }
+        | Request::Console { .. } => Err(Response::Error {
             code: "BadRequest".into(),
             message: "volume requests need the node's storage (the socket server answers them)"
                 .into(),

@@ -4,7 +4,7 @@
 //! touch is through the local API of a running node.
 
 mod dhcp;
-pub(crate) mod http;
+pub mod http;
 mod identity;
 mod output;
 mod replica;
@@ -236,6 +236,21 @@ pub enum Command {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Unlock a VM's console for a minute: prints where to connect (VNC,
+    /// noVNC websocket, SPICE) and a one-time password.
+    Console {
+        /// The VM.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Print the ticket as JSON.
+        #[arg(long)]
+        json: bool,
         /// How to reach the node.
         #[command(flatten)]
         client: ClientArgs,
@@ -853,6 +868,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dhcp { command } => dhcp::run(command),
         Command::Replica { command } => replica::run(command),
         Command::Volume { command } => volume(command),
+        Command::Console {
+            name,
+            namespace,
+            json,
+            client,
+        } => match client::call(
+            &client.socket,
+            &Request::Console { namespace, name },
+            CALL_TIMEOUT,
+        )? {
+            Response::ConsoleTicket { ticket } if json => {
+                println!("{ticket}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::ConsoleTicket { ticket: t } => {
+                let port = |k: &str| t[k].as_u64().map_or("-".to_string(), |p| p.to_string());
+                println!(
+                    "{}: VNC {host}:{} (noVNC websocket {}, SPICE {}), password {} for 60 s",
+                    t["vm"].as_str().unwrap_or_default(),
+                    port("vncPort"),
+                    port("websocketPort"),
+                    port("spicePort"),
+                    t["password"].as_str().unwrap_or_default(),
+                    host = t["host"].as_str().unwrap_or_default(),
+                );
+                if let Some(url) = t["url"].as_str() {
+                    println!("noVNC: {url}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { message, .. } => {
+                eprintln!("error: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => unexpected(other),
+        },
         Command::Recover {
             name,
             namespace,

@@ -499,16 +499,20 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
             .websocket
             .map(|p| format!(" websocket='{p}'"))
             .unwrap_or_default();
+        // Locked: a random password nobody is told (libvirt never shows
+        // it without VIR_DOMAIN_XML_SECURE) until a console ticket sets
+        // one, which expires.
+        let lock = super::console_password();
         let _ = writeln!(
             w,
-            "    <graphics type='vnc' port='{}' autoport='no'{ws} listen='{}'/>",
+            "    <graphics type='vnc' port='{}' autoport='no'{ws} listen='{}' passwd='{lock}'/>",
             v.port,
             esc(&v.listen.to_string())
         );
         if let Some(sp) = p.spice_port {
             let _ = writeln!(
                 w,
-                "    <graphics type='spice' port='{sp}' autoport='no' listen='{}'/>",
+                "    <graphics type='spice' port='{sp}' autoport='no' listen='{}' passwd='{lock}'/>",
                 esc(&v.listen.to_string())
             );
         }
@@ -536,6 +540,30 @@ fn elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
     xml.match_indices(&open)
         .filter_map(|(i, _)| xml[i..].find('>').map(|end| &xml[i..i + end]))
         .collect()
+}
+
+/// `element` (an opening tag) without the attribute `name`.
+fn drop_attr(element: &str, name: &str) -> String {
+    ['\'', '"']
+        .into_iter()
+        .find_map(|q| {
+            let key = format!(" {name}={q}");
+            let start = element.find(&key)?;
+            let len = element[start + key.len()..].find(q)?;
+            Some(format!(
+                "{}{}",
+                &element[..start],
+                &element[start + key.len() + len + 1..]
+            ))
+        })
+        .unwrap_or_else(|| element.to_string())
+}
+
+/// libvirt's `passwdValidTo`: UTC `YYYY-MM-DDTHH:MM:SS` of unix seconds.
+fn passwd_valid_to(secs: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(secs as i64)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
+        .unwrap_or_default()
 }
 
 /// An attribute's value in an opening tag (libvirt quotes with `'`).
@@ -722,6 +750,47 @@ impl Hypervisor for LibvirtHypervisor {
             })
             .await
         })
+    }
+
+    fn console_ticket<'a>(
+        &'a self,
+        id: &'a str,
+        password: &'a str,
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let password = esc(password);
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            + valid_for.as_secs().max(1);
+        Box::pin(self.run("console ticket", id, move |_, conn, id| {
+            let op = "console ticket";
+            let dom = Inner::lookup(conn, op, id)?.ok_or_else(|| DriverError::NotFound {
+                op: op.into(),
+                target: id.into(),
+            })?;
+            let xml = dom.xml_desc(0).map_err(|e| classify(op, id, &e))?;
+            let valid_to = passwd_valid_to(until);
+            let graphics = elements(&xml, "graphics");
+            if graphics.is_empty() {
+                return Err(DriverError::Permanent {
+                    op: op.into(),
+                    target: id.into(),
+                    message: "the domain has no console".into(),
+                });
+            }
+            for g in graphics {
+                // The live element's own attributes (type, port, listen)
+                // with the ticket added: libvirt changes only the password.
+                let open = g.trim_end_matches('/').trim_end();
+                let open = drop_attr(&drop_attr(open, "passwd"), "passwdValidTo");
+                let update = format!("{open} passwd='{password}' passwdValidTo='{valid_to}'/>");
+                dom.update_device_flags(&update, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                    .map_err(|e| classify(op, id, &e))?;
+            }
+            Ok(())
+        }))
     }
 
     fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -995,7 +1064,7 @@ mod tests {
             "<mac address='52:54:00:12:34:56'/>",
             "<address type='virtio-mmio'/>",
             "<serial type='file'><source path='/s/vms/default/tiny/serial.log'/>",
-            "<graphics type='vnc' port='5907' autoport='no' websocket='6907' listen='127.0.0.1'/>",
+            "<graphics type='vnc' port='5907' autoport='no' websocket='6907' listen='127.0.0.1' passwd='",
             "<video><model type='none'/></video>",
             "<label>+0:+0</label>",
         ] {
@@ -1037,7 +1106,7 @@ mod tests {
             "<readonly/>",
             "<target dev='vdz' bus='virtio'/>",
             "<target dev='vdaa' bus='virtio'/>",
-            "<graphics type='spice' port='7907' autoport='no' listen='127.0.0.1'/>",
+            "<graphics type='spice' port='7907' autoport='no' listen='127.0.0.1' passwd='",
             "<video><model type='vga'/></video>",
         ] {
             assert!(x.contains(want), "{want} missing from:\n{x}");
@@ -1097,6 +1166,11 @@ mod tests {
             vnc_port("<graphics type='vnc' port='-1' autoport='yes'/>"),
             None
         );
+        assert_eq!(
+            drop_attr("<graphics type='vnc' passwd='x' port='1'", "passwd"),
+            "<graphics type='vnc' port='1'"
+        );
+        assert_eq!(passwd_valid_to(1_780_000_000), "2026-05-28T20:26:40");
         let caps = "<video supported='yes'><enum name='modelType'><value>vga</value></enum></video>\n<graphics supported='yes'>\n<enum name='type'>\n<value>sdl</value>\n<value>vnc</value>\n<value>spice</value>\n</enum>\n</graphics>";
         assert_eq!(graphics_types(caps), ["sdl", "vnc", "spice"]);
         assert_eq!(PortRange::default().spice(5907), Some(7907));

@@ -232,6 +232,25 @@ pub enum VmState {
     Stopped(StopReason),
 }
 
+/// A fresh console password: 8 characters of `[A-Za-z0-9]` (~47 bits),
+/// the most VNC's authentication uses (it keys DES with 8 bytes). It is
+/// one-time and short-lived: it unlocks a console for a minute or so.
+pub fn console_password() -> String {
+    use rand_core::{OsRng, RngCore};
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..8)
+        .map(|_| {
+            // Rejection sampling: no bias towards the first letters.
+            loop {
+                let b = (OsRng.next_u32() & 0xff) as usize;
+                if b < 248 {
+                    return ALPHABET[b % 62] as char;
+                }
+            }
+        })
+        .collect()
+}
+
 /// Runs VMs.
 pub trait Hypervisor: Send + Sync {
     /// Driver name (`fake`, `qemu`, `libvirt`).
@@ -244,6 +263,24 @@ pub trait Hypervisor: Send + Sync {
     fn console(&self, id: &str) -> Option<crate::model::vm::ConsoleStatus> {
         let _ = id;
         None
+    }
+    /// Unlock a running VM's consoles (VNC, its websocket, SPICE) with
+    /// `password` for `valid_for`; they refuse every client otherwise
+    /// (consoles start locked). A later ticket replaces an earlier one.
+    fn console_ticket<'a>(
+        &'a self,
+        id: &'a str,
+        password: &'a str,
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (password, valid_for);
+        Box::pin(async move {
+            Err(DriverError::Permanent {
+                op: "console ticket".into(),
+                target: id.into(),
+                message: format!("the {} driver has no consoles", self.name()),
+            })
+        })
     }
     /// Start `config` (replacing a stopped VM of the same id).
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>>;

@@ -474,6 +474,45 @@ impl Hypervisor for QemuHypervisor {
         })
     }
 
+    fn console_ticket<'a>(
+        &'a self,
+        id: &'a str,
+        password: &'a str,
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let op = "console ticket";
+            let (_, spice) =
+                Self::read_ports(&self.runtime_dir(id)).ok_or_else(|| DriverError::NotFound {
+                    op: op.into(),
+                    target: id.into(),
+                })?;
+            let mut qmp = self.qmp(op, id).await?;
+            let mut protocols = vec!["vnc"];
+            if spice.is_some() {
+                protocols.push("spice");
+            }
+            // Relative expiry ("+N" seconds), so the host clock's steps do
+            // not matter; at least a second.
+            let time = format!("+{}", valid_for.as_secs().max(1));
+            for protocol in protocols {
+                qmp.execute(
+                    "set_password",
+                    Some(serde_json::json!({"protocol": protocol, "password": password})),
+                )
+                .await
+                .map_err(|e| Self::err(op, id, format!("set_password {protocol}: {e}")))?;
+                qmp.execute(
+                    "expire_password",
+                    Some(serde_json::json!({"protocol": protocol, "time": time})),
+                )
+                .await
+                .map_err(|e| Self::err(op, id, format!("expire_password {protocol}: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+
     fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             self.qmp("pause", id)

@@ -95,6 +95,7 @@ pub struct HttpApi {
     nonces: Mutex<NonceStore>,
     challenge_limiter: Option<Mutex<RateLimiter>>,
     login_limiter: Option<Mutex<RateLimiter>>,
+    consoles: std::sync::OnceLock<Arc<dyn crate::driver::Hypervisor>>,
     login_ttl: u64,
     session_ttl: u64,
 }
@@ -156,6 +157,7 @@ impl HttpApi {
             login_limiter: settings
                 .challenge_limit
                 .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
+            consoles: std::sync::OnceLock::new(),
             cluster,
             node_key: settings.node_key,
             node_address,
@@ -181,6 +183,12 @@ impl HttpApi {
             || Address::parse(address).is_ok_and(|a| self.trusted_nodes.contains(&a))
     }
 
+    /// Serve console tickets for the VMs `hypervisor` runs (once; the
+    /// node does it when its drivers are up).
+    pub fn set_consoles(&self, hypervisor: Arc<dyn crate::driver::Hypervisor>) {
+        let _ = self.consoles.set(hypervisor);
+    }
+
     /// Check a session token (cookie value) now.
     pub fn check_session(&self, token: &str) -> Result<Session, LoginError> {
         Session::from_token(token, &self.cluster, now_secs(), |a| {
@@ -196,6 +204,7 @@ impl HttpApi {
             .route("/v1/auth/login", post(login))
             .route("/v1/auth/whoami", get(whoami))
             .route("/v1/manifests", post(push))
+            .route("/v1/vms/{namespace}/{name}/console", post(console_ticket))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
@@ -501,15 +510,7 @@ async fn whoami(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = session_cookie(&headers) else {
-        warn!(%peer, "session refused: no cookie");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "NoSession",
-            "no session cookie: log in first (deorch login)",
-        );
-    };
-    match api.check_session(token) {
+    match session_of(&api, peer, &headers) {
         Ok(s) => Json(json!({
             "address": s.address,
             "cluster": s.cluster,
@@ -517,16 +518,7 @@ async fn whoami(
             "expires": s.expires,
         }))
         .into_response(),
-        Err(e) => {
-            let code = match e {
-                LoginError::Expired => "SessionExpired",
-                LoginError::UnknownNode(_) => "UntrustedNode",
-                LoginError::WrongCluster(_) => "WrongCluster",
-                _ => "BadSession",
-            };
-            warn!(%peer, code, reason = %e, "session refused");
-            refuse(StatusCode::UNAUTHORIZED, code, e.to_string())
-        }
+        Err(r) => *r,
     }
 }
 
@@ -544,6 +536,149 @@ async fn push(
             format!("push handler failed: {e}"),
         ),
     }
+}
+
+/// How long a console ticket's password unlocks the console: time to
+/// open a viewer with it; a session asks again for the next connection.
+pub const CONSOLE_TICKET_TTL: Duration = Duration::from_secs(60);
+
+/// The session of a request, or the 401 to answer.
+fn session_of(
+    api: &HttpApi,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Session, Box<Response>> {
+    let Some(token) = session_cookie(headers) else {
+        warn!(%peer, "session refused: no cookie");
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "NoSession",
+            "no session cookie: log in first (deorch login)",
+        )));
+    };
+    api.check_session(token).map_err(|e| {
+        let code = match e {
+            LoginError::Expired => "SessionExpired",
+            LoginError::UnknownNode(_) => "UntrustedNode",
+            LoginError::WrongCluster(_) => "WrongCluster",
+            _ => "BadSession",
+        };
+        warn!(%peer, code, reason = %e, "session refused");
+        Box::new(refuse(StatusCode::UNAUTHORIZED, code, e.to_string()))
+    })
+}
+
+/// `POST /v1/vms/{namespace}/{name}/console`: a one-time password that
+/// unlocks the VM's consoles (VNC, its websocket, SPICE) on this node for
+/// [`CONSOLE_TICKET_TTL`], for a session AccessPolicy allows `console` on
+/// the VM. The consoles are locked otherwise; the viewer connects to the
+/// node directly (no proxy).
+async fn console_ticket(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::model::{access::Verb, Kind};
+    let session = match session_of(&api, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let vm = format!("{}/{}", bounded(&namespace), bounded(&name));
+    let allowed = {
+        let (api, address, namespace) = (api.clone(), session.address.clone(), namespace.clone());
+        tokio::task::spawn_blocking(move || {
+            api.admission.authorise_session(
+                &address,
+                false,
+                Verb::Console,
+                Kind::VirtualMachine,
+                &namespace,
+            )
+        })
+        .await
+    };
+    match allowed {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => {
+            warn!(%peer, address = %session.address, %vm, code = r.code, reason = %r.reason, "console refused");
+            return refuse(StatusCode::FORBIDDEN, r.code, r.reason);
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                format!("authorisation failed: {e}"),
+            )
+        }
+    }
+    let Some(hv) = api.consoles.get() else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "NoConsole",
+            "this node serves no consoles yet",
+        );
+    };
+    match issue_console_ticket(hv.as_ref(), api.admission.store(), &namespace, &name).await {
+        Ok(ticket) => {
+            info!(%peer, address = %session.address, %vm, expires = %ticket["expires"], "console ticket issued");
+            ([(header::CACHE_CONTROL, "no-store")], Json(ticket)).into_response()
+        }
+        Err((code, message)) => {
+            warn!(%peer, %vm, code, reason = %message, "console refused");
+            let status = if code == "NotFound" {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            refuse(status, code, message)
+        }
+    }
+}
+
+/// A console ticket for the VM `namespace/name` on this node's
+/// hypervisor: `{vm, host, vncPort, websocketPort, spicePort, password,
+/// expires, url}`, or (code, why) — `NotFound`, `NotRunningHere`,
+/// `ConsoleUnavailable`. Who may ask is the caller's business (the HTTP
+/// API checks the session's policy; the local API is the node's user's).
+pub async fn issue_console_ticket(
+    hv: &dyn crate::driver::Hypervisor,
+    store: &crate::store::Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, (&'static str, String)> {
+    use crate::model::{Kind, ObjectKey};
+    let key = ObjectKey::new(Kind::VirtualMachine, Some(namespace), name);
+    let vm = format!("{}/{}", key.namespace, key.name);
+    if store.get(&key).is_none() {
+        return Err(("NotFound", format!("no VirtualMachine {}", bounded(&vm))));
+    }
+    let Some(console) = hv.console(&vm) else {
+        return Err((
+            "NotRunningHere",
+            format!(
+                "{vm} has no console on this node (not running here?): ask the node it runs on"
+            ),
+        ));
+    };
+    let password = crate::driver::console_password();
+    hv.console_ticket(&vm, &password, CONSOLE_TICKET_TTL)
+        .await
+        .map_err(|e| ("ConsoleUnavailable", e.to_string()))?;
+    let url = console
+        .url
+        .as_ref()
+        .map(|u| format!("{u}&password={password}"));
+    Ok(json!({
+        "vm": vm,
+        "host": console.host,
+        "vncPort": console.vnc_port,
+        "websocketPort": console.websocket_port,
+        "spicePort": console.spice_port,
+        "password": password,
+        "expires": now_secs() + CONSOLE_TICKET_TTL.as_secs(),
+        "url": url,
+    }))
 }
 
 /// Load the node key at `path`, creating it (0600, on `network`) when the

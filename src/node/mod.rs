@@ -200,6 +200,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     let listener = api::server::bind(&config.socket)
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
     let drivers = drivers(&config).await?;
+    let hypervisor = drivers.hypervisor.clone();
     let facts = api::server::ServerFacts {
         name: config.name.clone(),
         hypervisor: drivers.hypervisor.name().into(),
@@ -243,6 +244,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     let mut tasks = Vec::new();
     if let Some(http) = &config.http {
         let (listener, api) = start_http(http, &admission, &config).await?;
+        api.set_consoles(hypervisor.clone());
         tasks.push(tokio::spawn(crate::http::serve(
             listener,
             api,

@@ -234,16 +234,13 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
             .websocket
             .map(|p| format!(",websocket={p}"))
             .unwrap_or_default();
-        push(&["-vnc", &format!("{host}:{display}{ws}")]);
+        // Locked: no password is set until an authorised session asks for
+        // a console ticket (QMP set_password), which expires.
+        push(&["-vnc", &format!("{host}:{display},password=on{ws}")]);
     }
     if let Some(s) = &vm.spice {
-        // No ticket: like VNC, the console listens where the node's
-        // console address says (loopback by default) and access to it is
-        // the node's business, not a password in a command line.
-        push(&[
-            "-spice",
-            &format!("port={},addr={},disable-ticketing=on", s.port, s.listen),
-        ]);
+        // Ticketing on and no ticket set: locked likewise.
+        push(&["-spice", &format!("port={},addr={}", s.port, s.listen)]);
     }
     if (vm.vnc.is_some() || vm.spice.is_some()) && !microvm(vm) {
         push(&["-device", "VGA"]);
@@ -296,7 +293,10 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("romfile"), "{s}");
-        assert!(s.contains("-vnc 127.0.0.1:7,websocket=5707"), "{s}");
+        assert!(
+            s.contains("-vnc 127.0.0.1:7,password=on,websocket=5707"),
+            "{s}"
+        );
         assert!(s.contains("-nodefaults") && s.contains("-daemonize"), "{s}");
         assert!(s.contains("-pidfile /run/deorch/vms/x/qemu.pid"), "{s}");
     }
@@ -310,10 +310,7 @@ mod tests {
             port: 7907,
         });
         let s = joined(&vm);
-        assert!(
-            s.contains("-spice port=7907,addr=127.0.0.1,disable-ticketing=on"),
-            "{s}"
-        );
+        assert!(s.contains("-spice port=7907,addr=127.0.0.1 "), "{s}");
         assert_eq!(s.matches("-device VGA").count(), 1, "{s}");
         vm.vnc = None;
         assert!(
