@@ -32,6 +32,7 @@ pub mod clock;
 pub mod dhcp;
 pub mod driver;
 pub mod fence;
+pub mod fuzzing;
 pub mod gossip;
 pub mod http;
 pub mod identity;
