@@ -59,7 +59,8 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::identity::access::{
-    authorize_signer, trusted_policies, verify_signed, Refused, RuleMiss,
+    authorize, authorize_signer, same_address, trusted_policies, verify_signed, Decision, Refused,
+    RuleMiss,
 };
 use crate::identity::signed::{SIGNATURE_ANNOTATION, SIGNER_ANNOTATION};
 use crate::manifest::{self, Diagnostic};
@@ -309,6 +310,18 @@ pub struct Deletion {
     pub purge: bool,
 }
 
+/// The logged-in user a batch acts for (an HTTP API session): its
+/// unsigned documents and deletions are authorised by AccessPolicy as this
+/// address, as a signer's are; a rule that needs level 2 only if the
+/// session passed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSubject {
+    /// The session's address.
+    pub address: String,
+    /// The session passed a level-2 check at login.
+    pub level2: bool,
+}
+
 /// What a source hands to admission: all of it is written, or none.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -330,6 +343,8 @@ pub struct Batch {
     pub purge_dropped: bool,
     /// Parse problems: any refuses the batch.
     pub diagnostics: Vec<Diagnostic>,
+    /// The session it acts for, if any.
+    pub session: Option<SessionSubject>,
 }
 
 impl Batch {
@@ -343,6 +358,7 @@ impl Batch {
             declared_set: None,
             purge_dropped: false,
             diagnostics: Vec::new(),
+            session: None,
         }
     }
 
@@ -516,30 +532,55 @@ impl Admission {
         kind: Kind,
         namespace: &str,
     ) -> Result<(), Refused> {
-        let (owner, trusted) = self.trusted_now().map_err(|reason| Refused {
-            code: "Denied",
-            reason,
-            misses: Vec::new(),
-        })?;
-        if crate::identity::access::same_address(address, owner) {
-            return Ok(());
-        }
-        match crate::identity::access::authorize(&trusted, address, verb, kind, namespace) {
-            crate::identity::access::Decision::Allow { level2: false, .. } => Ok(()),
-            crate::identity::access::Decision::Allow { .. } if level2 => Ok(()),
-            crate::identity::access::Decision::Allow { policy, rule, .. } => Err(Refused {
-                code: "Level2Required",
-                reason: format!(
-                    "policy {policy} rule {rule} allows {address} only after a level-2 password check at login"
-                ),
-                misses: Vec::new(),
-            }),
-            crate::identity::access::Decision::Deny { reason, misses } => Err(Refused {
-                code: "Denied",
-                reason,
-                misses,
-            }),
-        }
+        self.authorise_session_each(address, level2, verb, &[(kind, namespace)])
+            .pop()
+            .expect("one answer per request")
+    }
+
+    /// [`Admission::authorise_session`] for several (kind, namespace)
+    /// pairs, with one read of the policies.
+    pub fn authorise_session_each(
+        &self,
+        address: &str,
+        level2: bool,
+        verb: Verb,
+        what: &[(Kind, &str)],
+    ) -> Vec<Result<(), Refused>> {
+        let (owner, trusted) = match self.trusted_now() {
+            Ok(t) => t,
+            Err(reason) => {
+                let r = Refused {
+                    code: "Denied",
+                    reason,
+                    misses: Vec::new(),
+                };
+                return what.iter().map(|_| Err(r.clone())).collect();
+            }
+        };
+        let is_owner = same_address(address, owner);
+        what.iter()
+            .map(|(kind, namespace)| {
+                if is_owner {
+                    return Ok(());
+                }
+                match authorize(&trusted, address, verb, *kind, namespace) {
+                    Decision::Allow { level2: false, .. } => Ok(()),
+                    Decision::Allow { .. } if level2 => Ok(()),
+                    Decision::Allow { policy, rule, .. } => Err(Refused {
+                        code: "Level2Required",
+                        reason: format!(
+                            "policy {policy} rule {rule} allows {address} only after a level-2 password check at login"
+                        ),
+                        misses: Vec::new(),
+                    }),
+                    Decision::Deny { reason, misses } => Err(Refused {
+                        code: "Denied",
+                        reason,
+                        misses,
+                    }),
+                }
+            })
+            .collect()
     }
 
     /// Check a document's signature (pure; no store access): none, the
@@ -684,7 +725,7 @@ impl Admission {
                 seen.insert(key.clone(), doc.at.clone());
                 match owned_by_file(tx, &key, source, Some(&doc.object.to_value())) {
                     Some(file) => Verdict::OwnedByFile { file },
-                    None => match self.authorised(sig, batch.trust, Verb::Apply, &key, &trust) {
+                    None => match self.authorised(sig, batch, Verb::Apply, &key, &trust) {
                         Err(v) => v,
                         Ok(signed) => {
                             let at = signed.then(|| signed_generation(&doc.object));
@@ -713,7 +754,7 @@ impl Admission {
         for (del, sig) in batch.deletions.iter().zip(tombstones) {
             let owner = owned_by_file(tx, &del.key, source, None);
             let verdict = match owner.map(|file| Verdict::OwnedByFile { file }).map_or_else(
-                || self.authorised(sig, batch.trust, Verb::Delete, &del.key, &trust),
+                || self.authorised(sig, batch, Verb::Delete, &del.key, &trust),
                 Err,
             ) {
                 Err(v) => v,
@@ -786,14 +827,51 @@ impl Admission {
     fn authorised(
         &self,
         sig: &Signature,
-        trust: Trust,
+        batch: &Batch,
         verb: Verb,
         key: &ObjectKey,
         policies: &Trusted,
     ) -> Result<bool, Verdict> {
+        let policies = match policies {
+            Trusted::Computed(p) => p.as_slice(),
+            Trusted::NotNeeded => &[],
+        };
         match sig {
             Signature::Refused(v) => Err(v.clone()),
-            Signature::None => match trust {
+            Signature::None if batch.session.is_some() => {
+                let s = batch.session.as_ref().expect("checked");
+                let Some(owner) = self.config.owner.as_deref() else {
+                    return Err(Verdict::Denied {
+                        signer: s.address.clone(),
+                        reason: "this node has no cluster owner (--cluster-owner): nobody can be authorised".into(),
+                        misses: Vec::new(),
+                    });
+                };
+                if same_address(&s.address, owner) {
+                    return Ok(false);
+                }
+                match authorize(policies, &s.address, verb, key.kind, &key.namespace) {
+                    Decision::Allow { level2: false, .. } => Ok(false),
+                    Decision::Allow { .. } if s.level2 => Ok(false),
+                    Decision::Allow { policy, rule, .. } => Err(Verdict::from_refused(
+                        Refused {
+                            code: "Level2Required",
+                            reason: format!("policy {policy} rule {rule} allows {} only after a level-2 password check at login", s.address),
+                            misses: Vec::new(),
+                        },
+                        Some(&s.address),
+                    )),
+                    Decision::Deny { reason, misses } => Err(Verdict::from_refused(
+                        Refused {
+                            code: "Denied",
+                            reason,
+                            misses,
+                        },
+                        Some(&s.address),
+                    )),
+                }
+            }
+            Signature::None => match batch.trust {
                 Trust::Local | Trust::UnsignedByChoice => Ok(false),
                 Trust::Signed => Err(Verdict::Unsigned {
                     reason: format!(
@@ -808,10 +886,6 @@ impl Admission {
                         reason: "this node has no cluster owner (--cluster-owner): no signer can be authorised".into(),
                         misses: Vec::new(),
                     });
-                };
-                let policies = match policies {
-                    Trusted::Computed(p) => p.as_slice(),
-                    Trusted::NotNeeded => &[],
                 };
                 authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies)
                     .map(|()| true)
@@ -837,7 +911,11 @@ impl Admission {
         let needed = signatures
             .iter()
             .chain(tombstones)
-            .any(|s| matches!(s, Signature::Valid(signer) if signer != owner));
+            .any(|s| matches!(s, Signature::Valid(signer) if signer != owner))
+            || batch
+                .session
+                .as_ref()
+                .is_some_and(|s| !same_address(&s.address, owner));
         if !needed {
             return Trusted::NotNeeded;
         }

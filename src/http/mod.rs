@@ -46,7 +46,7 @@ use self::tls::PeerAddr;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::admission::{Admission, Batch, Trust, Verdict};
+use crate::admission::{Admission, Batch, Deletion, SessionSubject, Trust, Verdict};
 use crate::identity::level2::{Level2Error, RateLimiter};
 use crate::identity::session::{bounded, Challenge, LoginError, NonceStore, Session};
 use crate::identity::{Address, AddressType, KeyError, PrivateKey};
@@ -204,6 +204,7 @@ impl HttpApi {
             .route("/v1/auth/login", post(login))
             .route("/v1/auth/whoami", get(whoami))
             .route("/v1/manifests", post(push))
+            .route("/v1/objects", get(objects).delete(delete_object))
             .route("/v1/vms/{namespace}/{name}/console", post(console_ticket))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
@@ -211,7 +212,12 @@ impl HttpApi {
 
     /// Admit a push (blocking: verifies signatures and writes the store).
     /// All documents or none.
-    fn push(&self, peer: SocketAddr, body: &[u8]) -> Result<Value, Refusal> {
+    fn push(
+        &self,
+        peer: SocketAddr,
+        body: &[u8],
+        session: Option<SessionSubject>,
+    ) -> Result<Value, Refusal> {
         let bad = |code: &str, msg: String| {
             warn!(%peer, code, reason = %msg, "push refused");
             (
@@ -222,6 +228,7 @@ impl HttpApi {
         let text = std::str::from_utf8(body)
             .map_err(|_| bad("BadRequest", "body is not UTF-8 YAML".into()))?;
         let mut batch = Batch::new(SourceId(PUSH_SOURCE.into()), Trust::Signed);
+        batch.session = session;
         batch.parse("<push>", text);
         if !batch.diagnostics.is_empty() {
             warn!(%peer, problems = batch.diagnostics.len(), "push refused: invalid manifests");
@@ -237,7 +244,13 @@ impl HttpApi {
         if batch.docs.is_empty() {
             return Err(bad("BadRequest", "no documents; nothing applied".into()));
         }
-        let total = batch.docs.len();
+        self.admit(peer, batch)
+    }
+
+    /// Admit `batch` and answer as the push does: every verdict, or every
+    /// refusal and nothing applied.
+    fn admit(&self, peer: SocketAddr, batch: Batch) -> Result<Value, Refusal> {
+        let total = batch.docs.len() + batch.deletions.len();
         let outcome = self.admission.admit(batch).map_err(|e| {
             warn!(%peer, error = %e, "push: store write failed");
             (
@@ -293,17 +306,20 @@ impl HttpApi {
             .iter()
             .map(|a| {
                 let (generation, changed) = match a.verdict {
-                    Verdict::Applied { generation } => (generation, true),
+                    Verdict::Applied { generation } | Verdict::Deleted { generation } => {
+                        (generation, true)
+                    }
                     Verdict::Unchanged { generation } => (generation, false),
                     _ => (0, false),
                 };
                 if changed {
-                    info!(%peer, object = %a.key, generation, "applied via push");
+                    info!(%peer, object = %a.key, generation, verdict = a.verdict.code(), "changed over HTTP");
                 }
                 json!({
                     "object": a.key.to_string(),
                     "generation": generation,
                     "changed": changed,
+                    "verdict": a.verdict.code(),
                 })
             })
             .collect();
@@ -525,9 +541,23 @@ async fn whoami(
 async fn push(
     State(api): State<Arc<HttpApi>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match tokio::task::spawn_blocking(move || api.push(peer, &body)).await {
+    // With a session cookie, unsigned documents are authorised as the
+    // session's address; without one, only signed documents are taken.
+    let session = if session_cookie(&headers).is_some() {
+        match session_of(&api, peer, &headers) {
+            Ok(s) => Some(SessionSubject {
+                address: s.address,
+                level2: false,
+            }),
+            Err(r) => return *r,
+        }
+    } else {
+        None
+    };
+    match tokio::task::spawn_blocking(move || api.push(peer, &body, session)).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err((status, v))) => (status, Json(v)).into_response(),
         Err(e) => refuse(
@@ -535,6 +565,182 @@ async fn push(
             "Internal",
             format!("push handler failed: {e}"),
         ),
+    }
+}
+
+/// The parameters of `/v1/objects`.
+#[derive(Default)]
+struct ObjectQuery {
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    purge: bool,
+}
+
+/// `kind`, `namespace`, `name` and `purge` of a query string (names are
+/// DNS labels: no escapes are needed, and none are taken).
+fn object_query(uri: &axum::http::Uri) -> Result<ObjectQuery, Box<Response>> {
+    let mut q = ObjectQuery::default();
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if v.contains('%') || v.contains('+') {
+            return Err(Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("{}: escapes are not taken in names", bounded(k)),
+            )));
+        }
+        match k {
+            "kind" => q.kind = Some(v.to_string()),
+            "namespace" => q.namespace = Some(v.to_string()),
+            "name" => q.name = Some(v.to_string()),
+            "purge" => q.purge = v == "true" || v.is_empty(),
+            other => {
+                return Err(Box::new(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!(
+                        "unknown parameter {:?}: expected kind, namespace, name, purge",
+                        bounded(other)
+                    ),
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn kind_of(kind: Option<&str>) -> Result<Option<crate::model::Kind>, Box<Response>> {
+    kind.map(|k| {
+        crate::model::Kind::from_cli(k).ok_or_else(|| {
+            Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("unknown kind {:?}", bounded(k)),
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// `GET /v1/objects?kind=&namespace=&name=`: the objects the session may
+/// see (`get` with a name, else `list`), with status. An object the
+/// session may not see is left out of a list; asked by name, refused.
+async fn objects(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    use crate::model::access::Verb;
+    let session = match session_of(&api, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let ObjectQuery {
+        kind,
+        namespace,
+        name,
+        ..
+    } = match object_query(&uri) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let kind = match kind_of(kind.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let verb = if name.is_some() {
+        Verb::Get
+    } else {
+        Verb::List
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let records: Vec<_> = api
+            .admission
+            .store()
+            .list(kind)
+            .into_iter()
+            .filter(|r| namespace.as_ref().is_none_or(|ns| r.key.namespace == *ns || r.key.namespace.is_empty()))
+            .filter(|r| name.as_ref().is_none_or(|n| r.key.name == *n))
+            .collect();
+        let what: Vec<_> = records.iter().map(|r| (r.key.kind, r.key.namespace.as_str())).collect();
+        let allowed = api.admission.authorise_session_each(&session.address, false, verb, &what);
+        if name.is_some() {
+            if let Some(Err(r)) = allowed.iter().find(|a| a.is_err()) {
+                warn!(%peer, address = %session.address, code = r.code, reason = %r.reason, "get refused");
+                return refuse(StatusCode::FORBIDDEN, r.code, r.reason.clone());
+            }
+            if records.is_empty() {
+                return refuse(StatusCode::NOT_FOUND, "NotFound", "no such object");
+            }
+        }
+        let visible: Vec<_> = records
+            .into_iter()
+            .zip(allowed)
+            .filter(|(_, a)| a.is_ok())
+            .map(|(r, _)| r)
+            .collect();
+        Json(json!({ "records": visible })).into_response()
+    })
+    .await;
+    answer.unwrap_or_else(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))
+}
+
+/// `DELETE /v1/objects?kind=&namespace=&name=[&purge]`: delete one
+/// object as the session (AccessPolicy `delete`); volumes are retained
+/// unless `purge`.
+async fn delete_object(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match session_of(&api, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let ObjectQuery {
+        kind,
+        namespace,
+        name,
+        purge,
+    } = match object_query(&uri) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let (kind, name) = match (kind_of(kind.as_deref()), name) {
+        (Ok(Some(k)), Some(n)) => (k, n),
+        (Err(r), _) => return *r,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "kind and name are required",
+            )
+        }
+    };
+    let key = crate::model::ObjectKey::new(kind, namespace.as_deref(), &name);
+    let mut batch = Batch::new(SourceId(PUSH_SOURCE.into()), Trust::Signed);
+    batch.session = Some(SessionSubject {
+        address: session.address,
+        level2: false,
+    });
+    batch.deletions.push(Deletion {
+        key,
+        at: "<http delete>".into(),
+        tombstone: None,
+        purge,
+    });
+    match tokio::task::spawn_blocking(move || api.admit(peer, batch)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err((status, v))) => (status, Json(v)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()),
     }
 }
 
