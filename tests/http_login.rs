@@ -258,6 +258,7 @@ fn login_replay_expiry_forgery_and_cookies() {
         expires: now + 600,
         fingerprint: "00".repeat(16),
         node: other_node_addr.clone(),
+        level2: false,
     };
     let r = whoami(&url, &session.to_token(&other_node).unwrap());
     assert_eq!(r.status, 200, "{:?}", r.json());

@@ -520,6 +520,29 @@ impl Admission {
         }
     }
 
+    /// The directory servers (in order) and user name with which
+    /// `address` must pass a level-2 password check at login: those of the
+    /// first trusted rule naming it that requires level 2, if any.
+    pub fn level2_for(
+        &self,
+        address: &str,
+    ) -> Result<Option<(Vec<crate::model::access::DirectoryServer>, String)>, String> {
+        let (_, trusted) = self.trusted_now()?;
+        Ok(trusted
+            .iter()
+            .flat_map(|p| &p.spec.rules)
+            .filter(|r| r.subjects.iter().any(|s| same_address(s, address)))
+            .find_map(|r| r.level2.as_ref())
+            .map(|l2| {
+                let user = l2
+                    .usernames
+                    .iter()
+                    .find(|(a, _)| same_address(a, address))
+                    .map_or_else(|| address.to_string(), |(_, u)| u.clone());
+                (l2.servers.clone(), user)
+            }))
+    }
+
     /// Whether a session of `address` (which passed a level-2 check when
     /// `level2`) may `verb` objects of `kind` in `namespace`: the owner
     /// always may, anyone else by the trusted policies, and a rule that

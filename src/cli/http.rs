@@ -84,6 +84,17 @@ pub fn login_once(
     key: &PrivateKey,
     kind: AddressType,
 ) -> anyhow::Result<(String, String)> {
+    login_with(node, key, kind, None)
+}
+
+/// [`login_once`] with a level-2 directory password, for an address a
+/// policy asks one of.
+pub fn login_with(
+    node: &NodeUrl,
+    key: &PrivateKey,
+    kind: AddressType,
+    password: Option<&str>,
+) -> anyhow::Result<(String, String)> {
     let r = request(node, "GET", "/v1/auth/challenge", None, None, b"", TIMEOUT)?;
     if r.status != 200 {
         bail!("challenge refused: {}", refusal(&r));
@@ -96,7 +107,10 @@ pub fn login_once(
         .context("the node's challenge answer has no \"challenge\"")?;
     let address = key.address(kind)?.to_string();
     let signature = identity::sign(key, challenge.as_bytes(), kind)?;
-    let body = json!({ "address": address, "signature": signature, "challenge": challenge });
+    let mut body = json!({ "address": address, "signature": signature, "challenge": challenge });
+    if let Some(p) = password {
+        body["password"] = json!(p);
+    }
     let r = request(
         node,
         "POST",
@@ -136,10 +150,32 @@ pub fn whoami_once(node: &NodeUrl, token: &str) -> anyhow::Result<String> {
 }
 
 /// `deorch login`.
-pub fn login(node: &str, key: &Path, kind: AddressType) -> anyhow::Result<ExitCode> {
+pub fn login(
+    node: &str,
+    key: &Path,
+    kind: AddressType,
+    password_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let node = NodeUrl::parse(node)?;
     let key = load_key(key)?;
-    let (address, token) = login_once(&node, &key, kind)?;
+    // The password's first line, from a file or standard input (`-`):
+    // never an argument, which other users can read in the process list.
+    let password = match password_file {
+        None => None,
+        Some(p) => {
+            let text = if p == Path::new("-") {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .context("reading the password from standard input")?;
+                t
+            } else {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading the password file {}", p.display()))?
+            };
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+    };
+    let (address, token) = login_with(&node, &key, kind, password.as_deref())?;
     let file = session_file(&node);
     write_private(&file, &format!("{token}\n"))?;
     println!("{address}");

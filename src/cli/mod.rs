@@ -282,6 +282,10 @@ pub enum Command {
         /// Address type to log in as: p2wpkh, p2sh-p2wpkh or p2pkh.
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
+        /// The directory password (level 2), first line of this file
+        /// (`-`: standard input), when a policy asks one.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
     /// Print the address of the session kept by `deorch login`, as the node
     /// sees it.
@@ -856,7 +860,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Login { node, key, kind } => http::login(&node, &key, kind),
+        Command::Login {
+            node,
+            key,
+            kind,
+            password_file,
+        } => http::login(&node, &key, kind, password_file.as_deref()),
         Command::Whoami { node } => http::whoami(&node),
         Command::Push {
             node,

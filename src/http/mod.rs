@@ -392,13 +392,17 @@ fn rate_limited(message: String, retry_after_secs: u64) -> Response {
     r
 }
 
-/// `POST /v1/auth/login` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/auth/login` body (not `Debug`: it may hold a password).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     address: String,
     signature: String,
     challenge: String,
+    /// The directory password, when a policy asks level 2 of the address
+    /// (a first login without it answers `PasswordRequired`).
+    #[serde(default)]
+    password: Option<String>,
 }
 
 async fn login(
@@ -472,12 +476,61 @@ async fn login(
         warn!(%peer, address = %bounded(&address), reason = %reason, "login refused: not authorised");
         return refuse(StatusCode::FORBIDDEN, "NotAuthorised", reason);
     }
+    // Level 2: a rule naming the address asks a directory password.
+    let level2 = {
+        let (api, address) = (api.clone(), address.clone());
+        tokio::task::spawn_blocking(move || api.admission.level2_for(&address))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    };
+    let level2 = match level2 {
+        Ok(l) => l,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                format!("the policy check failed: {e}"),
+            )
+        }
+    };
+    let passed_level2 = match (level2, req.password.as_deref()) {
+        (None, _) => false,
+        (Some(_), None | Some("")) => {
+            info!(%peer, %address, "login: level-2 password required");
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "PasswordRequired",
+                "password required: an access policy asks a directory password (level 2) of this address; sign a new challenge and send it with \"password\"",
+            );
+        }
+        (Some((servers, user)), Some(password)) => {
+            let (result, attempts) =
+                crate::identity::level2::check_password(&servers, &user, password).await;
+            for a in &attempts {
+                if let Some(f) = &a.failure {
+                    // The server's reason, never the password.
+                    warn!(%peer, %address, server = %a.uri, reason = %bounded(f), "level 2: directory server did not accept");
+                }
+            }
+            match result {
+                Ok(i) => {
+                    info!(%peer, %address, server = %servers[i].uri, tried = attempts.len(), "level 2 passed");
+                    true
+                }
+                Err(e) => {
+                    warn!(%peer, %address, tried = attempts.len(), reason = %e, "login refused: level 2");
+                    return refuse(StatusCode::UNAUTHORIZED, "Level2Refused", e.to_string());
+                }
+            }
+        }
+    };
     let session = Session {
         address,
         cluster: api.cluster.clone(),
         expires: now.saturating_add(api.session_ttl),
         fingerprint: hex::encode(c.nonce),
         node: api.node_address.clone(),
+        level2: passed_level2,
     };
     let token = match session.to_token(&api.node_key) {
         Ok(t) => t,
@@ -504,6 +557,7 @@ async fn login(
             "address": session.address,
             "node": session.node,
             "expires": session.expires,
+            "level2": session.level2,
         })),
     )
         .into_response()
@@ -550,7 +604,7 @@ async fn push(
         match session_of(&api, peer, &headers) {
             Ok(s) => Some(SessionSubject {
                 address: s.address,
-                level2: false,
+                level2: s.level2,
             }),
             Err(r) => return *r,
         }
@@ -670,7 +724,7 @@ async fn objects(
             .filter(|r| name.as_ref().is_none_or(|n| r.key.name == *n))
             .collect();
         let what: Vec<_> = records.iter().map(|r| (r.key.kind, r.key.namespace.as_str())).collect();
-        let allowed = api.admission.authorise_session_each(&session.address, false, verb, &what);
+        let allowed = api.admission.authorise_session_each(&session.address, session.level2, verb, &what);
         if name.is_some() {
             if let Some(Err(r)) = allowed.iter().find(|a| a.is_err()) {
                 warn!(%peer, address = %session.address, code = r.code, reason = %r.reason, "get refused");
@@ -729,7 +783,7 @@ async fn delete_object(
     let mut batch = Batch::new(SourceId(PUSH_SOURCE.into()), Trust::Signed);
     batch.session = Some(SessionSubject {
         address: session.address,
-        level2: false,
+        level2: session.level2,
     });
     batch.deletions.push(Deletion {
         key,
@@ -792,11 +846,16 @@ async fn console_ticket(
     };
     let vm = format!("{}/{}", bounded(&namespace), bounded(&name));
     let allowed = {
-        let (api, address, namespace) = (api.clone(), session.address.clone(), namespace.clone());
+        let (api, address, namespace, level2) = (
+            api.clone(),
+            session.address.clone(),
+            namespace.clone(),
+            session.level2,
+        );
         tokio::task::spawn_blocking(move || {
             api.admission.authorise_session(
                 &address,
-                false,
+                level2,
                 Verb::Console,
                 Kind::VirtualMachine,
                 &namespace,

@@ -268,6 +268,10 @@ pub struct Session {
     pub fingerprint: String,
     /// Address of the node that issued (and signed) the token.
     pub node: String,
+    /// The login passed a level-2 (directory password) check; actions
+    /// whose rule requires level 2 need it. Absent in older tokens: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub level2: bool,
 }
 
 impl Session {
@@ -434,6 +438,7 @@ mod tests {
             expires: 5000,
             fingerprint: "00".repeat(16),
             node: na.clone(),
+            level2: false,
         };
         let t = s.to_token(&nk).unwrap();
         let members = |a: &str| a == na;

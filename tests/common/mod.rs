@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod libvirt;
+pub mod slapd;
 pub mod vnc;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,171 @@
+//! Level 2 at login, end to end through a real node's HTTP API, as the
+//! product's demonstration: a policy asks a directory password of a user
+//! whose servers are tried in order — the first refuses connections, the
+//! second is stopped, the third does not know the user, the fourth (a
+//! real slapd) accepts. No password: asked for; wrong: refused, the
+//! servers' reasons in the node's log and never the password; right:
+//! accepted by the fourth, and the session's actions that need level 2
+//! pass.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::slapd::{free_port, slapd_available, start};
+use common::Node;
+use deorch::http::client::{request, NodeUrl};
+use deorch::identity::{sign, AddressType, Network, PrivateKey};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+const PASSWORD: &str = "correct horse battery staple";
+
+#[test]
+fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
+    if !slapd_available() {
+        return;
+    }
+    let refused_port = free_port();
+    let mut second = start("h-second", &[("alice", PASSWORD)]);
+    let third = start("h-third", &[("bob", PASSWORD)]);
+    let fourth = start("h-fourth", &[("alice", PASSWORD)]);
+    let second_port = second.port;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+
+    let owner = PrivateKey::generate(Network::Mainnet);
+    let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    let user = PrivateKey::generate(Network::Mainnet);
+    let user_addr = user.address(AddressType::P2wpkh).unwrap().to_string();
+    let mut node = Node::new("http-level2");
+    node.extra_args.extend(
+        [
+            "--http-listen",
+            "127.0.0.1:0",
+            "--cluster-owner",
+            &owner_addr,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    node.start();
+    let url = NodeUrl::parse(&node.http_url()).unwrap();
+
+    let servers: String = [refused_port, second_port, third.port, fourth.port]
+        .iter()
+        .map(|p| {
+            format!(
+                "          - uri: ldap://127.0.0.1:{p}\n            bindDn: \"uid={{user}},ou=people,dc=example,dc=org\"\n            timeout: 1s\n"
+            )
+        })
+        .collect();
+    let policy = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: ops\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: operator\n      level2:\n        servers:\n{servers}        usernames:\n          \"{user_addr}\": alice\n"
+    );
+    let parsed = deorch::manifest::parse_str(Path::new("p.yaml"), &policy);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let signed = deorch::identity::sign_manifest(
+        &parsed.documents[0].object.to_value(),
+        &owner_addr,
+        &owner,
+        AddressType::P2wpkh,
+    )
+    .unwrap();
+    let r = request(
+        &url,
+        "POST",
+        "/v1/manifests",
+        Some("application/yaml"),
+        None,
+        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let login = |password: Option<&str>| {
+        let c = request(&url, "GET", "/v1/auth/challenge", None, None, b"", T).unwrap();
+        let c = c.json()["challenge"].as_str().unwrap().to_string();
+        let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
+        let mut body = json!({"address": user_addr, "signature": sig, "challenge": c});
+        if let Some(p) = password {
+            body["password"] = json!(p);
+        }
+        request(
+            &url,
+            "POST",
+            "/v1/auth/login",
+            Some("application/json"),
+            None,
+            body.to_string().as_bytes(),
+            T,
+        )
+        .unwrap()
+    };
+
+    // No password: asked for one, no session.
+    let r = login(None);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (401, json!("PasswordRequired"))
+    );
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("password required"));
+    assert!(r.header("set-cookie").is_none());
+    // Wrong: refused after every server said no.
+    let r = login(Some("wrong password"));
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (401, json!("Level2Refused"))
+    );
+    // Right: the fourth accepts.
+    let t = Instant::now();
+    let r = login(Some(PASSWORD));
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["level2"], true);
+    eprintln!("level-2 login through the HTTP API, accepted by the 4th server: {took:?}");
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // An action the level-2 rule allows: applied with this session.
+    let vm = "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: l2}\nspec:\n  cpu: 1\n  memory: 64Mi\n";
+    let r = request(
+        &url,
+        "POST",
+        "/v1/manifests",
+        Some("application/yaml"),
+        Some(&cookie),
+        vm.as_bytes(),
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // The log names each server's refusal and never the password.
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("level-2 password required"), "asked");
+    assert!(
+        log.contains(&format!("ldap://127.0.0.1:{refused_port}"))
+            && log.contains("directory server did not accept"),
+        "the servers' reasons are logged"
+    );
+    assert!(
+        log.contains("level 2 passed")
+            && log.contains(&format!("ldap://127.0.0.1:{}", fourth.port))
+    );
+    assert!(
+        !log.contains(PASSWORD) && !log.contains("wrong password"),
+        "a password reached the log"
+    );
+    drop(third);
+    drop(fourth);
+}
