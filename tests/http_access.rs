@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::Node;
@@ -99,25 +98,7 @@ fn every_verb_checks_the_sessions_policy() {
         addr(&users[2].1),
         addr(&users[3].1),
     );
-    let parsed = deorch::manifest::parse_str(Path::new("p.yaml"), &policy);
-    let signed = deorch::identity::sign_manifest(
-        &parsed.documents[0].object.to_value(),
-        &owner_addr,
-        &owner,
-        AddressType::P2wpkh,
-    )
-    .unwrap();
-    let r = request(
-        &url,
-        "POST",
-        "/v1/manifests",
-        Some("application/yaml"),
-        None,
-        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
-        T,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    common::push_owner_signed(&url, &owner, &policy);
 
     let cookies: Vec<(Role, String)> = users
         .iter()

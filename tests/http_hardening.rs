@@ -75,26 +75,11 @@ fn post_login(url: &NodeUrl, body: &[u8]) -> Reply {
 }
 
 /// Push an owner-signed policy naming `subject` a viewer.
-fn allow(url: &NodeUrl, owner: &PrivateKey, cluster: &str, subject: &str) {
+fn allow(url: &NodeUrl, owner: &PrivateKey, subject: &str) {
     let yaml = format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{subject}\"]\n      role: viewer\n"
     );
-    let parsed = deorch::manifest::parse_str(Path::new("p.yaml"), &yaml);
-    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    let v = parsed.documents[0].object.to_value();
-    let signed = deorch::identity::sign_manifest(&v, cluster, owner, AddressType::P2wpkh).unwrap();
-    let body = serde_saphyr::to_string(&signed).unwrap();
-    let r = request(
-        url,
-        "POST",
-        "/v1/manifests",
-        Some("application/yaml"),
-        None,
-        body.as_bytes(),
-        T,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    common::push_owner_signed(url, owner, &yaml);
 }
 
 /// Silent clients that finish their TLS handshake and then send nothing
@@ -223,7 +208,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let body = json!({"address": addr, "signature": sig, "challenge": c}).to_string();
     let r = post_login(&url, body.as_bytes());
     assert_eq!((r.status, code(&r)), (403, "NotAuthorised".into()));
-    allow(&url, &owner_key, &owner_addr, &addr);
+    allow(&url, &owner_key, &addr);
 
     // Uppercase bech32: the session names the address in lowercase.
     let c = challenge();

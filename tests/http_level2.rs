@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::slapd::{free_port, slapd_available, start};
@@ -63,26 +62,7 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let policy = format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: ops\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: operator\n      level2:\n        servers:\n{servers}        usernames:\n          \"{user_addr}\": alice\n"
     );
-    let parsed = deorch::manifest::parse_str(Path::new("p.yaml"), &policy);
-    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    let signed = deorch::identity::sign_manifest(
-        &parsed.documents[0].object.to_value(),
-        &owner_addr,
-        &owner,
-        AddressType::P2wpkh,
-    )
-    .unwrap();
-    let r = request(
-        &url,
-        "POST",
-        "/v1/manifests",
-        Some("application/yaml"),
-        None,
-        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
-        T,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    common::push_owner_signed(&url, &owner, &policy);
 
     let login = |password: Option<&str>| {
         let c = request(&url, "GET", "/v1/auth/challenge", None, None, b"", T).unwrap();

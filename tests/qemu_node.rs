@@ -93,21 +93,7 @@ fn console_tickets(node: &Node, vnc: u16) {
     let yaml = format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: people\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{viewer_addr}\"]\n      role: viewer\n    - subjects: [\"{elsewhere_addr}\"]\n      role: operator\n      namespaces: [other]\n"
     );
-    let parsed = deorch::manifest::parse_str(std::path::Path::new("p.yaml"), &yaml);
-    let signed = deorch::identity::sign_manifest(
-        &parsed.documents[0].object.to_value(),
-        &OWNER.1,
-        &OWNER.0,
-        AddressType::P2wpkh,
-    )
-    .unwrap();
-    let r = post(
-        &url,
-        "/v1/manifests",
-        None,
-        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    common::push_owner_signed(&url, &OWNER.0, &yaml);
 
     let locked = vnc_login(CONSOLE_HOST, vnc, None).unwrap();
     assert!(

@@ -625,7 +625,7 @@ async fn push(
 /// The parameters of `/v1/objects`.
 #[derive(Default)]
 struct ObjectQuery {
-    kind: Option<String>,
+    kind: Option<crate::model::Kind>,
     namespace: Option<String>,
     name: Option<String>,
     purge: bool,
@@ -650,7 +650,7 @@ fn object_query(uri: &axum::http::Uri) -> Result<ObjectQuery, Box<Response>> {
             )));
         }
         match k {
-            "kind" => q.kind = Some(v.to_string()),
+            "kind" => q.kind = kind_of(Some(v))?,
             "namespace" => q.namespace = Some(v.to_string()),
             "name" => q.name = Some(v.to_string()),
             "purge" => q.purge = v == "true" || v.is_empty(),
@@ -682,6 +682,16 @@ fn kind_of(kind: Option<&str>) -> Result<Option<crate::model::Kind>, Box<Respons
     .transpose()
 }
 
+/// The session and the `/v1/objects` parameters of a request.
+fn session_and_query(
+    api: &HttpApi,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(Session, ObjectQuery), Box<Response>> {
+    Ok((session_of(api, peer, headers)?, object_query(uri)?))
+}
+
 /// `GET /v1/objects?kind=&namespace=&name=`: the objects the session may
 /// see (`get` with a name, else `list`), with status. An object the
 /// session may not see is left out of a list; asked by name, refused.
@@ -692,21 +702,16 @@ async fn objects(
     headers: HeaderMap,
 ) -> Response {
     use crate::model::access::Verb;
-    let session = match session_of(&api, peer, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let ObjectQuery {
-        kind,
-        namespace,
-        name,
-        ..
-    } = match object_query(&uri) {
+    let (
+        session,
+        ObjectQuery {
+            kind,
+            namespace,
+            name,
+            ..
+        },
+    ) = match session_and_query(&api, peer, &headers, &uri) {
         Ok(q) => q,
-        Err(r) => return *r,
-    };
-    let kind = match kind_of(kind.as_deref()) {
-        Ok(k) => k,
         Err(r) => return *r,
     };
     let verb = if name.is_some() {
@@ -755,22 +760,20 @@ async fn delete_object(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let session = match session_of(&api, peer, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let ObjectQuery {
-        kind,
-        namespace,
-        name,
-        purge,
-    } = match object_query(&uri) {
+    let (
+        session,
+        ObjectQuery {
+            kind,
+            namespace,
+            name,
+            purge,
+        },
+    ) = match session_and_query(&api, peer, &headers, &uri) {
         Ok(q) => q,
         Err(r) => return *r,
     };
-    let (kind, name) = match (kind_of(kind.as_deref()), name) {
-        (Ok(Some(k)), Some(n)) => (k, n),
-        (Err(r), _) => return *r,
+    let (kind, name) = match (kind, name) {
+        (Some(k), Some(n)) => (k, n),
         _ => {
             return refuse(
                 StatusCode::BAD_REQUEST,

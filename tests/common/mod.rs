@@ -611,3 +611,35 @@ pub fn gossip_args(owner: &str, extra: &[&str]) -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+/// Push `yaml` (one document) signed by the cluster `owner` to a node's
+/// HTTP API, and insist it is applied: how tests give themselves
+/// AccessPolicies.
+pub fn push_owner_signed(
+    url: &deorch::http::client::NodeUrl,
+    owner: &deorch::identity::PrivateKey,
+    yaml: &str,
+) {
+    use deorch::identity::AddressType;
+    let parsed = deorch::manifest::parse_str(Path::new("owner-signed.yaml"), yaml);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let cluster = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    let signed = deorch::identity::sign_manifest(
+        &parsed.documents[0].object.to_value(),
+        &cluster,
+        owner,
+        AddressType::P2wpkh,
+    )
+    .unwrap();
+    let r = deorch::http::client::request(
+        url,
+        "POST",
+        "/v1/manifests",
+        Some("application/yaml"),
+        None,
+        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
