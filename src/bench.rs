@@ -634,7 +634,7 @@ pub fn clone_cost(count: usize, data_mib: u64, zfs_root: Option<&str>) -> anyhow
 /// the cookie; `count` times, one TLS connection per request, against an
 /// in-process HTTP API (real store, node key, axum server). Beside it, the
 /// floor: a bare `GET /v1/cluster` over the same client.
-pub fn login_latency(count: usize) -> anyhow::Result<()> {
+pub fn login_latency(count: usize, level2: Option<&[String]>) -> anyhow::Result<()> {
     use crate::http::client::{request, NodeUrl};
     use crate::identity::{AddressType, Network, PrivateKey};
     let dir = scratch("login")?;
@@ -679,12 +679,33 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
     // which the login looks up.
     let user = PrivateKey::generate(Network::Mainnet);
     let user_addr = user.address(AddressType::P2wpkh)?.to_string();
+    // With level 2: the rule asks a password of the user, checked against
+    // the given directory server at every login.
+    let (level2_yaml, password) = match level2 {
+        Some([uri, bind_dn, user, password_file]) => (
+            format!(
+                "      level2:\n        servers:\n          - uri: {uri}\n            bindDn: \"{bind_dn}\"\n        usernames:\n          \"{user_addr}\": {user}\n"
+            ),
+            Some(
+                std::fs::read_to_string(password_file)?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        ),
+        Some(_) => bail!("--level2 takes URI BIND_DN USER PASSWORD_FILE"),
+        None => (String::new(), None),
+    };
     let policy = crate::manifest::parse_str(
         Path::new("bench-policy.yaml"),
         &format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: viewer\n"
+            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: viewers\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: viewer\n{level2_yaml}"
         ),
     );
+    if !policy.diagnostics.is_empty() {
+        bail!("the bench's policy: {:?}", policy.diagnostics);
+    }
     let signed = crate::identity::sign_manifest(
         &policy.documents[0].object.to_value(),
         &owner_addr,
@@ -717,7 +738,8 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
         if r.status != 200 {
             bail!("GET /v1/cluster: {}", r.status);
         }
-        let (addr, token) = crate::cli::http::login_once(&node, &user, AddressType::P2wpkh)?;
+        let (addr, token) =
+            crate::cli::http::login_with(&node, &user, AddressType::P2wpkh, password.as_deref())?;
         let who = crate::cli::http::whoami_once(&node, &token)?;
         let t2 = Instant::now();
         if who != addr {
@@ -732,7 +754,8 @@ pub fn login_latency(count: usize) -> anyhow::Result<()> {
     let ours = percentiles(&mut samples);
     let bare = percentiles(&mut floor);
     println!(
-        "login round trip (challenge -> sign -> login -> whoami, 3 HTTP requests, loopback), n={count}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        "login round trip (challenge -> sign -> login -> whoami, 3 HTTP requests, loopback{}), n={count}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        if password.is_some() { ", level 2: an LDAP bind per login" } else { "" },
         ours.p50, ours.p99, ours.max
     );
     println!(

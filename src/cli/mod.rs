@@ -439,6 +439,11 @@ pub enum BenchCommand {
         /// Number of round trips.
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Ask level 2 of the user: this directory server
+        /// (`ldap://HOST:PORT`), bind DN template with `{user}`, user and
+        /// the password's file (`scripts/bench-login.sh` starts a slapd).
+        #[arg(long, num_args = 4, value_names = ["URI", "BIND_DN", "USER", "PASSWORD_FILE"])]
+        level2: Option<Vec<String>>,
     },
 }
 
@@ -855,7 +860,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::bench_node::networks(networks, vms)?
                 }
                 BenchCommand::Load { objects } => crate::bench_node::load(objects)?,
-                BenchCommand::Login { count } => crate::bench::login_latency(count)?,
+                BenchCommand::Login { count, level2 } => {
+                    crate::bench::login_latency(count, level2.as_deref())?
+                }
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
             }
             Ok(ExitCode::SUCCESS)
