@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::Node;
 use deorch::http::client::{request, NodeUrl, Reply};
 use deorch::identity::{AddressType, Network, PrivateKey};
 use serde_json::Value;
@@ -65,18 +64,7 @@ fn call(url: &NodeUrl, method: &str, path: &str, cookie: &str, body: &[u8]) -> R
 fn every_verb_checks_the_sessions_policy() {
     let owner = PrivateKey::generate(Network::Mainnet);
     let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
-    let mut node = Node::new("http-access");
-    node.extra_args.extend(
-        [
-            "--http-listen",
-            "127.0.0.1:0",
-            "--cluster-owner",
-            &owner_addr,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    node.start();
+    let node = common::node_with_http("http-access", &owner_addr, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
 
     let users: Vec<(Role, PrivateKey)> =

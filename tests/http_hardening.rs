@@ -26,17 +26,6 @@ fn owner() -> (PrivateKey, String) {
     (k, a)
 }
 
-fn node_with_http(tag: &str, owner: &str) -> Node {
-    let mut n = Node::new(tag);
-    n.extra_args.extend(
-        ["--http-listen", "127.0.0.1:0", "--cluster-owner", owner]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    n.start();
-    n
-}
-
 fn pid(node: &Node) -> u32 {
     node.child.as_ref().unwrap().id()
 }
@@ -88,7 +77,7 @@ fn allow(url: &NodeUrl, owner: &PrivateKey, subject: &str) {
 #[test]
 fn silent_connections_are_capped_and_closed() {
     let (_, owner) = owner();
-    let node = node_with_http("http-silent", &owner);
+    let node = common::node_with_http("http-silent", &owner, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
     assert!(url.pin.is_some(), "TLS by default");
     let fds_before = open_fds(pid(&node));
@@ -151,7 +140,7 @@ fn silent_connections_are_capped_and_closed() {
 #[test]
 fn login_inputs_are_bounded_compared_and_rate_limited() {
     let (owner_key, owner_addr) = owner();
-    let node = node_with_http("http-login-hard", &owner_addr);
+    let node = common::node_with_http("http-login-hard", &owner_addr, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
     let user = PrivateKey::generate(Network::Mainnet);
     let addr = user.address(AddressType::P2wpkh).unwrap().to_string();
@@ -241,7 +230,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
 #[test]
 fn alias_bombs_in_parallel_are_refused_within_a_budget() {
     let (_, owner) = owner();
-    let node = node_with_http("http-bomb", &owner);
+    let node = common::node_with_http("http-bomb", &owner, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
     let mut bomb = String::from(
         "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::slapd::{free_port, slapd_available, start};
-use common::Node;
 use deorch::http::client::{request, NodeUrl};
 use deorch::identity::{sign, AddressType, Network, PrivateKey};
 use serde_json::json;
@@ -37,18 +36,7 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
     let user = PrivateKey::generate(Network::Mainnet);
     let user_addr = user.address(AddressType::P2wpkh).unwrap().to_string();
-    let mut node = Node::new("http-level2");
-    node.extra_args.extend(
-        [
-            "--http-listen",
-            "127.0.0.1:0",
-            "--cluster-owner",
-            &owner_addr,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    node.start();
+    let node = common::node_with_http("http-level2", &owner_addr, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
 
     let servers: String = [refused_port, second_port, third.port, fourth.port]

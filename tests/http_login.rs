@@ -27,23 +27,11 @@ fn key(dir: &Path, name: &str) -> (PrivateKey, String, String) {
     (k, addr, path.to_str().unwrap().to_string())
 }
 
+/// A node whose login challenges live 2 s (the expiry tests wait them out).
 fn node_with_http(tag: &str, owner: &str, extra: &[&str]) -> Node {
-    let mut n = Node::new(tag);
-    n.extra_args.extend(
-        [
-            "--http-listen",
-            "127.0.0.1:0",
-            "--cluster-owner",
-            owner,
-            "--login-ttl",
-            "2s",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string()),
-    );
-    n.start();
-    n
+    let mut flags = vec!["--login-ttl", "2s"];
+    flags.extend_from_slice(extra);
+    common::node_with_http(tag, owner, &flags)
 }
 
 /// Run the CLI with `XDG_RUNTIME_DIR` set to `run`.

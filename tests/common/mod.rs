@@ -643,3 +643,17 @@ pub fn push_owner_signed(
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// A started node (fake drivers) serving its HTTP API on loopback for the
+/// cluster whose owner is `owner` (an address), with `extra` flags.
+pub fn node_with_http(tag: &str, owner: &str, extra: &[&str]) -> Node {
+    let mut n = Node::new(tag);
+    n.extra_args.extend(
+        ["--http-listen", "127.0.0.1:0", "--cluster-owner", owner]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+    );
+    n.start();
+    n
+}
