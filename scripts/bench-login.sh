@@ -7,8 +7,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 count="${1:-1000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deorch/target}"
-for t in /usr/sbin/slapd /usr/sbin/slapadd /usr/sbin/slappasswd; do
-  [ -x "$t" ] || { echo "bench-login: $t missing (apt-get install slapd ldap-utils)" >&2; exit 1; }
+for t in /usr/sbin/slapd /usr/sbin/slapadd /usr/sbin/slappasswd /usr/bin/python3; do
+  [ -x "$t" ] || { echo "bench-login: $t missing (apt-get install slapd ldap-utils python3)" >&2; exit 1; }
 done
 (cd "$repo" && cargo build --release --quiet --bin deorch)
 bin="$CARGO_TARGET_DIR/release/deorch"

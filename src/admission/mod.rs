@@ -322,6 +322,9 @@ pub struct SessionSubject {
     pub level2: bool,
 }
 
+/// The directory servers (in order) and the user name of a level-2 login.
+pub type Level2Login = (Vec<crate::model::access::DirectoryServer>, String);
+
 /// What a source hands to admission: all of it is written, or none.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -506,28 +509,19 @@ impl Admission {
     /// Whether `address` may hold a session here: the cluster owner, or a
     /// subject of a rule of an AccessPolicy that counts. What the session
     /// may do is decided per action ([`Admission::authorise_session`]); an
-    /// address nobody named gets no session at all.
-    pub fn may_log_in(&self, address: &str) -> Result<(), String> {
+    /// address nobody named gets no session at all. `Ok(Some(..))`: the
+    /// directory servers (in order) and user name with which it must first
+    /// pass a level-2 password check, those of the first trusted rule
+    /// naming it that asks level 2. One read of the policies for both.
+    pub fn may_log_in(&self, address: &str) -> Result<Option<Level2Login>, String> {
         let (owner, trusted) = self.trusted_now()?;
-        if crate::identity::access::same_address(address, owner)
-            || crate::identity::access::names_subject(&trusted, address)
+        if !(same_address(address, owner)
+            || crate::identity::access::names_subject(&trusted, address))
         {
-            Ok(())
-        } else {
-            Err(format!(
+            return Err(format!(
                 "{address} is not named by any access policy of this cluster: ask the cluster owner for a rule"
-            ))
+            ));
         }
-    }
-
-    /// The directory servers (in order) and user name with which
-    /// `address` must pass a level-2 password check at login: those of the
-    /// first trusted rule naming it that requires level 2, if any.
-    pub fn level2_for(
-        &self,
-        address: &str,
-    ) -> Result<Option<(Vec<crate::model::access::DirectoryServer>, String)>, String> {
-        let (_, trusted) = self.trusted_now()?;
         Ok(trusted
             .iter()
             .flat_map(|p| &p.spec.rules)

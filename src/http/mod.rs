@@ -468,29 +468,19 @@ async fn login(
             return refuse(StatusCode::UNAUTHORIZED, code, message);
         }
     };
+    // One read of the policies: may the address log in at all, and does a
+    // rule naming it ask a directory password (level 2)?
     let gate = {
         let (api, address) = (api.clone(), address.clone());
-        tokio::task::spawn_blocking(move || api.admission.may_log_in(&address)).await
-    };
-    if let Err(reason) = gate.unwrap_or_else(|e| Err(format!("the policy check failed: {e}"))) {
-        warn!(%peer, address = %bounded(&address), reason = %reason, "login refused: not authorised");
-        return refuse(StatusCode::FORBIDDEN, "NotAuthorised", reason);
-    }
-    // Level 2: a rule naming the address asks a directory password.
-    let level2 = {
-        let (api, address) = (api.clone(), address.clone());
-        tokio::task::spawn_blocking(move || api.admission.level2_for(&address))
+        tokio::task::spawn_blocking(move || api.admission.may_log_in(&address))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()))
+            .unwrap_or_else(|e| Err(format!("the policy check failed: {e}")))
     };
-    let level2 = match level2 {
+    let level2 = match gate {
         Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                format!("the policy check failed: {e}"),
-            )
+        Err(reason) => {
+            warn!(%peer, address = %bounded(&address), reason = %reason, "login refused: not authorised");
+            return refuse(StatusCode::FORBIDDEN, "NotAuthorised", reason);
         }
     };
     let passed_level2 = match (level2, req.password.as_deref()) {
