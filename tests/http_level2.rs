@@ -11,9 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::slapd::{free_port, slapd_available, start};
+use common::slapd::{directory_server, free_port, slapd_available, start};
 use deorch::http::client::{request, NodeUrl};
-use deorch::identity::{sign, AddressType, Network, PrivateKey};
+use deorch::identity::{AddressType, Network, PrivateKey};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
@@ -29,8 +29,7 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let third = start("h-third", &[("bob", PASSWORD)]);
     let fourth = start("h-fourth", &[("alice", PASSWORD)]);
     let second_port = second.port;
-    second.child.kill().unwrap();
-    second.child.wait().unwrap();
+    second.stop();
 
     let owner = PrivateKey::generate(Network::Mainnet);
     let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
@@ -39,38 +38,16 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let node = common::node_with_http("http-level2", &owner_addr, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
 
-    let servers: String = [refused_port, second_port, third.port, fourth.port]
-        .iter()
-        .map(|p| {
-            format!(
-                "          - uri: ldap://127.0.0.1:{p}\n            bindDn: \"uid={{user}},ou=people,dc=example,dc=org\"\n            timeout: 1s\n"
-            )
-        })
+    let servers: Vec<_> = [refused_port, second_port, third.port, fourth.port]
+        .into_iter()
+        .map(directory_server)
         .collect();
-    let policy = format!(
-        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: ops\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{user_addr}\"]\n      role: operator\n      level2:\n        servers:\n{servers}        usernames:\n          \"{user_addr}\": alice\n"
+    common::push_owner_signed(
+        &url,
+        &owner,
+        &common::level2_policy(&user_addr, &servers, "alice"),
     );
-    common::push_owner_signed(&url, &owner, &policy);
-
-    let login = |password: Option<&str>| {
-        let c = request(&url, "GET", "/v1/auth/challenge", None, None, b"", T).unwrap();
-        let c = c.json()["challenge"].as_str().unwrap().to_string();
-        let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
-        let mut body = json!({"address": user_addr, "signature": sig, "challenge": c});
-        if let Some(p) = password {
-            body["password"] = json!(p);
-        }
-        request(
-            &url,
-            "POST",
-            "/v1/auth/login",
-            Some("application/json"),
-            None,
-            body.to_string().as_bytes(),
-            T,
-        )
-        .unwrap()
-    };
+    let login = |password| common::login(&url, &user, password);
 
     // No password: asked for one, no session.
     let r = login(None);

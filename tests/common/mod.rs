@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod libvirt;
+pub mod samba;
 pub mod slapd;
 pub mod vnc;
 
@@ -656,4 +657,52 @@ pub fn node_with_http(tag: &str, owner: &str, extra: &[&str]) -> Node {
     );
     n.start();
     n
+}
+
+/// Log in as `user` through a node's HTTP API: fetch a challenge, sign
+/// it (P2WPKH) and post it, with `password` when given (level 2). The
+/// node's answer, whatever it is.
+pub fn login(
+    url: &deorch::http::client::NodeUrl,
+    user: &deorch::identity::PrivateKey,
+    password: Option<&str>,
+) -> deorch::http::client::Reply {
+    use deorch::http::client::request;
+    use deorch::identity::AddressType;
+    let t = Duration::from_secs(10);
+    let c = request(url, "GET", "/v1/auth/challenge", None, None, b"", t).unwrap();
+    let c = c.json()["challenge"].as_str().unwrap().to_string();
+    let address = user.address(AddressType::P2wpkh).unwrap().to_string();
+    let sig = deorch::identity::sign(user, c.as_bytes(), AddressType::P2wpkh).unwrap();
+    let mut body = serde_json::json!({"address": address, "signature": sig, "challenge": c});
+    if let Some(p) = password {
+        body["password"] = serde_json::json!(p);
+    }
+    request(
+        url,
+        "POST",
+        "/v1/auth/login",
+        Some("application/json"),
+        None,
+        body.to_string().as_bytes(),
+        t,
+    )
+    .unwrap()
+}
+
+/// An AccessPolicy `ops` making `subject` an operator once it passes
+/// level 2 against `servers` (tried in order), logging in there as
+/// `username`: the YAML an owner would write (each server a flow mapping).
+pub fn level2_policy(
+    subject: &str,
+    servers: &[deorch::model::access::DirectoryServer],
+    username: &str,
+) -> String {
+    let servers: String = servers
+        .iter()
+        .map(|s| format!("          - {}\n", serde_json::to_string(s).unwrap()))
+        .collect();
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: ops\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{subject}\"]\n      role: operator\n      level2:\n        servers:\n{servers}        usernames:\n          \"{subject}\": {username}\n"
+    )
 }

@@ -37,6 +37,15 @@ pub struct Slapd {
     _dir: PathBuf,
 }
 
+impl Slapd {
+    /// Stop the server (its port then refuses connections); its
+    /// directory goes on drop.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Slapd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -51,6 +60,17 @@ fn hash(pw: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The level-2 policy's entry for a slapd of this fixture on
+/// `127.0.0.1:port`: binds as `uid={user},ou=people,…`, gives up after 1 s.
+pub fn directory_server(port: u16) -> deorch::model::access::DirectoryServer {
+    deorch::model::access::DirectoryServer {
+        uri: format!("ldap://127.0.0.1:{port}"),
+        bind_dn: Some("uid={user},ou=people,dc=example,dc=org".into()),
+        timeout: Some(deorch::model::Duration(Duration::from_secs(1))),
+        ..Default::default()
+    }
 }
 
 /// Start a slapd holding `users` (uid, password).
