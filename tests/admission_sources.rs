@@ -319,14 +319,39 @@ fn gossip_doc(v: &Value, written_ms: u64) -> Document {
 }
 
 /// A peer that publishes whatever it is told (the gossip library with
-/// `AcceptAll`, over real UDP), joined to `seed`.
+/// `AcceptAll` for documents, over the real authenticated channel: an
+/// admitted node gone bad), joined to `seed`.
 struct Rogue {
     _rt: tokio::runtime::Runtime,
     commands: tokio::sync::mpsc::Sender<GossipCommand>,
 }
 
 impl Rogue {
-    fn join(seed: &str) -> Rogue {
+    fn join(
+        seed: &str,
+        key: &deorch::identity::PrivateKey,
+        cluster: &str,
+        members: &[(&str, &str)],
+    ) -> Rogue {
+        use deorch::gossip::channel::{Channel, ChannelConfig, ChannelKey};
+        use deorch::gossip::trust::{KeySigner, Members};
+        use deorch::gossip::verify::MembersOnly;
+        let admitted = std::sync::Arc::new(Members::new(cluster));
+        admitted.set(
+            &members
+                .iter()
+                .map(|(n, a)| (a.to_string(), n.to_string()))
+                .collect(),
+        );
+        let verifier: std::sync::Arc<dyn deorch::gossip::Verifier> =
+            std::sync::Arc::new(MembersOnly {
+                members: admitted,
+                documents: AcceptAll,
+            });
+        let me = key
+            .address(deorch::identity::AddressType::P2wpkh)
+            .unwrap()
+            .to_string();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -350,16 +375,24 @@ impl Rogue {
         let now = deorch::gossip::transport::unix_ms();
         let node = GossipNode::new(
             cfg,
-            NodeId("rogue".into()),
+            NodeId(me),
             transport.local_addr(),
             now / 1000,
-            std::sync::Arc::new(AcceptAll),
+            verifier.clone(),
+            now,
+        )
+        .with_signer(std::sync::Arc::new(KeySigner::new(key.clone(), cluster)));
+        let channel = Channel::new(
+            ChannelConfig::default(),
+            std::sync::Arc::new(ChannelKey::new(key, cluster)),
+            cluster,
+            verifier,
             now,
         );
         let (commands, rx) = tokio::sync::mpsc::channel(64);
         let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
         rt.spawn(async move { while events_rx.recv().await.is_some() {} });
-        rt.spawn(run_udp(node, transport, 100, rx, events));
+        rt.spawn(run_udp(node, transport, 100, Some(channel), rx, events));
         commands
             .blocking_send(GossipCommand::Join(seed.parse().unwrap()))
             .unwrap();
@@ -381,7 +414,7 @@ fn gossip_address(n: &Node) -> String {
 
 #[test]
 fn every_source_gives_a_document_the_same_verdict() {
-    let (corpus, _owner_key) = corpus();
+    let (corpus, owner_key) = corpus();
     let owner = corpus.owner.clone();
     let tmp = common::temp_dir("admission-sources");
     let mut results: BTreeMap<&str, Vec<(String, Vec<String>)>> = BTreeMap::new();
@@ -510,21 +543,32 @@ fn every_source_gives_a_document_the_same_verdict() {
     // from a rogue peer (the documents an honest node never publishes).
     {
         let gossip = |extra: &[&str]| common::gossip_args(&owner, extra);
-        let a = node_with(
-            "adm-gossip-a",
-            "node-a",
-            &gossip(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        // All three are admitted: the rogue is a member gone bad, whose
+        // documents only admission can refuse.
+        let mut a = Node::new("adm-gossip-a");
+        a.name = "node-a".into();
+        let mut b = Node::new("adm-gossip-b");
+        b.name = "node-b".into();
+        let rogue_key = deorch::identity::PrivateKey::generate(deorch::identity::Network::Mainnet);
+        let rogue_addr = rogue_key
+            .address(deorch::identity::AddressType::P2wpkh)
+            .unwrap()
+            .to_string();
+        let (a_addr, b_addr) = (common::give_node_key(&a), common::give_node_key(&b));
+        let sats = [
+            ("node-a", a_addr.as_str()),
+            ("node-b", b_addr.as_str()),
+            ("rogue", rogue_addr.as_str()),
+        ];
+        let members = common::members_policy(1, &sats, "");
+        a.extra_args.extend(gossip(&[]));
+        a.start();
+        common::apply_owner_signed(&a, &owner_key, &members);
         let seed = gossip_address(&a);
-        let b = node_with(
-            "adm-gossip-b",
-            "node-b",
-            &gossip(&["--seed", &seed])
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        let rogue = Rogue::join(&gossip_address(&b));
+        b.extra_args.extend(gossip(&["--seed", &seed]));
+        b.start();
+        common::apply_owner_signed(&b, &owner_key, &members);
+        let rogue = Rogue::join(&gossip_address(&b), &rogue_key, &owner, &sats);
         // The rogue's versions of one object must win gossip's order (the
         // content hash breaks ties of one generation): pick written times.
         let mut last_hash: BTreeMap<String, u64> = BTreeMap::new();

@@ -101,7 +101,7 @@ impl ClusterNode {
         }) {
             Ok(Response::Described { events, .. }) => events
                 .iter()
-                .any(|e| e.reason == "MemberDown" && e.message.ends_with(&format!(": {member}"))),
+                .any(|e| e.reason == "MemberDown" && e.message.contains(&format!(": {member} ("))),
             _ => false,
         }
     }
@@ -138,7 +138,7 @@ fn member_up_after_down(node: &ClusterNode, member: &str) -> bool {
         Ok(Response::Described { events, .. }) => events
             .iter()
             .rev()
-            .find(|e| e.message.ends_with(&format!(": {member}")))
+            .find(|e| e.message.contains(&format!(": {member} (")))
             .is_some_and(|e| e.reason == "MemberUp"),
         _ => false,
     }

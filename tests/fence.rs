@@ -432,7 +432,13 @@ fn two_nodes_never_run_two_copies_and_no_disk_counter_goes_back() {
     );
     assert!(runs_on(survivor, "free"));
     // The returning daemon finds its copy paused and the claim lost: it
-    // stops it and never resumes it.
+    // stops it and never resumes it. It listens on a new port (port 0),
+    // so it needs a seed to find the survivor, as a real node has one.
+    if !victim.extra_args.iter().any(|a| a == "--seed") {
+        let file = survivor.state.join("gossip-address");
+        let seed = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        victim.extra_args.extend(["--seed".into(), seed]);
+    }
     victim.start();
     until(
         "the victim stops its old copy of free",

@@ -345,6 +345,17 @@ fn signed_documents_from_git_travel_by_signed_gossip_and_unsigned_ones_do_not() 
     let gossip = |extra: &[&str]| common::gossip_args(&owner, extra);
     let mut a = Node::new("git-gossip-a");
     a.name = "node-a".into();
+    let mut b = Node::new("git-gossip-b");
+    b.name = "node-b".into();
+    // The owner admits both nodes (docs/SIGNING.md, "Nodes").
+    let members = common::members_policy(
+        1,
+        &[
+            ("node-a", &common::give_node_key(&a)),
+            ("node-b", &common::give_node_key(&b)),
+        ],
+        "",
+    );
     a.extra_args.extend(gossip(&[
         "--git-repo",
         repo.dir.to_str().unwrap(),
@@ -352,6 +363,7 @@ fn signed_documents_from_git_travel_by_signed_gossip_and_unsigned_ones_do_not() 
         "200ms",
     ]));
     a.start();
+    common::apply_owner_signed(&a, &owner_key, &members);
     assert_eq!(tried(&a, &c1)["applied"], true);
     let seed = {
         let file = a.state.join("gossip-address");
@@ -362,10 +374,9 @@ fn signed_documents_from_git_travel_by_signed_gossip_and_unsigned_ones_do_not() 
     std::fs::write(a.manifests.join("local.yaml"), net("local", 1500)).unwrap();
     a.wait_for("the local file on a", |n| mtu(n, "local").is_some());
 
-    let mut b = Node::new("git-gossip-b");
-    b.name = "node-b".into();
     b.extra_args.extend(gossip(&["--seed", &seed]));
     b.start();
+    common::apply_owner_signed(&b, &owner_key, &members);
     b.wait_for("lan through gossip", |n| mtu(n, "lan") == Some(1400));
     let lan = b.record("network", "lan").unwrap();
     assert_eq!(lan.generation, 3, "stored at the signed generation");

@@ -409,7 +409,7 @@ async fn five_udp_nodes_converge_and_detect_a_kill() {
         } else {
             seed_addr = Some(addr);
         }
-        tasks.push(tokio::spawn(run_udp(node, t, gc.tick_ms, crx, etx)));
+        tasks.push(tokio::spawn(run_udp(node, t, gc.tick_ms, None, crx, etx)));
         cmds.push(ctx);
         events.push(erx);
     }

@@ -9,7 +9,13 @@ const BOB: &str = "1F3sAm6ZtwLAUnj7d38pGFxtP3RVEvtsbV";
 const CAROL: &str = "3CwYaeWxhpXXiHue3ciQez1DLaTEAXcKa1";
 
 fn policy(name: &str, rules: Vec<AccessRule>) -> Manifest<AccessPolicySpec> {
-    Manifest::new(name, AccessPolicySpec { rules })
+    Manifest::new(
+        name,
+        AccessPolicySpec {
+            rules,
+            ..Default::default()
+        },
+    )
 }
 
 fn role(subject: &str, role: Role) -> AccessRule {

@@ -149,7 +149,13 @@ fn payload_is_the_documented_canonical_form() {
 }
 
 fn policy(name: &str, generation: i64, rules: Vec<AccessRule>) -> Manifest<AccessPolicySpec> {
-    let mut m = Manifest::new(name, AccessPolicySpec { rules });
+    let mut m = Manifest::new(
+        name,
+        AccessPolicySpec {
+            rules,
+            ..Default::default()
+        },
+    );
     m.metadata.generation = Some(generation);
     m
 }

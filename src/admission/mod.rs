@@ -506,6 +506,23 @@ impl Admission {
         Ok((owner, trusted_policies(&policies, cluster, owner).trusted))
     }
 
+    /// The admitted satellites (address → name): `spec.satellites` of the
+    /// AccessPolicies that count. Revoked sessions come with them
+    /// ([`Admission::revoked_sessions`]).
+    pub fn satellites(&self) -> Result<BTreeMap<String, String>, String> {
+        let (_, trusted) = self.trusted_now()?;
+        Ok(satellites_of(&trusted))
+    }
+
+    /// Fingerprints of the sessions the policies that count revoke.
+    pub fn revoked_sessions(&self) -> Result<BTreeSet<String>, String> {
+        let (_, trusted) = self.trusted_now()?;
+        Ok(trusted
+            .iter()
+            .flat_map(|p| p.spec.revoked_sessions.iter().cloned())
+            .collect())
+    }
+
     /// Whether `address` may hold a session here: the cluster owner, or a
     /// subject of a rule of an AccessPolicy that counts. What the session
     /// may do is decided per action ([`Admission::authorise_session`]); an
@@ -742,7 +759,20 @@ impl Admission {
                 seen.insert(key.clone(), doc.at.clone());
                 match owned_by_file(tx, &key, source, Some(&doc.object.to_value())) {
                     Some(file) => Verdict::OwnedByFile { file },
-                    None => match self.authorised(sig, batch, Verb::Apply, &key, &trust) {
+                    None => match self.authorised(
+                        sig,
+                        batch,
+                        Verb::Apply,
+                        &key,
+                        &trust,
+                        [
+                            Some(&doc.object.to_value()),
+                            tx.get(&key)
+                                .filter(|r| !r.deleted)
+                                .map(|r| r.object)
+                                .as_ref(),
+                        ],
+                    ) {
                         Err(v) => v,
                         Ok(signed) => {
                             let at = signed.then(|| signed_generation(&doc.object));
@@ -771,7 +801,18 @@ impl Admission {
         for (del, sig) in batch.deletions.iter().zip(tombstones) {
             let owner = owned_by_file(tx, &del.key, source, None);
             let verdict = match owner.map(|file| Verdict::OwnedByFile { file }).map_or_else(
-                || self.authorised(sig, batch, Verb::Delete, &del.key, &trust),
+                || {
+                    let stored = tx.get(&del.key).filter(|r| !r.deleted).map(|r| r.object);
+                    let tomb = del.tombstone.as_ref().map(|t| t.to_value());
+                    self.authorised(
+                        sig,
+                        batch,
+                        Verb::Delete,
+                        &del.key,
+                        &trust,
+                        [tomb.as_ref(), stored.as_ref()],
+                    )
+                },
                 Err,
             ) {
                 Err(v) => v,
@@ -848,6 +889,7 @@ impl Admission {
         verb: Verb,
         key: &ObjectKey,
         policies: &Trusted,
+        objects: [Option<&Value>; 2],
     ) -> Result<bool, Verdict> {
         let policies = match policies {
             Trusted::Computed(p) => p.as_slice(),
@@ -904,9 +946,12 @@ impl Admission {
                         misses: Vec::new(),
                     });
                 };
-                authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies)
-                    .map(|()| true)
-                    .map_err(|r| Verdict::from_refused(r, Some(signer)))
+                match authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies) {
+                    Ok(()) => Ok(true),
+                    // A node publishes what is placed on itself.
+                    Err(_) if placed_on_satellite(signer, policies, key, objects) => Ok(true),
+                    Err(r) => Err(Verdict::from_refused(r, Some(signer))),
+                }
             }
         }
     }
@@ -1012,6 +1057,49 @@ enum Trusted {
 }
 
 /// The generation a signed object carries (its signature binds it).
+/// Admitted satellites of `policies` (address → name; the first policy
+/// to name an address wins).
+pub fn satellites_of(policies: &[Manifest<AccessPolicySpec>]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for p in policies {
+        for s in &p.spec.satellites {
+            out.entry(s.address.clone())
+                .or_insert_with(|| s.name.clone());
+        }
+    }
+    out
+}
+
+/// The default right of a node (docs/SIGNING.md, "Nodes"): an admitted
+/// satellite may publish a VirtualMachine placed on itself
+/// (`spec.placement.node` its name or address), when what it replaces
+/// or deletes was placed on itself too (so it cannot take over another's
+/// VM by its name).
+fn placed_on_satellite(
+    signer: &str,
+    policies: &[Manifest<AccessPolicySpec>],
+    key: &ObjectKey,
+    objects: [Option<&Value>; 2],
+) -> bool {
+    if key.kind != Kind::VirtualMachine {
+        return false;
+    }
+    let Some(name) = policies
+        .iter()
+        .flat_map(|p| &p.spec.satellites)
+        .find(|s| same_address(&s.address, signer))
+        .map(|s| s.name.clone())
+    else {
+        return false;
+    };
+    let on_me = |v: &Value| {
+        v.pointer("/spec/placement/node")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| n == name || same_address(n, signer))
+    };
+    objects[0].is_some_and(on_me) && objects[1].is_none_or(on_me)
+}
+
 fn signed_generation(obj: &AnyObject) -> i64 {
     obj.to_value()
         .pointer("/metadata/generation")

@@ -10,6 +10,10 @@
 //! - [`placement`]: the pure ranking function (filters, weighted
 //!   rendezvous hashing).
 //! - [`verify`]: what is accepted and relayed.
+//! - [`trust`]: node identities: who is admitted, signed claims and
+//!   statuses.
+//! - [`channel`]: the authenticated, encrypted node-to-node channel
+//!   (Noise XX, the static key bound to the node's address).
 //! - [`node`]: [`GossipNode`], tying them together.
 //! - [`transport`]: the [`Transport`] trait, UDP, and the async driver.
 //! - [`sim`]: the in-memory network (loss, delay, partitions, virtual
@@ -22,6 +26,7 @@
 //! its seed.
 
 pub mod bench;
+pub mod channel;
 pub mod membership;
 pub mod node;
 pub mod placement;
@@ -29,6 +34,7 @@ pub mod rng;
 pub mod sim;
 pub mod store;
 pub mod transport;
+pub mod trust;
 pub mod verify;
 pub mod wire;
 

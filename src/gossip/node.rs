@@ -20,11 +20,13 @@ use super::membership::{MemberEvent, Membership, SwimConfig};
 use super::placement::{self, VmRequest};
 use super::rng::Rng;
 use super::store::{EntryStore, Merge};
+use super::trust::Signer;
 use super::verify::Verifier;
 use super::wire::{
     decode, encode, Body, Claim, DocKey, Document, Entry, EntryKey, Envelope, MemberState, Millis,
     NodeAddr, NodeId, NodeStatus,
 };
+use super::wire::{CLAIM_DOMAIN, STATUS_DOMAIN};
 
 /// Settings of one gossip node. Defaults: 200 ms rounds, fan-out 3.
 #[derive(Debug, Clone)]
@@ -134,6 +136,9 @@ pub struct Stats {
     pub malformed: u64,
     /// Entries refused by the verifier.
     pub rejected: u64,
+    /// Datagrams from nodes that are not admitted (or that claimed to be
+    /// another node than the channel authenticated).
+    pub unadmitted: u64,
 }
 
 #[derive(Debug)]
@@ -176,6 +181,10 @@ pub struct GossipNode {
     next_collect: Millis,
     status_seq: u64,
     stats: Stats,
+    signer: Option<Arc<dyn Signer>>,
+    /// Senders refused since the caller last asked (ID as it claimed,
+    /// address, datagrams), for one log line per sender per interval.
+    unadmitted: BTreeMap<NodeId, (NodeAddr, u64)>,
 }
 
 impl GossipNode {
@@ -209,7 +218,25 @@ impl GossipNode {
             next_collect: 0,
             status_seq: 0,
             stats: Stats::default(),
+            signer: None,
+            unadmitted: BTreeMap::new(),
         }
+    }
+
+    /// Sign this node's claims and statuses with `signer` (a real node's
+    /// key; peers that check admission refuse unsigned ones).
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Senders whose datagrams were dropped since the last call: (the ID
+    /// they claimed, their address, how many datagrams).
+    pub fn take_unadmitted(&mut self) -> Vec<(NodeId, NodeAddr, u64)> {
+        std::mem::take(&mut self.unadmitted)
+            .into_iter()
+            .map(|(id, (a, n))| (id, a, n))
+            .collect()
     }
 
     /// Join through any one member: asks `seed` for its member list (and
@@ -475,6 +502,10 @@ impl GossipNode {
             Peers::Static(_) => 0,
         };
         status.seq = self.status_seq;
+        status.sig = Vec::new();
+        if let Some(s) = &self.signer {
+            status.sig = s.sign(STATUS_DOMAIN, &status.signed_bytes());
+        }
         self.accept(Entry::Status(status), now);
     }
 
@@ -531,6 +562,9 @@ impl GossipNode {
     }
 
     fn is_candidate(&self, id: &NodeId) -> bool {
+        if !self.verifier.admits(id) {
+            return false;
+        }
         if *id == self.me {
             return true;
         }
@@ -671,13 +705,17 @@ impl GossipNode {
     /// Claim `vm` for this node at `epoch`; whether the claim won here
     /// (then its settle time starts now).
     fn claim_now(&mut self, vm: &DocKey, epoch: u64, score: u64, now: Millis) -> bool {
-        let claim = Claim {
+        let mut claim = Claim {
             vm: vm.clone(),
             node: self.me.clone(),
             epoch,
             score,
             claimed_ms: now,
+            sig: Vec::new(),
         };
+        if let Some(s) = &self.signer {
+            claim.sig = s.sign(CLAIM_DOMAIN, &claim.signed_bytes());
+        }
         if self.accept(Entry::Claim(claim), now) != Merge::Newer {
             return false;
         }
@@ -694,15 +732,53 @@ impl GossipNode {
         }
     }
 
-    /// Receive one datagram from `from`.
+    /// Receive one datagram from `from` (a transport that does not
+    /// authenticate: the sender is who it says it is, if admitted).
     pub fn handle_datagram(&mut self, now: Millis, from: NodeAddr, bytes: &[u8]) {
-        let env = match decode(bytes) {
+        self.handle_from(now, from, None, bytes);
+    }
+
+    /// Receive one datagram that the channel authenticated as coming from
+    /// node `peer` ([`super::channel`]): dropped unless it says it is
+    /// from `peer`.
+    pub fn handle_authenticated(
+        &mut self,
+        now: Millis,
+        from: NodeAddr,
+        peer: &NodeId,
+        bytes: &[u8],
+    ) {
+        self.handle_from(now, from, Some(peer), bytes);
+    }
+
+    fn refuse_sender(&mut self, id: NodeId, addr: NodeAddr) {
+        self.stats.unadmitted += 1;
+        if self.unadmitted.len() < 1024 || self.unadmitted.contains_key(&id) {
+            self.unadmitted.entry(id).or_insert((addr, 0)).1 += 1;
+        }
+    }
+
+    fn handle_from(&mut self, now: Millis, from: NodeAddr, peer: Option<&NodeId>, bytes: &[u8]) {
+        let mut env = match decode(bytes) {
             Ok(e) => e,
             Err(_) => {
                 self.stats.malformed += 1;
                 return;
             }
         };
+        if peer.is_some_and(|p| *p != env.from) || !self.verifier.admits(&env.from) {
+            self.refuse_sender(env.from, from);
+            return;
+        }
+        // News about nodes that are not members is not believed.
+        let v = self.verifier.clone();
+        match &mut env.body {
+            Body::Ping { updates, .. }
+            | Body::Ack { updates, .. }
+            | Body::PingReq { updates, .. }
+            | Body::Members(updates) => updates.retain(|u| v.admits(&u.id)),
+            _ => {}
+        }
         let mut replies = Vec::new();
         if let Peers::Swim(m) = &mut self.peers {
             if let Some(notice) = m.direct(&env.from, env.addr, env.incarnation, now) {
@@ -756,6 +832,14 @@ impl GossipNode {
     }
 
     fn receive(&mut self, entry: Entry, from: &NodeId, now: Millis) {
+        // Only what would change the store is checked (a signature check
+        // costs more than the merge): old and duplicate versions are
+        // dropped here as the merge would drop them.
+        if let Some(s) = self.store.get(&entry.key()) {
+            if s.version >= entry.version() {
+                return;
+            }
+        }
         let verdict = match &entry {
             Entry::Doc(d) => self.verifier.verify_document(d),
             Entry::Claim(c) => self.verifier.verify_claim(c),

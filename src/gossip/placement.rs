@@ -286,6 +286,8 @@ mod tests {
             storage: 1 << 40,
         };
         NodeStatus {
+            name: id.into(),
+            sig: Vec::new(),
             id: NodeId(id.into()),
             incarnation: 0,
             seq: 1,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::channel::Channel;
 use super::node::{Event, GossipNode, Output};
 use super::wire::{Document, Millis, NodeAddr, NodeStatus};
 
@@ -92,23 +93,39 @@ pub fn unix_ms() -> Millis {
 }
 
 /// Drive `node` over `transport` until `commands` closes: ticks every
-/// `tick_ms`, datagrams as they come, events to `events`.
+/// `tick_ms`, datagrams as they come, events to `events`; through
+/// `channel` when given (authenticated and encrypted, see
+/// [`super::channel`]).
 pub async fn run_udp(
     mut node: GossipNode,
     mut transport: UdpTransport,
     tick_ms: u64,
+    mut channel: Option<Channel>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedSender<Event>,
 ) -> io::Result<()> {
     let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wire = Vec::new();
     loop {
         tokio::select! {
-            _ = interval.tick() => node.handle_tick(unix_ms()),
+            _ = interval.tick() => {
+                node.handle_tick(unix_ms());
+                if let Some(ch) = &mut channel {
+                    ch.tick(unix_ms(), &mut wire);
+                }
+            }
             r = transport.readable() => {
                 r?;
                 while let Some((from, bytes)) = transport.try_recv()? {
-                    node.handle_datagram(unix_ms(), from, &bytes);
+                    match &mut channel {
+                        Some(ch) => {
+                            if let Some((peer, plain)) = ch.open(unix_ms(), from, &bytes, &mut wire) {
+                                node.handle_authenticated(unix_ms(), from, &peer, &plain);
+                            }
+                        }
+                        None => node.handle_datagram(unix_ms(), from, &bytes),
+                    }
                 }
             }
             c = commands.recv() => match c {
@@ -124,14 +141,18 @@ pub async fn run_udp(
         }
         while let Some(o) = node.poll() {
             match o {
-                Output::Send(to, bytes) => {
-                    if let Err(e) = transport.send_to(to, &bytes) {
-                        tracing::debug!(%to, error = %e, "gossip send failed");
-                    }
-                }
+                Output::Send(to, bytes) => match &mut channel {
+                    Some(ch) => ch.seal(unix_ms(), to, &bytes, &mut wire),
+                    None => wire.push((to, bytes)),
+                },
                 Output::Event(e) => {
                     let _ = events.send(e);
                 }
+            }
+        }
+        for (to, bytes) in wire.drain(..) {
+            if let Err(e) = transport.send_to(to, &bytes) {
+                tracing::debug!(%to, error = %e, "gossip send failed");
             }
         }
     }

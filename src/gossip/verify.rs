@@ -3,7 +3,8 @@
 //! A document that fails [`Verifier::verify_document`] is neither stored
 //! nor relayed, so forged desired state dies at the first honest node.
 
-use super::wire::{Claim, Document, NodeStatus};
+use super::trust::Members;
+use super::wire::{Claim, Document, NodeId, NodeStatus};
 
 /// Decides whether an entry received by gossip is genuine.
 pub trait Verifier: Send + Sync {
@@ -15,9 +16,41 @@ pub trait Verifier: Send + Sync {
         Ok(())
     }
 
-    /// Accept this node status? (Later: signed by the node.)
+    /// Accept this node status? (Signed by the node it is about, where
+    /// nodes are admitted: [`super::trust::Members::check_status`].)
     fn verify_status(&self, _status: &NodeStatus) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether `id` is a member of the cluster: datagrams from other
+    /// senders, and membership news about them, are dropped.
+    fn admits(&self, _id: &NodeId) -> bool {
+        true
+    }
+}
+
+/// [`AcceptAll`] documents, but only admitted nodes, signed claims and
+/// statuses ([`Members`]): the simulation's trusted mode, and the base of
+/// a real node's filter.
+pub struct MembersOnly<V: Verifier> {
+    /// The admitted nodes.
+    pub members: std::sync::Arc<Members>,
+    /// Documents.
+    pub documents: V,
+}
+
+impl<V: Verifier> Verifier for MembersOnly<V> {
+    fn verify_document(&self, doc: &Document) -> Result<(), String> {
+        self.documents.verify_document(doc)
+    }
+    fn verify_claim(&self, claim: &Claim) -> Result<(), String> {
+        self.members.check_claim(claim)
+    }
+    fn verify_status(&self, status: &NodeStatus) -> Result<(), String> {
+        self.members.check_status(status)
+    }
+    fn admits(&self, id: &NodeId) -> bool {
+        self.members.admits(&id.0)
     }
 }
 

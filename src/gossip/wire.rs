@@ -146,6 +146,26 @@ pub struct Claim {
     pub score: u64,
     /// When it claimed (ms), for garbage collection with the VM's tombstone.
     pub claimed_ms: Millis,
+    /// The claimant's signature of the other fields
+    /// ([`crate::identity::node_sig`], domain [`CLAIM_DOMAIN`]); empty
+    /// where nodes do not sign (`--gossip-verify unsigned`, simulations).
+    pub sig: Vec<u8>,
+}
+
+/// Signature domain of a claim.
+pub const CLAIM_DOMAIN: &str = "deorch-claim/v1";
+/// Signature domain of a node status.
+pub const STATUS_DOMAIN: &str = "deorch-status/v1";
+
+impl Claim {
+    /// What the claimant signs: the claim without its signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Claim {
+            sig: Vec::new(),
+            ..self.clone()
+        };
+        postcard::to_allocvec(&unsigned).expect("in-memory encoding cannot fail")
+    }
 }
 
 /// CPU (millicores), memory and storage (bytes).
@@ -192,8 +212,11 @@ impl From<&Tags> for TagSet {
 /// What a node says about itself; each new version replaces the last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// The node (satellite ID).
+    /// The node (satellite ID: its address).
     pub id: NodeId,
+    /// Its name (a label; where an AccessPolicy admits the node, the name
+    /// it gives wins).
+    pub name: String,
     /// Its incarnation when it wrote this (a restarted node starts higher).
     pub incarnation: u64,
     /// Counter within the incarnation.
@@ -216,6 +239,9 @@ pub struct NodeStatus {
     /// an upgrade; its VMs run on): peers do not re-elect its VMs before.
     /// 0: not away.
     pub away_until_ms: u64,
+    /// The node's signature of the other fields (domain
+    /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
+    pub sig: Vec<u8>,
 }
 
 impl NodeStatus {
@@ -228,6 +254,7 @@ impl NodeStatus {
         total: Resources,
     ) -> NodeStatus {
         NodeStatus {
+            name: id.0.clone(),
             id,
             incarnation: 0,
             seq,
@@ -239,7 +266,17 @@ impl NodeStatus {
             vms: Vec::new(),
             unschedulable: false,
             away_until_ms: 0,
+            sig: Vec::new(),
         }
+    }
+
+    /// What the node signs: the status without its signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = NodeStatus {
+            sig: Vec::new(),
+            ..self.clone()
+        };
+        postcard::to_allocvec(&unsigned).expect("in-memory encoding cannot fail")
     }
 }
 

@@ -177,10 +177,15 @@ impl HttpApi {
     }
 
     /// Whether `address` is a node whose session cookies are accepted:
-    /// this node, or one of the configured trusted nodes.
+    /// this node, a node the cluster's AccessPolicies admit
+    /// (`spec.satellites`), or one of the configured trusted nodes.
     pub fn is_trusted_node(&self, address: &str) -> bool {
         address == self.node_address
             || Address::parse(address).is_ok_and(|a| self.trusted_nodes.contains(&a))
+            || self.admission.satellites().is_ok_and(|s| {
+                s.keys()
+                    .any(|n| crate::identity::access::same_address(n, address))
+            })
     }
 
     /// Serve console tickets for the VMs `hypervisor` runs (once; the
@@ -191,9 +196,17 @@ impl HttpApi {
 
     /// Check a session token (cookie value) now.
     pub fn check_session(&self, token: &str) -> Result<Session, LoginError> {
-        Session::from_token(token, &self.cluster, now_secs(), |a| {
+        let s = Session::from_token(token, &self.cluster, now_secs(), |a| {
             self.is_trusted_node(a)
-        })
+        })?;
+        if self
+            .admission
+            .revoked_sessions()
+            .is_ok_and(|r| r.contains(&s.fingerprint))
+        {
+            return Err(LoginError::Revoked(s.fingerprint));
+        }
+        Ok(s)
     }
 
     /// The routes.
@@ -576,6 +589,8 @@ async fn whoami(
             "cluster": s.cluster,
             "node": s.node,
             "expires": s.expires,
+            "level2": s.level2,
+            "fingerprint": s.fingerprint,
         }))
         .into_response(),
         Err(r) => *r,
@@ -812,6 +827,7 @@ fn session_of(
     api.check_session(token).map_err(|e| {
         let code = match e {
             LoginError::Expired => "SessionExpired",
+            LoginError::Revoked(_) => "SessionRevoked",
             LoginError::UnknownNode(_) => "UntrustedNode",
             LoginError::WrongCluster(_) => "WrongCluster",
             _ => "BadSession",

@@ -29,6 +29,7 @@ pub mod bip322;
 pub mod key;
 pub mod level2;
 pub mod message;
+pub mod node_sig;
 pub mod request;
 pub mod session;
 pub mod signed;

@@ -58,6 +58,9 @@ pub enum LoginError {
     /// The signing node is not a member of this cluster.
     #[error("session was issued by {0}, which is not a node of this cluster")]
     UnknownNode(String),
+    /// Revoked by an AccessPolicy (`revokedSessions`).
+    #[error("session {0} was revoked")]
+    Revoked(String),
     /// The node could not sign.
     #[error(transparent)]
     Sign(#[from] SignError),

@@ -11,7 +11,52 @@ use super::common::{exactly_one, Condition, Duration, TagSelector};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessPolicySpec {
     /// Rules; a request is allowed when any rule allows it.
+    #[serde(default)]
     pub rules: Vec<AccessRule>,
+    /// Admitted satellites: the nodes that are members of the cluster,
+    /// each a node's address (`deorch node id`) with its name. Only nodes
+    /// listed by a policy that counts join gossip, and their claims,
+    /// statuses and documents are believed; removing a node revokes it
+    /// everywhere (docs/SIGNING.md, "Nodes").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub satellites: Vec<SatelliteAdmission>,
+    /// Fingerprints of login sessions revoked before they expire
+    /// (`deorch whoami` shows a session's fingerprint); every node refuses
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = "^[0-9a-f]{8,64}$")))]
+    pub revoked_sessions: Vec<String>,
+    /// A hand-over of the cluster's ownership: the owner this policy's
+    /// trust chain starts from signs the next owner's address (`deorch
+    /// owner hand-over`). Once a node sees a valid chain, the last address
+    /// is the owner there (the cluster ID stays the first owner's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_hand_over: Vec<OwnerHandOver>,
+}
+
+/// One admitted node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SatelliteAdmission {
+    /// The node's name (a label: what status and events show).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The node's address (P2WPKH of its key in `STATE_DIR/node.key`).
+    #[schemars(regex(pattern = "^[A-Za-z0-9]{26,90}$"))]
+    pub address: String,
+}
+
+/// One step of an ownership hand-over chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OwnerHandOver {
+    /// The new owner's address.
+    #[schemars(regex(pattern = "^[A-Za-z0-9]{26,90}$"))]
+    pub to: String,
+    /// The previous owner's Bitcoin signed message (base64) of
+    /// `deorch owner hand-over\ncluster: C\nfrom: OLD\nto: NEW`.
+    #[schemars(length(min = 1))]
+    pub signature: String,
 }
 
 /// One rule: these subjects get this role or these verbs, in this scope.

@@ -37,13 +37,16 @@ use tracing::{debug, info, warn};
 
 use super::config::{GossipSettings, GossipVerify};
 use crate::admission::{Admission, Batch, Deletion, Signature, Trust, Verdict};
+use crate::gossip::channel::{Channel, ChannelConfig, ChannelKey};
 use crate::gossip::membership::SwimConfig;
 use crate::gossip::transport::{unix_ms, Transport, UdpTransport};
+use crate::gossip::trust::{KeySigner, Members};
 use crate::gossip::verify::document_body;
 use crate::gossip::{
-    AcceptAll, DocKey, Document, Event, GossipConfig, GossipNode, NodeId, NodeStatus, Output,
-    Resources, TagSet, Verifier,
+    AcceptAll, Claim, DocKey, Document, Event, GossipConfig, GossipNode, NodeId, NodeStatus,
+    Output, Resources, TagSet, Verifier,
 };
+use crate::identity::{AddressType, PrivateKey};
 use crate::model::{Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
 use crate::reconcile::{Elected, Placement};
 use crate::store::{Record, SourceId, Store};
@@ -165,6 +168,7 @@ fn object_key(k: &DocKey) -> Option<ObjectKey> {
 pub struct Cluster {
     settings: GossipSettings,
     name: String,
+    key: PrivateKey,
     admission: Arc<Admission>,
     store: Arc<Store>,
     transport: UdpTransport,
@@ -176,6 +180,7 @@ impl Cluster {
     pub async fn bind(
         settings: &GossipSettings,
         name: &str,
+        key: PrivateKey,
         admission: Arc<Admission>,
         state_dir: &std::path::Path,
     ) -> anyhow::Result<Cluster> {
@@ -202,6 +207,7 @@ impl Cluster {
         Ok(Cluster {
             settings: settings.clone(),
             name: name.to_string(),
+            key,
             admission,
             store,
             transport,
@@ -239,9 +245,17 @@ impl Cluster {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let cfg = self.gossip_config();
         let tick_ms = cfg.tick_ms;
+        let cluster_id = self
+            .admission
+            .cluster()
+            .unwrap_or(&self.settings.cluster)
+            .to_string();
+        let signed = self.settings.verify == GossipVerify::Signed;
+        let members = signed.then(|| Arc::new(Members::new(&cluster_id)));
         let filter = Arc::new(RelayFilter {
             admission: self.admission.clone(),
             refused: Mutex::new(Vec::new()),
+            members: members.clone(),
         });
         let verifier: Arc<dyn Verifier> = match self.settings.verify {
             GossipVerify::Signed => filter.clone(),
@@ -251,17 +265,39 @@ impl Cluster {
         // A restarted node must come back with a higher incarnation.
         let incarnation = now / 1000;
         let seed = crate::gossip::rng::hash64(&[self.name.as_bytes(), &now.to_le_bytes()]);
-        let me = NodeId(self.name.clone());
+        let me = NodeId(
+            self.key
+                .address(AddressType::P2wpkh)
+                .expect("node keys are compressed")
+                .to_string(),
+        );
+        info!(node = %self.name, id = %me, "gossip identity: the node's address");
         let node = GossipNode::new(
             cfg,
-            me,
+            me.clone(),
             self.transport.local_addr(),
             incarnation,
-            verifier,
+            verifier.clone(),
             seed,
-        );
+        )
+        .with_signer(Arc::new(KeySigner::new(self.key.clone(), &cluster_id)));
+        let channel = signed.then(|| {
+            Channel::new(
+                ChannelConfig::default(),
+                Arc::new(ChannelKey::new(&self.key, &cluster_id)),
+                &cluster_id,
+                verifier.clone(),
+                seed ^ 0x5eed,
+            )
+        });
         let mut task = Task {
             node,
+            me,
+            members,
+            channel,
+            next_refusal_log: 0,
+            wire: Vec::new(),
+            key: self.key.clone(),
             admission: self.admission.clone(),
             filter,
             reported: BTreeMap::new(),
@@ -279,6 +315,7 @@ impl Cluster {
                 GossipVerify::Unsigned => Trust::UnsignedByChoice,
             },
         };
+        task.refresh_members();
         for s in &self.settings.seeds {
             task.node.join(*s);
         }
@@ -313,6 +350,7 @@ impl Cluster {
                         task.publish_status();
                     }
                     task.node.handle_tick(unix_ms());
+                    task.tick_channel();
                     task.drain();
                     // Claims settle and starts happen on ticks.
                     task.refresh_placement();
@@ -325,7 +363,7 @@ impl Cluster {
                     loop {
                         match task.transport.try_recv() {
                             Ok(Some((from, bytes))) => {
-                                task.node.handle_datagram(unix_ms(), from, &bytes);
+                                task.receive(from, &bytes);
                                 task.report_filtered(&from.to_string());
                             }
                             Ok(None) => break,
@@ -348,6 +386,7 @@ impl Cluster {
                     Ok(c) => {
                         task.local_change(&c.key);
                         if c.key.kind == Kind::AccessPolicy {
+                            task.refresh_members();
                             task.retry_denied();
                         }
                     }
@@ -365,9 +404,13 @@ impl Cluster {
 /// match its key and carry a signature admission accepts
 /// ([`Admission::check_signature`]), or it is neither stored nor relayed.
 /// Refusals are kept for the task to report as admission verdicts.
+/// In signed mode it also holds the admitted nodes: only they are
+/// members, and claims and statuses must be signed by the node they are
+/// about ([`Members`]).
 struct RelayFilter {
     admission: Arc<Admission>,
     refused: Mutex<Vec<(DocKey, u64, Verdict)>>,
+    members: Option<Arc<Members>>,
 }
 
 impl Verifier for RelayFilter {
@@ -390,10 +433,38 @@ impl Verifier for RelayFilter {
             .push((doc.key.clone(), doc.generation, verdict));
         Err(reason)
     }
+
+    fn verify_claim(&self, claim: &Claim) -> Result<(), String> {
+        self.members
+            .as_ref()
+            .map_or(Ok(()), |m| m.check_claim(claim))
+    }
+
+    fn verify_status(&self, status: &NodeStatus) -> Result<(), String> {
+        self.members
+            .as_ref()
+            .map_or(Ok(()), |m| m.check_status(status))
+    }
+
+    fn admits(&self, id: &NodeId) -> bool {
+        self.members.as_ref().is_none_or(|m| m.admits(&id.0))
+    }
 }
 
 struct Task {
     node: GossipNode,
+    /// This node's ID (its address).
+    me: NodeId,
+    /// The admitted nodes (signed mode).
+    members: Option<Arc<Members>>,
+    /// The authenticated channel (signed mode).
+    channel: Option<Channel>,
+    /// When refused senders are logged next (once per interval).
+    next_refusal_log: u64,
+    /// Datagrams the channel produced, to send.
+    wire: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    /// The node key (signs what this node publishes).
+    key: PrivateKey,
     admission: Arc<Admission>,
     filter: Arc<RelayFilter>,
     /// Last verdict reported per document refused by the relay filter, so
@@ -480,6 +551,22 @@ impl Task {
                         crate::gossip::verify::DELETED_ANNOTATION.into(),
                         "true".into(),
                     );
+                }
+            }
+        }
+        // In signed mode what this node's own sources hold unsigned (its
+        // directory, its local API, a session's change) is signed by the
+        // node: peers authorise the node like a user (docs/SIGNING.md,
+        // "Nodes").
+        if self.trust == Trust::Signed && self.admission.check_signature(&body) == Signature::None {
+            if let Some(cluster) = self.admission.cluster() {
+                match crate::identity::sign_manifest(&body, cluster, &self.key, AddressType::P2wpkh)
+                {
+                    Ok(signed) => body = signed,
+                    Err(e) => {
+                        warn!(object = %rec.key, error = %e, "cannot sign with the node key");
+                        return None;
+                    }
                 }
             }
         }
@@ -617,14 +704,15 @@ impl Task {
     }
 
     fn member_event(&self, what: &str, level: &str, id: &NodeId) {
-        info!(member = %id, "{what}");
+        let name = self.label(id);
+        info!(member = %name, id = %id, "{what}");
         self.store.record_event(crate::store::Event {
             time_ms: unix_ms(),
             level: level.into(),
             object: Some(ObjectKey::new(Kind::Satellite, None, &self.name)),
             source: Some(SourceId(GOSSIP_SOURCE.into())),
             reason: what.into(),
-            message: format!("{what}: {id}"),
+            message: format!("{what}: {name} ({id})"),
         });
     }
 
@@ -632,11 +720,10 @@ impl Task {
     fn drain(&mut self) {
         while let Some(o) = self.node.poll() {
             match o {
-                Output::Send(to, bytes) => {
-                    if let Err(e) = self.transport.send_to(to, &bytes) {
-                        debug!(%to, error = %e, "gossip send failed");
-                    }
-                }
+                Output::Send(to, bytes) => match &mut self.channel {
+                    Some(ch) => ch.seal(unix_ms(), to, &bytes, &mut self.wire),
+                    None => self.wire.push((to, bytes)),
+                },
                 Output::Event(e) => match e {
                     Event::Document(d) => self.apply_remote(d),
                     Event::MemberUp(id, addr) => {
@@ -656,6 +743,88 @@ impl Task {
                 },
             }
         }
+        self.flush_wire();
+    }
+
+    fn flush_wire(&mut self) {
+        for (to, bytes) in self.wire.drain(..) {
+            if let Err(e) = self.transport.send_to(to, &bytes) {
+                debug!(%to, error = %e, "gossip send failed");
+            }
+        }
+    }
+
+    /// A datagram from the socket: through the channel (signed mode),
+    /// then to the gossip node.
+    fn receive(&mut self, from: std::net::SocketAddr, bytes: &[u8]) {
+        let now = unix_ms();
+        match &mut self.channel {
+            Some(ch) => {
+                if let Some((peer, plain)) = ch.open(now, from, bytes, &mut self.wire) {
+                    self.node.handle_authenticated(now, from, &peer, &plain);
+                }
+            }
+            None => self.node.handle_datagram(now, from, bytes),
+        }
+    }
+
+    /// Channel timers, and the log of refused senders (once per sender
+    /// per 10 s, never per datagram).
+    fn tick_channel(&mut self) {
+        let now = unix_ms();
+        if let Some(ch) = &mut self.channel {
+            ch.tick(now, &mut self.wire);
+        }
+        if now < self.next_refusal_log {
+            return;
+        }
+        self.next_refusal_log = now + 10_000;
+        if let Some(ch) = &mut self.channel {
+            for (addr, n, reason) in ch.take_refused() {
+                warn!(%addr, datagrams = n, %reason, "gossip: peer refused (not admitted, or not who it says)");
+            }
+        }
+        for (id, addr, n) in self.node.take_unadmitted() {
+            warn!(%addr, claimed = %crate::identity::session::bounded(&id.0), datagrams = n, "gossip: datagrams from a node that is not admitted dropped");
+        }
+    }
+
+    /// Recompute the admitted nodes from the policies that count (start,
+    /// and every AccessPolicy change): revoked ones stop being members at
+    /// once (their sessions end, their datagrams are dropped, SWIM
+    /// declares them dead after the suspicion timeout).
+    fn refresh_members(&mut self) {
+        let Some(m) = &self.members else { return };
+        let now = match self.admission.satellites() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "gossip: no admitted nodes");
+                BTreeMap::new()
+            }
+        };
+        let (added, revoked) = m.set(&now);
+        for a in added {
+            info!(node = %a, name = ?m.name_of(&a), "gossip: node admitted");
+        }
+        for a in revoked {
+            warn!(node = %a, "gossip: node admission revoked");
+        }
+        if !m.admits(&self.me.0) {
+            warn!(id = %self.me, "this node is not admitted by any AccessPolicy of the cluster: peers ignore it (deorch node id; docs/SIGNING.md, \"Nodes\")");
+        }
+        self.status_dirty = true;
+    }
+
+    /// The name of node `id` (its admission's, else what it says).
+    fn label(&self, id: &NodeId) -> String {
+        if *id == self.me {
+            return self.name.clone();
+        }
+        self.members
+            .as_ref()
+            .and_then(|m| m.name_of(&id.0))
+            .or_else(|| self.node.status(id).map(|s| s.name.clone()))
+            .unwrap_or_else(|| id.0.clone())
     }
 
     fn refresh_placement(&mut self) {
@@ -667,11 +836,11 @@ impl Task {
             } else {
                 match self.node.claim(dk) {
                     Some(c) if self.node.node_lost(dk).is_some() => Elected::NodeLost {
-                        node: c.node.0.clone(),
+                        node: self.label(&c.node),
                         epoch: c.epoch,
                     },
-                    Some(c) if c.node.0 != self.name => Elected::Elsewhere {
-                        node: c.node.0.clone(),
+                    Some(c) if c.node != self.me => Elected::Elsewhere {
+                        node: self.label(&c.node),
                         epoch: c.epoch,
                     },
                     _ => match self.node.unplaceable(dk) {
@@ -686,7 +855,7 @@ impl Task {
         for id in self.node.alive_members() {
             for dk in self.node.status(&id).map(|s| &s.vms[..]).unwrap_or(&[]) {
                 if let Some(key) = object_key(dk) {
-                    elsewhere.entry(key).or_default().push(id.0.clone());
+                    elsewhere.entry(key).or_default().push(self.label(&id));
                 }
             }
         }
@@ -767,7 +936,9 @@ impl Task {
             }
         }
         let st = NodeStatus {
-            id: NodeId(self.name.clone()),
+            id: self.me.clone(),
+            name: self.name.clone(),
+            sig: Vec::new(),
             incarnation: 0,
             seq: 0,
             tags: TagSet::from(&spec.tags),
@@ -827,6 +998,14 @@ fn same_content(body: &[u8], object: &serde_json::Value) -> bool {
     for v in [&mut a, &mut b] {
         if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             m.remove("generation");
+            // The node's signature on what it publishes is not content.
+            if let Some(ann) = m.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+                ann.remove(crate::identity::signed::SIGNER_ANNOTATION);
+                ann.remove(crate::identity::signed::SIGNATURE_ANNOTATION);
+                if ann.is_empty() {
+                    m.remove("annotations");
+                }
+            }
         }
     }
     a == b

@@ -337,8 +337,11 @@ pub enum StorageKind {
 /// The resolved, immutable node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Node name.
+    /// Node name (a label; the node's ID is its key's address).
     pub name: String,
+    /// The node key (`--node-key`, default STATE_DIR/node.key; created
+    /// 0600 at first start): its P2WPKH address is the node's ID.
+    pub node_key: PathBuf,
     /// Manifest directory.
     pub manifests: PathBuf,
     /// State directory.
@@ -616,6 +619,11 @@ impl NodeConfig {
             },
         };
         Ok(NodeConfig {
+            node_key: args
+                .node_key
+                .clone()
+                .or(file.node_key.clone())
+                .unwrap_or_else(|| state_dir.join("node.key")),
             cluster_owner: args.cluster_owner.clone().or(file.cluster_owner.clone()),
             http,
             git,

@@ -208,9 +208,17 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         manifests: config.manifests.display().to_string(),
     };
 
+    let node_key = load_node_key(&config)?;
     let cluster = match &config.gossip {
         Some(g) => Some(
-            cluster::Cluster::bind(g, &config.name, admission.clone(), &config.state_dir).await?,
+            cluster::Cluster::bind(
+                g,
+                &config.name,
+                node_key.clone(),
+                admission.clone(),
+                &config.state_dir,
+            )
+            .await?,
         ),
         None => None,
     };
@@ -376,6 +384,18 @@ async fn start_http(
     }
     info!(%url, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
     Ok((listener, api))
+}
+
+/// The node's key (made at first start): its address is the node's ID in
+/// gossip, on sessions it issues and in admissions.
+fn load_node_key(config: &NodeConfig) -> anyhow::Result<crate::identity::PrivateKey> {
+    let network = config
+        .cluster_owner
+        .as_deref()
+        .and_then(|o| crate::identity::Address::parse(o).ok())
+        .map_or(crate::identity::Network::Mainnet, |a| a.network);
+    crate::http::load_or_create_node_key(&config.node_key, network)
+        .with_context(|| format!("node key {}", config.node_key.display()))
 }
 
 /// The cluster signatures are bound to and its owner, the same for every

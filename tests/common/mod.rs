@@ -706,3 +706,57 @@ pub fn level2_policy(
         "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: ops\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{subject}\"]\n      role: operator\n      level2:\n        servers:\n{servers}        usernames:\n          \"{subject}\": {username}\n"
     )
 }
+
+/// Give node `n` its key before it first starts (as `node run` would make
+/// it, `STATE_DIR/node.key`), so a test knows its ID: the key's P2WPKH
+/// address.
+pub fn give_node_key(n: &Node) -> String {
+    use deorch::identity::{AddressType, Network, PrivateKey};
+    std::fs::create_dir_all(&n.state).unwrap();
+    let path = n.state.join("node.key");
+    let key = match PrivateKey::load(&path) {
+        Ok(k) => k,
+        Err(_) => {
+            let k = PrivateKey::generate(Network::Mainnet);
+            k.save(&path).unwrap();
+            k
+        }
+    };
+    key.address(AddressType::P2wpkh).unwrap().to_string()
+}
+
+/// `yaml` (one document) signed by `owner` for its cluster, as JSON
+/// (which `deorch apply` reads as YAML).
+pub fn owner_signed_json(owner: &deorch::identity::PrivateKey, yaml: &str) -> String {
+    use deorch::identity::AddressType;
+    let parsed = deorch::manifest::parse_str(Path::new("owner-signed.yaml"), yaml);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let cluster = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    let signed = deorch::identity::sign_manifest(
+        &parsed.documents[0].object.to_value(),
+        &cluster,
+        owner,
+        AddressType::P2wpkh,
+    )
+    .unwrap();
+    serde_json::to_string(&signed).unwrap()
+}
+
+/// The AccessPolicy `members` at `generation` admitting `satellites`
+/// (name, address), plus `rules` (YAML list items, indented 4).
+pub fn members_policy(generation: u64, satellites: &[(&str, &str)], rules: &str) -> String {
+    let sats: String = satellites
+        .iter()
+        .map(|(n, a)| format!("    - name: {n}\n      address: \"{a}\"\n"))
+        .collect();
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: members\n  generation: {generation}\nspec:\n  satellites:\n{sats}  rules:\n{}",
+        if rules.is_empty() { "    []\n" } else { rules }
+    )
+}
+
+/// Apply the owner-signed `yaml` on node `n` through its local API.
+pub fn apply_owner_signed(n: &Node, owner: &deorch::identity::PrivateKey, yaml: &str) {
+    let (code, out, err) = n.cli(&["apply", "-f", "-"], Some(&owner_signed_json(owner, yaml)));
+    assert_eq!(code, 0, "{}: apply failed: {out}{err}", n.name);
+}
