@@ -185,6 +185,9 @@ pub struct GossipNode {
     /// Senders refused since the caller last asked (ID as it claimed,
     /// address, datagrams), for one log line per sender per interval.
     unadmitted: BTreeMap<NodeId, (NodeAddr, u64)>,
+    /// Claims and statuses refused since the caller last asked, per
+    /// sender: (how many, up to 4 distinct reasons).
+    refused_entries: BTreeMap<NodeId, (u64, Vec<String>)>,
 }
 
 impl GossipNode {
@@ -220,6 +223,7 @@ impl GossipNode {
             stats: Stats::default(),
             signer: None,
             unadmitted: BTreeMap::new(),
+            refused_entries: BTreeMap::new(),
         }
     }
 
@@ -228,6 +232,15 @@ impl GossipNode {
     pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
         self.signer = Some(signer);
         self
+    }
+
+    /// Claims and statuses refused since the last call: (the sender that
+    /// relayed them, how many, up to 4 distinct reasons).
+    pub fn take_refused_entries(&mut self) -> Vec<(NodeId, u64, Vec<String>)> {
+        std::mem::take(&mut self.refused_entries)
+            .into_iter()
+            .map(|(id, (n, r))| (id, n, r))
+            .collect()
     }
 
     /// Senders whose datagrams were dropped since the last call: (the ID
@@ -854,6 +867,12 @@ impl GossipNode {
                     from: from.clone(),
                     reason,
                 });
+            } else if self.refused_entries.len() < 1024 || self.refused_entries.contains_key(from) {
+                let e = self.refused_entries.entry(from.clone()).or_default();
+                e.0 += 1;
+                if e.1.len() < 4 && !e.1.contains(&reason) {
+                    e.1.push(reason);
+                }
             }
             return;
         }

@@ -60,6 +60,10 @@ fn is_local_only(source: &SourceId) -> bool {
     source.0 == GOSSIP_SOURCE || source.0 == "node"
 }
 
+/// Refused peers and entries are logged once per sender per this
+/// interval, never per datagram.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 5_000;
+
 /// File in the state directory holding the bound gossip address.
 pub const GOSSIP_ADDRESS_FILE: &str = "gossip-address";
 
@@ -769,7 +773,7 @@ impl Task {
     }
 
     /// Channel timers, and the log of refused senders (once per sender
-    /// per 10 s, never per datagram).
+    /// per [`REFUSAL_LOG_INTERVAL_MS`], never per datagram).
     fn tick_channel(&mut self) {
         let now = unix_ms();
         if let Some(ch) = &mut self.channel {
@@ -778,11 +782,15 @@ impl Task {
         if now < self.next_refusal_log {
             return;
         }
-        self.next_refusal_log = now + 10_000;
+        self.next_refusal_log = now + REFUSAL_LOG_INTERVAL_MS;
         if let Some(ch) = &mut self.channel {
             for (addr, n, reason) in ch.take_refused() {
                 warn!(%addr, datagrams = n, %reason, "gossip: peer refused (not admitted, or not who it says)");
             }
+        }
+        for (from, n, reasons) in self.node.take_refused_entries() {
+            let reasons = reasons.join("; ");
+            warn!(%from, entries = n, %reasons, "gossip: claims or statuses refused (a node speaks only for itself)");
         }
         for (id, addr, n) in self.node.take_unadmitted() {
             warn!(%addr, claimed = %crate::identity::session::bounded(&id.0), datagrams = n, "gossip: datagrams from a node that is not admitted dropped");
