@@ -460,6 +460,21 @@ pub enum NodeCommand {
         #[arg(long, env = "DEORCH_STATE_DIR", default_value = "/var/lib/deorch")]
         state_dir: PathBuf,
     },
+    /// Print the node's ID: the P2WPKH address of its key (made, 0600,
+    /// when missing). The cluster owner admits a node by this address
+    /// (AccessPolicy `spec.satellites`, docs/SIGNING.md "Nodes").
+    Id {
+        /// State directory of the node (its key is STATE_DIR/node.key).
+        #[arg(long, env = "DEORCH_STATE_DIR", default_value = "/var/lib/deorch")]
+        state_dir: PathBuf,
+        /// The key file, if not STATE_DIR/node.key.
+        #[arg(long, env = "DEORCH_NODE_KEY")]
+        node_key: Option<PathBuf>,
+        /// The cluster owner's address (sets the key's network: a
+        /// testnet owner gives a testnet node address).
+        #[arg(long, env = "DEORCH_CLUSTER_OWNER")]
+        cluster_owner: Option<String>,
+    },
     /// The node's fence (started by the daemon; see src/fence.rs): pause
     /// this node's VMs when the daemon stops renewing its lease.
     #[command(hide = true)]
@@ -519,6 +534,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::RecoverStore { state_dir },
         } => recover_store(&state_dir),
+        Command::Node {
+            command:
+                NodeCommand::Id {
+                    state_dir,
+                    node_key,
+                    cluster_owner,
+                },
+        } => {
+            let network = match cluster_owner.as_deref() {
+                Some(o) => {
+                    crate::identity::Address::parse(o)
+                        .map_err(|e| anyhow::anyhow!("--cluster-owner {o}: {e}"))?
+                        .network
+                }
+                None => crate::identity::Network::Mainnet,
+            };
+            let path = node_key.unwrap_or_else(|| state_dir.join("node.key"));
+            let key = crate::http::load_or_create_node_key(&path, network)
+                .with_context(|| format!("node key {}", path.display()))?;
+            println!("{}", key.address(crate::identity::AddressType::P2wpkh)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Node {
             command:
                 NodeCommand::Fence {
