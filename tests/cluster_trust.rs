@@ -460,3 +460,108 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
         runner(&survivors, "after").is_some()
     });
 }
+
+/// The cluster ID is the first owner's address; a signed hand-over makes
+/// another address the owner on every node: its documents are accepted
+/// as the owner's, the old owner's new ones are not, and the nodes stay
+/// admitted throughout (the new owner re-signs the members policy with
+/// the hand-over in it, one document).
+#[test]
+fn the_owner_hands_the_cluster_over_and_every_node_follows() {
+    let old = PrivateKey::generate(Network::Mainnet);
+    let old_addr = old.address(AddressType::P2wpkh).unwrap().to_string();
+    let new = PrivateKey::generate(Network::Mainnet);
+    let new_addr = new.address(AddressType::P2wpkh).unwrap().to_string();
+    let mut a = Node::new("handover-a");
+    a.name = "h1".into();
+    let mut b = Node::new("handover-b");
+    b.name = "h2".into();
+    let (ia, ib) = (common::give_node_key(&a), common::give_node_key(&b));
+    let sats = [("h1", ia.as_str()), ("h2", ib.as_str())];
+    a.extra_args.extend(args(&old_addr, None));
+    a.start();
+    common::apply_owner_signed(&a, &old, &common::members_policy(1, &sats, ""));
+    let seed = gossip_address(&a).to_string();
+    b.extra_args.extend(args(&old_addr, Some(&seed)));
+    b.start();
+    common::apply_owner_signed(&b, &old, &common::members_policy(1, &sats, ""));
+    wait("h1 and h2 see each other", Duration::from_secs(20), || {
+        members_up(&a).contains(&ib) && members_up(&b).contains(&ia)
+    });
+
+    // The old owner signs the hand-over (deorch hand-over); the new owner
+    // puts it in the members policy and signs that.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deorch"))
+        .args([
+            "hand-over",
+            "--cluster",
+            &old_addr,
+            "--to",
+            &new_addr,
+            "--key",
+        ])
+        .arg({
+            let p = a.dir.join("old.key");
+            old.save(&p).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hand_over = String::from_utf8(out.stdout).unwrap();
+    let indented: String = hand_over.lines().map(|l| format!("  {l}\n")).collect();
+    let mut policy = common::members_policy(2, &sats, "");
+    policy.push_str(&indented);
+    // Signed by the new owner for the cluster (the old owner's address).
+    let parsed = deorch::manifest::parse_str(std::path::Path::new("p.yaml"), &policy);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let signed = deorch::identity::sign_manifest(
+        &parsed.documents[0].object.to_value(),
+        &old_addr,
+        &new,
+        AddressType::P2wpkh,
+    )
+    .unwrap();
+    let (code, o, e) = a.cli(
+        &["apply", "-f", "-"],
+        Some(&serde_json::to_string(&signed).unwrap()),
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    wait("the hand-over reaches h2", Duration::from_secs(10), || {
+        b.record("accesspolicy", "members")
+            .is_some_and(|r| r.object["spec"]["ownerHandOver"].is_array())
+    });
+
+    // The new owner's VM is accepted on both (through gossip on h2); the
+    // old owner's new VM is refused on both, and the nodes are still
+    // members of each other.
+    let sign_as = |k: &PrivateKey, name: &str| {
+        let parsed =
+            deorch::manifest::parse_str(std::path::Path::new("v.yaml"), &vm(name, "", true));
+        serde_json::to_string(
+            &deorch::identity::sign_manifest(
+                &parsed.documents[0].object.to_value(),
+                &old_addr,
+                k,
+                AddressType::P2wpkh,
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let (code, o, e) = a.cli(&["apply", "-f", "-"], Some(&sign_as(&new, "by-new")));
+    assert_eq!(code, 0, "{o}{e}");
+    wait("the new owner's VM on h2", Duration::from_secs(10), || {
+        b.record("vm", "by-new").is_some()
+    });
+    let (code, o, e) = b.cli(&["apply", "-f", "-"], Some(&sign_as(&old, "by-old")));
+    assert_ne!(code, 0, "the old owner is still the owner: {o}{e}");
+    assert!(format!("{o}{e}").contains("Denied"), "{o}{e}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.record("vm", "by-old").is_none() && b.record("vm", "by-old").is_none());
+    assert!(members_up(&a).contains(&ib) && members_up(&b).contains(&ia));
+}

@@ -491,7 +491,7 @@ impl Admission {
 
     /// The owner and the AccessPolicies that count now (the trusted ones,
     /// as for signed documents).
-    fn trusted_now(&self) -> Result<(&str, Vec<Manifest<AccessPolicySpec>>), String> {
+    fn trusted_now(&self) -> Result<(String, Vec<Manifest<AccessPolicySpec>>), String> {
         let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
             return Err(
                 "this node has no cluster owner (--cluster-owner): nobody can be authorised".into(),
@@ -503,7 +503,14 @@ impl Admission {
             .into_iter()
             .filter_map(|r| serde_json::from_value(r.object).ok())
             .collect();
-        Ok((owner, trusted_policies(&policies, cluster, owner).trusted))
+        let report = trusted_policies(&policies, cluster, owner);
+        Ok((report.owner, report.trusted))
+    }
+
+    /// The cluster's owner now (the configured one, or where an ownership
+    /// hand-over led).
+    pub fn owner_now(&self) -> Option<String> {
+        self.trusted_now().ok().map(|(o, _)| o)
     }
 
     /// The admitted satellites (address → name): `spec.satellites` of the
@@ -532,7 +539,7 @@ impl Admission {
     /// naming it that asks level 2. One read of the policies for both.
     pub fn may_log_in(&self, address: &str) -> Result<Option<Level2Login>, String> {
         let (owner, trusted) = self.trusted_now()?;
-        if !(same_address(address, owner)
+        if !(same_address(address, &owner)
             || crate::identity::access::names_subject(&trusted, address))
         {
             return Err(format!(
@@ -591,7 +598,7 @@ impl Admission {
                 return what.iter().map(|_| Err(r.clone())).collect();
             }
         };
-        let is_owner = same_address(address, owner);
+        let is_owner = same_address(address, &owner);
         what.iter()
             .map(|(kind, namespace)| {
                 if is_owner {
@@ -891,15 +898,15 @@ impl Admission {
         policies: &Trusted,
         objects: [Option<&Value>; 2],
     ) -> Result<bool, Verdict> {
-        let policies = match policies {
-            Trusted::Computed(p) => p.as_slice(),
-            Trusted::NotNeeded => &[],
+        let (owner_now, policies) = match policies {
+            Trusted::Computed(o, p) => (Some(o.as_str()), p.as_slice()),
+            Trusted::NotNeeded => (None, &[][..]),
         };
         match sig {
             Signature::Refused(v) => Err(v.clone()),
             Signature::None if batch.session.is_some() => {
                 let s = batch.session.as_ref().expect("checked");
-                let Some(owner) = self.config.owner.as_deref() else {
+                let Some(owner) = owner_now.or(self.config.owner.as_deref()) else {
                     return Err(Verdict::Denied {
                         signer: s.address.clone(),
                         reason: "this node has no cluster owner (--cluster-owner): nobody can be authorised".into(),
@@ -939,7 +946,7 @@ impl Admission {
                 }),
             },
             Signature::Valid(signer) => {
-                let Some(owner) = self.config.owner.as_deref() else {
+                let Some(owner) = owner_now.or(self.config.owner.as_deref()) else {
                     return Err(Verdict::Denied {
                         signer: signer.clone(),
                         reason: "this node has no cluster owner (--cluster-owner): no signer can be authorised".into(),
@@ -970,10 +977,24 @@ impl Admission {
         let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
             return Trusted::NotNeeded;
         };
-        let needed = signatures
-            .iter()
-            .chain(tombstones)
-            .any(|s| matches!(s, Signature::Valid(signer) if signer != owner))
+        let mut policies: BTreeMap<ObjectKey, Manifest<AccessPolicySpec>> = tx
+            .list(Some(Kind::AccessPolicy))
+            .into_iter()
+            .filter_map(|r| Some((r.key.clone(), serde_json::from_value(r.object).ok()?)))
+            .collect();
+        // The configured owner's documents need no policy, unless the
+        // cluster was handed over (then the owner is someone else).
+        let handed_over = policies
+            .values()
+            .any(|p| !p.spec.owner_hand_over.is_empty())
+            || batch.docs.iter().any(|d| {
+                matches!(&d.object, AnyObject::AccessPolicy(p) if !p.spec.owner_hand_over.is_empty())
+            });
+        let needed = handed_over
+            || signatures
+                .iter()
+                .chain(tombstones)
+                .any(|s| matches!(s, Signature::Valid(signer) if signer != owner))
             || batch
                 .session
                 .as_ref()
@@ -981,11 +1002,6 @@ impl Admission {
         if !needed {
             return Trusted::NotNeeded;
         }
-        let mut policies: BTreeMap<ObjectKey, Manifest<AccessPolicySpec>> = tx
-            .list(Some(Kind::AccessPolicy))
-            .into_iter()
-            .filter_map(|r| Some((r.key.clone(), serde_json::from_value(r.object).ok()?)))
-            .collect();
         if batch.declared_set.is_some() {
             for r in tx.list_by_source(&batch.source) {
                 if r.key.kind == Kind::AccessPolicy {
@@ -1002,7 +1018,8 @@ impl Admission {
             }
         }
         let policies: Vec<_> = policies.into_values().collect();
-        Trusted::Computed(trusted_policies(&policies, cluster, owner).trusted)
+        let report = trusted_policies(&policies, cluster, owner);
+        Trusted::Computed(report.owner, report.trusted)
     }
 
     /// Log every verdict and record it as a store event.
@@ -1053,7 +1070,8 @@ impl Admission {
 
 enum Trusted {
     NotNeeded,
-    Computed(Vec<Manifest<AccessPolicySpec>>),
+    /// The owner now and the policies that count.
+    Computed(String, Vec<Manifest<AccessPolicySpec>>),
 }
 
 /// The generation a signed object carries (its signature binds it).

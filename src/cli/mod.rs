@@ -192,6 +192,21 @@ pub enum Command {
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
     },
+    /// Hand the cluster over to a new owner: the current owner signs the
+    /// hand-over (printed as an `ownerHandOver` entry the new owner puts,
+    /// with the steps before it, in the policies it re-signs;
+    /// docs/SIGNING.md, "Handing the cluster over").
+    HandOver {
+        /// The current owner's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The cluster ID (the first owner's address).
+        #[arg(long)]
+        cluster: String,
+        /// The new owner's address.
+        #[arg(long)]
+        to: String,
+    },
     /// Verify a Bitcoin signed message: exit 0 if valid, 1 if not, 2 if
     /// it could not be checked (bad arguments, unreadable message file).
     Verify {
@@ -848,6 +863,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             message_file,
             kind,
         } => identity::sign(&key, message, message_file.as_deref(), kind),
+        Command::HandOver { key, cluster, to } => {
+            let k = crate::identity::PrivateKey::load(&key)
+                .with_context(|| format!("key {}", key.display()))?;
+            crate::identity::Address::parse(&to).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+            let from = k.address(crate::identity::AddressType::P2wpkh)?.to_string();
+            let msg = crate::identity::access::hand_over_message(&cluster, &from, &to);
+            let sig =
+                crate::identity::sign(&k, msg.as_bytes(), crate::identity::AddressType::P2wpkh)?;
+            println!("ownerHandOver:\n  - to: \"{to}\"\n    signature: \"{sig}\"");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             address,
             signature,

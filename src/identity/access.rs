@@ -17,7 +17,10 @@
 //! by the cluster owner, then those signed by an address the *owner's*
 //! policies allow to `apply` `AccessPolicy` (i.e. an admin). Trust is one
 //! level deep: an admin-signed policy cannot make further admins whose
-//! policies count, so there are no chains and no cycles.
+//! policies count, so there are no chains and no cycles. The owner is
+//! the configured one (the cluster ID) unless a policy carries a valid
+//! `ownerHandOver` chain ([`effective_owner`]); then policies signed by
+//! the new owner count and those signed by earlier owners do not.
 
 use serde::{Deserialize, Serialize};
 
@@ -287,9 +290,93 @@ pub fn authorize_signer(
     }
 }
 
+/// The text an owner signs (a Bitcoin signed message, so a wallet can)
+/// to hand the cluster over to `to`.
+pub fn hand_over_message(cluster: &str, from: &str, to: &str) -> String {
+    format!("deorch owner hand-over\ncluster: {cluster}\nfrom: {from}\nto: {to}")
+}
+
+/// The cluster's owner now: `configured` (the cluster ID), followed along
+/// the `ownerHandOver` chains the policies carry, each step signed by the
+/// owner before it. Every chain is checked from the start and kept up to
+/// its first bad step; the owner is the end of the longest, when all the
+/// others are its prefixes. Chains that diverge (an owner signed two
+/// hand-overs) stop at their last common owner: a fork is reported, never
+/// resolved in favour of either branch. Returns the owner and the
+/// problems found.
+pub fn effective_owner(
+    policies: &[Manifest<AccessPolicySpec>],
+    cluster: &str,
+    configured: &str,
+) -> (String, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut chains: Vec<Vec<String>> = Vec::new();
+    for p in policies
+        .iter()
+        .filter(|p| !p.spec.owner_hand_over.is_empty())
+    {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let mut chain = Vec::new();
+        let mut from = configured.to_string();
+        for (i, step) in p.spec.owner_hand_over.iter().enumerate() {
+            let msg = hand_over_message(cluster, &from, &step.to);
+            if let Err(e) = super::verify(&from, &step.signature, msg.as_bytes()) {
+                problems.push(format!(
+                    "policy {name}: ownerHandOver[{i}] (to {}) is not signed by {from}: {e}",
+                    step.to
+                ));
+                break;
+            }
+            chain.push(step.to.clone());
+            from = step.to.clone();
+        }
+        if !chain.is_empty() {
+            chains.push(chain);
+        }
+    }
+    chains.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let Some(longest) = chains.first().cloned() else {
+        return (configured.to_string(), problems);
+    };
+    let mut agreed = longest.len();
+    for c in &chains[1..] {
+        let common = c
+            .iter()
+            .zip(&longest)
+            .take_while(|(a, b)| same_address(a, b))
+            .count();
+        if common < c.len() {
+            problems.push(format!(
+                "ownership forked: {} handed the cluster to both {} and {}; the owner stays {}",
+                if common == 0 {
+                    configured
+                } else {
+                    &longest[common - 1]
+                },
+                c[common],
+                longest[common],
+                if common == 0 {
+                    configured
+                } else {
+                    &longest[common - 1]
+                },
+            ));
+            agreed = agreed.min(common);
+        }
+    }
+    let owner = if agreed == 0 {
+        configured.to_string()
+    } else {
+        longest[agreed - 1].clone()
+    };
+    (owner, problems)
+}
+
 /// The result of [`trusted_policies`].
 #[derive(Debug, Clone, Default)]
 pub struct TrustReport {
+    /// The owner now ([`effective_owner`]).
+    pub owner: String,
     /// Policies that count, owner-signed first.
     pub trusted: Vec<Manifest<AccessPolicySpec>>,
     /// (policy name, why it does not count).
@@ -301,9 +388,17 @@ pub struct TrustReport {
 pub fn trusted_policies(
     policies: &[Manifest<AccessPolicySpec>],
     cluster: &str,
-    owner: &str,
+    configured_owner: &str,
 ) -> TrustReport {
-    let mut report = TrustReport::default();
+    let (owner, problems) = effective_owner(policies, cluster, configured_owner);
+    let owner = owner.as_str();
+    let mut report = TrustReport {
+        owner: owner.to_string(),
+        ..TrustReport::default()
+    };
+    report
+        .rejected
+        .extend(problems.into_iter().map(|p| (String::new(), p)));
     let mut by_others = Vec::new();
     for p in policies {
         let name = p.metadata.name.clone().unwrap_or_default();
@@ -338,4 +433,75 @@ pub fn trusted_policies(
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{sign, AddressType, Network, PrivateKey};
+    use crate::model::access::OwnerHandOver;
+
+    fn key() -> (PrivateKey, String) {
+        let k = PrivateKey::generate(Network::Mainnet);
+        let a = k.address(AddressType::P2wpkh).unwrap().to_string();
+        (k, a)
+    }
+
+    fn step(from: &PrivateKey, from_addr: &str, to: &str) -> OwnerHandOver {
+        let msg = hand_over_message("C", from_addr, to);
+        OwnerHandOver {
+            to: to.into(),
+            signature: sign(from, msg.as_bytes(), AddressType::P2wpkh).unwrap(),
+        }
+    }
+
+    fn policy(name: &str, chain: Vec<OwnerHandOver>) -> Manifest<AccessPolicySpec> {
+        Manifest::new(
+            name,
+            AccessPolicySpec {
+                owner_hand_over: chain,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn ownership_follows_valid_chains_and_stops_at_forks_and_bad_steps() {
+        let (k0, a0) = key();
+        let (k1, a1) = key();
+        let (_, a2) = key();
+        let (_, a3) = key();
+        // No chain: the configured owner.
+        assert_eq!(effective_owner(&[], "C", &a0).0, a0);
+        // 0 → 1 → 2.
+        let chain = vec![step(&k0, &a0, &a1), step(&k1, &a1, &a2)];
+        let (o, problems) = effective_owner(&[policy("p", chain.clone())], "C", &a0);
+        assert_eq!((o.as_str(), problems.len()), (a2.as_str(), 0));
+        // A prefix of it elsewhere agrees.
+        let (o, _) = effective_owner(
+            &[policy("p", chain.clone()), policy("q", chain[..1].to_vec())],
+            "C",
+            &a0,
+        );
+        assert_eq!(o, a2);
+        // 1 also handed over to 3: a fork after 1; the owner stays 1.
+        let fork = vec![step(&k0, &a0, &a1), step(&k1, &a1, &a3)];
+        let (o, problems) =
+            effective_owner(&[policy("p", chain.clone()), policy("q", fork)], "C", &a0);
+        assert_eq!(o, a1);
+        assert!(problems[0].contains("forked"), "{problems:?}");
+        // A step not signed by the owner before it counts for nothing
+        // from there on.
+        let forged = vec![step(&k1, &a0, &a3)];
+        let (o, problems) = effective_owner(&[policy("p", forged)], "C", &a0);
+        assert_eq!(o, a0);
+        assert!(problems[0].contains("not signed by"), "{problems:?}");
+        // Another cluster's hand-over does not apply here.
+        let msg = hand_over_message("D", &a0, &a1);
+        let other = vec![OwnerHandOver {
+            to: a1.clone(),
+            signature: sign(&k0, msg.as_bytes(), AddressType::P2wpkh).unwrap(),
+        }];
+        assert_eq!(effective_owner(&[policy("p", other)], "C", &a0).0, a0);
+    }
 }
