@@ -35,6 +35,7 @@ fn cfg(nodes: usize, seed: u64, loss: f64) -> ClusterConfig {
         static_peers: false,
         statuses: true,
         verifier: Arc::new(AcceptAll),
+        auth: false,
     }
 }
 

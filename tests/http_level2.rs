@@ -5,7 +5,9 @@
 //! real slapd) accepts. No password: asked for; wrong: refused, the
 //! servers' reasons in the node's log and never the password; right:
 //! accepted by the fourth, and the session's actions that need level 2
-//! pass.
+//! pass, here and on a second node that learns them by gossip (the first
+//! node signs the change and attests the user and the level 2 it
+//! checked).
 
 mod common;
 
@@ -35,7 +37,48 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
     let user = PrivateKey::generate(Network::Mainnet);
     let user_addr = user.address(AddressType::P2wpkh).unwrap().to_string();
-    let node = common::node_with_http("http-level2", &owner_addr, &[]);
+    // Two admitted nodes with signed gossip; the user logs in on the first.
+    let gossip = |seed: Option<&str>| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--http-listen",
+            "127.0.0.1:0",
+            "--cluster-owner",
+            &owner_addr,
+            "--gossip-listen",
+            "127.0.0.1:0",
+            "--gossip-probe-interval",
+            "200ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(s) = seed {
+            a.extend(["--seed".to_string(), s.to_string()]);
+        }
+        a
+    };
+    let mut node = common::Node::new("http-level2");
+    node.name = "l2a".into();
+    let mut peer = common::Node::new("http-level2-peer");
+    peer.name = "l2b".into();
+    let members = common::members_policy(
+        1,
+        &[
+            ("l2a", &common::give_node_key(&node)),
+            ("l2b", &common::give_node_key(&peer)),
+        ],
+        "",
+    );
+    node.extra_args.extend(gossip(None));
+    node.start();
+    common::apply_owner_signed(&node, &owner, &members);
+    let seed = {
+        let f = node.state.join("gossip-address");
+        node.wait_for("the gossip address", |_| f.exists());
+        std::fs::read_to_string(&f).unwrap().trim().to_string()
+    };
+    peer.extra_args.extend(gossip(Some(&seed)));
+    peer.start();
+    common::apply_owner_signed(&peer, &owner, &members);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
 
     let servers: Vec<_> = [refused_port, second_port, third.port, fourth.port]
@@ -94,6 +137,18 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The peer takes it as the user's, level 2 attested by the first node
+    // (without the attestation its policy rule would refuse it).
+    let t = Instant::now();
+    peer.wait_within(
+        "the level-2 change on the peer",
+        Duration::from_secs(10),
+        |n| n.record("vm", "l2").is_some(),
+    );
+    let ann = peer.record("vm", "l2").unwrap().object["metadata"]["annotations"].clone();
+    assert_eq!(ann["deorch.dev/on-behalf-of"], user_addr.as_str());
+    assert_eq!(ann["deorch.dev/level2"], "true");
+    eprintln!("level-2 change on the peer {:?} later", t.elapsed());
 
     // The log names each server's refusal and never the password.
     let log = std::fs::read_to_string(&node.log).unwrap();
@@ -113,4 +168,5 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     );
     drop(third);
     drop(fourth);
+    drop(peer);
 }

@@ -783,7 +783,8 @@ impl Admission {
                         Err(v) => v,
                         Ok(signed) => {
                             let at = signed.then(|| signed_generation(&doc.object));
-                            match tx.apply(&doc.object, source, at) {
+                            let attested = (!signed).then(|| attest(&doc.object, batch));
+                            match tx.apply(attested.as_ref().unwrap_or(&doc.object), source, at) {
                                 Ok(a) if a.changed => Verdict::Applied {
                                     generation: a.generation,
                                 },
@@ -957,7 +958,32 @@ impl Admission {
                     Ok(()) => Ok(true),
                     // A node publishes what is placed on itself.
                     Err(_) if placed_on_satellite(signer, policies, key, objects) => Ok(true),
-                    Err(r) => Err(Verdict::from_refused(r, Some(signer))),
+                    // A node publishes a session's change as that user,
+                    // with the level 2 it checked.
+                    Err(r) => match on_behalf_of(signer, policies, objects[0]) {
+                        Some((user, level2)) => {
+                            if same_address(&user, owner) {
+                                return Ok(true);
+                            }
+                            match authorize(policies, &user, verb, key.kind, &key.namespace) {
+                                Decision::Allow { level2: false, .. } => Ok(true),
+                                Decision::Allow { .. } if level2 => Ok(true),
+                                Decision::Allow { policy, rule, .. } => Err(Verdict::from_refused(
+                                    Refused {
+                                        code: "Level2Required",
+                                        reason: format!("policy {policy} rule {rule} allows {user} only after a level-2 check, which node {signer} does not attest"),
+                                        misses: Vec::new(),
+                                    },
+                                    Some(&user),
+                                )),
+                                Decision::Deny { reason, misses } => Err(Verdict::from_refused(
+                                    Refused { code: "Denied", reason: format!("{reason} (on behalf of {user}, attested by node {signer})"), misses },
+                                    Some(&user),
+                                )),
+                            }
+                        }
+                        None => Err(Verdict::from_refused(r, Some(signer))),
+                    },
                 }
             }
         }
@@ -1075,6 +1101,57 @@ enum Trusted {
 }
 
 /// The generation a signed object carries (its signature binds it).
+/// Annotation: the user whose session applied this document on the node
+/// that signed it (set by that node, never taken from input).
+pub const ON_BEHALF_OF_ANNOTATION: &str = "deorch.dev/on-behalf-of";
+/// Annotation: `"true"` when that session passed level 2 at login.
+pub const LEVEL2_ANNOTATION: &str = "deorch.dev/level2";
+
+/// An unsigned document as stored: the attestation annotations removed
+/// (only this node sets them), then, for a session's change, set to the
+/// session's user and level 2, so that once this node signs it for
+/// gossip its peers authorise the user, not the node.
+fn attest(object: &AnyObject, batch: &Batch) -> AnyObject {
+    let mut o = object.clone();
+    let ann = o
+        .metadata_mut()
+        .annotations
+        .get_or_insert_with(Default::default);
+    ann.remove(ON_BEHALF_OF_ANNOTATION);
+    ann.remove(LEVEL2_ANNOTATION);
+    if let Some(s) = &batch.session {
+        ann.insert(ON_BEHALF_OF_ANNOTATION.into(), s.address.clone());
+        if s.level2 {
+            ann.insert(LEVEL2_ANNOTATION.into(), "true".into());
+        }
+    }
+    if ann.is_empty() {
+        o.metadata_mut().annotations = None;
+    }
+    o
+}
+
+/// The user (and level 2) an admitted node attests a document was applied
+/// by, when `signer` is an admitted satellite and the document says so.
+fn on_behalf_of(
+    signer: &str,
+    policies: &[Manifest<AccessPolicySpec>],
+    object: Option<&Value>,
+) -> Option<(String, bool)> {
+    let ann = object?.pointer("/metadata/annotations")?;
+    let user = ann.get(ON_BEHALF_OF_ANNOTATION)?.as_str()?.to_string();
+    let is_satellite = policies
+        .iter()
+        .flat_map(|p| &p.spec.satellites)
+        .any(|s| same_address(&s.address, signer));
+    is_satellite.then(|| {
+        (
+            user,
+            ann.get(LEVEL2_ANNOTATION).and_then(|v| v.as_str()) == Some("true"),
+        )
+    })
+}
+
 /// Admitted satellites of `policies` (address → name; the first policy
 /// to name an address wins).
 pub fn satellites_of(policies: &[Manifest<AccessPolicySpec>]) -> BTreeMap<String, String> {

@@ -262,3 +262,126 @@ fn signed_deletions_are_authorised_for_the_delete_verb() {
     assert_eq!(o.verdicts[0].verdict, Verdict::Deleted { generation: 3 });
     assert!(w.admission.store().list(Some(Kind::Network)).is_empty());
 }
+
+fn vm_value(name: &str, placement_node: Option<&str>, ann: Value) -> Value {
+    let mut v = json!({
+        "apiVersion": crate::model::API_VERSION,
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": "default", "generation": 1, "annotations": ann},
+        "spec": {"cpu": 1, "memory": "64Mi"},
+    });
+    if let Some(n) = placement_node {
+        v["spec"]["placement"] = json!({"node": n});
+    }
+    AnyObject::from_value(v).unwrap().to_value()
+}
+
+#[test]
+fn a_node_publishes_its_own_vms_and_attested_session_changes_only() {
+    let w = world();
+    let (node_key, node) = key();
+    let (_, stranger_node) = key();
+    let (stranger_key, _) = (PrivateKey::generate(Network::Regtest), ());
+    let (_, user) = key();
+    let policy = json!({
+        "apiVersion": crate::model::API_VERSION,
+        "kind": "AccessPolicy",
+        "metadata": {"name": "members", "generation": 1},
+        "spec": {
+            "satellites": [{"name": "sat1", "address": node}],
+            "rules": [{"subjects": [user], "role": "operator",
+                       "level2": {"servers": [{"uri": "ldap://127.0.0.1:1", "bindDn": "uid={user}"}]}}]
+        }
+    });
+    let policy = signed(&policy, &w.owner, &w.owner_key);
+    let out = w
+        .admission
+        .admit(batch(Trust::Signed, vec![policy]))
+        .unwrap();
+    assert!(out.committed, "{:?}", out.verdicts);
+    let try_one = |v: Value, k: &PrivateKey| {
+        let out = w
+            .admission
+            .admit(batch(Trust::Signed, vec![signed(&v, &w.owner, k)]))
+            .unwrap();
+        out.verdicts[0].verdict.code()
+    };
+    // Placed on itself (by name or address): the node may.
+    assert_eq!(
+        try_one(vm_value("own", Some("sat1"), json!({})), &node_key),
+        "Applied"
+    );
+    assert_eq!(
+        try_one(vm_value("own2", Some(&node), json!({})), &node_key),
+        "Applied"
+    );
+    // Placed elsewhere, or nowhere: not without a session's attestation.
+    assert_eq!(
+        try_one(vm_value("other", Some("sat2"), json!({})), &node_key),
+        "Denied"
+    );
+    // A session's change: as the user; their rule needs level 2.
+    let by_user = |l2: bool| {
+        let mut a = json!({ON_BEHALF_OF_ANNOTATION: user});
+        if l2 {
+            a[LEVEL2_ANNOTATION] = json!("true");
+        }
+        a
+    };
+    assert_eq!(
+        try_one(vm_value("s1", None, by_user(false)), &node_key),
+        "Level2Required"
+    );
+    assert_eq!(
+        try_one(vm_value("s2", None, by_user(true)), &node_key),
+        "Applied"
+    );
+    // The same attestation signed by a node nobody admitted counts for
+    // nothing, and a stranger cannot claim a node's placement.
+    assert_eq!(
+        try_one(vm_value("s3", None, by_user(true)), &stranger_key),
+        "Denied"
+    );
+    assert_eq!(
+        try_one(
+            vm_value("s4", Some(&stranger_node), json!({})),
+            &stranger_key
+        ),
+        "Denied"
+    );
+    // A node cannot take over a VM placed elsewhere by re-placing it on
+    // itself.
+    let owners = vm_value("taken", Some("sat2"), json!({}));
+    assert_eq!(try_one(owners, &w.owner_key), "Applied");
+    let mut mine = vm_value("taken", Some("sat1"), json!({}));
+    mine["metadata"]["generation"] = json!(2);
+    assert_eq!(try_one(mine, &node_key), "Denied");
+}
+
+#[test]
+fn unsigned_input_cannot_carry_an_attestation() {
+    let w = world();
+    let (_, user) = key();
+    let v = vm_value(
+        "forged",
+        None,
+        json!({ON_BEHALF_OF_ANNOTATION: user, LEVEL2_ANNOTATION: "true", "keep": "me"}),
+    );
+    let out = w
+        .admission
+        .admit(batch(Trust::Local, vec![AnyObject::from_value(v).unwrap()]))
+        .unwrap();
+    assert!(out.committed);
+    let rec = w
+        .admission
+        .store()
+        .get(&ObjectKey::new(
+            Kind::VirtualMachine,
+            Some("default"),
+            "forged",
+        ))
+        .unwrap();
+    let ann = &rec.object["metadata"]["annotations"];
+    assert!(ann.get(ON_BEHALF_OF_ANNOTATION).is_none() && ann.get(LEVEL2_ANNOTATION).is_none());
+    assert_eq!(ann["keep"], "me");
+}

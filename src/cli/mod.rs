@@ -365,6 +365,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: u64,
     },
+    /// Node authentication off vs on in the simulated cluster: CPU per
+    /// node per minute, bytes, convergence; and one handshake's cost.
+    GossipAuth {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        sizes: Vec<usize>,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -927,6 +934,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::bench::login_latency(count, level2.as_deref())?
                 }
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
+                BenchCommand::GossipAuth { sizes } => crate::gossip::bench::auth(&sizes)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -14,11 +14,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
+use super::channel::{Channel, ChannelConfig, ChannelKey};
 use super::node::{Event, GossipConfig, GossipNode, Output};
 use super::rng::{mix64, Rng};
 use super::transport::Transport;
+use super::trust::{KeySigner, Members};
 use super::verify::Verifier;
 use super::wire::{DocKey, Document, Millis, NodeAddr, NodeId, NodeStatus, Resources, TagSet};
+use crate::identity::{AddressType, Network, PrivateKey};
 use crate::model::Performance;
 
 /// Loss and delay of the simulated network.
@@ -175,8 +180,35 @@ pub struct ClusterConfig {
     pub static_peers: bool,
     /// Give every node a status (capacity, tags) to place VMs on.
     pub statuses: bool,
-    /// Verifier of every node.
+    /// Verifier of every node (documents).
     pub verifier: Arc<dyn Verifier>,
+    /// Nodes as on a real signed cluster: each a key whose address is
+    /// its ID, all admitted, claims and statuses signed and checked,
+    /// every datagram over the Noise channel (handshakes travel the
+    /// simulated network, so their round trips are in the latency).
+    pub auth: bool,
+}
+
+/// The trusted mode's verifier: [`Members`] for nodes, claims and
+/// statuses, the configured verifier for documents.
+struct AuthVerifier {
+    members: Arc<Members>,
+    documents: Arc<dyn Verifier>,
+}
+
+impl Verifier for AuthVerifier {
+    fn verify_document(&self, doc: &Document) -> Result<(), String> {
+        self.documents.verify_document(doc)
+    }
+    fn verify_claim(&self, c: &super::wire::Claim) -> Result<(), String> {
+        self.members.check_claim(c)
+    }
+    fn verify_status(&self, s: &NodeStatus) -> Result<(), String> {
+        self.members.check_status(s)
+    }
+    fn admits(&self, id: &NodeId) -> bool {
+        self.members.admits(&id.0)
+    }
 }
 
 /// Many nodes over one simulated network.
@@ -185,6 +217,9 @@ pub struct Cluster {
     pub net: Rc<RefCell<SimNet>>,
     /// The nodes, by index.
     pub nodes: Vec<GossipNode>,
+    /// Their channels (auth mode).
+    pub channels: Vec<Option<Channel>>,
+    wire: Vec<(NodeAddr, Vec<u8>)>,
     endpoints: Vec<SimEndpoint>,
     ticks: BinaryHeap<Reverse<(Millis, usize)>>,
     tick_ms: u64,
@@ -209,6 +244,9 @@ pub struct Cluster {
     pub have_count: usize,
 }
 
+/// The cluster ID signatures are bound to in auth mode.
+pub const SIM_CLUSTER: &str = "sim";
+
 /// Virtual epoch of a simulation (an arbitrary recent Unix time, so that
 /// tombstone arithmetic looks like a real node's).
 pub const SIM_EPOCH: Millis = 1_800_000_000_000;
@@ -220,18 +258,70 @@ impl Cluster {
         let net = Rc::new(RefCell::new(SimNet::new(n, c.net, mix64(c.seed ^ 0xA5A5))));
         let now = SIM_EPOCH;
         net.borrow_mut().now = now;
-        let ids: Vec<NodeId> = (0..n).map(|i| NodeId(format!("n{i}"))).collect();
+        let keys: Vec<PrivateKey> = if c.auth {
+            (0..n)
+                .map(|i| {
+                    let secret = Sha256::digest(
+                        [&c.seed.to_le_bytes()[..], &(i as u64).to_le_bytes()].concat(),
+                    );
+                    PrivateKey::from_bytes(&secret, true, Network::Regtest).expect("a valid key")
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ids: Vec<NodeId> = if c.auth {
+            keys.iter()
+                .map(|k| {
+                    NodeId(
+                        k.address(AddressType::P2wpkh)
+                            .expect("compressed")
+                            .to_string(),
+                    )
+                })
+                .collect()
+        } else {
+            (0..n).map(|i| NodeId(format!("n{i}"))).collect()
+        };
+        let verifier: Arc<dyn Verifier> = if c.auth {
+            let members = Arc::new(Members::new(SIM_CLUSTER));
+            members.set(&ids.iter().map(|id| (id.0.clone(), id.0.clone())).collect());
+            Arc::new(AuthVerifier {
+                members,
+                documents: c.verifier.clone(),
+            })
+        } else {
+            c.verifier.clone()
+        };
         let mut rng = Rng::new(mix64(c.seed));
         let mut nodes: Vec<GossipNode> = (0..n)
             .map(|i| {
-                GossipNode::new(
+                let node = GossipNode::new(
                     c.gossip.clone(),
                     ids[i].clone(),
                     sim_addr(i),
                     0,
-                    c.verifier.clone(),
+                    verifier.clone(),
                     mix64(c.seed ^ (i as u64).wrapping_mul(0x9E37)),
-                )
+                );
+                if c.auth {
+                    node.with_signer(Arc::new(KeySigner::new(keys[i].clone(), SIM_CLUSTER)))
+                } else {
+                    node
+                }
+            })
+            .collect();
+        let channels: Vec<Option<Channel>> = (0..n)
+            .map(|i| {
+                c.auth.then(|| {
+                    Channel::new(
+                        ChannelConfig::default(),
+                        Arc::new(ChannelKey::new(&keys[i], SIM_CLUSTER)),
+                        SIM_CLUSTER,
+                        verifier.clone(),
+                        mix64(c.seed ^ 0xC4A7 ^ i as u64),
+                    )
+                })
             })
             .collect();
         if c.static_peers {
@@ -278,6 +368,8 @@ impl Cluster {
         let mut cl = Cluster {
             net,
             nodes,
+            channels,
+            wire: Vec::new(),
             endpoints,
             ticks,
             tick_ms: c.gossip.tick_ms,
@@ -314,7 +406,16 @@ impl Cluster {
                 let to = self.net.borrow_mut().deliver_next();
                 if let Some(i) = to {
                     while let Ok(Some((from, bytes))) = self.endpoints[i].try_recv() {
-                        self.nodes[i].handle_datagram(at, from, &bytes);
+                        match &mut self.channels[i] {
+                            Some(ch) => {
+                                if let Some((peer, plain)) =
+                                    ch.open(at, from, &bytes, &mut self.wire)
+                                {
+                                    self.nodes[i].handle_authenticated(at, from, &peer, &plain);
+                                }
+                            }
+                            None => self.nodes[i].handle_datagram(at, from, &bytes),
+                        }
                     }
                     self.flush(i);
                 }
@@ -322,6 +423,9 @@ impl Cluster {
                 let Reverse((_, i)) = self.ticks.pop().expect("peeked");
                 if !self.killed[i] {
                     self.nodes[i].handle_tick(at);
+                    if let Some(ch) = &mut self.channels[i] {
+                        ch.tick(at, &mut self.wire);
+                    }
                     self.flush(i);
                     self.ticks.push(Reverse((at + self.tick_ms, i)));
                 }
@@ -340,11 +444,15 @@ impl Cluster {
     fn flush(&mut self, i: usize) {
         while let Some(o) = self.nodes[i].poll() {
             match o {
-                Output::Send(to, bytes) => {
-                    let _ = self.endpoints[i].send_to(to, &bytes);
-                }
+                Output::Send(to, bytes) => match &mut self.channels[i] {
+                    Some(ch) => ch.seal(self.now, to, &bytes, &mut self.wire),
+                    None => self.wire.push((to, bytes)),
+                },
                 Output::Event(e) => self.on_event(i, e),
             }
+        }
+        for (to, bytes) in std::mem::take(&mut self.wire) {
+            let _ = self.endpoints[i].send_to(to, &bytes);
         }
     }
 
@@ -457,6 +565,7 @@ impl Cluster {
     /// given incarnation (higher than its last run's), joining through
     /// node `seed` only.
     pub fn restart(&mut self, i: usize, incarnation: u64, seed: usize, c: &ClusterConfig) {
+        assert!(!c.auth, "restarting a node is not simulated in auth mode");
         let id = self.nodes[i].id().clone();
         let mut node = GossipNode::new(
             c.gossip.clone(),
