@@ -28,6 +28,88 @@ pub fn gossip_datagram(data: &[u8]) {
     }
 }
 
+/// The gossip channel (`gossip::channel::Channel::open`), which sees
+/// every datagram before anything else: up to 8 datagrams (each a
+/// 2-byte little-endian length and its bytes) fed in order to a fresh
+/// channel from one address. Nothing arbitrary gets through: without the
+/// keys no handshake completes, so no datagram is ever opened.
+pub fn gossip_channel(data: &[u8]) {
+    use crate::gossip::channel::{Channel, ChannelConfig, ChannelKey};
+    use crate::gossip::trust::Members;
+    use crate::gossip::verify::{AcceptAll, MembersOnly};
+    use std::sync::{Arc, OnceLock};
+    static KEY: OnceLock<Arc<ChannelKey>> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let k = crate::identity::PrivateKey::from_bytes(
+            &[7; 32],
+            true,
+            crate::identity::Network::Regtest,
+        )
+        .expect("a valid key");
+        Arc::new(ChannelKey::new(&k, "fuzz"))
+    });
+    let members = Arc::new(Members::new("fuzz"));
+    let v: Arc<dyn crate::gossip::Verifier> = Arc::new(MembersOnly {
+        members,
+        documents: AcceptAll,
+    });
+    let mut ch = Channel::new(ChannelConfig::default(), key.clone(), "fuzz", v, 1);
+    let from: crate::gossip::NodeAddr = "10.0.0.2:7946".parse().expect("an address");
+    let mut rest = data;
+    let mut out = Vec::new();
+    for _ in 0..8 {
+        let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+            break;
+        };
+        let n = (u16::from_le_bytes(*len) as usize).min(tail.len());
+        let (frame, tail) = tail.split_at(n);
+        assert!(
+            ch.open(0, from, frame, &mut out).is_none(),
+            "an arbitrary datagram got through the channel"
+        );
+        rest = tail;
+    }
+    ch.tick(10_000, &mut out);
+}
+
+/// Frames a real exchange produces (length-prefixed as
+/// [`gossip_channel`] reads them): a first handshake message and a data
+/// frame of another session.
+pub fn sample_channel_frames() -> Vec<u8> {
+    use crate::gossip::channel::{Channel, ChannelConfig, ChannelKey};
+    use crate::gossip::verify::AcceptAll;
+    use std::sync::Arc;
+    let k =
+        crate::identity::PrivateKey::from_bytes(&[9; 32], true, crate::identity::Network::Regtest)
+            .expect("a valid key");
+    let mut a = Channel::new(
+        ChannelConfig::default(),
+        Arc::new(ChannelKey::new(&k, "fuzz")),
+        "fuzz",
+        Arc::new(AcceptAll),
+        2,
+    );
+    let mut out = Vec::new();
+    a.seal(
+        0,
+        "10.0.0.1:7946".parse().expect("an address"),
+        &sample_datagram(),
+        &mut out,
+    );
+    let mut frames = Vec::new();
+    for (_, f) in out {
+        frames.extend_from_slice(&(f.len() as u16).to_le_bytes());
+        frames.extend_from_slice(&f);
+    }
+    let mut data = vec![4u8];
+    data.extend_from_slice(&[1, 0, 0, 0]);
+    data.extend_from_slice(&0u64.to_le_bytes());
+    data.extend_from_slice(&[0x55; 48]);
+    frames.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    frames.extend_from_slice(&data);
+    frames
+}
+
 /// The login path: a challenge text, an address and a signature (NUL
 /// separated) against a nonce store, then as a session token and a cookie
 /// header. Nothing arbitrary logs in or passes as a session.

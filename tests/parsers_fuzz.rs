@@ -7,7 +7,7 @@ use deorch::identity::{sign, AddressType, Network, PrivateKey};
 use proptest::prelude::*;
 
 /// Valid inputs to mutate: a gossip datagram, a login, a signature, a
-/// manifest.
+/// manifest, channel frames.
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let k = PrivateKey::generate(Network::Mainnet);
     let a = k.address(AddressType::P2wpkh).unwrap().to_string();
@@ -22,6 +22,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("login", login.clone()),
         ("address_and_signature", login),
         ("manifest", manifest),
+        ("gossip_channel", fuzzing::sample_channel_frames()),
     ]
 }
 
@@ -31,28 +32,30 @@ fn run(target: &str, data: &[u8]) {
         "login" => fuzzing::login(data),
         "address_and_signature" => fuzzing::address_and_signature(data),
         "manifest" => fuzzing::manifest(data),
+        "gossip_channel" => fuzzing::gossip_channel(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 4] = [
+const TARGETS: [&str; 5] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
     "manifest",
+    "gossip_channel",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..4usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..5usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..4usize,
+        which in 0..5usize,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);
