@@ -59,8 +59,8 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::identity::access::{
-    authorize, authorize_signer, same_address, trusted_policies, verify_signed, Decision, Refused,
-    RuleMiss,
+    authorize_on, authorize_signer, same_address, trusted_policies, verify_signed, Decision,
+    Refused, RuleMiss,
 };
 use crate::identity::signed::{SIGNATURE_ANNOTATION, SIGNER_ANNOTATION};
 use crate::manifest::{self, Diagnostic};
@@ -572,20 +572,21 @@ impl Admission {
         verb: Verb,
         kind: Kind,
         namespace: &str,
+        object: Option<&Value>,
     ) -> Result<(), Refused> {
-        self.authorise_session_each(address, level2, verb, &[(kind, namespace)])
+        self.authorise_session_each(address, level2, verb, &[(kind, namespace, object)])
             .pop()
             .expect("one answer per request")
     }
 
-    /// [`Admission::authorise_session`] for several (kind, namespace)
-    /// pairs, with one read of the policies.
+    /// [`Admission::authorise_session`] for several (kind, namespace,
+    /// object) requests, with one read of the policies.
     pub fn authorise_session_each(
         &self,
         address: &str,
         level2: bool,
         verb: Verb,
-        what: &[(Kind, &str)],
+        what: &[(Kind, &str, Option<&Value>)],
     ) -> Vec<Result<(), Refused>> {
         let (owner, trusted) = match self.trusted_now() {
             Ok(t) => t,
@@ -600,11 +601,12 @@ impl Admission {
         };
         let is_owner = same_address(address, &owner);
         what.iter()
-            .map(|(kind, namespace)| {
+            .map(|(kind, namespace, object)| {
                 if is_owner {
                     return Ok(());
                 }
-                match authorize(&trusted, address, verb, *kind, namespace) {
+                let objs: Vec<&Value> = object.iter().copied().collect();
+                match authorize_on(&trusted, address, verb, *kind, namespace, &objs) {
                     Decision::Allow { level2: false, .. } => Ok(()),
                     Decision::Allow { .. } if level2 => Ok(()),
                     Decision::Allow { policy, rule, .. } => Err(Refused {
@@ -903,6 +905,7 @@ impl Admission {
             Trusted::Computed(o, p) => (Some(o.as_str()), p.as_slice()),
             Trusted::NotNeeded => (None, &[][..]),
         };
+        let objs: Vec<&Value> = objects.iter().flatten().copied().collect();
         match sig {
             Signature::Refused(v) => Err(v.clone()),
             Signature::None if batch.session.is_some() => {
@@ -917,7 +920,7 @@ impl Admission {
                 if same_address(&s.address, owner) {
                     return Ok(false);
                 }
-                match authorize(policies, &s.address, verb, key.kind, &key.namespace) {
+                match authorize_on(policies, &s.address, verb, key.kind, &key.namespace, &objs) {
                     Decision::Allow { level2: false, .. } => Ok(false),
                     Decision::Allow { .. } if s.level2 => Ok(false),
                     Decision::Allow { policy, rule, .. } => Err(Verdict::from_refused(
@@ -954,7 +957,7 @@ impl Admission {
                         misses: Vec::new(),
                     });
                 };
-                match authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies) {
+                match authorize_signer(signer, verb, key.kind, &key.namespace, owner, policies, &objs) {
                     Ok(()) => Ok(true),
                     // A node publishes what is placed on itself.
                     Err(_) if placed_on_satellite(signer, policies, key, objects) => Ok(true),
@@ -965,7 +968,7 @@ impl Admission {
                             if same_address(&user, owner) {
                                 return Ok(true);
                             }
-                            match authorize(policies, &user, verb, key.kind, &key.namespace) {
+                            match authorize_on(policies, &user, verb, key.kind, &key.namespace, &objs) {
                                 Decision::Allow { level2: false, .. } => Ok(true),
                                 Decision::Allow { .. } if level2 => Ok(true),
                                 Decision::Allow { policy, rule, .. } => Err(Verdict::from_refused(

@@ -733,7 +733,10 @@ async fn objects(
             .filter(|r| namespace.as_ref().is_none_or(|ns| r.key.namespace == *ns || r.key.namespace.is_empty()))
             .filter(|r| name.as_ref().is_none_or(|n| r.key.name == *n))
             .collect();
-        let what: Vec<_> = records.iter().map(|r| (r.key.kind, r.key.namespace.as_str())).collect();
+        let what: Vec<_> = records
+            .iter()
+            .map(|r| (r.key.kind, r.key.namespace.as_str(), Some(&r.object)))
+            .collect();
         let allowed = api.admission.authorise_session_each(&session.address, session.level2, verb, &what);
         if name.is_some() {
             if let Some(Err(r)) = allowed.iter().find(|a| a.is_err()) {
@@ -861,13 +864,20 @@ async fn console_ticket(
             namespace.clone(),
             session.level2,
         );
+        let name = name.clone();
         tokio::task::spawn_blocking(move || {
+            let vm = api.admission.store().get(&crate::model::ObjectKey::new(
+                Kind::VirtualMachine,
+                Some(&namespace),
+                &name,
+            ));
             api.admission.authorise_session(
                 &address,
                 level2,
                 Verb::Console,
                 Kind::VirtualMachine,
                 &namespace,
+                vm.as_ref().map(|r| &r.object),
             )
         })
         .await

@@ -9,8 +9,11 @@
 //! every kind except `AccessPolicy`; `viewer` = `get` and `list` only (not
 //! `console`: a console is write access to the guest). A rule's `kinds`
 //! and `namespaces` filters narrow roles and verbs alike; empty = all. A
-//! rule with `namespaces` never matches cluster-scoped kinds. Rules with
-//! `tags` are not evaluated yet and never match (fail closed). A rule
+//! rule with `namespaces` never matches cluster-scoped kinds. A rule with
+//! `tags` applies only to objects placed on satellites matching them
+//! ([`authorize_on`]: a VirtualMachine whose placement selector is at
+//! least as strict, a Satellite whose tags match); without an object it
+//! never matches (fail closed). A rule
 //! with both or neither of `role` and `verbs` is invalid and never matches.
 //!
 //! [`trusted_policies`] decides which signed policies count: those signed
@@ -24,8 +27,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::Value;
+
 use crate::model::access::{AccessRule, Role, Verb};
-use crate::model::{AccessPolicySpec, Kind, Manifest};
+use crate::model::{AccessPolicySpec, Kind, Manifest, TagSelector};
 
 use super::address::Address;
 use super::signed::verify_manifest;
@@ -100,10 +106,121 @@ fn verb_name(v: Verb) -> &'static str {
     }
 }
 
-/// Why `rule` does not allow (verb, kind, namespace), or `None` if it does.
-fn rule_miss(rule: &AccessRule, verb: Verb, kind: Kind, namespace: &str) -> Option<String> {
-    if rule.tags.is_some() {
-        return Some("rule is scoped by tags, which are not evaluated yet (fail closed)".into());
+/// Whether `expr`, a requirement of a rule's selector, is implied by the
+/// VM's selector `vm` (every label set `vm` admits satisfies `expr`).
+fn implies_expr(vm: &LabelSelector, key: &str, op: &str, values: &[String]) -> bool {
+    let labels = vm.match_labels.as_ref();
+    let exprs = vm.match_expressions.as_deref().unwrap_or(&[]);
+    let pinned = labels.and_then(|l| l.get(key));
+    match op {
+        "In" => {
+            pinned.is_some_and(|v| values.contains(v))
+                || exprs.iter().any(|e| {
+                    e.key == key
+                        && e.operator == "In"
+                        && e.values.as_ref().is_some_and(|vs| {
+                            !vs.is_empty() && vs.iter().all(|v| values.contains(v))
+                        })
+                })
+        }
+        "Exists" => {
+            pinned.is_some()
+                || exprs
+                    .iter()
+                    .any(|e| e.key == key && (e.operator == "Exists" || e.operator == "In"))
+        }
+        "NotIn" => {
+            pinned.is_some_and(|v| !values.contains(v))
+                || exprs.iter().any(|e| {
+                    e.key == key
+                        && ((e.operator == "NotIn"
+                            && values
+                                .iter()
+                                .all(|v| e.values.as_ref().is_some_and(|vs| vs.contains(v))))
+                            || (e.operator == "In"
+                                && e.values
+                                    .as_ref()
+                                    .is_some_and(|vs| vs.iter().all(|v| !values.contains(v))))
+                            || e.operator == "DoesNotExist")
+                })
+        }
+        "DoesNotExist" => exprs
+            .iter()
+            .any(|e| e.key == key && e.operator == "DoesNotExist"),
+        _ => false,
+    }
+}
+
+/// Whether every satellite `vm_sel` lets a VM run on matches `rule_sel`.
+fn selector_implies(vm_sel: Option<&LabelSelector>, rule_sel: &LabelSelector) -> bool {
+    let empty = LabelSelector::default();
+    let vm = vm_sel.unwrap_or(&empty);
+    rule_sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| implies_expr(vm, k, "In", std::slice::from_ref(v)))
+        && rule_sel
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|e| implies_expr(vm, &e.key, &e.operator, e.values.as_deref().unwrap_or(&[])))
+}
+
+/// Whether `object` is placed on satellites matching `tags`: a
+/// VirtualMachine whose own placement selector is at least as strict (it
+/// can only be elected onto matching satellites), or a Satellite whose
+/// tags match. Anything else is not scoped by tags: the rule does not
+/// apply to it.
+fn within_tags(tags: &TagSelector, kind: Kind, object: &Value) -> bool {
+    match kind {
+        Kind::VirtualMachine => {
+            let sel: Option<TagSelector> = object
+                .pointer("/spec/placement/selector")
+                .and_then(|s| serde_json::from_value(s.clone()).ok());
+            let sel = sel.unwrap_or_default();
+            [
+                (&tags.microcosm, &sel.microcosm),
+                (&tags.macrocosm, &sel.macrocosm),
+                (&tags.intercosm, &sel.intercosm),
+            ]
+            .iter()
+            .all(|(rule, vm)| {
+                rule.as_ref()
+                    .is_none_or(|r| selector_implies(vm.as_ref(), r))
+            })
+        }
+        Kind::Satellite => {
+            let t: crate::model::Tags = object
+                .pointer("/spec/tags")
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .unwrap_or_default();
+            crate::gossip::placement::tags_match(tags, &crate::gossip::TagSet::from(&t))
+        }
+        _ => false,
+    }
+}
+
+/// Why `rule` does not allow (verb, kind, namespace) on `objects` (the
+/// new and the stored version, where known), or `None` if it does.
+fn rule_miss(
+    rule: &AccessRule,
+    verb: Verb,
+    kind: Kind,
+    namespace: &str,
+    objects: &[&Value],
+) -> Option<String> {
+    if let Some(tags) = &rule.tags {
+        if objects.is_empty() {
+            return Some(
+                "rule is scoped by tags and the request names no object placed by tags".into(),
+            );
+        }
+        if !objects.iter().all(|o| within_tags(tags, kind, o)) {
+            return Some(format!(
+                "rule is scoped by tags: this {kind} is not placed only on satellites matching them (a VirtualMachine's placement.selector must be at least as strict)"
+            ));
+        }
     }
     match (&rule.role, rule.verbs.is_empty()) {
         (Some(_), false) | (None, true) => {
@@ -176,6 +293,21 @@ pub fn authorize(
     kind: Kind,
     namespace: &str,
 ) -> Decision {
+    authorize_on(policies, subject, verb, kind, namespace, &[])
+}
+
+/// [`authorize`] for a request on particular objects (the new and the
+/// stored version of what is applied or deleted, the object read): rules
+/// scoped by `tags` apply only when every one is placed on matching
+/// satellites.
+pub fn authorize_on(
+    policies: &[Manifest<AccessPolicySpec>],
+    subject: &str,
+    verb: Verb,
+    kind: Kind,
+    namespace: &str,
+    objects: &[&Value],
+) -> Decision {
     let mut misses = Vec::new();
     let mut level2_allow = None;
     for p in policies {
@@ -184,7 +316,7 @@ pub fn authorize(
             if !rule.subjects.iter().any(|s| same_address(s, subject)) {
                 continue;
             }
-            match rule_miss(rule, verb, kind, namespace) {
+            match rule_miss(rule, verb, kind, namespace, objects) {
                 None if rule.level2.is_none() => {
                     return Decision::Allow {
                         policy,
@@ -271,11 +403,12 @@ pub fn authorize_signer(
     namespace: &str,
     owner: &str,
     trusted: &[Manifest<AccessPolicySpec>],
+    objects: &[&Value],
 ) -> Result<(), Refused> {
     if same_address(signer, owner) {
         return Ok(());
     }
-    match authorize(trusted, signer, verb, kind, namespace) {
+    match authorize_on(trusted, signer, verb, kind, namespace, objects) {
         Decision::Allow { level2: false, .. } => Ok(()),
         Decision::Allow { policy, rule, .. } => Err(Refused {
             code: "Level2Required",
@@ -503,5 +636,85 @@ mod tests {
             signature: sign(&k0, msg.as_bytes(), AddressType::P2wpkh).unwrap(),
         }];
         assert_eq!(effective_owner(&[policy("p", other)], "C", &a0).0, a0);
+    }
+
+    #[test]
+    fn tag_rules_apply_to_objects_placed_by_those_tags_only() {
+        let (_, user) = key();
+        let rule: crate::model::access::AccessRule = serde_json::from_value(serde_json::json!({
+            "subjects": [user],
+            "role": "operator",
+            "tags": {"microcosm": {"matchLabels": {"rack": "r1"}}}
+        }))
+        .unwrap();
+        let p = Manifest::new(
+            "racks",
+            AccessPolicySpec {
+                rules: vec![rule],
+                ..Default::default()
+            },
+        );
+        let vm = |sel: serde_json::Value| serde_json::json!({"kind": "VirtualMachine", "spec": {"placement": {"selector": sel}}});
+        let ok = |o: &serde_json::Value, kind| {
+            authorize_on(
+                std::slice::from_ref(&p),
+                &user,
+                Verb::Apply,
+                kind,
+                "default",
+                &[o],
+            )
+            .is_allowed()
+        };
+        assert!(ok(
+            &vm(serde_json::json!({"microcosm": {"matchLabels": {"rack": "r1", "row": "a"}}})),
+            Kind::VirtualMachine
+        ));
+        assert!(ok(
+            &vm(
+                serde_json::json!({"microcosm": {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["r1"]}]}})
+            ),
+            Kind::VirtualMachine
+        ));
+        // Could land on r2, or anywhere: the rule does not apply.
+        assert!(!ok(
+            &vm(
+                serde_json::json!({"microcosm": {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["r1", "r2"]}]}})
+            ),
+            Kind::VirtualMachine
+        ));
+        assert!(!ok(
+            &serde_json::json!({"kind": "VirtualMachine", "spec": {}}),
+            Kind::VirtualMachine
+        ));
+        assert!(!ok(
+            &vm(serde_json::json!({"macrocosm": {"matchLabels": {"rack": "r1"}}})),
+            Kind::VirtualMachine
+        ));
+        // Without an object, fail closed; a Satellite by its own tags.
+        assert!(!authorize(
+            std::slice::from_ref(&p),
+            &user,
+            Verb::Apply,
+            Kind::VirtualMachine,
+            "default"
+        )
+        .is_allowed());
+        let sat = |rack: &str| serde_json::json!({"kind": "Satellite", "spec": {"tags": {"microcosm": {"rack": rack}}}});
+        assert!(ok(&sat("r1"), Kind::Satellite));
+        assert!(!ok(&sat("r2"), Kind::Satellite));
+        // Both versions must be within: moving a VM out of the rack is
+        // not the rule's to allow.
+        let inside = vm(serde_json::json!({"microcosm": {"matchLabels": {"rack": "r1"}}}));
+        let outside = vm(serde_json::json!({}));
+        assert!(!authorize_on(
+            std::slice::from_ref(&p),
+            &user,
+            Verb::Apply,
+            Kind::VirtualMachine,
+            "default",
+            &[&outside, &inside]
+        )
+        .is_allowed());
     }
 }

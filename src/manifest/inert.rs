@@ -13,7 +13,6 @@
 //! (`firmware: bios` is what every VM gets, so only `uefi` is listed).
 
 use super::yaml::{render_path, Seg};
-use crate::model::access::AccessPolicySpec;
 use crate::model::common::Placement;
 use crate::model::network::{IsolationMode, NetworkSpec};
 use crate::model::satellite::SatelliteSpec;
@@ -60,7 +59,7 @@ pub fn no_effect_yet(obj: &AnyObject) -> Vec<InertField> {
         AnyObject::Spacesuit(o) => spacesuit(&o.spec, &mut out),
         AnyObject::Network(o) => network(&o.spec, &mut out),
         AnyObject::Satellite(o) => satellite(&o.spec, &mut out),
-        AnyObject::AccessPolicy(o) => access(&o.spec, &mut out),
+        AnyObject::AccessPolicy(_) => {}
         AnyObject::Relocation(_) => out.push(InertField {
             path: path(&["kind"]),
             message: "Relocation has no effect yet: no node moves VMs; the object is stored and its status says Pending"
@@ -164,34 +163,6 @@ fn satellite(s: &SatelliteSpec, out: &mut Vec<InertField>) {
             &["spec", "arrays"],
             "tenant arrays are not enforced: VMs are placed against the satellite's whole capacity",
         ));
-    }
-}
-
-fn access(s: &AccessPolicySpec, out: &mut Vec<InertField>) {
-    for (i, r) in s.rules.iter().enumerate() {
-        let at = |field: &str| {
-            vec![
-                Seg::Key("spec".into()),
-                Seg::Key("rules".into()),
-                Seg::Index(i),
-                Seg::Key(field.into()),
-            ]
-        };
-        if r.tags.is_some() {
-            out.push(InertField {
-                path: at("tags"),
-                message: "has no effect yet: tag scopes are not evaluated, so this rule allows nothing (it fails closed)".into(),
-            });
-        }
-        if r.level2.as_ref().is_some_and(|l| !l.usernames.is_empty()) {
-            let mut p = at("level2");
-            p.push(Seg::Key("usernames".into()));
-            out.push(InertField {
-                path: p,
-                message: "has no effect yet: no directory login maps addresses to user names"
-                    .into(),
-            });
-        }
     }
 }
 
