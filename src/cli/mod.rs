@@ -350,6 +350,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: u64,
     },
+    /// Membership: our SWIM against foca in the same simulation (join,
+    /// kills, loss, partition), side by side.
+    Membership {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "5,100,1000")]
+        sizes: Vec<usize>,
+        /// Seeds per size and scenario.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Virtual minutes of each loss scenario (0: none).
+        #[arg(long, default_value_t = 10)]
+        loss_minutes: u64,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -864,6 +877,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::bench::login_latency(count, level2.as_deref())?
                 }
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
+                BenchCommand::Membership {
+                    sizes,
+                    seeds,
+                    loss_minutes,
+                } => crate::gossip::membership_eval::bench(&sizes, seeds, loss_minutes)?,
             }
             Ok(ExitCode::SUCCESS)
         }
