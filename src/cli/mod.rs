@@ -372,6 +372,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "100,1000")]
         sizes: Vec<usize>,
     },
+    /// Membership: our SWIM against foca in the same simulation (join,
+    /// kills, loss, partition), side by side.
+    Membership {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "5,100,1000")]
+        sizes: Vec<usize>,
+        /// Seeds per size and scenario.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Virtual minutes of each loss scenario (0: none).
+        #[arg(long, default_value_t = 10)]
+        loss_minutes: u64,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -935,6 +948,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
                 BenchCommand::GossipAuth { sizes } => crate::gossip::bench::auth(&sizes)?,
+                BenchCommand::Membership {
+                    sizes,
+                    seeds,
+                    loss_minutes,
+                } => crate::gossip::membership_eval::bench(&sizes, seeds, loss_minutes)?,
             }
             Ok(ExitCode::SUCCESS)
         }

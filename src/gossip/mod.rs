@@ -19,6 +19,7 @@
 //! - [`sim`]: the in-memory network (loss, delay, partitions, virtual
 //!   clock, seeded RNG) and a cluster harness for tests and benchmarks.
 //! - [`bench`]: `deorch bench gossip`.
+//! - [`membership_eval`]: `deorch bench membership`, ours against foca.
 //!
 //! Algorithms and guarantees: docs/ALGORITHMS.md, "Gossip and placement".
 //! Architecture invariant: nothing in here but `transport` touches a
@@ -28,6 +29,7 @@
 pub mod bench;
 pub mod channel;
 pub mod membership;
+pub mod membership_eval;
 pub mod node;
 pub mod placement;
 pub mod rng;

@@ -63,10 +63,10 @@ pub struct SimNet {
     seq: u64,
     queue: BinaryHeap<Reverse<InFlight>>,
     index: HashMap<NodeAddr, usize>,
-    group: Vec<u32>,
-    down: Vec<bool>,
-    inbox: Vec<VecDeque<(NodeAddr, Vec<u8>)>>,
-    now: Millis,
+    pub(super) group: Vec<u32>,
+    pub(super) down: Vec<bool>,
+    pub(super) inbox: Vec<VecDeque<(NodeAddr, Vec<u8>)>>,
+    pub(super) now: Millis,
     /// Bytes handed to the network.
     pub bytes_sent: u64,
     /// Datagrams lost (random loss, partitions, dead receivers).
@@ -92,7 +92,7 @@ impl SimNet {
         }
     }
 
-    fn send(&mut self, from: NodeAddr, to: NodeAddr, bytes: &[u8]) {
+    pub(super) fn send(&mut self, from: NodeAddr, to: NodeAddr, bytes: &[u8]) {
         self.bytes_sent += bytes.len() as u64;
         let Some(&to) = self.index.get(&to) else {
             self.dropped += 1;
@@ -114,13 +114,13 @@ impl SimNet {
         }));
     }
 
-    fn next_at(&self) -> Option<Millis> {
+    pub(super) fn next_at(&self) -> Option<Millis> {
         self.queue.peek().map(|r| r.0.at)
     }
 
     /// Deliver the next datagram into its inbox; returns its receiver
     /// (`None` if it was dropped by a partition or a dead receiver).
-    fn deliver_next(&mut self) -> Option<usize> {
+    pub(super) fn deliver_next(&mut self) -> Option<usize> {
         let m = self.queue.pop()?.0;
         let from = self.index.get(&m.from).copied();
         if self.down[m.to] || from.is_some_and(|f| self.group[f] != self.group[m.to]) {
