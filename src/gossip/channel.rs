@@ -103,7 +103,9 @@ pub struct ChannelConfig {
     pub retry_ms: u64,
     /// Give a handshake up after this many sends.
     pub attempts: u32,
-    /// Forget a session unused for this long.
+    /// Forget a session unused for this long (sessions cost ~1 KiB each
+    /// and there is at most one per admitted peer; a new one costs a
+    /// handshake).
     pub idle_ms: u64,
     /// Datagrams queued per peer while its handshake runs.
     pub max_queued: usize,
@@ -116,7 +118,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             retry_ms: 1_000,
             attempts: 3,
-            idle_ms: 120_000,
+            idle_ms: 1_800_000,
             max_queued: 16,
             max_half_open: 256,
         }
@@ -180,6 +182,9 @@ impl Session {
 
 struct Initiating {
     index: u32,
+    /// My ephemeral key as sent in the first message (ties of two nodes
+    /// starting handshakes to each other at once are broken by it).
+    e: Vec<u8>,
     hs: snow::HandshakeState,
     sent_at: Millis,
     attempts: u32,
@@ -188,6 +193,9 @@ struct Initiating {
 
 struct Responding {
     hs: snow::HandshakeState,
+    /// Datagrams of a handshake this node gave up for this one (a tie),
+    /// sent once it completes.
+    queue: VecDeque<Vec<u8>>,
     addr: NodeAddr,
     initiator_index: u32,
     at: Millis,
@@ -348,12 +356,14 @@ impl Channel {
             return;
         };
         frame.extend_from_slice(&self.buf[..n]);
+        let e = self.buf[..n.min(32)].to_vec();
         out.push((to, frame));
         let attempts = self.initiating.get(&to).map_or(0, |h| h.attempts) + 1;
         self.initiating.insert(
             to,
             Initiating {
                 index,
+                e,
                 hs,
                 sent_at: now,
                 attempts,
@@ -453,6 +463,18 @@ impl Channel {
         match kind {
             HS1 => {
                 let initiator_index = u32_at(rest, 0)?;
+                // Both ends started at once: the handshake whose first
+                // ephemeral key is smaller goes on, the other end answers
+                // it and sends what it queued once it completes.
+                let mut queue = VecDeque::new();
+                if let Some(mine) = self.initiating.get(&from) {
+                    let theirs = rest.get(4..36)?;
+                    if mine.e.as_slice() < theirs {
+                        self.stats.dropped += 1;
+                        return None;
+                    }
+                    queue = self.initiating.remove(&from).expect("checked").queue;
+                }
                 if self.responding.len() >= self.cfg.max_half_open {
                     // Drop the oldest half-open handshake (a flood of
                     // first messages costs the sender as much as us).
@@ -481,6 +503,7 @@ impl Channel {
                     index,
                     Responding {
                         hs,
+                        queue,
                         addr: from,
                         initiator_index,
                         at: now,
@@ -536,6 +559,9 @@ impl Channel {
                     Ok(peer) => {
                         let transport = r.hs.into_stateless_transport_mode().ok()?;
                         self.establish(now, index, peer, from, r.initiator_index, transport);
+                        for d in r.queue {
+                            self.seal(now, from, &d, out);
+                        }
                     }
                     Err(reason) => self.refuse(from, reason),
                 }
@@ -754,5 +780,35 @@ mod tests {
         let wire = out.into_iter().map(|(to, d)| (a.addr, to, d)).collect();
         let got = pump(&mut a, &mut b, wire);
         assert_eq!(got, vec![(b.addr, NodeId(addr(&ka)), b"two".to_vec())]);
+    }
+
+    #[test]
+    fn two_ends_starting_at_once_make_one_session_and_lose_nothing() {
+        let ka = PrivateKey::generate(Network::Mainnet);
+        let kb = PrivateKey::generate(Network::Mainnet);
+        let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
+        let members = Arc::new(Members::new("C"));
+        members.set(&BTreeMap::from([
+            (addr(&ka), "a".to_string()),
+            (addr(&kb), "b".to_string()),
+        ]));
+        for round in 0..20 {
+            let mut a = end(1, &ka, &members);
+            let mut b = end(2, &kb, &members);
+            let (aa, ba) = (a.addr, b.addr);
+            let mut wire = Vec::new();
+            let mut out = Vec::new();
+            a.ch.seal(0, ba, b"from a", &mut out);
+            wire.extend(out.drain(..).map(|(to, d)| (aa, to, d)));
+            b.ch.seal(0, aa, b"from b", &mut out);
+            wire.extend(out.drain(..).map(|(to, d)| (ba, to, d)));
+            let got = pump(&mut a, &mut b, wire);
+            assert_eq!(got.len(), 2, "round {round}: {got:?}");
+            let handshakes = a.ch.stats().handshakes + b.ch.stats().handshakes;
+            assert_eq!(
+                handshakes, 2,
+                "round {round}: one handshake, counted at both ends"
+            );
+        }
     }
 }
