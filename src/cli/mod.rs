@@ -372,6 +372,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "100,1000")]
         sizes: Vec<usize>,
     },
+    /// Node authentication off vs on with five real node processes:
+    /// convergence of documents applied on one node, CPU and RSS idle.
+    ClusterAuth {
+        /// Documents applied per round and mode.
+        #[arg(long, default_value_t = 30)]
+        docs: usize,
+        /// Rounds (each starts five nodes per mode, modes alternating).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of the idle window measured for CPU.
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -935,6 +948,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 BenchCommand::Gossip { sizes, runs } => crate::gossip::bench::run(&sizes, runs)?,
                 BenchCommand::GossipAuth { sizes } => crate::gossip::bench::auth(&sizes)?,
+                BenchCommand::ClusterAuth { docs, rounds, idle } => {
+                    crate::bench_cluster::run(docs, rounds, Duration::from_secs(idle))?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
