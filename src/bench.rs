@@ -28,6 +28,8 @@ pub struct Percentiles {
     pub p50: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 95th percentile.
+    pub p95: f64,
     /// Maximum.
     pub max: f64,
 }
@@ -44,6 +46,7 @@ pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
     };
     Percentiles {
         p50: at(0.50),
+        p95: at(0.95),
         p99: at(0.99),
         max: at(1.0),
     }

@@ -26,6 +26,7 @@ pub mod accept;
 pub mod admission;
 pub mod api;
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_node;
 pub mod cli;
 pub mod clock;

@@ -385,6 +385,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         loss_minutes: u64,
     },
+    /// Node authentication off vs on with five real node processes:
+    /// convergence of documents applied on one node, CPU and RSS idle.
+    ClusterAuth {
+        /// Documents applied per round and mode.
+        #[arg(long, default_value_t = 30)]
+        docs: usize,
+        /// Rounds (each starts five nodes per mode, modes alternating).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of the idle window measured for CPU.
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+    },
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -953,6 +966,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seeds,
                     loss_minutes,
                 } => crate::gossip::membership_eval::bench(&sizes, seeds, loss_minutes)?,
+                BenchCommand::ClusterAuth { docs, rounds, idle } => {
+                    crate::bench_cluster::run(docs, rounds, Duration::from_secs(idle))?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
