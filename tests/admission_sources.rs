@@ -406,12 +406,6 @@ impl Rogue {
     }
 }
 
-fn gossip_address(n: &Node) -> String {
-    let file = n.state.join("gossip-address");
-    n.wait_for("the gossip address", |_| file.exists());
-    std::fs::read_to_string(&file).unwrap().trim().to_string()
-}
-
 #[test]
 fn every_source_gives_a_document_the_same_verdict() {
     let (corpus, owner_key) = corpus();
@@ -564,11 +558,11 @@ fn every_source_gives_a_document_the_same_verdict() {
         a.extra_args.extend(gossip(&[]));
         a.start();
         common::apply_owner_signed(&a, &owner_key, &members);
-        let seed = gossip_address(&a);
+        let seed = common::gossip_address(&a);
         b.extra_args.extend(gossip(&["--seed", &seed]));
         b.start();
         common::apply_owner_signed(&b, &owner_key, &members);
-        let rogue = Rogue::join(&gossip_address(&b), &rogue_key, &owner, &sats);
+        let rogue = Rogue::join(&common::gossip_address(&b), &rogue_key, &owner, &sats);
         // The rogue's versions of one object must win gossip's order (the
         // content hash breaks ties of one generation): pick written times.
         let mut last_hash: BTreeMap<String, u64> = BTreeMap::new();

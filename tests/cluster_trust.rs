@@ -27,36 +27,22 @@ use deorch::identity::{AddressType, Network, PrivateKey};
 const SUSPECT: Duration = Duration::from_secs(1);
 
 fn args(owner: &str, seed: Option<&str>) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--cluster-owner",
-        owner,
-        "--gossip-listen",
-        "127.0.0.1:0",
-        "--gossip-probe-interval",
-        "200ms",
+    let mut extra = vec![
         "--gossip-suspect-timeout",
         "1s",
         "--gossip-claim-settle",
         "1s",
         "--gossip-reelect-timeout",
         "1s",
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
     if let Some(s) = seed {
-        a.extend(["--seed".to_string(), s.to_string()]);
+        extra.extend(["--seed", s]);
     }
-    a
+    common::gossip_args(owner, &extra)
 }
 
 fn gossip_address(n: &Node) -> SocketAddr {
-    let file = n.state.join("gossip-address");
-    n.wait_for("the gossip address", |_| file.exists());
-    std::fs::read_to_string(&file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    common::gossip_address(n).parse().unwrap()
 }
 
 /// The members `n` last saw up, by ID (from its Satellite's events).
@@ -248,6 +234,14 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
         },
     );
     eprintln!("four admitted nodes joined in {joined:?}");
+    // Each node's Satellite shows its ID.
+    for (i, n) in nodes.iter().enumerate() {
+        n.wait_for("the Satellite's node ID", |n| {
+            n.record("satellite", &n.name)
+                .and_then(|r| r.status)
+                .is_some_and(|s| s["nodeId"] == ids[i].as_str())
+        });
+    }
     std::thread::sleep(Duration::from_secs(2));
     for (i, n) in nodes.iter().enumerate() {
         let up = members_up(n);

@@ -18,12 +18,6 @@ fn get(url: &NodeUrl, path: &str, cookie: &str) -> Reply {
     request(url, "GET", path, None, Some(cookie), b"", T).unwrap()
 }
 
-fn gossip_address(n: &common::Node) -> String {
-    let file = n.state.join("gossip-address");
-    n.wait_for("the gossip address", |_| file.exists());
-    std::fs::read_to_string(&file).unwrap().trim().to_string()
-}
-
 #[test]
 fn a_cookie_from_one_admitted_node_works_on_another_until_revoked() {
     let owner = PrivateKey::generate(Network::Mainnet);
@@ -33,20 +27,9 @@ fn a_cookie_from_one_admitted_node_works_on_another_until_revoked() {
     let stranger = PrivateKey::generate(Network::Mainnet);
 
     let flags = |extra: &[&str]| -> Vec<String> {
-        [
-            "--http-listen",
-            "127.0.0.1:0",
-            "--cluster-owner",
-            &owner_addr,
-            "--gossip-listen",
-            "127.0.0.1:0",
-            "--gossip-probe-interval",
-            "200ms",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect()
+        let mut f = vec!["--http-listen".to_string(), "127.0.0.1:0".to_string()];
+        f.extend(common::gossip_args(&owner_addr, extra));
+        f
     };
     let mut a = common::Node::new("http-cluster-a");
     a.name = "a".into();
@@ -68,7 +51,7 @@ fn a_cookie_from_one_admitted_node_works_on_another_until_revoked() {
     a.extra_args.extend(flags(&[]));
     a.start();
     common::apply_owner_signed(&a, &owner, &members(1, ""));
-    let seed = gossip_address(&a);
+    let seed = common::gossip_address(&a);
     b.extra_args.extend(flags(&["--seed", &seed]));
     b.start();
     common::apply_owner_signed(&b, &owner, &members(1, ""));

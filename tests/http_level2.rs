@@ -39,21 +39,11 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     let user_addr = user.address(AddressType::P2wpkh).unwrap().to_string();
     // Two admitted nodes with signed gossip; the user logs in on the first.
     let gossip = |seed: Option<&str>| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--http-listen",
-            "127.0.0.1:0",
-            "--cluster-owner",
+        let mut a = vec!["--http-listen".to_string(), "127.0.0.1:0".to_string()];
+        a.extend(common::gossip_args(
             &owner_addr,
-            "--gossip-listen",
-            "127.0.0.1:0",
-            "--gossip-probe-interval",
-            "200ms",
-        ]
-        .map(String::from)
-        .to_vec();
-        if let Some(s) = seed {
-            a.extend(["--seed".to_string(), s.to_string()]);
-        }
+            &seed.map(|s| vec!["--seed", s]).unwrap_or_default(),
+        ));
         a
     };
     let mut node = common::Node::new("http-level2");
@@ -71,11 +61,7 @@ fn login_asks_the_directory_password_and_fails_over_to_the_fourth_server() {
     node.extra_args.extend(gossip(None));
     node.start();
     common::apply_owner_signed(&node, &owner, &members);
-    let seed = {
-        let f = node.state.join("gossip-address");
-        node.wait_for("the gossip address", |_| f.exists());
-        std::fs::read_to_string(&f).unwrap().trim().to_string()
-    };
+    let seed = common::gossip_address(&node);
     peer.extra_args.extend(gossip(Some(&seed)));
     peer.start();
     common::apply_owner_signed(&peer, &owner, &members);

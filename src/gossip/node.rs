@@ -259,6 +259,11 @@ impl GossipNode {
         self.next_join = 0;
     }
 
+    /// Ask the seeds again at the next tick (who is admitted changed).
+    pub fn rejoin(&mut self) {
+        self.next_join = 0;
+    }
+
     /// Know `id` as alive from the start without gossiping it (a member
     /// list saved from an earlier run, or a simulation's set-up).
     pub fn add_member(&mut self, id: NodeId, addr: NodeAddr, now: Millis) {
@@ -894,10 +899,20 @@ impl GossipNode {
         let mut msgs = Vec::new();
         if let Peers::Swim(m) = &mut self.peers {
             m.tick(now, &mut self.rng, &mut msgs);
-            if !self.seeds.is_empty() && now >= self.next_join && m.alive_count() == 0 {
-                self.next_join = now + self.cfg.swim.probe_interval_ms;
-                for s in self.seeds.clone() {
-                    msgs.push((s, Body::Join));
+            // Seeds not known alive are asked again: every probe interval
+            // while this node knows nobody, every 10 once it knows someone
+            // (a seed that refused it, e.g. before an admission reached
+            // one of them, is not lost for good).
+            if !self.seeds.is_empty() && now >= self.next_join {
+                let alive: Vec<NodeAddr> = m
+                    .iter()
+                    .filter(|(_, x)| x.state == MemberState::Alive)
+                    .map(|(_, x)| x.addr)
+                    .collect();
+                let every = if alive.is_empty() { 1 } else { 10 };
+                self.next_join = now + every * self.cfg.swim.probe_interval_ms;
+                for s in self.seeds.iter().filter(|s| !alive.contains(s)) {
+                    msgs.push((*s, Body::Join));
                 }
             }
         }

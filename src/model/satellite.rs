@@ -107,4 +107,8 @@ pub struct SatelliteStatus {
     /// deorch version of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The node's ID: the P2WPKH address of its key (`deorch node id`),
+    /// the address an AccessPolicy admits it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }

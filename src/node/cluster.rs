@@ -811,6 +811,9 @@ impl Task {
             }
         };
         let (added, revoked) = m.set(&now);
+        if !added.is_empty() {
+            self.node.rejoin();
+        }
         for a in added {
             info!(node = %a, name = ?m.name_of(&a), "gossip: node admitted");
         }

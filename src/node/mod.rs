@@ -227,6 +227,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         drivers,
         EngineConfig {
             node_name: config.name.clone(),
+            node_id: node_key
+                .address(crate::identity::AddressType::P2wpkh)
+                .ok()
+                .map(|a| a.to_string()),
             node_addresses: config.addresses.clone(),
             volume_retention: config.volume_retention,
             ..EngineConfig::default()

@@ -54,6 +54,9 @@ use crate::store::{Record, Store, StoreError};
 pub struct EngineConfig {
     /// This node's name.
     pub node_name: String,
+    /// This node's ID: the address of its key (shown in its Satellite's
+    /// status).
+    pub node_id: Option<String>,
     /// This node's addresses.
     pub node_addresses: Vec<String>,
     /// First retry delay after an error.
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             node_name: "satellite".into(),
+            node_id: None,
             node_addresses: vec![],
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(120),

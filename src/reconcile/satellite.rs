@@ -26,6 +26,8 @@ pub struct Observed {
     pub hypervisor: &'static str,
     /// Storage driver name.
     pub storage: &'static str,
+    /// The node's ID (its key's address).
+    pub node_id: Option<String>,
 }
 
 /// Reconcile one Satellite: only this node's, and only while it exists.
@@ -57,6 +59,7 @@ pub async fn observe(ctx: &Ctx) -> Result<Observed, ReconcileError> {
         accel: ctx.drivers.hypervisor.accel(),
         hypervisor: ctx.drivers.hypervisor.name(),
         storage: ctx.drivers.storage.name(),
+        node_id: ctx.config.node_id.clone(),
     })
 }
 
@@ -75,6 +78,7 @@ pub fn report(mut st: SatelliteStatus, generation: i64, o: &Observed) -> Satelli
     });
     st.version = Some(env!("CARGO_PKG_VERSION").into());
     st.accel = o.accel.clone();
+    st.node_id = o.node_id.clone();
     let msg = format!("hypervisor {}, storage {}", o.hypervisor, o.storage);
     ready(&mut st.conditions, "NodeRunning", &msg, generation);
     st
@@ -106,6 +110,7 @@ mod tests {
             accel: Some("tcg".into()),
             hypervisor: "qemu",
             storage: "zfs",
+            node_id: Some("bc1qnode".into()),
         };
         let no_memory = Observed {
             memory: None,
@@ -123,6 +128,7 @@ mod tests {
             assert_eq!(cap.storage, Some(Quantity(100 << 30)), "{name}");
             assert_eq!(st.free.unwrap().storage, Some(Quantity(40 << 30)), "{name}");
             assert_eq!(st.accel.as_deref(), Some("tcg"), "{name}");
+            assert_eq!(st.node_id.as_deref(), Some("bc1qnode"), "{name}");
             assert_eq!(st.observed_generation, Some(7), "{name}");
             let c = &st.conditions[0];
             assert_eq!(

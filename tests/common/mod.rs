@@ -598,6 +598,14 @@ pub fn fast_gossip_flags() -> Vec<String> {
     .to_vec()
 }
 
+/// The gossip address node `n` bound (`STATE_DIR/gossip-address`, once
+/// written).
+pub fn gossip_address(n: &Node) -> String {
+    let file = n.state.join("gossip-address");
+    n.wait_for("the gossip address", |_| file.exists());
+    std::fs::read_to_string(&file).unwrap().trim().to_string()
+}
+
 pub fn gossip_args(owner: &str, extra: &[&str]) -> Vec<String> {
     [
         "--cluster-owner",
