@@ -662,6 +662,19 @@ mod tests {
         }
     }
 
+    /// Two keys, both admitted.
+    fn two_members() -> (PrivateKey, PrivateKey, Arc<Members>) {
+        let ka = PrivateKey::generate(Network::Mainnet);
+        let kb = PrivateKey::generate(Network::Mainnet);
+        let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
+        let members = Arc::new(Members::new("C"));
+        members.set(&BTreeMap::from([
+            (addr(&ka), "a".to_string()),
+            (addr(&kb), "b".to_string()),
+        ]));
+        (ka, kb, members)
+    }
+
     /// Deliver everything in flight until quiet; what each end opened.
     fn pump(
         a: &mut End,
@@ -689,15 +702,9 @@ mod tests {
 
     #[test]
     fn admitted_nodes_talk_privately_and_others_are_refused() {
-        let ka = PrivateKey::generate(Network::Mainnet);
-        let kb = PrivateKey::generate(Network::Mainnet);
+        let (ka, kb, members) = two_members();
         let kx = PrivateKey::generate(Network::Mainnet);
         let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
-        let members = Arc::new(Members::new("C"));
-        members.set(&BTreeMap::from([
-            (addr(&ka), "a".to_string()),
-            (addr(&kb), "b".to_string()),
-        ]));
         let mut a = end(1, &ka, &members);
         let mut b = end(2, &kb, &members);
         let (aa, ba) = (a.addr, b.addr);
@@ -751,14 +758,8 @@ mod tests {
 
     #[test]
     fn a_restarted_peer_gets_a_new_session() {
-        let ka = PrivateKey::generate(Network::Mainnet);
-        let kb = PrivateKey::generate(Network::Mainnet);
+        let (ka, kb, members) = two_members();
         let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
-        let members = Arc::new(Members::new("C"));
-        members.set(&BTreeMap::from([
-            (addr(&ka), "a".to_string()),
-            (addr(&kb), "b".to_string()),
-        ]));
         let mut a = end(1, &ka, &members);
         let mut b = end(2, &kb, &members);
         let mut out = Vec::new();
@@ -784,14 +785,8 @@ mod tests {
 
     #[test]
     fn two_ends_starting_at_once_make_one_session_and_lose_nothing() {
-        let ka = PrivateKey::generate(Network::Mainnet);
-        let kb = PrivateKey::generate(Network::Mainnet);
+        let (ka, kb, members) = two_members();
         let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
-        let members = Arc::new(Members::new("C"));
-        members.set(&BTreeMap::from([
-            (addr(&ka), "a".to_string()),
-            (addr(&kb), "b".to_string()),
-        ]));
         for round in 0..20 {
             let mut a = end(1, &ka, &members);
             let mut b = end(2, &kb, &members);

@@ -629,24 +629,14 @@ pub fn push_owner_signed(
     owner: &deorch::identity::PrivateKey,
     yaml: &str,
 ) {
-    use deorch::identity::AddressType;
-    let parsed = deorch::manifest::parse_str(Path::new("owner-signed.yaml"), yaml);
-    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    let cluster = owner.address(AddressType::P2wpkh).unwrap().to_string();
-    let signed = deorch::identity::sign_manifest(
-        &parsed.documents[0].object.to_value(),
-        &cluster,
-        owner,
-        AddressType::P2wpkh,
-    )
-    .unwrap();
+    // JSON is YAML.
     let r = deorch::http::client::request(
         url,
         "POST",
         "/v1/manifests",
         Some("application/yaml"),
         None,
-        serde_saphyr::to_string(&signed).unwrap().as_bytes(),
+        owner_signed_json(owner, yaml).as_bytes(),
         Duration::from_secs(10),
     )
     .unwrap();
