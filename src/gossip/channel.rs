@@ -786,7 +786,6 @@ mod tests {
     #[test]
     fn two_ends_starting_at_once_make_one_session_and_lose_nothing() {
         let (ka, kb, members) = two_members();
-        let addr = |k: &PrivateKey| k.address(AddressType::P2wpkh).unwrap().to_string();
         for round in 0..20 {
             let mut a = end(1, &ka, &members);
             let mut b = end(2, &kb, &members);
