@@ -521,13 +521,16 @@ impl Admission {
         Ok(satellites_of(&trusted))
     }
 
-    /// Fingerprints of the sessions the policies that count revoke.
-    pub fn revoked_sessions(&self) -> Result<BTreeSet<String>, String> {
+    /// What a session cookie is checked against, from one read of the
+    /// policies: the admitted satellites (address → name) and the
+    /// fingerprints of revoked sessions.
+    pub fn session_facts(&self) -> Result<(BTreeMap<String, String>, BTreeSet<String>), String> {
         let (_, trusted) = self.trusted_now()?;
-        Ok(trusted
+        let revoked = trusted
             .iter()
             .flat_map(|p| p.spec.revoked_sessions.iter().cloned())
-            .collect())
+            .collect();
+        Ok((satellites_of(&trusted), revoked))
     }
 
     /// Whether `address` may hold a session here: the cluster owner, or a
@@ -1006,6 +1009,16 @@ impl Admission {
         let (Some(cluster), Some(owner)) = (&self.config.cluster, &self.config.owner) else {
             return Trusted::NotNeeded;
         };
+        // Unsigned documents without a session need no policy (the common
+        // case of a node's own directory): do not read them.
+        if batch.session.is_none()
+            && !signatures
+                .iter()
+                .chain(tombstones)
+                .any(|s| matches!(s, Signature::Valid(_)))
+        {
+            return Trusted::NotNeeded;
+        }
         let mut policies: BTreeMap<ObjectKey, Manifest<AccessPolicySpec>> = tx
             .list(Some(Kind::AccessPolicy))
             .into_iter()

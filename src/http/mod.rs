@@ -27,6 +27,7 @@ pub mod client;
 pub mod conn;
 pub mod tls;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -178,14 +179,14 @@ impl HttpApi {
 
     /// Whether `address` is a node whose session cookies are accepted:
     /// this node, a node the cluster's AccessPolicies admit
-    /// (`spec.satellites`), or one of the configured trusted nodes.
-    pub fn is_trusted_node(&self, address: &str) -> bool {
+    /// (`satellites`, from [`Admission::session_facts`]), or one of the
+    /// configured trusted nodes.
+    fn is_trusted_node(&self, address: &str, satellites: &BTreeMap<String, String>) -> bool {
         address == self.node_address
             || Address::parse(address).is_ok_and(|a| self.trusted_nodes.contains(&a))
-            || self.admission.satellites().is_ok_and(|s| {
-                s.keys()
-                    .any(|n| crate::identity::access::same_address(n, address))
-            })
+            || satellites
+                .keys()
+                .any(|n| crate::identity::access::same_address(n, address))
     }
 
     /// Serve console tickets for the VMs `hypervisor` runs (once; the
@@ -196,14 +197,11 @@ impl HttpApi {
 
     /// Check a session token (cookie value) now.
     pub fn check_session(&self, token: &str) -> Result<Session, LoginError> {
+        let (satellites, revoked) = self.admission.session_facts().unwrap_or_default();
         let s = Session::from_token(token, &self.cluster, now_secs(), |a| {
-            self.is_trusted_node(a)
+            self.is_trusted_node(a, &satellites)
         })?;
-        if self
-            .admission
-            .revoked_sessions()
-            .is_ok_and(|r| r.contains(&s.fingerprint))
-        {
+        if revoked.contains(&s.fingerprint) {
             return Err(LoginError::Revoked(s.fingerprint));
         }
         Ok(s)
