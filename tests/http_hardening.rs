@@ -50,19 +50,6 @@ fn code(r: &Reply) -> String {
     r.json()["code"].as_str().unwrap_or_default().to_string()
 }
 
-fn post_login(url: &NodeUrl, body: &[u8]) -> Reply {
-    request(
-        url,
-        "POST",
-        "/v1/auth/login",
-        Some("application/json"),
-        None,
-        body,
-        T,
-    )
-    .unwrap()
-}
-
 /// Push an owner-signed policy naming `subject` a viewer.
 fn allow(url: &NodeUrl, owner: &PrivateKey, subject: &str) {
     let yaml = format!(
@@ -154,7 +141,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let huge = "1".repeat(4_000_000);
     let c = challenge();
     let body = json!({"address": huge, "signature": "AAAA", "challenge": c}).to_string();
-    let r = post_login(&url, body.as_bytes());
+    let r = common::post_login(&url, body.as_bytes());
     assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
     assert!(
         r.body.len() < 1024,
@@ -179,7 +166,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
         .join("\n");
     let sig = sign(&user, edited.as_bytes(), AddressType::P2wpkh).unwrap();
     let body = json!({"address": addr, "signature": sig, "challenge": edited}).to_string();
-    let r = post_login(&url, body.as_bytes());
+    let r = common::post_login(&url, body.as_bytes());
     assert_eq!((r.status, code(&r)), (401, "AlteredChallenge".into()));
 
     // The same key's testnet address: refused on a mainnet cluster.
@@ -188,14 +175,14 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let c = challenge();
     let sig = sign(&test_user, c.as_bytes(), AddressType::P2wpkh).unwrap();
     let body = json!({"address": taddr, "signature": sig, "challenge": c}).to_string();
-    let r = post_login(&url, body.as_bytes());
+    let r = common::post_login(&url, body.as_bytes());
     assert_eq!((r.status, code(&r)), (401, "WrongNetwork".into()));
 
     // A good signature by an address no policy names: no session.
     let c = challenge();
     let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
     let body = json!({"address": addr, "signature": sig, "challenge": c}).to_string();
-    let r = post_login(&url, body.as_bytes());
+    let r = common::post_login(&url, body.as_bytes());
     assert_eq!((r.status, code(&r)), (403, "NotAuthorised".into()));
     allow(&url, &owner_key, &addr);
 
@@ -204,7 +191,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let sig = sign(&user, c.as_bytes(), AddressType::P2wpkh).unwrap();
     let body =
         json!({"address": addr.to_uppercase(), "signature": sig, "challenge": c}).to_string();
-    let r = post_login(&url, body.as_bytes());
+    let r = common::post_login(&url, body.as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["address"], addr);
 
@@ -214,7 +201,7 @@ fn login_inputs_are_bounded_compared_and_rate_limited() {
     let mut tries = 0;
     let refused = loop {
         let body = json!({"address": addr, "signature": "AAAA", "challenge": "deorch login"});
-        let r = post_login(&url, body.to_string().as_bytes());
+        let r = common::post_login(&url, body.to_string().as_bytes());
         tries += 1;
         if r.status == 429 {
             break r;

@@ -56,16 +56,7 @@ fn challenge(url: &NodeUrl) -> String {
 
 fn post_login(url: &NodeUrl, address: &str, signature: &str, challenge: &str) -> Reply {
     let body = json!({"address": address, "signature": signature, "challenge": challenge});
-    request(
-        url,
-        "POST",
-        "/v1/auth/login",
-        Some("application/json"),
-        None,
-        body.to_string().as_bytes(),
-        T,
-    )
-    .unwrap()
+    common::post_login(url, body.to_string().as_bytes())
 }
 
 fn token_of(r: &Reply) -> String {

@@ -519,12 +519,7 @@ impl Channel {
                     return None;
                 }
                 let mut h = self.initiating.remove(&from).expect("checked");
-                let mut payload = vec![0; 1024];
-                let peer = match h.hs.read_message(&rest[8..], &mut payload) {
-                    Ok(n) => self.check_binding(&payload[..n], h.hs.get_remote_static()),
-                    Err(_) => Err("malformed handshake".into()),
-                };
-                let peer = match peer {
+                let peer = match self.read_peer(&mut h.hs, &rest[8..]) {
                     Ok(p) => p,
                     Err(reason) => {
                         self.refuse(from, reason);
@@ -536,11 +531,8 @@ impl Channel {
                 frame.extend_from_slice(&responder_index.to_le_bytes());
                 frame.extend_from_slice(&self.buf[..n]);
                 out.push((from, frame));
-                let transport = h.hs.into_stateless_transport_mode().ok()?;
-                self.establish(now, h.index, peer, from, responder_index, transport);
-                for d in h.queue {
-                    self.seal(now, from, &d, out);
-                }
+                let session = (h.index, responder_index);
+                self.establish(now, session, peer, from, h.hs, h.queue, out);
                 None
             }
             HS3 => {
@@ -550,18 +542,10 @@ impl Channel {
                     return None;
                 }
                 let mut r = self.responding.remove(&index).expect("checked");
-                let mut payload = vec![0; 1024];
-                let peer = match r.hs.read_message(&rest[4..], &mut payload) {
-                    Ok(n) => self.check_binding(&payload[..n], r.hs.get_remote_static()),
-                    Err(_) => Err("malformed handshake".into()),
-                };
-                match peer {
+                match self.read_peer(&mut r.hs, &rest[4..]) {
                     Ok(peer) => {
-                        let transport = r.hs.into_stateless_transport_mode().ok()?;
-                        self.establish(now, index, peer, from, r.initiator_index, transport);
-                        for d in r.queue {
-                            self.seal(now, from, &d, out);
-                        }
+                        let session = (index, r.initiator_index);
+                        self.establish(now, session, peer, from, r.hs, r.queue, out);
                     }
                     Err(reason) => self.refuse(from, reason),
                 }
@@ -606,15 +590,33 @@ impl Channel {
         }
     }
 
+    /// Read the peer's handshake message carrying its key binding: the
+    /// node it is, or why not.
+    fn read_peer(&self, hs: &mut snow::HandshakeState, msg: &[u8]) -> Result<NodeId, String> {
+        let mut payload = vec![0; 1024];
+        let n = hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| "malformed handshake".to_string())?;
+        self.check_binding(&payload[..n], hs.get_remote_static())
+    }
+
+    /// A finished handshake: the session `(mine, theirs)` indices, current
+    /// for `addr`, and the datagrams that waited for it sent.
+    #[allow(clippy::too_many_arguments)]
     fn establish(
         &mut self,
         now: Millis,
-        index: u32,
+        (index, remote_index): (u32, u32),
         peer: NodeId,
         addr: NodeAddr,
-        remote_index: u32,
-        transport: snow::StatelessTransportState,
+        hs: snow::HandshakeState,
+        queue: VecDeque<Vec<u8>>,
+        out: &mut Vec<(NodeAddr, Vec<u8>)>,
     ) {
+        let Ok(transport) = hs.into_stateless_transport_mode() else {
+            self.stats.dropped += 1;
+            return;
+        };
         self.stats.handshakes += 1;
         self.sessions.insert(
             index,
@@ -630,6 +632,9 @@ impl Channel {
             },
         );
         self.current.insert(addr, index);
+        for d in queue {
+            self.seal(now, addr, &d, out);
+        }
     }
 }
 

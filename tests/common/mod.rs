@@ -676,14 +676,20 @@ pub fn login(
     if let Some(p) = password {
         body["password"] = serde_json::json!(p);
     }
-    request(
+    post_login(url, body.to_string().as_bytes())
+}
+
+/// `POST /v1/auth/login` with `body` as it is (forged and malformed ones
+/// included).
+pub fn post_login(url: &deorch::http::client::NodeUrl, body: &[u8]) -> deorch::http::client::Reply {
+    deorch::http::client::request(
         url,
         "POST",
         "/v1/auth/login",
         Some("application/json"),
         None,
-        body.to_string().as_bytes(),
-        t,
+        body,
+        Duration::from_secs(10),
     )
     .unwrap()
 }
