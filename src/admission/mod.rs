@@ -788,7 +788,7 @@ impl Admission {
                         Err(v) => v,
                         Ok(signed) => {
                             let at = signed.then(|| signed_generation(&doc.object));
-                            let attested = (!signed).then(|| attest(&doc.object, batch));
+                            let attested = (!signed).then(|| attest(&doc.object, batch)).flatten();
                             match tx.apply(attested.as_ref().unwrap_or(&doc.object), source, at) {
                                 Ok(a) if a.changed => Verdict::Applied {
                                     generation: a.generation,
@@ -1127,7 +1127,14 @@ pub const LEVEL2_ANNOTATION: &str = "deorch.dev/level2";
 /// (only this node sets them), then, for a session's change, set to the
 /// session's user and level 2, so that once this node signs it for
 /// gossip its peers authorise the user, not the node.
-fn attest(object: &AnyObject, batch: &Batch) -> AnyObject {
+fn attest(object: &AnyObject, batch: &Batch) -> Option<AnyObject> {
+    // Nothing to stamp or strip (a node's own files): stored as it is.
+    let carries = object.metadata().annotations.as_ref().is_some_and(|a| {
+        a.contains_key(ON_BEHALF_OF_ANNOTATION) || a.contains_key(LEVEL2_ANNOTATION)
+    });
+    if batch.session.is_none() && !carries {
+        return None;
+    }
     let mut o = object.clone();
     let ann = o
         .metadata_mut()
@@ -1144,7 +1151,7 @@ fn attest(object: &AnyObject, batch: &Batch) -> AnyObject {
     if ann.is_empty() {
         o.metadata_mut().annotations = None;
     }
-    o
+    Some(o)
 }
 
 /// The user (and level 2) an admitted node attests a document was applied
