@@ -21,13 +21,11 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::convert::Infallible;
-use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::{Duration, Instant};
 
-use foca::{Foca, Identity, Member, NoCustomBroadcast, Notification, PostcardCodec, Runtime};
-use serde::{Deserialize, Serialize};
+use foca::{Foca, Member, NoCustomBroadcast, Notification, PostcardCodec, Runtime};
 
+use super::members::{foca_config, FocaId, FocaRng};
 use super::membership::{MemberEvent, Membership, SwimConfig};
 use super::rng::{mix64, Rng};
 use super::sim::{sim_addr, NetConfig, SimNet, SIM_EPOCH};
@@ -71,12 +69,6 @@ impl Default for Timings {
     }
 }
 
-/// Each update is sent `4 × ⌈log10(n+1)⌉` times: our rule, given to foca
-/// too (its `new_lan` would use `4 × log10(n+1)`, rounded down).
-fn transmissions(n: usize) -> u32 {
-    4 * ((n as f64 + 1.0).log10().ceil().max(1.0) as u32)
-}
-
 /// Our SWIM's settings.
 pub fn swim_config(t: &Timings) -> SwimConfig {
     SwimConfig {
@@ -88,23 +80,9 @@ pub fn swim_config(t: &Timings) -> SwimConfig {
     }
 }
 
-/// foca's settings: `Config::new_lan(n)` with our probe period, ack
-/// timeout, suspicion timeout (not its `4 × log10(n)` periods),
-/// transmissions and reconnect interval. Its other LAN extensions stay
-/// as they are: gossip every 200 ms to 3 members while it has updates,
-/// an announce to one member every 30 s, telling a member it is down.
-pub fn foca_config(n: usize, t: &Timings) -> foca::Config {
-    let mut c = foca::Config::new_lan(NonZeroU32::new(n.max(1) as u32).expect("n ≥ 1"));
-    c.probe_period = Duration::from_millis(t.probe_ms);
-    c.probe_rtt = Duration::from_millis(t.ack_ms);
-    c.suspect_to_down_after = Duration::from_millis(t.suspect_ms);
-    c.max_transmissions = NonZeroU8::new(transmissions(n).min(255) as u8).expect("≥ 4");
-    c.num_indirect_probes = NonZeroUsize::new(SwimConfig::default().indirect_probes).expect("3");
-    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: Duration::from_millis(t.reconnect_ms),
-        num_members: NonZeroUsize::MIN,
-    });
-    c
+/// foca's settings: the node's ([`foca_config`]) for these timings.
+pub fn foca_config_for(n: usize, t: &Timings) -> foca::Config {
+    foca_config(n, &swim_config(t))
 }
 
 /// The ID of simulated node `i`: as long as a real one (a bech32
@@ -248,69 +226,6 @@ impl Protocol for Swim {
     }
 }
 
-/// foca's identity for a deorch node: its ID, its gossip address, and a
-/// generation that a restart or a renewal raises (a node would use its
-/// start time, as our incarnation). Two identities with the same ID are
-/// the same member; the higher generation wins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FocaId {
-    /// The node's ID (Bitcoin address).
-    pub id: NodeId,
-    /// Where its datagrams go.
-    pub addr: NodeAddr,
-    /// Raised on each renewal or restart.
-    pub generation: u64,
-}
-
-impl Identity for FocaId {
-    /// foca finds a member by a linear scan comparing `addr()`s, once per
-    /// update applied, so `addr()` must be cheap: the ID itself (a
-    /// `String`, cloned per member compared) made foca 10× slower at
-    /// 1,000 members. The socket address is the key, as in corrosion.
-    type Addr = NodeAddr;
-
-    /// Declared down while alive: come back at once as the next
-    /// generation (foca announces it; the others rename).
-    fn renew(&self) -> Option<Self> {
-        Some(FocaId {
-            generation: self.generation + 1,
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> NodeAddr {
-        self.addr
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.generation > adversary.generation
-    }
-}
-
-/// Our seeded SplitMix64 as the `rand` generator foca wants, so that a
-/// seed replays foca's choices too.
-pub struct FocaRng(Rng);
-
-impl rand::TryRng for FocaRng {
-    type Error = Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok((self.0.next_u64() >> 32) as u32)
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        Ok(self.0.next_u64())
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let r = self.0.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
 type FocaTimer = foca::Timer<FocaId>;
 
 impl Runtime<FocaId> for Io<FocaTimer> {
@@ -353,7 +268,7 @@ impl Protocol for FocaMember {
         FocaMember {
             foca: Foca::new(
                 foca_id(i),
-                foca_config(n, t),
+                foca_config_for(n, t),
                 FocaRng(Rng::new(seed)),
                 PostcardCodec,
             ),

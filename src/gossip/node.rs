@@ -16,9 +16,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use super::membership::{MemberEvent, Membership, SwimConfig};
+use super::members::{screen, Members};
+use super::membership::{MemberEvent, SwimConfig};
 use super::placement::{self, VmRequest};
-use super::rng::Rng;
+use super::rng::{mix64, Rng};
 use super::store::{EntryStore, Merge};
 use super::trust::Signer;
 use super::verify::Verifier;
@@ -31,7 +32,7 @@ use super::wire::{CLAIM_DOMAIN, STATUS_DOMAIN};
 /// Settings of one gossip node. Defaults: 200 ms rounds, fan-out 3.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
-    /// Failure detector.
+    /// Failure detector (foca's timings, see [`super::members`]).
     pub swim: SwimConfig,
     /// Interval the caller should call `handle_tick` at.
     pub tick_ms: u64,
@@ -80,8 +81,6 @@ impl Default for GossipConfig {
 pub enum Event {
     /// A member is alive (new, or back).
     MemberUp(NodeId, NodeAddr),
-    /// A member is suspected.
-    MemberSuspect(NodeId),
     /// A member is declared dead.
     MemberDown(NodeId),
     /// A newer version of a document arrived (apply it to the store).
@@ -155,8 +154,8 @@ struct VmTrack {
 
 /// Where a node's peers come from.
 enum Peers {
-    /// SWIM membership.
-    Swim(Box<Membership>),
+    /// SWIM membership (foca).
+    Swim(Box<Members>),
     /// A fixed list, all taken as alive (simulating 10,000 nodes in one
     /// process, where 10,000 member tables would not fit; the bench says
     /// when it uses this).
@@ -203,7 +202,13 @@ impl GossipNode {
         verifier: Arc<dyn Verifier>,
         seed: u64,
     ) -> Self {
-        let membership = Membership::new(cfg.swim.clone(), me.clone(), addr, incarnation);
+        let membership = Members::new(
+            cfg.swim.clone(),
+            me.clone(),
+            addr,
+            incarnation,
+            mix64(seed ^ 0xF0CA),
+        );
         GossipNode {
             budget: cfg.max_bytes_per_tick,
             cfg,
@@ -270,6 +275,7 @@ impl GossipNode {
         if let Peers::Swim(m) = &mut self.peers {
             m.insert_alive(id, addr, now);
         }
+        self.flush_members();
     }
 
     /// Replace SWIM by a fixed peer list (see [`Peers`]); used by the
@@ -395,11 +401,7 @@ impl GossipNode {
     pub fn alive_members(&self) -> Vec<NodeId> {
         match &self.peers {
             Peers::Swim(m) => {
-                let mut v: Vec<NodeId> = m
-                    .iter()
-                    .filter(|(_, m)| m.state == MemberState::Alive)
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let mut v = m.alive_ids().to_vec();
                 v.sort();
                 v
             }
@@ -447,7 +449,7 @@ impl GossipNode {
 
     fn random_peers(&mut self, k: usize) -> Vec<NodeAddr> {
         match &self.peers {
-            Peers::Swim(m) => m.sample_alive(&mut self.rng, k, None),
+            Peers::Swim(m) => m.sample_alive(&mut self.rng, k),
             Peers::Static(p) => {
                 let p = p.clone();
                 let mut out = Vec::with_capacity(k);
@@ -466,7 +468,7 @@ impl GossipNode {
 
     fn send(&mut self, to: NodeAddr, body: Body) {
         let incarnation = match &self.peers {
-            Peers::Swim(m) => m.incarnation(),
+            Peers::Swim(m) => m.identity().generation,
             Peers::Static(_) => 0,
         };
         let bytes = encode(&Envelope {
@@ -492,10 +494,23 @@ impl GossipNode {
         for e in m.take_events() {
             self.out.push_back(Output::Event(match e {
                 MemberEvent::Up(id, a) => Event::MemberUp(id, a),
-                MemberEvent::Suspect(id) => Event::MemberSuspect(id),
+                // foca tells no suspicions (a suspect is still "up").
+                MemberEvent::Suspect(_) => continue,
                 MemberEvent::Down(id) => Event::MemberDown(id),
             }));
         }
+    }
+
+    /// Wrap what foca wants sent in envelopes; then its member events.
+    fn flush_members(&mut self) {
+        let sends: Vec<(NodeAddr, Vec<u8>)> = match &mut self.peers {
+            Peers::Swim(m) => m.take_sends().collect(),
+            Peers::Static(_) => return,
+        };
+        for (to, data) in sends {
+            self.send(to, Body::Foca(data));
+        }
+        self.flush_member_events();
     }
 
     /// Publish a local document (from this node's store: a manifest
@@ -516,7 +531,7 @@ impl GossipNode {
         self.status_seq += 1;
         status.id = self.me.clone();
         status.incarnation = match &self.peers {
-            Peers::Swim(m) => m.incarnation(),
+            Peers::Swim(m) => m.identity().generation,
             Peers::Static(_) => 0,
         };
         status.seq = self.status_seq;
@@ -777,7 +792,7 @@ impl GossipNode {
     }
 
     fn handle_from(&mut self, now: Millis, from: NodeAddr, peer: Option<&NodeId>, bytes: &[u8]) {
-        let mut env = match decode(bytes) {
+        let env = match decode(bytes) {
             Ok(e) => e,
             Err(_) => {
                 self.stats.malformed += 1;
@@ -788,23 +803,28 @@ impl GossipNode {
             self.refuse_sender(env.from, from);
             return;
         }
-        // News about nodes that are not members is not believed.
-        let v = self.verifier.clone();
-        match &mut env.body {
-            Body::Ping { updates, .. }
-            | Body::Ack { updates, .. }
-            | Body::PingReq { updates, .. }
-            | Body::Members(updates) => updates.retain(|u| v.admits(&u.id)),
-            _ => {}
-        }
         let mut replies = Vec::new();
-        if let Peers::Swim(m) = &mut self.peers {
-            if let Some(notice) = m.direct(&env.from, env.addr, env.incarnation, now) {
-                replies.push((env.addr, Body::Members(vec![notice])));
-            }
-            m.handle(from, &env.body, now, &mut replies);
-        }
         match env.body {
+            Body::Foca(data) => {
+                let Peers::Swim(m) = &mut self.peers else {
+                    return;
+                };
+                if let Some(p) = peer {
+                    m.heard_from(p, from, now);
+                }
+                // News about nodes that are not members is not believed,
+                // and a node speaks only for itself.
+                let v = self.verifier.clone();
+                let me = m.identity().clone();
+                match screen(&data, &env.from, &me, &|id| v.admits(id)) {
+                    Ok(d) => m.handle(now, &d),
+                    Err(why) => {
+                        self.stats.rejected += 1;
+                        self.refuse_entry(&env.from, why.to_string());
+                    }
+                }
+                self.flush_members();
+            }
             Body::Gossip(entries) => {
                 for e in entries {
                     self.receive(e, &env.from, now);
@@ -849,6 +869,18 @@ impl GossipNode {
         }
     }
 
+    /// Count something `from` relayed that was refused (logged once per
+    /// sender per interval by the caller).
+    fn refuse_entry(&mut self, from: &NodeId, reason: String) {
+        if self.refused_entries.len() < 1024 || self.refused_entries.contains_key(from) {
+            let e = self.refused_entries.entry(from.clone()).or_default();
+            e.0 += 1;
+            if e.1.len() < 4 && !e.1.contains(&reason) {
+                e.1.push(reason);
+            }
+        }
+    }
+
     fn receive(&mut self, entry: Entry, from: &NodeId, now: Millis) {
         // Only what would change the store is checked (a signature check
         // costs more than the merge): old and duplicate versions are
@@ -872,12 +904,8 @@ impl GossipNode {
                     from: from.clone(),
                     reason,
                 });
-            } else if self.refused_entries.len() < 1024 || self.refused_entries.contains_key(from) {
-                let e = self.refused_entries.entry(from.clone()).or_default();
-                e.0 += 1;
-                if e.1.len() < 4 && !e.1.contains(&reason) {
-                    e.1.push(reason);
-                }
+            } else {
+                self.refuse_entry(from, reason);
             }
             return;
         }
@@ -896,29 +924,28 @@ impl GossipNode {
     /// Time passes: run timers, push, anti-entropy, collection, placement.
     pub fn handle_tick(&mut self, now: Millis) {
         self.budget = self.cfg.max_bytes_per_tick;
-        let mut msgs = Vec::new();
         if let Peers::Swim(m) = &mut self.peers {
-            m.tick(now, &mut self.rng, &mut msgs);
-            // Seeds not known alive are asked again: every probe interval
-            // while this node knows nobody, every 10 once it knows someone
-            // (a seed that refused it, e.g. before an admission reached
-            // one of them, is not lost for good).
+            m.tick(now);
+            // Seeds not known alive are asked again (foca announces once
+            // and never retries): every probe interval while this node
+            // knows nobody, every 10 once it knows someone (a seed that
+            // refused it, e.g. before an admission reached one of them,
+            // is not lost for good).
             if !self.seeds.is_empty() && now >= self.next_join {
-                let alive: Vec<NodeAddr> = m
-                    .iter()
-                    .filter(|(_, x)| x.state == MemberState::Alive)
-                    .map(|(_, x)| x.addr)
-                    .collect();
-                let every = if alive.is_empty() { 1 } else { 10 };
+                let every = if m.alive_count() == 0 { 1 } else { 10 };
                 self.next_join = now + every * self.cfg.swim.probe_interval_ms;
-                for s in self.seeds.iter().filter(|s| !alive.contains(s)) {
-                    msgs.push((*s, Body::Join));
+                let ask: Vec<NodeAddr> = self
+                    .seeds
+                    .iter()
+                    .filter(|s| !m.alive_at(**s))
+                    .copied()
+                    .collect();
+                for s in ask {
+                    m.announce(s, now);
                 }
             }
         }
-        for (to, body) in msgs {
-            self.send(to, body);
-        }
+        self.flush_members();
         if self.store.has_hot() {
             let targets = self.random_peers(self.cfg.fanout);
             let per = self.budget / targets.len().max(1);

@@ -343,7 +343,7 @@ pub struct Envelope {
 /// Message payloads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Body {
-    /// SWIM probe.
+    /// Home-made SWIM probe (`deorch bench membership` only).
     Ping {
         /// Sequence number echoed by the ack.
         seq: u64,
@@ -384,6 +384,10 @@ pub enum Body {
     },
     /// Anti-entropy, step 3: send me these entries.
     Pull(Vec<EntryKey>),
+    /// A datagram of the membership protocol (foca, see
+    /// [`super::members`]); `Ping` to `Members` above are the home-made
+    /// SWIM's, kept as `deorch bench membership`'s baseline.
+    Foca(Vec<u8>),
 }
 
 /// Why a datagram could not be decoded.

@@ -734,7 +734,6 @@ impl Task {
                         info!(%addr, "member address");
                         self.member_event("MemberUp", "Normal", &id)
                     }
-                    Event::MemberSuspect(id) => self.member_event("MemberSuspect", "Warning", &id),
                     Event::MemberDown(id) => self.member_event("MemberDown", "Warning", &id),
                     Event::Rejected { key, from, reason } => {
                         warn!(doc = %key, %from, %reason, "gossiped document rejected")
