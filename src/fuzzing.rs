@@ -28,6 +28,74 @@ pub fn gossip_datagram(data: &[u8]) {
     }
 }
 
+/// A membership datagram (the bytes of a `Body::Foca`, which an admitted
+/// peer could fill with anything): `gossip::members::screen` as `n1`
+/// sent it to `n2`, which admits every node but `n9`, then foca itself.
+/// What the screen passes names `n1` as its sender and carries no news
+/// of `n9`.
+pub fn gossip_membership(data: &[u8]) {
+    use crate::gossip::members::{screen, FocaId, Members};
+    use crate::gossip::membership::SwimConfig;
+    use crate::gossip::NodeId;
+    use foca::{Codec, Header, Member, PostcardCodec};
+    let me = FocaId {
+        id: NodeId("n2".into()),
+        addr: "10.0.0.2:7946".parse().expect("an address"),
+        generation: 1,
+    };
+    let sender = NodeId("n1".into());
+    let Ok(out) = screen(data, &sender, &me, &|id| id.0 != "n9") else {
+        return;
+    };
+    let mut c = PostcardCodec;
+    let mut rest = &out[..];
+    let h: Header<FocaId> = c.decode_header(&mut rest).expect("what passed decodes");
+    assert_eq!(h.src.id, sender, "a screened datagram names its sender");
+    if rest.len() >= 2 && h.message != foca::Message::Broadcast {
+        let n = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        for _ in 0..n {
+            let m: Member<FocaId> = c.decode_member(&mut rest).expect("what passed decodes");
+            assert_ne!(m.id().id.0, "n9", "news of a node not admitted passed");
+        }
+    }
+    let mut m = Members::new(SwimConfig::default(), me.id.clone(), me.addr, 1, 1);
+    m.handle(0, &out);
+    m.tick(60_000);
+    let _ = m.take_sends().count();
+}
+
+/// A valid membership datagram (n1 gossips to n2 that n3 and n9 are
+/// alive), the seed of the membership corpus.
+pub fn sample_membership() -> Vec<u8> {
+    use crate::gossip::members::FocaId;
+    use crate::gossip::NodeId;
+    use foca::{Codec, Header, Member, Message, PostcardCodec};
+    let id = |i: u16| FocaId {
+        id: NodeId(format!("n{i}")),
+        addr: format!("10.0.0.{i}:7946").parse().expect("an address"),
+        generation: 1,
+    };
+    let mut c = PostcardCodec;
+    let mut out = Vec::new();
+    c.encode_header(
+        &Header {
+            src: id(1),
+            src_incarnation: 0,
+            dst: id(2),
+            message: Message::Gossip,
+        },
+        &mut out,
+    )
+    .expect("encodes");
+    out.extend_from_slice(&2u16.to_be_bytes());
+    for i in [3, 9] {
+        c.encode_member(&Member::alive(id(i)), &mut out)
+            .expect("encodes");
+    }
+    out
+}
+
 /// The gossip channel (`gossip::channel::Channel::open`), which sees
 /// every datagram before anything else: up to 8 datagrams (each a
 /// 2-byte little-endian length and its bytes) fed in order to a fresh

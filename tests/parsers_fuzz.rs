@@ -23,6 +23,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("address_and_signature", login),
         ("manifest", manifest),
         ("gossip_channel", fuzzing::sample_channel_frames()),
+        ("gossip_membership", fuzzing::sample_membership()),
     ]
 }
 
@@ -33,29 +34,31 @@ fn run(target: &str, data: &[u8]) {
         "address_and_signature" => fuzzing::address_and_signature(data),
         "manifest" => fuzzing::manifest(data),
         "gossip_channel" => fuzzing::gossip_channel(data),
+        "gossip_membership" => fuzzing::gossip_membership(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
     "manifest",
     "gossip_channel",
+    "gossip_membership",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..5usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..6usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..5usize,
+        which in 0..6usize,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);
