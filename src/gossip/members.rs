@@ -317,7 +317,11 @@ impl Members {
             addr,
             generation: 0,
         });
-        if self.foca.apply_many(std::iter::once(m), false, &mut self.io).is_err() {
+        if self
+            .foca
+            .apply_many(std::iter::once(m), false, &mut self.io)
+            .is_err()
+        {
             self.errors.data += 1;
         }
         self.after(now);

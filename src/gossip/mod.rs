@@ -28,8 +28,8 @@
 
 pub mod bench;
 pub mod channel;
-pub mod membership;
 pub mod members;
+pub mod membership;
 pub mod membership_eval;
 pub mod node;
 pub mod placement;

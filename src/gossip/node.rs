@@ -758,6 +758,11 @@ impl GossipNode {
         true
     }
 
+    /// Where this node reaches member `id` (`None`: unknown).
+    pub fn member_addr(&self, id: &NodeId) -> Option<NodeAddr> {
+        self.addr_of(id)
+    }
+
     fn addr_of(&self, id: &NodeId) -> Option<NodeAddr> {
         match &self.peers {
             Peers::Swim(m) => m.get(id).map(|m| m.addr),
@@ -809,9 +814,9 @@ impl GossipNode {
                 let Peers::Swim(m) = &mut self.peers else {
                     return;
                 };
-                if let Some(p) = peer {
-                    m.heard_from(p, from, now);
-                }
+                // The sender is at the address it sent from (the
+                // channel authenticated it; unsigned, it is believed).
+                m.heard_from(&env.from, from, now);
                 // News about nodes that are not members is not believed,
                 // and a node speaks only for itself.
                 let v = self.verifier.clone();
