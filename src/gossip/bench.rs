@@ -4,7 +4,7 @@
 //!
 //! Convergence runs on the simulated network (virtual time, 200 ms
 //! rounds, 1-20 ms one-way delay). Up to 1,000 nodes it runs the whole
-//! node (SWIM membership included); the "static peers" rows replace SWIM
+//! node (SWIM membership by foca included); the "static peers" rows replace SWIM
 //! by a fixed peer list so that 10,000 nodes fit in one process (10,000
 //! member tables of 10,000 entries would not), with the same push and
 //! anti-entropy code.
@@ -109,7 +109,7 @@ pub fn run(sizes: &[usize], runs: u64) -> anyhow::Result<()> {
                 };
                 println!(
                     "| {n} | {} | {:.0} % | {med:.0}{} | {max:.0} | {:.1} | {:.1} |",
-                    if swim { "SWIM" } else { "static peers" },
+                    if swim { "SWIM (foca)" } else { "static peers" },
                     loss * 100.0,
                     if failed > 0 {
                         format!(" ({failed} runs did not converge in 60 s)")

@@ -733,6 +733,23 @@ mod tests {
     }
 
     #[test]
+    fn foca_takes_the_config_resized_as_the_cluster_grows() {
+        let mut m = Members::new(SwimConfig::default(), NodeId("me".into()), id(1).addr, 1, 1);
+        for i in 0..150u16 {
+            let addr = format!("10.0.{}.{}:7946", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap();
+            m.insert_alive(NodeId(format!("m{i}")), addr, 0);
+        }
+        assert_eq!(m.alive_count(), 150);
+        assert_eq!(m.sized_for, 3);
+        assert_eq!(m.errors().timers, 0, "foca refused a resized config");
+        assert_eq!(m.errors().data, 0);
+        let cfg = foca_config(151, &SwimConfig::default());
+        assert_eq!(cfg.max_transmissions.get(), 12);
+    }
+
+    #[test]
     fn a_node_that_restarts_at_another_address_stays_one_member() {
         let cfg = SwimConfig::default();
         let mut nodes = vec![
