@@ -43,6 +43,7 @@ pub mod model;
 pub mod node;
 pub mod qemu;
 pub mod reconcile;
+pub mod relocate;
 pub mod schema;
 pub mod slot;
 pub mod source;

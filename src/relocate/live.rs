@@ -1,0 +1,453 @@
+//! The live data path of a relocation between two QEMUs (the qemu
+//! driver): disks mirrored to the receiver's NBD export while the guest
+//! runs, then memory migrated, then the switch.
+//!
+//! The receiver runs the sender's command line with its own fresh disks
+//! (same node names, same sizes) plus `-S -incoming defer`: it waits,
+//! paused, for the migration stream and does not run guest code until
+//! [`live_copy`] says `cont`. The sequence (QMP; what
+//! `../shared/recipes/live-migration.md` measured, made safe for the
+//! switch):
+//!
+//! ```text
+//! receiver: nbd-server-start ADDR; block-export-add (per disk, writable)
+//! sender:   blockdev-add nbd target (per disk);
+//!           blockdev-mirror sync=full copy-mode=write-blocking
+//!           ... every disk BLOCK_JOB_READY (from now on a guest write
+//!               completes only once it is on both sides)
+//! sender:   migrate-set-parameters downtime-limit, max-bandwidth
+//! receiver: migrate-incoming URI;  sender: migrate URI
+//!           ... query-migrate until "completed" (the sender is paused)
+//! sender:   block-job-cancel (per disk: a ready mirror stops with the
+//!           target in sync); blockdev-del the targets
+//! receiver: block-export-del; nbd-server-stop; cont   <- the switch
+//! ```
+//!
+//! Guest code runs on exactly one side at every moment: the sender until
+//! migration completes (QEMU pauses it for the final copy and leaves it
+//! paused), the receiver only after `cont`, which comes after every
+//! mirror has stopped with its target in sync, so the receiver never
+//! sees a write it will not keep and the sender never writes again.
+//! Any failure before `cont` leaves the sender as it was or paused (then
+//! [`abort`] resumes it) and the receiver paused, never started: the
+//! caller kills the receiver and deletes its disks.
+//!
+//! Data sent: each disk's allocated data once (zero ranges are sent as
+//! NBD write-zeroes, without payload), the guest's writes during the copy
+//! once more, and the memory with its dirtied pages.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::qemu::qmp::{Qmp, QmpError};
+
+/// What to move and how.
+#[derive(Debug, Clone)]
+pub struct LivePlan {
+    /// Block node names of the disks (the same on both sides).
+    pub disks: Vec<String>,
+    /// Where the receiver's NBD server listens.
+    pub nbd_listen: SocketAddr,
+    /// Where the sender's QEMU connects to reach it (the same address, or
+    /// the sender's end of a tunnel to it).
+    pub nbd_connect: SocketAddr,
+    /// Where the receiver takes the migration stream.
+    pub migration_listen: SocketAddr,
+    /// Where the sender's QEMU sends it.
+    pub migration_connect: SocketAddr,
+    /// The longest pause of the guest QEMU may plan for the final copy.
+    pub downtime_limit_ms: u64,
+    /// Cap on the memory stream, bytes per second (`None`: QEMU's
+    /// default).
+    pub max_bandwidth: Option<u64>,
+    /// Give up if the disks are not in sync within this.
+    pub mirror_timeout: Duration,
+    /// Give up if memory has not converged within this.
+    pub migrate_timeout: Duration,
+}
+
+/// Where a live copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveStage {
+    /// Disks are copied while the guest runs.
+    Mirroring,
+    /// Memory is copied while the guest runs.
+    Migrating,
+    /// The guest is paused on the sender; the receiver takes over.
+    Switching,
+}
+
+/// Progress, reported as the copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveProgress {
+    /// Stage.
+    pub stage: LiveStage,
+    /// Disk bytes in sync, over all disks.
+    pub disk_done: u64,
+    /// Disk bytes to bring in sync (grows as the guest writes).
+    pub disk_total: u64,
+    /// Memory bytes sent.
+    pub ram_sent: u64,
+    /// Memory bytes left (dirty).
+    pub ram_remaining: u64,
+    /// Memory pages dirtied per second, as QEMU measures it.
+    pub dirty_pages_rate: u64,
+}
+
+/// What a completed live copy took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveOutcome {
+    /// From the first command to the receiver running.
+    pub total_ms: u64,
+    /// Disks in sync (every mirror ready) after this.
+    pub mirror_ready_ms: u64,
+    /// QEMU's own measure of the final pause of memory migration.
+    pub qemu_downtime_ms: u64,
+    /// From migration complete (sender paused) to the receiver's `cont`
+    /// answered: what the switch adds to QEMU's downtime.
+    pub switch_ms: u64,
+    /// Disk bytes the mirrors moved (their progress, zero ranges
+    /// included).
+    pub disk_bytes: u64,
+    /// Memory bytes the migration stream carried.
+    pub ram_bytes: u64,
+}
+
+/// Why a live copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// A QMP command failed or QEMU went away.
+    #[error("{side}: {source}")]
+    Qmp {
+        /// `sender` or `receiver`.
+        side: &'static str,
+        /// The cause.
+        source: QmpError,
+    },
+    /// A mirror failed or did not get in sync in time.
+    #[error("disk {disk}: {why}")]
+    Mirror {
+        /// The disk.
+        disk: String,
+        /// What happened.
+        why: String,
+    },
+    /// Memory migration failed or did not converge in time.
+    #[error("memory migration: {0}")]
+    Migration(String),
+}
+
+fn job_id(disk: &str) -> String {
+    format!("reloc-{disk}")
+}
+
+fn target_node(disk: &str) -> String {
+    format!("reloc-target-{disk}")
+}
+
+async fn run(
+    qmp: &mut Qmp,
+    side: &'static str,
+    command: &str,
+    args: Option<Value>,
+) -> Result<Value, LiveError> {
+    qmp.execute(command, args)
+        .await
+        .map_err(|source| LiveError::Qmp { side, source })
+}
+
+/// Sum of the mirrors' progress: (done, total), and a job that ended or
+/// failed, if any.
+async fn mirror_progress(
+    sender: &mut Qmp,
+    plan: &LivePlan,
+) -> Result<(u64, u64, bool, Option<(String, String)>), LiveError> {
+    let jobs = run(sender, "sender", "query-block-jobs", None).await?;
+    let (mut done, mut total, mut ready) = (0, 0, true);
+    for disk in &plan.disks {
+        let id = job_id(disk);
+        let Some(j) = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["device"] == id.as_str()))
+        else {
+            return Ok((
+                done,
+                total,
+                false,
+                Some((disk.clone(), "the mirror job ended".into())),
+            ));
+        };
+        done += j["offset"].as_u64().unwrap_or(0);
+        total += j["len"].as_u64().unwrap_or(0);
+        ready &= j["ready"].as_bool().unwrap_or(false);
+        if let Some(e) = j.get("error").and_then(Value::as_str) {
+            return Ok((done, total, false, Some((disk.clone(), e.to_string()))));
+        }
+    }
+    Ok((done, total, ready, None))
+}
+
+/// Move the running guest from `sender` to `receiver` (see the module
+/// doc). `progress` is called about every 100 ms. On error, call
+/// [`abort`] before anything else.
+pub async fn live_copy(
+    sender: &mut Qmp,
+    receiver: &mut Qmp,
+    plan: &LivePlan,
+    mut progress: impl FnMut(LiveProgress),
+) -> Result<LiveOutcome, LiveError> {
+    let t0 = Instant::now();
+    let ms = |t: Instant| t.elapsed().as_millis() as u64;
+    // Receiver: its disks are opened inactive (-incoming); they are its
+    // own files, not shared with the sender, so it may write them now:
+    // activate them, then export them.
+    run(
+        receiver,
+        "receiver",
+        "blockdev-set-active",
+        Some(json!({"active": true})),
+    )
+    .await?;
+    run(
+        receiver,
+        "receiver",
+        "nbd-server-start",
+        Some(json!({"addr": {"type": "inet", "data": {
+            "host": plan.nbd_listen.ip().to_string(),
+            "port": plan.nbd_listen.port().to_string()}}})),
+    )
+    .await?;
+    for disk in &plan.disks {
+        run(
+            receiver,
+            "receiver",
+            "block-export-add",
+            Some(json!({"type": "nbd", "id": job_id(disk), "node-name": disk,
+                "name": disk, "writable": true, "allow-inactive": true})),
+        )
+        .await?;
+    }
+    // Sender: mirror each disk into the export.
+    for disk in &plan.disks {
+        run(
+            sender,
+            "sender",
+            "blockdev-add",
+            Some(json!({"driver": "nbd", "node-name": target_node(disk),
+                "server": {"type": "inet", "host": plan.nbd_connect.ip().to_string(),
+                           "port": plan.nbd_connect.port().to_string()},
+                "export": disk})),
+        )
+        .await?;
+        run(
+            sender,
+            "sender",
+            "blockdev-mirror",
+            Some(
+                json!({"job-id": job_id(disk), "device": disk, "target": target_node(disk),
+                "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}),
+            ),
+        )
+        .await?;
+    }
+    let deadline = Instant::now() + plan.mirror_timeout;
+    let mut disk_bytes;
+    loop {
+        let (done, total, ready, failed) = mirror_progress(sender, plan).await?;
+        disk_bytes = done;
+        if let Some((disk, why)) = failed {
+            return Err(LiveError::Mirror { disk, why });
+        }
+        progress(LiveProgress {
+            stage: LiveStage::Mirroring,
+            disk_done: done,
+            disk_total: total,
+            ram_sent: 0,
+            ram_remaining: 0,
+            dirty_pages_rate: 0,
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(LiveError::Mirror {
+                disk: plan.disks.join(","),
+                why: format!("not in sync within {:?}", plan.mirror_timeout),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mirror_ready_ms = ms(t0);
+    // Memory.
+    let mut params = json!({"downtime-limit": plan.downtime_limit_ms});
+    if let Some(bw) = plan.max_bandwidth {
+        params["max-bandwidth"] = json!(bw);
+    }
+    run(sender, "sender", "migrate-set-parameters", Some(params)).await?;
+    let incoming = format!("tcp:{}", plan.migration_listen);
+    run(
+        receiver,
+        "receiver",
+        "migrate-incoming",
+        Some(json!({"uri": incoming})),
+    )
+    .await?;
+    let uri = format!("tcp:{}", plan.migration_connect);
+    run(sender, "sender", "migrate", Some(json!({"uri": uri}))).await?;
+    let deadline = Instant::now() + plan.migrate_timeout;
+    let info = loop {
+        let info = run(sender, "sender", "query-migrate", None).await?;
+        let ram = &info["ram"];
+        progress(LiveProgress {
+            stage: LiveStage::Migrating,
+            disk_done: disk_bytes,
+            disk_total: disk_bytes,
+            ram_sent: ram["transferred"].as_u64().unwrap_or(0),
+            ram_remaining: ram["remaining"].as_u64().unwrap_or(0),
+            dirty_pages_rate: ram["dirty-pages-rate"].as_u64().unwrap_or(0),
+        });
+        match info["status"].as_str() {
+            Some("completed") => break info,
+            Some("failed") | Some("cancelled") => {
+                return Err(LiveError::Migration(
+                    info["error-desc"].as_str().unwrap_or("failed").to_string(),
+                ))
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(LiveError::Migration(format!(
+                "not converged within {:?}",
+                plan.migrate_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let switch_start = Instant::now();
+    // The sender is paused: stop the mirrors with their targets in sync.
+    let (done, _, _, _) = mirror_progress(sender, plan).await?;
+    disk_bytes = disk_bytes.max(done);
+    for disk in &plan.disks {
+        run(
+            sender,
+            "sender",
+            "block-job-cancel",
+            Some(json!({"device": job_id(disk)})),
+        )
+        .await?;
+    }
+    for disk in &plan.disks {
+        wait_job_concluded(sender, disk).await?;
+        run(
+            sender,
+            "sender",
+            "job-dismiss",
+            Some(json!({"id": job_id(disk)})),
+        )
+        .await?;
+        run(
+            sender,
+            "sender",
+            "blockdev-del",
+            Some(json!({"node-name": target_node(disk)})),
+        )
+        .await?;
+    }
+    progress(LiveProgress {
+        stage: LiveStage::Switching,
+        disk_done: disk_bytes,
+        disk_total: disk_bytes,
+        ram_sent: info["ram"]["transferred"].as_u64().unwrap_or(0),
+        ram_remaining: 0,
+        dirty_pages_rate: 0,
+    });
+    for disk in &plan.disks {
+        run(
+            receiver,
+            "receiver",
+            "block-export-del",
+            Some(json!({"id": job_id(disk)})),
+        )
+        .await?;
+    }
+    run(receiver, "receiver", "nbd-server-stop", None).await?;
+    run(receiver, "receiver", "cont", None).await?;
+    Ok(LiveOutcome {
+        total_ms: ms(t0),
+        mirror_ready_ms,
+        qemu_downtime_ms: info["downtime"].as_u64().unwrap_or(0),
+        switch_ms: switch_start.elapsed().as_millis() as u64,
+        disk_bytes,
+        ram_bytes: info["ram"]["transferred"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Wait until the job of `disk` is concluded (a cancelled ready mirror
+/// first drains what is in flight).
+async fn wait_job_concluded(sender: &mut Qmp, disk: &str) -> Result<(), LiveError> {
+    let id = job_id(disk);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = run(sender, "sender", "query-jobs", None).await?;
+        let status = jobs.as_array().and_then(|a| {
+            a.iter()
+                .find(|j| j["id"] == id.as_str())
+                .map(|j| j["status"].as_str().unwrap_or("").to_string())
+        });
+        match status.as_deref() {
+            Some("concluded") | None => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(LiveError::Mirror {
+                    disk: disk.into(),
+                    why: "the mirror did not stop within 30 s".into(),
+                })
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Undo a live copy that failed before the switch: stop the migration
+/// and the mirrors on the sender and let its guest run again. The
+/// receiver never ran guest code; the caller kills it and deletes its
+/// disks. Best effort: each step is tried whatever the previous gave.
+pub async fn abort(sender: &mut Qmp, plan: &LivePlan) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut note = |what: &str, r: Result<Value, QmpError>| {
+        if let Err(e) = r {
+            notes.push(format!("{what}: {e}"));
+        }
+    };
+    note(
+        "migrate_cancel",
+        sender.execute("migrate_cancel", None).await,
+    );
+    for disk in &plan.disks {
+        let id = job_id(disk);
+        let r = sender
+            .execute(
+                "block-job-cancel",
+                Some(json!({"device": id, "force": true})),
+            )
+            .await;
+        note("block-job-cancel", r);
+        let _ = wait_job_concluded(sender, disk).await;
+        let _ = sender.execute("job-dismiss", Some(json!({"id": id}))).await;
+        let r = sender
+            .execute(
+                "blockdev-del",
+                Some(json!({"node-name": target_node(disk)})),
+            )
+            .await;
+        note("blockdev-del", r);
+    }
+    // A sender paused by the migration's last phase runs again.
+    if let Ok(s) = sender.execute("query-status", None).await {
+        if s["running"] != true {
+            note("cont", sender.execute("cont", None).await);
+        }
+    }
+    notes
+}

@@ -1,0 +1,330 @@
+//! The live data path of a relocation (`deorch::relocate::live`) between
+//! two real QEMUs with the tiny guest: the guest beats (boot id and a
+//! counter it keeps on its disk, fsync'd every 200 ms) on its serial
+//! console; it is moved while it beats, and every stream between the two
+//! QEMUs passes through a counting proxy, as it will pass through the
+//! nodes' tunnel.
+//!
+//! Shows: the beats go on on the receiver with the same boot id and the
+//! next counter (no gap, no second boot); the sender ends paused and
+//! never beats again; the receiver's disk holds what the guest wrote
+//! (byte for byte outside the counter, the counter at least the last one
+//! the sender wrote); the bytes on the wire stay within
+//! (allocated disk + RAM) × 1.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{qemu_available, tiny_guest};
+use deorch::model::vm::{DiskBus, Machine};
+use deorch::qemu::cmdline::{self, QemuDisk, QemuVm};
+use deorch::qemu::probe::Accel;
+use deorch::qemu::qmp::Qmp;
+use deorch::relocate::live::{live_copy, LivePlan, LiveStage};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const DISK_MIB: u64 = 64;
+const RAM_MIB: u64 = 128;
+
+/// Kills QEMUs by pidfile when the test ends, however it ends.
+struct Reap(Vec<PathBuf>);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Ok(pid) = std::fs::read_to_string(p) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+    }
+}
+
+fn vm(dir: &Path, kernel: &Path, initrd: &Path) -> QemuVm {
+    QemuVm {
+        name: "default/mover".into(),
+        accel: Accel::Tcg,
+        machine: Machine::Pc,
+        cpu_model: "qemu64".into(),
+        cpus: 1,
+        memory_mib: RAM_MIB,
+        kernel: Some(kernel.into()),
+        initrd: Some(initrd.into()),
+        cmdline: Some("console=ttyS0 quiet deorch.heartbeat".into()),
+        disks: vec![QemuDisk {
+            id: "root".into(),
+            path: dir.join("root.qcow2"),
+            format: "qcow2".into(),
+            bus: DiskBus::Virtio,
+            read_only: false,
+        }],
+        nics: vec![],
+        vnc: None,
+        spice: None,
+        runtime_dir: dir.into(),
+    }
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (boot id, counter) of each beat in a serial log.
+fn beats(log: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("deorch-guest: beat ").nth(1)?;
+            let mut it = rest.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn connect(dir: &Path) -> Qmp {
+    let sock = cmdline::qmp_socket(dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Qmp::connect(&sock, Duration::from_secs(10)).await {
+            Ok(q) => return q,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("QMP {}: {e}", sock.display()),
+        }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 to `to`, counting the bytes it carries both
+/// ways.
+async fn proxy(to: SocketAddr, count: Arc<AtomicU64>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((a, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(b) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut ar, mut aw) = a.into_split();
+                let (mut br, mut bw) = b.into_split();
+                let c1 = count.clone();
+                let up = async move {
+                    let n = tokio::io::copy(&mut ar, &mut bw).await.unwrap_or(0);
+                    c1.fetch_add(n, Ordering::Relaxed);
+                    let _ = bw.shutdown().await;
+                };
+                let down = async move {
+                    let n = tokio::io::copy(&mut br, &mut aw).await.unwrap_or(0);
+                    count.fetch_add(n, Ordering::Relaxed);
+                    let _ = aw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    at
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Allocated bytes of an image (`qemu-img map`: extents holding data).
+fn allocated(img: &Path) -> u64 {
+    let out = sh(Command::new("qemu-img")
+        .args(["map", "-U", "--output=json"])
+        .arg(img));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true && e["zero"] != true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum()
+}
+
+fn raw(img: &Path, out: &Path) -> Vec<u8> {
+    sh(Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(img)
+        .arg(out));
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
+    if !qemu_available() {
+        return;
+    }
+    let (kernel, initrd) = tiny_guest();
+    let base = common::temp_dir("relocate-live");
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let _reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
+    // The sender's disk: 16 MiB of a pattern at 1 MiB (data the mirror
+    // must move), the counter at 0. The receiver's: fresh, same size.
+    let size = format!("{DISK_MIB}M");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(a.join("root.qcow2"))
+        .arg(&size));
+    sh(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xa5 1M 16M"])
+        .arg(a.join("root.qcow2")));
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(b.join("root.qcow2"))
+        .arg(&size));
+    let alloc = allocated(&a.join("root.qcow2"));
+
+    let sender_vm = vm(&a, &kernel, &initrd);
+    sh(Command::new("qemu-system-x86_64").args(cmdline::args(&sender_vm)));
+    let mut receiver_args = cmdline::args(&vm(&b, &kernel, &initrd));
+    receiver_args.extend(["-S", "-incoming", "defer"].map(String::from));
+    sh(Command::new("qemu-system-x86_64").args(&receiver_args));
+    let mut sender = connect(&a).await;
+    let mut receiver = connect(&b).await;
+
+    // Beating on the sender.
+    let a_log = cmdline::serial_log(&a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while beats(&a_log).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not beat within 60 s: {}",
+            std::fs::read_to_string(&a_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let boot = beats(&a_log)[0].0.clone();
+
+    let (nbd_listen, mig_listen) = (free_port(), free_port());
+    let (nbd_bytes, mig_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let plan = LivePlan {
+        disks: vec!["root".into()],
+        nbd_listen,
+        nbd_connect: proxy(nbd_listen, nbd_bytes.clone()).await,
+        migration_listen: mig_listen,
+        migration_connect: proxy(mig_listen, mig_bytes.clone()).await,
+        downtime_limit_ms: 50,
+        max_bandwidth: None,
+        mirror_timeout: Duration::from_secs(60),
+        migrate_timeout: Duration::from_secs(120),
+    };
+    let mut stages = Vec::new();
+    let out = live_copy(&mut sender, &mut receiver, &plan, |p| {
+        if stages.last() != Some(&p.stage) {
+            stages.push(p.stage);
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("live copy: {e}"));
+    eprintln!("{out:?}");
+    assert_eq!(
+        stages,
+        [
+            LiveStage::Mirroring,
+            LiveStage::Migrating,
+            LiveStage::Switching
+        ]
+    );
+    let switched = Instant::now();
+
+    // The sender is paused for good; the receiver runs.
+    let s = sender.execute("query-status", None).await.unwrap();
+    assert_eq!(s["running"], false, "{s}");
+    assert_eq!(s["status"], "postmigrate", "{s}");
+    let r = receiver.execute("query-status", None).await.unwrap();
+    assert_eq!(r["running"], true, "{r}");
+    let last_a = beats(&a_log).last().unwrap().clone();
+    let b_log = cmdline::serial_log(&b);
+    while beats(&b_log).len() < 5 {
+        assert!(
+            switched.elapsed() < Duration::from_secs(20),
+            "no beats on the receiver: {}",
+            std::fs::read_to_string(&b_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_b = beats(&b_log);
+    let after = beats(&a_log);
+    assert_eq!(
+        after.len(),
+        after.iter().filter(|x| x.1 <= last_a.1).count(),
+        "the sender beat after the switch"
+    );
+    assert!(
+        on_b.iter().all(|(id, _)| *id == boot),
+        "another boot on the receiver: {on_b:?} (sender's {boot})"
+    );
+    assert_eq!(
+        on_b[0].1,
+        last_a.1 + 1,
+        "the receiver's first beat does not follow the sender's last"
+    );
+    assert!(on_b.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{on_b:?}");
+
+    // Disks: quit both, compare.
+    let last_b = beats(&b_log).last().unwrap().1;
+    sender.execute("quit", None).await.ok();
+    receiver.execute("quit", None).await.ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ra = raw(&a.join("root.qcow2"), &base.join("a.raw"));
+    let rb = raw(&b.join("root.qcow2"), &base.join("b.raw"));
+    assert_eq!(ra.len(), rb.len());
+    assert!(
+        ra[512..] == rb[512..],
+        "the disks differ outside the counter"
+    );
+    let counter = |d: &[u8]| -> u64 {
+        String::from_utf8_lossy(&d[..32])
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    assert_eq!(counter(&ra), last_a.1, "the sender's disk lost a beat");
+    assert!(counter(&rb) >= last_b, "the receiver's disk lost a beat");
+
+    // Bytes on the wire.
+    let wire = nbd_bytes.load(Ordering::Relaxed) + mig_bytes.load(Ordering::Relaxed);
+    let budget = (alloc + (RAM_MIB << 20)) as f64 * 1.1;
+    eprintln!(
+        "wire: nbd {} B + migration {} B = {wire} B; allocated {alloc} B, RAM {} B; budget {budget:.0} B; downtime {} ms (QEMU) + switch {} ms; total {} ms",
+        nbd_bytes.load(Ordering::Relaxed),
+        mig_bytes.load(Ordering::Relaxed),
+        RAM_MIB << 20,
+        out.qemu_downtime_ms,
+        out.switch_ms,
+        out.total_ms
+    );
+    assert!(
+        (wire as f64) <= budget,
+        "{wire} B on the wire, budget {budget:.0} B"
+    );
+    assert!(
+        nbd_bytes.load(Ordering::Relaxed) >= alloc,
+        "less than the allocated data crossed: the proxy did not see the mirror"
+    );
+    std::fs::remove_dir_all(&base).ok();
+}
