@@ -26,7 +26,7 @@ use deorch::model::vm::{DiskBus, Machine};
 use deorch::qemu::cmdline::{self, QemuDisk, QemuVm};
 use deorch::qemu::probe::Accel;
 use deorch::qemu::qmp::Qmp;
-use deorch::relocate::live::{live_copy, LivePlan, LiveStage};
+use deorch::relocate::live::{abort, live_copy, LivePlan, LiveStage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -326,5 +326,106 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
         nbd_bytes.load(Ordering::Relaxed) >= alloc,
         "less than the allocated data crossed: the proxy did not see the mirror"
     );
+    std::fs::remove_dir_all(&base).ok();
+}
+
+/// The receiver's QEMU dies in the middle of the copy: the copy fails,
+/// `abort` leaves the sender running the same guest (its beats go on,
+/// same boot id, no gap), and nothing of the relocation is left on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_mid_copy_leaves_the_guest_running_on_the_sender() {
+    if !qemu_available() {
+        return;
+    }
+    let (kernel, initrd) = tiny_guest();
+    let base = common::temp_dir("relocate-abort");
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let _reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
+    let size = format!("{DISK_MIB}M");
+    for d in [&a, &b] {
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(d.join("root.qcow2"))
+            .arg(&size));
+    }
+    sh(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 48M"])
+        .arg(a.join("root.qcow2")));
+    sh(Command::new("qemu-system-x86_64").args(cmdline::args(&vm(&a, &kernel, &initrd))));
+    let mut receiver_args = cmdline::args(&vm(&b, &kernel, &initrd));
+    receiver_args.extend(["-S", "-incoming", "defer"].map(String::from));
+    sh(Command::new("qemu-system-x86_64").args(&receiver_args));
+    let mut sender = connect(&a).await;
+    let mut receiver = connect(&b).await;
+    let a_log = cmdline::serial_log(&a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while beats(&a_log).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not beat within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let boot = beats(&a_log)[0].0.clone();
+    let (nbd_listen, mig_listen) = (free_port(), free_port());
+    let plan = LivePlan {
+        disks: vec!["root".into()],
+        nbd_listen,
+        nbd_connect: nbd_listen,
+        migration_listen: mig_listen,
+        migration_connect: mig_listen,
+        downtime_limit_ms: 50,
+        // Slow enough that the kill lands in the middle of the copy.
+        max_bandwidth: Some(1 << 20),
+        mirror_timeout: Duration::from_secs(60),
+        migrate_timeout: Duration::from_secs(60),
+    };
+    let receiver_pid = std::fs::read_to_string(cmdline::pidfile(&b)).unwrap();
+    let mut killed = false;
+    let r = live_copy(&mut sender, &mut receiver, &plan, |p| {
+        // Kill the receiver once memory is moving.
+        if p.stage == LiveStage::Migrating && p.ram_sent > 0 && !killed {
+            killed = true;
+            let _ = Command::new("kill")
+                .args(["-9", receiver_pid.trim()])
+                .status();
+        }
+    })
+    .await;
+    assert!(killed, "the copy never reached the memory stage");
+    let e = r.expect_err("the copy succeeded without a receiver");
+    eprintln!("copy failed as it should: {e}");
+    let notes = abort(&mut sender, &plan).await;
+    eprintln!("abort: {notes:?}");
+    let s = sender.execute("query-status", None).await.unwrap();
+    assert_eq!(s["running"], true, "{s}");
+    let jobs = sender.execute("query-block-jobs", None).await.unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "a mirror job is left");
+    let nodes = sender
+        .execute("query-named-block-nodes", None)
+        .await
+        .unwrap();
+    assert!(
+        !nodes.to_string().contains("reloc-target"),
+        "the mirror's NBD client is left: {nodes}"
+    );
+    let before = beats(&a_log).len();
+    let t = Instant::now();
+    while beats(&a_log).len() < before + 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the sender stopped beating"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = beats(&a_log);
+    assert!(all.iter().all(|(id, _)| *id == boot), "the guest rebooted");
+    assert!(
+        all.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "a gap: {all:?}"
+    );
+    sender.execute("quit", None).await.ok();
     std::fs::remove_dir_all(&base).ok();
 }
