@@ -2,8 +2,8 @@
 //! two real QEMUs with the tiny guest: the guest beats (boot id and a
 //! counter it keeps on its disk, fsync'd every 200 ms) on its serial
 //! console; it is moved while it beats, and every stream between the two
-//! QEMUs passes through a counting proxy, as it will pass through the
-//! nodes' tunnel.
+//! QEMUs passes through the nodes' authenticated tunnel
+//! (`relocate::tunnel`), which counts the encrypted bytes.
 //!
 //! Shows: the beats go on on the receiver with the same boot id and the
 //! next counter (no gap, no second boot); the sender ends paused and
@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{qemu_available, tiny_guest};
+use deorch::gossip::channel::ChannelKey;
 use deorch::model::vm::{DiskBus, Machine};
 use deorch::qemu::cmdline::{self, QemuDisk, QemuVm};
 use deorch::qemu::probe::Accel;
 use deorch::qemu::qmp::Qmp;
 use deorch::relocate::live::{abort, live_copy, LivePlan, LiveStage};
-use tokio::io::AsyncWriteExt;
+use deorch::relocate::tunnel::{self, TunnelKey};
 use tokio::net::{TcpListener, TcpStream};
 
 const DISK_MIB: u64 = 64;
@@ -108,32 +109,78 @@ async fn connect(dir: &Path) -> Qmp {
     }
 }
 
-/// A TCP proxy on 127.0.0.1 to `to`, counting the bytes it carries both
-/// ways.
-async fn proxy(to: SocketAddr, count: Arc<AtomicU64>) -> SocketAddr {
+/// Two admitted nodes' tunnel keys (sender, receiver).
+fn tunnel_keys() -> (TunnelKey, TunnelKey) {
+    use deorch::gossip::trust::Members;
+    use deorch::gossip::verify::{AcceptAll, MembersOnly};
+    use deorch::identity::{AddressType, Network, PrivateKey};
+    let keys = [
+        PrivateKey::generate(Network::Mainnet),
+        PrivateKey::generate(Network::Mainnet),
+    ];
+    let members = Arc::new(Members::new("C"));
+    members.set(&std::collections::BTreeMap::from_iter(
+        keys.iter().enumerate().map(|(i, k)| {
+            (
+                k.address(AddressType::P2wpkh).unwrap().to_string(),
+                format!("n{i}"),
+            )
+        }),
+    ));
+    let key = |k: &PrivateKey| TunnelKey {
+        key: Arc::new(ChannelKey::new(k, "C")),
+        cluster: "C".into(),
+        verifier: Arc::new(MembersOnly {
+            members: members.clone(),
+            documents: AcceptAll,
+        }),
+    };
+    (key(&keys[0]), key(&keys[1]))
+}
+
+/// The nodes' tunnel for one stream to `to` (a port of the receiver's
+/// QEMU): returns where the sender's QEMU connects; `count` gets the
+/// encrypted bytes that crossed, both ways.
+async fn tunnelled(
+    to: SocketAddr,
+    keys: &(TunnelKey, TunnelKey),
+    count: Arc<AtomicU64>,
+) -> SocketAddr {
+    let (sender, receiver) = keys.clone();
+    let receiver_id = receiver.key.id().clone();
+    // The receiving node: accepts tunnels from admitted nodes.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = l.local_addr().unwrap();
+    let tunnel_at = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((a, _)) = l.accept().await {
-            let count = count.clone();
+        while let Ok((s, _)) = l.accept().await {
+            let (receiver, count) = (receiver.clone(), count.clone());
             tokio::spawn(async move {
-                let Ok(b) = TcpStream::connect(to).await else {
+                let Ok((t, _header)) = tunnel::accept(s, &receiver).await else {
                     return;
                 };
-                let (mut ar, mut aw) = a.into_split();
-                let (mut br, mut bw) = b.into_split();
-                let c1 = count.clone();
-                let up = async move {
-                    let n = tokio::io::copy(&mut ar, &mut bw).await.unwrap_or(0);
-                    c1.fetch_add(n, Ordering::Relaxed);
-                    let _ = bw.shutdown().await;
+                let Ok(plain) = TcpStream::connect(to).await else {
+                    return;
                 };
-                let down = async move {
-                    let n = tokio::io::copy(&mut br, &mut aw).await.unwrap_or(0);
+                if let Ok(n) = t.splice(plain).await {
                     count.fetch_add(n, Ordering::Relaxed);
-                    let _ = aw.shutdown().await;
+                }
+            });
+        }
+    });
+    // The sending node: a local port for its QEMU, each connection
+    // carried through a tunnel.
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = local.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((plain, _)) = local.accept().await {
+            let (sender, receiver_id) = (sender.clone(), receiver_id.clone());
+            tokio::spawn(async move {
+                let Ok(s) = TcpStream::connect(tunnel_at).await else {
+                    return;
                 };
-                tokio::join!(up, down);
+                if let Ok(t) = tunnel::connect(s, &sender, &receiver_id, b"stream").await {
+                    let _ = t.splice(plain).await;
+                }
             });
         }
     });
@@ -219,12 +266,13 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
 
     let (nbd_listen, mig_listen) = (free_port(), free_port());
     let (nbd_bytes, mig_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let keys = tunnel_keys();
     let plan = LivePlan {
         disks: vec!["root".into()],
         nbd_listen,
-        nbd_connect: proxy(nbd_listen, nbd_bytes.clone()).await,
+        nbd_connect: tunnelled(nbd_listen, &keys, nbd_bytes.clone()).await,
         migration_listen: mig_listen,
-        migration_connect: proxy(mig_listen, mig_bytes.clone()).await,
+        migration_connect: tunnelled(mig_listen, &keys, mig_bytes.clone()).await,
         downtime_limit_ms: 50,
         max_bandwidth: None,
         mirror_timeout: Duration::from_secs(60),
@@ -324,7 +372,7 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
     );
     assert!(
         nbd_bytes.load(Ordering::Relaxed) >= alloc,
-        "less than the allocated data crossed: the proxy did not see the mirror"
+        "less than the allocated data crossed: the tunnel did not carry the mirror"
     );
     std::fs::remove_dir_all(&base).ok();
 }

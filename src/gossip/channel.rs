@@ -96,6 +96,45 @@ impl ChannelKey {
     }
 }
 
+impl ChannelKey {
+    /// The Noise static private key (for other Noise sessions of this
+    /// node, e.g. `relocate::tunnel`).
+    pub(crate) fn noise_private(&self) -> &[u8] {
+        &self.noise_private
+    }
+
+    /// The signed binding of the static key to the node, sent in the
+    /// handshake.
+    pub(crate) fn binding(&self) -> &[u8] {
+        &self.binding
+    }
+}
+
+/// Check a peer's handshake payload: a binding of its Noise static key
+/// `remote_static` to a node address, signed by that node's key for
+/// `cluster`, and that node admitted by `verifier`. The node, or why not.
+pub fn check_binding(
+    cluster: &str,
+    verifier: &dyn Verifier,
+    payload: &[u8],
+    remote_static: Option<&[u8]>,
+) -> Result<NodeId, String> {
+    let b: Binding =
+        postcard::from_bytes(payload).map_err(|_| "malformed key binding".to_string())?;
+    let s = remote_static.ok_or("no static key")?;
+    if !node_sig::verify_str(&b.address, BIND_DOMAIN, cluster, s, &b.sig) {
+        return Err(format!(
+            "the channel key is not bound to {} by its signature",
+            crate::identity::session::bounded(&b.address)
+        ));
+    }
+    let id = NodeId(b.address);
+    if !verifier.admits(&id) {
+        return Err(format!("{id} is not an admitted node of this cluster"));
+    }
+    Ok(id)
+}
+
 /// Timings and bounds.
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
@@ -431,20 +470,7 @@ impl Channel {
         payload: &[u8],
         remote_static: Option<&[u8]>,
     ) -> Result<NodeId, String> {
-        let b: Binding =
-            postcard::from_bytes(payload).map_err(|_| "malformed key binding".to_string())?;
-        let s = remote_static.ok_or("no static key")?;
-        if !node_sig::verify_str(&b.address, BIND_DOMAIN, &self.cluster, s, &b.sig) {
-            return Err(format!(
-                "the channel key is not bound to {} by its signature",
-                crate::identity::session::bounded(&b.address)
-            ));
-        }
-        let id = NodeId(b.address);
-        if !self.verifier.admits(&id) {
-            return Err(format!("{id} is not an admitted node of this cluster"));
-        }
-        Ok(id)
+        check_binding(&self.cluster, &*self.verifier, payload, remote_static)
     }
 
     /// A datagram from `from`: a handshake step (answers go to `out`), or

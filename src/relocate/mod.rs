@@ -9,3 +9,4 @@
 //! and libvirt, failure handling across daemons (issue 15).
 
 pub mod live;
+pub mod tunnel;
