@@ -363,12 +363,15 @@ pub async fn live_copy(
         ram_remaining: 0,
         dirty_pages_rate: 0,
     });
+    // Every mirror write was acknowledged by the receiver before its job
+    // concluded, so nothing is in flight: the sender's NBD connection,
+    // whose close may still be crossing the tunnel, is cut.
     for disk in &plan.disks {
         run(
             receiver,
             "receiver",
             "block-export-del",
-            Some(json!({"id": job_id(disk)})),
+            Some(json!({"id": job_id(disk), "mode": "hard"})),
         )
         .await?;
     }
