@@ -216,42 +216,44 @@ fn raw(img: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
-    if !qemu_available() {
-        return;
-    }
+/// A sender running the beating guest on a disk holding `data` (a
+/// pattern at 1 MiB, so the mirror has something to move; the counter at
+/// 0), and a receiver waiting paused for it on a fresh disk of the same
+/// size, both QMPs connected, the sender beating.
+struct Pair {
+    base: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    sender: Qmp,
+    receiver: Qmp,
+    a_log: PathBuf,
+    boot: String,
+    _reap: Reap,
+}
+
+async fn start_pair(tag: &str, data: &str) -> Pair {
     let (kernel, initrd) = tiny_guest();
-    let base = common::temp_dir("relocate-live");
+    let base = common::temp_dir(tag);
     let (a, b) = (base.join("a"), base.join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let _reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
-    // The sender's disk: 16 MiB of a pattern at 1 MiB (data the mirror
-    // must move), the counter at 0. The receiver's: fresh, same size.
+    let reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
     let size = format!("{DISK_MIB}M");
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(a.join("root.qcow2"))
-        .arg(&size));
+    for d in [&a, &b] {
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(d.join("root.qcow2"))
+            .arg(&size));
+    }
     sh(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xa5 1M 16M"])
+        .args(["-f", "qcow2", "-c", &format!("write -P 0xa5 1M {data}")])
         .arg(a.join("root.qcow2")));
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(b.join("root.qcow2"))
-        .arg(&size));
-    let alloc = allocated(&a.join("root.qcow2"));
-
-    let sender_vm = vm(&a, &kernel, &initrd);
-    sh(Command::new("qemu-system-x86_64").args(cmdline::args(&sender_vm)));
+    sh(Command::new("qemu-system-x86_64").args(cmdline::args(&vm(&a, &kernel, &initrd))));
     let mut receiver_args = cmdline::args(&vm(&b, &kernel, &initrd));
     receiver_args.extend(["-S", "-incoming", "defer"].map(String::from));
     sh(Command::new("qemu-system-x86_64").args(&receiver_args));
-    let mut sender = connect(&a).await;
-    let mut receiver = connect(&b).await;
-
-    // Beating on the sender.
+    let sender = connect(&a).await;
+    let receiver = connect(&b).await;
     let a_log = cmdline::serial_log(&a);
     let deadline = Instant::now() + Duration::from_secs(60);
     while beats(&a_log).len() < 5 {
@@ -263,6 +265,34 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let boot = beats(&a_log)[0].0.clone();
+    Pair {
+        base,
+        a,
+        b,
+        sender,
+        receiver,
+        a_log,
+        boot,
+        _reap: reap,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
+    if !qemu_available() {
+        return;
+    }
+    let Pair {
+        base,
+        a,
+        b,
+        mut sender,
+        mut receiver,
+        a_log,
+        boot,
+        _reap,
+    } = start_pair("relocate-live", "16M").await;
+    let alloc = allocated(&a.join("root.qcow2"));
 
     let (nbd_listen, mig_listen) = (free_port(), free_port());
     let (nbd_bytes, mig_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -393,38 +423,16 @@ async fn a_receiver_killed_mid_copy_leaves_the_guest_running_on_the_sender() {
     if !qemu_available() {
         return;
     }
-    let (kernel, initrd) = tiny_guest();
-    let base = common::temp_dir("relocate-abort");
-    let (a, b) = (base.join("a"), base.join("b"));
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    let _reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
-    let size = format!("{DISK_MIB}M");
-    for d in [&a, &b] {
-        sh(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(d.join("root.qcow2"))
-            .arg(&size));
-    }
-    sh(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 48M"])
-        .arg(a.join("root.qcow2")));
-    sh(Command::new("qemu-system-x86_64").args(cmdline::args(&vm(&a, &kernel, &initrd))));
-    let mut receiver_args = cmdline::args(&vm(&b, &kernel, &initrd));
-    receiver_args.extend(["-S", "-incoming", "defer"].map(String::from));
-    sh(Command::new("qemu-system-x86_64").args(&receiver_args));
-    let mut sender = connect(&a).await;
-    let mut receiver = connect(&b).await;
-    let a_log = cmdline::serial_log(&a);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while beats(&a_log).len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not beat within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let boot = beats(&a_log)[0].0.clone();
+    let Pair {
+        base,
+        b,
+        mut sender,
+        mut receiver,
+        a_log,
+        boot,
+        _reap,
+        ..
+    } = start_pair("relocate-abort", "48M").await;
     let (nbd_listen, mig_listen) = (free_port(), free_port());
     let plan = LivePlan {
         disks: vec!["root".into()],

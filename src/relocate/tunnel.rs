@@ -101,6 +101,36 @@ fn refused(e: impl std::fmt::Display) -> TunnelError {
     TunnelError::Refused(e.to_string())
 }
 
+/// Read the handshake message carrying the peer's key binding: the
+/// admitted node it proves to be.
+async fn read_peer(
+    stream: &mut TcpStream,
+    hs: &mut snow::HandshakeState,
+    key: &TunnelKey,
+) -> Result<NodeId, TunnelError> {
+    let msg = read_frame(stream)
+        .await?
+        .ok_or_else(|| refused("closed during the handshake"))?;
+    let mut payload = vec![0u8; 65_535];
+    let n = hs.read_message(&msg, &mut payload).map_err(refused)?;
+    check_binding(
+        &key.cluster,
+        &*key.verifier,
+        &payload[..n],
+        hs.get_remote_static(),
+    )
+    .map_err(TunnelError::Refused)
+}
+
+/// `f` within [`HANDSHAKE_TIMEOUT`].
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, TunnelError>>,
+) -> Result<T, TunnelError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
+        .await
+        .map_err(|_| TunnelError::Timeout)?
+}
+
 /// Open a tunnel over `stream` to the node `expect` and ask it for
 /// `header`.
 pub async fn connect(
@@ -110,23 +140,12 @@ pub async fn connect(
     header: &[u8],
 ) -> Result<Tunnel, TunnelError> {
     let p = prologue(&key.cluster);
-    let fut = async {
+    let handshake = async {
         let mut hs = builder(key, &p).build_initiator().map_err(refused)?;
         let mut buf = vec![0u8; 65_535];
         let n = hs.write_message(&[], &mut buf).map_err(refused)?;
         write_frame(&mut stream, &buf[..n]).await?;
-        let msg = read_frame(&mut stream)
-            .await?
-            .ok_or_else(|| refused("closed during the handshake"))?;
-        let mut payload = vec![0u8; 65_535];
-        let n = hs.read_message(&msg, &mut payload).map_err(refused)?;
-        let peer = check_binding(
-            &key.cluster,
-            &*key.verifier,
-            &payload[..n],
-            hs.get_remote_static(),
-        )
-        .map_err(TunnelError::Refused)?;
+        let peer = read_peer(&mut stream, &mut hs, key).await?;
         if peer != *expect {
             return Err(refused(format!("the peer is {peer}, not {expect}")));
         }
@@ -134,12 +153,9 @@ pub async fn connect(
             .write_message(key.key.binding(), &mut buf)
             .map_err(refused)?;
         write_frame(&mut stream, &buf[..n]).await?;
-        let transport = hs.into_transport_mode().map_err(refused)?;
-        Ok::<_, TunnelError>((transport, peer))
+        Ok((hs.into_transport_mode().map_err(refused)?, peer))
     };
-    let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
-        .await
-        .map_err(|_| TunnelError::Timeout)??;
+    let (transport, peer) = timed(handshake).await?;
     let mut t = Tunnel {
         stream,
         transport,
@@ -156,7 +172,7 @@ pub async fn accept(
     key: &TunnelKey,
 ) -> Result<(Tunnel, Vec<u8>), TunnelError> {
     let p = prologue(&key.cluster);
-    let fut = async {
+    let handshake = async {
         let mut hs = builder(key, &p).build_responder().map_err(refused)?;
         let mut buf = vec![0u8; 65_535];
         let msg = read_frame(&mut stream)
@@ -167,31 +183,17 @@ pub async fn accept(
             .write_message(key.key.binding(), &mut buf)
             .map_err(refused)?;
         write_frame(&mut stream, &buf[..n]).await?;
-        let msg = read_frame(&mut stream)
-            .await?
-            .ok_or_else(|| refused("closed during the handshake"))?;
-        let n = hs.read_message(&msg, &mut buf).map_err(refused)?;
-        let peer = check_binding(
-            &key.cluster,
-            &*key.verifier,
-            &buf[..n],
-            hs.get_remote_static(),
-        )
-        .map_err(TunnelError::Refused)?;
-        let transport = hs.into_transport_mode().map_err(refused)?;
-        Ok::<_, TunnelError>((transport, peer))
+        let peer = read_peer(&mut stream, &mut hs, key).await?;
+        Ok((hs.into_transport_mode().map_err(refused)?, peer))
     };
-    let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
-        .await
-        .map_err(|_| TunnelError::Timeout)??;
+    let (transport, peer) = timed(handshake).await?;
     let mut t = Tunnel {
         stream,
         transport,
         peer,
     };
-    let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, t.recv())
-        .await
-        .map_err(|_| TunnelError::Timeout)??
+    let header = timed(t.recv())
+        .await?
         .ok_or_else(|| refused("closed before its header"))?;
     Ok((t, header))
 }
