@@ -594,3 +594,120 @@ fn a_false_identity_gossiped_for_a_node_does_not_take_it_down() {
         19 * 100
     );
 }
+
+/// The receiver of a relocation is elected like a VM's node: exactly one
+/// node wins, never the sender (the VM's node), always one that satisfies
+/// the target (performance, tags, a named node); a target naming the
+/// sender elects nobody and says why.
+#[test]
+fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target() {
+    use deorch::gossip::wire::Millis;
+    use deorch::model::Performance;
+    fn run_until(cl: &mut Cluster, limit: Millis, f: impl Fn(&Cluster) -> bool) -> bool {
+        let t0 = cl.now;
+        while cl.now < t0 + limit {
+            if f(cl) {
+                return true;
+            }
+            cl.run_for(100);
+        }
+        f(cl)
+    }
+    let n = 12;
+    let cases: Vec<(&str, Option<serde_json::Value>)> = vec![
+        ("automatic", None),
+        (
+            "performance",
+            Some(serde_json::json!({"performance": "high"})),
+        ),
+        (
+            "tags",
+            Some(serde_json::json!({"selector": {"macrocosm": {"matchLabels": {"region": "us"}}}})),
+        ),
+        ("node", Some(serde_json::json!({"node": "n5"}))),
+        ("sender", None), // the target is set below to the sender's name
+    ];
+    let mut receivers = BTreeSet::new();
+    for (case, (what, target)) in cases.into_iter().enumerate() {
+        for seed in 0..6u64 {
+            let target = target.clone();
+            let mut cl = Cluster::new(&cfg(n, 40 + 10 * case as u64 + seed, 0.05));
+            cl.run_for(2_000);
+            let vm = cl.publish_vm(0, "web", 1);
+            assert!(
+                run_until(&mut cl, 20_000, |cl| cl
+                    .running
+                    .get(&vm)
+                    .is_some_and(|r| r.len() == 1)),
+                "{what}: the VM never ran"
+            );
+            let sender = *cl.running[&vm].iter().next().unwrap();
+            let mut spec = serde_json::json!({"virtualMachine": {"name": "web"}});
+            match (what, target) {
+                ("sender", _) => spec["target"] = serde_json::json!({"node": format!("n{sender}")}),
+                (_, Some(t)) => spec["target"] = t,
+                _ => {}
+            }
+            let name = format!("move-web-{seed}");
+            let key = DocKey::new("Relocation", "default", &name);
+            let body = serde_json::json!({
+                "apiVersion": deorch::model::API_VERSION,
+                "kind": "Relocation",
+                "metadata": {"name": name, "namespace": "default", "generation": 1},
+                "spec": spec,
+            });
+            let doc = Document {
+                key: key.clone(),
+                generation: 1,
+                deleted: false,
+                written_ms: cl.now,
+                body: serde_json::to_vec(&body).unwrap(),
+            };
+            cl.publish(3, doc).unwrap();
+            let elected = run_until(&mut cl, 20_000, |cl| cl.running.contains_key(&key));
+            if what == "sender" {
+                assert!(
+                    !elected,
+                    "a relocation naming its sender elected {:?}",
+                    cl.running.get(&key)
+                );
+                let why = cl.nodes[3].unplaceable(&key).expect("a reason");
+                assert!(why.contains("the relocation's sender"), "{why}");
+                continue;
+            }
+            assert!(elected, "{what}: no receiver within 20 s");
+            cl.run_for(5_000);
+            let won = &cl.running[&key];
+            assert_eq!(won.len(), 1, "{what}: receivers {won:?}");
+            assert_eq!(cl.starts[&key], 1, "{what}: started twice");
+            let r = *won.iter().next().unwrap();
+            assert_ne!(r, sender, "{what}: the sender won its own relocation");
+            let ok = match what {
+                "performance" => cl.statuses[r].performance == Performance::High,
+                "tags" => r % 2 == 1,
+                "node" => r == 5 || sender == 5,
+                _ => true,
+            };
+            assert!(ok, "{what}: n{r} does not fit the target");
+            if what == "node" && sender == 5 {
+                continue;
+            }
+            for i in 0..n {
+                let c = cl.nodes[i].claim(&key).map(|c| c.node.clone());
+                assert_eq!(
+                    c,
+                    Some(cl.nodes[r].id().clone()),
+                    "{what}: n{i} holds another claim"
+                );
+            }
+            if what == "automatic" {
+                receivers.insert(r);
+            }
+            eprintln!("{what}: sender n{sender}, receiver n{r}");
+        }
+    }
+    assert!(
+        receivers.len() > 1,
+        "one receiver for every relocation: {receivers:?}"
+    );
+}

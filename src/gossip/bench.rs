@@ -192,6 +192,8 @@ fn placement_time(n: usize) {
                     storage: 0,
                 },
                 holds_data: false,
+                exclude: None,
+                only: None,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

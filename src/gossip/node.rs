@@ -28,6 +28,7 @@ use super::wire::{
     NodeAddr, NodeId, NodeStatus,
 };
 use super::wire::{CLAIM_DOMAIN, STATUS_DOMAIN};
+use crate::model::{Placement, RelocationSpec, VirtualMachineSpec};
 
 /// Settings of one gossip node. Defaults: 200 ms rounds, fan-out 3.
 #[derive(Debug, Clone)]
@@ -152,6 +153,30 @@ struct VmTrack {
     rank_cache: Option<(Millis, usize, Millis)>,
 }
 
+/// A relocation as the election sees it: the VM it moves and where to.
+#[derive(Debug, Clone)]
+struct Reloc {
+    vm: DocKey,
+    target: Placement,
+}
+
+impl Reloc {
+    /// From a Relocation manifest's JSON (`None`: not one).
+    fn from_json(key: &DocKey, body: &[u8]) -> Option<Reloc> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let spec: RelocationSpec = serde_json::from_value(v.get("spec")?.clone()).ok()?;
+        let ns = spec
+            .virtual_machine
+            .namespace
+            .clone()
+            .unwrap_or_else(|| key.namespace.clone());
+        Some(Reloc {
+            vm: DocKey::new("VirtualMachine", &ns, &spec.virtual_machine.name),
+            target: spec.target.unwrap_or_default(),
+        })
+    }
+}
+
 /// Where a node's peers come from.
 enum Peers {
     /// SWIM membership (foca).
@@ -173,6 +198,9 @@ pub struct GossipNode {
     rng: Rng,
     out: VecDeque<Output>,
     vms: BTreeMap<DocKey, VmTrack>,
+    /// Relocations this node knows (their receivers are elected like VMs,
+    /// under the Relocation's key, in `vms`).
+    relocs: BTreeMap<DocKey, Reloc>,
     seeds: Vec<NodeAddr>,
     budget: usize,
     next_ae: Millis,
@@ -220,6 +248,7 @@ impl GossipNode {
             rng: Rng::new(seed),
             out: VecDeque::new(),
             vms: BTreeMap::new(),
+            relocs: BTreeMap::new(),
             seeds: Vec::new(),
             next_ae: 0,
             next_join: 0,
@@ -552,8 +581,27 @@ impl GossipNode {
             Entry::Doc(d) if d.key.kind == "VirtualMachine" => Some(d.key.clone()),
             _ => None,
         };
+        let reloc = match &entry {
+            Entry::Doc(d) if d.key.kind == "Relocation" => Some(d.key.clone()),
+            _ => None,
+        };
         let t = self.transmits();
         let merged = self.store.offer(entry, now, t);
+        if let (Merge::Newer, Some(key)) = (merged, reloc) {
+            match self
+                .document(&key)
+                .filter(|d| !d.deleted)
+                .and_then(|d| Reloc::from_json(&key, &d.body))
+            {
+                Some(r) => {
+                    self.relocs.insert(key, r);
+                }
+                None => {
+                    self.relocs.remove(&key);
+                    self.vms.remove(&key);
+                }
+            }
+        }
         if let (Merge::Newer, Some(key)) = (merged, vm) {
             let req = self
                 .document(&key)
@@ -628,8 +676,92 @@ impl GossipNode {
         Some((ahead, me_key.0))
     }
 
+    /// The node that runs `vm` in this node's view: its winning claim's,
+    /// else the one whose status lists it (a VM placed by hand).
+    fn runner_of(&self, vm: &DocKey) -> Option<NodeId> {
+        if let Some(c) = self.claim(vm) {
+            return Some(c.node.clone());
+        }
+        self.view()
+            .into_iter()
+            .find(|s| s.vms.contains(vm))
+            .map(|s| s.id.clone())
+    }
+
+    /// The node a relocation's target names, by name or by the IP of its
+    /// gossip address (`Some(None)`: it names one this node does not
+    /// know; `None`: it names none).
+    fn target_node(&self, t: &Placement) -> Option<Option<NodeId>> {
+        if let Some(name) = &t.node {
+            let found = self.view().into_iter().find(|s| s.name == *name);
+            return Some(found.map(|s| s.id.clone()));
+        }
+        let ip: std::net::IpAddr = t.address.as_ref()?.parse().ok()?;
+        if self.addr.ip() == ip {
+            return Some(Some(self.me.clone()));
+        }
+        let found = self
+            .alive_members()
+            .into_iter()
+            .find(|id| self.addr_of(id).is_some_and(|a| a.ip() == ip));
+        Some(found)
+    }
+
+    /// Keep each relocation's receiver election in `vms`: the VM's needs,
+    /// the target's selector and performance (else the VM's own), its
+    /// sender excluded, a named target the only candidate. The sender is
+    /// fixed once the election has a claim, so the move of the VM's own
+    /// claim at the switch does not change who may receive.
+    fn track_relocations(&mut self, now: Millis) {
+        let keys: Vec<DocKey> = self.relocs.keys().cloned().collect();
+        for key in keys {
+            let r = self.relocs[&key].clone();
+            let settled = self.claim(&key).is_some() && self.vms.contains_key(&key);
+            if settled {
+                continue;
+            }
+            let spec = self
+                .document(&r.vm)
+                .filter(|d| !d.deleted)
+                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
+                .and_then(|v| {
+                    serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
+                });
+            let (Some(spec), Some(sender)) = (spec, self.runner_of(&r.vm)) else {
+                // The VM is unknown or runs nowhere yet: nothing to move.
+                continue;
+            };
+            let mut req = VmRequest::needs(key.clone(), &spec);
+            req.holds_data = false;
+            if r.target.selector.is_some() {
+                req.selector = r.target.selector.clone();
+            }
+            if r.target.performance.is_some() {
+                req.performance = r.target.performance;
+            }
+            req.exclude = Some(sender);
+            req.only = match self.target_node(&r.target) {
+                Some(Some(id)) => Some(id),
+                Some(None) => Some(NodeId(String::from("(no such node)"))),
+                None => None,
+            };
+            self.vms
+                .entry(key)
+                .and_modify(|t| t.req = req.clone())
+                .or_insert(VmTrack {
+                    req,
+                    seen: now,
+                    claimed_at: None,
+                    started: false,
+                    rank_cache: None,
+                    displaced: None,
+                });
+        }
+    }
+
     /// The placement step (docs/ALGORITHMS.md, "Gossip and placement").
     fn place(&mut self, now: Millis) {
+        self.track_relocations(now);
         let keys: Vec<DocKey> = self.vms.keys().cloned().collect();
         for vm in keys {
             let claim = self.claim(&vm).cloned();

@@ -32,6 +32,11 @@ pub struct VmRequest {
     /// `stateless`): when that node dies, nobody starts it elsewhere on
     /// its own (`NodeLost`, until `deorch recover`).
     pub holds_data: bool,
+    /// A node that may not win (a relocation's sender).
+    pub exclude: Option<NodeId>,
+    /// The only node that may win (a relocation to a named node or
+    /// address, resolved to its ID).
+    pub only: Option<NodeId>,
 }
 
 impl VmRequest {
@@ -43,12 +48,20 @@ impl VmRequest {
         if p.node.is_some() || p.address.is_some() {
             return None;
         }
+        Some(Self::needs(vm, spec))
+    }
+
+    /// What the VM needs from a node and its own selector and performance
+    /// class, whoever places it (a relocation elects a receiver for a VM
+    /// placed by hand too).
+    pub fn needs(vm: DocKey, spec: &VirtualMachineSpec) -> VmRequest {
+        let p = spec.placement.clone().unwrap_or_default();
         let storage = spec
             .disks
             .iter()
             .filter_map(|d| d.size.map(|q| q.bytes()))
             .sum();
-        Some(VmRequest {
+        VmRequest {
             vm,
             selector: p.selector,
             performance: p.performance,
@@ -58,7 +71,9 @@ impl VmRequest {
                 storage,
             },
             holds_data: spec.holds_data(),
-        })
+            exclude: None,
+            only: None,
+        }
     }
 
     /// The request of a VirtualMachine manifest given as JSON bytes.
@@ -121,6 +136,10 @@ pub enum Unmet {
     Capacity,
     /// The node's tags do not match the VM's selector.
     Tags,
+    /// The node is the relocation's sender.
+    Sender,
+    /// The relocation names another node.
+    NotTarget,
 }
 
 impl std::fmt::Display for Unmet {
@@ -138,6 +157,8 @@ impl std::fmt::Display for Unmet {
             }
             Unmet::Capacity => write!(f, "not enough free capacity"),
             Unmet::Tags => write!(f, "tags do not match the VM's selector"),
+            Unmet::Sender => write!(f, "it runs the VM (the relocation's sender)"),
+            Unmet::NotTarget => write!(f, "the relocation names another node"),
         }
     }
 }
@@ -145,6 +166,12 @@ impl std::fmt::Display for Unmet {
 /// Every filter `node` fails for `req` (empty: it may run it).
 pub fn unmet(req: &VmRequest, node: &NodeStatus) -> Vec<Unmet> {
     let mut out = Vec::new();
+    if req.exclude.as_ref() == Some(&node.id) {
+        out.push(Unmet::Sender);
+    }
+    if req.only.as_ref().is_some_and(|o| *o != node.id) {
+        out.push(Unmet::NotTarget);
+    }
     if node.unschedulable {
         out.push(Unmet::Cordoned);
     }
@@ -313,6 +340,8 @@ mod tests {
                 storage: 0,
             },
             holds_data: false,
+            exclude: None,
+            only: None,
         }
     }
 

@@ -62,7 +62,7 @@ pub fn no_effect_yet(obj: &AnyObject) -> Vec<InertField> {
         AnyObject::AccessPolicy(_) => {}
         AnyObject::Relocation(_) => out.push(InertField {
             path: path(&["kind"]),
-            message: "Relocation has no effect yet: no node moves VMs; the object is stored and its status says Pending"
+            message: "Relocation has no effect yet: with gossip on, the nodes elect its receiver (the winner logs it) but no VM moves; the object is stored and its status says Pending"
                 .into(),
         }),
         AnyObject::Replica(_) | AnyObject::Dataset(_) => {}

@@ -738,6 +738,11 @@ impl Task {
                     Event::Rejected { key, from, reason } => {
                         warn!(doc = %key, %from, %reason, "gossiped document rejected")
                     }
+                    Event::Start { vm, epoch } if vm.kind == "Relocation" => info!(
+                        relocation = %vm,
+                        epoch,
+                        "elected as the relocation's receiver (moving the VM is not built yet)"
+                    ),
                     Event::Start { vm, epoch } => info!(%vm, epoch, "elected: this node runs it"),
                     Event::StopKeepDisk { vm, winner, epoch } => {
                         info!(%vm, %winner, epoch, "lost the election: stopping, disks kept")
