@@ -2,7 +2,8 @@
 //!
 //! Built so far: [`live`], the data path between two QEMUs (disks
 //! mirrored over NBD while the guest runs, memory migrated, the switch),
-//! and [`tunnel`], the authenticated encrypted stream between admitted
+//! [`offline`], the stop-copy-start path (`qemu-nbd` on the receiver,
+//! `qemu-img convert` skipping zeros on the sender), and [`tunnel`], the authenticated encrypted stream between admitted
 //! nodes that carries it; tested together with the tiny guest in
 //! `tests/relocate_live.rs`. The receiver is elected by the radar
 //! (`gossip::node`, `track_relocations`). Not built yet: the nodes
@@ -11,4 +12,5 @@
 //! (issue 15).
 
 pub mod live;
+pub mod offline;
 pub mod tunnel;

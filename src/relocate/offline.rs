@@ -1,0 +1,138 @@
+//! The offline data path of a relocation (`mode: Offline`: stop, copy,
+//! start): each disk of the stopped VM is copied into a fresh image of
+//! the same size on the receiver, which serves it over NBD (`qemu-nbd`)
+//! on 127.0.0.1; the sender writes it with `qemu-img convert`, through
+//! the nodes' tunnel ([`super::tunnel`]). Only allocated data crosses:
+//! the fresh target reads as zeros (`--target-is-zero`), so zero and
+//! unallocated ranges are skipped. Any image format QEMU reads works on
+//! either side (the export is the guest-visible content).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// A tool could not be run.
+    #[error("{tool}: {source}")]
+    Spawn {
+        /// `qemu-nbd` or `qemu-img`.
+        tool: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{tool} failed: {stderr}")]
+    Failed {
+        /// `qemu-nbd` or `qemu-img`.
+        tool: &'static str,
+        /// What it said.
+        stderr: String,
+    },
+    /// The copy took too long.
+    #[error("the copy did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A receiver's NBD server for one image: one client, then it exits.
+/// Dropping it kills the server if it is still there.
+pub struct NbdServer {
+    pid_file: PathBuf,
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            // Gone already after its one client, normally.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Serve `image` (format `format`) writable as NBD export `export` on
+/// `listen`, for one client; returns once the server listens.
+pub async fn serve(
+    image: &Path,
+    format: &str,
+    listen: SocketAddr,
+    export: &str,
+) -> Result<NbdServer, OfflineError> {
+    let pid_file = image.with_extension("nbd.pid");
+    let out = Command::new("qemu-nbd")
+        .arg("--fork")
+        .arg(format!("--pid-file={}", pid_file.display()))
+        .args([
+            "-f",
+            format,
+            "-x",
+            export,
+            "--cache=none",
+            "--discard=unmap",
+        ])
+        .arg(format!("--bind={}", listen.ip()))
+        .arg(format!("--port={}", listen.port()))
+        .arg(image)
+        .output()
+        .await
+        .map_err(|source| OfflineError::Spawn {
+            tool: "qemu-nbd",
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(OfflineError::Failed {
+            tool: "qemu-nbd",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(NbdServer { pid_file })
+}
+
+/// Copy `source` (format `format`) into the fresh export `export`
+/// reached at `connect`, skipping what reads as zeros.
+pub async fn copy(
+    source: &Path,
+    format: &str,
+    connect: SocketAddr,
+    export: &str,
+    timeout: Duration,
+) -> Result<(), OfflineError> {
+    let target = format!("nbd://{connect}/{export}");
+    let run = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-f",
+            format,
+            "-O",
+            "raw",
+        ])
+        .arg(source)
+        .arg(&target)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| OfflineError::Timeout(timeout))?
+        .map_err(|source| OfflineError::Spawn {
+            tool: "qemu-img",
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(OfflineError::Failed {
+            tool: "qemu-img",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
