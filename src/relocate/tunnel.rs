@@ -58,6 +58,47 @@ pub enum TunnelError {
     Timeout,
 }
 
+/// A byte rate shared by the tunnels of a node (token bucket; bursts up
+/// to a tenth of a second's worth).
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_s: u64,
+    state: std::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimit {
+    /// At most `bytes_per_s` (at least 64 KiB/s, so a frame always fits
+    /// in a burst).
+    pub fn new(bytes_per_s: u64) -> RateLimit {
+        let bytes_per_s = bytes_per_s.max(64 << 10);
+        RateLimit {
+            bytes_per_s,
+            state: std::sync::Mutex::new((0.0, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Wait until `n` bytes may be sent.
+    pub async fn take(&self, n: u64) {
+        let wait = {
+            let mut st = self.state.lock().expect("not poisoned");
+            let now = tokio::time::Instant::now();
+            let rate = self.bytes_per_s as f64;
+            let burst = (rate / 10.0).max(65_536.0);
+            let tokens = (st.0 + now.duration_since(st.1).as_secs_f64() * rate).min(burst);
+            st.0 = tokens - n as f64;
+            st.1 = now;
+            if st.0 >= 0.0 {
+                None
+            } else {
+                Some(Duration::from_secs_f64(-st.0 / rate))
+            }
+        };
+        if let Some(w) = wait {
+            tokio::time::sleep(w).await;
+        }
+    }
+}
+
 /// An established tunnel.
 pub struct Tunnel {
     stream: TcpStream,
@@ -228,6 +269,16 @@ impl Tunnel {
     /// both ways until both sides close. Returns the bytes that crossed
     /// the network, both ways (frames included).
     pub async fn splice(self, plain: TcpStream) -> Result<u64, TunnelError> {
+        self.splice_limited(plain, None).await
+    }
+
+    /// [`Tunnel::splice`], with what this end sends held to `limit` (a
+    /// node's cap on relocation streams, shared by all its tunnels).
+    pub async fn splice_limited(
+        self,
+        plain: TcpStream,
+        limit: Option<Arc<RateLimit>>,
+    ) -> Result<u64, TunnelError> {
         let Tunnel {
             stream, transport, ..
         } = self;
@@ -253,6 +304,9 @@ impl Tunnel {
                 let mut frame = Vec::with_capacity(2 + m);
                 frame.extend_from_slice(&(m as u16).to_be_bytes());
                 frame.extend_from_slice(&enc[..m]);
+                if let Some(l) = &limit {
+                    l.take(frame.len() as u64).await;
+                }
                 nw.write_all(&frame).await?;
                 sent += frame.len() as u64;
             }
@@ -309,6 +363,21 @@ mod tests {
 
     fn id(k: &PrivateKey) -> NodeId {
         NodeId(k.address(AddressType::P2wpkh).unwrap().to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_holds_the_bytes_sent_to_its_rate() {
+        // Virtual time: 10 MiB at 4 MiB/s take 2.5 s less the first burst.
+        let l = RateLimit::new(4 << 20);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..160 {
+            l.take(64 << 10).await;
+        }
+        let took = t0.elapsed().as_secs_f64();
+        assert!(
+            (2.3..=2.6).contains(&took),
+            "{took} s for 10 MiB at 4 MiB/s"
+        );
     }
 
     #[tokio::test]
@@ -376,7 +445,18 @@ mod tests {
             assert!(back == data, "the stream came back different");
         });
         let (plain, _) = local.accept().await.unwrap();
-        let wire = t.splice(plain).await.unwrap();
+        // a's end is capped at 2 MiB/s: the 1 MiB it sends takes at least
+        // 0.4 s (after a 0.2 MiB burst).
+        let t0 = std::time::Instant::now();
+        let wire = t
+            .splice_limited(plain, Some(Arc::new(RateLimit::new(2 << 20))))
+            .await
+            .unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(380),
+            "1 MiB at 2 MiB/s in {took:?}"
+        );
         client.await.unwrap();
         assert!(wire >= 2 << 20, "{wire} bytes on the wire for 2 MiB");
         assert!(
