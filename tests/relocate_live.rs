@@ -279,9 +279,57 @@ async fn start_pair(tag: &str, data: &str) -> Pair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
-    if !qemu_available() {
-        return;
+    if qemu_available() {
+        move_and_check("relocate-live", false).await;
     }
+}
+
+/// The same move with each side driving only its own QEMU, agreeing on
+/// each step over a control tunnel (`relocate::session`), as two nodes
+/// do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sides_each_driving_its_own_qemu_move_the_guest_over_a_control_tunnel() {
+    if qemu_available() {
+        move_and_check("relocate-session", true).await;
+    }
+}
+
+/// Sender and receiver of `plan` agreeing over a control tunnel, each
+/// with its own QMP, as on two nodes.
+async fn across_nodes(
+    sender: &mut Qmp,
+    receiver: Qmp,
+    plan: &LivePlan,
+    keys: &(TunnelKey, TunnelKey),
+    progress: impl FnMut(deorch::relocate::live::LiveProgress),
+) -> (deorch::relocate::live::LiveOutcome, Qmp) {
+    use deorch::relocate::session::{run_receiver, run_sender};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = l.local_addr().unwrap();
+    let (rk, rplan) = (keys.1.clone(), plan.clone());
+    let receiving = tokio::spawn(async move {
+        let mut receiver = receiver;
+        let (s, _) = l.accept().await.unwrap();
+        let (mut control, header) = tunnel::accept(s, &rk).await.unwrap();
+        assert_eq!(header, b"control");
+        run_receiver(&mut control, &mut receiver, &rplan).await?;
+        Ok::<Qmp, deorch::relocate::session::SessionError>(receiver)
+    });
+    let s = TcpStream::connect(at).await.unwrap();
+    let mut control = tunnel::connect(s, &keys.0, keys.1.key.id(), b"control")
+        .await
+        .unwrap();
+    let out = run_sender(&mut control, sender, plan, progress)
+        .await
+        .unwrap_or_else(|e| panic!("sender: {e}"));
+    let receiver = receiving
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("receiver: {e}"));
+    (out, receiver)
+}
+
+async fn move_and_check(tag: &str, two_sides: bool) {
     let Pair {
         base,
         a,
@@ -291,7 +339,7 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
         a_log,
         boot,
         _reap,
-    } = start_pair("relocate-live", "16M").await;
+    } = start_pair(tag, "16M").await;
     let alloc = allocated(&a.join("root.qcow2"));
 
     let (nbd_listen, mig_listen) = (free_port(), free_port());
@@ -309,13 +357,19 @@ async fn a_running_guest_moves_with_its_disk_and_keeps_beating() {
         migrate_timeout: Duration::from_secs(120),
     };
     let mut stages = Vec::new();
-    let out = live_copy(&mut sender, &mut receiver, &plan, |p| {
+    let progress = |p: deorch::relocate::live::LiveProgress| {
         if stages.last() != Some(&p.stage) {
             stages.push(p.stage);
         }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("live copy: {e}"));
+    };
+    let (out, mut receiver) = if two_sides {
+        across_nodes(&mut sender, receiver, &plan, &keys, progress).await
+    } else {
+        let out = live_copy(&mut sender, &mut receiver, &plan, progress)
+            .await
+            .unwrap_or_else(|e| panic!("live copy: {e}"));
+        (out, receiver)
+    };
     eprintln!("{out:?}");
     assert_eq!(
         stages,

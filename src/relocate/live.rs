@@ -190,8 +190,10 @@ async fn mirror_progress(
 }
 
 /// Move the running guest from `sender` to `receiver` (see the module
-/// doc). `progress` is called about every 100 ms. On error, call
-/// [`abort`] before anything else.
+/// doc), both QMPs in this process. `progress` is called about every
+/// 100 ms. On error, call [`abort`] before anything else. Across nodes,
+/// [`super::session`] runs the same steps, each side driving its own
+/// QEMU.
 pub async fn live_copy(
     sender: &mut Qmp,
     receiver: &mut Qmp,
@@ -199,10 +201,45 @@ pub async fn live_copy(
     mut progress: impl FnMut(LiveProgress),
 ) -> Result<LiveOutcome, LiveError> {
     let t0 = Instant::now();
-    let ms = |t: Instant| t.elapsed().as_millis() as u64;
-    // Receiver: its disks are opened inactive (-incoming); they are its
-    // own files, not shared with the sender, so it may write them now:
-    // activate them, then export them.
+    receiver_export(receiver, plan).await?;
+    let disk_bytes = sender_mirror(sender, plan, &mut progress).await?;
+    let mirror_ready_ms = t0.elapsed().as_millis() as u64;
+    receiver_incoming(receiver, plan).await?;
+    let info = sender_migrate(sender, plan, disk_bytes, &mut progress).await?;
+    let switch_start = Instant::now();
+    let disk_bytes = sender_release(sender, plan, disk_bytes, &info, &mut progress).await?;
+    receiver_switch(receiver, plan).await?;
+    Ok(outcome(
+        t0,
+        mirror_ready_ms,
+        switch_start,
+        disk_bytes,
+        &info,
+    ))
+}
+
+/// What a completed copy took, from QEMU's migration info.
+pub fn outcome(
+    t0: Instant,
+    mirror_ready_ms: u64,
+    switch_start: Instant,
+    disk_bytes: u64,
+    info: &Value,
+) -> LiveOutcome {
+    LiveOutcome {
+        total_ms: t0.elapsed().as_millis() as u64,
+        mirror_ready_ms,
+        qemu_downtime_ms: info["downtime"].as_u64().unwrap_or(0),
+        switch_ms: switch_start.elapsed().as_millis() as u64,
+        disk_bytes,
+        ram_bytes: info["ram"]["transferred"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Receiver, step 1: its disks are opened inactive (-incoming); they are
+/// its own files, not shared with the sender, so it may write them now:
+/// activate them, then export them over NBD.
+pub async fn receiver_export(receiver: &mut Qmp, plan: &LivePlan) -> Result<(), LiveError> {
     run(
         receiver,
         "receiver",
@@ -229,7 +266,48 @@ pub async fn live_copy(
         )
         .await?;
     }
-    // Sender: mirror each disk into the export.
+    Ok(())
+}
+
+/// Receiver, step 2: take the migration stream.
+pub async fn receiver_incoming(receiver: &mut Qmp, plan: &LivePlan) -> Result<(), LiveError> {
+    let incoming = format!("tcp:{}", plan.migration_listen);
+    run(
+        receiver,
+        "receiver",
+        "migrate-incoming",
+        Some(json!({"uri": incoming})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Receiver, step 3, the switch: every mirror write was acknowledged
+/// before the sender's jobs concluded, so nothing is in flight and the
+/// sender's NBD connection (whose close may still be crossing the
+/// tunnel) is cut; then the guest runs here.
+pub async fn receiver_switch(receiver: &mut Qmp, plan: &LivePlan) -> Result<(), LiveError> {
+    for disk in &plan.disks {
+        run(
+            receiver,
+            "receiver",
+            "block-export-del",
+            Some(json!({"id": job_id(disk), "mode": "hard"})),
+        )
+        .await?;
+    }
+    run(receiver, "receiver", "nbd-server-stop", None).await?;
+    run(receiver, "receiver", "cont", None).await?;
+    Ok(())
+}
+
+/// Sender, step 1: mirror each disk into the receiver's export until all
+/// are in sync; the bytes moved.
+pub async fn sender_mirror(
+    sender: &mut Qmp,
+    plan: &LivePlan,
+    progress: &mut impl FnMut(LiveProgress),
+) -> Result<u64, LiveError> {
     for disk in &plan.disks {
         run(
             sender,
@@ -253,10 +331,8 @@ pub async fn live_copy(
         .await?;
     }
     let deadline = Instant::now() + plan.mirror_timeout;
-    let mut disk_bytes;
     loop {
         let (done, total, ready, failed) = mirror_progress(sender, plan).await?;
-        disk_bytes = done;
         if let Some((disk, why)) = failed {
             return Err(LiveError::Mirror { disk, why });
         }
@@ -269,7 +345,7 @@ pub async fn live_copy(
             dirty_pages_rate: 0,
         });
         if ready {
-            break;
+            return Ok(done);
         }
         if Instant::now() >= deadline {
             return Err(LiveError::Mirror {
@@ -279,25 +355,26 @@ pub async fn live_copy(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mirror_ready_ms = ms(t0);
-    // Memory.
+}
+
+/// Sender, step 2 (the receiver takes the stream): migrate memory until
+/// QEMU completes (the sender is then paused for good); QEMU's final
+/// migration info.
+pub async fn sender_migrate(
+    sender: &mut Qmp,
+    plan: &LivePlan,
+    disk_bytes: u64,
+    progress: &mut impl FnMut(LiveProgress),
+) -> Result<Value, LiveError> {
     let mut params = json!({"downtime-limit": plan.downtime_limit_ms});
     if let Some(bw) = plan.max_bandwidth {
         params["max-bandwidth"] = json!(bw);
     }
     run(sender, "sender", "migrate-set-parameters", Some(params)).await?;
-    let incoming = format!("tcp:{}", plan.migration_listen);
-    run(
-        receiver,
-        "receiver",
-        "migrate-incoming",
-        Some(json!({"uri": incoming})),
-    )
-    .await?;
     let uri = format!("tcp:{}", plan.migration_connect);
     run(sender, "sender", "migrate", Some(json!({"uri": uri}))).await?;
     let deadline = Instant::now() + plan.migrate_timeout;
-    let info = loop {
+    loop {
         let info = run(sender, "sender", "query-migrate", None).await?;
         let ram = &info["ram"];
         progress(LiveProgress {
@@ -309,7 +386,7 @@ pub async fn live_copy(
             dirty_pages_rate: ram["dirty-pages-rate"].as_u64().unwrap_or(0),
         });
         match info["status"].as_str() {
-            Some("completed") => break info,
+            Some("completed") => return Ok(info),
             Some("failed") | Some("cancelled") => {
                 return Err(LiveError::Migration(
                     info["error-desc"].as_str().unwrap_or("failed").to_string(),
@@ -324,11 +401,20 @@ pub async fn live_copy(
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let switch_start = Instant::now();
-    // The sender is paused: stop the mirrors with their targets in sync.
+    }
+}
+
+/// Sender, step 3 (it is paused): stop the mirrors with their targets in
+/// sync and remove their NBD clients; the disk bytes moved in all.
+pub async fn sender_release(
+    sender: &mut Qmp,
+    plan: &LivePlan,
+    disk_bytes: u64,
+    info: &Value,
+    progress: &mut impl FnMut(LiveProgress),
+) -> Result<u64, LiveError> {
     let (done, _, _, _) = mirror_progress(sender, plan).await?;
-    disk_bytes = disk_bytes.max(done);
+    let disk_bytes = disk_bytes.max(done);
     for disk in &plan.disks {
         run(
             sender,
@@ -363,28 +449,7 @@ pub async fn live_copy(
         ram_remaining: 0,
         dirty_pages_rate: 0,
     });
-    // Every mirror write was acknowledged by the receiver before its job
-    // concluded, so nothing is in flight: the sender's NBD connection,
-    // whose close may still be crossing the tunnel, is cut.
-    for disk in &plan.disks {
-        run(
-            receiver,
-            "receiver",
-            "block-export-del",
-            Some(json!({"id": job_id(disk), "mode": "hard"})),
-        )
-        .await?;
-    }
-    run(receiver, "receiver", "nbd-server-stop", None).await?;
-    run(receiver, "receiver", "cont", None).await?;
-    Ok(LiveOutcome {
-        total_ms: ms(t0),
-        mirror_ready_ms,
-        qemu_downtime_ms: info["downtime"].as_u64().unwrap_or(0),
-        switch_ms: switch_start.elapsed().as_millis() as u64,
-        disk_bytes,
-        ram_bytes: info["ram"]["transferred"].as_u64().unwrap_or(0),
-    })
+    Ok(disk_bytes)
 }
 
 /// Wait until the job of `disk` is concluded (a cancelled ready mirror

@@ -240,7 +240,8 @@ pub async fn accept(
 }
 
 impl Tunnel {
-    async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
+    /// Send one message (split into frames if over 64 KiB).
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
         let mut buf = vec![0u8; 65_535];
         for chunk in data.chunks(CHUNK).chain(data.is_empty().then_some(&[][..])) {
             let n = self
@@ -252,7 +253,8 @@ impl Tunnel {
         Ok(())
     }
 
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>, TunnelError> {
+    /// Receive one frame's message (`None`: the peer closed).
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TunnelError> {
         let Some(msg) = read_frame(&mut self.stream).await? else {
             return Ok(None);
         };

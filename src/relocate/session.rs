@@ -1,0 +1,172 @@
+//! A live relocation across two nodes: the sender's node drives its
+//! QEMU, the receiver's node drives its own, and they agree on each step
+//! over a control [`Tunnel`] (the disk and memory streams travel in
+//! tunnels of their own). The steps are [`super::live`]'s, in the same
+//! order as [`super::live::live_copy`] runs them in one process:
+//!
+//! ```text
+//! receiver                              sender
+//! receiver_export ──── Exported ──────►
+//!                                       sender_mirror (disks in sync)
+//!                 ◄─── Incoming ──────
+//! receiver_incoming ── Listening ─────►
+//!                                       sender_migrate (sender paused)
+//!                                       sender_release (mirrors stopped)
+//!                 ◄─── Switch ────────
+//! receiver_switch (cont) ── Running ──►
+//! ```
+//!
+//! Either side may send `Abort` instead of its next message; a side
+//! that fails sends it and stops. Before `Switch` the sender may abort
+//! ([`super::live::abort`]: its guest runs on) and the receiver's QEMU,
+//! which never ran guest code, is discarded; the receiver sends `cont`
+//! only on `Switch`, which the sender sends only once it is paused for
+//! good with every write on the receiver. A control connection lost
+//! after `Switch` was sent and before `Running` arrived leaves the
+//! outcome to the receiver's record (docs/ALGORITHMS.md, "Relocation"):
+//! the sender then stays paused, never resumes on its own.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::live::{
+    outcome, receiver_export, receiver_incoming, receiver_switch, sender_migrate, sender_mirror,
+    sender_release, LiveError, LiveOutcome, LivePlan, LiveProgress,
+};
+use super::tunnel::Tunnel;
+use crate::qemu::qmp::Qmp;
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Receiver: its disks are exported.
+    Exported,
+    /// Sender: the disks are in sync; take the memory stream.
+    Incoming,
+    /// Receiver: listening for the memory stream.
+    Listening,
+    /// Sender: paused for good, every write on the receiver; run.
+    Switch,
+    /// Receiver: the guest runs here.
+    Running,
+    /// Either: stop, for this reason.
+    Abort(String),
+}
+
+/// Why a two-node relocation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// This side's QEMU failed a step.
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The control tunnel failed or closed.
+    #[error("control: {0}")]
+    Control(String),
+    /// The other side aborted.
+    #[error("the other node aborted: {0}")]
+    Aborted(String),
+    /// The other side sent something out of turn.
+    #[error("control: expected {expected}, got {got:?}")]
+    Unexpected {
+        /// What this side waited for.
+        expected: &'static str,
+        /// What came.
+        got: Step,
+    },
+}
+
+async fn say(control: &mut Tunnel, step: &Step) -> Result<(), SessionError> {
+    let bytes = serde_json::to_vec(step).expect("in-memory encoding cannot fail");
+    control
+        .send(&bytes)
+        .await
+        .map_err(|e| SessionError::Control(e.to_string()))
+}
+
+async fn expect(control: &mut Tunnel, want: Step, name: &'static str) -> Result<(), SessionError> {
+    let got = control
+        .recv()
+        .await
+        .map_err(|e| SessionError::Control(e.to_string()))?
+        .ok_or_else(|| SessionError::Control("closed by the other node".into()))?;
+    let got: Step = serde_json::from_slice(&got)
+        .map_err(|e| SessionError::Control(format!("malformed message: {e}")))?;
+    match got {
+        g if g == want => Ok(()),
+        Step::Abort(why) => Err(SessionError::Aborted(why)),
+        got => Err(SessionError::Unexpected {
+            expected: name,
+            got,
+        }),
+    }
+}
+
+/// Tell the other side, best effort, then return the error.
+async fn fail<T>(control: &mut Tunnel, e: SessionError) -> Result<T, SessionError> {
+    if !matches!(e, SessionError::Aborted(_) | SessionError::Control(_)) {
+        let _ = say(control, &Step::Abort(e.to_string())).await;
+    }
+    Err(e)
+}
+
+/// The sender's side. On error, call [`super::live::abort`] unless the
+/// error came after `Switch` was sent (then the guest may already run on
+/// the receiver: stay paused and ask it).
+pub async fn run_sender(
+    control: &mut Tunnel,
+    sender: &mut Qmp,
+    plan: &LivePlan,
+    mut progress: impl FnMut(LiveProgress),
+) -> Result<LiveOutcome, SessionError> {
+    let t0 = Instant::now();
+    let r = async {
+        expect(control, Step::Exported, "Exported").await?;
+        let disk_bytes = sender_mirror(sender, plan, &mut progress).await?;
+        let mirror_ready_ms = t0.elapsed().as_millis() as u64;
+        say(control, &Step::Incoming).await?;
+        expect(control, Step::Listening, "Listening").await?;
+        let info = sender_migrate(sender, plan, disk_bytes, &mut progress).await?;
+        let switch_start = Instant::now();
+        let disk_bytes = sender_release(sender, plan, disk_bytes, &info, &mut progress).await?;
+        say(control, &Step::Switch).await?;
+        expect(control, Step::Running, "Running").await?;
+        Ok(outcome(
+            t0,
+            mirror_ready_ms,
+            switch_start,
+            disk_bytes,
+            &info,
+        ))
+    }
+    .await;
+    match r {
+        Ok(o) => Ok(o),
+        Err(e) => fail(control, e).await,
+    }
+}
+
+/// The receiver's side. On error its QEMU never ran guest code unless
+/// the error came after `Switch` arrived; the caller discards it.
+pub async fn run_receiver(
+    control: &mut Tunnel,
+    receiver: &mut Qmp,
+    plan: &LivePlan,
+) -> Result<(), SessionError> {
+    let r = async {
+        receiver_export(receiver, plan).await?;
+        say(control, &Step::Exported).await?;
+        expect(control, Step::Incoming, "Incoming").await?;
+        receiver_incoming(receiver, plan).await?;
+        say(control, &Step::Listening).await?;
+        expect(control, Step::Switch, "Switch").await?;
+        receiver_switch(receiver, plan).await?;
+        say(control, &Step::Running).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => fail(control, e).await,
+    }
+}
