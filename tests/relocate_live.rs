@@ -34,8 +34,9 @@ use tokio::net::{TcpListener, TcpStream};
 const DISK_MIB: u64 = 64;
 const RAM_MIB: u64 = 128;
 
-/// Kills QEMUs by pidfile when the test ends, however it ends.
-struct Reap(Vec<PathBuf>);
+/// Kills QEMUs by pidfile when the test ends, however it ends; then
+/// unmounts what the test mounted.
+struct Reap(Vec<PathBuf>, Option<Unmount>);
 impl Drop for Reap {
     fn drop(&mut self) {
         for p in &self.0 {
@@ -43,6 +44,8 @@ impl Drop for Reap {
                 let _ = Command::new("kill").args(["-9", pid.trim()]).status();
             }
         }
+        std::thread::sleep(Duration::from_millis(100));
+        self.1.take();
     }
 }
 
@@ -232,12 +235,34 @@ struct Pair {
 }
 
 async fn start_pair(tag: &str, data: &str) -> Pair {
+    start_pair_with(tag, data, None).await
+}
+
+/// Unmounts a test's tmpfs when the test ends (QEMUs reaped first).
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// [`start_pair`], the receiver's directory on a tmpfs of `receiver_space`
+/// when given (a receiver whose disk fills up).
+async fn start_pair_with(tag: &str, data: &str, receiver_space: Option<&str>) -> Pair {
     let (kernel, initrd) = tiny_guest();
     let base = common::temp_dir(tag);
     let (a, b) = (base.join("a"), base.join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let reap = Reap(vec![cmdline::pidfile(&a), cmdline::pidfile(&b)]);
+    if let Some(size) = receiver_space {
+        sh(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&b));
+    }
+    let reap = Reap(
+        vec![cmdline::pidfile(&a), cmdline::pidfile(&b)],
+        receiver_space.map(|_| Unmount(b.clone())),
+    );
     let size = format!("{DISK_MIB}M");
     for d in [&a, &b] {
         sh(Command::new("qemu-img")
@@ -633,5 +658,88 @@ async fn offline_a_stopped_guest_boots_on_the_receiver_from_the_copied_disk() {
     );
     let mut q = connect(&b).await;
     q.execute("quit", None).await.ok();
+    std::fs::remove_dir_all(&base).ok();
+}
+
+/// The receiver's disk fills up in the middle of the mirror: the
+/// receiver's side is told, the sender aborts, and the guest runs on on
+/// the sender (same boot, no gap) with nothing of the copy left there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_disk_fills_up_leaves_the_guest_on_the_sender() {
+    use deorch::relocate::session::{run_receiver, run_sender, SessionError};
+    if !qemu_available() {
+        return;
+    }
+    let Pair {
+        base,
+        b,
+        mut sender,
+        receiver,
+        a_log,
+        boot,
+        _reap,
+        ..
+    } = start_pair_with("relocate-full", "48M", Some("8M")).await;
+    let keys = tunnel_keys();
+    let (nbd_listen, mig_listen) = (free_port(), free_port());
+    let plan = LivePlan {
+        disks: vec!["root".into()],
+        nbd_listen,
+        nbd_connect: tunnelled(nbd_listen, &keys, Arc::new(AtomicU64::new(0))).await,
+        migration_listen: mig_listen,
+        migration_connect: tunnelled(mig_listen, &keys, Arc::new(AtomicU64::new(0))).await,
+        downtime_limit_ms: 50,
+        max_bandwidth: None,
+        mirror_timeout: Duration::from_secs(60),
+        migrate_timeout: Duration::from_secs(60),
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = l.local_addr().unwrap();
+    let (rk, rplan) = (keys.1.clone(), plan.clone());
+    let receiving = tokio::spawn(async move {
+        let mut receiver = receiver;
+        let (s, _) = l.accept().await.unwrap();
+        let (mut control, _) = tunnel::accept(s, &rk).await.unwrap();
+        run_receiver(&mut control, &mut receiver, &rplan).await
+    });
+    let s = TcpStream::connect(at).await.unwrap();
+    let mut control = tunnel::connect(s, &keys.0, keys.1.key.id(), b"control")
+        .await
+        .unwrap();
+    let e = run_sender(&mut control, &mut sender, &plan, |_| {})
+        .await
+        .expect_err("a copy into a full disk succeeded");
+    eprintln!("sender: {e}");
+    assert!(matches!(e, SessionError::Live(_)), "{e}");
+    let r = receiving.await.unwrap();
+    eprintln!("receiver: {r:?}");
+    assert!(
+        matches!(&r, Err(SessionError::Aborted(why)) if why.contains("disk root")),
+        "the receiver was not told why: {r:?}"
+    );
+    let notes = abort(&mut sender, &plan).await;
+    eprintln!("abort: {notes:?}");
+    let st = sender.execute("query-status", None).await.unwrap();
+    assert_eq!(st["running"], true, "{st}");
+    let jobs = sender.execute("query-block-jobs", None).await.unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "a mirror job is left");
+    let before = beats(&a_log).len();
+    let t = Instant::now();
+    while beats(&a_log).len() < before + 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the sender stopped beating"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = beats(&a_log);
+    assert!(all.iter().all(|(id, _)| *id == boot), "the guest rebooted");
+    assert!(
+        all.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "a gap: {all:?}"
+    );
+    let _ = b;
+    sender.execute("quit", None).await.ok();
+    drop(_reap);
     std::fs::remove_dir_all(&base).ok();
 }

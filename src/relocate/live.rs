@@ -492,15 +492,24 @@ pub async fn abort(sender: &mut Qmp, plan: &LivePlan) -> Vec<String> {
         "migrate_cancel",
         sender.execute("migrate_cancel", None).await,
     );
+    let jobs = sender.execute("query-jobs", None).await.unwrap_or_default();
     for disk in &plan.disks {
         let id = job_id(disk);
-        let r = sender
-            .execute(
-                "block-job-cancel",
-                Some(json!({"device": id, "force": true})),
-            )
-            .await;
-        note("block-job-cancel", r);
+        let status = jobs.as_array().and_then(|a| {
+            a.iter()
+                .find(|j| j["id"] == id.as_str())
+                .and_then(|j| j["status"].as_str())
+        });
+        // A job that failed (or never started) has nothing to cancel.
+        if status.is_some_and(|s| s != "concluded") {
+            let r = sender
+                .execute(
+                    "block-job-cancel",
+                    Some(json!({"device": id, "force": true})),
+                )
+                .await;
+            note("block-job-cancel", r);
+        }
         let _ = wait_job_concluded(sender, disk).await;
         let _ = sender.execute("job-dismiss", Some(json!({"id": id}))).await;
         let r = sender
