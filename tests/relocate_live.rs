@@ -494,6 +494,46 @@ async fn move_and_check(tag: &str, two_sides: bool) {
     std::fs::remove_dir_all(&base).ok();
 }
 
+/// After a failed copy: `abort` leaves the sender's guest running (the
+/// same boot, beating on without a gap) with no mirror job or NBD client
+/// of the copy left.
+async fn aborted_and_running_on_the_sender(
+    sender: &mut Qmp,
+    plan: &LivePlan,
+    a_log: &Path,
+    boot: &str,
+) {
+    let notes = abort(sender, plan).await;
+    eprintln!("abort: {notes:?}");
+    let s = sender.execute("query-status", None).await.unwrap();
+    assert_eq!(s["running"], true, "{s}");
+    let jobs = sender.execute("query-block-jobs", None).await.unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "a mirror job is left");
+    let nodes = sender
+        .execute("query-named-block-nodes", None)
+        .await
+        .unwrap();
+    assert!(
+        !nodes.to_string().contains("reloc-target"),
+        "the mirror's NBD client is left: {nodes}"
+    );
+    let before = beats(a_log).len();
+    let t = Instant::now();
+    while beats(a_log).len() < before + 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the sender stopped beating"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = beats(a_log);
+    assert!(all.iter().all(|(id, _)| id == boot), "the guest rebooted");
+    assert!(
+        all.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "a gap: {all:?}"
+    );
+}
+
 /// The receiver's QEMU dies in the middle of the copy: the copy fails,
 /// `abort` leaves the sender running the same guest (its beats go on,
 /// same boot id, no gap), and nothing of the relocation is left on it.
@@ -540,35 +580,7 @@ async fn a_receiver_killed_mid_copy_leaves_the_guest_running_on_the_sender() {
     assert!(killed, "the copy never reached the memory stage");
     let e = r.expect_err("the copy succeeded without a receiver");
     eprintln!("copy failed as it should: {e}");
-    let notes = abort(&mut sender, &plan).await;
-    eprintln!("abort: {notes:?}");
-    let s = sender.execute("query-status", None).await.unwrap();
-    assert_eq!(s["running"], true, "{s}");
-    let jobs = sender.execute("query-block-jobs", None).await.unwrap();
-    assert_eq!(jobs, serde_json::json!([]), "a mirror job is left");
-    let nodes = sender
-        .execute("query-named-block-nodes", None)
-        .await
-        .unwrap();
-    assert!(
-        !nodes.to_string().contains("reloc-target"),
-        "the mirror's NBD client is left: {nodes}"
-    );
-    let before = beats(&a_log).len();
-    let t = Instant::now();
-    while beats(&a_log).len() < before + 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the sender stopped beating"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all = beats(&a_log);
-    assert!(all.iter().all(|(id, _)| *id == boot), "the guest rebooted");
-    assert!(
-        all.windows(2).all(|w| w[1].1 == w[0].1 + 1),
-        "a gap: {all:?}"
-    );
+    aborted_and_running_on_the_sender(&mut sender, &plan, &a_log, &boot).await;
     sender.execute("quit", None).await.ok();
     std::fs::remove_dir_all(&base).ok();
 }
@@ -717,27 +729,7 @@ async fn a_receiver_whose_disk_fills_up_leaves_the_guest_on_the_sender() {
         matches!(&r, Err(SessionError::Aborted(why)) if why.contains("disk root")),
         "the receiver was not told why: {r:?}"
     );
-    let notes = abort(&mut sender, &plan).await;
-    eprintln!("abort: {notes:?}");
-    let st = sender.execute("query-status", None).await.unwrap();
-    assert_eq!(st["running"], true, "{st}");
-    let jobs = sender.execute("query-block-jobs", None).await.unwrap();
-    assert_eq!(jobs, serde_json::json!([]), "a mirror job is left");
-    let before = beats(&a_log).len();
-    let t = Instant::now();
-    while beats(&a_log).len() < before + 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the sender stopped beating"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all = beats(&a_log);
-    assert!(all.iter().all(|(id, _)| *id == boot), "the guest rebooted");
-    assert!(
-        all.windows(2).all(|w| w[1].1 == w[0].1 + 1),
-        "a gap: {all:?}"
-    );
+    aborted_and_running_on_the_sender(&mut sender, &plan, &a_log, &boot).await;
     let _ = b;
     sender.execute("quit", None).await.ok();
     drop(_reap);

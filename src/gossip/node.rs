@@ -608,19 +608,7 @@ impl GossipNode {
                 .filter(|d| !d.deleted)
                 .and_then(|d| VmRequest::from_json(key.clone(), &d.body));
             match req {
-                Some(req) => {
-                    self.vms
-                        .entry(key)
-                        .and_modify(|t| t.req = req.clone())
-                        .or_insert(VmTrack {
-                            req,
-                            seen: now,
-                            claimed_at: None,
-                            started: false,
-                            rank_cache: None,
-                            displaced: None,
-                        });
-                }
+                Some(req) => self.track(key, req, now),
                 // Deleted, or placed by hand: not the radar's any more.
                 None => {
                     self.vms.remove(&key);
@@ -745,18 +733,25 @@ impl GossipNode {
                 Some(None) => Some(NodeId(String::from("(no such node)"))),
                 None => None,
             };
-            self.vms
-                .entry(key)
-                .and_modify(|t| t.req = req.clone())
-                .or_insert(VmTrack {
-                    req,
-                    seen: now,
-                    claimed_at: None,
-                    started: false,
-                    rank_cache: None,
-                    displaced: None,
-                });
+            self.track(key, req, now);
         }
+    }
+
+    /// Elect a node for `key` by `req` (a VM, or a relocation's
+    /// receiver); a known election keeps its state and takes the new
+    /// request.
+    fn track(&mut self, key: DocKey, req: VmRequest, now: Millis) {
+        self.vms
+            .entry(key)
+            .and_modify(|t| t.req = req.clone())
+            .or_insert(VmTrack {
+                req,
+                seen: now,
+                claimed_at: None,
+                started: false,
+                rank_cache: None,
+                displaced: None,
+            });
     }
 
     /// The placement step (docs/ALGORITHMS.md, "Gossip and placement").
