@@ -96,6 +96,71 @@ pub fn sample_membership() -> Vec<u8> {
     out
 }
 
+/// The relocation tunnel's accepting end (`relocate::tunnel::accept`),
+/// which a node would open to anyone who can reach its port: `data` is
+/// what the opener sends (frames and all), then it closes. Without the
+/// keys of an admitted node no tunnel is ever accepted.
+pub fn relocate_tunnel(data: &[u8]) {
+    use crate::gossip::channel::ChannelKey;
+    use crate::gossip::trust::Members;
+    use crate::gossip::verify::{AcceptAll, MembersOnly};
+    use crate::relocate::tunnel::{accept, TunnelKey};
+    use std::sync::{Arc, OnceLock};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static KEY: OnceLock<TunnelKey> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let k = crate::identity::PrivateKey::from_bytes(
+            &[9; 32],
+            true,
+            crate::identity::Network::Regtest,
+        )
+        .expect("a valid key");
+        TunnelKey {
+            key: Arc::new(ChannelKey::new(&k, "fuzz")),
+            cluster: "fuzz".into(),
+            verifier: Arc::new(MembersOnly {
+                members: Arc::new(Members::new("fuzz")),
+                documents: AcceptAll,
+            }),
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (client, server) = tokio::io::duplex(1 << 18);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let opener = async {
+            let _ = cw.write_all(data).await;
+            let _ = cw.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = cr.read_to_end(&mut sink).await;
+        };
+        let (r, _) = tokio::join!(accept(server, key), opener);
+        assert!(r.is_err(), "a tunnel was accepted from bytes without a key");
+    });
+}
+
+/// A first handshake message of the tunnel (a frame holding an
+/// ephemeral key), the seed of its corpus.
+pub fn sample_tunnel_hello() -> Vec<u8> {
+    let mut hs = snow::Builder::new(
+        crate::gossip::channel::PATTERN
+            .parse()
+            .expect("a valid pattern"),
+    )
+    .local_private_key(&[5; 32])
+    .expect("set once")
+    .build_initiator()
+    .expect("an initiator");
+    let mut buf = vec![0u8; 1024];
+    let n = hs.write_message(&[], &mut buf).expect("fits");
+    let mut out = (n as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf[..n]);
+    out
+}
+
 /// The gossip channel (`gossip::channel::Channel::open`), which sees
 /// every datagram before anything else: up to 8 datagrams (each a
 /// 2-byte little-endian length and its bytes) fed in order to a fresh

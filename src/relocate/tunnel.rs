@@ -21,8 +21,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// What a tunnel runs over: a TCP stream between nodes (or any byte
+/// stream: the fuzz target uses an in-memory one).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 use crate::gossip::channel::{check_binding, ChannelKey, PATTERN};
 use crate::gossip::{NodeId, Verifier};
@@ -100,8 +105,8 @@ impl RateLimit {
 }
 
 /// An established tunnel.
-pub struct Tunnel {
-    stream: TcpStream,
+pub struct Tunnel<S = TcpStream> {
+    stream: S,
     transport: snow::TransportState,
     /// The node at the other end.
     pub peer: NodeId,
@@ -119,14 +124,14 @@ fn prologue(cluster: &str) -> Vec<u8> {
     format!("deorch-tunnel/v1 cluster={cluster}").into_bytes()
 }
 
-async fn write_frame(s: &mut TcpStream, b: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: Stream>(s: &mut S, b: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(2 + b.len());
     out.extend_from_slice(&(b.len() as u16).to_be_bytes());
     out.extend_from_slice(b);
     s.write_all(&out).await
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_frame<S: Stream>(s: &mut S) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 2];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
@@ -144,8 +149,8 @@ fn refused(e: impl std::fmt::Display) -> TunnelError {
 
 /// Read the handshake message carrying the peer's key binding: the
 /// admitted node it proves to be.
-async fn read_peer(
-    stream: &mut TcpStream,
+async fn read_peer<S: Stream>(
+    stream: &mut S,
     hs: &mut snow::HandshakeState,
     key: &TunnelKey,
 ) -> Result<NodeId, TunnelError> {
@@ -174,12 +179,12 @@ async fn timed<T>(
 
 /// Open a tunnel over `stream` to the node `expect` and ask it for
 /// `header`.
-pub async fn connect(
-    mut stream: TcpStream,
+pub async fn connect<S: Stream>(
+    mut stream: S,
     key: &TunnelKey,
     expect: &NodeId,
     header: &[u8],
-) -> Result<Tunnel, TunnelError> {
+) -> Result<Tunnel<S>, TunnelError> {
     let p = prologue(&key.cluster);
     let handshake = async {
         let mut hs = builder(key, &p).build_initiator().map_err(refused)?;
@@ -208,10 +213,10 @@ pub async fn connect(
 
 /// Accept a tunnel over `stream`: the admitted node that opened it, what
 /// it asks for, and the tunnel.
-pub async fn accept(
-    mut stream: TcpStream,
+pub async fn accept<S: Stream>(
+    mut stream: S,
     key: &TunnelKey,
-) -> Result<(Tunnel, Vec<u8>), TunnelError> {
+) -> Result<(Tunnel<S>, Vec<u8>), TunnelError> {
     let p = prologue(&key.cluster);
     let handshake = async {
         let mut hs = builder(key, &p).build_responder().map_err(refused)?;
@@ -239,7 +244,7 @@ pub async fn accept(
     Ok((t, header))
 }
 
-impl Tunnel {
+impl<S: Stream> Tunnel<S> {
     /// Send one message (split into frames if over 64 KiB).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
         let mut buf = vec![0u8; 65_535];
@@ -285,7 +290,7 @@ impl Tunnel {
             stream, transport, ..
         } = self;
         let transport = Arc::new(std::sync::Mutex::new(transport));
-        let (mut nr, mut nw) = stream.into_split();
+        let (mut nr, mut nw) = tokio::io::split(stream);
         let (mut pr, mut pw) = plain.into_split();
         let t1 = transport.clone();
         let out = async move {
