@@ -7,6 +7,7 @@ mod dhcp;
 pub mod http;
 mod identity;
 mod output;
+mod relocate;
 mod replica;
 
 use std::io::{Read, Write};
@@ -277,6 +278,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// Ask for a VM to move to another satellite (`--to NODE|ADDRESS`,
+    /// `--select FAMILY.KEY=VALUE`, `--performance`, `--offline`): writes
+    /// a Relocation. The nodes elect its receiver; moving the VM is not
+    /// built yet (the Relocation stays Pending).
+    Relocate(relocate::RelocateArgs),
     /// Replicas: `create VM`, `list`, `revert R`, `clone R --to VM`, `delete R`.
     Replica {
         /// What to do.
@@ -988,6 +994,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => http::push(&node, &key, &file, cluster, kind),
         Command::Dhcp { command } => dhcp::run(command),
         Command::Replica { command } => replica::run(command),
+        Command::Relocate(args) => relocate::run(args),
         Command::Volume { command } => volume(command),
         Command::Console {
             name,

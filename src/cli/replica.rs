@@ -93,7 +93,7 @@ pub enum ReplicaCommand {
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn get(
+pub(super) fn get(
     client: &ClientArgs,
     kind: &str,
     ns: &str,
@@ -114,7 +114,12 @@ fn get(
     }
 }
 
-fn get_one(client: &ClientArgs, kind: &str, ns: &str, name: &str) -> anyhow::Result<Record> {
+pub(super) fn get_one(
+    client: &ClientArgs,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<Record> {
     get(client, kind, ns, Some(name))?
         .into_iter()
         .find(|r| !r.deleted)
@@ -122,7 +127,7 @@ fn get_one(client: &ClientArgs, kind: &str, ns: &str, name: &str) -> anyhow::Res
 }
 
 /// Apply one object; returns its generation.
-fn apply(client: &ClientArgs, object: &Value) -> anyhow::Result<i64> {
+pub(super) fn apply(client: &ClientArgs, object: &Value) -> anyhow::Result<i64> {
     let yaml = serde_saphyr::to_string(object).context("rendering the object")?;
     match client::call(
         &client.socket,
@@ -218,7 +223,7 @@ fn wait(
     }
 }
 
-fn default_name(vm: &str) -> String {
+pub(super) fn default_name(vm: &str) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
