@@ -626,12 +626,20 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
         ),
         ("node", Some(serde_json::json!({"node": "n5"}))),
         ("sender", None), // the target is set below to the sender's name
+        ("accel", None),  // even nodes run KVM, odd ones TCG
     ];
     let mut receivers = BTreeSet::new();
     for (case, (what, target)) in cases.into_iter().enumerate() {
         for seed in 0..6u64 {
             let target = target.clone();
             let mut cl = Cluster::new(&cfg(n, 40 + 10 * case as u64 + seed, 0.05));
+            if what == "accel" {
+                for i in 0..n {
+                    cl.statuses[i].accel = ["kvm", "tcg"][i % 2].into();
+                    let (now, st) = (cl.now, cl.statuses[i].clone());
+                    cl.nodes[i].set_status(now, st);
+                }
+            }
             cl.run_for(2_000);
             let vm = cl.publish_vm(0, "web", 1);
             assert!(
@@ -686,6 +694,7 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
                 "performance" => cl.statuses[r].performance == Performance::High,
                 "tags" => r % 2 == 1,
                 "node" => r == 5 || sender == 5,
+                "accel" => r % 2 == sender % 2,
                 _ => true,
             };
             assert!(ok, "{what}: n{r} does not fit the target");

@@ -194,6 +194,7 @@ fn placement_time(n: usize) {
                 holds_data: false,
                 exclude: None,
                 only: None,
+                accel: None,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

@@ -727,6 +727,11 @@ impl GossipNode {
             if r.target.performance.is_some() {
                 req.performance = r.target.performance;
             }
+            // Memory moves only between nodes on the same accelerator.
+            req.accel = self
+                .status(&sender)
+                .map(|s| s.accel.clone())
+                .filter(|a| !a.is_empty());
             req.exclude = Some(sender);
             req.only = match self.target_node(&r.target) {
                 Some(Some(id)) => Some(id),

@@ -37,6 +37,9 @@ pub struct VmRequest {
     /// The only node that may win (a relocation to a named node or
     /// address, resolved to its ID).
     pub only: Option<NodeId>,
+    /// The accelerator the winner must have (a running VM moves only
+    /// between nodes with the same one).
+    pub accel: Option<String>,
 }
 
 impl VmRequest {
@@ -73,6 +76,7 @@ impl VmRequest {
             holds_data: spec.holds_data(),
             exclude: None,
             only: None,
+            accel: None,
         }
     }
 
@@ -140,6 +144,8 @@ pub enum Unmet {
     Sender,
     /// The relocation names another node.
     NotTarget,
+    /// The node's accelerator is not the running VM's.
+    Accel,
 }
 
 impl std::fmt::Display for Unmet {
@@ -159,6 +165,7 @@ impl std::fmt::Display for Unmet {
             Unmet::Tags => write!(f, "tags do not match the VM's selector"),
             Unmet::Sender => write!(f, "it runs the VM (the relocation's sender)"),
             Unmet::NotTarget => write!(f, "the relocation names another node"),
+            Unmet::Accel => write!(f, "another accelerator than the VM runs under"),
         }
     }
 }
@@ -171,6 +178,9 @@ pub fn unmet(req: &VmRequest, node: &NodeStatus) -> Vec<Unmet> {
     }
     if req.only.as_ref().is_some_and(|o| *o != node.id) {
         out.push(Unmet::NotTarget);
+    }
+    if req.accel.as_ref().is_some_and(|a| *a != node.accel) {
+        out.push(Unmet::Accel);
     }
     if node.unschedulable {
         out.push(Unmet::Cordoned);
@@ -326,6 +336,7 @@ mod tests {
             vms: vec![],
             unschedulable: false,
             away_until_ms: 0,
+            accel: String::new(),
         }
     }
 
@@ -342,6 +353,7 @@ mod tests {
             holds_data: false,
             exclude: None,
             only: None,
+            accel: None,
         }
     }
 

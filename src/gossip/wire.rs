@@ -239,6 +239,9 @@ pub struct NodeStatus {
     /// an upgrade; its VMs run on): peers do not re-elect its VMs before.
     /// 0: not away.
     pub away_until_ms: u64,
+    /// Its hypervisor's accelerator (`kvm`, `tcg`; empty: unknown): a
+    /// running VM moves only between nodes with the same one.
+    pub accel: String,
     /// The node's signature of the other fields (domain
     /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
     pub sig: Vec<u8>,
@@ -266,6 +269,7 @@ impl NodeStatus {
             vms: Vec::new(),
             unschedulable: false,
             away_until_ms: 0,
+            accel: String::new(),
             sig: Vec::new(),
         }
     }

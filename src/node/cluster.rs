@@ -964,6 +964,7 @@ impl Task {
             vms,
             unschedulable: spec.unschedulable,
             away_until_ms: self.away_until_ms,
+            accel: status.accel.clone().unwrap_or_default(),
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);
