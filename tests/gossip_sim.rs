@@ -690,6 +690,10 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
             assert_eq!(cl.starts[&key], 1, "{what}: started twice");
             let r = *won.iter().next().unwrap();
             assert_ne!(r, sender, "{what}: the sender won its own relocation");
+            assert!(
+                !cl.nodes[r].running().contains(&key),
+                "{what}: the receiver counts the relocation as a VM it runs"
+            );
             let ok = match what {
                 "performance" => cl.statuses[r].performance == Performance::High,
                 "tags" => r % 2 == 1,

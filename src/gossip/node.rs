@@ -454,7 +454,8 @@ impl GossipNode {
     pub fn running(&self) -> Vec<DocKey> {
         self.vms
             .iter()
-            .filter(|(_, t)| t.started)
+            // A relocation won here is not a VM running here.
+            .filter(|(k, t)| t.started && k.kind == "VirtualMachine")
             .map(|(k, _)| k.clone())
             .collect()
     }
