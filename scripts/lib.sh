@@ -47,8 +47,10 @@ need_rust() {
   fi
   # The linker is gcc, with the C library's start files (libc6-dev, only a
   # recommend of gcc). The libvirt driver links libvirt (the `virt` crate
-  # finds it with pkg-config). ca-certificates for crates.io.
-  apt_install gcc libc6-dev pkg-config ca-certificates libvirt-dev
+  # finds it with pkg-config). ca-certificates for crates.io. The node
+  # and the tests run `kill` (procps: only "important", absent from slim
+  # images) and `mount`/`umount` (tmpfs in the relocation tests).
+  apt_install gcc libc6-dev pkg-config ca-certificates libvirt-dev procps mount
 }
 
 # Python tools (check-jsonschema) go into a private venv, never the system.

@@ -23,8 +23,10 @@ use crate::identity::{AddressType, Network, PrivateKey};
 
 const NODES: usize = 5;
 const CALL: Duration = Duration::from_secs(30);
-/// The same in both modes (those of `tests/cluster_trust.rs`).
-const TIMINGS: [&str; 8] = [
+/// Short gossip timings (probe 200 ms; suspicion, claim settle and
+/// re-election 1 s): this bench's, the same in both modes, and the
+/// multi-node tests'.
+pub const FAST_TIMINGS: [&str; 8] = [
     "--gossip-probe-interval",
     "200ms",
     "--gossip-suspect-timeout",
@@ -249,7 +251,7 @@ fn spawn(
         .arg(&socket)
         .args(["--cluster-owner", owner, "--gossip-listen", "127.0.0.1:0"])
         .args(mode.flags())
-        .args(TIMINGS);
+        .args(FAST_TIMINGS);
     if let Some(s) = seed {
         cmd.args(["--seed", s]);
     }

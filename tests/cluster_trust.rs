@@ -27,14 +27,8 @@ use deorch::identity::{AddressType, Network, PrivateKey};
 const SUSPECT: Duration = Duration::from_secs(1);
 
 fn args(owner: &str, seed: Option<&str>) -> Vec<String> {
-    let mut extra = vec![
-        "--gossip-suspect-timeout",
-        "1s",
-        "--gossip-claim-settle",
-        "1s",
-        "--gossip-reelect-timeout",
-        "1s",
-    ];
+    // The short timings past the probe period gossip_args sets.
+    let mut extra = deorch::bench_cluster::FAST_TIMINGS[2..].to_vec();
     if let Some(s) = seed {
         extra.extend(["--seed", s]);
     }

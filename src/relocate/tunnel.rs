@@ -202,11 +202,7 @@ pub async fn connect<S: Stream>(
         Ok((hs.into_transport_mode().map_err(refused)?, peer))
     };
     let (transport, peer) = timed(handshake).await?;
-    let mut t = Tunnel {
-        stream,
-        transport,
-        peer,
-    };
+    let mut t = Tunnel::new(stream, transport, peer);
     t.send(header).await?;
     Ok(t)
 }
@@ -233,11 +229,7 @@ pub async fn accept<S: Stream>(
         Ok((hs.into_transport_mode().map_err(refused)?, peer))
     };
     let (transport, peer) = timed(handshake).await?;
-    let mut t = Tunnel {
-        stream,
-        transport,
-        peer,
-    };
+    let mut t = Tunnel::new(stream, transport, peer);
     let header = timed(t.recv())
         .await?
         .ok_or_else(|| refused("closed before its header"))?;
@@ -245,6 +237,14 @@ pub async fn accept<S: Stream>(
 }
 
 impl<S: Stream> Tunnel<S> {
+    fn new(stream: S, transport: snow::TransportState, peer: NodeId) -> Self {
+        Tunnel {
+            stream,
+            transport,
+            peer,
+        }
+    }
+
     /// Send one message (split into frames if over 64 KiB).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
         let mut buf = vec![0u8; 65_535];

@@ -573,10 +573,8 @@ pub fn expected_address(files: &[PathBuf], server: &str, identity: &str) -> std:
         .unwrap_or_else(|| panic!("no address for {identity}"))
 }
 
-/// `node run` flags of a gossiping node of the cluster `owner` owns: any
-/// loopback port, a short probe period, then `extra`.
-/// Gossip on loopback with the tests' short timings (probe 200 ms,
-/// suspicion, claim settle and re-election 1 s), unsigned documents.
+/// Gossip on loopback with the tests' short timings
+/// (`deorch::bench_cluster::FAST_TIMINGS`), unsigned documents.
 pub fn fast_gossip_flags() -> Vec<String> {
     [
         "--gossip-listen",
@@ -585,17 +583,11 @@ pub fn fast_gossip_flags() -> Vec<String> {
         "test",
         "--gossip-verify",
         "unsigned",
-        "--gossip-probe-interval",
-        "200ms",
-        "--gossip-suspect-timeout",
-        "1s",
-        "--gossip-claim-settle",
-        "1s",
-        "--gossip-reelect-timeout",
-        "1s",
     ]
-    .map(String::from)
-    .to_vec()
+    .iter()
+    .chain(&deorch::bench_cluster::FAST_TIMINGS)
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The gossip address node `n` bound (`STATE_DIR/gossip-address`, once
@@ -606,6 +598,8 @@ pub fn gossip_address(n: &Node) -> String {
     std::fs::read_to_string(&file).unwrap().trim().to_string()
 }
 
+/// `node run` flags of a gossiping node of the cluster `owner` owns: any
+/// loopback port, a short probe period, then `extra`.
 pub fn gossip_args(owner: &str, extra: &[&str]) -> Vec<String> {
     [
         "--cluster-owner",
