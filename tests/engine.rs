@@ -822,7 +822,7 @@ async fn report_only_kinds_say_what_they_do() {
     let c = condition(&relocation, "Ready").unwrap();
     assert_eq!(
         (&c["status"], &c["reason"]),
-        (&"False".into(), &"NotImplemented".into())
+        (&"False".into(), &"NoGossip".into())
     );
     let _ = w.stop.send(true);
 }

@@ -324,7 +324,7 @@ fn fields_with_no_effect_yet_are_warned_about_not_refused() {
             (38, 3, "spec.gossip"),
             (40, 5, "spec.capacity.network"),
             (41, 3, "spec.arrays"),
-            (64, 1, "kind"),
+            (70, 3, "spec.mode"),
         ]
     );
     for w in &warnings {

@@ -295,6 +295,49 @@ pub trait Hypervisor: Send + Sync {
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>>;
     /// Forget a stopped VM entirely (after deletion).
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Start `config` paused, waiting for a migration stream (QEMU's
+    /// `-S -incoming defer`): the receiving end of a live relocation. It
+    /// runs no guest code until the relocation says `cont`.
+    fn start_incoming<'a>(
+        &'a self,
+        config: &'a VmConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            Err(DriverError::permanent(
+                "start_incoming",
+                &config.id,
+                format!(
+                    "the {} driver cannot receive a live relocation yet",
+                    self.name()
+                ),
+            ))
+        })
+    }
+    /// The QMP socket of a VM this driver runs (`None`: it has none a
+    /// relocation can drive).
+    fn qmp_socket(&self, id: &str) -> Option<std::path::PathBuf> {
+        let _ = id;
+        None
+    }
+    /// The relocation that holds VM `id` (its marker's text), if one does:
+    /// the VM reconciler leaves such a VM alone. The marker is durable
+    /// (it survives a node restart) and goes with the VM's runtime state.
+    fn relocation_lock(&self, id: &str) -> Option<String> {
+        let _ = id;
+        None
+    }
+    /// Set (`Some`) or clear (`None`) the relocation marker of VM `id`.
+    fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
+        let _ = holder;
+        Err(DriverError::permanent(
+            "relocation lock",
+            id,
+            format!(
+                "the {} driver cannot take part in a relocation yet",
+                self.name()
+            ),
+        ))
+    }
     /// Switch a running VM's disk to `overlay` (a qcow2 image whose backing
     /// file is the disk's current image): from then on QEMU writes only to
     /// the overlay and the old image is frozen.

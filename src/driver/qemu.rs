@@ -45,6 +45,8 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_MARKER: &str = "stop-requested";
 const CONFIG_FILE: &str = "config.json";
 const CONSOLE_FILE: &str = "console.json";
+/// Marker of a relocation that holds the VM (see `Hypervisor::relocation_lock`).
+const RELOCATION_MARKER: &str = "relocation";
 
 /// Runs VMs as QEMU processes.
 pub struct QemuHypervisor {
@@ -267,6 +269,115 @@ impl QemuHypervisor {
             .map_err(|m| Self::permanent("start", &c.id, m))
     }
 
+    /// Start QEMU for `config`; `incoming`: paused, waiting for a
+    /// migration stream (`-S -incoming defer`).
+    async fn launch(&self, config: &VmConfig, incoming: bool) -> Result<(), DriverError> {
+        {
+            let id = &config.id;
+
+            let dir = self.runtime_dir(id);
+            if let Some(pid) = Self::live_pid(&dir) {
+                // A guest that shut itself down leaves QEMU waiting: replace it.
+                match self
+                    .qmp("start", id)
+                    .await?
+                    .execute("query-status", None)
+                    .await
+                {
+                    Ok(s) if s["status"] == "shutdown" => {
+                        Self::kill(pid);
+                        Self::wait_gone(pid, Duration::from_secs(5)).await;
+                    }
+                    _ => {
+                        return Err(Self::permanent(
+                            "start",
+                            id,
+                            format!("already running (pid {pid})"),
+                        ))
+                    }
+                }
+            }
+            let mut vm = self.to_qemu(config)?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
+            let spice = config.spice
+                && {
+                    let ok = self.spice_supported();
+                    if !ok {
+                        tracing::warn!(vm = %id, "SPICE asked for, but this QEMU build has none (package qemu-system-modules-spice): VNC only");
+                    }
+                    ok
+                };
+            let port = self.console_port(id, &dir, spice)?;
+            vm.vnc = Some(Vnc {
+                listen: self.console_listen,
+                port,
+                websocket: Some(self.ports.websocket(port)),
+            });
+            vm.spice = spice
+                .then(|| self.ports.spice(port))
+                .flatten()
+                .map(|port| Spice {
+                    listen: self.console_listen,
+                    port,
+                });
+            for f in [
+                cmdline::pidfile(&dir),
+                cmdline::qmp_socket(&dir),
+                dir.join(STOP_MARKER),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+            let serial = cmdline::serial_log(&dir);
+            if serial.exists() {
+                let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
+            }
+            // Re-adoption after a node restart reads it back: durable.
+            let bytes = serde_json::to_vec(config).expect("configs serialize");
+            state_file::write(&dir.join(CONFIG_FILE), &bytes)
+                .map_err(|e| Self::permanent("start", id, e.to_string()))?;
+            let mut args = cmdline::args(&vm);
+            args.push("-no-shutdown".into());
+            if incoming {
+                args.extend(["-S", "-incoming", "defer"].map(String::from));
+            }
+            let out = tokio::process::Command::new(&self.qemu)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| {
+                    Self::permanent(
+                        "start",
+                        id,
+                        format!("cannot run {}: {e}", self.qemu.display()),
+                    )
+                })?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                return Err(Self::permanent(
+                    "start",
+                    id,
+                    format!(
+                        "QEMU refused to start: {}",
+                        stderr.lines().last().unwrap_or("").trim()
+                    ),
+                ));
+            }
+            // QEMU daemonizes once initialised; QMP answers right after.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Qmp::connect(&cmdline::qmp_socket(&dir), QMP_TIMEOUT).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(Self::err("start", id, e.to_string()))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+
     /// The CPU models of this QEMU build, from `-cpu help` (lines `x86
     /// NAME  description`), `host` and `max` included; empty when the
     /// probe fails (then nothing is refused on its account).
@@ -340,108 +451,42 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move {
-            let id = &config.id;
-            let dir = self.runtime_dir(id);
-            if let Some(pid) = Self::live_pid(&dir) {
-                // A guest that shut itself down leaves QEMU waiting: replace it.
-                match self
-                    .qmp("start", id)
-                    .await?
-                    .execute("query-status", None)
-                    .await
-                {
-                    Ok(s) if s["status"] == "shutdown" => {
-                        Self::kill(pid);
-                        Self::wait_gone(pid, Duration::from_secs(5)).await;
-                    }
-                    _ => {
-                        return Err(Self::permanent(
-                            "start",
-                            id,
-                            format!("already running (pid {pid})"),
-                        ))
-                    }
-                }
-            }
-            let mut vm = self.to_qemu(config)?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
-            let spice = config.spice
-                && {
-                    let ok = self.spice_supported();
-                    if !ok {
-                        tracing::warn!(vm = %id, "SPICE asked for, but this QEMU build has none (package qemu-system-modules-spice): VNC only");
-                    }
-                    ok
-                };
-            let port = self.console_port(id, &dir, spice)?;
-            vm.vnc = Some(Vnc {
-                listen: self.console_listen,
-                port,
-                websocket: Some(self.ports.websocket(port)),
-            });
-            vm.spice = spice
-                .then(|| self.ports.spice(port))
-                .flatten()
-                .map(|port| Spice {
-                    listen: self.console_listen,
-                    port,
-                });
-            for f in [
-                cmdline::pidfile(&dir),
-                cmdline::qmp_socket(&dir),
-                dir.join(STOP_MARKER),
-            ] {
-                let _ = std::fs::remove_file(f);
-            }
-            let serial = cmdline::serial_log(&dir);
-            if serial.exists() {
-                let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
-            }
-            // Re-adoption after a node restart reads it back: durable.
-            let bytes = serde_json::to_vec(config).expect("configs serialize");
-            state_file::write(&dir.join(CONFIG_FILE), &bytes)
-                .map_err(|e| Self::permanent("start", id, e.to_string()))?;
-            let mut args = cmdline::args(&vm);
-            args.push("-no-shutdown".into());
-            let out = tokio::process::Command::new(&self.qemu)
-                .args(&args)
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .map_err(|e| {
-                    Self::permanent(
-                        "start",
-                        id,
-                        format!("cannot run {}: {e}", self.qemu.display()),
-                    )
-                })?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                return Err(Self::permanent(
-                    "start",
-                    id,
-                    format!(
-                        "QEMU refused to start: {}",
-                        stderr.lines().last().unwrap_or("").trim()
-                    ),
-                ));
-            }
-            // QEMU daemonizes once initialised; QMP answers right after.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match Qmp::connect(&cmdline::qmp_socket(&dir), QMP_TIMEOUT).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(Self::err("start", id, e.to_string()))
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        })
+        Box::pin(self.launch(config, false))
     }
 
+    fn start_incoming<'a>(
+        &'a self,
+        config: &'a VmConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.launch(config, true))
+    }
+
+    fn qmp_socket(&self, id: &str) -> Option<PathBuf> {
+        Some(cmdline::qmp_socket(&self.runtime_dir(id)))
+    }
+
+    fn relocation_lock(&self, id: &str) -> Option<String> {
+        std::fs::read_to_string(self.runtime_dir(id).join(RELOCATION_MARKER)).ok()
+    }
+
+    fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
+        let dir = self.runtime_dir(id);
+        let f = dir.join(RELOCATION_MARKER);
+        match holder {
+            Some(h) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Self::permanent("relocation lock", id, e.to_string()))?;
+                state_file::write(&f, h.as_bytes())
+                    .map_err(|e| Self::permanent("relocation lock", id, e.to_string()))
+            }
+            None => match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Self::permanent("relocation lock", id, e.to_string()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
     fn stop<'a>(
         &'a self,
         id: &'a str,
@@ -564,7 +609,9 @@ impl Hypervisor for QemuHypervisor {
                 .await
                 .map_err(|e| Self::err("state", id, e.to_string()))?;
             Ok(match status["status"].as_str().unwrap_or("") {
-                "paused" => VmState::Paused {
+                // Migration states run no guest code: a relocation's
+                // sender after the copy, its receiver before the switch.
+                "paused" | "inmigrate" | "postmigrate" | "finish-migrate" => VmState::Paused {
                     pid,
                     started_ms,
                     config: Box::new(config),

@@ -41,7 +41,7 @@ pub mod trust;
 pub mod verify;
 pub mod wire;
 
-pub use node::{Event, GossipConfig, GossipNode, Output, Stats};
+pub use node::{Event, GossipConfig, GossipNode, Output, RelocationView, Stats};
 pub use transport::Transport;
 pub use verify::{AcceptAll, SignedManifests, Verifier};
 pub use wire::{Claim, DocKey, Document, Millis, NodeAddr, NodeId, NodeStatus, Resources, TagSet};

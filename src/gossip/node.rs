@@ -177,6 +177,21 @@ impl Reloc {
     }
 }
 
+/// A relocation as one node sees it (see [`GossipNode::relocations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelocationView {
+    /// The Relocation.
+    pub key: DocKey,
+    /// The VM it moves.
+    pub vm: DocKey,
+    /// The node whose claim on the VM wins (it runs the VM).
+    pub runner: Option<NodeId>,
+    /// The node whose claim on the relocation wins (its receiver).
+    pub receiver: Option<NodeId>,
+    /// Whether this node is the receiver, its claim settled.
+    pub elected_here: bool,
+}
+
 /// Where a node's peers come from.
 enum Peers {
     /// SWIM membership (foca).
@@ -391,6 +406,65 @@ impl GossipNode {
                 "{vm}: the claim was not taken (a newer one exists)"
             ));
         }
+        Ok(epoch)
+    }
+
+    /// The relocations this node knows, with who runs each one's VM and
+    /// who won its receiver election, in this node's view.
+    pub fn relocations(&self) -> Vec<RelocationView> {
+        self.relocs
+            .iter()
+            .map(|(key, r)| RelocationView {
+                key: key.clone(),
+                vm: r.vm.clone(),
+                runner: self.claim(&r.vm).map(|c| c.node.clone()),
+                receiver: self.claim(key).map(|c| c.node.clone()),
+                elected_here: self.vms.get(key).is_some_and(|t| t.started),
+            })
+            .collect()
+    }
+
+    /// The switch of a relocation: this node, whose QEMU now runs `vm`,
+    /// claims it above the claim of `from`, the sender (paused for good,
+    /// its copy of the VM never runs again), and counts it as started at
+    /// once: no settle time, since no other node may start it (`from`
+    /// stops on the newer claim, every other node sees it running here).
+    pub fn take_over(&mut self, vm: &DocKey, from: &NodeId, now: Millis) -> Result<u64, String> {
+        let Some(track) = self.vms.get(vm) else {
+            return Err(format!(
+                "{vm} is not placed by the radar here (unknown, deleted, or placed by hand)"
+            ));
+        };
+        let req = track.req.clone();
+        let epoch = match self.claim(vm) {
+            Some(c) if c.node == self.me => return Ok(c.epoch),
+            Some(c) if c.node == *from => c.epoch + 1,
+            Some(c) => {
+                return Err(format!(
+                    "{vm} is claimed by {}, not by the sender {from}",
+                    c.node
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{vm} is claimed by nobody, not by the sender {from}"
+                ))
+            }
+        };
+        let score = self.my_rank(&req).map_or(0, |(_, s)| s);
+        if !self.claim_now(vm, epoch, score, now) {
+            return Err(format!(
+                "{vm}: the claim was not taken (a newer one exists)"
+            ));
+        }
+        if let Some(t) = self.vms.get_mut(vm) {
+            t.started = true;
+            t.displaced = None;
+        }
+        self.event(Event::Start {
+            vm: vm.clone(),
+            epoch,
+        });
         Ok(epoch)
     }
 

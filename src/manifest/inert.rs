@@ -60,11 +60,14 @@ pub fn no_effect_yet(obj: &AnyObject) -> Vec<InertField> {
         AnyObject::Network(o) => network(&o.spec, &mut out),
         AnyObject::Satellite(o) => satellite(&o.spec, &mut out),
         AnyObject::AccessPolicy(_) => {}
-        AnyObject::Relocation(_) => out.push(InertField {
-            path: path(&["kind"]),
-            message: "Relocation has no effect yet: with gossip on, the nodes elect its receiver (the winner logs it) but no VM moves; the object is stored and its status says Pending"
-                .into(),
-        }),
+        AnyObject::Relocation(o) => {
+            if o.spec.mode == crate::model::RelocationMode::Offline {
+                out.push(inert(
+                    &["spec", "mode"],
+                    "Offline has no effect yet: the nodes carry out Live relocations only (the sender's status says Failed)",
+                ));
+            }
+        }
         AnyObject::Replica(_) | AnyObject::Dataset(_) => {}
     }
     out

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use access::{AccessPolicySpec, AccessPolicyStatus};
 pub use common::{Condition, Cpu, Duration, Performance, Placement, Quantity, TagSelector, Tags};
 pub use network::{NetworkSpec, NetworkStatus};
-pub use relocation::{RelocationSpec, RelocationStatus};
+pub use relocation::{RelocationMode, RelocationProgress, RelocationSpec, RelocationStatus};
 pub use satellite::{SatelliteSpec, SatelliteStatus};
 pub use spacesuit::{SpacesuitSpec, SpacesuitStatus};
 pub use storage_kinds::{DatasetSpec, DatasetStatus, ReplicaSpec, ReplicaStatus};

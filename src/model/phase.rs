@@ -19,9 +19,9 @@
 //! `Failed` are final (a new relocation is a new object).
 //!
 //! ```text
-//!   Pending ──► Electing ──► Copying ──► Switching ──► Succeeded
-//!      │           │            │            │
-//!      └───────────┴────────────┴────────────┴───────► Failed
+//!   Pending ──► Electing ──► Preparing ──► Copying ──► Switching ──► Succeeded
+//!      │           │             │            │            │
+//!      └───────────┴─────────────┴────────────┴────────────┴───────► Failed
 //! ```
 
 use std::fmt::Debug;
@@ -90,6 +90,8 @@ pub enum RelocationPhase {
     Pending,
     /// The radar elects the receiving satellite.
     Electing,
+    /// The receiver makes the VM's disks and a paused QEMU to take it.
+    Preparing,
     /// Memory and disks are copied to the receiver.
     Copying,
     /// The receiver takes over the VM.
@@ -106,11 +108,12 @@ impl Phase for RelocationPhase {
         use RelocationPhase::*;
         matches!(
             (self, next),
-            (Pending, Electing)
-                | (Electing, Copying)
+            (Pending, Electing | Preparing)
+                | (Electing, Preparing)
+                | (Preparing, Copying)
                 | (Copying, Switching)
                 | (Switching, Succeeded)
-                | (Pending | Electing | Copying | Switching, Failed)
+                | (Pending | Electing | Preparing | Copying | Switching, Failed)
         )
     }
 }
@@ -148,11 +151,11 @@ mod tests {
     #[test]
     fn a_relocation_moves_forward_or_fails_and_then_stays() {
         use RelocationPhase::*;
-        let order = [Pending, Electing, Copying, Switching, Succeeded];
+        let order = [Pending, Electing, Preparing, Copying, Switching, Succeeded];
         for w in order.windows(2) {
             assert_eq!(advance(Some(w[0]), w[1]), Ok(w[1]));
         }
-        for p in [Pending, Electing, Copying, Switching] {
+        for p in [Pending, Electing, Preparing, Copying, Switching] {
             assert_eq!(advance(Some(p), Failed), Ok(Failed));
         }
         for (from, to) in [

@@ -54,4 +54,31 @@ pub struct RelocationStatus {
     /// Guest downtime in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// The copy so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RelocationProgress>,
+    /// What happens now, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How far the copy of a relocation got (the sender reports it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelocationProgress {
+    /// Disk bytes in sync, over all disks.
+    pub disk_done: u64,
+    /// Disk bytes to bring in sync (grows as the guest writes).
+    pub disk_total: u64,
+    /// Memory bytes sent.
+    pub ram_sent: u64,
+    /// Memory bytes still dirty.
+    pub ram_remaining: u64,
+    /// Bytes per second over the copy so far.
+    pub bytes_per_second: u64,
+    /// Seconds left at that rate (`None`: not known yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// Milliseconds since the copy began.
+    pub elapsed_ms: u64,
 }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{GossipSettings, GossipVerify};
@@ -49,6 +49,8 @@ use crate::gossip::{
 use crate::identity::{AddressType, PrivateKey};
 use crate::model::{Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
 use crate::reconcile::{Elected, Placement};
+use crate::relocate::agent::{Agent, Ask, Link};
+use crate::relocate::tunnel::TunnelKey;
 use crate::store::{Record, SourceId, Store};
 
 /// Source of every change this task writes into the store.
@@ -177,6 +179,11 @@ pub struct Cluster {
     store: Arc<Store>,
     transport: UdpTransport,
     placement: Arc<ClusterPlacement>,
+    /// To the relocation agent.
+    link: watch::Sender<Link>,
+    /// From the relocation agent.
+    asks: mpsc::UnboundedSender<Ask>,
+    asks_rx: mpsc::UnboundedReceiver<Ask>,
 }
 
 impl Cluster {
@@ -189,6 +196,7 @@ impl Cluster {
         state_dir: &std::path::Path,
     ) -> anyhow::Result<Cluster> {
         let store = admission.store().clone();
+        let (asks, asks_rx) = mpsc::unbounded_channel();
         let transport = UdpTransport::bind(settings.listen)
             .await
             .with_context(|| format!("binding gossip on {}", settings.listen))?;
@@ -216,7 +224,23 @@ impl Cluster {
             store,
             transport,
             placement: Arc::new(ClusterPlacement::new()),
+            link: watch::channel(Link::default()).0,
+            asks,
+            asks_rx,
         })
+    }
+
+    /// The node's relocation agent, tied to this gossip task: it accepts
+    /// tunnels on the gossip address (TCP) and carries out the
+    /// relocations the election gives this node.
+    pub fn relocation_agent(&self, drivers: crate::reconcile::Drivers) -> Agent {
+        Agent {
+            drivers,
+            store: self.store.clone(),
+            listen: self.transport.local_addr(),
+            link: self.link.subscribe(),
+            asks: self.asks.clone(),
+        }
     }
 
     /// The election, for the engine.
@@ -285,10 +309,16 @@ impl Cluster {
             seed,
         )
         .with_signer(Arc::new(KeySigner::new(self.key.clone(), &cluster_id)));
+        let channel_key = Arc::new(ChannelKey::new(&self.key, &cluster_id));
+        let tunnel_key = TunnelKey {
+            key: channel_key.clone(),
+            cluster: cluster_id.clone(),
+            verifier: verifier.clone(),
+        };
         let channel = signed.then(|| {
             Channel::new(
                 ChannelConfig::default(),
-                Arc::new(ChannelKey::new(&self.key, &cluster_id)),
+                channel_key.clone(),
                 &cluster_id,
                 verifier.clone(),
                 seed ^ 0x5eed,
@@ -318,7 +348,13 @@ impl Cluster {
                 GossipVerify::Signed => Trust::Signed,
                 GossipVerify::Unsigned => Trust::UnsignedByChoice,
             },
+            link: self.link,
         };
+        task.link.send_modify(|l| {
+            l.key = Some(tunnel_key);
+            l.me = Some(task.me.clone());
+        });
+        let mut asks = self.asks_rx;
         task.refresh_members();
         for s in &self.settings.seeds {
             task.node.join(*s);
@@ -349,6 +385,18 @@ impl Cluster {
                     let _ = reply.send(answer);
                     task.drain();
                 }
+                Some(ask) = asks.recv() => match ask {
+                    Ask::TakeOver { vm, from, reply } => {
+                        let answer = task.node.take_over(&vm, &from, unix_ms());
+                        match &answer {
+                            Ok(epoch) => info!(%vm, epoch, %from, "relocation switch: this node claims the VM it now runs"),
+                            Err(e) => warn!(%vm, error = %e, "relocation switch: the claim was not taken"),
+                        }
+                        let _ = reply.send(answer);
+                        task.drain();
+                        task.refresh_placement();
+                    }
+                },
                 _ = interval.tick() => {
                     if task.status_dirty {
                         task.publish_status();
@@ -490,6 +538,8 @@ struct Task {
     away_until_ms: u64,
     /// What admission requires of peers' documents.
     trust: Trust,
+    /// To the relocation agent.
+    link: watch::Sender<Link>,
 }
 
 impl Task {
@@ -741,7 +791,7 @@ impl Task {
                     Event::Start { vm, epoch } if vm.kind == "Relocation" => info!(
                         relocation = %vm,
                         epoch,
-                        "elected as the relocation's receiver (moving the VM is not built yet)"
+                        "elected as the relocation's receiver: waiting for the sender"
                     ),
                     Event::Start { vm, epoch } => info!(%vm, epoch, "elected: this node runs it"),
                     Event::StopKeepDisk { vm, winner, epoch } => {
@@ -875,6 +925,30 @@ impl Task {
             }
         }
         self.placement.set_running(elsewhere);
+        let mut link = Link {
+            relocations: self.node.relocations(),
+            ..Link::default()
+        };
+        for id in self.node.alive_members() {
+            if let Some(a) = self.node.member_addr(&id) {
+                link.addrs.insert(id.clone(), a);
+            }
+            link.names.insert(id.clone(), self.label(&id));
+        }
+        link.names.insert(self.me.clone(), self.name.clone());
+        self.link.send_if_modified(|l| {
+            if l.same(&Link {
+                key: l.key.clone(),
+                me: l.me.clone(),
+                ..link.clone()
+            }) {
+                return false;
+            }
+            link.key = l.key.take();
+            link.me = l.me.take();
+            *l = link;
+            true
+        });
         if running != self.running {
             self.running = running;
             self.status_dirty = true;

@@ -222,6 +222,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         ),
         None => None,
     };
+    let agent = cluster
+        .as_ref()
+        .map(|c| c.relocation_agent(drivers.clone()));
     let engine = Engine::with_placement(
         store.clone(),
         drivers,
@@ -280,6 +283,9 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     }
     if let Some(c) = cluster {
         tasks.push(tokio::spawn(c.run(shutdown.clone())));
+    }
+    if let Some(a) = agent {
+        tasks.push(tokio::spawn(a.run(shutdown.clone())));
     }
     let schedule = Box::new(crate::source::replica_schedule::ReplicaSchedule::new(
         &config.name,

@@ -165,7 +165,9 @@ pub async fn preview(ctx: &Ctx, record: &Record) -> kind::Preview {
         Kind::Dataset => kind::preview::<dataset::Datasets>(ctx, record).await,
         Kind::Replica => kind::preview::<replica::Replicas>(ctx, record).await,
         Kind::Satellite => status_only("status only: the node reports its capacity into it"),
-        Kind::Relocation => status_only("NotImplemented: relocation is not carried out yet"),
+        Kind::Relocation => status_only(
+            "carried out by the node that runs the VM and the receiver the radar elects (gossip on, qemu driver, Live mode)",
+        ),
         Kind::AccessPolicy => status_only("status only: admission enforces it"),
     }
 }

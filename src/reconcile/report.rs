@@ -1,5 +1,5 @@
-//! Kinds whose reconcile only reports: Relocation (not carried out yet,
-//! and its status says so rather than pretending) and AccessPolicy (the
+//! Kinds whose reconcile only reports: Relocation (carried out by the
+//! relocation agents, which write its phases) and AccessPolicy (the
 //! sources that admit signed objects enforce it; there is nothing to do on
 //! the host). Both write a `Ready` condition and `observedGeneration`.
 
@@ -10,10 +10,41 @@ use super::{previous, Ctx, Outcome, ReconcileError};
 use crate::model::Condition;
 use crate::store::Record;
 
-/// Relocation: not implemented; its status says so.
+/// Relocation: the relocation agents of the two nodes carry it out and
+/// write its phase (`crate::relocate::agent`); until one does, its status
+/// says what it waits for. A node without gossip has no agent and says so.
 pub fn relocation(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
-    let what = "relocation is not implemented yet (it arrives with the radar and the VM drivers)";
-    write(ctx, record, false, "NotImplemented", what)
+    if record.deleted {
+        return Ok(Outcome::Done);
+    }
+    let mut st: crate::model::RelocationStatus = previous(record);
+    if st.phase.is_some() && st.observed_generation == Some(record.generation) {
+        return Ok(Outcome::Done);
+    }
+    let (reason, what) = if ctx.placement.is_some() {
+        (
+            "Waiting",
+            "waiting for the node that runs the VM and the receiver the radar elects",
+        )
+    } else {
+        (
+            "NoGossip",
+            "this node runs without gossip: no receiver can be elected, nothing moves",
+        )
+    };
+    st.observed_generation = Some(record.generation);
+    st.phase = Some(crate::model::phase::RelocationPhase::Pending);
+    st.message = Some(what.into());
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        false,
+        reason,
+        what,
+        record.generation,
+    );
+    ctx.write_status(&record.key, &st)?;
+    Ok(Outcome::Done)
 }
 
 /// AccessPolicy: what it does, once stored.

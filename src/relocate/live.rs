@@ -512,13 +512,21 @@ pub async fn abort(sender: &mut Qmp, plan: &LivePlan) -> Vec<String> {
         }
         let _ = wait_job_concluded(sender, disk).await;
         let _ = sender.execute("job-dismiss", Some(json!({"id": id}))).await;
-        let r = sender
-            .execute(
-                "blockdev-del",
-                Some(json!({"node-name": target_node(disk)})),
-            )
-            .await;
-        note("blockdev-del", r);
+        let target = target_node(disk);
+        let added = sender
+            .execute("query-named-block-nodes", Some(json!({"flat": true})))
+            .await
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n["node-name"] == target.as_str());
+        if added {
+            let r = sender
+                .execute("blockdev-del", Some(json!({"node-name": target})))
+                .await;
+            note("blockdev-del", r);
+        }
     }
     // A sender paused by the migration's last phase runs again.
     if let Ok(s) = sender.execute("query-status", None).await {

@@ -13,6 +13,7 @@
 //! switch, zfs send and libvirt, failure handling across daemons
 //! (issue 15).
 
+pub mod agent;
 pub mod live;
 pub mod offline;
 pub mod session;

@@ -63,9 +63,18 @@ pub enum SessionError {
     /// The control tunnel failed or closed.
     #[error("control: {0}")]
     Control(String),
+    /// This side refused or could not go on.
+    #[error("{0}")]
+    Here(String),
     /// The other side aborted.
     #[error("the other node aborted: {0}")]
     Aborted(String),
+    /// The control connection failed after `Switch` was sent: the guest
+    /// may already run on the receiver. The sender stays paused and
+    /// learns the outcome from the VM's claim (the receiver takes it
+    /// when it runs the guest).
+    #[error("no word from the receiver after the switch: {0}")]
+    Undecided(String),
     /// The other side sent something out of turn.
     #[error("control: expected {expected}, got {got:?}")]
     Unexpected {
@@ -104,15 +113,18 @@ async fn expect(control: &mut Tunnel, want: Step, name: &'static str) -> Result<
 
 /// Tell the other side, best effort, then return the error.
 async fn fail<T>(control: &mut Tunnel, e: SessionError) -> Result<T, SessionError> {
-    if !matches!(e, SessionError::Aborted(_) | SessionError::Control(_)) {
+    if !matches!(
+        e,
+        SessionError::Aborted(_) | SessionError::Control(_) | SessionError::Undecided(_)
+    ) {
         let _ = say(control, &Step::Abort(e.to_string())).await;
     }
     Err(e)
 }
 
-/// The sender's side. On error, call [`super::live::abort`] unless the
-/// error came after `Switch` was sent (then the guest may already run on
-/// the receiver: stay paused and ask it).
+/// The sender's side. On error, call [`super::live::abort`] unless it is
+/// [`SessionError::Undecided`] (then the guest may already run on the
+/// receiver: stay paused, and learn the outcome from the VM's claim).
 pub async fn run_sender(
     control: &mut Tunnel,
     sender: &mut Qmp,
@@ -129,8 +141,15 @@ pub async fn run_sender(
         let info = sender_migrate(sender, plan, disk_bytes, &mut progress).await?;
         let switch_start = Instant::now();
         let disk_bytes = sender_release(sender, plan, disk_bytes, &info, &mut progress).await?;
-        say(control, &Step::Switch).await?;
-        expect(control, Step::Running, "Running").await?;
+        let switched = async {
+            say(control, &Step::Switch).await?;
+            expect(control, Step::Running, "Running").await
+        };
+        match switched.await {
+            Ok(()) => {}
+            Err(SessionError::Aborted(why)) => return Err(SessionError::Aborted(why)),
+            Err(e) => return Err(SessionError::Undecided(e.to_string())),
+        }
         Ok(outcome(
             t0,
             mirror_ready_ms,
@@ -146,8 +165,9 @@ pub async fn run_sender(
     }
 }
 
-/// The receiver's side. On error its QEMU never ran guest code unless
-/// the error came after `Switch` arrived; the caller discards it.
+/// The receiver's side. On error its QEMU never ran guest code (an
+/// error of `cont` itself aside); the caller discards it. `Ok`: the
+/// guest runs here, even if the sender did not hear `Running`.
 pub async fn run_receiver(
     control: &mut Tunnel,
     receiver: &mut Qmp,
@@ -161,7 +181,10 @@ pub async fn run_receiver(
         say(control, &Step::Listening).await?;
         expect(control, Step::Switch, "Switch").await?;
         receiver_switch(receiver, plan).await?;
-        say(control, &Step::Running).await?;
+        // The guest runs here now, whatever becomes of this message.
+        if let Err(e) = say(control, &Step::Running).await {
+            tracing::warn!(error = %e, "the guest runs here; the sender did not hear so");
+        }
         Ok(())
     }
     .await;

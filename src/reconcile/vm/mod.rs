@@ -27,8 +27,9 @@
 //! satisfies the placement → `Unschedulable`; another node still reports
 //! running it → it does not start here (never two copies); its
 //! `placement.node` moved while it runs here with local disks → it keeps
-//! running here with reason `RelocationRequired` (there is no relocation
-//! yet).
+//! running here with reason `RelocationRequired`; a VM a relocation holds
+//! (its marker, `Hypervisor::relocation_lock`) is left alone until the
+//! relocation ends (`crate::relocate::agent`).
 //!
 //! The cluster's decision ([`resolve::decide`]) is read once, before
 //! anything is resolved: plan and execute never call back into the
@@ -56,6 +57,9 @@ use crate::model::vm::{VirtualMachineSpec, VirtualMachineStatus};
 use crate::model::{Manifest, ObjectKey};
 use crate::store::Record;
 
+/// How often a VM held by a relocation is looked at again.
+const RELOCATION_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Reconcile one VM record.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
     let vm: Manifest<VirtualMachineSpec> = serde_json::from_value(record.object.clone())
@@ -66,6 +70,12 @@ pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileE
         Ok(d) => d,
         Err(e) => return status::unresolved(ctx, record, previous, &e),
     };
+    // A relocation moving this VM drives its QEMU and disks until it
+    // ends (on either node); nothing here may start, resume or stop it.
+    if let Some(holder) = ctx.drivers.hypervisor.relocation_lock(&desired.config.id) {
+        tracing::debug!(vm = %record.key, %holder, "held by a relocation: left alone");
+        return Ok(Outcome::RequeueAfter(RELOCATION_POLL));
+    }
     let mut status = previous.clone();
     if !record.deleted && desired.site == Site::Here {
         if let Some(outcome) = revert::revert(ctx, record, &vm, &desired, &mut status).await? {

@@ -1,0 +1,889 @@
+//! The node's relocation agent: it carries out the relocations the radar
+//! gives this node, as the sender (the node that runs the VM) or as the
+//! receiver (the node the radar elected), over tunnels between the two
+//! nodes ([`super::tunnel`]) on the node's gossip address (TCP, the same
+//! port number as gossip's UDP).
+//!
+//! ```text
+//! gossip task ── Link (relocations, runners, receivers, addresses) ──► agent
+//! sender agent ── control tunnel: Offer (VM config, disk sizes) ──► receiver agent
+//!                                                   create volumes, QEMU -incoming defer
+//! sender QEMU ─► 127.0.0.1 forwarder ─► tunnel "nbd"/"migration" ─► receiver QEMU
+//!               session::run_sender  ◄── Exported/Incoming/.../Running ──►  session::run_receiver
+//! receiver agent ── TakeOver (claim at epoch+1) ──► gossip task ──► sender stops, deletes its copy
+//! ```
+//!
+//! While a relocation holds a VM, its marker (`Hypervisor::relocation_lock`)
+//! keeps the VM reconciler away from it on both nodes, so nothing resumes
+//! the sender's paused QEMU or stops the receiver's incoming one. The VM
+//! runs on exactly one node at every moment: the sender's guest runs
+//! until migration completes; the receiver's runs only after `cont`,
+//! which comes after the sender is paused for good; the sender deletes its
+//! copy only once the VM's claim has moved to the receiver. Each node
+//! writes the relocation's status as it sees it (phase, progress, reason).
+//!
+//! Not yet: resuming or rolling back a relocation after a node daemon
+//! restarts mid-way (the marker stays; the VM stays as it is), offline
+//! mode and zfs send through the agent, the libvirt driver, a bandwidth
+//! cap setting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::live::{abort, LivePlan, LiveProgress, LiveStage};
+use super::session::{run_receiver, run_sender, SessionError};
+use super::tunnel::{self, Tunnel, TunnelKey};
+use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
+use crate::gossip::{DocKey, NodeId, RelocationView};
+use crate::model::phase::RelocationPhase;
+use crate::model::{Kind, ObjectKey, RelocationProgress, RelocationStatus};
+use crate::qemu::qmp::Qmp;
+use crate::store::Store;
+
+/// What the gossip task tells the agent, kept current.
+#[derive(Clone, Default)]
+pub struct Link {
+    /// This node.
+    pub me: Option<NodeId>,
+    /// This node's side of tunnels.
+    pub key: Option<TunnelKey>,
+    /// The relocations the node knows.
+    pub relocations: Vec<RelocationView>,
+    /// Members' gossip addresses (where their agents listen).
+    pub addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Members' names.
+    pub names: BTreeMap<NodeId, String>,
+}
+
+impl Link {
+    /// Whether `other` says the same (the key aside).
+    pub fn same(&self, other: &Link) -> bool {
+        self.me == other.me
+            && self.relocations == other.relocations
+            && self.addrs == other.addrs
+            && self.names == other.names
+            && self.key.is_some() == other.key.is_some()
+    }
+
+    fn name(&self, id: &NodeId) -> String {
+        self.names.get(id).cloned().unwrap_or_else(|| id.0.clone())
+    }
+
+    fn view(&self, key: &DocKey) -> Option<&RelocationView> {
+        self.relocations.iter().find(|v| v.key == *key)
+    }
+}
+
+/// What the agent asks of the gossip task.
+pub enum Ask {
+    /// Claim `vm` above the sender's claim: it runs here now.
+    TakeOver {
+        /// The VM.
+        vm: DocKey,
+        /// The sender.
+        from: NodeId,
+        /// The claim's epoch, or why not.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
+/// What a tunnel asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Header {
+    /// The Relocation, `namespace/name`.
+    relocation: String,
+    /// `control`, `nbd` or `migration`.
+    stream: String,
+}
+
+/// The sender's first message: what the receiver must make.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Offer {
+    /// The configuration the VM runs with on the sender.
+    config: VmConfig,
+    /// Virtual size of each volume, by volume name.
+    sizes: BTreeMap<String, u64>,
+}
+
+/// The local ends of a receiving session's streams.
+#[derive(Debug, Clone)]
+struct Ports {
+    peer: NodeId,
+    nbd: SocketAddr,
+    migration: SocketAddr,
+}
+
+/// The relocation agent of one node.
+pub struct Agent {
+    /// The node's drivers.
+    pub drivers: Drivers,
+    /// The node's store (relocation statuses).
+    pub store: Arc<Store>,
+    /// Where tunnels are accepted (the gossip address, TCP).
+    pub listen: SocketAddr,
+    /// From the gossip task.
+    pub link: watch::Receiver<Link>,
+    /// To the gossip task.
+    pub asks: mpsc::UnboundedSender<Ask>,
+}
+
+struct Shared {
+    drivers: Drivers,
+    store: Arc<Store>,
+    link: watch::Receiver<Link>,
+    asks: mpsc::UnboundedSender<Ask>,
+    /// Receiving sessions, by relocation.
+    incoming: Mutex<BTreeMap<DocKey, Ports>>,
+    /// Relocations a session of this node works on.
+    busy: Mutex<BTreeSet<DocKey>>,
+    /// Relocations this node finished as sender (with the generation of
+    /// the object then): not started again unless the object changes.
+    done: Mutex<BTreeMap<DocKey, i64>>,
+}
+
+/// Settings of the copy.
+const DOWNTIME_LIMIT_MS: u64 = 50;
+const COPY_TIMEOUT: Duration = Duration::from_secs(600);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a receiver waits for its own election to settle when the
+/// sender comes first.
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+/// A status write at most this often while copying.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+impl Agent {
+    /// Run until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let listener = match TcpListener::bind(self.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(listen = %self.listen, error = %e, "relocation tunnels cannot listen: this node can send VMs but not receive them");
+                return;
+            }
+        };
+        info!(listen = %self.listen, "relocation agent listening (TCP)");
+        let shared = Arc::new(Shared {
+            drivers: self.drivers,
+            store: self.store,
+            link: self.link.clone(),
+            asks: self.asks,
+            incoming: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(BTreeSet::new()),
+            done: Mutex::new(BTreeMap::new()),
+        });
+        let mut link = self.link;
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                a = listener.accept() => if let Ok((s, from)) = a {
+                    let sh = shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = sh.clone().serve(s).await {
+                            warn!(%from, error = %e, "relocation tunnel refused");
+                        }
+                    });
+                },
+                c = link.changed() => {
+                    if c.is_err() {
+                        break;
+                    }
+                    shared.clone().scan();
+                }
+                _ = every.tick() => shared.clone().scan(),
+            }
+        }
+    }
+}
+
+fn key_text(k: &DocKey) -> String {
+    format!("{}/{}", k.namespace, k.name)
+}
+
+fn object_key(k: &DocKey) -> ObjectKey {
+    ObjectKey::new(Kind::Relocation, Some(&k.namespace), &k.name)
+}
+
+fn vm_id(k: &DocKey) -> String {
+    format!("{}/{}", k.namespace, k.name)
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl Shared {
+    /// Start a sender session for each relocation of a VM this node runs
+    /// whose receiver is elected.
+    fn scan(self: Arc<Self>) {
+        let link = self.link.borrow().clone();
+        let Some(me) = link.me.clone() else { return };
+        for v in &link.relocations {
+            let (Some(runner), Some(receiver)) = (&v.runner, &v.receiver) else {
+                continue;
+            };
+            if *runner != me || *receiver == me {
+                continue;
+            }
+            let Some(rec) = self.store.get(&object_key(&v.key)).filter(|r| !r.deleted) else {
+                continue;
+            };
+            if self.done.lock().unwrap().get(&v.key) == Some(&rec.generation) {
+                continue;
+            }
+            if !self.busy.lock().unwrap().insert(v.key.clone()) {
+                continue;
+            }
+            let sh = self.clone();
+            let v = v.clone();
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                let generation = rec.generation;
+                sh.send(&v, &receiver, rec.object["spec"]["mode"].as_str())
+                    .await;
+                sh.done.lock().unwrap().insert(v.key.clone(), generation);
+                sh.busy.lock().unwrap().remove(&v.key);
+            });
+        }
+    }
+
+    /// Update the relocation's status as this node sees it.
+    fn status(&self, key: &DocKey, f: impl FnOnce(&mut RelocationStatus)) {
+        let k = object_key(key);
+        let Some(rec) = self.store.get(&k).filter(|r| !r.deleted) else {
+            return;
+        };
+        let mut st: RelocationStatus = rec
+            .status
+            .clone()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default();
+        st.observed_generation = Some(rec.generation);
+        f(&mut st);
+        let v = serde_json::to_value(&st).expect("statuses serialize");
+        if let Err(e) = self.store.set_status(&k, v) {
+            warn!(relocation = %k, error = %e, "relocation status not written");
+        }
+    }
+
+    fn phase(&self, key: &DocKey, phase: RelocationPhase, message: impl Into<String>) {
+        let message = message.into();
+        info!(relocation = %key_text(key), ?phase, %message, "relocation");
+        self.status(key, |s| {
+            let generation = s.observed_generation.unwrap_or(0);
+            crate::reconcile::status::set_condition(
+                &mut s.conditions,
+                "Ready",
+                phase == RelocationPhase::Succeeded,
+                &format!("{phase:?}"),
+                &message,
+                generation,
+            );
+            s.phase = Some(phase);
+            s.message = Some(message);
+        });
+    }
+
+    /// Wait until the link says `f`, up to `limit` (`None`: forever).
+    async fn wait_link(&self, limit: Option<Duration>, f: impl Fn(&Link) -> bool) -> bool {
+        let mut link = self.link.clone();
+        let until = limit.map(|l| Instant::now() + l);
+        loop {
+            if f(&link.borrow_and_update()) {
+                return true;
+            }
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            let wait = left.unwrap_or(Duration::from_secs(3600));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, link.changed()).await {
+                return false;
+            }
+        }
+    }
+
+    /// Open a tunnel to `to` for `stream` of relocation `key`.
+    async fn open(&self, to: &NodeId, key: &DocKey, stream: &str) -> Result<Tunnel, String> {
+        let (addr, tk) = {
+            let link = self.link.borrow();
+            (link.addrs.get(to).copied(), link.key.clone())
+        };
+        let addr = addr.ok_or_else(|| format!("no address known for {to}"))?;
+        let tk = tk.ok_or("no tunnel key yet")?;
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("{addr}: no connection within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let _ = s.set_nodelay(true);
+        let header = serde_json::to_vec(&Header {
+            relocation: key_text(key),
+            stream: stream.into(),
+        })
+        .expect("headers serialize");
+        tunnel::connect(s, &tk, to, &header)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The sender's side of relocation `v` to `receiver`.
+    async fn send(self: &Arc<Self>, v: &RelocationView, receiver: &NodeId, mode: Option<&str>) {
+        let link = self.link.borrow().clone();
+        let to = link.name(receiver);
+        let key = &v.key;
+        self.status(key, |s| {
+            s.source = link.me.as_ref().map(|m| link.name(m));
+            s.destination = Some(to.clone());
+            s.progress = None;
+            s.downtime_ms = None;
+        });
+        if mode == Some("Offline") {
+            self.phase(
+                key,
+                RelocationPhase::Failed,
+                "Offline mode is not carried out by the node yet (only Live is)",
+            );
+            return;
+        }
+        let hv = self.drivers.hypervisor.clone();
+        let id = vm_id(&v.vm);
+        let config = match hv.state(&id).await {
+            Ok(VmState::Running { config, .. }) => *config,
+            Ok(other) => {
+                let what = format!("{other:?}");
+                let what = what.split([' ', '(', '{']).next().unwrap_or("");
+                self.phase(
+                    key,
+                    RelocationPhase::Failed,
+                    format!("the VM is not running here (it is {what}): only a running VM is relocated live"),
+                );
+                return;
+            }
+            Err(e) => {
+                self.phase(key, RelocationPhase::Failed, e.to_string());
+                return;
+            }
+        };
+        let Some(sock) = hv.qmp_socket(&id) else {
+            self.phase(
+                key,
+                RelocationPhase::Failed,
+                format!("the {} driver cannot relocate a running VM yet", hv.name()),
+            );
+            return;
+        };
+        let lock = serde_json::json!({
+            "relocation": key_text(key), "role": "sender", "receiver": to,
+        })
+        .to_string();
+        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock)) {
+            self.phase(key, RelocationPhase::Failed, e.to_string());
+            return;
+        }
+        self.phase(
+            key,
+            RelocationPhase::Preparing,
+            format!("{to} makes the VM's disks and a paused QEMU"),
+        );
+        match self.send_live(v, receiver, config, &sock).await {
+            Ok(downtime) => {
+                self.phase(
+                    key,
+                    RelocationPhase::Switching,
+                    format!("the VM runs on {to}; waiting for its claim"),
+                );
+                self.finish_sender(v, receiver, &to, Some(downtime)).await;
+            }
+            Err(SessionError::Undecided(why)) => {
+                warn!(relocation = %key_text(key), %why, "no word from the receiver after the switch: the VM stays paused here until the receiver claims it");
+                self.phase(
+                    key,
+                    RelocationPhase::Switching,
+                    format!("no word from {to} after the switch ({why}): the VM stays paused here until {to} claims it"),
+                );
+                self.finish_sender(v, receiver, &to, None).await;
+            }
+            Err(e) => {
+                let _ = hv.set_relocation_lock(&id, None);
+                self.phase(
+                    key,
+                    RelocationPhase::Failed,
+                    format!("{e}; the VM runs on here as before"),
+                );
+            }
+        }
+    }
+
+    /// After the switch: once the VM's claim is the receiver's, stop the
+    /// paused copy here and delete its disks (replicas stay).
+    async fn finish_sender(
+        &self,
+        v: &RelocationView,
+        receiver: &NodeId,
+        to: &str,
+        downtime: Option<u64>,
+    ) {
+        let vm = v.vm.clone();
+        let r = receiver.clone();
+        self.wait_link(None, |l| {
+            l.relocations
+                .iter()
+                .any(|x| x.vm == vm && x.runner.as_ref() == Some(&r))
+        })
+        .await;
+        let id = vm_id(&v.vm);
+        let hv = &self.drivers.hypervisor;
+        let volumes: Vec<String> = match hv.state(&id).await {
+            Ok(VmState::Running { config, .. } | VmState::Paused { config, .. }) => {
+                config.disks.iter().map(|d| d.1.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut notes = Vec::new();
+        if let Err(e) = hv.remove(&id).await {
+            notes.push(format!("removing the old QEMU: {e}"));
+        }
+        for vol in &volumes {
+            if let Err(e) = self.drivers.storage.destroy(vol).await {
+                notes.push(format!("deleting volume {vol}: {e}"));
+            }
+        }
+        let msg = if notes.is_empty() {
+            format!("the VM runs on {to}; its copy here is gone")
+        } else {
+            format!("the VM runs on {to}; left here: {}", notes.join("; "))
+        };
+        self.status(&v.key, |s| s.downtime_ms = downtime);
+        self.phase(&v.key, RelocationPhase::Succeeded, msg);
+    }
+
+    async fn send_live(
+        self: &Arc<Self>,
+        v: &RelocationView,
+        receiver: &NodeId,
+        config: VmConfig,
+        sock: &std::path::Path,
+    ) -> Result<u64, SessionError> {
+        let key = &v.key;
+        let mut sizes = BTreeMap::new();
+        for (_, vol) in &config.disks {
+            let info = self
+                .drivers
+                .storage
+                .volume(vol)
+                .await
+                .map_err(|e| SessionError::Control(e.to_string()))?;
+            sizes.insert(vol.clone(), info.size);
+        }
+        let disks: Vec<String> = config.disks.iter().map(|d| d.0.clone()).collect();
+        let mut control = self
+            .open(receiver, key, "control")
+            .await
+            .map_err(SessionError::Control)?;
+        let offer = serde_json::to_vec(&Offer { config, sizes }).expect("offers serialize");
+        control
+            .send(&offer)
+            .await
+            .map_err(|e| SessionError::Control(e.to_string()))?;
+        let nbd = self.forward(receiver, key, "nbd").await?;
+        let migration = self.forward(receiver, key, "migration").await?;
+        let plan = LivePlan {
+            disks,
+            nbd_listen: nbd.0,
+            nbd_connect: nbd.0,
+            migration_listen: migration.0,
+            migration_connect: migration.0,
+            downtime_limit_ms: DOWNTIME_LIMIT_MS,
+            max_bandwidth: None,
+            mirror_timeout: COPY_TIMEOUT,
+            migrate_timeout: COPY_TIMEOUT,
+        };
+        let mut qmp = Qmp::connect(sock, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| SessionError::Control(format!("QMP: {e}")))?;
+        let t0 = Instant::now();
+        let mut last = Instant::now() - PROGRESS_EVERY;
+        let mut copying = false;
+        let progress = |p: LiveProgress| {
+            if !copying {
+                copying = true;
+                self.phase(
+                    key,
+                    RelocationPhase::Copying,
+                    "disks and memory are copied while the guest runs",
+                );
+            }
+            if last.elapsed() < PROGRESS_EVERY && p.stage != LiveStage::Switching {
+                return;
+            }
+            last = Instant::now();
+            let elapsed = t0.elapsed();
+            let moved = p.disk_done + p.ram_sent;
+            let rate = (moved as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
+            let left = p.disk_total.saturating_sub(p.disk_done) + p.ram_remaining;
+            self.status(key, |s| {
+                s.progress = Some(RelocationProgress {
+                    disk_done: p.disk_done,
+                    disk_total: p.disk_total,
+                    ram_sent: p.ram_sent,
+                    ram_remaining: p.ram_remaining,
+                    bytes_per_second: rate,
+                    eta_seconds: (rate > 0).then(|| left / rate),
+                    elapsed_ms: elapsed.as_millis() as u64,
+                })
+            });
+        };
+        let r = run_sender(&mut control, &mut qmp, &plan, progress).await;
+        nbd.1.abort();
+        migration.1.abort();
+        match r {
+            Ok(o) => {
+                info!(relocation = %key_text(key), total_ms = o.total_ms, downtime_ms = o.qemu_downtime_ms, switch_ms = o.switch_ms, disk_bytes = o.disk_bytes, ram_bytes = o.ram_bytes, "relocation copied");
+                Ok(o.qemu_downtime_ms + o.switch_ms)
+            }
+            Err(SessionError::Undecided(why)) => Err(SessionError::Undecided(why)),
+            Err(e) => {
+                let notes = abort(&mut qmp, &plan).await;
+                if !notes.is_empty() {
+                    warn!(relocation = %key_text(key), ?notes, "abort left notes");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A local listener for this node's QEMU whose connections go to
+    /// `to` through tunnels asking for `stream`.
+    async fn forward(
+        self: &Arc<Self>,
+        to: &NodeId,
+        key: &DocKey,
+        stream: &'static str,
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SessionError> {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| SessionError::Control(e.to_string()))?;
+        let at = l
+            .local_addr()
+            .map_err(|e| SessionError::Control(e.to_string()))?;
+        let sh = self.clone();
+        let to = to.clone();
+        let key = key.clone();
+        let h = tokio::spawn(async move {
+            while let Ok((plain, _)) = l.accept().await {
+                let sh = sh.clone();
+                let to = to.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let _ = plain.set_nodelay(true);
+                    match sh.open(&to, &key, stream).await {
+                        Ok(t) => {
+                            let _ = t.splice(plain).await;
+                        }
+                        Err(e) => {
+                            warn!(relocation = %key_text(&key), stream, error = %e, "stream tunnel failed")
+                        }
+                    }
+                });
+            }
+        });
+        Ok((at, h))
+    }
+
+    /// A tunnel a peer opened.
+    async fn serve(self: Arc<Self>, s: TcpStream) -> Result<(), String> {
+        let _ = s.set_nodelay(true);
+        let tk = self.link.borrow().key.clone().ok_or("no tunnel key yet")?;
+        let (t, header) = tunnel::accept(s, &tk).await.map_err(|e| e.to_string())?;
+        let h: Header =
+            serde_json::from_slice(&header).map_err(|e| format!("malformed tunnel header: {e}"))?;
+        let (ns, name) = h
+            .relocation
+            .split_once('/')
+            .ok_or("malformed relocation name")?;
+        let key = DocKey::new("Relocation", ns, name);
+        match h.stream.as_str() {
+            "control" => {
+                self.receive(t, key).await;
+                Ok(())
+            }
+            "nbd" | "migration" => {
+                let ports = self.incoming.lock().unwrap().get(&key).cloned();
+                let ports = ports.filter(|p| p.peer == t.peer).ok_or_else(|| {
+                    format!(
+                        "{}: no relocation from {} receives here",
+                        h.relocation, t.peer
+                    )
+                })?;
+                let at = if h.stream == "nbd" {
+                    ports.nbd
+                } else {
+                    ports.migration
+                };
+                let plain = TcpStream::connect(at).await.map_err(|e| e.to_string())?;
+                let _ = plain.set_nodelay(true);
+                t.splice(plain).await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            other => Err(format!("unknown stream {other:?}")),
+        }
+    }
+
+    /// The receiver's side: `control` came from the sender.
+    async fn receive(self: &Arc<Self>, mut control: Tunnel, key: DocKey) {
+        let peer = control.peer.clone();
+        // The sender may see this node's claim before it settles here.
+        let ready = |l: &Link| {
+            l.view(&key)
+                .is_some_and(|v| v.elected_here && v.runner.as_ref() == Some(&peer))
+        };
+        let ok = self.wait_link(Some(SETTLE_WAIT), ready).await;
+        let view = self.link.borrow().view(&key).cloned();
+        let Some(v) = view.filter(|_| ok) else {
+            warn!(relocation = %key_text(&key), %peer, "refused: this node is not the elected receiver of a VM that node runs");
+            let _ = say_abort(
+                &mut control,
+                "this node is not the elected receiver of a VM you run",
+            )
+            .await;
+            return;
+        };
+        if !self.busy.lock().unwrap().insert(key.clone()) {
+            let _ = say_abort(&mut control, "a session of this relocation is running here").await;
+            return;
+        }
+        let from = self.link.borrow().name(&peer);
+        self.status(&key, |s| {
+            s.source = Some(from.clone());
+            s.destination = self
+                .link
+                .borrow()
+                .me
+                .as_ref()
+                .map(|m| self.link.borrow().name(m));
+        });
+        let r = self.receive_live(&mut control, &v, &peer).await;
+        self.incoming.lock().unwrap().remove(&key);
+        match r {
+            Ok(()) => {
+                self.phase(
+                    &key,
+                    RelocationPhase::Switching,
+                    "the VM runs here; taking its claim",
+                );
+                let (tx, rx) = oneshot::channel();
+                let _ = self.asks.send(Ask::TakeOver {
+                    vm: v.vm.clone(),
+                    from: peer.clone(),
+                    reply: tx,
+                });
+                let taken = rx.await.unwrap_or_else(|_| Err("gossip stopped".into()));
+                let id = vm_id(&v.vm);
+                match taken {
+                    Ok(epoch) => {
+                        let me = self.link.borrow().me.clone();
+                        let vm = v.vm.clone();
+                        self.wait_link(Some(Duration::from_secs(30)), |l| {
+                            l.relocations.iter().any(|x| x.vm == vm && x.runner == me)
+                        })
+                        .await;
+                        let _ = self.drivers.hypervisor.set_relocation_lock(&id, None);
+                        self.phase(
+                            &key,
+                            RelocationPhase::Succeeded,
+                            format!("the VM runs here (claim epoch {epoch}); moved from {from}"),
+                        );
+                    }
+                    Err(e) => {
+                        // The guest runs here and nowhere else (the sender
+                        // is paused for good): keep it, and say so.
+                        warn!(relocation = %key_text(&key), error = %e, "the VM runs here but its claim was not taken");
+                        let _ = self.drivers.hypervisor.set_relocation_lock(&id, None);
+                        self.phase(
+                            &key,
+                            RelocationPhase::Switching,
+                            format!("the VM runs here, but its claim was not taken: {e}"),
+                        );
+                    }
+                }
+            }
+            Err((e, leftovers)) => {
+                let id = vm_id(&v.vm);
+                let mut notes = Vec::new();
+                if let Err(e) = self.drivers.hypervisor.remove(&id).await {
+                    notes.push(format!("QEMU: {e}"));
+                }
+                for vol in leftovers {
+                    if let Err(e) = self.drivers.storage.destroy(&vol).await {
+                        notes.push(format!("volume {vol}: {e}"));
+                    }
+                }
+                let _ = self.drivers.hypervisor.set_relocation_lock(&id, None);
+                let mut msg = format!("{e}; the VM runs on {from}, nothing of it is left here");
+                if !notes.is_empty() {
+                    msg = format!("{e}; left here: {}", notes.join("; "));
+                }
+                self.phase(&key, RelocationPhase::Failed, msg);
+            }
+        }
+        self.busy.lock().unwrap().remove(&key);
+    }
+
+    /// Make the disks and the paused QEMU, then run the receiver's steps.
+    /// On error: the error and the volumes created here.
+    async fn receive_live(
+        self: &Arc<Self>,
+        control: &mut Tunnel,
+        v: &RelocationView,
+        peer: &NodeId,
+    ) -> Result<(), (SessionError, Vec<String>)> {
+        let key = &v.key;
+        let id = vm_id(&v.vm);
+        let mut created = Vec::new();
+        let control_err = |e: String| SessionError::Control(e);
+        let offer = match control.recv().await {
+            Ok(Some(b)) => serde_json::from_slice::<Offer>(&b)
+                .map_err(|e| control_err(format!("malformed offer: {e}"))),
+            Ok(None) => Err(control_err("closed before the offer".into())),
+            Err(e) => Err(control_err(e.to_string())),
+        };
+        let mut offer = offer.map_err(|e| (e, Vec::new()))?;
+        if offer.config.id != id {
+            let e = refuse(
+                control,
+                format!("the offer is for {}, not {id}", offer.config.id),
+            )
+            .await;
+            return Err((e, created));
+        }
+        let hv = self.drivers.hypervisor.clone();
+        match hv.state(&id).await {
+            Ok(VmState::Absent) => {}
+            other => {
+                let e = refuse(control, format!("a copy of the VM exists here ({other:?})")).await;
+                return Err((e, created));
+            }
+        }
+        let lock = serde_json::json!({"relocation": key_text(key), "role": "receiver"}).to_string();
+        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock)) {
+            let e = refuse(control, e.to_string()).await;
+            return Err((e, created));
+        }
+        self.phase(
+            key,
+            RelocationPhase::Preparing,
+            "making the VM's disks and a paused QEMU",
+        );
+        let mut images = Vec::new();
+        for (disk, vol) in offer.config.disks.clone() {
+            let size = offer.sizes.get(&vol).copied().unwrap_or(0);
+            let storage = &self.drivers.storage;
+            let r = match storage.create(&vol, size).await {
+                Ok(()) => {
+                    created.push(vol.clone());
+                    storage.volume(&vol).await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(info) => match offer.config.disk_images.iter().find(|i| i.name == disk) {
+                    Some(old) => images.push(DiskImage {
+                        name: disk.clone(),
+                        path: info.path,
+                        format: info.format.to_string(),
+                        bus: old.bus,
+                        read_only: old.read_only,
+                    }),
+                    None => {
+                        let e =
+                            refuse(control, format!("the offer has no image of disk {disk}")).await;
+                        return Err((e, created));
+                    }
+                },
+                Err(e) => {
+                    let e = refuse(control, format!("volume {vol}: {e}")).await;
+                    return Err((e, created));
+                }
+            }
+        }
+        offer.config.disk_images = images;
+        for nic in offer.config.nics.iter().filter(|n| n.host_tap) {
+            if let Err(e) = self
+                .drivers
+                .net
+                .ensure_tap(&nic.tap, &nic.bridge, 1500)
+                .await
+            {
+                let e = refuse(control, format!("tap {}: {e}", nic.tap)).await;
+                return Err((e, created));
+            }
+        }
+        let ports = match (free_port(), free_port()) {
+            (Ok(nbd), Ok(migration)) => Ports {
+                peer: peer.clone(),
+                nbd,
+                migration,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                let e = refuse(control, format!("no local port: {e}")).await;
+                return Err((e, created));
+            }
+        };
+        if let Err(e) = hv.start_incoming(&offer.config).await {
+            let e = refuse(control, e.to_string()).await;
+            return Err((e, created));
+        }
+        let Some(sock) = hv.qmp_socket(&id) else {
+            let e = refuse(control, "no QMP socket".into()).await;
+            return Err((e, created));
+        };
+        let mut qmp = match Qmp::connect(&sock, CONNECT_TIMEOUT).await {
+            Ok(q) => q,
+            Err(e) => {
+                let e = refuse(control, format!("QMP: {e}")).await;
+                return Err((e, created));
+            }
+        };
+        self.incoming
+            .lock()
+            .unwrap()
+            .insert(key.clone(), ports.clone());
+        let plan = LivePlan {
+            disks: offer.config.disks.iter().map(|d| d.0.clone()).collect(),
+            nbd_listen: ports.nbd,
+            nbd_connect: ports.nbd,
+            migration_listen: ports.migration,
+            migration_connect: ports.migration,
+            downtime_limit_ms: DOWNTIME_LIMIT_MS,
+            max_bandwidth: None,
+            mirror_timeout: COPY_TIMEOUT,
+            migrate_timeout: COPY_TIMEOUT,
+        };
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "taking the disks and memory while the guest runs on the sender",
+        );
+        run_receiver(control, &mut qmp, &plan)
+            .await
+            .map_err(|e| (e, created))
+    }
+}
+
+/// Tell the sender why this node stops, and return that.
+async fn refuse(control: &mut Tunnel, why: String) -> SessionError {
+    let _ = say_abort(control, &why).await;
+    SessionError::Here(why)
+}
+
+async fn say_abort(control: &mut Tunnel, why: &str) -> Result<(), String> {
+    let b = serde_json::to_vec(&super::session::Step::Abort(why.into())).expect("serializes");
+    control.send(&b).await.map_err(|e| e.to_string())
+}
