@@ -97,7 +97,7 @@ impl Drop for Reap {
     }
 }
 
-fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>) -> Node {
+fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>, extra: &[&str]) -> Node {
     let mut n = Node::new(&format!("reloc-{name}"));
     n.name = name.into();
     n.wrap = ["ip", "netns", "exec", &lab.ns[i]]
@@ -126,8 +126,86 @@ fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>) -> No
     if let Some(s) = seed {
         n.extra_args.extend(["--seed".into(), s.into()]);
     }
+    n.extra_args.extend(extra.iter().map(|s| s.to_string()));
     n.start();
     n
+}
+
+/// Two nodes in their namespaces, the tiny guest running (and beating)
+/// on the one the radar chose: (lab, a, b, index of the VM's node).
+struct Pair {
+    nodes: [Node; 2],
+    from: usize,
+    _reap: Reap,
+    lab: Lab,
+}
+
+impl Pair {
+    fn from(&self) -> &Node {
+        &self.nodes[self.from]
+    }
+    fn to(&self) -> &Node {
+        &self.nodes[1 - self.from]
+    }
+    fn ns(&self, n: &Node) -> &str {
+        let i = self.nodes.iter().position(|x| std::ptr::eq(x, n)).unwrap();
+        &self.lab.ns[i]
+    }
+}
+
+fn start_pair(extra: &[&str]) -> Pair {
+    let (kernel, initrd) = tiny_guest();
+    let guest = kernel.parent().unwrap().to_path_buf();
+    let lab = Lab::new();
+    let a = node(&lab, 0, "sat-a", &guest, None, extra);
+    let seed = format!("{}:7946", lab.addr[0]);
+    let b = node(&lab, 1, "sat-b", &guest, Some(&seed), extra);
+    let reap = Reap(vec![a.state.clone(), b.state.clone()]);
+    std::fs::write(
+        a.manifests.join("mover.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 8Mi\n      source: {{blank: {{}}}}\n",
+            k = kernel.display(),
+            i = initrd.display(),
+            c = deorch::qemu::probe::TINY_CMDLINE,
+        ),
+    )
+    .unwrap();
+    let nodes = [a, b];
+    let t = Instant::now();
+    let from = loop {
+        if let Some(i) = nodes.iter().position(|n| runs(n, "mover")) {
+            break i;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the VM runs nowhere; logs:\n{}\n{}",
+            nodes[0].log_text(),
+            nodes[1].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let p = Pair {
+        nodes,
+        from,
+        _reap: reap,
+        lab,
+    };
+    let t = Instant::now();
+    while beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default()).len() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no heartbeat on {}: {}",
+            p.from().name,
+            std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+fn relocation_yaml(name: &str) -> String {
+    format!("apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {{name: {name}}}\nspec:\n  virtualMachine: {{name: mover}}\n")
 }
 
 fn status(n: &Node, kind: &str, name: &str) -> serde_json::Value {
@@ -181,63 +259,15 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
     if !qemu_available() {
         return;
     }
-    let (kernel, initrd) = tiny_guest();
-    let guest = kernel.parent().unwrap().to_path_buf();
-    let lab = Lab::new();
-    let a = node(&lab, 0, "sat-a", &guest, None);
-    let b = node(
-        &lab,
-        1,
-        "sat-b",
-        &guest,
-        Some(&format!("{}:7946", lab.addr[0])),
-    );
-    let _reap = Reap(vec![a.state.clone(), b.state.clone()]);
-    let nodes = [&a, &b];
-
-    std::fs::write(
-        a.manifests.join("mover.yaml"),
-        format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 8Mi\n      source: {{blank: {{}}}}\n",
-            k = kernel.display(),
-            i = initrd.display(),
-            c = deorch::qemu::probe::TINY_CMDLINE,
-        ),
-    )
-    .unwrap();
-    let t = Instant::now();
-    let (from, to) = loop {
-        if let Some(i) = nodes.iter().position(|n| runs(n, "mover")) {
-            break (nodes[i], nodes[1 - i]);
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "the VM runs nowhere; logs:\n{}\n{}",
-            a.log_text(),
-            b.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // Let it beat a few times on its first node.
-    let t = Instant::now();
-    while beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default()).len() < 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no heartbeat on {}: {}",
-            from.name,
-            std::fs::read_to_string(serial(from, "mover")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let p = start_pair(&[]);
+    let (from, to) = (p.from(), p.to());
+    let a = &p.nodes[0];
+    let nodes = [from, to];
     let before = volumes(to);
 
     // The Relocation names the VM only; it arrives at `to` through
     // gossip if dropped on `from`, and the other way round.
-    std::fs::write(
-        a.manifests.join("move.yaml"),
-        "apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {name: move}\nspec:\n  virtualMachine: {name: mover}\n",
-    )
-    .unwrap();
+    std::fs::write(a.manifests.join("move.yaml"), relocation_yaml("move")).unwrap();
     let t = Instant::now();
     let mut old_serial = String::new();
     loop {
@@ -321,7 +351,7 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
     let vnc = vm["console"]["vncPort"].as_u64();
     eprintln!("console on the new node: {}", vm["console"]);
     if let Some(port) = vnc {
-        let ns = &lab.ns[if std::ptr::eq(to, &a) { 0 } else { 1 }];
+        let ns = p.ns(to);
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "bash", "-c"])
             .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 12 <&3"))
@@ -332,5 +362,191 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
             "the console answers on the new node: {out:?}"
         );
     }
-    drop((a, b));
+}
+
+/// Phase of relocation `name` as node `n` sees it.
+fn phase(n: &Node, name: &str) -> String {
+    status(n, "relocation", name)["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Wait until `f` holds, up to `limit`; `what` and the logs otherwise.
+fn wait_until(p: &Pair, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not within {limit:?}\nlogs:\n{}\n{}",
+            p.nodes[0].log_text(),
+            p.nodes[1].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Drop relocation `name` on the VM's node and wait until the copy runs.
+fn start_copy(p: &Pair, name: &str) {
+    std::fs::write(
+        p.from().manifests.join(format!("{name}.yaml")),
+        relocation_yaml(name),
+    )
+    .unwrap();
+    wait_until(
+        p,
+        &format!("{name} copying"),
+        Duration::from_secs(60),
+        || {
+            let st = status(p.from(), "relocation", name);
+            st["phase"] == "Copying" && st["progress"]["ramSent"].as_u64().unwrap_or(0) > 0
+        },
+    );
+}
+
+/// The VM runs on its first node only, its guest beating on in the same
+/// boot with no counter skipped, and the other node holds nothing of it.
+fn runs_on_the_sender_only(p: &Pair, boot: &str, what: &str) {
+    let (from, to) = (p.from(), p.to());
+    wait_until(
+        p,
+        &format!("{what}: leftovers on the receiver"),
+        Duration::from_secs(30),
+        || {
+            qemu_of(to, "mover").is_none()
+                && !volumes(to).iter().any(|v| v.contains("mover"))
+                && !to.state.join("vms/default/mover").exists()
+        },
+    );
+    let seen = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap()).len();
+    wait_until(
+        p,
+        &format!("{what}: the guest beats on"),
+        Duration::from_secs(20),
+        || beats(&std::fs::read_to_string(serial(from, "mover")).unwrap()).len() >= seen + 5,
+    );
+    let all = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
+    assert!(all.iter().all(|b| b.0 == boot), "{what}: one boot: {all:?}");
+    for w in all.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "{what}: counter skipped: {all:?}");
+    }
+    assert!(
+        qemu_of(from, "mover").is_some(),
+        "{what}: QEMU on the sender"
+    );
+    assert!(
+        qemu_of(to, "mover").is_none(),
+        "{what}: QEMU on the receiver"
+    );
+}
+
+/// The fault table, one fault at a time on one pair of nodes (the copy
+/// held to 8 MiB/s by the nodes' bandwidth cap so that each fault lands
+/// mid-copy), then a relocation that succeeds on the same nodes.
+#[test]
+fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behind() {
+    if !qemu_available() {
+        return;
+    }
+    let mut p = start_pair(&["--relocation-bandwidth", "8Mi"]);
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+
+    // Cancel: the Relocation is deleted during the copy.
+    start_copy(&p, "cancelled");
+    std::fs::remove_file(p.from().manifests.join("cancelled.yaml")).unwrap();
+    runs_on_the_sender_only(&p, &boot, "cancel");
+
+    // The receiver's QEMU dies during the copy.
+    start_copy(&p, "qemu-killed");
+    let pid = qemu_of(p.to(), "mover").expect("the receiver's QEMU");
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(&p, "the sender fails", Duration::from_secs(30), || {
+        phase(p.from(), "qemu-killed") == "Failed"
+    });
+    eprintln!(
+        "receiver QEMU killed: {}",
+        status(p.from(), "relocation", "qemu-killed")
+    );
+    runs_on_the_sender_only(&p, &boot, "receiver QEMU killed");
+
+    // The receiver's daemon is killed during the copy, then restarts.
+    start_copy(&p, "receiver-killed");
+    let to = 1 - p.from;
+    p.nodes[to].kill();
+    wait_until(&p, "the sender fails", Duration::from_secs(30), || {
+        phase(p.from(), "receiver-killed") == "Failed"
+    });
+    p.nodes[to].start();
+    wait_until(
+        &p,
+        "the receiver rolls back",
+        Duration::from_secs(30),
+        || phase(p.to(), "receiver-killed") == "Failed",
+    );
+    eprintln!(
+        "receiver daemon killed: {} / {}",
+        status(p.from(), "relocation", "receiver-killed"),
+        status(p.to(), "relocation", "receiver-killed")
+    );
+    runs_on_the_sender_only(&p, &boot, "receiver daemon killed");
+
+    // The sender's daemon is killed during the copy, then restarts.
+    start_copy(&p, "sender-killed");
+    let from = p.from;
+    p.nodes[from].kill();
+    wait_until(
+        &p,
+        "the receiver rolls back",
+        Duration::from_secs(30),
+        || phase(p.to(), "sender-killed") == "Failed",
+    );
+    p.nodes[from].start();
+    wait_until(
+        &p,
+        "the sender abandons the copy",
+        Duration::from_secs(30),
+        || phase(p.from(), "sender-killed") == "Failed",
+    );
+    eprintln!(
+        "sender daemon killed: {} / {}",
+        status(p.from(), "relocation", "sender-killed"),
+        status(p.to(), "relocation", "sender-killed")
+    );
+    runs_on_the_sender_only(&p, &boot, "sender daemon killed");
+
+    // After all that, a relocation goes through.
+    start_copy(&p, "at-last");
+    wait_until(
+        &p,
+        "the relocation succeeds",
+        Duration::from_secs(90),
+        || {
+            phase(p.from(), "at-last") == "Succeeded"
+                && phase(p.to(), "at-last") == "Succeeded"
+                && runs(p.to(), "mover")
+        },
+    );
+    let st = status(p.from(), "relocation", "at-last");
+    eprintln!("capped at 8 MiB/s: {st}");
+    let pr = &st["progress"];
+    let moved = pr["diskDone"].as_u64().unwrap() + pr["ramSent"].as_u64().unwrap();
+    let secs = pr["elapsedMs"].as_u64().unwrap() as f64 / 1000.0;
+    assert!(
+        moved as f64 / secs < 8.0 * 1.25 * 1048576.0,
+        "the cap holds: {moved} bytes in {secs} s"
+    );
+    let beats_to =
+        |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(&p, "beats on the new node", Duration::from_secs(20), || {
+        beats_to(p.to()).len() >= 3
+    });
+    assert!(
+        beats_to(p.to()).iter().all(|b| b.0 == boot),
+        "the same boot"
+    );
 }

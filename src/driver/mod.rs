@@ -326,6 +326,10 @@ pub trait Hypervisor: Send + Sync {
         let _ = id;
         None
     }
+    /// Every VM a relocation holds: (VM id, the marker's text).
+    fn relocation_locks(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Set (`Some`) or clear (`None`) the relocation marker of VM `id`.
     fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
         let _ = holder;

@@ -469,6 +469,29 @@ impl Hypervisor for QemuHypervisor {
         std::fs::read_to_string(self.runtime_dir(id).join(RELOCATION_MARKER)).ok()
     }
 
+    fn relocation_locks(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(&self.vms_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(text) = std::fs::read_to_string(vm.path().join(RELOCATION_MARKER)) {
+                    out.push((
+                        format!(
+                            "{}/{}",
+                            ns.file_name().to_string_lossy(),
+                            vm.file_name().to_string_lossy()
+                        ),
+                        text,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
         let dir = self.runtime_dir(id);
         let f = dir.join(RELOCATION_MARKER);

@@ -233,13 +233,14 @@ impl Cluster {
     /// The node's relocation agent, tied to this gossip task: it accepts
     /// tunnels on the gossip address (TCP) and carries out the
     /// relocations the election gives this node.
-    pub fn relocation_agent(&self, drivers: crate::reconcile::Drivers) -> Agent {
+    pub fn relocation_agent(&self, drivers: crate::reconcile::Drivers, rate: Option<u64>) -> Agent {
         Agent {
             drivers,
             store: self.store.clone(),
             listen: self.transport.local_addr(),
             link: self.link.subscribe(),
             asks: self.asks.clone(),
+            rate: rate.map(|r| Arc::new(crate::relocate::tunnel::RateLimit::new(r))),
         }
     }
 

@@ -100,6 +100,11 @@ pub struct NodeArgs {
     /// (default); `0s` destroys at once, as `deorch delete --purge` does.
     #[arg(long, env = "DEORCH_VOLUME_RETENTION")]
     pub volume_retention: Option<ManifestDuration>,
+    /// Cap on the bytes per second this node sends in relocation streams
+    /// (disks and memory, all relocations together), e.g. `100Mi`;
+    /// uncapped by default.
+    #[arg(long, env = "DEORCH_RELOCATION_BANDWIDTH")]
+    pub relocation_bandwidth: Option<crate::model::Quantity>,
     /// Serve the HTTP API (login, signed push) on this address, e.g.
     /// `0.0.0.0:8443` (port 0: any free port, written to
     /// STATE_DIR/http-address; the URL clients take, with the TLS pin, to
@@ -248,6 +253,8 @@ pub struct FileConfig {
     pub removal_grace: Option<ManifestDuration>,
     /// Volume retention.
     pub volume_retention: Option<ManifestDuration>,
+    /// Relocation bandwidth cap, bytes per second.
+    pub relocation_bandwidth: Option<crate::model::Quantity>,
     /// HTTP API listen address.
     pub http_listen: Option<SocketAddr>,
     /// Node key file.
@@ -372,6 +379,8 @@ pub struct NodeConfig {
     pub init_store: bool,
     /// How long a deleted VM's or replica's volumes are kept.
     pub volume_retention: Duration,
+    /// Cap on relocation streams sent, bytes per second.
+    pub relocation_bandwidth: Option<u64>,
     /// The HTTP API, when enabled.
     pub http: Option<HttpConfig>,
     /// The git source, when enabled.
@@ -672,6 +681,10 @@ impl NodeConfig {
                 .or(file.volume_retention)
                 .map(|d| d.0)
                 .unwrap_or(crate::reconcile::retention::DEFAULT),
+            relocation_bandwidth: args
+                .relocation_bandwidth
+                .or(file.relocation_bandwidth)
+                .map(|q| q.0),
         })
     }
 }

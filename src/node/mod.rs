@@ -224,7 +224,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     };
     let agent = cluster
         .as_ref()
-        .map(|c| c.relocation_agent(drivers.clone()));
+        .map(|c| c.relocation_agent(drivers.clone(), config.relocation_bandwidth));
     let engine = Engine::with_placement(
         store.clone(),
         drivers,

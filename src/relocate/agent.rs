@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use super::live::{abort, LivePlan, LiveProgress, LiveStage};
 use super::session::{run_receiver, run_sender, SessionError};
-use super::tunnel::{self, Tunnel, TunnelKey};
+use super::tunnel::{self, RateLimit, Tunnel, TunnelKey};
 use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
 use crate::gossip::{DocKey, NodeId, RelocationView};
 use crate::model::phase::RelocationPhase;
@@ -132,6 +132,28 @@ pub struct Agent {
     pub link: watch::Receiver<Link>,
     /// To the gossip task.
     pub asks: mpsc::UnboundedSender<Ask>,
+    /// Cap on what this node sends in relocation streams.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+/// The marker a relocation leaves on a VM it holds (durable: a restarted
+/// daemon finishes or rolls back from it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lock {
+    relocation: String,
+    /// `sender` or `receiver`.
+    role: String,
+    /// The other node.
+    peer: NodeId,
+    peer_name: String,
+    /// The VM's volumes on this node.
+    volumes: Vec<String>,
+}
+
+impl Lock {
+    fn text(&self) -> String {
+        serde_json::to_string(self).expect("locks serialize")
+    }
 }
 
 struct Shared {
@@ -146,12 +168,16 @@ struct Shared {
     /// Relocations this node finished as sender (with the generation of
     /// the object then): not started again unless the object changes.
     done: Mutex<BTreeMap<DocKey, i64>>,
+    rate: Option<Arc<RateLimit>>,
 }
 
 /// Settings of the copy.
 const DOWNTIME_LIMIT_MS: u64 = 50;
 const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted node waits for gossip to say who runs a VM a
+/// relocation marker names.
+const RECOVER_WAIT: Duration = Duration::from_secs(20);
 /// How long a receiver waits for its own election to settle when the
 /// sender comes first.
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
@@ -177,7 +203,9 @@ impl Agent {
             incoming: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeSet::new()),
             done: Mutex::new(BTreeMap::new()),
+            rate: self.rate,
         });
+        shared.clone().recover_all();
         let mut link = self.link;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -236,6 +264,20 @@ impl Shared {
                 continue;
             };
             if self.done.lock().unwrap().get(&v.key) == Some(&rec.generation) {
+                continue;
+            }
+            // Finished before this daemon started: not again.
+            let st: RelocationStatus = rec
+                .status
+                .clone()
+                .and_then(|s| serde_json::from_value(s).ok())
+                .unwrap_or_default();
+            if st.observed_generation == Some(rec.generation)
+                && matches!(
+                    st.phase,
+                    Some(RelocationPhase::Failed | RelocationPhase::Succeeded)
+                )
+            {
                 continue;
             }
             if !self.busy.lock().unwrap().insert(v.key.clone()) {
@@ -379,11 +421,14 @@ impl Shared {
             );
             return;
         };
-        let lock = serde_json::json!({
-            "relocation": key_text(key), "role": "sender", "receiver": to,
-        })
-        .to_string();
-        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock)) {
+        let lock = Lock {
+            relocation: key_text(key),
+            role: "sender".into(),
+            peer: receiver.clone(),
+            peer_name: to.clone(),
+            volumes: config.disks.iter().map(|d| d.1.clone()).collect(),
+        };
+        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock.text())) {
             self.phase(key, RelocationPhase::Failed, e.to_string());
             return;
         }
@@ -399,16 +444,17 @@ impl Shared {
                     RelocationPhase::Switching,
                     format!("the VM runs on {to}; waiting for its claim"),
                 );
-                self.finish_sender(v, receiver, &to, Some(downtime)).await;
+                self.finish_sender(v, receiver, &to, Some(downtime), &lock.volumes)
+                    .await;
             }
             Err(SessionError::Undecided(why)) => {
-                warn!(relocation = %key_text(key), %why, "no word from the receiver after the switch: the VM stays paused here until the receiver claims it");
+                warn!(relocation = %key_text(key), %why, "no word from the receiver after the switch: the VM stays paused here until the receiver claims it or says it never ran it");
                 self.phase(
                     key,
                     RelocationPhase::Switching,
-                    format!("no word from {to} after the switch ({why}): the VM stays paused here until {to} claims it"),
+                    format!("no word from {to} after the switch ({why}): the VM stays paused here until {to} claims it or says it never ran it"),
                 );
-                self.finish_sender(v, receiver, &to, None).await;
+                self.settle_undecided(v, &lock).await;
             }
             Err(e) => {
                 let _ = hv.set_relocation_lock(&id, None);
@@ -429,6 +475,7 @@ impl Shared {
         receiver: &NodeId,
         to: &str,
         downtime: Option<u64>,
+        volumes: &[String],
     ) {
         let vm = v.vm.clone();
         let r = receiver.clone();
@@ -440,17 +487,11 @@ impl Shared {
         .await;
         let id = vm_id(&v.vm);
         let hv = &self.drivers.hypervisor;
-        let volumes: Vec<String> = match hv.state(&id).await {
-            Ok(VmState::Running { config, .. } | VmState::Paused { config, .. }) => {
-                config.disks.iter().map(|d| d.1.clone()).collect()
-            }
-            _ => Vec::new(),
-        };
         let mut notes = Vec::new();
         if let Err(e) = hv.remove(&id).await {
             notes.push(format!("removing the old QEMU: {e}"));
         }
-        for vol in &volumes {
+        for vol in volumes {
             if let Err(e) = self.drivers.storage.destroy(vol).await {
                 notes.push(format!("deleting volume {vol}: {e}"));
             }
@@ -540,7 +581,29 @@ impl Shared {
                 })
             });
         };
-        let r = run_sender(&mut control, &mut qmp, &plan, progress).await;
+        // Deleting the Relocation cancels it, until the switch begins.
+        let switching = std::sync::atomic::AtomicBool::new(false);
+        let mut progress = progress;
+        let progress = |p: LiveProgress| {
+            if p.stage == LiveStage::Switching {
+                switching.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            progress(p)
+        };
+        let cancelled = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let gone = self.store.get(&object_key(key)).is_none_or(|r| r.deleted);
+                if gone && !switching.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+            }
+        };
+        let r = tokio::select! {
+            r = run_sender(&mut control, &mut qmp, &plan, progress) => r,
+            () = cancelled => Err(SessionError::Here("cancelled: the Relocation was deleted".into())),
+        };
+        drop(control);
         nbd.1.abort();
         migration.1.abort();
         match r {
@@ -585,7 +648,7 @@ impl Shared {
                     let _ = plain.set_nodelay(true);
                     match sh.open(&to, &key, stream).await {
                         Ok(t) => {
-                            let _ = t.splice(plain).await;
+                            let _ = t.splice_limited(plain, sh.rate.clone()).await;
                         }
                         Err(e) => {
                             warn!(relocation = %key_text(&key), stream, error = %e, "stream tunnel failed")
@@ -614,6 +677,12 @@ impl Shared {
                 self.receive(t, key).await;
                 Ok(())
             }
+            "outcome" => {
+                let mut t = t;
+                let answer = self.outcome(&key).await;
+                t.send(answer.as_bytes()).await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
             "nbd" | "migration" => {
                 let ports = self.incoming.lock().unwrap().get(&key).cloned();
                 let ports = ports.filter(|p| p.peer == t.peer).ok_or_else(|| {
@@ -633,6 +702,234 @@ impl Shared {
                 Ok(())
             }
             other => Err(format!("unknown stream {other:?}")),
+        }
+    }
+
+    /// What this node, as the receiver of relocation `key`, did with the
+    /// VM: `running` (the guest runs here), `gone` (no copy here: it
+    /// never ran here, or was rolled back) or `pending`.
+    async fn outcome(&self, key: &DocKey) -> &'static str {
+        if self.busy.lock().unwrap().contains(key) {
+            return "pending";
+        }
+        let vm = self.link.borrow().view(key).map(|v| v.vm.clone());
+        let Some(vm) = vm else { return "pending" };
+        match self.drivers.hypervisor.state(&vm_id(&vm)).await {
+            Ok(VmState::Running { .. }) => "running",
+            Ok(VmState::Absent) => "gone",
+            _ => "pending",
+        }
+    }
+
+    /// The sender after the switch with no word from the receiver: it
+    /// stays paused until the VM's claim moves to the receiver (then its
+    /// copy goes), or the receiver says it has no copy (then it resumes).
+    async fn settle_undecided(&self, v: &RelocationView, lock: &Lock) {
+        let receiver = &lock.peer;
+        loop {
+            let moved = {
+                let l = self.link.borrow();
+                l.relocations
+                    .iter()
+                    .any(|x| x.vm == v.vm && x.runner.as_ref() == Some(receiver))
+            };
+            if moved {
+                return self
+                    .finish_sender(v, receiver, &lock.peer_name, None, &lock.volumes)
+                    .await;
+            }
+            let answer = match self.open(receiver, &v.key, "outcome").await {
+                Ok(mut t) => t.recv().await.ok().flatten(),
+                Err(_) => None,
+            };
+            if answer.as_deref() == Some(b"gone".as_slice()) {
+                let id = vm_id(&v.vm);
+                let notes = self.resume_sender(&id).await;
+                let mut msg = format!("{} never ran the VM: it runs on here again", lock.peer_name);
+                if !notes.is_empty() {
+                    msg = format!("{msg} ({})", notes.join("; "));
+                }
+                self.phase(&v.key, RelocationPhase::Failed, msg);
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Stop the copy's block jobs and targets, resume the guest here and
+    /// drop the marker.
+    async fn resume_sender(&self, id: &str) -> Vec<String> {
+        let hv = &self.drivers.hypervisor;
+        let mut notes = Vec::new();
+        let disks = match hv.state(id).await {
+            Ok(VmState::Running { config, .. } | VmState::Paused { config, .. }) => {
+                config.disks.iter().map(|d| d.0.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(sock) = hv.qmp_socket(id) {
+            match Qmp::connect(&sock, CONNECT_TIMEOUT).await {
+                Ok(mut q) => {
+                    let none: SocketAddr = ([127, 0, 0, 1], 0).into();
+                    let plan = LivePlan {
+                        disks,
+                        nbd_listen: none,
+                        nbd_connect: none,
+                        migration_listen: none,
+                        migration_connect: none,
+                        downtime_limit_ms: DOWNTIME_LIMIT_MS,
+                        max_bandwidth: None,
+                        mirror_timeout: COPY_TIMEOUT,
+                        migrate_timeout: COPY_TIMEOUT,
+                    };
+                    notes.extend(abort(&mut q, &plan).await);
+                }
+                Err(e) => notes.push(format!("QMP: {e}")),
+            }
+        }
+        if let Err(e) = hv.set_relocation_lock(id, None) {
+            notes.push(e.to_string());
+        }
+        notes
+    }
+
+    /// After a restart: finish or roll back every relocation whose
+    /// marker a VM still carries.
+    fn recover_all(self: Arc<Self>) {
+        for (id, text) in self.drivers.hypervisor.relocation_locks() {
+            let Ok(lock) = serde_json::from_str::<Lock>(&text) else {
+                warn!(vm = %id, marker = %text, "unreadable relocation marker: left in place");
+                continue;
+            };
+            let Some((ns, name)) = lock.relocation.split_once('/') else {
+                continue;
+            };
+            let key = DocKey::new("Relocation", ns, name);
+            if !self.busy.lock().unwrap().insert(key.clone()) {
+                continue;
+            }
+            let sh = self.clone();
+            tokio::spawn(async move {
+                sh.recover(&id, &key, &lock).await;
+                if let Some(r) = sh.store.get(&object_key(&key)) {
+                    sh.done.lock().unwrap().insert(key.clone(), r.generation);
+                }
+                sh.busy.lock().unwrap().remove(&key);
+            });
+        }
+    }
+
+    async fn recover(&self, id: &str, key: &DocKey, lock: &Lock) {
+        let (ns, name) = id.split_once('/').unwrap_or(("default", id));
+        let vm = DocKey::new("VirtualMachine", ns, name);
+        // Gossip first learns who runs the VM now.
+        let known = |l: &Link| {
+            l.me.is_some()
+                && l.relocations
+                    .iter()
+                    .any(|x| x.vm == vm && x.runner.is_some())
+        };
+        self.wait_link(Some(RECOVER_WAIT), known).await;
+        let (me, runner) = {
+            let l = self.link.borrow();
+            let runner = l
+                .relocations
+                .iter()
+                .find(|x| x.vm == vm)
+                .and_then(|x| x.runner.clone());
+            (l.me.clone(), runner)
+        };
+        let hv = &self.drivers.hypervisor;
+        let state = hv.state(id).await;
+        info!(vm = %id, relocation = %key_text(key), role = %lock.role, ?runner, "finishing a relocation a restart interrupted");
+        let view = RelocationView {
+            key: key.clone(),
+            vm: vm.clone(),
+            runner: runner.clone(),
+            receiver: None,
+            elected_here: false,
+        };
+        match (lock.role.as_str(), state) {
+            // The guest ran here before the restart: it is this node's.
+            ("receiver", Ok(VmState::Running { .. })) => {
+                if runner != me {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = self.asks.send(Ask::TakeOver {
+                        vm: vm.clone(),
+                        from: lock.peer.clone(),
+                        reply: tx,
+                    });
+                    if let Ok(Err(e)) = rx.await {
+                        warn!(vm = %id, error = %e, "the VM runs here but its claim was not taken");
+                    }
+                }
+                let _ = hv.set_relocation_lock(id, None);
+                self.phase(
+                    key,
+                    RelocationPhase::Succeeded,
+                    format!(
+                        "the VM runs here (moved from {}; finished after a restart)",
+                        lock.peer_name
+                    ),
+                );
+            }
+            // It never ran here: roll back.
+            ("receiver", _) => {
+                let mut notes = Vec::new();
+                if let Err(e) = hv.remove(id).await {
+                    notes.push(format!("QEMU: {e}"));
+                }
+                for v in &lock.volumes {
+                    if let Err(e) = self.drivers.storage.destroy(v).await {
+                        notes.push(format!("volume {v}: {e}"));
+                    }
+                }
+                let _ = hv.set_relocation_lock(id, None);
+                let mut msg = format!(
+                    "this node restarted before the switch: rolled back; the VM runs on {}",
+                    lock.peer_name
+                );
+                if !notes.is_empty() {
+                    msg = format!("{msg}; left here: {}", notes.join("; "));
+                }
+                self.phase(key, RelocationPhase::Failed, msg);
+            }
+            // The copy was under way: abandon it; the guest runs on.
+            ("sender", Ok(VmState::Running { .. })) => {
+                let notes = self.resume_sender(id).await;
+                let mut msg = "this node restarted during the copy: abandoned; the VM runs on here"
+                    .to_string();
+                if !notes.is_empty() {
+                    msg = format!("{msg} ({})", notes.join("; "));
+                }
+                self.phase(key, RelocationPhase::Failed, msg);
+            }
+            // Paused after the memory copy: the receiver decides.
+            ("sender", Ok(VmState::Paused { .. })) => {
+                if runner.as_ref() == Some(&lock.peer) {
+                    self.finish_sender(&view, &lock.peer, &lock.peer_name, None, &lock.volumes)
+                        .await;
+                } else {
+                    self.settle_undecided(&view, lock).await;
+                }
+            }
+            // No QEMU here any more.
+            ("sender", _) => {
+                if runner.as_ref() == Some(&lock.peer) {
+                    self.finish_sender(&view, &lock.peer, &lock.peer_name, None, &lock.volumes)
+                        .await;
+                } else {
+                    let _ = hv.set_relocation_lock(id, None);
+                    self.phase(
+                        key,
+                        RelocationPhase::Failed,
+                        "the VM's QEMU was gone when this node restarted; the VM stays here",
+                    );
+                }
+            }
+            (role, _) => {
+                warn!(vm = %id, role, "unknown relocation role in a marker: left in place")
+            }
         }
     }
 
@@ -771,8 +1068,14 @@ impl Shared {
                 return Err((e, created));
             }
         }
-        let lock = serde_json::json!({"relocation": key_text(key), "role": "receiver"}).to_string();
-        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock)) {
+        let lock = Lock {
+            relocation: key_text(key),
+            role: "receiver".into(),
+            peer: peer.clone(),
+            peer_name: self.link.borrow().name(peer),
+            volumes: offer.config.disks.iter().map(|d| d.1.clone()).collect(),
+        };
+        if let Err(e) = hv.set_relocation_lock(&id, Some(&lock.text())) {
             let e = refuse(control, e.to_string()).await;
             return Err((e, created));
         }
