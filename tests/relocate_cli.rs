@@ -1,14 +1,14 @@
 //! `deorch relocate` end to end against a real node process (fake
 //! drivers): the verb writes a Relocation the node stores and shows,
-//! refuses a VM that does not exist and bad flags, and says plainly that
-//! nothing moves yet.
+//! refuses a VM that does not exist and bad flags, and on a node without
+//! gossip (no receiver can be elected) says so rather than wait.
 
 mod common;
 
 use common::Node;
 
 #[test]
-fn relocate_writes_a_relocation_the_node_stores_and_says_nothing_moves_yet() {
+fn relocate_writes_a_relocation_the_node_stores_and_a_node_without_gossip_says_nothing_moves() {
     let mut node = Node::new("relocate-cli");
     node.start();
     let vm = "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: web\nspec:\n  cpu: 1\n  memory: 64Mi\n";
@@ -30,7 +30,6 @@ fn relocate_writes_a_relocation_the_node_stores_and_says_nothing_moves_yet() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("relocation/move-web created"), "{out}");
-    assert!(err.contains("not built yet"), "{err}");
     let r = node
         .record("Relocation", "move-web")
         .expect("the Relocation is stored");
@@ -44,6 +43,28 @@ fn relocate_writes_a_relocation_the_node_stores_and_says_nothing_moves_yet() {
     let (code, out, err) = node.cli(&["get", "relocations"], None);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("move-web"), "{out}");
+
+    // --wait on a node without gossip: nothing can move; said at once.
+    let t = std::time::Instant::now();
+    let (code, out, err) = node.cli(
+        &[
+            "relocate",
+            "web",
+            "--name",
+            "waits",
+            "--wait",
+            "--timeout",
+            "20s",
+        ],
+        None,
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("without gossip"), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A VM that does not exist, and a bad selector: refused, nothing stored.
     let (code, _, err) = node.cli(&["relocate", "nope", "--name", "r2"], None);

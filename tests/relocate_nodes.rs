@@ -519,17 +519,27 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
     );
     runs_on_the_sender_only(&p, &boot, "sender daemon killed");
 
-    // After all that, a relocation goes through.
-    start_copy(&p, "at-last");
+    // After all that, a relocation goes through: the CLI's verb, waiting
+    // on the sender's status.
+    let (code, out, err) = p.from().cli(
+        &[
+            "relocate",
+            "mover",
+            "--name",
+            "at-last",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("relocation/at-last succeeded: sat-"), "{out}");
     wait_until(
         &p,
         "the relocation succeeds",
-        Duration::from_secs(90),
-        || {
-            phase(p.from(), "at-last") == "Succeeded"
-                && phase(p.to(), "at-last") == "Succeeded"
-                && runs(p.to(), "mover")
-        },
+        Duration::from_secs(30),
+        || phase(p.to(), "at-last") == "Succeeded" && runs(p.to(), "mover"),
     );
     let st = status(p.from(), "relocation", "at-last");
     eprintln!("capped at 8 MiB/s: {st}");

@@ -4,8 +4,9 @@
 //!
 //! What happens then (docs/ALGORITHMS.md, "Relocation"): with gossip on,
 //! the nodes elect the receiver (the target's node or address, or its
-//! selector and performance, the sender excluded); moving the VM is not
-//! built yet, so the command says so and the Relocation stays `Pending`.
+//! selector and performance, the sender excluded), and the node that runs
+//! the VM moves it there live (qemu driver). `--wait` follows the
+//! Relocation's status on the node asked, with a progress bar.
 
 use std::process::ExitCode;
 
@@ -34,6 +35,15 @@ pub struct RelocateArgs {
     /// Stop, copy, start instead of moving it live.
     #[arg(long)]
     pub offline: bool,
+    /// Wait until it succeeds or fails, with a progress bar (the status
+    /// as the node asked sees it: ask the node that runs the VM, or the
+    /// receiver, to see the copy's progress).
+    #[arg(long)]
+    pub wait: bool,
+    /// With `--wait`: give up waiting after this long (the relocation
+    /// goes on).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
     /// Name of the Relocation; default `VM-YYYYMMDD-HHMMSS`.
     #[arg(long)]
     pub name: Option<String>,
@@ -98,10 +108,94 @@ pub fn run(args: RelocateArgs) -> anyhow::Result<ExitCode> {
         "relocation/{name} created (generation {generation}) for virtualmachine/{}",
         args.vm
     );
-    eprintln!(
-        "note: moving VMs is not built yet: with gossip on, the nodes elect a receiver (it logs it); the Relocation stays Pending"
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait(&args, &name, generation)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<crate::model::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+/// Follow the Relocation's status until it succeeds or fails.
+fn wait(args: &RelocateArgs, name: &str, generation: i64) -> anyhow::Result<ExitCode> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {prefix:>9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
-    Ok(ExitCode::SUCCESS)
+    let started = std::time::Instant::now();
+    loop {
+        let rec = get_one(&args.client, "Relocation", &args.namespace, name)?;
+        let st: crate::model::RelocationStatus = rec
+            .status
+            .clone()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default();
+        let fresh = st.observed_generation.is_some_and(|g| g >= generation);
+        let phase = st.phase.filter(|_| fresh).unwrap_or_default();
+        if let Some(p) = &st.progress {
+            bar.set_length(p.disk_total + p.ram_sent + p.ram_remaining);
+            bar.set_position(p.disk_done + p.ram_sent);
+        }
+        bar.set_prefix(format!("{phase:?}"));
+        bar.set_message(st.message.clone().unwrap_or_default());
+        bar.tick();
+        use crate::model::phase::RelocationPhase::*;
+        let stuck = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "NoGossip");
+        if fresh && stuck {
+            bar.finish_and_clear();
+            eprintln!(
+                "relocation/{name}: {}",
+                st.message
+                    .as_deref()
+                    .unwrap_or("this node runs without gossip")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        match phase {
+            Succeeded => {
+                bar.finish_and_clear();
+                println!(
+                    "relocation/{name} succeeded: {} -> {}{}",
+                    st.source.as_deref().unwrap_or("?"),
+                    st.destination.as_deref().unwrap_or("?"),
+                    st.downtime_ms
+                        .map(|d| format!(", guest paused {d} ms"))
+                        .unwrap_or_default()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Failed => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "relocation/{name} failed: {}",
+                    st.message.as_deref().unwrap_or("(no reason given)")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+        if started.elapsed() > args.timeout {
+            bar.abandon();
+            eprintln!(
+                "relocation/{name}: still {phase:?} after {:?}; it goes on (deorch get relocation {name})",
+                args.timeout
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[cfg(test)]
