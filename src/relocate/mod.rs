@@ -1,17 +1,16 @@
 //! Relocation: a VM moves to another satellite with its storage.
 //!
-//! Built so far: [`live`], the data path between two QEMUs (disks
-//! mirrored over NBD while the guest runs, memory migrated, the switch),
-//! [`offline`], the stop-copy-start path (`qemu-nbd` on the receiver,
-//! `qemu-img convert` skipping zeros on the sender), [`session`], the
-//! same live steps with each node driving its own QEMU and agreeing on
-//! each step over a control tunnel, and [`tunnel`], the authenticated encrypted stream between admitted
-//! nodes that carries it; tested together with the tiny guest in
-//! `tests/relocate_live.rs`. The receiver is elected by the radar
-//! (`gossip::node`, `track_relocations`). Not built yet: the node
-//! daemons running a session when elected, phases in status, the claim moving at the
-//! switch, zfs send and libvirt, failure handling across daemons
-//! (issue 15).
+//! [`agent`] is what a node runs: it carries out the relocations the
+//! radar gives it, as sender or receiver, over [`tunnel`]s (Noise over
+//! TCP on the gossip address), through [`session`] (each node drives its
+//! own QEMU and they agree on each step) and [`live`] (the QMP steps:
+//! disks mirrored over NBD while the guest runs, memory migrated, the
+//! switch). [`offline`] is the stop-copy-start data path (`qemu-nbd` on
+//! the receiver, `qemu-img convert` skipping zeros on the sender), not
+//! yet driven by the agent. The receiver is elected by the radar
+//! (`gossip::node`, `track_relocations`). Tests: `tests/relocate_live.rs`
+//! (the data path), `tests/relocate_nodes.rs` (two daemons, faults).
+//! Not built yet: zfs send, libvirt, offline through the agent.
 
 pub mod agent;
 pub mod live;
