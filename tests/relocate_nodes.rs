@@ -24,52 +24,52 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// Two namespaces joined by a veth pair, deleted on drop.
+/// `n` namespaces, one per node, each joined by a veth pair to a bridge
+/// in a hub namespace (a switch), all deleted on drop.
 struct Lab {
-    ns: [String; 2],
-    addr: [String; 2],
+    ns: Vec<String>,
+    addr: Vec<String>,
+    hub: String,
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(n: usize) -> Lab {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let p = format!("rl{:x}{seq}", std::process::id() & 0xffff);
-        let ns = [format!("{p}a"), format!("{p}b")];
         let net = 100 + (std::process::id() % 100) as u8;
-        let addr = [format!("10.{net}.{seq}.1"), format!("10.{net}.{seq}.2")];
-        for n in &ns {
+        let hub = format!("{p}h");
+        let ns: Vec<String> = (0..n).map(|i| format!("{p}n{i}")).collect();
+        let addr: Vec<String> = (0..n)
+            .map(|i| format!("10.{net}.{seq}.{}", i + 1))
+            .collect();
+        for x in ns.iter().chain([&hub]) {
             let _ = Command::new("ip")
-                .args(["netns", "del", n])
+                .args(["netns", "del", x])
                 .stderr(Stdio::null())
                 .status();
-            sh(&["ip", "netns", "add", n]);
-            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+            sh(&["ip", "netns", "add", x]);
+            sh(&["ip", "-n", x, "link", "set", "lo", "up"]);
         }
-        let (va, vb) = (format!("{p}va"), format!("{p}vb"));
-        sh(&[
-            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
-        ]);
-        for (i, v) in [&va, &vb].into_iter().enumerate() {
-            sh(&["ip", "link", "set", v, "netns", &ns[i]]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns[i],
-                "addr",
-                "add",
-                &format!("{}/24", addr[i]),
-                "dev",
-                v,
-            ]);
-            sh(&["ip", "-n", &ns[i], "link", "set", v, "up"]);
+        sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &hub, "link", "set", "br0", "up"]);
+        for (i, x) in ns.iter().enumerate() {
+            let (v, h) = (format!("{p}v{i}"), format!("{p}h{i}"));
+            sh(&["ip", "link", "add", &v, "type", "veth", "peer", "name", &h]);
+            sh(&["ip", "link", "set", &v, "netns", x]);
+            sh(&["ip", "link", "set", &h, "netns", &hub]);
+            sh(&["ip", "-n", &hub, "link", "set", &h, "master", "br0"]);
+            sh(&["ip", "-n", &hub, "link", "set", &h, "up"]);
+            let cidr = format!("{}/24", addr[i]);
+            sh(&["ip", "-n", x, "addr", "add", &cidr, "dev", &v]);
+            sh(&["ip", "-n", x, "link", "set", &v, "up"]);
         }
-        Lab { ns, addr }
+        Lab { ns, addr, hub }
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for n in &self.ns {
+        for n in self.ns.iter().chain([&self.hub]) {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
@@ -134,7 +134,7 @@ fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>, extra
 /// Two nodes in their namespaces, the tiny guest running (and beating)
 /// on the one the radar chose: (lab, a, b, index of the VM's node).
 struct Pair {
-    nodes: [Node; 2],
+    nodes: Vec<Node>,
     from: usize,
     _reap: Reap,
     lab: Lab,
@@ -154,15 +154,31 @@ impl Pair {
 }
 
 fn start_pair(extra: &[&str]) -> Pair {
+    start_nodes(2, extra)
+}
+
+/// `n` nodes (`sat-a`, `sat-b`, ...), the guest running on one of them.
+fn start_nodes(n: usize, extra: &[&str]) -> Pair {
     let (kernel, initrd) = tiny_guest();
     let guest = kernel.parent().unwrap().to_path_buf();
-    let lab = Lab::new();
-    let a = node(&lab, 0, "sat-a", &guest, None, extra);
+    let lab = Lab::new(n);
     let seed = format!("{}:7946", lab.addr[0]);
-    let b = node(&lab, 1, "sat-b", &guest, Some(&seed), extra);
-    let reap = Reap(vec![a.state.clone(), b.state.clone()]);
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let name = format!("sat-{}", (b'a' + i as u8) as char);
+            node(
+                &lab,
+                i,
+                &name,
+                &guest,
+                (i > 0).then_some(seed.as_str()),
+                extra,
+            )
+        })
+        .collect();
+    let reap = Reap(nodes.iter().map(|n| n.state.clone()).collect());
     std::fs::write(
-        a.manifests.join("mover.yaml"),
+        nodes[0].manifests.join("mover.yaml"),
         format!(
             "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 8Mi\n      source: {{blank: {{}}}}\n",
             k = kernel.display(),
@@ -171,7 +187,6 @@ fn start_pair(extra: &[&str]) -> Pair {
         ),
     )
     .unwrap();
-    let nodes = [a, b];
     let t = Instant::now();
     let from = loop {
         if let Some(i) = nodes.iter().position(|n| runs(n, "mover")) {
@@ -559,4 +574,102 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
         beats_to(p.to()).iter().all(|b| b.0 == boot),
         "the same boot"
     );
+}
+
+/// Three nodes: the VM moves by the receiver's address (`--to IP`), then
+/// by tags and performance (`--select`, `--performance`) to the only node
+/// that has them; the guest beats on in one boot through both moves.
+#[test]
+fn a_vm_moves_by_address_then_by_tags_and_performance_among_three_nodes() {
+    if !qemu_available() {
+        return;
+    }
+    let p = start_nodes(3, &[]);
+    let first = p.from;
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    let (y, z) = match first {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // Only z is high-performance in Berlin.
+    for (i, n) in p.nodes.iter().enumerate() {
+        let (perf, city) = if i == z {
+            ("high", "ber")
+        } else {
+            ("low", "fra")
+        };
+        std::fs::write(
+            n.manifests.join("satellite.yaml"),
+            format!("apiVersion: deorch.dev/v1alpha1\nkind: Satellite\nmetadata: {{name: {}}}\nspec:\n  performance: {perf}\n  tags:\n    macrocosm: {{city: {city}}}\n", n.name),
+        )
+        .unwrap();
+    }
+    let moved = |from: usize, to: usize, args: &[&str], name: &str| {
+        let mut argv = vec![
+            "relocate",
+            "mover",
+            "--name",
+            name,
+            "--wait",
+            "--timeout",
+            "90s",
+        ];
+        argv.extend_from_slice(args);
+        let (code, out, err) = p.nodes[from].cli(&argv, None);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let want = format!("succeeded: {} -> {}", p.nodes[from].name, p.nodes[to].name);
+        assert!(out.contains(&want), "{name}: {out}");
+        wait_until(
+            &p,
+            &format!("{name}: runs on the receiver"),
+            Duration::from_secs(30),
+            || {
+                runs(&p.nodes[to], "mover")
+                    && qemu_of(&p.nodes[from], "mover").is_none()
+                    && !volumes(&p.nodes[from]).iter().any(|v| v.contains("mover"))
+            },
+        );
+        for (i, n) in p.nodes.iter().enumerate() {
+            if i != to {
+                assert!(
+                    qemu_of(n, "mover").is_none(),
+                    "{name}: a QEMU on {}",
+                    n.name
+                );
+            }
+        }
+        let b = beats(&std::fs::read_to_string(serial(&p.nodes[to], "mover")).unwrap_or_default());
+        assert!(b.iter().all(|x| x.0 == boot), "{name}: one boot: {b:?}");
+    };
+    // By address: the IP of y's gossip address.
+    moved(first, y, &["--to", &p.lab.addr[y]], "by-address");
+    // Wait until every node's view has z's tags, then by tags.
+    std::thread::sleep(Duration::from_secs(2));
+    moved(
+        y,
+        z,
+        &["--select", "macrocosm.city=ber", "--performance", "high"],
+        "by-tags",
+    );
+    // A target nobody satisfies elects nobody and moves nothing.
+    let (code, out, err) = p.nodes[z].cli(
+        &[
+            "relocate",
+            "mover",
+            "--name",
+            "nowhere",
+            "--select",
+            "macrocosm.city=nyc",
+            "--wait",
+            "--timeout",
+            "5s",
+        ],
+        None,
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("no node can receive the VM"), "{err}");
+    assert!(runs(&p.nodes[z], "mover"), "still on {}", p.nodes[z].name);
 }

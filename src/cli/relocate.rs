@@ -152,7 +152,7 @@ fn wait(args: &RelocateArgs, name: &str, generation: i64) -> anyhow::Result<Exit
         let stuck = st
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "NoGossip");
+            .any(|c| c.type_ == "Ready" && (c.reason == "NoGossip" || c.reason == "Unschedulable"));
         if fresh && stuck {
             bar.finish_and_clear();
             eprintln!(

@@ -190,6 +190,9 @@ pub struct RelocationView {
     pub receiver: Option<NodeId>,
     /// Whether this node is the receiver, its claim settled.
     pub elected_here: bool,
+    /// Why no node can receive it (no receiver claimed yet, and none in
+    /// this node's view satisfies the target).
+    pub unplaceable: Option<String>,
 }
 
 /// Where a node's peers come from.
@@ -420,6 +423,11 @@ impl GossipNode {
                 runner: self.claim(&r.vm).map(|c| c.node.clone()),
                 receiver: self.claim(key).map(|c| c.node.clone()),
                 elected_here: self.vms.get(key).is_some_and(|t| t.started),
+                unplaceable: self
+                    .claim(key)
+                    .is_none()
+                    .then(|| self.unplaceable(key))
+                    .flatten(),
             })
             .collect()
     }

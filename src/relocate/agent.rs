@@ -254,6 +254,12 @@ impl Shared {
         let link = self.link.borrow().clone();
         let Some(me) = link.me.clone() else { return };
         for v in &link.relocations {
+            if let (Some(runner), None, Some(why)) = (&v.runner, &v.receiver, &v.unplaceable) {
+                if *runner == me {
+                    self.unschedulable(&v.key, why);
+                }
+                continue;
+            }
             let (Some(runner), Some(receiver)) = (&v.runner, &v.receiver) else {
                 continue;
             };
@@ -313,6 +319,28 @@ impl Shared {
         if let Err(e) = self.store.set_status(&k, v) {
             warn!(relocation = %k, error = %e, "relocation status not written");
         }
+    }
+
+    /// No node can receive it: say why (it stays `Pending`: a node that
+    /// satisfies the target may join later).
+    fn unschedulable(&self, key: &DocKey, why: &str) {
+        let message = format!("no node can receive the VM: {why}");
+        self.status(key, |s| {
+            if s.phase.is_some_and(|p| p != RelocationPhase::Pending) {
+                return;
+            }
+            let generation = s.observed_generation.unwrap_or(0);
+            crate::reconcile::status::set_condition(
+                &mut s.conditions,
+                "Ready",
+                false,
+                "Unschedulable",
+                &message,
+                generation,
+            );
+            s.phase = Some(RelocationPhase::Pending);
+            s.message = Some(message);
+        });
     }
 
     fn phase(&self, key: &DocKey, phase: RelocationPhase, message: impl Into<String>) {
@@ -848,6 +876,7 @@ impl Shared {
             runner: runner.clone(),
             receiver: None,
             elected_here: false,
+            unplaceable: None,
         };
         match (lock.role.as_str(), state) {
             // The guest ran here before the restart: it is this node's.
