@@ -672,4 +672,30 @@ fn a_vm_moves_by_address_then_by_tags_and_performance_among_three_nodes() {
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("no node can receive the VM"), "{err}");
     assert!(runs(&p.nodes[z], "mover"), "still on {}", p.nodes[z].name);
+
+    // Drain z: its VM moves to a node its own placement allows.
+    let (code, out, err) = p.nodes[z].cli(&["node", "drain", &p.nodes[z].name, "--wait"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("relocation/drain-mover-"), "{out}");
+    wait_until(&p, "drained", Duration::from_secs(30), || {
+        qemu_of(&p.nodes[z], "mover").is_none()
+            && (0..3).any(|i| i != z && runs(&p.nodes[i], "mover"))
+    });
+    // Its own status says so once its reconciler looked again.
+    let mut last = String::new();
+    wait_until(
+        &p,
+        "the drained node's view",
+        Duration::from_secs(20),
+        || {
+            let (code, out, err) = p.nodes[z].cli(&["node", "drain", &p.nodes[z].name], None);
+            last = format!("{code} {out}{err}");
+            code == 0 && out.contains("runs no VM")
+        },
+    );
+    let st = status(&p.nodes[z], "vm", "mover");
+    assert!(
+        st["console"].is_null(),
+        "no console where it does not run: {st}"
+    );
 }

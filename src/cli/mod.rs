@@ -529,6 +529,10 @@ pub enum NodeCommand {
         #[arg(long, env = "DEORCH_CLUSTER_OWNER")]
         cluster_owner: Option<String>,
     },
+    /// Move every VM off a node (for maintenance): one automatic
+    /// Relocation per VM it runs; the radar picks each receiver by the
+    /// VM's own placement.
+    Drain(relocate::DrainArgs),
     /// The node's fence (started by the daemon; see src/fence.rs): pause
     /// this node's VMs when the daemon stops renewing its lease.
     #[command(hide = true)]
@@ -588,6 +592,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::RecoverStore { state_dir },
         } => recover_store(&state_dir),
+        Command::Node {
+            command: NodeCommand::Drain(args),
+        } => relocate::drain(args),
         Command::Node {
             command:
                 NodeCommand::Id {

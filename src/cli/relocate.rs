@@ -111,7 +111,88 @@ pub fn run(args: RelocateArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    wait(&args, &name, generation)
+    wait(
+        &args.client,
+        &args.namespace,
+        &name,
+        generation,
+        args.timeout,
+    )
+}
+
+/// `deorch node drain NAME`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The satellite to empty.
+    pub node: String,
+    /// Wait until every VM has moved (each Relocation's status as the
+    /// node asked sees it: run it on the node being drained).
+    #[arg(long)]
+    pub wait: bool,
+    /// With `--wait`: give up waiting on one relocation after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Run `deorch node drain`: one automatic Relocation per VM the node
+/// runs, so the radar moves each to a node that satisfies its own
+/// placement (the drained node excluded as their sender).
+pub fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
+    let records = match crate::api::client::call(
+        &args.client.socket,
+        &crate::api::Request::Get {
+            kind: Some("VirtualMachine".into()),
+            namespace: None,
+            name: None,
+        },
+        super::CALL_TIMEOUT,
+    )? {
+        crate::api::Response::Objects { records } => records,
+        crate::api::Response::Error { message, .. } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let on_node: Vec<_> = records
+        .iter()
+        .filter(|r| !r.deleted)
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s["node"] == args.node.as_str()
+                    && (s["phase"] == "Running" || s["phase"] == "Paused")
+            })
+        })
+        .collect();
+    if on_node.is_empty() {
+        println!("node {} runs no VM", args.node);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut made = Vec::new();
+    for r in on_node {
+        let vm = &r.key.name;
+        let ns = &r.key.namespace;
+        let name = default_name(&format!("drain-{vm}"));
+        let object = json!({
+            "apiVersion": crate::model::API_VERSION,
+            "kind": "Relocation",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"virtualMachine": {"name": vm}},
+        });
+        let generation = apply(&args.client, &object)?;
+        println!("relocation/{name} created for virtualmachine/{vm} (namespace {ns})");
+        made.push((ns.clone(), name, generation));
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (ns, name, generation) in made {
+        if wait(&args.client, &ns, &name, generation, args.timeout)? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -121,7 +202,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Follow the Relocation's status until it succeeds or fails.
-fn wait(args: &RelocateArgs, name: &str, generation: i64) -> anyhow::Result<ExitCode> {
+fn wait(
+    client: &ClientArgs,
+    namespace: &str,
+    name: &str,
+    generation: i64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -133,7 +220,7 @@ fn wait(args: &RelocateArgs, name: &str, generation: i64) -> anyhow::Result<Exit
     );
     let started = std::time::Instant::now();
     loop {
-        let rec = get_one(&args.client, "Relocation", &args.namespace, name)?;
+        let rec = get_one(client, "Relocation", namespace, name)?;
         let st: crate::model::RelocationStatus = rec
             .status
             .clone()
@@ -186,11 +273,10 @@ fn wait(args: &RelocateArgs, name: &str, generation: i64) -> anyhow::Result<Exit
             }
             _ => {}
         }
-        if started.elapsed() > args.timeout {
+        if started.elapsed() > timeout {
             bar.abandon();
             eprintln!(
-                "relocation/{name}: still {phase:?} after {:?}; it goes on (deorch get relocation {name})",
-                args.timeout
+                "relocation/{name}: still {phase:?} after {timeout:?}; it goes on (deorch get relocation {name})"
             );
             return Ok(ExitCode::FAILURE);
         }

@@ -190,6 +190,9 @@ pub struct RelocationView {
     pub receiver: Option<NodeId>,
     /// Whether this node is the receiver, its claim settled.
     pub elected_here: bool,
+    /// Over: the VM's claim moved since the receiver was elected
+    /// ([`GossipNode::relocation_done`]).
+    pub done: bool,
     /// Why no node can receive it (no receiver claimed yet, and none in
     /// this node's view satisfies the target).
     pub unplaceable: Option<String>,
@@ -423,6 +426,7 @@ impl GossipNode {
                 runner: self.claim(&r.vm).map(|c| c.node.clone()),
                 receiver: self.claim(key).map(|c| c.node.clone()),
                 elected_here: self.vms.get(key).is_some_and(|t| t.started),
+                done: self.relocation_done(key),
                 unplaceable: self
                     .claim(key)
                     .is_none()
@@ -474,6 +478,19 @@ impl GossipNode {
             epoch,
         });
         Ok(epoch)
+    }
+
+    /// Whether relocation `key` is over: the VM's claim moved since its
+    /// receiver was elected (to that receiver at the switch, or anywhere
+    /// else since), so it is never carried out (again).
+    pub fn relocation_done(&self, key: &DocKey) -> bool {
+        let Some(r) = self.relocs.get(key) else {
+            return false;
+        };
+        match (self.claim(key), self.claim(&r.vm)) {
+            (Some(rc), Some(vc)) => vc.epoch > rc.epoch || vc.node == rc.node,
+            _ => false,
+        }
     }
 
     /// The winning claim of `vm` in this node's view.
@@ -853,6 +870,7 @@ impl GossipNode {
                 .get(&EntryKey::Claim(vm.clone()))
                 .map(|s| s.received)
                 .unwrap_or(0);
+            let done = self.relocation_done(&vm);
             let track = self.vms.get_mut(&vm).expect("key from the map");
             let holds_data = track.req.holds_data;
             match claim {
@@ -873,6 +891,9 @@ impl GossipNode {
                             self.send(addr, Body::Gossip(vec![Entry::Claim(c)]));
                         }
                     }
+                }
+                Some(_) if done => {
+                    // Never re-elected: its VM moved since.
                 }
                 Some(c) => {
                     track.claimed_at = None;
@@ -908,7 +929,15 @@ impl GossipNode {
                 }
                 None => {
                     let base = track.seen;
-                    self.maybe_claim(vm, base, 1, now);
+                    // A relocation's claim carries the epoch of the VM's
+                    // claim it was elected against: once the VM's claim
+                    // moves above it, the relocation is done.
+                    let epoch = self
+                        .relocs
+                        .get(&vm)
+                        .and_then(|r| self.claim(&r.vm))
+                        .map_or(1, |c| c.epoch);
+                    self.maybe_claim(vm, base, epoch, now);
                 }
             }
         }

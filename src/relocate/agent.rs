@@ -263,6 +263,9 @@ impl Shared {
             let (Some(runner), Some(receiver)) = (&v.runner, &v.receiver) else {
                 continue;
             };
+            if v.done {
+                continue;
+            }
             if *runner != me || *receiver == me {
                 continue;
             }
@@ -876,6 +879,7 @@ impl Shared {
             runner: runner.clone(),
             receiver: None,
             elected_here: false,
+            done: false,
             unplaceable: None,
         };
         match (lock.role.as_str(), state) {
@@ -968,7 +972,7 @@ impl Shared {
         // The sender may see this node's claim before it settles here.
         let ready = |l: &Link| {
             l.view(&key)
-                .is_some_and(|v| v.elected_here && v.runner.as_ref() == Some(&peer))
+                .is_some_and(|v| v.elected_here && !v.done && v.runner.as_ref() == Some(&peer))
         };
         let ok = self.wait_link(Some(SETTLE_WAIT), ready).await;
         let view = self.link.borrow().view(&key).cloned();

@@ -161,6 +161,9 @@ pub async fn report(
         here(ctx, &mut status, desired, plan, g);
     } else if !holds(&now) {
         status.pending_restart.clear();
+        // The console is where the VM runs (after a relocation, the
+        // receiver's): none here.
+        status.console = None;
     }
     ready(&mut status, plan, g);
     ctx.write_status(&record.key, &status)?;
