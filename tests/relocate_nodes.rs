@@ -100,9 +100,14 @@ impl Drop for Reap {
 fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>, extra: &[&str]) -> Node {
     let mut n = Node::new(&format!("reloc-{name}"));
     n.name = name.into();
-    n.wrap = ["ip", "netns", "exec", &lab.ns[i]]
-        .map(String::from)
-        .to_vec();
+    // Only the network namespace: `ip netns exec` would also give the node
+    // a mount namespace of its own, where zfs-fuse's mounts (made by the
+    // calling `zfs` command) vanish when the command exits.
+    n.wrap = vec![
+        "nsenter".into(),
+        format!("--net=/var/run/netns/{}", lab.ns[i]),
+        "--".into(),
+    ];
     n.extra_args = [
         "--hypervisor",
         "qemu",
@@ -159,6 +164,11 @@ fn start_pair(extra: &[&str]) -> Pair {
 
 /// `n` nodes (`sat-a`, `sat-b`, ...), the guest running on one of them.
 fn start_nodes(n: usize, extra: &[&str]) -> Pair {
+    start_nodes_with(n, extra, |_| Vec::new())
+}
+
+/// [`start_nodes`], node `i` with `per_node(i)` flags too.
+fn start_nodes_with(n: usize, extra: &[&str], per_node: impl Fn(usize) -> Vec<String>) -> Pair {
     let (kernel, initrd) = tiny_guest();
     let guest = kernel.parent().unwrap().to_path_buf();
     let lab = Lab::new(n);
@@ -166,13 +176,16 @@ fn start_nodes(n: usize, extra: &[&str]) -> Pair {
     let nodes: Vec<Node> = (0..n)
         .map(|i| {
             let name = format!("sat-{}", (b'a' + i as u8) as char);
+            let own = per_node(i);
+            let mut flags: Vec<&str> = extra.to_vec();
+            flags.extend(own.iter().map(String::as_str));
             node(
                 &lab,
                 i,
                 &name,
                 &guest,
                 (i > 0).then_some(seed.as_str()),
-                extra,
+                &flags,
             )
         })
         .collect();
@@ -698,4 +711,89 @@ fn a_vm_moves_by_address_then_by_tags_and_performance_among_three_nodes() {
         st["console"].is_null(),
         "no console where it does not run: {st}"
     );
+}
+
+/// Destroys the nodes' ZFS roots when the test ends.
+struct ZfsRoots(Vec<String>);
+impl Drop for ZfsRoots {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            if let Err(e) = common::zfs_cleanup(r) {
+                eprintln!("{e}");
+            }
+        }
+    }
+}
+
+/// The same move with each node's volumes on ZFS (zfs-fuse: a dataset
+/// per volume holding a raw image): the receiver makes its own datasets,
+/// and the sender's are destroyed once the VM runs on the receiver.
+#[test]
+fn a_vm_on_zfs_storage_moves_to_the_other_node() {
+    if !qemu_available() {
+        return;
+    }
+    let Some(base) = common::zfs_root("reloc") else {
+        return;
+    };
+    let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
+    let _cleanup = ZfsRoots(roots.clone());
+    let p = start_nodes_with(2, &[], |i| {
+        vec![
+            "--storage".into(),
+            "zfs".into(),
+            "--storage-root".into(),
+            roots[i].clone(),
+        ]
+    });
+    let (from, to) = (p.from, 1 - p.from);
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    let datasets = |i: usize| {
+        common::zfs_tree(&roots[i])
+            .into_iter()
+            .filter(|d| d.contains("mover"))
+            .collect::<Vec<_>>()
+    };
+    assert!(!datasets(from).is_empty(), "the VM's dataset on its node");
+    assert!(datasets(to).is_empty(), "none on the other");
+    let (code, out, err) = p.from().cli(
+        &[
+            "relocate",
+            "mover",
+            "--name",
+            "zfs-move",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "runs on the receiver; the sender's datasets gone",
+        Duration::from_secs(30),
+        || {
+            runs(p.to(), "mover")
+                && qemu_of(p.from(), "mover").is_none()
+                && datasets(from).is_empty()
+        },
+    );
+    assert!(!datasets(to).is_empty(), "the VM's dataset on its new node");
+    let t = Instant::now();
+    loop {
+        let b = beats(&std::fs::read_to_string(serial(p.to(), "mover")).unwrap_or_default());
+        if b.len() >= 3 {
+            assert!(b.iter().all(|x| x.0 == boot), "one boot: {b:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no beats on the receiver"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("zfs: {}", status(p.from(), "relocation", "zfs-move"));
 }
