@@ -378,6 +378,7 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
     assert_eq!(vm["node"], to.name.as_str(), "{vm}");
     let vnc = vm["console"]["vncPort"].as_u64();
     eprintln!("console on the new node: {}", vm["console"]);
+
     if let Some(port) = vnc {
         let ns = p.ns(to);
         let out = Command::new("ip")
@@ -388,6 +389,56 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("RFB"),
             "the console answers on the new node: {out:?}"
+        );
+    }
+    // Offline back: stopped, its disk copied, started on the first node
+    // from the copy: a new boot whose counter, read from the disk, goes on.
+    let (code, out, err) = to.cli(
+        &[
+            "relocate",
+            "mover",
+            "--offline",
+            "--name",
+            "back",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("offline: {}", status(to, "relocation", "back"));
+    let last = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default())
+        .last()
+        .cloned();
+    let t = Instant::now();
+    let back = loop {
+        let b = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default());
+        if b.len() >= 3 && runs(from, "mover") {
+            break b;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no beats back on {}",
+            from.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        qemu_of(to, "mover").is_none(),
+        "nothing left on {}",
+        to.name
+    );
+    assert!(
+        !volumes(to).iter().any(|v| v.contains("mover")),
+        "{:?}",
+        volumes(to)
+    );
+    if let Some((_, last)) = last {
+        assert_ne!(back[0].0, boot, "a new boot");
+        assert!(
+            back[0].1 > last,
+            "the counter goes on from the copied disk: {last} then {back:?}"
         );
     }
 }

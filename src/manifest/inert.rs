@@ -60,14 +60,7 @@ pub fn no_effect_yet(obj: &AnyObject) -> Vec<InertField> {
         AnyObject::Network(o) => network(&o.spec, &mut out),
         AnyObject::Satellite(o) => satellite(&o.spec, &mut out),
         AnyObject::AccessPolicy(_) => {}
-        AnyObject::Relocation(o) => {
-            if o.spec.mode == crate::model::RelocationMode::Offline {
-                out.push(inert(
-                    &["spec", "mode"],
-                    "Offline has no effect yet: the nodes carry out Live relocations only (the sender's status says Failed)",
-                ));
-            }
-        }
+        AnyObject::Relocation(_) => {}
         AnyObject::Replica(_) | AnyObject::Dataset(_) => {}
     }
     out

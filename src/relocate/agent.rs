@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::live::{abort, LivePlan, LiveProgress, LiveStage};
-use super::session::{run_receiver, run_sender, SessionError};
+use super::session::{expect, run_receiver, run_sender, say, SessionError, Step};
 use super::tunnel::{self, RateLimit, Tunnel, TunnelKey};
 use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
 use crate::gossip::{DocKey, NodeId, RelocationView};
@@ -110,14 +110,17 @@ struct Offer {
     config: VmConfig,
     /// Virtual size of each volume, by volume name.
     sizes: BTreeMap<String, u64>,
+    /// Stop, copy, start (the VM is stopped on the sender).
+    #[serde(default)]
+    offline: bool,
 }
 
 /// The local ends of a receiving session's streams.
 #[derive(Debug, Clone)]
 struct Ports {
     peer: NodeId,
-    nbd: SocketAddr,
-    migration: SocketAddr,
+    /// Local address of each stream (`nbd`, `migration`, `disk:N`).
+    streams: BTreeMap<String, SocketAddr>,
 }
 
 /// The relocation agent of one node.
@@ -175,6 +178,9 @@ struct Shared {
 const DOWNTIME_LIMIT_MS: u64 = 50;
 const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an offline relocation lets the guest shut down when the VM
+/// does not say (as the VM reconciler).
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a restarted node waits for gossip to say who runs a VM a
 /// relocation marker names.
 const RECOVER_WAIT: Duration = Duration::from_secs(20);
@@ -417,14 +423,7 @@ impl Shared {
             s.progress = None;
             s.downtime_ms = None;
         });
-        if mode == Some("Offline") {
-            self.phase(
-                key,
-                RelocationPhase::Failed,
-                "Offline mode is not carried out by the node yet (only Live is)",
-            );
-            return;
-        }
+        let offline = mode == Some("Offline");
         let hv = self.drivers.hypervisor.clone();
         let id = vm_id(&v.vm);
         let config = match hv.state(&id).await {
@@ -466,9 +465,18 @@ impl Shared {
         self.phase(
             key,
             RelocationPhase::Preparing,
-            format!("{to} makes the VM's disks and a paused QEMU"),
+            if offline {
+                format!("{to} makes the VM's disks; the VM stops here")
+            } else {
+                format!("{to} makes the VM's disks and a paused QEMU")
+            },
         );
-        match self.send_live(v, receiver, config, &sock).await {
+        let sent = if offline {
+            self.send_offline(v, receiver, config).await
+        } else {
+            self.send_live(v, receiver, config, &sock).await
+        };
+        match sent {
             Ok(downtime) => {
                 self.phase(
                     key,
@@ -489,11 +497,12 @@ impl Shared {
             }
             Err(e) => {
                 let _ = hv.set_relocation_lock(&id, None);
-                self.phase(
-                    key,
-                    RelocationPhase::Failed,
-                    format!("{e}; the VM runs on here as before"),
-                );
+                let after = if offline {
+                    "the VM starts again here"
+                } else {
+                    "the VM runs on here as before"
+                };
+                self.phase(key, RelocationPhase::Failed, format!("{e}; {after}"));
             }
         }
     }
@@ -559,7 +568,12 @@ impl Shared {
             .open(receiver, key, "control")
             .await
             .map_err(SessionError::Control)?;
-        let offer = serde_json::to_vec(&Offer { config, sizes }).expect("offers serialize");
+        let offer = serde_json::to_vec(&Offer {
+            config,
+            sizes,
+            offline: false,
+        })
+        .expect("offers serialize");
         control
             .send(&offer)
             .await
@@ -659,8 +673,9 @@ impl Shared {
         self: &Arc<Self>,
         to: &NodeId,
         key: &DocKey,
-        stream: &'static str,
+        stream: impl Into<String>,
     ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SessionError> {
+        let stream: String = stream.into();
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| SessionError::Control(e.to_string()))?;
@@ -675,14 +690,15 @@ impl Shared {
                 let sh = sh.clone();
                 let to = to.clone();
                 let key = key.clone();
+                let stream = stream.clone();
                 tokio::spawn(async move {
                     let _ = plain.set_nodelay(true);
-                    match sh.open(&to, &key, stream).await {
+                    match sh.open(&to, &key, &stream).await {
                         Ok(t) => {
                             let _ = t.splice_limited(plain, sh.rate.clone()).await;
                         }
                         Err(e) => {
-                            warn!(relocation = %key_text(&key), stream, error = %e, "stream tunnel failed")
+                            warn!(relocation = %key_text(&key), %stream, error = %e, "stream tunnel failed")
                         }
                     }
                 });
@@ -714,25 +730,22 @@ impl Shared {
                 t.send(answer.as_bytes()).await.map_err(|e| e.to_string())?;
                 Ok(())
             }
-            "nbd" | "migration" => {
+            stream => {
                 let ports = self.incoming.lock().unwrap().get(&key).cloned();
-                let ports = ports.filter(|p| p.peer == t.peer).ok_or_else(|| {
-                    format!(
-                        "{}: no relocation from {} receives here",
-                        h.relocation, t.peer
-                    )
-                })?;
-                let at = if h.stream == "nbd" {
-                    ports.nbd
-                } else {
-                    ports.migration
-                };
+                let at = ports
+                    .filter(|p| p.peer == t.peer)
+                    .and_then(|p| p.streams.get(stream).copied())
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: no stream {stream:?} from {} receives here",
+                            h.relocation, t.peer
+                        )
+                    })?;
                 let plain = TcpStream::connect(at).await.map_err(|e| e.to_string())?;
                 let _ = plain.set_nodelay(true);
                 t.splice(plain).await.map_err(|e| e.to_string())?;
                 Ok(())
             }
-            other => Err(format!("unknown stream {other:?}")),
         }
     }
 
@@ -1066,6 +1079,158 @@ impl Shared {
         self.busy.lock().unwrap().remove(&key);
     }
 
+    /// Offline, the receiver: serve each fresh volume over NBD (one
+    /// client each), say `Exported`; on `Switch` start the VM from the
+    /// copies and say `Running`.
+    async fn receive_offline(
+        self: &Arc<Self>,
+        control: &mut Tunnel,
+        key: &DocKey,
+        peer: &NodeId,
+        config: &VmConfig,
+    ) -> Result<(), SessionError> {
+        let mut servers = Vec::new();
+        let mut streams = BTreeMap::new();
+        for (i, img) in config.disk_images.iter().enumerate() {
+            let at = match free_port() {
+                Ok(a) => a,
+                Err(e) => return Err(refuse(control, format!("no local port: {e}")).await),
+            };
+            match super::offline::serve(&img.path, &img.format, at, "disk").await {
+                Ok(s) => servers.push(s),
+                Err(e) => return Err(refuse(control, format!("disk {}: {e}", img.name)).await),
+            }
+            streams.insert(format!("disk:{i}"), at);
+        }
+        self.incoming.lock().unwrap().insert(
+            key.clone(),
+            Ports {
+                peer: peer.clone(),
+                streams,
+            },
+        );
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "taking the stopped VM's disks",
+        );
+        say(control, &Step::Exported).await?;
+        expect(control, Step::Switch, "Switch").await?;
+        drop(servers);
+        if let Err(e) = self.drivers.hypervisor.start(config).await {
+            return Err(refuse(control, format!("starting the VM here: {e}")).await);
+        }
+        if let Err(e) = say(control, &Step::Running).await {
+            warn!(error = %e, "the VM runs here; the sender did not hear so");
+        }
+        Ok(())
+    }
+
+    /// Offline, the sender: stop the VM, copy each disk into the
+    /// receiver's export (`qemu-img convert`, zeros skipped), then
+    /// `Switch`. Returns the time the VM was down until the receiver ran
+    /// it, in ms.
+    async fn send_offline(
+        self: &Arc<Self>,
+        v: &RelocationView,
+        receiver: &NodeId,
+        config: VmConfig,
+    ) -> Result<u64, SessionError> {
+        let key = &v.key;
+        let id = vm_id(&v.vm);
+        let mut sizes = BTreeMap::new();
+        for (_, vol) in &config.disks {
+            let info = self
+                .drivers
+                .storage
+                .volume(vol)
+                .await
+                .map_err(|e| SessionError::Here(e.to_string()))?;
+            sizes.insert(vol.clone(), info.size);
+        }
+        let total: u64 = sizes.values().sum();
+        // The VM's own stopTimeout (ACPI, then forced).
+        let stop_timeout = self
+            .store
+            .get(&ObjectKey::new(
+                Kind::VirtualMachine,
+                Some(&v.vm.namespace),
+                &v.vm.name,
+            ))
+            .and_then(|r| {
+                serde_json::from_value::<crate::model::Duration>(
+                    r.object["spec"]["stopTimeout"].clone(),
+                )
+                .ok()
+            })
+            .map_or(DEFAULT_STOP_TIMEOUT, |d| d.0);
+        let t0 = Instant::now();
+        self.drivers
+            .hypervisor
+            .stop(&id, stop_timeout)
+            .await
+            .map_err(|e| SessionError::Here(format!("stopping the VM: {e}")))?;
+        let mut control = self
+            .open(receiver, key, "control")
+            .await
+            .map_err(SessionError::Control)?;
+        let by_disk: BTreeMap<String, u64> = config
+            .disks
+            .iter()
+            .map(|(d, v)| (d.clone(), sizes.get(v).copied().unwrap_or(0)))
+            .collect();
+        let offer = serde_json::to_vec(&Offer {
+            config: config.clone(),
+            sizes,
+            offline: true,
+        })
+        .expect("offers serialize");
+        control
+            .send(&offer)
+            .await
+            .map_err(|e| SessionError::Control(e.to_string()))?;
+        expect(&mut control, Step::Exported, "Exported").await?;
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "copying the stopped VM's disks",
+        );
+        let mut done = 0u64;
+        for (i, img) in config.disk_images.iter().enumerate() {
+            let stream = format!("disk:{i}");
+            let fwd = self.forward(receiver, key, stream).await?;
+            let r = super::offline::copy(&img.path, &img.format, fwd.0, "disk", COPY_TIMEOUT).await;
+            fwd.1.abort();
+            if let Err(e) = r {
+                let why = format!("disk {}: {e}", img.name);
+                let _ = say(&mut control, &Step::Abort(why.clone())).await;
+                return Err(SessionError::Here(why));
+            }
+            done += by_disk.get(&img.name).copied().unwrap_or(0);
+            let elapsed = t0.elapsed();
+            self.status(key, |s| {
+                s.progress = Some(RelocationProgress {
+                    disk_done: done,
+                    disk_total: total,
+                    ram_sent: 0,
+                    ram_remaining: 0,
+                    bytes_per_second: (done as f64 / elapsed.as_secs_f64().max(0.001)) as u64,
+                    eta_seconds: None,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                })
+            });
+        }
+        let switched = async {
+            say(&mut control, &Step::Switch).await?;
+            expect(&mut control, Step::Running, "Running").await
+        };
+        match switched.await {
+            Ok(()) => Ok(t0.elapsed().as_millis() as u64),
+            Err(SessionError::Aborted(why)) => Err(SessionError::Aborted(why)),
+            Err(e) => Err(SessionError::Undecided(e.to_string())),
+        }
+    }
+
     /// Make the disks and the paused QEMU, then run the receiver's steps.
     /// On error: the error and the volumes created here.
     async fn receive_live(
@@ -1161,16 +1326,26 @@ impl Shared {
                 return Err((e, created));
             }
         }
-        let ports = match (free_port(), free_port()) {
-            (Ok(nbd), Ok(migration)) => Ports {
-                peer: peer.clone(),
-                nbd,
-                migration,
-            },
+        if offer.offline {
+            return self
+                .receive_offline(control, key, peer, &offer.config)
+                .await
+                .map_err(|e| (e, created));
+        }
+        let (nbd, migration) = match (free_port(), free_port()) {
+            (Ok(nbd), Ok(migration)) => (nbd, migration),
             (Err(e), _) | (_, Err(e)) => {
                 let e = refuse(control, format!("no local port: {e}")).await;
                 return Err((e, created));
             }
+        };
+        let ports = Ports {
+            peer: peer.clone(),
+            streams: [
+                ("nbd".to_string(), nbd),
+                ("migration".to_string(), migration),
+            ]
+            .into(),
         };
         if let Err(e) = hv.start_incoming(&offer.config).await {
             let e = refuse(control, e.to_string()).await;
@@ -1193,10 +1368,10 @@ impl Shared {
             .insert(key.clone(), ports.clone());
         let plan = LivePlan {
             disks: offer.config.disks.iter().map(|d| d.0.clone()).collect(),
-            nbd_listen: ports.nbd,
-            nbd_connect: ports.nbd,
-            migration_listen: ports.migration,
-            migration_connect: ports.migration,
+            nbd_listen: nbd,
+            nbd_connect: nbd,
+            migration_listen: migration,
+            migration_connect: migration,
             downtime_limit_ms: DOWNTIME_LIMIT_MS,
             max_bandwidth: None,
             mirror_timeout: COPY_TIMEOUT,
@@ -1219,7 +1394,6 @@ async fn refuse(control: &mut Tunnel, why: String) -> SessionError {
     SessionError::Here(why)
 }
 
-async fn say_abort(control: &mut Tunnel, why: &str) -> Result<(), String> {
-    let b = serde_json::to_vec(&super::session::Step::Abort(why.into())).expect("serializes");
-    control.send(&b).await.map_err(|e| e.to_string())
+async fn say_abort(control: &mut Tunnel, why: &str) -> Result<(), SessionError> {
+    say(control, &Step::Abort(why.into())).await
 }

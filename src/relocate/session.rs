@@ -85,7 +85,7 @@ pub enum SessionError {
     },
 }
 
-async fn say(control: &mut Tunnel, step: &Step) -> Result<(), SessionError> {
+pub(crate) async fn say(control: &mut Tunnel, step: &Step) -> Result<(), SessionError> {
     let bytes = serde_json::to_vec(step).expect("in-memory encoding cannot fail");
     control
         .send(&bytes)
@@ -93,7 +93,11 @@ async fn say(control: &mut Tunnel, step: &Step) -> Result<(), SessionError> {
         .map_err(|e| SessionError::Control(e.to_string()))
 }
 
-async fn expect(control: &mut Tunnel, want: Step, name: &'static str) -> Result<(), SessionError> {
+pub(crate) async fn expect(
+    control: &mut Tunnel,
+    want: Step,
+    name: &'static str,
+) -> Result<(), SessionError> {
     let got = control
         .recv()
         .await
