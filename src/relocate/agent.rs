@@ -22,10 +22,11 @@
 //! copy only once the VM's claim has moved to the receiver. Each node
 //! writes the relocation's status as it sees it (phase, progress, reason).
 //!
-//! Not yet: resuming or rolling back a relocation after a node daemon
-//! restarts mid-way (the marker stays; the VM stays as it is), offline
-//! mode and zfs send through the agent, the libvirt driver, a bandwidth
-//! cap setting.
+//! Offline mode runs the same way with [`super::offline`]'s data path
+//! (the VM stopped first, started on the receiver from the copies). A
+//! restarted daemon finishes or rolls back what its markers say
+//! (`recover_all`). Not yet: an incremental `zfs send` before the
+//! mirror, the libvirt driver.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

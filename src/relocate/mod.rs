@@ -6,11 +6,10 @@
 //! own QEMU and they agree on each step) and [`live`] (the QMP steps:
 //! disks mirrored over NBD while the guest runs, memory migrated, the
 //! switch). [`offline`] is the stop-copy-start data path (`qemu-nbd` on
-//! the receiver, `qemu-img convert` skipping zeros on the sender), not
-//! yet driven by the agent. The receiver is elected by the radar
+//! the receiver, `qemu-img convert` skipping zeros on the sender). The receiver is elected by the radar
 //! (`gossip::node`, `track_relocations`). Tests: `tests/relocate_live.rs`
 //! (the data path), `tests/relocate_nodes.rs` (two daemons, faults).
-//! Not built yet: zfs send, libvirt, offline through the agent.
+//! Not built yet: zfs send, libvirt.
 
 pub mod agent;
 pub mod live;
