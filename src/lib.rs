@@ -28,6 +28,7 @@ pub mod api;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_node;
+pub mod bench_relocate;
 pub mod cli;
 pub mod clock;
 pub mod dhcp;

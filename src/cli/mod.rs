@@ -404,6 +404,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 60)]
         idle: u64,
     },
+    /// Live relocation between two node daemons (Relocation objects)
+    /// beside the same move by raw QEMU over QMP, alternating.
+    Relocate(crate::bench_relocate::Args),
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -979,6 +982,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seeds,
                     loss_minutes,
                 } => crate::gossip::membership_eval::bench(&sizes, seeds, loss_minutes)?,
+                BenchCommand::Relocate(args) => crate::bench_relocate::run(args)?,
                 BenchCommand::ClusterAuth { docs, rounds, idle } => {
                     crate::bench_cluster::run(docs, rounds, Duration::from_secs(idle))?
                 }
