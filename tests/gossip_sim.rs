@@ -715,6 +715,21 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
             }
             if what == "automatic" {
                 receivers.insert(r);
+                // The switch: the receiver claims the VM above the
+                // sender. Every node then runs it on the receiver only,
+                // counts the relocation over, and never elects it again.
+                assert!(!cl.nodes[0].relocation_done(&key), "over before the switch");
+                let from = cl.nodes[sender].id().clone();
+                let (now, reloc) = (cl.now, vm.clone());
+                let epoch = cl.nodes[r].take_over(&reloc, &from, now).expect("take over");
+                cl.run_for(5_000);
+                assert_eq!(cl.running[&vm].len(), 1, "one copy: {:?}", cl.running[&vm]);
+                assert!(cl.running[&vm].contains(&r), "runs on the receiver");
+                for i in 0..n {
+                    assert!(cl.nodes[i].relocation_done(&key), "n{i}: not over");
+                    assert_eq!(cl.nodes[i].claim(&vm).map(|c| c.epoch), Some(epoch));
+                }
+                assert_eq!(cl.starts[&key], 1, "the relocation was elected again");
             }
             eprintln!("{what}: sender n{sender}, receiver n{r}");
         }
