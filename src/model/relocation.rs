@@ -79,6 +79,8 @@ pub struct RelocationProgress {
     /// Seconds left at that rate (`None`: not known yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
-    /// Milliseconds since the copy began.
+    /// Milliseconds since the sender offered the VM to the receiver (the
+    /// receiver's wait for its election to settle and its preparation
+    /// included).
     pub elapsed_ms: u64,
 }
