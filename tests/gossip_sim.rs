@@ -721,7 +721,9 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
                 assert!(!cl.nodes[0].relocation_done(&key), "over before the switch");
                 let from = cl.nodes[sender].id().clone();
                 let (now, reloc) = (cl.now, vm.clone());
-                let epoch = cl.nodes[r].take_over(&reloc, &from, now).expect("take over");
+                let epoch = cl.nodes[r]
+                    .take_over(&reloc, &from, now)
+                    .expect("take over");
                 cl.run_for(5_000);
                 assert_eq!(cl.running[&vm].len(), 1, "one copy: {:?}", cl.running[&vm]);
                 assert!(cl.running[&vm].contains(&r), "runs on the receiver");
