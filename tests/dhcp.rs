@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::sh;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -24,15 +26,6 @@ fn have(tools: &[&str]) -> bool {
         &[],
         "scripts/test.sh installs busybox-static, dnsmasq-base, kea",
     )
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Namespaces with a unique prefix, deleted (with their veths) on drop.

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::sh;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,15 +16,6 @@ use std::time::{Duration, Instant};
 use common::{qemu_available, tiny_guest, Node};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `n` namespaces, one per node, each joined by a veth pair to a bridge
 /// in a hub namespace (a switch), all deleted on drop.

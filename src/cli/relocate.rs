@@ -239,7 +239,7 @@ fn wait(
         let stuck = st
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && (c.reason == "NoGossip" || c.reason == "Unschedulable"));
+            .any(|c| c.type_ == "Ready" && c.reason == "NoGossip");
         if fresh && stuck {
             bar.finish_and_clear();
             eprintln!(
@@ -276,7 +276,11 @@ fn wait(
         if started.elapsed() > timeout {
             bar.abandon();
             eprintln!(
-                "relocation/{name}: still {phase:?} after {timeout:?}; it goes on (deorch get relocation {name})"
+                "relocation/{name}: still {phase:?} after {timeout:?}{}; it goes on (deorch get relocation {name})",
+                st.message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
             );
             return Ok(ExitCode::FAILURE);
         }

@@ -554,16 +554,7 @@ impl Shared {
         sock: &std::path::Path,
     ) -> Result<u64, SessionError> {
         let key = &v.key;
-        let mut sizes = BTreeMap::new();
-        for (_, vol) in &config.disks {
-            let info = self
-                .drivers
-                .storage
-                .volume(vol)
-                .await
-                .map_err(|e| SessionError::Control(e.to_string()))?;
-            sizes.insert(vol.clone(), info.size);
-        }
+        let sizes = self.volume_sizes(&config).await?;
         let disks: Vec<String> = config.disks.iter().map(|d| d.0.clone()).collect();
         let mut control = self
             .open(receiver, key, "control")
@@ -666,6 +657,21 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// The virtual size of each of the VM's volumes, by volume name.
+    async fn volume_sizes(&self, config: &VmConfig) -> Result<BTreeMap<String, u64>, SessionError> {
+        let mut sizes = BTreeMap::new();
+        for (_, vol) in &config.disks {
+            let info = self
+                .drivers
+                .storage
+                .volume(vol)
+                .await
+                .map_err(|e| SessionError::Here(format!("volume {vol}: {e}")))?;
+            sizes.insert(vol.clone(), info.size);
+        }
+        Ok(sizes)
     }
 
     /// A local listener for this node's QEMU whose connections go to
@@ -1139,16 +1145,7 @@ impl Shared {
     ) -> Result<u64, SessionError> {
         let key = &v.key;
         let id = vm_id(&v.vm);
-        let mut sizes = BTreeMap::new();
-        for (_, vol) in &config.disks {
-            let info = self
-                .drivers
-                .storage
-                .volume(vol)
-                .await
-                .map_err(|e| SessionError::Here(e.to_string()))?;
-            sizes.insert(vol.clone(), info.size);
-        }
+        let sizes = self.volume_sizes(&config).await?;
         let total: u64 = sizes.values().sum();
         // The VM's own stopTimeout (ACPI, then forced).
         let stop_timeout = self

@@ -32,6 +32,16 @@ pub struct Node {
     pub call_timeout: Duration,
 }
 
+/// Run a command (program and arguments) that must succeed.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
 pub fn temp_dir(tag: &str) -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")
