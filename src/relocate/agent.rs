@@ -1241,7 +1241,10 @@ impl Shared {
         let id = vm_id(&v.vm);
         let mut created = Vec::new();
         let control_err = |e: String| SessionError::Control(e);
-        let offer = match control.recv().await {
+        let offer = match tokio::time::timeout(CONNECT_TIMEOUT, control.recv())
+            .await
+            .unwrap_or(Ok(None))
+        {
             Ok(Some(b)) => serde_json::from_slice::<Offer>(&b)
                 .map_err(|e| control_err(format!("malformed offer: {e}"))),
             Ok(None) => Err(control_err("closed before the offer".into())),

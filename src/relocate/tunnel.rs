@@ -245,16 +245,22 @@ impl<S: Stream> Tunnel<S> {
         }
     }
 
-    /// Send one message (split into frames if over 64 KiB).
+    /// Send one message, in one frame (at most 64 KiB less the tag).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
-        let mut buf = vec![0u8; 65_535];
-        for chunk in data.chunks(CHUNK).chain(data.is_empty().then_some(&[][..])) {
-            let n = self
-                .transport
-                .write_message(chunk, &mut buf)
-                .map_err(refused)?;
-            write_frame(&mut self.stream, &buf[..n]).await?;
+        // One message is one frame: what `recv` returns, and what bounds
+        // what a peer can make this node hold.
+        if data.len() > CHUNK {
+            return Err(refused(format!(
+                "a message of {} bytes (at most {CHUNK} in one frame)",
+                data.len()
+            )));
         }
+        let mut buf = vec![0u8; 65_535];
+        let n = self
+            .transport
+            .write_message(data, &mut buf)
+            .map_err(refused)?;
+        write_frame(&mut self.stream, &buf[..n]).await?;
         Ok(())
     }
 
