@@ -1251,6 +1251,14 @@ impl Shared {
             Err(e) => Err(control_err(e.to_string())),
         };
         let mut offer = offer.map_err(|e| (e, Vec::new()))?;
+        if let Err(why) = check_offer(&self.store, &v.vm, &offer.config) {
+            let e = refuse(
+                control,
+                format!("the offer does not match the VM's spec here: {why}"),
+            )
+            .await;
+            return Err((e, created));
+        }
         if offer.config.id != id {
             let e = refuse(
                 control,
@@ -1389,6 +1397,76 @@ impl Shared {
     }
 }
 
+/// Whether the sender's offered configuration is the VM's as this node's
+/// store declares it (its spec, else its spacesuit's): the receiver runs
+/// QEMU with it, so an admitted node cannot make it run another kernel,
+/// other disks or another size of machine than the VM's.
+fn check_offer(store: &Store, vm: &DocKey, c: &VmConfig) -> Result<(), String> {
+    use crate::model::vm::{Machine, VirtualMachineSpec};
+    use crate::model::SpacesuitSpec;
+    let typed = |kind: Kind, name: &str| {
+        store
+            .get(&ObjectKey::new(kind, Some(&vm.namespace), name))
+            .filter(|r| !r.deleted)
+            .map(|r| r.object["spec"].clone())
+    };
+    let spec: VirtualMachineSpec = typed(Kind::VirtualMachine, &vm.name)
+        .and_then(|s| serde_json::from_value(s).ok())
+        .ok_or("the VM is unknown here")?;
+    let suit: Option<SpacesuitSpec> = spec
+        .spacesuit
+        .as_ref()
+        .and_then(|n| typed(Kind::Spacesuit, n))
+        .and_then(|s| serde_json::from_value(s).ok());
+    let disks: Vec<(String, String)> = crate::reconcile::vm::disk_names(&spec, suit.as_ref())
+        .into_iter()
+        .map(|d| {
+            let v = crate::model::names::vm_volume(&vm.namespace, &vm.name, &d);
+            (d, v)
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    if c.disks != disks {
+        wrong.push(format!("disks {:?}, declared {disks:?}", c.disks));
+    }
+    let boot = spec
+        .boot
+        .clone()
+        .or(suit.as_ref().and_then(|s| s.boot.clone()));
+    if c.boot != boot {
+        wrong.push("boot".to_string());
+    }
+    let memory = spec
+        .memory
+        .or(suit.as_ref().and_then(|s| s.memory))
+        .map_or(512 << 20, |m| m.0);
+    if c.memory != memory {
+        wrong.push(format!("memory {}, declared {memory}", c.memory));
+    }
+    let machine = spec
+        .machine
+        .or(suit.as_ref().and_then(|s| s.machine))
+        .unwrap_or(Machine::Q35);
+    if c.machine != machine {
+        wrong.push("machine".to_string());
+    }
+    let cpus = spec
+        .cpu
+        .or(suit.as_ref().and_then(|s| s.cpu))
+        .map_or(1, |c| (c.0 / 1000) as u32);
+    if c.cpus != cpus {
+        wrong.push(format!("cpu {}, declared {cpus}", c.cpus));
+    }
+    if c.cpu_model != spec.cpu_model {
+        wrong.push("cpuModel".to_string());
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
 /// Tell the sender why this node stops, and return that.
 async fn refuse(control: &mut Tunnel, why: String) -> SessionError {
     let _ = say_abort(control, &why).await;
@@ -1397,4 +1475,83 @@ async fn refuse(control: &mut Tunnel, why: String) -> SessionError {
 
 async fn say_abort(control: &mut Tunnel, why: &str) -> Result<(), SessionError> {
     say(control, &Step::Abort(why.into())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AnyObject;
+    use crate::store::SourceId;
+
+    fn store_with(objects: &[serde_json::Value]) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "deorch-offer-{}-{}",
+            std::process::id(),
+            objects.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        for o in objects {
+            store
+                .apply(
+                    &AnyObject::from_value(o.clone()).unwrap(),
+                    &SourceId("api".into()),
+                )
+                .unwrap();
+        }
+        (store, dir)
+    }
+
+    #[test]
+    fn an_offer_must_be_the_vm_its_spec_and_spacesuit_declare() {
+        let suit = serde_json::json!({
+            "apiVersion": crate::model::API_VERSION, "kind": "Spacesuit",
+            "metadata": {"name": "tiny", "namespace": "default"},
+            "spec": {"boot": {"kernel": "/k", "initrd": "/i"}, "machine": "pc", "memory": "128Mi"},
+        });
+        let vm = serde_json::json!({
+            "apiVersion": crate::model::API_VERSION, "kind": "VirtualMachine",
+            "metadata": {"name": "mover", "namespace": "default"},
+            "spec": {"spacesuit": "tiny", "disks": [{"name": "data", "size": "8Mi", "source": {"blank": {}}}]},
+        });
+        let (store, dir) = store_with(&[suit, vm]);
+        let key = DocKey::new("VirtualMachine", "default", "mover");
+        let good = VmConfig {
+            id: "default/mover".into(),
+            cpus: 1,
+            memory: 128 << 20,
+            machine: crate::model::vm::Machine::Pc,
+            cpu_model: None,
+            boot: serde_json::from_value(serde_json::json!({"kernel": "/k", "initrd": "/i"}))
+                .unwrap(),
+            disks: vec![(
+                "data".into(),
+                crate::model::names::vm_volume("default", "mover", "data"),
+            )],
+            disk_images: Vec::new(),
+            nics: Vec::new(),
+            spice: false,
+        };
+        assert_eq!(check_offer(&store, &key, &good), Ok(()));
+        let mut other_kernel = good.clone();
+        other_kernel.boot = serde_json::from_value(serde_json::json!({"kernel": "/evil"})).unwrap();
+        assert!(check_offer(&store, &key, &other_kernel)
+            .unwrap_err()
+            .contains("boot"));
+        let mut other_disk = good.clone();
+        other_disk.disks[0].1 = "vm-default-victim-data".into();
+        assert!(check_offer(&store, &key, &other_disk)
+            .unwrap_err()
+            .contains("disks"));
+        let mut bigger = good.clone();
+        bigger.memory = 64 << 30;
+        assert!(check_offer(&store, &key, &bigger)
+            .unwrap_err()
+            .contains("memory"));
+        let unknown = DocKey::new("VirtualMachine", "default", "nope");
+        assert!(check_offer(&store, &unknown, &good).is_err());
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
