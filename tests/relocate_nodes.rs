@@ -23,6 +23,8 @@ struct Lab {
     ns: Vec<String>,
     addr: Vec<String>,
     hub: String,
+    /// Each node's end of its link to the hub.
+    veth: Vec<String>,
 }
 
 impl Lab {
@@ -56,7 +58,13 @@ impl Lab {
             sh(&["ip", "-n", x, "addr", "add", &cidr, "dev", &v]);
             sh(&["ip", "-n", x, "link", "set", &v, "up"]);
         }
-        Lab { ns, addr, hub }
+        let veth = (0..n).map(|i| format!("{p}v{i}")).collect();
+        Lab {
+            ns,
+            addr,
+            hub,
+            veth,
+        }
     }
 }
 
@@ -590,6 +598,48 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
         status(p.to(), "relocation", "sender-killed")
     );
     runs_on_the_sender_only(&p, &boot, "sender daemon killed");
+
+    // The network between the two nodes is cut during the copy: the
+    // sender gives up on the dead tunnels within seconds and its guest
+    // runs on; once the link is back, the receiver has rolled back.
+    start_copy(&p, "cut");
+    let to = 1 - p.from;
+    sh(&[
+        "ip",
+        "-n",
+        &p.lab.ns[to],
+        "link",
+        "set",
+        &p.lab.veth[to],
+        "down",
+    ]);
+    let cut = Instant::now();
+    wait_until(&p, "the sender gives up", Duration::from_secs(60), || {
+        phase(p.from(), "cut") == "Failed"
+    });
+    eprintln!(
+        "cut network: the sender gave up after {:?}: {}",
+        cut.elapsed(),
+        status(p.from(), "relocation", "cut")["message"]
+    );
+    wait_until(
+        &p,
+        "the receiver rolls back",
+        Duration::from_secs(60),
+        || phase(p.to(), "cut") == "Failed",
+    );
+    sh(&[
+        "ip",
+        "-n",
+        &p.lab.ns[to],
+        "link",
+        "set",
+        &p.lab.veth[to],
+        "up",
+    ]);
+    runs_on_the_sender_only(&p, &boot, "cut network");
+    // The nodes find each other again.
+    std::thread::sleep(Duration::from_secs(3));
 
     // After all that, a relocation goes through: the CLI's verb, waiting
     // on the sender's status.

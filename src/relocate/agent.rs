@@ -250,6 +250,21 @@ fn vm_id(k: &DocKey) -> String {
     format!("{}/{}", k.namespace, k.name)
 }
 
+/// A dead peer or a cut link ends a tunnel within seconds rather than
+/// TCP's quarter of an hour: keepalive probes while it is idle (the
+/// receiver waiting for the next step), a bound on unacknowledged data
+/// while it sends (the sender's copy). Each side then fails its session
+/// and rolls back as for any failure.
+fn bound_liveness(s: &TcpStream) {
+    let k = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_tcp_keepalive(&k);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(15)));
+}
+
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
@@ -403,6 +418,7 @@ impl Shared {
             .map_err(|_| format!("{addr}: no connection within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("{addr}: {e}"))?;
         let _ = s.set_nodelay(true);
+        bound_liveness(&s);
         let header = serde_json::to_vec(&Header {
             relocation: key_text(key),
             stream: stream.into(),
@@ -717,6 +733,7 @@ impl Shared {
     /// A tunnel a peer opened.
     async fn serve(self: Arc<Self>, s: TcpStream) -> Result<(), String> {
         let _ = s.set_nodelay(true);
+        bound_liveness(&s);
         let tk = self.link.borrow().key.clone().ok_or("no tunnel key yet")?;
         let (t, header) = tunnel::accept(s, &tk).await.map_err(|e| e.to_string())?;
         let h: Header =
