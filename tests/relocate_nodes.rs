@@ -520,6 +520,37 @@ fn runs_on_the_sender_only(p: &Pair, boot: &str, what: &str) {
     );
 }
 
+/// Kill the daemon of the sender (or the receiver) of relocation `name`
+/// during its copy: the other node fails the relocation at once; the
+/// restarted one finishes it as failed from its marker; the VM runs on
+/// the sender only.
+fn kill_daemon_mid_copy(p: &mut Pair, boot: &str, name: &str, sender: bool) {
+    start_copy(p, name);
+    let victim = if sender { p.from } else { 1 - p.from };
+    p.nodes[victim].kill();
+    let other = &p.nodes[1 - victim];
+    wait_until(
+        p,
+        &format!("{name}: the other node fails"),
+        Duration::from_secs(30),
+        || phase(other, name) == "Failed",
+    );
+    p.nodes[victim].start();
+    let restarted = &p.nodes[victim];
+    wait_until(
+        p,
+        &format!("{name}: the restarted node fails"),
+        Duration::from_secs(30),
+        || phase(restarted, name) == "Failed",
+    );
+    eprintln!(
+        "{name}: {} / {}",
+        status(p.from(), "relocation", name),
+        status(p.to(), "relocation", name)
+    );
+    runs_on_the_sender_only(p, boot, name);
+}
+
 /// The fault table, one fault at a time on one pair of nodes (the copy
 /// held to 8 MiB/s by the nodes' bandwidth cap so that each fault lands
 /// mid-copy), then a relocation that succeeds on the same nodes.
@@ -554,50 +585,10 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
     );
     runs_on_the_sender_only(&p, &boot, "receiver QEMU killed");
 
-    // The receiver's daemon is killed during the copy, then restarts.
-    start_copy(&p, "receiver-killed");
-    let to = 1 - p.from;
-    p.nodes[to].kill();
-    wait_until(&p, "the sender fails", Duration::from_secs(30), || {
-        phase(p.from(), "receiver-killed") == "Failed"
-    });
-    p.nodes[to].start();
-    wait_until(
-        &p,
-        "the receiver rolls back",
-        Duration::from_secs(30),
-        || phase(p.to(), "receiver-killed") == "Failed",
-    );
-    eprintln!(
-        "receiver daemon killed: {} / {}",
-        status(p.from(), "relocation", "receiver-killed"),
-        status(p.to(), "relocation", "receiver-killed")
-    );
-    runs_on_the_sender_only(&p, &boot, "receiver daemon killed");
-
-    // The sender's daemon is killed during the copy, then restarts.
-    start_copy(&p, "sender-killed");
-    let from = p.from;
-    p.nodes[from].kill();
-    wait_until(
-        &p,
-        "the receiver rolls back",
-        Duration::from_secs(30),
-        || phase(p.to(), "sender-killed") == "Failed",
-    );
-    p.nodes[from].start();
-    wait_until(
-        &p,
-        "the sender abandons the copy",
-        Duration::from_secs(30),
-        || phase(p.from(), "sender-killed") == "Failed",
-    );
-    eprintln!(
-        "sender daemon killed: {} / {}",
-        status(p.from(), "relocation", "sender-killed"),
-        status(p.to(), "relocation", "sender-killed")
-    );
-    runs_on_the_sender_only(&p, &boot, "sender daemon killed");
+    // The receiver's daemon is killed during the copy, then restarts;
+    // then the sender's.
+    kill_daemon_mid_copy(&mut p, &boot, "receiver-killed", false);
+    kill_daemon_mid_copy(&mut p, &boot, "sender-killed", true);
 
     // The network between the two nodes is cut during the copy: the
     // sender gives up on the dead tunnels within seconds and its guest

@@ -926,29 +926,21 @@ impl Task {
             }
         }
         self.placement.set_running(elsewhere);
-        let mut link = Link {
-            relocations: self.node.relocations(),
-            ..Link::default()
-        };
+        let relocations = self.node.relocations();
+        let mut addrs = BTreeMap::new();
+        let mut names = BTreeMap::from([(self.me.clone(), self.name.clone())]);
         for id in self.node.alive_members() {
             if let Some(a) = self.node.member_addr(&id) {
-                link.addrs.insert(id.clone(), a);
+                addrs.insert(id.clone(), a);
             }
-            link.names.insert(id.clone(), self.label(&id));
+            names.insert(id.clone(), self.label(&id));
         }
-        link.names.insert(self.me.clone(), self.name.clone());
         self.link.send_if_modified(|l| {
-            if l.same(&Link {
-                key: l.key.clone(),
-                me: l.me.clone(),
-                ..link.clone()
-            }) {
-                return false;
+            let same = l.relocations == relocations && l.addrs == addrs && l.names == names;
+            if !same {
+                (l.relocations, l.addrs, l.names) = (relocations, addrs, names);
             }
-            link.key = l.key.take();
-            link.me = l.me.take();
-            *l = link;
-            true
+            !same
         });
         if running != self.running {
             self.running = running;

@@ -64,15 +64,6 @@ pub struct Link {
 }
 
 impl Link {
-    /// Whether `other` says the same (the key aside).
-    pub fn same(&self, other: &Link) -> bool {
-        self.me == other.me
-            && self.relocations == other.relocations
-            && self.addrs == other.addrs
-            && self.names == other.names
-            && self.key.is_some() == other.key.is_some()
-    }
-
     fn name(&self, id: &NodeId) -> String {
         self.names.get(id).cloned().unwrap_or_else(|| id.0.clone())
     }
@@ -215,15 +206,24 @@ impl Agent {
         shared.clone().recover_all();
         let mut link = self.link;
         let mut every = tokio::time::interval(Duration::from_secs(1));
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TUNNELS));
+        let refusals = Arc::new(Refusals::default());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 a = listener.accept() => if let Ok((s, from)) = a {
+                    // Bounded: a flood of connections is dropped, not served.
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        refusals.note(from, "too many relocation tunnels open");
+                        continue;
+                    };
                     let sh = shared.clone();
+                    let refusals = refusals.clone();
                     tokio::spawn(async move {
                         if let Err(e) = sh.clone().serve(s).await {
-                            warn!(%from, error = %e, "relocation tunnel refused");
+                            refusals.note(from, &e);
                         }
+                        drop(permit);
                     });
                 },
                 c = link.changed() => {
@@ -234,6 +234,29 @@ impl Agent {
                 }
                 _ = every.tick() => shared.clone().scan(),
             }
+        }
+    }
+}
+
+/// Tunnels a node serves at once (each relocation uses a few).
+const MAX_TUNNELS: usize = 256;
+
+/// Refused tunnels, logged once per peer address per 5 s, never per
+/// connection.
+#[derive(Default)]
+struct Refusals(Mutex<BTreeMap<std::net::IpAddr, (Option<Instant>, u64)>>);
+
+impl Refusals {
+    fn note(&self, from: SocketAddr, why: &str) {
+        let mut m = self.0.lock().unwrap();
+        if m.len() > 1024 {
+            m.clear();
+        }
+        let e = m.entry(from.ip()).or_insert((None, 0));
+        e.1 += 1;
+        if e.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            warn!(%from, refused = e.1, error = %why, "relocation tunnel refused");
+            *e = (Some(Instant::now()), 0);
         }
     }
 }
