@@ -1049,15 +1049,15 @@ impl Shared {
             let _ = say_abort(&mut control, "a session of this relocation is running here").await;
             return;
         }
-        let from = self.link.borrow().name(&peer);
+        // One read of the link at a time: a second read while the gossip
+        // task waits to write may block for good.
+        let (from, here) = {
+            let l = self.link.borrow();
+            (l.name(&peer), l.me.as_ref().map(|m| l.name(m)))
+        };
         self.status(&key, |s| {
             s.source = Some(from.clone());
-            s.destination = self
-                .link
-                .borrow()
-                .me
-                .as_ref()
-                .map(|m| self.link.borrow().name(m));
+            s.destination = here;
         });
         let r = self.receive_live(&mut control, &v, &peer).await;
         self.incoming.lock().unwrap().remove(&key);
