@@ -579,8 +579,11 @@ fn eight_versions_of_a_file_with_80000_errors_cost_little() {
         "deorch events printed {} bytes",
         out.len()
     );
+    // A leak of what one version produces (its 80,000 errors are ~16 MB
+    // of text, the file 3 MB) would add ~95 MB over 5 versions; what the
+    // allocator keeps under a loaded suite has been seen at up to ~11 MB.
     assert!(
-        last <= after_first + 10 * 1024,
+        last <= after_first + 24 * 1024,
         "RSS grew {} KiB over 5 more versions",
         last - after_first
     );
