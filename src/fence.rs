@@ -188,6 +188,20 @@ pub async fn run(state_dir: &Path, timeout: Duration, hypervisor: &dyn Hyperviso
     let mut fenced = false;
     info!(lease = %lease_file.display(), ?timeout, "fence watching the daemon's lease");
     loop {
+        // Its node is gone (the state directory removed) or another fence
+        // took over: nothing left to watch.
+        if !state_dir.exists() {
+            info!("the state directory is gone: the fence exits");
+            return;
+        }
+        if std::fs::read_to_string(pid_path(state_dir))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|p| p != std::process::id())
+        {
+            info!("another fence watches this state directory: this one exits");
+            return;
+        }
         let now = std::fs::read_to_string(&lease_file)
             .ok()
             .and_then(|t| Lease::parse(&t));
