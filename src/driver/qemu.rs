@@ -332,6 +332,23 @@ impl QemuHypervisor {
             if serial.exists() {
                 let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
             }
+            // What the previous QEMU said before it ended (normally
+            // nothing: it logs only errors) goes to the node's log.
+            let qemu_log = cmdline::qemu_log(&dir);
+            if let Ok(text) = std::fs::read_to_string(&qemu_log) {
+                // A stop's "terminating on signal" is no error.
+                let last: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("terminating on signal"))
+                    .rev()
+                    .take(5)
+                    .collect();
+                if !last.is_empty() {
+                    let last: Vec<&str> = last.into_iter().rev().collect();
+                    tracing::warn!(vm = %id, log = ?last, "the VM's previous QEMU left errors in its log");
+                }
+                let _ = std::fs::rename(&qemu_log, dir.join("qemu.log.1"));
+            }
             // Re-adoption after a node restart reads it back: durable.
             let bytes = serde_json::to_vec(config).expect("configs serialize");
             state_file::write(&dir.join(CONFIG_FILE), &bytes)

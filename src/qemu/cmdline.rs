@@ -121,6 +121,13 @@ pub fn serial_log(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("serial.log")
 }
 
+/// QEMU's own log: given as `-D`, it is also where a daemonized QEMU's
+/// stderr goes (assertions, `error_report`), which would otherwise be
+/// /dev/null.
+pub fn qemu_log(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("qemu.log")
+}
+
 /// The kernel command line of a directly booted VM whose spacesuit gives
 /// none: the serial console, which deorch reads.
 pub const DEFAULT_KERNEL_CMDLINE: &str = "console=ttyS0";
@@ -163,6 +170,7 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
     push(&["-m", &format!("{}M", vm.memory_mib)]);
     let rd = &vm.runtime_dir;
     push(&["-pidfile", &pidfile(rd).display().to_string()]);
+    push(&["-D", &qemu_log(rd).display().to_string()]);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", qmp_socket(rd).display()),
