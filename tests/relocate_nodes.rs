@@ -98,17 +98,33 @@ impl Drop for Reap {
     }
 }
 
-fn node(lab: &Lab, i: usize, name: &str, guest: &Path, seed: Option<&str>, extra: &[&str]) -> Node {
+fn node(
+    lab: &Lab,
+    i: usize,
+    name: &str,
+    guest: &Path,
+    seed: Option<&str>,
+    extra: &[&str],
+    own_mounts: bool,
+) -> Node {
     let mut n = Node::new(&format!("reloc-{name}"));
     n.name = name.into();
     // Only the network namespace: `ip netns exec` would also give the node
     // a mount namespace of its own, where zfs-fuse's mounts (made by the
-    // calling `zfs` command) vanish when the command exits.
+    // calling `zfs` command) vanish when the command exits. A test that
+    // hides files from one node gives each its own (`own_mounts`).
     n.wrap = vec![
         "nsenter".into(),
         format!("--net=/var/run/netns/{}", lab.ns[i]),
         "--".into(),
     ];
+    if own_mounts {
+        n.wrap.extend(
+            ["unshare", "--mount", "--propagation", "private", "--"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+    }
     n.extra_args = [
         "--hypervisor",
         "qemu",
@@ -170,6 +186,17 @@ fn start_nodes(n: usize, extra: &[&str]) -> Pair {
 
 /// [`start_nodes`], node `i` with `per_node(i)` flags too.
 fn start_nodes_with(n: usize, extra: &[&str], per_node: impl Fn(usize) -> Vec<String>) -> Pair {
+    start_nodes_full(n, extra, per_node, false)
+}
+
+/// [`start_nodes_with`]; with `own_mounts`, each node in a mount
+/// namespace of its own too.
+fn start_nodes_full(
+    n: usize,
+    extra: &[&str],
+    per_node: impl Fn(usize) -> Vec<String>,
+    own_mounts: bool,
+) -> Pair {
     let (kernel, initrd) = tiny_guest();
     let guest = kernel.parent().unwrap().to_path_buf();
     let lab = Lab::new(n);
@@ -187,6 +214,7 @@ fn start_nodes_with(n: usize, extra: &[&str], per_node: impl Fn(usize) -> Vec<St
                 &guest,
                 (i > 0).then_some(seed.as_str()),
                 &flags,
+                own_mounts,
             )
         })
         .collect();
@@ -499,12 +527,41 @@ fn runs_on_the_sender_only(p: &Pair, boot: &str, what: &str) {
         },
     );
     let seen = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap()).len();
-    wait_until(
-        p,
-        &format!("{what}: the guest beats on"),
-        Duration::from_secs(20),
-        || beats(&std::fs::read_to_string(serial(from, "mover")).unwrap()).len() >= seen + 5,
-    );
+    let t = Instant::now();
+    while beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default()).len()
+        < seen + 5
+    {
+        if t.elapsed() > Duration::from_secs(20) {
+            let serial_text = std::fs::read_to_string(serial(from, "mover")).unwrap_or_default();
+            let tail: Vec<&str> = serial_text.lines().rev().take(8).collect();
+            let dir = from.state.join("vms/default/mover");
+            let qemu_log = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("qemu.log"))
+                .map(|e| {
+                    format!(
+                        "{}:\n{}",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let fence =
+                std::fs::read_to_string(from.state.join("fence/fence.log")).unwrap_or_default();
+            let fence: Vec<&str> = fence.lines().rev().take(6).collect();
+            panic!(
+                "{what}: the guest beats on: not within 20s; QEMU on the sender: {:?}; VM status there: {}; serial tail: {tail:?}; fence log tail: {fence:?}; {qemu_log}\nlogs:\n{}\n{}",
+                qemu_of(from, "mover"),
+                status(from, "vm", "mover"),
+                p.nodes[0].log_text(),
+                p.nodes[1].log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let all = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
     assert!(all.iter().all(|b| b.0 == boot), "{what}: one boot: {all:?}");
     for w in all.windows(2) {
@@ -881,4 +938,146 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("zfs: {}", status(p.from(), "relocation", "zfs-move"));
+}
+
+/// The node's daemon process (the last of the wrap's exec chain).
+fn daemon_pid(n: &Node) -> u32 {
+    n.child.as_ref().expect("the node runs").id()
+}
+
+/// A VM made on one node from a disk of a VM that runs on another, and a
+/// VM made from a spacesuit whose image file only another node has (the
+/// receiving node's mount namespace hides it): both boot on the receiving
+/// node from the copied bytes, the source VM runs on, the holder keeps no
+/// snapshot, and the image is fetched by its SHA-256 and checked.
+#[test]
+fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds() {
+    if !qemu_available() {
+        return;
+    }
+    use sha2::{Digest, Sha256};
+    // The image: the guest's counter (4242) in its first 32 bytes, then
+    // 4 MiB of bytes no zero-skipping can fake.
+    let dir = std::env::temp_dir().join(format!(
+        "deorch-only-on-one-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("base.raw");
+    let mut bytes = format!("{:<31}\n", 4242).into_bytes();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while bytes.len() < 4 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&image, &bytes).unwrap();
+    let sha = hex::encode(Sha256::digest(&bytes));
+
+    let p = start_nodes_full(2, &[], |_| Vec::new(), true);
+    let (from, to) = (p.from(), p.to());
+    // The receiving node cannot see the image: an empty tmpfs over its
+    // directory, in its own mount namespace.
+    let target = daemon_pid(to).to_string();
+    sh(&[
+        "nsenter",
+        "--target",
+        &target,
+        "--mount",
+        "--",
+        "mount",
+        "-t",
+        "tmpfs",
+        "tmpfs",
+        &dir.display().to_string(),
+    ]);
+    let mover_before = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
+    let manifests = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: base}}\nspec:\n  source:\n    image: {{path: {img}, format: raw, sha256: {sha}}}\n---\n\
+         apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: copy}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{virtualMachine: {{name: mover, disk: data}}}}\n---\n\
+         apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: fromsuit}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{spacesuit: base}}\n",
+        img = image.display(),
+        to = to.name,
+    );
+    std::fs::write(from.manifests.join("copies.yaml"), manifests).unwrap();
+    wait_until(
+        &p,
+        "both copies run on the receiving node",
+        Duration::from_secs(120),
+        || runs(to, "copy") && runs(to, "fromsuit"),
+    );
+    let first_beat = |vm: &str| {
+        let t = Instant::now();
+        loop {
+            let b = beats(&std::fs::read_to_string(serial(to, vm)).unwrap_or_default());
+            if let Some(first) = b.first() {
+                return first.clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{vm} never beat on {}",
+                to.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The copy of the running VM boots from its disk as it was at the
+    // snapshot: a fresh boot that counts on from the mover's counter.
+    let (copy_boot, copy_first) = first_beat("copy");
+    let mover_now = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
+    let (mover_boot, mover_last) = mover_now.last().unwrap().clone();
+    assert_ne!(copy_boot, mover_boot, "the copy is a boot of its own");
+    assert!(
+        copy_first > mover_before.last().unwrap().1 && copy_first <= mover_last + 1,
+        "the copy starts at {copy_first}: not a counter the mover wrote between {} and {mover_last}",
+        mover_before.last().unwrap().1
+    );
+    // The mover runs on where it ran, still counting.
+    std::thread::sleep(Duration::from_secs(1));
+    let later = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
+    assert!(runs(from, "mover") && later.last().unwrap().1 > mover_last);
+    assert!(
+        later.iter().all(|b| b.0 == mover_boot),
+        "the mover never restarted"
+    );
+
+    // The spacesuit's image came from the other node, by its hash: the
+    // guest counts on from the image's 4242, the cache holds the file and
+    // the spacesuit's volume reads as the image, byte for byte.
+    let (_, suit_first) = first_beat("fromsuit");
+    assert_eq!(suit_first, 4243, "the guest read the image's counter");
+    let cached = to.state.join("images").join(&sha);
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes, "the cached image");
+    assert!(
+        !from.state.join("images").join(&sha).exists(),
+        "the holder served the file its spacesuit names"
+    );
+    let suit_volume = to.state.join("storage/volumes/suit-default-base.qcow2");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&image)
+        .arg(&suit_volume)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "the spacesuit's volume differs from the image: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    // Both came through the nodes' tunnels, as the receiver's log says.
+    let log = std::fs::read_to_string(&to.log).unwrap();
+    for line in ["volume copied from a peer", "image fetched"] {
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert!(!found.is_empty(), "{line:?} not in {}'s log", to.name);
+        eprintln!("{}", found[0]);
+    }
+    // The holder kept no snapshot of the copy.
+    assert!(
+        volumes(from).iter().all(|v| !v.starts_with("fetch-")),
+        "{:?}",
+        volumes(from)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

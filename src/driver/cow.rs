@@ -39,6 +39,9 @@ pub struct Ds {
 /// The primitive operations of a ZFS-like store. Names are relative to the
 /// driver's root; snapshots are `dataset@name`.
 pub trait CowBackend: Send + 'static {
+    /// Whether `import` reads the image file it is given (the in-memory
+    /// backend takes any path).
+    const READS_IMAGE_FILES: bool = true;
     /// Driver name.
     fn kind(&self) -> &'static str;
     /// Every dataset below `vol/` and `trash/`.
@@ -260,6 +263,9 @@ impl<B: CowBackend> Storage for CowStorage<B> {
     fn name(&self) -> &'static str {
         // Not through the lock: a long zfs command holds it.
         self.kind
+    }
+    fn has_image(&self, path: &str) -> bool {
+        !B::READS_IMAGE_FILES || std::path::Path::new(path).exists()
     }
     fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
         let volume = volume.to_string();

@@ -445,6 +445,7 @@ impl MemBackend {
 }
 
 impl CowBackend for MemBackend {
+    const READS_IMAGE_FILES: bool = false;
     fn kind(&self) -> &'static str {
         "fake"
     }

@@ -450,6 +450,12 @@ pub trait Storage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Create an empty volume of `size` bytes.
     fn create<'a>(&'a self, volume: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Whether the image file `path` is on this node, for
+    /// [`Storage::import`] (otherwise a VM that needs it fetches it from a
+    /// peer).
+    fn has_image(&self, path: &str) -> bool {
+        std::path::Path::new(path).exists()
+    }
     /// Import an image file as a volume (`format`: raw, qcow2, vmdk;
     /// detected when `None`).
     fn import<'a>(

@@ -48,8 +48,8 @@ use crate::gossip::{
 };
 use crate::identity::{AddressType, PrivateKey};
 use crate::model::{Kind, ObjectKey, SatelliteSpec, SatelliteStatus};
-use crate::reconcile::{Elected, Placement};
-use crate::relocate::agent::{Agent, Ask, Link};
+use crate::reconcile::{Elected, FetchVolume, Placement};
+use crate::relocate::agent::{Agent, Ask, Fetch, Link};
 use crate::relocate::tunnel::TunnelKey;
 use crate::store::{Record, SourceId, Store};
 
@@ -78,12 +78,19 @@ pub struct ClusterPlacement {
     /// VMs other live nodes report running, and those nodes.
     running_on: Mutex<BTreeMap<ObjectKey, Vec<String>>>,
     changes: broadcast::Sender<ObjectKey>,
+    /// Copies from peers, for the relocation agent (which owns the
+    /// tunnels).
+    fetches: mpsc::UnboundedSender<Fetch>,
+    fetches_rx: Mutex<Option<mpsc::UnboundedReceiver<Fetch>>>,
 }
 
 impl ClusterPlacement {
     fn new() -> Self {
         let (recoveries, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fetches, fetches_rx) = mpsc::unbounded_channel();
         ClusterPlacement {
+            fetches,
+            fetches_rx: Mutex::new(Some(fetches_rx)),
             recoveries,
             recoveries_rx: Mutex::new(Some(rx)),
             elected: Mutex::new(BTreeMap::new()),
@@ -156,6 +163,37 @@ impl Placement for ClusterPlacement {
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
         self.changes.subscribe()
     }
+
+    fn fetch_volume(
+        &self,
+        fetch: FetchVolume,
+    ) -> crate::driver::BoxFuture<'static, Result<(), String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = self.fetches.send(Fetch::Volume { fetch, reply });
+        Box::pin(async move {
+            sent.map_err(|_| "the relocation agent is not running".to_string())?;
+            rx.await
+                .map_err(|_| "the relocation agent stopped before it answered".to_string())?
+        })
+    }
+
+    fn fetch_image(
+        &self,
+        spacesuit: ObjectKey,
+        sha256: String,
+    ) -> crate::driver::BoxFuture<'static, Result<std::path::PathBuf, String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = self.fetches.send(Fetch::Image {
+            spacesuit,
+            sha256,
+            reply,
+        });
+        Box::pin(async move {
+            sent.map_err(|_| "the relocation agent is not running".to_string())?;
+            rx.await
+                .map_err(|_| "the relocation agent stopped before it answered".to_string())?
+        })
+    }
 }
 
 fn doc_key(k: &ObjectKey) -> DocKey {
@@ -184,6 +222,9 @@ pub struct Cluster {
     /// From the relocation agent.
     asks: mpsc::UnboundedSender<Ask>,
     asks_rx: mpsc::UnboundedReceiver<Ask>,
+    /// The node's content-addressed image cache (spacesuit images fetched
+    /// from peers, by SHA-256).
+    images: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -227,6 +268,7 @@ impl Cluster {
             link: watch::channel(Link::default()).0,
             asks,
             asks_rx,
+            images: state_dir.join("images"),
         })
     }
 
@@ -241,6 +283,14 @@ impl Cluster {
             link: self.link.subscribe(),
             asks: self.asks.clone(),
             rate: rate.map(|r| Arc::new(crate::relocate::tunnel::RateLimit::new(r))),
+            fetches: self
+                .placement
+                .fetches_rx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+            placement: self.placement.clone(),
+            images: self.images.clone(),
         }
     }
 

@@ -341,7 +341,48 @@ pub trait Placement: Send + Sync {
         let _ = vm;
         Err("this node does not gossip: there is no cluster to recover a VM in".into())
     }
+    /// Copy a volume another node holds into a new volume here, through
+    /// the nodes' tunnels (a point-in-time copy, also of a running VM's
+    /// disk).
+    fn fetch_volume(
+        &self,
+        fetch: FetchVolume,
+    ) -> crate::driver::BoxFuture<'static, Result<(), String>> {
+        let _ = fetch;
+        Box::pin(async { Err(NO_CLUSTER.to_string()) })
+    }
+    /// The image file whose SHA-256 is `sha256`, fetched from any peer
+    /// that holds it (for the spacesuit `spacesuit`, which names that
+    /// hash) and checked; its path in this node's image cache.
+    fn fetch_image(
+        &self,
+        spacesuit: ObjectKey,
+        sha256: String,
+    ) -> crate::driver::BoxFuture<'static, Result<std::path::PathBuf, String>> {
+        let _ = (spacesuit, sha256);
+        Box::pin(async { Err(NO_CLUSTER.to_string()) })
+    }
 }
+
+/// A copy, made here, of a volume another node holds: a VM's disk made
+/// from a disk of a VM that runs (or rests) on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchVolume {
+    /// The node that holds the source (its name).
+    pub from: String,
+    /// The VM the copy is for (`namespace/name`): the holder gives the
+    /// source only to the node that runs a VM whose spec names it.
+    pub for_vm: String,
+    /// The source volume on `from`.
+    pub source: String,
+    /// The new volume here.
+    pub volume: String,
+    /// Grow the copy to this size (when larger than the source).
+    pub size: Option<u64>,
+}
+
+/// What a node without gossip answers a fetch.
+const NO_CLUSTER: &str = "this node does not gossip: there is no peer to copy from";
 
 /// What reconcilers get.
 pub struct Ctx {

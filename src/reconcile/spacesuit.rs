@@ -64,6 +64,8 @@ pub struct Observed {
     /// The image's SHA-256 (hashed only when it is about to be imported
     /// and the spec names one).
     pub image_sha256: Option<String>,
+    /// The image file is not on this node.
+    pub image_missing: bool,
     /// The source VM's disks, when it runs here.
     pub live: Live,
 }
@@ -210,6 +212,9 @@ pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError>
         return Ok(o);
     }
     match &d.source {
+        Source::Image { path, .. } if !ctx.drivers.storage.has_image(path) => {
+            o.image_missing = true
+        }
         Source::Image {
             path,
             sha256: Some(_),
@@ -251,6 +256,19 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
                     message: format!("sha256 is {got}, the spacesuit expects {want}"),
                 }))
             }
+            // Only what a VM here needs crosses the network: such a VM
+            // fetches the image by its hash and imports it (vm::execute).
+            _ if o.image_missing => Plan::Wait {
+                reason: "ImageNotHere",
+                message: match sha256 {
+                    Some(_) => format!(
+                        "{path} is not on this node: a VM placed here fetches the image from a peer that holds it, by its SHA-256"
+                    ),
+                    None => format!(
+                        "{path} is not on this node; with spec.source.image.sha256 set, a VM placed here fetches it from a peer that holds it"
+                    ),
+                },
+            },
             _ => Plan::Act(vec![Action::Import {
                 volume,
                 path: path.clone(),
@@ -433,6 +451,18 @@ mod tests {
                 image(None),
                 present.clone(),
                 Plan::Act(vec![]),
+            ),
+            (
+                "image not here: wait for a VM here to fetch it",
+                image(Some("abc")),
+                Observed {
+                    image_missing: true,
+                    ..Default::default()
+                },
+                Plan::Wait {
+                    reason: "ImageNotHere",
+                    message: "/images/base.qcow2 is not on this node: a VM placed here fetches the image from a peer that holds it, by its SHA-256".into(),
+                },
             ),
             (
                 "checksum matches (any case)",

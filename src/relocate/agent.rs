@@ -48,6 +48,10 @@ use crate::model::{Kind, ObjectKey, RelocationProgress, RelocationStatus};
 use crate::qemu::qmp::Qmp;
 use crate::store::Store;
 
+#[path = "fetch.rs"]
+mod fetch;
+pub use fetch::Fetch;
+
 /// What the gossip task tells the agent, kept current.
 #[derive(Clone, Default)]
 pub struct Link {
@@ -129,6 +133,12 @@ pub struct Agent {
     pub asks: mpsc::UnboundedSender<Ask>,
     /// Cap on what this node sends in relocation streams.
     pub rate: Option<Arc<RateLimit>>,
+    /// Copies the engine asks for (`None`: taken by an earlier agent).
+    pub fetches: Option<mpsc::UnboundedReceiver<Fetch>>,
+    /// The election (who runs a VM another node copies a disk for).
+    pub placement: Arc<dyn crate::reconcile::Placement>,
+    /// The content-addressed image cache.
+    pub images: std::path::PathBuf,
 }
 
 /// The marker a relocation leaves on a VM it holds (durable: a restarted
@@ -164,6 +174,8 @@ struct Shared {
     /// the object then): not started again unless the object changes.
     done: Mutex<BTreeMap<DocKey, i64>>,
     rate: Option<Arc<RateLimit>>,
+    placement: Arc<dyn crate::reconcile::Placement>,
+    images: std::path::PathBuf,
 }
 
 /// Settings of the copy.
@@ -202,8 +214,12 @@ impl Agent {
             busy: Mutex::new(BTreeSet::new()),
             done: Mutex::new(BTreeMap::new()),
             rate: self.rate,
+            placement: self.placement,
+            images: self.images,
         });
         shared.clone().recover_all();
+        shared.remove_stale_snapshots().await;
+        let mut fetches = self.fetches;
         let mut link = self.link;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TUNNELS));
@@ -233,6 +249,9 @@ impl Agent {
                     shared.clone().scan();
                 }
                 _ = every.tick() => shared.clone().scan(),
+                Some(f) = async { match fetches.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    tokio::spawn(shared.clone().fetch(f));
+                }
             }
         }
     }
@@ -767,6 +786,10 @@ impl Shared {
             .ok_or("malformed relocation name")?;
         let key = DocKey::new("Relocation", ns, name);
         match h.stream.as_str() {
+            "fetch" => {
+                self.serve_fetch(t, ns, name).await;
+                Ok(())
+            }
             "control" => {
                 self.receive(t, key).await;
                 Ok(())
@@ -778,6 +801,11 @@ impl Shared {
                 Ok(())
             }
             stream => {
+                // A copy's data comes keyed by the volume it fills.
+                let key = match stream.strip_prefix("fetched:") {
+                    Some(volume) => DocKey::new("Fetch", ns, volume),
+                    None => key,
+                };
                 let ports = self.incoming.lock().unwrap().get(&key).cloned();
                 let at = ports
                     .filter(|p| p.peer == t.peer)

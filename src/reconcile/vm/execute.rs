@@ -4,7 +4,7 @@
 
 use super::super::{Ctx, ReconcileError};
 use super::plan::{Action, Attach};
-use super::resolve::SourceVm;
+use super::resolve::{SourceVm, SuitImage};
 use crate::driver::{CloneRequest, DiskImage, DriverError, LiveDisks, VmConfig, VmState};
 
 /// An action that failed, and why.
@@ -42,7 +42,13 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
             source,
             size,
             from_vm,
-        } => clone(ctx, volume, source, *size, from_vm.as_ref()).await,
+            image,
+        } => {
+            if let Some(img) = image {
+                suit_volume(ctx, source, img).await?;
+            }
+            clone(ctx, id, volume, source, *size, from_vm.as_ref()).await
+        }
         Action::EnsureTap { tap, bridge, mtu } => {
             ctx.drivers.net.ensure_tap(tap, bridge, *mtu).await
         }
@@ -108,11 +114,62 @@ pub async fn live_disks(ctx: &Ctx, vm: &SourceVm) -> LiveDisks {
     live
 }
 
-/// Clone `source` into `volume`. When the disk comes from another VM that
-/// runs here, through its hypervisor (`Storage::clone_volumes_live`), so a
-/// VM can be made from a running VM on qcow2 storage too.
+/// Make the spacesuit's volume `volume` from its image fetched from a
+/// peer, when neither the volume nor the image file is on this node (with
+/// the file here, the Spacesuit reconciler imports it, checked).
+async fn suit_volume(ctx: &Ctx, volume: &str, img: &SuitImage) -> Result<(), DriverError> {
+    let storage = &ctx.drivers.storage;
+    if storage.exists(volume).await? {
+        return Ok(());
+    }
+    let failed = |reason: &'static str, message: String| DriverError::Condition {
+        op: "fetch".into(),
+        target: format!("sha256:{}", img.sha256),
+        reason,
+        message,
+    };
+    if storage.has_image(&img.path) {
+        return Err(failed(
+            "SourceMissing",
+            format!("spacesuit {} is not imported yet", img.spacesuit),
+        ));
+    }
+    let placement = ctx.placement.as_ref().ok_or_else(|| {
+        failed(
+            "ImageNotFound",
+            format!(
+                "{} is not on this node and this node does not gossip",
+                img.path
+            ),
+        )
+    })?;
+    let path = placement
+        .fetch_image(img.spacesuit.clone(), img.sha256.clone())
+        .await
+        .map_err(|e| {
+            failed(
+                "ImageNotFound",
+                format!("{} is not on this node; from peers: {e}", img.path),
+            )
+        })?;
+    match storage
+        .import(volume, &path.to_string_lossy(), img.format)
+        .await
+    {
+        // Another VM's reconcile made it meanwhile.
+        Err(_) if storage.exists(volume).await? => Ok(()),
+        r => r,
+    }
+}
+
+/// Clone `source` into `volume` for the VM `id`. When the disk comes
+/// from another VM that runs here, through its hypervisor
+/// (`Storage::clone_volumes_live`), so a VM can be made from a running VM
+/// on qcow2 storage too; when that VM's disks are on another node, a
+/// point-in-time copy from that node (`Placement::fetch_volume`).
 async fn clone(
     ctx: &Ctx,
+    id: &str,
     volume: &str,
     source: &str,
     size: Option<u64>,
@@ -121,6 +178,32 @@ async fn clone(
     let Some(vm) = from_vm else {
         return ctx.drivers.storage.clone_volume(volume, source, size).await;
     };
+    if let Some(holder) = &vm.holder {
+        if !ctx.drivers.storage.exists(source).await? {
+            let fetch = super::super::FetchVolume {
+                from: holder.clone(),
+                for_vm: id.to_string(),
+                source: source.to_string(),
+                volume: volume.to_string(),
+                size,
+            };
+            let failed = |message: String| DriverError::Condition {
+                op: "fetch".into(),
+                target: source.to_string(),
+                reason: "FetchFailed",
+                message,
+            };
+            let placement = ctx.placement.as_ref().ok_or_else(|| {
+                failed(format!(
+                    "the disk is on node {holder} and this node does not gossip"
+                ))
+            })?;
+            return placement
+                .fetch_volume(fetch)
+                .await
+                .map_err(|e| failed(format!("copying it from node {holder}: {e}")));
+        }
+    }
     let live = live_disks(ctx, vm).await;
     let request = [CloneRequest {
         volume: volume.to_string(),

@@ -217,8 +217,17 @@ async fn observe(
         if !missing_volumes.contains(&d.volume) || retained.contains_key(&d.volume) {
             continue;
         }
-        if let VolumeSource::Clone { source, .. } = &d.source {
-            if !desired.deleted && !storage.exists(source).await? {
+        if let VolumeSource::Clone {
+            source,
+            from_vm,
+            image,
+            ..
+        } = &d.source
+        {
+            // Copied from a peer when not here (see execute).
+            let fetchable = image.as_ref().is_some_and(|i| !storage.has_image(&i.path))
+                || from_vm.as_ref().is_some_and(|v| v.holder.is_some());
+            if !desired.deleted && !fetchable && !storage.exists(source).await? {
                 missing_sources.push(source.clone());
             }
         }
@@ -262,6 +271,7 @@ pub async fn live_disks(
             .into_iter()
             .map(|d| (names::vm_volume(ns, name, &d), d))
             .collect(),
+        holder: None,
     };
     execute::live_disks(ctx, &vm).await
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::resolve::{Desired, Site, SourceVm, VolumeSource};
+use super::resolve::{Desired, Site, SourceVm, SuitImage, VolumeSource};
 use crate::driver::{StopReason, VmConfig, VmState};
 use crate::model::vm::{DiskBus, PowerState, RestartPolicy, VmPhase, VmReason};
 
@@ -64,6 +64,9 @@ pub enum Action {
         size: Option<u64>,
         /// The VM whose disk `source` is (cloned live if it runs here).
         from_vm: Option<SourceVm>,
+        /// The spacesuit image `source` is made from (fetched from a peer
+        /// when neither it nor `source` is here).
+        image: Option<Box<SuitImage>>,
     },
     /// Create or update a tap.
     EnsureTap {
@@ -144,13 +147,28 @@ impl std::fmt::Display for Action {
                 source,
                 size,
                 from_vm,
+                image,
             } => {
                 write!(f, "clone volume {source} into volume {volume}")?;
                 if let Some(size) = size {
                     write!(f, ", grown to {}", Quantity(*size))?;
                 }
-                if let Some(vm) = from_vm {
-                    write!(f, " (a disk of VM {}, live if it runs here)", vm.id)?;
+                match from_vm {
+                    Some(vm) if vm.holder.is_some() => write!(
+                        f,
+                        " (a disk of VM {}; copied from node {} if not here)",
+                        vm.id,
+                        vm.holder.as_deref().unwrap_or_default()
+                    )?,
+                    Some(vm) => write!(f, " (a disk of VM {}, live if it runs here)", vm.id)?,
+                    None => {}
+                }
+                if let Some(img) = image {
+                    write!(
+                        f,
+                        " (image sha256:{} fetched from a peer if {} is not here)",
+                        img.sha256, img.path
+                    )?;
                 }
                 Ok(())
             }
@@ -462,11 +480,13 @@ fn provision(d: &Desired, o: &Observed) -> Vec<Action> {
                 source,
                 size,
                 from_vm,
+                image,
             } => Action::CloneVolume {
                 volume,
                 source: source.clone(),
                 size: *size,
                 from_vm: from_vm.clone(),
+                image: image.clone(),
             },
         });
     }
@@ -636,6 +656,7 @@ mod tests {
                     source: "suit-default-tiny".into(),
                     size: None,
                     from_vm: None,
+                    image: None,
                 },
                 bus: DiskBus::Virtio,
                 read_only: false,
@@ -747,6 +768,7 @@ mod tests {
             source: "suit-default-tiny".into(),
             size: None,
             from_vm: None,
+            image: None,
         }
     }
 

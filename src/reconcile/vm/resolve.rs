@@ -162,12 +162,28 @@ pub enum VolumeSource {
         /// The VM whose disk the source is, when it is one: cloned through
         /// its hypervisor if it runs here.
         from_vm: Option<SourceVm>,
+        /// The spacesuit image the source is made from, when its hash is
+        /// known: fetched from a peer when it is not on this node.
+        image: Option<Box<SuitImage>>,
     },
     /// Empty.
     Blank {
         /// Size in bytes.
         size: u64,
     },
+}
+
+/// A spacesuit's image, known by its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuitImage {
+    /// The Spacesuit.
+    pub spacesuit: ObjectKey,
+    /// The path its spec names.
+    pub path: String,
+    /// Its format, when the spec says.
+    pub format: Option<&'static str>,
+    /// Its SHA-256 (lower-case hex).
+    pub sha256: String,
 }
 
 /// A VM whose disks are cloned, and its disks' volumes.
@@ -177,6 +193,10 @@ pub struct SourceVm {
     pub id: String,
     /// Volume → disk name, for each of its disks.
     pub disks: BTreeMap<String, String>,
+    /// The node that holds its disks when that is another node (it runs
+    /// the VM, or the election or its placement puts it there): a disk
+    /// not here is copied from it.
+    pub holder: Option<String>,
 }
 
 /// One disk as the VM gets it.
@@ -435,10 +455,22 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
     let size = d.size.map(|s| s.0);
     let s = &d.source;
     if let Some(suit) = &s.spacesuit {
+        let image = ctx
+            .typed::<SpacesuitSpec>(Kind::Spacesuit, ns, suit)
+            .and_then(|m| m.spec.source?.image)
+            .and_then(|img| {
+                Some(Box::new(SuitImage {
+                    spacesuit: ObjectKey::new(Kind::Spacesuit, Some(ns), suit),
+                    sha256: img.sha256?.to_ascii_lowercase(),
+                    format: img.format.map(|f| f.as_str()),
+                    path: img.path,
+                }))
+            });
         return Ok(VolumeSource::Clone {
             source: names::spacesuit_volume(ns, suit),
             size,
             from_vm: None,
+            image,
         });
     }
     if let Some(r) = &s.virtual_machine {
@@ -461,6 +493,15 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
             Some(d) => d.clone(),
             None => names_of.first().cloned().ok_or_else(not_found)?,
         };
+        let holder = vm.as_ref().and_then(|vm| {
+            let key = ObjectKey::new(Kind::VirtualMachine, Some(rns), &r.name);
+            let d = decide(ctx, &key, &vm.spec);
+            match d.site {
+                Site::Here => None,
+                Site::Elsewhere { node, .. } | Site::PinnedElsewhere { node } => Some(node),
+                _ => d.running_elsewhere.into_iter().next(),
+            }
+        });
         return Ok(VolumeSource::Clone {
             source: names::vm_volume(rns, &r.name, &disk),
             size,
@@ -470,7 +511,9 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
                     .into_iter()
                     .map(|d| (names::vm_volume(rns, &r.name, &d), d))
                     .collect(),
+                holder,
             }),
+            image: None,
         });
     }
     if let Some(r) = &s.replica {
@@ -480,6 +523,7 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
             source: names::replica_volume(rns, &r.name, &disk),
             size,
             from_vm: None,
+            image: None,
         });
     }
     Ok(VolumeSource::Blank {
