@@ -66,7 +66,9 @@ pub struct ImageSource {
     /// Format of the file; detected by `qemu-img info` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
-    /// Expected SHA-256 of the file (hex); the import fails on mismatch.
+    /// Expected SHA-256 of the file (hex); the import fails on mismatch. A
+    /// node without the file fetches it by this hash from a peer that has
+    /// it, when a VM placed there needs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^[0-9A-Fa-f]{64}$"))]
     pub sha256: Option<String>,
