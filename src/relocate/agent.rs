@@ -786,10 +786,7 @@ impl Shared {
             .ok_or("malformed relocation name")?;
         let key = DocKey::new("Relocation", ns, name);
         match h.stream.as_str() {
-            "fetch" => {
-                self.serve_fetch(t, ns, name).await;
-                Ok(())
-            }
+            "fetch" => self.serve_fetch(t, ns, name).await,
             "control" => {
                 self.receive(t, key).await;
                 Ok(())

@@ -105,6 +105,11 @@ async fn hear(t: &mut Tunnel, limit: std::time::Duration) -> Result<Say, String>
     }
 }
 
+/// 64 hex digits: what may name a file in the image cache.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn split(id: &str) -> (&str, &str) {
     id.split_once('/').unwrap_or(("default", id))
 }
@@ -222,8 +227,14 @@ impl Shared {
     }
 
     /// A peer's `fetch` tunnel, for `vm` (a volume) or a spacesuit (an
-    /// image).
-    pub(super) async fn serve_fetch(self: Arc<Self>, mut t: Tunnel, ns: &str, name: &str) {
+    /// image). A refusal is told to the peer and returned (the listener
+    /// logs it, at most once per peer per 5 s).
+    pub(super) async fn serve_fetch(
+        self: Arc<Self>,
+        mut t: Tunnel,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), String> {
         let ask = match tokio::time::timeout(CONNECT_TIMEOUT, t.recv()).await {
             Ok(Ok(Some(b))) => serde_json::from_slice::<Ask>(&b).map_err(|e| e.to_string()),
             _ => Err("no ask".to_string()),
@@ -235,10 +246,10 @@ impl Shared {
             Ok(Ask::Image { sha256 }) => self.give_image(&mut t, ns, name, &sha256).await,
             Err(e) => Err(format!("malformed ask: {e}")),
         };
-        if let Err(why) = r {
-            warn!(peer = %t.peer, object = %format!("{ns}/{name}"), error = %why, "copy refused or failed");
-            let _ = tell(&mut t, &Say::No(why)).await;
+        if let Err(why) = &r {
+            let _ = tell(&mut t, &Say::No(why.clone())).await;
         }
+        r.map_err(|why| format!("copy for {ns}/{name} refused or failed: {why}"))
     }
 
     /// [`may_copy`] against this node's store and election.
@@ -365,8 +376,12 @@ impl Shared {
         name: &str,
         sha256: &str,
     ) -> Result<(), String> {
+        // It names a file in the cache: 64 hex digits, nothing else.
+        if !is_sha256(sha256) {
+            return Err("the ask is not a SHA-256".into());
+        }
         let path = self
-            .image_here(ns, name, sha256)
+            .image_here(ns, name, &sha256.to_ascii_lowercase())
             .ok_or_else(|| format!("no image sha256:{sha256} here"))?;
         let mut f = tokio::fs::File::open(&path)
             .await
@@ -395,7 +410,7 @@ impl Shared {
         suit: &ObjectKey,
         sha256: &str,
     ) -> Result<PathBuf, String> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(sha256) {
             return Err(format!("{sha256:?} is not a SHA-256"));
         }
         let sha256 = sha256.to_ascii_lowercase();
@@ -587,6 +602,22 @@ mod tests {
             "metadata": {"name": name, "namespace": "default"},
             "spec": spec,
         })
+    }
+
+    /// Only a SHA-256 names a cached image: a peer's ask cannot reach
+    /// another file.
+    #[test]
+    fn only_a_sha256_names_an_image() {
+        assert!(is_sha256(&"ab".repeat(32)));
+        for bad in [
+            "../../etc/shadow",
+            "",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &format!("{}/", "a".repeat(63)),
+        ] {
+            assert!(!is_sha256(bad), "{bad:?}");
+        }
     }
 
     /// A holder gives a disk only to the node that runs a VM naming it.
