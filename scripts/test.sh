@@ -18,7 +18,7 @@ need_qemu
 # What the tests run by name: busybox (udhcpc) and cpio (the tiny guest),
 # ip, kill and pgrep (procps), git (the git source), openssl, python3 (a
 # DHCP test's raw sender), slapd, zfs/zpool.
-apt_install busybox-static cpio iproute2 util-linux findutils procps git openssl python3 slapd ldap-utils zfs-fuse
+apt_install busybox-static cpio iproute2 util-linux mount findutils procps git openssl python3 slapd ldap-utils zfs-fuse
 need_samba
 # libvirtd for the libvirt driver's tests (the tests start the daemon).
 apt_install libvirt-daemon-system libvirt-clients

@@ -68,6 +68,13 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Set node `i`'s link to the hub `up` or `down`.
+    fn set_link(&self, i: usize, state: &str) {
+        sh(&["ip", "-n", &self.ns[i], "link", "set", &self.veth[i], state]);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for n in self.ns.iter().chain([&self.hub]) {
@@ -700,15 +707,7 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
     // runs on; once the link is back, the receiver has rolled back.
     start_copy(&p, "cut");
     let to = 1 - p.from;
-    sh(&[
-        "ip",
-        "-n",
-        &p.lab.ns[to],
-        "link",
-        "set",
-        &p.lab.veth[to],
-        "down",
-    ]);
+    p.lab.set_link(to, "down");
     let cut = Instant::now();
     wait_until(&p, "the sender gives up", Duration::from_secs(60), || {
         phase(p.from(), "cut") == "Failed"
@@ -724,15 +723,7 @@ fn a_relocation_that_fails_anywhere_leaves_the_vm_running_once_and_nothing_behin
         Duration::from_secs(60),
         || phase(p.to(), "cut") == "Failed",
     );
-    sh(&[
-        "ip",
-        "-n",
-        &p.lab.ns[to],
-        "link",
-        "set",
-        &p.lab.veth[to],
-        "up",
-    ]);
+    p.lab.set_link(to, "up");
     let boot = runs_on_the_sender_only(&p, &boot, "cut network");
     // The nodes find each other again.
     std::thread::sleep(Duration::from_secs(3));

@@ -23,7 +23,6 @@
 //! starts.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -85,6 +84,8 @@ enum Say {
 
 /// Prefix of volumes a holder snapshots for a copy.
 const SNAPSHOT_PREFIX: &str = "fetch-";
+/// Free space an image must leave on the cache's filesystem.
+const IMAGE_SPARE: u64 = 64 << 20;
 /// Bytes of a file in one tunnel message.
 const FILE_CHUNK: usize = 60 * 1024;
 
@@ -320,7 +321,9 @@ impl Shared {
             .await
             .map_err(|e| e.to_string())?;
         tell(t, &Say::Size(info.size)).await?;
-        match hear(t, COPY_TIMEOUT).await? {
+        // The puller only makes a volume and starts qemu-nbd: the snapshot
+        // is not held long on its account.
+        match hear(t, CONNECT_TIMEOUT * 3).await? {
             Say::Exported => {}
             Say::No(why) => return Err(format!("the puller: {why}")),
             other => return Err(format!("unexpected {other:?}")),
@@ -475,7 +478,21 @@ impl Shared {
         size: u64,
         sha256: &str,
     ) -> Result<PathBuf, String> {
-        let mut file = std::fs::File::create(part).map_err(|e| e.to_string())?;
+        use tokio::io::AsyncWriteExt;
+        // What a peer announces must fit, with room to spare, before a
+        // byte of it is written (the hash is checked only at the end).
+        let free = rustix::fs::statvfs(&self.images)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| format!("{}: {e}", self.images.display()))?;
+        if size.saturating_add(IMAGE_SPARE) > free {
+            return Err(format!(
+                "an image of {size} bytes does not fit in {} ({free} bytes free)",
+                self.images.display()
+            ));
+        }
+        let mut file = tokio::fs::File::create(part)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut hash = Sha256::new();
         let mut got = 0u64;
         while got < size {
@@ -489,7 +506,7 @@ impl Shared {
             }
             got += msg.len() as u64;
             hash.update(&msg);
-            file.write_all(&msg).map_err(|e| e.to_string())?;
+            file.write_all(&msg).await.map_err(|e| e.to_string())?;
         }
         match hear(t, CONNECT_TIMEOUT * 3).await? {
             Say::Done => {}
@@ -500,7 +517,7 @@ impl Shared {
         if have != sha256 {
             return Err(format!("what came hashes to {have}, not {sha256}"));
         }
-        file.sync_all().map_err(|e| e.to_string())?;
+        file.sync_all().await.map_err(|e| e.to_string())?;
         let path = self.images.join(sha256);
         std::fs::rename(part, &path).map_err(|e| e.to_string())?;
         if let Ok(d) = std::fs::File::open(&self.images) {
@@ -544,26 +561,33 @@ fn may_copy(
     vm: &str,
     source: &str,
 ) -> Result<(String, String), String> {
-    let typed = |ns: &str, name: &str| {
+    fn typed<S: serde::de::DeserializeOwned>(
+        store: &crate::store::Store,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Option<S> {
         store
-            .get(&ObjectKey::new(Kind::VirtualMachine, Some(ns), name))
+            .get(&ObjectKey::new(kind, Some(ns), name))
             .filter(|r| !r.deleted)
-            .and_then(|r| {
-                serde_json::from_value::<VirtualMachineSpec>(r.object["spec"].clone()).ok()
-            })
-    };
-    let spec = typed(ns, vm).ok_or_else(|| format!("no VM {ns}/{vm} here"))?;
+            .and_then(|r| serde_json::from_value(r.object["spec"].clone()).ok())
+    }
+    let spec: VirtualMachineSpec = typed(store, Kind::VirtualMachine, ns, vm)
+        .ok_or_else(|| format!("no VM {ns}/{vm} here"))?;
     let names_it = spec.disks.iter().find_map(|d| {
         let r = d.source.virtual_machine.as_ref()?;
         let rns = r.namespace.as_deref().unwrap_or(ns);
+        // Its first disk as the reconciler resolves it (its own, else its
+        // spacesuit's).
         let disk = r.disk.clone().or_else(|| {
-            typed(rns, &r.name).and_then(|s| {
-                s.disks.first().map(|d| d.name.clone()).or_else(|| {
-                    s.spacesuit
-                        .as_ref()
-                        .map(|_| crate::reconcile::vm::SPACESUIT_DISK.to_string())
-                })
-            })
+            let src: VirtualMachineSpec = typed(store, Kind::VirtualMachine, rns, &r.name)?;
+            let suit: Option<SpacesuitSpec> = src
+                .spacesuit
+                .as_ref()
+                .and_then(|n| typed(store, Kind::Spacesuit, rns, n));
+            crate::reconcile::vm::disk_names(&src, suit.as_ref())
+                .into_iter()
+                .next()
         });
         disk.filter(|d| names::vm_volume(rns, &r.name, d) == source)
             .map(|d| (format!("{rns}/{}", r.name), d))
