@@ -13,9 +13,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-/var/lib/deorch/guest}"
 stamp="$(sha256sum "$here/build.sh" "$here/init" "$here/udhcpc.script" | sha256sum | cut -c1-16)"
-if [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ "$(cat "$out/STAMP" 2>/dev/null)" = "$stamp" ]; then
-  exit 0
-fi
+built() { [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ "$(cat "$out/STAMP" 2>/dev/null)" = "$stamp" ]; }
+built && exit 0
+# One build at a time per OUT (tests in separate processes ask at once);
+# whoever waited finds it built.
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
+built && exit 0
 for tool in busybox cpio dpkg-deb apt-get gzip; do
   command -v "$tool" >/dev/null || { echo "guest/build.sh: $tool missing (apt-get install busybox-static cpio)" >&2; exit 1; }
 done
