@@ -29,6 +29,7 @@ pub mod bench;
 pub mod bench_cluster;
 pub mod bench_node;
 pub mod bench_relocate;
+pub mod bench_tunnel;
 pub mod cli;
 pub mod clock;
 pub mod dhcp;
