@@ -298,8 +298,30 @@ pub async fn receiver_switch(receiver: &mut Qmp, plan: &LivePlan) -> Result<(), 
     }
     run(receiver, "receiver", "nbd-server-stop", None).await?;
     run(receiver, "receiver", "cont", None).await?;
-    Ok(())
+    // The sender's migration can complete before this side has loaded
+    // the last device state: `cont` then only marks the guest to start
+    // once loaded. "Running" is said only once it runs; if it never
+    // does, the caller kills this QEMU (its guest never ran) and the
+    // sender resumes.
+    let until = std::time::Instant::now() + SWITCH_LOAD_TIMEOUT;
+    loop {
+        let st = run(receiver, "receiver", "query-status", None).await?;
+        if st["running"] == true {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(LiveError::Migration(format!(
+                "the receiver did not run the guest within {SWITCH_LOAD_TIMEOUT:?} of cont (status {})",
+                st["status"]
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
+
+/// How long the receiver may take to finish loading the guest's state
+/// after `cont`.
+const SWITCH_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sender, step 1: mirror each disk into the receiver's export until all
 /// are in sync; the bytes moved.
