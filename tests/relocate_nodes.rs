@@ -1120,3 +1120,118 @@ fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mover.yaml` on node 0 with the VM placed by hand on `node`.
+fn pin_mover(p: &Pair, node: &str) {
+    let file = p.nodes[0].manifests.join("mover.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let base = match text.find("  placement:") {
+        Some(i) => {
+            let end = text[i..].find('\n').map_or(text.len(), |e| i + e + 1);
+            format!("{}{}", &text[..i], &text[end..])
+        }
+        None => text,
+    };
+    let pinned = base.replacen(
+        "  stopTimeout: 5s\n",
+        &format!("  stopTimeout: 5s\n  placement: {{node: {node}}}\n"),
+        1,
+    );
+    assert_ne!(pinned, base, "the VM's manifest has a stopTimeout line");
+    std::fs::write(&file, pinned).unwrap();
+}
+
+/// A VM placed by hand moves live when its `placement.node` changes: no
+/// Relocation object, the node it runs on sends it to the node its
+/// placement now names (nobody else is asked), the guest goes on in the
+/// same boot with no gap, and the old node keeps nothing of it.
+#[test]
+fn changing_the_node_of_a_running_vm_placed_by_hand_moves_it_live() {
+    if !qemu_available() {
+        return;
+    }
+    let p = start_pair(&[]);
+    let (from, to) = (p.from(), p.to());
+    // Placed by hand where it runs: nothing moves.
+    pin_mover(&p, &from.name);
+    wait_until(
+        &p,
+        "the pin reaches both nodes",
+        Duration::from_secs(30),
+        || {
+            [from, to].iter().all(|n| {
+                n.record("vm", "mover")
+                    .is_some_and(|r| r.object["spec"]["placement"]["node"] == from.name.as_str())
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(runs(from, "mover") && qemu_of(to, "mover").is_none());
+    let old = all_beats(from, "mover");
+    let (boot, _) = old.last().cloned().expect("beats");
+    assert!(
+        old.iter().all(|b| b.0 == boot),
+        "pinning where it runs keeps the boot"
+    );
+
+    // Placed by hand on the other node: it moves there, live.
+    let t = Instant::now();
+    pin_mover(&p, &to.name);
+    let mut old_serial = String::new();
+    wait_until(
+        &p,
+        "the VM runs on the node its placement names",
+        Duration::from_secs(60),
+        || {
+            if let Ok(s) = std::fs::read_to_string(serial(from, "mover")) {
+                old_serial = s;
+            }
+            runs(to, "mover") && qemu_of(from, "mover").is_none()
+        },
+    );
+    eprintln!("moved by its placement in {:?}", t.elapsed());
+    wait_until(
+        &p,
+        "the old node deletes its copy of the disk",
+        Duration::from_secs(20),
+        || !volumes(from).iter().any(|v| v.contains("mover")),
+    );
+    let t = Instant::now();
+    let new = loop {
+        let new = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default());
+        if new.len() >= 5 {
+            break new;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no beats on the new node"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (last_boot, last) = beats(&old_serial)
+        .last()
+        .cloned()
+        .expect("beats on the old node");
+    assert_eq!(last_boot, boot, "one boot on the old node");
+    assert!(
+        new.iter().all(|b| b.0 == boot),
+        "the same boot goes on: {new:?}"
+    );
+    assert_eq!(new[0].1, last + 1, "no gap: {last} then {new:?}");
+    for w in new.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "{new:?}");
+    }
+    // The old node says where it runs now, and runs nothing.
+    wait_until(
+        &p,
+        "the old node's status names the new node",
+        Duration::from_secs(20),
+        || status(from, "vm", "mover")["node"] == to.name.as_str(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        qemu_of(from, "mover").is_none(),
+        "never started again on the old node"
+    );
+    assert!(runs(to, "mover"));
+}

@@ -177,6 +177,36 @@ impl Reloc {
     }
 }
 
+/// Where a VM placed by hand that holds disks and should run must run
+/// (`None`: placed by the radar, stopped, or without disks).
+fn pin_of(spec: &VirtualMachineSpec) -> Option<Placement> {
+    let p = spec.placement.as_ref()?;
+    let pinned = p.node.is_some() || p.address.is_some();
+    (pinned && !spec.disks.is_empty() && spec.power_state != crate::model::vm::PowerState::Stopped)
+        .then(|| Placement {
+            node: p.node.clone(),
+            address: p.address.clone(),
+            ..Placement::default()
+        })
+}
+
+/// The key of the relocation a VM placed by hand gets when it runs on
+/// another node than its placement names: `Relocation NAMESPACE/VM@placement`
+/// (`@` is not valid in an object's name, so no Relocation object has
+/// it).
+pub fn pin_relocation_key(vm: &DocKey) -> DocKey {
+    DocKey::new(
+        "Relocation",
+        &vm.namespace,
+        &format!("{}@placement", vm.name),
+    )
+}
+
+/// Whether `key` is a [`pin_relocation_key`].
+pub fn is_pin_relocation(key: &DocKey) -> bool {
+    key.kind == "Relocation" && key.name.ends_with("@placement")
+}
+
 /// A relocation as one node sees it (see [`GossipNode::relocations`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelocationView {
@@ -188,8 +218,6 @@ pub struct RelocationView {
     pub runner: Option<NodeId>,
     /// The node whose claim on the relocation wins (its receiver).
     pub receiver: Option<NodeId>,
-    /// Whether this node is the receiver, its claim settled.
-    pub elected_here: bool,
     /// Over: the VM's claim moved since the receiver was elected
     /// ([`GossipNode::relocation_done`]).
     pub done: bool,
@@ -222,8 +250,16 @@ pub struct GossipNode {
     /// Relocations this node knows (their receivers are elected like VMs,
     /// under the Relocation's key, in `vms`).
     relocs: BTreeMap<DocKey, Reloc>,
+    /// VMs placed by hand (`placement.node` or `address`) that hold
+    /// disks and should run: where their placement names. One that runs
+    /// elsewhere is moved there live ([`GossipNode::relocations`]).
+    pins: BTreeMap<DocKey, Placement>,
     seeds: Vec<NodeAddr>,
     budget: usize,
+    /// A newer claim arrived since [`GossipNode::take_claims_moved`].
+    claims_moved: bool,
+    /// A Relocation changed since [`GossipNode::handle_relocation_news`].
+    relocation_news: bool,
     next_ae: Millis,
     next_join: Millis,
     next_collect: Millis,
@@ -270,7 +306,10 @@ impl GossipNode {
             out: VecDeque::new(),
             vms: BTreeMap::new(),
             relocs: BTreeMap::new(),
+            pins: BTreeMap::new(),
             seeds: Vec::new(),
+            claims_moved: false,
+            relocation_news: false,
             next_ae: 0,
             next_join: 0,
             next_collect: 0,
@@ -417,15 +456,20 @@ impl GossipNode {
 
     /// The relocations this node knows, with who runs each one's VM and
     /// who won its receiver election, in this node's view.
+    ///
+    /// Also one per VM placed by hand that runs on another node than its
+    /// placement names ([`pin_relocation_key`]): its receiver is that
+    /// node, with no election (the user named it), and it is over once
+    /// that node reports running the VM.
     pub fn relocations(&self) -> Vec<RelocationView> {
-        self.relocs
+        let mut views: Vec<RelocationView> = self
+            .relocs
             .iter()
             .map(|(key, r)| RelocationView {
                 key: key.clone(),
                 vm: r.vm.clone(),
                 runner: self.claim(&r.vm).map(|c| c.node.clone()),
                 receiver: self.claim(key).map(|c| c.node.clone()),
-                elected_here: self.vms.get(key).is_some_and(|t| t.started),
                 done: self.relocation_done(key),
                 unplaceable: self
                     .claim(key)
@@ -433,7 +477,27 @@ impl GossipNode {
                     .then(|| self.unplaceable(key))
                     .flatten(),
             })
-            .collect()
+            .collect();
+        for (vm, pin) in &self.pins {
+            let Some(Some(to)) = self.target_node(pin) else {
+                continue;
+            };
+            let Some(runner) = self.runner_of(vm) else {
+                continue;
+            };
+            if runner == to || self.member_state(&to) == Some(MemberState::Dead) {
+                continue;
+            }
+            views.push(RelocationView {
+                key: pin_relocation_key(vm),
+                vm: vm.clone(),
+                runner: Some(runner),
+                receiver: Some(to),
+                done: false,
+                unplaceable: None,
+            });
+        }
+        views
     }
 
     /// The switch of a relocation: this node, whose QEMU now runs `vm`,
@@ -441,7 +505,16 @@ impl GossipNode {
     /// its copy of the VM never runs again), and counts it as started at
     /// once: no settle time, since no other node may start it (`from`
     /// stops on the newer claim, every other node sees it running here).
+    ///
+    /// A VM placed by hand on this node has no claim: nothing to take
+    /// (epoch 0); it counts as run here once this node's status lists it.
     pub fn take_over(&mut self, vm: &DocKey, from: &NodeId, now: Millis) -> Result<u64, String> {
+        if let Some(pin) = self.pins.get(vm) {
+            return match self.target_node(pin) {
+                Some(Some(me)) if me == self.me => Ok(0),
+                _ => Err(format!("{vm} is placed by hand on another node")),
+            };
+        }
         let Some(track) = self.vms.get(vm) else {
             return Err(format!(
                 "{vm} is not placed by the radar here (unknown, deleted, or placed by hand)"
@@ -688,6 +761,7 @@ impl GossipNode {
         let t = self.transmits();
         let merged = self.store.offer(entry, now, t);
         if let (Merge::Newer, Some(key)) = (merged, reloc) {
+            self.relocation_news = true;
             match self
                 .document(&key)
                 .filter(|d| !d.deleted)
@@ -703,10 +777,23 @@ impl GossipNode {
             }
         }
         if let (Merge::Newer, Some(key)) = (merged, vm) {
-            let req = self
+            let spec = self
                 .document(&key)
                 .filter(|d| !d.deleted)
-                .and_then(|d| VmRequest::from_json(key.clone(), &d.body));
+                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
+                .and_then(|v| {
+                    serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
+                });
+            match spec.as_ref().and_then(pin_of) {
+                Some(pin) => {
+                    self.pins.insert(key.clone(), pin);
+                    self.relocation_news = true;
+                }
+                None => {
+                    self.pins.remove(&key);
+                }
+            }
+            let req = spec.and_then(|s| VmRequest::from_spec(key.clone(), &s));
             match req {
                 Some(req) => self.track(key, req, now),
                 // Deleted, or placed by hand: not the radar's any more.
@@ -767,13 +854,27 @@ impl GossipNode {
     /// The node that runs `vm` in this node's view: its winning claim's,
     /// else the one whose status lists it (a VM placed by hand).
     fn runner_of(&self, vm: &DocKey) -> Option<NodeId> {
-        if let Some(c) = self.claim(vm) {
+        // A claim left from before the VM was placed by hand says nothing.
+        if let Some(c) = self.claim(vm).filter(|_| !self.pins.contains_key(vm)) {
             return Some(c.node.clone());
         }
-        self.view()
+        let listing: Vec<NodeId> = self
+            .view()
             .into_iter()
-            .find(|s| s.vms.contains(vm))
+            .filter(|s| s.vms.contains(vm))
             .map(|s| s.id.clone())
+            .collect();
+        // A VM placed by hand runs on its node once that node reports it
+        // (during a move both may list it until the old copy is gone).
+        let pinned = self
+            .pins
+            .get(vm)
+            .and_then(|p| self.target_node(p))
+            .flatten();
+        match pinned {
+            Some(p) if listing.contains(&p) => Some(p),
+            _ => listing.into_iter().next(),
+        }
     }
 
     /// The node a relocation's target names, by name or by the IP of its
@@ -833,7 +934,14 @@ impl GossipNode {
                 .map(|s| s.accel.clone())
                 .filter(|a| !a.is_empty());
             req.exclude = Some(sender);
-            req.only = match self.target_node(&r.target) {
+            // A VM placed by hand goes only where its placement names
+            // (changing that is how it moves): a Relocation elsewhere
+            // finds no receiver.
+            let target = match &spec.placement {
+                Some(p) if p.node.is_some() || p.address.is_some() => p.clone(),
+                _ => r.target.clone(),
+            };
+            req.only = match self.target_node(&target) {
                 Some(Some(id)) => Some(id),
                 Some(None) => Some(NodeId(String::from("(no such node)"))),
                 None => None,
@@ -1163,14 +1271,51 @@ impl GossipNode {
             Entry::Status(s) => Some(Event::Status(s.id.clone())),
             Entry::Claim(_) => None,
         };
+        let claim = matches!(entry, Entry::Claim(_));
         if self.accept(entry, now) == Merge::Newer {
+            self.claims_moved |= claim;
             if let Some(e) = event {
                 self.event(e);
             }
         }
     }
 
-    /// Time passes: run timers, push, anti-entropy, collection, placement.
+    /// Whether a newer claim arrived since the last call: what the
+    /// caller shows of placement (who runs what, who receives a
+    /// relocation) can be refreshed at once instead of on the next tick.
+    pub fn take_claims_moved(&mut self) -> bool {
+        std::mem::take(&mut self.claims_moved)
+    }
+
+    /// A Relocation changed (here or from a peer) since the last tick:
+    /// run placement and push now, without waiting for the tick, so
+    /// that the receiver's claim and the sender's document cross the
+    /// network at once (a live move's time starts with them). Within
+    /// the tick's byte budget; nothing happens without such news.
+    pub fn handle_relocation_news(&mut self, now: Millis) {
+        if std::mem::take(&mut self.relocation_news) {
+            self.place(now);
+            self.push_hot();
+        }
+    }
+
+    /// Push hot entries to `fanout` random peers, within what is left of
+    /// this tick's budget.
+    fn push_hot(&mut self) {
+        if self.store.has_hot() {
+            let targets = self.random_peers(self.cfg.fanout);
+            let per = self.budget / targets.len().max(1);
+            for to in targets {
+                let entries = self.store.take_hot(per);
+                if entries.is_empty() {
+                    break;
+                }
+                self.send(to, Body::Gossip(entries));
+            }
+        }
+    }
+
+    /// Time passes: run timers, placement, push, anti-entropy, collection.
     pub fn handle_tick(&mut self, now: Millis) {
         self.budget = self.cfg.max_bytes_per_tick;
         if let Peers::Swim(m) = &mut self.peers {
@@ -1195,17 +1340,11 @@ impl GossipNode {
             }
         }
         self.flush_members();
-        if self.store.has_hot() {
-            let targets = self.random_peers(self.cfg.fanout);
-            let per = self.budget / targets.len().max(1);
-            for to in targets {
-                let entries = self.store.take_hot(per);
-                if entries.is_empty() {
-                    break;
-                }
-                self.send(to, Body::Gossip(entries));
-            }
-        }
+        // Placement first, so a claim made now goes out in this tick's
+        // push rather than the next one.
+        self.relocation_news = false;
+        self.place(now);
+        self.push_hot();
         if now >= self.next_ae {
             self.next_ae = now + self.cfg.anti_entropy_interval_ms;
             if let Some(to) = self.random_peers(1).pop() {
@@ -1217,7 +1356,6 @@ impl GossipNode {
             self.next_collect = now + 10_000;
             self.collect(now);
         }
-        self.place(now);
         self.flush_member_events();
     }
 

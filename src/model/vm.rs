@@ -552,7 +552,8 @@ pub enum VmReason {
     /// Its node is down with its data.
     NodeLost,
     /// Its placement names another node while it runs with local disks
-    /// here: only a relocation could move it.
+    /// here: it runs here until it has moved there live (or says why the
+    /// move failed).
     RelocationRequired,
     /// Another node still runs it: this node waits for that copy to stop.
     RunningElsewhere,

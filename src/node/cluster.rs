@@ -82,6 +82,8 @@ pub struct ClusterPlacement {
     /// tunnels).
     fetches: mpsc::UnboundedSender<Fetch>,
     fetches_rx: Mutex<Option<mpsc::UnboundedReceiver<Fetch>>>,
+    /// Failed moves of VMs placed by hand on another node (the agent's).
+    relocation_failures: Mutex<BTreeMap<ObjectKey, String>>,
 }
 
 impl ClusterPlacement {
@@ -96,6 +98,7 @@ impl ClusterPlacement {
             elected: Mutex::new(BTreeMap::new()),
             running_on: Mutex::new(BTreeMap::new()),
             changes: broadcast::channel(1024).0,
+            relocation_failures: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -162,6 +165,30 @@ impl Placement for ClusterPlacement {
 
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
         self.changes.subscribe()
+    }
+
+    fn relocation_failure(&self, vm: &ObjectKey) -> Option<String> {
+        let m = self
+            .relocation_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(vm).cloned()
+    }
+
+    fn set_relocation_failure(&self, vm: &ObjectKey, why: Option<String>) {
+        let mut m = self
+            .relocation_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = match why {
+            Some(w) => m.insert(vm.clone(), w.clone()).as_ref() != Some(&w),
+            None => m.remove(vm).is_some(),
+        };
+        drop(m);
+        if changed {
+            // The VM's status says so at once.
+            let _ = self.changes.send(vm.clone());
+        }
     }
 
     fn fetch_volume(
@@ -476,6 +503,13 @@ impl Cluster {
                             }
                         }
                     }
+                    task.node.handle_relocation_news(unix_ms());
+                    // A claim that arrived (a relocation's receiver, a
+                    // switch) reaches the agent and the reconciler now.
+                    if task.node.take_claims_moved() {
+                        task.drain();
+                        task.refresh_placement();
+                    }
                 }
                 c = changes.recv() => match c {
                     Ok(c) if c.status_only => {
@@ -488,6 +522,7 @@ impl Cluster {
                     }
                     Ok(c) => {
                         task.local_change(&c.key);
+                        task.node.handle_relocation_news(unix_ms());
                         if c.key.kind == Kind::AccessPolicy {
                             task.refresh_members();
                             task.retry_denied();

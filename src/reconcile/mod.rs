@@ -334,6 +334,18 @@ pub trait Placement: Send + Sync {
     }
     /// VMs whose election outcome changed (the engine looks at them again).
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey>;
+    /// Why the last live move of `vm` to the node its placement names
+    /// (it runs here, placed by hand elsewhere) failed; `None` while none
+    /// failed.
+    fn relocation_failure(&self, vm: &ObjectKey) -> Option<String> {
+        let _ = vm;
+        None
+    }
+    /// The relocation agent's word on that move: `Some(why)` when it
+    /// failed, `None` when it started again or succeeded.
+    fn set_relocation_failure(&self, vm: &ObjectKey, why: Option<String>) {
+        let _ = (vm, why);
+    }
     /// An operator's recovery of a `NodeLost` VM: this node claims it
     /// above the dead node's claim (blocking; not from async code). The
     /// new claim's epoch, or why not.

@@ -42,6 +42,7 @@ use super::live::{abort, LivePlan, LiveProgress, LiveStage};
 use super::session::{expect, run_receiver, run_sender, say, SessionError, Step};
 use super::tunnel::{self, RateLimit, Tunnel, TunnelKey};
 use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
+use crate::gossip::node::is_pin_relocation;
 use crate::gossip::{DocKey, NodeId, RelocationView};
 use crate::model::phase::RelocationPhase;
 use crate::model::{Kind, ObjectKey, RelocationProgress, RelocationStatus};
@@ -188,8 +189,8 @@ const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a restarted node waits for gossip to say who runs a VM a
 /// relocation marker names.
 const RECOVER_WAIT: Duration = Duration::from_secs(20);
-/// How long a receiver waits for its own election to settle when the
-/// sender comes first.
+/// How long a receiver waits to see its own claim win when the sender
+/// comes first.
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// A status write at most this often while copying.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -288,6 +289,16 @@ fn object_key(k: &DocKey) -> ObjectKey {
     ObjectKey::new(Kind::Relocation, Some(&k.namespace), &k.name)
 }
 
+/// The VM a [`is_pin_relocation`] key moves.
+fn pin_vm(key: &DocKey) -> Option<DocKey> {
+    let name = key.name.strip_suffix("@placement")?;
+    is_pin_relocation(key).then(|| DocKey::new("VirtualMachine", &key.namespace, name))
+}
+
+fn vm_key(k: &DocKey) -> ObjectKey {
+    ObjectKey::new(Kind::VirtualMachine, Some(&k.namespace), &k.name)
+}
+
 fn vm_id(k: &DocKey) -> String {
     format!("{}/{}", k.namespace, k.name)
 }
@@ -333,7 +344,22 @@ impl Shared {
             if *runner != me || *receiver == me {
                 continue;
             }
-            let Some(rec) = self.store.get(&object_key(&v.key)).filter(|r| !r.deleted) else {
+            // Its claim can come before its membership (a node that just
+            // restarted): wait until its address is known.
+            if !link.addrs.contains_key(receiver) {
+                continue;
+            }
+            // A VM placed by hand that runs here while its placement
+            // names another node moves with no Relocation object: the
+            // VM's own record stands for it (its generation: one attempt
+            // per version of the VM).
+            let pin = is_pin_relocation(&v.key);
+            let request = if pin {
+                vm_key(&v.vm)
+            } else {
+                object_key(&v.key)
+            };
+            let Some(rec) = self.store.get(&request).filter(|r| !r.deleted) else {
                 continue;
             };
             if self.done.lock().unwrap().get(&v.key) == Some(&rec.generation) {
@@ -343,6 +369,7 @@ impl Shared {
             let st: RelocationStatus = rec
                 .status
                 .clone()
+                .filter(|_| !pin)
                 .and_then(|s| serde_json::from_value(s).ok())
                 .unwrap_or_default();
             if st.observed_generation == Some(rec.generation)
@@ -361,8 +388,12 @@ impl Shared {
             let receiver = receiver.clone();
             tokio::spawn(async move {
                 let generation = rec.generation;
-                sh.send(&v, &receiver, rec.object["spec"]["mode"].as_str())
-                    .await;
+                let mode = if pin {
+                    None
+                } else {
+                    rec.object["spec"]["mode"].as_str()
+                };
+                sh.send(&v, &receiver, mode).await;
                 sh.done.lock().unwrap().insert(v.key.clone(), generation);
                 sh.busy.lock().unwrap().remove(&v.key);
             });
@@ -413,6 +444,12 @@ impl Shared {
     fn phase(&self, key: &DocKey, phase: RelocationPhase, message: impl Into<String>) {
         let message = message.into();
         info!(relocation = %key_text(key), ?phase, %message, "relocation");
+        // A move to where a VM is placed by hand has no object of its
+        // own: the VM's status carries its failure.
+        if let Some(vm) = pin_vm(key) {
+            let failed = (phase == RelocationPhase::Failed).then(|| message.clone());
+            self.placement.set_relocation_failure(&vm_key(&vm), failed);
+        }
         self.status(key, |s| {
             let generation = s.observed_generation.unwrap_or(0);
             crate::reconcile::status::set_condition(
@@ -578,12 +615,17 @@ impl Shared {
     ) {
         let vm = v.vm.clone();
         let r = receiver.clone();
-        self.wait_link(None, |l| {
-            l.relocations
-                .iter()
-                .any(|x| x.vm == vm && x.runner.as_ref() == Some(&r))
-        })
-        .await;
+        // A VM placed by hand has no claim to wait for: the receiver's
+        // word that it runs the guest (after `cont`, this copy paused for
+        // good) is what there is, and its placement names the receiver.
+        if !is_pin_relocation(&v.key) {
+            self.wait_link(None, |l| {
+                l.relocations
+                    .iter()
+                    .any(|x| x.vm == vm && x.runner.as_ref() == Some(&r))
+            })
+            .await;
+        }
         let id = vm_id(&v.vm);
         let hv = &self.drivers.hypervisor;
         let mut notes = Vec::new();
@@ -688,7 +730,14 @@ impl Shared {
         let cancelled = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let gone = self.store.get(&object_key(key)).is_none_or(|r| r.deleted);
+                // A move to where a VM is placed by hand stops when the
+                // VM is deleted.
+                let request = if is_pin_relocation(key) {
+                    vm_key(&v.vm)
+                } else {
+                    object_key(key)
+                };
+                let gone = self.store.get(&request).is_none_or(|r| r.deleted);
                 if gone && !switching.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
@@ -828,7 +877,7 @@ impl Shared {
         if self.busy.lock().unwrap().contains(key) {
             return "pending";
         }
-        let vm = self.link.borrow().view(key).map(|v| v.vm.clone());
+        let vm = pin_vm(key).or_else(|| self.link.borrow().view(key).map(|v| v.vm.clone()));
         let Some(vm) = vm else { return "pending" };
         match self.drivers.hypervisor.state(&vm_id(&vm)).await {
             Ok(VmState::Running { .. }) => "running",
@@ -858,6 +907,13 @@ impl Shared {
                 Ok(mut t) => t.recv().await.ok().flatten(),
                 Err(_) => None,
             };
+            // Placed by hand: no claim moves; the receiver's word that
+            // it runs the guest is the evidence.
+            if is_pin_relocation(&v.key) && answer.as_deref() == Some(b"running".as_slice()) {
+                return self
+                    .finish_sender(v, receiver, &lock.peer_name, None, &lock.volumes)
+                    .await;
+            }
             if answer.as_deref() == Some(b"gone".as_slice()) {
                 let id = vm_id(&v.vm);
                 let notes = self.resume_sender(&id).await;
@@ -963,7 +1019,6 @@ impl Shared {
             vm: vm.clone(),
             runner: runner.clone(),
             receiver: None,
-            elected_here: false,
             done: false,
             unplaceable: None,
         };
@@ -1054,10 +1109,21 @@ impl Shared {
     /// The receiver's side: `control` came from the sender.
     async fn receive(self: &Arc<Self>, mut control: Tunnel, key: DocKey) {
         let peer = control.peer.clone();
-        // The sender may see this node's claim before it settles here.
+        // Both ends take the receiver's claim as it stands, without
+        // waiting for it to settle: the claim is where sender and
+        // receiver meet, not what keeps the guest single (the VM's claim
+        // and the switch do that). The sender runs one session per
+        // relocation, so a better claim arriving later meets no sender
+        // and the relocation counts as done once the VM's claim moves.
+        // Still waited for: gossip may bring the sender's view of this
+        // node's claim here after the sender's tunnel.
         let ready = |l: &Link| {
-            l.view(&key)
-                .is_some_and(|v| v.elected_here && !v.done && v.runner.as_ref() == Some(&peer))
+            l.view(&key).is_some_and(|v| {
+                v.receiver.is_some()
+                    && v.receiver == l.me
+                    && !v.done
+                    && v.runner.as_ref() == Some(&peer)
+            })
         };
         let ok = self.wait_link(Some(SETTLE_WAIT), ready).await;
         let view = self.link.borrow().view(&key).cloned();
@@ -1102,6 +1168,19 @@ impl Shared {
                 let taken = rx.await.unwrap_or_else(|_| Err("gossip stopped".into()));
                 let id = vm_id(&v.vm);
                 match taken {
+                    Ok(epoch) if is_pin_relocation(&key) => {
+                        // Placed here by hand: no claim; the reconciler
+                        // adopts the running QEMU once the marker is gone.
+                        let _ = epoch;
+                        let _ = self.drivers.hypervisor.set_relocation_lock(&id, None);
+                        self.phase(
+                            &key,
+                            RelocationPhase::Succeeded,
+                            format!(
+                                "the VM runs here, where its placement names; moved from {from}"
+                            ),
+                        );
+                    }
                     Ok(epoch) => {
                         let me = self.link.borrow().me.clone();
                         let vm = v.vm.clone();

@@ -354,7 +354,9 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
                 Next::Retry,
             );
         }
-        Site::PinnedElsewhere { node } => return pinned_elsewhere(d, o, node),
+        Site::PinnedElsewhere { node, failed } => {
+            return pinned_elsewhere(d, o, node, failed.as_deref())
+        }
     }
     match o.running_elsewhere.first() {
         Some(other) if !here && !stopping => wait_for(d, other),
@@ -377,16 +379,23 @@ fn handed_over(d: &Desired, o: &Observed, node: &str, message: String) -> Plan {
     p
 }
 
-/// A VM whose placement names another node. Without relocation, a running
-/// VM with local disks cannot move: it keeps running here and says so
-/// (and the other node waits for it, see [`wait_for`]); one without disks
-/// is stopped here, so the other node starts it.
-fn pinned_elsewhere(d: &Desired, o: &Observed, node: &str) -> Plan {
+/// A VM whose placement names another node. A running VM with local
+/// disks keeps running here until the relocation agent has moved it there
+/// live (`NAME@placement`; the other node waits for it, see [`wait_for`]),
+/// and says so, or why the move failed; one without disks is stopped
+/// here, so the other node starts it.
+fn pinned_elsewhere(d: &Desired, o: &Observed, node: &str, failed: Option<&str>) -> Plan {
     let here = holds(&o.state);
     if here && !d.disks.is_empty() && d.power != PowerState::Stopped {
-        let message = format!(
-            "placement names {node}, but moving a running VM with local disks needs a relocation, which does not exist yet: it keeps running here (stop it first, or set its placement back)"
-        );
+        let message = match failed {
+            None => format!(
+                "placement names {node}: it moves there live with its disks (relocation {}@placement) once that node is up, and runs here until then",
+                d.config.id.rsplit('/').next().unwrap_or_default()
+            ),
+            Some(why) => format!(
+                "placement names {node}, and moving it there live failed: {why}; it keeps running here (it is tried again when the VM changes; or stop it, or set its placement back)"
+            ),
+        };
         return keep_running(d, o, VmReason::RelocationRequired, message);
     }
     let mut p = handed_over(d, o, node, format!("placed on {node}"));
@@ -402,7 +411,7 @@ fn wait_for(d: &Desired, other: &str) -> Plan {
         p.blocked(VmReason::RunningElsewhere, message, Next::Retry)
     } else {
         let message = format!(
-            "{other} runs it with its own local disks; moving a running VM needs a relocation, which does not exist yet: it starts here only once that copy stops"
+            "{other} runs it with its own local disks: it does not start here while that copy runs (a Relocation, or its placement naming this node, moves it here live)"
         );
         p.blocked(VmReason::RelocationRequired, message, Next::Retry)
     }
@@ -939,6 +948,7 @@ mod tests {
         drift.cpus = 4;
         let pinned = Site::PinnedElsewhere {
             node: "sat-2".into(),
+            failed: None,
         };
         let elected = Site::Elsewhere {
             node: "sat-2".into(),
@@ -1174,6 +1184,7 @@ mod tests {
         // The old node stops its copy...
         d.site = Site::PinnedElsewhere {
             node: "sat-2".into(),
+            failed: None,
         };
         let p = plan(&d, &observed(running(&d.config), false));
         assert_eq!(p.actions, vec![stop()]);

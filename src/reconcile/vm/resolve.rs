@@ -55,6 +55,9 @@ pub enum Site {
     PinnedElsewhere {
         /// That node (or address).
         node: String,
+        /// Why the last live move there failed (the relocation agent's
+        /// word), if it did.
+        failed: Option<String>,
     },
 }
 
@@ -82,7 +85,13 @@ pub fn decide(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec) -> Decision
     let site = match pinned {
         Some(Ok(node)) if node == ctx.config.node_name => Site::Here,
         Some(Err(address)) if ctx.config.node_addresses.contains(&address) => Site::Here,
-        Some(Ok(node) | Err(node)) => Site::PinnedElsewhere { node },
+        Some(Ok(node) | Err(node)) => Site::PinnedElsewhere {
+            node,
+            failed: ctx
+                .placement
+                .as_ref()
+                .and_then(|p| p.relocation_failure(key)),
+        },
         None => match &ctx.placement {
             None => standalone(ctx, key, spec),
             Some(p) => match p.elected(key) {
@@ -498,7 +507,7 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
             let d = decide(ctx, &key, &vm.spec);
             match d.site {
                 Site::Here => None,
-                Site::Elsewhere { node, .. } | Site::PinnedElsewhere { node } => Some(node),
+                Site::Elsewhere { node, .. } | Site::PinnedElsewhere { node, .. } => Some(node),
                 _ => d.running_elsewhere.into_iter().next(),
             }
         });
