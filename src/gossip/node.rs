@@ -177,6 +177,19 @@ impl Reloc {
     }
 }
 
+impl GossipNode {
+    /// The image hint of the spacesuit `vm` is made from, when that
+    /// spacesuit's image gives its SHA-256.
+    fn image_of(&self, vm: &DocKey, spec: &VirtualMachineSpec) -> Option<u64> {
+        let suit = spec.spacesuit.as_ref()?;
+        let d = self
+            .document(&DocKey::new("Spacesuit", &vm.namespace, suit))
+            .filter(|d| !d.deleted)?;
+        let v: serde_json::Value = serde_json::from_slice(&d.body).ok()?;
+        super::wire::image_hint(v["spec"]["source"]["image"]["sha256"].as_str()?)
+    }
+}
+
 /// Where a VM placed by hand that holds disks and should run must run
 /// (`None`: placed by the radar, stopped, or without disks).
 fn pin_of(spec: &VirtualMachineSpec) -> Option<Placement> {
@@ -758,8 +771,37 @@ impl GossipNode {
             Entry::Doc(d) if d.key.kind == "Relocation" => Some(d.key.clone()),
             _ => None,
         };
+        let suit = match &entry {
+            Entry::Doc(d) if d.key.kind == "Spacesuit" => Some(d.key.clone()),
+            _ => None,
+        };
         let t = self.transmits();
         let merged = self.store.offer(entry, now, t);
+        if let (Merge::Newer, Some(suit)) = (merged, suit) {
+            // Its image may be new: the VMs made from it prefer the
+            // nodes that hold it.
+            let made_from: Vec<DocKey> = self
+                .vms
+                .keys()
+                .filter(|k| k.kind == "VirtualMachine" && k.namespace == suit.namespace)
+                .cloned()
+                .collect();
+            for k in made_from {
+                let spec = self
+                    .document(&k)
+                    .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
+                    .and_then(|v| {
+                        serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
+                    })
+                    .filter(|s| s.spacesuit.as_deref() == Some(suit.name.as_str()));
+                if let Some(s) = spec {
+                    let image = self.image_of(&k, &s);
+                    if let Some(t) = self.vms.get_mut(&k) {
+                        t.req.image = image;
+                    }
+                }
+            }
+        }
         if let (Merge::Newer, Some(key)) = (merged, reloc) {
             self.relocation_news = true;
             match self
@@ -793,7 +835,11 @@ impl GossipNode {
                     self.pins.remove(&key);
                 }
             }
-            let req = spec.and_then(|s| VmRequest::from_spec(key.clone(), &s));
+            let req = spec.and_then(|s| {
+                let mut r = VmRequest::from_spec(key.clone(), &s)?;
+                r.image = self.image_of(&key, &s);
+                Some(r)
+            });
             match req {
                 Some(req) => self.track(key, req, now),
                 // Deleted, or placed by hand: not the radar's any more.
@@ -841,7 +887,7 @@ impl GossipNode {
         let vh = req.vm.hash64();
         let key = |s: &NodeStatus| {
             let nh = s.id.hash64();
-            (placement::score(vh, nh, &req.need, &s.free), nh)
+            (placement::node_score(req, vh, s), nh)
         };
         let me_key = key(mine);
         let ahead = view

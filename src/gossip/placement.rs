@@ -40,6 +40,9 @@ pub struct VmRequest {
     /// The accelerator the winner must have (a running VM moves only
     /// between nodes with the same one).
     pub accel: Option<String>,
+    /// Its spacesuit's image ([`super::wire::image_hint`]): nodes that
+    /// hold it rank above those that would fetch it.
+    pub image: Option<u64>,
 }
 
 impl VmRequest {
@@ -77,6 +80,7 @@ impl VmRequest {
             exclude: None,
             only: None,
             accel: None,
+            image: None,
         }
     }
 
@@ -268,6 +272,18 @@ pub fn score(vm_hash: u64, node_hash: u64, need: &Resources, free: &Resources) -
     s.to_bits()
 }
 
+/// A candidate's score for `req`: [`score`], with the top bit set when
+/// the node holds the VM's image (a positive finite f64's bits never
+/// have it), so every node that holds it ranks above every node that
+/// does not, and claims compare the same way everywhere.
+pub fn node_score(req: &VmRequest, vm_hash: u64, n: &NodeStatus) -> u64 {
+    let s = score(vm_hash, n.id.hash64(), &req.need, &n.free);
+    match req.image {
+        Some(i) if n.images.contains(&i) => s | 1 << 63,
+        _ => s,
+    }
+}
+
 /// The best eligible candidate and its score, in one pass (O(n)).
 /// Ties (equal scores) go to the greater node hash.
 pub fn best<'a>(
@@ -281,7 +297,7 @@ pub fn best<'a>(
             continue;
         }
         let nh = n.id.hash64();
-        let key = (score(vm_hash, nh, &req.need, &n.free), nh);
+        let key = (node_score(req, vm_hash, n), nh);
         if best.as_ref().is_none_or(|b| key > b.1) {
             best = Some((n, key));
         }
@@ -300,7 +316,7 @@ pub fn rank<'a>(
         .filter(|n| eligible(req, n))
         .map(|n| {
             let nh = n.id.hash64();
-            (score(vm_hash, nh, &req.need, &n.free), nh, &n.id)
+            (node_score(req, vm_hash, n), nh, &n.id)
         })
         .collect();
     v.sort_by_key(|x| std::cmp::Reverse((x.0, x.1)));
@@ -337,6 +353,7 @@ mod tests {
             unschedulable: false,
             away_until_ms: 0,
             accel: String::new(),
+            images: vec![],
         }
     }
 
@@ -354,7 +371,42 @@ mod tests {
             exclude: None,
             only: None,
             accel: None,
+            image: None,
         }
+    }
+
+    #[test]
+    fn nodes_that_hold_the_image_rank_above_those_that_would_fetch_it() {
+        let image = crate::gossip::wire::image_hint(&"ab".repeat(32)).unwrap();
+        let mut nodes: Vec<NodeStatus> = (0..8)
+            .map(|i| status(&format!("n{i}"), "r1", Performance::Low, 64))
+            .collect();
+        let mut r = req(None, None);
+        let plain = rank(&r, &nodes);
+        // The last in the plain ranking holds the image; the VM names none
+        // yet: nothing changes.
+        let holder = plain.last().unwrap().0.clone();
+        nodes
+            .iter_mut()
+            .find(|n| n.id == holder)
+            .unwrap()
+            .images
+            .push(image);
+        assert_eq!(rank(&r, &nodes), plain);
+        // It names that image: the holder comes first, the others keep
+        // their order; best() agrees.
+        r.image = Some(image);
+        let with = rank(&r, &nodes);
+        assert_eq!(with[0].0, holder);
+        let others: Vec<_> = with[1..].iter().map(|x| x.0.clone()).collect();
+        let before: Vec<_> = plain[..plain.len() - 1]
+            .iter()
+            .map(|x| x.0.clone())
+            .collect();
+        assert_eq!(others, before);
+        assert_eq!(best(&r, &nodes).unwrap(), with[0]);
+        // A hash that is not a SHA-256 is no hint.
+        assert_eq!(crate::gossip::wire::image_hint("../../etc"), None);
     }
 
     #[test]

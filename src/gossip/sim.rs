@@ -504,6 +504,26 @@ impl Cluster {
 
     /// Publish an auto-placed VM (JSON manifest) at node `i`.
     pub fn publish_vm(&mut self, i: usize, name: &str, memory_gib: u64) -> DocKey {
+        self.publish_vm_spec(i, name, memory_gib, serde_json::json!({}))
+    }
+
+    /// Node `i` now holds the image `hint` (`wire::image_hint`): its
+    /// status lists it.
+    pub fn add_image(&mut self, i: usize, hint: u64) {
+        self.statuses[i].images.push(hint);
+        let st = self.statuses[i].clone();
+        self.nodes[i].set_status(self.now, st);
+    }
+
+    /// [`Cluster::publish_vm`], with `extra` merged into its spec (e.g. a
+    /// spacesuit).
+    pub fn publish_vm_spec(
+        &mut self,
+        i: usize,
+        name: &str,
+        memory_gib: u64,
+        extra: serde_json::Value,
+    ) -> DocKey {
         let key = DocKey::new("VirtualMachine", "default", name);
         self.needs.insert(
             key.clone(),
@@ -513,11 +533,15 @@ impl Cluster {
                 storage: 0,
             },
         );
+        let mut spec = serde_json::json!({"cpu": 1, "memory": format!("{memory_gib}Gi")});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
         let body = serde_json::json!({
             "apiVersion": crate::model::API_VERSION,
             "kind": "VirtualMachine",
             "metadata": {"name": name, "namespace": "default", "generation": 1},
-            "spec": {"cpu": 1, "memory": format!("{memory_gib}Gi")}
+            "spec": spec
         });
         let doc = Document {
             key: key.clone(),

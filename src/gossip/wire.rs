@@ -242,9 +242,26 @@ pub struct NodeStatus {
     /// Its hypervisor's accelerator (`kvm`, `tcg`; empty: unknown): a
     /// running VM moves only between nodes with the same one.
     pub accel: String,
+    /// The spacesuit images it holds, each as the first 8 bytes of its
+    /// SHA-256 (big-endian), at most [`MAX_STATUS_IMAGES`]: the election
+    /// prefers a node that has a new VM's image over one that must fetch
+    /// it. A hint only: the fetch checks the whole hash.
+    pub images: Vec<u64>,
     /// The node's signature of the other fields (domain
     /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
     pub sig: Vec<u8>,
+}
+
+/// Images a status lists at most (8 bytes each).
+pub const MAX_STATUS_IMAGES: usize = 64;
+
+/// An image's SHA-256 (hex) as a status lists it: its first 8 bytes;
+/// `None` for anything that is not a SHA-256.
+pub fn image_hint(sha256: &str) -> Option<u64> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&sha256[..16], 16).ok()
 }
 
 impl NodeStatus {
@@ -270,6 +287,7 @@ impl NodeStatus {
             unschedulable: false,
             away_until_ms: 0,
             accel: String::new(),
+            images: Vec::new(),
             sig: Vec::new(),
         }
     }

@@ -427,6 +427,7 @@ impl Cluster {
                 GossipVerify::Unsigned => Trust::UnsignedByChoice,
             },
             link: self.link,
+            images: self.images.clone(),
         };
         task.link.send_modify(|l| {
             l.key = Some(tunnel_key);
@@ -626,9 +627,35 @@ struct Task {
     trust: Trust,
     /// To the relocation agent.
     link: watch::Sender<Link>,
+    /// The node's image cache (`STATE/images`), listed in its status.
+    images: std::path::PathBuf,
 }
 
 impl Task {
+    /// The spacesuit images this node holds, as its status lists them:
+    /// the files of its image cache (named by their SHA-256) and the
+    /// images of spacesuits whose file exists here, at most
+    /// `MAX_STATUS_IMAGES` (a hint for the election; the fetch checks).
+    fn image_hints(&self) -> Vec<u64> {
+        use crate::gossip::wire::{image_hint, MAX_STATUS_IMAGES};
+        let mut hints: BTreeSet<u64> = std::fs::read_dir(&self.images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| image_hint(&e.file_name().to_string_lossy()))
+            .collect();
+        for rec in self.store.list(Some(Kind::Spacesuit)) {
+            let image = &rec.object["spec"]["source"]["image"];
+            let (Some(path), Some(sha)) = (image["path"].as_str(), image["sha256"].as_str()) else {
+                continue;
+            };
+            if let Some(h) = image_hint(sha).filter(|_| std::path::Path::new(path).is_file()) {
+                hints.insert(h);
+            }
+        }
+        hints.into_iter().take(MAX_STATUS_IMAGES).collect()
+    }
+
     /// Publish every record written by a local source (start, or after
     /// missed notifications); unchanged ones are no-ops.
     fn publish_all(&mut self) {
@@ -1117,6 +1144,7 @@ impl Task {
             unschedulable: spec.unschedulable,
             away_until_ms: self.away_until_ms,
             accel: status.accel.clone().unwrap_or_default(),
+            images: self.image_hints(),
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);

@@ -220,6 +220,9 @@ impl Agent {
         });
         shared.clone().recover_all();
         shared.remove_stale_snapshots().await;
+        shared.prune_images();
+        let mut prune = tokio::time::interval(fetch::IMAGE_GRACE);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fetches = self.fetches;
         let mut link = self.link;
         let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -250,6 +253,7 @@ impl Agent {
                     shared.clone().scan();
                 }
                 _ = every.tick() => shared.clone().scan(),
+                _ = prune.tick() => shared.prune_images(),
                 Some(f) = async { match fetches.as_mut() { Some(r) => r.recv().await, None => None } } => {
                     tokio::spawn(shared.clone().fetch(f));
                 }

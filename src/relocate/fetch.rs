@@ -526,6 +526,21 @@ impl Shared {
         Ok(path)
     }
 
+    /// Remove cached images no Spacesuit names any more (older than
+    /// [`IMAGE_GRACE`]): a deleted or changed spacesuit does not leave
+    /// its image on every node that fetched it. Volumes imported from an
+    /// image do not depend on the file.
+    pub(super) fn prune_images(&self) {
+        for path in unused_images(&self.store, &self.images, IMAGE_GRACE) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    info!(image = %path.display(), "removed a cached image no spacesuit names")
+                }
+                Err(e) => warn!(image = %path.display(), error = %e, "cached image not removed"),
+            }
+        }
+    }
+
     /// Snapshots of copies a crash interrupted.
     pub(super) async fn remove_stale_snapshots(&self) {
         let storage = &self.drivers.storage;
@@ -548,6 +563,48 @@ impl Shared {
         }
     }
 }
+
+/// Images in the cache `dir` that no Spacesuit in `store` names any
+/// more, and that are older than `grace` (a file fetched just now is
+/// kept while its Spacesuit's version arrives): what pruning removes.
+/// Only files named by a SHA-256 are considered.
+fn unused_images(
+    store: &crate::store::Store,
+    dir: &std::path::Path,
+    grace: std::time::Duration,
+) -> Vec<std::path::PathBuf> {
+    let named: std::collections::BTreeSet<String> = store
+        .list(Some(Kind::Spacesuit))
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .filter_map(|r| {
+            r.object["spec"]["source"]["image"]["sha256"]
+                .as_str()
+                .map(str::to_ascii_lowercase)
+        })
+        .collect();
+    let now = std::time::SystemTime::now();
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            is_sha256(&name) && !named.contains(&name)
+        })
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= grace)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// How long an image no Spacesuit names stays in the cache.
+pub(super) const IMAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether the node known as `peer` (its ID and name) may copy volume
 /// `source`: a VM `ns/vm` in `store` names that volume as a disk source,
@@ -626,6 +683,40 @@ mod tests {
             "metadata": {"name": name, "namespace": "default"},
             "spec": spec,
         })
+    }
+
+    /// Pruning removes only cache files named by a SHA-256 that no live
+    /// Spacesuit names, and only once they are older than the grace.
+    #[test]
+    fn the_cache_drops_images_no_spacesuit_names() {
+        let dir = std::env::temp_dir().join(format!("deorch-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        let (kept, dropped) = ("ab".repeat(32), "cd".repeat(32));
+        let suit = serde_json::json!({
+            "apiVersion": crate::model::API_VERSION, "kind": "Spacesuit",
+            "metadata": {"name": "base", "namespace": "default"},
+            "spec": {"source": {"image": {"path": "/nowhere/base.qcow2", "sha256": kept.to_uppercase()}}},
+        });
+        store
+            .apply(
+                &AnyObject::from_value(suit).unwrap(),
+                &SourceId("api".into()),
+            )
+            .unwrap();
+        let images = dir.join("images");
+        for f in [kept.as_str(), dropped.as_str(), "notes.txt", "x.part"] {
+            std::fs::write(images.join(f), b"x").unwrap();
+        }
+        // Within the grace: nothing.
+        assert!(unused_images(&store, &images, std::time::Duration::from_secs(3600)).is_empty());
+        // After it: only the image no spacesuit names.
+        assert_eq!(
+            unused_images(&store, &images, std::time::Duration::ZERO),
+            vec![images.join(&dropped)]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Only a SHA-256 names a cached image: a peer's ask cannot reach
