@@ -382,33 +382,7 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
 
     // The guest goes on beating on the new node: the same boot, its
     // counter (read back from its disk) going on from where it was.
-    let old = beats(&old_serial);
-    let (boot, last) = old.last().cloned().expect("beats on the old node");
-    assert!(old.iter().all(|b| b.0 == boot), "one boot on the old node");
-    let t = Instant::now();
-    let new = loop {
-        let new = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default());
-        if new.len() >= 5 {
-            break new;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no beats on the new node"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        new.iter().all(|b| b.0 == boot),
-        "the same boot goes on: {new:?}"
-    );
-    assert_eq!(
-        new[0].1,
-        last + 1,
-        "the counter goes on with no gap: {last} then {new:?}"
-    );
-    for w in new.windows(2) {
-        assert_eq!(w[1].1, w[0].1 + 1, "{new:?}");
-    }
+    let boot = beats_go_on(to, &old_serial);
     // The VM's status on the new node says it runs there, with a console.
     let vm = status(to, "vm", "mover");
     assert_eq!(vm["node"], to.name.as_str(), "{vm}");
@@ -1121,6 +1095,40 @@ fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// After a live move: the guest's beats on `to` go on from the last one
+/// in `old_serial` (the old node's serial log), in one boot, with no
+/// number skipped. The boot.
+fn beats_go_on(to: &Node, old_serial: &str) -> String {
+    let old = beats(old_serial);
+    let (boot, last) = old.last().cloned().expect("beats on the old node");
+    assert!(old.iter().all(|b| b.0 == boot), "one boot on the old node");
+    let t = Instant::now();
+    let new = loop {
+        let new = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default());
+        if new.len() >= 5 {
+            break new;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no beats on the new node"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        new.iter().all(|b| b.0 == boot),
+        "the same boot goes on: {new:?}"
+    );
+    assert_eq!(
+        new[0].1,
+        last + 1,
+        "the counter goes on with no gap: {last} then {new:?}"
+    );
+    for w in new.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "{new:?}");
+    }
+    boot
+}
+
 /// `mover.yaml` on node 0 with the VM placed by hand on `node`.
 fn pin_mover(p: &Pair, node: &str) {
     let file = p.nodes[0].manifests.join("mover.yaml");
@@ -1196,31 +1204,7 @@ fn changing_the_node_of_a_running_vm_placed_by_hand_moves_it_live() {
         Duration::from_secs(20),
         || !volumes(from).iter().any(|v| v.contains("mover")),
     );
-    let t = Instant::now();
-    let new = loop {
-        let new = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default());
-        if new.len() >= 5 {
-            break new;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no beats on the new node"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (last_boot, last) = beats(&old_serial)
-        .last()
-        .cloned()
-        .expect("beats on the old node");
-    assert_eq!(last_boot, boot, "one boot on the old node");
-    assert!(
-        new.iter().all(|b| b.0 == boot),
-        "the same boot goes on: {new:?}"
-    );
-    assert_eq!(new[0].1, last + 1, "no gap: {last} then {new:?}");
-    for w in new.windows(2) {
-        assert_eq!(w[1].1, w[0].1 + 1, "{new:?}");
-    }
+    assert_eq!(beats_go_on(to, &old_serial), boot, "one boot all along");
     // The old node says where it runs now, and runs nothing.
     wait_until(
         &p,
