@@ -142,11 +142,23 @@ pub fn relocate_tunnel(data: &[u8]) {
     });
 }
 
+/// A message of a `fetch` tunnel between nodes (after the tunnel's
+/// handshake, an admitted peer's ask or answer), decoded and checked as
+/// the holder does before it acts.
+pub fn relocate_fetch(data: &[u8]) {
+    let _ = crate::relocate::agent::check_fetch_message(data);
+}
+
+/// A valid fetch ask, to mutate.
+pub fn sample_fetch_ask() -> Vec<u8> {
+    crate::relocate::agent::sample_fetch_ask()
+}
+
 /// A first handshake message of the tunnel (a frame holding an
 /// ephemeral key), the seed of its corpus.
 pub fn sample_tunnel_hello() -> Vec<u8> {
     let mut hs = snow::Builder::new(
-        crate::gossip::channel::PATTERN
+        crate::relocate::tunnel::TUNNEL_PATTERN
             .parse()
             .expect("a valid pattern"),
     )

@@ -25,6 +25,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("gossip_channel", fuzzing::sample_channel_frames()),
         ("gossip_membership", fuzzing::sample_membership()),
         ("relocate_tunnel", fuzzing::sample_tunnel_hello()),
+        ("relocate_fetch", fuzzing::sample_fetch_ask()),
     ]
 }
 
@@ -37,11 +38,12 @@ fn run(target: &str, data: &[u8]) {
         "gossip_channel" => fuzzing::gossip_channel(data),
         "gossip_membership" => fuzzing::gossip_membership(data),
         "relocate_tunnel" => fuzzing::relocate_tunnel(data),
+        "relocate_fetch" => fuzzing::relocate_fetch(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
@@ -49,19 +51,20 @@ const TARGETS: [&str; 7] = [
     "gossip_channel",
     "gossip_membership",
     "relocate_tunnel",
+    "relocate_fetch",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..7usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..8usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..7usize,
+        which in 0..8usize,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);

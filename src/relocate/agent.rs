@@ -51,7 +51,7 @@ use crate::store::Store;
 
 #[path = "fetch.rs"]
 mod fetch;
-pub use fetch::Fetch;
+pub use fetch::{check_message as check_fetch_message, sample_ask as sample_fetch_ask, Fetch};
 
 /// What the gossip task tells the agent, kept current.
 #[derive(Clone, Default)]

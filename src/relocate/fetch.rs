@@ -106,6 +106,35 @@ async fn hear(t: &mut Tunnel, limit: std::time::Duration) -> Result<Say, String>
     }
 }
 
+/// A message of a `fetch` tunnel (an ask, or what follows it), decoded
+/// and checked as the holder checks an ask before it acts: an image is
+/// named by a SHA-256, volumes by valid volume names (whether the peer
+/// may have the volume is `may_copy`'s, against the store). Fuzzed
+/// (`fuzzing::relocate_fetch`).
+pub fn check_message(bytes: &[u8]) -> Result<(), String> {
+    match serde_json::from_slice::<Ask>(bytes) {
+        Ok(Ask::Image { sha256 }) if is_sha256(&sha256) => Ok(()),
+        Ok(Ask::Image { sha256 }) => Err(format!("{sha256:?} is not a SHA-256")),
+        Ok(Ask::Volume { source, volume }) => {
+            crate::driver::cow::check_volume_name("fetch", &source)
+                .and_then(|()| crate::driver::cow::check_volume_name("fetch", &volume))
+                .map_err(|e| e.to_string())
+        }
+        Err(_) => serde_json::from_slice::<Say>(bytes)
+            .map(|_| ())
+            .map_err(|e| format!("malformed message: {e}")),
+    }
+}
+
+/// An ask as a puller sends it (the fuzz targets' seed).
+pub fn sample_ask() -> Vec<u8> {
+    serde_json::to_vec(&Ask::Volume {
+        source: "vm-default-mover-data".into(),
+        volume: "vm-default-copy-data".into(),
+    })
+    .expect("messages serialize")
+}
+
 /// 64 hex digits: what may name a file in the image cache.
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())

@@ -35,7 +35,7 @@ use crate::gossip::{NodeId, Verifier};
 /// The tunnels' Noise protocol: gossip's handshake with AES-256-GCM,
 /// which AES-NI and carry-less multiply make the faster cipher for
 /// bulk streams on the x86 CPUs nodes run on.
-const TUNNEL_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
+pub const TUNNEL_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 
 /// Largest payload in one frame.
 const CHUNK: usize = 65_535 - 16;
