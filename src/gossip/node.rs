@@ -827,9 +827,10 @@ impl GossipNode {
                     serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
                 });
             match spec.as_ref().and_then(pin_of) {
+                // No placement to run: the move's view is worked out
+                // when the caller next reads `relocations` (every tick).
                 Some(pin) => {
                     self.pins.insert(key.clone(), pin);
-                    self.relocation_news = true;
                 }
                 None => {
                     self.pins.remove(&key);
