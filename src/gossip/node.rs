@@ -501,13 +501,26 @@ impl GossipNode {
             if runner == to || self.member_state(&to) == Some(MemberState::Dead) {
                 continue;
             }
+            // Memory moves only between nodes on the same accelerator:
+            // no receiver, and why (the sender's VM status says it).
+            let accel = |id: &NodeId| {
+                self.status(id)
+                    .map(|s| s.accel.clone())
+                    .filter(|a| !a.is_empty())
+            };
+            let clash = match (accel(&runner), accel(&to)) {
+                (Some(a), Some(b)) if a != b => Some(format!(
+                    "the node its placement names runs {b} and the VM runs under {a}: memory does not move between them (stop the VM to move it)"
+                )),
+                _ => None,
+            };
             views.push(RelocationView {
                 key: pin_relocation_key(vm),
                 vm: vm.clone(),
                 runner: Some(runner),
-                receiver: Some(to),
+                receiver: clash.is_none().then_some(to),
                 done: false,
-                unplaceable: None,
+                unplaceable: clash,
             });
         }
         views
@@ -1424,5 +1437,115 @@ impl GossipNode {
                 self.store.remove(&EntryKey::Claim(d));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::sim::sim_addr;
+    use crate::gossip::verify::AcceptAll;
+    use crate::gossip::wire::{Resources, TagSet};
+    use crate::model::Performance;
+
+    fn status(id: &str, seq: u64, accel: &str, vms: Vec<DocKey>) -> NodeStatus {
+        let mut s = NodeStatus::idle(
+            NodeId(id.into()),
+            seq,
+            TagSet::default(),
+            Performance::Low,
+            Resources {
+                cpu_millis: 8_000,
+                memory: 8 << 30,
+                storage: 1 << 40,
+            },
+        );
+        s.accel = accel.into();
+        s.vms = vms;
+        s
+    }
+
+    fn vm_doc(key: &DocKey, spec: serde_json::Value, now: Millis) -> Document {
+        let body = serde_json::json!({
+            "apiVersion": crate::model::API_VERSION, "kind": "VirtualMachine",
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "spec": spec,
+        });
+        Document {
+            key: key.clone(),
+            generation: 1,
+            deleted: false,
+            written_ms: now,
+            body: serde_json::to_vec(&body).unwrap(),
+        }
+    }
+
+    /// A VM placed by hand on `b` that runs on `a` gets a move from `a`
+    /// to `b`, with no election; none when it is stopped or runs where
+    /// its placement names; and no receiver, with why, when `b` runs
+    /// another accelerator.
+    #[test]
+    fn a_vm_placed_by_hand_elsewhere_moves_there_only_on_the_same_accelerator() {
+        let now = 1_000;
+        let mut n = GossipNode::new(
+            GossipConfig::default(),
+            NodeId("c".into()),
+            sim_addr(2),
+            0,
+            Arc::new(AcceptAll),
+            1,
+        );
+        n.use_static_peers(Arc::new(vec![
+            (NodeId("a".into()), sim_addr(0)),
+            (NodeId("b".into()), sim_addr(1)),
+        ]));
+        let vm = DocKey::new("VirtualMachine", "default", "db");
+        n.preload_status(now, status("a", 1, "tcg", vec![vm.clone()]));
+        n.preload_status(now, status("b", 1, "tcg", vec![]));
+        let disks = serde_json::json!([{"name": "data", "size": "1Mi", "source": {"blank": {}}}]);
+        n.publish(
+            now,
+            vm_doc(
+                &vm,
+                serde_json::json!({"placement": {"node": "b"}, "disks": disks}),
+                now,
+            ),
+        )
+        .unwrap();
+        let v = n.relocations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].key, pin_relocation_key(&vm));
+        assert!(is_pin_relocation(&v[0].key));
+        assert_eq!(v[0].runner, Some(NodeId("a".into())));
+        assert_eq!(v[0].receiver, Some(NodeId("b".into())));
+        assert_eq!(v[0].unplaceable, None);
+
+        // b runs KVM, a TCG: no receiver, and why.
+        n.preload_status(now, status("b", 2, "kvm", vec![]));
+        let v = n.relocations();
+        assert_eq!(v[0].receiver, None, "{v:?}");
+        assert!(
+            v[0].unplaceable.as_deref().unwrap().contains("kvm"),
+            "{v:?}"
+        );
+
+        // Stopped, or placed where it runs: nothing to move.
+        n.preload_status(now, status("b", 3, "tcg", vec![]));
+        let mut stopped = vm_doc(
+            &vm,
+            serde_json::json!({"placement": {"node": "b"}, "disks": disks, "powerState": "Stopped"}),
+            now,
+        );
+        stopped.generation = 2;
+        n.publish(now, stopped).unwrap();
+        assert!(n.relocations().is_empty());
+        let mut here = vm_doc(
+            &vm,
+            serde_json::json!({"placement": {"node": "a"}, "disks": disks}),
+            now,
+        );
+        here.generation = 3;
+        n.publish(now, here).unwrap();
+        assert!(n.relocations().is_empty());
     }
 }

@@ -427,6 +427,11 @@ impl Shared {
     /// satisfies the target may join later).
     fn unschedulable(&self, key: &DocKey, why: &str) {
         let message = format!("no node can receive the VM: {why}");
+        if let Some(vm) = pin_vm(key) {
+            self.placement
+                .set_relocation_failure(&vm_key(&vm), Some(why.to_string()));
+            return;
+        }
         self.status(key, |s| {
             if s.phase.is_some_and(|p| p != RelocationPhase::Pending) {
                 return;
