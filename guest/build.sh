@@ -15,6 +15,7 @@ out="${1:-/var/lib/deorch/guest}"
 stamp="$(sha256sum "$here/build.sh" "$here/init" "$here/udhcpc.script" | sha256sum | cut -c1-16)"
 built() { [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ "$(cat "$out/STAMP" 2>/dev/null)" = "$stamp" ]; }
 built && exit 0
+command -v flock >/dev/null || { echo "guest/build.sh: flock missing (apt-get install util-linux)" >&2; exit 1; }
 # One build at a time per OUT (tests in separate processes ask at once);
 # whoever waited finds it built.
 mkdir -p "$out"

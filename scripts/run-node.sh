@@ -26,7 +26,7 @@ done
 
 need_rust
 need_qemu
-apt_install busybox-static cpio
+apt_install busybox-static cpio util-linux
 say "building the tiny guest into /var/lib/deorch/guest"
 as_root guest/build.sh /var/lib/deorch/guest
 say "building deorch"

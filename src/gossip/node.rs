@@ -178,6 +178,14 @@ impl Reloc {
 }
 
 impl GossipNode {
+    /// The spec of the VirtualMachine document `key` (`None`: unknown,
+    /// deleted, or not a VM's spec).
+    fn vm_spec(&self, key: &DocKey) -> Option<VirtualMachineSpec> {
+        let d = self.document(key).filter(|d| !d.deleted)?;
+        let v: serde_json::Value = serde_json::from_slice(&d.body).ok()?;
+        serde_json::from_value(v.get("spec")?.clone()).ok()
+    }
+
     /// The image hint of the spacesuit `vm` is made from, when that
     /// spacesuit's image gives its SHA-256.
     fn image_of(&self, vm: &DocKey, spec: &VirtualMachineSpec) -> Option<u64> {
@@ -194,8 +202,9 @@ impl GossipNode {
 /// (`None`: placed by the radar, stopped, or without disks).
 fn pin_of(spec: &VirtualMachineSpec) -> Option<Placement> {
     let p = spec.placement.as_ref()?;
-    let pinned = p.node.is_some() || p.address.is_some();
-    (pinned && !spec.disks.is_empty() && spec.power_state != crate::model::vm::PowerState::Stopped)
+    (p.by_hand()
+        && !spec.disks.is_empty()
+        && spec.power_state != crate::model::vm::PowerState::Stopped)
         .then(|| Placement {
             node: p.node.clone(),
             address: p.address.clone(),
@@ -491,16 +500,33 @@ impl GossipNode {
                     .flatten(),
             })
             .collect();
-        for (vm, pin) in &self.pins {
-            let Some(Some(to)) = self.target_node(pin) else {
-                continue;
+        if self.pins.is_empty() {
+            return views;
+        }
+        // One pass over the statuses (this runs on every tick): who lists
+        // each pinned VM, and the nodes by name.
+        let view = self.view();
+        let by_name: BTreeMap<&str, &NodeId> =
+            view.iter().map(|s| (s.name.as_str(), &s.id)).collect();
+        let mut listing: BTreeMap<&DocKey, Vec<&NodeId>> = BTreeMap::new();
+        for st in &view {
+            for vm in st.vms.iter().filter(|vm| self.pins.contains_key(*vm)) {
+                listing.entry(vm).or_default().push(&st.id);
+            }
+        }
+        for (vm, on) in listing {
+            let pin = &self.pins[vm];
+            let to = match &pin.node {
+                Some(name) => by_name.get(name.as_str()).map(|id| (*id).clone()),
+                None => self.target_node(pin).flatten(),
             };
-            let Some(runner) = self.runner_of(vm) else {
-                continue;
-            };
-            if runner == to || self.member_state(&to) == Some(MemberState::Dead) {
+            let Some(to) = to else { continue };
+            // Once the named node lists it, it runs there (during a move
+            // both list it until the old copy is gone).
+            if on.contains(&&to) || self.member_state(&to) == Some(MemberState::Dead) {
                 continue;
             }
+            let runner = on[0].clone();
             // Memory moves only between nodes on the same accelerator:
             // no receiver, and why (the sender's VM status says it).
             let accel = |id: &NodeId| {
@@ -801,11 +827,7 @@ impl GossipNode {
                 .collect();
             for k in made_from {
                 let spec = self
-                    .document(&k)
-                    .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
-                    .and_then(|v| {
-                        serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
-                    })
+                    .vm_spec(&k)
                     .filter(|s| s.spacesuit.as_deref() == Some(suit.name.as_str()));
                 if let Some(s) = spec {
                     let image = self.image_of(&k, &s);
@@ -832,13 +854,7 @@ impl GossipNode {
             }
         }
         if let (Merge::Newer, Some(key)) = (merged, vm) {
-            let spec = self
-                .document(&key)
-                .filter(|d| !d.deleted)
-                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
-                .and_then(|v| {
-                    serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
-                });
+            let spec = self.vm_spec(&key);
             match spec.as_ref().and_then(pin_of) {
                 // No placement to run: the move's view is worked out
                 // when the caller next reads `relocations` (every tick).
@@ -969,13 +985,7 @@ impl GossipNode {
             if settled {
                 continue;
             }
-            let spec = self
-                .document(&r.vm)
-                .filter(|d| !d.deleted)
-                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
-                .and_then(|v| {
-                    serde_json::from_value::<VirtualMachineSpec>(v.get("spec")?.clone()).ok()
-                });
+            let spec = self.vm_spec(&r.vm);
             let (Some(spec), Some(sender)) = (spec, self.runner_of(&r.vm)) else {
                 // The VM is unknown or runs nowhere yet: nothing to move.
                 continue;
@@ -998,7 +1008,7 @@ impl GossipNode {
             // (changing that is how it moves): a Relocation elsewhere
             // finds no receiver.
             let target = match &spec.placement {
-                Some(p) if p.node.is_some() || p.address.is_some() => p.clone(),
+                Some(p) if p.by_hand() => p.clone(),
                 _ => r.target.clone(),
             };
             req.only = match self.target_node(&target) {

@@ -51,7 +51,7 @@ impl VmRequest {
     /// the election.
     pub fn from_spec(vm: DocKey, spec: &VirtualMachineSpec) -> Option<VmRequest> {
         let p = spec.placement.clone().unwrap_or_default();
-        if p.node.is_some() || p.address.is_some() {
+        if p.by_hand() {
             return None;
         }
         Some(Self::needs(vm, spec))

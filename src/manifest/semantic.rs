@@ -465,9 +465,7 @@ fn placement(c: &mut Checker, p: &Placement) {
     if let Some(a) = &p.address {
         c.at("address", |c| c.ip(a));
     }
-    if (p.node.is_some() || p.address.is_some())
-        && (p.selector.is_some() || p.performance.is_some())
-    {
+    if p.by_hand() && (p.selector.is_some() || p.performance.is_some()) {
         c.err("a manual placement (node or address) cannot also have a selector or performance: they would be ignored");
     }
 }

@@ -702,6 +702,14 @@ pub struct Placement {
     pub strict: bool,
 }
 
+impl Placement {
+    /// Placed by hand: `node` or `address` names where it runs, and the
+    /// radar has no say.
+    pub fn by_hand(&self) -> bool {
+        self.node.is_some() || self.address.is_some()
+    }
+}
+
 /// `node` or `address`, not both; and a manual placement has no selector
 /// or performance class (they would be ignored).
 fn placement_rules(schema: &mut Schema) {

@@ -293,6 +293,16 @@ fn object_key(k: &DocKey) -> ObjectKey {
     ObjectKey::new(Kind::Relocation, Some(&k.namespace), &k.name)
 }
 
+/// The record that asks for relocation `v`: its Relocation object, or,
+/// for a VM placed by hand (no object), the VM's own record.
+fn request_key(v: &RelocationView) -> ObjectKey {
+    if is_pin_relocation(&v.key) {
+        vm_key(&v.vm)
+    } else {
+        object_key(&v.key)
+    }
+}
+
 /// The VM a [`is_pin_relocation`] key moves.
 fn pin_vm(key: &DocKey) -> Option<DocKey> {
     let name = key.name.strip_suffix("@placement")?;
@@ -358,12 +368,7 @@ impl Shared {
             // VM's own record stands for it (its generation: one attempt
             // per version of the VM).
             let pin = is_pin_relocation(&v.key);
-            let request = if pin {
-                vm_key(&v.vm)
-            } else {
-                object_key(&v.key)
-            };
-            let Some(rec) = self.store.get(&request).filter(|r| !r.deleted) else {
+            let Some(rec) = self.store.get(&request_key(v)).filter(|r| !r.deleted) else {
                 continue;
             };
             if self.done.lock().unwrap().get(&v.key) == Some(&rec.generation) {
@@ -741,12 +746,7 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 // A move to where a VM is placed by hand stops when the
                 // VM is deleted.
-                let request = if is_pin_relocation(key) {
-                    vm_key(&v.vm)
-                } else {
-                    object_key(key)
-                };
-                let gone = self.store.get(&request).is_none_or(|r| r.deleted);
+                let gone = self.store.get(&request_key(v)).is_none_or(|r| r.deleted);
                 if gone && !switching.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }

@@ -106,23 +106,33 @@ async fn hear(t: &mut Tunnel, limit: std::time::Duration) -> Result<Say, String>
     }
 }
 
-/// A message of a `fetch` tunnel (an ask, or what follows it), decoded
-/// and checked as the holder checks an ask before it acts: an image is
-/// named by a SHA-256, volumes by valid volume names (whether the peer
-/// may have the volume is `may_copy`'s, against the store). Fuzzed
+/// A peer's ask, decoded and checked before the holder acts on it: an
+/// image is named by a SHA-256 (it names a file in the cache), volumes by
+/// valid volume names (whether the peer may have the volume is
+/// `may_copy`'s, against the store).
+fn decode_ask(bytes: &[u8]) -> Result<Ask, String> {
+    let ask: Ask = serde_json::from_slice(bytes).map_err(|e| format!("malformed ask: {e}"))?;
+    match &ask {
+        Ask::Image { sha256 } if !is_sha256(sha256) => Err(format!("{sha256:?} is not a SHA-256")),
+        Ask::Image { .. } => Ok(ask),
+        Ask::Volume { source, volume } => {
+            crate::driver::cow::check_volume_name("fetch", source)
+                .and_then(|()| crate::driver::cow::check_volume_name("fetch", volume))
+                .map_err(|e| e.to_string())?;
+            Ok(ask)
+        }
+    }
+}
+
+/// A message of a `fetch` tunnel as a node decodes it: an ask (the
+/// holder's [`decode_ask`]), else an answer. Fuzzed
 /// (`fuzzing::relocate_fetch`).
 pub fn check_message(bytes: &[u8]) -> Result<(), String> {
-    match serde_json::from_slice::<Ask>(bytes) {
-        Ok(Ask::Image { sha256 }) if is_sha256(&sha256) => Ok(()),
-        Ok(Ask::Image { sha256 }) => Err(format!("{sha256:?} is not a SHA-256")),
-        Ok(Ask::Volume { source, volume }) => {
-            crate::driver::cow::check_volume_name("fetch", &source)
-                .and_then(|()| crate::driver::cow::check_volume_name("fetch", &volume))
-                .map_err(|e| e.to_string())
-        }
-        Err(_) => serde_json::from_slice::<Say>(bytes)
+    match decode_ask(bytes) {
+        Ok(_) => Ok(()),
+        Err(why) => serde_json::from_slice::<Say>(bytes)
             .map(|_| ())
-            .map_err(|e| format!("malformed message: {e}")),
+            .map_err(|e| format!("{why}; nor an answer: {e}")),
     }
 }
 
@@ -266,7 +276,7 @@ impl Shared {
         name: &str,
     ) -> Result<(), String> {
         let ask = match tokio::time::timeout(CONNECT_TIMEOUT, t.recv()).await {
-            Ok(Ok(Some(b))) => serde_json::from_slice::<Ask>(&b).map_err(|e| e.to_string()),
+            Ok(Ok(Some(b))) => decode_ask(&b),
             _ => Err("no ask".to_string()),
         };
         let r = match ask {
@@ -274,7 +284,7 @@ impl Shared {
                 self.give_volume(&mut t, ns, name, &source, &volume).await
             }
             Ok(Ask::Image { sha256 }) => self.give_image(&mut t, ns, name, &sha256).await,
-            Err(e) => Err(format!("malformed ask: {e}")),
+            Err(e) => Err(e),
         };
         if let Err(why) = &r {
             let _ = tell(&mut t, &Say::No(why.clone())).await;
@@ -312,8 +322,8 @@ impl Shared {
         source: &str,
         volume: &str,
     ) -> Result<(), String> {
+        // Names checked by `decode_ask`.
         let (id, disk) = self.may_copy(&t.peer, ns, vm, source)?;
-        crate::driver::cow::check_volume_name("fetch", volume).map_err(|e| e.to_string())?;
         let storage = &self.drivers.storage;
         let snap = format!("{SNAPSHOT_PREFIX}{source}-{}", crate::driver::cow::nonce());
         let live = self.live_disks_of(&id, &disk, source).await;
@@ -408,10 +418,7 @@ impl Shared {
         name: &str,
         sha256: &str,
     ) -> Result<(), String> {
-        // It names a file in the cache: 64 hex digits, nothing else.
-        if !is_sha256(sha256) {
-            return Err("the ask is not a SHA-256".into());
-        }
+        // A SHA-256 (`decode_ask`): it names a file in the cache.
         let path = self
             .image_here(ns, name, &sha256.to_ascii_lowercase())
             .ok_or_else(|| format!("no image sha256:{sha256} here"))?;
@@ -761,6 +768,8 @@ mod tests {
             &format!("{}/", "a".repeat(63)),
         ] {
             assert!(!is_sha256(bad), "{bad:?}");
+            let ask = serde_json::json!({"Image": {"sha256": bad}}).to_string();
+            assert!(decode_ask(ask.as_bytes()).is_err(), "{bad:?}");
         }
     }
 
