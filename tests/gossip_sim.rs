@@ -627,6 +627,7 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
         ("node", Some(serde_json::json!({"node": "n5"}))),
         ("sender", None), // the target is set below to the sender's name
         ("accel", None),  // even nodes run KVM, odd ones TCG
+        ("cpu", None),    // all KVM; two host CPUs, every third node the other
     ];
     let mut receivers = BTreeSet::new();
     for (case, (what, target)) in cases.into_iter().enumerate() {
@@ -636,6 +637,19 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
             if what == "accel" {
                 for i in 0..n {
                     cl.statuses[i].accel = ["kvm", "tcg"][i % 2].into();
+                    let (now, st) = (cl.now, cl.statuses[i].clone());
+                    cl.nodes[i].set_status(now, st);
+                }
+            }
+            if what == "cpu" {
+                for i in 0..n {
+                    cl.statuses[i].accel = "kvm".into();
+                    cl.statuses[i].cpu = if i % 3 == 0 {
+                        "AMD 25/1 aa"
+                    } else {
+                        "Intel 6/85 bb"
+                    }
+                    .into();
                     let (now, st) = (cl.now, cl.statuses[i].clone());
                     cl.nodes[i].set_status(now, st);
                 }
@@ -699,6 +713,7 @@ fn a_relocation_elects_one_receiver_that_is_not_the_sender_and_fits_its_target()
                 "tags" => r % 2 == 1,
                 "node" => r == 5 || sender == 5,
                 "accel" => r % 2 == sender % 2,
+                "cpu" => cl.statuses[r].cpu == cl.statuses[sender].cpu,
                 _ => true,
             };
             assert!(ok, "{what}: n{r} does not fit the target");

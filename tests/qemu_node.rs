@@ -347,6 +347,12 @@ fn tiny_vm_lifecycle_with_the_qemu_driver() {
         accel.as_str(),
         "the satellite shows the probed accelerator"
     );
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    assert_eq!(
+        sat["cpu"].as_str(),
+        deorch::reconcile::satellite::cpu_signature(&cpu).as_deref(),
+        "the satellite shows this host's CPU, which relocation under KVM matches: {sat}"
+    );
 
     // The daemon dies; the VM does not, and is re-adopted.
     node.kill();

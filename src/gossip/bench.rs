@@ -195,6 +195,7 @@ fn placement_time(n: usize) {
                 exclude: None,
                 only: None,
                 accel: None,
+                cpu: None,
                 image: None,
             };
             let t = Instant::now();

@@ -527,16 +527,19 @@ impl GossipNode {
                 continue;
             }
             let runner = on[0].clone();
-            // Memory moves only between nodes on the same accelerator:
-            // no receiver, and why (the sender's VM status says it).
-            let accel = |id: &NodeId| {
-                self.status(id)
-                    .map(|s| s.accel.clone())
-                    .filter(|a| !a.is_empty())
-            };
-            let clash = match (accel(&runner), accel(&to)) {
-                (Some(a), Some(b)) if a != b => Some(format!(
-                    "the node its placement names runs {b} and the VM runs under {a}: memory does not move between them (stop the VM to move it)"
+            // Memory moves only to a node with the same accelerator (and
+            // host CPU, when the VM sees the host's): no receiver, and
+            // why (the sender's VM status says it).
+            let (accel, cpu) = self.move_needs(&runner, self.vm_spec(vm).as_ref());
+            let there = self.status(&to);
+            let clash = match (accel, cpu, there) {
+                (Some(a), _, Some(t)) if !t.accel.is_empty() && t.accel != a => Some(format!(
+                    "the node its placement names runs {} and the VM runs under {a}: memory does not move between them (stop the VM to move it)",
+                    t.accel
+                )),
+                (_, Some(c), Some(t)) if !t.cpu.is_empty() && t.cpu != c => Some(format!(
+                    "the node its placement names has another host CPU ({}) than the one the VM sees ({c}, CPU model host under KVM): give the VM a named spec.cpuModel both have, or stop it to move it",
+                    t.cpu
                 )),
                 _ => None,
             };
@@ -927,6 +930,29 @@ impl GossipNode {
         Some((ahead, me_key.0))
     }
 
+    /// What a running VM needs of the node it moves to, beside its own
+    /// needs: the accelerator of `sender`, the node that runs it; and its
+    /// host CPU when the VM sees that CPU (KVM with the `host` or `max`
+    /// CPU model, `host` being the default under KVM), since a guest
+    /// that saw one CPU's features may not find them on another. Under
+    /// TCG every CPU model is emulated, the same on every host.
+    fn move_needs(
+        &self,
+        sender: &NodeId,
+        spec: Option<&VirtualMachineSpec>,
+    ) -> (Option<String>, Option<String>) {
+        let Some(s) = self.status(sender) else {
+            return (None, None);
+        };
+        let accel = Some(s.accel.clone()).filter(|a| !a.is_empty());
+        let host_model = spec
+            .is_none_or(|sp| matches!(sp.cpu_model.as_deref(), None | Some("host") | Some("max")));
+        let cpu = (accel.as_deref() == Some("kvm") && host_model)
+            .then(|| s.cpu.clone())
+            .filter(|c| !c.is_empty());
+        (accel, cpu)
+    }
+
     /// The node that runs `vm` in this node's view: its winning claim's,
     /// else the one whose status lists it (a VM placed by hand).
     fn runner_of(&self, vm: &DocKey) -> Option<NodeId> {
@@ -998,11 +1024,9 @@ impl GossipNode {
             if r.target.performance.is_some() {
                 req.performance = r.target.performance;
             }
-            // Memory moves only between nodes on the same accelerator.
-            req.accel = self
-                .status(&sender)
-                .map(|s| s.accel.clone())
-                .filter(|a| !a.is_empty());
+            // Memory moves only between nodes on the same accelerator
+            // (and host CPU, when the VM sees the host's).
+            (req.accel, req.cpu) = self.move_needs(&sender, Some(&spec));
             req.exclude = Some(sender);
             // A VM placed by hand goes only where its placement names
             // (changing that is how it moves): a Relocation elsewhere
@@ -1493,9 +1517,10 @@ mod tests {
     /// A VM placed by hand on `b` that runs on `a` gets a move from `a`
     /// to `b`, with no election; none when it is stopped or runs where
     /// its placement names; and no receiver, with why, when `b` runs
-    /// another accelerator.
+    /// another accelerator, or under KVM has another host CPU than the
+    /// VM sees.
     #[test]
-    fn a_vm_placed_by_hand_elsewhere_moves_there_only_on_the_same_accelerator() {
+    fn a_vm_placed_by_hand_elsewhere_moves_there_only_on_the_same_accelerator_and_cpu() {
         let now = 1_000;
         let mut n = GossipNode::new(
             GossipConfig::default(),
@@ -1539,14 +1564,58 @@ mod tests {
             "{v:?}"
         );
 
+        // Both KVM, other host CPUs: the VM sees the host's CPU (the
+        // default model under KVM), so no receiver, and why; with a named
+        // model it moves. Under TCG the host CPU does not matter.
+        let with_cpu = |id: &str, seq, accel: &str, cpu: &str, vms| {
+            let mut s = status(id, seq, accel, vms);
+            s.cpu = cpu.into();
+            s
+        };
+        n.preload_status(
+            now,
+            with_cpu("a", 2, "kvm", "Intel 6/85 aa", vec![vm.clone()]),
+        );
+        n.preload_status(now, with_cpu("b", 3, "kvm", "AMD 25/1 bb", vec![]));
+        let v = n.relocations();
+        assert_eq!(v[0].receiver, None, "{v:?}");
+        assert!(
+            v[0].unplaceable
+                .as_deref()
+                .unwrap()
+                .contains("host CPU (AMD 25/1 bb)"),
+            "{v:?}"
+        );
+        let mut named = vm_doc(
+            &vm,
+            serde_json::json!({"placement": {"node": "b"}, "disks": disks, "cpuModel": "qemu64"}),
+            now,
+        );
+        named.generation = 2;
+        n.publish(now, named).unwrap();
+        assert_eq!(n.relocations()[0].receiver, Some(NodeId("b".into())));
+        n.preload_status(
+            now,
+            with_cpu("a", 3, "tcg", "Intel 6/85 aa", vec![vm.clone()]),
+        );
+        n.preload_status(now, with_cpu("b", 4, "tcg", "AMD 25/1 bb", vec![]));
+        let mut host = vm_doc(
+            &vm,
+            serde_json::json!({"placement": {"node": "b"}, "disks": disks}),
+            now,
+        );
+        host.generation = 3;
+        n.publish(now, host).unwrap();
+        assert_eq!(n.relocations()[0].receiver, Some(NodeId("b".into())));
+
         // Stopped, or placed where it runs: nothing to move.
-        n.preload_status(now, status("b", 3, "tcg", vec![]));
+        n.preload_status(now, status("b", 5, "tcg", vec![]));
         let mut stopped = vm_doc(
             &vm,
             serde_json::json!({"placement": {"node": "b"}, "disks": disks, "powerState": "Stopped"}),
             now,
         );
-        stopped.generation = 2;
+        stopped.generation = 4;
         n.publish(now, stopped).unwrap();
         assert!(n.relocations().is_empty());
         let mut here = vm_doc(
@@ -1554,7 +1623,7 @@ mod tests {
             serde_json::json!({"placement": {"node": "a"}, "disks": disks}),
             now,
         );
-        here.generation = 3;
+        here.generation = 5;
         n.publish(now, here).unwrap();
         assert!(n.relocations().is_empty());
     }

@@ -40,6 +40,10 @@ pub struct VmRequest {
     /// The accelerator the winner must have (a running VM moves only
     /// between nodes with the same one).
     pub accel: Option<String>,
+    /// The host CPU the winner must have (a running VM whose CPU model is
+    /// the host's, under KVM, moves only between nodes with the same
+    /// CPU).
+    pub cpu: Option<String>,
     /// Its spacesuit's image ([`super::wire::image_hint`]): nodes that
     /// hold it rank above those that would fetch it.
     pub image: Option<u64>,
@@ -80,6 +84,7 @@ impl VmRequest {
             exclude: None,
             only: None,
             accel: None,
+            cpu: None,
             image: None,
         }
     }
@@ -150,6 +155,8 @@ pub enum Unmet {
     NotTarget,
     /// The node's accelerator is not the running VM's.
     Accel,
+    /// The node's host CPU is not the one the running VM sees.
+    Cpu,
 }
 
 impl std::fmt::Display for Unmet {
@@ -170,6 +177,10 @@ impl std::fmt::Display for Unmet {
             Unmet::Sender => write!(f, "it runs the VM (the relocation's sender)"),
             Unmet::NotTarget => write!(f, "the relocation names another node"),
             Unmet::Accel => write!(f, "another accelerator than the VM runs under"),
+            Unmet::Cpu => write!(
+                f,
+                "another host CPU than the VM sees (its CPU model is the host's)"
+            ),
         }
     }
 }
@@ -185,6 +196,9 @@ pub fn unmet(req: &VmRequest, node: &NodeStatus) -> Vec<Unmet> {
     }
     if req.accel.as_ref().is_some_and(|a| *a != node.accel) {
         out.push(Unmet::Accel);
+    }
+    if req.cpu.as_ref().is_some_and(|c| *c != node.cpu) {
+        out.push(Unmet::Cpu);
     }
     if node.unschedulable {
         out.push(Unmet::Cordoned);
@@ -353,6 +367,7 @@ mod tests {
             unschedulable: false,
             away_until_ms: 0,
             accel: String::new(),
+            cpu: String::new(),
             images: vec![],
         }
     }
@@ -371,6 +386,7 @@ mod tests {
             exclude: None,
             only: None,
             accel: None,
+            cpu: None,
             image: None,
         }
     }

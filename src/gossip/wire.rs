@@ -242,6 +242,10 @@ pub struct NodeStatus {
     /// Its hypervisor's accelerator (`kvm`, `tcg`; empty: unknown): a
     /// running VM moves only between nodes with the same one.
     pub accel: String,
+    /// Its host CPU ([`crate::reconcile::satellite::cpu_signature`];
+    /// empty: unknown): a running VM with the `host` CPU model under KVM
+    /// moves only between nodes with the same one.
+    pub cpu: String,
     /// The spacesuit images it holds, each as the first 8 bytes of its
     /// SHA-256 (big-endian), at most [`MAX_STATUS_IMAGES`]: the election
     /// prefers a node that has a new VM's image over one that must fetch
@@ -287,6 +291,7 @@ impl NodeStatus {
             unschedulable: false,
             away_until_ms: 0,
             accel: String::new(),
+            cpu: String::new(),
             images: Vec::new(),
             sig: Vec::new(),
         }

@@ -95,6 +95,11 @@ pub struct SatelliteStatus {
     /// Accelerator chosen by the probe boot: `kvm` or `tcg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// The host CPU: vendor, family/model, and a hash of its feature
+    /// flags. Under KVM a VM with the `host` CPU model moves live only to
+    /// nodes with the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
     /// Detected total capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Resources>,

@@ -36,7 +36,9 @@ pub struct VirtualMachineSpec {
     #[schemars(with = "Option<Vcpus>")]
     pub cpu: Option<Cpu>,
     /// QEMU CPU model (e.g. `qemu64`, `host`, `max`, `EPYC`); defaults to
-    /// `host` under KVM and `qemu64` under TCG.
+    /// `host` under KVM and `qemu64` under TCG. Under KVM a running VM
+    /// with `host` or `max` moves live only to nodes with the same host
+    /// CPU (the satellites' `status.cpu`); name a model to move freely.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_model: Option<String>,
     /// Guest memory; defaults to the spacesuit's or 512Mi.

@@ -1144,6 +1144,7 @@ impl Task {
             unschedulable: spec.unschedulable,
             away_until_ms: self.away_until_ms,
             accel: status.accel.clone().unwrap_or_default(),
+            cpu: status.cpu.clone().unwrap_or_default(),
             images: self.image_hints(),
         };
         debug!(?st, "publishing node status");

@@ -22,6 +22,8 @@ pub struct Observed {
     pub memory: Option<u64>,
     /// The hypervisor's accelerator (`kvm`, `tcg`).
     pub accel: Option<String>,
+    /// The host CPU ([`cpu_signature`]).
+    pub cpu: Option<String>,
     /// Driver names, for the condition.
     pub hypervisor: &'static str,
     /// Storage driver name.
@@ -57,6 +59,7 @@ pub async fn observe(ctx: &Ctx) -> Result<Observed, ReconcileError> {
             .unwrap_or(1),
         memory: meminfo_total(),
         accel: ctx.drivers.hypervisor.accel(),
+        cpu: host_cpu(),
         hypervisor: ctx.drivers.hypervisor.name(),
         storage: ctx.drivers.storage.name(),
         node_id: ctx.config.node_id.clone(),
@@ -78,10 +81,52 @@ pub fn report(mut st: SatelliteStatus, generation: i64, o: &Observed) -> Satelli
     });
     st.version = Some(env!("CARGO_PKG_VERSION").into());
     st.accel = o.accel.clone();
+    st.cpu = o.cpu.clone();
     st.node_id = o.node_id.clone();
     let msg = format!("hypervisor {}, storage {}", o.hypervisor, o.storage);
     ready(&mut st.conditions, "NodeRunning", &msg, generation);
     st
+}
+
+/// This host's CPU as [`cpu_signature`] names it (read once).
+pub fn host_cpu() -> Option<String> {
+    static CPU: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        cpu_signature(&text)
+    })
+    .clone()
+}
+
+/// A host CPU's identity for live migration, from `/proc/cpuinfo`:
+/// vendor, family and model, and the first 4 bytes of the SHA-256 of its
+/// sorted feature flags, e.g. `GenuineIntel 6/167 5e0c1a2b`. A guest
+/// running with the `host` CPU model under KVM sees exactly these
+/// features, so it moves live only to a node with the same signature.
+/// `None` when the text names no vendor or flags (not x86, or no
+/// `/proc`).
+pub fn cpu_signature(cpuinfo: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    // The first processor stands for all (they are one model).
+    let first = cpuinfo.split("\n\n").next()?;
+    let field = |name: &str| {
+        first.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let vendor = field("vendor_id")?;
+    let flags = field("flags")?;
+    let mut flags: Vec<&str> = flags.split_whitespace().collect();
+    flags.sort_unstable();
+    flags.dedup();
+    let hash = Sha256::digest(flags.join(" ").as_bytes());
+    Some(format!(
+        "{vendor} {}/{} {}",
+        field("cpu family").unwrap_or_else(|| "?".into()),
+        field("model").unwrap_or_else(|| "?".into()),
+        hex::encode(&hash[..4])
+    ))
 }
 
 fn meminfo_total() -> Option<u64> {
@@ -108,6 +153,7 @@ mod tests {
             cpus: 4,
             memory: Some(8 << 30),
             accel: Some("tcg".into()),
+            cpu: Some("GenuineIntel 6/167 0a1b2c3d".into()),
             hypervisor: "qemu",
             storage: "zfs",
             node_id: Some("bc1qnode".into()),
@@ -128,6 +174,7 @@ mod tests {
             assert_eq!(cap.storage, Some(Quantity(100 << 30)), "{name}");
             assert_eq!(st.free.unwrap().storage, Some(Quantity(40 << 30)), "{name}");
             assert_eq!(st.accel.as_deref(), Some("tcg"), "{name}");
+            assert_eq!(st.cpu, o.cpu, "{name}");
             assert_eq!(st.node_id.as_deref(), Some("bc1qnode"), "{name}");
             assert_eq!(st.observed_generation, Some(7), "{name}");
             let c = &st.conditions[0];
@@ -137,6 +184,33 @@ mod tests {
                 "{name}"
             );
             assert_eq!(c.message, "hypervisor qemu, storage zfs", "{name}");
+        }
+    }
+
+    /// Two hosts of one model with one feature more or less differ; the
+    /// order of the flags and other processors' blocks do not matter.
+    #[test]
+    fn cpu_signatures_tell_feature_sets_apart() {
+        let cpu = |flags: &str| {
+            format!(
+                "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Xeon\nflags\t\t: {flags}\n\nprocessor\t: 1\nvendor_id\t: Other\n"
+            )
+        };
+        let a = cpu_signature(&cpu("fpu sse2 avx512f")).unwrap();
+        assert!(a.starts_with("GenuineIntel 6/85 "), "{a}");
+        assert_eq!(a.len(), "GenuineIntel 6/85 ".len() + 8, "{a}");
+        assert_eq!(
+            cpu_signature(&cpu("avx512f fpu sse2")).as_deref(),
+            Some(a.as_str())
+        );
+        assert_ne!(cpu_signature(&cpu("fpu sse2")).unwrap(), a);
+        assert_eq!(
+            cpu_signature("processor\t: 0\nfeatures\t: fp asimd\n"),
+            None
+        );
+        // This host's, as the node reports it.
+        if std::path::Path::new("/proc/cpuinfo").exists() && cfg!(target_arch = "x86_64") {
+            assert!(host_cpu().is_some());
         }
     }
 
