@@ -964,7 +964,7 @@ fn daemon_pid(n: &Node) -> u32 {
 /// node from the copied bytes, the source VM runs on, the holder keeps no
 /// snapshot, and the image is fetched by its SHA-256 and checked.
 #[test]
-fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds() {
+fn vms_are_made_from_a_running_vm_an_image_and_a_spacesuit_that_only_another_node_holds() {
     if !qemu_available() {
         return;
     }
@@ -1010,16 +1010,18 @@ fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds
     let manifests = format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: base}}\nspec:\n  source:\n    image: {{path: {img}, format: raw, sha256: {sha}}}\n---\n\
          apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: copy}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{virtualMachine: {{name: mover, disk: data}}}}\n---\n\
-         apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: fromsuit}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{spacesuit: base}}\n",
+         apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: fromsuit}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{spacesuit: base}}\n---\n\
+         apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: snap}}\nspec:\n  source: {{virtualMachine: {{name: mover}}}}\n---\n\
+         apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: fromsnap}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  placement: {{node: {to}}}\n  disks:\n    - name: data\n      source: {{spacesuit: snap}}\n",
         img = image.display(),
         to = to.name,
     );
     std::fs::write(from.manifests.join("copies.yaml"), manifests).unwrap();
     wait_until(
         &p,
-        "both copies run on the receiving node",
+        "the three copies run on the receiving node",
         Duration::from_secs(120),
-        || runs(to, "copy") && runs(to, "fromsuit"),
+        || runs(to, "copy") && runs(to, "fromsuit") && runs(to, "fromsnap"),
     );
     let first_beat = |vm: &str| {
         let t = Instant::now();
@@ -1036,17 +1038,40 @@ fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    // The copy of the running VM boots from its disk as it was at the
-    // snapshot: a fresh boot that counts on from the mover's counter.
+    // The copy of the running VM, and the VM made from the spacesuit
+    // made from it, boot from its disk as it was at their snapshots: a
+    // fresh boot that counts on from the mover's counter.
     let (copy_boot, copy_first) = first_beat("copy");
+    let (snap_boot, snap_first) = first_beat("fromsnap");
     let mover_now = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
     let (mover_boot, mover_last) = mover_now.last().unwrap().clone();
     assert_ne!(copy_boot, mover_boot, "the copy is a boot of its own");
-    assert!(
-        copy_first > mover_before.last().unwrap().1 && copy_first <= mover_last + 1,
-        "the copy starts at {copy_first}: not a counter the mover wrote between {} and {mover_last}",
-        mover_before.last().unwrap().1
+    assert_ne!(
+        snap_boot, mover_boot,
+        "the VM from the spacesuit is a boot of its own"
     );
+    for (vm, first) in [("copy", copy_first), ("fromsnap", snap_first)] {
+        assert!(
+            first > mover_before.last().unwrap().1 && first <= mover_last + 1,
+            "{vm} starts at {first}: not a counter the mover wrote between {} and {mover_last}",
+            mover_before.last().unwrap().1
+        );
+    }
+    // The spacesuit was made once, on the node that holds the mover's
+    // disk; the other node made none of its own, says where it is, and
+    // copied the VM's disk from it.
+    let vols = |n: &Node| {
+        volumes(n)
+            .iter()
+            .any(|v| v.starts_with("suit-default-snap."))
+    };
+    assert!(vols(from), "{:?}", volumes(from));
+    assert!(!vols(to), "{:?}", volumes(to));
+    let st = status(to, "spacesuit", "snap");
+    let waiting = st["conditions"].as_array().into_iter().flatten().any(|c| {
+        c["reason"] == "SourceElsewhere" && c["message"].as_str().unwrap_or("").contains(&from.name)
+    });
+    assert!(waiting, "{}'s status of the spacesuit: {st}", to.name);
     // The mover runs on where it ran, still counting.
     std::thread::sleep(Duration::from_secs(1));
     let later = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap());
@@ -1081,10 +1106,14 @@ fn a_vm_is_made_from_a_running_vm_and_from_an_image_that_only_another_node_holds
     );
     // Both came through the nodes' tunnels, as the receiver's log says.
     let log = std::fs::read_to_string(&to.log).unwrap();
-    for line in ["volume copied from a peer", "image fetched"] {
+    for (line, times) in [("volume copied from a peer", 2), ("image fetched", 1)] {
         let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
-        assert!(!found.is_empty(), "{line:?} not in {}'s log", to.name);
-        eprintln!("{}", found[0]);
+        assert!(
+            found.len() >= times,
+            "{line:?} not {times} times in {}'s log",
+            to.name
+        );
+        eprintln!("{}", found.join("\n"));
     }
     // The holder kept no snapshot of the copy.
     assert!(

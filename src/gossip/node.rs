@@ -187,13 +187,19 @@ impl GossipNode {
     }
 
     /// The image hint of the spacesuit `vm` is made from, when that
-    /// spacesuit's image gives its SHA-256.
+    /// spacesuit's image gives its SHA-256, or the hint of its volume
+    /// when it is made from a VM (it is on the nodes that made or hold
+    /// it).
     fn image_of(&self, vm: &DocKey, spec: &VirtualMachineSpec) -> Option<u64> {
         let suit = spec.spacesuit.as_ref()?;
         let d = self
             .document(&DocKey::new("Spacesuit", &vm.namespace, suit))
             .filter(|d| !d.deleted)?;
         let v: serde_json::Value = serde_json::from_slice(&d.body).ok()?;
+        if !v["spec"]["source"]["virtualMachine"].is_null() {
+            let volume = crate::model::names::spacesuit_volume(&vm.namespace, suit);
+            return Some(super::wire::volume_hint(&volume));
+        }
         super::wire::image_hint(v["spec"]["source"]["image"]["sha256"].as_str()?)
     }
 }

@@ -247,9 +247,11 @@ pub struct NodeStatus {
     /// moves only between nodes with the same one.
     pub cpu: String,
     /// The spacesuit images it holds, each as the first 8 bytes of its
-    /// SHA-256 (big-endian), at most [`MAX_STATUS_IMAGES`]: the election
-    /// prefers a node that has a new VM's image over one that must fetch
-    /// it. A hint only: the fetch checks the whole hash.
+    /// SHA-256 (big-endian), and the volumes of spacesuits made from a VM
+    /// it holds ([`volume_hint`]), at most [`MAX_STATUS_IMAGES`]: the
+    /// election prefers a node that has a new VM's image over one that
+    /// must fetch it, and a node without a spacesuit's volume learns who
+    /// to copy it from. A hint only: the fetch checks.
     pub images: Vec<u64>,
     /// The node's signature of the other fields (domain
     /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
@@ -266,6 +268,15 @@ pub fn image_hint(sha256: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(&sha256[..16], 16).ok()
+}
+
+/// A spacesuit volume as a status lists it: the first 8 bytes of the
+/// SHA-256 of `volume:` and its name (a spacesuit made from a VM has no
+/// image hash; its volume's name is unique in the cluster).
+pub fn volume_hint(volume: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("volume:{volume}").as_bytes());
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
 impl NodeStatus {

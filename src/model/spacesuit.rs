@@ -47,7 +47,9 @@ pub struct SpacesuitSource {
     /// A disk image file on the node, converted with `qemu-img`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSource>,
-    /// An existing VM (running or not) whose disks are snapshotted.
+    /// An existing VM (running or not) whose first disk is snapshotted,
+    /// once, on the node that holds it; VMs on other nodes copy it from
+    /// there (their status of the spacesuit says `SourceElsewhere`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_machine: Option<ObjectRef>,
 }

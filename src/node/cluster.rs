@@ -84,6 +84,9 @@ pub struct ClusterPlacement {
     fetches_rx: Mutex<Option<mpsc::UnboundedReceiver<Fetch>>>,
     /// Failed moves of VMs placed by hand on another node (the agent's).
     relocation_failures: Mutex<BTreeMap<ObjectKey, String>>,
+    /// Other live nodes by the images and spacesuit volumes their
+    /// statuses list (hints: `image_hint`, `volume_hint`).
+    holders: Mutex<BTreeMap<u64, Vec<String>>>,
 }
 
 impl ClusterPlacement {
@@ -99,6 +102,7 @@ impl ClusterPlacement {
             running_on: Mutex::new(BTreeMap::new()),
             changes: broadcast::channel(1024).0,
             relocation_failures: Mutex::new(BTreeMap::new()),
+            holders: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -165,6 +169,16 @@ impl Placement for ClusterPlacement {
 
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
         self.changes.subscribe()
+    }
+
+    fn volume_holders(&self, volume: &str) -> Vec<String> {
+        let hint = crate::gossip::wire::volume_hint(volume);
+        self.holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hint)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn relocation_failure(&self, vm: &ObjectKey) -> Option<String> {
@@ -515,8 +529,10 @@ impl Cluster {
                 c = changes.recv() => match c {
                     Ok(c) if c.status_only => {
                         // A VM's status says whether it runs here.
+                        // A spacesuit's says whether its volume is here.
                         if (c.key.kind == Kind::Satellite && c.key.name == task.name)
                             || c.key.kind == Kind::VirtualMachine
+                            || c.key.kind == Kind::Spacesuit
                         {
                             task.status_dirty = true;
                         }
@@ -637,7 +653,7 @@ impl Task {
     /// images of spacesuits whose file exists here, at most
     /// `MAX_STATUS_IMAGES` (a hint for the election; the fetch checks).
     fn image_hints(&self) -> Vec<u64> {
-        use crate::gossip::wire::{image_hint, MAX_STATUS_IMAGES};
+        use crate::gossip::wire::{image_hint, volume_hint, MAX_STATUS_IMAGES};
         let mut hints: BTreeSet<u64> = std::fs::read_dir(&self.images)
             .into_iter()
             .flatten()
@@ -645,6 +661,21 @@ impl Task {
             .filter_map(|e| image_hint(&e.file_name().to_string_lossy()))
             .collect();
         for rec in self.store.list(Some(Kind::Spacesuit)) {
+            // A spacesuit made from a VM here: its volume, which this
+            // node's status of it lists once made.
+            if !rec.object["spec"]["source"]["virtualMachine"].is_null() {
+                let volume =
+                    crate::model::names::spacesuit_volume(&rec.key.namespace, &rec.key.name);
+                let listed = rec.status.as_ref().is_some_and(|s| {
+                    s["volumes"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|v| v.as_str() == Some(volume.as_str())))
+                });
+                if listed && !rec.deleted {
+                    hints.insert(volume_hint(&volume));
+                }
+                continue;
+            }
             let image = &rec.object["spec"]["source"]["image"];
             let (Some(path), Some(sha)) = (image["path"].as_str(), image["sha256"].as_str()) else {
                 continue;
@@ -1030,14 +1061,28 @@ impl Task {
             self.placement.set(key, Some(e));
         }
         let mut elsewhere: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+        let mut holders: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for id in self.node.alive_members() {
-            for dk in self.node.status(&id).map(|s| &s.vms[..]).unwrap_or(&[]) {
+            let Some(st) = self.node.status(&id) else {
+                continue;
+            };
+            for dk in &st.vms {
                 if let Some(key) = object_key(dk) {
                     elsewhere.entry(key).or_default().push(self.label(&id));
                 }
             }
+            if id != self.me {
+                for h in &st.images {
+                    holders.entry(*h).or_default().push(self.label(&id));
+                }
+            }
         }
         self.placement.set_running(elsewhere);
+        *self
+            .placement
+            .holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = holders;
         let relocations = self.node.relocations();
         let mut addrs = BTreeMap::new();
         let mut names = BTreeMap::from([(self.me.clone(), self.name.clone())]);

@@ -341,6 +341,12 @@ pub trait Placement: Send + Sync {
         let _ = vm;
         None
     }
+    /// Other live nodes whose status lists the spacesuit volume `volume`
+    /// (made there from a VM): where a node without it copies it from.
+    fn volume_holders(&self, volume: &str) -> Vec<String> {
+        let _ = volume;
+        Vec::new()
+    }
     /// The relocation agent's word on that move: `Some(why)` when it
     /// failed, `None` when it started again or succeeded.
     fn set_relocation_failure(&self, vm: &ObjectKey, why: Option<String>) {

@@ -68,6 +68,12 @@ pub struct Observed {
     pub image_missing: bool,
     /// The source VM's disks, when it runs here.
     pub live: Live,
+    /// The source VM's disk is on this node (checked only when the
+    /// volume must be made from it).
+    pub source_here: bool,
+    /// Other nodes that hold the spacesuit's volume (made from a VM), as
+    /// their gossiped statuses say.
+    pub held_by: Vec<String>,
 }
 
 /// One step, with everything it needs.
@@ -224,8 +230,18 @@ pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError>
             namespace,
             name,
             spec,
-            volume: Some(_),
-        } => o.live = Live(live_disks(ctx, namespace, name, spec.as_deref()).await),
+            volume: Some(source),
+        } => {
+            o.held_by = ctx
+                .placement
+                .as_ref()
+                .map(|p| p.volume_holders(&d.volume))
+                .unwrap_or_default();
+            o.source_here = ctx.drivers.storage.exists(source).await?;
+            if o.source_here && o.held_by.is_empty() {
+                o.live = Live(live_disks(ctx, namespace, name, spec.as_deref()).await);
+            }
+        }
         _ => {}
     }
     Ok(o)
@@ -274,6 +290,27 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
                 path: path.clone(),
                 format: *format,
             }]),
+        },
+        // Made once, where the VM's disk is: a node without it, or where
+        // a peer made it already, makes no copy of its own (it would be
+        // another instant of the VM); a VM placed here copies the
+        // spacesuit's volume from a node that holds it.
+        Source::Vm {
+            namespace,
+            name,
+            volume: Some(_),
+            ..
+        } if !o.held_by.is_empty() || !o.source_here => Plan::Wait {
+            reason: "SourceElsewhere",
+            message: match o.held_by.as_slice() {
+                [] => format!(
+                    "VM {namespace}/{name}'s disk is not on this node: the spacesuit is made on the node that holds it, and a VM placed here copies it from there"
+                ),
+                nodes => format!(
+                    "made on node {} from VM {namespace}/{name}: a VM placed here copies it from there",
+                    nodes.join(", ")
+                ),
+            },
         },
         Source::Vm {
             volume: Some(source),
@@ -471,9 +508,34 @@ mod tests {
                 import,
             ),
             (
-                "VM disk: clone",
+                "VM disk on another node: wait",
                 from_vm(Some("vm-default-web-root")),
                 absent.clone(),
+                Plan::Wait {
+                    reason: "SourceElsewhere",
+                    message: "VM default/web's disk is not on this node: the spacesuit is made on the node that holds it, and a VM placed here copies it from there".into(),
+                },
+            ),
+            (
+                "VM disk here, made on a peer already: wait",
+                from_vm(Some("vm-default-web-root")),
+                Observed {
+                    source_here: true,
+                    held_by: vec!["sat-a".into()],
+                    ..Default::default()
+                },
+                Plan::Wait {
+                    reason: "SourceElsewhere",
+                    message: "made on node sat-a from VM default/web: a VM placed here copies it from there".into(),
+                },
+            ),
+            (
+                "VM disk here: clone",
+                from_vm(Some("vm-default-web-root")),
+                Observed {
+                    source_here: true,
+                    ..Default::default()
+                },
                 Plan::Act(vec![Action::Clone {
                     request: CloneRequest {
                         volume: "suit-default-gold".into(),

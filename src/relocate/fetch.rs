@@ -299,7 +299,7 @@ impl Shared {
         ns: &str,
         vm: &str,
         source: &str,
-    ) -> Result<(String, String), String> {
+    ) -> Result<Option<(String, String)>, String> {
         let peer_name = self.link.borrow().name(peer);
         let elected = |k: &ObjectKey| self.placement.elected(k);
         may_copy(
@@ -323,10 +323,13 @@ impl Shared {
         volume: &str,
     ) -> Result<(), String> {
         // Names checked by `decode_ask`.
-        let (id, disk) = self.may_copy(&t.peer, ns, vm, source)?;
+        let from_vm = self.may_copy(&t.peer, ns, vm, source)?;
         let storage = &self.drivers.storage;
         let snap = format!("{SNAPSHOT_PREFIX}{source}-{}", crate::driver::cow::nonce());
-        let live = self.live_disks_of(&id, &disk, source).await;
+        let live = match from_vm {
+            Some((id, disk)) => self.live_disks_of(&id, &disk, source).await,
+            None => LiveDisks::default(),
+        };
         storage
             .clone_volumes_live(
                 &[CloneRequest {
@@ -643,9 +646,12 @@ fn unused_images(
 pub(super) const IMAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether the node known as `peer` (its ID and name) may copy volume
-/// `source`: a VM `ns/vm` in `store` names that volume as a disk source,
-/// and `peer` is where that VM runs (its pinned node, else its elected
-/// one). The source VM's ID and disk name.
+/// `source`: a VM `ns/vm` in `store` names that volume as a disk source
+/// (a disk of another VM, or the volume of a spacesuit one of its disks
+/// is cloned from), and `peer` is where that VM runs (its pinned node,
+/// else its elected one). The source VM's ID and disk name, for a
+/// snapshot through its QEMU if it runs here; `None` for a spacesuit's
+/// volume.
 fn may_copy(
     store: &crate::store::Store,
     elected: &dyn Fn(&ObjectKey) -> Elected,
@@ -653,7 +659,7 @@ fn may_copy(
     ns: &str,
     vm: &str,
     source: &str,
-) -> Result<(String, String), String> {
+) -> Result<Option<(String, String)>, String> {
     fn typed<S: serde::de::DeserializeOwned>(
         store: &crate::store::Store,
         kind: Kind,
@@ -667,7 +673,18 @@ fn may_copy(
     }
     let spec: VirtualMachineSpec = typed(store, Kind::VirtualMachine, ns, vm)
         .ok_or_else(|| format!("no VM {ns}/{vm} here"))?;
-    let names_it = spec.disks.iter().find_map(|d| {
+    let suit: Option<SpacesuitSpec> = spec
+        .spacesuit
+        .as_ref()
+        .and_then(|n| typed(store, Kind::Spacesuit, ns, n));
+    let disks = crate::reconcile::vm::effective_disks(&spec, suit.as_ref());
+    let names_suit = disks.iter().any(|d| {
+        d.source.spacesuit.as_ref().is_some_and(|s| {
+            names::spacesuit_volume(ns, s) == source
+                && typed::<SpacesuitSpec>(store, Kind::Spacesuit, ns, s).is_some()
+        })
+    });
+    let names_it = disks.iter().find_map(|d| {
         let r = d.source.virtual_machine.as_ref()?;
         let rns = r.namespace.as_deref().unwrap_or(ns);
         // Its first disk as the reconciler resolves it (its own, else its
@@ -685,11 +702,11 @@ fn may_copy(
         disk.filter(|d| names::vm_volume(rns, &r.name, d) == source)
             .map(|d| (format!("{rns}/{}", r.name), d))
     });
-    let Some(from) = names_it else {
+    if names_it.is_none() && !names_suit {
         return Err(format!(
             "VM {ns}/{vm} does not take a disk from volume {source}"
         ));
-    };
+    }
     let is_peer = |n: &str| peer.contains(&n);
     let runs_there = match spec.placement.as_ref().and_then(|p| p.node.clone()) {
         Some(node) => is_peer(&node),
@@ -704,7 +721,7 @@ fn may_copy(
             peer.last().copied().unwrap_or_default()
         ));
     }
-    Ok(from)
+    Ok(names_it)
 }
 
 #[cfg(test)]
@@ -783,6 +800,8 @@ mod tests {
         let disk = |src: serde_json::Value| serde_json::json!({"cpu": 1, "memory": "64Mi", "disks": [{"name": "root", "source": src}]});
         let mut pinned = disk(serde_json::json!({"virtualMachine": {"name": "web"}}));
         pinned["placement"] = serde_json::json!({"node": "sat-b"});
+        let mut fromsuit = disk(serde_json::json!({"spacesuit": "gold"}));
+        fromsuit["placement"] = serde_json::json!({"node": "sat-b"});
         for o in [
             vm("web", disk(serde_json::json!({"blank": {}}))),
             vm("copy", pinned),
@@ -790,6 +809,16 @@ mod tests {
                 "auto",
                 disk(serde_json::json!({"virtualMachine": {"name": "web", "disk": "root"}})),
             ),
+            vm("fromsuit", fromsuit),
+            vm(
+                "whole",
+                serde_json::json!({"cpu": 1, "memory": "64Mi", "spacesuit": "gold"}),
+            ),
+            serde_json::json!({
+                "apiVersion": crate::model::API_VERSION, "kind": "Spacesuit",
+                "metadata": {"name": "gold", "namespace": "default"},
+                "spec": {"source": {"virtualMachine": {"name": "web"}}},
+            }),
         ] {
             store
                 .apply(&AnyObject::from_value(o).unwrap(), &SourceId("api".into()))
@@ -802,11 +831,35 @@ mod tests {
         let web = "vm-default-web-root";
         assert_eq!(
             may_copy(&store, &on_c, &["id-b", "sat-b"], "default", "copy", web),
-            Ok(("default/web".into(), "root".into()))
+            Ok(Some(("default/web".into(), "root".into())))
         );
         assert_eq!(
             may_copy(&store, &on_c, &["id-c", "sat-c"], "default", "auto", web),
-            Ok(("default/web".into(), "root".into()))
+            Ok(Some(("default/web".into(), "root".into())))
+        );
+        // A spacesuit's volume, to the node that runs a VM cloned from it
+        // (by a disk, or as its spacesuit).
+        assert_eq!(
+            may_copy(
+                &store,
+                &on_c,
+                &["id-b", "sat-b"],
+                "default",
+                "fromsuit",
+                "suit-default-gold"
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            may_copy(
+                &store,
+                &on_c,
+                &["id-c", "sat-c"],
+                "default",
+                "whole",
+                "suit-default-gold"
+            ),
+            Ok(None)
         );
         let refused = [
             // Not where the VM runs.
@@ -821,6 +874,20 @@ mod tests {
             ),
             // No such VM.
             (["id-b", "sat-b"], "ghost", web, "no VM default/ghost"),
+            // A spacesuit's volume to a node that does not run the VM, or
+            // for a VM not cloned from that spacesuit.
+            (
+                ["id-c", "sat-c"],
+                "fromsuit",
+                "suit-default-gold",
+                "does not run on sat-c",
+            ),
+            (
+                ["id-b", "sat-b"],
+                "copy",
+                "suit-default-gold",
+                "does not take a disk",
+            ),
         ];
         for (peer, vm, source, why) in refused {
             let e = may_copy(&store, &on_c, &peer, "default", vm, source).unwrap_err();

@@ -4,7 +4,7 @@
 
 use super::super::{Ctx, ReconcileError};
 use super::plan::{Action, Attach};
-use super::resolve::{SourceVm, SuitImage};
+use super::resolve::{SourceVm, SuitCopy, SuitImage};
 use crate::driver::{CloneRequest, DiskImage, DriverError, LiveDisks, VmConfig, VmState};
 
 /// An action that failed, and why.
@@ -42,10 +42,16 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
             source,
             size,
             from_vm,
-            image,
+            suit,
         } => {
-            if let Some(img) = image {
-                suit_volume(ctx, source, img).await?;
+            match suit.as_deref() {
+                Some(SuitCopy::Image(img)) => suit_volume(ctx, source, img).await?,
+                Some(SuitCopy::Volume { spacesuit, holders })
+                    if !storage.exists(source).await? =>
+                {
+                    return suit_copy(ctx, id, volume, source, *size, spacesuit, holders).await;
+                }
+                _ => {}
             }
             clone(ctx, id, volume, source, *size, from_vm.as_ref()).await
         }
@@ -160,6 +166,59 @@ async fn suit_volume(ctx: &Ctx, volume: &str, img: &SuitImage) -> Result<(), Dri
         Err(_) if storage.exists(volume).await? => Ok(()),
         r => r,
     }
+}
+
+/// The VM `id`'s disk `volume` copied from the spacesuit volume `source`
+/// on a node that holds it (a spacesuit made from a VM on another node):
+/// a point-in-time copy of the whole volume, grown to `size`. This node
+/// keeps no copy of the spacesuit's volume itself: a second VM here
+/// copies again, and no half-copied volume is ever visible under the
+/// spacesuit's name.
+async fn suit_copy(
+    ctx: &Ctx,
+    id: &str,
+    volume: &str,
+    source: &str,
+    size: Option<u64>,
+    spacesuit: &crate::model::ObjectKey,
+    holders: &[String],
+) -> Result<(), DriverError> {
+    let failed = |reason: &'static str, message: String| DriverError::Condition {
+        op: "fetch".into(),
+        target: source.to_string(),
+        reason,
+        message,
+    };
+    let placement = ctx.placement.as_ref().ok_or_else(|| {
+        failed(
+            "SourceMissing",
+            format!("spacesuit {spacesuit} is not on this node and this node does not gossip"),
+        )
+    })?;
+    if holders.is_empty() {
+        return Err(failed(
+            "SourceMissing",
+            format!("spacesuit {spacesuit} is made on no live node yet"),
+        ));
+    }
+    let mut tried = Vec::new();
+    for from in holders {
+        let fetch = super::super::FetchVolume {
+            from: from.clone(),
+            for_vm: id.to_string(),
+            source: source.to_string(),
+            volume: volume.to_string(),
+            size,
+        };
+        match placement.fetch_volume(fetch).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tried.push(format!("node {from}: {e}")),
+        }
+    }
+    Err(failed(
+        "FetchFailed",
+        format!("spacesuit {spacesuit}'s volume: {}", tried.join("; ")),
+    ))
 }
 
 /// Clone `source` into `volume` for the VM `id`. When the disk comes

@@ -44,8 +44,8 @@ mod status;
 pub use execute::Failed;
 pub use plan::{diff, plan, start, Action, Attach, Next, Observed, Plan};
 pub use resolve::{
-    decide, disk_names, for_deletion, is_auto, is_mine, resolve, vm_disk_names, Decision, Desired,
-    DesiredDisk, Site, SourceVm, Tap, VolumeSource, SPACESUIT_DISK,
+    decide, disk_names, effective_disks, for_deletion, is_auto, is_mine, resolve, vm_disk_names,
+    Decision, Desired, DesiredDisk, Site, SourceVm, SuitCopy, Tap, VolumeSource, SPACESUIT_DISK,
 };
 pub use status::walk;
 
@@ -220,13 +220,16 @@ async fn observe(
         if let VolumeSource::Clone {
             source,
             from_vm,
-            image,
+            suit,
             ..
         } = &d.source
         {
             // Copied from a peer when not here (see execute).
-            let fetchable = image.as_ref().is_some_and(|i| !storage.has_image(&i.path))
-                || from_vm.as_ref().is_some_and(|v| v.holder.is_some());
+            let fetchable = match suit.as_deref() {
+                Some(SuitCopy::Image(i)) => !storage.has_image(&i.path),
+                Some(SuitCopy::Volume { holders, .. }) => !holders.is_empty(),
+                None => false,
+            } || from_vm.as_ref().is_some_and(|v| v.holder.is_some());
             if !desired.deleted && !fetchable && !storage.exists(source).await? {
                 missing_sources.push(source.clone());
             }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::resolve::{Desired, Site, SourceVm, SuitImage, VolumeSource};
+use super::resolve::{Desired, Site, SourceVm, SuitCopy, VolumeSource};
 use crate::driver::{StopReason, VmConfig, VmState};
 use crate::model::vm::{DiskBus, PowerState, RestartPolicy, VmPhase, VmReason};
 
@@ -64,9 +64,10 @@ pub enum Action {
         size: Option<u64>,
         /// The VM whose disk `source` is (cloned live if it runs here).
         from_vm: Option<SourceVm>,
-        /// The spacesuit image `source` is made from (fetched from a peer
-        /// when neither it nor `source` is here).
-        image: Option<Box<SuitImage>>,
+        /// How this node gets the spacesuit volume `source` is when it is
+        /// not here (its image fetched, or the disk copied from a node
+        /// that holds it).
+        suit: Option<Box<SuitCopy>>,
     },
     /// Create or update a tap.
     EnsureTap {
@@ -147,7 +148,7 @@ impl std::fmt::Display for Action {
                 source,
                 size,
                 from_vm,
-                image,
+                suit,
             } => {
                 write!(f, "clone volume {source} into volume {volume}")?;
                 if let Some(size) = size {
@@ -163,12 +164,18 @@ impl std::fmt::Display for Action {
                     Some(vm) => write!(f, " (a disk of VM {}, live if it runs here)", vm.id)?,
                     None => {}
                 }
-                if let Some(img) = image {
-                    write!(
+                match suit.as_deref() {
+                    Some(SuitCopy::Image(img)) => write!(
                         f,
                         " (image sha256:{} fetched from a peer if {} is not here)",
                         img.sha256, img.path
-                    )?;
+                    )?,
+                    Some(SuitCopy::Volume { spacesuit, holders }) => write!(
+                        f,
+                        " (spacesuit {spacesuit} made from a VM: copied from node {} if not here)",
+                        holders.first().map(String::as_str).unwrap_or("(none yet)")
+                    )?,
+                    None => {}
                 }
                 Ok(())
             }
@@ -489,13 +496,13 @@ fn provision(d: &Desired, o: &Observed) -> Vec<Action> {
                 source,
                 size,
                 from_vm,
-                image,
+                suit,
             } => Action::CloneVolume {
                 volume,
                 source: source.clone(),
                 size: *size,
                 from_vm: from_vm.clone(),
-                image: image.clone(),
+                suit: suit.clone(),
             },
         });
     }
@@ -665,7 +672,7 @@ mod tests {
                     source: "suit-default-tiny".into(),
                     size: None,
                     from_vm: None,
-                    image: None,
+                    suit: None,
                 },
                 bus: DiskBus::Virtio,
                 read_only: false,
@@ -777,7 +784,7 @@ mod tests {
             source: "suit-default-tiny".into(),
             size: None,
             from_vm: None,
-            image: None,
+            suit: None,
         }
     }
 

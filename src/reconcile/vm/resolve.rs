@@ -171,14 +171,33 @@ pub enum VolumeSource {
         /// The VM whose disk the source is, when it is one: cloned through
         /// its hypervisor if it runs here.
         from_vm: Option<SourceVm>,
-        /// The spacesuit image the source is made from, when its hash is
-        /// known: fetched from a peer when it is not on this node.
-        image: Option<Box<SuitImage>>,
+        /// How this node gets the spacesuit volume the source is, when
+        /// it is not here: from the spacesuit's image (fetched from a
+        /// peer by its hash), or from a node that holds the volume.
+        suit: Option<Box<SuitCopy>>,
     },
     /// Empty.
     Blank {
         /// Size in bytes.
         size: u64,
+    },
+}
+
+/// How a node without a spacesuit's volume gets what a VM's disk is
+/// cloned from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SuitCopy {
+    /// The spacesuit's image, imported here (fetched from a peer by its
+    /// SHA-256 when the file is not here).
+    Image(SuitImage),
+    /// A spacesuit made from a VM on another node: the VM's disk is
+    /// copied straight from the spacesuit's volume on a node that holds
+    /// it.
+    Volume {
+        /// The Spacesuit.
+        spacesuit: ObjectKey,
+        /// Live nodes whose status lists its volume.
+        holders: Vec<String>,
     },
 }
 
@@ -409,7 +428,7 @@ fn spacesuit(
 
 /// The disks a VM has: `spec.disks`, or else a copy-on-write clone of each
 /// of its spacesuit's disks (as a template clone does in Proxmox).
-fn effective_disks(spec: &VirtualMachineSpec, suit: Option<&SpacesuitSpec>) -> Vec<Disk> {
+pub fn effective_disks(spec: &VirtualMachineSpec, suit: Option<&SpacesuitSpec>) -> Vec<Disk> {
     if !spec.disks.is_empty() {
         return spec.disks.clone();
     }
@@ -464,22 +483,35 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
     let size = d.size.map(|s| s.0);
     let s = &d.source;
     if let Some(suit) = &s.spacesuit {
-        let image = ctx
+        let key = ObjectKey::new(Kind::Spacesuit, Some(ns), suit);
+        let volume = names::spacesuit_volume(ns, suit);
+        let source = ctx
             .typed::<SpacesuitSpec>(Kind::Spacesuit, ns, suit)
-            .and_then(|m| m.spec.source?.image)
-            .and_then(|img| {
-                Some(Box::new(SuitImage {
-                    spacesuit: ObjectKey::new(Kind::Spacesuit, Some(ns), suit),
+            .and_then(|m| m.spec.source);
+        let copy = match source {
+            Some(src) if src.virtual_machine.is_some() => Some(SuitCopy::Volume {
+                spacesuit: key,
+                holders: ctx
+                    .placement
+                    .as_ref()
+                    .map(|p| p.volume_holders(&volume))
+                    .unwrap_or_default(),
+            }),
+            Some(src) => src.image.and_then(|img| {
+                Some(SuitCopy::Image(SuitImage {
+                    spacesuit: key,
                     sha256: img.sha256?.to_ascii_lowercase(),
                     format: img.format.map(|f| f.as_str()),
                     path: img.path,
                 }))
-            });
+            }),
+            None => None,
+        };
         return Ok(VolumeSource::Clone {
-            source: names::spacesuit_volume(ns, suit),
+            source: volume,
             size,
             from_vm: None,
-            image,
+            suit: copy.map(Box::new),
         });
     }
     if let Some(r) = &s.virtual_machine {
@@ -514,6 +546,7 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
         return Ok(VolumeSource::Clone {
             source: names::vm_volume(rns, &r.name, &disk),
             size,
+            suit: None,
             from_vm: Some(SourceVm {
                 id: format!("{rns}/{}", r.name),
                 disks: names_of
@@ -522,7 +555,6 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
                     .collect(),
                 holder,
             }),
-            image: None,
         });
     }
     if let Some(r) = &s.replica {
@@ -532,7 +564,7 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
             source: names::replica_volume(rns, &r.name, &disk),
             size,
             from_vm: None,
-            image: None,
+            suit: None,
         });
     }
     Ok(VolumeSource::Blank {
