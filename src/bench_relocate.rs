@@ -26,7 +26,11 @@
 //!   migrate, query-migrate until completed, block-job-cancel (the ready
 //!   mirror stops in sync), nbd-server-stop and `cont` on the receiver.
 //!   Per run: first QMP command to `cont`, QEMU's total-time and
-//!   downtime, completed to `cont`, and the bytes on the link.
+//!   downtime, completed to `cont`, and the bytes on the link. With
+//!   `--raw-tls` both streams run over QEMU's own TLS (`tls-creds-psk`,
+//!   a fresh pre-shared key; gnutls), the way QEMU alone authenticates and
+//!   encrypts them as deorch's tunnel does; without it they are plain TCP,
+//!   neither authenticated nor encrypted.
 //!
 //! The two paths alternate run by run; both guests run (and write) all
 //! along, so load from one falls on the other's runs alike. Everything
@@ -72,6 +76,11 @@ pub struct Args {
     /// Print the samples and summaries as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Run raw QEMU's NBD and migration streams over QEMU's own TLS (a
+    /// pre-shared key), as protected as deorch's tunnel; plain TCP
+    /// otherwise.
+    #[arg(long)]
+    pub raw_tls: bool,
     /// Directory of the tiny guest (built there by guest/build.sh when this
     /// executable's source tree has it).
     #[arg(long, default_value = "/var/lib/deorch/guest")]
@@ -777,6 +786,7 @@ fn raw_run(
     disk_size: u64,
     write_mibps: u64,
     limit: Duration,
+    tls: bool,
 ) -> anyhow::Result<RawRun> {
     let (from, to) = (r.at, 1 - r.at);
     // The receiver: a fresh disk of the same size, QEMU waiting paused.
@@ -795,13 +805,37 @@ fn raw_run(
     let (rx0, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
     let w0 = last_write(&r.dir);
     let src = &mut r.qmp;
+    // QEMU reads `USER:HEXKEY` lines from DIR/keys.psk.
+    let psk = lab.dir.join("psk");
+    if tls {
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+        std::fs::create_dir_all(&psk)?;
+        std::fs::write(
+            psk.join("keys.psk"),
+            format!("deorch:{}\n", hex::encode(key)),
+        )?;
+    }
+    let (tls_s, tls_c) = (format!("tls-s{}", r.seq), format!("tls-c{}", r.seq));
     let (total, ready, switch, info, disk_bytes) = rt.block_on(async {
         let t0 = Instant::now();
+        let mut nbd_args = json!({"addr": {"type": "inet", "data": {"host": host, "port": NBD_PORT.to_string()}}});
+        let mut target = json!({"driver": "nbd", "node-name": "bench-target",
+                "server": {"type": "inet", "host": host, "port": NBD_PORT.to_string()},
+                "export": "data"});
+        if tls {
+            qmp(&mut dst, "receiver", "object-add", Some(json!({"qom-type": "tls-creds-psk", "id": tls_s, "endpoint": "server", "dir": psk}))).await?;
+            qmp(src, "sender", "object-add", Some(json!({"qom-type": "tls-creds-psk", "id": tls_c, "endpoint": "client", "dir": psk, "username": "deorch"}))).await?;
+            qmp(&mut dst, "receiver", "migrate-set-parameters", Some(json!({"tls-creds": tls_s}))).await?;
+            qmp(src, "sender", "migrate-set-parameters", Some(json!({"tls-creds": tls_c}))).await?;
+            nbd_args["tls-creds"] = json!(tls_s);
+            target["tls-creds"] = json!(tls_c);
+        }
         qmp(
             &mut dst,
             "receiver",
             "nbd-server-start",
-            Some(json!({"addr": {"type": "inet", "data": {"host": host, "port": NBD_PORT.to_string()}}})),
+            Some(nbd_args),
         )
         .await?;
         qmp(
@@ -811,15 +845,7 @@ fn raw_run(
             Some(json!({"type": "nbd", "id": "bench", "node-name": "data", "name": "data", "writable": true})),
         )
         .await?;
-        qmp(
-            src,
-            "sender",
-            "blockdev-add",
-            Some(json!({"driver": "nbd", "node-name": "bench-target",
-                "server": {"type": "inet", "host": host, "port": NBD_PORT.to_string()},
-                "export": "data"})),
-        )
-        .await?;
+        qmp(src, "sender", "blockdev-add", Some(target)).await?;
         qmp(
             src,
             "sender",
@@ -1061,6 +1087,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             disk_size,
             args.write_mibps,
             limit,
+            args.raw_tls,
         )?;
         eprintln!(
             "run {}/{runs} raw {} -> {}: {:.0} ms to cont (receiver start {:.0} ms before), QEMU total-time {} ms, downtime {} ms + {:.0} ms to cont, {:.1} MiB on the link",
@@ -1093,6 +1120,11 @@ fn report(
     wall: Duration,
     accel: Accel,
 ) -> anyhow::Result<()> {
+    let raw = if args.raw_tls {
+        "raw QEMU (TLS)"
+    } else {
+        "raw QEMU"
+    };
     let pct = |xs: Vec<f64>| percentiles(&mut durations(xs.into_iter()));
     let d_wall = pct(dr.iter().map(|x| x.wall_ms).collect());
     let d_elapsed = pct(dr.iter().map(|x| x.elapsed_ms as f64).collect());
@@ -1201,32 +1233,28 @@ fn report(
         &d_finish,
     );
     row(
-        "raw QEMU",
+        raw,
         "total: first QMP command → receiver's `cont`",
         &r_total,
     );
     row(
-        "raw QEMU",
+        raw,
         "total + receiver start (qemu-img create, QEMU -incoming up)",
         &r_with_prep,
     );
-    row("raw QEMU", "mirror READY", &r_ready);
-    row(
-        "raw QEMU",
-        "query-migrate total-time (memory only)",
-        &r_qemu,
-    );
+    row(raw, "mirror READY", &r_ready);
+    row(raw, "query-migrate total-time (memory only)", &r_qemu);
     row(
         "deorch",
         "downtime: status `downtimeMs` (QEMU downtime + switch)",
         &d_down,
     );
     row(
-        "raw QEMU",
+        raw,
         "downtime: query-migrate downtime + completed → `cont`",
         &r_down,
     );
-    row("raw QEMU", "query-migrate downtime", &r_qdown);
+    row(raw, "query-migrate downtime", &r_qdown);
     println!();
     println!(
         "ratio deorch/raw of total p50: {:.2} (wall, apply → Succeeded), {:.2} (copy, first QMP command → cont)",
@@ -1242,7 +1270,7 @@ fn report(
     println!("|---|---|---|---|---|---|");
     for (path, wire, back, moved, rate) in [
         ("deorch", d_wire, d_back, d_moved, d_rate),
-        ("raw QEMU", r_wire, r_back, r_moved, r_rate),
+        (raw, r_wire, r_back, r_moved, r_rate),
     ] {
         println!(
             "| {path} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} | {rate:.1} MiB/s |",
