@@ -204,6 +204,28 @@ fn start_nodes_full(
     per_node: impl Fn(usize) -> Vec<String>,
     own_mounts: bool,
 ) -> Pair {
+    start_nodes_mover(n, extra, per_node, own_mounts, &Mover::default())
+}
+
+/// What the mover gets beyond its heartbeat and data disk.
+#[derive(Default)]
+struct Mover {
+    /// Appended to the guest's kernel command line.
+    cmdline: &'static str,
+    /// Appended to the VM's spec (indented by two spaces).
+    spec: &'static str,
+    /// Other manifests, written beside it.
+    manifests: &'static str,
+}
+
+/// [`start_nodes_full`], the mover as `m` says.
+fn start_nodes_mover(
+    n: usize,
+    extra: &[&str],
+    per_node: impl Fn(usize) -> Vec<String>,
+    own_mounts: bool,
+    m: &Mover,
+) -> Pair {
     let (kernel, initrd) = tiny_guest();
     let guest = kernel.parent().unwrap().to_path_buf();
     let lab = Lab::new(n);
@@ -229,10 +251,13 @@ fn start_nodes_full(
     std::fs::write(
         nodes[0].manifests.join("mover.yaml"),
         format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 8Mi\n      source: {{blank: {{}}}}\n",
+            "{extra}apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c} deorch.heartbeat{more}\"}}\n  machine: pc\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: 8Mi\n      source: {{blank: {{}}}}\n{spec}",
             k = kernel.display(),
             i = initrd.display(),
             c = deorch::qemu::probe::TINY_CMDLINE,
+            extra = m.manifests,
+            more = m.cmdline,
+            spec = m.spec,
         ),
     )
     .unwrap();
@@ -1247,4 +1272,90 @@ fn changing_the_node_of_a_running_vm_placed_by_hand_moves_it_live() {
         "never started again on the old node"
     );
     assert!(runs(to, "mover"));
+}
+
+/// The Network the DHCP test's mover is on: the same on both nodes, each
+/// serving it on a bridge of its own (in its own namespace).
+const LAN: &str = "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {name: lan}\nspec:\n  ipv4:\n    subnet: 10.78.0.0/24\n    gateway: 10.78.0.1\n    range: {start: 10.78.0.100, end: 10.78.0.199}\n  dhcp:\n    leaseTime: 30m\n---\n";
+
+/// The leases the guest printed in `n`'s serial log of the mover (its
+/// DHCP loop asks every second), as `ip=...` addresses.
+fn leases(n: &Node) -> Vec<String> {
+    std::fs::read_to_string(serial(n, "mover"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("deorch-guest: lease "))
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("ip=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How many NICs `n`'s DHCP server for `lan` answers (its status).
+fn answers(n: &Node) -> Option<u64> {
+    status(n, "network", "lan")["leases"].as_u64()
+}
+
+#[test]
+fn the_dhcp_reservation_follows_a_relocated_vm() {
+    if !qemu_available() {
+        return;
+    }
+    let p = start_nodes_mover(
+        2,
+        &["--net", "linux"],
+        |_| Vec::new(),
+        false,
+        &Mover {
+            cmdline: " deorch.dhcploop",
+            spec: "  nics:\n    - name: eth0\n      network: lan\n",
+            manifests: LAN,
+        },
+    );
+    let (from, to) = (p.from(), p.to());
+    wait_until(
+        &p,
+        "the guest takes leases from its node's DHCP server",
+        Duration::from_secs(60),
+        || leases(from).len() >= 2 && answers(from) == Some(1) && answers(to) == Some(0),
+    );
+    let ip = leases(from).last().cloned().unwrap();
+    assert!(
+        leases(from).iter().all(|l| *l == ip),
+        "one address: {:?}",
+        leases(from)
+    );
+    std::fs::write(
+        from.manifests.join("move.yaml"),
+        relocation_yaml("move-lan"),
+    )
+    .unwrap();
+    let mut old_serial = String::new();
+    wait_until(
+        &p,
+        "the VM runs on the other node",
+        Duration::from_secs(120),
+        || {
+            if let Ok(s) = std::fs::read_to_string(serial(from, "mover")) {
+                old_serial = s;
+            }
+            status(to, "relocation", "move-lan")["phase"] == "Succeeded" && runs(to, "mover")
+        },
+    );
+    beats_go_on(to, &old_serial);
+    // The two bridges are two segments: whatever answers the guest now is
+    // the new node's server, which serves its reservation; the old node's
+    // answers no NIC.
+    wait_until(
+        &p,
+        "the new node's DHCP server answers the guest",
+        Duration::from_secs(60),
+        || leases(to).len() >= 3 && answers(to) == Some(1) && answers(from) == Some(0),
+    );
+    assert!(
+        leases(to).iter().all(|l| *l == ip),
+        "the guest keeps {ip} on the new node: {:?}",
+        leases(to)
+    );
+    let vm = status(to, "vm", "mover");
+    eprintln!("after the move: leases {:?}, VM status {vm}", leases(to));
 }
