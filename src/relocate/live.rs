@@ -17,10 +17,14 @@
 //!               completes only once it is on both sides)
 //! sender:   migrate-set-parameters downtime-limit, max-bandwidth
 //! receiver: migrate-incoming URI;  sender: migrate URI
-//!           ... query-migrate until "completed" (the sender is paused)
+//!           ... query-migrate until "completed" (every 2 ms near the
+//!               end; the sender is paused)
 //! sender:   block-job-cancel (per disk: a ready mirror stops with the
-//!           target in sync); blockdev-del the targets
-//! receiver: block-export-del; nbd-server-stop; cont   <- the switch
+//!           target in sync), waited until concluded
+//! receiver: cont, query-status until running          <- the switch
+//!           then block-export-del; nbd-server-stop
+//! sender:   (beside the receiver's cont) job-dismiss; blockdev-del the
+//!           targets
 //! ```
 //!
 //! Guest code runs on exactly one side at every moment: the sender until
@@ -209,6 +213,7 @@ pub async fn live_copy(
     let switch_start = Instant::now();
     let disk_bytes = sender_release(sender, plan, disk_bytes, &info, &mut progress).await?;
     receiver_switch(receiver, plan).await?;
+    sender_tidy(sender, plan).await;
     Ok(outcome(
         t0,
         mirror_ready_ms,
@@ -435,12 +440,25 @@ pub async fn sender_migrate(
                 plan.migrate_timeout
             )));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The guest's pause runs from QEMU's last pass until the
+        // receiver's `cont`, so its end is looked for closely once little
+        // is left (or the device state is on its way).
+        let near_end =
+            info["status"] != "active" || ram["remaining"].as_u64().unwrap_or(0) < NEAR_END_BYTES;
+        let nap = if near_end { 2 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(nap)).await;
     }
 }
 
+/// Memory left below which the sender polls its migration every 2 ms
+/// rather than 20 (QEMU's last pass moves about this much within its
+/// downtime limit on a fast link).
+const NEAR_END_BYTES: u64 = 32 << 20;
+
 /// Sender, step 3 (it is paused): stop the mirrors with their targets in
-/// sync and remove their NBD clients; the disk bytes moved in all.
+/// sync; the disk bytes moved in all. Their NBD clients stay until
+/// [`sender_tidy`], which may come after the receiver was told to run:
+/// a concluded job writes nothing more.
 pub async fn sender_release(
     sender: &mut Qmp,
     plan: &LivePlan,
@@ -461,20 +479,6 @@ pub async fn sender_release(
     }
     for disk in &plan.disks {
         wait_job_concluded(sender, disk).await?;
-        run(
-            sender,
-            "sender",
-            "job-dismiss",
-            Some(json!({"id": job_id(disk)})),
-        )
-        .await?;
-        run(
-            sender,
-            "sender",
-            "blockdev-del",
-            Some(json!({"node-name": target_node(disk)})),
-        )
-        .await?;
     }
     progress(LiveProgress {
         stage: LiveStage::Switching,
@@ -485,6 +489,26 @@ pub async fn sender_release(
         dirty_pages_rate: 0,
     });
     Ok(disk_bytes)
+}
+
+/// Sender, after [`sender_release`]: dismiss the concluded mirror jobs
+/// and remove their NBD clients. The guest's data is on the receiver
+/// already, so a failure here is only logged.
+pub async fn sender_tidy(sender: &mut Qmp, plan: &LivePlan) {
+    for disk in &plan.disks {
+        let dismissed = sender
+            .execute("job-dismiss", Some(json!({"id": job_id(disk)})))
+            .await;
+        let deleted = sender
+            .execute(
+                "blockdev-del",
+                Some(json!({"node-name": target_node(disk)})),
+            )
+            .await;
+        if let Err(e) = dismissed.and(deleted) {
+            tracing::warn!(disk = %disk, error = %e, "a stopped mirror's job or NBD client was not removed");
+        }
+    }
 }
 
 /// Wait until the job of `disk` is concluded (a cancelled ready mirror
@@ -507,7 +531,8 @@ async fn wait_job_concluded(sender: &mut Qmp, disk: &str) -> Result<(), LiveErro
                     why: "the mirror did not stop within 30 s".into(),
                 })
             }
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            // In the guest's pause: looked at closely.
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
 }

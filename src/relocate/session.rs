@@ -13,6 +13,7 @@
 //!                                       sender_migrate (sender paused)
 //!                                       sender_release (mirrors stopped)
 //!                 ◄─── Switch ────────
+//!                                       sender_tidy (jobs, NBD clients)
 //! receiver_switch (cont) ── Running ──►
 //! ```
 //!
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::live::{
     outcome, receiver_export, receiver_incoming, receiver_switch, sender_migrate, sender_mirror,
-    sender_release, LiveError, LiveOutcome, LivePlan, LiveProgress,
+    sender_release, sender_tidy, LiveError, LiveOutcome, LivePlan, LiveProgress,
 };
 use super::tunnel::Tunnel;
 use crate::qemu::qmp::Qmp;
@@ -147,6 +148,9 @@ pub async fn run_sender(
         let disk_bytes = sender_release(sender, plan, disk_bytes, &info, &mut progress).await?;
         let switched = async {
             say(control, &Step::Switch).await?;
+            // While the receiver runs `cont`: nothing here writes to it
+            // any more.
+            sender_tidy(sender, plan).await;
             expect(control, Step::Running, "Running").await
         };
         match switched.await {
