@@ -101,6 +101,10 @@ struct DeorchRun {
     copy_ms: Option<u64>,
     /// The status' `downtimeMs` (QEMU's downtime + the switch).
     downtime_ms: u64,
+    /// Its two parts, from the sender's agent log: QEMU's downtime, and
+    /// the switch (migration completed → the receiver runs the guest).
+    qemu_downtime_ms: Option<u64>,
+    switch_ms: Option<u64>,
     disk_bytes: u64,
     ram_bytes: u64,
     /// Bytes on the link, sender → receiver and back.
@@ -359,13 +363,15 @@ impl Node {
     }
 
     /// `total_ms` of the agent's "relocation copied" line for `name`.
-    fn logged_copy_ms(&self, name: &str) -> Option<u64> {
+    /// A field of the sender agent's `relocation copied` line for
+    /// Relocation `name` (`total_ms`, `downtime_ms`, `switch_ms`).
+    fn logged_copy(&self, name: &str, field: &str) -> Option<u64> {
         let text = strip_ansi(&std::fs::read_to_string(&self.log).ok()?);
         let line = text
             .lines()
             .rev()
             .find(|l| l.contains("relocation copied") && l.contains(&format!("/{name}")))?;
-        let rest = line.split("total_ms=").nth(1)?;
+        let rest = line.split(&format!(" {field}=")).nth(1)?;
         rest.split(|c: char| !c.is_ascii_digit())
             .next()?
             .parse()
@@ -623,7 +629,9 @@ fn deorch_run(
         to: d.nodes[to].name.clone(),
         wall_ms: ms(wall),
         elapsed_ms: p["elapsedMs"].as_u64().unwrap_or(0),
-        copy_ms: d.nodes[from].logged_copy_ms(&name),
+        copy_ms: d.nodes[from].logged_copy(&name, "total_ms"),
+        qemu_downtime_ms: d.nodes[from].logged_copy(&name, "downtime_ms"),
+        switch_ms: d.nodes[from].logged_copy(&name, "switch_ms"),
         downtime_ms: st["downtimeMs"].as_u64().unwrap_or(0),
         disk_bytes: p["diskDone"].as_u64().unwrap_or(0),
         ram_bytes: p["ramSent"].as_u64().unwrap_or(0),
@@ -1133,6 +1141,14 @@ fn report(
         .filter_map(|x| x.copy_ms.map(|c| c as f64))
         .collect());
     let d_down = pct(dr.iter().map(|x| x.downtime_ms as f64).collect());
+    let d_qdown = pct(dr
+        .iter()
+        .filter_map(|x| x.qemu_downtime_ms.map(|c| c as f64))
+        .collect());
+    let d_switch = pct(dr
+        .iter()
+        .filter_map(|x| x.switch_ms.map(|c| c as f64))
+        .collect());
     let d_prep = pct(dr.iter().filter_map(|x| x.to_copying_ms).collect());
     let d_copying = pct(dr.iter().filter_map(|x| x.copying_ms).collect());
     let d_finish = pct(dr.iter().filter_map(|x| x.finishing_ms).collect());
@@ -1248,6 +1264,12 @@ fn report(
         "deorch",
         "downtime: status `downtimeMs` (QEMU downtime + switch)",
         &d_down,
+    );
+    row("deorch", "downtime: QEMU's own (agent log)", &d_qdown);
+    row(
+        "deorch",
+        "downtime: the switch, completed → guest runs on the receiver (agent log)",
+        &d_switch,
     );
     row(
         raw,

@@ -703,20 +703,7 @@ impl Shared {
         let t0 = Instant::now();
         let mut last = Instant::now() - PROGRESS_EVERY;
         let mut copying = false;
-        let progress = |p: LiveProgress| {
-            if !copying {
-                copying = true;
-                self.phase(
-                    key,
-                    RelocationPhase::Copying,
-                    "disks and memory are copied while the guest runs",
-                );
-            }
-            if last.elapsed() < PROGRESS_EVERY && p.stage != LiveStage::Switching {
-                return;
-            }
-            last = Instant::now();
-            let elapsed = t0.elapsed();
+        let write = |p: LiveProgress, elapsed: Duration| {
             let moved = p.disk_done + p.ram_sent;
             let rate = (moved as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
             let left = p.disk_total.saturating_sub(p.disk_done) + p.ram_remaining;
@@ -731,6 +718,28 @@ impl Shared {
                     elapsed_ms: elapsed.as_millis() as u64,
                 })
             });
+        };
+        // The last progress comes while the guest is paused: its status
+        // (a durable write) waits until the switch is over.
+        let at_switch = Mutex::new(None);
+        let progress = |p: LiveProgress| {
+            if !copying {
+                copying = true;
+                self.phase(
+                    key,
+                    RelocationPhase::Copying,
+                    "disks and memory are copied while the guest runs",
+                );
+            }
+            if p.stage == LiveStage::Switching {
+                *at_switch.lock().unwrap() = Some((p, t0.elapsed()));
+                return;
+            }
+            if last.elapsed() < PROGRESS_EVERY {
+                return;
+            }
+            last = Instant::now();
+            write(p, t0.elapsed());
         };
         // Deleting the Relocation cancels it, until the switch begins.
         let switching = std::sync::atomic::AtomicBool::new(false);
@@ -759,6 +768,9 @@ impl Shared {
         drop(control);
         nbd.1.abort();
         migration.1.abort();
+        if let Some((p, elapsed)) = at_switch.lock().unwrap().take() {
+            write(p, elapsed);
+        }
         match r {
             Ok(o) => {
                 info!(relocation = %key_text(key), total_ms = o.total_ms, downtime_ms = o.qemu_downtime_ms, switch_ms = o.switch_ms, disk_bytes = o.disk_bytes, ram_bytes = o.ram_bytes, "relocation copied");
