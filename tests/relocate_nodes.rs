@@ -1013,6 +1013,12 @@ fn vms_are_made_from_a_running_vm_an_image_and_a_spacesuit_that_only_another_nod
     }
     std::fs::write(&image, &bytes).unwrap();
     let sha = hex::encode(Sha256::digest(&bytes));
+    // A second image, for VMs the radar places: only the first node has
+    // it (the other never fetches it: the VMs are stopped).
+    let image2 = dir.join("pick.raw");
+    let bytes2: Vec<u8> = bytes.iter().rev().take(1 << 20).copied().collect();
+    std::fs::write(&image2, &bytes2).unwrap();
+    let sha2 = hex::encode(Sha256::digest(&bytes2));
 
     let p = start_nodes_full(2, &[], |_| Vec::new(), true);
     let (from, to) = (p.from(), p.to());
@@ -1042,6 +1048,16 @@ fn vms_are_made_from_a_running_vm_an_image_and_a_spacesuit_that_only_another_nod
         to = to.name,
     );
     std::fs::write(from.manifests.join("copies.yaml"), manifests).unwrap();
+    let mut picks = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: pick}}\nspec:\n  source:\n    image: {{path: {img}, format: raw, sha256: {sha2}}}\n",
+        img = image2.display()
+    );
+    for i in 0..6 {
+        picks.push_str(&format!(
+            "---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: pick-{i}}}\nspec:\n  spacesuit: pick\n  memory: 64Mi\n  powerState: Stopped\n"
+        ));
+    }
+    std::fs::write(from.manifests.join("picks.yaml"), picks).unwrap();
     wait_until(
         &p,
         "the three copies run on the receiving node",
@@ -1145,6 +1161,41 @@ fn vms_are_made_from_a_running_vm_an_image_and_a_spacesuit_that_only_another_nod
         volumes(from).iter().all(|v| !v.starts_with("fetch-")),
         "{:?}",
         volumes(from)
+    );
+    // The radar placed every VM made from the second image on the node
+    // whose gossiped status lists it (all six by chance: 1 in 64), where
+    // its disk was imported with no copy between nodes.
+    let placed = |i: usize| {
+        let vm = format!("pick-{i}");
+        [from, to]
+            .iter()
+            .all(|n| status(n, "vm", &vm)["node"] == from.name.as_str())
+            && volumes(from)
+                .iter()
+                .any(|v| v.starts_with(&format!("vm-default-{vm}-")))
+    };
+    let t = Instant::now();
+    while !(0..6).all(placed) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the six VMs from the image only {} has are not all placed there: {:?}; volumes {:?}",
+            from.name,
+            (0..6)
+                .map(|i| (
+                    status(from, "vm", &format!("pick-{i}")),
+                    status(to, "vm", &format!("pick-{i}"))["node"].clone()
+                ))
+                .collect::<Vec<_>>(),
+            volumes(from)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !volumes(to)
+            .iter()
+            .any(|v| v.starts_with("vm-default-pick-")),
+        "{:?}",
+        volumes(to)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -701,7 +701,10 @@ impl Task {
         let Some(rec) = self.store.get(key) else {
             return;
         };
-        if key.kind == Kind::Satellite && key.name == self.name {
+        // A spacesuit's image may be here: the status lists it before the
+        // next placement, so VMs that arrive with their spacesuit go
+        // where the image is.
+        if (key.kind == Kind::Satellite && key.name == self.name) || key.kind == Kind::Spacesuit {
             self.status_dirty = true;
         }
         if is_local_only(&rec.source) {
