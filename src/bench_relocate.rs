@@ -1217,8 +1217,8 @@ fn deorch_copy(lab: &Lab, d: &DeorchSide, k: usize, limit: Duration) -> anyhow::
 
 /// The same data copied by hand: a fresh qcow2 of the disk's size
 /// exported by `qemu-nbd` on the other side, `qemu-img convert -n
-/// --target-is-zero` of the filled image into it (deorch's holder runs
-/// the same command on its snapshot).
+/// --target-is-zero -W` of the filled image into it (deorch's holder
+/// runs the same command on its snapshot).
 fn raw_copy(
     lab: &Lab,
     r: &RawSide,
@@ -1296,6 +1296,7 @@ fn raw_copy(
             "convert",
             "-n",
             "--target-is-zero",
+            "-W",
         ])
         .args(&client_tls)
         .args(["-f", "qcow2"]);

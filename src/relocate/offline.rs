@@ -112,6 +112,9 @@ pub async fn copy(
             "convert",
             "-n",
             "--target-is-zero",
+            // Out-of-order writes: several in flight through the tunnel
+            // rather than one at a time.
+            "-W",
             "-f",
             format,
             "-O",
