@@ -820,16 +820,9 @@ fn raw_run(
     let (rx0, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
     let w0 = last_write(&r.dir);
     let src = &mut r.qmp;
-    // QEMU reads `USER:HEXKEY` lines from DIR/keys.psk.
     let psk = lab.dir.join("psk");
     if tls {
-        let mut key = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
-        std::fs::create_dir_all(&psk)?;
-        std::fs::write(
-            psk.join("keys.psk"),
-            format!("deorch:{}\n", hex::encode(key)),
-        )?;
+        fresh_psk(&psk)?;
     }
     let (tls_s, tls_c) = (format!("tls-s{}", r.seq), format!("tls-c{}", r.seq));
     let (total, ready, switch, info, disk_bytes) = rt.block_on(async {
@@ -1149,6 +1142,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh 256-bit pre-shared key for QEMU's `tls-creds-psk` in `dir`
+/// (QEMU reads `USER:HEXKEY` lines from `dir/keys.psk`; the user is
+/// `deorch`).
+fn fresh_psk(dir: &Path) -> anyhow::Result<()> {
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("keys.psk"),
+        format!("deorch:{}\n", hex::encode(key)),
+    )?;
+    Ok(())
+}
+
 /// One copy of the VM's data disk to the other node.
 #[derive(Debug, Clone, serde::Serialize)]
 struct CopyRun {
@@ -1239,13 +1246,7 @@ fn raw_copy(
     let mut client = format!("nbd://{host}:{port}/data");
     let mut client_tls: Vec<String> = Vec::new();
     if tls {
-        let mut key = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
-        std::fs::create_dir_all(&psk)?;
-        std::fs::write(
-            psk.join("keys.psk"),
-            format!("deorch:{}\n", hex::encode(key)),
-        )?;
+        fresh_psk(&psk)?;
         server_tls = vec![
             "--object".into(),
             format!(
