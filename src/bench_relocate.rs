@@ -809,10 +809,7 @@ fn raw_run(
     let dir = lab.dir.join(format!("raw-{}", r.seq));
     r.seq += 1;
     std::fs::create_dir_all(&dir)?;
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(dir.join("data.qcow2"))
-        .arg(disk_size.to_string()))?;
+    new_qcow2(&dir.join("data.qcow2"), disk_size)?;
     let vm = raw_vm(&dir, guest, r.accel, write_mibps);
     let mut dst = start_raw(rt, lab, to, &dir, &vm, true)?;
     let prep = tp.elapsed();
@@ -1041,10 +1038,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The data every run moves: the whole disk written with a pattern.
     let image = lab.dir.join("filled.qcow2");
     let tf = Instant::now();
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg(disk_size.to_string()))?;
+    new_qcow2(&image, disk_size)?;
     sh(Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", &format!("write -P 0x5a 0 {disk_size}")])
         .arg(&image))?;
@@ -1139,6 +1133,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         report_copies(&args, alloc, &dc, &rc)?;
     }
+    Ok(())
+}
+
+/// An empty qcow2 image of `size` bytes at `path`.
+fn new_qcow2(path: &Path, size: u64) -> anyhow::Result<()> {
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size.to_string()))?;
     Ok(())
 }
 
@@ -1268,10 +1271,7 @@ fn raw_copy(
     }
     let (_, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
     let t0 = Instant::now();
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&dst)
-        .arg(disk_size.to_string()))?;
+    new_qcow2(&dst, disk_size)?;
     sh(Command::new("ip")
         .args(["netns", "exec", &lab.ns[to], "qemu-nbd", "--fork"])
         .arg(format!("--pid-file={}", pid.display()))

@@ -1200,6 +1200,20 @@ fn vms_are_made_from_a_running_vm_an_image_and_a_spacesuit_that_only_another_nod
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// [`wait_until`] `done` while the mover moves away from `p.from()`,
+/// keeping the old node's serial log as last read (the old node removes
+/// it with the VM): that log.
+fn wait_moved(p: &Pair, what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> String {
+    let mut old_serial = String::new();
+    wait_until(p, what, limit, || {
+        if let Ok(s) = std::fs::read_to_string(serial(p.from(), "mover")) {
+            old_serial = s;
+        }
+        done()
+    });
+    old_serial
+}
+
 /// After a live move: the guest's beats on `to` go on from the last one
 /// in `old_serial` (the old node's serial log), in one boot, with no
 /// number skipped. The boot.
@@ -1290,17 +1304,11 @@ fn changing_the_node_of_a_running_vm_placed_by_hand_moves_it_live() {
     // Placed by hand on the other node: it moves there, live.
     let t = Instant::now();
     pin_mover(&p, &to.name);
-    let mut old_serial = String::new();
-    wait_until(
+    let old_serial = wait_moved(
         &p,
         "the VM runs on the node its placement names",
         Duration::from_secs(60),
-        || {
-            if let Ok(s) = std::fs::read_to_string(serial(from, "mover")) {
-                old_serial = s;
-            }
-            runs(to, "mover") && qemu_of(from, "mover").is_none()
-        },
+        || runs(to, "mover") && qemu_of(from, "mover").is_none(),
     );
     eprintln!("moved by its placement in {:?}", t.elapsed());
     wait_until(
@@ -1380,17 +1388,11 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
         relocation_yaml("move-lan"),
     )
     .unwrap();
-    let mut old_serial = String::new();
-    wait_until(
+    let old_serial = wait_moved(
         &p,
         "the VM runs on the other node",
         Duration::from_secs(120),
-        || {
-            if let Ok(s) = std::fs::read_to_string(serial(from, "mover")) {
-                old_serial = s;
-            }
-            status(to, "relocation", "move-lan")["phase"] == "Succeeded" && runs(to, "mover")
-        },
+        || status(to, "relocation", "move-lan")["phase"] == "Succeeded" && runs(to, "mover"),
     );
     beats_go_on(to, &old_serial);
     // The two bridges are two segments: whatever answers the guest now is
