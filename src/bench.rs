@@ -1188,6 +1188,7 @@ impl VirshSide {
                 uuid: None,
                 id: config.id.clone(),
                 spice_port: None,
+                incoming: false,
             },
         );
         let file = rdir.join("domain.xml");

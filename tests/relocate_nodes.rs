@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::libvirt::{libvirtd_up, OwnLibvirtd};
 use common::{qemu_available, tiny_guest, Node};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -132,26 +133,31 @@ fn node(
                 .map(|s| s.to_string()),
         );
     }
-    n.extra_args = [
-        "--hypervisor",
-        "qemu",
-        "--probe-guest",
-        &guest.display().to_string(),
-        "--gossip-listen",
-        &format!("{}:7946", lab.addr[i]),
-        "--cluster",
-        "reloc",
-        "--gossip-verify",
-        "unsigned",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(
-        deorch::bench_cluster::FAST_TIMINGS
-            .iter()
-            .map(|s| s.to_string()),
-    )
-    .collect();
+    // The qemu driver unless `extra` names one.
+    let hv: &[&str] = if extra.contains(&"--hypervisor") {
+        &[]
+    } else {
+        &["--hypervisor", "qemu"]
+    };
+    n.extra_args = hv
+        .iter()
+        .chain(&[
+            "--probe-guest",
+            &guest.display().to_string(),
+            "--gossip-listen",
+            &format!("{}:7946", lab.addr[i]),
+            "--cluster",
+            "reloc",
+            "--gossip-verify",
+            "unsigned",
+        ])
+        .map(|s| s.to_string())
+        .chain(
+            deorch::bench_cluster::FAST_TIMINGS
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .collect();
     if let Some(s) = seed {
         n.extra_args.extend(["--seed".into(), s.into()]);
     }
@@ -166,6 +172,8 @@ struct Pair {
     nodes: Vec<Node>,
     from: usize,
     _reap: Reap,
+    /// Each node's own libvirtd, with the libvirt driver.
+    libvirtds: Vec<OwnLibvirtd>,
     lab: Lab,
 }
 
@@ -216,6 +224,8 @@ struct Mover {
     spec: &'static str,
     /// Other manifests, written beside it.
     manifests: &'static str,
+    /// Each node runs its VMs on a libvirtd of its own.
+    libvirt: bool,
 }
 
 /// [`start_nodes_full`], the mover as `m` says.
@@ -230,10 +240,25 @@ fn start_nodes_mover(
     let guest = kernel.parent().unwrap().to_path_buf();
     let lab = Lab::new(n);
     let seed = format!("{}:7946", lab.addr[0]);
+    let libvirtds: Vec<OwnLibvirtd> = if m.libvirt {
+        OwnLibvirtd::start_all(&lab.ns, |ns| {
+            std::env::temp_dir().join(format!("deorch-{ns}-libvirt"))
+        })
+    } else {
+        Vec::new()
+    };
     let nodes: Vec<Node> = (0..n)
         .map(|i| {
             let name = format!("sat-{}", (b'a' + i as u8) as char);
-            let own = per_node(i);
+            let mut own = per_node(i);
+            if let Some(l) = libvirtds.get(i) {
+                own.extend([
+                    "--hypervisor".into(),
+                    "libvirt".into(),
+                    "--libvirt-uri".into(),
+                    l.uri.clone(),
+                ]);
+            }
             let mut flags: Vec<&str> = extra.to_vec();
             flags.extend(own.iter().map(String::as_str));
             node(
@@ -278,6 +303,7 @@ fn start_nodes_mover(
         nodes,
         from,
         _reap: reap,
+        libvirtds,
         lab,
     };
     let t = Instant::now();
@@ -324,11 +350,24 @@ fn serial(n: &Node, vm: &str) -> PathBuf {
 }
 
 fn qemu_of(n: &Node, vm: &str) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(n.state.join(format!("vms/default/{vm}/qemu.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let dir = n.state.join(format!("vms/default/{vm}"));
+    let pid: u32 = match std::fs::read_to_string(dir.join("qemu.pid")) {
+        Ok(text) => text.trim().parse().ok()?,
+        // libvirt keeps its pidfiles to itself: the QEMU whose command
+        // line holds deorch's monitor socket in the VM's directory.
+        Err(_) => {
+            let out = Command::new("pgrep")
+                .args(["-f", &format!("{}/qmp.sock", dir.display())])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()?
+        }
+    };
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
@@ -479,6 +518,210 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
 }
 
 /// Phase of relocation `name` as node `n` sees it.
+/// The libvirt driver relocates through the same data path: each node
+/// has a libvirtd of its own (its own network and mount namespaces, as
+/// on two machines); the receiver's libvirt domain is defined with its
+/// own disk paths and started waiting for the stream, deorch's monitor
+/// beside libvirt's drives both QEMUs, and each libvirtd follows its
+/// QEMU's events. Then offline back: stopped, copied, started by the
+/// first node's libvirtd.
+#[test]
+fn with_libvirt_a_running_vm_moves_to_the_other_nodes_libvirtd_and_back_offline() {
+    if !qemu_available() || !libvirtd_up() {
+        return;
+    }
+    let p = start_nodes_mover(
+        2,
+        &[],
+        |_| Vec::new(),
+        false,
+        &Mover {
+            libvirt: true,
+            ..Mover::default()
+        },
+    );
+    let (from, to) = (p.from(), p.to());
+    let (lv_from, lv_to) = (&p.libvirtds[p.from], &p.libvirtds[1 - p.from]);
+    let domain = deorch::driver::libvirt::LibvirtHypervisor::domain_name("default/mover");
+    assert_eq!(lv_from.domains(), vec![domain.clone()]);
+    assert!(lv_to.domains().is_empty(), "{:?}", lv_to.domains());
+    let before = volumes(to);
+
+    std::fs::write(
+        p.nodes[0].manifests.join("move.yaml"),
+        relocation_yaml("move"),
+    )
+    .unwrap();
+    let old_serial = wait_moved(&p, "the move", Duration::from_secs(120), || {
+        let done = |n: &Node| status(n, "relocation", "move")["phase"] == "Succeeded";
+        done(from) && done(to) && runs(to, "mover")
+    });
+    let st = status(from, "relocation", "move");
+    eprintln!("relocated: {st}");
+    assert_eq!(st["destination"], to.name.as_str(), "{st}");
+    let downtime = st["downtimeMs"].as_u64().expect("downtime in the status");
+    assert!(downtime < 1_000, "downtime {downtime} ms");
+
+    // libvirt on each side agrees: the domain runs on the receiver's
+    // libvirtd, and the sender's libvirtd has none left.
+    assert_eq!(lv_to.virsh(&["domstate", &domain]).1, "running");
+    wait_until(&p, "the old domain to go", Duration::from_secs(20), || {
+        lv_from.domains().is_empty() && !volumes(from).iter().any(|v| v.contains("mover"))
+    });
+    assert!(volumes(to).len() > before.len(), "{:?}", volumes(to));
+    let xml = lv_to.virsh(&["dumpxml", &domain]).1;
+    assert!(
+        xml.contains(&to.state.display().to_string())
+            && !xml.contains(&from.state.display().to_string()),
+        "the receiver's domain uses its own disks: {xml}"
+    );
+
+    let boot = beats_go_on(to, &old_serial);
+    let vm = status(to, "vm", "mover");
+    let port = vm["console"]["vncPort"].as_u64().expect("a console");
+    let out = Command::new("ip")
+        .args(["netns", "exec", p.ns(to), "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 12 <&3"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("RFB"),
+        "the console answers on the new node: {out:?}"
+    );
+
+    let last = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default())
+        .last()
+        .cloned()
+        .expect("beats on the new node");
+    let (code, out, err) = to.cli(
+        &[
+            "relocate",
+            "mover",
+            "--offline",
+            "--name",
+            "back",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "beats back on the first node",
+        Duration::from_secs(60),
+        || {
+            beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default()).len() >= 3
+                && runs(from, "mover")
+        },
+    );
+    let back = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default());
+    assert_ne!(back[0].0, boot, "a new boot");
+    assert!(
+        back[0].1 > last.1,
+        "the counter goes on from the copied disk: {last:?} then {back:?}"
+    );
+    assert_eq!(lv_from.virsh(&["domstate", &domain]).1, "running");
+    assert!(lv_to.domains().is_empty(), "{:?}", lv_to.domains());
+    assert!(
+        !volumes(to).iter().any(|v| v.contains("mover")),
+        "{:?}",
+        volumes(to)
+    );
+}
+
+/// Faults with the libvirt driver, each node on a libvirtd of its own:
+/// the receiver's QEMU dies during the copy, then the sender's daemon is
+/// killed during one and restarts. Each time the guest runs on once on
+/// the sender (its libvirt domain running), and the receiver keeps no
+/// domain, QEMU or volume; then a relocation goes through.
+#[test]
+fn with_libvirt_a_relocation_that_fails_leaves_the_vm_running_once_and_no_domain_behind() {
+    if !qemu_available() || !libvirtd_up() {
+        return;
+    }
+    let mut p = start_nodes_mover(
+        2,
+        &["--relocation-bandwidth", "8Mi"],
+        |_| Vec::new(),
+        false,
+        &Mover {
+            libvirt: true,
+            ..Mover::default()
+        },
+    );
+    let domain = deorch::driver::libvirt::LibvirtHypervisor::domain_name("default/mover");
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+
+    start_copy(&p, "qemu-killed");
+    let pid = qemu_of(p.to(), "mover").expect("the receiver's QEMU");
+    assert_eq!(
+        p.libvirtds[1 - p.from].virsh(&["domstate", &domain]).1,
+        "paused",
+        "the receiver's domain waits, paused"
+    );
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(&p, "the sender fails", Duration::from_secs(30), || {
+        phase(p.from(), "qemu-killed") == "Failed"
+    });
+    eprintln!(
+        "receiver QEMU killed: {}",
+        status(p.from(), "relocation", "qemu-killed")
+    );
+    let boot = runs_on_the_sender_only(&p, &boot, "receiver QEMU killed");
+    assert_eq!(
+        p.libvirtds[p.from].virsh(&["domstate", &domain]).1,
+        "running"
+    );
+
+    let boot = kill_daemon_mid_copy(&mut p, &boot, "sender-killed", true);
+    assert_eq!(
+        p.libvirtds[p.from].virsh(&["domstate", &domain]).1,
+        "running"
+    );
+
+    let (code, out, err) = p.from().cli(
+        &[
+            "relocate",
+            "mover",
+            "--name",
+            "at-last",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "the relocation succeeds",
+        Duration::from_secs(30),
+        || phase(p.to(), "at-last") == "Succeeded" && runs(p.to(), "mover"),
+    );
+    assert_eq!(
+        p.libvirtds[1 - p.from].virsh(&["domstate", &domain]).1,
+        "running"
+    );
+    wait_until(
+        &p,
+        "the sender's domain goes",
+        Duration::from_secs(20),
+        || p.libvirtds[p.from].domains().is_empty(),
+    );
+    let on_to = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(&p, "beats on the new node", Duration::from_secs(20), || {
+        on_to(p.to()).len() >= 3
+    });
+    assert!(on_to(p.to()).iter().all(|b| b.0 == boot), "the same boot");
+}
+
 fn phase(n: &Node, name: &str) -> String {
     status(n, "relocation", name)["phase"]
         .as_str()
@@ -562,6 +805,9 @@ fn runs_on_the_sender_only(p: &Pair, boot: &str, what: &str) -> String {
             qemu_of(to, "mover").is_none()
                 && !volumes(to).iter().any(|v| v.contains("mover"))
                 && !to.state.join("vms/default/mover").exists()
+                && p.libvirtds
+                    .get(1 - p.from)
+                    .is_none_or(|l| l.domains().is_empty())
         },
     );
     let seen = all_beats(from, "mover").len();
@@ -1368,6 +1614,7 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
             cmdline: " deorch.dhcploop",
             spec: "  nics:\n    - name: eth0\n      network: lan\n",
             manifests: LAN,
+            ..Mover::default()
         },
     );
     let (from, to) = (p.from(), p.to());

@@ -143,6 +143,52 @@ impl LibvirtHypervisor {
         .await
         .map_err(|e| transient(op, id, format!("libvirt call panicked: {e}")))?
     }
+
+    /// Define and start the domain of `config`; `incoming`: waiting for a
+    /// relocation's stream, paused.
+    async fn launch(&self, config: &VmConfig, incoming: bool) -> Result<(), DriverError> {
+        let owned = config.clone();
+        self.run("start", &config.id, move |inner, conn, id| {
+            let config = owned;
+            if let Some(dom) = Inner::lookup(conn, "start", id)? {
+                if active(&dom, "start", id)? {
+                    return Err(permanent("start", id, "already running"));
+                }
+            }
+            let vm = super::qemu::qemu_vm(&config, inner.accel, inner.runtime_dir(id))
+                .map_err(|m| permanent("start", id, m))?;
+            let dir = inner.runtime_dir(id);
+            std::fs::create_dir_all(&dir).map_err(|e| io_permanent("start", id, &dir, e))?;
+            let _ = std::fs::remove_file(dir.join(STOP_MARKER));
+            let serial = cmdline::serial_log(&dir);
+            if serial.exists() {
+                let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
+            }
+            write_atomic(
+                &dir,
+                CONFIG_FILE,
+                &serde_json::to_vec(&config).expect("configs serialize"),
+            )
+            .map_err(|e| io_permanent("start", id, &dir, e))?;
+            let (dom, port, spice) = inner.define(conn, &config, vm, incoming)?;
+            write_atomic(
+                &dir,
+                CONSOLE_FILE,
+                json!({"vnc": port, "websocket": inner.ports.websocket(port), "spice": spice})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .map_err(|e| io_permanent("start", id, &dir, e))?;
+            let started = if incoming {
+                dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+            } else {
+                dom.create()
+            };
+            started.map_err(|e| classify("start", id, &e))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 impl Inner {
@@ -198,6 +244,7 @@ impl Inner {
         conn: &Connect,
         config: &VmConfig,
         mut vm: QemuVm,
+        incoming: bool,
     ) -> Result<(Domain, u16, Option<u16>), DriverError> {
         let id = &config.id;
         let name = LibvirtHypervisor::domain_name(id);
@@ -271,6 +318,7 @@ impl Inner {
                 uuid,
                 id: id.clone(),
                 spice_port,
+                incoming,
             },
         );
         let dom = conn
@@ -344,6 +392,9 @@ pub struct DomainParams {
     pub id: String,
     /// SPICE port, when SPICE is served.
     pub spice_port: Option<u16>,
+    /// Start waiting for a relocation's migration stream (`-incoming
+    /// defer`) rather than boot.
+    pub incoming: bool,
 }
 
 /// Escape a value for XML text or a quoted attribute.
@@ -392,7 +443,11 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
     };
     let mut x = String::new();
     let w = &mut x;
-    let _ = writeln!(w, "<domain type='{}'>", domain_type(vm.accel));
+    let _ = writeln!(
+        w,
+        "<domain type='{}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
+        domain_type(vm.accel)
+    );
     let _ = writeln!(w, "  <name>{}</name>", esc(&p.name));
     if let Some(u) = &p.uuid {
         let _ = writeln!(w, "  <uuid>{}</uuid>", esc(u));
@@ -530,6 +585,26 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
         w,
         "  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
     );
+    // deorch's own QMP monitor beside libvirt's, which relocation drives
+    // (the qemu driver's data path, libvirt following QEMU's events), and
+    // the receiving end of a relocation waiting for its stream.
+    let _ = writeln!(w, "  <qemu:commandline>");
+    let mut args = vec![
+        "-chardev".to_string(),
+        format!(
+            "socket,id=deorch-qmp,path={},server=on,wait=off",
+            cmdline::qmp_socket(&vm.runtime_dir).display()
+        ),
+        "-mon".into(),
+        "chardev=deorch-qmp,mode=control".into(),
+    ];
+    if p.incoming {
+        args.extend(["-incoming".into(), "defer".into()]);
+    }
+    for a in args {
+        let _ = writeln!(w, "    <qemu:arg value='{}'/>", esc(&a));
+    }
+    let _ = writeln!(w, "  </qemu:commandline>");
     let _ = writeln!(w, "</domain>");
     x
 }
@@ -654,41 +729,33 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     fn start<'a>(&'a self, config: &'a VmConfig) -> BoxFuture<'a, Result<(), DriverError>> {
-        let owned = config.clone();
-        Box::pin(self.run("start", &config.id, move |inner, conn, id| {
-            let config = owned;
-            if let Some(dom) = Inner::lookup(conn, "start", id)? {
-                if active(&dom, "start", id)? {
-                    return Err(permanent("start", id, "already running"));
-                }
-            }
-            let vm = super::qemu::qemu_vm(&config, inner.accel, inner.runtime_dir(id))
-                .map_err(|m| permanent("start", id, m))?;
-            let dir = inner.runtime_dir(id);
-            std::fs::create_dir_all(&dir).map_err(|e| io_permanent("start", id, &dir, e))?;
-            let _ = std::fs::remove_file(dir.join(STOP_MARKER));
-            let serial = cmdline::serial_log(&dir);
-            if serial.exists() {
-                let _ = std::fs::rename(&serial, dir.join("serial.log.1"));
-            }
-            write_atomic(
-                &dir,
-                CONFIG_FILE,
-                &serde_json::to_vec(&config).expect("configs serialize"),
-            )
-            .map_err(|e| io_permanent("start", id, &dir, e))?;
-            let (dom, port, spice) = inner.define(conn, &config, vm)?;
-            write_atomic(
-                &dir,
-                CONSOLE_FILE,
-                json!({"vnc": port, "websocket": inner.ports.websocket(port), "spice": spice})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .map_err(|e| io_permanent("start", id, &dir, e))?;
-            dom.create().map_err(|e| classify("start", id, &e))?;
-            Ok(())
-        }))
+        Box::pin(self.launch(config, false))
+    }
+
+    /// Defined with `-incoming defer` and started paused: the relocation
+    /// drives it through deorch's monitor ([`Hypervisor::qmp_socket`]),
+    /// and libvirt sees it run when the relocation says `cont`.
+    fn start_incoming<'a>(
+        &'a self,
+        config: &'a VmConfig,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.launch(config, true))
+    }
+
+    fn qmp_socket(&self, id: &str) -> Option<PathBuf> {
+        Some(cmdline::qmp_socket(&self.runtime_dir(id)))
+    }
+
+    fn relocation_lock(&self, id: &str) -> Option<String> {
+        super::marker::read(&self.runtime_dir(id))
+    }
+
+    fn relocation_locks(&self) -> Vec<(String, String)> {
+        super::marker::list(&self.inner.vms_dir)
+    }
+
+    fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
+        super::marker::set(&self.runtime_dir(id), id, holder)
     }
 
     fn stop<'a>(
@@ -1044,6 +1111,7 @@ mod tests {
             uuid: None,
             id: "default/tiny".into(),
             spice_port: None,
+            incoming: false,
         }
     }
 
@@ -1051,7 +1119,7 @@ mod tests {
     fn the_tiny_guest_as_a_domain() {
         let x = domain_xml(&tiny(), &params());
         for want in [
-            "<domain type='qemu'>",
+            "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
             "<name>deorch.default.tiny</name>",
             "<type arch='x86_64' machine='microvm'>hvm</type>",
             "<kernel>/g/vmlinuz</kernel>",
@@ -1067,9 +1135,19 @@ mod tests {
             "<graphics type='vnc' port='5907' autoport='no' websocket='6907' listen='127.0.0.1' passwd='",
             "<video><model type='none'/></video>",
             "<label>+0:+0</label>",
+            "<qemu:arg value='socket,id=deorch-qmp,path=/s/vms/default/tiny/qmp.sock,server=on,wait=off'/>",
+            "<qemu:arg value='chardev=deorch-qmp,mode=control'/>",
         ] {
             assert!(x.contains(want), "{want} missing from:\n{x}");
         }
+        assert!(!x.contains("incoming"), "{x}");
+        let mut waiting = params();
+        waiting.incoming = true;
+        let w = domain_xml(&tiny(), &waiting);
+        assert!(
+            w.contains("<qemu:arg value='-incoming'/>\n    <qemu:arg value='defer'/>"),
+            "{w}"
+        );
         assert!(!x.contains("<rom"), "{x}");
         assert!(!x.contains("spice"), "{x}");
         assert_eq!(vnc_port(&x), Some(5907));
@@ -1096,7 +1174,7 @@ mod tests {
         p.uuid = Some("c7a5fdbd-cdaf-9455-926a-d65c16db1809".into());
         let x = domain_xml(&vm, &p);
         for want in [
-            "<domain type='kvm'>",
+            "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
             "<uuid>c7a5fdbd-cdaf-9455-926a-d65c16db1809</uuid>",
             "<cpu mode='host-passthrough'/>",
             "<interface type='ethernet'>",

@@ -13,6 +13,7 @@ pub mod dir;
 pub mod fake;
 pub mod libvirt;
 pub mod linuxnet;
+pub mod marker;
 pub mod qcow2;
 pub mod qemu;
 pub mod zfs;

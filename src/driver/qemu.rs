@@ -45,8 +45,6 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_MARKER: &str = "stop-requested";
 const CONFIG_FILE: &str = "config.json";
 const CONSOLE_FILE: &str = "console.json";
-/// Marker of a relocation that holds the VM (see `Hypervisor::relocation_lock`).
-const RELOCATION_MARKER: &str = "relocation";
 
 /// Runs VMs as QEMU processes.
 pub struct QemuHypervisor {
@@ -483,50 +481,17 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn relocation_lock(&self, id: &str) -> Option<String> {
-        std::fs::read_to_string(self.runtime_dir(id).join(RELOCATION_MARKER)).ok()
+        super::marker::read(&self.runtime_dir(id))
     }
 
     fn relocation_locks(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for ns in std::fs::read_dir(&self.vms_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                if let Ok(text) = std::fs::read_to_string(vm.path().join(RELOCATION_MARKER)) {
-                    out.push((
-                        format!(
-                            "{}/{}",
-                            ns.file_name().to_string_lossy(),
-                            vm.file_name().to_string_lossy()
-                        ),
-                        text,
-                    ));
-                }
-            }
-        }
-        out
+        super::marker::list(&self.vms_dir)
     }
 
     fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
-        let dir = self.runtime_dir(id);
-        let f = dir.join(RELOCATION_MARKER);
-        match holder {
-            Some(h) => {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Self::permanent("relocation lock", id, e.to_string()))?;
-                state_file::write(&f, h.as_bytes())
-                    .map_err(|e| Self::permanent("relocation lock", id, e.to_string()))
-            }
-            None => match std::fs::remove_file(&f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Self::permanent("relocation lock", id, e.to_string()))
-                }
-                _ => Ok(()),
-            },
-        }
+        super::marker::set(&self.runtime_dir(id), id, holder)
     }
+
     fn stop<'a>(
         &'a self,
         id: &'a str,

@@ -151,6 +151,36 @@ fn target_node(disk: &str) -> String {
     format!("reloc-target-{disk}")
 }
 
+/// The block node of each disk in one QEMU: the root node of the device
+/// the qemu driver calls `disk-NAME` and libvirt `ua-disk-NAME` (libvirt
+/// names its nodes itself); the disk's name, which is the qemu driver's
+/// node name, when no device matches.
+async fn disk_nodes(
+    qmp: &mut Qmp,
+    side: &'static str,
+    disks: &[String],
+) -> Result<Vec<String>, LiveError> {
+    let block = run(qmp, side, "query-block", None).await?;
+    Ok(disks
+        .iter()
+        .map(|disk| node_of(&block, disk).unwrap_or_else(|| disk.clone()))
+        .collect())
+}
+
+/// Disk `disk`'s root node in a `query-block` answer.
+fn node_of(block: &Value, disk: &str) -> Option<String> {
+    let ids = [format!("disk-{disk}"), format!("ua-disk-{disk}")];
+    block.as_array()?.iter().find_map(|b| {
+        let qdev = b["qdev"].as_str()?;
+        let id = qdev
+            .strip_prefix("/machine/peripheral/")
+            .map_or(qdev, |p| p.split('/').next().unwrap_or(p));
+        ids.iter()
+            .any(|x| x == id)
+            .then(|| b["inserted"]["node-name"].as_str().map(str::to_string))?
+    })
+}
+
 async fn run(
     qmp: &mut Qmp,
     side: &'static str,
@@ -261,12 +291,13 @@ pub async fn receiver_export(receiver: &mut Qmp, plan: &LivePlan) -> Result<(), 
             "port": plan.nbd_listen.port().to_string()}}})),
     )
     .await?;
-    for disk in &plan.disks {
+    let nodes = disk_nodes(receiver, "receiver", &plan.disks).await?;
+    for (disk, node) in plan.disks.iter().zip(nodes) {
         run(
             receiver,
             "receiver",
             "block-export-add",
-            Some(json!({"type": "nbd", "id": job_id(disk), "node-name": disk,
+            Some(json!({"type": "nbd", "id": job_id(disk), "node-name": node,
                 "name": disk, "writable": true, "allow-inactive": true})),
         )
         .await?;
@@ -348,7 +379,8 @@ pub async fn sender_mirror(
     plan: &LivePlan,
     progress: &mut impl FnMut(LiveProgress),
 ) -> Result<u64, LiveError> {
-    for disk in &plan.disks {
+    let nodes = disk_nodes(sender, "sender", &plan.disks).await?;
+    for (disk, node) in plan.disks.iter().zip(nodes) {
         run(
             sender,
             "sender",
@@ -364,7 +396,7 @@ pub async fn sender_mirror(
             "sender",
             "blockdev-mirror",
             Some(
-                json!({"job-id": job_id(disk), "device": disk, "target": target_node(disk),
+                json!({"job-id": job_id(disk), "device": node, "target": target_node(disk),
                 "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}),
             ),
         )
@@ -595,4 +627,36 @@ pub async fn abort(sender: &mut Qmp, plan: &LivePlan) -> Vec<String> {
         }
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `query-block` as QEMU 10 answers it: a qemu-driver disk (node named
+    /// after the disk) and a libvirt one (node named by libvirt).
+    #[test]
+    fn disks_are_found_by_their_device_under_either_driver() {
+        let block = json!([
+            {"device": "", "qdev": "/machine/peripheral/disk-root/virtio-backend",
+             "inserted": {"node-name": "root"}},
+            {"device": "", "qdev": "/machine/peripheral/ua-disk-data/virtio-backend",
+             "inserted": {"node-name": "libvirt-1-format"}},
+            {"device": "", "qdev": "ua-disk-scratch", "inserted": {"node-name": "libvirt-2-format"}},
+            {"device": "", "qdev": "/machine/peripheral/ua-disk-database/virtio-backend",
+             "inserted": {"node-name": "libvirt-3-format"}},
+        ]);
+        assert_eq!(node_of(&block, "root").as_deref(), Some("root"));
+        assert_eq!(node_of(&block, "data").as_deref(), Some("libvirt-1-format"));
+        assert_eq!(
+            node_of(&block, "scratch").as_deref(),
+            Some("libvirt-2-format")
+        );
+        assert_eq!(
+            node_of(&block, "database").as_deref(),
+            Some("libvirt-3-format")
+        );
+        assert_eq!(node_of(&block, "nope"), None);
+        assert_eq!(node_of(&json!({}), "root"), None);
+    }
 }

@@ -86,3 +86,157 @@ fn kvm_device_like_udev() {
             .expect("chmod 0660 /dev/kvm");
     }
 }
+
+/// A libvirtd of a node's own, as on a machine of its own: in the node's
+/// network namespace, and in a mount namespace where `/run/libvirt`,
+/// `/var/lib/libvirt`, `/var/cache/libvirt`, `/var/log/libvirt` and
+/// `/etc/libvirt` are directories of its own under `dir` (its domains,
+/// state and configuration apart from every other libvirtd). Its socket
+/// is `dir/sock/libvirt-sock` ([`OwnLibvirtd::uri`]). QEMU's output goes
+/// to files (no virtlogd in its namespace). Killed, with every QEMU it
+/// started, on drop.
+pub struct OwnLibvirtd {
+    pub dir: std::path::PathBuf,
+    pub uri: String,
+    child: std::process::Child,
+}
+
+impl OwnLibvirtd {
+    /// Start one in each network namespace, each with its files under
+    /// `dir(namespace)`, and wait until all answer (libvirtd takes ~8 s
+    /// here before it does).
+    pub fn start_all(
+        netns: &[String],
+        dir: impl Fn(&str) -> std::path::PathBuf,
+    ) -> Vec<OwnLibvirtd> {
+        let mut all: Vec<OwnLibvirtd> = netns.iter().map(|n| Self::spawn(n, &dir(n))).collect();
+        for l in &mut all {
+            l.wait_ready();
+        }
+        all
+    }
+
+    /// Start one in network namespace `netns`, its files under `dir`.
+    /// QEMU's capabilities, if the host's libvirt has probed them, are
+    /// copied (libvirt checks they still hold).
+    fn spawn(netns: &str, dir: &Path) -> OwnLibvirtd {
+        let _ = std::fs::remove_dir_all(dir);
+        for d in ["run", "lib", "cache", "log", "etc", "sock"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let caps = Path::new("/var/cache/libvirt/qemu");
+        if caps.is_dir() {
+            runs(
+                "cp",
+                &[
+                    "-a",
+                    &caps.display().to_string(),
+                    &dir.join("cache").display().to_string(),
+                ],
+            );
+        }
+        let sock = dir.join("sock");
+        std::fs::write(
+            dir.join("etc/libvirtd.conf"),
+            format!("unix_sock_dir = \"{}\"\n", sock.display()),
+        )
+        .unwrap();
+        std::fs::write(dir.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+        let d = dir.display();
+        let script = format!(
+            "set -e\n\
+             for m in run/libvirt:run lib/libvirt:lib cache/libvirt:cache log/libvirt:log; do\n\
+               t=/var/${{m%%:*}}; mkdir -p $t; mount --bind {d}/${{m##*:}} $t\n\
+             done\n\
+             mkdir -p /etc/libvirt; mount --bind {d}/etc /etc/libvirt\n\
+             exec libvirtd --config {d}/etc/libvirtd.conf --pid-file {d}/libvirtd.pid"
+        );
+        let log = std::fs::File::create(dir.join("libvirtd.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nsenter libvirtd");
+        let uri = format!("qemu+unix:///system?socket={}/libvirt-sock", sock.display());
+        OwnLibvirtd {
+            dir: dir.to_path_buf(),
+            uri,
+            child,
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let me = self;
+        let dir = me.dir.clone();
+        let t = Instant::now();
+        while !runs("virsh", &["-c", &me.uri, "version"]) {
+            if let Ok(Some(st)) = me.child.try_wait() {
+                panic!(
+                    "libvirtd of {} exited ({st}): {}",
+                    dir.display(),
+                    std::fs::read_to_string(dir.join("libvirtd.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "libvirtd of {} did not answer in 120 s",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "libvirtd of {} answers after {} ms",
+            dir.display(),
+            t.elapsed().as_millis()
+        );
+    }
+
+    /// `virsh` on this libvirtd: (success, stdout).
+    pub fn virsh(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("virsh")
+            .args(["-c", &self.uri])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    }
+
+    /// The names of the domains it defines.
+    pub fn domains(&self) -> Vec<String> {
+        self.virsh(&["list", "--all", "--name"])
+            .1
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for OwnLibvirtd {
+    fn drop(&mut self) {
+        // Its QEMUs first (their pidfiles are in its /run/libvirt/qemu).
+        for e in std::fs::read_dir(self.dir.join("run/qemu"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "pid") {
+                if let Ok(pid) = std::fs::read_to_string(e.path()) {
+                    runs("kill", &["-9", pid.trim()]);
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
