@@ -33,6 +33,16 @@
 //! onto the overlay the storage driver made (`live_snapshot`); with `--net
 //! linux` a NIC is an `ethernet` interface on deorch's tap.
 //!
+//! Relocation: each domain has deorch's own QMP monitor (`qmp.sock` in the
+//! runtime directory, through `<qemu:commandline>`) beside libvirt's. The
+//! relocation agent drives the qemu driver's data path through it
+//! (`crate::relocate::live`); a receiving domain is defined with this
+//! node's disks and started paused on `-incoming defer`
+//! (`start_incoming`). libvirt follows QEMU's events: the receiver's
+//! domain runs after the relocation's `cont`, the sender's is paused,
+//! then removed. The marker of a relocation is the qemu driver's
+//! ([`super::marker`]).
+//!
 //! Not yet: the user-mode NIC (without `--net linux`) is not restricted
 //! (libvirt has no `restrict=on`), so a guest can reach out through the
 //! host.

@@ -26,7 +26,7 @@
 //! (the VM stopped first, started on the receiver from the copies). A
 //! restarted daemon finishes or rolls back what its markers say
 //! (`recover_all`). Not yet: an incremental `zfs send` before the
-//! mirror, the libvirt driver.
+//! mirror.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -9,7 +9,8 @@
 //! the receiver, `qemu-img convert` skipping zeros on the sender). The receiver is elected by the radar
 //! (`gossip::node`, `track_relocations`). Tests: `tests/relocate_live.rs`
 //! (the data path), `tests/relocate_nodes.rs` (two daemons, faults).
-//! Not built yet: zfs send, libvirt.
+//! Both hypervisor drivers take part (libvirt through deorch's own QMP
+//! monitor of each domain). Not built yet: zfs send.
 
 pub mod agent;
 pub mod live;
