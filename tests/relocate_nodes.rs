@@ -1222,6 +1222,83 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("zfs: {}", status(p.from(), "relocation", "zfs-move"));
+
+    // Offline back: both nodes on ZFS, so the volume goes as `zfs send`
+    // streams, the bulk while the VM still runs, then only what changed
+    // once it stopped; the counter goes on from the disk in a new boot.
+    let last = beats(&std::fs::read_to_string(serial(p.to(), "mover")).unwrap_or_default())
+        .last()
+        .cloned()
+        .expect("beats on the receiver");
+    let (code, out, err) = p.to().cli(
+        &[
+            "relocate",
+            "mover",
+            "--offline",
+            "--name",
+            "zfs-back",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let st = status(p.to(), "relocation", "zfs-back");
+    eprintln!("zfs offline: {st}");
+    wait_until(
+        &p,
+        "beats back on the first node",
+        Duration::from_secs(60),
+        || {
+            runs(p.from(), "mover")
+                && beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default())
+                    .len()
+                    >= 3
+        },
+    );
+    let back = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default());
+    assert_ne!(back[0].0, boot, "a new boot");
+    assert!(
+        back[0].1 > last.1,
+        "the counter goes on from the streamed disk: {last:?} then {back:?}"
+    );
+    let log = p.to().log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("volumes streamed"))
+        .unwrap_or_else(|| panic!("the volume went as streams: {log}"));
+    eprintln!("{line}");
+    let field = |name: &str| -> u64 {
+        let plain: String = line.chars().filter(|c| !c.is_control()).collect();
+        let plain = plain
+            .replace("[3m", "")
+            .replace("[0m", "")
+            .replace("[2m", "");
+        plain
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    let (bulk, delta) = (field("bulk"), field("delta"));
+    assert!(
+        bulk > 0 && delta < bulk,
+        "the delta is what changed: bulk {bulk}, delta {delta}"
+    );
+    wait_until(
+        &p,
+        "the receiver's datasets gone",
+        Duration::from_secs(30),
+        || datasets(to).is_empty(),
+    );
+    let points: Vec<String> = roots
+        .iter()
+        .flat_map(|r| common::zfs_tree(r))
+        .filter(|d| d.contains("@xfer-"))
+        .collect();
+    assert!(points.is_empty(), "transfer points left: {points:?}");
 }
 
 /// The node's daemon process (the last of the wrap's exec chain).

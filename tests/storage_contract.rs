@@ -1130,3 +1130,86 @@ fn native_qcow2_files_are_what_qemu_expects() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Volume streams between two nodes' ZFS roots (real zfs-fuse): a
+/// transfer point's whole volume, then only what changed until the next
+/// point, rolled onto the copy; `gc` leaves transfer points alone and
+/// `drop_points` removes them. dir and fake have none, and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_streams_carry_a_point_then_only_the_change_on_zfs() {
+    for h in [fake(), dir()].into_iter().flatten() {
+        let s = h.storage();
+        assert_eq!(s.stream_kind(), None);
+        let e = s.send_command("v", None, "t").await.unwrap_err();
+        assert!(e.to_string().contains("has no volume streams"), "{e}");
+    }
+    let (Some(a), Some(b)) = (zfs(), zfs()) else {
+        return;
+    };
+    let (sa, sb) = (a.storage(), b.storage());
+    assert_eq!(sa.stream_kind(), Some("zfs"));
+    sa.create("v", 16 * MB).await.unwrap();
+    a.write("v", 5).await;
+    let info = sa.volume("v").await.unwrap();
+    // Data beyond the first sector, so the whole volume outweighs a change.
+    let fill = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 3 1M 4M"])
+        .arg(&info.path)
+        .output()
+        .unwrap();
+    assert!(fill.status.success(), "{fill:?}");
+    let names = vec!["v".to_string()];
+    sa.mark_points(&names, "t1").await.unwrap();
+    let pipe = |send: Vec<String>, recv: Vec<String>| -> u64 {
+        let out = std::process::Command::new(&send[0])
+            .args(&send[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{send:?}: {out:?}");
+        let mut r = std::process::Command::new(&recv[0])
+            .args(&recv[1..])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        r.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        let done = r.wait_with_output().unwrap();
+        assert!(done.status.success(), "{recv:?}: {done:?}");
+        out.stdout.len() as u64
+    };
+    let whole = pipe(
+        sa.send_command("v", None, "t1").await.unwrap(),
+        sb.receive_command("v").await.unwrap(),
+    );
+    sb.received("v").await.unwrap();
+    assert_eq!(b.read("v").await, 5);
+    a.write("v", 9).await;
+    // A removal's gc on the sender keeps the point.
+    sa.create("other", MB).await.unwrap();
+    sa.destroy("other").await.unwrap();
+    sa.mark_points(&names, "t2").await.unwrap();
+    let change = pipe(
+        sa.send_command("v", Some("t1"), "t2").await.unwrap(),
+        sb.receive_command("v").await.unwrap(),
+    );
+    sb.received("v").await.unwrap();
+    assert_eq!(b.read("v").await, 9);
+    assert!(
+        whole > 4 * MB && change < whole / 8,
+        "whole volume {whole} B, change {change} B"
+    );
+    for (h, s) in [(&a, &sa), (&b, &sb)] {
+        s.drop_points("v").await.unwrap();
+        let Harness::Zfs(_, root) = h else {
+            unreachable!()
+        };
+        let left: Vec<String> = common::zfs_tree(root)
+            .into_iter()
+            .filter(|d| d.contains('@'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        s.destroy("v").await.unwrap();
+        assert_eq!(h.leftovers(), Vec::<String>::new());
+    }
+}

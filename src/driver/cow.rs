@@ -79,6 +79,20 @@ pub trait CowBackend: Send + 'static {
     fn ensure_dataset(&mut self, config: &DatasetConfig) -> Result<DatasetState, DriverError>;
     /// See [`Storage::destroy_dataset`].
     fn destroy_dataset(&mut self, config: &DatasetConfig) -> Result<(), DriverError>;
+    /// See [`Storage::stream_kind`].
+    fn stream_kind(&self) -> Option<&'static str> {
+        None
+    }
+    /// `send_command` for dataset `ds` (snapshot names, not tags).
+    fn send_argv(&self, ds: &str, from: Option<&str>, to: &str) -> Option<Vec<String>> {
+        let _ = (ds, from, to);
+        None
+    }
+    /// `receive_command` for dataset `ds`.
+    fn recv_argv(&self, ds: &str) -> Option<Vec<String>> {
+        let _ = ds;
+        None
+    }
 }
 
 /// Volume names: what every backend can hold as a file or dataset name.
@@ -175,11 +189,15 @@ pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
             }
             None => {}
         }
-        // Snapshots nobody is cloned from are spent.
+        // Snapshots nobody is cloned from are spent, but for transfer
+        // points (their taker drops them).
         let origins: BTreeSet<&str> = all.iter().filter_map(|d| d.origin.as_deref()).collect();
         let mut any = false;
         for d in &all {
             for (s, _) in &d.snapshots {
+                if s.starts_with(super::TRANSFER_POINT) {
+                    continue;
+                }
                 let full = format!("{}@{s}", d.name);
                 if !origins.contains(full.as_str()) {
                     b.destroy(&full)?;
@@ -204,6 +222,7 @@ enum Step {
 pub struct CowStorage<B: CowBackend> {
     backend: Arc<Mutex<B>>,
     kind: &'static str,
+    streams: Option<&'static str>,
 }
 
 impl<B: CowBackend> CowStorage<B> {
@@ -211,6 +230,7 @@ impl<B: CowBackend> CowStorage<B> {
     pub fn new(backend: B) -> Self {
         CowStorage {
             kind: backend.kind(),
+            streams: backend.stream_kind(),
             backend: Arc::new(Mutex::new(backend)),
         }
     }
@@ -364,6 +384,81 @@ impl<B: CowBackend> Storage for CowStorage<B> {
     }
     fn gc(&self) -> BoxFuture<'_, Result<usize, DriverError>> {
         Box::pin(self.with(|b| gc(b)))
+    }
+    fn stream_kind(&self) -> Option<&'static str> {
+        self.streams
+    }
+    fn mark_points<'a>(
+        &'a self,
+        volumes: &'a [String],
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let snaps: Vec<String> = volumes
+            .iter()
+            .map(|v| format!("{}@{}", vol(v), super::transfer_point(tag)))
+            .collect();
+        Box::pin(self.with(move |b| b.snapshot(&snaps)))
+    }
+    fn send_command<'a>(
+        &'a self,
+        volume: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let ds = vol(volume);
+        let from = from.map(super::transfer_point);
+        let to = super::transfer_point(to);
+        let kind = self.kind;
+        Box::pin(self.with(move |b| {
+            b.send_argv(&ds, from.as_deref(), &to)
+                .ok_or_else(|| super::no_streams(kind))
+        }))
+    }
+    fn receive_command<'a>(
+        &'a self,
+        volume: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let ds = vol(volume);
+        let kind = self.kind;
+        Box::pin(self.with(move |b| b.recv_argv(&ds).ok_or_else(|| super::no_streams(kind))))
+    }
+    fn received<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let ds = vol(volume);
+        Box::pin(self.with(move |b| {
+            let path = b.info(&ds)?.path;
+            if !B::READS_IMAGE_FILES {
+                return Ok(());
+            }
+            let f = std::fs::File::open(&path).map_err(|e| DriverError::Transient {
+                op: "receive".into(),
+                target: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).map_err(|e| {
+                DriverError::Transient {
+                    op: "receive".into(),
+                    target: path.display().to_string(),
+                    message: format!("dropping cached pages: {e}"),
+                }
+            })
+        }))
+    }
+    fn drop_points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let ds = vol(volume);
+        Box::pin(self.with(move |b| {
+            let points: Vec<String> = b
+                .list()?
+                .into_iter()
+                .filter(|d| d.name == ds)
+                .flat_map(|d| d.snapshots)
+                .map(|s| s.0)
+                .filter(|s| s.starts_with(super::TRANSFER_POINT))
+                .collect();
+            for p in points {
+                b.destroy(&format!("{ds}@{p}"))?;
+            }
+            Ok(())
+        }))
     }
     fn capacity(&self) -> BoxFuture<'_, Result<(u64, u64), DriverError>> {
         Box::pin(self.with(|b| b.capacity()))

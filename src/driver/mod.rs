@@ -541,7 +541,77 @@ pub trait Storage: Send + Sync {
             self.rename(&tmp, volume).await
         })
     }
+    /// The kind of volume stream this storage sends and takes between
+    /// nodes (`zfs`: `zfs send` / `zfs recv`), `None` if it has none: two
+    /// nodes of one kind move a stopped VM's disks as such streams, the
+    /// bulk while it still runs (docs/ALGORITHMS.md, "Relocation").
+    fn stream_kind(&self) -> Option<&'static str> {
+        None
+    }
+    /// Take transfer point `tag` of each volume (a snapshot `@xfer-TAG`,
+    /// one instant per volume). `gc` leaves transfer points alone; whoever
+    /// takes one drops it ([`Storage::drop_points`]) or destroys the
+    /// volume.
+    fn mark_points<'a>(
+        &'a self,
+        volumes: &'a [String],
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volumes, tag);
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// The command whose standard output is `volume` at point `to`, only
+    /// what changed since point `from` when given.
+    fn send_command<'a>(
+        &'a self,
+        volume: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = (volume, from, to);
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// The command that takes such a stream on its standard input into
+    /// `volume`: made by a whole volume's stream (it must not exist:
+    /// zfs-fuse now and then fails to receive over an existing one), or,
+    /// for what changed since a point, one holding that point, rolled
+    /// back to it first.
+    fn receive_command<'a>(
+        &'a self,
+        volume: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = volume;
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// After a receive command ran into `volume`: make its image read what
+    /// was received (zfs-fuse does not tell the kernel's page cache of a
+    /// file that a receive rewrote it: pages read before would stay).
+    fn received<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = volume;
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// Drop every transfer point of `volume`.
+    fn drop_points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = volume;
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
 }
+
+fn no_streams(driver: &str) -> DriverError {
+    DriverError::permanent(
+        "volume stream",
+        driver,
+        format!("the {driver} storage has no volume streams"),
+    )
+}
+
+/// The snapshot name of transfer point `tag` ([`Storage::mark_points`]).
+pub fn transfer_point(tag: &str) -> String {
+    format!("{TRANSFER_POINT}{tag}")
+}
+
+/// The prefix of transfer points' snapshot names.
+pub const TRANSFER_POINT: &str = "xfer-";
 
 /// Host networking: bridges and taps.
 pub trait Net: Send + Sync {

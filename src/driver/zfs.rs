@@ -271,6 +271,30 @@ impl CowBackend for ZfsBackend {
         "zfs"
     }
 
+    fn stream_kind(&self) -> Option<&'static str> {
+        Some("zfs")
+    }
+
+    fn send_argv(&self, ds: &str, from: Option<&str>, to: &str) -> Option<Vec<String>> {
+        let mut argv = vec![self.program.clone(), "send".into()];
+        if let Some(f) = from {
+            argv.extend(["-i".into(), f.to_string()]);
+        }
+        argv.push(format!("{}@{to}", self.full(ds)));
+        Some(argv)
+    }
+
+    /// `-F`: the volume is rolled back to its newest point (or, holding
+    /// none, replaced) first; nothing else writes it meanwhile.
+    fn recv_argv(&self, ds: &str) -> Option<Vec<String>> {
+        Some(vec![
+            self.program.clone(),
+            "recv".into(),
+            "-F".into(),
+            self.full(ds),
+        ])
+    }
+
     fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
         let fs = self
             .zfs(&[

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::live::{abort, LivePlan, LiveProgress, LiveStage};
-use super::session::{expect, run_receiver, run_sender, say, SessionError, Step};
+use super::session::{expect, next, run_receiver, run_sender, say, SessionError, Step};
 use super::tunnel::{self, RateLimit, Tunnel, TunnelKey};
 use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
 use crate::gossip::node::is_pin_relocation;
@@ -110,6 +110,20 @@ struct Offer {
     /// Stop, copy, start (the VM is stopped on the sender).
     #[serde(default)]
     offline: bool,
+    /// Offline: the kind of volume stream the sender's storage sends
+    /// (`zfs`); a receiver of that kind answers `Streams`, any other
+    /// `Exported` (NBD).
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The local ends of a receiving session's streams.
@@ -678,6 +692,7 @@ impl Shared {
             config,
             sizes,
             offline: false,
+            stream: None,
         })
         .expect("offers serialize");
         control
@@ -1251,6 +1266,72 @@ impl Shared {
         self.busy.lock().unwrap().remove(&key);
     }
 
+    /// Offline, the receiver of volume streams (its storage of the kind
+    /// the sender streams): each stream `vol:I` is fed into the storage's
+    /// receive command for the VM's volume `I` (the bulk, then what
+    /// changed while the VM stopped); say `Streams`; on `Switch` drop the
+    /// transfer points, start the VM and say `Running`.
+    async fn receive_streams(
+        self: &Arc<Self>,
+        control: &mut Tunnel,
+        key: &DocKey,
+        peer: &NodeId,
+        config: &VmConfig,
+    ) -> Result<(), SessionError> {
+        let storage = &self.drivers.storage;
+        let mut takers = Vec::new();
+        let mut streams = BTreeMap::new();
+        for (i, (_, vol)) in config.disks.iter().enumerate() {
+            // The whole volume's stream makes it (at the same path).
+            if let Err(e) = storage.destroy(vol).await {
+                return Err(refuse(control, format!("volume {vol}: {e}")).await);
+            }
+            let argv = match storage.receive_command(vol).await {
+                Ok(a) => a,
+                Err(e) => return Err(refuse(control, format!("volume {vol}: {e}")).await),
+            };
+            let l = match TcpListener::bind("127.0.0.1:0").await {
+                Ok(l) => l,
+                Err(e) => return Err(refuse(control, format!("no local port: {e}")).await),
+            };
+            let at = l.local_addr().expect("bound");
+            takers.push(AbortOnDrop(tokio::spawn(super::offline::take_streams(
+                l, argv,
+            ))));
+            streams.insert(format!("vol:{i}"), at);
+        }
+        self.incoming.lock().unwrap().insert(
+            key.clone(),
+            Ports {
+                peer: peer.clone(),
+                streams,
+            },
+        );
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "taking the VM's volumes as streams, the bulk while it runs on the sender",
+        );
+        say(control, &Step::Streams).await?;
+        expect(control, Step::Switch, "Switch").await?;
+        drop(takers);
+        for (_, vol) in &config.disks {
+            if let Err(e) = storage.received(vol).await {
+                return Err(refuse(control, format!("volume {vol}: {e}")).await);
+            }
+            if let Err(e) = storage.drop_points(vol).await {
+                warn!(volume = %vol, error = %e, "a transfer point was not dropped");
+            }
+        }
+        if let Err(e) = self.drivers.hypervisor.start(config).await {
+            return Err(refuse(control, format!("starting the VM here: {e}")).await);
+        }
+        if let Err(e) = say(control, &Step::Running).await {
+            warn!(error = %e, "the VM runs here; the sender did not hear so");
+        }
+        Ok(())
+    }
+
     /// Offline, the receiver: serve each fresh volume over NBD (one
     /// client each), say `Exported`; on `Switch` start the VM from the
     /// copies and say `Running`.
@@ -1260,7 +1341,12 @@ impl Shared {
         key: &DocKey,
         peer: &NodeId,
         config: &VmConfig,
+        stream: Option<&str>,
     ) -> Result<(), SessionError> {
+        let storage = &self.drivers.storage;
+        if stream.is_some() && stream == storage.stream_kind() {
+            return self.receive_streams(control, key, peer, config).await;
+        }
         let mut servers = Vec::new();
         let mut streams = BTreeMap::new();
         for (i, img) in config.disk_images.iter().enumerate() {
@@ -1298,8 +1384,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Offline, the sender: stop the VM, copy each disk into the
-    /// receiver's export (`qemu-img convert`, zeros skipped), then
+    /// Offline, the sender. A storage with volume streams (zfs) marks a
+    /// transfer point of each volume while the VM still runs and offers
+    /// streams; a receiver of the same kind answers `Streams`, and gets
+    /// the bulk up to that point while the VM runs, then, the VM
+    /// stopped, only what changed since ([`Self::send_streams`]).
+    /// Otherwise (`Exported`): stop the VM, copy each disk into the
+    /// receiver's NBD export (`qemu-img convert`, zeros skipped). Then
     /// `Switch`. Returns the time the VM was down until the receiver ran
     /// it, in ms.
     async fn send_offline(
@@ -1309,10 +1400,82 @@ impl Shared {
         config: VmConfig,
     ) -> Result<u64, SessionError> {
         let key = &v.key;
-        let id = vm_id(&v.vm);
         let sizes = self.volume_sizes(&config).await?;
-        let total: u64 = sizes.values().sum();
-        // The VM's own stopTimeout (ACPI, then forced).
+        let storage = self.drivers.storage.clone();
+        let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
+        let tag = crate::driver::cow::nonce();
+        let mut stream = storage.stream_kind();
+        if stream.is_some() {
+            if let Err(e) = storage.mark_points(&volumes, &format!("{tag}a")).await {
+                warn!(relocation = %key_text(key), error = %e, "no transfer point: the disks are copied once the VM stopped");
+                stream = None;
+            }
+        }
+        let sent = async {
+            let mut control = self
+                .open(receiver, key, "control")
+                .await
+                .map_err(SessionError::Control)?;
+            let offer = serde_json::to_vec(&Offer {
+                config: config.clone(),
+                sizes: sizes.clone(),
+                offline: true,
+                stream: stream.map(str::to_string),
+            })
+            .expect("offers serialize");
+            control
+                .send(&offer)
+                .await
+                .map_err(|e| SessionError::Control(e.to_string()))?;
+            let streamed = match next(&mut control).await? {
+                Step::Exported => false,
+                Step::Streams if stream.is_some() => true,
+                Step::Abort(why) => return Err(SessionError::Aborted(why)),
+                got => {
+                    return Err(SessionError::Unexpected {
+                        expected: "Exported or Streams",
+                        got,
+                    })
+                }
+            };
+            let t0 = if streamed {
+                self.send_streams(v, receiver, &config, &sizes, &mut control, &tag)
+                    .await?
+            } else {
+                let t0 = Instant::now();
+                self.stop_for_copy(v, &config).await?;
+                self.copy_disks(v, receiver, &config, &sizes, &mut control, t0)
+                    .await?;
+                t0
+            };
+            let switched = async {
+                say(&mut control, &Step::Switch).await?;
+                expect(&mut control, Step::Running, "Running").await
+            };
+            match switched.await {
+                Ok(()) => Ok(t0.elapsed().as_millis() as u64),
+                Err(SessionError::Aborted(why)) => Err(SessionError::Aborted(why)),
+                Err(e) => Err(SessionError::Undecided(e.to_string())),
+            }
+        }
+        .await;
+        if stream.is_some() {
+            for vol in &volumes {
+                if let Err(e) = storage.drop_points(vol).await {
+                    warn!(volume = %vol, error = %e, "a transfer point was not dropped");
+                }
+            }
+        }
+        sent
+    }
+
+    /// Stop the VM for an offline copy, within its own `stopTimeout`
+    /// (ACPI, then forced).
+    async fn stop_for_copy(
+        &self,
+        v: &RelocationView,
+        config: &VmConfig,
+    ) -> Result<(), SessionError> {
         let stop_timeout = self
             .store
             .get(&ObjectKey::new(
@@ -1327,32 +1490,46 @@ impl Shared {
                 .ok()
             })
             .map_or(DEFAULT_STOP_TIMEOUT, |d| d.0);
-        let t0 = Instant::now();
         self.drivers
             .hypervisor
-            .stop(&id, stop_timeout)
+            .stop(&config.id, stop_timeout)
             .await
-            .map_err(|e| SessionError::Here(format!("stopping the VM: {e}")))?;
-        let mut control = self
-            .open(receiver, key, "control")
-            .await
-            .map_err(SessionError::Control)?;
+            .map_err(|e| SessionError::Here(format!("stopping the VM: {e}")))
+    }
+
+    /// Write the progress of an offline copy: `done` of `total` bytes.
+    fn offline_progress(&self, key: &DocKey, done: u64, total: u64, t0: Instant) {
+        let elapsed = t0.elapsed();
+        self.status(key, |s| {
+            s.progress = Some(RelocationProgress {
+                disk_done: done,
+                disk_total: total,
+                ram_sent: 0,
+                ram_remaining: 0,
+                bytes_per_second: (done as f64 / elapsed.as_secs_f64().max(0.001)) as u64,
+                eta_seconds: None,
+                elapsed_ms: elapsed.as_millis() as u64,
+            })
+        });
+    }
+
+    /// The stopped VM's disks into the receiver's NBD exports.
+    async fn copy_disks(
+        self: &Arc<Self>,
+        v: &RelocationView,
+        receiver: &NodeId,
+        config: &VmConfig,
+        sizes: &BTreeMap<String, u64>,
+        control: &mut Tunnel,
+        t0: Instant,
+    ) -> Result<(), SessionError> {
+        let key = &v.key;
+        let total: u64 = sizes.values().sum();
         let by_disk: BTreeMap<String, u64> = config
             .disks
             .iter()
             .map(|(d, v)| (d.clone(), sizes.get(v).copied().unwrap_or(0)))
             .collect();
-        let offer = serde_json::to_vec(&Offer {
-            config: config.clone(),
-            sizes,
-            offline: true,
-        })
-        .expect("offers serialize");
-        control
-            .send(&offer)
-            .await
-            .map_err(|e| SessionError::Control(e.to_string()))?;
-        expect(&mut control, Step::Exported, "Exported").await?;
         self.phase(
             key,
             RelocationPhase::Copying,
@@ -1366,32 +1543,118 @@ impl Shared {
             fwd.1.abort();
             if let Err(e) = r {
                 let why = format!("disk {}: {e}", img.name);
-                let _ = say(&mut control, &Step::Abort(why.clone())).await;
+                let _ = say(control, &Step::Abort(why.clone())).await;
                 return Err(SessionError::Here(why));
             }
             done += by_disk.get(&img.name).copied().unwrap_or(0);
-            let elapsed = t0.elapsed();
-            self.status(key, |s| {
-                s.progress = Some(RelocationProgress {
-                    disk_done: done,
-                    disk_total: total,
-                    ram_sent: 0,
-                    ram_remaining: 0,
-                    bytes_per_second: (done as f64 / elapsed.as_secs_f64().max(0.001)) as u64,
-                    eta_seconds: None,
-                    elapsed_ms: elapsed.as_millis() as u64,
-                })
-            });
+            self.offline_progress(key, done, total, t0);
         }
-        let switched = async {
-            say(&mut control, &Step::Switch).await?;
-            expect(&mut control, Step::Running, "Running").await
+        Ok(())
+    }
+
+    /// The streamed offline copy: each volume up to transfer point
+    /// `{tag}a` (taken while the VM ran) goes while the VM still runs;
+    /// then the VM stops, point `{tag}b` is taken, and only what changed
+    /// between the two crosses. Returns when the VM stopped.
+    async fn send_streams(
+        self: &Arc<Self>,
+        v: &RelocationView,
+        receiver: &NodeId,
+        config: &VmConfig,
+        sizes: &BTreeMap<String, u64>,
+        control: &mut Tunnel,
+        tag: &str,
+    ) -> Result<Instant, SessionError> {
+        let key = &v.key;
+        let storage = &self.drivers.storage;
+        let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
+        let total: u64 = sizes.values().sum();
+        let (first, last) = (format!("{tag}a"), format!("{tag}b"));
+        let started = Instant::now();
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "streaming the VM's volumes while it runs",
+        );
+        let mut sent = 0u64;
+        let progress = |sent: u64| self.offline_progress(key, sent.min(total), total, started);
+        if let Err(e) = self
+            .stream_volumes(receiver, key, &volumes, None, &first, &mut sent, &progress)
+            .await
+        {
+            let _ = say(control, &Step::Abort(e.to_string())).await;
+            return Err(e);
+        }
+        let bulk = sent;
+        let t0 = Instant::now();
+        let rest = async {
+            self.stop_for_copy(v, config).await?;
+            // QEMU is gone; whatever it wrote reaches the volume before
+            // the point is taken.
+            for img in &config.disk_images {
+                if let Ok(f) = std::fs::File::open(&img.path) {
+                    let _ = f.sync_all();
+                }
+            }
+            storage
+                .mark_points(&volumes, &last)
+                .await
+                .map_err(|e| SessionError::Here(format!("transfer point: {e}")))?;
+            self.phase(
+                key,
+                RelocationPhase::Copying,
+                "streaming what changed since, the VM stopped",
+            );
+            self.stream_volumes(
+                receiver,
+                key,
+                &volumes,
+                Some(&first),
+                &last,
+                &mut sent,
+                &progress,
+            )
+            .await
         };
-        match switched.await {
-            Ok(()) => Ok(t0.elapsed().as_millis() as u64),
-            Err(SessionError::Aborted(why)) => Err(SessionError::Aborted(why)),
-            Err(e) => Err(SessionError::Undecided(e.to_string())),
+        match rest.await {
+            Ok(()) => {
+                info!(relocation = %key_text(key), bulk, delta = sent - bulk, "volumes streamed");
+                Ok(t0)
+            }
+            Err(e) => {
+                let _ = say(control, &Step::Abort(e.to_string())).await;
+                Err(e)
+            }
         }
+    }
+
+    /// Each of `volumes` at transfer point `to` (only what changed since
+    /// `from`, when given) into the receiver's stream `vol:I`; `sent`
+    /// counts the bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_volumes(
+        self: &Arc<Self>,
+        receiver: &NodeId,
+        key: &DocKey,
+        volumes: &[String],
+        from: Option<&str>,
+        to: &str,
+        sent: &mut u64,
+        progress: &impl Fn(u64),
+    ) -> Result<(), SessionError> {
+        let storage = &self.drivers.storage;
+        for (i, vol) in volumes.iter().enumerate() {
+            let argv = storage
+                .send_command(vol, from, to)
+                .await
+                .map_err(|e| SessionError::Here(format!("volume {vol}: {e}")))?;
+            let fwd = self.forward(receiver, key, format!("vol:{i}")).await?;
+            let r = super::offline::send_stream(&argv, fwd.0, COPY_TIMEOUT).await;
+            fwd.1.abort();
+            *sent += r.map_err(|e| SessionError::Here(format!("volume {vol}: {e}")))?;
+            progress(*sent);
+        }
+        Ok(())
     }
 
     /// Make the disks and the paused QEMU, then run the receiver's steps.
@@ -1502,7 +1765,7 @@ impl Shared {
         }
         if offer.offline {
             return self
-                .receive_offline(control, key, peer, &offer.config)
+                .receive_offline(control, key, peer, &offer.config, offer.stream.as_deref())
                 .await
                 .map_err(|e| (e, created));
         }

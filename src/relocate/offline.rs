@@ -139,3 +139,105 @@ pub async fn copy(
     }
     Ok(())
 }
+
+/// Send the output of `argv` (a storage's send command, e.g. `zfs send`)
+/// to `to` (a tunnel's local end), then wait for the receiver's answer on
+/// the same stream: its receive command's outcome. Returns the bytes
+/// sent.
+pub async fn send_stream(
+    argv: &[String],
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<u64, OfflineError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tool = "volume send";
+    let run = async {
+        let (program, args) = argv.split_first().ok_or(OfflineError::Failed {
+            tool,
+            stderr: "no command".into(),
+        })?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| OfflineError::Spawn { tool, source })?;
+        let mut out = child.stdout.take().expect("piped");
+        let io = |source| OfflineError::Spawn { tool, source };
+        let sock = tokio::net::TcpStream::connect(to).await.map_err(io)?;
+        let (mut r, mut w) = sock.into_split();
+        let sent = tokio::io::copy(&mut out, &mut w).await.map_err(io)?;
+        w.shutdown().await.map_err(io)?;
+        let done = child.wait_with_output().await.map_err(io)?;
+        if !done.status.success() {
+            return Err(OfflineError::Failed {
+                tool,
+                stderr: format!(
+                    "{}: {}",
+                    argv.join(" "),
+                    String::from_utf8_lossy(&done.stderr).trim()
+                ),
+            });
+        }
+        let mut answer = String::new();
+        r.read_to_string(&mut answer).await.map_err(io)?;
+        match answer.trim() {
+            "ok" => Ok(sent),
+            "" => Err(OfflineError::Failed {
+                tool,
+                stderr: "the receiver closed the stream without an answer".into(),
+            }),
+            other => Err(OfflineError::Failed {
+                tool: "volume receive",
+                stderr: other.trim_start_matches("error: ").to_string(),
+            }),
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| OfflineError::Timeout(timeout))?
+}
+
+/// The receiver's end of [`send_stream`]: each connection to `listener`
+/// is fed into a new run of `argv` (a storage's receive command, e.g.
+/// `zfs recv -F`), one at a time, and answered `ok` or `error: WHY` once
+/// that run ends. Runs until dropped (aborted).
+pub async fn take_streams(listener: tokio::net::TcpListener, argv: Vec<String>) {
+    use tokio::io::AsyncWriteExt;
+    while let Ok((sock, _)) = listener.accept().await {
+        let (mut r, mut w) = sock.into_split();
+        let took = async {
+            let (program, args) = argv.split_first().ok_or("no command".to_string())?;
+            let mut child = Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("{program}: {e}"))?;
+            let mut stdin = child.stdin.take().expect("piped");
+            let copied = tokio::io::copy(&mut r, &mut stdin).await;
+            drop(stdin);
+            let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
+            if !done.status.success() {
+                return Err(format!(
+                    "{}: {}",
+                    argv.join(" "),
+                    String::from_utf8_lossy(&done.stderr).trim()
+                ));
+            }
+            copied.map_err(|e| format!("the stream broke: {e}"))?;
+            Ok(())
+        }
+        .await;
+        let answer = match took {
+            Ok(()) => "ok\n".to_string(),
+            Err(why) => format!("error: {}\n", why.replace('\n', " ")),
+        };
+        let _ = w.write_all(answer.as_bytes()).await;
+        let _ = w.shutdown().await;
+    }
+}

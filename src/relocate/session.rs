@@ -43,6 +43,9 @@ use crate::qemu::qmp::Qmp;
 pub enum Step {
     /// Receiver: its disks are exported.
     Exported,
+    /// Receiver (offline): it takes the disks as volume streams of the
+    /// kind the offer names (`zfs send`), the bulk while the VM runs.
+    Streams,
     /// Sender: the disks are in sync; take the memory stream.
     Incoming,
     /// Receiver: listening for the memory stream.
@@ -94,18 +97,23 @@ pub(crate) async fn say(control: &mut Tunnel, step: &Step) -> Result<(), Session
         .map_err(|e| SessionError::Control(e.to_string()))
 }
 
-pub(crate) async fn expect(
-    control: &mut Tunnel,
-    want: Step,
-    name: &'static str,
-) -> Result<(), SessionError> {
+/// The next message from the other side.
+pub(crate) async fn next(control: &mut Tunnel) -> Result<Step, SessionError> {
     let got = control
         .recv()
         .await
         .map_err(|e| SessionError::Control(e.to_string()))?
         .ok_or_else(|| SessionError::Control("closed by the other node".into()))?;
-    let got: Step = serde_json::from_slice(&got)
-        .map_err(|e| SessionError::Control(format!("malformed message: {e}")))?;
+    serde_json::from_slice(&got)
+        .map_err(|e| SessionError::Control(format!("malformed message: {e}")))
+}
+
+pub(crate) async fn expect(
+    control: &mut Tunnel,
+    want: Step,
+    name: &'static str,
+) -> Result<(), SessionError> {
+    let got = next(control).await?;
     match got {
         g if g == want => Ok(()),
         Step::Abort(why) => Err(SessionError::Aborted(why)),
