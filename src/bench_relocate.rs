@@ -92,6 +92,16 @@ pub struct Args {
     /// executable's source tree has it).
     #[arg(long, default_value = "/var/lib/deorch/guest")]
     pub guest: PathBuf,
+    /// Offline relocations (stop, copy, start) beside the same by hand:
+    /// raw QEMU powered down, its disk written into a `qemu-nbd` export
+    /// on the other side (`qemu-img convert`), started there.
+    #[arg(long)]
+    pub offline: bool,
+    /// The deorch nodes keep their volumes on ZFS below `ROOT-0` and
+    /// `ROOT-1` (destroyed afterwards): their offline relocations stream
+    /// the volumes (`zfs send`). Directory storage otherwise.
+    #[arg(long, value_name = "ROOT")]
+    pub zfs_root: Option<String>,
 }
 
 /// What one relocation of the deorch path measured.
@@ -186,6 +196,8 @@ struct Lab {
     r_if: [String; 2],
     r_ip: [String; 2],
     nodes: Vec<Child>,
+    /// The deorch nodes' ZFS roots' prefix (`--zfs-root`).
+    zfs_root: Option<String>,
 }
 
 impl Lab {
@@ -204,6 +216,7 @@ impl Lab {
             r_if: [format!("{p}ra"), format!("{p}rb")],
             r_ip: [format!("10.232.{net}.1"), format!("10.232.{net}.2")],
             nodes: Vec::new(),
+            zfs_root: None,
         };
         for ns in &lab.ns {
             let _ = Command::new("ip")
@@ -313,6 +326,30 @@ impl Drop for Lab {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(root) = &self.zfs_root {
+            for side in 0..2 {
+                let ds = format!("{root}-{side}");
+                // zfs-fuse keeps a dataset busy for a while after its
+                // last user died.
+                for _ in 0..20 {
+                    let gone = Command::new("zfs")
+                        .args(["destroy", "-r", &ds])
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                        || !Command::new("zfs")
+                            .args(["list", &ds])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success());
+                    if gone {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
     }
 }
 
@@ -474,12 +511,24 @@ fn spawn_node(
         name,
     };
     let exe = std::env::current_exe().context("finding this executable")?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.ns[side]])
+    let mut cmd = Command::new("nsenter");
+    // The network namespace only: `ip netns exec` would give the node a
+    // mount namespace of its own, where zfs-fuse's mounts vanish.
+    cmd.arg(format!("--net=/var/run/netns/{}", lab.ns[side]))
+        .arg("--")
         .arg(&exe)
         .args(["--log", "info", "node", "run", "--name", &node.name])
-        .args(["--hypervisor", "qemu", "--storage", "dir"])
-        .arg("--probe-guest")
+        .args(["--hypervisor", "qemu"]);
+    match &lab.zfs_root {
+        Some(root) => cmd.args([
+            "--storage",
+            "zfs",
+            "--storage-root",
+            &format!("{root}-{side}"),
+        ]),
+        None => cmd.args(["--storage", "dir"]),
+    };
+    cmd.arg("--probe-guest")
         .arg(guest)
         .arg("--state-dir")
         .arg(&node.state)
@@ -524,8 +573,9 @@ fn spawn_node(
     }
 }
 
-fn relocation_yaml(name: &str) -> String {
-    format!("apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {{name: {name}}}\nspec:\n  virtualMachine: {{name: mover}}\n")
+fn relocation_yaml(name: &str, offline: bool) -> String {
+    let mode = if offline { "  mode: Offline\n" } else { "" };
+    format!("apiVersion: deorch.dev/v1alpha1\nkind: Relocation\nmetadata: {{name: {name}}}\nspec:\n  virtualMachine: {{name: mover}}\n{mode}")
 }
 
 /// The guest's kernel command line (before the TSC settings QEMU's driver
@@ -590,13 +640,14 @@ fn deorch_run(
     d: &mut DeorchSide,
     i: usize,
     limit: Duration,
+    offline: bool,
 ) -> anyhow::Result<DeorchRun> {
     let (from, to) = (d.at, 1 - d.at);
     let name = format!("move-{i}");
     let (rx0, tx0) = lab.link_bytes(from, &lab.d_if[from])?;
     let w0 = last_write(&d.nodes[from].vm_dir());
     let t0 = Instant::now();
-    d.nodes[from].apply(relocation_yaml(&name))?;
+    d.nodes[from].apply(relocation_yaml(&name, offline))?;
     let (mut copying, mut switching) = (None, None);
     loop {
         let st = [
@@ -670,7 +721,10 @@ fn deorch_run(
     guest_goes_on(&dir, guest_lines(&dir), Duration::from_secs(30))?;
     d.at = to;
     Ok(DeorchRun {
-        guest_mibps: write_rate(w0, last_write(&dir)),
+        // An offline move reboots the guest: its counters start again.
+        guest_mibps: (!offline)
+            .then(|| write_rate(w0, last_write(&dir)))
+            .flatten(),
         ..run
     })
 }
@@ -755,6 +809,9 @@ fn start_raw(
     incoming: bool,
 ) -> anyhow::Result<Qmp> {
     let mut args = cmdline::args(vm);
+    // As deorch's QEMUs: a guest that powers off leaves QEMU to be told
+    // to quit.
+    args.push("-no-shutdown".into());
     if incoming {
         args.extend(["-S", "-incoming", "defer"].map(String::from));
     }
@@ -1035,6 +1092,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let limit = Duration::from_secs(180 + (disk_size >> 20) / 4);
     let mut lab = Lab::new()?;
+    lab.zfs_root = args.zfs_root.clone();
     // The data every run moves: the whole disk written with a pattern.
     let image = lab.dir.join("filled.qcow2");
     let tf = Instant::now();
@@ -1067,7 +1125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rr = Vec::new();
     let t0 = Instant::now();
     for i in 0..runs {
-        let x = deorch_run(&lab, &mut d, i, limit)?;
+        let x = deorch_run(&lab, &mut d, i, limit, args.offline)?;
         eprintln!(
             "run {}/{runs} deorch {} -> {}: {:.0} ms wall, {} ms elapsed, copy {:?} ms, downtime {} ms, {:.1} MiB on the link",
             i + 1,
@@ -1081,16 +1139,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         dr.push(x);
         std::thread::sleep(Duration::from_secs(1));
-        let y = raw_run(
-            &rt,
-            &lab,
-            &mut r,
-            &args.guest,
-            disk_size,
-            args.write_mibps,
-            limit,
-            args.raw_tls,
-        )?;
+        let y = if args.offline {
+            raw_run_offline(
+                &rt,
+                &lab,
+                &mut r,
+                &args.guest,
+                disk_size,
+                args.write_mibps,
+                args.raw_tls,
+            )?
+        } else {
+            raw_run(
+                &rt,
+                &lab,
+                &mut r,
+                &args.guest,
+                disk_size,
+                args.write_mibps,
+                limit,
+                args.raw_tls,
+            )?
+        };
         eprintln!(
             "run {}/{runs} raw {} -> {}: {:.0} ms to cont (receiver start {:.0} ms before), QEMU total-time {} ms, downtime {} ms + {:.0} ms to cont, {:.1} MiB on the link",
             i + 1,
@@ -1108,7 +1178,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let wall = t0.elapsed();
     let load1 = loadavg();
-    report(&args, alloc, &dr, &rr, &load0, &load1, wall, accel)?;
+    if args.offline {
+        report_offline(&args, alloc, &dr, &rr)?;
+    } else {
+        report(&args, alloc, &dr, &rr, &load0, &load1, wall, accel)?;
+    }
     if args.copies > 0 {
         let (mut dc, mut rc) = (Vec::new(), Vec::new());
         for k in 0..args.copies {
@@ -1237,11 +1311,36 @@ fn raw_copy(
     k: usize,
     tls: bool,
 ) -> anyhow::Result<CopyRun> {
-    let (from, to) = (r.at, 1 - r.at);
+    let from = r.at;
     let dir = lab.dir.join(format!("rawcopy-{k}"));
     std::fs::create_dir_all(&dir)?;
-    let dst = dir.join("copy.qcow2");
-    let pid = dir.join("nbd.pid");
+    let (_, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
+    let t0 = Instant::now();
+    nbd_copy(lab, from, image, &dir.join("copy.qcow2"), disk_size, tls)?;
+    let wall = t0.elapsed();
+    let (_, tx1) = lab.link_bytes(from, &lab.r_if[from])?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CopyRun {
+        wall_ms: ms(wall),
+        wire_tx: tx1 - tx0,
+    })
+}
+
+/// `image` (qcow2, on side `from`) copied by hand into a fresh qcow2
+/// `dst` of `disk_size` bytes on the other side: `qemu-nbd` exports it
+/// there, `qemu-img convert -n --target-is-zero -W` writes it (deorch's
+/// holder and offline sender run the same command), plain TCP or QEMU's
+/// TLS.
+fn nbd_copy(
+    lab: &Lab,
+    from: usize,
+    image: &Path,
+    dst: &Path,
+    disk_size: u64,
+    tls: bool,
+) -> anyhow::Result<()> {
+    let to = 1 - from;
+    let pid = dst.with_extension("nbd.pid");
     let host = &lab.r_ip[to];
     let port = (NBD_PORT + 1).to_string();
     let psk = lab.dir.join("psk");
@@ -1269,9 +1368,7 @@ fn raw_copy(
         ];
         client = format!("driver=nbd,host={host},port={port},export=data,tls-creds=tls0");
     }
-    let (_, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
-    let t0 = Instant::now();
-    new_qcow2(&dst, disk_size)?;
+    new_qcow2(dst, disk_size)?;
     sh(Command::new("ip")
         .args(["netns", "exec", &lab.ns[to], "qemu-nbd", "--fork"])
         .arg(format!("--pid-file={}", pid.display()))
@@ -1286,7 +1383,7 @@ fn raw_copy(
         .args(&server_tls)
         .arg(format!("--bind={host}"))
         .arg(format!("--port={port}"))
-        .arg(&dst))?;
+        .arg(dst))?;
     let mut convert = Command::new("ip");
     convert
         .args([
@@ -1309,17 +1406,171 @@ fn raw_copy(
     // the server carries out before it answers. qemu-nbd itself lingers
     // ~1.3 s after its client leaves (measured here), so it is killed, as
     // deorch's puller kills its own.
-    let wall = t0.elapsed();
     let server = std::fs::read_to_string(&pid).unwrap_or_default();
     if !server.trim().is_empty() {
         let _ = Command::new("kill").args(["-9", server.trim()]).status();
     }
-    let (_, tx1) = lab.link_bytes(from, &lab.r_if[from])?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(CopyRun {
-        wall_ms: ms(wall),
+    let _ = std::fs::remove_file(&pid);
+    Ok(())
+}
+
+/// An offline move by hand: the guest powered down (ACPI, as deorch
+/// stops it), its disk copied into a fresh one on the other side
+/// ([`nbd_copy`]), QEMU started there. The VM is down from the power
+/// button to the new QEMU answering QMP (`total_ms`; `prep_ms`: the
+/// shutdown).
+#[allow(clippy::too_many_arguments)]
+fn raw_run_offline(
+    rt: &tokio::runtime::Runtime,
+    lab: &Lab,
+    r: &mut RawSide,
+    guest: &Path,
+    disk_size: u64,
+    write_mibps: u64,
+    tls: bool,
+) -> anyhow::Result<RawRun> {
+    let (from, to) = (r.at, 1 - r.at);
+    let dir = lab.dir.join(format!("raw-{}", r.seq));
+    r.seq += 1;
+    std::fs::create_dir_all(&dir)?;
+    let (rx0, tx0) = lab.link_bytes(from, &lab.r_if[from])?;
+    let pid = std::fs::read_to_string(cmdline::pidfile(&r.dir)).unwrap_or_default();
+    let t0 = Instant::now();
+    // As deorch's qemu driver stops it: the power button, the guest's
+    // shutdown awaited (stopTimeout 5s), then `quit`.
+    rt.block_on(async {
+        qmp(&mut r.qmp, "sender", "system_powerdown", None).await?;
+        while t0.elapsed() < Duration::from_secs(5) {
+            // An error: QEMU is gone already.
+            match r.qmp.execute("query-status", None).await {
+                Ok(st) if st["status"] != "shutdown" => {}
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = r.qmp.execute("quit", None).await;
+        anyhow::Ok(())
+    })?;
+    // Gone, or a zombie (exited; its parent here, init, reaps it only
+    // every few seconds): as deorch's driver waits for it.
+    let running = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        })
+    };
+    while !pid.trim().is_empty() && running(pid.trim()) {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = t0.elapsed();
+    nbd_copy(
+        lab,
+        from,
+        &r.dir.join("data.qcow2"),
+        &dir.join("data.qcow2"),
+        disk_size,
+        tls,
+    )?;
+    let vm = raw_vm(&dir, guest, r.accel, write_mibps);
+    r.qmp = start_raw(rt, lab, to, &dir, &vm, false)?;
+    let down = t0.elapsed();
+    let (rx1, tx1) = lab.link_bytes(from, &lab.r_if[from])?;
+    let old = std::mem::replace(&mut r.dir, dir);
+    let _ = std::fs::remove_dir_all(&old);
+    r.at = to;
+    guest_goes_on(&r.dir, 0, Duration::from_secs(60))?;
+    Ok(RawRun {
+        from: lab.ns[from].clone(),
+        to: lab.ns[to].clone(),
+        prep_ms: ms(stopped),
+        total_ms: ms(down),
+        mirror_ready_ms: 0.0,
+        qemu_total_ms: 0,
+        qemu_downtime_ms: 0,
+        switch_ms: 0.0,
+        disk_bytes: 0,
+        ram_bytes: 0,
         wire_tx: tx1 - tx0,
+        wire_rx: rx1 - rx0,
+        guest_mibps: None,
     })
+}
+
+/// The offline runs: deorch's relocation (apply → succeeded; the VM's
+/// downtime from its status) beside the same by hand.
+fn report_offline(args: &Args, alloc: u64, dr: &[DeorchRun], rr: &[RawRun]) -> anyhow::Result<()> {
+    let pct = |xs: Vec<f64>| percentiles(&mut durations(xs.into_iter()));
+    let d_wall = pct(dr.iter().map(|x| x.wall_ms).collect());
+    let d_down = pct(dr.iter().map(|x| x.downtime_ms as f64).collect());
+    let r_down = pct(rr.iter().map(|x| x.total_ms).collect());
+    let r_stop = pct(rr.iter().map(|x| x.prep_ms).collect());
+    let d_wire = median(dr.iter().map(|x| x.wire_tx as f64));
+    let r_wire = median(rr.iter().map(|x| x.wire_tx as f64));
+    let storage = if args.zfs_root.is_some() {
+        "zfs (volume streams)"
+    } else {
+        "dir (NBD)"
+    };
+    let raw = if args.raw_tls {
+        "by hand (TLS)"
+    } else {
+        "by hand"
+    };
+    if args.json {
+        let p = |p: &crate::bench::Percentiles| json!({"p50": p.p50, "p95": p.p95, "max": p.max});
+        let out = json!({
+            "offline": true, "storage": storage, "runs": args.runs,
+            "diskSize": args.disk_size.bytes(), "allocated": alloc, "writeMiBps": args.write_mibps,
+            "deorch": {"wallMs": p(&d_wall), "downtimeMs": p(&d_down), "wireBytesP50": d_wire, "samples": dr},
+            "raw": {"downtimeMs": p(&r_down), "shutdownMs": p(&r_stop), "wireBytesP50": r_wire, "samples": rr},
+            "ratioDowntimeP50": d_down.p50 / r_down.p50.max(1e-9),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{} offline moves per path of a VM with a {} MiB data disk ({} MiB allocated), the guest writing {} MiB/s; deorch on {storage}",
+        args.runs,
+        args.disk_size.bytes() >> 20,
+        alloc >> 20,
+        args.write_mibps
+    );
+    println!();
+    println!("| path | p50 | p95 | max | on the link (p50) |");
+    println!("|---|---|---|---|---|");
+    for (what, p, w) in [
+        ("deorch: apply → succeeded on both", &d_wall, Some(d_wire)),
+        ("deorch: VM down (status downtimeMs)", &d_down, None),
+        (
+            &*format!("{raw}: VM down (power button → new QEMU answers)"),
+            &r_down,
+            Some(r_wire),
+        ),
+        (
+            &*format!("{raw}: of which the guest's shutdown"),
+            &r_stop,
+            None,
+        ),
+    ] {
+        println!(
+            "| {what} | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
+            p.p50,
+            p.p95,
+            p.max,
+            w.map_or("".into(), |w| format!("{:.1} MiB", mib(w)))
+        );
+    }
+    println!(
+        "ratio deorch/by hand, VM down p50: {:.2}",
+        d_down.p50 / r_down.p50.max(1e-9)
+    );
+    Ok(())
 }
 
 /// The copies' table.

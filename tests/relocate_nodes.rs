@@ -1275,14 +1275,17 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
             .replace("[3m", "")
             .replace("[0m", "")
             .replace("[2m", "");
+        // `delta=N`, or the first of `passes=[N, ...]` (the bulk).
         plain
             .split(&format!("{name}="))
             .nth(1)
+            .map(|r| r.trim_start_matches('['))
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{name} in {line}"))
     };
-    let (bulk, delta) = (field("bulk"), field("delta"));
+    let bulk = field("passes");
+    let delta = field("delta");
     assert!(
         bulk > 0 && delta < bulk,
         "the delta is what changed: bulk {bulk}, delta {delta}"

@@ -25,8 +25,8 @@
 //! Offline mode runs the same way with [`super::offline`]'s data path
 //! (the VM stopped first, started on the receiver from the copies). A
 //! restarted daemon finishes or rolls back what its markers say
-//! (`recover_all`). Not yet: an incremental `zfs send` before the
-//! mirror.
+//! (`recover_all`). Not yet: an incremental `zfs send` before the live
+//! mirror (offline moves between zfs nodes stream the volumes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -116,6 +116,12 @@ struct Offer {
     #[serde(default)]
     stream: Option<String>,
 }
+
+/// A streamed offline copy stops the VM for its last pass once a pass
+/// while it runs moves at most this much...
+const SMALL_PASS_BYTES: u64 = 16 << 20;
+/// ...or after this many passes while it runs.
+const MAX_RUNNING_PASSES: usize = 4;
 
 /// A task aborted when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -1018,6 +1024,15 @@ impl Shared {
             }
             let sh = self.clone();
             tokio::spawn(async move {
+                // A streamed offline copy the crash cut short left its
+                // transfer points (a receiver's volumes go whole).
+                if lock.role == "sender" && sh.drivers.storage.stream_kind().is_some() {
+                    for vol in &lock.volumes {
+                        if let Err(e) = sh.drivers.storage.drop_points(vol).await {
+                            warn!(volume = %vol, error = %e, "a transfer point was not dropped");
+                        }
+                    }
+                }
                 sh.recover(&id, &key, &lock).await;
                 if let Some(r) = sh.store.get(&object_key(&key)) {
                     sh.done.lock().unwrap().insert(key.clone(), r.generation);
@@ -1406,7 +1421,7 @@ impl Shared {
         let tag = crate::driver::cow::nonce();
         let mut stream = storage.stream_kind();
         if stream.is_some() {
-            if let Err(e) = storage.mark_points(&volumes, &format!("{tag}a")).await {
+            if let Err(e) = storage.mark_points(&volumes, &format!("{tag}-0")).await {
                 warn!(relocation = %key_text(key), error = %e, "no transfer point: the disks are copied once the VM stopped");
                 stream = None;
             }
@@ -1553,9 +1568,11 @@ impl Shared {
     }
 
     /// The streamed offline copy: each volume up to transfer point
-    /// `{tag}a` (taken while the VM ran) goes while the VM still runs;
-    /// then the VM stops, point `{tag}b` is taken, and only what changed
-    /// between the two crosses. Returns when the VM stopped.
+    /// `{tag}-0` (taken while the VM ran) goes while the VM still runs,
+    /// then what changed during that pass (`{tag}-1`), and so on while
+    /// the passes shrink; then the VM stops, a last point is taken, and
+    /// only what changed since the previous one crosses. Returns when the
+    /// VM stopped.
     async fn send_streams(
         self: &Arc<Self>,
         v: &RelocationView,
@@ -1569,7 +1586,7 @@ impl Shared {
         let storage = &self.drivers.storage;
         let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
         let total: u64 = sizes.values().sum();
-        let (first, last) = (format!("{tag}a"), format!("{tag}b"));
+        let point = |n: usize| format!("{tag}-{n}");
         let started = Instant::now();
         self.phase(
             key,
@@ -1578,13 +1595,49 @@ impl Shared {
         );
         let mut sent = 0u64;
         let progress = |sent: u64| self.offline_progress(key, sent.min(total), total, started);
-        if let Err(e) = self
-            .stream_volumes(receiver, key, &volumes, None, &first, &mut sent, &progress)
-            .await
-        {
-            let _ = say(control, &Step::Abort(e.to_string())).await;
-            return Err(e);
-        }
+        // The bulk, then what changed during each pass, while the guest
+        // runs, until a pass is small (or stops shrinking): the VM is
+        // down only for the last one.
+        let mut passes = vec![];
+        let running = async {
+            let mut from: Option<String> = None;
+            let mut n = 0;
+            loop {
+                if n > 0 {
+                    storage
+                        .mark_points(&volumes, &point(n))
+                        .await
+                        .map_err(|e| SessionError::Here(format!("transfer point: {e}")))?;
+                }
+                let before = sent;
+                self.stream_volumes(
+                    receiver,
+                    key,
+                    &volumes,
+                    from.as_deref(),
+                    &point(n),
+                    &mut sent,
+                    &progress,
+                )
+                .await?;
+                let moved = sent - before;
+                let shrank = passes.last().is_none_or(|&prev| moved < prev / 2);
+                passes.push(moved);
+                from = Some(point(n));
+                n += 1;
+                if moved <= SMALL_PASS_BYTES || !shrank || n >= MAX_RUNNING_PASSES {
+                    return Ok::<usize, SessionError>(n);
+                }
+            }
+        };
+        let n = match running.await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = say(control, &Step::Abort(e.to_string())).await;
+                return Err(e);
+            }
+        };
+        let (first, last) = (point(n - 1), point(n));
         let bulk = sent;
         let t0 = Instant::now();
         let rest = async {
@@ -1618,7 +1671,7 @@ impl Shared {
         };
         match rest.await {
             Ok(()) => {
-                info!(relocation = %key_text(key), bulk, delta = sent - bulk, "volumes streamed");
+                info!(relocation = %key_text(key), passes = ?passes, delta = sent - bulk, "volumes streamed");
                 Ok(t0)
             }
             Err(e) => {

@@ -10,7 +10,9 @@
 //! (`gossip::node`, `track_relocations`). Tests: `tests/relocate_live.rs`
 //! (the data path), `tests/relocate_nodes.rs` (two daemons, faults).
 //! Both hypervisor drivers take part (libvirt through deorch's own QMP
-//! monitor of each domain). Not built yet: zfs send.
+//! monitor of each domain). Offline moves between zfs nodes stream the
+//! volumes (`zfs send`), the bulk while the VM runs. Not built yet: zfs
+//! send before the live mirror.
 
 pub mod agent;
 pub mod live;

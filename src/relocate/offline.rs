@@ -6,6 +6,11 @@
 //! the fresh target reads as zeros (`--target-is-zero`), so zero and
 //! unallocated ranges are skipped. Any image format QEMU reads works on
 //! either side (the export is the guest-visible content).
+//!
+//! Between two nodes whose storage streams volumes (zfs), the agent
+//! pipes the storage's send command into the receiver's receive command
+//! instead ([`send_stream`], [`take_streams`]): the bulk while the VM
+//! still runs, then only what changed (docs/ALGORITHMS.md, "Relocation").
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
