@@ -1661,7 +1661,7 @@ fn changing_the_node_of_a_running_vm_placed_by_hand_moves_it_live() {
 
 /// The Network the DHCP test's mover is on: the same on both nodes, each
 /// serving it on a bridge of its own (in its own namespace).
-const LAN: &str = "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {name: lan}\nspec:\n  ipv4:\n    subnet: 10.78.0.0/24\n    gateway: 10.78.0.1\n    range: {start: 10.78.0.100, end: 10.78.0.199}\n  dhcp:\n    leaseTime: 30m\n---\n";
+const LAN: &str = "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata: {name: lan}\nspec:\n  mtu: 1400\n  ipv4:\n    subnet: 10.78.0.0/24\n    gateway: 10.78.0.1\n    range: {start: 10.78.0.100, end: 10.78.0.199}\n  dhcp:\n    leaseTime: 30m\n---\n";
 
 /// The leases the guest printed in `n`'s serial log of the mover (its
 /// DHCP loop asks every second), as `ip=...` addresses.
@@ -1738,4 +1738,13 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
     );
     let vm = status(to, "vm", "mover");
     eprintln!("after the move: leases {:?}, VM status {vm}", leases(to));
+    // The receiver made the VM's tap with its Network's MTU, as the node
+    // that started it did.
+    let tap = deorch::model::names::tap("default", "mover", "eth0");
+    let out = Command::new("ip")
+        .args(["-n", p.ns(to), "link", "show", &tap])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&out.stdout);
+    assert!(link.contains("mtu 1400"), "{tap} on {}: {link}", to.name);
 }

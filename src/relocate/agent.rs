@@ -1806,10 +1806,11 @@ impl Shared {
         }
         offer.config.disk_images = images;
         for nic in offer.config.nics.iter().filter(|n| n.host_tap) {
+            let mtu = nic_mtu(&self.store, &v.vm, &nic.name);
             if let Err(e) = self
                 .drivers
                 .net
-                .ensure_tap(&nic.tap, &nic.bridge, 1500)
+                .ensure_tap(&nic.tap, &nic.bridge, mtu)
                 .await
             {
                 let e = refuse(control, format!("tap {}: {e}", nic.tap)).await;
@@ -1949,6 +1950,24 @@ fn check_offer(store: &Store, vm: &DocKey, c: &VmConfig) -> Result<(), String> {
 }
 
 /// Tell the sender why this node stops, and return that.
+/// The MTU of NIC `nic` of VM `vm` as this node's store has them: its
+/// Network's `mtu` (1500 when unset), as the VM reconciler makes taps.
+fn nic_mtu(store: &Store, vm: &DocKey, nic: &str) -> u16 {
+    let ns = Some(vm.namespace.as_str());
+    store
+        .get(&ObjectKey::new(Kind::VirtualMachine, ns, &vm.name))
+        .and_then(|r| {
+            let nics = r.object["spec"]["nics"].as_array()?.clone();
+            let net = nics.iter().find(|n| n["name"] == nic)?["network"]
+                .as_str()?
+                .to_string();
+            let n = store.get(&ObjectKey::new(Kind::Network, ns, &net))?;
+            n.object["spec"]["mtu"].as_u64()
+        })
+        .and_then(|m| u16::try_from(m).ok())
+        .unwrap_or(1500)
+}
+
 async fn refuse(control: &mut Tunnel, why: String) -> SessionError {
     let _ = say_abort(control, &why).await;
     SessionError::Here(why)
