@@ -450,54 +450,10 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
     // The VM's status on the new node says it runs there, with a console.
     let vm = status(to, "vm", "mover");
     assert_eq!(vm["node"], to.name.as_str(), "{vm}");
-    let vnc = vm["console"]["vncPort"].as_u64();
-    eprintln!("console on the new node: {}", vm["console"]);
-
-    if let Some(port) = vnc {
-        let ns = p.ns(to);
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "bash", "-c"])
-            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 12 <&3"))
-            .output()
-            .unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("RFB"),
-            "the console answers on the new node: {out:?}"
-        );
-    }
+    console_answers(&p, to);
     // Offline back: stopped, its disk copied, started on the first node
     // from the copy: a new boot whose counter, read from the disk, goes on.
-    let (code, out, err) = to.cli(
-        &[
-            "relocate",
-            "mover",
-            "--offline",
-            "--name",
-            "back",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    eprintln!("offline: {}", status(to, "relocation", "back"));
-    let last = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default())
-        .last()
-        .cloned();
-    let t = Instant::now();
-    let back = loop {
-        let b = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default());
-        if b.len() >= 3 && runs(from, "mover") {
-            break b;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no beats back on {}",
-            from.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    offline_back(&p, to, from, "back", &boot);
     assert!(
         qemu_of(to, "mover").is_none(),
         "nothing left on {}",
@@ -508,16 +464,8 @@ fn a_running_vm_moves_to_the_node_the_radar_elects_by_its_name_only() {
         "{:?}",
         volumes(to)
     );
-    if let Some((_, last)) = last {
-        assert_ne!(back[0].0, boot, "a new boot");
-        assert!(
-            back[0].1 > last,
-            "the counter goes on from the copied disk: {last} then {back:?}"
-        );
-    }
 }
 
-/// Phase of relocation `name` as node `n` sees it.
 /// The libvirt driver relocates through the same data path: each node
 /// has a libvirtd of its own (its own network and mount namespaces, as
 /// on two machines); the receiver's libvirt domain is defined with its
@@ -577,51 +525,8 @@ fn with_libvirt_a_running_vm_moves_to_the_other_nodes_libvirtd_and_back_offline(
     );
 
     let boot = beats_go_on(to, &old_serial);
-    let vm = status(to, "vm", "mover");
-    let port = vm["console"]["vncPort"].as_u64().expect("a console");
-    let out = Command::new("ip")
-        .args(["netns", "exec", p.ns(to), "bash", "-c"])
-        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 12 <&3"))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("RFB"),
-        "the console answers on the new node: {out:?}"
-    );
-
-    let last = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default())
-        .last()
-        .cloned()
-        .expect("beats on the new node");
-    let (code, out, err) = to.cli(
-        &[
-            "relocate",
-            "mover",
-            "--offline",
-            "--name",
-            "back",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    wait_until(
-        &p,
-        "beats back on the first node",
-        Duration::from_secs(60),
-        || {
-            beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default()).len() >= 3
-                && runs(from, "mover")
-        },
-    );
-    let back = beats(&std::fs::read_to_string(serial(from, "mover")).unwrap_or_default());
-    assert_ne!(back[0].0, boot, "a new boot");
-    assert!(
-        back[0].1 > last.1,
-        "the counter goes on from the copied disk: {last:?} then {back:?}"
-    );
+    console_answers(&p, to);
+    offline_back(&p, to, from, "back", &boot);
     assert_eq!(lv_from.virsh(&["domstate", &domain]).1, "running");
     assert!(lv_to.domains().is_empty(), "{:?}", lv_to.domains());
     assert!(
@@ -722,6 +627,66 @@ fn with_libvirt_a_relocation_that_fails_leaves_the_vm_running_once_and_no_domain
     assert!(on_to(p.to()).iter().all(|b| b.0 == boot), "the same boot");
 }
 
+/// The mover's console answers (RFB) on node `n`, on the VNC port its
+/// status there names.
+fn console_answers(p: &Pair, n: &Node) {
+    let vm = status(n, "vm", "mover");
+    eprintln!("console on {}: {}", n.name, vm["console"]);
+    let port = vm["console"]["vncPort"]
+        .as_u64()
+        .expect("a console in the VM's status");
+    let out = Command::new("ip")
+        .args(["netns", "exec", p.ns(n), "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 12 <&3"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("RFB"),
+        "the console answers on {}: {out:?}",
+        n.name
+    );
+}
+
+/// Offline move `name` of the mover from `to` back to `from` (the CLI,
+/// waiting): the guest then runs on `from` in a new boot (not `boot`)
+/// whose counter goes on from the copied disk, past the last beat `to`
+/// showed before the move.
+fn offline_back(p: &Pair, to: &Node, from: &Node, name: &str, boot: &str) {
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    let last = on(to)
+        .last()
+        .cloned()
+        .expect("beats before the offline move");
+    let (code, out, err) = to.cli(
+        &[
+            "relocate",
+            "mover",
+            "--offline",
+            "--name",
+            name,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("offline: {}", status(to, "relocation", name));
+    wait_until(
+        p,
+        "beats back on the first node",
+        Duration::from_secs(60),
+        || runs(from, "mover") && on(from).len() >= 3,
+    );
+    let back = on(from);
+    assert_ne!(back[0].0, boot, "a new boot");
+    assert!(
+        back[0].1 > last.1,
+        "the counter goes on from the copied disk: {last:?} then {back:?}"
+    );
+}
+
+/// Phase of relocation `name` as node `n` sees it.
 fn phase(n: &Node, name: &str) -> String {
     status(n, "relocation", name)["phase"]
         .as_str()
@@ -1226,43 +1191,7 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
     // Offline back: both nodes on ZFS, so the volume goes as `zfs send`
     // streams, the bulk while the VM still runs, then only what changed
     // once it stopped; the counter goes on from the disk in a new boot.
-    let last = beats(&std::fs::read_to_string(serial(p.to(), "mover")).unwrap_or_default())
-        .last()
-        .cloned()
-        .expect("beats on the receiver");
-    let (code, out, err) = p.to().cli(
-        &[
-            "relocate",
-            "mover",
-            "--offline",
-            "--name",
-            "zfs-back",
-            "--wait",
-            "--timeout",
-            "90s",
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let st = status(p.to(), "relocation", "zfs-back");
-    eprintln!("zfs offline: {st}");
-    wait_until(
-        &p,
-        "beats back on the first node",
-        Duration::from_secs(60),
-        || {
-            runs(p.from(), "mover")
-                && beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default())
-                    .len()
-                    >= 3
-        },
-    );
-    let back = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default());
-    assert_ne!(back[0].0, boot, "a new boot");
-    assert!(
-        back[0].1 > last.1,
-        "the counter goes on from the streamed disk: {last:?} then {back:?}"
-    );
+    offline_back(&p, p.to(), p.from(), "zfs-back", &boot);
     let log = p.to().log_text();
     let line = log
         .lines()

@@ -752,20 +752,8 @@ impl Hypervisor for LibvirtHypervisor {
         Box::pin(self.launch(config, true))
     }
 
-    fn qmp_socket(&self, id: &str) -> Option<PathBuf> {
-        Some(cmdline::qmp_socket(&self.runtime_dir(id)))
-    }
-
-    fn relocation_lock(&self, id: &str) -> Option<String> {
-        super::marker::read(&self.runtime_dir(id))
-    }
-
-    fn relocation_locks(&self) -> Vec<(String, String)> {
-        super::marker::list(&self.inner.vms_dir)
-    }
-
-    fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
-        super::marker::set(&self.runtime_dir(id), id, holder)
+    fn vms_dir(&self) -> Option<&Path> {
+        Some(&self.inner.vms_dir)
     }
 
     fn stop<'a>(

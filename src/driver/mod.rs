@@ -314,26 +314,33 @@ pub trait Hypervisor: Send + Sync {
             ))
         })
     }
+    /// Where the VMs' runtime directories are (`<dir>/<namespace>/<name>`)
+    /// for a driver that runs QEMU with deorch's monitor in them: the
+    /// defaults below then give each VM its QMP socket and relocation
+    /// marker there. `None`: the driver takes no part in relocations.
+    fn vms_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// The QMP socket of a VM this driver runs (`None`: it has none a
     /// relocation can drive).
     fn qmp_socket(&self, id: &str) -> Option<std::path::PathBuf> {
-        let _ = id;
-        None
+        Some(crate::qemu::cmdline::qmp_socket(&self.vms_dir()?.join(id)))
     }
     /// The relocation that holds VM `id` (its marker's text), if one does:
     /// the VM reconciler leaves such a VM alone. The marker is durable
     /// (it survives a node restart) and goes with the VM's runtime state.
     fn relocation_lock(&self, id: &str) -> Option<String> {
-        let _ = id;
-        None
+        marker::read(&self.vms_dir()?.join(id))
     }
     /// Every VM a relocation holds: (VM id, the marker's text).
     fn relocation_locks(&self) -> Vec<(String, String)> {
-        Vec::new()
+        self.vms_dir().map(marker::list).unwrap_or_default()
     }
     /// Set (`Some`) or clear (`None`) the relocation marker of VM `id`.
     fn set_relocation_lock(&self, id: &str, holder: Option<&str>) -> Result<(), DriverError> {
-        let _ = holder;
+        if let Some(dir) = self.vms_dir() {
+            return marker::set(&dir.join(id), id, holder);
+        }
         Err(DriverError::permanent(
             "relocation lock",
             id,

@@ -1315,20 +1315,15 @@ impl Shared {
             ))));
             streams.insert(format!("vol:{i}"), at);
         }
-        self.incoming.lock().unwrap().insert(
-            key.clone(),
-            Ports {
-                peer: peer.clone(),
-                streams,
-            },
-        );
-        self.phase(
+        self.await_switch(
+            control,
             key,
-            RelocationPhase::Copying,
+            peer,
+            streams,
+            Step::Streams,
             "taking the VM's volumes as streams, the bulk while it runs on the sender",
-        );
-        say(control, &Step::Streams).await?;
-        expect(control, Step::Switch, "Switch").await?;
+        )
+        .await?;
         drop(takers);
         for (_, vol) in &config.disks {
             if let Err(e) = storage.received(vol).await {
@@ -1338,6 +1333,39 @@ impl Shared {
                 warn!(volume = %vol, error = %e, "a transfer point was not dropped");
             }
         }
+        self.start_received(control, config).await
+    }
+
+    /// Offline, the receiver: its local ends of the streams known, tell
+    /// the sender it is `ready` and wait for `Switch`.
+    async fn await_switch(
+        &self,
+        control: &mut Tunnel,
+        key: &DocKey,
+        peer: &NodeId,
+        streams: BTreeMap<String, SocketAddr>,
+        ready: Step,
+        what: &str,
+    ) -> Result<(), SessionError> {
+        self.incoming.lock().unwrap().insert(
+            key.clone(),
+            Ports {
+                peer: peer.clone(),
+                streams,
+            },
+        );
+        self.phase(key, RelocationPhase::Copying, what);
+        say(control, &ready).await?;
+        expect(control, Step::Switch, "Switch").await
+    }
+
+    /// Offline, the receiver after `Switch`: start the VM from its copies
+    /// and say `Running`.
+    async fn start_received(
+        &self,
+        control: &mut Tunnel,
+        config: &VmConfig,
+    ) -> Result<(), SessionError> {
         if let Err(e) = self.drivers.hypervisor.start(config).await {
             return Err(refuse(control, format!("starting the VM here: {e}")).await);
         }
@@ -1375,28 +1403,17 @@ impl Shared {
             }
             streams.insert(format!("disk:{i}"), at);
         }
-        self.incoming.lock().unwrap().insert(
-            key.clone(),
-            Ports {
-                peer: peer.clone(),
-                streams,
-            },
-        );
-        self.phase(
+        self.await_switch(
+            control,
             key,
-            RelocationPhase::Copying,
+            peer,
+            streams,
+            Step::Exported,
             "taking the stopped VM's disks",
-        );
-        say(control, &Step::Exported).await?;
-        expect(control, Step::Switch, "Switch").await?;
+        )
+        .await?;
         drop(servers);
-        if let Err(e) = self.drivers.hypervisor.start(config).await {
-            return Err(refuse(control, format!("starting the VM here: {e}")).await);
-        }
-        if let Err(e) = say(control, &Step::Running).await {
-            warn!(error = %e, "the VM runs here; the sender did not hear so");
-        }
-        Ok(())
+        self.start_received(control, config).await
     }
 
     /// Offline, the sender. A storage with volume streams (zfs) marks a
