@@ -1104,6 +1104,54 @@ fn a_vm_moves_by_address_then_by_tags_and_performance_among_three_nodes() {
     );
 }
 
+/// One node on ZFS, the other on directory storage: an offline move
+/// between them cannot stream volumes, so the zfs side's offer of
+/// streams is answered `Exported` and the disk goes through NBD, either
+/// way; no transfer point is left on the ZFS root.
+#[test]
+fn offline_moves_between_zfs_and_dir_storage_copy_through_nbd() {
+    if !qemu_available() {
+        return;
+    }
+    let Some(root) = common::zfs_root("mixed") else {
+        return;
+    };
+    let _cleanup = ZfsRoots(vec![root.clone()]);
+    let p = start_nodes_with(2, &[], |i| {
+        if i == 0 {
+            vec![
+                "--storage".into(),
+                "zfs".into(),
+                "--storage-root".into(),
+                root.clone(),
+            ]
+        } else {
+            Vec::new()
+        }
+    });
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    // Away from where it runs, then back: one move from each kind.
+    offline_back(&p, p.from(), p.to(), "there", &boot);
+    let boot = beats(&std::fs::read_to_string(serial(p.to(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    offline_back(&p, p.to(), p.from(), "back", &boot);
+    for n in &p.nodes {
+        assert!(
+            !n.log_text().contains("volumes streamed"),
+            "{} streamed volumes to a dir node",
+            n.name
+        );
+    }
+    let points: Vec<String> = common::zfs_tree(&root)
+        .into_iter()
+        .filter(|d| d.contains('@'))
+        .collect();
+    assert!(points.is_empty(), "snapshots left: {points:?}");
+}
+
 /// Destroys the nodes' ZFS roots when the test ends.
 struct ZfsRoots(Vec<String>);
 impl Drop for ZfsRoots {
