@@ -299,16 +299,17 @@ fn names_volume_of(file: &str, vm: &str) -> bool {
             .is_some_and(|until| !until.is_empty() && until.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Every file of the volumes directory: name by inode.
+/// Every file of the volumes directory: name by inode. The node runs
+/// meanwhile: a file it removes between the listing and its `stat` is
+/// left out, as a listing a moment later would.
 fn volume_files(node: &Node) -> BTreeMap<u64, String> {
     std::fs::read_dir(volumes_dir(node))
         .unwrap()
         .flatten()
-        .map(|e| {
-            (
-                e.metadata().unwrap().ino(),
-                e.file_name().to_string_lossy().into_owned(),
-            )
+        .filter_map(|e| match e.metadata() {
+            Ok(m) => Some((m.ino(), e.file_name().to_string_lossy().into_owned())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => panic!("{}: {err}", e.path().display()),
         })
         .collect()
 }
