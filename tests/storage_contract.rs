@@ -1200,7 +1200,7 @@ async fn volume_streams_carry_a_point_then_only_the_change_on_zfs() {
         "whole volume {whole} B, change {change} B"
     );
     for (h, s) in [(&a, &sa), (&b, &sb)] {
-        s.drop_points("v").await.unwrap();
+        s.drop_points(&["v".to_string()]).await.unwrap();
         let Harness::Zfs(_, root) = h else {
             unreachable!()
         };

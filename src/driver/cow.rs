@@ -443,19 +443,22 @@ impl<B: CowBackend> Storage for CowStorage<B> {
             })
         }))
     }
-    fn drop_points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        let ds = vol(volume);
+    fn drop_points<'a>(&'a self, volumes: &'a [String]) -> BoxFuture<'a, Result<(), DriverError>> {
+        let names: BTreeSet<String> = volumes.iter().map(|v| vol(v)).collect();
         Box::pin(self.with(move |b| {
             let points: Vec<String> = b
                 .list()?
                 .into_iter()
-                .filter(|d| d.name == ds)
-                .flat_map(|d| d.snapshots)
-                .map(|s| s.0)
-                .filter(|s| s.starts_with(super::TRANSFER_POINT))
+                .filter(|d| names.contains(&d.name))
+                .flat_map(|d| {
+                    d.snapshots
+                        .into_iter()
+                        .filter(|s| s.0.starts_with(super::TRANSFER_POINT))
+                        .map(move |s| format!("{}@{}", d.name, s.0))
+                })
                 .collect();
             for p in points {
-                b.destroy(&format!("{ds}@{p}"))?;
+                b.destroy(&p)?;
             }
             Ok(())
         }))

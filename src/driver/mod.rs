@@ -597,9 +597,10 @@ pub trait Storage: Send + Sync {
         let _ = volume;
         Box::pin(async move { Err(no_streams(self.name())) })
     }
-    /// Drop every transfer point of `volume`.
-    fn drop_points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        let _ = volume;
+    /// Drop every transfer point of each of `volumes` (one listing for
+    /// all; a volume that is gone has none).
+    fn drop_points<'a>(&'a self, volumes: &'a [String]) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = volumes;
         Box::pin(async move { Err(no_streams(self.name())) })
     }
 }

@@ -627,8 +627,10 @@ impl Shared {
             }
             Err(e) => {
                 let _ = hv.set_relocation_lock(&id, None);
+                // An offline VM stopped by now is started again here by
+                // its reconciler once the marker is gone.
                 let after = if offline {
-                    "the VM starts again here"
+                    "the VM runs here (started again if it had stopped)"
                 } else {
                     "the VM runs on here as before"
                 };
@@ -1027,10 +1029,8 @@ impl Shared {
                 // A streamed offline copy the crash cut short left its
                 // transfer points (a receiver's volumes go whole).
                 if lock.role == "sender" && sh.drivers.storage.stream_kind().is_some() {
-                    for vol in &lock.volumes {
-                        if let Err(e) = sh.drivers.storage.drop_points(vol).await {
-                            warn!(volume = %vol, error = %e, "a transfer point was not dropped");
-                        }
+                    if let Err(e) = sh.drivers.storage.drop_points(&lock.volumes).await {
+                        warn!(vm = %id, error = %e, "transfer points were not dropped");
                     }
                 }
                 sh.recover(&id, &key, &lock).await;
@@ -1325,13 +1325,14 @@ impl Shared {
         )
         .await?;
         drop(takers);
-        for (_, vol) in &config.disks {
+        let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
+        for vol in &volumes {
             if let Err(e) = storage.received(vol).await {
                 return Err(refuse(control, format!("volume {vol}: {e}")).await);
             }
-            if let Err(e) = storage.drop_points(vol).await {
-                warn!(volume = %vol, error = %e, "a transfer point was not dropped");
-            }
+        }
+        if let Err(e) = storage.drop_points(&volumes).await {
+            warn!(error = %e, "transfer points were not dropped");
         }
         self.start_received(control, config).await
     }
@@ -1492,10 +1493,8 @@ impl Shared {
         }
         .await;
         if stream.is_some() {
-            for vol in &volumes {
-                if let Err(e) = storage.drop_points(vol).await {
-                    warn!(volume = %vol, error = %e, "a transfer point was not dropped");
-                }
+            if let Err(e) = storage.drop_points(&volumes).await {
+                warn!(error = %e, "transfer points were not dropped");
             }
         }
         sent
