@@ -1221,6 +1221,23 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         },
     );
     assert!(!datasets(to).is_empty(), "the VM's dataset on its new node");
+    // The live move streamed the volume (`zfs send`) while the guest ran
+    // on a transfer overlay: the mirror carried only the overlay, not
+    // the volume's 64 MiB.
+    let log = p.from().log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("relocation copied"))
+        .unwrap_or_else(|| panic!("the copy's figures: {log}"));
+    eprintln!("{line}");
+    let (streamed, mirrored) = (
+        log_field(line, "streamed_bytes"),
+        log_field(line, "disk_bytes"),
+    );
+    assert!(
+        streamed > 0 && mirrored < 16 << 20,
+        "streamed {streamed}, then mirrored only the overlay: {mirrored}"
+    );
     let t = Instant::now();
     loop {
         let b = beats(&std::fs::read_to_string(serial(p.to(), "mover")).unwrap_or_default());
@@ -1246,23 +1263,8 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         .find(|l| l.contains("volumes streamed"))
         .unwrap_or_else(|| panic!("the volume went as streams: {log}"));
     eprintln!("{line}");
-    let field = |name: &str| -> u64 {
-        let plain: String = line.chars().filter(|c| !c.is_control()).collect();
-        let plain = plain
-            .replace("[3m", "")
-            .replace("[0m", "")
-            .replace("[2m", "");
-        // `delta=N`, or the first of `passes=[N, ...]` (the bulk).
-        plain
-            .split(&format!("{name}="))
-            .nth(1)
-            .map(|r| r.trim_start_matches('['))
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-    };
-    let bulk = field("passes");
-    let delta = field("delta");
+    let bulk = log_field(line, "passes");
+    let delta = log_field(line, "delta");
     assert!(
         bulk > 0 && delta < bulk,
         "the delta is what changed: bulk {bulk}, delta {delta}"
@@ -1279,6 +1281,128 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         .filter(|d| d.contains("@xfer-"))
         .collect();
     assert!(points.is_empty(), "transfer points left: {points:?}");
+}
+
+/// Number `name=N` (or the first of `name=[N, ...]`) in a log line.
+fn log_field(line: &str, name: &str) -> u64 {
+    let plain: String = line.chars().filter(|c| !c.is_control()).collect();
+    let plain = plain
+        .replace("[3m", "")
+        .replace("[0m", "")
+        .replace("[2m", "");
+    plain
+        .split(&format!("{name}="))
+        .nth(1)
+        .map(|r| r.trim_start_matches('['))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+}
+
+/// No transfer overlay in any node's runtime directories and no transfer
+/// point on any of `roots`.
+fn no_transfer_leftovers(p: &Pair, roots: &[String], what: &str) {
+    wait_until(
+        p,
+        &format!("{what}: transfer leftovers"),
+        Duration::from_secs(30),
+        || {
+            let overlays = p.nodes.iter().any(|n| {
+                std::fs::read_dir(n.state.join("vms/default/mover"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("xfer-"))
+            });
+            let points = roots
+                .iter()
+                .flat_map(|r| common::zfs_tree(r))
+                .any(|d| d.contains("@xfer-"));
+            !overlays && !points
+        },
+    );
+}
+
+/// On zfs, a live relocation streams each volume while the guest writes
+/// to a transfer overlay; a relocation that fails then folds the overlay
+/// back into the volume, whether the sender's node goes on (a cancel),
+/// restarts (its daemon killed) or loses the VM's QEMU (killed: the
+/// guest's writes in the overlay reach the volume before the VM starts
+/// again, so the new boot counts on past every beat it sent).
+#[test]
+fn on_zfs_a_failed_relocation_folds_the_transfer_overlay_back_and_loses_no_write() {
+    if !qemu_available() {
+        return;
+    }
+    let Some(base) = common::zfs_root("refold") else {
+        return;
+    };
+    let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
+    let _cleanup = ZfsRoots(roots.clone());
+    let mut p = start_nodes_with(2, &["--relocation-bandwidth", "8Mi"], |i| {
+        vec![
+            "--storage".into(),
+            "zfs".into(),
+            "--storage-root".into(),
+            roots[i].clone(),
+        ]
+    });
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    let on_overlay = |p: &Pair| {
+        std::fs::read_dir(p.from().state.join("vms/default/mover"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("xfer-"))
+    };
+
+    start_copy(&p, "cancelled");
+    assert!(
+        on_overlay(&p),
+        "the guest writes to a transfer overlay during the copy"
+    );
+    std::fs::remove_file(p.from().manifests.join("cancelled.yaml")).unwrap();
+    let boot = runs_on_the_sender_only(&p, &boot, "cancel");
+    no_transfer_leftovers(&p, &roots, "cancel");
+
+    let boot = kill_daemon_mid_copy(&mut p, &boot, "sender-killed", true);
+    no_transfer_leftovers(&p, &roots, "sender's daemon killed");
+
+    // The sender's QEMU dies on its overlay.
+    start_copy(&p, "qemu-killed");
+    assert!(on_overlay(&p), "on a transfer overlay");
+    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
+    let pid = qemu_of(p.from(), "mover").expect("the sender's QEMU");
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(&p, "the sender fails", Duration::from_secs(30), || {
+        phase(p.from(), "qemu-killed") == "Failed"
+    });
+    let now = || beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default());
+    wait_until(
+        &p,
+        "a new boot on the sender",
+        Duration::from_secs(60),
+        || now().first().is_some_and(|b| b.0 != boot) && now().len() >= 3,
+    );
+    let after = now();
+    assert!(
+        after[0].1 > last.1,
+        "the new boot counts on from every write the guest made on the overlay: last beat {last:?}, then {after:?}"
+    );
+    no_transfer_leftovers(&p, &roots, "sender's QEMU killed");
+    assert!(
+        p.from().log_text().contains("committed into its volume"),
+        "the node folded the overlay before starting the VM"
+    );
+    assert!(
+        qemu_of(p.to(), "mover").is_none(),
+        "nothing runs on the receiver"
+    );
 }
 
 /// The node's daemon process (the last of the wrap's exec chain).

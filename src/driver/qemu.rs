@@ -298,6 +298,11 @@ impl QemuHypervisor {
             let mut vm = self.to_qemu(config)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Self::permanent("start", id, format!("{}: {e}", dir.display())))?;
+            // The guest's last writes may be in a transfer overlay a
+            // relocation left (its QEMU died on it): into the volume first.
+            crate::qemu::overlay::fold_files(&dir)
+                .await
+                .map_err(|e| Self::permanent("start", id, e))?;
             let spice = config.spice
                 && {
                     let ok = self.spice_supported();

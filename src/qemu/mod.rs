@@ -4,6 +4,7 @@
 
 pub mod cmdline;
 pub mod console;
+pub mod overlay;
 pub mod probe;
 pub mod qmp;
 pub mod tsc;

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::live::{abort, LivePlan, LiveProgress, LiveStage};
-use super::session::{expect, next, run_receiver, run_sender, say, SessionError, Step};
+use super::session::{expect, next, run_receiver, run_sender_from, say, SessionError, Step};
 use super::tunnel::{self, RateLimit, Tunnel, TunnelKey};
 use crate::driver::{DiskImage, Drivers, VmConfig, VmState};
 use crate::gossip::node::is_pin_relocation;
@@ -692,15 +692,26 @@ impl Shared {
         let key = &v.key;
         let sizes = self.volume_sizes(&config).await?;
         let disks: Vec<String> = config.disks.iter().map(|d| d.0.clone()).collect();
+        let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
+        let id = config.id.clone();
+        let hv = self.drivers.hypervisor.clone();
+        let storage = self.drivers.storage.clone();
+        // Volume streams before the mirror need transfer overlays, which
+        // only the qemu driver's QEMU takes (libvirt keeps its own block
+        // graph).
+        let overlay_dir = hv.vms_dir().map(|d| d.join(&id));
+        let stream = storage
+            .stream_kind()
+            .filter(|_| hv.name() == "qemu" && overlay_dir.is_some());
         let mut control = self
             .open(receiver, key, "control")
             .await
             .map_err(SessionError::Control)?;
         let offer = serde_json::to_vec(&Offer {
             config,
-            sizes,
+            sizes: sizes.clone(),
             offline: false,
-            stream: None,
+            stream: stream.map(str::to_string),
         })
         .expect("offers serialize");
         control
@@ -784,30 +795,137 @@ impl Shared {
                 }
             }
         };
+        let streamed = std::sync::atomic::AtomicU64::new(0);
+        let tag = crate::driver::cow::nonce();
+        let copy = async {
+            let exported = match next(&mut control).await? {
+                Step::Exported => true,
+                Step::Streams if stream.is_some() => {
+                    let dir = overlay_dir.as_deref().expect("streams need an overlay dir");
+                    let n = self
+                        .stream_under_overlays(
+                            v,
+                            receiver,
+                            (&plan.disks, &volumes),
+                            &sizes,
+                            dir,
+                            (&mut control, &mut qmp),
+                            &tag,
+                        )
+                        .await?;
+                    streamed.store(n, std::sync::atomic::Ordering::SeqCst);
+                    false
+                }
+                Step::Abort(why) => return Err(SessionError::Aborted(why)),
+                got => {
+                    return Err(SessionError::Unexpected {
+                        expected: "Exported or Streams",
+                        got,
+                    })
+                }
+            };
+            run_sender_from(&mut control, &mut qmp, &plan, progress, exported).await
+        };
         let r = tokio::select! {
-            r = run_sender(&mut control, &mut qmp, &plan, progress) => r,
+            r = copy => r,
             () = cancelled => Err(SessionError::Here("cancelled: the Relocation was deleted".into())),
         };
+        let streamed = streamed.load(std::sync::atomic::Ordering::SeqCst);
         drop(control);
         nbd.1.abort();
         migration.1.abort();
+        if stream.is_some() {
+            if let Err(e) = storage.drop_points(&volumes).await {
+                warn!(error = %e, "transfer points were not dropped");
+            }
+        }
         if let Some((p, elapsed)) = at_switch.lock().unwrap().take() {
             write(p, elapsed);
         }
         match r {
             Ok(o) => {
-                info!(relocation = %key_text(key), total_ms = o.total_ms, downtime_ms = o.qemu_downtime_ms, switch_ms = o.switch_ms, disk_bytes = o.disk_bytes, ram_bytes = o.ram_bytes, "relocation copied");
+                info!(relocation = %key_text(key), total_ms = o.total_ms, downtime_ms = o.qemu_downtime_ms, switch_ms = o.switch_ms, streamed_bytes = streamed, disk_bytes = o.disk_bytes, ram_bytes = o.ram_bytes, "relocation copied");
                 Ok(o.qemu_downtime_ms + o.switch_ms)
             }
             Err(SessionError::Undecided(why)) => Err(SessionError::Undecided(why)),
             Err(e) => {
-                let notes = abort(&mut qmp, &plan).await;
+                let mut notes = abort(&mut qmp, &plan).await;
+                notes.extend(self.fold_back(&id, &mut qmp, &plan.disks).await);
                 if !notes.is_empty() {
                     warn!(relocation = %key_text(key), ?notes, "abort left notes");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Live, between volume-streaming storages, before the mirror: move
+    /// the guest's writes onto transfer overlays, take a transfer point
+    /// of each (now still) volume, stream it to the receiver while the
+    /// guest runs, and say `Streamed`. The bytes streamed.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_under_overlays(
+        self: &Arc<Self>,
+        v: &RelocationView,
+        receiver: &NodeId,
+        (disks, volumes): (&[String], &[String]),
+        sizes: &BTreeMap<String, u64>,
+        dir: &std::path::Path,
+        (control, qmp): (&mut Tunnel, &mut Qmp),
+        tag: &str,
+    ) -> Result<u64, SessionError> {
+        let key = &v.key;
+        let bases = super::live::sender_overlays(qmp, disks, dir).await?;
+        // What QEMU wrote before the overlay reaches the volume before
+        // its point is taken.
+        for base in &bases {
+            if let Ok(f) = std::fs::File::open(base) {
+                let _ = f.sync_all();
+            }
+        }
+        let point = format!("{tag}-0");
+        self.drivers
+            .storage
+            .mark_points(volumes, &point)
+            .await
+            .map_err(|e| SessionError::Here(format!("transfer point: {e}")))?;
+        self.phase(
+            key,
+            RelocationPhase::Copying,
+            "streaming the VM's volumes while it runs on transfer overlays",
+        );
+        let total: u64 = sizes.values().sum();
+        let started = Instant::now();
+        let progress = |sent: u64| self.offline_progress(key, sent.min(total), total, started);
+        let mut sent = 0;
+        self.stream_volumes(receiver, key, volumes, None, &point, &mut sent, &progress)
+            .await?;
+        say(control, &Step::Streamed).await?;
+        Ok(sent)
+    }
+
+    /// Fold the transfer overlays of VM `id`'s disks back into its volumes
+    /// (the VM stays here) and delete their files; notes of what failed
+    /// (the files then stay, and are folded when the VM next starts).
+    async fn fold_back(&self, id: &str, qmp: &mut Qmp, disks: &[String]) -> Vec<String> {
+        let Some(dir) = self.drivers.hypervisor.vms_dir().map(|d| d.join(id)) else {
+            return Vec::new();
+        };
+        if crate::qemu::overlay::files(&dir).is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = super::live::fold_overlays(qmp, disks).await {
+            return vec![format!(
+                "the transfer overlays stay until the VM next starts: {e}"
+            )];
+        }
+        let mut notes = Vec::new();
+        for f in crate::qemu::overlay::files(&dir) {
+            if let Err(e) = std::fs::remove_file(&f) {
+                notes.push(format!("{}: {e}", f.display()));
+            }
+        }
+        notes
     }
 
     /// The virtual size of each of the VM's volumes, by volume name.
@@ -999,6 +1117,7 @@ impl Shared {
                         migrate_timeout: COPY_TIMEOUT,
                     };
                     notes.extend(abort(&mut q, &plan).await);
+                    notes.extend(self.fold_back(id, &mut q, &plan.disks).await);
                 }
                 Err(e) => notes.push(format!("QMP: {e}")),
             }
@@ -1293,6 +1412,29 @@ impl Shared {
         peer: &NodeId,
         config: &VmConfig,
     ) -> Result<(), SessionError> {
+        let (takers, streams) = self.stream_takers(control, config).await?;
+        self.await_switch(
+            control,
+            key,
+            peer,
+            streams,
+            Step::Streams,
+            "taking the VM's volumes as streams, the bulk while it runs on the sender",
+        )
+        .await?;
+        drop(takers);
+        self.streams_received(control, config).await?;
+        self.start_received(control, config).await
+    }
+
+    /// The receiver of volume streams: replace each fresh volume of the
+    /// VM by a taker of its stream `vol:I` (the storage's receive
+    /// command). The takers (stopped when dropped) and their local ends.
+    async fn stream_takers(
+        &self,
+        control: &mut Tunnel,
+        config: &VmConfig,
+    ) -> Result<(Vec<AbortOnDrop>, BTreeMap<String, SocketAddr>), SessionError> {
         let storage = &self.drivers.storage;
         let mut takers = Vec::new();
         let mut streams = BTreeMap::new();
@@ -1315,16 +1457,17 @@ impl Shared {
             ))));
             streams.insert(format!("vol:{i}"), at);
         }
-        self.await_switch(
-            control,
-            key,
-            peer,
-            streams,
-            Step::Streams,
-            "taking the VM's volumes as streams, the bulk while it runs on the sender",
-        )
-        .await?;
-        drop(takers);
+        Ok((takers, streams))
+    }
+
+    /// The receiver, every volume stream in: the volumes made readable
+    /// and their transfer points dropped.
+    async fn streams_received(
+        &self,
+        control: &mut Tunnel,
+        config: &VmConfig,
+    ) -> Result<(), SessionError> {
+        let storage = &self.drivers.storage;
         let volumes: Vec<String> = config.disks.iter().map(|d| d.1.clone()).collect();
         for vol in &volumes {
             if let Err(e) = storage.received(vol).await {
@@ -1334,7 +1477,7 @@ impl Shared {
         if let Err(e) = storage.drop_points(&volumes).await {
             warn!(error = %e, "transfer points were not dropped");
         }
-        self.start_received(control, config).await
+        Ok(())
     }
 
     /// Offline, the receiver: its local ends of the streams known, tell
@@ -1854,6 +1997,33 @@ impl Shared {
             ]
             .into(),
         };
+        // Between volume-streaming storages the volumes come as streams
+        // first (the sender's guest runs on transfer overlays meanwhile),
+        // and the mirror then carries only what it wrote since.
+        let storage = &self.drivers.storage;
+        if offer.stream.is_some() && offer.stream.as_deref() == storage.stream_kind() {
+            let (takers, streams) = self
+                .stream_takers(control, &offer.config)
+                .await
+                .map_err(|e| (e, created.clone()))?;
+            let mut all = ports.clone();
+            all.streams.extend(streams);
+            self.incoming.lock().unwrap().insert(key.clone(), all);
+            self.phase(
+                key,
+                RelocationPhase::Copying,
+                "taking the VM's volumes as streams while it runs on the sender",
+            );
+            let taken = async {
+                say(control, &Step::Streams).await?;
+                expect(control, Step::Streamed, "Streamed").await
+            };
+            taken.await.map_err(|e| (e, created.clone()))?;
+            drop(takers);
+            self.streams_received(control, &offer.config)
+                .await
+                .map_err(|e| (e, created.clone()))?;
+        }
         if let Err(e) = hv.start_incoming(&offer.config).await {
             let e = refuse(control, e.to_string()).await;
             return Err((e, created));

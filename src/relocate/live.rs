@@ -41,10 +41,12 @@
 //! once more, and the memory with its dirtied pages.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::qemu::overlay;
 use crate::qemu::qmp::{Qmp, QmpError};
 
 /// What to move and how.
@@ -381,6 +383,13 @@ pub async fn sender_mirror(
 ) -> Result<u64, LiveError> {
     let nodes = disk_nodes(sender, "sender", &plan.disks).await?;
     for (disk, node) in plan.disks.iter().zip(nodes) {
+        // On a transfer overlay, the volume below is on the receiver
+        // already (streamed): only the overlay's clusters go.
+        let sync = if node == overlay::node(disk) {
+            "top"
+        } else {
+            "full"
+        };
         run(
             sender,
             "sender",
@@ -397,7 +406,7 @@ pub async fn sender_mirror(
             "blockdev-mirror",
             Some(
                 json!({"job-id": job_id(disk), "device": node, "target": target_node(disk),
-                "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}),
+                "sync": sync, "copy-mode": "write-blocking", "auto-dismiss": false}),
             ),
         )
         .await?;
@@ -567,6 +576,128 @@ async fn wait_job_concluded(sender: &mut Qmp, disk: &str) -> Result<(), LiveErro
             _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
+}
+
+/// A disk's row in a `query-block` answer: (root node, the image's file
+/// name, its format, its virtual size).
+fn image_of(block: &Value, disk: &str) -> Option<(String, String, String, u64)> {
+    let node = node_of(block, disk)?;
+    let row = block
+        .as_array()?
+        .iter()
+        .find(|b| b["inserted"]["node-name"] == node.as_str())?;
+    let image = &row["inserted"]["image"];
+    Some((
+        node,
+        image["filename"].as_str()?.to_string(),
+        image["format"].as_str()?.to_string(),
+        image["virtual-size"].as_u64()?,
+    ))
+}
+
+/// Sender, before a volume stream: put a transfer overlay (in runtime
+/// directory `dir`) on top of each disk, so the guest writes there from
+/// now on and each volume holds still for its transfer point. Overlays a
+/// previous attempt left are folded first. Returns each disk's volume
+/// file (to flush before the point is taken).
+pub async fn sender_overlays(
+    sender: &mut Qmp,
+    disks: &[String],
+    dir: &Path,
+) -> Result<Vec<String>, LiveError> {
+    fold_overlays(sender, disks).await?;
+    let block = run(sender, "sender", "query-block", None).await?;
+    let mut bases = Vec::new();
+    for disk in disks {
+        let fail = |why: String| LiveError::Mirror {
+            disk: disk.clone(),
+            why,
+        };
+        let (top, base, format, size) =
+            image_of(&block, disk).ok_or_else(|| fail("not found in query-block".into()))?;
+        let file = overlay::path(dir, disk);
+        overlay::create(&file, &base, &format, size)
+            .await
+            .map_err(fail)?;
+        run(
+            sender,
+            "sender",
+            "blockdev-add",
+            Some(json!({"driver": "qcow2", "node-name": overlay::node(disk),
+                "file": {"driver": "file", "filename": file}, "backing": null})),
+        )
+        .await?;
+        run(
+            sender,
+            "sender",
+            "blockdev-snapshot",
+            Some(json!({"node": top, "overlay": overlay::node(disk)})),
+        )
+        .await?;
+        bases.push(base);
+    }
+    Ok(bases)
+}
+
+/// Fold each disk's transfer overlay, if it runs on one, back into its
+/// volume while the guest runs (active `block-commit`, completed once in
+/// sync), and drop the overlay's node. The caller deletes the files.
+pub async fn fold_overlays(sender: &mut Qmp, disks: &[String]) -> Result<(), LiveError> {
+    let block = run(sender, "sender", "query-block", None).await?;
+    for disk in disks {
+        let ov = overlay::node(disk);
+        if node_of(&block, disk).as_deref() != Some(ov.as_str()) {
+            continue;
+        }
+        let id = format!("fold-{disk}");
+        run(
+            sender,
+            "sender",
+            "block-commit",
+            Some(json!({"job-id": id, "device": ov, "auto-dismiss": false})),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut completed = false;
+        loop {
+            let jobs = run(sender, "sender", "query-jobs", None).await?;
+            let job = jobs
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["id"] == id.as_str()).cloned())
+                .unwrap_or(Value::Null);
+            match job["status"].as_str() {
+                Some("ready") if !completed => {
+                    run(sender, "sender", "job-complete", Some(json!({"id": id}))).await?;
+                    completed = true;
+                }
+                Some("concluded") | None => {
+                    let _ = sender.execute("job-dismiss", Some(json!({"id": id}))).await;
+                    if let Some(e) = job["error"].as_str() {
+                        return Err(LiveError::Mirror {
+                            disk: disk.clone(),
+                            why: format!("folding the transfer overlay back: {e}"),
+                        });
+                    }
+                    break;
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(LiveError::Mirror {
+                        disk: disk.clone(),
+                        why: "the transfer overlay was not folded back within 600 s".into(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        run(
+            sender,
+            "sender",
+            "blockdev-del",
+            Some(json!({"node-name": ov})),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Undo a live copy that failed before the switch: stop the migration

@@ -17,6 +17,16 @@
 //! receiver_switch (cont) ── Running ──►
 //! ```
 //!
+//! Between two volume-streaming storages (zfs, qemu driver) the offer
+//! names the stream kind and the receiver first answers `Streams`: the
+//! sender puts a transfer overlay on each disk
+//! ([`super::live::sender_overlays`]), takes a transfer point of each
+//! volume and streams it (`vol:I` tunnels) while the guest runs on the
+//! overlays, then says `Streamed`; the receiver takes the streams,
+//! starts its paused QEMU on the received volumes and goes on with
+//! `receiver_export` as above. The mirrors then carry only the overlays'
+//! clusters (`sync: top`).
+//!
 //! Either side may send `Abort` instead of its next message; a side
 //! that fails sends it and stops. Before `Switch` the sender may abort
 //! ([`super::live::abort`]: its guest runs on) and the receiver's QEMU,
@@ -46,6 +56,9 @@ pub enum Step {
     /// Receiver (offline): it takes the disks as volume streams of the
     /// kind the offer names (`zfs send`), the bulk while the VM runs.
     Streams,
+    /// Sender (live, after `Streams`): every volume stream is in; start
+    /// the paused QEMU on the received volumes and export them.
+    Streamed,
     /// Sender: the disks are in sync; take the memory stream.
     Incoming,
     /// Receiver: listening for the memory stream.
@@ -142,11 +155,24 @@ pub async fn run_sender(
     control: &mut Tunnel,
     sender: &mut Qmp,
     plan: &LivePlan,
+    progress: impl FnMut(LiveProgress),
+) -> Result<LiveOutcome, SessionError> {
+    run_sender_from(control, sender, plan, progress, false).await
+}
+
+/// [`run_sender`], `Exported` already received when `exported`.
+pub async fn run_sender_from(
+    control: &mut Tunnel,
+    sender: &mut Qmp,
+    plan: &LivePlan,
     mut progress: impl FnMut(LiveProgress),
+    exported: bool,
 ) -> Result<LiveOutcome, SessionError> {
     let t0 = Instant::now();
     let r = async {
-        expect(control, Step::Exported, "Exported").await?;
+        if !exported {
+            expect(control, Step::Exported, "Exported").await?;
+        }
         let disk_bytes = sender_mirror(sender, plan, &mut progress).await?;
         let mirror_ready_ms = t0.elapsed().as_millis() as u64;
         say(control, &Step::Incoming).await?;
