@@ -145,6 +145,9 @@ pub async fn copy(
     Ok(())
 }
 
+/// The buffer of each volume stream's copies.
+const STREAM_BUF: usize = 1 << 20;
+
 /// Send the output of `argv` (a storage's send command, e.g. `zfs send`)
 /// to `to` (a tunnel's local end), then wait for the receiver's answer on
 /// the same stream: its receive command's outcome. Returns the bytes
@@ -169,11 +172,15 @@ pub async fn send_stream(
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| OfflineError::Spawn { tool, source })?;
-        let mut out = child.stdout.take().expect("piped");
+        let out = child.stdout.take().expect("piped");
         let io = |source| OfflineError::Spawn { tool, source };
         let sock = tokio::net::TcpStream::connect(to).await.map_err(io)?;
+        let _ = sock.set_nodelay(true);
         let (mut r, mut w) = sock.into_split();
-        let sent = tokio::io::copy(&mut out, &mut w).await.map_err(io)?;
+        // Large reads: `tokio::io::copy`'s 8 KiB buffer made the stream
+        // syscall-bound.
+        let mut out = tokio::io::BufReader::with_capacity(STREAM_BUF, out);
+        let sent = tokio::io::copy_buf(&mut out, &mut w).await.map_err(io)?;
         w.shutdown().await.map_err(io)?;
         let done = child.wait_with_output().await.map_err(io)?;
         if !done.status.success() {
@@ -224,7 +231,8 @@ pub async fn take_streams(listener: tokio::net::TcpListener, argv: Vec<String>) 
                 .spawn()
                 .map_err(|e| format!("{program}: {e}"))?;
             let mut stdin = child.stdin.take().expect("piped");
-            let copied = tokio::io::copy(&mut r, &mut stdin).await;
+            let mut r = tokio::io::BufReader::with_capacity(STREAM_BUF, &mut r);
+            let copied = tokio::io::copy_buf(&mut r, &mut stdin).await;
             drop(stdin);
             let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
             if !done.status.success() {
