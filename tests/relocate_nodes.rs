@@ -1849,3 +1849,136 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
     let link = String::from_utf8_lossy(&out.stdout);
     assert!(link.contains("mtu 1400"), "{tap} on {}: {link}", to.name);
 }
+
+/// FASTR on zfs: the VM's volume is copied to the other node every
+/// second (the first point whole, then only what changed); its node
+/// dies (daemon and QEMU killed); the survivor shows `NodeLost`, an
+/// operator's `deorch recover` there starts the VM from the copy's newest
+/// point: the guest's counter goes on from what it had written before
+/// that point, not from a blank disk. The dead node, back, runs no copy.
+#[test]
+fn fastr_keeps_a_copy_that_recovery_starts_with_the_data_on_the_other_node() {
+    if !qemu_available() {
+        return;
+    }
+    let Some(base) = common::zfs_root("fastr") else {
+        return;
+    };
+    let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
+    let _cleanup = ZfsRoots(roots.clone());
+    let mut p = start_nodes_mover(
+        2,
+        &[],
+        |i| {
+            vec![
+                "--storage".into(),
+                "zfs".into(),
+                "--storage-root".into(),
+                roots[i].clone(),
+            ]
+        },
+        false,
+        &Mover {
+            spec: "  fastr: {copies: 1, interval: 1s}\n",
+            ..Default::default()
+        },
+    );
+    let (from, to) = (p.from, 1 - p.from);
+    let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
+        .0
+        .clone();
+    let copy = |i: usize| {
+        common::zfs_tree(&roots[i])
+            .into_iter()
+            .filter(|d| d.ends_with("/fastr.vm-default-mover-data"))
+            .count()
+            > 0
+    };
+    let point_ms = |p: &Pair| -> Option<u64> {
+        let st = status(p.from(), "vm", "mover");
+        st["fastr"][0]["point"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("fastr-"))
+            .and_then(|s| s.parse().ok())
+    };
+    wait_until(
+        &p,
+        "a copy point on the other node",
+        Duration::from_secs(30),
+        || point_ms(&p).is_some() && copy(to),
+    );
+    let st = status(p.from(), "vm", "mover");
+    eprintln!("fastr status: {}", st["fastr"]);
+    assert_eq!(st["fastr"][0]["node"], p.to().name.as_str(), "{st}");
+    // Rounds go on, each only what changed (the first sent the volume).
+    let seen = point_ms(&p).unwrap();
+    wait_until(&p, "a newer point", Duration::from_secs(10), || {
+        point_ms(&p).is_some_and(|m| m > seen)
+    });
+    let sent = status(p.from(), "vm", "mover")["fastr"][0]["bytesSent"]
+        .as_u64()
+        .unwrap();
+    assert!(sent < 2 << 20, "an incremental round: {sent} bytes");
+
+    // What the guest wrote up to now must survive: a point taken after
+    // this beat holds it.
+    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    wait_until(
+        &p,
+        "a point after that beat",
+        Duration::from_secs(10),
+        || point_ms(&p).is_some_and(|m| m > now_ms + 300),
+    );
+    let qemu = qemu_of(p.from(), "mover").expect("QEMU on the VM's node");
+    p.nodes[from].kill();
+    Command::new("kill")
+        .args(["-9", &qemu.to_string()])
+        .status()
+        .unwrap();
+    let dying = all_beats(&p.nodes[from], "mover").last().cloned().unwrap();
+    wait_until(
+        &p,
+        "NodeLost on the survivor",
+        Duration::from_secs(30),
+        || status(&p.nodes[to], "vm", "mover")["phase"] == "NodeLost",
+    );
+    assert!(!runs(&p.nodes[to], "mover"), "not started on its own");
+    let (code, out, err) = p.nodes[to].cli(&["recover", "mover"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(
+        &p,
+        "the VM runs on the survivor",
+        Duration::from_secs(60),
+        || runs(&p.nodes[to], "mover") && on(&p.nodes[to]).len() >= 3,
+    );
+    let back = on(&p.nodes[to]);
+    assert_ne!(back[0].0, boot, "a new boot");
+    assert!(
+        back[0].1 > last.1 && back[0].1 <= dying.1 + 1,
+        "the counter goes on from the copy point: {last:?} before the point, {dying:?} at the kill, then {back:?}"
+    );
+    assert!(!copy(to), "the copy became the VM's volume");
+    assert!(
+        p.nodes[to]
+            .log_text()
+            .contains("restored from its FASTR copy"),
+        "the survivor restored the copy"
+    );
+
+    // The dead node returns: it runs no copy; the new primary replicates
+    // to it.
+    p.nodes[from].start();
+    wait_until(
+        &p,
+        "the old node is a copy holder",
+        Duration::from_secs(60),
+        || status(&p.nodes[to], "vm", "mover")["fastr"][0]["point"].is_string(),
+    );
+    assert!(qemu_of(&p.nodes[from], "mover").is_none(), "runs twice");
+    assert!(copy(from), "the new primary's copy on the old node");
+}

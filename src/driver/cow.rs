@@ -93,6 +93,15 @@ pub trait CowBackend: Send + 'static {
         let _ = ds;
         None
     }
+    /// Roll a dataset back to snapshot `snap` (`ds@name`), destroying
+    /// the later ones.
+    fn rollback(&mut self, snap: &str) -> Result<(), DriverError> {
+        Err(DriverError::permanent(
+            "rollback",
+            snap,
+            format!("the {} storage cannot roll back", self.kind()),
+        ))
+    }
 }
 
 /// Volume names: what every backend can hold as a file or dataset name.
@@ -453,12 +462,57 @@ impl<B: CowBackend> Storage for CowStorage<B> {
                 .flat_map(|d| {
                     d.snapshots
                         .into_iter()
-                        .filter(|s| s.0.starts_with(super::TRANSFER_POINT))
+                        .filter(|s| {
+                            s.0.starts_with(super::TRANSFER_POINT)
+                                && !s.0[super::TRANSFER_POINT.len()..].starts_with(super::FASTR_TAG)
+                        })
                         .map(move |s| format!("{}@{}", d.name, s.0))
                 })
                 .collect();
             for p in points {
                 b.destroy(&p)?;
+            }
+            Ok(())
+        }))
+    }
+    fn points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let ds = vol(volume);
+        Box::pin(self.with(move |b| {
+            let mut snaps: Vec<(String, u64)> = b
+                .list()?
+                .into_iter()
+                .find(|d| d.name == ds)
+                .map(|d| d.snapshots)
+                .unwrap_or_default();
+            snaps.sort_by_key(|s| s.1);
+            Ok(snaps
+                .into_iter()
+                .filter_map(|s| s.0.strip_prefix(super::TRANSFER_POINT).map(str::to_string))
+                .collect())
+        }))
+    }
+    fn rollback<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let snap = format!("{}@{}", vol(volume), super::transfer_point(tag));
+        Box::pin(self.with(move |b| b.rollback(&snap)))
+    }
+    fn drop_point<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let ds = vol(volume);
+        let point = super::transfer_point(tag);
+        Box::pin(self.with(move |b| {
+            let has = b
+                .list()?
+                .into_iter()
+                .any(|d| d.name == ds && d.snapshots.iter().any(|s| s.0 == point));
+            if has {
+                b.destroy(&format!("{ds}@{point}"))?;
             }
             Ok(())
         }))

@@ -597,8 +597,32 @@ pub trait Storage: Send + Sync {
         let _ = volume;
         Box::pin(async move { Err(no_streams(self.name())) })
     }
-    /// Drop every transfer point of each of `volumes` (one listing for
-    /// all; a volume that is gone has none).
+    /// The transfer points of `volume` (tags), oldest first.
+    fn points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = volume;
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// Roll `volume` back to its transfer point `tag`, destroying the
+    /// points after it.
+    fn rollback<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volume, tag);
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// Drop transfer point `tag` of `volume` (one that is gone: fine).
+    fn drop_point<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volume, tag);
+        Box::pin(async move { Err(no_streams(self.name())) })
+    }
+    /// Drop every transfer point of each of `volumes` but FASTR's (one
+    /// listing for all; a volume that is gone has none).
     fn drop_points<'a>(&'a self, volumes: &'a [String]) -> BoxFuture<'a, Result<(), DriverError>> {
         let _ = volumes;
         Box::pin(async move { Err(no_streams(self.name())) })
@@ -612,6 +636,11 @@ fn no_streams(driver: &str) -> DriverError {
         format!("the {driver} storage has no volume streams"),
     )
 }
+
+/// The tags of FASTR's points begin with this: a relocation's
+/// [`Storage::drop_points`] leaves them (FASTR's next incremental stream
+/// starts from them).
+pub const FASTR_TAG: &str = "fastr-";
 
 /// The snapshot name of transfer point `tag` ([`Storage::mark_points`]).
 pub fn transfer_point(tag: &str) -> String {

@@ -295,6 +295,11 @@ impl CowBackend for ZfsBackend {
         ])
     }
 
+    fn rollback(&mut self, snap: &str) -> Result<(), DriverError> {
+        self.zfs_retry("rollback", snap, &["rollback", "-r", &self.full(snap)])
+            .map(|_| ())
+    }
+
     fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
         let fs = self
             .zfs(&[

@@ -110,7 +110,7 @@ fn vm(s: &VirtualMachineSpec, out: &mut Vec<InertField>) {
     if s.fastr.is_some() {
         out.push(inert(
             &["spec", "fastr"],
-            "FASTR replication is not implemented: no copies of the disks are made on other satellites",
+            "FASTR on dir storage (copies are made between nodes on zfs storage only) and automatic failover onto a copy (a dead node's VM starts from its copy by `deorch recover` on the copy's node)",
         ));
     }
 }

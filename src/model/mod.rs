@@ -32,7 +32,7 @@ pub use relocation::{RelocationMode, RelocationProgress, RelocationSpec, Relocat
 pub use satellite::{SatelliteSpec, SatelliteStatus};
 pub use spacesuit::{SpacesuitSpec, SpacesuitStatus};
 pub use storage_kinds::{DatasetSpec, DatasetStatus, ReplicaSpec, ReplicaStatus};
-pub use vm::{VirtualMachineSpec, VirtualMachineStatus};
+pub use vm::{FastrCopy, VirtualMachineSpec, VirtualMachineStatus};
 
 /// The API group of every deorch kind.
 pub const GROUP: &str = "deorch.dev";

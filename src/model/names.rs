@@ -18,6 +18,11 @@ pub fn vm_volume(namespace: &str, vm: &str, disk: &str) -> String {
     format!("vm-{namespace}-{vm}-{disk}")
 }
 
+/// The volume that holds a FASTR copy of `volume` on another node.
+pub fn fastr_copy(volume: &str) -> String {
+    format!("fastr.{volume}")
+}
+
 /// Volume of a spacesuit.
 pub fn spacesuit_volume(namespace: &str, suit: &str) -> String {
     format!("suit-{namespace}-{suit}")

@@ -390,10 +390,10 @@ pub struct Fastr {
     /// Number of other satellites holding a copy.
     #[schemars(range(min = 1, max = u32::MAX))]
     pub copies: u32,
-    /// Replicate at least this often (and on every replica).
+    /// Take and send a copy point this often (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Where the copies may go.
+    /// Where the copies may go (`strict` has no meaning here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 }
@@ -442,6 +442,31 @@ pub struct VirtualMachineStatus {
     /// Restarts by the restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// The FASTR copies of the VM's disks on other nodes, as the node
+    /// that runs it last sent them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fastr: Vec<FastrCopy>,
+}
+
+/// One FASTR copy of a VM's disks, as its status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FastrCopy {
+    /// The node that holds it.
+    pub node: String,
+    /// Its newest complete point (`fastr-<unix ms>`), if it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
+    /// How old that point is (the live RPO), in ms, when the status was
+    /// written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    /// Bytes sent to it in the last round.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Why the last round to it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A VM's lifecycle as its node reports it.

@@ -87,6 +87,8 @@ pub struct ClusterPlacement {
     /// Other live nodes by the images and spacesuit volumes their
     /// statuses list (hints: `image_hint`, `volume_hint`).
     holders: Mutex<BTreeMap<u64, Vec<String>>>,
+    /// FASTR copies of the VMs that run here (the agent's).
+    fastr: Mutex<BTreeMap<ObjectKey, Vec<crate::model::FastrCopy>>>,
 }
 
 impl ClusterPlacement {
@@ -103,6 +105,7 @@ impl ClusterPlacement {
             changes: broadcast::channel(1024).0,
             relocation_failures: Mutex::new(BTreeMap::new()),
             holders: Mutex::new(BTreeMap::new()),
+            fastr: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -156,6 +159,26 @@ impl Placement for ClusterPlacement {
             .get(vm)
             .cloned()
             .unwrap_or(Elected::Pending)
+    }
+
+    fn fastr(&self, vm: &ObjectKey) -> Option<Vec<crate::model::FastrCopy>> {
+        self.fastr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm)
+            .cloned()
+    }
+
+    fn set_fastr(&self, vm: &ObjectKey, copies: Option<Vec<crate::model::FastrCopy>>) {
+        let mut m = self.fastr.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match copies {
+            Some(c) => m.insert(vm.clone(), c.clone()).as_ref() != Some(&c),
+            None => m.remove(vm).is_some(),
+        };
+        drop(m);
+        if changed {
+            let _ = self.changes.send(vm.clone());
+        }
     }
 
     fn running_on(&self, vm: &ObjectKey) -> Vec<String> {
@@ -1089,16 +1112,43 @@ impl Task {
         let relocations = self.node.relocations();
         let mut addrs = BTreeMap::new();
         let mut names = BTreeMap::from([(self.me.clone(), self.name.clone())]);
+        let mut members = BTreeMap::new();
         for id in self.node.alive_members() {
             if let Some(a) = self.node.member_addr(&id) {
                 addrs.insert(id.clone(), a);
             }
             names.insert(id.clone(), self.label(&id));
+            if let Some(st) = self.node.status(&id) {
+                members.insert(
+                    id.clone(),
+                    crate::relocate::agent::Member {
+                        tags: st.tags.clone(),
+                        performance: st.performance,
+                        unschedulable: st.unschedulable,
+                        vms: st.vms.clone(),
+                    },
+                );
+            }
+        }
+        // This node as its own status says, with what runs here now.
+        if let Some(st) = self.node.status(&self.me) {
+            members.insert(
+                self.me.clone(),
+                crate::relocate::agent::Member {
+                    tags: st.tags.clone(),
+                    performance: st.performance,
+                    unschedulable: st.unschedulable,
+                    vms: running.iter().cloned().collect(),
+                },
+            );
         }
         self.link.send_if_modified(|l| {
-            let same = l.relocations == relocations && l.addrs == addrs && l.names == names;
+            let same = l.relocations == relocations
+                && l.addrs == addrs
+                && l.names == names
+                && l.members == members;
             if !same {
-                (l.relocations, l.addrs, l.names) = (relocations, addrs, names);
+                (l.relocations, l.addrs, l.names, l.members) = (relocations, addrs, names, members);
             }
             !same
         });

@@ -347,6 +347,16 @@ pub trait Placement: Send + Sync {
         let _ = volume;
         Vec::new()
     }
+    /// The FASTR copies of `vm` (which runs here) as its sender last
+    /// saw them; `None`: no replication from here.
+    fn fastr(&self, vm: &ObjectKey) -> Option<Vec<crate::model::FastrCopy>> {
+        let _ = vm;
+        None
+    }
+    /// The FASTR sender's word on `vm`'s copies.
+    fn set_fastr(&self, vm: &ObjectKey, copies: Option<Vec<crate::model::FastrCopy>>) {
+        let _ = (vm, copies);
+    }
     /// The relocation agent's word on that move: `Some(why)` when it
     /// failed, `None` when it started again or succeeded.
     fn set_relocation_failure(&self, vm: &ObjectKey, why: Option<String>) {

@@ -49,6 +49,8 @@ use crate::model::{Kind, ObjectKey, RelocationProgress, RelocationStatus};
 use crate::qemu::qmp::Qmp;
 use crate::store::Store;
 
+#[path = "fastr.rs"]
+pub mod fastr;
 #[path = "fetch.rs"]
 mod fetch;
 pub use fetch::{check_message as check_fetch_message, sample_ask as sample_fetch_ask, Fetch};
@@ -66,6 +68,21 @@ pub struct Link {
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     /// Members' names.
     pub names: BTreeMap<NodeId, String>,
+    /// Live members (this node too) as their statuses describe them.
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// A live member as FASTR's election reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Its tags.
+    pub tags: crate::gossip::wire::TagSet,
+    /// Its performance class.
+    pub performance: crate::model::Performance,
+    /// Cordoned.
+    pub unschedulable: bool,
+    /// The VMs it runs.
+    pub vms: Vec<DocKey>,
 }
 
 impl Link {
@@ -197,6 +214,11 @@ struct Shared {
     rate: Option<Arc<RateLimit>>,
     placement: Arc<dyn crate::reconcile::Placement>,
     images: std::path::PathBuf,
+    /// FASTR, as the sender of the VMs that run here.
+    fastr: Mutex<BTreeMap<DocKey, fastr::VmRepl>>,
+    /// VMs a FASTR round works on here (as sender, or receiver: kind
+    /// `Fastr`).
+    fastr_busy: Mutex<BTreeSet<DocKey>>,
 }
 
 /// Settings of the copy.
@@ -237,6 +259,8 @@ impl Agent {
             rate: self.rate,
             placement: self.placement,
             images: self.images,
+            fastr: Mutex::new(BTreeMap::new()),
+            fastr_busy: Mutex::new(BTreeSet::new()),
         });
         shared.clone().recover_all();
         shared.remove_stale_snapshots().await;
@@ -272,7 +296,10 @@ impl Agent {
                     }
                     shared.clone().scan();
                 }
-                _ = every.tick() => shared.clone().scan(),
+                _ = every.tick() => {
+                    shared.clone().scan();
+                    shared.fastr_scan();
+                }
                 _ = prune.tick() => shared.prune_images(),
                 Some(f) = async { match fetches.as_mut() { Some(r) => r.recv().await, None => None } } => {
                     tokio::spawn(shared.clone().fetch(f));
@@ -998,6 +1025,7 @@ impl Shared {
         let key = DocKey::new("Relocation", ns, name);
         match h.stream.as_str() {
             "fetch" => self.serve_fetch(t, ns, name).await,
+            "fastr" => self.serve_fastr(t, ns, name).await,
             "control" => {
                 self.receive(t, key).await;
                 Ok(())

@@ -40,6 +40,9 @@ pub const TUNNEL_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Largest payload in one frame.
 const CHUNK: usize = 65_535 - 16;
 
+/// The largest message [`Tunnel::send`] takes.
+pub const MAX_MESSAGE: usize = CHUNK;
+
 /// A handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

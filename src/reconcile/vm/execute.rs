@@ -71,8 +71,23 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
             ctx.retained.invalidate();
             r
         }
+        // A FASTR copy (`fastr.VOLUME@POINT`) is rolled back to that
+        // point first.
         Action::RestoreVolume { retained, volume } => {
-            let r = storage.rename(retained, volume).await;
+            let r = match retained.split_once('@') {
+                Some((copy, point)) => {
+                    let r = match storage.rollback(copy, point).await {
+                        Ok(()) => storage.rename(copy, volume).await,
+                        Err(e) => Err(e),
+                    };
+                    if r.is_ok() {
+                        let _ = storage.received(volume).await;
+                        tracing::info!(volume = %volume, point = %point, "volume restored from its FASTR copy");
+                    }
+                    r
+                }
+                None => storage.rename(retained, volume).await,
+            };
             ctx.retained.invalidate();
             r
         }

@@ -212,6 +212,28 @@ async fn observe(
             }
         }
     }
+    // A VM to start here whose volumes are missing but whose FASTR copies
+    // this node holds (it was a receiver of the node that ran it) starts
+    // from the copies' newest complete point.
+    let lacking: Vec<String> = missing_volumes
+        .iter()
+        .filter(|v| !retained.contains_key(*v))
+        .cloned()
+        .collect();
+    if !desired.deleted
+        && matches!(desired.site, Site::Here)
+        && !lacking.is_empty()
+        && storage.stream_kind().is_some()
+    {
+        let copies: Vec<String> = lacking.iter().map(|v| names::fastr_copy(v)).collect();
+        if let Some(point) =
+            crate::relocate::agent::fastr::settle_copies(storage.as_ref(), &copies).await
+        {
+            for (v, c) in lacking.iter().zip(&copies) {
+                retained.insert(v.clone(), format!("{c}@{point}"));
+            }
+        }
+    }
     let mut missing_sources = Vec::new();
     for d in &desired.disks {
         if !missing_volumes.contains(&d.volume) || retained.contains_key(&d.volume) {

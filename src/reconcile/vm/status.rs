@@ -159,7 +159,13 @@ pub async fn report(
     };
     if plan.node.as_deref() == Some(desired.me.as_str()) {
         here(ctx, &mut status, desired, plan, g);
+        status.fastr = ctx
+            .placement
+            .as_ref()
+            .and_then(|p| p.fastr(&record.key))
+            .unwrap_or_default();
     } else if !holds(&now) {
+        status.fastr.clear();
         status.pending_restart.clear();
         // The console is where the VM runs (after a relocation, the
         // receiver's): none here.

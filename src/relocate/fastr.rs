@@ -1,0 +1,772 @@
+//! FASTR: a running VM's volumes replicated to other nodes, incrementally
+//! (docs/ALGORITHMS.md, "FASTR").
+//!
+//! The node that runs a VM with `spec.fastr` takes a copy point of all
+//! its volumes every `interval` (transfer points `@xfer-fastr-<unix ms>`,
+//! which a relocation's clean-up leaves alone) and sends each elected
+//! receiver what changed since the newest point that receiver holds
+//! (`zfs send -i`; the whole volume when they share none), through a
+//! tunnel (stream `fastr`, the same authenticated channel and bandwidth
+//! cap as relocations):
+//!
+//! ```text
+//! sender                                   receiver
+//! Offer {volumes, point}  ───────────────►
+//!                         ◄─────────────── Have {newest complete point}
+//! Plan {from}             ───────────────►
+//! per volume: the stream's bytes in frames, then an empty frame
+//!                         ◄─────────────── Done {ok | why}
+//! ```
+//!
+//! The receiver keeps each copy as volume `fastr.<volume>`. A point is
+//! complete when every volume of the VM holds it. An incremental receive
+//! is atomic per volume (`zfs recv` applies all of a stream or nothing),
+//! and a whole one goes to `fastr.<volume>.new` and replaces the copy
+//! only once every volume is in, so a sender killed mid-transfer leaves
+//! the receiver its previous complete point; before answering `Have` the
+//! receiver rolls back any volume that got ahead of the others. Only the
+//! newest complete point is kept on the receiver; the sender keeps the
+//! newest point each receiver acknowledged (the next stream's base).
+//!
+//! Receivers are elected from the link's live members: the runner
+//! excluded, `fastr.placement` (tags, performance) satisfied, not
+//! cordoned, ranked by a rendezvous score of (VM, node), the best node of
+//! each microcosm first (no two copies in one rack while another rack
+//! has room), so the choice stays put while those nodes live.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use super::tunnel::Tunnel;
+use super::{Link, Shared, CONNECT_TIMEOUT};
+use crate::driver::FASTR_TAG;
+use crate::gossip::{DocKey, NodeId};
+use crate::model::vm::{Fastr, VirtualMachineSpec};
+use crate::model::{names, FastrCopy, Kind, ObjectKey};
+
+/// How often a VM's volumes are replicated when its policy does not say.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a receiver waits for the next frame of a stream.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tag of the copy point taken at `ms`.
+fn point_tag(ms: u64) -> String {
+    format!("{FASTR_TAG}{ms}")
+}
+
+/// When copy point `tag` was taken (unix ms), if it is one.
+pub fn point_ms(tag: &str) -> Option<u64> {
+    tag.strip_prefix(FASTR_TAG)?.parse().ok()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Offer {
+    volumes: Vec<String>,
+    point: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Have {
+    have: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Plan {
+    from: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Done {
+    error: Option<String>,
+}
+
+/// What the sender knows of one VM's replication.
+#[derive(Debug, Default)]
+pub(super) struct VmRepl {
+    /// When the last round began.
+    last: Option<Instant>,
+    /// Per receiver: its newest complete point, bytes sent to it in the
+    /// last round, why the last round failed.
+    copies: BTreeMap<NodeId, CopyState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct CopyState {
+    point: Option<String>,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// The receivers of VM `vm`'s copies: see the module doc.
+pub fn receivers(link: &Link, vm: &DocKey, f: &Fastr) -> Vec<NodeId> {
+    use crate::gossip::placement::{score, tags_match};
+    let me = link.me.as_ref();
+    let sel = f.placement.as_ref();
+    let mut cands: Vec<(&NodeId, u64, String)> = link
+        .members
+        .iter()
+        .filter(|(id, m)| {
+            Some(*id) != me
+                && link.addrs.contains_key(*id)
+                && !m.unschedulable
+                && !m.vms.contains(vm)
+                && sel.is_none_or(|p| {
+                    p.selector.as_ref().is_none_or(|s| tags_match(s, &m.tags))
+                        && p.performance.is_none_or(|want| want == m.performance)
+                        && p.node
+                            .as_ref()
+                            .is_none_or(|n| link.names.get(*id) == Some(n))
+                        && p.address.as_ref().is_none_or(|a| {
+                            link.addrs
+                                .get(*id)
+                                .is_some_and(|s| s.ip().to_string() == *a)
+                        })
+                })
+        })
+        .map(|(id, m)| {
+            let s = score(
+                vm.hash64(),
+                id.hash64(),
+                &Default::default(),
+                &Default::default(),
+            );
+            let rack = serde_json::to_string(&m.tags.microcosm).unwrap_or_default();
+            (id, s, rack)
+        })
+        .collect();
+    cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let want = f.copies as usize;
+    let mut racks = BTreeSet::new();
+    let mut out: Vec<NodeId> = Vec::new();
+    for (id, _, rack) in &cands {
+        if out.len() < want && racks.insert(rack.clone()) {
+            out.push((*id).clone());
+        }
+    }
+    for (id, _, _) in &cands {
+        if out.len() < want && !out.contains(id) {
+            out.push((*id).clone());
+        }
+    }
+    out
+}
+
+/// Whether `volume` is one of the volumes of VM `ns/name` its spec
+/// declares.
+fn volume_of(ns: &str, name: &str, spec: &VirtualMachineSpec, volume: &str) -> bool {
+    spec.disks
+        .iter()
+        .any(|d| names::vm_volume(ns, name, &d.name) == volume)
+}
+
+impl Shared {
+    /// The spec of VM `vm` as the store declares it (not deleted).
+    fn vm_spec(&self, vm: &DocKey) -> Option<VirtualMachineSpec> {
+        let r = self
+            .store
+            .get(&ObjectKey::new(
+                Kind::VirtualMachine,
+                Some(&vm.namespace),
+                &vm.name,
+            ))
+            .filter(|r| !r.deleted)?;
+        serde_json::from_value(r.object["spec"].clone()).ok()
+    }
+
+    /// Every second: start a round for each VM this node runs whose
+    /// FASTR interval is up (one round per VM at a time).
+    pub(super) fn fastr_scan(self: &Arc<Self>) {
+        if self.drivers.storage.stream_kind().is_none() {
+            return;
+        }
+        let link = self.link.borrow().clone();
+        let Some(me) = link.me.clone() else { return };
+        let running = link
+            .members
+            .get(&me)
+            .map(|m| m.vms.clone())
+            .unwrap_or_default();
+        let mut live = BTreeSet::new();
+        for vm in running {
+            let Some(spec) = self.vm_spec(&vm) else {
+                continue;
+            };
+            let Some(f) = spec.fastr.clone() else {
+                continue;
+            };
+            live.insert(vm.clone());
+            let interval = f.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
+            let due = {
+                let mut st = self.fastr.lock().unwrap();
+                let r = st.entry(vm.clone()).or_default();
+                let due = r.last.is_none_or(|l| l.elapsed() >= interval);
+                if due && self.fastr_busy.lock().unwrap().insert(vm.clone()) {
+                    r.last = Some(Instant::now());
+                    true
+                } else {
+                    false
+                }
+            };
+            if due {
+                let to = receivers(&link, &vm, &f);
+                let sh = self.clone();
+                tokio::spawn(async move {
+                    sh.fastr_round(&vm, to).await;
+                    sh.fastr_busy.lock().unwrap().remove(&vm);
+                });
+            }
+        }
+        // VMs no longer running here: forget them and their status.
+        let gone: Vec<DocKey> = self
+            .fastr
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for vm in gone {
+            self.fastr.lock().unwrap().remove(&vm);
+            self.placement.set_fastr(&vm_object(&vm), None);
+        }
+    }
+
+    /// One round: a new point of all the VM's volumes, sent to each
+    /// receiver; then the points no receiver needs are dropped here.
+    async fn fastr_round(self: &Arc<Self>, vm: &DocKey, to: Vec<NodeId>) {
+        let storage = &self.drivers.storage;
+        let id = format!("{}/{}", vm.namespace, vm.name);
+        let volumes: Vec<String> = match self.drivers.hypervisor.state(&id).await {
+            Ok(crate::driver::VmState::Running { config, .. }) => {
+                config.disks.iter().map(|d| d.1.clone()).collect()
+            }
+            _ => return,
+        };
+        // A relocation holds the VM: its own streams go first.
+        if self.drivers.hypervisor.relocation_lock(&id).is_some() {
+            return;
+        }
+        let tag = point_tag(crate::clock::now_ms());
+        if let Err(e) = storage.mark_points(&volumes, &tag).await {
+            warn!(vm = %id, error = %e, "FASTR: no copy point");
+            return;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for r in to.iter().cloned() {
+            let sh = self.clone();
+            let (vm, volumes, tag) = (vm.clone(), volumes.clone(), tag.clone());
+            tasks.spawn(async move {
+                let t0 = Instant::now();
+                let res = sh.fastr_send(&r, &vm, &volumes, &tag).await;
+                (r, res, t0.elapsed())
+            });
+        }
+        while let Some(Ok((r, res, took))) = tasks.join_next().await {
+            let mut st = self.fastr.lock().unwrap();
+            let c = st
+                .entry(vm.clone())
+                .or_default()
+                .copies
+                .entry(r.clone())
+                .or_default();
+            match res {
+                Ok(bytes) => {
+                    tracing::debug!(vm = %id, to = %r, bytes, ms = took.as_millis() as u64, "FASTR: point sent");
+                    *c = CopyState {
+                        point: Some(tag.clone()),
+                        bytes,
+                        error: None,
+                    };
+                }
+                Err(e) => {
+                    if c.error.as_deref() != Some(e.as_str()) {
+                        warn!(vm = %id, to = %r, error = %e, "FASTR: the copy was not updated");
+                    }
+                    c.error = Some(e);
+                    c.bytes = 0;
+                }
+            }
+        }
+        // Keep, here, each current receiver's newest point (the base of
+        // its next stream); drop the rest.
+        let keep: BTreeSet<String> = {
+            let mut st = self.fastr.lock().unwrap();
+            let r = st.entry(vm.clone()).or_default();
+            r.copies.retain(|n, _| to.contains(n));
+            r.copies.values().filter_map(|c| c.point.clone()).collect()
+        };
+        for v in &volumes {
+            for p in storage.points(v).await.unwrap_or_default() {
+                if p.starts_with(FASTR_TAG) && !keep.contains(&p) {
+                    if let Err(e) = storage.drop_point(v, &p).await {
+                        warn!(vm = %id, point = %p, error = %e, "FASTR: an old point was not dropped");
+                    }
+                }
+            }
+        }
+        self.publish_fastr(vm);
+    }
+
+    /// The VM's copies as its status shows them.
+    fn publish_fastr(&self, vm: &DocKey) {
+        let link = self.link.borrow().clone();
+        let now = crate::clock::now_ms();
+        let copies: Vec<FastrCopy> = self
+            .fastr
+            .lock()
+            .unwrap()
+            .get(vm)
+            .map(|r| {
+                r.copies
+                    .iter()
+                    .map(|(n, c)| FastrCopy {
+                        node: link.name(n),
+                        point: c.point.clone(),
+                        age_ms: c
+                            .point
+                            .as_deref()
+                            .and_then(point_ms)
+                            .map(|ms| now.saturating_sub(ms)),
+                        bytes_sent: c.bytes,
+                        error: c.error.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.placement.set_fastr(&vm_object(vm), Some(copies));
+    }
+
+    /// Send point `tag` of `volumes` to `to`; the bytes sent.
+    async fn fastr_send(
+        self: &Arc<Self>,
+        to: &NodeId,
+        vm: &DocKey,
+        volumes: &[String],
+        tag: &str,
+    ) -> Result<u64, String> {
+        let storage = &self.drivers.storage;
+        let mut t = self.open(to, vm, "fastr").await?;
+        send_json(
+            &mut t,
+            &Offer {
+                volumes: volumes.to_vec(),
+                point: tag.to_string(),
+            },
+        )
+        .await?;
+        let have: Have = recv_json(&mut t).await?;
+        if let Some(e) = have.error {
+            return Err(format!("refused: {e}"));
+        }
+        // The receiver's newest point is the base if this node still has
+        // it on every volume.
+        let mut from = have.have.filter(|h| h != tag);
+        if let Some(f) = &from {
+            for v in volumes {
+                if !storage.points(v).await.unwrap_or_default().contains(f) {
+                    from = None;
+                    break;
+                }
+            }
+        }
+        send_json(&mut t, &Plan { from: from.clone() }).await?;
+        let mut sent = 0u64;
+        for v in volumes {
+            let argv = storage
+                .send_command(v, from.as_deref(), tag)
+                .await
+                .map_err(|e| format!("volume {v}: {e}"))?;
+            sent += self.pipe_out(&mut t, &argv).await?;
+            let done: Done = recv_json(&mut t).await?;
+            if let Some(e) = done.error {
+                return Err(format!("volume {v} on the receiver: {e}"));
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The output of `argv` into the tunnel, in frames, then an empty
+    /// frame; the bytes.
+    async fn pipe_out(&self, t: &mut Tunnel, argv: &[String]) -> Result<u64, String> {
+        let (program, args) = argv.split_first().ok_or("no send command")?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut buf = vec![0u8; super::tunnel::MAX_MESSAGE];
+        let mut sent = 0u64;
+        loop {
+            let n = out.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            if let Some(l) = &self.rate {
+                l.take(n as u64).await;
+            }
+            t.send(&buf[..n]).await.map_err(|e| e.to_string())?;
+            sent += n as u64;
+        }
+        let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
+        if !done.status.success() {
+            return Err(format!(
+                "{}: {}",
+                argv.join(" "),
+                String::from_utf8_lossy(&done.stderr).trim()
+            ));
+        }
+        t.send(&[]).await.map_err(|e| e.to_string())?;
+        Ok(sent)
+    }
+
+    /// A peer's replication of VM `ns/name` to this node.
+    pub(super) async fn serve_fastr(
+        self: Arc<Self>,
+        mut t: Tunnel,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        let vm = DocKey::new("VirtualMachine", ns, name);
+        let peer = t.peer.clone();
+        let checked = self.fastr_check(&vm, &peer);
+        let key = DocKey::new("Fastr", ns, name);
+        let checked = checked.and_then(|spec| {
+            if self.fastr_busy.lock().unwrap().insert(key.clone()) {
+                Ok(spec)
+            } else {
+                Err("a replication of this VM is under way here".to_string())
+            }
+        });
+        let spec = match checked {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = send_json(
+                    &mut t,
+                    &Have {
+                        have: None,
+                        error: Some(e.clone()),
+                    },
+                )
+                .await;
+                return Err(format!("FASTR of {ns}/{name} from {peer}: {e}"));
+            }
+        };
+        let r = self.take_fastr(&mut t, ns, name, &spec).await;
+        self.fastr_busy.lock().unwrap().remove(&key);
+        r
+    }
+
+    /// Whether `peer` may replicate VM `vm` here: the VM exists with a
+    /// FASTR policy, `peer` runs it, this node does not, and this
+    /// node's storage takes volume streams.
+    fn fastr_check(&self, vm: &DocKey, peer: &NodeId) -> Result<VirtualMachineSpec, String> {
+        let spec = self.vm_spec(vm).ok_or("no such VM here")?;
+        if spec.fastr.is_none() {
+            return Err("the VM has no FASTR policy".into());
+        }
+        if self.drivers.storage.stream_kind().is_none() {
+            return Err(format!(
+                "the {} storage here takes no volume streams",
+                self.drivers.storage.name()
+            ));
+        }
+        let link = self.link.borrow();
+        if !link.members.get(peer).is_some_and(|m| m.vms.contains(vm)) {
+            return Err("the sender does not run the VM".into());
+        }
+        if link
+            .me
+            .as_ref()
+            .and_then(|me| link.members.get(me))
+            .is_some_and(|m| m.vms.contains(vm))
+        {
+            return Err("the VM runs here".into());
+        }
+        Ok(spec)
+    }
+
+    async fn take_fastr(
+        &self,
+        t: &mut Tunnel,
+        ns: &str,
+        name: &str,
+        spec: &VirtualMachineSpec,
+    ) -> Result<(), String> {
+        let storage = &self.drivers.storage;
+        let offer: Offer = recv_json(t).await?;
+        if offer.volumes.is_empty()
+            || offer.volumes.iter().any(|v| !volume_of(ns, name, spec, v))
+            || point_ms(&offer.point).is_none()
+        {
+            let e = "the offer names volumes the VM does not have".to_string();
+            let _ = send_json(
+                t,
+                &Have {
+                    have: None,
+                    error: Some(e.clone()),
+                },
+            )
+            .await;
+            return Err(e);
+        }
+        let copies: Vec<String> = offer.volumes.iter().map(|v| names::fastr_copy(v)).collect();
+        let have = settle_copies(storage.as_ref(), &copies).await;
+        send_json(
+            t,
+            &Have {
+                have: have.clone(),
+                error: None,
+            },
+        )
+        .await?;
+        let plan: Plan = recv_json(t).await?;
+        if plan.from.is_some() && plan.from != have {
+            return Err("the plan's base is not this node's point".into());
+        }
+        let whole = plan.from.is_none();
+        for copy in &copies {
+            let target = if whole {
+                format!("{copy}.new")
+            } else {
+                copy.clone()
+            };
+            if whole && storage.exists(&target).await.unwrap_or(false) {
+                storage.destroy(&target).await.map_err(|e| e.to_string())?;
+            }
+            let r = self.pipe_in(t, &target).await;
+            let _ = send_json(
+                t,
+                &Done {
+                    error: r.as_ref().err().cloned(),
+                },
+            )
+            .await;
+            r?;
+        }
+        if whole {
+            for copy in &copies {
+                if storage.exists(copy).await.unwrap_or(false) {
+                    storage.destroy(copy).await.map_err(|e| e.to_string())?;
+                }
+                storage
+                    .rename(&format!("{copy}.new"), copy)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        for copy in &copies {
+            for p in storage.points(copy).await.unwrap_or_default() {
+                if p != offer.point {
+                    let _ = storage.drop_point(copy, &p).await;
+                }
+            }
+        }
+        info!(vm = %format!("{ns}/{name}"), point = %offer.point, whole, "FASTR: copy point received");
+        Ok(())
+    }
+
+    /// Frames from the tunnel, until an empty one, into the storage's
+    /// receive command for `volume`.
+    async fn pipe_in(&self, t: &mut Tunnel, volume: &str) -> Result<(), String> {
+        let argv = self
+            .drivers
+            .storage
+            .receive_command(volume)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (program, args) = argv.split_first().ok_or("no receive command")?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let fed = async {
+            loop {
+                let m = tokio::time::timeout(FRAME_TIMEOUT, t.recv())
+                    .await
+                    .map_err(|_| "the stream stalled".to_string())?
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the sender closed mid-stream")?;
+                if m.is_empty() {
+                    return Ok::<(), String>(());
+                }
+                stdin.write_all(&m).await.map_err(|e| e.to_string())?;
+            }
+        }
+        .await;
+        drop(stdin);
+        if let Err(e) = fed {
+            // An incomplete stream is not applied: the copy keeps its
+            // point.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+        let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
+        if !done.status.success() {
+            return Err(format!(
+                "{}: {}",
+                argv.join(" "),
+                String::from_utf8_lossy(&done.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The newest copy point every one of `copies` holds, after rolling back
+/// any copy that got ahead of it (a round cut short between volumes);
+/// `None` when a copy is missing or they share no point.
+pub async fn settle_copies(
+    storage: &dyn crate::driver::Storage,
+    copies: &[String],
+) -> Option<String> {
+    let mut common: Option<BTreeSet<String>> = None;
+    let mut each = Vec::new();
+    for c in copies {
+        if !storage.exists(c).await.unwrap_or(false) {
+            return None;
+        }
+        let pts: Vec<String> = storage
+            .points(c)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| point_ms(p).is_some())
+            .collect();
+        let set: BTreeSet<String> = pts.iter().cloned().collect();
+        common = Some(match common {
+            None => set,
+            Some(s) => s.intersection(&set).cloned().collect(),
+        });
+        each.push((c, pts));
+    }
+    let newest = common?.into_iter().max_by_key(|p| point_ms(p))?;
+    for (c, pts) in each {
+        if pts.last() != Some(&newest) {
+            if let Err(e) = storage.rollback(c, &newest).await {
+                warn!(copy = %c, error = %e, "FASTR: a copy ahead of the others was not rolled back");
+                return None;
+            }
+        }
+    }
+    Some(newest)
+}
+
+fn vm_object(vm: &DocKey) -> ObjectKey {
+    ObjectKey::new(Kind::VirtualMachine, Some(&vm.namespace), &vm.name)
+}
+
+async fn send_json<T: Serialize>(t: &mut Tunnel, v: &T) -> Result<(), String> {
+    let b = serde_json::to_vec(v).expect("in-memory encoding cannot fail");
+    t.send(&b).await.map_err(|e| e.to_string())
+}
+
+async fn recv_json<T: for<'de> Deserialize<'de>>(t: &mut Tunnel) -> Result<T, String> {
+    let m = tokio::time::timeout(CONNECT_TIMEOUT, t.recv())
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or("closed by the other node")?;
+    serde_json::from_slice(&m).map_err(|e| format!("malformed message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::wire::TagSet;
+    use crate::model::Performance;
+
+    fn link(nodes: &[(&str, &str)]) -> Link {
+        let mut l = Link {
+            me: Some(NodeId("10.0.0.1:7000".into())),
+            ..Default::default()
+        };
+        for (i, (id, rack)) in nodes.iter().enumerate() {
+            let id = NodeId((*id).into());
+            l.addrs.insert(
+                id.clone(),
+                format!("10.0.0.{}:7000", i + 1).parse().unwrap(),
+            );
+            let mut tags = TagSet::default();
+            tags.microcosm.insert("rack".into(), (*rack).into());
+            l.members.insert(
+                id,
+                super::super::Member {
+                    tags,
+                    performance: Performance::High,
+                    unschedulable: false,
+                    vms: vec![],
+                },
+            );
+        }
+        l
+    }
+
+    #[test]
+    fn receivers_spread_over_racks_exclude_the_runner_and_stay_put() {
+        let nodes = [
+            ("10.0.0.1:7000", "r1"),
+            ("10.0.0.2:7000", "r1"),
+            ("10.0.0.3:7000", "r1"),
+            ("10.0.0.4:7000", "r2"),
+            ("10.0.0.5:7000", "r2"),
+        ];
+        let l = link(&nodes);
+        let f = Fastr {
+            copies: 2,
+            interval: None,
+            placement: None,
+        };
+        for i in 0..50 {
+            let vm = DocKey::new("VirtualMachine", "default", &format!("vm{i}"));
+            let r = receivers(&l, &vm, &f);
+            assert_eq!(r.len(), 2, "{r:?}");
+            assert!(!r.contains(l.me.as_ref().unwrap()), "not the runner");
+            let racks: BTreeSet<&str> = r
+                .iter()
+                .map(|n| l.members[n].tags.microcosm["rack"].as_str())
+                .collect();
+            assert_eq!(racks.len(), 2, "one copy per rack: {r:?}");
+            // A node that is not chosen going away changes nothing.
+            let mut l2 = l.clone();
+            let spare = l
+                .members
+                .keys()
+                .find(|n| !r.contains(n) && Some(*n) != l.me.as_ref())
+                .unwrap()
+                .clone();
+            l2.members.remove(&spare);
+            assert_eq!(receivers(&l2, &vm, &f), r, "stable");
+        }
+        // More copies than racks: the rest from the racks already used.
+        let f3 = Fastr {
+            copies: 3,
+            ..f.clone()
+        };
+        let vm = DocKey::new("VirtualMachine", "default", "x");
+        assert_eq!(receivers(&l, &vm, &f3).len(), 3);
+    }
+
+    #[test]
+    fn points_carry_their_time() {
+        assert_eq!(point_ms(&point_tag(1234)), Some(1234));
+        assert_eq!(point_ms("xfer-1"), None);
+        assert_eq!(point_ms("abc"), None);
+    }
+}
