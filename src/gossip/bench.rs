@@ -197,6 +197,8 @@ fn placement_time(n: usize) {
                 accel: None,
                 cpu: None,
                 image: None,
+                fastr: false,
+                holders: None,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

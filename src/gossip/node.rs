@@ -440,8 +440,38 @@ impl GossipNode {
         let c = self.claim(vm)?;
         (track.req.holds_data
             && c.node != self.me
-            && self.member_state(&c.node) == Some(MemberState::Dead))
+            && self.member_state(&c.node) == Some(MemberState::Dead)
+            && !(track.req.fastr && !self.copy_holders(vm).is_empty()))
         .then_some(c)
+    }
+
+    /// The live nodes (this one included) whose status lists the newest
+    /// complete FASTR point of `vm` any of them holds.
+    pub fn copy_holders(&self, vm: &DocKey) -> Vec<NodeId> {
+        let h = vm.hash64();
+        let mut ids = self.alive_members();
+        if !ids.contains(&self.me) {
+            ids.push(self.me.clone());
+        }
+        let mut best = 0;
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(ms) = self
+                .status(&id)
+                .and_then(|s| s.copies.iter().find(|c| c.0 == h).map(|c| c.1))
+            else {
+                continue;
+            };
+            if ms > best {
+                best = ms;
+                out.clear();
+            }
+            if ms == best {
+                out.push(id);
+            }
+        }
+        out.sort();
+        out
     }
 
     /// An operator's recovery of a `NodeLost` VM (`deorch recover`): this
@@ -1079,8 +1109,19 @@ impl GossipNode {
                 .map(|s| s.received)
                 .unwrap_or(0);
             let done = self.relocation_done(&vm);
+            // A VM with FASTR copies fails over to a holder of its newest
+            // point (only there) when its node dies.
+            let claimant_dead = claim.as_ref().is_some_and(|c| {
+                c.node != self.me && self.member_state(&c.node) == Some(MemberState::Dead)
+            });
+            let copies = if self.vms[&vm].req.fastr && claimant_dead {
+                Some(self.copy_holders(&vm)).filter(|h| !h.is_empty())
+            } else {
+                None
+            };
             let track = self.vms.get_mut(&vm).expect("key from the map");
-            let holds_data = track.req.holds_data;
+            track.req.holders = copies.clone();
+            let holds_data = track.req.holds_data && copies.is_none();
             match claim {
                 Some(c) if c.node == self.me => {
                     let since = *track.claimed_at.get_or_insert(now);

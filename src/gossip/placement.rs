@@ -47,6 +47,12 @@ pub struct VmRequest {
     /// Its spacesuit's image ([`super::wire::image_hint`]): nodes that
     /// hold it rank above those that would fetch it.
     pub image: Option<u64>,
+    /// It has a FASTR policy: when its node dies, a holder of its newest
+    /// copy point may start it from that point.
+    pub fastr: bool,
+    /// The only nodes that may win (the holders of the newest FASTR
+    /// point, when the VM's node died).
+    pub holders: Option<Vec<NodeId>>,
 }
 
 impl VmRequest {
@@ -86,6 +92,8 @@ impl VmRequest {
             accel: None,
             cpu: None,
             image: None,
+            fastr: spec.fastr.is_some(),
+            holders: None,
         }
     }
 
@@ -157,6 +165,8 @@ pub enum Unmet {
     Accel,
     /// The node's host CPU is not the one the running VM sees.
     Cpu,
+    /// The node holds no copy of the VM's newest FASTR point.
+    NoCopy,
 }
 
 impl std::fmt::Display for Unmet {
@@ -176,6 +186,7 @@ impl std::fmt::Display for Unmet {
             Unmet::Tags => write!(f, "tags do not match the VM's selector"),
             Unmet::Sender => write!(f, "it runs the VM (the relocation's sender)"),
             Unmet::NotTarget => write!(f, "the relocation names another node"),
+            Unmet::NoCopy => write!(f, "no copy of the VM's newest FASTR point"),
             Unmet::Accel => write!(f, "another accelerator than the VM runs under"),
             Unmet::Cpu => write!(
                 f,
@@ -193,6 +204,9 @@ pub fn unmet(req: &VmRequest, node: &NodeStatus) -> Vec<Unmet> {
     }
     if req.only.as_ref().is_some_and(|o| *o != node.id) {
         out.push(Unmet::NotTarget);
+    }
+    if req.holders.as_ref().is_some_and(|h| !h.contains(&node.id)) {
+        out.push(Unmet::NoCopy);
     }
     if req.accel.as_ref().is_some_and(|a| *a != node.accel) {
         out.push(Unmet::Accel);
@@ -369,6 +383,7 @@ mod tests {
             accel: String::new(),
             cpu: String::new(),
             images: vec![],
+            copies: vec![],
         }
     }
 
@@ -388,6 +403,8 @@ mod tests {
             accel: None,
             cpu: None,
             image: None,
+            fastr: false,
+            holders: None,
         }
     }
 

@@ -253,10 +253,18 @@ pub struct NodeStatus {
     /// must fetch it, and a node without a spacesuit's volume learns who
     /// to copy it from. A hint only: the fetch checks.
     pub images: Vec<u64>,
+    /// The FASTR copies it holds: (the VM's [`DocKey::hash64`], its
+    /// newest complete point, unix ms), at most [`MAX_STATUS_COPIES`]:
+    /// when a VM's node dies, only the holders of its newest point may
+    /// start it.
+    pub copies: Vec<(u64, u64)>,
     /// The node's signature of the other fields (domain
     /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
     pub sig: Vec<u8>,
 }
+
+/// FASTR copies a status lists at most.
+pub const MAX_STATUS_COPIES: usize = 256;
 
 /// Images a status lists at most (8 bytes each).
 pub const MAX_STATUS_IMAGES: usize = 64;
@@ -304,6 +312,7 @@ impl NodeStatus {
             accel: String::new(),
             cpu: String::new(),
             images: Vec::new(),
+            copies: Vec::new(),
             sig: Vec::new(),
         }
     }

@@ -89,6 +89,9 @@ pub struct ClusterPlacement {
     holders: Mutex<BTreeMap<u64, Vec<String>>>,
     /// FASTR copies of the VMs that run here (the agent's).
     fastr: Mutex<BTreeMap<ObjectKey, Vec<crate::model::FastrCopy>>>,
+    /// FASTR copies this node holds: VM → newest complete point (unix
+    /// ms), for the node's status; whether that changed since published.
+    held: Mutex<(BTreeMap<ObjectKey, u64>, bool)>,
 }
 
 impl ClusterPlacement {
@@ -106,7 +109,23 @@ impl ClusterPlacement {
             relocation_failures: Mutex::new(BTreeMap::new()),
             holders: Mutex::new(BTreeMap::new()),
             fastr: Mutex::new(BTreeMap::new()),
+            held: Mutex::new((BTreeMap::new(), false)),
         }
+    }
+
+    /// The FASTR copies this node holds, as its status lists them.
+    fn held_copies(&self) -> Vec<(u64, u64)> {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        h.1 = false;
+        h.0.iter()
+            .take(crate::gossip::wire::MAX_STATUS_COPIES)
+            .map(|(k, ms)| (doc_key(k).hash64(), *ms))
+            .collect()
+    }
+
+    /// Whether the held copies changed since the status last listed them.
+    fn held_changed(&self) -> bool {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     fn set(&self, key: ObjectKey, e: Option<Elected>) {
@@ -167,6 +186,18 @@ impl Placement for ClusterPlacement {
             .unwrap_or_else(|p| p.into_inner())
             .get(vm)
             .cloned()
+    }
+
+    fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let before = h.0.get(vm).copied();
+        if before != point_ms {
+            match point_ms {
+                Some(ms) => h.0.insert(vm.clone(), ms),
+                None => h.0.remove(vm),
+            };
+            h.1 = true;
+        }
     }
 
     fn set_fastr(&self, vm: &ObjectKey, copies: Option<Vec<crate::model::FastrCopy>>) {
@@ -1156,6 +1187,9 @@ impl Task {
             self.running = running;
             self.status_dirty = true;
         }
+        if self.placement.held_changed() {
+            self.status_dirty = true;
+        }
     }
 
     /// A graceful stop: tell the peers this node is back within `hold`
@@ -1244,6 +1278,7 @@ impl Task {
             accel: status.accel.clone().unwrap_or_default(),
             cpu: status.cpu.clone().unwrap_or_default(),
             images: self.image_hints(),
+            copies: self.placement.held_copies(),
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);

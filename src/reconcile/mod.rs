@@ -353,6 +353,11 @@ pub trait Placement: Send + Sync {
         let _ = vm;
         None
     }
+    /// The FASTR receiver's word: this node holds a complete copy of
+    /// `vm` at point `point_ms` (unix ms), or none.
+    fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {
+        let _ = (vm, point_ms);
+    }
     /// The FASTR sender's word on `vm`'s copies.
     fn set_fastr(&self, vm: &ObjectKey, copies: Option<Vec<crate::model::FastrCopy>>) {
         let _ = (vm, copies);

@@ -52,6 +52,9 @@ use crate::model::{names, FastrCopy, Kind, ObjectKey};
 /// How often a VM's volumes are replicated when its policy does not say.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often a node looks at which copies it holds.
+const HELD_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a receiver waits for the next frame of a stream.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -186,6 +189,18 @@ impl Shared {
         if self.drivers.storage.stream_kind().is_none() {
             return;
         }
+        let tick = {
+            let mut st = self.fastr.lock().unwrap();
+            let t = st.entry(DocKey::new("FastrTick", "", "")).or_default();
+            let due = t.last.is_none_or(|l| l.elapsed() >= HELD_EVERY);
+            if due {
+                t.last = Some(Instant::now());
+            }
+            due
+        };
+        if tick {
+            tokio::spawn(self.clone().refresh_held());
+        }
         let link = self.link.borrow().clone();
         let Some(me) = link.me.clone() else { return };
         let running = link
@@ -229,13 +244,54 @@ impl Shared {
             .lock()
             .unwrap()
             .keys()
-            .filter(|k| !live.contains(*k))
+            .filter(|k| k.kind == "VirtualMachine" && !live.contains(*k))
             .cloned()
             .collect();
         for vm in gone {
             self.fastr.lock().unwrap().remove(&vm);
             self.placement.set_fastr(&vm_object(&vm), None);
         }
+    }
+
+    /// Tell the node's status which VMs this node holds complete copies
+    /// of, and their newest points (every few seconds, and after each
+    /// received round).
+    pub(super) async fn refresh_held(self: Arc<Self>) {
+        let flag = DocKey::new("FastrHeld", "", "");
+        if !self.fastr_busy.lock().unwrap().insert(flag.clone()) {
+            return;
+        }
+        let storage = &self.drivers.storage;
+        let here: Vec<DocKey> = {
+            let link = self.link.borrow();
+            link.me
+                .as_ref()
+                .and_then(|me| link.members.get(me))
+                .map(|m| m.vms.clone())
+                .unwrap_or_default()
+        };
+        for r in self.store.list(Some(Kind::VirtualMachine)) {
+            let ns = r.key.namespace.clone();
+            let vm = DocKey::new("VirtualMachine", &ns, &r.key.name);
+            let spec: Option<VirtualMachineSpec> = (!r.deleted)
+                .then(|| serde_json::from_value(r.object["spec"].clone()).ok())
+                .flatten();
+            let point = match spec.filter(|s| s.fastr.is_some()) {
+                Some(s) if !here.contains(&vm) && storage.stream_kind().is_some() => {
+                    let copies: Vec<String> = s
+                        .disks
+                        .iter()
+                        .map(|d| names::fastr_copy(&names::vm_volume(&ns, &r.key.name, &d.name)))
+                        .collect();
+                    common_point(storage.as_ref(), &copies)
+                        .await
+                        .and_then(|(p, _)| point_ms(&p))
+                }
+                _ => None,
+            };
+            self.placement.set_held_copy(&r.key, point);
+        }
+        self.fastr_busy.lock().unwrap().remove(&flag);
     }
 
     /// One round: a new point of all the VM's volumes, sent to each
@@ -573,6 +629,10 @@ impl Shared {
             }
         }
         info!(vm = %format!("{ns}/{name}"), point = %offer.point, whole, "FASTR: copy point received");
+        self.placement.set_held_copy(
+            &ObjectKey::new(Kind::VirtualMachine, Some(ns), name),
+            point_ms(&offer.point),
+        );
         Ok(())
     }
 
@@ -636,6 +696,24 @@ pub async fn settle_copies(
     storage: &dyn crate::driver::Storage,
     copies: &[String],
 ) -> Option<String> {
+    let (newest, each) = common_point(storage, copies).await?;
+    for (c, pts) in each {
+        if pts.last() != Some(&newest) {
+            if let Err(e) = storage.rollback(&c, &newest).await {
+                warn!(copy = %c, error = %e, "FASTR: a copy ahead of the others was not rolled back");
+                return None;
+            }
+        }
+    }
+    Some(newest)
+}
+
+/// The newest point every one of `copies` holds, and each copy's points
+/// (oldest first); `None` when a copy is missing or they share none.
+async fn common_point(
+    storage: &dyn crate::driver::Storage,
+    copies: &[String],
+) -> Option<(String, Vec<(String, Vec<String>)>)> {
     let mut common: Option<BTreeSet<String>> = None;
     let mut each = Vec::new();
     for c in copies {
@@ -654,18 +732,10 @@ pub async fn settle_copies(
             None => set,
             Some(s) => s.intersection(&set).cloned().collect(),
         });
-        each.push((c, pts));
+        each.push((c.clone(), pts));
     }
     let newest = common?.into_iter().max_by_key(|p| point_ms(p))?;
-    for (c, pts) in each {
-        if pts.last() != Some(&newest) {
-            if let Err(e) = storage.rollback(c, &newest).await {
-                warn!(copy = %c, error = %e, "FASTR: a copy ahead of the others was not rolled back");
-                return None;
-            }
-        }
-    }
-    Some(newest)
+    Some((newest, each))
 }
 
 fn vm_object(vm: &DocKey) -> ObjectKey {
