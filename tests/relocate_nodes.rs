@@ -1900,9 +1900,12 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
             .and_then(|s| s.strip_prefix("fastr-"))
             .and_then(|s| s.parse().ok())
     };
-    wait_until(&p, "a copy point on another node", Duration::from_secs(30), || {
-        point_ms(p.from()).is_some()
-    });
+    wait_until(
+        &p,
+        "a copy point on another node",
+        Duration::from_secs(30),
+        || point_ms(p.from()).is_some(),
+    );
     let st = status(p.from(), "vm", "mover");
     eprintln!("fastr status: {}", st["fastr"]);
     let holder_name = st["fastr"][0]["node"].as_str().unwrap().to_string();
@@ -1926,9 +1929,12 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    wait_until(&p, "a point after that beat", Duration::from_secs(10), || {
-        point_ms(p.from()).is_some_and(|m| m > now_ms + 300)
-    });
+    wait_until(
+        &p,
+        "a point after that beat",
+        Duration::from_secs(10),
+        || point_ms(p.from()).is_some_and(|m| m > now_ms + 300),
+    );
     let qemu = qemu_of(p.from(), "mover");
     let killed = Instant::now();
     p.nodes[from].kill();
@@ -1969,9 +1975,12 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     // The dead node returns: it runs no copy; the new primary replicates
     // to one of the others.
     p.nodes[from].start();
-    wait_until(&p, "the new primary's copy", Duration::from_secs(60), || {
-        point_ms(&p.nodes[holder]).is_some()
-    });
+    wait_until(
+        &p,
+        "the new primary's copy",
+        Duration::from_secs(60),
+        || point_ms(&p.nodes[holder]).is_some(),
+    );
     let hold = Instant::now();
     while hold.elapsed() < Duration::from_secs(3) {
         assert!(qemu_of(&p.nodes[from], "mover").is_none(), "runs twice");

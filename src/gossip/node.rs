@@ -441,7 +441,7 @@ impl GossipNode {
         (track.req.holds_data
             && c.node != self.me
             && self.member_state(&c.node) == Some(MemberState::Dead)
-            && !(track.req.fastr && !self.copy_holders(vm).is_empty()))
+            && (!track.req.fastr || self.copy_holders(vm).is_empty()))
         .then_some(c)
     }
 

@@ -82,7 +82,7 @@ pub enum Command {
     /// Spread a local document.
     Publish(Document),
     /// Spread this node's new status.
-    SetStatus(NodeStatus),
+    SetStatus(Box<NodeStatus>),
     /// Join through a member.
     Join(NodeAddr),
 }
@@ -135,7 +135,7 @@ pub async fn run_udp(
                         tracing::warn!(%reason, "local document refused by the verifier");
                     }
                 }
-                Some(Command::SetStatus(s)) => node.set_status(unix_ms(), s),
+                Some(Command::SetStatus(s)) => node.set_status(unix_ms(), *s),
                 Some(Command::Join(a)) => node.join(a),
             },
         }
