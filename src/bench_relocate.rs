@@ -166,7 +166,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -186,22 +186,22 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// The namespaces, links and processes of one bench run; everything is
 /// killed and deleted when dropped.
-struct Lab {
-    dir: PathBuf,
-    ns: [String; 2],
+pub(crate) struct Lab {
+    pub(crate) dir: PathBuf,
+    pub(crate) ns: [String; 2],
     /// deorch's link: interface and address in each namespace.
-    d_if: [String; 2],
-    d_ip: [String; 2],
+    pub(crate) d_if: [String; 2],
+    pub(crate) d_ip: [String; 2],
     /// The raw QEMU path's link.
-    r_if: [String; 2],
-    r_ip: [String; 2],
-    nodes: Vec<Child>,
+    pub(crate) r_if: [String; 2],
+    pub(crate) r_ip: [String; 2],
+    pub(crate) nodes: Vec<Child>,
     /// The deorch nodes' ZFS roots' prefix (`--zfs-root`).
-    zfs_root: Option<String>,
+    pub(crate) zfs_root: Option<String>,
 }
 
 impl Lab {
-    fn new() -> anyhow::Result<Lab> {
+    pub(crate) fn new() -> anyhow::Result<Lab> {
         let pid = std::process::id();
         let p = format!("brl{:x}", pid & 0xffff);
         let net = pid % 250;
@@ -248,7 +248,7 @@ impl Lab {
     }
 
     /// (rx, tx) bytes of `ifname` in namespace `side`.
-    fn link_bytes(&self, side: usize, ifname: &str) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn link_bytes(&self, side: usize, ifname: &str) -> anyhow::Result<(u64, u64)> {
         let out = sh(Command::new("ip").args([
             "-n",
             &self.ns[side],
@@ -354,9 +354,9 @@ impl Drop for Lab {
 }
 
 /// One node daemon of the deorch path.
-struct Node {
-    name: String,
-    state: PathBuf,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) state: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -366,7 +366,7 @@ impl Node {
         Ok(client::call(&self.socket, req, CALL)?)
     }
 
-    fn apply(&self, yaml: String) -> anyhow::Result<()> {
+    pub(crate) fn apply(&self, yaml: String) -> anyhow::Result<()> {
         match self.call(&Request::Apply {
             filename: "bench-relocate.yaml".into(),
             yaml,
@@ -378,7 +378,7 @@ impl Node {
     }
 
     /// The status of `kind`/`name` as this node has it (null if none).
-    fn status(&self, kind: &str, name: &str) -> Value {
+    pub(crate) fn status(&self, kind: &str, name: &str) -> Value {
         match self.call(&Request::Get {
             kind: Some(kind.into()),
             namespace: None,
@@ -391,16 +391,16 @@ impl Node {
         }
     }
 
-    fn runs_vm(&self) -> bool {
+    pub(crate) fn runs_vm(&self) -> bool {
         let s = self.status("vm", "mover");
         s["phase"] == "Running" && s["node"] == self.name.as_str()
     }
 
-    fn vm_dir(&self) -> PathBuf {
+    pub(crate) fn vm_dir(&self) -> PathBuf {
         self.state.join("vms/default/mover")
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -450,7 +450,7 @@ fn guest_lines(dir: &Path) -> usize {
 }
 
 /// The guest's last load line in `dir`: (MiB written so far, its uptime).
-fn last_write(dir: &Path) -> Option<(u64, f64)> {
+pub(crate) fn last_write(dir: &Path) -> Option<(u64, f64)> {
     let text = std::fs::read_to_string(cmdline::serial_log(dir)).ok()?;
     let line = text
         .lines()
@@ -473,7 +473,7 @@ fn write_rate(a: Option<(u64, f64)>, b: Option<(u64, f64)>) -> Option<f64> {
 
 /// Wait until the guest whose serial log is in `dir` prints a load line
 /// beyond the first `after`.
-fn guest_goes_on(dir: &Path, after: usize, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn guest_goes_on(dir: &Path, after: usize, limit: Duration) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while guest_lines(dir) <= after {
         if t0.elapsed() > limit {
@@ -588,10 +588,10 @@ fn guest_cmdline(write_mibps: u64) -> String {
 }
 
 /// The deorch path: two daemons, the VM running on one of them, beating.
-struct DeorchSide {
-    nodes: [Node; 2],
+pub(crate) struct DeorchSide {
+    pub(crate) nodes: [Node; 2],
     /// Which node runs the VM.
-    at: usize,
+    pub(crate) at: usize,
 }
 
 fn deorch_setup(
@@ -600,6 +600,26 @@ fn deorch_setup(
     image: &Path,
     disk_size: u64,
     write_mibps: u64,
+) -> anyhow::Result<DeorchSide> {
+    deorch_setup_with(lab, guest, image, disk_size, write_mibps, "")
+}
+
+/// The VM's manifest: its data disk of `disk_size` from the spacesuit,
+/// then `extra` (spec lines, indented by two spaces).
+pub(crate) fn vm_yaml(disk_size: u64, extra: &str) -> String {
+    format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: {disk_size}\n      source: {{spacesuit: tiny}}\n{extra}"
+    )
+}
+
+/// [`deorch_setup`], the VM's spec with `vm_extra` too.
+pub(crate) fn deorch_setup_with(
+    lab: &mut Lab,
+    guest: &Path,
+    image: &Path,
+    disk_size: u64,
+    write_mibps: u64,
+    vm_extra: &str,
 ) -> anyhow::Result<DeorchSide> {
     let a = spawn_node(lab, 0, guest, None)?;
     let seed = format!("{}:{GOSSIP_PORT}", lab.d_ip[0]);
@@ -611,9 +631,7 @@ fn deorch_setup(
         i = guest.join("initrd.img").display(),
         c = guest_cmdline(write_mibps),
     );
-    let vm = format!(
-        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: mover}}\nspec:\n  spacesuit: tiny\n  stopTimeout: 5s\n  disks:\n    - name: data\n      size: {disk_size}\n      source: {{spacesuit: tiny}}\n"
-    );
+    let vm = vm_yaml(disk_size, vm_extra);
     a.apply(suit)?;
     a.apply(vm)?;
     let nodes = [a, b];
@@ -1031,7 +1049,7 @@ fn accel_of(dir: &Path) -> Accel {
     }
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -1211,7 +1229,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// An empty qcow2 image of `size` bytes at `path`.
-fn new_qcow2(path: &Path, size: u64) -> anyhow::Result<()> {
+pub(crate) fn new_qcow2(path: &Path, size: u64) -> anyhow::Result<()> {
     sh(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod api;
 pub mod bench;
 pub mod bench_cluster;
+pub mod bench_fastr;
 pub mod bench_node;
 pub mod bench_relocate;
 pub mod bench_tunnel;

@@ -407,6 +407,9 @@ pub enum BenchCommand {
     /// Live relocation between two node daemons (Relocation objects)
     /// beside the same move by raw QEMU over QMP, alternating.
     Relocate(crate::bench_relocate::Args),
+    /// FASTR's recovery point and cost under guest writes beside
+    /// pvesr's way (zfs send -i through ssh), then a failover.
+    Fastr(crate::bench_fastr::Args),
     /// The node-to-node tunnel's throughput beside plain TCP.
     Tunnel(crate::bench_tunnel::Args),
     /// Manifest file written -> reconcile started.
@@ -985,6 +988,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     loss_minutes,
                 } => crate::gossip::membership_eval::bench(&sizes, seeds, loss_minutes)?,
                 BenchCommand::Relocate(args) => crate::bench_relocate::run(args)?,
+                BenchCommand::Fastr(args) => crate::bench_fastr::run(args)?,
                 BenchCommand::Tunnel(args) => crate::bench_tunnel::run(args)?,
                 BenchCommand::ClusterAuth { docs, rounds, idle } => {
                     crate::bench_cluster::run(docs, rounds, Duration::from_secs(idle))?

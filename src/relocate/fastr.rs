@@ -305,8 +305,9 @@ impl Shared {
             }
             _ => return,
         };
-        // A relocation holds the VM: its own streams go first.
-        if self.drivers.hypervisor.relocation_lock(&id).is_some() {
+        // A relocation holds the VM: its own streams go first. With no
+        // node to copy to, no point is taken.
+        if self.drivers.hypervisor.relocation_lock(&id).is_some() || to.is_empty() {
             return;
         }
         let tag = point_tag(crate::clock::now_ms());

@@ -10,9 +10,11 @@
 //! (`gossip::node`, `track_relocations`). Tests: `tests/relocate_live.rs`
 //! (the data path), `tests/relocate_nodes.rs` (two daemons, faults).
 //! Both hypervisor drivers take part (libvirt through deorch's own QMP
-//! monitor of each domain). Offline moves between zfs nodes stream the
-//! volumes (`zfs send`), the bulk while the VM runs. Not built yet: zfs
-//! send before the live mirror.
+//! monitor of each domain). Moves between zfs nodes stream the volumes
+//! (`zfs send`) while the VM runs (live: its writes held on a transfer
+//! overlay meanwhile). The agent also runs FASTR (`agent::fastr`):
+//! incremental copies of running VMs' volumes on other nodes, and the
+//! restore a failover starts from.
 
 pub mod agent;
 pub mod live;
