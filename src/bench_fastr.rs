@@ -454,7 +454,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     for (name, ws) in [
         ("deorch FASTR", &dw),
-        ("pvesr's way: zfs send -i | ssh | zfs recv", &pw),
+        ("pvesr's way (zfs send -i, ssh, zfs recv)", &pw),
     ] {
         let all: Vec<f64> = ws.iter().flat_map(|w| w.rpo_ms.clone()).collect();
         let p = percentiles(&mut ms(&all));
