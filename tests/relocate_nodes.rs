@@ -1924,6 +1924,22 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         .as_u64()
         .unwrap();
     assert!(sent < 2 << 20, "an incremental round: {sent} bytes");
+    // The VM's status says how current its copies are.
+    wait_until(
+        &p,
+        "the FastrCopies condition",
+        Duration::from_secs(10),
+        || {
+            status(p.from(), "vm", "mover")["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "FastrCopies"
+                            && (c["reason"] == "CopiesCurrent" || c["reason"] == "RpoExceeded")
+                    })
+                })
+        },
+    );
 
     // What the guest wrote up to now must survive: a point taken after
     // this beat holds it.

@@ -164,6 +164,25 @@ pub async fn report(
             .as_ref()
             .and_then(|p| p.fastr(&record.key))
             .unwrap_or_default();
+        let policy = record
+            .object
+            .get("spec")
+            .and_then(|s| s.get("fastr"))
+            .and_then(|f| serde_json::from_value::<crate::model::vm::Fastr>(f.clone()).ok());
+        match policy {
+            Some(f) => {
+                let (ok, reason, message) = fastr_condition(&status.fastr, &f);
+                set_condition(
+                    &mut status.conditions,
+                    FASTR_CONDITION,
+                    ok,
+                    reason,
+                    &message,
+                    g,
+                );
+            }
+            None => status.conditions.retain(|c| c.type_ != FASTR_CONDITION),
+        }
     } else if !holds(&now) {
         status.fastr.clear();
         status.pending_restart.clear();
@@ -292,5 +311,114 @@ mod tests {
         assert!(Running.transition(Paused).is_ok());
         assert!(Paused.transition(Paused).is_ok());
         assert!(Paused.transition(Provisioning).is_err());
+    }
+}
+
+/// The condition that says whether a VM's FASTR copies are current.
+pub const FASTR_CONDITION: &str = "FastrCopies";
+
+/// Whether the copies `copies` meet policy `f`: as many as it asks for,
+/// none failing, each point at most three intervals old (at least 3 s):
+/// (ok, reason, message).
+pub fn fastr_condition(
+    copies: &[crate::model::FastrCopy],
+    f: &crate::model::vm::Fastr,
+) -> (bool, &'static str, String) {
+    let interval = f
+        .interval
+        .map(|d| d.0)
+        .unwrap_or(crate::relocate::agent::fastr::DEFAULT_INTERVAL);
+    let limit = (interval * 3).max(std::time::Duration::from_secs(3));
+    let limit_ms = limit.as_millis() as u64;
+    if let Some(c) = copies.iter().find(|c| c.error.is_some()) {
+        return (
+            false,
+            "CopyFailing",
+            format!(
+                "the copy on {} was not updated: {}",
+                c.node,
+                c.error.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    let stale: Vec<String> = copies
+        .iter()
+        .filter(|c| c.age_ms.is_none_or(|a| a > limit_ms))
+        .map(|c| match c.age_ms {
+            Some(a) => format!("{} ({} ms old)", c.node, a),
+            None => format!("{} (no point yet)", c.node),
+        })
+        .collect();
+    if !stale.is_empty() {
+        return (
+            false,
+            "RpoExceeded",
+            format!(
+                "copies older than {} ms (three intervals): {}",
+                limit_ms,
+                stale.join(", ")
+            ),
+        );
+    }
+    if (copies.len() as u32) < f.copies {
+        return (
+            false,
+            "TooFewCopies",
+            format!(
+                "{} of {} copies: no more nodes may hold one (placement, cordons, storage)",
+                copies.len(),
+                f.copies
+            ),
+        );
+    }
+    let worst = copies.iter().filter_map(|c| c.age_ms).max().unwrap_or(0);
+    (
+        true,
+        "CopiesCurrent",
+        format!("{} copies, the oldest point {worst} ms old", copies.len()),
+    )
+}
+
+#[cfg(test)]
+mod fastr_tests {
+    use super::*;
+    use crate::model::vm::Fastr;
+    use crate::model::FastrCopy;
+
+    fn copy(node: &str, age: Option<u64>, error: Option<&str>) -> FastrCopy {
+        FastrCopy {
+            node: node.into(),
+            point: age.map(|_| "fastr-1".into()),
+            age_ms: age,
+            bytes_sent: 0,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_copies_condition_says_what_is_wrong_first() {
+        let f = Fastr {
+            copies: 2,
+            interval: Some(crate::model::Duration(std::time::Duration::from_secs(2))),
+            placement: None,
+        };
+        let ok = [copy("a", Some(1000), None), copy("b", Some(5900), None)];
+        assert_eq!(fastr_condition(&ok, &f).1, "CopiesCurrent");
+        let stale = [copy("a", Some(1000), None), copy("b", Some(6100), None)];
+        let (good, reason, msg) = fastr_condition(&stale, &f);
+        assert!(
+            !good && reason == "RpoExceeded" && msg.contains("b (6100 ms old)"),
+            "{msg}"
+        );
+        let none = [copy("a", Some(1000), None), copy("b", None, None)];
+        assert_eq!(fastr_condition(&none, &f).1, "RpoExceeded");
+        let failing = [
+            copy("a", Some(1000), Some("refused")),
+            copy("b", Some(1), None),
+        ];
+        assert_eq!(fastr_condition(&failing, &f).1, "CopyFailing");
+        let few = [copy("a", Some(1000), None)];
+        assert_eq!(fastr_condition(&few, &f).1, "TooFewCopies");
+        assert_eq!(fastr_condition(&[], &f).1, "TooFewCopies");
     }
 }
