@@ -2012,9 +2012,9 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         .unwrap_or_else(|| panic!("the holder restored the copy: {log}"));
     let received = log
         .lines()
+        .rev()
         .filter(|l| l.contains("copy point received"))
-        .filter_map(point_of)
-        .last();
+        .find_map(point_of);
     eprintln!("restored {restored}; last received whole {received:?}");
     assert_eq!(
         Some(&restored),
