@@ -2041,4 +2041,17 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         "after: {}",
         status(&p.nodes[holder], "vm", "mover")["fastr"]
     );
+
+    // The policy removed: the copies go, the VM runs on.
+    let file = p.nodes[0].manifests.join("mover.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("  fastr: {copies: 1, interval: 1s}\n", ""),
+    )
+    .unwrap();
+    wait_until(&p, "no copies left", Duration::from_secs(30), || {
+        (0..3).all(|i| !copy(i))
+    });
+    assert!(runs(&p.nodes[holder], "mover"), "the VM runs on");
 }

@@ -270,12 +270,48 @@ impl Shared {
                 .map(|m| m.vms.clone())
                 .unwrap_or_default()
         };
+        // One listing: which copies exist here at all.
+        let present: BTreeSet<String> = match storage.list().await {
+            Ok(v) => v.into_iter().filter(|n| n.starts_with("fastr.")).collect(),
+            Err(_) => {
+                self.fastr_busy.lock().unwrap().remove(&flag);
+                return;
+            }
+        };
         for r in self.store.list(Some(Kind::VirtualMachine)) {
             let ns = r.key.namespace.clone();
             let vm = DocKey::new("VirtualMachine", &ns, &r.key.name);
-            let spec: Option<VirtualMachineSpec> = (!r.deleted)
-                .then(|| serde_json::from_value(r.object["spec"].clone()).ok())
-                .flatten();
+            let spec: Option<VirtualMachineSpec> =
+                serde_json::from_value(r.object["spec"].clone()).ok();
+            // Copies of a deleted VM, or of one whose policy is gone, go
+            // (its own node keeps its volumes, and retains them when the
+            // VM is deleted); not while a round of it runs here.
+            let unwanted = r.deleted || spec.as_ref().is_some_and(|s| s.fastr.is_none());
+            if unwanted && storage.stream_kind().is_some() {
+                if let Some(s) = &spec {
+                    let key = DocKey::new("Fastr", &ns, &r.key.name);
+                    if self.fastr_busy.lock().unwrap().insert(key.clone()) {
+                        for d in &s.disks {
+                            let copy =
+                                names::fastr_copy(&names::vm_volume(&ns, &r.key.name, &d.name));
+                            for c in [copy.clone(), format!("{copy}.new")] {
+                                if present.contains(&c) {
+                                    match storage.destroy(&c).await {
+                                        Ok(()) => {
+                                            info!(copy = %c, "FASTR: copy of a VM without a policy (or deleted) dropped")
+                                        }
+                                        Err(e) => {
+                                            warn!(copy = %c, error = %e, "FASTR: an unwanted copy was not dropped")
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        self.fastr_busy.lock().unwrap().remove(&key);
+                    }
+                }
+            }
+            let spec = spec.filter(|_| !r.deleted);
             let point = match spec.filter(|s| s.fastr.is_some()) {
                 Some(s) if !here.contains(&vm) && storage.stream_kind().is_some() => {
                     let copies: Vec<String> = s
@@ -283,6 +319,10 @@ impl Shared {
                         .iter()
                         .map(|d| names::fastr_copy(&names::vm_volume(&ns, &r.key.name, &d.name)))
                         .collect();
+                    if !copies.iter().all(|c| present.contains(c)) {
+                        self.placement.set_held_copy(&r.key, None);
+                        continue;
+                    }
                     common_point(storage.as_ref(), &copies)
                         .await
                         .and_then(|(p, _)| point_ms(&p))
