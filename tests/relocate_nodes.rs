@@ -1941,6 +1941,15 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         },
     );
 
+    // A round on demand, on the VM's node; the other nodes send the
+    // asker there.
+    let (code, out, err) = p.from().cli(&["fastr", "sync", "mover", "--wait"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{holder_name}: fastr-")), "{out}");
+    let (code, out, err) = p.nodes[holder].cli(&["fastr", "sync", "mover"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(&format!("runs on {}", p.from().name)), "{err}");
+
     // What the guest wrote up to now must survive: a point taken after
     // this beat holds it.
     let last = all_beats(p.from(), "mover").last().cloned().unwrap();

@@ -88,6 +88,14 @@ pub enum Request {
         /// The VM.
         name: String,
     },
+    /// Take and send a FASTR copy point of a VM running on this node now
+    /// (`deorch fastr sync`).
+    FastrSync {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+    },
     /// A console ticket for a VM running on this node: a one-time
     /// password that unlocks its consoles for a minute (`deorch console`).
     Console {

@@ -228,6 +228,28 @@ async fn handle_conn(
                         },
                     }
                 }
+                Ok(Request::FastrSync { namespace, name }) => {
+                    let key = crate::model::ObjectKey::new(
+                        crate::model::Kind::VirtualMachine,
+                        namespace.as_deref(),
+                        &name,
+                    );
+                    match planner.placement.as_ref().map(|p| p.fastr_sync(&key)) {
+                        Some(Ok(())) => Response::VolumeDone {
+                            message: format!("{key}: a FASTR round starts now"),
+                        },
+                        Some(Err(e)) => Response::Error {
+                            code: "Conflict".into(),
+                            message: e,
+                        },
+                        None => Response::Error {
+                            code: "BadRequest".into(),
+                            message:
+                                "this node does not gossip: FASTR has no other node to copy to"
+                                    .into(),
+                        },
+                    }
+                }
                 Ok(Request::Recover { namespace, name }) => {
                     let key = crate::model::ObjectKey::new(
                         crate::model::Kind::VirtualMachine,
@@ -407,6 +429,7 @@ pub fn handle(
         | Request::RestoreVolume { .. }
         | Request::PurgeVolume { .. }
         | Request::Recover { .. }
+        | Request::FastrSync { .. }
         | Request::Console { .. } => Err(Response::Error {
             code: "BadRequest".into(),
             message: "volume requests need the node's storage (the socket server answers them)"

@@ -243,6 +243,12 @@ pub enum Command {
         #[arg(long = "type", default_value = "p2wpkh")]
         kind: crate::identity::AddressType,
     },
+    /// FASTR: copies of a VM's disks on other nodes.
+    Fastr {
+        /// What to do.
+        #[command(subcommand)]
+        command: FastrCommand,
+    },
     /// Start a `NodeLost` VM on this node although its node (and its
     /// disks) are down: from a retained copy of its volumes here, else on
     /// fresh disks. The lost node's copy is kept when it returns.
@@ -1050,6 +1056,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             other => unexpected(other),
         },
+        Command::Fastr {
+            command:
+                FastrCommand::Sync {
+                    name,
+                    namespace,
+                    wait,
+                    client,
+                },
+        } => fastr_sync(&client, namespace, name, wait),
         Command::Recover {
             name,
             namespace,
@@ -1067,6 +1082,124 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("schemas written to {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `deorch fastr`.
+#[derive(Debug, clap::Subcommand)]
+pub enum FastrCommand {
+    /// Take a copy point of a VM now and send it to its copies (on the
+    /// node that runs the VM).
+    Sync {
+        /// The VM.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until every copy holds a point taken after the ask (at
+        /// most 120 s) and print them.
+        #[arg(long)]
+        wait: bool,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `deorch fastr sync`.
+fn fastr_sync(
+    client_args: &ClientArgs,
+    namespace: Option<String>,
+    name: String,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let get = || {
+        client::call(
+            &client_args.socket,
+            &Request::Get {
+                kind: Some("vm".into()),
+                namespace: namespace.clone(),
+                name: Some(name.clone()),
+            },
+            CALL_TIMEOUT,
+        )
+    };
+    let record = match get()? {
+        Response::Objects { mut records } if !records.is_empty() => records.remove(0),
+        Response::Objects { .. } => {
+            eprintln!("error: no VM {name} here");
+            return Ok(ExitCode::FAILURE);
+        }
+        Response::Error { message, .. } => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+        other => return unexpected(other),
+    };
+    let copies = record.object["spec"]["fastr"]["copies"].as_u64();
+    let Some(copies) = copies else {
+        eprintln!("error: VM {name} has no FASTR policy (spec.fastr)");
+        return Ok(ExitCode::FAILURE);
+    };
+    let asked = crate::clock::now_ms();
+    match client::call(
+        &client_args.socket,
+        &Request::FastrSync {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        },
+        CALL_TIMEOUT,
+    )? {
+        Response::VolumeDone { message } => println!("{message}"),
+        Response::Error { message, .. } => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+        other => return unexpected(other),
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = std::time::Instant::now();
+    loop {
+        if let Response::Objects { records } = get()? {
+            let st = records
+                .first()
+                .and_then(|r| r.status.clone())
+                .unwrap_or_default();
+            let list = st["fastr"].as_array().cloned().unwrap_or_default();
+            let fresh = list
+                .iter()
+                .filter(|c| {
+                    c["point"]
+                        .as_str()
+                        .and_then(crate::relocate::agent::fastr::point_ms)
+                        .is_some_and(|p| p >= asked)
+                })
+                .count();
+            if fresh as u64 >= copies {
+                for c in &list {
+                    println!(
+                        "{}: {} ({} bytes sent)",
+                        c["node"].as_str().unwrap_or("?"),
+                        c["point"].as_str().unwrap_or("?"),
+                        c["bytesSent"]
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(e) = list.iter().find_map(|c| c["error"].as_str()) {
+                if t.elapsed() > std::time::Duration::from_secs(10) {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        if t.elapsed() > std::time::Duration::from_secs(120) {
+            eprintln!("error: not every copy holds a new point within 120 s");
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

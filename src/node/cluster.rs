@@ -92,6 +92,8 @@ pub struct ClusterPlacement {
     /// FASTR copies this node holds: VM → newest complete point (unix
     /// ms), for the node's status; whether that changed since published.
     held: Mutex<(BTreeMap<ObjectKey, u64>, bool)>,
+    /// FASTR rounds asked for (`deorch fastr sync`).
+    sync_asks: Mutex<BTreeSet<ObjectKey>>,
 }
 
 impl ClusterPlacement {
@@ -110,6 +112,7 @@ impl ClusterPlacement {
             holders: Mutex::new(BTreeMap::new()),
             fastr: Mutex::new(BTreeMap::new()),
             held: Mutex::new((BTreeMap::new(), false)),
+            sync_asks: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -186,6 +189,25 @@ impl Placement for ClusterPlacement {
             .unwrap_or_else(|p| p.into_inner())
             .get(vm)
             .cloned()
+    }
+
+    fn fastr_sync(&self, vm: &ObjectKey) -> Result<(), String> {
+        let on = self.running_on(vm);
+        if !on.is_empty() {
+            return Err(format!("{vm} runs on {}: ask that node", on.join(", ")));
+        }
+        self.sync_asks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm.clone());
+        Ok(())
+    }
+
+    fn take_fastr_sync(&self, vm: &ObjectKey) -> bool {
+        self.sync_asks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm)
     }
 
     fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {

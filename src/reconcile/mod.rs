@@ -353,6 +353,17 @@ pub trait Placement: Send + Sync {
         let _ = vm;
         None
     }
+    /// Ask for a FASTR round of `vm` now (it must run here and have a
+    /// policy).
+    fn fastr_sync(&self, vm: &ObjectKey) -> Result<(), String> {
+        let _ = vm;
+        Err("this node does not gossip: FASTR has no other node to copy to".into())
+    }
+    /// Whether a round of `vm` was asked for (the agent takes the ask).
+    fn take_fastr_sync(&self, vm: &ObjectKey) -> bool {
+        let _ = vm;
+        false
+    }
     /// The FASTR receiver's word: this node holds a complete copy of
     /// `vm` at point `point_ms` (unix ms), or none.
     fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {

@@ -218,10 +218,11 @@ impl Shared {
             };
             live.insert(vm.clone());
             let interval = f.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
+            let asked = self.placement.take_fastr_sync(&vm_object(&vm));
             let due = {
                 let mut st = self.fastr.lock().unwrap();
                 let r = st.entry(vm.clone()).or_default();
-                let due = r.last.is_none_or(|l| l.elapsed() >= interval);
+                let due = asked || r.last.is_none_or(|l| l.elapsed() >= interval);
                 if due && self.fastr_busy.lock().unwrap().insert(vm.clone()) {
                     r.last = Some(Instant::now());
                     true
