@@ -110,7 +110,7 @@ fn vm(s: &VirtualMachineSpec, out: &mut Vec<InertField>) {
     if s.fastr.is_some() {
         out.push(inert(
             &["spec", "fastr"],
-            "FASTR on dir storage (copies are made between nodes on zfs storage only) and automatic failover onto a copy (a dead node's VM starts from its copy by `deorch recover` on the copy's node)",
+            "FASTR on dir storage (copies are made and failed over to between nodes on zfs storage only)",
         ));
     }
 }
