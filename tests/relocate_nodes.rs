@@ -1153,6 +1153,18 @@ fn offline_moves_between_zfs_and_dir_storage_copy_through_nbd() {
 }
 
 /// Destroys the nodes' ZFS roots when the test ends.
+/// Node `i`'s flags for ZFS storage below `roots[i]`.
+fn zfs_flags(roots: &[String]) -> impl Fn(usize) -> Vec<String> + '_ {
+    |i| {
+        vec![
+            "--storage".into(),
+            "zfs".into(),
+            "--storage-root".into(),
+            roots[i].clone(),
+        ]
+    }
+}
+
 struct ZfsRoots(Vec<String>);
 impl Drop for ZfsRoots {
     fn drop(&mut self) {
@@ -1177,14 +1189,7 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
     };
     let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
     let _cleanup = ZfsRoots(roots.clone());
-    let p = start_nodes_with(2, &[], |i| {
-        vec![
-            "--storage".into(),
-            "zfs".into(),
-            "--storage-root".into(),
-            roots[i].clone(),
-        ]
-    });
+    let p = start_nodes_with(2, &[], zfs_flags(&roots));
     let (from, to) = (p.from, 1 - p.from);
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
         .0
@@ -1339,14 +1344,7 @@ fn on_zfs_a_failed_relocation_folds_the_transfer_overlay_back_and_loses_no_write
     };
     let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
     let _cleanup = ZfsRoots(roots.clone());
-    let mut p = start_nodes_with(2, &["--relocation-bandwidth", "8Mi"], |i| {
-        vec![
-            "--storage".into(),
-            "zfs".into(),
-            "--storage-root".into(),
-            roots[i].clone(),
-        ]
-    });
+    let mut p = start_nodes_with(2, &["--relocation-bandwidth", "8Mi"], zfs_flags(&roots));
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
         .0
         .clone();
@@ -1873,14 +1871,7 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     let mut p = start_nodes_mover(
         3,
         &["--relocation-bandwidth", "64Ki"],
-        |i| {
-            vec![
-                "--storage".into(),
-                "zfs".into(),
-                "--storage-root".into(),
-                roots[i].clone(),
-            ]
-        },
+        zfs_flags(&roots),
         false,
         &Mover {
             spec: "  fastr: {copies: 1, interval: 1s}\n",

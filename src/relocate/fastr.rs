@@ -48,6 +48,7 @@ use crate::driver::FASTR_TAG;
 use crate::gossip::{DocKey, NodeId};
 use crate::model::vm::{Fastr, VirtualMachineSpec};
 use crate::model::{names, FastrCopy, Kind, ObjectKey};
+use crate::relocate::offline::{finished, spawn_piped};
 
 /// How often a VM's volumes are replicated when its policy does not say.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -493,15 +494,7 @@ impl Shared {
     /// The output of `argv` into the tunnel, in frames, then an empty
     /// frame; the bytes.
     async fn pipe_out(&self, t: &mut Tunnel, argv: &[String]) -> Result<u64, String> {
-        let (program, args) = argv.split_first().ok_or("no send command")?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{program}: {e}"))?;
+        let mut child = spawn_piped(argv, false)?;
         let mut out = child.stdout.take().expect("piped");
         let mut buf = vec![0u8; super::tunnel::MAX_MESSAGE];
         let mut sent = 0u64;
@@ -516,14 +509,7 @@ impl Shared {
             t.send(&buf[..n]).await.map_err(|e| e.to_string())?;
             sent += n as u64;
         }
-        let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
-        if !done.status.success() {
-            return Err(format!(
-                "{}: {}",
-                argv.join(" "),
-                String::from_utf8_lossy(&done.stderr).trim()
-            ));
-        }
+        finished(child, argv).await?;
         t.send(&[]).await.map_err(|e| e.to_string())?;
         Ok(sent)
     }
@@ -687,15 +673,7 @@ impl Shared {
             .receive_command(volume)
             .await
             .map_err(|e| e.to_string())?;
-        let (program, args) = argv.split_first().ok_or("no receive command")?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{program}: {e}"))?;
+        let mut child = spawn_piped(&argv, true)?;
         let mut stdin = child.stdin.take().expect("piped");
         let fed = async {
             loop {
@@ -719,15 +697,7 @@ impl Shared {
             let _ = child.wait().await;
             return Err(e);
         }
-        let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
-        if !done.status.success() {
-            return Err(format!(
-                "{}: {}",
-                argv.join(" "),
-                String::from_utf8_lossy(&done.stderr).trim()
-            ));
-        }
-        Ok(())
+        finished(child, &argv).await
     }
 }
 

@@ -145,6 +145,40 @@ pub async fn copy(
     Ok(())
 }
 
+/// Run `argv` with its standard input (`feed`) or output (otherwise)
+/// piped, its errors kept for [`finished`]; killed if dropped.
+pub fn spawn_piped(argv: &[String], feed: bool) -> Result<tokio::process::Child, String> {
+    let (program, args) = argv.split_first().ok_or("no command")?;
+    let pipe = |yes: bool| {
+        if yes {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    Command::new(program)
+        .args(args)
+        .stdin(pipe(feed))
+        .stdout(pipe(!feed))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))
+}
+
+/// Wait for a child of [`spawn_piped`]; its error output if it failed.
+pub async fn finished(child: tokio::process::Child, argv: &[String]) -> Result<(), String> {
+    let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if !done.status.success() {
+        return Err(format!(
+            "{}: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&done.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The buffer of each volume stream's copies.
 const STREAM_BUF: usize = 1 << 20;
 
@@ -221,29 +255,14 @@ pub async fn take_streams(listener: tokio::net::TcpListener, argv: Vec<String>) 
     while let Ok((sock, _)) = listener.accept().await {
         let (mut r, mut w) = sock.into_split();
         let took = async {
-            let (program, args) = argv.split_first().ok_or("no command".to_string())?;
-            let mut child = Command::new(program)
-                .args(args)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("{program}: {e}"))?;
+            let mut child = spawn_piped(&argv, true)?;
             let mut stdin = child.stdin.take().expect("piped");
             let mut r = tokio::io::BufReader::with_capacity(STREAM_BUF, &mut r);
             let copied = tokio::io::copy_buf(&mut r, &mut stdin).await;
             drop(stdin);
-            let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
-            if !done.status.success() {
-                return Err(format!(
-                    "{}: {}",
-                    argv.join(" "),
-                    String::from_utf8_lossy(&done.stderr).trim()
-                ));
-            }
+            finished(child, &argv).await?;
             copied.map_err(|e| format!("the stream broke: {e}"))?;
-            Ok(())
+            Ok::<(), String>(())
         }
         .await;
         let answer = match took {
