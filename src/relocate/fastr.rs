@@ -287,8 +287,11 @@ impl Shared {
                 serde_json::from_value(r.object["spec"].clone()).ok();
             // Copies of a deleted VM, or of one whose policy is gone, go
             // (its own node keeps its volumes, and retains them when the
-            // VM is deleted); not while a round of it runs here.
-            let unwanted = r.deleted || spec.as_ref().is_some_and(|s| s.fastr.is_none());
+            // VM is deleted), and so do copies of a VM that runs here now
+            // (moved here: its volumes are here); not while a round of it
+            // runs here.
+            let unwanted =
+                r.deleted || here.contains(&vm) || spec.as_ref().is_some_and(|s| s.fastr.is_none());
             if unwanted && storage.stream_kind().is_some() {
                 if let Some(s) = &spec {
                     let key = DocKey::new("Fastr", &ns, &r.key.name);
