@@ -350,9 +350,17 @@ impl Shared {
             }
             _ => return,
         };
-        // A relocation holds the VM: its own streams go first. With no
-        // node to copy to, no point is taken.
-        if self.drivers.hypervisor.relocation_lock(&id).is_some() || to.is_empty() {
+        // A relocation holds the VM: its own streams go first.
+        if self.drivers.hypervisor.relocation_lock(&id).is_some() {
+            return;
+        }
+        // With no node to copy to, no point is taken, and the status says
+        // there is no copy.
+        if to.is_empty() {
+            if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
+                r.copies.clear();
+            }
+            self.publish_fastr(vm);
             return;
         }
         let tag = point_tag(crate::clock::now_ms());
