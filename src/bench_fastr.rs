@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::bench::percentiles;
+use crate::bench_node::cpu_seconds;
 use crate::bench_relocate::{
     deorch_setup_with, guest_goes_on, last_write, loadavg, new_qcow2, sh, vm_yaml, DeorchSide, Lab,
 };
@@ -95,18 +96,6 @@ fn machine_cpu() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// CPU seconds process `pid` used so far.
-fn proc_cpu(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = text.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted from the state (field 3).
-    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0
-}
-
 /// The guest's MiB written so far, as its serial log says.
 fn written(dir: &Path) -> f64 {
     last_write(dir).map(|w| w.0 as f64).unwrap_or(0.0)
@@ -127,7 +116,7 @@ fn meter(lab: &Lab, d: &DeorchSide, ifname: &str) -> anyhow::Result<Meter> {
         link: lab.link_bytes(d.at, ifname)?.1,
         written: written(&d.nodes[d.at].vm_dir()),
         cpu: machine_cpu(),
-        daemons: [proc_cpu(pids[d.at]), proc_cpu(pids[1 - d.at])],
+        daemons: [cpu_seconds(pids[d.at]), cpu_seconds(pids[1 - d.at])],
     })
 }
 

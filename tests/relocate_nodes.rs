@@ -1153,6 +1153,14 @@ fn offline_moves_between_zfs_and_dir_storage_copy_through_nbd() {
 }
 
 /// Destroys the nodes' ZFS roots when the test ends.
+/// `n` ZFS roots for `n` nodes (`None`: no zfs here), destroyed when
+/// the guard drops.
+fn zfs_roots(tag: &str, n: usize) -> Option<(Vec<String>, ZfsRoots)> {
+    let base = common::zfs_root(tag)?;
+    let roots: Vec<String> = (0..n).map(|i| format!("{base}-{i}")).collect();
+    Some((roots.clone(), ZfsRoots(roots)))
+}
+
 /// Node `i`'s flags for ZFS storage below `roots[i]`.
 fn zfs_flags(roots: &[String]) -> impl Fn(usize) -> Vec<String> + '_ {
     |i| {
@@ -1184,11 +1192,9 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
     if !qemu_available() {
         return;
     }
-    let Some(base) = common::zfs_root("reloc") else {
+    let Some((roots, _cleanup)) = zfs_roots("reloc", 2) else {
         return;
     };
-    let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
-    let _cleanup = ZfsRoots(roots.clone());
     let p = start_nodes_with(2, &[], zfs_flags(&roots));
     let (from, to) = (p.from, 1 - p.from);
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
@@ -1339,11 +1345,9 @@ fn on_zfs_a_failed_relocation_folds_the_transfer_overlay_back_and_loses_no_write
     if !qemu_available() {
         return;
     }
-    let Some(base) = common::zfs_root("refold") else {
+    let Some((roots, _cleanup)) = zfs_roots("refold", 2) else {
         return;
     };
-    let roots: Vec<String> = (0..2).map(|i| format!("{base}-{i}")).collect();
-    let _cleanup = ZfsRoots(roots.clone());
     let mut p = start_nodes_with(2, &["--relocation-bandwidth", "8Mi"], zfs_flags(&roots));
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
         .0
@@ -1863,11 +1867,9 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     if !qemu_available() {
         return;
     }
-    let Some(base) = common::zfs_root("fastr") else {
+    let Some((roots, _cleanup)) = zfs_roots("fastr", 3) else {
         return;
     };
-    let roots: Vec<String> = (0..3).map(|i| format!("{base}-{i}")).collect();
-    let _cleanup = ZfsRoots(roots.clone());
     let mut p = start_nodes_mover(
         3,
         &["--relocation-bandwidth", "64Ki"],

@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use super::tunnel::Tunnel;
-use super::{Link, Shared, CONNECT_TIMEOUT};
+use super::{vm_id, vm_key, Link, Shared, CONNECT_TIMEOUT};
 use crate::driver::FASTR_TAG;
 use crate::gossip::{DocKey, NodeId};
 use crate::model::vm::{Fastr, VirtualMachineSpec};
@@ -219,7 +219,7 @@ impl Shared {
             };
             live.insert(vm.clone());
             let interval = f.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
-            let asked = self.placement.take_fastr_sync(&vm_object(&vm));
+            let asked = self.placement.take_fastr_sync(&vm_key(&vm));
             let due = {
                 let mut st = self.fastr.lock().unwrap();
                 let r = st.entry(vm.clone()).or_default();
@@ -251,7 +251,7 @@ impl Shared {
             .collect();
         for vm in gone {
             self.fastr.lock().unwrap().remove(&vm);
-            self.placement.set_fastr(&vm_object(&vm), None);
+            self.placement.set_fastr(&vm_key(&vm), None);
         }
     }
 
@@ -343,7 +343,7 @@ impl Shared {
     /// receiver; then the points no receiver needs are dropped here.
     async fn fastr_round(self: &Arc<Self>, vm: &DocKey, to: Vec<NodeId>) {
         let storage = &self.drivers.storage;
-        let id = format!("{}/{}", vm.namespace, vm.name);
+        let id = vm_id(vm);
         let volumes: Vec<String> = match self.drivers.hypervisor.state(&id).await {
             Ok(crate::driver::VmState::Running { config, .. }) => {
                 config.disks.iter().map(|d| d.1.clone()).collect()
@@ -450,7 +450,7 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default();
-        self.placement.set_fastr(&vm_object(vm), Some(copies));
+        self.placement.set_fastr(&vm_key(vm), Some(copies));
     }
 
     /// Send point `tag` of `volumes` to `to`; the bytes sent.
@@ -739,10 +739,8 @@ async fn common_point(
 ) -> Option<(String, Vec<(String, Vec<String>)>)> {
     let mut common: Option<BTreeSet<String>> = None;
     let mut each = Vec::new();
+    // A copy that is missing has no points: then they share none.
     for c in copies {
-        if !storage.exists(c).await.unwrap_or(false) {
-            return None;
-        }
         let pts: Vec<String> = storage
             .points(c)
             .await
@@ -759,10 +757,6 @@ async fn common_point(
     }
     let newest = common?.into_iter().max_by_key(|p| point_ms(p))?;
     Some((newest, each))
-}
-
-fn vm_object(vm: &DocKey) -> ObjectKey {
-    ObjectKey::new(Kind::VirtualMachine, Some(&vm.namespace), &vm.name)
 }
 
 async fn send_json<T: Serialize>(t: &mut Tunnel, v: &T) -> Result<(), String> {
