@@ -737,18 +737,60 @@ fn a_vm_with_data_is_node_lost_not_restarted_blank() {
         assert!(!nodes[w].runs("db"), "db runs twice");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(data.exists(), "the lost node's data is kept");
-    // ... and listed as a diverged copy.
-    let (code, out, err) = nodes[w].cli(&["volume", "list"], None);
-    assert_eq!(code, 0, "{err}");
+    // Its disks are kept, as a diverged replica: listed, and a new VM
+    // clones it.
+    let listed = || {
+        let (code, out, err) = nodes[w].cli(&["volume", "list"], None);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    wait(
+        "the lost node's disks kept as a diverged replica",
+        Duration::from_secs(15),
+        || {
+            listed()
+                .lines()
+                .any(|l| l.starts_with("rep-default-db-diverged-"))
+        },
+    );
+    assert!(!data.exists(), "renamed, not copied");
+    let out = listed();
     let line = out
         .lines()
-        .find(|l| l.starts_with("vm-default-db-data"))
-        .unwrap_or_else(|| panic!("db's volume listed on {wname}:\n{out}"));
+        .find(|l| l.starts_with("rep-default-db-diverged-"))
+        .unwrap();
+    let replica = line
+        .strip_prefix("rep-default-")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.strip_suffix("-data"))
+        .unwrap()
+        .to_string();
     assert!(
-        line.contains(&format!("diverged copy: default/db runs on {sname}")),
+        line.contains(&format!(
+            "diverged replica {replica} (default/db runs on {sname})"
+        )),
         "{out}"
     );
+    let kept = nodes[w]
+        .state
+        .join(format!("storage/volumes/rep-default-{replica}-data.qcow2"));
+    assert!(kept.exists(), "{}", kept.display());
+    nodes[w].drop_manifest(
+        "db-was.yaml",
+        &vm_yaml(
+            "db-was",
+            &format!(
+                "  placement:\n    node: {wname}\n  disks:\n    - name: data\n      source: {{replica: {{name: {replica}, disk: data}}}}\n"
+            ),
+        ),
+    );
+    wait(
+        "a VM cloned from the diverged replica runs",
+        Duration::from_secs(20),
+        || nodes[w].runs("db-was"),
+    );
+    assert!(volume(&nodes[w], "db-was").exists());
+    assert!(!nodes[w].runs("db"), "db runs twice");
 }
 
 /// A node stopped gracefully (an upgrade) announces when it is back

@@ -652,7 +652,9 @@ fn console_answers(p: &Pair, n: &Node) {
 /// whose counter goes on from the copied disk, past the last beat `to`
 /// showed before the move.
 fn offline_back(p: &Pair, to: &Node, from: &Node, name: &str, boot: &str) {
-    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    let on_vm =
+        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
+    let on = |n: &Node| on_vm(n, "mover");
     let last = on(to)
         .last()
         .cloned()
@@ -1861,7 +1863,9 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
 /// disk. The node dies in the middle of a round (the nodes' streams are
 /// capped at 64 KiB/s, so a round of ~140 KB is always under way): the
 /// holder starts from its last complete point, the cut stream left no
-/// trace. The dead node, back, runs no copy.
+/// trace. The dead node, back, runs no copy; it keeps its disks as a
+/// diverged replica (a clone of it holds the writes after the copy
+/// point) and becomes a receiver of the new primary.
 #[test]
 fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     if !qemu_available() {
@@ -1974,7 +1978,9 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
             .status();
     }
     let dying = all_beats(&p.nodes[from], "mover").last().cloned().unwrap();
-    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    let on_vm =
+        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
+    let on = |n: &Node| on_vm(n, "mover");
     wait_until(&p, "the VM runs again", Duration::from_secs(60), || {
         assert!(!runs(&p.nodes[third], "mover"), "started where no copy is");
         runs(&p.nodes[holder], "mover") && !on(&p.nodes[holder]).is_empty()
@@ -2043,13 +2049,96 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         "after: {}",
         status(&p.nodes[holder], "vm", "mover")["fastr"]
     );
-
-    // The policy removed: the copies go, the VM runs on.
+    // Its disks are kept as a diverged replica, and listed.
+    let old = p.nodes[from].name.clone();
+    let listed = || p.nodes[from].cli(&["volume", "list"], None).1;
+    wait_until(
+        &p,
+        "the returned node's disks kept as a diverged replica",
+        Duration::from_secs(30),
+        || {
+            listed()
+                .lines()
+                .any(|l| l.starts_with("rep-default-mover-diverged-"))
+        },
+    );
+    let out = listed();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rep-default-mover-diverged-"))
+        .unwrap();
+    let replica = line
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.strip_prefix("rep-default-"))
+        .and_then(|v| v.strip_suffix("-data"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(&format!(
+            "diverged replica {replica} (default/mover runs on {holder_name})"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("vm-default-mover-data")),
+        "{out}"
+    );
+    // It becomes a receiver of the new primary: with two copies asked
+    // for, both other nodes hold one.
     let file = p.nodes[0].manifests.join("mover.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
+    let two = text.replace(
+        "  fastr: {copies: 1, interval: 1s}\n",
+        "  fastr: {copies: 2, interval: 1s}\n",
+    );
+    std::fs::write(&file, &two).unwrap();
+    wait_until(
+        &p,
+        "copies on the third node and the returned one",
+        Duration::from_secs(60),
+        || {
+            let st = status(&p.nodes[holder], "vm", "mover");
+            let held: Vec<&str> = st["fastr"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["point"].is_string())
+                .filter_map(|c| c["node"].as_str())
+                .collect();
+            copy(from) && held.contains(&old.as_str())
+        },
+    );
+    // A VM cloned from the diverged replica goes on from what the guest
+    // wrote there last: past the point the holder started from.
+    std::fs::write(
+        p.nodes[0].manifests.join("was.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: was}}\nspec:\n  spacesuit: tiny\n  placement: {{node: {old}}}\n  disks:\n    - name: data\n      source: {{replica: {{name: {replica}, disk: data}}}}\n"
+        ),
+    )
+    .unwrap();
+    wait_until(
+        &p,
+        "the clone of the diverged replica beats",
+        Duration::from_secs(60),
+        || runs(&p.nodes[from], "was") && !on_vm(&p.nodes[from], "was").is_empty(),
+    );
+    let first = on_vm(&p.nodes[from], "was")[0].clone();
+    eprintln!(
+        "the diverged replica's clone beat {first:?}; the copy's first beat was {:?}",
+        back[0]
+    );
+    assert!(
+        first.1 > dying.1 && first.1 <= dying.1 + 2,
+        "the clone goes on from the old node's last write: {dying:?} at the kill, then {first:?}"
+    );
+    std::fs::remove_file(p.nodes[0].manifests.join("was.yaml")).unwrap();
+
+    // The policy removed: the copies go, the VM runs on.
     std::fs::write(
         &file,
-        text.replace("  fastr: {copies: 1, interval: 1s}\n", ""),
+        two.replace("  fastr: {copies: 2, interval: 1s}\n", ""),
     )
     .unwrap();
     wait_until(&p, "no copies left", Duration::from_secs(30), || {

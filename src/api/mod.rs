@@ -206,11 +206,26 @@ pub struct VolumeEntry {
     /// (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained: Option<(String, u64)>,
-    /// For a disk of a VM that now runs on another node (this node's copy
-    /// was stopped with its disks kept: a diverged copy): the VM
-    /// (`namespace/name`) and the node it runs on.
+    /// For a disk of a diverged copy of a VM (this node ran the VM and
+    /// another node's newer claim replaced it): which.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diverged: Option<(String, String)>,
+    pub diverged: Option<Diverged>,
+}
+
+/// What a volume of a diverged copy belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diverged {
+    /// The VM (`namespace/name`).
+    pub vm: String,
+    /// The node the VM runs on, as this node's status of it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The diverged replica the volume belongs to (a new VM clones it
+    /// with `source.replica`); `None`: the VM's own disk, kept under its
+    /// name until the other node reports running the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// What `Info` answers.

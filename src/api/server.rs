@@ -518,31 +518,46 @@ async fn dry_run(
 /// `deorch volume list|restore|purge`: the node's volumes, through its
 /// storage driver. Only retained volumes can be restored or purged; the
 /// others belong to their objects' reconcilers.
-/// The volumes a diverged copy holds: the disks of each VM this node's
-/// engine reports as running on another node (`Elsewhere`: its copy here
-/// was stopped with its disks kept when another node's newer claim won),
-/// by volume name → (VM, node it runs on).
-fn diverged_copies(ctx: &Ctx) -> std::collections::BTreeMap<String, (String, String)> {
+/// The volumes of diverged copies, by volume name → their note. Two
+/// kinds: the disks of a VM this node's engine reports as running on
+/// another node (`Elsewhere`) that are still under their own names (the
+/// copy here was stopped with its disks kept, and waits for that node to
+/// report running it), and the volumes of a diverged replica (the disks
+/// of such a copy kept under `names::diverged_replica`).
+fn diverged_copies(
+    ctx: &Ctx,
+    names: &[String],
+) -> std::collections::BTreeMap<String, super::Diverged> {
+    use crate::model::names;
     use crate::model::{Kind, Manifest, VirtualMachineSpec};
     let mut out = std::collections::BTreeMap::new();
     for r in ctx.store.list(Some(Kind::VirtualMachine)) {
-        let Some(status) = &r.status else { continue };
-        let node = status["node"].as_str().unwrap_or_default();
-        if status["phase"] != "Elsewhere" || node.is_empty() || node == ctx.config.node_name {
-            continue;
-        }
         let Ok(vm) = serde_json::from_value::<Manifest<VirtualMachineSpec>>(r.object) else {
             continue;
         };
+        let (ns, name) = (&r.key.namespace, &r.key.name);
+        let node = r
+            .status
+            .as_ref()
+            .filter(|s| s["phase"] == "Elsewhere")
+            .and_then(|s| s["node"].as_str())
+            .filter(|n| !n.is_empty() && *n != ctx.config.node_name)
+            .map(str::to_string);
         for disk in &vm.spec.disks {
-            let volume = crate::model::names::vm_volume(&r.key.namespace, &r.key.name, &disk.name);
-            out.insert(
-                volume,
-                (
-                    format!("{}/{}", r.key.namespace, r.key.name),
-                    node.to_string(),
-                ),
-            );
+            let diverged = |replica: Option<String>| super::Diverged {
+                vm: format!("{ns}/{name}"),
+                node: node.clone(),
+                replica,
+            };
+            if node.is_some() {
+                out.insert(names::vm_volume(ns, name, &disk.name), diverged(None));
+            }
+            for v in names {
+                if let Some(at) = names::parse_diverged(ns, name, &disk.name, v) {
+                    let replica = names::diverged_replica(name, at);
+                    out.insert(v.clone(), diverged(Some(replica)));
+                }
+            }
         }
     }
     out
@@ -562,9 +577,9 @@ async fn volumes(planner: &Ctx, req: Request) -> Response {
             })
     };
     let result = match req {
-        Request::Volumes => {
-            let diverged = diverged_copies(planner);
-            storage.list().await.map(|names| Response::Volumes {
+        Request::Volumes => storage.list().await.map(|names| {
+            let diverged = diverged_copies(planner, &names);
+            Response::Volumes {
                 volumes: names
                     .into_iter()
                     .map(|name| super::VolumeEntry {
@@ -573,8 +588,8 @@ async fn volumes(planner: &Ctx, req: Request) -> Response {
                         name,
                     })
                     .collect(),
-            })
-        }
+            }
+        }),
         Request::RestoreVolume { name } => {
             let volume = match retained(&name) {
                 Ok(v) => v,

@@ -1246,8 +1246,17 @@ fn volume(command: VolumeCommand) -> anyhow::Result<ExitCode> {
             let now = crate::clock::now_ms();
             for v in volumes {
                 let note = match &v.diverged {
-                    Some((vm, node)) => {
-                        format!("diverged copy: {vm} runs on {node}; this node's disks were kept")
+                    Some(d) => {
+                        let runs = match &d.node {
+                            Some(node) => format!("{} runs on {node}", d.vm),
+                            None => format!("of {}", d.vm),
+                        };
+                        match &d.replica {
+                            Some(r) => format!(
+                                "diverged replica {r} ({runs}): clone it with source.replica.name={r}"
+                            ),
+                            None => format!("diverged copy: {runs}; this node's disks were kept"),
+                        }
                     }
                     None => String::new(),
                 };

@@ -33,6 +33,29 @@ pub fn replica_volume(namespace: &str, replica: &str, disk: &str) -> String {
     format!("rep-{namespace}-{replica}-{disk}")
 }
 
+/// The replica a node keeps the disks of a VM's copy under when another
+/// node's newer claim replaced it (`at_secs`: when, seconds since the
+/// epoch): its volumes are [`replica_volume`]s of this name, so a new VM
+/// clones them with `source.replica`.
+pub fn diverged_replica(vm: &str, at_secs: u64) -> String {
+    format!("{vm}{DIVERGED_INFIX}{at_secs}")
+}
+
+/// When a diverged replica of `vm` was kept (seconds since the epoch),
+/// from the name of one of its volumes `rep-NS-VM-diverged-SECS-DISK`.
+pub fn parse_diverged(namespace: &str, vm: &str, disk: &str, volume: &str) -> Option<u64> {
+    let secs = volume
+        .strip_prefix(&replica_volume(namespace, vm, ""))?
+        .strip_suffix(&format!("-{disk}"))?
+        .strip_prefix(DIVERGED_INFIX.trim_start_matches('-'))?;
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    secs.parse().ok()
+}
+
+const DIVERGED_INFIX: &str = "-diverged-";
+
 /// The name a deleted object's volume is kept under until `until_ms`
 /// (ms since the epoch): `retained.<until_ms>.<volume>`. The name is the
 /// whole record of the retention (no database): listing the storage finds
@@ -80,6 +103,23 @@ pub fn bridge(namespace: &str, network: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diverged_replica_volume_names_its_vm_disk_and_time() {
+        let r = diverged_replica("web-1", 1_765_000_000);
+        let v = replica_volume("prod", &r, "data-2");
+        assert_eq!(v, "rep-prod-web-1-diverged-1765000000-data-2");
+        assert_eq!(
+            parse_diverged("prod", "web-1", "data-2", &v),
+            Some(1_765_000_000)
+        );
+        assert_eq!(parse_diverged("prod", "web", "data-2", &v), None);
+        assert_eq!(parse_diverged("prod", "web-1", "2", &v), None);
+        assert_eq!(
+            parse_diverged("prod", "web-1", "data-2", "rep-prod-web-1-snap-data-2"),
+            None
+        );
+    }
 
     #[test]
     fn a_retained_name_carries_its_volume_and_its_deadline() {

@@ -92,7 +92,23 @@ async fn one(ctx: &Ctx, id: &str, action: &Action) -> Result<(), DriverError> {
             r
         }
         Action::RemoveTap { tap } => ctx.drivers.net.remove_tap(tap).await,
+        Action::KeepDiverged { vm, disks } => keep_diverged(ctx, vm, disks).await,
     }
+}
+
+/// Rename the disks of VM `vm` (`namespace/name`) to the volumes of one
+/// diverged replica. A disk renamed before a crash is found again by its
+/// name (`names::parse_diverged`); the others follow at the next pass,
+/// under a later replica name.
+async fn keep_diverged(ctx: &Ctx, vm: &str, disks: &[(String, String)]) -> Result<(), DriverError> {
+    let (ns, name) = vm.split_once('/').unwrap_or(("", vm));
+    let replica = crate::model::names::diverged_replica(name, crate::clock::now_ms() / 1000);
+    for (volume, disk) in disks {
+        let to = crate::model::names::replica_volume(ns, &replica, disk);
+        ctx.drivers.storage.rename(volume, &to).await?;
+    }
+    tracing::warn!(vm = %vm, replica = %replica, disks = disks.len(), "another node runs this VM now: this node's copy of its disks is kept as a diverged replica");
+    Ok(())
 }
 
 /// `config` with each disk's image (path and format, from the storage

@@ -120,6 +120,18 @@ pub enum Action {
         /// Tap.
         tap: String,
     },
+    /// Keep the disks of a copy that another node's newer claim replaced
+    /// (this node ran the VM, was lost, and the VM runs elsewhere now) as
+    /// a diverged replica: renamed, all of them under one replica name
+    /// (`names::diverged_replica`), so a new VM can be cloned from them
+    /// and this node can hold the VM's volumes again (a FASTR copy, a
+    /// relocation).
+    KeepDiverged {
+        /// `namespace/name` of the VM.
+        vm: String,
+        /// (volume, disk name) of each disk here.
+        disks: Vec<(String, String)>,
+    },
 }
 
 impl Action {
@@ -234,6 +246,14 @@ impl std::fmt::Display for Action {
                 write!(f, "take back volume {volume} kept as {retained}")
             }
             Action::RemoveTap { tap } => write!(f, "remove tap {tap}"),
+            Action::KeepDiverged { vm, disks } => {
+                let names: Vec<&str> = disks.iter().map(|(v, _)| v.as_str()).collect();
+                write!(
+                    f,
+                    "keep volume(s) {} of VM {vm} as a diverged replica",
+                    names.join(", ")
+                )
+            }
         }
     }
 }
@@ -340,10 +360,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
                 Next::Retry,
             );
         }
-        Site::Elsewhere { node, epoch } => {
-            let message = format!("runs on {node} (election epoch {epoch})");
-            return handed_over(d, o, node, message);
-        }
+        Site::Elsewhere { node, epoch } => return replaced(d, o, node, *epoch),
         // A copy here is not the lost node's: it keeps running.
         Site::NodeLost { node, .. } if here => {
             let message =
@@ -382,6 +399,49 @@ fn handed_over(d: &Desired, o: &Observed, node: &str, message: String) -> Plan {
         p.actions.push(Action::Stop {
             timeout: d.stop_timeout,
         });
+    }
+    p
+}
+
+/// [`handed_over`] for a VM another node's newer claim holds: a copy
+/// this node still has (it ran the VM before it was lost, or a partition
+/// let both run it) is stopped and its disks kept as a diverged replica,
+/// once that node reports running the VM. Until then the disks stay as
+/// they are (the election may still come back here).
+fn replaced(d: &Desired, o: &Observed, node: &str, epoch: u64) -> Plan {
+    let here: Vec<(String, String)> = d
+        .disks
+        .iter()
+        .filter(|x| !o.missing_volumes.contains(&x.volume))
+        .map(|x| (x.volume.clone(), x.name.clone()))
+        .collect();
+    let mut message = format!("runs on {node} (election epoch {epoch})");
+    if here.is_empty() {
+        return handed_over(d, o, node, message);
+    }
+    let confirmed = o.running_elsewhere.iter().any(|n| n == node);
+    if confirmed {
+        message.push_str(
+            "; this node's copy of its disks is kept as a diverged replica (see deorch volume list)",
+        );
+    } else {
+        message.push_str(&format!(
+            "; this node's copy of its disks is kept as it is until {node} reports running it"
+        ));
+    }
+    let mut p = handed_over(d, o, node, message);
+    if confirmed {
+        // The copy is gone for good (a relocation here later needs the
+        // hypervisor to have no VM of that name).
+        if !matches!(o.state, VmState::Absent) {
+            p.actions.push(Action::Remove);
+        }
+        p.actions.push(Action::KeepDiverged {
+            vm: d.config.id.clone(),
+            disks: here,
+        });
+    } else {
+        p.next = Next::Retry;
     }
     p
 }
@@ -949,6 +1009,13 @@ mod tests {
         }
     }
 
+    fn diverged() -> Action {
+        Action::KeepDiverged {
+            vm: "default/a".into(),
+            disks: vec![("vm-default-a-root".into(), "root".into())],
+        }
+    }
+
     fn table(d: &Desired) -> Vec<Row> {
         let run = running(&d.config);
         let mut drift = d.config.clone();
@@ -1002,20 +1069,48 @@ mod tests {
                 phase: VmPhase::Elsewhere,
                 node: Some("sat-2"),
                 reason: Some(VmReason::PlacedElsewhere),
-                next: Next::Done,
+                next: Next::Retry,
                 ..row(
-                    "elected elsewhere: stop, keep disks",
+                    "elected elsewhere, not yet running there: stop, keep disks as they are",
                     elected.clone(),
                     run.clone(),
+                )
+            },
+            Row {
+                actions: vec![stop(), Action::Remove, diverged()],
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                elsewhere: vec!["sat-2"],
+                next: Next::Done,
+                ..row(
+                    "elected elsewhere and running there: stop, keep disks as a diverged replica",
+                    elected.clone(),
+                    run.clone(),
+                )
+            },
+            Row {
+                actions: vec![Action::Remove, diverged()],
+                phase: VmPhase::Elsewhere,
+                node: Some("sat-2"),
+                reason: Some(VmReason::PlacedElsewhere),
+                elsewhere: vec!["sat-2"],
+                next: Next::Done,
+                ..row(
+                    "elected elsewhere and running there, stopped here: keep disks as a diverged replica",
+                    elected.clone(),
+                    VmState::Stopped(StopReason::Requested),
                 )
             },
             Row {
                 phase: VmPhase::Elsewhere,
                 node: Some("sat-2"),
                 reason: Some(VmReason::PlacedElsewhere),
+                elsewhere: vec!["sat-2"],
+                missing: true,
                 next: Next::Done,
                 ..row(
-                    "elected elsewhere, absent: say where",
+                    "elected elsewhere, nothing here: say where",
                     elected,
                     VmState::Absent,
                 )
