@@ -791,6 +791,15 @@ fn a_vm_with_data_is_node_lost_not_restarted_blank() {
     );
     assert!(volume(&nodes[w], "db-was").exists());
     assert!(!nodes[w].runs("db"), "db runs twice");
+    // Purged by hand, the clone made from it lives on.
+    let name = format!("rep-default-{replica}-data");
+    let (code, out, err) = nodes[w].cli(&["volume", "purge", &name], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!kept.exists() && !listed().contains(&name));
+    assert!(volume(&nodes[w], "db-was").exists());
+    let (code, _, err) = nodes[w].cli(&["volume", "purge", "vm-default-db-was-data"], None);
+    assert_ne!(code, 0, "a VM's own volume is not purged by hand");
+    assert!(err.contains("not a retained volume"), "{err}");
 }
 
 /// A node stopped gracefully (an upgrade) announces when it is back

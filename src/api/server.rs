@@ -613,11 +613,15 @@ async fn volumes(planner: &Ctx, req: Request) -> Response {
             })
         }
         Request::PurgeVolume { name } => {
-            if let Err(r) = retained(&name) {
+            // A retained volume, or a volume of a diverged replica.
+            let replica = diverged_copies(planner, std::slice::from_ref(&name))
+                .get(&name)
+                .is_some_and(|d| d.replica.is_some());
+            if let (Err(r), false) = (retained(&name), replica) {
                 return r;
             }
             storage.destroy(&name).await.map(|()| {
-                info!(retained = %name, "retained volume purged via local API");
+                info!(volume = %name, "retained or diverged volume purged via local API");
                 Response::VolumeDone {
                     message: format!("{name} destroyed"),
                 }
