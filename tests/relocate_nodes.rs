@@ -2146,3 +2146,207 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     });
     assert!(runs(&p.nodes[holder], "mover"), "the VM runs on");
 }
+
+/// The unix time in ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The guest's disk counter at unix time `at_ms`, bounded by the beats the
+/// test saw before and after it: `(seen before, seen after + 1)` (each
+/// counter is written, fsync'd, then printed).
+fn counter_at(samples: &[(u64, u64)], at_ms: u64) -> (u64, u64) {
+    let lo = samples
+        .iter()
+        .filter(|s| s.0 <= at_ms)
+        .map(|s| s.1)
+        .max()
+        .expect("a sample before the point");
+    let hi = samples
+        .iter()
+        .find(|s| s.0 >= at_ms)
+        .map(|s| s.1)
+        .expect("a sample after the point");
+    (lo, hi + 1)
+}
+
+/// The copy points a node's `deorch fastr points` lists.
+fn copy_points(n: &Node, vm: &str) -> Vec<(String, u64)> {
+    let (_, out, _) = n.cli(&["fastr", "points", vm], None);
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| Some((p.to_string(), p.strip_prefix("fastr-")?.parse().ok()?)))
+        .collect()
+}
+
+/// Copy points kept on the receiver (`fastr.keep`) are where a new VM is
+/// cloned from (placed by the radar on the node that holds the copy, no
+/// data copied) and where `deorch fastr recover` starts the VM again (on
+/// the copy's node, the VM's node stopping its copy and keeping its disks
+/// as a diverged replica). Each one's guest counter goes on from what the
+/// guest had written at that point.
+#[test]
+fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
+    if !qemu_available() {
+        return;
+    }
+    let Some((roots, _cleanup)) = zfs_roots("fastrpt", 2) else {
+        return;
+    };
+    let p = start_nodes_mover(
+        2,
+        &[],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            spec: "  fastr: {copies: 1, interval: 1s, keep: 30}\n",
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let holder = 1 - from;
+    let (runner_name, holder_name) = (p.nodes[from].name.clone(), p.nodes[holder].name.clone());
+    // (unix ms, newest counter seen) while the points are taken.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let begin = unix_ms();
+    let t = Instant::now();
+    let points = loop {
+        if let Some(b) = all_beats(p.from(), "mover").last() {
+            samples.push((unix_ms(), b.1));
+        }
+        let pts: Vec<(String, u64)> = copy_points(&p.nodes[holder], "mover")
+            .into_iter()
+            .filter(|(_, ms)| *ms > begin + 300)
+            .collect();
+        if pts.len() >= 3 {
+            break pts;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "3 points on {holder_name}: {pts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for _ in 0..3 {
+        samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("points on {holder_name}: {points:?}");
+    // The runner lists none (it holds no copy); a bad point is refused.
+    let (code, _, err) = p.nodes[from].cli(&["fastr", "points", "mover"], None);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) =
+        p.nodes[holder].cli(&["fastr", "recover", "mover", "--at", "fastr-1"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("no complete point fastr-1 here"), "{err}");
+    let (code, _, err) =
+        p.nodes[holder].cli(&["fastr", "recover", "mover", "--from", &runner_name], None);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("run it on {runner_name}")), "{err}");
+
+    // A clone of the oldest point, placed by the radar: on the holder.
+    let (p0, p0_ms) = points[0].clone();
+    std::fs::write(
+        p.nodes[0].manifests.join("past.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: past}}\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {{fastrCopy: {{name: mover, disk: data, point: {p0}}}}}\n"
+        ),
+    )
+    .unwrap();
+    let on_vm =
+        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
+    wait_until(
+        &p,
+        "the clone of a copy point beats",
+        Duration::from_secs(60),
+        || {
+            assert!(!runs(&p.nodes[from], "past"), "placed where no copy is");
+            runs(&p.nodes[holder], "past") && !on_vm(&p.nodes[holder], "past").is_empty()
+        },
+    );
+    let first = on_vm(&p.nodes[holder], "past")[0].1;
+    let (lo, hi) = counter_at(&samples, p0_ms);
+    eprintln!("clone of {p0}: first beat {first}; the guest had written {lo}..={hi}");
+    assert!(
+        first > lo && first <= hi + 1,
+        "the clone goes on from the point: {lo}..={hi} written, then {first}"
+    );
+    let origin = Command::new("zfs")
+        .args(["get", "-H", "-o", "value", "origin"])
+        .arg(format!("{}/vol/vm-default-past-data", roots[holder]))
+        .output()
+        .unwrap();
+    let origin = String::from_utf8_lossy(&origin.stdout);
+    assert!(
+        origin.contains(&format!("/vol/fastr.vm-default-mover-data@xfer-{p0}")),
+        "a clone of the copy point, no data copied: {origin}"
+    );
+
+    // Recovery renames the copy into the VM's volume, which zfs does
+    // only with the clones of its points unmounted: refused while one
+    // runs (before anything is stopped), done once it is deleted.
+    let (code, _, err) = p.nodes[holder].cli(&["fastr", "recover", "mover"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("vm-default-past-data"), "{err}");
+    assert!(runs(&p.nodes[from], "mover"));
+    std::fs::remove_file(p.nodes[0].manifests.join("past.yaml")).unwrap();
+    wait_until(&p, "the clone stopped", Duration::from_secs(30), || {
+        qemu_of(&p.nodes[holder], "past").is_none() && !runs(&p.nodes[holder], "past")
+    });
+
+    // Recovery at the middle point, on the holder: the VM stops on its
+    // node and runs on the holder from that point.
+    let (p1, p1_ms) = points[1].clone();
+    let boot = all_beats(p.from(), "mover").last().unwrap().0.clone();
+    let (code, out, err) = p.nodes[holder].cli(
+        &[
+            "fastr",
+            "recover",
+            "mover",
+            "--at",
+            &p1,
+            "--from",
+            &holder_name,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("{out}");
+    wait_until(
+        &p,
+        "the VM runs on the holder",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                qemu_of(&p.nodes[from], "mover").is_none()
+                    || qemu_of(&p.nodes[holder], "mover").is_none(),
+                "runs twice"
+            );
+            runs(&p.nodes[holder], "mover") && !on_vm(&p.nodes[holder], "mover").is_empty()
+        },
+    );
+    let back = on_vm(&p.nodes[holder], "mover")[0].clone();
+    let (lo, hi) = counter_at(&samples, p1_ms);
+    eprintln!("recovered at {p1}: first beat {back:?}; the guest had written {lo}..={hi}");
+    assert_ne!(back.0, boot, "a new boot");
+    assert!(
+        back.1 > lo && back.1 <= hi + 1,
+        "the VM goes on from the point: {lo}..={hi} written, then {back:?}"
+    );
+    assert!(!runs(&p.nodes[from], "mover"));
+    // Its old node keeps its disks as a diverged replica and holds the
+    // new primary's copy.
+    wait_until(
+        &p,
+        "the old node's diverged replica and copy",
+        Duration::from_secs(60),
+        || {
+            let (_, out, _) = p.nodes[from].cli(&["volume", "list"], None);
+            out.contains("rep-default-mover-diverged-")
+                && out.contains("fastr.vm-default-mover-data")
+        },
+    );
+}

@@ -120,7 +120,19 @@ fn each_broken_manifest_gives_precise_errors() {
     );
     check(
         "cross-field.yaml",
-        &[(9, 9, "spec.disks[0].source", "exactly one of spacesuit, virtualMachine, replica, blank must be set, found 2 (spacesuit, virtualMachine)")],
+        &[(9, 9, "spec.disks[0].source", "exactly one of spacesuit, virtualMachine, replica, blank, fastrCopy must be set, found 2 (spacesuit, virtualMachine)")],
+    );
+    check(
+        "bad-fastr.yaml",
+        &[
+            (6, 28, "spec.fastr.keep", "1 to 64 points"),
+            (
+                9,
+                48,
+                "spec.disks[0].source.fastrCopy.point",
+                "a copy point, fastr-<unix ms>",
+            ),
+        ],
     );
     check(
         "bad-addresses.yaml",
@@ -221,7 +233,7 @@ fn the_cli_exits_1_on_errors_and_0_when_clean() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 17, "{stdout}");
+    assert_eq!(lines.len(), 19, "{stdout}");
     assert!(
         lines.iter().all(|l| l.contains("tests/data/broken/")
             && l.split(':')
@@ -230,7 +242,7 @@ fn the_cli_exits_1_on_errors_and_0_when_clean() {
         "{stdout}"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("11 files, 11 documents, 17 errors"),
+        String::from_utf8_lossy(&out.stderr).contains("12 files, 12 documents, 19 errors"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -96,6 +96,24 @@ pub enum Request {
         /// The VM.
         name: String,
     },
+    /// The complete FASTR copy points of a VM this node holds
+    /// (`deorch fastr points`).
+    FastrPoints {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+    },
+    /// Start a VM on this node from its FASTR copy here
+    /// (`deorch fastr recover`).
+    FastrRecover {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+        /// The point (newest when `None`).
+        at: Option<String>,
+    },
     /// A console ticket for a VM running on this node: a one-time
     /// password that unlocks its consoles for a minute (`deorch console`).
     Console {
@@ -181,6 +199,11 @@ pub enum Response {
     ConsoleTicket {
         /// The ticket.
         ticket: serde_json::Value,
+    },
+    /// The complete FASTR copy points of a VM held here, oldest first.
+    FastrPoints {
+        /// `fastr-<unix ms>` each.
+        points: Vec<String>,
     },
     /// A volume was restored or purged.
     VolumeDone {

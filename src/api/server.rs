@@ -250,6 +250,48 @@ async fn handle_conn(
                         },
                     }
                 }
+                Ok(Request::FastrPoints { namespace, name }) => {
+                    fastr_points(&planner, namespace.as_deref(), &name).await
+                }
+                Ok(Request::FastrRecover {
+                    namespace,
+                    name,
+                    at,
+                }) => {
+                    let key = crate::model::ObjectKey::new(
+                        crate::model::Kind::VirtualMachine,
+                        namespace.as_deref(),
+                        &name,
+                    );
+                    let asked = planner
+                        .placement
+                        .as_ref()
+                        .map(|p| p.fastr_recover(&key, at));
+                    match asked {
+                        None => Response::Error {
+                            code: "BadRequest".into(),
+                            message:
+                                "this node does not gossip: FASTR has no copies to recover from"
+                                    .into(),
+                        },
+                        Some(Err(e)) => Response::Error {
+                            code: "BadRequest".into(),
+                            message: e,
+                        },
+                        Some(Ok(rx)) => match rx.await {
+                            Ok(Ok(message)) => Response::VolumeDone { message },
+                            Ok(Err(e)) => Response::Error {
+                                code: "Conflict".into(),
+                                message: e,
+                            },
+                            Err(_) => Response::Error {
+                                code: "Internal".into(),
+                                message: "the relocation agent did not answer (is it running?)"
+                                    .into(),
+                            },
+                        },
+                    }
+                }
                 Ok(Request::Recover { namespace, name }) => {
                     let key = crate::model::ObjectKey::new(
                         crate::model::Kind::VirtualMachine,
@@ -265,7 +307,7 @@ async fn handle_conn(
                         },
                         Some(p) => {
                             let k = key.clone();
-                            match tokio::task::spawn_blocking(move || p.recover(&k)).await {
+                            match tokio::task::spawn_blocking(move || p.recover(&k, false)).await {
                                 Ok(Ok(epoch)) => Response::VolumeDone {
                                     message: format!("{key} claimed by this node at election epoch {epoch}: it starts here from what this node has (a retained copy of its volumes, else fresh disks); the lost node's copy, if it returns, is stopped with its disks kept"),
                                 },
@@ -430,6 +472,8 @@ pub fn handle(
         | Request::PurgeVolume { .. }
         | Request::Recover { .. }
         | Request::FastrSync { .. }
+        | Request::FastrPoints { .. }
+        | Request::FastrRecover { .. }
         | Request::Console { .. } => Err(Response::Error {
             code: "BadRequest".into(),
             message: "volume requests need the node's storage (the socket server answers them)"
@@ -513,6 +557,34 @@ async fn dry_run(
         verdicts: outcome.verdicts,
         plans,
     }
+}
+
+/// `deorch fastr points`: the points every copy of the VM's disks here
+/// holds.
+async fn fastr_points(ctx: &Ctx, namespace: Option<&str>, name: &str) -> Response {
+    use crate::model::{names, Kind, VirtualMachineSpec};
+    let ns = namespace.unwrap_or("default");
+    let Some(vm) = ctx.typed::<VirtualMachineSpec>(Kind::VirtualMachine, ns, name) else {
+        return Response::Error {
+            code: "NotFound".into(),
+            message: format!("VM {ns}/{name} does not exist"),
+        };
+    };
+    let copies: Vec<String> = vm
+        .spec
+        .disks
+        .iter()
+        .map(|d| names::fastr_copy(&names::vm_volume(ns, name, &d.name)))
+        .collect();
+    let points =
+        crate::relocate::agent::fastr::complete_points(ctx.drivers.storage.as_ref(), &copies).await;
+    if points.is_empty() {
+        return Response::Error {
+            code: "NotFound".into(),
+            message: format!("this node holds no complete FASTR copy of {ns}/{name}"),
+        };
+    }
+    Response::FastrPoints { points }
 }
 
 /// `deorch volume list|restore|purge`: the node's volumes, through its

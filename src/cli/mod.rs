@@ -1065,6 +1065,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     client,
                 },
         } => fastr_sync(&client, namespace, name, wait),
+        Command::Fastr {
+            command:
+                FastrCommand::Points {
+                    name,
+                    namespace,
+                    client,
+                },
+        } => fastr_points(&client, namespace, name),
+        Command::Fastr {
+            command:
+                FastrCommand::Recover {
+                    name,
+                    namespace,
+                    at,
+                    from,
+                    client,
+                },
+        } => fastr_recover(&client, namespace, name, at, from),
         Command::Recover {
             name,
             namespace,
@@ -1104,6 +1122,97 @@ pub enum FastrCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The complete copy points of a VM this node holds, oldest first
+    /// (`spec.fastr.keep` of them).
+    Points {
+        /// The VM.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a VM on this node from its copy here, at a point (the
+    /// newest by default): its node stops it and keeps its disks as a
+    /// diverged replica. Run it on the node that holds the copy.
+    Recover {
+        /// The VM.
+        name: String,
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The point (`fastr-<unix ms>`, see `deorch fastr points`).
+        #[arg(long)]
+        at: Option<String>,
+        /// The node whose copy to start from: must be this node (the
+        /// command says so otherwise).
+        #[arg(long)]
+        from: Option<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `deorch fastr points`.
+fn fastr_points(
+    client: &ClientArgs,
+    namespace: Option<String>,
+    name: String,
+) -> anyhow::Result<ExitCode> {
+    match client::call(
+        &client.socket,
+        &Request::FastrPoints { namespace, name },
+        CALL_TIMEOUT,
+    )? {
+        Response::FastrPoints { points } => {
+            let now = crate::clock::now_ms();
+            println!("{:<24} AGE", "POINT");
+            for p in points {
+                let age = crate::relocate::agent::fastr::point_ms(&p)
+                    .map(|ms| output::duration_text(now.saturating_sub(ms) / 1000))
+                    .unwrap_or_default();
+                println!("{p:<24} {age}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message, .. } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+        other => unexpected(other),
+    }
+}
+
+/// `deorch fastr recover`.
+fn fastr_recover(
+    client: &ClientArgs,
+    namespace: Option<String>,
+    name: String,
+    at: Option<String>,
+    from: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(from) = from {
+        let me = match client::call(&client.socket, &Request::Info, CALL_TIMEOUT)? {
+            Response::Info(i) => i.name,
+            other => return unexpected(other),
+        };
+        if from != me {
+            eprintln!("error: this is node {me}: a recovery starts the VM on the node that holds the copy; run it on {from}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    volume_answer(client::call(
+        &client.socket,
+        &Request::FastrRecover {
+            namespace,
+            name,
+            at,
+        },
+        std::time::Duration::from_secs(90),
+    )?)
 }
 
 /// `deorch fastr sync`.

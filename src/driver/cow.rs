@@ -334,20 +334,38 @@ impl<B: CowBackend> Storage for CowStorage<B> {
             // No existence checks up front: the backend refuses a taken
             // name (NameCollision) or a missing source (NotFound) itself,
             // and every command saved is latency saved under load.
+            // A source `volume@point` is cloned from that transfer point
+            // as it is (a FASTR copy point); the others from a snapshot
+            // taken now.
+            fn point(r: &CloneRequest) -> Option<(&str, &str)> {
+                crate::model::names::parse_at_point(&r.source)
+            }
             for r in &requests {
                 check_volume_name("clone", &r.volume)?;
-                check_volume_name("clone", &r.source)?;
+                check_volume_name("clone", point(r).map_or(r.source.as_str(), |p| p.0))?;
             }
             let snap = format!("s{}", nonce());
-            let sources: BTreeSet<&str> = requests.iter().map(|r| r.source.as_str()).collect();
+            let sources: BTreeSet<&str> = requests
+                .iter()
+                .filter(|r| point(r).is_none())
+                .map(|r| r.source.as_str())
+                .collect();
             let snaps: Vec<String> = sources
                 .iter()
                 .map(|s| format!("{}@{snap}", vol(s)))
                 .collect();
-            b.snapshot(&snaps)?;
+            if !snaps.is_empty() {
+                b.snapshot(&snaps)?;
+            }
             let clones: Vec<_> = requests
                 .iter()
-                .map(|r| (format!("{}@{snap}", vol(&r.source)), vol(&r.volume), r.size))
+                .map(|r| {
+                    let from = match point(r) {
+                        Some((v, p)) => format!("{}@{}{p}", vol(v), super::TRANSFER_POINT),
+                        None => format!("{}@{snap}", vol(&r.source)),
+                    };
+                    (from, vol(&r.volume), r.size)
+                })
                 .collect();
             b.clone_all(&clones)
         }))
@@ -488,6 +506,19 @@ impl<B: CowBackend> Storage for CowStorage<B> {
             Ok(snaps
                 .into_iter()
                 .filter_map(|s| s.0.strip_prefix(super::TRANSFER_POINT).map(str::to_string))
+                .collect())
+        }))
+    }
+    fn point_clones<'a>(
+        &'a self,
+        volume: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let of = format!("{}@{}", vol(volume), super::TRANSFER_POINT);
+        Box::pin(self.with(move |b| {
+            Ok(b.list()?
+                .into_iter()
+                .filter(|d| d.origin.as_deref().is_some_and(|o| o.starts_with(&of)))
+                .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
                 .collect())
         }))
     }

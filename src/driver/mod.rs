@@ -621,6 +621,15 @@ pub trait Storage: Send + Sync {
         let _ = (volume, tag);
         Box::pin(async move { Err(no_streams(self.name())) })
     }
+    /// The live volumes cloned from a transfer point of `volume` (a VM
+    /// made from a FASTR copy point): renaming `volume` unmounts them.
+    fn point_clones<'a>(
+        &'a self,
+        volume: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = volume;
+        Box::pin(async move { Ok(Vec::new()) })
+    }
     /// Drop every transfer point of each of `volumes` but FASTR's (one
     /// listing for all; a volume that is gone has none).
     fn drop_points<'a>(&'a self, volumes: &'a [String]) -> BoxFuture<'a, Result<(), DriverError>> {

@@ -199,6 +199,7 @@ fn placement_time(n: usize) {
                 image: None,
                 fastr: false,
                 holders: None,
+                copy_source: None,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

@@ -474,12 +474,35 @@ impl GossipNode {
         out
     }
 
+    /// The live nodes (this one included) whose status lists any FASTR
+    /// copy of `vm`.
+    pub fn copy_holders_any(&self, vm: &DocKey) -> Vec<NodeId> {
+        let h = vm.hash64();
+        let mut ids = self.alive_members();
+        if !ids.contains(&self.me) {
+            ids.push(self.me.clone());
+        }
+        let mut out: Vec<NodeId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.status(id)
+                    .is_some_and(|s| s.copies.iter().any(|c| c.0 == h))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// An operator's recovery of a `NodeLost` VM (`deorch recover`): this
     /// node claims it above the dead node's claim and starts it after the
     /// usual settle time, from what this node has (a retained copy of its
     /// volumes, else fresh disks). The lost node's copy, if it returns, is
     /// stopped with its disks kept (the newer claim wins).
-    pub fn recover(&mut self, vm: &DocKey, now: Millis) -> Result<u64, String> {
+    ///
+    /// With `from_copy` (`deorch fastr recover`: this node starts it from
+    /// its FASTR copy) the claimant may be alive: the newer claim
+    /// displaces it, and it stops (rule 5 of the failover).
+    pub fn recover(&mut self, vm: &DocKey, from_copy: bool, now: Millis) -> Result<u64, String> {
         let Some(track) = self.vms.get(vm) else {
             return Err(format!(
                 "{vm} is not placed by the radar here (unknown, deleted, or placed by hand)"
@@ -490,7 +513,7 @@ impl GossipNode {
             Some(c) if c.node == self.me => {
                 return Err(format!("{vm} is already claimed by this node"))
             }
-            Some(c) if self.member_state(&c.node) != Some(MemberState::Dead) => {
+            Some(c) if !from_copy && self.member_state(&c.node) != Some(MemberState::Dead) => {
                 return Err(format!(
                     "{vm} is claimed by {}, which is not dead in this node's view: nothing to recover",
                     c.node
@@ -1116,6 +1139,15 @@ impl GossipNode {
             });
             let copies = if self.vms[&vm].req.fastr && claimant_dead {
                 Some(self.copy_holders(&vm)).filter(|h| !h.is_empty())
+            } else if let Some(src) = self.vms[&vm]
+                .req
+                .copy_source
+                .clone()
+                .filter(|_| claim.is_none())
+            {
+                // A VM cloned from a copy point is first placed only
+                // where a copy of its source is (no data copied).
+                Some(self.copy_holders_any(&src))
             } else {
                 None
             };

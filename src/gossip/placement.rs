@@ -51,8 +51,12 @@ pub struct VmRequest {
     /// copy point may start it from that point.
     pub fastr: bool,
     /// The only nodes that may win (the holders of the newest FASTR
-    /// point, when the VM's node died).
+    /// point, when the VM's node died; of any copy of `copy_source`).
     pub holders: Option<Vec<NodeId>>,
+    /// The VM a disk of this one is cloned from at a FASTR copy point
+    /// (`source.fastrCopy`): only a node that holds a copy of it may
+    /// place it first.
+    pub copy_source: Option<DocKey>,
 }
 
 impl VmRequest {
@@ -78,7 +82,7 @@ impl VmRequest {
             .filter_map(|d| d.size.map(|q| q.bytes()))
             .sum();
         VmRequest {
-            vm,
+            vm: vm.clone(),
             selector: p.selector,
             performance: p.performance,
             need: Resources {
@@ -94,6 +98,11 @@ impl VmRequest {
             image: None,
             fastr: spec.fastr.is_some(),
             holders: None,
+            copy_source: spec.disks.iter().find_map(|d| {
+                let r = d.source.fastr_copy.as_ref()?;
+                let ns = r.namespace.as_deref().unwrap_or(&vm.namespace);
+                Some(DocKey::new("VirtualMachine", ns, &r.name))
+            }),
         }
     }
 
@@ -186,7 +195,10 @@ impl std::fmt::Display for Unmet {
             Unmet::Tags => write!(f, "tags do not match the VM's selector"),
             Unmet::Sender => write!(f, "it runs the VM (the relocation's sender)"),
             Unmet::NotTarget => write!(f, "the relocation names another node"),
-            Unmet::NoCopy => write!(f, "no copy of the VM's newest FASTR point"),
+            Unmet::NoCopy => write!(
+                f,
+                "no copy of the VM's newest FASTR point (or, for a VM cloned from a copy point, no copy of its source)"
+            ),
             Unmet::Accel => write!(f, "another accelerator than the VM runs under"),
             Unmet::Cpu => write!(
                 f,
@@ -405,6 +417,7 @@ mod tests {
             image: None,
             fastr: false,
             holders: None,
+            copy_source: None,
         }
     }
 

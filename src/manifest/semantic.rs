@@ -369,6 +369,9 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
             if f.copies == 0 {
                 c.field_err("copies", "at least 1 copy");
             }
+            if f.keep.is_some_and(|k| !(1..=64).contains(&k)) {
+                c.field_err("keep", "1 to 64 points");
+            }
             if let Some(p) = &f.placement {
                 c.at("placement", |c| placement(c, p));
             }
@@ -395,6 +398,7 @@ fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
             ("virtualMachine", src.virtual_machine.is_some()),
             ("replica", src.replica.is_some()),
             ("blank", src.blank.is_some()),
+            ("fastrCopy", src.fastr_copy.is_some()),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -402,7 +406,7 @@ fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
         .collect();
         if set.len() != 1 {
             let found = if set.is_empty() { "none".to_string() } else { format!("{} ({})", set.len(), set.join(", ")) };
-            c.err(format!("exactly one of spacesuit, virtualMachine, replica, blank must be set, found {found}"));
+            c.err(format!("exactly one of spacesuit, virtualMachine, replica, blank, fastrCopy must be set, found {found}"));
         }
         if let Some(s) = &src.spacesuit {
             c.dns("spacesuit", s);
@@ -424,6 +428,25 @@ fn disk(c: &mut Checker, d: &Disk, names: &mut BTreeSet<String>) {
             }
         }
     });
+    if let Some(r) = &d.source.fastr_copy {
+        c.at("source", |c| {
+            c.at("fastrCopy", |c| {
+                c.dns("name", &r.name);
+                if let Some(ns) = &r.namespace {
+                    c.dns("namespace", ns);
+                }
+                if let Some(d) = &r.disk {
+                    c.dns("disk", d);
+                }
+                if crate::relocate::agent::fastr::point_ms(&r.point).is_none() {
+                    c.field_err(
+                        "point",
+                        "a copy point, fastr-<unix ms> (see deorch fastr points)",
+                    );
+                }
+            });
+        });
+    }
     if d.source.blank.is_some() && d.size.is_none() {
         c.field_err("size", "a blank disk needs a size, e.g. \"10Gi\"");
     }

@@ -23,6 +23,17 @@ pub fn fastr_copy(volume: &str) -> String {
     format!("fastr.{volume}")
 }
 
+/// A volume at one of its points (`volume@point`), as a clone source or
+/// the volume a FASTR copy is restored from.
+pub fn at_point(volume: &str, point: &str) -> String {
+    format!("{volume}@{point}")
+}
+
+/// `(volume, point)` of [`at_point`]'s name; `None` for a plain volume.
+pub fn parse_at_point(name: &str) -> Option<(&str, &str)> {
+    name.split_once('@')
+}
+
 /// Volume of a spacesuit.
 pub fn spacesuit_volume(namespace: &str, suit: &str) -> String {
     format!("suit-{namespace}-{suit}")

@@ -124,7 +124,16 @@ fn disk_rules(schema: &mut Schema) {
 }
 
 fn disk_source_rules(schema: &mut Schema) {
-    exactly_one(schema, &["spacesuit", "virtualMachine", "replica", "blank"]);
+    exactly_one(
+        schema,
+        &[
+            "spacesuit",
+            "virtualMachine",
+            "replica",
+            "blank",
+            "fastrCopy",
+        ],
+    );
 }
 
 /// Desired power state.
@@ -241,6 +250,31 @@ pub struct DiskSource {
     /// An empty disk of `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blank: Option<Blank>,
+    /// Clone a disk of a FASTR copy point of another VM, on a node that
+    /// holds that copy (no data copied; the radar places the VM on such a
+    /// node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastr_copy: Option<CopyPointRef>,
+}
+
+/// A disk of a VM at one of its FASTR copy points.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyPointRef {
+    /// Name of the VM.
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
+    pub name: String,
+    /// Namespace; defaults to this VM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
+    pub namespace: Option<String>,
+    /// Disk name in that VM; defaults to its first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
+    pub disk: Option<String>,
+    /// The point, as `deorch fastr points` lists it (`fastr-<unix ms>`).
+    #[schemars(regex(pattern = "^fastr-[0-9]{1,20}$"))]
+    pub point: String,
 }
 
 /// An empty disk.
@@ -396,6 +430,19 @@ pub struct Fastr {
     /// Where the copies may go (`strict` has no meaning here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Complete points each receiver keeps, newest first (default 1):
+    /// what `deorch fastr recover --at` and `source.fastrCopy` can go
+    /// back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub keep: Option<u32>,
+}
+
+impl Fastr {
+    /// Points each receiver keeps.
+    pub fn keep(&self) -> usize {
+        self.keep.unwrap_or(1).clamp(1, 64) as usize
+    }
 }
 
 /// What the node running a VM reports.

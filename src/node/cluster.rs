@@ -94,6 +94,8 @@ pub struct ClusterPlacement {
     held: Mutex<(BTreeMap<ObjectKey, u64>, bool)>,
     /// FASTR rounds asked for (`deorch fastr sync`).
     sync_asks: Mutex<BTreeSet<ObjectKey>>,
+    /// Recoveries from FASTR copies asked for (`deorch fastr recover`).
+    fastr_recoveries: Mutex<Vec<crate::reconcile::FastrRecovery>>,
 }
 
 impl ClusterPlacement {
@@ -113,6 +115,7 @@ impl ClusterPlacement {
             fastr: Mutex::new(BTreeMap::new()),
             held: Mutex::new((BTreeMap::new(), false)),
             sync_asks: Mutex::new(BTreeSet::new()),
+            fastr_recoveries: Mutex::new(Vec::new()),
         }
     }
 
@@ -161,17 +164,44 @@ impl ClusterPlacement {
     }
 }
 
-/// One `deorch recover`, with where its answer goes.
-type Recovery = (ObjectKey, tokio::sync::oneshot::Sender<Result<u64, String>>);
+/// One `deorch recover` (or the claim of `deorch fastr recover`: `true`),
+/// with where its answer goes.
+type Recovery = (
+    ObjectKey,
+    bool,
+    tokio::sync::oneshot::Sender<Result<u64, String>>,
+);
 
 impl Placement for ClusterPlacement {
-    fn recover(&self, vm: &ObjectKey) -> Result<u64, String> {
+    fn recover(&self, vm: &ObjectKey, from_copy: bool) -> Result<u64, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.recoveries
-            .send((vm.clone(), tx))
+            .send((vm.clone(), from_copy, tx))
             .map_err(|_| "gossip is not running".to_string())?;
         rx.blocking_recv()
             .map_err(|_| "gossip stopped before it answered".to_string())?
+    }
+
+    fn fastr_recover(
+        &self,
+        vm: &ObjectKey,
+        at: Option<String>,
+    ) -> Result<crate::reconcile::FastrAnswer, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.fastr_recoveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((vm.clone(), at, tx));
+        Ok(rx)
+    }
+
+    fn take_fastr_recoveries(&self) -> Vec<crate::reconcile::FastrRecovery> {
+        std::mem::take(
+            &mut *self
+                .fastr_recoveries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     fn elected(&self, vm: &ObjectKey) -> Elected {
@@ -545,8 +575,8 @@ impl Cluster {
                     task.announce_away(self.settings.fence_hold, tick_ms).await;
                     break;
                 }
-                Some((vm, reply)) = recoveries.recv() => {
-                    let answer = task.node.recover(&doc_key(&vm), unix_ms());
+                Some((vm, from_copy, reply)) = recoveries.recv() => {
+                    let answer = task.node.recover(&doc_key(&vm), from_copy, unix_ms());
                     match &answer {
                         Ok(epoch) => warn!(%vm, epoch, "recovered by an operator: this node claims it and starts it from what it has here"),
                         Err(e) => info!(%vm, error = %e, "recovery refused"),

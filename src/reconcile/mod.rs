@@ -319,6 +319,16 @@ pub enum Elected {
     },
 }
 
+/// Where the answer to a `deorch fastr recover` comes.
+pub type FastrAnswer = tokio::sync::oneshot::Receiver<Result<String, String>>;
+
+/// One `deorch fastr recover`: the VM, the point, where to answer.
+pub type FastrRecovery = (
+    ObjectKey,
+    Option<String>,
+    tokio::sync::oneshot::Sender<Result<String, String>>,
+);
+
 /// The placement election (the gossip layer), as the engine sees it:
 /// read once at the start of a VM's reconcile (`vm::Cluster::read`),
 /// before anything is resolved, planned or executed.
@@ -381,9 +391,24 @@ pub trait Placement: Send + Sync {
     /// An operator's recovery of a `NodeLost` VM: this node claims it
     /// above the dead node's claim (blocking; not from async code). The
     /// new claim's epoch, or why not.
-    fn recover(&self, vm: &ObjectKey) -> Result<u64, String> {
-        let _ = vm;
+    ///
+    /// With `from_copy` (`deorch fastr recover`), the claimant may be
+    /// alive: this node's newer claim displaces it (it stops, its disks
+    /// kept as a diverged replica).
+    fn recover(&self, vm: &ObjectKey, from_copy: bool) -> Result<u64, String> {
+        let _ = (vm, from_copy);
         Err("this node does not gossip: there is no cluster to recover a VM in".into())
+    }
+    /// Ask the relocation agent to start `vm` on this node from its FASTR
+    /// copy here at point `at` (newest when `None`); the answer comes on
+    /// the receiver.
+    fn fastr_recover(&self, vm: &ObjectKey, at: Option<String>) -> Result<FastrAnswer, String> {
+        let _ = (vm, at);
+        Err("this node does not gossip: FASTR has no copies to recover from".into())
+    }
+    /// The recoveries asked for (the agent takes them).
+    fn take_fastr_recoveries(&self) -> Vec<FastrRecovery> {
+        Vec::new()
     }
     /// Copy a volume another node holds into a new volume here, through
     /// the nodes' tunnels (a point-in-time copy, also of a running VM's

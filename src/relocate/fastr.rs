@@ -24,9 +24,10 @@
 //! and a whole one goes to `fastr.<volume>.new` and replaces the copy
 //! only once every volume is in, so a sender killed mid-transfer leaves
 //! the receiver its previous complete point; before answering `Have` the
-//! receiver rolls back any volume that got ahead of the others. Only the
-//! newest complete point is kept on the receiver; the sender keeps the
-//! newest point each receiver acknowledged (the next stream's base).
+//! receiver rolls back any volume that got ahead of the others. The
+//! receiver keeps the newest `fastr.keep` complete points (default 1);
+//! the sender keeps the newest point each receiver acknowledged (the next
+//! stream's base).
 //!
 //! Receivers are elected from the link's live members: the runner
 //! excluded, `fastr.placement` (tags, performance) satisfied, not
@@ -202,6 +203,12 @@ impl Shared {
         if tick {
             tokio::spawn(self.clone().refresh_held());
         }
+        for (vm, at, reply) in self.placement.take_fastr_recoveries() {
+            let sh = self.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(sh.fastr_recover(&vm, at).await);
+            });
+        }
         let link = self.link.borrow().clone();
         let Some(me) = link.me.clone() else { return };
         let running = link
@@ -253,6 +260,154 @@ impl Shared {
             self.fastr.lock().unwrap().remove(&vm);
             self.placement.set_fastr(&vm_key(&vm), None);
         }
+    }
+
+    /// `deorch fastr recover`: start VM `vm` on this node from its copy
+    /// here at point `at` (the newest complete one when `None`). While it
+    /// runs, and until the VM runs here, no round of the VM is taken here
+    /// (its receive slot is held), so the point chosen is the one it
+    /// starts from. The copies are rolled back to that point, then this
+    /// node claims the VM above its node's claim; that node stops its
+    /// copy (its disks become a diverged replica), and the VM reconciler
+    /// here restores the copies into the VM's volumes and starts it.
+    async fn fastr_recover(
+        self: &Arc<Self>,
+        vm: &ObjectKey,
+        at: Option<String>,
+    ) -> Result<String, String> {
+        let slot = DocKey::new("Fastr", &vm.namespace, &vm.name);
+        let t = Instant::now();
+        while !self.fastr_busy.lock().unwrap().insert(slot.clone()) {
+            if t.elapsed() > FRAME_TIMEOUT {
+                return Err("a FASTR round of this VM is still under way here".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = self.recover_here(vm, at).await;
+        match &r {
+            Ok(_) => {
+                let sh = self.clone();
+                let dk = DocKey::new("VirtualMachine", &vm.namespace, &vm.name);
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_secs(300) {
+                        let here = {
+                            let link = sh.link.borrow();
+                            link.me
+                                .as_ref()
+                                .and_then(|me| link.members.get(me))
+                                .is_some_and(|m| m.vms.contains(&dk))
+                        };
+                        if here {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    sh.fastr_busy.lock().unwrap().remove(&slot);
+                });
+            }
+            Err(_) => {
+                self.fastr_busy.lock().unwrap().remove(&slot);
+            }
+        }
+        r
+    }
+
+    async fn recover_here(&self, vm: &ObjectKey, at: Option<String>) -> Result<String, String> {
+        let dk = DocKey::new("VirtualMachine", &vm.namespace, &vm.name);
+        let spec = self
+            .vm_spec(&dk)
+            .ok_or_else(|| format!("{vm} does not exist"))?;
+        let storage = &self.drivers.storage;
+        let (runs_on, here): (Vec<String>, bool) = {
+            let link = self.link.borrow();
+            let on: Vec<&NodeId> = link
+                .members
+                .iter()
+                .filter(|(_, m)| m.vms.contains(&dk))
+                .map(|(id, _)| id)
+                .collect();
+            let here = link.me.as_ref().is_some_and(|me| on.contains(&me));
+            (on.into_iter().map(|id| link.name(id)).collect(), here)
+        };
+        if here {
+            return Err(format!("{vm} runs on this node: a recovery starts it from a copy on another node (a replica reverts it here)"));
+        }
+        let volumes: Vec<String> = spec
+            .disks
+            .iter()
+            .map(|d| names::vm_volume(&vm.namespace, &vm.name, &d.name))
+            .collect();
+        for v in &volumes {
+            if storage.exists(v).await.map_err(|e| e.to_string())? {
+                return Err(format!("this node has volume {v} of the VM (a diverged copy?): it would not be replaced; move it away first"));
+            }
+        }
+        let copies: Vec<String> = volumes.iter().map(|v| names::fastr_copy(v)).collect();
+        // The copies become the VM's volumes by a rename, which unmounts
+        // the volumes cloned from their points (zfs): refused up front,
+        // not half-way with the VM stopped on its node.
+        for c in &copies {
+            let clones: Vec<String> = storage
+                .point_clones(c)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|v| names::parse_retained(v).is_none())
+                .collect();
+            if !clones.is_empty() {
+                return Err(format!("copy {c} has volumes cloned from its points ({}): the recovery renames it, which zfs does only with them unmounted; stop or delete the VMs using them first", clones.join(", ")));
+            }
+        }
+        let points = complete_points(storage.as_ref(), &copies).await;
+        let Some(newest) = points.last().cloned() else {
+            return Err(format!("this node holds no complete FASTR copy of {vm}"));
+        };
+        let point = match at {
+            None => newest,
+            Some(p) => {
+                let p = if p.starts_with(FASTR_TAG) {
+                    p
+                } else {
+                    point_tag(
+                        p.parse()
+                            .map_err(|_| format!("{p} is not a copy point (fastr-<unix ms>)"))?,
+                    )
+                };
+                if !points.contains(&p) {
+                    return Err(format!(
+                        "no complete point {p} here; the points here: {}",
+                        points.join(", ")
+                    ));
+                }
+                p
+            }
+        };
+        for c in &copies {
+            let pts = storage.points(c).await.map_err(|e| e.to_string())?;
+            if pts.last() != Some(&point) {
+                storage
+                    .rollback(c, &point)
+                    .await
+                    .map_err(|e| format!("copy {c}: {e}"))?;
+            }
+        }
+        self.placement.set_held_copy(vm, point_ms(&point));
+        let p = self.placement.clone();
+        let k = vm.clone();
+        let epoch = tokio::task::spawn_blocking(move || p.recover(&k, true))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                format!("copies rolled back to {point}, but the VM was not claimed: {e}")
+            })?;
+        warn!(vm = %vm, point = %point, epoch, "FASTR: recovery from this node's copy: the VM is claimed here");
+        let from = if runs_on.is_empty() {
+            "its node".to_string()
+        } else {
+            runs_on.join(", ")
+        };
+        Ok(format!("{vm} claimed by this node at election epoch {epoch}: it starts here from copy point {point} once {from} has stopped it (that node keeps its disks as a diverged replica)"))
     }
 
     /// Tell the node's status which VMs this node holds complete copies
@@ -540,7 +695,7 @@ impl Shared {
             if self.fastr_busy.lock().unwrap().insert(key.clone()) {
                 Ok(spec)
             } else {
-                Err("a replication of this VM is under way here".to_string())
+                Err("a replication or a recovery of this VM is under way here".to_string())
             }
         });
         let spec = match checked {
@@ -660,11 +815,21 @@ impl Shared {
                     .map_err(|e| e.to_string())?;
             }
         }
+        // The newest `keep` points stay (the new one among them); a point
+        // a clone was made from stays until that clone goes (the storage
+        // refuses to drop it).
+        let keep = spec.fastr.as_ref().map_or(1, Fastr::keep);
         for copy in &copies {
-            for p in storage.points(copy).await.unwrap_or_default() {
-                if p != offer.point {
-                    let _ = storage.drop_point(copy, &p).await;
-                }
+            let mut pts: Vec<String> = storage
+                .points(copy)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| point_ms(p).is_some())
+                .collect();
+            pts.sort_by_key(|p| std::cmp::Reverse(point_ms(p)));
+            for p in pts.iter().filter(|p| **p != offer.point).skip(keep - 1) {
+                let _ = storage.drop_point(copy, p).await;
             }
         }
         info!(vm = %format!("{ns}/{name}"), point = %offer.point, whole, "FASTR: copy point received");
@@ -729,6 +894,31 @@ pub async fn settle_copies(
         }
     }
     Some(newest)
+}
+
+/// The points every one of `copies` holds, oldest first (none when a
+/// copy is missing).
+pub async fn complete_points(
+    storage: &dyn crate::driver::Storage,
+    copies: &[String],
+) -> Vec<String> {
+    let mut common: Option<BTreeSet<String>> = None;
+    for c in copies {
+        let set: BTreeSet<String> = storage
+            .points(c)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| point_ms(p).is_some())
+            .collect();
+        common = Some(match common {
+            None => set,
+            Some(s) => s.intersection(&set).cloned().collect(),
+        });
+    }
+    let mut out: Vec<String> = common.unwrap_or_default().into_iter().collect();
+    out.sort_by_key(|p| point_ms(p));
+    out
 }
 
 /// The newest point every one of `copies` holds, and each copy's points
@@ -819,6 +1009,7 @@ mod tests {
             copies: 2,
             interval: None,
             placement: None,
+            keep: None,
         };
         for i in 0..50 {
             let vm = DocKey::new("VirtualMachine", "default", &format!("vm{i}"));

@@ -252,7 +252,14 @@ async fn observe(
                 Some(SuitCopy::Volume { holders, .. }) => !holders.is_empty(),
                 None => false,
             } || from_vm.as_ref().is_some_and(|v| v.holder.is_some());
-            if !desired.deleted && !fetchable && !storage.exists(source).await? {
+            let present = match names::parse_at_point(source) {
+                Some((volume, point)) => storage
+                    .points(volume)
+                    .await
+                    .is_ok_and(|p| p.iter().any(|p| p == point)),
+                None => storage.exists(source).await?,
+            };
+            if !desired.deleted && !fetchable && !present {
                 missing_sources.push(source.clone());
             }
         }

@@ -567,6 +567,30 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
             suit: None,
         });
     }
+    if let Some(r) = &s.fastr_copy {
+        let rns = r.namespace.as_deref().unwrap_or(ns);
+        let disk = match &r.disk {
+            Some(d) => d.clone(),
+            None => ctx
+                .typed::<VirtualMachineSpec>(Kind::VirtualMachine, rns, &r.name)
+                .and_then(|vm| vm.spec.disks.first().map(|d| d.name.clone()))
+                .ok_or_else(|| {
+                    blocked(
+                        crate::model::vm::VmReason::SourceNotFound,
+                        format!("VM {rns}/{} does not exist or has no disk", r.name),
+                    )
+                })?,
+        };
+        return Ok(VolumeSource::Clone {
+            source: names::at_point(
+                &names::fastr_copy(&names::vm_volume(rns, &r.name, &disk)),
+                &r.point,
+            ),
+            size,
+            from_vm: None,
+            suit: None,
+        });
+    }
     Ok(VolumeSource::Blank {
         size: size.unwrap_or(0),
     })
