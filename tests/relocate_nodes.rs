@@ -2202,7 +2202,7 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
         zfs_flags(&roots),
         false,
         &Mover {
-            spec: "  fastr: {copies: 1, interval: 1s, keep: 30}\n",
+            spec: "  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki, replica: true, relocation: true}}\n",
             ..Default::default()
         },
     );
@@ -2234,7 +2234,25 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
         samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
         std::thread::sleep(Duration::from_millis(100));
     }
+    // (With a 1 h interval, every point after the first comes from the
+    // written trigger.)
     eprintln!("points on {holder_name}: {points:?}");
+    // A replica asks for a round.
+    std::fs::write(
+        p.nodes[0].manifests.join("snap.yaml"),
+        "apiVersion: deorch.dev/v1alpha1\nkind: Replica\nmetadata: {name: snap}\nspec:\n  virtualMachine: {name: mover}\n",
+    )
+    .unwrap();
+    wait_until(
+        &p,
+        "a round asked by the replica",
+        Duration::from_secs(20),
+        || {
+            p.nodes[from]
+                .log_text()
+                .contains("replica made: a FASTR round is asked")
+        },
+    );
     // The runner lists none (it holds no copy); a bad point is refused.
     let (code, _, err) = p.nodes[from].cli(&["fastr", "points", "mover"], None);
     assert_eq!(code, 1, "{err}");
@@ -2348,5 +2366,20 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
             out.contains("rep-default-mover-diverged-")
                 && out.contains("fastr.vm-default-mover-data")
         },
+    );
+    // Relocated back, by name: a round first (triggers.relocation).
+    std::fs::write(
+        p.nodes[0].manifests.join("back.yaml"),
+        relocation_yaml("back"),
+    )
+    .unwrap();
+    wait_until(&p, "the VM moved back", Duration::from_secs(60), || {
+        runs(&p.nodes[from], "mover")
+    });
+    assert!(
+        p.nodes[holder]
+            .log_text()
+            .contains("FASTR: a round before the relocation"),
+        "no round before the relocation"
     );
 }

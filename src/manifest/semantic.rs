@@ -372,6 +372,15 @@ fn vm(c: &mut Checker, s: &VirtualMachineSpec) {
             if f.keep.is_some_and(|k| !(1..=64).contains(&k)) {
                 c.field_err("keep", "1 to 64 points");
             }
+            if f.triggers
+                .as_ref()
+                .and_then(|t| t.written)
+                .is_some_and(|q| q.0 == 0)
+            {
+                c.at("triggers", |c| {
+                    c.field_err("written", "more than 0 bytes, e.g. \"64Mi\"")
+                });
+            }
             if let Some(p) = &f.placement {
                 c.at("placement", |c| placement(c, p));
             }

@@ -436,12 +436,37 @@ pub struct Fastr {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub keep: Option<u32>,
+    /// Rounds besides the interval's (and `deorch fastr sync`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<FastrTriggers>,
+}
+
+/// What starts a FASTR round besides the interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FastrTriggers {
+    /// A round once the VM's disks took this many bytes of writes since
+    /// the last round began (QEMU's block statistics, read every second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<Quantity>,
+    /// A round before the VM is relocated (the relocation waits for it,
+    /// so the copies are current before the risky part).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relocation: bool,
+    /// A round after each replica of the VM is made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
 }
 
 impl Fastr {
     /// Points each receiver keeps.
     pub fn keep(&self) -> usize {
         self.keep.unwrap_or(1).clamp(1, 64) as usize
+    }
+
+    /// The triggers, empty when none are set.
+    pub fn triggers(&self) -> FastrTriggers {
+        self.triggers.clone().unwrap_or_default()
     }
 }
 

@@ -75,6 +75,9 @@ pub enum Action {
         requests: Vec<CloneRequest>,
         /// The VM's disks if it runs.
         live: Live,
+        /// The VM, when its FASTR policy asks for a round after each
+        /// replica (`triggers.replica`).
+        fastr: Option<crate::model::ObjectKey>,
     },
 }
 
@@ -85,7 +88,7 @@ impl std::fmt::Display for Action {
             Action::Retain { volume, retained } => {
                 write!(f, "keep volume {volume} as {retained} (retention)")
             }
-            Action::Capture { requests, live } => {
+            Action::Capture { requests, live, .. } => {
                 let disks: Vec<String> = requests
                     .iter()
                     .map(|r| format!("{} -> {}", r.source, r.volume))
@@ -238,9 +241,18 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
         .iter()
         .filter(|r| o.existing.contains(&r.volume))
         .map(|r| Action::Destroy(r.volume.clone()));
+    let fastr = d
+        .vm
+        .as_ref()
+        .and_then(|v| v.fastr.as_ref())
+        .is_some_and(|f| f.triggers().replica)
+        .then(|| {
+            crate::model::ObjectKey::new(Kind::VirtualMachine, Some(&d.vm_namespace), &d.vm_name)
+        });
     let capture = Action::Capture {
         requests: requests.clone(),
         live: o.live.clone(),
+        fastr,
     };
     Plan::Act(partial.chain([capture]).collect())
 }
@@ -256,8 +268,24 @@ pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<(), ReconcileError
                 ctx.retained.invalidate();
                 r?
             }
-            Action::Capture { requests, live } => {
-                storage.clone_volumes_live(requests, &live.0).await?
+            Action::Capture {
+                requests,
+                live,
+                fastr,
+            } => {
+                storage.clone_volumes_live(requests, &live.0).await?;
+                // The copies follow the replica (on the VM's node; a VM
+                // that runs nowhere has nothing new to send).
+                if let (Some(vm), Some(p)) = (fastr, &ctx.placement) {
+                    match p.fastr_sync(vm) {
+                        Ok(()) => {
+                            tracing::info!(vm = %vm, "replica made: a FASTR round is asked (triggers.replica)")
+                        }
+                        Err(e) => {
+                            tracing::debug!(vm = %vm, error = %e, "replica made: no FASTR round")
+                        }
+                    }
+                }
             }
         }
     }
@@ -339,6 +367,7 @@ mod tests {
         let capture = |disks: &[&str]| Action::Capture {
             requests: disks.iter().map(|d| request(d)).collect(),
             live: Live::default(),
+            fastr: None,
         };
         let destroy = |d: &str| Action::Destroy(format!("rep-default-snap-{d}"));
         let no_vm = Desired {

@@ -608,6 +608,15 @@ impl Shared {
             );
             return;
         };
+        // The copies first, when the VM's FASTR policy asks (before the
+        // lock: a relocation's lock holds FASTR rounds off).
+        if self.fastr_before_relocation(&v.vm).await {
+            self.phase(
+                key,
+                RelocationPhase::Preparing,
+                "a FASTR round before the move (triggers.relocation) is done",
+            );
+        }
         let lock = Lock {
             relocation: key_text(key),
             role: "sender".into(),

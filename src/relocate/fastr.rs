@@ -100,6 +100,11 @@ pub(super) struct VmRepl {
     /// Per receiver: its newest complete point, bytes sent to it in the
     /// last round, why the last round failed.
     copies: BTreeMap<NodeId, CopyState>,
+    /// `triggers.written`: the VM's disks' written bytes (QEMU's count)
+    /// when last looked at after the last round began, and when.
+    written_base: Option<(u64, Instant)>,
+    /// `triggers.written`: that many bytes were written since: a round.
+    written_due: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -230,14 +235,26 @@ impl Shared {
             let due = {
                 let mut st = self.fastr.lock().unwrap();
                 let r = st.entry(vm.clone()).or_default();
-                let due = asked || r.last.is_none_or(|l| l.elapsed() >= interval);
+                let due = asked || r.written_due || r.last.is_none_or(|l| l.elapsed() >= interval);
                 if due && self.fastr_busy.lock().unwrap().insert(vm.clone()) {
                     r.last = Some(Instant::now());
+                    r.written_due = false;
                     true
                 } else {
                     false
                 }
             };
+            if let (false, Some(limit)) = (due, f.triggers().written) {
+                let probe = DocKey::new("FastrWritten", &vm.namespace, &vm.name);
+                if self.fastr_busy.lock().unwrap().insert(probe.clone()) {
+                    let sh = self.clone();
+                    let vm = vm.clone();
+                    tokio::spawn(async move {
+                        sh.check_written(&vm, limit.0).await;
+                        sh.fastr_busy.lock().unwrap().remove(&probe);
+                    });
+                }
+            }
             if due {
                 let to = receivers(&link, &vm, &f);
                 let sh = self.clone();
@@ -260,6 +277,64 @@ impl Shared {
             self.fastr.lock().unwrap().remove(&vm);
             self.placement.set_fastr(&vm_key(&vm), None);
         }
+    }
+
+    /// `triggers.written`: read how many bytes the VM's disks took
+    /// (QMP `query-blockstats`) and mark a round due once `limit` more
+    /// were written since the last round began.
+    async fn check_written(&self, vm: &DocKey, limit: u64) {
+        let id = vm_id(vm);
+        let hv = &self.drivers.hypervisor;
+        if hv.relocation_lock(&id).is_some() {
+            return;
+        }
+        let Some(sock) = hv.qmp_socket(&id) else {
+            return;
+        };
+        let Ok(now) = disk_writes(&sock).await else {
+            return;
+        };
+        let mut st = self.fastr.lock().unwrap();
+        let r = st.entry(vm.clone()).or_default();
+        match r.written_base {
+            // Measured since the last round began, and QEMU's count went
+            // on (a new QEMU starts at 0).
+            Some((base, at)) if r.last.is_none_or(|l| l <= at) && now >= base => {
+                if now - base >= limit {
+                    tracing::debug!(vm = %id, bytes = now - base, "FASTR: written trigger");
+                    r.written_due = true;
+                    r.written_base = Some((now, Instant::now()));
+                }
+            }
+            _ => r.written_base = Some((now, Instant::now())),
+        }
+    }
+
+    /// `triggers.relocation`: a round of VM `vm` now, before it is
+    /// relocated (waiting for a round under way first, up to a minute).
+    /// Whether it ran.
+    pub(super) async fn fastr_before_relocation(self: &Arc<Self>, vm: &DocKey) -> bool {
+        let Some(f) = self.vm_spec(vm).and_then(|s| s.fastr) else {
+            return false;
+        };
+        if !f.triggers().relocation || self.drivers.storage.stream_kind().is_none() {
+            return false;
+        }
+        let t = Instant::now();
+        while !self.fastr_busy.lock().unwrap().insert(vm.clone()) {
+            if t.elapsed() > FRAME_TIMEOUT {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
+            r.last = Some(Instant::now());
+        }
+        let to = receivers(&self.link.borrow().clone(), vm, &f);
+        self.fastr_round(vm, to).await;
+        self.fastr_busy.lock().unwrap().remove(vm);
+        info!(vm = %vm_id(vm), "FASTR: a round before the relocation (triggers.relocation)");
+        true
     }
 
     /// `deorch fastr recover`: start VM `vm` on this node from its copy
@@ -896,6 +971,22 @@ pub async fn settle_copies(
     Some(newest)
 }
 
+/// The bytes a QEMU's block devices took in writes so far.
+async fn disk_writes(sock: &std::path::Path) -> Result<u64, String> {
+    let mut q = crate::qemu::qmp::Qmp::connect(sock, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    let v = tokio::time::timeout(Duration::from_secs(2), q.execute("query-blockstats", None))
+        .await
+        .map_err(|_| "query-blockstats timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["stats"]["wr_bytes"].as_u64())
+        .sum())
+}
+
 /// The points every one of `copies` holds, oldest first (none when a
 /// copy is missing).
 pub async fn complete_points(
@@ -1010,6 +1101,7 @@ mod tests {
             interval: None,
             placement: None,
             keep: None,
+            triggers: None,
         };
         for i in 0..50 {
             let vm = DocKey::new("VirtualMachine", "default", &format!("vm{i}"));

@@ -402,6 +402,7 @@ mod fastr_tests {
             interval: Some(crate::model::Duration(std::time::Duration::from_secs(2))),
             placement: None,
             keep: None,
+            triggers: None,
         };
         let ok = [copy("a", Some(1000), None), copy("b", Some(5900), None)];
         assert_eq!(fastr_condition(&ok, &f).1, "CopiesCurrent");
