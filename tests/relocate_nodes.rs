@@ -2383,3 +2383,133 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
         "no round before the relocation"
     );
 }
+
+/// The guest counter at the start of a zfs volume's image.
+fn disk_counter(dataset: &str) -> u64 {
+    let out = Command::new("zfs")
+        .args(["get", "-H", "-o", "value", "mountpoint", dataset])
+        .output()
+        .unwrap();
+    let mnt = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bytes = std::fs::read(std::path::Path::new(&mnt).join("disk.img")).unwrap();
+    String::from_utf8_lossy(&bytes[..32])
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|_| panic!("no counter at the start of {dataset}"))
+}
+
+/// Default mode (not `placement.strict`) under a partition: the node cut
+/// off keeps running its copy (it cannot tell a partition from its peers'
+/// deaths), the others fail the VM over to its FASTR copy; two copies run
+/// until the partition heals. Then the newer claim wins: the cut-off node
+/// stops its copy and keeps its disks, with what its guest wrote during
+/// the partition, as a diverged replica; neither disk is destroyed.
+#[test]
+fn fastr_a_partition_heals_to_one_copy_and_keeps_both_disks() {
+    if !qemu_available() {
+        return;
+    }
+    let Some((roots, _cleanup)) = zfs_roots("fastrsplit", 3) else {
+        return;
+    };
+    let p = start_nodes_mover(
+        3,
+        &[],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            spec: "  fastr: {copies: 1, interval: 1s}\n",
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let boot = all_beats(p.from(), "mover")[0].0.clone();
+    let holder_name = |n: &Node| -> Option<String> {
+        status(n, "vm", "mover")["fastr"][0]["point"].as_str().and(
+            status(n, "vm", "mover")["fastr"][0]["node"]
+                .as_str()
+                .map(str::to_string),
+        )
+    };
+    wait_until(&p, "a copy point", Duration::from_secs(30), || {
+        holder_name(p.from()).is_some()
+    });
+    let name = holder_name(p.from()).unwrap();
+    let holder = p.nodes.iter().position(|n| n.name == name).unwrap();
+    let third = 3 - from - holder;
+
+    p.lab.set_link(from, "down");
+    let cut = Instant::now();
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(
+        &p,
+        "the VM fails over to the holder",
+        Duration::from_secs(60),
+        || {
+            assert!(!runs(&p.nodes[third], "mover"), "started where no copy is");
+            runs(&p.nodes[holder], "mover") && !on(&p.nodes[holder]).is_empty()
+        },
+    );
+    eprintln!(
+        "partition: the VM runs on {name} {:?} after the cut",
+        cut.elapsed()
+    );
+    // Two copies now: the cut-off one beats on.
+    let seen = all_beats(&p.nodes[from], "mover").last().unwrap().1;
+    wait_until(
+        &p,
+        "the cut-off copy beats on",
+        Duration::from_secs(10),
+        || all_beats(&p.nodes[from], "mover").last().unwrap().1 > seen + 3,
+    );
+    let new_boot = on(&p.nodes[holder])[0].0.clone();
+    assert_ne!(new_boot, boot);
+
+    p.lab.set_link(from, "up");
+    let healed = Instant::now();
+    // (Its serial log goes with the stopped copy: the last beat is the
+    // last one seen before.)
+    let mut last_cut_off = all_beats(&p.nodes[from], "mover").last().unwrap().clone();
+    wait_until(
+        &p,
+        "the cut-off copy stops and its disks are kept",
+        Duration::from_secs(60),
+        || {
+            if let Some(b) = all_beats(&p.nodes[from], "mover").last() {
+                last_cut_off = b.clone();
+            }
+            let (_, out, _) = p.nodes[from].cli(&["volume", "list"], None);
+            qemu_of(&p.nodes[from], "mover").is_none()
+                && out.contains("rep-default-mover-diverged-")
+        },
+    );
+    eprintln!(
+        "healed: one copy again {:?} after; the cut-off copy's last beat {last_cut_off:?}",
+        healed.elapsed()
+    );
+    assert_eq!(last_cut_off.0, boot);
+    // Its disk holds what its guest wrote during the partition.
+    let (_, out, _) = p.nodes[from].cli(&["volume", "list"], None);
+    let kept = out
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .next()
+                .filter(|v| v.starts_with("rep-default-mover-diverged-"))
+        })
+        .unwrap()
+        .to_string();
+    let counter = disk_counter(&format!("{}/vol/{kept}", roots[from]));
+    assert!(
+        counter >= last_cut_off.1 && counter <= last_cut_off.1 + 3,
+        "the diverged replica holds the cut-off guest's writes: {counter} on disk, {last_cut_off:?} last beat"
+    );
+    // The holder's copy runs on, its own disk intact.
+    assert!(runs(&p.nodes[holder], "mover"));
+    let now = on(&p.nodes[holder]).last().unwrap().clone();
+    std::thread::sleep(Duration::from_secs(1));
+    let later = on(&p.nodes[holder]).last().unwrap().clone();
+    assert_eq!(later.0, new_boot);
+    assert!(later.1 > now.1, "the survivor's guest runs on");
+    assert!(!runs(&p.nodes[third], "mover"));
+}
