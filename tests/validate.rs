@@ -327,15 +327,15 @@ fn fields_with_no_effect_yet_are_warned_about_not_refused() {
             (7, 3, "spec.firmware"),
             (9, 5, "spec.console.vnc"),
             (10, 5, "spec.console.websocket"),
-            (12, 5, "spec.placement.strict"),
-            (13, 3, "spec.array"),
-            (14, 3, "spec.fastr"),
-            (22, 3, "spec.firmware"),
-            (29, 3, "spec.isolation"),
-            (37, 3, "spec.satelliteId"),
-            (38, 3, "spec.gossip"),
-            (40, 5, "spec.capacity.network"),
-            (41, 3, "spec.arrays"),
+            (13, 5, "spec.placement.strict"),
+            (14, 3, "spec.array"),
+            (15, 3, "spec.fastr"),
+            (23, 3, "spec.firmware"),
+            (30, 3, "spec.isolation"),
+            (38, 3, "spec.satelliteId"),
+            (39, 3, "spec.gossip"),
+            (41, 5, "spec.capacity.network"),
+            (42, 3, "spec.arrays"),
         ]
     );
     for w in &warnings {
@@ -359,7 +359,7 @@ fn fields_with_no_effect_yet_are_warned_about_not_refused() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("inert/all.yaml:14:3: warning: spec.fastr: has no effect yet: FASTR"),
+        stdout.contains("inert/all.yaml:15:3: warning: spec.fastr: has no effect yet: FASTR"),
         "{stdout}"
     );
     assert_eq!(stdout.lines().count(), 12, "{stdout}");

@@ -200,6 +200,7 @@ fn placement_time(n: usize) {
                 fastr: false,
                 holders: None,
                 copy_source: None,
+                strict: false,
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

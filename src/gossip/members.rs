@@ -267,6 +267,11 @@ impl Members {
         })
     }
 
+    /// Members known (alive, suspect, or dead and not forgotten yet).
+    pub fn known_count(&self) -> usize {
+        self.records.len()
+    }
+
     /// Members alive (foca: alive or suspect).
     pub fn alive_count(&self) -> usize {
         self.alive.len()

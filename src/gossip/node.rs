@@ -13,7 +13,7 @@
 //! (bounded by `max_bytes_per_tick`); every `anti_entropy_interval_ms` a
 //! digest to one random peer; tombstone collection; the placement step.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::members::{screen, Members};
@@ -58,7 +58,20 @@ pub struct GossipConfig {
     /// A VM whose claimant is dead is re-elected this long after the
     /// death (or the claim's arrival, whichever is later).
     pub reelect_timeout_ms: u64,
+    /// Strict mode: a node that has not seen a majority of the cluster
+    /// for this long pauses its strict VMs; the others re-elect a strict
+    /// VM no sooner than this plus [`STRICT_MARGIN_MS`] after its node's
+    /// death.
+    pub strict_pause_ms: u64,
 }
+
+/// What the others wait beyond `strict_pause_ms` (the cut-off node's
+/// tick and the time its engine takes to pause).
+pub const STRICT_MARGIN_MS: u64 = 2_000;
+
+/// A member counts toward a majority when heard from within this (its
+/// probes, acks and pushes reach every node several times a second).
+pub const QUORUM_WINDOW_MS: u64 = 4_000;
 
 impl Default for GossipConfig {
     fn default() -> Self {
@@ -73,6 +86,7 @@ impl Default for GossipConfig {
             claim_settle_ms: 3_000,
             claim_backoff_ms: 1_000,
             reelect_timeout_ms: 5_000,
+            strict_pause_ms: 3_000,
         }
     }
 }
@@ -300,6 +314,15 @@ pub struct GossipNode {
     /// Claims and statuses refused since the caller last asked, per
     /// sender: (how many, up to 4 distinct reasons).
     refused_entries: BTreeMap<NodeId, (u64, Vec<String>)>,
+    /// Since when this node has not seen a majority of the cluster
+    /// (`None`: it sees one).
+    quorum_lost_at: Option<Millis>,
+    /// When each member was last heard from (any datagram it sent).
+    last_heard: HashMap<NodeId, Millis>,
+    /// Strict VMs paused for want of a majority stay paused until then
+    /// after the majority is back (time for a newer claim made meanwhile
+    /// to arrive).
+    strict_hold_until: Millis,
 }
 
 impl GossipNode {
@@ -346,6 +369,9 @@ impl GossipNode {
             signer: None,
             unadmitted: BTreeMap::new(),
             refused_entries: BTreeMap::new(),
+            quorum_lost_at: None,
+            strict_hold_until: 0,
+            last_heard: HashMap::new(),
         }
     }
 
@@ -710,6 +736,48 @@ impl GossipNode {
             Peers::Swim(m) => m.get(id).map(|m| m.state),
             Peers::Static(_) => None,
         }
+    }
+
+    /// Whether this node sees a majority of the cluster, itself
+    /// included: of the admitted nodes (signed mode), else of every
+    /// member the failure detector knows (alive, suspect, or dead and
+    /// not forgotten); a member counts as seen when it is alive and was
+    /// heard from within [`QUORUM_WINDOW_MS`]. Static peers: always.
+    pub fn has_quorum(&self, now: Millis) -> bool {
+        let Peers::Swim(m) = &self.peers else {
+            return true;
+        };
+        let seen = 1 + m
+            .alive_ids()
+            .iter()
+            .filter(|id| {
+                self.verifier.admits(id)
+                    && self
+                        .last_heard
+                        .get(*id)
+                        .is_some_and(|t| now < t + QUORUM_WINDOW_MS)
+            })
+            .count();
+        let total = self
+            .verifier
+            .cluster_size()
+            .unwrap_or(m.known_count() + 1)
+            .max(seen);
+        2 * seen > total
+    }
+
+    /// Whether this node's strict VMs are paused here: it has not seen a
+    /// majority for `strict_pause_ms`.
+    pub fn strict_paused(&self, now: Millis) -> bool {
+        now < self.strict_hold_until
+            || self
+                .quorum_lost_at
+                .is_some_and(|t| now >= t + self.cfg.strict_pause_ms)
+    }
+
+    /// Whether `vm` is in strict mode.
+    pub fn is_strict(&self, vm: &DocKey) -> bool {
+        self.vms.get(vm).is_some_and(|t| t.req.strict)
     }
 
     /// Members this node holds alive (itself excluded).
@@ -1124,6 +1192,7 @@ impl GossipNode {
     fn place(&mut self, now: Millis) {
         self.track_relocations(now);
         let keys: Vec<DocKey> = self.vms.keys().cloned().collect();
+        let quorum = self.has_quorum(now);
         for vm in keys {
             let claim = self.claim(&vm).cloned();
             let claim_received = self
@@ -1154,10 +1223,13 @@ impl GossipNode {
             let track = self.vms.get_mut(&vm).expect("key from the map");
             track.req.holders = copies.clone();
             let holds_data = track.req.holds_data && copies.is_none();
+            // Strict mode: no claim, and no start, without a majority.
+            let strict_blocked = track.req.strict && !quorum;
             match claim {
                 Some(c) if c.node == self.me => {
                     let since = *track.claimed_at.get_or_insert(now);
-                    if !track.started && now >= since + self.cfg.claim_settle_ms {
+                    if !track.started && !strict_blocked && now >= since + self.cfg.claim_settle_ms
+                    {
                         track.started = true;
                         track.displaced = None;
                         self.event(Event::Start { vm, epoch: c.epoch });
@@ -1196,11 +1268,17 @@ impl GossipNode {
                     // A VM whose data is on the dead node is not started
                     // elsewhere on a blank disk: it is NodeLost until the
                     // node returns or an operator recovers it.
-                    if let Some(d) = dead_since.filter(|_| !holds_data) {
+                    if let Some(d) = dead_since.filter(|_| !holds_data && !strict_blocked) {
                         // A node that stopped gracefully said when it is
                         // back (its VMs run on meanwhile): wait for that.
                         let away = self.status(&c.node).map_or(0, |s| s.away_until_ms);
-                        let base = d.max(claim_received).max(away) + self.cfg.reelect_timeout_ms;
+                        let mut wait = self.cfg.reelect_timeout_ms;
+                        if self.vms[&vm].req.strict {
+                            // Its node, if only cut off, has paused it by
+                            // then.
+                            wait = wait.max(self.cfg.strict_pause_ms + STRICT_MARGIN_MS);
+                        }
+                        let base = d.max(claim_received).max(away) + wait;
                         if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
                             if let Some(t) = self.vms.get_mut(&vm) {
                                 t.displaced = Some(c.node.clone());
@@ -1208,6 +1286,7 @@ impl GossipNode {
                         }
                     }
                 }
+                None if strict_blocked => {}
                 None => {
                     let base = track.seen;
                     // A relocation's claim carries the epoch of the VM's
@@ -1332,6 +1411,12 @@ impl GossipNode {
         if peer.is_some_and(|p| *p != env.from) || !self.verifier.admits(&env.from) {
             self.refuse_sender(env.from, from);
             return;
+        }
+        if env.from != self.me {
+            if self.last_heard.len() > 4096 && !self.last_heard.contains_key(&env.from) {
+                self.last_heard.retain(|_, t| now < *t + QUORUM_WINDOW_MS);
+            }
+            self.last_heard.insert(env.from.clone(), now);
         }
         let mut replies = Vec::new();
         match env.body {
@@ -1513,6 +1598,18 @@ impl GossipNode {
             }
         }
         self.flush_members();
+        if self.has_quorum(now) {
+            if let Some(t) = self.quorum_lost_at.take() {
+                if now >= t + self.cfg.strict_pause_ms {
+                    // Paused: stay so until the claims made while this
+                    // node was cut off have reached it.
+                    self.strict_hold_until =
+                        now + self.cfg.claim_settle_ms + 2 * self.cfg.anti_entropy_interval_ms;
+                }
+            }
+        } else if self.quorum_lost_at.is_none() {
+            self.quorum_lost_at = Some(now);
+        }
         // Placement first, so a claim made now goes out in this tick's
         // push rather than the next one.
         self.relocation_news = false;

@@ -57,6 +57,9 @@ pub struct VmRequest {
     /// (`source.fastrCopy`): only a node that holds a copy of it may
     /// place it first.
     pub copy_source: Option<DocKey>,
+    /// Strict mode (`placement.strict`): run only where a majority of
+    /// the cluster is seen (docs/ALGORITHMS.md, "Strict mode").
+    pub strict: bool,
 }
 
 impl VmRequest {
@@ -83,6 +86,7 @@ impl VmRequest {
             .sum();
         VmRequest {
             vm: vm.clone(),
+            strict: p.strict,
             selector: p.selector,
             performance: p.performance,
             need: Resources {
@@ -418,6 +422,7 @@ mod tests {
             fastr: false,
             holders: None,
             copy_source: None,
+            strict: false,
         }
     }
 

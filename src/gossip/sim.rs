@@ -209,6 +209,9 @@ impl Verifier for AuthVerifier {
     fn admits(&self, id: &NodeId) -> bool {
         self.members.admits(&id.0)
     }
+    fn cluster_size(&self) -> Option<usize> {
+        Some(self.members.len())
+    }
 }
 
 /// Many nodes over one simulated network.

@@ -27,6 +27,11 @@ pub trait Verifier: Send + Sync {
     fn admits(&self, _id: &NodeId) -> bool {
         true
     }
+    /// How many nodes the cluster has (the admitted ones), when known:
+    /// what a majority is counted against.
+    fn cluster_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// [`AcceptAll`] documents, but only admitted nodes, signed claims and
@@ -51,6 +56,9 @@ impl<V: Verifier> Verifier for MembersOnly<V> {
     }
     fn admits(&self, id: &NodeId) -> bool {
         self.members.admits(&id.0)
+    }
+    fn cluster_size(&self) -> Option<usize> {
+        Some(self.members.len())
     }
 }
 

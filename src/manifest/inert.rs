@@ -67,12 +67,12 @@ pub fn no_effect_yet(obj: &AnyObject) -> Vec<InertField> {
 }
 
 fn strict(at: &[&str], p: &Placement, out: &mut Vec<InertField>) {
-    if p.strict {
+    if p.strict && p.by_hand() {
         let mut parts = at.to_vec();
         parts.push("strict");
         out.push(inert(
             &parts,
-            "the VM starts once elected, without waiting for a majority of the matching satellites to acknowledge",
+            "strict mode with a placement by hand (node or address): strict mode applies to VMs the radar places",
         ));
     }
 }

@@ -696,8 +696,11 @@ pub struct Placement {
     /// Performance class the elected satellite must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performance: Option<Performance>,
-    /// Start only after a majority of matching satellites acknowledged the
-    /// claim (strict mode); default false.
+    /// Strict mode (default false): a node that has not seen a majority
+    /// of the cluster for a while pauses the VM, and the others start it
+    /// again only once they see a majority and its node has been dead
+    /// longer than that, so a partition never runs it twice (and a side
+    /// without a majority does not run it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
 }

@@ -656,6 +656,9 @@ pub enum VmReason {
     RelocationRequired,
     /// Another node still runs it: this node waits for that copy to stop.
     RunningElsewhere,
+    /// Strict mode: this node does not see a majority of the cluster, so
+    /// the VM is paused (or not started) here.
+    NoQuorum,
     /// The replica to revert to is missing or not ready.
     ReplicaNotReady,
     /// The replica to revert to lacks one of the VM's disks.
@@ -689,6 +692,7 @@ impl VmReason {
             VmReason::NodeLost => "NodeLost",
             VmReason::RelocationRequired => "RelocationRequired",
             VmReason::RunningElsewhere => "RunningElsewhere",
+            VmReason::NoQuorum => "NoQuorum",
             VmReason::ReplicaNotReady => "ReplicaNotReady",
             VmReason::DiskNotInReplica => "DiskNotInReplica",
             VmReason::Reverted => "Reverted",

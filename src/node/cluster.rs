@@ -710,6 +710,10 @@ impl Verifier for RelayFilter {
     fn admits(&self, id: &NodeId) -> bool {
         self.members.as_ref().is_none_or(|m| m.admits(&id.0))
     }
+
+    fn cluster_size(&self) -> Option<usize> {
+        self.members.as_ref().map(|m| m.len())
+    }
 }
 
 struct Task {
@@ -1147,9 +1151,14 @@ impl Task {
 
     fn refresh_placement(&mut self) {
         let running: BTreeSet<DocKey> = self.node.running().into_iter().collect();
+        let cut_off = self.node.strict_paused(unix_ms());
         for dk in &self.vms {
             let Some(key) = object_key(dk) else { continue };
-            let e = if running.contains(dk) {
+            let mine =
+                running.contains(dk) || self.node.claim(dk).is_some_and(|c| c.node == self.me);
+            let e = if cut_off && mine && self.node.is_strict(dk) {
+                Elected::NoQuorum
+            } else if running.contains(dk) {
                 Elected::Here
             } else {
                 match self.node.claim(dk) {

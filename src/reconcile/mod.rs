@@ -317,6 +317,9 @@ pub enum Elected {
         /// Its claim's epoch.
         epoch: u64,
     },
+    /// Strict mode: this node runs or holds the claim of the VM but has
+    /// not seen a majority of the cluster for a while: pause it here.
+    NoQuorum,
 }
 
 /// Where the answer to a `deorch fastr recover` comes.

@@ -381,10 +381,36 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         Site::PinnedElsewhere { node, failed } => {
             return pinned_elsewhere(d, o, node, failed.as_deref())
         }
+        Site::NoQuorum => return no_quorum(d, o),
     }
     match o.running_elsewhere.first() {
         Some(other) if !here && !stopping => wait_for(d, other),
         _ => on_node(d, o),
+    }
+}
+
+/// Strict mode without a majority: a copy running here is paused (guest
+/// code stops; memory and disks stay) and none is started. When the
+/// majority is back and the VM still this node's, the election says
+/// `Here` and it is resumed; if another node took it meanwhile, it stops.
+fn no_quorum(d: &Desired, o: &Observed) -> Plan {
+    let message = "strict mode: this node has not seen a majority of the cluster for a while; the VM stays paused here until it does (or another node, seeing one, runs it)".to_string();
+    match &o.state {
+        VmState::Running { .. } => {
+            let mut p = Plan::new(VmPhase::Paused, Some(d.me.clone())).blocked(
+                VmReason::NoQuorum,
+                message,
+                Next::Retry,
+            );
+            p.actions.push(Action::Pause);
+            p
+        }
+        VmState::Paused { .. } => Plan::new(VmPhase::Paused, Some(d.me.clone())).blocked(
+            VmReason::NoQuorum,
+            message,
+            Next::Retry,
+        ),
+        _ => Plan::new(VmPhase::Pending, None).blocked(VmReason::NoQuorum, message, Next::Retry),
     }
 }
 
@@ -1112,6 +1138,38 @@ mod tests {
                 ..row(
                     "elected elsewhere, nothing here: say where",
                     elected,
+                    VmState::Absent,
+                )
+            },
+            Row {
+                actions: vec![Action::Pause],
+                phase: VmPhase::Paused,
+                reason: Some(VmReason::NoQuorum),
+                next: Next::Retry,
+                ..row(
+                    "strict, no majority seen, running: pause",
+                    Site::NoQuorum,
+                    run.clone(),
+                )
+            },
+            Row {
+                phase: VmPhase::Paused,
+                reason: Some(VmReason::NoQuorum),
+                next: Next::Retry,
+                ..row(
+                    "strict, no majority seen, paused: stay paused",
+                    Site::NoQuorum,
+                    paused(&d.config),
+                )
+            },
+            Row {
+                phase: VmPhase::Pending,
+                node: None,
+                reason: Some(VmReason::NoQuorum),
+                next: Next::Retry,
+                ..row(
+                    "strict, no majority seen, absent: not started",
+                    Site::NoQuorum,
                     VmState::Absent,
                 )
             },

@@ -51,6 +51,9 @@ pub enum Site {
         /// Its claim's epoch.
         epoch: u64,
     },
+    /// Strict mode: it is this node's, but this node has not seen a
+    /// majority of the cluster for a while.
+    NoQuorum,
     /// `placement.node` or `placement.address` names another node.
     PinnedElsewhere {
         /// That node (or address).
@@ -100,6 +103,7 @@ pub fn decide(ctx: &Ctx, key: &ObjectKey, spec: &VirtualMachineSpec) -> Decision
                 Elected::Pending => Site::Pending,
                 Elected::Unschedulable { why } => Site::Unschedulable { why },
                 Elected::NodeLost { node, epoch } => Site::NodeLost { node, epoch },
+                Elected::NoQuorum => Site::NoQuorum,
             },
         },
     };
