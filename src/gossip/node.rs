@@ -1275,8 +1275,12 @@ impl GossipNode {
                         let mut wait = self.cfg.reelect_timeout_ms;
                         if self.vms[&vm].req.strict {
                             // Its node, if only cut off, has paused it by
-                            // then.
-                            wait = wait.max(self.cfg.strict_pause_ms + STRICT_MARGIN_MS);
+                            // then: it lost the majority at most the
+                            // quorum window after its last contact (before
+                            // the death), and paused the pause time later.
+                            wait = wait.max(
+                                QUORUM_WINDOW_MS + self.cfg.strict_pause_ms + STRICT_MARGIN_MS,
+                            );
                         }
                         let base = d.max(claim_received).max(away) + wait;
                         if self.maybe_claim(vm.clone(), base, c.epoch + 1, now) {
