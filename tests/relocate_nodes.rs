@@ -2513,3 +2513,114 @@ fn fastr_a_partition_heals_to_one_copy_and_keeps_both_disks() {
     assert!(later.1 > now.1, "the survivor's guest runs on");
     assert!(!runs(&p.nodes[third], "mover"));
 }
+
+/// Strict mode (`placement.strict`) under the same partition: the node
+/// cut off pauses its copy (it no longer sees a majority) before the
+/// others, who do, fail the VM over to its FASTR copy; the guest never
+/// beats on two nodes at once. After the heal the paused copy stops and
+/// its disks are kept as a diverged replica.
+#[test]
+fn strict_fastr_partition_never_runs_two_copies() {
+    if !qemu_available() {
+        return;
+    }
+    let Some((roots, _cleanup)) = zfs_roots("fastrstrict", 3) else {
+        return;
+    };
+    let p = start_nodes_mover(
+        3,
+        &[],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            spec: "  placement: {strict: true}\n  fastr: {copies: 1, interval: 1s}\n",
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let boot = all_beats(p.from(), "mover")[0].0.clone();
+    let holder_of = |n: &Node| -> Option<String> {
+        let st = status(n, "vm", "mover");
+        st["fastr"][0]["point"]
+            .as_str()
+            .and(st["fastr"][0]["node"].as_str().map(str::to_string))
+    };
+    wait_until(&p, "a copy point", Duration::from_secs(30), || {
+        holder_of(p.from()).is_some()
+    });
+    let name = holder_of(p.from()).unwrap();
+    let holder = p.nodes.iter().position(|n| n.name == name).unwrap();
+    let third = 3 - from - holder;
+
+    p.lab.set_link(from, "down");
+    let cut = Instant::now();
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    // Poll both: when the cut-off guest last beat, when the holder's
+    // first did.
+    let mut last = all_beats(p.from(), "mover").len();
+    let mut last_change = Instant::now();
+    let mut paused_at = None;
+    wait_until(
+        &p,
+        "the VM fails over to the holder",
+        Duration::from_secs(90),
+        || {
+            assert!(!runs(&p.nodes[third], "mover"), "started where no copy is");
+            let n = all_beats(&p.nodes[from], "mover").len();
+            if n != last {
+                last = n;
+                last_change = Instant::now();
+            }
+            let st = status(&p.nodes[from], "vm", "mover");
+            if paused_at.is_none() && st["phase"] == "Paused" {
+                paused_at = Some(cut.elapsed());
+                eprintln!(
+                    "cut off: paused {:?} after the cut: {}",
+                    cut.elapsed(),
+                    st["conditions"]
+                );
+            }
+            let started = !on(&p.nodes[holder]).is_empty();
+            if started {
+                assert!(
+                    last_change.elapsed() > Duration::from_millis(300),
+                    "the cut-off copy beat {:?} ago while the holder's copy beats: two copies",
+                    last_change.elapsed()
+                );
+            }
+            started
+        },
+    );
+    let took = cut.elapsed();
+    eprintln!("strict partition: the VM beats on {name} {took:?} after the cut; the cut-off copy paused at {paused_at:?}, last beat {:?} before", last_change.elapsed());
+    assert!(paused_at.is_some(), "the cut-off copy said it paused");
+    let reason = status(&p.nodes[from], "vm", "mover")["conditions"].to_string();
+    assert!(reason.contains("NoQuorum"), "{reason}");
+    // It stays paused while the holder runs.
+    let frozen = all_beats(&p.nodes[from], "mover").len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        all_beats(&p.nodes[from], "mover").len(),
+        frozen,
+        "the cut-off copy beats again"
+    );
+    assert_ne!(on(&p.nodes[holder])[0].0, boot);
+
+    p.lab.set_link(from, "up");
+    wait_until(
+        &p,
+        "the paused copy stops and its disks are kept",
+        Duration::from_secs(60),
+        || {
+            assert_eq!(
+                all_beats(&p.nodes[from], "mover").len().max(frozen),
+                frozen,
+                "the cut-off copy resumed beside the holder's"
+            );
+            let (_, out, _) = p.nodes[from].cli(&["volume", "list"], None);
+            qemu_of(&p.nodes[from], "mover").is_none()
+                && out.contains("rep-default-mover-diverged-")
+        },
+    );
+    assert!(runs(&p.nodes[holder], "mover"));
+}
