@@ -1208,17 +1208,15 @@ impl GossipNode {
             });
             let copies = if self.vms[&vm].req.fastr && claimant_dead {
                 Some(self.copy_holders(&vm)).filter(|h| !h.is_empty())
-            } else if let Some(src) = self.vms[&vm]
-                .req
-                .copy_source
-                .clone()
-                .filter(|_| claim.is_none())
-            {
+            } else {
                 // A VM cloned from a copy point is first placed only
                 // where a copy of its source is (no data copied).
-                Some(self.copy_holders_any(&src))
-            } else {
-                None
+                self.vms[&vm]
+                    .req
+                    .copy_source
+                    .clone()
+                    .filter(|_| claim.is_none())
+                    .map(|src| self.copy_holders_any(&src))
             };
             let track = self.vms.get_mut(&vm).expect("key from the map");
             track.req.holders = copies.clone();
