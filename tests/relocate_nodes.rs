@@ -2398,6 +2398,60 @@ fn disk_counter(dataset: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no counter at the start of {dataset}"))
 }
 
+/// Three zfs nodes running the mover with `spec`, once its first copy
+/// point is on another node: which node runs it, which holds the copy,
+/// the third, and the guest's boot.
+struct Split {
+    p: Pair,
+    roots: Vec<String>,
+    _cleanup: ZfsRoots,
+    from: usize,
+    holder: usize,
+    third: usize,
+    name: String,
+    boot: String,
+}
+
+fn split_setup(tag: &str, spec: &'static str) -> Option<Split> {
+    if !qemu_available() {
+        return None;
+    }
+    let (roots, cleanup) = zfs_roots(tag, 3)?;
+    let p = start_nodes_mover(
+        3,
+        &[],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            spec,
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let boot = all_beats(p.from(), "mover")[0].0.clone();
+    let holder_of = |n: &Node| -> Option<String> {
+        let st = status(n, "vm", "mover");
+        st["fastr"][0]["point"]
+            .as_str()
+            .and(st["fastr"][0]["node"].as_str().map(str::to_string))
+    };
+    wait_until(&p, "a copy point", Duration::from_secs(30), || {
+        holder_of(p.from()).is_some()
+    });
+    let name = holder_of(p.from()).unwrap();
+    let holder = p.nodes.iter().position(|n| n.name == name).unwrap();
+    Some(Split {
+        third: 3 - from - holder,
+        p,
+        roots,
+        _cleanup: cleanup,
+        from,
+        holder,
+        name,
+        boot,
+    })
+}
+
 /// Default mode (not `placement.strict`) under a partition: the node cut
 /// off keeps running its copy (it cannot tell a partition from its peers'
 /// deaths), the others fail the VM over to its FASTR copy; two copies run
@@ -2406,38 +2460,20 @@ fn disk_counter(dataset: &str) -> u64 {
 /// the partition, as a diverged replica; neither disk is destroyed.
 #[test]
 fn fastr_a_partition_heals_to_one_copy_and_keeps_both_disks() {
-    if !qemu_available() {
-        return;
-    }
-    let Some((roots, _cleanup)) = zfs_roots("fastrsplit", 3) else {
+    // (`_cleanup` first: it is dropped last, after the nodes.)
+    let Some(Split {
+        _cleanup,
+        p,
+        roots,
+        from,
+        holder,
+        third,
+        name,
+        boot,
+    }) = split_setup("fastrsplit", "  fastr: {copies: 1, interval: 1s}\n")
+    else {
         return;
     };
-    let p = start_nodes_mover(
-        3,
-        &[],
-        zfs_flags(&roots),
-        false,
-        &Mover {
-            spec: "  fastr: {copies: 1, interval: 1s}\n",
-            ..Default::default()
-        },
-    );
-    let from = p.from;
-    let boot = all_beats(p.from(), "mover")[0].0.clone();
-    let holder_name = |n: &Node| -> Option<String> {
-        status(n, "vm", "mover")["fastr"][0]["point"].as_str().and(
-            status(n, "vm", "mover")["fastr"][0]["node"]
-                .as_str()
-                .map(str::to_string),
-        )
-    };
-    wait_until(&p, "a copy point", Duration::from_secs(30), || {
-        holder_name(p.from()).is_some()
-    });
-    let name = holder_name(p.from()).unwrap();
-    let holder = p.nodes.iter().position(|n| n.name == name).unwrap();
-    let third = 3 - from - holder;
-
     p.lab.set_link(from, "down");
     let cut = Instant::now();
     let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
@@ -2521,37 +2557,22 @@ fn fastr_a_partition_heals_to_one_copy_and_keeps_both_disks() {
 /// its disks are kept as a diverged replica.
 #[test]
 fn strict_fastr_partition_never_runs_two_copies() {
-    if !qemu_available() {
-        return;
-    }
-    let Some((roots, _cleanup)) = zfs_roots("fastrstrict", 3) else {
+    let Some(Split {
+        _cleanup,
+        p,
+        roots: _,
+        from,
+        holder,
+        third,
+        name,
+        boot,
+    }) = split_setup(
+        "fastrstrict",
+        "  placement: {strict: true}\n  fastr: {copies: 1, interval: 1s}\n",
+    )
+    else {
         return;
     };
-    let p = start_nodes_mover(
-        3,
-        &[],
-        zfs_flags(&roots),
-        false,
-        &Mover {
-            spec: "  placement: {strict: true}\n  fastr: {copies: 1, interval: 1s}\n",
-            ..Default::default()
-        },
-    );
-    let from = p.from;
-    let boot = all_beats(p.from(), "mover")[0].0.clone();
-    let holder_of = |n: &Node| -> Option<String> {
-        let st = status(n, "vm", "mover");
-        st["fastr"][0]["point"]
-            .as_str()
-            .and(st["fastr"][0]["node"].as_str().map(str::to_string))
-    };
-    wait_until(&p, "a copy point", Duration::from_secs(30), || {
-        holder_of(p.from()).is_some()
-    });
-    let name = holder_of(p.from()).unwrap();
-    let holder = p.nodes.iter().position(|n| n.name == name).unwrap();
-    let third = 3 - from - holder;
-
     p.lab.set_link(from, "down");
     let cut = Instant::now();
     let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());

@@ -987,40 +987,13 @@ async fn disk_writes(sock: &std::path::Path) -> Result<u64, String> {
         .sum())
 }
 
-/// The points every one of `copies` holds, oldest first (none when a
-/// copy is missing).
-pub async fn complete_points(
+/// Each of `copies` with its copy points, oldest first (a missing copy
+/// has none).
+async fn points_of(
     storage: &dyn crate::driver::Storage,
     copies: &[String],
-) -> Vec<String> {
-    let mut common: Option<BTreeSet<String>> = None;
-    for c in copies {
-        let set: BTreeSet<String> = storage
-            .points(c)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| point_ms(p).is_some())
-            .collect();
-        common = Some(match common {
-            None => set,
-            Some(s) => s.intersection(&set).cloned().collect(),
-        });
-    }
-    let mut out: Vec<String> = common.unwrap_or_default().into_iter().collect();
-    out.sort_by_key(|p| point_ms(p));
-    out
-}
-
-/// The newest point every one of `copies` holds, and each copy's points
-/// (oldest first); `None` when a copy is missing or they share none.
-async fn common_point(
-    storage: &dyn crate::driver::Storage,
-    copies: &[String],
-) -> Option<(String, Vec<(String, Vec<String>)>)> {
-    let mut common: Option<BTreeSet<String>> = None;
+) -> Vec<(String, Vec<String>)> {
     let mut each = Vec::new();
-    // A copy that is missing has no points: then they share none.
     for c in copies {
         let pts: Vec<String> = storage
             .points(c)
@@ -1029,14 +1002,42 @@ async fn common_point(
             .into_iter()
             .filter(|p| point_ms(p).is_some())
             .collect();
-        let set: BTreeSet<String> = pts.iter().cloned().collect();
-        common = Some(match common {
-            None => set,
-            Some(s) => s.intersection(&set).cloned().collect(),
-        });
         each.push((c.clone(), pts));
     }
-    let newest = common?.into_iter().max_by_key(|p| point_ms(p))?;
+    each
+}
+
+/// The points all of `each` hold, oldest first.
+fn common(each: &[(String, Vec<String>)]) -> Vec<String> {
+    let mut sets = each
+        .iter()
+        .map(|(_, p)| p.iter().cloned().collect::<BTreeSet<String>>());
+    let first = sets.next().unwrap_or_default();
+    let mut out: Vec<String> = sets
+        .fold(first, |acc, s| acc.intersection(&s).cloned().collect())
+        .into_iter()
+        .collect();
+    out.sort_by_key(|p| point_ms(p));
+    out
+}
+
+/// The points every one of `copies` holds, oldest first (none when a
+/// copy is missing).
+pub async fn complete_points(
+    storage: &dyn crate::driver::Storage,
+    copies: &[String],
+) -> Vec<String> {
+    common(&points_of(storage, copies).await)
+}
+
+/// The newest point every one of `copies` holds, and each copy's points
+/// (oldest first); `None` when a copy is missing or they share none.
+async fn common_point(
+    storage: &dyn crate::driver::Storage,
+    copies: &[String],
+) -> Option<(String, Vec<(String, Vec<String>)>)> {
+    let each = points_of(storage, copies).await;
+    let newest = common(&each).pop()?;
     Some((newest, each))
 }
 
