@@ -563,7 +563,7 @@ async fn dry_run(
 /// holds.
 async fn fastr_points(ctx: &Ctx, namespace: Option<&str>, name: &str) -> Response {
     use crate::model::{names, Kind, VirtualMachineSpec};
-    let ns = namespace.unwrap_or("default");
+    let ns = namespace.unwrap_or(crate::model::DEFAULT_NAMESPACE);
     let Some(vm) = ctx.typed::<VirtualMachineSpec>(Kind::VirtualMachine, ns, name) else {
         return Response::Error {
             code: "NotFound".into(),
@@ -587,9 +587,6 @@ async fn fastr_points(ctx: &Ctx, namespace: Option<&str>, name: &str) -> Respons
     Response::FastrPoints { points }
 }
 
-/// `deorch volume list|restore|purge`: the node's volumes, through its
-/// storage driver. Only retained volumes can be restored or purged; the
-/// others belong to their objects' reconcilers.
 /// The volumes of diverged copies, by volume name → their note. Two
 /// kinds: the disks of a VM this node's engine reports as running on
 /// another node (`Elsewhere`) that are still under their own names (the
@@ -635,6 +632,10 @@ fn diverged_copies(
     out
 }
 
+/// `deorch volume list|restore|purge`: the node's volumes, through its
+/// storage driver. Only retained volumes can be restored, and retained
+/// volumes and diverged replicas' purged; the others belong to their
+/// objects' reconcilers.
 async fn volumes(planner: &Ctx, req: Request) -> Response {
     use crate::model::names::parse_retained;
     let storage = &planner.drivers.storage;

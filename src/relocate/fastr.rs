@@ -310,6 +310,20 @@ impl Shared {
         }
     }
 
+    /// Take FASTR slot `key` (a VM's round here, or its receive slot),
+    /// waiting up to a minute for the one who holds it; whether it was
+    /// taken.
+    async fn take_slot(&self, key: &DocKey) -> bool {
+        let t = Instant::now();
+        while !self.fastr_busy.lock().unwrap().insert(key.clone()) {
+            if t.elapsed() > FRAME_TIMEOUT {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     /// `triggers.relocation`: a round of VM `vm` now, before it is
     /// relocated (waiting for a round under way first, up to a minute).
     /// Whether it ran.
@@ -320,12 +334,8 @@ impl Shared {
         if !f.triggers().relocation || self.drivers.storage.stream_kind().is_none() {
             return false;
         }
-        let t = Instant::now();
-        while !self.fastr_busy.lock().unwrap().insert(vm.clone()) {
-            if t.elapsed() > FRAME_TIMEOUT {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !self.take_slot(vm).await {
+            return false;
         }
         if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
             r.last = Some(Instant::now());
@@ -351,12 +361,8 @@ impl Shared {
         at: Option<String>,
     ) -> Result<String, String> {
         let slot = DocKey::new("Fastr", &vm.namespace, &vm.name);
-        let t = Instant::now();
-        while !self.fastr_busy.lock().unwrap().insert(slot.clone()) {
-            if t.elapsed() > FRAME_TIMEOUT {
-                return Err("a FASTR round of this VM is still under way here".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !self.take_slot(&slot).await {
+            return Err("a FASTR round of this VM is still under way here".into());
         }
         let r = self.recover_here(vm, at).await;
         match &r {
