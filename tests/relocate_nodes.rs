@@ -2135,10 +2135,26 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     );
     std::fs::remove_file(p.nodes[0].manifests.join("was.yaml")).unwrap();
 
+    // Back to one copy: the receiver the runner no longer elects drops
+    // its copy, once the elected one holds a point as new.
+    std::fs::write(&file, &text).unwrap();
+    let third_name = p.nodes[third].name.clone();
+    wait_until(&p, "one copy left", Duration::from_secs(60), || {
+        let st = status(&p.nodes[holder], "vm", "mover");
+        let named: Vec<String> = st["fastr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["node"].as_str().map(str::to_string))
+            .collect();
+        let (a, b) = (copy(from), copy(third));
+        a != b && named == [if a { old.clone() } else { third_name.clone() }]
+    });
+
     // The policy removed: the copies go, the VM runs on.
     std::fs::write(
         &file,
-        two.replace("  fastr: {copies: 2, interval: 1s}\n", ""),
+        text.replace("  fastr: {copies: 1, interval: 1s}\n", ""),
     )
     .unwrap();
     wait_until(&p, "no copies left", Duration::from_secs(30), || {

@@ -240,6 +240,15 @@ impl Placement for ClusterPlacement {
             .remove(vm)
     }
 
+    fn held_copy(&self, vm: &ObjectKey) -> Option<u64> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(vm)
+            .copied()
+    }
+
     fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {
         let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let before = h.0.get(vm).copied();
@@ -1218,6 +1227,7 @@ impl Task {
                         performance: st.performance,
                         unschedulable: st.unschedulable,
                         vms: st.vms.clone(),
+                        copies: st.copies.clone(),
                     },
                 );
             }
@@ -1231,6 +1241,7 @@ impl Task {
                     performance: st.performance,
                     unschedulable: st.unschedulable,
                     vms: running.iter().cloned().collect(),
+                    copies: st.copies.clone(),
                 },
             );
         }

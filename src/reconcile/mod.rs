@@ -382,6 +382,11 @@ pub trait Placement: Send + Sync {
     fn set_held_copy(&self, vm: &ObjectKey, point_ms: Option<u64>) {
         let _ = (vm, point_ms);
     }
+    /// The newest complete point of `vm` this node last said it holds.
+    fn held_copy(&self, vm: &ObjectKey) -> Option<u64> {
+        let _ = vm;
+        None
+    }
     /// The FASTR sender's word on `vm`'s copies.
     fn set_fastr(&self, vm: &ObjectKey, copies: Option<Vec<crate::model::FastrCopy>>) {
         let _ = (vm, copies);

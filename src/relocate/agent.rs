@@ -83,6 +83,9 @@ pub struct Member {
     pub unschedulable: bool,
     /// The VMs it runs.
     pub vms: Vec<DocKey>,
+    /// The FASTR copies it holds: (hash of the VM's key, newest complete
+    /// point in unix ms).
+    pub copies: Vec<(u64, u64)>,
 }
 
 impl Link {

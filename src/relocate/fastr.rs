@@ -57,6 +57,11 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a node looks at which copies it holds.
 const HELD_EVERY: Duration = Duration::from_secs(5);
 
+/// A copy the VM's runner no longer elects this node for is dropped once
+/// it has been spare this long (every elected receiver holding a point
+/// at least as new).
+const SPARE_AFTER: Duration = Duration::from_secs(15);
+
 /// How long a receiver waits for the next frame of a stream.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -114,17 +119,23 @@ struct CopyState {
     error: Option<String>,
 }
 
-/// The receivers of VM `vm`'s copies: see the module doc.
+/// The receivers of VM `vm`'s copies, this node running it: see the
+/// module doc.
 pub fn receivers(link: &Link, vm: &DocKey, f: &Fastr) -> Vec<NodeId> {
+    elect_receivers(link, vm, f, link.me.as_ref())
+}
+
+/// The receivers of VM `vm`'s copies as `runner` elects them (this node
+/// may be one).
+fn elect_receivers(link: &Link, vm: &DocKey, f: &Fastr, runner: Option<&NodeId>) -> Vec<NodeId> {
     use crate::gossip::placement::{score, tags_match};
-    let me = link.me.as_ref();
     let sel = f.placement.as_ref();
     let mut cands: Vec<(&NodeId, u64, String)> = link
         .members
         .iter()
         .filter(|(id, m)| {
-            Some(*id) != me
-                && link.addrs.contains_key(*id)
+            Some(*id) != runner
+                && (link.addrs.contains_key(*id) || Some(*id) == link.me.as_ref())
                 && !m.unschedulable
                 && !m.vms.contains(vm)
                 && sel.is_none_or(|p| {
@@ -526,8 +537,17 @@ impl Shared {
             // VM is deleted), and so do copies of a VM that runs here now
             // (moved here: its volumes are here); not while a round of it
             // runs here.
-            let unwanted =
+            let mut unwanted =
                 r.deleted || here.contains(&vm) || spec.as_ref().is_some_and(|s| s.fastr.is_none());
+            // So does a copy the runner no longer elects this node for, once
+            // the elected receivers hold a point at least as new.
+            if let Some(f) = spec
+                .as_ref()
+                .and_then(|s| s.fastr.as_ref())
+                .filter(|_| !unwanted)
+            {
+                unwanted = self.spare_copy(&vm, f, self.placement.held_copy(&r.key));
+            }
             if unwanted && storage.stream_kind().is_some() {
                 if let Some(s) = &spec {
                     let key = DocKey::new("Fastr", &ns, &r.key.name);
@@ -539,7 +559,7 @@ impl Shared {
                                 if present.contains(&c) {
                                     match storage.destroy(&c).await {
                                         Ok(()) => {
-                                            info!(copy = %c, "FASTR: copy of a VM without a policy (or deleted) dropped")
+                                            info!(copy = %c, "FASTR: copy of a VM without a policy (or deleted, or running here, or no longer elected here) dropped")
                                         }
                                         Err(e) => {
                                             warn!(copy = %c, error = %e, "FASTR: an unwanted copy was not dropped")
@@ -573,6 +593,48 @@ impl Shared {
             self.placement.set_held_copy(&r.key, point);
         }
         self.fastr_busy.lock().unwrap().remove(&flag);
+    }
+
+    /// Whether this node's copy of `vm` (newest point `held_ms`) has been
+    /// spare for [`SPARE_AFTER`]: another node runs the VM, does not elect
+    /// this node as a receiver in this node's view, and every receiver it
+    /// elects lists a copy at least as new.
+    fn spare_copy(&self, vm: &DocKey, f: &Fastr, held_ms: Option<u64>) -> bool {
+        let key = DocKey::new("FastrSpare", &vm.namespace, &vm.name);
+        let spare = held_ms.is_some_and(|mine| {
+            let link = self.link.borrow();
+            let Some(me) = link.me.as_ref() else {
+                return false;
+            };
+            let Some(runner) = link
+                .members
+                .iter()
+                .find(|(id, m)| *id != me && m.vms.contains(vm))
+                .map(|(id, _)| id)
+            else {
+                return false;
+            };
+            let elected = elect_receivers(&link, vm, f, Some(runner));
+            let h = vm.hash64();
+            !elected.is_empty()
+                && !elected.contains(me)
+                && elected.iter().all(|r| {
+                    link.members
+                        .get(r)
+                        .is_some_and(|m| m.copies.iter().any(|c| c.0 == h && c.1 >= mine))
+                })
+        });
+        let mut st = self.fastr.lock().unwrap();
+        if !spare {
+            st.remove(&key);
+            return false;
+        }
+        st.entry(key)
+            .or_default()
+            .last
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= SPARE_AFTER
     }
 
     /// One round: a new point of all the VM's volumes, sent to each
@@ -1087,6 +1149,7 @@ mod tests {
                     performance: Performance::High,
                     unschedulable: false,
                     vms: vec![],
+                    copies: vec![],
                 },
             );
         }
@@ -1138,6 +1201,39 @@ mod tests {
         };
         let vm = DocKey::new("VirtualMachine", "default", "x");
         assert_eq!(receivers(&l, &vm, &f3).len(), 3);
+    }
+
+    #[test]
+    fn a_receiver_elects_as_the_runner_does() {
+        let nodes = [
+            ("10.0.0.1:7000", "r1"),
+            ("10.0.0.2:7000", "r1"),
+            ("10.0.0.3:7000", "r2"),
+            ("10.0.0.4:7000", "r2"),
+            ("10.0.0.5:7000", "r3"),
+        ];
+        let f = Fastr {
+            copies: 2,
+            interval: None,
+            placement: None,
+            keep: None,
+            triggers: None,
+        };
+        let runner_view = link(&nodes);
+        let runner = runner_view.me.clone().unwrap();
+        for i in 0..30 {
+            let vm = DocKey::new("VirtualMachine", "default", &format!("vm{i}"));
+            let want = receivers(&runner_view, &vm, &f);
+            for (id, _) in &nodes[1..] {
+                // The same members, seen from another node (its own
+                // address is not among the ones it dials).
+                let mut mine = runner_view.clone();
+                let me = NodeId((*id).into());
+                mine.addrs.remove(&me);
+                mine.me = Some(me);
+                assert_eq!(elect_receivers(&mine, &vm, &f, Some(&runner)), want);
+            }
+        }
     }
 
     #[test]
