@@ -2218,7 +2218,9 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
         zfs_flags(&roots),
         false,
         &Mover {
-            spec: "  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki, replica: true, relocation: true}}\n",
+            // A second disk (after the mover's `data`): its points are
+            // taken with the guest paused, zfs-fuse taking them one by one.
+            spec: "    - name: log\n      size: 8Mi\n      source: {blank: {}}\n  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki, replica: true, relocation: true}}\n",
             ..Default::default()
         },
     );
@@ -2253,6 +2255,19 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     // (With a 1 h interval, every point after the first comes from the
     // written trigger.)
     eprintln!("points on {holder_name}: {points:?}");
+    // Complete points hold both disks, taken with the guest paused.
+    assert!(
+        p.nodes[from]
+            .log_text()
+            .contains("FASTR: guest paused for one point of its disks"),
+        "no pause around the points of two disks"
+    );
+    assert!(
+        common::zfs_tree(&roots[holder])
+            .iter()
+            .any(|d| d.ends_with("/fastr.vm-default-mover-log")),
+        "the second disk's copy"
+    );
     // A replica asks for a round.
     std::fs::write(
         p.nodes[0].manifests.join("snap.yaml"),

@@ -83,6 +83,10 @@ pub trait CowBackend: Send + 'static {
     fn stream_kind(&self) -> Option<&'static str> {
         None
     }
+    /// See [`Storage::atomic_points`].
+    fn atomic_snapshots(&self) -> bool {
+        false
+    }
     /// `send_command` for dataset `ds` (snapshot names, not tags).
     fn send_argv(&self, ds: &str, from: Option<&str>, to: &str) -> Option<Vec<String>> {
         let _ = (ds, from, to);
@@ -232,6 +236,7 @@ pub struct CowStorage<B: CowBackend> {
     backend: Arc<Mutex<B>>,
     kind: &'static str,
     streams: Option<&'static str>,
+    atomic: bool,
 }
 
 impl<B: CowBackend> CowStorage<B> {
@@ -240,6 +245,7 @@ impl<B: CowBackend> CowStorage<B> {
         CowStorage {
             kind: backend.kind(),
             streams: backend.stream_kind(),
+            atomic: backend.atomic_snapshots(),
             backend: Arc::new(Mutex::new(backend)),
         }
     }
@@ -414,6 +420,9 @@ impl<B: CowBackend> Storage for CowStorage<B> {
     }
     fn stream_kind(&self) -> Option<&'static str> {
         self.streams
+    }
+    fn atomic_points(&self) -> bool {
+        self.atomic
     }
     fn mark_points<'a>(
         &'a self,

@@ -555,6 +555,12 @@ pub trait Storage: Send + Sync {
     fn stream_kind(&self) -> Option<&'static str> {
         None
     }
+    /// Whether [`Storage::mark_points`] takes the points of several
+    /// volumes at one instant (one command, one transaction group); when
+    /// not, a running VM's guest is paused around them.
+    fn atomic_points(&self) -> bool {
+        false
+    }
     /// Take transfer point `tag` of each volume (a snapshot `@xfer-TAG`,
     /// one instant per volume). `gc` leaves transfer points alone; whoever
     /// takes one drops it ([`Storage::drop_points`]) or destroys the
