@@ -1414,8 +1414,12 @@ impl GossipNode {
             self.refuse_sender(env.from, from);
             return;
         }
-        if env.from != self.me {
-            if self.last_heard.len() > 4096 && !self.last_heard.contains_key(&env.from) {
+        // (Every datagram passes here: the known sender costs no
+        // allocation.)
+        if let Some(t) = self.last_heard.get_mut(&env.from) {
+            *t = now;
+        } else if env.from != self.me {
+            if self.last_heard.len() > 4096 {
                 self.last_heard.retain(|_, t| now < *t + QUORUM_WINDOW_MS);
             }
             self.last_heard.insert(env.from.clone(), now);

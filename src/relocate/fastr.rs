@@ -981,17 +981,10 @@ impl Shared {
         // a clone was made from stays until that clone goes (the storage
         // refuses to drop it).
         let keep = spec.fastr.as_ref().map_or(1, Fastr::keep);
-        for copy in &copies {
-            let mut pts: Vec<String> = storage
-                .points(copy)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| point_ms(p).is_some())
-                .collect();
+        for (copy, mut pts) in points_of(storage.as_ref(), &copies).await {
             pts.sort_by_key(|p| std::cmp::Reverse(point_ms(p)));
             for p in pts.iter().filter(|p| **p != offer.point).skip(keep - 1) {
-                let _ = storage.drop_point(copy, p).await;
+                let _ = storage.drop_point(&copy, p).await;
             }
         }
         info!(vm = %format!("{ns}/{name}"), point = %offer.point, whole, "FASTR: copy point received");
