@@ -8,7 +8,23 @@ set -euo pipefail
 PIDFILE=/run/zfs-fuse.pid
 SOCKET=/var/run/zfs/zfs_socket
 
-answers() { zpool list >/dev/null 2>&1; }
+# Whether the daemon answers, every check bounded: a wedged zfs-fuse can
+# answer `zpool list` while a dataset's FUSE mount (and every `zfs` command
+# that touches it) hangs for good; seen after a `zfs` command was SIGKILLed
+# mid-mount, and on CI once it failed every later zfs test on a 120 s
+# timeout. SIGKILL ends a process waiting on a FUSE request.
+answers() {
+  timeout -s KILL 10 zpool list >/dev/null 2>&1 || return 1
+  timeout -s KILL 20 zfs list -H -o name >/dev/null 2>&1 || return 1
+  local m
+  for m in $(awk '$3 == "fuse.zfs" { print $2 }' /proc/self/mounts); do
+    if ! timeout -s KILL 10 stat -f "$m" >/dev/null 2>&1 \
+      || ! timeout -s KILL 10 ls -a "$m" >/dev/null 2>&1; then
+      echo "zfs-fuse: $m does not answer" >&2
+      return 1
+    fi
+  done
+}
 
 stale_mounts() {
   # deepest first, so parents unmount cleanly
@@ -28,6 +44,9 @@ stop_daemon() {
 case "${1:-}" in
   up)
     answers && exit 0
+    if [ -f "$PIDFILE" ]; then
+      echo "zfs-fuse $(cat "$PIDFILE") does not answer: restarting it" >&2
+    fi
     # A hung daemon (it happens to zfs-fuse) ignores SIGTERM: escalate.
     if [ -f "$PIDFILE" ]; then stop_daemon "$(cat "$PIDFILE")"; fi
     for m in $(stale_mounts); do umount -l "$m" 2>/dev/null || true; done

@@ -564,13 +564,27 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), DriverError>>,
 {
-    let started = std::time::Instant::now();
+    let mut started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(200);
+    let mut healed = false;
     loop {
         match step().await {
             Ok(()) => return,
-            Err(e @ DriverError::Transient { .. }) if started.elapsed() < RECONCILE_PATIENCE => {
+            Err(e @ DriverError::Transient { .. })
+                if started.elapsed() < RECONCILE_PATIENCE
+                    || (!healed && e.to_string().contains("timed out")) =>
+            {
                 eprintln!("{ctx}: {what}: {e}; retrying in {pause:?} as the reconciler would");
+                if !healed && e.to_string().contains("timed out") {
+                    // A `zfs` command that never returned (the driver gave
+                    // up after 120 s): zfs-fuse may have wedged, see
+                    // zfs_fuse_answers_or_restart. `up` restarts it only if
+                    // it no longer answers; then the full patience again.
+                    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/zfs-fuse.sh");
+                    let _ = Command::new("bash").args([script, "up"]).status();
+                    healed = true;
+                    started = std::time::Instant::now();
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(10));
             }
@@ -802,17 +816,26 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
         let _ = child.wait();
         // Its children are not ours to reap: wait until the whole group is
         // gone (a dying qemu-io still holds its image lock).
-        let gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut restarted = false;
         while Command::new("kill")
             .args(["-0", "--", &format!("-{pid}")])
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
         {
-            assert!(
-                std::time::Instant::now() < gone,
-                "process group {pid} outlived SIGKILL"
-            );
+            if std::time::Instant::now() >= gone {
+                // A `zfs` child stuck on a wedged zfs-fuse dies only when
+                // the daemon goes (its FUSE requests are aborted).
+                assert!(
+                    tag == "zfs" && !restarted,
+                    "process group {pid} outlived SIGKILL"
+                );
+                eprintln!("process group {pid} outlived SIGKILL: restarting zfs-fuse");
+                restart_zfs_fuse();
+                restarted = true;
+                gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if tag == "zfs" {
@@ -851,10 +874,32 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
 /// zfs-fuse is restarted (what a reboot after the crash would do; zfs
 /// tests take turns, `.config/nextest.toml`) and recovery goes on.
 fn zfs_fuse_answers_or_restart(root: &str) {
-    let out = Command::new("zfs")
-        .args(["list", "-H", "-r", "-o", "mountpoint", root])
+    // `zfs list` itself hangs on a wedged daemon: bounded, like every check.
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            "20",
+            "zfs",
+            "list",
+            "-H",
+            "-r",
+            "-o",
+            "mountpoint",
+            root,
+        ])
         .output()
         .expect("zfs list");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let why = match err.trim() {
+            "" => "no answer in 20 s",
+            e => e,
+        };
+        eprintln!("zfs list {root} fails after the kill ({why}): restarting zfs-fuse");
+        restart_zfs_fuse();
+        return;
+    }
     let hung = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|m| m.starts_with('/'))
@@ -869,14 +914,19 @@ fn zfs_fuse_answers_or_restart(root: &str) {
         .map(str::to_string);
     if let Some(m) = hung {
         eprintln!("zfs-fuse does not answer for {m} after the kill: restarting zfs-fuse");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/zfs-fuse.sh");
-        for verb in ["down", "up"] {
-            let ok = Command::new("bash")
-                .args([script, verb])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "scripts/zfs-fuse.sh {verb} failed");
-        }
+        restart_zfs_fuse();
+    }
+}
+
+/// Stop zfs-fuse and start it again (what a reboot after the crash would do).
+fn restart_zfs_fuse() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/zfs-fuse.sh");
+    for verb in ["down", "up"] {
+        let ok = Command::new("bash")
+            .args([script, verb])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "scripts/zfs-fuse.sh {verb} failed");
     }
 }
 
