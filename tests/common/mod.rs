@@ -450,8 +450,9 @@ pub fn zfs_cleanup(root: &str) -> Result<(), String> {
 /// (zfs-fuse has exited in the middle of a run before). Empty when it
 /// answers.
 pub fn zfs_daemon_note() -> String {
-    let answers = Command::new("zpool")
-        .arg("list")
+    // Bounded: a wedged daemon never answers.
+    let answers = Command::new("timeout")
+        .args(["-s", "KILL", "10", "zpool", "list"])
         .output()
         .is_ok_and(|o| o.status.success());
     if answers {
