@@ -2676,3 +2676,237 @@ fn strict_fastr_partition_never_runs_two_copies() {
     );
     assert!(runs(&p.nodes[holder], "mover"));
 }
+
+/// The raw image file of volume `vol` on node storage `root`.
+fn volume_file(root: &str, vol: &str) -> PathBuf {
+    let out = Command::new("zfs")
+        .args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mountpoint",
+            &format!("{root}/vol/{vol}"),
+        ])
+        .output()
+        .unwrap();
+    let mnt = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(mnt.starts_with('/'), "no dataset {root}/vol/{vol}");
+    Path::new(&mnt).join("disk.img")
+}
+
+/// `len` bytes of a fresh pattern written at `offset` into the image of
+/// the VM's `bulk` disk (a disk the guest never touches) on node storage
+/// `root`, as a guest write would; the bytes.
+fn poke_bulk(root: &str, offset: u64, len: usize, seed: u64) -> Vec<u8> {
+    use std::io::{Seek, Write};
+    let mut rng = common::Rng(seed | 1);
+    let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(volume_file(root, "vm-default-mover-bulk"))
+        .unwrap();
+    f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    data
+}
+
+fn bulk_at(root: &str, offset: u64, len: usize) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(volume_file(root, "vm-default-mover-bulk")).unwrap();
+    f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut b = vec![0; len];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+/// A VM with FASTR relocated to the node holding its copy: that node's
+/// copy, at the newest point both nodes hold, becomes the VM's volumes,
+/// and the sender streams only what changed since (not the 24 MiB its
+/// `bulk` disk holds). A relocation that takes the copy and then fails
+/// (cancelled mid-stream) gives the copy back, at its point, as a copy.
+#[test]
+fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
+    if !qemu_available() {
+        return;
+    }
+    let Some((roots, _cleanup)) = zfs_roots("fastrmv", 3) else {
+        return;
+    };
+    const MIB: usize = 1 << 20;
+    let dir = common::temp_dir("fastrmv");
+    let image = dir.join("bulk.raw");
+    let mut rng = common::Rng(0xB01C);
+    let bulk: Vec<u8> = (0..24 * MIB).map(|_| rng.next() as u8).collect();
+    std::fs::write(&image, &bulk).unwrap();
+    let manifests: &'static str = Box::leak(
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: bulk}}\nspec:\n  source:\n    image: {{path: {}, format: raw}}\n---\n",
+            image.display()
+        )
+        .into_boxed_str(),
+    );
+    // One round when the VM starts, then none (1 h): the copy stays at
+    // its first point while the test writes.
+    let p = start_nodes_mover(
+        3,
+        &["--relocation-bandwidth", "8Mi"],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            spec: "    - name: bulk\n      source: {spacesuit: bulk}\n  fastr: {copies: 1, interval: 1h}\n",
+            manifests,
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let boot = all_beats(p.from(), "mover")[0].0.clone();
+    // The node the runner elected for the copy, once it holds a point.
+    let holder_of = |runner: usize| -> Option<usize> {
+        let st = status(&p.nodes[runner], "vm", "mover");
+        let name = st["fastr"][0]["node"].as_str()?;
+        st["fastr"][0]["point"].as_str()?;
+        p.nodes.iter().position(|n| n.name == name)
+    };
+    wait_until(
+        &p,
+        "a copy point on another node",
+        Duration::from_secs(60),
+        || holder_of(from).is_some(),
+    );
+    let holder = holder_of(from).unwrap();
+    let point = copy_points(&p.nodes[holder], "mover")[0].0.clone();
+    // 2 MiB written after the point.
+    let poked = poke_bulk(&roots[from], 3 * MIB as u64, 2 * MIB, 7);
+    let (code, out, err) = p.nodes[from].cli(
+        &[
+            "relocate",
+            "mover",
+            "--name",
+            "to-holder",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "runs on the holder only",
+        Duration::from_secs(30),
+        || runs(&p.nodes[holder], "mover") && qemu_of(&p.nodes[from], "mover").is_none(),
+    );
+    let slog = p.nodes[from].log_text();
+    let line = slog
+        .lines()
+        .find(|l| l.contains("streamed what changed since the receiver's FASTR copy"))
+        .unwrap_or_else(|| panic!("no stream from the copy's point: {slog}"));
+    eprintln!("{line}");
+    assert!(line.contains(&point), "from {point}: {line}");
+    let streamed = log_field(line, "bytes");
+    assert!(
+        streamed >= 2 * MIB as u64 && streamed < 6 * MIB as u64,
+        "the 2 MiB written since the point, not the 24 MiB disk: {streamed}"
+    );
+    assert!(p.nodes[holder]
+        .log_text()
+        .contains("relocation: this node's FASTR copy is the base"));
+    // The copy became the volume, with the write made after its point.
+    let tree = common::zfs_tree(&roots[holder]);
+    assert!(
+        !tree.iter().any(|d| d.contains("fastr.vm-default-mover")),
+        "the copy is the volume now: {tree:?}"
+    );
+    assert!(
+        bulk_at(&roots[holder], 3 * MIB as u64, 2 * MIB) == poked,
+        "the write after the point"
+    );
+    assert!(
+        bulk_at(&roots[holder], 6 * MIB as u64, MIB) == bulk[6 * MIB..7 * MIB],
+        "the disk's first content"
+    );
+    wait_until(
+        &p,
+        "the same boot beats on the holder",
+        Duration::from_secs(20),
+        || {
+            let b = all_beats(&p.nodes[holder], "mover");
+            assert!(b.iter().all(|x| x.0 == boot), "one boot: {b:?}");
+            b.len() >= 3
+        },
+    );
+
+    // Of three nodes, the relocation by name went to the holder: the
+    // radar ranks the holders of a copy first.
+    // Back: the new runner elects a receiver of its own.
+    wait_until(
+        &p,
+        "a copy from the new runner",
+        Duration::from_secs(60),
+        || holder_of(holder).is_some(),
+    );
+    let from = holder_of(holder).unwrap();
+    let back_point = copy_points(&p.nodes[from], "mover")[0].0.clone();
+    // The holder's own status lists the copy (it looks every 5 s), and
+    // gossip has carried it for a moment: the radar can prefer it.
+    wait_until(
+        &p,
+        "the holder's status lists its copy",
+        Duration::from_secs(20),
+        || {
+            p.nodes[from]
+                .log_text()
+                .lines()
+                .any(|l| l.contains("publishing node status") && l.contains("copies: [("))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // 16 MiB since: 2 s at the nodes' 8 MiB/s cap; cancelled mid-stream.
+    poke_bulk(&roots[holder], 4 * MIB as u64, 16 * MIB, 11);
+    std::fs::write(
+        p.nodes[holder].manifests.join("back.yaml"),
+        relocation_yaml("back"),
+    )
+    .unwrap();
+    wait_until(&p, "back: streaming", Duration::from_secs(60), || {
+        let st = status(&p.nodes[holder], "relocation", "back");
+        st["phase"] == "Copying"
+    });
+    std::fs::remove_file(p.nodes[holder].manifests.join("back.yaml")).unwrap();
+    // (The Relocation is deleted: its status goes with it; the log stays.)
+    let failed = || {
+        p.nodes[from]
+            .log_text()
+            .lines()
+            .find(|l| l.contains("default/back") && l.contains("Failed"))
+            .map(str::to_string)
+    };
+    wait_until(
+        &p,
+        "back: failed on the holder of the copy (the receiver the radar prefers)",
+        Duration::from_secs(60),
+        || failed().is_some(),
+    );
+    let line = failed().unwrap();
+    eprintln!("{line}");
+    assert!(line.contains("its FASTR copy here is kept"), "{line}");
+    let rlog = p.nodes[from].log_text();
+    assert!(
+        rlog.contains("relocation: this node's FASTR copy is the base"),
+        "the copy was taken: {rlog}"
+    );
+    // The copy is a copy again, at its point; no volume of the VM here.
+    wait_until(&p, "the copy given back", Duration::from_secs(30), || {
+        copy_points(&p.nodes[from], "mover")
+            .iter()
+            .any(|c| c.0 == back_point)
+    });
+    let tree = common::zfs_tree(&roots[from]);
+    assert!(
+        !tree.iter().any(|d| d.contains("/vol/vm-default-mover")),
+        "no volume of the VM on the node it did not move to: {tree:?}"
+    );
+    assert!(runs(&p.nodes[holder], "mover"));
+}

@@ -1145,6 +1145,9 @@ impl GossipNode {
             };
             let mut req = VmRequest::needs(key.clone(), &spec);
             req.holds_data = false;
+            // A node holding the VM's FASTR copy takes only what changed
+            // since its point: it ranks first.
+            req.prefer_copy = spec.fastr.is_some().then(|| r.vm.hash64());
             if r.target.selector.is_some() {
                 req.selector = r.target.selector.clone();
             }

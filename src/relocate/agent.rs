@@ -135,6 +135,11 @@ struct Offer {
     /// `Exported` (NBD).
     #[serde(default)]
     stream: Option<String>,
+    /// With `stream`: the FASTR points every volume of the VM holds on
+    /// the sender, oldest first. A receiver holding its copies whole at
+    /// one of them answers `StreamsFrom` it.
+    #[serde(default)]
+    bases: Vec<String>,
 }
 
 /// A streamed offline copy stops the VM for its last pass once a pass
@@ -194,6 +199,10 @@ struct Lock {
     peer_name: String,
     /// The VM's volumes on this node.
     volumes: Vec<String>,
+    /// Receiver: the FASTR point at which its copies became the volumes
+    /// (given back, not destroyed, when the relocation does not switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
 }
 
 impl Lock {
@@ -222,6 +231,9 @@ struct Shared {
     /// VMs a FASTR round works on here (as sender, or receiver: kind
     /// `Fastr`).
     fastr_busy: Mutex<BTreeSet<DocKey>>,
+    /// Relocations received here onto this node's FASTR copies of the
+    /// VM: the point, and the volumes the copies became.
+    adopted: Mutex<BTreeMap<DocKey, (String, Vec<String>)>>,
 }
 
 /// Settings of the copy.
@@ -264,6 +276,7 @@ impl Agent {
             images: self.images,
             fastr: Mutex::new(BTreeMap::new()),
             fastr_busy: Mutex::new(BTreeSet::new()),
+            adopted: Mutex::new(BTreeMap::new()),
         });
         shared.clone().recover_all();
         shared.remove_stale_snapshots().await;
@@ -626,6 +639,7 @@ impl Shared {
             peer: receiver.clone(),
             peer_name: to.clone(),
             volumes: config.disks.iter().map(|d| d.1.clone()).collect(),
+            base: None,
         };
         if let Err(e) = hv.set_relocation_lock(&id, Some(&lock.text())) {
             self.phase(key, RelocationPhase::Failed, e.to_string());
@@ -704,13 +718,20 @@ impl Shared {
         let id = vm_id(&v.vm);
         let hv = &self.drivers.hypervisor;
         let mut notes = Vec::new();
-        if let Err(e) = hv.remove(&id).await {
-            notes.push(format!("removing the old QEMU: {e}"));
+        // QEMU goes first (it holds the volumes open), the relocation's
+        // marker last: until the volumes are gone the VM reconciler keeps
+        // off them (it would otherwise see a copy the receiver's newer
+        // claim replaced, and keep its disks as a diverged replica).
+        if let Err(e) = hv.stop(&id, Duration::ZERO).await {
+            notes.push(format!("stopping the old QEMU: {e}"));
         }
         for vol in volumes {
             if let Err(e) = self.drivers.storage.destroy(vol).await {
                 notes.push(format!("deleting volume {vol}: {e}"));
             }
+        }
+        if let Err(e) = hv.remove(&id).await {
+            notes.push(format!("removing the old QEMU: {e}"));
         }
         let msg = if notes.is_empty() {
             format!("the VM runs on {to}; its copy here is gone")
@@ -746,11 +767,16 @@ impl Shared {
             .open(receiver, key, "control")
             .await
             .map_err(SessionError::Control)?;
+        let bases = match stream {
+            Some(_) => fastr::complete_points(storage.as_ref(), &volumes).await,
+            None => vec![],
+        };
         let offer = serde_json::to_vec(&Offer {
             config,
             sizes: sizes.clone(),
             offline: false,
             stream: stream.map(str::to_string),
+            bases: bases.clone(),
         })
         .expect("offers serialize");
         control
@@ -839,7 +865,16 @@ impl Shared {
         let copy = async {
             let exported = match next(&mut control).await? {
                 Step::Exported => true,
-                Step::Streams if stream.is_some() => {
+                step @ (Step::Streams | Step::StreamsFrom(_)) if stream.is_some() => {
+                    let base = match step {
+                        Step::StreamsFrom(p) if bases.contains(&p) => Some(p),
+                        Step::StreamsFrom(p) => {
+                            return Err(SessionError::Here(format!(
+                                "the receiver asks for the changes since {p}, which is not a point of the VM here"
+                            )))
+                        }
+                        _ => None,
+                    };
                     let dir = overlay_dir.as_deref().expect("streams need an overlay dir");
                     let n = self
                         .stream_under_overlays(
@@ -849,7 +884,7 @@ impl Shared {
                             &sizes,
                             dir,
                             (&mut control, &mut qmp),
-                            &tag,
+                            (base.as_deref(), &tag),
                         )
                         .await?;
                     streamed.store(n, std::sync::atomic::Ordering::SeqCst);
@@ -911,7 +946,7 @@ impl Shared {
         sizes: &BTreeMap<String, u64>,
         dir: &std::path::Path,
         (control, qmp): (&mut Tunnel, &mut Qmp),
-        tag: &str,
+        (base, tag): (Option<&str>, &str),
     ) -> Result<u64, SessionError> {
         let key = &v.key;
         let bases = super::live::sender_overlays(qmp, disks, dir).await?;
@@ -937,8 +972,11 @@ impl Shared {
         let started = Instant::now();
         let progress = |sent: u64| self.offline_progress(key, sent.min(total), total, started);
         let mut sent = 0;
-        self.stream_volumes(receiver, key, volumes, None, &point, &mut sent, &progress)
+        self.stream_volumes(receiver, key, volumes, base, &point, &mut sent, &progress)
             .await?;
+        if let Some(b) = base {
+            info!(relocation = %key_text(key), base = %b, bytes = sent, "streamed what changed since the receiver's FASTR copy");
+        }
         say(control, &Step::Streamed).await?;
         Ok(sent)
     }
@@ -1262,7 +1300,13 @@ impl Shared {
                 if let Err(e) = hv.remove(id).await {
                     notes.push(format!("QEMU: {e}"));
                 }
-                for v in &lock.volumes {
+                let mut given = Vec::new();
+                if let Some(point) = &lock.base {
+                    let (g, failed) = self.give_back(&lock.volumes, point).await;
+                    given = g;
+                    notes.extend(failed);
+                }
+                for v in lock.volumes.iter().filter(|v| !given.contains(v)) {
                     if let Err(e) = self.drivers.storage.destroy(v).await {
                         notes.push(format!("volume {v}: {e}"));
                     }
@@ -1362,8 +1406,12 @@ impl Shared {
         });
         let r = self.receive_live(&mut control, &v, &peer).await;
         self.incoming.lock().unwrap().remove(&key);
+        let adopted = self.adopted.lock().unwrap().remove(&key);
         match r {
             Ok(()) => {
+                if adopted.is_some() {
+                    self.release_copies(&v.vm);
+                }
                 self.phase(
                     &key,
                     RelocationPhase::Switching,
@@ -1418,11 +1466,20 @@ impl Shared {
                     }
                 }
             }
-            Err((e, leftovers)) => {
+            Err((e, mut leftovers)) => {
                 let id = vm_id(&v.vm);
                 let mut notes = Vec::new();
                 if let Err(e) = self.drivers.hypervisor.remove(&id).await {
                     notes.push(format!("QEMU: {e}"));
+                }
+                // This node's FASTR copies, taken as the base, stay copies.
+                let mut kept = false;
+                if let Some((point, volumes)) = adopted {
+                    let (given, failed) = self.give_back(&volumes, &point).await;
+                    leftovers.retain(|v| !given.contains(v));
+                    kept = failed.is_empty();
+                    notes.extend(failed);
+                    self.release_copies(&v.vm);
                 }
                 for vol in leftovers {
                     if let Err(e) = self.drivers.storage.destroy(&vol).await {
@@ -1431,6 +1488,9 @@ impl Shared {
                 }
                 let _ = self.drivers.hypervisor.set_relocation_lock(&id, None);
                 let mut msg = format!("{e}; the VM runs on {from}, nothing of it is left here");
+                if kept {
+                    msg = format!("{e}; the VM runs on {from}; its FASTR copy here is kept");
+                }
                 if !notes.is_empty() {
                     msg = format!("{e}; left here: {}", notes.join("; "));
                 }
@@ -1451,14 +1511,15 @@ impl Shared {
         key: &DocKey,
         peer: &NodeId,
         config: &VmConfig,
+        base: Option<&str>,
     ) -> Result<(), SessionError> {
-        let (takers, streams) = self.stream_takers(control, config).await?;
+        let (takers, streams) = self.stream_takers(control, config, base.is_some()).await?;
         self.await_switch(
             control,
             key,
             peer,
             streams,
-            Step::Streams,
+            base.map_or(Step::Streams, |p| Step::StreamsFrom(p.to_string())),
             "taking the VM's volumes as streams, the bulk while it runs on the sender",
         )
         .await?;
@@ -1469,19 +1530,25 @@ impl Shared {
 
     /// The receiver of volume streams: replace each fresh volume of the
     /// VM by a taker of its stream `vol:I` (the storage's receive
-    /// command). The takers (stopped when dropped) and their local ends.
+    /// command); volumes made from this node's FASTR copies (`adopted`)
+    /// stay and take what changed since their point. The takers (stopped
+    /// when dropped) and their local ends.
     async fn stream_takers(
         &self,
         control: &mut Tunnel,
         config: &VmConfig,
+        adopted: bool,
     ) -> Result<(Vec<AbortOnDrop>, BTreeMap<String, SocketAddr>), SessionError> {
         let storage = &self.drivers.storage;
         let mut takers = Vec::new();
         let mut streams = BTreeMap::new();
         for (i, (_, vol)) in config.disks.iter().enumerate() {
-            // The whole volume's stream makes it (at the same path).
-            if let Err(e) = storage.destroy(vol).await {
-                return Err(refuse(control, format!("volume {vol}: {e}")).await);
+            // The whole volume's stream makes it (at the same path); a
+            // copy made the volume takes what changed since its point.
+            if !adopted {
+                if let Err(e) = storage.destroy(vol).await {
+                    return Err(refuse(control, format!("volume {vol}: {e}")).await);
+                }
             }
             let argv = match storage.receive_command(vol).await {
                 Ok(a) => a,
@@ -1568,11 +1635,11 @@ impl Shared {
         key: &DocKey,
         peer: &NodeId,
         config: &VmConfig,
-        stream: Option<&str>,
+        (stream, base): (Option<&str>, Option<&str>),
     ) -> Result<(), SessionError> {
         let storage = &self.drivers.storage;
         if stream.is_some() && stream == storage.stream_kind() {
-            return self.receive_streams(control, key, peer, config).await;
+            return self.receive_streams(control, key, peer, config, base).await;
         }
         let mut servers = Vec::new();
         let mut streams = BTreeMap::new();
@@ -1632,20 +1699,30 @@ impl Shared {
                 .open(receiver, key, "control")
                 .await
                 .map_err(SessionError::Control)?;
+            let bases = match stream {
+                Some(_) => fastr::complete_points(storage.as_ref(), &volumes).await,
+                None => vec![],
+            };
             let offer = serde_json::to_vec(&Offer {
                 config: config.clone(),
                 sizes: sizes.clone(),
                 offline: true,
                 stream: stream.map(str::to_string),
+                bases: bases.clone(),
             })
             .expect("offers serialize");
             control
                 .send(&offer)
                 .await
                 .map_err(|e| SessionError::Control(e.to_string()))?;
+            let mut base = None;
             let streamed = match next(&mut control).await? {
                 Step::Exported => false,
                 Step::Streams if stream.is_some() => true,
+                Step::StreamsFrom(p) if stream.is_some() && bases.contains(&p) => {
+                    base = Some(p);
+                    true
+                }
                 Step::Abort(why) => return Err(SessionError::Aborted(why)),
                 got => {
                     return Err(SessionError::Unexpected {
@@ -1655,8 +1732,15 @@ impl Shared {
                 }
             };
             let t0 = if streamed {
-                self.send_streams(v, receiver, &config, &sizes, &mut control, &tag)
-                    .await?
+                self.send_streams(
+                    v,
+                    receiver,
+                    &config,
+                    &sizes,
+                    &mut control,
+                    (base.as_deref(), &tag),
+                )
+                .await?
             } else {
                 let t0 = Instant::now();
                 self.stop_for_copy(v, &config).await?;
@@ -1779,7 +1863,7 @@ impl Shared {
         config: &VmConfig,
         sizes: &BTreeMap<String, u64>,
         control: &mut Tunnel,
-        tag: &str,
+        (base, tag): (Option<&str>, &str),
     ) -> Result<Instant, SessionError> {
         let key = &v.key;
         let storage = &self.drivers.storage;
@@ -1799,7 +1883,8 @@ impl Shared {
         // down only for the last one.
         let mut passes = vec![];
         let running = async {
-            let mut from: Option<String> = None;
+            // From the receiver's FASTR copy, when it holds one.
+            let mut from: Option<String> = base.map(str::to_string);
             let mut n = 0;
             loop {
                 if n > 0 {
@@ -1961,6 +2046,7 @@ impl Shared {
             peer: peer.clone(),
             peer_name: self.link.borrow().name(peer),
             volumes: offer.config.disks.iter().map(|d| d.1.clone()).collect(),
+            base: None,
         };
         if let Err(e) = hv.set_relocation_lock(&id, Some(&lock.text())) {
             let e = refuse(control, e.to_string()).await;
@@ -2016,9 +2102,41 @@ impl Shared {
                 return Err((e, created));
             }
         }
+        // Between volume-streaming storages, a receiver holding FASTR
+        // copies of the VM takes only what changed since their point.
+        let storage = &self.drivers.storage;
+        let streams_here =
+            offer.stream.is_some() && offer.stream.as_deref() == storage.stream_kind();
+        let base = if streams_here && !offer.bases.is_empty() {
+            let volumes: Vec<String> = offer.config.disks.iter().map(|d| d.1.clone()).collect();
+            let intent = |p: &str| {
+                let mut l = lock.clone();
+                l.base = Some(p.to_string());
+                hv.set_relocation_lock(&id, Some(&l.text()))
+                    .map_err(|e| e.to_string())
+            };
+            let base = self
+                .adopt_copies(&v.vm, &volumes, &offer.bases, intent)
+                .await;
+            if let Some(p) = &base {
+                self.adopted
+                    .lock()
+                    .unwrap()
+                    .insert(key.clone(), (p.clone(), volumes));
+            }
+            base
+        } else {
+            None
+        };
         if offer.offline {
             return self
-                .receive_offline(control, key, peer, &offer.config, offer.stream.as_deref())
+                .receive_offline(
+                    control,
+                    key,
+                    peer,
+                    &offer.config,
+                    (offer.stream.as_deref(), base.as_deref()),
+                )
                 .await
                 .map_err(|e| (e, created));
         }
@@ -2040,10 +2158,9 @@ impl Shared {
         // Between volume-streaming storages the volumes come as streams
         // first (the sender's guest runs on transfer overlays meanwhile),
         // and the mirror then carries only what it wrote since.
-        let storage = &self.drivers.storage;
-        if offer.stream.is_some() && offer.stream.as_deref() == storage.stream_kind() {
+        if streams_here {
             let (takers, streams) = self
-                .stream_takers(control, &offer.config)
+                .stream_takers(control, &offer.config, base.is_some())
                 .await
                 .map_err(|e| (e, created.clone()))?;
             let mut all = ports.clone();
@@ -2054,8 +2171,9 @@ impl Shared {
                 RelocationPhase::Copying,
                 "taking the VM's volumes as streams while it runs on the sender",
             );
+            let step = base.clone().map_or(Step::Streams, Step::StreamsFrom);
             let taken = async {
-                say(control, &Step::Streams).await?;
+                say(control, &step).await?;
                 expect(control, Step::Streamed, "Streamed").await
             };
             taken.await.map_err(|e| (e, created.clone()))?;

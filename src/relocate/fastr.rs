@@ -110,7 +110,16 @@ pub(super) struct VmRepl {
     written_base: Option<(u64, Instant)>,
     /// `triggers.written`: that many bytes were written since: a round.
     written_due: bool,
+    /// The last round took no point (the VM not yet running here, a
+    /// relocation holding it, or no receiver yet): the next one comes
+    /// after [`SKIPPED_RETRY`], not after the interval.
+    skipped: bool,
 }
+
+/// How soon a round that took no point is tried again: a VM that has
+/// just moved here (its relocation still holds it, the old node still
+/// lists it) gets its first copy then, not one interval later.
+const SKIPPED_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, Clone)]
 struct CopyState {
@@ -246,7 +255,11 @@ impl Shared {
             let due = {
                 let mut st = self.fastr.lock().unwrap();
                 let r = st.entry(vm.clone()).or_default();
-                let due = asked || r.written_due || r.last.is_none_or(|l| l.elapsed() >= interval);
+                let due = asked
+                    || r.written_due
+                    || r.last.is_none_or(|l| {
+                        l.elapsed() >= interval || (r.skipped && l.elapsed() >= SKIPPED_RETRY)
+                    });
                 if due && self.fastr_busy.lock().unwrap().insert(vm.clone()) {
                     r.last = Some(Instant::now());
                     r.written_due = false;
@@ -356,6 +369,134 @@ impl Shared {
         self.fastr_busy.lock().unwrap().remove(vm);
         info!(vm = %vm_id(vm), "FASTR: a round before the relocation (triggers.relocation)");
         true
+    }
+
+    /// A relocation's receiver holding FASTR copies of VM `vm`: the newest
+    /// point its copies hold whole that the sender holds too (`bases`).
+    /// The copies, rolled back to it, become the VM's `volumes` (the
+    /// fresh ones made for the offer go), so the sender streams only what
+    /// changed since that point, not the whole disks. `intent` makes the
+    /// point durable (the relocation's marker) before anything is
+    /// renamed, so a restart gives the copies back ([`Self::give_back`]).
+    /// The VM's receive slot stays held (no round lands in the volumes)
+    /// until [`Self::release_copies`]. `None`, with nothing changed, when
+    /// there is no such point or the copies cannot be taken now (a round
+    /// under way, volumes cloned from their points).
+    pub(super) async fn adopt_copies(
+        &self,
+        vm: &DocKey,
+        volumes: &[String],
+        bases: &[String],
+        intent: impl Fn(&str) -> Result<(), String>,
+    ) -> Option<String> {
+        let storage = &self.drivers.storage;
+        if bases.is_empty() || storage.stream_kind().is_none() {
+            return None;
+        }
+        let slot = DocKey::new("Fastr", &vm.namespace, &vm.name);
+        if !self.fastr_busy.lock().unwrap().insert(slot.clone()) {
+            info!(vm = %vm_id(vm), "relocation: a FASTR round of the VM is under way here: its copy is not the base");
+            return None;
+        }
+        let copies: Vec<String> = volumes.iter().map(|v| names::fastr_copy(v)).collect();
+        let point = async {
+            for c in &copies {
+                let live = storage.point_clones(c).await.ok()?;
+                if live.iter().any(|v| names::parse_retained(v).is_none()) {
+                    info!(copy = %c, clones = ?live, "relocation: volumes are cloned from the copy's points: it is not the base");
+                    return None;
+                }
+            }
+            complete_points(storage.as_ref(), &copies)
+                .await
+                .into_iter()
+                .rev()
+                .find(|p| bases.contains(p))
+        }
+        .await;
+        let Some(point) = point else {
+            self.fastr_busy.lock().unwrap().remove(&slot);
+            return None;
+        };
+        if let Err(e) = intent(&point) {
+            warn!(vm = %vm_id(vm), error = %e, "relocation: the base was not marked: the whole disks come");
+            self.fastr_busy.lock().unwrap().remove(&slot);
+            return None;
+        }
+        let taken = async {
+            for (v, c) in volumes.iter().zip(&copies) {
+                storage.destroy(v).await.map_err(|e| format!("{v}: {e}"))?;
+                let pts = storage.points(c).await.map_err(|e| format!("{c}: {e}"))?;
+                if pts.last() != Some(&point) {
+                    storage
+                        .rollback(c, &point)
+                        .await
+                        .map_err(|e| format!("{c}: {e}"))?;
+                }
+                storage
+                    .rename(c, v)
+                    .await
+                    .map_err(|e| format!("{c} to {v}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        };
+        if let Err(e) = taken.await {
+            // Fresh volumes are made again by the whole streams.
+            let (_, notes) = self.give_back(volumes, &point).await;
+            warn!(vm = %vm_id(vm), error = %e, ?notes, "relocation: the copies were not taken: the whole disks come");
+            self.fastr_busy.lock().unwrap().remove(&slot);
+            return None;
+        }
+        self.placement.set_held_copy(&vm_key(vm), None);
+        info!(vm = %vm_id(vm), point = %point, "relocation: this node's FASTR copy is the base: only what changed since comes");
+        Some(point)
+    }
+
+    /// Undo [`Self::adopt_copies`] for a relocation that did not switch
+    /// (or a restart before it): each volume made from a copy is rolled
+    /// back to `point` (what the sender streamed since goes) and renamed
+    /// back; a copy still in place is left as it is. The volumes given
+    /// back (no longer the relocation's to destroy), and what failed.
+    pub(super) async fn give_back(
+        &self,
+        volumes: &[String],
+        point: &str,
+    ) -> (Vec<String>, Vec<String>) {
+        let storage = &self.drivers.storage;
+        let (mut given, mut notes) = (Vec::new(), Vec::new());
+        for v in volumes {
+            let c = names::fastr_copy(v);
+            if storage.exists(&c).await.unwrap_or(true) {
+                continue;
+            }
+            let back = async {
+                if !storage.exists(v).await? {
+                    return Ok(false);
+                }
+                let pts = storage.points(v).await?;
+                if !pts.iter().any(|p| p == point) {
+                    return Ok(false);
+                }
+                if pts.last().map(String::as_str) != Some(point) {
+                    storage.rollback(v, point).await?;
+                }
+                storage.rename(v, &c).await?;
+                Ok::<bool, crate::driver::DriverError>(true)
+            };
+            match back.await {
+                Ok(true) => given.push(v.clone()),
+                Ok(false) => {}
+                Err(e) => notes.push(format!("copy {c}: {e}")),
+            }
+        }
+        (given, notes)
+    }
+
+    /// The end of a relocation that took this node's copies of `vm` as
+    /// its base: rounds of the VM may land here again.
+    pub(super) fn release_copies(&self, vm: &DocKey) {
+        let slot = DocKey::new("Fastr", &vm.namespace, &vm.name);
+        self.fastr_busy.lock().unwrap().remove(&slot);
     }
 
     /// `deorch fastr recover`: start VM `vm` on this node from its copy
@@ -642,24 +783,33 @@ impl Shared {
     async fn fastr_round(self: &Arc<Self>, vm: &DocKey, to: Vec<NodeId>) {
         let storage = &self.drivers.storage;
         let id = vm_id(vm);
+        let skipped = |sh: &Self| {
+            if let Some(r) = sh.fastr.lock().unwrap().get_mut(vm) {
+                r.skipped = true;
+            }
+        };
         let volumes: Vec<String> = match self.drivers.hypervisor.state(&id).await {
             Ok(crate::driver::VmState::Running { config, .. }) => {
                 config.disks.iter().map(|d| d.1.clone()).collect()
             }
-            _ => return,
+            _ => return skipped(self),
         };
         // A relocation holds the VM: its own streams go first.
         if self.drivers.hypervisor.relocation_lock(&id).is_some() {
-            return;
+            return skipped(self);
         }
         // With no node to copy to, no point is taken, and the status says
         // there is no copy.
         if to.is_empty() {
             if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
                 r.copies.clear();
+                r.skipped = true;
             }
             self.publish_fastr(vm);
             return;
+        }
+        if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
+            r.skipped = false;
         }
         let tag = point_tag(crate::clock::now_ms());
         // One instant for all the VM's disks: where the storage cannot

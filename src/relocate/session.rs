@@ -56,6 +56,10 @@ pub enum Step {
     /// Receiver (offline): it takes the disks as volume streams of the
     /// kind the offer names (`zfs send`), the bulk while the VM runs.
     Streams,
+    /// Receiver: as `Streams`, but it holds the VM's volumes at this
+    /// FASTR point (its copies, which the offer's `bases` list): only
+    /// what changed since comes.
+    StreamsFrom(String),
     /// Sender (live, after `Streams`): every volume stream is in; start
     /// the paused QEMU on the received volumes and export them.
     Streamed,
