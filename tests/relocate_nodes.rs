@@ -2776,7 +2776,7 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
         || holder_of(from).is_some(),
     );
     let holder = holder_of(from).unwrap();
-    let point = copy_points(&p.nodes[holder], "mover")[0].0.clone();
+    let (point, point_ms) = copy_points(&p.nodes[holder], "mover")[0].clone();
     // 2 MiB written after the point.
     let poked = poke_bulk(&roots[from], 3 * MIB as u64, 2 * MIB, 7);
     let (code, out, err) = p.nodes[from].cli(
@@ -2840,6 +2840,15 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
 
     // Of three nodes, the relocation by name went to the holder: the
     // radar ranks the holders of a copy first.
+    // The sender's disks stay as its copy at the point the move started
+    // from (spare, and dropped, unless the new runner elects it).
+    assert!(
+        p.nodes[from]
+            .log_text()
+            .contains("relocation: the disks left here are the VM's FASTR copy"),
+        "the sender keeps its disks as a copy"
+    );
+    let old_runner = from;
     // Back: the new runner elects a receiver of its own.
     wait_until(
         &p,
@@ -2847,19 +2856,49 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
         Duration::from_secs(60),
         || holder_of(holder).is_some(),
     );
+    // Its first point there, newer than the one the move started from.
+    let newer = |n: usize| -> Option<(String, u64)> {
+        copy_points(&p.nodes[n], "mover")
+            .into_iter()
+            .rfind(|c| c.1 > point_ms)
+    };
+    wait_until(
+        &p,
+        "a new point on the new runner's receiver",
+        Duration::from_secs(60),
+        || holder_of(holder).and_then(newer).is_some(),
+    );
     let from = holder_of(holder).unwrap();
-    let back_point = copy_points(&p.nodes[from], "mover")[0].0.clone();
-    // The holder's own status lists the copy (it looks every 5 s), and
-    // gossip has carried it for a moment: the radar can prefer it.
+    let (back_point, back_ms) = newer(from).unwrap();
+    let received: Vec<String> = p.nodes[from]
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("FASTR: copy point received"))
+        .map(str::to_string)
+        .collect();
+    eprintln!(
+        "the new runner elected {} (the old runner: {}): {received:?}",
+        p.nodes[from].name, p.nodes[old_runner].name
+    );
+    if from == old_runner {
+        // Its first round went from the kept point: only what changed.
+        assert!(
+            received
+                .first()
+                .is_some_and(|l| l.contains("whole") && l.contains("false")),
+            "{received:?}"
+        );
+    }
+    // The holder's own status lists that point (it looks every 5 s), and
+    // gossip has carried it for a moment: the radar prefers it.
     wait_until(
         &p,
         "the holder's status lists its copy",
         Duration::from_secs(20),
         || {
-            p.nodes[from]
-                .log_text()
-                .lines()
-                .any(|l| l.contains("publishing node status") && l.contains("copies: [("))
+            p.nodes[from].log_text().lines().any(|l| {
+                l.contains("publishing node status") && l.contains(&format!(", {back_ms})"))
+            })
         },
     );
     std::thread::sleep(Duration::from_secs(2));

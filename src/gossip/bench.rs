@@ -201,7 +201,7 @@ fn placement_time(n: usize) {
                 holders: None,
                 copy_source: None,
                 strict: false,
-                prefer_copy: None,
+                prefer: Vec::new(),
             };
             let t = Instant::now();
             let best = placement::best(&req, &nodes);

@@ -1145,9 +1145,11 @@ impl GossipNode {
             };
             let mut req = VmRequest::needs(key.clone(), &spec);
             req.holds_data = false;
-            // A node holding the VM's FASTR copy takes only what changed
-            // since its point: it ranks first.
-            req.prefer_copy = spec.fastr.is_some().then(|| r.vm.hash64());
+            // A node holding the VM's newest FASTR point takes only what
+            // changed since: it ranks first.
+            if spec.fastr.is_some() {
+                req.prefer = self.copy_holders(&r.vm);
+            }
             if r.target.selector.is_some() {
                 req.selector = r.target.selector.clone();
             }

@@ -60,10 +60,10 @@ pub struct VmRequest {
     /// Strict mode (`placement.strict`): run only where a majority of
     /// the cluster is seen (docs/ALGORITHMS.md, "Strict mode").
     pub strict: bool,
-    /// A relocation's receiver: nodes whose status lists a FASTR copy of
-    /// this VM ([`DocKey::hash64`]) rank above the others (the copy is
-    /// the base of its streams: only what changed since moves).
-    pub prefer_copy: Option<u64>,
+    /// A relocation's receiver: these nodes (the holders of the VM's
+    /// newest FASTR point) rank above the others (their copy is the base
+    /// of the streams: only what changed since moves).
+    pub prefer: Vec<NodeId>,
 }
 
 impl VmRequest {
@@ -106,7 +106,7 @@ impl VmRequest {
             image: None,
             fastr: spec.fastr.is_some(),
             holders: None,
-            prefer_copy: None,
+            prefer: Vec::new(),
             copy_source: spec.disks.iter().find_map(|d| {
                 let r = d.source.fastr_copy.as_ref()?;
                 let ns = r.namespace.as_deref().unwrap_or(&vm.namespace);
@@ -328,10 +328,7 @@ pub fn score(vm_hash: u64, node_hash: u64, need: &Resources, free: &Resources) -
 /// compare the same way everywhere.
 pub fn node_score(req: &VmRequest, vm_hash: u64, n: &NodeStatus) -> u64 {
     let s = score(vm_hash, n.id.hash64(), &req.need, &n.free);
-    let holds = req.image.is_some_and(|i| n.images.contains(&i))
-        || req
-            .prefer_copy
-            .is_some_and(|h| n.copies.iter().any(|c| c.0 == h));
+    let holds = req.image.is_some_and(|i| n.images.contains(&i)) || req.prefer.contains(&n.id);
     if holds {
         s | 1 << 63
     } else {
@@ -434,7 +431,7 @@ mod tests {
             holders: None,
             copy_source: None,
             strict: false,
-            prefer_copy: None,
+            prefer: Vec::new(),
         }
     }
 
@@ -474,24 +471,13 @@ mod tests {
 
     #[test]
     fn a_relocation_prefers_the_nodes_holding_a_copy_of_the_vm() {
-        let mut nodes: Vec<NodeStatus> = (0..8)
+        let nodes: Vec<NodeStatus> = (0..8)
             .map(|i| status(&format!("n{i}"), "r1", Performance::Low, 64))
             .collect();
         let mut r = req(None, None);
         let plain = rank(&r, &nodes);
         let holder = plain.last().unwrap().0.clone();
-        let vm = r.vm.hash64();
-        let n = nodes.iter_mut().find(|n| n.id == holder).unwrap();
-        // A copy of another VM counts for nothing.
-        n.copies.push((vm ^ 1, 1_000));
-        r.prefer_copy = Some(vm);
-        assert_eq!(rank(&r, &nodes), plain);
-        nodes
-            .iter_mut()
-            .find(|n| n.id == holder)
-            .unwrap()
-            .copies
-            .push((vm, 2_000));
+        r.prefer = vec![holder.clone()];
         let with = rank(&r, &nodes);
         assert_eq!(with[0].0, holder, "the holder first");
         assert_eq!(best(&r, &nodes).unwrap(), with[0]);

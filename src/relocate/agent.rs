@@ -234,6 +234,9 @@ struct Shared {
     /// Relocations received here onto this node's FASTR copies of the
     /// VM: the point, and the volumes the copies became.
     adopted: Mutex<BTreeMap<DocKey, (String, Vec<String>)>>,
+    /// Relocations sent from here as what changed since a FASTR point
+    /// the receiver's copies held: the point (see `finish_sender`).
+    based: Mutex<BTreeMap<DocKey, String>>,
 }
 
 /// Settings of the copy.
@@ -277,6 +280,7 @@ impl Agent {
             fastr: Mutex::new(BTreeMap::new()),
             fastr_busy: Mutex::new(BTreeSet::new()),
             adopted: Mutex::new(BTreeMap::new()),
+            based: Mutex::new(BTreeMap::new()),
         });
         shared.clone().recover_all();
         shared.remove_stale_snapshots().await;
@@ -654,6 +658,7 @@ impl Shared {
                 format!("{to} makes the VM's disks and a paused QEMU")
             },
         );
+        self.based.lock().unwrap().remove(key);
         let sent = if offline {
             self.send_offline(v, receiver, config).await
         } else {
@@ -725,7 +730,15 @@ impl Shared {
         if let Err(e) = hv.stop(&id, Duration::ZERO).await {
             notes.push(format!("stopping the old QEMU: {e}"));
         }
-        for vol in volumes {
+        // Sent as what changed since a FASTR point of the receiver's copy:
+        // the volumes here stay as this node's copy of the VM at that
+        // point, the base of the new runner's first round to this node.
+        let base = self.based.lock().unwrap().remove(&v.key);
+        let kept = match base {
+            Some(p) => self.keep_as_copies(&v.vm, volumes, &p).await,
+            None => false,
+        };
+        for vol in volumes.iter().filter(|_| !kept) {
             if let Err(e) = self.drivers.storage.destroy(vol).await {
                 notes.push(format!("deleting volume {vol}: {e}"));
             }
@@ -733,7 +746,9 @@ impl Shared {
         if let Err(e) = hv.remove(&id).await {
             notes.push(format!("removing the old QEMU: {e}"));
         }
-        let msg = if notes.is_empty() {
+        let msg = if notes.is_empty() && kept {
+            format!("the VM runs on {to}; its disks here are its FASTR copy at the point the move started from")
+        } else if notes.is_empty() {
             format!("the VM runs on {to}; its copy here is gone")
         } else {
             format!("the VM runs on {to}; left here: {}", notes.join("; "))
@@ -867,7 +882,10 @@ impl Shared {
                 Step::Exported => true,
                 step @ (Step::Streams | Step::StreamsFrom(_)) if stream.is_some() => {
                     let base = match step {
-                        Step::StreamsFrom(p) if bases.contains(&p) => Some(p),
+                        Step::StreamsFrom(p) if bases.contains(&p) => {
+                            self.based.lock().unwrap().insert(key.clone(), p.clone());
+                            Some(p)
+                        }
                         Step::StreamsFrom(p) => {
                             return Err(SessionError::Here(format!(
                                 "the receiver asks for the changes since {p}, which is not a point of the VM here"
@@ -1720,6 +1738,7 @@ impl Shared {
                 Step::Exported => false,
                 Step::Streams if stream.is_some() => true,
                 Step::StreamsFrom(p) if stream.is_some() && bases.contains(&p) => {
+                    self.based.lock().unwrap().insert(key.clone(), p.clone());
                     base = Some(p);
                     true
                 }

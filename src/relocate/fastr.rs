@@ -492,6 +492,66 @@ impl Shared {
         (given, notes)
     }
 
+    /// The sender of a relocation that streamed what changed since FASTR
+    /// point `point` (the receiver's copies became the VM's volumes): its
+    /// own volumes, rolled back to that point, become its copies of the
+    /// VM, so the new runner's first round to this node sends only what
+    /// changed since (and if the runner elects another receiver, the
+    /// copies are spare and dropped as any). Whether all were kept; on
+    /// failure what is left of them is deleted by the caller.
+    pub(super) async fn keep_as_copies(
+        &self,
+        vm: &DocKey,
+        volumes: &[String],
+        point: &str,
+    ) -> bool {
+        let storage = &self.drivers.storage;
+        if self.vm_spec(vm).and_then(|s| s.fastr).is_none() {
+            return false;
+        }
+        let copies: Vec<String> = volumes.iter().map(|v| names::fastr_copy(v)).collect();
+        for c in &copies {
+            if storage.exists(c).await.unwrap_or(true) {
+                return false;
+            }
+        }
+        let kept = async {
+            for v in volumes {
+                let pts = storage.points(v).await.map_err(|e| format!("{v}: {e}"))?;
+                if !pts.iter().any(|p| p == point) {
+                    return Err(format!("{v} does not hold {point}"));
+                }
+                if pts.last().map(String::as_str) != Some(point) {
+                    storage
+                        .rollback(v, point)
+                        .await
+                        .map_err(|e| format!("{v}: {e}"))?;
+                }
+            }
+            for (v, c) in volumes.iter().zip(&copies) {
+                storage
+                    .rename(v, c)
+                    .await
+                    .map_err(|e| format!("{v} to {c}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        };
+        match kept.await {
+            Ok(()) => {
+                self.placement.set_held_copy(&vm_key(vm), point_ms(point));
+                info!(vm = %vm_id(vm), point = %point, "relocation: the disks left here are the VM's FASTR copy at the point the move started from");
+                true
+            }
+            Err(e) => {
+                warn!(vm = %vm_id(vm), error = %e, "relocation: the disks left here were not kept as a copy");
+                for c in &copies {
+                    let _ = storage.destroy(c).await;
+                }
+                false
+            }
+        }
+    }
+
     /// The end of a relocation that took this node's copies of `vm` as
     /// its base: rounds of the VM may land here again.
     pub(super) fn release_copies(&self, vm: &DocKey) {
