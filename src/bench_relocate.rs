@@ -102,6 +102,12 @@ pub struct Args {
     /// the volumes (`zfs send`). Directory storage otherwise.
     #[arg(long, value_name = "ROOT")]
     pub zfs_root: Option<String>,
+    /// With `--zfs-root`: the VM has one FASTR copy (`interval` as given,
+    /// and a round before each relocation), so each move goes to the
+    /// node holding the copy and streams only what changed since its
+    /// point; each deorch move waits until the other node holds a copy.
+    #[arg(long, value_name = "INTERVAL", requires = "zfs_root")]
+    pub fastr: Option<String>,
 }
 
 /// What one relocation of the deorch path measured.
@@ -124,6 +130,8 @@ struct DeorchRun {
     switch_ms: Option<u64>,
     disk_bytes: u64,
     ram_bytes: u64,
+    /// Volume streams before the mirror (zfs), from the agent log.
+    streamed_bytes: Option<u64>,
     /// Bytes on the link, sender → receiver and back.
     wire_tx: u64,
     wire_rx: u64,
@@ -594,16 +602,6 @@ pub(crate) struct DeorchSide {
     pub(crate) at: usize,
 }
 
-fn deorch_setup(
-    lab: &mut Lab,
-    guest: &Path,
-    image: &Path,
-    disk_size: u64,
-    write_mibps: u64,
-) -> anyhow::Result<DeorchSide> {
-    deorch_setup_with(lab, guest, image, disk_size, write_mibps, "")
-}
-
 /// The VM's manifest: its data disk of `disk_size` from the spacesuit,
 /// then `extra` (spec lines, indented by two spaces).
 pub(crate) fn vm_yaml(disk_size: u64, extra: &str) -> String {
@@ -612,7 +610,7 @@ pub(crate) fn vm_yaml(disk_size: u64, extra: &str) -> String {
     )
 }
 
-/// [`deorch_setup`], the VM's spec with `vm_extra` too.
+/// The two deorch nodes and the VM, its spec with `vm_extra` too.
 pub(crate) fn deorch_setup_with(
     lab: &mut Lab,
     guest: &Path,
@@ -651,6 +649,29 @@ pub(crate) fn deorch_setup_with(
     };
     guest_goes_on(&nodes[at].vm_dir(), 0, Duration::from_secs(90))?;
     Ok(DeorchSide { nodes, at })
+}
+
+/// `--fastr`: until the VM's status on its node lists a copy point on
+/// the other node.
+fn wait_for_copy(d: &DeorchSide, limit: Duration) -> anyhow::Result<()> {
+    let (at, other) = (d.at, 1 - d.at);
+    let t = Instant::now();
+    loop {
+        let st = d.nodes[at].status("vm", "mover");
+        let held = st["fastr"].as_array().into_iter().flatten().any(|c| {
+            c["node"].as_str() == Some(d.nodes[other].name.as_str()) && c["point"].is_string()
+        });
+        if held {
+            return Ok(());
+        }
+        if t.elapsed() > limit {
+            bail!(
+                "no FASTR copy on {} within {limit:?}: {st}",
+                d.nodes[other].name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn deorch_run(
@@ -708,6 +729,7 @@ fn deorch_run(
         copy_ms: d.nodes[from].logged_copy(&name, "total_ms"),
         qemu_downtime_ms: d.nodes[from].logged_copy(&name, "downtime_ms"),
         switch_ms: d.nodes[from].logged_copy(&name, "switch_ms"),
+        streamed_bytes: d.nodes[from].logged_copy(&name, "streamed_bytes"),
         downtime_ms: st["downtimeMs"].as_u64().unwrap_or(0),
         disk_bytes: p["diskDone"].as_u64().unwrap_or(0),
         ram_bytes: p["ramSent"].as_u64().unwrap_or(0),
@@ -1130,7 +1152,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let load0 = loadavg();
     let t_setup = Instant::now();
-    let mut d = deorch_setup(&mut lab, &args.guest, &image, disk_size, args.write_mibps)?;
+    let fastr = args.fastr.as_ref().map(|i| {
+        format!("  fastr: {{copies: 1, interval: {i}, triggers: {{relocation: true}}}}\n")
+    });
+    let mut d = deorch_setup_with(
+        &mut lab,
+        &args.guest,
+        &image,
+        disk_size,
+        args.write_mibps,
+        fastr.as_deref().unwrap_or(""),
+    )?;
     let accel = accel_of(&d.nodes[d.at].vm_dir());
     eprintln!(
         "deorch: two nodes up, the VM runs on {} ({accel:?}) after {:.1} s",
@@ -1143,9 +1175,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rr = Vec::new();
     let t0 = Instant::now();
     for i in 0..runs {
+        if fastr.is_some() {
+            let t = Instant::now();
+            wait_for_copy(&d, limit)?;
+            eprintln!(
+                "the other node holds a FASTR copy ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            );
+        }
         let x = deorch_run(&lab, &mut d, i, limit, args.offline)?;
         eprintln!(
-            "run {}/{runs} deorch {} -> {}: {:.0} ms wall, {} ms elapsed, copy {:?} ms, downtime {} ms, {:.1} MiB on the link",
+            "run {}/{runs} deorch {} -> {}: {:.0} ms wall, {} ms elapsed, copy {:?} ms, downtime {} ms, {:.1} MiB on the link, {:.1} MiB streamed",
             i + 1,
             x.from,
             x.to,
@@ -1153,7 +1193,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             x.elapsed_ms,
             x.copy_ms,
             x.downtime_ms,
-            mib(x.wire_tx as f64)
+            mib(x.wire_tx as f64),
+            mib(x.streamed_bytes.unwrap_or(0) as f64)
         );
         dr.push(x);
         std::thread::sleep(Duration::from_secs(1));
@@ -1826,6 +1867,22 @@ fn report(
             mib(back),
             mib(moved),
             wire / base
+        );
+    }
+    let streamed: Vec<f64> = dr
+        .iter()
+        .filter_map(|x| x.streamed_bytes.map(|b| b as f64))
+        .collect();
+    if !streamed.is_empty() {
+        println!();
+        println!(
+            "deorch volume streams before the mirror (zfs send{}), p50: {:.1} MiB",
+            if args.fastr.is_some() {
+                ", from the receiver's FASTR point"
+            } else {
+                ""
+            },
+            mib(median(streamed.into_iter()))
         );
     }
     Ok(())
