@@ -2903,7 +2903,7 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
     );
     std::thread::sleep(Duration::from_secs(2));
     // 16 MiB since: 2 s at the nodes' 8 MiB/s cap; cancelled mid-stream.
-    poke_bulk(&roots[holder], 4 * MIB as u64, 16 * MIB, 11);
+    let poked = poke_bulk(&roots[holder], 4 * MIB as u64, 16 * MIB, 11);
     std::fs::write(
         p.nodes[holder].manifests.join("back.yaml"),
         relocation_yaml("back"),
@@ -2948,4 +2948,53 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
         "no volume of the VM on the node it did not move to: {tree:?}"
     );
     assert!(runs(&p.nodes[holder], "mover"));
+
+    // Offline, after a round that carried the 16 MiB: the stopped VM's
+    // volumes stream from the copy's new point, and it starts there on
+    // the copy with everything written.
+    let (code, out, err) = p.nodes[holder].cli(&["fastr", "sync", "mover", "--wait"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = p.nodes[holder].cli(
+        &[
+            "relocate",
+            "mover",
+            "--offline",
+            "--name",
+            "off-back",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "runs offline-moved on the holder",
+        Duration::from_secs(60),
+        || runs(&p.nodes[from], "mover") && all_beats(&p.nodes[from], "mover").len() >= 3,
+    );
+    let slog = p.nodes[holder].log_text();
+    let line = slog
+        .lines()
+        .find(|l| {
+            l.contains("streamed what changed since the receiver's FASTR copy")
+                && l.contains("default/off-back")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the offline move went from the copy's point: {slog}\n---\n{}",
+                p.nodes[from].log_text()
+            )
+        });
+    eprintln!("{line}");
+    let streamed = log_field(line, "bytes");
+    assert!(
+        streamed < 4 * MIB as u64,
+        "only what changed since the round: {streamed}"
+    );
+    assert!(
+        bulk_at(&roots[from], 4 * MIB as u64, 16 * MIB) == poked,
+        "the 16 MiB on the moved disk"
+    );
 }

@@ -1975,6 +1975,9 @@ impl Shared {
         match rest.await {
             Ok(()) => {
                 info!(relocation = %key_text(key), passes = ?passes, delta = sent - bulk, "volumes streamed");
+                if let Some(b) = base {
+                    info!(relocation = %key_text(key), base = %b, bytes = sent, "streamed what changed since the receiver's FASTR copy");
+                }
                 Ok(t0)
             }
             Err(e) => {

@@ -146,7 +146,6 @@ fn elect_receivers(link: &Link, vm: &DocKey, f: &Fastr, runner: Option<&NodeId>)
             Some(*id) != runner
                 && (link.addrs.contains_key(*id) || Some(*id) == link.me.as_ref())
                 && !m.unschedulable
-                && !m.vms.contains(vm)
                 && sel.is_none_or(|p| {
                     p.selector.as_ref().is_none_or(|s| tags_match(s, &m.tags))
                         && p.performance.is_none_or(|want| want == m.performance)
@@ -858,6 +857,25 @@ impl Shared {
         if self.drivers.hypervisor.relocation_lock(&id).is_some() {
             return skipped(self);
         }
+        // An elected receiver that lists the VM (a relocation to it under
+        // way or just over, its status not caught up yet) gets no round
+        // now: it stays elected (the election does not look at it, so the
+        // copies do not move to another node) and gets the next one.
+        let listing: Vec<NodeId> = {
+            let link = self.link.borrow();
+            to.iter()
+                .filter(|n| link.members.get(*n).is_some_and(|m| m.vms.contains(vm)))
+                .cloned()
+                .collect()
+        };
+        let sending: Vec<NodeId> = to
+            .iter()
+            .filter(|n| !listing.contains(n))
+            .cloned()
+            .collect();
+        if sending.is_empty() && !to.is_empty() {
+            return skipped(self);
+        }
         // With no node to copy to, no point is taken, and the status says
         // there is no copy.
         if to.is_empty() {
@@ -868,8 +886,9 @@ impl Shared {
             self.publish_fastr(vm);
             return;
         }
+        // A receiver skipped now gets its round soon, not one interval on.
         if let Some(r) = self.fastr.lock().unwrap().get_mut(vm) {
-            r.skipped = false;
+            r.skipped = sending.len() < to.len();
         }
         let tag = point_tag(crate::clock::now_ms());
         // One instant for all the VM's disks: where the storage cannot
@@ -896,7 +915,7 @@ impl Shared {
             return;
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for r in to.iter().cloned() {
+        for r in sending.iter().cloned() {
             let sh = self.clone();
             let (vm, volumes, tag) = (vm.clone(), volumes.clone(), tag.clone());
             tasks.spawn(async move {
@@ -932,7 +951,8 @@ impl Shared {
             }
         }
         // Keep, here, each current receiver's newest point (the base of
-        // its next stream); drop the rest.
+        // its next stream; a receiver skipped this round included); drop
+        // the rest.
         let keep: BTreeSet<String> = {
             let mut st = self.fastr.lock().unwrap();
             let r = st.entry(vm.clone()).or_default();
