@@ -33,7 +33,11 @@
 //! excluded, `fastr.placement` (tags, performance) satisfied, not
 //! cordoned, ranked by a rendezvous score of (VM, node), the best node of
 //! each microcosm first (no two copies in one rack while another rack
-//! has room), so the choice stays put while those nodes live.
+//! has room), so the choice stays put while those nodes live. One that
+//! lists the VM (a relocation to it) stays elected and skips rounds.
+//!
+//! A relocation to a holder starts from the copy: see
+//! [`Shared::adopt_copies`] and [`Shared::keep_as_copies`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
