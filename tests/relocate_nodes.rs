@@ -2805,6 +2805,17 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
         .unwrap_or_else(|| panic!("no stream from the copy's point: {slog}"));
     eprintln!("{line}");
     assert!(line.contains(&point), "from {point}: {line}");
+    assert!(
+        out.contains(&format!(
+            "disks sent as the changes since FASTR point {point}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        status(&p.nodes[from], "relocation", "to-holder")["base"],
+        point.as_str(),
+        "the status names the point"
+    );
     let streamed = log_field(line, "bytes");
     assert!(
         streamed >= 2 * MIB as u64 && streamed < 6 * MIB as u64,

@@ -254,11 +254,15 @@ fn wait(
             Succeeded => {
                 bar.finish_and_clear();
                 println!(
-                    "relocation/{name} succeeded: {} -> {}{}",
+                    "relocation/{name} succeeded: {} -> {}{}{}",
                     st.source.as_deref().unwrap_or("?"),
                     st.destination.as_deref().unwrap_or("?"),
                     st.downtime_ms
                         .map(|d| format!(", guest paused {d} ms"))
+                        .unwrap_or_default(),
+                    st.base
+                        .as_deref()
+                        .map(|p| format!(", disks sent as the changes since FASTR point {p}"))
                         .unwrap_or_default()
                 );
                 return Ok(ExitCode::SUCCESS);

@@ -57,6 +57,10 @@ pub struct RelocationStatus {
     /// The copy so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<RelocationProgress>,
+    /// The FASTR copy point the volumes were streamed from (the receiver
+    /// held the VM's copy there): only what changed since crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// What happens now, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

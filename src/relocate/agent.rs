@@ -884,6 +884,7 @@ impl Shared {
                     let base = match step {
                         Step::StreamsFrom(p) if bases.contains(&p) => {
                             self.based.lock().unwrap().insert(key.clone(), p.clone());
+                            self.status(key, |s| s.base = Some(p.clone()));
                             Some(p)
                         }
                         Step::StreamsFrom(p) => {
@@ -1739,6 +1740,7 @@ impl Shared {
                 Step::Streams if stream.is_some() => true,
                 Step::StreamsFrom(p) if stream.is_some() && bases.contains(&p) => {
                     self.based.lock().unwrap().insert(key.clone(), p.clone());
+                    self.status(key, |s| s.base = Some(p.clone()));
                     base = Some(p);
                     true
                 }
