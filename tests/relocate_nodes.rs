@@ -2721,6 +2721,24 @@ fn bulk_at(root: &str, offset: u64, len: usize) -> Vec<u8> {
     b
 }
 
+/// `deorch relocate mover --name NAME --wait` (and `extra`) on node `n`,
+/// which must succeed; what it printed.
+fn relocate_wait(n: &Node, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "relocate",
+        "mover",
+        "--name",
+        name,
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = n.cli(&args, None);
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 /// A VM with FASTR relocated to the node holding its copy: that node's
 /// copy, at the newest point both nodes hold, becomes the VM's volumes,
 /// and the sender streams only what changed since (not the 24 MiB its
@@ -2779,19 +2797,7 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
     let (point, point_ms) = copy_points(&p.nodes[holder], "mover")[0].clone();
     // 2 MiB written after the point.
     let poked = poke_bulk(&roots[from], 3 * MIB as u64, 2 * MIB, 7);
-    let (code, out, err) = p.nodes[from].cli(
-        &[
-            "relocate",
-            "mover",
-            "--name",
-            "to-holder",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let out = relocate_wait(&p.nodes[from], "to-holder", &[]);
     wait_until(
         &p,
         "runs on the holder only",
@@ -2965,20 +2971,7 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
     // the copy with everything written.
     let (code, out, err) = p.nodes[holder].cli(&["fastr", "sync", "mover", "--wait"], None);
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = p.nodes[holder].cli(
-        &[
-            "relocate",
-            "mover",
-            "--offline",
-            "--name",
-            "off-back",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    relocate_wait(&p.nodes[holder], "off-back", &["--offline"]);
     wait_until(
         &p,
         "runs offline-moved on the holder",
