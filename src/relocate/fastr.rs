@@ -429,13 +429,7 @@ impl Shared {
         let taken = async {
             for (v, c) in volumes.iter().zip(&copies) {
                 storage.destroy(v).await.map_err(|e| format!("{v}: {e}"))?;
-                let pts = storage.points(c).await.map_err(|e| format!("{c}: {e}"))?;
-                if pts.last() != Some(&point) {
-                    storage
-                        .rollback(c, &point)
-                        .await
-                        .map_err(|e| format!("{c}: {e}"))?;
-                }
+                held_at(storage.as_ref(), c, &point).await?;
                 storage
                     .rename(c, v)
                     .await
@@ -473,18 +467,14 @@ impl Shared {
                 continue;
             }
             let back = async {
-                if !storage.exists(v).await? {
+                if !storage.exists(v).await.map_err(|e| e.to_string())? {
                     return Ok(false);
                 }
-                let pts = storage.points(v).await?;
-                if !pts.iter().any(|p| p == point) {
+                if !roll_back_to(storage.as_ref(), v, point).await? {
                     return Ok(false);
                 }
-                if pts.last().map(String::as_str) != Some(point) {
-                    storage.rollback(v, point).await?;
-                }
-                storage.rename(v, &c).await?;
-                Ok::<bool, crate::driver::DriverError>(true)
+                storage.rename(v, &c).await.map_err(|e| e.to_string())?;
+                Ok::<bool, String>(true)
             };
             match back.await {
                 Ok(true) => given.push(v.clone()),
@@ -520,16 +510,7 @@ impl Shared {
         }
         let kept = async {
             for v in volumes {
-                let pts = storage.points(v).await.map_err(|e| format!("{v}: {e}"))?;
-                if !pts.iter().any(|p| p == point) {
-                    return Err(format!("{v} does not hold {point}"));
-                }
-                if pts.last().map(String::as_str) != Some(point) {
-                    storage
-                        .rollback(v, point)
-                        .await
-                        .map_err(|e| format!("{v}: {e}"))?;
-                }
+                held_at(storage.as_ref(), v, point).await?;
             }
             for (v, c) in volumes.iter().zip(&copies) {
                 storage
@@ -680,13 +661,9 @@ impl Shared {
             }
         };
         for c in &copies {
-            let pts = storage.points(c).await.map_err(|e| e.to_string())?;
-            if pts.last() != Some(&point) {
-                storage
-                    .rollback(c, &point)
-                    .await
-                    .map_err(|e| format!("copy {c}: {e}"))?;
-            }
+            held_at(storage.as_ref(), c, &point)
+                .await
+                .map_err(|e| format!("copy {e}"))?;
         }
         self.placement.set_held_copy(vm, point_ms(&point));
         let p = self.placement.clone();
@@ -1299,6 +1276,43 @@ async fn disk_writes(sock: &std::path::Path) -> Result<u64, String> {
         .flatten()
         .filter_map(|d| d["stats"]["wr_bytes"].as_u64())
         .sum())
+}
+
+/// `volume` rolled back to its point `point` (the later ones dropped),
+/// unless that is its newest already. `Ok(false)`, nothing done, when it
+/// does not hold that point; an error naming the volume when the storage
+/// fails.
+async fn roll_back_to(
+    storage: &dyn crate::driver::Storage,
+    volume: &str,
+    point: &str,
+) -> Result<bool, String> {
+    let pts = storage
+        .points(volume)
+        .await
+        .map_err(|e| format!("{volume}: {e}"))?;
+    if !pts.iter().any(|p| p == point) {
+        return Ok(false);
+    }
+    if pts.last().map(String::as_str) != Some(point) {
+        storage
+            .rollback(volume, point)
+            .await
+            .map_err(|e| format!("{volume}: {e}"))?;
+    }
+    Ok(true)
+}
+
+/// [`roll_back_to`], a volume without the point being an error.
+async fn held_at(
+    storage: &dyn crate::driver::Storage,
+    volume: &str,
+    point: &str,
+) -> Result<(), String> {
+    match roll_back_to(storage, volume, point).await? {
+        true => Ok(()),
+        false => Err(format!("{volume} does not hold {point}")),
+    }
 }
 
 /// Each of `copies` with its copy points, oldest first (a missing copy
