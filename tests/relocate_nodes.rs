@@ -1194,10 +1194,38 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
     if !qemu_available() {
         return;
     }
-    let Some((roots, _cleanup)) = zfs_roots("reloc", 2) else {
+    zfs_move(false);
+}
+
+/// The same with each node on a libvirtd of its own: the transfer
+/// overlay goes in through deorch's monitor beside libvirt's, so the
+/// volume is streamed while the guest runs and only the overlay is
+/// mirrored; the receiver's libvirtd runs the domain, the sender's has
+/// none left.
+#[test]
+fn with_libvirt_a_vm_on_zfs_storage_moves_by_streams_and_back_offline() {
+    if !qemu_available() || !libvirtd_up() {
+        return;
+    }
+    zfs_move(true);
+}
+
+/// A live move between two zfs nodes and an offline move back, on
+/// libvirtds of their own with `libvirt`.
+fn zfs_move(libvirt: bool) {
+    let Some((roots, _cleanup)) = zfs_roots(if libvirt { "lvreloc" } else { "reloc" }, 2) else {
         return;
     };
-    let p = start_nodes_with(2, &[], zfs_flags(&roots));
+    let p = start_nodes_mover(
+        2,
+        &[],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            libvirt,
+            ..Mover::default()
+        },
+    );
     let (from, to) = (p.from, 1 - p.from);
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
         .0
@@ -1265,6 +1293,17 @@ fn a_vm_on_zfs_storage_moves_to_the_other_node() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("zfs: {}", status(p.from(), "relocation", "zfs-move"));
+    if libvirt {
+        let domain = deorch::driver::libvirt::LibvirtHypervisor::domain_name("default/mover");
+        let (lv_from, lv_to) = (&p.libvirtds[p.from], &p.libvirtds[1 - p.from]);
+        assert_eq!(lv_to.virsh(&["domstate", &domain]).1, "running");
+        wait_until(&p, "the old domain to go", Duration::from_secs(20), || {
+            lv_from.domains().is_empty()
+        });
+        // The receiver's domain names its own volume, not an overlay.
+        let xml = lv_to.virsh(&["dumpxml", &domain]).1;
+        assert!(!xml.contains("xfer-"), "{xml}");
+    }
 
     // Offline back: both nodes on ZFS, so the volume goes as `zfs send`
     // streams, the bulk while the VM still runs, then only what changed
@@ -1347,10 +1386,35 @@ fn on_zfs_a_failed_relocation_folds_the_transfer_overlay_back_and_loses_no_write
     if !qemu_available() {
         return;
     }
-    let Some((roots, _cleanup)) = zfs_roots("refold", 2) else {
+    zfs_fold_back(false);
+}
+
+/// The same under libvirt (each node on a libvirtd of its own): the
+/// overlay that deorch's monitor put under libvirt's domain is folded
+/// back through it, and a domain whose QEMU died on it starts again only
+/// after the overlay is committed into its volume.
+#[test]
+fn with_libvirt_on_zfs_a_failed_relocation_folds_the_transfer_overlay_back() {
+    if !qemu_available() || !libvirtd_up() {
+        return;
+    }
+    zfs_fold_back(true);
+}
+
+fn zfs_fold_back(libvirt: bool) {
+    let Some((roots, _cleanup)) = zfs_roots(if libvirt { "lvrefold" } else { "refold" }, 2) else {
         return;
     };
-    let mut p = start_nodes_with(2, &["--relocation-bandwidth", "8Mi"], zfs_flags(&roots));
+    let mut p = start_nodes_mover(
+        2,
+        &["--relocation-bandwidth", "8Mi"],
+        zfs_flags(&roots),
+        false,
+        &Mover {
+            libvirt,
+            ..Mover::default()
+        },
+    );
     let boot = beats(&std::fs::read_to_string(serial(p.from(), "mover")).unwrap())[0]
         .0
         .clone();

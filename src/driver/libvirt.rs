@@ -157,6 +157,25 @@ impl LibvirtHypervisor {
     /// Define and start the domain of `config`; `incoming`: waiting for a
     /// relocation's stream, paused.
     async fn launch(&self, config: &VmConfig, incoming: bool) -> Result<(), DriverError> {
+        // The guest's last writes may be in a transfer overlay a
+        // relocation left (its QEMU died on it): into the volume first,
+        // unless the domain still runs on it.
+        let dir = self.runtime_dir(&config.id);
+        if !crate::qemu::overlay::files(&dir).is_empty() {
+            let on = self
+                .run("start", &config.id, |_, conn, id| {
+                    match Inner::lookup(conn, "start", id)? {
+                        Some(dom) => active(&dom, "start", id),
+                        None => Ok(false),
+                    }
+                })
+                .await?;
+            if !on {
+                crate::qemu::overlay::fold_files(&dir)
+                    .await
+                    .map_err(|e| permanent("start", &config.id, e))?;
+            }
+        }
         let owned = config.clone();
         self.run("start", &config.id, move |inner, conn, id| {
             let config = owned;

@@ -771,13 +771,13 @@ impl Shared {
         let id = config.id.clone();
         let hv = self.drivers.hypervisor.clone();
         let storage = self.drivers.storage.clone();
-        // Volume streams before the mirror need transfer overlays, which
-        // only the qemu driver's QEMU takes (libvirt keeps its own block
-        // graph).
+        // Volume streams before the mirror need transfer overlays in the
+        // VM's runtime directory. Under libvirt they go in through
+        // deorch's own monitor too: libvirt's view of the disk is right
+        // again once they are folded back (an active commit pivots to
+        // the volume's own node), or the domain is gone with the move.
         let overlay_dir = hv.vms_dir().map(|d| d.join(&id));
-        let stream = storage
-            .stream_kind()
-            .filter(|_| hv.name() == "qemu" && overlay_dir.is_some());
+        let stream = storage.stream_kind().filter(|_| overlay_dir.is_some());
         let mut control = self
             .open(receiver, key, "control")
             .await

@@ -154,7 +154,10 @@ impl OwnLibvirtd {
         let log = std::fs::File::create(dir.join("libvirtd.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            // A slave of the host's mounts: a dataset zfs-fuse mounts
+            // later below a shared mount (the test pool's, see
+            // `zfs_root`) appears here too, as on a machine of its own.
+            .args(["--", "unshare", "--mount", "--propagation", "slave", "--"])
             .args(["sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

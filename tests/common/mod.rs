@@ -403,6 +403,18 @@ pub fn zfs_root(tag: &str) -> Option<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Datasets mounted later (each volume is one) must appear in the
+    // mount namespaces of the tests' own libvirtds too, which are slaves
+    // of this mount (tests/common/libvirt.rs).
+    let shared = Command::new("mount")
+        .args(["--make-shared", "/srv/deorchtest"])
+        .output()
+        .expect("run mount");
+    assert!(
+        shared.status.success(),
+        "mount --make-shared /srv/deorchtest: {}",
+        String::from_utf8_lossy(&shared.stderr)
+    );
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
