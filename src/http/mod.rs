@@ -24,7 +24,9 @@
 //! hand documents to admission.
 
 pub mod client;
+pub mod command;
 pub mod conn;
+pub mod page;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -217,6 +219,10 @@ impl HttpApi {
             .route("/v1/manifests", post(push))
             .route("/v1/objects", get(objects).delete(delete_object))
             .route("/v1/vms/{namespace}/{name}/console", post(console_ticket))
+            .route("/v1/command", post(command::command))
+            .route("/v1/events", get(command::events))
+            .route("/", get(page::index))
+            .route("/assets/{name}", get(page::asset))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
