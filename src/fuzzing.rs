@@ -335,3 +335,69 @@ pub fn sample_datagram() -> Vec<u8> {
         },
     })
 }
+
+/// The search bar's command line (`POST /v1/command`): any text is parsed
+/// and planned against a small world without a panic; an error's column
+/// lies within the text (or one past it); a plan that changes something
+/// carries one manifest that validates.
+pub fn command(data: &[u8]) {
+    use crate::model::{Kind, ObjectKey};
+    use crate::store::{Record, SourceId};
+    let text = String::from_utf8_lossy(data);
+    let rec = |kind: Kind, name: &str, spec: serde_json::Value, status: serde_json::Value| Record {
+        key: ObjectKey::new(kind, None, name),
+        generation: 1,
+        source: SourceId("fuzz".into()),
+        hash: String::new(),
+        object: serde_json::json!({"apiVersion": crate::model::API_VERSION, "kind": kind.as_str(),
+            "metadata": {"name": name}, "spec": spec}),
+        status: Some(status),
+        deleted: false,
+        updated_ms: 0,
+    };
+    let records = vec![
+        rec(
+            Kind::Satellite,
+            "sat-a",
+            serde_json::json!({"addresses": ["10.0.0.7"], "tags": {"macrocosm": {"city": "frankfurt"}}, "performance": "high"}),
+            serde_json::json!({}),
+        ),
+        rec(
+            Kind::Spacesuit,
+            "tiny",
+            serde_json::json!({"memory": "64Mi"}),
+            serde_json::json!({}),
+        ),
+        rec(
+            Kind::VirtualMachine,
+            "web1",
+            serde_json::json!({"spacesuit": "tiny", "disks": [{"name": "data", "source": {"blank": {}}, "size": "8Mi"}]}),
+            serde_json::json!({"phase": "Running", "node": "sat-a"}),
+        ),
+        rec(
+            Kind::Replica,
+            "web1-r1",
+            serde_json::json!({"virtualMachine": {"name": "web1"}}),
+            serde_json::json!({"phase": "Ready"}),
+        ),
+    ];
+    match crate::command::answer(&text, &records) {
+        Err(e) => {
+            let column = e["column"].as_u64().expect("an error has a column") as usize;
+            assert!(
+                column >= 1 && column <= text.chars().count() + 1
+                    || text.len() > crate::command::MAX_QUERY,
+                "column {column} outside {text:?}"
+            );
+        }
+        Ok((_, Some(yaml))) => {
+            let parsed = crate::manifest::parse_str(std::path::Path::new("<command>"), &yaml);
+            assert!(
+                parsed.diagnostics.is_empty() && parsed.documents.len() == 1,
+                "{text:?} planned an invalid manifest: {:?}\n{yaml}",
+                parsed.diagnostics
+            );
+        }
+        Ok((_, None)) => {}
+    }
+}

@@ -33,6 +33,7 @@ pub mod bench_relocate;
 pub mod bench_tunnel;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod dhcp;
 pub mod driver;
 pub mod fence;

@@ -26,6 +26,10 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("gossip_membership", fuzzing::sample_membership()),
         ("relocate_tunnel", fuzzing::sample_tunnel_hello()),
         ("relocate_fetch", fuzzing::sample_fetch_ask()),
+        (
+            "command",
+            b"create vm web2 from web1 on city=frankfurt performance=high".to_vec(),
+        ),
     ]
 }
 
@@ -39,11 +43,12 @@ fn run(target: &str, data: &[u8]) {
         "gossip_membership" => fuzzing::gossip_membership(data),
         "relocate_tunnel" => fuzzing::relocate_tunnel(data),
         "relocate_fetch" => fuzzing::relocate_fetch(data),
+        "command" => fuzzing::command(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
@@ -52,19 +57,20 @@ const TARGETS: [&str; 8] = [
     "gossip_membership",
     "relocate_tunnel",
     "relocate_fetch",
+    "command",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..8usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..9usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..8usize,
+        which in 0..9usize,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);

@@ -65,6 +65,15 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// A command line as the web page's search bar takes it
+    /// (`deorch do`): its plan and rows, and with `run` the plan applied.
+    Command {
+        /// The text typed.
+        q: String,
+        /// Apply the plan (when it changes something).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        run: bool,
+    },
     /// Node information.
     Info,
     /// This node's volumes, the retained ones with their deadline.
@@ -174,6 +183,12 @@ pub enum Response {
         key: ObjectKey,
         /// Tombstone generation.
         generation: i64,
+    },
+    /// A command's outcome ([`crate::command::answer`]): the plan, rows
+    /// and completions, `applied` when it ran; or its refusal (`code`).
+    Command {
+        /// The JSON the web page gets too.
+        outcome: serde_json::Value,
     },
     /// Records.
     Objects {

@@ -380,6 +380,25 @@ pub fn handle(
             yaml,
             dry_run,
         } => apply(admission, &filename, &yaml, dry_run),
+        Request::Command { q, run } => {
+            let records: Vec<_> = store
+                .list(None)
+                .into_iter()
+                .filter(|r| !r.deleted)
+                .collect();
+            match crate::command::answer(&q, &records) {
+                Err(outcome) => Ok(Response::Command { outcome }),
+                Ok((mut outcome, manifest)) => {
+                    if let (true, Some(yaml)) = (run, manifest) {
+                        let applied = match apply(admission, "<deorch do>", &yaml, false) {
+                            Ok(r) | Err(r) => r,
+                        };
+                        outcome["applied"] = serde_json::to_value(&applied).unwrap_or_default();
+                    }
+                    Ok(Response::Command { outcome })
+                }
+            }
+        }
         Request::Delete {
             kind,
             namespace,

@@ -3,6 +3,7 @@
 //! Commands parse their arguments and call the library; the only state they
 //! touch is through the local API of a running node.
 
+mod command;
 mod dhcp;
 pub mod http;
 mod identity;
@@ -258,6 +259,24 @@ pub enum Command {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The web page's command line: `deorch do create vm web1 from tiny
+    /// on city=frankfurt`, `deorch do relocate web1 to 10.0.0.7`,
+    /// `deorch do vms on rack=r7`, or words to search. Prints the plan
+    /// and the rows; `--run` applies a plan that changes something.
+    Do {
+        /// The command line (or search words).
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// Apply the plan.
+        #[arg(long)]
+        run: bool,
+        /// Print the outcome as JSON (what the web page gets).
+        #[arg(long)]
+        json: bool,
         /// How to reach the node.
         #[command(flatten)]
         client: ClientArgs,
@@ -1020,6 +1039,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replica { command } => replica::run(command),
         Command::Relocate(args) => relocate::run(args),
         Command::Volume { command } => volume(command),
+        Command::Do {
+            words,
+            run,
+            json,
+            client,
+        } => command::run(&words, run, json, &client),
         Command::Console {
             name,
             namespace,

@@ -156,20 +156,6 @@ pub(super) fn apply(client: &ClientArgs, object: &Value) -> anyhow::Result<i64> 
     }
 }
 
-/// An object as it was applied, ready to be applied again.
-fn desired(record: &Record) -> Value {
-    let mut o = record.object.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("status");
-    }
-    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in ["generation", "resourceVersion", "uid", "creationTimestamp"] {
-            meta.remove(k);
-        }
-    }
-    o
-}
-
 /// The VM a replica captured: its name and its object as applied.
 fn replica_vm(client: &ClientArgs, ns: &str, replica: &str) -> anyhow::Result<(String, Value)> {
     let rep = get_one(client, "Replica", ns, replica)?;
@@ -177,7 +163,7 @@ fn replica_vm(client: &ClientArgs, ns: &str, replica: &str) -> anyhow::Result<(S
         .as_str()
         .context("replica names no VM")?
         .to_string();
-    let object = desired(&get_one(client, "VirtualMachine", ns, &vm)?);
+    let object = crate::command::plan::desired(&get_one(client, "VirtualMachine", ns, &vm)?);
     Ok((vm, object))
 }
 
@@ -223,20 +209,7 @@ fn wait(
     }
 }
 
-pub(super) fn default_name(vm: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let ts = crate::reconcile::status::rfc3339(secs * 1000);
-    // 2026-11-28T22:40:01Z -> 20261128-224001
-    let digits: String = ts.chars().filter(char::is_ascii_digit).collect();
-    format!(
-        "{vm}-{}-{}",
-        &digits[..8.min(digits.len())],
-        &digits[8.min(digits.len())..]
-    )
-}
+pub(super) use crate::command::plan::default_name;
 
 /// Declare replica `name` of `vm` and wait until it is Ready; its status.
 fn take_replica(
