@@ -585,7 +585,7 @@ function setupCommandLine() {
 // ---------------------------------------------------------------- live updates
 
 /**
- * Server-sent events: each `change` re-asks the node the query on show,
+ * Server-sent events: each `change` (or `lagged`) re-asks the node the query on show,
  * when it is read-only (a plan that changes something is not run again).
  * A refused or dropped stream is opened again with backoff.
  */
@@ -597,10 +597,14 @@ function openEvents() {
     state.eventsRetry = 1000;
     setLive('on');
   });
-  es.addEventListener('change', () => {
-    clearTimeout(state.refreshTimer);
-    state.refreshTimer = setTimeout(refresh, 150);
-  });
+  // `lagged`: the node dropped events this stream was too slow for, so
+  // something changed all the same.
+  for (const name of ['change', 'lagged']) {
+    es.addEventListener(name, () => {
+      clearTimeout(state.refreshTimer);
+      state.refreshTimer = setTimeout(refresh, 150);
+    });
+  }
   es.addEventListener('error', () => {
     setLive('off');
     if (es.readyState !== EventSource.CLOSED) return;
