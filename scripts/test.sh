@@ -28,6 +28,11 @@ apt_install dnsmasq-base kea-dhcp4-server kea-admin
 command -v npm >/dev/null || apt_install nodejs npm
 # Real Bitcoin libraries for the interop tests (python-bitcoinlib, bitcoinjs-message).
 sh tests/interop/setup.sh
+# The web page's browser test: Debian's chromium (its font is only a
+# Recommend), driven by playwright-core with axe-core (npm, outside the
+# tree); curl reads the server-sent events in tests/command_line.rs.
+apt_install chromium fonts-dejavu-core curl
+sh tests/web/setup.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: installing it from crates.io"
   cargo install --locked cargo-nextest >/dev/null

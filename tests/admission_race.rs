@@ -153,6 +153,7 @@ impl Rig {
                 hypervisor: "fake".into(),
                 storage: "fake".into(),
                 manifests: String::new(),
+                http_url: None,
             },
             Instant::now(),
         )

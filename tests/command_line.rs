@@ -109,6 +109,15 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
     assert_eq!(v["column"], 13);
     assert_eq!(v["words"], json!(["from"]));
 
+    // The page's URL of any object (the page runs its query on open).
+    let (rc, out, err) = node.cli(&["url", "vm", "web1"], None);
+    assert_eq!(rc, 0, "{err}");
+    let base = node.http_url();
+    assert_eq!(
+        out.trim(),
+        format!("{}/?q=vm%20web1", base.split('#').next().unwrap())
+    );
+
     // HTTP: no session, no answer.
     let r = post(&url, None, "vms", false);
     assert_eq!(r.status, 401, "{}", r.json());

@@ -286,6 +286,9 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
     /// Recent warning events of the node (e.g. rejected manifest files).
     pub warnings: Vec<Event>,
+    /// The HTTP API's URL, when it listens (the web page is at its `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_url: Option<String>,
 }
 
 /// Largest request line accepted (bytes).

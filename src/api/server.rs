@@ -32,6 +32,8 @@ pub struct ServerFacts {
     pub storage: String,
     /// Manifest directory.
     pub manifests: String,
+    /// The HTTP API's URL (`https://ADDR#sha256=PIN`), when it listens.
+    pub http_url: Option<String>,
 }
 
 /// Bind the socket: its directory is created `0700`, a stale socket file
@@ -507,6 +509,7 @@ pub fn handle(
             manifests: facts.manifests.clone(),
             uptime_secs: started.elapsed().as_secs(),
             warnings: recent_warnings(store),
+            http_url: facts.http_url.clone(),
         }))),
     };
     result.unwrap_or_else(|r| r)

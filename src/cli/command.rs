@@ -102,3 +102,58 @@ pub fn run(
         other => unexpected(other),
     }
 }
+
+/// `text` with everything but unreserved characters percent-encoded (a
+/// URL's query value).
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The page's URL for a query, from the node's HTTP URL (its pin
+/// fragment dropped: a browser checks the certificate its own way).
+pub fn page_url(http_url: &str, q: &str) -> String {
+    let base = http_url.split('#').next().unwrap_or(http_url);
+    format!("{}/?q={}", base.trim_end_matches('/'), percent(q))
+}
+
+/// Run `deorch url`.
+pub fn url(words: &[String], client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    match client::call(&client.socket, &Request::Info, CALL_TIMEOUT)? {
+        Response::Info(info) => match &info.http_url {
+            Some(u) => {
+                println!("{}", page_url(u, &words.join(" ")));
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!(
+                    "error: node {} serves no web page: start it with --http-listen",
+                    info.name
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        other => unexpected(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_url_encodes_the_query_and_drops_the_pin() {
+        assert_eq!(
+            super::page_url("https://10.0.0.7:8443#sha256=ab", "vm web1"),
+            "https://10.0.0.7:8443/?q=vm%20web1"
+        );
+        assert_eq!(
+            super::page_url("http://[::1]:80", "vms on city=é&x"),
+            "http://[::1]:80/?q=vms%20on%20city%3D%C3%A9%26x"
+        );
+    }
+}

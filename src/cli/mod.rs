@@ -281,6 +281,17 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The web page's URL of a command line on this node: `deorch url vm
+    /// web1` prints `https://ADDR/?q=vm%20web1` (the page runs the
+    /// query when it opens).
+    Url {
+        /// The command line (e.g. `vm web1`, `node sat-a`, `replicas of web1`).
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// How to reach the node.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Unlock a VM's console for a minute: prints where to connect (VNC,
     /// noVNC websocket, SPICE) and a one-time password.
     Console {
@@ -1045,6 +1056,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             client,
         } => command::run(&words, run, json, &client),
+        Command::Url { words, client } => command::url(&words, &client),
         Command::Console {
             name,
             namespace,

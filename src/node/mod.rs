@@ -201,11 +201,12 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
     let drivers = drivers(&config).await?;
     let hypervisor = drivers.hypervisor.clone();
-    let facts = api::server::ServerFacts {
+    let mut facts = api::server::ServerFacts {
         name: config.name.clone(),
         hypervisor: drivers.hypervisor.name().into(),
         storage: drivers.storage.name().into(),
         manifests: config.manifests.display().to_string(),
+        http_url: None,
     };
 
     let node_key = load_node_key(&config)?;
@@ -258,7 +259,8 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     );
     let mut tasks = Vec::new();
     if let Some(http) = &config.http {
-        let (listener, api) = start_http(http, &admission, &config).await?;
+        let (listener, api, url) = start_http(http, &admission, &config).await?;
+        facts.http_url = Some(url);
         api.set_consoles(hypervisor.clone());
         tasks.push(tokio::spawn(crate::http::serve(
             listener,
@@ -336,7 +338,7 @@ async fn start_http(
     http: &HttpConfig,
     admission: &Arc<Admission>,
     config: &NodeConfig,
-) -> anyhow::Result<(crate::http::HttpListener, Arc<crate::http::HttpApi>)> {
+) -> anyhow::Result<(crate::http::HttpListener, Arc<crate::http::HttpApi>, String)> {
     let network = crate::identity::Address::parse(&http.cluster_owner)
         .map_err(|e| anyhow::anyhow!("cluster owner {}: {e}", http.cluster_owner))?
         .network;
@@ -393,7 +395,7 @@ async fn start_http(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     info!(%url, node = api.node_address(), cluster = %http.cluster_owner, "HTTP API listening");
-    Ok((listener, api))
+    Ok((listener, api, url))
 }
 
 /// The node's key (made at first start): its address is the node's ID in
