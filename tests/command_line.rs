@@ -118,9 +118,16 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
         format!("{}/?q=vm%20web1", base.split('#').next().unwrap())
     );
 
-    // HTTP: no session, no answer.
+    // HTTP: no session, no answer; logging out clears the cookie.
     let r = post(&url, None, "vms", false);
     assert_eq!(r.status, 401, "{}", r.json());
+    let r = request(&url, "POST", "/v1/auth/logout", None, None, b"", T).unwrap();
+    assert_eq!(r.status, 200);
+    let c = r.header("set-cookie").unwrap();
+    assert!(
+        c.starts_with("deorch_session=;") && c.contains("Max-Age=0"),
+        "{c}"
+    );
     let (_, owner_token) =
         deorch::cli::http::login_once(&url, &owner, AddressType::P2wpkh).unwrap();
     let owner_cookie = format!("deorch_session={owner_token}");

@@ -10,6 +10,10 @@
 //!   `deorch_session` cookie (a [`Session`] token signed by this node).
 //! - `GET  /v1/auth/whoami`: the address of a valid session cookie, issued by
 //!   this node or by any node address the cluster trusts.
+//! - `POST /v1/auth/logout`: clears the cookie in the browser.
+//! - `POST /v1/command`, `GET /v1/events`: the web page's command line
+//!   and its change stream ([`command`]); `GET /` and `/assets/*`: the
+//!   page ([`page`]).
 //! - `POST /v1/manifests`: multi-document YAML of signed manifests, handed
 //!   to admission as one batch ([`crate::admission`], source `push`, only
 //!   signed documents): verified, authorised by the trusted `AccessPolicy`
@@ -216,6 +220,7 @@ impl HttpApi {
             .route("/v1/auth/challenge", get(challenge))
             .route("/v1/auth/login", post(login))
             .route("/v1/auth/whoami", get(whoami))
+            .route("/v1/auth/logout", post(logout))
             .route("/v1/manifests", post(push))
             .route("/v1/objects", get(objects).delete(delete_object))
             .route("/v1/vms/{namespace}/{name}/console", post(console_ticket))
@@ -566,6 +571,23 @@ async fn login(
             "expires": session.expires,
             "level2": session.level2,
         })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/auth/logout`: the browser drops its session cookie. The
+/// token itself stays valid until it expires (sessions are signed, not
+/// stored); revoking it is the owner's `AccessPolicy` `revokedSessions`.
+async fn logout() -> Response {
+    (
+        [
+            (
+                header::SET_COOKIE,
+                format!("{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        Json(json!({"loggedOut": true})),
     )
         .into_response()
 }
