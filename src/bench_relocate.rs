@@ -813,6 +813,7 @@ fn raw_vm(dir: &Path, guest: &Path, accel: Accel, write_mibps: u64) -> QemuVm {
             listen: std::net::IpAddr::from([127, 0, 0, 1]),
             port: RAW_VNC_PORT,
             websocket: None,
+            websocket_tls: None,
         }),
         spice: None,
         runtime_dir: dir.into(),

@@ -84,18 +84,32 @@ fn fake() -> Option<Subject> {
     })
 }
 
+/// The browsers' console TLS a node makes from its HTTPS certificate
+/// (`tls/console`, the page's certificate and its CA `tls/ca.pem`).
+fn console_tls(dir: &std::path::Path) -> PathBuf {
+    use deorch::http::tls;
+    let t = dir.join("tls");
+    tls::self_signed(&t, &[]).unwrap();
+    let (console, shared) =
+        tls::console_dir(&t, &t.join(tls::CERT_FILE), &t.join(tls::KEY_FILE), &[]).unwrap();
+    assert!(shared, "the page's certificate comes with its CA");
+    console
+}
+
 fn qemu() -> Option<Subject> {
     if !common::qemu_available() {
         return None;
     }
     let dir = common::temp_dir("contract-qemu");
     let vms = dir.join("vms");
+    let tls = console_tls(&dir);
     let open = {
         let vms = vms.clone();
         move || -> Arc<dyn Hypervisor> {
             Arc::new(
                 QemuHypervisor::new("qemu-system-x86_64", &vms, Accel::Tcg)
-                    .with_console("127.0.0.1".parse().unwrap(), PORTS),
+                    .with_console("127.0.0.1".parse().unwrap(), PORTS)
+                    .with_console_tls(Some(tls.clone())),
             )
         }
     };
@@ -124,12 +138,14 @@ fn libvirt() -> Option<Subject> {
     }
     let dir = common::temp_dir("contract-libvirt");
     let vms = dir.join("vms");
+    let tls = console_tls(&dir);
     let open = {
         let vms = vms.clone();
         move || -> Arc<dyn Hypervisor> {
             Arc::new(
                 LibvirtHypervisor::new(LIBVIRT_URI, &vms, Accel::Tcg)
-                    .with_console("127.0.0.1".parse().unwrap(), PORTS),
+                    .with_console("127.0.0.1".parse().unwrap(), PORTS)
+                    .with_console_tls(Some(tls.clone())),
             )
         }
     };
@@ -223,7 +239,17 @@ async fn call<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn state(s: &Subject, id: &str) -> VmState {
-    call("state", s.hv.state(id)).await.expect("state")
+    match call("state", s.hv.state(id)).await {
+        Ok(st) => st,
+        Err(e) => {
+            let log = s
+                .vms
+                .as_ref()
+                .and_then(|v| std::fs::read_to_string(v.join(id).join("qemu.log")).ok())
+                .unwrap_or_default();
+            panic!("state: {e}\nqemu.log:\n{log}")
+        }
+    }
 }
 
 fn serial_text(s: &Subject, id: &str) -> String {
@@ -364,6 +390,27 @@ async fn check_console_ticket(s: &Subject, id: &str, port: u16) {
     assert!(
         matches!(wrong, VncLogin::Refused(_)),
         "[{name}] a wrong password: {wrong:?}"
+    );
+    // The browsers' console: the websocket over TLS (the node's CA), the
+    // same ticket.
+    let c = s.hv.console(id).expect("a console");
+    assert!(c.websocket_tls, "[{name}] {c:?}");
+    let (ws, ca) = (c.websocket_port.unwrap(), s.dir.join("tls/ca.pem"));
+    let over_wss = |pw: String| {
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || {
+            let wss = common::wss::connect("127.0.0.1", ws, &ca).expect("wss handshake");
+            common::vnc::rfb_login(wss, Some(&pw)).expect("RFB over wss")
+        })
+    };
+    match over_wss(password.clone()).await.unwrap() {
+        VncLogin::Connected { .. } => {}
+        other => panic!("[{name}] the ticket's password over wss: {other:?}"),
+    }
+    let wrong = over_wss("Wrong123".into()).await.unwrap();
+    assert!(
+        matches!(wrong, VncLogin::Refused(_)),
+        "[{name}] a wrong password over wss: {wrong:?}"
     );
     // libvirt counts whole seconds: 3 s after the ticket, at most 4.
     tokio::time::sleep(Duration::from_millis(4500).saturating_sub(issued.elapsed())).await;

@@ -129,6 +129,48 @@ fn console_tickets(node: &Node, vnc: u16) {
         VncLogin::Connected { .. } => {}
         other => panic!("the ticket's password was refused: {other:?}"),
     }
+    // A browser on the node's HTTPS page: the websocket speaks TLS with
+    // the node's certificate (its CA the one the page's chain names), and
+    // the same ticket opens the console through it, as noVNC would.
+    assert_eq!(ticket["websocketTls"], true, "{ticket}");
+    assert!(
+        ticket["url"].as_str().unwrap().starts_with(&format!(
+            "/console.html#host={CONSOLE_HOST}&port={}",
+            ticket["websocketPort"]
+        )),
+        "{ticket}"
+    );
+    let ws_port = ticket["websocketPort"].as_u64().unwrap() as u16;
+    let ca = node.state.join("tls/ca.pem");
+    let wss = common::wss::connect(CONSOLE_HOST, ws_port, &ca).expect("wss handshake");
+    match common::vnc::rfb_login(wss, Some(&password)).unwrap() {
+        VncLogin::Connected { .. } => {}
+        other => panic!("the ticket's password was refused over wss: {other:?}"),
+    }
+    let wss = common::wss::connect(CONSOLE_HOST, ws_port, &ca).expect("wss handshake");
+    assert!(
+        matches!(
+            common::vnc::rfb_login(wss, Some("wrong-pw")).unwrap(),
+            VncLogin::Refused(_)
+        ),
+        "a wrong password over wss"
+    );
+    // A plain websocket (what an HTTPS page may not open) is not served.
+    let mut plain = std::net::TcpStream::connect((CONSOLE_HOST, ws_port)).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut plain,
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    let n = std::io::Read::read(&mut plain, &mut answer).unwrap_or(0);
+    assert!(
+        !answer[..n].starts_with(b"HTTP/1.1 101"),
+        "a plain websocket upgrade was answered"
+    );
     eprintln!("console ticket over HTTPS in {took:?}");
     // The node's own user asks the local API (`deorch console`): a new
     // password, and the one before it no longer works.

@@ -160,6 +160,7 @@ async fn the_built_command_line_boots_the_tiny_guest_daemonized() {
             listen: "127.0.0.1".parse().unwrap(),
             port: 5990 + (std::process::id() % 9) as u16,
             websocket: None,
+            websocket_tls: None,
         }),
         spice: None,
         runtime_dir: rd.clone(),

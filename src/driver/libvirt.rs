@@ -84,6 +84,8 @@ struct Inner {
     accel: Accel,
     console_listen: IpAddr,
     ports: PortRange,
+    /// QEMU's TLS directory for the browsers' console websockets.
+    console_tls: Option<PathBuf>,
     /// The open connection, if any (reopened when libvirtd went away).
     conn: Mutex<Option<Connect>>,
     /// Serialises console port assignment and definition between starts.
@@ -106,6 +108,7 @@ impl LibvirtHypervisor {
                 accel,
                 console_listen: IpAddr::from([127, 0, 0, 1]),
                 ports: PortRange::default(),
+                console_tls: None,
                 conn: Mutex::new(None),
                 assigning: Mutex::new(()),
                 spice: Mutex::new(None),
@@ -118,6 +121,16 @@ impl LibvirtHypervisor {
         let inner = Arc::get_mut(&mut self.inner).expect("configured before first use");
         inner.console_listen = listen;
         inner.ports = ports;
+        self
+    }
+
+    /// The consoles' websockets speak TLS with the credentials in `dir`
+    /// (QEMU's `tls-creds-x509` layout): a second VNC server on deorch's
+    /// command line, for browsers on HTTPS pages.
+    pub fn with_console_tls(mut self, dir: Option<PathBuf>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("configured before first use")
+            .console_tls = dir;
         self
     }
 
@@ -203,9 +216,10 @@ impl LibvirtHypervisor {
             write_atomic(
                 &dir,
                 CONSOLE_FILE,
-                json!({"vnc": port, "websocket": inner.ports.websocket(port), "spice": spice})
-                    .to_string()
-                    .as_bytes(),
+                json!({"vnc": port, "websocket": inner.ports.websocket(port), "spice": spice,
+                    "websocketTls": inner.console_tls.is_some()})
+                .to_string()
+                .as_bytes(),
             )
             .map_err(|e| io_permanent("start", id, &dir, e))?;
             let started = if incoming {
@@ -339,6 +353,7 @@ impl Inner {
             listen,
             port,
             websocket: Some(ports.websocket(port)),
+            websocket_tls: self.console_tls.clone(),
         });
         let xml = domain_xml(
             &vm,
@@ -579,8 +594,10 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
         path(&cmdline::serial_log(&vm.runtime_dir))
     );
     if let Some(v) = &vm.vnc {
+        // With TLS the websocket is deorch's second VNC server (below).
         let ws = v
             .websocket
+            .filter(|_| v.websocket_tls.is_none())
             .map(|p| format!(" websocket='{p}'"))
             .unwrap_or_default();
         // Locked: a random password nobody is told (libvirt never shows
@@ -627,6 +644,11 @@ pub fn domain_xml(vm: &QemuVm, p: &DomainParams) -> String {
         "-mon".into(),
         "chardev=deorch-qmp,mode=control".into(),
     ];
+    // The browsers' console (websocket over TLS), which libvirt's
+    // graphics element cannot express.
+    if let Some(v) = &vm.vnc {
+        args.extend(cmdline::web_vnc_args(v, &vm.runtime_dir));
+    }
     if p.incoming {
         args.extend(["-incoming".into(), "defer".into()]);
     }
@@ -705,6 +727,15 @@ fn graphics_types(caps: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the VM's websocket was started with TLS (deorch's second VNC
+/// server).
+fn web_tls(dir: &Path) -> bool {
+    std::fs::read(dir.join(CONSOLE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["websocketTls"] == true)
+}
+
 fn read_console(dir: &Path) -> Option<(u16, Option<u16>)> {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(CONSOLE_FILE)).ok()?).ok()?;
@@ -747,13 +778,15 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     fn console(&self, id: &str) -> Option<ConsoleStatus> {
-        let (vnc, spice) = read_console(&self.runtime_dir(id))?;
+        let dir = self.runtime_dir(id);
+        let (vnc, spice) = read_console(&dir)?;
         let ws = self.inner.ports.websocket(vnc);
         Some(ConsoleStatus::served(
             self.inner.console_listen.to_string(),
             vnc,
             ws,
             spice,
+            web_tls(&dir),
         ))
     }
 
@@ -842,13 +875,16 @@ impl Hypervisor for LibvirtHypervisor {
         password: &'a str,
         valid_for: Duration,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let plain = password.to_string();
         let password = esc(password);
         let until = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs()
             + valid_for.as_secs().max(1);
-        Box::pin(self.run("console ticket", id, move |_, conn, id| {
+        let web = web_tls(&self.runtime_dir(id));
+        let sock = cmdline::qmp_socket(&self.runtime_dir(id));
+        let libvirts = self.run("console ticket", id, move |_, conn, id| {
             let op = "console ticket";
             let dom = Inner::lookup(conn, op, id)?.ok_or_else(|| DriverError::NotFound {
                 op: op.into(),
@@ -874,7 +910,26 @@ impl Hypervisor for LibvirtHypervisor {
                     .map_err(|e| classify(op, id, &e))?;
             }
             Ok(())
-        }))
+        });
+        Box::pin(async move {
+            libvirts.await?;
+            if web {
+                // The browsers' VNC server is deorch's: its ticket over
+                // deorch's monitor.
+                let mut qmp = crate::qemu::qmp::Qmp::connect(&sock, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| transient("console ticket", id, e.to_string()))?;
+                crate::qemu::console::set_tickets(
+                    &mut qmp,
+                    &plain,
+                    valid_for,
+                    &[crate::qemu::console::Ticket::WebVnc],
+                )
+                .await
+                .map_err(|e| transient("console ticket", id, e))?;
+            }
+            Ok(())
+        })
     }
 
     fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -1116,6 +1171,7 @@ mod tests {
                 listen: "127.0.0.1".parse().unwrap(),
                 port: 5907,
                 websocket: Some(6907),
+                websocket_tls: None,
             }),
             spice: None,
             runtime_dir: "/s/vms/default/tiny".into(),
@@ -1158,6 +1214,21 @@ mod tests {
             assert!(x.contains(want), "{want} missing from:\n{x}");
         }
         assert!(!x.contains("incoming"), "{x}");
+        // With TLS for the browsers, the websocket is deorch's second VNC
+        // server on the command line, not libvirt's graphics'.
+        let mut vm = tiny();
+        vm.vnc.as_mut().unwrap().websocket_tls = Some("/s/tls/console".into());
+        let t = domain_xml(&vm, &params());
+        assert!(
+            t.contains("<graphics type='vnc' port='5907' autoport='no' listen='127.0.0.1'"),
+            "{t}"
+        );
+        for want in [
+            "<qemu:arg value='tls-creds-x509,id=deorch-console-tls,dir=/s/tls/console,endpoint=server,verify-peer=off'/>",
+            "<qemu:arg value='unix:/s/vms/default/tiny/vnc-web.sock,id=web,websocket=127.0.0.1:6907,tls-creds=deorch-console-tls,password=on'/>",
+        ] {
+            assert!(t.contains(want), "{want} missing from:\n{t}");
+        }
         let mut waiting = params();
         waiting.incoming = true;
         let w = domain_xml(&tiny(), &waiting);

@@ -59,6 +59,8 @@ pub struct QemuHypervisor {
     spice: std::sync::OnceLock<bool>,
     /// CPU models this QEMU build knows (`-cpu help`), probed once.
     cpu_models: std::sync::OnceLock<Vec<String>>,
+    /// QEMU's TLS directory for the consoles' websockets (`wss://`).
+    console_tls: Option<PathBuf>,
 }
 
 impl QemuHypervisor {
@@ -78,6 +80,7 @@ impl QemuHypervisor {
             assigning: Mutex::new(()),
             spice: std::sync::OnceLock::new(),
             cpu_models: std::sync::OnceLock::new(),
+            console_tls: None,
         }
     }
 
@@ -86,6 +89,21 @@ impl QemuHypervisor {
         self.console_listen = listen;
         self.ports = ports;
         self
+    }
+
+    /// The consoles' websockets speak TLS with the credentials in `dir`
+    /// (QEMU's `tls-creds-x509` layout), for browsers on HTTPS pages.
+    pub fn with_console_tls(mut self, dir: Option<PathBuf>) -> QemuHypervisor {
+        self.console_tls = dir;
+        self
+    }
+
+    /// Whether VM `id`'s websocket was started with TLS.
+    fn web_tls(dir: &Path) -> bool {
+        std::fs::read(dir.join(CONSOLE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["websocketTls"] == true)
     }
 
     fn read_console(dir: &Path) -> Option<u16> {
@@ -193,6 +211,7 @@ impl QemuHypervisor {
             "vnc": port,
             "websocket": self.ports.websocket(port),
             "spice": if spice { self.ports.spice(port) } else { None },
+            "websocketTls": self.console_tls.is_some(),
         });
         state_file::write(&dir.join(CONSOLE_FILE), console.to_string().as_bytes())
             .map_err(|e| Self::permanent("start", id, e.to_string()))?;
@@ -316,6 +335,7 @@ impl QemuHypervisor {
                 listen: self.console_listen,
                 port,
                 websocket: Some(self.ports.websocket(port)),
+                websocket_tls: self.console_tls.clone(),
             });
             vm.spice = spice
                 .then(|| self.ports.spice(port))
@@ -460,13 +480,15 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn console(&self, id: &str) -> Option<ConsoleStatus> {
-        let (vnc, spice) = Self::read_ports(&self.runtime_dir(id))?;
+        let dir = self.runtime_dir(id);
+        let (vnc, spice) = Self::read_ports(&dir)?;
         let ws = self.ports.websocket(vnc);
         Some(ConsoleStatus::served(
             self.console_listen.to_string(),
             vnc,
             ws,
             spice,
+            Self::web_tls(&dir),
         ))
     }
 
@@ -531,28 +553,18 @@ impl Hypervisor for QemuHypervisor {
                     target: id.into(),
                 })?;
             let mut qmp = self.qmp(op, id).await?;
-            let mut protocols = vec!["vnc"];
+            let web = Self::web_tls(&self.runtime_dir(id));
+            use crate::qemu::console::{set_tickets, Ticket};
+            let mut what = vec![Ticket::Vnc];
+            if web {
+                what.push(Ticket::WebVnc);
+            }
             if spice.is_some() {
-                protocols.push("spice");
+                what.push(Ticket::Spice);
             }
-            // Relative expiry ("+N" seconds), so the host clock's steps do
-            // not matter; at least a second.
-            let time = format!("+{}", valid_for.as_secs().max(1));
-            for protocol in protocols {
-                qmp.execute(
-                    "set_password",
-                    Some(serde_json::json!({"protocol": protocol, "password": password})),
-                )
+            set_tickets(&mut qmp, password, valid_for, &what)
                 .await
-                .map_err(|e| Self::err(op, id, format!("set_password {protocol}: {e}")))?;
-                qmp.execute(
-                    "expire_password",
-                    Some(serde_json::json!({"protocol": protocol, "time": time})),
-                )
-                .await
-                .map_err(|e| Self::err(op, id, format!("expire_password {protocol}: {e}")))?;
-            }
-            Ok(())
+                .map_err(|e| Self::err(op, id, e))
         })
     }
 

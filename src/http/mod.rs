@@ -984,6 +984,7 @@ pub async fn issue_console_ticket(
         "host": console.host,
         "vncPort": console.vnc_port,
         "websocketPort": console.websocket_port,
+        "websocketTls": console.websocket_tls,
         "spicePort": console.spice_port,
         "password": password,
         "expires": now_secs() + CONSOLE_TICKET_TTL.as_secs(),

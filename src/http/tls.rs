@@ -65,22 +65,131 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, String> {
     build(certs, key)
 }
 
+/// The node's own certificate authority in the TLS directory (made with
+/// the self-signed certificate; trust it once to open the node's page and
+/// its browser consoles without a warning).
+pub const CA_FILE: &str = "ca.pem";
+/// Its key.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// QEMU's TLS directory for the browser consoles' websockets, below the
+/// TLS directory: `ca-cert.pem`, `server-cert.pem`, `server-key.pem`
+/// (QEMU's `tls-creds-x509` layout).
+pub const CONSOLE_DIR: &str = "console";
+
+/// A certificate authority and a server certificate it signed for
+/// `names` (PEM: CA, CA key, leaf, leaf key). QEMU's TLS (gnutls) takes
+/// a server certificate only from a CA, with server usages.
+fn ca_and_leaf(names: &[String]) -> Result<(String, String, String, String), String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let err = |e: rcgen::Error| format!("making the node's certificates: {e}");
+    let mut names: Vec<String> = names.to_vec();
+    names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    names.sort();
+    names.dedup();
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("deorch node CA {}", names.join(" ")),
+    );
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let leaf_key = KeyPair::generate().map_err(err)?;
+    let mut leaf = CertificateParams::new(names.clone()).map_err(err)?;
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).map_err(err)?;
+    Ok((
+        ca_cert.pem(),
+        ca_key.serialize_pem(),
+        leaf_cert.pem(),
+        leaf_key.serialize_pem(),
+    ))
+}
+
 /// The node's self-signed certificate in `dir`, made on first use for
-/// `names` (IP addresses and DNS names).
+/// `names` (IP addresses and DNS names): a server certificate signed by
+/// the node's own CA (`ca.pem`), served with it.
 pub fn self_signed(dir: &Path, names: &[String]) -> Result<ServerTls, String> {
     let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     if !(cert.exists() && key.exists()) {
-        let mut names: Vec<String> = names.to_vec();
-        names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
-        names.sort();
-        names.dedup();
-        let made = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| format!("making a self-signed certificate: {e}"))?;
+        let (ca, ca_key, leaf, leaf_key) = ca_and_leaf(names)?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
-        write_atomic(&cert, made.cert.pem().as_bytes())?;
+        write_private(&dir.join(CA_KEY_FILE), ca_key.as_bytes())?;
+        write_atomic(&dir.join(CA_FILE), ca.as_bytes())?;
+        write_private(&key, leaf_key.as_bytes())?;
+        write_atomic(&cert, format!("{leaf}{ca}").as_bytes())?;
     }
     load(&cert, &key)
+}
+
+/// QEMU's TLS directory for the browser consoles (`dir/console`), made
+/// from the HTTPS certificate `cert`/`key` when it comes with the CA that
+/// issued it (the node's own, or an operator's chain: its last
+/// certificate), so the page and the consoles present one certificate;
+/// otherwise (a bare self-signed certificate an older node made, or one
+/// the operator gave alone) from a CA and certificate of the consoles'
+/// own. Returns the directory and whether it shares the page's
+/// certificate.
+pub fn console_dir(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    names: &[String],
+) -> Result<(std::path::PathBuf, bool), String> {
+    let out = dir.join(CONSOLE_DIR);
+    let pems: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let pem = |der: &CertificateDer| {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (ca, leaf, leaf_key, shared) = match pems.as_slice() {
+        [leaf, .., ca] => {
+            let key =
+                std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            (pem(ca), pem(leaf), key, true)
+        }
+        _ => {
+            let made = out.join("server-cert.pem");
+            if made.exists()
+                && out.join("ca-cert.pem").exists()
+                && out.join("server-key.pem").exists()
+            {
+                return Ok((out, false));
+            }
+            let (ca, _, leaf, leaf_key) = ca_and_leaf(names)?;
+            (ca, leaf, leaf_key, false)
+        }
+    };
+    write_private(&out.join("server-key.pem"), leaf_key.as_bytes())?;
+    write_atomic(&out.join("ca-cert.pem"), ca.as_bytes())?;
+    write_atomic(&out.join("server-cert.pem"), leaf.as_bytes())?;
+    Ok((out, shared))
 }
 
 fn build(

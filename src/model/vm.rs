@@ -718,21 +718,38 @@ pub struct ConsoleStatus {
     /// SPICE port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spice_port: Option<u16>,
-    /// URL of the HTML5 console.
+    /// Whether the websocket speaks TLS (`wss://`, the node's
+    /// certificate): what a browser on the node's HTTPS page needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket_tls: bool,
+    /// URL of the HTML5 console: the node's console page (`/console.html`,
+    /// noVNC, with `&password=` of a ticket appended to its fragment) when
+    /// the websocket has TLS, else a noVNC `vnc.html` query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
 impl ConsoleStatus {
-    /// A console served on `host`: VNC, its noVNC websocket and maybe SPICE.
-    /// QEMU serves the websocket on path `/` only, so noVNC gets `path=`.
-    pub fn served(host: String, vnc: u16, websocket: u16, spice: Option<u16>) -> ConsoleStatus {
+    /// A console served on `host`: VNC, its noVNC websocket (over TLS with
+    /// `tls`) and maybe SPICE. QEMU serves the websocket on path `/` only.
+    pub fn served(
+        host: String,
+        vnc: u16,
+        websocket: u16,
+        spice: Option<u16>,
+        tls: bool,
+    ) -> ConsoleStatus {
         ConsoleStatus {
-            url: Some(format!("vnc.html?host={host}&port={websocket}&path=")),
+            url: Some(if tls {
+                format!("/console.html#host={host}&port={websocket}")
+            } else {
+                format!("vnc.html?host={host}&port={websocket}&path=")
+            }),
             host,
             vnc_port: Some(vnc),
             websocket_port: Some(websocket),
             spice_port: spice,
+            websocket_tls: tls,
         }
     }
 }

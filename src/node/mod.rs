@@ -516,9 +516,10 @@ async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
             if !c.listen.is_loopback() {
                 warn!(
                     listen = %c.listen,
-                    "VM consoles have no authentication yet: anyone who reaches this address sees and drives their screens"
+                    "VM consoles listen beyond loopback: each is locked until a session gets a one-time password, but native VNC and SPICE are unencrypted (the browsers' websocket has TLS when the HTTP API has)"
                 );
             }
+            let tls = console_tls(config);
             match &config.hypervisor {
                 HypervisorKind::Libvirt(uri) => {
                     info!(%uri, "hypervisor: libvirt");
@@ -528,7 +529,8 @@ async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
                             config.state_dir.join("vms"),
                             probe.accel,
                         )
-                        .with_console(c.listen, c.ports),
+                        .with_console(c.listen, c.ports)
+                        .with_console_tls(tls),
                     )
                 }
                 _ => Arc::new(
@@ -537,9 +539,54 @@ async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
                         config.state_dir.join("vms"),
                         probe.accel,
                     )
-                    .with_console(c.listen, c.ports),
+                    .with_console(c.listen, c.ports)
+                    .with_console_tls(tls),
                 ),
             }
+        }
+    }
+}
+
+/// QEMU's TLS directory for the browser consoles' websockets, from the
+/// HTTP API's certificate (the node's page and its consoles then show one
+/// certificate); `None` (plain websockets, which an HTTPS page cannot
+/// open) without an HTTP API or with `--http-plain`.
+fn console_tls(config: &NodeConfig) -> Option<std::path::PathBuf> {
+    use crate::http::tls;
+    let http = config.http.as_ref()?;
+    let mut names = config.addresses.clone();
+    names.push(config.name.clone());
+    for ip in [http.listen.ip(), config.console.listen] {
+        if !ip.is_unspecified() {
+            names.push(ip.to_string());
+        }
+    }
+    let made = match &http.tls {
+        HttpTls::Plain => return None,
+        HttpTls::SelfSigned(dir) => tls::self_signed(dir, &names).and_then(|_| {
+            tls::console_dir(
+                dir,
+                &dir.join(tls::CERT_FILE),
+                &dir.join(tls::KEY_FILE),
+                &names,
+            )
+        }),
+        HttpTls::Files { cert, key } => {
+            tls::console_dir(&config.state_dir.join("tls"), cert, key, &names)
+        }
+    };
+    match made {
+        Ok((dir, shared)) => {
+            if shared {
+                info!(dir = %dir.display(), "browser consoles: websockets over TLS with the HTTP API's certificate");
+            } else {
+                warn!(dir = %dir.display(), "browser consoles: websockets over TLS with a certificate of their own (the HTTP API's comes without its CA): browsers must trust ca-cert.pem there");
+            }
+            Some(dir)
+        }
+        Err(e) => {
+            warn!(error = %e, "browser consoles: plain websockets (no TLS for them)");
+            None
         }
     }
 }

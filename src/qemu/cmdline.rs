@@ -97,6 +97,46 @@ pub struct Vnc {
     pub port: u16,
     /// Websocket port for noVNC.
     pub websocket: Option<u16>,
+    /// QEMU's TLS directory (`tls-creds-x509`) for the websocket: then a
+    /// second VNC server (id `web`, its RFB end on a Unix socket in the
+    /// runtime directory) serves the websocket over TLS for browsers on
+    /// HTTPS pages (`wss://`), and the RFB port stays plain for native
+    /// clients. Both locked until a console ticket.
+    pub websocket_tls: Option<PathBuf>,
+}
+
+/// The id of the browsers' VNC server when the websocket has TLS.
+pub const WEB_VNC: &str = "web";
+
+/// The browsers' VNC server of `v` as QEMU arguments (none unless its
+/// websocket has TLS): the credentials object, and a VNC server whose
+/// RFB end is a Unix socket in `runtime_dir` and whose websocket speaks
+/// TLS. Locked like the other until a console ticket.
+pub fn web_vnc_args(v: &Vnc, runtime_dir: &std::path::Path) -> Vec<String> {
+    let (Some(ws), Some(tls)) = (v.websocket, &v.websocket_tls) else {
+        return Vec::new();
+    };
+    let host = match v.listen {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    vec![
+        "-object".into(),
+        format!(
+            "tls-creds-x509,id=deorch-console-tls,dir={},endpoint=server,verify-peer=off",
+            opt_path(tls)
+        ),
+        "-vnc".into(),
+        format!(
+            "unix:{},id={WEB_VNC},websocket={host}:{ws},tls-creds=deorch-console-tls,password=on",
+            opt_path(&runtime_dir.join("vnc-web.sock"))
+        ),
+    ]
+}
+
+/// A path as a QEMU option value (commas doubled).
+fn opt_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 /// A SPICE server (QEMU's `ui-spice-core` module must be installed).
@@ -238,13 +278,20 @@ pub fn args(vm: &QemuVm) -> Vec<String> {
             IpAddr::V6(ip) => format!("[{ip}]"),
             IpAddr::V4(ip) => ip.to_string(),
         };
-        let ws = v
-            .websocket
-            .map(|p| format!(",websocket={p}"))
-            .unwrap_or_default();
         // Locked: no password is set until an authorised session asks for
         // a console ticket (QMP set_password), which expires.
-        push(&["-vnc", &format!("{host}:{display},password=on{ws}")]);
+        let web = web_vnc_args(v, &vm.runtime_dir);
+        if web.is_empty() {
+            let ws = v
+                .websocket
+                .map(|p| format!(",websocket={p}"))
+                .unwrap_or_default();
+            push(&["-vnc", &format!("{host}:{display},password=on{ws}")]);
+        } else {
+            push(&["-vnc", &format!("{host}:{display},password=on")]);
+            let web: Vec<&str> = web.iter().map(String::as_str).collect();
+            push(&web);
+        }
     }
     if let Some(s) = &vm.spice {
         // Ticketing on and no ticket set: locked likewise.
@@ -282,6 +329,7 @@ mod tests {
                 listen: "127.0.0.1".parse().unwrap(),
                 port: 5907,
                 websocket: Some(5707),
+                websocket_tls: None,
             }),
             spice: None,
             runtime_dir: "/run/deorch/vms/x".into(),
@@ -307,6 +355,24 @@ mod tests {
         );
         assert!(s.contains("-nodefaults") && s.contains("-daemonize"), "{s}");
         assert!(s.contains("-pidfile /run/deorch/vms/x/qemu.pid"), "{s}");
+    }
+
+    #[test]
+    fn a_tls_websocket_is_a_second_vnc_server_and_the_rfb_port_stays_plain() {
+        let mut vm = tiny();
+        vm.vnc.as_mut().unwrap().websocket_tls = Some("/s/tls/con,sole".into());
+        let a = args(&vm);
+        let s = a.join(" ");
+        assert!(
+            s.contains("-object tls-creds-x509,id=deorch-console-tls,dir=/s/tls/con,,sole,endpoint=server,verify-peer=off"),
+            "{s}"
+        );
+        assert!(s.contains("-vnc 127.0.0.1:7,password=on -object"), "{s}");
+        assert!(
+            s.contains("-vnc unix:/run/deorch/vms/x/vnc-web.sock,id=web,websocket=127.0.0.1:5707,tls-creds=deorch-console-tls,password=on"),
+            "{s}"
+        );
+        assert_eq!(a.iter().filter(|x| *x == "-vnc").count(), 2);
     }
 
     #[test]

@@ -122,3 +122,47 @@ mod tests {
         assert_eq!(range.spice(5907), Some(7907));
     }
 }
+
+/// A console a ticket unlocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// The VNC server of native clients (and of the plain websocket).
+    Vnc,
+    /// The browsers' VNC server, its websocket over TLS
+    /// ([`super::cmdline::WEB_VNC`]).
+    WebVnc,
+    /// SPICE.
+    Spice,
+}
+
+/// Set one-time password `password` on each of `what` over QMP, each
+/// expiring `valid_for` from now (relative, so steps of the host clock do
+/// not matter; at least a second).
+pub async fn set_tickets(
+    qmp: &mut super::qmp::Qmp,
+    password: &str,
+    valid_for: std::time::Duration,
+    what: &[Ticket],
+) -> Result<(), String> {
+    let time = format!("+{}", valid_for.as_secs().max(1));
+    for t in what {
+        let (protocol, display) = match t {
+            Ticket::Vnc => ("vnc", None),
+            Ticket::WebVnc => ("vnc", Some(super::cmdline::WEB_VNC)),
+            Ticket::Spice => ("spice", None),
+        };
+        let mut set = serde_json::json!({"protocol": protocol, "password": password});
+        let mut expire = serde_json::json!({"protocol": protocol, "time": time});
+        if let Some(d) = display {
+            set["display"] = d.into();
+            expire["display"] = d.into();
+        }
+        qmp.execute("set_password", Some(set))
+            .await
+            .map_err(|e| format!("set_password {protocol} {}: {e}", display.unwrap_or("")))?;
+        qmp.execute("expire_password", Some(expire))
+            .await
+            .map_err(|e| format!("expire_password {protocol} {}: {e}", display.unwrap_or("")))?;
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@ pub mod libvirt;
 pub mod samba;
 pub mod slapd;
 pub mod vnc;
+pub mod wss;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

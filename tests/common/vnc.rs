@@ -34,7 +34,7 @@ fn vnc_key(password: &str) -> [u8; 8] {
     key
 }
 
-fn read_reason(s: &mut TcpStream) -> String {
+fn read_reason(s: &mut impl Read) -> String {
     let mut len = [0u8; 4];
     if s.read_exact(&mut len).is_err() {
         return "(connection closed)".into();
@@ -47,8 +47,14 @@ fn read_reason(s: &mut TcpStream) -> String {
 /// Log in to the VNC server at `host:port` with `password` (`None`: answer
 /// the challenge with a wrong one).
 pub fn vnc_login(host: &str, port: u16, password: Option<&str>) -> std::io::Result<VncLogin> {
-    let mut s = TcpStream::connect((host, port))?;
+    let s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    rfb_login(s, password)
+}
+
+/// The same RFB login over any byte stream (e.g. a websocket over TLS,
+/// as a browser's noVNC speaks it).
+pub fn rfb_login(mut s: impl Read + Write, password: Option<&str>) -> std::io::Result<VncLogin> {
     let mut version = [0u8; 12];
     s.read_exact(&mut version)?;
     assert_eq!(&version[..4], b"RFB ", "not an RFB server: {version:?}");
