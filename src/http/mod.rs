@@ -30,6 +30,7 @@
 pub mod client;
 pub mod command;
 pub mod conn;
+pub mod console_page;
 pub mod page;
 pub mod tls;
 
@@ -228,6 +229,8 @@ impl HttpApi {
             .route("/v1/events", get(command::events))
             .route("/", get(page::index))
             .route("/assets/{name}", get(page::asset))
+            .route("/console.html", get(console_page::page))
+            .route("/console/{name}", get(console_page::asset))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
