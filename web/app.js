@@ -1,9 +1,14 @@
 // The page every node serves at `/`: a search bar that is deorch's command
 // line. What is typed goes to the node (`POST /v1/command`), which parses
 // it; the page shows the plan, the equivalent CLI command, suggestions and
-// results, and runs a plan that changes something on Enter. Login is a
-// Bitcoin key kept in this browser (localStorage): the page signs the
-// node's challenge (BIP-137) here and sends only the signature.
+// results, and runs a plan that changes something on Enter. The URL
+// holds the command line (`?q=vm%20web1`, as `deorch url` prints it): a
+// link opens that view, after the login if need be, and never runs a
+// change by itself. Action buttons (beside the bar, on each VM's card)
+// write their command in the bar, so the plan and the CLI command show
+// before Enter runs it. Login is a Bitcoin key kept in this browser
+// (localStorage): the page signs the node's challenge (BIP-137) here and
+// sends only the signature; a level-2 policy adds a directory password.
 //
 // Plain DOM code, no framework, no HTML parsing (the CSP forbids inline code
 // and the page builds every element with `el`).
@@ -136,16 +141,18 @@ const state = {
   cluster: null,
   node: null,
   address: null,
-  /** The last answer shown: {q, plan, results, suggestions}. */
+  /** The last answer shown: {q, plan, results, suggestions, applied}. */
   shown: null,
+  /** Bumped by whatever makes an answer on its way stale (a run, a clear). */
   seq: 0,
-  abort: null,
-  timer: null,
+  /** The question waiting for the one in flight: {text, resolve}. */
+  next: null,
+  asking: false,
   running: false,
+  urlTimer: null,
   events: null,
   eventsRetry: 1000,
   eventsTimer: null,
-  refreshTimer: null,
   suggestions: [],
   active: -1,
 };
@@ -158,8 +165,8 @@ function setStatus(node, text, isError) {
 // ---------------------------------------------------------------- HTTP
 
 /** `fetch` answering {status, body} with the body parsed as JSON if it is. */
-async function call(method, path, body, signal) {
-  const init = { method, credentials: 'same-origin', signal, headers: {} };
+async function call(method, path, body) {
+  const init = { method, credentials: 'same-origin', headers: {} };
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -180,6 +187,43 @@ function reason(r) {
   return 'HTTP ' + r.status + (r.text ? ': ' + r.text.slice(0, 200) : '');
 }
 
+// ---------------------------------------------------------------- the URL
+
+/**
+ * `q` as a URL query value: everything but unreserved characters
+ * percent-encoded, as `deorch url` writes it (a space is %20).
+ */
+function percent(q) {
+  return encodeURIComponent(q).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
+}
+
+/** The page's URL for the command line `q` (relative: this node). */
+function urlFor(q) {
+  return q ? '?q=' + percent(q) : location.pathname;
+}
+
+/** The command line in this page's URL (`?q=`), or ''. */
+function urlQuery() {
+  return (new URLSearchParams(location.search).get('q') || '').trim();
+}
+
+/**
+ * Make the URL say `q`: at once with `push` (a new history entry, as a
+ * link followed), else after typing pauses (one history entry rewritten:
+ * the URL is always a link to what the page shows).
+ */
+function setUrl(q, push) {
+  clearTimeout(state.urlTimer);
+  const write = () => {
+    const url = urlFor(q.trim());
+    if (url === location.pathname + location.search) return;
+    if (push) history.pushState(null, '', url);
+    else history.replaceState(null, '', url);
+  };
+  if (push) write();
+  else state.urlTimer = setTimeout(write, 300);
+}
+
 // ---------------------------------------------------------------- login
 
 function showLogin(message, isError) {
@@ -191,6 +235,9 @@ function showLogin(message, isError) {
   const key = storedKey();
   $('stored').hidden = !key;
   if (key) $('stored-address').textContent = addressOf(key);
+  const pending = $('q').value.trim();
+  $('pending').hidden = !pending;
+  $('pending-query').textContent = pending;
   setStatus($('login-status'), message || '', isError);
 }
 
@@ -202,12 +249,15 @@ function showConsole(address) {
   $('password-form').hidden = true;
   $('backup').hidden = true;
   $('password').value = '';
+  $('password').removeAttribute('aria-invalid');
   $('session').hidden = false;
   $('console').hidden = false;
   openEvents();
   const q = $('q');
   q.focus();
+  // The query the URL (or the page before login) holds: asked, never run.
   if (q.value.trim()) preview(q.value.trim());
+  else updateActions();
 }
 
 /** Log in with `key` (a level-2 `password` when the node asked for one). */
@@ -223,10 +273,17 @@ async function login(key, password) {
     const r = await call('POST', '/v1/auth/login', body);
     if (r.ok) return showConsole(r.body.address || address);
     const code = r.body && r.body.code;
-    if (code === 'PasswordRequired') {
+    if (code === 'PasswordRequired' || (code === 'Level2Refused' && password)) {
+      const field = $('password');
       $('password-form').hidden = false;
-      $('password').focus();
-      return setStatus(status, 'This address also needs its directory password (level 2).');
+      field.value = '';
+      field.focus();
+      if (code === 'PasswordRequired') {
+        field.removeAttribute('aria-invalid');
+        return setStatus(status, address + ' also needs its directory password (level 2).');
+      }
+      field.setAttribute('aria-invalid', 'true');
+      return setStatus(status, 'The directory refused the password: ' + reason(r), true);
     }
     if (code === 'NotAuthorised') {
       return setStatus(status, 'Signature accepted, but this address may not log in: ' + r.body.error, true);
@@ -284,10 +341,9 @@ function setupLogin() {
 }
 
 /**
- * Log out. The session cookie is HttpOnly (the page cannot touch it): a
- * node with `POST /v1/auth/logout` clears it; otherwise the page forgets
- * the session and stays logged out until the next login, and the cookie
- * lapses at its expiry.
+ * Log out: the node clears the session cookie (HttpOnly: the page cannot
+ * touch it), and the page stays logged out, reloads included, until the
+ * next login.
  */
 async function logout() {
   try {
@@ -298,6 +354,7 @@ async function logout() {
   localStorage.setItem(LOGGED_OUT, '1');
   clearAnswer();
   $('q').value = '';
+  history.replaceState(null, '', location.pathname);
   showLogin('Logged out.');
   ($('stored').hidden ? $('wif') : $('login-stored')).focus();
 }
@@ -305,6 +362,9 @@ async function logout() {
 // ---------------------------------------------------------------- command line
 
 function clearAnswer() {
+  state.seq++;
+  if (state.next) state.next.resolve(null);
+  state.next = null;
   state.shown = null;
   $('plan').hidden = true;
   $('applied').hidden = true;
@@ -313,33 +373,51 @@ function clearAnswer() {
   $('results').replaceChildren();
   setStatus($('results-status'), '');
   setSuggestions([]);
+  updateActions();
 }
 
 /**
- * Ask the node about `q` without running it and show the answer; resolves
- * to the answer shown, or null (refused, or overtaken by newer typing).
+ * Ask the node about `text` without running it and show the answer;
+ * resolves to the answer shown, or null (refused, or overtaken by newer
+ * typing). One question is in flight at a time: what is typed meanwhile
+ * waits for it, only the newest line, so a slow node is asked once per
+ * answer rather than once per key, and no answer to a line the bar no
+ * longer holds is shown.
  */
-async function preview(q) {
-  if (state.abort) state.abort.abort();
-  const abort = new AbortController();
-  state.abort = abort;
-  const seq = ++state.seq;
-  let r;
-  try {
-    r = await call('POST', '/v1/command', { q, run: false }, abort.signal);
-  } catch (e) {
-    if (e.name !== 'AbortError' && seq === state.seq) setStatus($('results-status'), 'The node did not answer: ' + e.message, true);
-    return null;
+function preview(text) {
+  return new Promise((resolve) => {
+    if (state.next) state.next.resolve(null);
+    state.next = { text, resolve };
+    if (!state.asking) ask();
+  });
+}
+
+async function ask() {
+  state.asking = true;
+  while (state.next) {
+    const { text, resolve } = state.next;
+    state.next = null;
+    const seq = ++state.seq;
+    let r;
+    try {
+      r = await call('POST', '/v1/command', { q: text, run: false });
+    } catch (e) {
+      if (!state.next && seq === state.seq) setStatus($('results-status'), 'The node did not answer: ' + e.message, true);
+      resolve(null);
+      continue;
+    }
+    resolve(state.next || seq !== state.seq ? null : show(text, r));
   }
-  if (seq !== state.seq) return null;
-  return show(q, r);
+  state.asking = false;
 }
 
 /** Run `q` (a plan that changes something) and show what was applied. */
 async function run(q) {
   state.running = true;
-  if (state.abort) state.abort.abort();
+  if (state.next) state.next.resolve(null);
+  state.next = null;
   const seq = ++state.seq;
+  setUrl(q);
   setStatus($('results-status'), 'Applying…');
   try {
     const r = await call('POST', '/v1/command', { q, run: true });
@@ -358,51 +436,71 @@ async function run(q) {
   }
 }
 
-/** Show the node's answer `r` to `q`; `stale`: only what was applied. */
-function show(q, r, stale) {
+/** Show the node's answer `r` to `text`; `stale`: only what was applied. */
+function show(text, r, stale) {
+  const q = text.trim();
   if (r.status === 401) {
     showLogin('The session has ended: log in again. (' + reason(r) + ')', true);
     return null;
   }
   const body = r.body || {};
   if (r.status === 400 && body.code === 'Parse') {
-    showParseError(q, body);
+    showParseError(text, body);
     return null;
   }
   if (!r.ok) {
+    state.shown = null;
     $('plan').hidden = true;
     $('q-error').hidden = true;
     const what = r.status === 403 ? 'Not allowed: ' : r.status === 501 ? 'This node does not run commands yet: ' : 'Refused: ';
     setStatus($('results-status'), what + reason(r), true);
     $('results').replaceChildren();
     setSuggestions(body.suggestions || []);
+    updateActions();
     return null;
   }
   if (stale) return body;
-  state.shown = { q, plan: body.plan, results: body.results || [], suggestions: body.suggestions || [] };
+  const shown = { q, plan: body.plan, results: body.results || [], suggestions: body.suggestions || [] };
+  state.shown = shown;
   $('q-error').hidden = true;
   $('q').removeAttribute('aria-invalid');
   $('applied').hidden = true;
   showPlan(body.plan);
-  showResults(q, state.shown.results, body.plan && body.plan.changes);
-  setSuggestions(state.shown.suggestions);
+  showResults(q, shown.results, body.plan && body.plan.changes);
+  setSuggestions(shown.suggestions);
+  updateActions();
+  const verb = body.plan && body.plan.verb;
+  if ((verb === 'get' || verb === 'console') && shown.results.length === 1 && shown.results[0].kind === 'VirtualMachine') {
+    showVmStatus(shown, shown.results[0]);
+  }
   return body;
 }
 
-function showParseError(q, body) {
-  const col = Math.max(1, Math.min(Number(body.column) || 1, q.length + 1));
+/**
+ * A line the node cannot parse: where and why, with a caret under the
+ * column. A line that is only unfinished (the column past its end, as a
+ * button leaves `revert web1 to `) is a hint to go on, not an error.
+ */
+function showParseError(text, body) {
+  const q = text.trimEnd();
+  const col = Math.max(1, Math.min(Number(body.column) || 1, text.length + 1));
+  const message = String(body.error || 'cannot parse this').replace(/^column \d+:\s*/i, '');
+  const unfinished = col > q.length;
   const box = $('q-error');
+  box.className = unfinished ? 'hint' : 'error';
   box.replaceChildren(
     // The node's message may name the column itself: said once.
-    el('p', {}, 'Column ' + col + ': ' + String(body.error || 'cannot parse this').replace(/^column \d+:\s*/i, '')),
-    el('pre', { 'aria-hidden': 'true' }, el('code', {}, q + '\n' + ' '.repeat(col - 1) + '^')),
+    el('p', {}, unfinished ? 'To go on: ' + message + '.' : 'Column ' + col + ': ' + message),
+    unfinished ? null : el('pre', { 'aria-hidden': 'true' }, el('code', {}, q + '\n' + ' '.repeat(col - 1) + '^')),
   );
   box.hidden = false;
-  $('q').setAttribute('aria-invalid', 'true');
+  if (unfinished) $('q').removeAttribute('aria-invalid');
+  else $('q').setAttribute('aria-invalid', 'true');
   $('plan').hidden = true;
   $('applied').hidden = true;
   state.shown = null;
   setSuggestions(body.suggestions || []);
+  updateActions();
 }
 
 function showPlan(plan) {
@@ -422,6 +520,26 @@ function showPlan(plan) {
   $('plan').hidden = false;
 }
 
+/** How the command line names a result: `namespace/name` outside `default`. */
+function nameOf(r) {
+  return r.namespace && r.namespace !== 'default' ? r.namespace + '/' + r.name : r.name;
+}
+
+/** The query that shows result `r` alone (what its card links to). */
+function queryOf(r) {
+  switch (r.kind) {
+    case 'VirtualMachine':
+      return 'vm ' + nameOf(r);
+    case 'Satellite':
+      return 'node ' + r.name;
+    case 'Spacesuit':
+      return 'spacesuit ' + nameOf(r);
+    default:
+      // Other kinds have no verb of their own: a search for the name.
+      return r.name;
+  }
+}
+
 /** The result cards; `quiet`: say nothing when there are none (a plan). */
 function showResults(q, results, quiet) {
   const list = $('results');
@@ -434,16 +552,61 @@ function showResults(q, results, quiet) {
       return el(
         'li',
         { className: 'card', 'data-kind': r.kind, 'data-name': r.name },
-        el('h3', {}, el('span', { className: 'kind' }, r.kind || ''), name || ''),
+        el('h3', {}, el('span', { className: 'kind' }, r.kind || ''), el('a', { href: urlFor(queryOf(r)) }, name || '')),
         meta.length ? el('p', { className: 'meta' }, meta) : null,
         r.detail ? el('p', { className: 'detail' }, r.detail) : null,
         r.cli ? el('code', {}, r.cli) : null,
+        r.kind === 'VirtualMachine' ? vmActions(r) : null,
       );
     }),
   );
   const n = results.length;
   if (n === 0 && quiet) return setStatus($('results-status'), '');
   setStatus($('results-status'), n === 0 ? 'No results for “' + q + '”.' : n + (n === 1 ? ' result' : ' results') + ' for “' + q + '”.');
+}
+
+/**
+ * A VM's status as the node that runs it reports it (`GET /v1/objects`),
+ * under its card: the conditions, the last revert, the consoles' native
+ * addresses. For `vm NAME` and `console NAME`, which show one VM.
+ */
+async function showVmStatus(shown, r) {
+  const path =
+    '/v1/objects?kind=vm&namespace=' + encodeURIComponent(r.namespace || 'default') + '&name=' + encodeURIComponent(r.name);
+  let reply;
+  try {
+    reply = await call('GET', path);
+  } catch {
+    return;
+  }
+  const record = reply.ok && reply.body && (reply.body.records || [])[0];
+  const card = $('results').querySelector('li.card[data-kind="VirtualMachine"]');
+  if (!record || !record.status || state.shown !== shown || !card) return;
+  const st = record.status;
+  const rows = [];
+  if (st.lastRevert) {
+    const [replica, generation] = String(st.lastRevert).split('@');
+    rows.push(['Last revert', 'to replica ' + replica + (generation ? ' (generation ' + generation + ')' : '')]);
+  }
+  const c = st.console;
+  if (c && c.host) {
+    const at = [];
+    if (c.vncPort) at.push('VNC ' + c.host + ':' + c.vncPort);
+    if (c.spicePort) at.push('SPICE ' + c.host + ':' + c.spicePort);
+    if (at.length) rows.push(['Console', at.join(' · ')]);
+  }
+  if (st.pendingRestart && st.pendingRestart.length) rows.push(['At next restart', st.pendingRestart.join(', ')]);
+  for (const cond of st.conditions || []) {
+    rows.push([cond.type, (cond.status === 'True' ? '' : 'not: ') + (cond.message || cond.reason || cond.status)]);
+  }
+  if (!rows.length) return;
+  card.append(
+    el(
+      'dl',
+      { className: 'status', 'aria-label': 'Status of ' + nameOf(r) },
+      rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]),
+    ),
+  );
 }
 
 function showApplied(applied) {
@@ -459,6 +622,105 @@ function showApplied(applied) {
   setStatus($('results-status'), 'Applied ' + applied.length + (applied.length === 1 ? ' change.' : ' changes.'));
 }
 
+// ---------------------------------------------------------------- actions
+
+const ACTIONS = {
+  start: 'Start',
+  stop: 'Stop',
+  replica: 'Replica',
+  revert: 'Revert…',
+  relocate: 'Auto Relocate',
+  console: 'Console',
+};
+
+/**
+ * The command line an action button writes: for `vm` when there is one,
+ * else the verb alone (the suggestions then list the VMs). Revert leaves
+ * the replica to pick from the suggestions.
+ */
+function commandFor(verb, vm) {
+  if (!vm) return verb + ' ';
+  return verb === 'revert' ? 'revert ' + vm + ' to ' : verb + ' ' + vm;
+}
+
+function actionButton(verb, vm) {
+  const line = commandFor(verb, vm).trim();
+  return el(
+    'button',
+    { type: 'button', 'data-verb': verb, 'data-vm': vm, title: 'Writes “' + line + (verb === 'revert' ? ' …' : '') + '” in the command line' },
+    ACTIONS[verb],
+  );
+}
+
+/** The buttons on a VM's card: start or stop as its phase asks, and the rest. */
+function vmActions(r) {
+  const vm = nameOf(r);
+  const up = r.phase === 'Running' || r.phase === 'Paused';
+  const down = r.phase === 'Stopped' || r.phase === 'Failed';
+  const verbs = Object.keys(ACTIONS).filter((v) => !(v === 'start' && up) && !(v === 'stop' && down));
+  return el(
+    'div',
+    { className: 'actions', role: 'group', 'aria-label': 'Actions on VM ' + vm },
+    verbs.map((v) => actionButton(v, vm)),
+  );
+}
+
+/** The VM the answer on show is about (the only VM among its results). */
+function contextVm() {
+  const vms = state.shown ? state.shown.results.filter((r) => r.kind === 'VirtualMachine') : [];
+  return vms.length === 1 ? nameOf(vms[0]) : null;
+}
+
+/** The buttons beside the command line act on the VM on show, if one. */
+function updateActions() {
+  const vm = contextVm();
+  $('actions-label').textContent = vm ? 'Actions on VM ' + vm : 'Actions (then pick a VM)';
+  for (const b of $('actions').querySelectorAll('button[data-verb]')) {
+    const line = commandFor(b.dataset.verb, vm).trim();
+    b.title = 'Writes “' + line + (b.dataset.verb === 'revert' || !vm ? ' …' : '') + '” in the command line';
+    if (vm) b.dataset.vm = vm;
+    else delete b.dataset.vm;
+  }
+}
+
+/** Put `line` in the command line and ask the node: the plan shows, Enter runs it. */
+function fill(line) {
+  const q = $('q');
+  q.value = line;
+  q.focus();
+  q.setSelectionRange(line.length, line.length);
+  setUrl(line);
+  preview(line);
+}
+
+function setupActions() {
+  const onClick = (ev) => {
+    const b = ev.target.closest('button[data-verb]');
+    if (b) fill(commandFor(b.dataset.verb, b.dataset.vm));
+  };
+  $('actions').addEventListener('click', onClick);
+  $('results').addEventListener('click', (ev) => {
+    onClick(ev);
+    // A card's link: shown here (a new history entry), no reload.
+    const a = ev.target.closest('a[href^="?q="]');
+    if (!a || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return;
+    ev.preventDefault();
+    const q = new URLSearchParams(a.getAttribute('href').slice(1)).get('q') || '';
+    $('q').value = q;
+    $('q').focus();
+    setUrl(q, true);
+    preview(q);
+  });
+  // Back and forward: the query of that entry.
+  window.addEventListener('popstate', () => {
+    const q = urlQuery();
+    $('q').value = q;
+    if (!state.address) return;
+    if (q) preview(q);
+    else clearAnswer();
+  });
+}
+
 // ---------------------------------------------------------------- suggestions
 
 function setSuggestions(list) {
@@ -468,7 +730,7 @@ function setSuggestions(list) {
   box.replaceChildren(
     ...state.suggestions.map((s, i) => el('li', { id: 'suggestion-' + i, role: 'option', 'aria-selected': 'false' }, s)),
   );
-  const open = state.suggestions.length > 0 && !$('console').hidden;
+  const open = state.suggestions.length > 0 && !$('console').hidden && document.activeElement === $('q');
   box.hidden = !open;
   $('q').setAttribute('aria-expanded', String(open));
   $('q').removeAttribute('aria-activedescendant');
@@ -504,15 +766,16 @@ function accept(i) {
   q.value = complete(q.value, state.suggestions[i]);
   setSuggestions([]);
   q.focus();
-  preview(q.value.trim());
+  setUrl(q.value);
+  preview(q.value.trimStart());
 }
 
 // ---------------------------------------------------------------- keys on the bar
 
 async function enter() {
-  clearTimeout(state.timer);
   const q = $('q').value.trim();
   if (!q || state.running) return;
+  setUrl(q);
   const shown = state.shown && state.shown.q === q ? state.shown : null;
   if (shown && !shown.applied) {
     // The plan on show: run it, or ask again if it only reads.
@@ -529,14 +792,12 @@ async function enter() {
 function setupCommandLine() {
   const q = $('q');
   q.addEventListener('input', () => {
-    clearTimeout(state.timer);
-    const text = q.value.trim();
-    if (!text) {
-      if (state.abort) state.abort.abort();
-      state.seq++;
-      return clearAnswer();
-    }
-    state.timer = setTimeout(() => preview(text), 100);
+    // Sent as typed but for leading blanks: a trailing space asks for
+    // the next word's completions.
+    const text = q.value.trimStart();
+    setUrl(text);
+    if (!text.trim()) return clearAnswer();
+    preview(text);
   });
   q.addEventListener('keydown', (ev) => {
     if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
@@ -585,9 +846,11 @@ function setupCommandLine() {
 // ---------------------------------------------------------------- live updates
 
 /**
- * Server-sent events: each `change` (or `lagged`) re-asks the node the query on show,
- * when it is read-only (a plan that changes something is not run again).
- * A refused or dropped stream is opened again with backoff.
+ * Server-sent events: each `change` (or `lagged`) re-asks the node the
+ * query on show, when it is read-only (a plan that changes something is
+ * not run again). A burst of changes costs one question in flight and one
+ * after it (`preview` keeps only the newest). A refused or dropped stream
+ * is opened again with backoff.
  */
 function openEvents() {
   closeEvents();
@@ -599,12 +862,7 @@ function openEvents() {
   });
   // `lagged`: the node dropped events this stream was too slow for, so
   // something changed all the same.
-  for (const name of ['change', 'lagged']) {
-    es.addEventListener(name, () => {
-      clearTimeout(state.refreshTimer);
-      state.refreshTimer = setTimeout(refresh, 150);
-    });
-  }
+  for (const name of ['change', 'lagged']) es.addEventListener(name, refresh);
   es.addEventListener('error', () => {
     setLive('off');
     if (es.readyState !== EventSource.CLOSED) return;
@@ -639,25 +897,21 @@ function refresh() {
 async function start() {
   setupLogin();
   setupCommandLine();
-  try {
-    const c = await call('GET', '/v1/cluster');
-    if (c.ok && c.body) {
-      state.cluster = c.body.cluster;
-      state.node = c.body.node;
-      $('cluster-id').textContent = c.body.cluster;
-      $('node-address').textContent = c.body.node;
-    }
-  } catch {
-    // Shown as "…"; login says what fails.
+  setupActions();
+  // A link to a query (`deorch url`, a card's link): kept through login.
+  $('q').value = urlQuery();
+  const loggedOut = localStorage.getItem(LOGGED_OUT);
+  const [c, w] = await Promise.all([
+    call('GET', '/v1/cluster').catch(() => null),
+    loggedOut ? null : call('GET', '/v1/auth/whoami').catch(() => null),
+  ]);
+  if (c && c.ok && c.body) {
+    state.cluster = c.body.cluster;
+    state.node = c.body.node;
+    $('cluster-id').textContent = c.body.cluster;
+    $('node-address').textContent = c.body.node;
   }
-  if (!localStorage.getItem(LOGGED_OUT)) {
-    try {
-      const w = await call('GET', '/v1/auth/whoami');
-      if (w.ok && w.body) return showConsole(w.body.address);
-    } catch {
-      // Not logged in.
-    }
-  }
+  if (w && w.ok && w.body) return showConsole(w.body.address);
   showLogin();
 }
 
