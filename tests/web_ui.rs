@@ -1,14 +1,30 @@
 //! The web page (`/`) end to end, in a real browser: Debian's headless
-//! chromium driven by npm's playwright-core (`tests/web/ui.mjs`), against a
+//! chromium driven by npm's playwright-core (`tests/web/*.mjs`), against a
 //! real `deorch node run --http-listen` (fake hypervisor and storage) over
-//! its self-signed HTTPS. With the keyboard only, the page generates a key
-//! (refused: no policy names it), imports the cluster owner's WIF and logs
-//! in (the key signs in the browser and never leaves it), lists the nodes,
-//! shows a parse error with its column and suggestions picked with the
-//! arrows, shows the plan and CLI of `create vm web1 from tiny` and applies
-//! it on Enter, lists `vms`, follows a change made outside the page through
-//! server-sent events, and logs out; axe-core finds no serious or critical
-//! violation logged out or in. Screenshots of each step go to `docs/ui/`.
+//! its self-signed HTTPS, with the keyboard only.
+//!
+//! - `ui.mjs`: a `?q=` link opened logged out keeps its query through the
+//!   login and runs it after; the page generates a key (refused: no policy
+//!   names it), imports the cluster owner's WIF and logs in (the key signs
+//!   in the browser and never leaves it), lists the nodes, shows a parse
+//!   error with its column and suggestions picked with the arrows, shows
+//!   the plan and CLI of `create vm web1 from tiny` and applies it on
+//!   Enter, lists `vms` (the URL following the query), follows a change
+//!   made outside the page through server-sent events, follows a card's
+//!   link and comes Back, opens a `?q=` URL directly, takes replicas by
+//!   typing and by the VM's button, lists them, reverts to each (typed,
+//!   then the button with the replica picked from the suggestions) and sees
+//!   the VM's status report it, stops and starts the VM with its buttons,
+//!   uses the buttons beside the command line, and logs out (the node
+//!   clears the cookie: the next command gets 401).
+//! - `level2.mjs`: an AccessPolicy asks a real slapd for the user's
+//!   password; the page asks it, shows the node's refusal of a wrong one,
+//!   and logs in with the right one.
+//! - `bench.mjs` (ignored test, on demand): the figures of
+//!   docs/PERFORMANCE.md's web page section, beside noVNC's own page.
+//!
+//! axe-core finds no serious or critical violation in any state checked.
+//! Screenshots of each step go to `docs/ui/`.
 //!
 //! The npm packages live outside the repository, installed by
 //! `tests/web/setup.sh` under `$DEORCH_CACHE` (default `~/.cache/deorch`),
@@ -18,10 +34,12 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use deorch::http::client::NodeUrl;
 use deorch::identity::{AddressType, Network, PrivateKey};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -114,14 +132,81 @@ fn vendor_bundle_is_built_from_its_lock() {
     );
 }
 
-#[test]
-fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
-    if !browser_tools() {
-        return;
+/// Run `node tests/web/SCRIPT` with lib.mjs's variables and `vars`, its
+/// output in `dir`; its stdout, or a panic with all it said (and where
+/// the screenshot of the failure is kept) when it fails or outlives
+/// `limit`.
+fn run_script(script: &str, dir: &Path, vars: &[(&str, OsString)], limit: Duration) -> String {
+    let failshot = dir.join(format!("{script}-failure.png"));
+    let (log, err) = (
+        dir.join(format!("{script}.log")),
+        dir.join(format!("{script}.err")),
+    );
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(repo().join("tests/web").join(script))
+        .env("DEORCH_WEB_DIR", cache_dir().join("web"))
+        .env("DEORCH_FAILSHOT", &failshot)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run node tests/web/{script}: {e}"));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    let kept = std::env::temp_dir().join(format!("deorch-web-ui-{script}-failure.png"));
+    if status.is_none_or(|s| !s.success()) {
+        // The node's directory goes with it: keep the screenshot.
+        let _ = std::fs::copy(&failshot, &kept);
     }
-    let owner = fixed_key(0x11);
+    match status {
+        None => panic!(
+            "{script} took over {limit:?}; so far:\n{stdout}{stderr}\n(screenshot: {})",
+            kept.display()
+        ),
+        Some(s) => assert!(
+            s.success(),
+            "{script} failed ({s}):\n{stdout}{stderr}\n(screenshot: {})",
+            kept.display()
+        ),
+    }
+    eprintln!("{stdout}{script}: {:?}", started.elapsed());
+    stdout
+}
+
+/// Every screenshot in `names` was written since `started`.
+fn assert_fresh_shots(shots: &Path, names: &[&str], started: Instant) {
+    for shot in names {
+        let path = shots.join(shot);
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            age < started.elapsed() + Duration::from_secs(1),
+            "{} was not written by this run",
+            path.display()
+        );
+    }
+}
+
+/// A node (fake drivers) serving the page for the cluster `owner` owns,
+/// with a fixed node key and the `tiny` spacesuit; its page's base URL.
+fn page_node(tag: &str, owner: &PrivateKey) -> (common::Node, String) {
     let owner_address = owner.address(AddressType::P2wpkh).unwrap().to_string();
-    let mut node = common::Node::new("web-ui");
+    let mut node = common::Node::new(tag);
     node.name = "web-ui-node".into();
     std::fs::create_dir_all(&node.state).unwrap();
     fixed_key(0x22).save(&node.state.join("node.key")).unwrap();
@@ -136,90 +221,127 @@ fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
         .map(|s| s.to_string()),
     );
     node.start();
-    let url = node.http_url();
-    let base = url.split('#').next().unwrap().to_string();
-
+    let base = node.http_url().split('#').next().unwrap().to_string();
     // The spacesuit `create vm web1 from tiny` names.
     let suit = std::fs::read_to_string(repo().join("manifests/spacesuit-tiny.yaml")).unwrap();
     let (rc, out, err) = node.cli(&["apply", "-f", "-"], Some(&suit));
     assert_eq!(rc, 0, "apply the tiny spacesuit: {out}{err}");
+    (node, base)
+}
 
+#[test]
+fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
+    if !browser_tools() {
+        return;
+    }
+    let owner = fixed_key(0x11);
+    let owner_address = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    let (node, base) = page_node("web-ui", &owner);
     let shots = repo().join("docs/ui");
-    let failshot = node.dir.join("failure.png");
-    let log = node.dir.join("ui.log");
     let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(repo().join("tests/web/ui.mjs"))
-        .env("DEORCH_WEB_DIR", cache_dir().join("web"))
-        .env("DEORCH_URL", &base)
-        .env("DEORCH_WIF", owner.to_wif())
-        .env("DEORCH_ADDRESS", &owner_address)
-        .env("DEORCH_NODE", &node.name)
-        .env("DEORCH_BIN", env!("CARGO_BIN_EXE_deorch"))
-        .env("DEORCH_SOCKET", &node.socket)
-        .env("DEORCH_SHOTS", &shots)
-        .env("DEORCH_FAILSHOT", &failshot)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(node.dir.join("ui.err")).unwrap())
-        .spawn()
-        .expect("run node tests/web/ui.mjs");
-    let deadline = started + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
-    let stderr = std::fs::read_to_string(node.dir.join("ui.err")).unwrap_or_default();
-    let kept = std::env::temp_dir().join("deorch-web-ui-failure.png");
-    if status.is_none_or(|s| !s.success()) {
-        // The node's directory goes with it: keep the screenshot.
-        let _ = std::fs::copy(&failshot, &kept);
-    }
-    match status {
-        None => panic!(
-            "the browser test took over 180 s; so far:\n{stdout}{stderr}\n(screenshot: {})",
-            kept.display()
-        ),
-        Some(s) => assert!(
-            s.success(),
-            "the browser test failed ({s}):\n{stdout}{stderr}\n(screenshot: {})",
-            kept.display()
-        ),
-    }
-    eprintln!("{stdout}browser test: {:?}", started.elapsed());
+    run_script(
+        "ui.mjs",
+        &node.dir,
+        &[
+            ("DEORCH_URL", base.into()),
+            ("DEORCH_WIF", owner.to_wif().into()),
+            ("DEORCH_ADDRESS", owner_address.into()),
+            ("DEORCH_NODE", node.name.clone().into()),
+            ("DEORCH_BIN", env!("CARGO_BIN_EXE_deorch").into()),
+            ("DEORCH_SOCKET", node.socket.clone().into()),
+            ("DEORCH_SHOTS", shots.clone().into()),
+        ],
+        Duration::from_secs(180),
+    );
 
     // What the page applied is in the node's store.
     assert!(
         node.record("vm", "web1").is_some(),
         "no VM web1 in the store"
     );
-    for shot in [
-        "login.png",
-        "results.png",
-        "parse-error.png",
-        "suggestions.png",
-        "plan.png",
-        "applied.png",
-        "vms.png",
-        "live.png",
-    ] {
-        let path = shots.join(shot);
-        let age = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map(|t| t.elapsed().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            age < started.elapsed() + Duration::from_secs(1),
-            "{} was not written by this run",
-            path.display()
-        );
+    let replicas: Vec<String> = node
+        .records()
+        .into_iter()
+        .filter(|r| r.key.kind == deorch::model::Kind::Replica && !r.deleted)
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    assert!(replicas.iter().any(|r| r == "r1"), "{replicas:?}");
+    let web1 = node.record("vm", "web1").unwrap();
+    let last = web1.status.as_ref().unwrap()["lastRevert"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with("web1-") && last.ends_with(&format!("@{}", web1.generation)),
+        "the last revert is {last:?}, not the button's at generation {}",
+        web1.generation
+    );
+    assert_fresh_shots(
+        &shots,
+        &[
+            "login.png",
+            "results.png",
+            "parse-error.png",
+            "suggestions.png",
+            "plan.png",
+            "applied.png",
+            "vms.png",
+            "live.png",
+            "vm.png",
+            "revert.png",
+            "actions.png",
+            "logged-out.png",
+        ],
+        started,
+    );
+}
+
+/// The user's directory password in the level-2 test.
+const PASSWORD: &str = "correct horse battery staple";
+
+#[test]
+fn page_asks_the_level_2_password_a_real_slapd_checks() {
+    if !browser_tools() || !common::slapd::slapd_available() {
+        return;
     }
+    let slapd = common::slapd::start("web-ui", &[("alice", PASSWORD)]);
+    let owner = fixed_key(0x11);
+    let user = fixed_key(0x33);
+    let user_address = user.address(AddressType::P2wpkh).unwrap().to_string();
+    let (node, base) = page_node("web-ui-level2", &owner);
+    common::push_owner_signed(
+        &NodeUrl::parse(&node.http_url()).unwrap(),
+        &owner,
+        &common::level2_policy(
+            &user_address,
+            &[common::slapd::directory_server(slapd.port)],
+            "alice",
+        ),
+    );
+    let shots = repo().join("docs/ui");
+    let started = Instant::now();
+    run_script(
+        "level2.mjs",
+        &node.dir,
+        &[
+            ("DEORCH_URL", base.into()),
+            ("DEORCH_WIF", user.to_wif().into()),
+            ("DEORCH_ADDRESS", user_address.into()),
+            ("DEORCH_PASSWORD", PASSWORD.into()),
+            ("DEORCH_SHOTS", shots.clone().into()),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_fresh_shots(&shots, &["level2.png"], started);
+    // slapd said no, then yes; the node never wrote the password down.
+    let log = node.log_text();
+    assert!(log.contains("level-2 password required"), "not asked");
+    assert!(
+        log.contains("login refused: level 2"),
+        "the wrong password passed"
+    );
+    assert!(log.contains("level 2 passed"), "the right password failed");
+    assert!(!log.contains(PASSWORD), "the password is in the node's log");
+    drop(slapd);
 }
