@@ -238,6 +238,7 @@ fn login_replay_expiry_forgery_and_cookies() {
         fingerprint: "00".repeat(16),
         node: other_node_addr.clone(),
         level2: false,
+        hand_over_until: None,
     };
     let r = whoami(&url, &session.to_token(&other_node).unwrap());
     assert_eq!(r.status, 200, "{:?}", r.json());
@@ -250,10 +251,77 @@ fn login_replay_expiry_forgery_and_cookies() {
     assert_eq!((r.status, code(&r)), (401, "UntrustedNode".into()));
     let expired = Session {
         expires: now - 1,
-        ..session
+        ..session.clone()
     };
     let r = whoami(&url, &expired.to_token(&other_node).unwrap());
     assert_eq!((r.status, code(&r)), (401, "SessionExpired".into()));
+
+    // 8. The page moves to another node: the other node's hand-over token
+    // is no session, but this node makes a session of its own from it,
+    // ending when the handed-over one does; a session is no hand-over.
+    let adopt = |token: &str| {
+        request(
+            &url,
+            "POST",
+            "/v1/auth/adopt",
+            Some("application/json"),
+            None,
+            json!({"token": token}).to_string().as_bytes(),
+            T,
+        )
+        .unwrap()
+    };
+    let ticket = Session {
+        expires: now + 60,
+        hand_over_until: Some(now + 600),
+        ..session.clone()
+    }
+    .to_token(&other_node)
+    .unwrap();
+    let r = whoami(&url, &ticket);
+    assert_eq!((r.status, code(&r)), (401, "BadSession".into()));
+    let r = adopt(&ticket);
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let adopted = token_of(&r);
+    let w = whoami(&url, &adopted);
+    assert_eq!(w.status, 200, "{:?}", w.json());
+    assert_eq!(w.json()["address"], user_addr.as_str());
+    assert_eq!(
+        w.json()["expires"],
+        now + 600,
+        "ends when the handed-over one does"
+    );
+    assert_ne!(w.json()["node"], other_node_addr.as_str(), "signed here");
+    let r = adopt(&session.to_token(&other_node).unwrap());
+    assert_eq!((r.status, code(&r)), (401, "BadHandOver".into()));
+    let r = adopt(
+        &Session {
+            node: foreign.node.clone(),
+            hand_over_until: Some(now + 600),
+            ..session.clone()
+        }
+        .to_token(&stranger)
+        .unwrap(),
+    );
+    assert_eq!((r.status, code(&r)), (401, "BadHandOver".into()));
+    // This node hands its own sessions over the same way.
+    let cookie = format!("deorch_session={adopted}");
+    let r = request(
+        &url,
+        "POST",
+        "/v1/auth/handover",
+        None,
+        Some(&cookie),
+        b"",
+        T,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let again = r.json()["token"].as_str().unwrap().to_string();
+    assert!(r.json()["expires"].as_u64().unwrap() <= now + 61 + 5);
+    assert_eq!(adopt(&again).status, 200);
+    let r = request(&url, "POST", "/v1/auth/handover", None, None, b"", T).unwrap();
+    assert_eq!(r.status, 401, "no session, no hand-over");
 
     // Refusals are logged, secrets are not.
     let log = std::fs::read_to_string(&node.log).unwrap();

@@ -204,6 +204,17 @@ impl HttpApi {
 
     /// Check a session token (cookie value) now.
     pub fn check_session(&self, token: &str) -> Result<Session, LoginError> {
+        let s = self.check_token(token)?;
+        if s.hand_over_until.is_some() {
+            return Err(LoginError::HandOver(
+                "a hand-over token is not a session: POST it to /v1/auth/adopt",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// A token's signature, issuer, cluster, expiry and revocation.
+    fn check_token(&self, token: &str) -> Result<Session, LoginError> {
         let (satellites, revoked) = self.admission.session_facts().unwrap_or_default();
         let s = Session::from_token(token, &self.cluster, now_secs(), |a| {
             self.is_trusted_node(a, &satellites)
@@ -214,6 +225,16 @@ impl HttpApi {
         Ok(s)
     }
 
+    /// The cookie that makes `s` (signed by this node) the browser's
+    /// session here.
+    fn session_cookie_for(&self, s: &Session) -> Result<String, LoginError> {
+        let token = s.to_token(&self.node_key)?;
+        Ok(format!(
+            "{COOKIE_NAME}={token}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+            s.expires.saturating_sub(now_secs())
+        ))
+    }
+
     /// The routes.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
@@ -222,6 +243,8 @@ impl HttpApi {
             .route("/v1/auth/login", post(login))
             .route("/v1/auth/whoami", get(whoami))
             .route("/v1/auth/logout", post(logout))
+            .route("/v1/auth/handover", post(hand_over))
+            .route("/v1/auth/adopt", post(adopt))
             .route("/v1/manifests", post(push))
             .route("/v1/objects", get(objects).delete(delete_object))
             .route("/v1/vms/{namespace}/{name}/console", post(console_ticket))
@@ -546,6 +569,7 @@ async fn login(
         fingerprint: hex::encode(c.nonce),
         node: api.node_address.clone(),
         level2: passed_level2,
+        hand_over_until: None,
     };
     let token = match session.to_token(&api.node_key) {
         Ok(t) => t,
@@ -576,6 +600,109 @@ async fn login(
         })),
     )
         .into_response()
+}
+
+/// How long a hand-over token may be adopted: time to load another
+/// node's page.
+pub const HAND_OVER_TTL: u64 = 60;
+
+/// `POST /v1/auth/handover`: a hand-over token for the session (the user
+/// moves to another node's page, whose cookie is its own): it lives
+/// [`HAND_OVER_TTL`] and is no session itself; another node that trusts
+/// this one makes a session from it ([`adopt`]) ending when this one
+/// does. The page carries it in the other page's URL fragment (never
+/// sent to a server but by that page's own POST).
+async fn hand_over(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match session_of(&api, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let now = now_secs();
+    let ticket = Session {
+        node: api.node_address.clone(),
+        expires: now.saturating_add(HAND_OVER_TTL).min(s.expires),
+        hand_over_until: Some(s.expires),
+        ..s
+    };
+    match ticket.to_token(&api.node_key) {
+        Ok(token) => {
+            info!(%peer, address = %ticket.address, "session handed over");
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(json!({"token": token, "expires": ticket.expires})),
+            )
+                .into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()),
+    }
+}
+
+/// `POST /v1/auth/adopt` `{token}`: a session here from another node's
+/// (or this one's) hand-over token: the same address, level 2 and login
+/// fingerprint (so revoking the login revokes both), ending when the
+/// handed-over session does.
+async fn adopt(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Adopt {
+        token: String,
+    }
+    let Ok(req) = serde_json::from_slice::<Adopt>(&body) else {
+        warn!(%peer, "adopt refused: malformed body");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "expected JSON {\"token\"}",
+        );
+    };
+    let s = match api.check_token(&req.token) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, reason = %e, "adopt refused");
+            return refuse(StatusCode::UNAUTHORIZED, "BadHandOver", e.to_string());
+        }
+    };
+    let Some(until) = s.hand_over_until else {
+        warn!(%peer, "adopt refused: a session, not a hand-over token");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "BadHandOver",
+            "a session token, not a hand-over token (POST /v1/auth/handover on its node)",
+        );
+    };
+    let session = Session {
+        node: api.node_address.clone(),
+        expires: until,
+        hand_over_until: None,
+        ..s
+    };
+    match api.session_cookie_for(&session) {
+        Ok(cookie) => {
+            info!(%peer, address = %session.address, "session adopted from a hand-over");
+            (
+                [
+                    (header::SET_COOKIE, cookie),
+                    (header::CACHE_CONTROL, "no-store".to_string()),
+                ],
+                Json(json!({
+                    "address": session.address,
+                    "node": session.node,
+                    "expires": session.expires,
+                    "level2": session.level2,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()),
+    }
 }
 
 /// `POST /v1/auth/logout`: the browser drops its session cookie. The

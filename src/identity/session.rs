@@ -61,6 +61,9 @@ pub enum LoginError {
     /// Revoked by an AccessPolicy (`revokedSessions`).
     #[error("session {0} was revoked")]
     Revoked(String),
+    /// A hand-over token used as a session, or a session as one.
+    #[error("{0}")]
+    HandOver(&'static str),
     /// The node could not sign.
     #[error(transparent)]
     Sign(#[from] SignError),
@@ -275,6 +278,13 @@ pub struct Session {
     /// whose rule requires level 2 need it. Absent in older tokens: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub level2: bool,
+    /// Set on a hand-over token (the user moves to another node's page):
+    /// not a session itself, but for its short life the ticket from which
+    /// another node makes a session of its own that ends at this time (the
+    /// session's end on the node that handed it over). Nodes that predate
+    /// it refuse such a token (unknown field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over_until: Option<u64>,
 }
 
 impl Session {
@@ -436,6 +446,7 @@ mod tests {
     fn tokens_verify_on_any_node_and_refuse_tampering() {
         let (nk, na) = node();
         let s = Session {
+            hand_over_until: None,
             address: "bc1qyjjkmdpu7metqt5r36jf872a34syws33s82q2j".into(),
             cluster: "C".into(),
             expires: 5000,
