@@ -13,11 +13,25 @@
 // Plain DOM code, no framework, no HTML parsing (the CSP forbids inline code
 // and the page builds every element with `el`).
 
-import { secp256k1, sha256, ripemd160, createBase58check, bech32, base64 } from './crypto.js';
-
 // ---------------------------------------------------------------- keys
 
-const base58check = createBase58check(sha256);
+/**
+ * The crypto the login signs with (`crypto.js`: noble and scure, 52 KB),
+ * loaded when a key is needed: a page whose session is still good never
+ * loads it. Every function of this section needs it loaded (`C`).
+ */
+let C = null;
+let cryptoLoading = null;
+function needCrypto() {
+  cryptoLoading =
+    cryptoLoading ||
+    import('./crypto.js').then((m) => {
+      C = { ...m, base58check: m.createBase58check(m.sha256) };
+      return C;
+    });
+  return cryptoLoading;
+}
+
 const utf8 = new TextEncoder();
 const KEY_STORE = 'deorch.key';
 const LOGGED_OUT = 'deorch.loggedOut';
@@ -26,7 +40,7 @@ const LOGGED_OUT = 'deorch.loggedOut';
 function decodeWif(text) {
   let bytes;
   try {
-    bytes = base58check.decode(text.trim());
+    bytes = C.base58check.decode(text.trim());
   } catch {
     throw new Error('not a WIF key (bad characters or checksum)');
   }
@@ -39,7 +53,7 @@ function decodeWif(text) {
   else if (bytes.length === 33) compressed = false;
   else throw new Error('not a WIF key (length ' + bytes.length + ')');
   const secret = bytes.slice(1, 33);
-  if (!secp256k1.utils.isValidSecretKey(secret)) throw new Error('the key is out of range');
+  if (!C.secp256k1.utils.isValidSecretKey(secret)) throw new Error('the key is out of range');
   return { secret, compressed, testnet: version === 0xef };
 }
 
@@ -49,10 +63,10 @@ function encodeWif(secret, testnet) {
   bytes[0] = testnet ? 0xef : 0x80;
   bytes.set(secret, 1);
   bytes[33] = 0x01;
-  return base58check.encode(bytes);
+  return C.base58check.encode(bytes);
 }
 
-const hash160 = (bytes) => ripemd160(sha256(bytes));
+const hash160 = (bytes) => C.ripemd160(C.sha256(bytes));
 
 /** The human-readable part of bech32 addresses on the cluster's network. */
 function hrpFor(key) {
@@ -66,15 +80,15 @@ function hrpFor(key) {
  * name users; P2PKH for an old uncompressed key (it has no segwit address).
  */
 function addressOf(key) {
-  const pub = secp256k1.getPublicKey(key.secret, key.compressed);
+  const pub = C.secp256k1.getPublicKey(key.secret, key.compressed);
   const h = hash160(pub);
   if (key.compressed) {
-    return bech32.encode(hrpFor(key), [0, ...bech32.toWords(h)]);
+    return C.bech32.encode(hrpFor(key), [0, ...C.bech32.toWords(h)]);
   }
   const payload = new Uint8Array(21);
   payload[0] = key.testnet ? 0x6f : 0x00;
   payload.set(h, 1);
-  return base58check.encode(payload);
+  return C.base58check.encode(payload);
 }
 
 function concat(...parts) {
@@ -101,12 +115,12 @@ function varint(n) {
  */
 function signMessage(key, text) {
   const message = utf8.encode(text);
-  const digest = sha256(sha256(concat(utf8.encode('\x18Bitcoin Signed Message:\n'), varint(message.length), message)));
-  const rec = secp256k1.sign(digest, key.secret, { prehash: false, format: 'recovered' });
+  const digest = C.sha256(C.sha256(concat(utf8.encode('\x18Bitcoin Signed Message:\n'), varint(message.length), message)));
+  const rec = C.secp256k1.sign(digest, key.secret, { prehash: false, format: 'recovered' });
   const sig = new Uint8Array(65);
   sig[0] = (key.compressed ? 31 : 27) + rec[0];
   sig.set(rec.subarray(1), 1);
-  return base64.encode(sig);
+  return C.base64.encode(sig);
 }
 
 function storedKey() {
@@ -232,9 +246,18 @@ function showLogin(message, isError) {
   $('session').hidden = true;
   $('console').hidden = true;
   $('login').hidden = false;
-  const key = storedKey();
-  $('stored').hidden = !key;
-  if (key) $('stored-address').textContent = addressOf(key);
+  // The kept key's address once the crypto is here (loaded now: a key
+  // is about to be used, typed or made).
+  $('stored').hidden = !localStorage.getItem(KEY_STORE);
+  $('stored-address').textContent = '';
+  needCrypto().then(
+    () => {
+      const key = storedKey();
+      $('stored').hidden = !key;
+      if (key) $('stored-address').textContent = addressOf(key);
+    },
+    (e) => setStatus($('login-status'), 'The page could not load its signing code: ' + e.message, true),
+  );
   const pending = $('q').value.trim();
   $('pending').hidden = !pending;
   $('pending-query').textContent = pending;
@@ -294,49 +317,72 @@ async function login(key, password) {
   }
 }
 
-function setupLogin() {
-  $('import-form').addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    const input = $('wif');
-    let key;
+/** `f` as an event handler that first has the crypto loaded. */
+function withCrypto(f) {
+  return async (ev) => {
+    if (ev.type === 'submit') ev.preventDefault();
     try {
-      key = decodeWif(input.value);
+      await needCrypto();
     } catch (e) {
-      input.setAttribute('aria-invalid', 'true');
-      return setStatus($('login-status'), 'That key cannot be used: ' + e.message, true);
+      return setStatus($('login-status'), 'The page could not load its signing code: ' + e.message, true);
     }
-    input.removeAttribute('aria-invalid');
-    localStorage.setItem(KEY_STORE, input.value.trim());
-    input.value = '';
-    $('backup').hidden = true;
-    login(key);
-  });
-  $('generate').addEventListener('click', () => {
-    const testnet = Boolean(state.cluster) && !state.cluster.startsWith('bc1') && !/^[13]/.test(state.cluster);
-    const wif = encodeWif(secp256k1.utils.randomSecretKey(), testnet);
-    localStorage.setItem(KEY_STORE, wif);
-    const key = decodeWif(wif);
-    $('backup-wif').textContent = wif;
-    $('backup').hidden = false;
-    $('stored').hidden = false;
-    $('stored-address').textContent = addressOf(key);
-    login(key);
-  });
-  $('login-stored').addEventListener('click', () => {
-    const key = storedKey();
-    if (key) login(key);
-  });
+    f(ev);
+  };
+}
+
+function setupLogin() {
+  $('import-form').addEventListener(
+    'submit',
+    withCrypto(() => {
+      const input = $('wif');
+      let key;
+      try {
+        key = decodeWif(input.value);
+      } catch (e) {
+        input.setAttribute('aria-invalid', 'true');
+        return setStatus($('login-status'), 'That key cannot be used: ' + e.message, true);
+      }
+      input.removeAttribute('aria-invalid');
+      localStorage.setItem(KEY_STORE, input.value.trim());
+      input.value = '';
+      $('backup').hidden = true;
+      login(key);
+    }),
+  );
+  $('generate').addEventListener(
+    'click',
+    withCrypto(() => {
+      const testnet = Boolean(state.cluster) && !state.cluster.startsWith('bc1') && !/^[13]/.test(state.cluster);
+      const wif = encodeWif(C.secp256k1.utils.randomSecretKey(), testnet);
+      localStorage.setItem(KEY_STORE, wif);
+      const key = decodeWif(wif);
+      $('backup-wif').textContent = wif;
+      $('backup').hidden = false;
+      $('stored').hidden = false;
+      $('stored-address').textContent = addressOf(key);
+      login(key);
+    }),
+  );
+  $('login-stored').addEventListener(
+    'click',
+    withCrypto(() => {
+      const key = storedKey();
+      if (key) login(key);
+    }),
+  );
   $('forget').addEventListener('click', () => {
     localStorage.removeItem(KEY_STORE);
     $('backup').hidden = true;
     showLogin('The key is no longer kept in this browser.');
     $('wif').focus();
   });
-  $('password-form').addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    const key = storedKey();
-    if (key) login(key, $('password').value);
-  });
+  $('password-form').addEventListener(
+    'submit',
+    withCrypto(() => {
+      const key = storedKey();
+      if (key) login(key, $('password').value);
+    }),
+  );
   $('logout').addEventListener('click', logout);
 }
 

@@ -1,7 +1,7 @@
 //! The web page every node serves at `/`: the search bar that is the
 //! command line (`web/index.html`, `web/app.js`, `web/style.css`, and
 //! `web/vendor/crypto.js`, the npm crypto it signs logins with, built by
-//! `web/vendor/build.sh`).
+//! `web/vendor/build.sh`; the page loads it only to log in).
 //!
 //! The files are embedded in the binary at build time, so a node serves its
 //! page with nothing beside it and offline. Every answer carries a
@@ -172,10 +172,11 @@ mod tests {
         std::str::from_utf8(a.bytes).unwrap()
     }
 
-    /// Every `/assets/NAME` (or `./NAME` import) a file names.
+    /// Every `/assets/NAME` (or `./NAME` import, static or dynamic) a
+    /// file names.
     fn references(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for prefix in ["/assets/", "from './"] {
+        for prefix in ["/assets/", "from './", "import('./"] {
             for (i, _) in text.match_indices(prefix) {
                 let rest = &text[i + prefix.len()..];
                 let end = rest
