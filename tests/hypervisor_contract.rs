@@ -658,7 +658,17 @@ async fn contract(s: Subject, id: String) {
         assert!(runs("kill", &["-9", &pid.to_string()]), "[{name}] kill -9");
         let deadline = Instant::now() + Duration::from_secs(20);
         let crashed = loop {
-            let st = state(&s, &id).await;
+            // A QEMU dying under the question may reset its monitor's
+            // connection: a transient answer, asked again.
+            let st = match call("state", s.hv.state(&id)).await {
+                Ok(st) => st,
+                Err(DriverError::Transient { message, .. }) if Instant::now() < deadline => {
+                    eprintln!("[{name}] state while QEMU dies: {message}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => panic!("[{name}] state after kill -9: {e}"),
+            };
             if !matches!(st, VmState::Running { .. }) || Instant::now() > deadline {
                 break st;
             }
