@@ -345,3 +345,63 @@ fn page_asks_the_level_2_password_a_real_slapd_checks() {
     assert!(!log.contains(PASSWORD), "the password is in the node's log");
     drop(slapd);
 }
+
+/// The web page's figures (docs/PERFORMANCE.md), beside noVNC's own page
+/// (Debian's `novnc`, served here by `python3 -m http.server`): the first
+/// load's bytes, load to usable, a store change to the page, and a typed
+/// query to its results with 10,000 VMs in the store (`tests/web/bench.mjs`
+/// says how each is taken). On demand:
+///
+/// ```sh
+/// CI=true cargo nextest run --test web_ui --run-ignored only bench_page_figures --no-capture
+/// ```
+///
+/// `DEORCH_SAMPLES` (20) and `DEORCH_OBJECTS` (10000) change the counts.
+#[test]
+#[ignore = "benchmark, on demand (a few minutes)"]
+fn bench_page_figures() {
+    if !browser_tools() {
+        return;
+    }
+    let novnc = Path::new("/usr/share/novnc/vnc.html");
+    if !novnc.is_file() {
+        missing("noVNC is missing (apt-get install --no-install-recommends novnc)");
+        return;
+    }
+    let owner = fixed_key(0x11);
+    let (node, base) = page_node("web-ui-bench", &owner);
+    // noVNC's page from a static server, as a browser would get it.
+    let port = common::slapd::free_port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(novnc.parent().unwrap())
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the static server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut vars = vec![
+        ("DEORCH_URL", OsString::from(base)),
+        ("DEORCH_WIF", owner.to_wif().into()),
+        ("DEORCH_BIN", env!("CARGO_BIN_EXE_deorch").into()),
+        ("DEORCH_SOCKET", node.socket.clone().into()),
+        (
+            "DEORCH_NOVNC_URL",
+            format!("http://127.0.0.1:{port}/vnc.html").into(),
+        ),
+    ];
+    for name in ["DEORCH_SAMPLES", "DEORCH_OBJECTS"] {
+        if let Some(v) = std::env::var_os(name) {
+            vars.push((name, v));
+        }
+    }
+    let out = run_script("bench.mjs", &node.dir, &vars, Duration::from_secs(1800));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.contains("FIGURES {"), "no figures:\n{out}");
+}
