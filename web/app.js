@@ -400,6 +400,7 @@ async function logout() {
   localStorage.setItem(LOGGED_OUT, '1');
   clearAnswer();
   $('q').value = '';
+  clearTimeout(state.urlTimer);
   history.replaceState(null, '', location.pathname);
   showLogin('Logged out.');
   ($('stored').hidden ? $('wif') : $('login-stored')).focus();
