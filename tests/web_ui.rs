@@ -372,14 +372,24 @@ fn bench_page_figures() {
     let (node, base) = page_node("web-ui-bench", &owner);
     // noVNC's page from a static server, as a browser would get it.
     let port = common::slapd::free_port();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(novnc.parent().unwrap())
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
+    /// The static server, stopped however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(novnc.parent().unwrap())
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the static server did not start");
@@ -401,7 +411,5 @@ fn bench_page_figures() {
         }
     }
     let out = run_script("bench.mjs", &node.dir, &vars, Duration::from_secs(1800));
-    let _ = server.kill();
-    let _ = server.wait();
     assert!(out.contains("FIGURES {"), "no figures:\n{out}");
 }
