@@ -519,8 +519,39 @@ function show(text, r, stale) {
   const verb = body.plan && body.plan.verb;
   if ((verb === 'get' || verb === 'console') && shown.results.length === 1 && shown.results[0].kind === 'VirtualMachine') {
     showVmStatus(shown, shown.results[0]);
+    if (verb === 'console') offerConsole(shown.results[0]);
   }
   return body;
+}
+
+/**
+ * `console VM`: a button that asks the node for a console ticket (only
+ * when pressed: a new ticket replaces the last one) and opens the node's
+ * console page with it. Only the node that runs the VM can unlock it.
+ */
+function offerConsole(r) {
+  const card = $('results').querySelector('li.card[data-kind="VirtualMachine"]');
+  if (!card) return;
+  const note = el('p', { className: 'console-note', role: 'status' });
+  const open = el('button', { type: 'button', className: 'open-console' }, 'Open the console of ' + nameOf(r));
+  open.addEventListener('click', async () => {
+    open.disabled = true;
+    const path =
+      '/v1/vms/' + encodeURIComponent(r.namespace || 'default') + '/' + encodeURIComponent(r.name) + '/console';
+    let t;
+    try {
+      t = await call('POST', path);
+    } catch (e) {
+      t = { ok: false, body: { error: String(e) } };
+    }
+    open.disabled = false;
+    if (t.ok && t.body && t.body.url) {
+      location.assign(t.body.url + '&vm=' + encodeURIComponent(t.body.vm));
+    } else {
+      note.textContent = 'No console here: ' + reason(t);
+    }
+  });
+  card.append(open, note);
 }
 
 /**

@@ -326,7 +326,7 @@ fn row(r: &Record) -> Row {
                 }
             }
             if let Some(c) = st["console"].as_object() {
-                if let (Some(h), Some(p)) = (c.get("host"), c.get("vnc")) {
+                if let (Some(h), Some(p)) = (c.get("host"), c.get("vncPort")) {
                     detail.push(format!(
                         "vnc {}:{}",
                         h.as_str().unwrap_or(""),
@@ -824,8 +824,13 @@ fn search_suggestions(w: &World, text: &str, terms: &[String]) -> Vec<String> {
 /// it.
 pub fn suggestions(text: &str, e: &ParseError, records: &[Record]) -> Vec<String> {
     let w = World { records };
-    let stem: String = text.chars().take(e.column.saturating_sub(1)).collect();
+    let mut stem: String = text.chars().take(e.column.saturating_sub(1)).collect();
     let partial = e.partial.clone().unwrap_or_default();
+    // `start` + `web1` is `start web1`: a word wanted after the last one
+    // the user finished without a space.
+    if partial.is_empty() && !stem.is_empty() && !stem.ends_with(char::is_whitespace) {
+        stem.push(' ');
+    }
     let names = |kind: Kind| -> Vec<String> { w.live(kind).map(|r| r.key.name.clone()).collect() };
     let candidates: Vec<String> = match e.expected {
         Expect::Word => e.words.iter().map(|w| format!("{w} ")).collect(),
@@ -912,7 +917,8 @@ mod tests {
                 Kind::VirtualMachine,
                 "web1",
                 json!({"spec": {"spacesuit": "tiny", "disks": [{"name": "data", "source": {"blank": {}}, "size": "8Mi"}], "nics": [{"name": "eth0", "network": "lan", "mac": "52:54:00:00:00:01"}]}}),
-                json!({"phase": "Running", "node": "sat-a", "nics": {"eth0": {"ipv4": "192.168.7.20"}}}),
+                json!({"phase": "Running", "node": "sat-a", "nics": {"eth0": {"ipv4": "192.168.7.20"}},
+                "console": {"host": "10.0.0.7", "vncPort": 5901}}),
             ),
             rec(
                 Kind::VirtualMachine,
@@ -1006,6 +1012,19 @@ mod tests {
             suggestions(text, &e, &world()),
             vec!["revert web1 to web1-r1"]
         );
+        // A word finished without a space: the next one after a space.
+        for (text, want) in [
+            ("revert web1 to", "revert web1 to web1-r1"),
+            ("start", "start web1"),
+            ("start ", "start web1"),
+        ] {
+            let e = run(text).unwrap_err();
+            assert!(
+                suggestions(text, &e, &world()).contains(&want.to_string()),
+                "{text:?}: {:?}",
+                suggestions(text, &e, &world())
+            );
+        }
     }
 
     #[test]
@@ -1023,6 +1042,12 @@ mod tests {
             "a search over tags"
         );
         assert_eq!(names(run("192.168.7.20").unwrap()), vec!["web1"]);
+        let o = run("vm web1").unwrap();
+        assert!(
+            o.results[0].detail.contains("vnc 10.0.0.7:5901"),
+            "{:?}",
+            o.results[0]
+        );
         let o = run("web").unwrap();
         assert_eq!(names(o.clone()), vec!["web1", "web1-r1", "web2"]);
         assert!(
