@@ -17,9 +17,10 @@
 use std::sync::LazyLock;
 
 use axum::extract::Path;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+
+use super::page::{etags, not_found, serve_with, Asset};
 
 /// What the console page may load and talk to: this node, and any TLS
 /// endpoint (a console's host and port are the ticket's, in the URL's
@@ -28,13 +29,6 @@ use sha2::{Digest, Sha256};
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self' wss: https:; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'self'; require-trusted-types-for 'script'";
-
-/// One embedded file.
-struct Asset {
-    name: &'static str,
-    content_type: &'static str,
-    bytes: &'static [u8],
-}
 
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -65,17 +59,7 @@ const ASSETS: &[Asset] = &[
 
 /// The ETag of each asset ([`ASSETS`] order, then [`PAGE`]): the first 16
 /// bytes of its SHA-256, quoted.
-static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
-    ASSETS
-        .iter()
-        .chain([&PAGE])
-        .map(|a| {
-            let digest = Sha256::digest(a.bytes);
-            HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
-                .expect("hex is a valid header value")
-        })
-        .collect()
-});
+static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| etags(ASSETS, &PAGE));
 
 /// `GET /console.html`.
 pub async fn page(headers: HeaderMap) -> Response {
@@ -86,62 +70,20 @@ pub async fn page(headers: HeaderMap) -> Response {
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|a| a.name == name) {
         Some(i) => serve(&ASSETS[i], &ETAGS[i], &headers),
-        None => (
-            StatusCode::NOT_FOUND,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            ],
-            "no such console asset\n",
-        )
-            .into_response(),
+        None => not_found("no such console asset\n"),
     }
 }
 
-/// `asset` with its headers, or a bodiless 304 when the request's
-/// `If-None-Match` names its ETag.
 fn serve(asset: &Asset, etag: &HeaderValue, request: &HeaderMap) -> Response {
-    let fresh = request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| {
-            let tag = tag.trim();
-            tag == "*" || tag.trim_start_matches("W/").as_bytes() == etag.as_bytes()
-        });
-    let mut response = if fresh {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        asset.bytes.into_response()
-    };
-    let h = response.headers_mut();
-    for (name, value) in [
-        (header::CONTENT_TYPE, asset.content_type),
-        (header::CACHE_CONTROL, "no-cache"),
-        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
-        (
-            header::HeaderName::from_static("cross-origin-opener-policy"),
-            "same-origin",
-        ),
-        (
-            header::HeaderName::from_static("cross-origin-resource-policy"),
-            "same-origin",
-        ),
-    ] {
-        h.insert(name, HeaderValue::from_static(value));
-    }
-    h.insert(header::ETAG, etag.clone());
-    response
+    serve_with(asset, etag, request, CONTENT_SECURITY_POLICY, "SAMEORIGIN")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::to_bytes;
+    use axum::http::{header, StatusCode};
+    use sha2::{Digest, Sha256};
 
     async fn get(path: &str, if_none_match: Option<&str>) -> (StatusCode, HeaderMap, Vec<u8>) {
         let mut headers = HeaderMap::new();

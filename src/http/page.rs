@@ -26,11 +26,11 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'";
 
-/// One embedded file.
-struct Asset {
-    name: &'static str,
-    content_type: &'static str,
-    bytes: &'static [u8],
+/// One embedded file (of this page and of the console page).
+pub(super) struct Asset {
+    pub(super) name: &'static str,
+    pub(super) content_type: &'static str,
+    pub(super) bytes: &'static [u8],
 }
 
 const INDEX: Asset = Asset {
@@ -65,17 +65,34 @@ const ASSETS: &[Asset] = &[
 
 /// The ETag of each asset ([`ASSETS`] order, then [`INDEX`]): the first
 /// 16 bytes of its SHA-256, quoted.
-static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
-    ASSETS
+static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| etags(ASSETS, &INDEX));
+
+/// The ETags of `assets` then `page`: the first 16 bytes of each one's
+/// SHA-256, quoted.
+pub(super) fn etags(assets: &[Asset], page: &Asset) -> Vec<HeaderValue> {
+    assets
         .iter()
-        .chain([&INDEX])
+        .chain([page])
         .map(|a| {
             let digest = Sha256::digest(a.bytes);
             HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
                 .expect("hex is a valid header value")
         })
         .collect()
-});
+}
+
+/// A 404 for an asset nobody embedded.
+pub(super) fn not_found(what: &'static str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        what,
+    )
+        .into_response()
+}
 
 /// `GET /`: the page.
 pub async fn index(headers: HeaderMap) -> Response {
@@ -86,21 +103,23 @@ pub async fn index(headers: HeaderMap) -> Response {
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|a| a.name == name) {
         Some(i) => serve(&ASSETS[i], &ETAGS[i], &headers),
-        None => (
-            StatusCode::NOT_FOUND,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            ],
-            "no such asset\n",
-        )
-            .into_response(),
+        None => not_found("no such asset\n"),
     }
 }
 
-/// `asset` with its headers, or a bodiless 304 when the client's
-/// `If-None-Match` names its ETag.
 fn serve(asset: &Asset, etag: &HeaderValue, request: &HeaderMap) -> Response {
+    serve_with(asset, etag, request, CONTENT_SECURITY_POLICY, "DENY")
+}
+
+/// `asset` with its headers (`csp`, and `X-Frame-Options: frame`), or a
+/// bodiless 304 when the client's `If-None-Match` names its ETag.
+pub(super) fn serve_with(
+    asset: &Asset,
+    etag: &HeaderValue,
+    request: &HeaderMap,
+    csp: &'static str,
+    frame: &'static str,
+) -> Response {
     let fresh = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -124,7 +143,7 @@ fn serve(asset: &Asset, etag: &HeaderValue, request: &HeaderMap) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -134,7 +153,7 @@ fn serve(asset: &Asset, etag: &HeaderValue, request: &HeaderMap) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static(frame));
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),

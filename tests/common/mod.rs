@@ -1,6 +1,7 @@
 //! Shared fixtures for tests that run real `deorch` node processes.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod libvirt;
 pub mod samba;
 pub mod slapd;
