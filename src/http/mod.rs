@@ -571,35 +571,36 @@ async fn login(
         level2: passed_level2,
         hand_over_until: None,
     };
-    let token = match session.to_token(&api.node_key) {
-        Ok(t) => t,
+    info!(%peer, address = ?session.address, expires = session.expires, "login");
+    session_answer(&api, &session)
+}
+
+/// The answer that makes `s` (signed here) the browser's session on this
+/// node: its cookie, and what it says.
+fn session_answer(api: &HttpApi, s: &Session) -> Response {
+    match api.session_cookie_for(s) {
+        Ok(cookie) => (
+            [
+                (header::SET_COOKIE, cookie),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+            Json(json!({
+                "address": s.address,
+                "node": s.node,
+                "expires": s.expires,
+                "level2": s.level2,
+            })),
+        )
+            .into_response(),
         Err(e) => {
             warn!(error = %e, "could not sign a session token");
-            return refuse(
+            refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal",
                 "could not sign the session",
-            );
+            )
         }
-    };
-    info!(%peer, address = ?session.address, expires = session.expires, "login");
-    let cookie = format!(
-        "{COOKIE_NAME}={token}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
-        api.session_ttl
-    );
-    (
-        [
-            (header::SET_COOKIE, cookie),
-            (header::CACHE_CONTROL, "no-store".to_string()),
-        ],
-        Json(json!({
-            "address": session.address,
-            "node": session.node,
-            "expires": session.expires,
-            "level2": session.level2,
-        })),
-    )
-        .into_response()
+    }
 }
 
 /// How long a hand-over token may be adopted: time to load another
@@ -684,25 +685,8 @@ async fn adopt(
         hand_over_until: None,
         ..s
     };
-    match api.session_cookie_for(&session) {
-        Ok(cookie) => {
-            info!(%peer, address = %session.address, "session adopted from a hand-over");
-            (
-                [
-                    (header::SET_COOKIE, cookie),
-                    (header::CACHE_CONTROL, "no-store".to_string()),
-                ],
-                Json(json!({
-                    "address": session.address,
-                    "node": session.node,
-                    "expires": session.expires,
-                    "level2": session.level2,
-                })),
-            )
-                .into_response()
-        }
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()),
-    }
+    info!(%peer, address = %session.address, "session adopted from a hand-over");
+    session_answer(&api, &session)
 }
 
 /// `POST /v1/auth/logout`: the browser drops its session cookie. The
