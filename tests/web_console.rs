@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::browser::{browser_tools, missing, node_works, repo, run_script};
+use common::browser::{browser_tools, repo, run_script};
 use common::Node;
 use deorch::http::client::{request, NodeUrl};
 use deorch::identity::{AddressType, Network, PrivateKey};
@@ -35,21 +35,7 @@ const CONSOLE_PORTS: &str = "23100-23199";
 /// `entry.js` and the pinned package (esbuild's output is deterministic).
 #[test]
 fn novnc_bundle_is_built_from_its_lock() {
-    if !node_works() {
-        missing("node is missing (apt-get install nodejs npm)");
-        return;
-    }
-    let out = Command::new("sh")
-        .arg(repo().join("web/novnc/build.sh"))
-        .arg("--check")
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::browser::assert_bundle_fresh("web/novnc/build.sh");
 }
 
 /// Wait (bounded) for `what` in the VM's serial log; its text.

@@ -39,7 +39,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::browser::{browser_tools, missing, node_works, repo, run_script};
+use common::browser::{browser_tools, missing, repo, run_script};
 use deorch::http::client::NodeUrl;
 use deorch::identity::{AddressType, Network, PrivateKey};
 
@@ -53,21 +53,7 @@ fn fixed_key(byte: u8) -> PrivateKey {
 /// `entry.js` and the pinned packages (esbuild's output is deterministic).
 #[test]
 fn vendor_bundle_is_built_from_its_lock() {
-    if !node_works() {
-        missing("node is missing (apt-get install nodejs npm)");
-        return;
-    }
-    let out = Command::new("sh")
-        .arg(repo().join("web/vendor/build.sh"))
-        .arg("--check")
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::browser::assert_bundle_fresh("web/vendor/build.sh");
 }
 
 /// Every screenshot in `names` was written since `started`.

@@ -124,3 +124,24 @@ pub fn run_script(script: &str, dir: &Path, vars: &[(&str, OsString)], limit: Du
     eprintln!("{stdout}{script}: {:?}", started.elapsed());
     stdout
 }
+
+/// The committed bundle is what its build script (`SCRIPT --check`, from
+/// the repository) makes from its entry and pinned packages: esbuild's
+/// output is deterministic.
+pub fn assert_bundle_fresh(script: &str) {
+    if !node_works() {
+        missing("node is missing (apt-get install nodejs npm)");
+        return;
+    }
+    let out = Command::new("sh")
+        .arg(repo().join(script))
+        .arg("--check")
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{script} --check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
