@@ -56,6 +56,8 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
     let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
     let viewer = PrivateKey::generate(Network::Mainnet);
     let viewer_addr = viewer.address(AddressType::P2wpkh).unwrap().to_string();
+    let teamop = PrivateKey::generate(Network::Mainnet);
+    let teamop_addr = teamop.address(AddressType::P2wpkh).unwrap().to_string();
     let node = common::node_with_http("cmdline", &owner_addr, &[]);
     let url = NodeUrl::parse(&node.http_url()).unwrap();
     std::fs::write(
@@ -68,7 +70,7 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
         &url,
         &owner,
         &format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: people\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{viewer_addr}\"]\n      role: viewer\n"
+            "apiVersion: deorch.dev/v1alpha1\nkind: AccessPolicy\nmetadata:\n  name: people\n  generation: 1\nspec:\n  rules:\n    - subjects: [\"{viewer_addr}\"]\n      role: viewer\n    - subjects: [\"{teamop_addr}\"]\n      role: operator\n      namespaces: [team]\n"
         ),
     );
 
@@ -157,33 +159,62 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
     assert_eq!(r.status, 403, "{}", r.json());
     assert!(!exists(&node, "web3"));
 
-    // Events: a change the owner runs reaches a listener within the bound.
+    // Events: a change the owner runs reaches a listener within the bound;
+    // a session that may list only namespace `team` hears of nothing else
+    // (not even the name), but of a change there.
+    let (_, team_token) =
+        deorch::cli::http::login_once(&url, &teamop, AddressType::P2wpkh).unwrap();
+    let team_cookie = format!("deorch_session={team_token}");
     let base = node.http_url();
     let base = base.split('#').next().unwrap();
-    let mut curl = Command::new("curl")
-        .args(["-sSN", "-k", "--max-time", "20", "-H"])
-        .arg(format!("Cookie: {owner_cookie}"))
-        .arg(format!("{base}/v1/events"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("curl (scripts/test.sh installs it)");
+    let listen = |cookie: &str| {
+        Command::new("curl")
+            .args(["-sSN", "-k", "--max-time", "20", "-H"])
+            .arg(format!("Cookie: {cookie}"))
+            .arg(format!("{base}/v1/events"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl (scripts/test.sh installs it)")
+    };
+    let (mut owner_events, mut team_events) = (listen(&owner_cookie), listen(&team_cookie));
     std::thread::sleep(Duration::from_millis(300));
     let r = post(&url, Some(&owner_cookie), "create vm web3 from tiny", true);
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["applied"][0]["changed"], true, "{}", r.json());
-    let t = Instant::now();
-    let mut seen = false;
-    for line in BufReader::new(curl.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line.starts_with("data:") && line.contains("VirtualMachine/default/web3") {
-            seen = true;
-            break;
+    let r = post(
+        &url,
+        Some(&owner_cookie),
+        "create vm team/web4 from tiny",
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", r.json());
+    // The lines a stream carries until one names `until`.
+    let read_until = |curl: &mut std::process::Child, until: &str| {
+        let t = Instant::now();
+        let mut lines = Vec::new();
+        for line in BufReader::new(curl.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("data:") && line.contains(until);
+            lines.push(line);
+            if done {
+                break;
+            }
+            assert!(t.elapsed() < T, "no event for {until} in {T:?}: {lines:?}");
         }
-        assert!(t.elapsed() < T, "no event for web3 in {T:?}");
-    }
-    let _ = curl.kill();
-    let _ = curl.wait();
-    assert!(seen, "the event stream ended without web3");
+        let _ = curl.kill();
+        let _ = curl.wait();
+        assert!(
+            lines.iter().any(|l| l.contains(until)),
+            "the event stream ended without {until}: {lines:?}"
+        );
+        lines
+    };
+    read_until(&mut owner_events, "VirtualMachine/default/web3");
+    let team = read_until(&mut team_events, "VirtualMachine/team/web4");
+    assert!(
+        !team.iter().any(|l| l.contains("web3")),
+        "an object the session may not list was named: {team:?}"
+    );
     assert!(exists(&node, "web3"));
 }

@@ -114,30 +114,57 @@ pub async fn command(
 }
 
 /// `GET /v1/events`: server-sent events, one `change` per store change
-/// (a `lagged` one when this client fell behind: re-read everything).
+/// of an object the session may list (others are not even named), a
+/// `lagged` one when this client fell behind (re-read everything); the
+/// stream ends when the session does.
 pub async fn events(
     State(api): State<Arc<HttpApi>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = session_of(&api, peer, &headers) {
-        return *r;
-    }
+    let session = match session_of(&api, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let rx = api.admission.store().subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok(c) => Event::default().event("change").data(
-                json!({
-                    "object": format!("{}/{}/{}", c.key.kind.as_str(), c.key.namespace, c.key.name),
-                    "statusOnly": c.status_only,
-                })
-                .to_string(),
-            ),
-            Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(event), rx))
-    });
+    let stream = futures_util::stream::unfold(
+        (rx, api, session),
+        |(mut rx, api, session)| async move {
+            loop {
+                let ttl = session.expires.saturating_sub(super::now_secs());
+                let next = tokio::time::timeout(Duration::from_secs(ttl), rx.recv()).await;
+                let event = match next {
+                    // The session ended: so does its stream.
+                    Err(_) => return None,
+                    Ok(Ok(c)) => {
+                        let record = api.admission.store().get(&c.key);
+                        let object = record.as_ref().map(|r| &r.object);
+                        let allowed = api.admission.authorise_session_each(
+                            &session.address,
+                            session.level2,
+                            Verb::List,
+                            &[(c.key.kind, c.key.namespace.as_str(), object)],
+                        );
+                        if allowed.iter().any(|a| a.is_err()) {
+                            continue;
+                        }
+                        Event::default().event("change").data(
+                        json!({
+                            "object": format!("{}/{}/{}", c.key.kind.as_str(), c.key.namespace, c.key.name),
+                            "statusOnly": c.status_only,
+                        })
+                        .to_string(),
+                    )
+                    }
+                    Ok(Err(RecvError::Lagged(n))) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                    Ok(Err(RecvError::Closed)) => return None,
+                };
+                return Some((Ok::<_, Infallible>(event), (rx, api, session)));
+            }
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
