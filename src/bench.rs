@@ -1214,3 +1214,68 @@ impl VirshSide {
         Ok(())
     }
 }
+
+/// The command line's server side with `objects` VMs in the store: for
+/// each query, the store's records listed and decoded, the query answered
+/// over them, and the answer serialized, p50 and p95 of `samples` each.
+/// (The page's figure, key to rendered results, is the browser bench in
+/// tests/web_ui.rs; this says where the node's part of it goes.)
+pub fn command_latency(objects: usize, samples: usize) -> anyhow::Result<()> {
+    let dir = scratch("command")?;
+    let store = Store::open(&dir.join("store.redb"))?;
+    let source = SourceId("bench".into());
+    for i in 0..objects {
+        store.apply(&bench_vm(i), &source)?;
+    }
+    println!("the command line's server side, {objects} VMs in the store, p50 (p95) of {samples}:");
+    println!("| query | list + decode | answer | serialize | rows |\n|---|---|---|---|---|");
+    let half = format!("vm vm-{:05}", objects / 2);
+    let queries = [half.as_str(), "app-7", "vms", "vm-0"];
+    // Each query as typed on a quiet store, then `vms` with one VM's status
+    // written just before each (a busy node: the changed record alone is
+    // decoded again).
+    let runs = queries.iter().map(|q| (*q, false)).chain([("vms", true)]);
+    for (n, (q, busy)) in runs.enumerate() {
+        let (mut list, mut answer, mut ser) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rows = 0;
+        for i in 0..samples {
+            if busy {
+                let key = crate::model::ObjectKey {
+                    kind: crate::model::Kind::VirtualMachine,
+                    namespace: crate::model::DEFAULT_NAMESPACE.into(),
+                    name: format!("vm-{:05}", (i * 37 + n) % objects.max(1)),
+                };
+                store.set_status(&key, serde_json::json!({"phase": "Running", "seen": i}))?;
+            }
+            let t = Instant::now();
+            let records = store.list_shared();
+            list.push(t.elapsed());
+            let t = Instant::now();
+            let (v, _) =
+                crate::command::answer(q, &records).map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+            answer.push(t.elapsed());
+            let t = Instant::now();
+            let bytes = serde_json::to_vec(&v)?;
+            ser.push(t.elapsed());
+            rows = v["results"].as_array().map_or(0, Vec::len);
+            std::hint::black_box(bytes);
+        }
+        let f = |s: &mut Vec<Duration>| {
+            let p = percentiles(s);
+            format!("{:.1} ms ({:.1})", p.p50, p.p95)
+        };
+        let q = if busy {
+            format!("`{q}`, a status written before each")
+        } else {
+            format!("`{q}`")
+        };
+        println!(
+            "| {q} | {} | {} | {} | {rows} |",
+            f(&mut list),
+            f(&mut answer),
+            f(&mut ser)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

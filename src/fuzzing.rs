@@ -381,7 +381,13 @@ pub fn command(data: &[u8]) {
             serde_json::json!({"phase": "Ready"}),
         ),
     ];
-    match crate::command::answer(&text, &records) {
+    match crate::command::answer(
+        &text,
+        &records
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect::<Vec<_>>(),
+    ) {
         Err(e) => {
             let column = e["column"].as_u64().expect("an error has a column") as usize;
             assert!(
@@ -400,4 +406,86 @@ pub fn command(data: &[u8]) {
         }
         Ok((_, None)) => {}
     }
+}
+
+/// A client's bytes on a console websocket (`http::ws::Decoder`, which
+/// sees them before anything else on the SPICE bridge): the first byte
+/// chooses the frame limit and the size of the pieces the rest arrives
+/// in. Pieces change nothing (the same frames, then the same error);
+/// every frame is exactly the bytes it came from (encoded again with
+/// their mask: lengths are shortest, no reserved bit passes); what is
+/// left undecoded without an error is one unfinished frame; an error is
+/// for good.
+pub fn websocket(data: &[u8]) {
+    use crate::http::ws::{encode, Decoder, Frame, ProtocolError};
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let max = [16usize, 125, 300, 70_000][(first & 3) as usize];
+    let piece = 1 + (first >> 2) as usize;
+    let run = |step: usize| -> (Vec<Frame>, Option<ProtocolError>, usize) {
+        let mut d = Decoder::new(max);
+        let mut frames = Vec::new();
+        for chunk in rest.chunks(step.max(1)) {
+            d.feed(chunk);
+            loop {
+                match d.next() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert_eq!(d.next(), Err(e.clone()), "an error is for good");
+                        return (frames, Some(e), d.pending());
+                    }
+                }
+            }
+        }
+        (frames, None, d.pending())
+    };
+    let (frames, error, pending) = run(rest.len());
+    let (pieces, error_in_pieces, _) = run(piece);
+    assert_eq!(pieces, frames, "pieces of {piece} decode otherwise");
+    assert_eq!(error_in_pieces, error);
+    let mut at = 0;
+    for f in &frames {
+        assert!(f.payload.len() <= max, "a frame over the limit passed");
+        let head = 6 + match f.payload.len() {
+            0..=125 => 0,
+            126..=0xffff => 2,
+            _ => 8,
+        };
+        let mask: [u8; 4] = rest[at + head - 4..at + head].try_into().expect("4 bytes");
+        let mut again = Vec::new();
+        encode(&mut again, f.fin, f.opcode, &f.payload, Some(mask));
+        assert_eq!(
+            again,
+            rest[at..at + again.len()],
+            "a frame is not the bytes it came from"
+        );
+        at += again.len();
+    }
+    if error.is_none() {
+        assert_eq!(pending, rest.len() - at, "bytes lost between frames");
+    }
+}
+
+/// A client's first frames on the SPICE bridge, the seed of the websocket
+/// corpus: a limit of 70,000 bytes, then a fragmented binary message with
+/// a ping inside it, a 300-byte frame, a pong and a close.
+pub fn sample_websocket() -> Vec<u8> {
+    use crate::http::ws::{close_payload, encode, Opcode};
+    let mask = Some([0x12, 0x34, 0x56, 0x78]);
+    let mut out = vec![3];
+    encode(&mut out, false, Opcode::Binary, b"REDQ", mask);
+    encode(&mut out, true, Opcode::Ping, b"hi", mask);
+    encode(&mut out, true, Opcode::Continuation, &[2, 0, 0, 0], mask);
+    encode(&mut out, true, Opcode::Binary, &[7; 300], mask);
+    encode(&mut out, true, Opcode::Pong, b"", mask);
+    encode(
+        &mut out,
+        true,
+        Opcode::Close,
+        &close_payload(1000, "bye"),
+        mask,
+    );
+    out
 }

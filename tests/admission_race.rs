@@ -154,6 +154,7 @@ impl Rig {
                 storage: "fake".into(),
                 manifests: String::new(),
                 http_url: None,
+                radar: None,
             },
             Instant::now(),
         )

@@ -76,6 +76,46 @@ fn a_cookie_from_one_admitted_node_works_on_another_until_revoked() {
     assert_eq!(who.json()["node"], ida.as_str());
     let listed = get(&ub, "/v1/objects?kind=AccessPolicy", &cookie);
     assert_eq!(listed.status, 200, "{}", listed.json());
+
+    // The command line on A lists both members (b has no Satellite object
+    // on A: the radar has its gossiped status), each with its page, so
+    // that A's page links to B's.
+    let page = |u: &str| format!("{}/", u.split('#').next().unwrap());
+    let t0 = Instant::now();
+    let rows = loop {
+        let r = request(
+            &ua,
+            "POST",
+            "/v1/command",
+            Some("application/json"),
+            Some(&cookie),
+            br#"{"q": "nodes", "run": false}"#,
+            T,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.json());
+        let rows = r.json()["results"].as_array().cloned().unwrap_or_default();
+        let url_of = |n: &str| {
+            rows.iter()
+                .find(|x| x["kind"] == "Satellite" && x["name"] == n)
+                .and_then(|x| x["url"].as_str())
+                .map(str::to_string)
+        };
+        if url_of("a").is_some() && url_of("b").is_some() {
+            assert_eq!(url_of("a").unwrap(), page(&a.http_url()));
+            assert_eq!(url_of("b").unwrap(), page(&b.http_url()));
+            break rows;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "`nodes` on A lists no page for a and b: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        rows.iter().all(|x| x["name"] != "c"),
+        "c is no member: {rows:?}"
+    );
     // A cookie made by c, which no policy admits, is refused by A.
     let (_, from_c) = deorch::cli::http::login_once(&uc, &user, AddressType::P2wpkh).unwrap();
     let r = get(&ua, "/v1/auth/whoami", &format!("deorch_session={from_c}"));

@@ -34,6 +34,8 @@ pub struct ServerFacts {
     pub manifests: String,
     /// The HTTP API's URL (`https://ADDR#sha256=PIN`), when it listens.
     pub http_url: Option<String>,
+    /// The live members (gossip only), for `deorch do nodes`.
+    pub radar: Option<tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>>,
 }
 
 /// Bind the socket: its directory is created `0700`, a stale socket file
@@ -383,11 +385,12 @@ pub fn handle(
             dry_run,
         } => apply(admission, &filename, &yaml, dry_run),
         Request::Command { q, run } => {
-            let records: Vec<_> = store
-                .list(None)
-                .into_iter()
-                .filter(|r| !r.deleted)
-                .collect();
+            let members = facts
+                .radar
+                .as_ref()
+                .map(|r| r.borrow().clone())
+                .unwrap_or_default();
+            let records = crate::command::plan::with_members(store.list_shared(), &members);
             match crate::command::answer(&q, &records) {
                 Err(outcome) => Ok(Response::Command { outcome }),
                 Ok((mut outcome, manifest)) => {

@@ -460,6 +460,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         objects: usize,
     },
+    /// The command line's server side (list, answer, serialize) with
+    /// many objects in the store.
+    Command {
+        /// Number of objects.
+        #[arg(long, default_value_t = 10_000)]
+        objects: usize,
+        /// Samples per query.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+    },
     /// Validation throughput, beside check-jsonschema.
     Validate {
         /// Number of documents.
@@ -980,6 +990,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match which {
                 BenchCommand::Drop { count } => crate::bench::drop_latency(count)?,
                 BenchCommand::Store { objects } => crate::bench::store_footprint(objects)?,
+                BenchCommand::Command { objects, samples } => {
+                    crate::bench::command_latency(objects, samples)?
+                }
                 BenchCommand::Validate { documents, schemas } => {
                     crate::bench::validate_throughput(documents, &schemas)?
                 }

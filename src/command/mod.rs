@@ -609,7 +609,7 @@ impl<'a> Parser<'a> {
 /// web page's endpoint and the local API (`deorch do`) both answer this.
 pub fn answer(
     q: &str,
-    records: &[crate::store::Record],
+    records: &[std::sync::Arc<crate::store::Record>],
 ) -> Result<(serde_json::Value, Option<String>), serde_json::Value> {
     let planned = parse(q)
         .and_then(|query| plan(q, &query, records))

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 
 use super::{Expect, Label, Name, ParseError, Query, Target, VERBS};
 use crate::model::{Kind, API_VERSION, DEFAULT_NAMESPACE, REVERT_ANNOTATION};
+use std::sync::Arc;
+
 use crate::store::Record;
 
 /// What a query comes to.
@@ -55,6 +57,9 @@ pub struct Row {
     pub detail: String,
     /// The CLI command that shows it.
     pub cli: String,
+    /// A satellite's page, where it serves one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// At most this many suggestions.
@@ -87,14 +92,17 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
 ];
 
 struct World<'a> {
-    records: &'a [Record],
+    records: &'a [Arc<Record>],
 }
 
 impl<'a> World<'a> {
+    /// Every live record.
+    fn all(&self) -> impl Iterator<Item = &'a Record> + 'a {
+        self.records.iter().map(|r| &**r).filter(|r| !r.deleted)
+    }
+
     fn live(&self, kind: Kind) -> impl Iterator<Item = &'a Record> + 'a {
-        self.records
-            .iter()
-            .filter(move |r| r.key.kind == kind && !r.deleted)
+        self.all().filter(move |r| r.key.kind == kind)
     }
 
     fn find(&self, kind: Kind, ns: &str, name: &str) -> Option<&'a Record> {
@@ -288,12 +296,80 @@ fn quoted(text: &str) -> String {
     format!("'{}'", text.trim().replace('\'', "'\\''"))
 }
 
+/// `records` with the live members the radar knows: a member with no
+/// Satellite object (nodes make their own, and keep it to themselves)
+/// gets one made from its gossiped status; each carries its page and
+/// figures in its status. The result is in the store's order (kind, then
+/// name), as the rows are.
+pub fn with_members(
+    records: Vec<Arc<Record>>,
+    members: &[crate::node::cluster::RadarNode],
+) -> Vec<Arc<Record>> {
+    if members.is_empty() {
+        return records;
+    }
+    let mut out: Vec<Arc<Record>> = Vec::with_capacity(records.len() + members.len());
+    let mut known = std::collections::BTreeSet::new();
+    for r in records {
+        let m = (r.key.kind == Kind::Satellite && !r.deleted)
+            .then(|| members.iter().find(|m| m.name == r.key.name))
+            .flatten();
+        match m {
+            Some(m) => {
+                known.insert(m.name.as_str());
+                let mut r = (*r).clone();
+                let mut st = r.status.take().unwrap_or_else(|| json!({}));
+                member_status(&mut st, m);
+                r.status = Some(st);
+                out.push(Arc::new(r));
+            }
+            None => out.push(r),
+        }
+    }
+    for m in members.iter().filter(|m| !known.contains(m.name.as_str())) {
+        let mut st = json!({"phase": "Ready"});
+        member_status(&mut st, m);
+        out.push(Arc::new(Record {
+            key: crate::model::ObjectKey::new(Kind::Satellite, None, &m.name),
+            generation: 0,
+            source: crate::store::SourceId("gossip".into()),
+            hash: String::new(),
+            object: json!({
+                "apiVersion": API_VERSION,
+                "kind": "Satellite",
+                "metadata": {"name": m.name},
+                "spec": {
+                    "tags": m.tags,
+                    "performance": m.performance,
+                    "unschedulable": m.unschedulable,
+                },
+            }),
+            status: Some(st),
+            deleted: false,
+            updated_ms: 0,
+        }));
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// What the radar says of member `m`, into a Satellite's status.
+fn member_status(st: &mut Value, m: &crate::node::cluster::RadarNode) {
+    st["nodeId"] = json!(m.node_id);
+    st["runningVms"] = json!(m.vms);
+    st["loadMilli"] = json!(m.load_milli);
+    st["free"] = json!({"cpuMillis": m.free[0], "memory": m.free[1], "storage": m.free[2]});
+    if !m.page.is_empty() {
+        st["page"] = json!(m.page);
+    }
+}
+
 fn yaml(object: &Value) -> String {
     serde_saphyr::to_string(object).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
 fn row(r: &Record) -> Row {
-    let st = r.status.clone().unwrap_or(Value::Null);
+    let st = r.status.as_ref().unwrap_or(&Value::Null);
     let spec = &r.object["spec"];
     let kind = r.key.kind.as_str();
     let mut detail = Vec::new();
@@ -311,6 +387,9 @@ fn row(r: &Record) -> Row {
             }
             if let Some(p) = spec["performance"].as_str() {
                 detail.push(format!("performance={p}"));
+            }
+            if let Some(n) = st["runningVms"].as_u64() {
+                detail.push(format!("{n} VMs"));
             }
             Some(r.key.name.clone())
         }
@@ -367,6 +446,9 @@ fn row(r: &Record) -> Row {
             kind.to_ascii_lowercase(),
             r.key.name
         ),
+        url: (r.key.kind == Kind::Satellite)
+            .then(|| st["page"].as_str().map(str::to_string))
+            .flatten(),
     }
 }
 
@@ -425,7 +507,7 @@ fn vm_record<'a>(w: &World<'a>, n: &Name) -> Result<&'a Record, ParseError> {
 
 /// Resolve `q` (typed as `text`) against `records`, the objects the asker
 /// may see.
-pub fn plan(text: &str, q: &Query, records: &[Record]) -> Result<Outcome, ParseError> {
+pub fn plan(text: &str, q: &Query, records: &[Arc<Record>]) -> Result<Outcome, ParseError> {
     let w = World { records };
     let typed = quoted(text);
     let mut results = Vec::new();
@@ -717,6 +799,7 @@ pub fn plan(text: &str, q: &Query, records: &[Record]) -> Result<Outcome, ParseE
                                 .and_then(|s| s["node"].as_str())
                                 .is_some_and(|n| sats.iter().any(|s| s.key.name == n))
                     })
+                    .take(ROWS)
                     .map(row),
             );
             plan_only(
@@ -748,20 +831,18 @@ pub fn plan(text: &str, q: &Query, records: &[Record]) -> Result<Outcome, ParseE
         }
         Query::Search { terms } => {
             if !terms.is_empty() {
-                let mut hits: Vec<(bool, &Record)> = records
-                    .iter()
-                    .filter(|r| !r.deleted)
-                    .filter_map(|r| {
-                        let h = haystack(r);
-                        terms
-                            .iter()
-                            .all(|t| h.contains(t.as_str()))
-                            .then(|| (!terms.iter().any(|t| r.key.name.contains(t.as_str())), r))
-                    })
-                    .collect();
+                let mut hits: Vec<(bool, &Record)> =
+                    w.all()
+                        .filter_map(|r| {
+                            let h = haystack(r);
+                            terms.iter().all(|t| h.contains(t.as_str())).then(|| {
+                                (!terms.iter().any(|t| r.key.name.contains(t.as_str())), r)
+                            })
+                        })
+                        .collect();
                 // Name matches first.
                 hits.sort_by_key(|(by_name, r)| (*by_name, r.key.name.clone()));
-                results.extend(hits.into_iter().map(|(_, r)| row(r)));
+                results.extend(hits.into_iter().take(ROWS).map(|(_, r)| row(r)));
             }
             plan_only(
                 "search",
@@ -808,7 +889,7 @@ fn search_suggestions(w: &World, text: &str, terms: &[String]) -> Vec<String> {
     if let Some(last) = terms.last() {
         if !text.ends_with(char::is_whitespace) {
             let stem = &text[..text.trim_end().len() - last.len()];
-            for r in w.records.iter().filter(|r| !r.deleted) {
+            for r in w.all() {
                 if r.key.name.starts_with(last.as_str()) && r.key.name != *last {
                     out.push(format!("{stem}{}", r.key.name));
                 }
@@ -822,7 +903,7 @@ fn search_suggestions(w: &World, text: &str, terms: &[String]) -> Vec<String> {
 
 /// Whole queries that would complete or correct `text` where `e` stopped
 /// it.
-pub fn suggestions(text: &str, e: &ParseError, records: &[Record]) -> Vec<String> {
+pub fn suggestions(text: &str, e: &ParseError, records: &[Arc<Record>]) -> Vec<String> {
     let w = World { records };
     let mut stem: String = text.chars().take(e.column.saturating_sub(1)).collect();
     let partial = e.partial.clone().unwrap_or_default();
@@ -893,8 +974,8 @@ mod tests {
         }
     }
 
-    fn world() -> Vec<Record> {
-        vec![
+    fn world() -> Vec<Arc<Record>> {
+        [
             rec(
                 Kind::Satellite,
                 "sat-a",
@@ -933,6 +1014,9 @@ mod tests {
                 json!({"phase": "Ready", "node": "sat-a"}),
             ),
         ]
+        .into_iter()
+        .map(Arc::new)
+        .collect()
     }
 
     fn run(text: &str) -> Result<Outcome, ParseError> {
@@ -1084,6 +1168,58 @@ mod tests {
         assert_eq!(
             manifest(&o)["spec"]["source"]["virtualMachine"]["name"],
             "web1"
+        );
+    }
+
+    #[test]
+    fn members_without_a_satellite_object_are_listed_with_their_pages() {
+        let m = |name: &str, page: &str| crate::node::cluster::RadarNode {
+            name: name.into(),
+            node_id: format!("bc1q{name}"),
+            tags: Default::default(),
+            performance: crate::model::Performance::High,
+            unschedulable: false,
+            vms: 2,
+            free: [1000, 1 << 30, 0],
+            total: [2000, 2 << 30, 0],
+            load_milli: 100,
+            page: page.into(),
+        };
+        let recs = with_members(
+            world(),
+            &[m("sat-a", "https://10.0.0.1:8443/"), m("sat-z", "")],
+        );
+        let q = parse("nodes").unwrap();
+        let o = plan("nodes", &q, &recs).unwrap();
+        let names: Vec<(&str, Option<&str>)> = o
+            .results
+            .iter()
+            .map(|r| (r.name.as_str(), r.url.as_deref()))
+            .collect();
+        // sat-a's object gets its page; sat-b (an object, no member) has
+        // none; sat-z (a member, no object) is made from its status.
+        assert_eq!(
+            names,
+            [
+                ("sat-a", Some("https://10.0.0.1:8443/")),
+                ("sat-b", None),
+                ("sat-z", None)
+            ]
+        );
+        let z = recs.iter().find(|r| r.key.name == "sat-z").unwrap();
+        assert_eq!(z.object["spec"]["performance"], "high");
+        assert_eq!(z.status.as_ref().unwrap()["nodeId"], "bc1qsat-z");
+        // Placement by performance sees it too.
+        let o = plan(
+            "nodes performance=high",
+            &parse("nodes performance=high").unwrap(),
+            &recs,
+        )
+        .unwrap();
+        assert!(
+            o.results.iter().any(|r| r.name == "sat-z"),
+            "{:?}",
+            o.results
         );
     }
 }

@@ -408,6 +408,7 @@ mod tests {
             cpu: String::new(),
             images: vec![],
             copies: vec![],
+            page: String::new(),
         }
     }
 

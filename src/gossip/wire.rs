@@ -258,6 +258,10 @@ pub struct NodeStatus {
     /// when a VM's node dies, only the holders of its newest point may
     /// start it.
     pub copies: Vec<(u64, u64)>,
+    /// Where the node serves its page (`https://ADDR:PORT/`; empty: it
+    /// serves none), at most [`MAX_STATUS_PAGE`] bytes: the page of any
+    /// node links to the others'.
+    pub page: String,
     /// The node's signature of the other fields (domain
     /// [`STATUS_DOMAIN`]); empty where nodes do not sign.
     pub sig: Vec<u8>,
@@ -265,6 +269,9 @@ pub struct NodeStatus {
 
 /// FASTR copies a status lists at most.
 pub const MAX_STATUS_COPIES: usize = 256;
+
+/// The longest page URL a status carries.
+pub const MAX_STATUS_PAGE: usize = 256;
 
 /// Images a status lists at most (8 bytes each).
 pub const MAX_STATUS_IMAGES: usize = 64;
@@ -313,6 +320,7 @@ impl NodeStatus {
             cpu: String::new(),
             images: Vec::new(),
             copies: Vec::new(),
+            page: String::new(),
             sig: Vec::new(),
         }
     }

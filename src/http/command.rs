@@ -43,14 +43,8 @@ struct CommandBody {
 }
 
 /// What `address` may list.
-fn visible(api: &HttpApi, address: &str, level2: bool) -> Vec<Record> {
-    let records: Vec<Record> = api
-        .admission
-        .store()
-        .list(None)
-        .into_iter()
-        .filter(|r| !r.deleted)
-        .collect();
+fn visible(api: &HttpApi, address: &str, level2: bool) -> Vec<Arc<Record>> {
+    let records = command::plan::with_members(api.admission.store().list_shared(), &api.members());
     let what: Vec<_> = records
         .iter()
         .map(|r| (r.key.kind, r.key.namespace.as_str(), Some(&r.object)))

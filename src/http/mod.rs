@@ -104,6 +104,8 @@ pub struct HttpApi {
     challenge_limiter: Option<Mutex<RateLimiter>>,
     login_limiter: Option<Mutex<RateLimiter>>,
     consoles: std::sync::OnceLock<Arc<dyn crate::driver::Hypervisor>>,
+    /// The live members, for the command line's `nodes` (gossip only).
+    radar: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>>,
     login_ttl: u64,
     session_ttl: u64,
 }
@@ -166,6 +168,7 @@ impl HttpApi {
                 .challenge_limit
                 .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
             consoles: std::sync::OnceLock::new(),
+            radar: std::sync::OnceLock::new(),
             cluster,
             node_key: settings.node_key,
             node_address,
@@ -200,6 +203,22 @@ impl HttpApi {
     /// node does it when its drivers are up).
     pub fn set_consoles(&self, hypervisor: Arc<dyn crate::driver::Hypervisor>) {
         let _ = self.consoles.set(hypervisor);
+    }
+
+    /// The cluster's live members, which the command line lists.
+    pub fn set_radar(
+        &self,
+        radar: tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>,
+    ) {
+        let _ = self.radar.set(radar);
+    }
+
+    /// The live members the radar knows now (none without gossip).
+    pub fn members(&self) -> Vec<crate::node::cluster::RadarNode> {
+        self.radar
+            .get()
+            .map(|r| r.borrow().clone())
+            .unwrap_or_default()
     }
 
     /// Check a session token (cookie value) now.

@@ -381,6 +381,36 @@ pub struct Cluster {
     /// The node's content-addressed image cache (spacesuit images fetched
     /// from peers, by SHA-256).
     images: std::path::PathBuf,
+    /// Where the node serves its page ([`Cluster::set_page`]).
+    page: String,
+    /// The members as the page lists them.
+    radar: watch::Sender<Vec<RadarNode>>,
+}
+
+/// A live member as its status describes it, for the page's `nodes`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RadarNode {
+    /// Its name.
+    pub name: String,
+    /// Its ID (address).
+    pub node_id: String,
+    /// Its tags.
+    pub tags: TagSet,
+    /// `high` or `low`.
+    pub performance: crate::model::Performance,
+    /// Cordoned.
+    pub unschedulable: bool,
+    /// The VMs it runs.
+    pub vms: usize,
+    /// Free CPU (millicores), memory and storage (bytes).
+    pub free: [u64; 3],
+    /// Total CPU (millicores), memory and storage (bytes).
+    pub total: [u64; 3],
+    /// Load average × 1000.
+    pub load_milli: u32,
+    /// Its page (empty: none).
+    pub page: String,
 }
 
 impl Cluster {
@@ -422,10 +452,37 @@ impl Cluster {
             transport,
             placement: Arc::new(ClusterPlacement::new()),
             link: watch::channel(Link::default()).0,
+            page: String::new(),
+            radar: watch::channel(Vec::new()).0,
             asks,
             asks_rx,
             images: state_dir.join("images"),
         })
+    }
+
+    /// Where this node serves its page: its status carries it, so that
+    /// every node's page links to the others'. A URL whose host is
+    /// unspecified (`0.0.0.0`) gets the gossip address's IP.
+    pub fn set_page(&mut self, url: &str) {
+        let base = url.split('#').next().unwrap_or(url);
+        let base = match self.transport.local_addr().ip() {
+            ip if !ip.is_unspecified() => base
+                .replace("://0.0.0.0:", &format!("://{ip}:"))
+                .replace("://[::]:", &format!("://{ip}:")),
+            _ => base.to_string(),
+        };
+        let mut base = base;
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        if base.len() <= crate::gossip::wire::MAX_STATUS_PAGE {
+            self.page = base;
+        }
+    }
+
+    /// The live members, as the page's `nodes` lists them.
+    pub fn radar(&self) -> watch::Receiver<Vec<RadarNode>> {
+        self.radar.subscribe()
     }
 
     /// The node's relocation agent, tied to this gossip task: it accepts
@@ -557,6 +614,8 @@ impl Cluster {
             },
             link: self.link,
             images: self.images.clone(),
+            page: self.page.clone(),
+            radar: self.radar,
         };
         task.link.send_modify(|l| {
             l.key = Some(tunnel_key);
@@ -758,6 +817,10 @@ struct Task {
     status_dirty: bool,
     /// Unix ms until which this node is away by choice (0: not away).
     away_until_ms: u64,
+    /// This node's page ([`Cluster::set_page`]).
+    page: String,
+    /// The members for the page ([`Cluster::radar`]).
+    radar: watch::Sender<Vec<RadarNode>>,
     /// What admission requires of peers' documents.
     trust: Trust,
     /// To the relocation agent.
@@ -1245,6 +1308,42 @@ impl Task {
                 },
             );
         }
+        let mut radar: Vec<RadarNode> = self
+            .node
+            .alive_members()
+            .into_iter()
+            .chain([self.me.clone()])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|id| {
+                let st = self.node.status(&id)?;
+                let r = |r: &Resources| [r.cpu_millis, r.memory, r.storage];
+                Some(RadarNode {
+                    name: self.label(&id),
+                    node_id: id.0.clone(),
+                    tags: st.tags.clone(),
+                    performance: st.performance,
+                    unschedulable: st.unschedulable,
+                    vms: if id == self.me {
+                        running.len()
+                    } else {
+                        st.vms.len()
+                    },
+                    free: r(&st.free),
+                    total: r(&st.total),
+                    load_milli: st.load_milli,
+                    page: st.page.clone(),
+                })
+            })
+            .collect();
+        radar.sort_by(|a, b| a.name.cmp(&b.name));
+        self.radar.send_if_modified(|r| {
+            let changed = *r != radar;
+            if changed {
+                *r = radar;
+            }
+            changed
+        });
         self.link.send_if_modified(|l| {
             let same = l.relocations == relocations
                 && l.addrs == addrs
@@ -1351,6 +1450,7 @@ impl Task {
             cpu: status.cpu.clone().unwrap_or_default(),
             images: self.image_hints(),
             copies: self.placement.held_copies(),
+            page: self.page.clone(),
         };
         debug!(?st, "publishing node status");
         self.node.set_status(unix_ms(), st);

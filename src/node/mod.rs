@@ -207,10 +207,11 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         storage: drivers.storage.name().into(),
         manifests: config.manifests.display().to_string(),
         http_url: None,
+        radar: None,
     };
 
     let node_key = load_node_key(&config)?;
-    let cluster = match &config.gossip {
+    let mut cluster = match &config.gossip {
         Some(g) => Some(
             cluster::Cluster::bind(
                 g,
@@ -260,6 +261,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     let mut tasks = Vec::new();
     if let Some(http) = &config.http {
         let (listener, api, url) = start_http(http, &admission, &config).await?;
+        if let Some(c) = cluster.as_mut() {
+            c.set_page(&url);
+            api.set_radar(c.radar());
+        }
         facts.http_url = Some(url);
         api.set_consoles(hypervisor.clone());
         tasks.push(tokio::spawn(crate::http::serve(
@@ -284,6 +289,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         )));
     }
     if let Some(c) = cluster {
+        facts.radar = Some(c.radar());
         tasks.push(tokio::spawn(c.run(shutdown.clone())));
     }
     if let Some(a) = agent {

@@ -494,3 +494,49 @@ fn a_lost_store_is_rebuilt_from_the_snapshot() {
         .to_string();
     assert!(err.contains("nothing to recover from"), "{err}");
 }
+
+#[test]
+fn shared_lists_decode_only_what_changed_and_never_show_an_old_record() {
+    let t = tmp();
+    let s = Store::open(&t.0.join("s.redb")).unwrap();
+    for n in ["a", "b", "c"] {
+        s.apply(&vm(n, 64), &src("api")).unwrap();
+    }
+    let first = s.list_shared();
+    let names: Vec<&str> = first.iter().map(|r| r.key.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    // Nothing changed: the same records, not decoded again.
+    let again = s.list_shared();
+    assert!(first.iter().zip(&again).all(|(x, y)| Arc::ptr_eq(x, y)));
+    // A status, a new spec, a deletion and a new object: each seen, and
+    // only those records are new.
+    s.set_status(&key("a"), serde_json::json!({"phase": "Running"}))
+        .unwrap();
+    s.apply(&vm("b", 128), &src("api")).unwrap();
+    s.delete(&key("c"), &src("api")).unwrap();
+    s.apply(&vm("d", 64), &src("api")).unwrap();
+    let now = s.list_shared();
+    let names: Vec<&str> = now.iter().map(|r| r.key.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "d"]);
+    assert_eq!(now[0].status.as_ref().unwrap()["phase"], "Running");
+    assert_eq!(now[1].generation, 2);
+    let listed = s.list(None);
+    for (shared, plain) in now.iter().zip(&listed) {
+        assert_eq!(
+            (
+                &shared.key,
+                shared.generation,
+                &shared.object,
+                &shared.status
+            ),
+            (&plain.key, plain.generation, &plain.object, &plain.status)
+        );
+    }
+    assert!(!Arc::ptr_eq(&first[0], &now[0]), "a's status changed");
+    // Writing the same status again still writes: a fresh record, equal.
+    s.set_status(&key("d"), serde_json::json!({"phase": "Pending"}))
+        .unwrap();
+    let last = s.list_shared();
+    assert!(Arc::ptr_eq(&now[0], &last[0]) && Arc::ptr_eq(&now[1], &last[1]));
+    assert_eq!(last[2].status.as_ref().unwrap()["phase"], "Pending");
+}
