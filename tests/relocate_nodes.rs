@@ -717,15 +717,41 @@ fn start_copy(p: &Pair, name: &str) {
         relocation_yaml(name),
     )
     .unwrap();
-    wait_until(
-        p,
-        &format!("{name} copying"),
-        Duration::from_secs(60),
-        || {
-            let st = status(p.from(), "relocation", name);
-            st["phase"] == "Copying" && st["progress"]["ramSent"].as_u64().unwrap_or(0) > 0
-        },
-    );
+    let t = Instant::now();
+    loop {
+        let st = status(p.from(), "relocation", name);
+        if st["phase"] == "Copying" && st["progress"]["ramSent"].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            // What CI shows of a failure is its first lines: the two
+            // statuses and the relocation lines of both logs come first.
+            let lines = |n: &Node| {
+                let t = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let l: Vec<&str> = t
+                    .lines()
+                    .filter(|l| {
+                        !l.contains("publishing node status")
+                            && (l.contains("reloc") || l.contains("WARN") || l.contains("ERROR"))
+                    })
+                    .collect();
+                l[l.len().saturating_sub(25)..].join("\n")
+            };
+            panic!(
+                "{name} copying: not within 60s\nsender {}: {st}\nreceiver {}: {}\n{}:\n{}\n{}:\n{}\nlogs:\n{}\n{}",
+                p.from().name,
+                p.to().name,
+                status(p.to(), "relocation", name),
+                p.from().name,
+                lines(p.from()),
+                p.to().name,
+                lines(p.to()),
+                p.nodes[0].log_text(),
+                p.nodes[1].log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The VM runs on its first node only, its guest beating on in the same
