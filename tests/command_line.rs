@@ -218,3 +218,26 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
     );
     assert!(exists(&node, "web3"));
 }
+
+/// `deorch completions bash | head -1`: a reader that closed the pipe
+/// before the script was written is no failure and no panic.
+#[test]
+fn completions_to_a_closed_pipe_end_quietly() {
+    for shell in ["bash", "zsh", "fish"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deorch"))
+            .args(["completions", shell])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end, closed before the child writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked"),
+            "{shell}: {:?} {err}",
+            out.status
+        );
+    }
+}

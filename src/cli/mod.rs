@@ -953,8 +953,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "deorch", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            // Into a buffer, then out: clap_complete panics on a write
+            // error, and a reader that closed the pipe early
+            // (`deorch completions bash | head -1`) is no error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "deorch", &mut script);
+            use std::io::Write as _;
+            match std::io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::anyhow!("writing the completions: {e}"))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Key { command } => identity::key(command),
         Command::Sign {
