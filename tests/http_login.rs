@@ -239,6 +239,7 @@ fn login_replay_expiry_forgery_and_cookies() {
         node: other_node_addr.clone(),
         level2: false,
         hand_over_until: None,
+        hand_over_to: None,
     };
     let r = whoami(&url, &session.to_token(&other_node).unwrap());
     assert_eq!(r.status, 200, "{:?}", r.json());
@@ -271,18 +272,39 @@ fn login_replay_expiry_forgery_and_cookies() {
         )
         .unwrap()
     };
-    let ticket = Session {
-        expires: now + 60,
-        hand_over_until: Some(now + 600),
-        ..session.clone()
-    }
-    .to_token(&other_node)
-    .unwrap();
+    // This node's address: the one a hand-over to it names.
+    let here = {
+        let (code, out, err) = node.cli(
+            &["node", "id", "--state-dir", &node.state.display().to_string()],
+            None,
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        out.trim().to_string()
+    };
+    let ticket_to = |to: &str| {
+        Session {
+            expires: now + 60,
+            hand_over_until: Some(now + 600),
+            hand_over_to: Some(to.to_string()),
+            ..session.clone()
+        }
+        .to_token(&other_node)
+        .unwrap()
+    };
+    let ticket = ticket_to(&here);
     let r = whoami(&url, &ticket);
     assert_eq!((r.status, code(&r)), (401, "BadSession".into()));
+    // Handed over to another node: not adopted here.
+    let r = adopt(&ticket_to(&other_node_addr));
+    assert_eq!((r.status, code(&r)), (401, "BadHandOver".into()));
+    assert!(r.json()["error"].as_str().unwrap().contains("another node"));
     let r = adopt(&ticket);
     assert_eq!(r.status, 200, "{:?}", r.json());
     let adopted = token_of(&r);
+    // Once only.
+    let r = adopt(&ticket);
+    assert_eq!((r.status, code(&r)), (401, "BadHandOver".into()));
+    assert!(r.json()["error"].as_str().unwrap().contains("already used"));
     let w = whoami(&url, &adopted);
     assert_eq!(w.status, 200, "{:?}", w.json());
     assert_eq!(w.json()["address"], user_addr.as_str());
@@ -298,6 +320,7 @@ fn login_replay_expiry_forgery_and_cookies() {
         &Session {
             node: foreign.node.clone(),
             hand_over_until: Some(now + 600),
+            hand_over_to: Some(here.clone()),
             ..session.clone()
         }
         .to_token(&stranger)
@@ -306,21 +329,38 @@ fn login_replay_expiry_forgery_and_cookies() {
     assert_eq!((r.status, code(&r)), (401, "BadHandOver".into()));
     // This node hands its own sessions over the same way.
     let cookie = format!("deorch_session={adopted}");
-    let r = request(
-        &url,
-        "POST",
-        "/v1/auth/handover",
-        None,
-        Some(&cookie),
-        b"",
-        T,
-    )
-    .unwrap();
+    let hand_over = |body: &str| {
+        request(
+            &url,
+            "POST",
+            "/v1/auth/handover",
+            Some("application/json"),
+            Some(&cookie),
+            body.as_bytes(),
+            T,
+        )
+        .unwrap()
+    };
+    // It names the node that is to take it, a node of the cluster.
+    let r = hand_over("");
+    assert_eq!((r.status, code(&r)), (400, "BadRequest".into()));
+    let r = hand_over(&json!({"to": foreign.node}).to_string());
+    assert_eq!((r.status, code(&r)), (400, "UnknownNode".into()));
+    let r = hand_over(&json!({"to": here}).to_string());
     assert_eq!(r.status, 200, "{:?}", r.json());
     let again = r.json()["token"].as_str().unwrap().to_string();
     assert!(r.json()["expires"].as_u64().unwrap() <= now + 61 + 5);
     assert_eq!(adopt(&again).status, 200);
-    let r = request(&url, "POST", "/v1/auth/handover", None, None, b"", T).unwrap();
+    let r = request(
+        &url,
+        "POST",
+        "/v1/auth/handover",
+        Some("application/json"),
+        None,
+        json!({"to": here}).to_string().as_bytes(),
+        T,
+    )
+    .unwrap();
     assert_eq!(r.status, 401, "no session, no hand-over");
 
     // Refusals are logged, secrets are not.

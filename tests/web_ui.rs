@@ -16,7 +16,17 @@
 //!   then the button with the replica picked from the suggestions) and sees
 //!   the VM's status report it, stops and starts the VM with its buttons,
 //!   uses the buttons beside the command line, and logs out (the node
-//!   clears the cookie: the next command gets 401).
+//!   clears the cookie: the next command gets 401). Then, the kept key
+//!   forgotten, it logs in with an external wallet: the address typed, the
+//!   challenge shown and copied, signed outside the page by `deorch sign`
+//!   (Electrum's header), the signature pasted back; a wrong signature and
+//!   an expired challenge are refused in an alert and a new challenge
+//!   shown. Last, the session handed over: the same node as
+//!   `https://localhost:PORT` (another origin, another cookie jar) takes
+//!   `#adopt=TOKEN` from `POST /v1/auth/handover` and drops the fragment,
+//!   refuses a bogus token and a session cookie as token, and a node's
+//!   "Open on NODE" button (its row's `url` added by the test when the
+//!   node gives none) hands the session over and opens that page.
 //! - `level2.mjs`: an AccessPolicy asks a real slapd for the user's
 //!   password; the page asks it, shows the node's refusal of a wrong one,
 //!   and logs in with the right one.
@@ -74,7 +84,7 @@ fn assert_fresh_shots(shots: &Path, names: &[&str], started: Instant) {
 
 /// A node (fake drivers) serving the page for the cluster `owner` owns,
 /// with a fixed node key and the `tiny` spacesuit; its page's base URL.
-fn page_node(tag: &str, owner: &PrivateKey) -> (common::Node, String) {
+fn page_node(tag: &str, owner: &PrivateKey, extra: &[&str]) -> (common::Node, String) {
     let owner_address = owner.address(AddressType::P2wpkh).unwrap().to_string();
     let mut node = common::Node::new(tag);
     node.name = "web-ui-node".into();
@@ -90,6 +100,7 @@ fn page_node(tag: &str, owner: &PrivateKey) -> (common::Node, String) {
         .iter()
         .map(|s| s.to_string()),
     );
+    node.extra_args.extend(extra.iter().map(|s| s.to_string()));
     node.start();
     let base = node.http_url().split('#').next().unwrap().to_string();
     // The spacesuit `create vm web1 from tiny` names.
@@ -106,7 +117,14 @@ fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
     }
     let owner = fixed_key(0x11);
     let owner_address = owner.address(AddressType::P2wpkh).unwrap().to_string();
-    let (node, base) = page_node("web-ui", &owner);
+    // Login challenges live 8 s here, so the page's expiry of one it
+    // shows for an external wallet is seen in a few seconds (the page's
+    // own key signs at once).
+    let (node, base) = page_node("web-ui", &owner, &["--login-ttl", "8s"]);
+    // The owner's key as a file, for `deorch sign`: the external wallet,
+    // a signer outside the page.
+    let key_file = node.dir.join("owner.key");
+    owner.save(&key_file).unwrap();
     let shots = repo().join("docs/ui");
     let started = Instant::now();
     run_script(
@@ -119,9 +137,36 @@ fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
             ("DEORCH_NODE", node.name.clone().into()),
             ("DEORCH_BIN", env!("CARGO_BIN_EXE_deorch").into()),
             ("DEORCH_SOCKET", node.socket.clone().into()),
+            ("DEORCH_KEY_FILE", key_file.into()),
             ("DEORCH_SHOTS", shots.clone().into()),
         ],
-        Duration::from_secs(180),
+        Duration::from_secs(240),
+    );
+
+    // The node saw what the page said it did.
+    let log = node.log_text();
+    assert!(
+        log.contains("BadSignature"),
+        "no wrong signature refused in the node's log"
+    );
+    assert!(
+        log.contains("ChallengeExpired"),
+        "no expired challenge refused in the node's log"
+    );
+    assert_eq!(
+        log.matches("session adopted from a hand-over").count(),
+        2,
+        "two hand-overs adopted"
+    );
+    assert_eq!(
+        log.matches("adopt refused").count(),
+        3,
+        "a bogus token, a session cookie and a used token refused"
+    );
+    assert_eq!(
+        log.matches("adopt refused: hand-over token already used").count(),
+        1,
+        "the used token refused as used"
     );
 
     // What the page applied is in the node's store.
@@ -162,6 +207,10 @@ fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
             "revert.png",
             "actions.png",
             "logged-out.png",
+            "wallet.png",
+            "wallet-refused.png",
+            "adopt-refused.png",
+            "open-on-node.png",
         ],
         started,
     );
@@ -179,7 +228,7 @@ fn page_asks_the_level_2_password_a_real_slapd_checks() {
     let owner = fixed_key(0x11);
     let user = fixed_key(0x33);
     let user_address = user.address(AddressType::P2wpkh).unwrap().to_string();
-    let (node, base) = page_node("web-ui-level2", &owner);
+    let (node, base) = page_node("web-ui-level2", &owner, &[]);
     common::push_owner_signed(
         &NodeUrl::parse(&node.http_url()).unwrap(),
         &owner,
@@ -239,7 +288,7 @@ fn bench_page_figures() {
         return;
     }
     let owner = fixed_key(0x11);
-    let (node, base) = page_node("web-ui-bench", &owner);
+    let (node, base) = page_node("web-ui-bench", &owner, &[]);
     // noVNC's page from a static server, as a browser would get it.
     let port = common::slapd::free_port();
     /// The static server, stopped however the test ends.

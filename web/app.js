@@ -8,7 +8,11 @@
 // write their command in the bar, so the plan and the CLI command show
 // before Enter runs it. Login is a Bitcoin key kept in this browser
 // (localStorage): the page signs the node's challenge (BIP-137) here and
-// sends only the signature; a level-2 policy adds a directory password.
+// sends only the signature; or an external wallet signs the challenge the
+// page shows and the user pastes the signature back. A level-2 policy
+// adds a directory password. A session moves to another node's page as a
+// hand-over token in that page's URL fragment (`#adopt=TOKEN`), which the
+// other page posts to its node and drops from its URL at once.
 //
 // Plain DOM code, no framework, no HTML parsing (the CSP forbids inline code
 // and the page builds every element with `el`).
@@ -240,7 +244,15 @@ function setUrl(q, push) {
 
 // ---------------------------------------------------------------- login
 
-function showLogin(message, isError) {
+/**
+ * The login, with `message` under the key's controls (`isError`: red);
+ * `alert`: a refusal shown first in the panel, announced at once (a
+ * hand-over this node did not take).
+ */
+function showLogin(message, isError, alert) {
+  const box = $('login-alert');
+  box.replaceChildren(...(alert ? [el('p', {}, alert)] : []));
+  box.hidden = !alert;
   closeEvents();
   state.address = null;
   $('session').hidden = true;
@@ -269,6 +281,8 @@ function showConsole(address) {
   state.address = address;
   $('who').textContent = address;
   $('login').hidden = true;
+  $('login-alert').hidden = true;
+  resetWallet();
   $('password-form').hidden = true;
   $('backup').hidden = true;
   $('password').value = '';
@@ -315,6 +329,301 @@ async function login(key, password) {
   } catch (e) {
     setStatus(status, 'Login failed: ' + e.message, true);
   }
+}
+
+// ---------------------------------------------------------------- external wallet
+
+/**
+ * Login with a wallet outside the page (Electrum, Sparrow, a hardware
+ * wallet): the page fetches the node's challenge and shows it, exactly,
+ * to be signed there; the signature pasted back goes in the same login
+ * request the page's own key makes. Each attempt uses the challenge up
+ * (the node's nonce is single use, refused or not), so after a refusal
+ * the page shows a new one to sign.
+ */
+const wallet = { challenge: null, timer: null };
+
+function resetWallet() {
+  clearTimeout(wallet.timer);
+  wallet.challenge = null;
+  $('wallet-sign').hidden = true;
+  $('wallet-message').value = '';
+  $('wallet-signature').value = '';
+  $('wallet-signature').removeAttribute('aria-invalid');
+  $('wallet-password').value = '';
+  $('wallet-password-row').hidden = true;
+  $('wallet-error').hidden = true;
+  $('wallet-get').textContent = 'Get the message to sign';
+  setStatus($('wallet-status'), '');
+}
+
+/** `hh:mm:ss` of a time `ms` (local clock). */
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+}
+
+function walletError(text) {
+  const box = $('wallet-error');
+  box.replaceChildren(el('p', {}, text));
+  box.hidden = false;
+}
+
+/**
+ * Fetch a challenge and show it to be signed (the message field gets the
+ * focus, its text selected: Ctrl+C copies it). Its lifetime counts from
+ * now on this browser's clock (the node's lifetime, not its clock).
+ */
+async function walletChallenge() {
+  clearTimeout(wallet.timer);
+  let c;
+  try {
+    c = await call('GET', '/v1/auth/challenge');
+  } catch (e) {
+    c = { ok: false, status: 0, body: { error: e.message } };
+  }
+  if (!c.ok || !c.body || !c.body.challenge) {
+    wallet.challenge = null;
+    $('wallet-sign').hidden = true;
+    setStatus($('wallet-status'), 'The node gave no message to sign: ' + reason(c), true);
+    return false;
+  }
+  wallet.challenge = c.body.challenge;
+  const ttl = Math.max(1, Number(c.body.expires) - Number(c.body.issued) || 60);
+  const until = Date.now() + ttl * 1000;
+  $('wallet-message').value = c.body.challenge;
+  $('wallet-message').rows = c.body.challenge.split('\n').length;
+  $('wallet-expiry').textContent =
+    'Valid once, for ' + ttl + ' s (until ' + clock(until) + '): sign it in the wallet as the address above, then paste the signature below.';
+  $('wallet-expiry').classList.remove('err');
+  $('wallet-get').textContent = 'Get a new message';
+  $('wallet-sign').hidden = false;
+  wallet.timer = setTimeout(() => {
+    const note = $('wallet-expiry');
+    note.textContent = 'This message expired at ' + clock(until) + ': the node refuses a signature of it. Get a new message and sign that.';
+    note.classList.add('err');
+    setStatus($('wallet-status'), 'The message to sign has expired.', true);
+  }, ttl * 1000);
+  setStatus($('wallet-status'), '');
+  const message = $('wallet-message');
+  message.focus();
+  message.select();
+  return true;
+}
+
+/** What a refused login means for a wallet user, by the node's code. */
+function walletRefusal(r, address) {
+  const code = r.body && r.body.code;
+  const said = reason(r);
+  switch (code) {
+    case 'BadSignature':
+      return 'The node refused the signature: ' + said + '. Sign the message exactly as shown, every line, as ' + address + '.';
+    case 'ChallengeExpired':
+      return 'The message expired before the signature reached the node: ' + said + '.';
+    case 'ChallengeRejected':
+      return 'The node no longer knows that message (used already, or the node restarted): ' + said + '.';
+    case 'WrongNetwork':
+      return 'That address is on another network than this cluster: ' + said + '.';
+    case 'NotAuthorised':
+      return 'The signature is good, but this address may not log in: ' + said + '.';
+    case 'Level2Refused':
+      return 'The directory refused the password: ' + said + '.';
+    default:
+      return 'Login refused: ' + said + '.';
+  }
+}
+
+async function walletLogin() {
+  const address = $('wallet-address').value.trim();
+  const field = $('wallet-signature');
+  // Wallets may wrap a long signature: base64 has no blanks of its own.
+  const signature = field.value.replace(/\s+/g, '');
+  if (!address) {
+    $('wallet-address').setAttribute('aria-invalid', 'true');
+    $('wallet-address').focus();
+    return walletError('Type the address the wallet signs with first.');
+  }
+  if (!wallet.challenge) return walletChallenge();
+  if (!signature) {
+    field.setAttribute('aria-invalid', 'true');
+    field.focus();
+    return walletError('Paste the signature the wallet made of the message above.');
+  }
+  const body = { address, signature, challenge: wallet.challenge };
+  const password = $('wallet-password').value;
+  if (!$('wallet-password-row').hidden && password) body.password = password;
+  setStatus($('wallet-status'), 'Checking the signature…');
+  let r;
+  try {
+    r = await call('POST', '/v1/auth/login', body);
+  } catch (e) {
+    r = { ok: false, status: 0, body: { error: e.message } };
+  }
+  if (r.ok) return showConsole((r.body && r.body.address) || address);
+  const code = r.body && r.body.code;
+  field.value = '';
+  $('wallet-password').value = '';
+  if (code === 'RateLimited' || r.status === 0) {
+    // The challenge was not used: the same message can be signed again.
+    setStatus($('wallet-status'), '');
+    return walletError(r.status === 0 ? 'The node did not answer: ' + reason(r) + '.' : 'Login refused: ' + reason(r) + '.');
+  }
+  if (code === 'PasswordRequired' || code === 'Level2Refused') $('wallet-password-row').hidden = false;
+  field.setAttribute('aria-invalid', code === 'PasswordRequired' ? 'false' : 'true');
+  const why =
+    code === 'PasswordRequired'
+      ? address + ' also needs its directory password (level 2): sign the new message and enter the password with it.'
+      : walletRefusal(r, address) + ' A new message is shown: sign that one.';
+  if (await walletChallenge()) return walletError(why);
+  // No new message: the part that held the error is hidden with it.
+  setStatus($('wallet-status'), walletRefusal(r, address) + ' ' + $('wallet-status').textContent, true);
+}
+
+function setupWallet() {
+  $('wallet-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const address = $('wallet-address');
+    if (!address.value.trim()) {
+      address.setAttribute('aria-invalid', 'true');
+      return setStatus($('wallet-status'), 'Type your address first.', true);
+    }
+    address.removeAttribute('aria-invalid');
+    $('wallet-error').hidden = true;
+    $('wallet-signature').removeAttribute('aria-invalid');
+    walletChallenge();
+  });
+  $('wallet-login').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    walletLogin();
+  });
+  // The whole message at once: a click or Tab into it selects it.
+  $('wallet-message').addEventListener('focus', () => $('wallet-message').select());
+  $('wallet-copy').addEventListener('click', async () => {
+    const message = $('wallet-message');
+    try {
+      await navigator.clipboard.writeText(message.value);
+      setStatus($('wallet-status'), 'Copied the message: paste it in the wallet\u2019s “Sign message”.');
+    } catch {
+      message.focus();
+      message.select();
+      setStatus($('wallet-status'), 'Selected the message: copy it with Ctrl+C.');
+    }
+  });
+}
+
+// ---------------------------------------------------------------- hand-over
+
+/**
+ * The hand-over token in this page's URL (`#adopt=TOKEN`), taken out of
+ * the URL at once (history.replaceState, so no history entry, reload or
+ * bookmark has it). A fragment never reaches a server, so the token
+ * travels only in the POST to /v1/auth/adopt.
+ */
+function takeAdoptToken() {
+  if (!location.hash) return null;
+  const token = new URLSearchParams(location.hash.slice(1)).get('adopt');
+  if (token === null) return null;
+  history.replaceState(history.state, '', location.pathname + location.search);
+  return token;
+}
+
+/** Ask this node for a session from a hand-over `token`. */
+function adopt(token) {
+  return call('POST', '/v1/auth/adopt', { token }).catch((e) => ({ ok: false, status: 0, body: { error: e.message } }));
+}
+
+/** Logged in from the adopt answer `a`, if it is one; whether it was. */
+function showAdopted(a) {
+  if (!a.ok || !a.body || !a.body.address) return false;
+  showConsole(a.body.address);
+  if (!$('q').value.trim()) setStatus($('results-status'), 'Logged in on this node with the session handed over from the other page.');
+  return true;
+}
+
+function adoptRefusal(a) {
+  return 'This node refused the session handed over from another page: ' + reason(a) + '.';
+}
+
+/**
+ * `#adopt=` put in the URL of a page already open (a link followed in
+ * the same tab changes only the fragment): adopted the same way.
+ */
+function setupAdopt() {
+  window.addEventListener('hashchange', async () => {
+    const token = takeAdoptToken();
+    if (token === null) return;
+    const a = await adopt(token);
+    if (showAdopted(a)) return;
+    if (state.address) setStatus($('results-status'), adoptRefusal(a) + ' The session this page had is kept.', true);
+    else showLogin('', false, adoptRefusal(a) + ' Log in here.');
+  });
+}
+
+/**
+ * A Satellite row's page, when it is another origin than this one and
+ * the row names the node's address (a hand-over token names the one node
+ * that may adopt it, and each is adopted once): an
+ * https URL (http only from an http page: the token is not sent in clear
+ * from a page that had TLS); anything else is not followed.
+ */
+function otherPage(r) {
+  // The hand-over names the node to take it (its address): none, no button.
+  if (r.kind !== 'Satellite' || typeof r.url !== 'string' || !r.url || !r.address) return null;
+  let u;
+  try {
+    u = new URL(r.url);
+  } catch {
+    return null;
+  }
+  const scheme = u.protocol === 'https:' || (u.protocol === 'http:' && location.protocol === 'http:');
+  if (!scheme || u.origin === location.origin) return null;
+  u.hash = '';
+  return u;
+}
+
+/**
+ * "Open on NAME": the node hands this session over (a token for 60 s),
+ * and the browser opens NAME's page with it in the fragment, where that
+ * page adopts it: logged in there, as here.
+ */
+function nodeActions(r, target) {
+  const note = el('p', { className: 'handover-note', role: 'status' });
+  const open = el(
+    'button',
+    {
+      type: 'button',
+      className: 'open-node',
+      'data-node': r.name,
+      title: 'Hands this session over to ' + r.name + ' and opens its page, ' + target.href,
+    },
+    'Open on ' + r.name,
+  );
+  open.addEventListener('click', async () => {
+    open.disabled = true;
+    note.textContent = 'Handing the session over to ' + r.name + '…';
+    let t;
+    try {
+      t = await call('POST', '/v1/auth/handover', { to: r.address });
+    } catch (e) {
+      t = { ok: false, status: 0, body: { error: e.message } };
+    }
+    if (t.ok && t.body && t.body.token) {
+      const to = new URL(target.href);
+      to.hash = 'adopt=' + encodeURIComponent(t.body.token);
+      location.assign(to.href);
+      return;
+    }
+    open.disabled = false;
+    if (t.status === 401) return showLogin('The session has ended: log in again. (' + reason(t) + ')', true);
+    note.textContent = 'Could not hand the session over: ' + reason(t);
+    open.focus();
+  });
+  return el(
+    'div',
+    { className: 'actions', role: 'group', 'aria-label': 'Actions on node ' + r.name },
+    open,
+    el('span', { className: 'help' }, 'Page ', el('code', {}, target.href)),
+    note,
+  );
 }
 
 /** `f` as an event handler that first has the crypto loaded. */
@@ -635,6 +944,7 @@ function showResults(q, results, quiet) {
         r.detail ? el('p', { className: 'detail' }, r.detail) : null,
         r.cli ? el('code', {}, r.cli) : null,
         r.kind === 'VirtualMachine' ? vmActions(r) : null,
+        otherPage(r) ? nodeActions(r, otherPage(r)) : null,
       );
     }),
   );
@@ -973,24 +1283,37 @@ function refresh() {
 // ---------------------------------------------------------------- start
 
 async function start() {
+  // First of all: a hand-over token leaves the URL before anything runs.
+  const token = takeAdoptToken();
   setupLogin();
+  setupWallet();
+  setupAdopt();
   setupCommandLine();
   setupActions();
   // A link to a query (`deorch url`, a card's link): kept through login.
   $('q').value = urlQuery();
   const loggedOut = localStorage.getItem(LOGGED_OUT);
-  const [c, w] = await Promise.all([
+  const whoami = () => (loggedOut ? null : call('GET', '/v1/auth/whoami').catch(() => null));
+  const [c, first] = await Promise.all([
     call('GET', '/v1/cluster').catch(() => null),
-    loggedOut ? null : call('GET', '/v1/auth/whoami').catch(() => null),
+    token === null ? whoami() : adopt(token),
   ]);
+  const a = token === null ? null : first;
   if (c && c.ok && c.body) {
     state.cluster = c.body.cluster;
     state.node = c.body.node;
     $('cluster-id').textContent = c.body.cluster;
     $('node-address').textContent = c.body.node;
   }
-  if (w && w.ok && w.body) return showConsole(w.body.address);
-  showLogin();
+  if (a && showAdopted(a)) return;
+  const refused = a ? adoptRefusal(a) : '';
+  const w = token === null ? first : await whoami();
+  if (w && w.ok && w.body) {
+    showConsole(w.body.address);
+    if (refused) setStatus($('results-status'), refused + ' The session this node had is kept.', true);
+    return;
+  }
+  showLogin('', false, refused ? refused + ' Log in here.' : '');
 }
 
 start();

@@ -60,6 +60,10 @@ pub struct Row {
     /// A satellite's page, where it serves one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A satellite's address (its node ID): what a hand-over to its page
+    /// names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// At most this many suggestions.
@@ -448,6 +452,9 @@ fn row(r: &Record) -> Row {
         ),
         url: (r.key.kind == Kind::Satellite)
             .then(|| st["page"].as_str().map(str::to_string))
+            .flatten(),
+        address: (r.key.kind == Kind::Satellite)
+            .then(|| st["nodeId"].as_str().map(str::to_string))
             .flatten(),
     }
 }
@@ -1196,6 +1203,7 @@ mod tests {
             .iter()
             .map(|r| (r.name.as_str(), r.url.as_deref()))
             .collect();
+        assert_eq!(o.results[0].address.as_deref(), Some("bc1qsat-a"));
         // sat-a's object gets its page; sat-b (an object, no member) has
         // none; sat-z (a member, no object) is made from its status.
         assert_eq!(

@@ -46,6 +46,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sha2::{Digest, Sha256};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -101,6 +102,8 @@ pub struct HttpApi {
     node_address: String,
     trusted_nodes: Vec<Address>,
     nonces: Mutex<NonceStore>,
+    /// Hand-over tokens adopted here, until they expire.
+    adopted: Mutex<UsedTokens>,
     challenge_limiter: Option<Mutex<RateLimiter>>,
     login_limiter: Option<Mutex<RateLimiter>>,
     consoles: std::sync::OnceLock<Arc<dyn crate::driver::Hypervisor>>,
@@ -169,6 +172,7 @@ impl HttpApi {
                 .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
             consoles: std::sync::OnceLock::new(),
             radar: std::sync::OnceLock::new(),
+            adopted: Mutex::new(UsedTokens::default()),
             cluster,
             node_key: settings.node_key,
             node_address,
@@ -589,6 +593,7 @@ async fn login(
         node: api.node_address.clone(),
         level2: passed_level2,
         hand_over_until: None,
+        hand_over_to: None,
     };
     info!(%peer, address = ?session.address, expires = session.expires, "login");
     session_answer(&api, &session)
@@ -622,6 +627,32 @@ fn session_answer(api: &HttpApi, s: &Session) -> Response {
     }
 }
 
+/// Hand-over tokens already adopted (their SHA-256), each kept until it
+/// expires; at most [`UsedTokens::MAX`], the soonest to expire dropped
+/// first when full (a flood of adoptions then costs its oldest a replay
+/// window, never memory).
+#[derive(Default)]
+struct UsedTokens {
+    by_digest: std::collections::HashMap<[u8; 32], u64>,
+}
+
+impl UsedTokens {
+    const MAX: usize = 100_000;
+
+    /// Record `digest` (expiring at `expires`); false when it was there.
+    fn insert(&mut self, digest: [u8; 32], expires: u64, now: u64) -> bool {
+        if self.by_digest.len() >= Self::MAX {
+            self.by_digest.retain(|_, e| *e > now);
+        }
+        if self.by_digest.len() >= Self::MAX {
+            if let Some(k) = self.by_digest.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+                self.by_digest.remove(&k);
+            }
+        }
+        self.by_digest.insert(digest, expires).is_none()
+    }
+}
+
 /// How long a hand-over token may be adopted: time to load another
 /// node's page.
 pub const HAND_OVER_TTL: u64 = 60;
@@ -636,21 +667,50 @@ async fn hand_over(
     State(api): State<Arc<HttpApi>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     let s = match session_of(&api, peer, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HandOver {
+        to: String,
+    }
+    let to = match serde_json::from_slice::<HandOver>(&body) {
+        Ok(h) => h.to,
+        Err(e) => {
+            warn!(%peer, error = %e, "hand-over refused: malformed body");
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("expected JSON {{\"to\": ADDRESS}}, the node that is to take the session over: {e}"),
+            );
+        }
+    };
+    // Only to a node whose sessions this cluster trusts: a token for any
+    // other address could never be adopted anyway.
+    let (satellites, _) = api.admission.session_facts().unwrap_or_default();
+    if !api.is_trusted_node(&to, &satellites) {
+        warn!(%peer, %to, "hand-over refused: not a node of the cluster");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "UnknownNode",
+            format!("{to} is not a node of this cluster"),
+        );
+    }
     let now = now_secs();
     let ticket = Session {
         node: api.node_address.clone(),
         expires: now.saturating_add(HAND_OVER_TTL).min(s.expires),
         hand_over_until: Some(s.expires),
+        hand_over_to: Some(to),
         ..s
     };
     match ticket.to_token(&api.node_key) {
         Ok(token) => {
-            info!(%peer, address = %ticket.address, "session handed over");
+            info!(%peer, address = %ticket.address, to = ?ticket.hand_over_to, "session handed over");
             (
                 [(header::CACHE_CONTROL, "no-store")],
                 Json(json!({"token": token, "expires": ticket.expires})),
@@ -698,10 +758,29 @@ async fn adopt(
             "a session token, not a hand-over token (POST /v1/auth/handover on its node)",
         );
     };
+    if s.hand_over_to.as_deref() != Some(api.node_address.as_str()) {
+        warn!(%peer, to = ?s.hand_over_to, "adopt refused: handed over to another node");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "BadHandOver",
+            "the session was handed over to another node",
+        );
+    }
+    // Once: a token read on its way here is no second session.
+    let digest: [u8; 32] = Sha256::digest(req.token.as_bytes()).into();
+    if !lock(&api.adopted).insert(digest, s.expires, now_secs()) {
+        warn!(%peer, "adopt refused: hand-over token already used");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "BadHandOver",
+            "this hand-over token was already used: hand the session over again",
+        );
+    }
     let session = Session {
         node: api.node_address.clone(),
         expires: until,
         hand_over_until: None,
+        hand_over_to: None,
         ..s
     };
     info!(%peer, address = %session.address, "session adopted from a hand-over");

@@ -285,6 +285,10 @@ pub struct Session {
     /// it refuse such a token (unknown field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_over_until: Option<u64>,
+    /// On a hand-over token: the address of the one node that may adopt
+    /// it (a token read on its way to one node is no key to the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over_to: Option<String>,
 }
 
 impl Session {
@@ -447,6 +451,7 @@ mod tests {
         let (nk, na) = node();
         let s = Session {
             hand_over_until: None,
+            hand_over_to: None,
             address: "bc1qyjjkmdpu7metqt5r36jf872a34syws33s82q2j".into(),
             cluster: "C".into(),
             expires: 5000,

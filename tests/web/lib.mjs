@@ -194,3 +194,45 @@ export function fetchStatus(method, path, body) {
     [method, path, body === undefined ? null : body],
   );
 }
+
+/**
+ * Watch another page of the browser (`b.context.newPage()`) as `open`
+ * watches the first: script errors, CSP refusals, origins, and
+ * `secrets` ({text, only} as for `open`; read at each request, so ones
+ * pushed later count). A URL's fragment is not counted: it never leaves
+ * the browser. Call before its first `goto`.
+ */
+export async function watchPage(page, secrets) {
+  const w = { errors: [], leaks: [], origins: new Set(), requests: [] };
+  page.setDefaultTimeout(T);
+  page.on('pageerror', (e) => w.errors.push('page error: ' + e.message));
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener('securitypolicyviolation', (e) =>
+      window.__violations.push(`${e.violatedDirective} refused ${e.blockedURI || 'inline code'}`),
+    );
+  });
+  page.on('request', (r) => {
+    const url = new URL(r.url());
+    url.hash = '';
+    w.origins.add(url.origin);
+    w.requests.push({ method: r.method(), url: url.href, path: url.pathname, body: r.postData() || '' });
+    for (const s of secrets) {
+      const { text, only } = typeof s === 'string' ? { text: s, only: [] } : s;
+      const inUrl = url.href.includes(text);
+      const inBody = (r.postData() || '').includes(text);
+      if (inUrl || (inBody && !only.includes(url.pathname))) w.leaks.push(r.method() + ' ' + url.href);
+    }
+  });
+  return w;
+}
+
+/** The checks of `finalChecks` for a page `watchPage` watched, on `origins`. */
+export async function checkWatched(page, w, origins) {
+  const violations = await page.evaluate(() => window.__violations || []);
+  check(violations.length === 0, `the CSP refused: ${violations.join('; ')}`);
+  check(w.errors.length === 0, w.errors.join('; '));
+  check(w.leaks.length === 0, `a secret left the browser: ${w.leaks.join(', ')}`);
+  const other = [...w.origins].filter((o) => !origins.includes(o));
+  check(other.length === 0, `requests went to ${other.join(', ')}`);
+}

@@ -10,19 +10,37 @@
 //   DEORCH_NODE      the node's name (its Satellite)
 //   DEORCH_BIN, DEORCH_SOCKET   the CLI and the node's socket, to change the
 //                    store from outside the browser (live updates)
+//   DEORCH_KEY_FILE  the owner's key as a file: `deorch sign` with it is the
+//                    external wallet (a signer outside the page)
 //   DEORCH_SHOTS     where the screenshots go (docs/ui)
 //   (and lib.mjs's)
 
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { b, env, open, run, check, step, tabTo, checkFocusVisible, focusedIs, typeQuery, textOf, axe, fetchStatus, finalChecks } from './lib.mjs';
+import { b, env, open, run, check, step, tabTo, checkFocusVisible, focusedIs, typeQuery, textOf, axe, fetchStatus, finalChecks, watchPage, checkWatched } from './lib.mjs';
 
 const BASE = env('DEORCH_URL');
 const WIF = env('DEORCH_WIF');
 const ADDRESS = env('DEORCH_ADDRESS');
 const NODE = env('DEORCH_NODE');
 const SHOTS = env('DEORCH_SHOTS');
+const KEY_FILE = env('DEORCH_KEY_FILE');
+// The same node under another name: another origin, so another cookie
+// jar and another localStorage (its certificate names localhost too).
+const OTHER = BASE.replace('://127.0.0.1:', '://localhost:');
+
+/**
+ * The external wallet: `deorch sign` (the CLI's signer, k256 in Rust, a
+ * process of its own) signs `message` with the owner's key. `--type
+ * p2pkh` gives the compressed-key header 31-34 that Electrum writes for
+ * every address type, here for the owner's bc1q address.
+ */
+function walletSign(message) {
+  return execFileSync(env('DEORCH_BIN'), ['sign', '--key', KEY_FILE, '--type', 'p2pkh', '--message-file', '-'], { input: message })
+    .toString()
+    .trim();
+}
 
 mkdirSync(SHOTS, { recursive: true });
 let page;
@@ -61,9 +79,29 @@ async function enterApplies(object) {
   await page.locator('#applied', { hasText: object }).waitFor();
 }
 
+/** The signature `sig` pasted (Ctrl+V from the clipboard, where a wallet puts it) in the focused field. */
+async function paste(sig) {
+  await page.evaluate((t) => navigator.clipboard.writeText(t), sig);
+  await page.keyboard.press('Control+V');
+  check((await page.inputValue('#wallet-signature')) === sig, `the pasted signature is "${await page.inputValue('#wallet-signature')}"`);
+}
+
+/** The message on show: copied with the page's button, read from the clipboard. */
+async function copyMessage() {
+  await tabTo('#wallet-copy');
+  await page.keyboard.press('Enter');
+  await page.locator('#wallet-status', { hasText: 'Copied the message' }).waitFor();
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  check(copied === (await page.inputValue('#wallet-message')), 'the clipboard does not hold the message on show');
+  return copied;
+}
+
 async function main() {
-  page = await open(BASE, [WIF]);
+  // Secrets no request may carry; hand-over tokens join as they are made.
+  const secrets = [WIF];
+  page = await open(BASE, secrets);
   const { context } = b;
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
 
   await step('a link to a query, opened logged out: the login keeps it', async () => {
     const r = await page.goto(BASE + '/?q=nodes');
@@ -339,6 +377,220 @@ async function main() {
     await shot('logged-out.png');
   });
 
+  // ------------------------------------------------ an external wallet
+
+  const logins = [];
+  page.on('request', (r) => {
+    if (r.url().endsWith('/v1/auth/login')) logins.push(JSON.parse(r.postData() || '{}'));
+  });
+
+  await step('forget the kept key: the page holds no key', async () => {
+    await tabTo('#forget');
+    await page.keyboard.press('Enter');
+    await page.locator('#stored').waitFor({ state: 'hidden' });
+    check((await page.evaluate(() => localStorage.getItem('deorch.key'))) === null, 'the key is still kept');
+  });
+
+  let first;
+  await step('external wallet: the address typed, the message to sign shown and copied', async () => {
+    await tabTo('#wallet-address');
+    await page.keyboard.type(ADDRESS);
+    await page.keyboard.press('Enter');
+    await page.locator('#wallet-sign').waitFor({ state: 'visible' });
+    first = await page.inputValue('#wallet-message');
+    const lines = first.split('\n');
+    check(lines.length === 5 && lines[0] === 'deorch login' && /^nonce: [0-9a-f]{32}$/.test(lines[4]), `the message is not a challenge: ${JSON.stringify(first)}`);
+    check(lines[1] === 'cluster: ' + ADDRESS, `the message names cluster ${lines[1]}`);
+    check(await focusedIs('#wallet-message'), 'the message does not have the focus');
+    check(await page.evaluate(() => { const m = document.getElementById('wallet-message'); return m.selectionStart === 0 && m.selectionEnd === m.value.length; }), 'the message is not selected whole');
+    check((await page.getAttribute('#wallet-message', 'readonly')) !== null, 'the message can be edited');
+    check((await textOf('#wallet-expiry')).includes('for 8 s'), `the lifetime is not said: ${await textOf('#wallet-expiry')}`);
+    check((await textOf('#wallet-signature-help')).includes('BIP-322'), 'the hint does not say what the node takes');
+    check((await copyMessage()) === first, 'another message was copied');
+    await tabTo('#wallet-signature');
+    await paste(walletSign('not the message the node gave'));
+    await shot('wallet.png');
+  });
+
+  let second;
+  await step('a wrong signature: refused, said in an alert, and a new message to sign', async () => {
+    await page.keyboard.press('Enter');
+    const alert = page.locator('#wallet-error[role="alert"]');
+    await alert.waitFor({ state: 'visible' });
+    const said = await alert.textContent();
+    check(said.includes('BadSignature') && said.includes('new message'), `the refusal says: ${said}`);
+    check((await page.getAttribute('#wallet-signature', 'aria-invalid')) === 'true', 'the signature field is not marked invalid');
+    second = await page.inputValue('#wallet-message');
+    check(second !== first && second.startsWith('deorch login\n'), 'no new message after the refusal');
+    check(await focusedIs('#wallet-message'), 'the new message does not have the focus');
+    check(await page.locator('#session').isHidden(), 'logged in with a wrong signature');
+    check(logins.length === 1 && logins[0].challenge === first && logins[0].address === ADDRESS, `the login sent ${JSON.stringify(logins)}`);
+    await shot('wallet-refused.png');
+  });
+  await step('axe-core: the external wallet panel with a refusal', () => axe('external wallet'));
+
+  await step('the message expires: the page says so, and the node refuses a signature of it', async () => {
+    await page.locator('#wallet-expiry.err', { hasText: 'expired' }).waitFor({ timeout: 12_000 });
+    await page.locator('#wallet-status', { hasText: 'expired' }).waitFor();
+    await tabTo('#wallet-signature');
+    await paste(walletSign(second));
+    await page.keyboard.press('Enter');
+    await page.locator('#wallet-error', { hasText: 'ChallengeExpired' }).waitFor();
+    check(await page.locator('#session').isHidden(), 'logged in with an expired message');
+    check((await page.inputValue('#wallet-message')) !== second, 'no new message after the expiry');
+  });
+
+  let signature;
+  await step('signed outside the page (deorch sign, Electrum\'s header) and pasted: logged in', async () => {
+    const message = await copyMessage();
+    signature = walletSign(message);
+    check(Buffer.from(signature, 'base64')[0] >= 31 && Buffer.from(signature, 'base64')[0] <= 34, 'not an Electrum-style header');
+    await tabTo('#wallet-signature');
+    await paste(signature);
+    await page.keyboard.press('Enter');
+    await page.locator('#session').waitFor({ state: 'visible' });
+    check((await textOf('#who')) === ADDRESS, `the page shows ${await textOf('#who')}, not ${ADDRESS}`);
+    const sent = logins[logins.length - 1];
+    check(sent.signature === signature && sent.challenge === message && sent.address === ADDRESS, `the login sent ${JSON.stringify(sent)}`);
+    check((await page.evaluate(() => localStorage.getItem('deorch.key'))) === null, 'a key is kept in the page');
+    check(await focusedIs('#q'), 'the search bar does not have the focus after login');
+    check(await page.locator('#login').isHidden(), 'the login stays on show');
+  });
+
+  // ------------------------------------------------ hand-over between origins
+
+  const page2 = await context.newPage();
+  // Hand-over tokens go to /v1/auth/adopt in a body, in no URL.
+  const tokens = [];
+  const watch2 = await watchPage(page2, tokens);
+  const adopts = () => watch2.requests.filter((r) => r.path === '/v1/auth/adopt');
+  const one = page;
+
+  await step('a bogus hand-over token: refused, said on the login, gone from the URL', async () => {
+    const r = await page2.goto(OTHER + '/#adopt=not-a-hand-over-token');
+    check(r.status() === 200, `GET / on ${OTHER} answered ${r.status()}`);
+    await page2.locator('#login-alert[role="alert"]', { hasText: 'BadHandOver' }).waitFor();
+    check(await page2.locator('#session').isHidden(), 'logged in with a bogus token');
+    check(!page2.url().includes('#'), `the fragment stays: ${page2.url()}`);
+    check(adopts().length === 1 && JSON.parse(adopts()[0].body).token === 'not-a-hand-over-token', 'the token was not posted to /v1/auth/adopt');
+  });
+
+  await step('a session cookie as a hand-over token (the open page, a new fragment): refused', async () => {
+    const cookie = (await context.cookies(BASE)).find((c) => c.name === 'deorch_session');
+    check(cookie, 'no session cookie on ' + BASE);
+    await page2.goto(OTHER + '/#adopt=' + cookie.value);
+    await page2.locator('#login-alert[role="alert"]', { hasText: 'not a hand-over token' }).waitFor();
+    check(!page2.url().includes('#'), `the fragment stays: ${page2.url()}`);
+    check(adopts().length === 2, `${adopts().length} adopt requests`);
+    const c2 = await context.cookies(OTHER);
+    check(!c2.some((c) => c.name === 'deorch_session'), 'a session cookie on ' + OTHER);
+    b.page = page2;
+    await page2.screenshot({ path: join(SHOTS, 'adopt-refused.png'), fullPage: true });
+    await axe('a refused hand-over');
+    b.page = one;
+  });
+
+  await step('hand the session over: #adopt=TOKEN on the other origin logs in there, the fragment gone', async () => {
+    // The token names the node that is to adopt it: this one, under its
+    // other origin (its address, as the page's footer shows it).
+    const here = (await textOf('#node-address')).trim();
+    check(/^bc1q/.test(here), `the footer shows the node as "${here}"`);
+    const h = await fetchStatus('POST', '/v1/auth/handover', { to: here });
+    check(h.status === 200, `handover answered ${h.status}: ${h.body}`);
+    const { token, expires } = JSON.parse(h.body);
+    check(token && expires > Date.now() / 1000, `handover gave ${h.body}`);
+    tokens.push({ text: token, only: ['/v1/auth/adopt'] });
+    secrets.push(token);
+    // A fresh load, as a link from another page opens it.
+    await page2.goto('about:blank');
+    await page2.goto(OTHER + '/#adopt=' + token);
+    await page2.locator('#session').waitFor({ state: 'visible' });
+    check((await page2.locator('#who').textContent()) === ADDRESS, 'the other origin shows another address');
+    check(page2.url() === OTHER + '/', `the URL is ${page2.url()}`);
+    check((await page2.evaluate(() => location.hash)) === '', 'the fragment stays');
+    const last = adopts()[adopts().length - 1];
+    check(adopts().length === 3 && JSON.parse(last.body).token === token && last.method === 'POST', 'the token was not posted once to /v1/auth/adopt');
+    const cookie = (await context.cookies(OTHER)).find((c) => c.name === 'deorch_session');
+    check(cookie && cookie.httpOnly && cookie.secure && cookie.domain === 'localhost', `no session cookie of its own on ${OTHER}: ${JSON.stringify(cookie)}`);
+    const w = await page2.evaluate(async () => {
+      const r = await fetch('/v1/auth/whoami');
+      return { status: r.status, body: await r.json() };
+    });
+    check(w.status === 200 && w.body.address === ADDRESS, `whoami on ${OTHER}: ${JSON.stringify(w)}`);
+    await page2.locator('#live[data-state="on"]').waitFor();
+    check((await page2.locator('#results-status').textContent()).includes('handed over'), 'the page does not say the session was handed over');
+    // A reload: the session is the cookie now, the token is not asked again.
+    await page2.reload();
+    await page2.locator('#session').waitFor({ state: 'visible' });
+    check(adopts().length === 3, 'the reload posted a token again');
+    // The same token once more (read on its way, say): refused, the
+    // session this page has is kept.
+    const again = await page2.evaluate(async (t) => {
+      const r = await fetch('/v1/auth/adopt', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: t }) });
+      return { status: r.status, body: await r.json() };
+    }, token);
+    check(again.status === 401 && again.body.code === 'BadHandOver' && /already used/.test(again.body.error), `a used token adopted again: ${JSON.stringify(again)}`);
+  });
+
+  await step('"Open on NODE" on a node\'s card: handed over to that page, logged in there', async () => {
+    // Log out on the first origin: only the hand-over can log it in again.
+    await tabTo('#logout', 60);
+    await page.keyboard.press('Enter');
+    await page.locator('#login').waitFor({ state: 'visible' });
+    check((await fetchStatus('GET', '/v1/auth/whoami')).status === 401, 'still a session on ' + BASE);
+    // One node has no other page: this node's row gets its page on the
+    // first origin (as the nodes of a cluster have theirs) unless the
+    // node already says one.
+    let added = false;
+    await page2.route('**/v1/command', async (route) => {
+      const response = await route.fetch();
+      const json = await response.json();
+      for (const r of json.results || []) {
+        if (r.kind === 'Satellite' && !r.url) {
+          r.url = BASE + '/';
+          added = true;
+        }
+      }
+      await route.fulfill({ response, json });
+    });
+    b.page = page2;
+    await typeQuery('nodes');
+    const button = page2.locator(`#results li[data-name="${NODE}"] button.open-node`);
+    await button.waitFor();
+    console.log(`  the node's row url: ${added ? 'added by the test (this node gossips no page)' : 'from the node'}`);
+    check((await button.textContent()) === 'Open on ' + NODE, `the button says "${await button.textContent()}"`);
+    const title = await button.getAttribute('title');
+    check(title.includes('Hands this session over') && title.includes(new URL(BASE).host), `the button's title: ${title}`);
+    await tabTo(`#results li[data-name="${NODE}"] button.open-node`, 40);
+    await page2.screenshot({ path: join(SHOTS, 'open-on-node.png'), fullPage: true });
+    await axe('a node with another page');
+    // The token the node hands over, read on its way to the page (the
+    // page leaves at once, its responses with it).
+    let token = null;
+    await page2.route(OTHER + '/v1/auth/handover', async (route) => {
+      const response = await route.fetch();
+      token = (await response.json()).token;
+      tokens.push({ text: token, only: ['/v1/auth/adopt'] });
+      secrets.push(token);
+      await route.fulfill({ response });
+    });
+    await page2.keyboard.press('Enter');
+    await page2.waitForURL((u) => u.origin === new URL(BASE).origin);
+    check(token, 'no hand-over token');
+    await page2.locator('#session').waitFor({ state: 'visible' });
+    check((await page2.locator('#who').textContent()) === ADDRESS, 'the page shows another address');
+    check((await page2.evaluate(() => location.hash)) === '', 'the fragment stays');
+    const last = adopts()[adopts().length - 1];
+    check(last.url === BASE + '/v1/auth/adopt' && JSON.parse(last.body).token === token, 'the token was not posted to the other page\'s node');
+    const w = await page2.evaluate(async () => (await fetch('/v1/auth/whoami')).status);
+    check(w === 200, `whoami on ${BASE} after the hand-over: ${w}`);
+    b.page = one;
+    // The first page shares that origin's cookie: logged in again.
+    await page.reload();
+    await page.locator('#session').waitFor({ state: 'visible' });
+  });
+
+  await checkWatched(page2, watch2, [BASE, OTHER].map((u) => new URL(u).origin));
   await finalChecks();
 }
 
