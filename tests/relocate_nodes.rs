@@ -26,6 +26,8 @@ struct Lab {
     hub: String,
     /// Each node's end of its link to the hub.
     veth: Vec<String>,
+    /// Machines without a node ([`Lab::client`]).
+    clients: Vec<String>,
 }
 
 impl Lab {
@@ -65,11 +67,44 @@ impl Lab {
             addr,
             hub,
             veth,
+            clients: Vec::new(),
         }
     }
 }
 
 impl Lab {
+    /// Another machine on the switch that runs no node (a user's
+    /// browser): its namespace (deleted with the lab) and its address.
+    fn client(&mut self) -> (String, String) {
+        let p = self.hub.trim_end_matches('h').to_string();
+        let (ns, v, h) = (format!("{p}c"), format!("{p}vc"), format!("{p}hc"));
+        let addr = self.addr[0].rsplit_once('.').unwrap().0.to_string() + ".200";
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        sh(&["ip", "link", "add", &v, "type", "veth", "peer", "name", &h]);
+        sh(&["ip", "link", "set", &v, "netns", &ns]);
+        sh(&["ip", "link", "set", &h, "netns", &self.hub]);
+        sh(&["ip", "-n", &self.hub, "link", "set", &h, "master", "br0"]);
+        sh(&["ip", "-n", &self.hub, "link", "set", &h, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &v,
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", &v, "up"]);
+        self.clients.push(ns.clone());
+        (ns, addr)
+    }
+
     /// Set node `i`'s link to the hub `up` or `down`.
     fn set_link(&self, i: usize, state: &str) {
         sh(&["ip", "-n", &self.ns[i], "link", "set", &self.veth[i], state]);
@@ -78,7 +113,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for n in self.ns.iter().chain([&self.hub]) {
+        for n in self.ns.iter().chain(&self.clients).chain([&self.hub]) {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
@@ -3091,4 +3126,91 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
         bulk_at(&roots[from], 4 * MIB as u64, 16 * MIB) == poked,
         "the 16 MiB on the moved disk"
     );
+}
+
+/// The page of the VM's node, opened by chromium on a third machine of
+/// the lab: the owner types `relocate mover`, runs the plan with Enter and
+/// watches the card follow the VM to the node the radar elected; `nodes`
+/// then offers that node's page, which takes the session over.
+#[test]
+fn the_page_relocates_a_vm_by_typing_and_hands_the_session_to_its_new_node() {
+    use deorch::identity::{AddressType, Network, PrivateKey};
+    if !qemu_available() || !common::browser::browser_tools() {
+        return;
+    }
+    let owner = PrivateKey::generate(Network::Mainnet);
+    let owner_addr = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    // 0.0.0.0: each node's status then carries its page on its gossip IP.
+    let mut p = start_nodes(
+        2,
+        &[
+            "--http-listen",
+            "0.0.0.0:8443",
+            "--cluster-owner",
+            &owner_addr,
+        ],
+    );
+    let ids: Vec<String> = p
+        .nodes
+        .iter()
+        .map(|n| {
+            let (code, out, err) = n.cli(
+                &["node", "id", "--state-dir", &n.state.display().to_string()],
+                None,
+            );
+            assert_eq!(code, 0, "{out}{err}");
+            out.trim().to_string()
+        })
+        .collect();
+    let policy = common::members_policy(
+        1,
+        &[("sat-a", ids[0].as_str()), ("sat-b", ids[1].as_str())],
+        "",
+    );
+    for n in &p.nodes {
+        common::apply_owner_signed(n, &owner, &policy);
+    }
+    let (client, _) = p.lab.client();
+    let url = |i: usize| format!("https://{}:8443", p.lab.addr[i]);
+    let shots = common::browser::repo().join("docs/ui");
+    let started = Instant::now();
+    common::browser::run_script_wrapped(
+        &["ip", "netns", "exec", &client],
+        "relocate.mjs",
+        &p.from().dir,
+        &[
+            ("DEORCH_URL", url(p.from).into()),
+            ("DEORCH_WIF", owner.to_wif().into()),
+            ("DEORCH_ADDRESS", owner_addr.clone().into()),
+            ("DEORCH_TO", p.to().name.clone().into()),
+            ("DEORCH_TO_URL", url(1 - p.from).into()),
+            ("DEORCH_SHOTS", shots.clone().into()),
+        ],
+        Duration::from_secs(240),
+    );
+    // The VM runs on the other node, its guest beating on there.
+    let to = p.to();
+    wait_until(
+        &p,
+        "the VM runs on the receiver",
+        Duration::from_secs(30),
+        || runs(to, "mover"),
+    );
+    assert!(
+        qemu_of(p.from(), "mover").is_none(),
+        "QEMU left on the sender"
+    );
+    let seen = beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default()).len();
+    wait_until(&p, "beats on the receiver", Duration::from_secs(30), || {
+        beats(&std::fs::read_to_string(serial(to, "mover")).unwrap_or_default()).len() > seen + 2
+    });
+    for name in ["relocate-plan.png", "relocated.png", "switched.png"] {
+        let modified = std::fs::metadata(shots.join(name))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        assert!(
+            modified.elapsed().unwrap_or(Duration::MAX) <= started.elapsed(),
+            "docs/ui/{name} was not made by this run"
+        );
+    }
 }

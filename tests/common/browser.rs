@@ -76,13 +76,33 @@ pub fn browser_tools() -> bool {
 /// the screenshot of the failure is kept) when it fails or outlives
 /// `limit`.
 pub fn run_script(script: &str, dir: &Path, vars: &[(&str, OsString)], limit: Duration) -> String {
+    run_script_wrapped(&[], script, dir, vars, limit)
+}
+
+/// [`run_script`], `node` run by the command `wrap` (e.g. `ip netns exec
+/// NS`: the browser on a machine of its own).
+pub fn run_script_wrapped(
+    wrap: &[&str],
+    script: &str,
+    dir: &Path,
+    vars: &[(&str, OsString)],
+    limit: Duration,
+) -> String {
     let failshot = dir.join(format!("{script}-failure.png"));
     let (log, err) = (
         dir.join(format!("{script}.log")),
         dir.join(format!("{script}.err")),
     );
     let started = Instant::now();
-    let mut child = Command::new("node")
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("node");
+            c
+        }
+        None => Command::new("node"),
+    };
+    let mut child = cmd
         .arg(repo().join("tests/web").join(script))
         .env("DEORCH_WEB_DIR", cache_dir().join("web"))
         .env("DEORCH_FAILSHOT", &failshot)
