@@ -22,16 +22,18 @@ apt_install busybox-static cpio iproute2 util-linux mount findutils procps git o
 need_samba
 # libvirtd for the libvirt driver's tests (the tests start the daemon).
 apt_install libvirt-daemon-system libvirt-clients
-# DHCP: dnsmasq is the DHCPCAST central server in tests; Kea and perfdhcp
+# DHCP: dnsmasq is the DHCPCAST central server in tests, dhcpcd the probing
+# client (ARP, DECLINE); Kea and perfdhcp
 # (kea-admin) are the benchmark peers.
-apt_install dnsmasq-base kea-dhcp4-server kea-admin
+apt_install dnsmasq-base dhcpcd-base kea-dhcp4-server kea-admin
 command -v npm >/dev/null || apt_install nodejs npm
 # Real Bitcoin libraries for the interop tests (python-bitcoinlib, bitcoinjs-message).
 sh tests/interop/setup.sh
 # The web page's browser test: Debian's chromium (its font is only a
 # Recommend), driven by playwright-core with axe-core (npm, outside the
-# tree); curl reads the server-sent events in tests/command_line.rs.
-apt_install chromium fonts-dejavu-core curl
+# tree); curl reads the server-sent events in tests/command_line.rs;
+# spice-html5 is what web/spice/ must equal (tests/web_console.rs).
+apt_install chromium fonts-dejavu-core curl spice-html5
 sh tests/web/setup.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: installing it from crates.io"

@@ -363,7 +363,7 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
             &rid,
             Body::Gossip(vec![
                 Entry::Claim(forged_claim.clone()),
-                Entry::Status(forged_status.clone()),
+                Entry::Status(Box::new(forged_status.clone())),
             ]),
         );
         // Posing as t1: the channel authenticated the rogue, not t1.

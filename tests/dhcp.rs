@@ -24,7 +24,7 @@ fn have(tools: &[&str]) -> bool {
     common::root_with_tools(
         tools,
         &[],
-        "scripts/test.sh installs busybox-static, dnsmasq-base, kea",
+        "scripts/test.sh installs busybox-static, dnsmasq-base, dhcpcd-base, kea",
     )
 }
 
@@ -203,6 +203,7 @@ fn counters(json: &str) -> CountersSnapshot {
         relayed_up: v["relayed_up"].as_u64().unwrap(),
         relayed_down: v["relayed_down"].as_u64().unwrap(),
         send_errors: v["send_errors"].as_u64().unwrap(),
+        live_leases: v["live_leases"].as_u64().unwrap_or(0),
         dropped: v["dropped"]
             .as_object()
             .unwrap()
@@ -436,7 +437,9 @@ fn dhcpcast_relays_to_dnsmasq_and_back() {
         (Ipv4Addr::new(10, 99, 5, 10)..=Ipv4Addr::new(10, 99, 5, 20)).contains(&ip),
         "not dnsmasq's lease: {env:?}"
     );
-    assert_eq!(env["serverid"], "10.98.0.2", "{env:?}");
+    // The central server names the node (RFC 5107 server identifier
+    // override), so renewals come through the node.
+    assert_eq!(env["serverid"], "10.99.0.1", "{env:?}");
     let c = counters(&server.stop());
     assert!(c.relayed_up >= 2 && c.relayed_down >= 2, "{c:?}");
     assert_eq!((c.offers, c.acks), (0, 0), "answered locally: {c:?}");
@@ -529,7 +532,7 @@ fn corpus(mac: &[u8; 6]) -> Vec<(Vec<u8>, DropReason)> {
                 m.set_opcode(Opcode::BootReply);
                 m.to_vec().unwrap()
             },
-            DropReason::RelayReplyRejected,
+            DropReason::ReplyFromVmSide,
         ),
         (
             {
@@ -630,4 +633,389 @@ fn malformed_corpus_is_dropped_and_counted_then_a_client_still_gets_a_lease() {
         );
     }
     assert_eq!((c.offers, c.acks, c.send_errors), (1, 1, 0), "{c:?}");
+}
+
+/// A bridge `br` (address `addr`) in `srv`; `port` adds a VM-like
+/// namespace on it, its veth end carrying `mac`.
+fn bridge(lab: &Lab, srv: &str, addr: &str) -> String {
+    let br = lab.name("br");
+    sh(&["ip", "-n", srv, "link", "add", &br, "type", "bridge"]);
+    sh(&["ip", "-n", srv, "addr", "add", addr, "dev", &br]);
+    sh(&["ip", "-n", srv, "link", "set", &br, "up"]);
+    br
+}
+
+fn port(lab: &mut Lab, srv: &str, br: &str, tag: &str, mac: &str) -> (String, String) {
+    let ns = lab.netns(tag);
+    let (a, b) = (lab.name(&format!("{tag}p")), lab.name(&format!("{tag}v")));
+    sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    sh(&["ip", "link", "set", &a, "netns", srv]);
+    sh(&["ip", "link", "set", &b, "netns", &ns]);
+    sh(&["ip", "-n", srv, "link", "set", &a, "master", br]);
+    sh(&["ip", "-n", srv, "link", "set", &a, "up"]);
+    sh(&["ip", "-n", &ns, "link", "set", &b, "address", mac]);
+    sh(&["ip", "-n", &ns, "link", "set", &b, "up"]);
+    (ns, b)
+}
+
+/// Send `packet` with python3 from `bind` (address, port) to `to` inside `ns`.
+fn send_raw(ns: &str, bind: (&str, u16), to: (&str, u16), packet: &[u8]) {
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+         s.bind(({:?}, {}))\n\
+         s.sendto(bytes.fromhex({:?}), ({:?}, {}))\n",
+        bind.0,
+        bind.1,
+        hex::encode(packet),
+        to.0,
+        to.1
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    deorch::dhcp::parse_mac(s).unwrap()
+}
+
+/// Issue 18: a VM sent a DHCPACK to the node with the central server's
+/// source address, giaddr = the node, the victim's chaddr and yiaddr
+/// 6.6.6.6; the node delivered it to the victim and installed a neighbour
+/// entry 6.6.6.6 -> victim. Replies are taken only from the upstream side
+/// with the node's own option 82.
+#[test]
+fn forged_relay_reply_from_a_vm_is_not_delivered() {
+    if !have(&["ip", "python3"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let br = bridge(&lab, &srv, "10.99.0.1/16");
+    let (att, vatt) = port(&mut lab, &srv, &br, "a", "02:00:00:00:0a:01");
+    let victim = "02:00:00:00:0a:02";
+    sh(&[
+        "ip",
+        "-n",
+        &att,
+        "addr",
+        "add",
+        "10.99.0.50/16",
+        "dev",
+        &vatt,
+    ]);
+    // The attacker takes the central server's address as its own source.
+    sh(&[
+        "ip",
+        "-n",
+        &att,
+        "addr",
+        "add",
+        "10.98.0.2/32",
+        "dev",
+        &vatt,
+    ]);
+    let manifests = lab.dir.join("corp.yaml");
+    let text = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  ipv4:\n    subnet: 10.99.0.0/16\n    gateway: 10.99.0.1\n  dhcpcast:\n    servers: [10.98.0.2]\n{}{}",
+        vm("att", "      mac: \"02:00:00:00:0a:01\"\n"),
+        vm("victim", &format!("      mac: \"{victim}\"\n"))
+    );
+    std::fs::write(&manifests, text).unwrap();
+    let mut server = serve(&lab, &srv, &br, "10.99.0.1", &manifests);
+    let mut ack = discover(&mac_bytes(victim));
+    ack.set_opcode(Opcode::BootReply)
+        .set_giaddr([10, 99, 0, 1])
+        .set_yiaddr([6, 6, 6, 6]);
+    ack.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Ack));
+    ack.opts_mut()
+        .insert(DhcpOption::ServerIdentifier([10, 98, 0, 2].into()));
+    send_raw(
+        &att,
+        ("10.98.0.2", 67),
+        ("10.99.0.1", 67),
+        &ack.to_vec().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let neigh = Command::new("ip")
+        .args(["-n", &srv, "neigh", "show", "6.6.6.6"])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    let c = counters(&server.stop());
+    assert!(
+        neigh.trim().is_empty(),
+        "neighbour entry installed: {neigh}"
+    );
+    assert_eq!(c.relayed_down, 0, "forged reply delivered: {c:?}");
+    assert_eq!(c.dropped(DropReason::ReplyFromVmSide), 1, "{c:?}");
+}
+
+/// Issue 18: a REQUEST naming another server's identifier was NAKed;
+/// RFC 2131 §4.3.2 says it is that server's business.
+#[test]
+fn request_for_another_server_is_ignored_not_naked() {
+    if !have(&["ip", "python3"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let cli = lab.netns("c");
+    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, Some("10.99.0.2/16"));
+    let mac = "02:00:00:00:0b:01";
+    let manifests = lab.dir.join("lan.yaml");
+    std::fs::write(
+        &manifests,
+        format!("{NETWORK}{}", vm("web", &format!("      mac: \"{mac}\"\n"))),
+    )
+    .unwrap();
+    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+    let mut req = discover(&mac_bytes(mac));
+    req.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier([10, 99, 0, 77].into()));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 78].into()));
+    send_raw(
+        &cli,
+        ("10.99.0.2", 68),
+        ("10.99.0.1", 67),
+        &req.to_vec().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = vcli;
+    let c = counters(&server.stop());
+    assert_eq!(c.naks, 0, "another server's REQUEST NAKed: {c:?}");
+    assert_eq!(c.dropped(DropReason::NotOurServer), 1, "{c:?}");
+}
+
+/// Issue 18: DHCPCAST replies carried the central server's identifier,
+/// the VM unicast its renewal there and the node neither forwarded nor
+/// rewrote it; with a short lease the address expired. Now the node asks
+/// for the server identifier override (RFC 5107) and relays the unicast
+/// renewal: udhcpc renews (SIGUSR1) through the node at once.
+#[test]
+fn dhcpcast_renewal_reaches_the_central_server() {
+    if !have(&["ip", "busybox", "dnsmasq"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let cli = lab.netns("c");
+    let cen = lab.netns("e");
+    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, None);
+    let (_vup, vcen) = lab.link("u", &srv, "10.98.0.1/24", &cen, Some("10.98.0.2/24"));
+    sh(&[
+        "ip",
+        "-n",
+        &cen,
+        "route",
+        "add",
+        "10.99.0.0/16",
+        "via",
+        "10.98.0.1",
+    ]);
+    let leases = lab.dir.join("dnsmasq.leases");
+    let mut central = Proc::start(
+        &cen,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--bind-interfaces",
+            &format!("--interface={vcen}"),
+            "--except-interface=lo",
+            "--dhcp-range=10.99.5.10,10.99.5.20,255.255.0.0,2m",
+            &format!("--dhcp-leasefile={}", leases.display()),
+            "--dhcp-authoritative",
+            "--no-ping",
+            "--log-dhcp",
+            "--log-facility=-",
+        ],
+        &lab.dir,
+        "dnsmasq",
+    );
+    central.wait_log("DHCP, IP range");
+    let mac = "02:00:00:00:0c:02";
+    sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", mac]);
+    let manifests = lab.dir.join("corp.yaml");
+    let text = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  ipv4:\n    subnet: 10.99.0.0/16\n    gateway: 10.99.0.1\n  dhcpcast:\n    servers: [10.98.0.2]\n{}",
+        vm("web", &format!("      mac: \"{mac}\"\n"))
+    );
+    std::fs::write(&manifests, text).unwrap();
+    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+    // udhcpc stays up; its script configures the address (so the renewal
+    // can be unicast) and records each event.
+    let events = lab.dir.join("events");
+    let script = lab.dir.join("renew.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace $ip/$mask dev $interface; echo \"$1 $ip $serverid\" >> {} ;; esac\nexit 0\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let mut client = Proc::start(
+        &cli,
+        &[
+            "busybox",
+            "udhcpc",
+            "-f",
+            "-i",
+            &vcli,
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+        &lab.dir,
+        "udhcpc",
+    );
+    let read = || std::fs::read_to_string(&events).unwrap_or_default();
+    let wait = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read().contains(what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        read().contains(what)
+    };
+    assert!(wait("bound "), "no lease: {}", read());
+    let pid = client.child.as_ref().unwrap().id().to_string();
+    sh(&["kill", "-USR1", &pid]);
+    let renewed = wait("renew ");
+    client.stop();
+    let log = std::fs::read_to_string(&central.log).unwrap_or_default();
+    central.stop();
+    let c = counters(&server.stop());
+    assert!(
+        renewed,
+        "no renewal in 10 s: {}\ncounters {c:?}\ndnsmasq:\n{log}",
+        read()
+    );
+    // The VM unicasts its renewal to the node (not to the central
+    // server, which it cannot reach, falling back to broadcast rebinding).
+    let said = std::fs::read_to_string(&client.log).unwrap_or_default()
+        + &std::fs::read_to_string(&client.out).unwrap_or_default();
+    assert!(read().contains(" 10.99.0.1"), "server id: {}", read());
+    assert!(
+        said.contains("sending renew to server 10.99.0.1")
+            && !said.contains("sending renew to server 10.98.0.2")
+            && !said.contains("sending renew to server 0.0.0.0"),
+        "renewal not unicast through the node:\n{said}"
+    );
+    assert!(
+        log.matches("DHCPACK").count() >= 2,
+        "the central server did not ACK the renewal:\n{log}"
+    );
+}
+
+/// Issue 18: with range .100-.109 and VMs web1, web2 (web2 holding its
+/// address), a third VM whose computed address is web2's was offered it
+/// again and again: dhcpcd probed, declined 43 times in 45 s. Here the
+/// server starts with the three VMs while web2 still holds the address
+/// (a lease from before): dhcpcd declines once, the address is
+/// quarantined (and logged), and the next offer is another address.
+#[test]
+fn declined_address_is_quarantined_and_a_probing_client_moves() {
+    if !have(&["ip", "dhcpcd"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let srv = lab.netns("s");
+    let br = bridge(&lab, &srv, "10.99.0.1/16");
+    let net = "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  ipv4:\n    subnet: 10.99.0.0/16\n    gateway: 10.99.0.1\n    range: {start: 10.99.1.100, end: 10.99.1.109}\n";
+    let files = |names: &[&str]| {
+        let f = lab.dir.join(format!("{}.yaml", names.join("-")));
+        let text: String = names.iter().map(|n| vm(n, "")).collect();
+        std::fs::write(&f, format!("{net}{text}")).unwrap();
+        f
+    };
+    let two = files(&["web1", "web2"]);
+    let held =
+        common::expected_address(std::slice::from_ref(&two), "10.99.0.1", "default/web2/eth0");
+    // A third VM whose computed address, with it added, is web2's (a
+    // bounded search over names).
+    let (name, three) = (3..100)
+        .map(|i| format!("vm{i}"))
+        .find_map(|n| {
+            let f = files(&["web1", "web2", &n]);
+            let got = common::expected_address(
+                std::slice::from_ref(&f),
+                "10.99.0.1",
+                &format!("default/{n}/eth0"),
+            );
+            (got == held).then_some((n, f))
+        })
+        .expect("a colliding name within 100");
+    let mac2 = deorch::model::names::mac("default", "web2", "eth0");
+    let (web2, v2) = port(&mut lab, &srv, &br, "w", &mac2);
+    sh(&[
+        "ip",
+        "-n",
+        &web2,
+        "addr",
+        "add",
+        &format!("{held}/16"),
+        "dev",
+        &v2,
+    ]);
+    let mac3 = deorch::model::names::mac("default", &name, "eth0");
+    let (ns3, v3) = port(&mut lab, &srv, &br, "n", &mac3);
+    let mut server = serve(&lab, &srv, &br, "10.99.0.1", &three);
+    let lease_file = format!("/var/lib/dhcpcd/{v3}.lease");
+    let _ = std::fs::remove_file(&lease_file);
+    let out = Command::new("timeout")
+        .args([
+            "30", "ip", "netns", "exec", &ns3, "dhcpcd", "-4", "-B", "-1", "-d",
+        ])
+        .args([
+            "-t",
+            "25",
+            "-c",
+            "/bin/true",
+            "--noipv4ll",
+            "--nohook",
+            "resolv.conf",
+        ])
+        .arg(&v3)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&lease_file);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    let c = counters(&server.stop());
+    let leased = text
+        .lines()
+        .find_map(|l| l.split("leased ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string);
+    assert!(
+        out.status.success() && leased.is_some(),
+        "dhcpcd got no lease ({:?}); counters {c:?}\n{text}",
+        out.status
+    );
+    let leased = leased.unwrap();
+    assert_ne!(leased, held.to_string(), "given web2's address\n{text}");
+    assert!((1..=2).contains(&c.declines), "declines: {c:?}\n{text}");
+    assert!(
+        log.contains("DECLINE") && log.contains(&held.to_string()),
+        "decline not logged:\n{log}"
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use deorch::dhcp::{handle, Client, LeaseOptions, ServerConfig, Table};
+use deorch::dhcp::{handle, handle_in, Client, Context, LeaseOptions, Leases, ServerConfig, Side, Table};
 use deorch::model::network::DhcpOptions;
 use libfuzzer_sys::fuzz_target;
 
@@ -36,4 +36,15 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let _ = handle(&config, &table, data, from);
     }
+    // A central server's reply on the DHCPCAST upstream socket: the relay
+    // path checks the circuit-id and token of option 82 in it.
+    let leases = Leases::default();
+    let cx = Context {
+        side: Side::Upstream,
+        leases: &leases,
+        now_ms: 1,
+        relay_key: b"fuzz relay key",
+        ..Context::interface(&table)
+    };
+    let _ = handle_in(&config, &cx, data, SocketAddrV4::new([10, 20, 0, 9].into(), 67));
 });

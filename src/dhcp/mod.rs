@@ -21,6 +21,7 @@
 //! [`DhcpServer::counters`] reports answers and drops by reason.
 
 pub mod alloc;
+pub mod lease;
 pub mod options;
 pub mod relay;
 pub mod server;
@@ -41,8 +42,9 @@ use crate::model::names;
 use crate::model::network::{DhcpOptions, NetworkSpec};
 use crate::model::{Manifest, VirtualMachineSpec, DEFAULT_NAMESPACE};
 
+pub use lease::{Leases, Pool};
 pub use options::LeaseOptions;
-pub use server::{handle, Delivery, Outcome};
+pub use server::{handle, handle_in, Bind, Context, Delivery, Outcome, Side};
 
 /// A hardware (Ethernet) address.
 pub type Mac = [u8; 6];
@@ -126,6 +128,14 @@ pub struct Table {
     pub clients: HashMap<Mac, Client>,
     /// Problems found while building (a NIC left out says why here).
     pub warnings: Vec<String>,
+    /// The range and the whole network's allocation, so that the server
+    /// can move a VM off an address a live lease holds
+    /// ([`lease::adjust`]); `None` for a table built by hand.
+    pub pool: Option<Box<Pool>>,
+    /// Bridge ports (taps) of the VMs answered, with the MAC each may
+    /// use: the DHCP port guard drops a request whose chaddr is not its
+    /// port's VM.
+    pub ports: BTreeMap<String, Mac>,
 }
 
 impl Table {
@@ -190,6 +200,7 @@ impl Table {
 
         struct Nic<'a> {
             identity: String,
+            tap: String,
             vm_name: String,
             mac: Mac,
             fixed: Option<Ipv4Addr>,
@@ -243,6 +254,7 @@ impl Table {
                 };
                 nics.push(Nic {
                     identity,
+                    tap: names::tap(ns, name, &nic.name),
                     vm_name: name.to_string(),
                     mac,
                     fixed,
@@ -280,6 +292,18 @@ impl Table {
             .map(|n| n.identity.clone())
             .collect();
         let allocated = alloc::allocate(start, end, &reserved, &dynamic);
+        let mut assigned = allocated.clone();
+        for (a, id) in &fixed_owner {
+            assigned.insert(id.clone(), Some(*a));
+        }
+        let pool = Pool {
+            start,
+            end,
+            reserved: reserved.clone(),
+            assigned,
+            dynamic: dynamic.clone(),
+        };
+        let mut ports = BTreeMap::new();
 
         let mut clients = HashMap::new();
         for n in nics {
@@ -320,6 +344,7 @@ impl Table {
                     },
                     other => other,
                 })?;
+            ports.insert(n.tap.clone(), n.mac);
             if let Some(prev) = clients.insert(
                 n.mac,
                 Client {
@@ -338,7 +363,13 @@ impl Table {
                 clients.remove(&n.mac);
             }
         }
-        Ok(Table { clients, warnings })
+        ports.retain(|_, mac| clients.contains_key(mac));
+        Ok(Table {
+            clients,
+            warnings,
+            pool: Some(Box::new(pool)),
+            ports,
+        })
     }
 }
 
@@ -377,7 +408,8 @@ pub enum DropReason {
     UntrustedRelay,
     /// A requested lease time beyond [`server::MAX_REQUESTED_LEASE`].
     HugeLease,
-    /// RELEASE/DECLINE addressed to another server.
+    /// RELEASE/DECLINE, or a REQUEST choosing another server (RFC 2131
+    /// §4.3.2: ignored, another server's business).
     NotOurServer,
     /// The VM has no address (range exhausted).
     NoAddress,
@@ -390,11 +422,21 @@ pub enum DropReason {
     RelayReplyRejected,
     /// The reply does not fit the client's maximum message size.
     ReplyTooLarge,
+    /// A BOOTREPLY that came from the VMs' side (only central servers,
+    /// through the DHCPCAST upstream sockets, send replies).
+    ReplyFromVmSide,
+    /// A request that came in on a DHCPCAST upstream socket.
+    RequestFromUpstream,
+    /// A DECLINE of an address that is not the one this VM was given.
+    ForeignDecline,
+    /// A request on the bridge whose chaddr is not the VM of the port
+    /// (tap) it came in on.
+    WrongPort,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadMagic,
@@ -417,6 +459,10 @@ impl DropReason {
         DropReason::HopLimit,
         DropReason::RelayReplyRejected,
         DropReason::ReplyTooLarge,
+        DropReason::ReplyFromVmSide,
+        DropReason::RequestFromUpstream,
+        DropReason::ForeignDecline,
+        DropReason::WrongPort,
     ];
 
     /// snake_case name, as in counters.
@@ -444,6 +490,10 @@ impl DropReason {
             DropReason::HopLimit => "hop_limit",
             DropReason::RelayReplyRejected => "relay_reply_rejected",
             DropReason::ReplyTooLarge => "reply_too_large",
+            DropReason::ReplyFromVmSide => "reply_from_vm_side",
+            DropReason::RequestFromUpstream => "request_from_upstream",
+            DropReason::ForeignDecline => "foreign_decline",
+            DropReason::WrongPort => "wrong_port",
         }
     }
 }
@@ -504,6 +554,9 @@ pub struct CountersSnapshot {
     pub relayed_down: u64,
     /// Replies the socket failed to send.
     pub send_errors: u64,
+    /// Leases live now.
+    #[serde(default)]
+    pub live_leases: u64,
     /// Packets dropped, by reason (reasons never seen are left out).
     pub dropped: BTreeMap<String, u64>,
 }
@@ -545,6 +598,7 @@ impl Counters {
             relayed_up: e(Event::RelayedUp),
             relayed_down: e(Event::RelayedDown),
             send_errors: self.send_errors.load(Ordering::Relaxed),
+            live_leases: 0,
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| {
@@ -586,8 +640,15 @@ impl ServerConfig {
 pub struct DhcpServer {
     iface: String,
     config: ServerConfig,
+    /// The table from the manifests.
+    base: RwLock<Arc<Table>>,
+    /// `base` adjusted by the leases: what is served.
     table: RwLock<Arc<Table>>,
+    leases: std::sync::Mutex<Leases>,
+    lease_file: std::sync::Mutex<Option<std::path::PathBuf>>,
+    relay_key: [u8; 32],
     counters: Arc<Counters>,
+    log: LogLimiter,
     socket: std::net::UdpSocket,
 }
 
@@ -596,29 +657,113 @@ impl DhcpServer {
     /// empty table until [`DhcpServer::update`].
     pub fn new(iface: &str, config: ServerConfig) -> Result<DhcpServer, DhcpError> {
         let socket = socket::bind_interface(iface, config.port)?;
+        let mut relay_key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut relay_key);
         Ok(DhcpServer {
             iface: iface.to_string(),
             config,
+            base: RwLock::new(Arc::new(Table::default())),
             table: RwLock::new(Arc::new(Table::default())),
+            leases: std::sync::Mutex::new(Leases::default()),
+            lease_file: std::sync::Mutex::new(None),
+            relay_key,
             counters: Arc::new(Counters::default()),
+            log: LogLimiter::default(),
             socket,
         })
     }
 
-    /// Replace the table of VMs this server answers.
-    pub fn update(&self, table: Table) {
-        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
-        *t = Arc::new(table);
+    /// Remember leases in `path` (JSON, written atomically on every
+    /// change) and take the live ones it holds now: a restarted server
+    /// then never offers an address a VM still holds.
+    pub fn keep_leases_in(&self, path: std::path::PathBuf) {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            match serde_json::from_str::<Leases>(&text) {
+                Ok(mut l) => {
+                    l.expire(crate::clock::now_ms());
+                    *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = l;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "DHCP leases unreadable, ignored: {e}")
+                }
+            }
+        }
+        *self.lease_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        self.readjust();
     }
 
-    /// The current table.
+    /// Replace the table of VMs this server answers.
+    pub fn update(&self, table: Table) {
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.readjust();
+    }
+
+    /// Recompute the served table from the base table and the leases.
+    fn readjust(&self) {
+        let base = self.base.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = crate::clock::now_ms();
+        let adjusted = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            leases.expire(now);
+            lease::adjust(&base, &leases, now)
+        };
+        for w in adjusted.warnings.iter().skip(base.warnings.len()) {
+            tracing::info!(iface = %self.iface, "DHCP: {w}");
+        }
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(adjusted);
+    }
+
+    /// Change the leases with `f`; readjust and persist when it says so.
+    fn with_leases(&self, f: impl FnOnce(&mut Leases) -> bool) {
+        let changed = {
+            let mut l = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = f(&mut l);
+            if changed {
+                self.persist(&l);
+            }
+            changed
+        };
+        if changed {
+            self.readjust();
+        }
+    }
+
+    fn persist(&self, leases: &Leases) {
+        let path = self
+            .lease_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(path) = path {
+            let text = serde_json::to_string(leases).expect("leases serialize");
+            if let Err(e) = crate::state_file::write(&path, text.as_bytes()) {
+                tracing::warn!(path = %path.display(), "DHCP leases not recorded: {e}");
+            }
+        }
+    }
+
+    /// The current table (adjusted by the leases).
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// A copy of the leases.
+    pub fn leases(&self) -> Leases {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> CountersSnapshot {
-        self.counters.snapshot()
+        let mut c = self.counters.snapshot();
+        c.live_leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live(crate::clock::now_ms()) as u64;
+        c
     }
 
     /// The interface served.
@@ -629,6 +774,45 @@ impl DhcpServer {
     /// Serve until `shutdown` becomes true (or its sender is dropped).
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), DhcpError> {
         socket::serve(self, shutdown).await
+    }
+}
+
+/// Logs what the server does (offers, ACKs, NAKs, declines, drops) at
+/// info level, at most [`LogLimiter::BURST`] lines per
+/// [`LogLimiter::WINDOW_MS`]; then one line says how many were left out.
+/// The counters count everything.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    state: std::sync::Mutex<(u64, u32, u64)>,
+}
+
+impl LogLimiter {
+    /// Lines per window.
+    pub const BURST: u32 = 50;
+    /// The window.
+    pub const WINDOW_MS: u64 = 10_000;
+
+    /// Whether a line may be logged now; `Some(n)` when `n` lines were
+    /// left out in the window that just ended.
+    pub fn admit(&self, now_ms: u64) -> (bool, Option<u64>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, used, suppressed) = &mut *s;
+        let mut report = None;
+        if now_ms.saturating_sub(*start) >= Self::WINDOW_MS {
+            if *suppressed > 0 {
+                report = Some(*suppressed);
+            }
+            *start = now_ms;
+            *used = 0;
+            *suppressed = 0;
+        }
+        if *used < Self::BURST {
+            *used += 1;
+            (true, report)
+        } else {
+            *suppressed += 1;
+            (false, report)
+        }
     }
 }
 
@@ -735,5 +919,54 @@ mod tests {
         let ids: BTreeSet<_> = t.clients.values().map(|c| c.identity.as_str()).collect();
         assert_eq!(ids, ["default/c/eth0"].into());
         assert_eq!(t.warnings.len(), 2, "{:?}", t.warnings);
+    }
+
+    /// Issue 18: serving web1 and web2 (web2 bound to its address), a
+    /// new VM whose computed address is web2's is offered another one
+    /// while web2's lease lives; web2 keeps its own; once the lease ends
+    /// the computed addresses apply again. A declined address is offered
+    /// to nobody.
+    #[test]
+    fn a_live_lease_is_never_offered_to_another_vm() {
+        let server: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let net = network(("10.0.0.100", "10.0.0.109"));
+        let before = Table::build(&net, &[vm("web1", None), vm("web2", None)], server, |_| {
+            true
+        })
+        .unwrap();
+        let web2 = parse_mac(&names::mac("default", "web2", "eth0")).unwrap();
+        let held = before.clients[&web2].address.unwrap();
+        // A third VM whose computed address is web2's (bounded search).
+        let (name, after) = (3..200)
+            .map(|i| {
+                let n = format!("vm{i}");
+                let vms = [vm("web1", None), vm("web2", None), vm(&n, None)];
+                (n, Table::build(&net, &vms, server, |_| true).unwrap())
+            })
+            .find(|(n, t)| {
+                let m = parse_mac(&names::mac("default", n, "eth0")).unwrap();
+                t.clients[&m].address == Some(held)
+            })
+            .expect("some name collides within 200");
+        let new = parse_mac(&names::mac("default", &name, "eth0")).unwrap();
+        let mut leases = Leases::default();
+        leases.bind(held, web2, "default/web2/eth0", 1_000);
+        let served = lease::adjust(&after, &leases, 500);
+        assert_eq!(served.clients[&web2].address, Some(held));
+        let moved = served.clients[&new].address.unwrap();
+        assert_ne!(moved, held);
+        let all: BTreeSet<_> = served.clients.values().filter_map(|c| c.address).collect();
+        assert_eq!(all.len(), 3, "all distinct: {served:?}");
+        // The lease ended: the manifests' addresses again.
+        assert_eq!(
+            addresses(&lease::adjust(&after, &leases, 1_000)),
+            addresses(&after)
+        );
+        // Declined: nobody gets it, the owner moves too.
+        let mut leases = Leases::default();
+        leases.quarantine(held, 1_000);
+        let served = lease::adjust(&before, &leases, 500);
+        assert!(served.clients.values().all(|c| c.address != Some(held)));
+        assert!(served.clients.values().all(|c| c.address.is_some()));
     }
 }

@@ -4,23 +4,25 @@
 //!
 //! ```text
 //! DISCOVER ─► OFFER (yiaddr = the VM's address, every option)
-//! REQUEST  ─► ACK   when the requested address (50 or ciaddr) is the VM's
-//!                   and the server id (54), if present, is ours
+//! REQUEST  ─► dropped when it names another server (54): RFC 2131 §4.3.2
+//!          ─► ACK   when the requested address (50 or ciaddr) is the VM's,
+//!                   or one it held that nothing else claims
 //!          ─► NAK   otherwise (deorch is authoritative for its VMs)
 //! INFORM   ─► ACK   without lease options
-//! RELEASE, DECLINE ─► noted and counted (no state to change)
+//! RELEASE, DECLINE ─► noted (the socket loop ends the lease or
+//!                   quarantines the declined address)
 //! anything else, or from an unknown MAC ─► dropped, counted by reason
 //! ```
 //!
-//! There is no lease state: a VM's address is fixed by its identity, so
-//! OFFER and ACK need no memory of each other.
+//! The lease memory is an input ([`Context`]): the table is already
+//! adjusted by it (`lease.rs`), and ACKs say what they bind.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 
-use super::{relay, Client, DropReason, Event, Mac, ServerConfig, Table};
+use super::{relay, Client, DropReason, Event, Leases, Mac, ServerConfig, Table};
 
 /// Largest request accepted (UDP payload).
 pub const MAX_PACKET: usize = 1500;
@@ -56,6 +58,17 @@ pub enum Delivery {
     },
 }
 
+/// A lease an ACK hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind {
+    /// The VM's MAC.
+    pub mac: Mac,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// For how long, in seconds.
+    pub secs: u32,
+}
+
 /// What to do with one packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -67,6 +80,8 @@ pub enum Outcome {
         packet: Vec<u8>,
         /// Where.
         to: Delivery,
+        /// The lease an ACK binds, for the server's memory.
+        bind: Option<Bind>,
     },
     /// Forward a VM's request to its central servers (DHCPCAST), from a
     /// socket bound to `giaddr:67`.
@@ -78,8 +93,16 @@ pub enum Outcome {
         /// The servers, port 67.
         to: Vec<SocketAddrV4>,
     },
-    /// Nothing to send; count the event.
-    Noted(Event),
+    /// Nothing to send; count the event (a RELEASE or DECLINE of `addr`
+    /// by `mac`).
+    Noted {
+        /// What it was.
+        event: Event,
+        /// The VM's MAC.
+        mac: Mac,
+        /// The address given back or declined.
+        addr: Option<Ipv4Addr>,
+    },
     /// Dropped.
     Drop(DropReason),
 }
@@ -191,9 +214,55 @@ pub fn mac_of(msg: &Message) -> Option<Mac> {
     Some(mac)
 }
 
-/// Handle one packet received on the server's interface (or its DHCPCAST
-/// upstream socket) from `from`.
+/// Which socket a packet came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The served interface (the VMs' bridge): requests only.
+    Interface,
+    /// A DHCPCAST upstream socket: central servers' replies only.
+    Upstream,
+}
+
+/// Everything besides the packet that decides its outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The VMs answered (already adjusted by the leases, [`super::lease::adjust`]).
+    pub table: &'a Table,
+    /// Live leases and quarantined addresses.
+    pub leases: &'a Leases,
+    /// Now, in ms since the epoch (lease ends are compared with it).
+    pub now_ms: u64,
+    /// The socket the packet came in on.
+    pub side: Side,
+    /// The key of the token this node puts in the option 82 it adds and
+    /// requires back in central servers' replies ([`relay::token`]).
+    pub relay_key: &'a [u8],
+}
+
+static NO_LEASES: std::sync::LazyLock<Leases> = std::sync::LazyLock::new(Leases::default);
+
+impl<'a> Context<'a> {
+    /// A packet from the interface, with no leases and an empty relay key.
+    pub fn interface(table: &'a Table) -> Context<'a> {
+        Context {
+            table,
+            leases: &NO_LEASES,
+            now_ms: 0,
+            side: Side::Interface,
+            relay_key: &[],
+        }
+    }
+}
+
+/// Handle one packet received on the server's interface from `from`,
+/// with no lease memory (see [`handle_in`]).
 pub fn handle(config: &ServerConfig, table: &Table, buf: &[u8], from: SocketAddrV4) -> Outcome {
+    handle_in(config, &Context::interface(table), buf, from)
+}
+
+/// Handle one packet received from `from` on `cx.side`.
+pub fn handle_in(config: &ServerConfig, cx: &Context, buf: &[u8], from: SocketAddrV4) -> Outcome {
+    let table = cx.table;
     let msg = match decode(buf) {
         Ok(m) => m,
         Err(r) => return drop(r),
@@ -201,8 +270,11 @@ pub fn handle(config: &ServerConfig, table: &Table, buf: &[u8], from: SocketAddr
     let Some(mac) = mac_of(&msg) else {
         return drop(DropReason::BadHardwareAddress);
     };
-    if msg.opcode() == Opcode::BootReply {
-        return relay::down(table, &msg, mac, from);
+    match (msg.opcode(), cx.side) {
+        (Opcode::BootReply, Side::Upstream) => return relay::down(config, cx, &msg, mac, from),
+        (Opcode::BootReply, Side::Interface) => return drop(DropReason::ReplyFromVmSide),
+        (_, Side::Upstream) => return drop(DropReason::RequestFromUpstream),
+        _ => {}
     }
     let Some(kind) = msg.opts().msg_type() else {
         return drop(DropReason::NoMessageType);
@@ -231,8 +303,16 @@ pub fn handle(config: &ServerConfig, table: &Table, buf: &[u8], from: SocketAddr
         }
     }
     if let (Some(up), false) = (&client.upstream, relayed) {
-        return relay::up(&msg, client, up);
+        return relay::up(config, cx, &msg, mac, client, up);
     }
+    let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(id)) => Some(*id),
+        _ => None,
+    };
+    let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(a)) => Some(*a),
+        _ => Some(msg.ciaddr()).filter(|a| !a.is_unspecified()),
+    };
     match kind {
         MessageType::Discover => {
             let Some(addr) = client.address else {
@@ -241,36 +321,70 @@ pub fn handle(config: &ServerConfig, table: &Table, buf: &[u8], from: SocketAddr
             answer(config, &msg, client, MessageType::Offer, addr, mac)
         }
         MessageType::Request => {
-            let ours = match msg.opts().get(OptionCode::ServerIdentifier) {
-                Some(DhcpOption::ServerIdentifier(id)) => *id == config.server_id,
-                _ => true,
-            };
-            let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
-                Some(DhcpOption::RequestedIpAddress(a)) => Some(*a),
-                _ => Some(msg.ciaddr()).filter(|a| !a.is_unspecified()),
-            };
-            match (ours, requested, client.address) {
-                (true, Some(r), Some(a)) if r == a => {
+            // RFC 2131 §4.3.2: a REQUEST naming another server is that
+            // server's business (the client chose its offer): ignore it.
+            if server_id.is_some_and(|id| id != config.server_id) {
+                return drop(DropReason::NotOurServer);
+            }
+            match (requested, client.address) {
+                (Some(r), Some(a)) if r == a => {
                     answer(config, &msg, client, MessageType::Ack, a, mac)
+                }
+                // A VM renewing an address it got before (from this
+                // server before a restart, or before its computed address
+                // moved) keeps it when nothing else has a claim on it.
+                (Some(r), _) if may_keep(table, cx, &client.identity, r) => {
+                    answer(config, &msg, client, MessageType::Ack, r, mac)
                 }
                 _ => nak(config, &msg),
             }
         }
         MessageType::Inform => answer(config, &msg, client, MessageType::Ack, msg.ciaddr(), mac),
         MessageType::Release | MessageType::Decline => {
-            match msg.opts().get(OptionCode::ServerIdentifier) {
-                Some(DhcpOption::ServerIdentifier(id)) if *id == config.server_id => {
-                    Outcome::Noted(if kind == MessageType::Release {
-                        Event::Release
-                    } else {
-                        Event::Decline
-                    })
-                }
-                _ => drop(DropReason::NotOurServer),
+            if server_id != Some(config.server_id) {
+                return drop(DropReason::NotOurServer);
             }
+            let event = if kind == MessageType::Release {
+                Event::Release
+            } else {
+                Event::Decline
+            };
+            let addr = if kind == MessageType::Release {
+                Some(msg.ciaddr()).filter(|a| !a.is_unspecified())
+            } else {
+                // Only the address this VM was given can be declined: a VM
+                // cannot take other VMs' addresses out of use.
+                match (requested, client.address) {
+                    (Some(r), Some(a)) if r == a => Some(r),
+                    (Some(r), _) if cx.leases.of(&client.identity, cx.now_ms) == Some(r) => Some(r),
+                    _ => return drop(DropReason::ForeignDecline),
+                }
+            };
+            Outcome::Noted { event, mac, addr }
         }
         _ => drop(DropReason::UnsupportedMessageType),
     }
+}
+
+/// Whether `identity` (a dynamic NIC) may keep `addr`, an address it
+/// asks for that is not its computed one: inside the range, reserved for
+/// nobody, no other NIC's computed or adjusted address, and neither
+/// declined nor leased to another NIC.
+fn may_keep(table: &Table, cx: &Context, identity: &str, addr: Ipv4Addr) -> bool {
+    let Some(pool) = &table.pool else {
+        return false;
+    };
+    pool.dynamic.contains(identity)
+        && pool.in_range(addr)
+        && cx.leases.free_for(addr, identity, cx.now_ms)
+        && !pool
+            .assigned
+            .iter()
+            .any(|(id, a)| id != identity && *a == Some(addr))
+        && !table
+            .clients
+            .values()
+            .any(|c| c.identity != identity && c.address == Some(addr))
 }
 
 fn reply_to(req: &Message, config: &ServerConfig, kind: MessageType) -> Message {
@@ -337,6 +451,11 @@ fn answer(
         event,
         packet,
         to: delivery(req, false, yiaddr, mac),
+        bind: (event == Event::Ack).then_some(Bind {
+            mac,
+            addr,
+            secs: client.options.lease_secs,
+        }),
     }
 }
 
@@ -353,6 +472,7 @@ fn nak(config: &ServerConfig, req: &Message) -> Outcome {
             event: Event::Nak,
             packet,
             to: delivery(req, true, Ipv4Addr::UNSPECIFIED, [0; 6]),
+            bind: None,
         },
         None => drop(DropReason::ReplyTooLarge),
     }
@@ -529,12 +649,14 @@ pub(crate) mod tests {
         m.opts_mut()
             .insert(DhcpOption::RequestedIpAddress([10, 20, 0, 151].into()));
         nak(&m);
-        // Wrong server id.
+        // Another server's identifier: that server's business, ignored
+        // (RFC 2131 §4.3.2), never NAKed.
         let mut m = request(MessageType::Request, &MAC);
-        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ADDR));
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress([10, 20, 0, 151].into()));
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier([10, 20, 0, 9].into()));
-        nak(&m);
+        assert_eq!(run(&m), Outcome::Drop(DropReason::NotOurServer));
         // No address named at all.
         nak(&request(MessageType::Request, &MAC));
         // A known VM the range has no room for.
@@ -576,7 +698,32 @@ pub(crate) mod tests {
         assert!(r.opts().get(OptionCode::DomainNameServer).is_some());
         let mut m = request(MessageType::Release, &MAC);
         m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
-        assert_eq!(run(&m), Outcome::Noted(Event::Release));
+        m.set_ciaddr(ADDR);
+        assert_eq!(
+            run(&m),
+            Outcome::Noted {
+                event: Event::Release,
+                mac: MAC,
+                addr: Some(ADDR)
+            }
+        );
+        let mut m = request(MessageType::Decline, &MAC);
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ADDR));
+        assert_eq!(
+            run(&m),
+            Outcome::Noted {
+                event: Event::Decline,
+                mac: MAC,
+                addr: Some(ADDR)
+            }
+        );
+        // A VM cannot decline (quarantine) another VM's address.
+        let mut m = request(MessageType::Decline, &MAC);
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress([10, 20, 0, 7].into()));
+        assert_eq!(run(&m), Outcome::Drop(DropReason::ForeignDecline));
         let mut m = request(MessageType::Decline, &MAC);
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier([1, 1, 1, 1].into()));

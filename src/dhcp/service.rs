@@ -83,6 +83,13 @@ impl DhcpService {
         self.dir.join(format!("{}.json", network.replace('/', ".")))
     }
 
+    /// The live leases and quarantined addresses of `network`'s server,
+    /// kept across restarts of the node.
+    fn lease_file(&self, network: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.leases.json", network.replace('/', ".")))
+    }
+
     /// Serve `table` for `network` (`namespace/name`) on `iface`: start
     /// the server, swap its table, or rebind it when the interface or the
     /// server settings changed.
@@ -123,6 +130,7 @@ impl DhcpService {
             stop(old).await;
         }
         let server = Arc::new(DhcpServer::new(iface, config.clone())?);
+        server.keep_leases_in(self.lease_file(network));
         server.update(table);
         let (tx, rx) = watch::channel(false);
         let s = server.clone();
@@ -154,6 +162,7 @@ impl DhcpService {
             stop(old).await;
         }
         let _ = std::fs::remove_file(self.state_file(network));
+        let _ = std::fs::remove_file(self.lease_file(network));
     }
 
     /// The counters of `network`'s server, when it runs.

@@ -2,7 +2,7 @@
 //! broadcast allowed), plus, for DHCPCAST, one socket per relay address
 //! (`giaddr:67`, not bound to a device: central servers answer through
 //! whatever route leads back). Every packet from either goes through
-//! [`handle`]; this module only moves bytes.
+//! [`handle_in`]; this module only moves bytes.
 //!
 //! A reply to a client that has no address yet goes to its MAC, not to
 //! everyone: a neighbour entry (`ip neigh replace ADDR lladdr MAC`) first,
@@ -18,8 +18,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::server::{handle, Delivery, Outcome, MAX_PACKET};
-use super::{format_mac, DhcpError, DhcpServer, Mac};
+use super::lease::QUARANTINE_MS;
+use super::server::{handle_in, Context, Delivery, Outcome, Side, MAX_PACKET};
+use super::{format_mac, DhcpError, DhcpServer, Event, Mac};
 
 /// Bind UDP `port` on `iface` only, with `SO_REUSEADDR` and `SO_BROADCAST`.
 pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, DhcpError> {
@@ -108,16 +109,77 @@ pub(super) async fn serve(
             },
             Some((data, from, sock)) = up_rx.recv() => (data, from, Some(sock)),
         };
+        let now_ms = crate::clock::now_ms();
+        server.with_leases(|l| l.expire(now_ms));
         let table = server.table();
-        let outcome = handle(&server.config, &table, &data, from);
+        let outcome = {
+            let leases = server.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let cx = Context {
+                table: &table,
+                leases: &leases,
+                now_ms,
+                side: if via.is_some() {
+                    Side::Upstream
+                } else {
+                    Side::Interface
+                },
+                relay_key: &server.relay_key,
+            };
+            handle_in(&server.config, &cx, &data, from)
+        };
         let counters = &server.counters;
+        let log = |what: std::fmt::Arguments| {
+            let (ok, left_out) = server.log.admit(now_ms);
+            if let Some(n) = left_out {
+                tracing::info!(%iface, "DHCP: {n} more events not logged in the last 10 s (see the counters)");
+            }
+            if ok {
+                tracing::info!(%iface, "DHCP {what}");
+            }
+        };
+        let who = |mac: &Mac| {
+            table
+                .get(mac)
+                .map(|c| c.identity.clone())
+                .unwrap_or_else(|| format_mac(mac))
+        };
         match outcome {
             Outcome::Drop(reason) => {
-                tracing::debug!(%iface, %from, %reason, "DHCP packet dropped");
+                log(format_args!("dropped a packet from {from}: {reason}"));
                 counters.dropped(reason);
             }
-            Outcome::Noted(event) => counters.event(event),
-            Outcome::Reply { event, packet, to } => {
+            Outcome::Noted { event, mac, addr } => {
+                counters.event(event);
+                match (event, addr) {
+                    (Event::Decline, Some(a)) => {
+                        tracing::warn!(
+                            %iface, vm = %who(&mac), address = %a,
+                            "DHCP DECLINE: the VM found {a} in use; quarantined for {} s",
+                            QUARANTINE_MS / 1000
+                        );
+                        server.with_leases(|l| {
+                            l.quarantine(a, now_ms + QUARANTINE_MS);
+                            true
+                        });
+                    }
+                    (Event::Release, Some(a)) => {
+                        log(format_args!("RELEASE of {a} by {}", who(&mac)));
+                        server.with_leases(|l| l.release(a, &mac));
+                    }
+                    _ => log(format_args!("{event:?} from {}", who(&mac))),
+                }
+            }
+            Outcome::Reply {
+                event,
+                packet,
+                to,
+                bind,
+            } => {
+                let target = match &to {
+                    Delivery::Relay(a) | Delivery::Unicast(a) => a.to_string(),
+                    Delivery::Broadcast => "broadcast".into(),
+                    Delivery::Client { mac, ip } => format!("{ip} at {}", format_mac(mac)),
+                };
                 let sent = match to {
                     Delivery::Relay(a) | Delivery::Unicast(a) => {
                         let s = via.as_deref().unwrap_or(&local);
@@ -133,7 +195,18 @@ pub(super) async fn serve(
                     }
                 };
                 match sent {
-                    Ok(_) => counters.event(event),
+                    Ok(_) => {
+                        counters.event(event);
+                        log(format_args!("{event:?} sent to {target}"));
+                        if let Some(b) = bind {
+                            let identity = who(&b.mac);
+                            server.with_leases(|l| {
+                                let changed = l.of(&identity, now_ms) != Some(b.addr);
+                                l.bind(b.addr, b.mac, &identity, now_ms + u64::from(b.secs) * 1000);
+                                changed
+                            });
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(%iface, "DHCP send: {e}");
                         counters.send_error();
@@ -180,7 +253,8 @@ pub(super) async fn serve(
                     }
                 }
                 if ok {
-                    counters.event(super::Event::RelayedUp);
+                    counters.event(Event::RelayedUp);
+                    log(format_args!("request relayed up from {from}"));
                 } else {
                     counters.send_error();
                 }

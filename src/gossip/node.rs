@@ -907,7 +907,7 @@ impl GossipNode {
     /// Store another node's status without pushing it (start-up from a
     /// saved view, or a simulation that starts converged).
     pub fn preload_status(&mut self, now: Millis, status: NodeStatus) {
-        self.store.offer(Entry::Status(status), now, 0);
+        self.store.offer(Entry::Status(Box::new(status)), now, 0);
     }
 
     /// Publish this node's status (ID, incarnation and seq are set here).
@@ -923,7 +923,7 @@ impl GossipNode {
         if let Some(s) = &self.signer {
             status.sig = s.sign(STATUS_DOMAIN, &status.signed_bytes());
         }
-        self.accept(Entry::Status(status), now);
+        self.accept(Entry::Status(Box::new(status)), now);
     }
 
     fn accept(&mut self, entry: Entry, now: Millis) -> Merge {
@@ -1017,7 +1017,7 @@ impl GossipNode {
         self.store
             .iter()
             .filter_map(|(_, s)| match &s.entry {
-                Entry::Status(st) if self.is_candidate(&st.id) => Some(st),
+                Entry::Status(st) if self.is_candidate(&st.id) => Some(&**st),
                 _ => None,
             })
             .collect()

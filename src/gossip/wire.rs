@@ -343,7 +343,7 @@ pub enum Entry {
     /// A placement claim.
     Claim(Claim),
     /// A node's status.
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
 }
 
 /// Key of an [`Entry`]: one live version per key.
