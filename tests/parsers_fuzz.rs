@@ -30,6 +30,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "command",
             b"create vm web2 from web1 on city=frankfurt performance=high".to_vec(),
         ),
+        ("websocket", fuzzing::sample_websocket()),
     ]
 }
 
@@ -44,11 +45,12 @@ fn run(target: &str, data: &[u8]) {
         "relocate_tunnel" => fuzzing::relocate_tunnel(data),
         "relocate_fetch" => fuzzing::relocate_fetch(data),
         "command" => fuzzing::command(data),
+        "websocket" => fuzzing::websocket(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
@@ -58,19 +60,20 @@ const TARGETS: [&str; 9] = [
     "relocate_tunnel",
     "relocate_fetch",
     "command",
+    "websocket",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..9usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..10usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..9usize,
+        which in 0..10usize,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);

@@ -15,6 +15,11 @@
 //!   `axum::serve` does not give it);
 //! - ends with the server: at shutdown a request in flight may finish
 //!   (up to [`DRAIN`]), then the connection closes.
+//!
+//! A connection a handler upgrades (the console's websocket,
+//! `console_page::spice_bridge`) leaves hyper; its place is a [`Held`] in
+//! every request's extensions, which the handler keeps as long as it
+//! serves the upgraded stream, so it still counts against the caps.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +56,7 @@ struct Slots {
 }
 
 /// One open connection's place; given back when dropped.
+#[derive(Debug)]
 struct Slot {
     slots: Arc<Mutex<Slots>>,
     ip: IpAddr,
@@ -68,6 +74,13 @@ impl Drop for Slot {
         }
     }
 }
+
+/// A connection's place against the caps, in each of its requests'
+/// extensions: a handler that takes the connection over (an upgrade)
+/// keeps it while it serves it, and the place is given back when the
+/// last holder drops it.
+#[derive(Debug, Clone)]
+pub struct Held(#[allow(dead_code)] Arc<Slot>);
 
 /// A place for a connection from `ip`, or why not.
 fn take_slot(slots: &Arc<Mutex<Slots>>, ip: IpAddr) -> Result<Slot, &'static str> {
@@ -129,15 +142,15 @@ pub async fn serve(
         };
         let (router, tls, stop) = (router.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let held = Held(Arc::new(slot));
             let _ = stream.set_nodelay(true);
             match tls {
-                None => connection(stream, peer, router, stop).await,
+                None => connection(stream, peer, held, router, stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => connection(s, peer, router, stop).await,
+                        Ok(Ok(s)) => connection(s, peer, held, router, stop).await,
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -148,13 +161,19 @@ pub async fn serve(
     info!(addr = ?tcp.local_addr().ok(), "HTTP API stopped");
 }
 
-/// Serve HTTP/1.1 on one connection.
-async fn connection<I>(io: I, peer: SocketAddr, router: Router, mut stop: watch::Receiver<bool>)
-where
+/// Serve HTTP/1.1 on one connection (upgrades included: see [`Held`]).
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    held: Held,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+        req.extensions_mut().insert(held.clone());
         let mut router = router.clone();
         tower_service::Service::call(&mut router, req)
     });
@@ -163,7 +182,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -206,5 +227,18 @@ mod tests {
         drop(others);
         let s = slots.lock().unwrap();
         assert_eq!((s.total, s.per_ip.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_held_place_is_given_back_by_its_last_holder() {
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let held = Held(Arc::new(take_slot(&slots, ip).unwrap()));
+        // The request's copy, which an upgraded connection's handler keeps.
+        let kept = held.clone();
+        drop(held);
+        assert_eq!(slots.lock().unwrap().total, 1);
+        drop(kept);
+        assert_eq!(slots.lock().unwrap().total, 0);
     }
 }

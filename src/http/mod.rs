@@ -33,6 +33,7 @@ pub mod conn;
 pub mod console_page;
 pub mod page;
 pub mod tls;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -277,6 +278,14 @@ impl HttpApi {
             .route("/assets/{name}", get(page::asset))
             .route("/console.html", get(console_page::page))
             .route("/console/{name}", get(console_page::asset))
+            .route(
+                "/console/spice-html5/{*path}",
+                get(console_page::spice_asset),
+            )
+            .route(
+                "/console/spice/{namespace}/{name}",
+                get(console_page::spice_bridge),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
