@@ -603,13 +603,30 @@ impl Admission {
             }
         };
         let is_owner = same_address(address, &owner);
+        // Where no rule naming the address is scoped by tags, the object
+        // does not matter: one decision per (kind, namespace), not one
+        // per object (a tenant's command line over 10,000 objects spent
+        // ~17 ms deciding each).
+        let by_scope = !is_owner
+            && trusted
+                .iter()
+                .flat_map(|p| &p.spec.rules)
+                .filter(|r| r.subjects.iter().any(|s| same_address(s, address)))
+                .all(|r| r.tags.is_none());
+        let mut decided: std::collections::HashMap<(Kind, &str), Result<(), Refused>> =
+            std::collections::HashMap::new();
         what.iter()
             .map(|(kind, namespace, object)| {
                 if is_owner {
                     return Ok(());
                 }
+                if by_scope {
+                    if let Some(d) = decided.get(&(*kind, *namespace)) {
+                        return d.clone();
+                    }
+                }
                 let objs: Vec<&Value> = object.iter().copied().collect();
-                match authorize_on(&trusted, address, verb, *kind, namespace, &objs) {
+                let d = match authorize_on(&trusted, address, verb, *kind, namespace, &objs) {
                     Decision::Allow { level2: false, .. } => Ok(()),
                     Decision::Allow { .. } if level2 => Ok(()),
                     Decision::Allow { policy, rule, .. } => Err(Refused {
@@ -624,7 +641,11 @@ impl Admission {
                         reason,
                         misses,
                     }),
+                };
+                if by_scope {
+                    decided.insert((*kind, *namespace), d.clone());
                 }
+                d
             })
             .collect()
     }

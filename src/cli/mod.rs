@@ -1001,7 +1001,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Drop { count } => crate::bench::drop_latency(count)?,
                 BenchCommand::Store { objects } => crate::bench::store_footprint(objects)?,
                 BenchCommand::Command { objects, samples } => {
-                    crate::bench::command_latency(objects, samples)?
+                    crate::bench::command_latency(objects, samples)?;
+                    crate::bench::command_tenant_latency(objects, samples)?
                 }
                 BenchCommand::Validate { documents, schemas } => {
                     crate::bench::validate_throughput(documents, &schemas)?

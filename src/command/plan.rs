@@ -459,32 +459,56 @@ fn row(r: &Record) -> Row {
     }
 }
 
-/// The lower-cased text a search matches: names, labels, tags,
-/// addresses.
-fn haystack(r: &Record) -> String {
-    let mut h = format!("{} {} {}", r.key.kind.as_str(), r.key.namespace, r.key.name);
+/// Whether a search term (lower case) is in what a search matches: the
+/// kind, namespace and name, labels, tags, addresses, the satellite ID
+/// and spacesuit, and the status' node, NICs and phase (keys and values).
+/// Looked at in place: building a text per record per keystroke cost
+/// ~10 ms with 10,000 objects.
+fn has_term(r: &Record, term: &str) -> bool {
+    fn within(s: &str, term: &str) -> bool {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) || !s.is_ascii() {
+            s.to_lowercase().contains(term)
+        } else {
+            s.contains(term)
+        }
+    }
+    fn value_has(v: &Value, term: &str) -> bool {
+        match v {
+            Value::String(s) => within(s, term),
+            Value::Number(n) => {
+                term.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                    && n.to_string().contains(term)
+            }
+            Value::Bool(b) => within(if *b { "true" } else { "false" }, term),
+            Value::Array(a) => a.iter().any(|x| value_has(x, term)),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, x)| within(k, term) || value_has(x, term)),
+            Value::Null => false,
+        }
+    }
+    if within(r.key.kind.as_str(), term)
+        || within(&r.key.namespace, term)
+        || within(&r.key.name, term)
+    {
+        return true;
+    }
     let o = &r.object;
-    for part in [
+    let spec = [
         &o["metadata"]["labels"],
         &o["spec"]["tags"],
         &o["spec"]["addresses"],
         &o["spec"]["satelliteId"],
         &o["spec"]["spacesuit"],
-    ] {
-        if !part.is_null() {
-            h.push(' ');
-            h.push_str(&part.to_string());
-        }
+    ];
+    if spec.iter().any(|v| value_has(v, term)) {
+        return true;
     }
-    if let Some(st) = &r.status {
-        for part in [&st["node"], &st["nics"], &st["phase"]] {
-            if !part.is_null() {
-                h.push(' ');
-                h.push_str(&part.to_string());
-            }
-        }
-    }
-    h.to_lowercase()
+    r.status.as_ref().is_some_and(|st| {
+        [&st["node"], &st["nics"], &st["phase"]]
+            .iter()
+            .any(|v| value_has(v, term))
+    })
 }
 
 fn plan_only(verb: &'static str, summary: String, cli: String) -> Plan {
@@ -841,8 +865,7 @@ pub fn plan(text: &str, q: &Query, records: &[Arc<Record>]) -> Result<Outcome, P
                 let mut hits: Vec<(bool, &Record)> =
                     w.all()
                         .filter_map(|r| {
-                            let h = haystack(r);
-                            terms.iter().all(|t| h.contains(t.as_str())).then(|| {
+                            terms.iter().all(|t| has_term(r, t)).then(|| {
                                 (!terms.iter().any(|t| r.key.name.contains(t.as_str())), r)
                             })
                         })
