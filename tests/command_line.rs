@@ -217,6 +217,13 @@ fn a_typed_command_is_planned_shown_and_run_as_the_session() {
         "an object the session may not list was named: {team:?}"
     );
     assert!(exists(&node, "web3"));
+    // The node's log is a file, not a terminal: no colour escapes in it.
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("command run"), "the log has no command lines");
+    assert!(
+        !log.contains('\x1b'),
+        "colour escapes in a log that is no terminal"
+    );
 }
 
 /// `deorch completions bash | head -1`: a reader that closed the pipe
