@@ -3096,6 +3096,27 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
     // the copy with everything written.
     let (code, out, err) = p.nodes[holder].cli(&["fastr", "sync", "mover", "--wait"], None);
     assert_eq!(code, 0, "{out}{err}");
+    // As before the live move: the radar prefers the holder once its
+    // status lists the new point (it looks every 5 s) and gossip carried
+    // it; moved at once, the election saw two nodes without the newest
+    // point and chose the other one (1 run in ~10).
+    let synced_ms = copy_points(&p.nodes[from], "mover")
+        .into_iter()
+        .map(|c| c.1)
+        .max()
+        .unwrap_or(0);
+    assert!(synced_ms > back_ms, "the sync made no newer point");
+    wait_until(
+        &p,
+        "the holder's status lists the synced point",
+        Duration::from_secs(20),
+        || {
+            p.nodes[from].log_text().lines().any(|l| {
+                l.contains("publishing node status") && l.contains(&format!(", {synced_ms})"))
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
     relocate_wait(&p.nodes[holder], "off-back", &["--offline"]);
     wait_until(
         &p,
