@@ -1358,8 +1358,8 @@ pub fn command_tenant_latency(objects: usize, samples: usize) -> anyhow::Result<
                 .collect();
             auth.push(t.elapsed());
             let t = Instant::now();
-            let (v, _) = crate::command::answer(q, &visible)
-                .map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+            let (v, _) =
+                crate::command::answer(q, &visible).map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
             answer.push(t.elapsed());
             rows = v["results"].as_array().map_or(0, Vec::len);
         }

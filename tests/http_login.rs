@@ -275,7 +275,12 @@ fn login_replay_expiry_forgery_and_cookies() {
     // This node's address: the one a hand-over to it names.
     let here = {
         let (code, out, err) = node.cli(
-            &["node", "id", "--state-dir", &node.state.display().to_string()],
+            &[
+                "node",
+                "id",
+                "--state-dir",
+                &node.state.display().to_string(),
+            ],
             None,
         );
         assert_eq!(code, 0, "{out}{err}");

@@ -164,7 +164,8 @@ fn page_logs_in_runs_commands_and_follows_changes_with_the_keyboard() {
         "a bogus token, a session cookie and a used token refused"
     );
     assert_eq!(
-        log.matches("adopt refused: hand-over token already used").count(),
+        log.matches("adopt refused: hand-over token already used")
+            .count(),
         1,
         "the used token refused as used"
     );

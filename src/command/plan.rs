@@ -481,9 +481,7 @@ fn has_term(r: &Record, term: &str) -> bool {
             }
             Value::Bool(b) => within(if *b { "true" } else { "false" }, term),
             Value::Array(a) => a.iter().any(|x| value_has(x, term)),
-            Value::Object(o) => o
-                .iter()
-                .any(|(k, x)| within(k, term) || value_has(x, term)),
+            Value::Object(o) => o.iter().any(|(k, x)| within(k, term) || value_has(x, term)),
             Value::Null => false,
         }
     }
@@ -862,14 +860,11 @@ pub fn plan(text: &str, q: &Query, records: &[Arc<Record>]) -> Result<Outcome, P
         }
         Query::Search { terms } => {
             if !terms.is_empty() {
-                let mut hits: Vec<(bool, &Record)> =
-                    w.all()
-                        .filter_map(|r| {
-                            terms.iter().all(|t| has_term(r, t)).then(|| {
-                                (!terms.iter().any(|t| r.key.name.contains(t.as_str())), r)
-                            })
-                        })
-                        .collect();
+                let mut hits: Vec<(bool, &Record)> = w
+                    .all()
+                    .filter(|r| terms.iter().all(|t| has_term(r, t)))
+                    .map(|r| (!terms.iter().any(|t| r.key.name.contains(t.as_str())), r))
+                    .collect();
                 // Name matches first.
                 hits.sort_by_key(|(by_name, r)| (*by_name, r.key.name.clone()));
                 results.extend(hits.into_iter().take(ROWS).map(|(_, r)| row(r)));
