@@ -180,7 +180,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// The session of a request, if AccessPolicy allows it `console` on the VM
 /// `namespace/name`; else the refusal to answer, logged, as `POST
 /// /v1/vms/{namespace}/{name}/console` refuses.
-async fn console_session(
+pub(super) async fn console_session(
     api: &Arc<HttpApi>,
     peer: SocketAddr,
     headers: &HeaderMap,

@@ -47,9 +47,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sha2::{Digest, Sha256};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use self::tls::PeerAddr;
@@ -654,7 +654,12 @@ impl UsedTokens {
             self.by_digest.retain(|_, e| *e > now);
         }
         if self.by_digest.len() >= Self::MAX {
-            if let Some(k) = self.by_digest.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+            if let Some(k) = self
+                .by_digest
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| *k)
+            {
                 self.by_digest.remove(&k);
             }
         }
@@ -1098,51 +1103,12 @@ async fn console_ticket(
     axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    use crate::model::{access::Verb, Kind};
-    let session = match session_of(&api, peer, &headers) {
+    let session = match console_page::console_session(&api, peer, &headers, &namespace, &name).await
+    {
         Ok(s) => s,
-        Err(r) => return *r,
+        Err(r) => return r,
     };
     let vm = format!("{}/{}", bounded(&namespace), bounded(&name));
-    let allowed = {
-        let (api, address, namespace, level2) = (
-            api.clone(),
-            session.address.clone(),
-            namespace.clone(),
-            session.level2,
-        );
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || {
-            let vm = api.admission.store().get(&crate::model::ObjectKey::new(
-                Kind::VirtualMachine,
-                Some(&namespace),
-                &name,
-            ));
-            api.admission.authorise_session(
-                &address,
-                level2,
-                Verb::Console,
-                Kind::VirtualMachine,
-                &namespace,
-                vm.as_ref().map(|r| &r.object),
-            )
-        })
-        .await
-    };
-    match allowed {
-        Ok(Ok(())) => {}
-        Ok(Err(r)) => {
-            warn!(%peer, address = %session.address, %vm, code = r.code, reason = %r.reason, "console refused");
-            return refuse(StatusCode::FORBIDDEN, r.code, r.reason);
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                format!("authorisation failed: {e}"),
-            )
-        }
-    }
     let Some(hv) = api.consoles.get() else {
         return refuse(
             StatusCode::CONFLICT,
