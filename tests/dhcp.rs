@@ -376,11 +376,20 @@ fn udhcpc_gets_every_option_exactly_as_the_manifest_says() {
     assert_eq!((c.offers, c.acks, c.naks), (1, 1, 0), "{c:?}");
 }
 
-#[test]
-fn dhcpcast_relays_to_dnsmasq_and_back() {
-    if !have(&["ip", "busybox", "dnsmasq"]) {
-        return;
-    }
+/// A DHCPCAST lab: the node's server (`s`) between a client namespace
+/// (`c`, on 10.99.0.0/16, its NIC given `mac`) and dnsmasq as the
+/// central server (`e`, 10.98.0.2, leases of `lease`), the Network
+/// `lan` relaying the VM `web` there.
+struct Dhcpcast {
+    lab: Lab,
+    cli: String,
+    vcli: String,
+    leases: std::path::PathBuf,
+    central: Proc,
+    server: Proc,
+}
+
+fn dhcpcast(lease: &str, mac: &str) -> Dhcpcast {
     let mut lab = Lab::new();
     let srv = lab.netns("s");
     let cli = lab.netns("c");
@@ -409,7 +418,7 @@ fn dhcpcast_relays_to_dnsmasq_and_back() {
             "--bind-interfaces",
             &format!("--interface={vcen}"),
             "--except-interface=lo",
-            "--dhcp-range=10.99.5.10,10.99.5.20,255.255.0.0,1h",
+            &format!("--dhcp-range=10.99.5.10,10.99.5.20,255.255.0.0,{lease}"),
             &format!("--dhcp-leasefile={}", leases.display()),
             "--dhcp-authoritative",
             "--no-ping",
@@ -421,7 +430,6 @@ fn dhcpcast_relays_to_dnsmasq_and_back() {
     );
     central.wait_log("DHCP, IP range");
 
-    let mac = "02:00:00:00:0c:01";
     sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", mac]);
     let manifests = lab.dir.join("corp.yaml");
     let text = format!(
@@ -429,7 +437,31 @@ fn dhcpcast_relays_to_dnsmasq_and_back() {
         vm("web", &format!("      mac: \"{mac}\"\n"))
     );
     std::fs::write(&manifests, text).unwrap();
-    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+    let server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+    Dhcpcast {
+        lab,
+        cli,
+        vcli,
+        leases,
+        central,
+        server,
+    }
+}
+
+#[test]
+fn dhcpcast_relays_to_dnsmasq_and_back() {
+    if !have(&["ip", "busybox", "dnsmasq"]) {
+        return;
+    }
+    let mac = "02:00:00:00:0c:01";
+    let Dhcpcast {
+        lab,
+        cli,
+        vcli,
+        leases,
+        mut central,
+        mut server,
+    } = dhcpcast("1h", mac);
 
     let env = udhcpc(&lab, &cli, &vcli);
     let ip: Ipv4Addr = env["ip"].parse().unwrap();
@@ -809,54 +841,14 @@ fn dhcpcast_renewal_reaches_the_central_server() {
     if !have(&["ip", "busybox", "dnsmasq"]) {
         return;
     }
-    let mut lab = Lab::new();
-    let srv = lab.netns("s");
-    let cli = lab.netns("c");
-    let cen = lab.netns("e");
-    let (vsrv, vcli) = lab.link("l", &srv, "10.99.0.1/16", &cli, None);
-    let (_vup, vcen) = lab.link("u", &srv, "10.98.0.1/24", &cen, Some("10.98.0.2/24"));
-    sh(&[
-        "ip",
-        "-n",
-        &cen,
-        "route",
-        "add",
-        "10.99.0.0/16",
-        "via",
-        "10.98.0.1",
-    ]);
-    let leases = lab.dir.join("dnsmasq.leases");
-    let mut central = Proc::start(
-        &cen,
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--user=root",
-            "--bind-interfaces",
-            &format!("--interface={vcen}"),
-            "--except-interface=lo",
-            "--dhcp-range=10.99.5.10,10.99.5.20,255.255.0.0,2m",
-            &format!("--dhcp-leasefile={}", leases.display()),
-            "--dhcp-authoritative",
-            "--no-ping",
-            "--log-dhcp",
-            "--log-facility=-",
-        ],
-        &lab.dir,
-        "dnsmasq",
-    );
-    central.wait_log("DHCP, IP range");
-    let mac = "02:00:00:00:0c:02";
-    sh(&["ip", "-n", &cli, "link", "set", &vcli, "address", mac]);
-    let manifests = lab.dir.join("corp.yaml");
-    let text = format!(
-        "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  ipv4:\n    subnet: 10.99.0.0/16\n    gateway: 10.99.0.1\n  dhcpcast:\n    servers: [10.98.0.2]\n{}",
-        vm("web", &format!("      mac: \"{mac}\"\n"))
-    );
-    std::fs::write(&manifests, text).unwrap();
-    let mut server = serve(&lab, &srv, &vsrv, "10.99.0.1", &manifests);
+    let Dhcpcast {
+        lab,
+        cli,
+        vcli,
+        leases: _,
+        mut central,
+        mut server,
+    } = dhcpcast("2m", "02:00:00:00:0c:02");
     // udhcpc stays up; its script configures the address (so the renewal
     // can be unicast) and records each event.
     let events = lab.dir.join("events");

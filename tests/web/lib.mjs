@@ -61,25 +61,7 @@ export async function open(base, secrets) {
   });
   const page = await b.context.newPage();
   b.page = page;
-  page.setDefaultTimeout(T);
-  const watch = { errors: [], leaks: [], origins: new Set() };
-  page.on('pageerror', (e) => watch.errors.push('page error: ' + e.message));
-  await page.addInitScript(() => {
-    window.__violations = [];
-    document.addEventListener('securitypolicyviolation', (e) =>
-      window.__violations.push(`${e.violatedDirective} refused ${e.blockedURI || 'inline code'}`),
-    );
-  });
-  page.on('request', (r) => {
-    const url = new URL(r.url());
-    watch.origins.add(url.origin);
-    for (const s of secrets) {
-      const { text, only } = typeof s === 'string' ? { text: s, only: [] } : s;
-      if (only.includes(url.pathname)) continue;
-      if (r.url().includes(text) || (r.postData() || '').includes(text)) watch.leaks.push(r.method() + ' ' + r.url());
-    }
-  });
-  b.watch = { ...watch, base };
+  b.watch = { ...(await watchPage(page, secrets)), base };
   return page;
 }
 
