@@ -913,7 +913,14 @@ fn search_suggestions(w: &World, text: &str, terms: &[String]) -> Vec<String> {
     }
     if let Some(last) = terms.last() {
         if !text.ends_with(char::is_whitespace) {
-            let stem = &text[..text.trim_end().len() - last.len()];
+            // The text before the last word as typed (`last` is lower
+            // case, whose length may differ: `İ` is 2 bytes, `i̇` 3).
+            let start = text
+                .char_indices()
+                .rev()
+                .find(|(_, c)| c.is_whitespace())
+                .map_or(0, |(i, c)| i + c.len_utf8());
+            let stem = &text[..start];
             for r in w.all() {
                 if r.key.name.starts_with(last.as_str()) && r.key.name != *last {
                     out.push(format!("{stem}{}", r.key.name));
@@ -1246,6 +1253,23 @@ mod tests {
             o.results.iter().any(|r| r.name == "sat-z"),
             "{:?}",
             o.results
+        );
+    }
+
+    #[test]
+    fn a_last_word_whose_lower_case_is_longer_completes_without_a_panic() {
+        // `İ` lower-cases to `i̇`, a byte longer: the stem was cut at a
+        // length taken from the lower-cased word (a fuzz case).
+        for text in ["İ", "web İ", "İ w"] {
+            let q = parse(text).unwrap();
+            plan(text, &q, &world()).unwrap();
+        }
+        let q = parse("frankfurt WE").unwrap();
+        let o = plan("frankfurt WE", &q, &world()).unwrap();
+        assert!(
+            o.suggestions.iter().all(|s| s.starts_with("frankfurt ")),
+            "{:?}",
+            o.suggestions
         );
     }
 }
