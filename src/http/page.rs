@@ -166,8 +166,29 @@ pub(super) fn serve_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `html` has no inline script, style or event handler (the CSP
+    /// refuses them).
+    pub(crate) fn assert_no_inline_code(html: &str) {
+        for (i, _) in html.match_indices("<script") {
+            let tag = &html[i..i + html[i..].find('>').unwrap()];
+            assert!(tag.contains(" src="), "inline script: {tag}");
+        }
+        assert!(!html.contains("<style"), "inline <style>");
+        assert!(!html.contains(" style="), "inline style attribute");
+        for (i, _) in html.match_indices(" on") {
+            let name: String = html[i + 3..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            assert!(
+                !html[i + 3 + name.len()..].starts_with('='),
+                "inline event handler on{name}="
+            );
+        }
+    }
     use axum::body::to_bytes;
 
     async fn get(path: &str, if_none_match: Option<&str>) -> (StatusCode, HeaderMap, Vec<u8>) {
@@ -307,23 +328,7 @@ mod tests {
     /// The CSP refuses inline code: the page must have none.
     #[test]
     fn the_page_has_no_inline_script_or_style() {
-        let html = text(&INDEX);
-        for (i, _) in html.match_indices("<script") {
-            let tag = &html[i..i + html[i..].find('>').unwrap()];
-            assert!(tag.contains(" src="), "inline script: {tag}");
-        }
-        assert!(!html.contains("<style"), "inline <style>");
-        assert!(!html.contains(" style="), "inline style attribute");
-        for (i, _) in html.match_indices(" on") {
-            let name: String = html[i + 3..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase())
-                .collect();
-            assert!(
-                !html[i + 3 + name.len()..].starts_with('='),
-                "inline event handler on{name}="
-            );
-        }
+        assert_no_inline_code(text(&INDEX));
         let app = text(&ASSETS[0]);
         assert!(
             !app.contains("innerHTML") && !app.contains("eval("),
