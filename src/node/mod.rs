@@ -468,13 +468,35 @@ async fn storage_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Storage>>
             Arc::new(s)
         }
         StorageKind::Zfs(root) => {
-            let root = root.clone();
-            let (s, n) = tokio::task::spawn_blocking(move || zfs::open_recovered(&root)).await??;
+            // A pool not there yet (the ZFS daemon restarting, an import
+            // still running at boot) is waited for a while before the node
+            // gives up: a node that exits at once is restarted only by a
+            // supervisor, which a test or a shell does not have.
+            let deadline = std::time::Instant::now() + ZFS_POOL_WAIT;
+            let (s, n) = loop {
+                let r = root.clone();
+                match tokio::task::spawn_blocking(move || zfs::open_recovered(&r)).await? {
+                    Ok(opened) => break opened,
+                    Err(
+                        e @ crate::driver::DriverError::Condition {
+                            reason: "PoolMissing",
+                            ..
+                        },
+                    ) if std::time::Instant::now() < deadline => {
+                        warn!(error = %e, "storage: the zfs pool is not available yet; trying again in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             info!(finished = n, "storage: zfs");
             Arc::new(s)
         }
     })
 }
+
+/// How long a node waits at start for its zfs pool to be available.
+const ZFS_POOL_WAIT: Duration = Duration::from_secs(30);
 
 async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
     match &config.hypervisor {
