@@ -132,10 +132,6 @@ pub struct Table {
     /// can move a VM off an address a live lease holds
     /// ([`lease::adjust`]); `None` for a table built by hand.
     pub pool: Option<Box<Pool>>,
-    /// Bridge ports (taps) of the VMs answered, with the MAC each may
-    /// use: the DHCP port guard drops a request whose chaddr is not its
-    /// port's VM.
-    pub ports: BTreeMap<String, Mac>,
 }
 
 impl Table {
@@ -200,7 +196,6 @@ impl Table {
 
         struct Nic<'a> {
             identity: String,
-            tap: String,
             vm_name: String,
             mac: Mac,
             fixed: Option<Ipv4Addr>,
@@ -254,7 +249,6 @@ impl Table {
                 };
                 nics.push(Nic {
                     identity,
-                    tap: names::tap(ns, name, &nic.name),
                     vm_name: name.to_string(),
                     mac,
                     fixed,
@@ -303,8 +297,6 @@ impl Table {
             assigned,
             dynamic: dynamic.clone(),
         };
-        let mut ports = BTreeMap::new();
-
         let mut clients = HashMap::new();
         for n in nics {
             if !n.local || n.dhcp.enabled == Some(false) {
@@ -344,7 +336,6 @@ impl Table {
                     },
                     other => other,
                 })?;
-            ports.insert(n.tap.clone(), n.mac);
             if let Some(prev) = clients.insert(
                 n.mac,
                 Client {
@@ -363,12 +354,10 @@ impl Table {
                 clients.remove(&n.mac);
             }
         }
-        ports.retain(|_, mac| clients.contains_key(mac));
         Ok(Table {
             clients,
             warnings,
             pool: Some(Box::new(pool)),
-            ports,
         })
     }
 }
