@@ -1,0 +1,308 @@
+//! The fabric agent: one task per node (linux network driver only) that
+//! computes the fabric from desired state and the radar ([`desired`]) and
+//! applies it ([`super::kernel`]) whenever either changes: a VM placed,
+//! relocated or failed over is a changed election, seen here as soon as
+//! the gossip task publishes it. It also writes each local VM port's drop
+//! counters into the VM's status (`status.nics.NAME.dropped`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, warn};
+
+use super::kernel::Kernel;
+use super::{counter, resolve, Binding, Desired, Port, SegmentState, RULES};
+use crate::dhcp::Table;
+use crate::model::{names, Kind, Manifest, NetworkSpec, ObjectKey, VirtualMachineSpec};
+use crate::reconcile::network::server_address;
+use crate::reconcile::vm::is_mine;
+use crate::reconcile::Ctx;
+
+/// How often the drop counters are read into status, and the radar's
+/// node addresses looked at again.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Changes closer together than this are applied together.
+const SETTLE: Duration = Duration::from_millis(5);
+
+fn key_of<S: crate::model::Spec>(m: &Manifest<S>, kind: Kind) -> ObjectKey {
+    ObjectKey::new(
+        kind,
+        m.metadata.namespace.as_deref(),
+        m.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The fabric of this node as desired state and the radar say.
+pub fn desired(ctx: &Ctx) -> Desired {
+    let records = ctx.store.list_shared();
+    let mut networks: Vec<(ObjectKey, Manifest<NetworkSpec>)> = Vec::new();
+    let mut vms: Vec<(ObjectKey, Manifest<VirtualMachineSpec>)> = Vec::new();
+    for r in records.iter().filter(|r| !r.deleted) {
+        match r.key.kind {
+            Kind::Network => {
+                if let Ok(m) = serde_json::from_value(r.object.clone()) {
+                    networks.push((r.key.clone(), m));
+                }
+            }
+            Kind::VirtualMachine => {
+                if let Ok(m) = serde_json::from_value(r.object.clone()) {
+                    vms.push((r.key.clone(), m));
+                }
+            }
+            _ => {}
+        }
+    }
+    let underlay = ctx
+        .placement
+        .as_ref()
+        .map(|p| p.node_addresses())
+        .unwrap_or_default();
+    let me = &ctx.config.node_name;
+    let all: Vec<(&ObjectKey, Option<(u32, String)>)> = networks
+        .iter()
+        .map(|(k, n)| (k, super::id_of(k, &n.spec)))
+        .collect();
+    let mut d = Desired {
+        nodes: underlay.values().copied().collect(),
+        ..Default::default()
+    };
+    for (key, net) in &networks {
+        let on: Vec<Manifest<VirtualMachineSpec>> = vms
+            .iter()
+            .filter(|(k, vm)| {
+                k.namespace == key.namespace && vm.spec.nics.iter().any(|n| n.network == key.name)
+            })
+            .map(|(_, vm)| vm.clone())
+            .collect();
+        let segment = match resolve(key, &net.spec, all.iter().cloned()) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(_)) => {
+                if let Some(w) = super::wanted(&key.namespace, &key.name, &net.spec) {
+                    d.down.push(w.device);
+                }
+                None
+            }
+            None => None,
+        };
+        // The addresses the node's DHCP would hand out (the whole
+        // network's allocation: every VM, wherever it runs).
+        let table = net
+            .spec
+            .ipv4
+            .as_ref()
+            .and_then(|v4| server_address(v4, &ctx.config.node_addresses).ok())
+            .and_then(|server| Table::build(net, &on, server.addr(), |_| true).ok());
+        let bridge = net
+            .spec
+            .bridge
+            .clone()
+            .unwrap_or_else(|| names::bridge(&key.namespace, &key.name));
+        let mut state = segment.map(|segment| SegmentState {
+            segment,
+            bridge,
+            remote_nodes: BTreeSet::new(),
+            remote_macs: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+        });
+        for vm in &on {
+            let vk = key_of(vm, Kind::VirtualMachine);
+            let running_on = ctx
+                .placement
+                .as_ref()
+                .map(|p| p.running_on(&vk))
+                .unwrap_or_default();
+            // Here: placed here, or still running here (the sender of a
+            // relocation until the switch): its port keeps its rules.
+            let here = is_mine(ctx, &vk, &vm.spec) || running_on.iter().any(|n| n == me);
+            let remote: Option<Ipv4Addr> = if here {
+                None
+            } else {
+                running_on
+                    .iter()
+                    .filter(|n| *n != me)
+                    .find_map(|n| underlay.get(n).copied())
+            };
+            for nic in vm.spec.nics.iter().filter(|n| n.network == key.name) {
+                let mac = nic
+                    .mac
+                    .clone()
+                    .unwrap_or_else(|| names::mac(&vk.namespace, &vk.name, &nic.name))
+                    .to_ascii_lowercase();
+                let client = table
+                    .as_ref()
+                    .zip(crate::dhcp::parse_mac(&mac))
+                    .and_then(|(t, m)| t.get(&m).cloned());
+                let relayed = client.as_ref().is_some_and(|c| c.upstream.is_some());
+                let ipv4 = client.as_ref().and_then(|c| c.address);
+                let binding = Binding {
+                    vm: vk.clone(),
+                    nic: nic.name.clone(),
+                    mac: mac.clone(),
+                    ipv4,
+                    tap: names::tap(&vk.namespace, &vk.name, &nic.name),
+                };
+                if here {
+                    d.ports.push(Port {
+                        addresses: (!relayed).then(|| ipv4.into_iter().collect()),
+                        binding,
+                    });
+                } else if let (Some(node), Some(s)) = (remote, state.as_mut()) {
+                    s.remote_nodes.insert(node);
+                    s.remote_macs.insert(mac.clone(), node);
+                    if let Some(ip) = ipv4 {
+                        s.neighbours.insert(ip, mac);
+                    }
+                }
+            }
+        }
+        d.segments.extend(state);
+    }
+    d.ports.sort_by(|a, b| a.binding.tap.cmp(&b.binding.tap));
+    d.ports.dedup_by(|a, b| a.binding.tap == b.binding.tap);
+    d
+}
+
+/// Run until `shutdown`: apply the fabric on every change of desired
+/// state or election, and the counters into status every [`TICK`].
+pub async fn run(
+    ctx: Arc<Ctx>,
+    net: crate::node::config::NetKind,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if net != crate::node::config::NetKind::Linux {
+        return;
+    }
+    let mut changes = ctx.store.subscribe();
+    let mut elections = ctx.placement.as_ref().map(|p| p.subscribe());
+    let kernel = Arc::new(std::sync::Mutex::new(Kernel::default()));
+    let mut tick = tokio::time::interval(TICK);
+    let mut last: Option<Desired> = None;
+    let mut written: BTreeMap<(ObjectKey, String), BTreeMap<String, u64>> = BTreeMap::new();
+    loop {
+        let mut counters_due = false;
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => counters_due = true,
+            c = changes.recv() => match c {
+                Ok(c) if c.status_only => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            Some(_) = async {
+                match elections.as_mut() {
+                    Some(e) => Some(e.recv().await),
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        // From the change that woke the agent to the kernel holding it:
+        // the latency the fabric adds to a gossip update.
+        let started = Instant::now();
+        if !counters_due {
+            // A burst (a file of many objects, a round of elections) is
+            // one application.
+            tokio::time::sleep(SETTLE).await;
+            while changes.try_recv().is_ok() {}
+            if let Some(e) = elections.as_mut() {
+                while e.try_recv().is_ok() {}
+            }
+        }
+        let want = desired(&ctx);
+        if last.as_ref() != Some(&want) || counters_due {
+            let k = kernel.clone();
+            let w = want.clone();
+            let errors = tokio::task::spawn_blocking(move || {
+                k.lock().unwrap_or_else(|p| p.into_inner()).apply(&w)
+            })
+            .await
+            .unwrap_or_default();
+            if errors.is_empty() {
+                if last.as_ref() != Some(&want) {
+                    debug!(
+                        segments = want.segments.len(),
+                        ports = want.ports.len(),
+                        remote = want
+                            .segments
+                            .iter()
+                            .map(|s| s.remote_macs.len())
+                            .sum::<usize>(),
+                        nodes = want.nodes.len(),
+                        since_change_us = started.elapsed().as_micros() as u64,
+                        "fabric applied"
+                    );
+                }
+                last = Some(want.clone());
+            } else {
+                for e in &errors {
+                    warn!(error = %e, "fabric: a step failed; retried on the next change or tick");
+                }
+                last = None;
+            }
+        }
+        if counters_due {
+            let k = kernel.clone();
+            let counts = tokio::task::spawn_blocking(move || {
+                k.lock().unwrap_or_else(|p| p.into_inner()).counters()
+            })
+            .await
+            .unwrap_or_default();
+            write_counters(&ctx, &want, &counts, &mut written);
+        }
+    }
+}
+
+/// Each local port's non-zero drop counters into its VM's status, when
+/// they differ from what the status holds.
+fn write_counters(
+    ctx: &Ctx,
+    d: &Desired,
+    counts: &BTreeMap<String, u64>,
+    written: &mut BTreeMap<(ObjectKey, String), BTreeMap<String, u64>>,
+) {
+    for p in &d.ports {
+        let b = &p.binding;
+        let dropped: BTreeMap<String, u64> = RULES
+            .iter()
+            .filter_map(|r| {
+                let n = *counts.get(&counter(&b.tap, r))?;
+                (n > 0).then(|| (r.to_string(), n))
+            })
+            .collect();
+        let id = (b.vm.clone(), b.nic.clone());
+        if dropped.is_empty() && !written.contains_key(&id) {
+            continue;
+        }
+        let Some(record) = ctx.store.get(&b.vm).filter(|r| !r.deleted) else {
+            continue;
+        };
+        let Some(mut status) = record.status.clone() else {
+            continue;
+        };
+        let Some(nic) = status
+            .pointer_mut(&format!("/nics/{}", b.nic))
+            .and_then(|n| n.as_object_mut())
+        else {
+            continue;
+        };
+        let now = serde_json::to_value(&dropped).unwrap_or_default();
+        if nic.get("dropped").unwrap_or(&serde_json::Value::Null) == &now
+            || (dropped.is_empty() && nic.get("dropped").is_none())
+        {
+            written.insert(id, dropped);
+            continue;
+        }
+        if dropped.is_empty() {
+            nic.remove("dropped");
+        } else {
+            nic.insert("dropped".into(), now);
+        }
+        if let Err(e) = ctx.store.set_status(&b.vm, status) {
+            warn!(vm = %b.vm, error = %e, "fabric: writing drop counters");
+        }
+        written.insert(id, dropped);
+    }
+}
