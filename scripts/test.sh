@@ -34,6 +34,11 @@ sh tests/interop/setup.sh
 # tree); curl reads the server-sent events in tests/command_line.rs;
 # spice-html5 is what web/spice/ must equal (tests/web_console.rs).
 apt_install chromium fonts-dejavu-core curl spice-html5
+# Layer 2 (tests/interstellar.rs): nftables (the node's anti-spoofing and
+# underlay rules), tcpdump (what crossed the wires). The package test
+# (tests/packaging.rs): binutils (strip, readelf), systemd
+# (systemd-analyze verify), man-db (verify reads Documentation=man:).
+apt_install nftables tcpdump binutils systemd man-db
 sh tests/web/setup.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: installing it from crates.io"

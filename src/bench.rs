@@ -53,14 +53,14 @@ pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
 }
 
 /// The benches' runtime: two workers, like the node on this machine.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
 }
 
-fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("deorch-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -190,7 +190,7 @@ fn vm_rss(status: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn bench_vm(i: usize) -> AnyObject {
+pub(crate) fn bench_vm(i: usize) -> AnyObject {
     let spec = VirtualMachineSpec {
         cpu: Some(crate::model::Cpu(2000)),
         memory: Some(Quantity((256 + (i as u64 % 512)) << 20)),

@@ -13,8 +13,8 @@
 //!   placement rule);
 //! - [`driver`] (traits, real drivers, fakes) with [`qemu`] and [`dhcp`]
 //!   → [`reconcile`] (engine; resolve → plan → execute per kind);
-//! - [`api`], [`http`] → [`node`] (wires everything, and alone chooses
-//!   driver implementations) → [`cli`], [`bench`].
+//! - [`api`], [`http`] with [`metrics`] → [`node`] (wires everything,
+//!   and alone chooses driver implementations) → [`cli`], [`bench`].
 
 // No unsafe code, except one audited `rdtsc` in `qemu::tsc` and the
 // `fcntl(F_SETLEASE)` of `source::dir::writer_has_it_open` (allowed there
@@ -28,6 +28,9 @@ pub mod api;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_fastr;
+pub mod bench_history;
+pub mod bench_import;
+pub mod bench_metrics;
 pub mod bench_node;
 pub mod bench_relocate;
 pub mod bench_tunnel;
@@ -36,13 +39,17 @@ pub mod clock;
 pub mod command;
 pub mod dhcp;
 pub mod driver;
+pub mod fabric;
 pub mod fence;
 pub mod fuzzing;
 pub mod gossip;
+pub mod history;
 pub mod http;
 pub mod identity;
+pub mod import;
 pub mod manifest;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod qemu;

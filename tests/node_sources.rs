@@ -202,7 +202,7 @@ fn cli_apply_get_describe_delete() {
     assert!(out.contains("deleted (generation 2)"), "{out}");
     assert!(node.record("vm", "one").is_none());
     let (code, _, err) = node.cli(&["delete", "vm", "one"], None);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "not found: {err}");
     assert!(err.contains("not found"), "{err}");
     let (code, _, err) = node.cli(&["get", "gizmos"], None);
     assert_eq!(code, 1);

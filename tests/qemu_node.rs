@@ -188,7 +188,7 @@ fn console_tickets(node: &Node, vnc: u16) {
         VncLogin::Connected { .. }
     ));
     let (rc, _, err) = node.cli(&["console", "nosuch"], None);
-    assert_eq!(rc, 1);
+    assert_eq!(rc, 3, "not found: {err}");
     assert!(err.contains("no VirtualMachine default/nosuch"), "{err}");
     // The password never reaches the log.
     let log = std::fs::read_to_string(&node.log).unwrap();

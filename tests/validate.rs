@@ -391,6 +391,22 @@ fn the_no_effect_condition_names_the_same_fields() {
     assert_eq!(no_effect_condition(&clean.documents[0].object), None);
 }
 
+/// An interstellar spans satellites: it takes no uplink.
+#[test]
+fn an_interstellar_with_an_uplink_is_refused_at_the_uplink() {
+    let doc = "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: n\nspec:\n  uplink: eth1\n  isolation: {mode: ArplessInterstellar}\n";
+    let (parsed, _) = deorch::manifest::parse_str_with_warnings(Path::new("n.yaml"), doc);
+    let errors: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("n.yaml:6:11: spec.uplink: an interstellar spans satellites"),
+        "{errors:?}"
+    );
+    let plain = doc.replace("ArplessInterstellar", "None");
+    let (parsed, _) = deorch::manifest::parse_str_with_warnings(Path::new("n.yaml"), &plain);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+}
+
 /// A VirtualMachine document with `spec` (indented YAML lines).
 fn vm_doc(spec: &str) -> String {
     format!("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: v\nspec:\n{spec}")

@@ -341,6 +341,12 @@ fn the_guest_gets_its_lease_from_the_nodes_dhcp_server_on_a_real_bridge() {
             .as_i64()
             .is_some_and(|g| g > generation)
     });
+    // That status carries the server's counters: the first boot's exchange.
+    let dhcp = &net_status(&node, "lan")["dhcp"];
+    assert!(
+        dhcp["offers"].as_u64() >= Some(1) && dhcp["acks"].as_u64() >= Some(1),
+        "DHCP counters in the Network's status: {dhcp}"
+    );
     let pid = vm_status(&node)["pid"].as_u64().unwrap();
     kill_qemu_and_wait_for_new_boot(&node, pid);
     let (lease2, _) = wait_lease(&node);

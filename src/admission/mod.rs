@@ -463,6 +463,8 @@ pub enum Signature {
 pub struct Admission {
     store: Arc<Store>,
     config: AdmissionConfig,
+    /// Counts each verdict reported (by source), once the node sets it.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Admission {
@@ -476,7 +478,16 @@ impl std::fmt::Debug for Admission {
 impl Admission {
     /// The gate in front of `store`.
     pub fn new(store: Arc<Store>, config: AdmissionConfig) -> Arc<Admission> {
-        Arc::new(Admission { store, config })
+        Arc::new(Admission {
+            store,
+            config,
+            metrics: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Count the verdicts reported from now on in `metrics`.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The store, for reads.
@@ -1106,6 +1117,9 @@ impl Admission {
     /// verdicts reached before a batch, e.g. gossip's relay filter).
     /// Refusals are warnings; `Unchanged` and `Withheld` are not recorded.
     pub fn report(&self, source: &SourceId, at: &str, key: &ObjectKey, verdict: &Verdict) {
+        if let Some(m) = self.metrics.get() {
+            m.verdict(source, verdict);
+        }
         let level = match verdict {
             Verdict::Unchanged { .. } | Verdict::Withheld | Verdict::Absent => return,
             Verdict::Applied { generation } | Verdict::Deleted { generation } => {

@@ -60,3 +60,46 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         message: e.to_string(),
     })
 }
+
+/// Send one request whose answer is a stream (`Watch`, `Logs`) and hand
+/// each response to `each` until the node closes the connection or `each`
+/// answers false. `timeout` bounds the wait for each line (`None`: wait as
+/// long as the node is silent, as a watch does).
+pub fn stream(
+    socket: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<(), ClientError> {
+    let path = socket.display().to_string();
+    let io_err = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(timeout).map_err(io_err)?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .map_err(io_err)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_err)?;
+    let mut reader = BufReader::new(&stream);
+    let mut answer = String::new();
+    loop {
+        answer.clear();
+        if reader.read_line(&mut answer).map_err(io_err)? == 0 {
+            return Ok(());
+        }
+        let response = serde_json::from_str(&answer).map_err(|e| ClientError::Protocol {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if !each(response) {
+            return Ok(());
+        }
+    }
+}

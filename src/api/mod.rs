@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod server;
+mod stream;
 
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +132,40 @@ pub enum Request {
         /// The VM.
         name: String,
     },
+    /// Watch objects (`deorch get -w`): the answer is a stream on this
+    /// connection, first `Objects` (what matches now), then one `Watched`
+    /// per change, until the client closes it.
+    Watch {
+        /// Kind filter.
+        kind: Option<String>,
+        /// Namespace filter; `None` means all namespaces.
+        namespace: Option<String>,
+        /// Name filter.
+        name: Option<String>,
+    },
+    /// The serial console output of a VM this node runs (`deorch logs`):
+    /// a stream of `Log` chunks, then the connection closes (with `follow`,
+    /// it goes on until the client closes it).
+    Logs {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+        /// Only the last lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<usize>,
+        /// Go on sending what the guest prints.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follow: bool,
+    },
+    /// Reset a VM this node runs at once (QEMU's `system_reset`: the
+    /// guest reboots without shutting down; `deorch vm restart --hard`).
+    VmReset {
+        /// Namespace (default `default`).
+        namespace: Option<String>,
+        /// The VM.
+        name: String,
+    },
     /// Events about one object (refused ones too: they have no record),
     /// or all events; oldest first.
     Events {
@@ -219,6 +254,19 @@ pub enum Response {
     FastrPoints {
         /// `fastr-<unix ms>` each.
         points: Vec<String>,
+    },
+    /// One change of a watch: the record as it is now.
+    Watched {
+        /// `ADDED`, `MODIFIED` or `DELETED`.
+        #[serde(rename = "type")]
+        change: String,
+        /// The record (for `DELETED`, the last one seen, or its tombstone).
+        record: Box<Record>,
+    },
+    /// A piece of a VM's serial console output.
+    Log {
+        /// Text as the guest printed it (invalid UTF-8 replaced).
+        text: String,
     },
     /// A volume was restored or purged.
     VolumeDone {

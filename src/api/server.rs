@@ -257,6 +257,29 @@ async fn handle_conn(
                 Ok(Request::FastrPoints { namespace, name }) => {
                     fastr_points(&planner, namespace.as_deref(), &name).await
                 }
+                // Streams: they hold the connection until they end.
+                Ok(Request::Watch {
+                    kind,
+                    namespace,
+                    name,
+                }) => {
+                    let store = admission.store();
+                    let (r, w) = (&mut reader, &mut write);
+                    return super::stream::watch(store, kind, namespace, name, r, w).await;
+                }
+                Ok(Request::Logs {
+                    namespace,
+                    name,
+                    tail,
+                    follow,
+                }) => {
+                    let (r, w) = (&mut reader, &mut write);
+                    return super::stream::logs(&planner, namespace, name, tail, follow, r, w)
+                        .await;
+                }
+                Ok(Request::VmReset { namespace, name }) => {
+                    super::stream::reset(&planner, namespace, name).await
+                }
                 Ok(Request::FastrRecover {
                     namespace,
                     name,
@@ -498,6 +521,9 @@ pub fn handle(
         | Request::FastrSync { .. }
         | Request::FastrPoints { .. }
         | Request::FastrRecover { .. }
+        | Request::Watch { .. }
+        | Request::Logs { .. }
+        | Request::VmReset { .. }
         | Request::Console { .. } => Err(Response::Error {
             code: "BadRequest".into(),
             message: "volume requests need the node's storage (the socket server answers them)"

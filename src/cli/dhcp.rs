@@ -1,17 +1,20 @@
 //! `deorch dhcp serve` (hidden): the node's DHCP server on one interface
 //! for the VMs of manifest files, outside a node. Used by the real-client
 //! tests and the benchmark; the node will drive [`crate::dhcp::DhcpServer`]
-//! itself.
+//! itself. `deorch dhcp perf`: load as directly attached clients
+//! ([`crate::dhcp::perf`]), for any DHCP server.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use crate::dhcp::{DhcpServer, ServerConfig, Table};
+use crate::dhcp::perf::{PerfConfig, Relay};
+use crate::dhcp::{parse_mac, DhcpServer, ServerConfig, Table};
 use crate::manifest;
 use crate::model::AnyObject;
 
@@ -21,6 +24,85 @@ pub enum DhcpCommand {
     /// Serve DHCP on one interface to the VMs of manifest files until
     /// SIGINT/SIGTERM, then print the counters as JSON.
     Serve(ServeArgs),
+    /// Measure a DHCP server as VMs on its bridge see it: clients with
+    /// these MACs run DISCOVER-OFFER-REQUEST-ACK from a packet socket on
+    /// the interface (no giaddr, unlike perfdhcp); prints a JSON report.
+    Perf(PerfArgs),
+}
+
+/// `deorch dhcp perf` flags.
+#[derive(Debug, clap::Args)]
+pub struct PerfArgs {
+    /// The interface the clients sit behind (e.g. a veth on the server's
+    /// bridge).
+    #[arg(long)]
+    pub interface: String,
+    /// DISCOVERs per second.
+    #[arg(long)]
+    pub rate: u32,
+    /// Seconds of DISCOVERs.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Milliseconds replies are awaited after that.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+    /// File of client MACs, one per line (perfdhcp's `-M` format).
+    #[arg(long)]
+    pub macs: PathBuf,
+    /// Set the broadcast flag: replies are then broadcast.
+    #[arg(long)]
+    pub broadcast: bool,
+    /// Act as a relay agent with this address (giaddr, bound on port 67),
+    /// as perfdhcp does; needs --server.
+    #[arg(long, requires = "server")]
+    pub relay: Option<Ipv4Addr>,
+    /// The server's address (relay mode).
+    #[arg(long, requires = "relay")]
+    pub server: Option<Ipv4Addr>,
+}
+
+fn perf(args: PerfArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.macs)
+        .with_context(|| format!("reading {}", args.macs.display()))?;
+    let mut macs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse_mac(line) {
+            Some(m) => macs.push(m),
+            None => bail!(
+                "{}:{}: {line:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)",
+                args.macs.display(),
+                i + 1
+            ),
+        }
+    }
+    if macs.is_empty() {
+        bail!("{}: no MAC address in the file", args.macs.display());
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        bail!(
+            "--seconds: expected a positive number, got {}",
+            args.seconds
+        );
+    }
+    let report = crate::dhcp::perf::run(&PerfConfig {
+        iface: args.interface.clone(),
+        rate: args.rate,
+        period: Duration::from_secs_f64(args.seconds),
+        wait: Duration::from_millis(args.wait_ms),
+        macs,
+        broadcast: args.broadcast,
+        relay: args
+            .relay
+            .zip(args.server)
+            .map(|(giaddr, server)| Relay { giaddr, server }),
+    })
+    .with_context(|| format!("DHCP load on {}", args.interface))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `deorch dhcp serve` flags.
@@ -45,6 +127,10 @@ pub struct ServeArgs {
     /// UDP port.
     #[arg(long, default_value_t = 67)]
     pub port: u16,
+    /// Remember leases in this file (JSON), as the node does in its state
+    /// directory: a restarted server keeps them.
+    #[arg(long)]
+    pub leases: Option<PathBuf>,
     /// Also write the counters (JSON) to this file on exit.
     #[arg(long)]
     pub counters: Option<PathBuf>,
@@ -52,7 +138,10 @@ pub struct ServeArgs {
 
 /// Run `deorch dhcp ...`.
 pub fn run(command: DhcpCommand) -> anyhow::Result<ExitCode> {
-    let DhcpCommand::Serve(args) = command;
+    let args = match command {
+        DhcpCommand::Serve(args) => args,
+        DhcpCommand::Perf(args) => return perf(args),
+    };
     let (files, mut problems) = manifest::collect_files(&args.files);
     let mut networks = Vec::new();
     let mut vms = Vec::new();
@@ -98,6 +187,9 @@ pub fn run(command: DhcpCommand) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let snapshot = rt.block_on(async {
         let server = Arc::new(DhcpServer::new(&args.interface, config)?);
+        if let Some(path) = &args.leases {
+            server.keep_leases_in(path.clone());
+        }
         server.update(table);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

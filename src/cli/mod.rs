@@ -5,11 +5,18 @@
 
 mod command;
 mod dhcp;
+mod exit;
+mod history;
 pub mod http;
 mod identity;
+mod import;
+mod logs;
+mod man;
 mod output;
 mod relocate;
 mod replica;
+mod vm;
+mod watch;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -26,7 +33,12 @@ use crate::node::{self, config::DEFAULT_SOCKET, NodeArgs, NodeConfig};
 
 /// deorch: a decentralized de-orchestrator for QEMU/KVM virtual machines.
 #[derive(Debug, Parser)]
-#[command(name = "deorch", version, propagate_version = true)]
+#[command(
+    name = "deorch",
+    version,
+    propagate_version = true,
+    after_help = exit::HELP
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "DEORCH_LOG_FORMAT")]
@@ -116,7 +128,7 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List objects.
+    /// List objects; `-w`: then every change, until interrupted.
     Get {
         /// Kind (e.g. `vm`, `satellites`); all kinds when absent.
         kind: Option<String>,
@@ -125,9 +137,13 @@ pub enum Command {
         /// Namespace (default: all namespaces).
         #[arg(short, long)]
         namespace: Option<String>,
-        /// Output format.
+        /// Output format (with `-w`, `json` is one document per line).
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Watch: print the objects, then each change (ADDED, MODIFIED,
+        /// DELETED) as the node's store sees it.
+        #[arg(short, long)]
+        watch: bool,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -163,7 +179,11 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Print the version.
-    Version,
+    Version {
+        /// Output format (`table`: two lines).
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -292,6 +312,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A VM's power: `vm start|stop|restart|pause|resume NAME` (its
+    /// `spec.powerState`, then waits for the node to carry it out).
+    Vm {
+        /// What to do.
+        #[command(subcommand)]
+        command: vm::VmCommand,
+    },
+    /// A VM's serial console output, from the node that runs it.
+    Logs(logs::LogsArgs),
     /// Unlock a VM's console for a minute: prints where to connect (VNC,
     /// noVNC websocket, SPICE) and a one-time password.
     Console {
@@ -300,9 +329,16 @@ pub enum Command {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
-        /// Print the ticket as JSON.
-        #[arg(long)]
+        /// Print the ticket as JSON (the same as `-o json`).
+        #[arg(long, hide = true)]
         json: bool,
+        /// Output format of the ticket.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        /// Open the noVNC page (`xdg-open`, else `$BROWSER`) with the
+        /// password in it.
+        #[arg(long)]
+        open: bool,
         /// How to reach the node.
         #[command(flatten)]
         client: ClientArgs,
@@ -352,6 +388,11 @@ pub enum Command {
         #[arg(long, env = "DEORCH_NODE")]
         node: String,
     },
+    /// Import a disk image (vmdk incl. streamOptimized, vhd, vhdx, qcow2,
+    /// raw, vdi) or an appliance (.ova, .ovf) as a Spacesuit: the image
+    /// into the image directory, the manifests printed (or written into
+    /// a manifest directory with --manifests).
+    Import(import::ImportArgs),
     /// Push manifests to a node's HTTP API, signing unsigned documents with
     /// the key (generation 1 when absent, or the node's next one).
     Push {
@@ -385,12 +426,25 @@ pub enum Command {
         #[command(subcommand)]
         command: dhcp::DhcpCommand,
     },
+    /// The versions of one object the node accepted (its history log),
+    /// with source and signer, or a diff of two of them.
+    History(history::HistoryArgs),
+    /// Check a node's history log offline: its hash chain and every signed
+    /// version's signature, for the cluster owner's address.
+    VerifyHistory(history::VerifyArgs),
     /// Write (or check) the JSON schemas of every kind.
     #[command(hide = true)]
     Schemas {
         /// Directory.
         #[arg(default_value = "schemas")]
         dir: PathBuf,
+    },
+    /// Write the manual pages (one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Directory.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -448,6 +502,13 @@ pub enum BenchCommand {
     Fastr(crate::bench_fastr::Args),
     /// The node-to-node tunnel's throughput beside plain TCP.
     Tunnel(crate::bench_tunnel::Args),
+    /// `deorch import` of a disk image beside `qemu-img convert` of the
+    /// same file, alternating.
+    Import(crate::bench_import::Args),
+    /// `GET /metrics` time with many objects, beside node_exporter.
+    Metrics(crate::bench_metrics::Args),
+    /// Apply latency with the history log on and off, alternately.
+    History(crate::bench_history::Args),
     /// Manifest file written -> reconcile started.
     Drop {
         /// Number of files dropped.
@@ -613,7 +674,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::of_error(&e)
         }
     }
 }
@@ -826,7 +887,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "say what to delete: `deorch delete KIND NAME...` or `deorch delete -f FILE`"
                 ),
             };
-            let mut failed = false;
+            // The first failure's exit code (3 when that object was not found).
+            let mut failed: Option<ExitCode> = None;
             for (kind, namespace, name) in targets {
                 match client::call(
                     &client.socket,
@@ -841,32 +903,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Response::Deleted { key, generation } => {
                         println!("{key} deleted (generation {generation})")
                     }
-                    Response::Error { message, .. } => {
-                        eprintln!("error: {message}");
-                        failed = true;
+                    Response::Error { code, message } => {
+                        failed.get_or_insert(exit::node_error(&code, &message));
                     }
                     Response::Refused { verdicts } => {
                         for a in verdicts.iter().filter(|a| a.verdict.is_refusal()) {
                             eprintln!("error: {}: {}", a.key, a.verdict.reason());
                         }
-                        failed = true;
+                        failed.get_or_insert(ExitCode::FAILURE);
                     }
                     other => return unexpected(other),
                 }
             }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(failed.unwrap_or(ExitCode::SUCCESS))
         }
         Command::Get {
             kind,
             name,
             namespace,
             output,
+            watch: true,
+            client,
+        } => watch::run(kind, name, namespace, output, &client),
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+            watch: false,
             client,
         } => {
+            let one = name.is_some();
             let response = client::call(
                 &client.socket,
                 &Request::Get {
@@ -880,7 +947,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Response::Objects { records } => {
                     let stdout = std::io::stdout();
                     let mut out = stdout.lock();
-                    output::records(&mut out, &records, output, kind.is_none())?;
+                    output::records(&mut out, &records, output, kind.is_none(), one)?;
                     if output == OutputFormat::Table {
                         // Rejected manifests are shown where users look.
                         if let Ok(Response::Info(info)) =
@@ -891,10 +958,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Response::Error { message, .. } => {
-                    eprintln!("error: {message}");
-                    Ok(ExitCode::FAILURE)
-                }
+                Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
                 other => unexpected(other),
             }
         }
@@ -917,10 +981,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::describe(&mut stdout.lock(), &record, &events)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Response::Error { message, .. } => {
-                eprintln!("error: {message}");
-                Ok(ExitCode::FAILURE)
-            }
+            Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
             other => unexpected(other),
         },
         Command::Events {
@@ -943,13 +1004,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::events(&mut stdout.lock(), &events, output)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Response::Error { message, .. } => {
-                eprintln!("error: {message}");
-                Ok(ExitCode::FAILURE)
-            }
+            Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
             other => unexpected(other),
         },
-        Command::Version => {
+        Command::Version { output } if output != OutputFormat::Table => {
+            output::value(
+                &mut std::io::stdout().lock(),
+                &serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "apiVersion": crate::model::API_VERSION,
+                }),
+                output,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version { .. } => {
             println!("deorch {}", env!("CARGO_PKG_VERSION"));
             println!("apiVersion {}", crate::model::API_VERSION);
             Ok(ExitCode::SUCCESS)
@@ -1052,6 +1121,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Relocate(args) => crate::bench_relocate::run(args)?,
                 BenchCommand::Fastr(args) => crate::bench_fastr::run(args)?,
                 BenchCommand::Tunnel(args) => crate::bench_tunnel::run(args)?,
+                BenchCommand::Import(args) => crate::bench_import::run(args)?,
+                BenchCommand::Metrics(args) => crate::bench_metrics::run(args)?,
+                BenchCommand::History(args) => crate::bench_history::run(args)?,
                 BenchCommand::ClusterAuth { docs, rounds, idle } => {
                     crate::bench_cluster::run(docs, rounds, Duration::from_secs(idle))?
                 }
@@ -1075,6 +1147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dhcp { command } => dhcp::run(command),
         Command::Replica { command } => replica::run(command),
         Command::Relocate(args) => relocate::run(args),
+        Command::Import(args) => import::run(args),
         Command::Volume { command } => volume(command),
         Command::Do {
             words,
@@ -1083,18 +1156,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client,
         } => command::run(&words, run, json, &client),
         Command::Url { words, client } => command::url(&words, &client),
+        Command::Vm { command } => vm::run(command),
+        Command::Logs(args) => logs::run(args),
         Command::Console {
             name,
             namespace,
             json,
+            output,
+            open,
             client,
         } => match client::call(
             &client.socket,
             &Request::Console { namespace, name },
             CALL_TIMEOUT,
         )? {
-            Response::ConsoleTicket { ticket } if json => {
+            Response::ConsoleTicket { ticket } if open => {
+                let http = match client::call(&client.socket, &Request::Info, CALL_TIMEOUT)? {
+                    Response::Info(i) => i.http_url,
+                    _ => None,
+                };
+                output::open_console(&ticket, http.as_deref())
+            }
+            Response::ConsoleTicket { ticket } if json || output == OutputFormat::Json => {
                 println!("{ticket}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::ConsoleTicket { ticket } if output == OutputFormat::Yaml => {
+                print!("{}", serde_saphyr::to_string(&ticket)?);
                 Ok(ExitCode::SUCCESS)
             }
             Response::ConsoleTicket { ticket: t } => {
@@ -1113,10 +1201,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Response::Error { message, .. } => {
-                eprintln!("error: {message}");
-                Ok(ExitCode::FAILURE)
-            }
+            Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
             other => unexpected(other),
         },
         Command::Fastr {
@@ -1133,9 +1218,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 FastrCommand::Points {
                     name,
                     namespace,
+                    output,
                     client,
                 },
-        } => fastr_points(&client, namespace, name),
+        } => fastr_points(&client, namespace, name, output),
         Command::Fastr {
             command:
                 FastrCommand::Recover {
@@ -1155,12 +1241,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &Request::Recover { namespace, name },
             CALL_TIMEOUT,
         )?),
+        Command::History(args) => history::history(args),
+        Command::VerifyHistory(args) => history::verify(args),
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (file, text) in crate::schema::render_all() {
                 std::fs::write(dir.join(&file), text)?;
             }
             println!("schemas written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            for page in man::write(&out)? {
+                println!("{}", page.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -1193,6 +1287,9 @@ pub enum FastrCommand {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
         /// How to reach the node.
         #[command(flatten)]
         client: ClientArgs,
@@ -1224,12 +1321,26 @@ fn fastr_points(
     client: &ClientArgs,
     namespace: Option<String>,
     name: String,
+    format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     match client::call(
         &client.socket,
         &Request::FastrPoints { namespace, name },
         CALL_TIMEOUT,
     )? {
+        Response::FastrPoints { points } if format != OutputFormat::Table => {
+            let list: Vec<serde_json::Value> = points
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "point": p,
+                        "takenMs": crate::relocate::agent::fastr::point_ms(p),
+                    })
+                })
+                .collect();
+            output::value(&mut std::io::stdout().lock(), &list.into(), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Response::FastrPoints { points } => {
             let now = crate::clock::now_ms();
             println!("{:<24} AGE", "POINT");
@@ -1241,10 +1352,7 @@ fn fastr_points(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Response::Error { message, .. } => {
-            eprintln!("error: {message}");
-            Ok(ExitCode::FAILURE)
-        }
+        Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
         other => unexpected(other),
     }
 }
@@ -1302,10 +1410,7 @@ fn fastr_sync(
             eprintln!("error: no VM {name} here");
             return Ok(ExitCode::FAILURE);
         }
-        Response::Error { message, .. } => {
-            eprintln!("error: {message}");
-            return Ok(ExitCode::FAILURE);
-        }
+        Response::Error { code, message } => return Ok(exit::node_error(&code, &message)),
         other => return unexpected(other),
     };
     let copies = record.object["spec"]["fastr"]["copies"].as_u64();
@@ -1323,16 +1428,25 @@ fn fastr_sync(
         CALL_TIMEOUT,
     )? {
         Response::VolumeDone { message } => println!("{message}"),
-        Response::Error { message, .. } => {
-            eprintln!("error: {message}");
-            return Ok(ExitCode::FAILURE);
-        }
+        Response::Error { code, message } => return Ok(exit::node_error(&code, &message)),
         other => return unexpected(other),
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
     let t = std::time::Instant::now();
+    // The copies holding a point taken after the ask, of how many.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(copies),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed:>4} [{bar:20}] {pos}/{len} copies hold a new point",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
     loop {
         if let Response::Objects { records } = get()? {
             let st = records
@@ -1349,7 +1463,9 @@ fn fastr_sync(
                         .is_some_and(|p| p >= asked)
                 })
                 .count();
+            bar.set_position(fresh as u64);
             if fresh as u64 >= copies {
+                bar.finish_and_clear();
                 for c in &list {
                     println!(
                         "{}: {} ({} bytes sent)",
@@ -1362,12 +1478,14 @@ fn fastr_sync(
             }
             if let Some(e) = list.iter().find_map(|c| c["error"].as_str()) {
                 if t.elapsed() > std::time::Duration::from_secs(10) {
+                    bar.abandon();
                     eprintln!("error: {e}");
                     return Ok(ExitCode::FAILURE);
                 }
             }
         }
         if t.elapsed() > std::time::Duration::from_secs(120) {
+            bar.abandon();
             eprintln!("error: not every copy holds a new point within 120 s");
             return Ok(ExitCode::FAILURE);
         }
@@ -1381,6 +1499,9 @@ pub enum VolumeCommand {
     /// Every volume of the node; retained ones with their own name and
     /// deadline.
     List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -1405,7 +1526,22 @@ pub enum VolumeCommand {
 
 fn volume(command: VolumeCommand) -> anyhow::Result<ExitCode> {
     let (client, request) = match command {
-        VolumeCommand::List { client } => (client, Request::Volumes),
+        VolumeCommand::List { output, client } => {
+            if output != OutputFormat::Table {
+                return match client::call(&client.socket, &Request::Volumes, CALL_TIMEOUT)? {
+                    Response::Volumes { volumes } => {
+                        output::value(
+                            &mut std::io::stdout().lock(),
+                            &serde_json::to_value(&volumes)?,
+                            output,
+                        )?;
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => volume_answer(other),
+                };
+            }
+            (client, Request::Volumes)
+        }
         VolumeCommand::Restore { name, client } => (client, Request::RestoreVolume { name }),
         VolumeCommand::Purge { name, client } => (client, Request::PurgeVolume { name }),
     };
@@ -1455,10 +1591,7 @@ fn volume_answer(response: Response) -> anyhow::Result<ExitCode> {
             println!("{message}");
             Ok(ExitCode::SUCCESS)
         }
-        Response::Error { message, .. } => {
-            eprintln!("error: {message}");
-            Ok(ExitCode::FAILURE)
-        }
+        Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
         other => unexpected(other),
     }
 }
@@ -1525,7 +1658,7 @@ fn plural(n: usize) -> &'static str {
 
 fn unexpected(r: Response) -> anyhow::Result<ExitCode> {
     match r {
-        Response::Error { code, message } => bail!("{code}: {message}"),
+        Response::Error { code, message } => Err(exit::NodeError { code, message }.into()),
         other => bail!("unexpected answer from the node: {other:?}"),
     }
 }

@@ -8,17 +8,20 @@ use serde_json::Value;
 use super::OutputFormat;
 use crate::store::{Event, Record};
 
-/// Print records in the chosen format.
+/// Print records in the chosen format. JSON: the object when `one` was
+/// asked for by name, else a `List` (whatever its length, so a script
+/// reads `items` alike for none, one or many).
 pub fn records(
     out: &mut dyn Write,
     records: &[Record],
     format: OutputFormat,
     show_kind: bool,
+    one: bool,
 ) -> io::Result<()> {
     match format {
         OutputFormat::Json => {
             let items: Vec<Value> = records.iter().map(full_object).collect();
-            let doc = if items.len() == 1 {
+            let doc = if one && items.len() == 1 {
                 items.into_iter().next().unwrap_or(Value::Null)
             } else {
                 serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
@@ -44,8 +47,64 @@ pub fn records(
     }
 }
 
+/// Print one document (not a record: a ticket, a list of volumes) as
+/// pretty JSON or YAML.
+pub fn value(out: &mut dyn Write, v: &Value, format: OutputFormat) -> io::Result<()> {
+    match format {
+        OutputFormat::Yaml => {
+            let text = serde_saphyr::to_string(v).map_err(|e| io::Error::other(e.to_string()))?;
+            write!(out, "{text}")
+        }
+        _ => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ),
+    }
+}
+
+/// Where Debian's `novnc` package puts its pages.
+const NOVNC_DIR: &str = "/usr/share/novnc";
+
+/// Open a console ticket's noVNC page in a browser (`xdg-open`, else
+/// `$BROWSER`); the address is printed too, for a machine without one.
+pub fn open_console(ticket: &Value, http: Option<&str>) -> anyhow::Result<std::process::ExitCode> {
+    let Some(url) = ticket["url"].as_str() else {
+        anyhow::bail!(
+            "{} has no noVNC websocket: connect a VNC client to {}:{}",
+            ticket["vm"].as_str().unwrap_or("the VM"),
+            ticket["host"].as_str().unwrap_or("?"),
+            ticket["vncPort"]
+        );
+    };
+    // A path (`/console.html#...`) is served by the node's HTTP API, whose
+    // address the node wrote with its certificate's pin after a `#`.
+    let url = match (url.starts_with('/'), http) {
+        (true, Some(base)) => format!("{}{url}", base.split('#').next().unwrap_or(base)),
+        (true, None) => anyhow::bail!("the console page {url} is served by the node's HTTP API, which does not listen (--http-listen)"),
+        // QEMU's websocket without TLS: a noVNC page of this machine's
+        // (Debian's `novnc` package) opens it.
+        (false, _) if url.starts_with("vnc.html") => {
+            let page = std::path::Path::new(NOVNC_DIR).join("vnc.html");
+            if !page.exists() {
+                anyhow::bail!("{url} is a noVNC page: install noVNC (Debian: novnc, {NOVNC_DIR}) or open it in yours");
+            }
+            format!("file://{NOVNC_DIR}/{url}")
+        }
+        (false, _) => url.to_string(),
+    };
+    let url = url.as_str();
+    println!("{url}");
+    let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".into());
+    match std::process::Command::new(&opener).arg(url).status() {
+        Ok(s) if s.success() => Ok(std::process::ExitCode::SUCCESS),
+        Ok(s) => anyhow::bail!("{opener} {url}: {s}"),
+        Err(e) => anyhow::bail!("cannot open a browser ({opener}: {e}): open the address above"),
+    }
+}
+
 /// The object with its status, as stored.
-fn full_object(r: &Record) -> Value {
+pub fn full_object(r: &Record) -> Value {
     let mut obj = r.object.clone();
     if let (Some(status), Some(map)) = (&r.status, obj.as_object_mut()) {
         map.insert("status".into(), status.clone());
@@ -68,30 +127,7 @@ fn table(out: &mut dyn Write, records: &[Record], show_kind: bool) -> io::Result
         "AGE".into(),
     ]];
     for r in records {
-        let status = r.status.as_ref();
-        let observed = status
-            .and_then(|s| s.get("observedGeneration"))
-            .and_then(Value::as_i64)
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "-".into());
-        rows.push(vec![
-            if show_kind {
-                r.key.kind.as_str().to_string()
-            } else {
-                String::new()
-            },
-            if r.key.namespace.is_empty() {
-                "-".into()
-            } else {
-                r.key.namespace.clone()
-            },
-            r.key.name.clone(),
-            r.generation.to_string(),
-            observed,
-            summary(status),
-            r.source.0.clone(),
-            age(r.updated_ms),
-        ]);
+        rows.push(cells(r, show_kind));
     }
     let skip_first = !show_kind;
     let widths: Vec<usize> = (0..rows[0].len())
@@ -107,6 +143,92 @@ fn table(out: &mut dyn Write, records: &[Record], show_kind: bool) -> io::Result
         writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// One record's row: kind (when shown), namespace, name, generation,
+/// observed generation, status, source, age.
+fn cells(r: &Record, show_kind: bool) -> Vec<String> {
+    let status = r.status.as_ref();
+    let observed = status
+        .and_then(|s| s.get("observedGeneration"))
+        .and_then(Value::as_i64)
+        .map(|g| g.to_string())
+        .unwrap_or_else(|| "-".into());
+    vec![
+        if show_kind {
+            r.key.kind.as_str().to_string()
+        } else {
+            String::new()
+        },
+        if r.key.namespace.is_empty() {
+            "-".into()
+        } else {
+            r.key.namespace.clone()
+        },
+        r.key.name.clone(),
+        r.generation.to_string(),
+        observed,
+        summary(status),
+        r.source.0.clone(),
+        age(r.updated_ms),
+    ]
+}
+
+/// Widths of the watch table's columns (it cannot measure rows to come).
+const WATCH_WIDTHS: [usize; 9] = [8, 18, 12, 24, 5, 8, 16, 24, 0];
+
+/// The header of `deorch get -w`'s table.
+pub fn watch_header(out: &mut dyn Write, show_kind: bool) -> io::Result<()> {
+    let head = [
+        "EVENT",
+        "KIND",
+        "NAMESPACE",
+        "NAME",
+        "GEN",
+        "OBSERVED",
+        "STATUS",
+        "SOURCE",
+        "AGE",
+    ]
+    .map(String::from);
+    watch_cells(out, &head, show_kind)
+}
+
+/// One change of `deorch get -w`: a table row, or one JSON document per
+/// line, or one YAML document, each `{type, object}`.
+pub fn watch_event(
+    out: &mut dyn Write,
+    change: &str,
+    r: &Record,
+    format: OutputFormat,
+    show_kind: bool,
+) -> io::Result<()> {
+    let doc = || serde_json::json!({"type": change, "object": full_object(r)});
+    match format {
+        OutputFormat::Json => writeln!(out, "{}", doc())?,
+        OutputFormat::Yaml => {
+            let text =
+                serde_saphyr::to_string(&doc()).map_err(|e| io::Error::other(e.to_string()))?;
+            write!(out, "---\n{text}")?;
+        }
+        OutputFormat::Table => {
+            let mut row = vec![change.to_string()];
+            row.extend(cells(r, show_kind));
+            watch_cells(out, &row, show_kind)?;
+        }
+    }
+    out.flush()
+}
+
+fn watch_cells(out: &mut dyn Write, row: &[String], show_kind: bool) -> io::Result<()> {
+    let cells: Vec<String> = row
+        .iter()
+        .zip(WATCH_WIDTHS)
+        .enumerate()
+        .filter(|(c, _)| show_kind || *c != 1)
+        .map(|(_, (cell, w))| format!("{cell:<w$}"))
+        .collect();
+    writeln!(out, "{}", cells.join("  ").trim_end())
 }
 
 /// Phase, else the Ready condition, else "-".

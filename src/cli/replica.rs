@@ -40,6 +40,9 @@ pub enum ReplicaCommand {
         /// Namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Output format (`json`, `yaml`: the Replica objects).
+        #[arg(short, long, value_enum, default_value_t = super::OutputFormat::Table)]
+        output: super::OutputFormat,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -109,7 +112,7 @@ pub(super) fn get(
         CALL_TIMEOUT,
     )? {
         Response::Objects { records } => Ok(records),
-        Response::Error { message, .. } => bail!("{message}"),
+        Response::Error { code, message } => Err(super::exit::NodeError { code, message }.into()),
         other => unexpected(other).map(|_| Vec::new()),
     }
 }
@@ -256,7 +259,24 @@ pub fn run(command: ReplicaCommand) -> anyhow::Result<ExitCode> {
         ReplicaCommand::List {
             vm,
             namespace,
+            output,
             client,
+        } if output != super::OutputFormat::Table => {
+            let of =
+                |r: &Record| r.object["spec"]["virtualMachine"]["name"].as_str() == vm.as_deref();
+            let list: Vec<Record> = get(&client, "Replica", &namespace, None)?
+                .into_iter()
+                .filter(|r| !r.deleted && (vm.is_none() || of(r)))
+                .collect();
+            let stdout = std::io::stdout();
+            super::output::records(&mut stdout.lock(), &list, output, false, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplicaCommand::List {
+            vm,
+            namespace,
+            client,
+            ..
         } => {
             println!(
                 "{:<32} {:<20} {:<8} {:<12} CREATED",

@@ -11,6 +11,7 @@
 //! relocate VM [to TARGET] [offline]          replica VM [NAME]
 //! replicas [of VM]                           revert VM to REPLICA
 //! console VM     start VM     stop VM        vm NAME    spacesuit NAME    node NAME
+//! pause VM       resume VM
 //! vms [on TARGET]                            nodes [TARGET]
 //! anything else: a search over names, tags and addresses
 //!
@@ -41,6 +42,8 @@ pub const VERBS: &[&str] = &[
     "console",
     "start",
     "stop",
+    "pause",
+    "resume",
     "vms",
     "nodes",
     "node",
@@ -147,11 +150,11 @@ pub enum Query {
         /// The VM.
         vm: Name,
     },
-    /// `start VM` / `stop VM`.
+    /// `start VM` / `stop VM` / `pause VM` / `resume VM` (a start).
     Power {
         /// The VM.
         vm: Name,
-        /// `Running` or `Stopped`.
+        /// `Running`, `Stopped` or `Paused`.
         state: &'static str,
     },
     /// `vm NAME`, `spacesuit NAME`, `node NAME`.
@@ -556,15 +559,19 @@ impl<'a> Parser<'a> {
                 self.end()?;
                 Query::Revert { vm, replica }
             }
-            "console" | "start" | "stop" => {
+            "console" | "start" | "stop" | "pause" | "resume" => {
                 self.next();
                 let vm = self.name(Expect::Vm, "a VM name")?;
                 self.end()?;
                 match verb.as_str() {
                     "console" => Query::Console { vm },
-                    "start" => Query::Power {
+                    "start" | "resume" => Query::Power {
                         vm,
                         state: "Running",
+                    },
+                    "pause" => Query::Power {
+                        vm,
+                        state: "Paused",
                     },
                     _ => Query::Power {
                         vm,
@@ -724,6 +731,20 @@ mod tests {
             parse("stop web1").unwrap(),
             Query::Power {
                 state: "Stopped",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("pause web1").unwrap(),
+            Query::Power {
+                state: "Paused",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("resume web1").unwrap(),
+            Query::Power {
+                state: "Running",
                 ..
             }
         ));

@@ -778,15 +778,15 @@ pub fn plan(text: &str, q: &Query, records: &[Arc<Record>]) -> Result<Outcome, P
             results.push(row(src));
             let mut object = desired(src);
             object["spec"]["powerState"] = json!(state);
-            let verb = if *state == "Running" { "start" } else { "stop" };
+            let (verb, sentence) = match *state {
+                "Running" => ("start", "Start"),
+                "Paused" => ("pause", "Pause"),
+                _ => ("stop", "Stop"),
+            };
             change(
                 verb,
-                format!(
-                    "{} VM {}.",
-                    if verb == "start" { "Start" } else { "Stop" },
-                    shown(vm)
-                ),
-                format!("deorch do {typed}"),
+                format!("{sentence} VM {}.", shown(vm)),
+                format!("deorch vm {verb} {}{}", vm.name, ns_flag(vm)),
                 &object,
             )
         }
@@ -1187,6 +1187,10 @@ mod tests {
         assert_eq!(m["spec"]["virtualMachine"]["name"], "web1");
         let o = run("stop web1").unwrap();
         assert_eq!(manifest(&o)["spec"]["powerState"], "Stopped");
+        assert_eq!(o.plan.cli, "deorch vm stop web1");
+        let o = run("pause web1").unwrap();
+        assert_eq!(manifest(&o)["spec"]["powerState"], "Paused");
+        assert_eq!(o.plan.cli, "deorch vm pause web1");
         let o = run("revert web1 to web1-r1").unwrap();
         assert_eq!(
             manifest(&o)["metadata"]["annotations"][REVERT_ANNOTATION],

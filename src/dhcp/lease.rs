@@ -18,7 +18,7 @@
 //! [`adjust`] is a pure function of (table, leases, now); the server calls
 //! it whenever the table or the leases change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -42,16 +42,61 @@ pub struct Held {
 
 /// Live leases and quarantined addresses of one server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Leases {
+    held: BTreeMap<Ipv4Addr, Held>,
+    quarantined: BTreeMap<Ipv4Addr, u64>,
+    /// The address each identity holds (one per NIC), so that binding and
+    /// looking up a lease do not walk every lease (an ACK did, twice).
+    #[serde(skip)]
+    by_identity: HashMap<String, Ipv4Addr>,
+}
+
+/// [`Leases`] as written to the lease file.
+#[derive(Deserialize)]
+struct Stored {
     held: BTreeMap<Ipv4Addr, Held>,
     quarantined: BTreeMap<Ipv4Addr, u64>,
 }
 
+impl From<Stored> for Leases {
+    fn from(s: Stored) -> Leases {
+        let mut l = Leases {
+            held: s.held,
+            quarantined: s.quarantined,
+            by_identity: HashMap::new(),
+        };
+        l.reindex();
+        l
+    }
+}
+
 impl Leases {
+    /// Rebuild the identity index from `held` (the lowest address of an
+    /// identity wins, as a walk in address order would find).
+    fn reindex(&mut self) {
+        self.by_identity.clear();
+        for (a, h) in &self.held {
+            self.by_identity.entry(h.identity.clone()).or_insert(*a);
+        }
+    }
+
+    /// Take `addr` out of `held`, and out of the index.
+    fn unhold(&mut self, addr: Ipv4Addr) -> Option<Held> {
+        let h = self.held.remove(&addr)?;
+        if self.by_identity.get(&h.identity) == Some(&addr) {
+            self.by_identity.remove(&h.identity);
+        }
+        Some(h)
+    }
+
     /// Record that `addr` was ACKed to `identity` until `until_ms`; any
     /// other lease of that identity ends (a NIC holds one address).
     pub fn bind(&mut self, addr: Ipv4Addr, mac: Mac, identity: &str, until_ms: u64) {
-        self.held.retain(|_, h| h.identity != identity);
+        if let Some(&old) = self.by_identity.get(identity) {
+            self.unhold(old);
+        }
+        self.unhold(addr);
         self.quarantined.remove(&addr);
         self.held.insert(
             addr,
@@ -61,12 +106,13 @@ impl Leases {
                 until_ms,
             },
         );
+        self.by_identity.insert(identity.to_string(), addr);
     }
 
     /// The VM with `mac` gave `addr` back. True when a lease ended.
     pub fn release(&mut self, addr: Ipv4Addr, mac: &Mac) -> bool {
         if self.held.get(&addr).is_some_and(|h| &h.mac == mac) {
-            self.held.remove(&addr);
+            self.unhold(addr);
             return true;
         }
         false
@@ -75,7 +121,7 @@ impl Leases {
     /// A VM found `addr` in use by someone else: keep it out of use until
     /// `until_ms`.
     pub fn quarantine(&mut self, addr: Ipv4Addr, until_ms: u64) {
-        self.held.remove(&addr);
+        self.unhold(addr);
         self.quarantined.insert(addr, until_ms);
     }
 
@@ -84,7 +130,11 @@ impl Leases {
         let before = (self.held.len(), self.quarantined.len());
         self.held.retain(|_, h| h.until_ms > now_ms);
         self.quarantined.retain(|_, until| *until > now_ms);
-        before != (self.held.len(), self.quarantined.len())
+        let changed = before != (self.held.len(), self.quarantined.len());
+        if changed {
+            self.reindex();
+        }
+        changed
     }
 
     /// Who holds `addr` now.
@@ -94,10 +144,8 @@ impl Leases {
 
     /// The live lease of `identity`.
     pub fn of(&self, identity: &str, now_ms: u64) -> Option<Ipv4Addr> {
-        self.held
-            .iter()
-            .find(|(_, h)| h.identity == identity && h.until_ms > now_ms)
-            .map(|(a, _)| *a)
+        let a = *self.by_identity.get(identity)?;
+        self.holder(a, now_ms).map(|_| a)
     }
 
     /// Whether `addr` was declined and is still out of use.
@@ -256,4 +304,54 @@ pub fn describe(leases: &Leases, now_ms: u64) -> Vec<String> {
         .filter(|(_, h)| h.until_ms > now_ms)
         .map(|(a, h)| format!("{a} {} {}", format_mac(&h.mac), h.identity))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M1: Mac = [2, 0, 0, 0, 0, 1];
+    const M2: Mac = [2, 0, 0, 0, 0, 2];
+
+    fn a(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+
+    /// The identity index agrees with a walk over the leases through
+    /// rebinding, takeover, release, quarantine, expiry and a reload.
+    #[test]
+    fn the_identity_index_follows_every_change() {
+        let walk = |l: &Leases, id: &str, now: u64| {
+            l.held
+                .iter()
+                .find(|(_, h)| h.identity == id && h.until_ms > now)
+                .map(|(a, _)| *a)
+        };
+        let check = |l: &Leases, now: u64| {
+            for id in ["x", "y"] {
+                assert_eq!(l.of(id, now), walk(l, id, now), "{id} in {l:?}");
+            }
+        };
+        let mut l = Leases::default();
+        l.bind(a(1), M1, "x", 100);
+        check(&l, 0);
+        l.bind(a(2), M1, "x", 100); // x moves: a(1) is free again
+        assert_eq!(l.holder(a(1), 0), None);
+        check(&l, 0);
+        l.bind(a(2), M2, "y", 200); // y takes x's address over
+        assert_eq!(l.of("x", 0), None);
+        check(&l, 0);
+        l.bind(a(3), M1, "x", 100);
+        l.quarantine(a(2), 500);
+        check(&l, 0);
+        assert!(!l.release(a(3), &M2), "only the holder releases");
+        assert!(l.release(a(3), &M1));
+        check(&l, 0);
+        l.bind(a(4), M1, "x", 100);
+        let reloaded: Leases = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(reloaded, l);
+        assert!(l.expire(150));
+        check(&l, 150);
+        assert_eq!(l.of("x", 150), None);
+    }
 }

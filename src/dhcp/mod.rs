@@ -23,6 +23,7 @@
 pub mod alloc;
 pub mod lease;
 pub mod options;
+pub mod perf;
 pub mod relay;
 pub mod server;
 pub mod service;
@@ -328,14 +329,21 @@ impl Table {
                     n.identity
                 ));
             }
-            let opts = LeaseOptions::resolve(subnet, gateway, spec.mtu, &n.dhcp, &n.vm_name)
-                .map_err(|e| match e {
-                    ConfigError::Field { field, message } => ConfigError::Field {
-                        field: format!("{}: {field}", n.identity),
-                        message,
-                    },
-                    other => other,
-                })?;
+            let opts = LeaseOptions::resolve(
+                subnet,
+                gateway,
+                spec.mtu
+                    .or((spec.effective_mtu() != 1500).then(|| spec.effective_mtu())),
+                &n.dhcp,
+                &n.vm_name,
+            )
+            .map_err(|e| match e {
+                ConfigError::Field { field, message } => ConfigError::Field {
+                    field: format!("{}: {field}", n.identity),
+                    message,
+                },
+                other => other,
+            })?;
             if let Some(prev) = clients.insert(
                 n.mac,
                 Client {

@@ -48,8 +48,8 @@ pub enum Delivery {
     Unicast(SocketAddrV4),
     /// Broadcast on the interface, `255.255.255.255:68`.
     Broadcast,
-    /// To an unconfigured client: frame to its MAC, `ip:68` (the socket
-    /// layer installs the neighbour entry first).
+    /// To an unconfigured client: a frame to its MAC carrying UDP to
+    /// `ip:68` (built by the socket layer: no neighbour entry).
     Client {
         /// The VM's MAC.
         mac: Mac,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
+use crate::model::network::DhcpCounters;
 use crate::state_file;
 
 use super::{format_mac, CountersSnapshot, DhcpError, DhcpServer, ServerConfig, Table};
@@ -41,6 +42,27 @@ pub struct Served {
     pub relayed: usize,
     /// Problems of the table (NICs left out and why).
     pub warnings: Vec<String>,
+    /// The server's counters since it started (for the Network's status).
+    pub counters: DhcpCounters,
+}
+
+impl From<&CountersSnapshot> for DhcpCounters {
+    fn from(c: &CountersSnapshot) -> DhcpCounters {
+        DhcpCounters {
+            offers: c.offers,
+            acks: c.acks,
+            naks: c.naks,
+            inform_acks: c.inform_acks,
+            releases: c.releases,
+            declines: c.declines,
+            relayed_up: c.relayed_up,
+            relayed_down: c.relayed_down,
+            send_errors: c.send_errors,
+            dropped: c.dropped_total(),
+            dropped_by_reason: c.dropped.clone(),
+            live_leases: c.live_leases,
+        }
+    }
 }
 
 /// One reservation in the state file.
@@ -100,7 +122,7 @@ impl DhcpService {
         config: ServerConfig,
         table: Table,
     ) -> Result<Served, DhcpError> {
-        let served = Served {
+        let mut served = Served {
             leases: table
                 .clients
                 .values()
@@ -112,6 +134,7 @@ impl DhcpService {
                 .filter(|c| c.upstream.is_some())
                 .count(),
             warnings: table.warnings.clone(),
+            counters: DhcpCounters::default(),
         };
         self.persist(network, iface, config.server_id, &table)
             .map_err(|source| DhcpError::Socket {
@@ -123,6 +146,7 @@ impl DhcpService {
         if let Some(r) = running.get(network) {
             if r.iface == iface && r.config == config && !r.task.is_finished() {
                 r.server.update(table);
+                served.counters = DhcpCounters::from(&r.server.counters());
                 return Ok(served);
             }
         }
@@ -132,6 +156,7 @@ impl DhcpService {
         let server = Arc::new(DhcpServer::new(iface, config.clone())?);
         server.keep_leases_in(self.lease_file(network));
         server.update(table);
+        served.counters = DhcpCounters::from(&server.counters());
         let (tx, rx) = watch::channel(false);
         let s = server.clone();
         let name = network.to_string();
@@ -172,6 +197,17 @@ impl DhcpService {
             .await
             .get(network)
             .map(|r| r.server.counters())
+    }
+
+    /// The counters of every server running, by network (metrics).
+    pub async fn all_counters(&self) -> Vec<(String, CountersSnapshot)> {
+        let running = self.running.lock().await;
+        let mut all: Vec<_> = running
+            .iter()
+            .map(|(network, r)| (network.clone(), r.server.counters()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Write the reservations durably when they changed.

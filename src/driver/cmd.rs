@@ -104,13 +104,36 @@ pub fn io_error(op: &str, target: &str, e: std::io::Error) -> DriverError {
 
 /// Run `program args...` with a deadline.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, CmdError> {
+    run_input(program, args, None, timeout)
+}
+
+/// Run `program args...` with `input` on its standard input (e.g. `nft -f
+/// -`, `bridge -batch -`), with a deadline.
+pub fn run_input(
+    program: &str,
+    args: &[&str],
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Output, CmdError> {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CmdError::Spawn(format!("{program}: {e}")))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // On a thread: a tool that answers before reading all of it
+        // cannot block us on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
     // Drain both pipes on threads so a chatty tool cannot block on a full
     // pipe while we wait for it.
     let mut out = child.stdout.take().expect("piped");

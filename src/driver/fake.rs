@@ -213,6 +213,19 @@ impl Hypervisor for FakeHypervisor {
             }
         })
     }
+    fn reset<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.faults.check("reset", id)?;
+            match self.vms.lock().unwrap().get(id) {
+                Some(VmState::Running { .. } | VmState::Paused { .. }) => Ok(()),
+                _ => Err(DriverError::Permanent {
+                    op: "reset".into(),
+                    target: id.into(),
+                    message: "not running".into(),
+                }),
+            }
+        })
+    }
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>> {
         Box::pin(async move {
             self.faults.check("state", id)?;

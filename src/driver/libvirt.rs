@@ -820,11 +820,14 @@ impl Hypervisor for LibvirtHypervisor {
                     let Some(dom) = Inner::lookup(conn, "stop", id)? else {
                         return Ok(None);
                     };
+                    // Recorded even when the domain is off already (the
+                    // guest powered off, or it crashed): a start is then
+                    // no restart.
+                    let _ = std::fs::create_dir_all(&dir);
+                    let _ = std::fs::write(dir.join(STOP_MARKER), b"");
                     if !active(&dom, "stop", id)? {
                         return Ok(None);
                     }
-                    let _ = std::fs::create_dir_all(&dir);
-                    let _ = std::fs::write(dir.join(STOP_MARKER), b"");
                     // ACPI power button first; the guest decides how to
                     // shut down. A refusal (e.g. paused) just waits.
                     Ok(Some(

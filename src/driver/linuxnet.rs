@@ -28,6 +28,10 @@ use super::{BoxFuture, DriverError, Net};
 pub const BRIDGE_MARK: &str = "deorch:bridge";
 /// Alias marking a tap deorch created.
 pub const TAP_MARK: &str = "deorch:tap";
+/// Alias marking a VXLAN device deorch created.
+pub const VXLAN_MARK: &str = "deorch:vxlan";
+/// The UDP port of interstellar segments (IANA's VXLAN port).
+pub const VXLAN_PORT: u16 = 4789;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,6 +51,8 @@ impl Default for LinuxNet {
 /// What `ip -j -d link show` says about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Link {
+    address: Option<String>,
+    vni: Option<u64>,
     alias: Option<String>,
     kind: Option<String>,
     tun_type: Option<String>,
@@ -58,6 +64,8 @@ struct Link {
 impl Link {
     fn parse(v: &Value) -> Link {
         Link {
+            address: v["address"].as_str().map(str::to_string),
+            vni: v["linkinfo"]["info_data"]["id"].as_u64(),
             alias: v["ifalias"].as_str().map(str::to_string),
             kind: v["linkinfo"]["info_kind"].as_str().map(str::to_string),
             tun_type: v["linkinfo"]["info_data"]["type"]
@@ -370,6 +378,163 @@ impl LinuxNet {
     }
 }
 
+impl LinuxNet {
+    async fn run(&self, op: &str, target: &str, args: &[&str]) -> Result<String, DriverError> {
+        self.ip(op, target, args.iter().map(|s| s.to_string()).collect())
+            .await
+    }
+
+    async fn bridge_cmd(&self, op: &str, target: &str, args: &[&str]) -> Result<(), DriverError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (op2, target2) = (op.to_string(), target.to_string());
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cmd::run("bridge", &refs, TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| classify(e, &op2, &target2))
+        })
+        .await
+        .map_err(|e| DriverError::transient(op, target, e.to_string()))?
+    }
+
+    /// The ports of `bridge`: (name, its alias).
+    async fn ports(&self, op: &str, bridge: &str) -> Result<Vec<(String, Link)>, DriverError> {
+        let out = self
+            .run(op, bridge, &["-j", "-d", "link", "show", "master", bridge])
+            .await?;
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Some((l["ifname"].as_str()?.to_string(), Link::parse(l))))
+            .collect())
+    }
+
+    async fn set_uplink_impl(&self, bridge: &str, uplink: Option<&str>) -> Result<(), DriverError> {
+        let op = "set_uplink";
+        Self::check_name(op, bridge)?;
+        for (name, link) in self.ports(op, bridge).await? {
+            let ours = matches!(link.alias.as_deref(), Some(TAP_MARK | VXLAN_MARK));
+            if !ours && Some(name.as_str()) != uplink {
+                tracing::info!(bridge, port = %name, "releasing a port the network does not name as its uplink");
+                self.run(op, &name, &["link", "set", "dev", &name, "nomaster"])
+                    .await?;
+            }
+        }
+        let Some(up) = uplink else { return Ok(()) };
+        Self::check_name(op, up)?;
+        match self.link(op, up).await? {
+            None => Err(DriverError::Condition {
+                op: op.into(),
+                target: up.into(),
+                reason: "UplinkMissing",
+                message: format!("the uplink {up} does not exist on this node"),
+            }),
+            Some(l) if l.master.as_deref() == Some(bridge) && l.up => Ok(()),
+            Some(l) if l.master.is_some() => Err(DriverError::Condition {
+                op: op.into(),
+                target: up.into(),
+                reason: "UplinkBusy",
+                message: format!(
+                    "the uplink {up} is already a port of {}",
+                    l.master.unwrap_or_default()
+                ),
+            }),
+            Some(_) => self
+                .run(op, up, &["link", "set", "dev", up, "master", bridge, "up"])
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    async fn ensure_vxlan_impl(&self, v: &super::Vxlan) -> Result<(), DriverError> {
+        let op = "ensure_vxlan";
+        let dev = v.device.as_str();
+        Self::check_name(op, dev)?;
+        Self::check_name(op, &v.bridge)?;
+        let (vni, mtu, port) = (v.vni.to_string(), v.mtu.to_string(), VXLAN_PORT.to_string());
+        let create = [
+            "link",
+            "add",
+            dev,
+            "mtu",
+            &mtu,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "nolearning",
+        ];
+        match self.link(op, dev).await? {
+            None => {
+                self.run(op, dev, &create).await?;
+                self.mark(op, dev, VXLAN_MARK).await?;
+            }
+            Some(l) if l.alias.as_deref() != Some(VXLAN_MARK) => {
+                return Err(Self::not_owned(op, dev, &l, VXLAN_MARK))
+            }
+            // The VNI of a device cannot change: make it again.
+            Some(l) if l.vni != Some(u64::from(v.vni)) => {
+                self.run(op, dev, &["link", "del", "dev", dev]).await?;
+                self.run(op, dev, &create).await?;
+                self.mark(op, dev, VXLAN_MARK).await?;
+            }
+            Some(_) => {}
+        }
+        let bridge = v.bridge.as_str();
+        match self.link(op, bridge).await? {
+            Some(b) if b.address.as_deref() != Some(v.bridge_mac.as_str()) => {
+                self.run(
+                    op,
+                    bridge,
+                    &["link", "set", "dev", bridge, "address", &v.bridge_mac],
+                )
+                .await?;
+            }
+            Some(_) => {}
+            None => {
+                return Err(DriverError::transient(
+                    op,
+                    dev,
+                    format!("bridge {bridge} does not exist yet"),
+                ))
+            }
+        }
+        self.run(
+            op,
+            dev,
+            &[
+                "link", "set", "dev", dev, "mtu", &mtu, "master", bridge, "up",
+            ],
+        )
+        .await?;
+        let (suppress, flood) = if v.arpless {
+            ("on", "off")
+        } else {
+            ("off", "on")
+        };
+        self.bridge_cmd(
+            op,
+            dev,
+            &[
+                "link",
+                "set",
+                "dev",
+                dev,
+                "learning",
+                "off",
+                "neigh_suppress",
+                suppress,
+                "flood",
+                flood,
+            ],
+        )
+        .await
+    }
+}
+
 /// `ip`'s errors: "File exists" is a name collision, "Cannot find
 /// device"/"does not exist" not found, permission problems permanent, the
 /// rest as every tool (busy and timeouts transient).
@@ -430,6 +595,19 @@ impl Net for LinuxNet {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.set_address_impl(bridge, address))
     }
+    fn set_uplink<'a>(
+        &'a self,
+        bridge: &'a str,
+        uplink: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.set_uplink_impl(bridge, uplink))
+    }
+    fn ensure_vxlan<'a>(&'a self, v: &'a super::Vxlan) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.ensure_vxlan_impl(v))
+    }
+    fn remove_vxlan<'a>(&'a self, device: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.remove_marked("remove_vxlan", device, VXLAN_MARK))
+    }
     fn host_interfaces(&self) -> bool {
         true
     }
@@ -460,6 +638,8 @@ mod tests {
         assert_eq!(
             Link::parse(&v),
             Link {
+                address: None,
+                vni: None,
                 alias: Some(TAP_MARK.into()),
                 kind: Some("tun".into()),
                 tun_type: Some("tap".into()),

@@ -292,6 +292,27 @@ pub trait Hypervisor: Send + Sync {
     fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Resume the CPUs.
     fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Reset a running VM at once, as its reset button would (QMP
+    /// `system_reset`: the guest reboots, the QEMU process stays). By
+    /// default through the VM's QMP socket ([`Hypervisor::qmp_socket`]).
+    fn reset<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let Some(socket) = self.qmp_socket(id) else {
+                return Err(DriverError::permanent(
+                    "reset",
+                    id,
+                    format!("the {} driver cannot reset a VM", self.name()),
+                ));
+            };
+            let mut qmp = crate::qemu::qmp::Qmp::connect(&socket, Duration::from_secs(10))
+                .await
+                .map_err(|e| DriverError::transient("reset", id, e.to_string()))?;
+            qmp.execute("system_reset", None)
+                .await
+                .map(|_| ())
+                .map_err(|e| DriverError::transient("reset", id, e.to_string()))
+        })
+    }
     /// Observe one VM.
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<VmState, DriverError>>;
     /// Forget a stopped VM entirely (after deletion).
@@ -665,7 +686,25 @@ pub fn transfer_point(tag: &str) -> String {
 /// The prefix of transfer points' snapshot names.
 pub const TRANSFER_POINT: &str = "xfer-";
 
-/// Host networking: bridges and taps.
+/// An interstellar segment's VXLAN device on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    /// The device (`names::vxlan_device`).
+    pub device: String,
+    /// The bridge it is a port of.
+    pub bridge: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// MTU of the device (the bridge's).
+    pub mtu: u16,
+    /// No ARP over the underlay: the port suppresses ARP (answered from
+    /// the bridge's neighbour entries) and floods no unknown unicast.
+    pub arpless: bool,
+    /// The bridge's MAC (the segment's anycast gateway).
+    pub bridge_mac: String,
+}
+
+/// Host networking: bridges, taps, uplinks and VXLAN devices.
 pub trait Net: Send + Sync {
     /// Driver name.
     fn name(&self) -> &'static str;
@@ -695,6 +734,28 @@ pub trait Net: Send + Sync {
         address: Option<ipnet::Ipv4Net>,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         let _ = (bridge, address);
+        Box::pin(async { Ok(()) })
+    }
+    /// Make `uplink` (a host interface) a port of `bridge`, or none; ports
+    /// of the bridge deorch did not make (its taps and VXLAN devices carry
+    /// its mark) are released, except the uplink.
+    fn set_uplink<'a>(
+        &'a self,
+        bridge: &'a str,
+        uplink: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (bridge, uplink);
+        Box::pin(async { Ok(()) })
+    }
+    /// Create or update the VXLAN device of an interstellar segment as a
+    /// port of its bridge.
+    fn ensure_vxlan<'a>(&'a self, v: &'a Vxlan) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = v;
+        Box::pin(async { Ok(()) })
+    }
+    /// Remove a VXLAN device deorch created.
+    fn remove_vxlan<'a>(&'a self, device: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = device;
         Box::pin(async { Ok(()) })
     }
     /// True when bridges and taps are real host interfaces: VMs' NICs are

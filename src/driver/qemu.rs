@@ -514,10 +514,12 @@ impl Hypervisor for QemuHypervisor {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let dir = self.runtime_dir(id);
+            // Recorded even when QEMU is gone already (a crash): the VM is
+            // now stopped as asked, and a start is no restart.
+            let _ = std::fs::write(dir.join(STOP_MARKER), b"");
             let Some(pid) = Self::live_pid(&dir) else {
                 return Ok(());
             };
-            let _ = std::fs::write(dir.join(STOP_MARKER), b"");
             // ACPI power button first; the guest decides how to shut down.
             if let Ok(mut q) = self.qmp("stop", id).await {
                 let _ = q.execute("system_powerdown", None).await;

@@ -272,6 +272,19 @@ impl Members {
         self.records.len()
     }
 
+    /// Members known by state: `[alive, suspect, dead]`.
+    pub fn state_counts(&self) -> [usize; 3] {
+        let mut n = [0; 3];
+        for r in self.records.values() {
+            n[match r.state {
+                MemberState::Alive => 0,
+                MemberState::Suspect => 1,
+                MemberState::Dead => 2,
+            }] += 1;
+        }
+        n
+    }
+
     /// Members alive (foca: alive or suspect).
     pub fn alive_count(&self) -> usize {
         self.alive.len()

@@ -146,6 +146,8 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// Bytes received (every datagram handed in, decodable or not).
+    pub bytes_received: u64,
     /// Datagrams that did not decode.
     pub malformed: u64,
     /// Entries refused by the verifier.
@@ -440,6 +442,15 @@ impl GossipNode {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Members known, by SWIM state: `[alive, suspect, dead]` (itself
+    /// excluded; static peers are all alive).
+    pub fn member_counts(&self) -> [usize; 3] {
+        match &self.peers {
+            Peers::Swim(m) => m.state_counts(),
+            Peers::Static(p) => [p.iter().filter(|x| x.0 != self.me).count(), 0, 0],
+        }
     }
 
     /// The next output, if any.
@@ -1408,6 +1419,7 @@ impl GossipNode {
     }
 
     fn handle_from(&mut self, now: Millis, from: NodeAddr, peer: Option<&NodeId>, bytes: &[u8]) {
+        self.stats.bytes_received += bytes.len() as u64;
         let env = match decode(bytes) {
             Ok(e) => e,
             Err(_) => {

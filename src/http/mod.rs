@@ -14,6 +14,11 @@
 //! - `POST /v1/command`, `GET /v1/events`: the web page's command line
 //!   and its change stream ([`command`]); `GET /` and `/assets/*`: the
 //!   page ([`page`]).
+//! - `GET  /metrics`: the node's metrics in the Prometheus text format,
+//!   for `--metrics-allow` clients or an owner's or admin's session
+//!   ([`crate::metrics`]).
+//! - `GET  /healthz`, `GET /readyz`: liveness and readiness for load
+//!   balancers and monitors ([`health`]).
 //! - `POST /v1/manifests`: multi-document YAML of signed manifests, handed
 //!   to admission as one batch ([`crate::admission`], source `push`, only
 //!   signed documents): verified, authorised by the trusted `AccessPolicy`
@@ -31,6 +36,7 @@ pub mod client;
 pub mod command;
 pub mod conn;
 pub mod console_page;
+pub mod health;
 pub mod page;
 pub mod tls;
 pub mod ws;
@@ -110,6 +116,10 @@ pub struct HttpApi {
     consoles: std::sync::OnceLock<Arc<dyn crate::driver::Hypervisor>>,
     /// The live members, for the command line's `nodes` (gossip only).
     radar: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>>,
+    /// The node's metrics, for `GET /metrics` ([`crate::metrics`]).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// What `/readyz` checks, once the node has started ([`health`]).
+    ready: std::sync::OnceLock<health::ReadyChecks>,
     login_ttl: u64,
     session_ttl: u64,
 }
@@ -173,6 +183,8 @@ impl HttpApi {
                 .map(|(max, window)| Mutex::new(RateLimiter::new(max, window, 65_536))),
             consoles: std::sync::OnceLock::new(),
             radar: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
+            ready: std::sync::OnceLock::new(),
             adopted: Mutex::new(UsedTokens::default()),
             cluster,
             node_key: settings.node_key,
@@ -216,6 +228,16 @@ impl HttpApi {
         radar: tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>,
     ) {
         let _ = self.radar.set(radar);
+    }
+
+    /// Serve `metrics` on `GET /metrics` (once; the node does it).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics `GET /metrics` serves, once set.
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.metrics.get()
     }
 
     /// The live members the radar knows now (none without gossip).
@@ -263,6 +285,9 @@ impl HttpApi {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/v1/cluster", get(cluster_info))
+            .route("/metrics", get(crate::metrics::scrape))
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
             .route("/v1/auth/challenge", get(challenge))
             .route("/v1/auth/login", post(login))
             .route("/v1/auth/whoami", get(whoami))

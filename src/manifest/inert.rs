@@ -126,10 +126,10 @@ fn spacesuit(s: &SpacesuitSpec, out: &mut Vec<InertField>) {
 
 fn network(s: &NetworkSpec, out: &mut Vec<InertField>) {
     if let Some(iso) = &s.isolation {
-        if iso.mode != IsolationMode::None || iso.interstellar.is_some() {
+        if iso.mode == IsolationMode::None && (iso.interstellar.is_some() || iso.vni.is_some()) {
             out.push(inert(
                 &["spec", "isolation"],
-                "layer-2 isolation is not implemented: every VM on the network's bridge sees every other",
+                "`interstellar` and `vni` name a segment only with mode Interstellar or ArplessInterstellar",
             ));
         }
     }

@@ -653,6 +653,11 @@ fn network(c: &mut Checker, s: &NetworkSpec) {
         if let Some(name) = &iso.interstellar {
             c.at("isolation", |c| c.dns("interstellar", name));
         }
+        if iso.mode != crate::model::network::IsolationMode::None && s.uplink.is_some() {
+            c.at("uplink", |c| {
+                c.err("an interstellar spans satellites over VXLAN: it takes no uplink (a bridge with an uplink is the physical segment behind it)")
+            });
+        }
     }
 }
 

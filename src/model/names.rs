@@ -111,6 +111,33 @@ pub fn bridge(namespace: &str, network: &str) -> String {
     format!("db{}", hex::encode(&d[..6]))
 }
 
+/// The VXLAN device of an interstellar segment on every node.
+pub fn vxlan_device(namespace: &str, interstellar: &str) -> String {
+    let d = digest(&["vxlan", namespace, interstellar]);
+    format!("dv{}", hex::encode(&d[..6]))
+}
+
+/// The VNI an interstellar segment gets unless its spec names one: 24
+/// bits of SHA-256 of its namespace and name, never 0 (docs/ALGORITHMS.md,
+/// "Interstellar VNIs").
+pub fn vni(namespace: &str, interstellar: &str) -> u32 {
+    let d = digest(&["vni", namespace, interstellar]);
+    let v = u32::from_be_bytes([0, d[0], d[1], d[2]]);
+    v.max(1)
+}
+
+/// The MAC every node gives the bridge of an interstellar segment: the
+/// node's address on it is one anycast gateway, the same IP and MAC on
+/// every satellite, so a VM that moves keeps its gateway's neighbour
+/// entry (locally administered, unicast).
+pub fn anycast_mac(namespace: &str, interstellar: &str) -> String {
+    let d = digest(&["anycast", namespace, interstellar]);
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        d[0], d[1], d[2], d[3], d[4]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

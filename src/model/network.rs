@@ -32,9 +32,31 @@ pub struct NetworkSpec {
     /// Relay DHCP of this network's VMs to central servers instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcpcast: Option<Dhcpcast>,
-    /// Layer-2 isolation.
+    /// A host interface (NIC, bond, VLAN device) the bridge is attached
+    /// to, so the network is the physical segment behind it; without one
+    /// the bridge is host-only (the node's VMs and the node itself).
+    /// Excludes an interstellar `isolation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = BRIDGE_PATTERN))]
+    pub uplink: Option<String>,
+    /// Layer-2 isolation: `Interstellar` makes the network one segment
+    /// across every satellite that runs one of its VMs (VXLAN), which no
+    /// other namespace's network ever joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+}
+
+impl NetworkSpec {
+    /// The MTU of the bridge, taps and DHCP option 26: the spec's, else
+    /// 1500, or 1450 on an interstellar (the underlay's 1500 less the 50
+    /// bytes of VXLAN encapsulation).
+    pub fn effective_mtu(&self) -> u16 {
+        let interstellar = self
+            .isolation
+            .as_ref()
+            .is_some_and(|i| i.mode != IsolationMode::None);
+        self.mtu.unwrap_or(if interstellar { 1450 } else { 1500 })
+    }
 }
 
 /// An interface name: 1-15 printable ASCII characters other than space
@@ -200,15 +222,26 @@ pub struct Dhcpcast {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Isolation {
-    /// `None` (plain bridge), `Interstellar` (VMs see only their
-    /// interstellar peers) or `ArplessInterstellar` (no ARP at all; the node
-    /// answers with static neighbour entries).
+    /// `None` (a bridge on each node, host-only or on its `uplink`),
+    /// `Interstellar` (one segment across satellites over VXLAN, joined
+    /// only by this namespace's VMs) or `ArplessInterstellar` (the same,
+    /// and no ARP frame ever crosses the underlay: each node answers its
+    /// VMs' ARP from the bindings it knows).
     #[serde(default)]
     pub mode: IsolationMode,
     /// Name of the interstellar (isolation group); default the network's.
+    /// Networks of one namespace naming the same interstellar are one
+    /// segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
     pub interstellar: Option<String>,
+    /// The VXLAN network identifier (1-16777215); derived from the
+    /// namespace and interstellar name when absent (docs/ALGORITHMS.md,
+    /// "Interstellar VNIs"). Two segments that end up with one VNI are
+    /// both kept down, never joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16_777_215))]
+    pub vni: Option<u32>,
 }
 
 /// Isolation mode.
@@ -239,4 +272,58 @@ pub struct NetworkStatus {
     /// Active leases on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leases: Option<u32>,
+    /// The interstellar segment on this node, when the network is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interstellar: Option<InterstellarStatus>,
+    /// What this node's DHCP server on the network answered and dropped
+    /// since it started, as of the network's last reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpCounters>,
+}
+
+/// A DHCP server's counters since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DhcpCounters {
+    /// OFFERs sent.
+    pub offers: u64,
+    /// ACKs sent for REQUESTs.
+    pub acks: u64,
+    /// NAKs sent (a VM asked for an address that is not its own).
+    pub naks: u64,
+    /// ACKs sent for INFORMs.
+    #[serde(default)]
+    pub inform_acks: u64,
+    /// RELEASEs received.
+    #[serde(default)]
+    pub releases: u64,
+    /// DECLINEs received (a VM found its address in use).
+    pub declines: u64,
+    /// DHCPCAST requests relayed to central servers.
+    #[serde(default)]
+    pub relayed_up: u64,
+    /// Central servers' replies delivered to VMs.
+    #[serde(default)]
+    pub relayed_down: u64,
+    /// Replies the server failed to send.
+    #[serde(default)]
+    pub send_errors: u64,
+    /// Packets dropped, all reasons.
+    pub dropped: u64,
+    /// Packets dropped, by reason (reasons never seen are left out).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dropped_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Leases live now.
+    #[serde(default)]
+    pub live_leases: u64,
+}
+
+/// An interstellar segment as this node carries it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterstellarStatus {
+    /// Its VXLAN network identifier.
+    pub vni: u32,
+    /// The VXLAN device on the bridge.
+    pub device: String,
 }

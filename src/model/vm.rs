@@ -766,6 +766,11 @@ pub struct NicStatus {
     /// Host tap device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<String>,
+    /// Frames the node's anti-spoofing rules dropped on this NIC's port,
+    /// by rule (`mac`, `ip`, `arp`, `dhcpServer`, `chaddr`,
+    /// `routerAdvert`, `vlan`), counted since the rules were installed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// A reference to a VM (used by replicas and relocations).

@@ -77,6 +77,9 @@ pub struct ClusterPlacement {
     elected: Mutex<BTreeMap<ObjectKey, Elected>>,
     /// VMs other live nodes report running, and those nodes.
     running_on: Mutex<BTreeMap<ObjectKey, Vec<String>>>,
+    /// Other live nodes' gossip IPv4 addresses by name (the fabric's
+    /// underlay).
+    underlay: Mutex<BTreeMap<String, std::net::Ipv4Addr>>,
     changes: broadcast::Sender<ObjectKey>,
     /// Copies from peers, for the relocation agent (which owns the
     /// tunnels).
@@ -96,6 +99,8 @@ pub struct ClusterPlacement {
     sync_asks: Mutex<BTreeSet<ObjectKey>>,
     /// Recoveries from FASTR copies asked for (`deorch fastr recover`).
     fastr_recoveries: Mutex<Vec<crate::reconcile::FastrRecovery>>,
+    /// Counts election changes; the gossip task shows its figures there.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl ClusterPlacement {
@@ -109,6 +114,7 @@ impl ClusterPlacement {
             recoveries_rx: Mutex::new(Some(rx)),
             elected: Mutex::new(BTreeMap::new()),
             running_on: Mutex::new(BTreeMap::new()),
+            underlay: Mutex::new(BTreeMap::new()),
             changes: broadcast::channel(1024).0,
             relocation_failures: Mutex::new(BTreeMap::new()),
             holders: Mutex::new(BTreeMap::new()),
@@ -116,6 +122,7 @@ impl ClusterPlacement {
             held: Mutex::new((BTreeMap::new(), false)),
             sync_asks: Mutex::new(BTreeSet::new()),
             fastr_recoveries: Mutex::new(Vec::new()),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -136,12 +143,15 @@ impl ClusterPlacement {
 
     fn set(&self, key: ObjectKey, e: Option<Elected>) {
         let mut m = self.elected.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = match e {
-            Some(e) => m.insert(key.clone(), e.clone()).as_ref() != Some(&e),
+        let changed = match &e {
+            Some(e) => m.insert(key.clone(), e.clone()).as_ref() != Some(e),
             None => m.remove(&key).is_some(),
         };
         drop(m);
         if changed {
+            if let Some(metrics) = self.metrics.get() {
+                metrics.placement_decision(e.as_ref());
+            }
             let _ = self.changes.send(key);
         }
     }
@@ -284,6 +294,13 @@ impl Placement for ClusterPlacement {
 
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey> {
         self.changes.subscribe()
+    }
+
+    fn node_addresses(&self) -> BTreeMap<String, std::net::Ipv4Addr> {
+        self.underlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn volume_holders(&self, volume: &str) -> Vec<String> {
@@ -507,6 +524,11 @@ impl Cluster {
         }
     }
 
+    /// Count election changes and show gossip's figures in `metrics`.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.placement.metrics.set(metrics);
+    }
+
     /// The election, for the engine.
     pub fn placement(&self) -> Arc<ClusterPlacement> {
         self.placement.clone()
@@ -673,6 +695,18 @@ impl Cluster {
                     task.drain();
                     // Claims settle and starts happen on ticks.
                     task.refresh_placement();
+                    if let Some(m) = task.placement.metrics.get() {
+                        let s = task.node.stats();
+                        let [alive, suspect, dead] = task.node.member_counts();
+                        m.set_gossip(crate::metrics::GossipFigures {
+                            alive: alive as u64,
+                            suspect: suspect as u64,
+                            dead: dead as u64,
+                            messages_sent: s.messages_sent,
+                            bytes_sent: s.bytes_sent,
+                            bytes_received: s.bytes_received,
+                        });
+                    }
                 }
                 r = task.transport.readable() => {
                     if let Err(e) = r {
@@ -1267,6 +1301,22 @@ impl Task {
                 }
             }
         }
+        // Before the VMs' changes go out: the fabric reads where they run.
+        let underlay: BTreeMap<String, std::net::Ipv4Addr> = self
+            .node
+            .alive_members()
+            .into_iter()
+            .filter(|id| *id != self.me)
+            .filter_map(|id| match self.node.member_addr(&id)?.ip() {
+                std::net::IpAddr::V4(ip) => Some((self.label(&id), ip)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        *self
+            .placement
+            .underlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = underlay;
         self.placement.set_running(elsewhere);
         *self
             .placement

@@ -105,6 +105,15 @@ pub struct NodeArgs {
     /// uncapped by default.
     #[arg(long, env = "DEORCH_RELOCATION_BANDWIDTH")]
     pub relocation_bandwidth: Option<crate::model::Quantity>,
+    /// Versions of each object kept in the history log
+    /// (STATE_DIR/history.log, `deorch history`); default 100, `0` turns
+    /// the log off.
+    #[arg(long, env = "DEORCH_HISTORY_KEEP")]
+    pub history_keep: Option<usize>,
+    /// About how much the history log may take, e.g. `64Mi` (default);
+    /// the newest version of every object is kept even past it.
+    #[arg(long, env = "DEORCH_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<crate::model::Quantity>,
     /// Serve the HTTP API (login, signed push) on this address, e.g.
     /// `0.0.0.0:8443` (port 0: any free port, written to
     /// STATE_DIR/http-address; the URL clients take, with the TLS pin, to
@@ -144,6 +153,16 @@ pub struct NodeArgs {
     /// Serve the HTTP API without TLS (behind a TLS proxy, or on loopback).
     #[arg(long, env = "DEORCH_HTTP_PLAIN")]
     pub http_plain: bool,
+    /// Networks (CIDRs or single addresses, repeat or comma-separate)
+    /// whose clients may read `GET /metrics` without a session, e.g. a
+    /// Prometheus server's `10.0.0.5`; `0.0.0.0/0,::/0` makes it public. Default none:
+    /// a session of the cluster owner or an admin is needed.
+    #[arg(
+        long = "metrics-allow",
+        env = "DEORCH_METRICS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub metrics_allow: Vec<String>,
     /// Follow this git repository (URL or path) as a source of desired
     /// state; its documents must be signed for the cluster
     /// (`--cluster-owner`) unless `--git-unsigned`.
@@ -255,6 +274,10 @@ pub struct FileConfig {
     pub volume_retention: Option<ManifestDuration>,
     /// Relocation bandwidth cap, bytes per second.
     pub relocation_bandwidth: Option<crate::model::Quantity>,
+    /// Versions kept per object in the history log.
+    pub history_keep: Option<usize>,
+    /// The history log's byte budget.
+    pub history_max_bytes: Option<crate::model::Quantity>,
     /// HTTP API listen address.
     pub http_listen: Option<SocketAddr>,
     /// Node key file.
@@ -275,6 +298,9 @@ pub struct FileConfig {
     /// Plain HTTP.
     #[serde(default)]
     pub http_plain: bool,
+    /// Networks that may read `/metrics` without a session.
+    #[serde(default)]
+    pub metrics_allow: Vec<String>,
     /// Git repository to follow.
     pub git_repo: Option<String>,
     /// Its branch.
@@ -381,6 +407,8 @@ pub struct NodeConfig {
     pub volume_retention: Duration,
     /// Cap on relocation streams sent, bytes per second.
     pub relocation_bandwidth: Option<u64>,
+    /// What the history log keeps (`keep` 0: no log).
+    pub history: crate::history::Retention,
     /// The HTTP API, when enabled.
     pub http: Option<HttpConfig>,
     /// The git source, when enabled.
@@ -489,6 +517,8 @@ pub struct HttpConfig {
     pub session_ttl: Duration,
     /// How the API is served.
     pub tls: HttpTls,
+    /// Networks whose clients read `/metrics` without a session.
+    pub metrics_allow: Vec<ipnet::IpNet>,
 }
 
 /// How the HTTP API is served.
@@ -685,6 +715,16 @@ impl NodeConfig {
                 .relocation_bandwidth
                 .or(file.relocation_bandwidth)
                 .map(|q| q.0),
+            history: crate::history::Retention {
+                keep: args
+                    .history_keep
+                    .or(file.history_keep)
+                    .unwrap_or(crate::history::DEFAULT_KEEP),
+                max_bytes: args
+                    .history_max_bytes
+                    .or(file.history_max_bytes)
+                    .map_or(crate::history::DEFAULT_MAX_BYTES, |q| q.0),
+            },
         })
     }
 }
@@ -719,7 +759,27 @@ fn resolve_http(args: &NodeArgs, file: &FileConfig) -> Result<Option<HttpConfig>
             });
         }
     }
+    let metrics_allow = if args.metrics_allow.is_empty() {
+        &file.metrics_allow
+    } else {
+        &args.metrics_allow
+    };
+    let metrics_allow = metrics_allow
+        .iter()
+        .map(|n| {
+            let n = n.trim();
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    setting: "metricsAllow",
+                    message: format!(
+                        "{n:?} is not a network: expected an address, with a prefix length or not, e.g. 10.0.0.5, 10.0.0.0/24 or 2001:db8::/64"
+                    ),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(HttpConfig {
+        metrics_allow,
         listen,
         node_key: args
             .node_key
@@ -999,6 +1059,44 @@ mod tests {
         std::fs::write(&file, "nmae: typo\n").unwrap();
         let e = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("nmae"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_allow_takes_networks_from_flags_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("deorch-cfg-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.yaml");
+        std::fs::write(
+            &file,
+            "httpListen: 127.0.0.1:0\nclusterOwner: bc1qyjjkmdpu7metqt5r36jf872a34syws33s82q2j\nmetricsAllow: [10.0.0.5/32, \"2001:db8::/64\"]\n",
+        )
+        .unwrap();
+        let mut args = NodeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let allow =
+            |args: &NodeArgs| NodeConfig::resolve(args).map(|c| c.http.unwrap().metrics_allow);
+        let from_file = allow(&args).unwrap();
+        assert_eq!(from_file.len(), 2);
+        assert!(from_file[1].contains(&"2001:db8::1".parse::<std::net::IpAddr>().unwrap()));
+        args.metrics_allow = vec!["0.0.0.0/0".into()];
+        assert_eq!(
+            allow(&args).unwrap(),
+            vec!["0.0.0.0/0".parse::<ipnet::IpNet>().unwrap()]
+        );
+        args.metrics_allow = vec!["10.0.0.5".into()];
+        assert_eq!(
+            allow(&args).unwrap(),
+            vec!["10.0.0.5/32".parse::<ipnet::IpNet>().unwrap()]
+        );
+        args.metrics_allow = vec!["10.0.0.5/33".into()];
+        let e = allow(&args).unwrap_err().to_string();
+        assert!(
+            e.contains("metricsAllow") && e.contains("\"10.0.0.5/33\""),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

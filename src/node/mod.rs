@@ -68,6 +68,19 @@ fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
     }
 }
 
+/// Open `STATE_DIR/history.log` (unless `--history-keep 0`), log what
+/// the store holds that it lacks, and have the store log every commit.
+fn open_history(config: &NodeConfig, store: &Store) -> anyhow::Result<()> {
+    if config.history.keep == 0 {
+        return Ok(());
+    }
+    let path = config.state_dir.join(crate::history::FILE);
+    let history = Arc::new(crate::history::History::open(&path, config.history)?);
+    history.catch_up(store)?;
+    store.set_commit_hook(Some(history.hook()));
+    Ok(())
+}
+
 /// Keep `STATE_DIR/store.snapshot` at most [`crate::store::snapshot::INTERVAL`]
 /// behind the store: at start, whenever desired state changed, and at a
 /// graceful stop.
@@ -190,7 +203,19 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         info!(file = %orphan.display(), "removed a temporary file its dead writer left");
     }
     let store = Arc::new(open_store(&config)?);
+    open_history(&config, &store)?;
     let admission = Admission::new(store.clone(), admission_config(&config));
+    // Handed to each owner of a figure below; served on `/metrics`.
+    let metrics = crate::metrics::Metrics::new(
+        store.clone(),
+        config
+            .http
+            .as_ref()
+            .map(|h| h.metrics_allow.clone())
+            .unwrap_or_default(),
+    );
+    metrics.set_admission(admission.clone());
+    admission.set_metrics(metrics.clone());
     register_satellite(&admission, &config)?;
 
     // Before the socket exists: the first request must not pay for it.
@@ -201,6 +226,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         .with_context(|| format!("binding the local API socket {}", config.socket.display()))?;
     let drivers = drivers(&config).await?;
     let hypervisor = drivers.hypervisor.clone();
+    metrics.set_hypervisor(hypervisor.clone());
+    if let Some(dhcp) = &drivers.dhcp {
+        metrics.set_dhcp(dhcp.clone());
+    }
     let mut facts = api::server::ServerFacts {
         name: config.name.clone(),
         hypervisor: drivers.hypervisor.name().into(),
@@ -224,6 +253,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         ),
         None => None,
     };
+    if let Some(c) = &cluster {
+        c.set_metrics(metrics.clone());
+        metrics.set_placement(c.placement());
+    }
     let agent = cluster
         .as_ref()
         .map(|c| c.relocation_agent(drivers.clone(), config.relocation_bandwidth));
@@ -243,7 +276,8 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         cluster
             .as_ref()
             .map(|c| c.placement() as Arc<dyn crate::reconcile::Placement>),
-    );
+    )
+    .with_metrics(metrics.clone());
     let dir = Box::new(DirSource::new(DirConfig {
         root: config.manifests.clone(),
         rescan_every: config.rescan_interval,
@@ -259,6 +293,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         "node starting"
     );
     let mut tasks = Vec::new();
+    let mut http_api = None;
     if let Some(http) = &config.http {
         let (listener, api, url) = start_http(http, &admission, &config).await?;
         if let Some(c) = cluster.as_mut() {
@@ -267,6 +302,8 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
         }
         facts.http_url = Some(url);
         api.set_consoles(hypervisor.clone());
+        api.set_metrics(metrics.clone());
+        http_api = Some(api.clone());
         tasks.push(tokio::spawn(crate::http::serve(
             listener,
             api,
@@ -315,13 +352,27 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             shutdown.clone(),
         )
         .context("starting the local API's thread")?,
+        tokio::spawn(crate::fabric::agent::run(
+            engine.ctx(),
+            config.net,
+            shutdown.clone(),
+        )),
         tokio::spawn(engine.run(shutdown.clone())),
+        tokio::spawn(metrics.clone().watch_durations(shutdown.clone())),
     ]);
     if let Some(git) = &config.git {
         let source = Box::new(crate::source::git::GitSource::new(git.clone()));
         info!(source = %source.name(), "following a git repository");
         tasks.push(tokio::spawn(
             source.run(admission.clone(), shutdown.clone()),
+        ));
+    }
+    // Every task runs: `/readyz` may answer ready from now on.
+    if let Some(api) = &http_api {
+        api.set_ready_checks(crate::http::health::ReadyChecks::new(
+            (!config.allow_empty_manifests).then(|| config.manifests.clone()),
+            config.gossip.as_ref().map(|g| !g.seeds.is_empty()),
+            shutdown.clone(),
         ));
     }
     info!(node = %config.name, "node ready");
@@ -636,6 +687,9 @@ fn net_driver(
             let net = crate::driver::linuxnet::LinuxNet::default();
             net.check()
                 .context("the linux network driver needs iproute2's `ip`")?;
+            crate::fabric::kernel::check().map_err(|e| {
+                anyhow::anyhow!("the linux network driver enforces anti-spoofing and interstellars with nftables and iproute2's `bridge`: {e}")
+            })?;
             info!("host networking: linux bridges and taps, DHCP served on bridges");
             let dhcp = crate::dhcp::service::DhcpService::new(config.state_dir.join("dhcp"));
             (Arc::new(net), Some(Arc::new(dhcp)))

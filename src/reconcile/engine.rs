@@ -41,6 +41,7 @@ pub struct Engine {
     started: broadcast::Sender<ReconcileStarted>,
     /// Reconciles done (when to give freed memory back).
     done: Arc<AtomicU64>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Reconciles after which a quiet engine hands freed memory back.
@@ -75,7 +76,16 @@ impl Engine {
             queue,
             started,
             done: Default::default(),
+            metrics: None,
         }
+    }
+
+    /// Count reconciles (duration per kind) and show the queue's depth in
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Engine {
+        metrics.set_queue(self.queue.clone());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The reconcilers' context (the local API plans dry runs with it).
@@ -102,7 +112,8 @@ impl Engine {
                 self.started.clone(),
                 self.done.clone(),
             );
-            workers.push(tokio::spawn(worker(ctx, queue, started, done)));
+            let metrics = self.metrics.clone();
+            workers.push(tokio::spawn(worker(ctx, queue, started, done, metrics)));
         }
         let mut resync = tokio::time::interval(self.ctx.config.resync_every);
         resync.tick().await;
@@ -135,6 +146,14 @@ impl Engine {
                         if c.key.kind == Kind::VirtualMachine {
                             let record = self.ctx.store.get(&c.key);
                             for n in self.ctx.vms_by_network.update(&c.key, record.as_ref()) {
+                                self.queue.add(n);
+                            }
+                        }
+                        // Interstellars decide their VNI against each
+                        // other (a collision keeps both down): a change of
+                        // one has the others look again.
+                        if c.key.kind == Kind::Network {
+                            for n in interstellars(&self.ctx.store, &c.key) {
                                 self.queue.add(n);
                             }
                         }
@@ -203,6 +222,7 @@ async fn worker(
     queue: Arc<WorkQueue>,
     started: broadcast::Sender<ReconcileStarted>,
     done: Arc<AtomicU64>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     while let Some(key) = queue.next().await {
         done.fetch_add(1, Ordering::Relaxed);
@@ -216,10 +236,38 @@ async fn worker(
             at: Instant::now(),
         });
         let span = info_span!("reconcile", object = %key, generation = record.generation);
+        let t0 = Instant::now();
         let result = reconcile_one(&ctx, &record).instrument(span).await;
+        if let Some(m) = &metrics {
+            m.reconciled(key.kind, result.is_ok(), t0.elapsed().as_secs_f64());
+        }
         settle(&ctx, &queue, &record, result);
         queue.done(&key);
     }
+}
+
+/// The Networks to look at again when Network `changed` changed: those
+/// whose segment collides with its new one, and those kept down by a
+/// collision (it may have been with its old one).
+fn interstellars(store: &Store, changed: &ObjectKey) -> Vec<ObjectKey> {
+    let all = store.list_shared();
+    let now = all
+        .iter()
+        .find(|r| r.key == *changed && !r.deleted)
+        .and_then(|r| crate::fabric::segment_of(r));
+    all.iter()
+        .filter(|r| !r.deleted && r.key != *changed && r.key.kind == Kind::Network)
+        .filter(|r| {
+            let Some(seg) = crate::fabric::segment_of(r) else {
+                return false;
+            };
+            now.as_ref().is_some_and(|n| n.0 == seg.0 || n.1 == seg.1)
+                || r.status
+                    .as_ref()
+                    .is_some_and(|s| s.to_string().contains(crate::fabric::COLLISION_REASON))
+        })
+        .map(|r| r.key.clone())
+        .collect()
 }
 
 /// Schedule what follows a reconcile of `record`: a requeue it asked for,

@@ -345,6 +345,11 @@ pub trait Placement: Send + Sync {
         let _ = vm;
         Vec::new()
     }
+    /// The underlay (gossip) IPv4 address of every other live node, by
+    /// name: where an interstellar segment's frames for its VMs go.
+    fn node_addresses(&self) -> BTreeMap<String, std::net::Ipv4Addr> {
+        BTreeMap::new()
+    }
     /// VMs whose election outcome changed (the engine looks at them again).
     fn subscribe(&self) -> broadcast::Receiver<ObjectKey>;
     /// Why the last live move of `vm` to the node its placement names

@@ -15,8 +15,8 @@ use super::vm::is_mine;
 use super::{decode, names, previous, Ctx, Outcome, Plan, ReconcileError};
 use crate::dhcp::service::Served;
 use crate::dhcp::{ServerConfig, Table};
-use crate::driver::BoxFuture;
-use crate::model::network::{Ipv4Config, NetworkStatus};
+use crate::driver::{BoxFuture, Vxlan};
+use crate::model::network::{InterstellarStatus, Ipv4Config, NetworkStatus};
 use crate::model::{Kind, Manifest, NetworkSpec, ObjectKey, VirtualMachineSpec};
 use crate::store::Record;
 
@@ -38,6 +38,14 @@ pub struct Desired {
     /// address for it and DHCP enabled; `Err` when the VMs' NICs make no
     /// valid table.
     pub dhcp: Option<Result<Table, String>>,
+    /// The host interface the bridge is attached to.
+    pub uplink: Option<String>,
+    /// The interstellar segment's VXLAN device; `Err` when its VNI
+    /// collides with another network's.
+    pub vxlan: Option<Result<Vxlan, String>>,
+    /// A VXLAN device an earlier version of the network had here (its
+    /// status says), to remove.
+    pub stale_vxlan: Option<String>,
 }
 
 /// What the node's drivers can do.
@@ -87,6 +95,20 @@ pub enum Action {
         /// Bridge.
         bridge: String,
     },
+    /// Attach exactly this uplink (or none).
+    SetUplink {
+        /// Bridge.
+        bridge: String,
+        /// Host interface.
+        uplink: Option<String>,
+    },
+    /// Create or update the interstellar's VXLAN device.
+    EnsureVxlan(Vxlan),
+    /// Remove a VXLAN device.
+    RemoveVxlan {
+        /// Device.
+        device: String,
+    },
 }
 
 impl std::fmt::Display for Action {
@@ -113,6 +135,23 @@ impl std::fmt::Display for Action {
             ),
             Action::StopDhcp { id } => write!(f, "stop serving DHCP for network {id}"),
             Action::RemoveBridge { bridge } => write!(f, "remove bridge {bridge}"),
+            Action::SetUplink {
+                bridge,
+                uplink: Some(u),
+            } => write!(f, "attach uplink {u} to bridge {bridge}"),
+            Action::SetUplink {
+                bridge,
+                uplink: None,
+            } => write!(f, "keep bridge {bridge} host-only"),
+            Action::EnsureVxlan(v) => write!(
+                f,
+                "ensure VXLAN {} (VNI {}{}) on bridge {}",
+                v.device,
+                v.vni,
+                if v.arpless { ", ARP-less" } else { "" },
+                v.bridge
+            ),
+            Action::RemoveVxlan { device } => write!(f, "remove VXLAN {device}"),
         }
     }
 }
@@ -178,18 +217,69 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
         Some(Ok(a)) if serves => Some(table(ctx, &net, a)),
         _ => None,
     };
+    let bridge = net
+        .spec
+        .bridge
+        .clone()
+        .unwrap_or_else(|| names::bridge(&key.namespace, &key.name));
+    let mtu = net.spec.effective_mtu();
+    let vxlan = if record.deleted {
+        None
+    } else {
+        segment(ctx, key, &net.spec).map(|r| {
+            r.map(|s| Vxlan {
+                device: s.device,
+                bridge: bridge.clone(),
+                vni: s.vni,
+                mtu,
+                arpless: s.arpless,
+                bridge_mac: s.anycast_mac,
+            })
+        })
+    };
+    let had = previous::<NetworkStatus>(record)
+        .interstellar
+        .map(|i| i.device);
+    let stale_vxlan =
+        had.filter(|d| record.deleted || !matches!(&vxlan, Some(Ok(v)) if &v.device == d));
     Ok(Desired {
         deleted: record.deleted,
         id: format!("{}/{}", key.namespace, key.name),
-        bridge: net
-            .spec
-            .bridge
-            .clone()
-            .unwrap_or_else(|| names::bridge(&key.namespace, &key.name)),
-        mtu: net.spec.mtu.unwrap_or(1500),
+        bridge,
+        mtu,
         address,
         dhcp,
+        uplink: net.spec.uplink.clone(),
+        vxlan,
+        stale_vxlan,
     })
+}
+
+/// The interstellar segment of a network, looked at against every other
+/// Network of the cluster (VNI collisions).
+fn segment(
+    ctx: &Ctx,
+    key: &ObjectKey,
+    spec: &NetworkSpec,
+) -> Option<Result<crate::fabric::Segment, String>> {
+    crate::fabric::wanted(&key.namespace, &key.name, spec)?;
+    // Read in place: no decode of every Network for each reconcile.
+    let others: Vec<(ObjectKey, Option<(u32, String)>)> = match ctx.pending.is_empty() {
+        true => ctx
+            .store
+            .list_shared()
+            .iter()
+            .filter(|r| !r.deleted)
+            .filter_map(|r| Some((r.key.clone(), Some(crate::fabric::segment_of(r)?))))
+            .collect(),
+        false => ctx
+            .list(Some(Kind::Network))
+            .iter()
+            .filter(|r| !r.deleted)
+            .filter_map(|r| Some((r.key.clone(), Some(crate::fabric::segment_of(r)?))))
+            .collect(),
+    };
+    crate::fabric::resolve(key, spec, others.iter().map(|(k, s)| (k, s.clone())))
 }
 
 /// The DHCP table of `net`: every VM's NICs on it, this node's answered.
@@ -240,15 +330,19 @@ pub fn observe(ctx: &Ctx) -> Observed {
 /// drivers' capabilities are all there is to observe.
 pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
     let stop = Action::StopDhcp { id: d.id.clone() };
+    let stale = d.stale_vxlan.iter().map(|device| Action::RemoveVxlan {
+        device: device.clone(),
+    });
     if d.deleted {
         let remove = Action::RemoveBridge {
             bridge: d.bridge.clone(),
         };
-        return Plan::Act(if o.serves_dhcp {
-            vec![stop, remove]
-        } else {
-            vec![remove]
-        });
+        let mut actions: Vec<Action> = stale.collect();
+        if o.serves_dhcp {
+            actions.push(stop);
+        }
+        actions.push(remove);
+        return Plan::Act(actions);
     }
     let mut actions = vec![Action::EnsureBridge {
         bridge: d.bridge.clone(),
@@ -256,6 +350,21 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
     }];
     if !o.host_interfaces {
         return Plan::Act(actions);
+    }
+    actions.extend(stale);
+    actions.push(Action::SetUplink {
+        bridge: d.bridge.clone(),
+        uplink: d.uplink.clone(),
+    });
+    match &d.vxlan {
+        None => {}
+        Some(Ok(v)) => actions.push(Action::EnsureVxlan(v.clone())),
+        Some(Err(m)) => {
+            return Plan::Fail(ReconcileError::permanent(
+                crate::fabric::COLLISION_REASON,
+                m.clone(),
+            ))
+        }
     }
     let address = match &d.address {
         None => None,
@@ -295,6 +404,11 @@ pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<Option<Served>, Re
                 net.set_bridge_address(bridge, *address).await?
             }
             Action::RemoveBridge { bridge } => net.remove_bridge(bridge).await?,
+            Action::SetUplink { bridge, uplink } => {
+                net.set_uplink(bridge, uplink.as_deref()).await?
+            }
+            Action::EnsureVxlan(v) => net.ensure_vxlan(v).await?,
+            Action::RemoveVxlan { device } => net.remove_vxlan(device).await?,
             Action::StopDhcp { id } => {
                 if let Some(dhcp) = &ctx.drivers.dhcp {
                     dhcp.stop(id).await;
@@ -347,6 +461,7 @@ fn status(
     let mut msg = format!("bridge {bridge} is up");
     if let (Some(s), Some(Action::Serve { address, .. })) = (&served, actions.last()) {
         st.leases = Some(s.leases as u32);
+        st.dhcp = Some(s.counters.clone());
         msg = format!("{msg} at {address}; DHCP answers {} NIC(s)", s.leases);
         if s.relayed > 0 {
             msg.push_str(&format!(", relays {}", s.relayed));
@@ -357,9 +472,23 @@ fn status(
         }
     } else if matches!(actions.last(), Some(Action::StopDhcp { .. })) {
         st.leases = None;
+        st.dhcp = None;
         msg.push_str("; no DHCP served");
     }
     st.bridge = Some(bridge.clone());
+    st.interstellar = actions.iter().find_map(|a| match a {
+        Action::EnsureVxlan(v) => Some(InterstellarStatus {
+            vni: v.vni,
+            device: v.device.clone(),
+        }),
+        _ => None,
+    });
+    if let Some(i) = &st.interstellar {
+        msg.push_str(&format!("; interstellar VNI {} on {}", i.vni, i.device));
+    }
+    if let Some(u) = &d.uplink {
+        msg.push_str(&format!("; uplink {u}"));
+    }
     ready(&mut st.conditions, "BridgeReady", &msg, record.generation);
     ctx.write_status(&record.key, &st)?;
     Ok(Outcome::Done)
@@ -439,6 +568,12 @@ mod tests {
             ),
             Action::StopDhcp { id } => format!("stop dhcp {id}"),
             Action::RemoveBridge { bridge } => format!("remove {bridge}"),
+            Action::SetUplink { bridge, uplink } => format!("uplink {bridge} {uplink:?}"),
+            Action::EnsureVxlan(v) => format!(
+                "vxlan {} vni {} on {} arpless {}",
+                v.device, v.vni, v.bridge, v.arpless
+            ),
+            Action::RemoveVxlan { device } => format!("remove vxlan {device}"),
         }
     }
 
@@ -460,6 +595,9 @@ mod tests {
             mtu: 1400,
             address: Some(Ok(addr)),
             dhcp: Some(Ok(Table::default())),
+            uplink: None,
+            vxlan: None,
+            stale_vxlan: None,
         };
         let fake = Observed {
             host_interfaces: false,
@@ -495,6 +633,33 @@ mod tests {
             dhcp: Some(Err("two NICs want 10.9.0.5".into())),
             ..base.clone()
         };
+        let vx = Vxlan {
+            device: "dv1".into(),
+            bridge: "br0".into(),
+            vni: 7,
+            mtu: 1400,
+            arpless: true,
+            bridge_mac: "02:00:00:00:00:01".into(),
+        };
+        let interstellar = Desired {
+            vxlan: Some(Ok(vx.clone())),
+            stale_vxlan: Some("dv0".into()),
+            ..base.clone()
+        };
+        let collision = Desired {
+            vxlan: Some(Err("VNI 7 is also wanted by t/x".into())),
+            ..base.clone()
+        };
+        let uplinked = Desired {
+            uplink: Some("eth1".into()),
+            ..base.clone()
+        };
+        let deleted_interstellar = Desired {
+            deleted: true,
+            stale_vxlan: Some("dv1".into()),
+            ..base.clone()
+        };
+        let up = "uplink br0 None".to_string();
         let ensure = "ensure br0 mtu 1400".to_string();
         let address = format!("address br0 Some({addr})");
         let stop = "stop dhcp default/lan".to_string();
@@ -512,21 +677,66 @@ mod tests {
                 linux,
                 Ok(vec![
                     ensure.clone(),
+                    up.clone(),
                     address.clone(),
                     format!("serve default/lan on br0 from {addr}, 0 client(s)"),
+                ]),
+            ),
+            (
+                "an interstellar: the old device removed, the VXLAN port made",
+                &interstellar,
+                linux,
+                Ok(vec![
+                    ensure.clone(),
+                    "remove vxlan dv0".into(),
+                    up.clone(),
+                    "vxlan dv1 vni 7 on br0 arpless true".into(),
+                    address.clone(),
+                    format!("serve default/lan on br0 from {addr}, 0 client(s)"),
+                ]),
+            ),
+            (
+                "a VNI collision keeps the segment down",
+                &collision,
+                linux,
+                Err("fail VniCollision".into()),
+            ),
+            (
+                "an uplink",
+                &uplinked,
+                no_dhcp_server,
+                Ok(vec![
+                    ensure.clone(),
+                    "uplink br0 Some(\"eth1\")".into(),
+                    address.clone(),
+                ]),
+            ),
+            (
+                "a deleted interstellar takes its device down first",
+                &deleted_interstellar,
+                linux,
+                Ok(vec![
+                    "remove vxlan dv1".into(),
+                    stop.clone(),
+                    "remove br0".into(),
                 ]),
             ),
             (
                 "no DHCP server on the node",
                 &base,
                 no_dhcp_server,
-                Ok(vec![ensure.clone(), address.clone()]),
+                Ok(vec![ensure.clone(), up.clone(), address.clone()]),
             ),
             (
                 "DHCP disabled: stopped",
                 &dhcp_off,
                 linux,
-                Ok(vec![ensure.clone(), address.clone(), stop.clone()]),
+                Ok(vec![
+                    ensure.clone(),
+                    up.clone(),
+                    address.clone(),
+                    stop.clone(),
+                ]),
             ),
             (
                 "no ipv4: no address, no DHCP",
@@ -534,6 +744,7 @@ mod tests {
                 linux,
                 Ok(vec![
                     ensure.clone(),
+                    up.clone(),
                     "address br0 None".into(),
                     stop.clone(),
                 ]),
@@ -560,7 +771,7 @@ mod tests {
                 "invalid table, no server",
                 &bad_table,
                 no_dhcp_server,
-                Ok(vec![ensure, address]),
+                Ok(vec![ensure, up, address]),
             ),
             (
                 "deleted",

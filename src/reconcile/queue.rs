@@ -34,6 +34,19 @@ struct State {
     shut: bool,
 }
 
+/// The keys of a queue by state ([`WorkQueue::depth`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Ready to run.
+    pub ready: usize,
+    /// Waiting for a retry or a requeue.
+    pub delayed: usize,
+    /// Being reconciled.
+    pub processing: usize,
+    /// Parked after a permanent failure.
+    pub parked: usize,
+}
+
 /// The queue.
 pub struct WorkQueue {
     state: Mutex<State>,
@@ -205,6 +218,17 @@ impl WorkQueue {
             Self::push(&mut s, key.clone());
             drop(s);
             self.wake.notify_one();
+        }
+    }
+
+    /// How many keys wait in each state now (metrics).
+    pub fn depth(&self) -> QueueDepth {
+        let s = self.lock();
+        QueueDepth {
+            ready: s.ready.len(),
+            delayed: s.delayed.len(),
+            processing: s.processing.len(),
+            parked: s.parked.len(),
         }
     }
 

@@ -220,6 +220,8 @@ pub struct Store {
     version: std::sync::atomic::AtomicU64,
     /// Test hook run between a batch's checks and its commit.
     fail_point: Mutex<Option<FailPoint>>,
+    /// Run around each commit ([`Store::set_commit_hook`]).
+    commit_hook: Mutex<Option<CommitHook>>,
     /// Bumped when a write of the index ends (under its lock): read under
     /// the read lock, it says exactly which index a reader saw.
     index_changes: AtomicU64,
@@ -281,6 +283,15 @@ struct Decoded {
 /// unless a test sets one ([`Store::set_fail_point`]): it lets a test hold a
 /// batch exactly where a racing writer would do harm.
 pub type FailPoint = Arc<dyn Fn(&[ObjectKey]) + Send + Sync>;
+
+/// Called just before each commit of desired state, under the writer
+/// lock (so in commit order), with the records whose generation changes:
+/// new versions and tombstones ([`crate::history`] logs them). What it
+/// returns is called once the commit is over (still under the lock), with
+/// whether it succeeded.
+pub type CommitHook = Arc<dyn Fn(&[&Record]) -> CommitDone + Send + Sync>;
+/// The second half of a [`CommitHook`]: `true` when the commit succeeded.
+pub type CommitDone = Box<dyn FnOnce(bool) + Send>;
 
 /// A record as the index keeps it.
 #[derive(Debug, Clone)]
@@ -436,6 +447,7 @@ impl Store {
             changes,
             version: std::sync::atomic::AtomicU64::new(0),
             fail_point: Mutex::new(None),
+            commit_hook: Mutex::new(None),
             index_changes: AtomicU64::new(0),
             decoded: Mutex::new(DecodedIndex::default()),
             _lock: lock,
@@ -520,6 +532,11 @@ impl Store {
         *self.fail_point.lock().unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
+    /// Set (or clear) the hook run around each commit of desired state.
+    pub fn set_commit_hook(&self, hook: Option<CommitHook>) {
+        *self.commit_hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
     fn run_batch<T, E>(
         &self,
         batch: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
@@ -562,7 +579,26 @@ impl Store {
                 }
             }
         }
-        wtx.commit().map_err(|e| self.io_err(e))?;
+        let hook = self
+            .commit_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let done = hook.and_then(|hook| {
+            let index = self.read_index();
+            let records: Vec<&Record> = order
+                .iter()
+                .map(|k| &staged[k])
+                .filter(|r| index.get(&r.key).map(|e| e.generation) != Some(r.generation))
+                .collect();
+            drop(index);
+            (!records.is_empty()).then(|| hook(&records))
+        });
+        let committed = wtx.commit();
+        if let Some(done) = done {
+            done(committed.is_ok());
+        }
+        committed.map_err(|e| self.io_err(e))?;
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut changed = Vec::new();

@@ -44,6 +44,17 @@ pub fn sh(args: &[&str]) {
     );
 }
 
+/// A network namespace `name`, deleted first if a crashed run left it,
+/// with its loopback up.
+pub fn fresh_netns(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
+    sh(&["ip", "netns", "add", name]);
+    sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+}
+
 /// A fresh temporary directory (removed by `Node::drop` for nodes).
 pub fn temp_dir(tag: &str) -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")

@@ -19,6 +19,8 @@
 //!   Paused   ──────────────  Running                      ──►  Pause
 //!                            Absent / Stopped             ──►  provision, Start, Pause
 //!   Stopped  ──────────────  Running / Paused             ──►  Stop (ACPI, then forced)
+//!                            Stopped(Crashed/GuestShutdown) ► Stop (recorded as asked:
+//!                                                              the next start is no restart)
 //!   (deleted) ─────────────  anything                     ──►  Stop, remove, destroy volumes, remove taps
 //! ```
 //!

@@ -678,6 +678,17 @@ fn on_node(d: &Desired, o: &Observed) -> Plan {
             });
             p.phase = VmPhase::Stopped;
         }
+        // Down by itself (a guest power-off, which leaves QEMU in its
+        // `shutdown` state, or a crash): a stop asked now is recorded (and
+        // ends the lingering process), so a later start is a start, not
+        // a restart the restart policy may refuse (`deorch vm start`).
+        (PowerState::Stopped, VmState::Stopped(reason)) if *reason != StopReason::Requested => {
+            p.actions = provision(d, o);
+            p.actions.push(Action::Stop {
+                timeout: d.stop_timeout,
+            });
+            p.phase = VmPhase::Stopped;
+        }
         (PowerState::Stopped, _) => {
             p.actions = provision(d, o);
             p.phase = VmPhase::Stopped;
@@ -974,6 +985,18 @@ mod tests {
                 PowerState::Stopped,
                 VmState::Stopped(StopReason::Requested),
                 vec![],
+            ),
+            // A guest that powered off, or a crash, then a stop: recorded
+            // as asked, so the next start is not refused as a restart.
+            (
+                PowerState::Stopped,
+                VmState::Stopped(StopReason::GuestShutdown),
+                vec![stop()],
+            ),
+            (
+                PowerState::Stopped,
+                VmState::Stopped(StopReason::Crashed),
+                vec![stop()],
             ),
         ];
         for (power, state, want) in cases {

@@ -626,7 +626,7 @@ fn nics(
         taps.push(Tap {
             tap: tap.clone(),
             bridge: bridge.clone(),
-            mtu: net.spec.mtu.unwrap_or(1500),
+            mtu: net.spec.effective_mtu(),
         });
         // One field per spec setting the hypervisor needs: a new NIC
         // setting (e.g. the device model) is one line here.

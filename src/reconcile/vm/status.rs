@@ -201,15 +201,24 @@ fn here(ctx: &Ctx, status: &mut VirtualMachineStatus, d: &Desired, plan: &Plan, 
     let hv = &ctx.drivers.hypervisor;
     status.pending_restart = plan.pending_restart.clone();
     status.disks = d.config.disks.iter().cloned().collect::<BTreeMap<_, _>>();
+    // The drop counters are the fabric agent's (src/fabric): kept while
+    // the NIC keeps its port.
+    let mut old = std::mem::take(&mut status.nics);
     status.nics = d
         .config
         .nics
         .iter()
         .map(|n| {
+            let dropped = old
+                .remove(&n.name)
+                .filter(|o| o.tap.as_deref() == Some(n.tap.as_str()))
+                .map(|o| o.dropped)
+                .unwrap_or_default();
             let nic = NicStatus {
                 mac: n.mac.clone(),
                 ipv4: None,
                 tap: Some(n.tap.clone()),
+                dropped,
             };
             (n.name.clone(), nic)
         })
