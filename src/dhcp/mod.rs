@@ -670,9 +670,10 @@ impl DhcpServer {
         })
     }
 
-    /// Remember leases in `path` (JSON, written atomically on every
-    /// change) and take the live ones it holds now: a restarted server
-    /// then never offers an address a VM still holds.
+    /// Remember leases in `path` (JSON, written atomically: at once for a
+    /// RELEASE or DECLINE, at most once a second for ACKs, see
+    /// `socket.rs`) and take the live ones it holds now: a restarted
+    /// server then never offers an address a VM still holds.
     pub fn keep_leases_in(&self, path: std::path::PathBuf) {
         if let Ok(text) = std::fs::read_to_string(&path) {
             match serde_json::from_str::<Leases>(&text) {

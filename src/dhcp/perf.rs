@@ -61,7 +61,7 @@ pub struct Relay {
 
 /// How requests leave and replies come back.
 enum Transport {
-    /// Frames on a packet socket: (socket).
+    /// Ethernet frames on a packet socket bound to the interface.
     Link(Socket),
     /// UDP from `giaddr:67` to `server:67`.
     Relay(std::net::UdpSocket, Relay),
