@@ -2399,9 +2399,10 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
                 .contains("replica made: a FASTR round is asked")
         },
     );
-    // The runner lists none (it holds no copy); a bad point is refused.
+    // The runner lists none (it holds no copy: "not found", exit 3); a
+    // bad point is refused.
     let (code, _, err) = p.nodes[from].cli(&["fastr", "points", "mover"], None);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 3, "{err}");
     let (code, _, err) =
         p.nodes[holder].cli(&["fastr", "recover", "mover", "--at", "fastr-1"], None);
     assert_eq!(code, 1);

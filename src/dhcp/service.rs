@@ -112,6 +112,13 @@ impl DhcpService {
             .join(format!("{}.leases.json", network.replace('/', ".")))
     }
 
+    /// The live leases `network`'s server last wrote to its lease file
+    /// (at most a second behind an ACK), `None` when it has none.
+    pub fn leases(&self, network: &str) -> Option<super::Leases> {
+        let text = std::fs::read_to_string(self.lease_file(network)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     /// Serve `table` for `network` (`namespace/name`) on `iface`: start
     /// the server, swap its table, or rebind it when the interface or the
     /// server settings changed.

@@ -96,6 +96,15 @@ pub fn desired(ctx: &Ctx) -> Desired {
             .as_ref()
             .and_then(|v4| server_address(v4, &ctx.config.node_addresses).ok())
             .and_then(|server| Table::build(net, &on, server.addr(), |_| true).ok());
+        // What the node's DHCP server really leased: it moves a NIC off
+        // an address another's live lease holds, so a NIC may hold one the
+        // allocation does not name.
+        let leases = ctx
+            .drivers
+            .dhcp
+            .as_ref()
+            .and_then(|s| s.leases(&format!("{}/{}", key.namespace, key.name)));
+        let now_ms = crate::clock::now_ms();
         let bridge = net
             .spec
             .bridge
@@ -146,8 +155,13 @@ pub fn desired(ctx: &Ctx) -> Desired {
                     tap: names::tap(&vk.namespace, &vk.name, &nic.name),
                 };
                 if here {
+                    let identity = format!("{}/{}/{}", vk.namespace, vk.name, nic.name);
+                    let leased = leases.as_ref().and_then(|l| l.of(&identity, now_ms));
+                    let mut addresses: Vec<Ipv4Addr> = ipv4.into_iter().chain(leased).collect();
+                    addresses.sort();
+                    addresses.dedup();
                     d.ports.push(Port {
-                        addresses: (!relayed).then(|| ipv4.into_iter().collect()),
+                        addresses: (!relayed).then_some(addresses),
                         binding,
                     });
                 } else if let (Some(node), Some(s)) = (remote, state.as_mut()) {
