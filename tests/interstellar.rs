@@ -344,13 +344,16 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
             })
         },
     );
-    let seg = status(&nodes[0], "network", "acme", "lan");
-    let vni_acme = seg["interstellar"]["vni"]
-        .as_u64()
-        .expect("acme's VNI in status");
-    let vni_beta = status(&nodes[0], "network", "beta", "lan")["interstellar"]["vni"]
-        .as_u64()
-        .expect("beta's VNI in status");
+    // The Networks' reconciles report their segments (a VM may run
+    // before its node's Network status is written).
+    let vni = |t: &str| status(&nodes[0], "network", t, "lan")["interstellar"]["vni"].as_u64();
+    wait(
+        "both segments in node 0's Network status",
+        Duration::from_secs(30),
+        &nodes,
+        || vni("acme").is_some() && vni("beta").is_some(),
+    );
+    let (vni_acme, vni_beta) = (vni("acme").unwrap(), vni("beta").unwrap());
     assert_ne!(vni_acme, vni_beta);
 
     // Beta's frames, as seen by acme's VMs (and the other way round).
@@ -541,7 +544,12 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
                     .all(|n| reason(n).contains(&"VniCollision".to_string()))
         },
     );
-    assert!(pings(&beta[0], ips[1]), "beta's segment is untouched");
+    wait(
+        "beta's segment is untouched",
+        Duration::from_secs(10),
+        &nodes,
+        || pings(&beta[0], ips[1]),
+    );
     std::fs::remove_file(&gamma_file).unwrap();
     wait(
         "acme's segment is back once the collision is gone",

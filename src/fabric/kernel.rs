@@ -44,25 +44,28 @@ fn missing(e: &str) -> bool {
 }
 
 /// A segment's forwarding entries: (MAC, remote node) on the VXLAN
-/// device, and the MACs the bridge holds as static entries on it.
-type Fdb = (BTreeSet<(String, Ipv4Addr)>, BTreeSet<String>);
+/// device, the MACs the bridge holds as static entries on it, and whether
+/// the device is a port of `bridge` yet (the bridge then lists its own
+/// MAC on it).
+type Fdb = (BTreeSet<(String, Ipv4Addr)>, BTreeSet<String>, bool);
 
 /// The segment's forwarding entries now.
-fn fdb(device: &str) -> Result<Fdb, StepError> {
+fn fdb(device: &str, bridge: &str) -> Result<Fdb, StepError> {
     let out = run("bridge", &["-j", "fdb", "show", "dev", device], None)?;
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-    let (mut remote, mut master) = (BTreeSet::new(), BTreeSet::new());
+    let (mut remote, mut master, mut port) = (BTreeSet::new(), BTreeSet::new(), false);
     for e in v.as_array().into_iter().flatten() {
         let Some(mac) = e["mac"].as_str() else {
             continue;
         };
+        port |= e["master"] == bridge;
         if let Some(dst) = e["dst"].as_str().and_then(|d| d.parse().ok()) {
             remote.insert((mac.to_string(), dst));
         } else if e["master"].is_string() && e["state"] == "static" {
             master.insert(mac.to_string());
         }
     }
-    Ok((remote, master))
+    Ok((remote, master, port))
 }
 
 /// Make the segment's forwarding entries exactly what `s` says: the
@@ -72,9 +75,11 @@ fn fdb(device: &str) -> Result<Fdb, StepError> {
 /// from the underlay).
 pub fn sync_fdb(s: &SegmentState) -> Result<usize, StepError> {
     let dev = &s.segment.device;
-    let (have, have_master) = match fdb(dev) {
-        Ok(x) => x,
-        // The Network reconciler makes it; the next tick fills it.
+    let (have, have_master) = match fdb(dev, &s.bridge) {
+        Ok((have, master, true)) => (have, master),
+        // The Network reconciler makes it and then puts it on the
+        // bridge; the next tick fills it.
+        Ok((_, _, false)) => return Ok(0),
         Err(e) if missing(&e) => return Ok(0),
         Err(e) => return Err(e),
     };
