@@ -7,19 +7,28 @@
 set -euo pipefail
 PIDFILE=/run/zfs-fuse.pid
 SOCKET=/var/run/zfs/zfs_socket
+# Every restart is logged here with its reason, so a test that saw the
+# daemon vanish can say whether `up` restarted it (tests/common/mod.rs).
+RESTARTS=/var/tmp/deorchtest-zfs-fuse-restarts.log
+
+alive() {
+  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+}
 
 # Whether the daemon answers, every check bounded: a wedged zfs-fuse can
 # answer `zpool list` while a dataset's FUSE mount (and every `zfs` command
 # that touches it) hangs for good; seen after a `zfs` command was SIGKILLed
 # mid-mount, and on CI once it failed every later zfs test on a 120 s
 # timeout. SIGKILL ends a process waiting on a FUSE request.
+# answers [SECONDS]: each check bounded by SECONDS (10 by default).
 answers() {
-  timeout -s KILL 10 zpool list >/dev/null 2>&1 || return 1
-  timeout -s KILL 20 zfs list -H -o name >/dev/null 2>&1 || return 1
+  local t="${1:-10}"
+  timeout -s KILL "$t" zpool list >/dev/null 2>&1 || return 1
+  timeout -s KILL "$((2 * t))" zfs list -H -o name >/dev/null 2>&1 || return 1
   local m
   for m in $(awk '$3 == "fuse.zfs" { print $2 }' /proc/self/mounts); do
-    if ! timeout -s KILL 10 stat -f "$m" >/dev/null 2>&1 \
-      || ! timeout -s KILL 10 ls -a "$m" >/dev/null 2>&1; then
+    if ! timeout -s KILL "$t" stat -f "$m" >/dev/null 2>&1 \
+      || ! timeout -s KILL "$t" ls -a "$m" >/dev/null 2>&1; then
       echo "zfs-fuse: $m does not answer" >&2
       return 1
     fi
@@ -44,9 +53,23 @@ stop_daemon() {
 case "${1:-}" in
   up)
     answers && exit 0
-    if [ -f "$PIDFILE" ]; then
-      echo "zfs-fuse $(cat "$PIDFILE") does not answer: restarting it" >&2
+    # A live daemon on a loaded machine (two libvirtds and TCG guests on
+    # two cores) can take more than 10 s to answer; restarting it then
+    # fails every test that uses it at that moment (CI, stop 33). Only a
+    # daemon that stays silent for minutes is wedged.
+    if alive; then
+      for t in 30 60; do
+        sleep 1
+        answers "$t" && exit 0
+      done
     fi
+    why="no daemon"
+    if [ -f "$PIDFILE" ]; then
+      if alive; then why="pid $(cat "$PIDFILE") does not answer within 60 s"
+      else why="pid $(cat "$PIDFILE") has exited"; fi
+      echo "zfs-fuse: $why: restarting it" >&2
+    fi
+    echo "$(date -u +%FT%TZ) $why: restarted by pid $PPID" >> "$RESTARTS"
     # A hung daemon (it happens to zfs-fuse) ignores SIGTERM: escalate.
     if [ -f "$PIDFILE" ]; then stop_daemon "$(cat "$PIDFILE")"; fi
     for m in $(stale_mounts); do umount -l "$m" 2>/dev/null || true; done

@@ -748,7 +748,10 @@ fn start_copy(p: &Pair, name: &str) {
         if st["phase"] == "Copying" && st["progress"]["ramSent"].as_u64().unwrap_or(0) > 0 {
             return;
         }
-        if t.elapsed() > Duration::from_secs(60) {
+        // Failed before the copy began: waiting on is pointless, and the
+        // reason (zfs-fuse went away, once on CI) belongs first.
+        let failed = st["phase"] == "Failed";
+        if failed || t.elapsed() > Duration::from_secs(60) {
             // What CI shows of a failure is its first lines: the two
             // statuses and the relocation lines of both logs come first.
             let lines = |n: &Node| {
@@ -763,7 +766,9 @@ fn start_copy(p: &Pair, name: &str) {
                 l[l.len().saturating_sub(25)..].join("\n")
             };
             panic!(
-                "{name} copying: not within 60s\nsender {}: {st}\nreceiver {}: {}\n{}:\n{}\n{}:\n{}\nlogs:\n{}\n{}",
+                "{name} copying: {}{}\nsender {}: {st}\nreceiver {}: {}\n{}:\n{}\n{}:\n{}\nlogs:\n{}\n{}",
+                if failed { "failed before it began" } else { "not within 60s" },
+                common::zfs_daemon_note(),
                 p.from().name,
                 p.to().name,
                 status(p.to(), "relocation", name),
