@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Node;
-use deorch::api::{Request, Response};
 use deorch::gossip::channel::{Channel, ChannelConfig, ChannelKey};
 use deorch::gossip::trust::{KeySigner, Members, Signer};
 use deorch::gossip::verify::{AcceptAll, MembersOnly};
@@ -37,31 +35,6 @@ fn args(owner: &str, seed: Option<&str>) -> Vec<String> {
 
 fn gossip_address(n: &Node) -> SocketAddr {
     common::gossip_address(n).parse().unwrap()
-}
-
-/// The members `n` last saw up, by ID (from its Satellite's events).
-fn members_up(n: &Node) -> BTreeSet<String> {
-    let Ok(Response::Described { events, .. }) = n.call(&Request::Describe {
-        kind: "satellite".into(),
-        namespace: None,
-        name: n.name.clone(),
-    }) else {
-        return BTreeSet::new();
-    };
-    let mut last: std::collections::BTreeMap<String, String> = Default::default();
-    for e in &events {
-        if let Some(id) = e
-            .message
-            .rsplit_once(" (")
-            .and_then(|(_, r)| r.strip_suffix(')'))
-        {
-            last.insert(id.to_string(), e.reason.clone());
-        }
-    }
-    last.into_iter()
-        .filter(|(_, r)| r == "MemberUp")
-        .map(|(id, _)| id)
-        .collect()
 }
 
 /// Where `vm` runs, by the node that runs it (`status.node` of a
@@ -222,7 +195,7 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
         Duration::from_secs(20),
         || {
             (0..4).all(|i| {
-                let up = members_up(&nodes[i]);
+                let up = common::members_up(&nodes[i]);
                 (0..4).filter(|j| *j != i).all(|j| up.contains(&ids[j]))
             })
         },
@@ -238,10 +211,13 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
     }
     std::thread::sleep(Duration::from_secs(2));
     for (i, n) in nodes.iter().enumerate() {
-        let up = members_up(n);
+        let up = common::members_up(n);
         assert!(!up.contains(&ids[4]), "t{} lists t5 as a member", i + 1);
     }
-    assert!(members_up(&nodes[4]).is_empty(), "t5 joined someone");
+    assert!(
+        common::members_up(&nodes[4]).is_empty(),
+        "t5 joined someone"
+    );
     let refusals = || {
         std::fs::read_to_string(&nodes[0].log)
             .unwrap()
@@ -428,7 +404,7 @@ fn only_admitted_nodes_join_speak_for_themselves_and_leave_when_revoked() {
         SUSPECT + Duration::from_secs(6),
         || {
             keep.iter()
-                .all(|i| !members_up(&nodes[*i]).contains(&ids[v]))
+                .all(|i| !common::members_up(&nodes[*i]).contains(&ids[v]))
         },
     );
     eprintln!(
@@ -476,7 +452,7 @@ fn the_owner_hands_the_cluster_over_and_every_node_follows() {
     b.start();
     common::apply_owner_signed(&b, &old, &common::members_policy(1, &sats, ""));
     wait("h1 and h2 see each other", Duration::from_secs(20), || {
-        members_up(&a).contains(&ib) && members_up(&b).contains(&ia)
+        common::members_up(&a).contains(&ib) && common::members_up(&b).contains(&ia)
     });
 
     // The old owner signs the hand-over (deorch hand-over); the new owner
@@ -553,5 +529,5 @@ fn the_owner_hands_the_cluster_over_and_every_node_follows() {
     assert!(format!("{o}{e}").contains("Denied"), "{o}{e}");
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.record("vm", "by-old").is_none() && b.record("vm", "by-old").is_none());
-    assert!(members_up(&a).contains(&ib) && members_up(&b).contains(&ia));
+    assert!(common::members_up(&a).contains(&ib) && common::members_up(&b).contains(&ia));
 }

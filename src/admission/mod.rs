@@ -532,6 +532,30 @@ impl Admission {
         Ok(satellites_of(&trusted))
     }
 
+    /// The AccessPolicies that count and admit satellites, as the store
+    /// holds them (signed objects, without status): what a joining node
+    /// verifies and takes (`GET /v1/join`).
+    pub fn member_policies(&self) -> Vec<Value> {
+        let Ok((_, trusted)) = self.trusted_now() else {
+            return Vec::new();
+        };
+        trusted
+            .iter()
+            .filter(|p| !p.spec.satellites.is_empty())
+            .filter_map(|p| {
+                let key = ObjectKey::new(
+                    Kind::AccessPolicy,
+                    p.metadata.namespace.as_deref(),
+                    p.metadata.name.as_deref()?,
+                );
+                self.store
+                    .get(&key)
+                    .filter(|r| !r.deleted)
+                    .map(|r| r.object)
+            })
+            .collect()
+    }
+
     /// What a session cookie is checked against, from one read of the
     /// policies: the admitted satellites (address → name) and the
     /// fingerprints of revoked sessions.

@@ -644,6 +644,15 @@ pub enum NodeCommand {
         #[arg(long, env = "DEORCH_CLUSTER_OWNER")]
         cluster_owner: Option<String>,
     },
+    /// Join a cluster through any member's HTTP API: fetch the cluster's
+    /// identity, ask for admission, wait for the owner's approval, then
+    /// run the node (docs/SIGNING.md, "Joining").
+    Join(Box<crate::node::join::JoinArgs>),
+    /// Admit a node that asked to join: the owner signs the next
+    /// generation of the members policy with it.
+    Approve(crate::node::join::ApproveArgs),
+    /// The join requests waiting for the owner.
+    Requests(crate::node::join::RequestsArgs),
     /// Move every VM off a node (for maintenance): one automatic
     /// Relocation per VM it runs; the radar picks each receiver by the
     /// VM's own placement.
@@ -709,6 +718,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::RecoverStore { state_dir },
         } => recover_store(&state_dir),
+        Command::Node {
+            command: NodeCommand::Join(args),
+        } => node::join::join(*args),
+        Command::Node {
+            command: NodeCommand::Approve(args),
+        } => node::join::approve(args),
+        Command::Node {
+            command: NodeCommand::Requests(args),
+        } => node::join::requests(args),
         Command::Node {
             command: NodeCommand::Drain(args),
         } => relocate::drain(args),

@@ -37,6 +37,7 @@ pub mod command;
 pub mod conn;
 pub mod console_page;
 pub mod health;
+pub mod join;
 pub mod page;
 pub mod tls;
 pub mod ws;
@@ -120,6 +121,8 @@ pub struct HttpApi {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     /// What `/readyz` checks, once the node has started ([`health`]).
     ready: std::sync::OnceLock<health::ReadyChecks>,
+    /// Join requests and what joiners are told ([`join`]).
+    join: join::JoinDesk,
     login_ttl: u64,
     session_ttl: u64,
 }
@@ -185,6 +188,7 @@ impl HttpApi {
             radar: std::sync::OnceLock::new(),
             metrics: std::sync::OnceLock::new(),
             ready: std::sync::OnceLock::new(),
+            join: join::JoinDesk::default(),
             adopted: Mutex::new(UsedTokens::default()),
             cluster,
             node_key: settings.node_key,
@@ -228,6 +232,16 @@ impl HttpApi {
         radar: tokio::sync::watch::Receiver<Vec<crate::node::cluster::RadarNode>>,
     ) {
         let _ = self.radar.set(radar);
+    }
+
+    /// Take join requests (kept in `file`) and tell joiners the gossip
+    /// addresses `seeds` returns (once; the node does it with gossip on).
+    pub fn set_join(
+        &self,
+        file: std::path::PathBuf,
+        seeds: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    ) {
+        self.join.set(file, seeds);
     }
 
     /// Serve `metrics` on `GET /metrics` (once; the node does it).
@@ -285,6 +299,7 @@ impl HttpApi {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/v1/cluster", get(cluster_info))
+            .route("/v1/join", get(join::info).post(join::request))
             .route("/metrics", get(crate::metrics::scrape))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))

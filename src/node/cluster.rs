@@ -80,6 +80,9 @@ pub struct ClusterPlacement {
     /// Other live nodes' gossip IPv4 addresses by name (the fabric's
     /// underlay).
     underlay: Mutex<BTreeMap<String, std::net::Ipv4Addr>>,
+    /// Other live members' gossip addresses (what a joining node is told
+    /// to join through, `GET /v1/join`).
+    gossip_peers: Mutex<Vec<std::net::SocketAddr>>,
     changes: broadcast::Sender<ObjectKey>,
     /// Copies from peers, for the relocation agent (which owns the
     /// tunnels).
@@ -115,6 +118,7 @@ impl ClusterPlacement {
             elected: Mutex::new(BTreeMap::new()),
             running_on: Mutex::new(BTreeMap::new()),
             underlay: Mutex::new(BTreeMap::new()),
+            gossip_peers: Mutex::new(Vec::new()),
             changes: broadcast::channel(1024).0,
             relocation_failures: Mutex::new(BTreeMap::new()),
             holders: Mutex::new(BTreeMap::new()),
@@ -495,6 +499,25 @@ impl Cluster {
         if base.len() <= crate::gossip::wire::MAX_STATUS_PAGE {
             self.page = base;
         }
+    }
+
+    /// The gossip addresses to join this cluster through: this node's (its
+    /// IP left unspecified when it listens on all) and every other live
+    /// member's, as the gossip task last saw them.
+    pub fn join_seeds(&self) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
+        let me = self.transport.local_addr();
+        let placement = self.placement.clone();
+        Arc::new(move || {
+            let peers = placement
+                .gossip_peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            std::iter::once(me)
+                .chain(peers)
+                .map(|a| a.to_string())
+                .collect()
+        })
     }
 
     /// The live members, as the page's `nodes` lists them.
@@ -1302,16 +1325,25 @@ impl Task {
             }
         }
         // Before the VMs' changes go out: the fabric reads where they run.
-        let underlay: BTreeMap<String, std::net::Ipv4Addr> = self
+        let peers: Vec<(NodeId, std::net::SocketAddr)> = self
             .node
             .alive_members()
             .into_iter()
             .filter(|id| *id != self.me)
-            .filter_map(|id| match self.node.member_addr(&id)?.ip() {
-                std::net::IpAddr::V4(ip) => Some((self.label(&id), ip)),
+            .filter_map(|id| Some((id.clone(), self.node.member_addr(&id)?)))
+            .collect();
+        let underlay: BTreeMap<String, std::net::Ipv4Addr> = peers
+            .iter()
+            .filter_map(|(id, a)| match a.ip() {
+                std::net::IpAddr::V4(ip) => Some((self.label(id), ip)),
                 std::net::IpAddr::V6(_) => None,
             })
             .collect();
+        *self
+            .placement
+            .gossip_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = peers.into_iter().map(|(_, a)| a).collect();
         *self
             .placement
             .underlay

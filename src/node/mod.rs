@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod join;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +218,7 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     metrics.set_admission(admission.clone());
     admission.set_metrics(metrics.clone());
     register_satellite(&admission, &config)?;
+    join::apply_approval(&admission, &config.state_dir);
 
     // Before the socket exists: the first request must not pay for it.
     tokio::task::spawn_blocking(crate::manifest::schema_check::warm_up)
@@ -300,6 +302,12 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
             c.set_page(&url);
             api.set_radar(c.radar());
         }
+        api.set_join(
+            config.state_dir.join("join-requests.json"),
+            cluster
+                .as_ref()
+                .map_or_else(|| Arc::new(Vec::new) as _, |c| c.join_seeds()),
+        );
         facts.http_url = Some(url);
         api.set_consoles(hypervisor.clone());
         api.set_metrics(metrics.clone());

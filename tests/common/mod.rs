@@ -32,6 +32,9 @@ pub struct Node {
     pub name: String,
     /// How long one local API call may take.
     pub call_timeout: Duration,
+    /// The deorch command that runs the node (`node run`; `node join URL`
+    /// for a machine joining a cluster).
+    pub subcommand: Vec<String>,
 }
 
 /// Run a command (program and arguments) that must succeed.
@@ -98,11 +101,19 @@ impl Node {
                 "fake".into(),
             ],
             wrap: Vec::new(),
+            subcommand: vec!["node".into(), "run".into()],
         }
     }
 
     /// Start the process and wait until its API answers.
     pub fn start(&mut self) {
+        self.spawn();
+        self.wait_up(Duration::from_secs(20));
+    }
+
+    /// Start the process (its API may take long to come: a joining node
+    /// waits for the owner first).
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -117,7 +128,8 @@ impl Node {
             None => Command::new(env!("CARGO_BIN_EXE_deorch")),
         };
         let child = cmd
-            .args(["node", "run", "--name", &self.name])
+            .args(&self.subcommand)
+            .args(["--name", &self.name])
             .args(&self.extra_args)
             .arg("--manifests")
             .arg(&self.manifests)
@@ -147,7 +159,11 @@ impl Node {
             .spawn()
             .expect("spawn deorch node");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Wait until the API of the process [`Node::spawn`] started answers.
+    pub fn wait_up(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Response::Info(_)) = self.call(&Request::Info) {
                 return;
@@ -480,8 +496,24 @@ pub fn zfs_daemon_note() -> String {
         .args(["-s", "KILL", "10", "zpool", "list"])
         .output()
         .is_ok_and(|o| o.status.success());
+    // scripts/zfs-fuse.sh logs every restart it makes: one in the last
+    // ten minutes explains a dataset that vanished mid-test.
+    let log = "/var/tmp/deorchtest-zfs-fuse-restarts.log";
+    let recent = std::fs::metadata(log)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(600));
+    let restarts = if recent {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "\n!!! scripts/zfs-fuse.sh restarted the daemon lately: {} !!!",
+            lines[lines.len().saturating_sub(3)..].join(" | ")
+        )
+    } else {
+        String::new()
+    };
     if answers {
-        return String::new();
+        return restarts;
     }
     let pid = std::fs::read_to_string("/run/zfs-fuse.pid").unwrap_or_default();
     let pid = pid.trim();
@@ -494,7 +526,7 @@ pub fn zfs_daemon_note() -> String {
     };
     format!(
         "\n!!! the zfs-fuse daemon does not answer ({state}): failures above may be its doing; \
-         restart it with scripts/zfs-fuse.sh up !!!"
+         restart it with scripts/zfs-fuse.sh up !!!{restarts}"
     )
 }
 
@@ -793,4 +825,49 @@ pub fn members_policy(generation: u64, satellites: &[(&str, &str)], rules: &str)
 pub fn apply_owner_signed(n: &Node, owner: &deorch::identity::PrivateKey, yaml: &str) {
     let (code, out, err) = n.cli(&["apply", "-f", "-"], Some(&owner_signed_json(owner, yaml)));
     assert_eq!(code, 0, "{}: apply failed: {out}{err}", n.name);
+}
+
+/// The members `n` last saw up, by ID (from its Satellite's events).
+pub fn members_up(n: &Node) -> std::collections::BTreeSet<String> {
+    let Ok(Response::Described { events, .. }) = n.call(&Request::Describe {
+        kind: "satellite".into(),
+        namespace: None,
+        name: n.name.clone(),
+    }) else {
+        return std::collections::BTreeSet::new();
+    };
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    for e in &events {
+        if let Some(id) = e
+            .message
+            .rsplit_once(" (")
+            .and_then(|(_, r)| r.strip_suffix(')'))
+        {
+            last.insert(id.to_string(), e.reason.clone());
+        }
+    }
+    last.into_iter()
+        .filter(|(_, r)| r == "MemberUp")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Run `f` on a thread that joined the network namespace `name` (made by
+/// [`fresh_netns`]): how a test talks to a node inside one.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = Path::new("/run/netns").join(name);
+    std::thread::scope(|s| {
+        let thread = s.spawn(|| {
+            let fd = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        });
+        thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
