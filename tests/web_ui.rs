@@ -30,6 +30,10 @@
 //! - `level2.mjs`: an AccessPolicy asks a real slapd for the user's
 //!   password; the page asks it, shows the node's refusal of a wrong one,
 //!   and logs in with the right one.
+//! - `join.mjs`: a machine asks to join (its request posted by the
+//!   test); `nodes` shows it with an Approve button that writes `approve
+//!   NAME`; Enter signs the members policy's next generation with the
+//!   owner's key in the page and pushes it; the node admits the machine.
 //! - `bench.mjs` (ignored test, on demand): the figures of
 //!   docs/PERFORMANCE.md's web page section, beside noVNC's own page.
 //!
@@ -332,4 +336,83 @@ fn bench_page_figures() {
     }
     let out = run_script("bench.mjs", &node.dir, &vars, Duration::from_secs(1800));
     assert!(out.contains("FIGURES {"), "no figures:\n{out}");
+}
+
+/// A join request approved from the page (`tests/web/join.mjs`): a new
+/// machine's request (signed by its own key, posted here), the owner's
+/// key in the page signs the members policy's next generation, and the
+/// node admits it: the policy in the store lists the machine and carries
+/// the owner's signature.
+#[test]
+fn page_approves_a_join_request_signed_by_the_owners_key() {
+    if !browser_tools() {
+        return;
+    }
+    let owner = fixed_key(0x11);
+    let owner_address = owner.address(AddressType::P2wpkh).unwrap().to_string();
+    let (node, base) = page_node("web-ui-join", &owner, &[]);
+    let node_id = fixed_key(0x22)
+        .address(AddressType::P2wpkh)
+        .unwrap()
+        .to_string();
+    let url = NodeUrl::parse(&node.http_url()).unwrap();
+    common::push_owner_signed(
+        &url,
+        &owner,
+        &common::members_policy(1, &[("web-ui-node", &node_id)], ""),
+    );
+    let joiner = fixed_key(0x44);
+    let joiner_id = joiner.address(AddressType::P2wpkh).unwrap().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let req = deorch::http::join::JoinRequest::signed(
+        &joiner,
+        &owner_address,
+        "sat-new",
+        &joiner_id,
+        now,
+    );
+    let r = deorch::http::client::request(
+        &url,
+        "POST",
+        "/v1/join",
+        Some("application/json"),
+        None,
+        &serde_json::to_vec(&req).unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let shots = repo().join("docs/ui");
+    let started = Instant::now();
+    run_script(
+        "join.mjs",
+        &node.dir,
+        &[
+            ("DEORCH_URL", base.into()),
+            ("DEORCH_WIF", owner.to_wif().into()),
+            ("DEORCH_ADDRESS", owner_address.clone().into()),
+            ("DEORCH_JOINER", "sat-new".into()),
+            ("DEORCH_SHOTS", shots.clone().into()),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_fresh_shots(&shots, &["join.png"], started);
+    let policy = node.record("accesspolicy", "members").unwrap();
+    assert_eq!(policy.generation, 2);
+    assert!(
+        policy.object["spec"]["satellites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "sat-new" && s["address"] == joiner_id.as_str()),
+        "{}",
+        policy.object
+    );
+    assert_eq!(
+        deorch::identity::verify_manifest(&policy.object, &owner_address).unwrap(),
+        owner_address
+    );
 }

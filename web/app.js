@@ -767,8 +767,107 @@ async function ask() {
   state.asking = false;
 }
 
+/**
+ * `approve NODE`: the owner signs the members policy's next generation
+ * here (the key never leaves the page; with a wallet, the text to sign is
+ * shown and the signature pasted back) and pushes it signed; the nodes
+ * check it as any signed document.
+ */
+async function approveSigned(q, plan) {
+  const sign = plan.sign;
+  const key = storedKey();
+  let signer;
+  let signature;
+  if (key) {
+    try {
+      await needCrypto();
+    } catch (e) {
+      return setStatus($('results-status'), 'The page could not load its signing code: ' + e.message, true);
+    }
+    signer = addressOf(key);
+    signature = signMessage(key, sign.payload);
+  } else {
+    const field = $('approve-signature');
+    signature = field ? field.value.replace(/\s+/g, '') : '';
+    signer = state.address;
+    if (!signature) {
+      showWalletApproval(sign.payload);
+      return setStatus($('results-status'), 'Sign the text shown under the plan in the wallet as ' + state.address + ', paste the signature, then press Enter.', true);
+    }
+  }
+  const object = JSON.parse(JSON.stringify(sign.object));
+  object.metadata.annotations = Object.assign({}, object.metadata.annotations, {
+    'deorch.dev/signer': signer,
+    'deorch.dev/signature': signature,
+  });
+  state.running = true;
+  setStatus($('results-status'), 'Applying…');
+  try {
+    const r = await call('POST', '/v1/manifests', object);
+    if (!r.ok) return setStatus($('results-status'), 'Refused: ' + reason(r), true);
+    showApplied(r.body.applied || []);
+    if (state.shown && state.shown.q === q) {
+      state.shown.applied = true;
+      $('plan-changes').textContent = 'Applied';
+    }
+  } catch (e) {
+    setStatus($('results-status'), 'The node did not answer: ' + e.message, true);
+  } finally {
+    state.running = false;
+  }
+}
+
+/** Under the plan: the text a wallet signs to approve, and where its signature goes. */
+function showWalletApproval(payload) {
+  if ($('approve-wallet')) return;
+  $('plan').append(
+    el(
+      'div',
+      { id: 'approve-wallet', className: 'wallet' },
+      el('p', {}, 'Message to sign in the wallet, every character:'),
+      el('pre', {}, el('code', {}, payload)),
+      el('label', { for: 'approve-signature' }, 'Signature'),
+      el('input', { id: 'approve-signature', type: 'text', autocomplete: 'off', spellcheck: 'false' }),
+    ),
+  );
+}
+
+/**
+ * Under `nodes`: the machines asking to join (`GET /v1/join`), each with
+ * a button that writes `approve NAME` in the command line.
+ */
+async function showJoinRequests() {
+  let r;
+  try {
+    r = await call('GET', '/v1/join');
+  } catch {
+    return;
+  }
+  const requests = (r.ok && r.body && r.body.requests) || [];
+  if (!requests.length || !state.shown || state.shown.plan.verb !== 'nodes') return;
+  const now = Date.now() / 1000;
+  $('results').append(
+    ...requests.map((j) =>
+      el(
+        'li',
+        { className: 'card', 'data-kind': 'JoinRequest', 'data-name': j.name },
+        el('h3', {}, el('span', { className: 'kind' }, 'Asks to join'), j.name),
+        el('p', { className: 'detail' }, j.address + ', from ' + j.from + ', ' + Math.max(0, Math.round(now - j.time)) + ' s ago'),
+        el(
+          'div',
+          { className: 'actions', role: 'group', 'aria-label': 'Join request of ' + j.name },
+          el('button', { type: 'button', 'data-approve': j.name, title: 'Writes “approve ' + j.name + '” in the command line' }, 'Approve'),
+        ),
+      ),
+    ),
+  );
+}
+
 /** Run `q` (a plan that changes something) and show what was applied. */
 async function run(q) {
+  if (state.shown && state.shown.q === q && state.shown.plan && state.shown.plan.sign) {
+    return approveSigned(q, state.shown.plan);
+  }
   state.running = true;
   if (state.next) state.next.resolve(null);
   state.next = null;
@@ -826,6 +925,7 @@ function show(text, r, stale) {
   setSuggestions(shown.suggestions);
   updateActions();
   const verb = body.plan && body.plan.verb;
+  if (verb === 'nodes') showJoinRequests();
   if ((verb === 'get' || verb === 'console') && shown.results.length === 1 && shown.results[0].kind === 'VirtualMachine') {
     showVmStatus(shown, shown.results[0]);
     if (verb === 'console') offerConsole(shown.results[0]);
@@ -904,6 +1004,8 @@ function showPlan(plan) {
   manifest.hidden = !plan.manifest;
   $('plan-manifest-text').textContent = plan.manifest || '';
   $('plan').dataset.verb = plan.verb || '';
+  const wallet = $('approve-wallet');
+  if (wallet) wallet.remove();
   $('plan').hidden = false;
 }
 
@@ -1089,6 +1191,8 @@ function setupActions() {
   $('actions').addEventListener('click', onClick);
   $('results').addEventListener('click', (ev) => {
     onClick(ev);
+    const approve = ev.target.closest('button[data-approve]');
+    if (approve) fill('approve ' + approve.dataset.approve);
     // A card's link: shown here (a new history entry), no reload.
     const a = ev.target.closest('a[href^="?q="]');
     if (!a || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return;

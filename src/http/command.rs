@@ -82,6 +82,15 @@ pub async fn command(
             );
         }
     };
+    // `approve NODE`: a join request, which the page signs itself.
+    if let Some(who) = super::join::approve_words(&req.q) {
+        let who = who.to_string();
+        return tokio::task::spawn_blocking(move || super::join::approval(&api, &who, req.run))
+            .await
+            .unwrap_or_else(|e| {
+                refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
+            });
+    }
     let answer = tokio::task::spawn_blocking(move || {
         let records = visible(&api, &session.address, session.level2);
         let (mut v, manifest) = match command::answer(&req.q, &records) {

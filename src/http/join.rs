@@ -397,3 +397,96 @@ mod tests {
             .contains("already"));
     }
 }
+
+/// The join request a command line `approve NAME` names, if it is one
+/// (the web page's approval: [`approval`]).
+pub fn approve_words(q: &str) -> Option<&str> {
+    let mut w = q.split_whitespace();
+    match (w.next(), w.next(), w.next()) {
+        (Some("approve"), Some(who), None) => Some(who),
+        _ => None,
+    }
+}
+
+/// The web page's answer to `approve WHO`: the plan, the request as a
+/// row, and what the page signs (the members policy's next generation
+/// and its signing payload). Nothing is applied here: the page signs in
+/// the browser with the user's key and pushes the signed policy
+/// (`POST /v1/manifests`), which admission checks as any.
+pub fn approval(api: &HttpApi, who: &str, run: bool) -> Response {
+    let bad = |code: &str, msg: String| refuse(StatusCode::BAD_REQUEST, code, msg);
+    if run {
+        return bad(
+            "SignInPage",
+            "an approval is signed with the owner's key: the page signs it and pushes the signed members policy".into(),
+        );
+    }
+    let admitted = api.admission.satellites().unwrap_or_default();
+    let waiting = api.join.current(&admitted);
+    let Some(req) = waiting.iter().find(|r| r.name == who || r.address == who) else {
+        let names: Vec<&str> = waiting.iter().map(|r| r.name.as_str()).collect();
+        return bad(
+            "NotFound",
+            format!(
+                "no node named {} asks to join (waiting: {})",
+                super::bounded(who),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        );
+    };
+    let members = api.admission.member_policies();
+    let policy = match members.as_slice() {
+        [one] => one,
+        [] => {
+            return bad(
+                "NoMembersPolicy",
+                "no AccessPolicy admits satellites yet: sign one listing the first nodes".into(),
+            )
+        }
+        _ => {
+            return bad(
+                "SeveralMembersPolicies",
+                "several AccessPolicies admit satellites: approve with deorch node approve --policy NAME"
+                    .into(),
+            )
+        }
+    };
+    let next = match admit_in(policy, &req.name, &req.address) {
+        Ok(n) => n,
+        Err(e) => return bad("Conflict", e),
+    };
+    let payload = match crate::identity::signing_payload(&next, &api.cluster) {
+        Ok(p) => p,
+        Err(e) => return bad("Internal", e.to_string()),
+    };
+    let policy_name = next["metadata"]["name"].as_str().unwrap_or("members");
+    let generation = next["metadata"]["generation"].clone();
+    let ago = now_secs().saturating_sub(req.time);
+    Json(json!({
+        "plan": {
+            "verb": "approve-node",
+            "summary": format!(
+                "Admit {} ({}) as a member: AccessPolicy/{policy_name} generation {generation}, signed by your key",
+                req.name, req.address
+            ),
+            "cli": format!("deorch node approve {} --node URL --key OWNER.key", req.name),
+            "changes": true,
+            "manifest": serde_saphyr::to_string(&next).unwrap_or_default(),
+            "sign": { "object": next, "payload": payload },
+        },
+        "results": [{
+            "kind": "JoinRequest",
+            "namespace": "",
+            "name": req.name,
+            "detail": format!("asks to join, from {}, {ago} s ago", req.from),
+            "cli": "deorch node requests --node URL",
+            "address": req.address,
+        }],
+        "suggestions": [],
+    }))
+    .into_response()
+}
