@@ -349,55 +349,6 @@ pub fn admit_in(policy: &Value, name: &str, address: &str) -> Result<Value, Stri
     Ok(v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::{AddressType, Network, PrivateKey};
-
-    #[test]
-    fn a_request_is_checked_for_its_signer_cluster_name_and_clock() {
-        let key = PrivateKey::generate(Network::Mainnet);
-        let addr = key.address(AddressType::P2wpkh).unwrap().to_string();
-        let r = JoinRequest::signed(&key, "c1", "sat-c", &addr, 1000);
-        assert_eq!(r.check("c1", 1100), Ok(()));
-        assert!(r.check("c2", 1100).unwrap_err().contains("signature"));
-        assert!(r.check("c1", 2000).unwrap_err().contains("clock"));
-        let other = PrivateKey::generate(Network::Mainnet);
-        let other_addr = other.address(AddressType::P2wpkh).unwrap().to_string();
-        // Asking in another machine's name.
-        let mut forged = JoinRequest::signed(&other, "c1", "sat-c", &other_addr, 1000);
-        forged.address = addr.clone();
-        assert!(forged.check("c1", 1000).unwrap_err().contains("signature"));
-        let bad = JoinRequest::signed(&key, "c1", "Not_A_Label", &addr, 1000);
-        assert!(bad.check("c1", 1000).unwrap_err().contains("name"));
-    }
-
-    #[test]
-    fn approval_adds_the_satellite_at_the_next_generation_unsigned() {
-        let policy = json!({
-            "apiVersion": "deorch.dev/v1alpha1", "kind": "AccessPolicy",
-            "metadata": {"name": "members", "generation": 3, "annotations": {
-                "deorch.dev/signer": "x", "deorch.dev/signature": "y"}},
-            "spec": {"satellites": [{"name": "a", "address": "bc1qa"}], "rules": []},
-            "status": {"x": 1}
-        });
-        let v = admit_in(&policy, "c", "bc1qc").unwrap();
-        assert_eq!(v["metadata"]["generation"], 4);
-        assert!(v["metadata"].get("annotations").is_none());
-        assert!(v.get("status").is_none());
-        assert_eq!(
-            v["spec"]["satellites"][1],
-            json!({"name": "c", "address": "bc1qc"})
-        );
-        assert!(admit_in(&policy, "a", "bc1qz")
-            .unwrap_err()
-            .contains("belongs"));
-        assert!(admit_in(&policy, "z", "bc1qa")
-            .unwrap_err()
-            .contains("already"));
-    }
-}
-
 /// The join request a command line `approve NAME` names, if it is one
 /// (the web page's approval: [`approval`]).
 pub fn approve_words(q: &str) -> Option<&str> {
@@ -489,4 +440,53 @@ pub fn approval(api: &HttpApi, who: &str, run: bool) -> Response {
         "suggestions": [],
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{AddressType, Network, PrivateKey};
+
+    #[test]
+    fn a_request_is_checked_for_its_signer_cluster_name_and_clock() {
+        let key = PrivateKey::generate(Network::Mainnet);
+        let addr = key.address(AddressType::P2wpkh).unwrap().to_string();
+        let r = JoinRequest::signed(&key, "c1", "sat-c", &addr, 1000);
+        assert_eq!(r.check("c1", 1100), Ok(()));
+        assert!(r.check("c2", 1100).unwrap_err().contains("signature"));
+        assert!(r.check("c1", 2000).unwrap_err().contains("clock"));
+        let other = PrivateKey::generate(Network::Mainnet);
+        let other_addr = other.address(AddressType::P2wpkh).unwrap().to_string();
+        // Asking in another machine's name.
+        let mut forged = JoinRequest::signed(&other, "c1", "sat-c", &other_addr, 1000);
+        forged.address = addr.clone();
+        assert!(forged.check("c1", 1000).unwrap_err().contains("signature"));
+        let bad = JoinRequest::signed(&key, "c1", "Not_A_Label", &addr, 1000);
+        assert!(bad.check("c1", 1000).unwrap_err().contains("name"));
+    }
+
+    #[test]
+    fn approval_adds_the_satellite_at_the_next_generation_unsigned() {
+        let policy = json!({
+            "apiVersion": "deorch.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": "members", "generation": 3, "annotations": {
+                "deorch.dev/signer": "x", "deorch.dev/signature": "y"}},
+            "spec": {"satellites": [{"name": "a", "address": "bc1qa"}], "rules": []},
+            "status": {"x": 1}
+        });
+        let v = admit_in(&policy, "c", "bc1qc").unwrap();
+        assert_eq!(v["metadata"]["generation"], 4);
+        assert!(v["metadata"].get("annotations").is_none());
+        assert!(v.get("status").is_none());
+        assert_eq!(
+            v["spec"]["satellites"][1],
+            json!({"name": "c", "address": "bc1qc"})
+        );
+        assert!(admit_in(&policy, "a", "bc1qz")
+            .unwrap_err()
+            .contains("belongs"));
+        assert!(admit_in(&policy, "z", "bc1qa")
+            .unwrap_err()
+            .contains("already"));
+    }
 }
