@@ -1,6 +1,7 @@
 //! The command line's verbs against real nodes: `deorch vm
 //! start|stop|restart|pause|resume`, `deorch logs [-f] [--tail N]`,
-//! `deorch get -w`, `-o json|yaml` on every read command, and the exit
+//! `deorch get -w`, `deorch events -w`, `-o json|yaml` on every read
+//! command (`describe` too), and the exit
 //! codes (0 done, 1 failed, 2 usage, 3 not found, 4 no node).
 //!
 //! One node with the fake drivers checks the verbs' desired-state side,
@@ -183,6 +184,10 @@ fn verbs_watch_formats_and_exit_codes_with_fake_drivers() {
         );
     }
 
+    // `events -w` prints what comes after it started, one JSON document
+    // per event.
+    let events = Streaming::start(&node, &["events", "-w", "-o", "json"]);
+    std::thread::sleep(Duration::from_millis(700));
     // A VM its manifest file declares changes through its file only.
     let (rc, _, err) = node.cli(&["vm", "stop", "owned"], None);
     assert_eq!(rc, 1, "{err}");
@@ -191,6 +196,12 @@ fn verbs_watch_formats_and_exit_codes_with_fake_drivers() {
         "the refusal names the file: {err}"
     );
     assert_eq!(phase(&node, "owned"), "Running");
+    let line = events.until("the refusal as an event", Duration::from_secs(10), |l| {
+        l.contains("owned") && l.contains("Warning")
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "Warning", "{line}");
+    drop(events);
 
     // Deleting it shows in the watch.
     ok(&node, &["delete", "vm", "web"]);
@@ -207,6 +218,7 @@ fn verbs_watch_formats_and_exit_codes_with_fake_drivers() {
         &["get", "vm", "owned", "-o", "json"],
         &["events", "-o", "json"],
         &["events", "vm", "owned", "-o", "json"],
+        &["describe", "vm", "owned", "-o", "json"],
         &["version", "-o", "json"],
         &["volume", "list", "-o", "json"],
         &["replica", "list", "-o", "json"],
@@ -239,6 +251,13 @@ fn verbs_watch_formats_and_exit_codes_with_fake_drivers() {
     assert_eq!(v["kind"], "List");
     assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(v["items"][0]["metadata"]["name"], "owned");
+    let v = json_of(
+        &["describe"],
+        &ok(&node, &["describe", "vm", "owned", "-o", "json"]),
+    );
+    assert_eq!(v["object"]["metadata"]["name"], "owned");
+    assert_eq!(v["object"]["status"]["phase"], "Running");
+    assert!(v["events"].is_array(), "{v}");
     let v = json_of(&["version"], &ok(&node, &["version", "-o", "json"]));
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 

@@ -12,7 +12,7 @@ mod identity;
 mod import;
 mod logs;
 mod man;
-mod output;
+pub(crate) mod output;
 mod relocate;
 mod replica;
 mod vm;
@@ -157,6 +157,10 @@ pub enum Command {
         /// Namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Output format: `table` (the text for people) or `json`/`yaml`
+        /// (`{record, object, events}`).
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -174,6 +178,10 @@ pub enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Then follow: print each new event as it comes (until
+        /// interrupted).
+        #[arg(short, long)]
+        watch: bool,
         /// Client flags.
         #[command(flatten)]
         client: ClientArgs,
@@ -984,6 +992,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             name,
             namespace,
+            output,
             client,
         } => match client::call(
             &client.socket,
@@ -996,7 +1005,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )? {
             Response::Described { record, events } => {
                 let stdout = std::io::stdout();
-                output::describe(&mut stdout.lock(), &record, &events)?;
+                match output {
+                    OutputFormat::Table => output::describe(&mut stdout.lock(), &record, &events)?,
+                    format => output::value(
+                        &mut stdout.lock(),
+                        &output::described(&record, &events),
+                        format,
+                    )?,
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
@@ -1007,24 +1023,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             namespace,
             output,
+            watch,
             client,
-        } => match client::call(
-            &client.socket,
-            &Request::Events {
-                kind,
-                namespace,
-                name,
-            },
-            CALL_TIMEOUT,
-        )? {
-            Response::Events { events } => {
-                let stdout = std::io::stdout();
-                output::events(&mut stdout.lock(), &events, output)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Response::Error { code, message } => Ok(exit::node_error(&code, &message)),
-            other => unexpected(other),
-        },
+        } => events_cmd(kind, name, namespace, output, watch, &client),
         Command::Version { output } if output != OutputFormat::Table => {
             output::value(
                 &mut std::io::stdout().lock(),
@@ -1692,5 +1693,93 @@ fn read_input(file: &str) -> anyhow::Result<(String, String)> {
     } else {
         let s = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         Ok((file.to_string(), s))
+    }
+}
+
+/// A spinner with the elapsed time and a message, on standard error when
+/// it is a terminal (nothing is drawn into a pipe or a file): the long
+/// waits of the power verbs and replicas.
+pub(crate) fn spinner() -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+/// `deorch events [-w]`: the events, then (with `-w`) each new one as the
+/// node records it, polled every 500 ms (an event is new when the node's
+/// list has it after the last one printed), until interrupted or until
+/// the reader of the output goes away.
+fn events_cmd(
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    format: OutputFormat,
+    watch: bool,
+    client: &ClientArgs,
+) -> anyhow::Result<ExitCode> {
+    let fetch = || {
+        client::call(
+            &client.socket,
+            &Request::Events {
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+            CALL_TIMEOUT,
+        )
+    };
+    let stdout = std::io::stdout();
+    let mut last: Option<crate::store::Event> = None;
+    let mut first = true;
+    loop {
+        let events = match fetch()? {
+            Response::Events { events } => events,
+            Response::Error { code, message } => return Ok(exit::node_error(&code, &message)),
+            other => return unexpected(other),
+        };
+        // What follows the last one printed (events are kept oldest first
+        // and bounded: when it has gone, everything is new).
+        let from = last
+            .as_ref()
+            .and_then(|l| events.iter().rposition(|e| e == l))
+            .map_or(0, |i| i + 1);
+        let fresh = &events[from..];
+        if first || !fresh.is_empty() {
+            let mut out = stdout.lock();
+            let written = if watch && format != OutputFormat::Table {
+                // One document per event, as `get -w` prints changes.
+                fresh.iter().try_for_each(|e| match format {
+                    OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(e)?),
+                    _ => write!(
+                        out,
+                        "---\n{}",
+                        serde_saphyr::to_string(e).map_err(std::io::Error::other)?
+                    ),
+                })
+            } else if watch && !first {
+                output::event_lines(&mut out, fresh, "")
+            } else {
+                output::events(&mut out, fresh, format)
+            };
+            match written.and_then(|()| std::io::Write::flush(&mut out)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(e) = events.last() {
+            last = Some(e.clone());
+        }
+        first = false;
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

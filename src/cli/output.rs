@@ -309,6 +309,22 @@ pub fn describe(out: &mut dyn Write, r: &Record, events: &[Event]) -> io::Result
     event_lines(out, events, "  ")
 }
 
+/// `deorch describe -o json|yaml`: the record's facts, the whole object
+/// (status included) and its events.
+pub fn described(r: &Record, events: &[Event]) -> Value {
+    serde_json::json!({
+        "kind": r.key.kind.to_string(),
+        "namespace": r.key.namespace,
+        "name": r.key.name,
+        "generation": r.generation,
+        "source": r.source.0,
+        "hash": r.hash,
+        "updatedMs": r.updated_ms,
+        "object": full_object(r),
+        "events": events,
+    })
+}
+
 /// `deorch events`: oldest first, each with its object and source.
 pub fn events(out: &mut dyn Write, events: &[Event], format: OutputFormat) -> io::Result<()> {
     match format {
@@ -328,7 +344,7 @@ pub fn events(out: &mut dyn Write, events: &[Event], format: OutputFormat) -> io
 
 /// One line per event (level, reason, age, object, source), its message
 /// indented below.
-fn event_lines(out: &mut dyn Write, events: &[Event], indent: &str) -> io::Result<()> {
+pub fn event_lines(out: &mut dyn Write, events: &[Event], indent: &str) -> io::Result<()> {
     if events.is_empty() {
         writeln!(out, "{indent}<none>")?;
     }

@@ -181,13 +181,22 @@ fn wait(
 ) -> anyhow::Result<Value> {
     let deadline = Instant::now() + WAIT;
     let mut pause = Duration::from_millis(5);
+    // On a terminal only (indicatif draws nothing into a pipe or file).
+    let bar = super::spinner();
     loop {
         let r = get_one(client, kind, ns, name)?;
         let status = r.status.clone().unwrap_or(Value::Null);
         if done(&status) {
+            bar.finish_and_clear();
             return Ok(status);
         }
+        bar.set_message(format!(
+            "{kind} {ns}/{name}: {}",
+            status["phase"].as_str().unwrap_or("asked")
+        ));
+        bar.tick();
         if Instant::now() > deadline {
+            bar.abandon();
             let why = status
                 .get("conditions")
                 .and_then(Value::as_array)

@@ -291,12 +291,7 @@ fn wait(
     generation: i64,
     power: &str,
 ) -> anyhow::Result<Result<Record, ExitCode>> {
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
-            .expect("a valid template"),
-    );
+    let bar = super::spinner();
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {

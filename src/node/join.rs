@@ -97,9 +97,9 @@ pub struct RequestsArgs {
     /// Any member's HTTP API (`https://HOST:PORT#sha256=PIN`).
     #[arg(long, env = "DEORCH_NODE")]
     pub node: String,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format: table, json or yaml.
+    #[arg(short, long, value_enum, default_value_t = crate::cli::OutputFormat::Table)]
+    pub output: crate::cli::OutputFormat,
 }
 
 fn get_join(url: &NodeUrl) -> anyhow::Result<Value> {
@@ -513,8 +513,8 @@ pub fn requests(args: RequestsArgs) -> anyhow::Result<ExitCode> {
     let url = NodeUrl::parse(&args.node)?;
     let info = get_join(&url)?;
     let requests = info["requests"].as_array().cloned().unwrap_or_default();
-    if args.json {
-        println!("{}", json!(requests));
+    if args.output != crate::cli::OutputFormat::Table {
+        crate::cli::output::value(&mut std::io::stdout().lock(), &json!(requests), args.output)?;
         return Ok(ExitCode::SUCCESS);
     }
     if requests.is_empty() {
