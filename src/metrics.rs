@@ -324,13 +324,14 @@ impl Metrics {
                 .and_then(|h| h.vms_dir())
                 .map(vm_processes),
             dhcp,
-            fastr: self
-                .placement
-                .get()
-                .map(|p| fastr_lag(&self.store, p.as_ref(), crate::clock::now_ms()))
-                .unwrap_or_default(),
+            fastr: Vec::new(),
+            fastr_rpo: Vec::new(),
             gossip: *self.gossip.lock().unwrap_or_else(|p| p.into_inner()),
         };
+        let mut now = now;
+        if let Some(p) = self.placement.get() {
+            (now.fastr, now.fastr_rpo) = fastr_lag(&self.store, p.as_ref(), crate::clock::now_ms());
+        }
         let mut out = String::with_capacity(16 << 10);
         let mut scraped = Registry::with_prefix(PREFIX);
         scraped.register_collector(Box::new(now));
@@ -353,6 +354,7 @@ struct Scrape {
     vms: Option<Vec<VmProcess>>,
     dhcp: Vec<(String, CountersSnapshot)>,
     fastr: Vec<FastrLag>,
+    fastr_rpo: Vec<FastrRpo>,
     gossip: Option<GossipFigures>,
 }
 
@@ -376,6 +378,17 @@ struct FastrLag {
     name: String,
     holder: String,
     seconds: f64,
+}
+
+/// A FASTR policy's recovery point target and whether it is missed now
+/// (the VM's `FastrCopies` condition says `RpoExceeded` or
+/// `CopyFailing`): the series an alert rule watches.
+#[derive(Debug)]
+struct FastrRpo {
+    namespace: String,
+    name: String,
+    target_seconds: f64,
+    exceeded: bool,
 }
 
 /// Live objects by kind and status phase (`None`: no phase yet or a kind
@@ -459,14 +472,47 @@ fn process_figures(pid: u32) -> Option<(u64, i64)> {
     Some((utime + stime, rss_kib * 1024))
 }
 
-/// The age of the newest point of each FASTR copy of the VMs in `store`.
-fn fastr_lag(store: &Store, placement: &dyn Placement, now_ms: u64) -> Vec<FastrLag> {
+/// The age of the newest point of each FASTR copy of the VMs in `store`,
+/// and each policy's target and whether it is missed.
+fn fastr_lag(
+    store: &Store,
+    placement: &dyn Placement,
+    now_ms: u64,
+) -> (Vec<FastrLag>, Vec<FastrRpo>) {
     let mut out = Vec::new();
+    let mut rpo = Vec::new();
     for r in store.list_shared() {
         if r.key.kind != Kind::VirtualMachine {
             continue;
         }
-        for copy in placement.fastr(&r.key).unwrap_or_default() {
+        let copies = placement.fastr(&r.key).unwrap_or_default();
+        let policy = r
+            .object
+            .pointer("/spec/fastr")
+            .and_then(|f| serde_json::from_value::<crate::model::vm::Fastr>(f.clone()).ok());
+        if let Some(f) = &policy {
+            // Ages as of now, not as of the last status write.
+            let aged: Vec<crate::model::FastrCopy> = copies
+                .iter()
+                .cloned()
+                .map(|mut c| {
+                    c.age_ms = c
+                        .point
+                        .as_deref()
+                        .and_then(crate::relocate::agent::fastr::point_ms)
+                        .map(|p| now_ms.saturating_sub(p));
+                    c
+                })
+                .collect();
+            let (_, reason, _) = crate::reconcile::vm::fastr_condition(&aged, f);
+            rpo.push(FastrRpo {
+                namespace: r.key.namespace.clone(),
+                name: r.key.name.clone(),
+                target_seconds: crate::reconcile::vm::rpo_target(f).as_secs_f64(),
+                exceeded: matches!(reason, "RpoExceeded" | "CopyFailing"),
+            });
+        }
+        for copy in copies {
             let Some(point_ms) = copy
                 .point
                 .as_deref()
@@ -483,7 +529,7 @@ fn fastr_lag(store: &Store, placement: &dyn Placement, now_ms: u64) -> Vec<Fastr
             });
         }
     }
-    out
+    (out, rpo)
 }
 
 /// One metric family: its descriptor, then each series.
@@ -640,6 +686,27 @@ impl Collector for Scrape {
                         ConstGauge::new(f.seconds),
                     )
                 }),
+            )?;
+        }
+        if !self.fastr_rpo.is_empty() {
+            let vm = |f: &FastrRpo| [("namespace", f.namespace.clone()), ("name", f.name.clone())];
+            family(
+                &mut e,
+                "fastr_rpo_target_seconds",
+                "The recovery point a VM's FASTR policy promises (three intervals, at least 3 s).",
+                MetricType::Gauge,
+                self.fastr_rpo
+                    .iter()
+                    .map(|f| (vm(f), ConstGauge::new(f.target_seconds))),
+            )?;
+            family(
+                &mut e,
+                "fastr_rpo_exceeded",
+                "1 while a VM's FASTR copies miss its recovery point (a copy older than the target, or failing), else 0: alert on it.",
+                MetricType::Gauge,
+                self.fastr_rpo
+                    .iter()
+                    .map(|f| (vm(f), ConstGauge::new(i64::from(f.exceeded)))),
             )?;
         }
         if let Some(g) = &self.gossip {
@@ -802,6 +869,55 @@ mod tests {
             .parse()
             .unwrap();
         assert!((90.0..100.0).contains(&lag), "{lag}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The alert series: a VM's FASTR target, and whether its copies miss
+    /// it now (the same judge as the VM's `RpoExceeded` condition).
+    #[test]
+    fn a_fastr_copy_older_than_three_intervals_raises_the_rpo_alert_series() {
+        let dir = std::env::temp_dir().join(format!("deorch-metrics-rpo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("s.redb")).unwrap());
+        let yaml = "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: f1}\nspec:\n  cpu: 1\n  memory: 64Mi\n  fastr: {copies: 1, interval: 5s}\n";
+        let parsed = crate::manifest::parse_str(std::path::Path::new("f1.yaml"), yaml);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        store
+            .apply(&parsed.documents[0].object, &SourceId("api".into()))
+            .unwrap();
+        let m = Metrics::new(store, Vec::new());
+        let series = |m: &Metrics, name: &str| -> String {
+            let text = m.render_with(Vec::new());
+            let prefix = format!("deorch_{name}{{namespace=\"default\",name=\"f1\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+        };
+        // A point 90 s old against a 15 s target.
+        m.set_placement(Arc::new(OneCopy(crate::clock::now_ms())));
+        assert_eq!(series(&m, "fastr_rpo_target_seconds"), "15.0");
+        assert_eq!(series(&m, "fastr_rpo_exceeded"), "1");
+        // A point 1 s old: within it.
+        let m2 = Metrics::new(m.store.clone(), Vec::new());
+        m2.set_placement(Arc::new(OneCopy(crate::clock::now_ms() + 89_000)));
+        assert_eq!(series(&m2, "fastr_rpo_exceeded"), "0");
+        // The example alert rules use only names a node serves.
+        let text = m.render_with(Vec::new());
+        let rules = include_str!("../docs/prometheus-alerts.yaml");
+        let mut used = 0;
+        for (at, _) in rules.match_indices("deorch_") {
+            let name: String = rules[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(&format!("{name}{{"))),
+                "docs/prometheus-alerts.yaml uses {name}, which the node does not serve:\n{text}"
+            );
+            used += 1;
+        }
+        assert!(used >= 3, "{used}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -49,7 +49,7 @@ pub use resolve::{
     decide, disk_names, effective_disks, for_deletion, is_auto, is_mine, resolve, vm_disk_names,
     Decision, Desired, DesiredDisk, Site, SourceVm, SuitCopy, Tap, VolumeSource, SPACESUIT_DISK,
 };
-pub use status::walk;
+pub use status::{fastr_condition, rpo_target, walk};
 
 use std::collections::BTreeMap;
 

@@ -326,6 +326,17 @@ mod tests {
 /// The condition that says whether a VM's FASTR copies are current.
 pub const FASTR_CONDITION: &str = "FastrCopies";
 
+/// The recovery point a FASTR policy promises: three intervals (at least
+/// 3 s). A copy older than this raises `RpoExceeded` (the condition
+/// below, and `deorch_fastr_rpo_exceeded` on `/metrics`).
+pub fn rpo_target(f: &crate::model::vm::Fastr) -> std::time::Duration {
+    let interval = f
+        .interval
+        .map(|d| d.0)
+        .unwrap_or(crate::relocate::agent::fastr::DEFAULT_INTERVAL);
+    (interval * 3).max(std::time::Duration::from_secs(3))
+}
+
 /// Whether the copies `copies` meet policy `f`: as many as it asks for,
 /// none failing, each point at most three intervals old (at least 3 s):
 /// (ok, reason, message).
@@ -333,12 +344,7 @@ pub fn fastr_condition(
     copies: &[crate::model::FastrCopy],
     f: &crate::model::vm::Fastr,
 ) -> (bool, &'static str, String) {
-    let interval = f
-        .interval
-        .map(|d| d.0)
-        .unwrap_or(crate::relocate::agent::fastr::DEFAULT_INTERVAL);
-    let limit = (interval * 3).max(std::time::Duration::from_secs(3));
-    let limit_ms = limit.as_millis() as u64;
+    let limit_ms = rpo_target(f).as_millis() as u64;
     if let Some(c) = copies.iter().find(|c| c.error.is_some()) {
         return (
             false,
