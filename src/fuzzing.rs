@@ -292,6 +292,36 @@ pub fn login(data: &[u8]) {
     }
 }
 
+/// A join request body (`POST /v1/join`) as the node parses and checks
+/// it: arbitrary bytes never pass the check, and one that parses checks
+/// without panicking whatever its fields hold.
+pub fn join_request(data: &[u8]) {
+    use crate::http::join::JoinRequest;
+    if let Ok(r) = serde_json::from_slice::<JoinRequest>(data) {
+        let _ = r.check("C", r.time);
+        assert!(
+            r.check("C", 1_000).is_err() || r.time.abs_diff(1_000) <= 300,
+            "a request far from the clock passed"
+        );
+    }
+}
+
+/// A valid join request body, to mutate.
+pub fn sample_join_request() -> Vec<u8> {
+    let key = crate::identity::PrivateKey::from_bytes(
+        &[7; 32],
+        true,
+        crate::identity::Network::Mainnet,
+    )
+    .expect("a key");
+    let address = key
+        .address(crate::identity::AddressType::P2wpkh)
+        .expect("an address")
+        .to_string();
+    let r = crate::http::join::JoinRequest::signed(&key, "C", "sat-new", &address, 1_000);
+    serde_json::to_vec(&r).expect("JSON")
+}
+
 /// An address, a signature and a message (NUL separated) through
 /// `identity::verify`: parsing never panics, and a parsed address prints
 /// back to an address that parses to itself.

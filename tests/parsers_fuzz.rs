@@ -31,6 +31,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             b"create vm web2 from web1 on city=frankfurt performance=high".to_vec(),
         ),
         ("websocket", fuzzing::sample_websocket()),
+        ("join_request", fuzzing::sample_join_request()),
     ]
 }
 
@@ -46,11 +47,12 @@ fn run(target: &str, data: &[u8]) {
         "relocate_fetch" => fuzzing::relocate_fetch(data),
         "command" => fuzzing::command(data),
         "websocket" => fuzzing::websocket(data),
+        "join_request" => fuzzing::join_request(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 10] = [
+const TARGETS: [&str; 11] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
@@ -61,19 +63,20 @@ const TARGETS: [&str; 10] = [
     "relocate_fetch",
     "command",
     "websocket",
+    "join_request",
 ];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn random_bytes(target in 0..10usize, data in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bytes(target in 0..TARGETS.len(), data in proptest::collection::vec(any::<u8>(), 0..600)) {
         run(TARGETS[target], &data);
     }
 
     #[test]
     fn mutated_valid_inputs(
-        which in 0..10usize,
+        which in 0..TARGETS.len(),
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..8),
     ) {
         let (target, mut data) = seeds().swap_remove(which);
