@@ -308,12 +308,9 @@ pub fn join_request(data: &[u8]) {
 
 /// A valid join request body, to mutate.
 pub fn sample_join_request() -> Vec<u8> {
-    let key = crate::identity::PrivateKey::from_bytes(
-        &[7; 32],
-        true,
-        crate::identity::Network::Mainnet,
-    )
-    .expect("a key");
+    let key =
+        crate::identity::PrivateKey::from_bytes(&[7; 32], true, crate::identity::Network::Mainnet)
+            .expect("a key");
     let address = key
         .address(crate::identity::AddressType::P2wpkh)
         .expect("an address")
