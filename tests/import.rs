@@ -1,9 +1,11 @@
 //! `deorch import` against the real `qemu-img`: a raw disk of known data,
 //! converted by qemu-img into every format the import reads, comes out of
 //! the import byte for byte; an OVA built here (OVF, manifest, two
-//! streamOptimized disks) gives a Spacesuit with its CPUs, memory, disks
-//! and NICs; damaged or foreign input is refused with its name; and an
-//! imported Spacesuit gives a real node's VM its disk.
+//! streamOptimized disks, two NICs) gives one Spacesuit holding its CPUs,
+//! memory, both disks and both NICs; damaged or foreign input is refused
+//! with its name; an imported Spacesuit gives a real node's VM its disk;
+//! and a VM made from a Spacesuit with two imported disks and a NIC gets
+//! both disks as its own volumes and the NIC, in a real QEMU.
 
 mod common;
 
@@ -404,15 +406,32 @@ fn an_ova_gives_a_spacesuit_with_its_cpus_memory_disks_and_nics() {
     assert_eq!(code, 0, "{vout}{verr}");
 
     let suits = spacesuits(&text);
-    assert_eq!(suits.len(), 2, "one spacesuit per disk:\n{text}");
-    let (app, disk2) = (&suits[0], &suits[1]);
+    assert_eq!(suits.len(), 1, "one spacesuit holds the appliance:\n{text}");
+    let app = &suits[0];
     assert_eq!(app.metadata.name.as_deref(), Some("app"));
     assert_eq!(app.metadata.namespace.as_deref(), Some("shop"));
-    assert_eq!(disk2.metadata.name.as_deref(), Some("app-disk2"));
     assert_eq!(app.spec.cpu, Some(Cpu(2000)), "2 CPUs from the OVF");
     assert_eq!(app.spec.memory, Some(Quantity(512 << 20)), "512 MiB");
-    for (suit, want, member) in [(app, &d1, "app-disk1.vmdk"), (disk2, &d2, "app-disk2.vmdk")] {
-        let img = suit.spec.source.as_ref().unwrap().image.clone().unwrap();
+    // Both disks: the first as spec.source, the second in spec.disks, each
+    // on the bus of its OVF controller, their bytes those of the disks.
+    let source = app.spec.source.clone().unwrap();
+    let bus = |b: Option<deorch::model::vm::DiskBus>| {
+        b.map(|b| {
+            serde_json::to_value(b)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    assert_eq!(bus(source.bus).as_deref(), Some("scsi"), "SCSI lsilogic");
+    assert_eq!(app.spec.disks.len(), 1, "{text}");
+    assert_eq!(app.spec.disks[0].name, "disk2");
+    assert_eq!(bus(app.spec.disks[0].bus).as_deref(), Some("sata"), "AHCI");
+    for (img, want, member) in [
+        (source.image.clone().unwrap(), &d1, "app-disk1.vmdk"),
+        (app.spec.disks[0].image.clone(), &d2, "app-disk2.vmdk"),
+    ] {
         assert!(
             img.path.starts_with(images.to_str().unwrap()),
             "{}",
@@ -424,59 +443,23 @@ fn an_ova_gives_a_spacesuit_with_its_cpus_memory_disks_and_nics() {
             want,
             member,
         );
-        let source = &suit.metadata.annotations.as_ref().unwrap()["import.deorch.dev/source"];
-        assert!(
-            source.ends_with(&format!("app.ova:{member} (vmdk streamOptimized)")),
-            "{source}"
-        );
     }
-    // The OVF's disks and NICs, as the annotations list them.
     let notes = app.metadata.annotations.as_ref().unwrap();
-    let disks = &notes["import.deorch.dev/disks"];
+    let source_note = &notes["import.deorch.dev/source"];
     assert!(
-        disks.contains("root: OVF disk \"vmdisk1\" on SCSI lsilogic, 8Mi -> spacesuit app;")
-            && disks.contains("disk2: OVF disk \"vmdisk2\" on storage vmware.sata.ahci, 4Mi -> spacesuit app-disk2"),
-        "{disks}"
+        source_note.contains("root: ")
+            && source_note.contains("app.ova:app-disk1.vmdk (vmdk streamOptimized); disk2: ")
+            && source_note.ends_with("app.ova:app-disk2.vmdk (vmdk streamOptimized)"),
+        "{source_note}"
     );
-    let nics = &notes["import.deorch.dev/nics"];
     assert!(
-        nics.contains("nic0: e1000 on OVF network \"VM Network\", mac 00:50:56:ab:cd:01")
-            && nics.contains("nic1: virtio (was VmxNet3) on OVF network \"Backend\""),
-        "{nics}"
+        !notes.contains_key("import.deorch.dev/disks"),
+        "every disk is in the spec: {notes:?}"
     );
-    // ... and in the VM left as a comment, which validates once uncommented.
-    let vm = commented_vm(&text);
-    assert_eq!(vm.spec.spacesuit.as_deref(), Some("app"));
-    let ds: Vec<(String, Option<String>, Option<String>)> = vm
-        .spec
-        .disks
-        .iter()
-        .map(|d| {
-            (
-                d.name.clone(),
-                d.source.spacesuit.clone(),
-                d.bus.map(|b| {
-                    serde_json::to_value(b)
-                        .unwrap()
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                }),
-            )
-        })
-        .collect();
-    assert_eq!(
-        ds,
-        [
-            ("root".into(), Some("app".into()), Some("scsi".into())),
-            (
-                "disk2".into(),
-                Some("app-disk2".into()),
-                Some("sata".into())
-            ),
-        ]
-    );
-    let ns: Vec<(String, String, Option<String>, Option<String>)> = vm
+    // Both NICs in spec.nics: networks named as the OVF's made DNS labels,
+    // the emulated card kept, VMware's vmxnet3 as virtio; only what the
+    // spec cannot hold (a fixed MAC, the original names) in the notes.
+    let ns: Vec<(String, String, Option<String>, Option<String>)> = app
         .spec
         .nics
         .iter()
@@ -496,11 +479,20 @@ fn an_ova_gives_a_spacesuit_with_its_cpus_memory_disks_and_nics() {
                 "nic0".into(),
                 "vm-network".into(),
                 Some("e1000".into()),
-                Some("00:50:56:ab:cd:01".into())
+                None
             ),
             ("nic1".into(), "backend".into(), None, None),
         ]
     );
+    let nics = &notes["import.deorch.dev/nics"];
+    assert_eq!(
+        nics,
+        "nic0: OVF network \"VM Network\", mac 00:50:56:ab:cd:01 not kept; nic1: OVF network \"Backend\", was VmxNet3"
+    );
+    // The VM left as a comment is made from it, and validates uncommented.
+    let vm = commented_vm(&text);
+    assert_eq!(vm.spec.spacesuit.as_deref(), Some("app"));
+    assert!(vm.spec.disks.is_empty() && vm.spec.nics.is_empty());
     // The same OVF unpacked beside its disks imports the same way.
     let (code, out, err) = import(&[
         dir.join("app.ovf").to_str().unwrap(),
@@ -511,9 +503,10 @@ fn an_ova_gives_a_spacesuit_with_its_cpus_memory_disks_and_nics() {
     ]);
     assert_eq!(code, 0, "{err}");
     let suits = spacesuits(&out);
-    assert_eq!(suits.len(), 2);
+    assert_eq!(suits.len(), 1);
     assert_eq!(suits[0].spec.cpu, Some(Cpu(2000)));
-    let img = suits[1].spec.source.clone().unwrap().image.unwrap();
+    assert_eq!(suits[0].spec.nics.len(), 2);
+    let img = suits[0].spec.disks[0].image.clone();
     assert_same(
         &read_back(Path::new(&img.path), "qcow2", &dir),
         &d2,
@@ -755,4 +748,137 @@ fn an_imported_spacesuit_gives_a_real_vm_its_disk() {
         serial.contains(&format!("deorch-guest: disk vda sectors=8192 head={head}")),
         "the guest reads the imported data on its disk: {serial}"
     );
+}
+
+/// The image path and SHA-256 `deorch import` made of `file` (printed
+/// manifest, nothing written but the image).
+fn imported_image(file: &Path, name: &str, images: &Path) -> (String, String) {
+    let (code, out, err) = import(&[
+        file.to_str().unwrap(),
+        "--spacesuit",
+        name,
+        "--images",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let img = spacesuits(&out)[0]
+        .spec
+        .source
+        .clone()
+        .unwrap()
+        .image
+        .unwrap();
+    (img.path, img.sha256.unwrap())
+}
+
+#[test]
+fn a_real_vm_made_from_a_two_disk_spacesuit_gets_both_disks_and_its_nics() {
+    if !qemu_img_available() || !common::qemu_available() {
+        return;
+    }
+    let g = common::tiny_guest().0.parent().unwrap().to_path_buf();
+    let mut node = common::Node::new("import-vm2");
+    node.extra_args = vec![
+        "--hypervisor".into(),
+        "qemu".into(),
+        "--probe-guest".into(),
+        g.display().to_string(),
+    ];
+    // Two disks of known data from another hypervisor, imported.
+    let images = node.dir.join("images");
+    let mut made = Vec::new();
+    for (name, mib, data, seed) in [
+        ("one", 4, &[(0, 1), (3, 4)][..], 31),
+        ("two", 2, &[(0, 2)][..], 32),
+    ] {
+        let raw = node.dir.join(format!("{name}.raw"));
+        let want = known_disk(&raw, mib, data, seed);
+        let vhdx = node.dir.join(format!("{name}.vhdx"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vhdx"])
+            .arg(&raw)
+            .arg(&vhdx));
+        let (path, sha) = imported_image(&vhdx, name, &images);
+        made.push((path, sha, want));
+    }
+    std::fs::write(
+        node.manifests.join("lan.yaml"),
+        "apiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: lan\nspec:\n  mtu: 1500\n",
+    )
+    .unwrap();
+    // One spacesuit: boot settings, the first disk, a further disk and a
+    // NIC; the VM declares none of them.
+    std::fs::write(
+        node.manifests.join("tiny2.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny2}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c}\"}}\n  machine: microvm\n  cpu: 1\n  memory: 128Mi\n  source:\n    image: {{path: {p1}, format: qcow2, sha256: {h1}}}\n  disks:\n    - name: data\n      image: {{path: {p2}, format: qcow2, sha256: {h2}}}\n  nics:\n    - {{name: eth0, network: lan}}\n",
+            k = g.join("vmlinuz").display(),
+            i = g.join("initrd.img").display(),
+            c = deorch::qemu::probe::TINY_CMDLINE,
+            p1 = made[0].0,
+            h1 = made[0].1,
+            p2 = made[1].0,
+            h2 = made[1].1,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        node.manifests.join("vm.yaml"),
+        "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: two\nspec:\n  spacesuit: tiny2\n  stopTimeout: 5s\n",
+    )
+    .unwrap();
+    node.start();
+    node.wait_within(
+        "spacesuit tiny2 Ready with both volumes",
+        std::time::Duration::from_secs(60),
+        |n| {
+            n.record("spacesuit", "tiny2").is_some_and(|r| {
+                r.status.is_some_and(|s| {
+                    s["phase"] == "Ready"
+                        && s["volumes"]
+                            == serde_json::json!(["suit-default-tiny2", "suit-default-tiny2.data"])
+                })
+            })
+        },
+    );
+    let serial = ready_serial(&node, "two");
+    let head = |b: &[u8]| -> String { b[..8].iter().map(|x| format!("{x:02x}")).collect() };
+    for (dev, sectors, want) in [("vda", 8192, &made[0].2), ("vdb", 4096, &made[1].2)] {
+        assert!(
+            serial.contains(&format!(
+                "deorch-guest: disk {dev} sectors={sectors} head={}",
+                head(want)
+            )),
+            "the guest reads each spacesuit disk's data on its own disk ({dev}): {serial}"
+        );
+    }
+    assert!(
+        serial.contains("deorch-guest: lease "),
+        "the NIC the VM inherits gets a lease: {serial}"
+    );
+    // Its own volumes, one per disk, and QEMU started with both and the NIC.
+    let st = node.record("vm", "two").and_then(|r| r.status).unwrap();
+    assert_eq!(
+        st["disks"],
+        serde_json::json!({"data": "vm-default-two-data", "root": "vm-default-two-root"}),
+        "{st}"
+    );
+    assert!(st["nics"]["eth0"]["mac"].is_string(), "{st}");
+    let pid = st["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for want in [
+        "vm-default-two-root",
+        "vm-default-two-data",
+        "netdev=net-eth0",
+    ] {
+        assert!(
+            cmdline.contains(want),
+            "QEMU's command line lacks {want}: {cmdline}"
+        );
+    }
 }

@@ -487,3 +487,55 @@ fn memory_has_one_limit_and_out_of_range_numbers_are_placed() {
         assert!(e[0].starts_with("6:8: spec.cpu: "), "{bad}: {e:?}");
     }
 }
+
+/// What deorch reports for a Spacesuit with `spec`: `LINE:COL: PATH: MESSAGE`.
+fn suit_errors(spec: &str) -> Vec<String> {
+    let doc = format!(
+        "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: s\nspec:\n{spec}"
+    );
+    parse_str(Path::new("s.yaml"), &doc)
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}:{}: {}: {}", d.line, d.col, d.path, d.message))
+        .collect()
+}
+
+/// A spacesuit's further disks and its NICs: each problem at its line,
+/// column and field; a valid one reads with both.
+#[test]
+fn a_spacesuits_disks_and_nics_are_checked_where_they_are_written() {
+    let h = "a".repeat(64);
+    let good = format!(
+        "  source:\n    image: {{path: /i/a.qcow2, sha256: {h}}}\n    bus: scsi\n  disks:\n    - name: data\n      image: {{path: /i/b.qcow2, format: qcow2}}\n      bus: sata\n  nics:\n    - {{name: nic0, network: lan, model: e1000}}\n"
+    );
+    assert!(suit_errors(&good).is_empty(), "{:?}", suit_errors(&good));
+    let parsed = parse_str(
+        Path::new("s.yaml"),
+        &format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata:\n  name: s\nspec:\n{good}"
+        ),
+    );
+    let deorch::model::AnyObject::Spacesuit(s) = &parsed.documents[0].object else {
+        panic!("a Spacesuit")
+    };
+    assert_eq!(s.spec.disks[0].name, "data");
+    assert_eq!(s.spec.nics[0].network, "lan");
+    assert_eq!(
+        suit_errors("  disks:\n    - name: data\n      image: {path: /i/b.qcow2}\n"),
+        ["7:7: spec.disks[0]: further disks need the first one: set spec.source too [spacesuit-template]"]
+    );
+    let bad = "  source: {image: {path: /i/a.qcow2}}\n  disks:\n    - name: root\n      image: {path: /i/b.qcow2}\n    - name: x\n      image: {path: i/c.qcow2, sha256: abc}\n    - name: x\n      image: {path: /i/d.qcow2}\n  nics:\n    - {name: nic0, network: lan, mac: \"52:54:00:00:00:01\", ipv4: 10.0.0.5}\n    - {name: nic0, network: Lan}\n";
+    assert_eq!(
+        suit_errors(bad),
+        [
+            "8:13: spec.disks[0].name: disk name \"root\" is the first disk's (spec.source): name this one otherwise [names-unique]",
+            "11:21: spec.disks[1].image.path: \"i/c.qcow2\" must be an absolute path on the node",
+            "11:40: spec.disks[1].image.sha256: expected 64 hexadecimal characters",
+            "12:13: spec.disks[2].name: disk name \"x\" is used twice [names-unique]",
+            "15:39: spec.nics[0].mac: a spacesuit's NIC has no fixed MAC: every VM made from it would have the same; each VM's is derived from its identity [spacesuit-template]",
+            "15:66: spec.nics[0].ipv4: a spacesuit's NIC has no fixed address: every VM made from it would claim the same; each VM's is derived from its identity [spacesuit-template]",
+            "16:14: spec.nics[1].name: NIC name \"nic0\" is used twice [names-unique]",
+            "16:29: spec.nics[1].network: \"Lan\" is not a DNS-1123 label: expected at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit (e.g. \"web-1\")",
+        ]
+    );
+}

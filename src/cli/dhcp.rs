@@ -145,6 +145,7 @@ pub fn run(command: DhcpCommand) -> anyhow::Result<ExitCode> {
     let (files, mut problems) = manifest::collect_files(&args.files);
     let mut networks = Vec::new();
     let mut vms = Vec::new();
+    let mut suits = Vec::new();
     for f in &files {
         let parsed = manifest::parse_file(f);
         problems.extend(parsed.diagnostics);
@@ -152,7 +153,25 @@ pub fn run(command: DhcpCommand) -> anyhow::Result<ExitCode> {
             match d.object {
                 AnyObject::Network(n) => networks.push(n),
                 AnyObject::VirtualMachine(v) => vms.push(v),
+                AnyObject::Spacesuit(s) => suits.push(s),
                 _ => {}
+            }
+        }
+    }
+    // A VM that declares no NICs has its spacesuit's.
+    for vm in &mut vms {
+        if vm.spec.nics.is_empty() {
+            let ns = |m: &kube_core::ObjectMeta| {
+                m.namespace
+                    .clone()
+                    .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string())
+            };
+            if let Some(s) = suits.iter().find(|s| {
+                vm.spec.spacesuit.is_some()
+                    && s.metadata.name == vm.spec.spacesuit
+                    && ns(&s.metadata) == ns(&vm.metadata)
+            }) {
+                vm.spec.nics = s.spec.nics.clone();
             }
         }
     }

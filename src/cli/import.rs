@@ -16,8 +16,8 @@ use crate::import::{self, Progress, Request, Target};
 pub struct ImportArgs {
     /// The disk image, `.ova` or `.ovf` (its disks beside it).
     pub file: PathBuf,
-    /// Name of the Spacesuit to make (an appliance's further disks become
-    /// NAME-disk2, NAME-disk3, ...).
+    /// Name of the Spacesuit to make (an appliance's further disks are its
+    /// disks disk2, disk3, ..., their images NAME-disk2, NAME-disk3, ...).
     #[arg(long)]
     pub spacesuit: String,
     /// Namespace of the Spacesuit.
@@ -137,7 +137,7 @@ pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let imported = result?;
     for d in &imported.disks {
         eprintln!(
-            "{} -> {} ({} bytes{}) for spacesuit {}",
+            "{} -> {} ({} bytes{}): disk {} of spacesuit {}",
             d.from,
             d.path.display(),
             d.image_size,
@@ -145,17 +145,14 @@ pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map(|h| format!(", sha256 {h}"))
                 .unwrap_or_default(),
-            d.spacesuit
+            d.disk,
+            a.spacesuit
         );
     }
     let text = match a.output {
         Output::Yaml => imported.to_yaml().map_err(anyhow::Error::msg)?,
         Output::Json => {
-            let mut all: Vec<serde_json::Value> = imported
-                .spacesuits
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<_, _>>()?;
+            let mut all = vec![serde_json::to_value(&imported.spacesuit)?];
             if let Some(vm) = &imported.vm {
                 all.push(serde_json::to_value(vm)?);
             }

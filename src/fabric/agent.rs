@@ -49,7 +49,11 @@ pub fn desired(ctx: &Ctx) -> Desired {
                 }
             }
             Kind::VirtualMachine => {
-                if let Ok(m) = serde_json::from_value(r.object.clone()) {
+                if let Ok(mut m) =
+                    serde_json::from_value::<Manifest<VirtualMachineSpec>>(r.object.clone())
+                {
+                    // NICs it inherits from its spacesuit count as its own.
+                    crate::reconcile::vm::inherit_nics(ctx, &r.key.namespace, &mut m.spec);
                     vms.push((r.key.clone(), m));
                 }
             }

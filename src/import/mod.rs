@@ -12,17 +12,20 @@
 //!            SHA-256 (unless --no-sha256)
 //! all disks made ─► each renamed to IMAGES/NS/SUIT.qcow2 (a failure leaves none)
 //!   ▼
-//! Spacesuit NAME (first disk, CPUs, memory, firmware; the OVF's disks and
-//! NICs listed in its annotations) + Spacesuit NAME-diskN per further disk
-//! + a VirtualMachine with all of them, as a comment to start from
+//! Spacesuit NAME: first disk (spec.source), further disks (spec.disks:
+//! disk2, ...), CPUs, memory, firmware, NICs (spec.nics); what it cannot
+//! hold (blank disks, the appliance's MACs) in its annotations
+//! + a VirtualMachine made from it, as a comment to start from
 //! ```
 //!
 //! The Spacesuit names its image by path and SHA-256, so the node that
 //! imports it checks the file first, and nodes without the file fetch it
-//! from one that has it by that hash. A Spacesuit holds one disk and no
-//! NICs: the further disks become Spacesuits of their own, and the NICs
-//! (whose OVF networks are not deorch Networks) go to the annotations and
-//! the commented VM. The SHA-256 is also what makes a crash safe: the file
+//! from one that has it by that hash (each further disk's image too). An
+//! OVF network becomes the deorch Network of its name made a DNS label
+//! (`VM Network` → `vm-network`, [`network_name`]); the spacesuit's NICs
+//! carry no MAC (every VM made from it derives its own), so the
+//! appliance's MACs, like the original network names and card types
+//! deorch lacks, are noted in the annotations. The SHA-256 is also what makes a crash safe: the file
 //! is renamed into place unsynced, and a torn file fails the node's check
 //! rather than becoming a disk.
 
@@ -37,8 +40,8 @@ use std::path::{Path, PathBuf};
 
 use crate::manifest::semantic::is_dns_label;
 use crate::model::common::{Cpu, Quantity};
-use crate::model::spacesuit::{ImageFormat, ImageSource, SpacesuitSource};
-use crate::model::vm::{Blank, Disk, DiskBus, DiskSource, Nic, NicModel, VirtualMachineSpec};
+use crate::model::spacesuit::{ImageFormat, ImageSource, SpacesuitDisk, SpacesuitSource};
+use crate::model::vm::{DiskBus, Nic, NicModel, VirtualMachineSpec};
 use crate::model::{Manifest, SpacesuitSpec};
 use qemu_img::Source;
 
@@ -184,10 +187,11 @@ fn input(file: impl Into<String>, message: impl Into<String>) -> ImportError {
 }
 
 /// One imported disk.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportedDisk {
-    /// The Spacesuit made from it.
-    pub spacesuit: String,
+    /// Its name in the Spacesuit: `root` (the first disk, `spec.source`),
+    /// then `disk2`, `disk3`, ... (`spec.disks`).
+    pub disk: String,
     /// Where the disk came from (`ARCHIVE:MEMBER` for an OVA's).
     pub from: String,
     /// `qemu-img`'s name of its format, and the vmdk subformat.
@@ -207,28 +211,23 @@ pub struct ImportedDisk {
 /// The outcome: the manifests and what they were made of.
 #[derive(Debug, Clone)]
 pub struct Imported {
-    /// The Spacesuit of the first disk, then one per further disk.
-    pub spacesuits: Vec<Manifest<SpacesuitSpec>>,
-    /// The imported disks, in the same order.
+    /// The Spacesuit: every disk, and for an appliance its CPUs, memory,
+    /// firmware and NICs.
+    pub spacesuit: Manifest<SpacesuitSpec>,
+    /// The imported disks, in order (the first is `spec.source`).
     pub disks: Vec<ImportedDisk>,
-    /// For an appliance: a VM with every disk and NIC it describes.
+    /// For an appliance: a VM made from the spacesuit, to start from.
     pub vm: Option<Manifest<VirtualMachineSpec>>,
 }
 
 impl Imported {
-    /// The Spacesuits as YAML documents, then the VM as a comment.
+    /// The Spacesuit as a YAML document, then the VM as a comment.
     pub fn to_yaml(&self) -> Result<String, String> {
-        let mut out = String::new();
-        for (i, s) in self.spacesuits.iter().enumerate() {
-            if i > 0 {
-                out.push_str("---\n");
-            }
-            out.push_str(&serde_saphyr::to_string(s).map_err(|e| e.to_string())?);
-        }
+        let mut out = serde_saphyr::to_string(&self.spacesuit).map_err(|e| e.to_string())?;
         if let Some(vm) = &self.vm {
             out.push_str(
-                "# A VirtualMachine with every disk and NIC of the appliance (the NICs'\n\
-                 # networks must be deorch Networks: rename them as needed):\n",
+                "# A VirtualMachine made from it: every disk and NIC of the appliance\n\
+                 # (its NICs join the deorch Networks the spacesuit's name):\n",
             );
             let text = serde_saphyr::to_string(vm).map_err(|e| e.to_string())?;
             for line in text.lines() {
@@ -348,23 +347,71 @@ pub fn import(req: &Request, progress: &mut dyn Progress) -> Result<Imported, Im
     }
     // All disks or none: each goes to its part file, and only when every
     // one is made are they renamed into place.
+    // A disk's SHA-256 is taken on another core while the next disk
+    // converts; only the last disk's waits for its conversion to end (a
+    // qcow2 is final only once qemu-img closes it).
     let mut disks = Vec::new();
-    for (p, dest) in planned.iter().zip(&dests) {
-        match convert_one(p, dest, req.target, req.sha256, progress) {
-            Ok(d) => disks.push(d),
-            Err(e) => {
-                for d in &dests {
-                    let _ = std::fs::remove_file(part_of(d));
-                }
-                return Err(e);
+    let made = (|| {
+        let mut behind: Option<(usize, Hashing)> = None;
+        for (i, (p, dest)) in planned.iter().zip(&dests).enumerate() {
+            let last = i + 1 == planned.len();
+            let converted = convert_one(p, dest, req.target, progress);
+            if let Some((k, h)) = behind.take() {
+                disks[k] = with_hash(std::mem::take(&mut disks[k]), h)?;
+            }
+            disks.push(converted?);
+            if req.sha256 && !last {
+                let part = part_of(dest);
+                behind = Some((
+                    i,
+                    std::thread::spawn(move || {
+                        let size = std::fs::metadata(&part)?.len();
+                        hash_range(&part, 0, size, "SHA256", &mut |_| {})
+                    }),
+                ));
             }
         }
+        if let (true, Some(d)) = (req.sha256, disks.last_mut()) {
+            let part = part_of(&d.path);
+            progress.step(
+                &format!("sha256 {}", short(&d.path.display().to_string())),
+                d.image_size,
+            );
+            d.sha256 = Some(
+                hash_range(&part, 0, d.image_size, "SHA256", &mut |n| progress.done(n))
+                    .map_err(io(&part))?,
+            );
+        }
+        Ok(())
+    })();
+    if let Err(e) = made {
+        for d in &dests {
+            let _ = std::fs::remove_file(part_of(d));
+        }
+        return Err(e);
     }
     for d in &dests {
         let part = part_of(d);
         std::fs::rename(&part, d).map_err(io(d))?;
     }
+    for (i, d) in disks.iter_mut().enumerate() {
+        d.disk = disk_name(i);
+    }
     Ok(manifests(req, disks, ovf.as_ref()))
+}
+
+/// A SHA-256 taken on another thread.
+type Hashing = std::thread::JoinHandle<std::io::Result<String>>;
+
+/// `d` with the SHA-256 `h` took of its part file.
+fn with_hash(mut d: ImportedDisk, h: Hashing) -> Result<ImportedDisk, ImportError> {
+    let part = part_of(&d.path);
+    let hash = h
+        .join()
+        .map_err(|_| input(&d.from, "the SHA-256 thread panicked"))?
+        .map_err(io(&part))?;
+    d.sha256 = Some(hash);
+    Ok(d)
 }
 
 /// Where the image `dest` is written until every disk is made.
@@ -403,7 +450,15 @@ fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// The name of the Spacesuit of disk `i` (0-based) of `name`.
+/// The name of disk `i` (0-based) in the Spacesuit.
+fn disk_name(i: usize) -> String {
+    match i {
+        0 => crate::reconcile::vm::SPACESUIT_DISK.to_string(),
+        _ => format!("disk{}", i + 1),
+    }
+}
+
+/// The name of the image file of disk `i` (0-based) of `name`.
 fn suit_name(name: &str, i: usize) -> Result<String, ImportError> {
     let s = if i == 0 {
         name.to_string()
@@ -737,12 +792,11 @@ fn detect(p: &Planned) -> Result<qemu_img::Info, ImportError> {
     Ok(info)
 }
 
-/// Convert one disk into `dest`'s part file and hash it.
+/// Convert one disk into `dest`'s part file (hashed by the caller).
 fn convert_one(
     p: &Planned,
     dest: &Path,
     target: Target,
-    hash: bool,
     progress: &mut dyn Progress,
 ) -> Result<ImportedDisk, ImportError> {
     let info = detect(p)?;
@@ -783,25 +837,13 @@ fn convert_one(
             message,
         })?;
         let image_size = std::fs::metadata(&part).map_err(io(&part))?.len();
-        let sha256 = if hash {
-            progress.step(
-                &format!("sha256 {}", short(&dest.display().to_string())),
-                image_size,
-            );
-            Some(
-                hash_range(&part, 0, image_size, "SHA256", &mut |d| progress.done(d))
-                    .map_err(io(&part))?,
-            )
-        } else {
-            None
-        };
         Ok(ImportedDisk {
-            spacesuit: p.suit.clone(),
+            disk: String::new(),
             from: p.from.clone(),
             source_format: info.format.clone(),
             subformat: info.subformat.clone(),
             path: dest.to_path_buf(),
-            sha256,
+            sha256: None,
             virtual_size: info.virtual_size,
             image_size,
         })
@@ -848,124 +890,98 @@ pub fn network_name(ovf: &str) -> String {
 
 /// The annotation keys an import writes.
 pub mod annotations {
-    /// Where the image came from and its format.
+    /// Where each disk came from and its format.
     pub const SOURCE: &str = "import.deorch.dev/source";
-    /// The appliance's disks and the spacesuit each became.
+    /// The appliance's disks the spacesuit cannot hold (blank ones).
     pub const DISKS: &str = "import.deorch.dev/disks";
-    /// The appliance's NICs.
+    /// What the spacesuit's NICs do not keep of the appliance's: the OVF
+    /// network's own name, the card replaced, the MAC.
     pub const NICS: &str = "import.deorch.dev/nics";
 }
 
 fn manifests(req: &Request, disks: Vec<ImportedDisk>, ovf: Option<&ovf::Ovf>) -> Imported {
-    let mut spacesuits = Vec::new();
-    let mut with_file = ovf
-        .map(|o| {
-            o.disks
-                .iter()
-                .filter(|d| d.file.is_some())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter();
-    let mut vm_disks = Vec::new();
-    let mut disk_notes = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
-        let od = with_file.next();
-        let mut m = Manifest::new(
-            &d.spacesuit,
-            SpacesuitSpec {
-                source: Some(SpacesuitSource {
-                    image: Some(ImageSource {
-                        path: d.path.display().to_string(),
-                        format: Some(req.target.image_format()),
-                        sha256: d.sha256.clone(),
-                    }),
-                    virtual_machine: None,
-                }),
-                ..Default::default()
-            },
-        );
-        m.metadata.namespace = Some(req.namespace.clone());
-        m.metadata.annotations = Some(
-            [(
-                annotations::SOURCE.to_string(),
-                format!("{} ({})", d.from, format_name(d)),
-            )]
-            .into(),
-        );
-        let name = if i == 0 {
-            crate::reconcile::vm::SPACESUIT_DISK.to_string()
-        } else {
-            format!("disk{}", i + 1)
-        };
-        let bus = od.and_then(|o| o.bus);
-        disk_notes.push(format!(
-            "{name}: OVF disk {:?}{}, {} -> spacesuit {}",
-            od.map(|o| o.id.as_str()).unwrap_or("?"),
-            od.and_then(|o| o.controller.as_ref())
-                .map(|c| format!(" on {c}"))
-                .unwrap_or_default(),
-            Quantity(d.virtual_size),
-            d.spacesuit
-        ));
-        vm_disks.push(Disk {
-            name,
-            source: DiskSource {
-                spacesuit: Some(d.spacesuit.clone()),
-                ..Default::default()
-            },
-            bus: bus.filter(|b| *b != DiskBus::Virtio),
-            ..Default::default()
-        });
-        if i > 0 {
-            m.spec.description = Some(format!(
-                "disk {} of {}, imported from {}",
-                i + 1,
-                req.name,
-                d.from
-            ));
-        }
-        spacesuits.push(m);
-    }
+    // The OVF's disks with a file, in the order they were imported.
+    let with_file: Vec<&ovf::Disk> = ovf
+        .map(|o| o.disks.iter().filter(|d| d.file.is_some()).collect())
+        .unwrap_or_default();
+    let image = |d: &ImportedDisk| ImageSource {
+        path: d.path.display().to_string(),
+        format: Some(req.target.image_format()),
+        sha256: d.sha256.clone(),
+    };
+    let bus = |i: usize| {
+        with_file
+            .get(i)
+            .and_then(|o| o.bus)
+            .filter(|b| *b != DiskBus::Virtio)
+    };
+    let mut spec = SpacesuitSpec {
+        source: disks.first().map(|d| SpacesuitSource {
+            image: Some(image(d)),
+            virtual_machine: None,
+            bus: bus(0),
+        }),
+        disks: disks
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, d)| SpacesuitDisk {
+                name: d.disk.clone(),
+                image: image(d),
+                bus: bus(i),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut notes: BTreeMap<String, String> = BTreeMap::new();
+    notes.insert(
+        annotations::SOURCE.into(),
+        disks
+            .iter()
+            .map(|d| format!("{}: {} ({})", d.disk, d.from, format_name(d)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
     let mut vm = None;
-    if let (Some(o), Some(first)) = (ovf, spacesuits.first_mut()) {
-        first.spec.description = Some(match (&o.name, &o.description) {
+    if let Some(o) = ovf {
+        spec.description = Some(match (&o.name, &o.description) {
             (Some(n), Some(d)) => format!("{n}: {d}"),
             (Some(n), None) => n.clone(),
             (None, Some(d)) => d.clone(),
             (None, None) => format!("imported from {}", req.file.display()),
         });
-        first.spec.cpu = o.cpus.map(|c| Cpu(c.saturating_mul(1000)));
-        first.spec.memory = o.memory.map(Quantity);
-        first.spec.firmware = o.firmware;
-        for d in o.disks.iter().filter(|d| d.file.is_none()) {
-            let name = format!("disk{}", vm_disks.len() + 1);
-            disk_notes.push(format!(
-                "{name}: OVF disk {:?}, blank{}",
-                d.id,
-                d.capacity
-                    .map(|c| format!(" {}", Quantity(c)))
-                    .unwrap_or_default()
-            ));
-            vm_disks.push(Disk {
-                name,
-                source: DiskSource {
-                    blank: Some(Blank {}),
-                    ..Default::default()
-                },
-                size: d.capacity.map(Quantity),
-                bus: d.bus.filter(|b| *b != DiskBus::Virtio),
-                ..Default::default()
-            });
+        spec.cpu = o.cpus.map(|c| Cpu(c.saturating_mul(1000)));
+        spec.memory = o.memory.map(Quantity);
+        spec.firmware = o.firmware;
+        // What the spacesuit cannot hold: a blank disk (it has no image).
+        let blank: Vec<String> = o
+            .disks
+            .iter()
+            .filter(|d| d.file.is_none())
+            .map(|d| {
+                format!(
+                    "OVF disk {:?}: blank{}, not in the spacesuit (a VM adds it as a blank disk)",
+                    d.id,
+                    d.capacity
+                        .map(|c| format!(" {}", Quantity(c)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        if !blank.is_empty() {
+            notes.insert(annotations::DISKS.into(), blank.join("; "));
         }
-        let nics: Vec<Nic> = o
+        // Each OVF network becomes the deorch Network of the same name made
+        // a DNS label (`VM Network` -> `vm-network`); the appliance's own
+        // MACs are not kept (each VM made from the spacesuit derives its
+        // own) and an emulated card deorch lacks becomes virtio.
+        spec.nics = o
             .nics
             .iter()
             .enumerate()
             .map(|(i, n)| Nic {
                 name: format!("nic{i}"),
                 network: network_name(n.network.as_deref().unwrap_or("default")),
-                mac: n.mac.clone(),
                 model: (n.model != NicModel::Virtio).then_some(n.model),
                 ..Default::default()
             })
@@ -973,45 +989,44 @@ fn manifests(req: &Request, disks: Vec<ImportedDisk>, ovf: Option<&ovf::Ovf>) ->
         let nic_notes: Vec<String> = o
             .nics
             .iter()
-            .zip(&nics)
-            .map(|(n, d)| {
-                format!(
-                    "{}: {}{} on OVF network {:?}{}",
-                    d.name,
-                    n.model.as_str(),
-                    n.subtype
-                        .as_ref()
-                        .filter(|s| !s.eq_ignore_ascii_case(n.model.as_str()))
-                        .map(|s| format!(" (was {s})"))
-                        .unwrap_or_default(),
-                    n.network.as_deref().unwrap_or(""),
-                    n.mac
-                        .as_ref()
-                        .map(|m| format!(", mac {m}"))
-                        .unwrap_or_default()
-                )
+            .zip(&spec.nics)
+            .filter_map(|(n, d)| {
+                let mut parts = Vec::new();
+                let ovf_net = n.network.as_deref().unwrap_or("");
+                if ovf_net != d.network {
+                    parts.push(format!("OVF network {ovf_net:?}"));
+                }
+                if let Some(s) = n
+                    .subtype
+                    .as_ref()
+                    .filter(|s| !s.eq_ignore_ascii_case(n.model.as_str()))
+                {
+                    parts.push(format!("was {s}"));
+                }
+                if let Some(m) = &n.mac {
+                    parts.push(format!("mac {m} not kept"));
+                }
+                (!parts.is_empty()).then(|| format!("{}: {}", d.name, parts.join(", ")))
             })
             .collect();
-        let notes = first
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default);
-        notes.insert(annotations::DISKS.into(), disk_notes.join("; "));
-        notes.insert(annotations::NICS.into(), nic_notes.join("; "));
+        if !nic_notes.is_empty() {
+            notes.insert(annotations::NICS.into(), nic_notes.join("; "));
+        }
         let mut m = Manifest::new(
             &req.name,
             VirtualMachineSpec {
                 spacesuit: Some(req.name.clone()),
-                disks: vm_disks,
-                nics,
                 ..Default::default()
             },
         );
         m.metadata.namespace = Some(req.namespace.clone());
         vm = Some(m);
     }
+    let mut m = Manifest::new(&req.name, spec);
+    m.metadata.namespace = Some(req.namespace.clone());
+    m.metadata.annotations = Some(notes);
     Imported {
-        spacesuits,
+        spacesuit: m,
         disks,
         vm,
     }

@@ -50,7 +50,8 @@ macro_rules! only_deorch {
 }
 
 only_deorch! {
-    NamesUnique = "names-unique": "Disk names and NIC names are unique within a VM, array names within a satellite. `uniqueItems` compares whole items, not one field of them.";
+    NamesUnique = "names-unique": "Disk names and NIC names are unique within a VM and within a spacesuit (whose further disks are not named `root`, its first disk's name), array names within a satellite. `uniqueItems` compares whole items, not one field of them.";
+    SpacesuitTemplate = "spacesuit-template": "A spacesuit's further disks (`disks`) come with a first one (`source`), and its NICs name no fixed `mac` or `ipv4` (every VM made from it would share them). Conditions between fields, and the same NIC type as a VM's.";
     MemoryRange = "memory-range": "Memory is at least 1Mi and at most 64Ti, however it is written. The schema refuses integers outside and zero written as a string; a quantity string (`\"1023Ki\"`, `\"65Ti\"`, `\"16Ei\"`) is compared only once parsed.";
     RecordSize = "recordsize": "A dataset's `recordsize` is a power of two from 512 to 1Mi. The schema lists the integers; a quantity string (`\"128Ki\"`) is checked only once parsed.";
     DurationMinimum = "duration-minimum": "`replicaPolicy.interval` and `dhcp.leaseTime` are at least 1m. The schema refuses zero; comparing a sum of parts (`\"59s999ms\"`) with a minute is beyond a pattern.";
@@ -289,19 +290,7 @@ fn spacesuit(c: &mut Checker, s: &SpacesuitSpec) {
                 c.object_ref("virtualMachine", vm);
             }
             if let Some(img) = &src.image {
-                c.at("image", |c| {
-                    if !img.path.starts_with('/') {
-                        c.field_err(
-                            "path",
-                            format!("{:?} must be an absolute path on the node", img.path),
-                        );
-                    }
-                    if let Some(h) = &img.sha256 {
-                        if h.len() != 64 || !h.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                            c.field_err("sha256", "expected 64 hexadecimal characters");
-                        }
-                    }
-                });
+                c.at("image", |c| image(c, img));
             }
         });
     }
@@ -310,6 +299,81 @@ fn spacesuit(c: &mut Checker, s: &SpacesuitSpec) {
     }
     if let Some(p) = s.memory.and_then(GuestMemory::problem) {
         c.only(OnlyDeorch::MemoryRange, Some("memory"), p);
+    }
+    let mut names = BTreeSet::from([crate::reconcile::vm::SPACESUIT_DISK.to_string()]);
+    c.at("disks", |c| {
+        for (i, d) in s.disks.iter().enumerate() {
+            c.at(i, |c| {
+                c.dns("name", &d.name);
+                if s.source.is_none() {
+                    c.only(
+                        OnlyDeorch::SpacesuitTemplate,
+                        None,
+                        "further disks need the first one: set spec.source too",
+                    );
+                }
+                if !names.insert(d.name.clone()) {
+                    c.only(
+                        OnlyDeorch::NamesUnique,
+                        Some("name"),
+                        match d.name == crate::reconcile::vm::SPACESUIT_DISK {
+                            true => "disk name \"root\" is the first disk's (spec.source): name this one otherwise".to_string(),
+                            false => format!("disk name {:?} is used twice", d.name),
+                        },
+                    );
+                }
+                c.at("image", |c| image(c, &d.image));
+            });
+        }
+    });
+    let mut nic_names = BTreeSet::new();
+    c.at("nics", |c| {
+        for (i, n) in s.nics.iter().enumerate() {
+            c.at(i, |c| {
+                nic(c, n, &mut nic_names);
+                // Every VM made from the spacesuit would carry the same.
+                if n.mac.is_some() {
+                    c.only(
+                        OnlyDeorch::SpacesuitTemplate,
+                        Some("mac"),
+                        "a spacesuit's NIC has no fixed MAC: every VM made from it would have the same; each VM's is derived from its identity",
+                    );
+                }
+                if n.ipv4.is_some() {
+                    c.only(
+                        OnlyDeorch::SpacesuitTemplate,
+                        Some("ipv4"),
+                        "a spacesuit's NIC has no fixed address: every VM made from it would claim the same; each VM's is derived from its identity",
+                    );
+                }
+                if let (Some(machine), Some(model)) = (s.machine, n.model) {
+                    if !model.fits(machine) {
+                        c.field_err(
+                            "model",
+                            format!(
+                                "the {} machine has no PCI bus, only virtio-mmio: NICs there are virtio, found {}",
+                                machine.as_str(),
+                                model.as_str()
+                            ),
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn image(c: &mut Checker, img: &crate::model::spacesuit::ImageSource) {
+    if !img.path.starts_with('/') {
+        c.field_err(
+            "path",
+            format!("{:?} must be an absolute path on the node", img.path),
+        );
+    }
+    if let Some(h) = &img.sha256 {
+        if h.len() != 64 || !h.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            c.field_err("sha256", "expected 64 hexadecimal characters");
+        }
     }
 }
 

@@ -39,6 +39,11 @@ pub fn spacesuit_volume(namespace: &str, suit: &str) -> String {
     format!("suit-{namespace}-{suit}")
 }
 
+/// Volume of a spacesuit's further disk `disk` (`spec.disks`).
+pub fn spacesuit_disk_volume(namespace: &str, suit: &str, disk: &str) -> String {
+    format!("suit-{namespace}-{suit}.{disk}")
+}
+
 /// Volume of a replica of one disk.
 pub fn replica_volume(namespace: &str, replica: &str, disk: &str) -> String {
     format!("rep-{namespace}-{replica}-{disk}")

@@ -4,9 +4,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{exactly_one, Condition, Cpu, GuestMemory, ObjectRef, Quantity, WholeCpus};
+use super::common::{
+    exactly_one, Condition, Cpu, GuestMemory, ObjectRef, Quantity, WholeCpus, DNS1123_LABEL_PATTERN,
+};
 use super::phase::ReadyPhase;
-use super::vm::{Boot, Firmware, Machine};
+use super::vm::{Boot, DiskBus, Firmware, Machine, Nic};
 
 /// Desired spacesuit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -37,6 +39,33 @@ pub struct SpacesuitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<GuestMemory>")]
     pub memory: Option<Quantity>,
+    /// Further disks, after the first one (`source`), each from an image
+    /// of its own. A VM made from this spacesuit that declares no disks
+    /// gets a copy-on-write clone of each, named as here, after `root`.
+    /// Needs `source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<SpacesuitDisk>,
+    /// NICs a VM made from this spacesuit gets when it declares none
+    /// itself (`spec.nics` of a VM, the same fields). Each names a deorch
+    /// Network of the VM's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+}
+
+/// A further disk of a spacesuit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpacesuitDisk {
+    /// The disk's name in the VMs made from the spacesuit (DNS-1123
+    /// label, not `root`: that is the first disk's).
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
+    pub name: String,
+    /// The image file it is imported from (checked against its SHA-256,
+    /// fetched from a peer by it, as the first disk's).
+    pub image: ImageSource,
+    /// Bus the VMs attach it on (default `virtio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
 }
 
 /// The origin of a spacesuit's disk(s).
@@ -52,6 +81,10 @@ pub struct SpacesuitSource {
     /// there (their status of the spacesuit says `SourceElsewhere`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_machine: Option<ObjectRef>,
+    /// Bus the VMs made from the spacesuit attach this disk (`root`) on
+    /// (default `virtio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
 }
 
 fn source_rules(schema: &mut schemars::Schema) {

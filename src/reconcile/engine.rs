@@ -145,9 +145,15 @@ impl Engine {
                         // networks the VM was and is on look again.
                         if c.key.kind == Kind::VirtualMachine {
                             let record = self.ctx.store.get(&c.key);
-                            for n in self.ctx.vms_by_network.update(&c.key, record.as_ref()) {
+                            let index = &self.ctx.vms_by_network;
+                            for n in index.update_in(&self.ctx.store, &c.key, record.as_ref()) {
                                 self.queue.add(n);
                             }
+                        }
+                        // VMs that declare no NICs take their spacesuit's:
+                        // its change moves them between networks.
+                        if c.key.kind == Kind::Spacesuit {
+                            self.spacesuit_changed(&c.key);
                         }
                         // Interstellars decide their VNI against each
                         // other (a collision keeps both down): a change of
@@ -180,6 +186,25 @@ impl Engine {
         self.queue.shutdown();
         for w in workers {
             let _ = w.await;
+        }
+    }
+
+    /// The VMs made from spacesuit `suit` look again, and their networks
+    /// with them (the NICs they inherit may have changed).
+    fn spacesuit_changed(&self, suit: &ObjectKey) {
+        let index = &self.ctx.vms_by_network;
+        for vm in self.ctx.store.list(Some(Kind::VirtualMachine)) {
+            let made_from = vm
+                .object
+                .pointer("/spec/spacesuit")
+                .and_then(|s| s.as_str());
+            if vm.key.namespace != suit.namespace || made_from != Some(suit.name.as_str()) {
+                continue;
+            }
+            for n in index.update_in(&self.ctx.store, &vm.key, Some(&vm)) {
+                self.queue.add(n);
+            }
+            self.queue.add(vm.key);
         }
     }
 

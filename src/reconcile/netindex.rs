@@ -46,6 +46,33 @@ pub fn networks_of(record: &Record) -> Vec<ObjectKey> {
     out
 }
 
+/// [`networks_of`], and for a VM that declares no NICs, those of its
+/// spacesuit (`spec.nics` of the Spacesuit, which it inherits) as `store`
+/// has it.
+pub fn networks_in(record: &Record, store: &Store) -> Vec<ObjectKey> {
+    let own = networks_of(record);
+    let declares = record
+        .object
+        .pointer("/spec/nics")
+        .and_then(|n| n.as_array())
+        .is_some_and(|a| !a.is_empty());
+    if declares || record.deleted {
+        return own;
+    }
+    let Ok(spec) = serde_json::from_value::<crate::model::VirtualMachineSpec>(
+        record.object.get("spec").cloned().unwrap_or_default(),
+    ) else {
+        return own;
+    };
+    let mut out: Vec<ObjectKey> = super::vm::vm_nics(store, &record.key.namespace, &spec)
+        .into_iter()
+        .map(|n| ObjectKey::new(Kind::Network, Some(&record.key.namespace), &n.network))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 impl VmsByNetwork {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -53,10 +80,18 @@ impl VmsByNetwork {
 
     /// Index every VM of `store` again (start-up, missed changes).
     pub fn rebuild(&self, store: &Store) {
-        self.rebuild_from(store.list(Some(Kind::VirtualMachine)));
+        let mut fresh = Inner {
+            built: true,
+            ..Default::default()
+        };
+        for record in store.list(Some(Kind::VirtualMachine)) {
+            fresh.set(&record.key, networks_in(&record, store));
+        }
+        *self.lock() = fresh;
     }
 
     /// Index exactly these VM records.
+    #[cfg(test)]
     fn rebuild_from(&self, vms: Vec<Record>) {
         let mut fresh = Inner {
             built: true,
@@ -70,8 +105,24 @@ impl VmsByNetwork {
 
     /// Take `vm`'s current record (`None`: gone) into the index; returns
     /// the Networks it was or now is on (whose tables change).
+    #[cfg(test)]
     pub fn update(&self, vm: &ObjectKey, record: Option<&Record>) -> Vec<ObjectKey> {
-        let now = record.map(networks_of).unwrap_or_default();
+        self.set_networks(vm, record.map(networks_of).unwrap_or_default())
+    }
+
+    /// [`VmsByNetwork::update`] with the NICs `vm` inherits from its
+    /// spacesuit as `store` has it.
+    pub fn update_in(
+        &self,
+        store: &Store,
+        vm: &ObjectKey,
+        record: Option<&Record>,
+    ) -> Vec<ObjectKey> {
+        let now = record.map(|r| networks_in(r, store)).unwrap_or_default();
+        self.set_networks(vm, now)
+    }
+
+    fn set_networks(&self, vm: &ObjectKey, now: Vec<ObjectKey>) -> Vec<ObjectKey> {
         let mut inner = self.lock();
         let mut touched = inner.set(vm, now.clone());
         touched.extend(now);
@@ -145,6 +196,62 @@ mod tests {
 
     fn net(name: &str) -> ObjectKey {
         ObjectKey::new(Kind::Network, Some("shop"), name)
+    }
+
+    /// A VM that declares no NICs is on its spacesuit's networks, as the
+    /// store has the spacesuit; one that declares NICs only on its own.
+    #[test]
+    fn a_vm_without_nics_is_on_its_spacesuits_networks() {
+        let dir = std::env::temp_dir().join(format!("deorch-netindex-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        let parse = |yaml: &str| {
+            let p = crate::manifest::parse_str(std::path::Path::new("t.yaml"), yaml);
+            assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+            p.documents.into_iter().next().unwrap().object
+        };
+        let suit = |nets: &str| {
+            parse(&format!(
+                "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: app, namespace: shop}}\nspec:\n  nics: {nets}\n"
+            ))
+        };
+        let src = crate::store::SourceId("test".into());
+        store
+            .apply(
+                &suit("[{name: nic0, network: lan}, {name: nic1, network: san}]"),
+                &src,
+            )
+            .unwrap();
+        let bare = parse("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: a, namespace: shop}\nspec: {spacesuit: app}\n");
+        let own = parse("apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: b, namespace: shop}\nspec:\n  spacesuit: app\n  nics: [{name: eth0, network: dmz}]\n");
+        store.apply(&bare, &src).unwrap();
+        store.apply(&own, &src).unwrap();
+        let record = |name: &str| {
+            store
+                .get(&ObjectKey::new(Kind::VirtualMachine, Some("shop"), name))
+                .unwrap()
+        };
+        assert_eq!(
+            networks_in(&record("a"), &store),
+            vec![net("lan"), net("san")]
+        );
+        assert_eq!(networks_in(&record("b"), &store), vec![net("dmz")]);
+        let index = VmsByNetwork::default();
+        index.rebuild(&store);
+        assert_eq!(index.vms_on(&net("san")), Some(vec![record("a").key]));
+        // The spacesuit's NICs change: the VM moves with them.
+        store
+            .apply(&suit("[{name: nic0, network: wan}]"), &src)
+            .unwrap();
+        let a = record("a");
+        assert_eq!(
+            index.update_in(&store, &a.key, Some(&a)),
+            vec![net("lan"), net("san"), net("wan")]
+        );
+        assert_eq!(index.vms_on(&net("san")), Some(vec![]));
+        assert_eq!(index.vms_on(&net("wan")), Some(vec![a.key]));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

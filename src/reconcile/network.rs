@@ -305,7 +305,11 @@ fn table(ctx: &Ctx, net: &Manifest<NetworkSpec>, address: &Ipv4Net) -> Result<Ta
     };
     let vms: Vec<Manifest<VirtualMachineSpec>> = records
         .into_iter()
-        .filter_map(|r| serde_json::from_value(r.object).ok())
+        .filter_map(|r| {
+            let mut vm: Manifest<VirtualMachineSpec> = serde_json::from_value(r.object).ok()?;
+            super::vm::inherit_nics(ctx, &r.key.namespace, &mut vm.spec);
+            Some(vm)
+        })
         .collect();
     Table::build(net, &vms, address.addr(), |vm| {
         let key = ObjectKey::new(

@@ -54,6 +54,36 @@ pub struct Desired {
     pub volume: String,
     /// Where the volume comes from.
     pub source: Source,
+    /// Its further disks (`spec.disks`), each a volume of its own.
+    pub further: Vec<Further>,
+    /// Volumes of further disks the spec no longer has (its last status
+    /// listed them): removed.
+    pub dropped: Vec<String>,
+}
+
+/// A further disk of the spacesuit: a volume imported from an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Further {
+    /// Its volume.
+    pub volume: String,
+    /// The image's path on the node.
+    pub path: String,
+    /// `raw`, `qcow2`, ...; detected when absent.
+    pub format: Option<&'static str>,
+    /// Expected SHA-256 (hex).
+    pub sha256: Option<String>,
+}
+
+/// What the node has of a further disk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FurtherObserved {
+    /// The volume exists.
+    pub exists: bool,
+    /// The image's SHA-256 (hashed only when it is about to be imported
+    /// and the spec names one).
+    pub image_sha256: Option<String>,
+    /// The image file is not on this node.
+    pub image_missing: bool,
 }
 
 /// What the node has.
@@ -74,6 +104,10 @@ pub struct Observed {
     /// Other nodes that hold the spacesuit's volume (made from a VM), as
     /// their gossiped statuses say.
     pub held_by: Vec<String>,
+    /// Its further disks, in the order of [`Desired::further`].
+    pub further: Vec<FurtherObserved>,
+    /// Those of [`Desired::dropped`] that exist.
+    pub dropped: Vec<String>,
 }
 
 /// One step, with everything it needs.
@@ -201,10 +235,30 @@ pub fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
     } else {
         Source::BootOnly
     };
+    let further: Vec<Further> = suit
+        .spec
+        .disks
+        .iter()
+        .map(|d| Further {
+            volume: names::spacesuit_disk_volume(ns, &record.key.name, &d.name),
+            path: d.image.path.clone(),
+            format: d.image.format.map(|f| f.as_str()),
+            sha256: d.image.sha256.clone(),
+        })
+        .collect();
+    let volume = names::spacesuit_volume(ns, &record.key.name);
+    let prefix = format!("{volume}.");
+    let dropped = previous::<SpacesuitStatus>(record)
+        .volumes
+        .into_iter()
+        .filter(|v| v.starts_with(&prefix) && !further.iter().any(|f| &f.volume == v))
+        .collect();
     Ok(Desired {
         deleted: record.deleted,
-        volume: names::spacesuit_volume(ns, &record.key.name),
+        volume,
         source,
+        further,
+        dropped,
     })
 }
 
@@ -214,6 +268,26 @@ pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError>
         exists: ctx.drivers.storage.exists(&d.volume).await?,
         ..Default::default()
     };
+    for v in &d.dropped {
+        if ctx.drivers.storage.exists(v).await? {
+            o.dropped.push(v.clone());
+        }
+    }
+    for f in &d.further {
+        let storage = &ctx.drivers.storage;
+        let mut fo = FurtherObserved {
+            exists: storage.exists(&f.volume).await?,
+            ..Default::default()
+        };
+        if !d.deleted && !fo.exists {
+            if !storage.has_image(&f.path) {
+                fo.image_missing = true;
+            } else if f.sha256.is_some() {
+                fo.image_sha256 = Some(sha256_of(&f.path).await?);
+            }
+        }
+        o.further.push(fo);
+    }
     if d.deleted || o.exists {
         return Ok(o);
     }
@@ -247,8 +321,58 @@ pub async fn observe(ctx: &Ctx, d: &Desired) -> Result<Observed, ReconcileError>
     Ok(o)
 }
 
-/// The steps from `o` to `d`.
+/// The steps from `o` to `d`: the first disk's, then the further disks'
+/// (made once the first is, or is being made, here).
 pub fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
+    let mut actions = match plan_first(d, o) {
+        Plan::Act(a) => a,
+        other => return other,
+    };
+    actions.extend(
+        o.dropped
+            .iter()
+            .map(|v| Action::Destroy { volume: v.clone() }),
+    );
+    let none = FurtherObserved::default();
+    for (i, f) in d.further.iter().enumerate() {
+        let fo = o.further.get(i).unwrap_or(&none);
+        let volume = f.volume.clone();
+        if d.deleted || fo.exists {
+            if d.deleted && fo.exists {
+                actions.push(Action::Destroy { volume });
+            }
+            continue;
+        }
+        match (&f.sha256, &fo.image_sha256) {
+            (Some(want), Some(got)) if !got.eq_ignore_ascii_case(want) => {
+                return Plan::Fail(ReconcileError::from(DriverError::Condition {
+                    op: "import".into(),
+                    target: f.path.clone(),
+                    reason: "ChecksumMismatch",
+                    message: format!("sha256 is {got}, the spacesuit expects {want}"),
+                }))
+            }
+            _ if fo.image_missing => {
+                return Plan::Wait {
+                    reason: "ImageNotHere",
+                    message: format!(
+                        "{} is not on this node: a VM placed here fetches the image from a peer that holds it, by its SHA-256",
+                        f.path
+                    ),
+                }
+            }
+            _ => actions.push(Action::Import {
+                volume,
+                path: f.path.clone(),
+                format: f.format,
+            }),
+        }
+    }
+    Plan::Act(actions)
+}
+
+/// The steps of the first disk (`spec.source`).
+fn plan_first(d: &Desired, o: &Observed) -> Plan<Action> {
     let volume = d.volume.clone();
     if d.deleted || d.source == Source::BootOnly || o.exists {
         let gone = d.deleted && o.exists;
@@ -378,7 +502,9 @@ fn status(
     if phase == ReadyPhase::Ready {
         st.volumes = match d.source {
             Source::BootOnly => Vec::new(),
-            _ => vec![d.volume.clone()],
+            _ => std::iter::once(d.volume.clone())
+                .chain(d.further.iter().map(|f| f.volume.clone()))
+                .collect(),
         };
         ready(&mut st.conditions, "Ready", &made(d, plan), generation);
     }
@@ -430,6 +556,8 @@ mod tests {
                 format: Some("qcow2"),
                 sha256: sha256.map(str::to_string),
             },
+            further: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -443,6 +571,8 @@ mod tests {
                 spec: None,
                 volume: volume.map(str::to_string),
             },
+            further: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -592,6 +722,114 @@ mod tests {
             e.message
                 .contains("sha256 is def, the spacesuit expects abc"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn further_disks_are_imported_checked_and_destroyed_beside_the_first() {
+        let two = Desired {
+            further: vec![Further {
+                volume: "suit-default-base.data".into(),
+                path: "/images/data.qcow2".into(),
+                format: Some("qcow2"),
+                sha256: Some("aa".into()),
+            }],
+            ..image(None)
+        };
+        let seen = |exists: bool, further: FurtherObserved| Observed {
+            exists,
+            further: vec![further],
+            ..Default::default()
+        };
+        let import = |volume: &str, path: &str| Action::Import {
+            volume: volume.into(),
+            path: path.into(),
+            format: Some("qcow2"),
+        };
+        let hashed = FurtherObserved {
+            image_sha256: Some("AA".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&two, &seen(false, hashed.clone())),
+            Plan::Act(vec![
+                import("suit-default-base", "/images/base.qcow2"),
+                import("suit-default-base.data", "/images/data.qcow2"),
+            ]),
+            "both absent: both imported"
+        );
+        assert_eq!(
+            plan(&two, &seen(true, hashed)),
+            Plan::Act(vec![import("suit-default-base.data", "/images/data.qcow2")]),
+            "the first made: the further one only"
+        );
+        let made = FurtherObserved {
+            exists: true,
+            ..Default::default()
+        };
+        assert_eq!(plan(&two, &seen(true, made.clone())), Plan::Act(vec![]));
+        let Plan::Fail(e) = plan(
+            &two,
+            &seen(
+                true,
+                FurtherObserved {
+                    image_sha256: Some("bb".into()),
+                    ..Default::default()
+                },
+            ),
+        ) else {
+            panic!("a further disk's mismatch must fail");
+        };
+        assert_eq!(e.reason, "ChecksumMismatch");
+        assert!(
+            e.message.contains("sha256 is bb, the spacesuit expects aa"),
+            "{e}"
+        );
+        let Plan::Wait { reason, message } = plan(
+            &two,
+            &seen(
+                true,
+                FurtherObserved {
+                    image_missing: true,
+                    ..Default::default()
+                },
+            ),
+        ) else {
+            panic!("a further disk's image elsewhere: wait");
+        };
+        assert_eq!(reason, "ImageNotHere");
+        assert!(message.contains("/images/data.qcow2"), "{message}");
+        // A disk taken out of the spec: its volume goes.
+        let fewer = Desired {
+            dropped: vec!["suit-default-base.old".into()],
+            ..two.clone()
+        };
+        let still = Observed {
+            exists: true,
+            further: vec![made.clone()],
+            dropped: vec!["suit-default-base.old".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&fewer, &still),
+            Plan::Act(vec![Action::Destroy {
+                volume: "suit-default-base.old".into()
+            }])
+        );
+        let gone = Desired {
+            deleted: true,
+            ..two
+        };
+        assert_eq!(
+            plan(&gone, &seen(true, made)),
+            Plan::Act(vec![
+                Action::Destroy {
+                    volume: "suit-default-base".into()
+                },
+                Action::Destroy {
+                    volume: "suit-default-base.data".into()
+                },
+            ])
         );
     }
 }

@@ -407,10 +407,19 @@ impl Shared {
             .get(&ObjectKey::new(Kind::Spacesuit, Some(ns), name))
             .filter(|r| !r.deleted)
             .and_then(|r| serde_json::from_value::<SpacesuitSpec>(r.object["spec"].clone()).ok())?;
-        let img = suit.source?.image?;
-        let same = img.sha256.is_some_and(|h| h.eq_ignore_ascii_case(sha256));
+        // The first disk's image or a further disk's (`spec.disks`).
+        let img = suit
+            .source
+            .and_then(|s| s.image)
+            .into_iter()
+            .chain(suit.disks.into_iter().map(|d| d.image))
+            .find(|i| {
+                i.sha256
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(sha256))
+            })?;
         let path = PathBuf::from(img.path);
-        (same && path.is_file()).then_some(path)
+        path.is_file().then_some(path)
     }
 
     /// The holder of an image: its size, then its bytes.

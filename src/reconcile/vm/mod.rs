@@ -46,8 +46,9 @@ mod status;
 pub use execute::Failed;
 pub use plan::{diff, plan, start, Action, Attach, Next, Observed, Plan};
 pub use resolve::{
-    decide, disk_names, effective_disks, for_deletion, is_auto, is_mine, resolve, vm_disk_names,
-    Decision, Desired, DesiredDisk, Site, SourceVm, SuitCopy, Tap, VolumeSource, SPACESUIT_DISK,
+    decide, disk_names, effective_disks, effective_nics, for_deletion, inherit_nics, is_auto,
+    is_mine, resolve, vm_disk_names, vm_nics, Decision, Desired, DesiredDisk, Site, SourceVm,
+    SuitCopy, Tap, VolumeSource, SPACESUIT_DISK,
 };
 pub use status::{fastr_condition, rpo_target, walk};
 

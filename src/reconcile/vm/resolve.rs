@@ -10,7 +10,9 @@ use super::super::{names, Ctx, Elected, ReconcileError};
 use crate::driver::{NicConfig, VmConfig};
 use crate::gossip::placement::{unmet, VmRequest};
 use crate::gossip::{DocKey, NodeId, NodeStatus, Resources, TagSet};
-use crate::model::vm::{Disk, DiskBus, Machine, PowerState, RestartPolicy, VirtualMachineSpec};
+use crate::model::vm::{
+    Disk, DiskBus, Machine, Nic, PowerState, RestartPolicy, VirtualMachineSpec,
+};
 use crate::model::{
     Kind, NetworkSpec, ObjectKey, Performance, SatelliteSpec, SpacesuitSpec, VirtualMachineStatus,
 };
@@ -300,7 +302,7 @@ pub fn resolve(
     let suit = spacesuit(ctx, ns, spec)?;
     let suit = suit.as_ref();
     let disks = disks(ctx, key, spec, suit)?;
-    let (nics, taps) = nics(ctx, key, spec)?;
+    let (nics, taps) = nics(ctx, key, effective_nics(spec, suit))?;
     let config = VmConfig {
         id: format!("{ns}/{}", key.name),
         cpus: spec
@@ -371,8 +373,7 @@ pub fn for_deletion(
             read_only: false,
         })
         .collect();
-    let taps = spec
-        .nics
+    let taps = effective_nics(spec, suit.as_ref())
         .iter()
         .map(|n| Tap {
             tap: names::tap(ns, &key.name, &n.name),
@@ -439,14 +440,82 @@ pub fn effective_disks(spec: &VirtualMachineSpec, suit: Option<&SpacesuitSpec>) 
     let (Some(name), Some(_)) = (&spec.spacesuit, suit.and_then(|s| s.source.as_ref())) else {
         return Vec::new();
     };
-    vec![Disk {
+    let mut disks = vec![Disk {
         name: SPACESUIT_DISK.into(),
         source: crate::model::vm::DiskSource {
             spacesuit: Some(name.clone()),
             ..Default::default()
         },
+        bus: suit.and_then(|s| s.source.as_ref()).and_then(|s| s.bus),
         ..Default::default()
-    }]
+    }];
+    // Its further disks (`spec.disks` of the spacesuit), in order; their
+    // volumes are resolved by [`suit_disk`].
+    for d in suit.map(|s| s.disks.as_slice()).unwrap_or_default() {
+        disks.push(Disk {
+            name: d.name.clone(),
+            source: crate::model::vm::DiskSource {
+                spacesuit: Some(name.clone()),
+                ..Default::default()
+            },
+            bus: d.bus,
+            ..Default::default()
+        });
+    }
+    disks
+}
+
+/// The NICs a VM has: `spec.nics`, or else its spacesuit's (`spec.nics`
+/// of the spacesuit).
+pub fn effective_nics<'a>(
+    spec: &'a VirtualMachineSpec,
+    suit: Option<&'a SpacesuitSpec>,
+) -> &'a [Nic] {
+    match suit {
+        Some(s) if spec.nics.is_empty() && spec.spacesuit.is_some() => &s.nics,
+        _ => &spec.nics,
+    }
+}
+
+/// The NICs of VM `ns`/`spec`, its spacesuit looked up in `store` (for
+/// those that read VMs outside a reconcile: DHCP, the fabric).
+pub fn vm_nics(store: &crate::store::Store, ns: &str, spec: &VirtualMachineSpec) -> Vec<Nic> {
+    if !spec.nics.is_empty() {
+        return spec.nics.clone();
+    }
+    let Some(name) = &spec.spacesuit else {
+        return Vec::new();
+    };
+    store
+        .get(&ObjectKey::new(Kind::Spacesuit, Some(ns), name))
+        .filter(|r| !r.deleted)
+        .and_then(|r| serde_json::from_value::<SpacesuitSpec>(r.object["spec"].clone()).ok())
+        .map(|s| s.nics)
+        .unwrap_or_default()
+}
+
+/// Give `spec` (a VM of namespace `ns`) its spacesuit's NICs when it
+/// declares none, so that what reads `spec.nics` (DHCP tables, the
+/// fabric) sees the NICs the VM really has.
+pub fn inherit_nics(ctx: &Ctx, ns: &str, spec: &mut VirtualMachineSpec) {
+    if spec.nics.is_empty() {
+        if let Ok(Some(s)) = spacesuit(ctx, ns, spec) {
+            spec.nics = s.nics;
+        }
+    }
+}
+
+/// The further disk `disk` of the spacesuit a VM takes its disks from,
+/// when the VM declares none (`None`: not such a disk).
+fn suit_disk<'a>(
+    spec: &VirtualMachineSpec,
+    suit: Option<&'a SpacesuitSpec>,
+    disk: &str,
+) -> Option<&'a crate::model::spacesuit::SpacesuitDisk> {
+    if !spec.disks.is_empty() || spec.spacesuit.is_none() {
+        return None;
+    }
+    suit?.disks.iter().find(|d| d.name == disk)
 }
 
 /// The names of a VM's disks (see [`effective_disks`]).
@@ -472,9 +541,32 @@ fn disks(
     let ns = key.namespace.as_str();
     let mut out = Vec::new();
     for d in effective_disks(spec, suit) {
+        let source = match (suit_disk(spec, suit, &d.name), &spec.spacesuit) {
+            // A spacesuit's further disk: a clone of its own volume,
+            // imported from its image (fetched by its hash when absent).
+            (Some(f), Some(suit_name)) => VolumeSource::Clone {
+                source: names::spacesuit_disk_volume(ns, suit_name, &f.name),
+                size: None,
+                from_vm: None,
+                suit: f
+                    .image
+                    .sha256
+                    .as_ref()
+                    .map(|h| {
+                        SuitCopy::Image(SuitImage {
+                            spacesuit: ObjectKey::new(Kind::Spacesuit, Some(ns), suit_name),
+                            sha256: h.to_ascii_lowercase(),
+                            format: f.image.format.map(|f| f.as_str()),
+                            path: f.image.path.clone(),
+                        })
+                    })
+                    .map(Box::new),
+            },
+            _ => disk_source(ctx, ns, &d)?,
+        };
         out.push(DesiredDisk {
             volume: names::vm_volume(ns, &key.name, &d.name),
-            source: disk_source(ctx, ns, &d)?,
+            source,
             bus: d.bus.unwrap_or(DiskBus::Virtio),
             read_only: d.read_only,
             name: d.name,
@@ -603,12 +695,12 @@ fn disk_source(ctx: &Ctx, ns: &str, d: &Disk) -> Result<VolumeSource, ReconcileE
 fn nics(
     ctx: &Ctx,
     key: &ObjectKey,
-    spec: &VirtualMachineSpec,
+    declared: &[Nic],
 ) -> Result<(Vec<NicConfig>, Vec<Tap>), ReconcileError> {
     let ns = key.namespace.as_str();
     let mut nics = Vec::new();
     let mut taps = Vec::new();
-    for n in &spec.nics {
+    for n in declared {
         let net = ctx
             .typed::<NetworkSpec>(Kind::Network, ns, &n.network)
             .ok_or_else(|| {
