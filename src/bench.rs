@@ -400,13 +400,15 @@ pub fn validate_throughput(documents: usize, schemas: &Path) -> anyhow::Result<(
 }
 
 /// Replica latency: all disks of a VM (two volumes) captured through the
-/// storage driver, `count` times, while a writer rewrites one disk at full
-/// speed; beside the bare `zfs snapshot` command on the same pool in the
-/// same run. `zfs_root` is a dataset (e.g. `deorchtest/bench`); the `dir`
+/// storage driver (`Storage::capture`, as the Replica reconciler does),
+/// `count` times, while a writer rewrites one disk at full speed; in turn
+/// with the same disks cloned at once (`clone_volumes`) and the bare
+/// `zfs snapshot` command on the same pool; then the first open of each
+/// replica (where a lazy one's clone is made). `zfs_root` is a dataset (e.g. `deorchtest/bench`); the `dir`
 /// driver is measured without the writer (a running disk there is
 /// snapshotted by QEMU, not through files).
 pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<()> {
-    use crate::driver::{CloneRequest, Storage};
+    use crate::driver::{CloneRequest, LiveDisks, Storage};
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
@@ -438,32 +440,42 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
                 })
             });
             let started = Instant::now();
+            // In turn: a replica as the reconciler takes it (`capture`: on
+            // zfs the snapshots only, clones made when first used), the
+            // same disks cloned at once (`clone_volumes`: snapshots, then
+            // clones; what a replica was before), and the peer, the bare
+            // `zfs snapshot` of the disk being written (gc sweeps these
+            // afterwards), so all three see the same load.
             let mut samples = Vec::with_capacity(count);
+            let mut eager = Vec::with_capacity(count);
+            let mut bare = Vec::with_capacity(count);
             for i in 0..count {
-                let reqs = ["root", "data"].map(|d| CloneRequest {
-                    volume: format!("bench-rep{i}-{d}"),
-                    source: format!("bench-{d}"),
-                    size: None,
-                });
+                let reqs = |kind: &str| {
+                    ["root", "data"].map(|d| CloneRequest {
+                        volume: format!("bench-{kind}{i}-{d}"),
+                        source: format!("bench-{d}"),
+                        size: None,
+                    })
+                };
                 let t = Instant::now();
-                storage.clone_volumes(&reqs).await?;
+                storage.capture(&reqs("rep"), &LiveDisks::default()).await?;
                 samples.push(t.elapsed());
-            }
-            let secs = started.elapsed().as_secs_f64();
-            // The peer under the same load: the bare `zfs snapshot` of the
-            // disk being written (gc sweeps these snapshots afterwards).
-            if let Some(ds) = &peer {
-                let mut bare = Vec::with_capacity(count);
-                for i in 0..count {
+                let t = Instant::now();
+                storage.clone_volumes(&reqs("clone")).await?;
+                eager.push(t.elapsed());
+                if let Some(ds) = &peer {
                     let snap = format!("{ds}@peer{i}");
                     let t = Instant::now();
                     crate::driver::cmd::run("zfs", &["snapshot", &snap], Duration::from_secs(60))
                         .map_err(|e| anyhow::anyhow!("zfs snapshot: {}", e.message()))?;
                     bare.push(t.elapsed());
                 }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            if peer.is_some() {
                 let p = percentiles(&mut bare);
                 println!(
-                    "zfs snapshot (bare command, 1 disk, same load): p50 {:.1} ms, p99 {:.1} ms over {count}",
+                    "zfs snapshot (bare command, 1 disk, same load, in turn with the above): p50 {:.1} ms, p99 {:.1} ms over {count}",
                     p.p50, p.p99
                 );
             }
@@ -472,24 +484,45 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
                 let _ = w.join();
             }
             let p = percentiles(&mut samples);
+            let e = percentiles(&mut eager);
+            // A replica's clone is made when it is first used: opening one
+            // volume of each replica (the first read or write) says what
+            // that costs, once.
             let t = Instant::now();
-            for v in storage.list().await? {
-                storage.destroy(&v).await?;
+            let mut first = Vec::with_capacity(count);
+            for i in 0..count {
+                let t = Instant::now();
+                storage.volume(&format!("bench-rep{i}-root")).await?;
+                first.push(t.elapsed());
             }
+            let f = percentiles(&mut first);
+            let opened = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let volumes = storage.list().await?;
+            for v in &volumes {
+                storage.destroy(v).await?;
+            }
+            let writing = if load {
+                format!(
+                    " while writing {:.0} MiB/s into one disk",
+                    written.load(Ordering::Relaxed) as f64 / secs
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{name}: replica of 2 disks p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {count}{}; destroying all {} volumes took {:.0} ms",
-                p.p50,
-                p.p99,
-                p.max,
-                if load {
-                    format!(
-                        " while writing {:.0} MiB/s into one disk",
-                        written.load(Ordering::Relaxed) as f64 / secs
-                    )
-                } else {
-                    String::new()
-                },
-                2 * count + 2,
+                "{name}: replica of 2 disks (capture) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {count}{writing}",
+                p.p50, p.p99, p.max,
+            );
+            println!(
+                "{name}: the same 2 disks cloned at once (clone_volumes) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {count}, alternating with the replicas",
+                e.p50, e.p99, e.max,
+            );
+            println!(
+                "{name}: first open of a replica's volume (its clone made, no load) p50 {:.1} ms, p99 {:.1} ms ({opened:.0} ms for {count}); destroying all {} volumes took {:.0} ms",
+                f.p50,
+                f.p99,
+                volumes.len(),
                 t.elapsed().as_secs_f64() * 1e3
             );
             anyhow::Ok(())

@@ -16,7 +16,18 @@
 //! from which `gc` (run after each removal and at node start) finishes, so
 //! a crash at any point loses nothing and leaks nothing. Dependencies come
 //! from the `origin` property only (zfs-fuse has no `clones` property).
-//! See docs/ALGORITHMS.md.
+//!
+//! A replica's volumes are made lazily ([`Storage::capture`]): a *lazy
+//! volume* `V` is the snapshot `<source>@lazy.V` of the disk it captured,
+//! and nothing else. It is listed and exists like a dataset; the first
+//! [`Storage::volume`], clone, revert or rename *materializes* it (clone
+//! `vol/V` from the snapshot, then rename the snapshot to an ordinary
+//! `s<nonce>`, which stays as the clone's origin). Destroying it renames the
+//! snapshot the same way (then `gc` sweeps it). `gc` finishes a
+//! materialization a crash cut short (a lazy snapshot whose `vol/V`
+//! exists is renamed) and materializes the lazy volumes of a trashed
+//! source before anything else, so removing a VM never takes its replicas
+//! with it. See docs/ALGORITHMS.md.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -66,6 +77,9 @@ pub trait CowBackend: Send + 'static {
     fn promote(&mut self, ds: &str) -> Result<(), DriverError>;
     /// Rename a dataset.
     fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError>;
+    /// Rename snapshot `ds@a` to `ds@b` (`to` is the short name `b`); its
+    /// clones follow.
+    fn rename_snapshot(&mut self, snap: &str, to: &str) -> Result<(), DriverError>;
     /// Destroy a dataset (with its snapshots) or a snapshot; fails while
     /// clones depend on it.
     fn destroy(&mut self, name: &str) -> Result<(), DriverError>;
@@ -136,6 +150,67 @@ fn vol(name: &str) -> String {
     format!("vol/{name}")
 }
 
+/// Snapshot names of lazy volumes begin with this.
+const LAZY: &str = "lazy.";
+
+/// Every lazy volume: (volume, its snapshot `ds@lazy.<volume>`).
+fn lazies(all: &[Ds]) -> Vec<(String, String)> {
+    all.iter()
+        .flat_map(|d| {
+            d.snapshots.iter().filter_map(move |(s, _)| {
+                s.strip_prefix(LAZY)
+                    .map(|v| (v.to_string(), format!("{}@{s}", d.name)))
+            })
+        })
+        .collect()
+}
+
+/// The snapshot holding lazy volume `volume`, if it is one.
+fn lazy_snapshot<B: CowBackend + ?Sized>(
+    b: &mut B,
+    volume: &str,
+) -> Result<Option<String>, DriverError> {
+    Ok(lazies(&b.list()?)
+        .into_iter()
+        .find(|(v, _)| v == volume)
+        .map(|x| x.1))
+}
+
+/// Give a lazy volume's snapshot an ordinary name: it no longer makes a
+/// volume (it stays while clones have it as origin; `gc` sweeps it after).
+fn retire<B: CowBackend + ?Sized>(b: &mut B, snap: &str) -> Result<(), DriverError> {
+    b.rename_snapshot(snap, &format!("s{}", nonce()))
+}
+
+/// Make lazy volume `volume` a dataset (`vol/<volume>`). Returns whether it
+/// was lazy. Each step leaves a state `gc` or a second call finishes.
+fn materialize<B: CowBackend + ?Sized>(b: &mut B, volume: &str) -> Result<bool, DriverError> {
+    let Some(snap) = lazy_snapshot(b, volume)? else {
+        return Ok(false);
+    };
+    if !b.exists(&vol(volume))? {
+        b.clone(&snap, &vol(volume), None)?;
+    }
+    retire(b, &snap)?;
+    Ok(true)
+}
+
+/// Every live volume: the datasets below `vol/` and the lazy volumes.
+pub fn volume_names<B: CowBackend + ?Sized>(b: &mut B) -> Result<BTreeSet<String>, DriverError> {
+    let all = b.list()?;
+    let mut names: BTreeSet<String> = all
+        .iter()
+        .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
+        .collect();
+    names.extend(lazies(&all).into_iter().map(|x| x.0));
+    Ok(names)
+}
+
+/// Whether `volume` exists, as a dataset or lazily.
+fn exists_any<B: CowBackend + ?Sized>(b: &mut B, volume: &str) -> Result<bool, DriverError> {
+    Ok(b.exists(&vol(volume))? || lazy_snapshot(b, volume)?.is_some())
+}
+
 /// Finish every pending removal. Returns the number of objects destroyed.
 pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
     let mut destroyed = 0;
@@ -161,7 +236,24 @@ pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
                 .collect()
         };
         let mut step = None;
-        for d in all.iter().filter(|d| d.name.starts_with("trash/")) {
+        // Lazy volumes first: one whose dataset exists was materialized
+        // (its snapshot keeps the lazy name only if a crash came between);
+        // one on a trashed source is materialized before the source goes.
+        for (volume, snap) in lazies(&all) {
+            let made = all.iter().any(|d| d.name == vol(&volume));
+            if made {
+                step = Some(Step::Retire(snap));
+                break;
+            }
+            if snap.starts_with("trash/") {
+                step = Some(Step::Materialize(volume));
+                break;
+            }
+        }
+        for d in all
+            .iter()
+            .filter(|d| step.is_none() && d.name.starts_with("trash/"))
+        {
             let clones = clones_of(&d.name);
             if clones.is_empty() {
                 step = Some(Step::Destroy(d.name.clone()));
@@ -200,15 +292,23 @@ pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
                 b.promote(&name)?;
                 continue;
             }
+            Some(Step::Retire(snap)) => {
+                retire(b, &snap)?;
+                continue;
+            }
+            Some(Step::Materialize(volume)) => {
+                materialize(b, &volume)?;
+                continue;
+            }
             None => {}
         }
         // Snapshots nobody is cloned from are spent, but for transfer
-        // points (their taker drops them).
+        // points (their taker drops them) and lazy volumes.
         let origins: BTreeSet<&str> = all.iter().filter_map(|d| d.origin.as_deref()).collect();
         let mut any = false;
         for d in &all {
             for (s, _) in &d.snapshots {
-                if s.starts_with(super::TRANSFER_POINT) {
+                if s.starts_with(super::TRANSFER_POINT) || s.starts_with(LAZY) {
                     continue;
                 }
                 let full = format!("{}@{s}", d.name);
@@ -228,6 +328,10 @@ pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
 enum Step {
     Destroy(String),
     Promote(String),
+    /// A lazy volume's snapshot, given an ordinary name.
+    Retire(String),
+    /// A lazy volume made a dataset.
+    Materialize(String),
 }
 
 /// Volumes on a [`CowBackend`]. Operations are serialised (one lock) and
@@ -284,6 +388,128 @@ pub async fn blocking<S: Send + 'static, T: Send + 'static>(
     })?
 }
 
+/// A clone source `volume@point`: that transfer point as it is (a FASTR
+/// copy point).
+fn point(r: &CloneRequest) -> Option<(&str, &str)> {
+    crate::model::names::parse_at_point(&r.source)
+}
+
+/// Clones of `requests`' sources, the plain ones from a snapshot of all
+/// of them taken now. A source that is a lazy volume is materialized
+/// first (found when its snapshot fails: no check up front, every
+/// command saved is latency saved under load).
+fn clone_now<B: CowBackend + ?Sized>(
+    b: &mut B,
+    requests: &[CloneRequest],
+) -> Result<(), DriverError> {
+    for r in requests {
+        check_volume_name("clone", &r.volume)?;
+        check_volume_name("clone", point(r).map_or(r.source.as_str(), |p| p.0))?;
+    }
+    let snap = format!("s{}", nonce());
+    let sources: BTreeSet<&str> = requests
+        .iter()
+        .filter(|r| point(r).is_none())
+        .map(|r| r.source.as_str())
+        .collect();
+    let snaps: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{}@{snap}", vol(s)))
+        .collect();
+    if !snaps.is_empty() {
+        snapshot_materializing(b, &snaps, &sources)?;
+    }
+    // No existence checks of the new names up front: the backend refuses
+    // a name a dataset holds (NameCollision) itself. A lazy volume's name
+    // is not looked for here: callers ask `exists` (which sees lazy
+    // volumes) before they make a volume.
+    let clones: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            let from = match point(r) {
+                Some((v, p)) => format!("{}@{}{p}", vol(v), super::TRANSFER_POINT),
+                None => format!("{}@{snap}", vol(&r.source)),
+            };
+            (from, vol(&r.volume), r.size)
+        })
+        .collect();
+    b.clone_all(&clones)
+}
+
+/// `b.snapshot(snaps)` of `sources`; when one is missing, each of them
+/// that is a lazy volume is materialized and the snapshots taken again.
+fn snapshot_materializing<B: CowBackend + ?Sized>(
+    b: &mut B,
+    snaps: &[String],
+    sources: &BTreeSet<&str>,
+) -> Result<(), DriverError> {
+    match b.snapshot(snaps) {
+        Err(e @ DriverError::NotFound { .. }) => {
+            // Where the snapshots are taken one per command, some may have
+            // been: they go, so that all are taken again at one instant
+            // (and no lazy volume is left half made).
+            let all = b.list()?;
+            let taken: Vec<&String> = snaps
+                .iter()
+                .filter(|s| {
+                    s.split_once('@').is_some_and(|(d, n)| {
+                        all.iter()
+                            .any(|x| x.name == d && x.snapshots.iter().any(|y| y.0 == n))
+                    })
+                })
+                .collect();
+            for s in taken {
+                b.destroy(s)?;
+            }
+            let mut any = false;
+            for s in sources {
+                any |= materialize(b, s)?;
+            }
+            if !any {
+                return Err(e);
+            }
+            b.snapshot(snaps)
+        }
+        r => r,
+    }
+}
+
+/// A replica of `requests`' sources: their snapshots only, taken together,
+/// each named after its new volume (`vol/<source>@lazy.<volume>`). A
+/// request that cannot be lazy (a transfer point as source, a size to
+/// grow to, a name too long for a snapshot) makes the whole capture
+/// [`clone_now`].
+fn capture<B: CowBackend + ?Sized>(
+    b: &mut B,
+    requests: &[CloneRequest],
+) -> Result<(), DriverError> {
+    for r in requests {
+        check_volume_name("capture", &r.volume)?;
+        check_volume_name("capture", point(r).map_or(r.source.as_str(), |p| p.0))?;
+        if r.volume == r.source {
+            return Err(collision("capture", &r.volume));
+        }
+    }
+    let lazy = |r: &CloneRequest| {
+        point(r).is_none()
+            && r.size.is_none()
+            && vol(&r.source).len() + 1 + LAZY.len() + r.volume.len() <= MAX_NAME
+    };
+    let sources: BTreeSet<&str> = requests.iter().map(|r| r.source.as_str()).collect();
+    if !requests.iter().all(lazy) || sources.len() != requests.len() {
+        return clone_now(b, requests);
+    }
+    let snaps: Vec<String> = requests
+        .iter()
+        .map(|r| format!("{}@{LAZY}{}", vol(&r.source), r.volume))
+        .collect();
+    snapshot_materializing(b, &snaps, &sources)
+}
+
+/// The longest snapshot name below the driver's root kept lazy (ZFS
+/// allows 255 bytes with the pool and root before it).
+const MAX_NAME: usize = 160;
+
 /// A volume name that is already taken.
 pub fn collision(op: &str, volume: &str) -> DriverError {
     DriverError::Condition {
@@ -306,7 +532,7 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         let volume = volume.to_string();
         Box::pin(self.with(move |b| {
             check_volume_name("create", &volume)?;
-            if b.exists(&vol(&volume))? {
+            if exists_any(b, &volume)? {
                 return Err(collision("create", &volume));
             }
             b.create(&vol(&volume), size)
@@ -325,7 +551,7 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         );
         Box::pin(self.with(move |b| {
             check_volume_name("import", &volume)?;
-            if b.exists(&vol(&volume))? {
+            if exists_any(b, &volume)? {
                 return Err(collision("import", &volume));
             }
             b.import(&vol(&volume), &path, format.as_deref())
@@ -336,50 +562,28 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         requests: &'a [CloneRequest],
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         let requests = requests.to_vec();
-        Box::pin(self.with(move |b| {
-            // No existence checks up front: the backend refuses a taken
-            // name (NameCollision) or a missing source (NotFound) itself,
-            // and every command saved is latency saved under load.
-            // A source `volume@point` is cloned from that transfer point
-            // as it is (a FASTR copy point); the others from a snapshot
-            // taken now.
-            fn point(r: &CloneRequest) -> Option<(&str, &str)> {
-                crate::model::names::parse_at_point(&r.source)
-            }
-            for r in &requests {
-                check_volume_name("clone", &r.volume)?;
-                check_volume_name("clone", point(r).map_or(r.source.as_str(), |p| p.0))?;
-            }
-            let snap = format!("s{}", nonce());
-            let sources: BTreeSet<&str> = requests
-                .iter()
-                .filter(|r| point(r).is_none())
-                .map(|r| r.source.as_str())
-                .collect();
-            let snaps: Vec<String> = sources
-                .iter()
-                .map(|s| format!("{}@{snap}", vol(s)))
-                .collect();
-            if !snaps.is_empty() {
-                b.snapshot(&snaps)?;
-            }
-            let clones: Vec<_> = requests
-                .iter()
-                .map(|r| {
-                    let from = match point(r) {
-                        Some((v, p)) => format!("{}@{}{p}", vol(v), super::TRANSFER_POINT),
-                        None => format!("{}@{snap}", vol(&r.source)),
-                    };
-                    (from, vol(&r.volume), r.size)
-                })
-                .collect();
-            b.clone_all(&clones)
-        }))
+        Box::pin(self.with(move |b| clone_now(b, &requests)))
+    }
+    fn capture<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+        live: &'a super::LiveDisks,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        // A disk of a running VM needs nothing from its hypervisor here:
+        // a snapshot is crash-consistent (what a power cut would leave).
+        let _ = live;
+        let requests = requests.to_vec();
+        Box::pin(self.with(move |b| capture(b, &requests)))
     }
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         let volume = volume.to_string();
         Box::pin(self.with(move |b| {
             check_volume_name("destroy", &volume)?;
+            // The lazy snapshot first: were the dataset trashed first, a
+            // crash between would leave the snapshot a live volume again.
+            if let Some(snap) = lazy_snapshot(b, &volume)? {
+                retire(b, &snap)?;
+            }
             if b.exists(&vol(&volume))? {
                 b.rename(&vol(&volume), &format!("trash/{volume}.{}", nonce()))?;
             }
@@ -390,8 +594,11 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         let (from, to) = (from.to_string(), to.to_string());
         Box::pin(self.with(move |b| {
             check_volume_name("rename", &to)?;
-            if b.exists(&vol(&to))? {
+            if exists_any(b, &to)? {
                 return Err(collision("rename", &to));
+            }
+            if !b.exists(&vol(&from))? {
+                materialize(b, &from)?;
             }
             b.rename(&vol(&from), &vol(&to))
         }))
@@ -400,20 +607,22 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         let volume = volume.to_string();
         Box::pin(self.with(move |b| {
             check_volume_name("exists", &volume)?;
-            b.exists(&vol(&volume))
+            exists_any(b, &volume)
         }))
     }
     fn volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<VolumeInfo, DriverError>> {
         let volume = volume.to_string();
-        Box::pin(self.with(move |b| b.info(&vol(&volume))))
+        Box::pin(self.with(move |b| match b.info(&vol(&volume)) {
+            // Opened for the first time: a lazy volume becomes a dataset.
+            Err(e) => match materialize(b, &volume)? {
+                true => b.info(&vol(&volume)),
+                false => Err(e),
+            },
+            ok => ok,
+        }))
     }
     fn list(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
-        Box::pin(self.with(|b| {
-            Ok(b.list()?
-                .into_iter()
-                .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
-                .collect())
-        }))
+        Box::pin(self.with(|b| Ok(volume_names(b)?.into_iter().collect())))
     }
     fn gc(&self) -> BoxFuture<'_, Result<usize, DriverError>> {
         Box::pin(self.with(|b| gc(b)))
@@ -536,8 +745,23 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         volume: &'a str,
         tag: &'a str,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        let snap = format!("{}@{}", vol(volume), super::transfer_point(tag));
-        Box::pin(self.with(move |b| b.rollback(&snap)))
+        let ds = vol(volume);
+        let snap = format!("{ds}@{}", super::transfer_point(tag));
+        Box::pin(self.with(move |b| {
+            // A rollback destroys the later snapshots: the lazy volumes
+            // among them are made datasets first (their snapshots then have
+            // clones, and the rollback refuses, as it does for any volume
+            // cloned after the point).
+            let on: Vec<String> = lazies(&b.list()?)
+                .into_iter()
+                .filter(|(_, s)| s.split_once('@').is_some_and(|x| x.0 == ds))
+                .map(|x| x.0)
+                .collect();
+            for v in on {
+                materialize(b, &v)?;
+            }
+            b.rollback(&snap)
+        }))
     }
     fn drop_point<'a>(
         &'a self,

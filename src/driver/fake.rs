@@ -286,13 +286,7 @@ impl FakeStorage {
     }
     /// Names of all live volumes.
     pub fn volumes(&self) -> BTreeSet<String> {
-        self.with_sync(|b| {
-            b.list()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|d| d.name.strip_prefix("vol/").map(str::to_string))
-                .collect()
-        })
+        self.with_sync(|b| super::cow::volume_names(b).unwrap_or_default())
     }
 }
 
@@ -594,6 +588,30 @@ impl CowBackend for MemBackend {
                 if let Some(rest) = o.strip_prefix(&prefix) {
                     d.origin = Some(format!("{to}@{rest}"));
                 }
+            }
+        }
+        Ok(())
+    }
+    fn rename_snapshot(&mut self, snap: &str, to: &str) -> Result<(), DriverError> {
+        self.faults.check("rename", snap)?;
+        let (ds, from) = snap.split_once('@').unwrap_or((snap, ""));
+        let d = self.get_mut("rename", ds)?;
+        if d.snaps.iter().any(|x| x.0 == to) {
+            return Err(Self::refuse("rename", to, "dataset already exists"));
+        }
+        let s = d
+            .snaps
+            .iter_mut()
+            .find(|x| x.0 == from)
+            .ok_or_else(|| DriverError::NotFound {
+                op: "rename".into(),
+                target: snap.into(),
+            })?;
+        s.0 = to.into();
+        let renamed = format!("{ds}@{to}");
+        for d in self.ds.values_mut() {
+            if d.origin.as_deref() == Some(snap) {
+                d.origin = Some(renamed.clone());
             }
         }
         Ok(())

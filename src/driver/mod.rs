@@ -525,6 +525,19 @@ pub trait Storage: Send + Sync {
         let _ = live;
         self.clone_volumes(requests)
     }
+    /// A replica: [`Storage::clone_volumes_live`], where the new volumes
+    /// may be made lazily. On copy-on-write storage (ZFS) it is only the
+    /// sources' snapshots, taken together, each named after its new
+    /// volume; a volume's clone is made when it is first opened
+    /// ([`Storage::volume`]), cloned, reverted to or renamed. Until then
+    /// the volume exists, is listed and is destroyed like any other.
+    fn capture<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+        live: &'a LiveDisks,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.clone_volumes_live(requests, live)
+    }
     /// Destroy a volume; its dependents stay intact (transparent removal).
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Rename a volume (dependents follow).

@@ -520,6 +520,13 @@ impl CowBackend for ZfsBackend {
         result.map(|_| ())
     }
 
+    fn rename_snapshot(&mut self, snap: &str, to: &str) -> Result<(), DriverError> {
+        let ds = snap.split_once('@').map_or(snap, |x| x.0);
+        let to = format!("{}@{to}", self.full(ds));
+        self.zfs_retry("rename", snap, &["rename", &self.full(snap), &to])
+            .map(|_| ())
+    }
+
     fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
         let full = self.full(name);
         if name.contains('@') {

@@ -1,4 +1,6 @@
-//! Replica: every disk of the VM captured as a volume, all at one instant.
+//! Replica: every disk of the VM captured as a volume, all at one instant
+//! (`Storage::capture`: on ZFS the disks' snapshots only, each volume's
+//! clone made when it is first used).
 //! A partial capture (a crash midway) is thrown away and taken again as a
 //! whole; deleting the replica removes every volume it made.
 //!
@@ -273,7 +275,7 @@ pub async fn execute(ctx: &Ctx, actions: &[Action]) -> Result<(), ReconcileError
                 live,
                 fastr,
             } => {
-                storage.clone_volumes_live(requests, &live.0).await?;
+                storage.capture(requests, &live.0).await?;
                 // The copies follow the replica (on the VM's node; a VM
                 // that runs nowhere has nothing new to send).
                 if let (Some(vm), Some(p)) = (fastr, &ctx.placement) {
