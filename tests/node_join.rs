@@ -265,6 +265,20 @@ fn a_new_machine_joins_on_the_owners_approval_and_runs_a_vm_placed_on_it() {
     assert!(err.contains("refused"), "{err}");
     assert!(!b.socket.exists());
 
+    // The new node probed its accelerator while it waited (an owner
+    // takes seconds or minutes to approve; the probe boot takes up to 8 s
+    // here, where /dev/kvm cannot boot a guest).
+    b.wait_within(
+        "the accelerator probed while waiting",
+        Duration::from_secs(30),
+        |n| {
+            std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .contains("accelerator probed while waiting")
+        },
+    );
+    assert!(b.state.join("accel.json").exists());
+
     // The owner approves: one signed command.
     let owner_file = b.dir.join("owner.key");
     owner_key.save(&owner_file).unwrap();

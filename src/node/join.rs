@@ -222,8 +222,15 @@ pub fn join(mut args: JoinArgs) -> anyhow::Result<ExitCode> {
         info["nodeName"].as_str().unwrap_or("?"),
         config.name
     );
+    // The accelerator probe (up to 8 s of a guest boot) runs while the
+    // owner decides, and leaves its answer in STATE_DIR/accel.json, where
+    // the node's start finds it.
+    let probe = early_probe(&config);
     let started = Instant::now();
     let approved = wait_for_approval(&url, &cluster, &key, &me, &config.name, info, &args)?;
+    if let Some(p) = probe {
+        let _ = p.join();
+    }
     let generation = approved
         .iter()
         .filter_map(|p| p.pointer("/metadata/generation"))
@@ -265,6 +272,42 @@ pub fn join(mut args: JoinArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(super::run(config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start the node's accelerator probe on a thread of its own, when the
+/// node will run VMs under QEMU (its result is cached in the state
+/// directory, keyed by what it depends on).
+fn early_probe(config: &NodeConfig) -> Option<std::thread::JoinHandle<()>> {
+    use super::config::HypervisorKind;
+    if !matches!(
+        config.hypervisor,
+        HypervisorKind::Qemu | HypervisorKind::Libvirt(_)
+    ) {
+        return None;
+    }
+    let guest = super::probe_guest(config);
+    if !guest.kernel.exists() {
+        return None;
+    }
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).ok()?;
+    std::thread::Builder::new()
+        .name("accel-probe".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let r = rt.block_on(crate::qemu::probe::probe_cached(&guest, &state_dir));
+            eprintln!(
+                "accelerator probed while waiting: {} ({})",
+                r.accel.as_str(),
+                r.reason
+            );
+        })
+        .ok()
 }
 
 /// Ask, then poll until a members policy signed for the cluster lists

@@ -557,6 +557,16 @@ async fn storage_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Storage>>
 /// How long a node waits at start for its zfs pool to be available.
 const ZFS_POOL_WAIT: Duration = Duration::from_secs(30);
 
+/// The guest the accelerator probe boots (`--probe-guest`).
+pub(crate) fn probe_guest(config: &NodeConfig) -> ProbeGuest {
+    ProbeGuest {
+        qemu: "qemu-system-x86_64".into(),
+        kernel: config.probe_guest.join("vmlinuz"),
+        initrd: config.probe_guest.join("initrd.img"),
+        timeout: Duration::from_secs(8),
+    }
+}
+
 async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
     match &config.hypervisor {
         HypervisorKind::Fake => {
@@ -564,12 +574,7 @@ async fn hypervisor_driver(config: &NodeConfig) -> Arc<dyn Hypervisor> {
             Arc::new(FakeHypervisor::default())
         }
         HypervisorKind::Qemu | HypervisorKind::Libvirt(_) => {
-            let guest = ProbeGuest {
-                qemu: "qemu-system-x86_64".into(),
-                kernel: config.probe_guest.join("vmlinuz"),
-                initrd: config.probe_guest.join("initrd.img"),
-                timeout: Duration::from_secs(8),
-            };
+            let guest = probe_guest(config);
             let probe = if guest.kernel.exists() {
                 probe::probe_cached(&guest, &config.state_dir).await
             } else {
