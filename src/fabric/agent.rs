@@ -5,7 +5,7 @@
 //! the gossip task publishes it. It also writes each local VM port's drop
 //! counters into the VM's status (`status.nics.NAME.dropped`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use super::kernel::Kernel;
 use super::{counter, resolve, Binding, Desired, Port, SegmentState, RULES};
 use crate::dhcp::Table;
-use crate::model::{names, Kind, Manifest, NetworkSpec, ObjectKey, VirtualMachineSpec};
+use crate::model::{
+    names, Kind, Manifest, NetworkSpec, ObjectKey, SpacesuitSpec, VirtualMachineSpec,
+};
 use crate::reconcile::network::server_address;
 use crate::reconcile::vm::is_mine;
 use crate::reconcile::Ctx;
@@ -36,28 +38,107 @@ fn key_of<S: crate::model::Spec>(m: &Manifest<S>, kind: Kind) -> ObjectKey {
     )
 }
 
-/// The fabric of this node as desired state and the radar say.
+/// The Networks, VMs and Spacesuits of the store, decoded, kept between
+/// rounds: a record is decoded again only when its generation changed
+/// (the agent recomputes on every change of desired state or election
+/// and every second; decoding every VM each time does not scale).
+#[derive(Default)]
+pub struct Decoded {
+    networks: HashMap<ObjectKey, (i64, Arc<Manifest<NetworkSpec>>)>,
+    vms: HashMap<ObjectKey, (i64, Arc<Manifest<VirtualMachineSpec>>)>,
+    suits: HashMap<ObjectKey, (i64, Arc<Manifest<SpacesuitSpec>>)>,
+}
+
+impl Decoded {
+    /// Bring the cache to the store's records (live ones only).
+    fn refresh(&mut self, records: &[Arc<crate::store::Record>]) {
+        fn keep<T: serde::de::DeserializeOwned>(
+            map: &mut HashMap<ObjectKey, (i64, Arc<T>)>,
+            seen: &mut HashSet<ObjectKey>,
+            r: &crate::store::Record,
+        ) {
+            seen.insert(r.key.clone());
+            if map.get(&r.key).is_some_and(|(g, _)| *g == r.generation) {
+                return;
+            }
+            match serde_json::from_value::<T>(r.object.clone()) {
+                Ok(v) => {
+                    map.insert(r.key.clone(), (r.generation, Arc::new(v)));
+                }
+                Err(_) => {
+                    map.remove(&r.key);
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for r in records.iter().filter(|r| !r.deleted) {
+            match r.key.kind {
+                Kind::Network => keep(&mut self.networks, &mut seen, r),
+                Kind::VirtualMachine => keep(&mut self.vms, &mut seen, r),
+                Kind::Spacesuit => keep(&mut self.suits, &mut seen, r),
+                _ => {}
+            }
+        }
+        self.networks.retain(|k, _| seen.contains(k));
+        self.vms.retain(|k, _| seen.contains(k));
+        self.suits.retain(|k, _| seen.contains(k));
+    }
+}
+
+/// The fabric of this node as desired state and the radar say (decoding
+/// the store afresh; the agent keeps a [`Decoded`] between rounds).
 pub fn desired(ctx: &Ctx) -> Desired {
-    let records = ctx.store.list_shared();
-    let mut networks: Vec<(ObjectKey, Manifest<NetworkSpec>)> = Vec::new();
-    let mut vms: Vec<(ObjectKey, Manifest<VirtualMachineSpec>)> = Vec::new();
-    for r in records.iter().filter(|r| !r.deleted) {
-        match r.key.kind {
-            Kind::Network => {
-                if let Ok(m) = serde_json::from_value(r.object.clone()) {
-                    networks.push((r.key.clone(), m));
-                }
+    desired_with(ctx, &mut Decoded::default())
+}
+
+/// [`desired`] with a decode cache.
+pub fn desired_with(ctx: &Ctx, cache: &mut Decoded) -> Desired {
+    cache.refresh(&ctx.store.list_shared());
+    let mut networks: Vec<(&ObjectKey, &Manifest<NetworkSpec>)> = cache
+        .networks
+        .iter()
+        .map(|(k, (_, m))| (k, m.as_ref()))
+        .collect();
+    networks.sort_by(|a, b| a.0.cmp(b.0));
+    // The VMs on each network (namespace, network name), NICs a VM
+    // inherits from its spacesuit counted as its own: one pass over the
+    // VMs, not one per network.
+    let mut on_net: HashMap<(&str, &str), Vec<Manifest<VirtualMachineSpec>>> = HashMap::new();
+    let mut vm_keys: Vec<&ObjectKey> = cache.vms.keys().collect();
+    vm_keys.sort();
+    for k in vm_keys {
+        let vm = &cache.vms[k].1;
+        let inherited = match (&vm.spec.spacesuit, vm.spec.nics.is_empty()) {
+            (Some(suit), true) => cache
+                .suits
+                .get(&ObjectKey::new(Kind::Spacesuit, Some(&k.namespace), suit))
+                .map(|(_, s)| s.spec.nics.clone()),
+            _ => None,
+        };
+        let mut names: Vec<&str> = Vec::new();
+        let nics = inherited.as_ref().unwrap_or(&vm.spec.nics);
+        for n in nics {
+            if !names.contains(&n.network.as_str()) {
+                names.push(n.network.as_str());
             }
-            Kind::VirtualMachine => {
-                if let Ok(mut m) =
-                    serde_json::from_value::<Manifest<VirtualMachineSpec>>(r.object.clone())
-                {
-                    // NICs it inherits from its spacesuit count as its own.
-                    crate::reconcile::vm::inherit_nics(ctx, &r.key.namespace, &mut m.spec);
-                    vms.push((r.key.clone(), m));
-                }
+        }
+        if names.is_empty() {
+            continue;
+        }
+        let mut m = vm.as_ref().clone();
+        if let Some(nics) = inherited.clone() {
+            m.spec.nics = nics;
+        }
+        for name in names {
+            if let Some((key, _)) = networks
+                .iter()
+                .find(|(nk, _)| nk.namespace == k.namespace && nk.name == name)
+            {
+                on_net
+                    .entry((key.namespace.as_str(), key.name.as_str()))
+                    .or_default()
+                    .push(m.clone());
             }
-            _ => {}
         }
     }
     let underlay = ctx
@@ -68,20 +149,17 @@ pub fn desired(ctx: &Ctx) -> Desired {
     let me = &ctx.config.node_name;
     let all: Vec<(&ObjectKey, Option<(u32, String)>)> = networks
         .iter()
-        .map(|(k, n)| (k, super::id_of(k, &n.spec)))
+        .map(|(k, n)| (*k, super::id_of(k, &n.spec)))
         .collect();
     let mut d = Desired {
         nodes: underlay.values().copied().collect(),
         ..Default::default()
     };
-    for (key, net) in &networks {
-        let on: Vec<Manifest<VirtualMachineSpec>> = vms
-            .iter()
-            .filter(|(k, vm)| {
-                k.namespace == key.namespace && vm.spec.nics.iter().any(|n| n.network == key.name)
-            })
-            .map(|(_, vm)| vm.clone())
-            .collect();
+    let none = Vec::new();
+    for &(key, net) in &networks {
+        let on = on_net
+            .get(&(key.namespace.as_str(), key.name.as_str()))
+            .unwrap_or(&none);
         let segment = match resolve(key, &net.spec, all.iter().cloned()) {
             Some(Ok(s)) => Some(s),
             Some(Err(_)) => {
@@ -99,7 +177,7 @@ pub fn desired(ctx: &Ctx) -> Desired {
             .ipv4
             .as_ref()
             .and_then(|v4| server_address(v4, &ctx.config.node_addresses).ok())
-            .and_then(|server| Table::build(net, &on, server.addr(), |_| true).ok());
+            .and_then(|server| Table::build(net, on, server.addr(), |_| true).ok());
         // What the node's DHCP server really leased: it moves a NIC off
         // an address another's live lease holds, so a NIC may hold one the
         // allocation does not name.
@@ -121,7 +199,7 @@ pub fn desired(ctx: &Ctx) -> Desired {
             remote_macs: BTreeMap::new(),
             neighbours: BTreeMap::new(),
         });
-        for vm in &on {
+        for vm in on {
             let vk = key_of(vm, Kind::VirtualMachine);
             let running_on = ctx
                 .placement
@@ -199,6 +277,7 @@ pub async fn run(
     let kernel = Arc::new(std::sync::Mutex::new(Kernel::default()));
     let mut tick = tokio::time::interval(TICK);
     let mut last: Option<Desired> = None;
+    let mut cache = Decoded::default();
     let mut written: BTreeMap<(ObjectKey, String), BTreeMap<String, u64>> = BTreeMap::new();
     loop {
         let mut counters_due = false;
@@ -207,6 +286,11 @@ pub async fn run(
             _ = tick.tick() => counters_due = true,
             c = changes.recv() => match c {
                 Ok(c) if c.status_only => continue,
+                // Only these kinds make the fabric.
+                Ok(c) if !matches!(
+                    c.key.kind,
+                    Kind::Network | Kind::VirtualMachine | Kind::Spacesuit
+                ) => continue,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -229,7 +313,7 @@ pub async fn run(
                 while e.try_recv().is_ok() {}
             }
         }
-        let want = desired(&ctx);
+        let want = desired_with(&ctx, &mut cache);
         if last.as_ref() != Some(&want) || counters_due {
             let k = kernel.clone();
             let w = want.clone();
@@ -322,5 +406,89 @@ fn write_counters(
             warn!(vm = %b.vm, error = %e, "fabric: writing drop counters");
         }
         written.insert(id, dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::fake::{FakeHypervisor, FakeNet, FakeStorage};
+    use crate::reconcile::engine::Engine;
+    use crate::reconcile::Drivers;
+    use crate::reconcile::EngineConfig;
+    use crate::store::{SourceId, Store};
+
+    fn apply(store: &Store, yaml: &str) {
+        let parsed = crate::manifest::parse_str(std::path::Path::new("t.yaml"), yaml);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        for d in &parsed.documents {
+            store.apply(&d.object, &SourceId("api".into())).unwrap();
+        }
+    }
+
+    fn taps(d: &Desired) -> Vec<String> {
+        d.ports.iter().map(|p| p.binding.tap.clone()).collect()
+    }
+
+    /// The cached round sees what a fresh decode sees, through changes of
+    /// the spacesuit a VM takes its NICs from and of the VM itself.
+    #[test]
+    fn the_decode_cache_follows_vms_their_spacesuits_and_networks() {
+        let dir = std::env::temp_dir().join(format!("deorch-fabric-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("s.redb")).unwrap());
+        let drivers = Drivers {
+            hypervisor: Arc::new(FakeHypervisor::default()),
+            storage: Arc::new(FakeStorage::default()),
+            net: Arc::new(FakeNet::default()),
+            dhcp: None,
+        };
+        let engine = Engine::new(
+            store.clone(),
+            drivers,
+            EngineConfig {
+                node_name: "n1".into(),
+                ..EngineConfig::default()
+            },
+        );
+        let ctx = engine.ctx();
+        let head = "apiVersion: deorch.dev/v1alpha1\n";
+        apply(
+            &store,
+            &format!("{head}kind: Network\nmetadata: {{name: lan}}\nspec: {{}}\n---\n{head}kind: Spacesuit\nmetadata: {{name: suit}}\nspec:\n  nics: [{{name: eth0, network: lan}}]\n---\n{head}kind: VirtualMachine\nmetadata: {{name: web}}\nspec: {{cpu: 1, memory: 64Mi, spacesuit: suit}}\n"),
+        );
+        let mut cache = Decoded::default();
+        let tap = names::tap("default", "web", "eth0");
+        let first = desired_with(&ctx, &mut cache);
+        assert_eq!(taps(&first), vec![tap.clone()], "the inherited NIC's port");
+        assert_eq!(first, desired(&ctx));
+        // The spacesuit's NIC goes to another network: no port on lan.
+        apply(
+            &store,
+            &format!("{head}kind: Network\nmetadata: {{name: dmz}}\nspec: {{}}\n---\n{head}kind: Spacesuit\nmetadata: {{name: suit}}\nspec:\n  nics: [{{name: eth1, network: dmz}}]\n"),
+        );
+        let second = desired_with(&ctx, &mut cache);
+        assert_eq!(taps(&second), vec![names::tap("default", "web", "eth1")]);
+        assert_eq!(second, desired(&ctx));
+        // The VM declares its own NIC: the spacesuit's no longer count.
+        apply(
+            &store,
+            &format!("{head}kind: VirtualMachine\nmetadata: {{name: web}}\nspec:\n  cpu: 1\n  memory: 64Mi\n  spacesuit: suit\n  nics: [{{name: eth0, network: lan}}]\n"),
+        );
+        let third = desired_with(&ctx, &mut cache);
+        assert_eq!(taps(&third), vec![tap]);
+        assert_eq!(third, desired(&ctx));
+        // Deleted: gone from the cache too.
+        store
+            .delete(
+                &ObjectKey::new(Kind::VirtualMachine, Some("default"), "web"),
+                &SourceId("api".into()),
+            )
+            .unwrap();
+        let fourth = desired_with(&ctx, &mut cache);
+        assert!(fourth.ports.is_empty(), "{:?}", taps(&fourth));
+        assert!(cache.vms.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
