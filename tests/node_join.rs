@@ -249,18 +249,21 @@ fn a_new_machine_joins_on_the_owners_approval_and_runs_a_vm_placed_on_it() {
     // A wrong owner key cannot approve.
     let not_owner = b.dir.join("not-owner.key");
     other.save(&not_owner).unwrap();
-    let (code, _, err) = cli(
-        &lab,
-        &[
-            "node",
-            "approve",
-            "sat-b",
-            "--node",
-            &url_text,
-            "--key",
-            &not_owner.display().to_string(),
-        ],
-    );
+    let approve = |key: &std::path::Path| {
+        cli(
+            &lab,
+            &[
+                "node",
+                "approve",
+                "sat-b",
+                "--node",
+                &url_text,
+                "--key",
+                &key.display().to_string(),
+            ],
+        )
+    };
+    let (code, _, err) = approve(&not_owner);
     assert_ne!(code, 0, "a stranger approved a join");
     assert!(err.contains("refused"), "{err}");
     assert!(!b.socket.exists());
@@ -282,18 +285,7 @@ fn a_new_machine_joins_on_the_owners_approval_and_runs_a_vm_placed_on_it() {
     // The owner approves: one signed command.
     let owner_file = b.dir.join("owner.key");
     owner_key.save(&owner_file).unwrap();
-    let (code, out, err) = cli(
-        &lab,
-        &[
-            "node",
-            "approve",
-            "sat-b",
-            "--node",
-            &url_text,
-            "--key",
-            &owner_file.display().to_string(),
-        ],
-    );
+    let (code, out, err) = approve(&owner_file);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("generation 2"), "{out}");
     let approved = Instant::now();

@@ -48,7 +48,7 @@ fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {
 }
 
 /// The `"error"` of a JSON refusal, or the raw status.
-fn refusal(r: &Reply) -> String {
+pub(crate) fn refusal(r: &Reply) -> String {
     let v = r.json();
     match v.get("error").and_then(Value::as_str) {
         Some(e) => format!(

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use super::config::{NodeArgs, NodeConfig};
 use crate::admission::{Admission, Batch, Trust};
-use crate::http::client::{request, NodeUrl, Reply};
+use crate::http::client::{request, NodeUrl};
 use crate::http::join::{admit_in, JoinRequest};
 use crate::identity::{self, Address, AddressType, PrivateKey};
 use crate::store::SourceId;
@@ -106,21 +106,13 @@ fn get_join(url: &NodeUrl) -> anyhow::Result<Value> {
     let r = request(url, "GET", "/v1/join", None, None, b"", TIMEOUT)
         .with_context(|| format!("asking {} how to join", url.base()))?;
     if r.status != 200 {
-        bail!("{} refused to say how to join: {}", url.base(), said(&r));
+        bail!(
+            "{} refused to say how to join: {}",
+            url.base(),
+            crate::cli::http::refusal(&r)
+        );
     }
     Ok(r.json())
-}
-
-fn said(r: &Reply) -> String {
-    let v = r.json();
-    match v.get("error").and_then(Value::as_str) {
-        Some(e) => format!(
-            "{} ({}): {e}",
-            r.status,
-            v.get("code").and_then(Value::as_str).unwrap_or("?")
-        ),
-        None => format!("HTTP {}", r.status),
-    }
 }
 
 fn now_secs() -> u64 {
@@ -342,7 +334,11 @@ fn wait_for_approval(
                 TIMEOUT,
             )?;
             if r.status != 200 {
-                bail!("{} refused the join request: {}", url.base(), said(&r));
+                bail!(
+                    "{} refused the join request: {}",
+                    url.base(),
+                    crate::cli::http::refusal(&r)
+                );
             }
             if asked.is_none() {
                 eprintln!(
@@ -540,7 +536,7 @@ pub fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
         bail!(
             "{} refused the new members policy: {}",
             url.base(),
-            said(&r)
+            crate::cli::http::refusal(&r)
         );
     }
     println!(

@@ -127,21 +127,7 @@ impl Netns {
 
     /// Run `f` on a thread that joined this namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = Path::new("/run/netns").join(&self.0);
-        std::thread::scope(|s| {
-            let thread = s.spawn(|| {
-                let fd = File::open(&path).unwrap();
-                rustix::thread::move_into_link_name_space(
-                    std::os::fd::AsFd::as_fd(&fd),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .unwrap();
-                f()
-            });
-            thread
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        super::in_netns(&self.0, f)
     }
 }
 
