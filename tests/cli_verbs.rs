@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{qemu_available, tiny_guest, Node};
+use common::{qemu_available, Node};
 use serde_json::Value;
 
 /// A `deorch` process whose output is read line by line as it comes.
@@ -348,14 +348,7 @@ fn power_verbs_and_logs_act_on_a_real_qemu_guest() {
     if !qemu_available() {
         return;
     }
-    let g = tiny_guest().0.parent().unwrap().to_path_buf();
-    let mut node = Node::new("cli-verbs-qemu");
-    node.extra_args = vec![
-        "--hypervisor".into(),
-        "qemu".into(),
-        "--probe-guest".into(),
-        g.display().to_string(),
-    ];
+    let (mut node, g) = common::qemu_node("cli-verbs-qemu");
     node.start();
     let yaml = format!(
         "apiVersion: deorch.dev/v1alpha1\nkind: Spacesuit\nmetadata: {{name: tiny}}\nspec:\n  boot: {{kernel: {k}, initrd: {i}, cmdline: \"{c}\"}}\n  machine: microvm\n  cpu: 1\n  memory: 128Mi\n---\napiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: tiny}}\nspec:\n  spacesuit: tiny\n  restartPolicy: Never\n  stopTimeout: 5s\n",

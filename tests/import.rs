@@ -689,14 +689,7 @@ fn an_imported_spacesuit_gives_a_real_vm_its_disk() {
     if !qemu_img_available() || !common::qemu_available() {
         return;
     }
-    let g = common::tiny_guest().0.parent().unwrap().to_path_buf();
-    let mut node = common::Node::new("import-vm");
-    node.extra_args = vec![
-        "--hypervisor".into(),
-        "qemu".into(),
-        "--probe-guest".into(),
-        g.display().to_string(),
-    ];
+    let (mut node, g) = common::qemu_node("import-vm");
     // A 4 MiB disk of known data, as a VHDX from another hypervisor.
     let raw = node.dir.join("data.raw");
     let want = known_disk(&raw, 4, &[(0, 1), (3, 4)], 21);
@@ -776,14 +769,7 @@ fn a_real_vm_made_from_a_two_disk_spacesuit_gets_both_disks_and_its_nics() {
     if !qemu_img_available() || !common::qemu_available() {
         return;
     }
-    let g = common::tiny_guest().0.parent().unwrap().to_path_buf();
-    let mut node = common::Node::new("import-vm2");
-    node.extra_args = vec![
-        "--hypervisor".into(),
-        "qemu".into(),
-        "--probe-guest".into(),
-        g.display().to_string(),
-    ];
+    let (mut node, g) = common::qemu_node("import-vm2");
     // Two disks of known data from another hypervisor, imported.
     let images = node.dir.join("images");
     let mut made = Vec::new();

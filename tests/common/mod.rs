@@ -871,3 +871,17 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
+
+/// A node (not started) with the QEMU driver and the tiny guest as its
+/// accelerator probe, and the guest's directory (vmlinuz, initrd.img).
+pub fn qemu_node(tag: &str) -> (Node, PathBuf) {
+    let g = tiny_guest().0.parent().unwrap().to_path_buf();
+    let mut node = Node::new(tag);
+    node.extra_args = vec![
+        "--hypervisor".into(),
+        "qemu".into(),
+        "--probe-guest".into(),
+        g.display().to_string(),
+    ];
+    (node, g)
+}
