@@ -532,6 +532,11 @@ fn fastr_lag(
     (out, rpo)
 }
 
+/// The labels of a VM's series.
+fn vm_labels<'a>(namespace: &'a str, name: &'a str) -> [(&'static str, &'a str); 2] {
+    [("namespace", namespace), ("name", name)]
+}
+
 /// One metric family: its descriptor, then each series.
 fn family<M: EncodeMetric, L: prometheus_client::encoding::EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -591,10 +596,7 @@ impl Collector for Scrape {
                 MetricType::Counter,
                 vms.iter().map(|v| {
                     (
-                        [
-                            ("namespace", v.namespace.as_str()),
-                            ("name", v.name.as_str()),
-                        ],
+                        vm_labels(&v.namespace, &v.name),
                         ConstCounter::new(v.cpu_seconds),
                     )
                 }),
@@ -606,10 +608,7 @@ impl Collector for Scrape {
                 MetricType::Gauge,
                 vms.iter().map(|v| {
                     (
-                        [
-                            ("namespace", v.namespace.as_str()),
-                            ("name", v.name.as_str()),
-                        ],
+                        vm_labels(&v.namespace, &v.name),
                         ConstGauge::new(v.rss_bytes),
                     )
                 }),
@@ -689,15 +688,17 @@ impl Collector for Scrape {
             )?;
         }
         if !self.fastr_rpo.is_empty() {
-            let vm = |f: &FastrRpo| [("namespace", f.namespace.clone()), ("name", f.name.clone())];
             family(
                 &mut e,
                 "fastr_rpo_target_seconds",
                 "The recovery point a VM's FASTR policy promises (three intervals, at least 3 s).",
                 MetricType::Gauge,
-                self.fastr_rpo
-                    .iter()
-                    .map(|f| (vm(f), ConstGauge::new(f.target_seconds))),
+                self.fastr_rpo.iter().map(|f| {
+                    (
+                        vm_labels(&f.namespace, &f.name),
+                        ConstGauge::new(f.target_seconds),
+                    )
+                }),
             )?;
             family(
                 &mut e,
@@ -706,7 +707,12 @@ impl Collector for Scrape {
                 MetricType::Gauge,
                 self.fastr_rpo
                     .iter()
-                    .map(|f| (vm(f), ConstGauge::new(i64::from(f.exceeded)))),
+                    .map(|f| {
+                        (
+                            vm_labels(&f.namespace, &f.name),
+                            ConstGauge::new(i64::from(f.exceeded)),
+                        )
+                    }),
             )?;
         }
         if let Some(g) = &self.gossip {

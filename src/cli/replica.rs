@@ -197,23 +197,7 @@ fn wait(
         bar.tick();
         if Instant::now() > deadline {
             bar.abandon();
-            let why = status
-                .get("conditions")
-                .and_then(Value::as_array)
-                .map(|cs| {
-                    cs.iter()
-                        .filter(|c| c["status"] == "False")
-                        .map(|c| {
-                            format!(
-                                "{}: {}",
-                                c["reason"].as_str().unwrap_or(""),
-                                c["message"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
+            let why = super::vm::not_ready(&status);
             bail!("{kind} {ns}/{name} not done after {WAIT:?}: {why}");
         }
         std::thread::sleep(pause);

@@ -331,7 +331,7 @@ fn wait(
 }
 
 /// The reasons of the status' false conditions.
-fn not_ready(status: &Value) -> String {
+pub(super) fn not_ready(status: &Value) -> String {
     status["conditions"]
         .as_array()
         .map(|cs| {
