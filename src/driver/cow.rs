@@ -564,16 +564,35 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         let requests = requests.to_vec();
         Box::pin(self.with(move |b| clone_now(b, &requests)))
     }
+    fn clone_volumes_live<'a>(
+        &'a self,
+        requests: &'a [CloneRequest],
+        live: &'a super::LiveDisks,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        // As [`Storage::capture`]: one instant for a running VM's disks.
+        let sources: Vec<&str> = requests.iter().map(|r| r.source.as_str()).collect();
+        let cloned = self.clone_volumes(requests);
+        if self.atomic {
+            return cloned;
+        }
+        Box::pin(async move { live.paused_for(&sources, cloned).await })
+    }
     fn capture<'a>(
         &'a self,
         requests: &'a [CloneRequest],
         live: &'a super::LiveDisks,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        // A disk of a running VM needs nothing from its hypervisor here:
-        // a snapshot is crash-consistent (what a power cut would leave).
-        let _ = live;
-        let requests = requests.to_vec();
-        Box::pin(self.with(move |b| capture(b, &requests)))
+        // A snapshot of a running VM's disk is crash-consistent (what a
+        // power cut would leave). Several disks are one instant only where
+        // one command snapshots them all; elsewhere the VM is paused for
+        // them.
+        let sources: Vec<&str> = requests.iter().map(|r| r.source.as_str()).collect();
+        let owned = requests.to_vec();
+        let taken = self.with(move |b| capture(b, &owned));
+        if self.atomic {
+            return Box::pin(taken);
+        }
+        Box::pin(async move { live.paused_for(&sources, taken).await })
     }
     fn destroy<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         let volume = volume.to_string();

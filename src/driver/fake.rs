@@ -681,3 +681,130 @@ impl CowBackend for MemBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{CloneRequest, LiveDisks, Storage};
+
+    fn vm(id: &str) -> VmConfig {
+        VmConfig {
+            id: id.into(),
+            cpus: 1,
+            memory: 1 << 20,
+            machine: crate::model::vm::Machine::Microvm,
+            cpu_model: None,
+            boot: None,
+            disks: vec![("root".into(), "r".into()), ("data".into(), "d".into())],
+            disk_images: Vec::new(),
+            nics: Vec::new(),
+            spice: false,
+        }
+    }
+
+    /// Storage that snapshots one dataset per command (zfs-fuse, as the
+    /// fake) takes a running VM's two disks with its CPUs paused, and
+    /// resumes it after; one disk, or a VM its user paused, is left as
+    /// it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_vms_disks_are_captured_with_its_cpus_paused() {
+        let storage = Arc::new(FakeStorage::default());
+        assert!(!storage.atomic_points());
+        for v in ["r", "d", "x"] {
+            storage.create(v, 1 << 20).await.unwrap();
+        }
+        let faults = storage.faults();
+        let hv = Arc::new(FakeHypervisor::default());
+        hv.start(&vm("ns/a")).await.unwrap();
+        let live = LiveDisks {
+            volumes: [("r", "root"), ("d", "data")]
+                .into_iter()
+                .map(|(v, d)| (v.to_string(), ("ns/a".to_string(), d.to_string())))
+                .collect(),
+            hypervisor: Some(hv.clone()),
+        };
+        let req = |v: &str, s: &str| CloneRequest {
+            volume: v.into(),
+            source: s.into(),
+            size: None,
+        };
+        // Hold the storage's lock: the capture waits for it, and the VM
+        // must already be paused then.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let s = storage.clone();
+        let holder = std::thread::spawn(move || {
+            s.with_sync(|_| {
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            })
+        });
+        held_rx.recv().unwrap();
+        let (st, l) = (storage.clone(), live.clone());
+        let capture =
+            tokio::spawn(async move { st.capture(&[req("r1", "r"), req("d1", "d")], &l).await });
+        let paused = async {
+            loop {
+                if matches!(hv.state("ns/a").await, Ok(VmState::Paused { .. })) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), paused)
+            .await
+            .expect("the VM is paused before its disks are snapshotted");
+        assert_eq!(faults.count("snapshot"), 0);
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        capture.await.unwrap().unwrap();
+        assert!(matches!(
+            hv.state("ns/a").await,
+            Ok(VmState::Running { .. })
+        ));
+        assert_eq!(hv.faults().count("pause"), 1);
+        assert_eq!(hv.faults().count("resume"), 1);
+
+        // A failed snapshot still resumes the VM.
+        storage.faults().fail_next("snapshot", 1);
+        assert!(storage
+            .capture(&[req("r2", "r"), req("d2", "d")], &live)
+            .await
+            .is_err());
+        assert!(matches!(
+            hv.state("ns/a").await,
+            Ok(VmState::Running { .. })
+        ));
+        // A VM that fails to pause is not snapshotted.
+        hv.faults().fail_next("pause", 1);
+        let before = storage.faults().count("snapshot");
+        assert!(storage
+            .capture(&[req("r3", "r"), req("d3", "d")], &live)
+            .await
+            .is_err());
+        assert_eq!(storage.faults().count("snapshot"), before);
+        // One disk of the VM, or a VM its user paused: not paused (or
+        // resumed) by the capture.
+        let (pauses, resumes) = (hv.faults().count("pause"), hv.faults().count("resume"));
+        storage.capture(&[req("r4", "r")], &live).await.unwrap();
+        hv.pause("ns/a").await.unwrap();
+        storage
+            .capture(&[req("r5", "r"), req("d5", "d")], &live)
+            .await
+            .unwrap();
+        assert!(matches!(hv.state("ns/a").await, Ok(VmState::Paused { .. })));
+        assert_eq!(hv.faults().count("pause"), pauses + 1);
+        assert_eq!(hv.faults().count("resume"), resumes);
+        // A clone of the running VM's disks takes the same pause.
+        hv.resume("ns/a").await.unwrap();
+        storage
+            .clone_volumes_live(&[req("r6", "r"), req("d6", "d")], &live)
+            .await
+            .unwrap();
+        assert_eq!(hv.faults().count("pause"), pauses + 2);
+        assert!(matches!(
+            hv.state("ns/a").await,
+            Ok(VmState::Running { .. })
+        ));
+    }
+}

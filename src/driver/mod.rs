@@ -417,6 +417,53 @@ impl LiveDisks {
             }),
         }
     }
+
+    /// Run `f` with the CPUs of every running VM that has two or more of
+    /// `sources` paused: storage that cannot snapshot several datasets in
+    /// one step (zfs-fuse) still takes one instant for all of a VM's
+    /// disks (QEMU drains and flushes its disks' I/O as it pauses). A VM
+    /// with one such disk, or not running (paused by its user included),
+    /// is left alone. Every VM paused here is resumed, whatever `f`
+    /// returns; a VM that fails to pause fails the call before `f` runs.
+    pub async fn paused_for<T>(
+        &self,
+        sources: &[&str],
+        f: impl std::future::Future<Output = Result<T, DriverError>>,
+    ) -> Result<T, DriverError> {
+        let Some(hv) = &self.hypervisor else {
+            return f.await;
+        };
+        let mut per_vm: std::collections::BTreeMap<&str, usize> = Default::default();
+        for s in sources {
+            if let Some((id, _)) = self.volumes.get(*s) {
+                *per_vm.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        let mut paused: Vec<&str> = Vec::new();
+        let mut failed = None;
+        for (id, _) in per_vm.into_iter().filter(|(_, n)| *n > 1) {
+            if !matches!(hv.state(id).await, Ok(VmState::Running { .. })) {
+                continue;
+            }
+            match hv.pause(id).await {
+                Ok(()) => paused.push(id),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let r = match failed {
+            Some(e) => Err(e),
+            None => f.await,
+        };
+        for id in paused {
+            if let Err(e) = hv.resume(id).await {
+                tracing::warn!(vm = id, error = %e, "storage: a VM paused for a snapshot of its disks was not resumed (its reconciler resumes it)");
+            }
+        }
+        r
+    }
 }
 
 /// One copy-on-write clone to make: `volume` from `source`'s content now.
