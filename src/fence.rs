@@ -186,8 +186,29 @@ pub async fn run(state_dir: &Path, timeout: Duration, hypervisor: &dyn Hyperviso
     let mut last: Option<Lease> = None;
     let mut changed = Instant::now();
     let mut fenced = false;
+    let mut polled = Instant::now();
     info!(lease = %lease_file.display(), ?timeout, "fence watching the daemon's lease");
     loop {
+        // The fence itself did not run for a timeout: the whole node was
+        // frozen or suspended (a cgroup freezer, a host stall, a laptop
+        // lid), its daemon with it, and peers may have started copies of
+        // its VMs meanwhile. Its VMs are paused before anything else is
+        // looked at (a lease the thawed daemon just renewed says nothing
+        // of the time it was away); the daemon's engine resumes those
+        // still its own. QEMU thaws with the fence, so a guest may run
+        // for the few milliseconds this pause takes (docs/ALGORITHMS.md,
+        // "Fencing").
+        let gap = polled.elapsed();
+        polled = Instant::now();
+        if gap >= timeout {
+            warn!(
+                ?gap,
+                "the fence did not run for longer than its timeout (the node was frozen or suspended): pausing this node's VMs"
+            );
+            pause_all(&vms_dir, hypervisor).await;
+            fenced = true;
+            last = None;
+        }
         // Its node is gone (the state directory removed) or another fence
         // took over: nothing left to watch.
         if !state_dir.exists() {
@@ -220,17 +241,23 @@ pub async fn run(state_dir: &Path, timeout: Duration, hypervisor: &dyn Hyperviso
                 since = ?changed.elapsed(),
                 "the daemon has not renewed its lease: pausing this node's VMs"
             );
-            for id in vm_ids(&vms_dir) {
-                if let Ok(VmState::Running { .. }) = hypervisor.state(&id).await {
-                    match hypervisor.pause(&id).await {
-                        Ok(()) => warn!(vm = %id, "fenced: paused"),
-                        Err(e) => warn!(vm = %id, error = %e, "fence could not pause"),
-                    }
-                }
-            }
+            pause_all(&vms_dir, hypervisor).await;
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Pause every running VM of the node, all at once.
+async fn pause_all(vms_dir: &Path, hypervisor: &dyn Hypervisor) {
+    let pauses = vm_ids(vms_dir).into_iter().map(|id| async move {
+        if let Ok(VmState::Running { .. }) = hypervisor.state(&id).await {
+            match hypervisor.pause(&id).await {
+                Ok(()) => warn!(vm = %id, "fenced: paused"),
+                Err(e) => warn!(vm = %id, error = %e, "fence could not pause"),
+            }
+        }
+    });
+    futures_util::future::join_all(pauses).await;
 }
 
 #[cfg(test)]

@@ -2798,6 +2798,112 @@ fn strict_fastr_partition_never_runs_two_copies() {
     assert!(runs(&p.nodes[holder], "mover"));
 }
 
+/// Strict mode with the node running the VM frozen whole (cgroup
+/// freezer: its daemon, its fence and its QEMU stop at once, as a stalled
+/// machine would): the others fail the VM over to its FASTR copy; when the
+/// node thaws, its copy never beats beside the holder's (its fence pauses
+/// it before it can, having seen that it did not run itself), then stops,
+/// its disks kept as a diverged replica.
+#[test]
+fn strict_fastr_frozen_node_never_runs_two_copies_when_it_thaws() {
+    let Some(Split {
+        _cleanup,
+        p,
+        roots: _,
+        from,
+        holder,
+        third,
+        name,
+        boot: _,
+    }) = split_setup(
+        "fastrfreeze",
+        "  placement: {strict: true}\n  fastr: {copies: 1, interval: 1s}\n",
+    )
+    else {
+        return;
+    };
+    let root = Path::new("/sys/fs/cgroup/freezer");
+    if !root.join("cgroup.procs").exists() {
+        assert!(std::env::var_os("CI").is_none(), "no cgroup v1 freezer");
+        eprintln!("skipped: no cgroup v1 freezer");
+        return;
+    }
+    let group = root.join(format!("deorchtest-freeze-{}", std::process::id()));
+    std::fs::create_dir_all(&group).unwrap();
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace() {
+                let _ = std::fs::write(self.0.parent().unwrap().join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let thaw = Thaw(group.clone());
+    // Every process of the node: all those in its network namespace.
+    let out = Command::new("ip")
+        .args(["netns", "pids", &p.lab.ns[from]])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(pids.len() >= 3, "daemon, fence and QEMU: {pids:?}");
+    for pid in &pids {
+        let _ = std::fs::write(group.join("cgroup.procs"), pid);
+    }
+    std::fs::write(group.join("freezer.state"), "FROZEN").unwrap();
+    let frozen_at = Instant::now();
+    let frozen_beats = all_beats(&p.nodes[from], "mover").len();
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(
+        &p,
+        "the VM fails over to the holder",
+        Duration::from_secs(90),
+        || {
+            assert!(!runs(&p.nodes[third], "mover"), "started where no copy is");
+            !on(&p.nodes[holder]).is_empty()
+        },
+    );
+    eprintln!(
+        "frozen: the VM beats on {name} {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    // The frozen copy did not beat meanwhile (a check of the freezer).
+    assert!(all_beats(&p.nodes[from], "mover").len() <= frozen_beats + 1);
+    let thawed_at = Instant::now();
+    drop(thaw);
+    let fence_log = p.nodes[from].state.join("fence/fence.log");
+    wait_until(
+        &p,
+        "the thawed copy stops and its disks are kept",
+        Duration::from_secs(60),
+        || {
+            let n = all_beats(&p.nodes[from], "mover").len();
+            assert!(
+                n <= frozen_beats + 1,
+                "the thawed copy beat beside the holder's ({n} beats against {frozen_beats} at the freeze)"
+            );
+            let (_, out, _) = p.nodes[from].cli(&["volume", "list"], None);
+            qemu_of(&p.nodes[from], "mover").is_none()
+                && out.contains("rep-default-mover-diverged-")
+        },
+    );
+    let fence = std::fs::read_to_string(&fence_log).unwrap_or_default();
+    assert!(
+        fence.contains("the fence did not run for longer than its timeout"),
+        "{fence}"
+    );
+    eprintln!(
+        "thawed: the old copy stopped {:?} after the thaw, without a beat",
+        thawed_at.elapsed()
+    );
+    assert!(runs(&p.nodes[holder], "mover"));
+}
+
 /// The raw image file of volume `vol` on node storage `root`.
 fn volume_file(root: &str, vol: &str) -> PathBuf {
     let out = Command::new("zfs")
