@@ -85,6 +85,17 @@ pub trait CowBackend: Send + 'static {
     fn destroy(&mut self, name: &str) -> Result<(), DriverError>;
     /// Whether a dataset exists.
     fn exists(&mut self, ds: &str) -> Result<bool, DriverError>;
+    /// Every name directly below `vol/` (datasets and their snapshots,
+    /// `vol/<name>` and `vol/<name>@<snapshot>`), in one listing: what
+    /// [`exists_any`] looks through.
+    fn vol_names(&mut self) -> Result<Vec<String>, DriverError> {
+        let mut out = Vec::new();
+        for d in self.list()?.into_iter().filter(|d| d.name.starts_with("vol/")) {
+            out.extend(d.snapshots.iter().map(|(s, _)| format!("{}@{s}", d.name)));
+            out.push(d.name);
+        }
+        Ok(out)
+    }
     /// The image of a dataset.
     fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError>;
     /// (total, free) bytes.
@@ -208,7 +219,10 @@ pub fn volume_names<B: CowBackend + ?Sized>(b: &mut B) -> Result<BTreeSet<String
 
 /// Whether `volume` exists, as a dataset or lazily.
 fn exists_any<B: CowBackend + ?Sized>(b: &mut B, volume: &str) -> Result<bool, DriverError> {
-    Ok(b.exists(&vol(volume))? || lazy_snapshot(b, volume)?.is_some())
+    let (ds, lazy) = (vol(volume), format!("@{LAZY}{volume}"));
+    Ok(b.vol_names()?
+        .iter()
+        .any(|n| *n == ds || (n.starts_with("vol/") && n.ends_with(&lazy))))
 }
 
 /// Finish every pending removal. Returns the number of objects destroyed.

@@ -545,6 +545,28 @@ impl CowBackend for ZfsBackend {
         }
     }
 
+    fn vol_names(&mut self) -> Result<Vec<String>, DriverError> {
+        let root = format!("{}/vol", self.root);
+        let out = self
+            .zfs(&[
+                "list",
+                "-H",
+                "-r",
+                "-d",
+                "2",
+                "-t",
+                "filesystem,snapshot",
+                "-o",
+                "name",
+                &root,
+            ])
+            .map_err(|e| zfs_err(e, "list", &root))?;
+        Ok(out
+            .lines()
+            .filter_map(|l| self.rel(l.trim()).map(str::to_string))
+            .collect())
+    }
+
     fn info(&mut self, ds: &str) -> Result<VolumeInfo, DriverError> {
         let path = self.image(ds, "volume")?;
         let size = std::fs::metadata(&path)
