@@ -147,6 +147,8 @@ enum Note {
     Up(FocaId),
     Down(FocaId),
     Rename(FocaId, FocaId),
+    /// This node came back as a new identity.
+    Rejoin,
 }
 
 /// What one call into foca produced.
@@ -163,6 +165,7 @@ impl Runtime<FocaId> for Io {
             Notification::MemberUp(m) => self.notes.push(Note::Up(m.clone())),
             Notification::MemberDown(m) => self.notes.push(Note::Down(m.clone())),
             Notification::Rename(a, b) => self.notes.push(Note::Rename(a.clone(), b.clone())),
+            Notification::Rejoin(_) => self.notes.push(Note::Rejoin),
             // Active, Idle, Rejoin: this node's own standing; the node
             // sees its peers come and go through the others.
             _ => {}
@@ -302,6 +305,22 @@ impl Members {
             .any(|id| self.records.get(id).is_some_and(|r| r.addr == addr))
     }
 
+    /// Up to `k` distinct addresses of members this node holds dead, at
+    /// random: whom a node left alone asks to take it back.
+    pub fn sample_dead(&self, rng: &mut Rng, k: usize) -> Vec<NodeAddr> {
+        let mut dead: Vec<NodeAddr> = self
+            .records
+            .values()
+            .filter(|r| r.state == MemberState::Dead)
+            .map(|r| r.addr)
+            .collect();
+        dead.sort();
+        dead.dedup();
+        rng.shuffle(&mut dead);
+        dead.truncate(k);
+        dead
+    }
+
     /// Up to `k` distinct addresses of members alive, at random.
     pub fn sample_alive(&self, rng: &mut Rng, k: usize) -> Vec<NodeAddr> {
         let mut out = Vec::with_capacity(k);
@@ -424,6 +443,7 @@ impl Members {
             self.timers.push(Reverse((at, self.timer_seq)));
         }
         let notes = std::mem::take(&mut self.io.notes);
+        let mut rejoined = false;
         for n in notes {
             match n {
                 Note::Up(f) => {
@@ -436,6 +456,7 @@ impl Members {
                     self.set_active(f, false, now);
                     self.refresh(&id, now);
                 }
+                Note::Rejoin => rejoined = true,
                 Note::Rename(a, b) => {
                     let was = self.records.get_mut(&a.id).and_then(|r| {
                         let i = r.idents.iter().position(|(x, _)| *x == a)?;
@@ -447,6 +468,24 @@ impl Members {
                     self.refresh(&ib, now);
                 }
             }
+        }
+        if rejoined {
+            // foca's rejoin (a new identity after being declared down)
+            // leaves it disconnected with its members still active: it
+            // neither probes nor answers until its connection state is
+            // looked at again, which only news about a member does. Two
+            // nodes each holding the other's old identity then never
+            // talk again (`gossip_sim` strict seeds under loss). An empty
+            // update makes foca look now.
+            if self
+                .foca
+                .apply_many(std::iter::empty(), false, &mut self.io)
+                .is_err()
+            {
+                self.errors.timers += 1;
+            }
+            self.after(now);
+            return;
         }
         let size = (self.alive.len() as f64 + 2.0).log10().ceil() as u32;
         if size != self.sized_for {

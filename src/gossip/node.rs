@@ -1605,16 +1605,28 @@ impl GossipNode {
             // and never retries): every probe interval while this node
             // knows nobody, every 10 once it knows someone (a seed that
             // refused it, e.g. before an admission reached one of them,
-            // is not lost for good).
-            if !self.seeds.is_empty() && now >= self.next_join {
-                let every = if m.alive_count() == 0 { 1 } else { 10 };
+            // is not lost for good). A node left alone also asks a few of
+            // the members it holds dead: foca stops all traffic once it
+            // has no member alive (its announces to down members run
+            // only while connected), so two nodes that each declared the
+            // other dead (loss, a partition) would never talk again.
+            let alone = m.alive_count() == 0;
+            if (!self.seeds.is_empty() || alone) && now >= self.next_join {
+                let every = if alone { 1 } else { 10 };
                 self.next_join = now + every * self.cfg.swim.probe_interval_ms;
-                let ask: Vec<NodeAddr> = self
+                let mut ask: Vec<NodeAddr> = self
                     .seeds
                     .iter()
                     .filter(|s| !m.alive_at(**s))
                     .copied()
                     .collect();
+                if alone {
+                    for a in m.sample_dead(&mut self.rng, 3) {
+                        if !ask.contains(&a) {
+                            ask.push(a);
+                        }
+                    }
+                }
                 for s in ask {
                     m.announce(s, now);
                 }
