@@ -90,7 +90,11 @@ pub trait CowBackend: Send + 'static {
     /// [`exists_any`] looks through.
     fn vol_names(&mut self) -> Result<Vec<String>, DriverError> {
         let mut out = Vec::new();
-        for d in self.list()?.into_iter().filter(|d| d.name.starts_with("vol/")) {
+        for d in self
+            .list()?
+            .into_iter()
+            .filter(|d| d.name.starts_with("vol/"))
+        {
             out.extend(d.snapshots.iter().map(|(s, _)| format!("{}@{s}", d.name)));
             out.push(d.name);
         }
