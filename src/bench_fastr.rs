@@ -43,8 +43,12 @@ use crate::bench_relocate::{
 pub struct Args {
     /// ZFS root prefix of the two nodes (`ROOT-0`, `ROOT-1`; destroyed
     /// afterwards).
-    #[arg(long, value_name = "ROOT")]
-    pub zfs_root: String,
+    #[arg(long, value_name = "ROOT", required_unless_present = "dir")]
+    pub zfs_root: Option<String>,
+    /// The nodes on `dir` (qcow2) storage instead: FASTR through QEMU's
+    /// dirty bitmaps and backup jobs. pvesr's way (zfs) does not run.
+    #[arg(long, conflicts_with = "zfs_root")]
+    pub dir: bool,
     /// Size of the guest's data disk (filled before the start).
     #[arg(long, default_value = "512Mi")]
     pub disk_size: crate::model::Quantity,
@@ -316,15 +320,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if sh(Command::new("id").arg("-u"))?.trim() != "0" {
         bail!("bench fastr needs root (network namespaces, zfs)");
     }
-    for tool in [
-        "ip",
-        "qemu-img",
-        "qemu-io",
-        "zfs",
-        "ssh",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-    ] {
+    let tools: &[&str] = if args.dir {
+        &["ip", "qemu-img", "qemu-io"]
+    } else {
+        &[
+            "ip",
+            "qemu-img",
+            "qemu-io",
+            "zfs",
+            "ssh",
+            "ssh-keygen",
+            "/usr/sbin/sshd",
+        ]
+    };
+    for tool in tools {
         if !Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -344,7 +353,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let interval = args.interval.0;
     let mut lab = Lab::new()?;
-    lab.zfs_root = Some(args.zfs_root.clone());
+    lab.zfs_root = args.zfs_root.clone();
     let image = lab.dir.join("filled.qcow2");
     new_qcow2(&image, disk)?;
     sh(Command::new("qemu-io")
@@ -366,21 +375,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         t_setup.elapsed().as_secs_f64()
     );
     let other = 1 - d.at;
-    let server = sshd(&lab, other)?;
-    let zfs = sh(Command::new("sh").args(["-c", "command -v zfs"]))?
-        .trim()
-        .to_string();
-    let mut peer = Peer {
-        ds: format!("{}-{}/vol/vm-default-mover-data", args.zfs_root, d.at),
-        dst: format!("{}-{}/pvesr-copy", args.zfs_root, other),
-        ssh: format!(
-            "nsenter --net=/var/run/netns/{ns} -- ssh -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR root@{ip}",
-            ns = lab.ns[d.at],
-            key = server.key.display(),
-            ip = lab.r_ip[other]
-        ),
-        zfs,
-        n: 0,
+    let peer_side = match &args.zfs_root {
+        Some(root) => {
+            let server = sshd(&lab, other)?;
+            let zfs = sh(Command::new("sh").args(["-c", "command -v zfs"]))?
+                .trim()
+                .to_string();
+            let peer = Peer {
+                ds: format!("{root}-{}/vol/vm-default-mover-data", d.at),
+                dst: format!("{root}-{other}/pvesr-copy"),
+                ssh: format!(
+                    "nsenter --net=/var/run/netns/{ns} -- ssh -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR root@{ip}",
+                    ns = lab.ns[d.at],
+                    key = server.key.display(),
+                    ip = lab.r_ip[other]
+                ),
+                zfs,
+                n: 0,
+            };
+            Some((server, peer))
+        }
+        None => None,
+    };
+    let (server, mut peer) = match peer_side {
+        Some((s, p)) => (Some(s), Some(p)),
+        None => (None, None),
     };
     let mut dw = Vec::new();
     let mut pw = Vec::new();
@@ -391,7 +410,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             percentiles(&mut ms(&w.rpo_ms)).p50
         );
         dw.push(w);
-        let w = peer_window(&lab, &d, &args, &mut peer)?;
+        let Some(peer) = peer.as_mut() else {
+            continue;
+        };
+        let w = peer_window(&lab, &d, &args, peer)?;
         eprintln!(
             "window {r} pvesr's way: RPO p50 {:.0} ms",
             percentiles(&mut ms(&w.rpo_ms)).p50
@@ -431,7 +453,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop(server);
 
     println!(
-        "FASTR beside pvesr's way (zfs send -i through ssh), interval {} ms, {} window(s) of {} s per path, alternating; data disk {} MiB, guest writes {} MiB/s; load average {load0} before, {load1} after",
+        "FASTR on {}, interval {} ms, {} window(s) of {} s per path, alternating; data disk {} MiB, guest writes {} MiB/s; load average {load0} before, {load1} after",
+        if args.dir {
+            "dir (qcow2; pvesr's way needs zfs: not run)"
+        } else {
+            "zfs beside pvesr's way (zfs send -i through ssh)"
+        },
         interval.as_millis(),
         args.rounds.max(1),
         args.window,
@@ -441,10 +468,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     println!("| path | RPO p50 | p99 | max | on the link per byte written | guest wrote | machine CPU busy (of {} cores) | deorch daemons' CPU (sender / receiver) |", cores());
     println!("|---|---|---|---|---|---|---|---|");
+    let deorch = if args.dir {
+        "deorch FASTR, dir (dirty bitmaps, backup jobs)"
+    } else {
+        "deorch FASTR"
+    };
     for (name, ws) in [
-        ("deorch FASTR", &dw),
+        (deorch, &dw),
         ("pvesr's way (zfs send -i, ssh, zfs recv)", &pw),
     ] {
+        if ws.is_empty() {
+            continue;
+        }
         let all: Vec<f64> = ws.iter().flat_map(|w| w.rpo_ms.clone()).collect();
         let p = percentiles(&mut ms(&all));
         let link: u64 = ws.iter().map(|w| w.link).sum();

@@ -834,11 +834,11 @@ async fn report_only_kinds_say_what_they_do() {
 async fn fields_with_no_effect_yet_are_a_condition_until_removed() {
     let mut w = world("inert");
     w.apply(BASE);
-    w.apply(&vm("web", "  fastr: {copies: 2}\n"));
+    w.apply(&vm("web", "  array: team-a\n"));
     w.run();
-    w.wait("the NoEffectYet condition names fastr", |w| {
+    w.wait("the NoEffectYet condition names array", |w| {
         condition(&w.status(Kind::VirtualMachine, "web"), "NoEffectYet").is_some_and(|c| {
-            c["status"] == "True" && c["message"].as_str().unwrap_or("").contains("spec.fastr")
+            c["status"] == "True" && c["message"].as_str().unwrap_or("").contains("spec.array")
         })
     })
     .await;

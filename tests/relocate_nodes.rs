@@ -2536,6 +2536,315 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     );
 }
 
+/// The point a log line names (`point=...`).
+fn logged_point(l: &str) -> Option<String> {
+    let plain: String = l.chars().filter(|c| !c.is_control()).collect();
+    let plain = plain
+        .replace("[3m", "")
+        .replace("[0m", "")
+        .replace("[2m", "");
+    plain
+        .split("point=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The point layers a node's dir volume `volume` reads through, newest
+/// first (`layers/point.<tag>.<nonce>.qcow2`).
+fn dir_points_under(n: &Node, volume: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = n.state.join(format!("storage/volumes/{volume}.qcow2"));
+    while let Some(b) = deorch::driver::qcow2::header(&at)
+        .ok()
+        .and_then(|h| h.backing)
+    {
+        let name = b.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(tag) = name.strip_prefix("point.") {
+            out.push(tag.split('.').next().unwrap().to_string());
+        }
+        at = b;
+    }
+    out
+}
+
+/// FASTR on dir (qcow2) storage, two nodes: the VM's disk is copied to
+/// the other node every second through QEMU (a dirty bitmap per point,
+/// an incremental backup job: the first point whole, then only what
+/// changed); the VM's node dies in the middle of a round (daemon and
+/// QEMU killed; the streams capped at 64 KiB/s, so a round is always
+/// under way): the holder's cut stream never becomes a point, and the VM
+/// starts there from the last point it received whole, its counter going
+/// on from what the guest had written before that point; the restored
+/// disk is an overlay on the copy's point (no data copied).
+#[test]
+fn fastr_on_dir_storage_fails_a_vm_over_from_its_last_complete_point() {
+    if !qemu_available() {
+        return;
+    }
+    let mut p = start_nodes_mover(
+        2,
+        &["--relocation-bandwidth", "64Ki"],
+        |_| vec![],
+        false,
+        &Mover {
+            spec: "  fastr: {copies: 1, interval: 1s}\n",
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let holder = 1 - from;
+    let boot = all_beats(p.from(), "mover")[0].0.clone();
+    let copy = "fastr.vm-default-mover-data";
+    let point_ms = |n: &Node| -> Option<u64> {
+        let st = status(n, "vm", "mover");
+        st["fastr"][0]["point"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("fastr-"))
+            .and_then(|s| s.parse().ok())
+    };
+    wait_until(
+        &p,
+        "a copy point on the other node",
+        Duration::from_secs(60),
+        || point_ms(p.from()).is_some(),
+    );
+    let st = status(p.from(), "vm", "mover");
+    eprintln!("fastr status: {}", st["fastr"]);
+    assert_eq!(st["fastr"][0]["node"], p.nodes[holder].name.as_str());
+    assert!(!dir_points_under(&p.nodes[holder], copy).is_empty());
+    // Rounds go on, each only what changed (the 8 MiB disk's first
+    // stream was the whole of it, mostly zero clusters).
+    let seen = point_ms(p.from()).unwrap();
+    wait_until(&p, "a newer point", Duration::from_secs(30), || {
+        point_ms(p.from()).is_some_and(|m| m > seen)
+    });
+    let sent = status(p.from(), "vm", "mover")["fastr"][0]["bytesSent"]
+        .as_u64()
+        .unwrap();
+    assert!(sent < 1 << 20, "an incremental round: {sent} bytes");
+    assert!(
+        p.from().log_text().contains("FASTR: point sent") || sent > 0,
+        "rounds send"
+    );
+
+    // What the guest wrote up to now must survive: a point taken after
+    // this beat holds it.
+    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
+    let now_ms = unix_ms();
+    wait_until(
+        &p,
+        "a point after that beat",
+        Duration::from_secs(30),
+        || point_ms(p.from()).is_some_and(|m| m > now_ms + 300),
+    );
+    // Mid-round: the holder is taking the next point's stream in.
+    let incoming = format!(
+        "of={}/storage/incoming/{copy}.qcow2",
+        p.nodes[holder].state.display()
+    );
+    wait_until(&p, "a round under way", Duration::from_secs(20), || {
+        Command::new("pgrep")
+            .args(["-f", &incoming])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let qemu = qemu_of(p.from(), "mover");
+    p.nodes[from].kill();
+    if let Some(q) = qemu {
+        let _ = Command::new("kill")
+            .args(["-9", &q.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let dying = all_beats(&p.nodes[from], "mover").last().cloned().unwrap();
+    let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
+    wait_until(&p, "the VM runs again", Duration::from_secs(90), || {
+        runs(&p.nodes[holder], "mover") && !on(&p.nodes[holder]).is_empty()
+    });
+    wait_until(&p, "beats on the holder", Duration::from_secs(20), || {
+        on(&p.nodes[holder]).len() >= 3
+    });
+    let back = on(&p.nodes[holder]);
+    eprintln!(
+        "failover: {last:?} before the point, {dying:?} at the kill, then {:?}",
+        &back[..3]
+    );
+    assert_ne!(back[0].0, boot, "a new boot");
+    assert!(
+        back[0].1 > last.1 && back[0].1 <= dying.1 + 1,
+        "the counter goes on from the copy point: {last:?} before the point, {dying:?} at the kill, then {back:?}"
+    );
+    let log = p.nodes[holder].log_text();
+    let restored = log
+        .lines()
+        .find(|l| l.contains("restored from its FASTR copy"))
+        .and_then(logged_point)
+        .unwrap_or_else(|| panic!("the holder restored the copy: {log}"));
+    let received = log
+        .lines()
+        .rev()
+        .filter(|l| l.contains("copy point received"))
+        .find_map(logged_point);
+    eprintln!("restored {restored}; last received whole {received:?}");
+    assert_eq!(
+        Some(&restored),
+        received.as_ref(),
+        "the last point received whole"
+    );
+    // The VM's disk reads through the copy's point layers: nothing was
+    // copied to start it.
+    let under = dir_points_under(&p.nodes[holder], "vm-default-mover-data");
+    assert_eq!(under.first(), Some(&restored), "{under:?}");
+    assert!(
+        !p.nodes[holder]
+            .state
+            .join("storage/volumes")
+            .join(format!("{copy}.qcow2"))
+            .exists(),
+        "the copy became the VM's disk"
+    );
+}
+
+/// FASTR on dir storage with two disks: each point is one QMP
+/// transaction over both (no pause); the receiver keeps 30 points. A VM
+/// cloned from the oldest point runs on the holder (an overlay on the
+/// point: no data copied) and goes on from what the guest had written
+/// at that point; `deorch fastr recover --at` the middle point starts
+/// the VM on the holder from it while the clone still runs (the point
+/// it is backed by stays).
+#[test]
+fn fastr_on_dir_storage_clones_and_recovers_copy_points() {
+    if !qemu_available() {
+        return;
+    }
+    let p = start_nodes_mover(
+        2,
+        &[],
+        |_| vec![],
+        false,
+        &Mover {
+            spec: "    - name: log\n      size: 8Mi\n      source: {blank: {}}\n  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki}}\n",
+            ..Default::default()
+        },
+    );
+    let from = p.from;
+    let holder = 1 - from;
+    let holder_name = p.nodes[holder].name.clone();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let begin = unix_ms();
+    let t = Instant::now();
+    let points = loop {
+        if let Some(b) = all_beats(p.from(), "mover").last() {
+            samples.push((unix_ms(), b.1));
+        }
+        let pts: Vec<(String, u64)> = copy_points(&p.nodes[holder], "mover")
+            .into_iter()
+            .filter(|(_, ms)| *ms > begin + 300)
+            .collect();
+        if pts.len() >= 3 {
+            break pts;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "3 points on {holder_name}: {pts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for _ in 0..3 {
+        samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("points on {holder_name}: {points:?}");
+    assert!(
+        !p.nodes[from]
+            .log_text()
+            .contains("FASTR: guest paused for one point of its disks"),
+        "one transaction, no pause"
+    );
+    for disk in ["data", "log"] {
+        let pts = dir_points_under(&p.nodes[holder], &format!("fastr.vm-default-mover-{disk}"));
+        for (pt, _) in &points {
+            assert!(pts.contains(pt), "{disk} holds {pt}: {pts:?}");
+        }
+    }
+    let (p0, p0_ms) = points[0].clone();
+    std::fs::write(
+        p.nodes[0].manifests.join("past.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: past}}\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {{fastrCopy: {{name: mover, disk: data, point: {p0}}}}}\n"
+        ),
+    )
+    .unwrap();
+    let on_vm =
+        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
+    wait_until(
+        &p,
+        "the clone of a copy point beats",
+        Duration::from_secs(60),
+        || {
+            assert!(!runs(&p.nodes[from], "past"), "placed where no copy is");
+            runs(&p.nodes[holder], "past") && !on_vm(&p.nodes[holder], "past").is_empty()
+        },
+    );
+    let first = on_vm(&p.nodes[holder], "past")[0].1;
+    let (lo, hi) = counter_at(&samples, p0_ms);
+    eprintln!("clone of {p0}: first beat {first}; the guest had written {lo}..={hi}");
+    assert!(
+        first > lo && first <= hi + 1,
+        "the clone goes on from the point: {lo}..={hi} written, then {first}"
+    );
+    assert_eq!(
+        dir_points_under(&p.nodes[holder], "vm-default-past-data").first(),
+        Some(&p0),
+        "an overlay on the copy point, no data copied"
+    );
+
+    // Recovery at the middle point, the clone still running.
+    let (p1, p1_ms) = points[1].clone();
+    let boot = all_beats(p.from(), "mover").last().unwrap().0.clone();
+    let (code, out, err) = p.nodes[holder].cli(
+        &[
+            "fastr",
+            "recover",
+            "mover",
+            "--at",
+            &p1,
+            "--from",
+            &holder_name,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(
+        &p,
+        "the VM runs on the holder",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                qemu_of(&p.nodes[from], "mover").is_none()
+                    || qemu_of(&p.nodes[holder], "mover").is_none(),
+                "runs twice"
+            );
+            runs(&p.nodes[holder], "mover") && !on_vm(&p.nodes[holder], "mover").is_empty()
+        },
+    );
+    let back = on_vm(&p.nodes[holder], "mover")[0].clone();
+    let (lo, hi) = counter_at(&samples, p1_ms);
+    eprintln!("recovered at {p1}: first beat {back:?}; the guest had written {lo}..={hi}");
+    assert_ne!(back.0, boot, "a new boot");
+    assert!(
+        back.1 > lo && back.1 <= hi + 1,
+        "the VM goes on from the point: {lo}..={hi} written, then {back:?}"
+    );
+    assert_eq!(
+        dir_points_under(&p.nodes[holder], "vm-default-mover-data").first(),
+        Some(&p1)
+    );
+    assert!(runs(&p.nodes[holder], "past"), "the clone runs on");
+    assert!(!runs(&p.nodes[from], "mover"));
+}
+
 /// The guest counter at the start of a zfs volume's image.
 fn disk_counter(dataset: &str) -> u64 {
     let out = Command::new("zfs")

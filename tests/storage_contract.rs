@@ -1374,14 +1374,24 @@ fn native_qcow2_files_are_what_qemu_expects() {
 /// Volume streams between two nodes' ZFS roots (real zfs-fuse): a
 /// transfer point's whole volume, then only what changed until the next
 /// point, rolled onto the copy; `gc` leaves transfer points alone and
-/// `drop_points` removes them. dir and fake have none, and say so.
+/// `drop_points` removes them. dir and fake have none, and say so (dir
+/// has FASTR's, only for a point taken through the VM's QEMU:
+/// `tests/fastr_dir.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_streams_carry_a_point_then_only_the_change_on_zfs() {
     for h in [fake(), dir()].into_iter().flatten() {
         let s = h.storage();
         assert_eq!(s.stream_kind(), None);
         let e = s.send_command("v", None, "t").await.unwrap_err();
-        assert!(e.to_string().contains("has no volume streams"), "{e}");
+        if s.name() == "dir" {
+            assert_eq!(s.fastr_kind(), Some("qcow2-backup"));
+            assert!(e.to_string().contains("not found"), "{e}");
+            let e = s.mark_points(&["v".into()], "t").await.unwrap_err();
+            assert!(e.to_string().contains("has no volume streams"), "{e}");
+        } else {
+            assert_eq!(s.fastr_kind(), None);
+            assert!(e.to_string().contains("has no volume streams"), "{e}");
+        }
     }
     let (Some(a), Some(b)) = (zfs(), zfs()) else {
         return;

@@ -329,19 +329,22 @@ fn fields_with_no_effect_yet_are_warned_about_not_refused() {
             (10, 5, "spec.console.websocket"),
             (13, 5, "spec.placement.strict"),
             (14, 3, "spec.array"),
-            (15, 3, "spec.fastr"),
-            (23, 3, "spec.firmware"),
-            (30, 3, "spec.isolation"),
-            (38, 3, "spec.satelliteId"),
-            (39, 3, "spec.gossip"),
-            (41, 5, "spec.capacity.network"),
-            (42, 3, "spec.arrays"),
+            (21, 3, "spec.firmware"),
+            (28, 3, "spec.isolation"),
+            (36, 3, "spec.satelliteId"),
+            (37, 3, "spec.gossip"),
+            (39, 5, "spec.capacity.network"),
+            (40, 3, "spec.arrays"),
         ]
     );
     for w in &warnings {
         assert!(w.message.contains("has no effect yet"), "{w}");
     }
-    assert!(warnings[5].message.contains("FASTR"), "{}", warnings[5]);
+    assert!(
+        warnings[4].message.contains("tenant arrays"),
+        "{}",
+        warnings[4]
+    );
 
     // The values a node carries out anyway are not warned about.
     let quiet = "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: q\nspec:\n  firmware: bios\n  console: {vnc: true}\n  placement: {strict: false}\n---\napiVersion: deorch.dev/v1alpha1\nkind: Network\nmetadata:\n  name: n\nspec:\n  isolation: {mode: None}\n";
@@ -359,12 +362,13 @@ fn fields_with_no_effect_yet_are_warned_about_not_refused() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("inert/all.yaml:15:3: warning: spec.fastr: has no effect yet: FASTR"),
+        stdout
+            .contains("inert/all.yaml:14:3: warning: spec.array: has no effect yet: tenant arrays"),
         "{stdout}"
     );
-    assert_eq!(stdout.lines().count(), 12, "{stdout}");
+    assert_eq!(stdout.lines().count(), 11, "{stdout}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("0 errors, 12 warnings"),
+        String::from_utf8_lossy(&out.stderr).contains("0 errors, 11 warnings"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

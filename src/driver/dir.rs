@@ -23,7 +23,9 @@
 //! overlay. A disk some QEMU holds that the caller did not declare live is
 //! refused (`VolumeInUse`) rather than frozen under the writer.
 
-use std::collections::BTreeSet;
+mod points;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +44,17 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 /// Directory storage of one node.
 pub struct DirStorage {
     inner: Arc<Mutex<Dir>>,
+    root: PathBuf,
+    /// FASTR, sending: the running disk of each volume a point was taken
+    /// of, and for each (volume, point) prepared, the point its stream
+    /// starts from (`None`: the whole disk).
+    sending: Mutex<Sending>,
+}
+
+#[derive(Default)]
+struct Sending {
+    disks: BTreeMap<String, points::LiveDisk>,
+    prepared: BTreeMap<(String, String), Option<String>>,
 }
 
 /// The directory itself.
@@ -98,6 +111,24 @@ impl Dir {
         reqs: &[CloneRequest],
         live: Option<(&LiveDisks, &tokio::runtime::Handle)>,
     ) -> Result<(), DriverError> {
+        // Clones of FASTR copy points (`copy@point`): overlays on the
+        // point's layer, which is frozen already.
+        let (at_point, reqs): (Vec<&CloneRequest>, Vec<&CloneRequest>) = reqs
+            .iter()
+            .partition(|r| crate::model::names::parse_at_point(&r.source).is_some());
+        for r in &at_point {
+            check_volume_name("clone", &r.volume)?;
+            if self.volume_path(&r.volume).exists() {
+                return Err(collision("clone", &r.volume));
+            }
+        }
+        for r in at_point {
+            let (copy, tag) = crate::model::names::parse_at_point(&r.source).expect("partitioned");
+            check_volume_name("clone", copy)?;
+            self.clone_point(&r.volume, copy, tag, r.size)?;
+        }
+        let reqs: Vec<CloneRequest> = reqs.into_iter().cloned().collect();
+        let reqs = reqs.as_slice();
         for r in reqs {
             check_volume_name("clone", &r.volume)?;
             check_volume_name("clone", &r.source)?;
@@ -273,16 +304,29 @@ fn du(path: &Path) -> u64 {
 impl DirStorage {
     /// Use (and create) `root`; finishes interrupted work first.
     pub fn open(root: &Path) -> Result<DirStorage, DriverError> {
-        for sub in ["volumes", "layers", "tmp", "datasets"] {
+        for sub in [
+            "volumes",
+            "layers",
+            "tmp",
+            "datasets",
+            "incoming",
+            "fastr-out",
+        ] {
             std::fs::create_dir_all(root.join(sub))
                 .map_err(|e| io("open", &root.to_string_lossy(), e))?;
         }
         let root =
             std::fs::canonicalize(root).map_err(|e| io("open", &root.to_string_lossy(), e))?;
-        let mut dir = Dir { root, seq: 0 };
+        let mut dir = Dir {
+            root: root.clone(),
+            seq: 0,
+        };
+        dir.recover_points()?;
         dir.gc()?;
         Ok(DirStorage {
             inner: Arc::new(Mutex::new(dir)),
+            root,
+            sending: Mutex::new(Sending::default()),
         })
     }
 
@@ -358,6 +402,15 @@ impl Storage for DirStorage {
         let volume = volume.to_string();
         Box::pin(self.with(move |d| {
             check_volume_name("destroy", &volume)?;
+            // A FASTR stream prepared of it (the VM moved away).
+            for f in list_files(&d.root.join("fastr-out")) {
+                if f.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{volume}@")))
+                {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
             match std::fs::remove_file(d.volume_path(&volume)) {
                 Ok(()) => sync_dir(&d.root.join("volumes")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -455,5 +508,183 @@ impl Storage for DirStorage {
                 Err(e) => Err(io("dataset", &config.path, e)),
             }
         }))
+    }
+    // FASTR: see `points`.
+    fn fastr_kind(&self) -> Option<&'static str> {
+        Some("qcow2-backup")
+    }
+    fn atomic_points(&self) -> bool {
+        true
+    }
+    fn mark_points_live<'a>(
+        &'a self,
+        volumes: &'a [String],
+        tag: &'a str,
+        live: &'a LiveDisks,
+        bases: &'a [Option<String>],
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let mut disks = Vec::new();
+            for v in volumes {
+                let Some((id, disk)) = live.volumes.get(v) else {
+                    return Err(DriverError::permanent(
+                        "mark point",
+                        v,
+                        "a point of a dir volume is taken through the VM running it, and none was named",
+                    ));
+                };
+                let socket = live
+                    .hypervisor
+                    .as_ref()
+                    .and_then(|h| h.qmp_socket(id))
+                    .ok_or_else(|| {
+                        DriverError::permanent(
+                            "mark point",
+                            v,
+                            format!("VM {id} has no QMP socket"),
+                        )
+                    })?;
+                disks.push((
+                    v.clone(),
+                    points::LiveDisk {
+                        socket,
+                        disk: disk.clone(),
+                    },
+                ));
+            }
+            {
+                let mut s = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+                s.prepared.retain(|(v, _), _| !volumes.contains(v));
+                for (v, d) in &disks {
+                    s.disks.insert(v.clone(), d.clone());
+                }
+            }
+            let base = points::mark(&self.root, &disks, tag, bases).await?;
+            let mut s = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+            for v in volumes {
+                s.prepared
+                    .insert((v.clone(), tag.to_string()), base.clone());
+            }
+            Ok(())
+        })
+    }
+    fn send_command<'a>(
+        &'a self,
+        volume: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        Box::pin(async move {
+            let base = self
+                .sending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prepared
+                .get(&(volume.to_string(), to.to_string()))
+                .cloned()
+                .ok_or_else(|| DriverError::not_found("send", &format!("{volume}@{to}")))?;
+            // What changed since `base` holds what changed since any later
+            // point.
+            if let Some(b) = &base {
+                if from.and_then(points::point_ms) < points::point_ms(b) || from.is_none() {
+                    return Err(DriverError::permanent(
+                        "send",
+                        &format!("{volume}@{to}"),
+                        format!(
+                            "the stream holds what changed since {b}, not since {}",
+                            from.unwrap_or("nothing (a whole disk)")
+                        ),
+                    ));
+                }
+            }
+            let path = points::prepared(&self.root, volume, to);
+            Ok(vec!["cat".into(), path.display().to_string()])
+        })
+    }
+    fn receive_command<'a>(
+        &'a self,
+        volume: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(self.with(move |d| {
+            check_volume_name("receive", &volume)?;
+            Ok(d.receive_argv(&volume))
+        }))
+    }
+    fn point_received<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (volume, tag) = (volume.to_string(), tag.to_string());
+        Box::pin(self.with(move |d| {
+            check_volume_name("receive", &volume)?;
+            d.point_received(&volume, &tag)
+        }))
+    }
+    fn received<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = volume;
+        Box::pin(async { Ok(()) })
+    }
+    fn points<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let volume = volume.to_string();
+        Box::pin(async move {
+            if !points::is_copy(&volume) {
+                let disk = self
+                    .sending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .disks
+                    .get(&volume)
+                    .cloned();
+                return match disk {
+                    Some(d) => points::bitmaps(&volume, &d).await,
+                    None => Ok(Vec::new()),
+                };
+            }
+            self.with(move |d| {
+                check_volume_name("points", &volume)?;
+                Ok(d.copy_points(&volume))
+            })
+            .await
+        })
+    }
+    fn rollback<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let (volume, tag) = (volume.to_string(), tag.to_string());
+        Box::pin(self.with(move |d| {
+            check_volume_name("rollback", &volume)?;
+            d.rollback_copy(&volume, &tag)
+        }))
+    }
+    fn drop_point<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            if points::is_copy(volume) {
+                let (volume, tag) = (volume.to_string(), tag.to_string());
+                return self
+                    .with(move |d| {
+                        check_volume_name("drop point", &volume)?;
+                        d.drop_copy_point(&volume, &tag)
+                    })
+                    .await;
+            }
+            let disk = {
+                let mut s = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+                s.prepared.remove(&(volume.to_string(), tag.to_string()));
+                s.disks.get(volume).cloned()
+            };
+            let _ = std::fs::remove_file(points::prepared(&self.root, volume, tag));
+            match disk {
+                Some(d) => points::drop_bitmap(volume, &d, tag).await,
+                None => Ok(()),
+            }
+        })
     }
 }

@@ -636,6 +636,42 @@ pub trait Storage: Send + Sync {
     fn stream_kind(&self) -> Option<&'static str> {
         None
     }
+    /// The kind of stream FASTR sends and takes between nodes for this
+    /// storage (`None`: a node with it neither sends nor holds copies).
+    /// Relocation streams ([`Storage::stream_kind`]) give FASTR's too;
+    /// `dir` has FASTR's only (a running disk's incremental backups,
+    /// see `dir::points`).
+    fn fastr_kind(&self) -> Option<&'static str> {
+        self.stream_kind()
+    }
+    /// Take FASTR point `tag` of the disks of one running VM (`live`
+    /// names the VM and disk of each of `volumes`), to be sent to
+    /// receivers holding points `bases` (`None`: a receiver with no
+    /// point). Storage that takes points underneath the VM
+    /// ([`Storage::mark_points`]) ignores `live` and `bases`; `dir` takes
+    /// them through the VM's QEMU and prepares, at that instant, the
+    /// streams those receivers need.
+    fn mark_points_live<'a>(
+        &'a self,
+        volumes: &'a [String],
+        tag: &'a str,
+        live: &'a LiveDisks,
+        bases: &'a [Option<String>],
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (live, bases);
+        self.mark_points(volumes, tag)
+    }
+    /// A stream into `volume` (by [`Storage::receive_command`]) ended
+    /// whole, carrying point `tag`: make it the volume's newest point.
+    /// Nothing to do where the stream names its point itself (zfs).
+    fn point_received<'a>(
+        &'a self,
+        volume: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volume, tag);
+        Box::pin(async { Ok(()) })
+    }
     /// Whether [`Storage::mark_points`] takes the points of several
     /// volumes at one instant (one command, one transaction group); when
     /// not, a running VM's guest is paused around them.

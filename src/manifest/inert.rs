@@ -107,12 +107,6 @@ fn vm(s: &VirtualMachineSpec, out: &mut Vec<InertField>) {
             "tenant arrays are not enforced: the VM counts against the satellite as a whole",
         ));
     }
-    if s.fastr.is_some() {
-        out.push(inert(
-            &["spec", "fastr"],
-            "FASTR on dir storage (copies are made and failed over to between nodes on zfs storage only)",
-        ));
-    }
 }
 
 fn spacesuit(s: &SpacesuitSpec, out: &mut Vec<InertField>) {

@@ -5,7 +5,9 @@
 //! its volumes every `interval` (transfer points `@xfer-fastr-<unix ms>`,
 //! which a relocation's clean-up leaves alone) and sends each elected
 //! receiver what changed since the newest point that receiver holds
-//! (`zfs send -i`; the whole volume when they share none), through a
+//! (`zfs send -i`; the whole volume when they share none; on dir storage
+//! a backup job's qcow2 file, prepared when the point is taken from the
+//! receivers' points, see `driver::dir::points`), through a
 //! tunnel (stream `fastr`, the same authenticated channel and bandwidth
 //! cap as relocations):
 //!
@@ -83,6 +85,10 @@ pub fn point_ms(tag: &str) -> Option<u64> {
 struct Offer {
     volumes: Vec<String>,
     point: String,
+    /// The sender's stream kind ([`crate::driver::Storage::fastr_kind`]);
+    /// absent from older senders (zfs).
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -216,7 +222,7 @@ impl Shared {
     /// Every second: start a round for each VM this node runs whose
     /// FASTR interval is up (one round per VM at a time).
     pub(super) fn fastr_scan(self: &Arc<Self>) {
-        if self.drivers.storage.stream_kind().is_none() {
+        if self.drivers.storage.fastr_kind().is_none() {
             return;
         }
         let tick = {
@@ -358,7 +364,7 @@ impl Shared {
         let Some(f) = self.vm_spec(vm).and_then(|s| s.fastr) else {
             return false;
         };
-        if !f.triggers().relocation || self.drivers.storage.stream_kind().is_none() {
+        if !f.triggers().relocation || self.drivers.storage.fastr_kind().is_none() {
             return false;
         }
         if !self.take_slot(vm).await {
@@ -729,7 +735,7 @@ impl Shared {
             {
                 unwanted = self.spare_copy(&vm, f, self.placement.held_copy(&r.key));
             }
-            if unwanted && storage.stream_kind().is_some() {
+            if unwanted && storage.fastr_kind().is_some() {
                 if let Some(s) = &spec {
                     let key = DocKey::new("Fastr", &ns, &r.key.name);
                     if self.fastr_busy.lock().unwrap().insert(key.clone()) {
@@ -755,7 +761,7 @@ impl Shared {
             }
             let spec = spec.filter(|_| !r.deleted);
             let point = match spec.filter(|s| s.fastr.is_some()) {
-                Some(s) if !here.contains(&vm) && storage.stream_kind().is_some() => {
+                Some(s) if !here.contains(&vm) && storage.fastr_kind().is_some() => {
                     let copies: Vec<String> = s
                         .disks
                         .iter()
@@ -828,12 +834,11 @@ impl Shared {
                 r.skipped = true;
             }
         };
-        let volumes: Vec<String> = match self.drivers.hypervisor.state(&id).await {
-            Ok(crate::driver::VmState::Running { config, .. }) => {
-                config.disks.iter().map(|d| d.1.clone()).collect()
-            }
+        let disks: Vec<(String, String)> = match self.drivers.hypervisor.state(&id).await {
+            Ok(crate::driver::VmState::Running { config, .. }) => config.disks.clone(),
             _ => return skipped(self),
         };
+        let volumes: Vec<String> = disks.iter().map(|d| d.1.clone()).collect();
         // A relocation holds the VM: its own streams go first.
         if self.drivers.hypervisor.relocation_lock(&id).is_some() {
             return skipped(self);
@@ -884,7 +889,26 @@ impl Shared {
             }
         }
         let t0 = Instant::now();
-        let marked = storage.mark_points(&volumes, &tag).await;
+        // Storage that takes points through the VM (dir) prepares the
+        // streams the receivers need now: from the points they hold.
+        let live = crate::driver::LiveDisks {
+            volumes: disks
+                .iter()
+                .map(|(disk, v)| (v.clone(), (id.clone(), disk.clone())))
+                .collect(),
+            hypervisor: Some(hv.clone()),
+        };
+        let bases: Vec<Option<String>> = {
+            let st = self.fastr.lock().unwrap();
+            let copies = st.get(vm).map(|r| &r.copies);
+            sending
+                .iter()
+                .map(|r| copies.and_then(|c| c.get(r)).and_then(|c| c.point.clone()))
+                .collect()
+        };
+        let marked = storage
+            .mark_points_live(&volumes, &tag, &live, &bases)
+            .await;
         if pause {
             if let Err(e) = hv.resume(&id).await {
                 warn!(vm = %id, error = %e, "FASTR: the guest was not resumed after a point (its reconciler resumes it)");
@@ -901,11 +925,12 @@ impl Shared {
             let (vm, volumes, tag) = (vm.clone(), volumes.clone(), tag.clone());
             tasks.spawn(async move {
                 let t0 = Instant::now();
-                let res = sh.fastr_send(&r, &vm, &volumes, &tag).await;
-                (r, res, t0.elapsed())
+                let mut have = None;
+                let res = sh.fastr_send(&r, &vm, &volumes, &tag, &mut have).await;
+                (r, res, t0.elapsed(), have)
             });
         }
-        while let Some(Ok((r, res, took))) = tasks.join_next().await {
+        while let Some(Ok((r, res, took, have))) = tasks.join_next().await {
             let mut st = self.fastr.lock().unwrap();
             let c = st
                 .entry(vm.clone())
@@ -928,6 +953,10 @@ impl Shared {
                     }
                     c.error = Some(e);
                     c.bytes = 0;
+                    // What the receiver said it holds is the next base.
+                    if let Some(h) = have {
+                        c.point = h;
+                    }
                 }
             }
         }
@@ -988,6 +1017,7 @@ impl Shared {
         vm: &DocKey,
         volumes: &[String],
         tag: &str,
+        answered: &mut Option<Option<String>>,
     ) -> Result<u64, String> {
         let storage = &self.drivers.storage;
         let mut t = self.open(to, vm, "fastr").await?;
@@ -996,6 +1026,7 @@ impl Shared {
             &Offer {
                 volumes: volumes.to_vec(),
                 point: tag.to_string(),
+                kind: storage.fastr_kind().map(str::to_string),
             },
         )
         .await?;
@@ -1003,6 +1034,7 @@ impl Shared {
         if let Some(e) = have.error {
             return Err(format!("refused: {e}"));
         }
+        *answered = Some(have.have.clone());
         // The receiver's newest point is the base if this node still has
         // it on every volume.
         let mut from = have.have.filter(|h| h != tag);
@@ -1098,7 +1130,7 @@ impl Shared {
         if spec.fastr.is_none() {
             return Err("the VM has no FASTR policy".into());
         }
-        if self.drivers.storage.stream_kind().is_none() {
+        if self.drivers.storage.fastr_kind().is_none() {
             return Err(format!(
                 "the {} storage here takes no volume streams",
                 self.drivers.storage.name()
@@ -1143,6 +1175,23 @@ impl Shared {
             .await;
             return Err(e);
         }
+        let theirs = offer.kind.as_deref().unwrap_or("zfs");
+        if Some(theirs) != storage.fastr_kind() {
+            let e = format!(
+                "the sender's storage streams {theirs}, this node's {} storage takes {}",
+                storage.name(),
+                storage.fastr_kind().unwrap_or("none")
+            );
+            let _ = send_json(
+                t,
+                &Have {
+                    have: None,
+                    error: Some(e.clone()),
+                },
+            )
+            .await;
+            return Err(e);
+        }
         let copies: Vec<String> = offer.volumes.iter().map(|v| names::fastr_copy(v)).collect();
         let have = settle_copies(storage.as_ref(), &copies).await;
         send_json(
@@ -1167,7 +1216,13 @@ impl Shared {
             if whole && storage.exists(&target).await.unwrap_or(false) {
                 storage.destroy(&target).await.map_err(|e| e.to_string())?;
             }
-            let r = self.pipe_in(t, &target).await;
+            let mut r = self.pipe_in(t, &target).await;
+            if r.is_ok() {
+                r = storage
+                    .point_received(&target, &offer.point)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
             let _ = send_json(
                 t,
                 &Done {

@@ -226,7 +226,7 @@ async fn observe(
     if !desired.deleted
         && matches!(desired.site, Site::Here)
         && !lacking.is_empty()
-        && storage.stream_kind().is_some()
+        && storage.fastr_kind().is_some()
     {
         let copies: Vec<String> = lacking.iter().map(|v| names::fastr_copy(v)).collect();
         if let Some(point) =

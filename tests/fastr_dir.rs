@@ -1,0 +1,288 @@
+//! FASTR copy points on `dir` (qcow2) storage, against a real QEMU
+//! holding two disks (paused: no guest runs, the test writes through
+//! QEMU's block layer with `qemu-io`): a point of both disks is one QMP
+//! transaction, the first stream is the whole disks and the next only
+//! the clusters written since; the receiver's points read exactly what
+//! the disks held at their instants; a cut stream never becomes a point
+//! and leaves the previous one intact; dropping an older point keeps the
+//! newer one's view, a point a clone is backed by stays, and an
+//! interrupted drop is finished when the storage opens again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deorch::driver::dir::DirStorage;
+use deorch::driver::qemu::QemuHypervisor;
+use deorch::driver::{LiveDisks, Storage};
+use deorch::qemu::probe::Accel;
+use deorch::qemu::qmp::Qmp;
+
+const VM: &str = "default/t";
+const MI: u64 = 1 << 20;
+
+struct Qemu(std::process::Child);
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Write `pattern` at `offset..offset+len` of node `node` through QEMU.
+async fn write(q: &mut Qmp, node: &str, pattern: u8, offset: u64, len: u64) {
+    let out = q
+        .execute(
+            "human-monitor-command",
+            Some(serde_json::json!({
+                "command-line": format!("qemu-io {node} \"write -P {pattern:#x} {offset} {len}\"")
+            })),
+        )
+        .await
+        .unwrap();
+    // qemu-io's report goes to QEMU's standard output; an error here.
+    assert_eq!(out.as_str(), Some(""), "{out}");
+}
+
+/// Whether image `path` reads `pattern` at `offset..offset+len`.
+fn reads(path: &Path, pattern: u8, offset: u64, len: u64) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c"])
+        .arg(format!("read -P {pattern:#x} {offset} {len}"))
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("failed") && text.contains("read ")
+}
+
+/// Point `tag` of `volume` from the sender, based on `from`, into the
+/// receiver's `copy`: the bytes sent. `cut`: only that many bytes of
+/// the stream arrive (the sender dies), and the point is not finished.
+async fn send(
+    s: &DirStorage,
+    r: &DirStorage,
+    volume: &str,
+    copy: &str,
+    from: Option<&str>,
+    tag: &str,
+    cut: Option<usize>,
+) -> Result<usize, String> {
+    let argv = s
+        .send_command(volume, from, tag)
+        .await
+        .map_err(|e| e.to_string())?;
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{argv:?}");
+    let mut bytes = out.stdout;
+    let n = bytes.len();
+    if let Some(c) = cut {
+        bytes.truncate(c);
+    }
+    let argv = r.receive_command(copy).await.unwrap();
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    assert!(child.wait().unwrap().success());
+    if cut.is_none() {
+        r.point_received(copy, tag)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(n)
+}
+
+fn volume_file(root: &Path, v: &str) -> PathBuf {
+    root.join("volumes").join(format!("{v}.qcow2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
+    if !common::qemu_available() {
+        return;
+    }
+    let dir = common::temp_dir("fastrdir");
+    let (sroot, rroot, vms) = (dir.join("s"), dir.join("r"), dir.join("vms"));
+    let s = DirStorage::open(&sroot).unwrap();
+    let r = DirStorage::open(&rroot).unwrap();
+    let (va, vb) = ("vm-default-t-a", "vm-default-t-b");
+    let (ca, cb) = ("fastr.vm-default-t-a", "fastr.vm-default-t-b");
+    s.create(va, 16 * MI).await.unwrap();
+    s.create(vb, 16 * MI).await.unwrap();
+    std::fs::create_dir_all(vms.join(VM)).unwrap();
+    let sock = vms.join(VM).join("qmp.sock");
+    let own = dir.join("test.sock");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-S", "-nodefaults"])
+        .args(["-display", "none"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        // The test's own monitor (QMP serves one client per socket).
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", own.display()));
+    for (node, v) in [("a", va), ("b", vb)] {
+        cmd.arg("-blockdev").arg(format!(
+            "driver=qcow2,node-name={node},file.driver=file,file.filename={}",
+            volume_file(&sroot, v).display()
+        ));
+        cmd.args([
+            "-device",
+            &format!("virtio-blk-pci,drive={node},id=disk-{node},share-rw=on"),
+        ]);
+    }
+    let _qemu = Qemu(cmd.stdout(Stdio::null()).spawn().unwrap());
+    let mut q = loop {
+        if let Ok(q) = Qmp::connect(&own, Duration::from_secs(1)).await {
+            break q;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let live = LiveDisks {
+        volumes: [(va, "a"), (vb, "b")]
+            .into_iter()
+            .map(|(v, d)| (v.to_string(), (VM.to_string(), d.to_string())))
+            .collect(),
+        hypervisor: Some(Arc::new(QemuHypervisor::new(
+            "qemu-system-x86_64",
+            &vms,
+            Accel::Tcg,
+        ))),
+    };
+    let vols = vec![va.to_string(), vb.to_string()];
+    write(&mut q, "a", 0x11, 0, 2 * MI).await;
+    write(&mut q, "b", 0x22, MI, MI).await;
+
+    // Point 1: no receiver holds anything: the whole disks.
+    let p1 = "fastr-1000";
+    s.mark_points_live(&vols, p1, &live, &[None]).await.unwrap();
+    // Written after the point: not in it.
+    write(&mut q, "a", 0x99, 0, MI).await;
+    for (v, c) in [(va, ca), (vb, cb)] {
+        send(&s, &r, v, c, None, p1, None).await.unwrap();
+    }
+    assert_eq!(r.points(ca).await.unwrap(), vec![p1]);
+    let (fa, fb) = (volume_file(&rroot, ca), volume_file(&rroot, cb));
+    assert!(
+        reads(&fa, 0x11, 0, 2 * MI),
+        "point 1 is the instant of the transaction"
+    );
+    assert!(reads(&fb, 0x22, MI, MI) && reads(&fb, 0, 0, MI));
+    assert_eq!(s.points(va).await.unwrap(), vec![p1], "a bitmap per point");
+
+    // Point 2, for a receiver holding point 1: only what was written.
+    write(&mut q, "b", 0x33, 8 * MI, 64 << 10).await;
+    let p2 = "fastr-2000";
+    s.mark_points_live(&vols, p2, &live, &[Some(p1.into())])
+        .await
+        .unwrap();
+    let e = s.send_command(va, None, p2).await.unwrap_err();
+    assert!(e.to_string().contains("since fastr-1000"), "{e}");
+    let na = send(&s, &r, va, ca, Some(p1), p2, None).await.unwrap();
+    let nb = send(&s, &r, vb, cb, Some(p1), p2, None).await.unwrap();
+    eprintln!("incremental streams: {na} and {nb} bytes");
+    assert!(na < 5 * MI as usize / 4, "1 MiB written: {na} bytes sent");
+    assert!(nb < 128 << 10, "64 KiB written: {nb} bytes sent");
+    assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
+    assert!(reads(&fa, 0x99, 0, MI) && reads(&fa, 0x11, MI, MI));
+    assert!(reads(&fb, 0x22, MI, MI) && reads(&fb, 0x33, 8 * MI, 64 << 10));
+    // The sender keeps the bitmap of the point its receiver holds now.
+    s.drop_point(va, p1).await.unwrap();
+    s.drop_point(vb, p1).await.unwrap();
+    assert_eq!(s.points(va).await.unwrap(), vec![p2]);
+
+    // Point 3: the sender dies half-way through the stream. The copy
+    // keeps point 2, intact, also after the receiver restarts.
+    write(&mut q, "a", 0x44, 4 * MI, MI).await;
+    let p3 = "fastr-3000";
+    s.mark_points_live(&vols, p3, &live, &[Some(p2.into())])
+        .await
+        .unwrap();
+    // More than 1 MiB was written: 300 KB is the middle of its stream.
+    let full = send(&s, &r, va, ca, Some(p2), p3, Some(300_000))
+        .await
+        .unwrap();
+    assert!(full > MI as usize, "{full}");
+    let e = r.point_received(ca, p3).await;
+    assert!(e.is_err(), "a cut stream is refused: {e:?}");
+    assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
+    drop(r);
+    let r = DirStorage::open(&rroot).unwrap();
+    assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
+    assert!(reads(&fa, 0x99, 0, MI) && reads(&fa, 0, 4 * MI, MI));
+    // The next round (the same point, sent again) completes it.
+    send(&s, &r, va, ca, Some(p2), p3, None).await.unwrap();
+    send(&s, &r, vb, cb, Some(p2), p3, None).await.unwrap();
+    assert!(reads(&fa, 0x44, 4 * MI, MI) && reads(&fa, 0x99, 0, MI));
+
+    // A clone of point 2 (no data copied), then the older points go:
+    // point 1 is dropped (point 2 reads the same after), point 2 stays
+    // while the clone is backed by it.
+    r.clone_volumes(&[deorch::driver::CloneRequest {
+        volume: "past".into(),
+        source: format!("{ca}@{p2}"),
+        size: None,
+    }])
+    .await
+    .unwrap();
+    let past = volume_file(&rroot, "past");
+    assert!(reads(&past, 0x99, 0, MI) && reads(&past, 0, 4 * MI, MI));
+    r.drop_point(ca, p1).await.unwrap();
+    assert_eq!(r.points(ca).await.unwrap(), vec![p2, p3]);
+    assert!(reads(&past, 0x99, 0, MI) && reads(&past, 0x11, MI, MI));
+    let e = r.drop_point(ca, p2).await.unwrap_err();
+    assert!(e.to_string().contains("clone"), "{e}");
+    assert!(r.drop_point(ca, p3).await.is_err(), "the newest stays");
+    assert!(reads(&fa, 0x44, 4 * MI, MI) && reads(&fa, 0x11, MI, MI));
+
+    // Rolled back to point 2 the copy reads it; recovery renames it into
+    // a volume (an overlay on the point: nothing copied).
+    r.rollback(ca, p2).await.unwrap();
+    assert_eq!(r.points(ca).await.unwrap(), vec![p2]);
+    assert!(reads(&fa, 0, 4 * MI, MI) && reads(&fa, 0x99, 0, MI));
+    r.rename(ca, va).await.unwrap();
+    let fv = volume_file(&rroot, va);
+    assert!(std::fs::metadata(&fv).unwrap().len() < MI, "an overlay");
+    assert!(reads(&fv, 0x99, 0, MI));
+
+    // An interrupted drop (a journal left, the commit done or not) is
+    // finished when the storage opens: point 1 of copy b goes, point 2
+    // reads as before.
+    let jb = rroot.join("incoming").join(format!("{cb}.drop"));
+    let chain_b: Vec<PathBuf> = {
+        let mut v = Vec::new();
+        let mut at = volume_file(&rroot, cb);
+        while let Some(b) = deorch::driver::qcow2::header(&at).unwrap().backing {
+            v.push(b.clone());
+            at = b;
+        }
+        v
+    };
+    assert_eq!(chain_b.len(), 3, "{chain_b:?}");
+    let (p1_layer, p2_layer) = (&chain_b[2], &chain_b[1]);
+    std::fs::write(
+        &jb,
+        format!("{}\n{}\n", p1_layer.display(), p2_layer.display()),
+    )
+    .unwrap();
+    drop(r);
+    let r = DirStorage::open(&rroot).unwrap();
+    assert!(!jb.exists());
+    assert_eq!(r.points(cb).await.unwrap(), vec![p2, p3]);
+    assert!(reads(&fb, 0x22, MI, MI) && reads(&fb, 0x33, 8 * MI, 64 << 10));
+
+    // A bitmap the sender's QEMU lost (restarted): the base is not
+    // there, so the round sends the whole disks.
+    s.mark_points_live(&vols, "fastr-4000", &live, &[Some("fastr-1".into())])
+        .await
+        .unwrap();
+    assert!(s.send_command(va, None, "fastr-4000").await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
