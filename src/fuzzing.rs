@@ -149,6 +149,26 @@ pub fn relocate_fetch(data: &[u8]) {
     let _ = crate::relocate::agent::check_fetch_message(data);
 }
 
+/// What a DHCPCAST gateway takes from a relaying node's tunnel (a
+/// message: an admitted peer's, but any bytes) and from the network (a
+/// server's reply): decoded, rewritten towards the server, and back.
+pub fn dhcpcast_gateway(data: &[u8]) {
+    use crate::dhcp::gateway::{toward_node, toward_server, Msg};
+    let (node, gateway) = ([10, 77, 0, 1].into(), [10, 55, 0, 1].into());
+    if let Some(Msg::Up { packet, .. } | Msg::Down { packet, .. }) = Msg::decode(data) {
+        if let Ok(r) = toward_server(&packet, gateway) {
+            assert!(r.packet.len() <= crate::dhcp::server::MAX_PACKET);
+        }
+        let _ = toward_node(&packet, node);
+    }
+    let _ = toward_node(data, node);
+}
+
+/// A relayed request as a node sends it to its gateway, to mutate.
+pub fn sample_dhcpcast_up() -> Vec<u8> {
+    crate::dhcp::gateway::sample_up()
+}
+
 /// A valid fetch ask, to mutate.
 pub fn sample_fetch_ask() -> Vec<u8> {
     crate::relocate::agent::sample_fetch_ask()

@@ -625,13 +625,15 @@ impl Collector for Scrape {
                     ("decline", c.declines),
                     ("relayed_up", c.relayed_up),
                     ("relayed_down", c.relayed_down),
+                    ("tunneled_up", c.tunneled_up),
+                    ("tunneled_down", c.tunneled_down),
                     ("send_error", c.send_errors),
                 ]
             };
             family(
                 &mut e,
                 "dhcp_messages",
-                "DHCP messages by network and event (offer, ack, nak, inform_ack sent; release, decline received; relayed_up, relayed_down; send_error).",
+                "DHCP messages by network and event (offer, ack, nak, inform_ack sent; release, decline received; relayed_up, relayed_down; tunneled_up, tunneled_down through a DHCPCAST gateway's tunnel; send_error).",
                 MetricType::Counter,
                 self.dhcp.iter().flat_map(|(network, c)| {
                     events(c).map(|(event, n)| {

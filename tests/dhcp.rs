@@ -219,6 +219,8 @@ fn counters(json: &str) -> CountersSnapshot {
         declines: v["declines"].as_u64().unwrap(),
         relayed_up: v["relayed_up"].as_u64().unwrap(),
         relayed_down: v["relayed_down"].as_u64().unwrap(),
+        tunneled_up: v["tunneled_up"].as_u64().unwrap_or(0),
+        tunneled_down: v["tunneled_down"].as_u64().unwrap_or(0),
         send_errors: v["send_errors"].as_u64().unwrap(),
         live_leases: v["live_leases"].as_u64().unwrap_or(0),
         dropped: v["dropped"]

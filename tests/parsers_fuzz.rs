@@ -32,6 +32,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("websocket", fuzzing::sample_websocket()),
         ("join_request", fuzzing::sample_join_request()),
+        ("dhcpcast_gateway", fuzzing::sample_dhcpcast_up()),
     ]
 }
 
@@ -48,11 +49,12 @@ fn run(target: &str, data: &[u8]) {
         "command" => fuzzing::command(data),
         "websocket" => fuzzing::websocket(data),
         "join_request" => fuzzing::join_request(data),
+        "dhcpcast_gateway" => fuzzing::dhcpcast_gateway(data),
         _ => unreachable!(),
     }
 }
 
-const TARGETS: [&str; 11] = [
+const TARGETS: [&str; 12] = [
     "gossip_datagram",
     "login",
     "address_and_signature",
@@ -64,6 +66,7 @@ const TARGETS: [&str; 11] = [
     "command",
     "websocket",
     "join_request",
+    "dhcpcast_gateway",
 ];
 
 proptest! {

@@ -21,6 +21,7 @@
 //! [`DhcpServer::counters`] reports answers and drops by reason.
 
 pub mod alloc;
+pub mod gateway;
 pub mod lease;
 pub mod options;
 pub mod perf;
@@ -106,6 +107,9 @@ pub struct Upstream {
     pub servers: Vec<Ipv4Addr>,
     /// The relay agent address (giaddr) replies come back to.
     pub giaddr: Ipv4Addr,
+    /// The gateway node requests go to through the node tunnel
+    /// (`dhcpcast.via`); `None`: by UDP from this node.
+    pub via: Option<String>,
 }
 
 /// One NIC the server answers.
@@ -319,7 +323,11 @@ impl Table {
                         Some(r) => field_ip("dhcpcast.relayAddress", r)?,
                         None => server_id,
                     };
-                    Some(Upstream { servers, giaddr })
+                    Some(Upstream {
+                        servers,
+                        giaddr,
+                        via: c.via.clone(),
+                    })
                 }
                 None => None,
             };
@@ -429,11 +437,18 @@ pub enum DropReason {
     /// A request on the bridge whose chaddr is not the VM of the port
     /// (tap) it came in on.
     WrongPort,
+    /// A request for the tunnel to a DHCPCAST gateway (`via`) that no
+    /// tunnel could take: the gateway is not a known node, the node has
+    /// no tunnels (no gossip), or the tunnel's queue is full.
+    TunnelUnavailable,
+    /// The gateway refused a request sent through the tunnel (it relays
+    /// to no such server for this node).
+    GatewayRefused,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadMagic,
@@ -460,6 +475,8 @@ impl DropReason {
         DropReason::RequestFromUpstream,
         DropReason::ForeignDecline,
         DropReason::WrongPort,
+        DropReason::TunnelUnavailable,
+        DropReason::GatewayRefused,
     ];
 
     /// snake_case name, as in counters.
@@ -491,6 +508,8 @@ impl DropReason {
             DropReason::RequestFromUpstream => "request_from_upstream",
             DropReason::ForeignDecline => "foreign_decline",
             DropReason::WrongPort => "wrong_port",
+            DropReason::TunnelUnavailable => "tunnel_unavailable",
+            DropReason::GatewayRefused => "gateway_refused",
         }
     }
 }
@@ -520,12 +539,17 @@ pub enum Event {
     RelayedUp,
     /// A central server's reply delivered to its VM.
     RelayedDown,
+    /// A DHCPCAST request sent through the tunnel to the gateway node.
+    TunneledUp,
+    /// A central server's reply that came through the tunnel, delivered
+    /// to its VM.
+    TunneledDown,
 }
 
 /// Live counters (atomics; shared by the socket loop and readers).
 #[derive(Debug, Default)]
 pub struct Counters {
-    events: [AtomicU64; 8],
+    events: [AtomicU64; 10],
     drops: [AtomicU64; DropReason::ALL.len()],
     send_errors: AtomicU64,
 }
@@ -549,6 +573,12 @@ pub struct CountersSnapshot {
     pub relayed_up: u64,
     /// Central servers' replies delivered.
     pub relayed_down: u64,
+    /// Requests sent through the tunnel to a DHCPCAST gateway.
+    #[serde(default)]
+    pub tunneled_up: u64,
+    /// Replies from a gateway's tunnel delivered.
+    #[serde(default)]
+    pub tunneled_down: u64,
     /// Replies the socket failed to send.
     pub send_errors: u64,
     /// Leases live now.
@@ -566,6 +596,10 @@ impl CountersSnapshot {
     /// All drops.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
+    }
+    /// Requests for a gateway's tunnel dropped (no tunnel, or refused).
+    pub fn tunnel_dropped(&self) -> u64 {
+        self.dropped(DropReason::TunnelUnavailable) + self.dropped(DropReason::GatewayRefused)
     }
 }
 
@@ -594,6 +628,8 @@ impl Counters {
             declines: e(Event::Decline),
             relayed_up: e(Event::RelayedUp),
             relayed_down: e(Event::RelayedDown),
+            tunneled_up: e(Event::TunneledUp),
+            tunneled_down: e(Event::TunneledDown),
             send_errors: self.send_errors.load(Ordering::Relaxed),
             live_leases: 0,
             dropped: DropReason::ALL
@@ -647,6 +683,8 @@ pub struct DhcpServer {
     counters: Arc<Counters>,
     log: LogLimiter,
     socket: std::net::UdpSocket,
+    /// The node's tunnels to DHCPCAST gateways (`via`), when it has them.
+    tunnels: std::sync::OnceLock<Arc<gateway::Tunnels>>,
 }
 
 impl DhcpServer {
@@ -667,6 +705,7 @@ impl DhcpServer {
             counters: Arc::new(Counters::default()),
             log: LogLimiter::default(),
             socket,
+            tunnels: std::sync::OnceLock::new(),
         })
     }
 
@@ -688,6 +727,13 @@ impl DhcpServer {
         }
         *self.lease_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
         self.readjust();
+    }
+
+    /// Send the requests of NICs relayed `via` a gateway node through
+    /// `tunnels` (set before [`DhcpServer::run`]; without it they are
+    /// dropped as [`DropReason::TunnelUnavailable`]).
+    pub fn relay_through(&self, tunnels: Arc<gateway::Tunnels>) {
+        let _ = self.tunnels.set(tunnels);
     }
 
     /// Replace the table of VMs this server answers.

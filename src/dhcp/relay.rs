@@ -21,8 +21,10 @@
 //!
 //! The token proves a reply answers a request that went through this
 //! node; it does not authenticate the central server to the node (anyone
-//! on the path between them sees it). That takes the path itself: see
-//! docs/ARCHITECTURE.md, "DHCP", on authenticating DHCPCAST.
+//! on the path between them sees it). With `via` a gateway node, the
+//! path is the node tunnel (`gateway.rs`): requests go there instead of
+//! by UDP, and such a NIC takes replies from that tunnel only
+//! ([`Side::Tunnel`]), never from an upstream socket.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -31,7 +33,7 @@ use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::Encodable;
 use sha2::{Digest, Sha256};
 
-use super::server::{delivery, encode, Context, Outcome, MAX_HOPS};
+use super::server::{delivery, encode, Context, Outcome, Side, MAX_HOPS};
 use super::{Client, DropReason, Event, Mac, ServerConfig, Upstream};
 
 /// Bytes of the token in the remote-id suboption.
@@ -102,6 +104,7 @@ pub fn up(
                 .iter()
                 .map(|s| SocketAddrV4::new(*s, 67))
                 .collect(),
+            via: up.via.clone(),
         },
         Err(_) => Outcome::Drop(DropReason::ReplyTooLarge),
     }
@@ -123,6 +126,13 @@ pub fn down(
     let Some(up) = &client.upstream else {
         return reject;
     };
+    // A NIC relayed through a gateway takes replies from its tunnel
+    // only, never from the network; one relayed by UDP never from a
+    // tunnel.
+    let tunneled = cx.side == Side::Tunnel;
+    if tunneled != up.via.is_some() {
+        return reject;
+    }
     if !up.servers.contains(from.ip()) || msg.giaddr() != up.giaddr {
         return reject;
     }
@@ -152,7 +162,11 @@ pub fn down(
     let to = delivery(&as_direct, nak, m.yiaddr(), mac);
     match encode(&m) {
         Some(packet) => Outcome::Reply {
-            event: Event::RelayedDown,
+            event: if tunneled {
+                Event::TunneledDown
+            } else {
+                Event::RelayedDown
+            },
             packet,
             to,
             bind: None,
@@ -180,6 +194,7 @@ mod tests {
         c.upstream = Some(Upstream {
             servers: vec![CENTRAL],
             giaddr: SERVER,
+            via: None,
         });
         t
     }
@@ -317,6 +332,56 @@ mod tests {
                 &req,
                 from
             ),
+            Outcome::Drop(DropReason::RequestFromUpstream)
+        );
+    }
+
+    /// A NIC relayed via a gateway: its requests name the gateway, its
+    /// replies count only from the tunnel (a correct one by UDP, from the
+    /// right server with the token, is rejected); a NIC relayed by UDP
+    /// takes none from a tunnel.
+    #[test]
+    fn a_nic_via_a_gateway_takes_replies_from_the_tunnel_only() {
+        let mut t = relayed_table();
+        t.clients
+            .get_mut(&MAC)
+            .unwrap()
+            .upstream
+            .as_mut()
+            .unwrap()
+            .via = Some("gw".into());
+        let bytes = request(MessageType::Discover, &MAC).to_vec().unwrap();
+        let o = run(&t, Side::Interface, &bytes, FROM);
+        assert!(
+            matches!(&o, Outcome::RelayUp { via: Some(g), .. } if g == "gw"),
+            "{o:?}"
+        );
+        let from = SocketAddrV4::new(CENTRAL, 67);
+        let tok = token(KEY, b"default/vm/eth0", &MAC, SERVER);
+        let good = offer(SERVER, b"default/vm/eth0", Some(&tok));
+        let rejected = Outcome::Drop(DropReason::RelayReplyRejected);
+        assert_eq!(run(&t, Side::Upstream, &good, from), rejected);
+        let o = run(&t, Side::Tunnel, &good, from);
+        assert!(
+            matches!(
+                o,
+                Outcome::Reply {
+                    event: Event::TunneledDown,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        // Through the tunnel the same checks hold: the token, the server.
+        let bad = offer(SERVER, b"default/vm/eth0", Some(&[0u8; TOKEN_LEN]));
+        assert_eq!(run(&t, Side::Tunnel, &bad, from), rejected);
+        let rogue = SocketAddrV4::new([10, 98, 0, 66].into(), 67);
+        assert_eq!(run(&t, Side::Tunnel, &good, rogue), rejected);
+        // By UDP, not via a gateway: no reply from a tunnel.
+        assert_eq!(run(&relayed_table(), Side::Tunnel, &good, from), rejected);
+        // No request is taken from a tunnel.
+        assert_eq!(
+            run(&t, Side::Tunnel, &bytes, from),
             Outcome::Drop(DropReason::RequestFromUpstream)
         );
     }

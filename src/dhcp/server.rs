@@ -84,7 +84,7 @@ pub enum Outcome {
         bind: Option<Bind>,
     },
     /// Forward a VM's request to its central servers (DHCPCAST), from a
-    /// socket bound to `giaddr:67`.
+    /// socket bound to `giaddr:67`, or through the tunnel to `via`.
     RelayUp {
         /// The relay agent address.
         giaddr: Ipv4Addr,
@@ -92,6 +92,9 @@ pub enum Outcome {
         packet: Vec<u8>,
         /// The servers, port 67.
         to: Vec<SocketAddrV4>,
+        /// The gateway node to send it to through the tunnel, instead of
+        /// UDP from this node.
+        via: Option<String>,
     },
     /// Nothing to send; count the event (a RELEASE or DECLINE of `addr`
     /// by `mac`).
@@ -221,6 +224,9 @@ pub enum Side {
     Interface,
     /// A DHCPCAST upstream socket: central servers' replies only.
     Upstream,
+    /// The tunnel from a DHCPCAST gateway node (`via`): central servers'
+    /// replies it relayed back, only for NICs relayed through it.
+    Tunnel,
 }
 
 /// Everything besides the packet that decides its outcome.
@@ -271,9 +277,11 @@ pub fn handle_in(config: &ServerConfig, cx: &Context, buf: &[u8], from: SocketAd
         return drop(DropReason::BadHardwareAddress);
     };
     match (msg.opcode(), cx.side) {
-        (Opcode::BootReply, Side::Upstream) => return relay::down(config, cx, &msg, mac, from),
+        (Opcode::BootReply, Side::Upstream | Side::Tunnel) => {
+            return relay::down(config, cx, &msg, mac, from)
+        }
         (Opcode::BootReply, Side::Interface) => return drop(DropReason::ReplyFromVmSide),
-        (_, Side::Upstream) => return drop(DropReason::RequestFromUpstream),
+        (_, Side::Upstream | Side::Tunnel) => return drop(DropReason::RequestFromUpstream),
         _ => {}
     }
     let Some(kind) = msg.opts().msg_type() else {
@@ -847,6 +855,7 @@ pub(crate) mod tests {
         t.clients.get_mut(&MAC).unwrap().upstream = Some(Upstream {
             servers: vec![[10, 98, 0, 2].into()],
             giaddr: SERVER,
+            via: None,
         });
         let o = handle(
             &config(),

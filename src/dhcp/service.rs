@@ -57,6 +57,9 @@ impl From<&CountersSnapshot> for DhcpCounters {
             declines: c.declines,
             relayed_up: c.relayed_up,
             relayed_down: c.relayed_down,
+            tunneled_up: c.tunneled_up,
+            tunneled_down: c.tunneled_down,
+            tunnel_dropped: c.tunnel_dropped(),
             send_errors: c.send_errors,
             dropped: c.dropped_total(),
             dropped_by_reason: c.dropped.clone(),
@@ -90,6 +93,10 @@ struct StateFile<'a> {
 pub struct DhcpService {
     dir: PathBuf,
     running: Mutex<HashMap<String, Running>>,
+    /// Tunnels to DHCPCAST gateways (`via`), once the node gossips.
+    tunnels: std::sync::OnceLock<Arc<super::gateway::Tunnels>>,
+    /// This node as a DHCPCAST gateway, once the node gossips.
+    gateway: std::sync::OnceLock<Arc<super::gateway::Gateway>>,
 }
 
 impl DhcpService {
@@ -98,7 +105,27 @@ impl DhcpService {
         DhcpService {
             dir: dir.into(),
             running: Mutex::new(HashMap::new()),
+            tunnels: std::sync::OnceLock::new(),
+            gateway: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Relay NICs `via` a gateway node through node tunnels opened with
+    /// what `link` says, and act as a gateway (the node named `me`) for
+    /// the servers `store` relays via it. Called once, before serving.
+    pub fn use_tunnels(
+        &self,
+        link: tokio::sync::watch::Receiver<crate::relocate::agent::Link>,
+        me: &str,
+        store: Arc<crate::store::Store>,
+    ) {
+        let _ = self.tunnels.set(super::gateway::Tunnels::new(link));
+        let _ = self.gateway.set(super::gateway::Gateway::new(me, store));
+    }
+
+    /// This node as a DHCPCAST gateway ([`DhcpService::use_tunnels`]).
+    pub fn gateway(&self) -> Option<Arc<super::gateway::Gateway>> {
+        self.gateway.get().cloned()
     }
 
     fn state_file(&self, network: &str) -> PathBuf {
@@ -161,6 +188,9 @@ impl DhcpService {
             stop(old).await;
         }
         let server = Arc::new(DhcpServer::new(iface, config.clone())?);
+        if let Some(t) = self.tunnels.get() {
+            server.relay_through(t.clone());
+        }
         server.keep_leases_in(self.lease_file(network));
         server.update(table);
         served.counters = DhcpCounters::from(&server.counters());
@@ -297,6 +327,7 @@ mod tests {
             upstream: relay.then(|| Upstream {
                 servers: vec!["10.9.9.9".parse().unwrap()],
                 giaddr: "10.0.0.2".parse().unwrap(),
+                via: None,
             }),
         }
     }

@@ -22,9 +22,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::gateway::Back;
 use super::lease::QUARANTINE_MS;
 use super::server::{handle_in, Context, Delivery, Outcome, Side, MAX_PACKET};
-use super::{format_mac, DhcpError, DhcpServer, Event, Mac};
+use super::{format_mac, DhcpError, DhcpServer, DropReason, Event, Mac};
 
 /// Bind UDP `port` on `iface` only, with `SO_REUSEADDR` and `SO_BROADCAST`.
 pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, DhcpError> {
@@ -258,11 +259,21 @@ pub(super) async fn serve(
     let mut next_expiry = 0u64;
     let mut leases_dirty = false;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+    // Replies from DHCPCAST gateways' tunnels (`via`).
+    let tunnels = server.tunnels.get().cloned();
+    let mut tunneled = tunnels.as_ref().map(|t| t.subscribe());
+    // Refusals by gateways have their own log budget.
+    let refusals = super::LogLimiter::default();
     let mut flush = tokio::time::interval(WRITE_LEASES_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%iface, server_id = %server.config.server_id, "DHCP server listening");
     loop {
-        let (data, from, via): (Vec<u8>, SocketAddrV4, Option<Arc<UdpSocket>>) = tokio::select! {
+        let (data, from, via, gateway): (
+            Vec<u8>,
+            SocketAddrV4,
+            Option<Arc<UdpSocket>>,
+            Option<String>,
+        ) = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() { break; }
                 continue;
@@ -275,14 +286,32 @@ pub(super) async fn serve(
                 continue;
             }
             r = local.recv_from(&mut buf) => match r {
-                Ok((n, SocketAddr::V4(from))) => (buf[..n].to_vec(), from, None),
+                Ok((n, SocketAddr::V4(from))) => (buf[..n].to_vec(), from, None, None),
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(%iface, "DHCP receive: {e}");
                     continue;
                 }
             },
-            Some((data, from, sock)) = up_rx.recv() => (data, from, Some(sock)),
+            Some((data, from, sock)) = up_rx.recv() => (data, from, Some(sock), None),
+            Some(back) = async {
+                match tunneled.as_mut() {
+                    Some(s) => s.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match back {
+                Back::Reply { gateway, server: at, packet } => {
+                    (packet, SocketAddrV4::new(at, 67), None, Some(gateway))
+                }
+                Back::Refused { gateway, reason } => {
+                    server.counters.dropped(DropReason::GatewayRefused);
+                    let (ok, _) = refusals.admit(crate::clock::now_ms());
+                    if ok {
+                        tracing::warn!(%iface, %gateway, "DHCPCAST: the gateway refused a request: {reason}");
+                    }
+                    continue;
+                }
+            },
         };
         let now_ms = crate::clock::now_ms();
         if now_ms >= next_expiry {
@@ -290,16 +319,22 @@ pub(super) async fn serve(
             next_expiry = now_ms + EXPIRE_EVERY_MS;
         }
         let table = server.table();
-        let outcome = {
+        let outcome = if gateway
+            .as_deref()
+            .is_some_and(|g| !relayed_via(&table, &data, g))
+        {
+            // Only the gateway a NIC is relayed through answers for it.
+            Outcome::Drop(DropReason::RelayReplyRejected)
+        } else {
             let leases = server.leases.lock().unwrap_or_else(|p| p.into_inner());
             let cx = Context {
                 table: &table,
                 leases: &leases,
                 now_ms,
-                side: if via.is_some() {
-                    Side::Upstream
-                } else {
-                    Side::Interface
+                side: match (&via, &gateway) {
+                    (_, Some(_)) => Side::Tunnel,
+                    (Some(_), None) => Side::Upstream,
+                    (None, None) => Side::Interface,
                 },
                 relay_key: &server.relay_key,
             };
@@ -401,7 +436,38 @@ pub(super) async fn serve(
                     }
                 }
             }
-            Outcome::RelayUp { giaddr, packet, to } => {
+            Outcome::RelayUp {
+                packet,
+                to,
+                via: Some(gw),
+                ..
+            } => {
+                let servers = to.iter().map(|a| *a.ip()).collect();
+                let sent = match (&tunnels, &tunneled) {
+                    (Some(t), Some(sub)) => t.send(&gw, sub.tag, servers, packet),
+                    _ => Err("this node has no node tunnels (it runs without gossip)"),
+                };
+                match sent {
+                    Ok(()) => {
+                        counters.event(Event::TunneledUp);
+                        log(format_args!(
+                            "request from {from} sent to gateway {gw} through the tunnel"
+                        ));
+                    }
+                    Err(why) => {
+                        counters.dropped(DropReason::TunnelUnavailable);
+                        log(format_args!(
+                            "request from {from} for gateway {gw} dropped: {why}"
+                        ));
+                    }
+                }
+            }
+            Outcome::RelayUp {
+                giaddr,
+                packet,
+                to,
+                via: None,
+            } => {
                 let sock = match upstream.get(&giaddr) {
                     Some(s) => s.clone(),
                     None => match bind_upstream(giaddr, port).and_then(UdpSocket::from_std) {
@@ -459,6 +525,16 @@ pub(super) async fn serve(
         }
     }
     Ok(())
+}
+
+/// Whether `packet`'s client (chaddr) is relayed via `gateway`.
+fn relayed_via(table: &super::Table, packet: &[u8], gateway: &str) -> bool {
+    super::server::decode(packet)
+        .ok()
+        .and_then(|m| super::server::mac_of(&m))
+        .and_then(|mac| table.get(&mac))
+        .and_then(|c| c.upstream.as_ref())
+        .is_some_and(|u| u.via.as_deref() == Some(gateway))
 }
 
 /// Leases ACKed are written to the lease file at most this often (and

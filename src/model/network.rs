@@ -216,6 +216,14 @@ pub struct Dhcpcast {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = ipv4_pattern()))]
     pub relay_address: Option<String>,
+    /// The satellite (an admitted node beside the central servers) that
+    /// relays to them: the node sends its relayed requests to that node
+    /// through the encrypted, authenticated node tunnel instead of by
+    /// UDP, and takes replies only from that tunnel. The gateway relays
+    /// only to servers some Network or VM names with `via` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = 63))]
+    pub via: Option<String>,
 }
 
 /// Layer-2 isolation.
@@ -305,6 +313,18 @@ pub struct DhcpCounters {
     /// Central servers' replies delivered to VMs.
     #[serde(default)]
     pub relayed_down: u64,
+    /// DHCPCAST requests sent to the gateway node through the tunnel
+    /// (`dhcpcast.via`).
+    #[serde(default)]
+    pub tunneled_up: u64,
+    /// Central servers' replies that came back through the tunnel and
+    /// were delivered to VMs.
+    #[serde(default)]
+    pub tunneled_down: u64,
+    /// DHCPCAST requests for the tunnel that were dropped: no tunnel to
+    /// the gateway (unknown node, queue full) or refused by it.
+    #[serde(default)]
+    pub tunnel_dropped: u64,
     /// Replies the server failed to send.
     #[serde(default)]
     pub send_errors: u64,

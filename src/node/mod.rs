@@ -262,6 +262,10 @@ pub async fn run_until(config: NodeConfig, shutdown: watch::Receiver<bool>) -> a
     let agent = cluster
         .as_ref()
         .map(|c| c.relocation_agent(drivers.clone(), config.relocation_bandwidth));
+    if let (Some(a), Some(dhcp)) = (&agent, &drivers.dhcp) {
+        // DHCPCAST via a gateway node goes through node tunnels.
+        dhcp.use_tunnels(a.link.clone(), &config.name, store.clone());
+    }
     let engine = Engine::with_placement(
         store.clone(),
         drivers,

@@ -389,7 +389,7 @@ fn vm_id(k: &DocKey) -> String {
 /// receiver waiting for the next step), a bound on unacknowledged data
 /// while it sends (the sender's copy). Each side then fails its session
 /// and rolls back as for any failure.
-fn bound_liveness(s: &TcpStream) {
+pub(crate) fn bound_liveness(s: &TcpStream) {
     let k = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(2))
@@ -1087,6 +1087,10 @@ impl Shared {
         let (t, header) = tunnel::accept(s, &tk).await.map_err(|e| e.to_string())?;
         let h: Header =
             serde_json::from_slice(&header).map_err(|e| format!("malformed tunnel header: {e}"))?;
+        if h.stream == crate::dhcp::gateway::STREAM {
+            let peer = self.link.borrow().name(&t.peer);
+            return crate::dhcp::gateway::serve(t, peer, self.drivers.dhcp.as_deref()).await;
+        }
         let (ns, name) = h
             .relocation
             .split_once('/')

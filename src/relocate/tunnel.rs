@@ -132,14 +132,14 @@ fn prologue(cluster: &str) -> Vec<u8> {
     format!("deorch-tunnel/v1 cluster={cluster}").into_bytes()
 }
 
-async fn write_frame<S: Stream>(s: &mut S, b: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, b: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(2 + b.len());
     out.extend_from_slice(&(b.len() as u16).to_be_bytes());
     out.extend_from_slice(b);
     s.write_all(&out).await
 }
 
-async fn read_frame<S: Stream>(s: &mut S) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 2];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
@@ -255,35 +255,33 @@ impl<S: Stream> Tunnel<S> {
 
     /// Send one message, in one frame (at most 64 KiB less the tag).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
-        // One message is one frame: what `recv` returns, and what bounds
-        // what a peer can make this node hold.
-        if data.len() > CHUNK {
-            return Err(refused(format!(
-                "a message of {} bytes (at most {CHUNK} in one frame)",
-                data.len()
-            )));
-        }
-        let mut buf = vec![0u8; 65_535];
-        let n = self
-            .transport
-            .write_message(data, &mut buf)
-            .map_err(refused)?;
-        write_frame(&mut self.stream, &buf[..n]).await?;
+        let sealed = seal(&mut self.transport, data)?;
+        write_frame(&mut self.stream, &sealed).await?;
         Ok(())
     }
 
     /// Receive one frame's message (`None`: the peer closed).
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TunnelError> {
-        let Some(msg) = read_frame(&mut self.stream).await? else {
-            return Ok(None);
-        };
-        let mut buf = vec![0u8; msg.len()];
-        let n = self
-            .transport
-            .read_message(&msg, &mut buf)
-            .map_err(refused)?;
-        buf.truncate(n);
-        Ok(Some(buf))
+        match read_frame(&mut self.stream).await? {
+            Some(msg) => open(&mut self.transport, &msg).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Messages both ways at once: a receiving and a sending half (each
+    /// can wait in its own task; [`Tunnel::recv`] is not cancel-safe, so
+    /// a loop that also sends cannot `select!` on it).
+    pub fn split(self) -> (TunnelReceiver<S>, TunnelSender<S>) {
+        let (r, w) = tokio::io::split(self.stream);
+        let transport = Arc::new(std::sync::Mutex::new(self.transport));
+        (
+            TunnelReceiver {
+                half: r,
+                transport: transport.clone(),
+                peer: self.peer,
+            },
+            TunnelSender { half: w, transport },
+        )
     }
 
     /// Carry `plain` (a local TCP stream, e.g. QEMU's) through the tunnel
@@ -359,6 +357,63 @@ impl<S: Stream> Tunnel<S> {
         // The first error ends both directions (dropping closes them).
         let (a, b) = tokio::try_join!(out, back)?;
         Ok(a + b)
+    }
+}
+
+/// Seal one message (at most [`MAX_MESSAGE`] bytes) into a frame's body.
+fn seal(t: &mut snow::TransportState, data: &[u8]) -> Result<Vec<u8>, TunnelError> {
+    // One message is one frame: what `recv` returns, and what bounds
+    // what a peer can make this node hold.
+    if data.len() > CHUNK {
+        return Err(refused(format!(
+            "a message of {} bytes (at most {CHUNK} in one frame)",
+            data.len()
+        )));
+    }
+    let mut buf = vec![0u8; data.len() + 16];
+    let n = t.write_message(data, &mut buf).map_err(refused)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Open a frame's body.
+fn open(t: &mut snow::TransportState, msg: &[u8]) -> Result<Vec<u8>, TunnelError> {
+    let mut buf = vec![0u8; msg.len()];
+    let n = t.read_message(msg, &mut buf).map_err(refused)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The receiving half of a [`Tunnel::split`].
+pub struct TunnelReceiver<S = TcpStream> {
+    half: tokio::io::ReadHalf<S>,
+    transport: Arc<std::sync::Mutex<snow::TransportState>>,
+    /// The node at the other end.
+    pub peer: NodeId,
+}
+
+impl<S: Stream> TunnelReceiver<S> {
+    /// Receive one frame's message (`None`: the peer closed).
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TunnelError> {
+        match read_frame(&mut self.half).await? {
+            Some(msg) => open(&mut self.transport.lock().expect("not poisoned"), &msg).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The sending half of a [`Tunnel::split`].
+pub struct TunnelSender<S = TcpStream> {
+    half: tokio::io::WriteHalf<S>,
+    transport: Arc<std::sync::Mutex<snow::TransportState>>,
+}
+
+impl<S: Stream> TunnelSender<S> {
+    /// Send one message, in one frame (at most [`MAX_MESSAGE`] bytes).
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), TunnelError> {
+        let sealed = seal(&mut self.transport.lock().expect("not poisoned"), data)?;
+        write_frame(&mut self.half, &sealed).await?;
+        Ok(())
     }
 }
 
