@@ -552,12 +552,7 @@ fn log_has(n: &Node, needle: &str) -> bool {
 /// with the real token delivered by plain relay and not through the
 /// tunnel, a server the gateway does not relay to refused.
 ///
-/// Why A restarts before the renewal: a unicast renewal to A's bridge
-/// address is taken by the plain relay's socket on that address (bound
-/// to the address, it wins over the bridge's) and dropped as a request
-/// from upstream; udhcpc then renews by broadcast. A restarted A has no
-/// such socket (a known limit of plain DHCPCAST, see
-/// docs/ARCHITECTURE.md, "DHCP").
+/// A restarts before the renewal: the tunnel must open again by itself.
 #[test]
 fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     if !common::root_with_tools(
@@ -792,7 +787,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
         "the refusal in network other's status: {o}"
     );
 
-    // 4. A restarts (the plain relay's socket gone): the tunnel opens
+    // 4. A restarts: the tunnel opens
     // again; a lease and a renewal, unicast to A, come through it.
     a.stop();
     a.start();

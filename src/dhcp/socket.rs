@@ -50,12 +50,92 @@ pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, Dhc
     Ok(s.into())
 }
 
+/// The DHCPCAST socket on relay address `addr`, where the central
+/// servers' replies come (to giaddr). It reports each datagram's arrival
+/// interface (`IP_PKTINFO`): when the relay address is the bridge's own,
+/// this socket, bound to the address, also takes the VMs' unicast
+/// renewals to the node, which belong to the bridge's server.
+#[allow(unsafe_code)]
 fn bind_upstream(addr: Ipv4Addr, port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::AsRawFd;
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     s.bind(&SocketAddrV4::new(addr, port).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// One datagram from `sock` (opened by [`bind_upstream`]): its length,
+/// sender, and the index of the interface it arrived on.
+#[allow(unsafe_code)]
+async fn recv_pktinfo(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddrV4, Option<u32>)> {
+    use std::os::fd::AsRawFd;
+    sock.async_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: every pointer handed to recvmsg points into buffers
+        // that outlive the call, with their true lengths; the control
+        // messages are read only within what the kernel wrote.
+        unsafe {
+            let mut from: libc::sockaddr_in = std::mem::zeroed();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            let mut control = [0u64; 16];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = &mut from as *mut libc::sockaddr_in as *mut libc::c_void;
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut ifindex = None;
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                    let info =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                    ifindex = Some(info.ipi_ifindex as u32);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            let addr = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+                u16::from_be(from.sin_port),
+            );
+            Ok((n as usize, addr, ifindex))
+        }
+    })
+    .await
+}
+
+/// The index of interface `iface` (0: none).
+#[allow(unsafe_code)]
+fn if_index(iface: &str) -> u32 {
+    std::ffi::CString::new(iface)
+        // SAFETY: a NUL-terminated name.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+        .unwrap_or(0)
 }
 
 /// The IPv4 header checksum, or the UDP one over `data` (pseudo-header
@@ -252,7 +332,9 @@ pub(super) async fn serve(
         }
     };
     // Packets from DHCPCAST upstream sockets, with the socket they came on.
-    let (up_tx, mut up_rx) = mpsc::channel::<(Vec<u8>, SocketAddrV4, Arc<UdpSocket>)>(1024);
+    let (up_tx, mut up_rx) =
+        mpsc::channel::<(Vec<u8>, SocketAddrV4, Arc<UdpSocket>, Option<u32>)>(1024);
+    let bridge_index = if_index(&iface);
     let mut upstream: HashMap<Ipv4Addr, Arc<UdpSocket>> = HashMap::new();
     let mut readers = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; MAX_PACKET + 1];
@@ -293,7 +375,16 @@ pub(super) async fn serve(
                     continue;
                 }
             },
-            Some((data, from, sock)) = up_rx.recv() => (data, from, Some(sock), None),
+            Some((data, from, sock, arrived)) = up_rx.recv() => {
+                // A request that came in on the bridge (a VM's unicast
+                // renewal to the node, the relay address being the
+                // bridge's) is the bridge server's, as if on its socket.
+                if bridge_index != 0 && arrived == Some(bridge_index) && data.first() == Some(&1) {
+                    (data, from, None, None)
+                } else {
+                    (data, from, Some(sock), None)
+                }
+            }
             Some(back) = async {
                 match tunneled.as_mut() {
                     Some(s) => s.rx.recv().await,
@@ -478,14 +569,14 @@ pub(super) async fn serve(
                             readers.spawn(async move {
                                 let mut buf = vec![0u8; MAX_PACKET + 1];
                                 loop {
-                                    match reader.recv_from(&mut buf).await {
-                                        Ok((n, SocketAddr::V4(from))) => {
-                                            let item = (buf[..n].to_vec(), from, reader.clone());
+                                    match recv_pktinfo(&reader, &mut buf).await {
+                                        Ok((n, from, arrived)) => {
+                                            let item =
+                                                (buf[..n].to_vec(), from, reader.clone(), arrived);
                                             if tx.send(item).await.is_err() {
                                                 break;
                                             }
                                         }
-                                        Ok(_) => {}
                                         Err(e) => tracing::warn!("DHCPCAST receive: {e}"),
                                     }
                                 }
