@@ -247,13 +247,34 @@ pub async fn run(state_dir: &Path, timeout: Duration, hypervisor: &dyn Hyperviso
     }
 }
 
+/// How long a pause that fails for a transient reason (the VM's QMP
+/// socket busy with the daemon's own command, as when both thaw) is
+/// tried again, and how often.
+const PAUSE_PATIENCE: Duration = Duration::from_secs(2);
+const PAUSE_RETRY: Duration = Duration::from_millis(5);
+
 /// Pause every running VM of the node, all at once.
 async fn pause_all(vms_dir: &Path, hypervisor: &dyn Hypervisor) {
     let pauses = vm_ids(vms_dir).into_iter().map(|id| async move {
-        if let Ok(VmState::Running { .. }) = hypervisor.state(&id).await {
+        let t0 = Instant::now();
+        loop {
+            if !matches!(hypervisor.state(&id).await, Ok(VmState::Running { .. })) {
+                return;
+            }
             match hypervisor.pause(&id).await {
-                Ok(()) => warn!(vm = %id, "fenced: paused"),
-                Err(e) => warn!(vm = %id, error = %e, "fence could not pause"),
+                Ok(()) => {
+                    warn!(vm = %id, "fenced: paused");
+                    return;
+                }
+                Err(crate::driver::DriverError::Transient { .. })
+                    if t0.elapsed() < PAUSE_PATIENCE =>
+                {
+                    tokio::time::sleep(PAUSE_RETRY).await;
+                }
+                Err(e) => {
+                    warn!(vm = %id, error = %e, "fence could not pause");
+                    return;
+                }
             }
         }
     });
