@@ -2318,6 +2318,131 @@ fn copy_points(n: &Node, vm: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Copy points (tag, unix ms), oldest first, and the guest's counter
+/// samples (unix ms, newest counter seen).
+type PointsAndSamples = (Vec<(String, u64)>, Vec<(u64, u64)>);
+
+/// Waits (up to `limit`) for three copy points on node `holder` taken
+/// from now on, sampling the guest's counter all along; the points
+/// (oldest first) and the samples (unix ms, newest counter seen).
+fn three_points(p: &Pair, holder: usize, limit: Duration) -> PointsAndSamples {
+    let holder_name = &p.nodes[holder].name;
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let begin = unix_ms();
+    let t = Instant::now();
+    let points = loop {
+        if let Some(b) = all_beats(p.from(), "mover").last() {
+            samples.push((unix_ms(), b.1));
+        }
+        let pts: Vec<(String, u64)> = copy_points(&p.nodes[holder], "mover")
+            .into_iter()
+            .filter(|(_, ms)| *ms > begin + 300)
+            .collect();
+        if pts.len() >= 3 {
+            break pts;
+        }
+        assert!(t.elapsed() < limit, "3 points on {holder_name}: {pts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for _ in 0..3 {
+        samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (points, samples)
+}
+
+/// The beats of VM `vm` on node `n`.
+fn beats_of(n: &Node, vm: &str) -> Vec<(String, u64)> {
+    beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default())
+}
+
+/// A VM `past` cloned from the oldest of `points`, placed by the radar:
+/// it runs on `holder` (never on the runner) and its guest goes on from
+/// what the mover's had written at that point. The point.
+fn clone_of_oldest_point(
+    p: &Pair,
+    holder: usize,
+    points: &[(String, u64)],
+    samples: &[(u64, u64)],
+) -> String {
+    let (p0, p0_ms) = points[0].clone();
+    std::fs::write(
+        p.nodes[0].manifests.join("past.yaml"),
+        format!(
+            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: past}}\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {{fastrCopy: {{name: mover, disk: data, point: {p0}}}}}\n"
+        ),
+    )
+    .unwrap();
+    wait_until(
+        p,
+        "the clone of a copy point beats",
+        Duration::from_secs(60),
+        || {
+            assert!(!runs(p.from(), "past"), "placed where no copy is");
+            runs(&p.nodes[holder], "past") && !beats_of(&p.nodes[holder], "past").is_empty()
+        },
+    );
+    let first = beats_of(&p.nodes[holder], "past")[0].1;
+    let (lo, hi) = counter_at(samples, p0_ms);
+    eprintln!("clone of {p0}: first beat {first}; the guest had written {lo}..={hi}");
+    assert!(
+        first > lo && first <= hi + 1,
+        "the clone goes on from the point: {lo}..={hi} written, then {first}"
+    );
+    p0
+}
+
+/// `deorch fastr recover mover --at` the middle of `points` on node
+/// `holder`: the VM stops on its node and runs on the holder, a new boot
+/// going on from what the guest had written at that point, never two
+/// copies at once. The point.
+fn recover_at_middle_point(
+    p: &Pair,
+    holder: usize,
+    points: &[(String, u64)],
+    samples: &[(u64, u64)],
+) -> String {
+    let (p1, p1_ms) = points[1].clone();
+    let boot = all_beats(p.from(), "mover").last().unwrap().0.clone();
+    let holder_name = p.nodes[holder].name.clone();
+    let (code, out, err) = p.nodes[holder].cli(
+        &[
+            "fastr",
+            "recover",
+            "mover",
+            "--at",
+            &p1,
+            "--from",
+            &holder_name,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("{out}");
+    wait_until(
+        p,
+        "the VM runs on the holder",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                qemu_of(p.from(), "mover").is_none()
+                    || qemu_of(&p.nodes[holder], "mover").is_none(),
+                "runs twice"
+            );
+            runs(&p.nodes[holder], "mover") && !beats_of(&p.nodes[holder], "mover").is_empty()
+        },
+    );
+    let back = beats_of(&p.nodes[holder], "mover")[0].clone();
+    let (lo, hi) = counter_at(samples, p1_ms);
+    eprintln!("recovered at {p1}: first beat {back:?}; the guest had written {lo}..={hi}");
+    assert_ne!(back.0, boot, "a new boot");
+    assert!(
+        back.1 > lo && back.1 <= hi + 1,
+        "the VM goes on from the point: {lo}..={hi} written, then {back:?}"
+    );
+    p1
+}
+
 /// Copy points kept on the receiver (`fastr.keep`) are where a new VM is
 /// cloned from (placed by the radar on the node that holds the copy, no
 /// data copied) and where `deorch fastr recover` starts the VM again (on
@@ -2348,30 +2473,7 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     let holder = 1 - from;
     let (runner_name, holder_name) = (p.nodes[from].name.clone(), p.nodes[holder].name.clone());
     // (unix ms, newest counter seen) while the points are taken.
-    let mut samples: Vec<(u64, u64)> = Vec::new();
-    let begin = unix_ms();
-    let t = Instant::now();
-    let points = loop {
-        if let Some(b) = all_beats(p.from(), "mover").last() {
-            samples.push((unix_ms(), b.1));
-        }
-        let pts: Vec<(String, u64)> = copy_points(&p.nodes[holder], "mover")
-            .into_iter()
-            .filter(|(_, ms)| *ms > begin + 300)
-            .collect();
-        if pts.len() >= 3 {
-            break pts;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "3 points on {holder_name}: {pts:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for _ in 0..3 {
-        samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (points, samples) = three_points(&p, holder, Duration::from_secs(40));
     // (With a 1 h interval, every point after the first comes from the
     // written trigger.)
     eprintln!("points on {holder_name}: {points:?}");
@@ -2418,32 +2520,7 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     assert!(err.contains(&format!("run it on {runner_name}")), "{err}");
 
     // A clone of the oldest point, placed by the radar: on the holder.
-    let (p0, p0_ms) = points[0].clone();
-    std::fs::write(
-        p.nodes[0].manifests.join("past.yaml"),
-        format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: past}}\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {{fastrCopy: {{name: mover, disk: data, point: {p0}}}}}\n"
-        ),
-    )
-    .unwrap();
-    let on_vm =
-        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
-    wait_until(
-        &p,
-        "the clone of a copy point beats",
-        Duration::from_secs(60),
-        || {
-            assert!(!runs(&p.nodes[from], "past"), "placed where no copy is");
-            runs(&p.nodes[holder], "past") && !on_vm(&p.nodes[holder], "past").is_empty()
-        },
-    );
-    let first = on_vm(&p.nodes[holder], "past")[0].1;
-    let (lo, hi) = counter_at(&samples, p0_ms);
-    eprintln!("clone of {p0}: first beat {first}; the guest had written {lo}..={hi}");
-    assert!(
-        first > lo && first <= hi + 1,
-        "the clone goes on from the point: {lo}..={hi} written, then {first}"
-    );
+    let p0 = clone_of_oldest_point(&p, holder, &points, &samples);
     let origin = Command::new("zfs")
         .args(["get", "-H", "-o", "value", "origin"])
         .arg(format!("{}/vol/vm-default-past-data", roots[holder]))
@@ -2469,43 +2546,7 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
 
     // Recovery at the middle point, on the holder: the VM stops on its
     // node and runs on the holder from that point.
-    let (p1, p1_ms) = points[1].clone();
-    let boot = all_beats(p.from(), "mover").last().unwrap().0.clone();
-    let (code, out, err) = p.nodes[holder].cli(
-        &[
-            "fastr",
-            "recover",
-            "mover",
-            "--at",
-            &p1,
-            "--from",
-            &holder_name,
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    eprintln!("{out}");
-    wait_until(
-        &p,
-        "the VM runs on the holder",
-        Duration::from_secs(60),
-        || {
-            assert!(
-                qemu_of(&p.nodes[from], "mover").is_none()
-                    || qemu_of(&p.nodes[holder], "mover").is_none(),
-                "runs twice"
-            );
-            runs(&p.nodes[holder], "mover") && !on_vm(&p.nodes[holder], "mover").is_empty()
-        },
-    );
-    let back = on_vm(&p.nodes[holder], "mover")[0].clone();
-    let (lo, hi) = counter_at(&samples, p1_ms);
-    eprintln!("recovered at {p1}: first beat {back:?}; the guest had written {lo}..={hi}");
-    assert_ne!(back.0, boot, "a new boot");
-    assert!(
-        back.1 > lo && back.1 <= hi + 1,
-        "the VM goes on from the point: {lo}..={hi} written, then {back:?}"
-    );
+    recover_at_middle_point(&p, holder, &points, &samples);
     assert!(!runs(&p.nodes[from], "mover"));
     // Its old node keeps its disks as a diverged replica and holds the
     // new primary's copy.
@@ -2731,30 +2772,7 @@ fn fastr_on_dir_storage_clones_and_recovers_copy_points() {
     let from = p.from;
     let holder = 1 - from;
     let holder_name = p.nodes[holder].name.clone();
-    let mut samples: Vec<(u64, u64)> = Vec::new();
-    let begin = unix_ms();
-    let t = Instant::now();
-    let points = loop {
-        if let Some(b) = all_beats(p.from(), "mover").last() {
-            samples.push((unix_ms(), b.1));
-        }
-        let pts: Vec<(String, u64)> = copy_points(&p.nodes[holder], "mover")
-            .into_iter()
-            .filter(|(_, ms)| *ms > begin + 300)
-            .collect();
-        if pts.len() >= 3 {
-            break pts;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "3 points on {holder_name}: {pts:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for _ in 0..3 {
-        samples.push((unix_ms(), all_beats(p.from(), "mover").last().unwrap().1));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (points, samples) = three_points(&p, holder, Duration::from_secs(60));
     eprintln!("points on {holder_name}: {points:?}");
     assert!(
         !p.nodes[from]
@@ -2768,32 +2786,7 @@ fn fastr_on_dir_storage_clones_and_recovers_copy_points() {
             assert!(pts.contains(pt), "{disk} holds {pt}: {pts:?}");
         }
     }
-    let (p0, p0_ms) = points[0].clone();
-    std::fs::write(
-        p.nodes[0].manifests.join("past.yaml"),
-        format!(
-            "apiVersion: deorch.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: past}}\nspec:\n  spacesuit: tiny\n  disks:\n    - name: data\n      source: {{fastrCopy: {{name: mover, disk: data, point: {p0}}}}}\n"
-        ),
-    )
-    .unwrap();
-    let on_vm =
-        |n: &Node, vm: &str| beats(&std::fs::read_to_string(serial(n, vm)).unwrap_or_default());
-    wait_until(
-        &p,
-        "the clone of a copy point beats",
-        Duration::from_secs(60),
-        || {
-            assert!(!runs(&p.nodes[from], "past"), "placed where no copy is");
-            runs(&p.nodes[holder], "past") && !on_vm(&p.nodes[holder], "past").is_empty()
-        },
-    );
-    let first = on_vm(&p.nodes[holder], "past")[0].1;
-    let (lo, hi) = counter_at(&samples, p0_ms);
-    eprintln!("clone of {p0}: first beat {first}; the guest had written {lo}..={hi}");
-    assert!(
-        first > lo && first <= hi + 1,
-        "the clone goes on from the point: {lo}..={hi} written, then {first}"
-    );
+    let p0 = clone_of_oldest_point(&p, holder, &points, &samples);
     assert_eq!(
         dir_points_under(&p.nodes[holder], "vm-default-past-data").first(),
         Some(&p0),
@@ -2801,42 +2794,7 @@ fn fastr_on_dir_storage_clones_and_recovers_copy_points() {
     );
 
     // Recovery at the middle point, the clone still running.
-    let (p1, p1_ms) = points[1].clone();
-    let boot = all_beats(p.from(), "mover").last().unwrap().0.clone();
-    let (code, out, err) = p.nodes[holder].cli(
-        &[
-            "fastr",
-            "recover",
-            "mover",
-            "--at",
-            &p1,
-            "--from",
-            &holder_name,
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    wait_until(
-        &p,
-        "the VM runs on the holder",
-        Duration::from_secs(60),
-        || {
-            assert!(
-                qemu_of(&p.nodes[from], "mover").is_none()
-                    || qemu_of(&p.nodes[holder], "mover").is_none(),
-                "runs twice"
-            );
-            runs(&p.nodes[holder], "mover") && !on_vm(&p.nodes[holder], "mover").is_empty()
-        },
-    );
-    let back = on_vm(&p.nodes[holder], "mover")[0].clone();
-    let (lo, hi) = counter_at(&samples, p1_ms);
-    eprintln!("recovered at {p1}: first beat {back:?}; the guest had written {lo}..={hi}");
-    assert_ne!(back.0, boot, "a new boot");
-    assert!(
-        back.1 > lo && back.1 <= hi + 1,
-        "the VM goes on from the point: {lo}..={hi} written, then {back:?}"
-    );
+    let p1 = recover_at_middle_point(&p, holder, &points, &samples);
     assert_eq!(
         dir_points_under(&p.nodes[holder], "vm-default-mover-data").first(),
         Some(&p1)
