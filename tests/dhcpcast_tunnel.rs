@@ -296,18 +296,6 @@ fn capture(ns: &str, iface: &str, file: &Path) -> Proc {
     p
 }
 
-/// How many packets of capture `file` match the pcap `filter`.
-fn count(file: &Path, filter: &str) -> usize {
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(file)
-        .arg(filter)
-        .stderr(Stdio::null())
-        .output()
-        .expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// One DHCP packet of a capture: when (s), from, to, what.
 type Seen = (f64, SocketAddrV4, SocketAddrV4, Message);
 
@@ -660,7 +648,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     let token = sniffed_token(&pcaps.join("plain.pcap"))
         .expect("plain DHCPCAST shows the node's token on the underlay");
     assert!(
-        count(&pcaps.join("plain.pcap"), "udp port 67") > 0,
+        common::pcap_count(&pcaps.join("plain.pcap"), "udp port 67") > 0,
         "plain relay crossed the underlay as DHCP"
     );
     // The attacker forges a reply with it: the VM gets it (the threat).
@@ -671,7 +659,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     forging.interrupt();
     let forged = format!("udp[12:4] = {FORGED_XID:#x}");
     assert!(
-        count(&pcaps.join("vm.pcap"), &forged) > 0,
+        common::pcap_count(&pcaps.join("vm.pcap"), &forged) > 0,
         "control: by plain relay, a forged reply with the sniffed token reaches the VM; on the underlay:\n{}",
         String::from_utf8_lossy(
             &Command::new("tcpdump")
@@ -706,8 +694,8 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     vm_side.interrupt();
     under.interrupt();
     let tunnel_pcap = pcaps.join("tunnel.pcap");
-    let dhcp_frames = count(&tunnel_pcap, "udp port 67 or udp port 68");
-    let tcp_frames = count(&tunnel_pcap, "tcp port 7946");
+    let dhcp_frames = common::pcap_count(&tunnel_pcap, "udp port 67 or udp port 68");
+    let tcp_frames = common::pcap_count(&tunnel_pcap, "tcp port 7946");
     assert_eq!(
         dhcp_frames, 0,
         "DHCP crossed the underlay beside the tunnel"
@@ -719,7 +707,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     forge(&lab, &mac, &token);
     vm_side.interrupt();
     assert_eq!(
-        count(&pcaps.join("vm2.pcap"), &forged),
+        common::pcap_count(&pcaps.join("vm2.pcap"), &forged),
         0,
         "a UDP reply reached a VM relayed through the tunnel"
     );
@@ -870,8 +858,8 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     under.interrupt();
     let tunnel2 = pcaps.join("tunnel2.pcap");
     let (dhcp2, tcp2) = (
-        count(&tunnel2, "udp port 67 or udp port 68"),
-        count(&tunnel2, "tcp port 7946"),
+        common::pcap_count(&tunnel2, "udp port 67 or udp port 68"),
+        common::pcap_count(&tunnel2, "tcp port 7946"),
     );
     assert_eq!(dhcp2, 0, "DHCP crossed the underlay beside the tunnel");
     assert!(tcp2 > 0, "the tunnel's TCP is on the underlay");

@@ -235,18 +235,6 @@ impl Capture {
     }
 }
 
-/// How many frames of capture `file` match `filter` (a pcap filter).
-fn count(file: &Path, filter: &str) -> usize {
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(file)
-        .arg(filter)
-        .stderr(Stdio::null())
-        .output()
-        .expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 impl Drop for Capture {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -455,32 +443,44 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
             .map(|j| format!("ether src {}", mac("acme", j)))
             .collect::<Vec<_>>()
             .join(" or ");
-        assert_eq!(count(&a, &beta_macs), 0, "acme VM {i} saw beta's frames");
-        assert_eq!(count(&b, &acme_macs), 0, "beta VM {i} saw acme's frames");
+        assert_eq!(
+            common::pcap_count(&a, &beta_macs),
+            0,
+            "acme VM {i} saw beta's frames"
+        );
+        assert_eq!(
+            common::pcap_count(&b, &acme_macs),
+            0,
+            "beta VM {i} saw acme's frames"
+        );
         assert!(
-            count(&a, "icmp") > 0,
+            common::pcap_count(&a, "icmp") > 0,
             "acme VM {i}'s capture holds its pings"
         );
         assert!(
-            count(&b, "icmp") > 0,
+            common::pcap_count(&b, "icmp") > 0,
             "beta VM {i}'s capture holds its pings"
         );
     }
     // The forged frames never reached the victim.
     let a1 = pcap_dir.join("a1.pcap");
     assert_eq!(
-        count(&a1, "ether src 52:54:00:de:ad:01"),
+        common::pcap_count(&a1, "ether src 52:54:00:de:ad:01"),
         0,
         "a frame from a forged MAC"
     );
     assert_eq!(
-        count(&a1, "src host 10.77.0.99"),
+        common::pcap_count(&a1, "src host 10.77.0.99"),
         0,
         "a packet from a forged address"
     );
-    assert_eq!(count(&a1, "udp src port 67"), 0, "a forged DHCP reply");
     assert_eq!(
-        count(
+        common::pcap_count(&a1, "udp src port 67"),
+        0,
+        "a forged DHCP reply"
+    );
+    assert_eq!(
+        common::pcap_count(
             &a1,
             &format!("arp and ether src {} and arp[14:4] = 0x0a4d000b", own.0)
         ),
@@ -488,14 +488,14 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
         "a gratuitous ARP claiming a1's address"
     );
     assert_eq!(
-        count(&a1, "icmp6 and ip6[40] = 134"),
+        common::pcap_count(&a1, "icmp6 and ip6[40] = 134"),
         0,
         "a router advertisement"
     );
     // The underlay: VXLAN of both segments crossed it; ARP only acme's.
     let u = pcap_dir.join("underlay.pcap");
     let on = |vni: u64, inner: &str| {
-        count(
+        common::pcap_count(
             &u,
             &format!("udp dst port 4789 and (udp[12:4] >> 8) = {vni}{inner}"),
         )

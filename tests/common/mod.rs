@@ -885,3 +885,16 @@ pub fn qemu_node(tag: &str) -> (Node, PathBuf) {
     ];
     (node, g)
 }
+
+/// How many frames of capture `file` (tcpdump's pcap) match the pcap
+/// `filter`, as `tcpdump -r` counts them.
+pub fn pcap_count(file: &Path, filter: &str) -> usize {
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .arg(filter)
+        .stderr(Stdio::null())
+        .output()
+        .expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
