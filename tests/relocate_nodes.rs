@@ -3089,26 +3089,15 @@ fn strict_fastr_frozen_node_never_runs_two_copies_when_it_thaws() {
     else {
         return;
     };
-    let root = Path::new("/sys/fs/cgroup/freezer");
-    if !root.join("cgroup.procs").exists() {
-        assert!(std::env::var_os("CI").is_none(), "no cgroup v1 freezer");
-        eprintln!("skipped: no cgroup v1 freezer");
+    let Some(freezer) = common::Freezer::new(&format!("deorchtest-freeze-{}", std::process::id()))
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no cgroup freezer (v1 or v2)"
+        );
+        eprintln!("skipped: no cgroup freezer");
         return;
-    }
-    let group = root.join(format!("deorchtest-freeze-{}", std::process::id()));
-    std::fs::create_dir_all(&group).unwrap();
-    struct Thaw(PathBuf);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
-            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(self.0.parent().unwrap().join("cgroup.procs"), pid);
-            }
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let thaw = Thaw(group.clone());
+    };
     // Every process of the node: all those in its network namespace.
     let out = Command::new("ip")
         .args(["netns", "pids", &p.lab.ns[from]])
@@ -3119,10 +3108,7 @@ fn strict_fastr_frozen_node_never_runs_two_copies_when_it_thaws() {
         .map(str::to_string)
         .collect();
     assert!(pids.len() >= 3, "daemon, fence and QEMU: {pids:?}");
-    for pid in &pids {
-        let _ = std::fs::write(group.join("cgroup.procs"), pid);
-    }
-    std::fs::write(group.join("freezer.state"), "FROZEN").unwrap();
+    freezer.freeze(&pids);
     let frozen_at = Instant::now();
     let frozen_beats = all_beats(&p.nodes[from], "mover").len();
     let on = |n: &Node| beats(&std::fs::read_to_string(serial(n, "mover")).unwrap_or_default());
@@ -3142,7 +3128,7 @@ fn strict_fastr_frozen_node_never_runs_two_copies_when_it_thaws() {
     // The frozen copy did not beat meanwhile (a check of the freezer).
     assert!(all_beats(&p.nodes[from], "mover").len() <= frozen_beats + 1);
     let thawed_at = Instant::now();
-    drop(thaw);
+    drop(freezer);
     let fence_log = p.nodes[from].state.join("fence/fence.log");
     wait_until(
         &p,

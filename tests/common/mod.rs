@@ -898,3 +898,92 @@ pub fn pcap_count(file: &Path, filter: &str) -> usize {
         .expect("tcpdump -r");
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
+
+/// A cgroup that freezes the processes put in it at once, as a stalled
+/// machine would stop: cgroup v1's freezer controller where it is
+/// mounted, else cgroup v2's `cgroup.freeze`. Thawed, its processes put
+/// back in the root group, and removed when dropped.
+pub struct Freezer {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    /// A group named `name`; `None` when the machine has no freezer (a
+    /// test that needs one fails under CI).
+    pub fn new(name: &str) -> Option<Freezer> {
+        let v1 = Path::new("/sys/fs/cgroup/freezer");
+        if v1.join("cgroup.procs").exists() {
+            let dir = v1.join(name);
+            std::fs::create_dir_all(&dir).ok()?;
+            return Some(Freezer { dir, v2: false });
+        }
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let root = Path::new(root);
+            if root.join("cgroup.controllers").exists() {
+                let dir = root.join(name);
+                std::fs::create_dir_all(&dir).ok()?;
+                if dir.join("cgroup.freeze").exists() {
+                    return Some(Freezer { dir, v2: true });
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        None
+    }
+
+    /// Move `pids` (whole processes) in and freeze them; returns once the
+    /// kernel says they are frozen.
+    pub fn freeze(&self, pids: &[String]) {
+        for p in pids {
+            // A process may have exited since it was listed.
+            let _ = std::fs::write(self.dir.join("cgroup.procs"), p);
+        }
+        let (file, value) = if self.v2 {
+            ("cgroup.freeze", "1")
+        } else {
+            ("freezer.state", "FROZEN")
+        };
+        std::fs::write(self.dir.join(file), value).expect("freezing the cgroup");
+        let frozen = || {
+            if self.v2 {
+                std::fs::read_to_string(self.dir.join("cgroup.events"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == "frozen 1")
+            } else {
+                std::fs::read_to_string(self.dir.join("freezer.state"))
+                    .unwrap_or_default()
+                    .trim()
+                    == "FROZEN"
+            }
+        };
+        let t = Instant::now();
+        while !frozen() {
+            assert!(t.elapsed() < Duration::from_secs(10), "not frozen in 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Let its processes run again.
+    pub fn thaw(&self) {
+        let (file, value) = if self.v2 {
+            ("cgroup.freeze", "0")
+        } else {
+            ("freezer.state", "THAWED")
+        };
+        let _ = std::fs::write(self.dir.join(file), value);
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        let root = self.dir.parent().unwrap().join("cgroup.procs");
+        for p in procs.split_whitespace() {
+            let _ = std::fs::write(&root, p);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
