@@ -1974,6 +1974,41 @@ fn the_dhcp_reservation_follows_a_relocated_vm() {
     assert!(link.contains("mtu 1400"), "{tap} on {}: {link}", to.name);
 }
 
+/// The newest copy point (unix ms) of the mover that node `n`'s status
+/// lists.
+fn newest_point_ms(n: &Node) -> Option<u64> {
+    let st = status(n, "vm", "mover");
+    st["fastr"][0]["point"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("fastr-"))
+        .and_then(|s| s.parse().ok())
+}
+
+/// Waits for a copy point newer than the current one and checks that its
+/// round sent less than `max_bytes` (only what changed); the bytes.
+fn a_newer_incremental_point(p: &Pair, limit: Duration, max_bytes: u64) -> u64 {
+    let seen = newest_point_ms(p.from()).unwrap();
+    wait_until(p, "a newer point", limit, || {
+        newest_point_ms(p.from()).is_some_and(|m| m > seen)
+    });
+    let sent = status(p.from(), "vm", "mover")["fastr"][0]["bytesSent"]
+        .as_u64()
+        .unwrap();
+    assert!(sent < max_bytes, "an incremental round: {sent} bytes");
+    sent
+}
+
+/// The guest's last beat now, once a copy point taken after it exists:
+/// what the guest wrote up to that beat must survive a failover.
+fn a_point_after_the_last_beat(p: &Pair, limit: Duration) -> (String, u64) {
+    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
+    let now_ms = unix_ms();
+    wait_until(p, "a point after that beat", limit, || {
+        newest_point_ms(p.from()).is_some_and(|m| m > now_ms + 300)
+    });
+    last
+}
+
 /// FASTR on zfs among three nodes: the VM's volume is copied to one
 /// other node every second (the first point whole, then only what
 /// changed); the VM's node dies (daemon and QEMU killed); the VM starts
@@ -2013,18 +2048,11 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
             .into_iter()
             .any(|d| d.ends_with("/fastr.vm-default-mover-data"))
     };
-    let point_ms = |n: &Node| -> Option<u64> {
-        let st = status(n, "vm", "mover");
-        st["fastr"][0]["point"]
-            .as_str()
-            .and_then(|s| s.strip_prefix("fastr-"))
-            .and_then(|s| s.parse().ok())
-    };
     wait_until(
         &p,
         "a copy point on another node",
         Duration::from_secs(30),
-        || point_ms(p.from()).is_some(),
+        || newest_point_ms(p.from()).is_some(),
     );
     let st = status(p.from(), "vm", "mover");
     eprintln!("fastr status: {}", st["fastr"]);
@@ -2033,14 +2061,7 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
     let third = 3 - from - holder;
     assert!(copy(holder) && !copy(third), "one copy, on {holder_name}");
     // Rounds go on, each only what changed (the first sent the volume).
-    let seen = point_ms(p.from()).unwrap();
-    wait_until(&p, "a newer point", Duration::from_secs(10), || {
-        point_ms(p.from()).is_some_and(|m| m > seen)
-    });
-    let sent = status(p.from(), "vm", "mover")["fastr"][0]["bytesSent"]
-        .as_u64()
-        .unwrap();
-    assert!(sent < 2 << 20, "an incremental round: {sent} bytes");
+    a_newer_incremental_point(&p, Duration::from_secs(10), 2 << 20);
     // The VM's status says how current its copies are.
     wait_until(
         &p,
@@ -2069,17 +2090,7 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
 
     // What the guest wrote up to now must survive: a point taken after
     // this beat holds it.
-    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    wait_until(
-        &p,
-        "a point after that beat",
-        Duration::from_secs(20),
-        || point_ms(p.from()).is_some_and(|m| m > now_ms + 300),
-    );
+    let last = a_point_after_the_last_beat(&p, Duration::from_secs(20));
     // Mid-round: the holder's `zfs recv` of the next point is running.
     let recv = format!("recv -F {}/vol/fastr.vm-default-mover-data", roots[holder]);
     wait_until(&p, "a round under way", Duration::from_secs(20), || {
@@ -2158,7 +2169,7 @@ fn fastr_fails_a_vm_over_to_the_node_holding_its_copy_with_its_data() {
         &p,
         "the new primary's copy",
         Duration::from_secs(60),
-        || point_ms(&p.nodes[holder]).is_some(),
+        || newest_point_ms(&p.nodes[holder]).is_some(),
     );
     let hold = Instant::now();
     while hold.elapsed() < Duration::from_secs(3) {
@@ -2637,18 +2648,11 @@ fn fastr_on_dir_storage_fails_a_vm_over_from_its_last_complete_point() {
     let holder = 1 - from;
     let boot = all_beats(p.from(), "mover")[0].0.clone();
     let copy = "fastr.vm-default-mover-data";
-    let point_ms = |n: &Node| -> Option<u64> {
-        let st = status(n, "vm", "mover");
-        st["fastr"][0]["point"]
-            .as_str()
-            .and_then(|s| s.strip_prefix("fastr-"))
-            .and_then(|s| s.parse().ok())
-    };
     wait_until(
         &p,
         "a copy point on the other node",
         Duration::from_secs(60),
-        || point_ms(p.from()).is_some(),
+        || newest_point_ms(p.from()).is_some(),
     );
     let st = status(p.from(), "vm", "mover");
     eprintln!("fastr status: {}", st["fastr"]);
@@ -2656,14 +2660,7 @@ fn fastr_on_dir_storage_fails_a_vm_over_from_its_last_complete_point() {
     assert!(!dir_points_under(&p.nodes[holder], copy).is_empty());
     // Rounds go on, each only what changed (the 8 MiB disk's first
     // stream was the whole of it, mostly zero clusters).
-    let seen = point_ms(p.from()).unwrap();
-    wait_until(&p, "a newer point", Duration::from_secs(30), || {
-        point_ms(p.from()).is_some_and(|m| m > seen)
-    });
-    let sent = status(p.from(), "vm", "mover")["fastr"][0]["bytesSent"]
-        .as_u64()
-        .unwrap();
-    assert!(sent < 1 << 20, "an incremental round: {sent} bytes");
+    let sent = a_newer_incremental_point(&p, Duration::from_secs(30), 1 << 20);
     assert!(
         p.from().log_text().contains("FASTR: point sent") || sent > 0,
         "rounds send"
@@ -2671,14 +2668,7 @@ fn fastr_on_dir_storage_fails_a_vm_over_from_its_last_complete_point() {
 
     // What the guest wrote up to now must survive: a point taken after
     // this beat holds it.
-    let last = all_beats(p.from(), "mover").last().cloned().unwrap();
-    let now_ms = unix_ms();
-    wait_until(
-        &p,
-        "a point after that beat",
-        Duration::from_secs(30),
-        || point_ms(p.from()).is_some_and(|m| m > now_ms + 300),
-    );
+    let last = a_point_after_the_last_beat(&p, Duration::from_secs(30));
     // Mid-round: the holder is taking the next point's stream in.
     let incoming = format!(
         "of={}/storage/incoming/{copy}.qcow2",
