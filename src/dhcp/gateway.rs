@@ -257,14 +257,13 @@ pub fn toward_node(packet: &[u8], giaddr: Ipv4Addr) -> Result<Vec<u8>, &'static 
     encode(&m).ok_or("does not encode")
 }
 
-/// A relayed DISCOVER of node 10.77.0.1 for its gateway (the fuzz
-/// corpus's seed).
-pub fn sample_up() -> Vec<u8> {
+/// A message `op` for MAC 02:00:00:00:0c:01 as node `node` relays it
+/// (giaddr, hops, its option 82): the fuzz seed's and the tests'.
+fn relayed_sample(op: Opcode, node: Ipv4Addr) -> Message {
     use dhcproto::v4::relay::RelayAgentInformation;
     use dhcproto::v4::{HType, MessageType};
-    let node = Ipv4Addr::new(10, 77, 0, 1);
     let mut m = Message::default();
-    m.set_opcode(Opcode::BootRequest)
+    m.set_opcode(op)
         .set_htype(HType::Eth)
         .set_xid(0x1234_5678)
         .set_chaddr(&[2, 0, 0, 0, 0xc, 1])
@@ -277,6 +276,13 @@ pub fn sample_up() -> Vec<u8> {
     info.insert(RelayInfo::AgentRemoteId(vec![7; 16]));
     info.insert(RelayInfo::ServerIdentifierOverride(node));
     m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
+    m
+}
+
+/// A relayed DISCOVER of node 10.77.0.1 for its gateway (the fuzz
+/// corpus's seed).
+pub fn sample_up() -> Vec<u8> {
+    let m = relayed_sample(Opcode::BootRequest, Ipv4Addr::new(10, 77, 0, 1));
     Msg::Up {
         tag: 1,
         servers: vec![Ipv4Addr::new(10, 55, 0, 2)],
@@ -927,7 +933,6 @@ pub fn served_via(store: &Store, me: &str) -> BTreeSet<Ipv4Addr> {
 mod tests {
     use super::*;
     use dhcproto::v4::relay::RelayAgentInformation;
-    use dhcproto::v4::{Flags, HType, MessageType};
     use dhcproto::{Decodable, Decoder, Encodable};
 
     const MAC: Mac = [2, 0, 0, 0, 0xc, 1];
@@ -935,22 +940,7 @@ mod tests {
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 55, 0, 1);
 
     fn relayed(op: Opcode) -> Message {
-        let mut m = Message::default();
-        m.set_opcode(op)
-            .set_htype(HType::Eth)
-            .set_xid(0x1234_5678)
-            .set_flags(Flags::default())
-            .set_chaddr(&MAC)
-            .set_giaddr(NODE)
-            .set_hops(1);
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
-        let mut info = RelayAgentInformation::default();
-        info.insert(RelayInfo::AgentCircuitId(b"default/web/eth0".to_vec()));
-        info.insert(RelayInfo::AgentRemoteId(vec![7; 16]));
-        info.insert(RelayInfo::ServerIdentifierOverride(NODE));
-        m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
-        m
+        relayed_sample(op, NODE)
     }
 
     fn info(packet: &[u8]) -> (Message, RelayAgentInformation) {
