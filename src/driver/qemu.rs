@@ -672,16 +672,7 @@ impl Hypervisor for QemuHypervisor {
                 .execute("query-block", None)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            let device = format!("disk-{disk}");
-            let top = blocks
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|b| {
-                    b["qdev"]
-                        .as_str()
-                        .is_some_and(|q| q == device || q.contains(&format!("/{device}/")))
-                })
+            let top = block_of(&blocks, disk)
                 .and_then(|b| b["inserted"]["node-name"].as_str())
                 .unwrap_or(disk)
                 .to_string();
@@ -706,6 +697,20 @@ impl Hypervisor for QemuHypervisor {
             Ok(())
         })
     }
+}
+
+/// Disk `disk`'s entry (device `disk-NAME`) in QMP `query-block`'s
+/// answer `blocks`.
+pub(crate) fn block_of<'a>(
+    blocks: &'a serde_json::Value,
+    disk: &str,
+) -> Option<&'a serde_json::Value> {
+    let device = format!("disk-{disk}");
+    blocks.as_array()?.iter().find(|b| {
+        b["qdev"]
+            .as_str()
+            .is_some_and(|q| q == device || q.contains(&format!("/{device}/")))
+    })
 }
 
 /// The QEMU model of `c` (the one translation from `VmConfig`, shared by

@@ -384,15 +384,7 @@ async fn tops(q: &mut Qmp, op: &str, disks: &[String]) -> Result<Vec<Top>, Drive
         .iter()
         .map(|disk| {
             let device = format!("disk-{disk}");
-            let b = blocks
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|b| {
-                    b["qdev"]
-                        .as_str()
-                        .is_some_and(|q| q == device || q.contains(&format!("/{device}/")))
-                })
+            let b = crate::driver::qemu::block_of(&blocks, disk)
                 .ok_or_else(|| DriverError::not_found(op, &device))?;
             let ins = &b["inserted"];
             Ok(Top {
