@@ -47,6 +47,28 @@ async fn write(q: &mut Qmp, node: &str, pattern: u8, offset: u64, len: u64) {
     assert_eq!(out.as_str(), Some(""), "{out}");
 }
 
+/// Disk a's device, as `qemu-io -d` names it: writes through it go to the
+/// disk's current top node.
+const DEV_A: &str = "-d /machine/peripheral/disk-a/virtio-backend";
+
+/// Whether the running disk a reads `pattern` at `offset..offset+len`
+/// through QEMU (the guest's view): qemu-io reports to QEMU's standard
+/// output, the file `out`.
+async fn qemu_reads(q: &mut Qmp, out: &Path, pattern: u8, offset: u64, len: u64) -> bool {
+    let _ = std::fs::write(out, "");
+    let answer = q
+        .execute(
+            "human-monitor-command",
+            Some(serde_json::json!({
+                "command-line": format!("qemu-io {DEV_A} \"read -P {pattern:#x} {offset} {len}\"")
+            })),
+        )
+        .await
+        .unwrap();
+    let said = std::fs::read_to_string(out).unwrap_or_default();
+    answer.as_str() == Some("") && said.contains("read ") && !said.contains("failed")
+}
+
 /// Whether image `path` reads `pattern` at `offset..offset+len`.
 fn reads(path: &Path, pattern: u8, offset: u64, len: u64) -> bool {
     let out = Command::new("qemu-io")
@@ -138,7 +160,12 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
             &format!("virtio-blk-pci,drive={node},id=disk-{node},share-rw=on"),
         ]);
     }
-    let _qemu = Qemu(cmd.stdout(Stdio::null()).spawn().unwrap());
+    let qemu_out = dir.join("qemu.out");
+    let _qemu = Qemu(
+        cmd.stdout(std::fs::File::create(&qemu_out).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let mut q = loop {
         if let Ok(q) = Qmp::connect(&own, Duration::from_secs(1)).await {
             break q;
@@ -198,9 +225,37 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     s.drop_point(vb, p1).await.unwrap();
     assert_eq!(s.points(va).await.unwrap(), vec![p2]);
 
+    // A live replica switches both disks to new overlays: the bitmap of
+    // point 2 follows them, so the next round is still incremental and
+    // holds what was written on either side of the switch.
+    // Two replicas in a row: the second moves a top that is itself an
+    // overlay (with a backing node to keep).
+    write(&mut q, "a", 0x55, 6 * MI, 64 << 10).await;
+    for (i, pattern) in [(1, 0x56), (2, 0x57)] {
+        let (ra, rb) = (format!("rep{i}-a"), format!("rep{i}-b"));
+        s.clone_volumes_live(
+            &[(ra, va), (rb, vb)].map(|(volume, source)| deorch::driver::CloneRequest {
+                volume,
+                source: source.into(),
+                size: None,
+            }),
+            &live,
+        )
+        .await
+        .unwrap();
+        // The guest's view after the switch: what it wrote before.
+        assert!(
+            qemu_reads(&mut q, &qemu_out, 0x55, 6 * MI, 64 << 10).await,
+            "replica {i}: the running disk reads what was written before it"
+        );
+        write(&mut q, DEV_A, pattern, (6 + i) * MI, 64 << 10).await;
+    }
+    assert_eq!(s.points(va).await.unwrap(), vec![p2], "the bitmap moved");
+    assert_eq!(s.points(vb).await.unwrap(), vec![p2]);
+
     // Point 3: the sender dies half-way through the stream. The copy
     // keeps point 2, intact, also after the receiver restarts.
-    write(&mut q, "a", 0x44, 4 * MI, MI).await;
+    write(&mut q, DEV_A, 0x44, 4 * MI, MI).await;
     let p3 = "fastr-3000";
     s.mark_points_live(&vols, p3, &live, &[Some(p2.into())])
         .await
@@ -218,9 +273,20 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
     assert!(reads(&fa, 0x99, 0, MI) && reads(&fa, 0, 4 * MI, MI));
     // The next round (the same point, sent again) completes it.
-    send(&s, &r, va, ca, Some(p2), p3, None).await.unwrap();
-    send(&s, &r, vb, cb, Some(p2), p3, None).await.unwrap();
+    let na = send(&s, &r, va, ca, Some(p2), p3, None).await.unwrap();
+    let nb = send(&s, &r, vb, cb, Some(p2), p3, None).await.unwrap();
+    eprintln!("incremental streams across a live replica: {na} and {nb} bytes");
+    assert!(
+        na < 3 * MI as usize / 2,
+        "1 MiB + 192 KiB written: {na} bytes sent"
+    );
+    assert!(nb < 128 << 10, "nothing written to b: {nb} bytes sent");
     assert!(reads(&fa, 0x44, 4 * MI, MI) && reads(&fa, 0x99, 0, MI));
+    assert!(
+        reads(&fa, 0x55, 6 * MI, 64 << 10),
+        "written before the switch"
+    );
+    assert!(reads(&fa, 0x56, 7 * MI, 64 << 10) && reads(&fa, 0x57, 8 * MI, 64 << 10));
 
     // A clone of point 2 (no data copied), then the older points go:
     // point 1 is dropped (point 2 reads the same after), point 2 stays

@@ -1108,6 +1108,18 @@ fn snapshot_xml(domain_xml: &str, disk: &str, overlay: &Path) -> Result<String, 
         };
         if block.contains(&alias) {
             found = true;
+            // dir storage renames the overlay over the volume's own path.
+            // QEMU reopens the old top read-only by its path once it is a
+            // backing node, so it would read the overlay in its place; the
+            // qemu driver first moves the node onto its layer's name
+            // (`blockdev-reopen`), which libvirt offers no call for.
+            let source = format!("<source file='{}'", path(overlay));
+            if block.contains(&source) {
+                return Err(format!(
+                    "the overlay {} is the disk's own file name (dir storage): a live snapshot here would make the running guest read the overlay in place of its disk; the libvirt driver refuses it (stop the VM first, or use the qemu hypervisor driver)",
+                    overlay.display()
+                ));
+            }
             let _ = write!(
                 disks,
                 "<disk name='{dev}' snapshot='external' type='file'><driver type='qcow2'/><source file='{}'/></disk>",
@@ -1140,6 +1152,8 @@ mod tests {
             "<domainsnapshot><disks><disk name='vda' snapshot='no'/><disk name='vdb' snapshot='external' type='file'><driver type='qcow2'/><source file='/s/o&apos;v.qcow2'/></disk></disks></domainsnapshot>"
         );
         assert!(snapshot_xml(live, "swap", Path::new("/x")).is_err());
+        let own = snapshot_xml(live, "root", Path::new("/s/root.qcow2")).unwrap_err();
+        assert!(own.contains("refuses"), "{own}");
         assert!(
             snapshot_xml(live, "roo", Path::new("/x")).is_err(),
             "no prefix match"

@@ -672,10 +672,30 @@ impl Hypervisor for QemuHypervisor {
                 .execute("query-block", None)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            let top = block_of(&blocks, disk)
-                .and_then(|b| b["inserted"]["node-name"].as_str())
+            let inserted = block_of(&blocks, disk).map(|b| &b["inserted"]);
+            let top = inserted
+                .and_then(|i| i["node-name"].as_str())
                 .unwrap_or(disk)
                 .to_string();
+            let carried = fastr_bitmaps(inserted);
+            // The storage made the overlay under the disk's own path, on
+            // the frozen layer its file became (the same inode, another
+            // name). QEMU reopens the old top read-only *by path* when it
+            // becomes the backing node, which would now be the overlay:
+            // the guest would read the overlay's bytes at the old image's
+            // offsets. So the old top first moves to the layer's name.
+            let current = inserted
+                .and_then(|i| i["image"]["filename"].as_str())
+                .map(Path::new);
+            if current == Some(overlay) {
+                let layer = crate::driver::qcow2::header(overlay)
+                    .ok()
+                    .and_then(|h| h.backing)
+                    .ok_or_else(|| fail("the overlay names no layer".into()))?;
+                reopen_on(&mut qmp, &top, &layer)
+                    .await
+                    .map_err(|e| fail(format!("moving {top} to {}: {e}", layer.display())))?;
+            }
             let node = format!("{disk}-{}", crate::driver::cow::nonce());
             qmp.execute(
                 "blockdev-add",
@@ -684,19 +704,123 @@ impl Hypervisor for QemuHypervisor {
                     "node-name": node,
                     "file": {"driver": "file", "filename": overlay},
                     "backing": null,
+                    "discard": "unmap",
+                    "cache": {"direct": false},
                 })),
             )
             .await
             .map_err(|e| fail(e.to_string()))?;
+            // FASTR's dirty bitmaps (one per point the receivers hold)
+            // follow the disk onto its new top node in the same instant:
+            // each is added there and given the old one's bits inside the
+            // snapshot's transaction, so it misses no write and the next
+            // round stays incremental rather than sending the whole disk.
+            let mut actions = vec![serde_json::json!({"type": "blockdev-snapshot",
+                "data": {"node": top, "overlay": node}})];
+            for (name, granularity) in &carried {
+                actions.push(serde_json::json!({"type": "block-dirty-bitmap-add",
+                    "data": {"node": node, "name": name, "granularity": granularity}}));
+                actions.push(serde_json::json!({"type": "block-dirty-bitmap-merge",
+                    "data": {"node": node, "target": name,
+                        "bitmaps": [{"node": top, "name": name}]}}));
+            }
             qmp.execute(
-                "blockdev-snapshot",
-                Some(serde_json::json!({"node": top, "overlay": node})),
+                "transaction",
+                Some(serde_json::json!({ "actions": actions })),
             )
             .await
             .map_err(|e| fail(e.to_string()))?;
+            // The old top is a read-only backing node now: its copies of
+            // the bitmaps only take memory.
+            for (name, _) in &carried {
+                let _ = qmp
+                    .execute(
+                        "block-dirty-bitmap-remove",
+                        Some(serde_json::json!({"node": top, "name": name})),
+                    )
+                    .await;
+            }
             Ok(())
         })
     }
+}
+
+/// Give node `top` (a qcow2 node, the disk's active top) a new file
+/// child on `path`, the same inode under another name: `blockdev-reopen`
+/// with the options the node was opened with (`cmdline`,
+/// `live_snapshot`), its backing node kept. The new file node does not
+/// take QEMU's image locks: the old one, which holds them on the same
+/// inode until the reopen drops it, would refuse them.
+async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path) -> Result<(), String> {
+    let graph = qmp
+        .execute("x-debug-query-block-graph", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id_of = |name: &str| {
+        graph["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"].as_str() == Some(name))
+            .and_then(|n| n["id"].as_u64())
+    };
+    let name_of = |id: u64| {
+        graph["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"].as_u64() == Some(id))
+            .and_then(|n| n["name"].as_str())
+            .map(str::to_string)
+    };
+    let top_id = id_of(top).ok_or_else(|| format!("no node {top} in the block graph"))?;
+    let backing = graph["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["parent"].as_u64() == Some(top_id) && e["name"] == "backing")
+        .and_then(|e| e["child"].as_u64())
+        .and_then(name_of);
+    // Node names are at most 31 bytes.
+    let file = format!("f{}", crate::driver::cow::nonce());
+    qmp.execute(
+        "blockdev-add",
+        Some(serde_json::json!({"driver": "file", "node-name": file,
+            "filename": path, "locking": "off"})),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let reopened = qmp
+        .execute(
+            "blockdev-reopen",
+            Some(serde_json::json!({"options": [{
+                "driver": "qcow2", "node-name": top, "file": file,
+                "backing": backing, "discard": "unmap", "cache": {"direct": false},
+            }]})),
+        )
+        .await;
+    if let Err(e) = reopened {
+        let _ = qmp
+            .execute("blockdev-del", Some(serde_json::json!({"node-name": file})))
+            .await;
+        return Err(e.to_string());
+    }
+    Ok(())
+}
+
+/// FASTR's dirty bitmaps (name, granularity) on a disk's top node, from
+/// the `inserted` member of its `query-block` entry.
+fn fastr_bitmaps(inserted: Option<&serde_json::Value>) -> Vec<(String, u64)> {
+    inserted
+        .and_then(|i| i["dirty-bitmaps"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let name = m["name"].as_str()?;
+            name.starts_with(crate::driver::FASTR_TAG)
+                .then(|| (name.to_string(), m["granularity"].as_u64().unwrap_or(65536)))
+        })
+        .collect()
 }
 
 /// Disk `disk`'s entry (device `disk-NAME`) in QMP `query-block`'s

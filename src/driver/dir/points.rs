@@ -13,9 +13,11 @@
 //! an older point's receivers no longer need is removed when FASTR drops
 //! the point; if a round fails, the new bitmap goes and the older one,
 //! untouched, still covers every write since its point, so nothing is
-//! lost. Bitmaps live in QEMU's memory: a QEMU restarted, or a disk
-//! switched to a new overlay (a live replica), has none on its top node,
-//! and the next round sends the whole disk.
+//! lost. A disk switched to a new overlay (a live replica) takes its
+//! bitmaps along: the hypervisor adds each to the new top node and merges
+//! the old one's bits into it in the snapshot's own transaction
+//! (`QemuHypervisor::live_snapshot`). Bitmaps live in QEMU's memory: a
+//! QEMU restarted has none, and the next round sends the whole disk.
 //!
 //! The backup's target is backed by an empty image while it is written:
 //! QEMU then records a cluster the guest zeroed as a zero cluster rather
