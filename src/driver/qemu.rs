@@ -692,7 +692,8 @@ impl Hypervisor for QemuHypervisor {
                     .ok()
                     .and_then(|h| h.backing)
                     .ok_or_else(|| fail("the overlay names no layer".into()))?;
-                reopen_on(&mut qmp, &top, &layer)
+                let read_only = inserted.is_some_and(|i| i["ro"] == true);
+                reopen_on(&mut qmp, &top, &layer, read_only)
                     .await
                     .map_err(|e| fail(format!("moving {top} to {}: {e}", layer.display())))?;
             }
@@ -751,7 +752,7 @@ impl Hypervisor for QemuHypervisor {
 /// `live_snapshot`), its backing node kept. The new file node does not
 /// take QEMU's image locks: the old one, which holds them on the same
 /// inode until the reopen drops it, would refuse them.
-async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path) -> Result<(), String> {
+async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path, read_only: bool) -> Result<(), String> {
     let graph = qmp
         .execute("x-debug-query-block-graph", None)
         .await
@@ -786,7 +787,7 @@ async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path) -> Result<(), String> 
     qmp.execute(
         "blockdev-add",
         Some(serde_json::json!({"driver": "file", "node-name": file,
-            "filename": path, "locking": "off"})),
+            "filename": path, "locking": "off", "read-only": read_only})),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -796,6 +797,7 @@ async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path) -> Result<(), String> 
             Some(serde_json::json!({"options": [{
                 "driver": "qcow2", "node-name": top, "file": file,
                 "backing": backing, "discard": "unmap", "cache": {"direct": false},
+                "read-only": read_only,
             }]})),
         )
         .await;
