@@ -757,31 +757,18 @@ async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path, read_only: bool) -> Re
         .execute("x-debug-query-block-graph", None)
         .await
         .map_err(|e| e.to_string())?;
-    let id_of = |name: &str| {
-        graph["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["name"].as_str() == Some(name))
-            .and_then(|n| n["id"].as_u64())
-    };
-    let name_of = |id: u64| {
-        graph["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["id"].as_u64() == Some(id))
-            .and_then(|n| n["name"].as_str())
-            .map(str::to_string)
-    };
-    let top_id = id_of(top).ok_or_else(|| format!("no node {top} in the block graph"))?;
-    let backing = graph["edges"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let list = |key: &str| graph[key].as_array().cloned().unwrap_or_default();
+    let (nodes, edges) = (list("nodes"), list("edges"));
+    let top_id = nodes
+        .iter()
+        .find(|n| n["name"].as_str() == Some(top))
+        .and_then(|n| n["id"].as_u64())
+        .ok_or_else(|| format!("no node {top} in the block graph"))?;
+    let backing = edges
+        .iter()
         .find(|e| e["parent"].as_u64() == Some(top_id) && e["name"] == "backing")
-        .and_then(|e| e["child"].as_u64())
-        .and_then(name_of);
+        .and_then(|e| nodes.iter().find(|n| n["id"] == e["child"]))
+        .and_then(|n| n["name"].as_str());
     // Node names are at most 31 bytes.
     let file = format!("f{}", crate::driver::cow::nonce());
     qmp.execute(
