@@ -419,6 +419,9 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
                peer: Option<String>|
      -> anyhow::Result<()> {
         rt.block_on(async {
+            // The two disks as the VM reconciler makes a VM's: one group
+            // (on zfs one `zfs snapshot -r` takes both, no pause needed).
+            storage.group(&bench_group(), &["bench-root".into(), "bench-data".into()]);
             storage.create("bench-root", 256 << 20).await?;
             storage.create("bench-data", 256 << 20).await?;
             let img = storage.volume("bench-data").await?.path;
@@ -542,10 +545,15 @@ pub fn replica_latency(count: usize, zfs_root: Option<&str>) -> anyhow::Result<(
             "zfs",
             Arc::new(crate::driver::cow::CowStorage::new(backend)),
             true,
-            Some(format!("{root}/vol/bench-data")),
+            Some(format!("{root}/grp/{}/bench-data", bench_group())),
         )?;
     }
     Ok(())
+}
+
+/// The group of the replica bench's two disks, named as a VM's.
+fn bench_group() -> String {
+    crate::model::names::vm_group("bench", "replica")
 }
 
 /// Bytes allocated on disk under `dir` (what `du` counts).

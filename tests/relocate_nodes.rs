@@ -2474,8 +2474,8 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
         zfs_flags(&roots),
         false,
         &Mover {
-            // A second disk (after the mover's `data`): its points are
-            // taken with the guest paused, zfs-fuse taking them one by one.
+            // A second disk (after the mover's `data`): both are one
+            // group, their points one `zfs snapshot -r`, no guest pause.
             spec: "    - name: log\n      size: 8Mi\n      source: {blank: {}}\n  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki, replica: true, relocation: true}}\n",
             ..Default::default()
         },
@@ -2488,12 +2488,19 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     // (With a 1 h interval, every point after the first comes from the
     // written trigger.)
     eprintln!("points on {holder_name}: {points:?}");
-    // Complete points hold both disks, taken with the guest paused.
+    // Complete points hold both disks, taken at one instant by one
+    // command (the disks are one group): the guest is not paused.
     assert!(
-        p.nodes[from]
+        !p.nodes[from]
             .log_text()
             .contains("FASTR: guest paused for one point of its disks"),
-        "no pause around the points of two disks"
+        "a pause around the points of two grouped disks"
+    );
+    assert!(
+        common::zfs_tree(&roots[from])
+            .iter()
+            .any(|d| d.ends_with("/grp/vm-default-mover/vm-default-mover-log")),
+        "the VM's disks are one group"
     );
     assert!(
         common::zfs_tree(&roots[holder])
@@ -2534,7 +2541,7 @@ fn fastr_copy_points_are_cloned_and_recovered_on_the_node_holding_them() {
     let p0 = clone_of_oldest_point(&p, holder, &points, &samples);
     let origin = Command::new("zfs")
         .args(["get", "-H", "-o", "value", "origin"])
-        .arg(format!("{}/vol/vm-default-past-data", roots[holder]))
+        .arg(volume_dataset(&roots[holder], "vm-default-past-data"))
         .output()
         .unwrap();
     let origin = String::from_utf8_lossy(&origin.stdout);
@@ -2944,7 +2951,7 @@ fn fastr_a_partition_heals_to_one_copy_and_keeps_both_disks() {
         })
         .unwrap()
         .to_string();
-    let counter = disk_counter(&format!("{}/vol/{kept}", roots[from]));
+    let counter = disk_counter(&volume_dataset(&roots[from], &kept));
     assert!(
         counter >= last_cut_off.1 && counter <= last_cut_off.1 + 3,
         "the diverged replica holds the cut-off guest's writes: {counter} on disk, {last_cut_off:?} last beat"
@@ -3149,20 +3156,24 @@ fn strict_fastr_frozen_node_never_runs_two_copies_when_it_thaws() {
 
 /// The raw image file of volume `vol` on node storage `root`.
 fn volume_file(root: &str, vol: &str) -> PathBuf {
+    let dataset = volume_dataset(root, vol);
     let out = Command::new("zfs")
-        .args([
-            "get",
-            "-H",
-            "-o",
-            "value",
-            "mountpoint",
-            &format!("{root}/vol/{vol}"),
-        ])
+        .args(["get", "-H", "-o", "value", "mountpoint", &dataset])
         .output()
         .unwrap();
     let mnt = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(mnt.starts_with('/'), "no dataset {root}/vol/{vol}");
+    assert!(mnt.starts_with('/'), "no dataset {dataset}");
     Path::new(&mnt).join("disk.img")
+}
+
+/// The dataset of volume `vol` on node storage `root`: `vol/<vol>`, or
+/// `grp/<group>/<vol>` for a VM's disk made in its VM's group.
+fn volume_dataset(root: &str, vol: &str) -> String {
+    let (plain, grp) = (format!("{root}/vol/{vol}"), format!("{root}/grp/"));
+    common::zfs_tree(root)
+        .into_iter()
+        .find(|d| *d == plain || (d.starts_with(&grp) && d.ends_with(&format!("/{vol}"))))
+        .unwrap_or(plain)
 }
 
 /// `len` bytes of a fresh pattern written at `offset` into the image of
@@ -3431,7 +3442,9 @@ fn a_relocation_to_the_fastr_holder_streams_only_what_changed_since_its_copy() {
     });
     let tree = common::zfs_tree(&roots[from]);
     assert!(
-        !tree.iter().any(|d| d.contains("/vol/vm-default-mover")),
+        !tree
+            .iter()
+            .any(|d| d.contains("/vol/vm-default-mover") || d.contains("/grp/vm-default-mover/vm-")),
         "no volume of the VM on the node it did not move to: {tree:?}"
     );
     assert!(runs(&p.nodes[holder], "mover"));

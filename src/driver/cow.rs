@@ -28,6 +28,14 @@
 //! exists is renamed) and materializes the lazy volumes of a trashed
 //! source before anything else, so removing a VM never takes its replicas
 //! with it. See docs/ALGORITHMS.md.
+//!
+//! These names are the backend's *virtual* ones: a backend may keep a
+//! volume elsewhere as long as it lists and takes it by them. The zfs one
+//! keeps the disks of one VM ([`Storage::group`]) below one parent
+//! dataset, snapshots them with one `zfs snapshot -r` (one instant, no
+//! guest pause: [`Storage::atomic_points_for`]) and reports a lazy
+//! capture's snapshots under their `lazy.` names ([`super::zfs`]); the
+//! algorithm here sees `vol/`, `trash/` and [`CowBackend::tidy`] only.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -116,6 +124,15 @@ pub trait CowBackend: Send + 'static {
     fn atomic_snapshots(&self) -> bool {
         false
     }
+    /// The backend's groups of datasets snapshotted in one command, asked
+    /// without the backend's lock (see [`SnapshotSets`]); `None`: none.
+    fn snapshot_sets(&self) -> Option<Arc<dyn SnapshotSets>> {
+        None
+    }
+    /// Remove what the backend keeps beside the datasets and no longer
+    /// needs (zfs: empty groups, their spent snapshots); called at the end
+    /// of every [`gc`]. Best effort: what is left goes at the next one.
+    fn tidy(&mut self) {}
     /// `send_command` for dataset `ds` (snapshot names, not tags).
     fn send_argv(&self, ds: &str, from: Option<&str>, to: &str) -> Option<Vec<String>> {
         let _ = (ds, from, to);
@@ -135,6 +152,17 @@ pub trait CowBackend: Send + 'static {
             format!("the {} storage cannot roll back", self.kind()),
         ))
     }
+}
+
+/// Groups of datasets that a backend snapshots in one command
+/// ([`Storage::group`], [`Storage::atomic_points_for`]). Shared with the
+/// backend, answered from memory without the backend's lock (a long
+/// command holds that).
+pub trait SnapshotSets: Send + Sync {
+    /// Make the next volumes of these names in `group` (an intent).
+    fn group(&self, group: &str, volumes: &[String]);
+    /// Whether one command snapshots exactly `volumes` at one instant.
+    fn atomic(&self, volumes: &[String]) -> bool;
 }
 
 /// Volume names: what every backend can hold as a file or dataset name.
@@ -166,7 +194,7 @@ fn vol(name: &str) -> String {
 }
 
 /// Snapshot names of lazy volumes begin with this.
-const LAZY: &str = "lazy.";
+pub(crate) const LAZY: &str = "lazy.";
 
 /// Every lazy volume: (volume, its snapshot `ds@lazy.<volume>`).
 fn lazies(all: &[Ds]) -> Vec<(String, String)> {
@@ -338,6 +366,7 @@ pub fn gc<B: CowBackend + ?Sized>(b: &mut B) -> Result<usize, DriverError> {
             }
         }
         if !any {
+            b.tidy();
             return Ok(destroyed);
         }
     }
@@ -359,6 +388,7 @@ pub struct CowStorage<B: CowBackend> {
     kind: &'static str,
     streams: Option<&'static str>,
     atomic: bool,
+    sets: Option<Arc<dyn SnapshotSets>>,
 }
 
 impl<B: CowBackend> CowStorage<B> {
@@ -368,8 +398,15 @@ impl<B: CowBackend> CowStorage<B> {
             kind: backend.kind(),
             streams: backend.stream_kind(),
             atomic: backend.atomic_snapshots(),
+            sets: backend.snapshot_sets(),
             backend: Arc::new(Mutex::new(backend)),
         }
+    }
+
+    /// Whether the snapshots of `sources` are one instant (one command).
+    fn atomic_for(&self, sources: &[&str]) -> bool {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        self.atomic || self.sets.as_ref().is_some_and(|s| s.atomic(&sources))
     }
 
     /// Run `f` with the backend on the blocking pool.
@@ -590,7 +627,12 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         // As [`Storage::capture`]: one instant for a running VM's disks.
         let sources: Vec<&str> = requests.iter().map(|r| r.source.as_str()).collect();
         let cloned = self.clone_volumes(requests);
-        if self.atomic {
+        let plain: Vec<&str> = requests
+            .iter()
+            .filter(|r| point(r).is_none())
+            .map(|r| r.source.as_str())
+            .collect();
+        if self.atomic_for(&plain) {
             return cloned;
         }
         Box::pin(async move { live.paused_for(&sources, cloned).await })
@@ -607,7 +649,7 @@ impl<B: CowBackend> Storage for CowStorage<B> {
         let sources: Vec<&str> = requests.iter().map(|r| r.source.as_str()).collect();
         let owned = requests.to_vec();
         let taken = self.with(move |b| capture(b, &owned));
-        if self.atomic {
+        if self.atomic_for(&sources) {
             return Box::pin(taken);
         }
         Box::pin(async move { live.paused_for(&sources, taken).await })
@@ -669,6 +711,14 @@ impl<B: CowBackend> Storage for CowStorage<B> {
     }
     fn atomic_points(&self) -> bool {
         self.atomic
+    }
+    fn atomic_points_for(&self, volumes: &[String]) -> bool {
+        self.atomic || self.sets.as_ref().is_some_and(|s| s.atomic(volumes))
+    }
+    fn group(&self, group: &str, volumes: &[String]) {
+        if let Some(s) = &self.sets {
+            s.group(group, volumes);
+        }
     }
     fn mark_points<'a>(
         &'a self,

@@ -678,6 +678,23 @@ pub trait Storage: Send + Sync {
     fn atomic_points(&self) -> bool {
         false
     }
+    /// Whether snapshots or points of exactly `volumes` are taken at one
+    /// instant by one command (where the storage cannot do so for any set,
+    /// [`Storage::atomic_points`], it may still for a [`Storage::group`]).
+    /// When not, a running VM's guest is paused around them.
+    fn atomic_points_for(&self, volumes: &[String]) -> bool {
+        let _ = volumes;
+        self.atomic_points()
+    }
+    /// Keep `volumes` (the disks of one VM) together as group `group`
+    /// where the storage can, so that one command snapshots all of them
+    /// ([`Storage::atomic_points_for`]; zfs: one parent dataset and
+    /// `zfs snapshot -r`). An intent for the next volume made under each
+    /// of these names (created, imported or cloned); existing volumes stay
+    /// where they are. Nothing where the storage has no groups.
+    fn group(&self, group: &str, volumes: &[String]) {
+        let _ = (group, volumes);
+    }
     /// Take transfer point `tag` of each volume (a snapshot `@xfer-TAG`,
     /// one instant per volume). `gc` leaves transfer points alone; whoever
     /// takes one drops it ([`Storage::drop_points`]) or destroys the

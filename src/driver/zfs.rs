@@ -2,13 +2,34 @@
 //! output, argument vectors, no shell). Each volume is a filesystem
 //! dataset holding one raw image `disk.img`: zfs-fuse has no zvols, and the
 //! same layout works on kernel OpenZFS. Tested against zfs-fuse.
+//!
+//! Below the root: `vol/<volume>`, `trash/<name>.<nonce>` (the names
+//! [`super::cow`] works with) and `grp/<group>/<volume>`, the volumes of
+//! one group ([`Storage::group`](super::Storage::group): the disks of one
+//! VM). zfs-fuse takes one snapshot per `zfs snapshot`; a group's are
+//! taken by one `zfs snapshot -r grp/<group>@name` (one transaction group,
+//! one instant, no guest pause) when a set of snapshots is exactly the
+//! group's members. cow.rs still sees `vol/<volume>`: an in-memory index
+//! (rebuilt from every listing and at open) maps it to the real dataset.
+//! A lazy capture names each disk's snapshot after its new volume; one
+//! `-r` takes one name, so it is `lz<nonce>` with the user property
+//! `deorch:lazy` = `<member>=<volume>,...` (on every snapshot made), and the
+//! listings report `grp/G/<member>@lz<nonce>` as `vol/<member>@lazy.<volume>`.
+//! A grouped dataset renamed (to `trash/` or another name) first gets its
+//! lazy snapshots' real `lazy.<volume>` names, so the mapping never
+//! outlives the member's name. The group's own snapshots (made by `-r`,
+//! empty) go once no member carries their name; an empty group goes at
+//! [`CowBackend::tidy`]. A received stream goes where `create` would
+//! put its volume. Ungrouped volumes (made before groups or never given
+//! one) keep one snapshot per command and the pause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::cmd::{self, CmdError};
-use super::cow::{CowBackend, CowStorage, Ds};
+use super::cow::{CowBackend, CowStorage, Ds, SnapshotSets, LAZY};
 use super::{DatasetConfig, DatasetState, DriverError, VolumeInfo};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,6 +46,24 @@ const BUSY_PAUSE_FIRST: Duration = Duration::from_millis(50);
 const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// User property marking what deorch created.
 pub const MANAGED: &str = "deorch:managed";
+/// User property of a grouped lazy capture's snapshots: which lazy volume
+/// each member's snapshot is (`<member>=<volume>,...`).
+pub const LAZY_PROP: &str = "deorch:lazy";
+/// Real snapshot names of a grouped lazy capture begin with this.
+const LZ: &str = "lz";
+/// ZFS's longest name (pool, datasets and `@snapshot`).
+const ZFS_NAME_MAX: usize = 255;
+/// Room kept after a member's name for its snapshots' names (`@s<nonce>`,
+/// `@xfer-fastr-<ms>`).
+const SNAPSHOT_ROOM: usize = 40;
+/// Room kept after a group's name for a member's lazy snapshot given its
+/// real `<member>@lazy.<volume>` name (cow.rs keeps `vol/` and that within
+/// 160 bytes).
+const LAZY_ROOM: usize = 160;
+/// The longest mapping one `-r` capture writes (older ZFS keeps user
+/// property values to 1024 bytes); a longer one takes one snapshot per
+/// disk.
+const MAPPING_MAX: usize = 1000;
 
 /// ZFS storage of one node.
 pub type ZfsStorage = CowStorage<ZfsBackend>;
@@ -37,6 +76,78 @@ pub struct ZfsBackend {
     program: String,
     /// Whether `zfs snapshot a@s b@s` works (not on zfs-fuse).
     multi_snapshot: bool,
+    /// Where grouped volumes are (shared with the storage, see [`Groups`]).
+    groups: Arc<Groups>,
+}
+
+/// The groups of one [`ZfsBackend`]: where its grouped volumes live, and
+/// which lazy volume each `lz` snapshot is. Behind its own lock so that
+/// [`SnapshotSets`] answers while a command holds the backend's.
+#[derive(Debug, Default)]
+pub struct Groups {
+    index: Mutex<Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// Volume -> the group its next dataset is made in.
+    intent: BTreeMap<String, String>,
+    /// Volume -> the group it is a member of.
+    member: BTreeMap<String, String>,
+    /// Group datasets.
+    groups: BTreeSet<String>,
+    /// A group's own snapshot (group, short name) -> the members holding
+    /// a snapshot of that name.
+    group_snaps: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Lazy volume snapshot `vol/<member>@lazy.<volume>` -> its real name
+    /// `grp/<group>/<member>@lz<nonce>` (relative to the root).
+    lazy: BTreeMap<String, String>,
+    /// Members being received ([`CowBackend::recv_argv`]) that no listing
+    /// has shown yet: kept members across listings meanwhile.
+    receiving: BTreeMap<String, String>,
+}
+
+impl Index {
+    fn members(&self, group: &str) -> usize {
+        self.member.values().filter(|g| *g == group).count()
+    }
+}
+
+impl SnapshotSets for Groups {
+    fn group(&self, group: &str, volumes: &[String]) {
+        let mut ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        for v in volumes {
+            ix.intent.insert(v.clone(), group.to_string());
+        }
+    }
+
+    fn atomic(&self, volumes: &[String]) -> bool {
+        let ix = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(group) = volumes.first().and_then(|v| ix.member.get(v)) else {
+            return false;
+        };
+        let distinct: BTreeSet<&String> = volumes.iter().collect();
+        distinct.len() == volumes.len()
+            && volumes.iter().all(|v| ix.member.get(v) == Some(group))
+            && ix.members(group) == volumes.len()
+    }
+}
+
+/// One line of a listing: the real name (relative to the root), its
+/// origin (real, relative where below the root) and its `deorch:lazy`.
+struct Entry {
+    rel: String,
+    origin: Option<String>,
+    lazy: Option<String>,
+}
+
+/// The lazy volume `member`'s snapshot is, from its `deorch:lazy` mapping.
+fn mapped<'a>(mapping: &'a str, member: &str) -> Option<&'a str> {
+    mapping
+        .split(',')
+        .filter_map(|e| e.split_once('='))
+        .find(|(m, _)| *m == member)
+        .map(|x| x.1)
 }
 
 /// The storage a node starts with over `root`: opened (live volumes
@@ -80,6 +191,7 @@ impl ZfsBackend {
             root: root.trim_end_matches('/').to_string(),
             program: program.to_string(),
             multi_snapshot: true,
+            groups: Arc::default(),
         };
         let mut b = b;
         if let Err(e) = b.zfs(&["list", "-H", "-o", "name", &pool]) {
@@ -90,7 +202,7 @@ impl ZfsBackend {
                 message: format!("pool {pool} is not available: {}", e.message()),
             });
         }
-        for sub in ["vol", "trash"] {
+        for sub in ["vol", "trash", "grp"] {
             let ds = format!("{}/{sub}", b.root);
             if b.zfs(&["list", "-H", "-o", "name", &ds]).is_err() {
                 b.zfs(&["create", "-p", &ds])
@@ -98,6 +210,7 @@ impl ZfsBackend {
             }
         }
         b.mount_live()?;
+        b.list()?;
         // Whether one `zfs snapshot` takes several (zfs-fuse's does not):
         // asked of two datasets that do not exist, so nothing is made.
         let probe = |n: &str| format!("{}/vol/.deorch-probe-{n}@p", b.root);
@@ -114,15 +227,19 @@ impl ZfsBackend {
     /// node's recovery point.
     fn mount_live(&self) -> Result<(), DriverError> {
         let vol = format!("{}/vol", self.root);
+        let grp = format!("{}/grp", self.root);
         let out = self
-            .zfs(&["list", "-H", "-r", "-o", "name,mounted", &vol])
+            .zfs(&["list", "-H", "-r", "-o", "name,mounted", &vol, &grp])
             .map_err(|e| zfs_err(e, "open", &vol))?;
+        // Parents are listed before their children: a group is mounted
+        // before its members.
         for line in out.lines() {
             let mut f = line.split('\t');
             let (Some(name), Some(mounted)) = (f.next(), f.next()) else {
                 continue;
             };
-            if mounted == "no" && name.starts_with(&format!("{vol}/")) {
+            let below = |p: &str| name.starts_with(&format!("{p}/"));
+            if mounted == "no" && (below(&vol) || below(&grp)) {
                 if let Err(e) = self.zfs(&["mount", name]) {
                     tracing::warn!(dataset = name, error = %e.message(), "zfs mount");
                 }
@@ -198,8 +315,305 @@ impl ZfsBackend {
         }
     }
 
+    /// The real dataset or snapshot of `rel` (relative to the root):
+    /// cow.rs's `vol/<volume>[@snap]` of a grouped volume is
+    /// `grp/<group>/<volume>[@snap]`, a grouped lazy snapshot its `lz` one.
     fn full(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.root)
+        format!("{}/{}", self.root, self.real(rel))
+    }
+
+    fn real(&self, rel: &str) -> String {
+        let ix = self.index();
+        if let Some(r) = ix.lazy.get(rel) {
+            return r.clone();
+        }
+        if let Some(rest) = rel.strip_prefix("vol/") {
+            let name = rest.split_once('@').map_or(rest, |x| x.0);
+            if let Some(g) = ix.member.get(name) {
+                return format!("grp/{g}/{rest}");
+            }
+        }
+        rel.to_string()
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.groups.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a new dataset `ds` goes, and its group: the group its volume
+    /// was given ([`Storage::group`](super::Storage::group)) where the
+    /// names stay within ZFS's limit; `ds` itself otherwise.
+    fn target(&self, ds: &str) -> (String, Option<String>) {
+        let ix = self.index();
+        let grouped = ds.strip_prefix("vol/").and_then(|v| {
+            let g = ix.intent.get(v)?;
+            let base = self.root.len() + "/grp/".len() + g.len() + 1;
+            let fits = base + v.len() + SNAPSHOT_ROOM <= ZFS_NAME_MAX
+                && base + LAZY_ROOM <= ZFS_NAME_MAX
+                && super::cow::check_volume_name("group", g).is_ok();
+            fits.then(|| (format!("grp/{g}/{v}"), g.clone()))
+        });
+        match grouped {
+            Some((real, g)) => (format!("{}/{real}", self.root), Some(g)),
+            None => (format!("{}/{ds}", self.root), None),
+        }
+    }
+
+    /// Make `group`'s dataset if the index has none (`-p` on a member
+    /// itself would also take a member that exists).
+    fn make_group(&self, group: Option<&str>) -> Result<(), CmdError> {
+        let Some(g) = group else { return Ok(()) };
+        if self.index().groups.contains(g) {
+            return Ok(());
+        }
+        self.zfs(&["create", "-p", &format!("{}/grp/{g}", self.root)])?;
+        self.index().groups.insert(g.to_string());
+        Ok(())
+    }
+
+    /// `ds` (`vol/<volume>`) was made in `group`.
+    fn joined(&self, ds: &str, group: Option<String>) {
+        let Some(v) = ds.strip_prefix("vol/") else {
+            return;
+        };
+        let mut ix = self.index();
+        ix.receiving.remove(v);
+        if let Some(g) = group {
+            ix.groups.insert(g.clone());
+            ix.member.insert(v.to_string(), g);
+        }
+    }
+
+    /// Member `member` of `group` holds no snapshot `short` any more: the
+    /// group's own snapshot of that name goes when no member holds one.
+    fn released(&self, group: &str, member: &str, short: &str) {
+        let key = (group.to_string(), short.to_string());
+        let spent = {
+            let mut ix = self.index();
+            match ix.group_snaps.get_mut(&key) {
+                Some(holders) => {
+                    holders.remove(member);
+                    holders.is_empty()
+                }
+                None => false,
+            }
+        };
+        if spent {
+            self.destroy_group_snapshot(group, short);
+        }
+    }
+
+    fn destroy_group_snapshot(&self, group: &str, short: &str) {
+        let full = format!("{}/grp/{group}@{short}", self.root);
+        match self.zfs_retry("destroy", &full, &["destroy", &full]) {
+            Ok(_) => {
+                self.index()
+                    .group_snaps
+                    .remove(&(group.to_string(), short.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %full, error = %e, "zfs: a group's snapshot is left for the next gc")
+            }
+        }
+    }
+
+    /// The group and member of `rel` (`vol/<member>[@snap]`), if grouped.
+    fn membership(&self, rel: &str) -> Option<(String, String)> {
+        let rest = rel.strip_prefix("vol/")?;
+        let name = rest.split_once('@').map_or(rest, |x| x.0);
+        let g = self.index().member.get(name)?.clone();
+        Some((g, name.to_string()))
+    }
+
+    /// Everything below `roots` (`-d depth` when given), with the index
+    /// rebuilt from what is below `grp/` (the listings always hold all
+    /// of it).
+    fn listing(&self, roots: &[&str], depth: Option<&str>) -> Result<Vec<Entry>, DriverError> {
+        let mut args = vec!["list", "-H", "-r"];
+        if let Some(d) = depth {
+            args.extend(["-d", d]);
+        }
+        let props = format!("name,origin,{LAZY_PROP}");
+        args.extend(["-t", "filesystem,snapshot", "-o", &props]);
+        args.extend(roots);
+        let out = self
+            .zfs(&args)
+            .map_err(|e| zfs_err(e, "list", roots.first().copied().unwrap_or("")))?;
+        let mut entries = Vec::new();
+        for line in out.lines() {
+            let mut f = line.split('\t');
+            let (Some(name), Some(origin), Some(lazy)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Some(rel) = self.rel(name) else { continue };
+            let origin = (origin != "-").then(|| self.rel(origin).unwrap_or(origin).to_string());
+            let lazy = (lazy != "-" && !lazy.is_empty()).then(|| lazy.to_string());
+            entries.push(Entry {
+                rel: rel.to_string(),
+                origin,
+                lazy,
+            });
+        }
+        self.rebuild(&entries);
+        Ok(entries)
+    }
+
+    fn rebuild(&self, entries: &[Entry]) {
+        let mut member = BTreeMap::new();
+        let mut groups = BTreeSet::new();
+        let mut group_snaps: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        let mut held = Vec::new();
+        let mut lazy = BTreeMap::new();
+        for e in entries {
+            let Some(rest) = e.rel.strip_prefix("grp/") else {
+                continue;
+            };
+            let (ds, snap) = match rest.split_once('@') {
+                Some((d, s)) => (d, Some(s)),
+                None => (rest, None),
+            };
+            match (ds.split_once('/'), snap) {
+                (None, None) => {
+                    groups.insert(ds.to_string());
+                }
+                (None, Some(s)) => {
+                    group_snaps
+                        .entry((ds.to_string(), s.to_string()))
+                        .or_default();
+                }
+                (Some((g, m)), None) => {
+                    member.insert(m.to_string(), g.to_string());
+                }
+                (Some((g, m)), Some(s)) => {
+                    held.push((g.to_string(), s.to_string(), m.to_string()));
+                    let volume = e.lazy.as_deref().and_then(|l| mapped(l, m));
+                    if let (true, Some(v)) = (s.starts_with(LZ), volume) {
+                        lazy.insert(format!("vol/{m}@{LAZY}{v}"), e.rel.clone());
+                    }
+                }
+            }
+        }
+        for (g, s, m) in held {
+            if let Some(h) = group_snaps.get_mut(&(g, s)) {
+                h.insert(m);
+            }
+        }
+        let mut ix = self.index();
+        let receiving = std::mem::take(&mut ix.receiving);
+        for (v, g) in receiving {
+            if !member.contains_key(&v) {
+                member.insert(v.clone(), g.clone());
+                ix.receiving.insert(v, g);
+            }
+        }
+        ix.member = member;
+        ix.groups = groups;
+        ix.group_snaps = group_snaps;
+        ix.lazy = lazy;
+    }
+
+    /// cow.rs's name of a real one (relative to the root): `None` for
+    /// groups and their own snapshots, and for what is not below `vol/`,
+    /// `trash/` or `grp/`.
+    fn virtual_name(&self, rel: &str, lazy: &BTreeMap<String, String>) -> Option<String> {
+        if let Some(v) = lazy.get(rel) {
+            return Some(v.clone());
+        }
+        if rel.starts_with("vol/") || rel.starts_with("trash/") {
+            return Some(rel.to_string());
+        }
+        let (_, member) = rel.strip_prefix("grp/")?.split_once('/')?;
+        Some(format!("vol/{member}"))
+    }
+
+    /// Real lazy snapshot -> cow.rs's name.
+    fn lazy_names(&self) -> BTreeMap<String, String> {
+        self.index()
+            .lazy
+            .iter()
+            .map(|(v, r)| (r.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Give the `lz` snapshots of grouped `ds` their real `lazy.<volume>`
+    /// names before `ds` is renamed (the mapping names the member).
+    fn unpack(&self, ds: &str) -> Result<(), DriverError> {
+        let Some((group, member)) = self.membership(ds) else {
+            return Ok(());
+        };
+        let prefix = format!("grp/{group}/{member}@");
+        let lz: Vec<(String, String)> = self
+            .index()
+            .lazy
+            .iter()
+            .filter(|(_, r)| r.starts_with(&prefix))
+            .map(|(v, r)| (v.clone(), r.clone()))
+            .collect();
+        for (v, r) in lz {
+            let short = v.split_once('@').map_or("", |x| x.1);
+            let to = format!("{}/{prefix}{short}", self.root);
+            let from = format!("{}/{r}", self.root);
+            self.zfs_retry("rename", &v, &["rename", &from, &to])?;
+            self.index().lazy.remove(&v);
+            self.released(&group, &member, &r[prefix.len()..]);
+        }
+        Ok(())
+    }
+
+    /// One `zfs snapshot -r` for `snaps` when they are exactly one group's
+    /// members (one short name, or each member's lazy volume); `None`
+    /// when they are not.
+    fn group_snapshot(&self, snaps: &[String]) -> Option<Result<(), DriverError>> {
+        if snaps.len() < 2 {
+            return None;
+        }
+        let parsed: Vec<(&str, &str)> = snaps
+            .iter()
+            .map(|s| s.strip_prefix("vol/")?.split_once('@'))
+            .collect::<Option<_>>()?;
+        let names: Vec<String> = parsed.iter().map(|p| p.0.to_string()).collect();
+        if !self.groups.atomic(&names) {
+            return None;
+        }
+        let group = self.index().member.get(parsed[0].0)?.clone();
+        let first = parsed[0].1;
+        let (short, mapping) = if parsed.iter().all(|p| p.1 == first) {
+            (first.to_string(), None)
+        } else if parsed.iter().all(|p| p.1.starts_with(LAZY)) {
+            let m: Vec<String> = parsed
+                .iter()
+                .map(|(member, s)| format!("{member}={}", &s[LAZY.len()..]))
+                .collect();
+            let m = m.join(",");
+            if m.len() > MAPPING_MAX {
+                return None;
+            }
+            (format!("{LZ}{}", super::cow::nonce()), Some(m))
+        } else {
+            return None;
+        };
+        let target = format!("{}/grp/{group}@{short}", self.root);
+        let prop = mapping.as_ref().map(|m| format!("{LAZY_PROP}={m}"));
+        let mut args = vec!["snapshot", "-r"];
+        if let Some(p) = &prop {
+            args.extend(["-o", p.as_str()]);
+        }
+        args.push(&target);
+        if let Err(e) = self.zfs(&args) {
+            return Some(Err(zfs_err(e, "clone", parsed[0].0)));
+        }
+        let mut ix = self.index();
+        ix.group_snaps
+            .insert((group.clone(), short.clone()), names.into_iter().collect());
+        if mapping.is_some() {
+            for (member, s) in &parsed {
+                ix.lazy.insert(
+                    format!("vol/{member}@{s}"),
+                    format!("grp/{group}/{member}@{short}"),
+                );
+            }
+        }
+        Some(Ok(()))
     }
 
     fn rel<'a>(&self, full: &'a str) -> Option<&'a str> {
@@ -285,24 +699,79 @@ impl CowBackend for ZfsBackend {
         self.multi_snapshot
     }
 
+    fn snapshot_sets(&self) -> Option<Arc<dyn SnapshotSets>> {
+        Some(self.groups.clone())
+    }
+
+    /// Destroy the group snapshots no member holds and the groups with
+    /// no member (from the index of the last listing: `gc` lists last;
+    /// `destroy` without `-r`, so a group that has a member after all
+    /// stays).
+    fn tidy(&mut self) {
+        let (spent, empty): (Vec<(String, String)>, Vec<String>) = {
+            let ix = self.index();
+            let empty: Vec<String> = ix
+                .groups
+                .iter()
+                .filter(|g| ix.members(g) == 0)
+                .cloned()
+                .collect();
+            let spent = ix
+                .group_snaps
+                .iter()
+                .filter(|(k, held)| held.is_empty() || empty.contains(&k.0))
+                .map(|(k, _)| k.clone())
+                .collect();
+            (spent, empty)
+        };
+        for (g, s) in spent {
+            self.destroy_group_snapshot(&g, &s);
+        }
+        for g in empty {
+            let full = format!("{}/grp/{g}", self.root);
+            match self.zfs_retry_after("destroy", &full, &["destroy", &full], &[&full]) {
+                Ok(_) => {
+                    self.index().groups.remove(&g);
+                }
+                Err(e) => {
+                    tracing::warn!(group = %full, error = %e, "zfs: an empty group is left for the next gc")
+                }
+            }
+        }
+    }
+
     fn send_argv(&self, ds: &str, from: Option<&str>, to: &str) -> Option<Vec<String>> {
         let mut argv = vec![self.program.clone(), "send".into()];
         if let Some(f) = from {
             argv.extend(["-i".into(), f.to_string()]);
         }
-        argv.push(format!("{}@{to}", self.full(ds)));
+        argv.push(self.full(&format!("{ds}@{to}")));
         Some(argv)
     }
 
     /// `-F`: the volume is rolled back to its newest point (or, holding
-    /// none, replaced) first; nothing else writes it meanwhile.
+    /// none, replaced) first; nothing else writes it meanwhile. A new
+    /// volume is received where `create` would make it (in its group if it
+    /// was given one): a relocation's receiver destroys the volume it made
+    /// and receives it again at the same path, which its paused QEMU has.
     fn recv_argv(&self, ds: &str) -> Option<Vec<String>> {
-        Some(vec![
-            self.program.clone(),
-            "recv".into(),
-            "-F".into(),
-            self.full(ds),
-        ])
+        let full = match self.membership(ds) {
+            Some(_) => self.full(ds),
+            None => {
+                let (full, group) = self.target(ds);
+                match self.make_group(group.as_deref()) {
+                    Ok(()) => {
+                        self.joined(ds, group.clone());
+                        if let (Some(v), Some(g)) = (ds.strip_prefix("vol/"), group) {
+                            self.index().receiving.insert(v.to_string(), g);
+                        }
+                        full
+                    }
+                    Err(_) => self.full(ds),
+                }
+            }
+        };
+        Some(vec![self.program.clone(), "recv".into(), "-F".into(), full])
     }
 
     fn rollback(&mut self, snap: &str) -> Result<(), DriverError> {
@@ -311,74 +780,59 @@ impl CowBackend for ZfsBackend {
     }
 
     fn list(&mut self) -> Result<Vec<Ds>, DriverError> {
-        let fs = self
-            .zfs(&[
-                "list",
-                "-H",
-                "-r",
-                "-t",
-                "filesystem",
-                "-o",
-                "name,origin",
-                &self.root,
-            ])
-            .map_err(|e| zfs_err(e, "list", &self.root))?;
+        let entries = self.listing(&[&self.root], None)?;
+        let lazy = self.lazy_names();
         let mut out: BTreeMap<String, Ds> = BTreeMap::new();
-        for line in fs.lines() {
-            let mut f = line.split('\t');
-            let (Some(name), Some(origin)) = (f.next(), f.next()) else {
+        for e in entries.iter().filter(|e| !e.rel.contains('@')) {
+            let Some(name) = self.virtual_name(&e.rel, &lazy) else {
                 continue;
             };
-            let Some(rel) = self.rel(name) else { continue };
-            if !(rel.starts_with("vol/") || rel.starts_with("trash/")) {
-                continue;
-            }
-            let origin = if origin == "-" {
-                None
-            } else {
-                Some(self.rel(origin).unwrap_or(origin).to_string())
-            };
+            let origin = e.origin.as_ref().map(|o| {
+                let (ds, snap) = o.split_once('@').unwrap_or((o, ""));
+                match lazy.get(o) {
+                    Some(v) => v.clone(),
+                    None => match self.virtual_name(ds, &lazy) {
+                        Some(d) => format!("{d}@{snap}"),
+                        None => o.clone(),
+                    },
+                }
+            });
             out.insert(
-                rel.to_string(),
+                name.clone(),
                 Ds {
-                    name: rel.to_string(),
+                    name,
                     origin,
                     snapshots: Vec::new(),
                 },
             );
         }
-        let snaps = self
-            .zfs(&[
-                "list",
-                "-H",
-                "-r",
-                "-t",
-                "snapshot",
-                "-o",
-                "name,createtxg",
-                &self.root,
-            ])
-            .map_err(|e| zfs_err(e, "list", &self.root))?;
-        for line in snaps.lines() {
-            let mut f = line.split('\t');
-            let (Some(name), Some(txg)) = (f.next(), f.next()) else {
+        // Creation order: a dataset's snapshots are listed oldest first
+        // (zfs-fuse's `list -o createtxg` prints a rounded size, not the
+        // number).
+        for (order, e) in entries.iter().enumerate() {
+            let Some((ds, snap)) = e.rel.split_once('@') else {
                 continue;
             };
-            let Some((ds, snap)) = name.split_once('@') else {
+            let Some(d) = self.virtual_name(ds, &lazy) else {
                 continue;
             };
-            if let Some(d) = self.rel(ds).and_then(|r| out.get_mut(r)) {
-                d.snapshots
-                    .push((snap.to_string(), txg.trim().parse().unwrap_or(0)));
+            let short = match lazy.get(&e.rel) {
+                Some(v) => v.split_once('@').map_or(snap, |x| x.1),
+                None => snap,
+            };
+            if let Some(d) = out.get_mut(&d) {
+                d.snapshots.push((short.to_string(), order as u64));
             }
         }
         Ok(out.into_values().collect())
     }
 
     fn create(&mut self, ds: &str, size: u64) -> Result<(), DriverError> {
-        let full = self.full(ds);
-        self.zfs(&["create", &full])
+        let (full, group) = self.target(ds);
+        self.make_group(group.as_deref())
+            .and_then(|_| self.zfs(&["create", &full]))
             .map_err(|e| zfs_err(e, "create", ds))?;
+        self.joined(ds, group);
         if let Err(e) = self.grow(ds, size, "create") {
             let _ = self.zfs_retry_after("create", ds, &["destroy", &full], &[&full]);
             return Err(e);
@@ -387,9 +841,11 @@ impl CowBackend for ZfsBackend {
     }
 
     fn import(&mut self, ds: &str, path: &str, format: Option<&str>) -> Result<(), DriverError> {
-        let full = self.full(ds);
-        self.zfs(&["create", &full])
+        let (full, group) = self.target(ds);
+        self.make_group(group.as_deref())
+            .and_then(|_| self.zfs(&["create", &full]))
             .map_err(|e| zfs_err(e, "import", ds))?;
+        self.joined(ds, group);
         let result = self.image(ds, "import").and_then(|img| {
             let img = img.to_string_lossy().to_string();
             let mut args = vec!["convert", "-O", "raw"];
@@ -408,15 +864,19 @@ impl CowBackend for ZfsBackend {
     }
 
     fn snapshot(&mut self, snaps: &[String]) -> Result<(), DriverError> {
+        if let Some(r) = self.group_snapshot(snaps) {
+            return r;
+        }
         let full: Vec<String> = snaps.iter().map(|s| self.full(s)).collect();
-        let root = format!("{}/vol/", self.root);
+        let root = format!("{}/", self.root);
         let err = move |e: CmdError, s: &str| {
             let target = s.split_once('@').map(|x| x.0).unwrap_or(s);
-            zfs_err(
-                e,
-                "clone",
-                target.strip_prefix(root.as_str()).unwrap_or(target),
-            )
+            let rel = target.strip_prefix(root.as_str()).unwrap_or(target);
+            let volume = match rel.strip_prefix("grp/") {
+                Some(r) => r.split_once('/').map_or(r, |x| x.1),
+                None => rel.strip_prefix("vol/").unwrap_or(rel),
+            };
+            zfs_err(e, "clone", volume)
         };
         if full.len() > 1 && self.multi_snapshot {
             let mut args = vec!["snapshot"];
@@ -459,7 +919,10 @@ impl CowBackend for ZfsBackend {
                 .iter()
                 .map(|(snap, ds, _)| {
                     sc.spawn(move || {
-                        this.zfs(&["clone", &this.full(snap), &this.full(ds)])
+                        let (full, group) = this.target(ds);
+                        this.make_group(group.as_deref())
+                            .and_then(|_| this.zfs(&["clone", &this.full(snap), &full]))
+                            .map(|_| group)
                             .map_err(|e| zfs_err(e, "clone", ds.strip_prefix("vol/").unwrap_or(ds)))
                     })
                 })
@@ -469,8 +932,15 @@ impl CowBackend for ZfsBackend {
                 .map(|h| h.join().expect("zfs clone thread"))
                 .collect::<Vec<_>>()
         });
-        for r in results {
-            r?;
+        let mut failed = None;
+        for (r, (_, ds, _)) in results.into_iter().zip(clones) {
+            match r {
+                Ok(group) => self.joined(ds, group),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         for (_, ds, size) in clones {
             if let Some(size) = size {
@@ -481,8 +951,11 @@ impl CowBackend for ZfsBackend {
     }
 
     fn clone(&mut self, snap: &str, ds: &str, size: Option<u64>) -> Result<(), DriverError> {
-        self.zfs(&["clone", &self.full(snap), &self.full(ds)])
+        let (full, group) = self.target(ds);
+        self.make_group(group.as_deref())
+            .and_then(|_| self.zfs(&["clone", &self.full(snap), &full]))
             .map_err(|e| zfs_err(e, "clone", ds.strip_prefix("vol/").unwrap_or(ds)))?;
+        self.joined(ds, group);
         if let Some(size) = size {
             self.grow(ds, size, "clone")?;
         }
@@ -495,20 +968,35 @@ impl CowBackend for ZfsBackend {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), DriverError> {
-        let (f, t) = (self.full(from), self.full(to));
         // `zfs rename` also unmounts and remounts the clones of the
         // dataset's snapshots, which zfs-fuse cannot do from inside it.
         let prefix = format!("{from}@");
-        let clones: Vec<String> = self
+        let clones: Vec<(String, bool)> = self
             .list()?
             .into_iter()
             .filter(|d| d.origin.as_deref().is_some_and(|o| o.starts_with(&prefix)))
-            .map(|d| self.full(&d.name))
+            .map(|d| (self.full(&d.name), d.name.starts_with("vol/")))
             .collect();
-        let mut unmount: Vec<&str> = clones.iter().map(String::as_str).collect();
+        // The mapping of a grouped capture names the member: its lazy
+        // snapshots take their own names before it is renamed.
+        self.unpack(from)?;
+        let f = self.full(from);
+        let left = self.membership(from);
+        // A grouped volume renamed to another volume stays in its group
+        // (or goes to the one its new name was given).
+        let (t, group) = match (to.strip_prefix("vol/"), &left) {
+            (Some(v), Some((g, _))) if !self.index().intent.contains_key(v) => {
+                (format!("{}/grp/{g}/{v}", self.root), Some(g.clone()))
+            }
+            (Some(_), _) => self.target(to),
+            (None, _) => (self.full(to), None),
+        };
+        self.make_group(group.as_deref())
+            .map_err(|e| zfs_err(e, "rename", to))?;
+        let mut unmount: Vec<&str> = clones.iter().map(|c| c.0.as_str()).collect();
         unmount.push(&f);
         let result = self.zfs_retry_after("rename", from, &["rename", &f, &t], &unmount);
-        for c in clones.iter().filter(|c| c.contains("/vol/")) {
+        for (c, _) in clones.iter().filter(|c| c.1) {
             let _ = self.zfs(&["mount", c]);
         }
         // A live volume is mounted again (its image must be reachable);
@@ -517,24 +1005,77 @@ impl CowBackend for ZfsBackend {
         if result.is_err() || to.starts_with("vol/") {
             let _ = self.zfs(&["mount", mounted]);
         }
-        result.map(|_| ())
+        result?;
+        // The index follows: the member's snapshots went with it.
+        if let Some((g, m)) = &left {
+            let held: Vec<String> = {
+                let mut ix = self.index();
+                ix.member.remove(m);
+                ix.receiving.remove(m);
+                ix.group_snaps
+                    .iter()
+                    .filter(|(k, h)| k.0 == *g && h.contains(m))
+                    .map(|(k, _)| k.1.clone())
+                    .collect()
+            };
+            let stays = group.as_deref() == Some(g.as_str());
+            let new = to.strip_prefix("vol/").unwrap_or(to).to_string();
+            for s in held {
+                if stays {
+                    if let Some(h) = self.index().group_snaps.get_mut(&(g.clone(), s.clone())) {
+                        h.insert(new.clone());
+                    }
+                }
+                self.released(g, m, &s);
+            }
+        }
+        self.joined(to, group);
+        Ok(())
     }
 
     fn rename_snapshot(&mut self, snap: &str, to: &str) -> Result<(), DriverError> {
-        let ds = snap.split_once('@').map_or(snap, |x| x.0);
-        let to = format!("{}@{to}", self.full(ds));
-        self.zfs_retry("rename", snap, &["rename", &self.full(snap), &to])
-            .map(|_| ())
+        let real = self.full(snap);
+        let (ds, short) = real.split_once('@').unwrap_or((&real, ""));
+        let target = format!("{ds}@{to}");
+        self.zfs_retry("rename", snap, &["rename", &real, &target])?;
+        let short = short.to_string();
+        self.index().lazy.remove(snap);
+        if let Some((g, m)) = self.membership(snap) {
+            self.released(&g, &m, &short);
+        }
+        Ok(())
     }
 
     fn destroy(&mut self, name: &str) -> Result<(), DriverError> {
         let full = self.full(name);
-        if name.contains('@') {
-            self.zfs_retry("destroy", name, &["destroy", &full])
-        } else {
-            self.zfs_retry_after("destroy", name, &["destroy", "-r", &full], &[&full])
+        let member = self.membership(name);
+        if let Some((_, short)) = full.split_once('@') {
+            let short = short.to_string();
+            self.zfs_retry("destroy", name, &["destroy", &full])?;
+            self.index().lazy.remove(name);
+            if let Some((g, m)) = member {
+                self.released(&g, &m, &short);
+            }
+            return Ok(());
         }
-        .map(|_| ())
+        self.zfs_retry_after("destroy", name, &["destroy", "-r", &full], &[&full])?;
+        if let Some((g, m)) = member {
+            let held: Vec<String> = {
+                let mut ix = self.index();
+                ix.member.remove(&m);
+                ix.receiving.remove(&m);
+                ix.lazy.retain(|v, _| !v.starts_with(&format!("vol/{m}@")));
+                ix.group_snaps
+                    .iter()
+                    .filter(|(k, h)| k.0 == g && h.contains(&m))
+                    .map(|(k, _)| k.1.clone())
+                    .collect()
+            };
+            for s in held {
+                self.released(&g, &m, &s);
+            }
+        }
+        Ok(())
     }
 
     fn exists(&mut self, ds: &str) -> Result<bool, DriverError> {
@@ -546,24 +1087,18 @@ impl CowBackend for ZfsBackend {
     }
 
     fn vol_names(&mut self) -> Result<Vec<String>, DriverError> {
-        let root = format!("{}/vol", self.root);
-        let out = self
-            .zfs(&[
-                "list",
-                "-H",
-                "-r",
-                "-d",
-                "2",
-                "-t",
-                "filesystem,snapshot",
-                "-o",
-                "name",
-                &root,
-            ])
-            .map_err(|e| zfs_err(e, "list", &root))?;
-        Ok(out
-            .lines()
-            .filter_map(|l| self.rel(l.trim()).map(str::to_string))
+        let (vol, grp) = (format!("{}/vol", self.root), format!("{}/grp", self.root));
+        let entries = self.listing(&[&vol, &grp], Some("3"))?;
+        let lazy = self.lazy_names();
+        Ok(entries
+            .iter()
+            .filter_map(|e| match e.rel.split_once('@') {
+                None => self.virtual_name(&e.rel, &lazy),
+                Some((ds, snap)) => lazy.get(&e.rel).cloned().or_else(|| {
+                    let d = self.virtual_name(ds, &lazy)?;
+                    Some(format!("{d}@{snap}"))
+                }),
+            })
             .collect())
     }
 

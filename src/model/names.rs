@@ -18,6 +18,12 @@ pub fn vm_volume(namespace: &str, vm: &str, disk: &str) -> String {
     format!("vm-{namespace}-{vm}-{disk}")
 }
 
+/// The storage group of a VM's disks (`Storage::group`: one snapshot
+/// command takes them all).
+pub fn vm_group(namespace: &str, vm: &str) -> String {
+    format!("vm-{namespace}-{vm}")
+}
+
 /// The volume that holds a FASTR copy of `volume` on another node.
 pub fn fastr_copy(volume: &str) -> String {
     format!("fastr.{volume}")

@@ -881,7 +881,7 @@ impl Shared {
         // take several points at once, the guest is paused around them
         // (QEMU drains its disks' I/O on the pause).
         let hv = &self.drivers.hypervisor;
-        let pause = volumes.len() > 1 && !storage.atomic_points();
+        let pause = volumes.len() > 1 && !storage.atomic_points_for(&volumes);
         if pause {
             if let Err(e) = hv.pause(&id).await {
                 warn!(vm = %id, error = %e, "FASTR: the guest was not paused for a point of its disks");

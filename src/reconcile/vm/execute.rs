@@ -20,6 +20,22 @@ pub struct Failed {
 
 /// Run `actions` on the VM `id`; the actions before the failing one ran.
 pub async fn run(ctx: &Ctx, id: &str, actions: &[Action]) -> Result<(), Failed> {
+    // The VM's disks made here are made as one group, so that one storage
+    // command snapshots them all (a replica, a FASTR point: no pause).
+    let made: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateVolume { volume, .. } | Action::CloneVolume { volume, .. } => {
+                Some(volume.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    if !made.is_empty() {
+        let (ns, name) = id.split_once('/').unwrap_or(("", id));
+        let group = crate::model::names::vm_group(ns, name);
+        ctx.drivers.storage.group(&group, &made);
+    }
     for (index, action) in actions.iter().enumerate() {
         if let Err(e) = one(ctx, id, action).await {
             return Err(Failed {
