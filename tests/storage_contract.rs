@@ -335,16 +335,7 @@ async fn replicas_of_several_disks_and_revert(h: Harness) {
     assert_eq!(h.leftovers(), Vec::<String>::new());
 }
 
-fn requests(pairs: &[(&str, &str)]) -> Vec<CloneRequest> {
-    pairs
-        .iter()
-        .map(|(volume, source)| CloneRequest {
-            volume: volume.to_string(),
-            source: source.to_string(),
-            size: None,
-        })
-        .collect()
-}
+use common::clone_requests as requests;
 
 /// A replica (`capture`) is, on the copy-on-write drivers, its disks'
 /// snapshots only: each volume exists and is listed at once, and becomes a
@@ -1206,17 +1197,7 @@ async fn random_sequences_on_zfs_grouped() {
             return;
         };
         let dir = common::temp_dir("contract-grp");
-        let (log, wrapper) = (dir.join("zfs.log"), dir.join("zfs"));
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec zfs \"$@\"\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (wrapper, log) = common::zfs_logging_wrapper(&dir);
         let backend = ZfsBackend::open_with(&root, &wrapper.display().to_string()).unwrap();
         let storage = Arc::new(CowStorage::new(backend));
         for pair in 0..200 {

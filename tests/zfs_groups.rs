@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use deorch::driver::cow::CowStorage;
 use deorch::driver::zfs::{self, ZfsBackend, ZfsStorage};
-use deorch::driver::{CloneRequest, LiveDisks, Storage};
+use deorch::driver::{LiveDisks, Storage};
 
 const MB: u64 = 1 << 20;
 
@@ -28,18 +28,7 @@ impl Logged {
     fn new(tag: &str) -> Option<Logged> {
         let root = common::zfs_root(tag)?;
         let dir = common::temp_dir(tag);
-        let log = dir.join("zfs.log");
-        let wrapper = dir.join("zfs");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec zfs \"$@\"\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (wrapper, log) = common::zfs_logging_wrapper(&dir);
         let wrapper = wrapper.display().to_string();
         let backend = ZfsBackend::open_with(&root, &wrapper)
             .unwrap_or_else(|e| panic!("open {root}: {e}{}", common::zfs_daemon_note()));
@@ -62,6 +51,19 @@ impl Logged {
 
     fn tree(&self) -> Vec<String> {
         common::zfs_tree(&self.root)
+    }
+
+    /// VM `t/<vm>`'s disks `root` and `data`, made as its group (of
+    /// `size` each) with `markers` written: (disk volumes, group).
+    async fn grouped_vm(&self, vm: &str, size: u64, markers: [u8; 2]) -> (Vec<String>, String) {
+        let disks = names(&[&format!("vm-t-{vm}-root"), &format!("vm-t-{vm}-data")]);
+        let group = deorch::model::names::vm_group("t", vm);
+        self.storage.group(&group, &disks);
+        for (d, marker) in disks.iter().zip(markers) {
+            self.storage.create(d, size).await.unwrap();
+            self.write(d, marker).await;
+        }
+        (disks, group)
     }
 
     async fn write(&self, volume: &str, marker: u8) {
@@ -112,16 +114,7 @@ impl Drop for Logged {
     }
 }
 
-fn requests(pairs: &[(&str, &str)]) -> Vec<CloneRequest> {
-    pairs
-        .iter()
-        .map(|(volume, source)| CloneRequest {
-            volume: volume.to_string(),
-            source: source.to_string(),
-            size: None,
-        })
-        .collect()
-}
+use common::clone_requests as requests;
 
 fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -139,14 +132,7 @@ async fn a_grouped_capture_is_one_command_and_one_instant() {
         return;
     };
     let s = &t.storage;
-    let disks = names(&["vm-t-a-root", "vm-t-a-data"]);
-    let group = deorch::model::names::vm_group("t", "a");
-    s.group(&group, &disks);
-    for d in &disks {
-        s.create(d, 8 * MB).await.unwrap();
-    }
-    t.write("vm-t-a-root", 1).await;
-    t.write("vm-t-a-data", 2).await;
+    let (disks, group) = t.grouped_vm("a", 8 * MB, [1, 2]).await;
     for d in &disks {
         assert_eq!(
             t.dataset(d),
@@ -352,14 +338,7 @@ async fn a_renamed_member_keeps_its_group_and_its_replicas() {
         return;
     };
     let s = &t.storage;
-    let disks = names(&["vm-t-b-root", "vm-t-b-data"]);
-    let group = deorch::model::names::vm_group("t", "b");
-    s.group(&group, &disks);
-    for d in &disks {
-        s.create(d, 4 * MB).await.unwrap();
-    }
-    t.write("vm-t-b-root", 11).await;
-    t.write("vm-t-b-data", 12).await;
+    let (disks, group) = t.grouped_vm("b", 4 * MB, [11, 12]).await;
     s.capture(
         &requests(&[("r-root", "vm-t-b-root"), ("r-data", "vm-t-b-data")]),
         &LiveDisks::default(),

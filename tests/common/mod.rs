@@ -542,6 +542,36 @@ pub fn zfs_tree(root: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `zfs` wrapper program in `dir` that appends each command line to
+/// `dir/zfs.log` before running the real `zfs`: (wrapper, log). Given to
+/// `ZfsBackend::open_with`, it shows which commands the driver ran.
+pub fn zfs_logging_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
+    let (wrapper, log) = (dir.join("zfs"), dir.join("zfs.log"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec zfs \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (wrapper, log)
+}
+
+/// Clone requests `(new volume, source)`, at the source's size.
+pub fn clone_requests(pairs: &[(&str, &str)]) -> Vec<deorch::driver::CloneRequest> {
+    pairs
+        .iter()
+        .map(|(volume, source)| deorch::driver::CloneRequest {
+            volume: volume.to_string(),
+            source: source.to_string(),
+            size: None,
+        })
+        .collect()
+}
+
 /// Write `marker` over the first sector of an image with `qemu-io`.
 pub fn qemu_io_write(img: &Path, format: &str, marker: u8) {
     let out = Command::new("qemu-io")
