@@ -39,6 +39,17 @@ impl Logged {
         })
     }
 
+    /// A replica (`capture`) of `(new volume, source)` pairs, not live:
+    /// the `zfs snapshot` commands it ran.
+    async fn capture(&self, pairs: &[(&str, &str)]) -> Vec<String> {
+        self.snapshot_commands();
+        self.storage
+            .capture(&requests(pairs), &LiveDisks::default())
+            .await
+            .unwrap();
+        self.snapshot_commands()
+    }
+
     /// The `zfs snapshot` commands run since the last call.
     fn snapshot_commands(&self) -> Vec<String> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -231,14 +242,9 @@ async fn a_grouped_capture_is_one_command_and_one_instant() {
     assert!(s.atomic_points_for(&disks));
 
     // A second replica, left lazy, then the VM removed: both replicas stay.
-    t.snapshot_commands();
-    s.capture(
-        &requests(&[("rep-b-root", "vm-t-a-root"), ("rep-b-data", "vm-t-a-data")]),
-        &LiveDisks::default(),
-    )
-    .await
-    .unwrap();
-    let cmds = t.snapshot_commands();
+    let cmds = t
+        .capture(&[("rep-b-root", "vm-t-a-root"), ("rep-b-data", "vm-t-a-data")])
+        .await;
     assert_eq!(cmds.len(), 1, "{cmds:?}");
     t.write("vm-t-a-data", 5).await;
     for d in &disks {
@@ -297,14 +303,9 @@ async fn ungrouped_disks_take_one_snapshot_per_command() {
     }
     t.write("vm-u-a-root", 7).await;
     assert!(!s.atomic_points_for(&disks));
-    t.snapshot_commands();
-    s.capture(
-        &requests(&[("r-root", "vm-u-a-root"), ("r-data", "vm-u-a-data")]),
-        &LiveDisks::default(),
-    )
-    .await
-    .unwrap();
-    let cmds = t.snapshot_commands();
+    let cmds = t
+        .capture(&[("r-root", "vm-u-a-root"), ("r-data", "vm-u-a-data")])
+        .await;
     assert_eq!(cmds.len(), 2, "{cmds:?}");
     assert!(
         cmds.iter().all(|c| !c.starts_with("snapshot -r")),
