@@ -870,17 +870,7 @@ fn dhcpcast_renewal_reaches_the_central_server() {
     } = dhcpcast("2m", "02:00:00:00:0c:02");
     // udhcpc stays up; its script configures the address (so the renewal
     // can be unicast) and records each event.
-    let events = lab.dir.join("events");
-    let script = lab.dir.join("renew.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace $ip/$mask dev $interface; echo \"$1 $ip $serverid\" >> {} ;; esac\nexit 0\n",
-            events.display()
-        ),
-    )
-    .unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let (script, events) = common::udhcpc_recorder(&lab.dir);
     let mut client = Proc::start(
         &cli,
         &[

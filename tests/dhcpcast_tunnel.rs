@@ -793,17 +793,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
         },
     );
     // A renewal (udhcpc renews at once on SIGUSR1), unicast to A.
-    let events = lab.dir.join("events");
-    let script = lab.dir.join("renew.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace $ip/$mask dev $interface; echo \"$1 $ip $serverid\" >> {} ;; esac\nexit 0\n",
-            events.display()
-        ),
-    )
-    .unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let (script, events) = common::udhcpc_recorder(&lab.dir);
     let mut client = Proc::start(
         &web,
         &[

@@ -560,6 +560,25 @@ pub fn zfs_logging_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
     (wrapper, log)
 }
 
+/// A busybox udhcpc script in `dir` (`udhcpc -s SCRIPT`) that configures
+/// the leased address (so a renewal can be unicast) and appends each
+/// `bound`/`renew` event as `EVENT IP SERVERID` to a file: (script,
+/// events file).
+pub fn udhcpc_recorder(dir: &Path) -> (PathBuf, PathBuf) {
+    let (script, events) = (dir.join("renew.sh"), dir.join("events"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace $ip/$mask dev $interface; echo \"$1 $ip $serverid\" >> {} ;; esac\nexit 0\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, events)
+}
+
 /// Clone requests `(new volume, source)`, at the source's size.
 pub fn clone_requests(pairs: &[(&str, &str)]) -> Vec<deorch::driver::CloneRequest> {
     pairs
