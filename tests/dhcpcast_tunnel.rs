@@ -501,19 +501,7 @@ fn spec(n: &Node, kind: &str, name: &str) -> (serde_json::Value, i64) {
     }
 }
 
-fn wait(what: &str, limit: Duration, nodes: &[&Node], mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > limit {
-            let logs: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("--- {}:\n{}", n.name, n.log_text()))
-                .collect();
-            panic!("not within {limit:?}: {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::wait_or_logs as wait;
 
 fn network(dhcpcast: &str, labels: &str) -> String {
     format!(

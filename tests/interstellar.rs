@@ -185,19 +185,7 @@ fn status(n: &Node, kind: &str, ns: &str, name: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn wait(what: &str, limit: Duration, nodes: &[Node], mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > limit {
-            let logs: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("--- {}:\n{}", n.name, n.log_text()))
-                .collect();
-            panic!("not within {limit:?}: {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::wait_or_logs as wait;
 
 fn pings(ep: &str, ip: &str) -> bool {
     Command::new("ip")

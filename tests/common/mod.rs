@@ -560,6 +560,27 @@ pub fn zfs_logging_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
     (wrapper, log)
 }
 
+/// Wait (polling every 100 ms) until `f` holds; past `limit`, fail with
+/// `what` and the logs of `nodes`.
+pub fn wait_or_logs<N: std::borrow::Borrow<Node>>(
+    what: &str,
+    limit: Duration,
+    nodes: &[N],
+    mut f: impl FnMut() -> bool,
+) {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > limit {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("--- {}:\n{}", n.borrow().name, n.borrow().log_text()))
+                .collect();
+            panic!("not within {limit:?}: {what}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A busybox udhcpc script in `dir` (`udhcpc -s SCRIPT`) that configures
 /// the leased address (so a renewal can be unicast) and appends each
 /// `bound`/`renew` event as `EVENT IP SERVERID` to a file: (script,
