@@ -640,7 +640,10 @@ enum Op {
 type Model = std::collections::BTreeMap<String, u8>;
 
 /// The next step for `model`, from `rng`; `next` numbers new volumes.
-fn plan(rng: &mut common::Rng, model: &Model, next: &mut u64) -> Op {
+/// `pairs`: a clone or replica of two volumes takes a group's two members
+/// (`v1`/`v2`, `v3`/`v4`, ...) when both exist, so grouped storage takes
+/// its one-command path often.
+fn plan(rng: &mut common::Rng, model: &Model, next: &mut u64, pairs: bool) -> Op {
     let names: Vec<String> = model.keys().cloned().collect();
     let pick = |rng: &mut common::Rng| names[rng.below(names.len() as u64) as usize].clone();
     let marker = (rng.below(250) + 1) as u8;
@@ -649,6 +652,21 @@ fn plan(rng: &mut common::Rng, model: &Model, next: &mut u64) -> Op {
         1 | 2 | 5 => {
             let n = if op != 1 && names.len() >= 2 { 2 } else { 1 };
             let mut sources = std::collections::BTreeSet::new();
+            if pairs && n == 2 {
+                let first = pick(rng);
+                let k: u64 = first[1..].parse().unwrap_or(0);
+                let partner = format!(
+                    "v{}",
+                    if k % 2 == 1 {
+                        k + 1
+                    } else {
+                        k.saturating_sub(1)
+                    }
+                );
+                if model.contains_key(&partner) {
+                    sources.extend([first, partner]);
+                }
+            }
             while sources.len() < n {
                 sources.insert(pick(rng));
             }
@@ -846,7 +864,7 @@ async fn destroy_all(h: &Harness, model: &Model, ctx: &str) {
 /// stand-in for a crash at that step); the run then "restarts" (gc) and
 /// finishes the interrupted operation as the reconcilers do, and the same
 /// invariants must hold. Replay a failure with its printed seed.
-async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) {
+async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool, pairs: bool) {
     let mut rng = common::Rng(seed.max(1));
     let mut model = Model::new();
     let mut next = 0;
@@ -865,7 +883,7 @@ async fn random_sequences(h: &Harness, seed: u64, steps: usize, faults: bool) {
                 }
             }
         }
-        let op = plan(&mut rng, &model, &mut next);
+        let op = plan(&mut rng, &model, &mut next, pairs);
         let ctx = format!("seed {seed} step {step} {op:?}");
         match apply(h, &op).await {
             Ok(()) => commit(&mut model, &op),
@@ -905,15 +923,19 @@ async fn kill_worker() {
     ) else {
         panic!("kill_worker runs only inside killed_at_random_steps_*");
     };
+    let pairs = driver == "zfs-grouped";
     let h = match driver.as_str() {
         "dir" => Harness::Dir(
             Arc::new(DirStorage::open(root.as_ref()).unwrap()),
             root.into(),
         ),
-        _ => Harness::Zfs(
-            Arc::new(CowStorage::new(ZfsBackend::open(&root).unwrap())),
-            root,
-        ),
+        _ => {
+            let storage = Arc::new(CowStorage::new(ZfsBackend::open(&root).unwrap()));
+            if pairs {
+                group_pairs(storage.as_ref());
+            }
+            Harness::Zfs(storage, root)
+        }
     };
     let journal = PathBuf::from(journal);
     let save = |j: &Journal| {
@@ -927,7 +949,7 @@ async fn kill_worker() {
     let mut j = Journal::default();
     let mut next = 0;
     for step in 0..400 {
-        let op = plan(&mut rng, &j.model, &mut next);
+        let op = plan(&mut rng, &j.model, &mut next, pairs);
         j.op = Some(op.clone());
         j.step = step;
         save(&j);
@@ -1020,7 +1042,7 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
                 // A `zfs` child stuck on a wedged zfs-fuse dies only when
                 // the daemon goes (its FUSE requests are aborted).
                 assert!(
-                    tag == "zfs" && !restarted,
+                    tag.starts_with("zfs") && !restarted,
                     "process group {pid} outlived SIGKILL"
                 );
                 eprintln!("process group {pid} outlived SIGKILL: restarting zfs-fuse");
@@ -1030,7 +1052,7 @@ async fn killed_at_random_steps(fresh: fn() -> Option<Harness>, tag: &str, round
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        if tag == "zfs" {
+        if tag.starts_with("zfs") {
             zfs_fuse_answers_or_restart(&h.root());
         }
         let j: Journal = std::fs::read(&journal)
@@ -1132,6 +1154,23 @@ async fn killed_at_random_steps_on_zfs() {
     killed_at_random_steps(zfs, "zfs", 8).await;
 }
 
+/// The same with the volumes made in groups of two and clones and
+/// replicas taking both members together: the one-command `zfs snapshot
+/// -r` path and the grouped renames killed at random moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_steps_on_zfs_grouped() {
+    killed_at_random_steps(zfs, "zfs-grouped", 6).await;
+}
+
+/// Volumes `v1`/`v2`, `v3`/`v4`, ... made as groups of two (as a VM's
+/// disks).
+fn group_pairs(storage: &dyn Storage) {
+    for pair in 0..200 {
+        let members = [format!("v{}", 2 * pair + 1), format!("v{}", 2 * pair + 2)];
+        storage.group(&format!("vm-g-{pair}"), &members);
+    }
+}
+
 /// Restarts after injected failures, over all runs of the fake.
 static INTERRUPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -1156,7 +1195,7 @@ fn seeds(n: u64) -> Vec<u64> {
 async fn random_sequences_on_fake_with_faults() {
     for seed in seeds(300) {
         let h = fake().unwrap();
-        random_sequences(&h, seed, 40, true).await;
+        random_sequences(&h, seed, 40, true, false).await;
     }
     let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
     // The final restart of each run counts too; most must be real faults.
@@ -1171,7 +1210,7 @@ async fn random_sequences_on_fake_with_faults() {
 async fn random_sequences_on_dir() {
     for seed in seeds(3) {
         let h = dir().unwrap();
-        random_sequences(&h, seed, 25, false).await;
+        random_sequences(&h, seed, 25, false, false).await;
     }
 }
 
@@ -1179,7 +1218,7 @@ async fn random_sequences_on_dir() {
 async fn random_sequences_on_zfs() {
     for seed in seeds(2) {
         let Some(h) = zfs() else { return };
-        random_sequences(&h, seed, 20, false).await;
+        random_sequences(&h, seed, 20, false, false).await;
     }
 }
 
@@ -1200,12 +1239,9 @@ async fn random_sequences_on_zfs_grouped() {
         let (wrapper, log) = common::zfs_logging_wrapper(&dir);
         let backend = ZfsBackend::open_with(&root, &wrapper.display().to_string()).unwrap();
         let storage = Arc::new(CowStorage::new(backend));
-        for pair in 0..200 {
-            let members = [format!("v{}", 2 * pair + 1), format!("v{}", 2 * pair + 2)];
-            storage.group(&format!("vm-g-{pair}"), &members);
-        }
+        group_pairs(storage.as_ref());
         let h = Harness::Zfs(storage, root);
-        random_sequences(&h, seed, 30, false).await;
+        random_sequences(&h, seed, 30, false, true).await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         grouped += text
             .lines()

@@ -366,7 +366,13 @@ impl ZfsBackend {
         if self.index().groups.contains(g) {
             return Ok(());
         }
-        self.zfs(&["create", "-p", &format!("{}/grp/{g}", self.root)])?;
+        // A group the index missed (made by a process killed before it
+        // listed again) is there already: zfs-fuse's `-p` refuses it.
+        match self.zfs(&["create", "-p", &format!("{}/grp/{g}", self.root)]) {
+            Ok(_) => {}
+            Err(CmdError::Failed(m)) if m.contains("already exists") => {}
+            Err(e) => return Err(e),
+        }
         self.index().groups.insert(g.to_string());
         Ok(())
     }
@@ -913,16 +919,23 @@ impl CowBackend for ZfsBackend {
         // Each `zfs clone` waits for a transaction group to commit; issued
         // at once, the clones of one replica share commits instead of
         // queueing behind each other (the replica latency under load).
+        // The groups first, one by one: two threads making one group at
+        // once can fail its mount on zfs-fuse.
+        let targets: Vec<(String, Option<String>)> =
+            clones.iter().map(|(_, ds, _)| self.target(ds)).collect();
+        for ((_, ds, _), (_, group)) in clones.iter().zip(&targets) {
+            self.make_group(group.as_deref())
+                .map_err(|e| zfs_err(e, "clone", ds.strip_prefix("vol/").unwrap_or(ds)))?;
+        }
         let this = &*self;
         let results = std::thread::scope(|sc| {
             let running: Vec<_> = clones
                 .iter()
-                .map(|(snap, ds, _)| {
+                .zip(&targets)
+                .map(|((snap, ds, _), (full, group))| {
                     sc.spawn(move || {
-                        let (full, group) = this.target(ds);
-                        this.make_group(group.as_deref())
-                            .and_then(|_| this.zfs(&["clone", &this.full(snap), &full]))
-                            .map(|_| group)
+                        this.zfs(&["clone", &this.full(snap), full])
+                            .map(|_| group.clone())
                             .map_err(|e| zfs_err(e, "clone", ds.strip_prefix("vol/").unwrap_or(ds)))
                     })
                 })
