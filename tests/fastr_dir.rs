@@ -150,6 +150,9 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
         .args(["-display", "none"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        // Where the driver finds the QEMU of VM `default/t`.
+        .arg("-pidfile")
+        .arg(deorch::qemu::cmdline::pidfile(&vms.join(VM)))
         // The test's own monitor (QMP serves one client per socket).
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", own.display()));
@@ -246,11 +249,14 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
         )
         .await
         .unwrap();
-        // The guest's view after the switch: what it wrote before.
-        assert!(
-            qemu_reads(&mut q, &qemu_out, 0x55, 6 * MI, 64 << 10).await,
-            "replica {i}: the running disk reads what was written before it"
-        );
+        // The guest's view after the switch: what it wrote before, into
+        // the image it started on and into the overlay of each replica.
+        for (at, p) in [(6, 0x55), (7, 0x56)].into_iter().take(i as usize) {
+            assert!(
+                qemu_reads(&mut q, &qemu_out, p, at * MI, 64 << 10).await,
+                "replica {i}: the running disk reads {p:#x}, written before it"
+            );
+        }
         write(&mut q, DEV_A, pattern, (6 + i) * MI, 64 << 10).await;
     }
     assert_eq!(s.points(va).await.unwrap(), vec![p2], "the bitmap moved");

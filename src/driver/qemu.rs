@@ -232,6 +232,23 @@ impl QemuHypervisor {
     }
 
     /// The PID in the pidfile, if that process is a live QEMU.
+    /// Whether VM `id`'s QEMU has file `path` open (the same inode).
+    fn holds(&self, id: &str, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(pid), Ok(want)) = (
+            Self::live_pid(&self.runtime_dir(id)),
+            std::fs::metadata(path),
+        ) else {
+            return false;
+        };
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+            .any(|m| (m.dev(), m.ino()) == (want.dev(), want.ino()))
+    }
+
     fn live_pid(dir: &Path) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(cmdline::pidfile(dir))
             .ok()?
@@ -683,15 +700,14 @@ impl Hypervisor for QemuHypervisor {
             // name). QEMU reopens the old top read-only *by path* when it
             // becomes the backing node, which would now be the overlay:
             // the guest would read the overlay's bytes at the old image's
-            // offsets. So the old top first moves to the layer's name.
-            let current = inserted
-                .and_then(|i| i["image"]["filename"].as_str())
-                .map(Path::new);
-            if current == Some(overlay) {
-                let layer = crate::driver::qcow2::header(overlay)
-                    .ok()
-                    .and_then(|h| h.backing)
-                    .ok_or_else(|| fail("the overlay names no layer".into()))?;
+            // offsets. So the old top first moves to the layer's name,
+            // once this QEMU is seen to hold the layer's inode (its top's
+            // file; QEMU's own file names are no help: a node added over
+            // QMP is named by a `json:` string).
+            let layer = crate::driver::qcow2::header(overlay)
+                .ok()
+                .and_then(|h| h.backing);
+            if let Some(layer) = layer.filter(|l| self.holds(id, l)) {
                 let read_only = inserted.is_some_and(|i| i["ro"] == true);
                 reopen_on(&mut qmp, &top, &layer, read_only)
                     .await
