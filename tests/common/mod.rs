@@ -542,6 +542,12 @@ pub fn zfs_tree(root: &str) -> Vec<String> {
         .collect()
 }
 
+/// Mode 0755 on a script a test wrote.
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// A `zfs` wrapper program in `dir` that appends each command line to
 /// `dir/zfs.log` before running the real `zfs`: (wrapper, log). Given to
 /// `ZfsBackend::open_with`, it shows which commands the driver ran.
@@ -555,8 +561,7 @@ pub fn zfs_logging_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    make_executable(&wrapper);
     (wrapper, log)
 }
 
@@ -595,8 +600,7 @@ pub fn udhcpc_recorder(dir: &Path) -> (PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    make_executable(&script);
     (script, events)
 }
 
