@@ -25,11 +25,11 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{fresh_netns, sh, Node};
+use common::{capture, fresh_netns, sh, Node, NsProc};
 use deorch::api::{Request, Response};
 use deorch::identity::{AddressType, Network, PrivateKey};
 use deorch::model::names;
@@ -223,77 +223,6 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A process in a namespace, killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn start(ns: &str, args: &[&str], log: &Path) -> Proc {
-        let f = std::fs::File::create(log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        Proc(child)
-    }
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    /// SIGINT, then wait (tcpdump writes what it holds and exits).
-    fn interrupt(&mut self) {
-        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
-            sh(&["kill", "-INT", &self.0.id().to_string()]);
-            let t = Instant::now();
-            while self.0.try_wait().is_ok_and(|s| s.is_none())
-                && t.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.stop();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// tcpdump in `ns` on `iface` into `file` (each packet as it comes), until
-/// [`Proc::interrupt`]ed.
-fn capture(ns: &str, iface: &str, file: &Path) -> Proc {
-    let log = file.with_extension("log");
-    let p = Proc::start(
-        ns,
-        &[
-            "tcpdump",
-            "--immediate-mode",
-            "-U",
-            "-n",
-            "-i",
-            iface,
-            "-w",
-            file.to_str().unwrap(),
-        ],
-        &log,
-    );
-    let t = Instant::now();
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "tcpdump did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    p
 }
 
 /// One DHCP packet of a capture: when (s), from, to, what.
@@ -549,7 +478,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
 
     // The central server, on G's link only.
     let dnsmasq_log = lab.dir.join("dnsmasq.log");
-    let mut central = Proc::start(
+    let mut central = NsProc::start(
         &lab.central,
         &[
             "dnsmasq",
@@ -782,7 +711,7 @@ fn dhcpcast_via_a_gateway_crosses_the_underlay_only_in_the_tunnel() {
     );
     // A renewal (udhcpc renews at once on SIGUSR1), unicast to A.
     let (script, events) = common::udhcpc_recorder(&lab.dir);
-    let mut client = Proc::start(
+    let mut client = NsProc::start(
         &web,
         &[
             "busybox",

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -197,39 +196,6 @@ fn pings(ep: &str, ip: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// tcpdump in `ns` on `iface` writing every frame to `file`, until
-/// stopped.
-struct Capture(Child);
-
-impl Capture {
-    fn start(ns: &str, iface: &str, file: &Path) -> Capture {
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-U", "-n", "-s", "200", "-i", iface, "-w",
-            ])
-            .arg(file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        let c = Capture(child);
-        // tcpdump says "listening on" once its socket is open.
-        let t = Instant::now();
-        while !file.exists() && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        c
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn require_tools() -> bool {
     let missing: Vec<&str> = ["nft", "bridge", "tcpdump", "python3", "busybox"]
         .into_iter()
@@ -288,7 +254,7 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
     }
     let mut lab = Lab::new(3);
     let pcap_dir = common::temp_dir("l2-pcap");
-    let underlay = Capture::start(&lab.hub, "br0", &pcap_dir.join("underlay.pcap"));
+    let mut underlay = common::capture(&lab.hub, "br0", &pcap_dir.join("underlay.pcap"));
     let seed = format!("{}:7946", lab.addr[0]);
     let nodes: Vec<Node> = (0..3)
         .map(|i| node(&lab, i, (i > 0).then_some(seed.as_str())))
@@ -334,11 +300,11 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
 
     // Beta's frames, as seen by acme's VMs (and the other way round).
     let mac = |t: &str, i: usize| names::mac(t, &format!("{}{i}", &t[..1]), "eth0");
-    let cap_a: Vec<Capture> = (0..3)
-        .map(|i| Capture::start(&acme[i], "eth0", &pcap_dir.join(format!("a{i}.pcap"))))
+    let mut cap_a: Vec<common::NsProc> = (0..3)
+        .map(|i| common::capture(&acme[i], "eth0", &pcap_dir.join(format!("a{i}.pcap"))))
         .collect();
-    let cap_b: Vec<Capture> = (0..3)
-        .map(|i| Capture::start(&beta[i], "eth0", &pcap_dir.join(format!("b{i}.pcap"))))
+    let mut cap_b: Vec<common::NsProc> = (0..3)
+        .map(|i| common::capture(&beta[i], "eth0", &pcap_dir.join(format!("b{i}.pcap"))))
         .collect();
 
     for (t, eps) in [("acme", &acme), ("beta", &beta)] {
@@ -416,9 +382,11 @@ fn interstellars_join_a_tenants_vms_across_nodes_and_nothing_else() {
     );
 
     std::thread::sleep(Duration::from_millis(500));
-    drop(cap_a);
-    drop(cap_b);
-    drop(underlay);
+    // SIGINT: each tcpdump writes what it holds before it exits.
+    for c in cap_a.iter_mut().chain(cap_b.iter_mut()) {
+        c.interrupt();
+    }
+    underlay.interrupt();
     // Isolation: no frame from the other tenant's MACs, ever.
     for i in 0..3 {
         let a = pcap_dir.join(format!("a{i}.pcap"));

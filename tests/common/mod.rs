@@ -1061,3 +1061,84 @@ impl Drop for Freezer {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// A process in a network namespace, killed on drop.
+pub struct NsProc(pub Child);
+
+impl NsProc {
+    /// `args` run in namespace `ns`, stdout and stderr into `log`.
+    pub fn start(ns: &str, args: &[&str], log: &Path) -> NsProc {
+        let f = std::fs::File::create(log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        NsProc(child)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGINT, then wait (tcpdump writes what it holds and exits).
+    pub fn interrupt(&mut self) {
+        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
+            sh(&["kill", "-INT", &self.0.id().to_string()]);
+            let t = Instant::now();
+            while self.0.try_wait().is_ok_and(|s| s.is_none())
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.stop();
+    }
+}
+
+impl Drop for NsProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// tcpdump in `ns` on `iface` into `file`, each packet written as it
+/// comes, until [`NsProc::interrupt`]ed. Returns once tcpdump says its
+/// socket is open ("listening on"), so nothing sent after is missed; a
+/// loaded machine may take seconds to get there.
+pub fn capture(ns: &str, iface: &str, file: &Path) -> NsProc {
+    let log = file.with_extension("log");
+    let mut p = NsProc::start(
+        ns,
+        &[
+            "tcpdump",
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-i",
+            iface,
+            "-w",
+            file.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
+        if let Ok(Some(s)) = p.0.try_wait() {
+            panic!(
+                "tcpdump on {ns}/{iface} exited ({s}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            p.stop();
+            panic!("tcpdump on {ns}/{iface} did not start in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
