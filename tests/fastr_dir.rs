@@ -6,7 +6,9 @@
 //! the disks held at their instants; a cut stream never becomes a point
 //! and leaves the previous one intact; dropping an older point keeps the
 //! newer one's view, a point a clone is backed by stays, and an
-//! interrupted drop is finished when the storage opens again.
+//! interrupted drop is finished when the storage opens again. Points
+//! outlive a QEMU that quits and starts again (persistent bitmaps); a
+//! QEMU killed costs one whole round, never a wrong one.
 
 mod common;
 
@@ -129,6 +131,57 @@ fn volume_file(root: &Path, v: &str) -> PathBuf {
     root.join("volumes").join(format!("{v}.qcow2"))
 }
 
+/// QEMU holding `disks` (node name, volume of `root`) as the driver's
+/// VM `default/t` under `vms` (paused: no guest runs), its standard
+/// output into `out`, and the test's own monitor on it.
+async fn start_qemu(
+    dir: &Path,
+    root: &Path,
+    vms: &Path,
+    disks: &[(&str, &str)],
+    out: &Path,
+) -> (Qemu, Qmp) {
+    std::fs::create_dir_all(vms.join(VM)).unwrap();
+    let sock = vms.join(VM).join("qmp.sock");
+    let own = dir.join("test.sock");
+    let _ = std::fs::remove_file(&own);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-S", "-nodefaults"])
+        .args(["-display", "none"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        // Where the driver finds the QEMU of VM `default/t`.
+        .arg("-pidfile")
+        .arg(deorch::qemu::cmdline::pidfile(&vms.join(VM)))
+        // The test's own monitor (QMP serves one client per socket).
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", own.display()));
+    for (node, v) in disks {
+        cmd.arg("-blockdev").arg(format!(
+            "driver=qcow2,node-name={node},file.driver=file,file.filename={}",
+            volume_file(root, v).display()
+        ));
+        cmd.args([
+            "-device",
+            &format!("virtio-blk-pci,drive={node},id=disk-{node},share-rw=on"),
+        ]);
+    }
+    let qemu = Qemu(
+        cmd.stdout(std::fs::File::create(out).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t = std::time::Instant::now();
+    let q = loop {
+        if let Ok(q) = Qmp::connect(&own, Duration::from_secs(1)).await {
+            break q;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "QEMU's monitor");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (qemu, q)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     if !common::qemu_available() {
@@ -142,42 +195,8 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     let (ca, cb) = ("fastr.vm-default-t-a", "fastr.vm-default-t-b");
     s.create(va, 16 * MI).await.unwrap();
     s.create(vb, 16 * MI).await.unwrap();
-    std::fs::create_dir_all(vms.join(VM)).unwrap();
-    let sock = vms.join(VM).join("qmp.sock");
-    let own = dir.join("test.sock");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-accel", "tcg", "-S", "-nodefaults"])
-        .args(["-display", "none"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        // Where the driver finds the QEMU of VM `default/t`.
-        .arg("-pidfile")
-        .arg(deorch::qemu::cmdline::pidfile(&vms.join(VM)))
-        // The test's own monitor (QMP serves one client per socket).
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", own.display()));
-    for (node, v) in [("a", va), ("b", vb)] {
-        cmd.arg("-blockdev").arg(format!(
-            "driver=qcow2,node-name={node},file.driver=file,file.filename={}",
-            volume_file(&sroot, v).display()
-        ));
-        cmd.args([
-            "-device",
-            &format!("virtio-blk-pci,drive={node},id=disk-{node},share-rw=on"),
-        ]);
-    }
     let qemu_out = dir.join("qemu.out");
-    let _qemu = Qemu(
-        cmd.stdout(std::fs::File::create(&qemu_out).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let mut q = loop {
-        if let Ok(q) = Qmp::connect(&own, Duration::from_secs(1)).await {
-            break q;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_qemu, mut q) = start_qemu(&dir, &sroot, &vms, &[("a", va), ("b", vb)], &qemu_out).await;
     let live = LiveDisks {
         volumes: [(va, "a"), (vb, "b")]
             .into_iter()
@@ -359,5 +378,170 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
         .await
         .unwrap();
     assert!(s.send_command(va, None, "fastr-4000").await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stop QEMU as the driver does (`quit`: it closes its images cleanly).
+async fn quit(mut qemu: Qemu, mut q: Qmp) {
+    let _ = q.execute("quit", None).await;
+    let t = std::time::Instant::now();
+    while qemu.0.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "QEMU quits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether QEMU calls point `tag`'s bitmap on disk a's top persistent.
+async fn persistent(q: &mut Qmp, tag: &str) -> bool {
+    let blocks = q.execute("query-block", None).await.unwrap();
+    let a = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["qdev"].as_str().is_some_and(|d| d.contains("disk-a")))
+        .expect("disk a in query-block");
+    a["inserted"]["dirty-bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["name"] == tag && m["persistent"] == true)
+}
+
+/// A QEMU that quits and starts again keeps its points (QEMU stores the
+/// bitmaps in the images and loads them back), also after a live replica
+/// moved them to a new top: the next round is incremental. A QEMU that
+/// is killed leaves bitmaps that may have missed writes: they are never
+/// a base, and the next round sends the whole disks, correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
+    if !common::qemu_available() {
+        return;
+    }
+    let dir = common::temp_dir("fastrdir-restart");
+    let (sroot, rroot, vms) = (dir.join("s"), dir.join("r"), dir.join("vms"));
+    let s = DirStorage::open(&sroot).unwrap();
+    let r = DirStorage::open(&rroot).unwrap();
+    let (va, vb) = ("vm-default-t-a", "vm-default-t-b");
+    let (ca, cb) = ("fastr.vm-default-t-a", "fastr.vm-default-t-b");
+    s.create(va, 16 * MI).await.unwrap();
+    s.create(vb, 16 * MI).await.unwrap();
+    let disks = [("a", va), ("b", vb)];
+    let out = dir.join("qemu.out");
+    let live = LiveDisks {
+        volumes: disks
+            .into_iter()
+            .map(|(d, v)| (v.to_string(), (VM.to_string(), d.to_string())))
+            .collect(),
+        hypervisor: Some(Arc::new(QemuHypervisor::new(
+            "qemu-system-x86_64",
+            &vms,
+            Accel::Tcg,
+        ))),
+    };
+    let vols = vec![va.to_string(), vb.to_string()];
+    let both = |from: Option<&'static str>, tag: &'static str| {
+        let (s, r) = (&s, &r);
+        async move {
+            let na = send(s, r, va, ca, from, tag, None).await.unwrap();
+            let nb = send(s, r, vb, cb, from, tag, None).await.unwrap();
+            (na, nb)
+        }
+    };
+    let fa = volume_file(&rroot, ca);
+
+    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    write(&mut q, DEV_A, 0x11, 0, 2 * MI).await;
+    let p1 = "fastr-1000";
+    s.mark_points_live(&vols, p1, &live, &[None]).await.unwrap();
+    assert!(persistent(&mut q, p1).await);
+    both(None, p1).await;
+    write(&mut q, DEV_A, 0x22, 4 * MI, MI).await;
+
+    // 1. Quit and start again: the point is still there, and the round
+    // carries only what was written since it.
+    quit(qemu, q).await;
+    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    assert_eq!(
+        s.points(va).await.unwrap(),
+        vec![p1],
+        "loaded from the image"
+    );
+    let p2 = "fastr-2000";
+    s.mark_points_live(&vols, p2, &live, &[Some(p1.into())])
+        .await
+        .unwrap();
+    let e = s.send_command(va, None, p2).await.unwrap_err();
+    assert!(e.to_string().contains("since fastr-1000"), "{e}");
+    let (na, nb) = both(Some(p1), p2).await;
+    eprintln!("after a restart: {na} and {nb} bytes");
+    assert!(na < 5 * MI as usize / 4, "1 MiB written: {na} bytes sent");
+    assert!(nb < 128 << 10, "nothing written to b: {nb} bytes sent");
+    assert!(reads(&fa, 0x11, 0, 2 * MI) && reads(&fa, 0x22, 4 * MI, MI));
+    s.drop_point(va, p1).await.unwrap();
+    s.drop_point(vb, p1).await.unwrap();
+
+    // 2. A live replica moves the bitmap to a new top, still persistent:
+    // after another restart the round is incremental again.
+    s.clone_volumes_live(
+        &[("rep-a", va), ("rep-b", vb)].map(|(volume, source)| deorch::driver::CloneRequest {
+            volume: volume.into(),
+            source: source.into(),
+            size: None,
+        }),
+        &live,
+    )
+    .await
+    .unwrap();
+    write(&mut q, DEV_A, 0x33, 8 * MI, 64 << 10).await;
+    quit(qemu, q).await;
+    // The replica's layer is a sound image after QEMU closed it.
+    let chain = deorch::driver::qcow2::header(&volume_file(&sroot, va))
+        .unwrap()
+        .backing
+        .unwrap();
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&chain)
+        .status()
+        .unwrap();
+    assert!(check.success(), "qemu-img check {}", chain.display());
+    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    assert_eq!(s.points(va).await.unwrap(), vec![p2], "moved, then stored");
+    let p3 = "fastr-3000";
+    s.mark_points_live(&vols, p3, &live, &[Some(p2.into())])
+        .await
+        .unwrap();
+    let e = s.send_command(va, None, p3).await.unwrap_err();
+    assert!(e.to_string().contains("since fastr-2000"), "{e}");
+    let (na, _) = both(Some(p2), p3).await;
+    assert!(na < 256 << 10, "64 KiB written: {na} bytes sent");
+    assert!(reads(&fa, 0x33, 8 * MI, 64 << 10) && reads(&fa, 0x22, 4 * MI, MI));
+
+    // 3. Killed: the bitmaps QEMU loads back are inconsistent, never a
+    // base. The round sends whole disks, and the copy reads right.
+    // Flushed, as a guest's fsync: QEMU's image metadata is on disk.
+    write(&mut q, DEV_A, 0x44, 12 * MI, MI).await;
+    qemu_io(&mut q, format!("{DEV_A} flush")).await;
+    drop(q);
+    drop(qemu);
+    let (_qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    assert!(
+        s.points(va).await.unwrap().is_empty(),
+        "an inconsistent bitmap is no point"
+    );
+    let p4 = "fastr-4000";
+    s.mark_points_live(&vols, p4, &live, &[Some(p3.into())])
+        .await
+        .unwrap();
+    assert!(
+        s.send_command(va, None, p4).await.is_ok(),
+        "the whole disks"
+    );
+    let (na, _) = both(Some(p3), p4).await;
+    assert!(na > 4 * MI as usize, "the whole of a: {na} bytes sent");
+    assert!(reads(&fa, 0x44, 12 * MI, MI) && reads(&fa, 0x11, 0, 2 * MI));
+    assert!(reads(&fa, 0x33, 8 * MI, 64 << 10));
+    assert_eq!(s.points(va).await.unwrap(), vec![p4], "the stale one went");
+    assert!(persistent(&mut q, p4).await);
     let _ = std::fs::remove_dir_all(&dir);
 }

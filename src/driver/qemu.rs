@@ -734,9 +734,10 @@ impl Hypervisor for QemuHypervisor {
             // round stays incremental rather than sending the whole disk.
             let mut actions = vec![serde_json::json!({"type": "blockdev-snapshot",
                 "data": {"node": top, "overlay": node}})];
-            for (name, granularity) in &carried {
+            for (name, granularity, persistent) in &carried {
                 actions.push(serde_json::json!({"type": "block-dirty-bitmap-add",
-                    "data": {"node": node, "name": name, "granularity": granularity}}));
+                    "data": {"node": node, "name": name, "granularity": granularity,
+                        "persistent": persistent}}));
                 actions.push(serde_json::json!({"type": "block-dirty-bitmap-merge",
                     "data": {"node": node, "target": name,
                         "bitmaps": [{"node": top, "name": name}]}}));
@@ -749,7 +750,7 @@ impl Hypervisor for QemuHypervisor {
             .map_err(|e| fail(e.to_string()))?;
             // The old top is a read-only backing node now: its copies of
             // the bitmaps only take memory.
-            for (name, _) in &carried {
+            for (name, _, _) in &carried {
                 let _ = qmp
                     .execute(
                         "block-dirty-bitmap-remove",
@@ -813,17 +814,25 @@ async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path, read_only: bool) -> Re
     Ok(())
 }
 
-/// FASTR's dirty bitmaps (name, granularity) on a disk's top node, from
-/// the `inserted` member of its `query-block` entry.
-fn fastr_bitmaps(inserted: Option<&serde_json::Value>) -> Vec<(String, u64)> {
+/// FASTR's dirty bitmaps (name, granularity, persistent) on a disk's
+/// top node, from the `inserted` member of its `query-block` entry. One
+/// QEMU marks inconsistent (loaded from an image a killed QEMU left) is
+/// no use to carry: FASTR removes it at its next point.
+fn fastr_bitmaps(inserted: Option<&serde_json::Value>) -> Vec<(String, u64, bool)> {
     inserted
         .and_then(|i| i["dirty-bitmaps"].as_array())
         .into_iter()
         .flatten()
+        .filter(|m| m["inconsistent"] != true)
         .filter_map(|m| {
             let name = m["name"].as_str()?;
-            name.starts_with(crate::driver::FASTR_TAG)
-                .then(|| (name.to_string(), m["granularity"].as_u64().unwrap_or(65536)))
+            name.starts_with(crate::driver::FASTR_TAG).then(|| {
+                (
+                    name.to_string(),
+                    m["granularity"].as_u64().unwrap_or(65536),
+                    m["persistent"] == true,
+                )
+            })
         })
         .collect()
 }

@@ -16,8 +16,13 @@
 //! lost. A disk switched to a new overlay (a live replica) takes its
 //! bitmaps along: the hypervisor adds each to the new top node and merges
 //! the old one's bits into it in the snapshot's own transaction
-//! (`QemuHypervisor::live_snapshot`). Bitmaps live in QEMU's memory: a
-//! QEMU restarted has none, and the next round sends the whole disk.
+//! (`QemuHypervisor::live_snapshot`). Bitmaps are persistent: QEMU
+//! stores them in the top image when it closes it (a VM stopped, a QEMU
+//! quitting) and loads them when it opens it, so a restarted VM's next
+//! round is still incremental. A QEMU killed leaves them marked in use:
+//! loaded again, QEMU calls them inconsistent (they may have missed
+//! writes), and they are removed and never used as a base, so that round
+//! sends the whole disks.
 //!
 //! The backup's target is backed by an empty image while it is written:
 //! QEMU then records a cluster the guest zeroed as a zero cluster rather
@@ -363,7 +368,12 @@ pub struct LiveDisk {
 struct Top {
     node: String,
     size: u64,
+    /// FASTR bitmaps QEMU can use (oldest first is not implied).
     bitmaps: Vec<String>,
+    /// FASTR bitmaps QEMU loaded from the image but marked inconsistent:
+    /// it was not closed cleanly (a QEMU killed), so they may have missed
+    /// writes and are never a base.
+    stale: Vec<String>,
 }
 
 fn qmp_err(op: &str, target: &str, e: impl std::fmt::Display) -> DriverError {
@@ -395,16 +405,24 @@ async fn tops(q: &mut Qmp, op: &str, disks: &[String]) -> Result<Vec<Top>, Drive
                     .ok_or_else(|| DriverError::not_found(op, &device))?
                     .to_string(),
                 size: ins["image"]["virtual-size"].as_u64().unwrap_or(0),
-                bitmaps: ins["dirty-bitmaps"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m["name"].as_str())
-                    .filter(|n| n.starts_with(FASTR_TAG))
-                    .map(str::to_string)
-                    .collect(),
+                bitmaps: fastr(ins, false),
+                stale: fastr(ins, true),
             })
         })
+        .collect()
+}
+
+/// The names of the FASTR bitmaps of a disk's `inserted` block info,
+/// those QEMU marks inconsistent or the others.
+fn fastr(inserted: &Value, inconsistent: bool) -> Vec<String> {
+    inserted["dirty-bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| (m["inconsistent"] == true) == inconsistent)
+        .filter_map(|m| m["name"].as_str())
+        .filter(|n| n.starts_with(FASTR_TAG))
+        .map(str::to_string)
         .collect()
 }
 
@@ -526,8 +544,22 @@ pub async fn mark(
             cleanup(&mut q, &files, disks.len(), None).await;
             return Err(qmp_err(op, v, e));
         }
+        // Bitmaps QEMU found inconsistent (it was killed) can never be
+        // a base: they go, and the receivers that held their points get
+        // the whole disks this round.
+        for b in &top.stale {
+            let _ = q
+                .execute(
+                    "block-dirty-bitmap-remove",
+                    Some(json!({"node": top.node, "name": b})),
+                )
+                .await;
+        }
+        // Persistent: QEMU writes it into the image when it closes it
+        // (a VM stopped or restarted), and loads it when it opens the
+        // image again, so a restart costs no whole-disk round.
         actions.push(json!({"type": "block-dirty-bitmap-add",
-            "data": {"node": top.node, "name": tag}}));
+            "data": {"node": top.node, "name": tag, "persistent": true}}));
         let mut backup = json!({"job-id": job, "device": top.node, "target": node,
             "sync": "full", "auto-dismiss": false});
         if let Some(b) = &base {
