@@ -182,23 +182,33 @@ async fn start_qemu(
     (qemu, q)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
-    if !common::qemu_available() {
-        return;
-    }
-    let dir = common::temp_dir("fastrdir");
+/// The two disks' volumes, and their copies on the receiver.
+const VA: &str = "vm-default-t-a";
+const VB: &str = "vm-default-t-b";
+const CA: &str = "fastr.vm-default-t-a";
+const CB: &str = "fastr.vm-default-t-b";
+
+/// A sender's and a receiver's storage under one test directory, the
+/// sender holding disks a and b (16 MiB each) of VM `default/t`, which the
+/// driver finds under `vms` once [`start_qemu`] runs it.
+struct Rig {
+    dir: PathBuf,
+    sroot: PathBuf,
+    rroot: PathBuf,
+    vms: PathBuf,
+    live: LiveDisks,
+    vols: Vec<String>,
+}
+
+async fn rig(name: &str) -> (Rig, DirStorage, DirStorage) {
+    let dir = common::temp_dir(name);
     let (sroot, rroot, vms) = (dir.join("s"), dir.join("r"), dir.join("vms"));
     let s = DirStorage::open(&sroot).unwrap();
     let r = DirStorage::open(&rroot).unwrap();
-    let (va, vb) = ("vm-default-t-a", "vm-default-t-b");
-    let (ca, cb) = ("fastr.vm-default-t-a", "fastr.vm-default-t-b");
-    s.create(va, 16 * MI).await.unwrap();
-    s.create(vb, 16 * MI).await.unwrap();
-    let qemu_out = dir.join("qemu.out");
-    let (_qemu, mut q) = start_qemu(&dir, &sroot, &vms, &[("a", va), ("b", vb)], &qemu_out).await;
+    s.create(VA, 16 * MI).await.unwrap();
+    s.create(VB, 16 * MI).await.unwrap();
     let live = LiveDisks {
-        volumes: [(va, "a"), (vb, "b")]
+        volumes: [(VA, "a"), (VB, "b")]
             .into_iter()
             .map(|(v, d)| (v.to_string(), (VM.to_string(), d.to_string())))
             .collect(),
@@ -208,20 +218,48 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
             Accel::Tcg,
         ))),
     };
-    let vols = vec![va.to_string(), vb.to_string()];
+    let vols = vec![VA.to_string(), VB.to_string()];
+    let rig = Rig {
+        dir,
+        sroot,
+        rroot,
+        vms,
+        live,
+        vols,
+    };
+    (rig, s, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
+    if !common::qemu_available() {
+        return;
+    }
+    let (rig, s, r) = rig("fastrdir").await;
+    let Rig {
+        dir,
+        sroot: _,
+        rroot,
+        vms,
+        live,
+        vols,
+    } = &rig;
+    let (va, vb, ca, cb) = (VA, VB, CA, CB);
+    let qemu_out = dir.join("qemu.out");
+    let (_qemu, mut q) = start_qemu(dir, &rig.sroot, vms, &[("a", va), ("b", vb)], &qemu_out).await;
     write(&mut q, "a", 0x11, 0, 2 * MI).await;
     write(&mut q, "b", 0x22, MI, MI).await;
 
     // Point 1: no receiver holds anything: the whole disks.
     let p1 = "fastr-1000";
-    s.mark_points_live(&vols, p1, &live, &[None]).await.unwrap();
+    s.mark_points_live(vols, p1, live, &[None]).await.unwrap();
     // Written after the point: not in it.
     write(&mut q, "a", 0x99, 0, MI).await;
     for (v, c) in [(va, ca), (vb, cb)] {
         send(&s, &r, v, c, None, p1, None).await.unwrap();
     }
     assert_eq!(r.points(ca).await.unwrap(), vec![p1]);
-    let (fa, fb) = (volume_file(&rroot, ca), volume_file(&rroot, cb));
+    let (fa, fb) = (volume_file(rroot, ca), volume_file(rroot, cb));
     assert!(
         reads(&fa, 0x11, 0, 2 * MI),
         "point 1 is the instant of the transaction"
@@ -232,7 +270,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     // Point 2, for a receiver holding point 1: only what was written.
     write(&mut q, "b", 0x33, 8 * MI, 64 << 10).await;
     let p2 = "fastr-2000";
-    s.mark_points_live(&vols, p2, &live, &[Some(p1.into())])
+    s.mark_points_live(vols, p2, live, &[Some(p1.into())])
         .await
         .unwrap();
     let e = s.send_command(va, None, p2).await.unwrap_err();
@@ -264,7 +302,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
                 source: source.into(),
                 size: None,
             }),
-            &live,
+            live,
         )
         .await
         .unwrap();
@@ -285,7 +323,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     // keeps point 2, intact, also after the receiver restarts.
     write(&mut q, DEV_A, 0x44, 4 * MI, MI).await;
     let p3 = "fastr-3000";
-    s.mark_points_live(&vols, p3, &live, &[Some(p2.into())])
+    s.mark_points_live(vols, p3, live, &[Some(p2.into())])
         .await
         .unwrap();
     // More than 1 MiB was written: 300 KB is the middle of its stream.
@@ -297,7 +335,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     assert!(e.is_err(), "a cut stream is refused: {e:?}");
     assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
     drop(r);
-    let r = DirStorage::open(&rroot).unwrap();
+    let r = DirStorage::open(rroot).unwrap();
     assert_eq!(r.points(ca).await.unwrap(), vec![p1, p2]);
     assert!(reads(&fa, 0x99, 0, MI) && reads(&fa, 0, 4 * MI, MI));
     // The next round (the same point, sent again) completes it.
@@ -326,7 +364,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     }])
     .await
     .unwrap();
-    let past = volume_file(&rroot, "past");
+    let past = volume_file(rroot, "past");
     assert!(reads(&past, 0x99, 0, MI) && reads(&past, 0, 4 * MI, MI));
     r.drop_point(ca, p1).await.unwrap();
     assert_eq!(r.points(ca).await.unwrap(), vec![p2, p3]);
@@ -342,7 +380,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     assert_eq!(r.points(ca).await.unwrap(), vec![p2]);
     assert!(reads(&fa, 0, 4 * MI, MI) && reads(&fa, 0x99, 0, MI));
     r.rename(ca, va).await.unwrap();
-    let fv = volume_file(&rroot, va);
+    let fv = volume_file(rroot, va);
     assert!(std::fs::metadata(&fv).unwrap().len() < MI, "an overlay");
     assert!(reads(&fv, 0x99, 0, MI));
 
@@ -352,7 +390,7 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     let jb = rroot.join("incoming").join(format!("{cb}.drop"));
     let chain_b: Vec<PathBuf> = {
         let mut v = Vec::new();
-        let mut at = volume_file(&rroot, cb);
+        let mut at = volume_file(rroot, cb);
         while let Some(b) = deorch::driver::qcow2::header(&at).unwrap().backing {
             v.push(b.clone());
             at = b;
@@ -367,18 +405,18 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     )
     .unwrap();
     drop(r);
-    let r = DirStorage::open(&rroot).unwrap();
+    let r = DirStorage::open(rroot).unwrap();
     assert!(!jb.exists());
     assert_eq!(r.points(cb).await.unwrap(), vec![p2, p3]);
     assert!(reads(&fb, 0x22, MI, MI) && reads(&fb, 0x33, 8 * MI, 64 << 10));
 
     // A bitmap the sender's QEMU lost (restarted): the base is not
     // there, so the round sends the whole disks.
-    s.mark_points_live(&vols, "fastr-4000", &live, &[Some("fastr-1".into())])
+    s.mark_points_live(vols, "fastr-4000", live, &[Some("fastr-1".into())])
         .await
         .unwrap();
     assert!(s.send_command(va, None, "fastr-4000").await.is_ok());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Stop QEMU as the driver does (`quit`: it closes its images cleanly).
@@ -417,28 +455,18 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     if !common::qemu_available() {
         return;
     }
-    let dir = common::temp_dir("fastrdir-restart");
-    let (sroot, rroot, vms) = (dir.join("s"), dir.join("r"), dir.join("vms"));
-    let s = DirStorage::open(&sroot).unwrap();
-    let r = DirStorage::open(&rroot).unwrap();
-    let (va, vb) = ("vm-default-t-a", "vm-default-t-b");
-    let (ca, cb) = ("fastr.vm-default-t-a", "fastr.vm-default-t-b");
-    s.create(va, 16 * MI).await.unwrap();
-    s.create(vb, 16 * MI).await.unwrap();
+    let (rig, s, r) = rig("fastrdir-restart").await;
+    let Rig {
+        dir,
+        sroot,
+        rroot,
+        vms,
+        live,
+        vols,
+    } = &rig;
+    let (va, vb, ca, cb) = (VA, VB, CA, CB);
     let disks = [("a", va), ("b", vb)];
     let out = dir.join("qemu.out");
-    let live = LiveDisks {
-        volumes: disks
-            .into_iter()
-            .map(|(d, v)| (v.to_string(), (VM.to_string(), d.to_string())))
-            .collect(),
-        hypervisor: Some(Arc::new(QemuHypervisor::new(
-            "qemu-system-x86_64",
-            &vms,
-            Accel::Tcg,
-        ))),
-    };
-    let vols = vec![va.to_string(), vb.to_string()];
     let both = |from: Option<&'static str>, tag: &'static str| {
         let (s, r) = (&s, &r);
         async move {
@@ -447,12 +475,12 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
             (na, nb)
         }
     };
-    let fa = volume_file(&rroot, ca);
+    let fa = volume_file(rroot, ca);
 
-    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    let (qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
     write(&mut q, DEV_A, 0x11, 0, 2 * MI).await;
     let p1 = "fastr-1000";
-    s.mark_points_live(&vols, p1, &live, &[None]).await.unwrap();
+    s.mark_points_live(vols, p1, live, &[None]).await.unwrap();
     assert!(persistent(&mut q, p1).await);
     both(None, p1).await;
     write(&mut q, DEV_A, 0x22, 4 * MI, MI).await;
@@ -460,14 +488,14 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     // 1. Quit and start again: the point is still there, and the round
     // carries only what was written since it.
     quit(qemu, q).await;
-    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    let (qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
     assert_eq!(
         s.points(va).await.unwrap(),
         vec![p1],
         "loaded from the image"
     );
     let p2 = "fastr-2000";
-    s.mark_points_live(&vols, p2, &live, &[Some(p1.into())])
+    s.mark_points_live(vols, p2, live, &[Some(p1.into())])
         .await
         .unwrap();
     let e = s.send_command(va, None, p2).await.unwrap_err();
@@ -488,14 +516,14 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
             source: source.into(),
             size: None,
         }),
-        &live,
+        live,
     )
     .await
     .unwrap();
     write(&mut q, DEV_A, 0x33, 8 * MI, 64 << 10).await;
     quit(qemu, q).await;
     // The replica's layer is a sound image after QEMU closed it.
-    let chain = deorch::driver::qcow2::header(&volume_file(&sroot, va))
+    let chain = deorch::driver::qcow2::header(&volume_file(sroot, va))
         .unwrap()
         .backing
         .unwrap();
@@ -505,10 +533,10 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
         .status()
         .unwrap();
     assert!(check.success(), "qemu-img check {}", chain.display());
-    let (qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    let (qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
     assert_eq!(s.points(va).await.unwrap(), vec![p2], "moved, then stored");
     let p3 = "fastr-3000";
-    s.mark_points_live(&vols, p3, &live, &[Some(p2.into())])
+    s.mark_points_live(vols, p3, live, &[Some(p2.into())])
         .await
         .unwrap();
     let e = s.send_command(va, None, p3).await.unwrap_err();
@@ -524,13 +552,13 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     qemu_io(&mut q, format!("{DEV_A} flush")).await;
     drop(q);
     drop(qemu);
-    let (_qemu, mut q) = start_qemu(&dir, &sroot, &vms, &disks, &out).await;
+    let (_qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
     assert!(
         s.points(va).await.unwrap().is_empty(),
         "an inconsistent bitmap is no point"
     );
     let p4 = "fastr-4000";
-    s.mark_points_live(&vols, p4, &live, &[Some(p3.into())])
+    s.mark_points_live(vols, p4, live, &[Some(p3.into())])
         .await
         .unwrap();
     assert!(
@@ -543,5 +571,5 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     assert!(reads(&fa, 0x33, 8 * MI, 64 << 10));
     assert_eq!(s.points(va).await.unwrap(), vec![p4], "the stale one went");
     assert!(persistent(&mut q, p4).await);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }

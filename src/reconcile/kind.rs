@@ -51,6 +51,57 @@ pub trait Reconciler {
     ) -> Result<Outcome, ReconcileError>;
 }
 
+/// `impl Reconciler for $name` by the module's own `Desired`, `Observed`
+/// and `Action` types and its free functions of the same names
+/// (`resolve`, `observe` (async), `plan`, `execute` (async, returning
+/// nothing), `status`), deletion read from `Desired::deleted`: the shape
+/// of the kinds whose steps need nothing more.
+macro_rules! reconciler_from_module {
+    ($name:ident) => {
+        impl $crate::reconcile::kind::Reconciler for $name {
+            type Desired = Desired;
+            type Observed = Observed;
+            type Action = Action;
+            type Executed = ();
+            fn resolve(
+                ctx: &$crate::reconcile::Ctx,
+                record: &$crate::store::Record,
+            ) -> Result<Desired, $crate::reconcile::ReconcileError> {
+                resolve(ctx, record)
+            }
+            fn deleted(d: &Desired) -> bool {
+                d.deleted
+            }
+            fn observe<'a>(
+                ctx: &'a $crate::reconcile::Ctx,
+                d: &'a Desired,
+            ) -> $crate::driver::BoxFuture<'a, Result<Observed, $crate::reconcile::ReconcileError>>
+            {
+                Box::pin(observe(ctx, d))
+            }
+            fn plan(d: &Desired, o: &Observed) -> $crate::reconcile::Plan<Action> {
+                plan(d, o)
+            }
+            fn execute<'a>(
+                ctx: &'a $crate::reconcile::Ctx,
+                actions: &'a [Action],
+            ) -> $crate::driver::BoxFuture<'a, Result<(), $crate::reconcile::ReconcileError>> {
+                Box::pin(execute(ctx, actions))
+            }
+            fn status(
+                ctx: &$crate::reconcile::Ctx,
+                record: &$crate::store::Record,
+                d: &Desired,
+                plan: &$crate::reconcile::Plan<Action>,
+                result: Result<(), $crate::reconcile::ReconcileError>,
+            ) -> Result<$crate::reconcile::Outcome, $crate::reconcile::ReconcileError> {
+                status(ctx, record, d, plan, result)
+            }
+        }
+    };
+}
+pub(crate) use reconciler_from_module;
+
 /// Reconcile one object of `R`'s kind: resolve → observe → plan → execute
 /// → status.
 pub async fn run<R: Reconciler>(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {

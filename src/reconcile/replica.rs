@@ -11,11 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::kind::{run, Reconciler};
+use super::kind::run;
 use super::status::{made_once, ready, rfc3339};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
-use crate::driver::{BoxFuture, CloneRequest};
+use crate::driver::CloneRequest;
 use crate::model::phase::ReadyPhase;
 use crate::model::storage_kinds::ReplicaStatus;
 use crate::model::{Kind, Manifest, ReplicaSpec, VirtualMachineSpec};
@@ -116,42 +116,7 @@ impl std::fmt::Display for Action {
 /// The Replica reconciler.
 pub struct Replicas;
 
-impl Reconciler for Replicas {
-    type Desired = Desired;
-    type Observed = Observed;
-    type Action = Action;
-    type Executed = ();
-    fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
-        resolve(ctx, record)
-    }
-    fn deleted(d: &Desired) -> bool {
-        d.deleted
-    }
-    fn observe<'a>(
-        ctx: &'a Ctx,
-        d: &'a Desired,
-    ) -> BoxFuture<'a, Result<Observed, ReconcileError>> {
-        Box::pin(observe(ctx, d))
-    }
-    fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
-        plan(d, o)
-    }
-    fn execute<'a>(
-        ctx: &'a Ctx,
-        actions: &'a [Action],
-    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
-        Box::pin(execute(ctx, actions))
-    }
-    fn status(
-        ctx: &Ctx,
-        record: &Record,
-        d: &Desired,
-        plan: &Plan<Action>,
-        result: Result<(), ReconcileError>,
-    ) -> Result<Outcome, ReconcileError> {
-        status(ctx, record, d, plan, result)
-    }
-}
+super::kind::reconciler_from_module!(Replicas);
 
 /// Reconcile one Replica.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {

@@ -7,11 +7,11 @@
 //! the image or finds the source VM's running disks; [`plan`] decides;
 //! [`execute`] calls the storage; `status` reports.
 
-use super::kind::{run, Reconciler};
+use super::kind::run;
 use super::status::{made_once, ready};
 use super::vm::live_disks;
 use super::{decode, names, previous, Ctx, Live, Outcome, Plan, ReconcileError};
-use crate::driver::{BoxFuture, CloneRequest, DriverError};
+use crate::driver::{CloneRequest, DriverError};
 use crate::model::phase::ReadyPhase;
 use crate::model::spacesuit::SpacesuitStatus;
 use crate::model::{Kind, Manifest, SpacesuitSpec, VirtualMachineSpec};
@@ -159,42 +159,7 @@ impl std::fmt::Display for Action {
 /// The Spacesuit reconciler.
 pub struct Spacesuits;
 
-impl Reconciler for Spacesuits {
-    type Desired = Desired;
-    type Observed = Observed;
-    type Action = Action;
-    type Executed = ();
-    fn resolve(ctx: &Ctx, record: &Record) -> Result<Desired, ReconcileError> {
-        resolve(ctx, record)
-    }
-    fn deleted(d: &Desired) -> bool {
-        d.deleted
-    }
-    fn observe<'a>(
-        ctx: &'a Ctx,
-        d: &'a Desired,
-    ) -> BoxFuture<'a, Result<Observed, ReconcileError>> {
-        Box::pin(observe(ctx, d))
-    }
-    fn plan(d: &Desired, o: &Observed) -> Plan<Action> {
-        plan(d, o)
-    }
-    fn execute<'a>(
-        ctx: &'a Ctx,
-        actions: &'a [Action],
-    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
-        Box::pin(execute(ctx, actions))
-    }
-    fn status(
-        ctx: &Ctx,
-        record: &Record,
-        d: &Desired,
-        plan: &Plan<Action>,
-        result: Result<(), ReconcileError>,
-    ) -> Result<Outcome, ReconcileError> {
-        status(ctx, record, d, plan, result)
-    }
-}
+super::kind::reconciler_from_module!(Spacesuits);
 
 /// Reconcile one Spacesuit.
 pub async fn reconcile(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError> {
