@@ -7,7 +7,8 @@
 //! and leaves the previous one intact; dropping an older point keeps the
 //! newer one's view, a point a clone is backed by stays, and an
 //! interrupted drop is finished when the storage opens again. Points
-//! outlive a QEMU that quits and starts again (persistent bitmaps); a
+//! outlive a QEMU that quits and starts again (persistent bitmaps), also
+//! across a replica taken while it is stopped; a
 //! QEMU killed costs one whole round, never a wrong one.
 
 mod common;
@@ -544,8 +545,43 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     let (na, _) = both(Some(p2), p3).await;
     assert!(na < 256 << 10, "64 KiB written: {na} bytes sent");
     assert!(reads(&fa, 0x33, 8 * MI, 64 << 10) && reads(&fa, 0x22, 4 * MI, MI));
+    s.drop_point(va, p2).await.unwrap();
+    s.drop_point(vb, p2).await.unwrap();
 
-    // 3. Killed: the bitmaps QEMU loads back are inconsistent, never a
+    // 3. A replica of the stopped VM: the disk's file becomes a layer and
+    // a new overlay takes its name; the bitmaps are copied onto it, so the
+    // round after the VM starts again is still incremental.
+    write(&mut q, DEV_A, 0x66, 10 * MI, 64 << 10).await;
+    quit(qemu, q).await;
+    s.clone_volumes(&[("off-a", va), ("off-b", vb)].map(|(volume, source)| {
+        deorch::driver::CloneRequest {
+            volume: volume.into(),
+            source: source.into(),
+            size: None,
+        }
+    }))
+    .await
+    .unwrap();
+    let (qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
+    assert_eq!(
+        s.points(va).await.unwrap(),
+        vec![p3],
+        "carried onto the overlay"
+    );
+    write(&mut q, DEV_A, 0x77, 11 * MI, 64 << 10).await;
+    let p35 = "fastr-3500";
+    s.mark_points_live(vols, p35, live, &[Some(p3.into())])
+        .await
+        .unwrap();
+    let e = s.send_command(va, None, p35).await.unwrap_err();
+    assert!(e.to_string().contains("since fastr-3000"), "{e}");
+    let (na, _) = both(Some(p3), p35).await;
+    eprintln!("after a replica of the stopped VM: {na} bytes");
+    assert!(na < 512 << 10, "128 KiB written: {na} bytes sent");
+    assert!(reads(&fa, 0x66, 10 * MI, 64 << 10) && reads(&fa, 0x77, 11 * MI, 64 << 10));
+    assert!(reads(&volume_file(sroot, "off-a"), 0x66, 10 * MI, 64 << 10));
+
+    // 4. Killed: the bitmaps QEMU loads back are inconsistent, never a
     // base. The round sends whole disks, and the copy reads right.
     // Flushed, as a guest's fsync: QEMU's image metadata is on disk.
     write(&mut q, DEV_A, 0x44, 12 * MI, MI).await;
@@ -558,14 +594,14 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
         "an inconsistent bitmap is no point"
     );
     let p4 = "fastr-4000";
-    s.mark_points_live(vols, p4, live, &[Some(p3.into())])
+    s.mark_points_live(vols, p4, live, &[Some(p35.into())])
         .await
         .unwrap();
     assert!(
         s.send_command(va, None, p4).await.is_ok(),
         "the whole disks"
     );
-    let (na, _) = both(Some(p3), p4).await;
+    let (na, _) = both(Some(p35), p4).await;
     assert!(na > 4 * MI as usize, "the whole of a: {na} bytes sent");
     assert!(reads(&fa, 0x44, 12 * MI, MI) && reads(&fa, 0x11, 0, 2 * MI));
     assert!(reads(&fa, 0x33, 8 * MI, 64 << 10));

@@ -36,7 +36,7 @@ use super::cow::{blocking, check_volume_name, collision, nonce};
 use super::qcow2;
 use super::{
     BoxFuture, CloneRequest, DatasetConfig, DatasetState, DriverError, LiveDisks, Storage,
-    VolumeInfo,
+    VolumeInfo, FASTR_TAG,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -180,6 +180,9 @@ impl Dir {
             std::fs::hard_link(self.volume_path(s), &layer).map_err(|e| io("clone", s, e))?;
             let size = qcow2::header(&layer).map(|h| h.size).ok();
             let over = self.overlay("clone", &layer, size)?;
+            if !is_live(s) {
+                carry_bitmaps("clone", s, &layer, &over)?;
+            }
             self.install("clone", &over, s)?;
             if let Some((l, handle)) = live.filter(|_| is_live(s)) {
                 handle.block_on(l.switch(s, &self.volume_path(s)))?;
@@ -267,6 +270,55 @@ impl Dir {
         }
         Ok(self.root.join("datasets").join(p))
     }
+}
+
+/// FASTR's persistent bitmaps in the image of volume `v`, a stopped
+/// disk whose file just became the layer `from`, copied onto `to`, the
+/// new overlay that takes the volume's name: when the VM runs again its
+/// QEMU loads them from there, and the next FASTR round stays
+/// incremental. (A running disk's bitmaps move inside QEMU:
+/// `QemuHypervisor::live_snapshot`.) Bitmaps a killed QEMU left in use
+/// are not carried: they may have missed writes.
+fn carry_bitmaps(op: &str, v: &str, from: &Path, to: &Path) -> Result<(), DriverError> {
+    if !qcow2::has_bitmaps(from).map_err(|e| io(op, v, e))? {
+        return Ok(());
+    }
+    let from_s = from.display().to_string();
+    let info = cmd::run(
+        "qemu-img",
+        &["info", "--output=json", "-f", "qcow2", &from_s],
+        TIMEOUT,
+    )
+    .map_err(|e| e.into_driver(op, v))?;
+    let info: serde_json::Value = serde_json::from_str(&info.stdout)
+        .map_err(|e| DriverError::permanent(op, v, format!("qemu-img info: {e}")))?;
+    let to_s = to.display().to_string();
+    for b in info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = b["name"].as_str().filter(|n| n.starts_with(FASTR_TAG)) else {
+            continue;
+        };
+        let in_use = b["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "in-use"));
+        if in_use {
+            continue;
+        }
+        let g = b["granularity"].as_u64().unwrap_or(65536).to_string();
+        cmd::run(
+            "qemu-img",
+            &[
+                "bitmap", "--add", "-g", &g, "--merge", name, "-b", &from_s, "-F", "qcow2", "-f",
+                "qcow2", &to_s, name,
+            ],
+            TIMEOUT,
+        )
+        .map_err(|e| e.into_driver(op, v))?;
+    }
+    Ok(())
 }
 
 fn list_files(dir: &Path) -> Vec<PathBuf> {

@@ -188,6 +188,42 @@ pub fn locked(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// The header extension that lists an image's persistent dirty bitmaps.
+const EXT_BITMAPS: u32 = 0x2385_2875;
+
+/// True when the image carries persistent dirty bitmaps: a version 3
+/// header with the bitmaps extension, still marked valid (autoclear bit
+/// 0; a tool unaware of bitmaps that wrote the image cleared it). Reads
+/// the first cluster only.
+pub fn has_bitmaps(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut h = vec![0u8; CLUSTER as usize];
+    let n = f.read_at(&mut h, 0)?;
+    h.truncate(n);
+    if h.len() < HEADER_LEN || h[..4] != MAGIC {
+        return Err(invalid(path, "not a qcow2 image"));
+    }
+    let u32_at = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+    if u32_at(4) < 3 {
+        return Ok(false);
+    }
+    let autoclear = u64::from_be_bytes(h[88..96].try_into().expect("8 bytes"));
+    if autoclear & 1 == 0 {
+        return Ok(false);
+    }
+    let mut at = u32_at(100) as usize;
+    while at + 8 <= h.len() {
+        let (kind, len) = (u32_at(at), u32_at(at + 4) as usize);
+        match kind {
+            0 => return Ok(false),
+            EXT_BITMAPS => return Ok(true),
+            _ => at += 8 + len.div_ceil(8) * 8,
+        }
+    }
+    Ok(false)
+}
+
 /// True when the image has no data of its own (its L1 table is all zero):
 /// every read falls through to its backing file.
 pub fn is_empty(path: &Path) -> std::io::Result<bool> {

@@ -19,7 +19,8 @@
 //! (`QemuHypervisor::live_snapshot`). Bitmaps are persistent: QEMU
 //! stores them in the top image when it closes it (a VM stopped, a QEMU
 //! quitting) and loads them when it opens it, so a restarted VM's next
-//! round is still incremental. A QEMU killed leaves them marked in use:
+//! round is still incremental (a replica of the stopped VM copies them
+//! onto the disk's new overlay: `carry_bitmaps` in `dir.rs`). A QEMU killed leaves them marked in use:
 //! loaded again, QEMU calls them inconsistent (they may have missed
 //! writes), and they are removed and never used as a base, so that round
 //! sends the whole disks.
