@@ -189,6 +189,15 @@ const VB: &str = "vm-default-t-b";
 const CA: &str = "fastr.vm-default-t-a";
 const CB: &str = "fastr.vm-default-t-b";
 
+/// A replica of both disks: volumes `<name>-a` and `<name>-b`.
+fn replica_of_both(name: &str) -> [deorch::driver::CloneRequest; 2] {
+    [("a", VA), ("b", VB)].map(|(d, source)| deorch::driver::CloneRequest {
+        volume: format!("{name}-{d}"),
+        source: source.into(),
+        size: None,
+    })
+}
+
 /// A sender's and a receiver's storage under one test directory, the
 /// sender holding disks a and b (16 MiB each) of VM `default/t`, which the
 /// driver finds under `vms` once [`start_qemu`] runs it.
@@ -296,17 +305,9 @@ async fn qcow2_points_are_one_instant_incremental_and_survive_a_cut_stream() {
     // overlay (with a backing node to keep).
     write(&mut q, "a", 0x55, 6 * MI, 64 << 10).await;
     for (i, pattern) in [(1, 0x56), (2, 0x57)] {
-        let (ra, rb) = (format!("rep{i}-a"), format!("rep{i}-b"));
-        s.clone_volumes_live(
-            &[(ra, va), (rb, vb)].map(|(volume, source)| deorch::driver::CloneRequest {
-                volume,
-                source: source.into(),
-                size: None,
-            }),
-            live,
-        )
-        .await
-        .unwrap();
+        s.clone_volumes_live(&replica_of_both(&format!("rep{i}")), live)
+            .await
+            .unwrap();
         // The guest's view after the switch: what it wrote before, into
         // the image it started on and into the overlay of each replica.
         for (at, p) in [(6, 0x55), (7, 0x56)].into_iter().take(i as usize) {
@@ -511,16 +512,9 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
 
     // 2. A live replica moves the bitmap to a new top, still persistent:
     // after another restart the round is incremental again.
-    s.clone_volumes_live(
-        &[("rep-a", va), ("rep-b", vb)].map(|(volume, source)| deorch::driver::CloneRequest {
-            volume: volume.into(),
-            source: source.into(),
-            size: None,
-        }),
-        live,
-    )
-    .await
-    .unwrap();
+    s.clone_volumes_live(&replica_of_both("rep"), live)
+        .await
+        .unwrap();
     write(&mut q, DEV_A, 0x33, 8 * MI, 64 << 10).await;
     quit(qemu, q).await;
     // The replica's layer is a sound image after QEMU closed it.
@@ -553,15 +547,7 @@ async fn qcow2_points_survive_a_restart_and_a_kill_costs_one_whole_round() {
     // round after the VM starts again is still incremental.
     write(&mut q, DEV_A, 0x66, 10 * MI, 64 << 10).await;
     quit(qemu, q).await;
-    s.clone_volumes(&[("off-a", va), ("off-b", vb)].map(|(volume, source)| {
-        deorch::driver::CloneRequest {
-            volume: volume.into(),
-            source: source.into(),
-            size: None,
-        }
-    }))
-    .await
-    .unwrap();
+    s.clone_volumes(&replica_of_both("off")).await.unwrap();
     let (qemu, mut q) = start_qemu(dir, sroot, vms, &disks, &out).await;
     assert_eq!(
         s.points(va).await.unwrap(),

@@ -694,7 +694,10 @@ impl Hypervisor for QemuHypervisor {
                 .and_then(|i| i["node-name"].as_str())
                 .unwrap_or(disk)
                 .to_string();
-            let carried = fastr_bitmaps(inserted);
+            let carried: Vec<FastrBitmap> = fastr_bitmaps(inserted)
+                .into_iter()
+                .filter(|b| !b.inconsistent)
+                .collect();
             // The storage made the overlay under the disk's own path, on
             // the frozen layer its file became (the same inode, another
             // name). QEMU reopens the old top read-only *by path* when it
@@ -734,7 +737,13 @@ impl Hypervisor for QemuHypervisor {
             // round stays incremental rather than sending the whole disk.
             let mut actions = vec![serde_json::json!({"type": "blockdev-snapshot",
                 "data": {"node": top, "overlay": node}})];
-            for (name, granularity, persistent) in &carried {
+            for FastrBitmap {
+                name,
+                granularity,
+                persistent,
+                ..
+            } in &carried
+            {
                 actions.push(serde_json::json!({"type": "block-dirty-bitmap-add",
                     "data": {"node": node, "name": name, "granularity": granularity,
                         "persistent": persistent}}));
@@ -750,7 +759,7 @@ impl Hypervisor for QemuHypervisor {
             .map_err(|e| fail(e.to_string()))?;
             // The old top is a read-only backing node now: its copies of
             // the bitmaps only take memory.
-            for (name, _, _) in &carried {
+            for FastrBitmap { name, .. } in &carried {
                 let _ = qmp
                     .execute(
                         "block-dirty-bitmap-remove",
@@ -814,25 +823,33 @@ async fn reopen_on(qmp: &mut Qmp, top: &str, path: &Path, read_only: bool) -> Re
     Ok(())
 }
 
-/// FASTR's dirty bitmaps (name, granularity, persistent) on a disk's
-/// top node, from the `inserted` member of its `query-block` entry. One
-/// QEMU marks inconsistent (loaded from an image a killed QEMU left) is
-/// no use to carry: FASTR removes it at its next point.
-fn fastr_bitmaps(inserted: Option<&serde_json::Value>) -> Vec<(String, u64, bool)> {
+/// One of FASTR's dirty bitmaps on a disk's top node.
+#[derive(Debug, Clone)]
+pub(crate) struct FastrBitmap {
+    pub name: String,
+    pub granularity: u64,
+    pub persistent: bool,
+    /// Loaded from an image a killed QEMU left in use: it may have
+    /// missed writes, so it is never a base nor worth carrying.
+    pub inconsistent: bool,
+}
+
+/// FASTR's dirty bitmaps on a disk's top node, from the `inserted`
+/// member of its `query-block` entry.
+pub(crate) fn fastr_bitmaps(inserted: Option<&serde_json::Value>) -> Vec<FastrBitmap> {
     inserted
         .and_then(|i| i["dirty-bitmaps"].as_array())
         .into_iter()
         .flatten()
-        .filter(|m| m["inconsistent"] != true)
         .filter_map(|m| {
             let name = m["name"].as_str()?;
-            name.starts_with(crate::driver::FASTR_TAG).then(|| {
-                (
-                    name.to_string(),
-                    m["granularity"].as_u64().unwrap_or(65536),
-                    m["persistent"] == true,
-                )
-            })
+            name.starts_with(crate::driver::FASTR_TAG)
+                .then(|| FastrBitmap {
+                    name: name.to_string(),
+                    granularity: m["granularity"].as_u64().unwrap_or(65536),
+                    persistent: m["persistent"] == true,
+                    inconsistent: m["inconsistent"] == true,
+                })
         })
         .collect()
 }

@@ -416,14 +416,10 @@ async fn tops(q: &mut Qmp, op: &str, disks: &[String]) -> Result<Vec<Top>, Drive
 /// The names of the FASTR bitmaps of a disk's `inserted` block info,
 /// those QEMU marks inconsistent or the others.
 fn fastr(inserted: &Value, inconsistent: bool) -> Vec<String> {
-    inserted["dirty-bitmaps"]
-        .as_array()
+    crate::driver::qemu::fastr_bitmaps(Some(inserted))
         .into_iter()
-        .flatten()
-        .filter(|m| (m["inconsistent"] == true) == inconsistent)
-        .filter_map(|m| m["name"].as_str())
-        .filter(|n| n.starts_with(FASTR_TAG))
-        .map(str::to_string)
+        .filter(|b| b.inconsistent == inconsistent)
+        .map(|b| b.name)
         .collect()
 }
 
