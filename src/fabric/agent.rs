@@ -378,31 +378,28 @@ fn write_counters(
         if dropped.is_empty() && !written.contains_key(&id) {
             continue;
         }
-        let Some(record) = ctx.store.get(&b.vm).filter(|r| !r.deleted) else {
-            continue;
-        };
-        let Some(mut status) = record.status.clone() else {
-            continue;
-        };
-        let Some(nic) = status
-            .pointer_mut(&format!("/nics/{}", b.nic))
-            .and_then(|n| n.as_object_mut())
-        else {
-            continue;
-        };
+        // Changed in one step on the stored status: the VM's reconciler
+        // writes the rest of it, and a copy read before its last write
+        // would put an old phase back.
         let now = serde_json::to_value(&dropped).unwrap_or_default();
-        if nic.get("dropped").unwrap_or(&serde_json::Value::Null) == &now
-            || (dropped.is_empty() && nic.get("dropped").is_none())
-        {
-            written.insert(id, dropped);
-            continue;
-        }
-        if dropped.is_empty() {
-            nic.remove("dropped");
-        } else {
-            nic.insert("dropped".into(), now);
-        }
-        if let Err(e) = ctx.store.set_status(&b.vm, status) {
+        let written_ok = ctx.store.update_status(&b.vm, |record| {
+            let mut status = record.status.clone()?;
+            let nic = status
+                .pointer_mut(&format!("/nics/{}", b.nic))
+                .and_then(|n| n.as_object_mut())?;
+            if nic.get("dropped").unwrap_or(&serde_json::Value::Null) == &now
+                || (dropped.is_empty() && nic.get("dropped").is_none())
+            {
+                return None;
+            }
+            if dropped.is_empty() {
+                nic.remove("dropped");
+            } else {
+                nic.insert("dropped".into(), now.clone());
+            }
+            Some(status)
+        });
+        if let Err(e) = written_ok {
             warn!(vm = %b.vm, error = %e, "fabric: writing drop counters");
         }
         written.insert(id, dropped);

@@ -549,6 +549,23 @@ impl Ctx {
         }
         self.store.set_status(key, v).map_err(ReconcileError::from)
     }
+
+    /// Change the stored status of `key` in one step (see
+    /// [`Store::update_status`]): `f` gets the live record and returns
+    /// the new status, or `None` to leave it.
+    pub fn update_status<T: Serialize>(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&Record) -> Option<T>,
+    ) -> Result<(), ReconcileError> {
+        self.store
+            .update_status(key, |record| {
+                let mut v = serde_json::to_value(f(record)?).expect("status serializes");
+                status::mark_no_effect_yet(&mut v, record);
+                Some(v)
+            })
+            .map_err(ReconcileError::from)
+    }
 }
 
 #[cfg(test)]

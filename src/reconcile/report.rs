@@ -17,10 +17,6 @@ pub fn relocation(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError>
     if record.deleted {
         return Ok(Outcome::Done);
     }
-    let mut st: crate::model::RelocationStatus = previous(record);
-    if st.phase.is_some() && st.observed_generation == Some(record.generation) {
-        return Ok(Outcome::Done);
-    }
     let (reason, what) = if ctx.placement.is_some() {
         (
             "Waiting",
@@ -32,18 +28,27 @@ pub fn relocation(ctx: &Ctx, record: &Record) -> Result<Outcome, ReconcileError>
             "this node runs without gossip: no receiver can be elected, nothing moves",
         )
     };
-    st.observed_generation = Some(record.generation);
-    st.phase = Some(crate::model::phase::RelocationPhase::Pending);
-    st.message = Some(what.into());
-    set_condition(
-        &mut st.conditions,
-        "Ready",
-        false,
-        reason,
-        what,
-        record.generation,
-    );
-    ctx.write_status(&record.key, &st)?;
+    // Read and written in one step on the stored status, not on
+    // `record`'s: the agent may have started the move (and written where
+    // it goes) since `record` was read, and that status is the agent's.
+    ctx.update_status(&record.key, |stored| {
+        let mut st: crate::model::RelocationStatus = previous(stored);
+        if st.phase.is_some() && st.observed_generation == Some(stored.generation) {
+            return None;
+        }
+        st.observed_generation = Some(stored.generation);
+        st.phase = Some(crate::model::phase::RelocationPhase::Pending);
+        st.message = Some(what.into());
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            reason,
+            what,
+            stored.generation,
+        );
+        Some(st)
+    })?;
     Ok(Outcome::Done)
 }
 

@@ -479,18 +479,15 @@ impl Shared {
     /// Update the relocation's status as this node sees it.
     fn status(&self, key: &DocKey, f: impl FnOnce(&mut RelocationStatus)) {
         let k = object_key(key);
-        let Some(rec) = self.store.get(&k).filter(|r| !r.deleted) else {
-            return;
-        };
-        let mut st: RelocationStatus = rec
-            .status
-            .clone()
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default();
-        st.observed_generation = Some(rec.generation);
-        f(&mut st);
-        let v = serde_json::to_value(&st).expect("statuses serialize");
-        if let Err(e) = self.store.set_status(&k, v) {
+        // One step: the reconciler that reports on the object writes its
+        // status too.
+        let done = self.store.update_status(&k, |rec| {
+            let mut st: RelocationStatus = crate::reconcile::previous(rec);
+            st.observed_generation = Some(rec.generation);
+            f(&mut st);
+            Some(serde_json::to_value(&st).expect("statuses serialize"))
+        });
+        if let Err(e) = done {
             warn!(relocation = %k, error = %e, "relocation status not written");
         }
     }

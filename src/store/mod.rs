@@ -795,8 +795,29 @@ impl Store {
     /// Record the status of `key` (durably; does not change the generation).
     /// Ignored for tombstoned or absent keys, and when unchanged.
     pub fn set_status(&self, key: &ObjectKey, status: Value) -> Result<(), StoreError> {
-        let text = status.to_string();
+        self.update_status(key, |_| Some(status))
+    }
+
+    /// Read, change and write the status of `key` as one step: `f` gets
+    /// the live record (status included) and returns the new status, or
+    /// `None` to leave it. No other status write of any key comes in
+    /// between, so two writers of one status (the agent that carries a
+    /// relocation out and the reconciler that reports on it) never undo
+    /// each other's fields. `f` must not call back into the store's
+    /// writers. Ignored for tombstoned or absent keys, and when unchanged.
+    pub fn update_status(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&Record) -> Option<Value>,
+    ) -> Result<(), StoreError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(record) = self.get(key).filter(|r| !r.deleted) else {
+            return Ok(());
+        };
+        let Some(status) = f(&record) else {
+            return Ok(());
+        };
+        let text = status.to_string();
         let generation = match self.read_index().get(key) {
             Some(e) if !e.deleted => {
                 if e.status.as_deref() == Some(text.as_str()) {

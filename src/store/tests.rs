@@ -540,3 +540,41 @@ fn shared_lists_decode_only_what_changed_and_never_show_an_old_record() {
     assert!(Arc::ptr_eq(&now[0], &last[0]) && Arc::ptr_eq(&now[1], &last[1]));
     assert_eq!(last[2].status.as_ref().unwrap()["phase"], "Pending");
 }
+
+/// Two writers of one status, each setting its own field from what is
+/// stored: with one read-change-write step neither undoes the other
+/// (the relocation agent's `source` was lost to the reconciler's
+/// `Pending` when each read, then wrote).
+#[test]
+fn status_updates_of_two_writers_keep_both_fields() {
+    let t = tmp();
+    let s = std::sync::Arc::new(Store::open(&t.0.join("s.redb")).unwrap());
+    s.apply(&vm("a", 64), &src("api")).unwrap();
+    let writer = |field: &'static str| {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..200u64 {
+                s.update_status(&key("a"), |r| {
+                    let mut v = r.status.clone().unwrap_or_else(|| serde_json::json!({}));
+                    v[field] = i.into();
+                    // Widen the window a read-then-write would lose in.
+                    std::thread::yield_now();
+                    Some(v)
+                })
+                .unwrap();
+            }
+        })
+    };
+    let (a, b) = (writer("source"), writer("phase"));
+    a.join().unwrap();
+    b.join().unwrap();
+    let st = s.get(&key("a")).unwrap().status.unwrap();
+    assert_eq!(
+        (st["source"].as_u64(), st["phase"].as_u64()),
+        (Some(199), Some(199)),
+        "{st}"
+    );
+    // Unchanged: not rewritten; `None`: left as it is.
+    s.update_status(&key("a"), |_| None).unwrap();
+    assert_eq!(s.get(&key("a")).unwrap().status.unwrap(), st);
+}
