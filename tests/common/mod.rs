@@ -35,6 +35,34 @@ pub struct Node {
     /// The deorch command that runs the node (`node run`; `node join URL`
     /// for a machine joining a cluster).
     pub subcommand: Vec<String>,
+    /// Start with the probe answer an earlier node on this host found
+    /// (see [`shared_accel`]); off for a test of the probe at start.
+    pub shared_probe: bool,
+}
+
+/// The accelerator probe's answer, shared by the nodes of every test on
+/// this host. A node keeps it in `STATE/accel.json`, keyed by the QEMU,
+/// host kernel and probe guest it was found with, and probes again when
+/// the key differs; without it, every node of every test would boot its
+/// own KVM probe at start (8 s on this machine, where KVM cannot boot).
+/// The probe itself is tested by `qemu_qmp`'s real boots.
+fn shared_accel() -> PathBuf {
+    std::env::temp_dir().join("deorch-test-accel.json")
+}
+
+/// Offer the answer a node found (or was given) to the nodes started
+/// after it: written whole (a rename), so a reader never sees half.
+fn share_accel(state: &Path) {
+    let Ok(bytes) = std::fs::read(state.join("accel.json")) else {
+        return;
+    };
+    if std::fs::read(shared_accel()).ok().as_ref() == Some(&bytes) {
+        return;
+    }
+    let tmp = shared_accel().with_extension(format!("{}.tmp", std::process::id()));
+    if std::fs::write(&tmp, &bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, shared_accel());
+    }
 }
 
 /// Run a command (program and arguments) that must succeed.
@@ -102,6 +130,7 @@ impl Node {
             ],
             wrap: Vec::new(),
             subcommand: vec!["node".into(), "run".into()],
+            shared_probe: true,
         }
     }
 
@@ -114,6 +143,13 @@ impl Node {
     /// Start the process (its API may take long to come: a joining node
     /// waits for the owner first).
     pub fn spawn(&mut self) {
+        let cached = self.state.join("accel.json");
+        if self.shared_probe && !cached.exists() {
+            if let Ok(bytes) = std::fs::read(shared_accel()) {
+                let _ = std::fs::create_dir_all(&self.state);
+                let _ = std::fs::write(&cached, bytes);
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,6 +202,7 @@ impl Node {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Response::Info(_)) = self.call(&Request::Info) {
+                share_accel(&self.state);
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
