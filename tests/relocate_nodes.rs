@@ -3660,3 +3660,112 @@ fn guests_on_two_nodes_ping_over_an_interstellar_and_go_on_after_one_moves() {
     );
     eprintln!("pings answered again {:?} after the move", t.elapsed());
 }
+
+/// FASTR on dir among three nodes, one copy, then two: the new receiver
+/// holds no point, and dir prepares one stream per disk for a round
+/// (one backup job), so served together both would get the whole disks.
+/// They are served in turns instead: every round to the first holder
+/// stays what changed, and the new one gets the whole disks in a round
+/// of its own, then what changed like the other. The guest writes 1 MiB
+/// of random data a second round its 8 MiB disk, so the whole disk is
+/// several rounds' worth of change.
+#[test]
+fn fastr_on_dir_a_new_receiver_takes_the_whole_disks_without_the_holder() {
+    if !qemu_available() {
+        return;
+    }
+    let p = start_nodes_mover(
+        3,
+        &[],
+        |_| vec![],
+        false,
+        &Mover {
+            cmdline: " deorch.writeload=1",
+            spec: "  fastr: {copies: 1, interval: 1s}\n",
+            ..Default::default()
+        },
+    );
+    let copies = || -> Vec<(String, Option<String>, u64)> {
+        status(p.from(), "vm", "mover")["fastr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["node"].as_str().unwrap_or_default().to_string(),
+                    c["point"].as_str().map(str::to_string),
+                    c["bytesSent"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    // The disk filled with random data, and a copy point of it.
+    wait_until(
+        &p,
+        "8 MiB written and a copy point",
+        Duration::from_secs(90),
+        || {
+            let text = std::fs::read_to_string(serial(p.from(), "mover")).unwrap_or_default();
+            let wrote = text
+                .lines()
+                .filter_map(|l| {
+                    l.split("wrote ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
+            wrote >= 9 && newest_point_ms(p.from()).is_some()
+        },
+    );
+    let holder = copies()[0].0.clone();
+
+    let file = p.nodes[0].manifests.join("mover.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("copies: 1, interval: 1s", "copies: 2, interval: 1s"),
+    )
+    .unwrap();
+    // Every round the holder gets until the new receiver holds a point,
+    // and after, each seen in the status as it ends.
+    let mut rounds: Vec<(Option<String>, u64)> = Vec::new();
+    let mut newcomer: Option<(String, u64)> = None;
+    let mut after = 0;
+    wait_until(
+        &p,
+        "the new receiver's point, and a round after it",
+        Duration::from_secs(90),
+        || {
+            let cs = copies();
+            if let Some(h) = cs.iter().find(|c| c.0 == holder) {
+                if rounds.last().map(|r| &r.0) != Some(&h.1) {
+                    rounds.push((h.1.clone(), h.2));
+                }
+            }
+            if let Some(n) = cs.iter().find(|c| c.0 != holder && c.1.is_some()) {
+                match &newcomer {
+                    None => newcomer = Some((n.1.clone().unwrap(), n.2)),
+                    Some((pt, _)) if Some(pt) != n.1.as_ref() => after = n.2.max(1),
+                    _ => {}
+                }
+            }
+            after > 0
+        },
+    );
+    let (_, whole) = newcomer.unwrap();
+    eprintln!("{holder}'s rounds: {rounds:?}; the new receiver: first {whole} B, then {after} B");
+    assert!(whole > 8 << 20, "the new receiver's first round: {whole} B");
+    // The first entry may be the round before the change.
+    assert!(rounds.len() >= 3, "{rounds:?}");
+    for (pt, bytes) in &rounds[1..] {
+        assert!(
+            *bytes < whole / 2,
+            "a round to {holder} ({pt:?}) sent {bytes} B, the whole disks being {whole} B"
+        );
+    }
+    assert!(after < whole / 2, "its next round: {after} B");
+}

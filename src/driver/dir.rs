@@ -565,6 +565,9 @@ impl Storage for DirStorage {
     fn fastr_kind(&self) -> Option<&'static str> {
         Some("qcow2-backup")
     }
+    fn one_stream_per_round(&self) -> bool {
+        true
+    }
     fn atomic_points(&self) -> bool {
         true
     }

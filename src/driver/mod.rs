@@ -644,6 +644,14 @@ pub trait Storage: Send + Sync {
     fn fastr_kind(&self) -> Option<&'static str> {
         self.stream_kind()
     }
+    /// Whether [`Storage::mark_points_live`] prepares one stream per
+    /// volume for all of a round's receivers (`dir`: one backup job per
+    /// disk, from the oldest base they hold, whole when one holds no
+    /// point it tracks) rather than each receiver's stream from its own
+    /// base (zfs: `zfs send -i` per receiver).
+    fn one_stream_per_round(&self) -> bool {
+        false
+    }
     /// Take FASTR point `tag` of the disks of one running VM (`live`
     /// names the VM and disk of each of `volumes`), to be sent to
     /// receivers holding points `bases` (`None`: a receiver with no

@@ -124,6 +124,9 @@ pub(super) struct VmRepl {
     /// relocation holding it, or no receiver yet): the next one comes
     /// after [`SKIPPED_RETRY`], not after the interval.
     skipped: bool,
+    /// Storage with one stream per round ([`round_group`]): the next
+    /// split round serves the receivers that need the whole disks.
+    whole_turn: bool,
 }
 
 /// How soon a round that took no point is tried again: a VM that has
@@ -136,6 +139,33 @@ struct CopyState {
     point: Option<String>,
     bytes: u64,
     error: Option<String>,
+}
+
+/// The receivers one round serves, of `sending` (holding `bases`), on
+/// storage that prepares one stream per disk for a whole round
+/// ([`crate::driver::Storage::one_stream_per_round`]): that stream goes
+/// from the oldest base, so a receiver whose base the disks no longer
+/// track, or that holds no point (a new receiver), would make it the
+/// whole disks for every receiver. Those and the others are served in
+/// turns instead (`whole_turn` says whose, and flips on each split
+/// round): the receivers with a point get what changed, and the others
+/// get the whole disks in a round of their own (a receiver skipped gets
+/// its round soon, [`SKIPPED_RETRY`]).
+fn round_group(
+    sending: &[NodeId],
+    bases: &[Option<String>],
+    tracked: &BTreeSet<String>,
+    whole_turn: &mut bool,
+) -> Vec<NodeId> {
+    let usable = |b: &Option<String>| b.as_ref().is_some_and(|b| tracked.contains(b));
+    let (changed, whole): (Vec<_>, Vec<_>) =
+        sending.iter().zip(bases).partition(|(_, b)| usable(b));
+    if changed.is_empty() || whole.is_empty() {
+        return sending.to_vec();
+    }
+    let served = if *whole_turn { whole } else { changed };
+    *whole_turn = !*whole_turn;
+    served.into_iter().map(|(n, _)| n.clone()).collect()
 }
 
 /// The receivers of VM `vm`'s copies, this node running it: see the
@@ -854,11 +884,39 @@ impl Shared {
                 .cloned()
                 .collect()
         };
-        let sending: Vec<NodeId> = to
+        let mut sending: Vec<NodeId> = to
             .iter()
             .filter(|n| !listing.contains(n))
             .cloned()
             .collect();
+        let base_of = |sh: &Self, of: &[NodeId]| -> Vec<Option<String>> {
+            let st = sh.fastr.lock().unwrap();
+            let copies = st.get(vm).map(|r| &r.copies);
+            of.iter()
+                .map(|r| copies.and_then(|c| c.get(r)).and_then(|c| c.point.clone()))
+                .collect()
+        };
+        if storage.one_stream_per_round() && sending.len() > 1 {
+            // The points every disk still tracks (a bitmap lost to a
+            // killed QEMU is none).
+            let mut tracked: Option<BTreeSet<String>> = None;
+            for v in &volumes {
+                let have: BTreeSet<String> = storage
+                    .points(v)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                tracked = Some(match tracked {
+                    Some(t) => t.intersection(&have).cloned().collect(),
+                    None => have,
+                });
+            }
+            let bases = base_of(self, &sending);
+            let mut st = self.fastr.lock().unwrap();
+            let turn = &mut st.entry(vm.clone()).or_default().whole_turn;
+            sending = round_group(&sending, &bases, &tracked.unwrap_or_default(), turn);
+        }
         if sending.is_empty() && !to.is_empty() {
             return skipped(self);
         }
@@ -898,14 +956,7 @@ impl Shared {
                 .collect(),
             hypervisor: Some(hv.clone()),
         };
-        let bases: Vec<Option<String>> = {
-            let st = self.fastr.lock().unwrap();
-            let copies = st.get(vm).map(|r| &r.copies);
-            sending
-                .iter()
-                .map(|r| copies.and_then(|c| c.get(r)).and_then(|c| c.point.clone()))
-                .collect()
-        };
+        let bases = base_of(self, &sending);
         let marked = storage
             .mark_points_live(&volumes, &tag, &live, &bases)
             .await;
@@ -1549,6 +1600,32 @@ mod tests {
                 assert_eq!(elect_receivers(&mine, &vm, &f, Some(&runner)), want);
             }
         }
+    }
+
+    #[test]
+    fn a_receiver_without_a_tracked_point_gets_a_round_of_its_own() {
+        let n = |s: &str| NodeId(s.into());
+        let sending = [n("a"), n("b"), n("c")];
+        let tracked: BTreeSet<String> = ["fastr-1".to_string(), "fastr-2".to_string()].into();
+        let p = |s: &str| Some(s.to_string());
+        let mut turn = false;
+        // All hold a tracked point (not the same one): one round for all,
+        // from the oldest; no turn taken.
+        let bases = [p("fastr-1"), p("fastr-2"), p("fastr-1")];
+        assert_eq!(round_group(&sending, &bases, &tracked, &mut turn), sending);
+        assert!(!turn);
+        // None holds one: one whole round for all.
+        let none = [None, p("fastr-0"), None];
+        assert_eq!(round_group(&sending, &none, &tracked, &mut turn), sending);
+        // b is new and c's point is no longer tracked: a gets what
+        // changed first, then b and c the whole disks, then a again.
+        let split = [p("fastr-2"), None, p("fastr-0")];
+        assert_eq!(round_group(&sending, &split, &tracked, &mut turn), [n("a")]);
+        assert_eq!(
+            round_group(&sending, &split, &tracked, &mut turn),
+            [n("b"), n("c")]
+        );
+        assert_eq!(round_group(&sending, &split, &tracked, &mut turn), [n("a")]);
     }
 
     #[test]

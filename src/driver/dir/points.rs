@@ -7,7 +7,9 @@
 //! guest's writes from that instant on) and starts a backup job
 //! (`blockdev-backup`) of the disk as it was at that instant into a
 //! local qcow2 file: the whole disk (`sync: full`) for a receiver with
-//! no point, otherwise only the clusters the bitmap of the oldest point
+//! no point (FASTR serves such receivers in a round of their own, see
+//! `round_group` in `relocate/fastr.rs`, so the others still get what
+//! changed), otherwise only the clusters the bitmap of the oldest point
 //! the receivers hold marks (`sync: bitmap`, `bitmap-mode: never`: the
 //! bitmap is left as it was). That file is the stream (`cat`). A bitmap
 //! an older point's receivers no longer need is removed when FASTR drops
