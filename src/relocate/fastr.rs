@@ -736,14 +736,16 @@ impl Shared {
                 .map(|m| m.vms.clone())
                 .unwrap_or_default()
         };
-        // One listing: which copies exist here at all.
-        let present: BTreeSet<String> = match storage.list().await {
-            Ok(v) => v.into_iter().filter(|n| n.starts_with("fastr.")).collect(),
+        // One listing: which copies (and which VMs' own volumes) exist
+        // here at all.
+        let all: BTreeSet<String> = match storage.list().await {
+            Ok(v) => v.into_iter().collect(),
             Err(_) => {
                 self.fastr_busy.lock().unwrap().remove(&flag);
                 return;
             }
         };
+        let present: BTreeSet<&String> = all.iter().filter(|n| n.starts_with("fastr.")).collect();
         for r in self.store.list(Some(Kind::VirtualMachine)) {
             let ns = r.key.namespace.clone();
             let vm = DocKey::new("VirtualMachine", &ns, &r.key.name);
@@ -752,10 +754,19 @@ impl Shared {
             // Copies of a deleted VM, or of one whose policy is gone, go
             // (its own node keeps its volumes, and retains them when the
             // VM is deleted), and so do copies of a VM that runs here now
-            // (moved here: its volumes are here); not while a round of it
-            // runs here.
-            let mut unwanted =
-                r.deleted || here.contains(&vm) || spec.as_ref().is_some_and(|s| s.fastr.is_none());
+            // once its own volumes are here (moved here). A VM failed
+            // over to this node is listed here before its reconciler has
+            // made its volumes from these copies: they are what it starts
+            // from, and dropping them then would start it blank. Not
+            // while a round of it runs here.
+            let own_volumes_here = spec.as_ref().is_some_and(|s| {
+                s.disks
+                    .iter()
+                    .all(|d| all.contains(&names::vm_volume(&ns, &r.key.name, &d.name)))
+            });
+            let mut unwanted = r.deleted
+                || (here.contains(&vm) && own_volumes_here)
+                || spec.as_ref().is_some_and(|s| s.fastr.is_none());
             // So does a copy the runner no longer elects this node for, once
             // the elected receivers hold a point at least as new.
             if let Some(f) = spec
