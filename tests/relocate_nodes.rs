@@ -77,6 +77,21 @@ impl Lab {
         common::fresh_netns(&ns);
         sh(&["ip", "link", "add", &v, "type", "veth", "peer", "name", &h]);
         sh(&["ip", "link", "set", &v, "netns", &ns]);
+        // No IPv6 on the browser's link: its address would settle (DAD)
+        // a second after the link comes up, and Chromium aborts a page
+        // load under way on such a change (ERR_NETWORK_CHANGED).
+        for conf in ["all", "default", v.as_str()] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
+            ]);
+        }
         sh(&["ip", "link", "set", &h, "netns", &self.hub]);
         sh(&["ip", "-n", &self.hub, "link", "set", &h, "master", "br0"]);
         sh(&["ip", "-n", &self.hub, "link", "set", &h, "up"]);
