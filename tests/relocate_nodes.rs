@@ -268,6 +268,12 @@ struct Mover {
     libvirt: bool,
 }
 
+/// `n` nodes on their own dir storage, no extra flags, the mover as `m`
+/// says.
+fn start_dir_nodes(n: usize, m: &Mover) -> Pair {
+    start_nodes_mover(n, &[], |_| vec![], false, m)
+}
+
 /// [`start_nodes_full`], the mover as `m` says.
 fn start_nodes_mover(
     n: usize,
@@ -2771,11 +2777,8 @@ fn fastr_on_dir_storage_clones_and_recovers_copy_points() {
     if !qemu_available() {
         return;
     }
-    let p = start_nodes_mover(
+    let p = start_dir_nodes(
         2,
-        &[],
-        |_| vec![],
-        false,
         &Mover {
             spec: "    - name: log\n      size: 8Mi\n      source: {blank: {}}\n  fastr: {copies: 1, interval: 1h, keep: 30, triggers: {written: 32Ki}}\n",
             ..Default::default()
@@ -3689,11 +3692,8 @@ fn fastr_on_dir_a_new_receiver_takes_the_whole_disks_without_the_holder() {
     if !qemu_available() {
         return;
     }
-    let p = start_nodes_mover(
+    let p = start_dir_nodes(
         3,
-        &[],
-        |_| vec![],
-        false,
         &Mover {
             cmdline: " deorch.writeload=1",
             spec: "  fastr: {copies: 1, interval: 1s}\n",
