@@ -543,11 +543,7 @@ impl Ctx {
         key: &ObjectKey,
         status: &T,
     ) -> Result<(), ReconcileError> {
-        let mut v = serde_json::to_value(status).expect("status serializes");
-        if let Some(record) = self.store.get(key).filter(|r| !r.deleted) {
-            status::mark_no_effect_yet(&mut v, &record);
-        }
-        self.store.set_status(key, v).map_err(ReconcileError::from)
+        self.update_status(key, |_| Some(status))
     }
 
     /// Change the stored status of `key` in one step (see
